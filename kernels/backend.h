@@ -1,0 +1,161 @@
+// The compute interface the model is written against. One implementation per device kind
+// (kernels/cpu, kernels/cuda); the model code above it does not know which one runs.
+//
+// Conventions for every operation:
+// - Activations are packed over the sequences of a batch: row t of a [T, n] view is token t.
+// - Views refer to this backend's memory (see Allocate, AdoptWeight, Upload).
+// - Weights use the checkpoint's PyTorch layout [out_features, in_features] and may be F32, BF16
+//   or F16; activations and states are F32. Computation is fp32 unless a backend documents otherwise.
+// - Shapes are preconditions checked by the caller (the model validates input); a backend only
+//   asserts them. Operations run in issue order; results are visible after the call returns.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "kernels/tensor.h"
+
+namespace deltaserve::kernels {
+
+// A sequence's rows [begin, begin + length) inside a packed batch.
+struct SequenceRows {
+  int64_t begin = 0;
+  int64_t length = 0;
+};
+
+struct ConvSequence {
+  SequenceRows rows;
+  // The last (kernel - 1) inputs before this step, oldest first: [kernel - 1, channels] F32.
+  // Zero for a new sequence. Updated in place to the last (kernel - 1) inputs after this step.
+  float* tail = nullptr;
+};
+
+enum class KdaAlgorithm : uint8_t {
+  kChunked,    // chunkwise WY/UT form, chunk 64 (spec §2.4): prefill
+  kRecurrent,  // token by token (spec §2.3): decode
+};
+
+struct KdaSequence {
+  SequenceRows rows;
+  KdaAlgorithm algorithm = KdaAlgorithm::kChunked;
+  // [num_heads, head_dim (key), head_dim (value)] F32, updated in place.
+  float* state = nullptr;
+};
+
+// Inputs of the KDA core for one layer (spec §2.2 steps 4-7).
+struct KdaInputs {
+  int64_t num_heads = 0;
+  int64_t head_dim = 0;
+  TensorView q;            // [T, H*d] after conv + SiLU, not yet normalised
+  TensorView k;            // [T, H*d] likewise
+  TensorView v;            // [T, H*d]
+  TensorView gate_logits;  // [T, H*d] f_b(f_a(x)), before dt_bias and softplus
+  TensorView beta_logits;  // [T, H] b_proj(x), before the sigmoid
+  TensorView a_log;        // H values (checkpoint shape [1, 1, H, 1])
+  TensorView dt_bias;      // H*d values
+};
+
+enum class MlaForm : uint8_t {
+  kExpanded,  // per-head keys and values from the latent cache (prefill, spec §3.2)
+  kAbsorbed,  // queries absorbed into the latent space (decode, spec §3.3)
+};
+
+struct MlaSequence {
+  SequenceRows rows;
+  MlaForm form = MlaForm::kExpanded;
+  // [capacity, kv_lora_rank + qk_rope_dim] F32: normalised latent then the shared key part.
+  // Rows [0, num_cached) hold the history; the call appends this step's rows after them,
+  // so capacity >= num_cached + rows.length is a precondition.
+  float* latent_cache = nullptr;
+  int64_t num_cached = 0;
+};
+
+struct MlaParams {
+  int64_t num_heads = 0;
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_dim = 0;
+  int64_t qk_rope_dim = 0;
+  int64_t v_dim = 0;
+  float scale = 0;  // softmax scale, 1/sqrt(qk_nope_dim + qk_rope_dim)
+};
+
+struct MoeRouting {
+  int64_t top_k = 0;
+  int64_t num_groups = 1;      // grouped top-k when > 1
+  int64_t top_groups = 1;      // groups kept
+  bool renormalize = true;     // weights / (sum + 1e-20)
+  float scaling = 1.0f;        // routed_scaling_factor
+  bool biased_weights = false; // HF remote-code variant: weights from sigmoid + bias (spec §9.1)
+};
+
+struct ExpertWeights {
+  TensorView gate;  // w1 [I, D]
+  TensorView up;    // w3 [I, D]
+  TensorView down;  // w2 [D, I]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+
+  // Memory. Allocated contents are unspecified.
+  virtual Tensor Allocate(int64_t rows, int64_t cols, DType dtype) = 0;
+  virtual void Free(void* data) = 0;
+  virtual void Zero(TensorView dst) = 0;
+  // Host buffers are contiguous [rows, cols] of the view's dtype.
+  virtual void Upload(const void* host, TensorView dst) = 0;
+  virtual void Download(TensorView src, void* host) = 0;
+  virtual void Copy(TensorView src, TensorView dst) = 0;
+  // dst row i = src row rows[i].
+  virtual void GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) = 0;
+
+  // Makes a host weight (for example memory-mapped from a checkpoint) usable by this backend.
+  // The returned view stays valid while the backend lives; the host memory must too on the CPU
+  // backend, which uses it in place.
+  virtual TensorView AdoptWeight(TensorView host_weight) = 0;
+
+  // out[t] = table[ids[t]].
+  virtual void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) = 0;
+  // y = x · wᵀ for x [T, K] and w [N, K]; y [T, N].
+  virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
+  // acc += x.
+  virtual void Add(TensorView acc, TensorView x) = 0;
+  // out = w ⊙ x · rsqrt(mean(x²) + eps), per row.
+  virtual void RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) = 0;
+  // out = silu(gate) ⊙ up.
+  virtual void SwiGlu(TensorView gate, TensorView up, TensorView out) = 0;
+
+  // out = silu(depthwise causal conv(x)) with weight [channels, kernel] (the checkpoint's
+  // [C, 1, W]); weight column W-1 multiplies the current token.
+  virtual void CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
+                              TensorView out) = 0;
+  // Gate, beta, q/k L2 norm and the delta rule; out [T, H*d] is the per-head read o_t.
+  virtual void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs,
+                            TensorView out) = 0;
+  // out = rmsnorm(x per head of head_dim) ⊙ weight ⊙ sigmoid(gate)  (spec §2.2 step 9).
+  virtual void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
+                            float eps, TensorView out) = 0;
+
+  // Appends `latent` [T, R + dr] to each sequence's cache, then attends with q [T, H*(dn+dr)]
+  // over the cache (causally); out [T, H*dv]. kv_b is the checkpoint's [H*(dn+dv), R].
+  virtual void MlaAttention(const MlaParams& params, TensorView q, TensorView latent,
+                            TensorView kv_b, std::span<const MlaSequence> seqs,
+                            TensorView out) = 0;
+
+  // Sigmoid scores plus correction bias pick top_k experts per token (optionally within the
+  // best groups); expert_ids [T, k] I32 come sorted ascending, weights [T, k] F32.
+  virtual void MoeRoute(TensorView router_logits, TensorView correction_bias,
+                        const MoeRouting& routing, TensorView expert_ids, TensorView weights) = 0;
+  // For every (token t, slot s) whose expert e = expert_ids[t, s] lies in
+  // [first_expert, first_expert + experts.size()): slot_out[t*k + s] = expert_e(x[t]).
+  // Other rows of slot_out are left alone.
+  virtual void MoeExperts(TensorView x, TensorView expert_ids,
+                          std::span<const ExpertWeights> experts, int64_t first_expert,
+                          TensorView slot_out) = 0;
+  // out[t] += Σ_s weights[t, s] · slot_out[t*k + s], summed in slot order.
+  virtual void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) = 0;
+};
+
+}  // namespace deltaserve::kernels

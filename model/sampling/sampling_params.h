@@ -1,0 +1,31 @@
+// Per-request sampling and stopping parameters, validated before anything runs.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace deltaserve::model {
+
+struct SamplingParams {
+  float temperature = 1.0f;         // 0 means greedy
+  int32_t top_k = 0;                // 0 or -1: off
+  float top_p = 1.0f;               // (0, 1]
+  float min_p = 0.0f;               // [0, 1]
+  std::optional<uint64_t> seed;     // unset: drawn from the engine's seed source
+  float repetition_penalty = 1.0f;  // > 0; 1 is off (prompt and generated tokens)
+  float frequency_penalty = 0.0f;   // [-2, 2] (generated tokens)
+  float presence_penalty = 0.0f;    // [-2, 2] (generated tokens)
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;          // when false, the model's eos ids also stop
+  int32_t max_new_tokens = 16;      // >= 1
+
+  // Checks every field against its range; `vocab_size` bounds the stop ids. The message names
+  // the field and its value.
+  absl::Status Validate(int64_t vocab_size) const;
+  bool greedy() const { return temperature == 0.0f; }
+};
+
+}  // namespace deltaserve::model
