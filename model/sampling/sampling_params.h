@@ -9,6 +9,9 @@
 
 namespace deltaserve::model {
 
+// Upper bound on max_new_tokens; a request asking for more is rejected rather than clamped.
+inline constexpr int32_t kMaxNewTokensLimit = 1 << 20;
+
 struct SamplingParams {
   float temperature = 1.0f;         // 0 means greedy
   int32_t top_k = 0;                // 0 or -1: off
@@ -20,7 +23,7 @@ struct SamplingParams {
   float presence_penalty = 0.0f;    // [-2, 2] (generated tokens)
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;          // when false, the model's eos ids also stop
-  int32_t max_new_tokens = 16;      // >= 1
+  int32_t max_new_tokens = 16;      // in [1, kMaxNewTokensLimit]
 
   // Checks every field against its range; `vocab_size` bounds the stop ids. The message names
   // the field and its value.
