@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -20,6 +21,8 @@ struct CheckpointTensor {
   const std::string* file = nullptr;  // path of the shard holding it
 };
 
+// Tensor data points into the shards' mappings and lives as long as the Checkpoint. Get marks
+// tensors claimed, so a Checkpoint is used from one thread at a time.
 class Checkpoint {
  public:
   // Opens `dir`: parses config.json, then the index (every listed shard must exist and hold
@@ -33,6 +36,8 @@ class Checkpoint {
   // Returns the tensor if its shape is `shape` and its dtype one of F32, BF16, F16; marks it
   // claimed. The error names the tensor, its file, and expected against actual.
   absl::StatusOr<CheckpointTensor> Get(const std::string& name, const std::vector<int64_t>& shape);
+  // Every tensor by name, for callers that scan (the unexpected-tensor check, tools).
+  const std::map<std::string, CheckpointTensor>& tensors() const { return tensors_; }
   // Names of tensors never returned by Get, sorted.
   std::vector<std::string> Unclaimed() const;
 

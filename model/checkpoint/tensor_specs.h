@@ -36,6 +36,7 @@ std::string LayerTensorName(int64_t layer, const std::string& suffix);
 
 // Every tensor of the official layout, in a stable order (embedding, layers 0..L-1, norm, head).
 // Dense layers use the official `mlp.*` names; lm_head is omitted when embeddings are tied.
+// Precondition: config.Validate() is OK (mixer_kinds and ffn_kinds cover every layer).
 std::vector<TensorSpec> ExpectedTensorSpecs(const KimiLinearConfig& config);
 
 }  // namespace deltaserve::model

@@ -13,6 +13,21 @@
 
 namespace deltaserve::model {
 
+// Upper bounds Validate() enforces so that a hostile config.json cannot make us allocate absurd
+// amounts. Each is far above any released Kimi Linear shape (48B: vocab 163840, hidden 2304).
+inline constexpr int64_t kMaxVocabSize = int64_t{1} << 24;
+inline constexpr int64_t kMaxHiddenSize = 65536;
+inline constexpr int64_t kMaxNumLayers = 1024;
+inline constexpr int64_t kMaxNumHeads = 1024;   // MLA and KDA heads
+inline constexpr int64_t kMaxHeadDim = 4096;    // every per-head dim, conv excluded
+inline constexpr int64_t kMaxLoraRank = 65536;  // kv_lora_rank
+inline constexpr int64_t kMaxIntermediateSize = int64_t{1} << 20;  // dense and per-expert
+inline constexpr int64_t kMaxNumExperts = 65536;                   // routed, shared, top-k, groups
+inline constexpr int64_t kMaxConvKernelSize = 64;
+inline constexpr int64_t kMaxPositionEmbeddings = int64_t{1} << 40;
+inline constexpr int64_t kMaxEosTokenIds = 1024;
+inline constexpr int64_t kMaxConfigFileBytes = int64_t{16} << 20;  // LoadKimiLinearConfig
+
 enum class MixerKind : uint8_t { kKda, kMla };
 enum class FfnKind : uint8_t { kDense, kMoe };
 
@@ -63,17 +78,28 @@ struct KimiLinearConfig {
 
   // Checks internal consistency; the message names the offending field.
   absl::Status Validate() const;
+
+  // Field-for-field (doubles compared exactly), e.g. to check a round trip.
+  friend bool operator==(const KimiLinearConfig&, const KimiLinearConfig&) = default;
 };
 
 // Parses config.json text of either dialect and validates it. `source` (a path) prefixes errors.
+// Every failure is InvalidArgument: "<source>: <field>: expected <what>, got <what>". Shape fields
+// are required; semantic ones default to transformers' class defaults. A fact spelled two ways
+// (alias, or both dialects) must agree. `kv_a_layernorm_eps` is read as an optional extension.
 absl::StatusOr<KimiLinearConfig> ParseKimiLinearConfig(std::string_view json_text,
                                                        std::string_view source);
+// Reads and parses a file: NotFound when it does not exist, InvalidArgument when it is not a
+// regular file, is larger than kMaxConfigFileBytes or does not parse.
 absl::StatusOr<KimiLinearConfig> LoadKimiLinearConfig(const std::string& path);
 
 // config.json in the official release dialect; ParseKimiLinearConfig reads it back unchanged.
+// An FFN layout the release's first_k_dense_replace/moe_layer_freq rule cannot express is
+// written as `mlp_layer_types` instead. Precondition: config.Validate() is OK.
 std::string ToOfficialConfigJson(const KimiLinearConfig& config);
 
-// A stable 64-bit digest of every field that affects the forward pass.
+// A stable 64-bit digest (FNV-1a) of every field that affects the forward pass; token ids and
+// max_position_embeddings are not among them.
 uint64_t ConfigFingerprint(const KimiLinearConfig& config);
 
 }  // namespace deltaserve::model

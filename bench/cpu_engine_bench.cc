@@ -1,0 +1,145 @@
+// CPU engine throughput on the `small` preset: prefill and decode tokens per second at batch 1
+// and 16, per thread count. Not a test: nothing is asserted, figures go to docs/.
+//
+//   build/bench/cpu_engine_bench [--model=DIR] [benchmark flags]
+// Without --model, a `small` checkpoint (seed 0) is written once under $TMPDIR.
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "model/checkpoint/random_checkpoint.h"
+#include "model/config/presets.h"
+#include "model/kimi_linear_model.h"
+
+namespace deltaserve::bench {
+namespace {
+
+std::string model_dir;
+
+constexpr int64_t kPrefillTokens = 256;  // per sequence
+constexpr int64_t kDecodeHistory = 256;  // tokens before decoding starts
+
+struct Loaded {
+  std::unique_ptr<kernels::cpu::CpuBackend> backend;
+  std::unique_ptr<model::KimiLinearModel> model;
+};
+
+Loaded Load(int threads) {
+  Loaded loaded;
+  loaded.backend = std::make_unique<kernels::cpu::CpuBackend>(
+      kernels::cpu::CpuBackendOptions{.num_threads = threads});
+  auto model = model::KimiLinearModel::Load(model_dir, *loaded.backend);
+  if (!model.ok()) {
+    std::fprintf(stderr, "cannot load %s: %s\n", model_dir.c_str(), model.status().ToString().c_str());
+    std::exit(1);
+  }
+  loaded.model = std::move(*model);
+  return loaded;
+}
+
+std::vector<int32_t> Tokens(int64_t n, uint64_t seed, int64_t vocab) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> tokens(n);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return tokens;
+}
+
+void BM_Prefill(benchmark::State& bench) {
+  const int64_t batch = bench.range(0);
+  const int threads = static_cast<int>(bench.range(1));
+  Loaded loaded = Load(threads);
+  model::KimiLinearModel& m = *loaded.model;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int64_t i = 0; i < batch; ++i) prompts.push_back(Tokens(kPrefillTokens, i, m.config().vocab_size));
+  std::vector<float> logits;
+  for (auto _ : bench) {
+    std::vector<std::unique_ptr<model::SequenceState>> states;
+    std::vector<model::SequenceInput> inputs;
+    for (int64_t i = 0; i < batch; ++i) {
+      states.push_back(m.NewState());
+      inputs.push_back({prompts[i], states.back().get(), {kPrefillTokens - 1}});
+    }
+    if (!m.Forward(inputs, logits).ok()) bench.SkipWithError("forward failed");
+  }
+  bench.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(batch * kPrefillTokens), benchmark::Counter::kIsIterationInvariantRate);
+  bench.counters["threads"] = threads;
+}
+
+void BM_Decode(benchmark::State& bench) {
+  const int64_t batch = bench.range(0);
+  const int threads = static_cast<int>(bench.range(1));
+  Loaded loaded = Load(threads);
+  model::KimiLinearModel& m = *loaded.model;
+  std::vector<std::unique_ptr<model::SequenceState>> states;
+  std::vector<float> logits;
+  for (int64_t i = 0; i < batch; ++i) {
+    states.push_back(m.NewState());
+    const std::vector<int32_t> history = Tokens(kDecodeHistory, 100 + i, m.config().vocab_size);
+    const model::SequenceInput input{history, states.back().get(), {}};
+    if (!m.Forward({&input, 1}, logits).ok()) bench.SkipWithError("prefill failed");
+  }
+  std::vector<int32_t> next(batch, 1);
+  for (auto _ : bench) {
+    std::vector<model::SequenceInput> inputs;
+    for (int64_t i = 0; i < batch; ++i) inputs.push_back({{&next[i], 1}, states[i].get(), {0}});
+    if (!m.Forward(inputs, logits).ok()) bench.SkipWithError("decode failed");
+  }
+  bench.counters["tokens_per_second"] =
+      benchmark::Counter(static_cast<double>(batch), benchmark::Counter::kIsIterationInvariantRate);
+  bench.counters["threads"] = threads;
+}
+
+void ThreadArgs(benchmark::internal::Benchmark* b) {
+  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int64_t batch : {1, 16}) {
+    b->Args({batch, 1});
+    if (hardware > 1) b->Args({batch, hardware});
+  }
+  b->ArgNames({"batch", "threads"})->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(BM_Prefill)->Apply(ThreadArgs);
+BENCHMARK(BM_Decode)->Apply(ThreadArgs);
+
+std::string DefaultModel() {
+  const char* tmp = std::getenv("TMPDIR");
+  const std::string dir = std::string(tmp != nullptr ? tmp : "/tmp") + "/deltaserve-bench-small";
+  if (!std::filesystem::exists(dir + "/config.json")) {
+    auto config = model::PresetConfig("small");
+    const absl::Status status = model::WriteRandomCheckpoint(*config, 0, dir);
+    if (!status.ok()) {
+      std::fprintf(stderr, "cannot write %s: %s\n", dir.c_str(), status.ToString().c_str());
+      std::exit(1);
+    }
+  }
+  return dir;
+}
+
+}  // namespace
+}  // namespace deltaserve::bench
+
+int main(int argc, char** argv) {
+  std::vector<char*> rest;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--model=", 0) == 0) {
+      deltaserve::bench::model_dir = arg.substr(8);
+    } else {
+      rest.push_back(argv[i]);
+    }
+  }
+  if (deltaserve::bench::model_dir.empty()) deltaserve::bench::model_dir = deltaserve::bench::DefaultModel();
+  int rest_argc = static_cast<int>(rest.size());
+  benchmark::Initialize(&rest_argc, rest.data());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,0 +1,61 @@
+// Arguments of each `deltaserve` subcommand, filled by the flag parser in main.cc, and the
+// functions that run them. A command returns its process exit code.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace deltaserve::cli {
+
+// Engine flags shared by the commands that load a model.
+struct EngineArgs {
+  std::string model_dir;
+  int threads = 0;                // 0: all hardware threads
+  std::string kda = "auto";       // auto | chunked | recurrent
+  std::string mla = "auto";       // auto | expanded | absorbed
+  bool biased_routing = false;    // HF remote-code routing weights
+};
+
+struct InitModelArgs {
+  std::string preset;
+  uint64_t seed = 0;
+  std::string out_dir;
+  bool allow_large = false;
+  uint64_t max_shard_mib = 4096;
+  int threads = 0;
+};
+
+struct ScoreArgs {
+  EngineArgs engine;
+  std::string tokens;
+  std::string positions = "last";  // last | all | comma-separated indices
+};
+
+struct GenerateArgs {
+  EngineArgs engine;
+  std::string tokens;
+  int32_t max_new_tokens = 16;
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  std::optional<uint64_t> seed;
+  float repetition_penalty = 1.0f;
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  std::string stop_token_ids;
+  bool ignore_eos = false;
+  int64_t prefill_chunk_tokens = 512;
+};
+
+// Returned by a command whose arguments are unusable: main prints the command's usage and
+// exits with status 2.
+inline constexpr int kUsageError = -1;
+
+int RunInitModel(const InitModelArgs& args);
+int RunScore(const ScoreArgs& args);
+int RunGenerate(const GenerateArgs& args);
+
+}  // namespace deltaserve::cli

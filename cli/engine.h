@@ -1,0 +1,23 @@
+// Builds the CPU backend and loads the model the way every model-running command does.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "cli/commands.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kimi_linear_model.h"
+
+namespace deltaserve::cli {
+
+struct Engine {
+  std::unique_ptr<kernels::cpu::CpuBackend> backend;
+  std::unique_ptr<model::KimiLinearModel> model;
+};
+
+absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);
+
+// Prints "deltaserve: <message>" to stderr and returns the exit code for a failed command.
+int ReportError(const absl::Status& status);
+
+}  // namespace deltaserve::cli

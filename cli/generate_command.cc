@@ -1,0 +1,77 @@
+// `deltaserve generate`: sample a continuation of a prompt.
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "cli/commands.h"
+#include "cli/engine.h"
+#include "cli/json_writer.h"
+#include "cli/token_list.h"
+#include "model/generator.h"
+
+namespace deltaserve::cli {
+namespace {
+
+absl::StatusOr<model::SamplingParams> ToSamplingParams(const GenerateArgs& args) {
+  model::SamplingParams params;
+  params.max_new_tokens = args.max_new_tokens;
+  params.temperature = args.temperature;
+  params.top_k = args.top_k;
+  params.top_p = args.top_p;
+  params.min_p = args.min_p;
+  params.seed = args.seed;
+  params.repetition_penalty = args.repetition_penalty;
+  params.frequency_penalty = args.frequency_penalty;
+  params.presence_penalty = args.presence_penalty;
+  params.ignore_eos = args.ignore_eos;
+  absl::StatusOr<std::vector<int32_t>> stops = ParseTokenList(args.stop_token_ids, "--stop-token-ids");
+  if (!stops.ok()) return stops.status();
+  params.stop_token_ids = *stops;
+  return params;
+}
+
+}  // namespace
+
+int RunGenerate(const GenerateArgs& args) {
+  absl::StatusOr<std::vector<int32_t>> prompt = ParseTokenList(args.tokens, "--tokens");
+  absl::StatusOr<model::SamplingParams> params = ToSamplingParams(args);
+  absl::Status bad = !prompt.ok() ? prompt.status() : params.status();
+  if (bad.ok() && prompt->empty()) bad = absl::InvalidArgumentError("--tokens needs at least one id");
+  if (!bad.ok()) {
+    std::fprintf(stderr, "deltaserve generate: %s\n", std::string(bad.message()).c_str());
+    return kUsageError;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<Engine> engine = LoadEngine(args.engine);
+  if (!engine.ok()) return ReportError(engine.status());
+  model::KimiLinearModel& model = *engine->model;
+  if (absl::Status status = params->Validate(model.config().vocab_size); !status.ok()) {
+    std::fprintf(stderr, "deltaserve generate: %s\n", std::string(status.message()).c_str());
+    return kUsageError;
+  }
+  const auto loaded = std::chrono::steady_clock::now();
+
+  std::unique_ptr<model::SequenceState> state = model.NewState();
+  model::GenerateOptions options;
+  options.prefill_chunk_tokens = args.prefill_chunk_tokens;
+  options.fallback_seed = std::chrono::steady_clock::now().time_since_epoch().count();
+  absl::StatusOr<model::GenerationResult> result =
+      model::Generate(model, *state, *prompt, *params, options);
+  if (!result.ok()) return ReportError(result.status());
+  const auto done = std::chrono::steady_clock::now();
+
+  const double load_seconds = std::chrono::duration<double>(loaded - start).count();
+  const double generate_seconds = std::chrono::duration<double>(done - loaded).count();
+  std::string out = "{\"tokens\": ";
+  AppendIntArray<int32_t>(out, result->tokens);
+  out += absl::StrFormat(
+      ", \"finish_reason\": \"%s\", \"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d}"
+      ", \"timing\": {\"load_seconds\": %.3f, \"generate_seconds\": %.3f, \"threads\": %d}}\n",
+      model::FinishReasonName(result->finish_reason), prompt->size(), result->tokens.size(),
+      load_seconds, generate_seconds, engine->backend->num_threads());
+  std::fputs(out.c_str(), stdout);
+  return 0;
+}
+
+}  // namespace deltaserve::cli

@@ -1,0 +1,155 @@
+#include "model/kimi_linear_model.h"
+
+#include <limits>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "model/layers/ffn.h"
+#include "model/layers/kda_mixer.h"
+#include "model/layers/mla_mixer.h"
+#include "model/state/state_codec.h"
+
+namespace deltaserve::model {
+
+using kernels::DType;
+using kernels::Tensor;
+using kernels::TensorView;
+
+absl::StatusOr<std::unique_ptr<KimiLinearModel>> KimiLinearModel::Load(
+    const std::string& dir, kernels::Backend& backend, const ModelOptions& options) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+  DS_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, backend, WeightScope{}));
+  return std::unique_ptr<KimiLinearModel>(
+      new KimiLinearModel(std::move(checkpoint), backend, std::move(weights), options));
+}
+
+KimiLinearModel::KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels::Backend& backend,
+                                 ModelWeights weights, const ModelOptions& options)
+    : checkpoint_(std::move(checkpoint)),
+      backend_(backend),
+      weights_(std::move(weights)),
+      options_(options),
+      local_experts_(backend, weights_) {
+  // Mixing the two digests keeps either change visible.
+  fingerprint_ = ConfigFingerprint(checkpoint_->config()) * 0x9e3779b97f4a7c15ull ^
+                 checkpoint_->WeightsFingerprint();
+}
+
+int64_t KimiLinearModel::max_context() const {
+  const int64_t limit = config().max_position_embeddings;
+  return limit > 0 ? limit : std::numeric_limits<int64_t>::max();
+}
+
+std::unique_ptr<SequenceState> KimiLinearModel::NewState() const {
+  return std::make_unique<SequenceState>(config(), backend_, 0, config().num_layers, fingerprint_);
+}
+
+std::string KimiLinearModel::SnapshotState(const SequenceState& state) const {
+  return EncodeState(state);
+}
+
+absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(
+    std::string_view snapshot) const {
+  return DecodeState(snapshot, config(), backend_, fingerprint_, 0, config().num_layers);
+}
+
+absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch) const {
+  if (batch.empty()) return absl::InvalidArgumentError("a forward step needs at least one sequence");
+  const KimiLinearConfig& c = config();
+  std::set<const SequenceState*> seen;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceInput& seq = batch[i];
+    if (seq.tokens.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no new tokens"));
+    }
+    for (size_t p = 0; p < seq.tokens.size(); ++p) {
+      if (seq.tokens[p] < 0 || seq.tokens[p] >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", i, ": token id ", seq.tokens[p], " at position ", p,
+                         " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+    if (seq.state == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no state"));
+    }
+    if (seq.state->model_fingerprint() != fingerprint_ || seq.state->layer_begin() != 0 ||
+        seq.state->layer_end() != c.num_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, ": its state belongs to another model or layer range"));
+    }
+    if (!seen.insert(seq.state).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, ": the same state appears twice in one step"));
+    }
+    const int64_t length = static_cast<int64_t>(seq.tokens.size());
+    if (seq.state->num_tokens() > max_context() - length) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "sequence ", i, ": ", seq.state->num_tokens(), " tokens of history plus ", length,
+          " new exceed the model's context of ", max_context()));
+    }
+    for (int64_t position : seq.logit_positions) {
+      if (position < 0 || position >= length) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": logit position ",
+                                                       position, " is outside its ", length,
+                                                       " new tokens"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
+                                      std::vector<float>& logits) {
+  DS_RETURN_IF_ERROR(Validate(batch));
+  const KimiLinearConfig& c = config();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  std::vector<int32_t> ids;
+  std::vector<StepSequence> seqs;
+  std::vector<int64_t> logit_rows;
+  for (const SequenceInput& seq : batch) {
+    const int64_t begin = static_cast<int64_t>(ids.size());
+    ids.insert(ids.end(), seq.tokens.begin(), seq.tokens.end());
+    seqs.push_back({{begin, static_cast<int64_t>(seq.tokens.size())}, seq.state});
+    for (int64_t position : seq.logit_positions) logit_rows.push_back(begin + position);
+  }
+  const int64_t t = static_cast<int64_t>(ids.size());
+  const Step step{backend_, c, options_.layers, seqs, t};
+
+  Tensor hidden = backend_.Allocate(t, c.hidden_size, DType::kF32);
+  Tensor normed = backend_.Allocate(t, c.hidden_size, DType::kF32);
+  Tensor mixed = backend_.Allocate(t, c.hidden_size, DType::kF32);
+  backend_.Embed(ids, weights_.embed, hidden.view());
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    const LayerWeights& w = weights_.layer(layer);
+    backend_.RmsNorm(hidden.view(), w.input_norm, eps, normed.view());
+    if (c.IsKda(layer)) {
+      KdaMixerForward(step, layer, w.kda, normed.view(), mixed.view());
+    } else {
+      MlaMixerForward(step, layer, w.mla, normed.view(), mixed.view());
+    }
+    backend_.Add(hidden.view(), mixed.view());
+    backend_.RmsNorm(hidden.view(), w.post_norm, eps, normed.view());
+    if (c.IsMoe(layer)) {
+      DS_RETURN_IF_ERROR(MoeFfnForward(step, layer, w.moe, local_experts_, normed.view(), mixed.view()));
+    } else {
+      DenseFfnForward(backend_, w.dense, normed.view(), mixed.view());
+    }
+    backend_.Add(hidden.view(), mixed.view());
+  }
+  for (const SequenceInput& seq : batch) seq.state->AppendTokens(seq.tokens);
+
+  const int64_t rows = static_cast<int64_t>(logit_rows.size());
+  logits.assign(static_cast<size_t>(rows * c.vocab_size), 0.0f);
+  if (rows == 0) return absl::OkStatus();
+  Tensor selected = backend_.Allocate(rows, c.hidden_size, DType::kF32);
+  backend_.GatherRows(hidden.view(), logit_rows, selected.view());
+  backend_.RmsNorm(selected.view(), weights_.final_norm, eps, selected.view());
+  Tensor vocab_logits = backend_.Allocate(rows, c.vocab_size, DType::kF32);
+  backend_.MatMul(selected.view(), weights_.lm_head, vocab_logits.view());
+  backend_.Download(vocab_logits.view(), logits.data());
+  return absl::OkStatus();
+}
+
+}  // namespace deltaserve::model

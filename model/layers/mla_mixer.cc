@@ -1,0 +1,60 @@
+#include "model/layers/mla_mixer.h"
+
+#include <cmath>
+#include <vector>
+
+namespace deltaserve::model {
+
+using kernels::DType;
+using kernels::Tensor;
+using kernels::TensorView;
+
+namespace {
+
+kernels::MlaForm ChooseForm(MlaFormChoice choice, int64_t new_tokens) {
+  switch (choice) {
+    case MlaFormChoice::kExpanded: return kernels::MlaForm::kExpanded;
+    case MlaFormChoice::kAbsorbed: return kernels::MlaForm::kAbsorbed;
+    case MlaFormChoice::kAuto: break;
+  }
+  return new_tokens == 1 ? kernels::MlaForm::kAbsorbed : kernels::MlaForm::kExpanded;
+}
+
+}  // namespace
+
+void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, TensorView x,
+                     TensorView out) {
+  kernels::Backend& backend = step.backend;
+  const KimiLinearConfig& c = step.config;
+  const int64_t t = step.num_tokens;
+  const int64_t rank = c.kv_lora_rank;
+
+  Tensor q = backend.Allocate(t, c.mla_num_heads * c.mla_qk_head_dim(), DType::kF32);
+  backend.MatMul(x, w.q_proj, q.view());
+  Tensor compressed = backend.Allocate(t, c.mla_latent_size(), DType::kF32);
+  backend.MatMul(x, w.kv_a_proj, compressed.view());
+  // The cached latent: RMSNorm of the first kv_lora_rank columns, k_pe as it is.
+  Tensor latent = backend.Allocate(t, c.mla_latent_size(), DType::kF32);
+  backend.RmsNorm(compressed.view().Cols(0, rank), w.kv_a_norm,
+                  static_cast<float>(c.kv_a_layernorm_eps), latent.view().Cols(0, rank));
+  backend.Copy(compressed.view().Cols(rank, c.qk_rope_head_dim),
+               latent.view().Cols(rank, c.qk_rope_head_dim));
+
+  std::vector<kernels::MlaSequence> mla_seqs(step.seqs.size());
+  for (size_t s = 0; s < step.seqs.size(); ++s) {
+    const StepSequence& seq = step.seqs[s];
+    seq.state->ReserveLatent(layer, seq.rows.length);
+    MlaLayerState& cache = seq.state->mla(layer);
+    mla_seqs[s] = {seq.rows, ChooseForm(step.options.mla_form, seq.rows.length),
+                   cache.latent.data<float>(), cache.num_cached};
+  }
+  const kernels::MlaParams params{
+      c.mla_num_heads, rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+      1.0f / std::sqrt(static_cast<float>(c.mla_qk_head_dim()))};
+  Tensor attended = backend.Allocate(t, c.mla_num_heads * c.v_head_dim, DType::kF32);
+  backend.MlaAttention(params, q.view(), latent.view(), w.kv_b_proj, mla_seqs, attended.view());
+  for (const StepSequence& seq : step.seqs) seq.state->mla(layer).num_cached += seq.rows.length;
+  backend.MatMul(attended.view(), w.o_proj, out);
+}
+
+}  // namespace deltaserve::model

@@ -1,0 +1,69 @@
+// Everything a sequence carries between steps (spec §2.6, §3.3): per KDA layer the recurrent state
+// and the conv tails, per MLA layer the latent cache, plus the tokens processed so far. Continuing
+// from a state equals processing the concatenation in one pass.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/config/kimi_linear_config.h"
+
+namespace deltaserve::model {
+
+struct KdaLayerState {
+  kernels::Tensor recurrent;                  // [H, d*d] F32: head h's [d_k, d_v] block in row h
+  std::array<kernels::Tensor, 3> conv_tails;  // q, k, v: [W-1, H*d] F32, oldest input first
+};
+
+struct MlaLayerState {
+  kernels::Tensor latent;  // [capacity, R + dr] F32; rows [0, num_cached) are valid
+  int64_t num_cached = 0;
+};
+
+class SequenceState {
+ public:
+  // A fresh (zero) state for layers [layer_begin, layer_end) of a model with `config`.
+  SequenceState(const KimiLinearConfig& config, kernels::Backend& backend, int64_t layer_begin,
+                int64_t layer_end, uint64_t model_fingerprint);
+
+  uint64_t model_fingerprint() const { return model_fingerprint_; }
+  int64_t layer_begin() const { return layer_begin_; }
+  int64_t layer_end() const { return layer_end_; }
+  const KimiLinearConfig& config() const { return config_; }
+  kernels::Backend& backend() const { return backend_; }
+
+  // Tokens processed so far (the history the state summarises).
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  int64_t num_tokens() const { return static_cast<int64_t>(tokens_.size()); }
+  void AppendTokens(std::span<const int32_t> tokens);
+
+  KdaLayerState& kda(int64_t layer);
+  const KdaLayerState& kda(int64_t layer) const;
+  MlaLayerState& mla(int64_t layer);
+  const MlaLayerState& mla(int64_t layer) const;
+
+  // Makes room for `extra` more latent rows in MLA layer `layer` (capacity grows geometrically).
+  void ReserveLatent(int64_t layer, int64_t extra);
+  // Bytes held: fixed KDA state plus the latent rows in use.
+  int64_t ByteSize() const;
+
+ private:
+  struct LayerState {
+    KdaLayerState kda;
+    MlaLayerState mla;
+  };
+
+  KimiLinearConfig config_;
+  kernels::Backend& backend_;
+  int64_t layer_begin_;
+  int64_t layer_end_;
+  uint64_t model_fingerprint_;
+  std::vector<int32_t> tokens_;
+  std::vector<LayerState> layers_;  // layers_[i] is layer layer_begin_ + i
+};
+
+}  // namespace deltaserve::model

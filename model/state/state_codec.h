@@ -1,0 +1,45 @@
+// The byte format of a sequence state (the session snapshot): versioned, tagged with the model
+// fingerprint and token count, checksummed. Decoding refuses another model's snapshot, another
+// format version, and any damaged byte.
+//
+// Layout (little-endian):
+//   magic "DSSTATE1" | u32 format_version | u32 flags (0) | u64 model_fingerprint
+//   | u32 layer_begin | u32 layer_end | u64 num_tokens | num_tokens x i32 tokens
+//   | per layer: KDA: H*d*d f32 recurrent, 3*(W-1)*H*d f32 conv tails
+//                MLA: u64 rows, rows*(R+dr) f32 latent
+//   | u32 CRC-32 of every byte before it
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "model/state/sequence_state.h"
+
+namespace deltaserve::model {
+
+inline constexpr uint32_t kStateFormatVersion = 1;
+
+std::string EncodeState(const SequenceState& state);
+
+// Decodes `bytes` into a new state for `config` / `backend`, provided the snapshot carries
+// `expected_fingerprint` and the layer range [layer_begin, layer_end).
+absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view bytes,
+                                                          const KimiLinearConfig& config,
+                                                          kernels::Backend& backend,
+                                                          uint64_t expected_fingerprint,
+                                                          int64_t layer_begin, int64_t layer_end);
+
+// The envelope alone, checked without decoding the payload (what a session store verifies).
+struct StateEnvelope {
+  uint32_t format_version = 0;
+  uint64_t model_fingerprint = 0;
+  int64_t layer_begin = 0;
+  int64_t layer_end = 0;
+  int64_t num_tokens = 0;
+};
+absl::StatusOr<StateEnvelope> ReadStateEnvelope(std::string_view bytes);
+
+}  // namespace deltaserve::model

@@ -1,0 +1,162 @@
+// Engine properties on the public fixture: a sequence's results do not depend on its batch,
+// continuing from a state (in memory or restored from a snapshot) equals one pass, and bad input
+// is refused before any state changes.
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kimi_linear_model.h"
+
+namespace deltaserve::model {
+namespace {
+
+const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+
+std::vector<int32_t> RandomTokens(size_t n, uint64_t seed, int32_t vocab) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> tokens(n);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return tokens;
+}
+
+std::vector<int64_t> AllPositions(size_t n) {
+  std::vector<int64_t> positions(n);
+  for (size_t i = 0; i < n; ++i) positions[i] = static_cast<int64_t>(i);
+  return positions;
+}
+
+class ModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto loaded = KimiLinearModel::Load(kFixture, backend_);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    model_ = std::move(*loaded);
+    vocab_ = static_cast<int32_t>(model_->config().vocab_size);
+  }
+
+  // Runs `tokens` on `state` and returns the logits of every position.
+  std::vector<float> Run(SequenceState& state, std::span<const int32_t> tokens) {
+    std::vector<float> logits;
+    const SequenceInput input{tokens, &state, AllPositions(tokens.size())};
+    EXPECT_TRUE(model_->Forward({&input, 1}, logits).ok());
+    return logits;
+  }
+
+  kernels::cpu::CpuBackend backend_{{.num_threads = 3}};
+  std::unique_ptr<KimiLinearModel> model_;
+  int32_t vocab_ = 0;
+};
+
+TEST_F(ModelTest, SequenceResultsAreIdenticalAloneOrInAnyBatch) {
+  // Each sequence: some history, then this step's new tokens (prefill, decode, or a mix).
+  struct Case {
+    size_t history;
+    size_t fresh;
+  };
+  const std::vector<Case> cases = {{0, 130}, {20, 1}, {0, 1}, {64, 65}, {7, 3}};
+  std::vector<std::vector<int32_t>> histories, news;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    histories.push_back(RandomTokens(cases[i].history, 100 + i, vocab_));
+    news.push_back(RandomTokens(cases[i].fresh, 200 + i, vocab_));
+  }
+  auto prepared_states = [&] {
+    std::vector<std::unique_ptr<SequenceState>> states;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      states.push_back(model_->NewState());
+      if (!histories[i].empty()) Run(*states.back(), histories[i]);
+    }
+    return states;
+  };
+
+  std::vector<std::unique_ptr<SequenceState>> alone_states = prepared_states();
+  std::vector<std::vector<float>> alone;
+  for (size_t i = 0; i < cases.size(); ++i) alone.push_back(Run(*alone_states[i], news[i]));
+
+  std::vector<std::unique_ptr<SequenceState>> batch_states = prepared_states();
+  std::vector<SequenceInput> batch;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    batch.push_back({news[i], batch_states[i].get(), AllPositions(news[i].size())});
+  }
+  std::vector<float> batched;
+  ASSERT_TRUE(model_->Forward(batch, batched).ok());
+
+  size_t offset = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ASSERT_EQ(0, std::memcmp(alone[i].data(), batched.data() + offset, alone[i].size() * sizeof(float)))
+        << "sequence " << i;
+    offset += alone[i].size();
+    EXPECT_EQ(model_->SnapshotState(*alone_states[i]), model_->SnapshotState(*batch_states[i]))
+        << "state of sequence " << i;
+  }
+}
+
+TEST_F(ModelTest, ContinuingFromStateEqualsOnePass) {
+  const std::vector<int32_t> tokens = RandomTokens(200, 7, vocab_);
+  std::unique_ptr<SequenceState> whole_state = model_->NewState();
+  const std::vector<float> whole = Run(*whole_state, tokens);
+
+  std::unique_ptr<SequenceState> state = model_->NewState();
+  std::vector<float> pieces;
+  const size_t cuts[] = {0, 1, 64, 130, 131, 200};
+  for (size_t i = 0; i + 1 < std::size(cuts); ++i) {
+    const std::vector<float> part =
+        Run(*state, std::span<const int32_t>(tokens).subspan(cuts[i], cuts[i + 1] - cuts[i]));
+    pieces.insert(pieces.end(), part.begin(), part.end());
+  }
+  ASSERT_EQ(pieces.size(), whole.size());
+  float max_abs = 0;
+  for (float v : whole) max_abs = std::max(max_abs, std::fabs(v));
+  for (size_t i = 0; i < whole.size(); ++i) {
+    // Different chunk boundaries change fp32 rounding only.
+    ASSERT_NEAR(pieces[i], whole[i], 1e-5 * max_abs) << i;
+  }
+  EXPECT_EQ(state->tokens(), tokens);
+}
+
+TEST_F(ModelTest, RestoredSnapshotContinuesExactlyLikeTheLiveState) {
+  const std::vector<int32_t> tokens = RandomTokens(150, 8, vocab_);
+  const std::span<const int32_t> head = std::span<const int32_t>(tokens).subspan(0, 100);
+  const std::span<const int32_t> tail = std::span<const int32_t>(tokens).subspan(100);
+  std::unique_ptr<SequenceState> live = model_->NewState();
+  Run(*live, head);
+  const std::string snapshot = model_->SnapshotState(*live);
+  absl::StatusOr<std::unique_ptr<SequenceState>> restored = model_->RestoreState(snapshot);
+  ASSERT_TRUE(restored.ok()) << restored.status();
+  EXPECT_EQ((*restored)->tokens(), live->tokens());
+  EXPECT_EQ(Run(*live, tail), Run(**restored, tail));
+  EXPECT_EQ(model_->SnapshotState(*live), model_->SnapshotState(**restored));
+}
+
+TEST_F(ModelTest, RejectsBadInputWithoutTouchingState) {
+  std::unique_ptr<SequenceState> state = model_->NewState();
+  Run(*state, RandomTokens(5, 9, vocab_));
+  const std::string before = model_->SnapshotState(*state);
+  std::vector<float> logits;
+
+  const std::vector<int32_t> out_of_vocab = {1, vocab_};
+  const SequenceInput bad_token{out_of_vocab, state.get(), {}};
+  absl::Status status = model_->Forward({&bad_token, 1}, logits);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("outside the vocabulary"), std::string::npos) << status;
+
+  const std::vector<int32_t> negative = {-1};
+  const SequenceInput bad_negative{negative, state.get(), {}};
+  EXPECT_EQ(model_->Forward({&bad_negative, 1}, logits).code(), absl::StatusCode::kInvalidArgument);
+
+  const std::vector<int32_t> ok_tokens = {1, 2};
+  const SequenceInput bad_position{ok_tokens, state.get(), {2}};
+  EXPECT_EQ(model_->Forward({&bad_position, 1}, logits).code(), absl::StatusCode::kInvalidArgument);
+
+  const SequenceInput empty{{}, state.get(), {}};
+  EXPECT_EQ(model_->Forward({&empty, 1}, logits).code(), absl::StatusCode::kInvalidArgument);
+
+  const SequenceInput twice[] = {{ok_tokens, state.get(), {}}, {ok_tokens, state.get(), {}}};
+  EXPECT_EQ(model_->Forward(twice, logits).code(), absl::StatusCode::kInvalidArgument);
+
+  EXPECT_EQ(model_->SnapshotState(*state), before);
+}
+
+}  // namespace
+}  // namespace deltaserve::model

@@ -1,0 +1,115 @@
+// Snapshots round-trip exactly, and every kind of damage or mismatch is refused.
+#include "model/state/state_codec.h"
+
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/config/presets.h"
+
+namespace deltaserve::model {
+namespace {
+
+constexpr uint64_t kFingerprint = 0x1234abcd5678ef00ull;
+
+class StateCodecTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<KimiLinearConfig> config = PresetConfig("tiny");
+    ASSERT_TRUE(config.ok());
+    config_ = *config;
+  }
+
+  // A state with random contents: KDA states, conv tails, MLA caches and tokens.
+  std::unique_ptr<SequenceState> RandomState(int64_t num_tokens, uint64_t seed) {
+    auto state = std::make_unique<SequenceState>(config_, backend_, 0, config_.num_layers, kFingerprint);
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal;
+    auto fill = [&](kernels::TensorView view) {
+      std::vector<float> values(view.numel());
+      for (float& v : values) v = normal(rng);
+      backend_.Upload(values.data(), view);
+    };
+    std::vector<int32_t> tokens(num_tokens);
+    for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % config_.vocab_size);
+    state->AppendTokens(tokens);
+    for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+      if (config_.IsKda(layer)) {
+        fill(state->kda(layer).recurrent.view());
+        for (auto& tail : state->kda(layer).conv_tails) fill(tail.view());
+      } else {
+        state->ReserveLatent(layer, num_tokens);
+        fill(state->mla(layer).latent.view().Rows(0, num_tokens));
+        state->mla(layer).num_cached = num_tokens;
+      }
+    }
+    return state;
+  }
+
+  absl::StatusOr<std::unique_ptr<SequenceState>> Decode(std::string_view bytes,
+                                                        uint64_t fingerprint = kFingerprint) {
+    return DecodeState(bytes, config_, backend_, fingerprint, 0, config_.num_layers);
+  }
+
+  KimiLinearConfig config_;
+  kernels::cpu::CpuBackend backend_{{.num_threads = 1}};
+};
+
+TEST_F(StateCodecTest, RoundTripsExactly) {
+  for (int64_t tokens : {0, 1, 37}) {
+    std::unique_ptr<SequenceState> state = RandomState(tokens, 1 + tokens);
+    const std::string bytes = EncodeState(*state);
+    absl::StatusOr<std::unique_ptr<SequenceState>> decoded = Decode(bytes);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    EXPECT_EQ((*decoded)->tokens(), state->tokens());
+    EXPECT_EQ(EncodeState(**decoded), bytes);
+    absl::StatusOr<StateEnvelope> envelope = ReadStateEnvelope(bytes);
+    ASSERT_TRUE(envelope.ok());
+    EXPECT_EQ(envelope->num_tokens, tokens);
+    EXPECT_EQ(envelope->model_fingerprint, kFingerprint);
+    EXPECT_EQ(envelope->format_version, kStateFormatVersion);
+  }
+}
+
+TEST_F(StateCodecTest, RefusesAnotherModel) {
+  const std::string bytes = EncodeState(*RandomState(3, 2));
+  absl::StatusOr<std::unique_ptr<SequenceState>> decoded = Decode(bytes, kFingerprint + 1);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(decoded.status().message().find("another model"), std::string::npos);
+}
+
+TEST_F(StateCodecTest, RefusesAnotherFormatVersion) {
+  std::string bytes = EncodeState(*RandomState(3, 3));
+  bytes[8] = 2;  // the version field follows the 8-byte magic
+  absl::StatusOr<std::unique_ptr<SequenceState>> decoded = Decode(bytes);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(decoded.status().message().find("format version 2"), std::string::npos);
+}
+
+TEST_F(StateCodecTest, RefusesEveryFlippedByteAndEveryTruncation) {
+  const std::string bytes = EncodeState(*RandomState(5, 4));
+  // Every byte of the header and tokens, then a stride through the payload, then the checksum.
+  std::vector<size_t> positions;
+  for (size_t i = 0; i < 100; ++i) positions.push_back(i);
+  for (size_t i = 100; i < bytes.size(); i += 97) positions.push_back(i);
+  for (size_t i = bytes.size() - 4; i < bytes.size(); ++i) positions.push_back(i);
+  for (size_t i : positions) {
+    std::string damaged = bytes;
+    damaged[i] ^= 0x10;
+    EXPECT_FALSE(Decode(damaged).ok()) << "flipped byte " << i;
+  }
+  for (size_t length : {size_t{0}, size_t{7}, size_t{40}, bytes.size() / 2, bytes.size() - 1}) {
+    EXPECT_FALSE(Decode(std::string_view(bytes).substr(0, length)).ok()) << "length " << length;
+  }
+  EXPECT_FALSE(Decode(bytes + "x").ok());
+}
+
+TEST_F(StateCodecTest, RefusesAnotherLayerRange) {
+  const std::string bytes = EncodeState(*RandomState(2, 5));
+  absl::StatusOr<std::unique_ptr<SequenceState>> decoded =
+      DecodeState(bytes, config_, backend_, kFingerprint, 0, 2);
+  EXPECT_EQ(decoded.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace deltaserve::model
