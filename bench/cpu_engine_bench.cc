@@ -44,6 +44,36 @@ Loaded Load(int threads) {
   return loaded;
 }
 
+// Matrix-product FLOPs of a prefill of `tokens` new tokens per sequence (logits for the last one):
+// projections, routed + shared experts, MLA key/value expansion and attention, the KDA chunk
+// work (6·d² + 3·C·d + C² per token and head, the paper's eq. 13) and the head.
+double PrefillFlops(const model::KimiLinearConfig& c, int64_t tokens) {
+  const double t = static_cast<double>(tokens);
+  double per_token = 0;  // multiply-adds per token
+  double per_sequence = static_cast<double>(c.vocab_size) * c.hidden_size;
+  const double d = static_cast<double>(c.kda_head_dim);
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    if (c.IsKda(layer)) {
+      const double p = static_cast<double>(c.kda_projection_size());
+      per_token += 4 * p * c.hidden_size + 2 * (d * c.hidden_size + p * d) + c.kda_num_heads * c.hidden_size;
+      per_token += c.kda_num_heads * (6 * d * d + 3 * 64 * d + 64.0 * 64) / 2;
+    } else {
+      const double heads = static_cast<double>(c.mla_num_heads);
+      per_token += heads * c.mla_qk_head_dim() * c.hidden_size + c.mla_latent_size() * c.hidden_size +
+                   heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank +
+                   c.hidden_size * heads * c.v_head_dim;
+      per_token += heads * (t / 2) * (c.mla_qk_head_dim() + c.v_head_dim);
+    }
+    if (c.IsMoe(layer)) {
+      per_token += c.num_experts * c.hidden_size +
+                   3.0 * c.moe_intermediate_size * c.hidden_size * (c.num_experts_per_token + c.num_shared_experts);
+    } else {
+      per_token += 3.0 * c.intermediate_size * c.hidden_size;
+    }
+  }
+  return 2 * (per_token * t + per_sequence);
+}
+
 std::vector<int32_t> Tokens(int64_t n, uint64_t seed, int64_t vocab) {
   std::mt19937_64 rng(seed);
   std::vector<int32_t> tokens(n);
@@ -70,6 +100,8 @@ void BM_Prefill(benchmark::State& bench) {
   }
   bench.counters["tokens_per_second"] =
       benchmark::Counter(static_cast<double>(batch * kPrefillTokens), benchmark::Counter::kIsIterationInvariantRate);
+  bench.counters["gflops"] = benchmark::Counter(batch * PrefillFlops(m.config(), kPrefillTokens) / 1e9,
+                                                benchmark::Counter::kIsIterationInvariantRate);
   bench.counters["threads"] = threads;
 }
 

@@ -2,6 +2,8 @@
 function(deltaserve_target_defaults target)
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic -Wshadow>
+    # GCC 12 reports false -Wrestrict positives inside std::string at -O3 (GCC bug 105329).
+    $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<CXX_COMPILER_ID:GNU>>:-Wno-restrict>
     $<$<AND:$<COMPILE_LANGUAGE:CXX>,$<BOOL:${DELTASERVE_WERROR}>>:-Werror>)
 endfunction()
 

@@ -1,5 +1,6 @@
 #include "model/layers/layer_weights.h"
 
+#include <algorithm>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -192,7 +193,10 @@ absl::StatusOr<ModelWeights> LoadModelWeights(Checkpoint& checkpoint, kernels::B
     const std::vector<std::string> unused = checkpoint.Unclaimed();
     if (!unused.empty()) {
       constexpr size_t kShown = 8;
-      std::vector<std::string> shown(unused.begin(), unused.begin() + std::min(unused.size(), kShown));
+      std::vector<std::string> shown;
+      for (size_t i = 0; i < std::min(unused.size(), kShown); ++i) {
+        shown.push_back(absl::StrCat(unused[i], " (in ", *checkpoint.tensors().at(unused[i]).file, ")"));
+      }
       return absl::InvalidArgumentError(absl::StrCat(
           checkpoint.dir(), ": ", unused.size(), " unexpected tensor(s) the model does not use: ",
           absl::StrJoin(shown, ", "), unused.size() > kShown ? ", ..." : ""));
