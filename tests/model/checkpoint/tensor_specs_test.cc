@@ -68,12 +68,6 @@ TEST(TensorSpecsTest, MatchesPublicFixtureWithParsedConfig) {
   ExpectMatchesFixture(*config);
 }
 
-TEST(TensorSpecsTest, MatchesPublicFixtureWithTinyPreset) {
-  const auto config = PresetConfig("tiny");
-  ASSERT_TRUE(config.ok()) << config.status();
-  ExpectMatchesFixture(*config);
-}
-
 TEST(TensorSpecsTest, ReleasePresetHasTheReleaseTensorCount) {
   const auto config = PresetConfig("kimi-linear-48b-a3b");
   ASSERT_TRUE(config.ok()) << config.status();
