@@ -31,6 +31,8 @@ void ThreadPool::ParallelFor(int64_t count, const std::function<void(int64_t)>& 
     for (int64_t i = 0; i < count; ++i) fn(i);
     return;
   }
+  // One loop at a time: callers on other threads wait for the pool.
+  std::lock_guard<std::mutex> one_loop(loop_mutex_);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     fn_ = &fn;

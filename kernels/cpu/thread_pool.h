@@ -22,7 +22,8 @@ class ThreadPool {
   int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(i) once for every i in [0, count) and returns when all calls have returned.
-  // Which thread runs which i is unspecified, so fn(i) must not depend on it.
+  // Which thread runs which i is unspecified, so fn(i) must not depend on it. Safe to call from
+  // several threads: their loops run one after another.
   void ParallelFor(int64_t count, const std::function<void(int64_t)>& fn);
   // Like ParallelFor, one task per `block` consecutive indices (for cheap per-index work).
   void ParallelForBlocked(int64_t count, int64_t block, const std::function<void(int64_t)>& fn);
@@ -32,6 +33,7 @@ class ThreadPool {
   void RunTasks();
 
   std::vector<std::thread> workers_;
+  std::mutex loop_mutex_;  // held for a whole loop started from outside the pool
   std::mutex mutex_;
   std::condition_variable work_ready_;
   std::condition_variable work_done_;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -127,6 +128,26 @@ TEST_F(ModelTest, RestoredSnapshotContinuesExactlyLikeTheLiveState) {
   EXPECT_EQ((*restored)->tokens(), live->tokens());
   EXPECT_EQ(Run(*live, tail), Run(**restored, tail));
   EXPECT_EQ(model_->SnapshotState(*live), model_->SnapshotState(**restored));
+}
+
+TEST_F(ModelTest, StepsFromSeveralThreadsMatchSequentialSteps) {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::vector<float>> sequential;
+  for (uint64_t i = 0; i < 4; ++i) {
+    prompts.push_back(RandomTokens(40 + 30 * i, 300 + i, vocab_));
+    std::unique_ptr<SequenceState> state = model_->NewState();
+    sequential.push_back(Run(*state, prompts.back()));
+  }
+  std::vector<std::vector<float>> concurrent(prompts.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    threads.emplace_back([&, i] {
+      std::unique_ptr<SequenceState> state = model_->NewState();
+      concurrent[i] = Run(*state, prompts[i]);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(concurrent, sequential);
 }
 
 TEST_F(ModelTest, RejectsBadInputWithoutTouchingState) {
