@@ -39,7 +39,9 @@ class Writer {
     std::memcpy(raw, &value, sizeof(T));  // the host is little-endian (checked at build time)
     out_.append(raw, sizeof(T));
   }
-  void PutBytes(const void* data, size_t n) { out_.append(static_cast<const char*>(data), n); }
+  void PutBytes(const void* data, size_t n) {
+    if (n > 0) out_.append(static_cast<const char*>(data), n);
+  }
   std::string& out() { return out_; }
 
  private:
@@ -58,6 +60,7 @@ class Reader {
   }
   absl::Status GetBytes(void* data, size_t n, const char* what) {
     DS_RETURN_IF_ERROR(Need(n, what));
+    if (n == 0) return absl::OkStatus();  // data may be null for an empty vector
     std::memcpy(data, bytes_.data() + offset_, n);
     offset_ += n;
     return absl::OkStatus();
