@@ -18,3 +18,9 @@ endif()
 if(DELTASERVE_BUILD_BENCHMARKS)
   find_package(benchmark REQUIRED)
 endif()
+
+# gRPC and Protocol Buffers (Debian: protobuf has no CONFIG package; use Debian's protoc with
+# Debian's gRPC plugin).
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)
