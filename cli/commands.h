@@ -1,11 +1,13 @@
-// Arguments of each `deltaserve` subcommand, filled by the flag parser in main.cc, and the
-// functions that run them. A command returns its process exit code.
+// Arguments of the model-running subcommands and the factories of every subcommand.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "cli/subcommand.h"
 
 namespace deltaserve::cli {
 
@@ -50,12 +52,8 @@ struct GenerateArgs {
   int64_t prefill_chunk_tokens = 512;
 };
 
-// Returned by a command whose arguments are unusable: main prints the command's usage and
-// exits with status 2.
-inline constexpr int kUsageError = -1;
-
-int RunInitModel(const InitModelArgs& args);
-int RunScore(const ScoreArgs& args);
-int RunGenerate(const GenerateArgs& args);
+std::unique_ptr<Subcommand> MakeInitModelCommand();
+std::unique_ptr<Subcommand> MakeScoreCommand();
+std::unique_ptr<Subcommand> MakeGenerateCommand();
 
 }  // namespace deltaserve::cli

@@ -6,6 +6,17 @@
 
 namespace deltaserve::cli {
 
+void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
+  command.add_option("--model", engine.model_dir, "Checkpoint directory")->required();
+  command.add_option("--threads", engine.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  command.add_option("--kda", engine.kda, "KDA algorithm")
+      ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
+  command.add_option("--mla", engine.mla, "MLA attention form")
+      ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
+  command.add_flag("--biased-routing", engine.biased_routing,
+                   "Routing weights from sigmoid + bias (HF remote code) instead of the unbiased scores");
+}
+
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args) {
   model::ModelOptions options;
   if (args.kda == "chunked") options.layers.kda_algorithm = model::KdaAlgorithmChoice::kChunked;

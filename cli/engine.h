@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "cli/commands.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -14,6 +15,9 @@ struct Engine {
   std::unique_ptr<kernels::cpu::CpuBackend> backend;
   std::unique_ptr<model::KimiLinearModel> model;
 };
+
+// Declares --model, --threads, --kda, --mla and --biased-routing on `command`.
+void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);
 

@@ -31,9 +31,36 @@ absl::StatusOr<model::SamplingParams> ToSamplingParams(const GenerateArgs& args)
   return params;
 }
 
-}  // namespace
+class GenerateCommand final : public Subcommand {
+ public:
+  CLI::App* Register(CLI::App& app) override {
+    GenerateArgs& a = args_;
+    CLI::App* cmd = app.add_subcommand("generate", "Generate tokens from a prompt; prints JSON");
+    AddEngineFlags(*cmd, a.engine);
+    cmd->add_option("--tokens", a.tokens, "Prompt token ids, e.g. 5,6,7")->required();
+    cmd->add_option("--max-new-tokens", a.max_new_tokens, "Tokens to generate at most");
+    cmd->add_option("--temperature", a.temperature, "0 for greedy");
+    cmd->add_option("--top-k", a.top_k, "Keep the k most likely tokens (0: off)");
+    cmd->add_option("--top-p", a.top_p, "Nucleus mass");
+    cmd->add_option("--min-p", a.min_p, "Drop tokens below min_p times the top probability");
+    cmd->add_option("--seed", a.seed, "Random seed");
+    cmd->add_option("--repetition-penalty", a.repetition_penalty);
+    cmd->add_option("--frequency-penalty", a.frequency_penalty);
+    cmd->add_option("--presence-penalty", a.presence_penalty);
+    cmd->add_option("--stop-token-ids", a.stop_token_ids, "Comma-separated ids that end generation");
+    cmd->add_flag("--ignore-eos", a.ignore_eos, "Do not stop at the model's eos ids");
+    cmd->add_option("--prefill-chunk", a.prefill_chunk_tokens, "Prompt tokens per forward step")
+        ->check(CLI::PositiveNumber);
+    return cmd;
+  }
+  int Run() override;
 
-int RunGenerate(const GenerateArgs& args) {
+ private:
+  GenerateArgs args_;
+};
+
+int GenerateCommand::Run() {
+  const GenerateArgs& args = args_;
   absl::StatusOr<std::vector<int32_t>> prompt = ParseTokenList(args.tokens, "--tokens");
   absl::StatusOr<model::SamplingParams> params = ToSamplingParams(args);
   absl::Status bad = !prompt.ok() ? prompt.status() : params.status();
@@ -73,5 +100,9 @@ int RunGenerate(const GenerateArgs& args) {
   std::fputs(out.c_str(), stdout);
   return 0;
 }
+
+}  // namespace
+
+std::unique_ptr<Subcommand> MakeGenerateCommand() { return std::make_unique<GenerateCommand>(); }
 
 }  // namespace deltaserve::cli

@@ -1,67 +1,25 @@
-// `deltaserve`: one binary, one subcommand per job. Flags are parsed here and only here.
+// `deltaserve`: one binary, one subcommand per job. Flags are parsed here (through each
+// subcommand's Register) and only here.
 #include <cstdio>
-#include <string>
+#include <memory>
+#include <vector>
 
 #include "CLI/CLI.hpp"
-#include "cli/commands.h"
-#include "model/config/presets.h"
+#include "cli/subcommand.h"
 
 namespace deltaserve::cli {
 namespace {
 
 constexpr int kUsageExitCode = 2;
 
-void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
-  command.add_option("--model", engine.model_dir, "Checkpoint directory")->required();
-  command.add_option("--threads", engine.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
-  command.add_option("--kda", engine.kda, "KDA algorithm")
-      ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
-  command.add_option("--mla", engine.mla, "MLA attention form")
-      ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
-  command.add_flag("--biased-routing", engine.biased_routing,
-                   "Routing weights from sigmoid + bias (HF remote code) instead of the unbiased scores");
-}
-
 int Main(int argc, char** argv) {
-  CLI::App app{"deltaserve: a Kimi Linear inference engine", "deltaserve"};
+  CLI::App app{"deltaserve: a Kimi Linear inference server", "deltaserve"};
   app.require_subcommand(1);
   app.failure_message(CLI::FailureMessage::help);
 
-  InitModelArgs init;
-  CLI::App* init_cmd = app.add_subcommand("init-model", "Write a random-weight checkpoint in the official layout");
-  init_cmd->add_option("--preset", init.preset, "Model shape")
-      ->required()
-      ->check(CLI::IsMember(model::PresetNames()));
-  init_cmd->add_option("--seed", init.seed, "Random seed");
-  init_cmd->add_option("--out", init.out_dir, "Output directory")->required();
-  init_cmd->add_flag("--allow-large", init.allow_large, "Allow writing a checkpoint over 8 GiB");
-  init_cmd->add_option("--max-shard-mib", init.max_shard_mib, "Largest shard size in MiB")
-      ->check(CLI::PositiveNumber);
-  init_cmd->add_option("--threads", init.threads, "Threads (0: all)")->check(CLI::NonNegativeNumber);
-
-  ScoreArgs score;
-  CLI::App* score_cmd = app.add_subcommand("score", "Print the logits of a prompt's positions as JSON");
-  AddEngineFlags(*score_cmd, score.engine);
-  score_cmd->add_option("--tokens", score.tokens, "Prompt token ids, e.g. 5,6,7")->required();
-  score_cmd->add_option("--positions", score.positions, "last, all, or indices such as 0,63,64");
-
-  GenerateArgs gen;
-  CLI::App* gen_cmd = app.add_subcommand("generate", "Generate tokens from a prompt; prints JSON");
-  AddEngineFlags(*gen_cmd, gen.engine);
-  gen_cmd->add_option("--tokens", gen.tokens, "Prompt token ids, e.g. 5,6,7")->required();
-  gen_cmd->add_option("--max-new-tokens", gen.max_new_tokens, "Tokens to generate at most");
-  gen_cmd->add_option("--temperature", gen.temperature, "0 for greedy");
-  gen_cmd->add_option("--top-k", gen.top_k, "Keep the k most likely tokens (0: off)");
-  gen_cmd->add_option("--top-p", gen.top_p, "Nucleus mass");
-  gen_cmd->add_option("--min-p", gen.min_p, "Drop tokens below min_p times the top probability");
-  gen_cmd->add_option("--seed", gen.seed, "Random seed");
-  gen_cmd->add_option("--repetition-penalty", gen.repetition_penalty);
-  gen_cmd->add_option("--frequency-penalty", gen.frequency_penalty);
-  gen_cmd->add_option("--presence-penalty", gen.presence_penalty);
-  gen_cmd->add_option("--stop-token-ids", gen.stop_token_ids, "Comma-separated ids that end generation");
-  gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "Do not stop at the model's eos ids");
-  gen_cmd->add_option("--prefill-chunk", gen.prefill_chunk_tokens, "Prompt tokens per forward step")
-      ->check(CLI::PositiveNumber);
+  std::vector<std::unique_ptr<Subcommand>> commands = AllSubcommands();
+  std::vector<CLI::App*> parsers;
+  for (const auto& command : commands) parsers.push_back(command->Register(app));
 
   try {
     app.parse(argc, argv);
@@ -73,22 +31,24 @@ int Main(int argc, char** argv) {
     app.exit(e);
     return kUsageExitCode;
   }
-  CLI::App* command = init_cmd;
-  int status;
-  if (init_cmd->parsed()) {
-    status = RunInitModel(init);
-  } else if (score_cmd->parsed()) {
-    command = score_cmd;
-    status = RunScore(score);
-  } else {
-    command = gen_cmd;
-    status = RunGenerate(gen);
+  for (size_t i = 0; i < commands.size(); ++i) {
+    if (!parsers[i]->parsed()) continue;
+    const int status = commands[i]->Run();
+    if (status == kUsageError) {
+      // The deepest parsed subcommand's usage (e.g. `client generate`).
+      CLI::App* shown = parsers[i];
+      for (CLI::App* sub = shown; sub != nullptr;) {
+        shown = sub;
+        CLI::App* next = nullptr;
+        for (CLI::App* child : sub->get_subcommands()) next = child;
+        sub = next;
+      }
+      std::fputs(shown->help().c_str(), stderr);
+      return kUsageExitCode;
+    }
+    return status;
   }
-  if (status == kUsageError) {
-    std::fputs(command->help().c_str(), stderr);
-    return kUsageExitCode;
-  }
-  return status;
+  return kUsageExitCode;
 }
 
 }  // namespace

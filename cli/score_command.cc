@@ -9,7 +9,25 @@
 
 namespace deltaserve::cli {
 
-int RunScore(const ScoreArgs& args) {
+namespace {
+
+class ScoreCommand final : public Subcommand {
+ public:
+  CLI::App* Register(CLI::App& app) override {
+    CLI::App* cmd = app.add_subcommand("score", "Print the logits of a prompt's positions as JSON");
+    AddEngineFlags(*cmd, args_.engine);
+    cmd->add_option("--tokens", args_.tokens, "Prompt token ids, e.g. 5,6,7")->required();
+    cmd->add_option("--positions", args_.positions, "last, all, or indices such as 0,63,64");
+    return cmd;
+  }
+  int Run() override;
+
+ private:
+  ScoreArgs args_;
+};
+
+int ScoreCommand::Run() {
+  const ScoreArgs& args = args_;
   absl::StatusOr<std::vector<int32_t>> tokens = ParseTokenList(args.tokens, "--tokens");
   if (!tokens.ok() || tokens->empty()) {
     std::fprintf(stderr, "deltaserve score: %s\n",
@@ -44,5 +62,9 @@ int RunScore(const ScoreArgs& args) {
   std::fputs(out.c_str(), stdout);
   return 0;
 }
+
+}  // namespace
+
+std::unique_ptr<Subcommand> MakeScoreCommand() { return std::make_unique<ScoreCommand>(); }
 
 }  // namespace deltaserve::cli

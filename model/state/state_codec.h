@@ -17,10 +17,9 @@
 
 #include "absl/status/statusor.h"
 #include "model/state/sequence_state.h"
+#include "model/state/state_envelope.h"
 
 namespace deltaserve::model {
-
-inline constexpr uint32_t kStateFormatVersion = 1;
 
 std::string EncodeState(const SequenceState& state);
 
@@ -31,15 +30,5 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
                                                           kernels::Backend& backend,
                                                           uint64_t expected_fingerprint,
                                                           int64_t layer_begin, int64_t layer_end);
-
-// The envelope alone, checked without decoding the payload (what a session store verifies).
-struct StateEnvelope {
-  uint32_t format_version = 0;
-  uint64_t model_fingerprint = 0;
-  int64_t layer_begin = 0;
-  int64_t layer_end = 0;
-  int64_t num_tokens = 0;
-};
-absl::StatusOr<StateEnvelope> ReadStateEnvelope(std::string_view bytes);
 
 }  // namespace deltaserve::model
