@@ -18,8 +18,15 @@ using kernels::TensorView;
 
 absl::StatusOr<std::unique_ptr<KimiLinearModel>> KimiLinearModel::Load(
     const std::string& dir, kernels::Backend& backend, const ModelOptions& options) {
+  if (!options.scope.load_dense) {
+    return absl::InvalidArgumentError("a model needs its dense weights (load_dense)");
+  }
+  if (!options.scope.load_routed_experts && options.experts == nullptr) {
+    return absl::InvalidArgumentError(
+        "routed experts are neither loaded nor reachable: pass an ExpertRunner for them");
+  }
   DS_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
-  DS_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, backend, WeightScope{}));
+  DS_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, backend, options.scope));
   return std::unique_ptr<KimiLinearModel>(
       new KimiLinearModel(std::move(checkpoint), backend, std::move(weights), options));
 }
@@ -30,7 +37,8 @@ KimiLinearModel::KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels
       backend_(backend),
       weights_(std::move(weights)),
       options_(options),
-      local_experts_(backend, weights_) {
+      local_experts_(backend, weights_),
+      experts_(options.experts != nullptr ? options.experts : &local_experts_) {
   // Mixing the two digests keeps either change visible.
   fingerprint_ = ConfigFingerprint(checkpoint_->config()) * 0x9e3779b97f4a7c15ull ^
                  checkpoint_->WeightsFingerprint();
@@ -42,7 +50,7 @@ int64_t KimiLinearModel::max_context() const {
 }
 
 std::unique_ptr<SequenceState> KimiLinearModel::NewState() const {
-  return std::make_unique<SequenceState>(config(), backend_, 0, config().num_layers, fingerprint_);
+  return std::make_unique<SequenceState>(config(), backend_, layer_begin(), layer_end(), fingerprint_);
 }
 
 std::string KimiLinearModel::SnapshotState(const SequenceState& state) const {
@@ -51,12 +59,14 @@ std::string KimiLinearModel::SnapshotState(const SequenceState& state) const {
 
 absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(
     std::string_view snapshot) const {
-  return DecodeState(snapshot, config(), backend_, fingerprint_, 0, config().num_layers);
+  return DecodeState(snapshot, config(), backend_, fingerprint_, layer_begin(), layer_end());
 }
 
-absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch) const {
+absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
+                                      size_t hidden_in_size) const {
   if (batch.empty()) return absl::InvalidArgumentError("a forward step needs at least one sequence");
   const KimiLinearConfig& c = config();
+  size_t total_tokens = 0;
   std::set<const SequenceState*> seen;
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceInput& seq = batch[i];
@@ -73,8 +83,8 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch) con
     if (seq.state == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no state"));
     }
-    if (seq.state->model_fingerprint() != fingerprint_ || seq.state->layer_begin() != 0 ||
-        seq.state->layer_end() != c.num_layers) {
+    if (seq.state->model_fingerprint() != fingerprint_ || seq.state->layer_begin() != layer_begin() ||
+        seq.state->layer_end() != layer_end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", i, ": its state belongs to another model or layer range"));
     }
@@ -83,6 +93,11 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch) con
           absl::StrCat("sequence ", i, ": the same state appears twice in one step"));
     }
     const int64_t length = static_cast<int64_t>(seq.tokens.size());
+    total_tokens += seq.tokens.size();
+    if (!seq.logit_positions.empty() && !is_last_stage()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, ": logits come from the last stage only"));
+    }
     if (seq.state->num_tokens() > max_context() - length) {
       return absl::OutOfRangeError(absl::StrCat(
           "sequence ", i, ": ", seq.state->num_tokens(), " tokens of history plus ", length,
@@ -96,12 +111,27 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch) con
       }
     }
   }
+  const size_t expected_hidden = is_first_stage() ? 0 : total_tokens * c.hidden_size;
+  if (hidden_in_size != expected_hidden) {
+    return absl::InvalidArgumentError(absl::StrCat("the step's input holds ", hidden_in_size,
+                                                   " values; layers [", layer_begin(), ", ",
+                                                   layer_end(), ") expect ", expected_hidden));
+  }
   return absl::OkStatus();
 }
 
 absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
                                       std::vector<float>& logits) {
-  DS_RETURN_IF_ERROR(Validate(batch));
+  if (!is_first_stage() || !is_last_stage()) {
+    return absl::FailedPreconditionError("Forward needs the whole model; use ForwardStage");
+  }
+  return ForwardStage(batch, {}, logits);
+}
+
+absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
+                                           std::span<const float> hidden_in,
+                                           std::vector<float>& out) {
+  DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size()));
   const KimiLinearConfig& c = config();
   const float eps = static_cast<float>(c.rms_norm_eps);
 
@@ -120,8 +150,12 @@ absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
   Tensor hidden = backend_.Allocate(t, c.hidden_size, DType::kF32);
   Tensor normed = backend_.Allocate(t, c.hidden_size, DType::kF32);
   Tensor mixed = backend_.Allocate(t, c.hidden_size, DType::kF32);
-  backend_.Embed(ids, weights_.embed, hidden.view());
-  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+  if (is_first_stage()) {
+    backend_.Embed(ids, weights_.embed, hidden.view());
+  } else {
+    backend_.Upload(hidden_in.data(), hidden.view());
+  }
+  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
     const LayerWeights& w = weights_.layer(layer);
     backend_.RmsNorm(hidden.view(), w.input_norm, eps, normed.view());
     if (c.IsKda(layer)) {
@@ -132,14 +166,20 @@ absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
     backend_.Add(hidden.view(), mixed.view());
     backend_.RmsNorm(hidden.view(), w.post_norm, eps, normed.view());
     if (c.IsMoe(layer)) {
-      DS_RETURN_IF_ERROR(MoeFfnForward(step, layer, w.moe, local_experts_, normed.view(), mixed.view()));
+      DS_RETURN_IF_ERROR(MoeFfnForward(step, layer, w.moe, *experts_, normed.view(), mixed.view()));
     } else {
       DenseFfnForward(backend_, w.dense, normed.view(), mixed.view());
     }
     backend_.Add(hidden.view(), mixed.view());
   }
   for (const SequenceInput& seq : batch) seq.state->AppendTokens(seq.tokens);
+  if (!is_last_stage()) {
+    out.resize(static_cast<size_t>(t * c.hidden_size));
+    backend_.Download(hidden.view(), out.data());
+    return absl::OkStatus();
+  }
 
+  std::vector<float>& logits = out;
   const int64_t rows = static_cast<int64_t>(logit_rows.size());
   logits.assign(static_cast<size_t>(rows * c.vocab_size), 0.0f);
   if (rows == 0) return absl::OkStatus();

@@ -22,6 +22,11 @@ namespace deltaserve::model {
 
 struct ModelOptions {
   LayerOptions layers;
+  // The part of the model this process holds: a pipeline stage holds a layer range; a stage whose
+  // routed experts live on expert workers loads none and passes `experts`.
+  WeightScope scope;
+  // Runs the routed experts when they are not loaded here (not owned; must outlive the model).
+  ExpertRunner* experts = nullptr;
 };
 
 // One sequence's share of a step.
@@ -40,12 +45,18 @@ class KimiLinearModel {
                                                               const ModelOptions& options = {});
 
   const KimiLinearConfig& config() const { return checkpoint_->config(); }
+  // The layers this model holds: [layer_begin, layer_end).
+  int64_t layer_begin() const { return weights_.layer_begin; }
+  int64_t layer_end() const { return weights_.layer_end; }
+  bool is_first_stage() const { return layer_begin() == 0; }
+  bool is_last_stage() const { return layer_end() == config().num_layers; }
   kernels::Backend& backend() const { return backend_; }
   // Identifies the weights and configuration; snapshots carry it.
   uint64_t fingerprint() const { return fingerprint_; }
   // The longest history a sequence may reach (model_max_length, or unbounded when absent).
   int64_t max_context() const;
 
+  // A fresh state for this model's layers.
   std::unique_ptr<SequenceState> NewState() const;
   std::string SnapshotState(const SequenceState& state) const;
   absl::StatusOr<std::unique_ptr<SequenceState>> RestoreState(std::string_view snapshot) const;
@@ -55,19 +66,28 @@ class KimiLinearModel {
   // positions in the order given. Invalid input (token ids, positions, foreign or repeated
   // states, context length) is rejected before any state changes. Several threads may run
   // steps on one model (the backend interleaves them); a state must be in one step at a time.
+  // Needs the whole model (a single stage).
   absl::Status Forward(std::span<const SequenceInput> batch, std::vector<float>& logits);
+
+  // One pipeline stage's share of a step. The first stage embeds the tokens; a later stage takes
+  // the previous stage's output `hidden_in` ([T, hidden] rows in batch order). The last stage
+  // writes the requested logits to `out` as Forward does; any other stage writes its [T, hidden]
+  // output. Every stage receives the token ids (its states record them).
+  absl::Status ForwardStage(std::span<const SequenceInput> batch, std::span<const float> hidden_in,
+                            std::vector<float>& out);
 
  private:
   KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels::Backend& backend,
                   ModelWeights weights, const ModelOptions& options);
 
-  absl::Status Validate(std::span<const SequenceInput> batch) const;
+  absl::Status Validate(std::span<const SequenceInput> batch, size_t hidden_in_size) const;
 
   std::unique_ptr<Checkpoint> checkpoint_;
   kernels::Backend& backend_;
   ModelWeights weights_;
   ModelOptions options_;
   LocalExpertRunner local_experts_;
+  ExpertRunner* experts_;  // local_experts_ or ModelOptions::experts
   uint64_t fingerprint_ = 0;
 };
 

@@ -110,9 +110,11 @@ absl::StatusOr<MoeWeights> LoadMoe(Loader& loader, const KimiLinearConfig& c, in
                                    const WeightScope& scope) {
   const std::string prefix = LayerTensorName(layer, "block_sparse_moe.");
   MoeWeights m;
-  DS_ASSIGN_OR_RETURN(m.router, loader.Linear(prefix + "gate.weight", c.num_experts, c.hidden_size));
-  DS_ASSIGN_OR_RETURN(m.correction_bias,
-                      loader.Vector(prefix + "gate.e_score_correction_bias", c.num_experts));
+  if (scope.load_dense) {
+    DS_ASSIGN_OR_RETURN(m.router, loader.Linear(prefix + "gate.weight", c.num_experts, c.hidden_size));
+    DS_ASSIGN_OR_RETURN(m.correction_bias,
+                        loader.Vector(prefix + "gate.e_score_correction_bias", c.num_experts));
+  }
   if (scope.load_routed_experts) {
     const int64_t end = scope.expert_end < 0 ? c.num_experts : scope.expert_end;
     m.first_expert = scope.expert_begin;
@@ -123,7 +125,7 @@ absl::StatusOr<MoeWeights> LoadMoe(Loader& loader, const KimiLinearConfig& c, in
       m.experts.push_back({expert.gate, expert.up, expert.down});
     }
   }
-  if (c.num_shared_experts > 0) {
+  if (c.num_shared_experts > 0 && scope.load_dense) {
     m.has_shared = true;
     DS_ASSIGN_OR_RETURN(m.shared, LoadSwiGlu(loader, prefix + "shared_experts.", "gate_proj",
                                              "up_proj", "down_proj", c.hidden_size,
@@ -136,7 +138,7 @@ absl::StatusOr<MoeWeights> LoadMoe(Loader& loader, const KimiLinearConfig& c, in
 
 bool WeightScope::Covers(const KimiLinearConfig& config) const {
   return layer_begin == 0 && (layer_end < 0 || layer_end == config.num_layers) && expert_begin == 0 &&
-         (expert_end < 0 || expert_end == config.num_experts) && load_routed_experts;
+         (expert_end < 0 || expert_end == config.num_experts) && load_routed_experts && load_dense;
 }
 
 absl::StatusOr<ModelWeights> LoadModelWeights(Checkpoint& checkpoint, kernels::Backend& backend,
@@ -158,29 +160,32 @@ absl::StatusOr<ModelWeights> LoadModelWeights(Checkpoint& checkpoint, kernels::B
   ModelWeights weights;
   weights.layer_begin = scope.layer_begin;
   weights.layer_end = layer_end;
-  if (scope.layer_begin == 0) {
+  if (scope.layer_begin == 0 && scope.load_dense) {
     DS_ASSIGN_OR_RETURN(weights.embed,
                         loader.Linear("model.embed_tokens.weight", c.vocab_size, c.hidden_size));
   }
   for (int64_t layer = scope.layer_begin; layer < layer_end; ++layer) {
     LayerWeights lw;
-    DS_ASSIGN_OR_RETURN(lw.input_norm,
-                        loader.Vector(LayerTensorName(layer, "input_layernorm.weight"), c.hidden_size));
-    DS_ASSIGN_OR_RETURN(lw.post_norm, loader.Vector(LayerTensorName(layer, "post_attention_layernorm.weight"),
-                                                    c.hidden_size));
-    if (c.IsKda(layer)) {
-      DS_ASSIGN_OR_RETURN(lw.kda, LoadKda(loader, c, layer));
-    } else {
-      DS_ASSIGN_OR_RETURN(lw.mla, LoadMla(loader, c, layer));
+    if (scope.load_dense) {
+      DS_ASSIGN_OR_RETURN(lw.input_norm, loader.Vector(LayerTensorName(layer, "input_layernorm.weight"),
+                                                       c.hidden_size));
+      DS_ASSIGN_OR_RETURN(lw.post_norm, loader.Vector(LayerTensorName(layer, "post_attention_layernorm.weight"),
+                                                      c.hidden_size));
+      if (c.IsKda(layer)) {
+        DS_ASSIGN_OR_RETURN(lw.kda, LoadKda(loader, c, layer));
+      } else {
+        DS_ASSIGN_OR_RETURN(lw.mla, LoadMla(loader, c, layer));
+      }
+      if (!c.IsMoe(layer)) {
+        DS_ASSIGN_OR_RETURN(lw.dense, LoadDense(loader, c, layer));
+      }
     }
     if (c.IsMoe(layer)) {
       DS_ASSIGN_OR_RETURN(lw.moe, LoadMoe(loader, c, layer, scope));
-    } else {
-      DS_ASSIGN_OR_RETURN(lw.dense, LoadDense(loader, c, layer));
     }
     weights.layers.push_back(std::move(lw));
   }
-  if (layer_end == c.num_layers) {
+  if (layer_end == c.num_layers && scope.load_dense) {
     DS_ASSIGN_OR_RETURN(weights.final_norm, loader.Vector("model.norm.weight", c.hidden_size));
     if (c.tie_word_embeddings) {
       DS_ASSIGN_OR_RETURN(weights.lm_head,

@@ -53,6 +53,9 @@ struct WeightScope {
   int64_t expert_begin = 0;
   int64_t expert_end = -1;  // -1: all experts
   bool load_routed_experts = true;
+  // Everything but the routed experts (embedding, norms, mixers, dense and shared FFNs, router,
+  // head). An expert shard loads only its experts.
+  bool load_dense = true;
 
   bool Covers(const KimiLinearConfig& config) const;  // the whole model
 };
