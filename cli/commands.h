@@ -55,5 +55,10 @@ struct GenerateArgs {
 std::unique_ptr<Subcommand> MakeInitModelCommand();
 std::unique_ptr<Subcommand> MakeScoreCommand();
 std::unique_ptr<Subcommand> MakeGenerateCommand();
+std::unique_ptr<Subcommand> MakeClientCommand();
+std::unique_ptr<Subcommand> MakeServeCommand();
+std::unique_ptr<Subcommand> MakeRouterCommand();
+std::unique_ptr<Subcommand> MakeWorkerCommand();
+std::unique_ptr<Subcommand> MakeSessionStoreCommand();
 
 }  // namespace deltaserve::cli

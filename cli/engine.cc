@@ -17,13 +17,19 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
                    "Routing weights from sigmoid + bias (HF remote code) instead of the unbiased scores");
 }
 
+model::LayerOptions LayerOptionsFrom(const EngineArgs& args) {
+  model::LayerOptions layers;
+  if (args.kda == "chunked") layers.kda_algorithm = model::KdaAlgorithmChoice::kChunked;
+  if (args.kda == "recurrent") layers.kda_algorithm = model::KdaAlgorithmChoice::kRecurrent;
+  if (args.mla == "expanded") layers.mla_form = model::MlaFormChoice::kExpanded;
+  if (args.mla == "absorbed") layers.mla_form = model::MlaFormChoice::kAbsorbed;
+  layers.biased_routing = args.biased_routing;
+  return layers;
+}
+
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args) {
   model::ModelOptions options;
-  if (args.kda == "chunked") options.layers.kda_algorithm = model::KdaAlgorithmChoice::kChunked;
-  if (args.kda == "recurrent") options.layers.kda_algorithm = model::KdaAlgorithmChoice::kRecurrent;
-  if (args.mla == "expanded") options.layers.mla_form = model::MlaFormChoice::kExpanded;
-  if (args.mla == "absorbed") options.layers.mla_form = model::MlaFormChoice::kAbsorbed;
-  options.layers.biased_routing = args.biased_routing;
+  options.layers = LayerOptionsFrom(args);
   Engine engine;
   engine.backend = std::make_unique<kernels::cpu::CpuBackend>(
       kernels::cpu::CpuBackendOptions{.num_threads = args.threads});

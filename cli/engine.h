@@ -21,6 +21,9 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);
 
+// The algorithm choices of --kda, --mla and --biased-routing.
+model::LayerOptions LayerOptionsFrom(const EngineArgs& args);
+
 // Prints "deltaserve: <message>" to stderr and returns the exit code for a failed command.
 int ReportError(const absl::Status& status);
 

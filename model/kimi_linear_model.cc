@@ -39,9 +39,7 @@ KimiLinearModel::KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels
       options_(options),
       local_experts_(backend, weights_),
       experts_(options.experts != nullptr ? options.experts : &local_experts_) {
-  // Mixing the two digests keeps either change visible.
-  fingerprint_ = ConfigFingerprint(checkpoint_->config()) * 0x9e3779b97f4a7c15ull ^
-                 checkpoint_->WeightsFingerprint();
+  fingerprint_ = checkpoint_->ModelFingerprint();
 }
 
 int64_t KimiLinearModel::max_context() const {

@@ -177,6 +177,11 @@ std::vector<std::string> Checkpoint::Unclaimed() const {
   return names;
 }
 
+uint64_t Checkpoint::ModelFingerprint() const {
+  // Multiplying by an odd constant before mixing keeps a change in either digest visible.
+  return ConfigFingerprint(config_) * 0x9e3779b97f4a7c15ull ^ WeightsFingerprint();
+}
+
 uint64_t Checkpoint::WeightsFingerprint() const {
   // FNV-1a 64 over metadata and four 64-byte samples per tensor: touches a few pages per tensor,
   // so it stays cheap on a 98 GB checkpoint.

@@ -43,6 +43,9 @@ class Checkpoint {
 
   // A stable digest of the weights: names, dtypes, shapes and a sample of every tensor's bytes.
   uint64_t WeightsFingerprint() const;
+  // Identifies the model: the configuration's fingerprint mixed with the weights'. Every process
+  // serving this checkpoint (whole, a pipeline stage, an expert shard) gets the same value.
+  uint64_t ModelFingerprint() const;
 
  private:
   Checkpoint() = default;

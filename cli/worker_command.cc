@@ -1,0 +1,81 @@
+// `deltaserve worker --role stage|experts`: a pipeline stage (a layer range) or an expert shard.
+#include <cstdio>
+
+#include "absl/strings/str_split.h"
+#include "cli/commands.h"
+#include "cli/engine.h"
+#include "cli/server_flags.h"
+#include "services/process/cluster_processes.h"
+#include "services/process/process_support.h"
+
+namespace deltaserve::cli {
+namespace {
+
+class WorkerCommand final : public Subcommand {
+ public:
+  CLI::App* Register(CLI::App& app) override {
+    CLI::App* cmd = app.add_subcommand("worker", "Run a stage worker or an expert worker");
+    cmd->add_option("--role", role_, "stage or experts")->required()->check(CLI::IsMember({"stage", "experts"}));
+    AddEngineFlags(*cmd, engine_);
+    cmd->add_option("--layers", layers_, "Stage: the layers it holds, first-last (e.g. 0-13)");
+    cmd->add_option("--next", stage_.next_stage, "Stage: address of the next stage (not on the last)");
+    cmd->add_option("--expert-workers", expert_workers_,
+                    "Stage: comma-separated expert worker addresses; empty: experts held here");
+    cmd->add_option("--session-store", stage_.session_store, "Stage: session store address");
+    cmd->add_option("--max-open-sequences", stage_.max_open_sequences)->capture_default_str();
+    cmd->add_option("--experts", experts_, "Experts: the experts it holds, first-last (e.g. 0-127)");
+    AddServerFlags(*cmd, flags_, "0.0.0.0:50061");
+    return cmd;
+  }
+
+  int Run() override {
+    if (role_ == "stage") {
+      absl::StatusOr<services::IndexRange> range = services::ParseInclusiveRange(layers_, "--layers");
+      if (!range.ok() || !experts_.empty()) {
+        std::fprintf(stderr, "deltaserve worker: %s\n",
+                     range.ok() ? "--experts is for --role experts" : std::string(range.status().message()).c_str());
+        return kUsageError;
+      }
+      stage_.layer_begin = range->begin;
+      stage_.layer_end = range->end;
+      if (!expert_workers_.empty()) stage_.expert_workers = absl::StrSplit(expert_workers_, ',');
+      return RunServerRole("stage_worker", flags_, [this] {
+        stage_.process = flags_.process;
+        stage_.model_dir = engine_.model_dir;
+        stage_.threads = engine_.threads;
+        stage_.layers = LayerOptionsFrom(engine_);
+        return services::StartStageWorker(stage_);
+      });
+    }
+    absl::StatusOr<services::IndexRange> range = services::ParseInclusiveRange(experts_, "--experts");
+    if (!range.ok() || !layers_.empty()) {
+      std::fprintf(stderr, "deltaserve worker: %s\n",
+                   range.ok() ? "--layers is for --role stage" : std::string(range.status().message()).c_str());
+      return kUsageError;
+    }
+    experts_config_.expert_begin = range->begin;
+    experts_config_.expert_end = range->end;
+    return RunServerRole("expert_worker", flags_, [this] {
+      experts_config_.process = flags_.process;
+      experts_config_.model_dir = engine_.model_dir;
+      experts_config_.threads = engine_.threads;
+      return services::StartExpertWorker(experts_config_);
+    });
+  }
+
+ private:
+  std::string role_;
+  std::string layers_;
+  std::string experts_;
+  std::string expert_workers_;
+  EngineArgs engine_;
+  ServerFlags flags_;
+  services::StageWorkerConfig stage_;
+  services::ExpertWorkerConfig experts_config_;
+};
+
+}  // namespace
+
+std::unique_ptr<Subcommand> MakeWorkerCommand() { return std::make_unique<WorkerCommand>(); }
+
+}  // namespace deltaserve::cli

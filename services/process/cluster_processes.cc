@@ -1,0 +1,288 @@
+#include "services/process/cluster_processes.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "base/status_macros.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/config/kimi_linear_config.h"
+#include "model/kimi_linear_model.h"
+#include "services/common/server_runner.h"
+#include "services/process/process_support.h"
+#include "services/router/engine_core.h"
+#include "services/router/inference_service.h"
+#include "services/router/router_metrics.h"
+#include "services/session_store/session_store_service.h"
+#include "services/session_store/snapshot_store.h"
+#include "services/session_store/store_client.h"
+#include "services/session_store/store_metrics.h"
+#include "services/transport/grpc_channels.h"
+#include "services/worker/expert_shard.h"
+#include "services/worker/remote_expert_runner.h"
+#include "services/worker/stage_engine.h"
+
+namespace deltaserve::services {
+namespace {
+
+std::string Hex(uint64_t value) { return absl::StrFormat("%016x", value); }
+
+// The parts of a role, destroyed in reverse order of declaration after the server stops.
+class Process final : public RunningProcess {
+ public:
+  // `stop` runs after the server has drained (stops engines and threads).
+  Process(std::vector<std::shared_ptr<void>> keep_alive, std::unique_ptr<MetricsServer> metrics,
+          std::unique_ptr<GrpcServer> server, std::function<void()> stop)
+      : keep_alive_(std::move(keep_alive)),
+        metrics_(std::move(metrics)),
+        server_(std::move(server)),
+        address_(server_->address()),
+        stop_(std::move(stop)) {}
+  ~Process() override { Shutdown(std::chrono::milliseconds(0)); }
+
+  const std::string& address() const override { return address_; }
+  int metrics_port() const override { return metrics_ == nullptr ? 0 : metrics_->port(); }
+  void Shutdown(std::chrono::milliseconds grace) override {
+    if (server_ == nullptr) return;
+    server_->Shutdown(std::chrono::system_clock::now() + grace);
+    if (stop_) stop_();
+    server_.reset();
+  }
+
+ private:
+  std::vector<std::shared_ptr<void>> keep_alive_;  // components, in construction order
+  std::unique_ptr<MetricsServer> metrics_;
+  std::unique_ptr<GrpcServer> server_;
+  std::string address_;
+  std::function<void()> stop_;
+};
+
+// Removes expired sessions every `interval` until stopped.
+class Sweeper {
+ public:
+  Sweeper(SnapshotStore& store, std::chrono::seconds interval)
+      : thread_([this, &store, interval] {
+          std::unique_lock<std::mutex> lock(mutex_);
+          while (!stop_) {
+            if (cv_.wait_for(lock, interval, [this] { return stop_; })) break;
+            lock.unlock();
+            store.SweepExpired();
+            lock.lock();
+          }
+        }) {}
+  ~Sweeper() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartSessionStore(const SessionStoreConfig& config) {
+  // A part travels in one message: the server must accept the largest part the store accepts.
+  GrpcServerConfig server = config.process.server;
+  server.max_receive_message_bytes =
+      std::max<int64_t>(server.max_receive_message_bytes, StoreMessageLimitBytes(config.store.max_part_bytes));
+  server.max_send_message_bytes =
+      std::max<int64_t>(server.max_send_message_bytes, StoreMessageLimitBytes(config.store.max_part_bytes));
+  DS_RETURN_IF_ERROR(server.Validate());
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
+                      StartMetrics(config.process.metrics_listen, "session_store"));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<SnapshotStore> opened, SnapshotStore::Open(config.store));
+  std::shared_ptr<SnapshotStore> store = std::move(opened);
+  std::vector<std::shared_ptr<void>> keep = {store};
+  if (metrics != nullptr) {
+    auto collectable = std::make_shared<StoreMetrics>(*store);
+    metrics->AddCollectable(collectable);
+    keep.push_back(collectable);
+  }
+  auto service = std::make_shared<SessionStoreService>(*store);
+  keep.push_back(service);
+  keep.push_back(std::make_shared<Sweeper>(*store, config.sweep_interval));
+  grpc::Service* services[] = {service.get()};
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> grpc_server, GrpcServer::Start(server, services));
+  grpc_server->SetServingStatus("deltaserve.internal.v1.SessionStore", true);
+  return std::make_unique<Process>(std::move(keep), std::move(metrics), std::move(grpc_server), nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWorkerConfig& config) {
+  DS_RETURN_IF_ERROR(config.process.server.Validate());
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
+                      StartMetrics(config.process.metrics_listen, "expert_worker"));
+  auto backend = std::make_shared<kernels::cpu::CpuBackend>(
+      kernels::cpu::CpuBackendOptions{.num_threads = config.threads});
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertShard> loaded,
+                      ExpertShard::Load(config.model_dir, *backend, config.expert_begin, config.expert_end));
+  std::shared_ptr<ExpertShard> shard = std::move(loaded);
+  WorkerDescription description;
+  description.model_fingerprint = Hex(shard->fingerprint());
+  description.expert_begin = config.expert_begin;
+  description.expert_end = config.expert_end;
+  auto service = std::make_shared<ExpertWorkerService>(*shard, description);
+  grpc::Service* services[] = {service.get()};
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));
+  server->SetServingStatus("deltaserve.internal.v1.ExpertWorker", true);
+  return std::make_unique<Process>(std::vector<std::shared_ptr<void>>{backend, shard, service},
+                                   std::move(metrics), std::move(server), nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWorkerConfig& config) {
+  DS_RETURN_IF_ERROR(config.process.server.Validate());
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
+                      StartMetrics(config.process.metrics_listen, "stage_worker"));
+  std::vector<std::shared_ptr<void>> keep;
+  const std::chrono::milliseconds wait = config.process.peer_wait;
+  const std::chrono::milliseconds timeout = config.process.call_timeout;
+
+  // Expert shards first: the model loads without routed experts when they live elsewhere.
+  std::vector<ExpertShardLink> links;
+  std::vector<std::string> shard_fingerprints;
+  for (const std::string& address : config.expert_workers) {
+    auto channel = InternalChannel(address);
+    DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("expert worker ", address), wait));
+    auto expert_channel = std::make_shared<GrpcExpertChannel>(channel, timeout);
+    DS_ASSIGN_OR_RETURN(WorkerDescription d, expert_channel->Describe());
+    links.push_back({d.expert_begin, d.expert_end, expert_channel.get()});
+    shard_fingerprints.push_back(d.model_fingerprint);
+    keep.push_back(expert_channel);
+  }
+  std::shared_ptr<RemoteExpertRunner> runner;
+  model::ModelOptions model_options;
+  model_options.layers = config.layers;
+  model_options.scope.layer_begin = config.layer_begin;
+  model_options.scope.layer_end = config.layer_end;
+  auto backend = std::make_shared<kernels::cpu::CpuBackend>(
+      kernels::cpu::CpuBackendOptions{.num_threads = config.threads});
+  keep.push_back(backend);
+  DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config,
+                      model::LoadKimiLinearConfig(config.model_dir + "/config.json"));
+  if (!links.empty()) {
+    DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
+    runner = std::make_shared<RemoteExpertRunner>(links, model_config.hidden_size);
+    keep.push_back(runner);
+    model_options.scope.load_routed_experts = false;
+    model_options.experts = runner.get();
+  }
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<model::KimiLinearModel> loaded,
+                      model::KimiLinearModel::Load(config.model_dir, *backend, model_options));
+  std::shared_ptr<model::KimiLinearModel> model = std::move(loaded);
+  keep.push_back(model);
+  const std::string fingerprint = Hex(model->fingerprint());
+  for (size_t i = 0; i < shard_fingerprints.size(); ++i) {
+    if (shard_fingerprints[i] != fingerprint) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert worker ", config.expert_workers[i], " serves model ", shard_fingerprints[i],
+          "; this stage serves ", fingerprint));
+    }
+  }
+
+  std::shared_ptr<GrpcStageChannel> next;
+  if (!config.next_stage.empty()) {
+    auto channel = InternalChannel(config.next_stage);
+    DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("next stage ", config.next_stage), wait));
+    next = std::make_shared<GrpcStageChannel>(channel, timeout);
+    DS_ASSIGN_OR_RETURN(WorkerDescription d, next->Describe());
+    if (d.model_fingerprint != fingerprint || d.layer_begin != config.layer_end) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "next stage ", config.next_stage, " holds layers ", d.layer_begin, "-", d.layer_end - 1,
+          " of model ", d.model_fingerprint, "; this stage ends at layer ", config.layer_end - 1,
+          " of model ", fingerprint));
+    }
+    keep.push_back(next);
+  } else if (!model->is_last_stage()) {
+    return absl::InvalidArgumentError(absl::StrCat("layers end at ", config.layer_end - 1, " of ",
+                                                   model_config.num_layers,
+                                                   ": a stage that is not last needs --next"));
+  }
+  std::shared_ptr<StoreClient> store;
+  if (!config.session_store.empty()) {
+    auto channel = InternalChannel(config.session_store);
+    DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("session store ", config.session_store), wait));
+    store = std::make_shared<GrpcStoreClient>(channel, GrpcStoreClientOptions{timeout.count()});
+    keep.push_back(store);
+  }
+  auto engine = std::make_shared<StageEngine>(*model, store.get(), next.get(),
+                                              StageEngineOptions{config.max_open_sequences});
+  keep.push_back(engine);
+  WorkerDescription description;
+  description.model_fingerprint = fingerprint;
+  description.layer_begin = config.layer_begin;
+  description.layer_end = config.layer_end;
+  auto service = std::make_shared<StageWorkerService>(*engine, description);
+  keep.push_back(service);
+  grpc::Service* services[] = {service.get()};
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));
+  server->SetServingStatus("deltaserve.internal.v1.StageWorker", true);
+  return std::make_unique<Process>(std::move(keep), std::move(metrics), std::move(server), nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartRouter(const RouterProcessConfig& config) {
+  DS_RETURN_IF_ERROR(config.process.server.Validate());
+  DS_RETURN_IF_ERROR(config.router.Validate());
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
+                      StartMetrics(config.process.metrics_listen, "router"));
+  std::vector<std::shared_ptr<void>> keep;
+  DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config,
+                      model::LoadKimiLinearConfig(config.model_dir + "/config.json"));
+  auto channel = InternalChannel(config.first_stage);
+  DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("first stage ", config.first_stage),
+                                 config.process.peer_wait));
+  auto stage = std::make_shared<GrpcStageChannel>(channel, config.process.call_timeout);
+  keep.push_back(stage);
+  DS_ASSIGN_OR_RETURN(WorkerDescription first, stage->Describe());
+  if (first.layer_begin != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("first stage ", config.first_stage,
+                                                      " starts at layer ", first.layer_begin));
+  }
+  uint64_t fingerprint = 0;
+  if (absl::SimpleHexAtoi(first.model_fingerprint, &fingerprint) == false) {
+    return absl::FailedPreconditionError(absl::StrCat("first stage reports fingerprint '",
+                                                      first.model_fingerprint, "'"));
+  }
+  std::shared_ptr<StoreClient> store;
+  if (!config.session_store.empty()) {
+    auto store_channel = InternalChannel(config.session_store);
+    DS_RETURN_IF_ERROR(WaitForPeer(store_channel, absl::StrCat("session store ", config.session_store),
+                                   config.process.peer_wait));
+    store = std::make_shared<GrpcStoreClient>(store_channel, GrpcStoreClientOptions{config.process.call_timeout.count()});
+    keep.push_back(store);
+  }
+  std::shared_ptr<RouterMetrics> router_metrics;
+  if (metrics != nullptr) {
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<RouterMetrics> created, RouterMetrics::Create(metrics->registry()));
+    router_metrics = std::move(created);
+    keep.push_back(router_metrics);
+  }
+  const int64_t max_context =
+      model_config.max_position_embeddings > 0 ? model_config.max_position_embeddings
+                                               : std::numeric_limits<int64_t>::max();
+  auto engine = std::make_shared<EngineCore>(config.router,
+                                             RouterModel{model_config, fingerprint, max_context},
+                                             *stage, store.get(), router_metrics.get());
+  keep.push_back(engine);
+  auto service = std::make_shared<InferenceService>(*engine, store.get(), config.process.server);
+  keep.push_back(service);
+  grpc::Service* services[] = {service.get()};
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));
+  server->SetServingStatus("deltaserve.v1.Inference", true);
+  EngineCore* engine_ptr = engine.get();
+  return std::make_unique<Process>(std::move(keep), std::move(metrics), std::move(server),
+                                   [engine_ptr] { engine_ptr->Shutdown(); });
+}
+
+}  // namespace deltaserve::services

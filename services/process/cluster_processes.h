@@ -1,0 +1,71 @@
+// The split cluster's processes, each a separate `deltaserve` role wired by flags:
+//   session-store: the SnapshotStore behind gRPC;
+//   worker --role experts: one range of every MoE layer's routed experts;
+//   worker --role stage: a layer range, chained to the next stage, with experts local or remote;
+//   router: the public API and the continuous-batching engine, driving the first stage.
+// Peers may start in any order: each waits for the peers it needs, then checks they serve the
+// same model and fit together (layer ranges chain, expert shards tile the experts).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/layers/step.h"
+#include "services/common/server_config.h"
+#include "services/process/running_process.h"
+#include "services/router/router_config.h"
+#include "services/session_store/store_options.h"
+
+namespace deltaserve::services {
+
+// Common to every role: the gRPC server, /metrics, and how long to wait for peers and calls.
+struct ProcessConfig {
+  GrpcServerConfig server;
+  std::string metrics_listen;  // empty: no /metrics
+  std::chrono::milliseconds peer_wait{60'000};     // for peers to come up at start
+  std::chrono::milliseconds call_timeout{600'000}; // one internal call (a long prefill step)
+};
+
+struct SessionStoreConfig {
+  ProcessConfig process;
+  SnapshotStoreOptions store;
+  std::chrono::seconds sweep_interval{60};  // how often expired sessions are removed
+};
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartSessionStore(const SessionStoreConfig& config);
+
+struct ExpertWorkerConfig {
+  ProcessConfig process;
+  std::string model_dir;
+  int64_t expert_begin = 0;  // half-open [begin, end)
+  int64_t expert_end = 0;
+  int threads = 0;
+};
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWorkerConfig& config);
+
+struct StageWorkerConfig {
+  ProcessConfig process;
+  std::string model_dir;
+  int64_t layer_begin = 0;  // half-open [begin, end)
+  int64_t layer_end = 0;
+  std::string next_stage;                  // address; empty on the last stage
+  std::vector<std::string> expert_workers; // addresses; empty: this stage holds every expert
+  std::string session_store;               // address; empty: no sessions
+  int threads = 0;
+  model::LayerOptions layers;
+  int64_t max_open_sequences = 1024;
+};
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWorkerConfig& config);
+
+struct RouterProcessConfig {
+  ProcessConfig process;
+  std::string model_dir;      // read for config.json only; the router loads no weights
+  std::string first_stage;    // address
+  std::string session_store;  // address; empty: no sessions
+  RouterConfig router;
+};
+absl::StatusOr<std::unique_ptr<RunningProcess>> StartRouter(const RouterProcessConfig& config);
+
+}  // namespace deltaserve::services

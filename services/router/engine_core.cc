@@ -1,0 +1,503 @@
+#include "services/router/engine_core.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "deltaserve/internal/v1/session_manifest.pb.h"
+#include "services/transport/sampling_proto.h"
+
+namespace deltaserve::services {
+
+struct EngineCore::Sequence {
+  uint64_t id = 0;
+  RouterRequest request;
+  std::shared_ptr<RequestStream> stream;
+  bool has_session = false;
+  std::string session_id;
+
+  Clock::time_point arrived;
+  Clock::time_point admitted;
+  Clock::time_point first_token;
+  Clock::time_point last_token;
+
+  std::vector<int32_t> history;  // the session's tokens before this turn
+  std::vector<int32_t> pending;  // tokens to prefill: recomputed history (if any), then the prompt
+  size_t consumed = 0;           // of pending
+  std::vector<int32_t> generated;
+  SequencePhase phase = SequencePhase::kPrefill;
+  uint64_t arrival = 0;  // admission order
+  bool opened = false;   // the stages hold its state
+  int64_t session_tokens = 0;
+  int64_t recomputed_tokens = 0;
+  v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
+};
+
+namespace {
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+int64_t Nanos(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+uint64_t FreshSeed() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  return rng();
+}
+
+}  // namespace
+
+EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChannel& first_stage,
+                       StoreClient* store, RouterObserver* observer)
+    : config_(config),
+      model_(std::move(model)),
+      first_stage_(first_stage),
+      store_(store),
+      observer_(observer != nullptr ? observer : &default_observer_),
+      queue_(config.max_waiting) {
+  loop_ = std::thread([this] { Loop(); });
+}
+
+EngineCore::~EngineCore() { Shutdown(); }
+
+std::string EngineCore::SessionKey(const std::string& tenant, const std::string& session_id) const {
+  return absl::StrCat(tenant, "/", session_id);
+}
+
+bool EngineCore::SessionBusy(const std::string& tenant, const std::string& session_id) const {
+  absl::MutexLock lock(&mutex_);
+  return busy_sessions_.count(SessionKey(tenant, session_id)) > 0;
+}
+
+absl::StatusOr<std::shared_ptr<RequestStream>> EngineCore::Submit(RouterRequest request) {
+  auto seq = std::make_unique<Sequence>();
+  seq->arrived = Clock::now();
+  seq->has_session = request.session_mode != v1::SESSION_MODE_UNSPECIFIED;
+  if (seq->has_session && store_ == nullptr) {
+    return absl::FailedPreconditionError("this server keeps no sessions (no session store)");
+  }
+  seq->session_id = request.session_mode == v1::SESSION_MODE_CREATE && request.session_id.empty()
+                        ? NewSessionId()
+                        : request.session_id;
+  const std::string key = SessionKey(request.tenant, seq->session_id);
+  {
+    // Reserve a queue place and the session before talking to the store.
+    absl::MutexLock lock(&mutex_);
+    if (stopping_) return absl::UnavailableError("the router is shutting down");
+    if (queued_ >= config_.max_waiting) {
+      observer_->RequestFinished("rejected", 0);
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the router's queue is full (", config_.max_waiting, " waiting requests); retry later"));
+    }
+    if (seq->has_session && !busy_sessions_.insert(key).second) {
+      return absl::AbortedError(absl::StrCat("session ", seq->session_id,
+                                             " already has a request in flight"));
+    }
+    ++queued_;
+  }
+  absl::Status status;
+  if (request.session_mode == v1::SESSION_MODE_CREATE) {
+    status = store_->CreateSession(request.tenant, seq->session_id, /*must_be_new=*/true).status();
+  } else if (request.session_mode == v1::SESSION_MODE_CONTINUE) {
+    status = store_->StatSession(request.tenant, seq->session_id).status();
+  }
+  // The stream is set up before it is shared, so no lock is ever taken inside another.
+  seq->request = std::move(request);
+  seq->stream = std::make_shared<RequestStream>();
+  if (seq->has_session) seq->stream->SetSessionId(seq->session_id);
+  std::shared_ptr<RequestStream> stream = seq->stream;
+  absl::MutexLock lock(&mutex_);
+  if (!status.ok() || stopping_) {
+    --queued_;
+    if (seq->has_session) busy_sessions_.erase(key);
+    return status.ok() ? absl::UnavailableError("the router is shutting down") : status;
+  }
+  seq->id = next_id_++;
+  inbox_.push_back(std::move(seq));
+  return stream;
+}
+
+void EngineCore::Shutdown() {
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopping_ && !loop_.joinable()) return;
+    stopping_ = true;
+  }
+  if (loop_.joinable()) loop_.join();
+}
+
+void EngineCore::TakeInbox() {
+  std::vector<std::unique_ptr<Sequence>> arrived;
+  {
+    absl::MutexLock lock(&mutex_);
+    arrived.swap(inbox_);
+  }
+  for (auto& seq : arrived) {
+    queue_.Push(seq->id, seq->request.priority);  // never full: Submit bounds queued_
+    waiting_[seq->id] = std::move(seq);
+  }
+}
+
+RequestOutcome EngineCore::Outcome(const Sequence& seq, absl::Status status,
+                                   v1::FinishReason reason) const {
+  RequestOutcome outcome;
+  outcome.status = std::move(status);
+  outcome.finish_reason = reason;
+  outcome.usage.set_prompt_tokens(static_cast<int64_t>(seq.request.prompt.size()));
+  outcome.usage.set_session_tokens(seq.session_tokens);
+  outcome.usage.set_recomputed_tokens(seq.recomputed_tokens);
+  outcome.usage.set_completion_tokens(static_cast<int64_t>(seq.generated.size()));
+  const Clock::time_point now = Clock::now();
+  if (seq.admitted != Clock::time_point()) outcome.timings.set_queue_ns(Nanos(seq.admitted - seq.arrived));
+  if (seq.first_token != Clock::time_point()) {
+    outcome.timings.set_first_token_ns(Nanos(seq.first_token - seq.arrived));
+  }
+  outcome.timings.set_total_ns(Nanos(now - seq.arrived));
+  return outcome;
+}
+
+void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
+  std::unique_ptr<Sequence> seq;
+  if (auto it = running_.find(id); it != running_.end()) {
+    seq = std::move(it->second);
+    running_.erase(it);
+  } else if (auto wit = waiting_.find(id); wit != waiting_.end()) {
+    seq = std::move(wit->second);
+    waiting_.erase(wit);
+    queue_.Remove(id);
+    absl::MutexLock lock(&mutex_);
+    --queued_;
+  }
+  if (seq == nullptr) return;
+  if (seq->opened) {
+    internal::v1::CloseRequest close;
+    internal::v1::CloseSequence* entry = close.add_sequences();
+    entry->set_seq_id(seq->id);
+    if (snapshot) {
+      entry->mutable_snapshot()->set_tenant(seq->request.tenant);
+      entry->mutable_snapshot()->set_session_id(seq->session_id);
+    }
+    internal::v1::CloseResponse closed;
+    const Clock::time_point start = Clock::now();
+    const absl::Status status = first_stage_.Close(close, &closed);
+    if (snapshot) {
+      // A failed stage snapshot is not fatal: the manifest below still records the history, and
+      // the next turn recomputes the stage whose snapshot is missing or stale.
+      internal::v1::SessionManifest manifest;
+      std::vector<int32_t> history = seq->history;
+      history.insert(history.end(), seq->request.prompt.begin(), seq->request.prompt.end());
+      history.insert(history.end(), seq->generated.begin(), seq->generated.end());
+      manifest.mutable_token_ids()->Assign(history.begin(), history.end());
+      manifest.set_model_fingerprint(model_.fingerprint);
+      manifest.set_updated_unix_ms(absl::ToUnixMillis(absl::Now()));
+      const absl::Status saved = store_->PutPart(seq->request.tenant, seq->session_id, kManifestPart,
+                                                 PartKind::kBlob, manifest.SerializeAsString())
+                                     .status();
+      if (!saved.ok() && outcome.status.ok()) {
+        outcome.status = absl::Status(saved.code(), absl::StrCat("saving session ", seq->session_id,
+                                                                 ": ", saved.message()));
+        outcome.finish_reason = v1::FINISH_REASON_ERROR;
+      }
+      (void)status;
+      observer_->SessionSaved(closed.snapshot_bytes(), Seconds(Clock::now() - start));
+    }
+  }
+  const char* name = "error";
+  if (outcome.status.ok()) {
+    name = outcome.finish_reason == v1::FINISH_REASON_STOP ? "stop" : "length";
+  } else if (outcome.status.code() == absl::StatusCode::kCancelled) {
+    name = "cancelled";
+  } else if (outcome.status.code() == absl::StatusCode::kDeadlineExceeded) {
+    name = "deadline";
+  }
+  observer_->RequestFinished(name, Seconds(Clock::now() - seq->arrived));
+  seq->stream->Finish(std::move(outcome));
+  if (seq->has_session) {
+    absl::MutexLock lock(&mutex_);
+    busy_sessions_.erase(SessionKey(seq->request.tenant, seq->session_id));
+  }
+}
+
+void EngineCore::ReapCancelled() {
+  const Clock::time_point now = Clock::now();
+  std::vector<std::pair<uint64_t, absl::Status>> gone;
+  for (auto* table : {&waiting_, &running_}) {
+    for (const auto& [id, seq] : *table) {
+      if (seq->stream->cancelled()) {
+        gone.emplace_back(id, absl::CancelledError("the client cancelled the request"));
+      } else if (now >= seq->request.deadline) {
+        gone.emplace_back(id, absl::DeadlineExceededError("the request's deadline passed"));
+      }
+    }
+  }
+  for (auto& [id, status] : gone) {
+    Sequence& seq = running_.count(id) ? *running_[id] : *waiting_[id];
+    Retire(id, Outcome(seq, status, v1::FINISH_REASON_CANCELLED), /*snapshot=*/false);
+  }
+}
+
+void EngineCore::Admit() {
+  std::vector<Sequence*> admitted;
+  while (static_cast<int64_t>(running_.size() + admitted.size()) < config_.max_running &&
+         !queue_.empty()) {
+    const uint64_t id = *queue_.Pop();
+    auto node = waiting_.extract(id);
+    {
+      absl::MutexLock lock(&mutex_);
+      --queued_;
+    }
+    Sequence* seq = node.mapped().get();
+    running_.insert(std::move(node));
+    admitted.push_back(seq);
+  }
+  if (admitted.empty()) return;
+
+  // Each continued session's history comes from its manifest.
+  std::vector<Sequence*> opening;
+  std::vector<bool> restore;
+  for (Sequence* seq : admitted) {
+    seq->admitted = Clock::now();
+    seq->arrival = admissions_++;
+    observer_->Queued(Seconds(seq->admitted - seq->arrived));
+    bool fresh_model_state = true;
+    if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE) {
+      absl::StatusOr<Part> manifest_part =
+          store_->GetPart(seq->request.tenant, seq->session_id, kManifestPart);
+      if (manifest_part.ok()) {
+        internal::v1::SessionManifest manifest;
+        if (!manifest.ParseFromString(manifest_part->payload)) {
+          Retire(seq->id, Outcome(*seq, absl::DataLossError(absl::StrCat("session ", seq->session_id,
+                                                                         " has a damaged manifest")),
+                                  v1::FINISH_REASON_ERROR),
+                 false);
+          continue;
+        }
+        seq->history.assign(manifest.token_ids().begin(), manifest.token_ids().end());
+        fresh_model_state = manifest.model_fingerprint() != model_.fingerprint;
+      } else if (manifest_part.status().code() != absl::StatusCode::kNotFound) {
+        Retire(seq->id, Outcome(*seq, manifest_part.status(), v1::FINISH_REASON_ERROR), false);
+        continue;
+      }
+    }
+    const int64_t total = static_cast<int64_t>(seq->history.size() + seq->request.prompt.size());
+    if (total >= model_.max_context) {
+      Retire(seq->id,
+             Outcome(*seq,
+                     absl::InvalidArgumentError(absl::StrCat(
+                         "session ", seq->session_id, " holds ", seq->history.size(),
+                         " tokens; with the prompt's ", seq->request.prompt.size(),
+                         " it leaves no room in the model's context of ", model_.max_context)),
+                     v1::FINISH_REASON_ERROR),
+             false);
+      continue;
+    }
+    opening.push_back(seq);
+    restore.push_back(!seq->history.empty() && !fresh_model_state);
+  }
+
+  auto open_request = [&](const std::vector<Sequence*>& seqs, const std::vector<bool>& with_restore) {
+    internal::v1::OpenRequest request;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      Sequence* seq = seqs[i];
+      internal::v1::OpenSequence* open = request.add_sequences();
+      open->set_seq_id(seq->id);
+      if (with_restore[i]) {
+        open->mutable_restore()->set_tenant(seq->request.tenant);
+        open->mutable_restore()->set_session_id(seq->session_id);
+        open->set_restore_tokens(static_cast<int64_t>(seq->history.size()));
+      }
+      ToProto(seq->request.sampling, open->mutable_sampling());
+      open->mutable_penalty_context()->Assign(seq->history.begin(), seq->history.end());
+      open->mutable_penalty_context()->Add(seq->request.prompt.begin(), seq->request.prompt.end());
+      open->set_fallback_seed(FreshSeed());
+    }
+    return request;
+  };
+  if (opening.empty()) return;
+  const Clock::time_point start = Clock::now();
+  internal::v1::OpenResponse opened;
+  absl::Status status = first_stage_.Open(open_request(opening, restore), &opened);
+  if (!status.ok()) {
+    for (Sequence* seq : opening) Retire(seq->id, Outcome(*seq, status, v1::FINISH_REASON_ERROR), false);
+    return;
+  }
+  // Sequences whose restore failed on some stage start over from the history on every stage.
+  std::vector<Sequence*> reopen;
+  for (size_t i = 0; i < opening.size(); ++i) {
+    Sequence* seq = opening[i];
+    seq->opened = true;
+    const bool restored = restore[i] && i < static_cast<size_t>(opened.results_size()) &&
+                          opened.results(static_cast<int>(i)).restored();
+    if (restored) {
+      seq->session_tokens = static_cast<int64_t>(seq->history.size());
+      seq->pending = seq->request.prompt;
+    } else {
+      seq->recomputed_tokens = static_cast<int64_t>(seq->history.size());
+      seq->pending = seq->history;
+      seq->pending.insert(seq->pending.end(), seq->request.prompt.begin(), seq->request.prompt.end());
+      if (restore[i]) reopen.push_back(seq);
+    }
+    if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE) {
+      observer_->SessionResumed(restored, static_cast<int64_t>(seq->history.size()),
+                                Seconds(Clock::now() - start));
+    }
+  }
+  if (!reopen.empty()) {
+    internal::v1::CloseRequest close;
+    for (Sequence* seq : reopen) close.add_sequences()->set_seq_id(seq->id);
+    internal::v1::CloseResponse closed;
+    status = first_stage_.Close(close, &closed);
+    internal::v1::OpenResponse fresh;
+    if (status.ok()) {
+      status = first_stage_.Open(open_request(reopen, std::vector<bool>(reopen.size(), false)), &fresh);
+    }
+    if (!status.ok()) {
+      for (Sequence* seq : reopen) {
+        seq->opened = false;
+        Retire(seq->id, Outcome(*seq, status, v1::FINISH_REASON_ERROR), false);
+      }
+    }
+  }
+}
+
+bool EngineCore::IsStop(const Sequence& seq, int32_t token) const {
+  const model::SamplingParams& p = seq.request.sampling;
+  if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) != p.stop_token_ids.end()) {
+    return true;
+  }
+  if (p.ignore_eos) return false;
+  const std::vector<int64_t>& eos = model_.config.eos_token_ids;
+  return std::find(eos.begin(), eos.end(), token) != eos.end();
+}
+
+void EngineCore::OnToken(Sequence& seq, int32_t token) {
+  const Clock::time_point now = Clock::now();
+  if (seq.generated.empty()) {
+    seq.first_token = now;
+    observer_->FirstToken(Seconds(now - seq.arrived));
+  } else {
+    observer_->InterToken(Seconds(now - seq.last_token));
+  }
+  seq.last_token = now;
+  seq.generated.push_back(token);
+  seq.stream->PushToken(token);
+
+  const int64_t in_context =
+      static_cast<int64_t>(seq.history.size() + seq.request.prompt.size() + seq.generated.size());
+  if (IsStop(seq, token)) {
+    seq.finish_reason = v1::FINISH_REASON_STOP;
+  } else if (static_cast<int64_t>(seq.generated.size()) >= seq.request.sampling.max_new_tokens ||
+             in_context >= model_.max_context) {
+    seq.finish_reason = v1::FINISH_REASON_LENGTH;
+  } else {
+    seq.phase = SequencePhase::kDecode;
+    return;
+  }
+  if (seq.has_session) {
+    seq.phase = SequencePhase::kAbsorb;  // the snapshot must include the last generated token
+  } else {
+    Retire(seq.id, Outcome(seq, absl::OkStatus(), seq.finish_reason), false);
+  }
+}
+
+void EngineCore::FinishTurn(Sequence& seq) {
+  Retire(seq.id, Outcome(seq, absl::OkStatus(), seq.finish_reason), /*snapshot=*/true);
+}
+
+void EngineCore::RunStep(const std::vector<PlannedRun>& plan) {
+  internal::v1::StepRequest request;
+  int64_t prefill_tokens = 0, decode_tokens = 0;
+  for (const PlannedRun& run : plan) {
+    Sequence& seq = *running_.at(run.id);
+    internal::v1::StepSequence* step = request.add_sequences();
+    step->set_seq_id(run.id);
+    step->set_sample(run.sample);
+    if (seq.phase == SequencePhase::kPrefill) {
+      step->mutable_token_ids()->Add(seq.pending.begin() + static_cast<int64_t>(seq.consumed),
+                                     seq.pending.begin() + static_cast<int64_t>(seq.consumed) + run.num_tokens);
+      prefill_tokens += run.num_tokens;
+    } else {
+      step->add_token_ids(seq.generated.back());
+      ++decode_tokens;
+    }
+  }
+  const Clock::time_point start = Clock::now();
+  internal::v1::StepResponse response;
+  const absl::Status status = first_stage_.Step(request, &response);
+  observer_->Step(prefill_tokens, decode_tokens, Seconds(Clock::now() - start));
+  if (!status.ok()) {
+    // The stages may now disagree about these sequences' states: end them all.
+    for (const PlannedRun& run : plan) {
+      Sequence& seq = *running_.at(run.id);
+      Retire(run.id, Outcome(seq, status, v1::FINISH_REASON_ERROR), false);
+    }
+    return;
+  }
+  std::map<uint64_t, int32_t> sampled;
+  for (const internal::v1::SampledToken& token : response.sampled()) sampled[token.seq_id()] = token.token_id();
+  for (const PlannedRun& run : plan) {
+    auto it = running_.find(run.id);
+    if (it == running_.end()) continue;
+    Sequence& seq = *it->second;
+    if (seq.phase == SequencePhase::kPrefill) seq.consumed += static_cast<size_t>(run.num_tokens);
+    if (seq.phase == SequencePhase::kAbsorb) {
+      FinishTurn(seq);
+      continue;
+    }
+    if (!run.sample) continue;
+    const auto token = sampled.find(run.id);
+    if (token == sampled.end()) {
+      Retire(run.id, Outcome(seq, absl::InternalError("the last stage returned no token"),
+                             v1::FINISH_REASON_ERROR),
+             false);
+      continue;
+    }
+    OnToken(seq, token->second);
+  }
+}
+
+void EngineCore::Loop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mutex_);
+      const auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+        return stopping_ || !inbox_.empty();
+      };
+      if (running_.empty() && waiting_.empty()) {
+        // Idle: sleep until a request arrives (no polling).
+        mutex_.Await(absl::Condition(&has_work));
+      }
+      if (stopping_) break;
+    }
+    TakeInbox();
+    ReapCancelled();
+    Admit();
+    observer_->Batch(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
+    if (running_.empty()) continue;
+
+    std::vector<PlannerSequence> planner;
+    for (const auto& [id, seq] : running_) {
+      planner.push_back({id, seq->request.priority, seq->arrival, seq->phase,
+                         static_cast<int64_t>(seq->pending.size() - seq->consumed)});
+    }
+    const std::vector<PlannedRun> plan = PlanStep(std::move(planner), config_.planner);
+    if (!plan.empty()) RunStep(plan);
+  }
+  TakeInbox();
+  std::vector<uint64_t> ids;
+  for (const auto& [id, seq] : running_) ids.push_back(id);
+  for (const auto& [id, seq] : waiting_) ids.push_back(id);
+  for (uint64_t id : ids) {
+    Sequence& seq = running_.count(id) ? *running_[id] : *waiting_[id];
+    Retire(id, Outcome(seq, absl::UnavailableError("the router is shutting down"),
+                       v1::FINISH_REASON_ERROR),
+           false);
+  }
+}
+
+}  // namespace deltaserve::services

@@ -1,0 +1,107 @@
+// The router's scheduling loop. One thread owns every queued and running request: it admits
+// requests (resuming their sessions), plans each step (continuous batching with chunked prefill
+// under a token budget), runs it through the pipeline's first stage, streams tokens to the
+// callers, and snapshots sessions at the end of each turn. Handlers only Submit and wait.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "model/config/kimi_linear_config.h"
+#include "services/router/request_queue.h"
+#include "services/router/request_stream.h"
+#include "services/router/router_config.h"
+#include "services/router/router_observer.h"
+#include "services/router/step_planner.h"
+#include "services/router/validation.h"
+#include "services/session_store/store_client.h"
+#include "services/transport/stage_channel.h"
+
+namespace deltaserve::services {
+
+// The model facts the router needs (it never loads weights).
+struct RouterModel {
+  model::KimiLinearConfig config;
+  uint64_t fingerprint = 0;
+  int64_t max_context = 0;
+};
+
+// The session part the router writes: the token history (SessionManifest).
+inline constexpr char kManifestPart[] = "manifest";
+
+class EngineCore {
+ public:
+  // `store` may be null (then session requests fail with FAILED_PRECONDITION). Nothing is owned;
+  // all must outlive the engine. The loop starts at once.
+  EngineCore(const RouterConfig& config, RouterModel model, StageChannel& first_stage,
+             StoreClient* store, RouterObserver* observer);
+  ~EngineCore();
+  EngineCore(const EngineCore&) = delete;
+  EngineCore& operator=(const EngineCore&) = delete;
+
+  // Queues a validated request. Fails at once: RESOURCE_EXHAUSTED when the queue is full,
+  // ABORTED when its session already has a request in flight, the store's error when the
+  // session cannot be created or is not the tenant's, UNAVAILABLE after Shutdown.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(RouterRequest request);
+
+  // True while a request of this session is queued or running.
+  bool SessionBusy(const std::string& tenant, const std::string& session_id) const;
+
+  // Stops admitting, finishes every request with UNAVAILABLE, joins the loop.
+  void Shutdown();
+
+  const RouterModel& model() const { return model_; }
+  const RouterConfig& config() const { return config_; }
+
+ private:
+  struct Sequence;
+  using Clock = std::chrono::steady_clock;
+
+  void Loop();
+  void TakeInbox();
+  void ReapCancelled();
+  void Admit();
+  void RunStep(const std::vector<PlannedRun>& plan);
+  void OnToken(Sequence& seq, int32_t token);
+  void FinishTurn(Sequence& seq);
+  // Ends a request: drops its stage state (snapshotting it first when `snapshot`), tells the
+  // caller, forgets it.
+  void Retire(uint64_t id, RequestOutcome outcome, bool snapshot);
+  RequestOutcome Outcome(const Sequence& seq, absl::Status status,
+                         v1::FinishReason reason) const;
+  bool IsStop(const Sequence& seq, int32_t token) const;
+  std::string SessionKey(const std::string& tenant, const std::string& session_id) const;
+
+  const RouterConfig config_;
+  const RouterModel model_;
+  StageChannel& first_stage_;
+  StoreClient* store_;
+  RouterObserver default_observer_;
+  RouterObserver* observer_;
+
+  mutable absl::Mutex mutex_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  int64_t queued_ ABSL_GUARDED_BY(mutex_) = 0;  // submitted, not yet admitted
+  std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);
+  std::set<std::string> busy_sessions_ ABSL_GUARDED_BY(mutex_);
+
+  // Owned by the loop thread.
+  RequestQueue queue_;
+  std::map<uint64_t, std::unique_ptr<Sequence>> waiting_;
+  std::map<uint64_t, std::unique_ptr<Sequence>> running_;
+  uint64_t admissions_ = 0;
+
+  std::thread loop_;
+};
+
+}  // namespace deltaserve::services

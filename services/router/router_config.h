@@ -1,0 +1,23 @@
+// The router's limits: continuous-batching budgets and the bounds on what one request may ask.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "services/router/step_planner.h"
+
+namespace deltaserve::services {
+
+struct RouterConfig {
+  PlannerLimits planner;               // token budget per step, prefill chunk
+  int64_t max_running = 64;            // sequences in the running batch
+  int64_t max_waiting = 256;           // queued requests; beyond it Generate fails at once
+  int64_t max_prompt_tokens = 65536;   // tokens one request may send
+  int32_t max_new_tokens_limit = 8192; // the largest max_new_tokens accepted
+  int32_t default_max_new_tokens = 16;
+
+  // Names the offending field. max_step_tokens must cover one decode token per running sequence.
+  absl::Status Validate() const;
+};
+
+}  // namespace deltaserve::services

@@ -1,0 +1,25 @@
+// What the router's engine reports as it works; the Prometheus implementation (router_metrics.h)
+// turns it into metrics. The default does nothing.
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace deltaserve::services {
+
+class RouterObserver {
+ public:
+  virtual ~RouterObserver() = default;
+  // outcome: "stop", "length", "cancelled", "deadline", "error", "rejected".
+  virtual void RequestFinished(std::string_view /*outcome*/, double /*seconds*/) {}
+  virtual void Queued(double /*seconds*/) {}
+  virtual void FirstToken(double /*seconds*/) {}
+  virtual void InterToken(double /*seconds*/) {}
+  virtual void Step(int64_t /*prefill_tokens*/, int64_t /*decode_tokens*/, double /*seconds*/) {}
+  virtual void Batch(int64_t /*running*/, int64_t /*waiting*/) {}
+  // A session turn began: its history was restored from the store (hit) or recomputed.
+  virtual void SessionResumed(bool /*restored*/, int64_t /*history_tokens*/, double /*seconds*/) {}
+  virtual void SessionSaved(int64_t /*bytes*/, double /*seconds*/) {}
+};
+
+}  // namespace deltaserve::services

@@ -1,0 +1,109 @@
+#include "services/transport/grpc_channels.h"
+
+#include "services/common/grpc_status.h"
+
+namespace deltaserve::services {
+namespace {
+
+template <typename Call>
+absl::Status Invoke(std::chrono::milliseconds timeout, Call&& call) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  return FromGrpcStatus(call(&context));
+}
+
+void Fill(const WorkerDescription& d, internal::v1::DescribeResponse* response) {
+  response->set_model_fingerprint(d.model_fingerprint);
+  response->set_layer_begin(d.layer_begin);
+  response->set_layer_end(d.layer_end);
+  response->set_expert_begin(d.expert_begin);
+  response->set_expert_end(d.expert_end);
+}
+
+WorkerDescription FromResponse(const internal::v1::DescribeResponse& r) {
+  return {r.model_fingerprint(), r.layer_begin(), r.layer_end(), r.expert_begin(), r.expert_end()};
+}
+
+}  // namespace
+
+GrpcStageChannel::GrpcStageChannel(std::shared_ptr<grpc::Channel> channel,
+                                   std::chrono::milliseconds timeout)
+    : stub_(internal::v1::StageWorker::NewStub(channel)), timeout_(timeout) {}
+
+absl::Status GrpcStageChannel::Open(const internal::v1::OpenRequest& request,
+                                    internal::v1::OpenResponse* response) {
+  return Invoke(timeout_, [&](grpc::ClientContext* c) { return stub_->Open(c, request, response); });
+}
+
+absl::Status GrpcStageChannel::Step(const internal::v1::StepRequest& request,
+                                    internal::v1::StepResponse* response) {
+  return Invoke(timeout_, [&](grpc::ClientContext* c) { return stub_->Step(c, request, response); });
+}
+
+absl::Status GrpcStageChannel::Close(const internal::v1::CloseRequest& request,
+                                     internal::v1::CloseResponse* response) {
+  return Invoke(timeout_, [&](grpc::ClientContext* c) { return stub_->Close(c, request, response); });
+}
+
+absl::StatusOr<WorkerDescription> GrpcStageChannel::Describe() {
+  internal::v1::DescribeResponse response;
+  const absl::Status status = Invoke(timeout_, [&](grpc::ClientContext* c) {
+    return stub_->Describe(c, internal::v1::DescribeRequest(), &response);
+  });
+  if (!status.ok()) return status;
+  return FromResponse(response);
+}
+
+GrpcExpertChannel::GrpcExpertChannel(std::shared_ptr<grpc::Channel> channel,
+                                     std::chrono::milliseconds timeout)
+    : stub_(internal::v1::ExpertWorker::NewStub(channel)), timeout_(timeout) {}
+
+absl::Status GrpcExpertChannel::RunExperts(const internal::v1::RunExpertsRequest& request,
+                                           internal::v1::RunExpertsResponse* response) {
+  return Invoke(timeout_,
+                [&](grpc::ClientContext* c) { return stub_->RunExperts(c, request, response); });
+}
+
+absl::StatusOr<WorkerDescription> GrpcExpertChannel::Describe() {
+  internal::v1::DescribeResponse response;
+  const absl::Status status = Invoke(timeout_, [&](grpc::ClientContext* c) {
+    return stub_->Describe(c, internal::v1::DescribeRequest(), &response);
+  });
+  if (!status.ok()) return status;
+  return FromResponse(response);
+}
+
+grpc::Status StageWorkerService::Open(grpc::ServerContext*, const internal::v1::OpenRequest* request,
+                                      internal::v1::OpenResponse* response) {
+  return ToGrpcStatus(stage_.Open(*request, response));
+}
+
+grpc::Status StageWorkerService::Step(grpc::ServerContext*, const internal::v1::StepRequest* request,
+                                      internal::v1::StepResponse* response) {
+  return ToGrpcStatus(stage_.Step(*request, response));
+}
+
+grpc::Status StageWorkerService::Close(grpc::ServerContext*, const internal::v1::CloseRequest* request,
+                                       internal::v1::CloseResponse* response) {
+  return ToGrpcStatus(stage_.Close(*request, response));
+}
+
+grpc::Status StageWorkerService::Describe(grpc::ServerContext*, const internal::v1::DescribeRequest*,
+                                          internal::v1::DescribeResponse* response) {
+  Fill(description_, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertWorkerService::RunExperts(grpc::ServerContext*,
+                                             const internal::v1::RunExpertsRequest* request,
+                                             internal::v1::RunExpertsResponse* response) {
+  return ToGrpcStatus(experts_.RunExperts(*request, response));
+}
+
+grpc::Status ExpertWorkerService::Describe(grpc::ServerContext*, const internal::v1::DescribeRequest*,
+                                           internal::v1::DescribeResponse* response) {
+  Fill(description_, response);
+  return grpc::Status::OK;
+}
+
+}  // namespace deltaserve::services

@@ -1,0 +1,114 @@
+#include "services/worker/remote_expert_runner.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace deltaserve::services {
+
+RemoteExpertRunner::RemoteExpertRunner(std::vector<ExpertShardLink> shards, int64_t hidden_size)
+    : shards_(std::move(shards)), hidden_size_(hidden_size) {}
+
+absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x,
+                                            kernels::TensorView expert_ids,
+                                            kernels::TensorView slot_out) {
+  // The CPU backend's views are host memory; a device backend would stage through the host here.
+  const int64_t n = x.rows;
+  const int64_t k = expert_ids.cols;
+  struct Call {
+    std::vector<int64_t> tokens;  // batch rows sent to this shard
+    internal::v1::RunExpertsRequest request;
+    internal::v1::RunExpertsResponse response;
+    absl::Status status;
+  };
+  std::vector<Call> calls(shards_.size());
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const ExpertShardLink& shard = shards_[s];
+    Call& call = calls[s];
+    for (int64_t t = 0; t < n; ++t) {
+      const int32_t* ids = expert_ids.row<int32_t>(t);
+      if (std::any_of(ids, ids + k, [&](int32_t id) {
+            return id >= shard.expert_begin && id < shard.expert_end;
+          })) {
+        call.tokens.push_back(t);
+      }
+    }
+    if (call.tokens.empty()) continue;
+    call.request.set_layer(layer);
+    call.request.set_num_tokens(static_cast<int64_t>(call.tokens.size()));
+    call.request.set_top_k(k);
+    std::string* hidden = call.request.mutable_hidden();
+    hidden->resize(call.tokens.size() * hidden_size_ * sizeof(float));
+    for (size_t i = 0; i < call.tokens.size(); ++i) {
+      std::memcpy(hidden->data() + i * hidden_size_ * sizeof(float), x.row<float>(call.tokens[i]),
+                  hidden_size_ * sizeof(float));
+      const int32_t* ids = expert_ids.row<int32_t>(call.tokens[i]);
+      for (int64_t slot = 0; slot < k; ++slot) call.request.add_expert_ids(ids[slot]);
+    }
+  }
+  std::vector<std::thread> threads;
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    if (calls[s].tokens.empty()) continue;
+    threads.emplace_back([&, s] {
+      calls[s].status = shards_[s].channel->RunExperts(calls[s].request, &calls[s].response);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const ExpertShardLink& shard = shards_[s];
+    Call& call = calls[s];
+    if (call.tokens.empty()) continue;
+    if (!call.status.ok()) {
+      return absl::Status(call.status.code(),
+                          absl::StrCat("expert shard ", shard.expert_begin, "-", shard.expert_end - 1,
+                                       ", layer ", layer, ": ", call.status.message()));
+    }
+    const std::string& out = call.response.slot_outputs();
+    size_t offset = 0;
+    const size_t row_bytes = hidden_size_ * sizeof(float);
+    for (int64_t t : call.tokens) {
+      const int32_t* ids = expert_ids.row<int32_t>(t);
+      for (int64_t slot = 0; slot < k; ++slot) {
+        if (ids[slot] < shard.expert_begin || ids[slot] >= shard.expert_end) continue;
+        if (offset + row_bytes > out.size()) {
+          return absl::DataLossError(absl::StrCat("expert shard ", shard.expert_begin, "-",
+                                                  shard.expert_end - 1, " returned ", out.size(),
+                                                  " bytes, too few for its slots"));
+        }
+        std::memcpy(slot_out.row<float>(t * k + slot), out.data() + offset, row_bytes);
+        offset += row_bytes;
+      }
+    }
+    if (offset != out.size()) {
+      return absl::DataLossError(absl::StrCat("expert shard ", shard.expert_begin, "-",
+                                              shard.expert_end - 1, " returned ", out.size(),
+                                              " bytes, expected ", offset));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckShardCoverage(std::vector<ExpertShardLink> shards, int64_t num_experts) {
+  std::sort(shards.begin(), shards.end(), [](const ExpertShardLink& a, const ExpertShardLink& b) {
+    return a.expert_begin < b.expert_begin;
+  });
+  int64_t next = 0;
+  for (const ExpertShardLink& shard : shards) {
+    if (shard.expert_begin != next) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          shard.expert_begin > next ? "no expert shard holds experts " : "expert shards overlap at ",
+          next, shard.expert_begin > next ? absl::StrCat("-", shard.expert_begin - 1) : ""));
+    }
+    next = shard.expert_end;
+  }
+  if (next != num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("no expert shard holds experts ", next, "-",
+                                                   num_experts - 1));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace deltaserve::services

@@ -1,0 +1,36 @@
+// A pipeline stage's routed experts when expert workers hold them: at each MoE layer it sends
+// every shard the tokens routed to its experts (all shards at once) and puts the returned slot
+// outputs back in place.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/layers/expert_runner.h"
+#include "services/transport/expert_channel.h"
+
+namespace deltaserve::services {
+
+struct ExpertShardLink {
+  int64_t expert_begin = 0;
+  int64_t expert_end = 0;
+  ExpertChannel* channel = nullptr;  // not owned
+};
+
+class RemoteExpertRunner final : public model::ExpertRunner {
+ public:
+  // `shards` must cover [0, num_experts) without overlap (see CheckShardCoverage).
+  RemoteExpertRunner(std::vector<ExpertShardLink> shards, int64_t hidden_size);
+
+  absl::Status RunExperts(int64_t layer, kernels::TensorView x, kernels::TensorView expert_ids,
+                          kernels::TensorView slot_out) override;
+
+ private:
+  std::vector<ExpertShardLink> shards_;
+  int64_t hidden_size_;
+};
+
+// OK when the shards' ranges tile [0, num_experts) exactly; the error names the gap or overlap.
+absl::Status CheckShardCoverage(std::vector<ExpertShardLink> shards, int64_t num_experts);
+
+}  // namespace deltaserve::services

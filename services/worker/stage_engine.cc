@@ -1,0 +1,191 @@
+#include "services/worker/stage_engine.h"
+
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "services/transport/sampling_proto.h"
+
+namespace deltaserve::services {
+
+StageEngine::StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
+                         const StageEngineOptions& options)
+    : model_(model), store_(store), next_(next), options_(options) {}
+
+std::string StageEngine::PartName() const {
+  return absl::StrCat("layers-", model_.layer_begin(), "-", model_.layer_end() - 1);
+}
+
+int64_t StageEngine::open_sequences() const {
+  absl::MutexLock lock(&mutex_);
+  return static_cast<int64_t>(sequences_.size());
+}
+
+absl::StatusOr<std::unique_ptr<model::SequenceState>> StageEngine::Restore(
+    const internal::v1::SessionRef& ref, int64_t expected_tokens) {
+  if (store_ == nullptr) return absl::FailedPreconditionError("this stage has no session store");
+  DS_ASSIGN_OR_RETURN(Part part, store_->GetPart(ref.tenant(), ref.session_id(), PartName()));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<model::SequenceState> state, model_.RestoreState(part.payload));
+  if (state->num_tokens() != expected_tokens) {
+    return absl::FailedPreconditionError(absl::StrCat("snapshot ", PartName(), " covers ",
+                                                      state->num_tokens(), " tokens, the session has ",
+                                                      expected_tokens));
+  }
+  return state;
+}
+
+absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
+                               internal::v1::OpenResponse* response) {
+  absl::MutexLock lock(&mutex_);
+  const int64_t vocab = model_.config().vocab_size;
+  if (static_cast<int64_t>(sequences_.size() + request.sequences_size()) > options_.max_open_sequences) {
+    return absl::ResourceExhaustedError(absl::StrCat("stage ", PartName(), " holds ",
+                                                     sequences_.size(), " sequences; the limit is ",
+                                                     options_.max_open_sequences));
+  }
+  for (const internal::v1::OpenSequence& open : request.sequences()) {
+    if (sequences_.count(open.seq_id()) > 0) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", open.seq_id(), " is already open"));
+    }
+    if (model_.is_last_stage()) {
+      DS_RETURN_IF_ERROR(FromProto(open.sampling()).Validate(vocab));
+      for (int32_t token : open.penalty_context()) {
+        if (token < 0 || token >= vocab) {
+          return absl::InvalidArgumentError(absl::StrCat("penalty context token ", token,
+                                                         " is outside the vocabulary"));
+        }
+      }
+    }
+  }
+
+  std::vector<uint64_t> opened;
+  for (const internal::v1::OpenSequence& open : request.sequences()) {
+    Sequence seq;
+    internal::v1::OpenResult* result = response->add_results();
+    result->set_seq_id(open.seq_id());
+    if (open.has_restore()) {
+      absl::StatusOr<std::unique_ptr<model::SequenceState>> restored =
+          Restore(open.restore(), open.restore_tokens());
+      if (restored.ok()) {
+        seq.state = std::move(*restored);
+        result->set_restored(true);
+      } else {
+        result->set_restore_error(absl::StrCat(PartName(), ": ", restored.status().ToString()));
+      }
+    }
+    if (seq.state == nullptr) seq.state = model_.NewState();
+    if (model_.is_last_stage()) {
+      const std::vector<int32_t> context(open.penalty_context().begin(), open.penalty_context().end());
+      seq.sampler = std::make_unique<model::SequenceSampler>(FromProto(open.sampling()), context,
+                                                             open.fallback_seed());
+    }
+    sequences_.emplace(open.seq_id(), std::move(seq));
+    opened.push_back(open.seq_id());
+  }
+  if (next_ == nullptr) return absl::OkStatus();
+
+  internal::v1::OpenResponse downstream;
+  const absl::Status status = next_->Open(request, &downstream);
+  if (!status.ok()) {
+    for (uint64_t id : opened) sequences_.erase(id);
+    return status;
+  }
+  for (int i = 0; i < response->results_size() && i < downstream.results_size(); ++i) {
+    internal::v1::OpenResult* mine = response->mutable_results(i);
+    const internal::v1::OpenResult& theirs = downstream.results(i);
+    if (!theirs.restored()) {
+      mine->set_restored(false);
+      if (mine->restore_error().empty()) mine->set_restore_error(theirs.restore_error());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
+                               internal::v1::StepResponse* response) {
+  absl::MutexLock lock(&mutex_);
+  std::vector<model::SequenceInput> batch;
+  std::vector<std::vector<int32_t>> tokens(request.sequences_size());
+  std::vector<Sequence*> sampled_seqs;
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const internal::v1::StepSequence& step = request.sequences(i);
+    const auto it = sequences_.find(step.seq_id());
+    if (it == sequences_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", step.seq_id(), " is not open"));
+    }
+    tokens[i].assign(step.token_ids().begin(), step.token_ids().end());
+    model::SequenceInput input{tokens[i], it->second.state.get(), {}};
+    if (step.sample() && model_.is_last_stage()) {
+      input.logit_positions = {static_cast<int64_t>(tokens[i].size()) - 1};
+      sampled_seqs.push_back(&it->second);
+    }
+    batch.push_back(std::move(input));
+  }
+  if (request.hidden().size() % sizeof(float) != 0) {
+    return absl::InvalidArgumentError("the step's hidden states are not whole float32 values");
+  }
+  std::vector<float> hidden_in(request.hidden().size() / sizeof(float));
+  if (!hidden_in.empty()) std::memcpy(hidden_in.data(), request.hidden().data(), request.hidden().size());
+  std::vector<float> out;
+  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out));
+
+  if (!model_.is_last_stage()) {
+    internal::v1::StepRequest downstream = request;
+    downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
+    return next_->Step(downstream, response);
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  size_t row = 0;
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    if (!request.sequences(i).sample()) continue;
+    Sequence* seq = sampled_seqs[row];
+    DS_ASSIGN_OR_RETURN(const int32_t token,
+                        seq->sampler->Sample(std::span<float>(out).subspan(row * vocab, vocab)));
+    seq->sampler->Accept(token);
+    internal::v1::SampledToken* sampled = response->add_sampled();
+    sampled->set_seq_id(request.sequences(i).seq_id());
+    sampled->set_token_id(token);
+    ++row;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
+                                internal::v1::CloseResponse* response) {
+  absl::Status first_error;
+  {
+    absl::MutexLock lock(&mutex_);
+    int64_t bytes = 0;
+    for (const internal::v1::CloseSequence& close : request.sequences()) {
+      const auto it = sequences_.find(close.seq_id());
+      if (it == sequences_.end()) continue;
+      if (close.has_snapshot()) {
+        absl::Status status =
+            store_ == nullptr ? absl::FailedPreconditionError("this stage has no session store")
+                              : store_
+                                    ->PutPart(close.snapshot().tenant(), close.snapshot().session_id(),
+                                              PartName(), PartKind::kState,
+                                              model_.SnapshotState(*it->second.state))
+                                    .status();
+        if (status.ok()) {
+          bytes += it->second.state->ByteSize();
+        } else if (first_error.ok()) {
+          first_error = absl::Status(status.code(), absl::StrCat("snapshot of ", PartName(), ": ",
+                                                                 status.message()));
+        }
+      }
+      sequences_.erase(it);
+    }
+    response->set_snapshot_bytes(bytes);
+  }
+  if (next_ != nullptr) {
+    internal::v1::CloseResponse downstream;
+    const absl::Status status = next_->Close(request, &downstream);
+    response->set_snapshot_bytes(response->snapshot_bytes() + downstream.snapshot_bytes());
+    if (first_error.ok()) first_error = status;
+  }
+  return first_error;
+}
+
+}  // namespace deltaserve::services

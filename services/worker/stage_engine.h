@@ -1,0 +1,61 @@
+// One pipeline stage: a model slice (a layer range), the live state of every open sequence for
+// those layers, and, on the last stage, each sequence's sampler. It implements StageChannel, so
+// the router (or the previous stage) calls it in process or through the gRPC service.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "model/kimi_linear_model.h"
+#include "model/sampling/sampler.h"
+#include "services/session_store/store_client.h"
+#include "services/transport/stage_channel.h"
+
+namespace deltaserve::services {
+
+struct StageEngineOptions {
+  int64_t max_open_sequences = 1024;
+};
+
+class StageEngine final : public StageChannel {
+ public:
+  // `store` (snapshots) may be null when no sessions are used; `next` is null on the last stage.
+  // Neither is owned.
+  StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
+              const StageEngineOptions& options = {});
+
+  // This stage's part of a session in the store.
+  std::string PartName() const;
+
+  absl::Status Open(const internal::v1::OpenRequest& request,
+                    internal::v1::OpenResponse* response) override;
+  absl::Status Step(const internal::v1::StepRequest& request,
+                    internal::v1::StepResponse* response) override;
+  absl::Status Close(const internal::v1::CloseRequest& request,
+                     internal::v1::CloseResponse* response) override;
+
+  int64_t open_sequences() const;
+
+ private:
+  struct Sequence {
+    std::unique_ptr<model::SequenceState> state;
+    std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
+  };
+
+  // A restored state, or the reason it could not be restored.
+  absl::StatusOr<std::unique_ptr<model::SequenceState>> Restore(const internal::v1::SessionRef& ref,
+                                                               int64_t expected_tokens);
+
+  model::KimiLinearModel& model_;
+  StoreClient* store_;
+  StageChannel* next_;
+  StageEngineOptions options_;
+  mutable absl::Mutex mutex_;
+  std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);
+};
+
+}  // namespace deltaserve::services
