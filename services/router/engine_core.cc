@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/log.h"
 #include "deltaserve/internal/v1/session_manifest.pb.h"
 #include "services/transport/sampling_proto.h"
 
@@ -39,6 +40,14 @@ namespace {
 
 double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
+}
+
+base::RequestContext LogContext(uint64_t id, const std::string& tenant, const std::string& session_id) {
+  base::RequestContext context;
+  context.request_id = std::to_string(id);
+  context.tenant = tenant;
+  context.session_id = session_id;
+  return context;
 }
 
 int64_t Nanos(std::chrono::steady_clock::duration d) {
@@ -203,7 +212,10 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
                                                                  ": ", saved.message()));
         outcome.finish_reason = v1::FINISH_REASON_ERROR;
       }
-      (void)status;
+      if (!status.ok()) {
+        base::LogWarn(LogContext(seq->id, seq->request.tenant, seq->session_id),
+                      "stage snapshot failed, the next turn recomputes it: {}", status.ToString());
+      }
       observer_->SessionSaved(closed.snapshot_bytes(), Seconds(Clock::now() - start));
     }
   }
@@ -216,6 +228,15 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     name = "deadline";
   }
   observer_->RequestFinished(name, Seconds(Clock::now() - seq->arrived));
+  const base::RequestContext context = LogContext(seq->id, seq->request.tenant, seq->session_id);
+  if (outcome.status.ok()) {
+    base::LogInfo(context, "{}: prompt {} restored {} recomputed {} generated {} in {:.1f} ms", name,
+                  outcome.usage.prompt_tokens(), outcome.usage.session_tokens(),
+                  outcome.usage.recomputed_tokens(), outcome.usage.completion_tokens(),
+                  outcome.timings.total_ns() / 1e6);
+  } else {
+    base::LogWarn(context, "{}: {}", name, outcome.status.ToString());
+  }
   seq->stream->Finish(std::move(outcome));
   if (seq->has_session) {
     absl::MutexLock lock(&mutex_);
@@ -333,6 +354,13 @@ void EngineCore::Admit() {
     seq->opened = true;
     const bool restored = restore[i] && i < static_cast<size_t>(opened.results_size()) &&
                           opened.results(static_cast<int>(i)).restored();
+    if (restore[i] && !restored) {
+      base::LogWarn(LogContext(seq->id, seq->request.tenant, seq->session_id),
+                    "recomputing {} history tokens: {}", seq->history.size(),
+                    i < static_cast<size_t>(opened.results_size())
+                        ? opened.results(static_cast<int>(i)).restore_error()
+                        : std::string("no result"));
+    }
     if (restored) {
       seq->session_tokens = static_cast<int64_t>(seq->history.size());
       seq->pending = seq->request.prompt;

@@ -193,5 +193,25 @@ TEST_F(OneSlotServeTest, CancellationFreesTheSlotAndAFullQueueRefusesAtOnce) {
   EXPECT_EQ(after->token_ids.size(), 3u);
 }
 
+TEST(DeadlineServeTest, ClientDeadlinesAndTheDefaultDeadlineEndLongCalls) {
+  ChildProcess server(kBinary,
+                      {"serve", "--model", FixtureDir(), "--listen", "127.0.0.1:0", "--threads", "1",
+                       "--default-deadline-ms", "400", "--max-new-tokens-limit", "100000",
+                       "--drain-seconds", "0"},
+                      LogPath("serve-deadline"));
+  ASSERT_TRUE(server.ok()) << server.first_line();
+  // No deadline from the client: the server's default applies.
+  client::InferenceClient no_deadline(client::MakeChannel(server.address()));
+  absl::Status status = no_deadline.Generate(Greedy({1, 2}, 100000)).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  // The client's own deadline.
+  client::InferenceClient with_deadline(client::MakeChannel(server.address()), {.tenant = "", .timeout_ms = 200});
+  status = with_deadline.Generate(Greedy({1, 2}, 100000)).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  absl::StatusOr<client::GenerateResult> short_call = no_deadline.Generate(Greedy({3}, 4));
+  ASSERT_TRUE(short_call.ok()) << short_call.status();
+  EXPECT_EQ(short_call->token_ids.size(), 4u);
+}
+
 }  // namespace
 }  // namespace deltaserve::integration
