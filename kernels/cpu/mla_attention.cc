@@ -1,5 +1,7 @@
 #include "kernels/cpu/mla_attention.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -26,10 +28,16 @@ void Softmax(float* scores, int64_t n) {
   for (int64_t j = 0; j < n; ++j) scores[j] *= inv;
 }
 
-float Dot(const float* a, const float* b, int64_t n) {
-  float acc = 0.0f;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
+// c (ldc) = alpha · a · bᵀ + beta · c, row-major.
+void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+            int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// c (ldc) = a · b, row-major.
+void GemmNN(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+            float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
 struct Shapes {
@@ -40,56 +48,58 @@ struct Shapes {
   int64_t heads, rank, nope, rope, v, qk, kv, latent;
 };
 
-// Query row i of `seq` (absolute position num_cached + i) for head h, expanded form: keys and
-// values of head h come from kv_all [L, H*(nope+v)] and the cache's shared k_pe.
+// Head h of every query of `seq`, expanded form: keys [k_nope ‖ k_pe] and values come from
+// kv_all [L, H*(nope+v)] and the cache's shared k_pe, all read in place through strides.
 void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
                   const float* cache, const std::vector<float>& kv_all, int64_t h, TensorView out) {
-  std::vector<float> scores(static_cast<size_t>(seq.num_cached + seq.rows.length));
-  for (int64_t i = 0; i < seq.rows.length; ++i) {
-    const float* q_row = q.row<float>(seq.rows.begin + i) + h * s.qk;
+  const int64_t n = seq.rows.length;
+  const int64_t total = seq.num_cached + n;
+  const int64_t kv_stride = s.heads * s.kv;
+  thread_local std::vector<float> scores;
+  scores.resize(static_cast<size_t>(n * total));
+  const float* q_rows = q.row<float>(seq.rows.begin) + h * s.qk;
+  GemmNT(n, total, s.nope, scale, q_rows, q.row_stride, kv_all.data() + h * s.kv, kv_stride, 0.0f,
+         scores.data(), total);
+  GemmNT(n, total, s.rope, scale, q_rows + s.nope, q.row_stride, cache + s.rank, s.latent, 1.0f,
+         scores.data(), total);
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = scores.data() + i * total;
     const int64_t visible = seq.num_cached + i + 1;
-    for (int64_t j = 0; j < visible; ++j) {
-      const float* k_nope = kv_all.data() + j * s.heads * s.kv + h * s.kv;
-      const float* k_pe = cache + j * s.latent + s.rank;
-      scores[j] = (Dot(q_row, k_nope, s.nope) + Dot(q_row + s.nope, k_pe, s.rope)) * scale;
-    }
-    Softmax(scores.data(), visible);
-    float* o = out.row<float>(seq.rows.begin + i) + h * s.v;
-    std::fill(o, o + s.v, 0.0f);
-    for (int64_t j = 0; j < visible; ++j) {
-      const float* value = kv_all.data() + j * s.heads * s.kv + h * s.kv + s.nope;
-      for (int64_t c = 0; c < s.v; ++c) o[c] += scores[j] * value[c];
-    }
+    Softmax(row, visible);
+    std::fill(row + visible, row + total, 0.0f);  // causal: later positions get no weight
   }
+  GemmNN(n, s.v, total, scores.data(), total, kv_all.data() + h * s.kv + s.nope, kv_stride,
+         out.row<float>(seq.rows.begin) + h * s.v, out.row_stride);
 }
 
-// Absorbed form: q_lat = W_UKᵀ q_nope, attention over the latent itself, then W_UV.
-void AbsorbedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
-                  const float* cache, const std::vector<float>& kv_b, int64_t h, TensorView out) {
-  const float* w_uk = kv_b.data() + h * s.kv * s.rank;  // [nope, rank]
-  const float* w_uv = w_uk + s.nope * s.rank;            // [v, rank]
-  std::vector<float> q_lat(s.rank), o_lat(s.rank);
-  std::vector<float> scores(static_cast<size_t>(seq.num_cached + seq.rows.length));
-  for (int64_t i = 0; i < seq.rows.length; ++i) {
-    const float* q_row = q.row<float>(seq.rows.begin + i) + h * s.qk;
-    std::fill(q_lat.begin(), q_lat.end(), 0.0f);
-    for (int64_t n = 0; n < s.nope; ++n) {
-      for (int64_t r = 0; r < s.rank; ++r) q_lat[r] += w_uk[n * s.rank + r] * q_row[n];
-    }
-    const int64_t visible = seq.num_cached + i + 1;
-    for (int64_t j = 0; j < visible; ++j) {
-      const float* entry = cache + j * s.latent;
-      scores[j] = (Dot(q_lat.data(), entry, s.rank) + Dot(q_row + s.nope, entry + s.rank, s.rope)) *
-                  scale;
-    }
-    Softmax(scores.data(), visible);
-    std::fill(o_lat.begin(), o_lat.end(), 0.0f);
-    for (int64_t j = 0; j < visible; ++j) {
-      const float* entry = cache + j * s.latent;
-      for (int64_t r = 0; r < s.rank; ++r) o_lat[r] += scores[j] * entry[r];
-    }
-    float* o = out.row<float>(seq.rows.begin + i) + h * s.v;
-    for (int64_t c = 0; c < s.v; ++c) o[c] = Dot(w_uv + c * s.rank, o_lat.data(), s.rank);
+// Every head of query i of `seq`, absorbed form: q_lat = W_UKᵀ q_nope per head, then attention
+// over the latent cache itself for all heads at once, then W_UV.
+void AbsorbedQuery(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
+                   const float* cache, const std::vector<float>& kv_b, int64_t i, TensorView out) {
+  const int64_t visible = seq.num_cached + i + 1;
+  thread_local std::vector<float> q_lat, q_pe, scores, o_lat;
+  q_lat.resize(static_cast<size_t>(s.heads * s.rank));
+  q_pe.resize(static_cast<size_t>(s.heads * s.rope));
+  scores.resize(static_cast<size_t>(s.heads * visible));
+  o_lat.resize(static_cast<size_t>(s.heads * s.rank));
+  const float* q_row = q.row<float>(seq.rows.begin + i);
+  for (int64_t h = 0; h < s.heads; ++h) {
+    const float* w_uk = kv_b.data() + h * s.kv * s.rank;  // [nope, rank]
+    cblas_sgemv(CblasRowMajor, CblasTrans, s.nope, s.rank, 1.0f, w_uk, s.rank, q_row + h * s.qk, 1,
+                0.0f, q_lat.data() + h * s.rank, 1);
+    std::copy_n(q_row + h * s.qk + s.nope, s.rope, q_pe.data() + h * s.rope);
+  }
+  GemmNT(s.heads, visible, s.rank, scale, q_lat.data(), s.rank, cache, s.latent, 0.0f, scores.data(),
+         visible);
+  GemmNT(s.heads, visible, s.rope, scale, q_pe.data(), s.rope, cache + s.rank, s.latent, 1.0f,
+         scores.data(), visible);
+  for (int64_t h = 0; h < s.heads; ++h) Softmax(scores.data() + h * visible, visible);
+  GemmNN(s.heads, s.rank, visible, scores.data(), visible, cache, s.latent, o_lat.data(), s.rank);
+  float* o = out.row<float>(seq.rows.begin + i);
+  for (int64_t h = 0; h < s.heads; ++h) {
+    const float* w_uv = kv_b.data() + (h * s.kv + s.nope) * s.rank;  // [v, rank]
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, s.v, s.rank, 1.0f, w_uv, s.rank,
+                o_lat.data() + h * s.rank, 1, 0.0f, o + h * s.v, 1);
   }
 }
 
@@ -127,15 +137,22 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
     MatMul(pool, cache_latent, kv_b, MakeView(kv_all[i].data(), DType::kF32, length, s.heads * s.kv));
   }
 
-  const int64_t num_seqs = static_cast<int64_t>(seqs.size());
-  pool.ParallelFor(num_seqs * s.heads, [&](int64_t task) {
-    const int64_t index = task / s.heads;
-    const int64_t h = task % s.heads;
-    const MlaSequence& seq = seqs[index];
+  // Tasks: (sequence, head) for the expanded form, (sequence, query) for the absorbed one.
+  struct Task {
+    size_t seq;
+    int64_t index;
+  };
+  std::vector<Task> tasks;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const int64_t count = seqs[i].form == MlaForm::kExpanded ? s.heads : seqs[i].rows.length;
+    for (int64_t j = 0; j < count; ++j) tasks.push_back({i, j});
+  }
+  pool.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
+    const MlaSequence& seq = seqs[tasks[t].seq];
     if (seq.form == MlaForm::kExpanded) {
-      ExpandedHead(s, params.scale, seq, q, seq.latent_cache, kv_all[index], h, out);
+      ExpandedHead(s, params.scale, seq, q, seq.latent_cache, kv_all[tasks[t].seq], tasks[t].index, out);
     } else {
-      AbsorbedHead(s, params.scale, seq, q, seq.latent_cache, kv_b_f32, h, out);
+      AbsorbedQuery(s, params.scale, seq, q, seq.latent_cache, kv_b_f32, tasks[t].index, out);
     }
   });
 }

@@ -237,11 +237,12 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
   } else {
     base::LogWarn(context, "{}: {}", name, outcome.status.ToString());
   }
-  seq->stream->Finish(std::move(outcome));
+  // Free the session before telling the caller, whose next turn may arrive at once.
   if (seq->has_session) {
     absl::MutexLock lock(&mutex_);
     busy_sessions_.erase(SessionKey(seq->request.tenant, seq->session_id));
   }
+  seq->stream->Finish(std::move(outcome));
 }
 
 void EngineCore::ReapCancelled() {
