@@ -30,13 +30,13 @@ void AddServerFlags(CLI::App& command, ServerFlags& flags, const std::string& de
       ->capture_default_str();
   command.add_option("--drain-seconds", flags.drain_seconds,
                      "At shutdown, how long calls in flight may finish")
-      ->check(CLI::NonNegativeNumber)
+      ->check(CLI::Range(int64_t{0}, int64_t{86'400}))
       ->capture_default_str();
   command.add_option("--peer-wait-ms", flags.peer_wait_ms, "How long to wait for peers at start")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}))
       ->capture_default_str();
   command.add_option("--call-timeout-ms", flags.call_timeout_ms, "Deadline of one internal call")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}))
       ->capture_default_str();
 }
 

@@ -8,7 +8,9 @@
 
 #include <cerrno>
 #include <cstring>
+#include <chrono>
 #include <string_view>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -18,7 +20,8 @@ namespace deltaserve::services {
 namespace {
 
 constexpr size_t kMaxRequestBytes = 8192;
-constexpr int kIoTimeoutSeconds = 5;
+// A connection gets this long in all to send its request and take the answer.
+constexpr auto kConnectionBudget = std::chrono::seconds(5);
 
 absl::Status CheckHostPort(const std::string& address, std::string* host, std::string* port) {
   const size_t colon = address.rfind(':');
@@ -37,13 +40,28 @@ absl::Status CheckHostPort(const std::string& address, std::string* host, std::s
   return absl::OkStatus();
 }
 
-void WriteAll(int fd, std::string_view data) {
+using Deadline = std::chrono::steady_clock::time_point;
+
+// Waits until `fd` is ready for `events` or `wake` fires or the deadline passes; true when ready.
+bool WaitReady(int fd, short events, int wake, Deadline deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd fds[2] = {{fd, events, 0}, {wake, POLLIN, 0}};
+    const int n = poll(fds, 2, static_cast<int>(left.count()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0 || fds[1].revents != 0) return false;
+    return true;
+  }
+}
+
+void WriteAll(int fd, std::string_view data, int wake, Deadline deadline) {
   while (!data.empty()) {
-    const ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      return;
-    }
+    if (!WaitReady(fd, POLLOUT, wake, deadline)) return;
+    const ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return;
     data.remove_prefix(static_cast<size_t>(n));
   }
 }
@@ -66,7 +84,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   int fd = -1;
   std::string failure = "no usable address";
   for (addrinfo* a = resolved; a != nullptr && fd < 0; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
     if (fd < 0) continue;
     const int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -136,35 +154,38 @@ void MetricsServer::Serve() {
       return;
     }
     if (fds[1].revents != 0) return;
-    const int connection = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-    if (connection < 0) continue;
+    const int connection = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (connection < 0) {
+      // Out of descriptors: the listen socket stays readable, so pause instead of spinning.
+      if (errno == EMFILE || errno == ENFILE) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      continue;
+    }
     Answer(connection);
     close(connection);
   }
 }
 
 void MetricsServer::Answer(int connection) {
-  const timeval timeout{kIoTimeoutSeconds, 0};
-  setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(connection, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  const Deadline deadline = std::chrono::steady_clock::now() + kConnectionBudget;
   std::string request;
   char buffer[1024];
   while (request.find("\r\n\r\n") == std::string::npos && request.size() < kMaxRequestBytes) {
-    const ssize_t n = recv(connection, buffer, sizeof(buffer), 0);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      break;
-    }
+    if (!WaitReady(connection, POLLIN, wake_fd_, deadline)) return;
+    const ssize_t n = recv(connection, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) break;
     request.append(buffer, static_cast<size_t>(n));
   }
   const size_t line_end = request.find("\r\n");
   const std::string_view line = std::string_view(request).substr(0, line_end);
+  const bool head = line.rfind("HEAD ", 0) == 0;
   auto reply = [&](const char* status, const std::string& body, const char* type) {
-    WriteAll(connection, absl::StrFormat(
-                             "HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+    WriteAll(connection,
+             absl::StrFormat("HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
                              "Connection: close\r\n\r\n",
-                             status, type, body.size()));
-    WriteAll(connection, body);
+                             status, type, body.size()),
+             wake_fd_, deadline);
+    if (!head) WriteAll(connection, body, wake_fd_, deadline);
   };
   if (line_end == std::string::npos) {
     reply("400 Bad Request", "bad request\n", "text/plain");
@@ -182,7 +203,7 @@ void MetricsServer::Answer(int connection) {
   } else if (target != kMetricsPath) {
     reply("404 Not Found", "metrics are at /metrics\n", "text/plain");
   } else {
-    reply("200 OK", method == "HEAD" ? std::string() : Scrape(), "text/plain; version=0.0.4; charset=utf-8");
+    reply("200 OK", Scrape(), "text/plain; version=0.0.4; charset=utf-8");
   }
 }
 

@@ -52,6 +52,9 @@ class Process final : public RunningProcess {
     server_->Shutdown(std::chrono::system_clock::now() + grace);
     if (stop_) stop_();
     server_.reset();
+    metrics_.reset();
+    // Newest first: a component never outlives what it was built on.
+    while (!keep_alive_.empty()) keep_alive_.pop_back();
   }
 
  private:

@@ -52,6 +52,7 @@ class ServeProcess final : public RunningProcess {
     p_->server->Shutdown(std::chrono::system_clock::now() + grace);
     p_->engine->Shutdown();
     p_->server.reset();
+    p_->metrics.reset();  // no scrape may read the store or the engine's metrics after this
   }
 
  private:

@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "base/log.h"
+#include "spdlog/spdlog.h"
 #include "deltaserve/internal/v1/session_manifest.pb.h"
 #include "services/transport/sampling_proto.h"
 
@@ -54,6 +55,12 @@ int64_t Nanos(std::chrono::steady_clock::duration d) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
 }
 
+// A failure of the pipeline's workers, as the caller sees it: the service is unavailable (the
+// workers' own codes, such as an internal deadline, would mislead the client).
+absl::Status WorkerError(const absl::Status& status) {
+  return absl::UnavailableError(absl::StrCat("the model workers failed: ", status.ToString()));
+}
+
 uint64_t FreshSeed() {
   thread_local std::mt19937_64 rng(std::random_device{}());
   return rng();
@@ -69,6 +76,9 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       store_(store),
       observer_(observer != nullptr ? observer : &default_observer_),
       queue_(config.max_waiting) {
+  // Sequence ids start at a random epoch, so a restarted router never reuses an id that a stage
+  // may still hold from its predecessor.
+  next_id_ = (FreshSeed() & 0xffffffff00000000ull) | 1;
   loop_ = std::thread([this] { Loop(); });
 }
 
@@ -78,9 +88,14 @@ std::string EngineCore::SessionKey(const std::string& tenant, const std::string&
   return absl::StrCat(tenant, "/", session_id);
 }
 
-bool EngineCore::SessionBusy(const std::string& tenant, const std::string& session_id) const {
+bool EngineCore::ReserveSession(const std::string& tenant, const std::string& session_id) {
   absl::MutexLock lock(&mutex_);
-  return busy_sessions_.count(SessionKey(tenant, session_id)) > 0;
+  return busy_sessions_.insert(SessionKey(tenant, session_id)).second;
+}
+
+void EngineCore::ReleaseSession(const std::string& tenant, const std::string& session_id) {
+  absl::MutexLock lock(&mutex_);
+  busy_sessions_.erase(SessionKey(tenant, session_id));
 }
 
 absl::StatusOr<std::shared_ptr<RequestStream>> EngineCore::Submit(RouterRequest request) {
@@ -134,10 +149,9 @@ absl::StatusOr<std::shared_ptr<RequestStream>> EngineCore::Submit(RouterRequest 
 void EngineCore::Shutdown() {
   {
     absl::MutexLock lock(&mutex_);
-    if (stopping_ && !loop_.joinable()) return;
     stopping_ = true;
   }
-  if (loop_.joinable()) loop_.join();
+  std::call_once(joined_, [this] { loop_.join(); });
 }
 
 void EngineCore::TakeInbox() {
@@ -168,6 +182,19 @@ RequestOutcome EngineCore::Outcome(const Sequence& seq, absl::Status status,
   }
   outcome.timings.set_total_ns(Nanos(now - seq.arrived));
   return outcome;
+}
+
+void EngineCore::DropOnStages(const std::vector<uint64_t>& ids) {
+  internal::v1::CloseRequest close;
+  for (uint64_t id : ids) {
+    auto it = running_.find(id);
+    if (it != running_.end()) it->second->opened = false;
+    close.add_sequences()->set_seq_id(id);  // stages ignore ids they do not hold
+  }
+  if (close.sequences_size() == 0) return;
+  internal::v1::CloseResponse closed;
+  const absl::Status status = first_stage_.Close(close, &closed);
+  if (!status.ok()) spdlog::warn("dropping {} sequences on the stages: {}", ids.size(), status.ToString());
 }
 
 void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
@@ -257,6 +284,9 @@ void EngineCore::ReapCancelled() {
       }
     }
   }
+  std::vector<uint64_t> ids;
+  for (const auto& [id, status] : gone) ids.push_back(id);
+  DropOnStages(ids);
   for (auto& [id, status] : gone) {
     Sequence& seq = running_.count(id) ? *running_[id] : *waiting_[id];
     Retire(id, Outcome(seq, status, v1::FINISH_REASON_CANCELLED), /*snapshot=*/false);
@@ -345,22 +375,30 @@ void EngineCore::Admit() {
   internal::v1::OpenResponse opened;
   absl::Status status = first_stage_.Open(open_request(opening, restore), &opened);
   if (!status.ok()) {
-    for (Sequence* seq : opening) Retire(seq->id, Outcome(*seq, status, v1::FINISH_REASON_ERROR), false);
+    // A stage may have opened some of them before the failure reached us.
+    std::vector<uint64_t> ids;
+    for (Sequence* seq : opening) ids.push_back(seq->id);
+    DropOnStages(ids);
+    for (Sequence* seq : opening) Retire(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR), false);
     return;
+  }
+  std::map<uint64_t, bool> restored_on_every_stage;
+  for (const internal::v1::OpenResult& result : opened.results()) {
+    restored_on_every_stage[result.seq_id()] = result.restored();
   }
   // Sequences whose restore failed on some stage start over from the history on every stage.
   std::vector<Sequence*> reopen;
   for (size_t i = 0; i < opening.size(); ++i) {
     Sequence* seq = opening[i];
     seq->opened = true;
-    const bool restored = restore[i] && i < static_cast<size_t>(opened.results_size()) &&
-                          opened.results(static_cast<int>(i)).restored();
+    const bool restored = restore[i] && restored_on_every_stage[seq->id];
     if (restore[i] && !restored) {
+      std::string reason = "no result";
+      for (const internal::v1::OpenResult& result : opened.results()) {
+        if (result.seq_id() == seq->id) reason = result.restore_error();
+      }
       base::LogWarn(LogContext(seq->id, seq->request.tenant, seq->session_id),
-                    "recomputing {} history tokens: {}", seq->history.size(),
-                    i < static_cast<size_t>(opened.results_size())
-                        ? opened.results(static_cast<int>(i)).restore_error()
-                        : std::string("no result"));
+                    "recomputing {} history tokens: {}", seq->history.size(), reason);
     }
     if (restored) {
       seq->session_tokens = static_cast<int64_t>(seq->history.size());
@@ -377,19 +415,19 @@ void EngineCore::Admit() {
     }
   }
   if (!reopen.empty()) {
-    internal::v1::CloseRequest close;
-    for (Sequence* seq : reopen) close.add_sequences()->set_seq_id(seq->id);
-    internal::v1::CloseResponse closed;
-    status = first_stage_.Close(close, &closed);
+    std::vector<uint64_t> ids;
+    for (Sequence* seq : reopen) ids.push_back(seq->id);
+    DropOnStages(ids);
     internal::v1::OpenResponse fresh;
-    if (status.ok()) {
-      status = first_stage_.Open(open_request(reopen, std::vector<bool>(reopen.size(), false)), &fresh);
-    }
+    status = first_stage_.Open(open_request(reopen, std::vector<bool>(reopen.size(), false)), &fresh);
     if (!status.ok()) {
+      DropOnStages(ids);
       for (Sequence* seq : reopen) {
-        seq->opened = false;
-        Retire(seq->id, Outcome(*seq, status, v1::FINISH_REASON_ERROR), false);
+        seq->recomputed_tokens = 0;
+        Retire(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR), false);
       }
+    } else {
+      for (Sequence* seq : reopen) seq->opened = true;
     }
   }
 }
@@ -461,9 +499,12 @@ void EngineCore::RunStep(const std::vector<PlannedRun>& plan) {
   observer_->Step(prefill_tokens, decode_tokens, Seconds(Clock::now() - start));
   if (!status.ok()) {
     // The stages may now disagree about these sequences' states: end them all.
+    std::vector<uint64_t> ids;
+    for (const PlannedRun& run : plan) ids.push_back(run.id);
+    DropOnStages(ids);
     for (const PlannedRun& run : plan) {
       Sequence& seq = *running_.at(run.id);
-      Retire(run.id, Outcome(seq, status, v1::FINISH_REASON_ERROR), false);
+      Retire(run.id, Outcome(seq, WorkerError(status), v1::FINISH_REASON_ERROR), false);
     }
     return;
   }
@@ -520,6 +561,7 @@ void EngineCore::Loop() {
   TakeInbox();
   std::vector<uint64_t> ids;
   for (const auto& [id, seq] : running_) ids.push_back(id);
+  DropOnStages(ids);
   for (const auto& [id, seq] : waiting_) ids.push_back(id);
   for (uint64_t id : ids) {
     Sequence& seq = running_.count(id) ? *running_[id] : *waiting_[id];

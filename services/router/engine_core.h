@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -53,8 +54,10 @@ class EngineCore {
   // session cannot be created or is not the tenant's, UNAVAILABLE after Shutdown.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(RouterRequest request);
 
-  // True while a request of this session is queued or running.
-  bool SessionBusy(const std::string& tenant, const std::string& session_id) const;
+  // Claims a session for an operation outside the engine (delete, fork) so no request can start
+  // on it meanwhile; false when a request holds it. Release with ReleaseSession.
+  bool ReserveSession(const std::string& tenant, const std::string& session_id);
+  void ReleaseSession(const std::string& tenant, const std::string& session_id);
 
   // Stops admitting, finishes every request with UNAVAILABLE, joins the loop.
   void Shutdown();
@@ -73,6 +76,8 @@ class EngineCore {
   void RunStep(const std::vector<PlannedRun>& plan);
   void OnToken(Sequence& seq, int32_t token);
   void FinishTurn(Sequence& seq);
+  // Tells every stage to drop these sequences' state (one call, errors only logged).
+  void DropOnStages(const std::vector<uint64_t>& ids);
   // Ends a request: drops its stage state (snapshotting it first when `snapshot`), tells the
   // caller, forgets it.
   void Retire(uint64_t id, RequestOutcome outcome, bool snapshot);
@@ -102,6 +107,7 @@ class EngineCore {
   uint64_t admissions_ = 0;
 
   std::thread loop_;
+  std::once_flag joined_;
 };
 
 }  // namespace deltaserve::services

@@ -27,6 +27,27 @@ std::chrono::steady_clock::time_point ToSteady(std::chrono::system_clock::time_p
   return now_steady + std::chrono::duration_cast<std::chrono::steady_clock::duration>(left);
 }
 
+// Holds a session against new requests for the length of a delete or fork.
+class SessionReservation {
+ public:
+  SessionReservation(EngineCore& engine, std::string tenant, std::string session_id)
+      : engine_(engine), tenant_(std::move(tenant)), session_id_(std::move(session_id)),
+        held_(engine.ReserveSession(tenant_, session_id_)) {}
+  ~SessionReservation() {
+    if (held_) engine_.ReleaseSession(tenant_, session_id_);
+  }
+  absl::Status status() const {
+    if (held_) return absl::OkStatus();
+    return absl::AbortedError(absl::StrCat("session ", session_id_, " has a request in flight"));
+  }
+
+ private:
+  EngineCore& engine_;
+  std::string tenant_;
+  std::string session_id_;
+  bool held_;
+};
+
 absl::Status RequireStore(const StoreClient* store) {
   if (store == nullptr) return absl::FailedPreconditionError("this server keeps no sessions");
   return absl::OkStatus();
@@ -135,9 +156,11 @@ grpc::Status InferenceService::ListSessions(grpc::ServerContext* context,
   absl::StatusOr<SessionPage> page = store_->ListSessions(*tenant, page_size, request->page_token());
   if (!page.ok()) return ToGrpcStatus(page.status());
   for (const SessionInfo& info : page->sessions) {
-    if (absl::Status s = DescribeSession(*tenant, info, false, response->add_sessions()); !s.ok()) {
-      return ToGrpcStatus(s);
-    }
+    v1::Session session;
+    const absl::Status s = DescribeSession(*tenant, info, false, &session);
+    if (s.code() == absl::StatusCode::kNotFound) continue;  // expired or deleted meanwhile
+    if (!s.ok()) return ToGrpcStatus(s);
+    *response->add_sessions() = std::move(session);
   }
   response->set_next_page_token(page->next_page_token);
   return grpc::Status::OK;
@@ -150,10 +173,8 @@ grpc::Status InferenceService::DeleteSession(grpc::ServerContext* context,
   if (!tenant.ok()) return ToGrpcStatus(tenant.status());
   if (absl::Status s = RequireStore(store_); !s.ok()) return ToGrpcStatus(s);
   if (absl::Status s = ValidateSessionId(request->session_id()); !s.ok()) return ToGrpcStatus(s);
-  if (engine_.SessionBusy(*tenant, request->session_id())) {
-    return ToGrpcStatus(absl::AbortedError(
-        absl::StrCat("session ", request->session_id(), " has a request in flight")));
-  }
+  const SessionReservation reservation(engine_, *tenant, request->session_id());
+  if (!reservation.status().ok()) return ToGrpcStatus(reservation.status());
   return ToGrpcStatus(store_->DeleteSession(*tenant, request->session_id()));
 }
 
@@ -167,10 +188,10 @@ grpc::Status InferenceService::ForkSession(grpc::ServerContext* context,
   const std::string new_id =
       request->new_session_id().empty() ? NewSessionId() : request->new_session_id();
   if (absl::Status s = ValidateSessionId(new_id); !s.ok()) return ToGrpcStatus(s);
-  if (engine_.SessionBusy(*tenant, request->session_id())) {
-    return ToGrpcStatus(absl::AbortedError(
-        absl::StrCat("session ", request->session_id(), " has a request in flight")));
-  }
+  const SessionReservation source(engine_, *tenant, request->session_id());
+  if (!source.status().ok()) return ToGrpcStatus(source.status());
+  const SessionReservation target(engine_, *tenant, new_id);
+  if (!target.status().ok()) return ToGrpcStatus(target.status());
   absl::StatusOr<SessionInfo> info = store_->CopySession(*tenant, request->session_id(), new_id);
   if (!info.ok()) return ToGrpcStatus(info.status());
   return ToGrpcStatus(DescribeSession(*tenant, *info, false, response));

@@ -92,6 +92,10 @@ absl::StatusOr<RouterRequest> ValidateGenerateRequest(const v1::GenerateRequest&
                                                    config.max_new_tokens_limit, ", got ",
                                                    p.max_new_tokens));
   }
+  if (stop.stop_token_ids_size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(absl::StrCat("stop_token_ids holds ", stop.stop_token_ids_size(),
+                                                   " ids; the limit is ", kMaxStopTokenIds));
+  }
   p.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
   p.ignore_eos = stop.ignore_eos();
   if (absl::Status status = p.Validate(model.vocab_size); !status.ok()) return status;
@@ -100,6 +104,10 @@ absl::StatusOr<RouterRequest> ValidateGenerateRequest(const v1::GenerateRequest&
     return absl::InvalidArgumentError(absl::StrCat("the prompt's ", out.prompt.size(),
                                                    " tokens leave no room in the model's context of ",
                                                    max_context));
+  }
+  if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
+    return absl::InvalidArgumentError(absl::StrCat("priority must be in [", kMinPriority, ", ",
+                                                   kMaxPriority, "], got ", request.priority()));
   }
   out.priority = request.priority();
   return out;

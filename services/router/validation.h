@@ -16,6 +16,12 @@
 
 namespace deltaserve::services {
 
+// Priorities a request may ask for (lower is served first).
+inline constexpr int32_t kMinPriority = -100;
+inline constexpr int32_t kMaxPriority = 100;
+// Stop token ids one request may list.
+inline constexpr int kMaxStopTokenIds = 64;
+
 struct RouterRequest {
   std::string tenant;
   v1::SessionMode session_mode = v1::SESSION_MODE_UNSPECIFIED;

@@ -23,6 +23,17 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     internal::v1::RunExpertsResponse response;
     absl::Status status;
   };
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t* ids = expert_ids.row<int32_t>(t);
+    for (int64_t slot = 0; slot < k; ++slot) {
+      const bool held = std::any_of(shards_.begin(), shards_.end(), [&](const ExpertShardLink& shard) {
+        return ids[slot] >= shard.expert_begin && ids[slot] < shard.expert_end;
+      });
+      if (!held) {
+        return absl::InternalError(absl::StrCat("layer ", layer, ": no expert shard holds expert ", ids[slot]));
+      }
+    }
+  }
   std::vector<Call> calls(shards_.size());
   for (size_t s = 0; s < shards_.size(); ++s) {
     const ExpertShardLink& shard = shards_[s];

@@ -91,12 +91,16 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
     for (uint64_t id : opened) sequences_.erase(id);
     return status;
   }
-  for (int i = 0; i < response->results_size() && i < downstream.results_size(); ++i) {
-    internal::v1::OpenResult* mine = response->mutable_results(i);
-    const internal::v1::OpenResult& theirs = downstream.results(i);
-    if (!theirs.restored()) {
-      mine->set_restored(false);
-      if (mine->restore_error().empty()) mine->set_restore_error(theirs.restore_error());
+  // A sequence counts as restored only when every later stage restored it too.
+  std::map<uint64_t, const internal::v1::OpenResult*> theirs;
+  for (const internal::v1::OpenResult& result : downstream.results()) theirs[result.seq_id()] = &result;
+  for (internal::v1::OpenResult& mine : *response->mutable_results()) {
+    const auto it = theirs.find(mine.seq_id());
+    if (it != theirs.end() && it->second->restored()) continue;
+    mine.set_restored(false);
+    if (mine.restore_error().empty()) {
+      mine.set_restore_error(it == theirs.end() ? "a later stage did not answer for it"
+                                                : it->second->restore_error());
     }
   }
   return absl::OkStatus();
