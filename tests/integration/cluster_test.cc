@@ -97,6 +97,10 @@ TEST_F(ClusterTest, GreedyTokensMatchTheGenerateCommand) {
   }
 }
 
+TEST_F(ClusterTest, ConcurrentStreamsAllCompleteCorrectly) {
+  ExpectConcurrentStreamsComplete(Client(), 32);
+}
+
 TEST_F(ClusterTest, SessionsResumeComputingOnlyNewTokens) {
   ExpectSessionMatchesWholeHistory(Client(), router_->metrics_port(), "cluster-three-turns");
 }

@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -71,6 +72,32 @@ bool WaitFor(const std::function<bool()>& condition) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return false;
+}
+
+void ExpectConcurrentStreamsComplete(client::InferenceClient client, int streams) {
+  std::vector<std::vector<int32_t>> prompts, expected(streams), actual(streams);
+  for (int i = 0; i < streams; ++i) {
+    prompts.push_back({static_cast<int32_t>(10 + i), 3, static_cast<int32_t>(100 + 7 * i)});
+    absl::StatusOr<client::GenerateResult> alone = client.Generate(Greedy(prompts.back(), 10));
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    expected[i] = alone->token_ids;
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failures = 0;
+  for (int i = 0; i < streams; ++i) {
+    threads.emplace_back([&, i] {
+      std::vector<int32_t> streamed;
+      absl::StatusOr<client::GenerateResult> result = client.Generate(
+          Greedy(prompts[i], 10), [&](std::span<const int32_t> tokens) {
+            streamed.insert(streamed.end(), tokens.begin(), tokens.end());
+          });
+      if (!result.ok() || result->token_ids != streamed) ++failures;
+      if (result.ok()) actual[i] = result->token_ids;
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(actual, expected);
 }
 
 void ExpectSessionMatchesWholeHistory(client::InferenceClient client, int router_metrics_port,

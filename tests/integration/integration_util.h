@@ -33,6 +33,10 @@ void ExpectPromtoolAccepts(int metrics_port);
 // Polls `condition` until true or ~20 s.
 bool WaitFor(const std::function<bool()>& condition);
 
+// `streams` greedy generations at once, each streaming: every one completes, its streamed tokens
+// are its result, and the result equals what the same request gets alone.
+void ExpectConcurrentStreamsComplete(client::InferenceClient client, int streams);
+
 // Three turns of one session against the server behind `client`: each turn's tokens equal those
 // of one request carrying the whole history, usage shows the history restored (not recomputed),
 // and the router's metrics count the restored tokens.

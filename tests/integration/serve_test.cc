@@ -60,31 +60,7 @@ TEST_F(ServeTest, ThreeTurnSessionEqualsTheWholeHistoryAndComputesOnlyNewTokens)
 }
 
 TEST_F(ServeTest, ConcurrentStreamsAllCompleteCorrectly) {
-  client::InferenceClient client = Client();
-  constexpr int kStreams = 32;
-  std::vector<std::vector<int32_t>> prompts, expected(kStreams), actual(kStreams);
-  for (int i = 0; i < kStreams; ++i) {
-    prompts.push_back({static_cast<int32_t>(10 + i), 3, static_cast<int32_t>(100 + 7 * i)});
-    absl::StatusOr<client::GenerateResult> alone = client.Generate(Greedy(prompts.back(), 10));
-    ASSERT_TRUE(alone.ok()) << alone.status();
-    expected[i] = alone->token_ids;
-  }
-  std::vector<std::thread> threads;
-  std::atomic<int> failures = 0;
-  for (int i = 0; i < kStreams; ++i) {
-    threads.emplace_back([&, i] {
-      std::vector<int32_t> streamed;
-      absl::StatusOr<client::GenerateResult> result = client.Generate(
-          Greedy(prompts[i], 10), [&](std::span<const int32_t> tokens) {
-            streamed.insert(streamed.end(), tokens.begin(), tokens.end());
-          });
-      if (!result.ok() || result->token_ids != streamed) ++failures;
-      if (result.ok()) actual[i] = result->token_ids;
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  EXPECT_EQ(failures.load(), 0);
-  EXPECT_EQ(actual, expected);
+  ExpectConcurrentStreamsComplete(Client(), 32);
 }
 
 TEST_F(ServeTest, BadRequestsGetClearErrorsAndTheServerKeepsServing) {
@@ -128,6 +104,42 @@ TEST_F(ServeTest, BadRequestsGetClearErrorsAndTheServerKeepsServing) {
   absl::StatusOr<client::GenerateResult> still = client.Generate(Greedy({1, 2, 3}, 3));
   ASSERT_TRUE(still.ok()) << still.status();
   EXPECT_EQ(still->token_ids.size(), 3u);
+  EXPECT_TRUE(client.DeleteSession(remove).ok());
+}
+
+TEST_F(ServeTest, ASessionTakesOneRequestAtATime) {
+  client::InferenceClient client = Client();
+  v1::GenerateRequest create = Greedy({1, 2, 3}, 2);
+  create.set_session_mode(v1::SESSION_MODE_CREATE);
+  create.set_session_id("one-at-a-time");
+  ASSERT_TRUE(client.Generate(create).ok());
+
+  v1::GenerateRequest busy = Greedy({4}, 8000);
+  busy.set_session_mode(v1::SESSION_MODE_CONTINUE);
+  busy.set_session_id("one-at-a-time");
+  client::CallHandle handle;
+  std::atomic<bool> streaming = false;
+  absl::Status busy_status;
+  std::thread running([&] {
+    busy_status =
+        client.Generate(busy, [&](std::span<const int32_t>) { streaming = true; }, &handle).status();
+  });
+  ASSERT_TRUE(WaitFor([&] { return streaming.load(); }));
+  EXPECT_EQ(client.Generate(busy).status().code(), absl::StatusCode::kAborted);
+  v1::DeleteSessionRequest remove;
+  remove.set_session_id("one-at-a-time");
+  EXPECT_EQ(client.DeleteSession(remove).code(), absl::StatusCode::kAborted);
+  v1::ForkSessionRequest fork;
+  fork.set_session_id("one-at-a-time");
+  EXPECT_EQ(client.ForkSession(fork).status().code(), absl::StatusCode::kAborted);
+  handle.Cancel();
+  running.join();
+  EXPECT_EQ(busy_status.code(), absl::StatusCode::kCancelled);
+  // Once the request has gone, the session is free again (and kept its first turn only).
+  ASSERT_TRUE(WaitFor([&] { return client.ForkSession(fork).ok(); }));
+  v1::GetSessionRequest get;
+  get.set_session_id("one-at-a-time");
+  EXPECT_EQ(client.GetSession(get)->num_tokens(), 5);
   EXPECT_TRUE(client.DeleteSession(remove).ok());
 }
 
