@@ -1,35 +1,21 @@
 // The `deltaserve` binary as a user runs it: init-model, score and generate print the documented
 // JSON; bad arguments print usage and exit non-zero.
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <string>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/child_process.h"
 
 namespace deltaserve::cli {
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string out;  // stdout and stderr together
-};
+using Result = testing::CommandResult;
 
 Result RunCli(const std::string& args) {
-  const std::string command = std::string(DELTASERVE_BINARY) + " " + args + " 2>&1";
-  Result result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return testing::RunCommand(std::string(DELTASERVE_BINARY) + " " + args + " 2>&1");
 }
 
 class CliTest : public ::testing::Test {
