@@ -14,7 +14,8 @@ namespace deltaserve::cli {
 // Engine flags shared by the commands that load a model.
 struct EngineArgs {
   std::string model_dir;
-  int threads = 0;                // 0: all hardware threads
+  std::string device = "cpu";     // cpu | cuda
+  int threads = 0;                // CPU threads; 0: all hardware threads
   std::string kda = "auto";       // auto | chunked | recurrent
   std::string mla = "auto";       // auto | expanded | absorbed
   bool biased_routing = false;    // HF remote-code routing weights

@@ -2,12 +2,23 @@
 
 #include <cstdio>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 
 namespace deltaserve::cli {
 
 void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
   command.add_option("--model", engine.model_dir, "Checkpoint directory")->required();
+  command
+      .add_option("--device", engine.device,
+                  "Where the model runs: cpu, cuda (GPU 0) or cuda:N (GPU N of CUDA_VISIBLE_DEVICES)")
+      ->check(CLI::Validator(
+          [](const std::string& value) {
+            return ParseDevice(value).has_value() ? std::string() : "expected cpu, cuda or cuda:N";
+          },
+          "DEVICE"))
+      ->capture_default_str();
   command.add_option("--threads", engine.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
@@ -27,12 +38,30 @@ model::LayerOptions LayerOptionsFrom(const EngineArgs& args) {
   return layers;
 }
 
+std::optional<kernels::BackendChoice> ParseDevice(const std::string& device) {
+  if (device == "cpu" || device == "cuda") return kernels::BackendChoice{.device = device};
+  int index = 0;
+  if (device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(device.substr(5), &index) && index >= 0) {
+    return kernels::BackendChoice{.device = "cuda", .cuda_device = index};
+  }
+  return std::nullopt;
+}
+
+kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args) {
+  kernels::BackendChoice choice = ParseDevice(args.device).value_or(kernels::BackendChoice{});
+  choice.cpu_threads = args.threads;
+  return choice;
+}
+
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args) {
   model::ModelOptions options;
   options.layers = LayerOptionsFrom(args);
   Engine engine;
-  engine.backend = std::make_unique<kernels::cpu::CpuBackend>(
-      kernels::cpu::CpuBackendOptions{.num_threads = args.threads});
+  std::string error;
+  engine.backend = kernels::CreateBackend(BackendChoiceFrom(args), &error);
+  if (engine.backend == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("--device ", args.device, ": ", error));
+  }
   DS_ASSIGN_OR_RETURN(engine.model,
                       model::KimiLinearModel::Load(args.model_dir, *engine.backend, options));
   return engine;

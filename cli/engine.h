@@ -1,28 +1,33 @@
-// Builds the CPU backend and loads the model the way every model-running command does.
+// Builds the backend (--device) and loads the model the way every model-running command does.
 #pragma once
 
 #include <memory>
+#include <optional>
+#include <string>
 
 #include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "cli/commands.h"
-#include "kernels/cpu/cpu_backend.h"
+#include "kernels/backend_factory.h"
 #include "model/kimi_linear_model.h"
 
 namespace deltaserve::cli {
 
 struct Engine {
-  std::unique_ptr<kernels::cpu::CpuBackend> backend;
+  std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<model::KimiLinearModel> model;
 };
 
-// Declares --model, --threads, --kda, --mla and --biased-routing on `command`.
+// Declares --model, --device, --threads, --kda, --mla and --biased-routing on `command`.
 void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);
 
 // The algorithm choices of --kda, --mla and --biased-routing.
 model::LayerOptions LayerOptionsFrom(const EngineArgs& args);
+// "cpu", "cuda" or "cuda:N"; nullopt for anything else.
+std::optional<kernels::BackendChoice> ParseDevice(const std::string& device);
+kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args);
 
 // Prints "deltaserve: <message>" to stderr and returns the exit code for a failed command.
 int ReportError(const absl::Status& status);

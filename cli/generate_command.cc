@@ -94,9 +94,9 @@ int GenerateCommand::Run() {
   AppendIntArray<int32_t>(out, result->tokens);
   out += absl::StrFormat(
       ", \"finish_reason\": \"%s\", \"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d}"
-      ", \"timing\": {\"load_seconds\": %.3f, \"generate_seconds\": %.3f, \"threads\": %d}}\n",
+      ", \"timing\": {\"load_seconds\": %.3f, \"generate_seconds\": %.3f, \"device\": \"%s\"}}\n",
       model::FinishReasonName(result->finish_reason), prompt->size(), result->tokens.size(),
-      load_seconds, generate_seconds, engine->backend->num_threads());
+      load_seconds, generate_seconds, std::string(engine->backend->name()));
   std::fputs(out.c_str(), stdout);
   return 0;
 }

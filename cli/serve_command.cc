@@ -23,7 +23,7 @@ class ServeCommand final : public Subcommand {
   int Run() override {
     return RunServerRole("serve", flags_, [this] {
       config_.model_dir = engine_.model_dir;
-      config_.threads = engine_.threads;
+      config_.backend = BackendChoiceFrom(engine_);
       config_.layers = LayerOptionsFrom(engine_);
       config_.server = flags_.process.server;
       config_.metrics_listen = flags_.process.metrics_listen;

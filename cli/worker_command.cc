@@ -42,7 +42,7 @@ class WorkerCommand final : public Subcommand {
       return RunServerRole("stage_worker", flags_, [this] {
         stage_.process = flags_.process;
         stage_.model_dir = engine_.model_dir;
-        stage_.threads = engine_.threads;
+        stage_.backend = BackendChoiceFrom(engine_);
         stage_.layers = LayerOptionsFrom(engine_);
         return services::StartStageWorker(stage_);
       });
@@ -58,7 +58,7 @@ class WorkerCommand final : public Subcommand {
     return RunServerRole("expert_worker", flags_, [this] {
       experts_config_.process = flags_.process;
       experts_config_.model_dir = engine_.model_dir;
-      experts_config_.threads = engine_.threads;
+      experts_config_.backend = BackendChoiceFrom(engine_);
       return services::StartExpertWorker(experts_config_);
     });
   }

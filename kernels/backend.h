@@ -14,86 +14,10 @@
 #include <span>
 #include <string_view>
 
+#include "kernels/ops.h"
 #include "kernels/tensor.h"
 
 namespace deltaserve::kernels {
-
-// A sequence's rows [begin, begin + length) inside a packed batch.
-struct SequenceRows {
-  int64_t begin = 0;
-  int64_t length = 0;
-};
-
-struct ConvSequence {
-  SequenceRows rows;
-  // The last (kernel - 1) inputs before this step, oldest first: [kernel - 1, channels] F32.
-  // Zero for a new sequence. Updated in place to the last (kernel - 1) inputs after this step.
-  float* tail = nullptr;
-};
-
-enum class KdaAlgorithm : uint8_t {
-  kChunked,    // chunkwise WY/UT form, chunk 64 (spec §2.4): prefill
-  kRecurrent,  // token by token (spec §2.3): decode
-};
-
-struct KdaSequence {
-  SequenceRows rows;
-  KdaAlgorithm algorithm = KdaAlgorithm::kChunked;
-  // [num_heads, head_dim (key), head_dim (value)] F32, updated in place.
-  float* state = nullptr;
-};
-
-// Inputs of the KDA core for one layer (spec §2.2 steps 4-7).
-struct KdaInputs {
-  int64_t num_heads = 0;
-  int64_t head_dim = 0;
-  TensorView q;            // [T, H*d] after conv + SiLU, not yet normalised
-  TensorView k;            // [T, H*d] likewise
-  TensorView v;            // [T, H*d]
-  TensorView gate_logits;  // [T, H*d] f_b(f_a(x)), before dt_bias and softplus
-  TensorView beta_logits;  // [T, H] b_proj(x), before the sigmoid
-  TensorView a_log;        // H values (checkpoint shape [1, 1, H, 1])
-  TensorView dt_bias;      // H*d values
-};
-
-enum class MlaForm : uint8_t {
-  kExpanded,  // per-head keys and values from the latent cache (prefill, spec §3.2)
-  kAbsorbed,  // queries absorbed into the latent space (decode, spec §3.3)
-};
-
-struct MlaSequence {
-  SequenceRows rows;
-  MlaForm form = MlaForm::kExpanded;
-  // [capacity, kv_lora_rank + qk_rope_dim] F32: normalised latent then the shared key part.
-  // Rows [0, num_cached) hold the history; the call appends this step's rows after them,
-  // so capacity >= num_cached + rows.length is a precondition.
-  float* latent_cache = nullptr;
-  int64_t num_cached = 0;
-};
-
-struct MlaParams {
-  int64_t num_heads = 0;
-  int64_t kv_lora_rank = 0;
-  int64_t qk_nope_dim = 0;
-  int64_t qk_rope_dim = 0;
-  int64_t v_dim = 0;
-  float scale = 0;  // softmax scale, 1/sqrt(qk_nope_dim + qk_rope_dim)
-};
-
-struct MoeRouting {
-  int64_t top_k = 0;
-  int64_t num_groups = 1;      // grouped top-k when > 1
-  int64_t top_groups = 1;      // groups kept
-  bool renormalize = true;     // weights / (sum + 1e-20)
-  float scaling = 1.0f;        // routed_scaling_factor
-  bool biased_weights = false; // HF remote-code variant: weights from sigmoid + bias (spec §9.1)
-};
-
-struct ExpertWeights {
-  TensorView gate;  // w1 [I, D]
-  TensorView up;    // w3 [I, D]
-  TensorView down;  // w2 [D, I]
-};
 
 class Backend {
  public:

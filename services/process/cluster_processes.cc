@@ -10,7 +10,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "model/config/kimi_linear_config.h"
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
@@ -127,8 +126,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
   DS_RETURN_IF_ERROR(config.process.server.Validate());
   DS_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
                       StartMetrics(config.process.metrics_listen, "expert_worker"));
-  auto backend = std::make_shared<kernels::cpu::CpuBackend>(
-      kernels::cpu::CpuBackendOptions{.num_threads = config.threads});
+  DS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::Backend> backend, MakeBackend(config.backend));
   DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertShard> loaded,
                       ExpertShard::Load(config.model_dir, *backend, config.expert_begin, config.expert_end));
   std::shared_ptr<ExpertShard> shard = std::move(loaded);
@@ -169,8 +167,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   model_options.layers = config.layers;
   model_options.scope.layer_begin = config.layer_begin;
   model_options.scope.layer_end = config.layer_end;
-  auto backend = std::make_shared<kernels::cpu::CpuBackend>(
-      kernels::cpu::CpuBackendOptions{.num_threads = config.threads});
+  DS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::Backend> backend, MakeBackend(config.backend));
   keep.push_back(backend);
   DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config,
                       model::LoadKimiLinearConfig(config.model_dir + "/config.json"));

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend_factory.h"
 #include "model/layers/step.h"
 #include "services/common/server_config.h"
 #include "services/process/running_process.h"
@@ -41,7 +42,7 @@ struct ExpertWorkerConfig {
   std::string model_dir;
   int64_t expert_begin = 0;  // half-open [begin, end)
   int64_t expert_end = 0;
-  int threads = 0;
+  kernels::BackendChoice backend;
 };
 absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWorkerConfig& config);
 
@@ -53,7 +54,7 @@ struct StageWorkerConfig {
   std::string next_stage;                  // address; empty on the last stage
   std::vector<std::string> expert_workers; // addresses; empty: this stage holds every expert
   std::string session_store;               // address; empty: no sessions
-  int threads = 0;
+  kernels::BackendChoice backend;
   model::LayerOptions layers;
   int64_t max_open_sequences = 1024;
 };

@@ -19,6 +19,15 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const std::string& l
   return server;
 }
 
+absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const kernels::BackendChoice& choice) {
+  std::string error;
+  std::unique_ptr<kernels::Backend> backend = kernels::CreateBackend(choice, &error);
+  if (backend == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat("--device ", choice.device, ": ", error));
+  }
+  return backend;
+}
+
 std::shared_ptr<grpc::Channel> InternalChannel(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(1 << 30);

@@ -9,6 +9,7 @@
 #include <grpcpp/channel.h>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend_factory.h"
 #include "services/common/metrics_server.h"
 
 namespace deltaserve::services {
@@ -17,6 +18,9 @@ namespace deltaserve::services {
 // metrics for `role`.
 absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const std::string& listen,
                                                             const std::string& role);
+
+// The backend a role computes on; FAILED_PRECONDITION when the device cannot be used.
+absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const kernels::BackendChoice& choice);
 
 // A channel to `address` for internal calls (large messages allowed).
 std::shared_ptr<grpc::Channel> InternalChannel(const std::string& address);

@@ -2,7 +2,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
-#include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
 #include "services/process/process_support.h"
@@ -18,7 +17,9 @@ namespace deltaserve::services {
 
 absl::Status ServeConfig::Validate() const {
   if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
-  if (threads < 0) return absl::InvalidArgumentError(absl::StrCat("--threads must be >= 0, got ", threads));
+  if (backend.cpu_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--threads must be >= 0, got ", backend.cpu_threads));
+  }
   DS_RETURN_IF_ERROR(server.Validate());
   DS_RETURN_IF_ERROR(router.Validate());
   return store.Validate();
@@ -29,7 +30,7 @@ namespace {
 // Declared in dependency order: destroyed in reverse, the server first.
 struct ServeParts {
   std::unique_ptr<MetricsServer> metrics;
-  std::unique_ptr<kernels::cpu::CpuBackend> backend;
+  std::unique_ptr<kernels::Backend> backend;
   std::unique_ptr<model::KimiLinearModel> model;
   std::unique_ptr<SnapshotStore> store;
   std::shared_ptr<StoreMetrics> store_metrics;
@@ -66,8 +67,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartServe(const ServeConfig& co
   DS_RETURN_IF_ERROR(config.Validate());
   auto p = std::make_unique<ServeParts>();
   DS_ASSIGN_OR_RETURN(p->metrics, StartMetrics(config.metrics_listen, "serve"));
-  p->backend = std::make_unique<kernels::cpu::CpuBackend>(
-      kernels::cpu::CpuBackendOptions{.num_threads = config.threads});
+  DS_ASSIGN_OR_RETURN(p->backend, MakeBackend(config.backend));
   model::ModelOptions model_options;
   model_options.layers = config.layers;
   DS_ASSIGN_OR_RETURN(p->model, model::KimiLinearModel::Load(config.model_dir, *p->backend, model_options));

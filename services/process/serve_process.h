@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend_factory.h"
 #include "model/layers/step.h"
 #include "services/common/server_config.h"
 #include "services/process/running_process.h"
@@ -16,7 +17,7 @@ namespace deltaserve::services {
 
 struct ServeConfig {
   std::string model_dir;
-  int threads = 0;  // CPU threads for the model (0: all)
+  kernels::BackendChoice backend;  // where the model runs
   model::LayerOptions layers;
   GrpcServerConfig server;
   std::string metrics_listen;  // empty: no /metrics

@@ -86,7 +86,8 @@ TEST_F(CliTest, BadArgumentsPrintUsageAndFail) {
         "score" + model + " --tokens 1,x", "score" + model + " --tokens 1,2 --positions 5",
         "generate" + model + " --tokens 1 --top-p 1.5", "generate" + model + " --tokens 1 --temperature -1",
         "generate" + model + " --tokens 1 --max-new-tokens 0", "init-model --preset nope --out /tmp/x",
-        "generate" + model + " --tokens 1 --kda fastest"};
+        "generate" + model + " --tokens 1 --kda fastest", "generate" + model + " --tokens 1 --device tpu",
+        "generate" + model + " --tokens 1 --device cuda:x", "generate" + model + " --tokens 1 --device cuda:-1"};
   for (const std::string& args : cases) {
     const Result r = RunCli(args);
     EXPECT_NE(r.exit_code, 0) << args;
@@ -101,6 +102,10 @@ TEST_F(CliTest, RuntimeErrorsNameTheProblem) {
   const Result vocab = RunCli("score --model " + *model_dir_ + " --tokens 1,512");
   EXPECT_EQ(vocab.exit_code, 1);
   EXPECT_NE(vocab.out.find("outside the vocabulary"), std::string::npos) << vocab.out;
+  // No GPU, no CUDA backend in this build, or no device 99: each a one-line reason.
+  const Result gpu = RunCli("generate --model " + *model_dir_ + " --tokens 1 --device cuda:99");
+  EXPECT_EQ(gpu.exit_code, 1);
+  EXPECT_NE(gpu.out.find("--device cuda"), std::string::npos) << gpu.out;
 }
 
 }  // namespace

@@ -1,0 +1,141 @@
+// KDA decode on the GPU against the device's copy bandwidth: one token per sequence through the
+// fused recurrent kernel (gate, beta and q/k L2 norm inside; fp32 state read and written in
+// place), H heads of d = 128, batch 1..256, beside a device-to-device copy of comparable size.
+// Prints one JSON line per case; bench/peers/fla_kda.py times FLA's kernel on the same shapes.
+// Usage: cuda_kda_decode_bench [--heads H] [--iters N]
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/launchers.h"
+
+namespace {
+
+using deltaserve::kernels::DType;
+using deltaserve::kernels::KdaInputs;
+using deltaserve::kernels::KdaSequence;
+using deltaserve::kernels::MakeView;
+
+void Check(cudaError_t error, const char* what) {
+  if (error != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(error));
+    std::exit(1);
+  }
+}
+
+float* DeviceFloats(size_t count, float value_scale, unsigned seed) {
+  std::vector<float> host(count);
+  for (size_t i = 0; i < count; ++i) {
+    seed = seed * 1664525u + 1013904223u;
+    host[i] = value_scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
+  }
+  float* device = nullptr;
+  Check(cudaMalloc(&device, count * sizeof(float)), "cudaMalloc");
+  Check(cudaMemcpy(device, host.data(), count * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  return device;
+}
+
+// Mean milliseconds per call of `body` over `iters` calls after a warm-up.
+template <typename Body>
+double TimeMs(int iters, cudaStream_t stream, Body body) {
+  for (int i = 0; i < 5; ++i) body();
+  cudaEvent_t start, stop;
+  Check(cudaEventCreate(&start), "event");
+  Check(cudaEventCreate(&stop), "event");
+  Check(cudaEventRecord(start, stream), "record");
+  for (int i = 0; i < iters; ++i) body();
+  Check(cudaEventRecord(stop, stream), "record");
+  Check(cudaEventSynchronize(stop), "sync");
+  float ms = 0;
+  Check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / iters;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int heads = 32, iters = 200;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--heads") == 0) heads = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+  }
+  constexpr int kDim = 128;
+  cudaDeviceProp prop{};
+  Check(cudaGetDeviceProperties(&prop, 0), "device properties");
+  cudaStream_t stream;
+  Check(cudaStreamCreate(&stream), "stream");
+
+  // The ceiling: a 1 GiB device-to-device copy, bytes read plus written.
+  const size_t copy_bytes = size_t{1} << 30;
+  void *copy_src = nullptr, *copy_dst = nullptr;
+  Check(cudaMalloc(&copy_src, copy_bytes), "cudaMalloc");
+  Check(cudaMalloc(&copy_dst, copy_bytes), "cudaMalloc");
+  const double copy_ms = TimeMs(50, stream, [&] {
+    Check(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
+  std::printf("{\"gpu\": \"%s\", \"case\": \"copy\", \"bytes\": %zu, \"ms\": %.4f, \"tb_per_s\": %.3f}\n",
+              prop.name, copy_bytes, copy_ms, copy_tbps);
+  cudaFree(copy_src);
+  cudaFree(copy_dst);
+
+  const int64_t width = int64_t{heads} * kDim;
+  float* a_log = DeviceFloats(heads, 2.0f, 1);
+  float* dt_bias = DeviceFloats(width, 2.0f, 2);
+  for (int batch : {1, 16, 64, 128, 256}) {
+    const int64_t state_floats = int64_t{batch} * heads * kDim * kDim;
+    float* q = DeviceFloats(batch * width, 2.0f, 3);
+    float* k = DeviceFloats(batch * width, 2.0f, 4);
+    float* v = DeviceFloats(batch * width, 2.0f, 5);
+    float* g = DeviceFloats(batch * width, 4.0f, 6);
+    float* beta = DeviceFloats(batch * heads, 4.0f, 7);
+    float* out = nullptr;
+    float* state = nullptr;
+    Check(cudaMalloc(&out, batch * width * sizeof(float)), "cudaMalloc");
+    Check(cudaMalloc(&state, state_floats * sizeof(float)), "cudaMalloc");
+    Check(cudaMemset(state, 0, state_floats * sizeof(float)), "memset");
+    std::vector<KdaSequence> host_seqs(batch);
+    for (int b = 0; b < batch; ++b) {
+      host_seqs[b].rows = {b, 1};
+      host_seqs[b].algorithm = deltaserve::kernels::KdaAlgorithm::kRecurrent;
+      host_seqs[b].state = state + int64_t{b} * heads * kDim * kDim;
+    }
+    KdaSequence* seqs = nullptr;
+    Check(cudaMalloc(&seqs, batch * sizeof(KdaSequence)), "cudaMalloc");
+    Check(cudaMemcpy(seqs, host_seqs.data(), batch * sizeof(KdaSequence), cudaMemcpyHostToDevice),
+          "upload");
+    KdaInputs in;
+    in.num_heads = heads;
+    in.head_dim = kDim;
+    in.q = MakeView(q, DType::kF32, batch, width);
+    in.k = MakeView(k, DType::kF32, batch, width);
+    in.v = MakeView(v, DType::kF32, batch, width);
+    in.gate_logits = MakeView(g, DType::kF32, batch, width);
+    in.beta_logits = MakeView(beta, DType::kF32, batch, heads);
+    in.a_log = MakeView(a_log, DType::kF32, 1, heads);
+    in.dt_bias = MakeView(dt_bias, DType::kF32, 1, width);
+    const auto out_view = MakeView(out, DType::kF32, batch, width);
+    const double ms = TimeMs(iters, stream, [&] {
+      Check(static_cast<cudaError_t>(
+                deltaserve::kernels::cuda::LaunchKdaRecurrent(in, seqs, batch, out_view, stream)),
+            "kda");
+    });
+    const double state_bytes = 2.0 * state_floats * sizeof(float);  // read + write
+    const double tbps = state_bytes / (ms * 1e-3) / 1e12;
+    std::printf("{\"gpu\": \"%s\", \"case\": \"kda_decode\", \"batch\": %d, \"heads\": %d, "
+                "\"head_dim\": %d, \"ms\": %.4f, \"state_tb_per_s\": %.3f, \"of_copy\": %.3f}\n",
+                prop.name, batch, heads, kDim, ms, tbps, tbps / copy_tbps);
+    for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v),
+                    static_cast<void*>(g), static_cast<void*>(beta), static_cast<void*>(out),
+                    static_cast<void*>(state), static_cast<void*>(seqs)}) {
+      cudaFree(p);
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,317 @@
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "kernels/cuda/launchers.h"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+// A failed CUDA call inside an operation is a broken invariant (or a dead GPU): the operation has
+// no way to report it, and continuing would compute garbage.
+void Check(cudaError_t error, const char* what) {
+  if (error == cudaSuccess) return;
+  std::fprintf(stderr, "deltaserve cuda: %s failed: %s\n", what, cudaGetErrorString(error));
+  std::abort();
+}
+
+void CheckLaunch(int error, const char* what) { Check(static_cast<cudaError_t>(error), what); }
+
+void CheckBlas(cublasStatus_t status, const char* what) {
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  std::fprintf(stderr, "deltaserve cuda: %s failed: cuBLAS status %d\n", what, static_cast<int>(status));
+  std::abort();
+}
+
+size_t RowBytes(const TensorView& v) { return static_cast<size_t>(v.cols) * DTypeSize(v.dtype); }
+size_t Pitch(const TensorView& v) { return static_cast<size_t>(v.row_stride) * DTypeSize(v.dtype); }
+
+cudaDataType_t BlasType(DType dtype) {
+  switch (dtype) {
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kF16: return CUDA_R_16F;
+    default: return CUDA_R_32F;
+  }
+}
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
+  std::vector<void*> weights;  // owned device copies of adopted weights
+};
+
+bool CudaDeviceAvailable(std::string* why) {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess || count == 0) {
+    if (why != nullptr) {
+      *why = error != cudaSuccess ? cudaGetErrorString(error) : "no CUDA device is present";
+    }
+    return false;
+  }
+  return true;
+}
+
+std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& options, std::string* error) {
+  if (!CudaDeviceAvailable(error)) return nullptr;
+  if (cudaSetDevice(options.device) != cudaSuccess) {
+    *error = "cannot select CUDA device " + std::to_string(options.device);
+    return nullptr;
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->matmul_precision = options.matmul_precision;
+  if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
+      cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetStream(impl->blas, impl->stream) != CUBLAS_STATUS_SUCCESS) {
+    *error = "cannot create a CUDA stream or cuBLAS handle";
+    return nullptr;
+  }
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+CudaBackend::~CudaBackend() {
+  cudaStreamSynchronize(impl_->stream);
+  for (void* weight : impl_->weights) cudaFree(weight);
+  cublasDestroy(impl_->blas);
+  cudaStreamDestroy(impl_->stream);
+}
+
+void CudaBackend::Synchronize() { Check(cudaStreamSynchronize(impl_->stream), "synchronize"); }
+
+Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
+  void* data = nullptr;
+  const size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
+  Check(cudaMallocAsync(&data, bytes == 0 ? 256 : bytes, impl_->stream), "cudaMallocAsync");
+  return Tensor(this, data, dtype, rows, cols);
+}
+
+void CudaBackend::Free(void* data) { Check(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync"); }
+
+Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
+  Tensor tensor = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+  if (bytes > 0) {
+    Check(cudaMemcpyAsync(tensor.view().data, host, bytes, cudaMemcpyHostToDevice, impl_->stream),
+          "upload");
+  }
+  return tensor;
+}
+
+void CudaBackend::Zero(TensorView dst) {
+  if (dst.rows == 0 || dst.cols == 0) return;
+  Check(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->stream), "zero");
+}
+
+void CudaBackend::Upload(const void* host, TensorView dst) {
+  if (dst.rows == 0 || dst.cols == 0) return;
+  Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), host, RowBytes(dst), RowBytes(dst), dst.rows,
+                          cudaMemcpyHostToDevice, impl_->stream),
+        "upload");
+}
+
+void CudaBackend::Download(TensorView src, void* host) {
+  if (src.rows > 0 && src.cols > 0) {
+    Check(cudaMemcpy2DAsync(host, RowBytes(src), src.data, Pitch(src), RowBytes(src), src.rows,
+                            cudaMemcpyDeviceToHost, impl_->stream),
+          "download");
+  }
+  Synchronize();
+}
+
+void CudaBackend::Copy(TensorView src, TensorView dst) {
+  if (src.rows == 0 || src.cols == 0) return;
+  Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), src.data, Pitch(src), RowBytes(src), src.rows,
+                          cudaMemcpyDeviceToDevice, impl_->stream),
+        "copy");
+}
+
+void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) {
+  if (rows.empty()) return;
+  Tensor indices = UploadBytes(rows.data(), rows.size_bytes());
+  CheckLaunch(LaunchGatherRows(src, indices.data<int64_t>(), static_cast<int64_t>(rows.size()), dst,
+                               impl_->stream),
+              "gather rows");
+}
+
+TensorView CudaBackend::AdoptWeight(TensorView host) {
+  const size_t bytes = static_cast<size_t>(host.rows) * RowBytes(host);
+  void* data = nullptr;
+  Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
+  impl_->weights.push_back(data);
+  if (bytes > 0) {
+    Check(cudaMemcpy2D(data, RowBytes(host), host.data, Pitch(host), RowBytes(host), host.rows,
+                       cudaMemcpyHostToDevice),
+          "weight upload");
+  }
+  return TensorView{data, host.dtype, host.rows, host.cols, host.cols};
+}
+
+void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorView out) {
+  if (ids.empty()) return;
+  Tensor device_ids = UploadBytes(ids.data(), ids.size_bytes());
+  CheckLaunch(LaunchEmbed(device_ids.data<int32_t>(), static_cast<int64_t>(ids.size()), table, out,
+                          impl_->stream),
+              "embed");
+}
+
+void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
+  const int64_t t = x.rows, k = x.cols, n = w.rows;
+  if (t == 0 || n == 0) return;
+  const float alpha = 1.0f, beta = 0.0f;
+  if (w.dtype == DType::kF32 || impl_->matmul_precision == MatmulPrecision::kF32) {
+    Tensor wide;
+    const float* w_data = static_cast<const float*>(w.data);
+    int64_t w_stride = w.row_stride;
+    if (w.dtype != DType::kF32) {
+      wide = Allocate(n, k, DType::kF32);
+      CheckLaunch(LaunchWidenToF32(w, wide.data<float>(), impl_->stream), "widen weight");
+      w_data = wide.data<float>();
+      w_stride = k;
+    }
+    // Column-major view: yᵀ[n, t] = w[n, k] · xᵀ[k, t].
+    CheckBlas(cublasSgemm(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w_data, w_stride,
+                          static_cast<const float*>(x.data), x.row_stride, &beta,
+                          static_cast<float*>(y.data), y.row_stride),
+              "sgemm");
+    return;
+  }
+  // Half-precision weights: the activations are rounded to the same type (the tensor cores'
+  // inputs), products accumulate in fp32.
+  Tensor half = Allocate(t, k, w.dtype);
+  CheckLaunch(LaunchConvertF32(x, w.dtype, half.view().data, impl_->stream), "convert activations");
+  CheckBlas(cublasGemmEx(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
+                         BlasType(w.dtype), w.row_stride, half.view().data, BlasType(w.dtype), k,
+                         &beta, y.data, CUDA_R_32F, y.row_stride, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            "gemm");
+}
+
+void CudaBackend::Add(TensorView acc, TensorView x) {
+  CheckLaunch(LaunchAdd(acc, x, impl_->stream), "add");
+}
+
+void CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) {
+  CheckLaunch(LaunchRmsNorm(x, weight, eps, out, impl_->stream), "rmsnorm");
+}
+
+void CudaBackend::SwiGlu(TensorView gate, TensorView up, TensorView out) {
+  CheckLaunch(LaunchSwiGlu(gate, up, out, impl_->stream), "swiglu");
+}
+
+void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
+                                 TensorView out) {
+  if (seqs.empty()) return;
+  Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
+  CheckLaunch(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
+                                   static_cast<int64_t>(seqs.size()), out, impl_->stream),
+              "causal conv");
+}
+
+void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {
+  if (seqs.empty()) return;
+  // Both algorithms run the fused recurrent kernel for now; the chunked kernel is to come.
+  Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
+  CheckLaunch(LaunchKdaRecurrent(in, static_cast<const KdaSequence*>(descriptors.view().data),
+                                 static_cast<int64_t>(seqs.size()), out, impl_->stream),
+              "kda");
+}
+
+void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
+                               float eps, TensorView out) {
+  CheckLaunch(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
+}
+
+void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
+                               std::span<const MlaSequence> seqs, TensorView out) {
+  if (seqs.empty()) return;
+  Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
+  const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
+  const int64_t n = static_cast<int64_t>(seqs.size());
+  CheckLaunch(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->stream), "mla append");
+
+  const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
+  const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
+  std::vector<Tensor> expanded(seqs.size());
+  std::vector<const float*> pointers(seqs.size(), nullptr);
+  bool any_expanded = false, any_absorbed = false;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (seqs[i].form == MlaForm::kAbsorbed) {
+      any_absorbed = true;
+      continue;
+    }
+    any_expanded = true;
+    const int64_t length = seqs[i].num_cached + seqs[i].rows.length;
+    expanded[i] = Allocate(length, kv, DType::kF32);
+    MatMul(TensorView{seqs[i].latent_cache, DType::kF32, length, params.kv_lora_rank, width}, kv_b,
+           expanded[i].view());
+    pointers[i] = expanded[i].data<float>();
+  }
+  if (any_expanded) {
+    Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(float*));
+    CheckLaunch(LaunchMlaExpandedAttention(params, q, device_seqs,
+                                           static_cast<const float* const*>(device_pointers.view().data),
+                                           n, out, impl_->stream),
+                "mla expanded");
+  }
+  if (any_absorbed) {
+    CheckLaunch(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, out, impl_->stream),
+                "mla absorbed");
+  }
+}
+
+void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
+                           const MoeRouting& routing, TensorView expert_ids, TensorView weights) {
+  if (router_logits.rows == 0) return;
+  CheckLaunch(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->stream),
+              "moe route");
+}
+
+void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
+                             int64_t first_expert, TensorView slot_out) {
+  const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
+  if (t == 0) return;
+  // Group (token, slot) pairs by expert on the host; one gate/up/down product per active expert.
+  std::vector<int32_t> ids(static_cast<size_t>(t * k));
+  Download(expert_ids, ids.data());
+  const int64_t local = static_cast<int64_t>(experts.size());
+  std::map<int64_t, std::pair<std::vector<int64_t>, std::vector<int64_t>>> groups;  // tokens, slots
+  for (int64_t slot = 0; slot < t * k; ++slot) {
+    const int64_t e = ids[static_cast<size_t>(slot)] - first_expert;
+    if (e < 0 || e >= local) continue;
+    groups[e].first.push_back(slot / k);
+    groups[e].second.push_back(slot);
+  }
+  for (const auto& [e, rows] : groups) {
+    const ExpertWeights& w = experts[static_cast<size_t>(e)];
+    const int64_t m = static_cast<int64_t>(rows.first.size());
+    const int64_t inner = w.gate.rows;
+    Tensor input = Allocate(m, hidden, DType::kF32);
+    GatherRows(x, rows.first, input.view());
+    Tensor gate = Allocate(m, inner, DType::kF32);
+    Tensor up = Allocate(m, inner, DType::kF32);
+    MatMul(input.view(), w.gate, gate.view());
+    MatMul(input.view(), w.up, up.view());
+    SwiGlu(gate.view(), up.view(), gate.view());
+    MatMul(gate.view(), w.down, input.view());
+    Tensor slots = UploadBytes(rows.second.data(), rows.second.size() * sizeof(int64_t));
+    CheckLaunch(LaunchScatterRows(input.view(), slots.data<int64_t>(), m, slot_out, impl_->stream),
+                "scatter rows");
+  }
+}
+
+void CudaBackend::MoeCombine(TensorView slot_out, TensorView weights, TensorView out) {
+  if (out.rows == 0) return;
+  CheckLaunch(LaunchMoeCombine(slot_out, weights, out, impl_->stream), "moe combine");
+}
+
+}  // namespace deltaserve::kernels::cuda

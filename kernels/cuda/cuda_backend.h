@@ -1,0 +1,75 @@
+// The CUDA backend: weights on the GPU in their stored dtype (BF16 in the release), activations
+// and states in F32 device memory, matrix products through cuBLAS (bf16 inputs, fp32
+// accumulation), everything else in our kernels (kernels/cuda/*.cu). One stream; host-visible
+// results (Download) synchronise it. Tested against the CPU backend op by op and on the fixtures.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace deltaserve::kernels::cuda {
+
+// How matrix products with half-precision weights are computed.
+enum class MatmulPrecision {
+  kHalf,  // activations rounded to the weight dtype, tensor cores, fp32 accumulation (serving)
+  kF32,   // weights widened to fp32 per product, fp32 inputs (validation against the CPU engine)
+};
+
+struct CudaBackendOptions {
+  int device = 0;
+  MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
+};
+
+// True when a CUDA device can be used; otherwise `why` says why not.
+bool CudaDeviceAvailable(std::string* why);
+
+class CudaBackend final : public Backend {
+ public:
+  // Null (with `error` set) when the device cannot be used.
+  static std::unique_ptr<CudaBackend> Create(const CudaBackendOptions& options, std::string* error);
+  ~CudaBackend() override;
+
+  std::string_view name() const override { return "cuda"; }
+
+  Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
+  void Free(void* data) override;
+  void Zero(TensorView dst) override;
+  void Upload(const void* host, TensorView dst) override;
+  void Download(TensorView src, void* host) override;
+  void Copy(TensorView src, TensorView dst) override;
+  void GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) override;
+  TensorView AdoptWeight(TensorView host_weight) override;
+
+  void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) override;
+  void MatMul(TensorView x, TensorView w, TensorView y) override;
+  void Add(TensorView acc, TensorView x) override;
+  void RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) override;
+  void SwiGlu(TensorView gate, TensorView up, TensorView out) override;
+  void CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
+                      TensorView out) override;
+  void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) override;
+  void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim, float eps,
+                    TensorView out) override;
+  void MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
+                    std::span<const MlaSequence> seqs, TensorView out) override;
+  void MoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
+                TensorView expert_ids, TensorView weights) override;
+  void MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
+                  int64_t first_expert, TensorView slot_out) override;
+  void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
+
+  // Waits for all queued work.
+  void Synchronize();
+
+ private:
+  struct Impl;
+  explicit CudaBackend(std::unique_ptr<Impl> impl);
+  // A device copy of `bytes` host bytes (descriptor arrays, ids), freed with the tensor.
+  Tensor UploadBytes(const void* host, size_t bytes);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace deltaserve::kernels::cuda

@@ -1,0 +1,90 @@
+// Device helpers shared by the kernels: element loads of any stored dtype as float, and warp and
+// block sums.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/tensor.h"
+
+namespace deltaserve::kernels::cuda {
+
+__device__ __forceinline__ float LoadFloat(const void* base, DType dtype, int64_t index) {
+  switch (dtype) {
+    case DType::kF32: return static_cast<const float*>(base)[index];
+    case DType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[index]);
+    case DType::kF16: return __half2float(static_cast<const __half*>(base)[index]);
+    case DType::kI32: return static_cast<float>(static_cast<const int32_t*>(base)[index]);
+  }
+  return 0.0f;
+}
+
+// Element (r, c) of a view, as float.
+__device__ __forceinline__ float LoadAt(const TensorView& v, int64_t r, int64_t c) {
+  return LoadFloat(v.data, v.dtype, r * v.row_stride + c);
+}
+
+__device__ __forceinline__ float* RowF32(const TensorView& v, int64_t r) {
+  return static_cast<float*>(v.data) + r * v.row_stride;
+}
+
+__device__ __forceinline__ float WarpSum(float value) {
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+__device__ __forceinline__ float WarpMax(float value) {
+  for (int offset = 16; offset > 0; offset >>= 1) value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  return value;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 floats of shared memory; the call synchronises the block.
+__device__ __forceinline__ float BlockSum(float value, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  value = WarpSum(value);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  value = lane < warps ? scratch[lane] : 0.0f;
+  return WarpSum(value);
+}
+
+__device__ __forceinline__ float BlockMax(float value, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  value = WarpMax(value);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  value = lane < warps ? scratch[lane] : -INFINITY;
+  return WarpMax(value);
+}
+
+__device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float SiluF(float x) { return x * SigmoidF(x); }
+
+// Element i of a view read as a flat vector in row-major order (for weights and biases whose
+// checkpoint shape may be [1, n], [n, 1] or [n]).
+__device__ __forceinline__ float LoadFlat(const TensorView& v, int64_t i) {
+  if (v.rows == 1) return LoadFloat(v.data, v.dtype, i);
+  return LoadAt(v, i / v.cols, i % v.cols);
+}
+
+// Threads of a block that strides over `cols` elements of a row: a multiple of 32 in
+// [32, max_threads] (max_threads itself a multiple of 32).
+inline unsigned RowBlockThreads(int64_t cols, unsigned max_threads = 256) {
+  const int64_t rounded = (cols + 31) / 32 * 32;
+  if (rounded <= 32) return 32;
+  return rounded >= max_threads ? max_threads : static_cast<unsigned>(rounded);
+}
+
+// Whether `count` blocks fit the grid's x dimension (2^31 - 1).
+inline bool FitsGridX(int64_t count) { return count > 0 && count <= 0x7fffffffLL; }
+
+}  // namespace deltaserve::kernels::cuda

@@ -1,0 +1,59 @@
+// Host-callable launchers of the CUDA kernels: plain C++ signatures (views of device memory,
+// an opaque stream), so this header compiles without CUDA. Every launcher enqueues on `stream`
+// and returns the launch's cudaError_t as an int (0: success); the backend turns it into a
+// failure. Arrays of per-sequence descriptors (`seqs`) live in device memory.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/ops.h"
+
+namespace deltaserve::kernels::cuda {
+
+using Stream = void*;  // cudaStream_t
+
+// out[t] = table[ids[t]] (table any float dtype, out F32). ids: n device int32.
+int LaunchEmbed(const int32_t* ids, int64_t n, TensorView table, TensorView out, Stream stream);
+// acc += x (F32).
+int LaunchAdd(TensorView acc, TensorView x, Stream stream);
+// out = silu(gate) * up (F32).
+int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream);
+// Row-wise RMSNorm; weight any float dtype with x.cols values. out may alias x.
+int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
+// Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate).
+int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
+                       float eps, TensorView out, Stream stream);
+// Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu).
+int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs,
+                         int64_t num_seqs, TensorView out, Stream stream);
+// The delta rule token by token, gate, beta and q/k L2 norm fused (Backend::KdaAttention).
+// Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
+int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
+                       TensorView out, Stream stream);
+// Copies each sequence's new latent rows [rows.begin, +length) after its cached rows.
+int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t num_seqs,
+                          Stream stream);
+// Expanded MLA attention for the sequences whose per-head keys/values were expanded into
+// kv_all[i] ([num_cached + length, H*(nope+v)] F32, device pointers in `kv_all`).
+int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaSequence* seqs,
+                               const float* const* kv_all, int64_t num_seqs, TensorView out,
+                               Stream stream);
+// Absorbed MLA attention (q folded into the latent space with kv_b's W_UK, W_UV after).
+int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
+                               const MlaSequence* seqs, int64_t num_seqs, TensorView out,
+                               Stream stream);
+// Sigmoid + bias top-k routing as MoeRoute; ids sorted ascending per token.
+int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
+                   TensorView expert_ids, TensorView weights, Stream stream);
+// out[t] += Σ_s weights[t, s] * slot_out[t*k + s].
+int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream);
+// dst row i = src row rows[i] (rows: n device int64), any dtype.
+int LaunchGatherRows(TensorView src, const int64_t* rows, int64_t n, TensorView dst, Stream stream);
+// dst row rows[i] = src row i.
+int LaunchScatterRows(TensorView src, const int64_t* rows, int64_t n, TensorView dst, Stream stream);
+// F32 view -> contiguous BF16 or F16 (dtype) buffer of src.rows x src.cols.
+int LaunchConvertF32(TensorView src, DType dtype, void* dst, Stream stream);
+// Any float view -> contiguous F32 buffer of src.rows x src.cols.
+int LaunchWidenToF32(TensorView src, float* dst, Stream stream);
+
+}  // namespace deltaserve::kernels::cuda

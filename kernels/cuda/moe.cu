@@ -1,0 +1,210 @@
+// MoE routing (sigmoid scores + correction bias, optional grouped top-k, top-k with ties to the
+// lower index, ids sorted ascending) and the weighted combine of the experts' slot outputs.
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
+constexpr int kMaxExperts = 1024;
+constexpr int kMaxTopK = 16;
+
+struct RouteParams {
+  int num_experts;
+  int top_k;
+  int num_groups;
+  int top_groups;
+  bool renormalize;
+  bool biased_weights;
+  float scaling;
+};
+
+// Whether candidate (v, i) beats (best_v, best_i): larger value, ties to the lower index; an
+// index < 0 means no candidate.
+__device__ __forceinline__ bool Beats(float v, int i, float best_v, int best_i) {
+  return i >= 0 && (best_i < 0 || v > best_v || (v == best_v && i < best_i));
+}
+
+__device__ __forceinline__ void WarpArgMax(float& v, int& i) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other_v = __shfl_xor_sync(0xffffffffu, v, offset);
+    const int other_i = __shfl_xor_sync(0xffffffffu, i, offset);
+    if (Beats(other_v, other_i, v, i)) v = other_v, i = other_i;
+  }
+}
+
+// Index of the block's best (v, i) (-1 when no thread has a candidate); every thread gets it.
+// Synchronises the block.
+__device__ int BlockArgMax(float v, int i, float* scratch_v, int* scratch_i) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  WarpArgMax(v, i);
+  __syncthreads();  // the previous call's readers are done with the scratch
+  if (lane == 0) scratch_v[warp] = v, scratch_i[warp] = i;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  v = lane < warps ? scratch_v[lane] : 0.0f;
+  i = lane < warps ? scratch_i[lane] : -1;
+  WarpArgMax(v, i);
+  return i;
+}
+
+// One block per token. score/choice/taken[e] and group_score/group_kept[g] are written, and read
+// while being selected, only by the thread that owns the index (index % blockDim.x); group_kept
+// is read by all only after a barrier.
+__global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p,
+                               TensorView expert_ids, TensorView weights) {
+  __shared__ float score[kMaxExperts];
+  __shared__ float choice[kMaxExperts];
+  __shared__ float group_score[kMaxExperts];
+  __shared__ bool taken[kMaxExperts];
+  __shared__ bool group_kept[kMaxExperts];
+  __shared__ float scratch_v[32];
+  __shared__ int scratch_i[32];
+  const int64_t t = blockIdx.x;
+  const int E = p.num_experts;
+  const float* row = RowF32(logits, t);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    score[e] = SigmoidF(row[e]);
+    choice[e] = score[e] + (bias.data != nullptr ? LoadFlat(bias, e) : 0.0f);
+    taken[e] = false;
+  }
+  if (p.num_groups > 1) {
+    const int group_size = E / p.num_groups;
+    __syncthreads();  // choice[] of every group is written
+    for (int g = threadIdx.x; g < p.num_groups; g += blockDim.x) {
+      // The sum of the group's two best choices (one when the group has a single expert).
+      float best = -INFINITY, second = -INFINITY;
+      for (int e = g * group_size; e < (g + 1) * group_size; ++e) {
+        const float v = choice[e];
+        if (v > best) {
+          second = best, best = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      group_score[g] = group_size >= 2 ? best + second : best;
+      group_kept[g] = false;
+    }
+    for (int round = 0; round < p.top_groups; ++round) {
+      float v = 0.0f;
+      int i = -1;
+      for (int g = threadIdx.x; g < p.num_groups; g += blockDim.x) {
+        if (!group_kept[g] && Beats(group_score[g], g, v, i)) v = group_score[g], i = g;
+      }
+      const int kept = BlockArgMax(v, i, scratch_v, scratch_i);
+      if (kept >= 0 && kept % static_cast<int>(blockDim.x) == static_cast<int>(threadIdx.x)) {
+        group_kept[kept] = true;
+      }
+    }
+    __syncthreads();  // group_kept[] is complete
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      if (!group_kept[e / group_size]) choice[e] = -INFINITY;
+    }
+  }
+  int chosen[kMaxTopK];
+  for (int s = 0; s < p.top_k; ++s) {
+    float v = 0.0f;
+    int i = -1;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      if (!taken[e] && Beats(choice[e], e, v, i)) v = choice[e], i = e;
+    }
+    chosen[s] = BlockArgMax(v, i, scratch_v, scratch_i);
+    if (chosen[s] % static_cast<int>(blockDim.x) == static_cast<int>(threadIdx.x)) {
+      taken[chosen[s]] = true;
+    }
+  }
+  __syncthreads();  // score[] and choice[] are visible to thread 0
+  if (threadIdx.x != 0) return;
+  // Insertion sort of the ids, then the weights in that order.
+  for (int s = 1; s < p.top_k; ++s) {
+    const int id = chosen[s];
+    int j = s - 1;
+    for (; j >= 0 && chosen[j] > id; --j) chosen[j + 1] = chosen[j];
+    chosen[j + 1] = id;
+  }
+  int32_t* ids = static_cast<int32_t*>(expert_ids.data) + t * expert_ids.row_stride;
+  float* w = RowF32(weights, t);
+  float values[kMaxTopK];
+  float sum = 0.0f;
+  for (int s = 0; s < p.top_k; ++s) {
+    values[s] = p.biased_weights ? choice[chosen[s]] : score[chosen[s]];
+    sum += values[s];
+  }
+  const float denominator = p.renormalize ? sum + 1e-20f : 1.0f;
+  for (int s = 0; s < p.top_k; ++s) {
+    ids[s] = chosen[s];
+    w[s] = values[s] / denominator * p.scaling;
+  }
+}
+
+// One block per token; out[t, c] += w[t, s] * slot_out[t*k + s, c] for s = 0, 1, ..., rounding
+// each product and sum separately (no FMA) as the CPU does.
+__global__ void MoeCombineKernel(TensorView slot_out, TensorView weights, TensorView out) {
+  const int64_t t = blockIdx.x;
+  const int64_t k = weights.cols;
+  const float* w = RowF32(weights, t);
+  float* o = RowF32(out, t);
+  for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x) {
+    float acc = o[c];
+    for (int64_t s = 0; s < k; ++s) {
+      acc = __fadd_rn(acc, __fmul_rn(w[s], RowF32(slot_out, t * k + s)[c]));
+    }
+    o[c] = acc;
+  }
+}
+
+}  // namespace
+
+int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
+                   TensorView expert_ids, TensorView weights, Stream stream) {
+  const int64_t T = router_logits.rows;
+  const int64_t E = router_logits.cols;
+  const int64_t k = routing.top_k;
+  if (router_logits.dtype != DType::kF32 || expert_ids.dtype != DType::kI32 ||
+      weights.dtype != DType::kF32) {
+    return kInvalid;
+  }
+  if (E < 1 || E > kMaxExperts || k < 1 || k > kMaxTopK || k > E) return kInvalid;
+  if (expert_ids.rows != T || expert_ids.cols != k || weights.rows != T || weights.cols != k) {
+    return kInvalid;
+  }
+  if (routing.num_groups < 1 || E % routing.num_groups != 0) return kInvalid;
+  if (routing.num_groups > 1 &&
+      (routing.top_groups < 1 || routing.top_groups > routing.num_groups)) {
+    return kInvalid;
+  }
+  if (correction_bias.data != nullptr && correction_bias.numel() != E) return kInvalid;
+  if (T == 0) return 0;
+  if (!FitsGridX(T)) return kInvalid;
+  RouteParams p;
+  p.num_experts = static_cast<int>(E);
+  p.top_k = static_cast<int>(k);
+  p.num_groups = static_cast<int>(routing.num_groups);
+  p.top_groups = static_cast<int>(routing.top_groups);
+  p.renormalize = routing.renormalize;
+  p.biased_weights = routing.biased_weights;
+  p.scaling = routing.scaling;
+  MoeRouteKernel<<<static_cast<unsigned>(T), RowBlockThreads(E, 256), 0,
+                   static_cast<cudaStream_t>(stream)>>>(router_logits, correction_bias, p,
+                                                        expert_ids, weights);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream) {
+  const int64_t k = weights.cols;
+  if (slot_out.dtype != DType::kF32 || weights.dtype != DType::kF32 ||
+      out.dtype != DType::kF32) {
+    return kInvalid;
+  }
+  if (weights.rows != out.rows || slot_out.rows != out.rows * k || slot_out.cols != out.cols) {
+    return kInvalid;
+  }
+  if (out.rows == 0 || out.cols == 0 || k == 0) return 0;
+  if (!FitsGridX(out.rows)) return kInvalid;
+  MoeCombineKernel<<<static_cast<unsigned>(out.rows), RowBlockThreads(out.cols), 0,
+                     static_cast<cudaStream_t>(stream)>>>(slot_out, weights, out);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace deltaserve::kernels::cuda

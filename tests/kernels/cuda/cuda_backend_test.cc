@@ -1,0 +1,342 @@
+// Every CUDA backend operation against the CPU backend on fresh random inputs: odd shapes,
+// ragged batches, strided views, strong decay. Outputs are poisoned with NaN first, so an
+// element the GPU never writes fails. Skips where no GPU exists.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "tests/testing/random_tensor.h"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+using testing::RandomVector;
+using testing::ToBF16;
+using testing::View;
+
+// The GPU rounds activations to bf16 before a matrix product (8 significant bits): errors of a
+// few parts in 1e3 of the output scale. Everything else is fp32 and agrees to ~1e-6; 1e-4 keeps
+// room for different summation orders over long sequences.
+constexpr double kMatMulTolerance = 1e-2;
+constexpr double kFp32Tolerance = 1e-4;
+
+class CudaVsCpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!CudaDeviceAvailable(&why)) GTEST_SKIP() << "no usable CUDA device: " << why;
+    cuda_ = CudaBackend::Create({}, &why);
+    ASSERT_NE(cuda_, nullptr) << why;
+  }
+
+  // A device copy of host floats.
+  Tensor ToDevice(const std::vector<float>& host, int64_t rows, int64_t cols) {
+    Tensor t = cuda_->Allocate(rows, cols, DType::kF32);
+    cuda_->Upload(host.data(), t.view());
+    return t;
+  }
+  // A device tensor filled with NaN.
+  Tensor Poisoned(int64_t rows, int64_t cols) {
+    return ToDevice(std::vector<float>(rows * cols, NAN), rows, cols);
+  }
+  std::vector<float> ToHost(TensorView v) {
+    std::vector<float> host(v.rows * v.cols);
+    cuda_->Download(v, host.data());
+    return host;
+  }
+
+  static void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu, double tolerance,
+                          const std::string& what) {
+    ASSERT_EQ(gpu.size(), cpu.size()) << what;
+    double scale = 1e-6;
+    for (float v : cpu) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+    for (size_t i = 0; i < gpu.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(gpu[i])) << what << ": element " << i << " not written or not finite";
+      ASSERT_NEAR(gpu[i], cpu[i], tolerance * scale) << what << ": element " << i;
+    }
+  }
+
+  cpu::CpuBackend cpu_{{.num_threads = 2}};
+  std::unique_ptr<CudaBackend> cuda_;
+};
+
+TEST_F(CudaVsCpu, MatMulWithBf16AndF32Weights) {
+  for (const auto& [t, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 200, 96}, {7, 65, 130}, {130, 64, 33}}) {
+    std::vector<float> x = RandomVector(t * k, 1 + t);
+    std::vector<float> w = RandomVector(n * k, 2 + t);
+    std::vector<uint16_t> w_bf16 = ToBF16(w);
+    const TensorView host_bf16 = MakeView(w_bf16.data(), DType::kBF16, n, k);
+    std::vector<float> cpu_out(t * n);
+    cpu_.MatMul(View(x, t, k), host_bf16, View(cpu_out, t, n));
+    Tensor dx = ToDevice(x, t, k);
+    // A strided output: every row has 3 extra columns that must stay untouched.
+    Tensor dy = Poisoned(t, n + 3);
+    cuda_->MatMul(dx.view(), cuda_->AdoptWeight(host_bf16), dy.view().Cols(0, n));
+    std::vector<float> gpu = ToHost(dy.view().Cols(0, n));
+    ExpectClose(gpu, cpu_out, kMatMulTolerance, "bf16 matmul");
+
+    std::vector<float> cpu_f32(t * n);
+    cpu_.MatMul(View(x, t, k), View(w, n, k), View(cpu_f32, t, n));
+    Tensor dz = Poisoned(t, n);
+    cuda_->MatMul(dx.view(), cuda_->AdoptWeight(View(w, n, k)), dz.view());
+    ExpectClose(ToHost(dz.view()), cpu_f32, kFp32Tolerance, "f32 matmul");
+  }
+}
+
+TEST_F(CudaVsCpu, ElementwiseAndNorms) {
+  const int64_t t = 37, d = 96, heads = 3, head_dim = 32;
+  std::vector<float> a = RandomVector(t * d, 1), b = RandomVector(t * d, 2);
+  std::vector<uint16_t> w = ToBF16(RandomVector(d, 3)), w_head = ToBF16(RandomVector(head_dim, 4));
+  const TensorView w_view = MakeView(w.data(), DType::kBF16, 1, d);
+  const TensorView w_head_view = MakeView(w_head.data(), DType::kBF16, 1, head_dim);
+  Tensor da = ToDevice(a, t, d), db = ToDevice(b, t, d);
+
+  std::vector<float> cpu_out(t * d);
+  cpu_.RmsNorm(View(a, t, d), w_view, 1e-5f, View(cpu_out, t, d));
+  Tensor out = Poisoned(t, d);
+  cuda_->RmsNorm(da.view(), cuda_->AdoptWeight(w_view), 1e-5f, out.view());
+  ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "rmsnorm");
+
+  // On strided columns, in place.
+  std::vector<float> cpu_cols = a;
+  cpu_.RmsNorm(View(cpu_cols, t, d).Cols(0, head_dim), w_head_view, 1e-6f,
+               View(cpu_cols, t, d).Cols(0, head_dim));
+  Tensor cols = ToDevice(a, t, d);
+  cuda_->RmsNorm(cols.view().Cols(0, head_dim), cuda_->AdoptWeight(w_head_view), 1e-6f,
+                 cols.view().Cols(0, head_dim));
+  ExpectClose(ToHost(cols.view()), cpu_cols, kFp32Tolerance, "rmsnorm on columns, in place");
+
+  cpu_.GatedRmsNorm(View(a, t, d), View(b, t, d), w_head_view, head_dim, 1e-5f, View(cpu_out, t, d));
+  out = Poisoned(t, d);
+  cuda_->GatedRmsNorm(da.view(), db.view(), cuda_->AdoptWeight(w_head_view), head_dim, 1e-5f, out.view());
+  ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "gated rmsnorm");
+  ASSERT_EQ(heads * head_dim, d);
+
+  cpu_.SwiGlu(View(a, t, d), View(b, t, d), View(cpu_out, t, d));
+  out = Poisoned(t, d);
+  cuda_->SwiGlu(da.view(), db.view(), out.view());
+  ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "swiglu");
+
+  std::vector<float> cpu_sum = a;
+  cpu_.Add(View(cpu_sum, t, d), View(b, t, d));
+  Tensor sum = ToDevice(a, t, d);
+  cuda_->Add(sum.view(), db.view());
+  ExpectClose(ToHost(sum.view()), cpu_sum, kFp32Tolerance, "add");
+
+  std::vector<uint16_t> table = ToBF16(RandomVector(50 * d, 5));
+  const TensorView table_view = MakeView(table.data(), DType::kBF16, 50, d);
+  const std::vector<int32_t> ids = {3, 0, 49, 3, 17};
+  std::vector<float> cpu_embed(ids.size() * d);
+  cpu_.Embed(ids, table_view, View(cpu_embed, 5, d));
+  out = Poisoned(5, d);
+  cuda_->Embed(ids, cuda_->AdoptWeight(table_view), out.view());
+  ExpectClose(ToHost(out.view()), cpu_embed, 0, "embed");
+
+  const std::vector<int64_t> rows = {36, 0, 5};
+  std::vector<float> cpu_gather(3 * d);
+  cpu_.GatherRows(View(a, t, d), rows, View(cpu_gather, 3, d));
+  out = Poisoned(3, d);
+  cuda_->GatherRows(da.view(), rows, out.view());
+  ExpectClose(ToHost(out.view()), cpu_gather, 0, "gather");
+}
+
+TEST_F(CudaVsCpu, CausalConvWithTailsAndContinuation) {
+  const int64_t channels = 300, kernel = 4;
+  const std::vector<int64_t> lengths = {1, 9, 2, 40};
+  const int64_t t = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
+  std::vector<float> x = RandomVector(t * channels, 1);
+  std::vector<uint16_t> w = ToBF16(RandomVector(channels * kernel, 2));
+  const TensorView w_view = MakeView(w.data(), DType::kBF16, channels, kernel);
+  const TensorView w_device = cuda_->AdoptWeight(w_view);
+  Tensor dx = ToDevice(x, t, channels);
+  std::vector<std::vector<float>> cpu_tails;
+  std::vector<Tensor> gpu_tails;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    cpu_tails.push_back(RandomVector((kernel - 1) * channels, 10 + i));
+    gpu_tails.push_back(ToDevice(cpu_tails.back(), kernel - 1, channels));
+  }
+  // Two steps over the same inputs: the second continues from the tails the first left.
+  for (int step = 0; step < 2; ++step) {
+    std::vector<ConvSequence> cpu_seqs, gpu_seqs;
+    int64_t begin = 0;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      cpu_seqs.push_back({{begin, lengths[i]}, cpu_tails[i].data()});
+      gpu_seqs.push_back({{begin, lengths[i]}, gpu_tails[i].data<float>()});
+      begin += lengths[i];
+    }
+    std::vector<float> cpu_out(t * channels);
+    cpu_.CausalConvSilu(View(x, t, channels), w_view, cpu_seqs, View(cpu_out, t, channels));
+    Tensor out = Poisoned(t, channels);
+    cuda_->CausalConvSilu(dx.view(), w_device, gpu_seqs, out.view());
+    ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "conv output");
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      ExpectClose(ToHost(gpu_tails[i].view()), cpu_tails[i], 0, "conv tail");
+    }
+  }
+}
+
+struct KdaShape {
+  int64_t heads, d;
+  std::vector<int64_t> lengths;
+  float dt_bias_mean;  // larger: stronger decay
+};
+
+class CudaKda : public CudaVsCpu, public ::testing::WithParamInterface<KdaShape> {};
+
+TEST_P(CudaKda, FusedRecurrentMatchesTheCpu) {
+  const KdaShape& s = GetParam();
+  const int64_t t = std::accumulate(s.lengths.begin(), s.lengths.end(), int64_t{0});
+  const int64_t width = s.heads * s.d;
+  std::vector<float> q = RandomVector(t * width, 1), k = RandomVector(t * width, 2),
+                     v = RandomVector(t * width, 3), f = RandomVector(t * width, 4, 2.0f),
+                     beta = RandomVector(t * s.heads, 5), a_log = RandomVector(s.heads, 6),
+                     dt = RandomVector(width, 7, 3.0f);
+  for (float& x : a_log) x = std::log(1.0f + 15.0f * std::fabs(std::tanh(x)));
+  for (float& x : dt) x += s.dt_bias_mean;
+  Tensor dq = ToDevice(q, t, width), dk = ToDevice(k, t, width), dv = ToDevice(v, t, width),
+         df = ToDevice(f, t, width), dbeta = ToDevice(beta, t, s.heads);
+  const KdaInputs cpu_in{s.heads, s.d, View(q, t, width), View(k, t, width), View(v, t, width),
+                         View(f, t, width), View(beta, t, s.heads), View(a_log, 1, s.heads), View(dt, 1, width)};
+  const KdaInputs gpu_in{s.heads, s.d, dq.view(), dk.view(), dv.view(), df.view(), dbeta.view(),
+                         cuda_->AdoptWeight(View(a_log, 1, s.heads)), cuda_->AdoptWeight(View(dt, 1, width))};
+  std::vector<std::vector<float>> cpu_states;
+  std::vector<Tensor> gpu_states;
+  std::vector<KdaSequence> cpu_seqs, gpu_seqs;
+  int64_t begin = 0;
+  for (size_t i = 0; i < s.lengths.size(); ++i) {
+    cpu_states.push_back(RandomVector(s.heads * s.d * s.d, 20 + i, 0.1f));
+    gpu_states.push_back(ToDevice(cpu_states.back(), s.heads, s.d * s.d));
+    const KdaAlgorithm algorithm = s.lengths[i] == 1 ? KdaAlgorithm::kRecurrent : KdaAlgorithm::kChunked;
+    cpu_seqs.push_back({{begin, s.lengths[i]}, algorithm, cpu_states.back().data()});
+    gpu_seqs.push_back({{begin, s.lengths[i]}, algorithm, gpu_states.back().data<float>()});
+    begin += s.lengths[i];
+  }
+  std::vector<float> cpu_out(t * width);
+  cpu_.KdaAttention(cpu_in, cpu_seqs, View(cpu_out, t, width));
+  Tensor out = Poisoned(t, width);
+  cuda_->KdaAttention(gpu_in, gpu_seqs, out.view());
+  ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "kda output");
+  for (size_t i = 0; i < s.lengths.size(); ++i) {
+    ExpectClose(ToHost(gpu_states[i].view()), cpu_states[i], kFp32Tolerance, "kda state");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
+                         ::testing::Values(KdaShape{2, 16, {1, 70}, 0.0f}, KdaShape{3, 24, {5, 1, 64}, -2.0f},
+                                           KdaShape{2, 32, {130, 1}, 0.0f}, KdaShape{2, 64, {1, 1, 33}, 0.0f},
+                                           KdaShape{2, 128, {1, 200}, 0.0f},
+                                           // Strong decay: g around -200 per token and channel.
+                                           KdaShape{2, 32, {150, 3}, 12.0f}),
+                         [](const ::testing::TestParamInfo<KdaShape>& param) {
+                           const KdaShape& s = param.param;
+                           std::string name = "H" + std::to_string(s.heads) + "_d" + std::to_string(s.d);
+                           for (int64_t length : s.lengths) name += "_" + std::to_string(length);
+                           return name + (s.dt_bias_mean > 0 ? "_strong_decay" : "");
+                         });
+
+TEST_F(CudaVsCpu, MlaExpandedAndAbsorbed) {
+  const MlaParams p{3, 40, 20, 12, 28, 1.0f / std::sqrt(32.0f)};
+  const int64_t width = p.kv_lora_rank + p.qk_rope_dim;
+  const int64_t kv = p.num_heads * (p.qk_nope_dim + p.v_dim);
+  const std::vector<int64_t> cached = {0, 5, 70}, lengths = {20, 1, 3};
+  const int64_t t = 24;
+  std::vector<float> q = RandomVector(t * p.num_heads * (p.qk_nope_dim + p.qk_rope_dim), 1);
+  std::vector<float> latent = RandomVector(t * width, 2);
+  std::vector<uint16_t> kv_b = ToBF16(RandomVector(kv * p.kv_lora_rank, 3, 0.2f));
+  const TensorView kv_b_host = MakeView(kv_b.data(), DType::kBF16, kv, p.kv_lora_rank);
+  const TensorView kv_b_device = cuda_->AdoptWeight(kv_b_host);
+  Tensor dq = ToDevice(q, t, p.num_heads * (p.qk_nope_dim + p.qk_rope_dim));
+  Tensor dlatent = ToDevice(latent, t, width);
+  for (MlaForm form : {MlaForm::kExpanded, MlaForm::kAbsorbed}) {
+    std::vector<std::vector<float>> cpu_caches;
+    std::vector<Tensor> gpu_caches;
+    std::vector<MlaSequence> cpu_seqs, gpu_seqs;
+    int64_t begin = 0;
+    for (size_t i = 0; i < cached.size(); ++i) {
+      std::vector<float> cache = RandomVector((cached[i] + lengths[i]) * width, 30 + i);
+      cpu_caches.push_back(cache);
+      gpu_caches.push_back(ToDevice(cache, cached[i] + lengths[i], width));
+      cpu_seqs.push_back({{begin, lengths[i]}, form, cpu_caches.back().data(), cached[i]});
+      gpu_seqs.push_back({{begin, lengths[i]}, form, gpu_caches.back().data<float>(), cached[i]});
+      begin += lengths[i];
+    }
+    std::vector<float> cpu_out(t * p.num_heads * p.v_dim);
+    cpu_.MlaAttention(p, View(q, t, p.num_heads * (p.qk_nope_dim + p.qk_rope_dim)), View(latent, t, width),
+                      kv_b_host, cpu_seqs, View(cpu_out, t, p.num_heads * p.v_dim));
+    Tensor out = Poisoned(t, p.num_heads * p.v_dim);
+    cuda_->MlaAttention(p, dq.view(), dlatent.view(), kv_b_device, gpu_seqs, out.view());
+    // The expanded form rounds the latent to bf16 for the key/value product; the absorbed one
+    // stays fp32.
+    ExpectClose(ToHost(out.view()), cpu_out, form == MlaForm::kExpanded ? kMatMulTolerance : kFp32Tolerance,
+                form == MlaForm::kExpanded ? "mla expanded" : "mla absorbed");
+    for (size_t i = 0; i < cached.size(); ++i) {
+      ExpectClose(ToHost(gpu_caches[i].view()), cpu_caches[i], 0, "latent cache");
+    }
+  }
+}
+
+TEST_F(CudaVsCpu, MoeRoutingExpertsAndCombine) {
+  const int64_t t = 9, experts = 32, k = 4, hidden = 48, inner = 20;
+  std::vector<float> logits = RandomVector(t * experts, 1, 3.0f);
+  std::vector<uint16_t> bias = ToBF16(RandomVector(experts, 2, 0.05f));
+  const TensorView bias_host = MakeView(bias.data(), DType::kBF16, 1, experts);
+  for (const MoeRouting& routing : {MoeRouting{k, 1, 1, true, 2.446f, false}, MoeRouting{k, 4, 2, true, 2.446f, false},
+                                    MoeRouting{k, 1, 1, false, 1.0f, true}}) {
+    std::vector<int32_t> cpu_ids(t * k);
+    std::vector<float> cpu_w(t * k);
+    cpu_.MoeRoute(View(logits, t, experts), bias_host, routing, MakeView(cpu_ids.data(), DType::kI32, t, k),
+                  View(cpu_w, t, k));
+    Tensor dlogits = ToDevice(logits, t, experts);
+    Tensor ids = cuda_->Allocate(t, k, DType::kI32);
+    Tensor w = Poisoned(t, k);
+    cuda_->MoeRoute(dlogits.view(), cuda_->AdoptWeight(bias_host), routing, ids.view(), w.view());
+    std::vector<int32_t> gpu_ids(t * k);
+    cuda_->Download(ids.view(), gpu_ids.data());
+    EXPECT_EQ(gpu_ids, cpu_ids) << "groups " << routing.num_groups;
+    ExpectClose(ToHost(w.view()), cpu_w, 1e-6, "routing weights");
+  }
+  // Experts and combine, from the ungrouped routing.
+  std::vector<int32_t> ids(t * k);
+  std::vector<float> weights(t * k);
+  cpu_.MoeRoute(View(logits, t, experts), bias_host, MoeRouting{k, 1, 1, true, 2.446f, false},
+                MakeView(ids.data(), DType::kI32, t, k), View(weights, t, k));
+  std::vector<std::vector<uint16_t>> w1, w3, w2;
+  std::vector<ExpertWeights> cpu_experts, gpu_experts;
+  for (int64_t e = 0; e < experts; ++e) {
+    w1.push_back(ToBF16(RandomVector(inner * hidden, 100 + e)));
+    w3.push_back(ToBF16(RandomVector(inner * hidden, 200 + e)));
+    w2.push_back(ToBF16(RandomVector(hidden * inner, 300 + e)));
+  }
+  for (int64_t e = 0; e < experts; ++e) {
+    const ExpertWeights host{MakeView(w1[e].data(), DType::kBF16, inner, hidden),
+                             MakeView(w3[e].data(), DType::kBF16, inner, hidden),
+                             MakeView(w2[e].data(), DType::kBF16, hidden, inner)};
+    cpu_experts.push_back(host);
+    gpu_experts.push_back({cuda_->AdoptWeight(host.gate), cuda_->AdoptWeight(host.up), cuda_->AdoptWeight(host.down)});
+  }
+  std::vector<float> x = RandomVector(t * hidden, 7);
+  std::vector<float> cpu_slots(t * k * hidden), cpu_out(t * hidden, 0.5f);
+  cpu_.MoeExperts(View(x, t, hidden), MakeView(ids.data(), DType::kI32, t, k), cpu_experts, 0,
+                  View(cpu_slots, t * k, hidden));
+  cpu_.MoeCombine(View(cpu_slots, t * k, hidden), View(weights, t, k), View(cpu_out, t, hidden));
+  Tensor dx = ToDevice(x, t, hidden);
+  Tensor dids = cuda_->Allocate(t, k, DType::kI32);
+  cuda_->Upload(ids.data(), dids.view());
+  Tensor slots = Poisoned(t * k, hidden);
+  // Two shards, as expert workers would hold them.
+  cuda_->MoeExperts(dx.view(), dids.view(), std::span<const ExpertWeights>(gpu_experts).subspan(0, 16), 0,
+                    slots.view());
+  cuda_->MoeExperts(dx.view(), dids.view(), std::span<const ExpertWeights>(gpu_experts).subspan(16), 16,
+                    slots.view());
+  ExpectClose(ToHost(slots.view()), cpu_slots, kMatMulTolerance, "expert outputs");
+  Tensor out = ToDevice(std::vector<float>(t * hidden, 0.5f), t, hidden);
+  cuda_->MoeCombine(slots.view(), ToDevice(weights, t, k).view(), out.view());
+  ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, "combine");
+}
+
+}  // namespace
+}  // namespace deltaserve::kernels::cuda
