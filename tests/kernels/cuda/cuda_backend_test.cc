@@ -229,6 +229,9 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                          ::testing::Values(KdaShape{2, 16, {1, 70}, 0.0f}, KdaShape{3, 24, {5, 1, 64}, -2.0f},
                                            KdaShape{2, 32, {130, 1}, 0.0f}, KdaShape{2, 64, {1, 1, 33}, 0.0f},
                                            KdaShape{2, 128, {1, 200}, 0.0f},
+                                           // A decode step: one token for each of many sequences.
+                                           KdaShape{4, 128, {1, 1, 1, 1, 1, 1, 1}, 0.0f},
+                                           KdaShape{2, 96, {40, 1, 7}, 12.0f},
                                            // Strong decay: g around -200 per token and channel.
                                            KdaShape{2, 32, {150, 3}, 12.0f}),
                          [](const ::testing::TestParamInfo<KdaShape>& param) {
