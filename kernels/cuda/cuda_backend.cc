@@ -46,6 +46,7 @@ struct CudaBackend::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
+  int device = 0;
   std::vector<void*> weights;  // owned device copies of adopted weights
 };
 
@@ -69,6 +70,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   }
   auto impl = std::make_unique<Impl>();
   impl->matmul_precision = options.matmul_precision;
+  impl->device = options.device;
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS ||
       cublasSetStream(impl->blas, impl->stream) != CUBLAS_STATUS_SUCCESS) {
@@ -80,23 +82,35 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
 
 CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
+// The current device is per host thread, and callers (gRPC handlers, the scheduler) call from
+// several: every entry point selects this backend's device first (cheap when already current).
+void CudaBackend::Bind() const { Check(cudaSetDevice(impl_->device), "cudaSetDevice"); }
+
 CudaBackend::~CudaBackend() {
+  Bind();
   cudaStreamSynchronize(impl_->stream);
   for (void* weight : impl_->weights) cudaFree(weight);
   cublasDestroy(impl_->blas);
   cudaStreamDestroy(impl_->stream);
 }
 
-void CudaBackend::Synchronize() { Check(cudaStreamSynchronize(impl_->stream), "synchronize"); }
+void CudaBackend::Synchronize() {
+  Bind();
+  Check(cudaStreamSynchronize(impl_->stream), "synchronize");
+}
 
 Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
+  Bind();
   void* data = nullptr;
   const size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
   Check(cudaMallocAsync(&data, bytes == 0 ? 256 : bytes, impl_->stream), "cudaMallocAsync");
   return Tensor(this, data, dtype, rows, cols);
 }
 
-void CudaBackend::Free(void* data) { Check(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync"); }
+void CudaBackend::Free(void* data) {
+  Bind();
+  Check(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
+}
 
 Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
   Tensor tensor = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
@@ -108,11 +122,13 @@ Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
 }
 
 void CudaBackend::Zero(TensorView dst) {
+  Bind();
   if (dst.rows == 0 || dst.cols == 0) return;
   Check(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->stream), "zero");
 }
 
 void CudaBackend::Upload(const void* host, TensorView dst) {
+  Bind();
   if (dst.rows == 0 || dst.cols == 0) return;
   Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), host, RowBytes(dst), RowBytes(dst), dst.rows,
                           cudaMemcpyHostToDevice, impl_->stream),
@@ -120,6 +136,7 @@ void CudaBackend::Upload(const void* host, TensorView dst) {
 }
 
 void CudaBackend::Download(TensorView src, void* host) {
+  Bind();
   if (src.rows > 0 && src.cols > 0) {
     Check(cudaMemcpy2DAsync(host, RowBytes(src), src.data, Pitch(src), RowBytes(src), src.rows,
                             cudaMemcpyDeviceToHost, impl_->stream),
@@ -129,6 +146,7 @@ void CudaBackend::Download(TensorView src, void* host) {
 }
 
 void CudaBackend::Copy(TensorView src, TensorView dst) {
+  Bind();
   if (src.rows == 0 || src.cols == 0) return;
   Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), src.data, Pitch(src), RowBytes(src), src.rows,
                           cudaMemcpyDeviceToDevice, impl_->stream),
@@ -136,6 +154,7 @@ void CudaBackend::Copy(TensorView src, TensorView dst) {
 }
 
 void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) {
+  Bind();
   if (rows.empty()) return;
   Tensor indices = UploadBytes(rows.data(), rows.size_bytes());
   CheckLaunch(LaunchGatherRows(src, indices.data<int64_t>(), static_cast<int64_t>(rows.size()), dst,
@@ -144,6 +163,7 @@ void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, Tens
 }
 
 TensorView CudaBackend::AdoptWeight(TensorView host) {
+  Bind();
   const size_t bytes = static_cast<size_t>(host.rows) * RowBytes(host);
   void* data = nullptr;
   Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
@@ -157,6 +177,7 @@ TensorView CudaBackend::AdoptWeight(TensorView host) {
 }
 
 void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorView out) {
+  Bind();
   if (ids.empty()) return;
   Tensor device_ids = UploadBytes(ids.data(), ids.size_bytes());
   CheckLaunch(LaunchEmbed(device_ids.data<int32_t>(), static_cast<int64_t>(ids.size()), table, out,
@@ -165,6 +186,7 @@ void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorVi
 }
 
 void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
+  Bind();
   const int64_t t = x.rows, k = x.cols, n = w.rows;
   if (t == 0 || n == 0) return;
   const float alpha = 1.0f, beta = 0.0f;
@@ -197,19 +219,23 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
 }
 
 void CudaBackend::Add(TensorView acc, TensorView x) {
+  Bind();
   CheckLaunch(LaunchAdd(acc, x, impl_->stream), "add");
 }
 
 void CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) {
+  Bind();
   CheckLaunch(LaunchRmsNorm(x, weight, eps, out, impl_->stream), "rmsnorm");
 }
 
 void CudaBackend::SwiGlu(TensorView gate, TensorView up, TensorView out) {
+  Bind();
   CheckLaunch(LaunchSwiGlu(gate, up, out, impl_->stream), "swiglu");
 }
 
 void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
                                  TensorView out) {
+  Bind();
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   CheckLaunch(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
@@ -218,6 +244,7 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
 }
 
 void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {
+  Bind();
   if (seqs.empty()) return;
   // Both algorithms run the fused recurrent kernel for now; the chunked kernel is to come.
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
@@ -228,11 +255,13 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
 
 void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                                float eps, TensorView out) {
+  Bind();
   CheckLaunch(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
 }
 
 void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                                std::span<const MlaSequence> seqs, TensorView out) {
+  Bind();
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
@@ -271,6 +300,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
 
 void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
                            const MoeRouting& routing, TensorView expert_ids, TensorView weights) {
+  Bind();
   if (router_logits.rows == 0) return;
   CheckLaunch(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->stream),
               "moe route");
@@ -278,6 +308,7 @@ void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
 
 void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                              int64_t first_expert, TensorView slot_out) {
+  Bind();
   const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
   if (t == 0) return;
   // Group (token, slot) pairs by expert on the host; one gate/up/down product per active expert.
@@ -310,6 +341,7 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
 }
 
 void CudaBackend::MoeCombine(TensorView slot_out, TensorView weights, TensorView out) {
+  Bind();
   if (out.rows == 0) return;
   CheckLaunch(LaunchMoeCombine(slot_out, weights, out, impl_->stream), "moe combine");
 }

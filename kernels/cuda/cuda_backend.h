@@ -67,6 +67,7 @@ class CudaBackend final : public Backend {
  private:
   struct Impl;
   explicit CudaBackend(std::unique_ptr<Impl> impl);
+  void Bind() const;
   // A device copy of `bytes` host bytes (descriptor arrays, ids), freed with the tensor.
   Tensor UploadBytes(const void* host, size_t bytes);
   std::unique_ptr<Impl> impl_;

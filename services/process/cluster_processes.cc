@@ -173,7 +173,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
                       model::LoadKimiLinearConfig(config.model_dir + "/config.json"));
   if (!links.empty()) {
     DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
-    runner = std::make_shared<RemoteExpertRunner>(links, model_config.hidden_size);
+    runner = std::make_shared<RemoteExpertRunner>(*backend, links, model_config.hidden_size);
     keep.push_back(runner);
     model_options.scope.load_routed_experts = false;
     model_options.experts = runner.get();

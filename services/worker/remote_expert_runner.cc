@@ -8,15 +8,26 @@
 
 namespace deltaserve::services {
 
-RemoteExpertRunner::RemoteExpertRunner(std::vector<ExpertShardLink> shards, int64_t hidden_size)
-    : shards_(std::move(shards)), hidden_size_(hidden_size) {}
+RemoteExpertRunner::RemoteExpertRunner(kernels::Backend& backend, std::vector<ExpertShardLink> shards,
+                                       int64_t hidden_size)
+    : backend_(backend), shards_(std::move(shards)), hidden_size_(hidden_size) {}
 
 absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x,
                                             kernels::TensorView expert_ids,
                                             kernels::TensorView slot_out) {
-  // The CPU backend's views are host memory; a device backend would stage through the host here.
   const int64_t n = x.rows;
   const int64_t k = expert_ids.cols;
+  if (x.cols != hidden_size_ || slot_out.cols != hidden_size_ || slot_out.rows != n * k ||
+      expert_ids.rows != n) {
+    return absl::InternalError(absl::StrCat("layer ", layer, ": expert tensors of mismatched shapes"));
+  }
+  std::vector<float> host_x(static_cast<size_t>(n * hidden_size_));
+  std::vector<int32_t> host_ids(static_cast<size_t>(n * k));
+  std::vector<float> host_out(static_cast<size_t>(n * k * hidden_size_));
+  backend_.Download(x, host_x.data());
+  backend_.Download(expert_ids, host_ids.data());
+  auto ids_of = [&](int64_t t) { return host_ids.data() + t * k; };
+  auto x_row = [&](int64_t t) { return host_x.data() + t * hidden_size_; };
   struct Call {
     std::vector<int64_t> tokens;  // batch rows sent to this shard
     internal::v1::RunExpertsRequest request;
@@ -24,7 +35,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     absl::Status status;
   };
   for (int64_t t = 0; t < n; ++t) {
-    const int32_t* ids = expert_ids.row<int32_t>(t);
+    const int32_t* ids = ids_of(t);
     for (int64_t slot = 0; slot < k; ++slot) {
       const bool held = std::any_of(shards_.begin(), shards_.end(), [&](const ExpertShardLink& shard) {
         return ids[slot] >= shard.expert_begin && ids[slot] < shard.expert_end;
@@ -39,7 +50,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     const ExpertShardLink& shard = shards_[s];
     Call& call = calls[s];
     for (int64_t t = 0; t < n; ++t) {
-      const int32_t* ids = expert_ids.row<int32_t>(t);
+      const int32_t* ids = ids_of(t);
       if (std::any_of(ids, ids + k, [&](int32_t id) {
             return id >= shard.expert_begin && id < shard.expert_end;
           })) {
@@ -53,9 +64,9 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     std::string* hidden = call.request.mutable_hidden();
     hidden->resize(call.tokens.size() * hidden_size_ * sizeof(float));
     for (size_t i = 0; i < call.tokens.size(); ++i) {
-      std::memcpy(hidden->data() + i * hidden_size_ * sizeof(float), x.row<float>(call.tokens[i]),
+      std::memcpy(hidden->data() + i * hidden_size_ * sizeof(float), x_row(call.tokens[i]),
                   hidden_size_ * sizeof(float));
-      const int32_t* ids = expert_ids.row<int32_t>(call.tokens[i]);
+      const int32_t* ids = ids_of(call.tokens[i]);
       for (int64_t slot = 0; slot < k; ++slot) call.request.add_expert_ids(ids[slot]);
     }
   }
@@ -81,7 +92,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     size_t offset = 0;
     const size_t row_bytes = hidden_size_ * sizeof(float);
     for (int64_t t : call.tokens) {
-      const int32_t* ids = expert_ids.row<int32_t>(t);
+      const int32_t* ids = ids_of(t);
       for (int64_t slot = 0; slot < k; ++slot) {
         if (ids[slot] < shard.expert_begin || ids[slot] >= shard.expert_end) continue;
         if (offset + row_bytes > out.size()) {
@@ -89,7 +100,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
                                                   shard.expert_end - 1, " returned ", out.size(),
                                                   " bytes, too few for its slots"));
         }
-        std::memcpy(slot_out.row<float>(t * k + slot), out.data() + offset, row_bytes);
+        std::memcpy(host_out.data() + (t * k + slot) * hidden_size_, out.data() + offset, row_bytes);
         offset += row_bytes;
       }
     }
@@ -99,6 +110,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
                                               " bytes, expected ", offset));
     }
   }
+  backend_.Upload(host_out.data(), slot_out);
   return absl::OkStatus();
 }
 

@@ -19,13 +19,16 @@ struct ExpertShardLink {
 
 class RemoteExpertRunner final : public model::ExpertRunner {
  public:
-  // `shards` must cover [0, num_experts) without overlap (see CheckShardCoverage).
-  RemoteExpertRunner(std::vector<ExpertShardLink> shards, int64_t hidden_size);
+  // `shards` must cover [0, num_experts) without overlap (see CheckShardCoverage). Tensors
+  // are `backend`'s (host or device memory): they are staged through the host for the calls.
+  RemoteExpertRunner(kernels::Backend& backend, std::vector<ExpertShardLink> shards,
+                     int64_t hidden_size);
 
   absl::Status RunExperts(int64_t layer, kernels::TensorView x, kernels::TensorView expert_ids,
                           kernels::TensorView slot_out) override;
 
  private:
+  kernels::Backend& backend_;
   std::vector<ExpertShardLink> shards_;
   int64_t hidden_size_;
 };
