@@ -28,7 +28,8 @@ class Backend {
   virtual Tensor Allocate(int64_t rows, int64_t cols, DType dtype) = 0;
   virtual void Free(void* data) = 0;
   virtual void Zero(TensorView dst) = 0;
-  // Host buffers are contiguous [rows, cols] of the view's dtype.
+  // Host buffers are contiguous [rows, cols] of the view's dtype. The host buffer of an Upload
+  // may be reused or freed as soon as the call returns.
   virtual void Upload(const void* host, TensorView dst) = 0;
   virtual void Download(TensorView src, void* host) = 0;
   virtual void Copy(TensorView src, TensorView dst) = 0;
@@ -39,6 +40,10 @@ class Backend {
   // The returned view stays valid while the backend lives; the host memory must too on the CPU
   // backend, which uses it in place.
   virtual TensorView AdoptWeight(TensorView host_weight) = 0;
+  // The same for a weight whose products must be fp32 whatever precision the backend uses
+  // elsewhere (the MoE router: its top-k choice is discrete, and the reference computes it in
+  // fp32). The CPU backend is fp32 throughout and adopts it as any other.
+  virtual TensorView AdoptWeightF32(TensorView host_weight) { return AdoptWeight(host_weight); }
 
   // out[t] = table[ids[t]].
   virtual void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) = 0;

@@ -3,6 +3,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -66,6 +67,26 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   if (!CudaDeviceAvailable(error)) return nullptr;
   if (cudaSetDevice(options.device) != cudaSuccess) {
     *error = "cannot select CUDA device " + std::to_string(options.device);
+    return nullptr;
+  }
+  cudaDeviceProp properties{};
+  if (cudaGetDeviceProperties(&properties, options.device) != cudaSuccess) {
+    *error = "cannot read the properties of CUDA device " + std::to_string(options.device);
+    return nullptr;
+  }
+  if (properties.major < 9) {
+    *error = "CUDA device " + std::to_string(options.device) + " (" + properties.name + ") is sm_" +
+             std::to_string(properties.major) + std::to_string(properties.minor) +
+             "; the kernels are built for sm_90 (Hopper)";
+    return nullptr;
+  }
+  // Keep freed memory in the stream-ordered pool instead of returning it at every
+  // synchronisation: each step allocates its scratch again.
+  cudaMemPool_t pool = nullptr;
+  uint64_t keep_all = UINT64_MAX;
+  if (cudaDeviceGetDefaultMemPool(&pool, options.device) != cudaSuccess ||
+      cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all) != cudaSuccess) {
+    *error = "cannot configure the memory pool of CUDA device " + std::to_string(options.device);
     return nullptr;
   }
   auto impl = std::make_unique<Impl>();
@@ -169,11 +190,26 @@ TensorView CudaBackend::AdoptWeight(TensorView host) {
   Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
   impl_->weights.push_back(data);
   if (bytes > 0) {
-    Check(cudaMemcpy2D(data, RowBytes(host), host.data, Pitch(host), RowBytes(host), host.rows,
-                       cudaMemcpyHostToDevice),
+    // On the compute stream, so kernels queued after it see the whole weight. The host memory
+    // is pageable (a mapped checkpoint): the copy has staged it before returning.
+    Check(cudaMemcpy2DAsync(data, RowBytes(host), host.data, Pitch(host), RowBytes(host), host.rows,
+                            cudaMemcpyHostToDevice, impl_->stream),
           "weight upload");
   }
   return TensorView{data, host.dtype, host.rows, host.cols, host.cols};
+}
+
+TensorView CudaBackend::AdoptWeightF32(TensorView host) {
+  Bind();
+  if (host.dtype == DType::kF32) return AdoptWeight(host);
+  Tensor stored = Allocate(host.rows, host.cols, host.dtype);
+  Upload(host.data, stored.view());
+  void* data = nullptr;
+  const size_t bytes = static_cast<size_t>(host.rows * host.cols) * sizeof(float);
+  Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
+  impl_->weights.push_back(data);
+  CheckLaunch(LaunchWidenToF32(stored.view(), static_cast<float*>(data), impl_->stream), "widen weight");
+  return TensorView{data, DType::kF32, host.rows, host.cols, host.cols};
 }
 
 void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorView out) {

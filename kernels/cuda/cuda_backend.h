@@ -23,7 +23,8 @@ struct CudaBackendOptions {
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
 };
 
-// True when a CUDA device can be used; otherwise `why` says why not.
+// True when a CUDA device can be used; otherwise `why` says why not. The kernels are built for
+// sm_90 (Hopper): Create refuses devices of an older compute capability.
 bool CudaDeviceAvailable(std::string* why);
 
 class CudaBackend final : public Backend {
@@ -42,6 +43,8 @@ class CudaBackend final : public Backend {
   void Copy(TensorView src, TensorView dst) override;
   void GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) override;
   TensorView AdoptWeight(TensorView host_weight) override;
+  // Stored widened to F32 on the device, so its products run in fp32 (cublasSgemm).
+  TensorView AdoptWeightF32(TensorView host_weight) override;
 
   void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) override;
   void MatMul(TensorView x, TensorView w, TensorView y) override;

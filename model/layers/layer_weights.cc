@@ -28,6 +28,12 @@ class Loader {
   absl::StatusOr<TensorView> Linear(const std::string& name, int64_t out, int64_t in) {
     return Matrix(name, {out, in}, out, in);
   }
+  // A linear layer whose products stay fp32 on every backend (Backend::AdoptWeightF32).
+  absl::StatusOr<TensorView> LinearF32(const std::string& name, int64_t out, int64_t in) {
+    DS_ASSIGN_OR_RETURN(CheckpointTensor tensor, checkpoint_.Get(name, {out, in}));
+    TensorView host{const_cast<void*>(tensor.entry->data), tensor.entry->dtype, out, in, in};
+    return backend_.AdoptWeightF32(host);
+  }
   absl::StatusOr<TensorView> Vector(const std::string& name, int64_t size) {
     return Matrix(name, {size}, 1, size);
   }
@@ -111,7 +117,8 @@ absl::StatusOr<MoeWeights> LoadMoe(Loader& loader, const KimiLinearConfig& c, in
   const std::string prefix = LayerTensorName(layer, "block_sparse_moe.");
   MoeWeights m;
   if (scope.load_dense) {
-    DS_ASSIGN_OR_RETURN(m.router, loader.Linear(prefix + "gate.weight", c.num_experts, c.hidden_size));
+    // fp32 router logits, as the reference computes them: a near tie decides an expert.
+    DS_ASSIGN_OR_RETURN(m.router, loader.LinearF32(prefix + "gate.weight", c.num_experts, c.hidden_size));
     DS_ASSIGN_OR_RETURN(m.correction_bias,
                         loader.Vector(prefix + "gate.e_score_correction_bias", c.num_experts));
   }

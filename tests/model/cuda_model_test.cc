@@ -1,9 +1,9 @@
 // The whole model on the CUDA backend against the CPU engine on every fixture. Skips where no GPU
-// exists. The fixtures' random routers leave expert choices apart by ~1e-5, so bf16 activation
-// rounding (the serving precision) flips some of them and whole-model logits move by O(1): the
-// whole-model test therefore runs with fp32 matrix products (every kernel exactly as served, only
-// cuBLAS inputs widened) and a tight tolerance, and the serving precision is checked layer by
-// layer, each layer a pipeline stage fed the CPU's hidden state, where a flip cannot compound.
+// exists. Both tests run with fp32 matrix products (every kernel exactly as served, only cuBLAS's
+// inputs widened): the fixtures' random routers leave expert choices ~1e-5 apart, so the bf16
+// rounding of the serving precision flips some of them and moves outputs by O(1) — the
+// fixtures' sensitivity, not an error. The serving precision is checked block by block, on
+// identical inputs, in tests/model/layers/cuda_layers_test.cc.
 #include <filesystem>
 #include <fstream>
 
@@ -17,11 +17,10 @@
 namespace deltaserve::model {
 namespace {
 
-// fp32 products differ from the CPU only in summation order (~1e-6 relative per product).
+// fp32 products differ from the CPU only in summation order (~1e-6 relative per product); a
+// real mistake lands at O(1).
 constexpr double kMaxRelativeLogitErrorF32 = 1e-3;
-// With bf16 activations (about 3 significant digits) through one layer's products, a few parts
-// in 1e3 of the output scale is expected; 3e-2 still fails any real mistake, which lands at O(1).
-constexpr double kMaxRelativeStageErrorBf16 = 3e-2;
+constexpr double kMaxRelativeStageErrorF32 = 1e-3;
 
 std::vector<std::string> FixtureDirs() {
   std::vector<std::string> dirs;
@@ -37,14 +36,11 @@ class CudaModelTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     std::string why;
     if (!kernels::cuda::CudaDeviceAvailable(&why)) GTEST_SKIP() << "no usable CUDA device: " << why;
-    cuda_ = kernels::cuda::CudaBackend::Create({}, &why);
-    ASSERT_NE(cuda_, nullptr) << why;
     cuda_f32_ = kernels::cuda::CudaBackend::Create(
         {.matmul_precision = kernels::cuda::MatmulPrecision::kF32}, &why);
     ASSERT_NE(cuda_f32_, nullptr) << why;
   }
   kernels::cpu::CpuBackend cpu_{{.num_threads = 2}};
-  std::unique_ptr<kernels::cuda::CudaBackend> cuda_;      // serving precision
   std::unique_ptr<kernels::cuda::CudaBackend> cuda_f32_;  // fp32 matrix products
 };
 
@@ -126,7 +122,7 @@ TEST_P(CudaModelTest, EveryLayerAsAStageMatchesTheCpu) {
     std::vector<float> cpu_out, gpu_out;
     for (auto [backend, hidden, out] :
          {std::tuple<kernels::Backend*, std::vector<float>*, std::vector<float>*>{&cpu_, &cpu_hidden, &cpu_out},
-          {cuda_.get(), &gpu_hidden, &gpu_out}}) {
+          {cuda_f32_.get(), &gpu_hidden, &gpu_out}}) {
       ModelOptions options;
       options.scope.layer_begin = layer;
       options.scope.layer_end = layer + 1;
@@ -145,7 +141,7 @@ TEST_P(CudaModelTest, EveryLayerAsAStageMatchesTheCpu) {
     }
     std::printf("[ stage    ] %s layer %lld: max error / scale = %.2e\n",
                 std::filesystem::path(dir).filename().c_str(), static_cast<long long>(layer), error / scale);
-    EXPECT_LE(error / scale, kMaxRelativeStageErrorBf16) << "layer " << layer;
+    EXPECT_LE(error / scale, kMaxRelativeStageErrorF32) << "layer " << layer;
     // Each stage continues from the CPU's output, so errors do not compound.
     cpu_hidden = cpu_out;
     gpu_hidden = cpu_out;

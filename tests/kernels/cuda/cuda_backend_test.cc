@@ -241,46 +241,82 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                            return name + (s.dt_bias_mean > 0 ? "_strong_decay" : "");
                          });
 
-TEST_F(CudaVsCpu, MlaExpandedAndAbsorbed) {
-  const MlaParams p{3, 40, 20, 12, 28, 1.0f / std::sqrt(32.0f)};
+struct MlaCase {
+  std::string name;
+  MlaParams params;
+  std::vector<int64_t> cached, lengths;
+  std::vector<MlaForm> forms;  // per sequence
+};
+
+class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> {};
+
+TEST_P(CudaMla, MatchesTheCpu) {
+  const MlaCase& c = GetParam();
+  const MlaParams& p = c.params;
   const int64_t width = p.kv_lora_rank + p.qk_rope_dim;
   const int64_t kv = p.num_heads * (p.qk_nope_dim + p.v_dim);
-  const std::vector<int64_t> cached = {0, 5, 70}, lengths = {20, 1, 3};
-  const int64_t t = 24;
-  std::vector<float> q = RandomVector(t * p.num_heads * (p.qk_nope_dim + p.qk_rope_dim), 1);
+  const int64_t q_width = p.num_heads * (p.qk_nope_dim + p.qk_rope_dim);
+  const int64_t t = std::accumulate(c.lengths.begin(), c.lengths.end(), int64_t{0});
+  std::vector<float> q = RandomVector(t * q_width, 1);
   std::vector<float> latent = RandomVector(t * width, 2);
   std::vector<uint16_t> kv_b = ToBF16(RandomVector(kv * p.kv_lora_rank, 3, 0.2f));
   const TensorView kv_b_host = MakeView(kv_b.data(), DType::kBF16, kv, p.kv_lora_rank);
   const TensorView kv_b_device = cuda_->AdoptWeight(kv_b_host);
-  Tensor dq = ToDevice(q, t, p.num_heads * (p.qk_nope_dim + p.qk_rope_dim));
+  Tensor dq = ToDevice(q, t, q_width);
   Tensor dlatent = ToDevice(latent, t, width);
-  for (MlaForm form : {MlaForm::kExpanded, MlaForm::kAbsorbed}) {
-    std::vector<std::vector<float>> cpu_caches;
-    std::vector<Tensor> gpu_caches;
-    std::vector<MlaSequence> cpu_seqs, gpu_seqs;
-    int64_t begin = 0;
-    for (size_t i = 0; i < cached.size(); ++i) {
-      std::vector<float> cache = RandomVector((cached[i] + lengths[i]) * width, 30 + i);
-      cpu_caches.push_back(cache);
-      gpu_caches.push_back(ToDevice(cache, cached[i] + lengths[i], width));
-      cpu_seqs.push_back({{begin, lengths[i]}, form, cpu_caches.back().data(), cached[i]});
-      gpu_seqs.push_back({{begin, lengths[i]}, form, gpu_caches.back().data<float>(), cached[i]});
-      begin += lengths[i];
-    }
-    std::vector<float> cpu_out(t * p.num_heads * p.v_dim);
-    cpu_.MlaAttention(p, View(q, t, p.num_heads * (p.qk_nope_dim + p.qk_rope_dim)), View(latent, t, width),
-                      kv_b_host, cpu_seqs, View(cpu_out, t, p.num_heads * p.v_dim));
-    Tensor out = Poisoned(t, p.num_heads * p.v_dim);
-    cuda_->MlaAttention(p, dq.view(), dlatent.view(), kv_b_device, gpu_seqs, out.view());
-    // The expanded form rounds the latent to bf16 for the key/value product; the absorbed one
-    // stays fp32.
-    ExpectClose(ToHost(out.view()), cpu_out, form == MlaForm::kExpanded ? kMatMulTolerance : kFp32Tolerance,
-                form == MlaForm::kExpanded ? "mla expanded" : "mla absorbed");
-    for (size_t i = 0; i < cached.size(); ++i) {
-      ExpectClose(ToHost(gpu_caches[i].view()), cpu_caches[i], 0, "latent cache");
-    }
+  std::vector<std::vector<float>> cpu_caches;
+  std::vector<Tensor> gpu_caches;
+  std::vector<MlaSequence> cpu_seqs, gpu_seqs;
+  int64_t begin = 0;
+  bool any_expanded = false;
+  for (size_t i = 0; i < c.cached.size(); ++i) {
+    std::vector<float> cache = RandomVector((c.cached[i] + c.lengths[i]) * width, 30 + i);
+    cpu_caches.push_back(cache);
+    gpu_caches.push_back(ToDevice(cache, c.cached[i] + c.lengths[i], width));
+    cpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], cpu_caches.back().data(), c.cached[i]});
+    gpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], gpu_caches.back().data<float>(), c.cached[i]});
+    any_expanded = any_expanded || c.forms[i] == MlaForm::kExpanded;
+    begin += c.lengths[i];
+  }
+  std::vector<float> cpu_out(t * p.num_heads * p.v_dim);
+  cpu_.MlaAttention(p, View(q, t, q_width), View(latent, t, width), kv_b_host, cpu_seqs,
+                    View(cpu_out, t, p.num_heads * p.v_dim));
+  Tensor out = Poisoned(t, p.num_heads * p.v_dim);
+  cuda_->MlaAttention(p, dq.view(), dlatent.view(), kv_b_device, gpu_seqs, out.view());
+  // The expanded form rounds the latent to bf16 for the key/value product; the absorbed one
+  // stays fp32.
+  ExpectClose(ToHost(out.view()), cpu_out, any_expanded ? kMatMulTolerance : kFp32Tolerance, "mla output");
+  for (size_t i = 0; i < c.cached.size(); ++i) {
+    ExpectClose(ToHost(gpu_caches[i].view()), cpu_caches[i], 0, "latent cache");
   }
 }
+
+std::vector<MlaCase> MlaCases() {
+  const MlaParams small{3, 40, 20, 12, 28, 1.0f / std::sqrt(32.0f)};
+  // Kimi-Linear-48B-A3B's MLA: 32 heads, latent rank 512, nope 128, rope 64, v 128.
+  const MlaParams kimi{32, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
+  const auto e = MlaForm::kExpanded, a = MlaForm::kAbsorbed;
+  std::vector<MlaCase> cases = {
+      {"small_expanded", small, {0, 5, 70}, {20, 1, 3}, {e, e, e}},
+      {"small_absorbed", small, {0, 5, 70}, {20, 1, 3}, {a, a, a}},
+      // Continuous batching: prefill pieces (expanded) beside decode rows (absorbed).
+      {"kimi_mixed", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}},
+  };
+  // Decode batches of 1, 64 and 256 rows (the absorbed kernel splits its work by row count).
+  for (int rows : {1, 64, 256}) {
+    MlaCase decode{"kimi_decode_" + std::to_string(rows), kimi, {}, {}, {}};
+    for (int i = 0; i < rows; ++i) {
+      decode.cached.push_back(1 + (i * 37) % 200);
+      decode.lengths.push_back(1);
+      decode.forms.push_back(a);
+    }
+    cases.push_back(decode);
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaMla, ::testing::ValuesIn(MlaCases()),
+                         [](const ::testing::TestParamInfo<MlaCase>& param) { return param.param.name; });
 
 TEST_F(CudaVsCpu, MoeRoutingExpertsAndCombine) {
   const int64_t t = 9, experts = 32, k = 4, hidden = 48, inner = 20;
