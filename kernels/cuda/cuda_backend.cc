@@ -49,6 +49,14 @@ struct CudaBackend::Impl {
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
   int device = 0;
   std::vector<void*> weights;  // owned device copies of adopted weights
+
+  // Device memory for an adopted weight, freed with the backend.
+  void* AllocateWeight(size_t bytes) {
+    void* data = nullptr;
+    Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
+    weights.push_back(data);
+    return data;
+  }
 };
 
 bool CudaDeviceAvailable(std::string* why) {
@@ -186,9 +194,7 @@ void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, Tens
 TensorView CudaBackend::AdoptWeight(TensorView host) {
   Bind();
   const size_t bytes = static_cast<size_t>(host.rows) * RowBytes(host);
-  void* data = nullptr;
-  Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
-  impl_->weights.push_back(data);
+  void* data = impl_->AllocateWeight(bytes);
   if (bytes > 0) {
     // On the compute stream, so kernels queued after it see the whole weight. The host memory
     // is pageable (a mapped checkpoint): the copy has staged it before returning.
@@ -204,10 +210,7 @@ TensorView CudaBackend::AdoptWeightF32(TensorView host) {
   if (host.dtype == DType::kF32) return AdoptWeight(host);
   Tensor stored = Allocate(host.rows, host.cols, host.dtype);
   Upload(host.data, stored.view());
-  void* data = nullptr;
-  const size_t bytes = static_cast<size_t>(host.rows * host.cols) * sizeof(float);
-  Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
-  impl_->weights.push_back(data);
+  void* data = impl_->AllocateWeight(static_cast<size_t>(host.rows * host.cols) * sizeof(float));
   CheckLaunch(LaunchWidenToF32(stored.view(), static_cast<float*>(data), impl_->stream), "widen weight");
   return TensorView{data, DType::kF32, host.rows, host.cols, host.cols};
 }

@@ -21,8 +21,7 @@ class Loader {
   // Loads `name` with checkpoint shape `shape`, viewed as a [rows, cols] matrix.
   absl::StatusOr<TensorView> Matrix(const std::string& name, const std::vector<int64_t>& shape,
                                     int64_t rows, int64_t cols) {
-    DS_ASSIGN_OR_RETURN(CheckpointTensor tensor, checkpoint_.Get(name, shape));
-    TensorView host{const_cast<void*>(tensor.entry->data), tensor.entry->dtype, rows, cols, cols};
+    DS_ASSIGN_OR_RETURN(TensorView host, HostMatrix(name, shape, rows, cols));
     return backend_.AdoptWeight(host);
   }
   absl::StatusOr<TensorView> Linear(const std::string& name, int64_t out, int64_t in) {
@@ -30,8 +29,7 @@ class Loader {
   }
   // A linear layer whose products stay fp32 on every backend (Backend::AdoptWeightF32).
   absl::StatusOr<TensorView> LinearF32(const std::string& name, int64_t out, int64_t in) {
-    DS_ASSIGN_OR_RETURN(CheckpointTensor tensor, checkpoint_.Get(name, {out, in}));
-    TensorView host{const_cast<void*>(tensor.entry->data), tensor.entry->dtype, out, in, in};
+    DS_ASSIGN_OR_RETURN(TensorView host, HostMatrix(name, {out, in}, out, in));
     return backend_.AdoptWeightF32(host);
   }
   absl::StatusOr<TensorView> Vector(const std::string& name, int64_t size) {
@@ -41,6 +39,13 @@ class Loader {
   Checkpoint& checkpoint() { return checkpoint_; }
 
  private:
+  // The checkpoint's tensor `name` (validated against `shape`) viewed as [rows, cols] in place.
+  absl::StatusOr<TensorView> HostMatrix(const std::string& name, const std::vector<int64_t>& shape,
+                                        int64_t rows, int64_t cols) {
+    DS_ASSIGN_OR_RETURN(CheckpointTensor tensor, checkpoint_.Get(name, shape));
+    return TensorView{const_cast<void*>(tensor.entry->data), tensor.entry->dtype, rows, cols, cols};
+  }
+
   Checkpoint& checkpoint_;
   kernels::Backend& backend_;
 };

@@ -13,6 +13,7 @@
 #include "model/generator.h"
 #include "model/kimi_linear_model.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/fixtures.h"
 
 namespace deltaserve::model {
 namespace {
@@ -21,15 +22,6 @@ namespace {
 // real mistake lands at O(1).
 constexpr double kMaxRelativeLogitErrorF32 = 1e-3;
 constexpr double kMaxRelativeStageErrorF32 = 1e-3;
-
-std::vector<std::string> FixtureDirs() {
-  std::vector<std::string> dirs;
-  for (const auto& entry : std::filesystem::directory_iterator(DELTASERVE_TEST_DATA_DIR)) {
-    if (std::filesystem::exists(entry.path() / "reference.json")) dirs.push_back(entry.path().string());
-  }
-  std::sort(dirs.begin(), dirs.end());
-  return dirs;
-}
 
 class CudaModelTest : public ::testing::TestWithParam<std::string> {
  protected:
@@ -148,13 +140,10 @@ TEST_P(CudaModelTest, EveryLayerAsAStageMatchesTheCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelTest, ::testing::ValuesIn(FixtureDirs()),
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelTest,
+                         ::testing::ValuesIn(testing::FixtureDirs(DELTASERVE_TEST_DATA_DIR)),
                          [](const ::testing::TestParamInfo<std::string>& param) {
-                           std::string name = std::filesystem::path(param.param).filename().string();
-                           for (char& c : name) {
-                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-                           }
-                           return name;
+                           return testing::FixtureTestName(param.param);
                          });
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "model/generator.h"
 #include "model/kimi_linear_model.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/fixtures.h"
 
 namespace deltaserve::model {
 namespace {
@@ -28,15 +29,6 @@ const Variant kVariants[] = {
     {"recurrent_absorbed", {KdaAlgorithmChoice::kRecurrent, MlaFormChoice::kAbsorbed, false}},
     {"chunked_expanded", {KdaAlgorithmChoice::kChunked, MlaFormChoice::kExpanded, false}},
 };
-
-std::vector<std::string> FixtureDirs() {
-  std::vector<std::string> dirs;
-  for (const auto& entry : std::filesystem::directory_iterator(DELTASERVE_TEST_DATA_DIR)) {
-    if (std::filesystem::exists(entry.path() / "reference.json")) dirs.push_back(entry.path().string());
-  }
-  std::sort(dirs.begin(), dirs.end());
-  return dirs;
-}
 
 double RelativeError(std::span<const float> actual, const nlohmann::json& expected) {
   double max_error = 0, max_ref = 0;
@@ -107,16 +99,12 @@ TEST_P(FixtureTest, LogitsAndGreedyTokensMatchTransformers) {
 }
 
 std::string FixtureName(const ::testing::TestParamInfo<std::tuple<std::string, int>>& info) {
-  std::string name = std::filesystem::path(std::get<0>(info.param)).filename().string() + "_" +
-                     kVariants[std::get<1>(info.param)].name;
-  for (char& c : name) {
-    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-  }
-  return name;
+  // Variant names are already letters and '_'.
+  return testing::FixtureTestName(std::get<0>(info.param)) + "_" + kVariants[std::get<1>(info.param)].name;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest,
-                         ::testing::Combine(::testing::ValuesIn(FixtureDirs()),
+                         ::testing::Combine(::testing::ValuesIn(testing::FixtureDirs(DELTASERVE_TEST_DATA_DIR)),
                                             ::testing::Range(0, static_cast<int>(std::size(kVariants)))),
                          FixtureName);
 

@@ -6,16 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-targets=("${@:-kernels_cuda_test model_cuda_test}")
-build=build-gpu
+if (($#)); then targets=("$@"); else targets=(kernels_cuda_test model_cuda_test); fi
+build="build-gpu"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDELTASERVE_CUDA=ON >/dev/null
-# shellcheck disable=SC2068
-cmake --build "$build" --target ${targets[@]}
+cmake --build "$build" --target "${targets[@]}"
 
 bundle=.device-bundle
 rm -rf "$bundle"
 mkdir -p "$bundle/lib"
-for target in ${targets[@]}; do
+for target in "${targets[@]}"; do
   binary=$(find "$build" -type f -name "$target" -perm -u+x | head -n 1)
   cp "$binary" "$bundle/"
   strip "$bundle/$target"

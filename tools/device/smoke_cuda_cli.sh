@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# On a GPU host, with the bundle unpacked (run_gpu_tests.sh): `deltaserve generate --device cuda`
-# beside the CPU, then `deltaserve serve --device cuda` answering a two-turn session.
+# On a GPU host: `deltaserve generate --device cuda` beside the CPU, then
+# `deltaserve serve --device cuda` answering a two-turn session.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-bundle=.device-bundle
-cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -n 1)")
-export LD_LIBRARY_PATH="$bundle/lib:$cublas:${LD_LIBRARY_PATH:-}"
-ds=$bundle/deltaserve
+cd "$(dirname "$0")/../.." || exit 1
+source tools/device/device_env.sh
 model=tests/data/kimi-tiny-public
 prompt=5,17,200,2,99,7,64,1
 for device in cpu cuda; do
@@ -18,10 +15,7 @@ echo "== serve --device cuda"
 "$ds" serve --model "$model" --device cuda --listen 127.0.0.1:50071 --log-level warn &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
-for _ in $(seq 100); do
-  "$ds" client health --server 127.0.0.1:50071 >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthy 127.0.0.1:50071 || exit 1
 "$ds" client generate --server 127.0.0.1:50071 --session smoke --new-session --tokens "$prompt" \
   --max-new-tokens 6 --temperature 0 || exit 1
 "$ds" client generate --server 127.0.0.1:50071 --session smoke --tokens 3,4 \

@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# On a GPU host, with the bundle unpacked: the split cluster with every worker on the GPU
+# On a GPU host: the split cluster with every worker on the GPU
 # (`--device cuda:N`, N cycling over the visible GPUs): session store, two expert workers, two
 # pipeline stages and the router; a two-turn session through it, then the same prompt through
 # `deltaserve serve --device cuda` for comparison.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-bundle=.device-bundle
-cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -n 1)")
-export LD_LIBRARY_PATH="$bundle/lib:$cublas:${LD_LIBRARY_PATH:-}"
-ds=$bundle/deltaserve
+cd "$(dirname "$0")/../.." || exit 1
+source tools/device/device_env.sh
 model=${MODEL:-tests/data/kimi-tiny-public}
 gpus=$(nvidia-smi -L | wc -l)
 gpu() { echo "cuda:$(($1 % gpus))"; }
@@ -26,10 +23,7 @@ start "$ds" worker --role stage --layers 0-1 --model "$model" --device "$(gpu 3)
   --next 127.0.0.1:51062 --expert-workers 127.0.0.1:51081,127.0.0.1:51082 --session-store 127.0.0.1:51071
 start "$ds" router --model "$model" --first-stage 127.0.0.1:51061 --session-store 127.0.0.1:51071 \
   --listen 127.0.0.1:51051
-for _ in $(seq 150); do
-  "$ds" client health --server 127.0.0.1:51051 >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthy 127.0.0.1:51051 || exit 1
 echo "== cluster on $gpus GPU(s)"
 "$ds" client generate --server 127.0.0.1:51051 --session c --new-session --tokens "$prompt" \
   --max-new-tokens 8 --temperature 0 || exit 1
@@ -37,10 +31,7 @@ echo "== cluster on $gpus GPU(s)"
   --max-new-tokens 8 --temperature 0 || exit 1
 echo "== serve"
 start "$ds" serve --model "$model" --device cuda --listen 127.0.0.1:51052
-for _ in $(seq 150); do
-  "$ds" client health --server 127.0.0.1:51052 >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_healthy 127.0.0.1:51052 || exit 1
 "$ds" client generate --server 127.0.0.1:51052 --session s --new-session --tokens "$prompt" \
   --max-new-tokens 8 --temperature 0 || exit 1
 "$ds" client generate --server 127.0.0.1:51052 --session s --tokens 3,4 \

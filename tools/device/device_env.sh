@@ -1,0 +1,19 @@
+# shellcheck shell=bash
+# Sourced by the GPU-host scripts in tools/device: unpacks the bundle (bundle.sh) if needed and
+# points the loader at its libraries, the host's cuBLAS (PyTorch's copy) and NCCL. Provides
+# wait_healthy ADDRESS: waits up to 30 s for a deltaserve server to answer its health check.
+bundle=.device-bundle
+if [[ ! -d $bundle && -f $bundle.tar.xz ]]; then tar -xJf "$bundle.tar.xz"; fi
+cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -n 1)")
+nccl=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib
+export LD_LIBRARY_PATH="$bundle/lib:$cublas:$nccl:${LD_LIBRARY_PATH:-}"
+ds=$bundle/deltaserve
+
+wait_healthy() {
+  for _ in $(seq 150); do
+    "$ds" client health --server "$1" >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "no healthy server at $1" >&2
+  return 1
+}
