@@ -23,6 +23,7 @@
 #include "client/channel.h"
 #include "client/inference_client.h"
 #include "model/checkpoint/random_checkpoint.h"
+#include "model/config/model_source.h"
 #include "model/config/presets.h"
 #include "tests/testing/child_process.h"
 
@@ -86,7 +87,7 @@ std::vector<std::unique_ptr<ChildProcess>> Launch(const std::string& target, con
                     "--max-prompt-tokens", "65536", "--drain-seconds", "0"});
     return processes;
   }
-  const auto config = model::LoadKimiLinearConfig(o.model + "/config.json");
+  const auto config = model::LoadModelSourceConfig(o.model);
   const int64_t layers = config->num_layers, experts = config->num_experts;
   ChildProcess& store = start("store", {"session-store", "--data-dir", store_dir, "--listen", "127.0.0.1:0",
                                         "--drain-seconds", "0"});
@@ -246,7 +247,7 @@ int main(int argc, char** argv) {
       if (!deltaserve::model::WriteRandomCheckpoint(*config, 0, o.model).ok()) return 1;
     }
   }
-  const auto config = deltaserve::model::LoadKimiLinearConfig(o.model + "/config.json");
+  const auto config = deltaserve::model::LoadModelSourceConfig(o.model);
   if (!config.ok()) {
     std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
     return 1;

@@ -2,20 +2,24 @@
 
 #include <cstdio>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 
 namespace deltaserve::cli {
 
 void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
-  command.add_option("--model", engine.model_dir, "Checkpoint directory")->required();
+  command
+      .add_option("--model", engine.model_dir,
+                  "Checkpoint directory, or random:<preset>[:<seed>] for the weights init-model "
+                  "would write, generated in memory")
+      ->required();
   command
       .add_option("--device", engine.device,
                   "Where the model runs: cpu, cuda (GPU 0) or cuda:N (GPU N of CUDA_VISIBLE_DEVICES)")
       ->check(CLI::Validator(
           [](const std::string& value) {
-            return ParseDevice(value).has_value() ? std::string() : "expected cpu, cuda or cuda:N";
+            return kernels::ParseBackendChoice(value).has_value() ? std::string()
+                                                                  : "expected cpu, cuda or cuda:N";
           },
           "DEVICE"))
       ->capture_default_str();
@@ -38,17 +42,9 @@ model::LayerOptions LayerOptionsFrom(const EngineArgs& args) {
   return layers;
 }
 
-std::optional<kernels::BackendChoice> ParseDevice(const std::string& device) {
-  if (device == "cpu" || device == "cuda") return kernels::BackendChoice{.device = device};
-  int index = 0;
-  if (device.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(device.substr(5), &index) && index >= 0) {
-    return kernels::BackendChoice{.device = "cuda", .cuda_device = index};
-  }
-  return std::nullopt;
-}
-
 kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args) {
-  kernels::BackendChoice choice = ParseDevice(args.device).value_or(kernels::BackendChoice{});
+  kernels::BackendChoice choice =
+      kernels::ParseBackendChoice(args.device).value_or(kernels::BackendChoice{});
   choice.cpu_threads = args.threads;
   return choice;
 }

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <memory>
-#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
@@ -25,8 +24,6 @@ absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);
 
 // The algorithm choices of --kda, --mla and --biased-routing.
 model::LayerOptions LayerOptionsFrom(const EngineArgs& args);
-// "cpu", "cuda" or "cuda:N"; nullopt for anything else.
-std::optional<kernels::BackendChoice> ParseDevice(const std::string& device);
 kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args);
 
 // Prints "deltaserve: <message>" to stderr and returns the exit code for a failed command.

@@ -11,7 +11,8 @@ class RouterCommand final : public Subcommand {
  public:
   CLI::App* Register(CLI::App& app) override {
     CLI::App* cmd = app.add_subcommand("router", "Run the router of a split cluster");
-    cmd->add_option("--model", config_.model_dir, "Checkpoint directory (only config.json is read)")
+    cmd->add_option("--model", config_.model_dir,
+                    "Checkpoint directory or random:<preset>[:<seed>] (only its config is read)")
         ->required();
     cmd->add_option("--first-stage", config_.first_stage, "Address of the stage holding layer 0")
         ->required();

@@ -1,11 +1,28 @@
 #include "kernels/backend_factory.h"
 
+#include <charconv>
+#include <system_error>
+
 #include "kernels/cpu/cpu_backend.h"
 #ifdef DELTASERVE_WITH_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
 
 namespace deltaserve::kernels {
+
+std::optional<BackendChoice> ParseBackendChoice(std::string_view device) {
+  if (device == "cpu" || device == "cuda") return BackendChoice{.device = std::string(device)};
+  constexpr std::string_view kCudaPrefix = "cuda:";
+  if (!device.starts_with(kCudaPrefix)) return std::nullopt;
+  const std::string_view index_text = device.substr(kCudaPrefix.size());
+  int index = 0;
+  const char* end = index_text.data() + index_text.size();
+  const auto [parsed_end, error] = std::from_chars(index_text.data(), end, index);
+  if (index_text.empty() || error != std::errc() || parsed_end != end || index < 0) {
+    return std::nullopt;
+  }
+  return BackendChoice{.device = "cuda", .cuda_device = index};
+}
 
 bool CudaBackendBuilt() {
 #ifdef DELTASERVE_WITH_CUDA

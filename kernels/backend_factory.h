@@ -2,7 +2,9 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "kernels/backend.h"
 
@@ -13,6 +15,10 @@ struct BackendChoice {
   int cpu_threads = 0;         // 0: all hardware threads
   int cuda_device = 0;
 };
+
+// The parser of every --device flag: "cpu", "cuda" (GPU 0) or "cuda:N"; nullopt for anything
+// else. cpu_threads is left at its default.
+std::optional<BackendChoice> ParseBackendChoice(std::string_view device);
 
 // Null with `error` set when the device is unknown, not built in, or not usable here.
 std::unique_ptr<Backend> CreateBackend(const BackendChoice& choice, std::string* error);

@@ -3,6 +3,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -284,12 +285,44 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
 
 void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {
   Bind();
-  if (seqs.empty()) return;
-  // Both algorithms run the fused recurrent kernel for now; the chunked kernel is to come.
-  Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
-  CheckLaunch(LaunchKdaRecurrent(in, static_cast<const KdaSequence*>(descriptors.view().data),
-                                 static_cast<int64_t>(seqs.size()), out, impl_->stream),
-              "kda");
+  // Prefill runs the chunked kernels; decode, head dims they lack, and the fp32 validation mode
+  // (the chunked products are bf16) run the fused recurrent kernel.
+  const bool can_chunk = impl_->matmul_precision == MatmulPrecision::kHalf &&
+                         KdaChunkedSupports(in.head_dim);
+  std::vector<KdaSequence> recurrent, chunked;
+  for (const KdaSequence& seq : seqs) {
+    if (seq.rows.length <= 0) continue;
+    (can_chunk && seq.algorithm == KdaAlgorithm::kChunked ? chunked : recurrent).push_back(seq);
+  }
+  if (!recurrent.empty()) {
+    Tensor descriptors = UploadBytes(recurrent.data(), recurrent.size() * sizeof(KdaSequence));
+    CheckLaunch(LaunchKdaRecurrent(in, static_cast<const KdaSequence*>(descriptors.view().data),
+                                   static_cast<int64_t>(recurrent.size()), out, impl_->stream),
+                "kda recurrent");
+  }
+  if (chunked.empty()) return;
+  std::vector<KdaChunkRef> chunks;
+  std::vector<int32_t> first_chunk;
+  for (size_t i = 0; i < chunked.size(); ++i) {
+    first_chunk.push_back(static_cast<int32_t>(chunks.size()));
+    const SequenceRows rows = chunked[i].rows;
+    for (int64_t begin = 0; begin < rows.length; begin += 64) {
+      chunks.push_back({rows.begin + begin, static_cast<int32_t>(std::min<int64_t>(64, rows.length - begin)),
+                        static_cast<int32_t>(i)});
+    }
+  }
+  first_chunk.push_back(static_cast<int32_t>(chunks.size()));
+  const auto num_chunks = static_cast<int64_t>(chunks.size());
+  Tensor descriptors = UploadBytes(chunked.data(), chunked.size() * sizeof(KdaSequence));
+  Tensor chunk_table = UploadBytes(chunks.data(), chunks.size() * sizeof(KdaChunkRef));
+  Tensor first_table = UploadBytes(first_chunk.data(), first_chunk.size() * sizeof(int32_t));
+  const size_t scratch_bytes = KdaChunkedScratchBytes(num_chunks, in.num_heads, in.head_dim);
+  Tensor scratch = Allocate(static_cast<int64_t>((scratch_bytes + 1023) / 1024), 256, DType::kI32);
+  CheckLaunch(LaunchKdaChunked(in, static_cast<const KdaSequence*>(descriptors.view().data),
+                               static_cast<int64_t>(chunked.size()), chunk_table.data<KdaChunkRef>(),
+                               first_table.data<int32_t>(), num_chunks, scratch.view().data, out,
+                               impl_->stream),
+              "kda chunked");
 }
 
 void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
@@ -332,7 +365,16 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
                 "mla expanded");
   }
   if (any_absorbed) {
-    CheckLaunch(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, out, impl_->stream),
+    int64_t max_keys = 0;
+    for (const MlaSequence& seq : seqs) {
+      if (seq.form == MlaForm::kAbsorbed) max_keys = std::max(max_keys, seq.num_cached + seq.rows.length);
+    }
+    const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys);
+    Tensor scratch;
+    if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);
+    CheckLaunch(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys,
+                                           scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
+                                           impl_->stream),
                 "mla absorbed");
   }
 }

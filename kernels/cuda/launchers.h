@@ -4,6 +4,7 @@
 // failure. Arrays of per-sequence descriptors (`seqs`) live in device memory.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/ops.h"
@@ -30,6 +31,22 @@ int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* se
 // Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream);
+// One chunk (at most 64 rows) of a sequence, for the chunked KDA kernels.
+struct KdaChunkRef {
+  int64_t row_begin = 0;
+  int32_t length = 0;
+  int32_t sequence = 0;  // index into the launch's sequences
+};
+// Whether the chunked KDA kernels support `head_dim` (16, 32, 48, 64, 96, 128).
+bool KdaChunkedSupports(int64_t head_dim);
+// Device scratch the chunked KDA launch needs for `num_chunks` chunks.
+size_t KdaChunkedScratchBytes(int64_t num_chunks, int64_t heads, int64_t head_dim);
+// The chunked (prefill) form of Backend::KdaAttention (spec §2.4) for `num_seqs` sequences
+// split into `num_chunks` chunks: sequence i owns chunks [first_chunk[i], first_chunk[i + 1]), in
+// order (first_chunk has num_seqs + 1 entries). Tensor cores, bf16 intermediates.
+int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
+                     const KdaChunkRef* chunks, const int32_t* first_chunk, int64_t num_chunks,
+                     void* scratch, TensorView out, Stream stream);
 // Copies each sequence's new latent rows [rows.begin, +length) after its cached rows.
 int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t num_seqs,
                           Stream stream);
@@ -39,9 +56,12 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
                                const float* const* kv_all, int64_t num_seqs, TensorView out,
                                Stream stream);
 // Absorbed MLA attention (q folded into the latent space with kv_b's W_UK, W_UV after).
+// max_keys: the longest history plus new rows of the absorbed sequences; small decode batches at
+// long contexts split the keys further and need MlaAbsorbedScratchFloats(...) floats of scratch.
+size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
-                               const MlaSequence* seqs, int64_t num_seqs, TensorView out,
-                               Stream stream);
+                               const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
+                               float* scratch, TensorView out, Stream stream);
 // Sigmoid + bias top-k routing as MoeRoute; ids sorted ascending per token.
 int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                    TensorView expert_ids, TensorView weights, Stream stream);

@@ -336,9 +336,13 @@ struct AbsorbedArgs {
   int64_t num_seqs;
   int heads, rank, nope, rope, v_dim;
   float scale;
+  // With P > 1 partitions (gridDim.z = S * P) each cluster attends to 1/P of a query's key
+  // tiles and writes its merged but unnormalised state [m, l, o_lat (rank)] for each head to
+  // partial[((t * heads + h) * P + p) * (rank + 2)]; MlaAbsorbedMergeKernel finishes.
+  float* partial;
 };
 
-// Grid: (T, ceil(H / 16), S) in clusters of (1, 1, S), S in {1, 2, 4, 8}. The S blocks of a
+// Grid: (T, ceil(H / 16), S * P) in clusters of (1, 1, S), S in {1, 2, 4, 8}. The S blocks of a
 // cluster share packed row t (when an absorbed sequence holds it) and heads [16y, 16y + 16):
 // q_lat = W_UKᵀ q_nope per head (each block computes 16/S heads and writes them into every
 // block's Q tile through distributed shared memory), attention over the latent cache (key
@@ -415,10 +419,14 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
   }
   cluster.sync();  // every Q tile is complete
 
-  // This block's key tiles: [tile_lo, tile_hi) of the ceil((pos + 1) / kKeys) tiles.
+  // This block's key tiles: its share of its partition's share of the ceil((pos + 1) / kKeys).
+  const int partitions = static_cast<int>(gridDim.z) / split;
+  const int partition = static_cast<int>(blockIdx.z) / split;
   const int64_t tiles = pos / kKeys + 1;
-  const int64_t tile_lo = tiles * rank_in_cluster / split;
-  const int64_t tile_hi = tiles * (rank_in_cluster + 1) / split;
+  const int64_t part_lo = tiles * partition / partitions;
+  const int64_t part_tiles = tiles * (partition + 1) / partitions - part_lo;
+  const int64_t tile_lo = part_lo + part_tiles * rank_in_cluster / split;
+  const int64_t tile_hi = part_lo + part_tiles * (rank_in_cluster + 1) / split;
   const float* cache = seq.latent_cache;
   float acc[kItems][1][4];
   AttendKeys<kRows, kItems>(lay, smem, tile_lo * kKeys, tile_hi * kKeys, args.scale, st, acc,
@@ -461,9 +469,20 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
       l = fmaf(w, cluster.map_shared_rank(st.l, b)[g], l);
       o = fmaf(w, cluster.map_shared_rank(sq, b)[g * lay.qk_stride + r], o);
     }
-    sk[i] = o / l;
+    if (partitions > 1) {
+      float* entry = args.partial +
+                     ((t * args.heads + h0 + g) * partitions + partition) * (rank + 2);
+      if (r == 0) {
+        entry[0] = m_max;  // -inf (and l = 0) when the partition holds no live key
+        entry[1] = l;
+      }
+      entry[2 + r] = o;
+    } else {
+      sk[i] = o / l;
+    }
   }
   cluster.sync();  // no block leaves while another reads its shared memory; o_lat complete
+  if (partitions > 1) return;
 
   // out[t, h*v + c] = Σ_r W_UV[h][c][r] o_lat[h][r], one warp per output.
   float* out_row = RowF32(args.out, t);
@@ -475,6 +494,46 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
     for (int r = lane; r < rank; r += 32) sum = fmaf(LoadAt(args.kv_b, w_row, r), o_lat[r], sum);
     sum = WarpSum(sum);
     if (lane == 0) out_row[(h0 + g) * v_dim + c] = sum;
+  }
+}
+
+// Grid: (T, H). Merges the P partition states of head h for packed row t (an absorbed row),
+// o_lat = Σ_p w_p o_p / Σ_p w_p l_p with w_p = exp(m_p - max m), then applies W_UV.
+__global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
+  extern __shared__ float4 smem4[];
+  float* o_lat = reinterpret_cast<float*>(smem4);  // rank floats
+  __shared__ int row_seq[1];
+  const int64_t t = blockIdx.x;
+  const int h = blockIdx.y;
+  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, row_seq);
+  if (row_seq[0] < 0) return;
+  const int rank = args.rank, entry_floats = rank + 2;
+  const float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
+  float m_max = -INFINITY;
+  for (int p = 0; p < partitions; ++p) m_max = fmaxf(m_max, entries[p * entry_floats]);
+  float l = 0.0f;
+  for (int p = 0; p < partitions; ++p) {
+    const float m_p = entries[p * entry_floats];
+    if (m_p != -INFINITY) l = fmaf(expf(m_p - m_max), entries[p * entry_floats + 1], l);
+  }
+  for (int r = threadIdx.x; r < rank; r += kThreads) {
+    float o = 0.0f;
+    for (int p = 0; p < partitions; ++p) {
+      const float m_p = entries[p * entry_floats];
+      if (m_p != -INFINITY) o = fmaf(expf(m_p - m_max), entries[p * entry_floats + 2 + r], o);
+    }
+    o_lat[r] = o / l;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kv_width = args.nope + args.v_dim;
+  float* out_row = RowF32(args.out, t);
+  for (int c = warp; c < args.v_dim; c += kWarps) {
+    const int64_t w_row = static_cast<int64_t>(h) * kv_width + args.nope + c;
+    float sum = 0.0f;
+    for (int r = lane; r < rank; r += 32) sum = fmaf(LoadAt(args.kv_b, w_row, r), o_lat[r], sum);
+    sum = WarpSum(sum);
+    if (lane == 0) out_row[h * args.v_dim + c] = sum;
   }
 }
 
@@ -569,7 +628,28 @@ unsigned AbsorbedSplit(int64_t blocks_unsplit) {
   return split;
 }
 
+// Partitions of the key range beyond the cluster split: decode batches too small to fill the GPU
+// at long contexts (batch 1: 16 blocks) get up to 64 partitions, each block keeping >= 8 tiles.
+constexpr int64_t kMinTilesPerBlock = 8;
+int64_t AbsorbedPartitions(int64_t rows, int64_t groups, int64_t max_keys) {
+  const int64_t blocks = rows * groups * AbsorbedSplit(rows * groups);
+  const int64_t by_work = (max_keys / kKeys + 1) / (AbsorbedSplit(rows * groups) * kMinTilesPerBlock);
+  int64_t partitions = 1;
+  while (partitions < 64 && blocks * partitions * 2 <= kAbsorbedTargetBlocks &&
+         partitions * 2 <= by_work) {
+    partitions *= 2;
+  }
+  return partitions;
+}
+
 }  // namespace
+
+size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys) {
+  const int64_t groups = (params.num_heads + kAbsorbedRows - 1) / kAbsorbedRows;
+  const int64_t partitions = AbsorbedPartitions(rows, groups, max_keys);
+  if (partitions <= 1) return 0;
+  return static_cast<size_t>(rows * params.num_heads * partitions * (params.kv_lora_rank + 2));
+}
 
 int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t num_seqs,
                           Stream stream) {
@@ -623,8 +703,8 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 }
 
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
-                               const MlaSequence* seqs, int64_t num_seqs, TensorView out,
-                               Stream stream) {
+                               const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
+                               float* scratch, TensorView out, Stream stream) {
   if (num_seqs < 0 || !ValidParams(params) || q.dtype != DType::kF32 || out.dtype != DType::kF32 ||
       kv_b.dtype == DType::kI32) {
     return Invalid();
@@ -651,21 +731,31 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   args.rope = static_cast<int>(params.qk_rope_dim);
   args.v_dim = static_cast<int>(params.v_dim);
   args.scale = params.scale;
+  const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
+  const int64_t partitions = AbsorbedPartitions(q.rows, groups, max_keys);
+  if (partitions > 1 && scratch == nullptr) return Invalid();
+  args.partial = scratch;
   // K also holds q_nope [16, nope] before the key loop and o_lat [<= 16, rank] after it.
   args.lay = MakeLayout<kAbsorbedRows>(args.rank + args.rope, args.rank, true,
                                        kAbsorbedRows * std::max(args.nope, args.rank));
   const size_t smem = sizeof(float) * static_cast<size_t>(args.lay.floats);
-  const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const unsigned split = AbsorbedSplit(q.rows * groups);
-  const dim3 grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(groups), split);
+  const dim3 grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(groups),
+                  split * static_cast<unsigned>(partitions));
   auto s = static_cast<cudaStream_t>(stream);
+  int error = 0;
   switch (ItemsFor(args.lay.v4)) {
-    case 1: return LaunchTiled(MlaAbsorbedKernel<1>, grid, smem, args, s, split);
-    case 2: return LaunchTiled(MlaAbsorbedKernel<2>, grid, smem, args, s, split);
-    case 4: return LaunchTiled(MlaAbsorbedKernel<4>, grid, smem, args, s, split);
-    case 8: return LaunchTiled(MlaAbsorbedKernel<8>, grid, smem, args, s, split);
+    case 1: error = LaunchTiled(MlaAbsorbedKernel<1>, grid, smem, args, s, split); break;
+    case 2: error = LaunchTiled(MlaAbsorbedKernel<2>, grid, smem, args, s, split); break;
+    case 4: error = LaunchTiled(MlaAbsorbedKernel<4>, grid, smem, args, s, split); break;
+    case 8: error = LaunchTiled(MlaAbsorbedKernel<8>, grid, smem, args, s, split); break;
     default: return Invalid();  // kv_lora_rank > 512
   }
+  if (error != 0 || partitions <= 1) return error;
+  const dim3 merge_grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(heads));
+  MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * args.rank, s>>>(
+      args, static_cast<int>(partitions));
+  return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -1,5 +1,5 @@
-// Opens a checkpoint directory (config, index, shards) and hands out tensors by name and shape,
-// keeping track of which ones the loader claimed.
+// Opens a checkpoint directory (config, index, shards) or a random source and hands out tensors
+// by name and shape, keeping track of which ones the loader claimed.
 #include "model/checkpoint/checkpoint.h"
 
 #include <sys/stat.h>
@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -15,6 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "model/config/model_source.h"
+#include "model/config/presets.h"
 #include "nlohmann/json.hpp"
 
 namespace deltaserve::model {
@@ -85,7 +88,31 @@ absl::StatusOr<std::map<std::string, std::string>> ReadWeightMap(const std::stri
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& source) {
+  DS_ASSIGN_OR_RETURN(const std::optional<RandomModelSource> random,
+                      ParseRandomModelSource(source));
+  if (!random.has_value()) return OpenDirectory(source);
+  DS_ASSIGN_OR_RETURN(const KimiLinearConfig config, PresetConfig(random->preset));
+  return OpenRandom(config, random->seed, source);
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::OpenRandom(const KimiLinearConfig& config,
+                                                                   uint64_t seed,
+                                                                   std::string name) {
+  if (const absl::Status valid = config.Validate(); !valid.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ": ", valid.message()));
+  }
+  std::unique_ptr<Checkpoint> checkpoint(new Checkpoint());
+  checkpoint->dir_ = std::move(name);
+  checkpoint->config_ = config;
+  checkpoint->generated_ = std::make_unique<GeneratedTensors>(config, seed);
+  for (const auto& [tensor_name, entry] : checkpoint->generated_->entries()) {
+    checkpoint->tensors_.emplace(tensor_name, CheckpointTensor{&entry, &checkpoint->dir_});
+  }
+  return checkpoint;
+}
+
+absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::OpenDirectory(const std::string& dir) {
   std::unique_ptr<Checkpoint> checkpoint(new Checkpoint());
   checkpoint->dir_ = dir;
   DS_ASSIGN_OR_RETURN(checkpoint->config_, LoadKimiLinearConfig(dir + "/config.json"));
@@ -164,9 +191,18 @@ absl::StatusOr<CheckpointTensor> Checkpoint::Get(const std::string& name,
                                                    "' has shape ", ShapeString(entry.shape),
                                                    ", expected ", ShapeString(shape)));
   }
-  // SafetensorsFile admits only F32, BF16 and F16, so the dtype needs no check here.
+  // SafetensorsFile and the random specs admit only F32, BF16 and F16: no dtype check here.
+  if (generated_ != nullptr) DS_RETURN_IF_ERROR(generated_->Hold(name).status());
   claimed_.insert(name);
   return it->second;
+}
+
+void Checkpoint::Release(const std::string& name) {
+  if (generated_ != nullptr) generated_->Release(name);
+}
+
+uint64_t Checkpoint::generated_bytes_held() const {
+  return generated_ != nullptr ? generated_->held_bytes() : 0;
 }
 
 std::vector<std::string> Checkpoint::Unclaimed() const {
@@ -184,7 +220,8 @@ uint64_t Checkpoint::ModelFingerprint() const {
 
 uint64_t Checkpoint::WeightsFingerprint() const {
   // FNV-1a 64 over metadata and four 64-byte samples per tensor: touches a few pages per tensor,
-  // so it stays cheap on a 98 GB checkpoint.
+  // so it stays cheap on a 98 GB checkpoint. A generated tensor's samples are generated alone,
+  // so the digest equals that of the same checkpoint written to disk.
   uint64_t hash = 0xcbf29ce484222325ull;
   const auto mix = [&hash](const void* data, size_t size) {
     const auto* bytes = static_cast<const unsigned char*>(data);
@@ -199,6 +236,7 @@ uint64_t Checkpoint::WeightsFingerprint() const {
     mix(bytes, sizeof(bytes));
   };
   constexpr uint64_t kSampleBytes = 64;
+  unsigned char sample[kSampleBytes];
   for (const auto& [name, tensor] : tensors_) {  // std::map: sorted by name
     const TensorEntry& entry = *tensor.entry;
     mix_u64(name.size());
@@ -210,8 +248,13 @@ uint64_t Checkpoint::WeightsFingerprint() const {
     const uint64_t last = size > kSampleBytes ? size - kSampleBytes : 0;
     for (const uint64_t offset : {uint64_t{0}, size / 3, 2 * (size / 3), last}) {
       const uint64_t begin = std::min(offset, last);
-      mix(static_cast<const unsigned char*>(entry.data) + begin,
-          std::min(kSampleBytes, size - begin));
+      const uint64_t length = std::min(kSampleBytes, size - begin);
+      if (generated_ != nullptr) {
+        generated_->CopyBytes(name, begin, length, sample);
+      } else {
+        std::memcpy(sample, static_cast<const unsigned char*>(entry.data) + begin, length);
+      }
+      mix(sample, length);
     }
   }
   return hash;

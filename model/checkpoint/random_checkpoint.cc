@@ -142,35 +142,6 @@ float LastDimScale(const TensorSpec& spec) {
   return static_cast<float>(1.0 / std::sqrt(static_cast<double>(fan)));
 }
 
-// Fills in up to `threads` pieces; every element depends only on its index, so the split does
-// not change the bytes.
-void FillParallel(const TensorSpec& spec, uint64_t seed, int threads, int64_t first,
-                  int64_t num_elements, void* dst) {
-  const int64_t pieces =
-      std::min<int64_t>(threads, std::max<int64_t>(1, num_elements / kMinElementsPerThread));
-  const int64_t per_piece = (num_elements + pieces - 1) / pieces;
-  const int64_t element_bytes = static_cast<int64_t>(kernels::DTypeSize(spec.dtype));
-  auto* bytes = static_cast<unsigned char*>(dst);
-  const auto fill_piece = [&](int64_t piece) {
-    const int64_t begin = piece * per_piece;
-    const int64_t count = std::min(per_piece, num_elements - begin);
-    if (count > 0) {
-      FillRandomTensor(spec, seed, first + begin, count, bytes + begin * element_bytes);
-    }
-  };
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(pieces));
-  int64_t piece = 1;
-  try {
-    for (; piece < pieces; ++piece) workers.emplace_back(fill_piece, piece);
-  } catch (const std::system_error&) {
-    // Out of threads: the calling thread does the rest.
-  }
-  for (int64_t rest = piece; rest < pieces; ++rest) fill_piece(rest);
-  fill_piece(0);
-  for (std::thread& worker : workers) worker.join();
-}
-
 std::string FormatBytes(uint64_t bytes) {
   return absl::StrFormat("%.2f GiB (%d bytes)", static_cast<double>(bytes) / (1ull << 30), bytes);
 }
@@ -195,7 +166,7 @@ std::vector<TensorToWrite> ShardTensors(const Plan& plan, size_t shard, uint64_t
     const TensorSpec* spec = &plan.specs[index];
     tensors.push_back({spec->name, spec->dtype, spec->shape,
                        [spec, seed, threads](int64_t first, int64_t count, void* dst) {
-                         FillParallel(*spec, seed, threads, first, count, dst);
+                         FillRandomTensorParallel(*spec, seed, threads, first, count, dst);
                          return absl::OkStatus();
                        }});
   }
@@ -312,6 +283,34 @@ void FillRandomTensor(const TensorSpec& spec, uint64_t seed, int64_t first_eleme
                       [](double u) { return -0.05 + 0.1 * u; });
       return;
   }
+}
+
+// Every element depends only on its index, so the split does not change the bytes.
+void FillRandomTensorParallel(const TensorSpec& spec, uint64_t seed, int threads, int64_t first,
+                              int64_t num_elements, void* dst) {
+  const int64_t pieces = std::min<int64_t>(
+      std::max(threads, 1), std::max<int64_t>(1, num_elements / kMinElementsPerThread));
+  const int64_t per_piece = (num_elements + pieces - 1) / pieces;
+  const int64_t element_bytes = static_cast<int64_t>(kernels::DTypeSize(spec.dtype));
+  auto* bytes = static_cast<unsigned char*>(dst);
+  const auto fill_piece = [&](int64_t piece) {
+    const int64_t begin = piece * per_piece;
+    const int64_t count = std::min(per_piece, num_elements - begin);
+    if (count > 0) {
+      FillRandomTensor(spec, seed, first + begin, count, bytes + begin * element_bytes);
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<size_t>(pieces));
+  int64_t piece = 1;
+  try {
+    for (; piece < pieces; ++piece) workers.emplace_back(fill_piece, piece);
+  } catch (const std::system_error&) {
+    // Out of threads: the calling thread does the rest.
+  }
+  for (int64_t rest = piece; rest < pieces; ++rest) fill_piece(rest);
+  fill_piece(0);
+  for (std::thread& worker : workers) worker.join();
 }
 
 absl::StatusOr<uint64_t> RandomCheckpointBytes(const KimiLinearConfig& config,

@@ -40,4 +40,8 @@ absl::Status WriteRandomCheckpoint(const KimiLinearConfig& config, uint64_t seed
 void FillRandomTensor(const TensorSpec& spec, uint64_t seed, int64_t first_element,
                       int64_t num_elements, void* dst);
 
+// FillRandomTensor split over up to `threads` threads (at least 1); the same bytes.
+void FillRandomTensorParallel(const TensorSpec& spec, uint64_t seed, int threads,
+                              int64_t first_element, int64_t num_elements, void* dst);
+
 }  // namespace deltaserve::model

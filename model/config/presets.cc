@@ -1,5 +1,6 @@
 // The built-in configurations; values match tests/data/kimi-tiny-public/config.json (tiny) and the
-// Kimi-Linear-48B-A3B release config.json (spec §1).
+// Kimi-Linear-48B-A3B release config.json (spec §1). The "-all-mla" variants are the paper's
+// full-attention baseline: the same shape with MLA in every layer.
 #include "model/config/presets.h"
 
 #include <cstdint>
@@ -127,12 +128,20 @@ KimiLinearConfig KimiLinear48bA3b() {
   return c;
 }
 
+// Every layer MLA; the KDA shape fields stay (Validate requires them) but no layer uses them.
+KimiLinearConfig AllMla(KimiLinearConfig c) {
+  c.mixer_kinds.assign(static_cast<size_t>(c.num_layers), MixerKind::kMla);
+  return c;
+}
+
 }  // namespace
 
 absl::StatusOr<KimiLinearConfig> PresetConfig(std::string_view name) {
   if (name == "tiny") return Tiny();
   if (name == "small") return Small();
+  if (name == "small-all-mla") return AllMla(Small());
   if (name == "kimi-linear-48b-a3b") return KimiLinear48bA3b();
+  if (name == "kimi-linear-48b-a3b-all-mla") return AllMla(KimiLinear48bA3b());
   std::string known;
   for (const std::string& preset : PresetNames()) {
     known += (known.empty() ? "" : ", ") + preset;
@@ -141,6 +150,8 @@ absl::StatusOr<KimiLinearConfig> PresetConfig(std::string_view name) {
                                     std::string(name) + "\"");
 }
 
-std::vector<std::string> PresetNames() { return {"tiny", "small", "kimi-linear-48b-a3b"}; }
+std::vector<std::string> PresetNames() {
+  return {"tiny", "small", "small-all-mla", "kimi-linear-48b-a3b", "kimi-linear-48b-a3b-all-mla"};
+}
 
 }  // namespace deltaserve::model

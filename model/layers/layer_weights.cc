@@ -22,7 +22,7 @@ class Loader {
   absl::StatusOr<TensorView> Matrix(const std::string& name, const std::vector<int64_t>& shape,
                                     int64_t rows, int64_t cols) {
     DS_ASSIGN_OR_RETURN(TensorView host, HostMatrix(name, shape, rows, cols));
-    return backend_.AdoptWeight(host);
+    return Adopted(name, backend_.AdoptWeight(host));
   }
   absl::StatusOr<TensorView> Linear(const std::string& name, int64_t out, int64_t in) {
     return Matrix(name, {out, in}, out, in);
@@ -30,7 +30,7 @@ class Loader {
   // A linear layer whose products stay fp32 on every backend (Backend::AdoptWeightF32).
   absl::StatusOr<TensorView> LinearF32(const std::string& name, int64_t out, int64_t in) {
     DS_ASSIGN_OR_RETURN(TensorView host, HostMatrix(name, {out, in}, out, in));
-    return backend_.AdoptWeightF32(host);
+    return Adopted(name, backend_.AdoptWeightF32(host));
   }
   absl::StatusOr<TensorView> Vector(const std::string& name, int64_t size) {
     return Matrix(name, {size}, 1, size);
@@ -39,6 +39,14 @@ class Loader {
   Checkpoint& checkpoint() { return checkpoint_; }
 
  private:
+  // Every backend but the CPU one copies a weight it adopts (kernels/backend.h, AdoptWeight), so
+  // a generated tensor's host bytes can go at once: host memory then stays near one tensor while
+  // a model larger than the disk loads onto a GPU.
+  TensorView Adopted(const std::string& name, TensorView adopted) {
+    if (backend_.name() != "cpu") checkpoint_.Release(name);
+    return adopted;
+  }
+
   // The checkpoint's tensor `name` (validated against `shape`) viewed as [rows, cols] in place.
   absl::StatusOr<TensorView> HostMatrix(const std::string& name, const std::vector<int64_t>& shape,
                                         int64_t rows, int64_t cols) {

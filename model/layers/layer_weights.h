@@ -72,7 +72,9 @@ struct ModelWeights {
 };
 
 // Loads the scope's tensors through backend.AdoptWeight. With the whole model in scope, a tensor
-// the model does not use is an error, so a mislabelled checkpoint cannot load silently.
+// the model does not use is an error, so a mislabelled checkpoint cannot load silently. On every
+// backend but "cpu" (which uses host weights in place) a generated tensor's host bytes are
+// released as soon as the backend has adopted it.
 absl::StatusOr<ModelWeights> LoadModelWeights(Checkpoint& checkpoint, kernels::Backend& backend,
                                               const WeightScope& scope);
 

@@ -67,7 +67,11 @@ void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   state.latent = std::move(grown);
 }
 
-int64_t SequenceState::ByteSize() const {
+int64_t SequenceState::ByteSize() const { return Bytes(/*latent_at_capacity=*/false); }
+
+int64_t SequenceState::AllocatedByteSize() const { return Bytes(/*latent_at_capacity=*/true); }
+
+int64_t SequenceState::Bytes(bool latent_at_capacity) const {
   int64_t bytes = 0;
   for (int64_t layer = layer_begin_; layer < layer_end_; ++layer) {
     const LayerState& state = layers_[layer - layer_begin_];
@@ -75,7 +79,8 @@ int64_t SequenceState::ByteSize() const {
       bytes += state.kda.recurrent.view().numel() * 4;
       for (const kernels::Tensor& tail : state.kda.conv_tails) bytes += tail.view().numel() * 4;
     } else {
-      bytes += state.mla.num_cached * config_.mla_latent_size() * 4;
+      const int64_t rows = latent_at_capacity ? state.mla.latent.rows() : state.mla.num_cached;
+      bytes += rows * config_.mla_latent_size() * 4;
     }
   }
   return bytes;

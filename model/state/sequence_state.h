@@ -50,12 +50,16 @@ class SequenceState {
   void ReserveLatent(int64_t layer, int64_t extra);
   // Bytes held: fixed KDA state plus the latent rows in use.
   int64_t ByteSize() const;
+  // Bytes allocated: as ByteSize, but every latent cache at its capacity.
+  int64_t AllocatedByteSize() const;
 
  private:
   struct LayerState {
     KdaLayerState kda;
     MlaLayerState mla;
   };
+
+  int64_t Bytes(bool latent_at_capacity) const;
 
   KimiLinearConfig config_;
   kernels::Backend& backend_;

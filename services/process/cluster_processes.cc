@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "model/config/kimi_linear_config.h"
+#include "model/config/model_source.h"
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
 #include "services/process/process_support.h"
@@ -170,7 +171,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   DS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::Backend> backend, MakeBackend(config.backend));
   keep.push_back(backend);
   DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config,
-                      model::LoadKimiLinearConfig(config.model_dir + "/config.json"));
+                      model::LoadModelSourceConfig(config.model_dir));
   if (!links.empty()) {
     DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
     runner = std::make_shared<RemoteExpertRunner>(*backend, links, model_config.hidden_size);
@@ -238,7 +239,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartRouter(const RouterProcessC
                       StartMetrics(config.process.metrics_listen, "router"));
   std::vector<std::shared_ptr<void>> keep;
   DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config,
-                      model::LoadKimiLinearConfig(config.model_dir + "/config.json"));
+                      model::LoadModelSourceConfig(config.model_dir));
   auto channel = InternalChannel(config.first_stage);
   DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("first stage ", config.first_stage),
                                  config.process.peer_wait));

@@ -62,7 +62,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
 
 struct RouterProcessConfig {
   ProcessConfig process;
-  std::string model_dir;      // read for config.json only; the router loads no weights
+  std::string model_dir;      // for its config only (model_source.h); the router loads no weights
   std::string first_stage;    // address
   std::string session_store;  // address; empty: no sessions
   RouterConfig router;

@@ -1,5 +1,5 @@
 // The `deltaserve` binary as a user runs it: init-model, score and generate print the documented
-// JSON; bad arguments print usage and exit non-zero.
+// JSON, from a directory or a random: source; bad arguments print usage and exit non-zero.
 #include <unistd.h>
 
 #include <filesystem>
@@ -77,6 +77,20 @@ TEST_F(CliTest, GreedyGenerateFollowsScore) {
   const std::vector<float> logits = score["logits"][0].get<std::vector<float>>();
   const int argmax = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   EXPECT_EQ(gen["tokens"][0].get<int>(), argmax);
+}
+
+TEST_F(CliTest, RandomModelSourceScoresAsTheInitModelCheckpoint) {
+  const std::string tokens = " --tokens 5,6,7,8 --positions all";
+  const Result disk = RunCli("score --model " + *model_dir_ + tokens);
+  const Result random = RunCli("score --model random:tiny:3" + tokens);
+  ASSERT_EQ(random.exit_code, 0) << random.out;
+  EXPECT_EQ(nlohmann::json::parse(random.out), nlohmann::json::parse(disk.out));
+
+  const Result generated = RunCli("generate --model random:tiny --tokens 1,2,3 --max-new-tokens 2");
+  EXPECT_EQ(generated.exit_code, 0) << generated.out;
+  const Result unknown = RunCli("generate --model random:huge --tokens 1");
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_NE(unknown.out.find("kimi-linear-48b-a3b-all-mla"), std::string::npos) << unknown.out;
 }
 
 TEST_F(CliTest, BadArgumentsPrintUsageAndFail) {

@@ -44,7 +44,8 @@ int64_t ParameterCount(const KimiLinearConfig& c) {
 }
 
 TEST(PresetsTest, NamesAreListedAndEachPresetIsValid) {
-  EXPECT_THAT(PresetNames(), ElementsAre("tiny", "small", "kimi-linear-48b-a3b"));
+  EXPECT_THAT(PresetNames(), ElementsAre("tiny", "small", "small-all-mla", "kimi-linear-48b-a3b",
+                                         "kimi-linear-48b-a3b-all-mla"));
   for (const std::string& name : PresetNames()) {
     SCOPED_TRACE(name);
     const KimiLinearConfig config = PresetOrDie(name);
@@ -140,6 +141,21 @@ TEST(PresetsTest, Kimi48bMatchesTheRelease) {
   for (int64_t i = 1; i < c.num_layers; ++i) EXPECT_TRUE(c.IsMoe(i)) << i;
   // The spec's cross-check against the checkpoint's tensor dump.
   EXPECT_EQ(ParameterCount(c), int64_t{49'122'681'728});
+}
+
+TEST(PresetsTest, AllMlaVariantsDifferFromTheirShapeOnlyInTheMixers) {
+  for (const std::string base : {"small", "kimi-linear-48b-a3b"}) {
+    SCOPED_TRACE(base);
+    const KimiLinearConfig all_mla = PresetOrDie(base + "-all-mla");
+    KimiLinearConfig expected = PresetOrDie(base);
+    expected.mixer_kinds.assign(static_cast<size_t>(expected.num_layers), MixerKind::kMla);
+    EXPECT_TRUE(all_mla == expected);
+    // Written as the release's layer lists with no KDA layer at all.
+    const std::string json = ToOfficialConfigJson(all_mla);
+    EXPECT_THAT(json, HasSubstr("\"kda_layers\": []"));
+  }
+  // The release's 20 KDA layers (39,514,272 parameters each) become MLA (29,114,880 each).
+  EXPECT_EQ(ParameterCount(PresetOrDie("kimi-linear-48b-a3b-all-mla")), int64_t{48'914'693'888});
 }
 
 TEST(PresetsTest, UnknownNameIsInvalidArgument) {

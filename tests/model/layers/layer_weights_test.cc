@@ -1,5 +1,6 @@
-// Loading a model's weights: both names of the dense FFN, tied embeddings, scopes, and the
-// rejection of checkpoints that hold tensors the model would silently ignore.
+// Loading a model's weights: both names of the dense FFN, tied embeddings, scopes, the
+// rejection of checkpoints that hold tensors the model would silently ignore, and the release of
+// generated tensors a backend has copied.
 #include "model/layers/layer_weights.h"
 
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include "model/checkpoint/random_checkpoint.h"
 #include "model/checkpoint/safetensors_writer.h"
 #include "model/config/presets.h"
+#include "tests/testing/copying_backend.h"
 
 namespace deltaserve::model {
 namespace {
@@ -117,6 +119,32 @@ TEST_F(LayerWeightsTest, ScopesLoadOnlyTheirPart) {
   EXPECT_EQ(middle->layer(2).moe.experts.size(), 3u);
   EXPECT_FALSE(Load(dir, WeightScope{.layer_begin = 3, .layer_end = 9}).ok());
   EXPECT_FALSE(Load(dir, WeightScope{.expert_begin = 4, .expert_end = 99}).ok());
+}
+
+TEST(LayerWeightsReleaseTest, ACopyingBackendLeavesNoGeneratedBytesHeld) {
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open("random:tiny:4");
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  testing::CopyingBackend copying;
+  absl::StatusOr<ModelWeights> weights = LoadModelWeights(**checkpoint, copying, {});
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  EXPECT_EQ((*checkpoint)->generated_bytes_held(), 0u);
+  for (const auto& [name, tensor] : (*checkpoint)->tensors()) {
+    EXPECT_EQ(tensor.entry->data, nullptr) << name;
+  }
+  EXPECT_TRUE((*checkpoint)->Unclaimed().empty());
+}
+
+TEST(LayerWeightsReleaseTest, TheCpuBackendKeepsTheGeneratedBytesItUsesInPlace) {
+  absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open("random:tiny:4");
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  kernels::cpu::CpuBackend cpu({.num_threads = 1});
+  absl::StatusOr<ModelWeights> weights = LoadModelWeights(**checkpoint, cpu, {});
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  uint64_t total = 0;
+  for (const auto& [name, tensor] : (*checkpoint)->tensors()) total += tensor.entry->num_bytes;
+  EXPECT_EQ((*checkpoint)->generated_bytes_held(), total);
+  EXPECT_EQ(weights->embed.data,
+            (*checkpoint)->tensors().at("model.embed_tokens.weight").entry->data);
 }
 
 }  // namespace

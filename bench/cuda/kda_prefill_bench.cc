@@ -1,0 +1,194 @@
+// KDA prefill on the GPU: the chunked kernels (gate, beta and q/k L2 norm inside, fp32 state in
+// and out) over B sequences of T tokens, H heads of d = 128, plus a varlen batch of mixed
+// lengths; the fused recurrent kernel on the smallest case for reference. Prints one JSON line per
+// case; bench/peers/fla_kda_prefill.py times FLA's chunk_kda on the same shapes and work.
+// Usage: cuda_kda_prefill_bench [--heads H] [--iters N] [--batch B --tokens T]
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/launchers.h"
+
+namespace {
+
+using deltaserve::kernels::DType;
+using deltaserve::kernels::KdaAlgorithm;
+using deltaserve::kernels::KdaInputs;
+using deltaserve::kernels::KdaSequence;
+using deltaserve::kernels::MakeView;
+using deltaserve::kernels::cuda::KdaChunkRef;
+
+void Check(cudaError_t error, const char* what) {
+  if (error != cudaSuccess) {
+    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(error));
+    std::exit(1);
+  }
+}
+
+// Device floats uniform in [-scale/2, scale/2), generated on the host in slices.
+float* DeviceFloats(size_t count, float scale, unsigned seed) {
+  float* device = nullptr;
+  Check(cudaMalloc(&device, count * sizeof(float)), "cudaMalloc");
+  std::vector<float> host(std::min<size_t>(count, size_t{1} << 24));
+  for (size_t done = 0; done < count; done += host.size()) {
+    const size_t n = std::min(host.size(), count - done);
+    for (size_t i = 0; i < n; ++i) {
+      seed = seed * 1664525u + 1013904223u;
+      host[i] = scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
+    }
+    Check(cudaMemcpy(device + done, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  }
+  return device;
+}
+
+template <typename T>
+T* DeviceCopy(const std::vector<T>& host) {
+  T* device = nullptr;
+  Check(cudaMalloc(&device, host.size() * sizeof(T)), "cudaMalloc");
+  Check(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  return device;
+}
+
+template <typename Body>
+double TimeMs(int iters, cudaStream_t stream, Body body) {
+  for (int i = 0; i < 2; ++i) body();
+  cudaEvent_t start, stop;
+  Check(cudaEventCreate(&start), "event");
+  Check(cudaEventCreate(&stop), "event");
+  Check(cudaEventRecord(start, stream), "record");
+  for (int i = 0; i < iters; ++i) body();
+  Check(cudaEventRecord(stop, stream), "record");
+  Check(cudaEventSynchronize(stop), "sync");
+  float ms = 0;
+  Check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return ms / iters;
+}
+
+struct Case {
+  std::string name;
+  std::vector<int64_t> lengths;
+  bool with_recurrent = false;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int heads = 32, iters = 10;
+  std::vector<Case> cases;
+  int64_t batch = 0, tokens = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--heads") == 0) heads = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--batch") == 0) batch = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--tokens") == 0) tokens = std::atoll(argv[i + 1]);
+  }
+  if (batch > 0 && tokens > 0) {
+    cases.push_back({"fixed", std::vector<int64_t>(batch, tokens)});
+  } else {
+    cases.push_back({"fixed", {4096}, true});
+    for (int64_t b : {1, 8}) {
+      for (int64_t t : {4096, 16384, 65536}) {
+        if (b == 1 && t == 4096) continue;
+        cases.push_back({"fixed", std::vector<int64_t>(b, t)});
+      }
+    }
+    // 16 sequences of mixed lengths, 16k tokens in all (FLA's varlen planning case).
+    cases.push_back({"varlen", {2048, 512, 1536, 64, 3000, 100, 1024, 777, 2500, 1, 900, 1200,
+                                333, 700, 500, 1087}});
+  }
+  constexpr int kDim = 128;
+  cudaDeviceProp prop{};
+  Check(cudaGetDeviceProperties(&prop, 0), "device properties");
+  cudaStream_t stream;
+  Check(cudaStreamCreate(&stream), "stream");
+  const int64_t width = int64_t{heads} * kDim;
+  float* a_log = DeviceFloats(heads, 2.0f, 1);
+  float* dt_bias = DeviceFloats(width, 2.0f, 2);
+
+  for (const Case& c : cases) {
+    int64_t total = 0;
+    for (int64_t length : c.lengths) total += length;
+    const auto num_seqs = static_cast<int64_t>(c.lengths.size());
+    float* q = DeviceFloats(total * width, 2.0f, 3);
+    float* k = DeviceFloats(total * width, 2.0f, 4);
+    float* v = DeviceFloats(total * width, 2.0f, 5);
+    float* g = DeviceFloats(total * width, 4.0f, 6);
+    float* beta = DeviceFloats(total * heads, 4.0f, 7);
+    float *out = nullptr, *state = nullptr;
+    const int64_t state_floats = num_seqs * heads * kDim * kDim;
+    Check(cudaMalloc(&out, total * width * sizeof(float)), "cudaMalloc");
+    Check(cudaMalloc(&state, state_floats * sizeof(float)), "cudaMalloc");
+    Check(cudaMemset(state, 0, state_floats * sizeof(float)), "memset");
+
+    std::vector<KdaSequence> host_seqs;
+    std::vector<KdaChunkRef> chunks;
+    std::vector<int32_t> first_chunk;
+    int64_t begin = 0;
+    for (int64_t i = 0; i < num_seqs; ++i) {
+      host_seqs.push_back({{begin, c.lengths[i]}, KdaAlgorithm::kChunked, state + i * heads * kDim * kDim});
+      first_chunk.push_back(static_cast<int32_t>(chunks.size()));
+      for (int64_t r = 0; r < c.lengths[i]; r += 64) {
+        chunks.push_back({begin + r, static_cast<int32_t>(std::min<int64_t>(64, c.lengths[i] - r)),
+                          static_cast<int32_t>(i)});
+      }
+      begin += c.lengths[i];
+    }
+    first_chunk.push_back(static_cast<int32_t>(chunks.size()));
+    KdaSequence* seqs = DeviceCopy(host_seqs);
+    KdaChunkRef* device_chunks = DeviceCopy(chunks);
+    int32_t* device_first = DeviceCopy(first_chunk);
+    const auto num_chunks = static_cast<int64_t>(chunks.size());
+    void* scratch = nullptr;
+    const size_t scratch_bytes =
+        deltaserve::kernels::cuda::KdaChunkedScratchBytes(num_chunks, heads, kDim);
+    Check(cudaMalloc(&scratch, scratch_bytes), "cudaMalloc scratch");
+
+    KdaInputs in;
+    in.num_heads = heads;
+    in.head_dim = kDim;
+    in.q = MakeView(q, DType::kF32, total, width);
+    in.k = MakeView(k, DType::kF32, total, width);
+    in.v = MakeView(v, DType::kF32, total, width);
+    in.gate_logits = MakeView(g, DType::kF32, total, width);
+    in.beta_logits = MakeView(beta, DType::kF32, total, heads);
+    in.a_log = MakeView(a_log, DType::kF32, 1, heads);
+    in.dt_bias = MakeView(dt_bias, DType::kF32, 1, width);
+    const auto out_view = MakeView(out, DType::kF32, total, width);
+    const double ms = TimeMs(iters, stream, [&] {
+      Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchKdaChunked(
+                in, seqs, num_seqs, device_chunks, device_first, num_chunks, scratch, out_view, stream)),
+            "kda chunked");
+    });
+    double recurrent_ms = 0;
+    if (c.with_recurrent) {
+      recurrent_ms = TimeMs(std::max(1, iters / 5), stream, [&] {
+        Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchKdaRecurrent(
+                  in, seqs, num_seqs, out_view, stream)),
+              "kda recurrent");
+      });
+    }
+    std::printf("{\"gpu\": \"%s\", \"case\": \"kda_prefill_%s\", \"batch\": %lld, \"tokens\": %lld, "
+                "\"heads\": %d, \"head_dim\": %d, \"ms\": %.4f, \"mtok_per_s\": %.3f",
+                prop.name, c.name.c_str(), static_cast<long long>(num_seqs),
+                static_cast<long long>(total), heads, kDim, ms, total / (ms * 1e-3) / 1e6);
+    if (c.with_recurrent) {
+      std::printf(", \"recurrent_ms\": %.4f, \"chunked_speedup\": %.2f", recurrent_ms, recurrent_ms / ms);
+    }
+    std::printf("}\n");
+    std::fflush(stdout);
+    for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v),
+                    static_cast<void*>(g), static_cast<void*>(beta), static_cast<void*>(out),
+                    static_cast<void*>(state), static_cast<void*>(seqs),
+                    static_cast<void*>(device_chunks), static_cast<void*>(device_first), scratch}) {
+      cudaFree(p);
+    }
+  }
+  return 0;
+}

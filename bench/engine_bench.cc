@@ -1,0 +1,290 @@
+// Whole-engine throughput on any backend through KimiLinearModel::Forward: a prefill of B
+// sequences of T new tokens, or decode steps of B sequences at a context of L tokens (a synthetic
+// history, model/state/synthetic_history.h). Prints one JSON line per run; asserts nothing.
+// Usage and fields: docs/gpu-benchmark.md, "Engine benchmark".
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/backend_factory.h"
+#include "model/checkpoint/checkpoint.h"
+#include "model/kimi_linear_model.h"
+#include "model/state/synthetic_history.h"
+#include "nlohmann/json.hpp"
+
+namespace deltaserve::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string model = "random:small";
+  std::string device = "cpu";
+  int threads = 0;
+  std::string mode = "decode";  // prefill | decode
+  int64_t batch = 1;
+  int64_t prompt = 128;  // prefill: new tokens per sequence
+  int64_t context = 0;   // history each sequence already has
+  int64_t steps = 8;     // timed forward passes
+  int64_t warmup = 2;    // untimed passes before them
+  uint64_t seed = 0;     // prompts and synthetic histories
+  // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
+  // minute to load); when empty, the one run the flags above describe.
+  std::vector<std::string> runs;
+};
+
+// Applies a "--run MODE:BATCH:TOKENS" spec to `o` (TOKENS: the prompt of a prefill, the context
+// of a decode); false when malformed.
+bool ApplyRunSpec(const std::string& spec, Options& o) {
+  const size_t first = spec.find(':'), second = spec.find(':', first + 1);
+  if (first == std::string::npos || second == std::string::npos) return false;
+  const std::string mode = spec.substr(0, first);
+  if (mode != "prefill" && mode != "decode") return false;
+  try {
+    const int64_t batch = std::stoll(spec.substr(first + 1, second - first - 1));
+    const int64_t tokens = std::stoll(spec.substr(second + 1));
+    if (batch <= 0 || tokens < 0 || (mode == "prefill" && tokens == 0)) return false;
+    o.mode = mode;
+    o.batch = batch;
+    if (mode == "prefill") {
+      o.prompt = tokens;
+      o.context = 0;
+    } else {
+      o.context = tokens;
+    }
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+struct Timings {
+  double mean_s = 0;
+  double min_s = 0;
+};
+
+struct StateBytes {
+  int64_t used = 0;
+  int64_t allocated = 0;
+};
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::vector<int32_t> RandomTokens(int64_t n, uint64_t seed, int64_t vocab) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
+  return tokens;
+}
+
+// Fresh states for the batch, each with a synthetic history of `context` tokens and room for
+// `spare_rows` more latent rows.
+std::vector<std::unique_ptr<model::SequenceState>> NewStates(const model::KimiLinearModel& m,
+                                                             const Options& o,
+                                                             int64_t spare_rows) {
+  std::vector<std::unique_ptr<model::SequenceState>> states;
+  for (int64_t i = 0; i < o.batch; ++i) {
+    states.push_back(m.NewState());
+    model::FillSyntheticHistory(*states.back(), o.context, spare_rows,
+                                o.seed + static_cast<uint64_t>(i));
+  }
+  return states;
+}
+
+StateBytes BytesOf(const model::SequenceState& state) {
+  return {state.ByteSize(), state.AllocatedByteSize()};
+}
+
+// Each pass: fresh states at `context`, then B x T new tokens, logits for the last position.
+absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
+                                   StateBytes& state_bytes) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int64_t i = 0; i < o.batch; ++i) {
+    prompts.push_back(RandomTokens(o.prompt, o.seed + 1000 + static_cast<uint64_t>(i),
+                                   m.config().vocab_size));
+  }
+  Timings timings{0, 1e300};
+  std::vector<float> logits;
+  for (int64_t pass = 0; pass < o.warmup + o.steps; ++pass) {
+    std::vector<std::unique_ptr<model::SequenceState>> states = NewStates(m, o, o.prompt);
+    std::vector<model::SequenceInput> inputs;
+    for (int64_t i = 0; i < o.batch; ++i) {
+      inputs.push_back({prompts[static_cast<size_t>(i)], states[static_cast<size_t>(i)].get(),
+                        {o.prompt - 1}});
+    }
+    const Clock::time_point start = Clock::now();
+    if (absl::Status status = m.Forward(inputs, logits); !status.ok()) return status;
+    const double elapsed = Seconds(Clock::now() - start);
+    if (pass >= o.warmup) {
+      timings.mean_s += elapsed / static_cast<double>(o.steps);
+      timings.min_s = std::min(timings.min_s, elapsed);
+    }
+    state_bytes = BytesOf(*states.front());
+  }
+  return timings;
+}
+
+// States at `context` once, then one fixed token per sequence per step, logits for it.
+absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
+                                  StateBytes& state_bytes) {
+  std::vector<std::unique_ptr<model::SequenceState>> states = NewStates(m, o, o.warmup + o.steps);
+  state_bytes = BytesOf(*states.front());
+  const int32_t token = static_cast<int32_t>(1 % m.config().vocab_size);
+  Timings timings{0, 1e300};
+  std::vector<float> logits;
+  for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
+    std::vector<model::SequenceInput> inputs;
+    for (const auto& state : states) inputs.push_back({{&token, 1}, state.get(), {0}});
+    const Clock::time_point start = Clock::now();
+    if (absl::Status status = m.Forward(inputs, logits); !status.ok()) return status;
+    const double elapsed = Seconds(Clock::now() - start);
+    if (step >= o.warmup) {
+      timings.mean_s += elapsed / static_cast<double>(o.steps);
+      timings.min_s = std::min(timings.min_s, elapsed);
+    }
+  }
+  return timings;
+}
+
+absl::StatusOr<uint64_t> CheckpointBytes(const std::string& source) {
+  absl::StatusOr<std::unique_ptr<model::Checkpoint>> checkpoint = model::Checkpoint::Open(source);
+  if (!checkpoint.ok()) return checkpoint.status();
+  uint64_t bytes = 0;
+  for (const auto& [name, tensor] : (*checkpoint)->tensors()) bytes += tensor.entry->num_bytes;
+  return bytes;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "engine_bench: %s\n", std::string(status.message()).c_str());
+  return 1;
+}
+
+// One run over the loaded model: one JSON line, or the error.
+absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const Options& o,
+                     uint64_t weights_bytes, double load_s) {
+  const int64_t new_tokens = o.mode == "prefill" ? o.prompt : o.warmup + o.steps;
+  if (o.context > m.max_context() - new_tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--context ", o.context, " plus ", new_tokens,
+                     " new tokens exceeds the model's context of ", m.max_context()));
+  }
+  StateBytes state_bytes;
+  absl::StatusOr<Timings> timings =
+      o.mode == "prefill" ? RunPrefill(m, o, state_bytes) : RunDecode(m, o, state_bytes);
+  if (!timings.ok()) return timings.status();
+
+  const double tokens_per_step =
+      static_cast<double>(o.batch * (o.mode == "prefill" ? o.prompt : 1));
+  nlohmann::ordered_json line;
+  line["device"] = std::string(backend.name());
+  line["device_flag"] = o.device;
+  line["model"] = o.model;
+  line["mode"] = o.mode;
+  line["batch"] = o.batch;
+  line["prompt"] = o.mode == "prefill" ? o.prompt : 0;
+  line["context"] = o.context;
+  line["steps"] = o.steps;
+  line["warmup"] = o.warmup;
+  line["ms_per_step"] = timings->mean_s * 1e3;
+  line["ms_per_step_min"] = timings->min_s * 1e3;
+  line["tokens_per_s"] = tokens_per_step / timings->mean_s;
+  line["state_bytes_per_seq"] = state_bytes.used;
+  line["state_bytes_per_seq_allocated"] = state_bytes.allocated;
+  line["weights_bytes"] = weights_bytes;
+  line["load_s"] = load_s;
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+int Run(const Options& options) {
+  std::vector<Options> runs;
+  for (const std::string& spec : options.runs) {
+    Options o = options;
+    if (!ApplyRunSpec(spec, o)) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--run ", spec, ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT")));
+    }
+    runs.push_back(o);
+  }
+  if (runs.empty()) runs.push_back(options);
+
+  kernels::BackendChoice choice = *kernels::ParseBackendChoice(options.device);
+  choice.cpu_threads = options.threads;
+  std::string error;
+  std::unique_ptr<kernels::Backend> backend = kernels::CreateBackend(choice, &error);
+  if (backend == nullptr) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat("--device ", options.device, ": ", error)));
+  }
+  const Clock::time_point load_start = Clock::now();
+  absl::StatusOr<std::unique_ptr<model::KimiLinearModel>> loaded =
+      model::KimiLinearModel::Load(options.model, *backend);
+  if (!loaded.ok()) return Fail(loaded.status());
+  const double load_s = Seconds(Clock::now() - load_start);
+  absl::StatusOr<uint64_t> weights_bytes = CheckpointBytes(options.model);
+  if (!weights_bytes.ok()) return Fail(weights_bytes.status());
+
+  int failures = 0;
+  for (const Options& o : runs) {
+    if (absl::Status status = RunOnce(**loaded, *backend, o, *weights_bytes, load_s); !status.ok()) {
+      Fail(status);  // reported; the other runs still go
+      ++failures;
+    }
+  }
+  return failures == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace deltaserve::bench
+
+int main(int argc, char** argv) {
+  deltaserve::bench::Options o;
+  CLI::App app("Times prefill or decode steps of the whole engine; prints one JSON line");
+  app.add_option("--model", o.model, "Checkpoint directory or random:<preset>[:<seed>]")
+      ->capture_default_str();
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N")
+      ->check(CLI::Validator(
+          [](const std::string& value) {
+            return deltaserve::kernels::ParseBackendChoice(value).has_value()
+                       ? std::string()
+                       : "expected cpu, cuda or cuda:N";
+          },
+          "DEVICE"))
+      ->capture_default_str();
+  app.add_option("--threads", o.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--mode", o.mode, "prefill or decode")
+      ->check(CLI::IsMember({"prefill", "decode"}))
+      ->capture_default_str();
+  app.add_option("--batch", o.batch, "Sequences per step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--prompt", o.prompt, "Prefill: new tokens per sequence")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--context", o.context,
+                 "History each sequence already has (synthetic: not prefilled)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--steps", o.steps, "Timed steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--warmup", o.warmup, "Untimed steps first")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--run", o.runs,
+                 "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
+                 "model (overrides --mode/--batch/--prompt/--context)");
+  app.add_option("--seed", o.seed, "Seed of prompts and synthetic histories")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  return deltaserve::bench::Run(o);
+}
