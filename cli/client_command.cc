@@ -1,5 +1,6 @@
 // `deltaserve client ...`: calls a running server through client/InferenceClient (generate,
-// health, sessions list|get|delete|fork, model-info) and prints one JSON object or a status word.
+// health, sessions list|get|delete|fork, model-info) or client/admin_client (drain) and prints
+// one JSON object or a status word.
 #include <cstdint>
 #include <cstdio>
 #include <optional>
@@ -10,6 +11,7 @@
 #include "absl/status/status.h"
 #include "cli/commands.h"
 #include "cli/token_list.h"
+#include "client/admin_client.h"
 #include "client/channel.h"
 #include "client/inference_client.h"
 #include "client/json_format.h"
@@ -148,6 +150,16 @@ class ClientCommand final : public Subcommand {
     model_info_ =
         cmd->add_subcommand("model-info", "The served model's shape and limits; prints JSON");
     AddConnectionFlags(*model_info_, connection_);
+
+    drain_ = cmd->add_subcommand(
+        "drain",
+        "Stop admitting; let requests in flight finish for --drain-ms, then end the rest after "
+        "saving their sessions; prints JSON when done (same host only)");
+    drain_->add_option("--server", connection_.server, "Server address, e.g. 127.0.0.1:50051")
+        ->required();
+    drain_->add_option("--drain-ms", drain_ms_, "How long requests in flight may run on")
+        ->check(CLI::Range(int64_t{0}, int64_t{3600} * 1000))
+        ->capture_default_str();
     return cmd;
   }
 
@@ -159,6 +171,7 @@ class ClientCommand final : public Subcommand {
     if (delete_->parsed()) return RunDelete();
     if (fork_->parsed()) return RunFork();
     if (model_info_->parsed()) return RunModelInfo();
+    if (drain_->parsed()) return RunDrain();
     return kUsageError;
   }
 
@@ -248,6 +261,16 @@ class ClientCommand final : public Subcommand {
     return PrintJson(client::ModelInfoToJson(*info));
   }
 
+  int RunDrain() {
+    absl::StatusOr<client::DrainResult> result =
+        client::Drain(client::MakeChannel(connection_.server), drain_ms_);
+    if (!result.ok()) return ReportRpcError(result.status());
+    std::printf("{\"in_flight\": %lld, \"cut_short\": %lld, \"elapsed_ms\": %lld}\n",
+                static_cast<long long>(result->in_flight), static_cast<long long>(result->cut_short),
+                static_cast<long long>(result->elapsed_ms));
+    return 0;
+  }
+
   ConnectionArgs connection_;
   ClientGenerateArgs generate_args_;
   ClientSessionArgs session_;
@@ -259,6 +282,8 @@ class ClientCommand final : public Subcommand {
   CLI::App* delete_ = nullptr;
   CLI::App* fork_ = nullptr;
   CLI::App* model_info_ = nullptr;
+  CLI::App* drain_ = nullptr;
+  int64_t drain_ms_ = 30'000;
 };
 
 }  // namespace

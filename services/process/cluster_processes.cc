@@ -15,6 +15,7 @@
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
 #include "services/process/process_support.h"
+#include "services/router/admin_service.h"
 #include "services/router/engine_core.h"
 #include "services/router/inference_service.h"
 #include "services/router/router_metrics.h"
@@ -35,21 +36,32 @@ std::string Hex(uint64_t value) { return absl::StrFormat("%016x", value); }
 // The parts of a role, destroyed in reverse order of declaration after the server stops.
 class Process final : public RunningProcess {
  public:
-  // `stop` runs after the server has drained (stops engines and threads).
+  // `drain` (optional) runs first at shutdown, with the server still up and marked NOT_SERVING,
+  // and may use the whole grace period; `stop` runs after the server has stopped (stops engines
+  // and threads).
   Process(std::vector<std::shared_ptr<void>> keep_alive, std::unique_ptr<MetricsServer> metrics,
-          std::unique_ptr<GrpcServer> server, std::function<void()> stop)
+          std::unique_ptr<GrpcServer> server, std::function<void()> stop,
+          std::function<void(std::chrono::milliseconds)> drain = nullptr)
       : keep_alive_(std::move(keep_alive)),
         metrics_(std::move(metrics)),
         server_(std::move(server)),
         address_(server_->address()),
-        stop_(std::move(stop)) {}
+        stop_(std::move(stop)),
+        drain_(std::move(drain)) {}
   ~Process() override { Shutdown(std::chrono::milliseconds(0)); }
 
   const std::string& address() const override { return address_; }
   int metrics_port() const override { return metrics_ == nullptr ? 0 : metrics_->port(); }
   void Shutdown(std::chrono::milliseconds grace) override {
     if (server_ == nullptr) return;
-    server_->Shutdown(std::chrono::system_clock::now() + grace);
+    auto deadline = std::chrono::system_clock::now() + grace;
+    if (drain_) {
+      server_->SetServingStatus(false);
+      drain_(grace);
+      // The requests are done; their handlers only have to return.
+      deadline = std::max(deadline, std::chrono::system_clock::now() + kHandlerReturnGrace);
+    }
+    server_->Shutdown(deadline);
     if (stop_) stop_();
     server_.reset();
     metrics_.reset();
@@ -58,11 +70,13 @@ class Process final : public RunningProcess {
   }
 
  private:
+  static constexpr std::chrono::seconds kHandlerReturnGrace{2};
   std::vector<std::shared_ptr<void>> keep_alive_;  // components, in construction order
   std::unique_ptr<MetricsServer> metrics_;
   std::unique_ptr<GrpcServer> server_;
   std::string address_;
   std::function<void()> stop_;
+  std::function<void(std::chrono::milliseconds)> drain_;
 };
 
 // Removes expired sessions every `interval` until stopped.
@@ -278,12 +292,17 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartRouter(const RouterProcessC
   keep.push_back(engine);
   auto service = std::make_shared<InferenceService>(*engine, store.get(), config.process.server);
   keep.push_back(service);
-  grpc::Service* services[] = {service.get()};
+  auto admin = std::make_shared<AdminService>(*engine);
+  keep.push_back(admin);
+  grpc::Service* services[] = {service.get(), admin.get()};
   DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));
   server->SetServingStatus("deltaserve.v1.Inference", true);
+  GrpcServer* server_ptr = server.get();
+  admin->SetStopServing([server_ptr] { server_ptr->SetServingStatus(false); });
   EngineCore* engine_ptr = engine.get();
-  return std::make_unique<Process>(std::move(keep), std::move(metrics), std::move(server),
-                                   [engine_ptr] { engine_ptr->Shutdown(); });
+  return std::make_unique<Process>(
+      std::move(keep), std::move(metrics), std::move(server), [engine_ptr] { engine_ptr->Shutdown(); },
+      [engine_ptr](std::chrono::milliseconds grace) { engine_ptr->Drain(grace); });
 }
 
 }  // namespace deltaserve::services

@@ -5,6 +5,7 @@
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
 #include "services/process/process_support.h"
+#include "services/router/admin_service.h"
 #include "services/router/engine_core.h"
 #include "services/router/inference_service.h"
 #include "services/router/router_metrics.h"
@@ -39,6 +40,7 @@ struct ServeParts {
   std::unique_ptr<RouterMetrics> router_metrics;
   std::unique_ptr<EngineCore> engine;
   std::unique_ptr<InferenceService> service;
+  std::unique_ptr<AdminService> admin;
   std::unique_ptr<GrpcServer> server;
 };
 
@@ -50,13 +52,17 @@ class ServeProcess final : public RunningProcess {
   int metrics_port() const override { return p_->metrics == nullptr ? 0 : p_->metrics->port(); }
   void Shutdown(std::chrono::milliseconds grace) override {
     if (p_->server == nullptr) return;
-    p_->server->Shutdown(std::chrono::system_clock::now() + grace);
+    // Stop admitting and let the requests in flight finish (or save their sessions), then stop.
+    p_->server->SetServingStatus(false);
+    p_->engine->Drain(grace);
+    p_->server->Shutdown(std::chrono::system_clock::now() + kHandlerReturnGrace);
     p_->engine->Shutdown();
     p_->server.reset();
     p_->metrics.reset();  // no scrape may read the store or the engine's metrics after this
   }
 
  private:
+  static constexpr std::chrono::seconds kHandlerReturnGrace{2};
   std::unique_ptr<ServeParts> p_;
   const std::string address_ = p_->server->address();
 };
@@ -84,9 +90,12 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartServe(const ServeConfig& co
   p->engine = std::make_unique<EngineCore>(config.router, std::move(router_model), *p->stage,
                                            p->store_client.get(), p->router_metrics.get());
   p->service = std::make_unique<InferenceService>(*p->engine, p->store_client.get(), config.server);
-  grpc::Service* services[] = {p->service.get()};
+  p->admin = std::make_unique<AdminService>(*p->engine);
+  grpc::Service* services[] = {p->service.get(), p->admin.get()};
   DS_ASSIGN_OR_RETURN(p->server, GrpcServer::Start(config.server, services));
   p->server->SetServingStatus("deltaserve.v1.Inference", true);
+  GrpcServer* server = p->server.get();
+  p->admin->SetStopServing([server] { server->SetServingStatus(false); });
   return std::make_unique<ServeProcess>(std::move(p));
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -35,6 +36,7 @@ struct EngineCore::Sequence {
   int64_t session_tokens = 0;
   int64_t recomputed_tokens = 0;
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
+  bool drain_cut = false;  // a drain ends this turn after its absorb step
 };
 
 namespace {
@@ -64,6 +66,10 @@ absl::Status WorkerError(const absl::Status& status) {
 uint64_t FreshSeed() {
   thread_local std::mt19937_64 rng(std::random_device{}());
   return rng();
+}
+
+absl::Status DrainingError() {
+  return absl::UnavailableError("the server is draining: send the request to another replica");
 }
 
 }  // namespace
@@ -113,6 +119,7 @@ absl::StatusOr<std::shared_ptr<RequestStream>> EngineCore::Submit(RouterRequest 
     // Reserve a queue place and the session before talking to the store.
     absl::MutexLock lock(&mutex_);
     if (stopping_) return absl::UnavailableError("the router is shutting down");
+    if (draining_) return DrainingError();
     if (queued_ >= config_.max_waiting) {
       observer_->RequestFinished("rejected", 0);
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -136,14 +143,62 @@ absl::StatusOr<std::shared_ptr<RequestStream>> EngineCore::Submit(RouterRequest 
   if (seq->has_session) seq->stream->SetSessionId(seq->session_id);
   std::shared_ptr<RequestStream> stream = seq->stream;
   absl::MutexLock lock(&mutex_);
-  if (!status.ok() || stopping_) {
+  if (!status.ok() || stopping_ || draining_) {
     --queued_;
     if (seq->has_session) busy_sessions_.erase(key);
-    return status.ok() ? absl::UnavailableError("the router is shutting down") : status;
+    if (!status.ok()) return status;
+    return stopping_ ? absl::UnavailableError("the router is shutting down") : DrainingError();
   }
   seq->id = next_id_++;
+  ++live_;
   inbox_.push_back(std::move(seq));
   return stream;
+}
+
+EngineCore::DrainResult EngineCore::Drain(std::chrono::milliseconds timeout) {
+  const absl::Time deadline = absl::Now() + absl::FromChrono(timeout);
+  DrainResult result;
+  absl::MutexLock lock(&mutex_);
+  draining_ = true;
+  result.in_flight = live_;
+  const auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return live_ == 0; };
+  if (!mutex_.AwaitWithDeadline(absl::Condition(&idle), deadline)) {
+    result.cut_short = live_;
+    cut_short_requested_ = true;  // the loop ends them at its next turn
+    mutex_.Await(absl::Condition(&idle));
+  }
+  return result;
+}
+
+void EngineCore::CutShortForDrain() {
+  TakeInbox();
+  std::vector<uint64_t> running, waiting;
+  for (const auto& [id, seq] : running_) running.push_back(id);
+  for (const auto& [id, seq] : waiting_) waiting.push_back(id);
+  for (uint64_t id : waiting) {
+    Retire(id, Outcome(*waiting_.at(id), DrainingError(), v1::FINISH_REASON_ERROR), false);
+  }
+  for (uint64_t id : running) {
+    Sequence& seq = *running_.at(id);
+    if (seq.phase == SequencePhase::kAbsorb) continue;  // its turn ends with the next step
+    if (seq.has_session && seq.phase == SequencePhase::kDecode) {
+      // One more step runs the last streamed token, so the snapshot covers every token the
+      // client saw and the next turn resumes it without recomputing.
+      seq.drain_cut = true;
+      seq.phase = SequencePhase::kAbsorb;
+      continue;
+    }
+    // Mid-prompt: a session's snapshot then does not match its manifest, and the next turn
+    // recomputes from the history (slower, never a wrong state).
+    Retire(id, Outcome(seq, DrainCutError(seq), v1::FINISH_REASON_ERROR), seq.has_session);
+  }
+}
+
+absl::Status EngineCore::DrainCutError(const Sequence& seq) {
+  return absl::UnavailableError(
+      seq.has_session ? "the server is draining: the session keeps the tokens streamed so far; "
+                        "continue it on another replica"
+                      : "the server is draining: retry on another replica");
 }
 
 void EngineCore::Shutdown() {
@@ -265,9 +320,10 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     base::LogWarn(context, "{}: {}", name, outcome.status.ToString());
   }
   // Free the session before telling the caller, whose next turn may arrive at once.
-  if (seq->has_session) {
+  {
     absl::MutexLock lock(&mutex_);
-    busy_sessions_.erase(SessionKey(seq->request.tenant, seq->session_id));
+    if (seq->has_session) busy_sessions_.erase(SessionKey(seq->request.tenant, seq->session_id));
+    --live_;
   }
   seq->stream->Finish(std::move(outcome));
 }
@@ -473,6 +529,10 @@ void EngineCore::OnToken(Sequence& seq, int32_t token) {
 }
 
 void EngineCore::FinishTurn(Sequence& seq) {
+  if (seq.drain_cut) {
+    Retire(seq.id, Outcome(seq, DrainCutError(seq), v1::FINISH_REASON_ERROR), /*snapshot=*/true);
+    return;
+  }
   Retire(seq.id, Outcome(seq, absl::OkStatus(), seq.finish_reason), /*snapshot=*/true);
 }
 
@@ -536,7 +596,7 @@ void EngineCore::Loop() {
     {
       absl::MutexLock lock(&mutex_);
       const auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
-        return stopping_ || !inbox_.empty();
+        return stopping_ || !inbox_.empty() || cut_short_requested_;
       };
       if (running_.empty() && waiting_.empty()) {
         // Idle: sleep until a request arrives (no polling).
@@ -546,6 +606,12 @@ void EngineCore::Loop() {
     }
     TakeInbox();
     ReapCancelled();
+    bool cut_short = false;
+    {
+      absl::MutexLock lock(&mutex_);
+      std::swap(cut_short, cut_short_requested_);
+    }
+    if (cut_short) CutShortForDrain();
     Admit();
     observer_->Batch(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
     if (running_.empty()) continue;

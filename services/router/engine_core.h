@@ -59,6 +59,16 @@ class EngineCore {
   bool ReserveSession(const std::string& tenant, const std::string& session_id);
   void ReleaseSession(const std::string& tenant, const std::string& session_id);
 
+  struct DrainResult {
+    int64_t in_flight = 0;  // requests queued or running when the drain began
+    int64_t cut_short = 0;  // of those, ended by the timeout after saving their sessions
+  };
+  // Stops admitting (Submit answers UNAVAILABLE from now on) and waits up to `timeout` for the
+  // requests in flight to finish; then ends the running ones with UNAVAILABLE, snapshotting their
+  // sessions first (the tokens streamed so far are kept), and the queued ones untouched. Returns
+  // once none is left. Idempotent; safe from any thread.
+  DrainResult Drain(std::chrono::milliseconds timeout);
+
   // Stops admitting, finishes every request with UNAVAILABLE, joins the loop.
   void Shutdown();
 
@@ -72,6 +82,9 @@ class EngineCore {
   void Loop();
   void TakeInbox();
   void ReapCancelled();
+  // Ends every request for a drain whose time is up (see Drain).
+  void CutShortForDrain();
+  static absl::Status DrainCutError(const Sequence& seq);
   void Admit();
   void RunStep(const std::vector<PlannedRun>& plan);
   void OnToken(Sequence& seq, int32_t token);
@@ -95,6 +108,9 @@ class EngineCore {
 
   mutable absl::Mutex mutex_;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  bool draining_ ABSL_GUARDED_BY(mutex_) = false;
+  bool cut_short_requested_ ABSL_GUARDED_BY(mutex_) = false;
+  int64_t live_ ABSL_GUARDED_BY(mutex_) = 0;  // submitted, not yet retired
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   int64_t queued_ ABSL_GUARDED_BY(mutex_) = 0;  // submitted, not yet admitted
   std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);

@@ -1,0 +1,23 @@
+// The internal Admin service of a router or `serve` process (admin.proto), for operators and
+// Kubernetes preStop hooks; the server accepts it from its own host only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/channel.h"
+
+namespace deltaserve::client {
+
+struct DrainResult {
+  int64_t in_flight = 0;  // requests queued or running when the drain began
+  int64_t cut_short = 0;  // ended by the timeout, sessions saved first
+  int64_t elapsed_ms = 0;
+};
+
+// Asks the server to stop admitting and finish (or cut short, saving sessions) its requests
+// within `timeout_ms`; returns when it is done. The call's own deadline leaves a margin.
+absl::StatusOr<DrainResult> Drain(const std::shared_ptr<grpc::Channel>& channel, int64_t timeout_ms);
+
+}  // namespace deltaserve::client
