@@ -1,5 +1,7 @@
 #include "services/session_store/store_metrics.h"
 
+#include <sys/statvfs.h>
+
 #include <string>
 
 #include "prometheus/client_metric.h"
@@ -89,6 +91,38 @@ std::vector<prometheus::MetricFamily> StoreMetrics::Collect() const {
                             "Files moved aside as damaged or unknown", MetricType::Counter);
   AddPoint(quarantined, static_cast<double>(s.quarantined_files_total));
   out.push_back(quarantined);
+
+  // The limits beside the usage gauges, for "near capacity" alerts; a tier or count without a
+  // configured limit has no series.
+  const SnapshotStoreOptions& o = store_.options();
+  auto limits = Family("deltaserve_session_store_limit_bytes",
+                       "Configured payload byte limit, by tier (disk: only when set)",
+                       MetricType::Gauge);
+  AddPoint(limits, static_cast<double>(o.memory_limit_bytes), {{"tier", "memory"}});
+  if (!o.data_dir.empty() && o.max_disk_bytes > 0) {
+    AddPoint(limits, static_cast<double>(o.max_disk_bytes), {{"tier", "disk"}});
+  }
+  out.push_back(limits);
+  if (o.max_sessions > 0) {
+    auto max_sessions = Family("deltaserve_session_store_max_sessions",
+                               "Configured limit on sessions held", MetricType::Gauge);
+    AddPoint(max_sessions, static_cast<double>(o.max_sessions));
+    out.push_back(max_sessions);
+  }
+  if (!o.data_dir.empty()) {
+    struct statvfs fs {};
+    if (statvfs(o.data_dir.c_str(), &fs) == 0) {
+      auto available = Family("deltaserve_session_store_filesystem_available_bytes",
+                              "Bytes the disk tier's file system still offers this process",
+                              MetricType::Gauge);
+      AddPoint(available, static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize));
+      out.push_back(available);
+      auto size = Family("deltaserve_session_store_filesystem_size_bytes",
+                         "Size of the disk tier's file system", MetricType::Gauge);
+      AddPoint(size, static_cast<double>(fs.f_blocks) * static_cast<double>(fs.f_frsize));
+      out.push_back(size);
+    }
+  }
   return out;
 }
 
