@@ -16,6 +16,9 @@ void AddServerFlags(CLI::App& command, ServerFlags& flags, const std::string& de
                      "Prometheus /metrics address (host:port); empty: none");
   command.add_option("--max-receive-message-bytes", server.max_receive_message_bytes)
       ->capture_default_str();
+  command.add_option("--max-send-message-bytes", server.max_send_message_bytes,
+                     "Largest reply (workers answer a step with one message)")
+      ->capture_default_str();
   command.add_option("--max-metadata-bytes", server.max_metadata_bytes)->capture_default_str();
   command.add_option("--max-concurrent-streams", server.max_concurrent_streams,
                      "Concurrent streams per connection")

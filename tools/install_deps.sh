@@ -7,7 +7,7 @@ packages=(
   libopenblas-dev nlohmann-json3-dev libabsl-dev libspdlog-dev libcli11-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
-  prometheus python3
+  prometheus python3 python3-yaml nodejs npm
 )
 
 missing=()

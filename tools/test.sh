@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./tools/build.sh
+# Helm, the Kubernetes schema classes and the Dockerfile linter the deployment checks use (npm).
+./tools/deploy/install_tools.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "$(nproc)" "$@"
