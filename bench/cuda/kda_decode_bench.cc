@@ -14,51 +14,18 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda/bench_support.h"
 #include "kernels/cuda/launchers.h"
 
 namespace {
 
+using deltaserve::bench::Check;
+using deltaserve::bench::DeviceFloats;
 using deltaserve::kernels::DType;
 using deltaserve::kernels::KdaInputs;
 using deltaserve::kernels::KdaSequence;
 using deltaserve::kernels::MakeView;
 
-void Check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(error));
-    std::exit(1);
-  }
-}
-
-float* DeviceFloats(size_t count, float value_scale, unsigned seed) {
-  std::vector<float> host(count);
-  for (size_t i = 0; i < count; ++i) {
-    seed = seed * 1664525u + 1013904223u;
-    host[i] = value_scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
-  }
-  float* device = nullptr;
-  Check(cudaMalloc(&device, count * sizeof(float)), "cudaMalloc");
-  Check(cudaMemcpy(device, host.data(), count * sizeof(float), cudaMemcpyHostToDevice), "upload");
-  return device;
-}
-
-// Mean milliseconds per call of `body` over `iters` calls after a warm-up.
-template <typename Body>
-double TimeMs(int iters, cudaStream_t stream, Body body) {
-  for (int i = 0; i < 5; ++i) body();
-  cudaEvent_t start, stop;
-  Check(cudaEventCreate(&start), "event");
-  Check(cudaEventCreate(&stop), "event");
-  Check(cudaEventRecord(start, stream), "record");
-  for (int i = 0; i < iters; ++i) body();
-  Check(cudaEventRecord(stop, stream), "record");
-  Check(cudaEventSynchronize(stop), "sync");
-  float ms = 0;
-  Check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms / iters;
-}
 
 }  // namespace
 
@@ -81,7 +48,7 @@ int main(int argc, char** argv) {
   void *copy_src = nullptr, *copy_dst = nullptr;
   Check(cudaMalloc(&copy_src, copy_bytes), "cudaMalloc");
   Check(cudaMalloc(&copy_dst, copy_bytes), "cudaMalloc");
-  const double copy_ms = TimeMs(50, stream, [&] {
+  const double copy_ms = deltaserve::bench::TimeMs(5, 50, stream, [&] {
     Check(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
   });
   const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
@@ -131,7 +98,7 @@ int main(int argc, char** argv) {
                 deltaserve::kernels::cuda::LaunchKdaRecurrent(in, seqs, batch, out_view, stream)),
             "kda");
     };
-    const double ms = TimeMs(iters, stream, step);
+    const double ms = deltaserve::bench::TimeMs(5, iters, stream, step);
     // The same steps captured back to back in a CUDA graph, as a decode step runs when served:
     // no per-launch host cost.
     constexpr int kStepsPerGraph = 20;
@@ -142,7 +109,7 @@ int main(int argc, char** argv) {
     Check(cudaStreamEndCapture(stream, &graph), "capture");
     Check(cudaGraphInstantiate(&graph_exec, graph, 0), "instantiate");
     const double graph_ms =
-        TimeMs(std::max(1, iters / kStepsPerGraph), stream,
+        deltaserve::bench::TimeMs(5, std::max(1, iters / kStepsPerGraph), stream,
                [&] { Check(cudaGraphLaunch(graph_exec, stream), "graph launch"); }) /
         kStepsPerGraph;
     cudaGraphExecDestroy(graph_exec);

@@ -12,10 +12,14 @@
 #include <utility>
 #include <vector>
 
+#include "bench/cuda/bench_support.h"
 #include "kernels/cuda/launchers.h"
 
 namespace {
 
+using deltaserve::bench::Check;
+using deltaserve::bench::DeviceCopy;
+using deltaserve::bench::DeviceFloats;
 using deltaserve::kernels::DType;
 using deltaserve::kernels::KdaAlgorithm;
 using deltaserve::kernels::KdaInputs;
@@ -23,53 +27,6 @@ using deltaserve::kernels::KdaSequence;
 using deltaserve::kernels::MakeView;
 using deltaserve::kernels::cuda::KdaChunkRef;
 
-void Check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess) {
-    std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(error));
-    std::exit(1);
-  }
-}
-
-// Device floats uniform in [-scale/2, scale/2), generated on the host in slices.
-float* DeviceFloats(size_t count, float scale, unsigned seed) {
-  float* device = nullptr;
-  Check(cudaMalloc(&device, count * sizeof(float)), "cudaMalloc");
-  std::vector<float> host(std::min<size_t>(count, size_t{1} << 24));
-  for (size_t done = 0; done < count; done += host.size()) {
-    const size_t n = std::min(host.size(), count - done);
-    for (size_t i = 0; i < n; ++i) {
-      seed = seed * 1664525u + 1013904223u;
-      host[i] = scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
-    }
-    Check(cudaMemcpy(device + done, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), "upload");
-  }
-  return device;
-}
-
-template <typename T>
-T* DeviceCopy(const std::vector<T>& host) {
-  T* device = nullptr;
-  Check(cudaMalloc(&device, host.size() * sizeof(T)), "cudaMalloc");
-  Check(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), "upload");
-  return device;
-}
-
-template <typename Body>
-double TimeMs(int iters, cudaStream_t stream, Body body) {
-  for (int i = 0; i < 2; ++i) body();
-  cudaEvent_t start, stop;
-  Check(cudaEventCreate(&start), "event");
-  Check(cudaEventCreate(&stop), "event");
-  Check(cudaEventRecord(start, stream), "record");
-  for (int i = 0; i < iters; ++i) body();
-  Check(cudaEventRecord(stop, stream), "record");
-  Check(cudaEventSynchronize(stop), "sync");
-  float ms = 0;
-  Check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return ms / iters;
-}
 
 struct Case {
   std::string name;
@@ -161,14 +118,14 @@ int main(int argc, char** argv) {
     in.a_log = MakeView(a_log, DType::kF32, 1, heads);
     in.dt_bias = MakeView(dt_bias, DType::kF32, 1, width);
     const auto out_view = MakeView(out, DType::kF32, total, width);
-    const double ms = TimeMs(iters, stream, [&] {
+    const double ms = deltaserve::bench::TimeMs(2, iters, stream, [&] {
       Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchKdaChunked(
                 in, seqs, num_seqs, device_chunks, device_first, num_chunks, scratch, out_view, stream)),
             "kda chunked");
     });
     double recurrent_ms = 0;
     if (c.with_recurrent) {
-      recurrent_ms = TimeMs(std::max(1, iters / 5), stream, [&] {
+      recurrent_ms = deltaserve::bench::TimeMs(2, std::max(1, iters / 5), stream, [&] {
         Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchKdaRecurrent(
                   in, seqs, num_seqs, out_view, stream)),
               "kda recurrent");

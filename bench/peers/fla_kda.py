@@ -7,19 +7,8 @@ import json
 import sys
 
 import torch
+from peer_timing import time_ms
 from fla.ops.kda.fused_recurrent import fused_recurrent_kda_fwd
-
-
-def time_ms(fn, iters):
-    for _ in range(5):
-        fn()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / iters
 
 
 def main():
@@ -42,7 +31,7 @@ def main():
                                     use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
                                     use_beta_sigmoid_in_kernel=True)
 
-        ms = time_ms(step, iters)
+        ms = time_ms(step, iters, 5)
         # The same steps captured in a CUDA graph (no Python or launch cost per step).
         steps_per_graph = 20
         step()
@@ -51,7 +40,7 @@ def main():
         with torch.cuda.graph(graph):
             for _ in range(steps_per_graph):
                 step()
-        graph_ms = time_ms(graph.replay, max(1, iters // steps_per_graph)) / steps_per_graph
+        graph_ms = time_ms(graph.replay, max(1, iters // steps_per_graph), 5) / steps_per_graph
         state_bytes = 2.0 * state.numel() * 4
         print(json.dumps({"gpu": gpu, "case": "fla_fused_recurrent_kda", "batch": batch,
                           "heads": heads, "head_dim": dim, "ms_launched": round(ms, 4),

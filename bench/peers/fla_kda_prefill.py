@@ -7,21 +7,10 @@ import json
 import sys
 
 import torch
+from peer_timing import time_ms
 from fla.ops.kda import chunk_kda
 
 VARLEN = [2048, 512, 1536, 64, 3000, 100, 1024, 777, 2500, 1, 900, 1200, 333, 700, 500, 1087]
-
-
-def time_ms(fn, iters):
-    for _ in range(2):
-        fn()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / iters
 
 
 def run(name, batch, tokens, lengths, heads, dim, iters, gpu):
@@ -49,7 +38,7 @@ def run(name, batch, tokens, lengths, heads, dim, iters, gpu):
                   use_beta_sigmoid_in_kernel=True, A_log=a_log, dt_bias=dt_bias,
                   cu_seqlens=cu_seqlens)
 
-    ms = time_ms(step, iters)
+    ms = time_ms(step, iters, 2)
     total = batch * tokens
     print(json.dumps({"gpu": gpu, "case": "fla_chunk_kda_" + name, "batch": num_seqs,
                       "tokens": total, "heads": heads, "head_dim": dim, "ms": round(ms, 4),
