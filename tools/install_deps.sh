@@ -7,8 +7,13 @@ packages=(
   libopenblas-dev nlohmann-json3-dev libabsl-dev libspdlog-dev libcli11-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler prometheus-cpp-dev
-  prometheus python3 python3-yaml nodejs npm
+  prometheus python3 python3-yaml
 )
+# Node.js for the deployment checks' npm tools; a machine may already have its own (newer) build,
+# which Debian's npm package would conflict with.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for package in "${packages[@]}"; do
