@@ -160,6 +160,11 @@ class ClientCommand final : public Subcommand {
     drain_->add_option("--drain-ms", drain_ms_, "How long requests in flight may run on")
         ->check(CLI::Range(int64_t{0}, int64_t{3600} * 1000))
         ->capture_default_str();
+    drain_->add_option("--admit-grace-ms", admit_grace_ms_,
+                       "Keep admitting this long after turning NOT_SERVING (load balancers "
+                       "polling health stop sending meanwhile)")
+        ->check(CLI::Range(int64_t{0}, int64_t{3600} * 1000))
+        ->capture_default_str();
     return cmd;
   }
 
@@ -263,7 +268,7 @@ class ClientCommand final : public Subcommand {
 
   int RunDrain() {
     absl::StatusOr<client::DrainResult> result =
-        client::Drain(client::MakeChannel(connection_.server), drain_ms_);
+        client::Drain(client::MakeChannel(connection_.server), drain_ms_, admit_grace_ms_);
     if (!result.ok()) return ReportRpcError(result.status());
     std::printf("{\"in_flight\": %lld, \"cut_short\": %lld, \"elapsed_ms\": %lld}\n",
                 static_cast<long long>(result->in_flight), static_cast<long long>(result->cut_short),
@@ -284,6 +289,7 @@ class ClientCommand final : public Subcommand {
   CLI::App* model_info_ = nullptr;
   CLI::App* drain_ = nullptr;
   int64_t drain_ms_ = 30'000;
+  int64_t admit_grace_ms_ = 0;
 };
 
 }  // namespace

@@ -13,13 +13,15 @@ constexpr auto kDrainCallMargin = std::chrono::seconds(60);
 
 }  // namespace
 
-absl::StatusOr<DrainResult> Drain(const std::shared_ptr<grpc::Channel>& channel, int64_t timeout_ms) {
+absl::StatusOr<DrainResult> Drain(const std::shared_ptr<grpc::Channel>& channel, int64_t timeout_ms,
+                                  int64_t admit_grace_ms) {
   auto stub = internal::v1::Admin::NewStub(channel);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms) +
-                       kDrainCallMargin);
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::milliseconds(timeout_ms + admit_grace_ms) + kDrainCallMargin);
   internal::v1::DrainRequest request;
   request.set_timeout_ms(timeout_ms);
+  request.set_admit_grace_ms(admit_grace_ms);
   internal::v1::DrainResponse response;
   const grpc::Status status = stub->Drain(&context, request, &response);
   if (!status.ok()) {

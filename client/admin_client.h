@@ -18,6 +18,8 @@ struct DrainResult {
 
 // Asks the server to stop admitting and finish (or cut short, saving sessions) its requests
 // within `timeout_ms`; returns when it is done. The call's own deadline leaves a margin.
-absl::StatusOr<DrainResult> Drain(const std::shared_ptr<grpc::Channel>& channel, int64_t timeout_ms);
+// `admit_grace_ms`: admitting goes on that long after health turns NOT_SERVING (DrainRequest).
+absl::StatusOr<DrainResult> Drain(const std::shared_ptr<grpc::Channel>& channel, int64_t timeout_ms,
+                                  int64_t admit_grace_ms = 0);
 
 }  // namespace deltaserve::client

@@ -1,6 +1,8 @@
 #include "services/router/admin_service.h"
 
 #include <chrono>
+#include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -26,15 +28,21 @@ grpc::Status AdminService::Drain(grpc::ServerContext* context,
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                         "Drain is accepted from this host only");
   }
-  if (request->timeout_ms() < 0 || request->timeout_ms() > kMaxDrainMs) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrCat("timeout_ms must be in [0, ", kMaxDrainMs, "], got ",
-                                     request->timeout_ms()));
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"timeout_ms", request->timeout_ms()},
+                                     {"admit_grace_ms", request->admit_grace_ms()}}) {
+    if (value < 0 || value > kMaxDrainMs) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat(name, " must be in [0, ", kMaxDrainMs, "], got ", value));
+    }
   }
   const auto start = std::chrono::steady_clock::now();
-  spdlog::info("draining: new requests are refused; those in flight get {} ms",
-               request->timeout_ms());
-  if (stop_serving_) stop_serving_();
+  spdlog::info("draining: NOT_SERVING; admitting for {} ms more, then those in flight get {} ms",
+               request->admit_grace_ms(), request->timeout_ms());
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stop_serving_) stop_serving_();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(request->admit_grace_ms()));
   const EngineCore::DrainResult result =
       engine_.Drain(std::chrono::milliseconds(request->timeout_ms()));
   const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(

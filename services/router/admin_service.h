@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
 
 #include "deltaserve/internal/v1/admin.grpc.pb.h"
 #include "services/router/engine_core.h"
@@ -14,13 +15,17 @@ class AdminService final : public internal::v1::Admin::Service {
   explicit AdminService(EngineCore& engine) : engine_(engine) {}
 
   // What a drain does first: mark the process NOT_SERVING (set once its server exists).
-  void SetStopServing(std::function<void()> stop_serving) { stop_serving_ = std::move(stop_serving); }
+  void SetStopServing(std::function<void()> stop_serving) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_serving_ = std::move(stop_serving);
+  }
 
   grpc::Status Drain(grpc::ServerContext* context, const internal::v1::DrainRequest* request,
                      internal::v1::DrainResponse* response) override;
 
  private:
   EngineCore& engine_;
+  std::mutex mutex_;  // a Drain may arrive while the process sets the hook
   std::function<void()> stop_serving_;
 };
 

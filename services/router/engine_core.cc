@@ -72,6 +72,13 @@ absl::Status DrainingError() {
   return absl::UnavailableError("the server is draining: send the request to another replica");
 }
 
+// A session turn a drain ended after its session was saved.
+absl::Status DrainCutSessionError() {
+  return absl::UnavailableError(
+      "the server is draining: the session keeps the tokens streamed so far; continue it on "
+      "another replica");
+}
+
 }  // namespace
 
 EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChannel& first_stage,
@@ -188,17 +195,10 @@ void EngineCore::CutShortForDrain() {
       seq.phase = SequencePhase::kAbsorb;
       continue;
     }
-    // Mid-prompt: a session's snapshot then does not match its manifest, and the next turn
-    // recomputes from the history (slower, never a wrong state).
-    Retire(id, Outcome(seq, DrainCutError(seq), v1::FINISH_REASON_ERROR), seq.has_session);
+    // Still reading its prompt: nothing was streamed, so the turn ends without touching its
+    // session (the store keeps the previous turn) and the client sends it again elsewhere.
+    Retire(id, Outcome(seq, DrainingError(), v1::FINISH_REASON_ERROR), /*snapshot=*/false);
   }
-}
-
-absl::Status EngineCore::DrainCutError(const Sequence& seq) {
-  return absl::UnavailableError(
-      seq.has_session ? "the server is draining: the session keeps the tokens streamed so far; "
-                        "continue it on another replica"
-                      : "the server is draining: retry on another replica");
 }
 
 void EngineCore::Shutdown() {
@@ -289,6 +289,10 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
       const absl::Status saved = store_->PutPart(seq->request.tenant, seq->session_id, kManifestPart,
                                                  PartKind::kBlob, manifest.SerializeAsString())
                                      .status();
+      if (!saved.ok()) {
+        base::LogWarn(LogContext(seq->id, seq->request.tenant, seq->session_id),
+                      "saving the session manifest failed: {}", saved.ToString());
+      }
       if (!saved.ok() && outcome.status.ok()) {
         outcome.status = absl::Status(saved.code(), absl::StrCat("saving session ", seq->session_id,
                                                                  ": ", saved.message()));
@@ -530,7 +534,7 @@ void EngineCore::OnToken(Sequence& seq, int32_t token) {
 
 void EngineCore::FinishTurn(Sequence& seq) {
   if (seq.drain_cut) {
-    Retire(seq.id, Outcome(seq, DrainCutError(seq), v1::FINISH_REASON_ERROR), /*snapshot=*/true);
+    Retire(seq.id, Outcome(seq, DrainCutSessionError(), v1::FINISH_REASON_ERROR), /*snapshot=*/true);
     return;
   }
   Retire(seq.id, Outcome(seq, absl::OkStatus(), seq.finish_reason), /*snapshot=*/true);

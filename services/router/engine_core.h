@@ -64,9 +64,11 @@ class EngineCore {
     int64_t cut_short = 0;  // of those, ended by the timeout after saving their sessions
   };
   // Stops admitting (Submit answers UNAVAILABLE from now on) and waits up to `timeout` for the
-  // requests in flight to finish; then ends the running ones with UNAVAILABLE, snapshotting their
-  // sessions first (the tokens streamed so far are kept), and the queued ones untouched. Returns
-  // once none is left. Idempotent; safe from any thread.
+  // requests in flight to finish; then ends the rest with UNAVAILABLE: a session turn that has
+  // streamed tokens first runs its last one and saves its session (the client continues it
+  // elsewhere with what it saw); a turn still reading its prompt, and a queued request, leave
+  // their session untouched (the client sends the turn again). Returns once none is left.
+  // Idempotent; safe from any thread.
   DrainResult Drain(std::chrono::milliseconds timeout);
 
   // Stops admitting, finishes every request with UNAVAILABLE, joins the loop.
@@ -84,7 +86,6 @@ class EngineCore {
   void ReapCancelled();
   // Ends every request for a drain whose time is up (see Drain).
   void CutShortForDrain();
-  static absl::Status DrainCutError(const Sequence& seq);
   void Admit();
   void RunStep(const std::vector<PlannedRun>& plan);
   void OnToken(Sequence& seq, int32_t token);

@@ -97,18 +97,21 @@ for file in "${values}" "${demo}" "${gpu}"; do
   [ -f "${file}" ] || fail "${file} exists"
 done
 
-lint_render default "--expect-kind=HorizontalPodAutoscaler --expect-kind=NetworkPolicy" -- -f "${values}"
+lint_render default "--expect-kind=NetworkPolicy" -- -f "${values}"
 lint_render cpu-demo "--expect-kind=NetworkPolicy" -- -f "${demo}"
-lint_render gpu "--gpu --expect-kind=ServiceMonitor --expect-kind=PrometheusRule --expect-kind=HorizontalPodAutoscaler" -- -f "${gpu}"
+lint_render gpu "--gpu --expect-kind=ServiceMonitor --expect-kind=PrometheusRule" -- -f "${gpu}"
 lint_render no-envoy "--envoy=off" -- -f "${values}" --set envoy.enabled=false
 lint_render gpu-no-envoy "--envoy=off --gpu" -- -f "${gpu}" --set envoy.enabled=false
-lint_render variants "--expect-kind=ServiceMonitor" -- -f "${values}" \
-  --set networkPolicy.egress.enabled=true --set router.autoscaling.queueDepth.enabled=true \
+lint_render variants "--expect-kind=ServiceMonitor --expect-kind=HorizontalPodAutoscaler" -- -f "${values}" \
+  --set networkPolicy.egress.enabled=true --set router.autoscaling.enabled=true \
+  --set router.autoscaling.queueDepth.enabled=true \
   --set monitoring.serviceMonitor.enabled=true --set monitoring.grafanaDashboard.enabled=true \
   --set envoy.service.type=LoadBalancer --set 'envoy.service.loadBalancerSourceRanges={10.0.0.0/8}' \
   --set router.antiAffinity=hard --set stage.antiAffinity=none
 lint_render no-experts "" -- -f "${values}" --set-json 'topology.expertShards=[]' --set router.autoscaling.enabled=false
 lint_render no-store "" -- -f "${values}" --set sessionStore.enabled=false
+# A release name near the longest Helm allows (53 characters): StatefulSet names must stay within 52.
+release=a-release-name-of-the-longest-length-helm-allows-53 lint_render long-release "" -- -f "${values}"
 
 # Without persistence the store keeps its tier on an emptyDir: lint and render only.
 if "${helm}" lint --strict --kube-version "${kube_version}" "${chart}" -f "${values}" \

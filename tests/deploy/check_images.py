@@ -195,8 +195,8 @@ def check_dockerfile(path, lint, kind):
         arch_value = "" if not architectures else (
             builder_args.get(architectures.group(2), "") if architectures.group(2) else architectures.group(1))
         result(arch_value == "90", f"{label}: CUDA build targets sm_90", arch_value or "not set")
-        result("NVIDIA_VISIBLE_DEVICES=" in env and re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env) is not None,
-               f"{label}: sets NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES=compute,...", env)
+        result("NVIDIA_VISIBLE_DEVICES" not in env and re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env) is not None,
+               f"{label}: sets NVIDIA_DRIVER_CAPABILITIES=compute,... and leaves NVIDIA_VISIBLE_DEVICES to the runtime", env)
         cublas = [p for p in packages if p.startswith("libcublas")]
         result(bool(cublas) and all("-dev" not in p for p in cublas), f"{label}: final stage has the cuBLAS runtime",
                ", ".join(cublas) or "none")

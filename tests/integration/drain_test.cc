@@ -109,6 +109,32 @@ TEST(DrainTest, CutsARunningTurnShortAfterSavingItsSessionAndANewProcessContinue
   std::filesystem::remove_all(store_dir);
 }
 
+TEST(DrainTest, AdmittingGoesOnDuringTheGraceWhileHealthSaysNotServing) {
+  const std::string store_dir = NewTempDir("drain-grace-store");
+  std::unique_ptr<ChildProcess> server = StartServe(store_dir, "serve-drain-grace");
+  ASSERT_TRUE(server->ok()) << server->first_line();
+  client::InferenceClient client(client::MakeChannel(server->address()));
+  absl::StatusOr<client::DrainResult> drained;
+  std::thread drain([&] {
+    drained = client::Drain(client::MakeChannel(server->address()), /*timeout_ms=*/5000,
+                            /*admit_grace_ms=*/2000);
+  });
+  ASSERT_TRUE(WaitFor([&] {
+    absl::StatusOr<client::ServingStatus> health = client.Health();
+    return health.ok() && *health == client::ServingStatus::kNotServing;
+  }));
+  // Within the grace: still admitted (a load balancer may not have noticed yet).
+  absl::StatusOr<client::GenerateResult> during = client.Generate(Greedy({5, 6}, 3));
+  ASSERT_TRUE(during.ok()) << during.status();
+  drain.join();
+  ASSERT_TRUE(drained.ok()) << drained.status();
+  EXPECT_GE(drained->elapsed_ms, 2000);
+  EXPECT_EQ(drained->cut_short, 0);
+  EXPECT_EQ(client.Generate(Greedy({5, 6}, 3)).status().code(), absl::StatusCode::kUnavailable);
+  server.reset();
+  std::filesystem::remove_all(store_dir);
+}
+
 TEST(DrainTest, SigtermLetsARunningTurnFinishWithinTheDrainTime) {
   const std::string store_dir = NewTempDir("drain-sigterm-store");
   std::unique_ptr<ChildProcess> server = StartServe(store_dir, "serve-drain-sigterm");

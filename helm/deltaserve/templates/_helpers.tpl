@@ -7,13 +7,13 @@
 {{/* <release>-deltaserve, or the release name alone when it already contains the chart name. */}}
 {{- define "deltaserve.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 38 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- .Release.Name | trunc 38 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 38 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -195,10 +195,13 @@ priorityClassName: {{ . }}
 {{- end }}
 {{- end }}
 
-{{/* Pod annotations: the topology checksum (pods restart when it changes), Prometheus
-discovery and the component's own: (dict "root" $ "values" .Values.stage "path" "/metrics"). */}}
+{{/* Pod annotations: the topology checksum (pods restart when it changes; not for the session
+store, which reads no topology and would lose its memory tier), Prometheus discovery and the
+component's own: (dict "root" $ "values" .Values.stage "path" "/metrics"). */}}
 {{- define "deltaserve.podAnnotations" -}}
+{{- if ne .component "session-store" }}
 checksum/topology: {{ include (print .root.Template.BasePath "/topology-configmap.yaml") .root | sha256sum }}
+{{- end }}
 {{- if .root.Values.monitoring.podAnnotations }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .values.metricsPort | quote }}
