@@ -173,7 +173,12 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("expert worker ", address), wait));
     auto expert_channel = std::make_shared<GrpcExpertChannel>(channel, timeout);
     DS_ASSIGN_OR_RETURN(WorkerDescription d, expert_channel->Describe());
-    links.push_back({d.expert_begin, d.expert_end, expert_channel.get()});
+    uint64_t shard_fingerprint = 0;
+    if (!absl::SimpleHexAtoi(d.model_fingerprint, &shard_fingerprint)) {
+      return absl::FailedPreconditionError(absl::StrCat("expert worker ", address,
+                                                        " reports fingerprint '", d.model_fingerprint, "'"));
+    }
+    links.push_back({d.expert_begin, d.expert_end, expert_channel.get(), shard_fingerprint});
     shard_fingerprints.push_back(d.model_fingerprint);
     keep.push_back(expert_channel);
   }

@@ -414,6 +414,8 @@ void EngineCore::Admit() {
 
   auto open_request = [&](const std::vector<Sequence*>& seqs, const std::vector<bool>& with_restore) {
     internal::v1::OpenRequest request;
+    request.set_model_fingerprint(model_.fingerprint);
+    request.set_layer_begin(0);
     for (size_t i = 0; i < seqs.size(); ++i) {
       Sequence* seq = seqs[i];
       internal::v1::OpenSequence* open = request.add_sequences();

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 
 namespace deltaserve::services {
@@ -43,6 +44,17 @@ ExpertShard::ExpertShard(std::unique_ptr<model::Checkpoint> checkpoint, kernels:
 absl::Status ExpertShard::RunExperts(const internal::v1::RunExpertsRequest& request,
                                      internal::v1::RunExpertsResponse* response) {
   const model::KimiLinearConfig& c = config();
+  if (request.has_model_fingerprint() && request.model_fingerprint() != fingerprint_) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "expert shard serves model %016x, the stage expects %016x: restart the pipeline as a whole",
+        fingerprint_, request.model_fingerprint()));
+  }
+  if ((request.has_expert_begin() && request.expert_begin() != expert_begin_) ||
+      (request.has_expert_end() && request.expert_end() != expert_end_)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "expert shard holds experts [", expert_begin_, ", ", expert_end_, "), the stage expects [",
+        request.expert_begin(), ", ", request.expert_end(), "): restart the pipeline as a whole"));
+  }
   const int64_t layer = request.layer();
   if (layer < 0 || layer >= c.num_layers || !c.IsMoe(layer)) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not an MoE layer"));

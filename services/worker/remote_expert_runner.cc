@@ -61,6 +61,9 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     call.request.set_layer(layer);
     call.request.set_num_tokens(static_cast<int64_t>(call.tokens.size()));
     call.request.set_top_k(k);
+    call.request.set_expert_begin(shard.expert_begin);
+    call.request.set_expert_end(shard.expert_end);
+    if (shard.model_fingerprint != 0) call.request.set_model_fingerprint(shard.model_fingerprint);
     std::string* hidden = call.request.mutable_hidden();
     hidden->resize(call.tokens.size() * hidden_size_ * sizeof(float));
     for (size_t i = 0; i < call.tokens.size(); ++i) {

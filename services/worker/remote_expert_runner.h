@@ -15,6 +15,9 @@ struct ExpertShardLink {
   int64_t expert_begin = 0;
   int64_t expert_end = 0;
   ExpertChannel* channel = nullptr;  // not owned
+  // The shard's model as Describe reported it at start; every call asks the shard to confirm it
+  // and its expert range (0: no check).
+  uint64_t model_fingerprint = 0;
 };
 
 class RemoteExpertRunner final : public model::ExpertRunner {

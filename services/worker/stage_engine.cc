@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "services/transport/sampling_proto.h"
 
@@ -37,6 +38,16 @@ absl::StatusOr<std::unique_ptr<model::SequenceState>> StageEngine::Restore(
 
 absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
                                internal::v1::OpenResponse* response) {
+  if (request.has_model_fingerprint() && request.model_fingerprint() != model_.fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "stage %s serves model %016x, the caller expects %016x: the pipeline changed since it "
+        "started; restart it as a whole", PartName(), model_.fingerprint(), request.model_fingerprint()));
+  }
+  if (request.has_layer_begin() && request.layer_begin() != model_.layer_begin()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "stage ", PartName(), " starts at layer ", model_.layer_begin(), ", the caller expects layer ",
+        request.layer_begin(), ": the pipeline changed since it started; restart it as a whole"));
+  }
   absl::MutexLock lock(&mutex_);
   const int64_t vocab = model_.config().vocab_size;
   if (static_cast<int64_t>(sequences_.size() + request.sequences_size()) > options_.max_open_sequences) {
@@ -85,8 +96,11 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
   }
   if (next_ == nullptr) return absl::OkStatus();
 
+  internal::v1::OpenRequest forwarded = request;
+  forwarded.set_model_fingerprint(model_.fingerprint());
+  forwarded.set_layer_begin(model_.layer_end());
   internal::v1::OpenResponse downstream;
-  const absl::Status status = next_->Open(request, &downstream);
+  const absl::Status status = next_->Open(forwarded, &downstream);
   if (!status.ok()) {
     for (uint64_t id : opened) sequences_.erase(id);
     return status;
