@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "client/admin_client.h"
 #include "client/channel.h"
 #include "client/inference_client.h"
 #include "gtest/gtest.h"
@@ -164,6 +165,44 @@ TEST_F(ClusterTest, ADamagedSnapshotIsRecomputedFromTheHistory) {
   history.push_back(6);
   EXPECT_EQ(two->token_ids, CliGreedy(FixtureDir(), history, 5));
   EXPECT_EQ(MetricValue(router_->metrics_port(), "deltaserve_session_resumes_total{result=\"recomputed\"}"), 1);
+}
+
+// The router's drain in the split cluster: a running session turn is cut short after its last
+// streamed token ran through both stages and each stage snapshotted its layers into the store; a
+// new router over the same stages continues the session, restored rather than recomputed, with
+// exactly the tokens of one request carrying the whole history.
+TEST_F(ClusterTest, ADrainedRoutersSessionContinuesOnANewRouter) {
+  client::InferenceClient client = Client();
+  const std::vector<int32_t> prompt = {1, 2, 3};
+  LongTurn turn(client, "drained-in-cluster", prompt, 8000);
+  ASSERT_TRUE(WaitFor([&] { return turn.count() >= 5; }));
+  absl::StatusOr<client::DrainResult> drained =
+      client::Drain(client::MakeChannel(router_->address()), /*timeout_ms=*/100);
+  turn.thread.join();
+  ASSERT_TRUE(drained.ok()) << drained.status();
+  EXPECT_EQ(drained->cut_short, 1);
+  EXPECT_EQ(turn.status.code(), absl::StatusCode::kUnavailable) << turn.status;
+  router_ = std::make_unique<ChildProcess>(
+      kBinary,
+      std::vector<std::string>{"router", "--model", FixtureDir(), "--first-stage",
+                               first_stage_->address(), "--session-store", store_->address(),
+                               "--listen", "127.0.0.1:0", "--drain-seconds", "0"},
+      LogPath("router-after-drain"));
+  ASSERT_TRUE(router_->ok()) << router_->first_line();
+
+  std::vector<int32_t> history = prompt;
+  history.insert(history.end(), turn.streamed.begin(), turn.streamed.end());
+  v1::GenerateRequest more = Greedy({4, 5}, 4);
+  more.set_session_mode(v1::SESSION_MODE_CONTINUE);
+  more.set_session_id("drained-in-cluster");
+  absl::StatusOr<client::GenerateResult> continued = Client().Generate(more);
+  ASSERT_TRUE(continued.ok()) << continued.status();
+  EXPECT_EQ(continued->usage.session_tokens(), static_cast<int64_t>(history.size()));
+  EXPECT_EQ(continued->usage.recomputed_tokens(), 0);
+  history.insert(history.end(), {4, 5});
+  absl::StatusOr<client::GenerateResult> whole = Client().Generate(Greedy(history, 4));
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(continued->token_ids, whole->token_ids);
 }
 
 TEST_F(ClusterTest, EveryProcessExportsValidMetrics) {

@@ -30,41 +30,13 @@ std::unique_ptr<ChildProcess> StartServe(const std::string& store_dir, const std
       LogPath(log));
 }
 
-// A long greedy turn of session `session_id` (created by it), streaming into `streamed`.
-struct LongTurn {
-  std::mutex mutex;
-  std::vector<int32_t> streamed;
-  absl::Status status;
-  std::thread thread;
-
-  LongTurn(client::InferenceClient& client, const std::string& session_id,
-           const std::vector<int32_t>& prompt) {
-    v1::GenerateRequest request = Greedy(prompt, 100000);
-    request.set_session_mode(v1::SESSION_MODE_CREATE);
-    request.set_session_id(session_id);
-    thread = std::thread([this, &client, request] {
-      status = client
-                   .Generate(request,
-                             [this](std::span<const int32_t> tokens) {
-                               std::lock_guard<std::mutex> lock(mutex);
-                               streamed.insert(streamed.end(), tokens.begin(), tokens.end());
-                             })
-                   .status();
-    });
-  }
-  size_t count() {
-    std::lock_guard<std::mutex> lock(mutex);
-    return streamed.size();
-  }
-};
-
 TEST(DrainTest, CutsARunningTurnShortAfterSavingItsSessionAndANewProcessContinuesIt) {
   const std::string store_dir = NewTempDir("drain-store");
   std::unique_ptr<ChildProcess> server = StartServe(store_dir, "serve-drain");
   ASSERT_TRUE(server->ok()) << server->first_line();
   client::InferenceClient client(client::MakeChannel(server->address()));
   const std::vector<int32_t> prompt = {1, 2, 3};
-  LongTurn turn(client, "drained", prompt);
+  LongTurn turn(client, "drained", prompt, 100000);
   ASSERT_TRUE(WaitFor([&] { return turn.count() >= 5; }));
 
   const testing::CommandResult drained = testing::RunCommand(

@@ -138,4 +138,26 @@ void ExpectSessionMatchesWholeHistory(client::InferenceClient client, int router
   EXPECT_EQ(std::vector<int32_t>(session->token_ids().begin(), session->token_ids().end()), history);
 }
 
+
+LongTurn::LongTurn(client::InferenceClient& client, const std::string& session_id,
+                   const std::vector<int32_t>& prompt, int32_t max_new_tokens) {
+  v1::GenerateRequest request = Greedy(prompt, max_new_tokens);
+  request.set_session_mode(v1::SESSION_MODE_CREATE);
+  request.set_session_id(session_id);
+  thread = std::thread([this, &client, request] {
+    status = client
+                 .Generate(request,
+                           [this](std::span<const int32_t> tokens) {
+                             std::lock_guard<std::mutex> lock(mutex);
+                             streamed.insert(streamed.end(), tokens.begin(), tokens.end());
+                           })
+                 .status();
+  });
+}
+
+size_t LongTurn::count() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return streamed.size();
+}
+
 }  // namespace deltaserve::integration

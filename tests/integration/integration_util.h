@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/inference_client.h"
@@ -32,6 +34,19 @@ double MetricValue(int metrics_port, const std::string& series);
 void ExpectPromtoolAccepts(int metrics_port);
 // Polls `condition` until true or ~20 s.
 bool WaitFor(const std::function<bool()>& condition);
+
+// A long greedy turn of session `session_id` (created by it) on its own thread, streaming into
+// `streamed`; join `thread` before reading `status`.
+struct LongTurn {
+  std::mutex mutex;
+  std::vector<int32_t> streamed;
+  absl::Status status;
+  std::thread thread;
+
+  LongTurn(client::InferenceClient& client, const std::string& session_id,
+           const std::vector<int32_t>& prompt, int32_t max_new_tokens);
+  size_t count();
+};
 
 // `streams` greedy generations at once, each streaming: every one completes, its streamed tokens
 // are its result, and the result equals what the same request gets alone.
