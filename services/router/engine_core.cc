@@ -126,7 +126,10 @@ absl::StatusOr<std::shared_ptr<RequestStream>> EngineCore::Submit(RouterRequest 
     // Reserve a queue place and the session before talking to the store.
     absl::MutexLock lock(&mutex_);
     if (stopping_) return absl::UnavailableError("the router is shutting down");
-    if (draining_) return DrainingError();
+    if (draining_) {
+      observer_->RequestFinished("draining", 0);
+      return DrainingError();
+    }
     if (queued_ >= config_.max_waiting) {
       observer_->RequestFinished("rejected", 0);
       return absl::ResourceExhaustedError(absl::StrCat(
@@ -182,9 +185,12 @@ void EngineCore::CutShortForDrain() {
   std::vector<uint64_t> running, waiting;
   for (const auto& [id, seq] : running_) running.push_back(id);
   for (const auto& [id, seq] : waiting_) waiting.push_back(id);
-  for (uint64_t id : waiting) {
-    Retire(id, Outcome(*waiting_.at(id), DrainingError(), v1::FINISH_REASON_ERROR), false);
-  }
+  const auto drained = [this](Sequence& seq, absl::Status status) {
+    RequestOutcome outcome = Outcome(seq, std::move(status), v1::FINISH_REASON_ERROR);
+    outcome.drained = true;
+    return outcome;
+  };
+  for (uint64_t id : waiting) Retire(id, drained(*waiting_.at(id), DrainingError()), false);
   for (uint64_t id : running) {
     Sequence& seq = *running_.at(id);
     if (seq.phase == SequencePhase::kAbsorb) continue;  // its turn ends with the next step
@@ -197,7 +203,7 @@ void EngineCore::CutShortForDrain() {
     }
     // Still reading its prompt: nothing was streamed, so the turn ends without touching its
     // session (the store keeps the previous turn) and the client sends it again elsewhere.
-    Retire(id, Outcome(seq, DrainingError(), v1::FINISH_REASON_ERROR), /*snapshot=*/false);
+    Retire(id, drained(seq, DrainingError()), /*snapshot=*/false);
   }
 }
 
@@ -313,6 +319,7 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
   } else if (outcome.status.code() == absl::StatusCode::kDeadlineExceeded) {
     name = "deadline";
   }
+  if (outcome.drained) name = "draining";
   observer_->RequestFinished(name, Seconds(Clock::now() - seq->arrived));
   const base::RequestContext context = LogContext(seq->id, seq->request.tenant, seq->session_id);
   if (outcome.status.ok()) {
@@ -536,7 +543,9 @@ void EngineCore::OnToken(Sequence& seq, int32_t token) {
 
 void EngineCore::FinishTurn(Sequence& seq) {
   if (seq.drain_cut) {
-    Retire(seq.id, Outcome(seq, DrainCutSessionError(), v1::FINISH_REASON_ERROR), /*snapshot=*/true);
+    RequestOutcome outcome = Outcome(seq, DrainCutSessionError(), v1::FINISH_REASON_ERROR);
+    outcome.drained = true;
+    Retire(seq.id, std::move(outcome), /*snapshot=*/true);
     return;
   }
   Retire(seq.id, Outcome(seq, absl::OkStatus(), seq.finish_reason), /*snapshot=*/true);

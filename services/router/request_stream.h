@@ -16,6 +16,7 @@ namespace deltaserve::services {
 
 struct RequestOutcome {
   absl::Status status;  // not OK: the call fails with it
+  bool drained = false;  // ended by a drain (counted as outcome "draining", not "error")
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
   v1::Usage usage;
   v1::Timings timings;

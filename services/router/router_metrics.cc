@@ -86,7 +86,8 @@ RouterMetrics::~RouterMetrics() = default;
 
 void RouterMetrics::RequestFinished(std::string_view outcome, double seconds) {
   f_->requests->Add({{"outcome", std::string(outcome)}}).Increment();
-  if (outcome != "rejected") f_->end_to_end->Observe(seconds);
+  // Refusals, and turns a drain cut short, say nothing about how long requests take.
+  if (outcome != "rejected" && outcome != "draining") f_->end_to_end->Observe(seconds);
 }
 
 void RouterMetrics::Queued(double seconds) { f_->queue->Observe(seconds); }

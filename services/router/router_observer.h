@@ -10,7 +10,7 @@ namespace deltaserve::services {
 class RouterObserver {
  public:
   virtual ~RouterObserver() = default;
-  // outcome: "stop", "length", "cancelled", "deadline", "error", "rejected".
+  // outcome: "stop", "length", "cancelled", "deadline", "error", "rejected", "draining".
   virtual void RequestFinished(std::string_view /*outcome*/, double /*seconds*/) {}
   virtual void Queued(double /*seconds*/) {}
   virtual void FirstToken(double /*seconds*/) {}

@@ -26,6 +26,7 @@ std::unique_ptr<ChildProcess> StartServe(const std::string& store_dir, const std
       kBinary,
       std::vector<std::string>{"serve", "--model", FixtureDir(), "--listen", "127.0.0.1:0",
                                "--threads", "1", "--store-dir", store_dir,
+                               "--metrics-listen", "127.0.0.1:0",
                                "--max-new-tokens-limit", "100000", "--drain-seconds", "30"},
       LogPath(log));
 }
@@ -53,6 +54,9 @@ TEST(DrainTest, CutsARunningTurnShortAfterSavingItsSessionAndANewProcessContinue
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, client::ServingStatus::kNotServing);
   EXPECT_EQ(client.Generate(Greedy({7}, 2)).status().code(), absl::StatusCode::kUnavailable);
+  // The cut turn and the refusal count as "draining", not as errors.
+  EXPECT_EQ(MetricValue(server->metrics_port(), "deltaserve_requests_total{outcome=\"draining\"}"), 2);
+  EXPECT_EQ(MetricValue(server->metrics_port(), "deltaserve_requests_total{outcome=\"error\"}"), -1);
   v1::GetSessionRequest get;
   get.set_session_id("drained");
   get.set_include_tokens(true);

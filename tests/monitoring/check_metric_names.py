@@ -55,7 +55,7 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod"}
 # EngineCore::Retire and Submit (services/router/engine_core.cc).
 KNOWN_LABEL_VALUES = {
     ("deltaserve_requests_total", "outcome"):
-        {"stop", "length", "cancelled", "deadline", "error", "rejected"},
+        {"stop", "length", "cancelled", "deadline", "error", "rejected", "draining"},
 }
 
 # The tiny preset (model/config/presets.cc): 4 layers, 8 routed experts.
