@@ -19,8 +19,7 @@ matchers name labels the series carry (or the target labels job, instance, names
 structure (data source variable, unique panel ids, defined variables), and, with promtool, that
 every dashboard query parses.
 
-Python 3 standard library only. The YAML files are read line by line: `expr:`/`series:` values
-may be plain, quoted or block (`|`, `>`) scalars.
+Python 3 with PyYAML (Debian: python3-yaml), which reads the rule files with line numbers.
 
   check_metric_names.py --deltaserve build/cli/deltaserve [--promtool /usr/bin/promtool]
 """
@@ -37,6 +36,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+import yaml
 
 REPO = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 RULES = os.path.join(REPO, "helm", "deltaserve", "files", "prometheus-rules.yaml")
@@ -78,62 +79,31 @@ class CheckError(Exception):
 
 
 # ------------------------------------------------------------------------------------- YAML
-def _unquote(value, where):
-    value = value.strip()
-    if value.startswith("'"):
-        if not value.endswith("'") or len(value) < 2:
-            raise CheckError(f"{where}: single-quoted value does not end on its line")
-        return value[1:-1].replace("''", "'")
-    if value.startswith('"'):
-        if not value.endswith('"') or len(value) < 2:
-            raise CheckError(f"{where}: double-quoted value does not end on its line")
-        return json.loads(value)
-    return re.sub(r"\s+#.*$", "", value)
-
-
-def _indent(line):
-    return len(line) - len(line.lstrip(" "))
-
-
 def read_yaml_values(path, keys):
-    """Returns [(item_index, key, value, line_number)] for every `key:` in `keys`.
-
-    A new item starts at each `- ` list entry, so an alert's `alert:` and `expr:` share one
-    item whatever their order. Values may be plain (also over several more indented lines),
-    single- or double-quoted on one line, or block scalars.
-    """
-    lines = open(path, encoding="utf-8").read().splitlines()
-    key_re = re.compile(r"^(\s*)(-\s+)?(" + "|".join(map(re.escape, keys)) + r"):(?:\s+(.*))?$")
+    """Returns [(item, key, value, where)] for every scalar `key:` in `keys`; `item` numbers the
+    mapping that holds it, so an alert's `alert:` and `expr:` share one. `where` is path:line."""
+    with open(path, encoding="utf-8") as stream:
+        try:
+            root = yaml.compose(stream)
+        except yaml.YAMLError as error:
+            raise CheckError(f"{path}: {error}") from error
     out = []
-    item = 0
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if re.match(r"^\s*-\s", line):
-            item += 1
-        m = key_re.match(line)
-        if not m or line.lstrip().startswith("#"):
-            i += 1
-            continue
-        key_col = len(m.group(1)) + len(m.group(2) or "")
-        key, value, where = m.group(3), (m.group(4) or "").strip(), f"{path}:{i + 1}"
-        i += 1
-        if value[:1] in ("|", ">"):
-            block = []
-            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > key_col):
-                block.append(lines[i])
-                i += 1
-            body = [b for b in block if b.strip()]
-            cut = min((_indent(b) for b in body), default=0)
-            value = "\n".join(b[cut:] for b in block).strip()
-        else:
-            value = _unquote(value, where) if value else ""
-            if not value.startswith(("'", '"')):
-                while (i < len(lines) and lines[i].strip() and _indent(lines[i]) > key_col
-                       and not lines[i].lstrip().startswith("#")):
-                    value += " " + lines[i].strip()
-                    i += 1
-        out.append((item, key, value, where))
+    mappings = [0]
+
+    def walk(node):
+        if isinstance(node, yaml.MappingNode):
+            mappings[0] += 1
+            item = mappings[0]
+            for key_node, value_node in node.value:
+                if key_node.value in keys and isinstance(value_node, yaml.ScalarNode):
+                    out.append((item, key_node.value, value_node.value.strip(),
+                                f"{path}:{key_node.start_mark.line + 1}"))
+                walk(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            for child in node.value:
+                walk(child)
+
+    walk(root)
     return out
 
 
