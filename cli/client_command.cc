@@ -153,8 +153,9 @@ class ClientCommand final : public Subcommand {
 
     drain_ = cmd->add_subcommand(
         "drain",
-        "Stop admitting; let requests in flight finish for --drain-ms, then end the rest after "
-        "saving their sessions; prints JSON when done (same host only)");
+        "Stop admitting (after --admit-grace-ms); let requests in flight finish for --drain-ms, "
+        "then end the rest, saving the sessions of turns that streamed; prints JSON when done "
+        "(same host only)");
     drain_->add_option("--server", connection_.server, "Server address, e.g. 127.0.0.1:50051")
         ->required();
     drain_->add_option("--drain-ms", drain_ms_, "How long requests in flight may run on")

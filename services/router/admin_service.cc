@@ -47,7 +47,7 @@ grpc::Status AdminService::Drain(grpc::ServerContext* context,
       engine_.Drain(std::chrono::milliseconds(request->timeout_ms()));
   const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - start);
-  spdlog::info("drained in {} ms: {} requests in flight, {} cut short with their sessions saved",
+  spdlog::info("drained in {} ms: {} requests in flight, {} of them cut short by the timeout",
                elapsed.count(), result.in_flight, result.cut_short);
   response->set_in_flight(result.in_flight);
   response->set_cut_short(result.cut_short);
