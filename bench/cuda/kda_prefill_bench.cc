@@ -85,19 +85,13 @@ int main(int argc, char** argv) {
     Check(cudaMemset(state, 0, state_floats * sizeof(float)), "memset");
 
     std::vector<KdaSequence> host_seqs;
-    std::vector<KdaChunkRef> chunks;
-    std::vector<int32_t> first_chunk;
     int64_t begin = 0;
     for (int64_t i = 0; i < num_seqs; ++i) {
       host_seqs.push_back({{begin, c.lengths[i]}, KdaAlgorithm::kChunked, state + i * heads * kDim * kDim});
-      first_chunk.push_back(static_cast<int32_t>(chunks.size()));
-      for (int64_t r = 0; r < c.lengths[i]; r += 64) {
-        chunks.push_back({begin + r, static_cast<int32_t>(std::min<int64_t>(64, c.lengths[i] - r)),
-                          static_cast<int32_t>(i)});
-      }
       begin += c.lengths[i];
     }
-    first_chunk.push_back(static_cast<int32_t>(chunks.size()));
+    const auto [chunks, first_chunk] =
+        deltaserve::kernels::cuda::BuildKdaChunkTable(host_seqs.data(), num_seqs);
     KdaSequence* seqs = DeviceCopy(host_seqs);
     KdaChunkRef* device_chunks = DeviceCopy(chunks);
     int32_t* device_first = DeviceCopy(first_chunk);

@@ -301,17 +301,7 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
                 "kda recurrent");
   }
   if (chunked.empty()) return;
-  std::vector<KdaChunkRef> chunks;
-  std::vector<int32_t> first_chunk;
-  for (size_t i = 0; i < chunked.size(); ++i) {
-    first_chunk.push_back(static_cast<int32_t>(chunks.size()));
-    const SequenceRows rows = chunked[i].rows;
-    for (int64_t begin = 0; begin < rows.length; begin += 64) {
-      chunks.push_back({rows.begin + begin, static_cast<int32_t>(std::min<int64_t>(64, rows.length - begin)),
-                        static_cast<int32_t>(i)});
-    }
-  }
-  first_chunk.push_back(static_cast<int32_t>(chunks.size()));
+  const auto [chunks, first_chunk] = BuildKdaChunkTable(chunked.data(), static_cast<int64_t>(chunked.size()));
   const auto num_chunks = static_cast<int64_t>(chunks.size());
   Tensor descriptors = UploadBytes(chunked.data(), chunked.size() * sizeof(KdaSequence));
   Tensor chunk_table = UploadBytes(chunks.data(), chunks.size() * sizeof(KdaChunkRef));

@@ -69,6 +69,9 @@ __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(
 
 __device__ __forceinline__ float SiluF(float x) { return x * SigmoidF(x); }
 
+// log(1 + e^x), exact to fp32 where e^x no longer changes the sum.
+__device__ __forceinline__ float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
 // Element i of a view read as a flat vector in row-major order (for weights and biases whose
 // checkpoint shape may be [1, n], [n, 1] or [n]).
 __device__ __forceinline__ float LoadFlat(const TensorView& v, int64_t i) {

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kda_input_checks.h"
 #include "kernels/cuda/launchers.h"
 
 namespace deltaserve::kernels::cuda {
@@ -45,8 +46,6 @@ using TileAT = fragment<matrix_a, 16, 16, 16, bf16, col_major>;
 using TileB = fragment<matrix_b, 16, 16, 16, bf16, row_major>;
 using TileBT = fragment<matrix_b, 16, 16, 16, bf16, col_major>;
 using TileC = fragment<accumulator, 16, 16, 16, float>;
-
-__device__ __forceinline__ float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 // Value columns per scan block: 32, or 16 where the head dimension is not a multiple of 32.
 constexpr int ScanSlice(int d) { return d % 32 == 0 ? 32 : 16; }
@@ -551,9 +550,21 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
   return static_cast<int>(cudaGetLastError());
 }
 
-bool IsF32(const TensorView& v) { return v.dtype == DType::kF32; }
-
 }  // namespace
+
+KdaChunkTable BuildKdaChunkTable(const KdaSequence* seqs, int64_t num_seqs) {
+  KdaChunkTable table;
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    table.first_chunk.push_back(static_cast<int32_t>(table.chunks.size()));
+    const SequenceRows rows = seqs[i].rows;
+    for (int64_t begin = 0; begin < rows.length; begin += kChunk) {
+      const int64_t length = rows.length - begin < kChunk ? rows.length - begin : kChunk;
+      table.chunks.push_back({rows.begin + begin, static_cast<int32_t>(length), static_cast<int32_t>(i)});
+    }
+  }
+  table.first_chunk.push_back(static_cast<int32_t>(table.chunks.size()));
+  return table;
+}
 
 bool KdaChunkedSupports(int64_t head_dim) {
   switch (head_dim) {
@@ -578,19 +589,9 @@ size_t KdaChunkedScratchBytes(int64_t num_chunks, int64_t heads, int64_t head_di
 int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                      const KdaChunkRef* chunks, const int32_t* first_chunk, int64_t num_chunks,
                      void* scratch, TensorView out, Stream stream) {
-  const int64_t heads = in.num_heads, d = in.head_dim, width = heads * d, t = in.q.rows;
-  if (num_seqs < 0 || num_chunks < 0 || heads <= 0 || heads > 65535 || !KdaChunkedSupports(d)) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  if (!IsF32(in.q) || !IsF32(in.k) || !IsF32(in.v) || !IsF32(in.gate_logits) ||
-      !IsF32(in.beta_logits) || !IsF32(out) || in.a_log.dtype == DType::kI32 ||
-      in.dt_bias.dtype == DType::kI32) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  if (in.q.cols != width || in.k.cols != width || in.v.cols != width ||
-      in.gate_logits.cols != width || in.beta_logits.cols != heads || out.cols != width ||
-      in.k.rows != t || in.v.rows != t || in.gate_logits.rows != t || in.beta_logits.rows != t ||
-      out.rows != t || in.a_log.numel() != heads || in.dt_bias.numel() != width) {
+  const int64_t heads = in.num_heads, d = in.head_dim, width = heads * d;
+  if (num_seqs < 0 || num_chunks < 0 || heads <= 0 || heads > 65535 || !KdaChunkedSupports(d) ||
+      !KdaInputsMatch(in, out)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_seqs == 0 || num_chunks == 0) return 0;

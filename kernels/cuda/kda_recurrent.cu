@@ -5,14 +5,13 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kda_input_checks.h"
 #include "kernels/cuda/launchers.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
 
 constexpr int KdaThreads(int d) { return (d + 31) / 32 * 32; }
-
-__device__ __forceinline__ float SoftplusF(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 // Shared-memory float4 load that the compiler keeps in program order (not hoisted).
 __device__ __forceinline__ float4 LoadSharedOrdered4(const float* p) {
@@ -150,24 +149,12 @@ void Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t blocks, Tensor
   KdaRecurrentKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, stream>>>(in, seqs, out);
 }
 
-bool IsF32(const TensorView& v) { return v.dtype == DType::kF32; }
-
-bool IsFloat(const TensorView& v) { return v.dtype != DType::kI32; }
-
 }  // namespace
 
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream) {
-  const int64_t heads = in.num_heads, d = in.head_dim, width = heads * d, t = in.q.rows;
-  if (num_seqs < 0 || heads <= 0 || d <= 0) return static_cast<int>(cudaErrorInvalidValue);
-  if (!IsF32(in.q) || !IsF32(in.k) || !IsF32(in.v) || !IsF32(in.gate_logits) ||
-      !IsF32(in.beta_logits) || !IsF32(out) || !IsFloat(in.a_log) || !IsFloat(in.dt_bias)) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  if (in.q.cols != width || in.k.cols != width || in.v.cols != width ||
-      in.gate_logits.cols != width || in.beta_logits.cols != heads || out.cols != width ||
-      in.k.rows != t || in.v.rows != t || in.gate_logits.rows != t || in.beta_logits.rows != t ||
-      out.rows != t || in.a_log.numel() != heads || in.dt_bias.numel() != width) {
+  const int64_t heads = in.num_heads, d = in.head_dim, t = in.q.rows;
+  if (num_seqs < 0 || heads <= 0 || d <= 0 || !KdaInputsMatch(in, out)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_seqs == 0 || t == 0) return 0;

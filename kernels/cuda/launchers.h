@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -37,6 +38,13 @@ struct KdaChunkRef {
   int32_t length = 0;
   int32_t sequence = 0;  // index into the launch's sequences
 };
+// The chunk table LaunchKdaChunked takes (before upload) for `num_seqs` host descriptors: each
+// sequence's rows in chunks of at most 64, in order; first_chunk has num_seqs + 1 entries.
+struct KdaChunkTable {
+  std::vector<KdaChunkRef> chunks;
+  std::vector<int32_t> first_chunk;
+};
+KdaChunkTable BuildKdaChunkTable(const KdaSequence* seqs, int64_t num_seqs);
 // Whether the chunked KDA kernels support `head_dim` (16, 32, 48, 64, 96, 128).
 bool KdaChunkedSupports(int64_t head_dim);
 // Device scratch the chunked KDA launch needs for `num_chunks` chunks.
