@@ -49,7 +49,16 @@ struct CudaBackend::Impl {
   cublasHandle_t blas = nullptr;
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
   int device = 0;
+  MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   std::vector<void*> weights;  // owned device copies of adopted weights
+
+  // Device arrays of expert weight pointers for the grouped MoE kernels, per span of experts
+  // (a layer or a shard), uploaded once: [gate..., up..., down...].
+  struct ExpertPointers {
+    std::vector<const void*> host;
+    const void** device = nullptr;
+  };
+  std::map<std::pair<const ExpertWeights*, size_t>, ExpertPointers> expert_pointers;
 
   // Device memory for an adopted weight, freed with the backend.
   void* AllocateWeight(size_t bytes) {
@@ -100,6 +109,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   }
   auto impl = std::make_unique<Impl>();
   impl->matmul_precision = options.matmul_precision;
+  impl->moe_experts = options.moe_experts;
   impl->device = options.device;
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS ||
@@ -377,11 +387,59 @@ void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
               "moe route");
 }
 
+bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
+                                    std::span<const ExpertWeights> experts, int64_t first_expert,
+                                    TensorView slot_out) {
+  if (impl_->moe_experts != MoeExpertsKernel::kGrouped ||
+      impl_->matmul_precision != MatmulPrecision::kHalf || experts.empty()) {
+    return false;
+  }
+  const int64_t hidden = x.cols, inner = experts[0].gate.rows;
+  if (!MoeGroupedSupports(hidden, inner, experts[0].gate.dtype)) return false;
+  const auto contiguous = [](const TensorView& w, int64_t rows, int64_t cols) {
+    return w.dtype == DType::kBF16 && w.rows == rows && w.cols == cols && w.row_stride == cols;
+  };
+  const size_t n = experts.size();
+  Impl::ExpertPointers& pointers = impl_->expert_pointers[{experts.data(), n}];
+  std::vector<const void*> host(3 * n);
+  for (size_t e = 0; e < n; ++e) {
+    const ExpertWeights& w = experts[e];
+    if (!contiguous(w.gate, inner, hidden) || !contiguous(w.up, inner, hidden) ||
+        !contiguous(w.down, hidden, inner)) {
+      return false;
+    }
+    host[e] = w.gate.data, host[n + e] = w.up.data, host[2 * n + e] = w.down.data;
+  }
+  if (pointers.device == nullptr) {
+    pointers.device = static_cast<const void**>(impl_->AllocateWeight(host.size() * sizeof(void*)));
+  }
+  if (pointers.host != host) {
+    // Stream-ordered: kernels queued earlier still read the previous pointers.
+    Check(cudaMemcpyAsync(pointers.device, host.data(), host.size() * sizeof(void*),
+                          cudaMemcpyHostToDevice, impl_->stream),
+          "upload expert pointers");
+    pointers.host = std::move(host);
+  }
+  MoeExpertTable table;
+  table.gate = pointers.device;
+  table.up = pointers.device + n;
+  table.down = pointers.device + 2 * n;
+  table.num_local = static_cast<int64_t>(n);
+  table.first_expert = first_expert;
+  table.inner = inner;
+  const size_t bytes = MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
+  Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+  CheckLaunch(LaunchMoeGroupedExperts(x, expert_ids, table, scratch.view().data, slot_out, impl_->stream),
+              "moe grouped experts");
+  return true;
+}
+
 void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                              int64_t first_expert, TensorView slot_out) {
   Bind();
   const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
   if (t == 0) return;
+  if (MoeExpertsGrouped(x, expert_ids, experts, first_expert, slot_out)) return;
   // Group (token, slot) pairs by expert on the host; one gate/up/down product per active expert.
   std::vector<int32_t> ids(static_cast<size_t>(t * k));
   Download(expert_ids, ids.data());

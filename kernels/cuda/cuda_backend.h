@@ -18,9 +18,20 @@ enum class MatmulPrecision {
   kF32,   // weights widened to fp32 per product, fp32 inputs (validation against the CPU engine)
 };
 
+// How MoeExperts computes the experts' products.
+enum class MoeExpertsKernel {
+  // Grouped by expert on the device, two launches for all experts (no host round trip); falls
+  // back to kPerExpert where the grouped kernels do not apply (fp32 validation mode, weights not
+  // bf16, dimensions not multiples of 8).
+  kGrouped,
+  // Expert ids downloaded, rows grouped on the host, cuBLAS products per active expert.
+  kPerExpert,
+};
+
 struct CudaBackendOptions {
   int device = 0;
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
+  MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
 };
 
 // True when a CUDA device can be used; otherwise `why` says why not. The kernels are built for
@@ -73,6 +84,9 @@ class CudaBackend final : public Backend {
   void Bind() const;
   // A device copy of `bytes` host bytes (descriptor arrays, ids), freed with the tensor.
   Tensor UploadBytes(const void* host, size_t bytes);
+  // The grouped-kernel path of MoeExperts; false (nothing queued) where it does not apply.
+  bool MoeExpertsGrouped(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
+                         int64_t first_expert, TensorView slot_out);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -73,6 +73,27 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
 // Sigmoid + bias top-k routing as MoeRoute; ids sorted ascending per token.
 int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                    TensorView expert_ids, TensorView weights, Stream stream);
+// The expert weights of one MoE layer (or shard) for the grouped kernels: device arrays of
+// num_local device pointers, each a contiguous bf16 [inner, hidden] (gate, up) or
+// [hidden, inner] (down) matrix; local expert e is global expert first_expert + e.
+struct MoeExpertTable {
+  const void* const* gate = nullptr;
+  const void* const* up = nullptr;
+  const void* const* down = nullptr;
+  int64_t num_local = 0;
+  int64_t first_expert = 0;
+  int64_t inner = 0;
+};
+// Whether the grouped expert kernels take these shapes and weight dtype (bf16, multiples of 8).
+bool MoeGroupedSupports(int64_t hidden, int64_t inner, DType weight_dtype);
+// Device scratch LaunchMoeGroupedExperts needs.
+size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, int64_t hidden,
+                              int64_t inner);
+// Backend::MoeExperts without a host round trip: groups the (token, slot) pairs by expert on the
+// device, then every active expert's gate/up products with SwiGLU in one launch and the down
+// products in another (tensor cores, bf16 inputs, fp32 accumulation), rows scattered to slot_out.
+int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
+                            void* scratch, TensorView slot_out, Stream stream);
 // out[t] += Σ_s weights[t, s] * slot_out[t*k + s].
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream);
 // dst row i = src row rows[i] (rows: n device int64), any dtype.

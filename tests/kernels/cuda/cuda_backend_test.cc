@@ -357,8 +357,8 @@ std::vector<MlaCase> MlaCases() {
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaMla, ::testing::ValuesIn(MlaCases()),
                          [](const ::testing::TestParamInfo<MlaCase>& param) { return param.param.name; });
 
-TEST_F(CudaVsCpu, MoeRoutingExpertsAndCombine) {
-  const int64_t t = 9, experts = 32, k = 4, hidden = 48, inner = 20;
+TEST_F(CudaVsCpu, MoeRouting) {
+  const int64_t t = 9, experts = 32, k = 4;
   std::vector<float> logits = RandomVector(t * experts, 1, 3.0f);
   std::vector<uint16_t> bias = ToBF16(RandomVector(experts, 2, 0.05f));
   const TensorView bias_host = MakeView(bias.data(), DType::kBF16, 1, experts);
@@ -377,44 +377,91 @@ TEST_F(CudaVsCpu, MoeRoutingExpertsAndCombine) {
     EXPECT_EQ(gpu_ids, cpu_ids) << "groups " << routing.num_groups;
     ExpectClose(ToHost(w.view()), cpu_w, 1e-6, "routing weights");
   }
-  // Experts and combine, from the ungrouped routing.
-  std::vector<int32_t> ids(t * k);
-  std::vector<float> weights(t * k);
-  cpu_.MoeRoute(View(logits, t, experts), bias_host, MoeRouting{k, 1, 1, true, 2.446f, false},
-                MakeView(ids.data(), DType::kI32, t, k), View(weights, t, k));
-  std::vector<std::vector<uint16_t>> w1, w3, w2;
-  std::vector<ExpertWeights> cpu_experts, gpu_experts;
-  for (int64_t e = 0; e < experts; ++e) {
-    w1.push_back(ToBF16(RandomVector(inner * hidden, 100 + e)));
-    w3.push_back(ToBF16(RandomVector(inner * hidden, 200 + e)));
-    w2.push_back(ToBF16(RandomVector(hidden * inner, 300 + e)));
-  }
-  for (int64_t e = 0; e < experts; ++e) {
-    const ExpertWeights host{MakeView(w1[e].data(), DType::kBF16, inner, hidden),
-                             MakeView(w3[e].data(), DType::kBF16, inner, hidden),
-                             MakeView(w2[e].data(), DType::kBF16, hidden, inner)};
-    cpu_experts.push_back(host);
-    gpu_experts.push_back({cuda_->AdoptWeight(host.gate), cuda_->AdoptWeight(host.up), cuda_->AdoptWeight(host.down)});
-  }
-  std::vector<float> x = RandomVector(t * hidden, 7);
-  std::vector<float> cpu_slots(t * k * hidden), cpu_out(t * hidden, 0.5f);
-  cpu_.MoeExperts(View(x, t, hidden), MakeView(ids.data(), DType::kI32, t, k), cpu_experts, 0,
-                  View(cpu_slots, t * k, hidden));
-  cpu_.MoeCombine(View(cpu_slots, t * k, hidden), View(weights, t, k), View(cpu_out, t, hidden));
-  Tensor dx = ToDevice(x, t, hidden);
-  Tensor dids = cuda_->Allocate(t, k, DType::kI32);
-  cuda_->Upload(ids.data(), dids.view());
-  Tensor slots = Poisoned(t * k, hidden);
-  // Two shards, as expert workers would hold them.
-  cuda_->MoeExperts(dx.view(), dids.view(), std::span<const ExpertWeights>(gpu_experts).subspan(0, 16), 0,
-                    slots.view());
-  cuda_->MoeExperts(dx.view(), dids.view(), std::span<const ExpertWeights>(gpu_experts).subspan(16), 16,
-                    slots.view());
-  ExpectClose(ToHost(slots.view()), cpu_slots, kMatMulTolerance, "expert outputs");
-  Tensor out = ToDevice(std::vector<float>(t * hidden, 0.5f), t, hidden);
-  cuda_->MoeCombine(slots.view(), ToDevice(weights, t, k).view(), out.view());
-  ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, "combine");
 }
+
+// Experts and combine for a routing of `t` tokens over `experts` experts (held as two shards, as
+// expert workers would hold them), on both expert kernels of the backend: the grouped one where
+// the shapes allow (bf16, multiples of 8; tiles of 16 rows for few rows per expert, 64 for many)
+// and the per-expert cuBLAS one.
+struct MoeCase {
+  std::string name;
+  int64_t t, experts, k, hidden, inner;
+  double skew;  // added to the logits of the first experts: a ragged spread of rows
+};
+
+class CudaMoe : public CudaVsCpu, public ::testing::WithParamInterface<MoeCase> {};
+
+TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
+  const MoeCase& c = GetParam();
+  std::vector<float> logits = RandomVector(c.t * c.experts, 1, 3.0f);
+  for (int64_t t = 0; t < c.t; ++t) {
+    for (int64_t e = 0; e < c.experts / 4; ++e) logits[t * c.experts + e] += static_cast<float>(c.skew);
+  }
+  std::vector<int32_t> ids(c.t * c.k);
+  std::vector<float> weights(c.t * c.k);
+  cpu_.MoeRoute(View(logits, c.t, c.experts), TensorView{}, MoeRouting{c.k, 1, 1, true, 2.446f, false},
+                MakeView(ids.data(), DType::kI32, c.t, c.k), View(weights, c.t, c.k));
+  std::vector<std::vector<uint16_t>> w1, w3, w2;
+  std::vector<ExpertWeights> cpu_experts;
+  for (int64_t e = 0; e < c.experts; ++e) {
+    w1.push_back(ToBF16(RandomVector(c.inner * c.hidden, 100 + e)));
+    w3.push_back(ToBF16(RandomVector(c.inner * c.hidden, 200 + e)));
+    w2.push_back(ToBF16(RandomVector(c.hidden * c.inner, 300 + e)));
+  }
+  for (int64_t e = 0; e < c.experts; ++e) {
+    cpu_experts.push_back({MakeView(w1[e].data(), DType::kBF16, c.inner, c.hidden),
+                           MakeView(w3[e].data(), DType::kBF16, c.inner, c.hidden),
+                           MakeView(w2[e].data(), DType::kBF16, c.hidden, c.inner)});
+  }
+  std::vector<float> x = RandomVector(c.t * c.hidden, 7);
+  std::vector<float> cpu_slots(c.t * c.k * c.hidden), cpu_out(c.t * c.hidden, 0.5f);
+  cpu_.MoeExperts(View(x, c.t, c.hidden), MakeView(ids.data(), DType::kI32, c.t, c.k), cpu_experts, 0,
+                  View(cpu_slots, c.t * c.k, c.hidden));
+  cpu_.MoeCombine(View(cpu_slots, c.t * c.k, c.hidden), View(weights, c.t, c.k), View(cpu_out, c.t, c.hidden));
+
+  for (MoeExpertsKernel kernel : {MoeExpertsKernel::kGrouped, MoeExpertsKernel::kPerExpert}) {
+    std::string why;
+    CudaBackendOptions options;
+    options.moe_experts = kernel;
+    cuda_ = CudaBackend::Create(options, &why);
+    ASSERT_NE(cuda_, nullptr) << why;
+    const std::string what = kernel == MoeExpertsKernel::kGrouped ? "grouped" : "per expert";
+    std::vector<ExpertWeights> gpu_experts;
+    for (const ExpertWeights& host : cpu_experts) {
+      gpu_experts.push_back({cuda_->AdoptWeight(host.gate), cuda_->AdoptWeight(host.up), cuda_->AdoptWeight(host.down)});
+    }
+    Tensor dx = ToDevice(x, c.t, c.hidden);
+    Tensor dids = cuda_->Allocate(c.t, c.k, DType::kI32);
+    cuda_->Upload(ids.data(), dids.view());
+    Tensor slots = Poisoned(c.t * c.k, c.hidden);
+    const int64_t half = c.experts / 2;
+    const std::span<const ExpertWeights> all(gpu_experts);
+    cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(0, half), 0, slots.view());
+    cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(half), half, slots.view());
+    ExpectClose(ToHost(slots.view()), cpu_slots, kMatMulTolerance, what + " expert outputs");
+    // Again over the same tensors: the cached expert tables are reused.
+    Tensor again = Poisoned(c.t * c.k, c.hidden);
+    cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(0, half), 0, again.view());
+    cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(half), half, again.view());
+    EXPECT_EQ(ToHost(again.view()), ToHost(slots.view())) << what << ": a second run differs";
+    Tensor out = ToDevice(std::vector<float>(c.t * c.hidden, 0.5f), c.t, c.hidden);
+    cuda_->MoeCombine(slots.view(), ToDevice(weights, c.t, c.k).view(), out.view());
+    ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, what + " combine");
+  }
+}
+
+std::vector<MoeCase> MoeCases() {
+  return {
+      {"inner_not_multiple_of_8", 9, 32, 4, 48, 20, 0.0},  // the grouped kernel falls back
+      {"decode_1", 1, 32, 4, 64, 40, 0.0},
+      {"decode_ragged", 13, 32, 4, 200, 40, 2.0},           // k and n tails, uneven experts
+      {"prefill_tiles_of_64", 160, 16, 4, 128, 72, 0.0},    // 40 rows per expert: tiles of 64
+      {"prefill_ragged", 300, 32, 6, 136, 64, 3.0},
+  };
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaMoe, ::testing::ValuesIn(MoeCases()),
+                         [](const ::testing::TestParamInfo<MoeCase>& param) { return param.param.name; });
 
 }  // namespace
 }  // namespace deltaserve::kernels::cuda

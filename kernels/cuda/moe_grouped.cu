@@ -1,0 +1,335 @@
+// Expert products without a host round trip: the (token, slot) pairs are grouped by expert on the
+// device (MoeGroupKernel), then one launch computes every active expert's gate and up products
+// with SwiGLU, and one its down products, scattering rows into slot_out. Tiles of BM grouped rows
+// × 64 output columns, bf16 tensor cores (WMMA) with fp32 accumulation, operands streamed through
+// shared memory by a 3-stage cp.async pipeline. The grid covers an upper bound of the tile count;
+// blocks past the real count (known only on the device) return at once.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+using nvcuda::wmma::accumulator;
+using nvcuda::wmma::col_major;
+using nvcuda::wmma::fragment;
+using nvcuda::wmma::matrix_a;
+using nvcuda::wmma::matrix_b;
+using nvcuda::wmma::mem_row_major;
+using nvcuda::wmma::row_major;
+
+constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
+constexpr int kMaxLocalExperts = 1024;
+constexpr int kThreads = 128;  // 4 warps
+constexpr int kBN = 64;        // output columns per tile
+constexpr int kBK = 64;        // reduction depth per pipeline stage
+constexpr int kStages = 3;
+constexpr int kLd = kBK + 8;   // shared row stride (bf16): rows 16 bytes apart in bank terms
+constexpr int kLdC = kBN + 4;  // fp32 staging row stride
+
+// The grouping: positions [offsets[e], offsets[e + 1]) of sorted_slots hold the slots (t*k + s)
+// routed to local expert e; tile i covers positions [tile_begin[i], +BM) of expert tile_expert[i].
+struct GroupPlan {
+  int32_t* offsets;       // num_local + 1
+  int32_t* sorted_slots;  // slots
+  int32_t* tile_expert;   // max_tiles
+  int32_t* tile_begin;    // max_tiles
+  int32_t* num_tiles;     // 1
+};
+
+size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max_tiles) {
+  auto* base = static_cast<char*>(scratch);
+  GroupPlan plan;
+  plan.offsets = reinterpret_cast<int32_t*>(base);
+  base += AlignUp((num_local + 1) * sizeof(int32_t));
+  plan.sorted_slots = reinterpret_cast<int32_t*>(base);
+  base += AlignUp(slots * sizeof(int32_t));
+  plan.tile_expert = reinterpret_cast<int32_t*>(base);
+  base += AlignUp(max_tiles * sizeof(int32_t));
+  plan.tile_begin = reinterpret_cast<int32_t*>(base);
+  base += AlignUp(max_tiles * sizeof(int32_t));
+  plan.num_tiles = reinterpret_cast<int32_t*>(base);
+  return plan;
+}
+
+// Each tile holds at most BM rows of one expert: at most slots / BM full tiles plus one partial
+// tile per expert that has rows.
+int64_t MaxTiles(int64_t slots, int64_t num_local, int bm) {
+  return slots / bm + (num_local < slots ? num_local : slots);
+}
+
+// One block. Counting and placing use shared-memory atomics, so the order of an expert's rows is
+// arbitrary; every row's result is independent of its neighbours, so outputs are not.
+__global__ void MoeGroupKernel(const int32_t* expert_ids, int64_t ids_stride, int top_k,
+                               int64_t tokens, int first_expert, int num_local, int bm,
+                               GroupPlan plan) {
+  __shared__ int count[kMaxLocalExperts];
+  __shared__ int cursor[kMaxLocalExperts];
+  __shared__ int first_tile[kMaxLocalExperts + 1];
+  const int64_t slots = tokens * top_k;
+  for (int e = threadIdx.x; e < num_local; e += blockDim.x) count[e] = 0;
+  __syncthreads();
+  for (int64_t slot = threadIdx.x; slot < slots; slot += blockDim.x) {
+    const int e = expert_ids[(slot / top_k) * ids_stride + slot % top_k] - first_expert;
+    if (e >= 0 && e < num_local) atomicAdd(&count[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int offset = 0, tiles = 0;
+    for (int e = 0; e < num_local; ++e) {
+      plan.offsets[e] = offset;
+      cursor[e] = offset;
+      first_tile[e] = tiles;
+      offset += count[e];
+      tiles += (count[e] + bm - 1) / bm;
+    }
+    plan.offsets[num_local] = offset;
+    first_tile[num_local] = tiles;
+    *plan.num_tiles = tiles;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_local; e += blockDim.x) {
+    for (int i = first_tile[e]; i < first_tile[e + 1]; ++i) {
+      plan.tile_expert[i] = e;
+      plan.tile_begin[i] = cursor[e] + (i - first_tile[e]) * bm;
+    }
+  }
+  __syncthreads();  // cursor[] is read above before the placing below advances it
+  for (int64_t slot = threadIdx.x; slot < slots; slot += blockDim.x) {
+    const int e = expert_ids[(slot / top_k) * ids_stride + slot % top_k] - first_expert;
+    if (e >= 0 && e < num_local) plan.sorted_slots[atomicAdd(&cursor[e], 1)] = static_cast<int32_t>(slot);
+  }
+}
+
+__device__ __forceinline__ void CopyAsync16(void* shared, const void* global, bool valid) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  const int bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes));
+}
+__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void WaitAsync() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// What the two grouped products share: the A rows are the gathered tokens (gate/up, from the
+// bf16 copy of x) or the grouped hidden rows (down); B is each local expert's [n, k] weight.
+struct GemmArgs {
+  const bf16* a;
+  int64_t a_ld;
+  const bf16* const* b0;  // gate (gate/up) or down, per local expert
+  const bf16* const* b1;  // up (gate/up only)
+  int n;
+  int k;
+  int top_k;
+  GroupPlan plan;
+  bf16* hidden;      // gate/up output: [slots, n] by grouped position
+  float* slot_out;   // down output, row = slot
+  int64_t slot_ld;
+};
+
+// BM rows per tile; warps arranged kWarpsM × (4 / kWarpsM), each with FM × FN 16×16 fragments
+// (per weight matrix). kGateUp: two weights and the SwiGLU epilogue; otherwise one and the scatter.
+template <int BM, int kWarpsM, bool kGateUp>
+struct Tile {
+  static constexpr int kWarpsN = 4 / kWarpsM;
+  static constexpr int FM = BM / 16 / kWarpsM;
+  static constexpr int FN = kBN / 16 / kWarpsN;
+  static constexpr int kMatrices = kGateUp ? 2 : 1;
+  static constexpr int kStageElems = (BM + kMatrices * kBN) * kLd;
+  static constexpr size_t kPipelineBytes = size_t{kStages} * kStageElems * sizeof(bf16);
+  static constexpr size_t kEpilogueBytes = size_t{kMatrices} * BM * kLdC * sizeof(float);
+  static constexpr size_t kSharedBytes =
+      (kPipelineBytes > kEpilogueBytes ? kPipelineBytes : kEpilogueBytes) + BM * sizeof(int64_t);
+  static_assert(FM >= 1 && FN >= 1 && FM * 16 * kWarpsM == BM && FN * 16 * kWarpsN == kBN);
+};
+
+template <int BM, int kWarpsM, bool kGateUp>
+__global__ void __launch_bounds__(kThreads) MoeGroupedGemmKernel(GemmArgs args) {
+  using T = Tile<BM, kWarpsM, kGateUp>;
+  const int tile = blockIdx.x;
+  if (tile >= *args.plan.num_tiles) return;
+  const int expert = args.plan.tile_expert[tile];
+  const int row_begin = args.plan.tile_begin[tile];
+  const int row_end = args.plan.offsets[expert + 1];
+  const int n0 = blockIdx.y * kBN;
+
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* stages = reinterpret_cast<bf16*>(shared);
+  // Source row of A for each tile row (-1: past the expert's rows, zero-filled).
+  auto* a_row = reinterpret_cast<int64_t*>(shared + T::kSharedBytes - BM * sizeof(int64_t));
+  for (int r = threadIdx.x; r < BM; r += kThreads) {
+    const int position = row_begin + r;
+    a_row[r] = position >= row_end ? -1
+               : kGateUp            ? args.plan.sorted_slots[position] / args.top_k
+                                    : position;
+  }
+  __syncthreads();
+
+  const bf16* b[2] = {args.b0[expert], kGateUp ? args.b1[expert] : nullptr};
+  const int k_tiles = (args.k + kBK - 1) / kBK;
+  constexpr int kPieces = kBK / 8;  // 16-byte pieces per row and stage
+  auto load_stage = [&](int kt, int slot) {
+    bf16* st = stages + slot * T::kStageElems;
+    const int k0 = kt * kBK;
+    for (int i = threadIdx.x; i < BM * kPieces; i += kThreads) {
+      const int r = i / kPieces, p = i % kPieces;
+      const int64_t src = a_row[r];
+      const bool valid = src >= 0 && k0 + p * 8 < args.k;
+      CopyAsync16(st + r * kLd + p * 8, valid ? args.a + src * args.a_ld + k0 + p * 8 : args.a, valid);
+    }
+    for (int m = 0; m < T::kMatrices; ++m) {
+      bf16* dst = st + (BM + m * kBN) * kLd;
+      for (int i = threadIdx.x; i < kBN * kPieces; i += kThreads) {
+        const int r = i / kPieces, p = i % kPieces;
+        const bool valid = n0 + r < args.n && k0 + p * 8 < args.k;
+        CopyAsync16(dst + r * kLd + p * 8,
+                    valid ? b[m] + static_cast<int64_t>(n0 + r) * args.k + k0 + p * 8 : b[m], valid);
+      }
+    }
+  };
+
+  const int warp = threadIdx.x / 32;
+  const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
+  fragment<accumulator, 16, 16, 16, float> acc[T::kMatrices][T::FM][T::FN];
+  for (int m = 0; m < T::kMatrices; ++m)
+    for (int i = 0; i < T::FM; ++i)
+      for (int j = 0; j < T::FN; ++j) nvcuda::wmma::fill_fragment(acc[m][i][j], 0.0f);
+
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) load_stage(s, s);
+    CommitAsync();
+  }
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    WaitAsync<kStages - 2>();
+    __syncthreads();  // stage kt is in; everyone is done with the slot refilled next
+    if (kt + kStages - 1 < k_tiles) load_stage(kt + kStages - 1, (kt + kStages - 1) % kStages);
+    CommitAsync();
+    const bf16* st = stages + (kt % kStages) * T::kStageElems;
+    for (int kk = 0; kk < kBK; kk += 16) {
+      fragment<matrix_a, 16, 16, 16, bf16, row_major> fa[T::FM];
+      for (int i = 0; i < T::FM; ++i) {
+        nvcuda::wmma::load_matrix_sync(fa[i], st + ((warp_m * T::FM + i) * 16) * kLd + kk, kLd);
+      }
+      for (int m = 0; m < T::kMatrices; ++m) {
+        for (int j = 0; j < T::FN; ++j) {
+          fragment<matrix_b, 16, 16, 16, bf16, col_major> fb;
+          nvcuda::wmma::load_matrix_sync(fb, st + (BM + m * kBN + (warp_n * T::FN + j) * 16) * kLd + kk, kLd);
+          for (int i = 0; i < T::FM; ++i) nvcuda::wmma::mma_sync(acc[m][i][j], fa[i], fb, acc[m][i][j]);
+        }
+      }
+    }
+  }
+  WaitAsync<0>();
+  __syncthreads();  // the pipeline's shared memory becomes the fp32 staging
+
+  auto* staging = reinterpret_cast<float*>(shared);
+  for (int m = 0; m < T::kMatrices; ++m)
+    for (int i = 0; i < T::FM; ++i)
+      for (int j = 0; j < T::FN; ++j) {
+        float* dst = staging + m * BM * kLdC + ((warp_m * T::FM + i) * 16) * kLdC + (warp_n * T::FN + j) * 16;
+        nvcuda::wmma::store_matrix_sync(dst, acc[m][i][j], kLdC, mem_row_major);
+      }
+  __syncthreads();
+  for (int i = threadIdx.x; i < BM * kBN; i += kThreads) {
+    const int r = i / kBN, c = i % kBN;
+    if (a_row[r] < 0 || n0 + c >= args.n) continue;
+    const float value = staging[r * kLdC + c];
+    if constexpr (kGateUp) {
+      const float up = staging[BM * kLdC + r * kLdC + c];
+      args.hidden[static_cast<int64_t>(row_begin + r) * args.n + n0 + c] = __float2bfloat16(SiluF(value) * up);
+    } else {
+      args.slot_out[args.plan.sorted_slots[row_begin + r] * args.slot_ld + n0 + c] = value;
+    }
+  }
+}
+
+template <int BM, int kWarpsM, bool kGateUp>
+int LaunchGemm(const GemmArgs& args, int64_t max_tiles, cudaStream_t stream) {
+  using T = Tile<BM, kWarpsM, kGateUp>;
+  auto kernel = MoeGroupedGemmKernel<BM, kWarpsM, kGateUp>;
+  const cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSharedBytes));
+  if (error != cudaSuccess) return static_cast<int>(error);
+  const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((args.n + kBN - 1) / kBN));
+  kernel<<<grid, kThreads, T::kSharedBytes, stream>>>(args);
+  return static_cast<int>(cudaGetLastError());
+}
+
+// Small tiles when an expert averages few rows (decode), larger ones for prefill.
+int TileRows(int64_t slots, int64_t num_local) { return slots >= 32 * num_local ? 64 : 16; }
+
+}  // namespace
+
+bool MoeGroupedSupports(int64_t hidden, int64_t inner, DType weight_dtype) {
+  return weight_dtype == DType::kBF16 && hidden % 8 == 0 && inner % 8 == 0 && hidden > 0 && inner > 0;
+}
+
+size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, int64_t hidden,
+                              int64_t inner) {
+  const int64_t slots = tokens * top_k;
+  const int64_t max_tiles = MaxTiles(slots, num_local, 16);
+  return AlignUp((num_local + 1) * sizeof(int32_t)) + AlignUp(slots * sizeof(int32_t)) +
+         2 * AlignUp(max_tiles * sizeof(int32_t)) + AlignUp(sizeof(int32_t)) +
+         AlignUp(tokens * hidden * sizeof(bf16)) + AlignUp(slots * inner * sizeof(bf16));
+}
+
+int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
+                            void* scratch, TensorView slot_out, Stream stream) {
+  const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols;
+  const int64_t num_local = experts.num_local, inner = experts.inner;
+  if (x.dtype != DType::kF32 || expert_ids.dtype != DType::kI32 || slot_out.dtype != DType::kF32) {
+    return kInvalid;
+  }
+  if (!MoeGroupedSupports(hidden, inner, DType::kBF16) || num_local < 1 || num_local > kMaxLocalExperts ||
+      expert_ids.rows != tokens || top_k < 1 || slot_out.rows != tokens * top_k || slot_out.cols != hidden) {
+    return kInvalid;
+  }
+  if (tokens == 0) return 0;
+  const int64_t slots = tokens * top_k;
+  const int bm = TileRows(slots, num_local);
+  const int64_t max_tiles = MaxTiles(slots, num_local, bm);
+  if (slots > 0x7fffffffLL || !FitsGridX(max_tiles) || (hidden + kBN - 1) / kBN > 65535 ||
+      (inner + kBN - 1) / kBN > 65535) {
+    return kInvalid;
+  }
+  auto* s = static_cast<cudaStream_t>(stream);
+  GroupPlan plan = CarvePlan(scratch, num_local, slots, MaxTiles(slots, num_local, 16));
+  char* after_plan = reinterpret_cast<char*>(plan.num_tiles) + AlignUp(sizeof(int32_t));
+  bf16* x_bf16 = reinterpret_cast<bf16*>(after_plan);
+  bf16* hidden_rows = reinterpret_cast<bf16*>(after_plan + AlignUp(tokens * hidden * sizeof(bf16)));
+
+  int error = LaunchConvertF32(x, DType::kBF16, x_bf16, stream);
+  if (error != 0) return error;
+  MoeGroupKernel<<<1, 1024, 0, s>>>(static_cast<const int32_t*>(expert_ids.data), expert_ids.row_stride,
+                                    static_cast<int>(top_k), tokens, static_cast<int>(experts.first_expert),
+                                    static_cast<int>(num_local), bm, plan);
+  error = static_cast<int>(cudaGetLastError());
+  if (error != 0) return error;
+
+  GemmArgs gate_up{x_bf16, hidden, reinterpret_cast<const bf16* const*>(experts.gate),
+                   reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(inner),
+                   static_cast<int>(hidden), static_cast<int>(top_k), plan, hidden_rows, nullptr, 0};
+  GemmArgs down{hidden_rows, inner, reinterpret_cast<const bf16* const*>(experts.down), nullptr,
+                static_cast<int>(hidden), static_cast<int>(inner), static_cast<int>(top_k), plan,
+                nullptr, static_cast<float*>(slot_out.data), slot_out.row_stride};
+  if (bm == 16) {
+    error = LaunchGemm<16, 1, true>(gate_up, max_tiles, s);
+    if (error == 0) error = LaunchGemm<16, 1, false>(down, max_tiles, s);
+  } else {
+    error = LaunchGemm<64, 2, true>(gate_up, max_tiles, s);
+    if (error == 0) error = LaunchGemm<64, 2, false>(down, max_tiles, s);
+  }
+  return error;
+}
+
+}  // namespace deltaserve::kernels::cuda
