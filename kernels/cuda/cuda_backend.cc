@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/op_profile.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -50,6 +51,7 @@ struct CudaBackend::Impl {
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
   int device = 0;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
+  std::unique_ptr<OpProfile> profile;  // DELTASERVE_CUDA_OP_PROFILE=1
   std::vector<void*> weights;  // owned device copies of adopted weights
 
   // Device arrays of expert weight pointers for the grouped MoE kernels, per span of experts
@@ -117,6 +119,9 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
     *error = "cannot create a CUDA stream or cuBLAS handle";
     return nullptr;
   }
+  if (const char* profile = std::getenv("DELTASERVE_CUDA_OP_PROFILE"); profile != nullptr && profile[0] == '1') {
+    impl->profile = std::make_unique<OpProfile>(impl->stream);
+  }
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
 }
 
@@ -129,6 +134,10 @@ void CudaBackend::Bind() const { Check(cudaSetDevice(impl_->device), "cudaSetDev
 CudaBackend::~CudaBackend() {
   Bind();
   cudaStreamSynchronize(impl_->stream);
+  if (impl_->profile != nullptr) {
+    std::fputs(impl_->profile->Table().c_str(), stderr);
+    impl_->profile.reset();
+  }
   for (void* weight : impl_->weights) cudaFree(weight);
   cublasDestroy(impl_->blas);
   cudaStreamDestroy(impl_->stream);
@@ -141,6 +150,7 @@ void CudaBackend::Synchronize() {
 
 Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Allocate");
   void* data = nullptr;
   const size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
   Check(cudaMallocAsync(&data, bytes == 0 ? 256 : bytes, impl_->stream), "cudaMallocAsync");
@@ -149,6 +159,7 @@ Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
 
 void CudaBackend::Free(void* data) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Free");
   Check(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
 }
 
@@ -163,12 +174,14 @@ Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
 
 void CudaBackend::Zero(TensorView dst) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Zero");
   if (dst.rows == 0 || dst.cols == 0) return;
   Check(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->stream), "zero");
 }
 
 void CudaBackend::Upload(const void* host, TensorView dst) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Upload");
   if (dst.rows == 0 || dst.cols == 0) return;
   Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), host, RowBytes(dst), RowBytes(dst), dst.rows,
                           cudaMemcpyHostToDevice, impl_->stream),
@@ -177,6 +190,7 @@ void CudaBackend::Upload(const void* host, TensorView dst) {
 
 void CudaBackend::Download(TensorView src, void* host) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Download");
   if (src.rows > 0 && src.cols > 0) {
     Check(cudaMemcpy2DAsync(host, RowBytes(src), src.data, Pitch(src), RowBytes(src), src.rows,
                             cudaMemcpyDeviceToHost, impl_->stream),
@@ -187,6 +201,7 @@ void CudaBackend::Download(TensorView src, void* host) {
 
 void CudaBackend::Copy(TensorView src, TensorView dst) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Copy");
   if (src.rows == 0 || src.cols == 0) return;
   Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), src.data, Pitch(src), RowBytes(src), src.rows,
                           cudaMemcpyDeviceToDevice, impl_->stream),
@@ -195,6 +210,7 @@ void CudaBackend::Copy(TensorView src, TensorView dst) {
 
 void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "GatherRows");
   if (rows.empty()) return;
   Tensor indices = UploadBytes(rows.data(), rows.size_bytes());
   CheckLaunch(LaunchGatherRows(src, indices.data<int64_t>(), static_cast<int64_t>(rows.size()), dst,
@@ -228,6 +244,7 @@ TensorView CudaBackend::AdoptWeightF32(TensorView host) {
 
 void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Embed");
   if (ids.empty()) return;
   Tensor device_ids = UploadBytes(ids.data(), ids.size_bytes());
   CheckLaunch(LaunchEmbed(device_ids.data<int32_t>(), static_cast<int64_t>(ids.size()), table, out,
@@ -237,6 +254,7 @@ void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorVi
 
 void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "MatMul");
   const int64_t t = x.rows, k = x.cols, n = w.rows;
   if (t == 0 || n == 0) return;
   const float alpha = 1.0f, beta = 0.0f;
@@ -257,6 +275,11 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
               "sgemm");
     return;
   }
+  // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
+  if (SkinnyMatMulSupports(x, w)) {
+    CheckLaunch(LaunchSkinnyMatMul(x, w, y, impl_->stream), "skinny matmul");
+    return;
+  }
   // Half-precision weights: the activations are rounded to the same type (the tensor cores'
   // inputs), products accumulate in fp32.
   Tensor half = Allocate(t, k, w.dtype);
@@ -270,22 +293,26 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
 
 void CudaBackend::Add(TensorView acc, TensorView x) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "Add");
   CheckLaunch(LaunchAdd(acc, x, impl_->stream), "add");
 }
 
 void CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "RmsNorm");
   CheckLaunch(LaunchRmsNorm(x, weight, eps, out, impl_->stream), "rmsnorm");
 }
 
 void CudaBackend::SwiGlu(TensorView gate, TensorView up, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "SwiGlu");
   CheckLaunch(LaunchSwiGlu(gate, up, out, impl_->stream), "swiglu");
 }
 
 void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
                                  TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "CausalConvSilu");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   CheckLaunch(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
@@ -295,6 +322,7 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
 
 void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "KdaAttention");
   // Prefill runs the chunked kernels; decode, head dims they lack, and the fp32 validation mode
   // (the chunked products are bf16) run the fused recurrent kernel.
   const bool can_chunk = impl_->matmul_precision == MatmulPrecision::kHalf &&
@@ -328,12 +356,14 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
 void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                                float eps, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "GatedRmsNorm");
   CheckLaunch(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
 }
 
 void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                                std::span<const MlaSequence> seqs, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "MlaAttention");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
@@ -369,10 +399,12 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     for (const MlaSequence& seq : seqs) {
       if (seq.form == MlaForm::kAbsorbed) max_keys = std::max(max_keys, seq.num_cached + seq.rows.length);
     }
-    const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys);
+    // Serving precision attends on tensor cores (bf16 query, keys and probabilities).
+    const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf;
+    const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys, tensor_cores);
     Tensor scratch;
     if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);
-    CheckLaunch(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys,
+    CheckLaunch(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores,
                                            scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
                                            impl_->stream),
                 "mla absorbed");
@@ -382,6 +414,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
 void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
                            const MoeRouting& routing, TensorView expert_ids, TensorView weights) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "MoeRoute");
   if (router_logits.rows == 0) return;
   CheckLaunch(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->stream),
               "moe route");
@@ -437,6 +470,7 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
 void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                              int64_t first_expert, TensorView slot_out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "MoeExperts");
   const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
   if (t == 0) return;
   if (MoeExpertsGrouped(x, expert_ids, experts, first_expert, slot_out)) return;
@@ -471,6 +505,7 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
 
 void CudaBackend::MoeCombine(TensorView slot_out, TensorView weights, TensorView out) {
   Bind();
+  const OpScope scope(impl_->profile.get(), "MoeCombine");
   if (out.rows == 0) return;
   CheckLaunch(LaunchMoeCombine(slot_out, weights, out, impl_->stream), "moe combine");
 }

@@ -14,7 +14,9 @@ namespace deltaserve::kernels::cuda {
 
 // How matrix products with half-precision weights are computed.
 enum class MatmulPrecision {
-  kHalf,  // activations rounded to the weight dtype, tensor cores, fp32 accumulation (serving)
+  // Serving: activations rounded to the weight dtype, tensor cores, fp32 accumulation; products
+  // of at most 8 rows (decode) read the weight once and multiply in fp32 on CUDA cores instead.
+  kHalf,
   kF32,   // weights widened to fp32 per product, fp32 inputs (validation against the CPU engine)
 };
 

@@ -64,12 +64,20 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
                                const float* const* kv_all, int64_t num_seqs, TensorView out,
                                Stream stream);
 // Absorbed MLA attention (q folded into the latent space with kv_b's W_UK, W_UV after).
-// max_keys: the longest history plus new rows of the absorbed sequences; small decode batches at
-// long contexts split the keys further and need MlaAbsorbedScratchFloats(...) floats of scratch.
-size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys);
+// max_keys: the longest history plus new rows of the absorbed sequences. tensor_cores: bf16
+// query, keys and probabilities on tensor cores with fp32 accumulation (serving; the Kimi shapes,
+// see MlaAbsorbedTcSupports, others fall back), otherwise fp32 on CUDA cores. Needs
+// MlaAbsorbedScratchFloats(...) floats of scratch (key partitions, the absorbed query).
+size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
-                               float* scratch, TensorView out, Stream stream);
+                               bool tensor_cores, float* scratch, TensorView out, Stream stream);
+// y = x · wᵀ for at most kSkinnyMatMulMaxRows rows of x (F32) and a BF16 or F16 weight, in
+// fp32 on CUDA cores, w read once with 16-byte loads: decode-sized products. Needs 16-byte
+// aligned rows (SkinnyMatMulSupports); y is F32 [x.rows, w.rows].
+constexpr int64_t kSkinnyMatMulMaxRows = 8;
+bool SkinnyMatMulSupports(TensorView x, TensorView w);
+int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream);
 // Sigmoid + bias top-k routing as MoeRoute; ids sorted ascending per token.
 int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                    TensorView expert_ids, TensorView weights, Stream stream);

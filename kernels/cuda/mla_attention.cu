@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/mla_absorbed_tc.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -644,7 +645,10 @@ int64_t AbsorbedPartitions(int64_t rows, int64_t groups, int64_t max_keys) {
 
 }  // namespace
 
-size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys) {
+size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores) {
+  if (tensor_cores && MlaAbsorbedTcSupports(params)) {
+    return (MlaAbsorbedTcScratchBytes(params, rows, max_keys) + sizeof(float) - 1) / sizeof(float);
+  }
   const int64_t groups = (params.num_heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const int64_t partitions = AbsorbedPartitions(rows, groups, max_keys);
   if (partitions <= 1) return 0;
@@ -704,7 +708,7 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
-                               float* scratch, TensorView out, Stream stream) {
+                               bool tensor_cores, float* scratch, TensorView out, Stream stream) {
   if (num_seqs < 0 || !ValidParams(params) || q.dtype != DType::kF32 || out.dtype != DType::kF32 ||
       kv_b.dtype == DType::kI32) {
     return Invalid();
@@ -731,6 +735,17 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   args.rope = static_cast<int>(params.qk_rope_dim);
   args.v_dim = static_cast<int>(params.v_dim);
   args.scale = params.scale;
+  auto s = static_cast<cudaStream_t>(stream);
+  const dim3 merge_grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(heads));
+  if (tensor_cores && MlaAbsorbedTcSupports(params)) {
+    int64_t partitions = 0;
+    const int error = LaunchMlaAbsorbedTc(params, q, kv_b, seqs, num_seqs, max_keys, scratch,
+                                          &args.partial, &partitions, stream);
+    if (error != 0) return error;
+    MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * args.rank, s>>>(
+        args, static_cast<int>(partitions));
+    return static_cast<int>(cudaGetLastError());
+  }
   const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const int64_t partitions = AbsorbedPartitions(q.rows, groups, max_keys);
   if (partitions > 1 && scratch == nullptr) return Invalid();
@@ -742,7 +757,6 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   const unsigned split = AbsorbedSplit(q.rows * groups);
   const dim3 grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(groups),
                   split * static_cast<unsigned>(partitions));
-  auto s = static_cast<cudaStream_t>(stream);
   int error = 0;
   switch (ItemsFor(args.lay.v4)) {
     case 1: error = LaunchTiled(MlaAbsorbedKernel<1>, grid, smem, args, s, split); break;
@@ -752,7 +766,6 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
     default: return Invalid();  // kv_lora_rank > 512
   }
   if (error != 0 || partitions <= 1) return error;
-  const dim3 merge_grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(heads));
   MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * args.rank, s>>>(
       args, static_cast<int>(partitions));
   return static_cast<int>(cudaGetLastError());

@@ -1,0 +1,153 @@
+// MLA decode on the GPU against the device's copy bandwidth: one new token per sequence through
+// the absorbed kernel (append the token's latent row, q absorbed with W_UK, attention over the
+// whole latent cache, W_UV after; key partitions and their merge where the launcher picks them)
+// at the Kimi-Linear-48B-A3B shape (32 heads, kv_lora_rank 512, rope 64, nope 128, v 128, fp32
+// latent cache, bf16 kv_b), beside a 1 GiB device-to-device copy. The bytes that must move are
+// the cache rows read (576 fp32 each); the figure is their rate over the copy's read + write rate.
+// Prints one JSON line per case.
+// Usage: cuda_mla_decode_bench [--batch B --context L] [--iters N]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "bench/cuda/bench_support.h"
+#include "kernels/cuda/launchers.h"
+
+namespace {
+
+using deltaserve::bench::Check;
+using deltaserve::bench::DeviceFloats;
+using deltaserve::kernels::DType;
+using deltaserve::kernels::MakeView;
+using deltaserve::kernels::MlaForm;
+using deltaserve::kernels::MlaParams;
+using deltaserve::kernels::MlaSequence;
+
+constexpr int64_t kHeads = 32, kRank = 512, kRope = 64, kNope = 128, kV = 128;
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::pair<int64_t, int64_t>> cases = {{1, 4096},    {1, 65536},  {1, 131072}, {1, 1048576},
+                                                    {8, 65536},   {8, 131072}, {64, 4096},  {64, 65536},
+                                                    {64, 131072}};
+  int iters = 20;
+  int64_t batch = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--batch") == 0) batch = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--context") == 0 && batch > 0) cases = {{batch, std::atoll(argv[i + 1])}};
+  }
+  cudaDeviceProp prop{};
+  Check(cudaGetDeviceProperties(&prop, 0), "device properties");
+  cudaStream_t stream;
+  Check(cudaStreamCreate(&stream), "stream");
+
+  const size_t copy_bytes = size_t{1} << 30;
+  void *copy_src = nullptr, *copy_dst = nullptr;
+  Check(cudaMalloc(&copy_src, copy_bytes), "cudaMalloc");
+  Check(cudaMalloc(&copy_dst, copy_bytes), "cudaMalloc");
+  const double copy_ms = deltaserve::bench::TimeMs(5, 50, stream, [&] {
+    Check(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
+  std::printf("{\"gpu\": \"%s\", \"case\": \"copy\", \"bytes\": %zu, \"ms\": %.4f, \"tb_per_s\": %.3f}\n",
+              prop.name, copy_bytes, copy_ms, copy_tbps);
+  cudaFree(copy_src);
+  cudaFree(copy_dst);
+
+  MlaParams params;
+  params.num_heads = kHeads;
+  params.kv_lora_rank = kRank;
+  params.qk_nope_dim = kNope;
+  params.qk_rope_dim = kRope;
+  params.v_dim = kV;
+  params.scale = 1.0f / 13.856406f;  // 1/sqrt(192)
+  const int64_t width = kRank + kRope;
+  // kv_b [H*(nope+v), R]: bf16 values of about ±0.03 with random signs and mantissas.
+  std::vector<uint16_t> host_kv_b(static_cast<size_t>(kHeads * (kNope + kV) * kRank));
+  unsigned seed = 3;
+  for (auto& v : host_kv_b) {
+    seed = seed * 1664525u + 1013904223u;
+    v = static_cast<uint16_t>(((seed >> 31) << 15) | (0x3c << 7) | ((seed >> 8) & 0x7f));
+  }
+  uint16_t* kv_b = deltaserve::bench::DeviceCopy(host_kv_b);
+  const auto kv_b_view = MakeView(kv_b, DType::kBF16, kHeads * (kNope + kV), kRank);
+
+  for (const auto& [b, context] : cases) {
+    // One cache per sequence, `context` rows of history plus the new one; a 4096-row random
+    // block repeated (the values do not change the work).
+    const int64_t rows = context + 1;
+    std::vector<float*> caches(static_cast<size_t>(b));
+    float* block = DeviceFloats(4096 * width, 2.0f, 7);
+    bool fits = true;
+    for (auto& cache : caches) {
+      if (cudaMalloc(&cache, rows * width * sizeof(float)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cache = nullptr;
+        fits = false;
+        break;
+      }
+      for (int64_t r = 0; r < context; r += 4096) {
+        const int64_t n = std::min<int64_t>(4096, context - r);
+        Check(cudaMemcpy(cache + r * width, block, n * width * sizeof(float), cudaMemcpyDeviceToDevice), "fill");
+      }
+    }
+    cudaFree(block);
+    if (!fits) {
+      std::printf("{\"gpu\": \"%s\", \"case\": \"mla_decode\", \"batch\": %lld, \"context\": %lld, "
+                  "\"skipped\": \"caches do not fit\"}\n",
+                  prop.name, static_cast<long long>(b), static_cast<long long>(context));
+      for (float* cache : caches) cudaFree(cache);
+      continue;
+    }
+    std::vector<MlaSequence> host_seqs(static_cast<size_t>(b));
+    for (int64_t i = 0; i < b; ++i) {
+      host_seqs[i].rows = {i, 1};
+      host_seqs[i].form = MlaForm::kAbsorbed;
+      host_seqs[i].latent_cache = caches[static_cast<size_t>(i)];
+      host_seqs[i].num_cached = context;
+    }
+    MlaSequence* seqs = deltaserve::bench::DeviceCopy(host_seqs);
+    float* q = DeviceFloats(b * kHeads * (kNope + kRope), 2.0f, 4);
+    float* latent = DeviceFloats(b * width, 2.0f, 5);
+    float* out = nullptr;
+    Check(cudaMalloc(&out, b * kHeads * kV * sizeof(float)), "cudaMalloc");
+    const auto q_view = MakeView(q, DType::kF32, b, kHeads * (kNope + kRope));
+    const auto latent_view = MakeView(latent, DType::kF32, b, width);
+    const auto out_view = MakeView(out, DType::kF32, b, kHeads * kV);
+    // The serving kernel (tensor cores) and the fp32 one (validation precision), side by side.
+    for (const bool tensor_cores : {true, false}) {
+      using namespace deltaserve::kernels::cuda;
+      const size_t scratch_floats = MlaAbsorbedScratchFloats(params, b, rows, tensor_cores);
+      float* scratch = nullptr;
+      if (scratch_floats > 0) Check(cudaMalloc(&scratch, scratch_floats * sizeof(float)), "cudaMalloc");
+      const double ms = deltaserve::bench::TimeMs(3, iters, stream, [&] {
+        Check(static_cast<cudaError_t>(LaunchMlaAppendLatent(latent_view, seqs, b, stream)), "append");
+        Check(static_cast<cudaError_t>(LaunchMlaAbsorbedAttention(params, q_view, kv_b_view, seqs, b, rows,
+                                                                  tensor_cores, scratch, out_view, stream)),
+              "absorbed");
+      });
+      cudaFree(scratch);
+      const double bytes = static_cast<double>(b) * rows * width * sizeof(float);
+      const double tbps = bytes / (ms * 1e-3) / 1e12;
+      std::printf("{\"gpu\": \"%s\", \"case\": \"mla_decode\", \"kernel\": \"%s\", \"batch\": %lld, "
+                  "\"context\": %lld, \"ms\": %.4f, \"latent_tb_per_s\": %.3f, \"of_copy\": %.3f}\n",
+                  prop.name, tensor_cores ? "tensor_cores" : "fp32", static_cast<long long>(b),
+                  static_cast<long long>(context), ms, tbps, tbps / copy_tbps);
+      std::fflush(stdout);
+    }
+    for (void* p : {static_cast<void*>(seqs), static_cast<void*>(q), static_cast<void*>(latent),
+                    static_cast<void*>(out)}) {
+      cudaFree(p);
+    }
+    for (float* cache : caches) cudaFree(cache);
+  }
+  return 0;
+}

@@ -1,0 +1,323 @@
+// Absorbed MLA decode on tensor cores (serving precision). The query heads of one row share one
+// latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
+// row: each block takes one absorbed row and one partition of its keys, converts key tiles of
+// the fp32 latent cache to bf16 in shared memory, and runs QKᵀ and PV on mma.sync (bf16 inputs,
+// fp32 accumulation) with an online softmax; O stays in registers. Two launches: q absorbed into
+// the latent space (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then the attention writing each
+// partition's unnormalised state for MlaAbsorbedMergeKernel (mla_attention.cu), which merges the
+// partitions and applies W_UV.
+#include "kernels/cuda/mla_absorbed_tc.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
+constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
+constexpr int kKeys = 32;      // keys per shared-memory tile
+constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
+constexpr int kPLd = kKeys + 8;
+constexpr int kSLd = kKeys + 4;
+
+int Ld(int dot) { return dot + 8; }  // shared row stride (bf16) of Q and K: conflict-free 32-bit loads
+
+// Shared memory of the attention kernel for a dot dimension (rank + rope).
+size_t AttentionSmemBytes(int dot) {
+  return sizeof(bf16) * (static_cast<size_t>(kHeadRows + kKeys) * Ld(dot) + kHeadRows * kPLd) +
+         sizeof(float) * (kHeadRows * kSLd + 3 * kHeadRows);
+}
+
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Two bf16 from different rows, the lower index in the low half (an mma operand register).
+__device__ __forceinline__ uint32_t Pack(const bf16* lo, const bf16* hi) {
+  return static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(lo)) |
+         (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(hi)) << 16);
+}
+
+// Row t's absorbed sequence (or -1): the same search as MapRows for a single row.
+__device__ int AbsorbedSequence(const MlaSequence* seqs, int64_t num_seqs, int64_t t, int* shared) {
+  if (threadIdx.x == 0) *shared = -1;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < num_seqs; i += blockDim.x) {
+    const SequenceRows rows = seqs[i].rows;
+    if (seqs[i].form == MlaForm::kAbsorbed && t >= rows.begin && t < rows.begin + rows.length) {
+      *shared = static_cast<int>(i);
+    }
+  }
+  __syncthreads();
+  return *shared;
+}
+
+// Grid (heads, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖ q_pe[t, h] (rope)] in
+// bf16, for every packed row (rows of other forms are computed too and never read).
+__global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
+                                                             int rope, int v_dim, bf16* q_abs) {
+  __shared__ float q_nope[kAbsorbRows][256];
+  const int h = blockIdx.x;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kAbsorbRows;
+  const int rows = static_cast<int>(q.rows - t0 < kAbsorbRows ? q.rows - t0 : kAbsorbRows);
+  const int qk = nope + rope, dot = kRank + rope;
+  for (int i = threadIdx.x; i < kAbsorbRows * nope; i += kThreads) {
+    const int r = i / nope, c = i % nope;
+    q_nope[r][c] = r < rows ? RowF32(q, t0 + r)[h * qk + c] : 0.0f;
+  }
+  __syncthreads();
+  constexpr int kCols = kRank / kThreads;
+  float acc[kAbsorbRows][kCols] = {};
+  const int64_t w_row = static_cast<int64_t>(h) * (nope + v_dim);
+  for (int c = 0; c < nope; ++c) {
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) {
+      const float w = LoadAt(kv_b, w_row + c, threadIdx.x + j * kThreads);
+#pragma unroll
+      for (int r = 0; r < kAbsorbRows; ++r) acc[r][j] = fmaf(w, q_nope[r][c], acc[r][j]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kAbsorbRows; ++r) {
+    if (r >= rows) break;
+    bf16* dst = q_abs + ((t0 + r) * heads + h) * dot;
+#pragma unroll
+    for (int j = 0; j < kCols; ++j) dst[threadIdx.x + j * kThreads] = __float2bfloat16(acc[r][j]);
+    for (int c = threadIdx.x; c < rope; c += kThreads) {
+      dst[kRank + c] = __float2bfloat16(RowF32(q, t0 + r)[h * qk + nope + c]);
+    }
+  }
+}
+
+struct AttentionArgs {
+  const MlaSequence* seqs;
+  int64_t num_seqs;
+  const bf16* q_abs;  // [T, heads, dot]
+  int heads, rope;
+  float scale;
+  int partitions;
+  float* partial;  // [T, heads, partitions, rank + 2]: m, l, Σ p c_n
+};
+
+// Grid (T, partitions). Warp w scores heads [16(w%2), +16) against keys [8(w/2), +8) of a tile
+// and accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
+__global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(AttentionArgs args) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int seq_index;
+  const int64_t t = blockIdx.x;
+  const int si = AbsorbedSequence(args.seqs, args.num_seqs, t, &seq_index);
+  if (si < 0) return;
+  const MlaSequence seq = args.seqs[si];
+  const int64_t pos = seq.num_cached + (t - seq.rows.begin);
+  const int dot = kRank + args.rope, ld = dot + 8;
+  bf16* qs = reinterpret_cast<bf16*>(smem);
+  bf16* ks = qs + kHeadRows * ld;
+  bf16* ps = ks + kKeys * ld;
+  float* ss = reinterpret_cast<float*>(ps + kHeadRows * kPLd);
+  float* m_row = ss + kHeadRows * kSLd;
+  float* l_row = m_row + kHeadRows;
+  float* alpha_row = l_row + kHeadRows;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, tq = lane & 3;
+  const int heads = args.heads;
+  // Q rows (zero past the real heads), 16 bytes at a time.
+  const int pieces = dot / 8;
+  for (int i = threadIdx.x; i < kHeadRows * pieces; i += kThreads) {
+    const int h = i / pieces, p = i % pieces;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h < heads) v = *reinterpret_cast<const uint4*>(args.q_abs + (t * heads + h) * dot + 8 * p);
+    *reinterpret_cast<uint4*>(qs + h * ld + 8 * p) = v;
+  }
+  if (threadIdx.x < kHeadRows) {
+    m_row[threadIdx.x] = -INFINITY;
+    l_row[threadIdx.x] = 0.0f;
+  }
+
+  const int64_t tiles = pos / kKeys + 1;
+  const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
+  const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
+  float o[2][8][4] = {};
+  const int s_m = warp % 2, s_n = warp / 2;  // this warp's score tile
+  const float* cache = seq.latent_cache;
+  const int quads = dot / 4;
+  for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
+    const int64_t j0 = tile * kKeys;
+    __syncthreads();  // the previous tile's readers are done with K and P (first: Q and stats in)
+    for (int i = threadIdx.x; i < kKeys * quads; i += kThreads) {
+      const int key = i / quads, c4 = i % quads;
+      const int64_t j = j0 + key;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (j <= pos) v = __ldg(reinterpret_cast<const float4*>(cache + j * dot) + c4);
+      __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(ks + key * ld + 4 * c4);
+      dst[0] = __floats2bfloat162_rn(v.x, v.y);
+      dst[1] = __floats2bfloat162_rn(v.z, v.w);
+    }
+    __syncthreads();
+    {
+      float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const bf16* q_lo = qs + (16 * s_m + g) * ld + 2 * tq;
+      const bf16* k_row = ks + (8 * s_n + g) * ld + 2 * tq;
+      for (int k0 = 0; k0 < dot; k0 += 16) {
+        const uint32_t a[4] = {Load32(q_lo + k0), Load32(q_lo + 8 * ld + k0), Load32(q_lo + k0 + 8),
+                               Load32(q_lo + 8 * ld + k0 + 8)};
+        Mma(c, a, Load32(k_row + k0), Load32(k_row + k0 + 8));
+      }
+      const int row = 16 * s_m + g, key = 8 * s_n + 2 * tq;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) {
+        const int r = row + 8 * (x / 2), k = key + x % 2;
+        ss[r * kSLd + k] = j0 + k <= pos ? c[x] * args.scale : -INFINITY;
+      }
+    }
+    __syncthreads();
+    for (int r = warp; r < kHeadRows; r += kWarps) {
+      const float s = ss[r * kSLd + lane];
+      const float m_old = m_row[r];
+      const float m_new = fmaxf(m_old, WarpMax(s));
+      const float e = s == -INFINITY ? 0.0f : expf(s - m_new);
+      const float sum = WarpSum(e);
+      ps[r * kPLd + lane] = __float2bfloat16(e);
+      __syncwarp();  // every lane has read m_row[r] before lane 0 replaces it
+      if (lane == 0) {
+        const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+        m_row[r] = m_new;
+        l_row[r] = l_row[r] * alpha + sum;
+        alpha_row[r] = alpha;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+      const float a_lo = alpha_row[16 * mi + g], a_hi = alpha_row[16 * mi + g + 8];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
+      }
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < kKeys; k0 += 16) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const bf16* p_lo = ps + (16 * mi + g) * kPLd + k0 + 2 * tq;
+        a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
+        a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
+      }
+      const bf16* v0 = ks + (k0 + 2 * tq) * ld + 64 * warp + g;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const bf16* v = v0 + 8 * nt;
+        const uint32_t b0 = Pack(v, v + ld), b1 = Pack(v + 8 * ld, v + 9 * ld);
+        Mma(o[0][nt], a[0], b0, b1);
+        Mma(o[1][nt], a[1], b0, b1);
+      }
+    }
+  }
+  __syncthreads();  // m_row and l_row final (also when this partition had no tile)
+
+  const int entry_floats = kRank + 2;
+  auto entry = [&](int h) {
+    return args.partial + ((t * heads + h) * args.partitions + blockIdx.y) * entry_floats;
+  };
+  if (threadIdx.x < heads) {
+    float* e = entry(threadIdx.x);
+    e[0] = m_row[threadIdx.x];
+    e[1] = l_row[threadIdx.x];
+  }
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int h = 16 * mi + g + 8 * half;
+      if (h >= heads) continue;
+      float* e = entry(h) + 2;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int col = 64 * warp + 8 * nt + 2 * tq;
+        e[col] = o[mi][nt][2 * half];
+        e[col + 1] = o[mi][nt][2 * half + 1];
+      }
+    }
+}
+
+int SmCount() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 132;
+    }
+    return sms;
+  }();
+  return count;
+}
+
+size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
+
+bool MlaAbsorbedTcSupports(const MlaParams& params) {
+  return params.num_heads >= 1 && params.num_heads <= kHeadRows && params.kv_lora_rank == kRank &&
+         params.qk_rope_dim % 16 == 0 && params.qk_nope_dim <= 256;
+}
+
+// About four blocks per SM in all (two resident at a time), every partition keeping >= 4 tiles.
+int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys) {
+  const int64_t target = 4 * static_cast<int64_t>(SmCount());
+  const int64_t tiles = (max_keys + kKeys - 1) / kKeys;
+  int64_t partitions = (target + rows - 1) / rows;
+  if (partitions > tiles / 4) partitions = tiles / 4;
+  if (partitions > 256) partitions = 256;
+  return partitions < 1 ? 1 : partitions;
+}
+
+size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys) {
+  const int64_t partitions = MlaAbsorbedTcPartitions(rows, max_keys);
+  return AlignUp(sizeof(float) * rows * params.num_heads * partitions * (kRank + 2)) +
+         AlignUp(sizeof(bf16) * rows * params.num_heads * (kRank + params.qk_rope_dim));
+}
+
+int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
+                        int64_t num_seqs, int64_t max_keys, void* scratch, float** partial,
+                        int64_t* partitions, Stream stream) {
+  if (!MlaAbsorbedTcSupports(params) || scratch == nullptr) return static_cast<int>(cudaErrorInvalidValue);
+  const int64_t rows = q.rows;
+  const int64_t p = MlaAbsorbedTcPartitions(rows, max_keys);
+  const int heads = static_cast<int>(params.num_heads), rope = static_cast<int>(params.qk_rope_dim);
+  const int dot = kRank + rope;
+  auto* base = static_cast<char*>(scratch);
+  *partial = reinterpret_cast<float*>(base);
+  *partitions = p;
+  auto* q_abs = reinterpret_cast<bf16*>(base + AlignUp(sizeof(float) * rows * heads * p * (kRank + 2)));
+  if (rows > 65535 * int64_t{kAbsorbRows} || !FitsGridX(rows)) return static_cast<int>(cudaErrorInvalidValue);
+  auto s = static_cast<cudaStream_t>(stream);
+  MlaAbsorbQKernel<<<dim3(heads, static_cast<unsigned>((rows + kAbsorbRows - 1) / kAbsorbRows)), kThreads, 0, s>>>(
+      q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope, static_cast<int>(params.v_dim), q_abs);
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return static_cast<int>(error);
+  const size_t smem = AttentionSmemBytes(dot);
+  error = cudaFuncSetAttribute(MlaLatentAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
+  if (error != cudaSuccess) return static_cast<int>(error);
+  AttentionArgs args{seqs, num_seqs, q_abs, heads, rope, params.scale, static_cast<int>(p), *partial};
+  MlaLatentAttentionKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p)), kThreads, smem, s>>>(args);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace deltaserve::kernels::cuda
