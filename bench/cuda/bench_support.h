@@ -1,10 +1,11 @@
-// What the CUDA benchmarks share: failing on a CUDA error, random device inputs, and timing a
-// body with CUDA events.
+// What the CUDA benchmarks share: failing on a CUDA error, random device inputs, timing a body
+// with CUDA events, and the copy-bandwidth ceiling.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -59,6 +60,34 @@ double TimeMs(int warmup, int iters, cudaStream_t stream, Body body) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms / iters;
+}
+
+// Host bf16 values of about ±0.03 with random signs and mantissas (weights for benchmarks).
+inline std::vector<uint16_t> RandomBf16(size_t count, unsigned seed) {
+  std::vector<uint16_t> out(count);
+  for (auto& v : out) {
+    seed = seed * 1664525u + 1013904223u;
+    v = static_cast<uint16_t>(((seed >> 31) << 15) | (0x3c << 7) | ((seed >> 8) & 0x7f));
+  }
+  return out;
+}
+
+// The ceiling the memory-bound figures are compared with: a 1 GiB device-to-device copy, bytes
+// read plus written, in TB/s. Prints its JSON line for `gpu`.
+inline double MeasureCopyTbps(cudaStream_t stream, const char* gpu) {
+  const size_t bytes = size_t{1} << 30;
+  void *src = nullptr, *dst = nullptr;
+  Check(cudaMalloc(&src, bytes), "cudaMalloc");
+  Check(cudaMalloc(&dst, bytes), "cudaMalloc");
+  const double ms = TimeMs(5, 50, stream, [&] {
+    Check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  });
+  const double tbps = 2.0 * bytes / (ms * 1e-3) / 1e12;
+  std::printf("{\"gpu\": \"%s\", \"case\": \"copy\", \"bytes\": %zu, \"ms\": %.4f, \"tb_per_s\": %.3f}\n", gpu,
+              bytes, ms, tbps);
+  cudaFree(src);
+  cudaFree(dst);
+  return tbps;
 }
 
 }  // namespace deltaserve::bench

@@ -43,19 +43,7 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   Check(cudaStreamCreate(&stream), "stream");
 
-  // The ceiling: a 1 GiB device-to-device copy, bytes read plus written.
-  const size_t copy_bytes = size_t{1} << 30;
-  void *copy_src = nullptr, *copy_dst = nullptr;
-  Check(cudaMalloc(&copy_src, copy_bytes), "cudaMalloc");
-  Check(cudaMalloc(&copy_dst, copy_bytes), "cudaMalloc");
-  const double copy_ms = deltaserve::bench::TimeMs(5, 50, stream, [&] {
-    Check(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
-  std::printf("{\"gpu\": \"%s\", \"case\": \"copy\", \"bytes\": %zu, \"ms\": %.4f, \"tb_per_s\": %.3f}\n",
-              prop.name, copy_bytes, copy_ms, copy_tbps);
-  cudaFree(copy_src);
-  cudaFree(copy_dst);
+  const double copy_tbps = deltaserve::bench::MeasureCopyTbps(stream, prop.name);
 
   const int64_t width = int64_t{heads} * kDim;
   float* a_log = DeviceFloats(heads, 2.0f, 1);

@@ -49,18 +49,7 @@ int main(int argc, char** argv) {
   cudaStream_t stream;
   Check(cudaStreamCreate(&stream), "stream");
 
-  const size_t copy_bytes = size_t{1} << 30;
-  void *copy_src = nullptr, *copy_dst = nullptr;
-  Check(cudaMalloc(&copy_src, copy_bytes), "cudaMalloc");
-  Check(cudaMalloc(&copy_dst, copy_bytes), "cudaMalloc");
-  const double copy_ms = deltaserve::bench::TimeMs(5, 50, stream, [&] {
-    Check(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
-  std::printf("{\"gpu\": \"%s\", \"case\": \"copy\", \"bytes\": %zu, \"ms\": %.4f, \"tb_per_s\": %.3f}\n",
-              prop.name, copy_bytes, copy_ms, copy_tbps);
-  cudaFree(copy_src);
-  cudaFree(copy_dst);
+  const double copy_tbps = deltaserve::bench::MeasureCopyTbps(stream, prop.name);
 
   MlaParams params;
   params.num_heads = kHeads;
@@ -70,13 +59,9 @@ int main(int argc, char** argv) {
   params.v_dim = kV;
   params.scale = 1.0f / 13.856406f;  // 1/sqrt(192)
   const int64_t width = kRank + kRope;
-  // kv_b [H*(nope+v), R]: bf16 values of about ±0.03 with random signs and mantissas.
-  std::vector<uint16_t> host_kv_b(static_cast<size_t>(kHeads * (kNope + kV) * kRank));
-  unsigned seed = 3;
-  for (auto& v : host_kv_b) {
-    seed = seed * 1664525u + 1013904223u;
-    v = static_cast<uint16_t>(((seed >> 31) << 15) | (0x3c << 7) | ((seed >> 8) & 0x7f));
-  }
+  // kv_b [H*(nope+v), R].
+  const std::vector<uint16_t> host_kv_b =
+      deltaserve::bench::RandomBf16(static_cast<size_t>(kHeads * (kNope + kV) * kRank), 3);
   uint16_t* kv_b = deltaserve::bench::DeviceCopy(host_kv_b);
   const auto kv_b_view = MakeView(kv_b, DType::kBF16, kHeads * (kNope + kV), kRank);
 

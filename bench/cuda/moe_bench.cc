@@ -50,16 +50,6 @@ void CheckBlas(cublasStatus_t status, const char* what) {
   }
 }
 
-std::vector<uint16_t> RandomBf16(size_t count, unsigned seed) {
-  std::vector<uint16_t> out(count);
-  for (auto& v : out) {
-    seed = seed * 1664525u + 1013904223u;
-    // bf16 of a value in about [-0.03, 0.03): sign, exponent around 2^-6, random mantissa.
-    v = static_cast<uint16_t>(((seed >> 31) << 15) | (0x3c << 7) | ((seed >> 8) & 0x7f));
-  }
-  return out;
-}
-
 // Mean milliseconds of `body` (which queues work on `backend`), host clock around a synchronised
 // loop: the per-expert kernel waits for the ids inside each call, the grouped one does not.
 template <typename Body>
@@ -118,18 +108,7 @@ int main(int argc, char** argv) {
   CheckBlas(cublasSetStream(blas, stream), "cublasSetStream");
 
   // Ceilings: device copy bandwidth and one large bf16 GEMM.
-  const size_t copy_bytes = size_t{1} << 30;
-  void *copy_src = nullptr, *copy_dst = nullptr;
-  Check(cudaMalloc(&copy_src, copy_bytes), "cudaMalloc");
-  Check(cudaMalloc(&copy_dst, copy_bytes), "cudaMalloc");
-  const double copy_ms = deltaserve::bench::TimeMs(5, 50, stream, [&] {
-    Check(cudaMemcpyAsync(copy_dst, copy_src, copy_bytes, cudaMemcpyDeviceToDevice, stream), "copy");
-  });
-  const double copy_tbps = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e12;
-  std::printf("{\"gpu\": \"%s\", \"case\": \"copy\", \"bytes\": %zu, \"ms\": %.4f, \"tb_per_s\": %.3f}\n",
-              prop.name, copy_bytes, copy_ms, copy_tbps);
-  cudaFree(copy_src);
-  cudaFree(copy_dst);
+  const double copy_tbps = deltaserve::bench::MeasureCopyTbps(stream, prop.name);
 
   // Dense bf16 GEMM y[m, n] = a[m, k] · w[n, k]ᵀ with fp32 output, as the backend calls cuBLAS.
   auto dense_gemm = [&](int64_t m, int64_t n, int64_t k, const void* a, const void* w, float* y) {
@@ -158,7 +137,7 @@ int main(int argc, char** argv) {
   }
 
   std::vector<std::vector<uint16_t>> host_sets;
-  for (int s = 0; s < kDistinctHostSets; ++s) host_sets.push_back(RandomBf16(3 * kInner * kHidden, 11u + s));
+  for (int s = 0; s < kDistinctHostSets; ++s) host_sets.push_back(deltaserve::bench::RandomBf16(3 * kInner * kHidden, 11u + s));
   Backend grouped = Make(MoeExpertsKernel::kGrouped, host_sets);
   Backend per_expert = Make(MoeExpertsKernel::kPerExpert, host_sets);
 
