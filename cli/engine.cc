@@ -24,6 +24,12 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
           "DEVICE"))
       ->capture_default_str();
   command.add_option("--threads", engine.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  command
+      .add_option("--device-memory-gib", engine.device_memory_gib,
+                  "CUDA: the most device memory (GiB) weights, sequence states and step buffers may "
+                  "hold; a step past it fails with RESOURCE_EXHAUSTED and the server keeps serving "
+                  "(0: what the GPU has)")
+      ->check(CLI::NonNegativeNumber);
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
   command.add_option("--mla", engine.mla, "MLA attention form")
@@ -46,6 +52,7 @@ kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args) {
   kernels::BackendChoice choice =
       kernels::ParseBackendChoice(args.device).value_or(kernels::BackendChoice{});
   choice.cpu_threads = args.threads;
+  choice.device_memory_limit_bytes = static_cast<int64_t>(args.device_memory_gib * (1 << 30));
   return choice;
 }
 

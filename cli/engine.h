@@ -17,7 +17,8 @@ struct Engine {
   std::unique_ptr<model::KimiLinearModel> model;
 };
 
-// Declares --model, --device, --threads, --kda, --mla and --biased-routing on `command`.
+// Declares --model, --device, --threads, --device-memory-gib, --kda, --mla and --biased-routing
+// on `command`.
 void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);

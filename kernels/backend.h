@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "kernels/ops.h"
@@ -19,10 +20,25 @@
 
 namespace deltaserve::kernels {
 
+// Why a backend's operations stopped (Backend::TakeFailure); no message means no failure.
+struct BackendFailure {
+  bool out_of_memory = false;
+  std::string message;
+  bool failed() const { return !message.empty(); }
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+
+  // The calling thread's first failure since its last call, then forgotten. A backend whose
+  // device can refuse work (CUDA: memory exhausted, a launch rejected) records a thread's first
+  // failure, and that thread's operations then do nothing and allocate nothing (views with null
+  // data) until it takes the failure: a caller checks once after a step instead of after every
+  // call. Device faults that leave the device unusable still end the process. The CPU backend
+  // never fails.
+  virtual BackendFailure TakeFailure() { return {}; }
 
   // Memory. Allocated contents are unspecified.
   virtual Tensor Allocate(int64_t rows, int64_t cols, DType dtype) = 0;

@@ -1,6 +1,7 @@
 // Creates the backend a user names ("cpu", or "cuda" in builds with the CUDA backend).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +15,7 @@ struct BackendChoice {
   std::string device = "cpu";  // cpu | cuda
   int cpu_threads = 0;         // 0: all hardware threads
   int cuda_device = 0;
+  int64_t device_memory_limit_bytes = 0;  // CUDA: CudaBackendOptions::memory_limit_bytes
 };
 
 // The parser of every --device flag: "cpu", "cuda" (GPU 0) or "cuda:N"; nullopt for anything

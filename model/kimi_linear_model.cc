@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "model/device_failure.h"
 #include "model/layers/ffn.h"
 #include "model/layers/kda_mixer.h"
 #include "model/layers/mla_mixer.h"
@@ -27,6 +28,7 @@ absl::StatusOr<std::unique_ptr<KimiLinearModel>> KimiLinearModel::Load(
   }
   DS_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   DS_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, backend, options.scope));
+  DS_RETURN_IF_ERROR(model::TakeDeviceFailure(backend, "while loading the weights"));
   return std::unique_ptr<KimiLinearModel>(
       new KimiLinearModel(std::move(checkpoint), backend, std::move(weights), options));
 }
@@ -144,6 +146,9 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
   }
   const int64_t t = static_cast<int64_t>(ids.size());
   const Step step{backend_, c, options_.layers, seqs, t};
+  // A device failure anywhere in the step (the sequences' states included) fails it; the
+  // caller drops those sequences, whose states the skipped work left behind.
+  constexpr std::string_view kDuring = "in a step";
 
   Tensor hidden = backend_.Allocate(t, c.hidden_size, DType::kF32);
   Tensor normed = backend_.Allocate(t, c.hidden_size, DType::kF32);
@@ -164,7 +169,11 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
     backend_.Add(hidden.view(), mixed.view());
     backend_.RmsNorm(hidden.view(), w.post_norm, eps, normed.view());
     if (c.IsMoe(layer)) {
-      DS_RETURN_IF_ERROR(MoeFfnForward(step, layer, w.moe, *experts_, normed.view(), mixed.view()));
+      if (absl::Status status = MoeFfnForward(step, layer, w.moe, *experts_, normed.view(), mixed.view());
+          !status.ok()) {
+        (void)TakeDeviceFailure(kDuring);  // the step failed anyway; the next one starts clean
+        return status;
+      }
     } else {
       DenseFfnForward(backend_, w.dense, normed.view(), mixed.view());
     }
@@ -174,20 +183,24 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
   if (!is_last_stage()) {
     out.resize(static_cast<size_t>(t * c.hidden_size));
     backend_.Download(hidden.view(), out.data());
-    return absl::OkStatus();
+    return model::TakeDeviceFailure(backend_, kDuring);
   }
 
   std::vector<float>& logits = out;
   const int64_t rows = static_cast<int64_t>(logit_rows.size());
   logits.assign(static_cast<size_t>(rows * c.vocab_size), 0.0f);
-  if (rows == 0) return absl::OkStatus();
+  if (rows == 0) return model::TakeDeviceFailure(backend_, kDuring);
   Tensor selected = backend_.Allocate(rows, c.hidden_size, DType::kF32);
   backend_.GatherRows(hidden.view(), logit_rows, selected.view());
   backend_.RmsNorm(selected.view(), weights_.final_norm, eps, selected.view());
   Tensor vocab_logits = backend_.Allocate(rows, c.vocab_size, DType::kF32);
   backend_.MatMul(selected.view(), weights_.lm_head, vocab_logits.view());
   backend_.Download(vocab_logits.view(), logits.data());
-  return absl::OkStatus();
+  return model::TakeDeviceFailure(backend_, kDuring);
+}
+
+absl::Status KimiLinearModel::TakeDeviceFailure(std::string_view during) const {
+  return model::TakeDeviceFailure(backend_, during);
 }
 
 }  // namespace deltaserve::model

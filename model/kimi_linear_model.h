@@ -56,8 +56,11 @@ class KimiLinearModel {
   // The longest history a sequence may reach (model_max_length, or unbounded when absent).
   int64_t max_context() const;
 
-  // A fresh state for this model's layers.
+  // A fresh state for this model's layers. Where the backend failed to allocate it (device
+  // memory), TakeDeviceFailure says so; Forward with it fails too.
   std::unique_ptr<SequenceState> NewState() const;
+  // OK unless this thread's backend operations failed since the last check (model/device_failure.h).
+  absl::Status TakeDeviceFailure(std::string_view during) const;
   std::string SnapshotState(const SequenceState& state) const;
   absl::StatusOr<std::unique_ptr<SequenceState>> RestoreState(std::string_view snapshot) const;
 

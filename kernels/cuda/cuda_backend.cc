@@ -7,7 +7,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <atomic>
 #include <map>
+#include <mutex>
+#include <thread>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/launchers.h"
@@ -16,20 +21,31 @@
 namespace deltaserve::kernels::cuda {
 namespace {
 
-// A failed CUDA call inside an operation is a broken invariant (or a dead GPU): the operation has
-// no way to report it, and continuing would compute garbage.
-void Check(cudaError_t error, const char* what) {
-  if (error == cudaSuccess) return;
-  std::fprintf(stderr, "deltaserve cuda: %s failed: %s\n", what, cudaGetErrorString(error));
+// Errors after which the device still works: the call did nothing (no memory, a launch refused
+// before it ran). Any other error (a faulted kernel, a lost device) leaves the CUDA context
+// unusable for the rest of the process.
+bool Recoverable(cudaError_t error) {
+  switch (error) {
+    case cudaErrorMemoryAllocation:
+    case cudaErrorInvalidValue:
+    case cudaErrorInvalidConfiguration:
+    case cudaErrorLaunchOutOfResources:
+    case cudaErrorInvalidDeviceFunction:
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorNotSupported:
+      return true;
+    default:
+      return false;
+  }
+}
+
+[[noreturn]] void Fatal(const char* what, const char* why) {
+  std::fprintf(stderr, "deltaserve cuda: %s failed: %s; the device is unusable\n", what, why);
   std::abort();
 }
 
-void CheckLaunch(int error, const char* what) { Check(static_cast<cudaError_t>(error), what); }
-
-void CheckBlas(cublasStatus_t status, const char* what) {
-  if (status == CUBLAS_STATUS_SUCCESS) return;
-  std::fprintf(stderr, "deltaserve cuda: %s failed: cuBLAS status %d\n", what, static_cast<int>(status));
-  std::abort();
+void CheckFatal(cudaError_t error, const char* what) {
+  if (error != cudaSuccess) Fatal(what, cudaGetErrorString(error));
 }
 
 size_t RowBytes(const TensorView& v) { return static_cast<size_t>(v.cols) * DTypeSize(v.dtype); }
@@ -46,6 +62,90 @@ cudaDataType_t BlasType(DType dtype) {
 }  // namespace
 
 struct CudaBackend::Impl {
+  // Per calling thread (threads run steps side by side): the first failure since its last
+  // TakeFailure; the thread's operations do nothing while one is held.
+  std::atomic<int> failures_held{0};
+  mutable std::mutex failures_mutex;
+  std::unordered_map<std::thread::id, BackendFailure> failures;
+  bool failed() const {
+    if (failures_held.load(std::memory_order_acquire) == 0) return false;
+    std::lock_guard<std::mutex> lock(failures_mutex);
+    return failures.count(std::this_thread::get_id()) > 0;
+  }
+  BackendFailure Take() {
+    if (failures_held.load(std::memory_order_acquire) == 0) return {};
+    std::lock_guard<std::mutex> lock(failures_mutex);
+    const auto it = failures.find(std::this_thread::get_id());
+    if (it == failures.end()) return {};
+    BackendFailure failure = std::move(it->second);
+    failures.erase(it);
+    failures_held.fetch_sub(1, std::memory_order_release);
+    return failure;
+  }
+
+  // False (and the failure recorded) when `error` is one; aborts on an unrecoverable one.
+  bool Ok(cudaError_t error, const char* what) {
+    if (error == cudaSuccess) return true;
+    if (!Recoverable(error)) Fatal(what, cudaGetErrorString(error));
+    (void)cudaGetLastError();  // clears the recorded launch error
+    Record(error == cudaErrorMemoryAllocation, std::string(what) + ": " + cudaGetErrorString(error));
+    return false;
+  }
+  bool OkBlas(cublasStatus_t status, const char* what) {
+    if (status == CUBLAS_STATUS_SUCCESS) return true;
+    (void)cudaGetLastError();
+    Record(status == CUBLAS_STATUS_ALLOC_FAILED,
+           std::string(what) + ": cuBLAS status " + std::to_string(static_cast<int>(status)));
+    return false;
+  }
+  void Record(bool out_of_memory, std::string message) {
+    std::lock_guard<std::mutex> lock(failures_mutex);
+    const auto [it, inserted] = failures.try_emplace(std::this_thread::get_id());
+    if (!inserted) return;
+    it->second.out_of_memory = out_of_memory;
+    it->second.message = std::move(message);
+    failures_held.fetch_add(1, std::memory_order_release);
+  }
+
+  // CudaBackendOptions::memory_limit_bytes (0: none) and what is held against it.
+  int64_t memory_limit = 0;
+  std::mutex memory_mutex;
+  int64_t memory_held = 0;
+  std::unordered_map<void*, int64_t> held_bytes;
+
+  // Counts `bytes` against the limit when they fit (else records an out-of-memory failure).
+  bool Reserve(size_t bytes, const char* what) {
+    if (memory_limit <= 0) return true;
+    std::unique_lock<std::mutex> lock(memory_mutex);
+    if (memory_held + static_cast<int64_t>(bytes) <= memory_limit) {
+      memory_held += static_cast<int64_t>(bytes);
+      return true;
+    }
+    const int64_t held = memory_held;
+    lock.unlock();
+    Record(true, std::string(what) + ": " + std::to_string(bytes) + " bytes more would pass the memory limit of " +
+                     std::to_string(memory_limit) + " bytes (" + std::to_string(held) + " held)");
+    return false;
+  }
+  // After Reserve: the allocation at `data` holds the bytes (or, null, the allocation failed).
+  void Settle(void* data, size_t bytes) {
+    if (memory_limit <= 0) return;
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    if (data == nullptr) {
+      memory_held -= static_cast<int64_t>(bytes);
+    } else {
+      held_bytes[data] = static_cast<int64_t>(bytes);
+    }
+  }
+  void Release(void* data) {
+    if (memory_limit <= 0) return;
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    const auto it = held_bytes.find(data);
+    if (it == held_bytes.end()) return;
+    memory_held -= it->second;
+    held_bytes.erase(it);
+  }
+
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
@@ -62,14 +162,28 @@ struct CudaBackend::Impl {
   };
   std::map<std::pair<const ExpertWeights*, size_t>, ExpertPointers> expert_pointers;
 
-  // Device memory for an adopted weight, freed with the backend.
+  // Device memory for an adopted weight, freed with the backend; null after a failure.
   void* AllocateWeight(size_t bytes) {
     void* data = nullptr;
-    Check(cudaMalloc(&data, bytes == 0 ? 256 : bytes), "cudaMalloc (weight)");
-    weights.push_back(data);
+    bytes = bytes == 0 ? 256 : bytes;
+    if (failed() || !Reserve(bytes, "cudaMalloc (weight)")) return nullptr;
+    if (!Ok(cudaMalloc(&data, bytes), "cudaMalloc (weight)")) data = nullptr;
+    Settle(data, bytes);
+    if (data != nullptr) weights.push_back(data);
     return data;
   }
 };
+
+// Inside an operation: skips `call` once a failure is held, records a failed one, and leaves the
+// operation either way, so nothing runs on memory a failed allocation did not provide.
+#define DS_CUDA(call, what)                                                                    \
+  do {                                                                                         \
+    if (impl_->failed() || !impl_->Ok(static_cast<cudaError_t>(call), what)) return;         \
+  } while (0)
+#define DS_BLAS(call, what)                                    \
+  do {                                                         \
+    if (impl_->failed() || !impl_->OkBlas(call, what)) return; \
+  } while (0)
 
 bool CudaDeviceAvailable(std::string* why) {
   int count = 0;
@@ -112,6 +226,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   auto impl = std::make_unique<Impl>();
   impl->matmul_precision = options.matmul_precision;
   impl->moe_experts = options.moe_experts;
+  impl->memory_limit = options.memory_limit_bytes;
   impl->device = options.device;
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS ||
@@ -129,7 +244,9 @@ CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 // The current device is per host thread, and callers (gRPC handlers, the scheduler) call from
 // several: every entry point selects this backend's device first (cheap when already current).
-void CudaBackend::Bind() const { Check(cudaSetDevice(impl_->device), "cudaSetDevice"); }
+void CudaBackend::Bind() const { CheckFatal(cudaSetDevice(impl_->device), "cudaSetDevice"); }
+
+BackendFailure CudaBackend::TakeFailure() { return impl_->Take(); }
 
 CudaBackend::~CudaBackend() {
   Bind();
@@ -145,29 +262,34 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::Synchronize() {
   Bind();
-  Check(cudaStreamSynchronize(impl_->stream), "synchronize");
+  CheckFatal(cudaStreamSynchronize(impl_->stream), "synchronize");
 }
 
 Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Allocate");
   void* data = nullptr;
-  const size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
-  Check(cudaMallocAsync(&data, bytes == 0 ? 256 : bytes, impl_->stream), "cudaMallocAsync");
+  size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
+  bytes = bytes == 0 ? 256 : bytes;
+  if (impl_->failed() || !impl_->Reserve(bytes, "cudaMallocAsync")) return Tensor(this, nullptr, dtype, rows, cols);
+  if (!impl_->Ok(cudaMallocAsync(&data, bytes, impl_->stream), "cudaMallocAsync")) data = nullptr;
+  impl_->Settle(data, bytes);
   return Tensor(this, data, dtype, rows, cols);
 }
 
 void CudaBackend::Free(void* data) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Free");
-  Check(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
+  if (data == nullptr) return;  // a failed allocation
+  impl_->Release(data);
+  CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
 }
 
 Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
   Tensor tensor = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
-  if (bytes > 0) {
-    Check(cudaMemcpyAsync(tensor.view().data, host, bytes, cudaMemcpyHostToDevice, impl_->stream),
-          "upload");
+  if (bytes > 0 && !impl_->failed()) {
+    impl_->Ok(cudaMemcpyAsync(tensor.view().data, host, bytes, cudaMemcpyHostToDevice, impl_->stream),
+              "upload");
   }
   return tensor;
 }
@@ -176,25 +298,25 @@ void CudaBackend::Zero(TensorView dst) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Zero");
   if (dst.rows == 0 || dst.cols == 0) return;
-  Check(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->stream), "zero");
+  DS_CUDA(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->stream), "zero");
 }
 
 void CudaBackend::Upload(const void* host, TensorView dst) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Upload");
   if (dst.rows == 0 || dst.cols == 0) return;
-  Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), host, RowBytes(dst), RowBytes(dst), dst.rows,
-                          cudaMemcpyHostToDevice, impl_->stream),
-        "upload");
+  DS_CUDA(cudaMemcpy2DAsync(dst.data, Pitch(dst), host, RowBytes(dst), RowBytes(dst), dst.rows,
+                            cudaMemcpyHostToDevice, impl_->stream),
+          "upload");
 }
 
 void CudaBackend::Download(TensorView src, void* host) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Download");
-  if (src.rows > 0 && src.cols > 0) {
-    Check(cudaMemcpy2DAsync(host, RowBytes(src), src.data, Pitch(src), RowBytes(src), src.rows,
-                            cudaMemcpyDeviceToHost, impl_->stream),
-          "download");
+  if (src.rows > 0 && src.cols > 0 && !impl_->failed()) {
+    impl_->Ok(cudaMemcpy2DAsync(host, RowBytes(src), src.data, Pitch(src), RowBytes(src), src.rows,
+                                cudaMemcpyDeviceToHost, impl_->stream),
+              "download");
   }
   Synchronize();
 }
@@ -203,9 +325,9 @@ void CudaBackend::Copy(TensorView src, TensorView dst) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Copy");
   if (src.rows == 0 || src.cols == 0) return;
-  Check(cudaMemcpy2DAsync(dst.data, Pitch(dst), src.data, Pitch(src), RowBytes(src), src.rows,
-                          cudaMemcpyDeviceToDevice, impl_->stream),
-        "copy");
+  DS_CUDA(cudaMemcpy2DAsync(dst.data, Pitch(dst), src.data, Pitch(src), RowBytes(src), src.rows,
+                            cudaMemcpyDeviceToDevice, impl_->stream),
+          "copy");
 }
 
 void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) {
@@ -213,21 +335,21 @@ void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, Tens
   const OpScope scope(impl_->profile.get(), "GatherRows");
   if (rows.empty()) return;
   Tensor indices = UploadBytes(rows.data(), rows.size_bytes());
-  CheckLaunch(LaunchGatherRows(src, indices.data<int64_t>(), static_cast<int64_t>(rows.size()), dst,
-                               impl_->stream),
-              "gather rows");
+  DS_CUDA(LaunchGatherRows(src, indices.data<int64_t>(), static_cast<int64_t>(rows.size()), dst,
+                           impl_->stream),
+          "gather rows");
 }
 
 TensorView CudaBackend::AdoptWeight(TensorView host) {
   Bind();
   const size_t bytes = static_cast<size_t>(host.rows) * RowBytes(host);
   void* data = impl_->AllocateWeight(bytes);
-  if (bytes > 0) {
+  if (bytes > 0 && data != nullptr) {
     // On the compute stream, so kernels queued after it see the whole weight. The host memory
     // is pageable (a mapped checkpoint): the copy has staged it before returning.
-    Check(cudaMemcpy2DAsync(data, RowBytes(host), host.data, Pitch(host), RowBytes(host), host.rows,
-                            cudaMemcpyHostToDevice, impl_->stream),
-          "weight upload");
+    impl_->Ok(cudaMemcpy2DAsync(data, RowBytes(host), host.data, Pitch(host), RowBytes(host), host.rows,
+                                cudaMemcpyHostToDevice, impl_->stream),
+              "weight upload");
   }
   return TensorView{data, host.dtype, host.rows, host.cols, host.cols};
 }
@@ -238,7 +360,10 @@ TensorView CudaBackend::AdoptWeightF32(TensorView host) {
   Tensor stored = Allocate(host.rows, host.cols, host.dtype);
   Upload(host.data, stored.view());
   void* data = impl_->AllocateWeight(static_cast<size_t>(host.rows * host.cols) * sizeof(float));
-  CheckLaunch(LaunchWidenToF32(stored.view(), static_cast<float*>(data), impl_->stream), "widen weight");
+  if (!impl_->failed()) {
+    impl_->Ok(static_cast<cudaError_t>(LaunchWidenToF32(stored.view(), static_cast<float*>(data), impl_->stream)),
+              "widen weight");
+  }
   return TensorView{data, DType::kF32, host.rows, host.cols, host.cols};
 }
 
@@ -247,9 +372,9 @@ void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorVi
   const OpScope scope(impl_->profile.get(), "Embed");
   if (ids.empty()) return;
   Tensor device_ids = UploadBytes(ids.data(), ids.size_bytes());
-  CheckLaunch(LaunchEmbed(device_ids.data<int32_t>(), static_cast<int64_t>(ids.size()), table, out,
-                          impl_->stream),
-              "embed");
+  DS_CUDA(LaunchEmbed(device_ids.data<int32_t>(), static_cast<int64_t>(ids.size()), table, out,
+                      impl_->stream),
+          "embed");
 }
 
 void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
@@ -264,49 +389,49 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
     int64_t w_stride = w.row_stride;
     if (w.dtype != DType::kF32) {
       wide = Allocate(n, k, DType::kF32);
-      CheckLaunch(LaunchWidenToF32(w, wide.data<float>(), impl_->stream), "widen weight");
+      DS_CUDA(LaunchWidenToF32(w, wide.data<float>(), impl_->stream), "widen weight");
       w_data = wide.data<float>();
       w_stride = k;
     }
     // Column-major view: yᵀ[n, t] = w[n, k] · xᵀ[k, t].
-    CheckBlas(cublasSgemm(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w_data, w_stride,
-                          static_cast<const float*>(x.data), x.row_stride, &beta,
-                          static_cast<float*>(y.data), y.row_stride),
-              "sgemm");
+    DS_BLAS(cublasSgemm(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w_data, w_stride,
+                        static_cast<const float*>(x.data), x.row_stride, &beta,
+                        static_cast<float*>(y.data), y.row_stride),
+            "sgemm");
     return;
   }
   // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
   if (SkinnyMatMulSupports(x, w)) {
-    CheckLaunch(LaunchSkinnyMatMul(x, w, y, impl_->stream), "skinny matmul");
+    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->stream), "skinny matmul");
     return;
   }
   // Half-precision weights: the activations are rounded to the same type (the tensor cores'
   // inputs), products accumulate in fp32.
   Tensor half = Allocate(t, k, w.dtype);
-  CheckLaunch(LaunchConvertF32(x, w.dtype, half.view().data, impl_->stream), "convert activations");
-  CheckBlas(cublasGemmEx(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
-                         BlasType(w.dtype), w.row_stride, half.view().data, BlasType(w.dtype), k,
-                         &beta, y.data, CUDA_R_32F, y.row_stride, CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT),
-            "gemm");
+  DS_CUDA(LaunchConvertF32(x, w.dtype, half.view().data, impl_->stream), "convert activations");
+  DS_BLAS(cublasGemmEx(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
+                       BlasType(w.dtype), w.row_stride, half.view().data, BlasType(w.dtype), k,
+                       &beta, y.data, CUDA_R_32F, y.row_stride, CUBLAS_COMPUTE_32F,
+                       CUBLAS_GEMM_DEFAULT),
+          "gemm");
 }
 
 void CudaBackend::Add(TensorView acc, TensorView x) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Add");
-  CheckLaunch(LaunchAdd(acc, x, impl_->stream), "add");
+  DS_CUDA(LaunchAdd(acc, x, impl_->stream), "add");
 }
 
 void CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) {
   Bind();
   const OpScope scope(impl_->profile.get(), "RmsNorm");
-  CheckLaunch(LaunchRmsNorm(x, weight, eps, out, impl_->stream), "rmsnorm");
+  DS_CUDA(LaunchRmsNorm(x, weight, eps, out, impl_->stream), "rmsnorm");
 }
 
 void CudaBackend::SwiGlu(TensorView gate, TensorView up, TensorView out) {
   Bind();
   const OpScope scope(impl_->profile.get(), "SwiGlu");
-  CheckLaunch(LaunchSwiGlu(gate, up, out, impl_->stream), "swiglu");
+  DS_CUDA(LaunchSwiGlu(gate, up, out, impl_->stream), "swiglu");
 }
 
 void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
@@ -315,9 +440,9 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
   const OpScope scope(impl_->profile.get(), "CausalConvSilu");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
-  CheckLaunch(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
-                                   static_cast<int64_t>(seqs.size()), out, impl_->stream),
-              "causal conv");
+  DS_CUDA(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
+                               static_cast<int64_t>(seqs.size()), out, impl_->stream),
+          "causal conv");
 }
 
 void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {
@@ -334,9 +459,9 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
   }
   if (!recurrent.empty()) {
     Tensor descriptors = UploadBytes(recurrent.data(), recurrent.size() * sizeof(KdaSequence));
-    CheckLaunch(LaunchKdaRecurrent(in, static_cast<const KdaSequence*>(descriptors.view().data),
-                                   static_cast<int64_t>(recurrent.size()), out, impl_->stream),
-                "kda recurrent");
+    DS_CUDA(LaunchKdaRecurrent(in, static_cast<const KdaSequence*>(descriptors.view().data),
+                               static_cast<int64_t>(recurrent.size()), out, impl_->stream),
+            "kda recurrent");
   }
   if (chunked.empty()) return;
   const auto [chunks, first_chunk] = BuildKdaChunkTable(chunked.data(), static_cast<int64_t>(chunked.size()));
@@ -346,18 +471,18 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
   Tensor first_table = UploadBytes(first_chunk.data(), first_chunk.size() * sizeof(int32_t));
   const size_t scratch_bytes = KdaChunkedScratchBytes(num_chunks, in.num_heads, in.head_dim);
   Tensor scratch = Allocate(static_cast<int64_t>((scratch_bytes + 1023) / 1024), 256, DType::kI32);
-  CheckLaunch(LaunchKdaChunked(in, static_cast<const KdaSequence*>(descriptors.view().data),
-                               static_cast<int64_t>(chunked.size()), chunk_table.data<KdaChunkRef>(),
-                               first_table.data<int32_t>(), num_chunks, scratch.view().data, out,
-                               impl_->stream),
-              "kda chunked");
+  DS_CUDA(LaunchKdaChunked(in, static_cast<const KdaSequence*>(descriptors.view().data),
+                           static_cast<int64_t>(chunked.size()), chunk_table.data<KdaChunkRef>(),
+                           first_table.data<int32_t>(), num_chunks, scratch.view().data, out,
+                           impl_->stream),
+          "kda chunked");
 }
 
 void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                                float eps, TensorView out) {
   Bind();
   const OpScope scope(impl_->profile.get(), "GatedRmsNorm");
-  CheckLaunch(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
+  DS_CUDA(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
 }
 
 void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
@@ -368,7 +493,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
   const int64_t n = static_cast<int64_t>(seqs.size());
-  CheckLaunch(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->stream), "mla append");
+  DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->stream), "mla append");
 
   const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
   const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
@@ -389,10 +514,10 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   }
   if (any_expanded) {
     Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(float*));
-    CheckLaunch(LaunchMlaExpandedAttention(params, q, device_seqs,
-                                           static_cast<const float* const*>(device_pointers.view().data),
-                                           n, out, impl_->stream),
-                "mla expanded");
+    DS_CUDA(LaunchMlaExpandedAttention(params, q, device_seqs,
+                                       static_cast<const float* const*>(device_pointers.view().data),
+                                       n, out, impl_->stream),
+            "mla expanded");
   }
   if (any_absorbed) {
     int64_t max_keys = 0;
@@ -404,10 +529,10 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys, tensor_cores);
     Tensor scratch;
     if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);
-    CheckLaunch(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores,
-                                           scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
-                                           impl_->stream),
-                "mla absorbed");
+    DS_CUDA(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores,
+                                       scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
+                                       impl_->stream),
+            "mla absorbed");
   }
 }
 
@@ -416,8 +541,8 @@ void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
   Bind();
   const OpScope scope(impl_->profile.get(), "MoeRoute");
   if (router_logits.rows == 0) return;
-  CheckLaunch(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->stream),
-              "moe route");
+  DS_CUDA(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->stream),
+          "moe route");
 }
 
 bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
@@ -448,9 +573,12 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   }
   if (pointers.host != host) {
     // Stream-ordered: kernels queued earlier still read the previous pointers.
-    Check(cudaMemcpyAsync(pointers.device, host.data(), host.size() * sizeof(void*),
-                          cudaMemcpyHostToDevice, impl_->stream),
-          "upload expert pointers");
+    if (pointers.device == nullptr ||
+        !impl_->Ok(cudaMemcpyAsync(pointers.device, host.data(), host.size() * sizeof(void*),
+                                   cudaMemcpyHostToDevice, impl_->stream),
+                   "upload expert pointers")) {
+      return true;  // failed: the caller's operation ends here too
+    }
     pointers.host = std::move(host);
   }
   MoeExpertTable table;
@@ -462,8 +590,11 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   table.inner = inner;
   const size_t bytes = MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
   Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
-  CheckLaunch(LaunchMoeGroupedExperts(x, expert_ids, table, scratch.view().data, slot_out, impl_->stream),
+  if (!impl_->failed()) {
+    impl_->Ok(static_cast<cudaError_t>(
+                  LaunchMoeGroupedExperts(x, expert_ids, table, scratch.view().data, slot_out, impl_->stream)),
               "moe grouped experts");
+  }
   return true;
 }
 
@@ -472,7 +603,7 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
   Bind();
   const OpScope scope(impl_->profile.get(), "MoeExperts");
   const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
-  if (t == 0) return;
+  if (t == 0 || impl_->failed()) return;
   if (MoeExpertsGrouped(x, expert_ids, experts, first_expert, slot_out)) return;
   // Group (token, slot) pairs by expert on the host; one gate/up/down product per active expert.
   std::vector<int32_t> ids(static_cast<size_t>(t * k));
@@ -498,8 +629,8 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
     SwiGlu(gate.view(), up.view(), gate.view());
     MatMul(gate.view(), w.down, input.view());
     Tensor slots = UploadBytes(rows.second.data(), rows.second.size() * sizeof(int64_t));
-    CheckLaunch(LaunchScatterRows(input.view(), slots.data<int64_t>(), m, slot_out, impl_->stream),
-                "scatter rows");
+    DS_CUDA(LaunchScatterRows(input.view(), slots.data<int64_t>(), m, slot_out, impl_->stream),
+            "scatter rows");
   }
 }
 
@@ -507,7 +638,7 @@ void CudaBackend::MoeCombine(TensorView slot_out, TensorView weights, TensorView
   Bind();
   const OpScope scope(impl_->profile.get(), "MoeCombine");
   if (out.rows == 0) return;
-  CheckLaunch(LaunchMoeCombine(slot_out, weights, out, impl_->stream), "moe combine");
+  DS_CUDA(LaunchMoeCombine(slot_out, weights, out, impl_->stream), "moe combine");
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -34,6 +34,9 @@ struct CudaBackendOptions {
   int device = 0;
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
+  // The most device memory this backend holds at once (weights, states, activations, scratch);
+  // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
+  int64_t memory_limit_bytes = 0;
 };
 
 // True when a CUDA device can be used; otherwise `why` says why not. The kernels are built for
@@ -47,6 +50,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   std::string_view name() const override { return "cuda"; }
+  BackendFailure TakeFailure() override;
 
   Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
   void Free(void* data) override;

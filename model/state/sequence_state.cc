@@ -61,6 +61,7 @@ void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   if (needed <= state.latent.rows()) return;
   const int64_t capacity = std::max<int64_t>({needed, 2 * state.latent.rows(), 64});
   kernels::Tensor grown = backend_.Allocate(capacity, config_.mla_latent_size(), DType::kF32);
+  if (grown.empty()) return;  // the backend failed (out of memory); the step reports it
   if (state.num_cached > 0) {
     backend_.Copy(state.latent.view().Rows(0, state.num_cached), grown.view().Rows(0, state.num_cached));
   }

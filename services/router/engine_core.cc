@@ -60,7 +60,11 @@ int64_t Nanos(std::chrono::steady_clock::duration d) {
 // A failure of the pipeline's workers, as the caller sees it: the service is unavailable (the
 // workers' own codes, such as an internal deadline, would mislead the client).
 absl::Status WorkerError(const absl::Status& status) {
-  return absl::UnavailableError(absl::StrCat("the model workers failed: ", status.ToString()));
+  const std::string message = absl::StrCat("the model workers failed: ", status.ToString());
+  // Device memory running out says the request does not fit this server now (a retry later or
+  // a smaller request may), not that the workers are down.
+  if (status.code() == absl::StatusCode::kResourceExhausted) return absl::ResourceExhaustedError(message);
+  return absl::UnavailableError(message);
 }
 
 uint64_t FreshSeed() {

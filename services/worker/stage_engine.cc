@@ -86,6 +86,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
       }
     }
     if (seq.state == nullptr) seq.state = model_.NewState();
+    DS_RETURN_IF_ERROR(model_.TakeDeviceFailure(absl::StrCat("opening sequence ", open.seq_id())));
     if (model_.is_last_stage()) {
       const std::vector<int32_t> context(open.penalty_context().begin(), open.penalty_context().end());
       seq.sampler = std::make_unique<model::SequenceSampler>(FromProto(open.sampling()), context,

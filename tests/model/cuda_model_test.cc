@@ -146,5 +146,51 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelTest,
                            return testing::FixtureTestName(param.param);
                          });
 
+// Device memory as a limit a server lives with: a backend capped below what a step needs fails
+// that step with RESOURCE_EXHAUSTED and keeps working, so a fresh sequence afterwards gets
+// exactly the logits an uncapped backend gives; a cap below the weights fails the load.
+TEST(CudaModelMemoryLimit, AStepPastTheLimitFailsAndTheNextOneWorks) {
+  std::string why;
+  if (!kernels::cuda::CudaDeviceAvailable(&why)) GTEST_SKIP() << "no usable CUDA device: " << why;
+  const std::string dir = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+  auto tiny_cap = kernels::cuda::CudaBackend::Create({.memory_limit_bytes = 1 << 20}, &why);
+  ASSERT_NE(tiny_cap, nullptr) << why;
+  const auto no_room = KimiLinearModel::Load(dir, *tiny_cap);
+  EXPECT_EQ(no_room.status().code(), absl::StatusCode::kResourceExhausted) << no_room.status();
+
+  auto capped = kernels::cuda::CudaBackend::Create({.memory_limit_bytes = int64_t{64} << 20}, &why);
+  auto uncapped = kernels::cuda::CudaBackend::Create({}, &why);
+  ASSERT_NE(capped, nullptr) << why;
+  ASSERT_NE(uncapped, nullptr) << why;
+  auto model = KimiLinearModel::Load(dir, *capped);
+  auto reference = KimiLinearModel::Load(dir, *uncapped);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE(reference.ok()) << reference.status();
+
+  // About 20 MB per activation of 40,000 tokens, several at once: past 64 MiB.
+  std::vector<int32_t> long_prompt(40000);
+  for (size_t i = 0; i < long_prompt.size(); ++i) long_prompt[i] = static_cast<int32_t>(3 + i % 500);
+  auto long_state = (*model)->NewState();
+  const SequenceInput long_input{long_prompt, long_state.get(), {39999}};
+  std::vector<float> logits;
+  const absl::Status failed = (*model)->Forward({&long_input, 1}, logits);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
+  EXPECT_NE(failed.message().find("memory limit"), std::string_view::npos) << failed;
+
+  // A prompt, then one decode step on the states it left.
+  auto state = (*model)->NewState();
+  auto reference_state = (*reference)->NewState();
+  for (const std::vector<int32_t>& tokens : {std::vector<int32_t>{5, 6, 7, 8, 9, 10, 11}, std::vector<int32_t>{12}}) {
+    SCOPED_TRACE(::testing::Message() << tokens.size() << " tokens");
+    const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
+    const SequenceInput input{tokens, state.get(), {last}};
+    const SequenceInput reference_input{tokens, reference_state.get(), {last}};
+    std::vector<float> got, want;
+    ASSERT_TRUE((*model)->Forward({&input, 1}, got).ok());
+    ASSERT_TRUE((*reference)->Forward({&reference_input, 1}, want).ok());
+    EXPECT_EQ(got, want);
+  }
+}
+
 }  // namespace
 }  // namespace deltaserve::model

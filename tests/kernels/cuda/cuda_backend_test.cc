@@ -111,6 +111,43 @@ TEST_F(CudaVsCpu, SkinnyMatMulForDecodeRows) {
   }
 }
 
+// A refused call does not end the process: the backend holds the failure, skips the calling
+// thread's operations (allocations come back empty) until it is taken, then works as before.
+TEST_F(CudaVsCpu, AFailureIsHeldUntilTakenAndTheBackendKeepsWorking) {
+  std::string why;
+  cuda_ = CudaBackend::Create({.memory_limit_bytes = int64_t{1} << 20}, &why);
+  ASSERT_NE(cuda_, nullptr) << why;
+  Tensor huge = cuda_->Allocate(1024, 1024, DType::kF32);  // 4 MiB past a 1 MiB limit
+  EXPECT_TRUE(huge.empty());
+  Tensor small = cuda_->Allocate(4, 4, DType::kF32);
+  EXPECT_TRUE(small.empty()) << "allocations after a failure are skipped";
+  BackendFailure failure = cuda_->TakeFailure();
+  EXPECT_TRUE(failure.out_of_memory);
+  EXPECT_NE(failure.message.find("memory limit"), std::string::npos) << failure.message;
+  EXPECT_FALSE(cuda_->TakeFailure().failed()) << "a failure is reported once";
+
+  // A launch its launcher refuses (top-k past the kernel's 16).
+  Tensor logits = ToDevice(RandomVector(2 * 32, 3), 2, 32);
+  Tensor ids = cuda_->Allocate(2, 17, DType::kI32);
+  Tensor weights = cuda_->Allocate(2, 17, DType::kF32);
+  cuda_->MoeRoute(logits.view(), TensorView{}, MoeRouting{17, 1, 1, true, 1.0f, false}, ids.view(), weights.view());
+  failure = cuda_->TakeFailure();
+  EXPECT_FALSE(failure.out_of_memory);
+  EXPECT_NE(failure.message.find("moe route"), std::string::npos) << failure.message;
+
+  // Work as usual afterwards.
+  std::vector<float> x = RandomVector(3 * 64, 4);
+  std::vector<uint16_t> w = ToBF16(RandomVector(40 * 64, 5));
+  const TensorView host_w = MakeView(w.data(), DType::kBF16, 40, 64);
+  std::vector<float> cpu_out(3 * 40);
+  cpu_.MatMul(View(x, 3, 64), host_w, View(cpu_out, 3, 40));
+  Tensor dx = ToDevice(x, 3, 64);
+  Tensor dy = Poisoned(3, 40);
+  cuda_->MatMul(dx.view(), cuda_->AdoptWeight(host_w), dy.view());
+  ExpectClose(ToHost(dy.view()), cpu_out, kFp32Tolerance, "matmul after the failures");
+  EXPECT_FALSE(cuda_->TakeFailure().failed());
+}
+
 TEST_F(CudaVsCpu, ElementwiseAndNorms) {
   const int64_t t = 37, d = 96, heads = 3, head_dim = 32;
   std::vector<float> a = RandomVector(t * d, 1), b = RandomVector(t * d, 2);
