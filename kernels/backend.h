@@ -82,6 +82,12 @@ class Backend {
   // out = rmsnorm(x per head of head_dim) ⊙ weight ⊙ sigmoid(gate)  (spec §2.2 step 9).
   virtual void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                             float eps, TensorView out) = 0;
+  // A decode step of the KDA core, every sequence one token (row): the q/k/v short convs with
+  // SiLU (tails advanced), the recurrent delta rule as KdaAttention (states updated), then the
+  // gated RMSNorm of the read: out [T, H*d] = GatedRmsNorm(o, out_gate, out_norm). This
+  // definition composes the operations above (the reference); a backend may fuse them.
+  virtual void KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
+                             TensorView out);
 
   // Appends `latent` [T, R + dr] to each sequence's cache, then attends with q [T, H*(dn+dr)]
   // over the cache (causally); out [T, H*dv]. kv_b is the checkpoint's [H*(dn+dv), R].

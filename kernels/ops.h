@@ -46,6 +46,22 @@ struct KdaInputs {
   TensorView dt_bias;      // H*d values
 };
 
+// One decode token per sequence through the whole KDA core (Backend::KdaDecodeStep).
+struct KdaDecodeSequence {
+  int64_t row = 0;             // the sequence's row in the batch
+  float* state = nullptr;      // [num_heads, head_dim, head_dim] F32, updated in place
+  float* conv_tails[3] = {};   // q, k, v: [kernel - 1, H*d] F32 (ConvSequence::tail), updated
+};
+
+struct KdaDecodeInputs {
+  // q, k and v here are the projections *before* their short convs; the rest as KdaInputs.
+  KdaInputs core;
+  TensorView conv_weights[3];  // q, k, v: [H*d, kernel] (the checkpoint's [C, 1, W])
+  TensorView out_gate;         // [T, H*d] g_b(g_a(x)), before the sigmoid
+  TensorView out_norm;         // head_dim values: o_norm
+  float eps = 0;
+};
+
 enum class MlaForm : uint8_t {
   kExpanded,  // per-head keys and values from the latent cache (prefill, spec §3.2)
   kAbsorbed,  // queries absorbed into the latent space (decode, spec §3.3)

@@ -1,6 +1,8 @@
 // KDA decode on the GPU against the device's copy bandwidth: one token per sequence through the
 // fused recurrent kernel (gate, beta and q/k L2 norm inside; fp32 state read and written in
 // place), H heads of d = 128, batch 1..256, beside a device-to-device copy of comparable size.
+// Beside it, the fused decode step (the q/k/v short convs and the gated RMSNorm around the same
+// update, Backend::KdaDecodeStep) on the same state.
 // Prints one JSON line per case; bench/peers/fla_kda.py times FLA's kernel on the same shapes.
 // Batches up to 16 keep their whole state in the 50 MB L2 across repeated steps, so their
 // bandwidth figure is not DRAM's; from 64 on (128 MiB and more) it is.
@@ -22,6 +24,8 @@ namespace {
 using deltaserve::bench::Check;
 using deltaserve::bench::DeviceFloats;
 using deltaserve::kernels::DType;
+using deltaserve::kernels::KdaDecodeInputs;
+using deltaserve::kernels::KdaDecodeSequence;
 using deltaserve::kernels::KdaInputs;
 using deltaserve::kernels::KdaSequence;
 using deltaserve::kernels::MakeView;
@@ -86,28 +90,66 @@ int main(int argc, char** argv) {
                 deltaserve::kernels::cuda::LaunchKdaRecurrent(in, seqs, batch, out_view, stream)),
             "kda");
     };
+    // The fused decode step on the same state: the q/k/v short convs (kernel 4, tails advanced)
+    // before the delta rule and the gated RMSNorm after it, as the engine runs a decode token.
+    std::vector<uint16_t> host_conv = deltaserve::bench::RandomBf16(3 * width * 4, 8);
+    uint16_t* conv = deltaserve::bench::DeviceCopy(host_conv);
+    float* tails = DeviceFloats(int64_t{batch} * 3 * 3 * width, 2.0f, 9);
+    float* out_gate = DeviceFloats(batch * width, 4.0f, 10);
+    float* norm = DeviceFloats(kDim, 2.0f, 11);
+    std::vector<KdaDecodeSequence> host_decode(batch);
+    for (int b = 0; b < batch; ++b) {
+      host_decode[b].row = b;
+      host_decode[b].state = host_seqs[b].state;
+      for (int i = 0; i < 3; ++i) host_decode[b].conv_tails[i] = tails + (int64_t{b} * 3 + i) * 3 * width;
+    }
+    KdaDecodeSequence* decode_seqs = deltaserve::bench::DeviceCopy(host_decode);
+    KdaDecodeInputs decode_in;
+    decode_in.core = in;
+    for (int i = 0; i < 3; ++i) decode_in.conv_weights[i] = MakeView(conv + i * width * 4, DType::kBF16, width, 4);
+    decode_in.out_gate = MakeView(out_gate, DType::kF32, batch, width);
+    decode_in.out_norm = MakeView(norm, DType::kF32, 1, kDim);
+    decode_in.eps = 1e-5f;
+    auto fused_step = [&] {
+      Check(static_cast<cudaError_t>(
+                deltaserve::kernels::cuda::LaunchKdaDecodeStep(decode_in, decode_seqs, batch, out_view, stream)),
+            "kda decode step");
+    };
+
     const double ms = deltaserve::bench::TimeMs(5, iters, stream, step);
     // The same steps captured back to back in a CUDA graph, as a decode step runs when served:
     // no per-launch host cost.
-    constexpr int kStepsPerGraph = 20;
-    cudaGraph_t graph;
-    cudaGraphExec_t graph_exec;
-    Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-    for (int i = 0; i < kStepsPerGraph; ++i) step();
-    Check(cudaStreamEndCapture(stream, &graph), "capture");
-    Check(cudaGraphInstantiate(&graph_exec, graph, 0), "instantiate");
-    const double graph_ms =
-        deltaserve::bench::TimeMs(5, std::max(1, iters / kStepsPerGraph), stream,
-               [&] { Check(cudaGraphLaunch(graph_exec, stream), "graph launch"); }) /
-        kStepsPerGraph;
-    cudaGraphExecDestroy(graph_exec);
-    cudaGraphDestroy(graph);
+    auto in_graph = [&](auto body) {
+      constexpr int kStepsPerGraph = 20;
+      cudaGraph_t graph;
+      cudaGraphExec_t graph_exec;
+      Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
+      for (int i = 0; i < kStepsPerGraph; ++i) body();
+      Check(cudaStreamEndCapture(stream, &graph), "capture");
+      Check(cudaGraphInstantiate(&graph_exec, graph, 0), "instantiate");
+      const double graph_ms =
+          deltaserve::bench::TimeMs(5, std::max(1, iters / kStepsPerGraph), stream,
+                                    [&] { Check(cudaGraphLaunch(graph_exec, stream), "graph launch"); }) /
+          kStepsPerGraph;
+      cudaGraphExecDestroy(graph_exec);
+      cudaGraphDestroy(graph);
+      return graph_ms;
+    };
+    const double graph_ms = in_graph(step);
+    const double fused_ms = in_graph(fused_step);
     const double state_bytes = 2.0 * state_floats * sizeof(float);  // read + write
     const double tbps = state_bytes / (graph_ms * 1e-3) / 1e12;
+    const double fused_tbps = state_bytes / (fused_ms * 1e-3) / 1e12;
     std::printf("{\"gpu\": \"%s\", \"case\": \"kda_decode\", \"batch\": %d, \"heads\": %d, "
                 "\"head_dim\": %d, \"ms_launched\": %.4f, \"ms_in_graph\": %.4f, "
-                "\"state_tb_per_s\": %.3f, \"of_copy\": %.3f}\n",
-                prop.name, batch, heads, kDim, ms, graph_ms, tbps, tbps / copy_tbps);
+                "\"state_tb_per_s\": %.3f, \"of_copy\": %.3f, \"fused_step_ms_in_graph\": %.4f, "
+                "\"fused_step_of_copy\": %.3f}\n",
+                prop.name, batch, heads, kDim, ms, graph_ms, tbps, tbps / copy_tbps, fused_ms,
+                fused_tbps / copy_tbps);
+    for (void* p : {static_cast<void*>(conv), static_cast<void*>(tails), static_cast<void*>(out_gate),
+                    static_cast<void*>(norm), static_cast<void*>(decode_seqs)}) {
+      cudaFree(p);
+    }
     for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v),
                     static_cast<void*>(g), static_cast<void*>(beta), static_cast<void*>(out),
                     static_cast<void*>(state), static_cast<void*>(seqs)}) {

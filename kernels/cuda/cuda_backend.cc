@@ -485,6 +485,21 @@ void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight,
   DS_CUDA(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
 }
 
+void CudaBackend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
+                                TensorView out) {
+  Bind();
+  const OpScope scope(impl_->profile.get(), "KdaDecodeStep");
+  if (seqs.empty()) return;
+  if (!KdaRecurrentSupports(in.core.head_dim)) {
+    Backend::KdaDecodeStep(in, seqs, out);
+    return;
+  }
+  Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
+  DS_CUDA(LaunchKdaDecodeStep(in, static_cast<const KdaDecodeSequence*>(descriptors.view().data),
+                              static_cast<int64_t>(seqs.size()), out, impl_->stream),
+          "kda decode step");
+}
+
 void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                                std::span<const MlaSequence> seqs, TensorView out) {
   Bind();

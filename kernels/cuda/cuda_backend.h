@@ -73,6 +73,9 @@ class CudaBackend final : public Backend {
   void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) override;
   void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim, float eps,
                     TensorView out) override;
+  // One kernel (kda_recurrent.cu) for the head dims the recurrent kernel takes.
+  void KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
+                     TensorView out) override;
   void MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                     std::span<const MlaSequence> seqs, TensorView out) override;
   void MoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,

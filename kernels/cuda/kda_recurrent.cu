@@ -1,5 +1,6 @@
 // Fused recurrent KDA (spec §2.2 steps 4-7, §2.3): one block per (sequence, head); thread j
 // keeps column j of the head's fp32 [d_k, d_v] state in registers across the sequence's tokens.
+// The decode-step kernel adds the q/k/v short convs before and the gated RMSNorm after.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -43,18 +44,87 @@ __device__ __forceinline__ TokenInputs LoadToken(const KdaInputs& in, int64_t t,
   return x;
 }
 
+// What a block keeps in shared memory for its head's token updates.
+template <int D>
+struct TokenShared {
+  static constexpr int kWarps = KdaThreads(D) / 32;
+  __align__(16) float q[D];
+  __align__(16) float k[D];
+  __align__(16) float decay[D];
+  float red[2][kWarps];
+};
+
+// One token of the delta rule for thread j's state column s (spec §2.2 steps 4-7, §2.3): q/k L2
+// norm over the head, gate and beta, S ← Diag(exp(g)) S + k̂ ⊗ β(v - Sᵀk̂); returns o[j] =
+// (Sᵀq̂)[j]. Every thread of the block calls it; two barriers (the norm reduction, then the
+// shared q̂/k̂/decay), the first also ordering this token's writes after the last one's reads.
+template <int D>
+__device__ __forceinline__ float StepToken(float (&s)[D], const TokenInputs& cur, float decay_rate,
+                                           float bias, TokenShared<D>& sh) {
+  const int j = threadIdx.x, lane = j & 31, warp = j >> 5;
+  const bool active = j < D;
+  const float sq = WarpSum(cur.q * cur.q), sk = WarpSum(cur.k * cur.k);
+  if (lane == 0) {
+    sh.red[0][warp] = sq;
+    sh.red[1][warp] = sk;
+  }
+  __syncthreads();
+  float sum_q = 0.0f, sum_k = 0.0f;
+#pragma unroll
+  for (int w = 0; w < TokenShared<D>::kWarps; ++w) {
+    sum_q += sh.red[0][w];
+    sum_k += sh.red[1][w];
+  }
+  if (active) {
+    const float q_norm = sqrtf(sum_q + 1e-6f), k_norm = sqrtf(sum_k + 1e-6f);
+    sh.q[j] = cur.q / q_norm * (1.0f / sqrtf(static_cast<float>(D)));
+    sh.k[j] = cur.k / k_norm;
+    sh.decay[j] = expf(-decay_rate * SoftplusF(cur.f + bias));
+  }
+  const float beta = SigmoidF(cur.beta_logit);
+  __syncthreads();  // also: every thread is done reading this token's sh.red
+  if (!active) return 0.0f;
+  const float4* k4 = reinterpret_cast<const float4*>(sh.k);
+  const float4* a4 = reinterpret_cast<const float4*>(sh.decay);
+  // S ← Diag(exp(g)) S, then the prediction (Sᵀk̂)[j] from the decayed state.
+  float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
+#pragma unroll
+  for (int i = 0; i < D; i += 4) {
+    const float4 a = a4[i / 4], k = k4[i / 4];
+    s[i] *= a.x;
+    s[i + 1] *= a.y;
+    s[i + 2] *= a.z;
+    s[i + 3] *= a.w;
+    m0 = fmaf(s[i], k.x, m0);
+    m1 = fmaf(s[i + 1], k.y, m1);
+    m2 = fmaf(s[i + 2], k.z, m2);
+    m3 = fmaf(s[i + 3], k.w, m3);
+  }
+  const float delta = beta * (cur.v - ((m0 + m1) + (m2 + m3)));
+  // S += k̂ ⊗ delta, then o[j] = (Sᵀq̂)[j] (the read includes this token).
+  float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
+#pragma unroll
+  for (int i = 0; i < D; i += 4) {
+    const float4 k = LoadSharedOrdered4(sh.k + i), q = LoadSharedOrdered4(sh.q + i);
+    s[i] = fmaf(k.x, delta, s[i]);
+    s[i + 1] = fmaf(k.y, delta, s[i + 1]);
+    s[i + 2] = fmaf(k.z, delta, s[i + 2]);
+    s[i + 3] = fmaf(k.w, delta, s[i + 3]);
+    o0 = fmaf(s[i], q.x, o0);
+    o1 = fmaf(s[i + 1], q.y, o1);
+    o2 = fmaf(s[i + 2], q.z, o2);
+    o3 = fmaf(s[i + 3], q.w, o3);
+  }
+  return (o0 + o1) + (o2 + o3);
+}
+
 // Grid: num_seqs * num_heads blocks (block b: sequence b / H, head b % H); block: D rounded up
-// to a warp. Per token: two barriers (the q/k norm reduction, then the shared q̂/k̂/decay).
+// to a warp; thread j keeps column j of the head's fp32 [d_k, d_v] state in registers.
 template <int D>
 __global__ void __launch_bounds__(KdaThreads(D))
     KdaRecurrentKernel(KdaInputs in, const KdaSequence* seqs, TensorView out) {
-  constexpr int kWarps = KdaThreads(D) / 32;
   static_assert(D % 4 == 0, "the state loops read q̂, k̂ and the decay as float4");
-  __shared__ __align__(16) float sh_q[D];
-  __shared__ __align__(16) float sh_k[D];
-  __shared__ __align__(16) float sh_decay[D];
-  __shared__ float sh_red[2][kWarps];
-
+  __shared__ TokenShared<D> sh;
   const int heads = static_cast<int>(in.num_heads);
   const int64_t seq_index = blockIdx.x / heads;
   const int h = static_cast<int>(blockIdx.x % heads);
@@ -62,12 +132,11 @@ __global__ void __launch_bounds__(KdaThreads(D))
   if (rows.length <= 0) return;  // uniform over the block
   float* state = seqs[seq_index].state + static_cast<int64_t>(h) * D * D;
 
-  const int j = threadIdx.x, lane = j & 31, warp = j >> 5;
+  const int j = threadIdx.x;
   const bool active = j < D;
   const int64_t c = static_cast<int64_t>(h) * D + j;
   const float decay_rate = expf(LoadFlat(in.a_log, h));
   const float bias = active ? LoadFlat(in.dt_bias, c) : 0.0f;
-  const float q_scale = 1.0f / sqrtf(static_cast<float>(D));
 
   float s[D];  // column j of the state: s[i] = S[i][j]
 #pragma unroll
@@ -78,68 +147,71 @@ __global__ void __launch_bounds__(KdaThreads(D))
     const int64_t t = rows.begin + n;
     const TokenInputs cur = next;
     if (n + 1 < rows.length) next = LoadToken<D>(in, t + 1, c, h, active);  // prefetch
-
-    // Σq², Σk² over the head (threads past D hold zeros).
-    const float sq = WarpSum(cur.q * cur.q), sk = WarpSum(cur.k * cur.k);
-    if (lane == 0) {
-      sh_red[0][warp] = sq;
-      sh_red[1][warp] = sk;
-    }
-    __syncthreads();  // also: every thread is done reading the previous token's sh_q/k/decay
-    float sum_q = 0.0f, sum_k = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      sum_q += sh_red[0][w];
-      sum_k += sh_red[1][w];
-    }
-    if (active) {
-      const float q_norm = sqrtf(sum_q + 1e-6f), k_norm = sqrtf(sum_k + 1e-6f);
-      sh_q[j] = cur.q / q_norm * q_scale;
-      sh_k[j] = cur.k / k_norm;
-      sh_decay[j] = expf(-decay_rate * SoftplusF(cur.f + bias));
-    }
-    const float beta = SigmoidF(cur.beta_logit);
-    __syncthreads();  // also: every thread is done reading this token's sh_red
-
-    if (active) {
-      const float4* k4 = reinterpret_cast<const float4*>(sh_k);
-      const float4* a4 = reinterpret_cast<const float4*>(sh_decay);
-      // S ← Diag(exp(g)) S, then the prediction (Sᵀk̂)[j] from the decayed state.
-      float m0 = 0.0f, m1 = 0.0f, m2 = 0.0f, m3 = 0.0f;
-#pragma unroll
-      for (int i = 0; i < D; i += 4) {
-        const float4 a = a4[i / 4], k = k4[i / 4];
-        s[i] *= a.x;
-        s[i + 1] *= a.y;
-        s[i + 2] *= a.z;
-        s[i + 3] *= a.w;
-        m0 = fmaf(s[i], k.x, m0);
-        m1 = fmaf(s[i + 1], k.y, m1);
-        m2 = fmaf(s[i + 2], k.z, m2);
-        m3 = fmaf(s[i + 3], k.w, m3);
-      }
-      const float delta = beta * (cur.v - ((m0 + m1) + (m2 + m3)));
-      // S += k̂ ⊗ delta, then o[j] = (Sᵀq̂)[j] (the read includes this token).
-      float o0 = 0.0f, o1 = 0.0f, o2 = 0.0f, o3 = 0.0f;
-#pragma unroll
-      for (int i = 0; i < D; i += 4) {
-        const float4 k = LoadSharedOrdered4(sh_k + i), q = LoadSharedOrdered4(sh_q + i);
-        s[i] = fmaf(k.x, delta, s[i]);
-        s[i + 1] = fmaf(k.y, delta, s[i + 1]);
-        s[i + 2] = fmaf(k.z, delta, s[i + 2]);
-        s[i + 3] = fmaf(k.w, delta, s[i + 3]);
-        o0 = fmaf(s[i], q.x, o0);
-        o1 = fmaf(s[i + 1], q.y, o1);
-        o2 = fmaf(s[i + 2], q.z, o2);
-        o3 = fmaf(s[i + 3], q.w, o3);
-      }
-      RowF32(out, t)[c] = (o0 + o1) + (o2 + o3);
-    }
+    const float o = StepToken<D>(s, cur, decay_rate, bias, sh);
+    if (active) RowF32(out, t)[c] = o;
   }
 
   if (active) {
 #pragma unroll
     for (int i = 0; i < D; ++i) state[i * D + j] = s[i];
+  }
+}
+
+// Causal conv + SiLU of one decode token for channel c of a [kernel - 1, channels] tail (oldest
+// first), which is advanced by this token; weight [channels, kernel], column kernel-1 the current.
+__device__ __forceinline__ float ConvToken(float x, const TensorView& weight, float* tail, int64_t c,
+                                           int64_t channels) {
+  const int64_t history = weight.cols - 1;
+  float acc = 0.0f;
+  for (int64_t w = 0; w < history; ++w) acc += LoadAt(weight, c, w) * tail[w * channels + c];
+  acc += LoadAt(weight, c, history) * x;
+  for (int64_t w = 0; w + 1 < history; ++w) tail[w * channels + c] = tail[(w + 1) * channels + c];
+  if (history > 0) tail[(history - 1) * channels + c] = x;
+  return SiluF(acc);
+}
+
+// The fused decode step (Backend::KdaDecodeStep): grid num_seqs * num_heads as above, one token
+// per sequence: the three convs, StepToken, then the gated RMSNorm over the head's D outputs.
+template <int D>
+__global__ void __launch_bounds__(KdaThreads(D))
+    KdaDecodeStepKernel(KdaDecodeInputs in, const KdaDecodeSequence* seqs, TensorView out) {
+  __shared__ TokenShared<D> sh;
+  __shared__ float norm_red[TokenShared<D>::kWarps];
+  const KdaInputs& core = in.core;
+  const int heads = static_cast<int>(core.num_heads);
+  const KdaDecodeSequence seq = seqs[blockIdx.x / heads];
+  const int h = static_cast<int>(blockIdx.x % heads);
+  const int j = threadIdx.x, lane = j & 31, warp = j >> 5;
+  const bool active = j < D;
+  const int64_t c = static_cast<int64_t>(h) * D + j, channels = core.q.cols, t = seq.row;
+  float* state = seq.state + static_cast<int64_t>(h) * D * D;
+
+  TokenInputs cur;
+  if (active) {
+    cur.q = ConvToken(RowF32(core.q, t)[c], in.conv_weights[0], seq.conv_tails[0], c, channels);
+    cur.k = ConvToken(RowF32(core.k, t)[c], in.conv_weights[1], seq.conv_tails[1], c, channels);
+    cur.v = ConvToken(RowF32(core.v, t)[c], in.conv_weights[2], seq.conv_tails[2], c, channels);
+    cur.f = RowF32(core.gate_logits, t)[c];
+  }
+  cur.beta_logit = RowF32(core.beta_logits, t)[h];
+  float s[D];
+#pragma unroll
+  for (int i = 0; i < D; ++i) s[i] = active ? state[i * D + j] : 0.0f;
+  const float o = StepToken<D>(s, cur, expf(LoadFlat(core.a_log, h)), active ? LoadFlat(core.dt_bias, c) : 0.0f, sh);
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < D; ++i) state[i * D + j] = s[i];
+  }
+
+  const float sum = WarpSum(o * o);
+  if (lane == 0) norm_red[warp] = sum;
+  __syncthreads();
+  float sum_squares = 0.0f;
+#pragma unroll
+  for (int w = 0; w < TokenShared<D>::kWarps; ++w) sum_squares += norm_red[w];
+  if (active) {
+    const float inv_rms = 1.0f / sqrtf(sum_squares / static_cast<float>(D) + in.eps);
+    RowF32(out, t)[c] = LoadFlat(in.out_norm, j) * (o * inv_rms) * SigmoidF(RowF32(in.out_gate, t)[c]);
   }
 }
 
@@ -149,7 +221,51 @@ void Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t blocks, Tensor
   KdaRecurrentKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, stream>>>(in, seqs, out);
 }
 
+template <int D>
+void LaunchDecode(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t blocks, TensorView out,
+                  cudaStream_t stream) {
+  KdaDecodeStepKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, stream>>>(in, seqs, out);
+}
+
 }  // namespace
+
+bool KdaRecurrentSupports(int64_t head_dim) {
+  switch (head_dim) {
+    case 16: case 24: case 32: case 48: case 64: case 96: case 128: return true;
+    default: return false;
+  }
+}
+
+int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t num_seqs,
+                        TensorView out, Stream stream) {
+  const KdaInputs& core = in.core;
+  const int64_t heads = core.num_heads, d = core.head_dim, width = core.q.cols;
+  if (num_seqs < 0 || heads <= 0 || d <= 0 || !KdaInputsMatch(core, out)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  for (const TensorView& w : in.conv_weights) {
+    if (w.rows != width || w.cols < 1 || w.dtype == DType::kI32) return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (in.out_gate.dtype != DType::kF32 || in.out_gate.rows != core.q.rows || in.out_gate.cols != width ||
+      in.out_norm.numel() != d) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (num_seqs == 0) return 0;
+  if (seqs == nullptr || !FitsGridX(num_seqs * heads)) return static_cast<int>(cudaErrorInvalidValue);
+  const int64_t blocks = num_seqs * heads;
+  auto s = static_cast<cudaStream_t>(stream);
+  switch (d) {
+    case 16: LaunchDecode<16>(in, seqs, blocks, out, s); break;
+    case 24: LaunchDecode<24>(in, seqs, blocks, out, s); break;
+    case 32: LaunchDecode<32>(in, seqs, blocks, out, s); break;
+    case 48: LaunchDecode<48>(in, seqs, blocks, out, s); break;
+    case 64: LaunchDecode<64>(in, seqs, blocks, out, s); break;
+    case 96: LaunchDecode<96>(in, seqs, blocks, out, s); break;
+    case 128: LaunchDecode<128>(in, seqs, blocks, out, s); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
 
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream) {

@@ -32,6 +32,12 @@ int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* se
 // Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream);
+// Whether the recurrent and decode-step kernels take `head_dim`.
+bool KdaRecurrentSupports(int64_t head_dim);
+// Backend::KdaDecodeStep in one kernel: per (sequence, head) the three short convs (tails
+// advanced), the delta rule (state updated in place) and the gated RMSNorm; head dims as above.
+int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t num_seqs,
+                        TensorView out, Stream stream);
 // One chunk (at most 64 rows) of a sequence, for the chunked KDA kernels.
 struct KdaChunkRef {
   int64_t row_begin = 0;

@@ -20,10 +20,69 @@ kernels::KdaAlgorithm ChooseAlgorithm(KdaAlgorithmChoice choice, int64_t new_tok
   return new_tokens == 1 ? kernels::KdaAlgorithm::kRecurrent : kernels::KdaAlgorithm::kChunked;
 }
 
+// A step where every sequence brings one token that runs recurrently: the backend's
+// KdaDecodeStep (convs, delta rule and output norm in one call; fused on the GPU).
+bool IsDecodeStep(const Step& step) {
+  for (const StepSequence& seq : step.seqs) {
+    if (seq.rows.length != 1 ||
+        ChooseAlgorithm(step.options.kda_algorithm, 1) != kernels::KdaAlgorithm::kRecurrent) {
+      return false;
+    }
+  }
+  return !step.seqs.empty();
+}
+
+void KdaDecodeForward(const Step& step, int64_t layer, const KdaWeights& w, TensorView x, TensorView out) {
+  kernels::Backend& backend = step.backend;
+  const KimiLinearConfig& c = step.config;
+  const int64_t t = step.num_tokens;
+  const int64_t width = c.kda_projection_size();
+  const int64_t d = c.kda_head_dim;
+  std::array<Tensor, 3> projected;
+  const std::array<TensorView, 3> projections = {w.q_proj, w.k_proj, w.v_proj};
+  for (size_t i = 0; i < 3; ++i) {
+    projected[i] = backend.Allocate(t, width, DType::kF32);
+    backend.MatMul(x, projections[i], projected[i].view());
+  }
+  Tensor low_rank = backend.Allocate(t, d, DType::kF32);
+  Tensor gate_logits = backend.Allocate(t, width, DType::kF32);
+  backend.MatMul(x, w.f_a, low_rank.view());
+  backend.MatMul(low_rank.view(), w.f_b, gate_logits.view());
+  Tensor beta_logits = backend.Allocate(t, c.kda_num_heads, DType::kF32);
+  backend.MatMul(x, w.b_proj, beta_logits.view());
+  Tensor out_gate = backend.Allocate(t, width, DType::kF32);
+  backend.MatMul(x, w.g_a, low_rank.view());
+  backend.MatMul(low_rank.view(), w.g_b, out_gate.view());
+
+  kernels::KdaDecodeInputs in;
+  in.core = {c.kda_num_heads, d, projected[0].view(), projected[1].view(), projected[2].view(),
+             gate_logits.view(), beta_logits.view(), w.a_log, w.dt_bias};
+  in.conv_weights[0] = w.q_conv;
+  in.conv_weights[1] = w.k_conv;
+  in.conv_weights[2] = w.v_conv;
+  in.out_gate = out_gate.view();
+  in.out_norm = w.o_norm;
+  in.eps = static_cast<float>(c.rms_norm_eps);
+  std::vector<kernels::KdaDecodeSequence> seqs(step.seqs.size());
+  for (size_t s = 0; s < step.seqs.size(); ++s) {
+    KdaLayerState& state = step.seqs[s].state->kda(layer);
+    seqs[s].row = step.seqs[s].rows.begin;
+    seqs[s].state = state.recurrent.data<float>();
+    for (size_t i = 0; i < 3; ++i) seqs[s].conv_tails[i] = state.conv_tails[i].data<float>();
+  }
+  Tensor normed = backend.Allocate(t, width, DType::kF32);
+  backend.KdaDecodeStep(in, seqs, normed.view());
+  backend.MatMul(normed.view(), w.o_proj, out);
+}
+
 }  // namespace
 
 void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, TensorView x,
                      TensorView out) {
+  if (IsDecodeStep(step)) {
+    KdaDecodeForward(step, layer, w, x, out);
+    return;
+  }
   kernels::Backend& backend = step.backend;
   const KimiLinearConfig& c = step.config;
   const int64_t t = step.num_tokens;

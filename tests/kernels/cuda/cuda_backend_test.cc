@@ -336,6 +336,79 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                            return name + (s.dt_bias_mean > 0 ? "_strong_decay" : "");
                          });
 
+// The fused decode step (convs, delta rule, gated RMSNorm in one kernel) against the CPU's
+// composition of the separate operations (Backend::KdaDecodeStep's definition), over three
+// steps that continue from the states and conv tails the previous ones left. Sequences sit in
+// shuffled rows of the batch; dt_bias_mean > 0 gives strong decay.
+TEST_P(CudaKda, DecodeStepMatchesTheCpuComposition) {
+  const KdaShape& s = GetParam();
+  const int64_t n = static_cast<int64_t>(s.lengths.size()), width = s.heads * s.d, kernel = 4;
+  std::vector<float> a_log = RandomVector(s.heads, 6), dt = RandomVector(width, 7, 3.0f);
+  for (float& x : a_log) x = std::log(1.0f + 15.0f * std::fabs(std::tanh(x)));
+  for (float& x : dt) x += s.dt_bias_mean;
+  std::vector<float> norm = RandomVector(s.d, 8);
+  std::vector<std::vector<uint16_t>> conv_w;
+  for (int i = 0; i < 3; ++i) conv_w.push_back(ToBF16(RandomVector(width * kernel, 9 + i)));
+  std::vector<std::vector<float>> cpu_states, cpu_tails;
+  std::vector<Tensor> gpu_states, gpu_tails;
+  for (int64_t i = 0; i < n; ++i) {
+    cpu_states.push_back(RandomVector(s.heads * s.d * s.d, 20 + i, 0.2f));
+    gpu_states.push_back(ToDevice(cpu_states.back(), s.heads, s.d * s.d));
+    for (int c = 0; c < 3; ++c) {
+      cpu_tails.push_back(RandomVector((kernel - 1) * width, 40 + 3 * i + c));
+      gpu_tails.push_back(ToDevice(cpu_tails.back(), kernel - 1, width));
+    }
+  }
+  std::vector<int64_t> rows(n);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::reverse(rows.begin(), rows.end());
+  std::vector<TensorView> conv_host, conv_device;
+  for (int i = 0; i < 3; ++i) {
+    conv_host.push_back(MakeView(conv_w[i].data(), DType::kBF16, width, kernel));
+    conv_device.push_back(cuda_->AdoptWeight(conv_host.back()));
+  }
+  const TensorView a_log_view = View(a_log, 1, s.heads), dt_view = View(dt, 1, width), norm_view = View(norm, 1, s.d);
+  Tensor a_log_device = ToDevice(a_log, 1, s.heads), dt_device = ToDevice(dt, 1, width), norm_device = ToDevice(norm, 1, s.d);
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE(::testing::Message() << "step " << step);
+    std::vector<float> q = RandomVector(n * width, 100 + step), k = RandomVector(n * width, 110 + step),
+                       v = RandomVector(n * width, 120 + step), f = RandomVector(n * width, 130 + step, 2.0f),
+                       beta = RandomVector(n * s.heads, 140 + step), gate = RandomVector(n * width, 150 + step);
+    KdaDecodeInputs cpu_in, gpu_in;
+    cpu_in.core = {s.heads, s.d, View(q, n, width), View(k, n, width), View(v, n, width), View(f, n, width),
+                   View(beta, n, s.heads), a_log_view, dt_view};
+    Tensor dq = ToDevice(q, n, width), dk = ToDevice(k, n, width), dv = ToDevice(v, n, width),
+           df = ToDevice(f, n, width), dbeta = ToDevice(beta, n, s.heads), dgate = ToDevice(gate, n, width);
+    gpu_in.core = {s.heads, s.d, dq.view(), dk.view(), dv.view(), df.view(), dbeta.view(), a_log_device.view(),
+                   dt_device.view()};
+    for (int i = 0; i < 3; ++i) cpu_in.conv_weights[i] = conv_host[i], gpu_in.conv_weights[i] = conv_device[i];
+    cpu_in.out_gate = View(gate, n, width);
+    gpu_in.out_gate = dgate.view();
+    cpu_in.out_norm = norm_view;
+    gpu_in.out_norm = norm_device.view();
+    cpu_in.eps = gpu_in.eps = 1e-5f;
+    std::vector<KdaDecodeSequence> cpu_seqs(n), gpu_seqs(n);
+    for (int64_t i = 0; i < n; ++i) {
+      cpu_seqs[i].row = gpu_seqs[i].row = rows[i];
+      cpu_seqs[i].state = cpu_states[i].data();
+      gpu_seqs[i].state = gpu_states[i].data<float>();
+      for (int c = 0; c < 3; ++c) {
+        cpu_seqs[i].conv_tails[c] = cpu_tails[3 * i + c].data();
+        gpu_seqs[i].conv_tails[c] = gpu_tails[3 * i + c].data<float>();
+      }
+    }
+    std::vector<float> cpu_out(n * width);
+    cpu_.KdaDecodeStep(cpu_in, cpu_seqs, View(cpu_out, n, width));
+    Tensor out = Poisoned(n, width);
+    cuda_->KdaDecodeStep(gpu_in, gpu_seqs, out.view());
+    ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "decode step output");
+    for (int64_t i = 0; i < n; ++i) {
+      ExpectClose(ToHost(gpu_states[i].view()), cpu_states[i], kFp32Tolerance, "state");
+      for (int c = 0; c < 3; ++c) ExpectClose(ToHost(gpu_tails[3 * i + c].view()), cpu_tails[3 * i + c], 0, "conv tail");
+    }
+  }
+}
+
 struct MlaCase {
   std::string name;
   MlaParams params;
