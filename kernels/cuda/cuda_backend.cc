@@ -7,46 +7,17 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <atomic>
 #include <map>
-#include <mutex>
-#include <thread>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
+#include "kernels/cuda/call_failures.h"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/memory_limit.h"
 #include "kernels/cuda/op_profile.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
-
-// Errors after which the device still works: the call did nothing (no memory, a launch refused
-// before it ran). Any other error (a faulted kernel, a lost device) leaves the CUDA context
-// unusable for the rest of the process.
-bool Recoverable(cudaError_t error) {
-  switch (error) {
-    case cudaErrorMemoryAllocation:
-    case cudaErrorInvalidValue:
-    case cudaErrorInvalidConfiguration:
-    case cudaErrorLaunchOutOfResources:
-    case cudaErrorInvalidDeviceFunction:
-    case cudaErrorNoKernelImageForDevice:
-    case cudaErrorNotSupported:
-      return true;
-    default:
-      return false;
-  }
-}
-
-[[noreturn]] void Fatal(const char* what, const char* why) {
-  std::fprintf(stderr, "deltaserve cuda: %s failed: %s; the device is unusable\n", what, why);
-  std::abort();
-}
-
-void CheckFatal(cudaError_t error, const char* what) {
-  if (error != cudaSuccess) Fatal(what, cudaGetErrorString(error));
-}
 
 size_t RowBytes(const TensorView& v) { return static_cast<size_t>(v.cols) * DTypeSize(v.dtype); }
 size_t Pitch(const TensorView& v) { return static_cast<size_t>(v.row_stride) * DTypeSize(v.dtype); }
@@ -62,88 +33,20 @@ cudaDataType_t BlasType(DType dtype) {
 }  // namespace
 
 struct CudaBackend::Impl {
-  // Per calling thread (threads run steps side by side): the first failure since its last
-  // TakeFailure; the thread's operations do nothing while one is held.
-  std::atomic<int> failures_held{0};
-  mutable std::mutex failures_mutex;
-  std::unordered_map<std::thread::id, BackendFailure> failures;
-  bool failed() const {
-    if (failures_held.load(std::memory_order_acquire) == 0) return false;
-    std::lock_guard<std::mutex> lock(failures_mutex);
-    return failures.count(std::this_thread::get_id()) > 0;
-  }
-  BackendFailure Take() {
-    if (failures_held.load(std::memory_order_acquire) == 0) return {};
-    std::lock_guard<std::mutex> lock(failures_mutex);
-    const auto it = failures.find(std::this_thread::get_id());
-    if (it == failures.end()) return {};
-    BackendFailure failure = std::move(it->second);
-    failures.erase(it);
-    failures_held.fetch_sub(1, std::memory_order_release);
-    return failure;
-  }
+  CallFailures failures;  // per calling thread; Backend::TakeFailure
+  bool failed() const { return failures.held(); }
+  bool Ok(cudaError_t error, const char* what) { return failures.Ok(error, what); }
+  bool OkBlas(cublasStatus_t status, const char* what) { return failures.OkBlas(status, what); }
 
-  // False (and the failure recorded) when `error` is one; aborts on an unrecoverable one.
-  bool Ok(cudaError_t error, const char* what) {
-    if (error == cudaSuccess) return true;
-    if (!Recoverable(error)) Fatal(what, cudaGetErrorString(error));
-    (void)cudaGetLastError();  // clears the recorded launch error
-    Record(error == cudaErrorMemoryAllocation, std::string(what) + ": " + cudaGetErrorString(error));
-    return false;
-  }
-  bool OkBlas(cublasStatus_t status, const char* what) {
-    if (status == CUBLAS_STATUS_SUCCESS) return true;
-    (void)cudaGetLastError();
-    Record(status == CUBLAS_STATUS_ALLOC_FAILED,
-           std::string(what) + ": cuBLAS status " + std::to_string(static_cast<int>(status)));
-    return false;
-  }
-  void Record(bool out_of_memory, std::string message) {
-    std::lock_guard<std::mutex> lock(failures_mutex);
-    const auto [it, inserted] = failures.try_emplace(std::this_thread::get_id());
-    if (!inserted) return;
-    it->second.out_of_memory = out_of_memory;
-    it->second.message = std::move(message);
-    failures_held.fetch_add(1, std::memory_order_release);
-  }
-
-  // CudaBackendOptions::memory_limit_bytes (0: none) and what is held against it.
-  int64_t memory_limit = 0;
-  std::mutex memory_mutex;
-  int64_t memory_held = 0;
-  std::unordered_map<void*, int64_t> held_bytes;
-
-  // Counts `bytes` against the limit when they fit (else records an out-of-memory failure).
+  std::unique_ptr<MemoryLimit> memory;  // CudaBackendOptions::memory_limit_bytes
+  // Counts `bytes` against the memory limit, recording an out-of-memory failure when they do not fit.
   bool Reserve(size_t bytes, const char* what) {
-    if (memory_limit <= 0) return true;
-    std::unique_lock<std::mutex> lock(memory_mutex);
-    if (memory_held + static_cast<int64_t>(bytes) <= memory_limit) {
-      memory_held += static_cast<int64_t>(bytes);
-      return true;
-    }
-    const int64_t held = memory_held;
-    lock.unlock();
-    Record(true, std::string(what) + ": " + std::to_string(bytes) + " bytes more would pass the memory limit of " +
-                     std::to_string(memory_limit) + " bytes (" + std::to_string(held) + " held)");
+    int64_t held = 0;
+    if (memory->Reserve(bytes, &held)) return true;
+    failures.Record(true, std::string(what) + ": " + std::to_string(bytes) +
+                              " bytes more would pass the memory limit of " + std::to_string(memory->limit()) +
+                              " bytes (" + std::to_string(held) + " held)");
     return false;
-  }
-  // After Reserve: the allocation at `data` holds the bytes (or, null, the allocation failed).
-  void Settle(void* data, size_t bytes) {
-    if (memory_limit <= 0) return;
-    std::lock_guard<std::mutex> lock(memory_mutex);
-    if (data == nullptr) {
-      memory_held -= static_cast<int64_t>(bytes);
-    } else {
-      held_bytes[data] = static_cast<int64_t>(bytes);
-    }
-  }
-  void Release(void* data) {
-    if (memory_limit <= 0) return;
-    std::lock_guard<std::mutex> lock(memory_mutex);
-    const auto it = held_bytes.find(data);
-    if (it == held_bytes.end()) return;
-    memory_held -= it->second;
-    held_bytes.erase(it);
   }
 
   cudaStream_t stream = nullptr;
@@ -168,7 +71,7 @@ struct CudaBackend::Impl {
     bytes = bytes == 0 ? 256 : bytes;
     if (failed() || !Reserve(bytes, "cudaMalloc (weight)")) return nullptr;
     if (!Ok(cudaMalloc(&data, bytes), "cudaMalloc (weight)")) data = nullptr;
-    Settle(data, bytes);
+    memory->Settle(data, bytes);
     if (data != nullptr) weights.push_back(data);
     return data;
   }
@@ -226,7 +129,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   auto impl = std::make_unique<Impl>();
   impl->matmul_precision = options.matmul_precision;
   impl->moe_experts = options.moe_experts;
-  impl->memory_limit = options.memory_limit_bytes;
+  impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
   impl->device = options.device;
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS ||
@@ -246,7 +149,7 @@ CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 // several: every entry point selects this backend's device first (cheap when already current).
 void CudaBackend::Bind() const { CheckFatal(cudaSetDevice(impl_->device), "cudaSetDevice"); }
 
-BackendFailure CudaBackend::TakeFailure() { return impl_->Take(); }
+BackendFailure CudaBackend::TakeFailure() { return impl_->failures.Take(); }
 
 CudaBackend::~CudaBackend() {
   Bind();
@@ -273,7 +176,7 @@ Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
   bytes = bytes == 0 ? 256 : bytes;
   if (impl_->failed() || !impl_->Reserve(bytes, "cudaMallocAsync")) return Tensor(this, nullptr, dtype, rows, cols);
   if (!impl_->Ok(cudaMallocAsync(&data, bytes, impl_->stream), "cudaMallocAsync")) data = nullptr;
-  impl_->Settle(data, bytes);
+  impl_->memory->Settle(data, bytes);
   return Tensor(this, data, dtype, rows, cols);
 }
 
@@ -281,7 +184,7 @@ void CudaBackend::Free(void* data) {
   Bind();
   const OpScope scope(impl_->profile.get(), "Free");
   if (data == nullptr) return;  // a failed allocation
-  impl_->Release(data);
+  impl_->memory->Release(data);
   CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
 }
 
