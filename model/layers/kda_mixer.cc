@@ -20,6 +20,25 @@ kernels::KdaAlgorithm ChooseAlgorithm(KdaAlgorithmChoice choice, int64_t new_tok
   return new_tokens == 1 ? kernels::KdaAlgorithm::kRecurrent : kernels::KdaAlgorithm::kChunked;
 }
 
+// The forget gate's logits f_b(f_a(x)) (before dt_bias and softplus), beta's b_proj(x), and the
+// low-rank buffer the output gate reuses.
+struct GateLogits {
+  Tensor low_rank, gate_logits, beta_logits;
+};
+
+GateLogits ProjectGates(const Step& step, const KdaWeights& w, TensorView x) {
+  kernels::Backend& backend = step.backend;
+  const KimiLinearConfig& c = step.config;
+  GateLogits g;
+  g.low_rank = backend.Allocate(step.num_tokens, c.kda_head_dim, DType::kF32);
+  g.gate_logits = backend.Allocate(step.num_tokens, c.kda_projection_size(), DType::kF32);
+  backend.MatMul(x, w.f_a, g.low_rank.view());
+  backend.MatMul(g.low_rank.view(), w.f_b, g.gate_logits.view());
+  g.beta_logits = backend.Allocate(step.num_tokens, c.kda_num_heads, DType::kF32);
+  backend.MatMul(x, w.b_proj, g.beta_logits.view());
+  return g;
+}
+
 // A step where every sequence brings one token that runs recurrently: the backend's
 // KdaDecodeStep (convs, delta rule and output norm in one call; fused on the GPU).
 bool IsDecodeStep(const Step& step) {
@@ -44,12 +63,10 @@ void KdaDecodeForward(const Step& step, int64_t layer, const KdaWeights& w, Tens
     projected[i] = backend.Allocate(t, width, DType::kF32);
     backend.MatMul(x, projections[i], projected[i].view());
   }
-  Tensor low_rank = backend.Allocate(t, d, DType::kF32);
-  Tensor gate_logits = backend.Allocate(t, width, DType::kF32);
-  backend.MatMul(x, w.f_a, low_rank.view());
-  backend.MatMul(low_rank.view(), w.f_b, gate_logits.view());
-  Tensor beta_logits = backend.Allocate(t, c.kda_num_heads, DType::kF32);
-  backend.MatMul(x, w.b_proj, beta_logits.view());
+  GateLogits gates = ProjectGates(step, w, x);
+  Tensor& low_rank = gates.low_rank;
+  Tensor& gate_logits = gates.gate_logits;
+  Tensor& beta_logits = gates.beta_logits;
   Tensor out_gate = backend.Allocate(t, width, DType::kF32);
   backend.MatMul(x, w.g_a, low_rank.view());
   backend.MatMul(low_rank.view(), w.g_b, out_gate.view());
@@ -103,12 +120,10 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
     backend.CausalConvSilu(projected.view(), conv_weights[i], conv_seqs, convolved[i].view());
   }
 
-  Tensor low_rank = backend.Allocate(t, d, DType::kF32);
-  Tensor gate_logits = backend.Allocate(t, width, DType::kF32);
-  backend.MatMul(x, w.f_a, low_rank.view());
-  backend.MatMul(low_rank.view(), w.f_b, gate_logits.view());
-  Tensor beta_logits = backend.Allocate(t, c.kda_num_heads, DType::kF32);
-  backend.MatMul(x, w.b_proj, beta_logits.view());
+  GateLogits gates = ProjectGates(step, w, x);
+  Tensor& low_rank = gates.low_rank;
+  Tensor& gate_logits = gates.gate_logits;
+  Tensor& beta_logits = gates.beta_logits;
 
   std::vector<kernels::KdaSequence> kda_seqs(step.seqs.size());
   for (size_t s = 0; s < step.seqs.size(); ++s) {
