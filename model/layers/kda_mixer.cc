@@ -42,13 +42,14 @@ GateLogits ProjectGates(const Step& step, const KdaWeights& w, TensorView x) {
 // A step where every sequence brings one token that runs recurrently: the backend's
 // KdaDecodeStep (convs, delta rule and output norm in one call; fused on the GPU).
 bool IsDecodeStep(const Step& step) {
-  for (const StepSequence& seq : step.seqs) {
-    if (seq.rows.length != 1 ||
-        ChooseAlgorithm(step.options.kda_algorithm, 1) != kernels::KdaAlgorithm::kRecurrent) {
-      return false;
-    }
+  if (step.seqs.empty() ||
+      ChooseAlgorithm(step.options.kda_algorithm, 1) != kernels::KdaAlgorithm::kRecurrent) {
+    return false;
   }
-  return !step.seqs.empty();
+  for (const StepSequence& seq : step.seqs) {
+    if (seq.rows.length != 1) return false;
+  }
+  return true;
 }
 
 void KdaDecodeForward(const Step& step, int64_t layer, const KdaWeights& w, TensorView x, TensorView out) {
@@ -64,16 +65,13 @@ void KdaDecodeForward(const Step& step, int64_t layer, const KdaWeights& w, Tens
     backend.MatMul(x, projections[i], projected[i].view());
   }
   GateLogits gates = ProjectGates(step, w, x);
-  Tensor& low_rank = gates.low_rank;
-  Tensor& gate_logits = gates.gate_logits;
-  Tensor& beta_logits = gates.beta_logits;
   Tensor out_gate = backend.Allocate(t, width, DType::kF32);
-  backend.MatMul(x, w.g_a, low_rank.view());
-  backend.MatMul(low_rank.view(), w.g_b, out_gate.view());
+  backend.MatMul(x, w.g_a, gates.low_rank.view());
+  backend.MatMul(gates.low_rank.view(), w.g_b, out_gate.view());
 
   kernels::KdaDecodeInputs in;
   in.core = {c.kda_num_heads, d, projected[0].view(), projected[1].view(), projected[2].view(),
-             gate_logits.view(), beta_logits.view(), w.a_log, w.dt_bias};
+             gates.gate_logits.view(), gates.beta_logits.view(), w.a_log, w.dt_bias};
   in.conv_weights[0] = w.q_conv;
   in.conv_weights[1] = w.k_conv;
   in.conv_weights[2] = w.v_conv;
@@ -121,10 +119,6 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
   }
 
   GateLogits gates = ProjectGates(step, w, x);
-  Tensor& low_rank = gates.low_rank;
-  Tensor& gate_logits = gates.gate_logits;
-  Tensor& beta_logits = gates.beta_logits;
-
   std::vector<kernels::KdaSequence> kda_seqs(step.seqs.size());
   for (size_t s = 0; s < step.seqs.size(); ++s) {
     const StepSequence& seq = step.seqs[s];
@@ -132,15 +126,15 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
                    seq.state->kda(layer).recurrent.data<float>()};
   }
   const kernels::KdaInputs inputs{c.kda_num_heads, d, convolved[0].view(), convolved[1].view(),
-                                  convolved[2].view(), gate_logits.view(), beta_logits.view(),
-                                  w.a_log, w.dt_bias};
+                                  convolved[2].view(), gates.gate_logits.view(),
+                                  gates.beta_logits.view(), w.a_log, w.dt_bias};
   Tensor attended = backend.Allocate(t, width, DType::kF32);
   backend.KdaAttention(inputs, kda_seqs, attended.view());
 
   // The output gate reuses the low-rank and full-width buffers.
-  backend.MatMul(x, w.g_a, low_rank.view());
-  backend.MatMul(low_rank.view(), w.g_b, gate_logits.view());
-  backend.GatedRmsNorm(attended.view(), gate_logits.view(), w.o_norm, d,
+  backend.MatMul(x, w.g_a, gates.low_rank.view());
+  backend.MatMul(gates.low_rank.view(), w.g_b, gates.gate_logits.view());
+  backend.GatedRmsNorm(attended.view(), gates.gate_logits.view(), w.o_norm, d,
                        static_cast<float>(c.rms_norm_eps), projected.view());
   backend.MatMul(projected.view(), w.o_proj, out);
 }
