@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kda_input_checks.h"
@@ -215,25 +216,26 @@ __global__ void __launch_bounds__(KdaThreads(D))
   }
 }
 
-template <int D>
-void Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t blocks, TensorView out,
-            cudaStream_t stream) {
-  KdaRecurrentKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, stream>>>(in, seqs, out);
-}
-
-template <int D>
-void LaunchDecode(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t blocks, TensorView out,
-                  cudaStream_t stream) {
-  KdaDecodeStepKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, stream>>>(in, seqs, out);
+// Calls launch(std::integral_constant<int, D>{}) for the head dims the kernels are built for;
+// false for any other.
+template <typename Launch>
+bool WithHeadDim(int64_t head_dim, Launch launch) {
+  switch (head_dim) {
+    case 16: launch(std::integral_constant<int, 16>{}); return true;
+    case 24: launch(std::integral_constant<int, 24>{}); return true;
+    case 32: launch(std::integral_constant<int, 32>{}); return true;
+    case 48: launch(std::integral_constant<int, 48>{}); return true;
+    case 64: launch(std::integral_constant<int, 64>{}); return true;
+    case 96: launch(std::integral_constant<int, 96>{}); return true;
+    case 128: launch(std::integral_constant<int, 128>{}); return true;
+    default: return false;
+  }
 }
 
 }  // namespace
 
 bool KdaRecurrentSupports(int64_t head_dim) {
-  switch (head_dim) {
-    case 16: case 24: case 32: case 48: case 64: case 96: case 128: return true;
-    default: return false;
-  }
+  return WithHeadDim(head_dim, [](auto) {});
 }
 
 int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t num_seqs,
@@ -254,17 +256,11 @@ int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs
   if (seqs == nullptr || !FitsGridX(num_seqs * heads)) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t blocks = num_seqs * heads;
   auto s = static_cast<cudaStream_t>(stream);
-  switch (d) {
-    case 16: LaunchDecode<16>(in, seqs, blocks, out, s); break;
-    case 24: LaunchDecode<24>(in, seqs, blocks, out, s); break;
-    case 32: LaunchDecode<32>(in, seqs, blocks, out, s); break;
-    case 48: LaunchDecode<48>(in, seqs, blocks, out, s); break;
-    case 64: LaunchDecode<64>(in, seqs, blocks, out, s); break;
-    case 96: LaunchDecode<96>(in, seqs, blocks, out, s); break;
-    case 128: LaunchDecode<128>(in, seqs, blocks, out, s); break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-  return static_cast<int>(cudaGetLastError());
+  const bool launched = WithHeadDim(d, [&](auto dim) {
+    constexpr int D = decltype(dim)::value;
+    KdaDecodeStepKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, s>>>(in, seqs, out);
+  });
+  return launched ? static_cast<int>(cudaGetLastError()) : static_cast<int>(cudaErrorInvalidValue);
 }
 
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
@@ -279,17 +275,11 @@ int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num
   }
   const int64_t blocks = num_seqs * heads;
   auto s = static_cast<cudaStream_t>(stream);
-  switch (d) {
-    case 16: Launch<16>(in, seqs, blocks, out, s); break;
-    case 24: Launch<24>(in, seqs, blocks, out, s); break;
-    case 32: Launch<32>(in, seqs, blocks, out, s); break;
-    case 48: Launch<48>(in, seqs, blocks, out, s); break;
-    case 64: Launch<64>(in, seqs, blocks, out, s); break;
-    case 96: Launch<96>(in, seqs, blocks, out, s); break;
-    case 128: Launch<128>(in, seqs, blocks, out, s); break;
-    default: return static_cast<int>(cudaErrorInvalidValue);
-  }
-  return static_cast<int>(cudaGetLastError());
+  const bool launched = WithHeadDim(d, [&](auto dim) {
+    constexpr int D = decltype(dim)::value;
+    KdaRecurrentKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, s>>>(in, seqs, out);
+  });
+  return launched ? static_cast<int>(cudaGetLastError()) : static_cast<int>(cudaErrorInvalidValue);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_rows.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -51,20 +52,6 @@ __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_
 __device__ __forceinline__ uint32_t Pack(const bf16* lo, const bf16* hi) {
   return static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(lo)) |
          (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(hi)) << 16);
-}
-
-// Row t's absorbed sequence (or -1): the same search as MapRows for a single row.
-__device__ int AbsorbedSequence(const MlaSequence* seqs, int64_t num_seqs, int64_t t, int* shared) {
-  if (threadIdx.x == 0) *shared = -1;
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < num_seqs; i += blockDim.x) {
-    const SequenceRows rows = seqs[i].rows;
-    if (seqs[i].form == MlaForm::kAbsorbed && t >= rows.begin && t < rows.begin + rows.length) {
-      *shared = static_cast<int>(i);
-    }
-  }
-  __syncthreads();
-  return *shared;
 }
 
 // Grid (heads, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖ q_pe[t, h] (rope)] in
@@ -120,7 +107,8 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
   const int64_t t = blockIdx.x;
-  const int si = AbsorbedSequence(args.seqs, args.num_seqs, t, &seq_index);
+  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);
+  const int si = seq_index;
   if (si < 0) return;
   const MlaSequence seq = args.seqs[si];
   const int64_t pos = seq.num_cached + (t - seq.rows.begin);

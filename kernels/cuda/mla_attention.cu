@@ -9,6 +9,7 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/mla_absorbed_tc.h"
+#include "kernels/cuda/mla_rows.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -22,26 +23,6 @@ constexpr int kPStride = kKeys + 1;  // row stride of the probability tile (bank
 constexpr int kExpandedRows = 32;    // expanded: query rows of one head per block
 constexpr int kAbsorbedRows = 16;    // absorbed: heads of one query per block
 constexpr int kAppendRows = kWarps;  // append: one row per warp
-
-// ---------------------------------------------------------------------------------------------
-// Which sequence holds each packed row.
-
-// row_seq[r] = index of the sequence whose rows hold packed row lo + r (only sequences of
-// `form`, any form when form < 0), or -1; r < n <= kThreads. Call with the whole block; ends
-// with a barrier. Descriptors are scanned in parallel, one per thread.
-__device__ void MapRows(const MlaSequence* seqs, int64_t num_seqs, int form, int64_t lo, int n,
-                        int* row_seq) {
-  for (int r = threadIdx.x; r < n; r += blockDim.x) row_seq[r] = -1;
-  __syncthreads();
-  for (int64_t i = threadIdx.x; i < num_seqs; i += blockDim.x) {
-    const SequenceRows rows = seqs[i].rows;
-    if (form >= 0 && static_cast<int>(seqs[i].form) != form) continue;
-    const int64_t a = rows.begin > lo ? rows.begin : lo;
-    const int64_t end = rows.begin + rows.length, b = end < lo + n ? end : lo + n;
-    for (int64_t t = a; t < b; ++t) row_seq[t - lo] = static_cast<int>(i);
-  }
-  __syncthreads();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Append.
