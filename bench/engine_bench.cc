@@ -37,14 +37,20 @@ struct Options {
   int64_t steps = 8;     // timed forward passes
   int64_t warmup = 2;    // untimed passes before them
   uint64_t seed = 0;     // prompts and synthetic histories
+  bool step_graphs = true;  // decode steps through the backend's step graphs (CUDA graphs)
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
 };
 
-// Applies a "--run MODE:BATCH:TOKENS" spec to `o` (TOKENS: the prompt of a prefill, the context
-// of a decode); false when malformed.
-bool ApplyRunSpec(const std::string& spec, Options& o) {
+// Applies a "--run MODE:BATCH:TOKENS[:eager]" spec to `o` (TOKENS: the prompt of a prefill, the
+// context of a decode; eager: without step graphs); false when malformed.
+bool ApplyRunSpec(std::string spec, Options& o) {
+  constexpr std::string_view kEager = ":eager";
+  if (spec.size() > kEager.size() && spec.ends_with(kEager)) {
+    spec.resize(spec.size() - kEager.size());
+    o.step_graphs = false;
+  }
   const size_t first = spec.find(':'), second = spec.find(':', first + 1);
   if (first == std::string::npos || second == std::string::npos) return false;
   const std::string mode = spec.substr(0, first);
@@ -171,6 +177,7 @@ int Fail(const absl::Status& status) {
 // One run over the loaded model: one JSON line, or the error.
 absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const Options& o,
                      uint64_t weights_bytes, double load_s) {
+  m.set_step_graphs(o.step_graphs);
   const int64_t new_tokens = o.mode == "prefill" ? o.prompt : o.warmup + o.steps;
   if (o.context > m.max_context() - new_tokens) {
     return absl::InvalidArgumentError(
@@ -194,6 +201,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["context"] = o.context;
   line["steps"] = o.steps;
   line["warmup"] = o.warmup;
+  line["step_graphs"] = o.step_graphs;
   line["ms_per_step"] = timings->mean_s * 1e3;
   line["ms_per_step_min"] = timings->min_s * 1e3;
   line["tokens_per_s"] = tokens_per_step / timings->mean_s;
@@ -212,7 +220,7 @@ int Run(const Options& options) {
     Options o = options;
     if (!ApplyRunSpec(spec, o)) {
       return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--run ", spec, ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT")));
+          absl::StrCat("--run ", spec, ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager")));
     }
     runs.push_back(o);
   }
@@ -282,7 +290,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--run", o.runs,
                  "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
-                 "model (overrides --mode/--batch/--prompt/--context)");
+                 "model (overrides --mode/--batch/--prompt/--context); a trailing :eager runs it "
+                 "without step graphs");
+  app.add_flag("--step-graphs,!--no-step-graphs", o.step_graphs,
+               "Decode steps through the backend's step graphs (CUDA graphs)")
+      ->capture_default_str();
   app.add_option("--seed", o.seed, "Seed of prompts and synthetic histories")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

@@ -30,6 +30,9 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
                   "hold; a step past it fails with RESOURCE_EXHAUSTED and the server keeps serving "
                   "(0: what the GPU has)")
       ->check(CLI::NonNegativeNumber);
+  command.add_flag("--cuda-graphs,!--no-cuda-graphs", engine.cuda_graphs,
+                   "CUDA: record decode steps as CUDA graphs and replay them (one launch per step)")
+      ->capture_default_str();
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
   command.add_option("--mla", engine.mla, "MLA attention form")
@@ -53,6 +56,7 @@ kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args) {
       kernels::ParseBackendChoice(args.device).value_or(kernels::BackendChoice{});
   choice.cpu_threads = args.threads;
   choice.device_memory_limit_bytes = static_cast<int64_t>(args.device_memory_gib * (1 << 30));
+  choice.cuda_graphs = args.cuda_graphs;
   return choice;
 }
 

@@ -17,7 +17,7 @@ struct Engine {
   std::unique_ptr<model::KimiLinearModel> model;
 };
 
-// Declares --model, --device, --threads, --device-memory-gib, --kda, --mla and --biased-routing
+// Declares --model, --device, --threads, --device-memory-gib, --cuda-graphs, --kda, --mla and --biased-routing
 // on `command`.
 void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -27,6 +28,30 @@ struct BackendFailure {
   bool failed() const { return !message.empty(); }
 };
 
+// The shape of a step that a backend may record once and replay (CUDA graphs): steps with equal
+// keys issue the same operations on the same shapes, only the uploaded host data (token ids,
+// sequence descriptors) differs.
+struct StepGraphKey {
+  int64_t tokens = 0;      // rows of the packed batch
+  int64_t sequences = 0;
+  int64_t logit_rows = 0;  // rows whose logits the step computes
+  int64_t max_keys = 0;    // the longest sequence's history after the step (MLA keys)
+  bool operator==(const StepGraphKey&) const = default;
+};
+
+// A step being recorded or replayed (Backend::BeginStepGraph). Until Launch, the calling thread's
+// operations may be deferred: their results are not readable (no Download) and the caller must
+// issue every operation of the step, exactly as it would without a graph. Views the caller passes
+// must be this step's allocations or weights; per-sequence memory travels in descriptors (ops.h).
+// The step's allocations stay readable until the StepGraph is destroyed.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+  // Runs the operations issued since BeginStepGraph. False when they could not be recorded or
+  // replayed; then none of them ran, and the caller issues them again without a graph.
+  virtual bool Launch() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -39,6 +64,14 @@ class Backend {
   // call. Device faults that leave the device unusable still end the process. The CPU backend
   // never fails.
   virtual BackendFailure TakeFailure() { return {}; }
+
+  // Starts recording or replaying a step of this shape on the calling thread; null when the
+  // backend has no graphs (the CPU backend) or will not use one now (another thread holds one,
+  // the shape failed before). The caller then issues the step and calls Launch.
+  virtual std::unique_ptr<StepGraph> BeginStepGraph(const StepGraphKey& key) {
+    (void)key;
+    return nullptr;
+  }
 
   // Memory. Allocated contents are unspecified.
   virtual Tensor Allocate(int64_t rows, int64_t cols, DType dtype) = 0;

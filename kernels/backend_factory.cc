@@ -39,7 +39,10 @@ std::unique_ptr<Backend> CreateBackend(const BackendChoice& choice, std::string*
   if (choice.device == "cuda") {
 #ifdef DELTASERVE_WITH_CUDA
     return cuda::CudaBackend::Create(
-        {.device = choice.cuda_device, .memory_limit_bytes = choice.device_memory_limit_bytes}, error);
+        {.device = choice.cuda_device,
+         .memory_limit_bytes = choice.device_memory_limit_bytes,
+         .step_graphs = choice.cuda_graphs},
+        error);
 #else
     *error = "this build has no CUDA backend (no CUDA toolkit at build time)";
     return nullptr;

@@ -16,6 +16,7 @@ struct BackendChoice {
   int cpu_threads = 0;         // 0: all hardware threads
   int cuda_device = 0;
   int64_t device_memory_limit_bytes = 0;  // CUDA: CudaBackendOptions::memory_limit_bytes
+  bool cuda_graphs = true;                // CUDA: CudaBackendOptions::step_graphs
 };
 
 // The parser of every --device flag: "cpu", "cuda" (GPU 0) or "cuda:N"; nullopt for anything

@@ -1,5 +1,6 @@
 #include "model/kimi_linear_model.h"
 
+#include <algorithm>
 #include <limits>
 #include <set>
 
@@ -40,7 +41,8 @@ KimiLinearModel::KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels
       weights_(std::move(weights)),
       options_(options),
       local_experts_(backend, weights_),
-      experts_(options.experts != nullptr ? options.experts : &local_experts_) {
+      experts_(options.experts != nullptr ? options.experts : &local_experts_),
+      step_graphs_(options.step_graphs) {
   fingerprint_ = checkpoint_->ModelFingerprint();
 }
 
@@ -133,7 +135,6 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
                                            std::vector<float>& out) {
   DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size()));
   const KimiLinearConfig& c = config();
-  const float eps = static_cast<float>(c.rms_norm_eps);
 
   std::vector<int32_t> ids;
   std::vector<StepSequence> seqs;
@@ -150,6 +151,38 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
   // caller drops those sequences, whose states the skipped work left behind.
   constexpr std::string_view kDuring = "in a step";
 
+  std::unique_ptr<kernels::StepGraph> graph = BeginStepGraph(seqs, logit_rows);
+  const std::vector<int64_t> cached_rows = graph != nullptr ? CachedLatentRows(seqs) : std::vector<int64_t>{};
+  Tensor result;
+  absl::Status status = RunStep(step, ids, hidden_in, logit_rows, result);
+  if (graph != nullptr && !graph->Launch()) {
+    // Not recorded or replayed, so nothing of it ran: issue it again without a graph.
+    result = Tensor();
+    graph.reset();
+    RestoreCachedLatentRows(seqs, cached_rows);
+    status = RunStep(step, ids, hidden_in, logit_rows, result);
+  }
+  if (!status.ok()) {
+    (void)TakeDeviceFailure(kDuring);  // the step failed anyway; the next one starts clean
+    return status;
+  }
+  for (const SequenceInput& seq : batch) seq.state->AppendTokens(seq.tokens);
+  if (!is_last_stage()) {
+    out.resize(static_cast<size_t>(t * c.hidden_size));
+    backend_.Download(result.view(), out.data());
+    return model::TakeDeviceFailure(backend_, kDuring);
+  }
+  out.assign(static_cast<size_t>(static_cast<int64_t>(logit_rows.size()) * c.vocab_size), 0.0f);
+  if (!logit_rows.empty()) backend_.Download(result.view(), out.data());
+  return model::TakeDeviceFailure(backend_, kDuring);
+}
+
+absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t> ids,
+                                      std::span<const float> hidden_in,
+                                      std::span<const int64_t> logit_rows, Tensor& result) {
+  const KimiLinearConfig& c = config();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int64_t t = step.num_tokens;
   Tensor hidden = backend_.Allocate(t, c.hidden_size, DType::kF32);
   Tensor normed = backend_.Allocate(t, c.hidden_size, DType::kF32);
   Tensor mixed = backend_.Allocate(t, c.hidden_size, DType::kF32);
@@ -169,34 +202,65 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
     backend_.Add(hidden.view(), mixed.view());
     backend_.RmsNorm(hidden.view(), w.post_norm, eps, normed.view());
     if (c.IsMoe(layer)) {
-      if (absl::Status status = MoeFfnForward(step, layer, w.moe, *experts_, normed.view(), mixed.view());
-          !status.ok()) {
-        (void)TakeDeviceFailure(kDuring);  // the step failed anyway; the next one starts clean
-        return status;
-      }
+      DS_RETURN_IF_ERROR(MoeFfnForward(step, layer, w.moe, *experts_, normed.view(), mixed.view()));
     } else {
       DenseFfnForward(backend_, w.dense, normed.view(), mixed.view());
     }
     backend_.Add(hidden.view(), mixed.view());
   }
-  for (const SequenceInput& seq : batch) seq.state->AppendTokens(seq.tokens);
   if (!is_last_stage()) {
-    out.resize(static_cast<size_t>(t * c.hidden_size));
-    backend_.Download(hidden.view(), out.data());
-    return model::TakeDeviceFailure(backend_, kDuring);
+    result = std::move(hidden);
+    return absl::OkStatus();
   }
-
-  std::vector<float>& logits = out;
   const int64_t rows = static_cast<int64_t>(logit_rows.size());
-  logits.assign(static_cast<size_t>(rows * c.vocab_size), 0.0f);
-  if (rows == 0) return model::TakeDeviceFailure(backend_, kDuring);
+  if (rows == 0) return absl::OkStatus();
   Tensor selected = backend_.Allocate(rows, c.hidden_size, DType::kF32);
   backend_.GatherRows(hidden.view(), logit_rows, selected.view());
   backend_.RmsNorm(selected.view(), weights_.final_norm, eps, selected.view());
-  Tensor vocab_logits = backend_.Allocate(rows, c.vocab_size, DType::kF32);
-  backend_.MatMul(selected.view(), weights_.lm_head, vocab_logits.view());
-  backend_.Download(vocab_logits.view(), logits.data());
-  return model::TakeDeviceFailure(backend_, kDuring);
+  result = backend_.Allocate(rows, c.vocab_size, DType::kF32);
+  backend_.MatMul(selected.view(), weights_.lm_head, result.view());
+  return absl::OkStatus();
+}
+
+std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(
+    std::span<const StepSequence> seqs, std::span<const int64_t> logit_rows) {
+  // Decode steps only: one token per sequence, local experts (a remote expert call is not a
+  // device operation), and attention whose buffers do not grow with the history.
+  if (!step_graphs_ || experts_ != &local_experts_ ||
+      options_.layers.mla_form == MlaFormChoice::kExpanded) {
+    return nullptr;
+  }
+  int64_t max_keys = 0;
+  for (const StepSequence& seq : seqs) {
+    if (seq.rows.length != 1) return nullptr;
+    max_keys = std::max(max_keys, seq.state->num_tokens() + 1);
+  }
+  // The latent caches grow before the recording: their memory is the sequences', not the step's.
+  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
+    if (config().IsKda(layer)) continue;
+    for (const StepSequence& seq : seqs) seq.state->ReserveLatent(layer, 1);
+  }
+  const kernels::StepGraphKey key{static_cast<int64_t>(seqs.size()), static_cast<int64_t>(seqs.size()),
+                                  static_cast<int64_t>(logit_rows.size()), max_keys};
+  return backend_.BeginStepGraph(key);
+}
+
+std::vector<int64_t> KimiLinearModel::CachedLatentRows(std::span<const StepSequence> seqs) const {
+  std::vector<int64_t> rows;
+  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
+    if (config().IsKda(layer)) continue;
+    for (const StepSequence& seq : seqs) rows.push_back(seq.state->mla(layer).num_cached);
+  }
+  return rows;
+}
+
+void KimiLinearModel::RestoreCachedLatentRows(std::span<const StepSequence> seqs,
+                                              std::span<const int64_t> rows) const {
+  size_t i = 0;
+  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
+    if (config().IsKda(layer)) continue;
+    for (const StepSequence& seq : seqs) seq.state->mla(layer).num_cached = rows[i++];
+  }
 }
 
 absl::Status KimiLinearModel::TakeDeviceFailure(std::string_view during) const {

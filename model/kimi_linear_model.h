@@ -27,6 +27,9 @@ struct ModelOptions {
   WeightScope scope;
   // Runs the routed experts when they are not loaded here (not owned; must outlive the model).
   ExpertRunner* experts = nullptr;
+  // Offer decode steps (one token per sequence) to the backend's step graphs
+  // (Backend::BeginStepGraph; CUDA graphs), which replay a recorded step in one launch.
+  bool step_graphs = true;
 };
 
 // One sequence's share of a step.
@@ -79,11 +82,23 @@ class KimiLinearModel {
   absl::Status ForwardStage(std::span<const SequenceInput> batch, std::span<const float> hidden_in,
                             std::vector<float>& out);
 
+  // ModelOptions::step_graphs, switched between steps (benchmarks compare both in one process).
+  void set_step_graphs(bool enabled) { step_graphs_ = enabled; }
+
  private:
   KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels::Backend& backend,
                   ModelWeights weights, const ModelOptions& options);
 
   absl::Status Validate(std::span<const SequenceInput> batch, size_t hidden_in_size) const;
+  // The step's layers; `result` receives the requested logits (last stage) or the hidden rows.
+  absl::Status RunStep(const Step& step, std::span<const int32_t> ids, std::span<const float> hidden_in,
+                       std::span<const int64_t> logit_rows, kernels::Tensor& result);
+  // A graph for a decode step where the backend has one (latent caches grown first), else null.
+  std::unique_ptr<kernels::StepGraph> BeginStepGraph(std::span<const StepSequence> seqs,
+                                                     std::span<const int64_t> logit_rows);
+  // Every MLA layer's num_cached, to undo a step whose graph did not run.
+  std::vector<int64_t> CachedLatentRows(std::span<const StepSequence> seqs) const;
+  void RestoreCachedLatentRows(std::span<const StepSequence> seqs, std::span<const int64_t> rows) const;
 
   std::unique_ptr<Checkpoint> checkpoint_;
   kernels::Backend& backend_;
@@ -92,6 +107,7 @@ class KimiLinearModel {
   LocalExpertRunner local_experts_;
   ExpertRunner* experts_;  // local_experts_ or ModelOptions::experts
   uint64_t fingerprint_ = 0;
+  bool step_graphs_ = true;
 };
 
 }  // namespace deltaserve::model

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/memory_limit.h"
 #include "kernels/cuda/op_profile.h"
+#include "kernels/cuda/step_graphs.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -29,6 +31,8 @@ cudaDataType_t BlasType(DType dtype) {
     default: return CUDA_R_32F;
   }
 }
+
+constexpr size_t kCaptureBlasWorkspaceBytes = size_t{32} << 20;
 
 }  // namespace
 
@@ -51,6 +55,49 @@ struct CudaBackend::Impl {
 
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
+  // CudaBackendOptions::step_graphs: the recorder, and a cuBLAS handle on its capture stream
+  // with a workspace of its own (cuBLAS allocates none while captured).
+  std::unique_ptr<StepGraphs> graphs;
+  std::mutex capture_blas_mutex;
+  cublasHandle_t capture_blas = nullptr;
+  void* capture_blas_workspace = nullptr;
+  // Made before the first step graph; false (no graphs) when it cannot be, memory limit included.
+  bool CaptureBlasReady() {
+    std::lock_guard<std::mutex> lock(capture_blas_mutex);
+    if (capture_blas != nullptr) return true;
+    int64_t held = 0;
+    if (!memory->Reserve(kCaptureBlasWorkspaceBytes, &held)) return false;
+    if (cudaMalloc(&capture_blas_workspace, kCaptureBlasWorkspaceBytes) != cudaSuccess) {
+      cudaGetLastError();
+      capture_blas_workspace = nullptr;
+    }
+    memory->Settle(capture_blas_workspace, kCaptureBlasWorkspaceBytes);
+    cublasHandle_t handle = nullptr;
+    if (capture_blas_workspace == nullptr || cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return false;
+    if (cublasSetStream(handle, graphs->capture_stream()) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetWorkspace(handle, capture_blas_workspace, kCaptureBlasWorkspaceBytes) != CUBLAS_STATUS_SUCCESS) {
+      cublasDestroy(handle);
+      return false;
+    }
+    capture_blas = handle;
+    return true;
+  }
+  GraphMode Mode() const { return graphs == nullptr ? GraphMode::kNone : graphs->ModeHere(); }
+  // Before every device call an operation makes: false inside a replayed step graph (the graph
+  // makes the call; the operation goes on to its next allocation or upload) or a failed capture.
+  bool Issue() { return Mode() == GraphMode::kNone || graphs->Issue(); }
+  // The calling thread's stream: the capture stream while it records a step.
+  cudaStream_t Stream() const { return Mode() == GraphMode::kCapture ? graphs->capture_stream() : stream; }
+  cublasHandle_t Blas() const { return Mode() == GraphMode::kCapture ? capture_blas : blas; }
+  // Recorded and replayed operations are not timed one by one: the GPU runs them as graphs.
+  OpProfile* Profile() const {
+    const GraphMode mode = Mode();
+    return mode == GraphMode::kCapture || mode == GraphMode::kReplay ? nullptr : profile.get();
+  }
+  // Host bytes to copy to the device: `host` itself, or their staged copy inside a step graph.
+  const void* Stage(const void* host, size_t bytes) {
+    return Mode() == GraphMode::kNone ? host : graphs->Stage(host, bytes);
+  }
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
   int device = 0;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
@@ -79,13 +126,17 @@ struct CudaBackend::Impl {
 
 // Inside an operation: skips `call` once a failure is held, records a failed one, and leaves the
 // operation either way, so nothing runs on memory a failed allocation did not provide.
-#define DS_CUDA(call, what)                                                                    \
-  do {                                                                                         \
-    if (impl_->failed() || !impl_->Ok(static_cast<cudaError_t>(call), what)) return;         \
+// Inside a replayed step graph the call is not made (the graph makes it) and the operation goes
+// on, so that its allocations and uploads happen in the recorded order.
+#define DS_CUDA(call, what)                                                                      \
+  do {                                                                                           \
+    if (impl_->failed()) return;                                                                 \
+    if (impl_->Issue() && !impl_->Ok(static_cast<cudaError_t>(call), what)) return;            \
   } while (0)
-#define DS_BLAS(call, what)                                    \
-  do {                                                         \
-    if (impl_->failed() || !impl_->OkBlas(call, what)) return; \
+#define DS_BLAS(call, what)                                                 \
+  do {                                                                      \
+    if (impl_->failed()) return;                                            \
+    if (impl_->Issue() && !impl_->OkBlas(call, what)) return;              \
   } while (0)
 
 bool CudaDeviceAvailable(std::string* why) {
@@ -137,6 +188,9 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
     *error = "cannot create a CUDA stream or cuBLAS handle";
     return nullptr;
   }
+  if (options.step_graphs) {
+    impl->graphs = std::make_unique<StepGraphs>(impl->stream, impl->memory.get(), options.max_step_graphs);
+  }
   if (const char* profile = std::getenv("DELTASERVE_CUDA_OP_PROFILE"); profile != nullptr && profile[0] == '1') {
     impl->profile = std::make_unique<OpProfile>(impl->stream);
   }
@@ -151,6 +205,57 @@ void CudaBackend::Bind() const { CheckFatal(cudaSetDevice(impl_->device), "cudaS
 
 BackendFailure CudaBackend::TakeFailure() { return impl_->failures.Take(); }
 
+// A region of StepGraphs held by one thread, given up when destroyed.
+class CudaStepGraph final : public StepGraph {
+ public:
+  explicit CudaStepGraph(CudaBackend& backend) : backend_(backend) {}
+  ~CudaStepGraph() override {
+    backend_.Bind();
+    backend_.impl_->graphs->End();
+  }
+  CudaStepGraph(const CudaStepGraph&) = delete;
+  CudaStepGraph& operator=(const CudaStepGraph&) = delete;
+
+  bool Launch() override {
+    backend_.Bind();
+    CudaBackend::Impl& impl = *backend_.impl_;
+    const GraphMode mode = impl.Mode();
+    const bool thread_failed = impl.failed();
+    const OpScope scope(impl.profile.get(), mode == GraphMode::kReplay ? "StepGraph (replay)"
+                                            : mode == GraphMode::kCapture ? "StepGraph (capture)"
+                                                                          : "StepGraph (measured)");
+    switch (impl.graphs->Launch(thread_failed)) {
+      case StepGraphs::Outcome::kRan:
+        return true;
+      case StepGraphs::Outcome::kNotRun:
+        // A failure while recording belongs to the recording; a rerun meets a real one again.
+        if (thread_failed) impl.failures.Take();
+        return false;
+      case StepGraphs::Outcome::kDiverged:
+        // Part of the step ran: it cannot be issued again, so it fails as a device failure does.
+        impl.failures.Record(false, "a replayed step graph diverged from its recording after part of it ran");
+        return true;
+    }
+    return false;
+  }
+
+ private:
+  CudaBackend& backend_;
+};
+
+std::unique_ptr<StepGraph> CudaBackend::BeginStepGraph(const StepGraphKey& key) {
+  if (impl_->graphs == nullptr || impl_->failed()) return nullptr;
+  Bind();
+  if (!impl_->CaptureBlasReady() || !impl_->graphs->Begin(key)) return nullptr;
+  return std::make_unique<CudaStepGraph>(*this);
+}
+
+StepGraphCounts CudaBackend::step_graph_counts() const {
+  if (impl_->graphs == nullptr) return {};
+  const StepGraphs::Counts c = impl_->graphs->counts();
+  return {c.measured, c.captured, c.replayed, c.failed};
+}
+
 CudaBackend::~CudaBackend() {
   Bind();
   cudaStreamSynchronize(impl_->stream);
@@ -160,65 +265,86 @@ CudaBackend::~CudaBackend() {
   }
   for (void* weight : impl_->weights) cudaFree(weight);
   cublasDestroy(impl_->blas);
+  impl_->graphs.reset();
+  if (impl_->capture_blas != nullptr) cublasDestroy(impl_->capture_blas);
+  if (impl_->capture_blas_workspace != nullptr) cudaFree(impl_->capture_blas_workspace);
   cudaStreamDestroy(impl_->stream);
 }
 
 void CudaBackend::Synchronize() {
   Bind();
+  if (impl_->Mode() != GraphMode::kNone) {
+    impl_->graphs->MarkBroken("a synchronisation inside a step graph");
+    if (impl_->Mode() != GraphMode::kMeasure) return;
+  }
   CheckFatal(cudaStreamSynchronize(impl_->stream), "synchronize");
 }
 
 Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Allocate");
+  const OpScope scope(impl_->Profile(), "Allocate");
   void* data = nullptr;
   size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
   bytes = bytes == 0 ? 256 : bytes;
-  if (impl_->failed() || !impl_->Reserve(bytes, "cudaMallocAsync")) return Tensor(this, nullptr, dtype, rows, cols);
-  if (!impl_->Ok(cudaMallocAsync(&data, bytes, impl_->stream), "cudaMallocAsync")) data = nullptr;
+  if (impl_->failed()) return Tensor(this, nullptr, dtype, rows, cols);
+  if (const GraphMode mode = impl_->Mode(); mode != GraphMode::kNone) {
+    void* step_data = impl_->graphs->Allocate(bytes);  // the step's arena; counted when measuring
+    if (mode != GraphMode::kMeasure) return Tensor(this, step_data, dtype, rows, cols);
+  }
+  if (!impl_->Reserve(bytes, "cudaMallocAsync")) return Tensor(this, nullptr, dtype, rows, cols);
+  if (!impl_->Ok(cudaMallocAsync(&data, bytes, impl_->Stream()), "cudaMallocAsync")) data = nullptr;
   impl_->memory->Settle(data, bytes);
   return Tensor(this, data, dtype, rows, cols);
 }
 
 void CudaBackend::Free(void* data) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Free");
+  const OpScope scope(impl_->Profile(), "Free");
   if (data == nullptr) return;  // a failed allocation
+  if (impl_->graphs != nullptr && impl_->graphs->InArena(data)) return;  // a step graph's
   impl_->memory->Release(data);
-  CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
+  CheckFatal(cudaFreeAsync(data, impl_->Stream()), "cudaFreeAsync");
 }
 
 Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
   Tensor tensor = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
   if (bytes > 0 && !impl_->failed()) {
-    impl_->Ok(cudaMemcpyAsync(tensor.view().data, host, bytes, cudaMemcpyHostToDevice, impl_->stream),
-              "upload");
+    const void* source = impl_->Stage(host, bytes);
+    if (impl_->Issue()) {
+      impl_->Ok(cudaMemcpyAsync(tensor.view().data, source, bytes, cudaMemcpyHostToDevice, impl_->Stream()),
+                "upload");
+    }
   }
   return tensor;
 }
 
 void CudaBackend::Zero(TensorView dst) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Zero");
+  const OpScope scope(impl_->Profile(), "Zero");
   if (dst.rows == 0 || dst.cols == 0) return;
-  DS_CUDA(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->stream), "zero");
+  DS_CUDA(cudaMemset2DAsync(dst.data, Pitch(dst), 0, RowBytes(dst), dst.rows, impl_->Stream()), "zero");
 }
 
 void CudaBackend::Upload(const void* host, TensorView dst) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Upload");
-  if (dst.rows == 0 || dst.cols == 0) return;
-  DS_CUDA(cudaMemcpy2DAsync(dst.data, Pitch(dst), host, RowBytes(dst), RowBytes(dst), dst.rows,
-                            cudaMemcpyHostToDevice, impl_->stream),
+  const OpScope scope(impl_->Profile(), "Upload");
+  if (dst.rows == 0 || dst.cols == 0 || impl_->failed()) return;
+  const void* source = impl_->Stage(host, RowBytes(dst) * static_cast<size_t>(dst.rows));
+  DS_CUDA(cudaMemcpy2DAsync(dst.data, Pitch(dst), source, RowBytes(dst), RowBytes(dst), dst.rows,
+                            cudaMemcpyHostToDevice, impl_->Stream()),
           "upload");
 }
 
 void CudaBackend::Download(TensorView src, void* host) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Download");
+  const OpScope scope(impl_->Profile(), "Download");
+  if (impl_->Mode() != GraphMode::kNone) {
+    impl_->graphs->MarkBroken("a download inside a step graph");
+    if (impl_->Mode() != GraphMode::kMeasure) return;
+  }
   if (src.rows > 0 && src.cols > 0 && !impl_->failed()) {
     impl_->Ok(cudaMemcpy2DAsync(host, RowBytes(src), src.data, Pitch(src), RowBytes(src), src.rows,
-                                cudaMemcpyDeviceToHost, impl_->stream),
+                                cudaMemcpyDeviceToHost, impl_->Stream()),
               "download");
   }
   Synchronize();
@@ -226,20 +352,20 @@ void CudaBackend::Download(TensorView src, void* host) {
 
 void CudaBackend::Copy(TensorView src, TensorView dst) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Copy");
+  const OpScope scope(impl_->Profile(), "Copy");
   if (src.rows == 0 || src.cols == 0) return;
   DS_CUDA(cudaMemcpy2DAsync(dst.data, Pitch(dst), src.data, Pitch(src), RowBytes(src), src.rows,
-                            cudaMemcpyDeviceToDevice, impl_->stream),
+                            cudaMemcpyDeviceToDevice, impl_->Stream()),
           "copy");
 }
 
 void CudaBackend::GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "GatherRows");
+  const OpScope scope(impl_->Profile(), "GatherRows");
   if (rows.empty()) return;
   Tensor indices = UploadBytes(rows.data(), rows.size_bytes());
   DS_CUDA(LaunchGatherRows(src, indices.data<int64_t>(), static_cast<int64_t>(rows.size()), dst,
-                           impl_->stream),
+                           impl_->Stream()),
           "gather rows");
 }
 
@@ -251,7 +377,7 @@ TensorView CudaBackend::AdoptWeight(TensorView host) {
     // On the compute stream, so kernels queued after it see the whole weight. The host memory
     // is pageable (a mapped checkpoint): the copy has staged it before returning.
     impl_->Ok(cudaMemcpy2DAsync(data, RowBytes(host), host.data, Pitch(host), RowBytes(host), host.rows,
-                                cudaMemcpyHostToDevice, impl_->stream),
+                                cudaMemcpyHostToDevice, impl_->Stream()),
               "weight upload");
   }
   return TensorView{data, host.dtype, host.rows, host.cols, host.cols};
@@ -264,7 +390,7 @@ TensorView CudaBackend::AdoptWeightF32(TensorView host) {
   Upload(host.data, stored.view());
   void* data = impl_->AllocateWeight(static_cast<size_t>(host.rows * host.cols) * sizeof(float));
   if (!impl_->failed()) {
-    impl_->Ok(static_cast<cudaError_t>(LaunchWidenToF32(stored.view(), static_cast<float*>(data), impl_->stream)),
+    impl_->Ok(static_cast<cudaError_t>(LaunchWidenToF32(stored.view(), static_cast<float*>(data), impl_->Stream())),
               "widen weight");
   }
   return TensorView{data, DType::kF32, host.rows, host.cols, host.cols};
@@ -272,17 +398,17 @@ TensorView CudaBackend::AdoptWeightF32(TensorView host) {
 
 void CudaBackend::Embed(std::span<const int32_t> ids, TensorView table, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Embed");
+  const OpScope scope(impl_->Profile(), "Embed");
   if (ids.empty()) return;
   Tensor device_ids = UploadBytes(ids.data(), ids.size_bytes());
   DS_CUDA(LaunchEmbed(device_ids.data<int32_t>(), static_cast<int64_t>(ids.size()), table, out,
-                      impl_->stream),
+                      impl_->Stream()),
           "embed");
 }
 
 void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "MatMul");
+  const OpScope scope(impl_->Profile(), "MatMul");
   const int64_t t = x.rows, k = x.cols, n = w.rows;
   if (t == 0 || n == 0) return;
   const float alpha = 1.0f, beta = 0.0f;
@@ -292,12 +418,12 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
     int64_t w_stride = w.row_stride;
     if (w.dtype != DType::kF32) {
       wide = Allocate(n, k, DType::kF32);
-      DS_CUDA(LaunchWidenToF32(w, wide.data<float>(), impl_->stream), "widen weight");
+      DS_CUDA(LaunchWidenToF32(w, wide.data<float>(), impl_->Stream()), "widen weight");
       w_data = wide.data<float>();
       w_stride = k;
     }
     // Column-major view: yᵀ[n, t] = w[n, k] · xᵀ[k, t].
-    DS_BLAS(cublasSgemm(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w_data, w_stride,
+    DS_BLAS(cublasSgemm(impl_->Blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w_data, w_stride,
                         static_cast<const float*>(x.data), x.row_stride, &beta,
                         static_cast<float*>(y.data), y.row_stride),
             "sgemm");
@@ -305,14 +431,14 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   }
   // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
   if (SkinnyMatMulSupports(x, w)) {
-    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->stream), "skinny matmul");
+    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->Stream()), "skinny matmul");
     return;
   }
   // Half-precision weights: the activations are rounded to the same type (the tensor cores'
   // inputs), products accumulate in fp32.
   Tensor half = Allocate(t, k, w.dtype);
-  DS_CUDA(LaunchConvertF32(x, w.dtype, half.view().data, impl_->stream), "convert activations");
-  DS_BLAS(cublasGemmEx(impl_->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
+  DS_CUDA(LaunchConvertF32(x, w.dtype, half.view().data, impl_->Stream()), "convert activations");
+  DS_BLAS(cublasGemmEx(impl_->Blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
                        BlasType(w.dtype), w.row_stride, half.view().data, BlasType(w.dtype), k,
                        &beta, y.data, CUDA_R_32F, y.row_stride, CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT),
@@ -321,36 +447,36 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
 
 void CudaBackend::Add(TensorView acc, TensorView x) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "Add");
-  DS_CUDA(LaunchAdd(acc, x, impl_->stream), "add");
+  const OpScope scope(impl_->Profile(), "Add");
+  DS_CUDA(LaunchAdd(acc, x, impl_->Stream()), "add");
 }
 
 void CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "RmsNorm");
-  DS_CUDA(LaunchRmsNorm(x, weight, eps, out, impl_->stream), "rmsnorm");
+  const OpScope scope(impl_->Profile(), "RmsNorm");
+  DS_CUDA(LaunchRmsNorm(x, weight, eps, out, impl_->Stream()), "rmsnorm");
 }
 
 void CudaBackend::SwiGlu(TensorView gate, TensorView up, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "SwiGlu");
-  DS_CUDA(LaunchSwiGlu(gate, up, out, impl_->stream), "swiglu");
+  const OpScope scope(impl_->Profile(), "SwiGlu");
+  DS_CUDA(LaunchSwiGlu(gate, up, out, impl_->Stream()), "swiglu");
 }
 
 void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
                                  TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "CausalConvSilu");
+  const OpScope scope(impl_->Profile(), "CausalConvSilu");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   DS_CUDA(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
-                               static_cast<int64_t>(seqs.size()), out, impl_->stream),
+                               static_cast<int64_t>(seqs.size()), out, impl_->Stream()),
           "causal conv");
 }
 
 void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "KdaAttention");
+  const OpScope scope(impl_->Profile(), "KdaAttention");
   // Prefill runs the chunked kernels; decode, head dims they lack, and the fp32 validation mode
   // (the chunked products are bf16) run the fused recurrent kernel.
   const bool can_chunk = impl_->matmul_precision == MatmulPrecision::kHalf &&
@@ -363,7 +489,7 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
   if (!recurrent.empty()) {
     Tensor descriptors = UploadBytes(recurrent.data(), recurrent.size() * sizeof(KdaSequence));
     DS_CUDA(LaunchKdaRecurrent(in, static_cast<const KdaSequence*>(descriptors.view().data),
-                               static_cast<int64_t>(recurrent.size()), out, impl_->stream),
+                               static_cast<int64_t>(recurrent.size()), out, impl_->Stream()),
             "kda recurrent");
   }
   if (chunked.empty()) return;
@@ -377,21 +503,21 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
   DS_CUDA(LaunchKdaChunked(in, static_cast<const KdaSequence*>(descriptors.view().data),
                            static_cast<int64_t>(chunked.size()), chunk_table.data<KdaChunkRef>(),
                            first_table.data<int32_t>(), num_chunks, scratch.view().data, out,
-                           impl_->stream),
+                           impl_->Stream()),
           "kda chunked");
 }
 
 void CudaBackend::GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                                float eps, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "GatedRmsNorm");
-  DS_CUDA(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->stream), "gated rmsnorm");
+  const OpScope scope(impl_->Profile(), "GatedRmsNorm");
+  DS_CUDA(LaunchGatedRmsNorm(x, gate, weight, head_dim, eps, out, impl_->Stream()), "gated rmsnorm");
 }
 
 void CudaBackend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
                                 TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "KdaDecodeStep");
+  const OpScope scope(impl_->Profile(), "KdaDecodeStep");
   if (seqs.empty()) return;
   if (!KdaRecurrentSupports(in.core.head_dim)) {
     Backend::KdaDecodeStep(in, seqs, out);
@@ -399,19 +525,19 @@ void CudaBackend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDe
   }
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   DS_CUDA(LaunchKdaDecodeStep(in, static_cast<const KdaDecodeSequence*>(descriptors.view().data),
-                              static_cast<int64_t>(seqs.size()), out, impl_->stream),
+                              static_cast<int64_t>(seqs.size()), out, impl_->Stream()),
           "kda decode step");
 }
 
 void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                                std::span<const MlaSequence> seqs, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "MlaAttention");
+  const OpScope scope(impl_->Profile(), "MlaAttention");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
   const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
   const int64_t n = static_cast<int64_t>(seqs.size());
-  DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->stream), "mla append");
+  DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->Stream()), "mla append");
 
   const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
   const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
@@ -434,7 +560,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(float*));
     DS_CUDA(LaunchMlaExpandedAttention(params, q, device_seqs,
                                        static_cast<const float* const*>(device_pointers.view().data),
-                                       n, out, impl_->stream),
+                                       n, out, impl_->Stream()),
             "mla expanded");
   }
   if (any_absorbed) {
@@ -442,6 +568,9 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     for (const MlaSequence& seq : seqs) {
       if (seq.form == MlaForm::kAbsorbed) max_keys = std::max(max_keys, seq.num_cached + seq.rows.length);
     }
+    // Key partitions are sized for a power-of-two bucket of the history, so every step of one
+    // graph key launches the same grid, and a step gives the same bits with or without a graph.
+    max_keys = StepGraphs::KeysBucket(max_keys);
     // Serving precision attends on tensor cores (bf16 query, keys and probabilities).
     const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf;
     const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys, tensor_cores);
@@ -449,7 +578,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);
     DS_CUDA(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores,
                                        scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
-                                       impl_->stream),
+                                       impl_->Stream()),
             "mla absorbed");
   }
 }
@@ -457,9 +586,9 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
 void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
                            const MoeRouting& routing, TensorView expert_ids, TensorView weights) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "MoeRoute");
+  const OpScope scope(impl_->Profile(), "MoeRoute");
   if (router_logits.rows == 0) return;
-  DS_CUDA(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->stream),
+  DS_CUDA(LaunchMoeRoute(router_logits, correction_bias, routing, expert_ids, weights, impl_->Stream()),
           "moe route");
 }
 
@@ -489,11 +618,15 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   if (pointers.device == nullptr) {
     pointers.device = static_cast<const void**>(impl_->AllocateWeight(host.size() * sizeof(void*)));
   }
+  if (pointers.host != host && impl_->Mode() != GraphMode::kNone && impl_->Mode() != GraphMode::kMeasure) {
+    impl_->graphs->MarkBroken("expert pointers change inside a step graph");
+    return true;
+  }
   if (pointers.host != host) {
     // Stream-ordered: kernels queued earlier still read the previous pointers.
     if (pointers.device == nullptr ||
         !impl_->Ok(cudaMemcpyAsync(pointers.device, host.data(), host.size() * sizeof(void*),
-                                   cudaMemcpyHostToDevice, impl_->stream),
+                                   cudaMemcpyHostToDevice, impl_->Stream()),
                    "upload expert pointers")) {
       return true;  // failed: the caller's operation ends here too
     }
@@ -508,9 +641,9 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   table.inner = inner;
   const size_t bytes = MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
   Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
-  if (!impl_->failed()) {
+  if (!impl_->failed() && impl_->Issue()) {
     impl_->Ok(static_cast<cudaError_t>(
-                  LaunchMoeGroupedExperts(x, expert_ids, table, scratch.view().data, slot_out, impl_->stream)),
+                  LaunchMoeGroupedExperts(x, expert_ids, table, scratch.view().data, slot_out, impl_->Stream())),
               "moe grouped experts");
   }
   return true;
@@ -519,7 +652,7 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
 void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                              int64_t first_expert, TensorView slot_out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "MoeExperts");
+  const OpScope scope(impl_->Profile(), "MoeExperts");
   const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
   if (t == 0 || impl_->failed()) return;
   if (MoeExpertsGrouped(x, expert_ids, experts, first_expert, slot_out)) return;
@@ -547,16 +680,16 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
     SwiGlu(gate.view(), up.view(), gate.view());
     MatMul(gate.view(), w.down, input.view());
     Tensor slots = UploadBytes(rows.second.data(), rows.second.size() * sizeof(int64_t));
-    DS_CUDA(LaunchScatterRows(input.view(), slots.data<int64_t>(), m, slot_out, impl_->stream),
+    DS_CUDA(LaunchScatterRows(input.view(), slots.data<int64_t>(), m, slot_out, impl_->Stream()),
             "scatter rows");
   }
 }
 
 void CudaBackend::MoeCombine(TensorView slot_out, TensorView weights, TensorView out) {
   Bind();
-  const OpScope scope(impl_->profile.get(), "MoeCombine");
+  const OpScope scope(impl_->Profile(), "MoeCombine");
   if (out.rows == 0) return;
-  DS_CUDA(LaunchMoeCombine(slot_out, weights, out, impl_->stream), "moe combine");
+  DS_CUDA(LaunchMoeCombine(slot_out, weights, out, impl_->Stream()), "moe combine");
 }
 
 }  // namespace deltaserve::kernels::cuda

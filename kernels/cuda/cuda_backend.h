@@ -37,6 +37,18 @@ struct CudaBackendOptions {
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
   int64_t memory_limit_bytes = 0;
+  // Decode steps (Backend::BeginStepGraph) recorded as CUDA graphs and replayed: one launch per
+  // step instead of ~1,000. At most max_step_graphs shapes keep a graph (and its step arena).
+  bool step_graphs = true;
+  int max_step_graphs = 64;
+};
+
+// How the steps offered a graph ran (CudaBackend::step_graph_counts).
+struct StepGraphCounts {
+  int64_t measured = 0;  // ran as usual while their sizes were counted
+  int64_t captured = 0;  // recorded, then launched
+  int64_t replayed = 0;  // launched from an earlier recording
+  int64_t failed = 0;    // could not be recorded or replayed; ran as usual
 };
 
 // True when a CUDA device can be used; otherwise `why` says why not. The kernels are built for
@@ -51,6 +63,8 @@ class CudaBackend final : public Backend {
 
   std::string_view name() const override { return "cuda"; }
   BackendFailure TakeFailure() override;
+  std::unique_ptr<StepGraph> BeginStepGraph(const StepGraphKey& key) override;
+  StepGraphCounts step_graph_counts() const;
 
   Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
   void Free(void* data) override;
@@ -88,6 +102,7 @@ class CudaBackend final : public Backend {
   void Synchronize();
 
  private:
+  friend class CudaStepGraph;
   struct Impl;
   explicit CudaBackend(std::unique_ptr<Impl> impl);
   void Bind() const;
