@@ -38,18 +38,29 @@ struct Options {
   int64_t warmup = 2;    // untimed passes before them
   uint64_t seed = 0;     // prompts and synthetic histories
   bool step_graphs = true;  // decode steps through the backend's step graphs (CUDA graphs)
+  bool argmax = false;       // decode: greedy on the device, ids instead of logits downloaded
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
 };
 
-// Applies a "--run MODE:BATCH:TOKENS[:eager]" spec to `o` (TOKENS: the prompt of a prefill, the
-// context of a decode; eager: without step graphs); false when malformed.
+// Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax]" spec to `o` (TOKENS: the prompt of a
+// prefill, the context of a decode; eager: without step graphs; argmax: --argmax); false when
+// malformed.
 bool ApplyRunSpec(std::string spec, Options& o) {
-  constexpr std::string_view kEager = ":eager";
-  if (spec.size() > kEager.size() && spec.ends_with(kEager)) {
-    spec.resize(spec.size() - kEager.size());
-    o.step_graphs = false;
+  for (bool trimmed = true; trimmed;) {
+    trimmed = false;
+    for (const std::string_view suffix : {std::string_view(":eager"), std::string_view(":argmax")}) {
+      if (spec.size() > suffix.size() && spec.ends_with(suffix)) {
+        spec.resize(spec.size() - suffix.size());
+        if (suffix == ":eager") {
+          o.step_graphs = false;
+        } else {
+          o.argmax = true;
+        }
+        trimmed = true;
+      }
+    }
   }
   const size_t first = spec.find(':'), second = spec.find(':', first + 1);
   if (first == std::string::npos || second == std::string::npos) return false;
@@ -139,7 +150,8 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
   return timings;
 }
 
-// States at `context` once, then one fixed token per sequence per step, logits for it.
+// States at `context` once, then one fixed token per sequence per step, logits for it (or their
+// argmax, taken on the device, with --argmax).
 absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
                                   StateBytes& state_bytes) {
   std::vector<std::unique_ptr<model::SequenceState>> states = NewStates(m, o, o.warmup + o.steps);
@@ -147,11 +159,12 @@ absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
   const int32_t token = static_cast<int32_t>(1 % m.config().vocab_size);
   Timings timings{0, 1e300};
   std::vector<float> logits;
+  std::vector<int32_t> argmax_ids;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
     std::vector<model::SequenceInput> inputs;
-    for (const auto& state : states) inputs.push_back({{&token, 1}, state.get(), {0}});
+    for (const auto& state : states) inputs.push_back({{&token, 1}, state.get(), {0}, o.argmax});
     const Clock::time_point start = Clock::now();
-    if (absl::Status status = m.Forward(inputs, logits); !status.ok()) return status;
+    if (absl::Status status = m.Forward(inputs, logits, &argmax_ids); !status.ok()) return status;
     const double elapsed = Seconds(Clock::now() - start);
     if (step >= o.warmup) {
       timings.mean_s += elapsed / static_cast<double>(o.steps);
@@ -202,6 +215,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["steps"] = o.steps;
   line["warmup"] = o.warmup;
   line["step_graphs"] = o.step_graphs;
+  line["argmax"] = o.argmax;
   line["ms_per_step"] = timings->mean_s * 1e3;
   line["ms_per_step_min"] = timings->min_s * 1e3;
   line["tokens_per_s"] = tokens_per_step / timings->mean_s;
@@ -220,7 +234,7 @@ int Run(const Options& options) {
     Options o = options;
     if (!ApplyRunSpec(spec, o)) {
       return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--run ", spec, ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager")));
+          absl::StrCat("--run ", spec, ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, :argmax")));
     }
     runs.push_back(o);
   }
@@ -291,7 +305,10 @@ int main(int argc, char** argv) {
   app.add_option("--run", o.runs,
                  "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
                  "model (overrides --mode/--batch/--prompt/--context); a trailing :eager runs it "
-                 "without step graphs");
+                 "without step graphs, :argmax with --argmax");
+  app.add_flag("--argmax", o.argmax,
+               "Decode: take each step's greedy token on the device (SequenceInput::argmax) "
+               "instead of downloading its logits");
   app.add_flag("--step-graphs,!--no-step-graphs", o.step_graphs,
                "Decode steps through the backend's step graphs (CUDA graphs)")
       ->capture_default_str();

@@ -1,6 +1,8 @@
 #include "kernels/backend.h"
 
 #include <array>
+#include <cmath>
+#include <limits>
 #include <vector>
 
 namespace deltaserve::kernels {
@@ -27,6 +29,26 @@ void Backend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecode
   Tensor attended = Allocate(t, width, DType::kF32);
   KdaAttention(core, kda, attended.view());
   GatedRmsNorm(attended.view(), in.out_gate, in.out_norm, in.core.head_dim, in.eps, out);
+}
+
+void Backend::ArgmaxRows(TensorView x, TensorView ids) {
+  std::vector<float> host(static_cast<size_t>(x.rows * x.cols));
+  Download(x, host.data());
+  std::vector<int32_t> best(static_cast<size_t>(x.rows));
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const std::span<const float> row(host.data() + r * x.cols, static_cast<size_t>(x.cols));
+    int64_t top = -1;
+    for (int64_t i = 0; i < x.cols; ++i) {
+      const float v = row[i];
+      if (std::isnan(v) || v == std::numeric_limits<float>::infinity()) {
+        top = -1;
+        break;
+      }
+      if (v != -std::numeric_limits<float>::infinity() && (top < 0 || v > row[top])) top = i;
+    }
+    best[r] = static_cast<int32_t>(top);
+  }
+  Upload(best.data(), ids);
 }
 
 }  // namespace deltaserve::kernels

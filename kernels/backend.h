@@ -35,6 +35,7 @@ struct StepGraphKey {
   int64_t tokens = 0;      // rows of the packed batch
   int64_t sequences = 0;
   int64_t logit_rows = 0;  // rows whose logits the step computes
+  int64_t argmax_rows = 0; // of them, rows whose argmax it returns instead (ArgmaxRows)
   int64_t max_keys = 0;    // the longest sequence's history after the step (MLA keys)
   bool operator==(const StepGraphKey&) const = default;
 };
@@ -140,6 +141,11 @@ class Backend {
                           TensorView slot_out) = 0;
   // out[t] += Σ_s weights[t, s] · slot_out[t*k + s], summed in slot order.
   virtual void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) = 0;
+
+  // Greedy sampling: ids [rows, 1] I32, ids[r] = the index of the largest value of x's row r,
+  // the lowest index on ties; -1 for a row a sampler rejects (a NaN or +inf, or only -inf).
+  // This definition downloads x and scans it on the host; a device backend keeps it there.
+  virtual void ArgmaxRows(TensorView x, TensorView ids);
 };
 
 }  // namespace deltaserve::kernels

@@ -65,7 +65,7 @@ absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(
 }
 
 absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
-                                      size_t hidden_in_size) const {
+                                      size_t hidden_in_size, bool has_argmax_ids) const {
   if (batch.empty()) return absl::InvalidArgumentError("a forward step needs at least one sequence");
   const KimiLinearConfig& c = config();
   size_t total_tokens = 0;
@@ -100,6 +100,10 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", i, ": logits come from the last stage only"));
     }
+    if (seq.argmax && !seq.logit_positions.empty() && !has_argmax_ids) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, " asks for argmax ids, but the step has no place for them"));
+    }
     if (seq.state->num_tokens() > max_context() - length) {
       return absl::OutOfRangeError(absl::StrCat(
           "sequence ", i, ": ", seq.state->num_tokens(), " tokens of history plus ", length,
@@ -123,27 +127,32 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
 }
 
 absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
-                                      std::vector<float>& logits) {
+                                      std::vector<float>& logits, std::vector<int32_t>* argmax_ids) {
   if (!is_first_stage() || !is_last_stage()) {
     return absl::FailedPreconditionError("Forward needs the whole model; use ForwardStage");
   }
-  return ForwardStage(batch, {}, logits);
+  return ForwardStage(batch, {}, logits, argmax_ids);
 }
 
 absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
                                            std::span<const float> hidden_in,
-                                           std::vector<float>& out) {
-  DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size()));
+                                           std::vector<float>& out, std::vector<int32_t>* argmax_ids) {
+  DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size(), argmax_ids != nullptr));
   const KimiLinearConfig& c = config();
 
   std::vector<int32_t> ids;
   std::vector<StepSequence> seqs;
-  std::vector<int64_t> logit_rows;
+  LogitRows logit_rows;
   for (const SequenceInput& seq : batch) {
     const int64_t begin = static_cast<int64_t>(ids.size());
     ids.insert(ids.end(), seq.tokens.begin(), seq.tokens.end());
     seqs.push_back({{begin, static_cast<int64_t>(seq.tokens.size())}, seq.state});
-    for (int64_t position : seq.logit_positions) logit_rows.push_back(begin + position);
+    for (int64_t position : seq.logit_positions) {
+      if (!seq.argmax) logit_rows.kept.push_back(static_cast<int64_t>(logit_rows.rows.size()));
+      logit_rows.rows.push_back(begin + position);
+      logit_rows.argmax.push_back(seq.argmax);
+      logit_rows.num_argmax += seq.argmax ? 1 : 0;
+    }
   }
   const int64_t t = static_cast<int64_t>(ids.size());
   const Step step{backend_, c, options_.layers, seqs, t};
@@ -153,11 +162,11 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
 
   std::unique_ptr<kernels::StepGraph> graph = BeginStepGraph(seqs, logit_rows);
   const std::vector<int64_t> cached_rows = graph != nullptr ? CachedLatentRows(seqs) : std::vector<int64_t>{};
-  Tensor result;
+  StepResult result;
   absl::Status status = RunStep(step, ids, hidden_in, logit_rows, result);
   if (graph != nullptr && !graph->Launch()) {
     // Not recorded or replayed, so nothing of it ran: issue it again without a graph.
-    result = Tensor();
+    result = StepResult();
     graph.reset();
     RestoreCachedLatentRows(seqs, cached_rows);
     status = RunStep(step, ids, hidden_in, logit_rows, result);
@@ -169,17 +178,27 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
   for (const SequenceInput& seq : batch) seq.state->AppendTokens(seq.tokens);
   if (!is_last_stage()) {
     out.resize(static_cast<size_t>(t * c.hidden_size));
-    backend_.Download(result.view(), out.data());
+    backend_.Download(result.values.view(), out.data());
     return model::TakeDeviceFailure(backend_, kDuring);
   }
-  out.assign(static_cast<size_t>(static_cast<int64_t>(logit_rows.size()) * c.vocab_size), 0.0f);
-  if (!logit_rows.empty()) backend_.Download(result.view(), out.data());
+  out.assign(logit_rows.kept.size() * static_cast<size_t>(c.vocab_size), 0.0f);
+  if (!logit_rows.kept.empty()) backend_.Download(result.values.view(), out.data());
+  if (logit_rows.num_argmax > 0) {
+    std::vector<int32_t> every_row(logit_rows.rows.size());
+    backend_.Download(result.argmax.view(), every_row.data());
+    argmax_ids->clear();
+    for (size_t r = 0; r < every_row.size(); ++r) {
+      if (logit_rows.argmax[r]) argmax_ids->push_back(every_row[r]);
+    }
+  } else if (argmax_ids != nullptr) {
+    argmax_ids->clear();
+  }
   return model::TakeDeviceFailure(backend_, kDuring);
 }
 
 absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t> ids,
-                                      std::span<const float> hidden_in,
-                                      std::span<const int64_t> logit_rows, Tensor& result) {
+                                      std::span<const float> hidden_in, const LogitRows& logit_rows,
+                                      StepResult& result) {
   const KimiLinearConfig& c = config();
   const float eps = static_cast<float>(c.rms_norm_eps);
   const int64_t t = step.num_tokens;
@@ -209,21 +228,32 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
     backend_.Add(hidden.view(), mixed.view());
   }
   if (!is_last_stage()) {
-    result = std::move(hidden);
+    result.values = std::move(hidden);
     return absl::OkStatus();
   }
-  const int64_t rows = static_cast<int64_t>(logit_rows.size());
+  const auto rows = static_cast<int64_t>(logit_rows.rows.size());
   if (rows == 0) return absl::OkStatus();
   Tensor selected = backend_.Allocate(rows, c.hidden_size, DType::kF32);
-  backend_.GatherRows(hidden.view(), logit_rows, selected.view());
+  backend_.GatherRows(hidden.view(), logit_rows.rows, selected.view());
   backend_.RmsNorm(selected.view(), weights_.final_norm, eps, selected.view());
-  result = backend_.Allocate(rows, c.vocab_size, DType::kF32);
-  backend_.MatMul(selected.view(), weights_.lm_head, result.view());
+  Tensor logits = backend_.Allocate(rows, c.vocab_size, DType::kF32);
+  backend_.MatMul(selected.view(), weights_.lm_head, logits.view());
+  if (logit_rows.num_argmax == 0) {
+    result.values = std::move(logits);
+    return absl::OkStatus();
+  }
+  result.argmax = backend_.Allocate(rows, 1, DType::kI32);
+  backend_.ArgmaxRows(logits.view(), result.argmax.view());
+  const auto kept = static_cast<int64_t>(logit_rows.kept.size());
+  if (kept > 0) {
+    result.values = backend_.Allocate(kept, c.vocab_size, DType::kF32);
+    backend_.GatherRows(logits.view(), logit_rows.kept, result.values.view());
+  }
   return absl::OkStatus();
 }
 
-std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(
-    std::span<const StepSequence> seqs, std::span<const int64_t> logit_rows) {
+std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<const StepSequence> seqs,
+                                                                    const LogitRows& logit_rows) {
   // Decode steps only: one token per sequence, local experts (a remote expert call is not a
   // device operation), and attention whose buffers do not grow with the history.
   if (!step_graphs_ || experts_ != &local_experts_ ||
@@ -241,7 +271,8 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(
     for (const StepSequence& seq : seqs) seq.state->ReserveLatent(layer, 1);
   }
   const kernels::StepGraphKey key{static_cast<int64_t>(seqs.size()), static_cast<int64_t>(seqs.size()),
-                                  static_cast<int64_t>(logit_rows.size()), max_keys};
+                                  static_cast<int64_t>(logit_rows.rows.size()), logit_rows.num_argmax,
+                                  max_keys};
   return backend_.BeginStepGraph(key);
 }
 

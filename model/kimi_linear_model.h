@@ -37,6 +37,10 @@ struct SequenceInput {
   std::span<const int32_t> tokens;       // the new tokens, at least one
   SequenceState* state = nullptr;        // continued from, and advanced by, this step
   std::vector<int64_t> logit_positions;  // indices into `tokens` whose logits are wanted
+  // Greedy sampling on the device: for each requested position the step returns the index of
+  // the largest logit (Backend::ArgmaxRows: lowest on ties, -1 where a sampler would reject the
+  // logits) instead of the logits, which then stay on the device.
+  bool argmax = false;
 };
 
 class KimiLinearModel {
@@ -69,18 +73,20 @@ class KimiLinearModel {
 
   // Runs every sequence's new tokens in one packed step and advances the states. `logits`
   // receives [rows, vocab_size] fp32: one row per requested position, sequences in batch order,
-  // positions in the order given. Invalid input (token ids, positions, foreign or repeated
+  // positions in the order given; the positions of sequences with `argmax` give their ids to
+  // `argmax_ids` instead (in the same order), which must then be given. Invalid input (token ids, positions, foreign or repeated
   // states, context length) is rejected before any state changes. Several threads may run
   // steps on one model (the backend interleaves them); a state must be in one step at a time.
   // Needs the whole model (a single stage).
-  absl::Status Forward(std::span<const SequenceInput> batch, std::vector<float>& logits);
+  absl::Status Forward(std::span<const SequenceInput> batch, std::vector<float>& logits,
+                       std::vector<int32_t>* argmax_ids = nullptr);
 
   // One pipeline stage's share of a step. The first stage embeds the tokens; a later stage takes
   // the previous stage's output `hidden_in` ([T, hidden] rows in batch order). The last stage
   // writes the requested logits to `out` as Forward does; any other stage writes its [T, hidden]
   // output. Every stage receives the token ids (its states record them).
   absl::Status ForwardStage(std::span<const SequenceInput> batch, std::span<const float> hidden_in,
-                            std::vector<float>& out);
+                            std::vector<float>& out, std::vector<int32_t>* argmax_ids = nullptr);
 
   // ModelOptions::step_graphs, switched between steps (benchmarks compare both in one process).
   void set_step_graphs(bool enabled) { step_graphs_ = enabled; }
@@ -89,13 +95,26 @@ class KimiLinearModel {
   KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels::Backend& backend,
                   ModelWeights weights, const ModelOptions& options);
 
-  absl::Status Validate(std::span<const SequenceInput> batch, size_t hidden_in_size) const;
-  // The step's layers; `result` receives the requested logits (last stage) or the hidden rows.
+  absl::Status Validate(std::span<const SequenceInput> batch, size_t hidden_in_size,
+                        bool has_argmax_ids) const;
+  // The rows of the packed batch whose logits a step computes, and what it returns of them.
+  struct LogitRows {
+    std::vector<int64_t> rows;      // into the batch, in output order
+    std::vector<int64_t> kept;      // indices into `rows` whose logits are returned
+    std::vector<bool> argmax;       // per entry of `rows`: its argmax is returned instead
+    int64_t num_argmax = 0;
+  };
+  // The step's device results: the hidden rows (not the last stage), or the kept logits and the
+  // argmax ids of every logit row.
+  struct StepResult {
+    kernels::Tensor values;
+    kernels::Tensor argmax;
+  };
   absl::Status RunStep(const Step& step, std::span<const int32_t> ids, std::span<const float> hidden_in,
-                       std::span<const int64_t> logit_rows, kernels::Tensor& result);
+                       const LogitRows& logit_rows, StepResult& result);
   // A graph for a decode step where the backend has one (latent caches grown first), else null.
   std::unique_ptr<kernels::StepGraph> BeginStepGraph(std::span<const StepSequence> seqs,
-                                                     std::span<const int64_t> logit_rows);
+                                                     const LogitRows& logit_rows);
   // Every MLA layer's num_cached, to undo a step whose graph did not run.
   std::vector<int64_t> CachedLatentRows(std::span<const StepSequence> seqs) const;
   void RestoreCachedLatentRows(std::span<const StepSequence> seqs, std::span<const int64_t> rows) const;

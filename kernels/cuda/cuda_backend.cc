@@ -692,4 +692,10 @@ void CudaBackend::MoeCombine(TensorView slot_out, TensorView weights, TensorView
   DS_CUDA(LaunchMoeCombine(slot_out, weights, out, impl_->Stream()), "moe combine");
 }
 
+void CudaBackend::ArgmaxRows(TensorView x, TensorView ids) {
+  Bind();
+  const OpScope scope(impl_->Profile(), "ArgmaxRows");
+  DS_CUDA(LaunchArgmaxRows(x, ids, impl_->Stream()), "argmax rows");
+}
+
 }  // namespace deltaserve::kernels::cuda

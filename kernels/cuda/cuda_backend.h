@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
   void MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                   int64_t first_expert, TensorView slot_out) override;
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
+  void ArgmaxRows(TensorView x, TensorView ids) override;
 
   // Waits for all queued work.
   void Synchronize();

@@ -16,6 +16,9 @@ using Stream = void*;  // cudaStream_t
 
 // out[t] = table[ids[t]] (table any float dtype, out F32). ids: n device int32.
 int LaunchEmbed(const int32_t* ids, int64_t n, TensorView table, TensorView out, Stream stream);
+// ids[r] (I32, [rows, 1]) = the index of x's largest value in row r, lowest on ties; -1 when
+// the row holds a NaN or +inf, or only -inf (Backend::ArgmaxRows).
+int LaunchArgmaxRows(TensorView x, TensorView ids, Stream stream);
 // acc += x (F32).
 int LaunchAdd(TensorView acc, TensorView x, Stream stream);
 // out = silu(gate) * up (F32).

@@ -137,6 +137,7 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     model::SequenceInput input{tokens[i], it->second.state.get(), {}};
     if (step.sample() && model_.is_last_stage()) {
       input.logit_positions = {static_cast<int64_t>(tokens[i].size()) - 1};
+      input.argmax = it->second.sampler->params().plain_greedy();
       sampled_seqs.push_back(&it->second);
     }
     batch.push_back(std::move(input));
@@ -147,7 +148,8 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   std::vector<float> hidden_in(request.hidden().size() / sizeof(float));
   if (!hidden_in.empty()) std::memcpy(hidden_in.data(), request.hidden().data(), request.hidden().size());
   std::vector<float> out;
-  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out));
+  std::vector<int32_t> argmax_ids;
+  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &argmax_ids));
 
   if (!model_.is_last_stage()) {
     internal::v1::StepRequest downstream = request;
@@ -155,17 +157,24 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     return next_->Step(downstream, response);
   }
   const int64_t vocab = model_.config().vocab_size;
-  size_t row = 0;
+  size_t sampled = 0, row = 0, argmax = 0;
   for (int i = 0; i < request.sequences_size(); ++i) {
     if (!request.sequences(i).sample()) continue;
-    Sequence* seq = sampled_seqs[row];
-    DS_ASSIGN_OR_RETURN(const int32_t token,
-                        seq->sampler->Sample(std::span<float>(out).subspan(row * vocab, vocab)));
+    Sequence* seq = sampled_seqs[sampled++];
+    int32_t token = 0;
+    if (batch[i].argmax) {
+      token = argmax_ids[argmax++];
+      if (token < 0) {
+        return absl::InternalError("Sample: the logits hold a NaN or +inf, or only -inf; nothing to sample.");
+      }
+    } else {
+      DS_ASSIGN_OR_RETURN(token, seq->sampler->Sample(std::span<float>(out).subspan(row * vocab, vocab)));
+      ++row;
+    }
     seq->sampler->Accept(token);
-    internal::v1::SampledToken* sampled = response->add_sampled();
-    sampled->set_seq_id(request.sequences(i).seq_id());
-    sampled->set_token_id(token);
-    ++row;
+    internal::v1::SampledToken* chosen = response->add_sampled();
+    chosen->set_seq_id(request.sequences(i).seq_id());
+    chosen->set_token_id(token);
   }
   return absl::OkStatus();
 }

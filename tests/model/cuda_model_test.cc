@@ -142,7 +142,8 @@ TEST_P(CudaModelTest, EveryLayerAsAStageMatchesTheCpu) {
 
 // Decode steps replayed from CUDA graphs (ModelOptions::step_graphs) give the bits of the same
 // steps issued one operation at a time, at serving precision, for batches that shrink and grow
-// and histories that cross a key bucket; the graphs are really replayed.
+// and histories that cross a key bucket; the graphs are really replayed. The first sequence
+// samples greedily on the device (SequenceInput::argmax): its id is the eager logits' argmax.
 TEST_P(CudaModelTest, StepGraphsGiveTheBitsOfEagerSteps) {
   const std::string dir = GetParam();
   std::string why;
@@ -180,13 +181,16 @@ TEST_P(CudaModelTest, StepGraphsGiveTheBitsOfEagerSteps) {
     if (step >= 6 && step < 11) active = {0, 2};
     std::vector<SequenceInput> g, e;
     for (int s : active) {
-      g.push_back({{&next[s], 1}, graph_states[s].get(), {0}});
+      g.push_back({{&next[s], 1}, graph_states[s].get(), {0}, /*argmax=*/s == 0});
       e.push_back({{&next[s], 1}, eager_states[s].get(), {0}});
     }
     std::vector<float> graph_logits, eager_logits;
-    ASSERT_TRUE((*graph_model)->Forward(g, graph_logits).ok());
+    std::vector<int32_t> argmax;
+    ASSERT_TRUE((*graph_model)->Forward(g, graph_logits, &argmax).ok());
     ASSERT_TRUE((*eager_model)->Forward(e, eager_logits).ok());
-    ASSERT_EQ(graph_logits, eager_logits);
+    ASSERT_EQ(argmax.size(), 1u);
+    EXPECT_EQ(argmax[0], std::max_element(eager_logits.begin(), eager_logits.begin() + vocab) - eager_logits.begin());
+    ASSERT_EQ(graph_logits, std::vector<float>(eager_logits.begin() + vocab, eager_logits.end()));
     for (size_t i = 0; i < active.size(); ++i) {
       const auto row = eager_logits.begin() + static_cast<int64_t>(i) * vocab;
       next[active[i]] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);

@@ -1,8 +1,8 @@
 // The model's side of Backend::BeginStepGraph, on the CPU: a backend that defers the operations
 // of a step graph until Launch (and drops them when it refuses) stands in for CUDA graphs. Decode
 // steps are offered a graph keyed by their shape, prefill steps are not, and a refused graph
-// leaves the step to run again without one: the logits and the states that follow are the bits
-// of a backend without graphs.
+// leaves the step to run again without one: the logits, the argmax ids (one sequence samples
+// greedily on the device) and the states that follow are the bits of a backend without graphs.
 #include <algorithm>
 #include <functional>
 #include <utility>
@@ -115,6 +115,7 @@ class DeferringBackend final : public Backend {
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override {
     Do([=, this] { inner_.MoeCombine(slot_out, weights, out); });
   }
+  void ArgmaxRows(TensorView x, TensorView ids) override { Do([=, this] { inner_.ArgmaxRows(x, ids); }); }
 
  private:
   class Graph final : public StepGraph {
@@ -191,12 +192,17 @@ TEST_F(StepGraphProtocolTest, DecodeStepsGoThroughGraphsAndRefusedOnesRunAgain) 
     const size_t batch = step == 3 ? 2 : 3;  // one sequence sits a step out
     for (size_t s = 0; s < batch; ++s) {
       p.push_back({{&tokens[s], 1}, plain_states[s].get(), {0}});
-      g.push_back({{&tokens[s], 1}, graphed_states[s].get(), {0}});
+      g.push_back({{&tokens[s], 1}, graphed_states[s].get(), {0}, /*argmax=*/s == 0});
     }
     std::vector<float> plain_logits, graphed_logits;
+    std::vector<int32_t> argmax;
     ASSERT_TRUE(plain_->Forward(p, plain_logits).ok());
-    ASSERT_TRUE(graphed_->Forward(g, graphed_logits).ok());
-    ASSERT_EQ(plain_logits, graphed_logits);
+    ASSERT_TRUE(graphed_->Forward(g, graphed_logits, &argmax).ok());
+    // Sequence 0's logits stay on the device; its argmax comes back instead.
+    const auto vocab = static_cast<int64_t>(plain_->config().vocab_size);
+    ASSERT_EQ(argmax.size(), 1u);
+    EXPECT_EQ(argmax[0], std::max_element(plain_logits.begin(), plain_logits.begin() + vocab) - plain_logits.begin());
+    ASSERT_EQ(std::vector<float>(plain_logits.begin() + vocab, plain_logits.end()), graphed_logits);
     for (size_t s = 0; s < batch; ++s) {
       ASSERT_EQ(graphed_states[s]->num_tokens(), plain_states[s]->num_tokens());
     }
@@ -206,6 +212,7 @@ TEST_F(StepGraphProtocolTest, DecodeStepsGoThroughGraphsAndRefusedOnesRunAgain) 
   EXPECT_EQ(batch_of_two.tokens, 2);
   EXPECT_EQ(batch_of_two.sequences, 2);
   EXPECT_EQ(batch_of_two.logit_rows, 2);
+  EXPECT_EQ(batch_of_two.argmax_rows, 1);
   EXPECT_EQ(batch_of_two.max_keys, 5 + 3 + 1);  // the longest history (5 + 3 decoded) plus this token
   // The states carry on alike, refused steps included: one more step of all three, in one pass.
   std::vector<int32_t> tokens = {30, 31, 32};

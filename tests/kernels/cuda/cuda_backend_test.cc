@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -524,6 +525,40 @@ TEST_F(CudaVsCpu, MoeRouting) {
     cuda_->Download(ids.view(), gpu_ids.data());
     EXPECT_EQ(gpu_ids, cpu_ids) << "groups " << routing.num_groups;
     ExpectClose(ToHost(w.view()), cpu_w, 1e-6, "routing weights");
+  }
+}
+
+// Greedy sampling on the device against the host scan (Backend::ArgmaxRows' definition, which the
+// CPU backend uses): the vocabulary's size and an odd one, ties (the lowest index wins), masked
+// rows, rows a sampler must reject, and a strided view.
+TEST_F(CudaVsCpu, ArgmaxRowsMatchesTheHostScan) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (const int64_t cols : {int64_t{163840}, int64_t{1001}}) {
+    SCOPED_TRACE(cols);
+    const int64_t rows = 9, stride = cols + 4;
+    std::vector<float> x = RandomVector(rows * stride, 7, 4.0f);
+    const auto at = [&](int64_t r, int64_t c) -> float& { return x[r * stride + c]; };
+    for (int64_t c : {cols - 1, cols / 2, int64_t{3}}) at(1, c) = 50.0f;     // ties: 3 wins
+    for (int64_t c = 0; c < cols; ++c) at(2, c) = c % 97 == 5 ? at(2, c) : -kInf;  // masked
+    at(3, cols / 3) = std::nanf("");                                          // rejected
+    at(4, cols - 1) = kInf;                                                   // rejected
+    for (int64_t c = 0; c < cols; ++c) at(5, c) = -kInf;                     // rejected
+    at(6, cols - 1) = 60.0f;                                                  // the last one
+    for (int64_t c = 0; c < cols; ++c) at(7, c) = -1.0f;                     // all equal: 0
+    const TensorView host = {x.data(), DType::kF32, rows, cols, stride};
+    std::vector<int32_t> want(rows), got(rows, -7);
+    cpu_.ArgmaxRows(host, MakeView(want.data(), DType::kI32, rows, 1));
+    EXPECT_EQ(want[1], 3);
+    EXPECT_EQ(want[3], -1);
+    EXPECT_EQ(want[4], -1);
+    EXPECT_EQ(want[5], -1);
+    EXPECT_EQ(want[6], cols - 1);
+    EXPECT_EQ(want[7], 0);
+    Tensor device = ToDevice(x, rows, stride);
+    Tensor ids = cuda_->Allocate(rows, 1, DType::kI32);
+    cuda_->ArgmaxRows(device.view().Cols(0, cols), ids.view());
+    cuda_->Download(ids.view(), got.data());
+    EXPECT_EQ(got, want);
   }
 }
 

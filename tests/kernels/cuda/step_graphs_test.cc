@@ -91,7 +91,7 @@ TEST_F(StepGraphsTest, AStepIsMeasuredCapturedThenReplayedWithNewUploads) {
   for (int64_t rows : {4, 16}) {
     SCOPED_TRACE(rows);
     const StepGraphCounts before = cuda_->step_graph_counts();
-    const StepGraphKey key{rows, rows, rows, 100};
+    const StepGraphKey key{.tokens = rows, .sequences = rows, .logit_rows = rows, .max_keys = 100};
     for (int step = 0; step < 6; ++step) {
       const std::vector<int32_t> ids = Ids(rows, step);
       std::unique_ptr<StepGraph> graph = cuda_->BeginStepGraph(key);
@@ -113,7 +113,7 @@ TEST_F(StepGraphsTest, AStepIsMeasuredCapturedThenReplayedWithNewUploads) {
 }
 
 TEST_F(StepGraphsTest, AStepThatDoesNotRepeatItsRecordingIsRefusedUnrun) {
-  const StepGraphKey key{4, 4, 4, 100};
+  const StepGraphKey key{.tokens = 4, .sequences = 4, .logit_rows = 4, .max_keys = 100};
   for (int step = 0; step < 2; ++step) {  // measured, then captured
     std::unique_ptr<StepGraph> graph = cuda_->BeginStepGraph(key);
     ASSERT_NE(graph, nullptr);
@@ -137,7 +137,7 @@ TEST_F(StepGraphsTest, AStepThatDoesNotRepeatItsRecordingIsRefusedUnrun) {
   EXPECT_FALSE(cuda_->TakeFailure().failed());
 
   // A download inside a region cannot be recorded either; the next steps record again.
-  const StepGraphKey other{2, 2, 2, 100};
+  const StepGraphKey other{.tokens = 2, .sequences = 2, .logit_rows = 2, .max_keys = 100};
   {
     std::unique_ptr<StepGraph> graph = cuda_->BeginStepGraph(other);
     ASSERT_NE(graph, nullptr);
@@ -168,7 +168,7 @@ TEST_F(StepGraphsTest, ALongStepReplaysInSegments) {
     }
     return sum;
   };
-  const StepGraphKey key{4, 4, 4, 100};
+  const StepGraphKey key{.tokens = 4, .sequences = 4, .logit_rows = 4, .max_keys = 100};
   for (int step = 0; step < 5; ++step) {
     std::unique_ptr<StepGraph> graph = cuda_->BeginStepGraph(key);
     ASSERT_NE(graph, nullptr);
@@ -209,7 +209,7 @@ TEST_F(StepGraphsTest, ALongStepReplaysInSegments) {
 }
 
 TEST_F(StepGraphsTest, OneThreadHoldsARegionAtATime) {
-  const StepGraphKey key{4, 4, 4, 100};
+  const StepGraphKey key{.tokens = 4, .sequences = 4, .logit_rows = 4, .max_keys = 100};
   std::unique_ptr<StepGraph> graph = cuda_->BeginStepGraph(key);
   ASSERT_NE(graph, nullptr);
   bool other_got_one = true;
