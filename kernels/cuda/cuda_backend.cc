@@ -303,7 +303,9 @@ void CudaBackend::Free(void* data) {
   if (data == nullptr) return;  // a failed allocation
   if (impl_->graphs != nullptr && impl_->graphs->InArena(data)) return;  // a step graph's
   impl_->memory->Release(data);
-  CheckFatal(cudaFreeAsync(data, impl_->Stream()), "cudaFreeAsync");
+  // On the main stream even inside a capture: memory from outside a step graph is not the graph's
+  // to free.
+  CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
 }
 
 Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {

@@ -180,17 +180,21 @@ bool StepGraphs::InArena(const void* data) const {
   return p < it->first + it->second;
 }
 
+void StepGraphs::Follow(size_t bytes, const std::vector<size_t>& recorded, size_t& index,
+                        std::vector<size_t>& recording, const char* what) {
+  if (mode_ != GraphMode::kReplay) {
+    recording.push_back(bytes);
+    return;
+  }
+  if (index >= recorded.size() || recorded[index] != bytes) {
+    MarkBroken(std::string("the step ") + what + " differently from its recording");
+  }
+  ++index;
+}
+
 void* StepGraphs::Allocate(size_t bytes) {
   const size_t aligned = AlignUp(std::max<size_t>(bytes, 1), kArenaAlign);
-  if (mode_ == GraphMode::kReplay) {
-    const std::vector<size_t>& expected = entry_->allocations;
-    if (allocation_index_ >= expected.size() || expected[allocation_index_] != bytes) {
-      MarkBroken("the step allocates differently from its recording");
-    }
-    ++allocation_index_;
-  } else {
-    allocations_.push_back(bytes);
-  }
+  Follow(bytes, entry_->allocations, allocation_index_, allocations_, "allocates");
   if (mode_ == GraphMode::kMeasure) {
     arena_cursor_ += aligned;
     return nullptr;
@@ -206,15 +210,7 @@ void* StepGraphs::Allocate(size_t bytes) {
 
 const void* StepGraphs::Stage(const void* host, size_t bytes) {
   const size_t aligned = AlignUp(std::max<size_t>(bytes, 1), kStagingAlign);
-  if (mode_ == GraphMode::kReplay) {
-    const std::vector<size_t>& expected = entry_->uploads;
-    if (upload_index_ >= expected.size() || expected[upload_index_] != bytes) {
-      MarkBroken("the step uploads differently from its recording");
-    }
-    ++upload_index_;
-  } else {
-    uploads_.push_back(bytes);
-  }
+  Follow(bytes, entry_->uploads, upload_index_, uploads_, "uploads");
   if (mode_ == GraphMode::kMeasure) {
     staging_cursor_ += aligned;
     return host;

@@ -123,6 +123,10 @@ class StepGraphs {
   void CutCapture();       // ends the segment being captured and starts the next
   void LaunchNextSegment();
   void DropCaptured();
+  // Replay: checks `bytes` against the recording's next size (`recorded[index++]`); otherwise
+  // appends it to `recording`.
+  void Follow(size_t bytes, const std::vector<size_t>& recorded, size_t& index,
+              std::vector<size_t>& recording, const char* what);
 
   cudaStream_t main_;
   cudaStream_t capture_stream_ = nullptr;
