@@ -29,13 +29,16 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   std::vector<int32_t> context = state.tokens();
   context.insert(context.end(), prompt.begin(), prompt.end());
   SequenceSampler sampler(params, context, options.fallback_seed);
+  // Plain greedy takes the argmax on the device; the logits then stay there.
+  const bool argmax = params.plain_greedy();
 
   std::vector<float> logits;
+  std::vector<int32_t> argmax_ids;
   for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk_tokens) {
     const size_t length = std::min<size_t>(options.prefill_chunk_tokens, prompt.size() - begin);
-    SequenceInput input{prompt.subspan(begin, length), &state, {}};
+    SequenceInput input{prompt.subspan(begin, length), &state, {}, argmax};
     if (begin + length == prompt.size()) input.logit_positions = {static_cast<int64_t>(length) - 1};
-    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits));
+    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &argmax_ids));
   }
 
   GenerationResult result;
@@ -43,7 +46,8 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   const int64_t room = model.max_context() - state.num_tokens() + 1;
   const int64_t limit = std::min<int64_t>(params.max_new_tokens, room);
   while (true) {
-    DS_ASSIGN_OR_RETURN(const int32_t token, sampler.Sample(logits));
+    DS_ASSIGN_OR_RETURN(const int32_t token,
+                        argmax ? TokenFromArgmax(argmax_ids.front()) : sampler.Sample(logits));
     sampler.Accept(token);
     result.tokens.push_back(token);
     if (sampler.IsStopToken(token, config.eos_token_ids)) {
@@ -54,8 +58,8 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
       result.finish_reason = FinishReason::kLength;
       break;
     }
-    SequenceInput input{std::span<const int32_t>(&result.tokens.back(), 1), &state, {0}};
-    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits));
+    SequenceInput input{std::span<const int32_t>(&result.tokens.back(), 1), &state, {0}, argmax};
+    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &argmax_ids));
   }
   return result;
 }

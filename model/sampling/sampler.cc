@@ -95,6 +95,13 @@ absl::Status SequenceSampler::ApplyPenalties(std::span<float> logits) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int32_t> TokenFromArgmax(int32_t argmax) {
+  if (argmax < 0) {
+    return absl::InternalError("Sample: the logits hold a NaN or +inf, or only -inf; nothing to sample.");
+  }
+  return argmax;
+}
+
 absl::StatusOr<int32_t> SequenceSampler::Sample(std::span<float> logits) {
   DS_RETURN_IF_ERROR(CheckLogits(logits));
   DS_RETURN_IF_ERROR(ApplyPenalties(logits));

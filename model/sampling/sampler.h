@@ -15,6 +15,10 @@
 
 namespace deltaserve::model {
 
+// The token of a plain-greedy step (SamplingParams::plain_greedy) from the argmax the device
+// took (Backend::ArgmaxRows): the id, or Internal where it found logits Sample rejects (-1).
+absl::StatusOr<int32_t> TokenFromArgmax(int32_t argmax);
+
 // One per sequence: holds the random stream and the token counts the penalties need.
 // Not thread-safe; owned by whoever owns the sequence.
 class SequenceSampler {

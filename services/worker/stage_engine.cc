@@ -163,10 +163,7 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     Sequence* seq = sampled_seqs[sampled++];
     int32_t token = 0;
     if (batch[i].argmax) {
-      token = argmax_ids[argmax++];
-      if (token < 0) {
-        return absl::InternalError("Sample: the logits hold a NaN or +inf, or only -inf; nothing to sample.");
-      }
+      DS_ASSIGN_OR_RETURN(token, model::TokenFromArgmax(argmax_ids[argmax++]));
     } else {
       DS_ASSIGN_OR_RETURN(token, seq->sampler->Sample(std::span<float>(out).subspan(row * vocab, vocab)));
       ++row;

@@ -276,5 +276,19 @@ TEST(SequenceSamplerTest, IsStopTokenHonoursStopIdsAndIgnoreEos) {
   EXPECT_FALSE(ignoring.IsStopToken(2, eos));
 }
 
+// A device argmax stands for Sample's greedy pick only where Sample would pick at all.
+TEST(TokenFromArgmaxTest, KeepsAnIdAndRejectsWhatSampleRejects) {
+  EXPECT_EQ(*TokenFromArgmax(0), 0);
+  EXPECT_EQ(*TokenFromArgmax(163839), 163839);
+  EXPECT_EQ(TokenFromArgmax(-1).status().code(), absl::StatusCode::kInternal);
+  SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  EXPECT_TRUE(greedy.plain_greedy());
+  greedy.repetition_penalty = 1.1f;
+  EXPECT_FALSE(greedy.plain_greedy()) << "penalties change the argmax";
+  SamplingParams sampled;
+  EXPECT_FALSE(sampled.plain_greedy());
+}
+
 }  // namespace
 }  // namespace deltaserve::model
