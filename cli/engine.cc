@@ -31,7 +31,8 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
                   "(0: what the GPU has)")
       ->check(CLI::NonNegativeNumber);
   command.add_flag("--cuda-graphs,!--no-cuda-graphs", engine.cuda_graphs,
-                   "CUDA: record decode steps as CUDA graphs and replay them (one launch per step)")
+                   "CUDA: record decode steps as CUDA graphs and replay them (--no-cuda-graphs: launch "
+                   "every kernel from the host)")
       ->capture_default_str();
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));

@@ -29,9 +29,10 @@ struct BackendFailure {
 };
 
 // The shape of a step that a backend may record once and replay (CUDA graphs): steps with equal
-// keys issue the same operations on the same shapes, only the uploaded host data (token ids,
-// sequence descriptors) differs.
+// keys issue the same operations on the same shapes and weights, only the uploaded host data
+// (token ids, sequence descriptors) differs.
 struct StepGraphKey {
+  uint64_t caller = 0;     // who issues the step (a model instance): callers never share recordings
   int64_t tokens = 0;      // rows of the packed batch
   int64_t sequences = 0;
   int64_t logit_rows = 0;  // rows whose logits the step computes

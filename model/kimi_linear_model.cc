@@ -1,6 +1,7 @@
 #include "model/kimi_linear_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <set>
 
@@ -43,6 +44,9 @@ KimiLinearModel::KimiLinearModel(std::unique_ptr<Checkpoint> checkpoint, kernels
       local_experts_(backend, weights_),
       experts_(options.experts != nullptr ? options.experts : &local_experts_),
       step_graphs_(options.step_graphs) {
+  // Never reused, unlike an address: a backend may outlive this model and serve the next one.
+  static std::atomic<uint64_t> instances{0};
+  instance_ = ++instances;
   fingerprint_ = checkpoint_->ModelFingerprint();
 }
 
@@ -270,7 +274,8 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
     if (config().IsKda(layer)) continue;
     for (const StepSequence& seq : seqs) seq.state->ReserveLatent(layer, 1);
   }
-  const kernels::StepGraphKey key{static_cast<int64_t>(seqs.size()), static_cast<int64_t>(seqs.size()),
+  const kernels::StepGraphKey key{instance_, static_cast<int64_t>(seqs.size()),
+                                  static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(logit_rows.rows.size()), logit_rows.num_argmax,
                                   max_keys};
   return backend_.BeginStepGraph(key);

@@ -127,6 +127,7 @@ class KimiLinearModel {
   ExpertRunner* experts_;  // local_experts_ or ModelOptions::experts
   uint64_t fingerprint_ = 0;
   bool step_graphs_ = true;
+  uint64_t instance_ = 0;  // StepGraphKey::caller
 };
 
 }  // namespace deltaserve::model

@@ -10,6 +10,7 @@ namespace {
 constexpr size_t kArenaAlign = 256;    // as cudaMallocAsync's
 constexpr size_t kStagingAlign = 16;   // 16-byte loads of descriptors
 constexpr int kFailuresBeforeDisabling = 3;
+constexpr size_t kEntriesPerGraph = 4;  // shapes remembered per graph kept
 
 size_t AlignUp(size_t bytes, size_t align) { return (bytes + align - 1) / align * align; }
 
@@ -37,6 +38,15 @@ int64_t StepGraphs::KeysBucket(int64_t max_keys) {
 StepGraphs::Entry& StepGraphs::FindOrAdd(const StepGraphKey& key) {
   for (auto& entry : entries_) {
     if (entry->key == key) return *entry;
+  }
+  // A server meets many shapes over its life: past a bound, the least recently used is forgotten
+  // (its graph and buffers too), to be measured again if it comes back.
+  if (entries_.size() >= kEntriesPerGraph * static_cast<size_t>(max_graphs_)) {
+    auto oldest = std::min_element(entries_.begin(), entries_.end(), [](const auto& a, const auto& b) {
+      return a->last_used < b->last_used;
+    });
+    Release(**oldest);
+    entries_.erase(oldest);
   }
   entries_.push_back(std::make_unique<Entry>());
   entries_.back()->key = key;

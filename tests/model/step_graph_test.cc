@@ -213,6 +213,20 @@ TEST_F(StepGraphProtocolTest, DecodeStepsGoThroughGraphsAndRefusedOnesRunAgain) 
   EXPECT_EQ(batch_of_two.sequences, 2);
   EXPECT_EQ(batch_of_two.logit_rows, 2);
   EXPECT_EQ(batch_of_two.argmax_rows, 1);
+  EXPECT_NE(batch_of_two.caller, 0u);
+  // Another model on the same backend records apart.
+  auto other = KimiLinearModel::Load(kFixture, deferring_);
+  ASSERT_TRUE(other.ok());
+  auto other_state = (*other)->NewState();
+  std::vector<int32_t> prompt = {5, 6};
+  const SequenceInput first{prompt, other_state.get(), {}};
+  const SequenceInput second{{&prompt[0], 1}, other_state.get(), {0}};
+  std::vector<float> ignored;
+  ASSERT_TRUE((*other)->Forward({&first, 1}, ignored).ok());
+  ASSERT_TRUE((*other)->Forward({&second, 1}, ignored).ok());
+  ASSERT_EQ(deferring_.keys.size(), 8u);
+  EXPECT_NE(deferring_.keys.back().caller, batch_of_two.caller);
+  deferring_.keys.pop_back();
   EXPECT_EQ(batch_of_two.max_keys, 5 + 3 + 1);  // the longest history (5 + 3 decoded) plus this token
   // The states carry on alike, refused steps included: one more step of all three, in one pass.
   std::vector<int32_t> tokens = {30, 31, 32};
