@@ -1,7 +1,7 @@
 // CUDA graphs for repeated step shapes (Backend::BeginStepGraph). A decode step is ~1,000 small
 // launches; recorded once, it replays as a few graph launches without the per-kernel launch
-// cost and the gaps it leaves on the GPU. Per key (the step's shape), one region of the calling
-// thread at a time goes through:
+// cost and the gaps it leaves on the GPU. Per key (the step's caller and shape), one region of the
+// calling thread at a time goes through:
 //   measure  the step runs as usual while its allocations and uploads are counted;
 //   capture  allocations come from a device arena of the measured size and uploads from a pinned
 //            staging buffer, the work is captured on a stream of its own in segments (cut after
@@ -36,7 +36,7 @@ enum class GraphMode : uint8_t { kNone, kMeasure, kCapture, kReplay };
 class StepGraphs {
  public:
   // `main` is the stream graphs are launched on; `max_graphs` bounds the instantiated graphs
-  // kept (least recently used dropped first).
+  // kept (least recently used dropped first), four times that the keys remembered.
   StepGraphs(cudaStream_t main, MemoryLimit* memory, int max_graphs);
   ~StepGraphs();
   StepGraphs(const StepGraphs&) = delete;
@@ -51,7 +51,7 @@ class StepGraphs {
                ? mode_
                : GraphMode::kNone;
   }
-  // Where the calling thread's work goes: the capture stream while capturing, else `main`.
+  // The stream a capture records on (the calling thread's work goes there while it captures).
   cudaStream_t capture_stream() const { return capture_stream_; }
   // The power of two (at least 4096) of keys that absorbed MLA attention sizes its launch for:
   // steps of one key share it (StepGraphKey::max_keys is bucketed the same way).
@@ -69,9 +69,8 @@ class StepGraphs {
   // nor once a capture failed). Segments are cut (capture) or launched (replay) here.
   bool Issue();
   // Something in the region cannot be recorded or replayed (a download, a host round trip, a
-  // failed call); Launch will return false.
+  // failed call): Launch will not run the recording.
   void MarkBroken(std::string why);
-  bool broken() const { return !broken_.empty(); }
 
   enum class Outcome : uint8_t {
     kRan,       // the step's work ran (or is queued)
