@@ -1,7 +1,7 @@
 // CUDA graphs for repeated steps (Backend::BeginStepGraph, kernels/cuda/step_graphs.h): a step
 // measured, captured, then replayed with new uploads gives what the same operations give
-// without a graph; a step that does not repeat its recording is refused before anything runs.
-// Skips where no GPU exists.
+// without a graph; a step that does not repeat its recording is refused with nothing run, or,
+// once segments of it ran, fails as a device failure does. Skips where no GPU exists.
 #include <cmath>
 #include <thread>
 
