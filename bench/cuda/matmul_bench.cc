@@ -1,0 +1,166 @@
+// The dense products of a Kimi-Linear-48B-A3B decode step against the device's copy bandwidth:
+// every weight shape a step multiplies (KDA, MLA, shared expert, dense FFN, LM head), at 1 to 8
+// rows, through the skinny kernel (matmul_skinny.cu: what serves decode) and through cuBLAS (bf16
+// activations, as served for more rows), side by side. A product's bytes are its bf16 weight,
+// read once; "of copy" is their rate over the copy's read + write rate. Each case is timed in a
+// CUDA graph of back-to-back calls (as a replayed decode step runs them) cycling over enough
+// copies of the weight to leave the 50 MB L2 (as a step's layers do). The last line per row
+// count sums a whole token: every shape times its count per step, against the weight-read floor.
+// Prints one JSON line per case.
+// Usage: cuda_matmul_bench [--rows R (1..8; default 1 and 8)]... [--iters N]
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "bench/cuda/bench_support.h"
+#include "kernels/cuda/launchers.h"
+
+namespace {
+
+using deltaserve::bench::Check;
+using deltaserve::bench::DeviceFloats;
+using deltaserve::kernels::DType;
+using deltaserve::kernels::MakeView;
+using deltaserve::kernels::TensorView;
+
+struct Shape {
+  const char* name;
+  int64_t n, k;       // weight [n, k]
+  int per_token;      // products of this shape in one decode step (27 layers)
+};
+
+// 20 KDA layers, 7 MLA layers, 26 MoE layers' shared expert, 1 dense FFN layer, the LM head.
+constexpr Shape kShapes[] = {
+    {"kda_qkv_proj", 4096, 2304, 60}, {"kda_o_proj", 2304, 4096, 20},
+    {"kda_f_a_g_a", 128, 2304, 40},   {"kda_f_b_g_b", 4096, 128, 40},
+    {"kda_b_proj", 32, 2304, 20},     {"mla_q_proj", 6144, 2304, 7},
+    {"mla_kv_a_proj", 576, 2304, 7},  {"mla_o_proj", 2304, 4096, 7},
+    {"shared_gate_up", 1024, 2304, 52}, {"shared_down", 2304, 1024, 26},
+    {"dense_gate_up", 9216, 2304, 2}, {"dense_down", 2304, 9216, 1},
+    {"lm_head", 163840, 2304, 1},
+};
+
+constexpr size_t kOutOfL2Bytes = size_t{256} << 20;
+constexpr int kCallsPerGraph = 32;
+
+void CheckBlas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(status));
+    std::exit(1);
+  }
+}
+
+// Milliseconds per call of `call(i)` (i cycles over the weight copies), captured kCallsPerGraph at
+// a time into one graph.
+template <typename Call>
+double GraphMsPerCall(cudaStream_t stream, int iters, Call call) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+  for (int i = 0; i < kCallsPerGraph; ++i) call(i);
+  Check(cudaStreamEndCapture(stream, &graph), "end capture");
+  Check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  const double ms = deltaserve::bench::TimeMs(3, std::max(1, iters / kCallsPerGraph), stream, [&] {
+    Check(cudaGraphLaunch(exec, stream), "graph launch");
+  });
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ms / kCallsPerGraph;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int iters = 320;
+  std::vector<int64_t> row_counts;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--rows") == 0) row_counts.push_back(std::atoll(argv[i + 1]));
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+  }
+  if (row_counts.empty()) row_counts = {1, 8};
+  for (const int64_t rows : row_counts) {
+    if (rows < 1 || rows > deltaserve::kernels::cuda::kSkinnyMatMulMaxRows) {
+      std::fprintf(stderr, "--rows %lld: the skinny kernel takes 1 to %lld rows\n", static_cast<long long>(rows),
+                   static_cast<long long>(deltaserve::kernels::cuda::kSkinnyMatMulMaxRows));
+      return 2;
+    }
+  }
+  cudaDeviceProp prop{};
+  Check(cudaGetDeviceProperties(&prop, 0), "device properties");
+  cudaStream_t stream;
+  Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  cublasHandle_t blas;
+  CheckBlas(cublasCreate(&blas), "cublasCreate");
+  CheckBlas(cublasSetStream(blas, stream), "cublasSetStream");
+  void* workspace = nullptr;
+  constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+  Check(cudaMalloc(&workspace, kWorkspaceBytes), "cudaMalloc");
+  CheckBlas(cublasSetWorkspace(blas, workspace, kWorkspaceBytes), "cublasSetWorkspace");
+  const double copy_tbps = deltaserve::bench::MeasureCopyTbps(stream, prop.name);
+
+  for (const int64_t rows : row_counts) {
+    double skinny_token_ms = 0, blas_token_ms = 0, token_bytes = 0;
+    for (const Shape& shape : kShapes) {
+      const size_t weight_bytes = static_cast<size_t>(shape.n * shape.k) * sizeof(uint16_t);
+      const int copies = static_cast<int>(std::max<size_t>(1, (kOutOfL2Bytes + weight_bytes - 1) / weight_bytes));
+      std::vector<void*> weights(copies);
+      const std::vector<uint16_t> host = deltaserve::bench::RandomBf16(static_cast<size_t>(shape.n * shape.k), 7);
+      for (void*& w : weights) w = deltaserve::bench::DeviceCopy(host);
+      float* x = DeviceFloats(static_cast<size_t>(rows * shape.k), 2.0f, 3);
+      float* y = nullptr;
+      Check(cudaMalloc(&y, static_cast<size_t>(rows * shape.n) * sizeof(float)), "cudaMalloc");
+      void* x_bf16 = nullptr;
+      Check(cudaMalloc(&x_bf16, static_cast<size_t>(rows * shape.k) * sizeof(uint16_t)), "cudaMalloc");
+      const TensorView xv = MakeView(x, DType::kF32, rows, shape.k);
+      const TensorView yv = MakeView(y, DType::kF32, rows, shape.n);
+
+      const double skinny_ms = GraphMsPerCall(stream, iters, [&](int i) {
+        const TensorView w = MakeView(weights[i % copies], DType::kBF16, shape.n, shape.k);
+        Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchSkinnyMatMul(xv, w, yv, stream)),
+              "skinny matmul");
+      });
+      const float alpha = 1.0f, beta = 0.0f;
+      const double blas_ms = GraphMsPerCall(stream, iters, [&](int i) {
+        Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchConvertF32(xv, DType::kBF16, x_bf16, stream)),
+              "convert");
+        CheckBlas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(shape.n), static_cast<int>(rows),
+                               static_cast<int>(shape.k), &alpha, weights[i % copies], CUDA_R_16BF,
+                               static_cast<int>(shape.k), x_bf16, CUDA_R_16BF, static_cast<int>(shape.k), &beta, y,
+                               CUDA_R_32F, static_cast<int>(shape.n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                  "gemm");
+      });
+      const double floor_ms = weight_bytes / (copy_tbps * 1e12) * 1e3;
+      std::printf(
+          "{\"gpu\": \"%s\", \"case\": \"%s\", \"rows\": %lld, \"n\": %lld, \"k\": %lld, \"per_token\": %d, "
+          "\"weight_bytes\": %zu, \"skinny_ms\": %.5f, \"skinny_of_copy\": %.3f, \"cublas_ms\": %.5f, "
+          "\"cublas_of_copy\": %.3f}\n",
+          prop.name, shape.name, static_cast<long long>(rows), static_cast<long long>(shape.n),
+          static_cast<long long>(shape.k), shape.per_token, weight_bytes, skinny_ms, floor_ms / skinny_ms, blas_ms,
+          floor_ms / blas_ms);
+      skinny_token_ms += shape.per_token * skinny_ms;
+      blas_token_ms += shape.per_token * blas_ms;
+      token_bytes += static_cast<double>(shape.per_token) * static_cast<double>(weight_bytes);
+      for (void* w : weights) cudaFree(w);
+      cudaFree(x);
+      cudaFree(y);
+      cudaFree(x_bf16);
+    }
+    const double token_floor_ms = token_bytes / (copy_tbps * 1e12) * 1e3;
+    std::printf(
+        "{\"gpu\": \"%s\", \"case\": \"dense_products_per_token\", \"rows\": %lld, \"weight_bytes\": %.0f, "
+        "\"floor_ms\": %.4f, \"skinny_ms\": %.4f, \"skinny_of_copy\": %.3f, \"cublas_ms\": %.4f, "
+        "\"cublas_of_copy\": %.3f}\n",
+        prop.name, static_cast<long long>(rows), token_bytes, token_floor_ms, skinny_token_ms,
+        token_floor_ms / skinny_token_ms, blas_token_ms, token_floor_ms / blas_token_ms);
+  }
+  cudaFree(workspace);
+  cublasDestroy(blas);
+  cudaStreamDestroy(stream);
+  return 0;
+}
