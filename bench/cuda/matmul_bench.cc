@@ -1,5 +1,6 @@
 // The dense products of a Kimi-Linear-48B-A3B decode step against the device's copy bandwidth:
-// every weight shape a step multiplies (KDA, MLA, shared expert, dense FFN, LM head), at 1 to 8
+// every bf16 weight shape a step multiplies (KDA, MLA, shared expert, dense FFN, LM head: 283 of
+// its 309 products; the other 26 are the fp32 MoE routers), at 1 to 8
 // rows, through the skinny kernel (matmul_skinny.cu: what serves decode) and through cuBLAS (bf16
 // activations, as served for more rows), side by side. A product's bytes are its bf16 weight,
 // read once; "of copy" is their rate over the copy's read + write rate. Each case is timed in a
