@@ -2,6 +2,7 @@
 // with CUDA events, and the copy-bandwidth ceiling.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,6 +16,13 @@ namespace deltaserve::bench {
 inline void Check(cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
     std::fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(error));
+    std::exit(1);
+  }
+}
+
+inline void CheckBlas(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(status));
     std::exit(1);
   }
 }
@@ -60,6 +68,23 @@ double TimeMs(int warmup, int iters, cudaStream_t stream, Body body) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms / iters;
+}
+
+// Milliseconds per call of `body(i)` captured `calls_per_graph` times (i = 0, 1, ...) into one
+// CUDA graph and replayed, as a served decode step runs its kernels: no per-launch host cost.
+template <typename Body>
+double TimeInGraphMs(int calls_per_graph, int warmup, int iters, cudaStream_t stream, Body body) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+  for (int i = 0; i < calls_per_graph; ++i) body(i);
+  Check(cudaStreamEndCapture(stream, &graph), "end capture");
+  Check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
+  const double ms = TimeMs(warmup, std::max(1, iters / calls_per_graph), stream,
+                           [&] { Check(cudaGraphLaunch(exec, stream), "graph launch"); });
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ms / calls_per_graph;
 }
 
 // Host bf16 values of about ±0.03 with random signs and mantissas (weights for benchmarks).

@@ -119,21 +119,9 @@ int main(int argc, char** argv) {
     const double ms = deltaserve::bench::TimeMs(5, iters, stream, step);
     // The same steps captured back to back in a CUDA graph, as a decode step runs when served:
     // no per-launch host cost.
-    auto in_graph = [&](auto body) {
-      constexpr int kStepsPerGraph = 20;
-      cudaGraph_t graph;
-      cudaGraphExec_t graph_exec;
-      Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "capture");
-      for (int i = 0; i < kStepsPerGraph; ++i) body();
-      Check(cudaStreamEndCapture(stream, &graph), "capture");
-      Check(cudaGraphInstantiate(&graph_exec, graph, 0), "instantiate");
-      const double graph_ms =
-          deltaserve::bench::TimeMs(5, std::max(1, iters / kStepsPerGraph), stream,
-                                    [&] { Check(cudaGraphLaunch(graph_exec, stream), "graph launch"); }) /
-          kStepsPerGraph;
-      cudaGraphExecDestroy(graph_exec);
-      cudaGraphDestroy(graph);
-      return graph_ms;
+    constexpr int kStepsPerGraph = 20;
+    const auto in_graph = [&](auto body) {
+      return deltaserve::bench::TimeInGraphMs(kStepsPerGraph, 5, iters, stream, [&](int) { body(); });
     };
     const double graph_ms = in_graph(step);
     const double fused_ms = in_graph(fused_step);

@@ -25,6 +25,7 @@
 namespace {
 
 using deltaserve::bench::Check;
+using deltaserve::bench::CheckBlas;
 using deltaserve::bench::DeviceFloats;
 using deltaserve::kernels::DType;
 using deltaserve::kernels::MakeView;
@@ -49,31 +50,6 @@ constexpr Shape kShapes[] = {
 
 constexpr size_t kOutOfL2Bytes = size_t{256} << 20;
 constexpr int kCallsPerGraph = 32;
-
-void CheckBlas(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(status));
-    std::exit(1);
-  }
-}
-
-// Milliseconds per call of `call(i)` (i cycles over the weight copies), captured kCallsPerGraph at
-// a time into one graph.
-template <typename Call>
-double GraphMsPerCall(cudaStream_t stream, int iters, Call call) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "begin capture");
-  for (int i = 0; i < kCallsPerGraph; ++i) call(i);
-  Check(cudaStreamEndCapture(stream, &graph), "end capture");
-  Check(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
-  const double ms = deltaserve::bench::TimeMs(3, std::max(1, iters / kCallsPerGraph), stream, [&] {
-    Check(cudaGraphLaunch(exec, stream), "graph launch");
-  });
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  return ms / kCallsPerGraph;
-}
 
 }  // namespace
 
@@ -121,13 +97,13 @@ int main(int argc, char** argv) {
       const TensorView xv = MakeView(x, DType::kF32, rows, shape.k);
       const TensorView yv = MakeView(y, DType::kF32, rows, shape.n);
 
-      const double skinny_ms = GraphMsPerCall(stream, iters, [&](int i) {
+      const double skinny_ms = deltaserve::bench::TimeInGraphMs(kCallsPerGraph, 3, iters, stream, [&](int i) {
         const TensorView w = MakeView(weights[i % copies], DType::kBF16, shape.n, shape.k);
         Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchSkinnyMatMul(xv, w, yv, stream)),
               "skinny matmul");
       });
       const float alpha = 1.0f, beta = 0.0f;
-      const double blas_ms = GraphMsPerCall(stream, iters, [&](int i) {
+      const double blas_ms = deltaserve::bench::TimeInGraphMs(kCallsPerGraph, 3, iters, stream, [&](int i) {
         Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchConvertF32(xv, DType::kBF16, x_bf16, stream)),
               "convert");
         CheckBlas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(shape.n), static_cast<int>(rows),

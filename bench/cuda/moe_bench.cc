@@ -30,6 +30,7 @@
 namespace {
 
 using deltaserve::bench::Check;
+using deltaserve::bench::CheckBlas;
 using deltaserve::kernels::DType;
 using deltaserve::kernels::ExpertWeights;
 using deltaserve::kernels::MakeView;
@@ -42,13 +43,6 @@ using deltaserve::kernels::cuda::MoeExpertsKernel;
 
 constexpr int64_t kExperts = 256, kTopK = 8, kHidden = 2304, kInner = 1024;
 constexpr int kDistinctHostSets = 8;  // host weight sets cycled over the experts
-
-void CheckBlas(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    std::fprintf(stderr, "%s: cuBLAS status %d\n", what, static_cast<int>(status));
-    std::exit(1);
-  }
-}
 
 // Mean milliseconds of `body` (which queues work on `backend`), host clock around a synchronised
 // loop: the per-expert kernel waits for the ids inside each call, the grouped one does not.

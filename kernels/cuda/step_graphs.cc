@@ -177,6 +177,14 @@ void StepGraphs::Fail(Entry& entry) {
   }
 }
 
+StepGraphs::Outcome StepGraphs::Rerecord(Entry& entry, bool ran) {
+  if (ran) cudaEventRecord(entry.buffers.done, main_);  // before its staging is reused
+  Release(entry);
+  entry.measured = false;
+  Fail(entry);
+  return ran ? Outcome::kDiverged : Outcome::kNotRun;
+}
+
 void StepGraphs::MarkBroken(std::string why) {
   if (broken_.empty()) broken_ = std::move(why);
 }
@@ -333,25 +341,14 @@ StepGraphs::Outcome StepGraphs::Launch(bool thread_failed) {
     case GraphMode::kReplay:
       if (thread_failed || !broken_.empty() || allocation_index_ != entry.allocations.size() ||
           upload_index_ != entry.uploads.size() || calls_ != entry.calls) {
-        const bool ran = segments_launched_ > 0;
-        if (ran) cudaEventRecord(entry.buffers.done, main_);  // before its staging is reused
-        // The shape did not repeat as recorded: measure and record it again.
-        Release(entry);
-        entry.measured = false;
-        Fail(entry);
-        return ran ? Outcome::kDiverged : Outcome::kNotRun;
+        return Rerecord(entry, segments_launched_ > 0);  // the shape did not repeat as recorded
       }
       break;
   }
   for (size_t i = mode == GraphMode::kReplay ? segments_launched_ : 0; i < entry.segments.size(); ++i) {
     if (cudaGraphLaunch(entry.segments[i], main_) != cudaSuccess) {
       cudaGetLastError();
-      const bool ran = i > 0;
-      if (ran) cudaEventRecord(entry.buffers.done, main_);
-      Release(entry);
-      entry.measured = false;
-      Fail(entry);
-      return ran ? Outcome::kDiverged : Outcome::kNotRun;
+      return Rerecord(entry, i > 0);
     }
   }
   cudaEventRecord(entry.buffers.done, main_);

@@ -118,6 +118,9 @@ class StepGraphs {
   void FreeRetired();
   void EvictBeyondLimit();
   void Fail(Entry& entry);  // counts a failure (disabling a key that keeps failing)
+  // A replay or launch that did not hold: the recording is dropped (the shape is measured and
+  // recorded again) and the failure counted; `ran`: segments of the step already ran.
+  Outcome Rerecord(Entry& entry, bool ran);
   static bool IsCut(size_t call) { return call == 16 || (call > 16 && (call - 16) % 64 == 0); }
   void CutCapture();       // ends the segment being captured and starts the next
   void LaunchNextSegment();
