@@ -31,6 +31,15 @@ void Backend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecode
   GatedRmsNorm(attended.view(), in.out_gate, in.out_norm, in.core.head_dim, in.eps, out);
 }
 
+void Backend::MatMuls(std::span<const MatMulProduct> products) {
+  for (const MatMulProduct& p : products) MatMul(p.x, p.w, p.y);
+}
+
+void Backend::AddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) {
+  Add(acc, x);
+  RmsNorm(acc, weight, eps, out);
+}
+
 void Backend::ArgmaxRows(TensorView x, TensorView ids) {
   std::vector<float> host(static_cast<size_t>(x.rows * x.cols));
   Download(x, host.data());

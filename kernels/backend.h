@@ -100,10 +100,18 @@ class Backend {
   virtual void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) = 0;
   // y = x · wᵀ for x [T, K] and w [N, K]; y [T, N].
   virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
+  // MatMul for each product; no product's y may be another's x or overlap another's y. This
+  // definition runs them one by one; a backend may run them together (one launch for a layer's
+  // projections of the same input), each product computed as MatMul would up to the order of
+  // its sums.
+  virtual void MatMuls(std::span<const MatMulProduct> products);
   // acc += x.
   virtual void Add(TensorView acc, TensorView x) = 0;
   // out = w ⊙ x · rsqrt(mean(x²) + eps), per row.
   virtual void RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) = 0;
+  // acc += x, then out = RmsNorm(acc) (a residual add and the next norm). This definition calls
+  // Add and RmsNorm; a backend may fuse them with the same results.
+  virtual void AddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out);
   // out = silu(gate) ⊙ up.
   virtual void SwiGlu(TensorView gate, TensorView up, TensorView out) = 0;
 

@@ -214,22 +214,28 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
   } else {
     backend_.Upload(hidden_in.data(), hidden.view());
   }
+  // Each residual add and the norm after it are one AddRmsNorm.
+  if (layer_begin() < layer_end()) {
+    backend_.RmsNorm(hidden.view(), weights_.layer(layer_begin()).input_norm, eps, normed.view());
+  }
   for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
     const LayerWeights& w = weights_.layer(layer);
-    backend_.RmsNorm(hidden.view(), w.input_norm, eps, normed.view());
     if (c.IsKda(layer)) {
       KdaMixerForward(step, layer, w.kda, normed.view(), mixed.view());
     } else {
       MlaMixerForward(step, layer, w.mla, normed.view(), mixed.view());
     }
-    backend_.Add(hidden.view(), mixed.view());
-    backend_.RmsNorm(hidden.view(), w.post_norm, eps, normed.view());
+    backend_.AddRmsNorm(hidden.view(), mixed.view(), w.post_norm, eps, normed.view());
     if (c.IsMoe(layer)) {
       DS_RETURN_IF_ERROR(MoeFfnForward(step, layer, w.moe, *experts_, normed.view(), mixed.view()));
     } else {
       DenseFfnForward(backend_, w.dense, normed.view(), mixed.view());
     }
-    backend_.Add(hidden.view(), mixed.view());
+    if (layer + 1 < layer_end()) {
+      backend_.AddRmsNorm(hidden.view(), mixed.view(), weights_.layer(layer + 1).input_norm, eps, normed.view());
+    } else {
+      backend_.Add(hidden.view(), mixed.view());
+    }
   }
   if (!is_last_stage()) {
     result.values = std::move(hidden);

@@ -6,7 +6,9 @@
 // read once; "of copy" is their rate over the copy's read + write rate. Each case is timed in a
 // CUDA graph of back-to-back calls (as a replayed decode step runs them) cycling over enough
 // copies of the weight to leave the 50 MB L2 (as a step's layers do). The last line per row
-// count sums a whole token: every shape times its count per step, against the weight-read floor.
+// count sums a whole token: every shape times its count per step, against the weight-read floor,
+// and the same token as the model launches it (launch_* lines: a layer's products of one input
+// in one launch, Backend::MatMuls).
 // Prints one JSON line per case.
 // Usage: cuda_matmul_bench [--rows R (1..8; default 1 and 8)]... [--iters N]
 #include <cublas_v2.h>
@@ -47,6 +49,30 @@ constexpr Shape kShapes[] = {
     {"dense_gate_up", 9216, 2304, 2}, {"dense_down", 2304, 9216, 1},
     {"lm_head", 163840, 2304, 1},
 };
+
+// The launches a decode step makes of those products (Backend::MatMuls: a layer's products of one
+// input row count together in one skinny launch), per token.
+struct Launch {
+  const char* name;
+  std::vector<Shape> products;  // per_token unused here
+  int per_token;
+};
+
+std::vector<Launch> StepLaunches() {
+  return {
+      {"kda_from_x", {{"q", 4096, 2304, 0}, {"k", 4096, 2304, 0}, {"v", 4096, 2304, 0},
+                      {"f_a", 128, 2304, 0}, {"b", 32, 2304, 0}, {"g_a", 128, 2304, 0}}, 20},
+      {"kda_expansions", {{"f_b", 4096, 128, 0}, {"g_b", 4096, 128, 0}}, 20},
+      {"kda_o_proj", {{"o", 2304, 4096, 0}}, 20},
+      {"mla_from_x", {{"q", 6144, 2304, 0}, {"kv_a", 576, 2304, 0}}, 7},
+      {"mla_o_proj", {{"o", 2304, 4096, 0}}, 7},
+      {"shared_gate_up", {{"gate", 1024, 2304, 0}, {"up", 1024, 2304, 0}}, 26},
+      {"shared_down", {{"down", 2304, 1024, 0}}, 26},
+      {"dense_gate_up", {{"gate", 9216, 2304, 0}, {"up", 9216, 2304, 0}}, 1},
+      {"dense_down", {{"down", 2304, 9216, 0}}, 1},
+      {"lm_head", {{"lm_head", 163840, 2304, 0}}, 1},
+  };
+}
 
 constexpr size_t kOutOfL2Bytes = size_t{256} << 20;
 constexpr int kCallsPerGraph = 32;
@@ -129,12 +155,48 @@ int main(int argc, char** argv) {
       cudaFree(x_bf16);
     }
     const double token_floor_ms = token_bytes / (copy_tbps * 1e12) * 1e3;
+    // The same token as the model launches it.
+    double launches_token_ms = 0;
+    for (const Launch& launch : StepLaunches()) {
+      size_t launch_bytes = 0;
+      for (const Shape& shape : launch.products) launch_bytes += static_cast<size_t>(shape.n * shape.k) * sizeof(uint16_t);
+      const int copies = static_cast<int>(std::max<size_t>(1, (kOutOfL2Bytes + launch_bytes - 1) / launch_bytes));
+      std::vector<std::vector<deltaserve::kernels::cuda::SkinnyProduct>> sets(copies);
+      std::vector<void*> buffers;
+      for (auto& set : sets) {
+        for (const Shape& shape : launch.products) {
+          const std::vector<uint16_t> host = deltaserve::bench::RandomBf16(static_cast<size_t>(shape.n * shape.k), 7);
+          void* w = deltaserve::bench::DeviceCopy(host);
+          float* x = DeviceFloats(static_cast<size_t>(rows * shape.k), 2.0f, 3);
+          float* y = nullptr;
+          Check(cudaMalloc(&y, static_cast<size_t>(rows * shape.n) * sizeof(float)), "cudaMalloc");
+          buffers.insert(buffers.end(), {w, x, y});
+          set.push_back({MakeView(x, DType::kF32, rows, shape.k), MakeView(w, DType::kBF16, shape.n, shape.k),
+                         MakeView(y, DType::kF32, rows, shape.n)});
+        }
+      }
+      const double ms = deltaserve::bench::TimeInGraphMs(kCallsPerGraph, 3, iters, stream, [&](int i) {
+        const auto& set = sets[static_cast<size_t>(i % copies)];
+        Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchSkinnyMatMuls(
+                  set.data(), static_cast<int>(set.size()), stream)),
+              "skinny matmuls");
+      });
+      const double floor_ms = launch_bytes / (copy_tbps * 1e12) * 1e3;
+      std::printf(
+          "{\"gpu\": \"%s\", \"case\": \"launch_%s\", \"rows\": %lld, \"products\": %zu, \"per_token\": %d, "
+          "\"weight_bytes\": %zu, \"skinny_ms\": %.5f, \"skinny_of_copy\": %.3f}\n",
+          prop.name, launch.name, static_cast<long long>(rows), launch.products.size(), launch.per_token,
+          launch_bytes, ms, floor_ms / ms);
+      launches_token_ms += launch.per_token * ms;
+      for (void* b : buffers) cudaFree(b);
+    }
     std::printf(
         "{\"gpu\": \"%s\", \"case\": \"dense_products_per_token\", \"rows\": %lld, \"weight_bytes\": %.0f, "
         "\"floor_ms\": %.4f, \"skinny_ms\": %.4f, \"skinny_of_copy\": %.3f, \"cublas_ms\": %.4f, "
-        "\"cublas_of_copy\": %.3f}\n",
+        "\"cublas_of_copy\": %.3f, \"skinny_as_launched_ms\": %.4f, \"skinny_as_launched_of_copy\": %.3f}\n",
         prop.name, static_cast<long long>(rows), token_bytes, token_floor_ms, skinny_token_ms,
-        token_floor_ms / skinny_token_ms, blas_token_ms, token_floor_ms / blas_token_ms);
+        token_floor_ms / skinny_token_ms, blas_token_ms, token_floor_ms / blas_token_ms, launches_token_ms,
+        token_floor_ms / launches_token_ms);
   }
   cudaFree(workspace);
   cublasDestroy(blas);

@@ -1,7 +1,8 @@
 // MoE expert products on the GPU at the Kimi-Linear-48B-A3B shape (256 experts, top 8, hidden
 // 2304, expert inner size 1024, bf16 weights), through CudaBackend::MoeExperts with each of its
-// two expert kernels: the grouped kernels (device-side grouping, two launches) and per-expert
-// cuBLAS products (ids downloaded, rows grouped on the host). Beside them, in the same run:
+// expert kernels: the decode kernels (at most 32 slots: one warp per output column of each slot),
+// the grouped kernels (device-side grouping, tensor cores) and per-expert cuBLAS products (ids
+// downloaded, rows grouped on the host). Beside them, in the same run:
 // - the dense ceiling: cuBLAS bf16 GEMMs of the same rows and FLOPs as if every row went to one
 //   expert ([T·k, hidden] × [2·inner, hidden]ᵀ and [T·k, inner] × [hidden, inner]ᵀ), and one
 //   8192³ bf16 GEMM;
@@ -61,9 +62,10 @@ struct Backend {
   std::vector<ExpertWeights> experts;
 };
 
-Backend Make(MoeExpertsKernel kernel, std::vector<std::vector<uint16_t>>& host_sets) {
+Backend Make(MoeExpertsKernel kernel, int64_t decode_max_slots, std::vector<std::vector<uint16_t>>& host_sets) {
   CudaBackendOptions options;
   options.moe_experts = kernel;
+  options.moe_decode_max_slots = decode_max_slots;
   std::string error;
   Backend b;
   b.backend = CudaBackend::Create(options, &error);
@@ -92,7 +94,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--tokens") == 0) token_counts.push_back(std::atoll(argv[i + 1]));
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
   }
-  if (token_counts.empty()) token_counts = {1, 16, 64, 256, 1024, 4096, 16384, 32768};
+  if (token_counts.empty()) token_counts = {1, 2, 4, 16, 64, 256, 1024, 4096, 16384, 32768};
   cudaDeviceProp prop{};
   Check(cudaGetDeviceProperties(&prop, 0), "device properties");
   cudaStream_t stream;
@@ -132,8 +134,10 @@ int main(int argc, char** argv) {
 
   std::vector<std::vector<uint16_t>> host_sets;
   for (int s = 0; s < kDistinctHostSets; ++s) host_sets.push_back(deltaserve::bench::RandomBf16(3 * kInner * kHidden, 11u + s));
-  Backend grouped = Make(MoeExpertsKernel::kGrouped, host_sets);
-  Backend per_expert = Make(MoeExpertsKernel::kPerExpert, host_sets);
+  constexpr int64_t kDecodeMaxSlots = 32;
+  Backend decode = Make(MoeExpertsKernel::kGrouped, kDecodeMaxSlots, host_sets);
+  Backend grouped = Make(MoeExpertsKernel::kGrouped, 0, host_sets);
+  Backend per_expert = Make(MoeExpertsKernel::kPerExpert, 0, host_sets);
 
   for (const int64_t tokens : token_counts) {
     const int64_t slots = tokens * kTopK;
@@ -169,6 +173,7 @@ int main(int argc, char** argv) {
         backend.MoeExperts(x.view(), d_ids.view(), b.experts, 0, slot_out.view());
       });
     };
+    const double decode_ms = slots <= kDecodeMaxSlots ? time_backend(decode) : 0;
     const double grouped_ms = time_backend(grouped);
     const double per_expert_ms = time_backend(per_expert);
 
@@ -209,6 +214,7 @@ int main(int argc, char** argv) {
     };
     std::printf("{\"gpu\": \"%s\", \"case\": \"dense_same_rows\", \"tokens\": %lld, \"ms\": %.4f, \"tflops\": %.1f}\n",
                 prop.name, static_cast<long long>(tokens), dense_ms, dense_tflops);
+    if (decode_ms > 0) report("decode", decode_ms);
     report("grouped", grouped_ms);
     report("per_expert_cublas", per_expert_ms);
     std::fflush(stdout);

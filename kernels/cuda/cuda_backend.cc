@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -101,6 +102,8 @@ struct CudaBackend::Impl {
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
   int device = 0;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
+  int64_t moe_decode_max_slots = 0;
+  int64_t skinny_matmul_max_rows = 0;
   std::unique_ptr<OpProfile> profile;  // DELTASERVE_CUDA_OP_PROFILE=1
   std::vector<void*> weights;  // owned device copies of adopted weights
 
@@ -168,6 +171,11 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
              "; the kernels are built for sm_90 (Hopper)";
     return nullptr;
   }
+  if (options.skinny_matmul_max_rows < 0 || options.skinny_matmul_max_rows > kSkinnyMatMulMaxRows) {
+    *error = "skinny_matmul_max_rows " + std::to_string(options.skinny_matmul_max_rows) + ": the skinny kernel takes 0 to " +
+             std::to_string(kSkinnyMatMulMaxRows) + " rows";
+    return nullptr;
+  }
   // Keep freed memory in the stream-ordered pool instead of returning it at every
   // synchronisation: each step allocates its scratch again.
   cudaMemPool_t pool = nullptr;
@@ -180,6 +188,8 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   auto impl = std::make_unique<Impl>();
   impl->matmul_precision = options.matmul_precision;
   impl->moe_experts = options.moe_experts;
+  impl->moe_decode_max_slots = options.moe_decode_max_slots;
+  impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
   impl->device = options.device;
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
@@ -413,6 +423,12 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   const OpScope scope(impl_->Profile(), "MatMul");
   const int64_t t = x.rows, k = x.cols, n = w.rows;
   if (t == 0 || n == 0) return;
+  // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
+  if (impl_->matmul_precision == MatmulPrecision::kHalf && t <= impl_->skinny_matmul_max_rows &&
+      SkinnyMatMulSupports(x, w)) {
+    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->Stream()), "skinny matmul");
+    return;
+  }
   const float alpha = 1.0f, beta = 0.0f;
   if (w.dtype == DType::kF32 || impl_->matmul_precision == MatmulPrecision::kF32) {
     Tensor wide;
@@ -431,11 +447,6 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
             "sgemm");
     return;
   }
-  // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
-  if (SkinnyMatMulSupports(x, w)) {
-    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->Stream()), "skinny matmul");
-    return;
-  }
   // Half-precision weights: the activations are rounded to the same type (the tensor cores'
   // inputs), products accumulate in fp32.
   Tensor half = Allocate(t, k, w.dtype);
@@ -445,6 +456,27 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
                        &beta, y.data, CUDA_R_32F, y.row_stride, CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT),
           "gemm");
+}
+
+void CudaBackend::MatMuls(std::span<const MatMulProduct> products) {
+  // Decode-sized products of one row count run as one skinny launch; anything else one by one.
+  bool together = impl_->matmul_precision == MatmulPrecision::kHalf && products.size() > 1 &&
+                  products.size() <= static_cast<size_t>(kSkinnyMatMulMaxProducts);
+  std::array<SkinnyProduct, kSkinnyMatMulMaxProducts> skinny;
+  for (size_t i = 0; together && i < products.size(); ++i) {
+    const MatMulProduct& p = products[i];
+    together = p.x.rows <= impl_->skinny_matmul_max_rows && SkinnyMatMulSupports(p.x, p.w) &&
+               p.x.rows == products[0].x.rows && p.y.dtype == DType::kF32 &&
+               p.y.rows == p.x.rows && p.y.cols == p.w.rows;
+    skinny[i] = {p.x, p.w, p.y};
+  }
+  if (!together) {
+    Backend::MatMuls(products);
+    return;
+  }
+  Bind();
+  const OpScope scope(impl_->Profile(), "MatMuls");
+  DS_CUDA(LaunchSkinnyMatMuls(skinny.data(), static_cast<int>(products.size()), impl_->Stream()), "skinny matmuls");
 }
 
 void CudaBackend::Add(TensorView acc, TensorView x) {
@@ -457,6 +489,12 @@ void CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView
   Bind();
   const OpScope scope(impl_->Profile(), "RmsNorm");
   DS_CUDA(LaunchRmsNorm(x, weight, eps, out, impl_->Stream()), "rmsnorm");
+}
+
+void CudaBackend::AddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) {
+  Bind();
+  const OpScope scope(impl_->Profile(), "AddRmsNorm");
+  DS_CUDA(LaunchAddRmsNorm(acc, x, weight, eps, out, impl_->Stream()), "add rmsnorm");
 }
 
 void CudaBackend::SwiGlu(TensorView gate, TensorView up, TensorView out) {
@@ -641,12 +679,17 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   table.num_local = static_cast<int64_t>(n);
   table.first_expert = first_expert;
   table.inner = inner;
-  const size_t bytes = MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
+  const int64_t slots = x.rows * expert_ids.cols;
+  const bool decode = slots <= impl_->moe_decode_max_slots && MoeDecodeSupports(x, slots);
+  const size_t bytes = decode ? MoeDecodeScratchBytes(slots, inner)
+                              : MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
   Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
   if (!impl_->failed() && impl_->Issue()) {
+    void* space = scratch.view().data;
     impl_->Ok(static_cast<cudaError_t>(
-                  LaunchMoeGroupedExperts(x, expert_ids, table, scratch.view().data, slot_out, impl_->Stream())),
-              "moe grouped experts");
+                  decode ? LaunchMoeDecodeExperts(x, expert_ids, table, space, slot_out, impl_->Stream())
+                         : LaunchMoeGroupedExperts(x, expert_ids, table, space, slot_out, impl_->Stream())),
+              decode ? "moe decode experts" : "moe grouped experts");
   }
   return true;
 }

@@ -15,7 +15,8 @@ namespace deltaserve::kernels::cuda {
 // How matrix products with half-precision weights are computed.
 enum class MatmulPrecision {
   // Serving: activations rounded to the weight dtype, tensor cores, fp32 accumulation; products
-  // of at most 8 rows (decode) read the weight once and multiply in fp32 on CUDA cores instead.
+  // of a few rows (decode; skinny_matmul_max_rows) read the weight once and multiply in fp32 on
+  // CUDA cores instead.
   kHalf,
   kF32,   // weights widened to fp32 per product, fp32 inputs (validation against the CPU engine)
 };
@@ -33,7 +34,15 @@ enum class MoeExpertsKernel {
 struct CudaBackendOptions {
   int device = 0;
   MatmulPrecision matmul_precision = MatmulPrecision::kHalf;
+  // Under kHalf, products of at most this many rows (0 to 8) take the skinny kernel, more rows
+  // cuBLAS. Measured on an H200 over a 48B decode step's products: the skinny kernel is ahead
+  // up to 4 rows and behind at 8 (docs/gpu-benchmark.md).
+  int64_t skinny_matmul_max_rows = 4;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
+  // Under kGrouped, calls of at most this many (token, expert) slots skip the grouping: one warp
+  // per output column of each slot (LaunchMoeDecodeExperts; decode batches of a few sequences,
+  // where grouping by expert leaves most of the GPU idle). 0: always group.
+  int64_t moe_decode_max_slots = 32;
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
   int64_t memory_limit_bytes = 0;
@@ -80,6 +89,8 @@ class CudaBackend final : public Backend {
 
   void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) override;
   void MatMul(TensorView x, TensorView w, TensorView y) override;
+  void MatMuls(std::span<const MatMulProduct> products) override;
+  void AddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) override;
   void Add(TensorView acc, TensorView x) override;
   void RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) override;
   void SwiGlu(TensorView gate, TensorView up, TensorView out) override;

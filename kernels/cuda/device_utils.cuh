@@ -27,6 +27,37 @@ __device__ __forceinline__ float LoadAt(const TensorView& v, int64_t r, int64_t 
   return LoadFloat(v.data, v.dtype, r * v.row_stride + c);
 }
 
+// Elements (r, c .. c+7) of a view as floats, zero past its columns: one 16-byte load where the
+// dtype is 16-bit and the address aligned, two for fp32, element loads otherwise.
+__device__ __forceinline__ void Load8(const TensorView& v, int64_t r, int64_t c, float (&out)[8]) {
+  const int64_t index = r * v.row_stride + c;
+  const int size = v.dtype == DType::kF32 ? 4 : 2;
+  const auto address = reinterpret_cast<uintptr_t>(static_cast<const char*>(v.data) + index * size);
+  if (c + 8 <= v.cols && address % 16 == 0 && v.dtype != DType::kI32) {
+    if (v.dtype == DType::kF32) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(address));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(address) + 1);
+      out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+      return;
+    }
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(address));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t pair = (&raw.x)[i];
+      float2 f;
+      if (v.dtype == DType::kBF16) {
+        f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
+      } else {
+        f = __half22float2(*reinterpret_cast<const __half2*>(&pair));
+      }
+      out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = c + i < v.cols ? LoadFloat(v.data, v.dtype, index + i) : 0.0f;
+}
+
 __device__ __forceinline__ float* RowF32(const TensorView& v, int64_t r) {
   return static_cast<float*>(v.data) + r * v.row_stride;
 }

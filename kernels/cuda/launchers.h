@@ -25,6 +25,8 @@ int LaunchAdd(TensorView acc, TensorView x, Stream stream);
 int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream);
 // Row-wise RMSNorm; weight any float dtype with x.cols values. out may alias x.
 int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
+// acc += x, then out = RmsNorm(acc, weight): LaunchAdd and LaunchRmsNorm in one pass, same bits.
+int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
 // Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate).
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream);
@@ -81,12 +83,20 @@ size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t m
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
                                bool tensor_cores, float* scratch, TensorView out, Stream stream);
-// y = x · wᵀ for at most kSkinnyMatMulMaxRows rows of x (F32) and a BF16 or F16 weight, in
+// y = x · wᵀ for at most kSkinnyMatMulMaxRows rows of x (F32) and a BF16, F16 or F32 weight, in
 // fp32 on CUDA cores, w read once with 16-byte loads: decode-sized products. Needs 16-byte
 // aligned rows (SkinnyMatMulSupports); y is F32 [x.rows, w.rows].
 constexpr int64_t kSkinnyMatMulMaxRows = 8;
 bool SkinnyMatMulSupports(TensorView x, TensorView w);
 int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream);
+// Up to kSkinnyMatMulMaxProducts independent products of the same row count in one launch. How
+// a reduction is split over warps depends on the launch's rows, so a product's sums may be
+// ordered differently than alone (fp32 rounding).
+struct SkinnyProduct {
+  TensorView x, w, y;
+};
+constexpr int kSkinnyMatMulMaxProducts = 8;
+int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream);
 // Sigmoid + bias top-k routing as MoeRoute; ids sorted ascending per token.
 int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                    TensorView expert_ids, TensorView weights, Stream stream);
@@ -111,6 +121,13 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
 // products in another (tensor cores, bf16 inputs, fp32 accumulation), rows scattered to slot_out.
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
                             void* scratch, TensorView slot_out, Stream stream);
+// The same products for a few slots (decode), without grouping: one warp per output column of
+// each slot, fp32 activations and hidden rows, every routed expert's weights read once per slot.
+// Applies where MoeGroupedSupports does and x is F32 with 16-byte aligned rows.
+bool MoeDecodeSupports(TensorView x, int64_t slots);
+size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner);
+int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
+                           void* scratch, TensorView slot_out, Stream stream);
 // out[t] += Σ_s weights[t, s] * slot_out[t*k + s].
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream);
 // dst row i = src row rows[i] (rows: n device int64), any dtype.

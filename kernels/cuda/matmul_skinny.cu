@@ -1,8 +1,9 @@
 // y = x · wᵀ for a few rows of x (decode: one row per sequence), where reading w is the whole
-// cost: every weight element is loaded once with 16-byte loads and multiplied on CUDA cores in
-// fp32 against fp32 activations (no rounding of x, no conversion launch, no cuBLAS call). A block
-// owns kRows output columns; its warps take interleaved 256-element slices of the reduction and
-// meet in shared memory.
+// cost: every weight element (bf16, f16 or fp32) is loaded once with 16-byte loads and multiplied
+// on CUDA cores in fp32 against fp32 activations (no rounding of x, no conversion launch, no cuBLAS call). Warps
+// own weight rows (output columns) of one product, alone or sharing a row's reduction. One launch may run several independent products of the
+// same row count (a layer's projections of one input), which saves launches and fills the GPU
+// where one small product would not.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -17,8 +18,19 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kRows = 4;          // weight rows (output columns) per block
+constexpr int kRowsPerWarp = 2;   // weight rows (output columns) per warp
+// Rows of a launch that fill the GPU with groups of one warp: 16 rows per block, about eight
+// blocks per SM on 132 SMs.
+constexpr int64_t kFullWaveRows = 16 * 8 * 132;
 constexpr int kSlice = 32 * 8;    // reduction elements per warp step: 8 per lane
+
+// The products of one launch and the first block of each (first_block[count] = the grid size).
+struct SkinnyProductTable {
+  SkinnyProduct products[kSkinnyMatMulMaxProducts];
+  unsigned first_block[kSkinnyMatMulMaxProducts + 1];
+  int split[kSkinnyMatMulMaxProducts];  // warps per row group: 1, 2, 4 or 8
+  int count;
+};
 
 __device__ __forceinline__ void Widen8(const uint4& raw, DType dtype, float (&out)[8]) {
   if (dtype == DType::kBF16) {
@@ -38,49 +50,101 @@ __device__ __forceinline__ void Widen8(const uint4& raw, DType dtype, float (&ou
   }
 }
 
-template <int T>
-__global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(TensorView x, TensorView w, TensorView y) {
-  __shared__ float partial[kWarps][kRows][T];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const int64_t k_total = w.cols;
-  const auto* w_base = static_cast<const uint16_t*>(w.data);
-  float acc[kRows][T] = {};
-  for (int64_t k = static_cast<int64_t>(warp) * kSlice + lane * 8; k < k_total; k += kWarps * kSlice) {
-    uint4 raw[kRows];
+// 8 weights at p as floats: one 16-byte load of bf16 or f16, two of fp32.
+__device__ __forceinline__ void Load8Weights(const uint16_t* p, DType dtype, float (&out)[8]) {
+  Widen8(__ldg(reinterpret_cast<const uint4*>(p)), dtype, out);
+}
+__device__ __forceinline__ void Load8Weights(const float* p, DType, float (&out)[8]) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p)), b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+// acc[r][t] += Σ_k w[n0 + r, k] · x[t, k] over k = k0, k0 + 1 .. k0 + 7, k0 + step, ...
+template <int T, typename Element>
+__device__ __forceinline__ void DotRows(const TensorView& x, const TensorView& w, int64_t n0, int64_t k0,
+                                        int64_t step, float (&acc)[kRowsPerWarp][T]) {
+  const Element* rows[kRowsPerWarp];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      raw[r] = n0 + r < w.rows ? __ldg(reinterpret_cast<const uint4*>(w_base + (n0 + r) * w.row_stride + k))
-                               : make_uint4(0, 0, 0, 0);
-    }
-    float wv[kRows][8];
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    rows[r] = static_cast<const Element*>(w.data) + (n0 + r < w.rows ? n0 + r : 0) * w.row_stride;
+  }
+#pragma unroll 4
+  for (int64_t k = k0; k < w.cols; k += step) {
+    float wv[kRowsPerWarp][8];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) Widen8(raw[r], w.dtype, wv[r]);
+    for (int r = 0; r < kRowsPerWarp; ++r) Load8Weights(rows[r] + k, w.dtype, wv[r]);
 #pragma unroll
     for (int t = 0; t < T; ++t) {
       const float4* xr = reinterpret_cast<const float4*>(static_cast<const float*>(x.data) + t * x.row_stride + k);
       const float4 a = __ldg(xr), b = __ldg(xr + 1);
       const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
+      for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[r][t] = fmaf(wv[r][i], xv[i], acc[r][t]);
     }
   }
+}
+
+// Block b computes output columns of the product whose blocks hold b. Its warps form groups of
+// `split` (the product's): each group owns kRowsPerWarp weight rows, each warp of a group every
+// split-th 256-element slice of them (lanes: 8 elements per 16-byte load, several loads in
+// flight); a group's warps meet in shared memory. Long rows and few rows take larger groups
+// (more blocks, shorter loops); many short rows take groups of one (no barrier, no reduction).
+template <int T>
+__global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTable table) {
+  __shared__ float partial[kWarps][kRowsPerWarp][T];
+  // Constant indices only: a parameter indexed at run time would be copied to local memory.
+  SkinnyProduct product = table.products[0];
+  unsigned first = 0;
+  int split = table.split[0];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const float sum = WarpSum(acc[r][t]);
-      if (lane == 0) partial[warp][r][t] = sum;
+  for (int i = 1; i < kSkinnyMatMulMaxProducts; ++i) {
+    if (i < table.count && blockIdx.x >= table.first_block[i]) {
+      product = table.products[i], first = table.first_block[i], split = table.split[i];
     }
+  }
+  const TensorView& x = product.x;
+  const TensorView& w = product.w;
+  const TensorView& y = product.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = warp / split, part = warp % split;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x - first) * (kWarps / split) + group) * kRowsPerWarp;
+  float acc[kRowsPerWarp][T] = {};
+  if (n0 < w.rows) {
+    if (w.dtype == DType::kF32) {
+      DotRows<T, float>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
+    } else {
+      DotRows<T, uint16_t>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+    for (int t = 0; t < T; ++t) acc[r][t] = WarpSum(acc[r][t]);
+  if (split == 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+        for (int t = 0; t < T; ++t) {
+          if (n0 + r < w.rows) RowF32(y, t)[n0 + r] = acc[r][t];
+        }
+    }
+    return;
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int t = 0; t < T; ++t) partial[warp][r][t] = acc[r][t];
+  }
   __syncthreads();
-  if (threadIdx.x < kRows * T) {
-    const int r = threadIdx.x / T, t = threadIdx.x % T;
+  if (part == 0 && lane < kRowsPerWarp * T) {
+    const int r = lane / T, t = lane % T;
     if (n0 + r < w.rows) {
       float sum = 0.0f;
-#pragma unroll
-      for (int v = 0; v < kWarps; ++v) sum += partial[v][r][t];
+      for (int v = 0; v < split; ++v) sum += partial[warp + v][r][t];
       RowF32(y, t)[n0 + r] = sum;
     }
   }
@@ -92,30 +156,57 @@ bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 bool SkinnyMatMulSupports(TensorView x, TensorView w) {
   return x.rows >= 1 && x.rows <= kSkinnyMatMulMaxRows && x.dtype == DType::kF32 &&
-         (w.dtype == DType::kBF16 || w.dtype == DType::kF16) && w.cols == x.cols && w.cols % 8 == 0 &&
+         (w.dtype == DType::kBF16 || w.dtype == DType::kF16 || w.dtype == DType::kF32) && w.cols == x.cols &&
+         w.cols % 8 == 0 &&
          w.row_stride % 8 == 0 && x.row_stride % 4 == 0 && Aligned16(w.data) && Aligned16(x.data);
 }
 
-int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream) {
-  if (!SkinnyMatMulSupports(x, w) || y.dtype != DType::kF32 || y.rows != x.rows || y.cols != w.rows) {
-    return static_cast<int>(cudaErrorInvalidValue);
+int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream) {
+  if (count < 1 || count > kSkinnyMatMulMaxProducts) return static_cast<int>(cudaErrorInvalidValue);
+  SkinnyProductTable table{};
+  // Groups of one warp per row group where the launch's rows alone give a full wave of blocks;
+  // larger groups (more blocks) otherwise, up to one warp per 256-element slice of a row.
+  int64_t total_rows = 0;
+  for (int i = 0; i < count; ++i) total_rows += products[i].w.rows;
+  int wanted = 1;
+  while (wanted < kWarps && total_rows * wanted < kFullWaveRows) wanted *= 2;
+  int64_t blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    const SkinnyProduct& p = products[i];
+    if (!SkinnyMatMulSupports(p.x, p.w) || p.x.rows != products[0].x.rows || p.y.dtype != DType::kF32 ||
+        p.y.rows != p.x.rows || p.y.cols != p.w.rows) {
+      return static_cast<int>(cudaErrorInvalidValue);
+    }
+    table.products[i] = p;
+    int split = wanted;
+    while (split > 1 && static_cast<int64_t>(split / 2) * kSlice >= p.w.cols) split /= 2;
+    const int64_t block_rows = (kWarps / split) * kRowsPerWarp;
+    table.split[i] = split;
+    table.first_block[i] = static_cast<unsigned>(blocks);
+    blocks += (p.w.rows + block_rows - 1) / block_rows;
+    if (!FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
   }
-  if (w.rows == 0) return 0;
-  const int64_t blocks = (w.rows + kRows - 1) / kRows;
-  if (!FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
+  table.first_block[count] = static_cast<unsigned>(blocks);
+  table.count = count;
+  if (blocks == 0) return 0;
   auto s = static_cast<cudaStream_t>(stream);
   const dim3 grid(static_cast<unsigned>(blocks));
-  switch (x.rows) {
-    case 1: SkinnyMatMulKernel<1><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    case 2: SkinnyMatMulKernel<2><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    case 3: SkinnyMatMulKernel<3><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    case 4: SkinnyMatMulKernel<4><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    case 5: SkinnyMatMulKernel<5><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    case 6: SkinnyMatMulKernel<6><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    case 7: SkinnyMatMulKernel<7><<<grid, kThreads, 0, s>>>(x, w, y); break;
-    default: SkinnyMatMulKernel<8><<<grid, kThreads, 0, s>>>(x, w, y); break;
+  switch (products[0].x.rows) {
+    case 1: SkinnyMatMulKernel<1><<<grid, kThreads, 0, s>>>(table); break;
+    case 2: SkinnyMatMulKernel<2><<<grid, kThreads, 0, s>>>(table); break;
+    case 3: SkinnyMatMulKernel<3><<<grid, kThreads, 0, s>>>(table); break;
+    case 4: SkinnyMatMulKernel<4><<<grid, kThreads, 0, s>>>(table); break;
+    case 5: SkinnyMatMulKernel<5><<<grid, kThreads, 0, s>>>(table); break;
+    case 6: SkinnyMatMulKernel<6><<<grid, kThreads, 0, s>>>(table); break;
+    case 7: SkinnyMatMulKernel<7><<<grid, kThreads, 0, s>>>(table); break;
+    default: SkinnyMatMulKernel<8><<<grid, kThreads, 0, s>>>(table); break;
   }
   return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream) {
+  const SkinnyProduct product{x, w, y};
+  return LaunchSkinnyMatMuls(&product, 1, stream);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -27,8 +27,10 @@ constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
 constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
 constexpr int kKeys = 32;      // keys per shared-memory tile
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
+constexpr int kAbsorbCols = 32 * 8;  // latent columns per absorb block: 8 per lane
 constexpr int kPLd = kKeys + 8;
 constexpr int kSLd = kKeys + 4;
+constexpr int kTileLoads = 9;  // float4 loads of a key tile in flight per thread
 
 int Ld(int dot) { return dot + 8; }  // shared row stride (bf16) of Q and K: conflict-free 32-bit loads
 
@@ -54,13 +56,17 @@ __device__ __forceinline__ uint32_t Pack(const bf16* lo, const bf16* hi) {
          (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(hi)) << 16);
 }
 
-// Grid (heads, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖ q_pe[t, h] (rope)] in
-// bf16, for every packed row (rows of other forms are computed too and never read).
+// Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
+// q_pe[t, h] (rope)] in bf16, for every packed row (rows of other forms are computed too and never
+// read). Warp w reduces the W_UK rows c ≡ w (mod 8), each lane 8 latent columns per 16-byte load,
+// several loads in flight; the warps meet in shared memory.
 __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
                                                              int rope, int v_dim, bf16* q_abs) {
   __shared__ float q_nope[kAbsorbRows][256];
+  __shared__ float partial[kWarps][kAbsorbCols];
   const int h = blockIdx.x;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kAbsorbRows;
+  const int r0 = blockIdx.y * kAbsorbCols;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.z) * kAbsorbRows;
   const int rows = static_cast<int>(q.rows - t0 < kAbsorbRows ? q.rows - t0 : kAbsorbRows);
   const int qk = nope + rope, dot = kRank + rope;
   for (int i = threadIdx.x; i < kAbsorbRows * nope; i += kThreads) {
@@ -68,26 +74,58 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
     q_nope[r][c] = r < rows ? RowF32(q, t0 + r)[h * qk + c] : 0.0f;
   }
   __syncthreads();
-  constexpr int kCols = kRank / kThreads;
-  float acc[kAbsorbRows][kCols] = {};
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float acc[kAbsorbRows][8] = {};
   const int64_t w_row = static_cast<int64_t>(h) * (nope + v_dim);
-  for (int c = 0; c < nope; ++c) {
+  auto accumulate = [&](const float (&w)[8], int c) {
 #pragma unroll
-    for (int j = 0; j < kCols; ++j) {
-      const float w = LoadAt(kv_b, w_row + c, threadIdx.x + j * kThreads);
+    for (int r = 0; r < kAbsorbRows; ++r) {
+      const float qv = q_nope[r][c];
 #pragma unroll
-      for (int r = 0; r < kAbsorbRows; ++r) acc[r][j] = fmaf(w, q_nope[r][c], acc[r][j]);
+      for (int i = 0; i < 8; ++i) acc[r][i] = fmaf(w[i], qv, acc[r][i]);
+    }
+  };
+  const auto* w_bf16 = static_cast<const bf16*>(kv_b.data) + (w_row * kv_b.row_stride + r0 + lane * 8);
+  if (kv_b.dtype == DType::kBF16 && kv_b.row_stride % 8 == 0 && reinterpret_cast<uintptr_t>(kv_b.data) % 16 == 0) {
+    // The serving layout: unconditional 16-byte loads, several rows in flight.
+#pragma unroll 8
+    for (int c = warp; c < nope; c += kWarps) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w_bf16 + c * kv_b.row_stride));
+      const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+      float w[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(pairs[i]);
+        w[2 * i] = f.x, w[2 * i + 1] = f.y;
+      }
+      accumulate(w, c);
+    }
+  } else {
+    for (int c = warp; c < nope; c += kWarps) {
+      float w[8];
+      Load8(kv_b, w_row + c, r0 + lane * 8, w);
+      accumulate(w, c);
     }
   }
 #pragma unroll
   for (int r = 0; r < kAbsorbRows; ++r) {
     if (r >= rows) break;
-    bf16* dst = q_abs + ((t0 + r) * heads + h) * dot;
 #pragma unroll
-    for (int j = 0; j < kCols; ++j) dst[threadIdx.x + j * kThreads] = __float2bfloat16(acc[r][j]);
-    for (int c = threadIdx.x; c < rope; c += kThreads) {
-      dst[kRank + c] = __float2bfloat16(RowF32(q, t0 + r)[h * qk + nope + c]);
+    for (int i = 0; i < 8; ++i) partial[warp][lane * 8 + i] = acc[r][i];
+    __syncthreads();
+    bf16* dst = q_abs + ((t0 + r) * heads + h) * dot;
+    for (int col = threadIdx.x; col < kAbsorbCols; col += kThreads) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int v = 0; v < kWarps; ++v) sum += partial[v][col];
+      dst[r0 + col] = __float2bfloat16(sum);
     }
+    if (blockIdx.y == 0) {
+      for (int c = threadIdx.x; c < rope; c += kThreads) {
+        dst[kRank + c] = __float2bfloat16(RowF32(q, t0 + r)[h * qk + nope + c]);
+      }
+    }
+    __syncthreads();
   }
 }
 
@@ -147,14 +185,24 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
   for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
     const int64_t j0 = tile * kKeys;
     __syncthreads();  // the previous tile's readers are done with K and P (first: Q and stats in)
-    for (int i = threadIdx.x; i < kKeys * quads; i += kThreads) {
-      const int key = i / quads, c4 = i % quads;
-      const int64_t j = j0 + key;
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (j <= pos) v = __ldg(reinterpret_cast<const float4*>(cache + j * dot) + c4);
-      __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(ks + key * ld + 4 * c4);
-      dst[0] = __floats2bfloat162_rn(v.x, v.y);
-      dst[1] = __floats2bfloat162_rn(v.z, v.w);
+    // The tile's fp32 keys, kTileLoads float4 loads per thread in flight, then converted.
+    for (int base = threadIdx.x; base < kKeys * quads; base += kTileLoads * kThreads) {
+      float4 v[kTileLoads];
+#pragma unroll
+      for (int u = 0; u < kTileLoads; ++u) {
+        const int i = base + u * kThreads;
+        const int64_t j = j0 + i / quads;
+        v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (i < kKeys * quads && j <= pos) v[u] = __ldg(reinterpret_cast<const float4*>(cache + j * dot) + i % quads);
+      }
+#pragma unroll
+      for (int u = 0; u < kTileLoads; ++u) {
+        const int i = base + u * kThreads;
+        if (i >= kKeys * quads) break;
+        __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(ks + (i / quads) * ld + 4 * (i % quads));
+        dst[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
+        dst[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+      }
     }
     __syncthreads();
     {
@@ -295,7 +343,8 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
   auto* q_abs = reinterpret_cast<bf16*>(base + AlignUp(sizeof(float) * rows * heads * p * (kRank + 2)));
   if (rows > 65535 * int64_t{kAbsorbRows} || !FitsGridX(rows)) return static_cast<int>(cudaErrorInvalidValue);
   auto s = static_cast<cudaStream_t>(stream);
-  MlaAbsorbQKernel<<<dim3(heads, static_cast<unsigned>((rows + kAbsorbRows - 1) / kAbsorbRows)), kThreads, 0, s>>>(
+  MlaAbsorbQKernel<<<dim3(heads, kRank / kAbsorbCols, static_cast<unsigned>((rows + kAbsorbRows - 1) / kAbsorbRows)),
+                     kThreads, 0, s>>>(
       q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope, static_cast<int>(params.v_dim), q_abs);
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return static_cast<int>(error);

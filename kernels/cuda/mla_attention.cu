@@ -40,7 +40,17 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t t = t0 + warp, width = latent.cols;
   const float* src = RowF32(latent, t);
   float* dst = seq.latent_cache + (seq.num_cached + (t - seq.rows.begin)) * width;
-  for (int64_t c = lane; c < width; c += 32) dst[c] = src[c];
+  // Loads first, 8 per lane in flight (dst and src could alias as far as the compiler knows).
+  constexpr int kInFlight = 8;
+  for (int64_t c0 = lane; c0 < width; c0 += 32 * kInFlight) {
+    float v[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) v[u] = c0 + 32 * u < width ? src[c0 + 32 * u] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      if (c0 + 32 * u < width) dst[c0 + 32 * u] = v[u];
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,7 +493,7 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
 // o_lat = Σ_p w_p o_p / Σ_p w_p l_p with w_p = exp(m_p - max m), then applies W_UV.
 __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
   extern __shared__ float4 smem4[];
-  float* o_lat = reinterpret_cast<float*>(smem4);  // rank floats
+  float* o_lat = reinterpret_cast<float*>(smem4);  // rank floats, then one per partition
   __shared__ int row_seq[1];
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y;
@@ -491,31 +501,60 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs 
   if (row_seq[0] < 0) return;
   const int rank = args.rank, entry_floats = rank + 2;
   const float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
-  float m_max = -INFINITY;
-  for (int p = 0; p < partitions; ++p) m_max = fmaxf(m_max, entries[p * entry_floats]);
-  float l = 0.0f;
-  for (int p = 0; p < partitions; ++p) {
+  // Each partition's weight exp(m_p - max m) once, in shared memory, then every latent column's
+  // weighted sum with several partitions' loads in flight.
+  float* weight = o_lat + rank;
+  __shared__ float scratch[32];
+  float m_local = -INFINITY;
+  for (int p = threadIdx.x; p < partitions; p += kThreads) m_local = fmaxf(m_local, entries[p * entry_floats]);
+  const float m_max = BlockMax(m_local, scratch);
+  float l_local = 0.0f;
+  for (int p = threadIdx.x; p < partitions; p += kThreads) {
     const float m_p = entries[p * entry_floats];
-    if (m_p != -INFINITY) l = fmaf(expf(m_p - m_max), entries[p * entry_floats + 1], l);
+    const float w = m_p == -INFINITY ? 0.0f : expf(m_p - m_max);
+    weight[p] = w;
+    l_local = fmaf(w, entries[p * entry_floats + 1], l_local);
   }
+  const float l = BlockSum(l_local, scratch);  // its barriers also publish weight[]
   for (int r = threadIdx.x; r < rank; r += kThreads) {
     float o = 0.0f;
-    for (int p = 0; p < partitions; ++p) {
-      const float m_p = entries[p * entry_floats];
-      if (m_p != -INFINITY) o = fmaf(expf(m_p - m_max), entries[p * entry_floats + 2 + r], o);
-    }
+#pragma unroll 8
+    for (int p = 0; p < partitions; ++p) o = fmaf(weight[p], entries[p * entry_floats + 2 + r], o);
     o_lat[r] = o / l;
   }
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_width = args.nope + args.v_dim;
   float* out_row = RowF32(args.out, t);
-  for (int c = warp; c < args.v_dim; c += kWarps) {
-    const int64_t w_row = static_cast<int64_t>(h) * kv_width + args.nope + c;
-    float sum = 0.0f;
-    for (int r = lane; r < rank; r += 32) sum = fmaf(LoadAt(args.kv_b, w_row, r), o_lat[r], sum);
-    sum = WarpSum(sum);
-    if (lane == 0) out_row[h * args.v_dim + c] = sum;
+  // W_UV: four output columns per warp at a time, each lane 8 latent columns per load.
+  constexpr int kColumns = 4;
+  for (int c0 = warp * kColumns; c0 < args.v_dim; c0 += kWarps * kColumns) {
+    const int64_t w_row = static_cast<int64_t>(h) * kv_width + args.nope + c0;
+    float sum[kColumns] = {};
+    for (int r = lane * 8; r < rank; r += 32 * 8) {
+      float w[kColumns][8];
+#pragma unroll
+      for (int j = 0; j < kColumns; ++j) {
+        if (c0 + j < args.v_dim) {
+          Load8(args.kv_b, w_row + j, r, w[j]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) w[j][i] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        if (r + i >= rank) break;
+        const float o = o_lat[r + i];
+#pragma unroll
+        for (int j = 0; j < kColumns; ++j) sum[j] = fmaf(w[j][i], o, sum[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kColumns; ++j) {
+      const float total = WarpSum(sum[j]);
+      if (lane == 0 && c0 + j < args.v_dim) out_row[h * args.v_dim + c0 + j] = total;
+    }
   }
 }
 
@@ -723,7 +762,7 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
     const int error = LaunchMlaAbsorbedTc(params, q, kv_b, seqs, num_seqs, max_keys, scratch,
                                           &args.partial, &partitions, stream);
     if (error != 0) return error;
-    MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * args.rank, s>>>(
+    MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * (args.rank + partitions), s>>>(
         args, static_cast<int>(partitions));
     return static_cast<int>(cudaGetLastError());
   }
@@ -747,7 +786,7 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
     default: return Invalid();  // kv_lora_rank > 512
   }
   if (error != 0 || partitions <= 1) return error;
-  MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * args.rank, s>>>(
+  MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * (args.rank + partitions), s>>>(
       args, static_cast<int>(partitions));
   return static_cast<int>(cudaGetLastError());
 }

@@ -49,9 +49,9 @@ __device__ int BlockArgMax(float v, int i, float* scratch_v, int* scratch_i) {
   return i;
 }
 
-// One block per token. score/choice/taken[e] and group_score/group_kept[g] are written, and read
-// while being selected, only by the thread that owns the index (index % blockDim.x); group_kept
-// is read by all only after a barrier.
+// One block per token. group_score/group_kept[g] are written, and read while being selected, only
+// by the thread that owns the index (index % blockDim.x); group_kept is read by all only after a
+// barrier. The top k are then selected by the first warp alone, lane e % 32 owning taken[e].
 __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p,
                                TensorView expert_ids, TensorView weights) {
   __shared__ float score[kMaxExperts];
@@ -102,40 +102,37 @@ __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p
       if (!group_kept[e / group_size]) choice[e] = -INFINITY;
     }
   }
-  int chosen[kMaxTopK];
+  // The top k by one warp: no block barrier per round. Lane l reads and marks experts l, l + 32, ...
+  __syncthreads();  // choice[] and taken[] are complete
+  if (threadIdx.x >= 32) return;
+  const int lane = static_cast<int>(threadIdx.x);
+  int mine = -1;  // lane s keeps the s-th pick: registers only, no local memory
   for (int s = 0; s < p.top_k; ++s) {
     float v = 0.0f;
     int i = -1;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    for (int e = lane; e < E; e += 32) {
       if (!taken[e] && Beats(choice[e], e, v, i)) v = choice[e], i = e;
     }
-    chosen[s] = BlockArgMax(v, i, scratch_v, scratch_i);
-    if (chosen[s] % static_cast<int>(blockDim.x) == static_cast<int>(threadIdx.x)) {
-      taken[chosen[s]] = true;
-    }
+    WarpArgMax(v, i);
+    if (lane == s) mine = i;
+    if (i >= 0 && i % 32 == lane) taken[i] = true;
   }
-  __syncthreads();  // score[] and choice[] are visible to thread 0
-  if (threadIdx.x != 0) return;
-  // Insertion sort of the ids, then the weights in that order.
-  for (int s = 1; s < p.top_k; ++s) {
-    const int id = chosen[s];
-    int j = s - 1;
-    for (; j >= 0 && chosen[j] > id; --j) chosen[j + 1] = chosen[j];
-    chosen[j + 1] = id;
+  // Ids ascending: lane r takes the pick with r smaller picks (the picks are distinct).
+  constexpr unsigned kAll = 0xffffffffu;
+  int smaller = 0;
+  for (int j = 0; j < p.top_k; ++j) smaller += __shfl_sync(kAll, mine, j) < mine ? 1 : 0;
+  int id = -1;
+  for (int j = 0; j < p.top_k; ++j) {
+    const int pick = __shfl_sync(kAll, mine, j), rank = __shfl_sync(kAll, smaller, j);
+    if (rank == lane) id = pick;
   }
-  int32_t* ids = static_cast<int32_t*>(expert_ids.data) + t * expert_ids.row_stride;
-  float* w = RowF32(weights, t);
-  float values[kMaxTopK];
-  float sum = 0.0f;
-  for (int s = 0; s < p.top_k; ++s) {
-    values[s] = p.biased_weights ? choice[chosen[s]] : score[chosen[s]];
-    sum += values[s];
-  }
+  const float value = lane < p.top_k ? (p.biased_weights ? choice[id] : score[id]) : 0.0f;
+  float sum = 0.0f;  // in id order, as the CPU sums them
+  for (int j = 0; j < p.top_k; ++j) sum += __shfl_sync(kAll, value, j);
+  if (lane >= p.top_k) return;
   const float denominator = p.renormalize ? sum + 1e-20f : 1.0f;
-  for (int s = 0; s < p.top_k; ++s) {
-    ids[s] = chosen[s];
-    w[s] = values[s] / denominator * p.scaling;
-  }
+  static_cast<int32_t*>(expert_ids.data)[t * expert_ids.row_stride + lane] = id;
+  RowF32(weights, t)[lane] = value / denominator * p.scaling;
 }
 
 // One block per token; out[t, c] += w[t, s] * slot_out[t*k + s, c] for s = 0, 1, ..., rounding

@@ -28,6 +28,26 @@ __global__ void RmsNormKernel(TensorView x, TensorView weight, float eps, Tensor
   }
 }
 
+// RmsNormKernel after acc += x in the same pass: each thread sums the squares of the elements it
+// has just added, in the order RmsNormKernel would, so the results are the same bits.
+__global__ void AddRmsNormKernel(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) {
+  __shared__ float scratch[32];
+  const int64_t t = blockIdx.x;
+  float* a = RowF32(acc, t);
+  const float* b = RowF32(x, t);
+  float* o = RowF32(out, t);
+  float sum = 0.0f;
+  for (int64_t c = threadIdx.x; c < acc.cols; c += blockDim.x) {
+    const float v = a[c] + b[c];
+    a[c] = v;
+    sum += v * v;
+  }
+  const float inv_rms = InvRms(BlockSum(sum, scratch), acc.cols, eps);
+  for (int64_t c = threadIdx.x; c < acc.cols; c += blockDim.x) {
+    o[c] = LoadFlat(weight, c) * (a[c] * inv_rms);
+  }
+}
+
 // One block per row; each warp takes heads warp, warp + warps, ...
 __global__ void GatedRmsNormKernel(TensorView x, TensorView gate, TensorView weight,
                                    int64_t head_dim, float eps, TensorView out) {
@@ -56,6 +76,19 @@ int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, St
   if (!FitsGridX(x.rows)) return kInvalid;
   RmsNormKernel<<<static_cast<unsigned>(x.rows), RowBlockThreads(x.cols, 512), 0,
                   static_cast<cudaStream_t>(stream)>>>(x, weight, eps, out);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream) {
+  if (acc.dtype != DType::kF32 || x.dtype != DType::kF32 || out.dtype != DType::kF32) return kInvalid;
+  if (x.rows != acc.rows || x.cols != acc.cols || out.rows != acc.rows || out.cols != acc.cols ||
+      weight.numel() != acc.cols) {
+    return kInvalid;
+  }
+  if (acc.rows == 0 || acc.cols == 0) return 0;
+  if (!FitsGridX(acc.rows)) return kInvalid;
+  AddRmsNormKernel<<<static_cast<unsigned>(acc.rows), RowBlockThreads(acc.cols, 512), 0,
+                     static_cast<cudaStream_t>(stream)>>>(acc, x, weight, eps, out);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -1,5 +1,8 @@
 #include "model/layers/ffn.h"
 
+#include <array>
+#include <span>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 
@@ -14,8 +17,8 @@ void DenseFfnForward(kernels::Backend& backend, const DenseFfnWeights& w, Tensor
   const int64_t inner = w.gate.rows;
   Tensor gate = backend.Allocate(x.rows, inner, DType::kF32);
   Tensor up = backend.Allocate(x.rows, inner, DType::kF32);
-  backend.MatMul(x, w.gate, gate.view());
-  backend.MatMul(x, w.up, up.view());
+  const std::array<kernels::MatMulProduct, 2> from_x = {{{x, w.gate, gate.view()}, {x, w.up, up.view()}}};
+  backend.MatMuls(from_x);
   backend.SwiGlu(gate.view(), up.view(), gate.view());
   backend.MatMul(gate.view(), w.down, out);
 }
@@ -27,8 +30,18 @@ absl::Status MoeFfnForward(const Step& step, int64_t layer, const MoeWeights& w,
   const int64_t t = x.rows;
   const int64_t k = c.num_experts_per_token;
 
+  // The router and the shared expert's gate and up products all read x: issued together.
   Tensor logits = backend.Allocate(t, c.num_experts, DType::kF32);
-  backend.MatMul(x, w.router, logits.view());
+  Tensor shared_gate, shared_up;
+  std::array<kernels::MatMulProduct, 3> from_x = {{{x, w.router, logits.view()}}};
+  size_t products = 1;
+  if (w.has_shared) {
+    shared_gate = backend.Allocate(t, w.shared.gate.rows, DType::kF32);
+    shared_up = backend.Allocate(t, w.shared.up.rows, DType::kF32);
+    from_x[products++] = {x, w.shared.gate, shared_gate.view()};
+    from_x[products++] = {x, w.shared.up, shared_up.view()};
+  }
+  backend.MatMuls(std::span<const kernels::MatMulProduct>(from_x.data(), products));
   Tensor expert_ids = backend.Allocate(t, k, DType::kI32);
   Tensor weights = backend.Allocate(t, k, DType::kF32);
   const kernels::MoeRouting routing{k,
@@ -41,13 +54,14 @@ absl::Status MoeFfnForward(const Step& step, int64_t layer, const MoeWeights& w,
 
   Tensor slot_out = backend.Allocate(t * k, c.hidden_size, DType::kF32);
   DS_RETURN_IF_ERROR(experts.RunExperts(layer, x, expert_ids.view(), slot_out.view()));
-  backend.Zero(out);
-  backend.MoeCombine(slot_out.view(), weights.view(), out);
+  // out = shared expert (or zero), then the routed experts' weighted sum added to it.
   if (w.has_shared) {
-    Tensor shared = backend.Allocate(t, c.hidden_size, DType::kF32);
-    DenseFfnForward(backend, w.shared, x, shared.view());
-    backend.Add(out, shared.view());
+    backend.SwiGlu(shared_gate.view(), shared_up.view(), shared_gate.view());
+    backend.MatMul(shared_gate.view(), w.shared.down, out);
+  } else {
+    backend.Zero(out);
   }
+  backend.MoeCombine(slot_out.view(), weights.view(), out);
   return absl::OkStatus();
 }
 

@@ -58,16 +58,26 @@ void KdaDecodeForward(const Step& step, int64_t layer, const KdaWeights& w, Tens
   const int64_t t = step.num_tokens;
   const int64_t width = c.kda_projection_size();
   const int64_t d = c.kda_head_dim;
+  // Every projection of x together, then both low-rank expansions together (one launch each
+  // where the backend fuses them).
   std::array<Tensor, 3> projected;
-  const std::array<TensorView, 3> projections = {w.q_proj, w.k_proj, w.v_proj};
-  for (size_t i = 0; i < 3; ++i) {
-    projected[i] = backend.Allocate(t, width, DType::kF32);
-    backend.MatMul(x, projections[i], projected[i].view());
-  }
-  GateLogits gates = ProjectGates(step, w, x);
+  for (Tensor& p : projected) p = backend.Allocate(t, width, DType::kF32);
+  GateLogits gates;
+  gates.low_rank = backend.Allocate(t, d, DType::kF32);
+  gates.beta_logits = backend.Allocate(t, c.kda_num_heads, DType::kF32);
+  Tensor out_low_rank = backend.Allocate(t, d, DType::kF32);
+  const std::array<kernels::MatMulProduct, 6> from_x = {{{x, w.q_proj, projected[0].view()},
+                                                         {x, w.k_proj, projected[1].view()},
+                                                         {x, w.v_proj, projected[2].view()},
+                                                         {x, w.f_a, gates.low_rank.view()},
+                                                         {x, w.b_proj, gates.beta_logits.view()},
+                                                         {x, w.g_a, out_low_rank.view()}}};
+  backend.MatMuls(from_x);
+  gates.gate_logits = backend.Allocate(t, width, DType::kF32);
   Tensor out_gate = backend.Allocate(t, width, DType::kF32);
-  backend.MatMul(x, w.g_a, gates.low_rank.view());
-  backend.MatMul(gates.low_rank.view(), w.g_b, out_gate.view());
+  const std::array<kernels::MatMulProduct, 2> expansions = {{{gates.low_rank.view(), w.f_b, gates.gate_logits.view()},
+                                                             {out_low_rank.view(), w.g_b, out_gate.view()}}};
+  backend.MatMuls(expansions);
 
   kernels::KdaDecodeInputs in;
   in.core = {c.kda_num_heads, d, projected[0].view(), projected[1].view(), projected[2].view(),

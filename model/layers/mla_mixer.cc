@@ -1,5 +1,6 @@
 #include "model/layers/mla_mixer.h"
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -30,9 +31,10 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
   const int64_t rank = c.kv_lora_rank;
 
   Tensor q = backend.Allocate(t, c.mla_num_heads * c.mla_qk_head_dim(), DType::kF32);
-  backend.MatMul(x, w.q_proj, q.view());
   Tensor compressed = backend.Allocate(t, c.mla_latent_size(), DType::kF32);
-  backend.MatMul(x, w.kv_a_proj, compressed.view());
+  const std::array<kernels::MatMulProduct, 2> from_x = {{{x, w.q_proj, q.view()},
+                                                         {x, w.kv_a_proj, compressed.view()}}};
+  backend.MatMuls(from_x);
   // The cached latent: RMSNorm of the first kv_lora_rank columns, k_pe as it is.
   Tensor latent = backend.Allocate(t, c.mla_latent_size(), DType::kF32);
   backend.RmsNorm(compressed.view().Cols(0, rank), w.kv_a_norm,

@@ -9,6 +9,8 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <tuple>
+#include <utility>
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -90,13 +92,17 @@ TEST_F(CudaVsCpu, MatMulWithBf16AndF32Weights) {
   }
 }
 
-// Up to 8 rows against a bf16 weight take the skinny kernel: fp32 activations, so it agrees with
-// the CPU to summation order (1e-4), far tighter than the tensor-core path's bf16-rounded inputs
-// (which the 9-row case keeps). Strided input rows, reductions not a multiple of the warp slice,
-// output columns not a multiple of the block's 4.
+// Up to skinny_matmul_max_rows rows (here its most, 8) against a bf16 weight take the skinny
+// kernel: fp32 activations, so it agrees with the CPU to summation order (1e-4), far tighter than
+// the tensor-core path's bf16-rounded inputs (which the 9-row case keeps). Strided input rows,
+// reductions not a multiple of the warp slice, output columns not a multiple of a block's, rows
+// enough for one warp per row (17,000).
 TEST_F(CudaVsCpu, SkinnyMatMulForDecodeRows) {
+  std::string why;
+  cuda_ = CudaBackend::Create({.skinny_matmul_max_rows = 8}, &why);
+  ASSERT_NE(cuda_, nullptr) << why;
   for (const auto& [t, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 203, 520}, {2, 5, 8}, {5, 64, 2304},
-                                {8, 130, 264}, {9, 130, 264}}) {
+                                {8, 130, 264}, {9, 130, 264}, {3, 17000, 520}}) {
     const int64_t x_stride = k + 4;
     std::vector<float> x = RandomVector(t * x_stride, 10 + t);
     std::vector<uint16_t> w = ToBF16(RandomVector(n * k, 20 + t));
@@ -110,6 +116,52 @@ TEST_F(CudaVsCpu, SkinnyMatMulForDecodeRows) {
     ExpectClose(ToHost(dy.view()), cpu_out, t <= 8 ? kFp32Tolerance : kMatMulTolerance,
                 "matmul of " + std::to_string(t) + " rows");
   }
+}
+
+// Products issued together (a layer's projections of one input, and of two inputs) give each
+// product what MatMul gives it alone, in one skinny launch where every product has the same row
+// count (at most 8; the launch's rows may split reductions differently, so to fp32 summation
+// order), and one by one otherwise (9 rows, mixed row counts: the same bits).
+TEST_F(CudaVsCpu, MatMulsGiveEachProductWhatMatMulGives) {
+  std::string why;
+  cuda_ = CudaBackend::Create({.skinny_matmul_max_rows = 8}, &why);
+  ASSERT_NE(cuda_, nullptr) << why;
+  for (const int64_t t : {int64_t{1}, int64_t{3}, int64_t{8}, int64_t{9}}) {
+    const int64_t k = 264;
+    Tensor x1 = ToDevice(RandomVector(t * k, 30 + t), t, k);
+    Tensor x2 = ToDevice(RandomVector(t * 16, 40 + t), t, 16);
+    std::vector<std::tuple<TensorView, int64_t>> weights;  // weight and its input's width
+    std::vector<std::vector<uint16_t>> host;
+    for (const auto& [n, width] : {std::pair<int64_t, int64_t>{203, k}, {5, k}, {64, 16}, {1, k}, {130, 16}}) {
+      host.push_back(ToBF16(RandomVector(n * width, 50 + n)));
+      weights.emplace_back(cuda_->AdoptWeight(MakeView(host.back().data(), DType::kBF16, n, width)), width);
+    }
+    std::vector<Tensor> together, alone;
+    std::vector<MatMulProduct> products;
+    for (const auto& [w, width] : weights) {
+      const TensorView x = width == k ? x1.view() : x2.view();
+      together.push_back(Poisoned(t, w.rows));
+      alone.push_back(Poisoned(t, w.rows));
+      products.push_back({x, w, together.back().view()});
+      cuda_->MatMul(x, w, alone.back().view());
+    }
+    cuda_->MatMuls(products);
+    for (size_t i = 0; i < products.size(); ++i) {
+      ExpectClose(ToHost(together[i].view()), ToHost(alone[i].view()), kFp32Tolerance,
+                  std::to_string(t) + " rows, product " + std::to_string(i));
+    }
+  }
+  // Row counts that differ: one by one.
+  Tensor x1 = ToDevice(RandomVector(2 * 8, 60), 2, 8), x2 = ToDevice(RandomVector(3 * 8, 61), 3, 8);
+  std::vector<uint16_t> host_w = ToBF16(RandomVector(4 * 8, 62));
+  const TensorView w = cuda_->AdoptWeight(MakeView(host_w.data(), DType::kBF16, 4, 8));
+  Tensor y1 = Poisoned(2, 4), y2 = Poisoned(3, 4), want1 = Poisoned(2, 4), want2 = Poisoned(3, 4);
+  cuda_->MatMul(x1.view(), w, want1.view());
+  cuda_->MatMul(x2.view(), w, want2.view());
+  const std::vector<MatMulProduct> mixed = {{x1.view(), w, y1.view()}, {x2.view(), w, y2.view()}};
+  cuda_->MatMuls(mixed);
+  EXPECT_EQ(ToHost(y1.view()), ToHost(want1.view()));
+  EXPECT_EQ(ToHost(y2.view()), ToHost(want2.view()));
 }
 
 // A refused call does not end the process: the backend holds the failure, skips the calling
@@ -188,6 +240,25 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
   Tensor sum = ToDevice(a, t, d);
   cuda_->Add(sum.view(), db.view());
   ExpectClose(ToHost(sum.view()), cpu_sum, kFp32Tolerance, "add");
+
+  // The fused residual add and norm: the bits of Add then RmsNorm on the GPU, the CPU's values.
+  // Width 2304 (the 48B hidden size): more columns than threads per row.
+  for (const int64_t width : {d, int64_t{2304}}) {
+    std::vector<float> acc = RandomVector(t * width, 6), x = RandomVector(t * width, 7);
+    std::vector<uint16_t> norm = ToBF16(RandomVector(width, 8));
+    const TensorView norm_view = cuda_->AdoptWeight(MakeView(norm.data(), DType::kBF16, 1, width));
+    Tensor fused_acc = ToDevice(acc, t, width), split_acc = ToDevice(acc, t, width), dx = ToDevice(x, t, width);
+    Tensor fused = Poisoned(t, width), split = Poisoned(t, width);
+    cuda_->AddRmsNorm(fused_acc.view(), dx.view(), norm_view, 1e-6f, fused.view());
+    cuda_->Add(split_acc.view(), dx.view());
+    cuda_->RmsNorm(split_acc.view(), norm_view, 1e-6f, split.view());
+    EXPECT_EQ(ToHost(fused_acc.view()), ToHost(split_acc.view())) << "add rmsnorm: the sum, width " << width;
+    EXPECT_EQ(ToHost(fused.view()), ToHost(split.view())) << "add rmsnorm: the norm, width " << width;
+    std::vector<float> cpu_norm(t * width);
+    cpu_.AddRmsNorm(View(acc, t, width), View(x, t, width), MakeView(norm.data(), DType::kBF16, 1, width), 1e-6f,
+                    View(cpu_norm, t, width));
+    ExpectClose(ToHost(fused.view()), cpu_norm, kFp32Tolerance, "add rmsnorm against the cpu");
+  }
 
   std::vector<uint16_t> table = ToBF16(RandomVector(50 * d, 5));
   const TensorView table_view = MakeView(table.data(), DType::kBF16, 50, d);
@@ -563,9 +634,9 @@ TEST_F(CudaVsCpu, ArgmaxRowsMatchesTheHostScan) {
 }
 
 // Experts and combine for a routing of `t` tokens over `experts` experts (held as two shards, as
-// expert workers would hold them), on both expert kernels of the backend: the grouped one where
-// the shapes allow (bf16, multiples of 8; tiles of 16 rows for few rows per expert, 64 for many)
-// and the per-expert cuBLAS one.
+// expert workers would hold them), on every expert kernel of the backend: the decode one for at
+// most 32 slots, the grouped one where the shapes allow (bf16, multiples of 8; tiles of 16 rows
+// for few rows per expert, 64 for many) and the per-expert cuBLAS one.
 struct MoeCase {
   std::string name;
   int64_t t, experts, k, hidden, inner;
@@ -602,13 +673,21 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
                   View(cpu_slots, c.t * c.k, c.hidden));
   cpu_.MoeCombine(View(cpu_slots, c.t * c.k, c.hidden), View(weights, c.t, c.k), View(cpu_out, c.t, c.hidden));
 
-  for (MoeExpertsKernel kernel : {MoeExpertsKernel::kGrouped, MoeExpertsKernel::kPerExpert}) {
+  struct Kernel {
+    std::string what;
+    MoeExpertsKernel kernel;
+    int64_t decode_max_slots;
+  };
+  for (const Kernel& kernel : {Kernel{"decode where few slots, else grouped", MoeExpertsKernel::kGrouped, 32},
+                               Kernel{"grouped", MoeExpertsKernel::kGrouped, 0},
+                               Kernel{"per expert", MoeExpertsKernel::kPerExpert, 0}}) {
     std::string why;
     CudaBackendOptions options;
-    options.moe_experts = kernel;
+    options.moe_experts = kernel.kernel;
+    options.moe_decode_max_slots = kernel.decode_max_slots;
     cuda_ = CudaBackend::Create(options, &why);
     ASSERT_NE(cuda_, nullptr) << why;
-    const std::string what = kernel == MoeExpertsKernel::kGrouped ? "grouped" : "per expert";
+    const std::string& what = kernel.what;
     std::vector<ExpertWeights> gpu_experts;
     for (const ExpertWeights& host : cpu_experts) {
       gpu_experts.push_back({cuda_->AdoptWeight(host.gate), cuda_->AdoptWeight(host.up), cuda_->AdoptWeight(host.down)});
@@ -637,6 +716,8 @@ std::vector<MoeCase> MoeCases() {
   return {
       {"inner_not_multiple_of_8", 9, 32, 4, 48, 20, 0.0},  // the grouped kernel falls back
       {"decode_1", 1, 32, 4, 64, 40, 0.0},
+      {"decode_8_ragged", 8, 32, 4, 200, 40, 2.0},          // 32 slots: the decode kernels, k tails
+      {"decode_top8_of_256", 2, 256, 8, 256, 96, 0.0},
       {"decode_ragged", 13, 32, 4, 200, 40, 2.0},           // k and n tails, uneven experts
       {"prefill_tiles_of_64", 160, 16, 4, 128, 72, 0.0},    // 40 rows per expert: tiles of 64
       {"prefill_ragged", 300, 32, 6, 136, 64, 3.0},

@@ -1,0 +1,147 @@
+// Expert products for a few slots (decode: one token per sequence, top-k slots each), where
+// reading each routed expert's weights once is the whole cost and grouping by expert would leave
+// most of the GPU idle (one token gives 8 experts, too few tiles). One warp per output column
+// of one slot: gate and up rows dotted with the token's fp32 row, SwiGLU, fp32 hidden row; then
+// one warp per output column of the down product. No tensor cores, no rounding of activations:
+// every weight element is loaded once with 16-byte loads and multiplied in fp32.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launchers.h"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kLaneElems = 8;                 // one 16-byte load of bf16 per lane
+constexpr int kWarpElems = 32 * kLaneElems;   // reduction elements per warp step
+
+// acc += Σ_i w[i]·x[i] over the 8 bf16 weights in `raw` and 8 fp32 activations at x (16-byte
+// aligned).
+__device__ __forceinline__ void Accumulate8(uint4 raw, const float* x, float& acc) {
+  const float4 a = *reinterpret_cast<const float4*>(x);
+  const float4 b = *reinterpret_cast<const float4*>(x + 4);
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float2 w0 = __bfloat1622float2(h[0]), w1 = __bfloat1622float2(h[1]);
+  const float2 w2 = __bfloat1622float2(h[2]), w3 = __bfloat1622float2(h[3]);
+  acc = fmaf(w0.x, a.x, acc), acc = fmaf(w0.y, a.y, acc), acc = fmaf(w1.x, a.z, acc), acc = fmaf(w1.y, a.w, acc);
+  acc = fmaf(w2.x, b.x, acc), acc = fmaf(w2.y, b.y, acc), acc = fmaf(w3.x, b.z, acc), acc = fmaf(w3.y, b.w, acc);
+}
+
+// The local expert of a slot, or -1 where another shard holds it.
+__device__ __forceinline__ int LocalExpert(const int32_t* ids, int64_t ids_ld, int top_k, int slot,
+                                           int first_expert, int num_local) {
+  const int e = ids[(slot / top_k) * ids_ld + slot % top_k] - first_expert;
+  return e >= 0 && e < num_local ? e : -1;
+}
+
+struct GateUpArgs {
+  const float* x;
+  int64_t x_ld;
+  const int32_t* ids;
+  int64_t ids_ld;
+  int top_k, first_expert, num_local;
+  const bf16* const* gate;
+  const bf16* const* up;
+  int inner, hidden;
+  float* out;  // [slots, inner]
+};
+
+// grid (inner / kWarps rounded up, slots): hidden row of the slot = silu(x·gateᵀ) ⊙ (x·upᵀ).
+__global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) {
+  const int slot = blockIdx.y;
+  const int lane = threadIdx.x % 32;
+  const int column = blockIdx.x * kWarps + threadIdx.x / 32;
+  const int e = LocalExpert(a.ids, a.ids_ld, a.top_k, slot, a.first_expert, a.num_local);
+  if (e < 0 || column >= a.inner) return;
+  const float* x = a.x + (slot / a.top_k) * a.x_ld;
+  const bf16* g = a.gate[e] + static_cast<int64_t>(column) * a.hidden;
+  const bf16* u = a.up[e] + static_cast<int64_t>(column) * a.hidden;
+  float gate = 0.0f, up = 0.0f;
+#pragma unroll 4
+  for (int k = lane * kLaneElems; k < a.hidden; k += kWarpElems) {
+    const uint4 graw = __ldg(reinterpret_cast<const uint4*>(g + k));
+    const uint4 uraw = __ldg(reinterpret_cast<const uint4*>(u + k));
+    Accumulate8(graw, x + k, gate);
+    Accumulate8(uraw, x + k, up);
+  }
+  gate = WarpSum(gate);
+  up = WarpSum(up);
+  if (lane == 0) a.out[static_cast<int64_t>(slot) * a.inner + column] = SiluF(gate) * up;
+}
+
+struct DownArgs {
+  const float* hidden_rows;  // [slots, inner]
+  const int32_t* ids;
+  int64_t ids_ld;
+  int top_k, first_expert, num_local;
+  const bf16* const* down;
+  int inner, hidden;
+  float* slot_out;
+  int64_t slot_ld;
+};
+
+// grid (hidden / kWarps rounded up, slots): slot_out row = hidden row · downᵀ.
+__global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
+  const int slot = blockIdx.y;
+  const int lane = threadIdx.x % 32;
+  const int column = blockIdx.x * kWarps + threadIdx.x / 32;
+  const int e = LocalExpert(a.ids, a.ids_ld, a.top_k, slot, a.first_expert, a.num_local);
+  if (e < 0 || column >= a.hidden) return;
+  const float* h = a.hidden_rows + static_cast<int64_t>(slot) * a.inner;
+  const bf16* w = a.down[e] + static_cast<int64_t>(column) * a.inner;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
+    Accumulate8(__ldg(reinterpret_cast<const uint4*>(w + k)), h + k, acc);
+  }
+  acc = WarpSum(acc);
+  if (lane == 0) a.slot_out[slot * a.slot_ld + column] = acc;
+}
+
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool MoeDecodeSupports(TensorView x, int64_t slots) {
+  return slots <= 65535 && x.dtype == DType::kF32 && x.row_stride % 4 == 0 && Aligned16(x.data);
+}
+
+size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner) {
+  return static_cast<size_t>(slots * inner) * sizeof(float);
+}
+
+int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
+                           void* scratch, TensorView slot_out, Stream stream) {
+  const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols, inner = experts.inner;
+  const int64_t slots = tokens * top_k;
+  if (!MoeDecodeSupports(x, slots) || hidden % 8 != 0 || inner % 8 != 0) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (slots == 0) return 0;
+  auto* s = static_cast<cudaStream_t>(stream);
+  auto* hidden_rows = static_cast<float*>(scratch);
+  const auto* ids = static_cast<const int32_t*>(expert_ids.data);
+  const int first = static_cast<int>(experts.first_expert), local = static_cast<int>(experts.num_local);
+  const GateUpArgs gate_up{static_cast<const float*>(x.data), x.row_stride, ids, expert_ids.row_stride,
+                           static_cast<int>(top_k), first, local,
+                           reinterpret_cast<const bf16* const*>(experts.gate),
+                           reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(inner),
+                           static_cast<int>(hidden), hidden_rows};
+  MoeDecodeGateUpKernel<<<dim3(static_cast<unsigned>((inner + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
+                          kThreads, 0, s>>>(gate_up);
+  const DownArgs down{hidden_rows, ids, expert_ids.row_stride, static_cast<int>(top_k), first, local,
+                      reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
+                      static_cast<int>(hidden), static_cast<float*>(slot_out.data), slot_out.row_stride};
+  MoeDecodeDownKernel<<<dim3(static_cast<unsigned>((hidden + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
+                        kThreads, 0, s>>>(down);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace deltaserve::kernels::cuda
