@@ -8,7 +8,8 @@
 // copies of the weight to leave the 50 MB L2 (as a step's layers do). The last line per row
 // count sums a whole token: every shape times its count per step, against the weight-read floor,
 // and the same token as the model launches it (launch_* lines: a layer's products of one input
-// in one launch, Backend::MatMuls).
+// in one launch, Backend::MatMuls), plain and as programmatic dependent launches (each launch
+// may start while the one before it finishes).
 // Prints one JSON line per case.
 // Usage: cuda_matmul_bench [--rows R (1..8; default 1 and 8)]... [--iters N]
 #include <cublas_v2.h>
@@ -156,7 +157,7 @@ int main(int argc, char** argv) {
     }
     const double token_floor_ms = token_bytes / (copy_tbps * 1e12) * 1e3;
     // The same token as the model launches it.
-    double launches_token_ms = 0;
+    double launches_token_ms = 0, programmatic_token_ms = 0;
     for (const Launch& launch : StepLaunches()) {
       size_t launch_bytes = 0;
       for (const Shape& shape : launch.products) launch_bytes += static_cast<size_t>(shape.n * shape.k) * sizeof(uint16_t);
@@ -175,28 +176,35 @@ int main(int argc, char** argv) {
                          MakeView(y, DType::kF32, rows, shape.n)});
         }
       }
-      const double ms = deltaserve::bench::TimeInGraphMs(kCallsPerGraph, 3, iters, stream, [&](int i) {
-        const auto& set = sets[static_cast<size_t>(i % copies)];
-        Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchSkinnyMatMuls(
-                  set.data(), static_cast<int>(set.size()), stream)),
-              "skinny matmuls");
-      });
+      auto time_launches = [&](bool programmatic) {
+        return deltaserve::bench::TimeInGraphMs(kCallsPerGraph, 3, iters, stream, [&](int i) {
+          const auto& set = sets[static_cast<size_t>(i % copies)];
+          Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchSkinnyMatMuls(
+                    set.data(), static_cast<int>(set.size()), stream, programmatic)),
+                "skinny matmuls");
+        });
+      };
+      const double ms = time_launches(false);
+      const double programmatic_ms = time_launches(true);
       const double floor_ms = launch_bytes / (copy_tbps * 1e12) * 1e3;
       std::printf(
           "{\"gpu\": \"%s\", \"case\": \"launch_%s\", \"rows\": %lld, \"products\": %zu, \"per_token\": %d, "
-          "\"weight_bytes\": %zu, \"skinny_ms\": %.5f, \"skinny_of_copy\": %.3f}\n",
+          "\"weight_bytes\": %zu, \"skinny_ms\": %.5f, \"skinny_of_copy\": %.3f, \"programmatic_ms\": %.5f, "
+          "\"programmatic_of_copy\": %.3f}\n",
           prop.name, launch.name, static_cast<long long>(rows), launch.products.size(), launch.per_token,
-          launch_bytes, ms, floor_ms / ms);
+          launch_bytes, ms, floor_ms / ms, programmatic_ms, floor_ms / programmatic_ms);
       launches_token_ms += launch.per_token * ms;
+      programmatic_token_ms += launch.per_token * programmatic_ms;
       for (void* b : buffers) cudaFree(b);
     }
     std::printf(
         "{\"gpu\": \"%s\", \"case\": \"dense_products_per_token\", \"rows\": %lld, \"weight_bytes\": %.0f, "
         "\"floor_ms\": %.4f, \"skinny_ms\": %.4f, \"skinny_of_copy\": %.3f, \"cublas_ms\": %.4f, "
-        "\"cublas_of_copy\": %.3f, \"skinny_as_launched_ms\": %.4f, \"skinny_as_launched_of_copy\": %.3f}\n",
+        "\"cublas_of_copy\": %.3f, \"skinny_as_launched_ms\": %.4f, \"skinny_as_launched_of_copy\": %.3f, "
+        "\"programmatic_as_launched_ms\": %.4f, \"programmatic_as_launched_of_copy\": %.3f}\n",
         prop.name, static_cast<long long>(rows), token_bytes, token_floor_ms, skinny_token_ms,
         token_floor_ms / skinny_token_ms, blas_token_ms, token_floor_ms / blas_token_ms, launches_token_ms,
-        token_floor_ms / launches_token_ms);
+        token_floor_ms / launches_token_ms, programmatic_token_ms, token_floor_ms / programmatic_token_ms);
   }
   cudaFree(workspace);
   cublasDestroy(blas);

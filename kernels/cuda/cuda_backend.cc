@@ -104,6 +104,7 @@ struct CudaBackend::Impl {
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   int64_t moe_decode_max_slots = 0;
   int64_t skinny_matmul_max_rows = 0;
+  bool programmatic_products = false;
   std::unique_ptr<OpProfile> profile;  // DELTASERVE_CUDA_OP_PROFILE=1
   std::vector<void*> weights;  // owned device copies of adopted weights
 
@@ -190,6 +191,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->moe_experts = options.moe_experts;
   impl->moe_decode_max_slots = options.moe_decode_max_slots;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
+  impl->programmatic_products = options.programmatic_products;
   impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
   impl->device = options.device;
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
@@ -426,7 +428,7 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
   if (impl_->matmul_precision == MatmulPrecision::kHalf && t <= impl_->skinny_matmul_max_rows &&
       SkinnyMatMulSupports(x, w)) {
-    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->Stream()), "skinny matmul");
+    DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->Stream(), impl_->programmatic_products), "skinny matmul");
     return;
   }
   const float alpha = 1.0f, beta = 0.0f;
@@ -476,7 +478,9 @@ void CudaBackend::MatMuls(std::span<const MatMulProduct> products) {
   }
   Bind();
   const OpScope scope(impl_->Profile(), "MatMuls");
-  DS_CUDA(LaunchSkinnyMatMuls(skinny.data(), static_cast<int>(products.size()), impl_->Stream()), "skinny matmuls");
+  DS_CUDA(LaunchSkinnyMatMuls(skinny.data(), static_cast<int>(products.size()), impl_->Stream(),
+                              impl_->programmatic_products),
+          "skinny matmuls");
 }
 
 void CudaBackend::Add(TensorView acc, TensorView x) {

@@ -118,6 +118,15 @@ inline unsigned RowBlockThreads(int64_t cols, unsigned max_threads = 256) {
   return rounded >= max_threads ? max_threads : static_cast<unsigned>(rounded);
 }
 
+// Programmatic dependent launch (sm_90). A kernel launched as programmatic (LaunchSkinnyMatMuls)
+// may start while the kernel before it in the stream still runs: it must call
+// WaitForPriorKernels in every block, before reading what earlier kernels wrote or writing what
+// they read (and before returning, so that its completion still implies theirs). A kernel that
+// calls AllowDependentLaunch lets such a successor start once all its blocks have started; in
+// any other kernel it does nothing.
+__device__ __forceinline__ void WaitForPriorKernels() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void AllowDependentLaunch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).
 inline bool FitsGridX(int64_t count) { return count > 0 && count <= 0x7fffffffLL; }
 

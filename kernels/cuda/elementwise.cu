@@ -28,6 +28,7 @@ __global__ void AddKernel(TensorView acc, TensorView x) {
 }
 
 __global__ void SwiGluKernel(TensorView gate, TensorView up, TensorView out) {
+  AllowDependentLaunch();
   const int64_t t = blockIdx.x;
   const float* g = RowF32(gate, t);
   const float* u = RowF32(up, t);

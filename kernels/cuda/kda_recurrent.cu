@@ -176,6 +176,7 @@ __device__ __forceinline__ float ConvToken(float x, const TensorView& weight, fl
 template <int D>
 __global__ void __launch_bounds__(KdaThreads(D))
     KdaDecodeStepKernel(KdaDecodeInputs in, const KdaDecodeSequence* seqs, TensorView out) {
+  AllowDependentLaunch();
   __shared__ TokenShared<D> sh;
   __shared__ float norm_red[TokenShared<D>::kWarps];
   const KdaInputs& core = in.core;

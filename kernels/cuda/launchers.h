@@ -88,7 +88,10 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
 // aligned rows (SkinnyMatMulSupports); y is F32 [x.rows, w.rows].
 constexpr int64_t kSkinnyMatMulMaxRows = 8;
 bool SkinnyMatMulSupports(TensorView x, TensorView w);
-int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream);
+// programmatic: launched as a programmatic dependent of the previous kernel in the stream (see
+// WaitForPriorKernels in device_utils.cuh): its blocks may start, and fetch their weight rows
+// into L2, while that kernel finishes.
+int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream, bool programmatic = false);
 // Up to kSkinnyMatMulMaxProducts independent products of the same row count in one launch. How
 // a reduction is split over warps depends on the launch's rows, so a product's sums may be
 // ordered differently than alone (fp32 rounding).
@@ -96,7 +99,7 @@ struct SkinnyProduct {
   TensorView x, w, y;
 };
 constexpr int kSkinnyMatMulMaxProducts = 8;
-int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream);
+int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream, bool programmatic = false);
 // Sigmoid + bias top-k routing as MoeRoute; ids sorted ascending per token.
 int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                    TensorView expert_ids, TensorView weights, Stream stream);

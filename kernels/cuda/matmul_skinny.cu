@@ -94,6 +94,7 @@ __device__ __forceinline__ void DotRows(const TensorView& x, const TensorView& w
 template <int T>
 __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTable table) {
   __shared__ float partial[kWarps][kRowsPerWarp][T];
+  AllowDependentLaunch();
   // Constant indices only: a parameter indexed at run time would be copied to local memory.
   SkinnyProduct product = table.products[0];
   unsigned first = 0;
@@ -110,6 +111,20 @@ __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTabl
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = warp / split, part = warp % split;
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x - first) * (kWarps / split) + group) * kRowsPerWarp;
+  // Launched as programmatic, the block may run before the previous kernel is done: it asks for
+  // its weight rows (never written by kernels) meanwhile, and waits before touching x and y.
+  if (n0 < w.rows) {
+    const int element = w.dtype == DType::kF32 ? 4 : 2;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      if (n0 + r >= w.rows) break;
+      const char* row = static_cast<const char*>(w.data) + (n0 + r) * w.row_stride * element;
+      for (int64_t k = (part * 32 + lane) * 8; k < w.cols; k += split * kSlice) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k * element));
+      }
+    }
+  }
+  WaitForPriorKernels();
   float acc[kRowsPerWarp][T] = {};
   if (n0 < w.rows) {
     if (w.dtype == DType::kF32) {
@@ -161,7 +176,7 @@ bool SkinnyMatMulSupports(TensorView x, TensorView w) {
          w.row_stride % 8 == 0 && x.row_stride % 4 == 0 && Aligned16(w.data) && Aligned16(x.data);
 }
 
-int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream) {
+int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream, bool programmatic) {
   if (count < 1 || count > kSkinnyMatMulMaxProducts) return static_cast<int>(cudaErrorInvalidValue);
   SkinnyProductTable table{};
   // Groups of one warp per row group where the launch's rows alone give a full wave of blocks;
@@ -189,24 +204,29 @@ int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream)
   table.first_block[count] = static_cast<unsigned>(blocks);
   table.count = count;
   if (blocks == 0) return 0;
-  auto s = static_cast<cudaStream_t>(stream);
-  const dim3 grid(static_cast<unsigned>(blocks));
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kThreads);
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  if (programmatic) config.attrs = &attribute, config.numAttrs = 1;
   switch (products[0].x.rows) {
-    case 1: SkinnyMatMulKernel<1><<<grid, kThreads, 0, s>>>(table); break;
-    case 2: SkinnyMatMulKernel<2><<<grid, kThreads, 0, s>>>(table); break;
-    case 3: SkinnyMatMulKernel<3><<<grid, kThreads, 0, s>>>(table); break;
-    case 4: SkinnyMatMulKernel<4><<<grid, kThreads, 0, s>>>(table); break;
-    case 5: SkinnyMatMulKernel<5><<<grid, kThreads, 0, s>>>(table); break;
-    case 6: SkinnyMatMulKernel<6><<<grid, kThreads, 0, s>>>(table); break;
-    case 7: SkinnyMatMulKernel<7><<<grid, kThreads, 0, s>>>(table); break;
-    default: SkinnyMatMulKernel<8><<<grid, kThreads, 0, s>>>(table); break;
+    case 1: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<1>, table));
+    case 2: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<2>, table));
+    case 3: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<3>, table));
+    case 4: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<4>, table));
+    case 5: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<5>, table));
+    case 6: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<6>, table));
+    case 7: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<7>, table));
+    default: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<8>, table));
   }
-  return static_cast<int>(cudaGetLastError());
 }
 
-int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream) {
+int LaunchSkinnyMatMul(TensorView x, TensorView w, TensorView y, Stream stream, bool programmatic) {
   const SkinnyProduct product{x, w, y};
-  return LaunchSkinnyMatMuls(&product, 1, stream);
+  return LaunchSkinnyMatMuls(&product, 1, stream, programmatic);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -492,6 +492,7 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
 // Grid: (T, H). Merges the P partition states of head h for packed row t (an absorbed row),
 // o_lat = Σ_p w_p o_p / Σ_p w_p l_p with w_p = exp(m_p - max m), then applies W_UV.
 __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
+  AllowDependentLaunch();
   extern __shared__ float4 smem4[];
   float* o_lat = reinterpret_cast<float*>(smem4);  // rank floats, then one per partition
   __shared__ int row_seq[1];

@@ -16,6 +16,7 @@ __device__ __forceinline__ float InvRms(float sum_squares, int64_t count, float 
 
 // One block per row.
 __global__ void RmsNormKernel(TensorView x, TensorView weight, float eps, TensorView out) {
+  AllowDependentLaunch();
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
   const float* in = RowF32(x, t);
@@ -31,6 +32,7 @@ __global__ void RmsNormKernel(TensorView x, TensorView weight, float eps, Tensor
 // RmsNormKernel after acc += x in the same pass: each thread sums the squares of the elements it
 // has just added, in the order RmsNormKernel would, so the results are the same bits.
 __global__ void AddRmsNormKernel(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) {
+  AllowDependentLaunch();
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
   float* a = RowF32(acc, t);

@@ -164,6 +164,32 @@ TEST_F(CudaVsCpu, MatMulsGiveEachProductWhatMatMulGives) {
   EXPECT_EQ(ToHost(y2.view()), ToHost(want2.view()));
 }
 
+// Skinny products launched as programmatic dependents start before the kernel ahead of them ends;
+// they must still read what it wrote. A chain in which each product reads the residual the add
+// before it has just changed, and whose next add reads the product: the same bits as plain
+// launches.
+TEST_F(CudaVsCpu, ProgrammaticProductsReadWhatTheKernelBeforeWrote) {
+  const int64_t t = 2, k = 2304, n = 2304;
+  std::vector<uint16_t> host_w = ToBF16(RandomVector(n * k, 70));
+  std::vector<float> norm = RandomVector(k, 71);
+  std::vector<std::vector<float>> results;
+  for (const bool programmatic : {true, false}) {
+    std::string why;
+    cuda_ = CudaBackend::Create({.programmatic_products = programmatic}, &why);
+    ASSERT_NE(cuda_, nullptr) << why;
+    const TensorView w = cuda_->AdoptWeight(MakeView(host_w.data(), DType::kBF16, n, k));
+    const TensorView norm_w = cuda_->AdoptWeight(View(norm, 1, k));
+    Tensor residual = ToDevice(RandomVector(t * k, 72), t, k);
+    Tensor normed = Poisoned(t, k), product = ToDevice(RandomVector(t * n, 73), t, n);
+    for (int i = 0; i < 20; ++i) {
+      cuda_->AddRmsNorm(residual.view(), product.view(), norm_w, 1e-6f, normed.view());
+      cuda_->MatMul(normed.view(), w, product.view());
+    }
+    results.push_back(ToHost(product.view()));
+  }
+  EXPECT_EQ(results[0], results[1]);
+}
+
 // A refused call does not end the process: the backend holds the failure, skips the calling
 // thread's operations (allocations come back empty) until it is taken, then works as before.
 TEST_F(CudaVsCpu, AFailureIsHeldUntilTakenAndTheBackendKeepsWorking) {
