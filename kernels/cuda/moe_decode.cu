@@ -34,35 +34,45 @@ __device__ __forceinline__ void Accumulate8(uint4 raw, const float* x, float& ac
   acc = fmaf(w2.x, b.x, acc), acc = fmaf(w2.y, b.y, acc), acc = fmaf(w3.x, b.z, acc), acc = fmaf(w3.y, b.w, acc);
 }
 
-// The local expert of a slot, or -1 where another shard holds it.
-__device__ __forceinline__ int LocalExpert(const int32_t* ids, int64_t ids_ld, int top_k, int slot,
-                                           int first_expert, int num_local) {
-  const int e = ids[(slot / top_k) * ids_ld + slot % top_k] - first_expert;
-  return e >= 0 && e < num_local ? e : -1;
+// Which expert each slot goes to: expert_ids [tokens, top_k], local experts [first, first + num).
+struct Routing {
+  const int32_t* ids;
+  int64_t ids_ld;
+  int top_k, first_expert, num_local;
+};
+
+// A warp's work: output column `column` of slot `slot`, whose local expert is `expert`.
+struct WarpTask {
+  int slot, column, expert;
+};
+
+// This warp's task in a grid of (columns / kWarps rounded up, slots); false where it has none
+// (past the columns, or the slot's expert is on another shard).
+__device__ __forceinline__ bool TakeWarpTask(const Routing& r, int columns, WarpTask& task) {
+  task.slot = blockIdx.y;
+  task.column = blockIdx.x * kWarps + threadIdx.x / 32;
+  task.expert = r.ids[(task.slot / r.top_k) * r.ids_ld + task.slot % r.top_k] - r.first_expert;
+  return task.expert >= 0 && task.expert < r.num_local && task.column < columns;
 }
 
 struct GateUpArgs {
   const float* x;
   int64_t x_ld;
-  const int32_t* ids;
-  int64_t ids_ld;
-  int top_k, first_expert, num_local;
+  Routing routing;
   const bf16* const* gate;
   const bf16* const* up;
   int inner, hidden;
   float* out;  // [slots, inner]
 };
 
-// grid (inner / kWarps rounded up, slots): hidden row of the slot = silu(x·gateᵀ) ⊙ (x·upᵀ).
+// hidden row of each slot = silu(x·gateᵀ) ⊙ (x·upᵀ), one column per warp.
 __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) {
-  const int slot = blockIdx.y;
+  WarpTask task;
+  if (!TakeWarpTask(a.routing, a.inner, task)) return;
   const int lane = threadIdx.x % 32;
-  const int column = blockIdx.x * kWarps + threadIdx.x / 32;
-  const int e = LocalExpert(a.ids, a.ids_ld, a.top_k, slot, a.first_expert, a.num_local);
-  if (e < 0 || column >= a.inner) return;
-  const float* x = a.x + (slot / a.top_k) * a.x_ld;
-  const bf16* g = a.gate[e] + static_cast<int64_t>(column) * a.hidden;
-  const bf16* u = a.up[e] + static_cast<int64_t>(column) * a.hidden;
+  const float* x = a.x + (task.slot / a.routing.top_k) * a.x_ld;
+  const bf16* g = a.gate[task.expert] + static_cast<int64_t>(task.column) * a.hidden;
+  const bf16* u = a.up[task.expert] + static_cast<int64_t>(task.column) * a.hidden;
   float gate = 0.0f, up = 0.0f;
 #pragma unroll 4
   for (int k = lane * kLaneElems; k < a.hidden; k += kWarpElems) {
@@ -73,36 +83,32 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) 
   }
   gate = WarpSum(gate);
   up = WarpSum(up);
-  if (lane == 0) a.out[static_cast<int64_t>(slot) * a.inner + column] = SiluF(gate) * up;
+  if (lane == 0) a.out[static_cast<int64_t>(task.slot) * a.inner + task.column] = SiluF(gate) * up;
 }
 
 struct DownArgs {
   const float* hidden_rows;  // [slots, inner]
-  const int32_t* ids;
-  int64_t ids_ld;
-  int top_k, first_expert, num_local;
+  Routing routing;
   const bf16* const* down;
   int inner, hidden;
   float* slot_out;
   int64_t slot_ld;
 };
 
-// grid (hidden / kWarps rounded up, slots): slot_out row = hidden row · downᵀ.
+// slot_out row of each slot = hidden row · downᵀ, one column per warp.
 __global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
-  const int slot = blockIdx.y;
+  WarpTask task;
+  if (!TakeWarpTask(a.routing, a.hidden, task)) return;
   const int lane = threadIdx.x % 32;
-  const int column = blockIdx.x * kWarps + threadIdx.x / 32;
-  const int e = LocalExpert(a.ids, a.ids_ld, a.top_k, slot, a.first_expert, a.num_local);
-  if (e < 0 || column >= a.hidden) return;
-  const float* h = a.hidden_rows + static_cast<int64_t>(slot) * a.inner;
-  const bf16* w = a.down[e] + static_cast<int64_t>(column) * a.inner;
+  const float* h = a.hidden_rows + static_cast<int64_t>(task.slot) * a.inner;
+  const bf16* w = a.down[task.expert] + static_cast<int64_t>(task.column) * a.inner;
   float acc = 0.0f;
 #pragma unroll 4
   for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
     Accumulate8(__ldg(reinterpret_cast<const uint4*>(w + k)), h + k, acc);
   }
   acc = WarpSum(acc);
-  if (lane == 0) a.slot_out[slot * a.slot_ld + column] = acc;
+  if (lane == 0) a.slot_out[task.slot * a.slot_ld + task.column] = acc;
 }
 
 bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -127,17 +133,16 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
   if (slots == 0) return 0;
   auto* s = static_cast<cudaStream_t>(stream);
   auto* hidden_rows = static_cast<float*>(scratch);
-  const auto* ids = static_cast<const int32_t*>(expert_ids.data);
-  const int first = static_cast<int>(experts.first_expert), local = static_cast<int>(experts.num_local);
-  const GateUpArgs gate_up{static_cast<const float*>(x.data), x.row_stride, ids, expert_ids.row_stride,
-                           static_cast<int>(top_k), first, local,
+  const Routing routing{static_cast<const int32_t*>(expert_ids.data), expert_ids.row_stride,
+                        static_cast<int>(top_k), static_cast<int>(experts.first_expert),
+                        static_cast<int>(experts.num_local)};
+  const GateUpArgs gate_up{static_cast<const float*>(x.data), x.row_stride, routing,
                            reinterpret_cast<const bf16* const*>(experts.gate),
                            reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(inner),
                            static_cast<int>(hidden), hidden_rows};
   MoeDecodeGateUpKernel<<<dim3(static_cast<unsigned>((inner + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
                           kThreads, 0, s>>>(gate_up);
-  const DownArgs down{hidden_rows, ids, expert_ids.row_stride, static_cast<int>(top_k), first, local,
-                      reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
+  const DownArgs down{hidden_rows, routing, reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
                       static_cast<int>(hidden), static_cast<float*>(slot_out.data), slot_out.row_stride};
   MoeDecodeDownKernel<<<dim3(static_cast<unsigned>((hidden + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
                         kThreads, 0, s>>>(down);
