@@ -1,9 +1,9 @@
 #include "kernels/backend.h"
 
 #include <array>
-#include <cmath>
-#include <limits>
 #include <vector>
+
+#include "kernels/greedy.h"
 
 namespace deltaserve::kernels {
 
@@ -45,17 +45,7 @@ void Backend::ArgmaxRows(TensorView x, TensorView ids) {
   Download(x, host.data());
   std::vector<int32_t> best(static_cast<size_t>(x.rows));
   for (int64_t r = 0; r < x.rows; ++r) {
-    const std::span<const float> row(host.data() + r * x.cols, static_cast<size_t>(x.cols));
-    int64_t top = -1;
-    for (int64_t i = 0; i < x.cols; ++i) {
-      const float v = row[i];
-      if (std::isnan(v) || v == std::numeric_limits<float>::infinity()) {
-        top = -1;
-        break;
-      }
-      if (v != -std::numeric_limits<float>::infinity() && (top < 0 || v > row[top])) top = i;
-    }
-    best[r] = static_cast<int32_t>(top);
+    best[r] = static_cast<int32_t>(GreedyArgmax({host.data() + r * x.cols, static_cast<size_t>(x.cols)}));
   }
   Upload(best.data(), ids);
 }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/greedy.h"
 #include "model/sampling/truncation.h"
 
 namespace deltaserve::model {
@@ -45,15 +46,6 @@ absl::Status CheckTokenId(int32_t token, size_t vocab_size) {
                                                    ")."));
   }
   return absl::OkStatus();
-}
-
-// Index of the largest logit, lowest id on ties.
-int32_t Argmax(std::span<const float> logits) {
-  size_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i) {
-    if (logits[i] > logits[best]) best = i;
-  }
-  return static_cast<int32_t>(best);
 }
 
 }  // namespace
@@ -105,13 +97,15 @@ absl::StatusOr<int32_t> TokenFromArgmax(int32_t argmax) {
 absl::StatusOr<int32_t> SequenceSampler::Sample(std::span<float> logits) {
   DS_RETURN_IF_ERROR(CheckLogits(logits));
   DS_RETURN_IF_ERROR(ApplyPenalties(logits));
-  const int32_t top = Argmax(logits);
-  const float max_logit = logits[top];
-  if (max_logit == kNegInf || max_logit == std::numeric_limits<float>::infinity()) {
+  // The logits were finite or -inf before the penalties; none left (-1) means they overflowed.
+  const int64_t best = kernels::GreedyArgmax(logits);
+  if (best < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "Sample: penalties (repetition_penalty=", params_.repetition_penalty,
-        ") pushed the largest logit to ", max_logit, "; nothing finite to sample."));
+        ") left no finite largest logit; nothing finite to sample."));
   }
+  const auto top = static_cast<int32_t>(best);
+  const float max_logit = logits[top];
   if (params_.greedy()) return top;
 
   if (params_.top_k > 0) ApplyTopK(params_.top_k, logits, scratch_);
