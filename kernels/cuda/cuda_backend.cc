@@ -173,8 +173,8 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
     return nullptr;
   }
   if (options.skinny_matmul_max_rows < 0 || options.skinny_matmul_max_rows > kSkinnyMatMulMaxRows) {
-    *error = "skinny_matmul_max_rows " + std::to_string(options.skinny_matmul_max_rows) + ": the skinny kernel takes 0 to " +
-             std::to_string(kSkinnyMatMulMaxRows) + " rows";
+    *error = "skinny_matmul_max_rows " + std::to_string(options.skinny_matmul_max_rows) +
+             ": the skinny kernel takes 0 to " + std::to_string(kSkinnyMatMulMaxRows) + " rows";
     return nullptr;
   }
   // Keep freed memory in the stream-ordered pool instead of returning it at every

@@ -1,9 +1,10 @@
 // y = x · wᵀ for a few rows of x (decode: one row per sequence), where reading w is the whole
 // cost: every weight element (bf16, f16 or fp32) is loaded once with 16-byte loads and multiplied
-// on CUDA cores in fp32 against fp32 activations (no rounding of x, no conversion launch, no cuBLAS call). Warps
-// own weight rows (output columns) of one product, alone or sharing a row's reduction. One launch may run several independent products of the
-// same row count (a layer's projections of one input), which saves launches and fills the GPU
-// where one small product would not.
+// on CUDA cores in fp32 against fp32 activations (no rounding of x, no conversion launch, no
+// cuBLAS call). Warps own weight rows (output columns) of one product, alone or sharing a row's
+// reduction. One launch may run several independent products of the same row count (a layer's
+// projections of one input), which saves launches and fills the GPU where one small product
+// would not.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -20,7 +21,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerWarp = 2;   // weight rows (output columns) per warp
 // Rows of a launch that fill the GPU with groups of one warp: 16 rows per block, about eight
-// blocks per SM on 132 SMs.
+// blocks per SM on 132 SMs (H100 SXM, H200); a tuning constant, not a limit.
 constexpr int64_t kFullWaveRows = 16 * 8 * 132;
 constexpr int kSlice = 32 * 8;    // reduction elements per warp step: 8 per lane
 
