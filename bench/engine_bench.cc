@@ -234,7 +234,8 @@ int Run(const Options& options) {
     Options o = options;
     if (!ApplyRunSpec(spec, o)) {
       return Fail(absl::InvalidArgumentError(
-          absl::StrCat("--run ", spec, ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, :argmax")));
+          absl::StrCat("--run ", spec,
+                       ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, :argmax")));
     }
     runs.push_back(o);
   }

@@ -8,12 +8,12 @@
 
 namespace deltaserve::kernels {
 
-// A sequence's rows [begin, begin + length) inside a packed batch.
 // y = x · wᵀ, one of several independent products issued together (Backend::MatMuls).
 struct MatMulProduct {
   TensorView x, w, y;
 };
 
+// A sequence's rows [begin, begin + length) inside a packed batch.
 struct SequenceRows {
   int64_t begin = 0;
   int64_t length = 0;

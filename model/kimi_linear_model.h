@@ -74,10 +74,10 @@ class KimiLinearModel {
   // Runs every sequence's new tokens in one packed step and advances the states. `logits`
   // receives [rows, vocab_size] fp32: one row per requested position, sequences in batch order,
   // positions in the order given; the positions of sequences with `argmax` give their ids to
-  // `argmax_ids` instead (in the same order), which must then be given. Invalid input (token ids, positions, foreign or repeated
-  // states, context length) is rejected before any state changes. Several threads may run
-  // steps on one model (the backend interleaves them); a state must be in one step at a time.
-  // Needs the whole model (a single stage).
+  // `argmax_ids` instead (in the same order), which must then be given. Invalid input (token
+  // ids, positions, foreign or repeated states, context length) is rejected before any state
+  // changes. Several threads may run steps on one model (the backend interleaves them); a state
+  // must be in one step at a time. Needs the whole model (a single stage).
   absl::Status Forward(std::span<const SequenceInput> batch, std::vector<float>& logits,
                        std::vector<int32_t>* argmax_ids = nullptr);
 

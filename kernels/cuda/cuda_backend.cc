@@ -83,6 +83,11 @@ struct CudaBackend::Impl {
     capture_blas = handle;
     return true;
   }
+  // Whether y = x · wᵀ takes the skinny kernel: decode-sized, at serving precision.
+  bool Skinny(TensorView x, TensorView w) const {
+    return matmul_precision == MatmulPrecision::kHalf && x.rows <= skinny_matmul_max_rows &&
+           SkinnyMatMulSupports(x, w);
+  }
   GraphMode Mode() const { return graphs == nullptr ? GraphMode::kNone : graphs->ModeHere(); }
   // Before every device call an operation makes: false inside a replayed step graph (the graph
   // makes the call; the operation goes on to its next allocation or upload) or a failed capture.
@@ -426,8 +431,7 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   const int64_t t = x.rows, k = x.cols, n = w.rows;
   if (t == 0 || n == 0) return;
   // Decode-sized products: one pass over the weight, fp32 activations, a single launch.
-  if (impl_->matmul_precision == MatmulPrecision::kHalf && t <= impl_->skinny_matmul_max_rows &&
-      SkinnyMatMulSupports(x, w)) {
+  if (impl_->Skinny(x, w)) {
     DS_CUDA(LaunchSkinnyMatMul(x, w, y, impl_->Stream(), impl_->programmatic_products), "skinny matmul");
     return;
   }
@@ -462,13 +466,11 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
 
 void CudaBackend::MatMuls(std::span<const MatMulProduct> products) {
   // Decode-sized products of one row count run as one skinny launch; anything else one by one.
-  bool together = impl_->matmul_precision == MatmulPrecision::kHalf && products.size() > 1 &&
-                  products.size() <= static_cast<size_t>(kSkinnyMatMulMaxProducts);
+  bool together = products.size() > 1 && products.size() <= static_cast<size_t>(kSkinnyMatMulMaxProducts);
   std::array<SkinnyProduct, kSkinnyMatMulMaxProducts> skinny;
   for (size_t i = 0; together && i < products.size(); ++i) {
     const MatMulProduct& p = products[i];
-    together = p.x.rows <= impl_->skinny_matmul_max_rows && SkinnyMatMulSupports(p.x, p.w) &&
-               p.x.rows == products[0].x.rows && p.y.dtype == DType::kF32 &&
+    together = impl_->Skinny(p.x, p.w) && p.x.rows == products[0].x.rows && p.y.dtype == DType::kF32 &&
                p.y.rows == p.x.rows && p.y.cols == p.w.rows;
     skinny[i] = {p.x, p.w, p.y};
   }
