@@ -565,7 +565,9 @@ void CudaBackend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDe
   Bind();
   const OpScope scope(impl_->Profile(), "KdaDecodeStep");
   if (seqs.empty()) return;
-  if (!KdaRecurrentSupports(in.core.head_dim)) {
+  const int64_t taps = in.conv_weights[0].cols;
+  if (!KdaDecodeStepSupports(in.core.head_dim, taps) || in.conv_weights[1].cols != taps ||
+      in.conv_weights[2].cols != taps) {
     Backend::KdaDecodeStep(in, seqs, out);
     return;
   }

@@ -127,6 +127,37 @@ inline unsigned RowBlockThreads(int64_t cols, unsigned max_threads = 256) {
 __device__ __forceinline__ void WaitForPriorKernels() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void AllowDependentLaunch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// Asynchronous global → shared copies (cp.async, sm_80+): issue, commit as a group, then wait
+// until at most kPending groups are still in flight (and __syncthreads before other threads read).
+__device__ __forceinline__ void CopyAsync16(void* shared, const void* global, bool valid = true) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  const int bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void CopyAsync4(void* shared, const void* global) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(address), "l"(global) : "memory");
+}
+__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void WaitAsync() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// The device's SM count (132 where it cannot be read), looked up once.
+inline int SmCount() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 132;
+    }
+    return sms;
+  }();
+  return count;
+}
+
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).
 inline bool FitsGridX(int64_t count) { return count > 0 && count <= 0x7fffffffLL; }
 

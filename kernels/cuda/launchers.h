@@ -37,8 +37,12 @@ int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* se
 // Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream);
-// Whether the recurrent and decode-step kernels take `head_dim`.
+// Whether the recurrent kernel takes `head_dim`.
 bool KdaRecurrentSupports(int64_t head_dim);
+// Whether the decode step takes `head_dim` and short convs of `conv_kernel` taps (at most
+// kMaxDecodeConvKernel; the model's have 4), the same for q, k and v.
+constexpr int64_t kMaxDecodeConvKernel = 4;
+bool KdaDecodeStepSupports(int64_t head_dim, int64_t conv_kernel);
 // Backend::KdaDecodeStep in one kernel: per (sequence, head) the three short convs (tails
 // advanced), the delta rule (state updated in place) and the gated RMSNorm; head dims as above.
 int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t num_seqs,

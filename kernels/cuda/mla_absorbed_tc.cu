@@ -292,18 +292,6 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
     }
 }
 
-int SmCount() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return 132;
-    }
-    return sms;
-  }();
-  return count;
-}
-
 size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 }  // namespace

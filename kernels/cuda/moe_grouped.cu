@@ -110,17 +110,6 @@ __global__ void MoeGroupKernel(const int32_t* expert_ids, int64_t ids_stride, in
   }
 }
 
-__device__ __forceinline__ void CopyAsync16(void* shared, const void* global, bool valid) {
-  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  const int bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(bytes));
-}
-__device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void WaitAsync() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
 // What the two grouped products share: the A rows are the gathered tokens (gate/up, from the
 // bf16 copy of x) or the grouped hidden rows (down); B is each local expert's [n, k] weight.
 struct GemmArgs {
