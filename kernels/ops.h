@@ -72,13 +72,30 @@ enum class MlaForm : uint8_t {
   kAbsorbed,  // queries absorbed into the latent space (decode, spec §3.3)
 };
 
+#if defined(__CUDACC__)
+#define DS_HOST_DEVICE __host__ __device__
+#else
+#define DS_HOST_DEVICE
+#endif
+
+// An MLA layer's latent cache in pages of page_rows rows: each page is [page_rows,
+// kv_lora_rank + qk_rope_dim] F32 (the normalised latent, then the shared key part), and row r
+// of the cache is row r % page_rows of pages[r / page_rows].
+struct LatentPages {
+  float* const* pages = nullptr;
+  int64_t page_rows = 0;
+
+  DS_HOST_DEVICE float* Row(int64_t row, int64_t width) const {
+    return pages[row / page_rows] + (row % page_rows) * width;
+  }
+};
+
 struct MlaSequence {
   SequenceRows rows;
   MlaForm form = MlaForm::kExpanded;
-  // [capacity, kv_lora_rank + qk_rope_dim] F32: normalised latent then the shared key part.
-  // Rows [0, num_cached) hold the history; the call appends this step's rows after them,
-  // so capacity >= num_cached + rows.length is a precondition.
-  float* latent_cache = nullptr;
+  // Rows [0, num_cached) hold the history; the call appends this step's rows after them, so
+  // pages holding num_cached + rows.length rows are a precondition.
+  LatentPages cache;
   int64_t num_cached = 0;
 };
 

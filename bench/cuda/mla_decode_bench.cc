@@ -2,8 +2,9 @@
 // the absorbed kernel (append the token's latent row, q absorbed with W_UK, attention over the
 // whole latent cache, W_UV after; key partitions and their merge where the launcher picks them)
 // at the Kimi-Linear-48B-A3B shape (32 heads, kv_lora_rank 512, rope 64, nope 128, v 128, fp32
-// latent cache, bf16 kv_b), beside a 1 GiB device-to-device copy. The bytes that must move are
-// the cache rows read (576 fp32 each); the figure is their rate over the copy's read + write rate.
+// latent cache in pages of 256 rows, bf16 kv_b), beside a 1 GiB device-to-device copy. The bytes
+// that must move are the cache rows read (576 fp32 each); the figure is their rate over the
+// copy's read + write rate.
 // Prints one JSON line per case.
 // Usage: cuda_mla_decode_bench [--batch B --context L] [--iters N]
 #include <cuda_runtime.h>
@@ -30,6 +31,7 @@ using deltaserve::kernels::MlaParams;
 using deltaserve::kernels::MlaSequence;
 
 constexpr int64_t kHeads = 32, kRank = 512, kRope = 64, kNope = 128, kV = 128;
+constexpr int64_t kPageRows = 256;  // the engine's latent pages (model::kDefaultLatentPageRows)
 
 }  // namespace
 
@@ -68,12 +70,14 @@ int main(int argc, char** argv) {
   for (const auto& [b, context] : cases) {
     // One cache per sequence, `context` rows of history plus the new one; a 4096-row random
     // block repeated (the values do not change the work).
+    // Each cache in pages of kPageRows rows (one allocation, pages in order).
     const int64_t rows = context + 1;
+    const int64_t pages = (rows + kPageRows - 1) / kPageRows;
     std::vector<float*> caches(static_cast<size_t>(b));
     float* block = DeviceFloats(4096 * width, 2.0f, 7);
     bool fits = true;
     for (auto& cache : caches) {
-      if (cudaMalloc(&cache, rows * width * sizeof(float)) != cudaSuccess) {
+      if (cudaMalloc(&cache, pages * kPageRows * width * sizeof(float)) != cudaSuccess) {
         (void)cudaGetLastError();
         cache = nullptr;
         fits = false;
@@ -92,11 +96,16 @@ int main(int argc, char** argv) {
       for (float* cache : caches) cudaFree(cache);
       continue;
     }
+    std::vector<float*> host_tables;
+    for (float* cache : caches) {
+      for (int64_t p = 0; p < pages; ++p) host_tables.push_back(cache + p * kPageRows * width);
+    }
+    float** tables = deltaserve::bench::DeviceCopy(host_tables);
     std::vector<MlaSequence> host_seqs(static_cast<size_t>(b));
     for (int64_t i = 0; i < b; ++i) {
       host_seqs[i].rows = {i, 1};
       host_seqs[i].form = MlaForm::kAbsorbed;
-      host_seqs[i].latent_cache = caches[static_cast<size_t>(i)];
+      host_seqs[i].cache = {tables + i * pages, kPageRows};
       host_seqs[i].num_cached = context;
     }
     MlaSequence* seqs = deltaserve::bench::DeviceCopy(host_seqs);
@@ -128,8 +137,8 @@ int main(int argc, char** argv) {
                   static_cast<long long>(context), ms, tbps, tbps / copy_tbps);
       std::fflush(stdout);
     }
-    for (void* p : {static_cast<void*>(seqs), static_cast<void*>(q), static_cast<void*>(latent),
-                    static_cast<void*>(out)}) {
+    for (void* p : {static_cast<void*>(seqs), static_cast<void*>(tables), static_cast<void*>(q),
+                    static_cast<void*>(latent), static_cast<void*>(out)}) {
       cudaFree(p);
     }
     for (float* cache : caches) cudaFree(cache);

@@ -34,10 +34,27 @@ void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// c (ldc) = a · b, row-major.
+// c (ldc) = a · b + beta · c, row-major.
 void GemmNN(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-            float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+            float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
+// Calls fn(first_row, rows, page) for each page's share of cache rows [0, count).
+template <typename Fn>
+void ForEachPage(const LatentPages& cache, int64_t count, Fn fn) {
+  for (int64_t r0 = 0; r0 < count; r0 += cache.page_rows) {
+    fn(r0, std::min(cache.page_rows, count - r0), static_cast<const float*>(cache.pages[r0 / cache.page_rows]));
+  }
+}
+
+// Cache rows [0, count) in one contiguous [count, width] block.
+std::vector<float> Contiguous(const LatentPages& cache, int64_t count, int64_t width) {
+  std::vector<float> rows(static_cast<size_t>(count * width));
+  ForEachPage(cache, count, [&](int64_t r0, int64_t n, const float* page) {
+    std::copy_n(page, n * width, rows.data() + r0 * width);
+  });
+  return rows;
 }
 
 struct Shapes {
@@ -49,7 +66,8 @@ struct Shapes {
 };
 
 // Head h of every query of `seq`, expanded form: keys [k_nope ‖ k_pe] and values come from
-// kv_all [L, H*(nope+v)] and the cache's shared k_pe, all read in place through strides.
+// kv_all [L, H*(nope+v)] and the shared k_pe of `cache` (the history contiguous, [L, latent]),
+// all read in place through strides.
 void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
                   const float* cache, const std::vector<float>& kv_all, int64_t h, TensorView out) {
   const int64_t n = seq.rows.length;
@@ -68,14 +86,14 @@ void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorVi
     Softmax(row, visible);
     std::fill(row + visible, row + total, 0.0f);  // causal: later positions get no weight
   }
-  GemmNN(n, s.v, total, scores.data(), total, kv_all.data() + h * s.kv + s.nope, kv_stride,
+  GemmNN(n, s.v, total, scores.data(), total, kv_all.data() + h * s.kv + s.nope, kv_stride, 0.0f,
          out.row<float>(seq.rows.begin) + h * s.v, out.row_stride);
 }
 
 // Every head of query i of `seq`, absorbed form: q_lat = W_UKᵀ q_nope per head, then attention
-// over the latent cache itself for all heads at once, then W_UV.
+// over the latent cache itself, page by page, for all heads at once, then W_UV.
 void AbsorbedQuery(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
-                   const float* cache, const std::vector<float>& kv_b, int64_t i, TensorView out) {
+                   const std::vector<float>& kv_b, int64_t i, TensorView out) {
   const int64_t visible = seq.num_cached + i + 1;
   thread_local std::vector<float> q_lat, q_pe, scores, o_lat;
   q_lat.resize(static_cast<size_t>(s.heads * s.rank));
@@ -89,12 +107,17 @@ void AbsorbedQuery(const Shapes& s, float scale, const MlaSequence& seq, TensorV
                 0.0f, q_lat.data() + h * s.rank, 1);
     std::copy_n(q_row + h * s.qk + s.nope, s.rope, q_pe.data() + h * s.rope);
   }
-  GemmNT(s.heads, visible, s.rank, scale, q_lat.data(), s.rank, cache, s.latent, 0.0f, scores.data(),
-         visible);
-  GemmNT(s.heads, visible, s.rope, scale, q_pe.data(), s.rope, cache + s.rank, s.latent, 1.0f,
-         scores.data(), visible);
+  ForEachPage(seq.cache, visible, [&](int64_t r0, int64_t n, const float* page) {
+    GemmNT(s.heads, n, s.rank, scale, q_lat.data(), s.rank, page, s.latent, 0.0f, scores.data() + r0,
+           visible);
+    GemmNT(s.heads, n, s.rope, scale, q_pe.data(), s.rope, page + s.rank, s.latent, 1.0f,
+           scores.data() + r0, visible);
+  });
   for (int64_t h = 0; h < s.heads; ++h) Softmax(scores.data() + h * visible, visible);
-  GemmNN(s.heads, s.rank, visible, scores.data(), visible, cache, s.latent, o_lat.data(), s.rank);
+  ForEachPage(seq.cache, visible, [&](int64_t r0, int64_t n, const float* page) {
+    GemmNN(s.heads, s.rank, n, scores.data() + r0, visible, page, s.latent, r0 == 0 ? 0.0f : 1.0f,
+           o_lat.data(), s.rank);
+  });
   float* o = out.row<float>(seq.rows.begin + i);
   for (int64_t h = 0; h < s.heads; ++h) {
     const float* w_uv = kv_b.data() + (h * s.kv + s.nope) * s.rank;  // [v, rank]
@@ -112,9 +135,10 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
   DS_CHECK(kv_b.rows == s.heads * s.kv && kv_b.cols == s.rank);
 
   for (const MlaSequence& seq : seqs) {
+    DS_CHECK(seq.cache.pages != nullptr && seq.cache.page_rows > 0);
     for (int64_t i = 0; i < seq.rows.length; ++i) {
-      std::memcpy(seq.latent_cache + (seq.num_cached + i) * s.latent,
-                  latent.row<float>(seq.rows.begin + i), sizeof(float) * s.latent);
+      std::memcpy(seq.cache.Row(seq.num_cached + i, s.latent), latent.row<float>(seq.rows.begin + i),
+                  sizeof(float) * s.latent);
     }
   }
 
@@ -126,14 +150,16 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
     kv_b_f32.resize(static_cast<size_t>(kv_b.numel()));
     LoadAllAsF32(kv_b, kv_b_f32.data());
   }
-  // Expanded sequences: per-head keys and values of the whole history, [L, H*(nope+v)].
-  std::vector<std::vector<float>> kv_all(seqs.size());
+  // Expanded sequences: the history contiguous, and its per-head keys and values,
+  // [L, H*(nope+v)].
+  std::vector<std::vector<float>> history(seqs.size()), kv_all(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     const MlaSequence& seq = seqs[i];
     if (seq.form != MlaForm::kExpanded) continue;
     const int64_t length = seq.num_cached + seq.rows.length;
+    history[i] = Contiguous(seq.cache, length, s.latent);
     kv_all[i].resize(static_cast<size_t>(length * s.heads * s.kv));
-    TensorView cache_latent{seq.latent_cache, DType::kF32, length, s.rank, s.latent};
+    TensorView cache_latent{history[i].data(), DType::kF32, length, s.rank, s.latent};
     MatMul(pool, cache_latent, kv_b, MakeView(kv_all[i].data(), DType::kF32, length, s.heads * s.kv));
   }
 
@@ -150,9 +176,10 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
   pool.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
     const MlaSequence& seq = seqs[tasks[t].seq];
     if (seq.form == MlaForm::kExpanded) {
-      ExpandedHead(s, params.scale, seq, q, seq.latent_cache, kv_all[tasks[t].seq], tasks[t].index, out);
+      ExpandedHead(s, params.scale, seq, q, history[tasks[t].seq].data(), kv_all[tasks[t].seq], tasks[t].index,
+                   out);
     } else {
-      AbsorbedQuery(s, params.scale, seq, q, seq.latent_cache, kv_b_f32, tasks[t].index, out);
+      AbsorbedQuery(s, params.scale, seq, q, kv_b_f32, tasks[t].index, out);
     }
   });
 }

@@ -581,8 +581,36 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
                                std::span<const MlaSequence> seqs, TensorView out) {
   Bind();
   const OpScope scope(impl_->Profile(), "MlaAttention");
-  if (seqs.empty()) return;
-  Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
+  if (seqs.empty() || impl_->failed()) return;
+  int64_t max_total = 0;
+  bool tc_pages = true;
+  for (const MlaSequence& seq : seqs) {
+    if (seq.cache.pages == nullptr || seq.cache.page_rows <= 0) {
+      impl_->Ok(cudaErrorInvalidValue, "mla attention (a sequence without latent pages)");
+      return;
+    }
+    max_total = std::max(max_total, seq.num_cached + seq.rows.length);
+    tc_pages = tc_pages && seq.cache.page_rows % kMlaTensorCorePageRows == 0;
+  }
+  // The page tables in one upload. Inside a step graph each is padded to the pages of the step's
+  // key bucket, so that every step of one graph key uploads the same number of bytes.
+  const bool padded = impl_->Mode() != GraphMode::kNone;
+  std::vector<float*> tables;
+  std::vector<size_t> offsets;
+  for (const MlaSequence& seq : seqs) {
+    const int64_t pages = (seq.num_cached + seq.rows.length + seq.cache.page_rows - 1) / seq.cache.page_rows;
+    const int64_t slots = padded ? (StepGraphs::KeysBucket(max_total) + seq.cache.page_rows - 1) / seq.cache.page_rows
+                                 : pages;
+    offsets.push_back(tables.size());
+    tables.insert(tables.end(), seq.cache.pages, seq.cache.pages + pages);
+    tables.resize(tables.size() + static_cast<size_t>(slots - pages), nullptr);
+  }
+  Tensor device_tables = UploadBytes(tables.data(), tables.size() * sizeof(float*));
+  std::vector<MlaSequence> on_device(seqs.begin(), seqs.end());
+  for (size_t i = 0; i < on_device.size(); ++i) {
+    on_device[i].cache.pages = static_cast<float* const*>(device_tables.view().data) + offsets[i];
+  }
+  Tensor descriptors = UploadBytes(on_device.data(), on_device.size() * sizeof(MlaSequence));
   const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
   const int64_t n = static_cast<int64_t>(seqs.size());
   DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->Stream()), "mla append");
@@ -599,9 +627,10 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     }
     any_expanded = true;
     const int64_t length = seqs[i].num_cached + seqs[i].rows.length;
+    Tensor history = Allocate(length, width, DType::kF32);
+    DS_CUDA(LaunchMlaGatherLatent(device_seqs + i, history.view(), impl_->Stream()), "mla gather");
     expanded[i] = Allocate(length, kv, DType::kF32);
-    MatMul(TensorView{seqs[i].latent_cache, DType::kF32, length, params.kv_lora_rank, width}, kv_b,
-           expanded[i].view());
+    MatMul(history.view().Cols(0, params.kv_lora_rank), kv_b, expanded[i].view());
     pointers[i] = expanded[i].data<float>();
   }
   if (any_expanded) {
@@ -620,7 +649,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     // graph key launches the same grid, and a step gives the same bits with or without a graph.
     max_keys = StepGraphs::KeysBucket(max_keys);
     // Serving precision attends on tensor cores (bf16 query, keys and probabilities).
-    const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf;
+    const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf && tc_pages;
     const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys, tensor_cores);
     Tensor scratch;
     if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);

@@ -73,6 +73,8 @@ int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_s
 // Copies each sequence's new latent rows [rows.begin, +length) after its cached rows.
 int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t num_seqs,
                           Stream stream);
+// Cache rows [0, dst.rows) of the sequence *seq (a device descriptor) into dst, contiguous.
+int LaunchMlaGatherLatent(const MlaSequence* seq, TensorView dst, Stream stream);
 // Expanded MLA attention for the sequences whose per-head keys/values were expanded into
 // kv_all[i] ([num_cached + length, H*(nope+v)] F32, device pointers in `kv_all`).
 int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaSequence* seqs,
@@ -81,8 +83,10 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // Absorbed MLA attention (q folded into the latent space with kv_b's W_UK, W_UV after).
 // max_keys: the longest history plus new rows of the absorbed sequences. tensor_cores: bf16
 // query, keys and probabilities on tensor cores with fp32 accumulation (serving; the Kimi shapes,
-// see MlaAbsorbedTcSupports, others fall back), otherwise fp32 on CUDA cores. Needs
+// see MlaAbsorbedTcSupports, and latent pages of a multiple of kMlaTensorCorePageRows rows: the
+// caller's choice), otherwise fp32 on CUDA cores. Needs
 // MlaAbsorbedScratchFloats(...) floats of scratch (key partitions, the absorbed query).
+constexpr int64_t kMlaTensorCorePageRows = 32;  // its key tile: a tile lies in one page
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,

@@ -26,6 +26,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
 constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
 constexpr int kKeys = 32;      // keys per shared-memory tile
+static_assert(kKeys == kMlaTensorCorePageRows, "a key tile lies in one latent page");
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
 constexpr int kAbsorbCols = 32 * 8;  // latent columns per absorb block: 8 per lane
 constexpr int kPLd = kKeys + 8;
@@ -180,10 +181,20 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
   const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
   float o[2][8][4] = {};
   const int s_m = warp % 2, s_n = warp / 2;  // this warp's score tile
-  const float* cache = seq.latent_cache;
   const int quads = dot / 4;
+  // A tile's rows lie in one page (pages hold a multiple of kKeys rows); the pages are walked
+  // tile by tile, the next one looked up as the last tile of a page begins.
+  const int tiles_per_page = static_cast<int>(seq.cache.page_rows / kKeys);
+  int64_t page = tile_lo / tiles_per_page;
+  int in_page = static_cast<int>(tile_lo % tiles_per_page);
+  const float* page_base = tile_lo < tile_hi ? seq.cache.pages[page] : nullptr;
   for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
     const int64_t j0 = tile * kKeys;
+    const float* const rows = page_base + static_cast<int64_t>(in_page) * kKeys * dot;
+    if (++in_page == tiles_per_page) {
+      in_page = 0;
+      if (tile + 1 < tile_hi) page_base = seq.cache.pages[++page];
+    }
     __syncthreads();  // the previous tile's readers are done with K and P (first: Q and stats in)
     // The tile's fp32 keys, kTileLoads float4 loads per thread in flight, then converted.
     for (int base = threadIdx.x; base < kKeys * quads; base += kTileLoads * kThreads) {
@@ -193,7 +204,9 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
         const int i = base + u * kThreads;
         const int64_t j = j0 + i / quads;
         v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (i < kKeys * quads && j <= pos) v[u] = __ldg(reinterpret_cast<const float4*>(cache + j * dot) + i % quads);
+        if (i < kKeys * quads && j <= pos) {
+          v[u] = __ldg(reinterpret_cast<const float4*>(rows + (i / quads) * dot) + i % quads);
+        }
       }
 #pragma unroll
       for (int u = 0; u < kTileLoads; ++u) {

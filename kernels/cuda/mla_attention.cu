@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(kThreads)
   const MlaSequence& seq = seqs[row_seq[warp]];
   const int64_t t = t0 + warp, width = latent.cols;
   const float* src = RowF32(latent, t);
-  float* dst = seq.latent_cache + (seq.num_cached + (t - seq.rows.begin)) * width;
+  float* dst = seq.cache.Row(seq.num_cached + (t - seq.rows.begin), width);
   // Loads first, 8 per lane in flight (dst and src could alias as far as the compiler knows).
   constexpr int kInFlight = 8;
   for (int64_t c0 = lane; c0 < width; c0 += 32 * kInFlight) {
@@ -51,6 +51,17 @@ __global__ void __launch_bounds__(kThreads)
       if (c0 + 32 * u < width) dst[c0 + 32 * u] = v[u];
     }
   }
+}
+
+// Grid: ceil(rows / 8) blocks of 8 warps, warp w copies cache row 8 * block + w of *seq to dst.
+__global__ void __launch_bounds__(kThreads)
+    MlaGatherLatentKernel(const MlaSequence* seq, TensorView dst) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kAppendRows + (threadIdx.x >> 5);
+  if (row >= dst.rows) return;
+  const int64_t width = dst.cols;
+  const float* src = seq->cache.Row(row, width);
+  float* out = RowF32(dst, row);
+  for (int64_t c = threadIdx.x & 31; c < width; c += 32) out[c] = src[c];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,7 +270,6 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedKernel(ExpandedArgs args)
     if (si >= 0) {
       const MlaSequence seq = args.seqs[si];
       const float* kv = args.kv_all[si] + static_cast<int64_t>(h) * kv_width;
-      const float* k_pe = seq.latent_cache + args.rank;
       // Live rows r0..r1-1 of the tile; packed row t sits at position num_cached + t - begin.
       const int64_t pos0 = seq.num_cached + (t0 - seq.rows.begin);
       if (threadIdx.x < kRows) {
@@ -284,7 +294,7 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedKernel(ExpandedArgs args)
               const int64_t j = j0 + kk;
               const bool live = j <= max_key;
               const float* kv_row = kv + j * kv_stride;
-              const float* pe_row = k_pe + j * latent_width;
+              const float* pe_row = live ? seq.cache.Row(j, latent_width) + args.rank : nullptr;
               float* k_dst = sk + kk * lay.qk_stride;
               float* v_dst = sv + kk * lay.v_stride;
               for (int c = lane; c < dk_pad; c += 32) {
@@ -419,14 +429,13 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
   const int64_t part_tiles = tiles * (partition + 1) / partitions - part_lo;
   const int64_t tile_lo = part_lo + part_tiles * rank_in_cluster / split;
   const int64_t tile_hi = part_lo + part_tiles * (rank_in_cluster + 1) / split;
-  const float* cache = seq.latent_cache;
   float acc[kItems][1][4];
   AttendKeys<kRows, kItems>(lay, smem, tile_lo * kKeys, tile_hi * kKeys, args.scale, st, acc,
                             [&](int64_t j0, float* k_tile, float*) {
                               for (int kk = warp; kk < kKeys; kk += kWarps) {
                                 const int64_t j = j0 + kk;
                                 const bool live = j <= pos;
-                                const float* src = cache + j * latent_width;
+                                const float* src = live ? seq.cache.Row(j, latent_width) : nullptr;
                                 float* dst = k_tile + kk * lay.qk_stride;
                                 for (int c = lane; c < dk_pad; c += 32) {
                                   dst[c] = live && c < latent_width ? src[c] : 0.0f;
@@ -684,6 +693,15 @@ int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t nu
   if (seqs == nullptr || !FitsGridX(blocks)) return Invalid();
   auto s = static_cast<cudaStream_t>(stream);
   MlaAppendKernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(latent, seqs, num_seqs);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchMlaGatherLatent(const MlaSequence* seq, TensorView dst, Stream stream) {
+  if (dst.dtype != DType::kF32 || dst.cols <= 0) return Invalid();
+  if (dst.rows == 0) return 0;
+  const int64_t blocks = (dst.rows + kAppendRows - 1) / kAppendRows;
+  if (seq == nullptr || !FitsGridX(blocks)) return Invalid();
+  MlaGatherLatentKernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(seq, dst);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -47,8 +47,8 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
     const StepSequence& seq = step.seqs[s];
     seq.state->ReserveLatent(layer, seq.rows.length);
     MlaLayerState& cache = seq.state->mla(layer);
-    mla_seqs[s] = {seq.rows, ChooseForm(step.options.mla_form, seq.rows.length),
-                   cache.latent.data<float>(), cache.num_cached};
+    mla_seqs[s] = {seq.rows, ChooseForm(step.options.mla_form, seq.rows.length), cache.view(),
+                   cache.num_cached};
   }
   const kernels::MlaParams params{
       c.mla_num_heads, rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,

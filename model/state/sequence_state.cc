@@ -1,7 +1,5 @@
 #include "model/state/sequence_state.h"
 
-#include <algorithm>
-
 #include "base/check.h"
 
 namespace deltaserve::model {
@@ -9,13 +7,15 @@ namespace deltaserve::model {
 using kernels::DType;
 
 SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& backend,
-                             int64_t layer_begin, int64_t layer_end, uint64_t model_fingerprint)
+                             int64_t layer_begin, int64_t layer_end, uint64_t model_fingerprint,
+                             int64_t latent_page_rows)
     : config_(config),
       backend_(backend),
       layer_begin_(layer_begin),
       layer_end_(layer_end),
       model_fingerprint_(model_fingerprint) {
   DS_CHECK(layer_begin >= 0 && layer_begin < layer_end && layer_end <= config.num_layers);
+  DS_CHECK(latent_page_rows > 0);
   layers_.resize(static_cast<size_t>(layer_end - layer_begin));
   const int64_t d = config.kda_head_dim;
   const int64_t width = config.kda_projection_size();
@@ -29,7 +29,7 @@ SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& b
         backend.Zero(tail.view());
       }
     } else {
-      state.mla.latent = backend.Allocate(0, config.mla_latent_size(), DType::kF32);
+      state.mla.page_rows = latent_page_rows;
     }
   }
 }
@@ -57,15 +57,12 @@ const MlaLayerState& SequenceState::mla(int64_t layer) const {
 
 void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   MlaLayerState& state = mla(layer);
-  const int64_t needed = state.num_cached + extra;
-  if (needed <= state.latent.rows()) return;
-  const int64_t capacity = std::max<int64_t>({needed, 2 * state.latent.rows(), 64});
-  kernels::Tensor grown = backend_.Allocate(capacity, config_.mla_latent_size(), DType::kF32);
-  if (grown.empty()) return;  // the backend failed (out of memory); the step reports it
-  if (state.num_cached > 0) {
-    backend_.Copy(state.latent.view().Rows(0, state.num_cached), grown.view().Rows(0, state.num_cached));
+  while (state.capacity() < state.num_cached + extra) {
+    kernels::Tensor page = backend_.Allocate(state.page_rows, config_.mla_latent_size(), DType::kF32);
+    if (page.empty()) return;  // the backend failed (out of memory); the step reports it
+    state.page_data.push_back(page.data<float>());
+    state.pages.push_back(std::move(page));
   }
-  state.latent = std::move(grown);
 }
 
 int64_t SequenceState::ByteSize() const { return Bytes(/*latent_at_capacity=*/false); }
@@ -80,7 +77,7 @@ int64_t SequenceState::Bytes(bool latent_at_capacity) const {
       bytes += state.kda.recurrent.view().numel() * 4;
       for (const kernels::Tensor& tail : state.kda.conv_tails) bytes += tail.view().numel() * 4;
     } else {
-      const int64_t rows = latent_at_capacity ? state.mla.latent.rows() : state.mla.num_cached;
+      const int64_t rows = latent_at_capacity ? state.mla.capacity() : state.mla.num_cached;
       bytes += rows * config_.mla_latent_size() * 4;
     }
   }

@@ -3,6 +3,7 @@
 // from a state equals processing the concatenation in one pass.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -19,16 +20,37 @@ struct KdaLayerState {
   std::array<kernels::Tensor, 3> conv_tails;  // q, k, v: [W-1, H*d] F32, oldest input first
 };
 
+// Rows per page of the MLA latent caches unless a SequenceState is given another size.
+inline constexpr int64_t kDefaultLatentPageRows = 256;
+
+// An MLA layer's latent cache, in pages allocated as it grows (never moved or copied).
 struct MlaLayerState {
-  kernels::Tensor latent;  // [capacity, R + dr] F32; rows [0, num_cached) are valid
-  int64_t num_cached = 0;
+  std::vector<kernels::Tensor> pages;  // each [page_rows, R + dr] F32
+  std::vector<float*> page_data;       // pages[i].data(), what kernels::LatentPages points at
+  int64_t page_rows = 0;
+  int64_t num_cached = 0;  // rows [0, num_cached) are valid
+
+  int64_t capacity() const { return static_cast<int64_t>(pages.size()) * page_rows; }
+  kernels::LatentPages view() const { return {page_data.data(), page_rows}; }
+  // Calls fn(first_row, rows) with rows a view of cache rows [first_row, first_row + count) that
+  // lie in one page, for each page's share of rows [first, first + count) (within capacity).
+  template <typename Fn>
+  void ForEachRange(int64_t first, int64_t count, Fn fn) const {
+    for (int64_t row = first; row < first + count;) {
+      const int64_t in_page = row % page_rows, n = std::min(page_rows - in_page, first + count - row);
+      fn(row, pages[static_cast<size_t>(row / page_rows)].view().Rows(in_page, n));
+      row += n;
+    }
+  }
 };
 
 class SequenceState {
  public:
-  // A fresh (zero) state for layers [layer_begin, layer_end) of a model with `config`.
+  // A fresh (zero) state for layers [layer_begin, layer_end) of a model with `config`; MLA
+  // latent caches in pages of `latent_page_rows` rows (> 0).
   SequenceState(const KimiLinearConfig& config, kernels::Backend& backend, int64_t layer_begin,
-                int64_t layer_end, uint64_t model_fingerprint);
+                int64_t layer_end, uint64_t model_fingerprint,
+                int64_t latent_page_rows = kDefaultLatentPageRows);
 
   uint64_t model_fingerprint() const { return model_fingerprint_; }
   int64_t layer_begin() const { return layer_begin_; }
@@ -46,11 +68,12 @@ class SequenceState {
   MlaLayerState& mla(int64_t layer);
   const MlaLayerState& mla(int64_t layer) const;
 
-  // Makes room for `extra` more latent rows in MLA layer `layer` (capacity grows geometrically).
+  // Makes room for `extra` more latent rows in MLA layer `layer`: the pages they need, allocated
+  // now (where the backend fails, fewer: the step that needs them reports it).
   void ReserveLatent(int64_t layer, int64_t extra);
   // Bytes held: fixed KDA state plus the latent rows in use.
   int64_t ByteSize() const;
-  // Bytes allocated: as ByteSize, but every latent cache at its capacity.
+  // Bytes allocated: as ByteSize, but every latent cache's whole pages.
   int64_t AllocatedByteSize() const;
 
  private:

@@ -40,7 +40,7 @@ std::string EncodeState(const SequenceState& state) {
     } else {
       const MlaLayerState& mla = state.mla(layer);
       writer.Put<uint64_t>(static_cast<uint64_t>(mla.num_cached));
-      put_tensor(mla.latent.view().Rows(0, mla.num_cached));
+      mla.ForEachRange(0, mla.num_cached, [&](int64_t, kernels::TensorView rows) { put_tensor(rows); });
     }
   }
   writer.Put<uint32_t>(StateChecksum(writer.out()));
@@ -98,7 +98,15 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
       }
       state->ReserveLatent(layer, static_cast<int64_t>(rows));
       MlaLayerState& mla = state->mla(layer);
-      DS_RETURN_IF_ERROR(get_tensor(mla.latent.view().Rows(0, static_cast<int64_t>(rows)), "an MLA cache"));
+      if (mla.capacity() < static_cast<int64_t>(rows)) {
+        return absl::ResourceExhaustedError(absl::StrCat("no memory for MLA layer ", layer, "'s cache of ",
+                                                         rows, " rows"));
+      }
+      absl::Status status;
+      mla.ForEachRange(0, static_cast<int64_t>(rows), [&](int64_t, kernels::TensorView part) {
+        if (status.ok()) status = get_tensor(part, "an MLA cache");
+      });
+      DS_RETURN_IF_ERROR(status);
       mla.num_cached = static_cast<int64_t>(rows);
     }
   }

@@ -55,7 +55,7 @@ void FillSyntheticHistory(SequenceState& state, int64_t length, int64_t spare_ro
       }
       continue;
     }
-    // Reserved while empty, the capacity is exactly length + spare_rows (at least 64).
+    // The pages for length + spare_rows rows.
     state.ReserveLatent(layer, length + spare_rows);
     MlaLayerState& mla = state.mla(layer);
     const int64_t width = config.mla_latent_size();
@@ -63,7 +63,9 @@ void FillSyntheticHistory(SequenceState& state, int64_t length, int64_t spare_ro
     const std::vector<float> block = UniformValues(seed, stream, block_rows * width, kUnitScale);
     for (int64_t row = 0; row < length; row += block_rows) {
       const int64_t rows = std::min(block_rows, length - row);
-      backend.Upload(block.data(), mla.latent.view().Rows(row, rows));
+      mla.ForEachRange(row, rows, [&](int64_t first, kernels::TensorView part) {
+        backend.Upload(block.data() + (first - row) * width, part);
+      });
     }
     mla.num_cached = length;
   }

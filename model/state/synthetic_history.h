@@ -12,8 +12,8 @@ namespace deltaserve::model {
 // Gives a fresh `state` a history of `length` tokens (pseudo-random ids): KDA recurrent states
 // of small random values, conv tails and `length` MLA latent rows of unit-scale random values.
 // The latent rows repeat a block of kSyntheticBlockRows rows per layer, which keeps filling a
-// long cache cheap. Each MLA cache is allocated for length + spare_rows rows, so that many later
-// tokens are appended without regrowing it. Deterministic in `seed`.
+// long cache cheap. Each MLA cache gets the pages for length + spare_rows rows, so that many
+// later tokens are appended without allocating. Deterministic in `seed`.
 // Preconditions: state.num_tokens() == 0, length >= 0, spare_rows >= 0.
 void FillSyntheticHistory(SequenceState& state, int64_t length, int64_t spare_rows, uint64_t seed);
 

@@ -4,6 +4,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/testing/paged_latent.h"
 #include "tests/testing/random_tensor.h"
 
 namespace deltaserve::kernels::cpu {
@@ -17,6 +18,7 @@ struct MlaCase {
   std::vector<int64_t> cached;   // history per sequence
   std::vector<int64_t> lengths;  // new tokens per sequence
   uint64_t seed;
+  int64_t page_rows;             // of the latent caches (their pages shuffled)
 };
 
 MlaParams Params(int64_t heads, int64_t rank, int64_t nope, int64_t rope, int64_t v) {
@@ -44,13 +46,19 @@ class MlaFixture {
     }
   }
 
+  // run.caches: each sequence's cache rows afterwards, in order.
   MlaRun Run(CpuBackend& backend, MlaForm form) {
     MlaRun run;
-    run.caches = histories_;
+    std::vector<testing::PageLayout> layouts;
+    std::vector<std::vector<float>> buffers;
+    std::vector<std::vector<float*>> pages;
     std::vector<MlaSequence> seqs;
     int64_t begin = 0;
     for (size_t i = 0; i < c_.lengths.size(); ++i) {
-      seqs.push_back({{begin, c_.lengths[i]}, form, run.caches[i].data(), c_.cached[i]});
+      layouts.emplace_back(c_.cached[i] + c_.lengths[i], c_.page_rows, latent_width_, c_.seed + 20 + i);
+      buffers.push_back(layouts.back().ToBuffer(histories_[i]));
+      pages.push_back(layouts.back().Pages(buffers.back().data()));
+      seqs.push_back({{begin, c_.lengths[i]}, form, {pages.back().data(), c_.page_rows}, c_.cached[i]});
       begin += c_.lengths[i];
     }
     const MlaParams& p = c_.params;
@@ -60,6 +68,9 @@ class MlaFixture {
                          MakeView(kv_b_.data(), DType::kBF16, p.num_heads * (p.qk_nope_dim + p.v_dim),
                                   p.kv_lora_rank),
                          seqs, View(run.out, t_, p.num_heads * p.v_dim));
+    for (size_t i = 0; i < c_.lengths.size(); ++i) {
+      run.caches.push_back(layouts[i].FromBuffer(buffers[i], c_.cached[i] + c_.lengths[i]));
+    }
     return run;
   }
 
@@ -152,9 +163,10 @@ TEST_P(MlaForms, AbsorbedAndExpandedMatchPlainAttention) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, MlaForms,
-    ::testing::Values(MlaCase{Params(2, 32, 16, 8, 16), {0, 5, 70}, {20, 1, 3}, 1},
-                      MlaCase{Params(3, 40, 20, 12, 28), {0, 0, 129}, {1, 65, 1}, 2},
-                      MlaCase{Params(1, 16, 8, 4, 12), {300}, {2}, 3}));
+    ::testing::Values(MlaCase{Params(2, 32, 16, 8, 16), {0, 5, 70}, {20, 1, 3}, 1, 16},
+                      MlaCase{Params(3, 40, 20, 12, 28), {0, 0, 129}, {1, 65, 1}, 2, 7},
+                      MlaCase{Params(1, 16, 8, 4, 12), {300}, {2}, 3, 1},
+                      MlaCase{Params(2, 32, 16, 8, 16), {40, 3}, {5, 1}, 4, 256}));
 
 }  // namespace
 }  // namespace deltaserve::kernels::cpu

@@ -14,6 +14,8 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/launchers.h"
+#include "tests/testing/paged_latent.h"
 #include "tests/testing/random_tensor.h"
 
 namespace deltaserve::kernels::cuda {
@@ -537,6 +539,7 @@ struct MlaCase {
   MlaParams params;
   std::vector<int64_t> cached, lengths;
   std::vector<MlaForm> forms;  // per sequence
+  int64_t page_rows = 32;       // of the latent caches, their pages shuffled
 };
 
 class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> {
@@ -570,17 +573,21 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
   const TensorView kv_b_device = cuda_->AdoptWeight(kv_b_host);
   Tensor dq = ToDevice(q, t, q_width);
   Tensor dlatent = ToDevice(latent, t, width);
+  // Each cache's pages in one buffer per backend, in the same shuffled order.
   std::vector<std::vector<float>> cpu_caches;
   std::vector<Tensor> gpu_caches;
+  std::vector<std::vector<float*>> cpu_pages, gpu_pages;
   std::vector<MlaSequence> cpu_seqs, gpu_seqs;
   int64_t begin = 0;
   bool any_expanded = false;
   for (size_t i = 0; i < c.cached.size(); ++i) {
-    std::vector<float> cache = RandomVector((c.cached[i] + c.lengths[i]) * width, 30 + i);
-    cpu_caches.push_back(cache);
-    gpu_caches.push_back(ToDevice(cache, c.cached[i] + c.lengths[i], width));
-    cpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], cpu_caches.back().data(), c.cached[i]});
-    gpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], gpu_caches.back().data<float>(), c.cached[i]});
+    const testing::PageLayout layout(c.cached[i] + c.lengths[i], c.page_rows, width, 50 + i);
+    cpu_caches.push_back(layout.ToBuffer(RandomVector(c.cached[i] * width, 30 + i)));
+    gpu_caches.push_back(ToDevice(cpu_caches.back(), 1, layout.buffer_floats()));
+    cpu_pages.push_back(layout.Pages(cpu_caches.back().data()));
+    gpu_pages.push_back(layout.Pages(gpu_caches.back().data<float>()));
+    cpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], {cpu_pages.back().data(), c.page_rows}, c.cached[i]});
+    gpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], {gpu_pages.back().data(), c.page_rows}, c.cached[i]});
     any_expanded = any_expanded || c.forms[i] == MlaForm::kExpanded;
     begin += c.lengths[i];
   }
@@ -589,7 +596,8 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
                     View(cpu_out, t, p.num_heads * p.v_dim));
   Tensor out = Poisoned(t, p.num_heads * p.v_dim);
   cuda_->MlaAttention(p, dq.view(), dlatent.view(), kv_b_device, gpu_seqs, out.view());
-  const bool tensor_cores = precision == MatmulPrecision::kHalf && p.kv_lora_rank == 512;
+  const bool tensor_cores =
+      precision == MatmulPrecision::kHalf && p.kv_lora_rank == 512 && c.page_rows % kMlaTensorCorePageRows == 0;
   const bool bf16_inputs = precision == MatmulPrecision::kHalf && (any_expanded || tensor_cores);
   const std::string what = std::string(precision == MatmulPrecision::kHalf ? "serving" : "fp32") + " mla output";
   ExpectClose(ToHost(out.view()), cpu_out, bf16_inputs ? kMatMulTolerance : kFp32Tolerance, what);
@@ -604,12 +612,14 @@ std::vector<MlaCase> MlaCases() {
   const MlaParams kimi{32, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
   const auto e = MlaForm::kExpanded, a = MlaForm::kAbsorbed;
   std::vector<MlaCase> cases = {
-      {"small_expanded", small, {0, 5, 70}, {20, 1, 3}, {e, e, e}},
-      {"small_absorbed", small, {0, 5, 70}, {20, 1, 3}, {a, a, a}},
+      {"small_expanded", small, {0, 5, 70}, {20, 1, 3}, {e, e, e}, 7},
+      {"small_absorbed", small, {0, 5, 70}, {20, 1, 3}, {a, a, a}, 16},
       // Continuous batching: prefill pieces (expanded) beside decode rows (absorbed).
-      {"kimi_mixed", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}},
+      {"kimi_mixed", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 64},
+      // Pages the tensor-core kernel does not take (not a multiple of its 32-key tile).
+      {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
       // Long contexts at small batches: the keys are split over several partitions too.
-      {"kimi_decode_long_1", kimi, {20000}, {1}, {a}},
+      {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},
       {"kimi_decode_long_2", kimi, {9000, 33}, {1, 1}, {a, a}},
   };
   // Decode batches of 1, 64 and 256 rows (the absorbed kernel splits its work by row count).

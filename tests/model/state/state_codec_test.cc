@@ -39,7 +39,7 @@ class StateCodecTest : public ::testing::Test {
         for (auto& tail : state->kda(layer).conv_tails) fill(tail.view());
       } else {
         state->ReserveLatent(layer, num_tokens);
-        fill(state->mla(layer).latent.view().Rows(0, num_tokens));
+        state->mla(layer).ForEachRange(0, num_tokens, [&](int64_t, kernels::TensorView rows) { fill(rows); });
         state->mla(layer).num_cached = num_tokens;
       }
     }

@@ -56,12 +56,15 @@ TEST_F(SyntheticHistoryTest, ReportsItsLengthAndCapacity) {
     } else {
       ++mla_layers;
       EXPECT_EQ(state->mla(layer).num_cached, length);
-      EXPECT_EQ(state->mla(layer).latent.rows(), length + 4);
+      // Whole pages for the rows and the spare ones.
+      EXPECT_EQ(state->mla(layer).capacity(), (length + 4 + kDefaultLatentPageRows - 1) /
+                                                  kDefaultLatentPageRows * kDefaultLatentPageRows);
     }
   }
   const int64_t row_bytes = config().mla_latent_size() * 4;
+  const int64_t capacity = (length + 4 + kDefaultLatentPageRows - 1) / kDefaultLatentPageRows * kDefaultLatentPageRows;
   EXPECT_EQ(state->ByteSize(), kda_bytes + mla_layers * length * row_bytes);
-  EXPECT_EQ(state->AllocatedByteSize(), kda_bytes + mla_layers * (length + 4) * row_bytes);
+  EXPECT_EQ(state->AllocatedByteSize(), kda_bytes + mla_layers * capacity * row_bytes);
 }
 
 TEST_F(SyntheticHistoryTest, DecodeStepsRunWithinTheSpareRows) {
@@ -98,12 +101,12 @@ TEST_F(SyntheticHistoryTest, LongCachesRepeatOneBlockOfRows) {
   std::unique_ptr<SequenceState> state = Synthetic(length, 0, 8);
   int64_t mla_layer = 0;
   while (config().IsKda(mla_layer)) ++mla_layer;
-  const kernels::TensorView cache = state->mla(mla_layer).latent.view();
-  const size_t row_bytes = static_cast<size_t>(cache.cols) * 4;
-  EXPECT_EQ(std::memcmp(cache.row<float>(0), cache.row<float>(kSyntheticBlockRows), row_bytes), 0);
-  EXPECT_EQ(
-      std::memcmp(cache.row<float>(4), cache.row<float>(2 * kSyntheticBlockRows + 4), row_bytes), 0);
-  EXPECT_NE(std::memcmp(cache.row<float>(0), cache.row<float>(1), row_bytes), 0);
+  const kernels::LatentPages cache = state->mla(mla_layer).view();
+  const int64_t width = config().mla_latent_size();
+  const size_t row_bytes = static_cast<size_t>(width) * 4;
+  EXPECT_EQ(std::memcmp(cache.Row(0, width), cache.Row(kSyntheticBlockRows, width), row_bytes), 0);
+  EXPECT_EQ(std::memcmp(cache.Row(4, width), cache.Row(2 * kSyntheticBlockRows + 4, width), row_bytes), 0);
+  EXPECT_NE(std::memcmp(cache.Row(0, width), cache.Row(1, width), row_bytes), 0);
 }
 
 TEST_F(SyntheticHistoryTest, EmptyHistoryHasNoTokensAndNoCacheRows) {

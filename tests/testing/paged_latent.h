@@ -1,0 +1,61 @@
+// A latent cache laid out as kernels::LatentPages sees it, for tests: the pages of `rows` logical
+// rows sit in one buffer in shuffled order, so a kernel that ignored the page table would read
+// the wrong rows.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace deltaserve::testing {
+
+class PageLayout {
+ public:
+  PageLayout(int64_t rows, int64_t page_rows, int64_t width, uint64_t seed)
+      : page_rows_(page_rows), width_(width), pages_(std::max<int64_t>(1, (rows + page_rows - 1) / page_rows)) {
+    slot_.resize(static_cast<size_t>(pages_));
+    std::iota(slot_.begin(), slot_.end(), int64_t{0});
+    std::mt19937_64 rng(seed);
+    std::shuffle(slot_.begin(), slot_.end(), rng);
+  }
+
+  int64_t page_rows() const { return page_rows_; }
+  // Floats of the buffer the pages sit in.
+  int64_t buffer_floats() const { return pages_ * page_rows_ * width_; }
+
+  // The buffer holding `logical` rows (row-major, [n, width], n within the pages); the rest 0.
+  std::vector<float> ToBuffer(const std::vector<float>& logical) const {
+    std::vector<float> buffer(static_cast<size_t>(buffer_floats()), 0.0f);
+    const int64_t n = static_cast<int64_t>(logical.size()) / width_;
+    for (int64_t r = 0; r < n; ++r) {
+      std::copy_n(logical.begin() + r * width_, width_, buffer.begin() + Offset(r));
+    }
+    return buffer;
+  }
+  // Logical rows [0, n) read back from a buffer.
+  std::vector<float> FromBuffer(const std::vector<float>& buffer, int64_t n) const {
+    std::vector<float> logical(static_cast<size_t>(n * width_));
+    for (int64_t r = 0; r < n; ++r) {
+      std::copy_n(buffer.begin() + Offset(r), width_, logical.begin() + r * width_);
+    }
+    return logical;
+  }
+  // The page table over a buffer that starts at `base` (host or device memory).
+  std::vector<float*> Pages(float* base) const {
+    std::vector<float*> pages(static_cast<size_t>(pages_));
+    for (int64_t p = 0; p < pages_; ++p) pages[static_cast<size_t>(p)] = base + slot_[p] * page_rows_ * width_;
+    return pages;
+  }
+
+ private:
+  int64_t Offset(int64_t row) const {
+    return (slot_[static_cast<size_t>(row / page_rows_)] * page_rows_ + row % page_rows_) * width_;
+  }
+
+  int64_t page_rows_, width_, pages_;
+  std::vector<int64_t> slot_;  // logical page → its place in the buffer
+};
+
+}  // namespace deltaserve::testing
