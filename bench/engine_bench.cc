@@ -39,24 +39,28 @@ struct Options {
   uint64_t seed = 0;     // prompts and synthetic histories
   bool step_graphs = true;  // decode steps through the backend's step graphs (CUDA graphs)
   bool argmax = false;       // decode: greedy on the device, ids instead of logits downloaded
+  bool sample = false;       // decode: a draw on the device (kSampleDraw), ids instead of logits
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
 };
 
-// Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax]" spec to `o` (TOKENS: the prompt of a
-// prefill, the context of a decode; eager: without step graphs; argmax: --argmax); false when
-// malformed.
+// Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax|:sample]" spec to `o` (TOKENS: the prompt
+// of a prefill, the context of a decode; eager: without step graphs; argmax: --argmax; sample:
+// --sample); false when malformed.
 bool ApplyRunSpec(std::string spec, Options& o) {
   for (bool trimmed = true; trimmed;) {
     trimmed = false;
-    for (const std::string_view suffix : {std::string_view(":eager"), std::string_view(":argmax")}) {
+    for (const std::string_view suffix :
+         {std::string_view(":eager"), std::string_view(":argmax"), std::string_view(":sample")}) {
       if (spec.size() > suffix.size() && spec.ends_with(suffix)) {
         spec.resize(spec.size() - suffix.size());
         if (suffix == ":eager") {
           o.step_graphs = false;
-        } else {
+        } else if (suffix == ":argmax") {
           o.argmax = true;
+        } else {
+          o.sample = true;
         }
         trimmed = true;
       }
@@ -150,8 +154,11 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
   return timings;
 }
 
+// What --sample draws with: a common serving setting (the uniform varies per step).
+constexpr kernels::RowSampling kSampleDraw{0.8f, 0, 0.95f, 0.0f, 0.0};
+
 // States at `context` once, then one fixed token per sequence per step, logits for it (or their
-// argmax, taken on the device, with --argmax).
+// argmax with --argmax, or a token drawn with --sample, taken on the device).
 absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
                                   StateBytes& state_bytes) {
   std::vector<std::unique_ptr<model::SequenceState>> states = NewStates(m, o, o.warmup + o.steps);
@@ -159,12 +166,18 @@ absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
   const int32_t token = static_cast<int32_t>(1 % m.config().vocab_size);
   Timings timings{0, 1e300};
   std::vector<float> logits;
-  std::vector<int32_t> argmax_ids;
+  std::vector<int32_t> device_ids;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
     std::vector<model::SequenceInput> inputs;
-    for (const auto& state : states) inputs.push_back({{&token, 1}, state.get(), {0}, o.argmax});
+    for (const auto& state : states) {
+      inputs.push_back({{&token, 1}, state.get(), {0}, o.argmax});
+      if (o.sample && !o.argmax) {
+        inputs.back().draw = kSampleDraw;
+        inputs.back().draw->uniform = static_cast<double>((step * 7919 + inputs.size() * 104729) % 1000) / 1000.0;
+      }
+    }
     const Clock::time_point start = Clock::now();
-    if (absl::Status status = m.Forward(inputs, logits, &argmax_ids); !status.ok()) return status;
+    if (absl::Status status = m.Forward(inputs, logits, &device_ids); !status.ok()) return status;
     const double elapsed = Seconds(Clock::now() - start);
     if (step >= o.warmup) {
       timings.mean_s += elapsed / static_cast<double>(o.steps);
@@ -216,6 +229,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["warmup"] = o.warmup;
   line["step_graphs"] = o.step_graphs;
   line["argmax"] = o.argmax;
+  line["sample"] = o.sample;
   line["ms_per_step"] = timings->mean_s * 1e3;
   line["ms_per_step_min"] = timings->min_s * 1e3;
   line["tokens_per_s"] = tokens_per_step / timings->mean_s;
@@ -235,7 +249,8 @@ int Run(const Options& options) {
     if (!ApplyRunSpec(spec, o)) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--run ", spec,
-                       ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, :argmax")));
+                       ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, "
+                       ":argmax, :sample")));
     }
     runs.push_back(o);
   }
@@ -306,10 +321,13 @@ int main(int argc, char** argv) {
   app.add_option("--run", o.runs,
                  "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
                  "model (overrides --mode/--batch/--prompt/--context); a trailing :eager runs it "
-                 "without step graphs, :argmax with --argmax");
+                 "without step graphs, :argmax with --argmax, :sample with --sample");
   app.add_flag("--argmax", o.argmax,
                "Decode: take each step's greedy token on the device (SequenceInput::argmax) "
                "instead of downloading its logits");
+  app.add_flag("--sample", o.sample,
+               "Decode: draw each step's token on the device (SequenceInput::draw: temperature "
+               "0.8, top-p 0.95) instead of downloading its logits");
   app.add_flag("--step-graphs,!--no-step-graphs", o.step_graphs,
                "Decode steps through the backend's step graphs (CUDA graphs)")
       ->capture_default_str();

@@ -3,7 +3,9 @@
 #include <array>
 #include <vector>
 
+#include "base/check.h"
 #include "kernels/greedy.h"
+#include "kernels/sampling.h"
 
 namespace deltaserve::kernels {
 
@@ -48,6 +50,19 @@ void Backend::ArgmaxRows(TensorView x, TensorView ids) {
     best[r] = static_cast<int32_t>(GreedyArgmax({host.data() + r * x.cols, static_cast<size_t>(x.cols)}));
   }
   Upload(best.data(), ids);
+}
+
+void Backend::SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids) {
+  DS_CHECK(static_cast<int64_t>(draws.size()) == x.rows && ids.rows == x.rows);
+  std::vector<float> host(static_cast<size_t>(x.rows * x.cols));
+  Download(x, host.data());
+  std::vector<int32_t> tokens(static_cast<size_t>(x.rows));
+  std::vector<float> scratch;
+  for (int64_t r = 0; r < x.rows; ++r) {
+    const std::span<float> row(host.data() + r * x.cols, static_cast<size_t>(x.cols));
+    tokens[r] = static_cast<int32_t>(SampleRow(row, draws[r], scratch));
+  }
+  Upload(tokens.data(), ids);
 }
 
 }  // namespace deltaserve::kernels

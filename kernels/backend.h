@@ -37,6 +37,7 @@ struct StepGraphKey {
   int64_t sequences = 0;
   int64_t logit_rows = 0;  // rows whose logits the step computes
   int64_t argmax_rows = 0; // of them, rows whose argmax it returns instead (ArgmaxRows)
+  int64_t drawn_rows = 0;  // and rows whose drawn token it returns (SampleRows)
   int64_t max_keys = 0;    // the longest sequence's history after the step (MLA keys)
   bool operator==(const StepGraphKey&) const = default;
 };
@@ -155,6 +156,10 @@ class Backend {
   // the lowest index on ties; -1 for a row a sampler rejects (a NaN or +inf, or only -inf).
   // This definition downloads x and scans it on the host; a device backend keeps it there.
   virtual void ArgmaxRows(TensorView x, TensorView ids);
+  // Sampling: ids [rows, 1] I32, ids[r] = the token kernels::SampleRow draws from x's row r with
+  // draws[r] (-1 for a row it rejects). This definition downloads x and draws on the host; a
+  // device backend keeps the logits there.
+  virtual void SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids);
 };
 
 }  // namespace deltaserve::kernels

@@ -99,6 +99,18 @@ struct MlaSequence {
   int64_t num_cached = 0;
 };
 
+// One draw from a row of logits (Backend::SampleRows; penalties, if any, already applied):
+// weights exp((x - max) / temperature) over the top_k largest logits (top_k <= 0: all), then the
+// top_p nucleus, then those below min_p times the largest dropped, and the token where the
+// cumulative weight in ascending id order first exceeds uniform * their sum (kernels/sampling.h).
+struct RowSampling {
+  float temperature = 1.0f;  // 0: the greedy token
+  int32_t top_k = 0;
+  float top_p = 1.0f;        // (0, 1]
+  float min_p = 0.0f;        // [0, 1]
+  double uniform = 0.0;      // [0, 1): the sequence's random draw
+};
+
 struct MlaParams {
   int64_t num_heads = 0;
   int64_t kv_lora_rank = 0;

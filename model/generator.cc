@@ -29,16 +29,26 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   std::vector<int32_t> context = state.tokens();
   context.insert(context.end(), prompt.begin(), prompt.end());
   SequenceSampler sampler(params, context, options.fallback_seed);
-  // Plain greedy takes the argmax on the device; the logits then stay there.
+  // Plain greedy takes the argmax on the device, and a draw without penalties is made there too
+  // (SequenceSampler::DeviceDraw); the logits then stay on the device.
   const bool argmax = params.plain_greedy();
-
   std::vector<float> logits;
-  std::vector<int32_t> argmax_ids;
+  std::vector<int32_t> device_ids;
+  // Asks `input`, a step whose last position is sampled, for the device's token where it can.
+  auto sample_on_device = [&](SequenceInput& input) {
+    input.argmax = argmax;
+    if (!argmax) input.draw = sampler.DeviceDraw();
+  };
+  bool from_device = false;
   for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk_tokens) {
     const size_t length = std::min<size_t>(options.prefill_chunk_tokens, prompt.size() - begin);
-    SequenceInput input{prompt.subspan(begin, length), &state, {}, argmax};
-    if (begin + length == prompt.size()) input.logit_positions = {static_cast<int64_t>(length) - 1};
-    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &argmax_ids));
+    SequenceInput input{prompt.subspan(begin, length), &state, {}};
+    if (begin + length == prompt.size()) {
+      input.logit_positions = {static_cast<int64_t>(length) - 1};
+      sample_on_device(input);
+      from_device = input.argmax || input.draw.has_value();
+    }
+    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &device_ids));
   }
 
   GenerationResult result;
@@ -47,7 +57,7 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   const int64_t limit = std::min<int64_t>(params.max_new_tokens, room);
   while (true) {
     DS_ASSIGN_OR_RETURN(const int32_t token,
-                        argmax ? TokenFromArgmax(argmax_ids.front()) : sampler.Sample(logits));
+                        from_device ? TokenFromDevice(device_ids.front()) : sampler.Sample(logits));
     sampler.Accept(token);
     result.tokens.push_back(token);
     if (sampler.IsStopToken(token, config.eos_token_ids)) {
@@ -58,8 +68,10 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
       result.finish_reason = FinishReason::kLength;
       break;
     }
-    SequenceInput input{std::span<const int32_t>(&result.tokens.back(), 1), &state, {0}, argmax};
-    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &argmax_ids));
+    SequenceInput input{std::span<const int32_t>(&result.tokens.back(), 1), &state, {0}};
+    sample_on_device(input);
+    from_device = input.argmax || input.draw.has_value();
+    DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &device_ids));
   }
   return result;
 }

@@ -69,7 +69,7 @@ absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(
 }
 
 absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
-                                      size_t hidden_in_size, bool has_argmax_ids) const {
+                                      size_t hidden_in_size, bool has_device_ids) const {
   if (batch.empty()) return absl::InvalidArgumentError("a forward step needs at least one sequence");
   const KimiLinearConfig& c = config();
   size_t total_tokens = 0;
@@ -104,9 +104,16 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", i, ": logits come from the last stage only"));
     }
-    if (seq.argmax && !seq.logit_positions.empty() && !has_argmax_ids) {
+    if (seq.argmax && seq.draw.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " asks for both an argmax and a draw"));
+    }
+    if (seq.draw.has_value() && seq.logit_positions.size() > 1) {
       return absl::InvalidArgumentError(
-          absl::StrCat("sequence ", i, " asks for argmax ids, but the step has no place for them"));
+          absl::StrCat("sequence ", i, " asks for a draw at ", seq.logit_positions.size(), " positions; one at most"));
+    }
+    if ((seq.argmax || seq.draw.has_value()) && !seq.logit_positions.empty() && !has_device_ids) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", i, " asks for ids from the device, but the step has no place for them"));
     }
     if (seq.state->num_tokens() > max_context() - length) {
       return absl::OutOfRangeError(absl::StrCat(
@@ -131,17 +138,17 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
 }
 
 absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
-                                      std::vector<float>& logits, std::vector<int32_t>* argmax_ids) {
+                                      std::vector<float>& logits, std::vector<int32_t>* device_ids) {
   if (!is_first_stage() || !is_last_stage()) {
     return absl::FailedPreconditionError("Forward needs the whole model; use ForwardStage");
   }
-  return ForwardStage(batch, {}, logits, argmax_ids);
+  return ForwardStage(batch, {}, logits, device_ids);
 }
 
 absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
                                            std::span<const float> hidden_in,
-                                           std::vector<float>& out, std::vector<int32_t>* argmax_ids) {
-  DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size(), argmax_ids != nullptr));
+                                           std::vector<float>& out, std::vector<int32_t>* device_ids) {
+  DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size(), device_ids != nullptr));
   const KimiLinearConfig& c = config();
 
   std::vector<int32_t> ids;
@@ -152,7 +159,13 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
     ids.insert(ids.end(), seq.tokens.begin(), seq.tokens.end());
     seqs.push_back({{begin, static_cast<int64_t>(seq.tokens.size())}, seq.state});
     for (int64_t position : seq.logit_positions) {
-      if (!seq.argmax) logit_rows.kept.push_back(static_cast<int64_t>(logit_rows.rows.size()));
+      const auto row = static_cast<int64_t>(logit_rows.rows.size());
+      if (seq.draw.has_value()) {
+        logit_rows.drawn.push_back(row);
+        logit_rows.draws.push_back(*seq.draw);
+      } else if (!seq.argmax) {
+        logit_rows.kept.push_back(row);
+      }
       logit_rows.rows.push_back(begin + position);
       logit_rows.argmax.push_back(seq.argmax);
       logit_rows.num_argmax += seq.argmax ? 1 : 0;
@@ -187,15 +200,19 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
   }
   out.assign(logit_rows.kept.size() * static_cast<size_t>(c.vocab_size), 0.0f);
   if (!logit_rows.kept.empty()) backend_.Download(result.values.view(), out.data());
-  if (logit_rows.num_argmax > 0) {
-    std::vector<int32_t> every_row(logit_rows.rows.size());
-    backend_.Download(result.argmax.view(), every_row.data());
-    argmax_ids->clear();
-    for (size_t r = 0; r < every_row.size(); ++r) {
-      if (logit_rows.argmax[r]) argmax_ids->push_back(every_row[r]);
+  if (device_ids != nullptr) device_ids->clear();
+  if (logit_rows.num_argmax > 0 || !logit_rows.drawn.empty()) {
+    std::vector<int32_t> argmax(logit_rows.num_argmax > 0 ? logit_rows.rows.size() : 0);
+    std::vector<int32_t> drawn(logit_rows.drawn.size());
+    if (!argmax.empty()) backend_.Download(result.argmax.view(), argmax.data());
+    if (!drawn.empty()) backend_.Download(result.drawn.view(), drawn.data());
+    for (size_t r = 0, d = 0; r < logit_rows.rows.size(); ++r) {
+      if (d < drawn.size() && logit_rows.drawn[d] == static_cast<int64_t>(r)) {
+        device_ids->push_back(drawn[d++]);
+      } else if (logit_rows.argmax[r]) {
+        device_ids->push_back(argmax[r]);
+      }
     }
-  } else if (argmax_ids != nullptr) {
-    argmax_ids->clear();
   }
   return model::TakeDeviceFailure(backend_, kDuring);
 }
@@ -248,14 +265,21 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
   backend_.RmsNorm(selected.view(), weights_.final_norm, eps, selected.view());
   Tensor logits = backend_.Allocate(rows, c.vocab_size, DType::kF32);
   backend_.MatMul(selected.view(), weights_.lm_head, logits.view());
-  if (logit_rows.num_argmax == 0) {
-    result.values = std::move(logits);
-    return absl::OkStatus();
+  if (logit_rows.num_argmax > 0) {
+    result.argmax = backend_.Allocate(rows, 1, DType::kI32);
+    backend_.ArgmaxRows(logits.view(), result.argmax.view());
   }
-  result.argmax = backend_.Allocate(rows, 1, DType::kI32);
-  backend_.ArgmaxRows(logits.view(), result.argmax.view());
+  const auto drawn = static_cast<int64_t>(logit_rows.drawn.size());
+  if (drawn > 0) {
+    Tensor picked = backend_.Allocate(drawn, c.vocab_size, DType::kF32);
+    backend_.GatherRows(logits.view(), logit_rows.drawn, picked.view());
+    result.drawn = backend_.Allocate(drawn, 1, DType::kI32);
+    backend_.SampleRows(picked.view(), logit_rows.draws, result.drawn.view());
+  }
   const auto kept = static_cast<int64_t>(logit_rows.kept.size());
-  if (kept > 0) {
+  if (kept == rows) {
+    result.values = std::move(logits);
+  } else if (kept > 0) {
     result.values = backend_.Allocate(kept, c.vocab_size, DType::kF32);
     backend_.GatherRows(logits.view(), logit_rows.kept, result.values.view());
   }
@@ -283,7 +307,7 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
   const kernels::StepGraphKey key{instance_, static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(logit_rows.rows.size()), logit_rows.num_argmax,
-                                  max_keys};
+                                  static_cast<int64_t>(logit_rows.drawn.size()), max_keys};
   return backend_.BeginStepGraph(key);
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -41,6 +42,9 @@ struct SequenceInput {
   // the largest logit (Backend::ArgmaxRows: lowest on ties, -1 where a sampler would reject the
   // logits) instead of the logits, which then stay on the device.
   bool argmax = false;
+  // Sampling on the device (not with argmax; at most one requested position): the step returns
+  // the token Backend::SampleRows draws from that position's logits with these parameters.
+  std::optional<kernels::RowSampling> draw = std::nullopt;
 };
 
 class KimiLinearModel {
@@ -73,20 +77,21 @@ class KimiLinearModel {
 
   // Runs every sequence's new tokens in one packed step and advances the states. `logits`
   // receives [rows, vocab_size] fp32: one row per requested position, sequences in batch order,
-  // positions in the order given; the positions of sequences with `argmax` give their ids to
-  // `argmax_ids` instead (in the same order), which must then be given. Invalid input (token
+  // positions in the order given; the positions of sequences with `argmax` or a `draw` give the
+  // ids the device took to `device_ids` instead (in the same order), which must then be given.
+  // Invalid input (token
   // ids, positions, foreign or repeated states, context length) is rejected before any state
   // changes. Several threads may run steps on one model (the backend interleaves them); a state
   // must be in one step at a time. Needs the whole model (a single stage).
   absl::Status Forward(std::span<const SequenceInput> batch, std::vector<float>& logits,
-                       std::vector<int32_t>* argmax_ids = nullptr);
+                       std::vector<int32_t>* device_ids = nullptr);
 
   // One pipeline stage's share of a step. The first stage embeds the tokens; a later stage takes
   // the previous stage's output `hidden_in` ([T, hidden] rows in batch order). The last stage
   // writes the requested logits to `out` as Forward does; any other stage writes its [T, hidden]
   // output. Every stage receives the token ids (its states record them).
   absl::Status ForwardStage(std::span<const SequenceInput> batch, std::span<const float> hidden_in,
-                            std::vector<float>& out, std::vector<int32_t>* argmax_ids = nullptr);
+                            std::vector<float>& out, std::vector<int32_t>* device_ids = nullptr);
 
   // ModelOptions::step_graphs, switched between steps (benchmarks compare both in one process).
   void set_step_graphs(bool enabled) { step_graphs_ = enabled; }
@@ -96,19 +101,22 @@ class KimiLinearModel {
                   ModelWeights weights, const ModelOptions& options);
 
   absl::Status Validate(std::span<const SequenceInput> batch, size_t hidden_in_size,
-                        bool has_argmax_ids) const;
+                        bool has_device_ids) const;
   // The rows of the packed batch whose logits a step computes, and what it returns of them.
   struct LogitRows {
     std::vector<int64_t> rows;      // into the batch, in output order
     std::vector<int64_t> kept;      // indices into `rows` whose logits are returned
     std::vector<bool> argmax;       // per entry of `rows`: its argmax is returned instead
     int64_t num_argmax = 0;
+    std::vector<int64_t> drawn;     // indices into `rows` whose drawn token is returned instead
+    std::vector<kernels::RowSampling> draws;  // theirs
   };
-  // The step's device results: the hidden rows (not the last stage), or the kept logits and the
-  // argmax ids of every logit row.
+  // The step's device results: the hidden rows (not the last stage), or the kept logits, the
+  // argmax ids of every logit row and the drawn rows' tokens.
   struct StepResult {
     kernels::Tensor values;
     kernels::Tensor argmax;
+    kernels::Tensor drawn;
   };
   absl::Status RunStep(const Step& step, std::span<const int32_t> ids, std::span<const float> hidden_in,
                        const LogitRows& logit_rows, StepResult& result);

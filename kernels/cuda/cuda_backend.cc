@@ -780,4 +780,17 @@ void CudaBackend::ArgmaxRows(TensorView x, TensorView ids) {
   DS_CUDA(LaunchArgmaxRows(x, ids, impl_->Stream()), "argmax rows");
 }
 
+void CudaBackend::SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids) {
+  Bind();
+  const OpScope scope(impl_->Profile(), "SampleRows");
+  if (x.rows == 0) return;
+  if (static_cast<int64_t>(draws.size()) != x.rows) {
+    impl_->Ok(cudaErrorInvalidValue, "sample rows (a draw per row)");
+    return;
+  }
+  Tensor device_draws = UploadBytes(draws.data(), draws.size_bytes());
+  DS_CUDA(LaunchSampleRows(x, static_cast<const RowSampling*>(device_draws.view().data), ids, impl_->Stream()),
+          "sample rows");
+}
+
 }  // namespace deltaserve::kernels::cuda

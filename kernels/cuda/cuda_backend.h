@@ -114,6 +114,7 @@ class CudaBackend final : public Backend {
                   int64_t first_expert, TensorView slot_out) override;
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
   void ArgmaxRows(TensorView x, TensorView ids) override;
+  void SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids) override;
 
   // Waits for all queued work.
   void Synchronize();

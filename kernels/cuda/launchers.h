@@ -19,6 +19,9 @@ int LaunchEmbed(const int32_t* ids, int64_t n, TensorView table, TensorView out,
 // ids[r] (I32, [rows, 1]) = the index of x's largest value in row r, lowest on ties; -1 when
 // the row holds a NaN or +inf, or only -inf (Backend::ArgmaxRows).
 int LaunchArgmaxRows(TensorView x, TensorView ids, Stream stream);
+// kernels::SampleRow for each row of x (Backend::SampleRows): draws[r] (device memory) for row r,
+// the token (or -1) into ids [x.rows, 1] I32.
+int LaunchSampleRows(TensorView x, const RowSampling* draws, TensorView ids, Stream stream);
 // acc += x (F32).
 int LaunchAdd(TensorView acc, TensorView x, Stream stream);
 // out = silu(gate) * up (F32).

@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/greedy.h"
-#include "model/sampling/truncation.h"
+#include "kernels/sampling.h"
 
 namespace deltaserve::model {
 namespace {
@@ -87,11 +87,11 @@ absl::Status SequenceSampler::ApplyPenalties(std::span<float> logits) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<int32_t> TokenFromArgmax(int32_t argmax) {
-  if (argmax < 0) {
+absl::StatusOr<int32_t> TokenFromDevice(int32_t token) {
+  if (token < 0) {
     return absl::InternalError("Sample: the logits hold a NaN or +inf, or only -inf; nothing to sample.");
   }
-  return argmax;
+  return token;
 }
 
 absl::StatusOr<int32_t> SequenceSampler::Sample(std::span<float> logits) {
@@ -104,42 +104,20 @@ absl::StatusOr<int32_t> SequenceSampler::Sample(std::span<float> logits) {
         "Sample: penalties (repetition_penalty=", params_.repetition_penalty,
         ") left no finite largest logit; nothing finite to sample."));
   }
-  const auto top = static_cast<int32_t>(best);
-  const float max_logit = logits[top];
-  if (params_.greedy()) return top;
+  if (params_.greedy()) return static_cast<int32_t>(best);
+  return static_cast<int32_t>(kernels::SampleRow(logits, Draw(), scratch_));
+}
 
-  if (params_.top_k > 0) ApplyTopK(params_.top_k, logits, scratch_);
+kernels::RowSampling SequenceSampler::Draw() {
+  return {params_.temperature, params_.top_k, params_.top_p, params_.min_p, rng_.NextUniform()};
+}
 
-  // Weights exp((x - max) / T), written over the logits: the largest is exactly 1, and (x - max)
-  // is divided rather than x alone so a tiny temperature cannot overflow to inf - inf.
-  const float temperature = params_.temperature;
-  double total = 0.0;
-  for (float& x : logits) {
-    x = x == kNegInf ? 0.0f : std::exp((x - max_logit) / temperature);
-    total += x;
+std::optional<kernels::RowSampling> SequenceSampler::DeviceDraw() {
+  if (params_.greedy() || params_.repetition_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
+      params_.presence_penalty != 0.0f) {
+    return std::nullopt;
   }
-
-  if (params_.top_p < 1.0f) ApplyTopP(params_.top_p, total, logits, scratch_);
-  if (params_.min_p > 0.0f) {
-    // prob < min_p * max_prob  <=>  weight < min_p, since the largest weight is 1.
-    for (float& w : logits) {
-      if (w < params_.min_p) w = 0.0f;
-    }
-  }
-
-  total = 0.0;
-  for (const float w : logits) total += w;
-  // The argmax always survives with weight 1, so total >= 1.
-  const double u = rng_.NextUniform() * total;
-  double cdf = 0.0;
-  int32_t last_nonzero = top;
-  for (int32_t i = 0; i < static_cast<int32_t>(logits.size()); ++i) {
-    if (logits[i] == 0.0f) continue;
-    cdf += logits[i];
-    if (cdf > u) return i;
-    last_nonzero = i;
-  }
-  return last_nonzero;  // Only reached when rounding leaves u at the very end of the CDF.
+  return Draw();
 }
 
 }  // namespace deltaserve::model

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <unordered_set>
@@ -10,14 +11,15 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/ops.h"
 #include "model/sampling/rng.h"
 #include "model/sampling/sampling_params.h"
 
 namespace deltaserve::model {
 
-// The token of a plain-greedy step (SamplingParams::plain_greedy) from the argmax the device
-// took (Backend::ArgmaxRows): the id, or Internal where it found logits Sample rejects (-1).
-absl::StatusOr<int32_t> TokenFromArgmax(int32_t argmax);
+// The token the device took for a sequence (Backend::ArgmaxRows for plain greedy, SampleRows for
+// a DeviceDraw): the id, or Internal where it found logits Sample rejects (-1).
+absl::StatusOr<int32_t> TokenFromDevice(int32_t token);
 
 // One per sequence: holds the random stream and the token counts the penalties need.
 // Not thread-safe; owned by whoever owns the sequence.
@@ -37,6 +39,11 @@ class SequenceSampler {
   // (temperature 0) takes the argmax, lowest id on ties, and consumes no random number.
   absl::StatusOr<int32_t> Sample(std::span<float> logits);
 
+  // The draw for the device to make from this sequence's next logits (Backend::SampleRows),
+  // taking the random number Sample would take; nullopt (nothing taken) where Sample must run
+  // on the host: greedy, whose plain form is the device argmax, and penalties.
+  std::optional<kernels::RowSampling> DeviceDraw();
+
   // Records a generated token (updates counts for the penalties). The caller calls it for
   // each token it appends.
   void Accept(int32_t token);
@@ -55,6 +62,9 @@ class SequenceSampler {
   uint64_t seed() const { return seed_; }
 
  private:
+  // The sampling parameters with the next random number.
+  kernels::RowSampling Draw();
+
   SamplingParams params_;
   uint64_t seed_;
   Rng rng_;

@@ -138,6 +138,7 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     if (step.sample() && model_.is_last_stage()) {
       input.logit_positions = {static_cast<int64_t>(tokens[i].size()) - 1};
       input.argmax = it->second.sampler->params().plain_greedy();
+      if (!input.argmax) input.draw = it->second.sampler->DeviceDraw();
       sampled_seqs.push_back(&it->second);
     }
     batch.push_back(std::move(input));
@@ -148,8 +149,8 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   std::vector<float> hidden_in(request.hidden().size() / sizeof(float));
   if (!hidden_in.empty()) std::memcpy(hidden_in.data(), request.hidden().data(), request.hidden().size());
   std::vector<float> out;
-  std::vector<int32_t> argmax_ids;
-  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &argmax_ids));
+  std::vector<int32_t> device_ids;
+  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &device_ids));
 
   if (!model_.is_last_stage()) {
     internal::v1::StepRequest downstream = request;
@@ -157,13 +158,13 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     return next_->Step(downstream, response);
   }
   const int64_t vocab = model_.config().vocab_size;
-  size_t sampled = 0, row = 0, argmax = 0;
+  size_t sampled = 0, row = 0, from_device = 0;
   for (int i = 0; i < request.sequences_size(); ++i) {
     if (!request.sequences(i).sample()) continue;
     Sequence* seq = sampled_seqs[sampled++];
     int32_t token = 0;
-    if (batch[i].argmax) {
-      DS_ASSIGN_OR_RETURN(token, model::TokenFromArgmax(argmax_ids[argmax++]));
+    if (batch[i].argmax || batch[i].draw.has_value()) {
+      DS_ASSIGN_OR_RETURN(token, model::TokenFromDevice(device_ids[from_device++]));
     } else {
       DS_ASSIGN_OR_RETURN(token, seq->sampler->Sample(std::span<float>(out).subspan(row * vocab, vocab)));
       ++row;

@@ -10,6 +10,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/sampling.h"
 #include "model/generator.h"
 #include "model/kimi_linear_model.h"
 #include "nlohmann/json.hpp"
@@ -179,18 +180,24 @@ TEST_P(CudaModelTest, StepGraphsGiveTheBitsOfEagerSteps) {
     SCOPED_TRACE(::testing::Message() << "decode step " << step);
     std::vector<int> active = {0, 1, 2};
     if (step >= 6 && step < 11) active = {0, 2};
+    // Sequence 0 takes the device's argmax, sequence 2 a draw on the device, sequence 1 its logits.
+    const kernels::RowSampling draw{0.9f, 0, 0.9f, 0.0f, (step + 0.5) / 16.0};
     std::vector<SequenceInput> g, e;
     for (int s : active) {
       g.push_back({{&next[s], 1}, graph_states[s].get(), {0}, /*argmax=*/s == 0});
+      if (s == 2) g.back().draw = draw;
       e.push_back({{&next[s], 1}, eager_states[s].get(), {0}});
     }
     std::vector<float> graph_logits, eager_logits;
-    std::vector<int32_t> argmax;
-    ASSERT_TRUE((*graph_model)->Forward(g, graph_logits, &argmax).ok());
+    std::vector<int32_t> device_ids;
+    ASSERT_TRUE((*graph_model)->Forward(g, graph_logits, &device_ids).ok());
     ASSERT_TRUE((*eager_model)->Forward(e, eager_logits).ok());
-    ASSERT_EQ(argmax.size(), 1u);
-    EXPECT_EQ(argmax[0], std::max_element(eager_logits.begin(), eager_logits.begin() + vocab) - eager_logits.begin());
-    ASSERT_EQ(graph_logits, std::vector<float>(eager_logits.begin() + vocab, eager_logits.end()));
+    ASSERT_EQ(device_ids.size(), 2u);
+    EXPECT_EQ(device_ids[0], std::max_element(eager_logits.begin(), eager_logits.begin() + vocab) - eager_logits.begin());
+    std::vector<float> last_row(eager_logits.end() - vocab, eager_logits.end()), scratch;
+    EXPECT_EQ(device_ids[1], kernels::SampleRow(last_row, draw, scratch));
+    const std::vector<float> middle(eager_logits.begin() + vocab, eager_logits.end() - vocab);
+    ASSERT_EQ(graph_logits, middle);
     for (size_t i = 0; i < active.size(); ++i) {
       const auto row = eager_logits.begin() + static_cast<int64_t>(i) * vocab;
       next[active[i]] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);

@@ -15,6 +15,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/launchers.h"
+#include "kernels/sampling.h"
 #include "tests/testing/paged_latent.h"
 #include "tests/testing/random_tensor.h"
 
@@ -692,6 +693,58 @@ TEST_F(CudaVsCpu, ArgmaxRowsMatchesTheHostScan) {
     cuda_->Download(ids.view(), got.data());
     EXPECT_EQ(got, want);
   }
+}
+
+// The device draw against kernels::SampleRow on the host (Backend::SampleRows' definition): rows
+// of the vocabulary's size and odd sizes, continuous logits and logits of six levels (ties at
+// every boundary), each truncation alone and together, strided rows, and the rows a sampler
+// rejects. The kernel's weights (expf) and sums (another order; the nucleus in 2^-40 fixed
+// point) can move a boundary by rounding only, so on these draws the tokens are equal.
+TEST_F(CudaVsCpu, SampleRowsDrawWhatTheHostDraws) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const std::vector<RowSampling> shapes = {
+      {1.0f, 0, 1.0f, 0.0f, 0},    {0.7f, 1, 1.0f, 0.0f, 0},    {1.3f, 50, 1.0f, 0.0f, 0},
+      {1.0f, 0, 0.9f, 0.0f, 0},    {0.8f, 300, 0.5f, 0.0f, 0},  {1.0f, 0, 1.0f, 0.05f, 0},
+      {1.0f, 40, 0.95f, 0.02f, 0}, {0.5f, 0, 0.01f, 0.0f, 0},   {0.0f, 0, 1.0f, 0.0f, 0}};
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  int64_t checked = 0;
+  for (const int64_t cols : {int64_t{163840}, int64_t{1001}, int64_t{7}}) {
+    for (const int levels : {0, 6}) {
+      SCOPED_TRACE(::testing::Message() << cols << " columns, levels " << levels);
+      const int64_t rows = static_cast<int64_t>(shapes.size()) * 3 + 3, stride = cols + 4;
+      std::vector<float> x = RandomVector(rows * stride, 20 + cols + levels, levels > 0 ? 6.0f : 3.0f);
+      if (levels > 0) {
+        for (float& v : x) v = std::floor(std::fabs(v)) < levels ? std::floor(std::fabs(v)) : 0.0f;
+      }
+      std::vector<RowSampling> draws;
+      for (int64_t r = 0; r < rows - 3; ++r) {
+        draws.push_back(shapes[r % shapes.size()]);
+        draws.back().uniform = uniform(rng);
+        if (draws.back().top_k > cols) draws.back().top_k = static_cast<int32_t>(cols - 1);
+      }
+      // The last three rows are rejected: a NaN, a +inf, nothing but -inf.
+      x[(rows - 3) * stride + cols / 2] = std::nanf("");
+      x[(rows - 2) * stride + cols - 1] = kInf;
+      for (int64_t c = 0; c < cols; ++c) x[(rows - 1) * stride + c] = -kInf;
+      for (int i = 0; i < 3; ++i) draws.push_back(shapes[0]);
+      std::vector<int32_t> want(rows);
+      std::vector<float> scratch;
+      for (int64_t r = 0; r < rows; ++r) {
+        std::vector<float> row(x.begin() + r * stride, x.begin() + r * stride + cols);
+        want[r] = static_cast<int32_t>(SampleRow(row, draws[r], scratch));
+      }
+      Tensor device = ToDevice(x, rows, stride);
+      Tensor ids = cuda_->Allocate(rows, 1, DType::kI32);
+      cuda_->SampleRows(device.view().Cols(0, cols), draws, ids.view());
+      std::vector<int32_t> got(rows, -7);
+      cuda_->Download(ids.view(), got.data());
+      EXPECT_EQ(got, want);
+      EXPECT_EQ(want[rows - 1], -1);
+      checked += rows;
+    }
+  }
+  EXPECT_EQ(checked, 6 * 30);
 }
 
 // Experts and combine for a routing of `t` tokens over `experts` experts (held as two shards, as

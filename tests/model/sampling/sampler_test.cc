@@ -277,10 +277,10 @@ TEST(SequenceSamplerTest, IsStopTokenHonoursStopIdsAndIgnoreEos) {
 }
 
 // A device argmax stands for Sample's greedy pick only where Sample would pick at all.
-TEST(TokenFromArgmaxTest, KeepsAnIdAndRejectsWhatSampleRejects) {
-  EXPECT_EQ(*TokenFromArgmax(0), 0);
-  EXPECT_EQ(*TokenFromArgmax(163839), 163839);
-  EXPECT_EQ(TokenFromArgmax(-1).status().code(), absl::StatusCode::kInternal);
+TEST(TokenFromDeviceTest, KeepsAnIdAndRejectsWhatSampleRejects) {
+  EXPECT_EQ(*TokenFromDevice(0), 0);
+  EXPECT_EQ(*TokenFromDevice(163839), 163839);
+  EXPECT_EQ(TokenFromDevice(-1).status().code(), absl::StatusCode::kInternal);
   SamplingParams greedy;
   greedy.temperature = 0.0f;
   EXPECT_TRUE(greedy.plain_greedy());

@@ -1,16 +1,16 @@
 // ApplyTopK / ApplyTopP / NucleusBoundary against a brute-force full sort, with many ties.
-#include "model/sampling/truncation.h"
+#include "kernels/truncation.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "model/sampling/rng.h"
 
-namespace deltaserve::model {
+namespace deltaserve::kernels {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -26,9 +26,9 @@ std::vector<int32_t> RankedIds(const std::vector<float>& values) {
 
 // Small integers over 64: many ties, and every sum is exact in double.
 std::vector<float> TiedValues(int size, int levels, uint64_t seed) {
-  Rng rng(seed);
+  std::mt19937_64 rng(seed);
   std::vector<float> values(size);
-  for (float& v : values) v = static_cast<float>(rng.Next() % levels) / 64.0f;
+  for (float& v : values) v = static_cast<float>(rng() % levels) / 64.0f;
   return values;
 }
 
@@ -92,4 +92,4 @@ TEST(TruncationTest, NucleusBoundaryIsTheSameWithAnyRoundBudget) {
 }
 
 }  // namespace
-}  // namespace deltaserve::model
+}  // namespace deltaserve::kernels

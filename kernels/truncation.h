@@ -6,7 +6,7 @@
 #include <span>
 #include <vector>
 
-namespace deltaserve::model {
+namespace deltaserve::kernels {
 
 // Keeps the `k` largest logits and sets the rest to -inf; at the boundary, equal logits are
 // kept in ascending token id order. k <= 0 or k >= logits.size() keeps everything.
@@ -26,4 +26,4 @@ void ApplyTopP(double top_p, double total, std::span<float> weights, std::vector
 float NucleusBoundary(std::vector<float>& values, double target, int max_rounds);
 int NucleusRoundBudget(size_t num_values);
 
-}  // namespace deltaserve::model
+}  // namespace deltaserve::kernels

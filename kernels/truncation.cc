@@ -1,6 +1,6 @@
 // Top-k and top-p truncation (see truncation.h): selection on contiguous float copies, since
 // index-based sorts over 163840 ids are dominated by cache misses and mispredictions.
-#include "model/sampling/truncation.h"
+#include "kernels/truncation.h"
 
 #include <algorithm>
 #include <bit>
@@ -9,7 +9,7 @@
 #include <limits>
 #include <numeric>
 
-namespace deltaserve::model {
+namespace deltaserve::kernels {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -131,4 +131,4 @@ void ApplyTopP(double top_p, double total, std::span<float> weights, std::vector
   }
 }
 
-}  // namespace deltaserve::model
+}  // namespace deltaserve::kernels
