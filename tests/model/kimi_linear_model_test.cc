@@ -1,6 +1,7 @@
 // Engine properties on the public fixture: a sequence's results do not depend on its batch,
 // continuing from a state (in memory or restored from a snapshot) equals one pass, and bad input
 // is refused before any state changes.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -8,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/sampling.h"
 #include "model/kimi_linear_model.h"
 
 namespace deltaserve::model {
@@ -150,6 +152,33 @@ TEST_F(ModelTest, StepsFromSeveralThreadsMatchSequentialSteps) {
   EXPECT_EQ(concurrent, sequential);
 }
 
+// In one batch: a sequence's logits, another's argmax and a third's draw (Backend::SampleRows);
+// the device ids come in batch order and are what the logits of twin sequences give.
+TEST_F(ModelTest, DeviceIdsAreTheArgmaxAndTheDrawOfTheLogits) {
+  const std::vector<int32_t> prompt = RandomTokens(6, 3, vocab_);
+  std::vector<std::unique_ptr<SequenceState>> states, twins;
+  for (int i = 0; i < 3; ++i) {
+    states.push_back(model_->NewState());
+    twins.push_back(model_->NewState());
+  }
+  const kernels::RowSampling draw{0.9f, 5, 0.8f, 0.0f, 0.6};
+  std::vector<SequenceInput> batch = {{prompt, states[0].get(), {5}},
+                                      {prompt, states[1].get(), {5}, /*argmax=*/true},
+                                      {prompt, states[2].get(), {5}}};
+  batch[2].draw = draw;
+  std::vector<float> logits, twin_logits;
+  std::vector<int32_t> ids;
+  ASSERT_TRUE(model_->Forward(batch, logits, &ids).ok());
+  ASSERT_EQ(logits.size(), static_cast<size_t>(vocab_));
+  ASSERT_EQ(ids.size(), 2u);
+  const SequenceInput twin{prompt, twins[0].get(), {5}};
+  ASSERT_TRUE(model_->Forward({&twin, 1}, twin_logits).ok());
+  EXPECT_EQ(logits, twin_logits);
+  EXPECT_EQ(ids[0], std::max_element(twin_logits.begin(), twin_logits.end()) - twin_logits.begin());
+  std::vector<float> scratch;
+  EXPECT_EQ(ids[1], kernels::SampleRow(twin_logits, draw, scratch));
+}
+
 TEST_F(ModelTest, RejectsBadInputWithoutTouchingState) {
   std::unique_ptr<SequenceState> state = model_->NewState();
   Run(*state, RandomTokens(5, 9, vocab_));
@@ -175,6 +204,18 @@ TEST_F(ModelTest, RejectsBadInputWithoutTouchingState) {
 
   const SequenceInput twice[] = {{ok_tokens, state.get(), {}}, {ok_tokens, state.get(), {}}};
   EXPECT_EQ(model_->Forward(twice, logits).code(), absl::StatusCode::kInvalidArgument);
+
+  // Device ids: argmax and a draw together, a draw at two positions, nowhere to put them.
+  std::vector<int32_t> ids;
+  SequenceInput both{ok_tokens, state.get(), {1}, /*argmax=*/true};
+  both.draw = kernels::RowSampling{};
+  EXPECT_EQ(model_->Forward({&both, 1}, logits, &ids).code(), absl::StatusCode::kInvalidArgument);
+  SequenceInput two_draws{ok_tokens, state.get(), {0, 1}};
+  two_draws.draw = kernels::RowSampling{};
+  EXPECT_EQ(model_->Forward({&two_draws, 1}, logits, &ids).code(), absl::StatusCode::kInvalidArgument);
+  SequenceInput no_place{ok_tokens, state.get(), {1}};
+  no_place.draw = kernels::RowSampling{};
+  EXPECT_EQ(model_->Forward({&no_place, 1}, logits).code(), absl::StatusCode::kInvalidArgument);
 
   EXPECT_EQ(model_->SnapshotState(*state), before);
 }

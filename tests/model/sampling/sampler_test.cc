@@ -5,11 +5,13 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <set>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/sampling.h"
 #include "model/sampling/rng.h"
 
 namespace deltaserve::model {
@@ -274,6 +276,37 @@ TEST(SequenceSamplerTest, IsStopTokenHonoursStopIdsAndIgnoreEos) {
   SequenceSampler ignoring(params, {}, 1);
   EXPECT_TRUE(ignoring.IsStopToken(5, eos));
   EXPECT_FALSE(ignoring.IsStopToken(2, eos));
+}
+
+// DeviceDraw takes the random number Sample would take: the device's draw (SampleRow, its
+// definition) gives Sample's tokens. Greedy and penalties stay on the host and take nothing.
+TEST(SequenceSamplerTest, DeviceDrawTakesTheNumberSampleWouldTake) {
+  SamplingParams params;
+  params.temperature = 0.8f;
+  params.top_k = 6;
+  params.top_p = 0.9f;
+  params.min_p = 0.01f;
+  params.seed = 21;
+  std::vector<float> logits(40);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(static_cast<float>(i)) * 2.0f;
+  SequenceSampler host(params, {}, 0), device(params, {}, 0);
+  std::vector<float> scratch;
+  for (int i = 0; i < 50; ++i) {
+    const std::optional<kernels::RowSampling> draw = device.DeviceDraw();
+    ASSERT_TRUE(draw.has_value());
+    EXPECT_EQ(draw->temperature, 0.8f);
+    EXPECT_EQ(draw->top_k, 6);
+    std::vector<float> row = logits;
+    EXPECT_EQ(kernels::SampleRow(row, *draw, scratch), Draw(host, logits)) << i;
+  }
+  SamplingParams penalised = params;
+  penalised.presence_penalty = 0.5f;
+  SequenceSampler with_penalty(penalised, {}, 0);
+  EXPECT_FALSE(with_penalty.DeviceDraw().has_value());
+  SamplingParams greedy = params;
+  greedy.temperature = 0.0f;
+  SequenceSampler greedy_sampler(greedy, {}, 0);
+  EXPECT_FALSE(greedy_sampler.DeviceDraw().has_value());
 }
 
 // A device argmax stands for Sample's greedy pick only where Sample would pick at all.
