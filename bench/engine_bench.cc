@@ -109,14 +109,19 @@ std::vector<int32_t> RandomTokens(int64_t n, uint64_t seed, int64_t vocab) {
 
 // Fresh states for the batch, each with a synthetic history of `context` tokens and room for
 // `spare_rows` more latent rows.
-std::vector<std::unique_ptr<model::SequenceState>> NewStates(const model::KimiLinearModel& m,
-                                                             const Options& o,
-                                                             int64_t spare_rows) {
+// Fails where the device runs out of memory for them (the batch does not fit).
+absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> NewStates(const model::KimiLinearModel& m,
+                                                                             const Options& o,
+                                                                             int64_t spare_rows) {
   std::vector<std::unique_ptr<model::SequenceState>> states;
   for (int64_t i = 0; i < o.batch; ++i) {
     states.push_back(m.NewState());
     model::FillSyntheticHistory(*states.back(), o.context, spare_rows,
                                 o.seed + static_cast<uint64_t>(i));
+    if (absl::Status status = m.TakeDeviceFailure(absl::StrCat("making sequence ", i + 1, " of ", o.batch));
+        !status.ok()) {
+      return status;
+    }
   }
   return states;
 }
@@ -136,7 +141,9 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
   Timings timings{0, 1e300};
   std::vector<float> logits;
   for (int64_t pass = 0; pass < o.warmup + o.steps; ++pass) {
-    std::vector<std::unique_ptr<model::SequenceState>> states = NewStates(m, o, o.prompt);
+    absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.prompt);
+    if (!made.ok()) return made.status();
+    std::vector<std::unique_ptr<model::SequenceState>> states = std::move(*made);
     std::vector<model::SequenceInput> inputs;
     for (int64_t i = 0; i < o.batch; ++i) {
       inputs.push_back({prompts[static_cast<size_t>(i)], states[static_cast<size_t>(i)].get(),
@@ -161,7 +168,9 @@ constexpr kernels::RowSampling kSampleDraw{0.8f, 0, 0.95f, 0.0f, 0.0};
 // argmax with --argmax, or a token drawn with --sample, taken on the device).
 absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
                                   StateBytes& state_bytes) {
-  std::vector<std::unique_ptr<model::SequenceState>> states = NewStates(m, o, o.warmup + o.steps);
+  absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.warmup + o.steps);
+  if (!made.ok()) return made.status();
+  std::vector<std::unique_ptr<model::SequenceState>> states = std::move(*made);
   state_bytes = BytesOf(*states.front());
   const int32_t token = static_cast<int32_t>(1 % m.config().vocab_size);
   Timings timings{0, 1e300};

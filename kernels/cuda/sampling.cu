@@ -77,7 +77,8 @@ struct Shared {
   int64_t warp_last[kWarps];
   float best_value[kWarps];
   int64_t best_index[kWarps];
-  uint32_t low_key[kWarps];  // the smallest key a warp saw (of finite logits, or of weights > 0)
+  uint32_t low_key[kWarps];   // the smallest key a warp saw (of finite logits, or of weights > 0)
+  uint32_t high_key[kWarps];  // and the largest (of weights > 0)
   double segment[kWarps][kSegments];
   int32_t segment_rank[2][kWarps][kSegments];  // the tie ranks (top-k, top-p) where it starts
   // Selection: keys in [lo, hi] are still in play; want is what remains to take among them.
@@ -85,7 +86,7 @@ struct Shared {
   uint32_t lo, hi;
   int64_t token;
   double target;
-  int chosen_warp, chosen_segment;
+  int chosen_warp;
 };
 
 // How the row's n ids are split: warp w walks [w * chunk, (w + 1) * chunk) in steps of kStep,
@@ -421,7 +422,7 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) {
       sh.warp_sum[warp] = total;
       sh.low_key[warp] = low_bits;
-      sh.best_index[warp] = high_bits;
+      sh.high_key[warp] = high_bits;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -430,7 +431,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int w = 0; w < kWarps; ++w) {
         sum += sh.warp_sum[w];
         lowest = min(lowest, sh.low_key[w]);
-        highest = max(highest, static_cast<uint32_t>(sh.best_index[w]));
+        highest = max(highest, sh.high_key[w]);
       }
       const auto want = static_cast<unsigned long long>(static_cast<double>(draw.top_p) * static_cast<double>(sum));
       sh.want = want > 0 ? want : 1;  // the largest weight (1) always stays

@@ -47,6 +47,8 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
     const StepSequence& seq = step.seqs[s];
     seq.state->ReserveLatent(layer, seq.rows.length);
     MlaLayerState& cache = seq.state->mla(layer);
+    // Pages the backend could not allocate: it holds the failure, which fails the step.
+    if (cache.capacity() < cache.num_cached + seq.rows.length) return;
     mla_seqs[s] = {seq.rows, ChooseForm(step.options.mla_form, seq.rows.length), cache.view(),
                    cache.num_cached};
   }

@@ -58,6 +58,7 @@ void FillSyntheticHistory(SequenceState& state, int64_t length, int64_t spare_ro
     // The pages for length + spare_rows rows.
     state.ReserveLatent(layer, length + spare_rows);
     MlaLayerState& mla = state.mla(layer);
+    if (mla.capacity() < length + spare_rows) return;  // out of memory: the backend reports it
     const int64_t width = config.mla_latent_size();
     const int64_t block_rows = std::min(length, kSyntheticBlockRows);
     const std::vector<float> block = UniformValues(seed, stream, block_rows * width, kUnitScale);

@@ -13,6 +13,7 @@
 #include "kernels/sampling.h"
 #include "model/generator.h"
 #include "model/kimi_linear_model.h"
+#include "model/state/synthetic_history.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/fixtures.h"
 
@@ -227,8 +228,9 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelTest,
                            return testing::FixtureTestName(param.param);
                          });
 
-// Device memory as a limit a server lives with: a backend capped below what a step needs fails
-// that step with RESOURCE_EXHAUSTED and keeps working, so a fresh sequence afterwards gets
+// Device memory as a limit a server lives with: a backend capped below what a step (or a
+// sequence's latent pages) needs fails that step with RESOURCE_EXHAUSTED and keeps working, so a
+// fresh sequence afterwards gets
 // exactly the logits an uncapped backend gives; a cap below the weights fails the load.
 TEST(CudaModelMemoryLimit, AStepPastTheLimitFailsAndTheNextOneWorks) {
   std::string why;
@@ -257,6 +259,14 @@ TEST(CudaModelMemoryLimit, AStepPastTheLimitFailsAndTheNextOneWorks) {
   const absl::Status failed = (*model)->Forward({&long_input, 1}, logits);
   EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
   EXPECT_NE(failed.message().find("memory limit"), std::string_view::npos) << failed;
+
+  // Latent pages past the limit: the history is not made and the failure is reported.
+  auto too_long = (*model)->NewState();
+  FillSyntheticHistory(*too_long, 4000000, 0, 1);
+  const absl::Status pages = (*model)->TakeDeviceFailure("a long synthetic history");
+  EXPECT_EQ(pages.code(), absl::StatusCode::kResourceExhausted) << pages;
+  EXPECT_EQ(too_long->num_tokens(), 0);
+  too_long.reset();  // its pages go back
 
   // A prompt, then one decode step on the states it left.
   auto state = (*model)->NewState();
