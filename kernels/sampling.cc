@@ -9,9 +9,13 @@
 namespace deltaserve::kernels {
 
 int64_t SampleRow(std::span<float> logits, const RowSampling& draw, std::vector<float>& scratch) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t best = GreedyArgmax(logits);
-  if (best < 0) return -1;
+  return best < 0 ? -1 : SampleRowFrom(logits, best, draw, scratch);
+}
+
+int64_t SampleRowFrom(std::span<float> logits, int64_t best, const RowSampling& draw,
+                      std::vector<float>& scratch) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   if (!(draw.temperature > 0.0f)) return best;  // greedy
   const float max_logit = logits[best];
   if (draw.top_k > 0) ApplyTopK(draw.top_k, logits, scratch);

@@ -34,10 +34,12 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   const bool argmax = params.plain_greedy();
   std::vector<float> logits;
   std::vector<int32_t> device_ids;
-  // Asks `input`, a step whose last position is sampled, for the device's token where it can.
+  // Asks `input`, a step whose last position is sampled, for the device's token where it can;
+  // whether it did.
   auto sample_on_device = [&](SequenceInput& input) {
     input.argmax = argmax;
     if (!argmax) input.draw = sampler.DeviceDraw();
+    return input.argmax || input.draw.has_value();
   };
   bool from_device = false;
   for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk_tokens) {
@@ -45,8 +47,7 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
     SequenceInput input{prompt.subspan(begin, length), &state, {}};
     if (begin + length == prompt.size()) {
       input.logit_positions = {static_cast<int64_t>(length) - 1};
-      sample_on_device(input);
-      from_device = input.argmax || input.draw.has_value();
+      from_device = sample_on_device(input);
     }
     DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &device_ids));
   }
@@ -69,8 +70,7 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
       break;
     }
     SequenceInput input{std::span<const int32_t>(&result.tokens.back(), 1), &state, {0}};
-    sample_on_device(input);
-    from_device = input.argmax || input.draw.has_value();
+    from_device = sample_on_device(input);
     DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &device_ids));
   }
   return result;

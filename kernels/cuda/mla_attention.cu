@@ -27,22 +27,11 @@ constexpr int kAppendRows = kWarps;  // append: one row per warp
 // ---------------------------------------------------------------------------------------------
 // Append.
 
-// Grid: ceil(T / 8) blocks of 8 warps, warp w copies packed row 8 * block + w.
-__global__ void __launch_bounds__(kThreads)
-    MlaAppendKernel(TensorView latent, const MlaSequence* seqs, int64_t num_seqs) {
-  __shared__ int row_seq[kAppendRows];
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kAppendRows;
-  const int n = static_cast<int>(latent.rows - t0 < kAppendRows ? latent.rows - t0 : kAppendRows);
-  MapRows(seqs, num_seqs, -1, t0, n, row_seq);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp >= n || row_seq[warp] < 0) return;
-  const MlaSequence& seq = seqs[row_seq[warp]];
-  const int64_t t = t0 + warp, width = latent.cols;
-  const float* src = RowF32(latent, t);
-  float* dst = seq.cache.Row(seq.num_cached + (t - seq.rows.begin), width);
-  // Loads first, 8 per lane in flight (dst and src could alias as far as the compiler knows).
+// One warp copies `width` floats from src to dst: loads first, 8 per lane in flight (dst and src
+// could alias as far as the compiler knows).
+__device__ __forceinline__ void WarpCopyRow(const float* src, float* dst, int64_t width) {
   constexpr int kInFlight = 8;
-  for (int64_t c0 = lane; c0 < width; c0 += 32 * kInFlight) {
+  for (int64_t c0 = threadIdx.x & 31; c0 < width; c0 += 32 * kInFlight) {
     float v[kInFlight];
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) v[u] = c0 + 32 * u < width ? src[c0 + 32 * u] : 0.0f;
@@ -53,15 +42,26 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Grid: ceil(T / 8) blocks of 8 warps, warp w copies packed row 8 * block + w.
+__global__ void __launch_bounds__(kThreads)
+    MlaAppendKernel(TensorView latent, const MlaSequence* seqs, int64_t num_seqs) {
+  __shared__ int row_seq[kAppendRows];
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kAppendRows;
+  const int n = static_cast<int>(latent.rows - t0 < kAppendRows ? latent.rows - t0 : kAppendRows);
+  MapRows(seqs, num_seqs, -1, t0, n, row_seq);
+  const int warp = threadIdx.x >> 5;
+  if (warp >= n || row_seq[warp] < 0) return;
+  const MlaSequence& seq = seqs[row_seq[warp]];
+  const int64_t t = t0 + warp, width = latent.cols;
+  WarpCopyRow(RowF32(latent, t), seq.cache.Row(seq.num_cached + (t - seq.rows.begin), width), width);
+}
+
 // Grid: ceil(rows / 8) blocks of 8 warps, warp w copies cache row 8 * block + w of *seq to dst.
 __global__ void __launch_bounds__(kThreads)
     MlaGatherLatentKernel(const MlaSequence* seq, TensorView dst) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kAppendRows + (threadIdx.x >> 5);
   if (row >= dst.rows) return;
-  const int64_t width = dst.cols;
-  const float* src = seq->cache.Row(row, width);
-  float* out = RowF32(dst, row);
-  for (int64_t c = threadIdx.x & 31; c < width; c += 32) out[c] = src[c];
+  WarpCopyRow(seq->cache.Row(row, dst.cols), RowF32(dst, row), dst.cols);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ absl::StatusOr<int32_t> SequenceSampler::Sample(std::span<float> logits) {
         ") left no finite largest logit; nothing finite to sample."));
   }
   if (params_.greedy()) return static_cast<int32_t>(best);
-  return static_cast<int32_t>(kernels::SampleRow(logits, Draw(), scratch_));
+  return static_cast<int32_t>(kernels::SampleRowFrom(logits, best, Draw(), scratch_));
 }
 
 kernels::RowSampling SequenceSampler::Draw() {
@@ -113,10 +113,7 @@ kernels::RowSampling SequenceSampler::Draw() {
 }
 
 std::optional<kernels::RowSampling> SequenceSampler::DeviceDraw() {
-  if (params_.greedy() || params_.repetition_penalty != 1.0f || params_.frequency_penalty != 0.0f ||
-      params_.presence_penalty != 0.0f) {
-    return std::nullopt;
-  }
+  if (params_.greedy() || params_.has_penalties()) return std::nullopt;
   return Draw();
 }
 

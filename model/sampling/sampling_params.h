@@ -29,10 +29,14 @@ struct SamplingParams {
   // the field and its value.
   absl::Status Validate(int64_t vocab_size) const;
   bool greedy() const { return temperature == 0.0f; }
+  // Any repetition, frequency or presence penalty: the logits change before the draw.
+  bool has_penalties() const {
+    return repetition_penalty != 1.0f || frequency_penalty != 0.0f || presence_penalty != 0.0f;
+  }
   // Greedy without penalties: the token is the raw logits' argmax, which the device can take
   // (SequenceInput::argmax) without sending the logits to the host.
   bool plain_greedy() const {
-    return greedy() && repetition_penalty == 1.0f && frequency_penalty == 0.0f && presence_penalty == 0.0f;
+    return greedy() && !has_penalties();
   }
 };
 
