@@ -1,12 +1,13 @@
-// Chunked KDA prefill (spec §2.4), chunk 64, in two kernels over a table of chunks:
+// Chunked KDA prefill (spec §2.4), chunk 64, in three kernels over a table of chunks:
 //  1. KdaChunkPrepareKernel, one block per (chunk, head), every chunk at once: gate, beta and the
 //     q/k L2 norm; the in-chunk cumulative decay G; Akk and Aqk from 16-row sub-blocks (diagonal
 //     blocks element by element, the others against the block's first row, so no exponent is
 //     positive); Tm = (I + Akk)^-1 by 16x16 blocks; then W = Tm·(β e^G k̂), U = Tm·(β v),
 //     QG = q̂ e^G, KG = k̂ e^(G_last - G), Aqk and e^G_last into scratch.
 //  2. KdaChunkScanKernel, one block per (sequence, head, slice of value columns), chunk by chunk:
-//     Vn = U - W·S, O = QG·S + Aqk·Vn, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in shared memory
-//     and the next chunk's operands loaded asynchronously meanwhile.
+//     H = S and Vn = U - W·S out to scratch, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in shared
+//     memory and the next chunk's operands loaded asynchronously meanwhile.
+//  3. KdaChunkOutputKernel, one block per (chunk, head), every chunk at once: O = QG·H + Aqk·Vn.
 // Products run on tensor cores with bf16 operands and fp32 accumulation; the intermediates kept
 // between the kernels are bf16, as in FLA's chunk_kda (spec §2.4, "intermediate dtypes").
 #include <cuda_bf16.h>
@@ -15,6 +16,7 @@
 #include <mma.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kda_input_checks.h"
@@ -36,6 +38,7 @@ constexpr int kChunk = 64;
 constexpr int kSub = 16;  // sub-block rows, and the tensor-core tile
 constexpr int kPrepareWarps = 16;
 constexpr int kScanWarps = 8;
+constexpr int kOutputWarps = 8;
 // Shared-memory rows are padded (16 bytes for bf16, 16 bytes for fp32) so the 16 rows of a
 // tensor-core tile fall in different banks.
 constexpr int Padded(int bf16_cols) { return bf16_cols + 8; }
@@ -50,20 +53,24 @@ using TileC = fragment<accumulator, 16, 16, 16, float>;
 // Value columns per scan block: 32, or 16 where the head dimension is not a multiple of 32.
 constexpr int ScanSlice(int d) { return d % 32 == 0 ? 32 : 16; }
 
-// The scratch the prepare kernel writes and the scan kernel reads, per (chunk, head) `ch`.
+// The scratch between the kernels, per (chunk, head) `ch`: the prepare kernel writes W, U, QG,
+// KG, Aqk and e^G_last; the scan reads W, U, KG and e^G_last and writes Vn and H; the output
+// kernel reads QG, Aqk, Vn and H.
 template <int D>
 struct ChunkScratch {
   bf16* w;          // [ch][64][D]
   bf16* u;          // [ch][64][D]
   bf16* qg;         // [ch][64][D]
   bf16* kg;         // [ch][64][D]
+  bf16* vn;         // [ch][64][D], U - W·S
   bf16* aqk;        // [ch][64][64], zero above the diagonal
   float* gate_last; // [ch][D], e^G_last
+  bf16* h;          // [ch][D][D], the state S entering the chunk
 
   __host__ __device__ static size_t Bytes(int64_t chunk_heads) {
     const size_t n = static_cast<size_t>(chunk_heads);
-    return Align(4 * n * kChunk * D * sizeof(bf16)) + Align(n * kChunk * kChunk * sizeof(bf16)) +
-           Align(n * D * sizeof(float));
+    return Align(5 * n * kChunk * D * sizeof(bf16)) + Align(n * kChunk * kChunk * sizeof(bf16)) +
+           Align(n * D * sizeof(float)) + Align(n * D * D * sizeof(bf16));
   }
   __host__ __device__ static size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }
   __host__ __device__ static ChunkScratch Carve(void* base, int64_t chunk_heads) {
@@ -74,17 +81,20 @@ struct ChunkScratch {
     s.u = s.w + matrix;
     s.qg = s.u + matrix;
     s.kg = s.qg + matrix;
-    p += Align(4 * matrix * sizeof(bf16));
+    s.vn = s.kg + matrix;
+    p += Align(5 * matrix * sizeof(bf16));
     s.aqk = reinterpret_cast<bf16*>(p);
     p += Align(n * kChunk * kChunk * sizeof(bf16));
     s.gate_last = reinterpret_cast<float*>(p);
+    p += Align(n * D * sizeof(float));
+    s.h = reinterpret_cast<bf16*>(p);
     return s;
   }
 };
 
 template <int D>
 struct PrepareShared {
-  float g[kChunk][D];  // the gate g, then the cumulative G
+  float g[kChunk][D];  // the cumulative decay G, in log2 units (so every decay is one ex2)
   bf16 q[kChunk][D];   // q̂ (scale included)
   bf16 k[kChunk][D];   // k̂
   bf16 bv[kChunk][Padded(D)];  // β v
@@ -102,8 +112,11 @@ struct PrepareShared {
     float aqk[kChunk][PaddedF32(kChunk)];
     float tm[kChunk][PaddedF32(kChunk)];  // (I + Akk)^-1
   };
-  float tile[kPrepareWarps][kSub * kSub];  // per-warp staging of a result tile
-  float partial[3][kSub * kSub];           // Σ_K A_IK T_KJ of the inverse's off-diagonal blocks
+  union {
+    float warp_sums[kPrepareWarps][D];       // each warp's sum of g over its rows
+    float tile[kPrepareWarps][kSub * kSub];  // per-warp staging of a result tile
+  };
+  float partial[3][kSub * kSub];  // Σ_K A_IK T_KJ of the inverse's off-diagonal blocks
   float beta[kChunk];
 };
 
@@ -129,99 +142,191 @@ __device__ __forceinline__ void StoreTileBf16(const TileC& acc, float* staging, 
   __syncwarp();
 }
 
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// softplus(x) / ln 2 = log2(1 + e^x): the gate's softplus in log2 units.
+__device__ __forceinline__ float Softplus2(float x) {
+  constexpr float kLog2E = 1.4426950408889634f;
+  if (x > 20.0f) return kLog2E * x;
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(1.0f + Exp2(kLog2E * x)));
+  return y;
+}
+
+// Four consecutive floats: one 16-byte load where the caller vouches for the alignment.
+__device__ __forceinline__ float4 Load4(const float* p, bool aligned) {
+  if (aligned) return __ldg(reinterpret_cast<const float4*>(p));
+  return make_float4(p[0], p[1], p[2], p[3]);
+}
+
+__device__ __forceinline__ float4 operator*(float4 a, float4 b) {
+  return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w);
+}
+__device__ __forceinline__ float4 operator*(float4 a, float s) { return make_float4(a.x * s, a.y * s, a.z * s, a.w * s); }
+__device__ __forceinline__ float4 operator+(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+__device__ __forceinline__ float4 Exp2Diff(float4 a, float4 b) {
+  return make_float4(Exp2(a.x - b.x), Exp2(a.y - b.y), Exp2(a.z - b.z), Exp2(a.w - b.w));
+}
+__device__ __forceinline__ float4 Exp2(float4 a) { return make_float4(Exp2(a.x), Exp2(a.y), Exp2(a.z), Exp2(a.w)); }
+
+// Four bf16 as one 8-byte value, and back.
+__device__ __forceinline__ uint2 PackBf16(float4 a) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(a.x, a.y), hi = __floats2bfloat162_rn(a.z, a.w);
+  return make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+__device__ __forceinline__ float4 UnpackBf16(uint2 packed) {
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+__device__ __forceinline__ void Store4(bf16* p, float4 a) { *reinterpret_cast<uint2*>(p) = PackBf16(a); }
+__device__ __forceinline__ float4 Load4(const bf16* p) { return UnpackBf16(*reinterpret_cast<const uint2*>(p)); }
+__device__ __forceinline__ float4& At4(float* p) { return *reinterpret_cast<float4*>(p); }
+
+// One round of TransposeSum: lanes split on bit `kWidth`, each keeps half its values and adds the
+// partner's copy of that half.
+template <int kWidth>
+__device__ __forceinline__ void TransposeSumRound(float (&v)[32], int lane) {
+  const bool upper = lane & kWidth;
+#pragma unroll
+  for (int i = 0; i < kWidth; ++i) {
+    const float send = upper ? v[i] : v[i + kWidth];
+    const float keep = upper ? v[i + kWidth] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kWidth);
+  }
+}
+
+// 32 per-lane values v[0..31] -> lane L holds Σ over the warp's lanes of v[L] (31 shuffles).
+__device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
+  TransposeSumRound<16>(v, lane);
+  TransposeSumRound<8>(v, lane);
+  TransposeSumRound<4>(v, lane);
+  TransposeSumRound<2>(v, lane);
+  TransposeSumRound<1>(v, lane);
+  return v[0];
+}
+
+// Thread layout: warp w owns the chunk's rows 4w .. 4w+3 and lane l the columns 4l .. 4l+3 (lanes
+// past D/4 hold zeros) for the element-wise work; the products go by 16x16 tiles.
 template <int D>
 __global__ void __launch_bounds__(kPrepareWarps * 32)
-    KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, ChunkScratch<D> scratch) {
+    KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, ChunkScratch<D> scratch,
+                          bool aligned_inputs) {
+  static_assert(kPrepareWarps == kSub && kChunk == 4 * kPrepareWarps && D % 4 == 0 && D <= 128,
+                "the layout above");
+  constexpr int kRows = kChunk / kPrepareWarps;
+  constexpr int kThreads = kPrepareWarps * 32;
+  constexpr float kLog2E = 1.4426950408889634f;
   extern __shared__ __align__(128) unsigned char shared_raw[];
   auto& s = *reinterpret_cast<PrepareShared<D>*>(shared_raw);
-  constexpr int kPerLane = (D + 31) / 32;
-  constexpr int kThreads = kPrepareWarps * 32;
 
   const int chunk = blockIdx.x, h = blockIdx.y, heads = gridDim.y;
   const int64_t ch = static_cast<int64_t>(chunk) * heads + h;
   const KdaChunkRef ref = chunks[chunk];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const bool on = lane < D / 4;
+  const int c0 = on ? 4 * lane : 0, r0 = warp * kRows, block = r0 / kSub;
+  const int64_t col = static_cast<int64_t>(h) * D + c0;
 
-  // 1. Inputs: q̂, k̂, β v, g, β. Rows past the chunk's length are zero (no decay, β = 0), so
-  //    they neither move G nor touch the state.
+  // 1. Inputs: q̂, k̂ (rounded to bf16), β v, g, β. Rows past the chunk's length are zero (no
+  //    decay, β = 0), so they neither move G nor touch the state.
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float4 q[kRows], k[kRows], v[kRows], G[kRows];
+  float beta[kRows];
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int r = r0 + i;
+    const bool valid = r < ref.length, load = valid && on;
+    const int64_t t = ref.row_begin + r;
+    q[i] = load ? Load4(RowF32(in.q, t) + col, aligned_inputs) : zero;
+    k[i] = load ? Load4(RowF32(in.k, t) + col, aligned_inputs) : zero;
+    v[i] = load ? Load4(RowF32(in.v, t) + col, aligned_inputs) : zero;
+    G[i] = load ? Load4(RowF32(in.gate_logits, t) + col, aligned_inputs) : zero;
+    beta[i] = valid ? __fdividef(1.0f, 1.0f + Exp2(-kLog2E * RowF32(in.beta_logits, t)[h])) : 0.0f;
+  }
   const float decay_rate = expf(LoadFlat(in.a_log, h));
   const float q_scale = 1.0f / sqrtf(static_cast<float>(D));
-  for (int r = warp; r < kChunk; r += kPrepareWarps) {
-    const bool valid = r < ref.length;
-    const int64_t t = ref.row_begin + r;
-    float q[kPerLane], k[kPerLane], v[kPerLane], f[kPerLane], sum_q = 0.0f, sum_k = 0.0f;
+  float dt[4];
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int j = lane + 32 * i;
-      const bool on = valid && j < D;
-      q[i] = on ? RowF32(in.q, t)[h * D + j] : 0.0f;
-      k[i] = on ? RowF32(in.k, t)[h * D + j] : 0.0f;
-      v[i] = on ? RowF32(in.v, t)[h * D + j] : 0.0f;
-      f[i] = on ? RowF32(in.gate_logits, t)[h * D + j] : 0.0f;
-      sum_q += q[i] * q[i];
-      sum_k += k[i] * k[i];
-    }
-    sum_q = WarpSum(sum_q);
-    sum_k = WarpSum(sum_k);
-    const float q_mul = q_scale / sqrtf(sum_q + 1e-6f), k_mul = 1.0f / sqrtf(sum_k + 1e-6f);
-    const float beta = valid ? SigmoidF(RowF32(in.beta_logits, t)[h]) : 0.0f;
+  for (int j = 0; j < 4; ++j) dt[j] = on ? LoadFlat(in.dt_bias, col + j) : 0.0f;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int j = lane + 32 * i;
-      if (j >= D) continue;
-      s.q[r][j] = __float2bfloat16(q[i] * q_mul);
-      s.k[r][j] = __float2bfloat16(k[i] * k_mul);
-      s.bv[r][j] = __float2bfloat16(beta * v[i]);
-      s.g[r][j] = valid ? -decay_rate * SoftplusF(f[i] + LoadFlat(in.dt_bias, h * D + j)) : 0.0f;
-    }
-    if (lane == 0) s.beta[r] = beta;
+  for (int i = 0; i < kRows; ++i) {
+    const float sum_q = WarpSum(q[i].x * q[i].x + q[i].y * q[i].y + q[i].z * q[i].z + q[i].w * q[i].w);
+    const float sum_k = WarpSum(k[i].x * k[i].x + k[i].y * k[i].y + k[i].z * k[i].z + k[i].w * k[i].w);
+    q[i] = UnpackBf16(PackBf16(q[i] * (q_scale * rsqrtf(sum_q + 1e-6f))));
+    k[i] = UnpackBf16(PackBf16(k[i] * rsqrtf(sum_k + 1e-6f)));
+    const bool valid = r0 + i < ref.length && on;
+    float* g = &G[i].x;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) g[j] = valid ? -decay_rate * Softplus2(g[j] + dt[j]) : 0.0f;
+    if (i > 0) G[i] = G[i] + G[i - 1];  // the cumulative sum over this warp's rows
   }
-  for (int i = tid; i < kChunk * kChunk; i += kThreads) {
-    s.akk[i / kChunk][i % kChunk] = 0.0f;
-    s.aqk[i / kChunk][i % kChunk] = 0.0f;
+  if (on) At4(&s.warp_sums[warp][c0]) = G[kRows - 1];
+  for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
+    const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
+    At4(&s.akk[r][c]) = zero;
+    At4(&s.aqk[r][c]) = zero;
   }
   __syncthreads();
 
-  // 2. G = cumulative sum of g over the chunk's rows.
-  for (int j = tid; j < D; j += kThreads) {
-    float acc = 0.0f;
-    for (int r = 0; r < kChunk; ++r) {
-      acc += s.g[r][j];
-      s.g[r][j] = acc;
-    }
-  }
-  __syncthreads();
-
-  // 3. Operands of the off-diagonal sub-blocks, and QG, KG, e^G_last out to scratch.
-  for (int i = tid; i < 3 * kSub * D; i += kThreads) {
-    const int rr = i / D, j = i % D, r = kSub + rr, n = (r / kSub) * kSub;
-    const float decay = __expf(s.g[r][j] - s.g[n][j]);
-    s.rows[rr][j] = __float2bfloat16(__bfloat162float(s.k[r][j]) * decay);
-    s.rows[3 * kSub + rr][j] = __float2bfloat16(__bfloat162float(s.q[r][j]) * decay);
-  }
-  for (int i = tid; i < 6 * kSub * D; i += kThreads) {
-    const int cr = i / D, j = i % D;
-    const int block = cr < kSub ? 1 : (cr < 3 * kSub ? 2 : 3);
-    const int col = cr - ColsBase(block), n = block * kSub;
-    s.cols[cr][j] = __float2bfloat16(__bfloat162float(s.k[col][j]) * __expf(s.g[n][j] - s.g[col][j]));
-  }
+  // 2. G over the whole chunk: add the sums of the warps before this one.
   {
+    float4 before = zero;
+    for (int w = 0; w < warp; ++w) before = before + At4(&s.warp_sums[w][c0]);
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = r0 + i;
+      G[i] = G[i] + before;
+      if (on) {
+        At4(&s.g[r][c0]) = G[i];
+        Store4(&s.q[r][c0], q[i]);
+        Store4(&s.k[r][c0], k[i]);
+        Store4(&s.bv[r][c0], v[i] * beta[i]);
+      }
+      if (lane == 0) s.beta[r] = beta[i];
+    }
+  }
+  __syncthreads();
+
+  // 3. Operands of the off-diagonal sub-blocks; QG, KG and e^G_last out to scratch; the operand
+  //    β e^G k̂ of W kept in registers until `rows` is free.
+  uint2 w_operand[kRows];
+  {
+    const float4 g_last = At4(&s.g[kChunk - 1][c0]);
+    const float4 g_ref = At4(&s.g[block * kSub][c0]);
     bf16* qg = scratch.qg + ch * kChunk * D;
     bf16* kg = scratch.kg + ch * kChunk * D;
-    for (int i = tid; i < kChunk * D; i += kThreads) {
-      const int r = i / D, j = i % D;
-      const float g = s.g[r][j];
-      qg[i] = __float2bfloat16(__bfloat162float(s.q[r][j]) * __expf(g));
-      kg[i] = __float2bfloat16(__bfloat162float(s.k[r][j]) * __expf(s.g[kChunk - 1][j] - g));
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int r = r0 + i;
+      const float4 e_g = Exp2(G[i]);
+      w_operand[i] = PackBf16(k[i] * e_g * beta[i]);
+      if (!on) continue;
+      Store4(qg + r * D + c0, q[i] * e_g);
+      Store4(kg + r * D + c0, k[i] * Exp2Diff(g_last, G[i]));
+      if (block > 0) {
+        const float4 decay = Exp2Diff(G[i], g_ref);
+        Store4(&s.rows[r - kSub][c0], k[i] * decay);
+        Store4(&s.rows[3 * kSub + r - kSub][c0], q[i] * decay);
+      }
+      for (int b = block + 1; b < 4; ++b) {
+        Store4(&s.cols[ColsBase(b) + r][c0], k[i] * Exp2Diff(At4(&s.g[b * kSub][c0]), G[i]));
+      }
     }
-    for (int j = tid; j < D; j += kThreads) {
-      scratch.gate_last[ch * D + j] = __expf(s.g[kChunk - 1][j]);
-    }
+    if (warp == 0 && on) At4(&scratch.gate_last[ch * D + c0]) = Exp2(g_last);
   }
   __syncthreads();
 
   // 4. Akk (without β yet) and Aqk: off-diagonal sub-blocks on tensor cores, then the diagonal
-  //    ones element by element (exp(G_r - G_s) with s <= r).
+  //    ones element by element (e^(G_r - G_s) with s <= r): warp w takes the row at offset w of
+  //    blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34 pairs each), a lane its 4 columns
+  //    of every pair, and one transposed sum gives a lane one pair's total.
   for (int t = warp; t < 12; t += kPrepareWarps) {
     const bool is_q = t >= 6;
     int bi, bj;
@@ -241,40 +346,45 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     float* c = is_q ? &s.aqk[bi * kSub][bj * kSub] : &s.akk[bi * kSub][bj * kSub];
     nvcuda::wmma::store_matrix_sync(c, acc, PaddedF32(kChunk), mem_row_major);
   }
-  constexpr int kPairsPerBlock = kSub * (kSub + 1) / 2;
-  for (int p = warp; p < 4 * kPairsPerBlock; p += kPrepareWarps) {
-    const int block = p / kPairsPerBlock, idx = p % kPairsPerBlock;
-    int r = static_cast<int>((sqrtf(8.0f * idx + 1.0f) - 1.0f) * 0.5f);
-    if ((r + 1) * (r + 2) / 2 <= idx) ++r;
-    if (r * (r + 1) / 2 > idx) --r;
-    const int c = idx - r * (r + 1) / 2;
-    const int row = block * kSub + r, col = block * kSub + c;
-    float kk = 0.0f, qk = 0.0f;
+#pragma unroll 1
+  for (int b = 0; b < 4; ++b) {
+    const int offset = (b & 1) ? kSub - 1 - warp : warp, r = b * kSub + offset;
+    const float4 g_r = At4(&s.g[r][c0]);
+    const float4 k_r = on ? Load4(&s.k[r][c0]) : zero, q_r = on ? Load4(&s.q[r][c0]) : zero;
+    float sums[2 * kSub];
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int j = lane + 32 * i;
-      if (j >= D) continue;
-      const float decay = __expf(s.g[row][j] - s.g[col][j]);
-      const float kc = __bfloat162float(s.k[col][j]) * decay;
-      kk = fmaf(__bfloat162float(s.k[row][j]), kc, kk);
-      qk = fmaf(__bfloat162float(s.q[row][j]), kc, qk);
+    for (int j = 0; j < kSub; ++j) {
+      float kk = 0.0f, qk = 0.0f;
+      if (j <= offset) {
+        const int col_row = b * kSub + j;
+        const float4 kd = Load4(&s.k[col_row][c0]) * Exp2Diff(g_r, At4(&s.g[col_row][c0]));
+        kk = k_r.x * kd.x + k_r.y * kd.y + k_r.z * kd.z + k_r.w * kd.w;
+        qk = q_r.x * kd.x + q_r.y * kd.y + q_r.z * kd.z + q_r.w * kd.w;
+      }
+      sums[j] = kk;
+      sums[kSub + j] = qk;
     }
-    kk = WarpSum(kk);
-    qk = WarpSum(qk);
-    if (lane == 0) {
-      s.aqk[row][col] = qk;
-      if (col < row) s.akk[row][col] = kk;
+    const float total = TransposeSum(sums, lane);
+    const int j = lane % kSub;
+    if (lane < kSub) {
+      if (j < offset) s.akk[r][b * kSub + j] = total;
+    } else if (j <= offset) {
+      s.aqk[r][b * kSub + j] = total;
     }
   }
   __syncthreads();
 
-  // 5. β into Akk's rows; Aqk out (bf16).
+  // 5. β into Akk's rows; Aqk out (bf16); the W operand into `rows` (its reads are done).
   {
     bf16* aqk = scratch.aqk + ch * kChunk * kChunk;
-    for (int i = tid; i < kChunk * kChunk; i += kThreads) {
-      const int r = i / kChunk, c = i % kChunk;
-      s.akk[r][c] *= s.beta[r];
-      aqk[i] = __float2bfloat16(s.aqk[r][c]);
+    for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
+      const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
+      At4(&s.akk[r][c]) = At4(&s.akk[r][c]) * s.beta[r];
+      Store4(aqk + r * kChunk + c, At4(&s.aqk[r][c]));
+    }
+    if (on) {
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) *reinterpret_cast<uint2*>(&s.rows[r0 + i][c0]) = w_operand[i];
     }
   }
   __syncthreads();
@@ -286,12 +396,16 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   __syncthreads();
   if (warp < 4 && lane < kSub) {
     const int base = warp * kSub, c = lane;
-    s.tm[base + c][base + c] = 1.0f;
-    for (int r = c + 1; r < kSub; ++r) {
+    float column[kSub];  // column c of the block's inverse, in registers along the substitution
+#pragma unroll
+    for (int r = 0; r < kSub; ++r) {
       float sum = 0.0f;
-      for (int k = c; k < r; ++k) sum = fmaf(s.akk[base + r][base + k], s.tm[base + k][base + c], sum);
-      s.tm[base + r][base + c] = -sum;
+#pragma unroll
+      for (int k = 0; k < r; ++k) sum = fmaf(s.akk[base + r][base + k], column[k], sum);
+      column[r] = r < c ? 0.0f : (r == c ? 1.0f : -sum);
     }
+#pragma unroll
+    for (int r = 0; r < kSub; ++r) s.tm[base + r][base + c] = column[r];
   }
   __syncthreads();
   for (int distance = 1; distance < 4; ++distance) {
@@ -319,12 +433,9 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   }
 
   // 7. W = Tm·(β e^G k̂) and U = Tm·(β v) on tensor cores (Tm in bf16, lower block triangle).
-  for (int i = tid; i < kChunk * kChunk; i += kThreads) {
-    s.tm_bf16[i / kChunk][i % kChunk] = __float2bfloat16(s.tm[i / kChunk][i % kChunk]);
-  }
-  for (int i = tid; i < kChunk * D; i += kThreads) {
-    const int r = i / D, j = i % D;
-    s.rows[r][j] = __float2bfloat16(s.beta[r] * __expf(s.g[r][j]) * __bfloat162float(s.k[r][j]));
+  for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
+    const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
+    Store4(&s.tm_bf16[r][c], At4(&s.tm[r][c]));
   }
   __syncthreads();
   constexpr int kColTiles = D / kSub;
@@ -350,18 +461,15 @@ template <int D, int BV>
 struct ScanShared {
   struct Stage {
     bf16 w[kChunk][Padded(D)];
-    bf16 qg[kChunk][Padded(D)];
     bf16 kg[kChunk][Padded(D)];
-    bf16 aqk[kChunk][Padded(kChunk)];
     bf16 u[kChunk][Padded(BV)];
     float gate_last[D];
   };
   Stage stage[2];
   float state[D][PaddedF32(BV)];
   bf16 state_bf16[D][Padded(BV)];
-  float vn[kChunk][PaddedF32(BV)];  // W·S, then Vn
-  bf16 vn_bf16[kChunk][Padded(BV)];
-  float out[kChunk][PaddedF32(BV)];
+  float ws[kChunk][PaddedF32(BV)];  // W·S
+  bf16 vn[kChunk][Padded(BV)];
 };
 
 // Queues the asynchronous copy of `rows` rows of `cols` bf16 (a multiple of 8) from `src` (row
@@ -382,10 +490,7 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
   constexpr int kThreads = kScanWarps * 32;
   const int64_t matrix = ch * kChunk * D;
   CopyRowsAsync(&st.w[0][0], Padded(D), scratch.w + matrix, D, kChunk, D, kThreads);
-  CopyRowsAsync(&st.qg[0][0], Padded(D), scratch.qg + matrix, D, kChunk, D, kThreads);
   CopyRowsAsync(&st.kg[0][0], Padded(D), scratch.kg + matrix, D, kChunk, D, kThreads);
-  CopyRowsAsync(&st.aqk[0][0], Padded(kChunk), scratch.aqk + ch * kChunk * kChunk, kChunk, kChunk,
-                kChunk, kThreads);
   CopyRowsAsync(&st.u[0][0], Padded(BV), scratch.u + matrix + slice * BV, D, kChunk, BV, kThreads);
   const auto* gate_last = reinterpret_cast<const uint4*>(scratch.gate_last + ch * D);
   for (int i = threadIdx.x; i < D / 4; i += kThreads) {
@@ -393,16 +498,18 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
   }
 }
 
-// Warp w computes the output tiles (row tile w % 4, column tiles w / 4, w / 4 + 2, ...) and
-// updates the state tiles w, w + 8, ... (row-major over [D/16, BV/16]).
+// The recurrence over a sequence's chunks, for one (sequence, head, slice of value columns):
+// per chunk, H = S out to scratch, Vn = U - W·S (kept, and out to scratch), then
+// S = e^G_last ⊙ S + KGᵀ·Vn. The outputs wait for the output kernel, which has every chunk's
+// H and Vn at once. Warp w computes the Vn tiles w, w + 8, ... (row tile t % 4, column tile
+// t / 4) and updates the state tiles w, w + 8, ... (row-major over [D/16, BV/16]).
 template <int D>
 __global__ void __launch_bounds__(kScanWarps * 32)
-    KdaChunkScanKernel(const KdaSequence* seqs, const KdaChunkRef* chunks,
-                       const int32_t* first_chunk, int heads, ChunkScratch<D> scratch,
-                       TensorView out) {
+    KdaChunkScanKernel(const KdaSequence* seqs, const int32_t* first_chunk, int heads,
+                       ChunkScratch<D> scratch) {
   constexpr int BV = ScanSlice(D);
   constexpr int kSlices = D / BV, kColTiles = BV / kSub, kStateTiles = (D / kSub) * kColTiles;
-  constexpr int kRowTiles = kChunk / kSub, kColGroups = kScanWarps / kRowTiles;
+  constexpr int kRowTiles = kChunk / kSub, kVnTiles = kRowTiles * kColTiles;
   constexpr int kThreads = kScanWarps * 32;
   extern __shared__ __align__(128) unsigned char shared_raw[];
   auto& s = *reinterpret_cast<ScanShared<D, BV>*>(shared_raw);
@@ -412,7 +519,6 @@ __global__ void __launch_bounds__(kScanWarps * 32)
   const int seq = head_index / heads, h = head_index % heads;
   const int first = first_chunk[seq], count = first_chunk[seq + 1] - first;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int row0 = (warp % kRowTiles) * kSub;  // this warp's 16 rows of the chunk
   float* state = seqs[seq].state + static_cast<int64_t>(h) * D * D + slice * BV;
 
   for (int i = tid; i < D * BV; i += kThreads) {
@@ -425,41 +531,47 @@ __global__ void __launch_bounds__(kScanWarps * 32)
   __pipeline_commit();
 
   for (int n = 0; n < count; ++n) {
-    if (n + 1 < count) {
-      LoadStage<D, BV>(scratch, static_cast<int64_t>(first + n + 1) * heads + h, slice,
-                       s.stage[(n + 1) & 1]);
-    }
+    const int64_t ch = static_cast<int64_t>(first + n) * heads + h;
+    if (n + 1 < count) LoadStage<D, BV>(scratch, ch + heads, slice, s.stage[(n + 1) & 1]);
     __pipeline_commit();
     __pipeline_wait_prior(1);
     __syncthreads();
     auto& st = s.stage[n & 1];
 
-    // Vn = U - W·S and the inter-chunk part of O, QG·S, for this warp's tiles.
-    constexpr int kMyColTiles = (kColTiles + kColGroups - 1) / kColGroups;
-    TileC o[kMyColTiles];
-#pragma unroll
-    for (int m = 0; m < kMyColTiles; ++m) {
-      const int ct = warp / kRowTiles + m * kColGroups;
-      if (ct >= kColTiles) continue;
-      TileC ws;
-      nvcuda::wmma::fill_fragment(ws, 0.0f);
-      nvcuda::wmma::fill_fragment(o[m], 0.0f);
+    // H: the state entering this chunk (bf16), 16 bytes a thread at a time.
+    {
+      bf16* dst = scratch.h + ch * D * D + slice * BV;
+      for (int i = tid; i < D * BV / 8; i += kThreads) {
+        const int r = i / (BV / 8), c = 8 * (i % (BV / 8));
+        *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * D + c) =
+            *reinterpret_cast<const uint4*>(&s.state_bf16[r][c]);
+      }
+    }
+    // Vn = U - W·S.
+    for (int t = warp; t < kVnTiles; t += kScanWarps) {
+      const int rt = t % kRowTiles, ct = t / kRowTiles;
+      TileC acc;
+      nvcuda::wmma::fill_fragment(acc, 0.0f);
 #pragma unroll
       for (int kt = 0; kt < D / kSub; ++kt) {
-        TileA fw, fq;
+        TileA fw;
         TileB fs;
-        nvcuda::wmma::load_matrix_sync(fw, &st.w[row0][kt * kSub], Padded(D));
-        nvcuda::wmma::load_matrix_sync(fq, &st.qg[row0][kt * kSub], Padded(D));
+        nvcuda::wmma::load_matrix_sync(fw, &st.w[rt * kSub][kt * kSub], Padded(D));
         nvcuda::wmma::load_matrix_sync(fs, &s.state_bf16[kt * kSub][ct * kSub], Padded(BV));
-        nvcuda::wmma::mma_sync(ws, fw, fs, ws);
-        nvcuda::wmma::mma_sync(o[m], fq, fs, o[m]);
+        nvcuda::wmma::mma_sync(acc, fw, fs, acc);
       }
-      nvcuda::wmma::store_matrix_sync(&s.vn[row0][ct * kSub], ws, PaddedF32(BV), mem_row_major);
+      nvcuda::wmma::store_matrix_sync(&s.ws[rt * kSub][ct * kSub], acc, PaddedF32(BV), mem_row_major);
       __syncwarp();
-      for (int i = lane; i < kSub * kSub; i += 32) {
-        const int r = row0 + i / kSub, c = ct * kSub + i % kSub;
-        s.vn_bf16[r][c] = __float2bfloat16(__bfloat162float(st.u[r][c]) - s.vn[r][c]);
-      }
+      const int r = rt * kSub + (lane >> 1), c = ct * kSub + (lane & 1) * 8;
+      alignas(16) bf16 values[8];
+      const uint4 u_raw = *reinterpret_cast<const uint4*>(&st.u[r][c]);
+      const bf16* u = reinterpret_cast<const bf16*>(&u_raw);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) values[i] = __float2bfloat16(__bfloat162float(u[i]) - s.ws[r][c + i]);
+      const uint4 packed = *reinterpret_cast<const uint4*>(values);
+      *reinterpret_cast<uint4*>(&s.vn[r][c]) = packed;
+      *reinterpret_cast<uint4*>(scratch.vn + ch * kChunk * D + static_cast<int64_t>(r) * D + slice * BV + c) =
+          packed;
     }
     // S ← e^G_last ⊙ S on the state tiles this warp updates below.
     for (int t = warp; t < kStateTiles; t += kScanWarps) {
@@ -471,21 +583,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     }
     __syncthreads();
 
-    // O += Aqk·Vn (Aqk lower triangular: column tiles up to this warp's row tile).
-#pragma unroll
-    for (int m = 0; m < kMyColTiles; ++m) {
-      const int ct = warp / kRowTiles + m * kColGroups;
-      if (ct >= kColTiles) continue;
-      for (int kt = 0; kt <= row0 / kSub; ++kt) {
-        TileA fa;
-        TileB fv;
-        nvcuda::wmma::load_matrix_sync(fa, &st.aqk[row0][kt * kSub], Padded(kChunk));
-        nvcuda::wmma::load_matrix_sync(fv, &s.vn_bf16[kt * kSub][ct * kSub], Padded(BV));
-        nvcuda::wmma::mma_sync(o[m], fa, fv, o[m]);
-      }
-      nvcuda::wmma::store_matrix_sync(&s.out[row0][ct * kSub], o[m], PaddedF32(BV), mem_row_major);
-    }
-    // S += KGᵀ·Vn.
+    // S += KGᵀ·Vn, and its bf16 copy for the next chunk.
     for (int t = warp; t < kStateTiles; t += kScanWarps) {
       const int rt = t / kColTiles, ct = t % kColTiles;
       TileC acc;
@@ -495,28 +593,16 @@ __global__ void __launch_bounds__(kScanWarps * 32)
         TileAT fk;
         TileB fv;
         nvcuda::wmma::load_matrix_sync(fk, &st.kg[kt * kSub][rt * kSub], Padded(D));
-        nvcuda::wmma::load_matrix_sync(fv, &s.vn_bf16[kt * kSub][ct * kSub], Padded(BV));
+        nvcuda::wmma::load_matrix_sync(fv, &s.vn[kt * kSub][ct * kSub], Padded(BV));
         nvcuda::wmma::mma_sync(acc, fk, fv, acc);
       }
       nvcuda::wmma::store_matrix_sync(&s.state[rt * kSub][ct * kSub], acc, PaddedF32(BV), mem_row_major);
-    }
-    __syncwarp();
-    for (int t = warp; t < kStateTiles; t += kScanWarps) {
-      const int rt = t / kColTiles, ct = t % kColTiles;
-      for (int i = lane; i < kSub * kSub; i += 32) {
-        const int r = rt * kSub + i / kSub, c = ct * kSub + i % kSub;
-        s.state_bf16[r][c] = __float2bfloat16(s.state[r][c]);
-      }
-    }
-    const KdaChunkRef ref = chunks[first + n];
+      __syncwarp();
+      const int r = rt * kSub + (lane >> 1), c = ct * kSub + (lane & 1) * 8;
+      alignas(16) bf16 values[8];
 #pragma unroll
-    for (int m = 0; m < kMyColTiles; ++m) {
-      const int ct = warp / kRowTiles + m * kColGroups;
-      if (ct >= kColTiles) continue;
-      for (int i = lane; i < kSub * kSub; i += 32) {
-        const int r = row0 + i / kSub, c = ct * kSub + i % kSub;
-        if (r < ref.length) RowF32(out, ref.row_begin + r)[h * D + slice * BV + c] = s.out[r][c];
-      }
+      for (int i = 0; i < 8; ++i) values[i] = __float2bfloat16(s.state[r][c + i]);
+      *reinterpret_cast<uint4*>(&s.state_bf16[r][c]) = *reinterpret_cast<const uint4*>(values);
     }
     __syncthreads();
   }
@@ -528,6 +614,83 @@ __global__ void __launch_bounds__(kScanWarps * 32)
 }
 
 template <int D>
+struct OutputShared {
+  bf16 qg[kChunk][Padded(D)];
+  bf16 h[D][Padded(D)];
+  bf16 vn[kChunk][Padded(D)];
+  bf16 aqk[kChunk][Padded(kChunk)];
+  float tile[kOutputWarps][kSub * kSub];
+};
+
+// O = QG·H + Aqk·Vn for one (chunk, head), every chunk at once: warp w computes the output tiles
+// w, w + 8, ... (row tile t % 4, column tile t / 4).
+template <int D>
+__global__ void __launch_bounds__(kOutputWarps * 32)
+    KdaChunkOutputKernel(const KdaChunkRef* chunks, ChunkScratch<D> scratch, TensorView out,
+                         bool aligned_out) {
+  constexpr int kThreads = kOutputWarps * 32, kRowTiles = kChunk / kSub;
+  extern __shared__ __align__(128) unsigned char shared_raw[];
+  auto& s = *reinterpret_cast<OutputShared<D>*>(shared_raw);
+  const int chunk = blockIdx.x, h = blockIdx.y, heads = gridDim.y;
+  const int64_t ch = static_cast<int64_t>(chunk) * heads + h;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+  CopyRowsAsync(&s.qg[0][0], Padded(D), scratch.qg + ch * kChunk * D, D, kChunk, D, kThreads);
+  CopyRowsAsync(&s.h[0][0], Padded(D), scratch.h + ch * D * D, D, D, D, kThreads);
+  CopyRowsAsync(&s.vn[0][0], Padded(D), scratch.vn + ch * kChunk * D, D, kChunk, D, kThreads);
+  CopyRowsAsync(&s.aqk[0][0], Padded(kChunk), scratch.aqk + ch * kChunk * kChunk, kChunk, kChunk,
+                kChunk, kThreads);
+  __pipeline_commit();
+  const KdaChunkRef ref = chunks[chunk];
+  __pipeline_wait_prior(0);
+  __syncthreads();
+
+  for (int t = warp; t < kRowTiles * (D / kSub); t += kOutputWarps) {
+    const int rt = t % kRowTiles, ct = t / kRowTiles;
+    TileC acc;
+    nvcuda::wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+    for (int kt = 0; kt < D / kSub; ++kt) {
+      TileA fq;
+      TileB fh;
+      nvcuda::wmma::load_matrix_sync(fq, &s.qg[rt * kSub][kt * kSub], Padded(D));
+      nvcuda::wmma::load_matrix_sync(fh, &s.h[kt * kSub][ct * kSub], Padded(D));
+      nvcuda::wmma::mma_sync(acc, fq, fh, acc);
+    }
+    for (int kt = 0; kt <= rt; ++kt) {
+      TileA fa;
+      TileB fv;
+      nvcuda::wmma::load_matrix_sync(fa, &s.aqk[rt * kSub][kt * kSub], Padded(kChunk));
+      nvcuda::wmma::load_matrix_sync(fv, &s.vn[kt * kSub][ct * kSub], Padded(D));
+      nvcuda::wmma::mma_sync(acc, fa, fv, acc);
+    }
+    float* tile = s.tile[warp];
+    nvcuda::wmma::store_matrix_sync(tile, acc, kSub, mem_row_major);
+    __syncwarp();
+    const int r = rt * kSub + (lane >> 1), c = (lane & 1) * 8;
+    if (r < ref.length) {
+      float* dst = RowF32(out, ref.row_begin + r) + h * D + ct * kSub + c;
+      if (aligned_out) {
+        reinterpret_cast<float4*>(dst)[0] = *reinterpret_cast<const float4*>(&tile[(lane >> 1) * kSub + c]);
+        reinterpret_cast<float4*>(dst)[1] = *reinterpret_cast<const float4*>(&tile[(lane >> 1) * kSub + c + 4]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) dst[i] = tile[(lane >> 1) * kSub + c + i];
+      }
+    }
+    __syncwarp();
+  }
+}
+
+// Whether every row of q, k, v and the gate logits starts on 16 bytes (four-float loads).
+bool AlignedRows(const KdaInputs& in) {
+  for (const TensorView* v : {&in.q, &in.k, &in.v, &in.gate_logits}) {
+    if (reinterpret_cast<uintptr_t>(v->data) % 16 != 0 || v->row_stride % 4 != 0) return false;
+  }
+  return true;
+}
+
+template <int D>
 int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const KdaChunkRef* chunks,
            const int32_t* first_chunk, int64_t num_chunks, void* scratch_memory, TensorView out,
            cudaStream_t stream) {
@@ -535,18 +698,25 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
   const auto scratch = ChunkScratch<D>::Carve(scratch_memory, num_chunks * heads);
   const size_t prepare_bytes = sizeof(PrepareShared<D>);
   const size_t scan_bytes = sizeof(ScanShared<D, ScanSlice(D)>);
-  cudaError_t error = cudaFuncSetAttribute(KdaChunkPrepareKernel<D>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(prepare_bytes));
-  if (error != cudaSuccess) return static_cast<int>(error);
-  error = cudaFuncSetAttribute(KdaChunkScanKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(scan_bytes));
-  if (error != cudaSuccess) return static_cast<int>(error);
-  KdaChunkPrepareKernel<D><<<dim3(static_cast<unsigned>(num_chunks), static_cast<unsigned>(heads)),
-                             kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, scratch);
+  const size_t output_bytes = sizeof(OutputShared<D>);
+  const std::pair<const void*, size_t> kernels[] = {
+      {reinterpret_cast<const void*>(KdaChunkPrepareKernel<D>), prepare_bytes},
+      {reinterpret_cast<const void*>(KdaChunkScanKernel<D>), scan_bytes},
+      {reinterpret_cast<const void*>(KdaChunkOutputKernel<D>), output_bytes}};
+  for (const auto& [kernel, bytes] : kernels) {
+    const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(bytes));
+    if (error != cudaSuccess) return static_cast<int>(error);
+  }
+  const dim3 chunk_heads(static_cast<unsigned>(num_chunks), static_cast<unsigned>(heads));
+  KdaChunkPrepareKernel<D><<<chunk_heads, kPrepareWarps * 32, prepare_bytes, stream>>>(
+      in, chunks, scratch, AlignedRows(in));
   const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
   KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(
-      seqs, chunks, first_chunk, heads, scratch, out);
+      seqs, first_chunk, heads, scratch);
+  const bool aligned_out = reinterpret_cast<uintptr_t>(out.data) % 16 == 0 && out.row_stride % 4 == 0;
+  KdaChunkOutputKernel<D><<<chunk_heads, kOutputWarps * 32, output_bytes, stream>>>(chunks, scratch, out,
+                                                                                   aligned_out);
   return static_cast<int>(cudaGetLastError());
 }
 

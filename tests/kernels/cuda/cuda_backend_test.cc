@@ -355,8 +355,10 @@ class CudaKda : public CudaVsCpu, public ::testing::WithParamInterface<KdaShape>
 // Runs one KDA call on both backends from the same random inputs and initial states. With
 // `force_recurrent` the GPU gets every sequence as kRecurrent (its fused recurrent kernel; the CPU
 // computes the chunked form where asked, the same math), otherwise as the CPU: length > 1 chunked.
+// With `unaligned_inputs` the GPU reads q, k, v and the gate logits one float into wider rows
+// (no 16-byte loads).
 void CompareKda(CudaVsCpu& test, CudaBackend& cuda, cpu::CpuBackend& cpu, const KdaShape& s,
-                bool force_recurrent, double tolerance) {
+                bool force_recurrent, double tolerance, bool unaligned_inputs = false) {
   const int64_t t = std::accumulate(s.lengths.begin(), s.lengths.end(), int64_t{0});
   const int64_t width = s.heads * s.d;
   std::vector<float> q = RandomVector(t * width, 1), k = RandomVector(t * width, 2),
@@ -365,12 +367,20 @@ void CompareKda(CudaVsCpu& test, CudaBackend& cuda, cpu::CpuBackend& cpu, const 
                      dt = RandomVector(width, 7, 3.0f);
   for (float& x : a_log) x = std::log(1.0f + 15.0f * std::fabs(std::tanh(x)));
   for (float& x : dt) x += s.dt_bias_mean;
-  Tensor dq = test.ToDevice(q, t, width), dk = test.ToDevice(k, t, width),
-         dv = test.ToDevice(v, t, width), df = test.ToDevice(f, t, width),
+  const int64_t shift = unaligned_inputs ? 1 : 0;
+  auto shifted = [&](const std::vector<float>& x) {
+    std::vector<float> wide(t * (width + shift), 0.0f);
+    for (int64_t r = 0; r < t; ++r) {
+      std::copy_n(x.begin() + r * width, width, wide.begin() + r * (width + shift) + shift);
+    }
+    return test.ToDevice(wide, t, width + shift);
+  };
+  Tensor dq = shifted(q), dk = shifted(k), dv = shifted(v), df = shifted(f),
          dbeta = test.ToDevice(beta, t, s.heads);
   const KdaInputs cpu_in{s.heads, s.d, View(q, t, width), View(k, t, width), View(v, t, width),
                          View(f, t, width), View(beta, t, s.heads), View(a_log, 1, s.heads), View(dt, 1, width)};
-  const KdaInputs gpu_in{s.heads, s.d, dq.view(), dk.view(), dv.view(), df.view(), dbeta.view(),
+  const KdaInputs gpu_in{s.heads, s.d, dq.view().Cols(shift, width), dk.view().Cols(shift, width),
+                         dv.view().Cols(shift, width), df.view().Cols(shift, width), dbeta.view(),
                          cuda.AdoptWeight(View(a_log, 1, s.heads)), cuda.AdoptWeight(View(dt, 1, width))};
   std::vector<std::vector<float>> cpu_states;
   std::vector<Tensor> gpu_states;
@@ -415,6 +425,11 @@ constexpr double kChunkedTolerance = 2e-2;
 
 TEST_P(CudaKda, ChunkedMatchesTheCpu) {
   CompareKda(*this, *cuda_, cpu_, GetParam(), /*force_recurrent=*/false, kChunkedTolerance);
+}
+
+TEST_P(CudaKda, ChunkedReadsUnalignedInputs) {
+  CompareKda(*this, *cuda_, cpu_, GetParam(), /*force_recurrent=*/false, kChunkedTolerance,
+             /*unaligned_inputs=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
