@@ -13,7 +13,6 @@
 #include <cuda_bf16.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <cstdint>
 #include <utility>
@@ -21,22 +20,20 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/kda_input_checks.h"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/mma_tiles.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
 
-using nvcuda::wmma::accumulator;
-using nvcuda::wmma::col_major;
-using nvcuda::wmma::fragment;
-using nvcuda::wmma::matrix_a;
-using nvcuda::wmma::matrix_b;
-using nvcuda::wmma::mem_row_major;
-using nvcuda::wmma::row_major;
 using bf16 = __nv_bfloat16;
 
 constexpr int kChunk = 64;
 constexpr int kSub = 16;  // sub-block rows, and the tensor-core tile
 constexpr int kPrepareWarps = 16;
+// A diagonal sub-block goes on tensor cores when e^(G_n - G_s) stays below 2^kDiagonalRange over
+// it (G in log2 units, n its first row), so the factors neither overflow nor lose the products
+// to bf16's range; stronger decay takes the element-by-element form.
+constexpr float kDiagonalRange = 64.0f;
 constexpr int kScanWarps = 8;
 constexpr int kOutputWarps = 8;
 // Shared-memory rows are padded (16 bytes for bf16, 16 bytes for fp32) so the 16 rows of a
@@ -44,11 +41,6 @@ constexpr int kOutputWarps = 8;
 constexpr int Padded(int bf16_cols) { return bf16_cols + 8; }
 constexpr int PaddedF32(int cols) { return cols + 4; }
 
-using TileA = fragment<matrix_a, 16, 16, 16, bf16, row_major>;
-using TileAT = fragment<matrix_a, 16, 16, 16, bf16, col_major>;
-using TileB = fragment<matrix_b, 16, 16, 16, bf16, row_major>;
-using TileBT = fragment<matrix_b, 16, 16, 16, bf16, col_major>;
-using TileC = fragment<accumulator, 16, 16, 16, float>;
 
 // Value columns per scan block: 32, or 16 where the head dimension is not a multiple of 32.
 constexpr int ScanSlice(int d) { return d % 32 == 0 ? 32 : 16; }
@@ -98,13 +90,18 @@ struct PrepareShared {
   bf16 q[kChunk][D];   // q̂ (scale included)
   bf16 k[kChunk][D];   // k̂
   bf16 bv[kChunk][Padded(D)];  // β v
-  // Rows of the off-diagonal sub-blocks scaled by e^(G_r - G_n): k̂ for rows 16..63, then q̂.
+  // Rows scaled by e^(G_r - G_n), n the first row of r's sub-block: k̂ (rows 0..63), then q̂.
   // Later the operand β e^G k̂ of W (rows 0..63).
-  bf16 rows[6 * kSub][Padded(D)];
+  bf16 rows[2 * kChunk][Padded(D)];
   union {
-    // Columns s < n scaled by e^(G_n - G_s), for the reference rows n = 16, 32, 48 in turn
-    // (16 + 32 + 48 rows).
-    bf16 cols[6 * kSub][Padded(D)];
+    struct {
+      // Columns s < n scaled by e^(G_n - G_s), for the reference rows n = 16, 32, 48 in turn
+      // (16 + 32 + 48 rows).
+      bf16 cols[6 * kSub][Padded(D)];
+      // Columns s of each sub-block scaled by e^(G_n - G_s) (n its first row: exponents >= 0,
+      // used only where the sub-block's decay range allows, see kDiagonalRange).
+      bf16 diagonal_cols[kChunk][Padded(D)];
+    };
     bf16 tm_bf16[kChunk][Padded(kChunk)];
   };
   float akk[kChunk][PaddedF32(kChunk)];
@@ -118,6 +115,7 @@ struct PrepareShared {
   };
   float partial[3][kSub * kSub];  // Σ_K A_IK T_KJ of the inverse's off-diagonal blocks
   float beta[kChunk];
+  int diagonal_on_tensor_cores[4];  // per sub-block: its decay range is below kDiagonalRange
 };
 
 // First row of the reference block I (1..3) inside `cols`: 0, 16, 48.
@@ -129,16 +127,15 @@ __device__ __forceinline__ void OffDiagonalPair(int p, int& block_i, int& block_
   block_j = p - (block_i - 1) * block_i / 2;
 }
 
-// Stores a warp's accumulator tile as bf16 rows of `dst` (leading dimension ld) via `staging`.
-__device__ __forceinline__ void StoreTileBf16(const TileC& acc, float* staging, bf16* dst, int ld) {
-  nvcuda::wmma::store_matrix_sync(staging, acc, kSub, mem_row_major);
+// Stores a warp's accumulator tile as bf16 rows of global `dst` (leading dimension ld), 16 bytes
+// a lane, through the warp's `staging` (16 x 16 bf16).
+__device__ __forceinline__ void StoreTileBf16Global(const TileAcc16& acc, bf16* staging, bf16* dst, int ld,
+                                                    int lane) {
+  StoreTileBf16(acc, staging, kSub, lane);
   __syncwarp();
-  const int lane = threadIdx.x & 31, r = lane >> 1, c0 = (lane & 1) * 8;
-  alignas(16) bf16 values[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) values[i] = __float2bfloat16(staging[r * kSub + c0 + i]);
+  const int r = lane >> 1, c0 = (lane & 1) * 8;
   *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * ld + c0) =
-      *reinterpret_cast<const uint4*>(values);
+      *reinterpret_cast<const uint4*>(staging + r * kSub + c0);
   __syncwarp();
 }
 
@@ -310,44 +307,59 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
       if (!on) continue;
       Store4(qg + r * D + c0, q[i] * e_g);
       Store4(kg + r * D + c0, k[i] * Exp2Diff(g_last, G[i]));
-      if (block > 0) {
-        const float4 decay = Exp2Diff(G[i], g_ref);
-        Store4(&s.rows[r - kSub][c0], k[i] * decay);
-        Store4(&s.rows[3 * kSub + r - kSub][c0], q[i] * decay);
-      }
+      const float4 decay = Exp2Diff(G[i], g_ref);
+      Store4(&s.rows[r][c0], k[i] * decay);
+      Store4(&s.rows[kChunk + r][c0], q[i] * decay);
+      const float4 growth = g_ref + G[i] * -1.0f;
+      Store4(&s.diagonal_cols[r][c0],
+             k[i] * Exp2(make_float4(fminf(growth.x, kDiagonalRange), fminf(growth.y, kDiagonalRange),
+                                     fminf(growth.z, kDiagonalRange), fminf(growth.w, kDiagonalRange))));
       for (int b = block + 1; b < 4; ++b) {
         Store4(&s.cols[ColsBase(b) + r][c0], k[i] * Exp2Diff(At4(&s.g[b * kSub][c0]), G[i]));
       }
     }
     if (warp == 0 && on) At4(&scratch.gate_last[ch * D + c0]) = Exp2(g_last);
+    if (warp % 4 == 3) {  // the warp holding the sub-block's last row
+      const float4 range = g_ref + G[kRows - 1] * -1.0f;
+      const bool small = !on || fmaxf(fmaxf(range.x, range.y), fmaxf(range.z, range.w)) < kDiagonalRange;
+      const bool all_small = __all_sync(0xffffffffu, small);
+      if (lane == 0) s.diagonal_on_tensor_cores[block] = all_small;
+    }
   }
   __syncthreads();
 
-  // 4. Akk (without β yet) and Aqk: off-diagonal sub-blocks on tensor cores, then the diagonal
-  //    ones element by element (e^(G_r - G_s) with s <= r): warp w takes the row at offset w of
+  // 4. Akk (without β yet) and Aqk, whole tiles (the masks come in step 5): the off-diagonal
+  //    sub-blocks on tensor cores, and the diagonal ones too where their decay range is small
+  //    (the products of e^(G_r - G_n) <= 1 and e^(G_n - G_s) < 2^kDiagonalRange); elsewhere
+  //    element by element (e^(G_r - G_s) with s <= r): warp w takes the row at offset w of
   //    blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34 pairs each), a lane its 4 columns
   //    of every pair, and one transposed sum gives a lane one pair's total.
-  for (int t = warp; t < 12; t += kPrepareWarps) {
-    const bool is_q = t >= 6;
+  for (int t = warp; t < 20; t += kPrepareWarps) {
+    const bool is_q = t < 12 ? t >= 6 : t >= 16;
     int bi, bj;
-    OffDiagonalPair(is_q ? t - 6 : t, bi, bj);
-    const bf16* a = &s.rows[(is_q ? 3 * kSub : 0) + (bi - 1) * kSub][0];
-    const bf16* b = &s.cols[ColsBase(bi) + bj * kSub][0];
-    TileC acc;
-    nvcuda::wmma::fill_fragment(acc, 0.0f);
+    if (t < 12) {
+      OffDiagonalPair(is_q ? t - 6 : t, bi, bj);
+    } else {
+      bi = bj = (t - 12) % 4;
+      if (!s.diagonal_on_tensor_cores[bi]) continue;
+    }
+    const bf16* a = &s.rows[(is_q ? kChunk : 0) + bi * kSub][0];
+    const bf16* b = t < 12 ? &s.cols[ColsBase(bi) + bj * kSub][0] : &s.diagonal_cols[bi * kSub][0];
+    TileAcc16 acc;
+    ZeroTile(acc);
 #pragma unroll
     for (int kk = 0; kk < D / kSub; ++kk) {
-      TileA fa;
-      TileBT fb;
-      nvcuda::wmma::load_matrix_sync(fa, a + kk * kSub, Padded(D));
-      nvcuda::wmma::load_matrix_sync(fb, b + kk * kSub, Padded(D));
-      nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+      TileA16 fa;
+      TileB16 fb;
+      LoadA(fa, a + kk * kSub, Padded(D), lane);
+      LoadBTransposed(fb, b + kk * kSub, Padded(D), lane);
+      MmaTile(acc, fa, fb);
     }
-    float* c = is_q ? &s.aqk[bi * kSub][bj * kSub] : &s.akk[bi * kSub][bj * kSub];
-    nvcuda::wmma::store_matrix_sync(c, acc, PaddedF32(kChunk), mem_row_major);
+    StoreTile(acc, is_q ? &s.aqk[bi * kSub][bj * kSub] : &s.akk[bi * kSub][bj * kSub], PaddedF32(kChunk), lane);
   }
 #pragma unroll 1
   for (int b = 0; b < 4; ++b) {
+    if (s.diagonal_on_tensor_cores[b]) continue;
     const int offset = (b & 1) ? kSub - 1 - warp : warp, r = b * kSub + offset;
     const float4 g_r = At4(&s.g[r][c0]);
     const float4 k_r = on ? Load4(&s.k[r][c0]) : zero, q_r = on ? Load4(&s.q[r][c0]) : zero;
@@ -374,13 +386,22 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   }
   __syncthreads();
 
-  // 5. β into Akk's rows; Aqk out (bf16); the W operand into `rows` (its reads are done).
+  // 5. β into Akk's rows, Akk strictly lower and Aqk lower triangular; Aqk out (bf16); the W
+  //    operand into `rows` (its reads are done).
   {
     bf16* aqk = scratch.aqk + ch * kChunk * kChunk;
     for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
       const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
-      At4(&s.akk[r][c]) = At4(&s.akk[r][c]) * s.beta[r];
-      Store4(aqk + r * kChunk + c, At4(&s.aqk[r][c]));
+      float4 kk = At4(&s.akk[r][c]) * s.beta[r], qk = At4(&s.aqk[r][c]);
+      float* kk_at = &kk.x;
+      float* qk_at = &qk.x;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (c + e >= r) kk_at[e] = 0.0f;
+        if (c + e > r) qk_at[e] = 0.0f;
+      }
+      At4(&s.akk[r][c]) = kk;
+      Store4(aqk + r * kChunk + c, qk);
     }
     if (on) {
 #pragma unroll
@@ -443,17 +464,17 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     const bool is_w = t >= 4 * kColTiles;
     const int tile = t % (4 * kColTiles), rt = tile / kColTiles, ct = tile % kColTiles;
     const bf16* operand = is_w ? &s.rows[0][0] : &s.bv[0][0];
-    TileC acc;
-    nvcuda::wmma::fill_fragment(acc, 0.0f);
+    TileAcc16 acc;
+    ZeroTile(acc);
     for (int kt = 0; kt <= rt; ++kt) {
-      TileA fa;
-      TileB fb;
-      nvcuda::wmma::load_matrix_sync(fa, &s.tm_bf16[rt * kSub][kt * kSub], Padded(kChunk));
-      nvcuda::wmma::load_matrix_sync(fb, operand + kt * kSub * Padded(D) + ct * kSub, Padded(D));
-      nvcuda::wmma::mma_sync(acc, fa, fb, acc);
+      TileA16 fa;
+      TileB16 fb;
+      LoadA(fa, &s.tm_bf16[rt * kSub][kt * kSub], Padded(kChunk), lane);
+      LoadB(fb, operand + kt * kSub * Padded(D) + ct * kSub, Padded(D), lane);
+      MmaTile(acc, fa, fb);
     }
     bf16* dst = (is_w ? scratch.w : scratch.u) + ch * kChunk * D + rt * kSub * D + ct * kSub;
-    StoreTileBf16(acc, s.tile[warp], dst, D);
+    StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), dst, D, lane);
   }
 }
 
@@ -466,9 +487,7 @@ struct ScanShared {
     float gate_last[D];
   };
   Stage stage[2];
-  float state[D][PaddedF32(BV)];
-  bf16 state_bf16[D][Padded(BV)];
-  float ws[kChunk][PaddedF32(BV)];  // W·S
+  bf16 state_bf16[D][Padded(BV)];  // S as the products read it
   bf16 vn[kChunk][Padded(BV)];
 };
 
@@ -499,16 +518,17 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
 }
 
 // The recurrence over a sequence's chunks, for one (sequence, head, slice of value columns):
-// per chunk, H = S out to scratch, Vn = U - W·S (kept, and out to scratch), then
-// S = e^G_last ⊙ S + KGᵀ·Vn. The outputs wait for the output kernel, which has every chunk's
-// H and Vn at once. Warp w computes the Vn tiles w, w + 8, ... (row tile t % 4, column tile
-// t / 4) and updates the state tiles w, w + 8, ... (row-major over [D/16, BV/16]).
+// per chunk, H = S and Vn = U - W·S out to scratch, then S = e^G_last ⊙ S + KGᵀ·Vn. The outputs
+// wait for the output kernel, which has every chunk's H and Vn at once. Warp w computes the Vn
+// tiles w, w + 8, ... (row tile t % 4, column tile t / 4) and holds the state tiles w, w + 8, ...
+// (row-major over [D/16, BV/16]) in registers, fp32, for the whole sequence.
 template <int D>
 __global__ void __launch_bounds__(kScanWarps * 32)
     KdaChunkScanKernel(const KdaSequence* seqs, const int32_t* first_chunk, int heads,
                        ChunkScratch<D> scratch) {
   constexpr int BV = ScanSlice(D);
   constexpr int kSlices = D / BV, kColTiles = BV / kSub, kStateTiles = (D / kSub) * kColTiles;
+  constexpr int kMyStateTiles = (kStateTiles + kScanWarps - 1) / kScanWarps;
   constexpr int kRowTiles = kChunk / kSub, kVnTiles = kRowTiles * kColTiles;
   constexpr int kThreads = kScanWarps * 32;
   extern __shared__ __align__(128) unsigned char shared_raw[];
@@ -521,11 +541,17 @@ __global__ void __launch_bounds__(kScanWarps * 32)
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   float* state = seqs[seq].state + static_cast<int64_t>(h) * D * D + slice * BV;
 
-  for (int i = tid; i < D * BV; i += kThreads) {
-    const int r = i / BV, c = i % BV;
-    const float value = state[static_cast<int64_t>(r) * D + c];
-    s.state[r][c] = value;
-    s.state_bf16[r][c] = __float2bfloat16(value);
+  TileAcc16 s_tiles[kMyStateTiles];
+#pragma unroll
+  for (int m = 0; m < kMyStateTiles; ++m) {
+    const int t = warp + m * kScanWarps, rt = t / kColTiles, ct = t % kColTiles;
+    if (t >= kStateTiles) continue;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int r = rt * kSub + AccRow(i, lane), c = ct * kSub + AccCol(i, lane);
+      s_tiles[m].x[i] = state[static_cast<int64_t>(r) * D + c];
+    }
+    StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
   }
   LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
   __pipeline_commit();
@@ -550,66 +576,63 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     // Vn = U - W·S.
     for (int t = warp; t < kVnTiles; t += kScanWarps) {
       const int rt = t % kRowTiles, ct = t / kRowTiles;
-      TileC acc;
-      nvcuda::wmma::fill_fragment(acc, 0.0f);
+      TileAcc16 acc;
+      ZeroTile(acc);
 #pragma unroll
       for (int kt = 0; kt < D / kSub; ++kt) {
-        TileA fw;
-        TileB fs;
-        nvcuda::wmma::load_matrix_sync(fw, &st.w[rt * kSub][kt * kSub], Padded(D));
-        nvcuda::wmma::load_matrix_sync(fs, &s.state_bf16[kt * kSub][ct * kSub], Padded(BV));
-        nvcuda::wmma::mma_sync(acc, fw, fs, acc);
+        TileA16 fw;
+        TileB16 fs;
+        LoadA(fw, &st.w[rt * kSub][kt * kSub], Padded(D), lane);
+        LoadB(fs, &s.state_bf16[kt * kSub][ct * kSub], Padded(BV), lane);
+        MmaTile(acc, fw, fs);
       }
-      nvcuda::wmma::store_matrix_sync(&s.ws[rt * kSub][ct * kSub], acc, PaddedF32(BV), mem_row_major);
-      __syncwarp();
-      const int r = rt * kSub + (lane >> 1), c = ct * kSub + (lane & 1) * 8;
-      alignas(16) bf16 values[8];
-      const uint4 u_raw = *reinterpret_cast<const uint4*>(&st.u[r][c]);
-      const bf16* u = reinterpret_cast<const bf16*>(&u_raw);
+      bf16* vn_out = scratch.vn + ch * kChunk * D + slice * BV;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) values[i] = __float2bfloat16(__bfloat162float(u[i]) - s.ws[r][c + i]);
-      const uint4 packed = *reinterpret_cast<const uint4*>(values);
-      *reinterpret_cast<uint4*>(&s.vn[r][c]) = packed;
-      *reinterpret_cast<uint4*>(scratch.vn + ch * kChunk * D + static_cast<int64_t>(r) * D + slice * BV + c) =
-          packed;
-    }
-    // S ← e^G_last ⊙ S on the state tiles this warp updates below.
-    for (int t = warp; t < kStateTiles; t += kScanWarps) {
-      const int rt = t / kColTiles, ct = t % kColTiles;
-      for (int i = lane; i < kSub * kSub; i += 32) {
-        const int r = rt * kSub + i / kSub, c = ct * kSub + i % kSub;
-        s.state[r][c] *= st.gate_last[r];
+      for (int i = 0; i < 8; i += 2) {
+        const int r = rt * kSub + AccRow(i, lane), c = ct * kSub + AccCol(i, lane);
+        const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&st.u[r][c]));
+        const __nv_bfloat162 vn = __floats2bfloat162_rn(u.x - acc.x[i], u.y - acc.x[i + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(&s.vn[r][c]) = vn;
+        *reinterpret_cast<__nv_bfloat162*>(vn_out + static_cast<int64_t>(r) * D + c) = vn;
       }
+    }
+    // S ← e^G_last ⊙ S.
+#pragma unroll
+    for (int m = 0; m < kMyStateTiles; ++m) {
+      const int t = warp + m * kScanWarps, rt = t / kColTiles;
+      if (t >= kStateTiles) continue;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s_tiles[m].x[i] *= st.gate_last[rt * kSub + AccRow(i, lane)];
     }
     __syncthreads();
 
     // S += KGᵀ·Vn, and its bf16 copy for the next chunk.
-    for (int t = warp; t < kStateTiles; t += kScanWarps) {
-      const int rt = t / kColTiles, ct = t % kColTiles;
-      TileC acc;
-      nvcuda::wmma::load_matrix_sync(acc, &s.state[rt * kSub][ct * kSub], PaddedF32(BV), mem_row_major);
+#pragma unroll
+    for (int m = 0; m < kMyStateTiles; ++m) {
+      const int t = warp + m * kScanWarps, rt = t / kColTiles, ct = t % kColTiles;
+      if (t >= kStateTiles) continue;
 #pragma unroll
       for (int kt = 0; kt < kChunk / kSub; ++kt) {
-        TileAT fk;
-        TileB fv;
-        nvcuda::wmma::load_matrix_sync(fk, &st.kg[kt * kSub][rt * kSub], Padded(D));
-        nvcuda::wmma::load_matrix_sync(fv, &s.vn[kt * kSub][ct * kSub], Padded(BV));
-        nvcuda::wmma::mma_sync(acc, fk, fv, acc);
+        TileA16 fk;
+        TileB16 fv;
+        LoadATransposed(fk, &st.kg[kt * kSub][rt * kSub], Padded(D), lane);
+        LoadB(fv, &s.vn[kt * kSub][ct * kSub], Padded(BV), lane);
+        MmaTile(s_tiles[m], fk, fv);
       }
-      nvcuda::wmma::store_matrix_sync(&s.state[rt * kSub][ct * kSub], acc, PaddedF32(BV), mem_row_major);
-      __syncwarp();
-      const int r = rt * kSub + (lane >> 1), c = ct * kSub + (lane & 1) * 8;
-      alignas(16) bf16 values[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) values[i] = __float2bfloat16(s.state[r][c + i]);
-      *reinterpret_cast<uint4*>(&s.state_bf16[r][c]) = *reinterpret_cast<const uint4*>(values);
+      StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
     }
     __syncthreads();
   }
 
-  for (int i = tid; i < D * BV; i += kThreads) {
-    const int r = i / BV, c = i % BV;
-    state[static_cast<int64_t>(r) * D + c] = s.state[r][c];
+#pragma unroll
+  for (int m = 0; m < kMyStateTiles; ++m) {
+    const int t = warp + m * kScanWarps, rt = t / kColTiles, ct = t % kColTiles;
+    if (t >= kStateTiles) continue;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int r = rt * kSub + AccRow(i, lane), c = ct * kSub + AccCol(i, lane);
+      state[static_cast<int64_t>(r) * D + c] = s_tiles[m].x[i];
+    }
   }
 }
 
@@ -619,7 +642,6 @@ struct OutputShared {
   bf16 h[D][Padded(D)];
   bf16 vn[kChunk][Padded(D)];
   bf16 aqk[kChunk][Padded(kChunk)];
-  float tile[kOutputWarps][kSub * kSub];
 };
 
 // O = QG·H + Aqk·Vn for one (chunk, head), every chunk at once: warp w computes the output tiles
@@ -647,38 +669,35 @@ __global__ void __launch_bounds__(kOutputWarps * 32)
 
   for (int t = warp; t < kRowTiles * (D / kSub); t += kOutputWarps) {
     const int rt = t % kRowTiles, ct = t / kRowTiles;
-    TileC acc;
-    nvcuda::wmma::fill_fragment(acc, 0.0f);
+    TileAcc16 acc;
+    ZeroTile(acc);
 #pragma unroll
     for (int kt = 0; kt < D / kSub; ++kt) {
-      TileA fq;
-      TileB fh;
-      nvcuda::wmma::load_matrix_sync(fq, &s.qg[rt * kSub][kt * kSub], Padded(D));
-      nvcuda::wmma::load_matrix_sync(fh, &s.h[kt * kSub][ct * kSub], Padded(D));
-      nvcuda::wmma::mma_sync(acc, fq, fh, acc);
+      TileA16 fq;
+      TileB16 fh;
+      LoadA(fq, &s.qg[rt * kSub][kt * kSub], Padded(D), lane);
+      LoadB(fh, &s.h[kt * kSub][ct * kSub], Padded(D), lane);
+      MmaTile(acc, fq, fh);
     }
     for (int kt = 0; kt <= rt; ++kt) {
-      TileA fa;
-      TileB fv;
-      nvcuda::wmma::load_matrix_sync(fa, &s.aqk[rt * kSub][kt * kSub], Padded(kChunk));
-      nvcuda::wmma::load_matrix_sync(fv, &s.vn[kt * kSub][ct * kSub], Padded(D));
-      nvcuda::wmma::mma_sync(acc, fa, fv, acc);
+      TileA16 fa;
+      TileB16 fv;
+      LoadA(fa, &s.aqk[rt * kSub][kt * kSub], Padded(kChunk), lane);
+      LoadB(fv, &s.vn[kt * kSub][ct * kSub], Padded(D), lane);
+      MmaTile(acc, fa, fv);
     }
-    float* tile = s.tile[warp];
-    nvcuda::wmma::store_matrix_sync(tile, acc, kSub, mem_row_major);
-    __syncwarp();
-    const int r = rt * kSub + (lane >> 1), c = (lane & 1) * 8;
-    if (r < ref.length) {
-      float* dst = RowF32(out, ref.row_begin + r) + h * D + ct * kSub + c;
-      if (aligned_out) {
-        reinterpret_cast<float4*>(dst)[0] = *reinterpret_cast<const float4*>(&tile[(lane >> 1) * kSub + c]);
-        reinterpret_cast<float4*>(dst)[1] = *reinterpret_cast<const float4*>(&tile[(lane >> 1) * kSub + c + 4]);
-      } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) dst[i] = tile[(lane >> 1) * kSub + c + i];
+    for (int i = 0; i < 8; i += 2) {
+      const int r = rt * kSub + AccRow(i, lane);
+      if (r >= ref.length) continue;
+      float* dst = RowF32(out, ref.row_begin + r) + h * D + ct * kSub + AccCol(i, lane);
+      if (aligned_out) {
+        *reinterpret_cast<float2*>(dst) = make_float2(acc.x[i], acc.x[i + 1]);
+      } else {
+        dst[0] = acc.x[i];
+        dst[1] = acc.x[i + 1];
       }
     }
-    __syncwarp();
   }
 }
 
@@ -714,7 +733,7 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
   const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
   KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(
       seqs, first_chunk, heads, scratch);
-  const bool aligned_out = reinterpret_cast<uintptr_t>(out.data) % 16 == 0 && out.row_stride % 4 == 0;
+  const bool aligned_out = reinterpret_cast<uintptr_t>(out.data) % 8 == 0 && out.row_stride % 2 == 0;
   KdaChunkOutputKernel<D><<<chunk_heads, kOutputWarps * 32, output_bytes, stream>>>(chunks, scratch, out,
                                                                                    aligned_out);
   return static_cast<int>(cudaGetLastError());
