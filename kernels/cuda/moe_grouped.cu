@@ -1,29 +1,22 @@
 // Expert products without a host round trip: the (token, slot) pairs are grouped by expert on the
 // device (MoeGroupKernel), then one launch computes every active expert's gate and up products
 // with SwiGLU, and one its down products, scattering rows into slot_out. Tiles of BM grouped rows
-// × 64 output columns, bf16 tensor cores (WMMA) with fp32 accumulation, operands streamed through
+// × 64 output columns, bf16 tensor cores (ldmatrix + mma.sync, mma_tiles.cuh) with fp32 accumulation, operands streamed through
 // shared memory by a 3-stage cp.async pipeline. The grid covers an upper bound of the tile count;
 // blocks past the real count (known only on the device) return at once.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <mma.h>
 
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/mma_tiles.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
-using nvcuda::wmma::accumulator;
-using nvcuda::wmma::col_major;
-using nvcuda::wmma::fragment;
-using nvcuda::wmma::matrix_a;
-using nvcuda::wmma::matrix_b;
-using nvcuda::wmma::mem_row_major;
-using nvcuda::wmma::row_major;
 
 constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
 constexpr int kMaxLocalExperts = 1024;
@@ -187,12 +180,12 @@ __global__ void __launch_bounds__(kThreads) MoeGroupedGemmKernel(GemmArgs args) 
     }
   };
 
-  const int warp = threadIdx.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
-  fragment<accumulator, 16, 16, 16, float> acc[T::kMatrices][T::FM][T::FN];
+  TileAcc16 acc[T::kMatrices][T::FM][T::FN];
   for (int m = 0; m < T::kMatrices; ++m)
     for (int i = 0; i < T::FM; ++i)
-      for (int j = 0; j < T::FN; ++j) nvcuda::wmma::fill_fragment(acc[m][i][j], 0.0f);
+      for (int j = 0; j < T::FN; ++j) ZeroTile(acc[m][i][j]);
 
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < k_tiles) load_stage(s, s);
@@ -205,15 +198,13 @@ __global__ void __launch_bounds__(kThreads) MoeGroupedGemmKernel(GemmArgs args) 
     CommitAsync();
     const bf16* st = stages + (kt % kStages) * T::kStageElems;
     for (int kk = 0; kk < kBK; kk += 16) {
-      fragment<matrix_a, 16, 16, 16, bf16, row_major> fa[T::FM];
-      for (int i = 0; i < T::FM; ++i) {
-        nvcuda::wmma::load_matrix_sync(fa[i], st + ((warp_m * T::FM + i) * 16) * kLd + kk, kLd);
-      }
+      TileA16 fa[T::FM];
+      for (int i = 0; i < T::FM; ++i) LoadA(fa[i], st + ((warp_m * T::FM + i) * 16) * kLd + kk, kLd, lane);
       for (int m = 0; m < T::kMatrices; ++m) {
         for (int j = 0; j < T::FN; ++j) {
-          fragment<matrix_b, 16, 16, 16, bf16, col_major> fb;
-          nvcuda::wmma::load_matrix_sync(fb, st + (BM + m * kBN + (warp_n * T::FN + j) * 16) * kLd + kk, kLd);
-          for (int i = 0; i < T::FM; ++i) nvcuda::wmma::mma_sync(acc[m][i][j], fa[i], fb, acc[m][i][j]);
+          TileB16 fb;  // the weight's rows are B's columns
+          LoadBTransposed(fb, st + (BM + m * kBN + (warp_n * T::FN + j) * 16) * kLd + kk, kLd, lane);
+          for (int i = 0; i < T::FM; ++i) MmaTile(acc[m][i][j], fa[i], fb);
         }
       }
     }
@@ -226,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) MoeGroupedGemmKernel(GemmArgs args) 
     for (int i = 0; i < T::FM; ++i)
       for (int j = 0; j < T::FN; ++j) {
         float* dst = staging + m * BM * kLdC + ((warp_m * T::FM + i) * 16) * kLdC + (warp_n * T::FN + j) * 16;
-        nvcuda::wmma::store_matrix_sync(dst, acc[m][i][j], kLdC, mem_row_major);
+        StoreTile(acc[m][i][j], dst, kLdC, lane);
       }
   __syncthreads();
   for (int i = threadIdx.x; i < BM * kBN; i += kThreads) {
