@@ -11,7 +11,6 @@
 // Products run on tensor cores with bf16 operands and fp32 accumulation; the intermediates kept
 // between the kernels are bf16, as in FLA's chunk_kda (spec §2.4, "intermediate dtypes").
 #include <cuda_bf16.h>
-#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -211,10 +210,9 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
 
 // Thread layout: warp w owns the chunk's rows 4w .. 4w+3 and lane l the columns 4l .. 4l+3 (lanes
 // past D/4 hold zeros) for the element-wise work; the products go by 16x16 tiles.
-template <int D>
+template <int D, bool kAlignedInputs>
 __global__ void __launch_bounds__(kPrepareWarps * 32)
-    KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, ChunkScratch<D> scratch,
-                          bool aligned_inputs) {
+    KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, ChunkScratch<D> scratch) {
   static_assert(kPrepareWarps == kSub && kChunk == 4 * kPrepareWarps && D % 4 == 0 && D <= 128,
                 "the layout above");
   constexpr int kRows = kChunk / kPrepareWarps;
@@ -241,10 +239,10 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     const int r = r0 + i;
     const bool valid = r < ref.length, load = valid && on;
     const int64_t t = ref.row_begin + r;
-    q[i] = load ? Load4(RowF32(in.q, t) + col, aligned_inputs) : zero;
-    k[i] = load ? Load4(RowF32(in.k, t) + col, aligned_inputs) : zero;
-    v[i] = load ? Load4(RowF32(in.v, t) + col, aligned_inputs) : zero;
-    G[i] = load ? Load4(RowF32(in.gate_logits, t) + col, aligned_inputs) : zero;
+    q[i] = load ? Load4(RowF32(in.q, t) + col, kAlignedInputs) : zero;
+    k[i] = load ? Load4(RowF32(in.k, t) + col, kAlignedInputs) : zero;
+    v[i] = load ? Load4(RowF32(in.v, t) + col, kAlignedInputs) : zero;
+    G[i] = load ? Load4(RowF32(in.gate_logits, t) + col, kAlignedInputs) : zero;
     beta[i] = valid ? __fdividef(1.0f, 1.0f + Exp2(-kLog2E * RowF32(in.beta_logits, t)[h])) : 0.0f;
   }
   const float decay_rate = expf(LoadFlat(in.a_log, h));
@@ -413,8 +411,6 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   // 6. Tm = (I + Akk)^-1, unit lower triangular: the diagonal 16x16 blocks by forward
   //    substitution (a warp each, a lane per column), then T_IJ = -T_II Σ_{K=J..I-1} A_IK T_KJ
   //    in order of distance I - J.
-  for (int i = tid; i < kChunk * kChunk; i += kThreads) s.tm[i / kChunk][i % kChunk] = 0.0f;
-  __syncthreads();
   if (warp < 4 && lane < kSub) {
     const int base = warp * kSub, c = lane;
     float column[kSub];  // column c of the block's inverse, in registers along the substitution
@@ -429,26 +425,28 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     for (int r = 0; r < kSub; ++r) s.tm[base + r][base + c] = column[r];
   }
   __syncthreads();
+  //    A thread takes 4 adjacent columns of a block row.
   for (int distance = 1; distance < 4; ++distance) {
     const int blocks = 4 - distance;
-    for (int i = tid; i < blocks * kSub * kSub; i += kThreads) {
-      const int b = i / (kSub * kSub), r = (i / kSub) % kSub, c = i % kSub;
+    for (int i = tid; i < blocks * kSub * kSub / 4; i += kThreads) {
+      const int b = i / (kSub * kSub / 4), r = (i / 4) % kSub, c = 4 * (i % 4);
       const int bj = b, bi = b + distance;
-      float sum = 0.0f;
-      for (int k = bj * kSub; k < bi * kSub; ++k) {
-        sum = fmaf(s.akk[bi * kSub + r][k], s.tm[k][bj * kSub + c], sum);
+      float4 even = make_float4(0.0f, 0.0f, 0.0f, 0.0f), odd = even;
+      for (int k = bj * kSub; k < bi * kSub; k += 2) {
+        even = even + At4(&s.tm[k][bj * kSub + c]) * s.akk[bi * kSub + r][k];
+        odd = odd + At4(&s.tm[k + 1][bj * kSub + c]) * s.akk[bi * kSub + r][k + 1];
       }
-      s.partial[b][r * kSub + c] = sum;
+      At4(&s.partial[b][r * kSub + c]) = even + odd;
     }
     __syncthreads();
-    for (int i = tid; i < blocks * kSub * kSub; i += kThreads) {
-      const int b = i / (kSub * kSub), r = (i / kSub) % kSub, c = i % kSub;
+    for (int i = tid; i < blocks * kSub * kSub / 4; i += kThreads) {
+      const int b = i / (kSub * kSub / 4), r = (i / 4) % kSub, c = 4 * (i % 4);
       const int bj = b, bi = b + distance;
-      float sum = 0.0f;
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       for (int k = 0; k <= r; ++k) {
-        sum = fmaf(s.tm[bi * kSub + r][bi * kSub + k], s.partial[b][k * kSub + c], sum);
+        sum = sum + At4(&s.partial[b][k * kSub + c]) * s.tm[bi * kSub + r][bi * kSub + k];
       }
-      s.tm[bi * kSub + r][bj * kSub + c] = -sum;
+      At4(&s.tm[bi * kSub + r][bj * kSub + c]) = sum * -1.0f;
     }
     __syncthreads();
   }
@@ -498,7 +496,7 @@ __device__ __forceinline__ void CopyRowsAsync(bf16* dst, int dst_ld, const bf16*
   const int pieces = cols / 8;
   for (int i = threadIdx.x; i < rows * pieces; i += threads) {
     const int r = i / pieces, p = i % pieces;
-    __pipeline_memcpy_async(dst + r * dst_ld + p * 8, src + r * src_ld + p * 8, 16);
+    CopyAsync16(dst + r * dst_ld + p * 8, src + r * src_ld + p * 8);
   }
 }
 
@@ -513,7 +511,7 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
   CopyRowsAsync(&st.u[0][0], Padded(BV), scratch.u + matrix + slice * BV, D, kChunk, BV, kThreads);
   const auto* gate_last = reinterpret_cast<const uint4*>(scratch.gate_last + ch * D);
   for (int i = threadIdx.x; i < D / 4; i += kThreads) {
-    __pipeline_memcpy_async(reinterpret_cast<uint4*>(st.gate_last) + i, gate_last + i, 16);
+    CopyAsync16(reinterpret_cast<uint4*>(st.gate_last) + i, gate_last + i);
   }
 }
 
@@ -554,13 +552,13 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
   }
   LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
-  __pipeline_commit();
+  CommitAsync();
 
   for (int n = 0; n < count; ++n) {
     const int64_t ch = static_cast<int64_t>(first + n) * heads + h;
     if (n + 1 < count) LoadStage<D, BV>(scratch, ch + heads, slice, s.stage[(n + 1) & 1]);
-    __pipeline_commit();
-    __pipeline_wait_prior(1);
+    CommitAsync();
+    WaitAsync<1>();
     __syncthreads();
     auto& st = s.stage[n & 1];
 
@@ -576,16 +574,19 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     // Vn = U - W·S.
     for (int t = warp; t < kVnTiles; t += kScanWarps) {
       const int rt = t % kRowTiles, ct = t / kRowTiles;
-      TileAcc16 acc;
+      TileAcc16 acc, acc_odd;  // two chains of products: the tile's latency is on the critical path
       ZeroTile(acc);
+      ZeroTile(acc_odd);
 #pragma unroll
       for (int kt = 0; kt < D / kSub; ++kt) {
         TileA16 fw;
         TileB16 fs;
         LoadA(fw, &st.w[rt * kSub][kt * kSub], Padded(D), lane);
         LoadB(fs, &s.state_bf16[kt * kSub][ct * kSub], Padded(BV), lane);
-        MmaTile(acc, fw, fs);
+        MmaTile(kt % 2 ? acc_odd : acc, fw, fs);
       }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc.x[i] += acc_odd.x[i];
       bf16* vn_out = scratch.vn + ch * kChunk * D + slice * BV;
 #pragma unroll
       for (int i = 0; i < 8; i += 2) {
@@ -644,17 +645,19 @@ struct OutputShared {
   bf16 aqk[kChunk][Padded(kChunk)];
 };
 
-// O = QG·H + Aqk·Vn for one (chunk, head), every chunk at once: warp w computes the output tiles
-// w, w + 8, ... (row tile t % 4, column tile t / 4).
+// O = QG·H + Aqk·Vn for one (chunk, head) `ch` = blockIdx.x, every chunk at once: warp w
+// computes the output tiles w, w + 8, ... (row tile t % 4, column tile t / 4). (Run beside the
+// scan, taking chunks as the scan flagged them, it slowed the scan more than it saved: 8.96 ->
+// 8.45-8.75 M tok/s at 1 x 64k on an H200.)
 template <int D>
 __global__ void __launch_bounds__(kOutputWarps * 32)
-    KdaChunkOutputKernel(const KdaChunkRef* chunks, ChunkScratch<D> scratch, TensorView out,
+    KdaChunkOutputKernel(const KdaChunkRef* chunks, ChunkScratch<D> scratch, int heads, TensorView out,
                          bool aligned_out) {
   constexpr int kThreads = kOutputWarps * 32, kRowTiles = kChunk / kSub;
   extern __shared__ __align__(128) unsigned char shared_raw[];
   auto& s = *reinterpret_cast<OutputShared<D>*>(shared_raw);
-  const int chunk = blockIdx.x, h = blockIdx.y, heads = gridDim.y;
-  const int64_t ch = static_cast<int64_t>(chunk) * heads + h;
+  const int64_t ch = blockIdx.x;
+  const int chunk = static_cast<int>(ch / heads), h = static_cast<int>(ch % heads);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
   CopyRowsAsync(&s.qg[0][0], Padded(D), scratch.qg + ch * kChunk * D, D, kChunk, D, kThreads);
@@ -662,9 +665,9 @@ __global__ void __launch_bounds__(kOutputWarps * 32)
   CopyRowsAsync(&s.vn[0][0], Padded(D), scratch.vn + ch * kChunk * D, D, kChunk, D, kThreads);
   CopyRowsAsync(&s.aqk[0][0], Padded(kChunk), scratch.aqk + ch * kChunk * kChunk, kChunk, kChunk,
                 kChunk, kThreads);
-  __pipeline_commit();
+  CommitAsync();
   const KdaChunkRef ref = chunks[chunk];
-  __pipeline_wait_prior(0);
+  WaitAsync<0>();
   __syncthreads();
 
   for (int t = warp; t < kRowTiles * (D / kSub); t += kOutputWarps) {
@@ -719,7 +722,8 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
   const size_t scan_bytes = sizeof(ScanShared<D, ScanSlice(D)>);
   const size_t output_bytes = sizeof(OutputShared<D>);
   const std::pair<const void*, size_t> kernels[] = {
-      {reinterpret_cast<const void*>(KdaChunkPrepareKernel<D>), prepare_bytes},
+      {reinterpret_cast<const void*>(KdaChunkPrepareKernel<D, true>), prepare_bytes},
+      {reinterpret_cast<const void*>(KdaChunkPrepareKernel<D, false>), prepare_bytes},
       {reinterpret_cast<const void*>(KdaChunkScanKernel<D>), scan_bytes},
       {reinterpret_cast<const void*>(KdaChunkOutputKernel<D>), output_bytes}};
   for (const auto& [kernel, bytes] : kernels) {
@@ -728,14 +732,19 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
     if (error != cudaSuccess) return static_cast<int>(error);
   }
   const dim3 chunk_heads(static_cast<unsigned>(num_chunks), static_cast<unsigned>(heads));
-  KdaChunkPrepareKernel<D><<<chunk_heads, kPrepareWarps * 32, prepare_bytes, stream>>>(
-      in, chunks, scratch, AlignedRows(in));
+  if (AlignedRows(in)) {
+    KdaChunkPrepareKernel<D, true><<<chunk_heads, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks,
+                                                                                              scratch);
+  } else {
+    KdaChunkPrepareKernel<D, false><<<chunk_heads, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks,
+                                                                                               scratch);
+  }
   const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
   KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(
       seqs, first_chunk, heads, scratch);
   const bool aligned_out = reinterpret_cast<uintptr_t>(out.data) % 8 == 0 && out.row_stride % 2 == 0;
-  KdaChunkOutputKernel<D><<<chunk_heads, kOutputWarps * 32, output_bytes, stream>>>(chunks, scratch, out,
-                                                                                   aligned_out);
+  KdaChunkOutputKernel<D><<<static_cast<unsigned>(num_chunks * heads), kOutputWarps * 32, output_bytes, stream>>>(
+      chunks, scratch, heads, out, aligned_out);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -785,7 +794,7 @@ int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_s
   }
   if (num_seqs == 0 || num_chunks == 0) return 0;
   if (seqs == nullptr || chunks == nullptr || first_chunk == nullptr || scratch == nullptr ||
-      !FitsGridX(num_chunks) || !FitsGridX(num_seqs * width)) {
+      !FitsGridX(num_chunks * heads) || !FitsGridX(num_seqs * width)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   auto s = static_cast<cudaStream_t>(stream);
