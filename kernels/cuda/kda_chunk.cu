@@ -5,8 +5,8 @@
 //     positive); Tm = (I + Akk)^-1 by 16x16 blocks; then W = Tm·(β e^G k̂), U = Tm·(β v),
 //     QG = q̂ e^G, KG = k̂ e^(G_last - G), Aqk and e^G_last into scratch.
 //  2. KdaChunkScanKernel, one block per (sequence, head, slice of value columns), chunk by chunk:
-//     H = S and Vn = U - W·S out to scratch, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in shared
-//     memory and the next chunk's operands loaded asynchronously meanwhile.
+//     H = S and Vn = U - W·S out to scratch, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in
+//     registers and the next chunk's operands loaded asynchronously meanwhile.
 //  3. KdaChunkOutputKernel, one block per (chunk, head), every chunk at once: O = QG·H + Aqk·Vn.
 // Products run on tensor cores with bf16 operands and fp32 accumulation; the intermediates kept
 // between the kernels are bf16, as in FLA's chunk_kda (spec §2.4, "intermediate dtypes").
@@ -85,9 +85,11 @@ struct ChunkScratch {
 
 template <int D>
 struct PrepareShared {
-  float g[kChunk][D];  // the cumulative decay G, in log2 units (so every decay is one ex2)
-  bf16 q[kChunk][D];   // q̂ (scale included)
-  bf16 k[kChunk][D];   // k̂
+  // G (the cumulative decay, in log2 units so every decay is one ex2), q̂ (scale included), k̂:
+  // the reference rows and the element-by-element diagonal sub-blocks read them.
+  float g[kChunk][D];
+  bf16 q[kChunk][D];
+  bf16 k[kChunk][D];
   bf16 bv[kChunk][Padded(D)];  // β v
   // Rows scaled by e^(G_r - G_n), n the first row of r's sub-block: k̂ (rows 0..63), then q̂.
   // Later the operand β e^G k̂ of W (rows 0..63).
@@ -289,8 +291,9 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   }
   __syncthreads();
 
-  // 3. Operands of the off-diagonal sub-blocks; QG, KG and e^G_last out to scratch; the operand
-  //    β e^G k̂ of W kept in registers until `rows` is free.
+  // 3. Operands of the sub-block products (and whether each diagonal one may use them); QG, KG
+  //    and e^G_last out to scratch; the operand β e^G k̂ of W kept in registers until `rows` is
+  //    free.
   uint2 w_operand[kRows];
   {
     const float4 g_last = At4(&s.g[kChunk - 1][c0]);
