@@ -1,8 +1,9 @@
 // Chunked KDA prefill (spec §2.4), chunk 64, in three kernels over a table of chunks:
 //  1. KdaChunkPrepareKernel, one block per (chunk, head), every chunk at once: gate, beta and the
-//     q/k L2 norm; the in-chunk cumulative decay G; Akk and Aqk from 16-row sub-blocks (diagonal
-//     blocks element by element, the others against the block's first row, so no exponent is
-//     positive); Tm = (I + Akk)^-1 by 16x16 blocks; then W = Tm·(β e^G k̂), U = Tm·(β v),
+//     q/k L2 norm; the in-chunk cumulative decay G; Akk and Aqk from 16-row sub-blocks, each
+//     product against the sub-block's first row (the off-diagonal ones with no positive exponent;
+//     a diagonal one only where its decay range is small, element by element otherwise);
+//     Tm = (I + Akk)^-1 by 16x16 blocks; then W = Tm·(β e^G k̂), U = Tm·(β v),
 //     QG = q̂ e^G, KG = k̂ e^(G_last - G), Aqk and e^G_last into scratch.
 //  2. KdaChunkScanKernel, one block per (sequence, head, slice of value columns), chunk by chunk:
 //     H = S and Vn = U - W·S out to scratch, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in
@@ -211,7 +212,8 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
 }
 
 // Thread layout: warp w owns the chunk's rows 4w .. 4w+3 and lane l the columns 4l .. 4l+3 (lanes
-// past D/4 hold zeros) for the element-wise work; the products go by 16x16 tiles.
+// past D/4 hold zero q, k, v and store nothing) for the element-wise work; the products go by
+// 16x16 tiles.
 template <int D, bool kAlignedInputs>
 __global__ void __launch_bounds__(kPrepareWarps * 32)
     KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, ChunkScratch<D> scratch) {
@@ -554,7 +556,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     }
     StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
   }
-  LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
+  if (count > 0) LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
   CommitAsync();
 
   for (int n = 0; n < count; ++n) {

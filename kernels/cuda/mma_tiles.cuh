@@ -82,7 +82,7 @@ __device__ __forceinline__ void ZeroTile(TileAcc16& acc) {
   for (int i = 0; i < 8; ++i) acc.x[i] = 0.0f;
 }
 
-// Row-major fp32 storage p[r * ld + c] <-> the accumulator (pairs of columns: ld even, p 8-byte
+// The accumulator into row-major fp32 storage p[r * ld + c] (pairs of columns: ld even, p 8-byte
 // aligned).
 __device__ __forceinline__ void StoreTile(const TileAcc16& acc, float* p, int ld, int lane) {
 #pragma unroll
@@ -90,15 +90,8 @@ __device__ __forceinline__ void StoreTile(const TileAcc16& acc, float* p, int ld
     *reinterpret_cast<float2*>(p + AccRow(i, lane) * ld + AccCol(i, lane)) = make_float2(acc.x[i], acc.x[i + 1]);
   }
 }
-__device__ __forceinline__ void LoadTile(TileAcc16& acc, const float* p, int ld, int lane) {
-#pragma unroll
-  for (int i = 0; i < 8; i += 2) {
-    const float2 v = *reinterpret_cast<const float2*>(p + AccRow(i, lane) * ld + AccCol(i, lane));
-    acc.x[i] = v.x;
-    acc.x[i + 1] = v.y;
-  }
-}
-// Row-major bf16 storage (pairs of columns: ld even, p 4-byte aligned).
+
+// The accumulator into row-major bf16 storage (pairs of columns: ld even, p 4-byte aligned).
 __device__ __forceinline__ void StoreTileBf16(const TileAcc16& acc, __nv_bfloat16* p, int ld, int lane) {
 #pragma unroll
   for (int i = 0; i < 8; i += 2) {

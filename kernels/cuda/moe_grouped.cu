@@ -1,9 +1,10 @@
 // Expert products without a host round trip: the (token, slot) pairs are grouped by expert on the
 // device (MoeGroupKernel), then one launch computes every active expert's gate and up products
 // with SwiGLU, and one its down products, scattering rows into slot_out. Tiles of BM grouped rows
-// × 64 output columns, bf16 tensor cores (ldmatrix + mma.sync, mma_tiles.cuh) with fp32 accumulation, operands streamed through
-// shared memory by a 3-stage cp.async pipeline. The grid covers an upper bound of the tile count;
-// blocks past the real count (known only on the device) return at once.
+// × 64 output columns, bf16 tensor cores (ldmatrix + mma.sync, mma_tiles.cuh) with fp32
+// accumulation, operands streamed through shared memory by a 3-stage cp.async pipeline. The grid
+// covers an upper bound of the tile count; blocks past the real count (known only on the device)
+// return at once.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
