@@ -120,6 +120,7 @@ struct CudaBackend::Impl {
     const void** device = nullptr;
   };
   std::map<std::pair<const ExpertWeights*, size_t>, ExpertPointers> expert_pointers;
+  std::mutex expert_pointers_mutex;  // calling threads may share a layer's entry
 
   // Device memory for an adopted weight, freed with the backend; null after a failure. Weights
   // are carved from slabs: cudaMalloc rounds every allocation up to 2 MiB, which for the 48B
@@ -710,6 +711,7 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
     return w.dtype == DType::kBF16 && w.rows == rows && w.cols == cols && w.row_stride == cols;
   };
   const size_t n = experts.size();
+  const std::lock_guard<std::mutex> lock(impl_->expert_pointers_mutex);
   Impl::ExpertPointers& pointers = impl_->expert_pointers[{experts.data(), n}];
   std::vector<const void*> host(3 * n);
   for (size_t e = 0; e < n; ++e) {
