@@ -146,6 +146,8 @@ TEST_P(SnapshotStoreConcurrencyTest, ParallelPutsAndGetsStayConsistent) {
 }
 
 // Many threads create, copy onto and delete the same few ids: every call gets a clean answer.
+// ABORTED is one: a call whose session was removed and created again under it on every one of its
+// attempts is told to retry (seen once in CI on 2 cores).
 TEST(SnapshotStoreRaceTest, CreateCopyAndDeleteOfTheSameIds) {
   TempDir dir;
   FakeClock clock;
@@ -181,6 +183,7 @@ TEST(SnapshotStoreRaceTest, CreateCopyAndDeleteOfTheSameIds) {
           case absl::StatusCode::kNotFound:
           case absl::StatusCode::kAlreadyExists:
           case absl::StatusCode::kPermissionDenied:
+          case absl::StatusCode::kAborted:
             break;
           default:
             ++unexpected;
