@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_rows.cuh"
+#include "kernels/cuda/mma_tiles.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -39,14 +40,6 @@ int Ld(int dot) { return dot + 8; }  // shared row stride (bf16) of Q and K: con
 size_t AttentionSmemBytes(int dot) {
   return sizeof(bf16) * (static_cast<size_t>(kHeadRows + kKeys) * Ld(dot) + kHeadRows * kPLd) +
          sizeof(float) * (kHeadRows * kSLd + 3 * kHeadRows);
-}
-
-__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -225,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
       for (int k0 = 0; k0 < dot; k0 += 16) {
         const uint32_t a[4] = {Load32(q_lo + k0), Load32(q_lo + 8 * ld + k0), Load32(q_lo + k0 + 8),
                                Load32(q_lo + 8 * ld + k0 + 8)};
-        Mma(c, a, Load32(k_row + k0), Load32(k_row + k0 + 8));
+        Mma16x8x16(c, a, Load32(k_row + k0), Load32(k_row + k0 + 8));
       }
       const int row = 16 * s_m + g, key = 8 * s_n + 2 * tq;
 #pragma unroll
@@ -273,8 +266,8 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
       for (int nt = 0; nt < 8; ++nt) {
         const bf16* v = v0 + 8 * nt;
         const uint32_t b0 = Pack(v, v + ld), b1 = Pack(v + 8 * ld, v + 9 * ld);
-        Mma(o[0][nt], a[0], b0, b1);
-        Mma(o[1][nt], a[1], b0, b1);
+        Mma16x8x16(o[0][nt], a[0], b0, b1);
+        Mma16x8x16(o[1][nt], a[1], b0, b1);
       }
     }
   }

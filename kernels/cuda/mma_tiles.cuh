@@ -64,17 +64,19 @@ __device__ __forceinline__ void LoadBTransposed(TileB16& b, const __nv_bfloat16*
   LoadMatrices(b.x, p + ((matrix >> 1) * 8 + (lane & 7)) * ld + (matrix & 1) * 8);
 }
 
+// c[0..3] += a · (b0, b1): one m16n8k16 product, c in the accumulator's layout for 8 columns.
+__device__ __forceinline__ void Mma16x8x16(float* c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // acc += a · b.
 __device__ __forceinline__ void MmaTile(TileAcc16& acc, const TileA16& a, const TileB16& b) {
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float* c = acc.x + 4 * half;
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[2 * half]), "r"(b.x[2 * half + 1]));
-  }
+  Mma16x8x16(acc.x, a.x, b.x[0], b.x[1]);
+  Mma16x8x16(acc.x + 4, a.x, b.x[2], b.x[3]);
 }
 
 __device__ __forceinline__ void ZeroTile(TileAcc16& acc) {
