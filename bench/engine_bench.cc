@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -17,6 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/backend_factory.h"
 #include "model/checkpoint/checkpoint.h"
+#include "model/config/model_source.h"
+#include "model/config/presets.h"
 #include "model/kimi_linear_model.h"
 #include "model/state/synthetic_history.h"
 #include "nlohmann/json.hpp"
@@ -28,6 +31,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Options {
   std::string model = "random:small";
+  int64_t layers = 0;  // a random preset's first N layers only (0: all)
   std::string device = "cpu";
   int threads = 0;
   std::string mode = "decode";  // prefill | decode
@@ -164,22 +168,25 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
 // What --sample draws with: a common serving setting (the uniform varies per step).
 constexpr kernels::RowSampling kSampleDraw{0.8f, 0, 0.95f, 0.0f, 0.0};
 
-// States at `context` once, then one fixed token per sequence per step, logits for it (or their
-// argmax with --argmax, or a token drawn with --sample, taken on the device).
+// States at `context` once, then one random token per sequence per step (different across the
+// batch, so it routes to as many experts as real traffic does), logits for it (or their argmax
+// with --argmax, or a token drawn with --sample, taken on the device).
 absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
                                   StateBytes& state_bytes) {
   absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.warmup + o.steps);
   if (!made.ok()) return made.status();
   std::vector<std::unique_ptr<model::SequenceState>> states = std::move(*made);
   state_bytes = BytesOf(*states.front());
-  const int32_t token = static_cast<int32_t>(1 % m.config().vocab_size);
+  const std::vector<int32_t> tokens =
+      RandomTokens((o.warmup + o.steps) * o.batch, o.seed + 2000, m.config().vocab_size);
   Timings timings{0, 1e300};
   std::vector<float> logits;
   std::vector<int32_t> device_ids;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
     std::vector<model::SequenceInput> inputs;
     for (const auto& state : states) {
-      inputs.push_back({{&token, 1}, state.get(), {0}, o.argmax});
+      const int32_t* token = &tokens[static_cast<size_t>(step * o.batch) + inputs.size()];
+      inputs.push_back({{token, 1}, state.get(), {0}, o.argmax});
       if (o.sample && !o.argmax) {
         inputs.back().draw = kSampleDraw;
         inputs.back().draw->uniform = static_cast<double>((step * 7919 + inputs.size() * 104729) % 1000) / 1000.0;
@@ -196,11 +203,32 @@ absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
   return timings;
 }
 
-absl::StatusOr<uint64_t> CheckpointBytes(const std::string& source) {
-  absl::StatusOr<std::unique_ptr<model::Checkpoint>> checkpoint = model::Checkpoint::Open(source);
-  if (!checkpoint.ok()) return checkpoint.status();
+// The checkpoint of --model; with --layers N, a random preset cut to its first N layers (each
+// layer's shapes unchanged: a step's kernels can be profiled without loading the whole model).
+absl::StatusOr<std::unique_ptr<model::Checkpoint>> OpenCheckpoint(const Options& o) {
+  if (o.layers == 0) return model::Checkpoint::Open(o.model);
+  absl::StatusOr<std::optional<model::RandomModelSource>> random =
+      model::ParseRandomModelSource(o.model);
+  if (!random.ok()) return random.status();
+  if (!random->has_value()) {
+    return absl::InvalidArgumentError("--layers: takes a random:<preset> model only");
+  }
+  absl::StatusOr<model::KimiLinearConfig> config = model::PresetConfig((*random)->preset);
+  if (!config.ok()) return config.status();
+  if (o.layers > config->num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("--layers ", o.layers, ": the preset has ",
+                                                   config->num_layers));
+  }
+  config->num_layers = o.layers;
+  config->mixer_kinds.resize(static_cast<size_t>(o.layers));
+  config->ffn_kinds.resize(static_cast<size_t>(o.layers));
+  return model::Checkpoint::OpenRandom(*config, (*random)->seed,
+                                       absl::StrCat(o.model, " (first ", o.layers, " layers)"));
+}
+
+uint64_t CheckpointBytes(const model::Checkpoint& checkpoint) {
   uint64_t bytes = 0;
-  for (const auto& [name, tensor] : (*checkpoint)->tensors()) bytes += tensor.entry->num_bytes;
+  for (const auto& [name, tensor] : checkpoint.tensors()) bytes += tensor.entry->num_bytes;
   return bytes;
 }
 
@@ -230,6 +258,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["device"] = std::string(backend.name());
   line["device_flag"] = o.device;
   line["model"] = o.model;
+  line["layers"] = m.config().num_layers;
   line["mode"] = o.mode;
   line["batch"] = o.batch;
   line["prompt"] = o.mode == "prefill" ? o.prompt : 0;
@@ -273,16 +302,17 @@ int Run(const Options& options) {
     return Fail(absl::FailedPreconditionError(absl::StrCat("--device ", options.device, ": ", error)));
   }
   const Clock::time_point load_start = Clock::now();
+  absl::StatusOr<std::unique_ptr<model::Checkpoint>> checkpoint = OpenCheckpoint(options);
+  if (!checkpoint.ok()) return Fail(checkpoint.status());
+  const uint64_t weights_bytes = CheckpointBytes(**checkpoint);
   absl::StatusOr<std::unique_ptr<model::KimiLinearModel>> loaded =
-      model::KimiLinearModel::Load(options.model, *backend);
+      model::KimiLinearModel::Load(std::move(*checkpoint), *backend);
   if (!loaded.ok()) return Fail(loaded.status());
   const double load_s = Seconds(Clock::now() - load_start);
-  absl::StatusOr<uint64_t> weights_bytes = CheckpointBytes(options.model);
-  if (!weights_bytes.ok()) return Fail(weights_bytes.status());
 
   int failures = 0;
   for (const Options& o : runs) {
-    if (absl::Status status = RunOnce(**loaded, *backend, o, *weights_bytes, load_s); !status.ok()) {
+    if (absl::Status status = RunOnce(**loaded, *backend, o, weights_bytes, load_s); !status.ok()) {
       Fail(status);  // reported; the other runs still go
       ++failures;
     }
@@ -297,6 +327,10 @@ int main(int argc, char** argv) {
   deltaserve::bench::Options o;
   CLI::App app("Times prefill or decode steps of the whole engine; prints one JSON line");
   app.add_option("--model", o.model, "Checkpoint directory or random:<preset>[:<seed>]")
+      ->capture_default_str();
+  app.add_option("--layers", o.layers,
+                 "With a random:<preset> model, its first N layers only (0: all; for profiling)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--device", o.device, "cpu, cuda or cuda:N")
       ->check(CLI::Validator(

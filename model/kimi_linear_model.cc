@@ -21,6 +21,12 @@ using kernels::TensorView;
 
 absl::StatusOr<std::unique_ptr<KimiLinearModel>> KimiLinearModel::Load(
     const std::string& dir, kernels::Backend& backend, const ModelOptions& options) {
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
+  return Load(std::move(checkpoint), backend, options);
+}
+
+absl::StatusOr<std::unique_ptr<KimiLinearModel>> KimiLinearModel::Load(
+    std::unique_ptr<Checkpoint> checkpoint, kernels::Backend& backend, const ModelOptions& options) {
   if (!options.scope.load_dense) {
     return absl::InvalidArgumentError("a model needs its dense weights (load_dense)");
   }
@@ -28,7 +34,6 @@ absl::StatusOr<std::unique_ptr<KimiLinearModel>> KimiLinearModel::Load(
     return absl::InvalidArgumentError(
         "routed experts are neither loaded nor reachable: pass an ExpertRunner for them");
   }
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   DS_ASSIGN_OR_RETURN(ModelWeights weights, LoadModelWeights(*checkpoint, backend, options.scope));
   DS_RETURN_IF_ERROR(model::TakeDeviceFailure(backend, "while loading the weights"));
   return std::unique_ptr<KimiLinearModel>(

@@ -54,6 +54,10 @@ class KimiLinearModel {
   static absl::StatusOr<std::unique_ptr<KimiLinearModel>> Load(const std::string& dir,
                                                               kernels::Backend& backend,
                                                               const ModelOptions& options = {});
+  // The same over an opened checkpoint (a generated one whose configuration the caller chose).
+  static absl::StatusOr<std::unique_ptr<KimiLinearModel>> Load(std::unique_ptr<Checkpoint> checkpoint,
+                                                              kernels::Backend& backend,
+                                                              const ModelOptions& options = {});
 
   const KimiLinearConfig& config() const { return checkpoint_->config(); }
   // The layers this model holds: [layer_begin, layer_end).
