@@ -117,7 +117,7 @@ class Backend {
   virtual void SwiGlu(TensorView gate, TensorView up, TensorView out) = 0;
 
   // out = silu(depthwise causal conv(x)) with weight [channels, kernel] (the checkpoint's
-  // [C, 1, W]); weight column W-1 multiplies the current token.
+  // [C, 1, W]); weight column W-1 multiplies the current token. out must not overlap x.
   virtual void CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
                               TensorView out) = 0;
   // Gate, beta, q/k L2 norm and the delta rule; out [T, H*d] is the per-head read o_t.

@@ -16,6 +16,7 @@
 #include "kernels/cuda/call_failures.h"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/memory_limit.h"
+#include "kernels/cuda/mla_expanded_tc.h"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/step_graphs.h"
 
@@ -544,8 +545,10 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
   const OpScope scope(impl_->Profile(), "CausalConvSilu");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
+  int64_t max_length = 0;
+  for (const ConvSequence& seq : seqs) max_length = std::max(max_length, seq.rows.length);
   DS_CUDA(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
-                               static_cast<int64_t>(seqs.size()), out, impl_->Stream()),
+                               static_cast<int64_t>(seqs.size()), max_length, out, impl_->Stream()),
           "causal conv");
 }
 
@@ -646,8 +649,12 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
 
   const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
   const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
-  std::vector<Tensor> expanded(seqs.size());
-  std::vector<const float*> pointers(seqs.size(), nullptr);
+  // Serving precision attends expanded sequences on tensor cores, over bf16 keys and values laid
+  // out per head, a block per 64 rows of one sequence and head.
+  const bool expanded_tc = impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcSupports(params, q, out);
+  std::vector<Tensor> expanded(seqs.size()), keys16(seqs.size()), values16(seqs.size());
+  std::vector<const void*> pointers(seqs.size(), nullptr), keys(seqs.size(), nullptr), values(seqs.size(), nullptr);
+  std::vector<MlaRowTile> tiles;
   bool any_expanded = false, any_absorbed = false;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (seqs[i].form == MlaForm::kAbsorbed) {
@@ -661,12 +668,33 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     expanded[i] = Allocate(length, kv, DType::kF32);
     MatMul(history.view().Cols(0, params.kv_lora_rank), kv_b, expanded[i].view());
     pointers[i] = expanded[i].data<float>();
+    if (!expanded_tc) continue;
+    const int64_t heads = params.num_heads;
+    keys16[i] = Allocate(heads * length, params.qk_nope_dim + params.qk_rope_dim, DType::kBF16);
+    values16[i] = Allocate(heads * length, params.v_dim, DType::kBF16);
+    DS_CUDA(LaunchMlaExpandedKeysValues(params, expanded[i].view(), device_seqs + i, length, keys16[i].view().data,
+                                        values16[i].view().data, impl_->Stream()),
+            "mla expanded keys and values");
+    keys[i] = keys16[i].view().data;
+    values[i] = values16[i].view().data;
+    for (int64_t row = 0; row < seqs[i].rows.length; row += kMlaExpandedTcRows) {
+      tiles.push_back({static_cast<int32_t>(i), static_cast<int32_t>(row)});
+    }
   }
-  if (any_expanded) {
-    Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(float*));
+  if (any_expanded && expanded_tc) {
+    Tensor device_keys = UploadBytes(keys.data(), keys.size() * sizeof(void*));
+    Tensor device_values = UploadBytes(values.data(), values.size() * sizeof(void*));
+    Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
+    DS_CUDA(LaunchMlaExpandedTc(params, q, device_seqs, static_cast<const void* const*>(device_keys.view().data),
+                                static_cast<const void* const*>(device_values.view().data),
+                                static_cast<const MlaRowTile*>(device_tiles.view().data),
+                                static_cast<int64_t>(tiles.size()), out, impl_->Stream()),
+            "mla expanded (tensor cores)");
+  } else if (any_expanded) {
+    Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(void*));
     DS_CUDA(LaunchMlaExpandedAttention(params, q, device_seqs,
-                                       static_cast<const float* const*>(device_pointers.view().data),
-                                       n, out, impl_->Stream()),
+                                       static_cast<const float* const*>(device_pointers.view().data), n, out,
+                                       impl_->Stream()),
             "mla expanded");
   }
   if (any_absorbed) {
@@ -754,7 +782,8 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   if (!impl_->failed() && impl_->Issue()) {
     void* space = scratch.view().data;
     impl_->Ok(static_cast<cudaError_t>(
-                  decode ? LaunchMoeDecodeExperts(x, expert_ids, table, space, slot_out, impl_->Stream())
+                  decode ? LaunchMoeDecodeExperts(x, expert_ids, table, space, slot_out, impl_->Stream(),
+                                                  impl_->programmatic_products)
                          : LaunchMoeGroupedExperts(x, expert_ids, table, space, slot_out, impl_->Stream())),
               decode ? "moe decode experts" : "moe grouped experts");
   }

@@ -38,9 +38,9 @@ struct CudaBackendOptions {
   // cuBLAS. Measured on an H200 over a 48B decode step's products: the skinny kernel is ahead
   // up to 4 rows and behind at 8 (docs/gpu-benchmark.md).
   int64_t skinny_matmul_max_rows = 4;
-  // Skinny products launched as programmatic dependents of the kernel before them: their blocks
-  // start, and fetch their weights into L2, while it finishes (decode at small batches is a chain
-  // of short kernels).
+  // Skinny products, and the decode MoE kernels' down product, launched as programmatic
+  // dependents of the kernel before them: their blocks start, and fetch their weights into L2,
+  // while it finishes (decode at small batches is a chain of short kernels).
   bool programmatic_products = true;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   // Under kGrouped, calls of at most this many (token, expert) slots skip the grouping: one warp

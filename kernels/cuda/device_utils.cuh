@@ -127,6 +127,34 @@ inline unsigned RowBlockThreads(int64_t cols, unsigned max_threads = 256) {
 __device__ __forceinline__ void WaitForPriorKernels() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void AllowDependentLaunch() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// The start of a kernel launched by LaunchAfterPrior: lets the kernel after it be scheduled,
+// then waits for the kernels before it. Nothing before this call may touch global memory that
+// kernels write.
+__device__ __forceinline__ void FollowPriorKernels() {
+  AllowDependentLaunch();
+  WaitForPriorKernels();
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch: its blocks
+// may be scheduled while the kernel before it finishes, hiding the launch gap between the short
+// kernels of a decode step. The kernel starts with FollowPriorKernels (or prefetches only
+// weights, or state no kernel of this step writes, before its WaitForPriorKernels).
+template <typename... Params, typename... Args>
+int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, void* stream,
+                     Args... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return static_cast<int>(cudaLaunchKernelEx(&config, kernel, args...));
+}
+
 // Asynchronous global → shared copies (cp.async, sm_80+): issue, commit as a group, then wait
 // until at most kPending groups are still in flight (and __syncthreads before other threads read).
 __device__ __forceinline__ void CopyAsync16(void* shared, const void* global, bool valid = true) {
@@ -160,5 +188,25 @@ inline int SmCount() {
 
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).
 inline bool FitsGridX(int64_t count) { return count > 0 && count <= 0x7fffffffLL; }
+
+// Element-wise kernels over [rows, cols]: one thread per element, each row's columns in chunks of
+// kElementThreads, rows x chunks blocks along grid x. A block that strode over a whole row waited
+// one memory round trip per step (its stores may alias its next loads); a decode step's rows of a
+// few thousand columns took 10-25 us that way on one SM.
+constexpr unsigned kElementThreads = 256;
+
+// The grid for [rows, cols] (0 when it does not fit grid x).
+inline unsigned ElementBlocks(int64_t rows, int64_t cols) {
+  const int64_t blocks = rows * ((cols + kElementThreads - 1) / kElementThreads);
+  return rows > 0 && cols > 0 && FitsGridX(blocks) ? static_cast<unsigned>(blocks) : 0u;
+}
+
+// This thread's element (r, c) of [rows, cols] under ElementBlocks; false past the last column.
+__device__ __forceinline__ bool ThisElement(int64_t cols, int64_t& r, int64_t& c) {
+  const unsigned chunks = static_cast<unsigned>((cols + kElementThreads - 1) / kElementThreads);
+  r = blockIdx.x / chunks;
+  c = static_cast<int64_t>(blockIdx.x % chunks) * kElementThreads + threadIdx.x;
+  return c < cols;
+}
 
 }  // namespace deltaserve::kernels::cuda

@@ -1,5 +1,5 @@
-// Row-wise element kernels: embedding lookup, residual add, SwiGLU, row gather/scatter and the
-// F32 -> BF16/F16 conversion. One block per row, its threads striding over the columns.
+// Element kernels: embedding lookup, residual add, SwiGLU, row gather/scatter and the
+// F32 -> BF16/F16 conversion. One thread per element (ElementBlocks).
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 
@@ -11,42 +11,39 @@ constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
 int LastError() { return static_cast<int>(cudaGetLastError()); }
 
 __global__ void EmbedKernel(const int32_t* ids, TensorView table, TensorView out) {
-  const int64_t t = blockIdx.x;
+  int64_t t, c;
+  if (!ThisElement(out.cols, t, c)) return;
   const int32_t id = ids[t];
-  float* o = RowF32(out, t);
   const bool valid = id >= 0 && id < table.rows;  // an invalid id gives a row of NaN
-  for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x) {
-    o[c] = valid ? LoadAt(table, id, c) : __int_as_float(0x7fc00000);
-  }
+  RowF32(out, t)[c] = valid ? LoadAt(table, id, c) : __int_as_float(0x7fc00000);
 }
 
 __global__ void AddKernel(TensorView acc, TensorView x) {
-  const int64_t t = blockIdx.x;
-  float* a = RowF32(acc, t);
-  const float* b = RowF32(x, t);
-  for (int64_t c = threadIdx.x; c < acc.cols; c += blockDim.x) a[c] += b[c];
+  FollowPriorKernels();
+  int64_t t, c;
+  if (!ThisElement(acc.cols, t, c)) return;
+  RowF32(acc, t)[c] += RowF32(x, t)[c];
 }
 
 __global__ void SwiGluKernel(TensorView gate, TensorView up, TensorView out) {
-  AllowDependentLaunch();
-  const int64_t t = blockIdx.x;
-  const float* g = RowF32(gate, t);
-  const float* u = RowF32(up, t);
-  float* o = RowF32(out, t);
-  for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x) o[c] = SiluF(g[c]) * u[c];
+  FollowPriorKernels();
+  int64_t t, c;
+  if (!ThisElement(out.cols, t, c)) return;
+  RowF32(out, t)[c] = SiluF(RowF32(gate, t)[c]) * RowF32(up, t)[c];
 }
 
 // dst row dst_row(i) = src row src_row(i) for elements of type T (the dtype's size); rows out
 // of range are skipped.
 template <typename T, bool kGather>
 __global__ void MoveRowsKernel(TensorView src, const int64_t* rows, TensorView dst) {
-  const int64_t i = blockIdx.x;
+  FollowPriorKernels();
+  int64_t i, c;
+  if (!ThisElement(src.cols, i, c)) return;
   const int64_t src_row = kGather ? rows[i] : i;
   const int64_t dst_row = kGather ? i : rows[i];
   if (src_row < 0 || src_row >= src.rows || dst_row < 0 || dst_row >= dst.rows) return;
-  const T* s = static_cast<const T*>(src.data) + src_row * src.row_stride;
-  T* d = static_cast<T*>(dst.data) + dst_row * dst.row_stride;
-  for (int64_t c = threadIdx.x; c < src.cols; c += blockDim.x) d[c] = s[c];
+  static_cast<T*>(dst.data)[dst_row * dst.row_stride + c] =
+      static_cast<const T*>(src.data)[src_row * src.row_stride + c];
 }
 
 template <typename T>
@@ -62,16 +59,15 @@ __device__ __forceinline__ __half FromFloat<__half>(float value) {
 
 template <typename T>
 __global__ void ConvertF32Kernel(TensorView src, T* dst) {
-  const int64_t r = blockIdx.x;
-  const float* s = RowF32(src, r);
-  T* d = dst + r * src.cols;
-  for (int64_t c = threadIdx.x; c < src.cols; c += blockDim.x) d[c] = FromFloat<T>(s[c]);
+  int64_t r, c;
+  if (!ThisElement(src.cols, r, c)) return;
+  dst[r * src.cols + c] = FromFloat<T>(RowF32(src, r)[c]);
 }
 
 __global__ void WidenToF32Kernel(TensorView src, float* dst) {
-  const int64_t r = blockIdx.x;
-  float* d = dst + r * src.cols;
-  for (int64_t c = threadIdx.x; c < src.cols; c += blockDim.x) d[c] = LoadAt(src, r, c);
+  int64_t r, c;
+  if (!ThisElement(src.cols, r, c)) return;
+  dst[r * src.cols + c] = LoadAt(src, r, c);
 }
 
 template <bool kGather>
@@ -80,17 +76,18 @@ int LaunchMoveRows(TensorView src, const int64_t* rows, int64_t n, TensorView ds
   if (src.dtype != dst.dtype || src.cols != dst.cols || n < 0) return kInvalid;
   if (n != (kGather ? dst.rows : src.rows)) return kInvalid;
   if (n == 0 || src.cols == 0) return 0;
-  if (!FitsGridX(n) || rows == nullptr) return kInvalid;
+  const unsigned blocks = ElementBlocks(n, src.cols);
+  if (blocks == 0 || rows == nullptr) return kInvalid;
   const auto s = static_cast<cudaStream_t>(stream);
-  const unsigned threads = RowBlockThreads(src.cols);
   if (DTypeSize(src.dtype) == 4) {
-    MoveRowsKernel<uint32_t, kGather><<<static_cast<unsigned>(n), threads, 0, s>>>(src, rows, dst);
-  } else if (DTypeSize(src.dtype) == 2) {
-    MoveRowsKernel<uint16_t, kGather><<<static_cast<unsigned>(n), threads, 0, s>>>(src, rows, dst);
-  } else {
-    return kInvalid;
+    return LaunchAfterPrior(MoveRowsKernel<uint32_t, kGather>, dim3(blocks), dim3(kElementThreads), 0, s, src,
+                            rows, dst);
   }
-  return LastError();
+  if (DTypeSize(src.dtype) == 2) {
+    return LaunchAfterPrior(MoveRowsKernel<uint16_t, kGather>, dim3(blocks), dim3(kElementThreads), 0, s, src,
+                            rows, dst);
+  }
+  return kInvalid;
 }
 
 }  // namespace
@@ -98,9 +95,9 @@ int LaunchMoveRows(TensorView src, const int64_t* rows, int64_t n, TensorView ds
 int LaunchEmbed(const int32_t* ids, int64_t n, TensorView table, TensorView out, Stream stream) {
   if (out.dtype != DType::kF32 || out.rows != n || table.cols != out.cols) return kInvalid;
   if (n == 0 || out.cols == 0) return 0;
-  if (!FitsGridX(n) || ids == nullptr) return kInvalid;
-  EmbedKernel<<<static_cast<unsigned>(n), RowBlockThreads(out.cols), 0,
-                static_cast<cudaStream_t>(stream)>>>(ids, table, out);
+  const unsigned blocks = ElementBlocks(n, out.cols);
+  if (blocks == 0 || ids == nullptr) return kInvalid;
+  EmbedKernel<<<blocks, kElementThreads, 0, static_cast<cudaStream_t>(stream)>>>(ids, table, out);
   return LastError();
 }
 
@@ -108,10 +105,9 @@ int LaunchAdd(TensorView acc, TensorView x, Stream stream) {
   if (acc.dtype != DType::kF32 || x.dtype != DType::kF32) return kInvalid;
   if (acc.rows != x.rows || acc.cols != x.cols) return kInvalid;
   if (acc.rows == 0 || acc.cols == 0) return 0;
-  if (!FitsGridX(acc.rows)) return kInvalid;
-  AddKernel<<<static_cast<unsigned>(acc.rows), RowBlockThreads(acc.cols), 0,
-              static_cast<cudaStream_t>(stream)>>>(acc, x);
-  return LastError();
+  const unsigned blocks = ElementBlocks(acc.rows, acc.cols);
+  if (blocks == 0) return kInvalid;
+  return LaunchAfterPrior(AddKernel, dim3(blocks), dim3(kElementThreads), 0, stream, acc, x);
 }
 
 int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream) {
@@ -123,10 +119,9 @@ int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream) 
     return kInvalid;
   }
   if (out.rows == 0 || out.cols == 0) return 0;
-  if (!FitsGridX(out.rows)) return kInvalid;
-  SwiGluKernel<<<static_cast<unsigned>(out.rows), RowBlockThreads(out.cols), 0,
-                 static_cast<cudaStream_t>(stream)>>>(gate, up, out);
-  return LastError();
+  const unsigned blocks = ElementBlocks(out.rows, out.cols);
+  if (blocks == 0) return kInvalid;
+  return LaunchAfterPrior(SwiGluKernel, dim3(blocks), dim3(kElementThreads), 0, stream, gate, up, out);
 }
 
 int LaunchGatherRows(TensorView src, const int64_t* rows, int64_t n, TensorView dst,
@@ -144,23 +139,23 @@ int LaunchConvertF32(TensorView src, DType dtype, void* dst, Stream stream) {
     return kInvalid;
   }
   if (src.rows == 0 || src.cols == 0) return 0;
-  if (!FitsGridX(src.rows) || dst == nullptr) return kInvalid;
+  const unsigned blocks = ElementBlocks(src.rows, src.cols);
+  if (blocks == 0 || dst == nullptr) return kInvalid;
   const auto s = static_cast<cudaStream_t>(stream);
-  const unsigned blocks = static_cast<unsigned>(src.rows);
-  const unsigned threads = RowBlockThreads(src.cols);
   if (dtype == DType::kBF16) {
-    ConvertF32Kernel<<<blocks, threads, 0, s>>>(src, static_cast<__nv_bfloat16*>(dst));
+    ConvertF32Kernel<<<blocks, kElementThreads, 0, s>>>(src, static_cast<__nv_bfloat16*>(dst));
   } else {
-    ConvertF32Kernel<<<blocks, threads, 0, s>>>(src, static_cast<__half*>(dst));
+    ConvertF32Kernel<<<blocks, kElementThreads, 0, s>>>(src, static_cast<__half*>(dst));
   }
   return LastError();
 }
 
 int LaunchWidenToF32(TensorView src, float* dst, Stream stream) {
   if (src.rows == 0 || src.cols == 0) return 0;
-  if (!FitsGridX(src.rows) || dst == nullptr) return kInvalid;
+  const unsigned blocks = ElementBlocks(src.rows, src.cols);
+  if (blocks == 0 || dst == nullptr) return kInvalid;
   const auto s = static_cast<cudaStream_t>(stream);
-  WidenToF32Kernel<<<static_cast<unsigned>(src.rows), RowBlockThreads(src.cols), 0, s>>>(src, dst);
+  WidenToF32Kernel<<<blocks, kElementThreads, 0, s>>>(src, dst);
   return LastError();
 }
 

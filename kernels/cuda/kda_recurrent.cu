@@ -218,7 +218,6 @@ __device__ __forceinline__ void StageState(float* staged, const float* state) {
 template <int D>
 __global__ void __launch_bounds__(KdaThreads(D))
     KdaDecodeStepKernel(KdaDecodeInputs in, const KdaDecodeSequence* seqs, int64_t tasks, TensorView out) {
-  AllowDependentLaunch();
   extern __shared__ __align__(16) float staged[];
   __shared__ TokenShared<D> sh;
   __shared__ float norm_red[TokenShared<D>::kWarps];
@@ -230,9 +229,15 @@ __global__ void __launch_bounds__(KdaThreads(D))
   const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
   float s[D];  // column j of the task's state: s[i] = S[i][j]
   int64_t task = blockIdx.x;
+  // The sequence table is uploaded before the step's kernels; the state was last written by an
+  // earlier step. Its lines are asked into L2 while the kernel before this one finishes.
   KdaDecodeSequence seq = seqs[task / heads];
   {
     const float* first = seq.state + static_cast<int64_t>(task % heads) * D * D;
+    for (int line = threadIdx.x; line < D * D / 32; line += blockDim.x) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(first + 32 * line));
+    }
+    FollowPriorKernels();
 #pragma unroll
     for (int i = 0; i < D; ++i) s[i] = active ? first[i * D + j] : 0.0f;
   }
@@ -364,13 +369,16 @@ int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs
   if (seqs == nullptr || !FitsGridX(num_seqs * heads)) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t tasks = num_seqs * heads;
   auto s = static_cast<cudaStream_t>(stream);
+  int error = 0;
   const bool launched = WithHeadDim(d, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     const auto blocks = static_cast<unsigned>(KdaDecodeStepGrid<D>(tasks));
     if (blocks == 0) return;  // cudaGetLastError below reports why
-    KdaDecodeStepKernel<D><<<blocks, KdaThreads(D), D * D * sizeof(float), s>>>(in, seqs, tasks, out);
+    error = LaunchAfterPrior(KdaDecodeStepKernel<D>, dim3(blocks), dim3(KdaThreads(D)), D * D * sizeof(float), s,
+                             in, seqs, tasks, out);
   });
-  return launched ? static_cast<int>(cudaGetLastError()) : static_cast<int>(cudaErrorInvalidValue);
+  if (!launched) return static_cast<int>(cudaErrorInvalidValue);
+  return error != 0 ? error : static_cast<int>(cudaGetLastError());
 }
 
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,

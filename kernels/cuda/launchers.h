@@ -33,9 +33,10 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
 // Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate).
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream);
-// Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu).
+// Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu); max_length
+// bounds the sequences' row counts; out must not be x.
 int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs,
-                         int64_t num_seqs, TensorView out, Stream stream);
+                         int64_t num_seqs, int64_t max_length, TensorView out, Stream stream);
 // The delta rule token by token, gate, beta and q/k L2 norm fused (Backend::KdaAttention).
 // Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
@@ -140,8 +141,10 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
 // Applies where MoeGroupedSupports does and x is F32 with 16-byte aligned rows.
 bool MoeDecodeSupports(TensorView x, int64_t slots);
 size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner);
+// programmatic: the down product is launched as a programmatic dependent of the gate/up product
+// (it fetches its weights while that one finishes).
 int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
-                           void* scratch, TensorView slot_out, Stream stream);
+                           void* scratch, TensorView slot_out, Stream stream, bool programmatic = false);
 // out[t] += Σ_s weights[t, s] * slot_out[t*k + s].
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream);
 // dst row i = src row rows[i] (rows: n device int64), any dtype.

@@ -56,6 +56,7 @@ __device__ __forceinline__ uint32_t Pack(const bf16* lo, const bf16* hi) {
 // several loads in flight; the warps meet in shared memory.
 __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
                                                              int rope, int v_dim, bf16* q_abs) {
+  FollowPriorKernels();
   __shared__ float q_nope[kAbsorbRows][256];
   __shared__ float partial[kWarps][kAbsorbCols];
   const int h = blockIdx.x;
@@ -136,6 +137,7 @@ struct AttentionArgs {
 // Grid (T, partitions). Warp w scores heads [16(w%2), +16) against keys [8(w/2), +8) of a tile
 // and accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
 __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(AttentionArgs args) {
+  FollowPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
   const int64_t t = blockIdx.x;
@@ -337,18 +339,18 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
   auto* q_abs = reinterpret_cast<bf16*>(base + AlignUp(sizeof(float) * rows * heads * p * (kRank + 2)));
   if (rows > 65535 * int64_t{kAbsorbRows} || !FitsGridX(rows)) return static_cast<int>(cudaErrorInvalidValue);
   auto s = static_cast<cudaStream_t>(stream);
-  MlaAbsorbQKernel<<<dim3(heads, kRank / kAbsorbCols, static_cast<unsigned>((rows + kAbsorbRows - 1) / kAbsorbRows)),
-                     kThreads, 0, s>>>(
-      q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope, static_cast<int>(params.v_dim), q_abs);
-  cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) return static_cast<int>(error);
+  const int absorb_error = LaunchAfterPrior(
+      MlaAbsorbQKernel, dim3(heads, kRank / kAbsorbCols, static_cast<unsigned>((rows + kAbsorbRows - 1) / kAbsorbRows)),
+      dim3(kThreads), 0, s, q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope,
+      static_cast<int>(params.v_dim), q_abs);
+  if (absorb_error != 0) return absorb_error;
   const size_t smem = AttentionSmemBytes(dot);
-  error = cudaFuncSetAttribute(MlaLatentAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const cudaError_t error = cudaFuncSetAttribute(MlaLatentAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem));
   if (error != cudaSuccess) return static_cast<int>(error);
   AttentionArgs args{seqs, num_seqs, q_abs, heads, rope, params.scale, static_cast<int>(p), *partial};
-  MlaLatentAttentionKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p)), kThreads, smem, s>>>(args);
-  return static_cast<int>(cudaGetLastError());
+  return LaunchAfterPrior(MlaLatentAttentionKernel, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p)),
+                          dim3(kThreads), smem, s, args);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -45,6 +45,7 @@ __device__ __forceinline__ void WarpCopyRow(const float* src, float* dst, int64_
 // Grid: ceil(T / 8) blocks of 8 warps, warp w copies packed row 8 * block + w.
 __global__ void __launch_bounds__(kThreads)
     MlaAppendKernel(TensorView latent, const MlaSequence* seqs, int64_t num_seqs) {
+  FollowPriorKernels();
   __shared__ int row_seq[kAppendRows];
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kAppendRows;
   const int n = static_cast<int>(latent.rows - t0 < kAppendRows ? latent.rows - t0 : kAppendRows);
@@ -498,23 +499,37 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
   }
 }
 
-// Grid: (T, H). Merges the P partition states of head h for packed row t (an absorbed row),
-// o_lat = Σ_p w_p o_p / Σ_p w_p l_p with w_p = exp(m_p - max m), then applies W_UV.
-__global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
-  AllowDependentLaunch();
+// Grid: (T, H, kMergeSplit), clusters of the kMergeSplit blocks of one (row, head). Merges the P
+// partition states of head h for packed row t (an absorbed row), o_lat = Σ_p w_p o_p / Σ_p w_p l_p
+// with w_p = exp(m_p - max m), then applies W_UV. Block z of a cluster merges latent columns
+// [z·S, (z+1)·S) (S = ceil(rank / kMergeSplit)), two partition halves at a time, reads the others'
+// columns from their shared memory, and computes output columns [z·V, (z+1)·V) (V likewise of
+// v_dim): a row's few thousand dependent loads spread over four SMs (one block took ~28 µs).
+constexpr int kMergeSplit = 4;
+
+// Dynamic shared memory of the merge, in floats.
+int MergeSmemFloats(int rank, int partitions) {
+  const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
+  return 3 * slice + rank + partitions;
+}
+
+__global__ void __cluster_dims__(1, 1, kMergeSplit) __launch_bounds__(kThreads)
+    MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
+  FollowPriorKernels();
   extern __shared__ float4 smem4[];
-  float* o_lat = reinterpret_cast<float*>(smem4);  // rank floats, then one per partition
-  __shared__ int row_seq[1];
-  const int64_t t = blockIdx.x;
-  const int h = blockIdx.y;
-  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, row_seq);
-  if (row_seq[0] < 0) return;
   const int rank = args.rank, entry_floats = rank + 2;
-  const float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
-  // Each partition's weight exp(m_p - max m) once, in shared memory, then every latent column's
-  // weighted sum with several partitions' loads in flight.
-  float* weight = o_lat + rank;
+  const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
+  float* halves = reinterpret_cast<float*>(smem4);  // [2][slice]: each partition half's sums
+  float* mine = halves + 2 * slice;                  // [slice]: this block's columns of o_lat
+  float* o_lat = mine + slice;                       // [rank]: all of them
+  float* weight = o_lat + rank;                      // [partitions]
+  __shared__ int row_seq[1];
   __shared__ float scratch[32];
+  const int64_t t = blockIdx.x;
+  const int h = blockIdx.y, z = blockIdx.z;
+  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, row_seq);
+  if (row_seq[0] < 0) return;  // the whole cluster: its blocks share the row
+  const float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
   float m_local = -INFINITY;
   for (int p = threadIdx.x; p < partitions; p += kThreads) m_local = fmaxf(m_local, entries[p * entry_floats]);
   const float m_max = BlockMax(m_local, scratch);
@@ -526,26 +541,44 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs 
     l_local = fmaf(w, entries[p * entry_floats + 1], l_local);
   }
   const float l = BlockSum(l_local, scratch);  // its barriers also publish weight[]
-  for (int r = threadIdx.x; r < rank; r += kThreads) {
+  const int lo = z * slice, hi = min(rank, lo + slice);
+  const int split = (partitions + 1) / 2;
+  for (int i = threadIdx.x; i < 2 * slice; i += kThreads) {
+    const int half = i / slice, r = lo + i % slice;
+    if (r >= hi) continue;
+    const int p_end = half == 0 ? split : partitions;
     float o = 0.0f;
-#pragma unroll 8
-    for (int p = 0; p < partitions; ++p) o = fmaf(weight[p], entries[p * entry_floats + 2 + r], o);
-    o_lat[r] = o / l;
+#pragma unroll 16
+    for (int p = half == 0 ? 0 : split; p < p_end; ++p) o = fmaf(weight[p], entries[p * entry_floats + 2 + r], o);
+    halves[i] = o;
   }
   __syncthreads();
+  for (int r = lo + static_cast<int>(threadIdx.x); r < hi; r += kThreads) {
+    mine[r - lo] = (halves[r - lo] + halves[slice + r - lo]) / l;
+  }
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every block's columns are in its shared memory
+  for (int r = threadIdx.x; r < rank; r += kThreads) {
+    const float* owner = cluster.map_shared_rank(mine, r / slice);
+    o_lat[r] = owner[r % slice];
+  }
+  cluster.sync();  // no block leaves while another still reads its columns; o_lat is complete
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_width = args.nope + args.v_dim;
+  const int v_slice = (args.v_dim + kMergeSplit - 1) / kMergeSplit;
+  const int c_lo = z * v_slice, c_hi = min(args.v_dim, c_lo + v_slice);
   float* out_row = RowF32(args.out, t);
   // W_UV: four output columns per warp at a time, each lane 8 latent columns per load.
   constexpr int kColumns = 4;
-  for (int c0 = warp * kColumns; c0 < args.v_dim; c0 += kWarps * kColumns) {
+  for (int c0 = c_lo + warp * kColumns; c0 < c_hi; c0 += kWarps * kColumns) {
     const int64_t w_row = static_cast<int64_t>(h) * kv_width + args.nope + c0;
     float sum[kColumns] = {};
+#pragma unroll 2
     for (int r = lane * 8; r < rank; r += 32 * 8) {
       float w[kColumns][8];
 #pragma unroll
       for (int j = 0; j < kColumns; ++j) {
-        if (c0 + j < args.v_dim) {
+        if (c0 + j < c_hi) {
           Load8(args.kv_b, w_row + j, r, w[j]);
         } else {
 #pragma unroll
@@ -563,7 +596,7 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs 
 #pragma unroll
     for (int j = 0; j < kColumns; ++j) {
       const float total = WarpSum(sum[j]);
-      if (lane == 0 && c0 + j < args.v_dim) out_row[h * args.v_dim + c0 + j] = total;
+      if (lane == 0 && c0 + j < c_hi) out_row[h * args.v_dim + c0 + j] = total;
     }
   }
 }
@@ -692,8 +725,8 @@ int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t nu
   const int64_t blocks = (latent.rows + kAppendRows - 1) / kAppendRows;
   if (seqs == nullptr || !FitsGridX(blocks)) return Invalid();
   auto s = static_cast<cudaStream_t>(stream);
-  MlaAppendKernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(latent, seqs, num_seqs);
-  return static_cast<int>(cudaGetLastError());
+  return LaunchAfterPrior(MlaAppendKernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, s, latent, seqs,
+                          num_seqs);
 }
 
 int LaunchMlaGatherLatent(const MlaSequence* seq, TensorView dst, Stream stream) {
@@ -775,15 +808,15 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   args.v_dim = static_cast<int>(params.v_dim);
   args.scale = params.scale;
   auto s = static_cast<cudaStream_t>(stream);
-  const dim3 merge_grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(heads));
+  const dim3 merge_grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(heads), kMergeSplit);
   if (tensor_cores && MlaAbsorbedTcSupports(params)) {
     int64_t partitions = 0;
     const int error = LaunchMlaAbsorbedTc(params, q, kv_b, seqs, num_seqs, max_keys, scratch,
                                           &args.partial, &partitions, stream);
     if (error != 0) return error;
-    MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * (args.rank + partitions), s>>>(
-        args, static_cast<int>(partitions));
-    return static_cast<int>(cudaGetLastError());
+    return LaunchAfterPrior(MlaAbsorbedMergeKernel, merge_grid, dim3(kThreads),
+                            sizeof(float) * MergeSmemFloats(args.rank, static_cast<int>(partitions)), s, args,
+                            static_cast<int>(partitions));
   }
   const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const int64_t partitions = AbsorbedPartitions(q.rows, groups, max_keys);
@@ -805,9 +838,9 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
     default: return Invalid();  // kv_lora_rank > 512
   }
   if (error != 0 || partitions <= 1) return error;
-  MlaAbsorbedMergeKernel<<<merge_grid, kThreads, sizeof(float) * (args.rank + partitions), s>>>(
-      args, static_cast<int>(partitions));
-  return static_cast<int>(cudaGetLastError());
+  return LaunchAfterPrior(MlaAbsorbedMergeKernel, merge_grid, dim3(kThreads),
+                          sizeof(float) * MergeSmemFloats(args.rank, static_cast<int>(partitions)), s, args,
+                          static_cast<int>(partitions));
 }
 
 }  // namespace deltaserve::kernels::cuda

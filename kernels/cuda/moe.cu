@@ -51,13 +51,16 @@ __device__ int BlockArgMax(float v, int i, float* scratch_v, int* scratch_i) {
 
 // One block per token. group_score/group_kept[g] are written, and read while being selected, only
 // by the thread that owns the index (index % blockDim.x); group_kept is read by all only after a
-// barrier. The top k are then selected by the first warp alone, lane e % 32 owning taken[e].
+// barrier. The top k are then selected by the first warp alone from registers: lane l holds the
+// choices of experts l, l + 32, ... (kPerLane of them, E <= 32 * kPerLane) and a bit per expert
+// already taken; each round scans them in that order, as a loop over shared memory did.
+template <int kPerLane>
 __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p,
                                TensorView expert_ids, TensorView weights) {
+  FollowPriorKernels();
   __shared__ float score[kMaxExperts];
   __shared__ float choice[kMaxExperts];
   __shared__ float group_score[kMaxExperts];
-  __shared__ bool taken[kMaxExperts];
   __shared__ bool group_kept[kMaxExperts];
   __shared__ float scratch_v[32];
   __shared__ int scratch_i[32];
@@ -67,7 +70,6 @@ __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
     score[e] = SigmoidF(row[e]);
     choice[e] = score[e] + (bias.data != nullptr ? LoadFlat(bias, e) : 0.0f);
-    taken[e] = false;
   }
   if (p.num_groups > 1) {
     const int group_size = E / p.num_groups;
@@ -102,20 +104,29 @@ __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p
       if (!group_kept[e / group_size]) choice[e] = -INFINITY;
     }
   }
-  // The top k by one warp: no block barrier per round. Lane l reads and marks experts l, l + 32, ...
-  __syncthreads();  // choice[] and taken[] are complete
+  // The top k by one warp: no block barrier per round.
+  __syncthreads();  // choice[] is complete
   if (threadIdx.x >= 32) return;
   const int lane = static_cast<int>(threadIdx.x);
+  float mine_choice[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int e = lane + 32 * j;
+    mine_choice[j] = e < E ? choice[e] : 0.0f;
+  }
+  uint32_t taken = 0;  // bit j: expert lane + 32 j
   int mine = -1;  // lane s keeps the s-th pick: registers only, no local memory
   for (int s = 0; s < p.top_k; ++s) {
     float v = 0.0f;
     int i = -1;
-    for (int e = lane; e < E; e += 32) {
-      if (!taken[e] && Beats(choice[e], e, v, i)) v = choice[e], i = e;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int e = lane + 32 * j;
+      if (e < E && !(taken >> j & 1u) && Beats(mine_choice[j], e, v, i)) v = mine_choice[j], i = e;
     }
     WarpArgMax(v, i);
     if (lane == s) mine = i;
-    if (i >= 0 && i % 32 == lane) taken[i] = true;
+    if (i >= 0 && i % 32 == lane) taken |= 1u << (i / 32);
   }
   // Ids ascending: lane r takes the pick with r smaller picks (the picks are distinct).
   constexpr unsigned kAll = 0xffffffffu;
@@ -135,20 +146,20 @@ __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p
   RowF32(weights, t)[lane] = value / denominator * p.scaling;
 }
 
-// One block per token; out[t, c] += w[t, s] * slot_out[t*k + s, c] for s = 0, 1, ..., rounding
-// each product and sum separately (no FMA) as the CPU does.
+// One thread per element (ElementBlocks); out[t, c] += w[t, s] * slot_out[t*k + s, c] for
+// s = 0, 1, ..., rounding each product and sum separately (no FMA) as the CPU does.
 __global__ void MoeCombineKernel(TensorView slot_out, TensorView weights, TensorView out) {
-  const int64_t t = blockIdx.x;
+  FollowPriorKernels();
+  int64_t t, c;
+  if (!ThisElement(out.cols, t, c)) return;
   const int64_t k = weights.cols;
   const float* w = RowF32(weights, t);
   float* o = RowF32(out, t);
-  for (int64_t c = threadIdx.x; c < out.cols; c += blockDim.x) {
-    float acc = o[c];
-    for (int64_t s = 0; s < k; ++s) {
-      acc = __fadd_rn(acc, __fmul_rn(w[s], RowF32(slot_out, t * k + s)[c]));
-    }
-    o[c] = acc;
+  float acc = o[c];
+  for (int64_t s = 0; s < k; ++s) {
+    acc = __fadd_rn(acc, __fmul_rn(w[s], RowF32(slot_out, t * k + s)[c]));
   }
+  o[c] = acc;
 }
 
 }  // namespace
@@ -182,10 +193,12 @@ int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const M
   p.renormalize = routing.renormalize;
   p.biased_weights = routing.biased_weights;
   p.scaling = routing.scaling;
-  MoeRouteKernel<<<static_cast<unsigned>(T), RowBlockThreads(E, 256), 0,
-                   static_cast<cudaStream_t>(stream)>>>(router_logits, correction_bias, p,
-                                                        expert_ids, weights);
-  return static_cast<int>(cudaGetLastError());
+  const dim3 grid(static_cast<unsigned>(T)), block(RowBlockThreads(E, 256));
+  static_assert(kMaxExperts <= 32 * 32, "one bit per expert a lane holds");
+  return E <= 32 * 8 ? LaunchAfterPrior(MoeRouteKernel<8>, grid, block, 0, stream, router_logits,
+                                        correction_bias, p, expert_ids, weights)
+                     : LaunchAfterPrior(MoeRouteKernel<32>, grid, block, 0, stream, router_logits,
+                                        correction_bias, p, expert_ids, weights);
 }
 
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream) {
@@ -198,10 +211,10 @@ int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, St
     return kInvalid;
   }
   if (out.rows == 0 || out.cols == 0 || k == 0) return 0;
-  if (!FitsGridX(out.rows)) return kInvalid;
-  MoeCombineKernel<<<static_cast<unsigned>(out.rows), RowBlockThreads(out.cols), 0,
-                     static_cast<cudaStream_t>(stream)>>>(slot_out, weights, out);
-  return static_cast<int>(cudaGetLastError());
+  const unsigned blocks = ElementBlocks(out.rows, out.cols);
+  if (blocks == 0) return kInvalid;
+  return LaunchAfterPrior(MoeCombineKernel, dim3(blocks), dim3(kElementThreads), 0, stream, slot_out,
+                          weights, out);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -51,7 +51,8 @@ struct WarpTask {
 __device__ __forceinline__ bool TakeWarpTask(const Routing& r, int columns, WarpTask& task) {
   task.slot = blockIdx.y;
   task.column = blockIdx.x * kWarps + threadIdx.x / 32;
-  task.expert = r.ids[(task.slot / r.top_k) * r.ids_ld + task.slot % r.top_k] - r.first_expert;
+  // Past L1 (ld.global.cg): the down kernel reads the ids before it waits for the kernel before it.
+  task.expert = __ldcg(r.ids + (task.slot / r.top_k) * r.ids_ld + task.slot % r.top_k) - r.first_expert;
   return task.expert >= 0 && task.expert < r.num_local && task.column < columns;
 }
 
@@ -67,6 +68,7 @@ struct GateUpArgs {
 
 // hidden row of each slot = silu(x·gateᵀ) ⊙ (x·upᵀ), one column per warp.
 __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) {
+  FollowPriorKernels();
   WarpTask task;
   if (!TakeWarpTask(a.routing, a.inner, task)) return;
   const int lane = threadIdx.x % 32;
@@ -95,13 +97,23 @@ struct DownArgs {
   int64_t slot_ld;
 };
 
-// slot_out row of each slot = hidden row · downᵀ, one column per warp.
+// slot_out row of each slot = hidden row · downᵀ, one column per warp. Launched as programmatic
+// it may start while the gate/up kernel still runs: it asks for the weight row of the expert the
+// ids name meanwhile (a hint: the routing may still be running too), then waits and reads them
+// again.
 __global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
   WarpTask task;
-  if (!TakeWarpTask(a.routing, a.hidden, task)) return;
   const int lane = threadIdx.x % 32;
-  const float* h = a.hidden_rows + static_cast<int64_t>(task.slot) * a.inner;
+  if (TakeWarpTask(a.routing, a.hidden, task)) {
+    const bf16* early = a.down[task.expert] + static_cast<int64_t>(task.column) * a.inner;
+    for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(early + k));
+    }
+  }
+  FollowPriorKernels();
+  if (!TakeWarpTask(a.routing, a.hidden, task)) return;
   const bf16* w = a.down[task.expert] + static_cast<int64_t>(task.column) * a.inner;
+  const float* h = a.hidden_rows + static_cast<int64_t>(task.slot) * a.inner;
   float acc = 0.0f;
 #pragma unroll 4
   for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
@@ -124,7 +136,7 @@ size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner) {
 }
 
 int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
-                           void* scratch, TensorView slot_out, Stream stream) {
+                           void* scratch, TensorView slot_out, Stream stream, bool programmatic) {
   const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols, inner = experts.inner;
   const int64_t slots = tokens * top_k;
   if (!MoeDecodeSupports(x, slots) || hidden % 8 != 0 || inner % 8 != 0) {
@@ -140,13 +152,21 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
                            reinterpret_cast<const bf16* const*>(experts.gate),
                            reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(inner),
                            static_cast<int>(hidden), hidden_rows};
-  MoeDecodeGateUpKernel<<<dim3(static_cast<unsigned>((inner + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
-                          kThreads, 0, s>>>(gate_up);
+  const int error = LaunchAfterPrior(
+      MoeDecodeGateUpKernel, dim3(static_cast<unsigned>((inner + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
+      dim3(kThreads), 0, s, gate_up);
+  if (error != 0) return error;
   const DownArgs down{hidden_rows, routing, reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
                       static_cast<int>(hidden), static_cast<float*>(slot_out.data), slot_out.row_stride};
-  MoeDecodeDownKernel<<<dim3(static_cast<unsigned>((hidden + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
-                        kThreads, 0, s>>>(down);
-  return static_cast<int>(cudaGetLastError());
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>((hidden + kWarps - 1) / kWarps), static_cast<unsigned>(slots));
+  config.blockDim = dim3(kThreads);
+  config.stream = s;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  if (programmatic) config.attrs = &attribute, config.numAttrs = 1;
+  return static_cast<int>(cudaLaunchKernelEx(&config, MoeDecodeDownKernel, down));
 }
 
 }  // namespace deltaserve::kernels::cuda

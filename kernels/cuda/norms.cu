@@ -14,39 +14,57 @@ __device__ __forceinline__ float InvRms(float sum_squares, int64_t count, float 
   return 1.0f / sqrtf(mean + eps);
 }
 
-// One block per row.
-__global__ void RmsNormKernel(TensorView x, TensorView weight, float eps, TensorView out) {
-  AllowDependentLaunch();
+// A thread's elements of a row (columns threadIdx.x + i * blockDim.x) held in registers, so every
+// load of the row is issued before the first is used; rows wider than kRowItems * blockDim.x take
+// the strided loops instead.
+constexpr int kRowItems = 8;
+constexpr unsigned kNormThreads = 512;
+
+// One block per row. (with_residual) acc += x first and the sum of squares is over acc; each
+// thread sums the squares of its elements in ascending column order either way, so RmsNorm and
+// AddRmsNorm give the same bits.
+template <bool kWithResidual>
+__global__ void RmsNormKernel(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) {
+  FollowPriorKernels();
   __shared__ float scratch[32];
-  const int64_t t = blockIdx.x;
+  const int64_t t = blockIdx.x, cols = x.cols;
+  float* a = kWithResidual ? RowF32(acc, t) : nullptr;
   const float* in = RowF32(x, t);
   float* o = RowF32(out, t);
   float sum = 0.0f;
-  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) sum += in[c] * in[c];
-  const float inv_rms = InvRms(BlockSum(sum, scratch), x.cols, eps);
-  for (int64_t c = threadIdx.x; c < x.cols; c += blockDim.x) {
-    o[c] = LoadFlat(weight, c) * (in[c] * inv_rms);
+  if (cols <= kRowItems * static_cast<int64_t>(blockDim.x)) {
+    float v[kRowItems], w[kRowItems];
+#pragma unroll
+    for (int i = 0; i < kRowItems; ++i) {
+      const int64_t c = threadIdx.x + i * static_cast<int64_t>(blockDim.x);
+      v[i] = c < cols ? (kWithResidual ? a[c] + in[c] : in[c]) : 0.0f;
+      w[i] = c < cols ? LoadFlat(weight, c) : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < kRowItems; ++i) {
+      const int64_t c = threadIdx.x + i * static_cast<int64_t>(blockDim.x);
+      if (c < cols) {
+        if (kWithResidual) a[c] = v[i];
+        sum += v[i] * v[i];
+      }
+    }
+    const float inv_rms = InvRms(BlockSum(sum, scratch), cols, eps);
+#pragma unroll
+    for (int i = 0; i < kRowItems; ++i) {
+      const int64_t c = threadIdx.x + i * static_cast<int64_t>(blockDim.x);
+      if (c < cols) o[c] = w[i] * (v[i] * inv_rms);
+    }
+    return;
   }
-}
-
-// RmsNormKernel after acc += x in the same pass: each thread sums the squares of the elements it
-// has just added, in the order RmsNormKernel would, so the results are the same bits.
-__global__ void AddRmsNormKernel(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) {
-  AllowDependentLaunch();
-  __shared__ float scratch[32];
-  const int64_t t = blockIdx.x;
-  float* a = RowF32(acc, t);
-  const float* b = RowF32(x, t);
-  float* o = RowF32(out, t);
-  float sum = 0.0f;
-  for (int64_t c = threadIdx.x; c < acc.cols; c += blockDim.x) {
-    const float v = a[c] + b[c];
-    a[c] = v;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = kWithResidual ? a[c] + in[c] : in[c];
+    if (kWithResidual) a[c] = v;
     sum += v * v;
   }
-  const float inv_rms = InvRms(BlockSum(sum, scratch), acc.cols, eps);
-  for (int64_t c = threadIdx.x; c < acc.cols; c += blockDim.x) {
-    o[c] = LoadFlat(weight, c) * (a[c] * inv_rms);
+  const float inv_rms = InvRms(BlockSum(sum, scratch), cols, eps);
+  const float* normed = kWithResidual ? a : in;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    o[c] = LoadFlat(weight, c) * (normed[c] * inv_rms);
   }
 }
 
@@ -76,9 +94,8 @@ int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, St
   if (x.rows != out.rows || x.cols != out.cols || weight.numel() != x.cols) return kInvalid;
   if (x.rows == 0 || x.cols == 0) return 0;
   if (!FitsGridX(x.rows)) return kInvalid;
-  RmsNormKernel<<<static_cast<unsigned>(x.rows), RowBlockThreads(x.cols, 512), 0,
-                  static_cast<cudaStream_t>(stream)>>>(x, weight, eps, out);
-  return static_cast<int>(cudaGetLastError());
+  return LaunchAfterPrior(RmsNormKernel<false>, dim3(static_cast<unsigned>(x.rows)),
+                          dim3(RowBlockThreads(x.cols, kNormThreads)), 0, stream, TensorView{}, x, weight, eps, out);
 }
 
 int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream) {
@@ -89,9 +106,8 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
   }
   if (acc.rows == 0 || acc.cols == 0) return 0;
   if (!FitsGridX(acc.rows)) return kInvalid;
-  AddRmsNormKernel<<<static_cast<unsigned>(acc.rows), RowBlockThreads(acc.cols, 512), 0,
-                     static_cast<cudaStream_t>(stream)>>>(acc, x, weight, eps, out);
-  return static_cast<int>(cudaGetLastError());
+  return LaunchAfterPrior(RmsNormKernel<true>, dim3(static_cast<unsigned>(acc.rows)),
+                          dim3(RowBlockThreads(acc.cols, kNormThreads)), 0, stream, acc, x, weight, eps, out);
 }
 
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,

@@ -1,0 +1,298 @@
+// Expanded MLA attention (prefill) on tensor cores, flash-attention style. The keys and values are
+// first written once in bf16, head-major (MlaExpandedKeysValuesKernel); then a block holds 64
+// query rows of one head (16 per warp, Q in registers as mma operands) and walks the causal keys
+// in tiles of 64, each tile copied into shared memory with cp.async while the one before is in
+// use (two stages). Scores on mma.sync, the online softmax in registers (log2 domain), and P·V
+// with the probabilities reused from the score accumulators as bf16 operands. The fp32 kernel in
+// mla_attention.cu (CUDA cores) took ~0.76 s per layer at 32k tokens.
+#include "kernels/cuda/mla_expanded_tc.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mma_tiles.cuh"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kRows = static_cast<int>(kMlaExpandedTcRows);
+static_assert(kRows == 16 * kWarps, "16 query rows per warp");
+constexpr int kKeys = 64;  // keys per tile
+constexpr int kNope = 128, kRope = 64, kQk = kNope + kRope, kV = 128;
+// Shared row strides in bf16: rows 16-byte aligned, and 8 consecutive rows 16 bytes apart modulo
+// 128 (conflict-free ldmatrix).
+constexpr int kQkLd = kQk + 8, kVLd = kV + 8;
+constexpr int kKeyChunks = kQk / 8, kValueChunks = kV / 8;  // 16-byte pieces of a row
+
+struct Stage {
+  bf16 k[kKeys][kQkLd];
+  bf16 v[kKeys][kVLd];
+};
+static_assert(kRows == kKeys, "Q is staged in the second stage's key rows");
+
+struct Args {
+  TensorView q, out;
+  const MlaSequence* seqs;
+  const void* const* keys_all;
+  const void* const* values_all;
+  const MlaRowTile* tiles;
+  float scale_log2;  // softmax scale · log2(e)
+};
+
+__device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
+  reinterpret_cast<__nv_bfloat162*>(dst)[0] = __floats2bfloat162_rn(v.x, v.y);
+  reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(v.z, v.w);
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
+// Grid: ceil(heads * length / 8) blocks of 8 warps; warp w converts row 8·block + w of the
+// [heads, length] outputs (head = row / length, position = row % length).
+__global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv, const MlaSequence* seq,
+                                                                   int64_t length, int heads, int64_t latent_width,
+                                                                   int rank, bf16* keys, bf16* values) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
+  if (row >= length * heads) return;
+  const int lane = threadIdx.x % 32;
+  const int h = static_cast<int>(row / length);
+  const int64_t j = row % length;
+  const float* kv_row = RowF32(kv, j) + static_cast<int64_t>(h) * (kNope + kV);
+  const float* pe = seq->cache.Row(j, latent_width) + rank;
+  // 80 float4 per row: 32 nope, 16 rope, 32 value; lane takes 0-31 then 32-63, then 64-79.
+  float4 v[3];
+#pragma unroll
+  for (int u = 0; u < 3; ++u) {
+    const int c = 4 * (lane + 32 * u);
+    v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (c < kNope) {
+      v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + c));
+    } else if (c < kQk) {
+      v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
+    } else if (c < kQk + kV) {
+      v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + kNope + (c - kQk)));
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < 3; ++u) {
+    const int c = 4 * (lane + 32 * u);
+    if (c < kQk) {
+      StoreBf16x4(keys + row * kQk + c, v[u]);
+    } else if (c < kQk + kV) {
+      StoreBf16x4(values + row * kV + (c - kQk), v[u]);
+    }
+  }
+}
+
+// Copies keys [j0, j0 + 64) of one head (zeros past max_key) into a stage; commits the group.
+__device__ __forceinline__ void LoadStage(Stage& st, const bf16* keys, const bf16* values, int64_t j0,
+                                          int64_t max_key) {
+  for (int i = threadIdx.x; i < kKeys * (kKeyChunks + kValueChunks); i += kThreads) {
+    const int key = i / (kKeyChunks + kValueChunks), piece = i % (kKeyChunks + kValueChunks);
+    const int64_t j = j0 + key;
+    const bool valid = j <= max_key;
+    const int64_t jj = valid ? j : 0;
+    if (piece < kKeyChunks) {
+      CopyAsync16(&st.k[key][8 * piece], keys + jj * kQk + 8 * piece, valid);
+    } else {
+      const int p = piece - kKeyChunks;
+      CopyAsync16(&st.v[key][8 * p], values + jj * kV + 8 * p, valid);
+    }
+  }
+  CommitAsync();
+}
+
+// Grid: (tiles, heads).
+__global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(Args a) {
+  extern __shared__ __align__(16) unsigned char raw[];
+  Stage* stages = reinterpret_cast<Stage*>(raw);
+  const MlaRowTile tile = a.tiles[blockIdx.x];
+  const int h = blockIdx.y;
+  const MlaSequence seq = a.seqs[tile.seq];
+  const int rows = static_cast<int>(seq.rows.length - tile.row < kRows ? seq.rows.length - tile.row : kRows);
+  const int64_t first_row = seq.rows.begin + tile.row;  // packed row of the block's first query
+  const int64_t pos0 = seq.num_cached + tile.row;       // its position
+  const int64_t max_key = pos0 + rows - 1;
+  const int64_t length = seq.num_cached + seq.rows.length;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bf16* keys = static_cast<const bf16*>(a.keys_all[tile.seq]) + static_cast<int64_t>(h) * length * kQk;
+  const bf16* values = static_cast<const bf16*>(a.values_all[tile.seq]) + static_cast<int64_t>(h) * length * kV;
+
+  LoadStage(stages[0], keys, values, 0, max_key);
+  bf16(*q_rows)[kQkLd] = stages[1].k;  // Q passes through the second stage before its first tile
+  for (int i = threadIdx.x; i < kRows * kQk / 4; i += kThreads) {
+    const int r = i / (kQk / 4), c = 4 * (i % (kQk / 4));
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (r < rows) v = __ldg(reinterpret_cast<const float4*>(RowF32(a.q, first_row + r) + h * kQk + c));
+    StoreBf16x4(&q_rows[r][c], v);
+  }
+  __syncthreads();
+  TileA16 qa[kQk / 16];
+#pragma unroll
+  for (int ks = 0; ks < kQk / 16; ++ks) LoadA(qa[ks], &q_rows[16 * warp][16 * ks], kQkLd, lane);
+
+  TileAcc16 o[kV / 16];
+#pragma unroll
+  for (int vt = 0; vt < kV / 16; ++vt) ZeroTile(o[vt]);
+  // This lane's two rows (half 0: row g, half 1: row g + 8 of the warp's 16); -1: no query.
+  const int row_lo = 16 * warp + (lane >> 2);
+  const int64_t pos[2] = {row_lo < rows ? pos0 + row_lo : -1, row_lo + 8 < rows ? pos0 + row_lo + 8 : -1};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+
+  const int64_t tiles = max_key / kKeys + 1;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t j0 = t * kKeys;
+    __syncthreads();  // the stage the next copy fills is free (first: Q is in registers)
+    if (t + 1 < tiles) {
+      LoadStage(stages[(t + 1) % 2], keys, values, j0 + kKeys, max_key);
+      WaitAsync<1>();
+    } else {
+      WaitAsync<0>();
+    }
+    __syncthreads();  // tile t is in stages[t % 2]
+    const Stage& st = stages[t % 2];
+
+    TileAcc16 p[kKeys / 16];  // scores, then probabilities
+#pragma unroll
+    for (int kt = 0; kt < kKeys / 16; ++kt) {
+      ZeroTile(p[kt]);
+#pragma unroll
+      for (int ks = 0; ks < kQk / 16; ++ks) {
+        TileB16 b;
+        LoadBTransposed(b, &st.k[16 * kt][16 * ks], kQkLd, lane);
+        MmaTile(p[kt], qa[ks], b);
+      }
+    }
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int kt = 0; kt < kKeys / 16; ++kt)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int half = (i >> 1) & 1;
+        const int64_t key = j0 + 16 * kt + AccCol(i, lane);
+        const float x = key <= pos[half] ? p[kt].x[i] * a.scale_log2 : -INFINITY;
+        p[kt].x[i] = x;
+        tile_max[half] = fmaxf(tile_max[half], x);
+      }
+    float alpha[2];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = tile_max[half];
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[half], mx);
+      alpha[half] = m_new == -INFINITY ? 1.0f : exp2f(m[half] - m_new);
+      m[half] = m_new;
+    }
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int kt = 0; kt < kKeys / 16; ++kt)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int half = (i >> 1) & 1;
+        const float x = p[kt].x[i];
+        const float e = x == -INFINITY ? 0.0f : exp2f(x - m[half]);
+        p[kt].x[i] = e;
+        sum[half] += e;
+      }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) l[half] = l[half] * alpha[half] + sum[half];
+#pragma unroll
+    for (int vt = 0; vt < kV / 16; ++vt)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[vt].x[i] *= alpha[(i >> 1) & 1];
+
+#pragma unroll
+    for (int kt = 0; kt < kKeys / 16; ++kt) {
+      // The score accumulator's layout is the A operand's: rows g / g + 8, keys 2tq.. / 8 + 2tq..
+      TileA16 pa;
+      pa.x[0] = PackBf16(p[kt].x[0], p[kt].x[1]);
+      pa.x[1] = PackBf16(p[kt].x[2], p[kt].x[3]);
+      pa.x[2] = PackBf16(p[kt].x[4], p[kt].x[5]);
+      pa.x[3] = PackBf16(p[kt].x[6], p[kt].x[7]);
+#pragma unroll
+      for (int vt = 0; vt < kV / 16; ++vt) {
+        TileB16 b;
+        LoadB(b, &st.v[16 * kt][16 * vt], kVLd, lane);
+        MmaTile(o[vt], pa, b);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
+  }
+#pragma unroll
+  for (int vt = 0; vt < kV / 16; ++vt)
+#pragma unroll
+    for (int i = 0; i < 8; i += 2) {
+      const int half = (i >> 1) & 1, r = 16 * warp + AccRow(i, lane);
+      if (r >= rows) continue;
+      float* dst = RowF32(a.out, first_row + r) + h * kV + 16 * vt + AccCol(i, lane);
+      *reinterpret_cast<float2*>(dst) = make_float2(o[vt].x[i] / l[half], o[vt].x[i + 1] / l[half]);
+    }
+}
+
+bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+}  // namespace
+
+bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out) {
+  return params.qk_nope_dim == kNope && params.qk_rope_dim == kRope && params.v_dim == kV &&
+         params.num_heads >= 1 && params.num_heads <= 65535 && params.kv_lora_rank % 4 == 0 &&
+         q.dtype == DType::kF32 && out.dtype == DType::kF32 && q.row_stride % 4 == 0 && Aligned(q.data, 16) &&
+         out.row_stride % 2 == 0 && Aligned(out.data, 8);
+}
+
+int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t length,
+                                void* keys, void* values, Stream stream) {
+  const int64_t heads = params.num_heads;
+  if (params.qk_nope_dim != kNope || params.qk_rope_dim != kRope || params.v_dim != kV ||
+      params.kv_lora_rank % 4 != 0 || kv.dtype != DType::kF32 || kv.cols != heads * (kNope + kV) ||
+      kv.row_stride % 4 != 0 || !Aligned(kv.data, 16) || kv.rows < length || !Aligned(keys, 16) ||
+      !Aligned(values, 16)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (length == 0) return 0;
+  const int64_t blocks = (length * heads + 7) / 8;
+  if (seq == nullptr || !FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
+  MlaExpandedKeysValuesKernel<<<static_cast<unsigned>(blocks), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      kv, seq, length, static_cast<int>(heads), params.kv_lora_rank + kRope, static_cast<int>(params.kv_lora_rank),
+      static_cast<bf16*>(keys), static_cast<bf16*>(values));
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs,
+                        const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,
+                        int64_t num_tiles, TensorView out, Stream stream) {
+  const int64_t heads = params.num_heads;
+  if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
+      out.rows != q.rows) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (num_tiles == 0) return 0;
+  if (seqs == nullptr || keys_all == nullptr || values_all == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  constexpr size_t kSmem = 2 * sizeof(Stage);
+  const cudaError_t error =
+      cudaFuncSetAttribute(MlaExpandedTcKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
+  if (error != cudaSuccess) return static_cast<int>(error);
+  const Args args{q, out, seqs, keys_all, values_all, tiles, params.scale * 1.4426950408889634f};
+  MlaExpandedTcKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads, kSmem,
+                        static_cast<cudaStream_t>(stream)>>>(args);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace deltaserve::kernels::cuda
