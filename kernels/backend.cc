@@ -52,6 +52,19 @@ void Backend::ArgmaxRows(TensorView x, TensorView ids) {
   Upload(best.data(), ids);
 }
 
+void Backend::ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties) {
+  if (penalties.empty()) return;
+  std::vector<float> host(static_cast<size_t>(x.rows * x.cols));
+  Download(x, host.data());
+  for (const LogitPenalty& p : penalties) {
+    if (p.token < 0) continue;
+    DS_CHECK(p.row >= 0 && p.row < x.rows && p.token < x.cols);
+    float& logit = host[static_cast<size_t>(p.row * x.cols + p.token)];
+    logit = PenalizedLogit(logit, p);
+  }
+  Upload(host.data(), x);
+}
+
 void Backend::SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids) {
   DS_CHECK(static_cast<int64_t>(draws.size()) == x.rows && ids.rows == x.rows);
   std::vector<float> host(static_cast<size_t>(x.rows * x.cols));

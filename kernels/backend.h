@@ -39,6 +39,7 @@ struct StepGraphKey {
   int64_t argmax_rows = 0; // of them, rows whose argmax it returns instead (ArgmaxRows)
   int64_t drawn_rows = 0;  // and rows whose drawn token it returns (SampleRows)
   int64_t max_keys = 0;    // the longest sequence's history after the step (MLA keys)
+  int64_t penalties = 0;   // entries of the step's ApplyPenalties
   bool operator==(const StepGraphKey&) const = default;
 };
 
@@ -160,6 +161,11 @@ class Backend {
   // draws[r] (-1 for a row it rejects). This definition downloads x and draws on the host; a
   // device backend keeps the logits there.
   virtual void SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids);
+  // Sampling penalties: x[p.row, p.token] = PenalizedLogit(that logit, p) for each penalty p
+  // (kernels/sampling.h) whose token is >= 0; at most one penalty per logit; rows and tokens
+  // inside x. This definition downloads x and applies them on the host; a device backend keeps
+  // the logits there.
+  virtual void ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties);
 };
 
 }  // namespace deltaserve::kernels

@@ -111,6 +111,18 @@ struct RowSampling {
   double uniform = 0.0;      // [0, 1): the sequence's random draw
 };
 
+// A sequence's penalties on one token's logit (Backend::ApplyPenalties): the repetition penalty
+// where the token was seen (prompt or generated; 1 where it was not, or no penalty), then
+// logit -= frequency · count + presence · (count > 0) for its `count` generated occurrences.
+struct LogitPenalty {
+  int64_t row = 0;    // the logits row
+  int32_t token = 0;  // its column; < 0: no entry (padding)
+  int32_t count = 0;
+  float repetition = 1.0f;
+  float frequency = 0.0f;
+  float presence = 0.0f;
+};
+
 struct MlaParams {
   int64_t num_heads = 0;
   int64_t kv_lora_rank = 0;

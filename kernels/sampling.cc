@@ -8,6 +8,14 @@
 
 namespace deltaserve::kernels {
 
+float PenalizedLogit(float logit, const LogitPenalty& penalty) {
+  float x = logit > 0.0f ? logit / penalty.repetition : logit * penalty.repetition;
+  const float frequency = penalty.frequency * static_cast<float>(penalty.count);
+  const float presence = penalty.count > 0 ? penalty.presence : 0.0f;
+  x -= frequency + presence;
+  return x;
+}
+
 int64_t SampleRow(std::span<float> logits, const RowSampling& draw, std::vector<float>& scratch) {
   const int64_t best = GreedyArgmax(logits);
   return best < 0 ? -1 : SampleRowFrom(logits, best, draw, scratch);

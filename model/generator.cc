@@ -29,9 +29,9 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   std::vector<int32_t> context = state.tokens();
   context.insert(context.end(), prompt.begin(), prompt.end());
   SequenceSampler sampler(params, context, options.fallback_seed);
-  // Plain greedy takes the argmax on the device, and a draw without penalties is made there too
-  // (SequenceSampler::DeviceDraw); the logits then stay on the device.
-  const bool argmax = params.plain_greedy();
+  // Greedy takes the argmax on the device and any other request a draw there
+  // (SequenceSampler::DeviceDraw), after the penalties, also on the device; the logits stay there.
+  const bool argmax = params.greedy();
   std::vector<float> logits;
   std::vector<int32_t> device_ids;
   // Asks `input`, a step whose last position is sampled, for the device's token where it can;
@@ -39,6 +39,7 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   auto sample_on_device = [&](SequenceInput& input) {
     input.argmax = argmax;
     if (!argmax) input.draw = sampler.DeviceDraw();
+    if (input.argmax || input.draw.has_value()) input.penalties = sampler.Penalties();
     return input.argmax || input.draw.has_value();
   };
   bool from_device = false;

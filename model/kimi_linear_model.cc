@@ -116,6 +116,16 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", i, " asks for a draw at ", seq.logit_positions.size(), " positions; one at most"));
     }
+    if (!seq.penalties.empty() && !seq.argmax && !seq.draw.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence ", i, " has penalties for the device but asks for neither an argmax nor a draw"));
+    }
+    for (const kernels::LogitPenalty& penalty : seq.penalties) {
+      if (penalty.token < 0 || penalty.token >= config().vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": penalised token id ", penalty.token,
+                                                       " is outside the vocabulary [0, ", config().vocab_size, ")"));
+      }
+    }
     if ((seq.argmax || seq.draw.has_value()) && !seq.logit_positions.empty() && !has_device_ids) {
       return absl::InvalidArgumentError(
           absl::StrCat("sequence ", i, " asks for ids from the device, but the step has no place for them"));
@@ -171,10 +181,19 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
       } else if (!seq.argmax) {
         logit_rows.kept.push_back(row);
       }
+      for (kernels::LogitPenalty penalty : seq.penalties) {
+        penalty.row = row;
+        logit_rows.penalties.push_back(penalty);
+      }
       logit_rows.rows.push_back(begin + position);
       logit_rows.argmax.push_back(seq.argmax);
       logit_rows.num_argmax += seq.argmax ? 1 : 0;
     }
+  }
+  if (!logit_rows.penalties.empty()) {
+    size_t padded = 64;
+    while (padded < logit_rows.penalties.size()) padded *= 2;
+    logit_rows.penalties.resize(padded, kernels::LogitPenalty{0, -1});
   }
   const int64_t t = static_cast<int64_t>(ids.size());
   const Step step{backend_, c, options_.layers, seqs, t};
@@ -270,6 +289,7 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
   backend_.RmsNorm(selected.view(), weights_.final_norm, eps, selected.view());
   Tensor logits = backend_.Allocate(rows, c.vocab_size, DType::kF32);
   backend_.MatMul(selected.view(), weights_.lm_head, logits.view());
+  backend_.ApplyPenalties(logits.view(), logit_rows.penalties);
   if (logit_rows.num_argmax > 0) {
     result.argmax = backend_.Allocate(rows, 1, DType::kI32);
     backend_.ArgmaxRows(logits.view(), result.argmax.view());
@@ -312,7 +332,8 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
   const kernels::StepGraphKey key{instance_, static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(logit_rows.rows.size()), logit_rows.num_argmax,
-                                  static_cast<int64_t>(logit_rows.drawn.size()), max_keys};
+                                  static_cast<int64_t>(logit_rows.drawn.size()), max_keys,
+                                  static_cast<int64_t>(logit_rows.penalties.size())};
   return backend_.BeginStepGraph(key);
 }
 

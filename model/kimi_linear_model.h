@@ -45,6 +45,9 @@ struct SequenceInput {
   // Sampling on the device (not with argmax; at most one requested position): the step returns
   // the token Backend::SampleRows draws from that position's logits with these parameters.
   std::optional<kernels::RowSampling> draw = std::nullopt;
+  // With argmax or a draw: penalties applied on the device to each requested position's logits
+  // before (SequenceSampler::Penalties; `row` is ignored: the step sets it). At most one per token.
+  std::vector<kernels::LogitPenalty> penalties;
 };
 
 class KimiLinearModel {
@@ -114,6 +117,9 @@ class KimiLinearModel {
     int64_t num_argmax = 0;
     std::vector<int64_t> drawn;     // indices into `rows` whose drawn token is returned instead
     std::vector<kernels::RowSampling> draws;  // theirs
+    // Every penalty of the step, padded with empty entries (token -1) to a power of two of at
+    // least 64, so that decode steps whose lists grow a token at a time keep one graph key.
+    std::vector<kernels::LogitPenalty> penalties;
   };
   // The step's device results: the hidden rows (not the last stage), or the kept logits, the
   // argmax ids of every logit row and the drawn rows' tokens.

@@ -852,4 +852,14 @@ void CudaBackend::SampleRows(TensorView x, std::span<const RowSampling> draws, T
           "sample rows");
 }
 
+void CudaBackend::ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties) {
+  Bind();
+  const OpScope scope(impl_->Profile(), "ApplyPenalties");
+  if (penalties.empty()) return;
+  Tensor device_penalties = UploadBytes(penalties.data(), penalties.size_bytes());
+  DS_CUDA(LaunchApplyPenalties(x, static_cast<const LogitPenalty*>(device_penalties.view().data),
+                               static_cast<int64_t>(penalties.size()), impl_->Stream()),
+          "apply penalties");
+}
+
 }  // namespace deltaserve::kernels::cuda

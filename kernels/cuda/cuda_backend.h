@@ -115,6 +115,7 @@ class CudaBackend final : public Backend {
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
   void ArgmaxRows(TensorView x, TensorView ids) override;
   void SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids) override;
+  void ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties) override;
 
   // Waits for all queued work.
   void Synchronize();

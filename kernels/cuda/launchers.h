@@ -22,6 +22,9 @@ int LaunchArgmaxRows(TensorView x, TensorView ids, Stream stream);
 // kernels::SampleRow for each row of x (Backend::SampleRows): draws[r] (device memory) for row r,
 // the token (or -1) into ids [x.rows, 1] I32.
 int LaunchSampleRows(TensorView x, const RowSampling* draws, TensorView ids, Stream stream);
+// kernels::PenalizedLogit on x's logit of each of the n penalties (device memory; Backend::
+// ApplyPenalties), those with a token < 0 or outside x skipped.
+int LaunchApplyPenalties(TensorView x, const LogitPenalty* penalties, int64_t n, Stream stream);
 // acc += x (F32).
 int LaunchAdd(TensorView acc, TensorView x, Stream stream);
 // out = silu(gate) * up (F32).

@@ -578,6 +578,20 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0) *out = static_cast<int32_t>(found >= 0 ? found : last_kept);
 }
 
+// One thread per penalty: kernels::PenalizedLogit, each operation rounded on its own (no FMA).
+__global__ void ApplyPenaltiesKernel(TensorView x, const LogitPenalty* penalties, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const LogitPenalty p = penalties[i];
+  if (p.token < 0 || p.row < 0 || p.row >= x.rows || p.token >= x.cols) return;
+  float* logit = RowF32(x, p.row) + p.token;
+  const float v = *logit;
+  const float repeated = v > 0.0f ? __fdiv_rn(v, p.repetition) : __fmul_rn(v, p.repetition);
+  const float frequency = __fmul_rn(p.frequency, static_cast<float>(p.count));
+  const float presence = p.count > 0 ? p.presence : 0.0f;
+  *logit = __fsub_rn(repeated, __fadd_rn(frequency, presence));
+}
+
 }  // namespace
 
 int LaunchSampleRows(TensorView x, const RowSampling* draws, TensorView ids, Stream stream) {
@@ -588,6 +602,17 @@ int LaunchSampleRows(TensorView x, const RowSampling* draws, TensorView ids, Str
   if (x.rows == 0) return 0;
   if (draws == nullptr || !FitsGridX(x.rows)) return static_cast<int>(cudaErrorInvalidValue);
   SampleRowsKernel<<<static_cast<unsigned>(x.rows), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, draws, ids);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchApplyPenalties(TensorView x, const LogitPenalty* penalties, int64_t n, Stream stream) {
+  if (x.dtype != DType::kF32 || n < 0) return static_cast<int>(cudaErrorInvalidValue);
+  if (n == 0) return 0;
+  constexpr int kThreads = 256;
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  if (penalties == nullptr || !FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
+  ApplyPenaltiesKernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, penalties,
+                                                                                                           n);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -71,18 +71,29 @@ bool SequenceSampler::IsStopToken(int32_t token, std::span<const int64_t> eos_id
   return !params_.ignore_eos && std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end();
 }
 
-absl::Status SequenceSampler::ApplyPenalties(std::span<float> logits) const {
-  // Each token's update is independent of the others, so hash-set order does not matter.
-  const float repetition = params_.repetition_penalty;
+std::vector<kernels::LogitPenalty> SequenceSampler::Penalties() const {
+  std::vector<kernels::LogitPenalty> penalties;
+  if (!params_.has_penalties()) return penalties;
+  // Hash order: each token's update is independent of the others.
+  std::unordered_map<int32_t, size_t> entry;
   for (const int32_t token : seen_tokens_) {
-    DS_RETURN_IF_ERROR(CheckTokenId(token, logits.size()));
-    float& x = logits[token];
-    x = x > 0.0f ? x / repetition : x * repetition;
+    entry[token] = penalties.size();
+    penalties.push_back({0, token, 0, params_.repetition_penalty, params_.frequency_penalty, params_.presence_penalty});
   }
   for (const auto& [token, count] : generated_counts_) {
-    DS_RETURN_IF_ERROR(CheckTokenId(token, logits.size()));
-    logits[token] -= params_.frequency_penalty * static_cast<float>(count) +
-                     (count > 0 ? params_.presence_penalty : 0.0f);
+    if (const auto it = entry.find(token); it != entry.end()) {
+      penalties[it->second].count = count;
+    } else {
+      penalties.push_back({0, token, count, 1.0f, params_.frequency_penalty, params_.presence_penalty});
+    }
+  }
+  return penalties;
+}
+
+absl::Status SequenceSampler::ApplyPenalties(std::span<float> logits) const {
+  for (const kernels::LogitPenalty& penalty : Penalties()) {
+    DS_RETURN_IF_ERROR(CheckTokenId(penalty.token, logits.size()));
+    logits[penalty.token] = kernels::PenalizedLogit(logits[penalty.token], penalty);
   }
   return absl::OkStatus();
 }
@@ -113,7 +124,7 @@ kernels::RowSampling SequenceSampler::Draw() {
 }
 
 std::optional<kernels::RowSampling> SequenceSampler::DeviceDraw() {
-  if (params_.greedy() || params_.has_penalties()) return std::nullopt;
+  if (params_.greedy()) return std::nullopt;
   return Draw();
 }
 

@@ -39,10 +39,13 @@ class SequenceSampler {
   // (temperature 0) takes the argmax, lowest id on ties, and consumes no random number.
   absl::StatusOr<int32_t> Sample(std::span<float> logits);
 
-  // The draw for the device to make from this sequence's next logits (Backend::SampleRows),
-  // taking the random number Sample would take; nullopt (nothing taken) where Sample must run
-  // on the host: greedy, whose plain form is the device argmax, and penalties.
+  // The draw for the device to make from this sequence's next logits (Backend::SampleRows) after
+  // Penalties, taking the random number Sample would take; nullopt (nothing taken) for greedy,
+  // which the device's argmax takes.
   std::optional<kernels::RowSampling> DeviceDraw();
+  // The penalties Sample applies to the next logits, one entry per penalised token (empty
+  // without penalties), for the device to apply (SequenceInput::penalties); `row` is 0.
+  std::vector<kernels::LogitPenalty> Penalties() const;
 
   // Records a generated token (updates counts for the penalties). The caller calls it for
   // each token it appends.

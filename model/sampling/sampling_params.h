@@ -33,11 +33,6 @@ struct SamplingParams {
   bool has_penalties() const {
     return repetition_penalty != 1.0f || frequency_penalty != 0.0f || presence_penalty != 0.0f;
   }
-  // Greedy without penalties: the token is the raw logits' argmax, which the device can take
-  // (SequenceInput::argmax) without sending the logits to the host.
-  bool plain_greedy() const {
-    return greedy() && !has_penalties();
-  }
 };
 
 }  // namespace deltaserve::model

@@ -137,8 +137,9 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     model::SequenceInput input{tokens[i], it->second.state.get(), {}};
     if (step.sample() && model_.is_last_stage()) {
       input.logit_positions = {static_cast<int64_t>(tokens[i].size()) - 1};
-      input.argmax = it->second.sampler->params().plain_greedy();
+      input.argmax = it->second.sampler->params().greedy();
       if (!input.argmax) input.draw = it->second.sampler->DeviceDraw();
+      if (input.argmax || input.draw.has_value()) input.penalties = it->second.sampler->Penalties();
       sampled_seqs.push_back(&it->second);
     }
     batch.push_back(std::move(input));

@@ -13,6 +13,7 @@
 #include "kernels/sampling.h"
 #include "model/generator.h"
 #include "model/kimi_linear_model.h"
+#include "model/sampling/sampler.h"
 #include "model/state/synthetic_history.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/fixtures.h"
@@ -72,32 +73,43 @@ TEST_P(CudaModelTest, LogitsAndGreedyTokensMatchTheCpuEngine) {
                 std::filesystem::path(dir).filename().c_str(), tokens.size(), max_error / max_logit);
     EXPECT_LE(max_error / max_logit, kMaxRelativeLogitErrorF32);
 
-    // Greedy tokens agree until the CPU's top two logits are closer than the error allows.
+    // Greedy tokens agree until the CPU's top two logits (after the penalties, where the request
+    // has them: the GPU applies them on the device) are closer than the error allows.
     SamplingParams greedy;
     greedy.temperature = 0.0f;
     greedy.ignore_eos = true;
     greedy.max_new_tokens = 24;
-    auto cpu_gen_state = (*cpu_model)->NewState();
-    auto gpu_gen_state = (*gpu_model)->NewState();
-    auto cpu_tokens = Generate(**cpu_model, *cpu_gen_state, tokens, greedy);
-    auto gpu_tokens = Generate(**gpu_model, *gpu_gen_state, tokens, greedy);
-    ASSERT_TRUE(cpu_tokens.ok() && gpu_tokens.ok());
-    std::vector<int32_t> context = tokens;
-    for (size_t i = 0; i < cpu_tokens->tokens.size(); ++i) {
-      if (cpu_tokens->tokens[i] == gpu_tokens->tokens[i]) {
-        context.push_back(cpu_tokens->tokens[i]);
-        continue;
+    SamplingParams penalised = greedy;
+    penalised.repetition_penalty = 1.3f;
+    penalised.frequency_penalty = 0.2f;
+    penalised.presence_penalty = 0.4f;
+    for (const SamplingParams& params : {greedy, penalised}) {
+      SCOPED_TRACE(params.has_penalties() ? "with penalties" : "plain greedy");
+      auto cpu_gen_state = (*cpu_model)->NewState();
+      auto gpu_gen_state = (*gpu_model)->NewState();
+      auto cpu_tokens = Generate(**cpu_model, *cpu_gen_state, tokens, params);
+      auto gpu_tokens = Generate(**gpu_model, *gpu_gen_state, tokens, params);
+      ASSERT_TRUE(cpu_tokens.ok() && gpu_tokens.ok());
+      std::vector<int32_t> context = tokens;
+      SequenceSampler penalties(params, tokens, 0);
+      for (size_t i = 0; i < cpu_tokens->tokens.size(); ++i) {
+        if (cpu_tokens->tokens[i] == gpu_tokens->tokens[i]) {
+          context.push_back(cpu_tokens->tokens[i]);
+          penalties.Accept(cpu_tokens->tokens[i]);
+          continue;
+        }
+        // A divergence is acceptable only at a near tie of the CPU's logits.
+        auto state = (*cpu_model)->NewState();
+        const SequenceInput check{context, state.get(), {static_cast<int64_t>(context.size()) - 1}};
+        std::vector<float> logits;
+        ASSERT_TRUE((*cpu_model)->Forward({&check, 1}, logits).ok());
+        ASSERT_TRUE(penalties.ApplyPenalties(std::span<float>(logits).first(static_cast<size_t>(vocab))).ok());
+        std::vector<float> sorted(logits.begin(), logits.begin() + vocab);
+        std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+        EXPECT_LE(sorted[0] - sorted[1], 2 * kMaxRelativeLogitErrorF32 * max_logit)
+            << "greedy token " << i << " differs without a near tie";
+        break;
       }
-      // A divergence is acceptable only at a near tie of the CPU's logits.
-      auto state = (*cpu_model)->NewState();
-      const SequenceInput check{context, state.get(), {static_cast<int64_t>(context.size()) - 1}};
-      std::vector<float> logits;
-      ASSERT_TRUE((*cpu_model)->Forward({&check, 1}, logits).ok());
-      std::vector<float> sorted(logits.begin(), logits.begin() + vocab);
-      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-      EXPECT_LE(sorted[0] - sorted[1], 2 * kMaxRelativeLogitErrorF32 * max_logit)
-          << "greedy token " << i << " differs without a near tie";
-      break;
     }
   }
 }

@@ -116,6 +116,9 @@ class DeferringBackend final : public Backend {
     Do([=, this] { inner_.MoeCombine(slot_out, weights, out); });
   }
   void ArgmaxRows(TensorView x, TensorView ids) override { Do([=, this] { inner_.ArgmaxRows(x, ids); }); }
+  void ApplyPenalties(TensorView x, std::span<const kernels::LogitPenalty> penalties) override {
+    Do([=, this, penalties = std::vector(penalties.begin(), penalties.end())] { inner_.ApplyPenalties(x, penalties); });
+  }
 
  private:
   class Graph final : public StepGraph {

@@ -739,6 +739,32 @@ TEST_F(CudaVsCpu, ArgmaxRowsMatchesTheHostScan) {
   }
 }
 
+// Sampling penalties on the device against Backend::ApplyPenalties' host definition
+// (kernels::PenalizedLogit): the same bits, for repetition penalties above and below 1, counts of
+// 0 to 3, positive, negative, zero and -inf logits, several rows, and padding entries (token -1).
+TEST_F(CudaVsCpu, ApplyPenaltiesMatchTheHost) {
+  const int64_t rows = 3, cols = 1001;
+  std::vector<float> x = RandomVector(rows * cols, 9, 4.0f);
+  x[5] = 0.0f;
+  x[cols + 7] = -std::numeric_limits<float>::infinity();
+  std::vector<LogitPenalty> penalties;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int32_t token = static_cast<int32_t>(r); token < cols; token += 7) {
+      const float repetition = token % 3 == 0 ? 1.0f : token % 3 == 1 ? 1.3f : 0.7f;
+      penalties.push_back({r, token, token % 4, repetition, 0.5f - 0.1f * static_cast<float>(r), 0.3f});
+    }
+  }
+  penalties.push_back({0, 5, 2, 1.2f, 0.4f, 0.1f});
+  penalties.push_back({1, 7, 1, 1.2f, 0.4f, 0.1f});
+  penalties.push_back({0, -1});
+  std::vector<float> want = x;
+  cpu_.ApplyPenalties(View(want, rows, cols), penalties);
+  Tensor device = ToDevice(x, rows, cols);
+  cuda_->ApplyPenalties(device.view(), penalties);
+  EXPECT_EQ(ToHost(device.view()), want);
+  EXPECT_NE(want, x);
+}
+
 // The device draw against kernels::SampleRow on the host (Backend::SampleRows' definition): rows
 // of the vocabulary's size and odd sizes, continuous logits and logits of six levels (ties at
 // every boundary), each truncation alone and together, strided rows, and the rows a sampler

@@ -279,7 +279,8 @@ TEST(SequenceSamplerTest, IsStopTokenHonoursStopIdsAndIgnoreEos) {
 }
 
 // DeviceDraw takes the random number Sample would take: the device's draw (SampleRow, its
-// definition) gives Sample's tokens. Greedy and penalties stay on the host and take nothing.
+// definition) gives Sample's tokens, with penalties too (applied first, as Penalties lists them).
+// Greedy takes nothing (the device's argmax).
 TEST(SequenceSamplerTest, DeviceDrawTakesTheNumberSampleWouldTake) {
   SamplingParams params;
   params.temperature = 0.8f;
@@ -301,8 +302,19 @@ TEST(SequenceSamplerTest, DeviceDrawTakesTheNumberSampleWouldTake) {
   }
   SamplingParams penalised = params;
   penalised.presence_penalty = 0.5f;
-  SequenceSampler with_penalty(penalised, {}, 0);
-  EXPECT_FALSE(with_penalty.DeviceDraw().has_value());
+  penalised.repetition_penalty = 1.3f;
+  const std::vector<int32_t> prompt = {3, 4, 5};
+  SequenceSampler host_penalised(penalised, prompt, 0), device_penalised(penalised, prompt, 0);
+  for (int i = 0; i < 30; ++i) {
+    const std::optional<kernels::RowSampling> draw = device_penalised.DeviceDraw();
+    ASSERT_TRUE(draw.has_value());
+    std::vector<float> row = logits;
+    for (const kernels::LogitPenalty& p : device_penalised.Penalties()) row[p.token] = kernels::PenalizedLogit(row[p.token], p);
+    const int32_t token = Draw(host_penalised, logits);
+    EXPECT_EQ(kernels::SampleRow(row, *draw, scratch), token) << i;
+    host_penalised.Accept(token);
+    device_penalised.Accept(token);
+  }
   SamplingParams greedy = params;
   greedy.temperature = 0.0f;
   SequenceSampler greedy_sampler(greedy, {}, 0);
@@ -314,13 +326,39 @@ TEST(TokenFromDeviceTest, KeepsAnIdAndRejectsWhatSampleRejects) {
   EXPECT_EQ(*TokenFromDevice(0), 0);
   EXPECT_EQ(*TokenFromDevice(163839), 163839);
   EXPECT_EQ(TokenFromDevice(-1).status().code(), absl::StatusCode::kInternal);
-  SamplingParams greedy;
-  greedy.temperature = 0.0f;
-  EXPECT_TRUE(greedy.plain_greedy());
-  greedy.repetition_penalty = 1.1f;
-  EXPECT_FALSE(greedy.plain_greedy()) << "penalties change the argmax";
-  SamplingParams sampled;
-  EXPECT_FALSE(sampled.plain_greedy());
+}
+
+// Penalties lists one entry per penalised token: the prompt's and generated tokens with the
+// repetition penalty, generated ones with their counts; applied one by one they give
+// ApplyPenalties' logits.
+TEST(SequenceSamplerTest, PenaltiesListWhatApplyPenaltiesApplies) {
+  SamplingParams params;
+  params.repetition_penalty = 2.0f;
+  params.frequency_penalty = 0.5f;
+  params.presence_penalty = 0.25f;
+  const std::vector<int32_t> prompt = {0, 1, 0};
+  SequenceSampler sampler(params, prompt, 1);
+  for (int32_t token : {2, 2, 1}) sampler.Accept(token);
+  std::vector<kernels::LogitPenalty> penalties = sampler.Penalties();
+  std::sort(penalties.begin(), penalties.end(),
+            [](const kernels::LogitPenalty& a, const kernels::LogitPenalty& b) { return a.token < b.token; });
+  ASSERT_EQ(penalties.size(), 3u);
+  EXPECT_EQ(penalties[0].token, 0);
+  EXPECT_EQ(penalties[0].count, 0);
+  EXPECT_EQ(penalties[1].token, 1);
+  EXPECT_EQ(penalties[1].count, 1);
+  EXPECT_EQ(penalties[2].token, 2);
+  EXPECT_EQ(penalties[2].count, 2);
+  for (const kernels::LogitPenalty& p : penalties) EXPECT_EQ(p.repetition, 2.0f);
+  std::vector<float> listed = {2.0f, -2.0f, 1.0f, 4.0f, -1.0f}, applied = listed;
+  for (const kernels::LogitPenalty& p : penalties) listed[p.token] = kernels::PenalizedLogit(listed[p.token], p);
+  ASSERT_TRUE(sampler.ApplyPenalties(applied).ok());
+  EXPECT_EQ(listed, applied);
+
+  SamplingParams plain;
+  SequenceSampler none(plain, prompt, 1);
+  none.Accept(2);
+  EXPECT_TRUE(none.Penalties().empty());
 }
 
 }  // namespace
