@@ -47,7 +47,7 @@ struct SequenceInput {
   std::optional<kernels::RowSampling> draw = std::nullopt;
   // With argmax or a draw: penalties applied on the device to each requested position's logits
   // before (SequenceSampler::Penalties; `row` is ignored: the step sets it). At most one per token.
-  std::vector<kernels::LogitPenalty> penalties;
+  std::vector<kernels::LogitPenalty> penalties = {};
 };
 
 class KimiLinearModel {
