@@ -4,6 +4,7 @@
 #include <atomic>
 #include <limits>
 #include <set>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -120,10 +121,15 @@ absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
       return absl::InvalidArgumentError(absl::StrCat(
           "sequence ", i, " has penalties for the device but asks for neither an argmax nor a draw"));
     }
+    std::unordered_set<int32_t> penalised;
     for (const kernels::LogitPenalty& penalty : seq.penalties) {
       if (penalty.token < 0 || penalty.token >= config().vocab_size) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", i, ": penalised token id ", penalty.token,
                                                        " is outside the vocabulary [0, ", config().vocab_size, ")"));
+      }
+      if (!penalised.insert(penalty.token).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sequence ", i, ": token ", penalty.token, " has two penalty entries; one at most"));
       }
     }
     if ((seq.argmax || seq.draw.has_value()) && !seq.logit_positions.empty() && !has_device_ids) {

@@ -545,10 +545,17 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
   const OpScope scope(impl_->Profile(), "CausalConvSilu");
   if (seqs.empty()) return;
   Tensor descriptors = UploadBytes(seqs.data(), seqs.size_bytes());
-  int64_t max_length = 0;
-  for (const ConvSequence& seq : seqs) max_length = std::max(max_length, seq.rows.length);
+  std::vector<ConvRun> runs;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (int64_t first = 0; first < seqs[i].rows.length; first += kConvRunRows) {
+      runs.push_back({static_cast<int32_t>(i), static_cast<int32_t>(first)});
+    }
+  }
+  if (runs.empty()) return;
+  Tensor device_runs = UploadBytes(runs.data(), runs.size() * sizeof(ConvRun));
   DS_CUDA(LaunchCausalConvSilu(x, weight, static_cast<const ConvSequence*>(descriptors.view().data),
-                               static_cast<int64_t>(seqs.size()), max_length, out, impl_->Stream()),
+                               static_cast<int64_t>(seqs.size()), static_cast<const ConvRun*>(device_runs.view().data),
+                               static_cast<int64_t>(runs.size()), out, impl_->Stream()),
           "causal conv");
 }
 
@@ -677,6 +684,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
             "mla expanded keys and values");
     keys[i] = keys16[i].view().data;
     values[i] = values16[i].view().data;
+    expanded[i] = Tensor();  // freed in stream order: the conversion above has read it
     for (int64_t row = 0; row < seqs[i].rows.length; row += kMlaExpandedTcRows) {
       tiles.push_back({static_cast<int32_t>(i), static_cast<int32_t>(row)});
     }

@@ -40,7 +40,9 @@ struct CudaBackendOptions {
   int64_t skinny_matmul_max_rows = 4;
   // Skinny products, and the decode MoE kernels' down product, launched as programmatic
   // dependents of the kernel before them: their blocks start, and fetch their weights into L2,
-  // while it finishes (decode at small batches is a chain of short kernels).
+  // while it finishes (decode at small batches is a chain of short kernels). The decode chain's
+  // other kernels are always programmatic launches that wait for the kernel before them first
+  // thing (LaunchAfterPrior), which this option does not change.
   bool programmatic_products = true;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   // Under kGrouped, calls of at most this many (token, expert) slots skip the grouping: one warp

@@ -152,7 +152,9 @@ int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sm
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  return static_cast<int>(cudaLaunchKernelEx(&config, kernel, args...));
+  const cudaError_t error = cudaLaunchKernelEx(&config, kernel, args...);
+  if (error != cudaSuccess) (void)cudaGetLastError();  // reported here, not by the next launch
+  return static_cast<int>(error);
 }
 
 // Asynchronous global → shared copies (cp.async, sm_80+): issue, commit as a group, then wait

@@ -228,16 +228,11 @@ __global__ void __launch_bounds__(KdaThreads(D))
   const int64_t channels = core.q.cols;
   const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
   float s[D];  // column j of the task's state: s[i] = S[i][j]
+  FollowPriorKernels();
   int64_t task = blockIdx.x;
-  // The sequence table is uploaded before the step's kernels; the state was last written by an
-  // earlier step. Its lines are asked into L2 while the kernel before this one finishes.
   KdaDecodeSequence seq = seqs[task / heads];
   {
     const float* first = seq.state + static_cast<int64_t>(task % heads) * D * D;
-    for (int line = threadIdx.x; line < D * D / 32; line += blockDim.x) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(first + 32 * line));
-    }
-    FollowPriorKernels();
 #pragma unroll
     for (int i = 0; i < D; ++i) s[i] = active ? first[i * D + j] : 0.0f;
   }

@@ -36,10 +36,17 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
 // Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate).
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream);
-// Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu); max_length
-// bounds the sequences' row counts; out must not be x.
-int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs,
-                         int64_t num_seqs, int64_t max_length, TensorView out, Stream stream);
+// Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu), a thread per
+// run of kConvRunRows tokens of one channel: `runs` (device memory) lists every run of every
+// sequence with rows, seqs[run.seq]'s tokens [run.first, run.first + kConvRunRows); out must not
+// be x.
+inline constexpr int kConvRunRows = 16;
+struct ConvRun {
+  int32_t seq;
+  int32_t first;
+};
+int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t num_seqs,
+                         const ConvRun* runs, int64_t num_runs, TensorView out, Stream stream);
 // The delta rule token by token, gate, beta and q/k L2 norm fused (Backend::KdaAttention).
 // Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,

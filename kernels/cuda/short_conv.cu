@@ -1,7 +1,8 @@
 // Depthwise causal conv + SiLU over packed sequences with per-sequence tails (the last W-1
 // inputs). Each thread computes a run of kRunRows outputs of one channel from its inputs (the
-// W-1 before the run from the rows above or the tail), all loaded before the first is used; a
-// second kernel then moves each sequence's last inputs into its tail. (One thread walking a whole
+// W-1 before the run from the rows above or the tail), all loaded before the first is used; the
+// runs come from a table (only those of sequences' real rows get blocks); a second kernel then
+// moves each sequence's last inputs into its tail. (One thread walking a whole
 // sequence per channel took ~15 ms for 32k tokens: one memory round trip per token.)
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
@@ -12,7 +13,7 @@ namespace {
 constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
 constexpr int kThreads = 128;
 constexpr int64_t kMaxKernel = 16;
-constexpr int kRunRows = 16;
+constexpr int kRunRows = kConvRunRows;
 constexpr int64_t kMaxSeqsPerLaunch = 65535;  // grid y
 
 // Whether the sequence's rows lie inside x (an empty or invalid sequence is a no-op).
@@ -20,17 +21,18 @@ __device__ __forceinline__ bool ValidRows(const ConvSequence& seq, const TensorV
   return seq.rows.length > 0 && seq.rows.begin >= 0 && seq.rows.begin + seq.rows.length <= x.rows;
 }
 
-// Grid: x = channel block + channel_blocks * run, y = sequence. kMax >= kernel bounds the
-// registers; loops run to compile-time bounds so every index is a constant. Products and sums are
-// rounded separately (no FMA contraction), in the CPU's order. out must not alias x.
+// Grid: x = channel block + channel_blocks * run. kMax >= kernel bounds the registers; loops run
+// to compile-time bounds so every index is a constant. Products and sums are rounded separately
+// (no FMA contraction), in the CPU's order. out must not alias x.
 template <int kMax>
 __global__ void __launch_bounds__(kThreads)
-    CausalConvSiluKernel(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t channel_blocks,
-                         TensorView out) {
+    CausalConvSiluKernel(TensorView x, TensorView weight, const ConvSequence* seqs, const ConvRun* runs,
+                         int64_t channel_blocks, TensorView out) {
   const int64_t channels = x.cols;
   const int64_t c = static_cast<int64_t>(blockIdx.x % channel_blocks) * kThreads + threadIdx.x;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x / channel_blocks) * kRunRows;  // in the sequence
-  const ConvSequence seq = seqs[blockIdx.y];
+  const ConvRun run = runs[blockIdx.x / channel_blocks];
+  const int64_t t0 = run.first;  // in the sequence
+  const ConvSequence seq = seqs[run.seq];
   if (c >= channels || !ValidRows(seq, x) || t0 >= seq.rows.length) return;
   const int64_t begin = seq.rows.begin, length = seq.rows.length;
   const int kernel = static_cast<int>(weight.cols);
@@ -89,36 +91,37 @@ __global__ void __launch_bounds__(kThreads) AdvanceConvTailKernel(TensorView x, 
 }
 
 template <int kMax>
-void LaunchConv(TensorView x, TensorView weight, const ConvSequence* seqs, unsigned num_seqs, int64_t channel_blocks,
-                int64_t runs, TensorView out, cudaStream_t s) {
-  CausalConvSiluKernel<kMax><<<dim3(static_cast<unsigned>(channel_blocks * runs), num_seqs), kThreads, 0, s>>>(
-      x, weight, seqs, channel_blocks, out);
-  AdvanceConvTailKernel<kMax><<<dim3(static_cast<unsigned>(channel_blocks), num_seqs), kThreads, 0, s>>>(
-      x, static_cast<int>(weight.cols) - 1, seqs);
+void LaunchConv(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t num_seqs, const ConvRun* runs,
+                int64_t num_runs, int64_t channel_blocks, TensorView out, cudaStream_t s) {
+  CausalConvSiluKernel<kMax><<<static_cast<unsigned>(channel_blocks * num_runs), kThreads, 0, s>>>(
+      x, weight, seqs, runs, channel_blocks, out);
+  for (int64_t first = 0; first < num_seqs; first += kMaxSeqsPerLaunch) {
+    const auto n = static_cast<unsigned>(num_seqs - first < kMaxSeqsPerLaunch ? num_seqs - first : kMaxSeqsPerLaunch);
+    AdvanceConvTailKernel<kMax><<<dim3(static_cast<unsigned>(channel_blocks), n), kThreads, 0, s>>>(
+        x, static_cast<int>(weight.cols) - 1, seqs + first);
+  }
 }
 
 }  // namespace
 
 int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t num_seqs,
-                         int64_t max_length, TensorView out, Stream stream) {
+                         const ConvRun* runs, int64_t num_runs, TensorView out, Stream stream) {
   const int64_t channels = x.cols;
   const int64_t kernel = weight.cols;
   if (x.dtype != DType::kF32 || out.dtype != DType::kF32) return kInvalid;
   if (weight.rows != channels || kernel < 1 || kernel > kMaxKernel) return kInvalid;
-  if (out.rows != x.rows || out.cols != channels || num_seqs < 0 || max_length < 0) return kInvalid;
+  if (out.rows != x.rows || out.cols != channels || num_seqs < 0 || num_runs < 0) return kInvalid;
   if (out.data == x.data) return kInvalid;  // the runs read rows other threads write
-  if (num_seqs == 0 || x.rows == 0 || channels == 0 || max_length == 0) return 0;
+  if (num_seqs == 0 || num_runs == 0 || x.rows == 0 || channels == 0) return 0;
   const int64_t channel_blocks = (channels + kThreads - 1) / kThreads;
-  const int64_t runs = (max_length + kRunRows - 1) / kRunRows;
-  if (!FitsGridX(channel_blocks * runs) || seqs == nullptr) return kInvalid;
+  if (!FitsGridX(channel_blocks * num_runs) || channel_blocks > 0x7fffffffLL || seqs == nullptr || runs == nullptr) {
+    return kInvalid;
+  }
   const auto s = static_cast<cudaStream_t>(stream);
-  for (int64_t first = 0; first < num_seqs; first += kMaxSeqsPerLaunch) {
-    const auto n = static_cast<unsigned>(num_seqs - first < kMaxSeqsPerLaunch ? num_seqs - first : kMaxSeqsPerLaunch);
-    if (kernel <= 4) {
-      LaunchConv<4>(x, weight, seqs + first, n, channel_blocks, runs, out, s);
-    } else {
-      LaunchConv<kMaxKernel>(x, weight, seqs + first, n, channel_blocks, runs, out, s);
-    }
+  if (kernel <= 4) {
+    LaunchConv<4>(x, weight, seqs, num_seqs, runs, num_runs, channel_blocks, out, s);
+  } else {
+    LaunchConv<kMaxKernel>(x, weight, seqs, num_seqs, runs, num_runs, channel_blocks, out, s);
   }
   return static_cast<int>(cudaGetLastError());
 }

@@ -174,9 +174,29 @@ TEST_F(ModelTest, DeviceIdsAreTheArgmaxAndTheDrawOfTheLogits) {
   const SequenceInput twin{prompt, twins[0].get(), {5}};
   ASSERT_TRUE(model_->Forward({&twin, 1}, twin_logits).ok());
   EXPECT_EQ(logits, twin_logits);
+  const std::vector<float> raw_logits = twin_logits;  // SampleRow overwrites its row
   EXPECT_EQ(ids[0], std::max_element(twin_logits.begin(), twin_logits.end()) - twin_logits.begin());
   std::vector<float> scratch;
   EXPECT_EQ(ids[1], kernels::SampleRow(twin_logits, draw, scratch));
+
+  // With penalties: the argmax and the draw of the penalised logits.
+  const std::vector<kernels::LogitPenalty> penalties = {{0, 3, 2, 1.3f, 0.5f, 0.2f}, {0, 7, 0, 0.6f, 0.5f, 0.2f}};
+  std::vector<std::unique_ptr<SequenceState>> penalised;
+  for (int i = 0; i < 2; ++i) penalised.push_back(model_->NewState());
+  std::vector<SequenceInput> with_penalties = {{prompt, penalised[0].get(), {5}, /*argmax=*/true},
+                                               {prompt, penalised[1].get(), {5}}};
+  with_penalties[1].draw = draw;
+  for (SequenceInput& input : with_penalties) input.penalties = penalties;
+  ASSERT_TRUE(model_->Forward(with_penalties, logits, &ids).ok());
+  ASSERT_EQ(ids.size(), 2u);
+  std::vector<float> penalised_logits = raw_logits;
+  for (const kernels::LogitPenalty& p : penalties) {
+    penalised_logits[p.token] = kernels::PenalizedLogit(penalised_logits[p.token], p);
+  }
+  EXPECT_EQ(ids[0], std::max_element(penalised_logits.begin(), penalised_logits.end()) - penalised_logits.begin());
+  EXPECT_NE(ids[0], std::max_element(raw_logits.begin(), raw_logits.end()) - raw_logits.begin())
+      << "the penalties move this argmax (token 7's logit grows by 1 / 0.6)";
+  EXPECT_EQ(ids[1], kernels::SampleRow(penalised_logits, draw, scratch));
 }
 
 TEST_F(ModelTest, RejectsBadInputWithoutTouchingState) {
@@ -216,6 +236,16 @@ TEST_F(ModelTest, RejectsBadInputWithoutTouchingState) {
   SequenceInput no_place{ok_tokens, state.get(), {1}};
   no_place.draw = kernels::RowSampling{};
   EXPECT_EQ(model_->Forward({&no_place, 1}, logits).code(), absl::StatusCode::kInvalidArgument);
+  // Penalties: only before a device argmax or draw, tokens inside the vocabulary, one per token.
+  SequenceInput host_sampled{ok_tokens, state.get(), {1}};
+  host_sampled.penalties = {{0, 3, 1, 1.2f, 0.1f, 0.1f}};
+  EXPECT_EQ(model_->Forward({&host_sampled, 1}, logits, &ids).code(), absl::StatusCode::kInvalidArgument);
+  SequenceInput outside{ok_tokens, state.get(), {1}, /*argmax=*/true};
+  outside.penalties = {{0, static_cast<int32_t>(vocab_), 1, 1.2f, 0.1f, 0.1f}};
+  EXPECT_EQ(model_->Forward({&outside, 1}, logits, &ids).code(), absl::StatusCode::kInvalidArgument);
+  SequenceInput duplicated{ok_tokens, state.get(), {1}, /*argmax=*/true};
+  duplicated.penalties = {{0, 3, 1, 1.2f, 0.1f, 0.1f}, {0, 3, 2, 1.2f, 0.1f, 0.1f}};
+  EXPECT_EQ(model_->Forward({&duplicated, 1}, logits, &ids).code(), absl::StatusCode::kInvalidArgument);
 
   EXPECT_EQ(model_->SnapshotState(*state), before);
 }
