@@ -137,8 +137,8 @@ __device__ __forceinline__ void FollowPriorKernels() {
 
 // kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch: its blocks
 // may be scheduled while the kernel before it finishes, hiding the launch gap between the short
-// kernels of a decode step. The kernel starts with FollowPriorKernels (or prefetches only
-// weights, or state no kernel of this step writes, before its WaitForPriorKernels).
+// kernels of a decode step. The kernel starts with FollowPriorKernels (or asks only for weights
+// into L2 before its WaitForPriorKernels).
 template <typename... Params, typename... Args>
 int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, void* stream,
                      Args... args) {

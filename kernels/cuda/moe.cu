@@ -53,7 +53,7 @@ __device__ int BlockArgMax(float v, int i, float* scratch_v, int* scratch_i) {
 // by the thread that owns the index (index % blockDim.x); group_kept is read by all only after a
 // barrier. The top k are then selected by the first warp alone from registers: lane l holds the
 // choices of experts l, l + 32, ... (kPerLane of them, E <= 32 * kPerLane) and a bit per expert
-// already taken; each round scans them in that order, as a loop over shared memory did.
+// already taken; each round scans them in ascending order, so ties go to the lower index.
 template <int kPerLane>
 __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p,
                                TensorView expert_ids, TensorView weights) {

@@ -20,7 +20,7 @@ __device__ __forceinline__ float InvRms(float sum_squares, int64_t count, float 
 constexpr int kRowItems = 8;
 constexpr unsigned kNormThreads = 512;
 
-// One block per row. (with_residual) acc += x first and the sum of squares is over acc; each
+// One block per row. With kWithResidual, acc += x first and the sum of squares is over acc; each
 // thread sums the squares of its elements in ascending column order either way, so RmsNorm and
 // AddRmsNorm give the same bits.
 template <bool kWithResidual>
