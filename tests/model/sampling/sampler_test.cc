@@ -207,7 +207,9 @@ TEST(SequenceSamplerTest, MinPDropsTokensBelowTheScaledMax) {
   for (int i = 0; i < 200; ++i) EXPECT_EQ(Draw(strict, logits), 0);
 }
 
-TEST(SequenceSamplerTest, PenaltiesMatchAHandComputedCase) {
+// Repetition penalty 2 over the prompt {0, 1, 0} and what was generated, frequency 0.5 and
+// presence 0.25 over the generated {2, 2, 1}.
+SequenceSampler HandComputedPenaltySampler() {
   SamplingParams params;
   params.repetition_penalty = 2.0f;
   params.frequency_penalty = 0.5f;
@@ -215,7 +217,11 @@ TEST(SequenceSamplerTest, PenaltiesMatchAHandComputedCase) {
   const std::vector<int32_t> prompt = {0, 1, 0};
   SequenceSampler sampler(params, prompt, 1);
   for (int32_t token : {2, 2, 1}) sampler.Accept(token);
+  return sampler;
+}
 
+TEST(SequenceSamplerTest, PenaltiesMatchAHandComputedCase) {
+  const SequenceSampler sampler = HandComputedPenaltySampler();
   std::vector<float> logits = {2.0f, -2.0f, 1.0f, 4.0f, -1.0f};
   ASSERT_TRUE(sampler.ApplyPenalties(logits).ok());
   // 0: prompt only -> 2 / 2. 1: prompt + once generated -> -2 * 2 - 0.5 - 0.25.
@@ -332,13 +338,7 @@ TEST(TokenFromDeviceTest, KeepsAnIdAndRejectsWhatSampleRejects) {
 // repetition penalty, generated ones with their counts; applied one by one they give
 // ApplyPenalties' logits.
 TEST(SequenceSamplerTest, PenaltiesListWhatApplyPenaltiesApplies) {
-  SamplingParams params;
-  params.repetition_penalty = 2.0f;
-  params.frequency_penalty = 0.5f;
-  params.presence_penalty = 0.25f;
-  const std::vector<int32_t> prompt = {0, 1, 0};
-  SequenceSampler sampler(params, prompt, 1);
-  for (int32_t token : {2, 2, 1}) sampler.Accept(token);
+  const SequenceSampler sampler = HandComputedPenaltySampler();
   std::vector<kernels::LogitPenalty> penalties = sampler.Penalties();
   std::sort(penalties.begin(), penalties.end(),
             [](const kernels::LogitPenalty& a, const kernels::LogitPenalty& b) { return a.token < b.token; });
@@ -356,6 +356,7 @@ TEST(SequenceSamplerTest, PenaltiesListWhatApplyPenaltiesApplies) {
   EXPECT_EQ(listed, applied);
 
   SamplingParams plain;
+  const std::vector<int32_t> prompt = {0, 1, 0};
   SequenceSampler none(plain, prompt, 1);
   none.Accept(2);
   EXPECT_TRUE(none.Penalties().empty());
