@@ -135,13 +135,13 @@ __device__ __forceinline__ void FollowPriorKernels() {
   WaitForPriorKernels();
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch: its blocks
-// may be scheduled while the kernel before it finishes, hiding the launch gap between the short
-// kernels of a decode step. The kernel starts with FollowPriorKernels (or asks only for weights
-// into L2 before its WaitForPriorKernels).
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
+// `programmatic`: its blocks may be scheduled while the kernel before it finishes, hiding the
+// launch gap between the short kernels of a decode step. Such a kernel starts with
+// FollowPriorKernels (or asks only for weights into L2 before its WaitForPriorKernels).
 template <typename... Params, typename... Args>
-int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, void* stream,
-                     Args... args) {
+int LaunchMaybeAfterPrior(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                          void* stream, Args... args) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
@@ -150,11 +150,20 @@ int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sm
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
+  if (programmatic) {
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
   const cudaError_t error = cudaLaunchKernelEx(&config, kernel, args...);
   if (error != cudaSuccess) (void)cudaGetLastError();  // reported here, not by the next launch
   return static_cast<int>(error);
+}
+
+// LaunchMaybeAfterPrior, always programmatic.
+template <typename... Params, typename... Args>
+int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, void* stream,
+                     Args... args) {
+  return LaunchMaybeAfterPrior(true, kernel, grid, block, smem, stream, args...);
 }
 
 // Asynchronous global → shared copies (cp.async, sm_80+): issue, commit as a group, then wait
@@ -187,6 +196,9 @@ inline int SmCount() {
   }();
   return count;
 }
+
+// Whether an address is a multiple of `bytes` (vector loads and stores need it).
+inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).
 inline bool FitsGridX(int64_t count) { return count > 0 && count <= 0x7fffffffLL; }

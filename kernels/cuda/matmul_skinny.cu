@@ -166,15 +166,13 @@ __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTabl
   }
 }
 
-bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 bool SkinnyMatMulSupports(TensorView x, TensorView w) {
   return x.rows >= 1 && x.rows <= kSkinnyMatMulMaxRows && x.dtype == DType::kF32 &&
          (w.dtype == DType::kBF16 || w.dtype == DType::kF16 || w.dtype == DType::kF32) && w.cols == x.cols &&
          w.cols % 8 == 0 &&
-         w.row_stride % 8 == 0 && x.row_stride % 4 == 0 && Aligned16(w.data) && Aligned16(x.data);
+         w.row_stride % 8 == 0 && x.row_stride % 4 == 0 && IsAligned(w.data, 16) && IsAligned(x.data, 16);
 }
 
 int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream, bool programmatic) {
@@ -205,23 +203,19 @@ int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream,
   table.first_block[count] = static_cast<unsigned>(blocks);
   table.count = count;
   if (blocks == 0) return 0;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kThreads);
-  config.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  if (programmatic) config.attrs = &attribute, config.numAttrs = 1;
+  const auto launch = [&](auto kernel) {
+    return LaunchMaybeAfterPrior(programmatic, kernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0, stream,
+                                 table);
+  };
   switch (products[0].x.rows) {
-    case 1: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<1>, table));
-    case 2: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<2>, table));
-    case 3: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<3>, table));
-    case 4: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<4>, table));
-    case 5: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<5>, table));
-    case 6: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<6>, table));
-    case 7: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<7>, table));
-    default: return static_cast<int>(cudaLaunchKernelEx(&config, SkinnyMatMulKernel<8>, table));
+    case 1: return launch(SkinnyMatMulKernel<1>);
+    case 2: return launch(SkinnyMatMulKernel<2>);
+    case 3: return launch(SkinnyMatMulKernel<3>);
+    case 4: return launch(SkinnyMatMulKernel<4>);
+    case 5: return launch(SkinnyMatMulKernel<5>);
+    case 6: return launch(SkinnyMatMulKernel<6>);
+    case 7: return launch(SkinnyMatMulKernel<7>);
+    default: return launch(SkinnyMatMulKernel<8>);
   }
 }
 

@@ -244,15 +244,13 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(Args a) {
     }
 }
 
-bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out) {
   return params.qk_nope_dim == kNope && params.qk_rope_dim == kRope && params.v_dim == kV &&
          params.num_heads >= 1 && params.num_heads <= 65535 && params.kv_lora_rank % 4 == 0 &&
-         q.dtype == DType::kF32 && out.dtype == DType::kF32 && q.row_stride % 4 == 0 && Aligned(q.data, 16) &&
-         out.row_stride % 2 == 0 && Aligned(out.data, 8);
+         q.dtype == DType::kF32 && out.dtype == DType::kF32 && q.row_stride % 4 == 0 && IsAligned(q.data, 16) &&
+         out.row_stride % 2 == 0 && IsAligned(out.data, 8);
 }
 
 int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t length,
@@ -260,8 +258,8 @@ int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const Ml
   const int64_t heads = params.num_heads;
   if (params.qk_nope_dim != kNope || params.qk_rope_dim != kRope || params.v_dim != kV ||
       params.kv_lora_rank % 4 != 0 || kv.dtype != DType::kF32 || kv.cols != heads * (kNope + kV) ||
-      kv.row_stride % 4 != 0 || !Aligned(kv.data, 16) || kv.rows < length || !Aligned(keys, 16) ||
-      !Aligned(values, 16)) {
+      kv.row_stride % 4 != 0 || !IsAligned(kv.data, 16) || kv.rows < length || !IsAligned(keys, 16) ||
+      !IsAligned(values, 16)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (length == 0) return 0;

@@ -123,12 +123,10 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
   if (lane == 0) a.slot_out[task.slot * a.slot_ld + task.column] = acc;
 }
 
-bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 bool MoeDecodeSupports(TensorView x, int64_t slots) {
-  return slots <= 65535 && x.dtype == DType::kF32 && x.row_stride % 4 == 0 && Aligned16(x.data);
+  return slots <= 65535 && x.dtype == DType::kF32 && x.row_stride % 4 == 0 && IsAligned(x.data, 16);
 }
 
 size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner) {
@@ -158,15 +156,10 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
   if (error != 0) return error;
   const DownArgs down{hidden_rows, routing, reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
                       static_cast<int>(hidden), static_cast<float*>(slot_out.data), slot_out.row_stride};
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>((hidden + kWarps - 1) / kWarps), static_cast<unsigned>(slots));
-  config.blockDim = dim3(kThreads);
-  config.stream = s;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  if (programmatic) config.attrs = &attribute, config.numAttrs = 1;
-  return static_cast<int>(cudaLaunchKernelEx(&config, MoeDecodeDownKernel, down));
+  return LaunchMaybeAfterPrior(
+      programmatic, MoeDecodeDownKernel,
+      dim3(static_cast<unsigned>((hidden + kWarps - 1) / kWarps), static_cast<unsigned>(slots)), dim3(kThreads), 0, s,
+      down);
 }
 
 }  // namespace deltaserve::kernels::cuda
