@@ -1,16 +1,18 @@
 // Absorbed MLA decode on tensor cores (serving precision). The query heads of one row share one
 // latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
-// row: each block takes one absorbed row and one partition of its keys, converts key tiles of
-// the fp32 latent cache to bf16 in shared memory, and runs QKᵀ and PV on mma.sync (bf16 inputs,
-// fp32 accumulation) with an online softmax; O stays in registers. Two launches: q absorbed into
-// the latent space (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then the attention writing each
-// partition's unnormalised state for MlaAbsorbedMergeKernel (mla_attention.cu), which merges the
-// partitions and applies W_UV.
+// row: each block takes one absorbed row and one partition of its keys, streams 16-key tiles of
+// the fp32 latent cache through a 4-stage cp.async pipeline (three tiles in flight while one is
+// used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync (keys
+// rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax; O
+// stays in registers. Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then
+// q_pe) as bf16, then the attention writing each partition's unnormalised state for
+// MlaAbsorbedMergeKernel (mla_attention.cu), which merges the partitions and applies W_UV.
 #include "kernels/cuda/mla_absorbed_tc.h"
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
@@ -26,28 +28,39 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
 constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
-constexpr int kKeys = 32;      // keys per shared-memory tile
-static_assert(kKeys == kMlaTensorCorePageRows, "a key tile lies in one latent page");
+constexpr int kKeys = 16;      // keys per shared-memory tile
+constexpr int kStages = 5;     // key tiles in shared memory: 4 in flight while one is used
+static_assert(kMlaTensorCorePageRows % kKeys == 0, "a key tile lies in one latent page");
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
 constexpr int kAbsorbCols = 32 * 8;  // latent columns per absorb block: 8 per lane
-constexpr int kPLd = kKeys + 8;
-constexpr int kSLd = kKeys + 4;
-constexpr int kTileLoads = 9;  // float4 loads of a key tile in flight per thread
+constexpr int kMaxRope = 64;
+constexpr int kDotSlices = 4;  // QK's dot dimension split over warps, two head tiles each
+constexpr int kSliceSteps = (kRank + kMaxRope) / 16 / kDotSlices;  // k16 steps per slice, at most
+static_assert(kWarps == 2 * kDotSlices, "a warp per (head tile, dot slice)");
+constexpr int kPLd = kKeys + 8;  // P's row stride (bf16): conflict-free A fragments
+constexpr int kSLd = kKeys + 8;  // the partial scores' (fp32): conflict-free 64-bit stores
+constexpr float kMaxLag = 8.0f;
+constexpr int kRowThreads = kThreads / kHeadRows;  // softmax threads per head row
+static_assert(kRowThreads * 2 == kKeys, "each softmax thread takes two keys");
 
-int Ld(int dot) { return dot + 8; }  // shared row stride (bf16) of Q and K: conflict-free 32-bit loads
+// A key tile's shared row stride (fp32) for a dot dimension (rank + rope): 8 mod 32 words where
+// dot is a multiple of 32 (the Kimi shapes), so QK's 64-bit fragment loads are conflict-free.
+__host__ __device__ int StageLd(int dot) { return dot + 8; }
 
-// Shared memory of the attention kernel for a dot dimension (rank + rope).
+// Shared memory of the attention kernel: the key stages, the partial scores of each dot slice,
+// P and the row stats.
 size_t AttentionSmemBytes(int dot) {
-  return sizeof(bf16) * (static_cast<size_t>(kHeadRows + kKeys) * Ld(dot) + kHeadRows * kPLd) +
-         sizeof(float) * (kHeadRows * kSLd + 3 * kHeadRows);
+  return sizeof(float) * (static_cast<size_t>(kStages) * kKeys * StageLd(dot) +
+                          kDotSlices * kHeadRows * kSLd + 3 * kHeadRows) +
+         sizeof(bf16) * kHeadRows * kPLd;
 }
 
 __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-// Two bf16 from different rows, the lower index in the low half (an mma operand register).
-__device__ __forceinline__ uint32_t Pack(const bf16* lo, const bf16* hi) {
-  return static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(lo)) |
-         (static_cast<uint32_t>(*reinterpret_cast<const uint16_t*>(hi)) << 16);
+// Two fp32 values rounded to bf16, `lo` in the low half (an mma operand register).
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
 // Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
@@ -134,9 +147,60 @@ struct AttentionArgs {
   float* partial;  // [T, heads, partitions, rank + 2]: m, l, Σ p c_n
 };
 
-// Grid (T, partitions). Warp w scores heads [16(w%2), +16) against keys [8(w/2), +8) of a tile
-// and accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
-__global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(AttentionArgs args) {
+// Copies a partition's fp32 key tiles in order, each into a stage with cp.async (rows past `pos`
+// zero-filled: they may hold anything, and a zero probability times NaN is NaN); the caller
+// commits. A tile is contiguous in its page, so a thread's k-th 16-byte piece is piece
+// threadIdx.x + k·kThreads of every tile; its shared offsets (rows padded) are worked out once.
+// Pages are walked tile by tile (a 64-bit division per tile cost 5-8%).
+struct TileCopier {
+  static constexpr int kMaxPieces = kKeys * (kRank + kMaxRope) / 4 / kThreads;
+  float* const* pages;
+  int64_t pos;
+  int dot, tiles_per_page;
+  int64_t tile, page;
+  int in_page;
+  const float* page_base = nullptr;
+  int pieces;                      // 16-byte pieces of a tile
+  int stage_offset[kMaxPieces];    // floats, of this thread's pieces
+
+  __device__ TileCopier(float* const* pages_in, int64_t pos_in, int dot_in, int tiles_per_page_in, int64_t first)
+      : pages(pages_in), pos(pos_in), dot(dot_in), tiles_per_page(tiles_per_page_in), tile(first),
+        page(first / tiles_per_page_in), in_page(static_cast<int>(first % tiles_per_page_in)),
+        pieces(kKeys * dot_in / 4) {
+    const int quads = dot / 4;
+#pragma unroll
+    for (int k = 0; k < kMaxPieces; ++k) {
+      const int i = threadIdx.x + k * kThreads;
+      stage_offset[k] = 4 * i + (StageLd(dot) - dot) * (i / quads);
+    }
+  }
+
+  __device__ void IssueNext(float* stage) {
+    if (page_base == nullptr) page_base = pages[page];
+    const float* rows = page_base + static_cast<int64_t>(in_page) * kKeys * dot;
+    const int64_t live_rows = pos - tile * kKeys + 1;  // rows past it are zero-filled
+    const int live_pieces = live_rows >= kKeys ? pieces : static_cast<int>(live_rows) * (dot / 4);
+#pragma unroll
+    for (int k = 0; k < kMaxPieces; ++k) {
+      const int i = threadIdx.x + k * kThreads;
+      if (i >= pieces) break;
+      const bool live = i < live_pieces;
+      CopyAsync16(stage + stage_offset[k], rows + (live ? 4 * i : 0), live);
+    }
+    ++tile;
+    if (++in_page == tiles_per_page) in_page = 0, ++page, page_base = nullptr;
+  }
+};
+
+// Grid (T, partitions), one block per SM (kStages fp32 key tiles in shared memory). Keys are read
+// straight from their cp.async stage and rounded to bf16 as fragments are loaded. QK: warp w
+// holds the A fragments of head tile w % 2 over dot slice w / 2 in registers for the whole
+// partition and scores all kKeys keys of a tile; the slices meet in shared memory. Softmax:
+// kRowThreads threads per head row, two keys each, the row's max and sum over shuffles, in the
+// log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
+// The partial states' m is a reference max (not always the running max, see kMaxLag), stored in
+// natural-log units; m, l and O agree, which is all the merge needs.
+__global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(AttentionArgs args) {
   FollowPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
@@ -146,133 +210,145 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
   if (si < 0) return;
   const MlaSequence seq = args.seqs[si];
   const int64_t pos = seq.num_cached + (t - seq.rows.begin);
-  const int dot = kRank + args.rope, ld = dot + 8;
-  bf16* qs = reinterpret_cast<bf16*>(smem);
-  bf16* ks = qs + kHeadRows * ld;
-  bf16* ps = ks + kKeys * ld;
-  float* ss = reinterpret_cast<float*>(ps + kHeadRows * kPLd);
-  float* m_row = ss + kHeadRows * kSLd;
+  const int dot = kRank + args.rope, stage_ld = StageLd(dot);
+  float* stages = reinterpret_cast<float*>(smem);
+  float* sp = stages + kStages * kKeys * stage_ld;  // [kDotSlices][kHeadRows][kSLd]
+  float* m_row = sp + kDotSlices * kHeadRows * kSLd;  // log2 domain
   float* l_row = m_row + kHeadRows;
   float* alpha_row = l_row + kHeadRows;
+  bf16* ps = reinterpret_cast<bf16*>(alpha_row + kHeadRows);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, tq = lane & 3;
   const int heads = args.heads;
-  // Q rows (zero past the real heads), 16 bytes at a time.
-  const int pieces = dot / 8;
-  for (int i = threadIdx.x; i < kHeadRows * pieces; i += kThreads) {
-    const int h = i / pieces, p = i % pieces;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (h < heads) v = *reinterpret_cast<const uint4*>(args.q_abs + (t * heads + h) * dot + 8 * p);
-    *reinterpret_cast<uint4*>(qs + h * ld + 8 * p) = v;
+  const int64_t tiles = pos / kKeys + 1;
+  const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
+  const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
+  TileCopier copier(seq.cache.pages, pos, dot, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (tile_lo + s < tile_hi) copier.IssueNext(stages + s * kKeys * stage_ld);
+    CommitAsync();  // empty groups too: the wait below counts groups
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;
     l_row[threadIdx.x] = 0.0f;
   }
-
-  const int64_t tiles = pos / kKeys + 1;
-  const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
-  const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
-  float o[2][8][4] = {};
-  const int s_m = warp % 2, s_n = warp / 2;  // this warp's score tile
-  const int quads = dot / 4;
-  // A tile's rows lie in one page (pages hold a multiple of kKeys rows); the pages are walked
-  // tile by tile, the next one looked up as the last tile of a page begins.
-  const int tiles_per_page = static_cast<int>(seq.cache.page_rows / kKeys);
-  int64_t page = tile_lo / tiles_per_page;
-  int in_page = static_cast<int>(tile_lo % tiles_per_page);
-  const float* page_base = tile_lo < tile_hi ? seq.cache.pages[page] : nullptr;
-  for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
-    const int64_t j0 = tile * kKeys;
-    const float* const rows = page_base + static_cast<int64_t>(in_page) * kKeys * dot;
-    if (++in_page == tiles_per_page) {
-      in_page = 0;
-      if (tile + 1 < tile_hi) page_base = seq.cache.pages[++page];
-    }
-    __syncthreads();  // the previous tile's readers are done with K and P (first: Q and stats in)
-    // The tile's fp32 keys, kTileLoads float4 loads per thread in flight, then converted.
-    for (int base = threadIdx.x; base < kKeys * quads; base += kTileLoads * kThreads) {
-      float4 v[kTileLoads];
+  // This warp's Q fragments (zero past the real heads and the dot dimension).
+  const int q_tile = warp % 2, slice = warp / 2, steps = dot / 16;
+  uint32_t qa[kSliceSteps][4];
+  {
+    const int h_lo = 16 * q_tile + g, h_hi = h_lo + 8;
+    const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 2 * tq;
+    const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 2 * tq;
 #pragma unroll
-      for (int u = 0; u < kTileLoads; ++u) {
-        const int i = base + u * kThreads;
-        const int64_t j = j0 + i / quads;
-        v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (i < kKeys * quads && j <= pos) {
-          v[u] = __ldg(reinterpret_cast<const float4*>(rows + (i / quads) * dot) + i % quads);
+    for (int i = 0; i < kSliceSteps; ++i) {
+      const int step = slice * kSliceSteps + i, k0 = 16 * step;
+      const bool in = step < steps;
+      qa[i][0] = in && h_lo < heads ? Load32(q_lo + k0) : 0u;
+      qa[i][1] = in && h_hi < heads ? Load32(q_hi + k0) : 0u;
+      qa[i][2] = in && h_lo < heads ? Load32(q_lo + k0 + 8) : 0u;
+      qa[i][3] = in && h_hi < heads ? Load32(q_hi + k0 + 8) : 0u;
+    }
+  }
+  const float scale_log2 = args.scale * 1.4426950408889634f;
+  const int s_row = threadIdx.x / kRowThreads, s_key = 2 * (threadIdx.x % kRowThreads);
+  float o[2][8][4] = {};
+  for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
+    const int64_t i = tile - tile_lo;
+    WaitAsync<kStages - 2>();
+    __syncthreads();  // this tile is in; every warp is done with the stage refilled next, S and P
+    if (tile + kStages - 1 < tile_hi) {
+      copier.IssueNext(stages + ((i + kStages - 1) % kStages) * kKeys * stage_ld);
+    }
+    CommitAsync();
+    const float* keys = stages + (i % kStages) * kKeys * stage_ld;
+    {
+      float c[kKeys / 8][4] = {};
+#pragma unroll
+      for (int s = 0; s < kSliceSteps; ++s) {
+        const int step = slice * kSliceSteps + s;
+        if (step >= steps) break;
+#pragma unroll
+        for (int n = 0; n < kKeys / 8; ++n) {
+          const float* k = keys + (8 * n + g) * stage_ld + 16 * step + 2 * tq;
+          const float2 lo = *reinterpret_cast<const float2*>(k);
+          const float2 hi = *reinterpret_cast<const float2*>(k + 8);
+          Mma16x8x16(c[n], qa[s], PackBf16(lo.x, lo.y), PackBf16(hi.x, hi.y));
         }
       }
+      float* out = sp + (slice * kHeadRows + 16 * q_tile + g) * kSLd + 2 * tq;
 #pragma unroll
-      for (int u = 0; u < kTileLoads; ++u) {
-        const int i = base + u * kThreads;
-        if (i >= kKeys * quads) break;
-        __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(ks + (i / quads) * ld + 4 * (i % quads));
-        dst[0] = __floats2bfloat162_rn(v[u].x, v[u].y);
-        dst[1] = __floats2bfloat162_rn(v[u].z, v[u].w);
+      for (int n = 0; n < kKeys / 8; ++n) {
+        *reinterpret_cast<float2*>(out + 8 * n) = make_float2(c[n][0], c[n][1]);
+        *reinterpret_cast<float2*>(out + 8 * kSLd + 8 * n) = make_float2(c[n][2], c[n][3]);
       }
     }
     __syncthreads();
     {
-      float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const bf16* q_lo = qs + (16 * s_m + g) * ld + 2 * tq;
-      const bf16* k_row = ks + (8 * s_n + g) * ld + 2 * tq;
-      for (int k0 = 0; k0 < dot; k0 += 16) {
-        const uint32_t a[4] = {Load32(q_lo + k0), Load32(q_lo + 8 * ld + k0), Load32(q_lo + k0 + 8),
-                               Load32(q_lo + 8 * ld + k0 + 8)};
-        Mma16x8x16(c, a, Load32(k_row + k0), Load32(k_row + k0 + 8));
-      }
-      const int row = 16 * s_m + g, key = 8 * s_n + 2 * tq;
+      float2 sum = make_float2(0.0f, 0.0f);
 #pragma unroll
-      for (int x = 0; x < 4; ++x) {
-        const int r = row + 8 * (x / 2), k = key + x % 2;
-        ss[r * kSLd + k] = j0 + k <= pos ? c[x] * args.scale : -INFINITY;
+      for (int d = 0; d < kDotSlices; ++d) {
+        const float2 v = *reinterpret_cast<const float2*>(sp + (d * kHeadRows + s_row) * kSLd + s_key);
+        sum.x += v.x, sum.y += v.y;
+      }
+      const int64_t j = tile * kKeys + s_key;
+      const float s0 = j <= pos ? sum.x * scale_log2 : -INFINITY;
+      const float s1 = j + 1 <= pos ? sum.y * scale_log2 : -INFINITY;
+      float tile_max = fmaxf(s0, s1);
+#pragma unroll
+      for (int x = 1; x < kRowThreads; x *= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, x));
+      // The row's reference max moves only when the tile's exceeds it by more than kMaxLag
+      // (log2): probabilities stay <= 2^kMaxLag, and most tiles need no rescaling of O.
+      const float m_old = m_row[s_row];
+      const float m_new = tile_max > m_old + kMaxLag ? tile_max : m_old;
+      const float e0 = s0 == -INFINITY ? 0.0f : exp2f(s0 - m_new);
+      const float e1 = s1 == -INFINITY ? 0.0f : exp2f(s1 - m_new);
+      *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + s_key) = __floats2bfloat162_rn(e0, e1);
+      float e_sum = e0 + e1;
+#pragma unroll
+      for (int x = 1; x < kRowThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
+      __syncwarp();  // every thread of the row has read m_row[s_row] before it is replaced
+      if (s_key == 0) {
+        const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+        m_row[s_row] = m_new;
+        l_row[s_row] = l_row[s_row] * alpha + e_sum;
+        alpha_row[s_row] = alpha;
       }
     }
     __syncthreads();
-    for (int r = warp; r < kHeadRows; r += kWarps) {
-      const float s = ss[r * kSLd + lane];
-      const float m_old = m_row[r];
-      const float m_new = fmaxf(m_old, WarpMax(s));
-      const float e = s == -INFINITY ? 0.0f : expf(s - m_new);
-      const float sum = WarpSum(e);
-      ps[r * kPLd + lane] = __float2bfloat16(e);
-      __syncwarp();  // every lane has read m_row[r] before lane 0 replaces it
-      if (lane == 0) {
-        const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-        m_row[r] = m_new;
-        l_row[r] = l_row[r] * alpha + sum;
-        alpha_row[r] = alpha;
-      }
-    }
-    __syncthreads();
+    uint32_t a[2][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
       const float a_lo = alpha_row[16 * mi + g], a_hi = alpha_row[16 * mi + g + 8];
+      if (__any_sync(0xffffffffu, a_lo != 1.0f || a_hi != 1.0f)) {
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
+        for (int nt = 0; nt < 8; ++nt) {
+          o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
+        }
       }
+      const bf16* p_lo = ps + (16 * mi + g) * kPLd + 2 * tq;
+      a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
+      a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
     }
+    // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
+    // both n-tiles of a pair.
+    const float* v0 = keys + (2 * tq) * stage_ld + 64 * warp + 2 * g;
 #pragma unroll
-    for (int k0 = 0; k0 < kKeys; k0 += 16) {
-      uint32_t a[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const bf16* p_lo = ps + (16 * mi + g) * kPLd + k0 + 2 * tq;
-        a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
-        a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
-      }
-      const bf16* v0 = ks + (k0 + 2 * tq) * ld + 64 * warp + g;
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const bf16* v = v0 + 8 * nt;
-        const uint32_t b0 = Pack(v, v + ld), b1 = Pack(v + 8 * ld, v + 9 * ld);
-        Mma16x8x16(o[0][nt], a[0], b0, b1);
-        Mma16x8x16(o[1][nt], a[1], b0, b1);
-      }
+    for (int pair = 0; pair < 4; ++pair) {
+      const float* v = v0 + 16 * pair;
+      const float2 r0 = *reinterpret_cast<const float2*>(v), r1 = *reinterpret_cast<const float2*>(v + stage_ld);
+      const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
+      const float2 r9 = *reinterpret_cast<const float2*>(v + 9 * stage_ld);
+      const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
+      const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
+      Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
+      Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
+      Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);
+      Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
     }
   }
+  WaitAsync<0>();   // no copy outlives the block (the trailing groups are empty)
   __syncthreads();  // m_row and l_row final (also when this partition had no tile)
 
   const int entry_floats = kRank + 2;
@@ -281,7 +357,7 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
   };
   if (threadIdx.x < heads) {
     float* e = entry(threadIdx.x);
-    e[0] = m_row[threadIdx.x];
+    e[0] = m_row[threadIdx.x] * 0.6931471805599453f;  // back to the natural log the merge uses
     e[1] = l_row[threadIdx.x];
   }
 #pragma unroll
@@ -292,10 +368,12 @@ __global__ void __launch_bounds__(kThreads, 2) MlaLatentAttentionKernel(Attentio
       if (h >= heads) continue;
       float* e = entry(h) + 2;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int col = 64 * warp + 8 * nt + 2 * tq;
-        e[col] = o[mi][nt][2 * half];
-        e[col + 1] = o[mi][nt][2 * half + 1];
+      for (int pair = 0; pair < 4; ++pair) {  // columns 64w + 16p + 4tq + {0, 1, 2, 3}
+        const float* even = o[mi][2 * pair];
+        const float* odd = o[mi][2 * pair + 1];
+        float* dst = e + 64 * warp + 16 * pair + 4 * tq;
+        *reinterpret_cast<float2*>(dst) = make_float2(even[2 * half], odd[2 * half]);
+        *reinterpret_cast<float2*>(dst + 2) = make_float2(even[2 * half + 1], odd[2 * half + 1]);
       }
     }
 }
@@ -306,17 +384,24 @@ size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 bool MlaAbsorbedTcSupports(const MlaParams& params) {
   return params.num_heads >= 1 && params.num_heads <= kHeadRows && params.kv_lora_rank == kRank &&
-         params.qk_rope_dim % 16 == 0 && params.qk_nope_dim <= 256;
+         params.qk_rope_dim % 16 == 0 && params.qk_rope_dim <= kMaxRope && params.qk_nope_dim <= 256;
 }
 
-// About four blocks per SM in all (two resident at a time), every partition keeping >= 4 tiles.
+// One block per SM is resident, so the rows' partitions are chosen for whole waves: the fewest
+// partitions whose tiles per block (∝ waves / partitions) are within 5% of the best, every
+// partition keeping >= kMinTilesPerPartition tiles (the merge reads a state per partition).
 int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys) {
-  const int64_t target = 4 * static_cast<int64_t>(SmCount());
+  constexpr int64_t kMinTilesPerPartition = 8, kMaxPartitions = 256;
+  const int64_t sms = SmCount();
   const int64_t tiles = (max_keys + kKeys - 1) / kKeys;
-  int64_t partitions = (target + rows - 1) / rows;
-  if (partitions > tiles / 4) partitions = tiles / 4;
-  if (partitions > 256) partitions = 256;
-  return partitions < 1 ? 1 : partitions;
+  const int64_t most = std::max<int64_t>(1, std::min(kMaxPartitions, tiles / kMinTilesPerPartition));
+  auto speed = [&](int64_t p) { return static_cast<double>(p) / static_cast<double>((rows * p + sms - 1) / sms); };
+  double best = 0.0;
+  for (int64_t p = 1; p <= most; ++p) best = std::max(best, speed(p));
+  for (int64_t p = 1; p <= most; ++p) {
+    if (speed(p) >= 0.95 * best) return p;
+  }
+  return 1;
 }
 
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys) {
