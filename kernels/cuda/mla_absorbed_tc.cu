@@ -33,9 +33,11 @@ constexpr int kStages = 5;     // key tiles in shared memory: 4 in flight while 
 static_assert(kMlaTensorCorePageRows % kKeys == 0, "a key tile lies in one latent page");
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
 constexpr int kAbsorbCols = 32 * 8;  // latent columns per absorb block: 8 per lane
-constexpr int kMaxRope = 64;
+constexpr int kRope = 64;      // the attention kernel's shapes are compile-time: Kimi's
+constexpr int kDot = kRank + kRope;
 constexpr int kDotSlices = 4;  // QK's dot dimension split over warps, two head tiles each
-constexpr int kSliceSteps = (kRank + kMaxRope) / 16 / kDotSlices;  // k16 steps per slice, at most
+constexpr int kSliceSteps = kDot / 16 / kDotSlices;  // k16 steps per slice
+static_assert(kSliceSteps * 16 * kDotSlices == kDot, "the dot slices tile the dot dimension");
 static_assert(kWarps == 2 * kDotSlices, "a warp per (head tile, dot slice)");
 constexpr int kPLd = kKeys + 8;  // P's row stride (bf16): conflict-free A fragments
 constexpr int kSLd = kKeys + 8;  // the partial scores' (fp32): conflict-free 64-bit stores
@@ -43,17 +45,16 @@ constexpr float kMaxLag = 8.0f;
 constexpr int kRowThreads = kThreads / kHeadRows;  // softmax threads per head row
 static_assert(kRowThreads * 2 == kKeys, "each softmax thread takes two keys");
 
-// A key tile's shared row stride (fp32) for a dot dimension (rank + rope): 8 mod 32 words where
-// dot is a multiple of 32 (the Kimi shapes), so QK's 64-bit fragment loads are conflict-free.
-__host__ __device__ int StageLd(int dot) { return dot + 8; }
+// A key tile's shared row stride (fp32): 8 mod 32 words, so QK's 64-bit fragment loads are
+// conflict-free.
+constexpr int kStageLd = kDot + 8;
+constexpr int kStageFloats = kKeys * kStageLd;
 
 // Shared memory of the attention kernel: the key stages, the partial scores of each dot slice,
-// P and the row stats.
-size_t AttentionSmemBytes(int dot) {
-  return sizeof(float) * (static_cast<size_t>(kStages) * kKeys * StageLd(dot) +
-                          kDotSlices * kHeadRows * kSLd + 3 * kHeadRows) +
-         sizeof(bf16) * kHeadRows * kPLd;
-}
+// the row stats and P.
+constexpr size_t kAttentionSmemBytes =
+    sizeof(float) * (static_cast<size_t>(kStages) * kStageFloats + kDotSlices * kHeadRows * kSLd + 3 * kHeadRows) +
+    sizeof(bf16) * kHeadRows * kPLd;
 
 __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
@@ -151,51 +152,64 @@ struct AttentionArgs {
 // zero-filled: they may hold anything, and a zero probability times NaN is NaN); the caller
 // commits. A tile is contiguous in its page, so a thread's k-th 16-byte piece is piece
 // threadIdx.x + k·kThreads of every tile; its shared offsets (rows padded) are worked out once.
-// Pages are walked tile by tile (a 64-bit division per tile cost 5-8%).
+// Pages are walked tile by tile (a 64-bit division per tile cost 5-8%), each page's address read
+// a page ahead.
 struct TileCopier {
-  static constexpr int kMaxPieces = kKeys * (kRank + kMaxRope) / 4 / kThreads;
+  static constexpr int kQuads = kDot / 4;  // 16-byte pieces of a row
+  static constexpr int kPieces = kKeys * kQuads / kThreads;
+  static_assert(kPieces * kThreads == kKeys * kQuads, "every thread copies the same number of pieces");
   float* const* pages;
   int64_t pos;
-  int dot, tiles_per_page;
-  int64_t tile, page;
+  int tiles_per_page;
+  int64_t tile, end, page;  // end: the partition's tile_hi
   int in_page;
-  const float* page_base = nullptr;
-  int pieces;                      // 16-byte pieces of a tile
-  int stage_offset[kMaxPieces];    // floats, of this thread's pieces
+  const float* page_base;
+  const float* next_base;  // the next page's, read a page ahead (nullptr: the partition ends first)
+  int stage_offset[kPieces];  // floats, of this thread's pieces
 
-  __device__ TileCopier(float* const* pages_in, int64_t pos_in, int dot_in, int tiles_per_page_in, int64_t first)
-      : pages(pages_in), pos(pos_in), dot(dot_in), tiles_per_page(tiles_per_page_in), tile(first),
+  __device__ TileCopier(float* const* pages_in, int64_t pos_in, int tiles_per_page_in, int64_t first, int64_t end_in)
+      : pages(pages_in), pos(pos_in), tiles_per_page(tiles_per_page_in), tile(first), end(end_in),
         page(first / tiles_per_page_in), in_page(static_cast<int>(first % tiles_per_page_in)),
-        pieces(kKeys * dot_in / 4) {
-    const int quads = dot / 4;
+        page_base(first < end_in ? pages_in[page] : nullptr), next_base(NextPage()) {
 #pragma unroll
-    for (int k = 0; k < kMaxPieces; ++k) {
+    for (int k = 0; k < kPieces; ++k) {
       const int i = threadIdx.x + k * kThreads;
-      stage_offset[k] = 4 * i + (StageLd(dot) - dot) * (i / quads);
+      stage_offset[k] = 4 * i + (kStageLd - kDot) * (i / kQuads);
     }
   }
 
   __device__ void IssueNext(float* stage) {
-    if (page_base == nullptr) page_base = pages[page];
-    const float* rows = page_base + static_cast<int64_t>(in_page) * kKeys * dot;
+    const float* mine = page_base + static_cast<int64_t>(in_page) * kKeys * kDot + 4 * threadIdx.x;
     const int64_t live_rows = pos - tile * kKeys + 1;  // rows past it are zero-filled
-    const int live_pieces = live_rows >= kKeys ? pieces : static_cast<int>(live_rows) * (dot / 4);
+    if (live_rows >= kKeys) {
 #pragma unroll
-    for (int k = 0; k < kMaxPieces; ++k) {
-      const int i = threadIdx.x + k * kThreads;
-      if (i >= pieces) break;
-      const bool live = i < live_pieces;
-      CopyAsync16(stage + stage_offset[k], rows + (live ? 4 * i : 0), live);
+      for (int k = 0; k < kPieces; ++k) CopyAsync16(stage + stage_offset[k], mine + 4 * k * kThreads);
+    } else {
+      const int live_pieces = static_cast<int>(live_rows) * kQuads;
+#pragma unroll
+      for (int k = 0; k < kPieces; ++k) {
+        CopyAsync16(stage + stage_offset[k], mine + 4 * k * kThreads,
+                    static_cast<int>(threadIdx.x) + k * kThreads < live_pieces);
+      }
     }
     ++tile;
-    if (++in_page == tiles_per_page) in_page = 0, ++page, page_base = nullptr;
+    if (++in_page == tiles_per_page) {
+      in_page = 0, ++page;
+      page_base = next_base;
+      next_base = NextPage();
+    }
+  }
+
+  // Page page + 1's rows if the partition reaches it (the page table may end before).
+  __device__ const float* NextPage() const {
+    return (page + 1) * tiles_per_page < end ? pages[page + 1] : nullptr;
   }
 };
 
 // Grid (T, partitions), one block per SM (kStages fp32 key tiles in shared memory). Keys are read
 // straight from their cp.async stage and rounded to bf16 as fragments are loaded. QK: warp w
-// holds the A fragments of head tile w % 2 over dot slice w / 2 in registers for the whole
-// partition and scores all kKeys keys of a tile; the slices meet in shared memory. Softmax:
+// holds the A fragments of both head tiles over dot slice w / 2 in registers for the whole
+// partition and scores keys [8(w % 2), +8) of a tile; the slices meet in shared memory. Softmax:
 // kRowThreads threads per head row, two keys each, the row's max and sum over shuffles, in the
 // log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
 // The partial states' m is a reference max (not always the running max, see kMaxLag), stored in
@@ -210,9 +224,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   if (si < 0) return;
   const MlaSequence seq = args.seqs[si];
   const int64_t pos = seq.num_cached + (t - seq.rows.begin);
-  const int dot = kRank + args.rope, stage_ld = StageLd(dot);
+  constexpr int dot = kDot, stage_ld = kStageLd;
   float* stages = reinterpret_cast<float*>(smem);
-  float* sp = stages + kStages * kKeys * stage_ld;  // [kDotSlices][kHeadRows][kSLd]
+  float* sp = stages + kStages * kStageFloats;  // [kDotSlices][kHeadRows][kSLd]
   float* m_row = sp + kDotSlices * kHeadRows * kSLd;  // log2 domain
   float* l_row = m_row + kHeadRows;
   float* alpha_row = l_row + kHeadRows;
@@ -224,77 +238,80 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   const int64_t tiles = pos / kKeys + 1;
   const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
   const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
-  TileCopier copier(seq.cache.pages, pos, dot, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo);
+  TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (tile_lo + s < tile_hi) copier.IssueNext(stages + s * kKeys * stage_ld);
+    if (tile_lo + s < tile_hi) copier.IssueNext(stages + s * kStageFloats);
     CommitAsync();  // empty groups too: the wait below counts groups
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;
     l_row[threadIdx.x] = 0.0f;
   }
-  // This warp's Q fragments (zero past the real heads and the dot dimension).
-  const int q_tile = warp % 2, slice = warp / 2, steps = dot / 16;
-  uint32_t qa[kSliceSteps][4];
-  {
-    const int h_lo = 16 * q_tile + g, h_hi = h_lo + 8;
+  // This warp's Q fragments, both head tiles over its dot slice (zero past the real heads).
+  const int key_tile = warp % 2, slice = warp / 2;
+  uint32_t qa[2][kSliceSteps][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    const int h_lo = 16 * mi + g, h_hi = h_lo + 8;
     const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 2 * tq;
     const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 2 * tq;
 #pragma unroll
     for (int i = 0; i < kSliceSteps; ++i) {
       const int step = slice * kSliceSteps + i, k0 = 16 * step;
-      const bool in = step < steps;
-      qa[i][0] = in && h_lo < heads ? Load32(q_lo + k0) : 0u;
-      qa[i][1] = in && h_hi < heads ? Load32(q_hi + k0) : 0u;
-      qa[i][2] = in && h_lo < heads ? Load32(q_lo + k0 + 8) : 0u;
-      qa[i][3] = in && h_hi < heads ? Load32(q_hi + k0 + 8) : 0u;
+      qa[mi][i][0] = h_lo < heads ? Load32(q_lo + k0) : 0u;
+      qa[mi][i][1] = h_hi < heads ? Load32(q_hi + k0) : 0u;
+      qa[mi][i][2] = h_lo < heads ? Load32(q_lo + k0 + 8) : 0u;
+      qa[mi][i][3] = h_hi < heads ? Load32(q_hi + k0 + 8) : 0u;
     }
   }
   const float scale_log2 = args.scale * 1.4426950408889634f;
-  const int s_row = threadIdx.x / kRowThreads, s_key = 2 * (threadIdx.x % kRowThreads);
+  // Softmax: a row's kRowThreads threads take keys j and j + 4 each, j = 0..3 and 8..11: the
+  // pair is adjacent in PV's key order (below), so its P is one 32-bit store.
+  const int s_row = threadIdx.x / kRowThreads, s_lane = threadIdx.x % kRowThreads;
+  const int s_key = (s_lane & 3) + 8 * (s_lane >> 2);
+  const int s_logical = 2 * (s_lane & 3) + 8 * (s_lane >> 2);
   float o[2][8][4] = {};
+  int read_slot = 0, write_slot = kStages - 1;
   for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
-    const int64_t i = tile - tile_lo;
     WaitAsync<kStages - 2>();
     __syncthreads();  // this tile is in; every warp is done with the stage refilled next, S and P
     if (tile + kStages - 1 < tile_hi) {
-      copier.IssueNext(stages + ((i + kStages - 1) % kStages) * kKeys * stage_ld);
+      copier.IssueNext(stages + write_slot * kStageFloats);
     }
     CommitAsync();
-    const float* keys = stages + (i % kStages) * kKeys * stage_ld;
-    {
-      float c[kKeys / 8][4] = {};
+    write_slot = write_slot + 1 == kStages ? 0 : write_slot + 1;
+    const float* keys = stages + read_slot * kStageFloats;
+    read_slot = read_slot + 1 == kStages ? 0 : read_slot + 1;
+    {  // this warp's 8 keys, both head tiles: each key fragment is read from shared memory once
+      float c[2][4] = {};
+      const float* k = keys + (8 * key_tile + g) * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
 #pragma unroll
       for (int s = 0; s < kSliceSteps; ++s) {
-        const int step = slice * kSliceSteps + s;
-        if (step >= steps) break;
-#pragma unroll
-        for (int n = 0; n < kKeys / 8; ++n) {
-          const float* k = keys + (8 * n + g) * stage_ld + 16 * step + 2 * tq;
-          const float2 lo = *reinterpret_cast<const float2*>(k);
-          const float2 hi = *reinterpret_cast<const float2*>(k + 8);
-          Mma16x8x16(c[n], qa[s], PackBf16(lo.x, lo.y), PackBf16(hi.x, hi.y));
-        }
+        const float2 lo = *reinterpret_cast<const float2*>(k + 16 * s);
+        const float2 hi = *reinterpret_cast<const float2*>(k + 16 * s + 8);
+        const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
+        Mma16x8x16(c[0], qa[0][s], b0, b1);
+        Mma16x8x16(c[1], qa[1][s], b0, b1);
       }
-      float* out = sp + (slice * kHeadRows + 16 * q_tile + g) * kSLd + 2 * tq;
 #pragma unroll
-      for (int n = 0; n < kKeys / 8; ++n) {
-        *reinterpret_cast<float2*>(out + 8 * n) = make_float2(c[n][0], c[n][1]);
-        *reinterpret_cast<float2*>(out + 8 * kSLd + 8 * n) = make_float2(c[n][2], c[n][3]);
+      for (int mi = 0; mi < 2; ++mi) {
+        float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + 8 * key_tile + 2 * tq;
+        *reinterpret_cast<float2*>(out) = make_float2(c[mi][0], c[mi][1]);
+        *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(c[mi][2], c[mi][3]);
       }
     }
     __syncthreads();
     {
-      float2 sum = make_float2(0.0f, 0.0f);
+      float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
       for (int d = 0; d < kDotSlices; ++d) {
-        const float2 v = *reinterpret_cast<const float2*>(sp + (d * kHeadRows + s_row) * kSLd + s_key);
-        sum.x += v.x, sum.y += v.y;
+        const float* v = sp + (d * kHeadRows + s_row) * kSLd + s_key;
+        sum0 += v[0], sum1 += v[4];
       }
       const int64_t j = tile * kKeys + s_key;
-      const float s0 = j <= pos ? sum.x * scale_log2 : -INFINITY;
-      const float s1 = j + 1 <= pos ? sum.y * scale_log2 : -INFINITY;
+      const float s0 = j <= pos ? sum0 * scale_log2 : -INFINITY;
+      const float s1 = j + 4 <= pos ? sum1 * scale_log2 : -INFINITY;
       float tile_max = fmaxf(s0, s1);
 #pragma unroll
       for (int x = 1; x < kRowThreads; x *= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, x));
@@ -304,12 +321,12 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
       const float m_new = tile_max > m_old + kMaxLag ? tile_max : m_old;
       const float e0 = s0 == -INFINITY ? 0.0f : exp2f(s0 - m_new);
       const float e1 = s1 == -INFINITY ? 0.0f : exp2f(s1 - m_new);
-      *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + s_key) = __floats2bfloat162_rn(e0, e1);
+      *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + s_logical) = __floats2bfloat162_rn(e0, e1);
       float e_sum = e0 + e1;
 #pragma unroll
       for (int x = 1; x < kRowThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
       __syncwarp();  // every thread of the row has read m_row[s_row] before it is replaced
-      if (s_key == 0) {
+      if (s_lane == 0) {
         const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
         m_row[s_row] = m_new;
         l_row[s_row] = l_row[s_row] * alpha + e_sum;
@@ -332,14 +349,17 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
       a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
     }
     // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
-    // both n-tiles of a pair.
-    const float* v0 = keys + (2 * tq) * stage_ld + 64 * warp + 2 * g;
+    // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
+    // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), so a load instruction's lanes read
+    // rows in four different bank groups (conflict-free); P is stored in the same order.
+    const float* v0 = keys + tq * stage_ld + 64 * warp + 2 * g;
 #pragma unroll
     for (int pair = 0; pair < 4; ++pair) {
       const float* v = v0 + 16 * pair;
-      const float2 r0 = *reinterpret_cast<const float2*>(v), r1 = *reinterpret_cast<const float2*>(v + stage_ld);
+      const float2 r0 = *reinterpret_cast<const float2*>(v);
+      const float2 r1 = *reinterpret_cast<const float2*>(v + 4 * stage_ld);
       const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
-      const float2 r9 = *reinterpret_cast<const float2*>(v + 9 * stage_ld);
+      const float2 r9 = *reinterpret_cast<const float2*>(v + 12 * stage_ld);
       const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
       const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
       Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
@@ -384,7 +404,7 @@ size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 bool MlaAbsorbedTcSupports(const MlaParams& params) {
   return params.num_heads >= 1 && params.num_heads <= kHeadRows && params.kv_lora_rank == kRank &&
-         params.qk_rope_dim % 16 == 0 && params.qk_rope_dim <= kMaxRope && params.qk_nope_dim <= 256;
+         params.qk_rope_dim == kRope && params.qk_nope_dim <= 256;
 }
 
 // One block per SM is resident, so the rows' partitions are chosen for whole waves: the fewest
@@ -417,7 +437,6 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
   const int64_t rows = q.rows;
   const int64_t p = MlaAbsorbedTcPartitions(rows, max_keys);
   const int heads = static_cast<int>(params.num_heads), rope = static_cast<int>(params.qk_rope_dim);
-  const int dot = kRank + rope;
   auto* base = static_cast<char*>(scratch);
   *partial = reinterpret_cast<float*>(base);
   *partitions = p;
@@ -429,7 +448,7 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
       dim3(kThreads), 0, s, q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope,
       static_cast<int>(params.v_dim), q_abs);
   if (absorb_error != 0) return absorb_error;
-  const size_t smem = AttentionSmemBytes(dot);
+  const size_t smem = kAttentionSmemBytes;
   const cudaError_t error = cudaFuncSetAttribute(MlaLatentAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem));
   if (error != cudaSuccess) return static_cast<int>(error);

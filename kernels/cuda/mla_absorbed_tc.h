@@ -9,7 +9,7 @@
 
 namespace deltaserve::kernels::cuda {
 
-// Up to 32 heads, kv_lora_rank 512, rope a multiple of 16, nope <= 256 (the Kimi shapes).
+// Up to 32 heads, kv_lora_rank 512, rope 64, nope <= 256 (the Kimi shapes).
 bool MlaAbsorbedTcSupports(const MlaParams& params);
 // Key partitions per absorbed row for `rows` rows whose longest history plus new rows is max_keys.
 int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys);
