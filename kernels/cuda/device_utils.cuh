@@ -184,6 +184,40 @@ __device__ __forceinline__ void WaitAsync() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// Bulk copies (the copy engine, sm_90) completing on a shared-memory mbarrier: one thread
+// initialises the barrier (arrival count 1) and fences it; a producer thread announces the bytes
+// of a phase (ArriveExpectBytes) and issues copies that count against them; consumers wait for
+// the phase's parity. Addresses: 16-byte aligned, sizes multiples of 16.
+__device__ __forceinline__ void InitBarrier(uint64_t* barrier) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
+               : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void ArriveExpectBytes(uint64_t* barrier, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(barrier))),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void BulkCopyToShared(void* shared, const void* global, unsigned bytes, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+          static_cast<unsigned>(__cvta_generic_to_shared(shared))),
+      "l"(global), "r"(bytes), "r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
+      : "memory");
+}
+__device__ __forceinline__ void WaitBarrier(uint64_t* barrier, unsigned parity) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(barrier));
+  unsigned done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(address), "r"(parity)
+        : "memory");
+  }
+}
+
 // The device's SM count (132 where it cannot be read), looked up once.
 inline int SmCount() {
   static const int count = [] {

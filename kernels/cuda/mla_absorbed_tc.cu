@@ -1,8 +1,8 @@
 // Absorbed MLA decode on tensor cores (serving precision). The query heads of one row share one
 // latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
 // row: each block takes one absorbed row and one partition of its keys, streams 16-key tiles of
-// the fp32 latent cache through a 4-stage cp.async pipeline (three tiles in flight while one is
-// used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync (keys
+// the fp32 latent cache through a 5-stage pipeline of bulk copies (four tiles in flight while one
+// is used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync (keys
 // rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax; O
 // stays in registers. Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then
 // q_pe) as bf16, then the attention writing each partition's unnormalised state for
@@ -148,16 +148,14 @@ struct AttentionArgs {
   float* partial;  // [T, heads, partitions, rank + 2]: m, l, Σ p c_n
 };
 
-// Copies a partition's fp32 key tiles in order, each into a stage with cp.async (rows past `pos`
-// zero-filled: they may hold anything, and a zero probability times NaN is NaN); the caller
-// commits. A tile is contiguous in its page, so a thread's k-th 16-byte piece is piece
-// threadIdx.x + k·kThreads of every tile; its shared offsets (rows padded) are worked out once.
-// Pages are walked tile by tile (a 64-bit division per tile cost 5-8%), each page's address read
-// a page ahead.
+// Copies a partition's fp32 key tiles in order into the stages, one bulk copy per row issued by
+// the lanes of warp 0 and completing on the stage's barrier. Rows past `pos` are zero-filled by
+// ordinary stores first (they may hold anything, and a zero probability times NaN is NaN). Pages
+// are walked tile by tile (a 64-bit division per tile cost 5-8%), each page's address read a page
+// ahead.
 struct TileCopier {
-  static constexpr int kQuads = kDot / 4;  // 16-byte pieces of a row
-  static constexpr int kPieces = kKeys * kQuads / kThreads;
-  static_assert(kPieces * kThreads == kKeys * kQuads, "every thread copies the same number of pieces");
+  static constexpr unsigned kRowBytes = kDot * sizeof(float);
+  static_assert(kKeys <= 32 && kRowBytes % 16 == 0 && (kStageLd * sizeof(float)) % 16 == 0, "bulk-copyable rows");
   float* const* pages;
   int64_t pos;
   int tiles_per_page;
@@ -165,33 +163,28 @@ struct TileCopier {
   int in_page;
   const float* page_base;
   const float* next_base;  // the next page's, read a page ahead (nullptr: the partition ends first)
-  int stage_offset[kPieces];  // floats, of this thread's pieces
 
   __device__ TileCopier(float* const* pages_in, int64_t pos_in, int tiles_per_page_in, int64_t first, int64_t end_in)
       : pages(pages_in), pos(pos_in), tiles_per_page(tiles_per_page_in), tile(first), end(end_in),
         page(first / tiles_per_page_in), in_page(static_cast<int>(first % tiles_per_page_in)),
-        page_base(first < end_in ? pages_in[page] : nullptr), next_base(NextPage()) {
-#pragma unroll
-    for (int k = 0; k < kPieces; ++k) {
-      const int i = threadIdx.x + k * kThreads;
-      stage_offset[k] = 4 * i + (kStageLd - kDot) * (i / kQuads);
-    }
-  }
+        page_base(first < end_in ? pages_in[page] : nullptr), next_base(NextPage()) {}
 
-  __device__ void IssueNext(float* stage) {
-    const float* mine = page_base + static_cast<int64_t>(in_page) * kKeys * kDot + 4 * threadIdx.x;
-    const int64_t live_rows = pos - tile * kKeys + 1;  // rows past it are zero-filled
-    if (live_rows >= kKeys) {
-#pragma unroll
-      for (int k = 0; k < kPieces; ++k) CopyAsync16(stage + stage_offset[k], mine + 4 * k * kThreads);
-    } else {
-      const int live_pieces = static_cast<int>(live_rows) * kQuads;
-#pragma unroll
-      for (int k = 0; k < kPieces; ++k) {
-        CopyAsync16(stage + stage_offset[k], mine + 4 * k * kThreads,
-                    static_cast<int>(threadIdx.x) + k * kThreads < live_pieces);
+  // Called by every lane of warp 0.
+  __device__ void IssueNext(float* stage, uint64_t* full, int lane) {
+    const float* rows = page_base + static_cast<int64_t>(in_page) * kKeys * kDot;
+    const int64_t live64 = pos - tile * kKeys + 1;
+    const int live_rows = live64 >= kKeys ? kKeys : static_cast<int>(live64);
+    if (live_rows < kKeys) {
+      constexpr int kQuads = kDot / 4;
+      for (int i = lane; i < (kKeys - live_rows) * kQuads; i += 32) {
+        const int r = live_rows + i / kQuads;
+        *reinterpret_cast<float4*>(stage + r * kStageLd + 4 * (i % kQuads)) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
+      __syncwarp();
     }
+    if (lane == 0) ArriveExpectBytes(full, live_rows * kRowBytes);
+    __syncwarp();
+    if (lane < live_rows) BulkCopyToShared(stage + lane * kStageLd, rows + lane * kDot, kRowBytes, full);
     ++tile;
     if (++in_page == tiles_per_page) {
       in_page = 0, ++page;
@@ -207,7 +200,7 @@ struct TileCopier {
 };
 
 // Grid (T, partitions), one block per SM (kStages fp32 key tiles in shared memory). Keys are read
-// straight from their cp.async stage and rounded to bf16 as fragments are loaded. QK: warp w
+// straight from their stage and rounded to bf16 as fragments are loaded. QK: warp w
 // holds the A fragments of both head tiles over dot slice w / 2 in registers for the whole
 // partition and scores keys [8(w % 2), +8) of a tile; the slices meet in shared memory. Softmax:
 // kRowThreads threads per head row, two keys each, the row's max and sum over shuffles, in the
@@ -218,8 +211,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   FollowPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
+  __shared__ uint64_t full[kStages];  // a stage's barrier: its tile has landed
   const int64_t t = blockIdx.x;
-  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);
+  if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
+  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);  // syncs
   const int si = seq_index;
   if (si < 0) return;
   const MlaSequence seq = args.seqs[si];
@@ -239,10 +234,11 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
   const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
   TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
+  if (warp == 0) {
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (tile_lo + s < tile_hi) copier.IssueNext(stages + s * kStageFloats);
-    CommitAsync();  // empty groups too: the wait below counts groups
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (tile_lo + s < tile_hi) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
+    }
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;
@@ -273,32 +269,34 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   const int s_logical = 2 * (s_lane & 3) + 8 * (s_lane >> 2);
   float o[2][8][4] = {};
   int read_slot = 0, write_slot = kStages - 1;
+  unsigned read_parity = 0;
   for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
-    WaitAsync<kStages - 2>();
-    __syncthreads();  // this tile is in; every warp is done with the stage refilled next, S and P
-    if (tile + kStages - 1 < tile_hi) {
-      copier.IssueNext(stages + write_slot * kStageFloats);
+    WaitBarrier(&full[read_slot], read_parity);
+    __syncthreads();  // every warp is done with the stage refilled next, S and P
+    if (warp == 0 && tile + kStages - 1 < tile_hi) {
+      copier.IssueNext(stages + write_slot * kStageFloats, &full[write_slot], lane);
     }
-    CommitAsync();
     write_slot = write_slot + 1 == kStages ? 0 : write_slot + 1;
     const float* keys = stages + read_slot * kStageFloats;
-    read_slot = read_slot + 1 == kStages ? 0 : read_slot + 1;
+    if (++read_slot == kStages) read_slot = 0, read_parity ^= 1u;
     {  // this warp's 8 keys, both head tiles: each key fragment is read from shared memory once
-      float c[2][4] = {};
+      float c[2][2][4] = {};  // [head tile][step parity]: four independent mma chains
       const float* k = keys + (8 * key_tile + g) * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
 #pragma unroll
       for (int s = 0; s < kSliceSteps; ++s) {
         const float2 lo = *reinterpret_cast<const float2*>(k + 16 * s);
         const float2 hi = *reinterpret_cast<const float2*>(k + 16 * s + 8);
         const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
-        Mma16x8x16(c[0], qa[0][s], b0, b1);
-        Mma16x8x16(c[1], qa[1][s], b0, b1);
+        Mma16x8x16(c[0][s % 2], qa[0][s], b0, b1);
+        Mma16x8x16(c[1][s % 2], qa[1][s], b0, b1);
       }
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
+        const float* x = c[mi][0];
+        const float* y = c[mi][1];
         float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + 8 * key_tile + 2 * tq;
-        *reinterpret_cast<float2*>(out) = make_float2(c[mi][0], c[mi][1]);
-        *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(c[mi][2], c[mi][3]);
+        *reinterpret_cast<float2*>(out) = make_float2(x[0] + y[0], x[1] + y[1]);
+        *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(x[2] + y[2], x[3] + y[3]);
       }
     }
     __syncthreads();
@@ -368,7 +366,6 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
       Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
     }
   }
-  WaitAsync<0>();   // no copy outlives the block (the trailing groups are empty)
   __syncthreads();  // m_row and l_row final (also when this partition had no tile)
 
   const int entry_floats = kRank + 2;
@@ -407,21 +404,27 @@ bool MlaAbsorbedTcSupports(const MlaParams& params) {
          params.qk_rope_dim == kRope && params.qk_nope_dim <= 256;
 }
 
-// One block per SM is resident, so the rows' partitions are chosen for whole waves: the fewest
-// partitions whose tiles per block (∝ waves / partitions) are within 5% of the best, every
-// partition keeping >= kMinTilesPerPartition tiles (the merge reads a state per partition).
+// One block per SM is resident. The partition count minimises a model of the time in tiles: the
+// waves times each block's tiles plus its pipeline fill (kFillTiles), plus the merge reading a
+// state per partition (kMergeTiles per state, spread over the SMs). Each partition keeps >=
+// kMinTilesPerPartition tiles, and the blocks stay within four waves (the states' scratch).
 int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys) {
   constexpr int64_t kMinTilesPerPartition = 8, kMaxPartitions = 256;
+  constexpr double kFillTiles = 4.0, kMergeTiles = 2.0;
   const int64_t sms = SmCount();
   const int64_t tiles = (max_keys + kKeys - 1) / kKeys;
-  const int64_t most = std::max<int64_t>(1, std::min(kMaxPartitions, tiles / kMinTilesPerPartition));
-  auto speed = [&](int64_t p) { return static_cast<double>(p) / static_cast<double>((rows * p + sms - 1) / sms); };
-  double best = 0.0;
-  for (int64_t p = 1; p <= most; ++p) best = std::max(best, speed(p));
-  for (int64_t p = 1; p <= most; ++p) {
-    if (speed(p) >= 0.95 * best) return p;
+  const int64_t most = std::max<int64_t>(
+      1, std::min({kMaxPartitions, tiles / kMinTilesPerPartition, 4 * sms / std::max<int64_t>(rows, 1)}));
+  auto time = [&](int64_t p) {
+    const double waves = static_cast<double>((rows * p + sms - 1) / sms);
+    return waves * (static_cast<double>(tiles) / static_cast<double>(p) + kFillTiles) +
+           kMergeTiles * static_cast<double>(rows * p) / static_cast<double>(sms);
+  };
+  int64_t best = 1;
+  for (int64_t p = 2; p <= most; ++p) {
+    if (time(p) < time(best)) best = p;
   }
-  return 1;
+  return best;
 }
 
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys) {
