@@ -25,9 +25,10 @@ class PageLayout {
   // Floats of the buffer the pages sit in.
   int64_t buffer_floats() const { return pages_ * page_rows_ * width_; }
 
-  // The buffer holding `logical` rows (row-major, [n, width], n within the pages); the rest 0.
-  std::vector<float> ToBuffer(const std::vector<float>& logical) const {
-    std::vector<float> buffer(static_cast<size_t>(buffer_floats()), 0.0f);
+  // The buffer holding `logical` rows (row-major, [n, width], n within the pages); the rest
+  // `unused` (a NaN there shows a kernel reading past the history).
+  std::vector<float> ToBuffer(const std::vector<float>& logical, float unused = 0.0f) const {
+    std::vector<float> buffer(static_cast<size_t>(buffer_floats()), unused);
     const int64_t n = static_cast<int64_t>(logical.size()) / width_;
     for (int64_t r = 0; r < n; ++r) {
       std::copy_n(logical.begin() + r * width_, width_, buffer.begin() + Offset(r));
