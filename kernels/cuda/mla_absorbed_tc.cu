@@ -409,7 +409,7 @@ bool MlaAbsorbedTcSupports(const MlaParams& params) {
 // state per partition (kMergeTiles per state, spread over the SMs). Each partition keeps >=
 // kMinTilesPerPartition tiles, and the blocks stay within four waves (the states' scratch).
 int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys) {
-  constexpr int64_t kMinTilesPerPartition = 8, kMaxPartitions = 256;
+  constexpr int64_t kMinTilesPerPartition = 4, kMaxPartitions = 256;
   constexpr double kFillTiles = 4.0, kMergeTiles = 2.0;
   const int64_t sms = SmCount();
   const int64_t tiles = (max_keys + kKeys - 1) / kKeys;
