@@ -520,6 +520,18 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
   }
 }
 
+// Calls f(m, rt, ct) for each state tile a scan warp holds in registers: tiles warp,
+// warp + kScanWarps, ... of the row-major [D/16, BV/16] grid (kTiles of them, kCols per row),
+// m the tile's index in the warp's array (a compile-time constant once unrolled).
+template <int kMyTiles, int kTiles, int kCols, typename F>
+__device__ __forceinline__ void ForEachHeldStateTile(int warp, F&& f) {
+#pragma unroll
+  for (int m = 0; m < kMyTiles; ++m) {
+    const int t = warp + m * kScanWarps;
+    if (t < kTiles) f(m, t / kCols, t % kCols);
+  }
+}
+
 // The recurrence over a sequence's chunks, for one (sequence, head, slice of value columns):
 // per chunk, H = S and Vn = U - W·S out to scratch, then S = e^G_last ⊙ S + KGᵀ·Vn. The outputs
 // wait for the output kernel, which has every chunk's H and Vn at once. Warp w computes the Vn
@@ -545,17 +557,17 @@ __global__ void __launch_bounds__(kScanWarps * 32)
   float* state = seqs[seq].state + static_cast<int64_t>(h) * D * D + slice * BV;
 
   TileAcc16 s_tiles[kMyStateTiles];
-#pragma unroll
-  for (int m = 0; m < kMyStateTiles; ++m) {
-    const int t = warp + m * kScanWarps, rt = t / kColTiles, ct = t % kColTiles;
-    if (t >= kStateTiles) continue;
+  auto for_each_tile = [warp](auto&& f) {
+    ForEachHeldStateTile<kMyStateTiles, kStateTiles, kColTiles>(warp, f);
+  };
+  for_each_tile([&](int m, int rt, int ct) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int r = rt * kSub + AccRow(i, lane), c = ct * kSub + AccCol(i, lane);
       s_tiles[m].x[i] = state[static_cast<int64_t>(r) * D + c];
     }
     StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
-  }
+  });
   if (count > 0) LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
   CommitAsync();
 
@@ -603,20 +615,14 @@ __global__ void __launch_bounds__(kScanWarps * 32)
       }
     }
     // S ← e^G_last ⊙ S.
-#pragma unroll
-    for (int m = 0; m < kMyStateTiles; ++m) {
-      const int t = warp + m * kScanWarps, rt = t / kColTiles;
-      if (t >= kStateTiles) continue;
+    for_each_tile([&](int m, int rt, int) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) s_tiles[m].x[i] *= st.gate_last[rt * kSub + AccRow(i, lane)];
-    }
+    });
     __syncthreads();
 
     // S += KGᵀ·Vn, and its bf16 copy for the next chunk.
-#pragma unroll
-    for (int m = 0; m < kMyStateTiles; ++m) {
-      const int t = warp + m * kScanWarps, rt = t / kColTiles, ct = t % kColTiles;
-      if (t >= kStateTiles) continue;
+    for_each_tile([&](int m, int rt, int ct) {
 #pragma unroll
       for (int kt = 0; kt < kChunk / kSub; ++kt) {
         TileA16 fk;
@@ -626,20 +632,17 @@ __global__ void __launch_bounds__(kScanWarps * 32)
         MmaTile(s_tiles[m], fk, fv);
       }
       StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
-    }
+    });
     __syncthreads();
   }
 
-#pragma unroll
-  for (int m = 0; m < kMyStateTiles; ++m) {
-    const int t = warp + m * kScanWarps, rt = t / kColTiles, ct = t % kColTiles;
-    if (t >= kStateTiles) continue;
+  for_each_tile([&](int m, int rt, int ct) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int r = rt * kSub + AccRow(i, lane), c = ct * kSub + AccCol(i, lane);
       state[static_cast<int64_t>(r) * D + c] = s_tiles[m].x[i];
     }
-  }
+  });
 }
 
 template <int D>

@@ -100,7 +100,7 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // see MlaAbsorbedTcSupports, and latent pages of a multiple of kMlaTensorCorePageRows rows: the
 // caller's choice), otherwise fp32 on CUDA cores. Needs
 // MlaAbsorbedScratchFloats(...) floats of scratch (key partitions, the absorbed query).
-constexpr int64_t kMlaTensorCorePageRows = 32;  // its key tile: a tile lies in one page
+constexpr int64_t kMlaTensorCorePageRows = 32;  // a multiple of its 16-key tile: a tile lies in one page
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,

@@ -656,7 +656,7 @@ std::vector<MlaCase> MlaCases() {
       {"kimi_mixed", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 64},
       // Prefill pieces of several 64-row blocks, the last one partial (expanded on tensor cores).
       {"kimi_prefill_long", kimi, {300, 0, 5}, {150, 70, 1}, {e, e, a}, 64},
-      // Pages the tensor-core kernel does not take (not a multiple of its 32-key tile).
+      // Pages the tensor-core kernel does not take (not a multiple of kMlaTensorCorePageRows).
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
       // Long contexts at small batches: the keys are split over several partitions too.
       {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},
