@@ -16,6 +16,14 @@ const char* FinishReasonName(FinishReason reason) {
   return "?";
 }
 
+bool RequestDeviceToken(SequenceSampler& sampler, SequenceInput& input) {
+  input.argmax = sampler.params().greedy();
+  if (!input.argmax) input.draw = sampler.DeviceDraw();
+  const bool from_device = input.argmax || input.draw.has_value();
+  if (from_device) input.penalties = sampler.Penalties();
+  return from_device;
+}
+
 absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState& state,
                                           std::span<const int32_t> prompt,
                                           const SamplingParams& params,
@@ -29,26 +37,15 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
   std::vector<int32_t> context = state.tokens();
   context.insert(context.end(), prompt.begin(), prompt.end());
   SequenceSampler sampler(params, context, options.fallback_seed);
-  // Greedy takes the argmax on the device and any other request a draw there
-  // (SequenceSampler::DeviceDraw), after the penalties, also on the device; the logits stay there.
-  const bool argmax = params.greedy();
   std::vector<float> logits;
   std::vector<int32_t> device_ids;
-  // Asks `input`, a step whose last position is sampled, for the device's token where it can;
-  // whether it did.
-  auto sample_on_device = [&](SequenceInput& input) {
-    input.argmax = argmax;
-    if (!argmax) input.draw = sampler.DeviceDraw();
-    if (input.argmax || input.draw.has_value()) input.penalties = sampler.Penalties();
-    return input.argmax || input.draw.has_value();
-  };
   bool from_device = false;
   for (size_t begin = 0; begin < prompt.size(); begin += options.prefill_chunk_tokens) {
     const size_t length = std::min<size_t>(options.prefill_chunk_tokens, prompt.size() - begin);
     SequenceInput input{prompt.subspan(begin, length), &state, {}};
     if (begin + length == prompt.size()) {
       input.logit_positions = {static_cast<int64_t>(length) - 1};
-      from_device = sample_on_device(input);
+      from_device = RequestDeviceToken(sampler, input);
     }
     DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &device_ids));
   }
@@ -71,7 +68,7 @@ absl::StatusOr<GenerationResult> Generate(KimiLinearModel& model, SequenceState&
       break;
     }
     SequenceInput input{std::span<const int32_t>(&result.tokens.back(), 1), &state, {0}};
-    from_device = sample_on_device(input);
+    from_device = RequestDeviceToken(sampler, input);
     DS_RETURN_IF_ERROR(model.Forward({&input, 1}, logits, &device_ids));
   }
   return result;

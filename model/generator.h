@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/kimi_linear_model.h"
+#include "model/sampling/sampler.h"
 #include "model/sampling/sampling_params.h"
 #include "model/state/sequence_state.h"
 
@@ -26,6 +27,12 @@ struct GenerationResult {
   std::vector<int32_t> tokens;  // generated ids; a stop token that ended generation is included
   FinishReason finish_reason = FinishReason::kLength;
 };
+
+// Asks `input`, a step whose last position is sampled, for that token from the device: the argmax
+// for greedy requests, a draw otherwise (SequenceSampler::DeviceDraw, which takes the random
+// number), either after the sampler's penalties, also applied there. Whether the step will
+// return the token (otherwise the caller samples the downloaded logits).
+bool RequestDeviceToken(SequenceSampler& sampler, SequenceInput& input);
 
 // Appends `prompt` to `state` (fresh or carrying history) and generates. The last generated token
 // is not fed back, so `state` ends covering the history, the prompt and all but that token.

@@ -58,11 +58,6 @@ constexpr size_t kAttentionSmemBytes =
 
 __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-// Two fp32 values rounded to bf16, `lo` in the low half (an mma operand register).
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
 
 // Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
 // q_pe[t, h] (rope)] in bf16, for every packed row (rows of other forms are computed too and never

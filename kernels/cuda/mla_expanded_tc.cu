@@ -51,11 +51,6 @@ __device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
   reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(v.z, v.w);
 }
 
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&pair);
-}
-
 // Grid: ceil(heads * length / 8) blocks of 8 warps; warp w converts row 8·block + w of the
 // [heads, length] outputs (head = row / length, position = row % length).
 __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv, const MlaSequence* seq,

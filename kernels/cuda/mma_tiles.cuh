@@ -64,6 +64,12 @@ __device__ __forceinline__ void LoadBTransposed(TileB16& b, const __nv_bfloat16*
   LoadMatrices(b.x, p + ((matrix >> 1) * 8 + (lane & 7)) * ld + (matrix & 1) * 8);
 }
 
+// Two fp32 values rounded to bf16, `lo` in the low half: one register of an mma operand.
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
 // c[0..3] += a · (b0, b1): one m16n8k16 product, c in the accumulator's layout for 8 columns.
 __device__ __forceinline__ void Mma16x8x16(float* c, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
+#include "model/generator.h"
 #include "services/transport/sampling_proto.h"
 
 namespace deltaserve::services {
@@ -137,9 +138,7 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     model::SequenceInput input{tokens[i], it->second.state.get(), {}};
     if (step.sample() && model_.is_last_stage()) {
       input.logit_positions = {static_cast<int64_t>(tokens[i].size()) - 1};
-      input.argmax = it->second.sampler->params().greedy();
-      if (!input.argmax) input.draw = it->second.sampler->DeviceDraw();
-      if (input.argmax || input.draw.has_value()) input.penalties = it->second.sampler->Penalties();
+      model::RequestDeviceToken(*it->second.sampler, input);
       sampled_seqs.push_back(&it->second);
     }
     batch.push_back(std::move(input));
