@@ -167,7 +167,8 @@ int LaunchAfterPrior(void (*kernel)(Params...), dim3 grid, dim3 block, size_t sm
 }
 
 // Asynchronous global → shared copies (cp.async, sm_80+): issue, commit as a group, then wait
-// until at most kPending groups are still in flight (and __syncthreads before other threads read).
+// until at most kPending groups are still in flight (and __syncthreads before other threads read),
+// or have an mbarrier count their landing (ArriveWhenCopiesLand below).
 __device__ __forceinline__ void CopyAsync16(void* shared, const void* global, bool valid = true) {
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
   const int bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
@@ -178,6 +179,10 @@ __device__ __forceinline__ void CopyAsync4(void* shared, const void* global) {
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(address), "l"(global) : "memory");
 }
+__device__ __forceinline__ void CopyAsync8(void* shared, const void* global) {
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(address), "l"(global) : "memory");
+}
 __device__ __forceinline__ void CommitAsync() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int kPending>
 __device__ __forceinline__ void WaitAsync() {
@@ -185,11 +190,13 @@ __device__ __forceinline__ void WaitAsync() {
 }
 
 // Bulk copies (the copy engine, sm_90) completing on a shared-memory mbarrier: one thread
-// initialises the barrier (arrival count 1) and fences it; a producer thread announces the bytes
-// of a phase (ArriveExpectBytes) and issues copies that count against them; consumers wait for
-// the phase's parity. Addresses: 16-byte aligned, sizes multiples of 16.
-__device__ __forceinline__ void InitBarrier(uint64_t* barrier) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
+// initialises the barrier (with the arrivals a phase takes) and fences it; a producer thread
+// announces the bytes of a phase (ArriveExpectBytes, or ExpectBytes without arriving) and issues
+// copies that count against them; consumers wait for the phase's parity. Addresses: 16-byte
+// aligned, sizes multiples of 16.
+__device__ __forceinline__ void InitBarrier(uint64_t* barrier, unsigned arrivals = 1) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier))),
+               "r"(arrivals)
                : "memory");
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
@@ -197,6 +204,23 @@ __device__ __forceinline__ void ArriveExpectBytes(uint64_t* barrier, unsigned by
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(
                    static_cast<unsigned>(__cvta_generic_to_shared(barrier))),
                "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void ExpectBytes(uint64_t* barrier, unsigned bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(barrier))),
+               "r"(bytes)
+               : "memory");
+}
+// One arrival (release: this thread's earlier reads and writes happen before the phase ends).
+__device__ __forceinline__ void ArriveBarrier(uint64_t* barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
+               : "memory");
+}
+// One arrival, made once every cp.async this thread issued before it has landed.
+__device__ __forceinline__ void ArriveWhenCopiesLand(uint64_t* barrier) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                   static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
                : "memory");
 }
 __device__ __forceinline__ void BulkCopyToShared(void* shared, const void* global, unsigned bytes, uint64_t* barrier) {

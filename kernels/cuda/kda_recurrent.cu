@@ -1,12 +1,12 @@
 // Fused recurrent KDA (spec §2.2 steps 4-7, §2.3): one block per (sequence, head); thread j
 // keeps column j of the head's fp32 [d_k, d_v] state in registers across the sequence's tokens.
-// The decode-step kernel adds the q/k/v short convs before and the gated RMSNorm after.
+// kda_decode_step.cu does one decode token with the convs and the gated RMSNorm around it.
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kda_head_dims.cuh"
 #include "kernels/cuda/kda_input_checks.h"
 #include "kernels/cuda/launchers.h"
 
@@ -158,222 +158,10 @@ __global__ void __launch_bounds__(KdaThreads(D))
   }
 }
 
-// One channel's short conv for one decode token (kernel ≤ kMaxDecodeConvKernel): loaded in one
-// go, then the causal conv + SiLU, then the [kernel - 1, channels] tail (oldest first) advanced.
-// Weight [channels, kernel], column kernel-1 the current token's.
-struct DecodeConv {
-  float x = 0;
-  float weight[kMaxDecodeConvKernel] = {};
-  float tail[kMaxDecodeConvKernel - 1] = {};
-
-  __device__ __forceinline__ void Load(float input, const TensorView& w, const float* tails, int64_t c,
-                                       int64_t channels) {
-    x = input;
-    const int history = static_cast<int>(w.cols) - 1;
-#pragma unroll
-    for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
-      if (i <= history) weight[i] = LoadAt(w, c, i);
-      if (i < history) tail[i] = tails[i * channels + c];
-    }
-  }
-  __device__ __forceinline__ float Output(int history) const {
-    float acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
-      if (i < history) acc += weight[i] * tail[i];
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
-      if (i == history) acc += weight[i] * x;
-    }
-    return SiluF(acc);
-  }
-  __device__ __forceinline__ void Advance(float* tails, int64_t c, int64_t channels, int history) const {
-#pragma unroll
-    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
-      if (i + 1 < history) tails[i * channels + c] = tail[i + 1];
-      if (i + 1 == history) tails[i * channels + c] = x;
-    }
-  }
-};
-
-// Copies head state `state` (D*D floats) into shared `staged` with cp.async and commits the group.
-template <int D>
-__device__ __forceinline__ void StageState(float* staged, const float* state) {
-  constexpr int kFloats = D * D;
-  if ((reinterpret_cast<uintptr_t>(state) & 15) == 0) {
-    for (int i = 4 * threadIdx.x; i < kFloats; i += 4 * blockDim.x) CopyAsync16(staged + i, state + i);
-  } else {
-    for (int i = threadIdx.x; i < kFloats; i += blockDim.x) CopyAsync4(staged + i, state + i);
-  }
-  CommitAsync();
-}
-
-// The fused decode step (Backend::KdaDecodeStep), one token per sequence: the three convs,
-// StepToken, then the gated RMSNorm over the head's D outputs. Tasks are (sequence, head) pairs
-// (task / H, task % H); a block takes tasks blockIdx.x, + gridDim.x, ... and, while it works on
-// one, copies the next one's state into shared memory (dynamic, D*D floats), so the state reads
-// keep DRAM busy through the convs, the barriers and the norm. Every other global read a task
-// needs is issued before the first is used; the first task's state goes straight to registers.
-template <int D>
-__global__ void __launch_bounds__(KdaThreads(D))
-    KdaDecodeStepKernel(KdaDecodeInputs in, const KdaDecodeSequence* seqs, int64_t tasks, TensorView out) {
-  extern __shared__ __align__(16) float staged[];
-  __shared__ TokenShared<D> sh;
-  __shared__ float norm_red[TokenShared<D>::kWarps];
-  const KdaInputs& core = in.core;
-  const int heads = static_cast<int>(core.num_heads);
-  const int j = threadIdx.x, lane = j & 31, warp = j >> 5;
-  const bool active = j < D;
-  const int64_t channels = core.q.cols;
-  const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
-  float s[D];  // column j of the task's state: s[i] = S[i][j]
-  FollowPriorKernels();
-  int64_t task = blockIdx.x;
-  KdaDecodeSequence seq = seqs[task / heads];
-  {
-    const float* first = seq.state + static_cast<int64_t>(task % heads) * D * D;
-#pragma unroll
-    for (int i = 0; i < D; ++i) s[i] = active ? first[i * D + j] : 0.0f;
-  }
-  for (;;) {
-    const int h = static_cast<int>(task % heads);
-    const int64_t c = static_cast<int64_t>(h) * D + j, t = seq.row;
-    DecodeConv conv[3];
-    float gate_logit = 0.0f, bias = 0.0f, out_gate = 0.0f, out_norm = 0.0f;
-    if (active) {
-      conv[0].Load(RowF32(core.q, t)[c], in.conv_weights[0], seq.conv_tails[0], c, channels);
-      conv[1].Load(RowF32(core.k, t)[c], in.conv_weights[1], seq.conv_tails[1], c, channels);
-      conv[2].Load(RowF32(core.v, t)[c], in.conv_weights[2], seq.conv_tails[2], c, channels);
-      gate_logit = RowF32(core.gate_logits, t)[c];
-      bias = LoadFlat(core.dt_bias, c);
-      out_gate = RowF32(in.out_gate, t)[c];
-      out_norm = LoadFlat(in.out_norm, j);
-    }
-    TokenInputs cur;
-    cur.beta_logit = RowF32(core.beta_logits, t)[h];
-    const float decay_rate = expf(LoadFlat(core.a_log, h));
-    const int64_t next = task + gridDim.x;
-    KdaDecodeSequence next_seq;
-    if (next < tasks) {
-      next_seq = seqs[next / heads];
-      StageState<D>(staged, next_seq.state + static_cast<int64_t>(next % heads) * D * D);
-    }
-
-    if (active) {
-      cur.q = conv[0].Output(history);
-      cur.k = conv[1].Output(history);
-      cur.v = conv[2].Output(history);
-      cur.f = gate_logit;
-      for (int i = 0; i < 3; ++i) conv[i].Advance(seq.conv_tails[i], c, channels, history);
-    }
-    const float o = StepToken<D>(s, cur, decay_rate, bias, sh);
-    if (active) {
-      float* state = seq.state + static_cast<int64_t>(h) * D * D;
-#pragma unroll
-      for (int i = 0; i < D; ++i) state[i * D + j] = s[i];
-    }
-
-    const float sum = WarpSum(o * o);
-    if (lane == 0) norm_red[warp] = sum;
-    __syncthreads();
-    float sum_squares = 0.0f;
-#pragma unroll
-    for (int w = 0; w < TokenShared<D>::kWarps; ++w) sum_squares += norm_red[w];
-    if (active) {
-      const float inv_rms = 1.0f / sqrtf(sum_squares / static_cast<float>(D) + in.eps);
-      RowF32(out, t)[c] = out_norm * (o * inv_rms) * SigmoidF(out_gate);
-    }
-    if (next >= tasks) break;
-    task = next;
-    seq = next_seq;
-    WaitAsync<0>();
-    __syncthreads();  // the staged state is complete; norm_red's reads above are done
-#pragma unroll
-    for (int i = 0; i < D; ++i) s[i] = staged[i * D + j];
-    __syncthreads();  // every thread has its column before the next copy overwrites them
-  }
-}
-
-// Lets the fused decode step use D*D floats of dynamic shared memory; its grid for `tasks`
-// (sequence, head) pairs is the blocks resident at once (at most `tasks`), occupancy looked up
-// once per head dim. 0 where the attribute cannot be set.
-template <int D>
-int64_t KdaDecodeStepGrid(int64_t tasks) {
-  constexpr int kBytes = D * D * static_cast<int>(sizeof(float));
-  if (cudaFuncSetAttribute(KdaDecodeStepKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) !=
-      cudaSuccess) {
-    return 0;
-  }
-  static const int64_t resident = [] {
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaDecodeStepKernel<D>, KdaThreads(D), kBytes) !=
-            cudaSuccess ||
-        per_sm < 1) {
-      per_sm = 1;
-    }
-    return static_cast<int64_t>(per_sm) * SmCount();
-  }();
-  return tasks < resident ? tasks : resident;
-}
-
-// Calls launch(std::integral_constant<int, D>{}) for the head dims the kernels are built for;
-// false for any other.
-template <typename Launch>
-bool WithHeadDim(int64_t head_dim, Launch launch) {
-  switch (head_dim) {
-    case 16: launch(std::integral_constant<int, 16>{}); return true;
-    case 24: launch(std::integral_constant<int, 24>{}); return true;
-    case 32: launch(std::integral_constant<int, 32>{}); return true;
-    case 48: launch(std::integral_constant<int, 48>{}); return true;
-    case 64: launch(std::integral_constant<int, 64>{}); return true;
-    case 96: launch(std::integral_constant<int, 96>{}); return true;
-    case 128: launch(std::integral_constant<int, 128>{}); return true;
-    default: return false;
-  }
-}
-
 }  // namespace
 
 bool KdaRecurrentSupports(int64_t head_dim) {
-  return WithHeadDim(head_dim, [](auto) {});
-}
-
-bool KdaDecodeStepSupports(int64_t head_dim, int64_t conv_kernel) {
-  return KdaRecurrentSupports(head_dim) && conv_kernel >= 1 && conv_kernel <= kMaxDecodeConvKernel;
-}
-
-int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t num_seqs,
-                        TensorView out, Stream stream) {
-  const KdaInputs& core = in.core;
-  const int64_t heads = core.num_heads, d = core.head_dim, width = core.q.cols;
-  if (num_seqs < 0 || heads <= 0 || d <= 0 || !KdaInputsMatch(core, out)) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  for (const TensorView& w : in.conv_weights) {
-    if (w.rows != width || w.cols != in.conv_weights[0].cols || !KdaDecodeStepSupports(d, w.cols) ||
-        w.dtype == DType::kI32) {
-      return static_cast<int>(cudaErrorInvalidValue);
-    }
-  }
-  if (in.out_gate.dtype != DType::kF32 || in.out_gate.rows != core.q.rows || in.out_gate.cols != width ||
-      in.out_norm.numel() != d) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  if (num_seqs == 0) return 0;
-  if (seqs == nullptr || !FitsGridX(num_seqs * heads)) return static_cast<int>(cudaErrorInvalidValue);
-  const int64_t tasks = num_seqs * heads;
-  auto s = static_cast<cudaStream_t>(stream);
-  int error = 0;
-  const bool launched = WithHeadDim(d, [&](auto dim) {
-    constexpr int D = decltype(dim)::value;
-    const auto blocks = static_cast<unsigned>(KdaDecodeStepGrid<D>(tasks));
-    if (blocks == 0) return;  // cudaGetLastError below reports why
-    error = LaunchAfterPrior(KdaDecodeStepKernel<D>, dim3(blocks), dim3(KdaThreads(D)), D * D * sizeof(float), s,
-                             in, seqs, tasks, out);
-  });
-  if (!launched) return static_cast<int>(cudaErrorInvalidValue);
-  return error != 0 ? error : static_cast<int>(cudaGetLastError());
+  return WithKdaHeadDim(head_dim, [](auto) {});
 }
 
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
@@ -388,7 +176,7 @@ int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num
   }
   const int64_t blocks = num_seqs * heads;
   auto s = static_cast<cudaStream_t>(stream);
-  const bool launched = WithHeadDim(d, [&](auto dim) {
+  const bool launched = WithKdaHeadDim(d, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     KdaRecurrentKernel<D><<<static_cast<unsigned>(blocks), KdaThreads(D), 0, s>>>(in, seqs, out);
   });

@@ -451,8 +451,8 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                                            // A decode step: one token for each of many sequences.
                                            KdaShape{4, 128, {1, 1, 1, 1, 1, 1, 1}, 0.0f},
                                            // 640 (sequence, head) tasks: more than the fused
-                                           // decode step's resident blocks, which then take
-                                           // several each (132 SMs: 264 blocks).
+                                           // decode step's persistent blocks (one per SM), each
+                                           // of which then cycles its ring of slots.
                                            KdaShape{4, 128, std::vector<int64_t>(160, 1), 0.0f},
                                            KdaShape{2, 96, {40, 1, 7}, 12.0f},
                                            // Strong decay: g around -200 per token and channel.

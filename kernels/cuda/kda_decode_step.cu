@@ -1,0 +1,373 @@
+// The fused KDA decode step (Backend::KdaDecodeStep; spec §2.2-2.3 for one token per sequence):
+// the q/k/v short convs (tails advanced), the q/k L2 norm, gate and beta, the delta rule on the
+// head's fp32 state in place, and the gated RMSNorm of the head's output.
+//
+// Reading and writing the state is the whole cost, so loads are decoupled from the arithmetic:
+// persistent blocks take (sequence, head) tasks in turn; in each, one producer warp streams the
+// next tasks' state (one bulk copy per head) and their per-sequence inputs into a ring of
+// shared-memory slots, and eight consumer warps turn each slot into the new state (written back
+// from registers), the output row and the advanced conv tails. The consumers' barriers and
+// arithmetic then overlap the producer's loads instead of standing between them.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kda_head_dims.cuh"
+#include "kernels/cuda/kda_input_checks.h"
+#include "kernels/cuda/launchers.h"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+constexpr int kGroupThreads = 256;  // a consumer group: column j = thread % 128 of rows half = thread / 128
+constexpr int kGroups = 2;          // consumer groups, taking the block's tasks in turn
+constexpr int kConsumerThreads = kGroups * kGroupThreads;
+// And the producer warp, the last. 17 warps leave 96 registers a thread (a sub-partition's 16K
+// registers over its 5 warps): a consumer's 64 state values fit, a third group would not.
+constexpr int kThreads = kConsumerThreads + 32;
+constexpr int kStages = 3;                       // ring slots
+
+// One channel's short conv for one decode token (kernel ≤ kMaxDecodeConvKernel): the causal conv
+// + SiLU, then the [kernel - 1, channels] tail (oldest first) advanced. Weight [channels,
+// kernel], column `history` (= kernel - 1) the current token's.
+struct DecodeConv {
+  float x = 0;
+  float weight[kMaxDecodeConvKernel] = {};
+  float tail[kMaxDecodeConvKernel - 1] = {};
+
+  __device__ __forceinline__ void LoadWeights(const TensorView& w, int64_t c, int history) {
+#pragma unroll
+    for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
+      if (i <= history) weight[i] = LoadAt(w, c, i);
+    }
+  }
+  __device__ __forceinline__ void LoadInputs(float input, const float* tails, int64_t c, int64_t channels,
+                                             int history) {
+    x = input;
+#pragma unroll
+    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
+      if (i < history) tail[i] = tails[i * channels + c];
+    }
+  }
+  __device__ __forceinline__ float Output(int history) const {
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
+      if (i < history) acc += weight[i] * tail[i];
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
+      if (i == history) acc += weight[i] * x;
+    }
+    return SiluF(acc);
+  }
+  __device__ __forceinline__ void Advance(float* tails, int64_t c, int64_t channels, int history) const {
+#pragma unroll
+    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
+      if (i + 1 < history) tails[i * channels + c] = tail[i + 1];
+      if (i + 1 == history) tails[i * channels + c] = x;
+    }
+  }
+};
+
+// What the producer stages for one task.
+template <int D>
+struct __align__(128) Slot {
+  float state[D * D];  // the head's [D, D] state
+  float q[D], k[D], v[D], gate[D], out_gate[D];  // the sequence's row, the head's channels
+  float tails[3][kMaxDecodeConvKernel - 1][D];   // q, k, v conv tails, oldest first
+  KdaDecodeSequence seq;
+  float beta_logit;
+};
+
+// A consumer group's exchanges.
+template <int D>
+struct GroupShared {
+  float q[D], k[D], decay[D], v[D];      // after the convs (q, k before their L2 norms)
+  float squares[3][kGroupThreads / 32];  // each warp's Σ q², Σ k², Σ o²
+  float dots[2][2][128];                 // each half's (Sᵀk)[j], then (Sᵀq)[j]
+};
+
+// Barriers and the consumer groups' exchanges, beside kStages slots in dynamic shared memory.
+template <int D>
+struct StepShared {
+  uint64_t full[kStages];   // a slot's inputs have landed (producer: 32 arrivals + the bulk bytes)
+  uint64_t empty[kStages];  // its consumer group is done reading a slot (one arrival)
+  GroupShared<D> groups[kGroups];
+};
+
+template <int D>
+constexpr size_t StepSharedBytes() {
+  return kStages * sizeof(Slot<D>) + sizeof(StepShared<D>);
+}
+
+// A barrier among one consumer group's warps (named barrier 1 + group; 0 is __syncthreads').
+__device__ __forceinline__ void SyncGroup(int group) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kGroupThreads) : "memory");
+}
+
+// A warp's asynchronous copy of `count` floats (count % 4 == 0) to shared `to`: 16-byte pieces
+// past L1 where both ends are 16-byte aligned, 4-byte ones otherwise.
+__device__ __forceinline__ void CopyRowAsync(float* to, const float* from, int count, int lane) {
+  if (((reinterpret_cast<uintptr_t>(to) | reinterpret_cast<uintptr_t>(from)) & 15) == 0) {
+    for (int i = 4 * lane; i < count; i += 4 * 32) CopyAsync16(to + i, from + i);
+  } else {
+    for (int i = lane; i < count; i += 32) CopyAsync4(to + i, from + i);
+  }
+}
+
+// The producer warp: for each of the block's tasks, waits for its slot to be free, then copies
+// the head's state (one bulk copy where 16-byte aligned, the lanes' copies otherwise) and the
+// sequence's inputs for the head into it, all asynchronously: the slot's barrier completes when
+// they have landed, and the warp goes on to the next slot meanwhile.
+template <int D>
+__device__ __forceinline__ void Produce(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int tasks,
+                                        Slot<D>* slots, StepShared<D>& sh) {
+  static_assert(sizeof(KdaDecodeSequence) % 8 == 0 && sizeof(KdaDecodeSequence) <= 32 * 8, "copied in 8-byte pieces");
+  const KdaInputs& core = in.core;
+  const int heads = static_cast<int>(core.num_heads), lane = threadIdx.x & 31;
+  const int64_t channels = core.q.cols;
+  const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
+  int task = blockIdx.x;
+  KdaDecodeSequence seq;
+  if (task < tasks) seq = seqs[task / heads];
+  for (int n = 0; task < tasks; task += gridDim.x, ++n) {
+    const int next = task + gridDim.x;
+    KdaDecodeSequence next_seq;
+    if (next < tasks) next_seq = seqs[next / heads];  // a task ahead: its copies need its addresses
+    const int stage = n % kStages, h = task % heads;
+    Slot<D>& slot = slots[stage];
+    const int64_t head0 = static_cast<int64_t>(h) * D, row = seq.row;
+    const float* state = seq.state + head0 * D;
+    WaitBarrier(&sh.empty[stage], ((n / kStages) & 1) ^ 1);
+    if ((reinterpret_cast<uintptr_t>(state) & 15) == 0) {
+      if (lane == 0) {
+        ExpectBytes(&sh.full[stage], D * D * sizeof(float));
+        BulkCopyToShared(slot.state, state, D * D * sizeof(float), &sh.full[stage]);
+      }
+    } else {
+      for (int i = lane; i < D * D; i += 32) CopyAsync4(slot.state + i, state + i);
+    }
+    CopyRowAsync(slot.q, RowF32(core.q, row) + head0, D, lane);
+    CopyRowAsync(slot.k, RowF32(core.k, row) + head0, D, lane);
+    CopyRowAsync(slot.v, RowF32(core.v, row) + head0, D, lane);
+    CopyRowAsync(slot.gate, RowF32(core.gate_logits, row) + head0, D, lane);
+    CopyRowAsync(slot.out_gate, RowF32(in.out_gate, row) + head0, D, lane);
+#pragma unroll
+    for (int conv = 0; conv < 3; ++conv) {
+#pragma unroll
+      for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
+        if (i < history) CopyRowAsync(slot.tails[conv][i], seq.conv_tails[conv] + i * channels + head0, D, lane);
+      }
+    }
+    if (lane * 8 < static_cast<int>(sizeof(KdaDecodeSequence))) {
+      CopyAsync8(reinterpret_cast<char*>(&slot.seq) + lane * 8, reinterpret_cast<const char*>(seqs + task / heads) + lane * 8);
+    }
+    if (lane == 0) CopyAsync4(&slot.beta_logit, RowF32(core.beta_logits, row) + h);
+    ArriveWhenCopiesLand(&sh.full[stage]);
+    seq = next_seq;
+  }
+}
+
+// A consumer group: per task (the block's tasks group, group + kGroups, ...), the convs, the
+// delta rule on the state and the gated RMSNorm. Thread ct holds state column j = ct % 128 over
+// the rows of its half, ct / 128, in registers; threads ct < D run channel ct's convs. The slot
+// is released at the group's first barrier, once every thread has read it.
+template <int D>
+__device__ __forceinline__ void Consume(const KdaDecodeInputs& in, int tasks, Slot<D>* slots, StepShared<D>& shared,
+                                        int group, const TensorView& out) {
+  static_assert(D <= 128 && D % 4 == 0, "a thread per column of 128, rows read in pairs per half");
+  constexpr int kRows = D / 2;  // state rows per thread
+  GroupShared<D>& sh = shared.groups[group];
+  const KdaInputs& core = in.core;
+  const int heads = static_cast<int>(core.num_heads);
+  const int ct = threadIdx.x % kGroupThreads, lane = ct & 31, warp = ct >> 5;
+  const int j = ct % 128, half = ct / 128, i0 = half * kRows;
+  const bool has_column = j < D, has_channel = ct < D;
+  const int64_t channels = core.q.cols;
+  const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
+  const float out_norm = has_column ? LoadFlat(in.out_norm, j) : 0.0f;
+  for (int n = group, task = blockIdx.x + group * gridDim.x; task < tasks; n += kGroups, task += kGroups * gridDim.x) {
+    const int stage = n % kStages;
+    const Slot<D>& slot = slots[stage];
+    const int h = task % heads;
+    const int64_t head0 = static_cast<int64_t>(h) * D;
+    // The head's parameters (no kernel writes them) while the slot fills.
+    DecodeConv conv[3];
+    float bias = 0.0f;
+    if (has_channel) {
+#pragma unroll
+      for (int c = 0; c < 3; ++c) conv[c].LoadWeights(in.conv_weights[c], head0 + ct, history);
+      bias = LoadFlat(core.dt_bias, head0 + ct);
+    }
+    const float decay_rate = expf(LoadFlat(core.a_log, h));
+    WaitBarrier(&shared.full[stage], (n / kStages) & 1);
+
+    // The convs first (their tails advanced at once: the slot holds the old ones), so that their
+    // registers are free before the state's.
+    float q = 0.0f, k = 0.0f;
+    if (has_channel) {
+      conv[0].LoadInputs(slot.q[ct], &slot.tails[0][0][0], ct, D, history);
+      conv[1].LoadInputs(slot.k[ct], &slot.tails[1][0][0], ct, D, history);
+      conv[2].LoadInputs(slot.v[ct], &slot.tails[2][0][0], ct, D, history);
+      q = conv[0].Output(history);
+      k = conv[1].Output(history);
+      sh.q[ct] = q;
+      sh.k[ct] = k;
+      sh.v[ct] = conv[2].Output(history);
+      sh.decay[ct] = expf(-decay_rate * SoftplusF(slot.gate[ct] + bias));
+#pragma unroll
+      for (int c = 0; c < 3; ++c) conv[c].Advance(slot.seq.conv_tails[c], head0 + ct, channels, history);
+    }
+    const float warp_q = WarpSum(q * q), warp_k = WarpSum(k * k);
+    if (lane == 0) {
+      sh.squares[0][warp] = warp_q;
+      sh.squares[1][warp] = warp_k;
+    }
+    float s[kRows];  // s[r] = S[i0 + r][j]
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) s[r] = has_column ? slot.state[(i0 + r) * D + j] : 0.0f;
+    const float out_gate = has_column ? slot.out_gate[j] : 0.0f;
+    float* const state = slot.seq.state + head0 * D;
+    const int64_t row = slot.seq.row;
+    const float beta = SigmoidF(slot.beta_logit);
+    SyncGroup(group);
+    if (ct == 0) ArriveBarrier(&shared.empty[stage]);  // the group's reads of the slot are done
+    float sum_q = 0.0f, sum_k = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGroupThreads / 32; ++w) {
+      sum_q += sh.squares[0][w];
+      sum_k += sh.squares[1][w];
+    }
+    // q̂ = q / ‖q‖ / √D and k̂ = k / ‖k‖, applied to the row sums rather than to every element.
+    const float q_scale = 1.0f / sqrtf(sum_q + 1e-6f) * (1.0f / sqrtf(static_cast<float>(D)));
+    const float k_scale = 1.0f / sqrtf(sum_k + 1e-6f);
+
+    // S ← Diag(exp(g)) S and this half's rows of Sᵀk.
+    float m0 = 0.0f, m1 = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kRows; r += 2) {
+      const float2 a = *reinterpret_cast<const float2*>(sh.decay + i0 + r);
+      const float2 kk = *reinterpret_cast<const float2*>(sh.k + i0 + r);
+      s[r] *= a.x;
+      s[r + 1] *= a.y;
+      m0 = fmaf(s[r], kk.x, m0);
+      m1 = fmaf(s[r + 1], kk.y, m1);
+    }
+    sh.dots[0][half][j] = m0 + m1;
+    SyncGroup(group);
+    const float prediction = sh.dots[0][0][j] + sh.dots[0][1][j];
+    // S += k̂ ⊗ β(v - Sᵀk̂), then this half's rows of Sᵀq (the read includes this token).
+    const float k_delta = has_column ? k_scale * (beta * (sh.v[j] - k_scale * prediction)) : 0.0f;
+    float o0 = 0.0f, o1 = 0.0f;
+#pragma unroll
+    for (int r = 0; r < kRows; r += 2) {
+      const float2 kk = *reinterpret_cast<const float2*>(sh.k + i0 + r);
+      const float2 qq = *reinterpret_cast<const float2*>(sh.q + i0 + r);
+      s[r] = fmaf(kk.x, k_delta, s[r]);
+      s[r + 1] = fmaf(kk.y, k_delta, s[r + 1]);
+      o0 = fmaf(s[r], qq.x, o0);
+      o1 = fmaf(s[r + 1], qq.y, o1);
+    }
+    sh.dots[1][half][j] = o0 + o1;
+    if (has_column) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) state[(i0 + r) * D + j] = s[r];
+    }
+    SyncGroup(group);
+    const float o = (sh.dots[1][0][j] + sh.dots[1][1][j]) * q_scale;
+    // The gated RMSNorm over the head's D outputs (the first half's threads hold them).
+    const float warp_o = WarpSum(half == 0 && has_column ? o * o : 0.0f);
+    if (lane == 0) sh.squares[2][warp] = warp_o;
+    SyncGroup(group);
+    if (half == 0 && has_column) {
+      float total = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kGroupThreads / 64; ++w) total += sh.squares[2][w];
+      const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(D) + in.eps);
+      RowF32(out, row)[head0 + j] = out_norm * (o * inv_rms) * SigmoidF(out_gate);
+    }
+  }
+}
+
+// Grid: one persistent block per resident slot ring (at most one per task); block b takes tasks
+// b, b + gridDim.x, ... (task = sequence * H + head).
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) KdaDecodeStepKernel(KdaDecodeInputs in, const KdaDecodeSequence* seqs,
+                                                                 int tasks, TensorView out) {
+  extern __shared__ __align__(128) unsigned char shared[];
+  auto* slots = reinterpret_cast<Slot<D>*>(shared);
+  auto& sh = *reinterpret_cast<StepShared<D>*>(shared + kStages * sizeof(Slot<D>));
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      InitBarrier(&sh.full[i], 32);
+      InitBarrier(&sh.empty[i]);
+    }
+  }
+  __syncthreads();
+  FollowPriorKernels();
+  if (threadIdx.x >= kConsumerThreads) {
+    Produce<D>(in, seqs, tasks, slots, sh);
+  } else {
+    Consume<D>(in, tasks, slots, sh, threadIdx.x / kGroupThreads, out);
+  }
+}
+
+// The grid for `tasks` (sequence, head) pairs: the blocks resident at once (at most `tasks`),
+// looked up once per head dim; 0 where the kernel cannot have its shared memory.
+template <int D>
+int64_t KdaDecodeStepBlocks(int64_t tasks) {
+  static const int64_t resident = [] {
+    constexpr int kBytes = static_cast<int>(StepSharedBytes<D>());
+    int per_sm = 0;
+    if (cudaFuncSetAttribute(KdaDecodeStepKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaDecodeStepKernel<D>, kThreads, kBytes) !=
+            cudaSuccess) {
+      (void)cudaGetLastError();
+      return int64_t{0};
+    }
+    return static_cast<int64_t>(per_sm) * SmCount();
+  }();
+  return tasks < resident ? tasks : resident;
+}
+
+}  // namespace
+
+bool KdaDecodeStepSupports(int64_t head_dim, int64_t conv_kernel) {
+  return KdaRecurrentSupports(head_dim) && conv_kernel >= 1 && conv_kernel <= kMaxDecodeConvKernel;
+}
+
+int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int64_t num_seqs,
+                        TensorView out, Stream stream) {
+  const KdaInputs& core = in.core;
+  const int64_t heads = core.num_heads, d = core.head_dim, width = core.q.cols;
+  if (num_seqs < 0 || heads <= 0 || d <= 0 || !KdaInputsMatch(core, out)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  for (const TensorView& w : in.conv_weights) {
+    if (w.rows != width || w.cols != in.conv_weights[0].cols || !KdaDecodeStepSupports(d, w.cols) ||
+        w.dtype == DType::kI32) {
+      return static_cast<int>(cudaErrorInvalidValue);
+    }
+  }
+  if (in.out_gate.dtype != DType::kF32 || in.out_gate.rows != core.q.rows || in.out_gate.cols != width ||
+      in.out_norm.numel() != d) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (num_seqs == 0) return 0;
+  const int64_t tasks = num_seqs * heads;
+  if (seqs == nullptr || tasks > 0x7fffffff) return static_cast<int>(cudaErrorInvalidValue);
+  int error = static_cast<int>(cudaErrorInvalidValue);
+  const bool launched = WithKdaHeadDim(d, [&](auto dim) {
+    constexpr int D = decltype(dim)::value;
+    const int64_t blocks = KdaDecodeStepBlocks<D>(tasks);
+    if (blocks <= 0) return;
+    error = LaunchAfterPrior(KdaDecodeStepKernel<D>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                             StepSharedBytes<D>(), stream, in, seqs, static_cast<int>(tasks), out);
+  });
+  return launched ? error : static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace deltaserve::kernels::cuda
