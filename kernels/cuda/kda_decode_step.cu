@@ -5,8 +5,9 @@
 // Reading and writing the state is the whole cost, so loads are decoupled from the arithmetic:
 // persistent blocks take (sequence, head) tasks in turn; in each, one producer warp streams the
 // next tasks' state (one bulk copy per head) and their per-sequence inputs into a ring of
-// shared-memory slots, and eight consumer warps turn each slot into the new state (written back
-// from registers), the output row and the advanced conv tails. The consumers' barriers and
+// shared-memory slots, and two groups of eight consumer warps, taking alternate tasks, turn each
+// slot into the new state (written back from registers), the output row and the advanced conv
+// tails. The consumers' barriers and
 // arithmetic then overlap the producer's loads instead of standing between them.
 #include <cuda_runtime.h>
 
@@ -202,6 +203,9 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, int tasks, Sl
       bias = LoadFlat(core.dt_bias, head0 + ct);
     }
     const float decay_rate = expf(LoadFlat(core.a_log, h));
+    // The slot's previous task (n - kStages, the other group's: kStages is odd) released first:
+    // its data had landed then, so the parity below can only name this task's phase of `full`.
+    WaitBarrier(&shared.empty[stage], ((n / kStages) & 1) ^ 1);
     WaitBarrier(&shared.full[stage], (n / kStages) & 1);
 
     // The convs first (their tails advanced at once: the slot holds the old ones), so that their
@@ -318,13 +322,17 @@ __global__ void __launch_bounds__(kThreads, 1) KdaDecodeStepKernel(KdaDecodeInpu
 // looked up once per head dim; 0 where the kernel cannot have its shared memory.
 template <int D>
 int64_t KdaDecodeStepBlocks(int64_t tasks) {
+  constexpr int kBytes = static_cast<int>(StepSharedBytes<D>());
+  // Set on every launch: the attribute belongs to the current device.
+  if (cudaFuncSetAttribute(KdaDecodeStepKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) !=
+      cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
   static const int64_t resident = [] {
-    constexpr int kBytes = static_cast<int>(StepSharedBytes<D>());
     int per_sm = 0;
-    if (cudaFuncSetAttribute(KdaDecodeStepKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) !=
-            cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaDecodeStepKernel<D>, kThreads, kBytes) !=
-            cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaDecodeStepKernel<D>, kThreads, kBytes) !=
+        cudaSuccess) {
       (void)cudaGetLastError();
       return int64_t{0};
     }
@@ -358,7 +366,8 @@ int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs
   }
   if (num_seqs == 0) return 0;
   const int64_t tasks = num_seqs * heads;
-  if (seqs == nullptr || tasks > 0x7fffffff) return static_cast<int>(cudaErrorInvalidValue);
+  // Task indices stay ints with room for the blocks' strides past the last one.
+  if (seqs == nullptr || tasks > (int64_t{1} << 30)) return static_cast<int>(cudaErrorInvalidValue);
   int error = static_cast<int>(cudaErrorInvalidValue);
   const bool launched = WithKdaHeadDim(d, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
