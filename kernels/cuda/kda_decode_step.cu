@@ -7,8 +7,8 @@
 // next tasks' state (one bulk copy per head) and their per-sequence inputs into a ring of
 // shared-memory slots, and two groups of eight consumer warps, taking alternate tasks, turn each
 // slot into the new state (written back from registers), the output row and the advanced conv
-// tails. The consumers' barriers and
-// arithmetic then overlap the producer's loads instead of standing between them.
+// tails. The consumers' barriers and arithmetic then overlap the producer's loads instead of
+// standing between them.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -27,7 +27,7 @@ constexpr int kConsumerThreads = kGroups * kGroupThreads;
 // And the producer warp, the last. 17 warps leave 96 registers a thread (a sub-partition's 16K
 // registers over its 5 warps): a consumer's 64 state values fit, a third group would not.
 constexpr int kThreads = kConsumerThreads + 32;
-constexpr int kStages = 3;                       // ring slots
+constexpr int kStages = 3;  // ring slots (three of 71 KiB at D = 128 fill the shared memory)
 
 // One channel's short conv for one decode token (kernel ≤ kMaxDecodeConvKernel): the causal conv
 // + SiLU, then the [kernel - 1, channels] tail (oldest first) advanced. Weight [channels,
