@@ -148,7 +148,7 @@ __device__ __forceinline__ void Produce(const KdaDecodeInputs& in, const KdaDeco
         BulkCopyToShared(slot.state, state, D * D * sizeof(float), &sh.full[stage]);
       }
     } else {
-      for (int i = lane; i < D * D; i += 32) CopyAsync4(slot.state + i, state + i);
+      CopyRowAsync(slot.state, state, D * D, lane);  // 4-byte pieces: the state is not 16-byte aligned
     }
     CopyRowAsync(slot.q, RowF32(core.q, row) + head0, D, lane);
     CopyRowAsync(slot.k, RowF32(core.k, row) + head0, D, lane);
