@@ -1,6 +1,7 @@
 # The CUDA backend is built where a CUDA toolkit exists (DELTASERVE_CUDA=AUTO) or when asked
-# (ON). Kernels are C++17 for sm_90 (Hopper); the CUDA runtime is linked statically, cuBLAS
-# dynamically.
+# (ON). Kernels are C++17 for sm_90a (Hopper with its warpgroup products; the code runs on H100
+# and H200 only); the CUDA runtime is linked statically, cuBLAS dynamically. Built for plain 90,
+# the kernels that need sm_90a are left out and their callers take the mma.sync paths.
 set(DELTASERVE_HAVE_CUDA OFF)
 if(NOT DELTASERVE_CUDA STREQUAL "OFF")
   if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
@@ -10,7 +11,7 @@ if(NOT DELTASERVE_CUDA STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
     if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      set(CMAKE_CUDA_ARCHITECTURES 90 CACHE STRING "CUDA architectures")
+      set(CMAKE_CUDA_ARCHITECTURES 90a CACHE STRING "CUDA architectures")
     endif()
     enable_language(CUDA)
     set(CMAKE_CUDA_STANDARD 17)

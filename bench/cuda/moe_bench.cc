@@ -1,8 +1,9 @@
 // MoE expert products on the GPU at the Kimi-Linear-48B-A3B shape (256 experts, top 8, hidden
 // 2304, expert inner size 1024, bf16 weights), through CudaBackend::MoeExperts with each of its
 // expert kernels: the decode kernels (at most 32 slots: one warp per output column of each slot),
-// the grouped kernels (device-side grouping, tensor cores) and per-expert cuBLAS products (ids
-// downloaded, rows grouped on the host). Beside them, in the same run:
+// the grouped kernels (device-side grouping, tensor cores: as the backend picks its tiles by
+// default, and forced to the mma.sync tiles and to the wide warpgroup tiles) and per-expert
+// cuBLAS products (ids downloaded, rows grouped on the host). Beside them, in the same run:
 // - the dense ceiling: cuBLAS bf16 GEMMs of the same rows and FLOPs as if every row went to one
 //   expert ([T·k, hidden] × [2·inner, hidden]ᵀ and [T·k, inner] × [hidden, inner]ᵀ), and one
 //   8192³ bf16 GEMM;
@@ -62,10 +63,12 @@ struct Backend {
   std::vector<ExpertWeights> experts;
 };
 
-Backend Make(MoeExpertsKernel kernel, int64_t decode_max_slots, std::vector<std::vector<uint16_t>>& host_sets) {
+Backend Make(MoeExpertsKernel kernel, int64_t decode_max_slots, int64_t wide_tiles_min_rows,
+             std::vector<std::vector<uint16_t>>& host_sets) {
   CudaBackendOptions options;
   options.moe_experts = kernel;
   options.moe_decode_max_slots = decode_max_slots;
+  options.moe_wide_tiles_min_rows = wide_tiles_min_rows;
   std::string error;
   Backend b;
   b.backend = CudaBackend::Create(options, &error);
@@ -135,9 +138,13 @@ int main(int argc, char** argv) {
   std::vector<std::vector<uint16_t>> host_sets;
   for (int s = 0; s < kDistinctHostSets; ++s) host_sets.push_back(deltaserve::bench::RandomBf16(3 * kInner * kHidden, 11u + s));
   constexpr int64_t kDecodeMaxSlots = 32;
-  Backend decode = Make(MoeExpertsKernel::kGrouped, kDecodeMaxSlots, host_sets);
-  Backend grouped = Make(MoeExpertsKernel::kGrouped, 0, host_sets);
-  Backend per_expert = Make(MoeExpertsKernel::kPerExpert, 0, host_sets);
+  constexpr int64_t kNever = 1 << 30;
+  const int64_t wide_default = CudaBackendOptions{}.moe_wide_tiles_min_rows;
+  Backend decode = Make(MoeExpertsKernel::kGrouped, kDecodeMaxSlots, wide_default, host_sets);
+  Backend grouped = Make(MoeExpertsKernel::kGrouped, 0, wide_default, host_sets);
+  Backend grouped_mma = Make(MoeExpertsKernel::kGrouped, 0, kNever, host_sets);
+  Backend grouped_wide = Make(MoeExpertsKernel::kGrouped, 0, 0, host_sets);
+  Backend per_expert = Make(MoeExpertsKernel::kPerExpert, 0, kNever, host_sets);
 
   for (const int64_t tokens : token_counts) {
     const int64_t slots = tokens * kTopK;
@@ -175,6 +182,8 @@ int main(int argc, char** argv) {
     };
     const double decode_ms = slots <= kDecodeMaxSlots ? time_backend(decode) : 0;
     const double grouped_ms = time_backend(grouped);
+    const double grouped_mma_ms = time_backend(grouped_mma);
+    const double grouped_wide_ms = time_backend(grouped_wide);
     const double per_expert_ms = time_backend(per_expert);
 
     // The dense ceiling at the same rows: gate and up stacked, then down.
@@ -216,6 +225,8 @@ int main(int argc, char** argv) {
                 prop.name, static_cast<long long>(tokens), dense_ms, dense_tflops);
     if (decode_ms > 0) report("decode", decode_ms);
     report("grouped", grouped_ms);
+    report("grouped_mma_sync_tiles", grouped_mma_ms);
+    report("grouped_wide_tiles", grouped_wide_ms);
     report("per_expert_cublas", per_expert_ms);
     std::fflush(stdout);
   }

@@ -109,6 +109,7 @@ struct CudaBackend::Impl {
   int device = 0;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   int64_t moe_decode_max_slots = 0;
+  int64_t moe_wide_tiles_min_rows = 0;
   int64_t skinny_matmul_max_rows = 0;
   bool programmatic_products = false;
   std::unique_ptr<OpProfile> profile;  // DELTASERVE_CUDA_OP_PROFILE=1
@@ -225,6 +226,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->matmul_precision = options.matmul_precision;
   impl->moe_experts = options.moe_experts;
   impl->moe_decode_max_slots = options.moe_decode_max_slots;
+  impl->moe_wide_tiles_min_rows = options.moe_wide_tiles_min_rows;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->programmatic_products = options.programmatic_products;
   impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
@@ -792,7 +794,8 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
     impl_->Ok(static_cast<cudaError_t>(
                   decode ? LaunchMoeDecodeExperts(x, expert_ids, table, space, slot_out, impl_->Stream(),
                                                   impl_->programmatic_products)
-                         : LaunchMoeGroupedExperts(x, expert_ids, table, space, slot_out, impl_->Stream())),
+                         : LaunchMoeGroupedExperts(x, expert_ids, table, space, slot_out, impl_->Stream(),
+                                                   impl_->moe_wide_tiles_min_rows)),
               decode ? "moe decode experts" : "moe grouped experts");
   }
   return true;

@@ -1,5 +1,6 @@
 // Element kernels: embedding lookup, residual add, SwiGLU, row gather/scatter and the
-// F32 -> BF16/F16 conversion. One thread per element (ElementBlocks).
+// F32 -> BF16/F16 conversion. One thread per element (ElementBlocks), eight for the conversion
+// where rows allow.
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 
@@ -62,6 +63,21 @@ __global__ void ConvertF32Kernel(TensorView src, T* dst) {
   int64_t r, c;
   if (!ThisElement(src.cols, r, c)) return;
   dst[r * src.cols + c] = FromFloat<T>(RowF32(src, r)[c]);
+}
+
+// Eight elements per thread (two 16-byte loads, one 16-byte store): rows of a multiple of 8
+// columns, 16-byte aligned. One element per thread reached ~40% of the copy bandwidth.
+template <typename T>
+__global__ void ConvertF32x8Kernel(TensorView src, T* dst) {
+  int64_t r, c8;
+  if (!ThisElement(src.cols / 8, r, c8)) return;
+  const float4* in = reinterpret_cast<const float4*>(RowF32(src, r) + c8 * 8);
+  const float4 lo = in[0], hi = in[1];
+  const float values[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  alignas(16) T out[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = FromFloat<T>(values[i]);
+  *reinterpret_cast<uint4*>(dst + r * src.cols + c8 * 8) = *reinterpret_cast<const uint4*>(out);
 }
 
 __global__ void WidenToF32Kernel(TensorView src, float* dst) {
@@ -139,9 +155,20 @@ int LaunchConvertF32(TensorView src, DType dtype, void* dst, Stream stream) {
     return kInvalid;
   }
   if (src.rows == 0 || src.cols == 0) return 0;
-  const unsigned blocks = ElementBlocks(src.rows, src.cols);
-  if (blocks == 0 || dst == nullptr) return kInvalid;
+  if (dst == nullptr) return kInvalid;
   const auto s = static_cast<cudaStream_t>(stream);
+  if (src.cols % 8 == 0 && src.row_stride % 4 == 0 && IsAligned(src.data, 16) && IsAligned(dst, 16)) {
+    const unsigned blocks = ElementBlocks(src.rows, src.cols / 8);
+    if (blocks == 0) return kInvalid;
+    if (dtype == DType::kBF16) {
+      ConvertF32x8Kernel<<<blocks, kElementThreads, 0, s>>>(src, static_cast<__nv_bfloat16*>(dst));
+    } else {
+      ConvertF32x8Kernel<<<blocks, kElementThreads, 0, s>>>(src, static_cast<__half*>(dst));
+    }
+    return LastError();
+  }
+  const unsigned blocks = ElementBlocks(src.rows, src.cols);
+  if (blocks == 0) return kInvalid;
   if (dtype == DType::kBF16) {
     ConvertF32Kernel<<<blocks, kElementThreads, 0, s>>>(src, static_cast<__nv_bfloat16*>(dst));
   } else {

@@ -144,8 +144,10 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
 // Backend::MoeExperts without a host round trip: groups the (token, slot) pairs by expert on the
 // device, then every active expert's gate/up products with SwiGLU in one launch and the down
 // products in another (tensor cores, bf16 inputs, fp32 accumulation), rows scattered to slot_out.
+// Calls whose slots average at least wide_tiles_min_rows per local expert take 128-row tiles on
+// Hopper's warpgroup products where the build has them (sm_90a), others 16- or 64-row tiles.
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
-                            void* scratch, TensorView slot_out, Stream stream);
+                            void* scratch, TensorView slot_out, Stream stream, int64_t wide_tiles_min_rows);
 // The same products for a few slots (decode), without grouping: one warp per output column of
 // each slot, fp32 activations and hidden rows, every routed expert's weights read once per slot.
 // Applies where MoeGroupedSupports does and x is F32 with 16-byte aligned rows.

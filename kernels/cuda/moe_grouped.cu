@@ -1,10 +1,12 @@
 // Expert products without a host round trip: the (token, slot) pairs are grouped by expert on the
-// device (MoeGroupKernel), then one launch computes every active expert's gate and up products
-// with SwiGLU, and one its down products, scattering rows into slot_out. Tiles of BM grouped rows
-// × 64 output columns, bf16 tensor cores (ldmatrix + mma.sync, mma_tiles.cuh) with fp32
-// accumulation, operands streamed through shared memory by a 3-stage cp.async pipeline. The grid
-// covers an upper bound of the tile count; blocks past the real count (known only on the device)
-// return at once.
+// device (one block, or for large calls blocks that count, one that lays out the tiles, and
+// blocks that place), then one launch computes every active expert's gate and up products
+// with SwiGLU, and one its down products, scattering rows into slot_out. Here: tiles of BM = 16
+// or 64 grouped rows × 64 output columns, bf16 tensor cores (ldmatrix + mma.sync, mma_tiles.cuh)
+// with fp32 accumulation, operands streamed through shared memory by a 3-stage cp.async
+// pipeline; where experts average many rows, 128-row tiles on warpgroup products instead
+// (moe_grouped_wgmma.cu). The grid covers an upper bound of the tile count; blocks past the real
+// count (known only on the device) return at once.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -13,6 +15,7 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/mma_tiles.cuh"
+#include "kernels/cuda/moe_grouped.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -28,16 +31,6 @@ constexpr int kStages = 3;
 constexpr int kLd = kBK + 8;   // shared row stride (bf16): rows 16 bytes apart in bank terms
 constexpr int kLdC = kBN + 4;  // fp32 staging row stride
 
-// The grouping: positions [offsets[e], offsets[e + 1]) of sorted_slots hold the slots (t*k + s)
-// routed to local expert e; tile i covers positions [tile_begin[i], +BM) of expert tile_expert[i].
-struct GroupPlan {
-  int32_t* offsets;       // num_local + 1
-  int32_t* sorted_slots;  // slots
-  int32_t* tile_expert;   // max_tiles
-  int32_t* tile_begin;    // max_tiles
-  int32_t* num_tiles;     // 1
-};
-
 size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max_tiles) {
@@ -45,6 +38,8 @@ GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max
   GroupPlan plan;
   plan.offsets = reinterpret_cast<int32_t*>(base);
   base += AlignUp((num_local + 1) * sizeof(int32_t));
+  plan.cursor = reinterpret_cast<int32_t*>(base);
+  base += AlignUp(num_local * sizeof(int32_t));
   plan.sorted_slots = reinterpret_cast<int32_t*>(base);
   base += AlignUp(slots * sizeof(int32_t));
   plan.tile_expert = reinterpret_cast<int32_t*>(base);
@@ -55,36 +50,42 @@ GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max
   return plan;
 }
 
+size_t PlanBytes(int64_t num_local, int64_t slots, int64_t max_tiles) {
+  return AlignUp((num_local + 1) * sizeof(int32_t)) + AlignUp(num_local * sizeof(int32_t)) +
+         AlignUp(slots * sizeof(int32_t)) + 2 * AlignUp(max_tiles * sizeof(int32_t)) + AlignUp(sizeof(int32_t));
+}
+
 // Each tile holds at most BM rows of one expert: at most slots / BM full tiles plus one partial
 // tile per expert that has rows.
 int64_t MaxTiles(int64_t slots, int64_t num_local, int bm) {
   return slots / bm + (num_local < slots ? num_local : slots);
 }
 
-// One block. Counting and placing use shared-memory atomics, so the order of an expert's rows is
-// arbitrary; every row's result is independent of its neighbours, so outputs are not.
-__global__ void MoeGroupKernel(const int32_t* expert_ids, int64_t ids_stride, int top_k,
-                               int64_t tokens, int first_expert, int num_local, int bm,
-                               GroupPlan plan) {
-  __shared__ int count[kMaxLocalExperts];
-  __shared__ int cursor[kMaxLocalExperts];
-  __shared__ int first_tile[kMaxLocalExperts + 1];
-  const int64_t slots = tokens * top_k;
-  for (int e = threadIdx.x; e < num_local; e += blockDim.x) count[e] = 0;
-  __syncthreads();
-  for (int64_t slot = threadIdx.x; slot < slots; slot += blockDim.x) {
+struct Routing {
+  const int32_t* expert_ids;
+  int64_t ids_stride;
+  int top_k;
+  int first_expert;
+  int num_local;
+  // The local expert of a slot, or -1 where another shard holds it.
+  __device__ int LocalExpert(int64_t slot) const {
     const int e = expert_ids[(slot / top_k) * ids_stride + slot % top_k] - first_expert;
-    if (e >= 0 && e < num_local) atomicAdd(&count[e], 1);
+    return e >= 0 && e < num_local ? e : -1;
   }
-  __syncthreads();
+};
+
+// From per-expert row counts (in shared memory, turned into each expert's first position):
+// offsets, the tile table and the tile count. Every thread of the block calls it.
+__device__ void LayOutTiles(int* count_then_cursor, int* first_tile, int num_local, int bm, GroupPlan plan) {
   if (threadIdx.x == 0) {
     int offset = 0, tiles = 0;
     for (int e = 0; e < num_local; ++e) {
+      const int count = count_then_cursor[e];
       plan.offsets[e] = offset;
-      cursor[e] = offset;
+      count_then_cursor[e] = offset;
       first_tile[e] = tiles;
-      offset += count[e];
-      tiles += (count[e] + bm - 1) / bm;
+      offset += count;
+      tiles += (count + bm - 1) / bm;
     }
     plan.offsets[num_local] = offset;
     first_tile[num_local] = tiles;
@@ -94,31 +95,98 @@ __global__ void MoeGroupKernel(const int32_t* expert_ids, int64_t ids_stride, in
   for (int e = threadIdx.x; e < num_local; e += blockDim.x) {
     for (int i = first_tile[e]; i < first_tile[e + 1]; ++i) {
       plan.tile_expert[i] = e;
-      plan.tile_begin[i] = cursor[e] + (i - first_tile[e]) * bm;
+      plan.tile_begin[i] = count_then_cursor[e] + (i - first_tile[e]) * bm;
     }
   }
-  __syncthreads();  // cursor[] is read above before the placing below advances it
+  __syncthreads();  // the cursors are read above before any placing advances them
+}
+
+// One block does all the grouping (calls of up to kOneBlockMaxSlots slots). Counting and placing
+// use shared-memory atomics, so the order of an expert's rows is arbitrary; every row's result is
+// independent of its neighbours, so outputs are not.
+constexpr int64_t kOneBlockMaxSlots = 16384;
+__global__ void MoeGroupKernel(Routing routing, int64_t slots, int bm, GroupPlan plan) {
+  __shared__ int cursor[kMaxLocalExperts];
+  __shared__ int first_tile[kMaxLocalExperts + 1];
+  for (int e = threadIdx.x; e < routing.num_local; e += blockDim.x) cursor[e] = 0;
+  __syncthreads();
   for (int64_t slot = threadIdx.x; slot < slots; slot += blockDim.x) {
-    const int e = expert_ids[(slot / top_k) * ids_stride + slot % top_k] - first_expert;
-    if (e >= 0 && e < num_local) plan.sorted_slots[atomicAdd(&cursor[e], 1)] = static_cast<int32_t>(slot);
+    const int e = routing.LocalExpert(slot);
+    if (e >= 0) atomicAdd(&cursor[e], 1);
+  }
+  __syncthreads();
+  LayOutTiles(cursor, first_tile, routing.num_local, bm, plan);
+  for (int64_t slot = threadIdx.x; slot < slots; slot += blockDim.x) {
+    const int e = routing.LocalExpert(slot);
+    if (e >= 0) plan.sorted_slots[atomicAdd(&cursor[e], 1)] = static_cast<int32_t>(slot);
   }
 }
 
-// What the two grouped products share: the A rows are the gathered tokens (gate/up, from the
-// bf16 copy of x) or the grouped hidden rows (down); B is each local expert's [n, k] weight.
-struct GemmArgs {
-  const bf16* a;
-  int64_t a_ld;
-  const bf16* const* b0;  // gate (gate/up) or down, per local expert
-  const bf16* const* b1;  // up (gate/up only)
-  int n;
-  int k;
-  int top_k;
-  GroupPlan plan;
-  bf16* hidden;      // gate/up output: [slots, n] by grouped position
-  float* slot_out;   // down output, row = slot
-  int64_t slot_ld;
-};
+// Larger calls: blocks of kSlotsPerBlock slots count into plan.cursor (zeroed first), one block
+// lays out the tiles, then the blocks place their slots, each reserving its range of every
+// expert's positions with one global atomic.
+constexpr int kGroupThreads = 256;
+constexpr int kSlotsPerBlock = 4096;
+
+// This block's per-expert counts of its slots, in shared memory.
+__device__ void CountBlockSlots(const Routing& routing, int64_t slots, int* count) {
+  for (int e = threadIdx.x; e < routing.num_local; e += blockDim.x) count[e] = 0;
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kSlotsPerBlock;
+  const int64_t end = begin + kSlotsPerBlock < slots ? begin + kSlotsPerBlock : slots;
+  for (int64_t slot = begin + threadIdx.x; slot < end; slot += blockDim.x) {
+    const int e = routing.LocalExpert(slot);
+    if (e >= 0) atomicAdd(&count[e], 1);
+  }
+  __syncthreads();
+}
+
+__global__ void MoeCountKernel(Routing routing, int64_t slots, GroupPlan plan) {
+  __shared__ int count[kMaxLocalExperts];
+  CountBlockSlots(routing, slots, count);
+  for (int e = threadIdx.x; e < routing.num_local; e += blockDim.x) {
+    if (count[e] > 0) atomicAdd(&plan.cursor[e], count[e]);
+  }
+}
+
+__global__ void MoeLayOutKernel(int num_local, int bm, GroupPlan plan) {
+  __shared__ int cursor[kMaxLocalExperts];
+  __shared__ int first_tile[kMaxLocalExperts + 1];
+  for (int e = threadIdx.x; e < num_local; e += blockDim.x) cursor[e] = plan.cursor[e];
+  __syncthreads();
+  LayOutTiles(cursor, first_tile, num_local, bm, plan);
+  for (int e = threadIdx.x; e < num_local; e += blockDim.x) plan.cursor[e] = cursor[e];
+}
+
+__global__ void MoePlaceKernel(Routing routing, int64_t slots, GroupPlan plan) {
+  __shared__ int count[kMaxLocalExperts];
+  __shared__ int next[kMaxLocalExperts];
+  CountBlockSlots(routing, slots, count);
+  for (int e = threadIdx.x; e < routing.num_local; e += blockDim.x) {
+    next[e] = count[e] > 0 ? atomicAdd(&plan.cursor[e], count[e]) : 0;
+  }
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kSlotsPerBlock;
+  const int64_t end = begin + kSlotsPerBlock < slots ? begin + kSlotsPerBlock : slots;
+  for (int64_t slot = begin + threadIdx.x; slot < end; slot += blockDim.x) {
+    const int e = routing.LocalExpert(slot);
+    if (e >= 0) plan.sorted_slots[atomicAdd(&next[e], 1)] = static_cast<int32_t>(slot);
+  }
+}
+
+int LaunchGrouping(const Routing& routing, int64_t slots, int bm, const GroupPlan& plan, cudaStream_t stream) {
+  if (slots <= kOneBlockMaxSlots) {
+    MoeGroupKernel<<<1, 1024, 0, stream>>>(routing, slots, bm, plan);
+    return static_cast<int>(cudaGetLastError());
+  }
+  const unsigned blocks = static_cast<unsigned>((slots + kSlotsPerBlock - 1) / kSlotsPerBlock);
+  const cudaError_t error = cudaMemsetAsync(plan.cursor, 0, routing.num_local * sizeof(int32_t), stream);
+  if (error != cudaSuccess) return static_cast<int>(error);
+  MoeCountKernel<<<blocks, kGroupThreads, 0, stream>>>(routing, slots, plan);
+  MoeLayOutKernel<<<1, 1024, 0, stream>>>(routing.num_local, bm, plan);
+  MoePlaceKernel<<<blocks, kGroupThreads, 0, stream>>>(routing, slots, plan);
+  return static_cast<int>(cudaGetLastError());
+}
 
 // BM rows per tile; warps arranged kWarpsM × (4 / kWarpsM), each with FM × FN 16×16 fragments
 // (per weight matrix). kGateUp: two weights and the SwiGLU epilogue; otherwise one and the scatter.
@@ -259,13 +327,12 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
                               int64_t inner) {
   const int64_t slots = tokens * top_k;
   const int64_t max_tiles = MaxTiles(slots, num_local, 16);
-  return AlignUp((num_local + 1) * sizeof(int32_t)) + AlignUp(slots * sizeof(int32_t)) +
-         2 * AlignUp(max_tiles * sizeof(int32_t)) + AlignUp(sizeof(int32_t)) +
-         AlignUp(tokens * hidden * sizeof(bf16)) + AlignUp(slots * inner * sizeof(bf16));
+  return PlanBytes(num_local, slots, max_tiles) + AlignUp(tokens * hidden * sizeof(bf16)) +
+         AlignUp(slots * inner * sizeof(bf16));
 }
 
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
-                            void* scratch, TensorView slot_out, Stream stream) {
+                            void* scratch, TensorView slot_out, Stream stream, int64_t wide_tiles_min_rows) {
   const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols;
   const int64_t num_local = experts.num_local, inner = experts.inner;
   if (x.dtype != DType::kF32 || expert_ids.dtype != DType::kI32 || slot_out.dtype != DType::kF32) {
@@ -277,24 +344,26 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
   }
   if (tokens == 0) return 0;
   const int64_t slots = tokens * top_k;
-  const int bm = TileRows(slots, num_local);
+  const bool wide = MoeWgmmaBuilt() && slots >= wide_tiles_min_rows * num_local && slot_out.row_stride % 2 == 0 &&
+                    reinterpret_cast<uintptr_t>(slot_out.data) % 8 == 0;
+  const int bm = wide ? kWgmmaTileRows : TileRows(slots, num_local);
   const int64_t max_tiles = MaxTiles(slots, num_local, bm);
   if (slots > 0x7fffffffLL || !FitsGridX(max_tiles) || (hidden + kBN - 1) / kBN > 65535 ||
       (inner + kBN - 1) / kBN > 65535) {
     return kInvalid;
   }
   auto* s = static_cast<cudaStream_t>(stream);
-  GroupPlan plan = CarvePlan(scratch, num_local, slots, MaxTiles(slots, num_local, 16));
-  char* after_plan = reinterpret_cast<char*>(plan.num_tiles) + AlignUp(sizeof(int32_t));
+  const int64_t plan_max_tiles = MaxTiles(slots, num_local, 16);
+  GroupPlan plan = CarvePlan(scratch, num_local, slots, plan_max_tiles);
+  char* after_plan = static_cast<char*>(scratch) + PlanBytes(num_local, slots, plan_max_tiles);
   bf16* x_bf16 = reinterpret_cast<bf16*>(after_plan);
   bf16* hidden_rows = reinterpret_cast<bf16*>(after_plan + AlignUp(tokens * hidden * sizeof(bf16)));
 
   int error = LaunchConvertF32(x, DType::kBF16, x_bf16, stream);
   if (error != 0) return error;
-  MoeGroupKernel<<<1, 1024, 0, s>>>(static_cast<const int32_t*>(expert_ids.data), expert_ids.row_stride,
-                                    static_cast<int>(top_k), tokens, static_cast<int>(experts.first_expert),
-                                    static_cast<int>(num_local), bm, plan);
-  error = static_cast<int>(cudaGetLastError());
+  const Routing routing{static_cast<const int32_t*>(expert_ids.data), expert_ids.row_stride, static_cast<int>(top_k),
+                        static_cast<int>(experts.first_expert), static_cast<int>(num_local)};
+  error = LaunchGrouping(routing, slots, bm, plan, s);
   if (error != 0) return error;
 
   GemmArgs gate_up{x_bf16, hidden, reinterpret_cast<const bf16* const*>(experts.gate),
@@ -303,7 +372,10 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
   GemmArgs down{hidden_rows, inner, reinterpret_cast<const bf16* const*>(experts.down), nullptr,
                 static_cast<int>(hidden), static_cast<int>(inner), static_cast<int>(top_k), plan,
                 nullptr, static_cast<float*>(slot_out.data), slot_out.row_stride};
-  if (bm == 16) {
+  if (wide) {
+    error = LaunchMoeWgmmaGemm(gate_up, true, max_tiles, s);
+    if (error == 0) error = LaunchMoeWgmmaGemm(down, false, max_tiles, s);
+  } else if (bm == 16) {
     error = LaunchGemm<16, 1, true>(gate_up, max_tiles, s);
     if (error == 0) error = LaunchGemm<16, 1, false>(down, max_tiles, s);
   } else {

@@ -827,7 +827,8 @@ TEST_F(CudaVsCpu, SampleRowsDrawWhatTheHostDraws) {
 // Experts and combine for a routing of `t` tokens over `experts` experts (held as two shards, as
 // expert workers would hold them), on every expert kernel of the backend: the decode one for at
 // most 32 slots, the grouped one where the shapes allow (bf16, multiples of 8; tiles of 16 rows
-// for few rows per expert, 64 for many) and the per-expert cuBLAS one.
+// for few rows per expert, 64 for many, on mma.sync; and 128-row tiles on warpgroup products,
+// forced for every shape) and the per-expert cuBLAS one.
 struct MoeCase {
   std::string name;
   int64_t t, experts, k, hidden, inner;
@@ -868,14 +869,19 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
     std::string what;
     MoeExpertsKernel kernel;
     int64_t decode_max_slots;
+    int64_t wide_tiles_min_rows;
   };
-  for (const Kernel& kernel : {Kernel{"decode where few slots, else grouped", MoeExpertsKernel::kGrouped, 32},
-                               Kernel{"grouped", MoeExpertsKernel::kGrouped, 0},
-                               Kernel{"per expert", MoeExpertsKernel::kPerExpert, 0}}) {
+  constexpr int64_t kNever = std::numeric_limits<int32_t>::max();
+  for (const Kernel& kernel :
+       {Kernel{"decode where few slots, else grouped", MoeExpertsKernel::kGrouped, 32, kNever},
+        Kernel{"grouped, mma.sync tiles", MoeExpertsKernel::kGrouped, 0, kNever},
+        Kernel{"grouped, wide warpgroup tiles where built", MoeExpertsKernel::kGrouped, 0, 0},
+        Kernel{"per expert", MoeExpertsKernel::kPerExpert, 0, kNever}}) {
     std::string why;
     CudaBackendOptions options;
     options.moe_experts = kernel.kernel;
     options.moe_decode_max_slots = kernel.decode_max_slots;
+    options.moe_wide_tiles_min_rows = kernel.wide_tiles_min_rows;
     cuda_ = CudaBackend::Create(options, &why);
     ASSERT_NE(cuda_, nullptr) << why;
     const std::string& what = kernel.what;
@@ -912,6 +918,12 @@ std::vector<MoeCase> MoeCases() {
       {"decode_ragged", 13, 32, 4, 264, 40, 2.0},           // k and n tails, uneven experts
       {"prefill_tiles_of_64", 160, 16, 4, 128, 72, 0.0},    // 40 rows per expert: tiles of 64
       {"prefill_ragged", 300, 32, 6, 136, 64, 3.0},
+      // ~128 rows per expert, ragged: full and partial 128-row tiles; k and n tails of the wide
+      // tiles (264 = 4 · 64 + 8 deep, 192 = 128 + 64 and 264 = 256 + 8 wide).
+      {"prefill_wide_tiles", 512, 8, 2, 264, 192, 1.0},
+      // 16,800 slots: grouped by many blocks (counting, laying out, placing) rather than one; about
+      // 250 wide work items per shard and product, so persistent blocks take several in turn.
+      {"prefill_many_slots", 2100, 32, 8, 264, 264, 1.0},
   };
 }
 

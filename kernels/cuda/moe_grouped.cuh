@@ -1,0 +1,47 @@
+// What the grouped expert kernels share (moe_grouped.cu groups the slots by expert and launches
+// the products; moe_grouped_wgmma.cu holds the wide-tile products for Hopper).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace deltaserve::kernels::cuda {
+
+// The grouping: positions [offsets[e], offsets[e + 1]) of sorted_slots hold the slots (t*k + s)
+// routed to local expert e; tile i covers positions [tile_begin[i], +BM) of expert tile_expert[i].
+struct GroupPlan {
+  int32_t* offsets;       // num_local + 1
+  int32_t* cursor;        // num_local: counts, then next free positions while placing
+  int32_t* sorted_slots;  // slots
+  int32_t* tile_expert;   // max_tiles
+  int32_t* tile_begin;    // max_tiles
+  int32_t* num_tiles;     // 1
+};
+
+// What the two grouped products share: the A rows are the gathered tokens (gate/up, from the
+// bf16 copy of x) or the grouped hidden rows (down); B is each local expert's [n, k] weight.
+struct GemmArgs {
+  const __nv_bfloat16* a;
+  int64_t a_ld;
+  const __nv_bfloat16* const* b0;  // gate (gate/up) or down, per local expert
+  const __nv_bfloat16* const* b1;  // up (gate/up only)
+  int n;
+  int k;
+  int top_k;
+  GroupPlan plan;
+  __nv_bfloat16* hidden;  // gate/up output: [slots, n] by grouped position
+  float* slot_out;        // down output, row = slot
+  int64_t slot_ld;
+};
+
+// Rows per tile of the wide-tile products, and whether this build has them (sm_90a).
+constexpr int kWgmmaTileRows = 128;
+bool MoeWgmmaBuilt();
+// The gate/up products with SwiGLU (gate_up) or the down products with the scatter, over a plan
+// grouped in tiles of kWgmmaTileRows rows: tiles of 128 rows × 128 gate and 128 up columns, or ×
+// 256 down columns, on warpgroup products. slot_out rows must be 8-byte aligned (even slot_ld).
+int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, cudaStream_t stream);
+
+}  // namespace deltaserve::kernels::cuda
