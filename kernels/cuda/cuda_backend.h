@@ -50,10 +50,11 @@ struct CudaBackendOptions {
   // where grouping by expert leaves most of the GPU idle). 0: always group.
   int64_t moe_decode_max_slots = 32;
   // Under kGrouped, calls whose slots average at least this many per local expert take 128-row
-  // tiles on Hopper's warpgroup products (builds for sm_90a), fewer take 16- or 64-row tiles on
-  // mma.sync. 0: the wide tiles whenever built. Measured on an H200 at the 48B shape: even at 8
-  // rows per expert, 1.21x faster at 32 (docs/gpu-benchmark.md).
-  int64_t moe_wide_tiles_min_rows = 16;
+  // tiles on Hopper's warpgroup products (sm_90a builds on a compute capability 9.0 GPU), fewer
+  // take 16- or 64-row tiles on mma.sync. 0: the wide tiles wherever they run. Measured on an
+  // H200 at the 48B shape: the wide tiles are ahead from 40 slots over 256 experts (3%) to 32k
+  // tokens (3.1x), docs/gpu-benchmark.md.
+  int64_t moe_wide_tiles_min_rows = 0;
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
   int64_t memory_limit_bytes = 0;

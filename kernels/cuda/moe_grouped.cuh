@@ -36,7 +36,8 @@ struct GemmArgs {
   int64_t slot_ld;
 };
 
-// Rows per tile of the wide-tile products, and whether this build has them (sm_90a).
+// Rows per tile of the wide-tile products, and whether they run here: built (sm_90a) and the
+// current device of compute capability 9.0.
 constexpr int kWgmmaTileRows = 128;
 bool MoeWgmmaBuilt();
 // The gate/up products with SwiGLU (gate_up) or the down products with the scatter, over a plan

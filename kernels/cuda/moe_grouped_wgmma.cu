@@ -198,7 +198,13 @@ __global__ void __launch_bounds__(kThreads, 1) MoeWgmmaGemmKernel(GemmArgs args,
 
 bool MoeWgmmaBuilt() {
 #if defined(DELTASERVE_CUDA_WGMMA)
-  return true;
+  // sm_90a code runs on compute capability 9.0 only (a build that also targets later GPUs
+  // carries the mma.sync kernels for them).
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
 #else
   return false;
 #endif
