@@ -191,10 +191,10 @@ def check_dockerfile(path, lint, kind):
         result("-DDELTASERVE_CUDA=OFF" in builder_runs, f"{label}: CPU build turns CUDA off")
     else:
         result("-DDELTASERVE_CUDA=ON" in builder_runs, f"{label}: CUDA build turns CUDA on")
-        architectures = re.search(r"-DCMAKE_CUDA_ARCHITECTURES=\"?(\$\{?(\w+)|\d+)", builder_runs)
+        architectures = re.search(r"-DCMAKE_CUDA_ARCHITECTURES=\"?(\$\{?(\w+)|\d+a?)", builder_runs)
         arch_value = "" if not architectures else (
             builder_args.get(architectures.group(2), "") if architectures.group(2) else architectures.group(1))
-        result(arch_value == "90", f"{label}: CUDA build targets sm_90", arch_value or "not set")
+        result(arch_value == "90a", f"{label}: CUDA build targets sm_90a", arch_value or "not set")
         result("NVIDIA_VISIBLE_DEVICES" not in env and re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env) is not None,
                f"{label}: sets NVIDIA_DRIVER_CAPABILITIES=compute,... and leaves NVIDIA_VISIBLE_DEVICES to the runtime", env)
         cublas = [p for p in packages if p.startswith("libcublas")]
