@@ -110,6 +110,7 @@ struct CudaBackend::Impl {
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   int64_t moe_decode_max_slots = 0;
   int64_t moe_wide_tiles_min_rows = 0;
+  bool mla_expanded_wgmma = true;
   int64_t skinny_matmul_max_rows = 0;
   bool programmatic_products = false;
   std::unique_ptr<OpProfile> profile;  // DELTASERVE_CUDA_OP_PROFILE=1
@@ -227,6 +228,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->moe_experts = options.moe_experts;
   impl->moe_decode_max_slots = options.moe_decode_max_slots;
   impl->moe_wide_tiles_min_rows = options.moe_wide_tiles_min_rows;
+  impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->programmatic_products = options.programmatic_products;
   impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
@@ -661,6 +663,8 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   // Serving precision attends expanded sequences on tensor cores, over bf16 keys and values laid
   // out per head, a block per 64 rows of one sequence and head.
   const bool expanded_tc = impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcSupports(params, q, out);
+  const bool expanded_wgmma = expanded_tc && impl_->mla_expanded_wgmma && MlaExpandedWgmmaRuns();
+  const int64_t tile_rows = expanded_wgmma ? kMlaExpandedWgmmaRows : kMlaExpandedTcRows;
   std::vector<Tensor> expanded(seqs.size()), keys16(seqs.size()), values16(seqs.size());
   std::vector<const void*> pointers(seqs.size(), nullptr), keys(seqs.size(), nullptr), values(seqs.size(), nullptr);
   std::vector<MlaRowTile> tiles;
@@ -687,7 +691,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     keys[i] = keys16[i].view().data;
     values[i] = values16[i].view().data;
     expanded[i] = Tensor();  // freed in stream order: the conversion above has read it
-    for (int64_t row = 0; row < seqs[i].rows.length; row += kMlaExpandedTcRows) {
+    for (int64_t row = 0; row < seqs[i].rows.length; row += tile_rows) {
       tiles.push_back({static_cast<int32_t>(i), static_cast<int32_t>(row)});
     }
   }
@@ -695,10 +699,11 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     Tensor device_keys = UploadBytes(keys.data(), keys.size() * sizeof(void*));
     Tensor device_values = UploadBytes(values.data(), values.size() * sizeof(void*));
     Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
-    DS_CUDA(LaunchMlaExpandedTc(params, q, device_seqs, static_cast<const void* const*>(device_keys.view().data),
-                                static_cast<const void* const*>(device_values.view().data),
-                                static_cast<const MlaRowTile*>(device_tiles.view().data),
-                                static_cast<int64_t>(tiles.size()), out, impl_->Stream()),
+    DS_CUDA((expanded_wgmma ? LaunchMlaExpandedWgmma : LaunchMlaExpandedTc)(
+                params, q, device_seqs, static_cast<const void* const*>(device_keys.view().data),
+                static_cast<const void* const*>(device_values.view().data),
+                static_cast<const MlaRowTile*>(device_tiles.view().data), static_cast<int64_t>(tiles.size()), out,
+                impl_->Stream()),
             "mla expanded (tensor cores)");
   } else if (any_expanded) {
     Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(void*));

@@ -55,6 +55,9 @@ struct CudaBackendOptions {
   // H200 at the 48B shape: the wide tiles are ahead from 40 slots over 256 experts (3%) to 32k
   // tokens (3.1x), docs/gpu-benchmark.md.
   int64_t moe_wide_tiles_min_rows = 0;
+  // Expanded MLA attention (prefill) on Hopper's warpgroup products where they run (sm_90a builds
+  // on a compute capability 9.0 GPU); false: the mma.sync kernel.
+  bool mla_expanded_wgmma = true;
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
   int64_t memory_limit_bytes = 0;

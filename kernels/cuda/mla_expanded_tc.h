@@ -34,4 +34,14 @@ int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence
                         const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,
                         int64_t num_tiles, TensorView out, Stream stream);
 
+// The same attention on Hopper's warpgroup products (mla_expanded_wgmma.cu) where it runs: built
+// for sm_90a and the current device of compute capability 9.0. Its tiles are
+// kMlaExpandedWgmmaRows rows; otherwise the same arguments, and results up to the order of fp32
+// additions.
+inline constexpr int64_t kMlaExpandedWgmmaRows = 128;
+bool MlaExpandedWgmmaRuns();
+int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
+                           const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,
+                           int64_t num_tiles, TensorView out, Stream stream);
+
 }  // namespace deltaserve::kernels::cuda

@@ -30,6 +30,18 @@ __device__ __forceinline__ uint64_t SwizzledTileDescriptor(uint32_t address) {
   return descriptor;
 }
 
+// The descriptor of a 128-byte-swizzled MN-major tile (B of a product whose reduction runs down
+// the stored rows, e.g. values [keys, columns]): 64 columns per 128-byte row, 8-row groups of k
+// 1024 bytes apart, each further 64 columns `column_block_bytes` on. 1024-byte aligned; add 2048
+// bytes per 16 rows of k to step along k.
+__device__ __forceinline__ uint64_t SwizzledMnMajorDescriptor(uint32_t address, uint32_t column_block_bytes) {
+  uint64_t descriptor = (address & 0x3FFFF) >> 4;
+  descriptor |= uint64_t{(column_block_bytes >> 4) & 0x3FFF} << 16;
+  descriptor |= uint64_t{1024 >> 4} << 32;
+  descriptor |= uint64_t{1} << 62;
+  return descriptor;
+}
+
 __device__ __forceinline__ void FenceProxyAsyncShared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
@@ -99,6 +111,59 @@ __device__ __forceinline__ void WgmmaM64N256K16(float (&d)[128], uint64_t a, uin
       : "l"(a), "l"(b), "r"(1));
 #else
   __trap();  // not built for sm_90a: hosts check DELTASERVE_CUDA_WGMMA before launching
+#endif
+}
+
+// d[64 x 64] += A[64 x 16] · B[64 x 16]ᵀ, both K-major in shared memory (layout as above, n8
+// blocks j = 0..7).
+__device__ __forceinline__ void WgmmaM64N64K16(float (&d)[32], uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred accumulate;\n"
+      "setp.ne.b32 accumulate, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, accumulate, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+#else
+  __trap();
+#endif
+}
+
+// d[64 x 128] += A[64 x 16] · B[16 x 128]: A from registers in the accumulator's layout (a[0]:
+// row lane / 4, columns 2 (lane % 4) + {0, 1}; a[1]: eight rows below; a[2], a[3]: the same 8
+// columns on), B MN-major in shared memory (rows of k, see SwizzledMnMajorDescriptor).
+__device__ __forceinline__ void WgmmaM64N128K16RegisterA(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred accumulate;\n"
+      "setp.ne.b32 accumulate, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, accumulate, 1, 1, 1;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+#else
+  __trap();
 #endif
 }
 

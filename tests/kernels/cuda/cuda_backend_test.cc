@@ -579,12 +579,20 @@ class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> 
 // and probabilities, so agreement to ~1e-2 of the output scale) and fp32 validation (the CUDA-core
 // kernel, 1e-4). The expanded form rounds the latent to bf16 for its key/value product at serving
 // precision too.
+// At serving precision the expanded rows run on both tensor-core kernels (warpgroup products where
+// they run, and mma.sync).
 TEST_P(CudaMla, MatchesTheCpu) {
-  for (const MatmulPrecision precision : {MatmulPrecision::kHalf, MatmulPrecision::kF32}) {
+  struct Run {
+    MatmulPrecision precision;
+    bool expanded_wgmma;
+  };
+  for (const Run run : {Run{MatmulPrecision::kHalf, true}, Run{MatmulPrecision::kHalf, false},
+                        Run{MatmulPrecision::kF32, true}}) {
     std::string why;
-    cuda_ = CudaBackend::Create({.matmul_precision = precision}, &why);
+    cuda_ = CudaBackend::Create({.matmul_precision = run.precision, .mla_expanded_wgmma = run.expanded_wgmma}, &why);
     ASSERT_NE(cuda_, nullptr) << why;
-    CompareMla(GetParam(), precision);
+    SCOPED_TRACE(run.expanded_wgmma ? "expanded on warpgroup products where they run" : "expanded on mma.sync");
+    CompareMla(GetParam(), run.precision);
   }
 }
 
@@ -654,7 +662,8 @@ std::vector<MlaCase> MlaCases() {
       {"small_absorbed", small, {0, 5, 70}, {20, 1, 3}, {a, a, a}, 16},
       // Continuous batching: prefill pieces (expanded) beside decode rows (absorbed).
       {"kimi_mixed", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 64},
-      // Prefill pieces of several 64-row blocks, the last one partial (expanded on tensor cores).
+      // Prefill pieces of several 64- or 128-row blocks, the last one partial (expanded on tensor
+      // cores), the first one's 450 keys past the warpgroup kernel's ring of 4 tiles twice.
       {"kimi_prefill_long", kimi, {300, 0, 5}, {150, 70, 1}, {e, e, a}, 64},
       // Pages the tensor-core kernel does not take (not a multiple of kMlaTensorCorePageRows).
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},

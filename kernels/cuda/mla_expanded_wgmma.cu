@@ -1,0 +1,304 @@
+// Expanded MLA attention (prefill) on Hopper's warpgroup products (wgmma, sm_90a), the same work
+// as mla_expanded_tc.cu's mma.sync kernel over the same bf16 head-major keys and values. A block
+// holds 128 query rows of one head: a producer warpgroup copies the causal key tiles (64 keys: K
+// and V) by cp.async into a ring of 4 shared stages in the 128-byte swizzle, each stage's landing
+// counted on its `full` mbarrier; two consumer warpgroups of 64 rows each (Q in shared memory)
+// compute scores S = Q·Kᵀ from shared memory and O += P·V with the probabilities as register
+// operands and V read MN-major. Each consumer issues the next tile's scores beside the current
+// tile's P·V and runs the next softmax while that product runs (flash attention 3's in-warpgroup
+// overlap), then releases the stage on its `empty` mbarrier.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_expanded_tc.h"
+#include "kernels/cuda/mma_tiles.cuh"
+#include "kernels/cuda/wgmma.cuh"
+
+namespace deltaserve::kernels::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kConsumerThreads = 256;  // warpgroups 0 and 1: 64 query rows each
+constexpr int kProducerThreads = 128;  // warpgroup 2
+constexpr int kThreads = kConsumerThreads + kProducerThreads;
+constexpr int kRows = static_cast<int>(kMlaExpandedWgmmaRows);
+static_assert(kRows == 128, "two warpgroups of m64 products");
+constexpr int kKeys = 64;  // keys per tile
+constexpr int kNope = 128, kRope = 64, kQk = kNope + kRope, kV = 128;
+// Swizzled tiles: 64 bf16 (128 bytes) per row, a block of 64 rows is 8 KiB.
+constexpr uint32_t kBlockBytes = 64 * 128;
+constexpr uint32_t kQGroupBytes = (kQk / 64) * kBlockBytes;  // a warpgroup's 64 rows of Q
+constexpr uint32_t kKBytes = (kQk / 64) * kBlockBytes;       // K: 3 column blocks of 64 keys
+constexpr uint32_t kVBytes = (kV / 64) * kBlockBytes;        // V: 2 column blocks of 64 keys
+constexpr uint32_t kStageBytes = kKBytes + kVBytes;
+constexpr int kStages = 4;
+constexpr size_t kSharedBytes = 2 * kQGroupBytes + kStages * kStageBytes + 2 * kStages * sizeof(uint64_t) + 1024;
+
+struct Args {
+  TensorView q, out;
+  const MlaSequence* seqs;
+  const void* const* keys_all;
+  const void* const* values_all;
+  const MlaRowTile* tiles;
+  float scale_log2;  // softmax scale · log2(e)
+};
+
+// Byte offset of 16-byte piece `piece` of row `row` in a tile of 64-column swizzled blocks.
+__device__ __forceinline__ uint32_t PieceOffset(int row, int piece) {
+  return (piece / 8) * kBlockBytes + SwizzledChunkOffset(row, piece % 8);
+}
+
+__device__ __forceinline__ void SyncGroup(int group) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(128) : "memory");
+}
+
+// Producer thread p: key tiles 0 .. tiles - 1 into the ring, keys past max_key zero-filled.
+__device__ __forceinline__ void Produce(const bf16* keys, const bf16* values, int64_t tiles, int64_t max_key,
+                                        unsigned char* stages, uint64_t* full, uint64_t* empty) {
+  constexpr int kKeyPieces = kQk / 8, kValuePieces = kV / 8;
+  const int p = threadIdx.x - kConsumerThreads;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int stage = static_cast<int>(t % kStages);
+    WaitBarrier(&empty[stage], static_cast<unsigned>((t / kStages) & 1) ^ 1u);
+    unsigned char* k_tile = stages + stage * kStageBytes;
+    for (int i = p; i < kKeys * (kKeyPieces + kValuePieces); i += kProducerThreads) {
+      const int key = i / (kKeyPieces + kValuePieces), piece = i % (kKeyPieces + kValuePieces);
+      const int64_t j = t * kKeys + key;
+      const bool valid = j <= max_key;
+      const int64_t jj = valid ? j : 0;
+      if (piece < kKeyPieces) {
+        CopyAsync16(k_tile + PieceOffset(key, piece), keys + jj * kQk + 8 * piece, valid);
+      } else {
+        const int v = piece - kKeyPieces;
+        CopyAsync16(k_tile + kKBytes + PieceOffset(key, v), values + jj * kV + 8 * v, valid);
+      }
+    }
+    ArriveWhenCopiesLand(&full[stage]);
+  }
+}
+
+// The scores of one tile in the log2 domain with the causal mask, then this lane's rows' new
+// maxima, the factor alpha for what was accumulated before, and the probabilities (in place).
+// Element i of 16-key group kt: the mma.sync accumulator layout (AccRow, AccCol).
+__device__ __forceinline__ void Softmax(float (&s)[kKeys / 2], int64_t j0, const int64_t (&pos)[2], float scale_log2,
+                                        int lane, float (&m)[2], float (&l)[2], float (&alpha)[2]) {
+  float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int half = (i >> 1) & 1;
+      const int64_t key = j0 + 16 * kt + AccCol(i, lane);
+      float& x = s[8 * kt + i];
+      x = key <= pos[half] ? x * scale_log2 : -INFINITY;
+      tile_max[half] = fmaxf(tile_max[half], x);
+    }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float mx = tile_max[half];
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[half], mx);
+    alpha[half] = m_new == -INFINITY ? 1.0f : exp2f(m[half] - m_new);
+    m[half] = m_new;
+  }
+  float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) {
+    const int half = (i >> 1) & 1;
+    const float e = s[i] == -INFINITY ? 0.0f : exp2f(s[i] - m[half]);
+    s[i] = e;
+    sum[half] += e;
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half) l[half] = l[half] * alpha[half] + sum[half];
+}
+
+// The probabilities as A operands of P·V: the score accumulator's layout is the A operand's
+// (rows g / g + 8, keys 2tq.. / 8 + 2tq..).
+__device__ __forceinline__ void PackProbabilities(const float (&s)[kKeys / 2], uint32_t (&pa)[kKeys / 16][4]) {
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) pa[kt][r] = PackBf16(s[8 * kt + 2 * r], s[8 * kt + 2 * r + 1]);
+}
+
+__device__ __forceinline__ void IssueScores(float (&s)[kKeys / 2], uint32_t q_address, uint32_t k_address) {
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; ++i) s[i] = 0.0f;
+  WgmmaFence();
+#pragma unroll
+  for (int kk = 0; kk < kQk / 16; ++kk) {
+    const uint32_t within = (kk / 4) * kBlockBytes + (kk % 4) * 32;
+    WgmmaM64N64K16(s, SwizzledTileDescriptor(q_address + within), SwizzledTileDescriptor(k_address + within));
+  }
+  WgmmaCommit();
+}
+
+__device__ __forceinline__ void IssueValues(float (&o)[kV / 2], const uint32_t (&pa)[kKeys / 16][4],
+                                            uint32_t v_address) {
+  WgmmaFence();
+#pragma unroll
+  for (int kt = 0; kt < kKeys / 16; ++kt) {
+    WgmmaM64N128K16RegisterA(o, pa[kt], SwizzledMnMajorDescriptor(v_address + kt * 16 * 128, kBlockBytes));
+  }
+  WgmmaCommit();
+}
+
+__device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_t pos0, int rows, int h,
+                                        int64_t tiles, unsigned char* q_tiles, uint32_t base_address,
+                                        uint32_t stages_address, uint64_t* full, uint64_t* empty) {
+  const int group = threadIdx.x / 128;
+  const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
+  // This warpgroup's 64 rows of Q, rounded to bf16, into its swizzled tile.
+  unsigned char* q_tile = q_tiles + group * kQGroupBytes;
+  const int group_row0 = 64 * group;
+  for (int i = threadIdx.x % 128; i < 64 * kQk / 8; i += 128) {
+    const int r = i / (kQk / 8), piece = i % (kQk / 8);
+    float4 lo = make_float4(0.0f, 0.0f, 0.0f, 0.0f), hi = lo;
+    if (group_row0 + r < rows) {
+      const float4* src =
+          reinterpret_cast<const float4*>(RowF32(a.q, first_row + group_row0 + r) + h * kQk + 8 * piece);
+      lo = __ldg(src);
+      hi = __ldg(src + 1);
+    }
+    *reinterpret_cast<uint4*>(q_tile + PieceOffset(r, piece)) =
+        make_uint4(PackBf16(lo.x, lo.y), PackBf16(lo.z, lo.w), PackBf16(hi.x, hi.y), PackBf16(hi.z, hi.w));
+  }
+  FenceProxyAsyncShared();  // Q's stores, visible to the products
+  SyncGroup(group);
+  const uint32_t q_address = base_address + group * kQGroupBytes;
+
+  float o[kV / 2];  // 64 x 128 accumulator: n8 block j at o[4j ..]
+#pragma unroll
+  for (int i = 0; i < kV / 2; ++i) o[i] = 0.0f;
+  // This lane's two rows (half 0: row g, half 1: row g + 8 of the warp's 16); -1: no query.
+  const int row_lo = group_row0 + 16 * warp + (lane >> 2);
+  const int64_t pos[2] = {row_lo < rows ? pos0 + row_lo : -1, row_lo + 8 < rows ? pos0 + row_lo + 8 : -1};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+  float s[kKeys / 2];  // 64 x 64 scores, then probabilities: n8 block j at s[4j ..]
+  uint32_t pa[kKeys / 16][4];
+
+  WaitBarrier(&full[0], 0);
+  FenceProxyAsyncShared();
+  IssueScores(s, q_address, stages_address);
+  WgmmaWait<0>();
+  PinAccumulators(s);
+  Softmax(s, 0, pos, a.scale_log2, lane, m, l, alpha);
+  PackProbabilities(s, pa);
+  for (int64_t t = 1; t < tiles; ++t) {
+    const int stage = static_cast<int>(t % kStages), previous = static_cast<int>((t - 1) % kStages);
+    WaitBarrier(&full[stage], static_cast<unsigned>((t / kStages) & 1));
+    FenceProxyAsyncShared();
+    IssueScores(s, q_address, stages_address + stage * kStageBytes);
+    IssueValues(o, pa, stages_address + previous * kStageBytes + kKBytes);
+    WgmmaWait<1>();  // the scores are in; P·V of the tile before may still run
+    PinAccumulators(s);
+    Softmax(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
+    WgmmaWait<0>();
+    PinAccumulators(o);
+    ArriveBarrier(&empty[previous]);
+    PackProbabilities(s, pa);
+#pragma unroll
+    for (int i = 0; i < kV / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+  }
+  const int last = static_cast<int>((tiles - 1) % kStages);
+  IssueValues(o, pa, stages_address + last * kStageBytes + kKBytes);
+  WgmmaWait<0>();
+  PinAccumulators(o);
+  ArriveBarrier(&empty[last]);
+
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
+  }
+#pragma unroll
+  for (int j = 0; j < kV / 8; ++j)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = row_lo + 8 * half;
+      if (r >= rows) continue;
+      float* dst = RowF32(a.out, first_row + r) + h * kV + 8 * j + 2 * (lane & 3);
+      *reinterpret_cast<float2*>(dst) = make_float2(o[4 * j + 2 * half] / l[half], o[4 * j + 2 * half + 1] / l[half]);
+    }
+}
+
+// Grid: (tiles, heads).
+__global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(Args a) {
+  extern __shared__ unsigned char raw[];
+  const uint32_t raw_address = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  const uint32_t base_address = (raw_address + 1023) & ~1023u;
+  unsigned char* q_tiles = raw + (base_address - raw_address);
+  unsigned char* stages = q_tiles + 2 * kQGroupBytes;
+  const uint32_t stages_address = base_address + 2 * kQGroupBytes;
+  auto* full = reinterpret_cast<uint64_t*>(stages + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      InitBarrier(&full[s], kProducerThreads);   // every producer thread, as its copies land
+      InitBarrier(&empty[s], kConsumerThreads);  // every consumer thread, its products done
+    }
+  }
+  __syncthreads();
+
+  const MlaRowTile tile = a.tiles[blockIdx.x];
+  const int h = blockIdx.y;
+  const MlaSequence seq = a.seqs[tile.seq];
+  const int rows = static_cast<int>(seq.rows.length - tile.row < kRows ? seq.rows.length - tile.row : kRows);
+  const int64_t first_row = seq.rows.begin + tile.row;  // packed row of the block's first query
+  const int64_t pos0 = seq.num_cached + tile.row;       // its position
+  const int64_t max_key = pos0 + rows - 1;
+  const int64_t tiles = max_key / kKeys + 1;
+  if (threadIdx.x >= kConsumerThreads) {
+    const int64_t length = seq.num_cached + seq.rows.length;
+    const bf16* keys = static_cast<const bf16*>(a.keys_all[tile.seq]) + static_cast<int64_t>(h) * length * kQk;
+    const bf16* values = static_cast<const bf16*>(a.values_all[tile.seq]) + static_cast<int64_t>(h) * length * kV;
+    Produce(keys, values, tiles, max_key, stages, full, empty);
+  } else {
+    Consume(a, first_row, pos0, rows, h, tiles, q_tiles, base_address, stages_address, full, empty);
+  }
+}
+
+}  // namespace
+
+bool MlaExpandedWgmmaRuns() {
+#if defined(DELTASERVE_CUDA_WGMMA)
+  // sm_90a code runs on compute capability 9.0 only.
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
+#else
+  return false;
+#endif
+}
+
+int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
+                           const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,
+                           int64_t num_tiles, TensorView out, Stream stream) {
+  const int64_t heads = params.num_heads;
+  if (!MlaExpandedWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
+  if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
+      out.rows != q.rows) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (num_tiles == 0) return 0;
+  if (seqs == nullptr || keys_all == nullptr || values_all == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  const cudaError_t error = cudaFuncSetAttribute(MlaExpandedWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(kSharedBytes));
+  if (error != cudaSuccess) return static_cast<int>(error);
+  const Args args{q, out, seqs, keys_all, values_all, tiles, params.scale * 1.4426950408889634f};
+  MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
+                           kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace deltaserve::kernels::cuda
