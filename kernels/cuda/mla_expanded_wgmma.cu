@@ -266,18 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(Args a) {
 
 }  // namespace
 
-bool MlaExpandedWgmmaRuns() {
-#if defined(DELTASERVE_CUDA_WGMMA)
-  // sm_90a code runs on compute capability 9.0 only.
-  int device = 0, major = 0, minor = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
-         minor == 0;
-#else
-  return false;
-#endif
-}
+bool MlaExpandedWgmmaRuns() { return WgmmaRuns(); }
 
 int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
                            const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,

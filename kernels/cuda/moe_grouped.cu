@@ -345,7 +345,7 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
   if (tokens == 0) return 0;
   const int64_t slots = tokens * top_k;
   const bool wide = slots >= wide_tiles_min_rows * num_local && slot_out.row_stride % 2 == 0 &&
-                    reinterpret_cast<uintptr_t>(slot_out.data) % 8 == 0 && MoeWgmmaBuilt();
+                    reinterpret_cast<uintptr_t>(slot_out.data) % 8 == 0 && MoeWgmmaRuns();
   const int bm = wide ? kWgmmaTileRows : TileRows(slots, num_local);
   const int64_t max_tiles = MaxTiles(slots, num_local, bm);
   if (slots > 0x7fffffffLL || !FitsGridX(max_tiles) || (hidden + kBN - 1) / kBN > 65535 ||

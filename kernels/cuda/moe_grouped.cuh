@@ -39,7 +39,7 @@ struct GemmArgs {
 // Rows per tile of the wide-tile products, and whether they run here: built (sm_90a) and the
 // current device of compute capability 9.0.
 constexpr int kWgmmaTileRows = 128;
-bool MoeWgmmaBuilt();
+bool MoeWgmmaRuns();
 // The gate/up products with SwiGLU (gate_up) or the down products with the scatter, over a plan
 // grouped in tiles of kWgmmaTileRows rows: tiles of 128 rows × 128 gate and 128 up columns, or ×
 // 256 down columns, on warpgroup products. slot_out rows must be 8-byte aligned (even slot_ld).

@@ -196,22 +196,10 @@ __global__ void __launch_bounds__(kThreads, 1) MoeWgmmaGemmKernel(GemmArgs args,
 
 }  // namespace
 
-bool MoeWgmmaBuilt() {
-#if defined(DELTASERVE_CUDA_WGMMA)
-  // sm_90a code runs on compute capability 9.0 only (a build that also targets later GPUs
-  // carries the mma.sync kernels for them).
-  int device = 0, major = 0, minor = 0;
-  return cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
-         minor == 0;
-#else
-  return false;
-#endif
-}
+bool MoeWgmmaRuns() { return WgmmaRuns(); }
 
 int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, cudaStream_t stream) {
-  if (!MoeWgmmaBuilt()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
+  if (!MoeWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   const int columns = gate_up ? kWeightRows / 2 : kWeightRows;
   const int64_t col_tiles = (args.n + columns - 1) / columns;
   if (!FitsGridX(max_tiles * col_tiles)) return static_cast<int>(cudaErrorInvalidValue);

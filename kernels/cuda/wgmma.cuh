@@ -10,9 +10,25 @@
 // barrier before a product reads it.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 namespace deltaserve::kernels::cuda {
+
+// Whether kernels built on these run here: the build targets sm_90a (DELTASERVE_CUDA_WGMMA) and
+// the current device is of compute capability 9.0 (sm_90a code runs there only).
+inline bool WgmmaRuns() {
+#if defined(DELTASERVE_CUDA_WGMMA)
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
+#else
+  return false;
+#endif
+}
 
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled tile.
 __device__ __forceinline__ uint32_t SwizzledChunkOffset(int row, int chunk) {
