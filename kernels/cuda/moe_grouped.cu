@@ -4,8 +4,8 @@
 // with SwiGLU, and one its down products, scattering rows into slot_out. Here: tiles of BM = 16
 // or 64 grouped rows × 64 output columns, bf16 tensor cores (ldmatrix + mma.sync, mma_tiles.cuh)
 // with fp32 accumulation, operands streamed through shared memory by a 3-stage cp.async
-// pipeline; where experts average many rows, 128-row tiles on warpgroup products instead
-// (moe_grouped_wgmma.cu). The grid covers an upper bound of the tile count; blocks past the real
+// pipeline; where the warpgroup products run (sm_90a, and by default), 128-row tiles on them
+// instead (moe_grouped_wgmma.cu). The grid covers an upper bound of the tile count; blocks past the real
 // count (known only on the device) return at once.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
