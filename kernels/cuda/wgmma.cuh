@@ -1,13 +1,15 @@
 // Hopper warpgroup matrix products (wgmma, sm_90a): four consecutive warps, starting at a warp
 // index divisible by 4, multiply bf16 tiles that sit in shared memory (read through descriptors,
-// by the async proxy) into fp32 accumulators in their registers, asynchronously: issue a batch
-// (WgmmaFence first, then products), commit it as a group, wait until at most N groups remain.
+// by the async proxy; A may come from registers instead) into fp32 accumulators in their
+// registers, asynchronously: issue a batch (WgmmaFence first, then products), commit it as a
+// group, wait until at most N groups remain.
 //
-// Tiles here are K-major (rows of the reduction dimension, as an [m, k] activation and an [n, k]
-// weight are stored) in the 128-byte swizzle: rows of 64 bf16, 16-byte chunk c of row r stored at
-// chunk c ^ (r % 8), each tile 1024-byte aligned. Shared memory written by ordinary stores or
-// cp.async needs FenceProxyAsyncShared in each writing thread (after its copies land) and a
-// barrier before a product reads it.
+// Shared tiles use the 128-byte swizzle: rows of 64 bf16, 16-byte chunk c of row r stored at
+// chunk c ^ (r % 8), each tile 1024-byte aligned. K-major tiles hold rows along the reduction
+// dimension (as an [m, k] activation and an [n, k] weight are stored); MN-major ones, for a B read
+// down its stored rows ([k, n], e.g. attention values), rows along n. Shared memory written by
+// ordinary stores or cp.async needs FenceProxyAsyncShared in each writing thread (after its copies
+// land) and a barrier before a product reads it.
 #pragma once
 
 #include <cuda_runtime.h>
