@@ -231,9 +231,8 @@ __device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_
 // Grid: (tiles, heads).
 __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(Args a) {
   extern __shared__ unsigned char raw[];
-  const uint32_t raw_address = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
-  const uint32_t base_address = (raw_address + 1023) & ~1023u;
-  unsigned char* q_tiles = raw + (base_address - raw_address);
+  uint32_t base_address;
+  unsigned char* q_tiles = SwizzleAlignedShared(raw, base_address);
   unsigned char* stages = q_tiles + 2 * kQGroupBytes;
   const uint32_t stages_address = base_address + 2 * kQGroupBytes;
   auto* full = reinterpret_cast<uint64_t*>(stages + kStages * kStageBytes);

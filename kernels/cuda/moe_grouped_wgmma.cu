@@ -171,10 +171,8 @@ __device__ __forceinline__ void Consume(const GemmArgs& args, int items, int col
 template <bool kGateUp>
 __global__ void __launch_bounds__(kThreads, 1) MoeWgmmaGemmKernel(GemmArgs args, int col_tiles) {
   extern __shared__ unsigned char shared_raw[];
-  // Swizzled tiles need 1024-byte alignment of the shared address itself.
-  const uint32_t raw_address = static_cast<uint32_t>(__cvta_generic_to_shared(shared_raw));
-  const uint32_t base_address = (raw_address + 1023) & ~1023u;
-  unsigned char* base = shared_raw + (base_address - raw_address);
+  uint32_t base_address;
+  unsigned char* base = SwizzleAlignedShared(shared_raw, base_address);
   auto* full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
   if (threadIdx.x == 0) {

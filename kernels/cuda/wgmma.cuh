@@ -32,6 +32,15 @@ inline bool WgmmaRuns() {
 #endif
 }
 
+// Dynamic shared memory from its first 1024-byte-aligned shared address (swizzled tiles need the
+// alignment of the shared address itself, so a kernel reserves 1024 bytes more than it uses):
+// the generic pointer, and the shared address in `address`.
+__device__ __forceinline__ unsigned char* SwizzleAlignedShared(unsigned char* raw, uint32_t& address) {
+  const uint32_t raw_address = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
+  address = (raw_address + 1023) & ~1023u;
+  return raw + (address - raw_address);
+}
+
 // Byte offset of 16-byte chunk `chunk` (0..7) of row `row` in a 128-byte-swizzled tile.
 __device__ __forceinline__ uint32_t SwizzledChunkOffset(int row, int chunk) {
   return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
