@@ -43,6 +43,9 @@ TEST(SamplingParamsTest, RejectsEachBadFieldAndNamesIt) {
       {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = 0.0f; }, "got 0"},
       {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = -1.0f; }, "-1"},
       {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = kInf; }, "inf"},
+      // Below 1e-6 a penalised logit of a sane model could overflow (kMinRepetitionPenalty).
+      {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = 9e-7f; }, "at least 1e-06"},
+      {"repetition_penalty", [](SamplingParams& p) { p.repetition_penalty = 1e-38f; }, "1e-38"},
       {"frequency_penalty", [](SamplingParams& p) { p.frequency_penalty = 2.5f; }, "2.5"},
       {"frequency_penalty", [](SamplingParams& p) { p.frequency_penalty = -kInf; }, "-inf"},
       {"presence_penalty", [](SamplingParams& p) { p.presence_penalty = -2.25f; }, "-2.25"},
