@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_softmax.cuh"
 #include "kernels/cuda/mma_tiles.cuh"
 
 namespace deltaserve::kernels::cuda {
@@ -167,40 +168,12 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(Args a) {
         MmaTile(p[kt], qa[ks], b);
       }
     }
-    float tile_max[2] = {-INFINITY, -INFINITY};
+    float s[kKeys / 2], alpha[2];
 #pragma unroll
-    for (int kt = 0; kt < kKeys / 16; ++kt)
+    for (int i = 0; i < kKeys / 2; ++i) s[i] = p[i / 8].x[i % 8];
+    OnlineSoftmaxTile<kKeys>(s, j0, pos, a.scale_log2, lane, m, l, alpha);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int half = (i >> 1) & 1;
-        const int64_t key = j0 + 16 * kt + AccCol(i, lane);
-        const float x = key <= pos[half] ? p[kt].x[i] * a.scale_log2 : -INFINITY;
-        p[kt].x[i] = x;
-        tile_max[half] = fmaxf(tile_max[half], x);
-      }
-    float alpha[2];
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float mx = tile_max[half];
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[half], mx);
-      alpha[half] = m_new == -INFINITY ? 1.0f : exp2f(m[half] - m_new);
-      m[half] = m_new;
-    }
-    float sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int kt = 0; kt < kKeys / 16; ++kt)
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int half = (i >> 1) & 1;
-        const float x = p[kt].x[i];
-        const float e = x == -INFINITY ? 0.0f : exp2f(x - m[half]);
-        p[kt].x[i] = e;
-        sum[half] += e;
-      }
-#pragma unroll
-    for (int half = 0; half < 2; ++half) l[half] = l[half] * alpha[half] + sum[half];
+    for (int i = 0; i < kKeys / 2; ++i) p[i / 8].x[i % 8] = s[i];
 #pragma unroll
     for (int vt = 0; vt < kV / 16; ++vt)
 #pragma unroll

@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_expanded_tc.h"
+#include "kernels/cuda/mla_softmax.cuh"
 #include "kernels/cuda/mma_tiles.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -79,43 +80,6 @@ __device__ __forceinline__ void Produce(const bf16* keys, const bf16* values, in
     }
     ArriveWhenCopiesLand(&full[stage]);
   }
-}
-
-// The scores of one tile in the log2 domain with the causal mask, then this lane's rows' new
-// maxima, the factor alpha for what was accumulated before, and the probabilities (in place).
-// Element i of 16-key group kt: the mma.sync accumulator layout (AccRow, AccCol).
-__device__ __forceinline__ void Softmax(float (&s)[kKeys / 2], int64_t j0, const int64_t (&pos)[2], float scale_log2,
-                                        int lane, float (&m)[2], float (&l)[2], float (&alpha)[2]) {
-  float tile_max[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-  for (int kt = 0; kt < kKeys / 16; ++kt)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int half = (i >> 1) & 1;
-      const int64_t key = j0 + 16 * kt + AccCol(i, lane);
-      float& x = s[8 * kt + i];
-      x = key <= pos[half] ? x * scale_log2 : -INFINITY;
-      tile_max[half] = fmaxf(tile_max[half], x);
-    }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float mx = tile_max[half];
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m[half], mx);
-    alpha[half] = m_new == -INFINITY ? 1.0f : exp2f(m[half] - m_new);
-    m[half] = m_new;
-  }
-  float sum[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int i = 0; i < kKeys / 2; ++i) {
-    const int half = (i >> 1) & 1;
-    const float e = s[i] == -INFINITY ? 0.0f : exp2f(s[i] - m[half]);
-    s[i] = e;
-    sum[half] += e;
-  }
-#pragma unroll
-  for (int half = 0; half < 2; ++half) l[half] = l[half] * alpha[half] + sum[half];
 }
 
 // The probabilities as A operands of P·V: the score accumulator's layout is the A operand's
@@ -188,7 +152,7 @@ __device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_
   IssueScores(s, q_address, stages_address);
   WgmmaWait<0>();
   PinAccumulators(s);
-  Softmax(s, 0, pos, a.scale_log2, lane, m, l, alpha);
+  OnlineSoftmaxTile<kKeys>(s, 0, pos, a.scale_log2, lane, m, l, alpha);
   PackProbabilities(s, pa);
   for (int64_t t = 1; t < tiles; ++t) {
     const int stage = static_cast<int>(t % kStages), previous = static_cast<int>((t - 1) % kStages);
@@ -198,7 +162,7 @@ __device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_
     IssueValues(o, pa, stages_address + previous * kStageBytes + kKBytes);
     WgmmaWait<1>();  // the scores are in; P·V of the tile before may still run
     PinAccumulators(s);
-    Softmax(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
+    OnlineSoftmaxTile<kKeys>(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
     WgmmaWait<0>();
     PinAccumulators(o);
     ArriveBarrier(&empty[previous]);
