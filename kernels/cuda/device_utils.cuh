@@ -230,6 +230,19 @@ __device__ __forceinline__ void BulkCopyToShared(void* shared, const void* globa
       "l"(global), "r"(bytes), "r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
       : "memory");
 }
+// A ring of `stages` stage barriers set up by thread 0, then the block's barrier: full[s]
+// completes once each of `producers` threads has seen its copies into stage s land, empty[s] once
+// each of `consumers` threads is done with it.
+__device__ __forceinline__ void InitStageRing(uint64_t* full, uint64_t* empty, int stages, unsigned producers,
+                                              unsigned consumers) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      InitBarrier(&full[s], producers);
+      InitBarrier(&empty[s], consumers);
+    }
+  }
+  __syncthreads();
+}
 __device__ __forceinline__ void WaitBarrier(uint64_t* barrier, unsigned parity) {
   const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(barrier));
   unsigned done = 0;

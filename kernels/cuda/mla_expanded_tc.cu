@@ -196,11 +196,7 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(Args a) {
     }
   }
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
-    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
-  }
+  SumRowsOverQuad(l);
 #pragma unroll
   for (int vt = 0; vt < kV / 16; ++vt)
 #pragma unroll

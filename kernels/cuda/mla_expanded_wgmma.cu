@@ -176,11 +176,7 @@ __device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_
   PinAccumulators(o);
   ArriveBarrier(&empty[last]);
 
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
-    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
-  }
+  SumRowsOverQuad(l);
 #pragma unroll
   for (int j = 0; j < kV / 8; ++j)
 #pragma unroll
@@ -201,13 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(Args a) {
   const uint32_t stages_address = base_address + 2 * kQGroupBytes;
   auto* full = reinterpret_cast<uint64_t*>(stages + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      InitBarrier(&full[s], kProducerThreads);   // every producer thread, as its copies land
-      InitBarrier(&empty[s], kConsumerThreads);  // every consumer thread, its products done
-    }
-  }
-  __syncthreads();
+  InitStageRing(full, empty, kStages, kProducerThreads, kConsumerThreads);
 
   const MlaRowTile tile = a.tiles[blockIdx.x];
   const int h = blockIdx.y;

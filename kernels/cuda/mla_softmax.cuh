@@ -1,4 +1,4 @@
-// One key tile's step of the online softmax in the expanded MLA attention kernels
+// The online softmax steps of the expanded MLA attention kernels
 // (mla_expanded_tc.cu on mma.sync, mla_expanded_wgmma.cu on warpgroup products): both hold a
 // lane's scores in the mma.sync accumulator layout, two query rows per lane.
 #pragma once
@@ -49,6 +49,15 @@ __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t
   }
 #pragma unroll
   for (int half = 0; half < 2; ++half) l[half] = l[half] * alpha[half] + sum[half];
+}
+
+// Each row's running sum l over the quad of lanes that holds the row's keys (lanes 4g .. 4g + 3).
+__device__ __forceinline__ void SumRowsOverQuad(float (&l)[2]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
+    l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
+  }
 }
 
 }  // namespace deltaserve::kernels::cuda

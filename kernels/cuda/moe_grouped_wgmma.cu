@@ -175,13 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1) MoeWgmmaGemmKernel(GemmArgs args,
   unsigned char* base = SwizzleAlignedShared(shared_raw, base_address);
   auto* full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kStages; ++s) {
-      InitBarrier(&full[s], kProducerThreads);  // every producer thread, as its copies land
-      InitBarrier(&empty[s], kConsumerThreads);  // every consumer thread, its products done
-    }
-  }
-  __syncthreads();
+  InitStageRing(full, empty, kStages, kProducerThreads, kConsumerThreads);
   const int items = *args.plan.num_tiles * col_tiles;
   if (threadIdx.x >= kConsumerThreads) {
     SetMaxRegisters<kProducerRegisters, false>();
