@@ -42,6 +42,7 @@ struct Options {
   int64_t warmup = 2;    // untimed passes before them
   uint64_t seed = 0;     // prompts and synthetic histories
   bool step_graphs = true;  // decode steps through the backend's step graphs (CUDA graphs)
+  int64_t skinny_max_weight_mib = -1;  // CUDA: skinny_matmul_max_weight_bytes in MiB; -1: default
   bool argmax = false;       // decode: greedy on the device, ids instead of logits downloaded
   bool sample = false;       // decode: a draw on the device (kSampleDraw), ids instead of logits
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
@@ -266,6 +267,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["steps"] = o.steps;
   line["warmup"] = o.warmup;
   line["step_graphs"] = o.step_graphs;
+  line["skinny_max_weight_mib"] = o.skinny_max_weight_mib;
   line["argmax"] = o.argmax;
   line["sample"] = o.sample;
   line["ms_per_step"] = timings->mean_s * 1e3;
@@ -296,6 +298,9 @@ int Run(const Options& options) {
 
   kernels::BackendChoice choice = *kernels::ParseBackendChoice(options.device);
   choice.cpu_threads = options.threads;
+  if (options.skinny_max_weight_mib >= 0) {
+    choice.cuda_skinny_matmul_max_weight_bytes = options.skinny_max_weight_mib << 20;
+  }
   std::string error;
   std::unique_ptr<kernels::Backend> backend = kernels::CreateBackend(choice, &error);
   if (backend == nullptr) {
@@ -373,6 +378,10 @@ int main(int argc, char** argv) {
                "0.8, top-p 0.95) instead of downloading its logits");
   app.add_flag("--step-graphs,!--no-step-graphs", o.step_graphs,
                "Decode steps through the backend's step graphs (CUDA graphs)")
+      ->capture_default_str();
+  app.add_option("--skinny-max-weight-mib", o.skinny_max_weight_mib,
+                 "CUDA: decode products whose weight is larger take cuBLAS (0: no limit; -1: the "
+                 "backend's default)")
       ->capture_default_str();
   app.add_option("--seed", o.seed, "Seed of prompts and synthetic histories")
       ->capture_default_str();

@@ -38,11 +38,13 @@ std::unique_ptr<Backend> CreateBackend(const BackendChoice& choice, std::string*
   }
   if (choice.device == "cuda") {
 #ifdef DELTASERVE_WITH_CUDA
-    return cuda::CudaBackend::Create(
-        {.device = choice.cuda_device,
-         .memory_limit_bytes = choice.device_memory_limit_bytes,
-         .step_graphs = choice.cuda_graphs},
-        error);
+    cuda::CudaBackendOptions options{.device = choice.cuda_device,
+                                     .memory_limit_bytes = choice.device_memory_limit_bytes,
+                                     .step_graphs = choice.cuda_graphs};
+    if (choice.cuda_skinny_matmul_max_weight_bytes) {
+      options.skinny_matmul_max_weight_bytes = *choice.cuda_skinny_matmul_max_weight_bytes;
+    }
+    return cuda::CudaBackend::Create(options, error);
 #else
     *error = "this build has no CUDA backend (no CUDA toolkit at build time)";
     return nullptr;

@@ -17,6 +17,8 @@ struct BackendChoice {
   int cuda_device = 0;
   int64_t device_memory_limit_bytes = 0;  // CUDA: CudaBackendOptions::memory_limit_bytes
   bool cuda_graphs = true;                // CUDA: CudaBackendOptions::step_graphs
+  // CUDA: CudaBackendOptions::skinny_matmul_max_weight_bytes where set (benchmarks).
+  std::optional<int64_t> cuda_skinny_matmul_max_weight_bytes = std::nullopt;
 };
 
 // The parser of every --device flag: "cpu", "cuda" (GPU 0) or "cuda:N"; nullopt for anything

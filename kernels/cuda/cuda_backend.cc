@@ -84,9 +84,12 @@ struct CudaBackend::Impl {
     capture_blas = handle;
     return true;
   }
-  // Whether y = x · wᵀ takes the skinny kernel: decode-sized, at serving precision.
+  // Whether y = x · wᵀ takes the skinny kernel: decode-sized, at serving precision, a weight
+  // that cuBLAS does not read faster.
   bool Skinny(TensorView x, TensorView w) const {
     return matmul_precision == MatmulPrecision::kHalf && x.rows <= skinny_matmul_max_rows &&
+           (skinny_matmul_max_weight_bytes == 0 ||
+            w.rows * w.row_stride * static_cast<int64_t>(DTypeSize(w.dtype)) <= skinny_matmul_max_weight_bytes) &&
            SkinnyMatMulSupports(x, w);
   }
   GraphMode Mode() const { return graphs == nullptr ? GraphMode::kNone : graphs->ModeHere(); }
@@ -112,6 +115,7 @@ struct CudaBackend::Impl {
   int64_t moe_wide_tiles_min_rows = 0;
   bool mla_expanded_wgmma = true;
   int64_t skinny_matmul_max_rows = 0;
+  int64_t skinny_matmul_max_weight_bytes = 0;
   bool programmatic_products = false;
   std::unique_ptr<OpProfile> profile;  // DELTASERVE_CUDA_OP_PROFILE=1
   std::vector<void*> weights;  // owned device memory of adopted weights (slabs and large ones)
@@ -214,6 +218,11 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
              ": the skinny kernel takes 0 to " + std::to_string(kSkinnyMatMulMaxRows) + " rows";
     return nullptr;
   }
+  if (options.skinny_matmul_max_weight_bytes < 0) {
+    *error = "skinny_matmul_max_weight_bytes " + std::to_string(options.skinny_matmul_max_weight_bytes) +
+             " is negative (0: no limit)";
+    return nullptr;
+  }
   // Keep freed memory in the stream-ordered pool instead of returning it at every
   // synchronisation: each step allocates its scratch again.
   cudaMemPool_t pool = nullptr;
@@ -230,6 +239,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->moe_wide_tiles_min_rows = options.moe_wide_tiles_min_rows;
   impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
+  impl->skinny_matmul_max_weight_bytes = options.skinny_matmul_max_weight_bytes;
   impl->programmatic_products = options.programmatic_products;
   impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
   impl->device = options.device;

@@ -38,6 +38,11 @@ struct CudaBackendOptions {
   // cuBLAS. Measured on an H200 over a 48B decode step's products: the skinny kernel is ahead
   // up to 4 rows and behind at 8 (docs/gpu-benchmark.md).
   int64_t skinny_matmul_max_rows = 4;
+  // Products whose weight has more bytes than this take cuBLAS at any row count (0: no limit).
+  // Measured on an H200 (docs/gpu-benchmark.md): on the 48B's 755 MB LM head cuBLAS reads the
+  // weight at 100% of copy, the skinny kernel at 88% (1 row) to 71% (4 rows); at 42 MB and
+  // below the skinny launches are ahead or level.
+  int64_t skinny_matmul_max_weight_bytes = int64_t{256} << 20;
   // Skinny products, and the decode MoE kernels' down product, launched as programmatic
   // dependents of the kernel before them: their blocks start, and fetch their weights into L2,
   // while it finishes (decode at small batches is a chain of short kernels). The decode chain's

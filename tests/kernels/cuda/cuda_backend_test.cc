@@ -172,6 +172,47 @@ TEST_F(CudaVsCpu, MatMulsGiveEachProductWhatMatMulGives) {
   EXPECT_EQ(ToHost(y2.view()), ToHost(want2.view()));
 }
 
+// A weight of more bytes than skinny_matmul_max_weight_bytes takes cuBLAS even at one row (the
+// same bits as a backend that never takes the skinny kernel); at the limit, the skinny kernel
+// (the same bits as a backend without a limit). And a MatMuls call that holds one such product
+// runs each product where MatMul would.
+TEST_F(CudaVsCpu, SkinnyKernelOnlyForWeightsUpToTheLimit) {
+  const int64_t t = 1, k = 264, n = 130;
+  const int64_t weight_bytes = n * k * 2;
+  std::vector<float> x = RandomVector(t * k, 80);
+  std::vector<uint16_t> host_w = ToBF16(RandomVector(n * k, 81));
+  std::vector<uint16_t> host_small = ToBF16(RandomVector(8 * k, 82));
+  std::vector<float> cpu_out(t * n);
+  cpu_.MatMul(View(x, t, k), MakeView(host_w.data(), DType::kBF16, n, k), View(cpu_out, t, n));
+  // The product of each backend, alone and beside a small one in one MatMuls call.
+  const auto run = [&](const CudaBackendOptions& options) {
+    std::string why;
+    cuda_ = CudaBackend::Create(options, &why);
+    EXPECT_NE(cuda_, nullptr) << why;
+    const TensorView w = cuda_->AdoptWeight(MakeView(host_w.data(), DType::kBF16, n, k));
+    const TensorView small = cuda_->AdoptWeight(MakeView(host_small.data(), DType::kBF16, 8, k));
+    Tensor dx = ToDevice(x, t, k);
+    Tensor alone = Poisoned(t, n), together = Poisoned(t, n), beside = Poisoned(t, 8);
+    cuda_->MatMul(dx.view(), w, alone.view());
+    const std::vector<MatMulProduct> products = {{dx.view(), w, together.view()}, {dx.view(), small, beside.view()}};
+    cuda_->MatMuls(products);
+    return std::pair{ToHost(alone.view()), ToHost(together.view())};
+  };
+  const auto blas = run({.skinny_matmul_max_rows = 0});
+  const auto skinny = run({.skinny_matmul_max_weight_bytes = 0});
+  const auto over = run({.skinny_matmul_max_weight_bytes = weight_bytes - 1});
+  const auto at = run({.skinny_matmul_max_weight_bytes = weight_bytes});
+  ExpectClose(blas.first, cpu_out, kMatMulTolerance, "cuBLAS");
+  ExpectClose(skinny.first, cpu_out, kFp32Tolerance, "skinny");
+  EXPECT_NE(blas.first, skinny.first) << "the two paths should round differently";
+  EXPECT_EQ(over.first, blas.first);
+  EXPECT_EQ(over.second, blas.first);
+  EXPECT_EQ(at.first, skinny.first);
+  std::string why;
+  EXPECT_EQ(CudaBackend::Create({.skinny_matmul_max_weight_bytes = -1}, &why), nullptr);
+  EXPECT_NE(why.find("skinny_matmul_max_weight_bytes"), std::string::npos) << why;
+}
+
 // Skinny products launched as programmatic dependents start before the kernel ahead of them ends;
 // they must still read what it wrote. A chain in which each product reads the residual the add
 // before it has just changed, and whose next add reads the product: the same bits as plain
