@@ -382,6 +382,7 @@ int main(int argc, char** argv) {
   app.add_option("--skinny-max-weight-mib", o.skinny_max_weight_mib,
                  "CUDA: decode products whose weight is larger take cuBLAS (0: no limit; -1: the "
                  "backend's default)")
+      ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
       ->capture_default_str();
   app.add_option("--seed", o.seed, "Seed of prompts and synthetic histories")
       ->capture_default_str();

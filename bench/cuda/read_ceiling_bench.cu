@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(256) CopyAsyncReadKernel(const unsigned char* 
 int main(int argc, char** argv) {
   int iters = 10;
   for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
+    if (std::strcmp(argv[i], "--iters") == 0) iters = std::max(1, std::atoi(argv[i + 1]));
   }
   cudaDeviceProp prop{};
   Check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
   };
 
   // 16-byte loads: blocks of 256 threads, a few to many per SM, 4 or 8 loads in flight a thread.
-  for (const int blocks_per_sm : {4, 8, 16}) {
+  for (const int blocks_per_sm : {2, 4, 8}) {
     for (const int in_flight : {4, 8}) {
       const int64_t count = static_cast<int64_t>(kBufferBytes / 16);
       const auto* words = reinterpret_cast<const uint4*>(buffer);
@@ -209,6 +209,12 @@ int main(int argc, char** argv) {
     Check(cudaFuncSetAttribute(BulkReadKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
           "shared memory attribute");
     const int threads = (c.consumer_warps + 1) * 32;
+    if (c.stages > kMaxStages) {
+      std::fprintf(stderr, "%s: more than %d stages\n", c.name, kMaxStages);
+      return 1;
+    }
+    int resident = 0;  // blocks of this case that fit one SM at once
+    Check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, BulkReadKernel, threads, smem), "occupancy");
     const double ms = deltaserve::bench::TimeMs(2, iters, stream, [&] {
       BulkReadKernel<<<c.blocks_per_sm * sms, threads, smem, stream>>>(buffer, tiles, c.chunk, c.copies, c.stages,
                                                                        c.consume, sink);
@@ -217,9 +223,9 @@ int main(int argc, char** argv) {
     char extra[256];
     std::snprintf(extra, sizeof(extra),
                   "\"chunk\": %u, \"copies\": %d, \"stages\": %d, \"consumer_warps\": %d, \"blocks_per_sm\": %d, "
-                  "\"consume\": %s, \"tile_bytes\": %zu, ",
-                  c.chunk, c.copies, c.stages, c.consumer_warps, c.blocks_per_sm, c.consume ? "true" : "false",
-                  tile_bytes);
+                  "\"resident_blocks_per_sm\": %d, \"consume\": %s, \"tile_bytes\": %zu, ",
+                  c.chunk, c.copies, c.stages, c.consumer_warps, c.blocks_per_sm, resident,
+                  c.consume ? "true" : "false", tile_bytes);
     report("read_bulk", c.name, static_cast<double>(tiles) * static_cast<double>(tile_bytes), ms, extra);
   }
   // cp.async rings of 36 KB tiles (the MLA tile), one block of 256 threads per SM.

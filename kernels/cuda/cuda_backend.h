@@ -50,8 +50,8 @@ struct CudaBackendOptions {
   // thing (LaunchAfterPrior), which this option does not change.
   bool programmatic_products = true;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
-  // Under kGrouped, calls of at most this many (token, expert) slots skip the grouping: one warp
-  // per output column of each slot (LaunchMoeDecodeExperts; decode batches of a few sequences,
+  // Under kGrouped, calls of at most this many (token, expert) slots skip the grouping: warps own
+  // output columns of each slot (LaunchMoeDecodeExperts; decode batches of a few sequences,
   // where grouping by expert leaves most of the GPU idle). 0: always group.
   int64_t moe_decode_max_slots = 32;
   // Under kGrouped, calls whose slots average at least this many per local expert take 128-row

@@ -2,7 +2,7 @@
 // reading each routed expert's weights once is the whole cost and grouping by expert would leave
 // most of the GPU idle (one token gives 8 experts, too few tiles). One warp per output column
 // of one slot: gate and up rows dotted with the token's fp32 row, SwiGLU, fp32 hidden row; then
-// one warp per output column of the down product. No tensor cores, no rounding of activations:
+// two output columns per warp of the down product. No tensor cores, no rounding of activations:
 // every weight element is loaded once with 16-byte loads and multiplied in fp32.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

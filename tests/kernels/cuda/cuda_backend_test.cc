@@ -182,14 +182,18 @@ TEST_F(CudaVsCpu, SkinnyKernelOnlyForWeightsUpToTheLimit) {
   std::vector<float> x = RandomVector(t * k, 80);
   std::vector<uint16_t> host_w = ToBF16(RandomVector(n * k, 81));
   std::vector<uint16_t> host_small = ToBF16(RandomVector(8 * k, 82));
-  std::vector<float> cpu_out(t * n);
+  std::vector<float> cpu_out(t * n), cpu_small(t * 8);
   cpu_.MatMul(View(x, t, k), MakeView(host_w.data(), DType::kBF16, n, k), View(cpu_out, t, n));
-  // The product of each backend, alone and beside a small one in one MatMuls call.
+  cpu_.MatMul(View(x, t, k), MakeView(host_small.data(), DType::kBF16, 8, k), View(cpu_small, t, 8));
+  // The product of each backend alone, then beside a small one in one MatMuls call (both outputs).
+  struct Outputs {
+    std::vector<float> alone, together, small;
+  };
   const auto run = [&](const CudaBackendOptions& options) {
     std::string why;
     cuda_ = CudaBackend::Create(options, &why);
     EXPECT_NE(cuda_, nullptr) << why;
-    if (cuda_ == nullptr) return std::pair<std::vector<float>, std::vector<float>>{};
+    if (cuda_ == nullptr) return Outputs{};
     const TensorView w = cuda_->AdoptWeight(MakeView(host_w.data(), DType::kBF16, n, k));
     const TensorView small = cuda_->AdoptWeight(MakeView(host_small.data(), DType::kBF16, 8, k));
     Tensor dx = ToDevice(x, t, k);
@@ -197,18 +201,23 @@ TEST_F(CudaVsCpu, SkinnyKernelOnlyForWeightsUpToTheLimit) {
     cuda_->MatMul(dx.view(), w, alone.view());
     const std::vector<MatMulProduct> products = {{dx.view(), w, together.view()}, {dx.view(), small, beside.view()}};
     cuda_->MatMuls(products);
-    return std::pair<std::vector<float>, std::vector<float>>{ToHost(alone.view()), ToHost(together.view())};
+    return Outputs{ToHost(alone.view()), ToHost(together.view()), ToHost(beside.view())};
   };
   const auto blas = run({.skinny_matmul_max_rows = 0});
   const auto skinny = run({.skinny_matmul_max_weight_bytes = 0});
   const auto over = run({.skinny_matmul_max_weight_bytes = weight_bytes - 1});
   const auto at = run({.skinny_matmul_max_weight_bytes = weight_bytes});
-  ExpectClose(blas.first, cpu_out, kMatMulTolerance, "cuBLAS");
-  ExpectClose(skinny.first, cpu_out, kFp32Tolerance, "skinny");
-  EXPECT_NE(blas.first, skinny.first) << "the two paths should round differently";
-  EXPECT_EQ(over.first, blas.first);
-  EXPECT_EQ(over.second, blas.first);
-  EXPECT_EQ(at.first, skinny.first);
+  ExpectClose(blas.alone, cpu_out, kMatMulTolerance, "cuBLAS");
+  ExpectClose(skinny.alone, cpu_out, kFp32Tolerance, "skinny");
+  EXPECT_NE(blas.alone, skinny.alone) << "the two paths should round differently";
+  EXPECT_EQ(over.alone, blas.alone);
+  EXPECT_EQ(over.together, blas.alone);
+  EXPECT_EQ(at.alone, skinny.alone);
+  // Beside the small product: over the limit each goes its own way (the small one still skinny,
+  // fp32-exact), at the limit both share one skinny launch (to fp32 summation order).
+  ExpectClose(over.small, cpu_small, kFp32Tolerance, "small product beside one over the limit");
+  ExpectClose(at.together, cpu_out, kFp32Tolerance, "at the limit, in one launch");
+  ExpectClose(at.small, cpu_small, kFp32Tolerance, "small product in one launch");
   std::string why;
   EXPECT_EQ(CudaBackend::Create({.skinny_matmul_max_weight_bytes = -1}, &why), nullptr);
   EXPECT_NE(why.find("skinny_matmul_max_weight_bytes"), std::string::npos) << why;
