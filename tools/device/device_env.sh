@@ -3,7 +3,16 @@
 # points the loader at its libraries, the host's cuBLAS (PyTorch's copy) and NCCL. Provides
 # wait_healthy ADDRESS: waits up to 30 s for a deltaserve server to answer its health check.
 bundle=.device-bundle
-if [[ ! -d $bundle && -f $bundle.tar.xz ]]; then tar -xJf "$bundle.tar.xz"; fi
+# A warm GPU host keeps the folder from an earlier call: unpack again whenever the carried tarball
+# is not the one it came from, or its binaries would be stale.
+if [[ -f $bundle.tar.xz ]]; then
+  sum=$(sha256sum "$bundle.tar.xz" | cut -d' ' -f1)
+  if [[ ! -d $bundle || "$(cat "$bundle/.tarball-sha256" 2>/dev/null)" != "$sum" ]]; then
+    rm -rf "$bundle"
+    tar -xJf "$bundle.tar.xz"
+    echo "$sum" >"$bundle/.tarball-sha256"
+  fi
+fi
 cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -n 1)")
 nccl=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib
 export LD_LIBRARY_PATH="$bundle/lib:$cublas:$nccl:${LD_LIBRARY_PATH:-}"
