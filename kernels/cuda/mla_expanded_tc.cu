@@ -38,15 +38,6 @@ struct Stage {
 };
 static_assert(kRows == kKeys, "Q is staged in the second stage's key rows");
 
-struct Args {
-  TensorView q, out;
-  const MlaSequence* seqs;
-  const void* const* keys_all;
-  const void* const* values_all;
-  const MlaRowTile* tiles;
-  float scale_log2;  // softmax scale · log2(e)
-};
-
 __device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
   reinterpret_cast<__nv_bfloat162*>(dst)[0] = __floats2bfloat162_rn(v.x, v.y);
   reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(v.z, v.w);
@@ -108,7 +99,7 @@ __device__ __forceinline__ void LoadStage(Stage& st, const bf16* keys, const bf1
 }
 
 // Grid: (tiles, heads).
-__global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(Args a) {
+__global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs a) {
   extern __shared__ __align__(16) unsigned char raw[];
   Stage* stages = reinterpret_cast<Stage*>(raw);
   const MlaRowTile tile = a.tiles[blockIdx.x];
@@ -251,7 +242,7 @@ int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence
   const cudaError_t error =
       cudaFuncSetAttribute(MlaExpandedTcKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
   if (error != cudaSuccess) return static_cast<int>(error);
-  const Args args{q, out, seqs, keys_all, values_all, tiles, params.scale * 1.4426950408889634f};
+  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, keys_all, values_all, tiles, out);
   MlaExpandedTcKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads, kSmem,
                         static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());

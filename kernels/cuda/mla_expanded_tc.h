@@ -17,6 +17,22 @@ struct MlaRowTile {
   int32_t row;  // first of the tile's rows, counted from the sequence's first new row
 };
 
+// What both expanded attention kernels (mla_expanded_tc.cu, mla_expanded_wgmma.cu) take.
+struct MlaExpandedArgs {
+  TensorView q, out;
+  const MlaSequence* seqs;
+  const void* const* keys_all;
+  const void* const* values_all;
+  const MlaRowTile* tiles;
+  float scale_log2;  // softmax scale · log2(e)
+};
+
+inline MlaExpandedArgs MakeMlaExpandedArgs(const MlaParams& params, TensorView q, const MlaSequence* seqs,
+                                           const void* const* keys_all, const void* const* values_all,
+                                           const MlaRowTile* tiles, TensorView out) {
+  return {q, out, seqs, keys_all, values_all, tiles, params.scale * 1.4426950408889634f};
+}
+
 // nope 128, rope 64, v 128 (the Kimi shapes); q and out rows 16- and 8-byte aligned.
 bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out);
 

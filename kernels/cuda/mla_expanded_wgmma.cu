@@ -39,15 +39,6 @@ constexpr uint32_t kStageBytes = kKBytes + kVBytes;
 constexpr int kStages = 4;
 constexpr size_t kSharedBytes = 2 * kQGroupBytes + kStages * kStageBytes + 2 * kStages * sizeof(uint64_t) + 1024;
 
-struct Args {
-  TensorView q, out;
-  const MlaSequence* seqs;
-  const void* const* keys_all;
-  const void* const* values_all;
-  const MlaRowTile* tiles;
-  float scale_log2;  // softmax scale · log2(e)
-};
-
 // Byte offset of 16-byte piece `piece` of row `row` in a tile of 64-column swizzled blocks.
 __device__ __forceinline__ uint32_t PieceOffset(int row, int piece) {
   return (piece / 8) * kBlockBytes + SwizzledChunkOffset(row, piece % 8);
@@ -113,8 +104,8 @@ __device__ __forceinline__ void IssueValues(float (&o)[kV / 2], const uint32_t (
   WgmmaCommit();
 }
 
-__device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_t pos0, int rows, int h,
-                                        int64_t tiles, unsigned char* q_tiles, uint32_t base_address,
+__device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_row, int64_t pos0, int rows,
+                                        int h, int64_t tiles, unsigned char* q_tiles, uint32_t base_address,
                                         uint32_t stages_address, uint64_t* full, uint64_t* empty) {
   const int group = threadIdx.x / 128;
   const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
@@ -189,7 +180,7 @@ __device__ __forceinline__ void Consume(const Args& a, int64_t first_row, int64_
 }
 
 // Grid: (tiles, heads).
-__global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(Args a) {
+__global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpandedArgs a) {
   extern __shared__ unsigned char raw[];
   uint32_t base_address;
   unsigned char* q_tiles = SwizzleAlignedShared(raw, base_address);
@@ -237,7 +228,7 @@ int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSeque
   const cudaError_t error = cudaFuncSetAttribute(MlaExpandedWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(kSharedBytes));
   if (error != cudaSuccess) return static_cast<int>(error);
-  const Args args{q, out, seqs, keys_all, values_all, tiles, params.scale * 1.4426950408889634f};
+  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, keys_all, values_all, tiles, out);
   MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
                            kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());
