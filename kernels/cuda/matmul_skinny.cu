@@ -20,9 +20,15 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerWarp = 2;   // weight rows (output columns) per warp
-// Rows of a launch that fill the GPU with groups of one warp: 16 rows per block, about eight
-// blocks per SM on 132 SMs (H100 SXM, H200); a tuning constant, not a limit.
-constexpr int64_t kFullWaveRows = 16 * 8 * 132;
+// Rows of a launch that fill the GPU with groups of one warp (16 rows per block on 132 SMs: H100
+// SXM, H200), by rows of x: a tuning table, not a limit. Measured on an H200 (cuda_matmul_bench, a
+// token's products as launched, 2, 3, 4, 6, 8 and 16 blocks per SM): 8 was fastest at 1 and 2
+// rows, 2 at 3 and 4 rows (76-78 registers: 3 resident blocks per SM, against 4 below), and 5 to 8
+// rows were within 2% of 8.
+constexpr int64_t FullWaveRows(int64_t x_rows) {
+  const int64_t blocks_per_sm = x_rows == 3 || x_rows == 4 ? 2 : 8;
+  return 16 * 132 * blocks_per_sm;
+}
 constexpr int kSlice = 32 * 8;    // reduction elements per warp step: 8 per lane
 
 // The products of one launch and the first block of each (first_block[count] = the grid size).
@@ -183,7 +189,8 @@ int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream,
   int64_t total_rows = 0;
   for (int i = 0; i < count; ++i) total_rows += products[i].w.rows;
   int wanted = 1;
-  while (wanted < kWarps && total_rows * wanted < kFullWaveRows) wanted *= 2;
+  const int64_t full_wave_rows = FullWaveRows(products[0].x.rows);
+  while (wanted < kWarps && total_rows * wanted < full_wave_rows) wanted *= 2;
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     const SkinnyProduct& p = products[i];

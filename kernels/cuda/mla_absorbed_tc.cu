@@ -1,10 +1,11 @@
 // Absorbed MLA decode on tensor cores (serving precision). The query heads of one row share one
 // latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
 // row: each block takes one absorbed row and one partition of its keys, streams 16-key tiles of
-// the fp32 latent cache through a 5-stage pipeline of bulk copies (four tiles in flight while one
-// is used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync (keys
-// rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax; O
-// stays in registers. Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then
+// the fp32 latent cache through a 5-stage pipeline of bulk copies (three tiles in flight while
+// two are used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync (keys
+// rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax over
+// two tiles per step (a step's three block barriers and softmax pass cost as much for 32 keys as
+// for 16); O stays in registers. Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then
 // q_pe) as bf16, then the attention writing each partition's unnormalised state for
 // MlaAbsorbedMergeKernel (mla_attention.cu), which merges the partitions and applies W_UV.
 #include "kernels/cuda/mla_absorbed_tc.h"
@@ -29,7 +30,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
 constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
 constexpr int kKeys = 16;      // keys per shared-memory tile
-constexpr int kStages = 5;     // key tiles in shared memory: 4 in flight while one is used
+constexpr int kStages = 5;     // key tiles in shared memory: 3 in flight while two are used
+constexpr int kTilesPerStep = 2;  // tiles scored, softmaxed and accumulated per loop step
+constexpr int kStepKeys = kTilesPerStep * kKeys;
 static_assert(kMlaTensorCorePageRows % kKeys == 0, "a key tile lies in one latent page");
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
 constexpr int kAbsorbCols = 32 * 8;  // latent columns per absorb block: 8 per lane
@@ -38,12 +41,12 @@ constexpr int kDot = kRank + kRope;
 constexpr int kDotSlices = 4;  // QK's dot dimension split over warps, two head tiles each
 constexpr int kSliceSteps = kDot / 16 / kDotSlices;  // k16 steps per slice
 static_assert(kSliceSteps * 16 * kDotSlices == kDot, "the dot slices tile the dot dimension");
-static_assert(kWarps == 2 * kDotSlices, "a warp per (head tile, dot slice)");
-constexpr int kPLd = kKeys + 8;  // P's row stride (bf16): conflict-free A fragments
-constexpr int kSLd = kKeys + 8;  // the partial scores' (fp32): conflict-free 64-bit stores
+constexpr int kPLd = kStepKeys + 8;  // P's row stride (bf16): conflict-free A fragments
+constexpr int kSLd = kStepKeys + 8;  // the partial scores' (fp32): conflict-free 64-bit stores
 constexpr float kMaxLag = 8.0f;
 constexpr int kRowThreads = kThreads / kHeadRows;  // softmax threads per head row
-static_assert(kRowThreads * 2 == kKeys, "each softmax thread takes two keys");
+static_assert(kRowThreads * 2 == kKeys, "each softmax thread takes two keys of each tile");
+static_assert(kWarps / kDotSlices == kTilesPerStep, "a QK warp per (tile, dot slice)");
 
 // A key tile's shared row stride (fp32): 8 mod 32 words, so QK's 64-bit fragment loads are
 // conflict-free.
@@ -197,11 +200,11 @@ struct TileCopier {
 };
 
 // Grid (T, partitions), one block per SM (kStages fp32 key tiles in shared memory). Keys are read
-// straight from their stage and rounded to bf16 as fragments are loaded. QK: warp w
-// holds the A fragments of both head tiles over dot slice w / 2 in registers for the whole
-// partition and scores keys [8(w % 2), +8) of a tile; the slices meet in shared memory. Softmax:
-// kRowThreads threads per head row, two keys each, the row's max and sum over shuffles, in the
-// log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
+// straight from their stage and rounded to bf16 as fragments are loaded. A step takes two tiles
+// (the partition's last step may have one). QK: warp w holds the A fragments of both head tiles
+// over dot slice w / 2 in registers for the whole partition and scores the 16 keys of the step's
+// tile w % 2; the slices meet in shared memory. Softmax: kRowThreads threads per head row, two
+// keys of each tile, the row's max and sum over shuffles, in the log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
 // The partial states' m is a reference max (not always the running max, see kMaxLag), stored in
 // natural-log units; m, l and O agree, which is all the merge needs.
 __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(AttentionArgs args) {
@@ -231,18 +234,17 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
   const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
   TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
+  const int count = static_cast<int>(tile_hi - tile_lo);  // this partition's tiles
+  int issued = count < kStages ? count : kStages;
   if (warp == 0) {
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (tile_lo + s < tile_hi) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
-    }
+    for (int s = 0; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;
     l_row[threadIdx.x] = 0.0f;
   }
   // This warp's Q fragments, both head tiles over its dot slice (zero past the real heads).
-  const int key_tile = warp % 2, slice = warp / 2;
+  const int key_tile = warp % kTilesPerStep, slice = warp / kTilesPerStep;
   uint32_t qa[2][kSliceSteps][4];
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
@@ -259,66 +261,82 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
     }
   }
   const float scale_log2 = args.scale * 1.4426950408889634f;
-  // Softmax: a row's kRowThreads threads take keys j and j + 4 each, j = 0..3 and 8..11: the
-  // pair is adjacent in PV's key order (below), so its P is one 32-bit store.
+  // Softmax: a row's kRowThreads threads take keys j and j + 4 of each tile, j = 0..3 and 8..11:
+  // the pair is adjacent in PV's key order (below), so its P is one 32-bit store.
   const int s_row = threadIdx.x / kRowThreads, s_lane = threadIdx.x % kRowThreads;
   const int s_key = (s_lane & 3) + 8 * (s_lane >> 2);
   const int s_logical = 2 * (s_lane & 3) + 8 * (s_lane >> 2);
   float o[2][8][4] = {};
-  int read_slot = 0, write_slot = kStages - 1;
-  unsigned read_parity = 0;
-  for (int64_t tile = tile_lo; tile < tile_hi; ++tile) {
+  // Local tile i lives in stage i % kStages; its barrier's phase parity is (i / kStages) & 1.
+  for (int lt = 0; lt < count; lt += kTilesPerStep) {
+    const bool second = lt + 1 < count;  // a partition of an odd tile count ends with one
     // Waiting before the barrier, not after the refill below: refilling first measured 2% slower.
-    WaitBarrier(&full[read_slot], read_parity);  // this tile has landed
-    __syncthreads();  // every warp is done with the stage refilled next (the last tile's), S and P
-    if (warp == 0 && tile + kStages - 1 < tile_hi) {
-      copier.IssueNext(stages + write_slot * kStageFloats, &full[write_slot], lane);
+    WaitBarrier(&full[lt % kStages], (lt / kStages) & 1u);
+    if (second) WaitBarrier(&full[(lt + 1) % kStages], ((lt + 1) / kStages) & 1u);
+    // Every warp is done with the stages refilled next (the last step's), S and P.
+    __syncthreads();
+    const int refill_end = lt + kStages < count ? lt + kStages : count;
+    if (warp == 0) {
+      for (int i = issued; i < refill_end; ++i) copier.IssueNext(stages + (i % kStages) * kStageFloats, &full[i % kStages], lane);
     }
-    write_slot = write_slot + 1 == kStages ? 0 : write_slot + 1;
-    const float* keys = stages + read_slot * kStageFloats;
-    if (++read_slot == kStages) read_slot = 0, read_parity ^= 1u;
-    {  // this warp's 8 keys, both head tiles: each key fragment is read from shared memory once
-      float c[2][2][4] = {};  // [head tile][step parity]: four independent mma chains
-      const float* k = keys + (8 * key_tile + g) * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
+    issued = refill_end;
+    const float* keys0 = stages + (lt % kStages) * kStageFloats;
+    const float* keys1 = stages + ((lt + 1) % kStages) * kStageFloats;
+    if (key_tile == 0 || second) {  // this warp's tile, both head tiles: each key fragment read once
+      float c[2][2][4] = {};  // [head tile][8-key n-tile]: four independent mma chains
+      const float* k = (key_tile == 0 ? keys0 : keys1) + g * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
 #pragma unroll
       for (int s = 0; s < kSliceSteps; ++s) {
-        const float2 lo = *reinterpret_cast<const float2*>(k + 16 * s);
-        const float2 hi = *reinterpret_cast<const float2*>(k + 16 * s + 8);
-        const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
-        Mma16x8x16(c[0][s % 2], qa[0][s], b0, b1);
-        Mma16x8x16(c[1][s % 2], qa[1][s], b0, b1);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const float2 lo = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s);
+          const float2 hi = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s + 8);
+          const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
+          Mma16x8x16(c[0][nt], qa[0][s], b0, b1);
+          Mma16x8x16(c[1][nt], qa[1][s], b0, b1);
+        }
       }
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const float* x = c[mi][0];
-        const float* y = c[mi][1];
-        float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + 8 * key_tile + 2 * tq;
-        *reinterpret_cast<float2*>(out) = make_float2(x[0] + y[0], x[1] + y[1]);
-        *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(x[2] + y[2], x[3] + y[3]);
-      }
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          const float* x = c[mi][nt];
+          float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + kKeys * key_tile + 8 * nt + 2 * tq;
+          *reinterpret_cast<float2*>(out) = make_float2(x[0], x[1]);
+          *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(x[2], x[3]);
+        }
     }
     __syncthreads();
     {
-      float sum0 = 0.0f, sum1 = 0.0f;
+      float sc[kTilesPerStep][2];
 #pragma unroll
-      for (int d = 0; d < kDotSlices; ++d) {
-        const float* v = sp + (d * kHeadRows + s_row) * kSLd + s_key;
-        sum0 += v[0], sum1 += v[4];
+      for (int kk = 0; kk < kTilesPerStep; ++kk) {
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int d = 0; d < kDotSlices; ++d) {
+          const float* v = sp + (d * kHeadRows + s_row) * kSLd + kKeys * kk + s_key;
+          sum0 += v[0], sum1 += v[4];
+        }
+        const bool live = kk == 0 || second;
+        const int64_t j = (tile_lo + lt + kk) * kKeys + s_key;
+        sc[kk][0] = live && j <= pos ? sum0 * scale_log2 : -INFINITY;
+        sc[kk][1] = live && j + 4 <= pos ? sum1 * scale_log2 : -INFINITY;
       }
-      const int64_t j = tile * kKeys + s_key;
-      const float s0 = j <= pos ? sum0 * scale_log2 : -INFINITY;
-      const float s1 = j + 4 <= pos ? sum1 * scale_log2 : -INFINITY;
-      float tile_max = fmaxf(s0, s1);
+      float step_max = fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1]));
 #pragma unroll
-      for (int x = 1; x < kRowThreads; x *= 2) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, x));
-      // The row's reference max moves only when the tile's exceeds it by more than kMaxLag
-      // (log2): probabilities stay <= 2^kMaxLag, and most tiles need no rescaling of O.
+      for (int x = 1; x < kRowThreads; x *= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, x));
+      // The row's reference max moves only when the step's exceeds it by more than kMaxLag
+      // (log2): probabilities stay <= 2^kMaxLag, and most steps need no rescaling of O.
       const float m_old = m_row[s_row];
-      const float m_new = tile_max > m_old + kMaxLag ? tile_max : m_old;
-      const float e0 = s0 == -INFINITY ? 0.0f : exp2f(s0 - m_new);
-      const float e1 = s1 == -INFINITY ? 0.0f : exp2f(s1 - m_new);
-      *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + s_logical) = __floats2bfloat162_rn(e0, e1);
-      float e_sum = e0 + e1;
+      const float m_new = step_max > m_old + kMaxLag ? step_max : m_old;
+      float e_sum = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kTilesPerStep; ++kk) {
+        const float e0 = sc[kk][0] == -INFINITY ? 0.0f : exp2f(sc[kk][0] - m_new);
+        const float e1 = sc[kk][1] == -INFINITY ? 0.0f : exp2f(sc[kk][1] - m_new);
+        *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + kKeys * kk + s_logical) = __floats2bfloat162_rn(e0, e1);
+        e_sum += e0 + e1;
+      }
 #pragma unroll
       for (int x = 1; x < kRowThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
       __syncwarp();  // every thread of the row has read m_row[s_row] before it is replaced
@@ -330,7 +348,6 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
       }
     }
     __syncthreads();
-    uint32_t a[2][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
       const float a_lo = alpha_row[16 * mi + g], a_hi = alpha_row[16 * mi + g + 8];
@@ -340,28 +357,36 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
           o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
         }
       }
-      const bf16* p_lo = ps + (16 * mi + g) * kPLd + 2 * tq;
-      a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
-      a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
     }
-    // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
-    // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
-    // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), so a load instruction's lanes read
-    // rows in four different bank groups (conflict-free); P is stored in the same order.
-    const float* v0 = keys + tq * stage_ld + 64 * warp + 2 * g;
 #pragma unroll
-    for (int pair = 0; pair < 4; ++pair) {
-      const float* v = v0 + 16 * pair;
-      const float2 r0 = *reinterpret_cast<const float2*>(v);
-      const float2 r1 = *reinterpret_cast<const float2*>(v + 4 * stage_ld);
-      const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
-      const float2 r9 = *reinterpret_cast<const float2*>(v + 12 * stage_ld);
-      const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
-      const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
-      Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
-      Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
-      Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);
-      Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
+    for (int kk = 0; kk < kTilesPerStep; ++kk) {
+      if (kk > 0 && !second) break;  // the stage holds another partition's keys or none
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const bf16* p_lo = ps + (16 * mi + g) * kPLd + kKeys * kk + 2 * tq;
+        a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
+        a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
+      }
+      // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
+      // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
+      // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), so a load instruction's lanes read
+      // rows in four different bank groups (conflict-free); P is stored in the same order.
+      const float* v0 = (kk == 0 ? keys0 : keys1) + tq * stage_ld + 64 * warp + 2 * g;
+#pragma unroll
+      for (int pair = 0; pair < 4; ++pair) {
+        const float* v = v0 + 16 * pair;
+        const float2 r0 = *reinterpret_cast<const float2*>(v);
+        const float2 r1 = *reinterpret_cast<const float2*>(v + 4 * stage_ld);
+        const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
+        const float2 r9 = *reinterpret_cast<const float2*>(v + 12 * stage_ld);
+        const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
+        const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
+        Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
+        Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
+        Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);
+        Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
+      }
     }
   }
   __syncthreads();  // m_row and l_row final (also when this partition had no tile)
