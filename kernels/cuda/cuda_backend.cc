@@ -89,7 +89,7 @@ struct CudaBackend::Impl {
   bool Skinny(TensorView x, TensorView w) const {
     return matmul_precision == MatmulPrecision::kHalf && x.rows <= skinny_matmul_max_rows &&
            (skinny_matmul_max_weight_bytes == 0 ||
-            w.rows * w.row_stride * static_cast<int64_t>(DTypeSize(w.dtype)) <= skinny_matmul_max_weight_bytes) &&
+            w.rows * w.cols * static_cast<int64_t>(DTypeSize(w.dtype)) <= skinny_matmul_max_weight_bytes) &&
            SkinnyMatMulSupports(x, w);
   }
   GraphMode Mode() const { return graphs == nullptr ? GraphMode::kNone : graphs->ModeHere(); }
