@@ -204,11 +204,16 @@ struct TileCopier {
 // (the partition's last step may have one). QK: warp w holds the A fragments of both head tiles
 // over dot slice w / 2 in registers for the whole partition and scores the 16 keys of the step's
 // tile w % 2; the slices meet in shared memory. Softmax: kRowThreads threads per head row, two
-// keys of each tile, the row's max and sum over shuffles, in the log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns [64w, 64w + 64).
-// The partial states' m is a reference max (not always the running max, see kMaxLag), stored in
-// natural-log units; m, l and O agree, which is all the merge needs.
+// keys of each tile, the row's max and sum over shuffles, in the log2 domain. PV: warp w
+// accumulates O for all 32 head rows and latent columns [64w, 64w + 64). The partial states' m
+// is a reference max (not always the running max, see kMaxLag), stored in natural-log units; m,
+// l and O agree, which is all the merge needs.
 __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(AttentionArgs args) {
-  FollowPriorKernels();
+  // Launched after the absorb kernel (which writes q_abs), two launches after the append (which
+  // writes this step's cache rows). The descriptors and page tables were uploaded before the
+  // step's kernels and the rows before num_cached by earlier steps, so the block reads those and
+  // asks for their first tiles before it waits.
+  AllowDependentLaunch();
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
   __shared__ uint64_t full[kStages];  // a stage's barrier: its tile has landed
@@ -216,7 +221,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
   MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);  // syncs
   const int si = seq_index;
-  if (si < 0) return;
+  if (si < 0) {
+    WaitForPriorKernels();  // every block, so that this kernel's completion implies theirs
+    return;
+  }
   const MlaSequence seq = args.seqs[si];
   const int64_t pos = seq.num_cached + (t - seq.rows.begin);
   constexpr int dot = kDot, stage_ld = kStageLd;
@@ -236,8 +244,14 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
   const int count = static_cast<int>(tile_hi - tile_lo);  // this partition's tiles
   int issued = count < kStages ? count : kStages;
+  const int64_t settled = seq.num_cached / kKeys - tile_lo;  // tiles of rows no kernel of this step writes
+  const int early = settled <= 0 ? 0 : settled < issued ? static_cast<int>(settled) : issued;
   if (warp == 0) {
-    for (int s = 0; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
+    for (int s = 0; s < early; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
+  }
+  WaitForPriorKernels();
+  if (warp == 0) {
+    for (int s = early; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;
@@ -277,7 +291,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
     __syncthreads();
     const int refill_end = lt + kStages < count ? lt + kStages : count;
     if (warp == 0) {
-      for (int i = issued; i < refill_end; ++i) copier.IssueNext(stages + (i % kStages) * kStageFloats, &full[i % kStages], lane);
+      for (int i = issued; i < refill_end; ++i) {
+        copier.IssueNext(stages + (i % kStages) * kStageFloats, &full[i % kStages], lane);
+      }
     }
     issued = refill_end;
     const float* keys0 = stages + (lt % kStages) * kStageFloats;
