@@ -2,12 +2,13 @@
 // latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
 // row: each block takes one absorbed row and one partition of its keys, streams 16-key tiles of
 // the fp32 latent cache through a 5-stage pipeline of bulk copies (three tiles in flight while
-// two are used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync (keys
-// rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax over
-// two tiles per step (a step's three block barriers and softmax pass cost as much for 32 keys as
-// for 16); O stays in registers. Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then
-// q_pe) as bf16, then the attention writing each partition's unnormalised state for
-// MlaAbsorbedMergeKernel (mla_attention.cu), which merges the partitions and applies W_UV.
+// two are used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync
+// (keys rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax
+// over two tiles per step (a step's three block barriers and softmax pass cost as much for 32 keys
+// as for 16); O stays in registers. Two launches: q absorbed into the latent space
+// (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then the attention writing each partition's
+// unnormalised state for MlaAbsorbedMergeKernel (mla_attention.cu), which merges the partitions
+// and applies W_UV.
 #include "kernels/cuda/mla_absorbed_tc.h"
 
 #include <cuda_bf16.h>
