@@ -377,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
     }
 #pragma unroll
     for (int kk = 0; kk < kTilesPerStep; ++kk) {
-      if (kk > 0 && !second) break;  // the stage holds another partition's keys or none
+      if (kk > 0 && !second) break;  // no second tile: its stage holds an older tile or nothing
       uint32_t a[2][4];
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
