@@ -100,10 +100,6 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // see MlaAbsorbedTcSupports, and latent pages of a multiple of kMlaTensorCorePageRows rows: the
 // caller's choice), otherwise fp32 on CUDA cores. Needs
 // MlaAbsorbedScratchFloats(...) floats of scratch (key partitions, the absorbed query).
-// On tensor cores the attention reads each sequence's descriptor, page table and cache rows
-// before num_cached before it waits for the kernels queued ahead of it (programmatic launch): no
-// kernel of the step may write those; upload the descriptors and tables with copies, and write
-// only rows from num_cached on (LaunchMlaAppendLatent) before the call.
 constexpr int64_t kMlaTensorCorePageRows = 32;  // a multiple of its 16-key tile: a tile lies in one page
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,

@@ -210,11 +210,7 @@ struct TileCopier {
 // is a reference max (not always the running max, see kMaxLag), stored in natural-log units; m,
 // l and O agree, which is all the merge needs.
 __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(AttentionArgs args) {
-  // Launched after the absorb kernel (which writes q_abs), two launches after the append (which
-  // writes this step's cache rows). The descriptors and page tables were uploaded before the
-  // step's kernels and the rows before num_cached by earlier steps, so the block reads those and
-  // asks for their first tiles before it waits.
-  AllowDependentLaunch();
+  FollowPriorKernels();
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
   __shared__ uint64_t full[kStages];  // a stage's barrier: its tile has landed
@@ -222,10 +218,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
   MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);  // syncs
   const int si = seq_index;
-  if (si < 0) {
-    WaitForPriorKernels();  // every block, so that this kernel's completion implies theirs
-    return;
-  }
+  if (si < 0) return;
   const MlaSequence seq = args.seqs[si];
   const int64_t pos = seq.num_cached + (t - seq.rows.begin);
   constexpr int dot = kDot, stage_ld = kStageLd;
@@ -245,14 +238,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
   const int count = static_cast<int>(tile_hi - tile_lo);  // this partition's tiles
   int issued = count < kStages ? count : kStages;
-  const int64_t settled = seq.num_cached / kKeys - tile_lo;  // tiles of rows no kernel of this step writes
-  const int early = settled <= 0 ? 0 : settled < issued ? static_cast<int>(settled) : issued;
   if (warp == 0) {
-    for (int s = 0; s < early; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
-  }
-  WaitForPriorKernels();
-  if (warp == 0) {
-    for (int s = early; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
+    for (int s = 0; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;

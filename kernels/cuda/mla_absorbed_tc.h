@@ -14,11 +14,8 @@ bool MlaAbsorbedTcSupports(const MlaParams& params);
 // Key partitions per absorbed row for `rows` rows whose longest history plus new rows is max_keys.
 int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys);
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys);
-// Queues q absorption and the attention; the attention reads seqs, their page tables and their
-// cache rows before num_cached without waiting for kernels queued ahead of it (rows from
-// num_cached on, and q, after waiting): see LaunchMlaAbsorbedAttention. On success *partial
-// holds [rows, heads, *partitions, kv_lora_rank + 2] states (m, l, unnormalised Σ p c_n) for the
-// merge, inside `scratch`.
+// Queues q absorption and the attention; on success *partial holds [rows, heads, *partitions,
+// kv_lora_rank + 2] states (m, l, unnormalised Σ p c_n) for the merge, inside `scratch`.
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
                         int64_t num_seqs, int64_t max_keys, void* scratch, float** partial,
                         int64_t* partitions, Stream stream);
