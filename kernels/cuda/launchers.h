@@ -149,7 +149,8 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
                             void* scratch, TensorView slot_out, Stream stream, int64_t wide_tiles_min_rows);
 // The same products for a few slots (decode), without grouping: warps own output columns of
-// one slot (one each in gate/up, two in down), fp32 activations and hidden rows, every routed expert's weights read once per slot.
+// one slot (one each in gate/up, two in down), fp32 activations and hidden rows, every routed
+// expert's weights read once per slot.
 // Applies where MoeGroupedSupports does and x is F32 with 16-byte aligned rows.
 bool MoeDecodeSupports(TensorView x, int64_t slots);
 size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner);

@@ -38,9 +38,9 @@ absl::Status SamplingParams::Validate(int64_t vocab_size) const {
   // Written as !(in range) so that NaN fails too.
   if (!(top_p > 0.0f && top_p <= 1.0f)) return Invalid("top_p", "in (0, 1]", top_p);
   if (!(min_p >= 0.0f && min_p <= 1.0f)) return Invalid("min_p", "in [0, 1]", min_p);
-  // Written as !(in range) so that NaN fails too.
-  if (!std::isfinite(repetition_penalty) || !(repetition_penalty >= kMinRepetitionPenalty)) {
-    return Invalid("repetition_penalty", "finite and at least 1e-06", repetition_penalty);
+  if (!std::isfinite(repetition_penalty) || repetition_penalty < kMinRepetitionPenalty) {
+    return Invalid("repetition_penalty", absl::StrCat("finite and at least ", kMinRepetitionPenalty),
+                   repetition_penalty);
   }
   if (absl::Status s = CheckPenalty("frequency_penalty", frequency_penalty); !s.ok()) return s;
   if (absl::Status s = CheckPenalty("presence_penalty", presence_penalty); !s.ok()) return s;
