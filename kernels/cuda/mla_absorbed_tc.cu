@@ -7,8 +7,8 @@
 // over two tiles per step (a step's three block barriers and softmax pass cost as much for 32 keys
 // as for 16); O stays in registers. Two launches: q absorbed into the latent space
 // (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then the attention writing each partition's
-// unnormalised state for MlaAbsorbedMergeKernel (mla_attention.cu), which merges the partitions
-// and applies W_UV.
+// unnormalised state, which MlaAbsorbedMergeKernel merges (more than one partition) and
+// MlaAbsorbedProjectKernel multiplies by W_UV (mla_attention.cu).
 #include "kernels/cuda/mla_absorbed_tc.h"
 
 #include <cuda_bf16.h>
@@ -36,7 +36,7 @@ constexpr int kTilesPerStep = 2;  // tiles scored, softmaxed and accumulated per
 constexpr int kStepKeys = kTilesPerStep * kKeys;
 static_assert(kMlaTensorCorePageRows % kKeys == 0, "a key tile lies in one latent page");
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
-constexpr int kAbsorbCols = 32 * 8;  // latent columns per absorb block: 8 per lane
+constexpr int kAbsorbCols = 16 * 8;  // latent columns per absorb block: 8 per lane of a half-warp
 constexpr int kRope = 64;      // the attention kernel's shapes are compile-time: Kimi's
 constexpr int kDot = kRank + kRope;
 constexpr int kDotSlices = 4;  // QK's dot dimension split over warps, two head tiles each
@@ -65,15 +65,28 @@ __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_
 
 // Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
 // q_pe[t, h] (rope)] in bf16, for every packed row (rows of other forms are computed too and never
-// read). Warp w reduces the W_UK rows c ≡ w (mod 8), each lane 8 latent columns per 16-byte load,
-// several loads in flight; the warps meet in shared memory.
+// read). Half-warp j of warp w reduces the W_UK rows c ≡ 2w + j (mod 16), each lane 8 latent
+// columns per 16-byte load, several loads in flight; the half-warps meet over a shuffle, the warps
+// in shared memory. The block's W_UK rows are requested into L2 before it waits for the kernels
+// ahead (no kernel writes weights): at batch 1 this kernel is all latency.
 __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
                                                              int rope, int v_dim, bf16* q_abs) {
-  FollowPriorKernels();
   __shared__ float q_nope[kAbsorbRows][256];
   __shared__ float partial[kWarps][kAbsorbCols];
   const int h = blockIdx.x;
   const int r0 = blockIdx.y * kAbsorbCols;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int first_row = 2 * warp + lane / 16, col = r0 + (lane % 16) * 8;
+  constexpr int kRowStep = 2 * kWarps;
+  const int64_t w_row = static_cast<int64_t>(h) * (nope + v_dim);
+  {
+    const int element = kv_b.dtype == DType::kF32 ? 4 : 2;
+    for (int c = first_row; c < nope; c += kRowStep) {
+      const char* p = static_cast<const char*>(kv_b.data) + ((w_row + c) * kv_b.row_stride + col) * element;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+    }
+  }
+  FollowPriorKernels();
   const int64_t t0 = static_cast<int64_t>(blockIdx.z) * kAbsorbRows;
   const int rows = static_cast<int>(q.rows - t0 < kAbsorbRows ? q.rows - t0 : kAbsorbRows);
   const int qk = nope + rope, dot = kRank + rope;
@@ -82,9 +95,7 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
     q_nope[r][c] = r < rows ? RowF32(q, t0 + r)[h * qk + c] : 0.0f;
   }
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float acc[kAbsorbRows][8] = {};
-  const int64_t w_row = static_cast<int64_t>(h) * (nope + v_dim);
   auto accumulate = [&](const float (&w)[8], int c) {
 #pragma unroll
     for (int r = 0; r < kAbsorbRows; ++r) {
@@ -93,11 +104,11 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
       for (int i = 0; i < 8; ++i) acc[r][i] = fmaf(w[i], qv, acc[r][i]);
     }
   };
-  const auto* w_bf16 = static_cast<const bf16*>(kv_b.data) + (w_row * kv_b.row_stride + r0 + lane * 8);
+  const auto* w_bf16 = static_cast<const bf16*>(kv_b.data) + (w_row * kv_b.row_stride + col);
   if (kv_b.dtype == DType::kBF16 && kv_b.row_stride % 8 == 0 && reinterpret_cast<uintptr_t>(kv_b.data) % 16 == 0) {
     // The serving layout: unconditional 16-byte loads, several rows in flight.
 #pragma unroll 8
-    for (int c = warp; c < nope; c += kWarps) {
+    for (int c = first_row; c < nope; c += kRowStep) {
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w_bf16 + c * kv_b.row_stride));
       const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
       float w[8];
@@ -109,24 +120,31 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
       accumulate(w, c);
     }
   } else {
-    for (int c = warp; c < nope; c += kWarps) {
+    for (int c = first_row; c < nope; c += kRowStep) {
       float w[8];
-      Load8(kv_b, w_row + c, r0 + lane * 8, w);
+      Load8(kv_b, w_row + c, col, w);
       accumulate(w, c);
     }
   }
 #pragma unroll
   for (int r = 0; r < kAbsorbRows; ++r) {
-    if (r >= rows) break;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) partial[warp][lane * 8 + i] = acc[r][i];
+    for (int i = 0; i < 8; ++i) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], 16);
+  }
+#pragma unroll
+  for (int r = 0; r < kAbsorbRows; ++r) {
+    if (r >= rows) break;
+    if (lane < 16) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) partial[warp][lane * 8 + i] = acc[r][i];
+    }
     __syncthreads();
     bf16* dst = q_abs + ((t0 + r) * heads + h) * dot;
-    for (int col = threadIdx.x; col < kAbsorbCols; col += kThreads) {
+    for (int j = threadIdx.x; j < kAbsorbCols; j += kThreads) {
       float sum = 0.0f;
 #pragma unroll
-      for (int v = 0; v < kWarps; ++v) sum += partial[v][col];
-      dst[r0 + col] = __float2bfloat16(sum);
+      for (int v = 0; v < kWarps; ++v) sum += partial[v][j];
+      dst[r0 + j] = __float2bfloat16(sum);
     }
     if (blockIdx.y == 0) {
       for (int c = threadIdx.x; c < rope; c += kThreads) {

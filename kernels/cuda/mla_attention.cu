@@ -341,7 +341,8 @@ struct AbsorbedArgs {
   float scale;
   // With P > 1 partitions (gridDim.z = S * P) each cluster attends to 1/P of a query's key
   // tiles and writes its merged but unnormalised state [m, l, o_lat (rank)] for each head to
-  // partial[((t * heads + h) * P + p) * (rank + 2)]; MlaAbsorbedMergeKernel finishes.
+  // partial[((t * heads + h) * P + p) * (rank + 2)]; MlaAbsorbedMergeKernel and
+  // MlaAbsorbedProjectKernel finish.
   float* partial;
 };
 
@@ -499,37 +500,33 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
   }
 }
 
-// Grid: (T, H, kMergeSplit), clusters of the kMergeSplit blocks of one (row, head). Merges the P
-// partition states of head h for packed row t (an absorbed row), o_lat = Σ_p w_p o_p / Σ_p w_p l_p
-// with w_p = exp(m_p - max m), then applies W_UV. Block z of a cluster merges latent columns
-// [z·S, (z+1)·S) (S = ceil(rank / kMergeSplit)), two partition halves at a time, reads the others'
-// columns from their shared memory, and computes output columns [z·V, (z+1)·V) (V likewise of
-// v_dim): a row's few thousand dependent loads spread over four SMs (one block took ~28 µs).
+// Grid: (T, H, kMergeSplit). Merges the P partition states of head h for packed row t (an
+// absorbed row): o_lat = Σ_p w_p o_p / Σ_p w_p l_p with w_p = exp(m_p - max m). Block z takes
+// latent columns [z·S, (z+1)·S) (S = ceil(rank / kMergeSplit)), two partition halves at a time,
+// and writes them over partition 0's columns, which no other block reads (m and l stay), for
+// MlaAbsorbedProjectKernel.
 constexpr int kMergeSplit = 4;
 
 // Dynamic shared memory of the merge, in floats.
 int MergeSmemFloats(int rank, int partitions) {
   const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
-  return 3 * slice + rank + partitions;
+  return 2 * slice + partitions;
 }
 
-__global__ void __cluster_dims__(1, 1, kMergeSplit) __launch_bounds__(kThreads)
-    MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
+__global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
   FollowPriorKernels();
   extern __shared__ float4 smem4[];
   const int rank = args.rank, entry_floats = rank + 2;
   const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
   float* halves = reinterpret_cast<float*>(smem4);  // [2][slice]: each partition half's sums
-  float* mine = halves + 2 * slice;                  // [slice]: this block's columns of o_lat
-  float* o_lat = mine + slice;                       // [rank]: all of them
-  float* weight = o_lat + rank;                      // [partitions]
+  float* weight = halves + 2 * slice;                // [partitions]
   __shared__ int row_seq[1];
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y, z = blockIdx.z;
   MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, row_seq);
-  if (row_seq[0] < 0) return;  // the whole cluster: its blocks share the row
-  const float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
+  if (row_seq[0] < 0) return;
+  float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
   float m_local = -INFINITY;
   for (int p = threadIdx.x; p < partitions; p += kThreads) m_local = fmaxf(m_local, entries[p * entry_floats]);
   const float m_max = BlockMax(m_local, scratch);
@@ -552,52 +549,109 @@ __global__ void __cluster_dims__(1, 1, kMergeSplit) __launch_bounds__(kThreads)
     for (int p = half == 0 ? 0 : split; p < p_end; ++p) o = fmaf(weight[p], entries[p * entry_floats + 2 + r], o);
     halves[i] = o;
   }
-  __syncthreads();
+  __syncthreads();  // every read of partition 0's columns is done
   for (int r = lo + static_cast<int>(threadIdx.x); r < hi; r += kThreads) {
-    mine[r - lo] = (halves[r - lo] + halves[slice + r - lo]) / l;
+    entries[2 + r] = (halves[r - lo] + halves[slice + r - lo]) / l;
   }
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every block's columns are in its shared memory
-  for (int r = threadIdx.x; r < rank; r += kThreads) {
-    const float* owner = cluster.map_shared_rank(mine, r / slice);
-    o_lat[r] = owner[r % slice];
-  }
-  cluster.sync();  // no block leaves while another still reads its columns; o_lat is complete
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+}
+
+// W_UV after the attention: out[t, h·V + c] = Σ_r W_UV[h][c][r] · o_lat[t, h][r], o_lat being
+// partition 0's columns of the row's state (divided by its l when there is one partition, merged
+// by MlaAbsorbedMergeKernel otherwise). Grid (H, ceil(V / kProjectCols), row groups): a block
+// holds kProjectCols rows of W_UV in shared memory (loaded before it waits for the kernels
+// ahead: no kernel writes weights) and applies them to kProjectRows packed rows at a time, lane c
+// for output column c, warp w for every kWarps-th 4 latent columns, the warps meeting in shared
+// memory. Rows are grouped so that a weight is read from L2 once per kProjectRows rows, not once
+// per row (which cost up to 150 µs at 64 rows).
+constexpr int kProjectCols = 32;
+constexpr int kProjectRows = 8;
+static_assert(kProjectRows * kProjectCols == kThreads, "a thread per output of a row group");
+
+int RoundUp8(int x) { return (x + 7) / 8 * 8; }
+
+// Dynamic shared memory of the projection, in floats: W rows with a stride of 4 mod 32 words
+// (a lane's float4 reads are conflict-free), the rows' o_lat, the warps' partial sums.
+int ProjectSmemFloats(int rank) {
+  return kProjectCols * (RoundUp8(rank) + 4) + kProjectRows * RoundUp8(rank) + kWarps * kProjectRows * kProjectCols;
+}
+
+__global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArgs args, int partitions) {
+  AllowDependentLaunch();
+  extern __shared__ float4 smem4[];
+  const int rank = args.rank, padded = (rank + 7) / 8 * 8, w_ld = padded + 4;
+  float* w = reinterpret_cast<float*>(smem4);  // [kProjectCols][w_ld]
+  float* o = w + kProjectCols * w_ld;          // [kProjectRows][padded]
+  float* sums = o + kProjectRows * padded;     // [kWarps][kProjectRows][kProjectCols]
+  __shared__ int row_seq[kProjectRows];
+  const int h = blockIdx.x, c0 = blockIdx.y * kProjectCols;
   const int kv_width = args.nope + args.v_dim;
-  const int v_slice = (args.v_dim + kMergeSplit - 1) / kMergeSplit;
-  const int c_lo = z * v_slice, c_hi = min(args.v_dim, c_lo + v_slice);
-  float* out_row = RowF32(args.out, t);
-  // W_UV: four output columns per warp at a time, each lane 8 latent columns per load.
-  constexpr int kColumns = 4;
-  for (int c0 = c_lo + warp * kColumns; c0 < c_hi; c0 += kWarps * kColumns) {
-    const int64_t w_row = static_cast<int64_t>(h) * kv_width + args.nope + c0;
-    float sum[kColumns] = {};
-#pragma unroll 2
-    for (int r = lane * 8; r < rank; r += 32 * 8) {
-      float w[kColumns][8];
+  // Several loads in flight per thread before any store: the weights' latency is most of this
+  // kernel's time at small batches.
+  constexpr int kInFlight = 4;
+  const int chunks = kProjectCols * (padded / 8);
+  for (int i0 = threadIdx.x; i0 < chunks; i0 += kInFlight * kThreads) {
+    float v[kInFlight][8];
 #pragma unroll
-      for (int j = 0; j < kColumns; ++j) {
-        if (c0 + j < c_hi) {
-          Load8(args.kv_b, w_row + j, r, w[j]);
-        } else {
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = min(i0 + u * kThreads, chunks - 1), c = min(c0 + i / (padded / 8), args.v_dim - 1);
+      Load8(args.kv_b, static_cast<int64_t>(h) * kv_width + args.nope + c, 8 * (i % (padded / 8)), v[u]);
+    }
 #pragma unroll
-          for (int i = 0; i < 8; ++i) w[j][i] = 0.0f;
+    for (int u = 0; u < kInFlight; ++u) {
+      const int i = i0 + u * kThreads, c = i / (padded / 8), k = 8 * (i % (padded / 8));
+      if (i >= chunks) break;
+      // Columns past v_dim hold row v_dim - 1 again: their sums are never written.
+      float4* dst = reinterpret_cast<float4*>(w + c * w_ld + k);
+      dst[0] = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      dst[1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+    }
+  }
+  WaitForPriorKernels();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int entry_floats = rank + 2;
+  for (int64_t t0 = static_cast<int64_t>(blockIdx.z) * kProjectRows; t0 < args.out.rows;
+       t0 += static_cast<int64_t>(gridDim.z) * kProjectRows) {
+    const int n = static_cast<int>(args.out.rows - t0 < kProjectRows ? args.out.rows - t0 : kProjectRows);
+    MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t0, n, row_seq);  // syncs
+    for (int i0 = threadIdx.x; i0 < kProjectRows * padded; i0 += kInFlight * kThreads) {
+      float v[kInFlight];
+#pragma unroll
+      for (int u = 0; u < kInFlight; ++u) {
+        const int i = i0 + u * kThreads, r = i / padded, k = i % padded;
+        v[u] = 0.0f;
+        if (r < n && row_seq[r] >= 0 && k < rank) {
+          const float* entry = args.partial + ((t0 + r) * args.heads + h) * partitions * entry_floats;
+          v[u] = partitions == 1 ? entry[2 + k] / entry[1] : entry[2 + k];
         }
       }
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        if (r + i >= rank) break;
-        const float o = o_lat[r + i];
+      for (int u = 0; u < kInFlight; ++u) {
+        if (i0 + u * kThreads < kProjectRows * padded) o[i0 + u * kThreads] = v[u];
+      }
+    }
+    __syncthreads();
+    float acc[kProjectRows] = {};
+    for (int k = 4 * warp; k < padded; k += 4 * kWarps) {
+      const float4 wv = *reinterpret_cast<const float4*>(w + lane * w_ld + k);
 #pragma unroll
-        for (int j = 0; j < kColumns; ++j) sum[j] = fmaf(w[j][i], o, sum[j]);
+      for (int r = 0; r < kProjectRows; ++r) {
+        const float4 ov = *reinterpret_cast<const float4*>(o + r * padded + k);
+        acc[r] = fmaf(wv.x, ov.x, fmaf(wv.y, ov.y, fmaf(wv.z, ov.z, fmaf(wv.w, ov.w, acc[r]))));
       }
     }
 #pragma unroll
-    for (int j = 0; j < kColumns; ++j) {
-      const float total = WarpSum(sum[j]);
-      if (lane == 0 && c0 + j < c_hi) out_row[h * args.v_dim + c0 + j] = total;
+    for (int r = 0; r < kProjectRows; ++r) sums[(warp * kProjectRows + r) * kProjectCols + lane] = acc[r];
+    __syncthreads();
+    {
+      const int r = threadIdx.x / kProjectCols, c = threadIdx.x % kProjectCols;
+      if (r < n && row_seq[r] >= 0 && c0 + c < args.v_dim) {
+        float total = 0.0f;
+#pragma unroll
+        for (int v = 0; v < kWarps; ++v) total += sums[(v * kProjectRows + r) * kProjectCols + c];
+        RowF32(args.out, t0 + r)[h * args.v_dim + c0 + c] = total;
+      }
     }
+    __syncthreads();  // o, sums and row_seq are reused by the next row group
   }
 }
 
@@ -706,6 +760,32 @@ int64_t AbsorbedPartitions(int64_t rows, int64_t groups, int64_t max_keys) {
   return partitions;
 }
 
+// After an absorbed attention that wrote partition states: their merge (P > 1), then W_UV.
+int LaunchMergeAndProject(const AbsorbedArgs& args, int partitions, cudaStream_t stream) {
+  const int64_t rows = args.out.rows;
+  if (partitions > 1) {
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(args.heads), kMergeSplit);
+    const size_t smem = sizeof(float) * MergeSmemFloats(args.rank, partitions);
+    const int error =
+        LaunchAfterPrior(MlaAbsorbedMergeKernel, grid, dim3(kThreads), smem, stream, args, partitions);
+    if (error != 0) return error;
+  }
+  const size_t smem = sizeof(float) * ProjectSmemFloats(args.rank);
+  if (smem > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(MlaAbsorbedProjectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return static_cast<int>(err);
+    }
+  }
+  const int64_t groups = std::min<int64_t>((rows + kProjectRows - 1) / kProjectRows, 65535);
+  const int column_blocks = (args.v_dim + kProjectCols - 1) / kProjectCols;
+  const dim3 grid(static_cast<unsigned>(args.heads), static_cast<unsigned>(column_blocks),
+                  static_cast<unsigned>(groups));
+  return LaunchAfterPrior(MlaAbsorbedProjectKernel, grid, dim3(kThreads), smem, stream, args, partitions);
+}
+
 }  // namespace
 
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores) {
@@ -808,15 +888,12 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   args.v_dim = static_cast<int>(params.v_dim);
   args.scale = params.scale;
   auto s = static_cast<cudaStream_t>(stream);
-  const dim3 merge_grid(static_cast<unsigned>(q.rows), static_cast<unsigned>(heads), kMergeSplit);
   if (tensor_cores && MlaAbsorbedTcSupports(params)) {
     int64_t partitions = 0;
     const int error = LaunchMlaAbsorbedTc(params, q, kv_b, seqs, num_seqs, max_keys, scratch,
                                           &args.partial, &partitions, stream);
     if (error != 0) return error;
-    return LaunchAfterPrior(MlaAbsorbedMergeKernel, merge_grid, dim3(kThreads),
-                            sizeof(float) * MergeSmemFloats(args.rank, static_cast<int>(partitions)), s, args,
-                            static_cast<int>(partitions));
+    return LaunchMergeAndProject(args, static_cast<int>(partitions), s);
   }
   const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const int64_t partitions = AbsorbedPartitions(q.rows, groups, max_keys);
@@ -838,9 +915,7 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
     default: return Invalid();  // kv_lora_rank > 512
   }
   if (error != 0 || partitions <= 1) return error;
-  return LaunchAfterPrior(MlaAbsorbedMergeKernel, merge_grid, dim3(kThreads),
-                          sizeof(float) * MergeSmemFloats(args.rank, static_cast<int>(partitions)), s, args,
-                          static_cast<int>(partitions));
+  return LaunchMergeAndProject(args, static_cast<int>(partitions), s);
 }
 
 }  // namespace deltaserve::kernels::cuda
