@@ -111,12 +111,7 @@ class Sweeper {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<RunningProcess>> StartSessionStore(const SessionStoreConfig& config) {
-  // A part travels in one message: the server must accept the largest part the store accepts.
-  GrpcServerConfig server = config.process.server;
-  server.max_receive_message_bytes =
-      std::max<int64_t>(server.max_receive_message_bytes, StoreMessageLimitBytes(config.store.max_part_bytes));
-  server.max_send_message_bytes =
-      std::max<int64_t>(server.max_send_message_bytes, StoreMessageLimitBytes(config.store.max_part_bytes));
+  const GrpcServerConfig& server = config.process.server;
   DS_RETURN_IF_ERROR(server.Validate());
   DS_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
                       StartMetrics(config.process.metrics_listen, "session_store"));

@@ -2,21 +2,16 @@
 #include "services/session_store/session_store_service.h"
 
 #include <algorithm>
-#include <climits>
 #include <string>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "services/common/grpc_status.h"
 #include "services/session_store/proto_convert.h"
 
 namespace deltaserve::services {
 
 namespace pb = ::deltaserve::internal::v1;
-
-int StoreMessageLimitBytes(int64_t max_part_bytes) {
-  constexpr int64_t kEnvelopeRoomBytes = int64_t{1} << 20;  // ids, part info, proto framing
-  return static_cast<int>(std::min<int64_t>(max_part_bytes + kEnvelopeRoomBytes, INT_MAX));
-}
 
 grpc::Status SessionStoreService::CreateSession(grpc::ServerContext* /*context*/,
                                                 const pb::CreateSessionRequest* request,
@@ -29,13 +24,39 @@ grpc::Status SessionStoreService::CreateSession(grpc::ServerContext* /*context*/
 }
 
 grpc::Status SessionStoreService::PutPart(grpc::ServerContext* /*context*/,
-                                          const pb::PutPartRequest* request,
+                                          grpc::ServerReader<pb::PutPartRequest>* reader,
                                           pb::PutPartResponse* response) {
-  absl::StatusOr<PartKind> kind = PartKindFromProto(request->kind());
+  pb::PutPartRequest chunk;
+  if (!reader->Read(&chunk)) {
+    return ToGrpcStatus(absl::InvalidArgumentError("PutPart: the stream carried no chunk"));
+  }
+  absl::StatusOr<PartKind> kind = PartKindFromProto(chunk.kind());
   if (!kind.ok()) return ToGrpcStatus(kind.status());
-  // The sync API hands us a const request, so the payload is copied once here.
-  absl::StatusOr<PartInfo> info = store_.PutPart(request->tenant(), request->session_id(),
-                                                 request->part(), *kind, request->payload());
+  const std::string tenant = chunk.tenant(), session_id = chunk.session_id(), part = chunk.part();
+  const int64_t total = chunk.total_bytes();
+  if (total < 0) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("PutPart: part '", part, "' announces ", total, " bytes")));
+  }
+  if (total > store_.options().max_part_bytes) {
+    return ToGrpcStatus(absl::ResourceExhaustedError(
+        absl::StrCat("session '", session_id, "' part '", part, "' has ", total,
+                     " bytes, more than max_part_bytes ", store_.options().max_part_bytes)));
+  }
+  std::string payload;
+  payload.reserve(static_cast<size_t>(total));
+  do {
+    if (chunk.payload().size() > static_cast<size_t>(total) - payload.size()) {
+      return ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat("PutPart: part '", part, "' sent more than the ", total, " bytes it announced")));
+    }
+    payload.append(chunk.payload());
+  } while (reader->Read(&chunk));
+  if (payload.size() != static_cast<size_t>(total)) {
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+        "PutPart: part '", part, "' ended after ", payload.size(), " of the ", total, " bytes it announced")));
+  }
+  absl::StatusOr<PartInfo> info = store_.PutPart(tenant, session_id, part, *kind, std::move(payload));
   if (!info.ok()) return ToGrpcStatus(info.status());
   PartInfoToProto(*info, response->mutable_part());
   return grpc::Status::OK;
@@ -43,12 +64,23 @@ grpc::Status SessionStoreService::PutPart(grpc::ServerContext* /*context*/,
 
 grpc::Status SessionStoreService::GetPart(grpc::ServerContext* /*context*/,
                                           const pb::GetPartRequest* request,
-                                          pb::GetPartResponse* response) {
+                                          grpc::ServerWriter<pb::GetPartResponse>* writer) {
   absl::StatusOr<Part> part =
       store_.GetPart(request->tenant(), request->session_id(), request->part());
   if (!part.ok()) return ToGrpcStatus(part.status());
-  PartInfoToProto(part->info, response->mutable_part());
-  response->set_payload(std::move(part->payload));
+  const std::string& payload = part->payload;
+  pb::GetPartResponse chunk;
+  PartInfoToProto(part->info, chunk.mutable_part());
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(kStoreChunkBytes, payload.size() - offset);
+    chunk.set_payload(payload.data() + offset, n);
+    if (!writer->Write(chunk)) {
+      return ToGrpcStatus(absl::CancelledError("GetPart: the client stopped reading"));
+    }
+    chunk.Clear();
+    offset += n;
+  } while (offset < payload.size());
   return grpc::Status::OK;
 }
 

@@ -4,17 +4,10 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <cstdint>
-
 #include "deltaserve/internal/v1/session_store.grpc.pb.h"
 #include "services/session_store/snapshot_store.h"
 
 namespace deltaserve::services {
-
-// The largest gRPC message a store with parts of up to `max_part_bytes` sends or receives:
-// pass it to ServerBuilder::SetMaxReceiveMessageSize/SetMaxSendMessageSize (gRPC's default
-// receive limit is 4 MiB); clients use StoreChannelArguments (store_client.h).
-int StoreMessageLimitBytes(int64_t max_part_bytes);
 
 // Thread-safe (the store is). `store` is not owned and must outlive the service.
 class SessionStoreService final : public deltaserve::internal::v1::SessionStore::Service {
@@ -24,12 +17,14 @@ class SessionStoreService final : public deltaserve::internal::v1::SessionStore:
   grpc::Status CreateSession(grpc::ServerContext* context,
                              const deltaserve::internal::v1::CreateSessionRequest* request,
                              deltaserve::internal::v1::SessionInfo* response) override;
+  // Assembles the chunks in memory (at most the store's max_part_bytes, checked against the
+  // first chunk's total_bytes before any payload is kept), then stores the part.
   grpc::Status PutPart(grpc::ServerContext* context,
-                       const deltaserve::internal::v1::PutPartRequest* request,
+                       grpc::ServerReader<deltaserve::internal::v1::PutPartRequest>* reader,
                        deltaserve::internal::v1::PutPartResponse* response) override;
   grpc::Status GetPart(grpc::ServerContext* context,
                        const deltaserve::internal::v1::GetPartRequest* request,
-                       deltaserve::internal::v1::GetPartResponse* response) override;
+                       grpc::ServerWriter<deltaserve::internal::v1::GetPartResponse>* writer) override;
   grpc::Status StatSession(grpc::ServerContext* context,
                            const deltaserve::internal::v1::StatSessionRequest* request,
                            deltaserve::internal::v1::SessionInfo* response) override;

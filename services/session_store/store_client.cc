@@ -5,13 +5,15 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "services/common/grpc_status.h"
 #include "services/session_store/proto_convert.h"
-#include "services/session_store/session_store_service.h"
+#include "services/session_store/store_options.h"
 
 namespace deltaserve::services {
 
@@ -95,16 +97,26 @@ absl::StatusOr<PartInfo> GrpcStoreClient::PutPart(std::string_view tenant,
                                                   std::string_view session_id,
                                                   std::string_view part, PartKind kind,
                                                   std::string payload) {
-  pb::PutPartRequest request;
-  request.set_tenant(std::string(tenant));
-  request.set_session_id(std::string(session_id));
-  request.set_part(std::string(part));
-  request.set_kind(PartKindToProto(kind));
-  request.set_payload(std::move(payload));
   pb::PutPartResponse response;
   grpc::ClientContext context;
   PrepareContext(context);
-  const grpc::Status status = stub_->PutPart(&context, request, &response);
+  std::unique_ptr<grpc::ClientWriter<pb::PutPartRequest>> writer = stub_->PutPart(&context, &response);
+  pb::PutPartRequest chunk;
+  chunk.set_tenant(std::string(tenant));
+  chunk.set_session_id(std::string(session_id));
+  chunk.set_part(std::string(part));
+  chunk.set_kind(PartKindToProto(kind));
+  chunk.set_total_bytes(static_cast<int64_t>(payload.size()));
+  size_t offset = 0;
+  do {
+    const size_t n = std::min(kStoreChunkBytes, payload.size() - offset);
+    chunk.set_payload(payload.data() + offset, n);
+    if (!writer->Write(chunk)) break;  // the store ended the call: Finish has its status
+    chunk.Clear();
+    offset += n;
+  } while (offset < payload.size());
+  writer->WritesDone();
+  const grpc::Status status = writer->Finish();
   if (!status.ok()) return CallStatus(status, "PutPart");
   return PartInfoFromProto(response.part());
 }
@@ -115,14 +127,33 @@ absl::StatusOr<Part> GrpcStoreClient::GetPart(std::string_view tenant, std::stri
   request.set_tenant(std::string(tenant));
   request.set_session_id(std::string(session_id));
   request.set_part(std::string(part));
-  pb::GetPartResponse response;
   grpc::ClientContext context;
   PrepareContext(context);
-  const grpc::Status status = stub_->GetPart(&context, request, &response);
-  if (!status.ok()) return CallStatus(status, "GetPart");
+  std::unique_ptr<grpc::ClientReader<pb::GetPartResponse>> reader = stub_->GetPart(&context, request);
+  pb::GetPartResponse chunk;
   Part result;
-  result.info = PartInfoFromProto(response.part());
-  result.payload = std::move(*response.mutable_payload());
+  bool got_info = false, well_formed = true;
+  while (reader->Read(&chunk)) {
+    if (!got_info) {
+      got_info = true;
+      result.info = PartInfoFromProto(chunk.part());
+      well_formed = result.info.bytes >= 0 && result.info.bytes <= kMaxPartBytesLimit;
+      if (well_formed) result.payload.reserve(static_cast<size_t>(result.info.bytes));
+    }
+    if (!well_formed || chunk.payload().size() > static_cast<size_t>(result.info.bytes) - result.payload.size()) {
+      well_formed = false;
+      context.TryCancel();
+      break;
+    }
+    result.payload.append(chunk.payload());
+  }
+  const grpc::Status status = reader->Finish();
+  if (well_formed && !status.ok()) return CallStatus(status, "GetPart");
+  if (!got_info || !well_formed || result.payload.size() != static_cast<size_t>(result.info.bytes)) {
+    return absl::DataLossError(
+        absl::StrFormat("session store GetPart: part '%s' arrived with %d payload bytes, not the %d its info announces",
+                        part, result.payload.size(), result.info.bytes));
+  }
   return result;
 }
 
@@ -184,18 +215,8 @@ absl::StatusOr<SessionInfo> GrpcStoreClient::CopySession(std::string_view tenant
   return SessionInfoFromProto(response);
 }
 
-grpc::ChannelArguments StoreChannelArguments(int64_t max_part_bytes) {
-  grpc::ChannelArguments args;
-  const int limit = StoreMessageLimitBytes(max_part_bytes);
-  args.SetMaxReceiveMessageSize(limit);
-  args.SetMaxSendMessageSize(limit);
-  return args;
-}
-
-std::shared_ptr<grpc::Channel> CreateStoreChannel(const std::string& target,
-                                                  int64_t max_part_bytes) {
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(),
-                                   StoreChannelArguments(max_part_bytes));
+std::shared_ptr<grpc::Channel> CreateStoreChannel(const std::string& target) {
+  return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
 }
 
 }  // namespace deltaserve::services

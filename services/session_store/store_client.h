@@ -4,7 +4,6 @@
 #pragma once
 
 #include <grpcpp/channel.h>
-#include <grpcpp/support/channel_arguments.h>
 
 #include <cstdint>
 #include <memory>
@@ -102,11 +101,8 @@ class GrpcStoreClient final : public StoreClient {
   std::unique_ptr<deltaserve::internal::v1::SessionStore::Stub> stub_;
 };
 
-// Channel arguments letting parts of up to `max_part_bytes` through (gRPC's default receive
-// limit is 4 MiB).
-grpc::ChannelArguments StoreChannelArguments(int64_t max_part_bytes);
-// An insecure channel to `target` ("host:port") with StoreChannelArguments.
-std::shared_ptr<grpc::Channel> CreateStoreChannel(const std::string& target,
-                                                  int64_t max_part_bytes);
+// An insecure channel to `target` ("host:port"). Parts travel in chunks of kStoreChunkBytes, so
+// gRPC's default message limits serve parts of any size.
+std::shared_ptr<grpc::Channel> CreateStoreChannel(const std::string& target);
 
 }  // namespace deltaserve::services

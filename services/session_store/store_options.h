@@ -10,8 +10,9 @@
 
 namespace deltaserve::services {
 
-// gRPC messages are limited to 2 GiB; keep room for the rest of a GetPart response.
-inline constexpr int64_t kMaxPartBytesLimit = (int64_t{2} << 30) - (int64_t{1} << 20);
+// A sanity bound on max_part_bytes (1 TiB): parts travel in chunks, so gRPC's 2 GiB message limit
+// does not apply; the store holds a part whole in memory while it receives or sends it.
+inline constexpr int64_t kMaxPartBytesLimit = int64_t{1} << 40;
 
 struct SnapshotStoreOptions {
   // Directory of the disk tier (created if missing). Empty: a memory-only store, whose sessions

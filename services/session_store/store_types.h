@@ -2,6 +2,7 @@
 // in-process users never touch the wire format.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,6 +22,11 @@ enum class Tier : uint32_t {
 };
 
 const char* PartKindName(PartKind kind);
+
+// Payload bytes per message of the SessionStore service's PutPart and GetPart streams: well
+// under gRPC's default 4 MiB receive limit, so no channel needs raised limits, and a part may be
+// larger than one message can be (2 GiB).
+inline constexpr size_t kStoreChunkBytes = size_t{1} << 20;
 
 struct PartInfo {
   std::string name;

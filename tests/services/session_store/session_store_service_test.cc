@@ -1,6 +1,7 @@
 // The StoreClient contract, in process (LocalStoreClient) and through the gRPC service on
-// 127.0.0.1 (GrpcStoreClient): same results, same status codes and messages; and transport
-// failures as UNAVAILABLE / DEADLINE_EXCEEDED.
+// 127.0.0.1 (GrpcStoreClient, parts in chunks through gRPC's default message limits): same
+// results, same status codes and messages; transport failures as UNAVAILABLE /
+// DEADLINE_EXCEEDED; malformed chunk streams rejected.
 #include "services/session_store/session_store_service.h"
 
 #include <arpa/inet.h>
@@ -12,6 +13,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "services/session_store/snapshot_store.h"
 #include "services/session_store/store_client.h"
@@ -36,8 +38,6 @@ class StoreServer {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&service_);
-    builder.SetMaxReceiveMessageSize(StoreMessageLimitBytes(kMaxPartBytes));
-    builder.SetMaxSendMessageSize(StoreMessageLimitBytes(kMaxPartBytes));
     server_ = builder.BuildAndStart();
   }
   ~StoreServer() { Shutdown(); }
@@ -70,7 +70,7 @@ class StoreClientContractTest : public ::testing::TestWithParam<Transport> {
       server_ = std::make_unique<StoreServer>(*store_);
       ASSERT_TRUE(server_->ok());
       client_ = std::make_unique<GrpcStoreClient>(
-          CreateStoreChannel(server_->target(), kMaxPartBytes), GrpcStoreClientOptions{});
+          CreateStoreChannel(server_->target()), GrpcStoreClientOptions{});
     }
   }
   void TearDown() override {
@@ -109,6 +109,16 @@ TEST_P(StoreClientContractTest, RoundTripsLargePartsAndMetadata) {
   EXPECT_EQ(put.layer_end, 14);
   EXPECT_EQ(put.tier, Tier::kMemory);
   Must(client.PutPart("acme", "conv-1", "manifest", PartKind::kBlob, "manifest bytes"));
+  // Exactly two chunks, and no payload at all (one chunk carrying only the header).
+  Must(client.CreateSession("acme", "chunks", true));
+  const std::string two_chunks = TestBytes(2 * kStoreChunkBytes, 3);
+  Must(client.PutPart("acme", "chunks", "even", PartKind::kBlob, two_chunks));
+  EXPECT_EQ(Must(client.GetPart("acme", "chunks", "even")).payload, two_chunks);
+  Must(client.PutPart("acme", "chunks", "empty", PartKind::kBlob, ""));
+  const Part empty = Must(client.GetPart("acme", "chunks", "empty"));
+  EXPECT_EQ(empty.payload, "");
+  EXPECT_EQ(empty.info.bytes, 0);
+  Must(client.DeleteSession("acme", "chunks"));
 
   const Part got = Must(client.GetPart("acme", "conv-1", "layers-0-13"));
   EXPECT_EQ(got.payload, state);
@@ -197,10 +207,10 @@ TEST(GrpcStoreClientTest, StoreThatIsGoneIsUnavailable) {
     StoreServer server(*store);
     ASSERT_TRUE(server.ok());
     target = server.target();
-    GrpcStoreClient client(CreateStoreChannel(target, kMaxPartBytes));
+    GrpcStoreClient client(CreateStoreChannel(target));
     Must(client.CreateSession("acme", "s", true));
   }
-  GrpcStoreClient client(CreateStoreChannel(target, kMaxPartBytes), {.timeout_ms = 5'000});
+  GrpcStoreClient client(CreateStoreChannel(target), {.timeout_ms = 5'000});
   const absl::StatusOr<SessionInfo> info = client.StatSession("acme", "s");
   EXPECT_CODE(info, kUnavailable);
   EXPECT_NE(info.status().message().find("StatSession"), std::string::npos) << info.status();
@@ -219,9 +229,59 @@ TEST(GrpcStoreClientTest, CallPastItsDeadlineIsDeadlineExceeded) {
   socklen_t len = sizeof(addr);
   ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
   const std::string target = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
-  GrpcStoreClient client(CreateStoreChannel(target, kMaxPartBytes), {.timeout_ms = 300});
+  GrpcStoreClient client(CreateStoreChannel(target), {.timeout_ms = 300});
   EXPECT_CODE(client.GetPart("acme", "s", "manifest"), kDeadlineExceeded);
   ::close(fd);
+}
+
+// PutPart streams that do not match what their first chunk announces, straight through the stub:
+// each is refused with a clear status and the store keeps serving.
+TEST(SessionStoreServiceTest, MalformedPutPartStreamsAreRefused) {
+  namespace pb = ::deltaserve::internal::v1;
+  TempDir dir;
+  SnapshotStoreOptions options;
+  options.max_part_bytes = kMaxPartBytes;
+  std::unique_ptr<SnapshotStore> store = Must(SnapshotStore::Open(options));
+  StoreServer server(*store);
+  ASSERT_TRUE(server.ok());
+  GrpcStoreClient client(CreateStoreChannel(server.target()));
+  Must(client.CreateSession("acme", "s", true));
+  auto stub = pb::SessionStore::NewStub(CreateStoreChannel(server.target()));
+  // Sends `chunks` as PutPart's stream, the first announcing `total` bytes of part "p".
+  const auto put = [&](int64_t total, std::vector<std::string> chunks) {
+    grpc::ClientContext context;
+    pb::PutPartResponse response;
+    auto writer = stub->PutPart(&context, &response);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      pb::PutPartRequest chunk;
+      if (i == 0) {
+        chunk.set_tenant("acme");
+        chunk.set_session_id("s");
+        chunk.set_part("p");
+        chunk.set_kind(pb::PART_KIND_BLOB);
+        chunk.set_total_bytes(total);
+      }
+      chunk.set_payload(chunks[i]);
+      if (!writer->Write(chunk)) break;
+    }
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  const grpc::Status longer = put(4, {"abc", "de"});
+  EXPECT_EQ(longer.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << longer.error_message();
+  EXPECT_NE(longer.error_message().find("more than the 4 bytes"), std::string::npos) << longer.error_message();
+  const grpc::Status shorter = put(6, {"abc", "de"});
+  EXPECT_EQ(shorter.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << shorter.error_message();
+  EXPECT_NE(shorter.error_message().find("5 of the 6 bytes"), std::string::npos) << shorter.error_message();
+  EXPECT_EQ(put(-1, {""}).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  const grpc::Status too_big = put(kMaxPartBytes + 1, {"a"});
+  EXPECT_EQ(too_big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << too_big.error_message();
+  EXPECT_NE(too_big.error_message().find("max_part_bytes"), std::string::npos) << too_big.error_message();
+  EXPECT_EQ(put(0, {}).error_code(), grpc::StatusCode::INVALID_ARGUMENT);  // no chunk at all
+  EXPECT_CODE(client.GetPart("acme", "s", "p"), kNotFound);
+
+  EXPECT_TRUE(put(5, {"abc", "de"}).ok());
+  EXPECT_EQ(Must(client.GetPart("acme", "s", "p")).payload, "abcde");
 }
 
 }  // namespace
