@@ -14,9 +14,9 @@
 
 namespace deltaserve::services {
 
-// Defaults suit both planes; `cli/` fills one per role from flags. Roles that move state
-// snapshots or activations in one message (session store, stage workers) raise the message
-// limits. Every *_bytes and *_ms value is bounded by INT32_MAX (gRPC channel arguments are int).
+// Defaults suit both planes; `cli/` fills one per role from flags. Roles that move activations
+// in one message (stage workers) raise the message limits; the session store streams parts in
+// chunks. Every *_bytes and *_ms value is bounded by INT32_MAX (gRPC channel arguments are int).
 struct GrpcServerConfig {
   // "host:port" ("0.0.0.0:50051", "[::]:50051", "127.0.0.1:0" for an ephemeral port) or
   // "unix:/path".

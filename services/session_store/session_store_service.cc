@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "services/common/grpc_status.h"
 #include "services/session_store/proto_convert.h"
+#include "services/session_store/store_messages.h"
+#include "services/session_store/store_names.h"
 
 namespace deltaserve::services {
 
@@ -33,28 +35,32 @@ grpc::Status SessionStoreService::PutPart(grpc::ServerContext* /*context*/,
   absl::StatusOr<PartKind> kind = PartKindFromProto(chunk.kind());
   if (!kind.ok()) return ToGrpcStatus(kind.status());
   const std::string tenant = chunk.tenant(), session_id = chunk.session_id(), part = chunk.part();
+  // The store's own checks, in its order, before any payload is kept.
+  if (absl::Status ids = ValidateIds(tenant, session_id); !ids.ok()) return ToGrpcStatus(ids);
+  if (absl::Status name = ValidatePartName(part); !name.ok()) return ToGrpcStatus(name);
+  const std::string where = PartLabel(session_id, part);
   const int64_t total = chunk.total_bytes();
   if (total < 0) {
-    return ToGrpcStatus(absl::InvalidArgumentError(
-        absl::StrCat("PutPart: part '", part, "' announces ", total, " bytes")));
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("PutPart: ", where, " announces ", total, " bytes")));
   }
   if (total > store_.options().max_part_bytes) {
-    return ToGrpcStatus(absl::ResourceExhaustedError(
-        absl::StrCat("session '", session_id, "' part '", part, "' has ", total,
-                     " bytes, more than max_part_bytes ", store_.options().max_part_bytes)));
+    return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
+        where, " has ", total, " bytes, more than max_part_bytes ", store_.options().max_part_bytes)));
   }
+  // Grown as chunks arrive: a stream that announces a large part and sends little costs little.
+  constexpr int64_t kInitialReserveBytes = int64_t{64} << 20;
   std::string payload;
-  payload.reserve(static_cast<size_t>(total));
+  payload.reserve(static_cast<size_t>(std::min(total, kInitialReserveBytes)));
   do {
     if (chunk.payload().size() > static_cast<size_t>(total) - payload.size()) {
       return ToGrpcStatus(absl::InvalidArgumentError(
-          absl::StrCat("PutPart: part '", part, "' sent more than the ", total, " bytes it announced")));
+          absl::StrCat("PutPart: ", where, " sent more than the ", total, " bytes it announced")));
     }
     payload.append(chunk.payload());
   } while (reader->Read(&chunk));
   if (payload.size() != static_cast<size_t>(total)) {
     return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-        "PutPart: part '", part, "' ended after ", payload.size(), " of the ", total, " bytes it announced")));
+        "PutPart: ", where, " ended after ", payload.size(), " of the ", total, " bytes it announced")));
   }
   absl::StatusOr<PartInfo> info = store_.PutPart(tenant, session_id, part, *kind, std::move(payload));
   if (!info.ok()) return ToGrpcStatus(info.status());

@@ -17,8 +17,9 @@ class SessionStoreService final : public deltaserve::internal::v1::SessionStore:
   grpc::Status CreateSession(grpc::ServerContext* context,
                              const deltaserve::internal::v1::CreateSessionRequest* request,
                              deltaserve::internal::v1::SessionInfo* response) override;
-  // Assembles the chunks in memory (at most the store's max_part_bytes, checked against the
-  // first chunk's total_bytes before any payload is kept), then stores the part.
+  // Assembles the chunks in memory, then stores the part. The ids, the part name and the first
+  // chunk's total_bytes (against the store's max_part_bytes) are checked before any payload is
+  // kept, and the stream must carry exactly total_bytes.
   grpc::Status PutPart(grpc::ServerContext* context,
                        grpc::ServerReader<deltaserve::internal::v1::PutPartRequest>* reader,
                        deltaserve::internal::v1::PutPartResponse* response) override;
