@@ -32,15 +32,40 @@ const START_TIMEOUT_MS = 240_000;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-function freePort() {
-  return new Promise((resolve, reject) => {
+// A port for a pod to listen on, never the same one twice in a run. Picked below the kernel's
+// ephemeral range where it has room there: listen(0) takes a port from that range, which the
+// outgoing connections of the pods already running also draw from, so one of them could take
+// the port before its pod binds it (seen in CI as "address already in use").
+const portsHandedOut = new Set();
+function ephemeralLow() {
+  try {
+    return Number(fs.readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+  } catch {
+    return 0;
+  }
+}
+function canListen(port) {
+  return new Promise((resolve) => {
     const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
+    server.once("error", () => resolve(0));
+    server.listen(port, "127.0.0.1", () => {
+      const bound = server.address().port;
+      server.close(() => resolve(bound));
     });
   });
+}
+async function freePort() {
+  const low = ephemeralLow();
+  for (let attempt = 0; attempt < 500; ++attempt) {
+    const wanted = low > 12_000 ? low - 10_000 + Math.floor(Math.random() * 9_000) : 0;
+    if (portsHandedOut.has(wanted)) continue;
+    const port = await canListen(wanted);
+    if (port !== 0 && !portsHandedOut.has(port)) {
+      portsHandedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error("no free local port found");
 }
 
 function httpGet(port, urlPath) {
