@@ -71,10 +71,10 @@ grpc::Status SessionStoreService::PutPart(grpc::ServerContext* /*context*/,
 grpc::Status SessionStoreService::GetPart(grpc::ServerContext* /*context*/,
                                           const pb::GetPartRequest* request,
                                           grpc::ServerWriter<pb::GetPartResponse>* writer) {
-  absl::StatusOr<Part> part =
-      store_.GetPart(request->tenant(), request->session_id(), request->part());
+  absl::StatusOr<SharedPart> part =
+      store_.GetPartShared(request->tenant(), request->session_id(), request->part());
   if (!part.ok()) return ToGrpcStatus(part.status());
-  const std::string& payload = part->payload;
+  const std::string& payload = *part->payload;
   pb::GetPartResponse chunk;
   PartInfoToProto(part->info, chunk.mutable_part());
   size_t offset = 0;

@@ -50,6 +50,9 @@ class SnapshotStore {
   // Reads a part (from memory, else from disk, verified, and promoted to memory).
   absl::StatusOr<Part> GetPart(std::string_view tenant, std::string_view session_id,
                                std::string_view part);
+  // As GetPart, without a copy of the payload (the gRPC service streams a part from it).
+  absl::StatusOr<SharedPart> GetPartShared(std::string_view tenant, std::string_view session_id,
+                                           std::string_view part);
   // The session and its parts; does not count as a use for the TTL.
   absl::StatusOr<SessionInfo> StatSession(std::string_view tenant, std::string_view session_id);
   // The tenant's sessions with ids after `page_token` (empty: from the start), ordered by id.

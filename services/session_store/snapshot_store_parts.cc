@@ -195,11 +195,17 @@ absl::StatusOr<std::string> SnapshotStore::ReadPartFromDisk(std::string_view ten
 
 absl::StatusOr<Part> SnapshotStore::GetPart(std::string_view tenant, std::string_view session_id,
                                             std::string_view part) {
+  DS_ASSIGN_OR_RETURN(SharedPart shared, GetPartShared(tenant, session_id, part));
+  return Part{std::move(shared.info), *shared.payload};
+}
+
+absl::StatusOr<SharedPart> SnapshotStore::GetPartShared(std::string_view tenant, std::string_view session_id,
+                                                        std::string_view part) {
   DS_RETURN_IF_ERROR(ValidateIds(tenant, session_id));
   DS_RETURN_IF_ERROR(ValidatePartName(part));
   RemoveIfExpired(session_id);
   DS_ASSIGN_OR_RETURN(SessionIoLock io_lock, LockSession(tenant, session_id, /*exclusive=*/false));
-  Part result;
+  SharedPart result;
   MemoryTier::Payload payload;
   PartEntry entry;
   {
@@ -223,17 +229,17 @@ absl::StatusOr<Part> SnapshotStore::GetPart(std::string_view tenant, std::string
     }
   }
   if (payload != nullptr) {
-    result.payload = *payload;  // copied outside the lock
+    result.payload = std::move(payload);
     return result;
   }
-  DS_ASSIGN_OR_RETURN(result.payload, ReadPartFromDisk(tenant, session_id, part, entry, io_lock));
+  DS_ASSIGN_OR_RETURN(std::string read, ReadPartFromDisk(tenant, session_id, part, entry, io_lock));
+  result.payload = std::make_shared<const std::string>(std::move(read));
   if (entry.bytes <= options_.memory_limit_bytes) {
-    auto promoted = std::make_shared<const std::string>(result.payload);
     absl::MutexLock lock(&mu_);
     auto it = sessions_.find(session_id);
     if (it != sessions_.end() && it->second.io == io_lock.io() && it->second.parts.contains(part) &&
         !memory_.Contains(session_id, part)) {
-      CacheLocked(session_id, part, std::move(promoted));
+      CacheLocked(session_id, part, result.payload);
     }
   }
   return result;

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,12 @@ struct SessionInfo {
 struct Part {
   PartInfo info;
   std::string payload;
+};
+
+// A part whose payload is the store's own buffer (shared with its memory tier, never copied).
+struct SharedPart {
+  PartInfo info;
+  std::shared_ptr<const std::string> payload;
 };
 
 struct SessionPage {

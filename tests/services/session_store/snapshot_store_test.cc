@@ -96,6 +96,26 @@ TEST_P(SnapshotStoreTest, RoundTripsStateAndBlobParts) {
   EXPECT_EQ(stats.memory_hits_total, 3);
 }
 
+// GetPartShared hands out the memory tier's own buffer: reading a part twice copies nothing,
+// and a part read back from disk is the buffer that was promoted to memory.
+TEST_P(SnapshotStoreTest, SharedReadsAreTheMemoryTiersBuffer) {
+  SnapshotStore& store = Open();
+  Must(store.CreateSession("acme", "s", true));
+  const std::string bytes = TestBytes(10 << 10, 5);
+  Must(store.PutPart("acme", "s", "blob", PartKind::kBlob, bytes));
+  const SharedPart first = Must(store.GetPartShared("acme", "s", "blob"));
+  const SharedPart second = Must(store.GetPartShared("acme", "s", "blob"));
+  EXPECT_EQ(*first.payload, bytes);
+  EXPECT_EQ(first.payload.get(), second.payload.get());
+  EXPECT_EQ(first.info.bytes, static_cast<int64_t>(bytes.size()));
+  if (!GetParam()) return;
+  SnapshotStore& reopened = Open();  // the part is on disk only now
+  const SharedPart from_disk = Must(reopened.GetPartShared("acme", "s", "blob"));
+  EXPECT_EQ(*from_disk.payload, bytes);
+  EXPECT_EQ(Must(reopened.GetPartShared("acme", "s", "blob")).payload.get(), from_disk.payload.get());
+  EXPECT_EQ(Must(reopened.GetPart("acme", "s", "blob")).payload, bytes);
+}
+
 TEST_P(SnapshotStoreTest, EmptyBlobIsAPart) {
   SnapshotStore& store = Open();
   Must(store.CreateSession("acme", "s", true));
