@@ -98,6 +98,7 @@ struct Stats {
 };
 
 __host__ __device__ constexpr int RoundUp4(int x) { return (x + 3) / 4 * 4; }
+__host__ __device__ constexpr int RoundUp8(int x) { return (x + 7) / 8 * 8; }
 
 // Row stride for rows read as float4 by 8 consecutive rows at once: (stride / 4) odd.
 int ConflictFreeStride(int width) {
@@ -567,8 +568,6 @@ constexpr int kProjectCols = 32;
 constexpr int kProjectRows = 8;
 static_assert(kProjectRows * kProjectCols == kThreads, "a thread per output of a row group");
 
-int RoundUp8(int x) { return (x + 7) / 8 * 8; }
-
 // Dynamic shared memory of the projection, in floats: W rows with a stride of 4 mod 32 words
 // (a lane's float4 reads are conflict-free), the rows' o_lat, the warps' partial sums.
 int ProjectSmemFloats(int rank) {
@@ -578,7 +577,7 @@ int ProjectSmemFloats(int rank) {
 __global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArgs args, int partitions) {
   AllowDependentLaunch();
   extern __shared__ float4 smem4[];
-  const int rank = args.rank, padded = (rank + 7) / 8 * 8, w_ld = padded + 4;
+  const int rank = args.rank, padded = RoundUp8(rank), w_ld = padded + 4;
   float* w = reinterpret_cast<float*>(smem4);  // [kProjectCols][w_ld]
   float* o = w + kProjectCols * w_ld;          // [kProjectRows][padded]
   float* sums = o + kProjectRows * padded;     // [kWarps][kProjectRows][kProjectCols]
@@ -700,19 +699,23 @@ bool ValidParams(const MlaParams& p) {
          p.kv_lora_rank + p.qk_rope_dim <= (1 << 20) && p.qk_nope_dim + p.v_dim <= (1 << 20);
 }
 
+// Lets `kernel` take `smem` bytes of dynamic shared memory where that is over the default 48 KiB;
+// an error (the shapes are too large for this device) is returned and cleared.
+template <typename... Params>
+int AllowDynamicSmem(void (*kernel)(Params...), size_t smem) {
+  if (smem <= 48 * 1024) return 0;
+  const cudaError_t err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) (void)cudaGetLastError();
+  return static_cast<int>(err);
+}
+
 // Launches `kernel` with `smem` bytes of dynamic shared memory, in clusters of (1, 1, cluster_z)
 // blocks when cluster_z > 1.
 template <typename Args>
 int LaunchTiled(void (*kernel)(Args), dim3 grid, size_t smem, const Args& args,
                 cudaStream_t stream, unsigned cluster_z = 1) {
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();  // clear it: the shapes are simply too large for this device
-      return static_cast<int>(err);
-    }
-  }
+  if (const int error = AllowDynamicSmem(kernel, smem); error != 0) return error;
   if (cluster_z <= 1) {
     kernel<<<grid, kThreads, smem, stream>>>(args);
     return static_cast<int>(cudaGetLastError());
@@ -771,14 +774,7 @@ int LaunchMergeAndProject(const AbsorbedArgs& args, int partitions, cudaStream_t
     if (error != 0) return error;
   }
   const size_t smem = sizeof(float) * ProjectSmemFloats(args.rank);
-  if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(MlaAbsorbedProjectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
-    if (err != cudaSuccess) {
-      (void)cudaGetLastError();
-      return static_cast<int>(err);
-    }
-  }
+  if (const int error = AllowDynamicSmem(MlaAbsorbedProjectKernel, smem); error != 0) return error;
   const int64_t groups = std::min<int64_t>((rows + kProjectRows - 1) / kProjectRows, 65535);
   const int column_blocks = (args.v_dim + kProjectCols - 1) / kProjectCols;
   const dim3 grid(static_cast<unsigned>(args.heads), static_cast<unsigned>(column_blocks),
