@@ -43,9 +43,8 @@ grpc::Status SessionStoreService::PutPart(grpc::ServerContext* /*context*/,
   if (total < 0) {
     return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("PutPart: ", where, " announces ", total, " bytes")));
   }
-  if (total > store_.options().max_part_bytes) {
-    return ToGrpcStatus(absl::ResourceExhaustedError(absl::StrCat(
-        where, " has ", total, " bytes, more than max_part_bytes ", store_.options().max_part_bytes)));
+  if (absl::Status size = CheckPartSize(where, total, store_.options().max_part_bytes); !size.ok()) {
+    return ToGrpcStatus(size);
   }
   // Grown as chunks arrive: a stream that announces a large part and sends little costs little.
   constexpr int64_t kInitialReserveBytes = int64_t{64} << 20;

@@ -71,10 +71,7 @@ absl::StatusOr<PartInfo> SnapshotStore::PutPart(std::string_view tenant,
         absl::StrCat(where, ": unknown part kind ", static_cast<uint32_t>(kind)));
   }
   const auto bytes = static_cast<int64_t>(payload.size());
-  if (bytes > options_.max_part_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        where, " has ", bytes, " bytes, more than max_part_bytes ", options_.max_part_bytes));
-  }
+  DS_RETURN_IF_ERROR(CheckPartSize(where, bytes, options_.max_part_bytes));
   PartEntry entry;
   entry.kind = kind;
   entry.bytes = bytes;

@@ -26,4 +26,10 @@ absl::Status ValidateIds(std::string_view tenant, std::string_view session_id) {
   return ValidateSessionId(session_id);
 }
 
+absl::Status CheckPartSize(std::string_view where, int64_t bytes, int64_t max_part_bytes) {
+  if (bytes <= max_part_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("%s has %d bytes, more than max_part_bytes %d", where, bytes, max_part_bytes));
+}
+
 }  // namespace deltaserve::services
