@@ -1,5 +1,6 @@
 // Chunked KDA prefill (spec §2.4), chunk 64, in three kernels over a table of chunks:
-//  1. KdaChunkPrepareKernel, one block per (chunk, head), every chunk at once: gate, beta and the
+//  1. KdaChunkPrepareKernel, persistent blocks taking (chunk, head) tasks in turn, every chunk
+//     independent (the next task's inputs copied in while one finishes): gate, beta and the
 //     q/k L2 norm; the in-chunk cumulative decay G; Akk and Aqk from 16-row sub-blocks, each
 //     product against the sub-block's first row (the off-diagonal ones with no positive exponent;
 //     a diagonal one only where its decay range is small, element by element otherwise);
@@ -14,6 +15,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -84,19 +86,24 @@ struct ChunkScratch {
   }
 };
 
+// The next task's inputs, fp32, copied in while the current one finishes (phases 5-7).
+template <int D>
+struct PrepareStaging {
+  float q[kChunk][D];
+  float k[kChunk][D];
+  float gate[kChunk][D];
+  float beta_logits[kChunk];
+};
+
 template <int D>
 struct PrepareShared {
-  // G (the cumulative decay, in log2 units so every decay is one ex2), q̂ (scale included), k̂:
-  // the reference rows and the element-by-element diagonal sub-blocks read them.
-  float g[kChunk][D];
-  bf16 q[kChunk][D];
-  bf16 k[kChunk][D];
-  bf16 bv[kChunk][Padded(D)];  // β v
-  // Rows scaled by e^(G_r - G_n), n the first row of r's sub-block: k̂ (rows 0..63), then q̂.
-  // Later the operand β e^G k̂ of W (rows 0..63).
-  bf16 rows[2 * kChunk][Padded(D)];
   union {
     struct {
+      // G (the cumulative decay, in log2 units so every decay is one ex2), q̂ (scale included),
+      // k̂: the reference rows and the element-by-element diagonal sub-blocks read them.
+      float g[kChunk][D];
+      bf16 q[kChunk][D];
+      bf16 k[kChunk][D];
       // Columns s < n scaled by e^(G_n - G_s), for the reference rows n = 16, 32, 48 in turn
       // (16 + 32 + 48 rows).
       bf16 cols[6 * kSub][Padded(D)];
@@ -104,8 +111,14 @@ struct PrepareShared {
       // used only where the sub-block's decay range allows, see kDiagonalRange).
       bf16 diagonal_cols[kChunk][Padded(D)];
     };
-    bf16 tm_bf16[kChunk][Padded(kChunk)];
+    // Read only through phase 4, so the next task's inputs land over them meanwhile.
+    PrepareStaging<D> next;
   };
+  bf16 bv[kChunk][Padded(D)];  // β v
+  // Rows scaled by e^(G_r - G_n), n the first row of r's sub-block: k̂ (rows 0..63), then q̂.
+  // Later the operand β e^G k̂ of W (rows 0..63).
+  bf16 rows[2 * kChunk][Padded(D)];
+  bf16 tm_bf16[kChunk][Padded(kChunk)];
   float akk[kChunk][PaddedF32(kChunk)];
   union {
     float aqk[kChunk][PaddedF32(kChunk)];
@@ -211,43 +224,74 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
   return v[0];
 }
 
+// Queues the copy of task `ch`'s q, k and gate rows (head h's columns) and β logits into
+// `next`: the rows of the chunk only (phase 1 zeroes the others). 16-byte pieces where the rows
+// are aligned, 4-byte ones otherwise.
+template <int D, bool kAlignedInputs>
+__device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkRef& ref, int h,
+                                            PrepareStaging<D>& next) {
+  constexpr int kThreads = kPrepareWarps * 32, kPiece = kAlignedInputs ? 4 : 1;
+  const int64_t col = static_cast<int64_t>(h) * D;
+  for (int i = threadIdx.x; i < ref.length * (D / kPiece); i += kThreads) {
+    const int r = i / (D / kPiece), c = kPiece * (i % (D / kPiece));
+    const int64_t t = ref.row_begin + r;
+    if constexpr (kAlignedInputs) {
+      CopyAsync16(&next.q[r][c], RowF32(in.q, t) + col + c);
+      CopyAsync16(&next.k[r][c], RowF32(in.k, t) + col + c);
+      CopyAsync16(&next.gate[r][c], RowF32(in.gate_logits, t) + col + c);
+    } else {
+      CopyAsync4(&next.q[r][c], RowF32(in.q, t) + col + c);
+      CopyAsync4(&next.k[r][c], RowF32(in.k, t) + col + c);
+      CopyAsync4(&next.gate[r][c], RowF32(in.gate_logits, t) + col + c);
+    }
+  }
+  if (static_cast<int>(threadIdx.x) < ref.length) {
+    CopyAsync4(&next.beta_logits[threadIdx.x], RowF32(in.beta_logits, ref.row_begin + threadIdx.x) + h);
+  }
+  CommitAsync();
+}
+
+// One (chunk, head) task `ch` of the prepare kernel; `stage_next` queues the copy of the block's
+// next task into s.next once this one no longer reads the shared memory under it.
 // Thread layout: warp w owns the chunk's rows 4w .. 4w+3 and lane l the columns 4l .. 4l+3 (lanes
 // past D/4 hold zero q, k, v and store nothing) for the element-wise work; the products go by
 // 16x16 tiles.
-template <int D, bool kAlignedInputs>
-__global__ void __launch_bounds__(kPrepareWarps * 32)
-    KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, ChunkScratch<D> scratch) {
+template <int D, bool kAlignedInputs, typename StageNext>
+__device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkRef& ref, int64_t ch, int h,
+                                            const ChunkScratch<D>& scratch, PrepareShared<D>& s,
+                                            StageNext&& stage_next) {
   static_assert(kPrepareWarps == kSub && kChunk == 4 * kPrepareWarps && D % 4 == 0 && D <= 128,
                 "the layout above");
   constexpr int kRows = kChunk / kPrepareWarps;
   constexpr int kThreads = kPrepareWarps * 32;
   constexpr float kLog2E = 1.4426950408889634f;
-  extern __shared__ __align__(128) unsigned char shared_raw[];
-  auto& s = *reinterpret_cast<PrepareShared<D>*>(shared_raw);
-
-  const int chunk = blockIdx.x, h = blockIdx.y, heads = gridDim.y;
-  const int64_t ch = static_cast<int64_t>(chunk) * heads + h;
-  const KdaChunkRef ref = chunks[chunk];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const bool on = lane < D / 4;
   const int c0 = on ? 4 * lane : 0, r0 = warp * kRows, block = r0 / kSub;
   const int64_t col = static_cast<int64_t>(h) * D + c0;
 
   // 1. Inputs: q̂, k̂ (rounded to bf16), β v, g, β. Rows past the chunk's length are zero (no
-  //    decay, β = 0), so they neither move G nor touch the state.
+  //    decay, β = 0), so they neither move G nor touch the state. v straight from global memory,
+  //    the rest from the staged copy (and the previous task's reads of shared memory done).
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   float4 q[kRows], k[kRows], v[kRows], G[kRows];
   float beta[kRows];
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
     const int r = r0 + i;
+    const bool load = r < ref.length && on;
+    v[i] = load ? Load4(RowF32(in.v, ref.row_begin + r) + col, kAlignedInputs) : zero;
+  }
+  WaitAsync<0>();
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int r = r0 + i;
     const bool valid = r < ref.length, load = valid && on;
-    const int64_t t = ref.row_begin + r;
-    q[i] = load ? Load4(RowF32(in.q, t) + col, kAlignedInputs) : zero;
-    k[i] = load ? Load4(RowF32(in.k, t) + col, kAlignedInputs) : zero;
-    v[i] = load ? Load4(RowF32(in.v, t) + col, kAlignedInputs) : zero;
-    G[i] = load ? Load4(RowF32(in.gate_logits, t) + col, kAlignedInputs) : zero;
-    beta[i] = valid ? __fdividef(1.0f, 1.0f + Exp2(-kLog2E * RowF32(in.beta_logits, t)[h])) : 0.0f;
+    q[i] = load ? At4(&s.next.q[r][c0]) : zero;
+    k[i] = load ? At4(&s.next.k[r][c0]) : zero;
+    G[i] = load ? At4(&s.next.gate[r][c0]) : zero;
+    beta[i] = valid ? __fdividef(1.0f, 1.0f + Exp2(-kLog2E * s.next.beta_logits[r])) : 0.0f;
   }
   const float decay_rate = expf(LoadFlat(in.a_log, h));
   const float q_scale = 1.0f / sqrtf(static_cast<float>(D));
@@ -388,6 +432,7 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     }
   }
   __syncthreads();
+  stage_next();
 
   // 5. β into Akk's rows, Akk strictly lower and Aqk lower triangular; Aqk out (bf16); the W
   //    operand into `rows` (its reads are done).
@@ -430,28 +475,35 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     for (int r = 0; r < kSub; ++r) s.tm[base + r][base + c] = column[r];
   }
   __syncthreads();
-  //    A thread takes 4 adjacent columns of a block row.
+  //    A thread takes 4 adjacent columns of a block row. The distances unrolled, every sum has
+  //    a fixed length, so its shared-memory reads can be issued ahead of the products; the
+  //    second sum runs over the whole row of T_II (zero above its diagonal).
+#pragma unroll
   for (int distance = 1; distance < 4; ++distance) {
-    const int blocks = 4 - distance;
-    for (int i = tid; i < blocks * kSub * kSub / 4; i += kThreads) {
-      const int b = i / (kSub * kSub / 4), r = (i / 4) % kSub, c = 4 * (i % 4);
-      const int bj = b, bi = b + distance;
-      float4 even = make_float4(0.0f, 0.0f, 0.0f, 0.0f), odd = even;
-      for (int k = bj * kSub; k < bi * kSub; k += 2) {
+    constexpr int kItems = kSub * kSub / 4;
+    static_assert(3 * kItems <= kThreads, "a thread per item");
+    const int i = tid, b = i / kItems, r = (i / 4) % kSub, c = 4 * (i % 4);
+    const int bj = b, bi = b + distance;
+    const bool active = i < (4 - distance) * kItems;
+    if (active) {
+      float4 even = zero, odd = zero;
+#pragma unroll
+      for (int kk = 0; kk < distance * kSub; kk += 2) {
+        const int k = bj * kSub + kk;
         even = even + At4(&s.tm[k][bj * kSub + c]) * s.akk[bi * kSub + r][k];
         odd = odd + At4(&s.tm[k + 1][bj * kSub + c]) * s.akk[bi * kSub + r][k + 1];
       }
       At4(&s.partial[b][r * kSub + c]) = even + odd;
     }
     __syncthreads();
-    for (int i = tid; i < blocks * kSub * kSub / 4; i += kThreads) {
-      const int b = i / (kSub * kSub / 4), r = (i / 4) % kSub, c = 4 * (i % 4);
-      const int bj = b, bi = b + distance;
-      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      for (int k = 0; k <= r; ++k) {
-        sum = sum + At4(&s.partial[b][k * kSub + c]) * s.tm[bi * kSub + r][bi * kSub + k];
+    if (active) {
+      float4 even = zero, odd = zero;
+#pragma unroll
+      for (int k = 0; k < kSub; k += 2) {
+        even = even + At4(&s.partial[b][k * kSub + c]) * s.tm[bi * kSub + r][bi * kSub + k];
+        odd = odd + At4(&s.partial[b][(k + 1) * kSub + c]) * s.tm[bi * kSub + r][bi * kSub + k + 1];
       }
-      At4(&s.tm[bi * kSub + r][bj * kSub + c]) = sum * -1.0f;
+      At4(&s.tm[bi * kSub + r][bj * kSub + c]) = (even + odd) * -1.0f;
     }
     __syncthreads();
   }
@@ -478,6 +530,29 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     }
     bf16* dst = (is_w ? scratch.w : scratch.u) + ch * kChunk * D + rt * kSub * D + ct * kSub;
     StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), dst, D, lane);
+  }
+}
+
+// Persistent blocks take the (chunk, head) tasks ch = chunk * heads + h in turn: block b the
+// tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 5-7), the next
+// task's q, k and gate rows are copied into shared memory, so that its loads overlap them rather
+// than every block waiting on its inputs at once.
+template <int D, bool kAlignedInputs>
+__global__ void __launch_bounds__(kPrepareWarps * 32)
+    KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, int64_t tasks, ChunkScratch<D> scratch) {
+  extern __shared__ __align__(128) unsigned char shared_raw[];
+  auto& s = *reinterpret_cast<PrepareShared<D>*>(shared_raw);
+  const int heads = static_cast<int>(in.num_heads);
+  if (blockIdx.x >= tasks) return;
+  KdaChunkRef ref = chunks[blockIdx.x / heads];
+  StageInputs<D, kAlignedInputs>(in, ref, static_cast<int>(blockIdx.x % heads), s.next);
+  for (int64_t ch = blockIdx.x; ch < tasks; ch += gridDim.x) {
+    const int64_t next = ch + gridDim.x;
+    const KdaChunkRef next_ref = next < tasks ? chunks[next / heads] : ref;
+    PrepareTask<D, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, [&] {
+      if (next < tasks) StageInputs<D, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), s.next);
+    });
+    ref = next_ref;
   }
 }
 
@@ -720,6 +795,23 @@ bool AlignedRows(const KdaInputs& in) {
   return true;
 }
 
+// The prepare kernel's grid for `tasks` (chunk, head) pairs: the blocks resident at once (at most
+// `tasks`), looked up once per head dim.
+template <int D>
+int64_t PrepareBlocks(int64_t tasks, size_t shared_bytes) {
+  static const int64_t resident = [shared_bytes] {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaChunkPrepareKernel<D, true>, kPrepareWarps * 32,
+                                                      shared_bytes) != cudaSuccess ||
+        per_sm < 1) {
+      (void)cudaGetLastError();
+      per_sm = 1;
+    }
+    return static_cast<int64_t>(per_sm) * SmCount();
+  }();
+  return std::min(tasks, resident);
+}
+
 template <int D>
 int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const KdaChunkRef* chunks,
            const int32_t* first_chunk, int64_t num_chunks, void* scratch_memory, TensorView out,
@@ -739,13 +831,14 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
                                                    static_cast<int>(bytes));
     if (error != cudaSuccess) return static_cast<int>(error);
   }
-  const dim3 chunk_heads(static_cast<unsigned>(num_chunks), static_cast<unsigned>(heads));
+  const int64_t tasks = num_chunks * heads;
+  const auto prepare_blocks = static_cast<unsigned>(PrepareBlocks<D>(tasks, prepare_bytes));
   if (AlignedRows(in)) {
-    KdaChunkPrepareKernel<D, true><<<chunk_heads, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks,
-                                                                                              scratch);
+    KdaChunkPrepareKernel<D, true><<<prepare_blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks,
+                                                                                                 scratch);
   } else {
-    KdaChunkPrepareKernel<D, false><<<chunk_heads, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks,
-                                                                                               scratch);
+    KdaChunkPrepareKernel<D, false><<<prepare_blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks,
+                                                                                                  scratch);
   }
   const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
   KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(

@@ -514,7 +514,13 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                                            KdaShape{3, 48, {63, 129, 2}, 0.0f},
                                            KdaShape{1, 128, {2000}, 0.0f},
                                            KdaShape{2, 128, {700, 1, 90}, 12.0f},
-                                           KdaShape{2, 64, {500}, -2.0f}),
+                                           KdaShape{2, 64, {500}, -2.0f},
+                                           // More (chunk, head) tasks than the chunked prepare
+                                           // kernel's persistent blocks (one per SM), so each
+                                           // block stages its next task while it finishes one:
+                                           // 388 and 260 tasks of mixed lengths.
+                                           KdaShape{4, 128, {6000, 65, 3}, 0.0f},
+                                           KdaShape{4, 64, {4000, 100}, 12.0f}),
                          [](const ::testing::TestParamInfo<KdaShape>& param) {
                            const KdaShape& s = param.param;
                            std::string name = "H" + std::to_string(s.heads) + "_d" + std::to_string(s.d);
