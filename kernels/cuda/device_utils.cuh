@@ -269,6 +269,21 @@ inline int SmCount() {
 }
 
 // Whether an address is a multiple of `bytes` (vector loads and stores need it).
+// Lets `kernel` take `bytes` of dynamic shared memory where that is over the default 48 KiB (the
+// attribute belongs to the current device, so launchers set it on every launch); an error (more
+// than this device has) is returned and cleared, so that no later launch check reports it.
+inline int AllowDynamicSmem(const void* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return 0;
+  const cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (error != cudaSuccess) (void)cudaGetLastError();
+  return static_cast<int>(error);
+}
+template <typename... Params>
+int AllowDynamicSmem(void (*kernel)(Params...), size_t bytes) {
+  return AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes);
+}
+
 inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).

@@ -224,7 +224,7 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
   return v[0];
 }
 
-// Queues the copy of task `ch`'s q, k and gate rows (head h's columns) and β logits into
+// Queues the copy of a task's q, k and gate rows (chunk `ref`, head h's columns) and β logits into
 // `next`: the rows of the chunk only (phase 1 zeroes the others). 16-byte pieces where the rows
 // are aligned, 4-byte ones otherwise.
 template <int D, bool kAlignedInputs>
@@ -477,7 +477,8 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   __syncthreads();
   //    A thread takes 4 adjacent columns of a block row. The distances unrolled, every sum has
   //    a fixed length, so its shared-memory reads can be issued ahead of the products; the
-  //    second sum runs over the whole row of T_II (zero above its diagonal).
+  //    second sum runs over the whole row of T_II (exact zeros above its diagonal), in two
+  //    chains: the same sums as a loop to the diagonal, up to rounding order.
 #pragma unroll
   for (int distance = 1; distance < 4; ++distance) {
     constexpr int kItems = kSub * kSub / 4;
@@ -796,13 +797,13 @@ bool AlignedRows(const KdaInputs& in) {
 }
 
 // The prepare kernel's grid for `tasks` (chunk, head) pairs: the blocks resident at once (at most
-// `tasks`), looked up once per head dim.
-template <int D>
+// `tasks`), looked up once per kernel.
+template <int D, bool kAlignedInputs>
 int64_t PrepareBlocks(int64_t tasks, size_t shared_bytes) {
   static const int64_t resident = [shared_bytes] {
     int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaChunkPrepareKernel<D, true>, kPrepareWarps * 32,
-                                                      shared_bytes) != cudaSuccess ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaChunkPrepareKernel<D, kAlignedInputs>,
+                                                      kPrepareWarps * 32, shared_bytes) != cudaSuccess ||
         per_sm < 1) {
       (void)cudaGetLastError();
       per_sm = 1;
@@ -827,18 +828,15 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
       {reinterpret_cast<const void*>(KdaChunkScanKernel<D>), scan_bytes},
       {reinterpret_cast<const void*>(KdaChunkOutputKernel<D>), output_bytes}};
   for (const auto& [kernel, bytes] : kernels) {
-    const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(bytes));
-    if (error != cudaSuccess) return static_cast<int>(error);
+    if (const int error = AllowDynamicSmem(kernel, bytes); error != 0) return error;
   }
   const int64_t tasks = num_chunks * heads;
-  const auto prepare_blocks = static_cast<unsigned>(PrepareBlocks<D>(tasks, prepare_bytes));
   if (AlignedRows(in)) {
-    KdaChunkPrepareKernel<D, true><<<prepare_blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks,
-                                                                                                 scratch);
+    const auto blocks = static_cast<unsigned>(PrepareBlocks<D, true>(tasks, prepare_bytes));
+    KdaChunkPrepareKernel<D, true><<<blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks, scratch);
   } else {
-    KdaChunkPrepareKernel<D, false><<<prepare_blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks,
-                                                                                                  scratch);
+    const auto blocks = static_cast<unsigned>(PrepareBlocks<D, false>(tasks, prepare_bytes));
+    KdaChunkPrepareKernel<D, false><<<blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks, scratch);
   }
   const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
   KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(

@@ -323,12 +323,7 @@ __global__ void __launch_bounds__(kThreads, 1) KdaDecodeStepKernel(KdaDecodeInpu
 template <int D>
 int64_t KdaDecodeStepBlocks(int64_t tasks) {
   constexpr int kBytes = static_cast<int>(StepSharedBytes<D>());
-  // Set on every launch: the attribute belongs to the current device.
-  if (cudaFuncSetAttribute(KdaDecodeStepKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) !=
-      cudaSuccess) {
-    (void)cudaGetLastError();
-    return 0;
-  }
+  if (AllowDynamicSmem(KdaDecodeStepKernel<D>, kBytes) != 0) return 0;
   static const int64_t resident = [] {
     int per_sm = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaDecodeStepKernel<D>, kThreads, kBytes) !=

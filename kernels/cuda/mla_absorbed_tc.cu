@@ -498,9 +498,7 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
       static_cast<int>(params.v_dim), q_abs);
   if (absorb_error != 0) return absorb_error;
   const size_t smem = kAttentionSmemBytes;
-  const cudaError_t error = cudaFuncSetAttribute(MlaLatentAttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem));
-  if (error != cudaSuccess) return static_cast<int>(error);
+  if (const int error = AllowDynamicSmem(MlaLatentAttentionKernel, smem); error != 0) return error;
   AttentionArgs args{seqs, num_seqs, q_abs, heads, params.scale, static_cast<int>(p), *partial};
   return LaunchAfterPrior(MlaLatentAttentionKernel, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p)),
                           dim3(kThreads), smem, s, args);

@@ -699,17 +699,6 @@ bool ValidParams(const MlaParams& p) {
          p.kv_lora_rank + p.qk_rope_dim <= (1 << 20) && p.qk_nope_dim + p.v_dim <= (1 << 20);
 }
 
-// Lets `kernel` take `smem` bytes of dynamic shared memory where that is over the default 48 KiB;
-// an error (the shapes are too large for this device) is returned and cleared.
-template <typename... Params>
-int AllowDynamicSmem(void (*kernel)(Params...), size_t smem) {
-  if (smem <= 48 * 1024) return 0;
-  const cudaError_t err =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != cudaSuccess) (void)cudaGetLastError();
-  return static_cast<int>(err);
-}
-
 // Launches `kernel` with `smem` bytes of dynamic shared memory, in clusters of (1, 1, cluster_z)
 // blocks when cluster_z > 1.
 template <typename Args>

@@ -239,9 +239,7 @@ int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence
     return static_cast<int>(cudaErrorInvalidValue);
   }
   constexpr size_t kSmem = 2 * sizeof(Stage);
-  const cudaError_t error =
-      cudaFuncSetAttribute(MlaExpandedTcKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem));
-  if (error != cudaSuccess) return static_cast<int>(error);
+  if (const int error = AllowDynamicSmem(MlaExpandedTcKernel, kSmem); error != 0) return error;
   const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, keys_all, values_all, tiles, out);
   MlaExpandedTcKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads, kSmem,
                         static_cast<cudaStream_t>(stream)>>>(args);

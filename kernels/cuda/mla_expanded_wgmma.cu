@@ -225,9 +225,7 @@ int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSeque
   if (seqs == nullptr || keys_all == nullptr || values_all == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  const cudaError_t error = cudaFuncSetAttribute(MlaExpandedWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(kSharedBytes));
-  if (error != cudaSuccess) return static_cast<int>(error);
+  if (const int error = AllowDynamicSmem(MlaExpandedWgmmaKernel, kSharedBytes); error != 0) return error;
   const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, keys_all, values_all, tiles, out);
   MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
                            kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);

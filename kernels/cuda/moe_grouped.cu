@@ -306,9 +306,7 @@ template <int BM, int kWarpsM, bool kGateUp>
 int LaunchGemm(const GemmArgs& args, int64_t max_tiles, cudaStream_t stream) {
   using T = Tile<BM, kWarpsM, kGateUp>;
   auto kernel = MoeGroupedGemmKernel<BM, kWarpsM, kGateUp>;
-  const cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kSharedBytes));
-  if (error != cudaSuccess) return static_cast<int>(error);
+  if (const int error = AllowDynamicSmem(kernel, T::kSharedBytes); error != 0) return error;
   const dim3 grid(static_cast<unsigned>(max_tiles), static_cast<unsigned>((args.n + kBN - 1) / kBN));
   kernel<<<grid, kThreads, T::kSharedBytes, stream>>>(args);
   return static_cast<int>(cudaGetLastError());

@@ -196,9 +196,7 @@ int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, cu
   const int64_t col_tiles = (args.n + columns - 1) / columns;
   if (!FitsGridX(max_tiles * col_tiles)) return static_cast<int>(cudaErrorInvalidValue);
   auto kernel = gate_up ? MoeWgmmaGemmKernel<true> : MoeWgmmaGemmKernel<false>;
-  const cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes));
-  if (error != cudaSuccess) return static_cast<int>(error);
+  if (const int error = AllowDynamicSmem(kernel, kSharedBytes); error != 0) return error;
   // Persistent: the real item count is known only on the device.
   const int64_t blocks = std::min<int64_t>(max_tiles * col_tiles, SmCount());
   kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(args, static_cast<int>(col_tiles));
