@@ -268,7 +268,6 @@ inline int SmCount() {
   return count;
 }
 
-// Whether an address is a multiple of `bytes` (vector loads and stores need it).
 // Lets `kernel` take `bytes` of dynamic shared memory where that is over the default 48 KiB (the
 // attribute belongs to the current device, so launchers set it on every launch); an error (more
 // than this device has) is returned and cleared, so that no later launch check reports it.
@@ -284,6 +283,7 @@ int AllowDynamicSmem(void (*kernel)(Params...), size_t bytes) {
   return AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
+// Whether an address is a multiple of `bytes` (vector loads and stores need it).
 inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).
