@@ -283,6 +283,18 @@ int AllowDynamicSmem(void (*kernel)(Params...), size_t bytes) {
   return AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
+// The blocks of `kernel` (`threads` each, `shared_bytes` of dynamic shared memory) resident at
+// once on the whole device: a persistent kernel's grid; 0 where the query fails (error cleared).
+template <typename... Params>
+int64_t ResidentBlocks(void (*kernel)(Params...), int threads, size_t shared_bytes) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return static_cast<int64_t>(per_sm) * SmCount();
+}
+
 // Whether an address is a multiple of `bytes` (vector loads and stores need it).
 inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 

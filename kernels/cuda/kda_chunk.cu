@@ -235,15 +235,16 @@ __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkR
   for (int i = threadIdx.x; i < ref.length * (D / kPiece); i += kThreads) {
     const int r = i / (D / kPiece), c = kPiece * (i % (D / kPiece));
     const int64_t t = ref.row_begin + r;
-    if constexpr (kAlignedInputs) {
-      CopyAsync16(&next.q[r][c], RowF32(in.q, t) + col + c);
-      CopyAsync16(&next.k[r][c], RowF32(in.k, t) + col + c);
-      CopyAsync16(&next.gate[r][c], RowF32(in.gate_logits, t) + col + c);
-    } else {
-      CopyAsync4(&next.q[r][c], RowF32(in.q, t) + col + c);
-      CopyAsync4(&next.k[r][c], RowF32(in.k, t) + col + c);
-      CopyAsync4(&next.gate[r][c], RowF32(in.gate_logits, t) + col + c);
-    }
+    auto copy = [](float* to, const float* from) {
+      if constexpr (kAlignedInputs) {
+        CopyAsync16(to, from);
+      } else {
+        CopyAsync4(to, from);
+      }
+    };
+    copy(&next.q[r][c], RowF32(in.q, t) + col + c);
+    copy(&next.k[r][c], RowF32(in.k, t) + col + c);
+    copy(&next.gate[r][c], RowF32(in.gate_logits, t) + col + c);
   }
   if (static_cast<int>(threadIdx.x) < ref.length) {
     CopyAsync4(&next.beta_logits[threadIdx.x], RowF32(in.beta_logits, ref.row_begin + threadIdx.x) + h);
@@ -800,16 +801,10 @@ bool AlignedRows(const KdaInputs& in) {
 // `tasks`), looked up once per kernel.
 template <int D, bool kAlignedInputs>
 int64_t PrepareBlocks(int64_t tasks, size_t shared_bytes) {
-  static const int64_t resident = [shared_bytes] {
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaChunkPrepareKernel<D, kAlignedInputs>,
-                                                      kPrepareWarps * 32, shared_bytes) != cudaSuccess ||
-        per_sm < 1) {
-      (void)cudaGetLastError();
-      per_sm = 1;
-    }
-    return static_cast<int64_t>(per_sm) * SmCount();
-  }();
+  // At least a block per SM where the query fails.
+  static const int64_t resident =
+      std::max<int64_t>(ResidentBlocks(KdaChunkPrepareKernel<D, kAlignedInputs>, kPrepareWarps * 32, shared_bytes),
+                        SmCount());
   return std::min(tasks, resident);
 }
 

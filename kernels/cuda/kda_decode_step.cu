@@ -324,15 +324,7 @@ template <int D>
 int64_t KdaDecodeStepBlocks(int64_t tasks) {
   constexpr int kBytes = static_cast<int>(StepSharedBytes<D>());
   if (AllowDynamicSmem(KdaDecodeStepKernel<D>, kBytes) != 0) return 0;
-  static const int64_t resident = [] {
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, KdaDecodeStepKernel<D>, kThreads, kBytes) !=
-        cudaSuccess) {
-      (void)cudaGetLastError();
-      return int64_t{0};
-    }
-    return static_cast<int64_t>(per_sm) * SmCount();
-  }();
+  static const int64_t resident = ResidentBlocks(KdaDecodeStepKernel<D>, kThreads, kBytes);
   return tasks < resident ? tasks : resident;
 }
 
