@@ -73,19 +73,12 @@ grpc::Status SessionStoreService::GetPart(grpc::ServerContext* /*context*/,
   absl::StatusOr<SharedPart> part =
       store_.GetPartShared(request->tenant(), request->session_id(), request->part());
   if (!part.ok()) return ToGrpcStatus(part.status());
-  const std::string& payload = *part->payload;
   pb::GetPartResponse chunk;
   PartInfoToProto(part->info, chunk.mutable_part());
-  size_t offset = 0;
-  do {
-    const size_t n = std::min(kStoreChunkBytes, payload.size() - offset);
-    chunk.set_payload(payload.data() + offset, n);
-    if (!writer->Write(chunk)) {
-      return ToGrpcStatus(absl::CancelledError("GetPart: the client stopped reading"));
-    }
-    chunk.Clear();
-    offset += n;
-  } while (offset < payload.size());
+  if (!WritePayloadInChunks(*part->payload, chunk,
+                            [writer](const pb::GetPartResponse& message) { return writer->Write(message); })) {
+    return ToGrpcStatus(absl::CancelledError("GetPart: the client stopped reading"));
+  }
   return grpc::Status::OK;
 }
 

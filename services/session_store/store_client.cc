@@ -5,7 +5,6 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
-#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <utility>
@@ -107,14 +106,8 @@ absl::StatusOr<PartInfo> GrpcStoreClient::PutPart(std::string_view tenant,
   chunk.set_part(std::string(part));
   chunk.set_kind(PartKindToProto(kind));
   chunk.set_total_bytes(static_cast<int64_t>(payload.size()));
-  size_t offset = 0;
-  do {
-    const size_t n = std::min(kStoreChunkBytes, payload.size() - offset);
-    chunk.set_payload(payload.data() + offset, n);
-    if (!writer->Write(chunk)) break;  // the store ended the call: Finish has its status
-    chunk.Clear();
-    offset += n;
-  } while (offset < payload.size());
+  // A failed write means the store ended the call: Finish has its status.
+  WritePayloadInChunks(payload, chunk, [&writer](const pb::PutPartRequest& message) { return writer->Write(message); });
   writer->WritesDone();
   const grpc::Status status = writer->Finish();
   if (!status.ok()) return CallStatus(status, "PutPart");
