@@ -120,10 +120,7 @@ struct PrepareShared {
   bf16 rows[2 * kChunk][Padded(D)];
   bf16 tm_bf16[kChunk][Padded(kChunk)];
   float akk[kChunk][PaddedF32(kChunk)];
-  union {
-    float aqk[kChunk][PaddedF32(kChunk)];
-    float tm[kChunk][PaddedF32(kChunk)];  // (I + Akk)^-1
-  };
+  float tm[kChunk][PaddedF32(kChunk)];  // (I + Akk)^-1
   union {
     float warp_sums[kPrepareWarps][D];       // each warp's sum of g over its rows
     float tile[kPrepareWarps][kSub * kSub];  // per-warp staging of a result tile
@@ -315,7 +312,6 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
     const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
     At4(&s.akk[r][c]) = zero;
-    At4(&s.aqk[r][c]) = zero;
   }
   __syncthreads();
 
@@ -376,19 +372,21 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   }
   __syncthreads();
 
-  // 4. Akk (without β yet) and Aqk, whole tiles (the masks come in step 5): the off-diagonal
-  //    sub-blocks on tensor cores, and the diagonal ones too where their decay range is small
-  //    (the products of e^(G_r - G_n) <= 1 and e^(G_n - G_s) < 2^kDiagonalRange); elsewhere
-  //    element by element (e^(G_r - G_s) with s <= r): warp w takes the row at offset w of
-  //    blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34 pairs each), a lane its 4 columns
-  //    of every pair, and one transposed sum gives a lane one pair's total.
-  for (int t = warp; t < 20; t += kPrepareWarps) {
-    const bool is_q = t < 12 ? t >= 6 : t >= 16;
+  // 4. Akk (without β yet) and the off-diagonal tiles of Aqk: on tensor cores, and Akk's diagonal
+  //    ones too where their decay range is small (the products of e^(G_r - G_n) <= 1 and
+  //    e^(G_n - G_s) < 2^kDiagonalRange; Aqk's come in step 6, beside the inverse's first part);
+  //    elsewhere element by element (e^(G_r - G_s) with s <= r): warp w takes the row at offset w
+  //    of blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34 pairs each), a lane its 4
+  //    columns of every pair, and one transposed sum gives a lane one pair's total. Aqk goes
+  //    straight out to scratch (bf16), Akk's masks and β come in step 5.
+  bf16* const aqk = scratch.aqk + ch * kChunk * kChunk;
+  for (int t = warp; t < 16; t += kPrepareWarps) {
+    const bool is_q = t >= 6 && t < 12;
     int bi, bj;
     if (t < 12) {
       OffDiagonalPair(is_q ? t - 6 : t, bi, bj);
     } else {
-      bi = bj = (t - 12) % 4;
+      bi = bj = t - 12;
       if (!s.diagonal_on_tensor_cores[bi]) continue;
     }
     const bf16* a = &s.rows[(is_q ? kChunk : 0) + bi * kSub][0];
@@ -403,7 +401,12 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
       LoadBTransposed(fb, b + kk * kSub, Padded(D), lane);
       MmaTile(acc, fa, fb);
     }
-    StoreTile(acc, is_q ? &s.aqk[bi * kSub][bj * kSub] : &s.akk[bi * kSub][bj * kSub], PaddedF32(kChunk), lane);
+    if (is_q) {
+      StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), aqk + bi * kSub * kChunk + bj * kSub, kChunk,
+                          lane);
+    } else {
+      StoreTile(acc, &s.akk[bi * kSub][bj * kSub], PaddedF32(kChunk), lane);
+    }
   }
 #pragma unroll 1
   for (int b = 0; b < 4; ++b) {
@@ -428,29 +431,23 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     const int j = lane % kSub;
     if (lane < kSub) {
       if (j < offset) s.akk[r][b * kSub + j] = total;
-    } else if (j <= offset) {
-      s.aqk[r][b * kSub + j] = total;
+    } else {
+      aqk[r * kChunk + b * kSub + j] = __float2bfloat16(j <= offset ? total : 0.0f);
     }
   }
   __syncthreads();
-  stage_next();
 
-  // 5. β into Akk's rows, Akk strictly lower and Aqk lower triangular; Aqk out (bf16); the W
-  //    operand into `rows` (its reads are done).
+  // 5. β into Akk's rows, Akk strictly lower; the W operand into `rows` (its reads are done).
   {
-    bf16* aqk = scratch.aqk + ch * kChunk * kChunk;
     for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
       const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
-      float4 kk = At4(&s.akk[r][c]) * s.beta[r], qk = At4(&s.aqk[r][c]);
+      float4 kk = At4(&s.akk[r][c]) * s.beta[r];
       float* kk_at = &kk.x;
-      float* qk_at = &qk.x;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         if (c + e >= r) kk_at[e] = 0.0f;
-        if (c + e > r) qk_at[e] = 0.0f;
       }
       At4(&s.akk[r][c]) = kk;
-      Store4(aqk + r * kChunk + c, qk);
     }
     if (on) {
 #pragma unroll
@@ -461,7 +458,34 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
 
   // 6. Tm = (I + Akk)^-1, unit lower triangular: the diagonal 16x16 blocks by forward
   //    substitution (a warp each, a lane per column), then T_IJ = -T_II Σ_{K=J..I-1} A_IK T_KJ
-  //    in order of distance I - J.
+  //    in order of distance I - J. Beside the substitution, warps 4-7 compute Aqk's diagonal
+  //    tiles where they go on tensor cores (lower triangle kept) and warps 8-13 zero its tiles
+  //    above the diagonal.
+  if (warp >= 4 && warp < 8 && s.diagonal_on_tensor_cores[warp - 4]) {
+    const int b = warp - 4;
+    const bf16* qa = &s.rows[kChunk + b * kSub][0];
+    const bf16* kb = &s.diagonal_cols[b * kSub][0];
+    TileAcc16 acc;
+    ZeroTile(acc);
+#pragma unroll
+    for (int kk = 0; kk < D / kSub; ++kk) {
+      TileA16 fa;
+      TileB16 fb;
+      LoadA(fa, qa + kk * kSub, Padded(D), lane);
+      LoadBTransposed(fb, kb + kk * kSub, Padded(D), lane);
+      MmaTile(acc, fa, fb);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (AccCol(i, lane) > AccRow(i, lane)) acc.x[i] = 0.0f;
+    }
+    StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), aqk + b * kSub * kChunk + b * kSub, kChunk, lane);
+  } else if (warp >= 8 && warp < 14) {
+    int bi, bj;
+    OffDiagonalPair(warp - 8, bi, bj);  // the tile (bj, bi) above the diagonal
+    *reinterpret_cast<uint4*>(aqk + (bj * kSub + (lane >> 1)) * kChunk + bi * kSub + (lane & 1) * 8) =
+        make_uint4(0, 0, 0, 0);
+  }
   if (warp < 4 && lane < kSub) {
     const int base = warp * kSub, c = lane;
     float column[kSub];  // column c of the block's inverse, in registers along the substitution
@@ -476,6 +500,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     for (int r = 0; r < kSub; ++r) s.tm[base + r][base + c] = column[r];
   }
   __syncthreads();
+  stage_next();
   //    A thread takes 4 adjacent columns of a block row. The distances unrolled, every sum has
   //    a fixed length, so its shared-memory reads can be issued ahead of the products; the
   //    second sum runs over the whole row of T_II (exact zeros above its diagonal), in two
