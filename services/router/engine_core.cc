@@ -72,6 +72,9 @@ uint64_t FreshSeed() {
   return rng();
 }
 
+// Session turns saved at once. Each save holds its stage snapshots in memory while they upload.
+constexpr int kSessionSaveThreads = 4;
+
 absl::Status DrainingError() {
   return absl::UnavailableError("the server is draining: send the request to another replica");
 }
@@ -92,7 +95,8 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       first_stage_(first_stage),
       store_(store),
       observer_(observer != nullptr ? observer : &default_observer_),
-      queue_(config.max_waiting) {
+      queue_(config.max_waiting),
+      saves_(kSessionSaveThreads) {
   // Sequence ids start at a random epoch, so a restarted router never reuses an id that a stage
   // may still hold from its predecessor.
   next_id_ = (FreshSeed() & 0xffffffff00000000ull) | 1;
@@ -216,7 +220,10 @@ void EngineCore::Shutdown() {
     absl::MutexLock lock(&mutex_);
     stopping_ = true;
   }
-  std::call_once(joined_, [this] { loop_.join(); });
+  std::call_once(joined_, [this] {
+    loop_.join();
+    saves_.Stop();  // the session turns already ended still save and answer their callers
+  });
 }
 
 void EngineCore::TakeInbox() {
@@ -275,46 +282,62 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     --queued_;
   }
   if (seq == nullptr) return;
-  if (seq->opened) {
-    internal::v1::CloseRequest close;
-    internal::v1::CloseSequence* entry = close.add_sequences();
-    entry->set_seq_id(seq->id);
-    if (snapshot) {
-      entry->mutable_snapshot()->set_tenant(seq->request.tenant);
-      entry->mutable_snapshot()->set_session_id(seq->session_id);
+  if (seq->opened && snapshot) {
+    {
+      absl::MutexLock lock(&mutex_);
+      ++saving_;
     }
-    internal::v1::CloseResponse closed;
-    const Clock::time_point start = Clock::now();
-    const absl::Status status = first_stage_.Close(close, &closed);
-    if (snapshot) {
-      // A failed stage snapshot is not fatal: the manifest below still records the history, and
-      // the next turn recomputes the stage whose snapshot is missing or stale.
-      internal::v1::SessionManifest manifest;
-      std::vector<int32_t> history = seq->history;
-      history.insert(history.end(), seq->request.prompt.begin(), seq->request.prompt.end());
-      history.insert(history.end(), seq->generated.begin(), seq->generated.end());
-      manifest.mutable_token_ids()->Assign(history.begin(), history.end());
-      manifest.set_model_fingerprint(model_.fingerprint);
-      manifest.set_updated_unix_ms(absl::ToUnixMillis(absl::Now()));
-      const absl::Status saved = store_->PutPart(seq->request.tenant, seq->session_id, kManifestPart,
-                                                 PartKind::kBlob, manifest.SerializeAsString())
-                                     .status();
-      if (!saved.ok()) {
-        base::LogWarn(LogContext(seq->id, seq->request.tenant, seq->session_id),
-                      "saving the session manifest failed: {}", saved.ToString());
+    // std::function needs a copyable callable: the sequence travels as a shared_ptr.
+    std::shared_ptr<Sequence> saved(std::move(seq));
+    saves_.Post([this, saved, outcome = std::move(outcome)]() mutable {
+      SaveSession(*saved, outcome);
+      {
+        absl::MutexLock lock(&mutex_);
+        --saving_;  // the stages have let its state go
       }
-      if (!saved.ok() && outcome.status.ok()) {
-        outcome.status = absl::Status(saved.code(), absl::StrCat("saving session ", seq->session_id,
-                                                                 ": ", saved.message()));
-        outcome.finish_reason = v1::FINISH_REASON_ERROR;
-      }
-      if (!status.ok()) {
-        base::LogWarn(LogContext(seq->id, seq->request.tenant, seq->session_id),
-                      "stage snapshot failed, the next turn recomputes it: {}", status.ToString());
-      }
-      observer_->SessionSaved(closed.snapshot_bytes(), Seconds(Clock::now() - start));
-    }
+      Finish(*saved, std::move(outcome));
+    });
+    return;
   }
+  if (seq->opened) DropOnStages({seq->id});
+  Finish(*seq, std::move(outcome));
+}
+
+void EngineCore::SaveSession(const Sequence& seq, RequestOutcome& outcome) {
+  internal::v1::CloseRequest close;
+  internal::v1::CloseSequence* entry = close.add_sequences();
+  entry->set_seq_id(seq.id);
+  entry->mutable_snapshot()->set_tenant(seq.request.tenant);
+  entry->mutable_snapshot()->set_session_id(seq.session_id);
+  internal::v1::CloseResponse closed;
+  const Clock::time_point start = Clock::now();
+  const absl::Status status = first_stage_.Close(close, &closed);
+  // A failed stage snapshot is not fatal: the manifest below still records the history, and the
+  // next turn recomputes the stage whose snapshot is missing or stale.
+  internal::v1::SessionManifest manifest;
+  std::vector<int32_t> history = seq.history;
+  history.insert(history.end(), seq.request.prompt.begin(), seq.request.prompt.end());
+  history.insert(history.end(), seq.generated.begin(), seq.generated.end());
+  manifest.mutable_token_ids()->Assign(history.begin(), history.end());
+  manifest.set_model_fingerprint(model_.fingerprint);
+  manifest.set_updated_unix_ms(absl::ToUnixMillis(absl::Now()));
+  const absl::Status saved = store_->PutPart(seq.request.tenant, seq.session_id, kManifestPart,
+                                             PartKind::kBlob, manifest.SerializeAsString())
+                                 .status();
+  const base::RequestContext context = LogContext(seq.id, seq.request.tenant, seq.session_id);
+  if (!saved.ok()) base::LogWarn(context, "saving the session manifest failed: {}", saved.ToString());
+  if (!saved.ok() && outcome.status.ok()) {
+    outcome.status = absl::Status(saved.code(), absl::StrCat("saving session ", seq.session_id, ": ",
+                                                             saved.message()));
+    outcome.finish_reason = v1::FINISH_REASON_ERROR;
+  }
+  if (!status.ok()) {
+    base::LogWarn(context, "stage snapshot failed, the next turn recomputes it: {}", status.ToString());
+  }
+  observer_->SessionSaved(closed.snapshot_bytes(), Seconds(Clock::now() - start));
+}
+
+void EngineCore::Finish(Sequence& seq, RequestOutcome outcome) {
   const char* name = "error";
   if (outcome.status.ok()) {
     name = outcome.finish_reason == v1::FINISH_REASON_STOP ? "stop" : "length";
@@ -324,8 +347,8 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     name = "deadline";
   }
   if (outcome.drained) name = "draining";
-  observer_->RequestFinished(name, Seconds(Clock::now() - seq->arrived));
-  const base::RequestContext context = LogContext(seq->id, seq->request.tenant, seq->session_id);
+  observer_->RequestFinished(name, Seconds(Clock::now() - seq.arrived));
+  const base::RequestContext context = LogContext(seq.id, seq.request.tenant, seq.session_id);
   if (outcome.status.ok()) {
     base::LogInfo(context, "{}: prompt {} restored {} recomputed {} generated {} in {:.1f} ms", name,
                   outcome.usage.prompt_tokens(), outcome.usage.session_tokens(),
@@ -337,10 +360,10 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
   // Free the session before telling the caller, whose next turn may arrive at once.
   {
     absl::MutexLock lock(&mutex_);
-    if (seq->has_session) busy_sessions_.erase(SessionKey(seq->request.tenant, seq->session_id));
+    if (seq.has_session) busy_sessions_.erase(SessionKey(seq.request.tenant, seq.session_id));
     --live_;
   }
-  seq->stream->Finish(std::move(outcome));
+  seq.stream->Finish(std::move(outcome));
 }
 
 void EngineCore::ReapCancelled() {
@@ -366,7 +389,12 @@ void EngineCore::ReapCancelled() {
 
 void EngineCore::Admit() {
   std::vector<Sequence*> admitted;
-  while (static_cast<int64_t>(running_.size() + admitted.size()) < config_.max_running &&
+  int64_t saving = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    saving = saving_;
+  }
+  while (static_cast<int64_t>(running_.size() + admitted.size()) + saving < config_.max_running &&
          !queue_.empty()) {
     const uint64_t id = *queue_.Pop();
     auto node = waiting_.extract(id);
@@ -620,6 +648,13 @@ void EngineCore::Loop() {
       if (running_.empty() && waiting_.empty()) {
         // Idle: sleep until a request arrives (no polling).
         mutex_.Await(absl::Condition(&has_work));
+      } else if (running_.empty() && saving_ >= config_.max_running) {
+        // Every place is taken by a session save: wait for one to finish, still reaping the
+        // queue's cancellations and deadlines now and then.
+        const auto place_or_work = [&]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+          return has_work() || saving_ < config_.max_running;
+        };
+        mutex_.AwaitWithTimeout(absl::Condition(&place_or_work), absl::Milliseconds(20));
       }
       if (stopping_) break;
     }

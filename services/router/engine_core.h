@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "model/config/kimi_linear_config.h"
+#include "services/router/background_tasks.h"
 #include "services/router/request_queue.h"
 #include "services/router/request_stream.h"
 #include "services/router/router_config.h"
@@ -92,9 +93,14 @@ class EngineCore {
   void FinishTurn(Sequence& seq);
   // Tells every stage to drop these sequences' state (one call, errors only logged).
   void DropOnStages(const std::vector<uint64_t>& ids);
-  // Ends a request: drops its stage state (snapshotting it first when `snapshot`), tells the
-  // caller, forgets it.
+  // Ends a request: drops its stage state, tells the caller, forgets it. With `snapshot` the
+  // stages snapshot their state and the manifest is written first, on a background thread, so
+  // the other sequences keep stepping while the snapshot moves.
   void Retire(uint64_t id, RequestOutcome outcome, bool snapshot);
+  // The stages' snapshots and the manifest of a finished session turn (any thread).
+  void SaveSession(const Sequence& seq, RequestOutcome& outcome);
+  // Reports the outcome, frees the session and answers the caller (any thread).
+  void Finish(Sequence& seq, RequestOutcome outcome);
   RequestOutcome Outcome(const Sequence& seq, absl::Status status,
                          v1::FinishReason reason) const;
   bool IsStop(const Sequence& seq, int32_t token) const;
@@ -116,6 +122,9 @@ class EngineCore {
   int64_t queued_ ABSL_GUARDED_BY(mutex_) = 0;  // submitted, not yet admitted
   std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);
   std::set<std::string> busy_sessions_ ABSL_GUARDED_BY(mutex_);
+  // Session turns being saved: the stages hold their state until the save's Close, so they
+  // still take places in the running batch.
+  int64_t saving_ ABSL_GUARDED_BY(mutex_) = 0;
 
   // Owned by the loop thread.
   RequestQueue queue_;
@@ -123,6 +132,7 @@ class EngineCore {
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;
   uint64_t admissions_ = 0;
 
+  BackgroundTasks saves_;
   std::thread loop_;
   std::once_flag joined_;
 };

@@ -25,10 +25,9 @@ int64_t StageEngine::open_sequences() const {
 }
 
 absl::StatusOr<std::unique_ptr<model::SequenceState>> StageEngine::Restore(
-    const internal::v1::SessionRef& ref, int64_t expected_tokens) {
-  if (store_ == nullptr) return absl::FailedPreconditionError("this stage has no session store");
-  DS_ASSIGN_OR_RETURN(Part part, store_->GetPart(ref.tenant(), ref.session_id(), PartName()));
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<model::SequenceState> state, model_.RestoreState(part.payload));
+    const absl::StatusOr<Part>& snapshot, int64_t expected_tokens) {
+  DS_RETURN_IF_ERROR(snapshot.status());
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<model::SequenceState> state, model_.RestoreState(snapshot->payload));
   if (state->num_tokens() != expected_tokens) {
     return absl::FailedPreconditionError(absl::StrCat("snapshot ", PartName(), " covers ",
                                                       state->num_tokens(), " tokens, the session has ",
@@ -48,6 +47,16 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
     return absl::FailedPreconditionError(absl::StrCat(
         "stage ", PartName(), " starts at layer ", model_.layer_begin(), ", the caller expects layer ",
         request.layer_begin(), ": the pipeline changed since it started; restart it as a whole"));
+  }
+  // The snapshots to restore are fetched before the lock, so the other sequences' steps never
+  // wait for the store.
+  std::vector<absl::StatusOr<Part>> snapshots(request.sequences_size());
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const internal::v1::OpenSequence& open = request.sequences(i);
+    if (!open.has_restore()) continue;
+    snapshots[i] = store_ == nullptr
+                       ? absl::FailedPreconditionError("this stage has no session store")
+                       : store_->GetPart(open.restore().tenant(), open.restore().session_id(), PartName());
   }
   absl::MutexLock lock(&mutex_);
   const int64_t vocab = model_.config().vocab_size;
@@ -72,13 +81,14 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
   }
 
   std::vector<uint64_t> opened;
-  for (const internal::v1::OpenSequence& open : request.sequences()) {
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const internal::v1::OpenSequence& open = request.sequences(i);
     Sequence seq;
     internal::v1::OpenResult* result = response->add_results();
     result->set_seq_id(open.seq_id());
     if (open.has_restore()) {
       absl::StatusOr<std::unique_ptr<model::SequenceState>> restored =
-          Restore(open.restore(), open.restore_tokens());
+          Restore(snapshots[i], open.restore_tokens());
       if (restored.ok()) {
         seq.state = std::move(*restored);
         result->set_restored(true);
@@ -179,32 +189,44 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
 
 absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
                                 internal::v1::CloseResponse* response) {
+  // The snapshots are taken under the lock and uploaded after it, so the other sequences' steps
+  // never wait for the store.
+  struct Upload {
+    const internal::v1::SessionRef* session;
+    std::string payload;
+    int64_t state_bytes;
+  };
+  std::vector<Upload> uploads;
   absl::Status first_error;
   {
     absl::MutexLock lock(&mutex_);
-    int64_t bytes = 0;
     for (const internal::v1::CloseSequence& close : request.sequences()) {
       const auto it = sequences_.find(close.seq_id());
       if (it == sequences_.end()) continue;
-      if (close.has_snapshot()) {
-        absl::Status status =
-            store_ == nullptr ? absl::FailedPreconditionError("this stage has no session store")
-                              : store_
-                                    ->PutPart(close.snapshot().tenant(), close.snapshot().session_id(),
-                                              PartName(), PartKind::kState,
-                                              model_.SnapshotState(*it->second.state))
-                                    .status();
-        if (status.ok()) {
-          bytes += it->second.state->ByteSize();
-        } else if (first_error.ok()) {
-          first_error = absl::Status(status.code(), absl::StrCat("snapshot of ", PartName(), ": ",
-                                                                 status.message()));
-        }
+      if (close.has_snapshot() && store_ == nullptr && first_error.ok()) {
+        first_error = absl::FailedPreconditionError(
+            absl::StrCat("snapshot of ", PartName(), ": this stage has no session store"));
+      } else if (close.has_snapshot()) {
+        uploads.push_back({&close.snapshot(), model_.SnapshotState(*it->second.state),
+                           it->second.state->ByteSize()});
       }
       sequences_.erase(it);
     }
-    response->set_snapshot_bytes(bytes);
   }
+  int64_t bytes = 0;
+  for (Upload& upload : uploads) {
+    const absl::Status status = store_
+                                    ->PutPart(upload.session->tenant(), upload.session->session_id(),
+                                              PartName(), PartKind::kState, std::move(upload.payload))
+                                    .status();
+    if (status.ok()) {
+      bytes += upload.state_bytes;
+    } else if (first_error.ok()) {
+      first_error =
+          absl::Status(status.code(), absl::StrCat("snapshot of ", PartName(), ": ", status.message()));
+    }
+  }
+  response->set_snapshot_bytes(bytes);
   if (next_ != nullptr) {
     internal::v1::CloseResponse downstream;
     const absl::Status status = next_->Close(request, &downstream);

@@ -46,8 +46,8 @@ class StageEngine final : public StageChannel {
     std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
   };
 
-  // A restored state, or the reason it could not be restored.
-  absl::StatusOr<std::unique_ptr<model::SequenceState>> Restore(const internal::v1::SessionRef& ref,
+  // The state in a fetched snapshot, or the reason it cannot be restored.
+  absl::StatusOr<std::unique_ptr<model::SequenceState>> Restore(const absl::StatusOr<Part>& snapshot,
                                                                int64_t expected_tokens);
 
   model::KimiLinearModel& model_;

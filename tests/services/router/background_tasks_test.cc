@@ -1,0 +1,59 @@
+#include "services/router/background_tasks.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+
+namespace deltaserve::services {
+namespace {
+
+TEST(BackgroundTasksTest, OneThreadRunsTasksInTheOrderPostedAndStopRunsWhatIsLeft) {
+  BackgroundTasks tasks(1);
+  absl::Mutex mutex;
+  std::vector<int> order;
+  for (int i = 0; i < 100; ++i) {
+    tasks.Post([&, i] {
+      absl::MutexLock lock(&mutex);
+      order.push_back(i);
+    });
+  }
+  tasks.Stop();
+  ASSERT_EQ(order.size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+}
+
+TEST(BackgroundTasksTest, TasksRunBesideEachOtherAndOffTheCallersThread) {
+  BackgroundTasks tasks(4);
+  absl::Mutex mutex;
+  int started = 0;
+  std::atomic<bool> on_caller{false};
+  const std::thread::id caller = std::this_thread::get_id();
+  // Each task waits until all four have started: only four threads at once can finish them.
+  for (int i = 0; i < 4; ++i) {
+    tasks.Post([&] {
+      if (std::this_thread::get_id() == caller) on_caller = true;
+      absl::MutexLock lock(&mutex);
+      ++started;
+      const auto all = [&]() ABSL_SHARED_LOCKS_REQUIRED(mutex) { return started == 4; };
+      mutex.Await(absl::Condition(&all));
+    });
+  }
+  tasks.Stop();
+  EXPECT_EQ(started, 4);
+  EXPECT_FALSE(on_caller);
+}
+
+TEST(BackgroundTasksTest, APostAfterStopRunsAtOnce) {
+  BackgroundTasks tasks(2);
+  tasks.Stop();
+  bool ran = false;
+  tasks.Post([&] { ran = true; });
+  EXPECT_TRUE(ran);
+  tasks.Stop();  // idempotent
+}
+
+}  // namespace
+}  // namespace deltaserve::services

@@ -1,0 +1,110 @@
+// The router saves a finished session turn off its scheduling loop: while one session's snapshot
+// is in transit, other requests are admitted, step and finish; the saving turn answers its caller
+// only once its session is saved, and the next turn resumes from it.
+#include "services/router/engine_core.h"
+
+#include <chrono>
+#include <memory>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kimi_linear_model.h"
+#include "services/worker/stage_engine.h"
+#include "tests/testing/gated_store_client.h"
+
+namespace deltaserve::services {
+namespace {
+
+const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+constexpr auto kPatience = std::chrono::seconds(20);
+
+RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_new_tokens) {
+  RouterRequest request;
+  request.tenant = "tenant";
+  request.prompt = std::move(prompt);
+  request.sampling.temperature = 0.0f;
+  request.sampling.max_new_tokens = max_new_tokens;
+  request.sampling.ignore_eos = true;
+  return request;
+}
+
+// Takes a stream's updates until it finishes or `until` passes.
+struct Collected {
+  std::vector<int32_t> tokens;
+  bool finished = false;
+  RequestOutcome outcome;
+};
+Collected Collect(RequestStream& stream, std::chrono::steady_clock::time_point until) {
+  Collected collected;
+  while (!collected.finished && std::chrono::steady_clock::now() < until) {
+    RequestStream::Update update = stream.Wait(until);
+    collected.tokens.insert(collected.tokens.end(), update.tokens.begin(), update.tokens.end());
+    collected.finished = update.finished;
+    if (update.finished) collected.outcome = update.outcome;
+  }
+  return collected;
+}
+
+TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store;
+  RouterConfig config;
+  config.max_running = 2;
+  config.planner.max_step_tokens = 64;
+  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
+                    &store, nullptr);
+
+  // Opens the gate before the engine's destructor waits for the saves, however the test ends.
+  struct OpenAtExit {
+    testing::GatedStoreClient& store;
+    ~OpenAtExit() { store.Open(); }
+  } open_at_exit{store};
+
+  RouterRequest first = Greedy({3, 4, 5}, 2);
+  first.session_mode = v1::SESSION_MODE_CREATE;
+  first.session_id = "agent";
+  auto saving = engine.Submit(first);
+  ASSERT_TRUE(saving.ok()) << saving.status();
+  ASSERT_TRUE(store.WaitForHeldUpload(kPatience)) << "the turn never reached its save";
+
+  // Two more requests run, one at a time (the saving turn keeps one of the two places until the
+  // stages let its state go), and finish while the snapshot is held.
+  auto other = engine.Submit(Greedy({7, 8}, 3));
+  auto another = engine.Submit(Greedy({9}, 2));
+  ASSERT_TRUE(other.ok() && another.ok());
+  const auto until = std::chrono::steady_clock::now() + kPatience;
+  const Collected done = Collect(**other, until);
+  const Collected also_done = Collect(**another, until);
+  const Collected early = Collect(**saving, std::chrono::steady_clock::now());
+  store.Open();
+  ASSERT_TRUE(done.finished) << "a request waited for another session's save";
+  ASSERT_TRUE(also_done.finished);
+  EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
+  EXPECT_TRUE(also_done.outcome.status.ok()) << also_done.outcome.status;
+  EXPECT_EQ(done.tokens.size(), 3u);
+  EXPECT_EQ(also_done.tokens.size(), 2u);
+  EXPECT_FALSE(early.finished) << "the turn answered before its session was saved";
+
+  const Collected saved = Collect(**saving, std::chrono::steady_clock::now() + kPatience);
+  ASSERT_TRUE(saved.finished);
+  EXPECT_TRUE(saved.outcome.status.ok()) << saved.outcome.status;
+
+  // The next turn restores the saved state instead of recomputing the history.
+  RouterRequest next = Greedy({6}, 1);
+  next.session_mode = v1::SESSION_MODE_CONTINUE;
+  next.session_id = "agent";
+  auto resumed = engine.Submit(next);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  const Collected turn = Collect(**resumed, std::chrono::steady_clock::now() + kPatience);
+  ASSERT_TRUE(turn.finished);
+  EXPECT_TRUE(turn.outcome.status.ok()) << turn.outcome.status;
+  EXPECT_EQ(turn.outcome.usage.session_tokens(), 5);  // 3 prompt + 2 generated tokens
+  EXPECT_EQ(turn.outcome.usage.recomputed_tokens(), 0);
+  engine.Shutdown();
+}
+
+}  // namespace
+}  // namespace deltaserve::services

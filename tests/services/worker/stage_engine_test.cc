@@ -1,0 +1,94 @@
+// A stage moves session snapshots to and from the store outside the lock its steps take, so a
+// snapshot in transit never holds up the other sequences.
+#include "services/worker/stage_engine.h"
+
+#include <chrono>
+#include <future>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kimi_linear_model.h"
+#include "services/transport/sampling_proto.h"
+#include "tests/testing/gated_store_client.h"
+
+namespace deltaserve::services {
+namespace {
+
+const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+constexpr char kTenant[] = "tenant";
+constexpr char kSession[] = "session";
+
+internal::v1::OpenSequence* AddSequence(internal::v1::OpenRequest& request, uint64_t seq_id) {
+  internal::v1::OpenSequence* open = request.add_sequences();
+  open->set_seq_id(seq_id);
+  ToProto(model::SamplingParams{}, open->mutable_sampling());
+  return open;
+}
+
+internal::v1::StepRequest Prefill(uint64_t seq_id, std::vector<int32_t> tokens) {
+  internal::v1::StepRequest request;
+  internal::v1::StepSequence* step = request.add_sequences();
+  step->set_seq_id(seq_id);
+  step->mutable_token_ids()->Assign(tokens.begin(), tokens.end());
+  step->set_sample(true);
+  return request;
+}
+
+TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store;
+  ASSERT_TRUE(store.CreateSession(kTenant, kSession, true).ok());
+  StageEngine stage(**model, &store, nullptr);
+
+  internal::v1::OpenRequest open;
+  AddSequence(open, 1);
+  AddSequence(open, 2);
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(stage.Open(open, &opened).ok());
+  internal::v1::StepResponse stepped;
+  ASSERT_TRUE(stage.Step(Prefill(1, {5, 6, 7}), &stepped).ok());
+  ASSERT_TRUE(stage.Step(Prefill(2, {8, 9}), &stepped).ok());
+
+  // Sequence 1 closes with a snapshot, which waits at the store's gate.
+  internal::v1::CloseRequest close;
+  internal::v1::CloseSequence* entry = close.add_sequences();
+  entry->set_seq_id(1);
+  entry->mutable_snapshot()->set_tenant(kTenant);
+  entry->mutable_snapshot()->set_session_id(kSession);
+  internal::v1::CloseResponse closed;
+  std::future<absl::Status> closing = std::async(std::launch::async, [&] { return stage.Close(close, &closed); });
+  const bool held = store.WaitForHeldUpload(std::chrono::seconds(20));
+
+  // Sequence 2 steps meanwhile, and sequence 1 is already gone from the stage.
+  std::future<absl::Status> step = std::async(std::launch::async, [&] {
+    internal::v1::StepResponse response;
+    return stage.Step(Prefill(2, {10}), &response);
+  });
+  const bool stepped_while_held = step.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  // (Were the step still waiting, the stage's lock would be taken: asking would wait too.)
+  const int64_t open_while_held = stepped_while_held ? stage.open_sequences() : -1;
+  store.Open();  // before any assertion can end the test with the upload still held
+  ASSERT_TRUE(held) << "the snapshot never reached the store";
+  EXPECT_TRUE(stepped_while_held) << "a step waited for another sequence's snapshot upload";
+  EXPECT_EQ(open_while_held, 1);
+  EXPECT_TRUE(step.get().ok());
+  const absl::Status close_status = closing.get();
+  ASSERT_TRUE(close_status.ok()) << close_status;
+  EXPECT_GT(closed.snapshot_bytes(), 0);
+
+  // The uploaded snapshot restores: a new sequence resumes from its three tokens.
+  internal::v1::OpenRequest resume;
+  internal::v1::OpenSequence* again = AddSequence(resume, 3);
+  again->mutable_restore()->set_tenant(kTenant);
+  again->mutable_restore()->set_session_id(kSession);
+  again->set_restore_tokens(3);
+  internal::v1::OpenResponse resumed;
+  ASSERT_TRUE(stage.Open(resume, &resumed).ok());
+  ASSERT_EQ(resumed.results_size(), 1);
+  EXPECT_TRUE(resumed.results(0).restored()) << resumed.results(0).restore_error();
+}
+
+}  // namespace
+}  // namespace deltaserve::services
