@@ -291,10 +291,6 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     std::shared_ptr<Sequence> saved(std::move(seq));
     saves_.Post([this, saved, outcome = std::move(outcome)]() mutable {
       SaveSession(*saved, outcome);
-      {
-        absl::MutexLock lock(&mutex_);
-        --saving_;  // the stages have let its state go
-      }
       Finish(*saved, std::move(outcome));
     });
     return;
@@ -312,6 +308,10 @@ void EngineCore::SaveSession(const Sequence& seq, RequestOutcome& outcome) {
   internal::v1::CloseResponse closed;
   const Clock::time_point start = Clock::now();
   const absl::Status status = first_stage_.Close(close, &closed);
+  {
+    absl::MutexLock lock(&mutex_);
+    --saving_;  // the stages have let its state go
+  }
   // A failed stage snapshot is not fatal: the manifest below still records the history, and the
   // next turn recomputes the stage whose snapshot is missing or stale.
   internal::v1::SessionManifest manifest;

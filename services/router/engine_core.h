@@ -97,7 +97,8 @@ class EngineCore {
   // stages snapshot their state and the manifest is written first, on a background thread, so
   // the other sequences keep stepping while the snapshot moves.
   void Retire(uint64_t id, RequestOutcome outcome, bool snapshot);
-  // The stages' snapshots and the manifest of a finished session turn (any thread).
+  // The stages' snapshots and the manifest of a finished session turn (any thread); gives the
+  // turn's place in the running batch back once the stages are done.
   void SaveSession(const Sequence& seq, RequestOutcome& outcome);
   // Reports the outcome, frees the session and answers the caller (any thread).
   void Finish(Sequence& seq, RequestOutcome outcome);

@@ -89,6 +89,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
     if (open.has_restore()) {
       absl::StatusOr<std::unique_ptr<model::SequenceState>> restored =
           Restore(snapshots[i], open.restore_tokens());
+      snapshots[i] = absl::CancelledError("restored");  // its payload is not kept past here
       if (restored.ok()) {
         seq.state = std::move(*restored);
         result->set_restored(true);
@@ -203,9 +204,11 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
     for (const internal::v1::CloseSequence& close : request.sequences()) {
       const auto it = sequences_.find(close.seq_id());
       if (it == sequences_.end()) continue;
-      if (close.has_snapshot() && store_ == nullptr && first_error.ok()) {
-        first_error = absl::FailedPreconditionError(
-            absl::StrCat("snapshot of ", PartName(), ": this stage has no session store"));
+      if (close.has_snapshot() && store_ == nullptr) {
+        if (first_error.ok()) {
+          first_error = absl::FailedPreconditionError(
+              absl::StrCat("snapshot of ", PartName(), ": this stage has no session store"));
+        }
       } else if (close.has_snapshot()) {
         uploads.push_back({&close.snapshot(), model_.SnapshotState(*it->second.state),
                            it->second.state->ByteSize()});
@@ -213,7 +216,14 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
       sequences_.erase(it);
     }
   }
+  // The later stages first: each lets its state go as soon as it has taken its snapshot.
   int64_t bytes = 0;
+  if (next_ != nullptr) {
+    internal::v1::CloseResponse downstream;
+    const absl::Status status = next_->Close(request, &downstream);
+    bytes += downstream.snapshot_bytes();
+    if (first_error.ok()) first_error = status;
+  }
   for (Upload& upload : uploads) {
     const absl::Status status = store_
                                     ->PutPart(upload.session->tenant(), upload.session->session_id(),
@@ -227,12 +237,6 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
     }
   }
   response->set_snapshot_bytes(bytes);
-  if (next_ != nullptr) {
-    internal::v1::CloseResponse downstream;
-    const absl::Status status = next_->Close(request, &downstream);
-    response->set_snapshot_bytes(response->snapshot_bytes() + downstream.snapshot_bytes());
-    if (first_error.ok()) first_error = status;
-  }
   return first_error;
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 
 namespace deltaserve::services {
@@ -28,21 +29,22 @@ TEST(BackgroundTasksTest, OneThreadRunsTasksInTheOrderPostedAndStopRunsWhatIsLef
 TEST(BackgroundTasksTest, TasksRunBesideEachOtherAndOffTheCallersThread) {
   BackgroundTasks tasks(4);
   absl::Mutex mutex;
-  int started = 0;
+  int started = 0, saw_all_four = 0;
   std::atomic<bool> on_caller{false};
   const std::thread::id caller = std::this_thread::get_id();
-  // Each task waits until all four have started: only four threads at once can finish them.
+  // Each task waits (up to 20 s) for all four to start: every one sees them all only when four
+  // threads run them at once.
   for (int i = 0; i < 4; ++i) {
     tasks.Post([&] {
       if (std::this_thread::get_id() == caller) on_caller = true;
       absl::MutexLock lock(&mutex);
       ++started;
       const auto all = [&]() ABSL_SHARED_LOCKS_REQUIRED(mutex) { return started == 4; };
-      mutex.Await(absl::Condition(&all));
+      if (mutex.AwaitWithTimeout(absl::Condition(&all), absl::Seconds(20))) ++saw_all_four;
     });
   }
   tasks.Stop();
-  EXPECT_EQ(started, 4);
+  EXPECT_EQ(saw_all_four, 4);
   EXPECT_FALSE(on_caller);
 }
 

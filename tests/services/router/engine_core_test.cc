@@ -78,7 +78,7 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   const auto until = std::chrono::steady_clock::now() + kPatience;
   const Collected done = Collect(**other, until);
   const Collected also_done = Collect(**another, until);
-  const Collected early = Collect(**saving, std::chrono::steady_clock::now());
+  const Collected early = Collect(**saving, std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
   store.Open();
   ASSERT_TRUE(done.finished) << "a request waited for another session's save";
   ASSERT_TRUE(also_done.finished);
