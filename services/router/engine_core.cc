@@ -33,6 +33,7 @@ struct EngineCore::Sequence {
   SequencePhase phase = SequencePhase::kPrefill;
   uint64_t arrival = 0;  // admission order
   bool opened = false;   // the stages hold its state
+  bool opening = false;  // admitted, its Open still running in the background: the loop leaves it be
   int64_t session_tokens = 0;
   int64_t recomputed_tokens = 0;
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
@@ -74,6 +75,10 @@ uint64_t FreshSeed() {
 
 // Session turns saved at once. Each save holds its stage snapshots in memory while they upload.
 constexpr int kSessionSaveThreads = 4;
+// Admitted batches opened on the stages at once (each fetching its sessions' snapshots).
+constexpr int kOpenThreads = 4;
+// How often the loop, waiting for a save or an open to finish, still looks for cancellations.
+constexpr absl::Duration kReapInterval = absl::Milliseconds(20);
 
 absl::Status DrainingError() {
   return absl::UnavailableError("the server is draining: send the request to another replica");
@@ -96,7 +101,8 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       store_(store),
       observer_(observer != nullptr ? observer : &default_observer_),
       queue_(config.max_waiting),
-      saves_(kSessionSaveThreads) {
+      saves_(kSessionSaveThreads),
+      opens_(kOpenThreads) {
   // Sequence ids start at a random epoch, so a restarted router never reuses an id that a stage
   // may still hold from its predecessor.
   next_id_ = (FreshSeed() & 0xffffffff00000000ull) | 1;
@@ -193,14 +199,11 @@ void EngineCore::CutShortForDrain() {
   std::vector<uint64_t> running, waiting;
   for (const auto& [id, seq] : running_) running.push_back(id);
   for (const auto& [id, seq] : waiting_) waiting.push_back(id);
-  const auto drained = [this](Sequence& seq, absl::Status status) {
-    RequestOutcome outcome = Outcome(seq, std::move(status), v1::FINISH_REASON_ERROR);
-    outcome.drained = true;
-    return outcome;
-  };
-  for (uint64_t id : waiting) Retire(id, drained(*waiting_.at(id), DrainingError()), false);
+  cut_short_ = true;
+  for (uint64_t id : waiting) Retire(id, Drained(*waiting_.at(id)), false);
   for (uint64_t id : running) {
     Sequence& seq = *running_.at(id);
+    if (seq.opening) continue;  // TakeOpened ends it once its Open is back
     if (seq.phase == SequencePhase::kAbsorb) continue;  // its turn ends with the next step
     if (seq.has_session && seq.phase == SequencePhase::kDecode) {
       // One more step runs the last streamed token, so the snapshot covers every token the
@@ -211,8 +214,14 @@ void EngineCore::CutShortForDrain() {
     }
     // Still reading its prompt: nothing was streamed, so the turn ends without touching its
     // session (the store keeps the previous turn) and the client sends it again elsewhere.
-    Retire(id, drained(seq, DrainingError()), /*snapshot=*/false);
+    Retire(id, Drained(seq), /*snapshot=*/false);
   }
+}
+
+RequestOutcome EngineCore::Drained(const Sequence& seq) const {
+  RequestOutcome outcome = Outcome(seq, DrainingError(), v1::FINISH_REASON_ERROR);
+  outcome.drained = true;
+  return outcome;
 }
 
 void EngineCore::Shutdown() {
@@ -225,6 +234,8 @@ void EngineCore::Shutdown() {
     saves_.Stop();  // the session turns already ended still save and answer their callers
   });
 }
+
+bool EngineCore::HasWork() const { return stopping_ || !inbox_.empty() || cut_short_requested_; }
 
 void EngineCore::TakeInbox() {
   std::vector<std::unique_ptr<Sequence>> arrived;
@@ -257,12 +268,16 @@ RequestOutcome EngineCore::Outcome(const Sequence& seq, absl::Status status,
 }
 
 void EngineCore::DropOnStages(const std::vector<uint64_t>& ids) {
-  internal::v1::CloseRequest close;
   for (uint64_t id : ids) {
     auto it = running_.find(id);
     if (it != running_.end()) it->second->opened = false;
-    close.add_sequences()->set_seq_id(id);  // stages ignore ids they do not hold
   }
+  CloseOnStages(ids);
+}
+
+void EngineCore::CloseOnStages(const std::vector<uint64_t>& ids) {
+  internal::v1::CloseRequest close;
+  for (uint64_t id : ids) close.add_sequences()->set_seq_id(id);  // stages ignore ids they do not hold
   if (close.sequences_size() == 0) return;
   internal::v1::CloseResponse closed;
   const absl::Status status = first_stage_.Close(close, &closed);
@@ -371,6 +386,7 @@ void EngineCore::ReapCancelled() {
   std::vector<std::pair<uint64_t, absl::Status>> gone;
   for (auto* table : {&waiting_, &running_}) {
     for (const auto& [id, seq] : *table) {
+      if (seq->opening) continue;  // reaped once its Open is back
       if (seq->stream->cancelled()) {
         gone.emplace_back(id, absl::CancelledError("the client cancelled the request"));
       } else if (now >= seq->request.deadline) {
@@ -407,14 +423,49 @@ void EngineCore::Admit() {
     admitted.push_back(seq);
   }
   if (admitted.empty()) return;
+  for (Sequence* seq : admitted) {
+    seq->admitted = Clock::now();
+    seq->arrival = admissions_++;
+    seq->opening = true;
+    observer_->Queued(Seconds(seq->admitted - seq->arrived));
+  }
+  opens_.Post([this, admitted] {
+    OpenedBatch batch;
+    for (Sequence* seq : admitted) batch.ids.push_back(seq->id);
+    batch.failed = OpenSequences(admitted);
+    absl::MutexLock lock(&mutex_);
+    opened_.push_back(std::move(batch));
+  });
+}
 
+void EngineCore::TakeOpened() {
+  std::vector<OpenedBatch> batches;
+  {
+    absl::MutexLock lock(&mutex_);
+    batches.swap(opened_);
+  }
+  for (OpenedBatch& batch : batches) {
+    for (uint64_t id : batch.ids) running_.at(id)->opening = false;
+    for (auto& [id, outcome] : batch.failed) Retire(id, std::move(outcome), /*snapshot=*/false);
+    if (!cut_short_) continue;
+    // A drain's time ran out while these opened: they end as CutShortForDrain ends a turn still
+    // reading its prompt.
+    for (uint64_t id : batch.ids) {
+      auto it = running_.find(id);
+      if (it == running_.end()) continue;
+      DropOnStages({id});
+      Retire(id, Drained(*it->second), /*snapshot=*/false);
+    }
+  }
+}
+
+std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
+    const std::vector<Sequence*>& admitted) {
+  std::vector<std::pair<uint64_t, RequestOutcome>> failed;
   // Each continued session's history comes from its manifest.
   std::vector<Sequence*> opening;
   std::vector<bool> restore;
   for (Sequence* seq : admitted) {
-    seq->admitted = Clock::now();
-    seq->arrival = admissions_++;
-    observer_->Queued(Seconds(seq->admitted - seq->arrived));
     bool fresh_model_state = true;
     if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE) {
       absl::StatusOr<Part> manifest_part =
@@ -422,29 +473,28 @@ void EngineCore::Admit() {
       if (manifest_part.ok()) {
         internal::v1::SessionManifest manifest;
         if (!manifest.ParseFromString(manifest_part->payload)) {
-          Retire(seq->id, Outcome(*seq, absl::DataLossError(absl::StrCat("session ", seq->session_id,
-                                                                         " has a damaged manifest")),
-                                  v1::FINISH_REASON_ERROR),
-                 false);
+          failed.emplace_back(seq->id, Outcome(*seq,
+                                               absl::DataLossError(absl::StrCat(
+                                                   "session ", seq->session_id, " has a damaged manifest")),
+                                               v1::FINISH_REASON_ERROR));
           continue;
         }
         seq->history.assign(manifest.token_ids().begin(), manifest.token_ids().end());
         fresh_model_state = manifest.model_fingerprint() != model_.fingerprint;
       } else if (manifest_part.status().code() != absl::StatusCode::kNotFound) {
-        Retire(seq->id, Outcome(*seq, manifest_part.status(), v1::FINISH_REASON_ERROR), false);
+        failed.emplace_back(seq->id, Outcome(*seq, manifest_part.status(), v1::FINISH_REASON_ERROR));
         continue;
       }
     }
     const int64_t total = static_cast<int64_t>(seq->history.size() + seq->request.prompt.size());
     if (total >= model_.max_context) {
-      Retire(seq->id,
-             Outcome(*seq,
-                     absl::InvalidArgumentError(absl::StrCat(
-                         "session ", seq->session_id, " holds ", seq->history.size(),
-                         " tokens; with the prompt's ", seq->request.prompt.size(),
-                         " it leaves no room in the model's context of ", model_.max_context)),
-                     v1::FINISH_REASON_ERROR),
-             false);
+      failed.emplace_back(seq->id,
+                          Outcome(*seq,
+                                  absl::InvalidArgumentError(absl::StrCat(
+                                      "session ", seq->session_id, " holds ", seq->history.size(),
+                                      " tokens; with the prompt's ", seq->request.prompt.size(),
+                                      " it leaves no room in the model's context of ", model_.max_context)),
+                                  v1::FINISH_REASON_ERROR));
       continue;
     }
     opening.push_back(seq);
@@ -471,7 +521,7 @@ void EngineCore::Admit() {
     }
     return request;
   };
-  if (opening.empty()) return;
+  if (opening.empty()) return failed;
   const Clock::time_point start = Clock::now();
   internal::v1::OpenResponse opened;
   absl::Status status = first_stage_.Open(open_request(opening, restore), &opened);
@@ -479,9 +529,11 @@ void EngineCore::Admit() {
     // A stage may have opened some of them before the failure reached us.
     std::vector<uint64_t> ids;
     for (Sequence* seq : opening) ids.push_back(seq->id);
-    DropOnStages(ids);
-    for (Sequence* seq : opening) Retire(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR), false);
-    return;
+    CloseOnStages(ids);
+    for (Sequence* seq : opening) {
+      failed.emplace_back(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR));
+    }
+    return failed;
   }
   std::map<uint64_t, bool> restored_on_every_stage;
   for (const internal::v1::OpenResult& result : opened.results()) {
@@ -518,19 +570,19 @@ void EngineCore::Admit() {
   if (!reopen.empty()) {
     std::vector<uint64_t> ids;
     for (Sequence* seq : reopen) ids.push_back(seq->id);
-    DropOnStages(ids);
+    CloseOnStages(ids);
     internal::v1::OpenResponse fresh;
     status = first_stage_.Open(open_request(reopen, std::vector<bool>(reopen.size(), false)), &fresh);
     if (!status.ok()) {
-      DropOnStages(ids);
+      CloseOnStages(ids);
       for (Sequence* seq : reopen) {
+        seq->opened = false;
         seq->recomputed_tokens = 0;
-        Retire(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR), false);
+        failed.emplace_back(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR));
       }
-    } else {
-      for (Sequence* seq : reopen) seq->opened = true;
     }
   }
+  return failed;
 }
 
 bool EngineCore::IsStop(const Sequence& seq, int32_t token) const {
@@ -642,19 +694,16 @@ void EngineCore::Loop() {
   for (;;) {
     {
       absl::MutexLock lock(&mutex_);
-      const auto has_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
-        return stopping_ || !inbox_.empty() || cut_short_requested_;
-      };
       if (running_.empty() && waiting_.empty()) {
         // Idle: sleep until a request arrives (no polling).
-        mutex_.Await(absl::Condition(&has_work));
+        mutex_.Await(absl::Condition(this, &EngineCore::HasWork));
       } else if (running_.empty() && saving_ >= config_.max_running) {
         // Every place is taken by a session save: wait for one to finish, still reaping the
         // queue's cancellations and deadlines now and then.
-        const auto place_or_work = [&]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
-          return has_work() || saving_ < config_.max_running;
+        const auto place_or_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+          return HasWork() || saving_ < config_.max_running;
         };
-        mutex_.AwaitWithTimeout(absl::Condition(&place_or_work), absl::Milliseconds(20));
+        mutex_.AwaitWithTimeout(absl::Condition(&place_or_work), kReapInterval);
       }
       if (stopping_) break;
     }
@@ -667,17 +716,30 @@ void EngineCore::Loop() {
     }
     if (cut_short) CutShortForDrain();
     Admit();
+    TakeOpened();
     observer_->Batch(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
     if (running_.empty()) continue;
 
     std::vector<PlannerSequence> planner;
     for (const auto& [id, seq] : running_) {
+      if (seq->opening) continue;
       planner.push_back({id, seq->request.priority, seq->arrival, seq->phase,
                          static_cast<int64_t>(seq->pending.size() - seq->consumed)});
+    }
+    if (planner.empty()) {
+      // Only sequences still opening: wait for an Open to come back (or new work).
+      absl::MutexLock lock(&mutex_);
+      const auto opened_or_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+        return HasWork() || !opened_.empty();
+      };
+      mutex_.AwaitWithTimeout(absl::Condition(&opened_or_work), kReapInterval);
+      continue;
     }
     const std::vector<PlannedRun> plan = PlanStep(std::move(planner), config_.planner);
     if (!plan.empty()) RunStep(plan);
   }
+  opens_.Stop();  // every Open in flight comes back, so the stages' state is dropped below
+  TakeOpened();
   TakeInbox();
   std::vector<uint64_t> ids;
   for (const auto& [id, seq] : running_) ids.push_back(id);

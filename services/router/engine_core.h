@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -87,12 +88,25 @@ class EngineCore {
   void ReapCancelled();
   // Ends every request for a drain whose time is up (see Drain).
   void CutShortForDrain();
+  // Something for the loop to do besides stepping: a stop, arrivals, a drain's time out.
+  bool HasWork() const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
+  // Takes queued requests into the running batch while it has room, and opens them on the stages
+  // on a background thread (OpenSequences), so the running ones keep stepping while the stages
+  // fetch the sessions' snapshots; they join the steps at TakeOpened.
   void Admit();
+  // On a background thread: each continued session's manifest, the context limit, the stages'
+  // Open (restoring the snapshots) and, where a restore failed, a fresh Open. Only it touches
+  // `admitted` until TakeOpened. Returns the requests that must end, with their outcomes.
+  std::vector<std::pair<uint64_t, RequestOutcome>> OpenSequences(const std::vector<Sequence*>& admitted);
+  // Applies the Opens that came back: their sequences join the steps, the failed ones end.
+  void TakeOpened();
   void RunStep(const std::vector<PlannedRun>& plan);
   void OnToken(Sequence& seq, int32_t token);
   void FinishTurn(Sequence& seq);
   // Tells every stage to drop these sequences' state (one call, errors only logged).
   void DropOnStages(const std::vector<uint64_t>& ids);
+  // The same call, without marking the loop's sequences (any thread).
+  void CloseOnStages(const std::vector<uint64_t>& ids);
   // Ends a request: drops its stage state, tells the caller, forgets it. With `snapshot` the
   // stages snapshot their state and the manifest is written first, on a background thread, so
   // the other sequences keep stepping while the snapshot moves.
@@ -104,6 +118,8 @@ class EngineCore {
   void Finish(Sequence& seq, RequestOutcome outcome);
   RequestOutcome Outcome(const Sequence& seq, absl::Status status,
                          v1::FinishReason reason) const;
+  // The outcome of a turn a drain ended before it streamed anything (UNAVAILABLE, "draining").
+  RequestOutcome Drained(const Sequence& seq) const;
   bool IsStop(const Sequence& seq, int32_t token) const;
   std::string SessionKey(const std::string& tenant, const std::string& session_id) const;
 
@@ -126,14 +142,22 @@ class EngineCore {
   // Session turns being saved: the stages hold their state until the save's Close, so they
   // still take places in the running batch.
   int64_t saving_ ABSL_GUARDED_BY(mutex_) = 0;
+  // Opens come back through here (OpenSequences' results, for TakeOpened).
+  struct OpenedBatch {
+    std::vector<uint64_t> ids;
+    std::vector<std::pair<uint64_t, RequestOutcome>> failed;
+  };
+  std::vector<OpenedBatch> opened_ ABSL_GUARDED_BY(mutex_);
 
   // Owned by the loop thread.
   RequestQueue queue_;
   std::map<uint64_t, std::unique_ptr<Sequence>> waiting_;
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;
   uint64_t admissions_ = 0;
+  bool cut_short_ = false;  // a drain's time ran out: what opens from now on ends at once
 
   BackgroundTasks saves_;
+  BackgroundTasks opens_;
   std::thread loop_;
   std::once_flag joined_;
 };

@@ -1,6 +1,7 @@
-// A session store client whose uploads of stage snapshots (parts named "layers-...") wait at a
-// gate until the test opens it, so a test can hold a snapshot in transit while it checks what
-// else keeps working. Everything else goes straight to an in-memory SnapshotStore.
+// A session store client whose transfers of stage snapshots (parts named "layers-...") in one
+// direction, uploads or downloads, wait at a gate until the test opens it, so a test can hold a
+// snapshot in transit while it checks what else keeps working. Everything else goes straight to
+// an in-memory SnapshotStore.
 #pragma once
 
 #include <chrono>
@@ -18,10 +19,12 @@ namespace deltaserve::testing {
 
 class GatedStoreClient final : public services::StoreClient {
  public:
-  GatedStoreClient() : store_(*services::SnapshotStore::Open({})), local_(*store_) {}
+  enum class Hold { kUploads, kDownloads };
+  explicit GatedStoreClient(Hold hold = Hold::kUploads)
+      : hold_(hold), store_(*services::SnapshotStore::Open({})), local_(*store_) {}
 
   // Waits up to `timeout` for a stage snapshot to reach the gate.
-  bool WaitForHeldUpload(std::chrono::milliseconds timeout) {
+  bool WaitForHeldTransfer(std::chrono::milliseconds timeout) {
     absl::MutexLock lock(&mutex_);
     const auto held = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return held_ > 0; };
     return mutex_.AwaitWithTimeout(absl::Condition(&held), absl::FromChrono(timeout));
@@ -39,17 +42,12 @@ class GatedStoreClient final : public services::StoreClient {
   absl::StatusOr<services::PartInfo> PutPart(std::string_view tenant, std::string_view session_id,
                                              std::string_view part, services::PartKind kind,
                                              std::string payload) override {
-    if (part.substr(0, 7) == "layers-") {
-      absl::MutexLock lock(&mutex_);
-      ++held_;
-      const auto open = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return open_; };
-      mutex_.Await(absl::Condition(&open));
-      --held_;
-    }
+    if (hold_ == Hold::kUploads) PassGate(part);
     return local_.PutPart(tenant, session_id, part, kind, std::move(payload));
   }
   absl::StatusOr<services::Part> GetPart(std::string_view tenant, std::string_view session_id,
                                          std::string_view part) override {
+    if (hold_ == Hold::kDownloads) PassGate(part);
     return local_.GetPart(tenant, session_id, part);
   }
   absl::StatusOr<services::SessionInfo> StatSession(std::string_view tenant,
@@ -69,6 +67,16 @@ class GatedStoreClient final : public services::StoreClient {
   }
 
  private:
+  void PassGate(std::string_view part) {
+    if (part.substr(0, 7) != "layers-") return;
+    absl::MutexLock lock(&mutex_);
+    ++held_;
+    const auto open = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return open_; };
+    mutex_.Await(absl::Condition(&open));
+    --held_;
+  }
+
+  const Hold hold_;
   std::unique_ptr<services::SnapshotStore> store_;
   services::LocalStoreClient local_;
   absl::Mutex mutex_;

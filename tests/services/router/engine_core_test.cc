@@ -1,6 +1,7 @@
-// The router saves a finished session turn off its scheduling loop: while one session's snapshot
-// is in transit, other requests are admitted, step and finish; the saving turn answers its caller
-// only once its session is saved, and the next turn resumes from it.
+// The router moves session snapshots off its scheduling loop: while one session's snapshot is in
+// transit (saved at the end of a turn, or restored at the start of the next), other requests are
+// admitted, step and finish; a saving turn answers its caller only once its session is saved, and
+// the next turn resumes from it.
 #include "services/router/engine_core.h"
 
 #include <chrono>
@@ -45,6 +46,12 @@ Collected Collect(RequestStream& stream, std::chrono::steady_clock::time_point u
   return collected;
 }
 
+// Opens the gate before the engine's destructor waits for the saves, however a test ends.
+struct OpenAtExit {
+  testing::GatedStoreClient& store;
+  ~OpenAtExit() { store.Open(); }
+};
+
 TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
   auto model = model::KimiLinearModel::Load(kFixture, backend);
@@ -57,18 +64,14 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
                     &store, nullptr);
 
-  // Opens the gate before the engine's destructor waits for the saves, however the test ends.
-  struct OpenAtExit {
-    testing::GatedStoreClient& store;
-    ~OpenAtExit() { store.Open(); }
-  } open_at_exit{store};
+  OpenAtExit open_at_exit{store};
 
   RouterRequest first = Greedy({3, 4, 5}, 2);
   first.session_mode = v1::SESSION_MODE_CREATE;
   first.session_id = "agent";
   auto saving = engine.Submit(first);
   ASSERT_TRUE(saving.ok()) << saving.status();
-  ASSERT_TRUE(store.WaitForHeldUpload(kPatience)) << "the turn never reached its save";
+  ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "the turn never reached its save";
 
   // Two more requests run, one at a time (the saving turn keeps one of the two places until the
   // stages let its state go), and finish while the snapshot is held.
@@ -102,6 +105,49 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   ASSERT_TRUE(turn.finished);
   EXPECT_TRUE(turn.outcome.status.ok()) << turn.outcome.status;
   EXPECT_EQ(turn.outcome.usage.session_tokens(), 5);  // 3 prompt + 2 generated tokens
+  EXPECT_EQ(turn.outcome.usage.recomputed_tokens(), 0);
+  engine.Shutdown();
+}
+
+TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store(testing::GatedStoreClient::Hold::kDownloads);
+  RouterConfig config;
+  config.max_running = 2;
+  config.planner.max_step_tokens = 64;
+  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
+                    &store, nullptr);
+  OpenAtExit open_at_exit{store};
+
+  RouterRequest first = Greedy({3, 4, 5}, 2);
+  first.session_mode = v1::SESSION_MODE_CREATE;
+  first.session_id = "agent";
+  auto created = engine.Submit(first);
+  ASSERT_TRUE(created.ok()) << created.status();
+  ASSERT_TRUE(Collect(**created, std::chrono::steady_clock::now() + kPatience).outcome.status.ok());
+
+  // The next turn's snapshot download waits at the gate; another request runs meanwhile.
+  RouterRequest next = Greedy({6}, 1);
+  next.session_mode = v1::SESSION_MODE_CONTINUE;
+  next.session_id = "agent";
+  auto resuming = engine.Submit(next);
+  ASSERT_TRUE(resuming.ok()) << resuming.status();
+  ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "the turn never fetched its snapshot";
+  auto other = engine.Submit(Greedy({7, 8}, 3));
+  ASSERT_TRUE(other.ok());
+  const Collected done = Collect(**other, std::chrono::steady_clock::now() + kPatience);
+  store.Open();
+  ASSERT_TRUE(done.finished) << "a request waited for another session's restore";
+  EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
+  EXPECT_EQ(done.tokens.size(), 3u);
+
+  const Collected turn = Collect(**resuming, std::chrono::steady_clock::now() + kPatience);
+  ASSERT_TRUE(turn.finished);
+  EXPECT_TRUE(turn.outcome.status.ok()) << turn.outcome.status;
+  EXPECT_EQ(turn.outcome.usage.session_tokens(), 5);
   EXPECT_EQ(turn.outcome.usage.recomputed_tokens(), 0);
   engine.Shutdown();
 }

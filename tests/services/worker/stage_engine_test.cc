@@ -59,7 +59,7 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   entry->mutable_snapshot()->set_session_id(kSession);
   internal::v1::CloseResponse closed;
   std::future<absl::Status> closing = std::async(std::launch::async, [&] { return stage.Close(close, &closed); });
-  const bool held = store.WaitForHeldUpload(std::chrono::seconds(20));
+  const bool held = store.WaitForHeldTransfer(std::chrono::seconds(20));
 
   // Sequence 2 steps meanwhile, and sequence 1 is already gone from the stage.
   std::future<absl::Status> step = std::async(std::launch::async, [&] {
