@@ -423,19 +423,29 @@ void EngineCore::Admit() {
     admitted.push_back(seq);
   }
   if (admitted.empty()) return;
+  // A continued session's turn opens on its own background thread (its snapshots may take a
+  // while to arrive); the rest open here at once, together, with nothing to fetch.
+  std::vector<Sequence*> fresh;
   for (Sequence* seq : admitted) {
     seq->admitted = Clock::now();
     seq->arrival = admissions_++;
-    seq->opening = true;
     observer_->Queued(Seconds(seq->admitted - seq->arrived));
+    if (seq->request.session_mode != v1::SESSION_MODE_CONTINUE) {
+      fresh.push_back(seq);
+      continue;
+    }
+    seq->opening = true;
+    opens_.Post([this, seq] {
+      OpenedBatch batch{{seq->id}, OpenSequences({seq})};
+      absl::MutexLock lock(&mutex_);
+      opened_.push_back(std::move(batch));
+    });
   }
-  opens_.Post([this, admitted] {
-    OpenedBatch batch;
-    for (Sequence* seq : admitted) batch.ids.push_back(seq->id);
-    batch.failed = OpenSequences(admitted);
-    absl::MutexLock lock(&mutex_);
-    opened_.push_back(std::move(batch));
-  });
+  if (fresh.empty()) return;
+  OpenedBatch batch;
+  for (Sequence* seq : fresh) batch.ids.push_back(seq->id);
+  batch.failed = OpenSequences(fresh);
+  ApplyOpened(batch);
 }
 
 void EngineCore::TakeOpened() {
@@ -444,18 +454,20 @@ void EngineCore::TakeOpened() {
     absl::MutexLock lock(&mutex_);
     batches.swap(opened_);
   }
-  for (OpenedBatch& batch : batches) {
-    for (uint64_t id : batch.ids) running_.at(id)->opening = false;
-    for (auto& [id, outcome] : batch.failed) Retire(id, std::move(outcome), /*snapshot=*/false);
-    if (!cut_short_) continue;
-    // A drain's time ran out while these opened: they end as CutShortForDrain ends a turn still
-    // reading its prompt.
-    for (uint64_t id : batch.ids) {
-      auto it = running_.find(id);
-      if (it == running_.end()) continue;
-      DropOnStages({id});
-      Retire(id, Drained(*it->second), /*snapshot=*/false);
-    }
+  for (OpenedBatch& batch : batches) ApplyOpened(batch);
+}
+
+void EngineCore::ApplyOpened(OpenedBatch& batch) {
+  for (uint64_t id : batch.ids) running_.at(id)->opening = false;
+  for (auto& [id, outcome] : batch.failed) Retire(id, std::move(outcome), /*snapshot=*/false);
+  if (!cut_short_) return;
+  // A drain's time ran out while these opened: they end as CutShortForDrain ends a turn still
+  // reading its prompt.
+  for (uint64_t id : batch.ids) {
+    auto it = running_.find(id);
+    if (it == running_.end()) continue;
+    DropOnStages({id});
+    Retire(id, Drained(*it->second), /*snapshot=*/false);
   }
 }
 
@@ -708,6 +720,7 @@ void EngineCore::Loop() {
       if (stopping_) break;
     }
     TakeInbox();
+    TakeOpened();  // before the reaping: a restore may have outlasted its request's deadline
     ReapCancelled();
     bool cut_short = false;
     {
@@ -716,7 +729,6 @@ void EngineCore::Loop() {
     }
     if (cut_short) CutShortForDrain();
     Admit();
-    TakeOpened();
     observer_->Batch(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
     if (running_.empty()) continue;
 

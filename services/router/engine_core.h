@@ -82,6 +82,11 @@ class EngineCore {
  private:
   struct Sequence;
   using Clock = std::chrono::steady_clock;
+  // An Open's sequences, and those of them that must end (with their outcomes).
+  struct OpenedBatch {
+    std::vector<uint64_t> ids;
+    std::vector<std::pair<uint64_t, RequestOutcome>> failed;
+  };
 
   void Loop();
   void TakeInbox();
@@ -90,16 +95,19 @@ class EngineCore {
   void CutShortForDrain();
   // Something for the loop to do besides stepping: a stop, arrivals, a drain's time out.
   bool HasWork() const ABSL_SHARED_LOCKS_REQUIRED(mutex_);
-  // Takes queued requests into the running batch while it has room, and opens them on the stages
-  // on a background thread (OpenSequences), so the running ones keep stepping while the stages
-  // fetch the sessions' snapshots; they join the steps at TakeOpened.
+  // Takes queued requests into the running batch while it has room and opens them on the stages:
+  // a continued session's turn alone on a background thread (OpenSequences), so the running ones
+  // keep stepping while the stages fetch its snapshots, joining the steps at TakeOpened; the
+  // others at once, together.
   void Admit();
   // On a background thread: each continued session's manifest, the context limit, the stages'
   // Open (restoring the snapshots) and, where a restore failed, a fresh Open. Only it touches
   // `admitted` until TakeOpened. Returns the requests that must end, with their outcomes.
   std::vector<std::pair<uint64_t, RequestOutcome>> OpenSequences(const std::vector<Sequence*>& admitted);
-  // Applies the Opens that came back: their sequences join the steps, the failed ones end.
+  // Applies the Opens that came back from the background.
   void TakeOpened();
+  // An Open's results: its sequences join the steps, the failed ones end.
+  void ApplyOpened(OpenedBatch& batch);
   void RunStep(const std::vector<PlannedRun>& plan);
   void OnToken(Sequence& seq, int32_t token);
   void FinishTurn(Sequence& seq);
@@ -142,19 +150,15 @@ class EngineCore {
   // Session turns being saved: the stages hold their state until the save's Close, so they
   // still take places in the running batch.
   int64_t saving_ ABSL_GUARDED_BY(mutex_) = 0;
-  // Opens come back through here (OpenSequences' results, for TakeOpened).
-  struct OpenedBatch {
-    std::vector<uint64_t> ids;
-    std::vector<std::pair<uint64_t, RequestOutcome>> failed;
-  };
-  std::vector<OpenedBatch> opened_ ABSL_GUARDED_BY(mutex_);
+  std::vector<OpenedBatch> opened_ ABSL_GUARDED_BY(mutex_);  // back from the background Opens
 
   // Owned by the loop thread.
   RequestQueue queue_;
   std::map<uint64_t, std::unique_ptr<Sequence>> waiting_;
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;
   uint64_t admissions_ = 0;
-  bool cut_short_ = false;  // a drain's time ran out: what opens from now on ends at once
+  // A drain's time ran out: what opens from now on ends at once (a drain is never undone).
+  bool cut_short_ = false;
 
   BackgroundTasks saves_;
   BackgroundTasks opens_;

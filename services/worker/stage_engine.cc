@@ -58,7 +58,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
                        ? absl::FailedPreconditionError("this stage has no session store")
                        : store_->GetPart(open.restore().tenant(), open.restore().session_id(), PartName());
   }
-  absl::MutexLock lock(&mutex_);
+  absl::ReleasableMutexLock lock(&mutex_);
   const int64_t vocab = model_.config().vocab_size;
   if (static_cast<int64_t>(sequences_.size() + request.sequences_size()) > options_.max_open_sequences) {
     return absl::ResourceExhaustedError(absl::StrCat("stage ", PartName(), " holds ",
@@ -107,6 +107,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
     sequences_.emplace(open.seq_id(), std::move(seq));
     opened.push_back(open.seq_id());
   }
+  lock.Release();  // the later stages may fetch snapshots: steps go on meanwhile
   if (next_ == nullptr) return absl::OkStatus();
 
   internal::v1::OpenRequest forwarded = request;
@@ -115,6 +116,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
   internal::v1::OpenResponse downstream;
   const absl::Status status = next_->Open(forwarded, &downstream);
   if (!status.ok()) {
+    absl::MutexLock relock(&mutex_);
     for (uint64_t id : opened) sequences_.erase(id);
     return status;
   }

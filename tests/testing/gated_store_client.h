@@ -1,7 +1,7 @@
-// A session store client whose transfers of stage snapshots (parts named "layers-...") in one
-// direction, uploads or downloads, wait at a gate until the test opens it, so a test can hold a
-// snapshot in transit while it checks what else keeps working. Everything else goes straight to
-// an in-memory SnapshotStore.
+// A session store client whose transfers of stage snapshots (parts named "layers-...", or those
+// starting with a given prefix) in one direction, uploads or downloads, wait at a gate until the
+// test opens it, so a test can hold a snapshot in transit while it checks what else keeps
+// working. Everything else goes straight to an in-memory SnapshotStore.
 #pragma once
 
 #include <chrono>
@@ -20,16 +20,16 @@ namespace deltaserve::testing {
 class GatedStoreClient final : public services::StoreClient {
  public:
   enum class Hold { kUploads, kDownloads };
-  explicit GatedStoreClient(Hold hold = Hold::kUploads)
-      : hold_(hold), store_(*services::SnapshotStore::Open({})), local_(*store_) {}
+  explicit GatedStoreClient(Hold hold = Hold::kUploads, std::string parts = "layers-")
+      : hold_(hold), parts_(std::move(parts)), store_(*services::SnapshotStore::Open({})), local_(*store_) {}
 
-  // Waits up to `timeout` for a stage snapshot to reach the gate.
+  // Waits up to `timeout` for a stage snapshot's transfer to reach the gate.
   bool WaitForHeldTransfer(std::chrono::milliseconds timeout) {
     absl::MutexLock lock(&mutex_);
     const auto held = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return held_ > 0; };
     return mutex_.AwaitWithTimeout(absl::Condition(&held), absl::FromChrono(timeout));
   }
-  // Lets every held and later upload through.
+  // Lets every held and later transfer through.
   void Open() {
     absl::MutexLock lock(&mutex_);
     open_ = true;
@@ -68,7 +68,7 @@ class GatedStoreClient final : public services::StoreClient {
 
  private:
   void PassGate(std::string_view part) {
-    if (part.substr(0, 7) != "layers-") return;
+    if (part.substr(0, parts_.size()) != parts_) return;
     absl::MutexLock lock(&mutex_);
     ++held_;
     const auto open = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return open_; };
@@ -77,6 +77,7 @@ class GatedStoreClient final : public services::StoreClient {
   }
 
   const Hold hold_;
+  const std::string parts_;
   std::unique_ptr<services::SnapshotStore> store_;
   services::LocalStoreClient local_;
   absl::Mutex mutex_;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
@@ -109,16 +110,28 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   engine.Shutdown();
 }
 
+// A two-stage pipeline: the second stage's snapshot download must not hold up the first stage's
+// steps either.
 TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto model = model::KimiLinearModel::Load(kFixture, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
-  testing::GatedStoreClient store(testing::GatedStoreClient::Hold::kDownloads);
+  auto whole = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  const int64_t layers = (*whole)->config().num_layers;
+  model::ModelOptions first_half, second_half;
+  first_half.scope = {.layer_begin = 0, .layer_end = layers / 2};
+  second_half.scope = {.layer_begin = layers / 2, .layer_end = layers};
+  auto front = model::KimiLinearModel::Load(kFixture, backend, first_half);
+  auto back = model::KimiLinearModel::Load(kFixture, backend, second_half);
+  ASSERT_TRUE(front.ok() && back.ok());
   RouterConfig config;
   config.max_running = 2;
   config.planner.max_step_tokens = 64;
-  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
-  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
+  // Only the second stage's download is held, while the first stage waits on its Open.
+  testing::GatedStoreClient store(testing::GatedStoreClient::Hold::kDownloads,
+                                  absl::StrCat("layers-", layers / 2, "-"));
+  StageEngine last(**back, &store, nullptr, {.max_open_sequences = config.max_running});
+  StageEngine stage(**front, &store, &last, {.max_open_sequences = config.max_running});
+  EngineCore engine(config, {(*whole)->config(), (*whole)->fingerprint(), (*whole)->max_context()}, stage,
                     &store, nullptr);
   OpenAtExit open_at_exit{store};
 
