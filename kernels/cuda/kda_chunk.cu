@@ -598,14 +598,19 @@ struct ScanShared {
   bf16 vn[kChunk][Padded(BV)];
 };
 
-// Queues the asynchronous copy of `rows` rows of `cols` bf16 (a multiple of 8) from `src` (row
-// stride src_ld) into `dst` (row stride dst_ld).
-__device__ __forceinline__ void CopyRowsAsync(bf16* dst, int dst_ld, const bf16* src, int64_t src_ld,
-                                              int rows, int cols, int threads) {
-  const int pieces = cols / 8;
-  for (int i = threadIdx.x; i < rows * pieces; i += threads) {
-    const int r = i / pieces, p = i % pieces;
-    CopyAsync16(dst + r * dst_ld + p * 8, src + r * src_ld + p * 8);
+// Queues the asynchronous copy of kRows rows of kCols bf16 (a multiple of 8) from `src` (row
+// stride kSrcLd) into `dst` (row stride kDstLd), 16 bytes a thread at a time over kThreads
+// threads. Every count known at compile time, a thread's pieces are a fixed unrolled list whose
+// offsets the compiler keeps out of a caller's loop (the scan issues these per chunk).
+template <int kRows, int kCols, int kDstLd, int kSrcLd, int kThreads>
+__device__ __forceinline__ void CopyRowsAsync(bf16* dst, const bf16* src) {
+  constexpr int kPieces = kCols / 8, kTotal = kRows * kPieces;
+#pragma unroll
+  for (int k = 0; k < (kTotal + kThreads - 1) / kThreads; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+    if (kTotal % kThreads != 0 && i >= kTotal) break;
+    const int r = i / kPieces, p = i % kPieces;
+    CopyAsync16(dst + r * kDstLd + p * 8, src + r * kSrcLd + p * 8);
   }
 }
 
@@ -615,9 +620,9 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
                                           typename ScanShared<D, BV>::Stage& st) {
   constexpr int kThreads = kScanWarps * 32;
   const int64_t matrix = ch * kChunk * D;
-  CopyRowsAsync(&st.w[0][0], Padded(D), scratch.w + matrix, D, kChunk, D, kThreads);
-  CopyRowsAsync(&st.kg[0][0], Padded(D), scratch.kg + matrix, D, kChunk, D, kThreads);
-  CopyRowsAsync(&st.u[0][0], Padded(BV), scratch.u + matrix + slice * BV, D, kChunk, BV, kThreads);
+  CopyRowsAsync<kChunk, D, Padded(D), D, kThreads>(&st.w[0][0], scratch.w + matrix);
+  CopyRowsAsync<kChunk, D, Padded(D), D, kThreads>(&st.kg[0][0], scratch.kg + matrix);
+  CopyRowsAsync<kChunk, BV, Padded(BV), D, kThreads>(&st.u[0][0], scratch.u + matrix + slice * BV);
   const auto* gate_last = reinterpret_cast<const uint4*>(scratch.gate_last + ch * D);
   for (int i = threadIdx.x; i < D / 4; i += kThreads) {
     CopyAsync16(reinterpret_cast<uint4*>(st.gate_last) + i, gate_last + i);
@@ -772,11 +777,10 @@ __global__ void __launch_bounds__(kOutputWarps * 32)
   const int chunk = static_cast<int>(ch / heads), h = static_cast<int>(ch % heads);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
-  CopyRowsAsync(&s.qg[0][0], Padded(D), scratch.qg + ch * kChunk * D, D, kChunk, D, kThreads);
-  CopyRowsAsync(&s.h[0][0], Padded(D), scratch.h + ch * D * D, D, D, D, kThreads);
-  CopyRowsAsync(&s.vn[0][0], Padded(D), scratch.vn + ch * kChunk * D, D, kChunk, D, kThreads);
-  CopyRowsAsync(&s.aqk[0][0], Padded(kChunk), scratch.aqk + ch * kChunk * kChunk, kChunk, kChunk,
-                kChunk, kThreads);
+  CopyRowsAsync<kChunk, D, Padded(D), D, kThreads>(&s.qg[0][0], scratch.qg + ch * kChunk * D);
+  CopyRowsAsync<D, D, Padded(D), D, kThreads>(&s.h[0][0], scratch.h + ch * D * D);
+  CopyRowsAsync<kChunk, D, Padded(D), D, kThreads>(&s.vn[0][0], scratch.vn + ch * kChunk * D);
+  CopyRowsAsync<kChunk, kChunk, Padded(kChunk), kChunk, kThreads>(&s.aqk[0][0], scratch.aqk + ch * kChunk * kChunk);
   CommitAsync();
   const KdaChunkRef ref = chunks[chunk];
   WaitAsync<0>();
