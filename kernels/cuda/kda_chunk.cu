@@ -151,6 +151,20 @@ __device__ __forceinline__ void StoreTileBf16Global(const TileAcc16& acc, bf16* 
   __syncwarp();
 }
 
+// acc = a·bᵀ for 16 rows each of a and b (row-major bf16, D columns, row stride Padded(D)).
+template <int D>
+__device__ __forceinline__ void RowProductTile(TileAcc16& acc, const bf16* a, const bf16* b, int lane) {
+  ZeroTile(acc);
+#pragma unroll
+  for (int kk = 0; kk < D / kSub; ++kk) {
+    TileA16 fa;
+    TileB16 fb;
+    LoadA(fa, a + kk * kSub, Padded(D), lane);
+    LoadBTransposed(fb, b + kk * kSub, Padded(D), lane);
+    MmaTile(acc, fa, fb);
+  }
+}
+
 __device__ __forceinline__ float Exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -394,15 +408,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     const bf16* a = &s.rows[(is_q ? kChunk : 0) + bi * kSub][0];
     const bf16* b = t < 12 ? &s.cols[ColsBase(bi) + bj * kSub][0] : &s.diagonal_cols[bi * kSub][0];
     TileAcc16 acc;
-    ZeroTile(acc);
-#pragma unroll
-    for (int kk = 0; kk < D / kSub; ++kk) {
-      TileA16 fa;
-      TileB16 fb;
-      LoadA(fa, a + kk * kSub, Padded(D), lane);
-      LoadBTransposed(fb, b + kk * kSub, Padded(D), lane);
-      MmaTile(acc, fa, fb);
-    }
+    RowProductTile<D>(acc, a, b, lane);
     if (is_q) {
       StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), aqk + bi * kSub * kChunk + bj * kSub, kChunk,
                           lane);
@@ -468,15 +474,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     const bf16* qa = &s.rows[kChunk + b * kSub][0];
     const bf16* kb = &s.diagonal_cols[b * kSub][0];
     TileAcc16 acc;
-    ZeroTile(acc);
-#pragma unroll
-    for (int kk = 0; kk < D / kSub; ++kk) {
-      TileA16 fa;
-      TileB16 fb;
-      LoadA(fa, qa + kk * kSub, Padded(D), lane);
-      LoadBTransposed(fb, kb + kk * kSub, Padded(D), lane);
-      MmaTile(acc, fa, fb);
-    }
+    RowProductTile<D>(acc, qa, kb, lane);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       if (AccCol(i, lane) > AccRow(i, lane)) acc.x[i] = 0.0f;

@@ -30,6 +30,22 @@ RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_new_tokens) {
   return request;
 }
 
+// A turn of the session "agent".
+RouterRequest Turn(v1::SessionMode mode, std::vector<int32_t> prompt, int32_t max_new_tokens) {
+  RouterRequest request = Greedy(std::move(prompt), max_new_tokens);
+  request.session_mode = mode;
+  request.session_id = "agent";
+  return request;
+}
+
+// Two places in the running batch.
+RouterConfig TwoPlaces() {
+  RouterConfig config;
+  config.max_running = 2;
+  config.planner.max_step_tokens = 64;
+  return config;
+}
+
 // Takes a stream's updates until it finishes or `until` passes.
 struct Collected {
   std::vector<int32_t> tokens;
@@ -58,19 +74,14 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   auto model = model::KimiLinearModel::Load(kFixture, backend);
   ASSERT_TRUE(model.ok()) << model.status();
   testing::GatedStoreClient store;
-  RouterConfig config;
-  config.max_running = 2;
-  config.planner.max_step_tokens = 64;
+  const RouterConfig config = TwoPlaces();
   StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
   EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
                     &store, nullptr);
 
   OpenAtExit open_at_exit{store};
 
-  RouterRequest first = Greedy({3, 4, 5}, 2);
-  first.session_mode = v1::SESSION_MODE_CREATE;
-  first.session_id = "agent";
-  auto saving = engine.Submit(first);
+  auto saving = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {3, 4, 5}, 2));
   ASSERT_TRUE(saving.ok()) << saving.status();
   ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "the turn never reached its save";
 
@@ -97,10 +108,7 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   EXPECT_TRUE(saved.outcome.status.ok()) << saved.outcome.status;
 
   // The next turn restores the saved state instead of recomputing the history.
-  RouterRequest next = Greedy({6}, 1);
-  next.session_mode = v1::SESSION_MODE_CONTINUE;
-  next.session_id = "agent";
-  auto resumed = engine.Submit(next);
+  auto resumed = engine.Submit(Turn(v1::SESSION_MODE_CONTINUE, {6}, 1));
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   const Collected turn = Collect(**resumed, std::chrono::steady_clock::now() + kPatience);
   ASSERT_TRUE(turn.finished);
@@ -123,9 +131,7 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   auto front = model::KimiLinearModel::Load(kFixture, backend, first_half);
   auto back = model::KimiLinearModel::Load(kFixture, backend, second_half);
   ASSERT_TRUE(front.ok() && back.ok());
-  RouterConfig config;
-  config.max_running = 2;
-  config.planner.max_step_tokens = 64;
+  const RouterConfig config = TwoPlaces();
   // Only the second stage's download is held, while the first stage waits on its Open.
   testing::GatedStoreClient store(testing::GatedStoreClient::Hold::kDownloads,
                                   absl::StrCat("layers-", layers / 2, "-"));
@@ -135,18 +141,12 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
                     &store, nullptr);
   OpenAtExit open_at_exit{store};
 
-  RouterRequest first = Greedy({3, 4, 5}, 2);
-  first.session_mode = v1::SESSION_MODE_CREATE;
-  first.session_id = "agent";
-  auto created = engine.Submit(first);
+  auto created = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {3, 4, 5}, 2));
   ASSERT_TRUE(created.ok()) << created.status();
   ASSERT_TRUE(Collect(**created, std::chrono::steady_clock::now() + kPatience).outcome.status.ok());
 
   // The next turn's snapshot download waits at the gate; another request runs meanwhile.
-  RouterRequest next = Greedy({6}, 1);
-  next.session_mode = v1::SESSION_MODE_CONTINUE;
-  next.session_id = "agent";
-  auto resuming = engine.Submit(next);
+  auto resuming = engine.Submit(Turn(v1::SESSION_MODE_CONTINUE, {6}, 1));
   ASSERT_TRUE(resuming.ok()) << resuming.status();
   ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "the turn never fetched its snapshot";
   auto other = engine.Submit(Greedy({7, 8}, 3));
