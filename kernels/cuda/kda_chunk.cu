@@ -86,7 +86,7 @@ struct ChunkScratch {
   }
 };
 
-// The next task's inputs, fp32, copied in while the current one finishes (phases 5-7).
+// The next task's inputs, fp32, copied in while the current one finishes (phase 6 on).
 template <int D>
 struct PrepareStaging {
   float q[kChunk][D];
@@ -111,7 +111,8 @@ struct PrepareShared {
       // used only where the sub-block's decay range allows, see kDiagonalRange).
       bf16 diagonal_cols[kChunk][Padded(D)];
     };
-    // Read only through phase 4, so the next task's inputs land over them meanwhile.
+    // Read only up to phase 6's diagonal blocks, so the next task's inputs land over them
+    // meanwhile.
     PrepareStaging<D> next;
   };
   bf16 bv[kChunk][Padded(D)];  // β v
@@ -561,7 +562,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
 }
 
 // Persistent blocks take the (chunk, head) tasks ch = chunk * heads + h in turn: block b the
-// tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 5-7), the next
+// tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 6-7), the next
 // task's q, k and gate rows are copied into shared memory, so that its loads overlap them rather
 // than every block waiting on its inputs at once.
 template <int D, bool kAlignedInputs>
@@ -602,6 +603,7 @@ struct ScanShared {
 // offsets the compiler keeps out of a caller's loop (the scan issues these per chunk).
 template <int kRows, int kCols, int kDstLd, int kSrcLd, int kThreads>
 __device__ __forceinline__ void CopyRowsAsync(bf16* dst, const bf16* src) {
+  static_assert(kCols % 8 == 0, "16-byte pieces");
   constexpr int kPieces = kCols / 8, kTotal = kRows * kPieces;
 #pragma unroll
   for (int k = 0; k < (kTotal + kThreads - 1) / kThreads; ++k) {

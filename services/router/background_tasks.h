@@ -1,6 +1,6 @@
 // A few threads that run posted tasks, oldest first, each on one of them: the router's session
-// saves, which talk to the stages and the store for as long as a snapshot takes to move, off the
-// scheduling loop's thread.
+// saves and opens, which talk to the stages and the store for as long as a snapshot takes to
+// move, off the scheduling loop's thread.
 #pragma once
 
 #include <deque>

@@ -33,7 +33,7 @@ struct EngineCore::Sequence {
   SequencePhase phase = SequencePhase::kPrefill;
   uint64_t arrival = 0;  // admission order
   bool opened = false;   // the stages hold its state
-  bool opening = false;  // admitted, its Open still running in the background: the loop leaves it be
+  bool opening = false;  // admitted, its Open running in the background: the loop leaves it be
   int64_t session_tokens = 0;
   int64_t recomputed_tokens = 0;
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
@@ -75,7 +75,7 @@ uint64_t FreshSeed() {
 
 // Session turns saved at once. Each save holds its stage snapshots in memory while they upload.
 constexpr int kSessionSaveThreads = 4;
-// Admitted batches opened on the stages at once (each fetching its sessions' snapshots).
+// Continued sessions' turns opened on the stages at once (each fetching its snapshots).
 constexpr int kOpenThreads = 4;
 // How often the loop, waiting for a save or an open to finish, still looks for cancellations.
 constexpr absl::Duration kReapInterval = absl::Milliseconds(20);
@@ -101,8 +101,8 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       store_(store),
       observer_(observer != nullptr ? observer : &default_observer_),
       queue_(config.max_waiting),
-      saves_(kSessionSaveThreads),
-      opens_(kOpenThreads) {
+      save_threads_(kSessionSaveThreads),
+      open_threads_(kOpenThreads) {
   // Sequence ids start at a random epoch, so a restarted router never reuses an id that a stage
   // may still hold from its predecessor.
   next_id_ = (FreshSeed() & 0xffffffff00000000ull) | 1;
@@ -231,7 +231,7 @@ void EngineCore::Shutdown() {
   }
   std::call_once(joined_, [this] {
     loop_.join();
-    saves_.Stop();  // the session turns already ended still save and answer their callers
+    save_threads_.Stop();  // the session turns already ended still save and answer their callers
   });
 }
 
@@ -277,7 +277,7 @@ void EngineCore::DropOnStages(const std::vector<uint64_t>& ids) {
 
 void EngineCore::CloseOnStages(const std::vector<uint64_t>& ids) {
   internal::v1::CloseRequest close;
-  for (uint64_t id : ids) close.add_sequences()->set_seq_id(id);  // stages ignore ids they do not hold
+  for (uint64_t id : ids) close.add_sequences()->set_seq_id(id);  // stages ignore unknown ids
   if (close.sequences_size() == 0) return;
   internal::v1::CloseResponse closed;
   const absl::Status status = first_stage_.Close(close, &closed);
@@ -304,7 +304,7 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     }
     // std::function needs a copyable callable: the sequence travels as a shared_ptr.
     std::shared_ptr<Sequence> saved(std::move(seq));
-    saves_.Post([this, saved, outcome = std::move(outcome)]() mutable {
+    save_threads_.Post([this, saved, outcome = std::move(outcome)]() mutable {
       SaveSession(*saved, outcome);
       Finish(*saved, std::move(outcome));
     });
@@ -325,7 +325,7 @@ void EngineCore::SaveSession(const Sequence& seq, RequestOutcome& outcome) {
   const absl::Status status = first_stage_.Close(close, &closed);
   {
     absl::MutexLock lock(&mutex_);
-    --saving_;  // the stages have let its state go
+    --saving_;  // the stages are done with it
   }
   // A failed stage snapshot is not fatal: the manifest below still records the history, and the
   // next turn recomputes the stage whose snapshot is missing or stale.
@@ -435,7 +435,7 @@ void EngineCore::Admit() {
       continue;
     }
     seq->opening = true;
-    opens_.Post([this, seq] {
+    open_threads_.Post([this, seq] {
       OpenedBatch batch{{seq->id}, OpenSequences({seq})};
       absl::MutexLock lock(&mutex_);
       opened_.push_back(std::move(batch));
@@ -750,7 +750,7 @@ void EngineCore::Loop() {
     const std::vector<PlannedRun> plan = PlanStep(std::move(planner), config_.planner);
     if (!plan.empty()) RunStep(plan);
   }
-  opens_.Stop();  // every Open in flight comes back, so the stages' state is dropped below
+  open_threads_.Stop();  // every Open in flight comes back, so the stages' state is dropped below
   TakeOpened();
   TakeInbox();
   std::vector<uint64_t> ids;

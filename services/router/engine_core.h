@@ -1,7 +1,9 @@
 // The router's scheduling loop. One thread owns every queued and running request: it admits
-// requests (resuming their sessions), plans each step (continuous batching with chunked prefill
-// under a token budget), runs it through the pipeline's first stage, streams tokens to the
-// callers, and snapshots sessions at the end of each turn. Handlers only Submit and wait.
+// requests, plans each step (continuous batching with chunked prefill under a token budget), runs
+// it through the pipeline's first stage, streams tokens to the callers, and ends turns. Resuming
+// a session (its Open, restoring the snapshots) and saving one at the end of a turn run on
+// background threads, so snapshots in transit never hold up the steps. Handlers only Submit and
+// wait.
 #pragma once
 
 #include <chrono>
@@ -100,9 +102,10 @@ class EngineCore {
   // keep stepping while the stages fetch its snapshots, joining the steps at TakeOpened; the
   // others at once, together.
   void Admit();
-  // On a background thread: each continued session's manifest, the context limit, the stages'
-  // Open (restoring the snapshots) and, where a restore failed, a fresh Open. Only it touches
-  // `admitted` until TakeOpened. Returns the requests that must end, with their outcomes.
+  // Each continued session's manifest, the context limit, the stages' Open (restoring the
+  // snapshots) and, where a restore failed, a fresh Open. Runs on a background thread for a
+  // continued session (only it touches that sequence until TakeOpened), on the loop for the
+  // others. Returns the requests that must end, with their outcomes.
   std::vector<std::pair<uint64_t, RequestOutcome>> OpenSequences(const std::vector<Sequence*>& admitted);
   // Applies the Opens that came back from the background.
   void TakeOpened();
@@ -120,7 +123,7 @@ class EngineCore {
   // the other sequences keep stepping while the snapshot moves.
   void Retire(uint64_t id, RequestOutcome outcome, bool snapshot);
   // The stages' snapshots and the manifest of a finished session turn (any thread); gives the
-  // turn's place in the running batch back once the stages are done.
+  // turn's place in the running batch back once the stages' Close (their uploads) returns.
   void SaveSession(const Sequence& seq, RequestOutcome& outcome);
   // Reports the outcome, frees the session and answers the caller (any thread).
   void Finish(Sequence& seq, RequestOutcome outcome);
@@ -147,8 +150,8 @@ class EngineCore {
   int64_t queued_ ABSL_GUARDED_BY(mutex_) = 0;  // submitted, not yet admitted
   std::vector<std::unique_ptr<Sequence>> inbox_ ABSL_GUARDED_BY(mutex_);
   std::set<std::string> busy_sessions_ ABSL_GUARDED_BY(mutex_);
-  // Session turns being saved: the stages hold their state until the save's Close, so they
-  // still take places in the running batch.
+  // Session turns being saved: they take places in the running batch until the stages' Close
+  // returns.
   int64_t saving_ ABSL_GUARDED_BY(mutex_) = 0;
   std::vector<OpenedBatch> opened_ ABSL_GUARDED_BY(mutex_);  // back from the background Opens
 
@@ -160,8 +163,8 @@ class EngineCore {
   // A drain's time ran out: what opens from now on ends at once (a drain is never undone).
   bool cut_short_ = false;
 
-  BackgroundTasks saves_;
-  BackgroundTasks opens_;
+  BackgroundTasks save_threads_;
+  BackgroundTasks open_threads_;
   std::thread loop_;
   std::once_flag joined_;
 };

@@ -1,6 +1,9 @@
 #include "services/worker/stage_engine.h"
 
 #include <cstring>
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -50,7 +53,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
   }
   // The snapshots to restore are fetched before the lock, so the other sequences' steps never
   // wait for the store.
-  std::vector<absl::StatusOr<Part>> snapshots(request.sequences_size());
+  std::vector<std::optional<absl::StatusOr<Part>>> snapshots(request.sequences_size());
   for (int i = 0; i < request.sequences_size(); ++i) {
     const internal::v1::OpenSequence& open = request.sequences(i);
     if (!open.has_restore()) continue;
@@ -88,8 +91,8 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
     result->set_seq_id(open.seq_id());
     if (open.has_restore()) {
       absl::StatusOr<std::unique_ptr<model::SequenceState>> restored =
-          Restore(snapshots[i], open.restore_tokens());
-      snapshots[i] = absl::CancelledError("restored");  // its payload is not kept past here
+          Restore(*snapshots[i], open.restore_tokens());
+      snapshots[i].reset();  // its payload is not kept past here
       if (restored.ok()) {
         seq.state = std::move(*restored);
         result->set_restored(true);

@@ -20,8 +20,11 @@ namespace deltaserve::testing {
 class GatedStoreClient final : public services::StoreClient {
  public:
   enum class Hold { kUploads, kDownloads };
-  explicit GatedStoreClient(Hold hold = Hold::kUploads, std::string parts = "layers-")
-      : hold_(hold), parts_(std::move(parts)), store_(*services::SnapshotStore::Open({})), local_(*store_) {}
+  explicit GatedStoreClient(Hold hold = Hold::kUploads, std::string part_prefix = "layers-")
+      : hold_(hold),
+        part_prefix_(std::move(part_prefix)),
+        store_(services::SnapshotStore::Open({}).value()),
+        local_(*store_) {}
 
   // Waits up to `timeout` for a stage snapshot's transfer to reach the gate.
   bool WaitForHeldTransfer(std::chrono::milliseconds timeout) {
@@ -68,7 +71,7 @@ class GatedStoreClient final : public services::StoreClient {
 
  private:
   void PassGate(std::string_view part) {
-    if (part.substr(0, parts_.size()) != parts_) return;
+    if (part.substr(0, part_prefix_.size()) != part_prefix_) return;
     absl::MutexLock lock(&mutex_);
     ++held_;
     const auto open = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return open_; };
@@ -77,7 +80,7 @@ class GatedStoreClient final : public services::StoreClient {
   }
 
   const Hold hold_;
-  const std::string parts_;
+  const std::string part_prefix_;
   std::unique_ptr<services::SnapshotStore> store_;
   services::LocalStoreClient local_;
   absl::Mutex mutex_;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 
@@ -14,14 +15,28 @@ namespace {
 TEST(BackgroundTasksTest, OneThreadRunsTasksInTheOrderPostedAndStopRunsWhatIsLeft) {
   BackgroundTasks tasks(1);
   absl::Mutex mutex;
+  bool released = false;
   std::vector<int> order;
+  // The thread waits on the first task for 50 ms, so the others are all still queued when Stop is
+  // called.
+  tasks.Post([&] {
+    absl::MutexLock lock(&mutex);
+    const auto go = [&]() ABSL_SHARED_LOCKS_REQUIRED(mutex) { return released; };
+    mutex.Await(absl::Condition(&go));
+  });
   for (int i = 0; i < 100; ++i) {
     tasks.Post([&, i] {
       absl::MutexLock lock(&mutex);
       order.push_back(i);
     });
   }
+  std::thread release([&] {
+    absl::SleepFor(absl::Milliseconds(50));
+    absl::MutexLock lock(&mutex);
+    released = true;
+  });
   tasks.Stop();
+  release.join();
   ASSERT_EQ(order.size(), 100u);
   for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
 }

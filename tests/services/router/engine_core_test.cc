@@ -86,7 +86,7 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "the turn never reached its save";
 
   // Two more requests run, one at a time (the saving turn keeps one of the two places until the
-  // stages let its state go), and finish while the snapshot is held.
+  // stages' uploads are done), and finish while the snapshot is held.
   auto other = engine.Submit(Greedy({7, 8}, 3));
   auto another = engine.Submit(Greedy({9}, 2));
   ASSERT_TRUE(other.ok() && another.ok());
