@@ -10,7 +10,7 @@ BackgroundTasks::BackgroundTasks(int threads) {
 
 BackgroundTasks::~BackgroundTasks() { Stop(); }
 
-void BackgroundTasks::Post(std::function<void()> task) {
+void BackgroundTasks::Post(absl::AnyInvocable<void()> task) {
   {
     absl::MutexLock lock(&mutex_);
     if (!stopping_) {
@@ -33,7 +33,7 @@ void BackgroundTasks::Stop() {
 
 void BackgroundTasks::Work() {
   for (;;) {
-    std::function<void()> task;
+    absl::AnyInvocable<void()> task;
     {
       absl::MutexLock lock(&mutex_);
       const auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return stopping_ || !tasks_.empty(); };

@@ -4,11 +4,11 @@
 #pragma once
 
 #include <deque>
-#include <functional>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
 
 namespace deltaserve::services {
@@ -21,7 +21,7 @@ class BackgroundTasks {
   BackgroundTasks& operator=(const BackgroundTasks&) = delete;
 
   // Queues `task`; after Stop it runs at once on the caller's thread.
-  void Post(std::function<void()> task);
+  void Post(absl::AnyInvocable<void()> task);
   // Runs every task already posted, then joins the threads. Idempotent.
   void Stop();
 
@@ -29,7 +29,7 @@ class BackgroundTasks {
   void Work();
 
   absl::Mutex mutex_;
-  std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mutex_);
+  std::deque<absl::AnyInvocable<void()>> tasks_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::vector<std::thread> threads_;
 };

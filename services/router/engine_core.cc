@@ -302,9 +302,7 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
       absl::MutexLock lock(&mutex_);
       ++saving_;
     }
-    // std::function needs a copyable callable: the sequence travels as a shared_ptr.
-    std::shared_ptr<Sequence> saved(std::move(seq));
-    save_threads_.Post([this, saved, outcome = std::move(outcome)]() mutable {
+    save_threads_.Post([this, saved = std::move(seq), outcome = std::move(outcome)]() mutable {
       SaveSession(*saved, outcome);
       Finish(*saved, std::move(outcome));
     });
