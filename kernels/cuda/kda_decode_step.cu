@@ -3,12 +3,13 @@
 // head's fp32 state in place, and the gated RMSNorm of the head's output.
 //
 // Reading and writing the state is the whole cost, so loads are decoupled from the arithmetic:
-// persistent blocks take (sequence, head) tasks in turn; in each, one producer warp streams the
-// next tasks' state (one bulk copy per head) and their per-sequence inputs into a ring of
-// shared-memory slots, and two groups of eight consumer warps, taking alternate tasks, turn each
-// slot into the new state (written back from registers), the output row and the advanced conv
-// tails. The consumers' barriers and arithmetic then overlap the producer's loads instead of
-// standing between them.
+// persistent blocks take (sequence, head) tasks in turn, each copied (one bulk copy of the head's
+// state, asynchronous copies of its per-sequence inputs) into a ring of shared-memory slots, and
+// two groups of eight warps, taking alternate tasks, turn each slot into the new state (written
+// back from registers), the output row and the advanced conv tails. A group that has read its
+// slot queues the copy of the slot's next task into it at once, so the copies run kStages tasks
+// ahead, under the groups' barriers and arithmetic. (A separate producer warp made 17 warps and
+// capped the registers at 96 a thread; 16 warps have 128.)
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -21,13 +22,12 @@
 namespace deltaserve::kernels::cuda {
 namespace {
 
-constexpr int kGroupThreads = 256;  // a consumer group: column j = thread % 128 of rows half = thread / 128
-constexpr int kGroups = 2;          // consumer groups, taking the block's tasks in turn
-constexpr int kConsumerThreads = kGroups * kGroupThreads;
-// And the producer warp, the last. 17 warps leave 96 registers a thread (a sub-partition's 16K
-// registers over its 5 warps): a consumer's 64 state values fit, a third group would not.
-constexpr int kThreads = kConsumerThreads + 32;
+constexpr int kGroupThreads = 256;  // a group: column j = thread % 128 of rows half = thread / 128
+constexpr int kGroups = 2;          // groups, taking the block's tasks in turn
+constexpr int kThreads = kGroups * kGroupThreads;
 constexpr int kStages = 3;  // ring slots (three of 71 KiB at D = 128 fill the shared memory)
+// The warp of a group that queues its slot's next task: the last, whose threads run no conv.
+constexpr int kIssueWarp = kGroupThreads / 32 - 1;
 
 // One channel's short conv for one decode token (kernel ≤ kMaxDecodeConvKernel): the causal conv
 // + SiLU, then the [kernel - 1, channels] tail (oldest first) advanced. Weight [channels,
@@ -37,7 +37,17 @@ struct DecodeConv {
   float weight[kMaxDecodeConvKernel] = {};
   float tail[kMaxDecodeConvKernel - 1] = {};
 
+  // One 8-byte load for the model's form (4 bf16 taps, aligned), element loads otherwise.
   __device__ __forceinline__ void LoadWeights(const TensorView& w, int64_t c, int history) {
+    static_assert(kMaxDecodeConvKernel == 4, "four bf16 taps in 8 bytes");
+    const auto* row = static_cast<const __nv_bfloat16*>(w.data) + c * w.row_stride;
+    if (w.dtype == DType::kBF16 && history == 3 && reinterpret_cast<uintptr_t>(row) % 8 == 0) {
+      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row));
+      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+      weight[0] = lo.x, weight[1] = lo.y, weight[2] = hi.x, weight[3] = hi.y;
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
       if (i <= history) weight[i] = LoadAt(w, c, i);
@@ -72,7 +82,7 @@ struct DecodeConv {
   }
 };
 
-// What the producer stages for one task.
+// What a slot holds for one task.
 template <int D>
 struct __align__(128) Slot {
   float state[D * D];  // the head's [D, D] state
@@ -90,11 +100,11 @@ struct GroupShared {
   float dots[2][2][128];                 // each half's (Sᵀk)[j], then (Sᵀq)[j]
 };
 
-// Barriers and the consumer groups' exchanges, beside kStages slots in dynamic shared memory.
+// Barriers and the groups' exchanges, beside kStages slots in dynamic shared memory.
 template <int D>
 struct StepShared {
-  uint64_t full[kStages];   // a slot's inputs have landed (producer: 32 arrivals + the bulk bytes)
-  uint64_t empty[kStages];  // its consumer group is done reading a slot (one arrival)
+  uint64_t full[kStages];   // a slot's inputs have landed (32 arrivals of its issuing warp + the bytes)
+  uint64_t empty[kStages];  // its group is done reading a slot (one arrival)
   GroupShared<D> groups[kGroups];
 };
 
@@ -118,66 +128,56 @@ __device__ __forceinline__ void CopyRowAsync(float* to, const float* from, int c
   }
 }
 
-// The producer warp: for each of the block's tasks, waits for its slot to be free, then copies
-// the head's state (one bulk copy where 16-byte aligned, the lanes' copies otherwise) and the
-// sequence's inputs for the head into it, all asynchronously: the slot's barrier completes when
-// they have landed, and the warp goes on to the next slot meanwhile.
+// One warp queues the copies of task `task` (= sequence * heads + head; `seq` its sequence) into
+// `slot`: the head's state (one bulk copy where 16-byte aligned, the lanes' copies otherwise) and
+// the sequence's inputs for the head, all asynchronous; `full` completes when they have landed.
 template <int D>
-__device__ __forceinline__ void Produce(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int tasks,
-                                        Slot<D>* slots, StepShared<D>& sh) {
+__device__ __forceinline__ void IssueTask(const KdaDecodeInputs& in, const KdaDecodeSequence& seq,
+                                          const KdaDecodeSequence* seqs, int task, Slot<D>& slot, uint64_t* full,
+                                          int lane) {
   static_assert(sizeof(KdaDecodeSequence) % 8 == 0 && sizeof(KdaDecodeSequence) <= 32 * 8, "copied in 8-byte pieces");
   const KdaInputs& core = in.core;
-  const int heads = static_cast<int>(core.num_heads), lane = threadIdx.x & 31;
+  const int heads = static_cast<int>(core.num_heads), h = task % heads;
   const int64_t channels = core.q.cols;
   const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
-  int task = blockIdx.x;
-  KdaDecodeSequence seq;
-  if (task < tasks) seq = seqs[task / heads];
-  for (int n = 0; task < tasks; task += gridDim.x, ++n) {
-    const int next = task + gridDim.x;
-    KdaDecodeSequence next_seq;
-    if (next < tasks) next_seq = seqs[next / heads];  // a task ahead: its copies need its addresses
-    const int stage = n % kStages, h = task % heads;
-    Slot<D>& slot = slots[stage];
-    const int64_t head0 = static_cast<int64_t>(h) * D, row = seq.row;
-    const float* state = seq.state + head0 * D;
-    WaitBarrier(&sh.empty[stage], ((n / kStages) & 1) ^ 1);
-    if ((reinterpret_cast<uintptr_t>(state) & 15) == 0) {
-      if (lane == 0) {
-        ExpectBytes(&sh.full[stage], D * D * sizeof(float));
-        BulkCopyToShared(slot.state, state, D * D * sizeof(float), &sh.full[stage]);
-      }
-    } else {
-      CopyRowAsync(slot.state, state, D * D, lane);  // 4-byte pieces: the state is not 16-byte aligned
+  const int64_t head0 = static_cast<int64_t>(h) * D, row = seq.row;
+  const float* state = seq.state + head0 * D;
+  if ((reinterpret_cast<uintptr_t>(state) & 15) == 0) {
+    if (lane == 0) {
+      ExpectBytes(full, D * D * sizeof(float));
+      BulkCopyToShared(slot.state, state, D * D * sizeof(float), full);
     }
-    CopyRowAsync(slot.q, RowF32(core.q, row) + head0, D, lane);
-    CopyRowAsync(slot.k, RowF32(core.k, row) + head0, D, lane);
-    CopyRowAsync(slot.v, RowF32(core.v, row) + head0, D, lane);
-    CopyRowAsync(slot.gate, RowF32(core.gate_logits, row) + head0, D, lane);
-    CopyRowAsync(slot.out_gate, RowF32(in.out_gate, row) + head0, D, lane);
-#pragma unroll
-    for (int conv = 0; conv < 3; ++conv) {
-#pragma unroll
-      for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
-        if (i < history) CopyRowAsync(slot.tails[conv][i], seq.conv_tails[conv] + i * channels + head0, D, lane);
-      }
-    }
-    if (lane * 8 < static_cast<int>(sizeof(KdaDecodeSequence))) {
-      CopyAsync8(reinterpret_cast<char*>(&slot.seq) + lane * 8, reinterpret_cast<const char*>(seqs + task / heads) + lane * 8);
-    }
-    if (lane == 0) CopyAsync4(&slot.beta_logit, RowF32(core.beta_logits, row) + h);
-    ArriveWhenCopiesLand(&sh.full[stage]);
-    seq = next_seq;
+  } else {
+    CopyRowAsync(slot.state, state, D * D, lane);  // 4-byte pieces: the state is not 16-byte aligned
   }
+  CopyRowAsync(slot.q, RowF32(core.q, row) + head0, D, lane);
+  CopyRowAsync(slot.k, RowF32(core.k, row) + head0, D, lane);
+  CopyRowAsync(slot.v, RowF32(core.v, row) + head0, D, lane);
+  CopyRowAsync(slot.gate, RowF32(core.gate_logits, row) + head0, D, lane);
+  CopyRowAsync(slot.out_gate, RowF32(in.out_gate, row) + head0, D, lane);
+#pragma unroll
+  for (int conv = 0; conv < 3; ++conv) {
+#pragma unroll
+    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
+      if (i < history) CopyRowAsync(slot.tails[conv][i], seq.conv_tails[conv] + i * channels + head0, D, lane);
+    }
+  }
+  if (lane * 8 < static_cast<int>(sizeof(KdaDecodeSequence))) {
+    CopyAsync8(reinterpret_cast<char*>(&slot.seq) + lane * 8,
+               reinterpret_cast<const char*>(seqs + task / heads) + lane * 8);
+  }
+  if (lane == 0) CopyAsync4(&slot.beta_logit, RowF32(core.beta_logits, row) + h);
+  ArriveWhenCopiesLand(full);
 }
 
-// A consumer group: per task (the block's tasks group, group + kGroups, ...), the convs, the
-// delta rule on the state and the gated RMSNorm. Thread ct holds state column j = ct % 128 over
-// the rows of its half, ct / 128, in registers; threads ct < D run channel ct's convs. The slot
-// is released at the group's first barrier, once every thread has read it.
+// A group: per task (the block's tasks group, group + kGroups, ...), the convs, the delta rule on
+// the state and the gated RMSNorm. Thread ct holds state column j = ct % 128 over the rows of its
+// half, ct / 128, in registers; threads ct < D run channel ct's convs. The slot is released at the
+// group's first barrier, once every thread has read it, and its issuing warp then queues the
+// copies of the block's task kStages later into it.
 template <int D>
-__device__ __forceinline__ void Consume(const KdaDecodeInputs& in, int tasks, Slot<D>* slots, StepShared<D>& shared,
-                                        int group, const TensorView& out) {
+__device__ __forceinline__ void Consume(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int tasks,
+                                        Slot<D>* slots, StepShared<D>& shared, int group, const TensorView& out) {
   static_assert(D <= 128 && D % 4 == 0, "a thread per column of 128, rows read in pairs per half");
   constexpr int kRows = D / 2;  // state rows per thread
   GroupShared<D>& sh = shared.groups[group];
@@ -189,9 +189,22 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, int tasks, Sl
   const int64_t channels = core.q.cols;
   const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
   const float out_norm = has_column ? LoadFlat(in.out_norm, j) : 0.0f;
+  // The block's first kStages tasks: group 0 queues tasks 0 and 2, group 1 task 1.
+  if (warp == kIssueWarp) {
+    for (int n = group; n < kStages; n += kGroups) {
+      const int task = blockIdx.x + n * gridDim.x;
+      if (task < tasks) IssueTask<D>(in, seqs[task / heads], seqs, task, slots[n], &shared.full[n], lane);
+    }
+  }
   for (int n = group, task = blockIdx.x + group * gridDim.x; task < tasks; n += kGroups, task += kGroups * gridDim.x) {
     const int stage = n % kStages;
-    const Slot<D>& slot = slots[stage];
+    Slot<D>& slot = slots[stage];
+    // The slot's next task, which this group queues once it has read the slot: its sequence's
+    // addresses read now, so that their latency passes while this task begins.
+    const int ahead = task + kStages * gridDim.x;
+    const bool issues = warp == kIssueWarp && ahead < tasks;
+    KdaDecodeSequence ahead_seq;
+    if (issues) ahead_seq = seqs[ahead / heads];
     const int h = task % heads;
     const int64_t head0 = static_cast<int64_t>(h) * D;
     // The head's parameters (no kernel writes them) while the slot fills.
@@ -233,11 +246,12 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, int tasks, Sl
 #pragma unroll
     for (int r = 0; r < kRows; ++r) s[r] = has_column ? slot.state[(i0 + r) * D + j] : 0.0f;
     const float out_gate = has_column ? slot.out_gate[j] : 0.0f;
-    float* const state = slot.seq.state + head0 * D;
+    float* const column = slot.seq.state + head0 * D + i0 * D + j;
     const int64_t row = slot.seq.row;
     const float beta = SigmoidF(slot.beta_logit);
     SyncGroup(group);
     if (ct == 0) ArriveBarrier(&shared.empty[stage]);  // the group's reads of the slot are done
+    if (issues) IssueTask<D>(in, ahead_seq, seqs, ahead, slot, &shared.full[stage], lane);
     float sum_q = 0.0f, sum_k = 0.0f;
 #pragma unroll
     for (int w = 0; w < kGroupThreads / 32; ++w) {
@@ -277,7 +291,7 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, int tasks, Sl
     sh.dots[1][half][j] = o0 + o1;
     if (has_column) {
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) state[(i0 + r) * D + j] = s[r];
+      for (int r = 0; r < kRows; ++r) __stcs(column + r * D, s[r]);
     }
     SyncGroup(group);
     const float o = (sh.dots[1][0][j] + sh.dots[1][1][j]) * q_scale;
@@ -311,11 +325,7 @@ __global__ void __launch_bounds__(kThreads, 1) KdaDecodeStepKernel(KdaDecodeInpu
   }
   __syncthreads();
   FollowPriorKernels();
-  if (threadIdx.x >= kConsumerThreads) {
-    Produce<D>(in, seqs, tasks, slots, sh);
-  } else {
-    Consume<D>(in, tasks, slots, sh, threadIdx.x / kGroupThreads, out);
-  }
+  Consume<D>(in, seqs, tasks, slots, sh, threadIdx.x / kGroupThreads, out);
 }
 
 // The grid for `tasks` (sequence, head) pairs: the blocks resident at once (at most `tasks`),
