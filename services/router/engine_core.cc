@@ -551,6 +551,7 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
   }
   // Sequences whose restore failed on some stage start over from the history on every stage.
   std::vector<Sequence*> reopen;
+  std::vector<std::pair<Sequence*, bool>> resumed;  // continued sessions, and whether restored
   for (size_t i = 0; i < opening.size(); ++i) {
     Sequence* seq = opening[i];
     seq->opened = true;
@@ -572,10 +573,7 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
       seq->pending.insert(seq->pending.end(), seq->request.prompt.begin(), seq->request.prompt.end());
       if (restore[i]) reopen.push_back(seq);
     }
-    if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE) {
-      observer_->SessionResumed(restored, static_cast<int64_t>(seq->history.size()),
-                                Seconds(Clock::now() - start));
-    }
+    if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE) resumed.emplace_back(seq, restored);
   }
   if (!reopen.empty()) {
     std::vector<uint64_t> ids;
@@ -591,6 +589,11 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
         failed.emplace_back(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR));
       }
     }
+  }
+  // Counted once open: a session whose fresh reopen failed was neither restored nor recomputed.
+  const double seconds = Seconds(Clock::now() - start);
+  for (const auto& [seq, restored] : resumed) {
+    if (seq->opened) observer_->SessionResumed(restored, static_cast<int64_t>(seq->history.size()), seconds);
   }
   return failed;
 }

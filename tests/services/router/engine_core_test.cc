@@ -1,9 +1,11 @@
 // The router moves session snapshots off its scheduling loop: while one session's snapshot is in
 // transit (saved at the end of a turn, or restored at the start of the next), other requests are
 // admitted, step and finish; a saving turn answers its caller only once its session is saved, and
-// the next turn resumes from it.
+// the next turn resumes from it. A continued session counts as resumed (restored or recomputed)
+// only once it is open.
 #include "services/router/engine_core.h"
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 
@@ -162,6 +164,91 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   EXPECT_TRUE(turn.outcome.status.ok()) << turn.outcome.status;
   EXPECT_EQ(turn.outcome.usage.session_tokens(), 5);
   EXPECT_EQ(turn.outcome.usage.recomputed_tokens(), 0);
+  engine.Shutdown();
+}
+
+// Counts the engine's SessionResumed reports.
+class ResumeCounter final : public RouterObserver {
+ public:
+  void SessionResumed(bool restored, int64_t /*history_tokens*/, double /*seconds*/) override {
+    ++(restored ? restored_ : recomputed_);
+  }
+  int restored() const { return restored_.load(); }
+  int recomputed() const { return recomputed_.load(); }
+
+ private:
+  std::atomic<int> restored_{0}, recomputed_{0};  // reported from the engine's Open threads
+};
+
+// Passes everything to the stage, but reports every restore as failed (the stage did restore:
+// the engine then closes the sequence and opens it afresh from its history), and while
+// `fail_fresh_opens` is set fails every Open that restores nothing.
+class RestoreFailingStage final : public StageChannel {
+ public:
+  explicit RestoreFailingStage(StageChannel& next) : next_(next) {}
+  std::atomic<bool> fail_fresh_opens{false};
+
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    bool restores = false;
+    for (const internal::v1::OpenSequence& open : request.sequences()) restores = restores || open.has_restore();
+    if (!restores && fail_fresh_opens) return absl::UnavailableError("the stage is down");
+    const absl::Status status = next_.Open(request, response);
+    if (restores) {
+      for (internal::v1::OpenResult& result : *response->mutable_results()) {
+        result.set_restored(false);
+        result.set_restore_error("damaged snapshot (injected)");
+      }
+    }
+    return status;
+  }
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    return next_.Step(request, response);
+  }
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    return next_.Close(request, response);
+  }
+
+ private:
+  StageChannel& next_;
+};
+
+TEST(EngineCoreTest, ASessionCountsAsResumedOnlyOnceOpen) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store;
+  store.Open();
+  const RouterConfig config = TwoPlaces();
+  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  RestoreFailingStage failing(stage);
+  ResumeCounter counter;
+  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, failing,
+                    &store, &counter);
+  const auto turn = [&](v1::SessionMode mode) {
+    auto stream = engine.Submit(Turn(mode, {3, 4, 5}, 2));
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    return stream.ok() ? Collect(**stream, std::chrono::steady_clock::now() + kPatience) : Collected{};
+  };
+  const Collected created = turn(v1::SESSION_MODE_CREATE);
+  ASSERT_TRUE(created.finished);
+  ASSERT_TRUE(created.outcome.status.ok()) << created.outcome.status;
+
+  // The restore fails and so does the fresh Open: the turn fails, and nothing was resumed.
+  failing.fail_fresh_opens = true;
+  const Collected failed = turn(v1::SESSION_MODE_CONTINUE);
+  ASSERT_TRUE(failed.finished);
+  EXPECT_EQ(failed.outcome.status.code(), absl::StatusCode::kUnavailable) << failed.outcome.status;
+  EXPECT_EQ(counter.restored(), 0);
+  EXPECT_EQ(counter.recomputed(), 0);
+
+  // The restore fails, the fresh Open works: the history is recomputed, and counted so.
+  failing.fail_fresh_opens = false;
+  const Collected recomputed = turn(v1::SESSION_MODE_CONTINUE);
+  ASSERT_TRUE(recomputed.finished);
+  EXPECT_TRUE(recomputed.outcome.status.ok()) << recomputed.outcome.status;
+  EXPECT_EQ(recomputed.outcome.usage.recomputed_tokens(), 5);
+  EXPECT_EQ(counter.restored(), 0);
+  EXPECT_EQ(counter.recomputed(), 1);
   engine.Shutdown();
 }
 
