@@ -92,7 +92,7 @@ struct __align__(128) Slot {
   float beta_logit;
 };
 
-// A consumer group's exchanges.
+// A group's exchanges.
 template <int D>
 struct GroupShared {
   float q[D], k[D], decay[D], v[D];      // after the convs (q, k before their L2 norms)
@@ -103,7 +103,7 @@ struct GroupShared {
 // Barriers and the groups' exchanges, beside kStages slots in dynamic shared memory.
 template <int D>
 struct StepShared {
-  uint64_t full[kStages];   // a slot's inputs have landed (32 arrivals of its issuing warp + the bytes)
+  uint64_t full[kStages];   // a slot's inputs have landed (the issuing warp's 32 arrivals + bytes)
   uint64_t empty[kStages];  // its group is done reading a slot (one arrival)
   GroupShared<D> groups[kGroups];
 };
@@ -113,7 +113,7 @@ constexpr size_t StepSharedBytes() {
   return kStages * sizeof(Slot<D>) + sizeof(StepShared<D>);
 }
 
-// A barrier among one consumer group's warps (named barrier 1 + group; 0 is __syncthreads').
+// A barrier among one group's warps (named barrier 1 + group; 0 is __syncthreads').
 __device__ __forceinline__ void SyncGroup(int group) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kGroupThreads) : "memory");
 }
@@ -144,11 +144,13 @@ __device__ __forceinline__ void IssueTask(const KdaDecodeInputs& in, const KdaDe
   const float* state = seq.state + head0 * D;
   if ((reinterpret_cast<uintptr_t>(state) & 15) == 0) {
     if (lane == 0) {
+      // The group's reads of the slot (generic proxy) ordered before the bulk copy's writes.
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       ExpectBytes(full, D * D * sizeof(float));
       BulkCopyToShared(slot.state, state, D * D * sizeof(float), full);
     }
   } else {
-    CopyRowAsync(slot.state, state, D * D, lane);  // 4-byte pieces: the state is not 16-byte aligned
+    CopyRowAsync(slot.state, state, D * D, lane);  // 4-byte pieces: the state is not 16-aligned
   }
   CopyRowAsync(slot.q, RowF32(core.q, row) + head0, D, lane);
   CopyRowAsync(slot.k, RowF32(core.k, row) + head0, D, lane);
