@@ -60,6 +60,9 @@ void AddRouterFlags(CLI::App& command, services::RouterConfig& router) {
                      "The largest max_new_tokens accepted")
       ->capture_default_str();
   command.add_option("--default-max-new-tokens", router.default_max_new_tokens)->capture_default_str();
+  command.add_option("--session-transfer-threads", router.session_transfer_threads,
+                     "Session turns saved at once, and continued ones opened at once (each)")
+      ->capture_default_str();
 }
 
 void AddStoreFlags(CLI::App& command, services::SnapshotStoreOptions& store, const std::string& prefix) {

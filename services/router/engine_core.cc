@@ -73,10 +73,6 @@ uint64_t FreshSeed() {
   return rng();
 }
 
-// Session turns saved at once. Each save holds its stage snapshots in memory while they upload.
-constexpr int kSessionSaveThreads = 4;
-// Continued sessions' turns opened on the stages at once (each fetching its snapshots).
-constexpr int kOpenThreads = 4;
 // How often the loop, waiting for a save or an open to finish, still looks for cancellations.
 constexpr absl::Duration kReapInterval = absl::Milliseconds(20);
 
@@ -101,8 +97,8 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       store_(store),
       observer_(observer != nullptr ? observer : &default_observer_),
       queue_(config.max_waiting),
-      save_threads_(kSessionSaveThreads),
-      open_threads_(kOpenThreads) {
+      save_threads_(static_cast<int>(config.session_transfer_threads)),
+      open_threads_(static_cast<int>(config.session_transfer_threads)) {
   // Sequence ids start at a random epoch, so a restarted router never reuses an id that a stage
   // may still hold from its predecessor.
   next_id_ = (FreshSeed() & 0xffffffff00000000ull) | 1;

@@ -16,13 +16,18 @@ absl::Status RouterConfig::Validate() const {
         {max_waiting, "max_waiting"},
         {max_prompt_tokens, "max_prompt_tokens"},
         {max_new_tokens_limit, "max_new_tokens_limit"},
-        {default_max_new_tokens, "default_max_new_tokens"}}) {
+        {default_max_new_tokens, "default_max_new_tokens"},
+        {session_transfer_threads, "session_transfer_threads"}}) {
     if (absl::Status status = positive(value, name); !status.ok()) return status;
   }
   if (planner.max_step_tokens < max_running) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_step_tokens (", planner.max_step_tokens, ") must be at least max_running (",
         max_running, "): every running sequence decodes one token per step"));
+  }
+  if (session_transfer_threads > kMaxSessionTransferThreads) {
+    return absl::InvalidArgumentError(absl::StrCat("session_transfer_threads (", session_transfer_threads,
+                                                   ") exceeds ", kMaxSessionTransferThreads));
   }
   if (default_max_new_tokens > max_new_tokens_limit) {
     return absl::InvalidArgumentError(absl::StrCat("default_max_new_tokens (", default_max_new_tokens,

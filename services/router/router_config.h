@@ -9,12 +9,17 @@
 namespace deltaserve::services {
 
 struct RouterConfig {
+  static constexpr int64_t kMaxSessionTransferThreads = 256;  // session_transfer_threads at most
+
   PlannerLimits planner;               // token budget per step, prefill chunk
   int64_t max_running = 64;            // sequences in the running batch
   int64_t max_waiting = 256;           // queued requests; beyond it Generate fails at once
   int64_t max_prompt_tokens = 65536;   // tokens one request may send
   int32_t max_new_tokens_limit = 8192; // the largest max_new_tokens accepted
   int32_t default_max_new_tokens = 16;
+  // Session turns saved at once, and continued sessions' turns opened at once (each: a save holds
+  // its stage snapshots in memory while they upload, an open fetches them).
+  int64_t session_transfer_threads = 4;
 
   // Names the offending field. max_step_tokens must cover one decode token per running sequence.
   absl::Status Validate() const;

@@ -66,6 +66,11 @@ TEST(RouterConfig, ValidatesBudgets) {
   config = RouterConfig();
   config.max_waiting = 0;
   EXPECT_NE(config.Validate().message().find("max_waiting"), std::string::npos);
+  for (const int64_t threads : {int64_t{0}, RouterConfig::kMaxSessionTransferThreads + 1}) {
+    config = RouterConfig();
+    config.session_transfer_threads = threads;
+    EXPECT_NE(config.Validate().message().find("session_transfer_threads"), std::string::npos) << threads;
+  }
 }
 
 }  // namespace
