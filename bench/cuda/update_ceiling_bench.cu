@@ -33,6 +33,7 @@ using deltaserve::bench::Check;
 using deltaserve::kernels::cuda::ArriveBarrier;
 using deltaserve::kernels::cuda::ArriveExpectBytes;
 using deltaserve::kernels::cuda::BulkCopyToShared;
+using deltaserve::kernels::cuda::FenceProxyAsyncShared;
 using deltaserve::kernels::cuda::FollowPriorKernels;
 using deltaserve::kernels::cuda::InitBarrier;
 using deltaserve::kernels::cuda::LaunchAfterPrior;
@@ -66,13 +67,13 @@ __global__ void __launch_bounds__(256) LoadStoreKernel(float4* data, int64_t cou
 }
 
 __device__ __forceinline__ void SyncGroup(int group) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kGroupThreads) : "memory");
+  deltaserve::kernels::cuda::SyncGroup<kGroupThreads>(group);
 }
 
-// The bulk copy of a shared slot back to global memory; the slot may be reused once
-// WaitBulkReads returns in the issuing thread.
+// The bulk copy of a shared slot back to global memory (each thread that wrote the slot fences
+// first: FenceProxyAsyncShared, then a barrier); the slot may be reused once WaitBulkReads returns
+// in the issuing thread.
 __device__ __forceinline__ void BulkCopyToGlobal(void* global, const void* shared, unsigned bytes) {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(global),
                "r"(static_cast<unsigned>(__cvta_generic_to_shared(shared))), "r"(bytes)
                : "memory");
@@ -147,7 +148,7 @@ __global__ void __launch_bounds__(kRingThreads, 1) RingUpdateKernel(float* data,
         const float4 v = words[t + w * kGroupThreads];
         words[t + w * kGroupThreads] = make_float4(v.x + 1.0f, v.y + 1.0f, v.z + 1.0f, v.w + 1.0f);
       }
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      FenceProxyAsyncShared();
       SyncGroup(group);
       if (t == 0) {
         BulkCopyToGlobal(out, slot, kTileBytes);

@@ -189,6 +189,19 @@ __device__ __forceinline__ void WaitAsync() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// A barrier among the kThreads threads of group `group` of a block (named barrier 1 + group; 0
+// is __syncthreads'), for blocks whose warps work in independent groups.
+template <int kThreads>
+__device__ __forceinline__ void SyncGroup(int group) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kThreads) : "memory");
+}
+
+// Orders this thread's earlier generic-proxy accesses of shared memory (ordinary loads and stores,
+// cp.async) before later async-proxy ones (bulk copies, wgmma operand reads) of the CTA.
+__device__ __forceinline__ void FenceProxyAsyncShared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 // Bulk copies (the copy engine, sm_90) completing on a shared-memory mbarrier: one thread
 // initialises the barrier (with the arrivals a phase takes) and fences it; a producer thread
 // announces the bytes of a phase (ArriveExpectBytes, or ExpectBytes without arriving) and issues

@@ -113,10 +113,8 @@ constexpr size_t StepSharedBytes() {
   return kStages * sizeof(Slot<D>) + sizeof(StepShared<D>);
 }
 
-// A barrier among one group's warps (named barrier 1 + group; 0 is __syncthreads').
-__device__ __forceinline__ void SyncGroup(int group) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(kGroupThreads) : "memory");
-}
+// A barrier among one group's warps.
+__device__ __forceinline__ void SyncGroup(int group) { cuda::SyncGroup<kGroupThreads>(group); }
 
 // A warp's asynchronous copy of `count` floats (count % 4 == 0) to shared `to`: 16-byte pieces
 // past L1 where both ends are 16-byte aligned, 4-byte ones otherwise.
@@ -145,7 +143,7 @@ __device__ __forceinline__ void IssueTask(const KdaDecodeInputs& in, const KdaDe
   if ((reinterpret_cast<uintptr_t>(state) & 15) == 0) {
     if (lane == 0) {
       // The group's reads of the slot (generic proxy) ordered before the bulk copy's writes.
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      FenceProxyAsyncShared();
       ExpectBytes(full, D * D * sizeof(float));
       BulkCopyToShared(slot.state, state, D * D * sizeof(float), full);
     }

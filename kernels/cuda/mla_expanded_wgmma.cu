@@ -44,9 +44,7 @@ __device__ __forceinline__ uint32_t PieceOffset(int row, int piece) {
   return (piece / 8) * kBlockBytes + SwizzledChunkOffset(row, piece % 8);
 }
 
-__device__ __forceinline__ void SyncGroup(int group) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(1 + group), "n"(128) : "memory");
-}
+__device__ __forceinline__ void SyncGroup(int group) { cuda::SyncGroup<128>(group); }
 
 // Producer thread p: key tiles 0 .. tiles - 1 into the ring, keys past max_key zero-filled.
 __device__ __forceinline__ void Produce(const bf16* keys, const bf16* values, int64_t tiles, int64_t max_key,

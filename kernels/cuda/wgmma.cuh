@@ -9,7 +9,7 @@
 // dimension (as an [m, k] activation and an [n, k] weight are stored); MN-major ones, for a B read
 // down its stored rows ([k, n], e.g. attention values), rows along n. Shared memory written by
 // ordinary stores or cp.async needs FenceProxyAsyncShared in each writing thread (after its copies
-// land) and a barrier before a product reads it.
+// land; device_utils.cuh) and a barrier before a product reads it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -69,9 +69,6 @@ __device__ __forceinline__ uint64_t SwizzledMnMajorDescriptor(uint32_t address, 
   return descriptor;
 }
 
-__device__ __forceinline__ void FenceProxyAsyncShared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 __device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void WgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
