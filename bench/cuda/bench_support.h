@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace deltaserve::bench {
@@ -40,6 +41,25 @@ inline float* DeviceFloats(size_t count, float scale, unsigned seed) {
       host[i] = scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
     }
     Check(cudaMemcpy(device + done, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  }
+  return device;
+}
+
+// DeviceFloats' values (the same seed gives the same values) rounded to bf16, to nearest even.
+inline uint16_t* DeviceBf16(size_t count, float scale, unsigned seed) {
+  uint16_t* device = nullptr;
+  Check(cudaMalloc(&device, count * sizeof(uint16_t)), "cudaMalloc");
+  std::vector<uint16_t> host(std::min<size_t>(count, size_t{1} << 24));
+  for (size_t done = 0; done < count; done += host.size()) {
+    const size_t n = std::min(host.size(), count - done);
+    for (size_t i = 0; i < n; ++i) {
+      seed = seed * 1664525u + 1013904223u;
+      const float value = scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
+      uint32_t bits;
+      std::memcpy(&bits, &value, sizeof(bits));
+      host[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+    Check(cudaMemcpy(device + done, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice), "upload");
   }
   return device;
 }

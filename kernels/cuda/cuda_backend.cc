@@ -481,6 +481,14 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   }
   const float alpha = 1.0f, beta = 0.0f;
   if (w.dtype == DType::kF32 || impl_->matmul_precision == MatmulPrecision::kF32) {
+    if (y.dtype != DType::kF32) {  // sgemm writes fp32: through a buffer, then rounded
+      Tensor wide_y = Allocate(t, n, DType::kF32);
+      MatMul(x, w, wide_y.view());
+      Tensor narrow = Allocate(t, n, y.dtype);
+      DS_CUDA(LaunchConvertF32(wide_y.view(), y.dtype, narrow.view().data, impl_->Stream()), "round product");
+      Copy(narrow.view(), y);
+      return;
+    }
     Tensor wide;
     const float* w_data = static_cast<const float*>(w.data);
     int64_t w_stride = w.row_stride;
@@ -503,7 +511,7 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   DS_CUDA(LaunchConvertF32(x, w.dtype, half.view().data, impl_->Stream()), "convert activations");
   DS_BLAS(cublasGemmEx(impl_->Blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
                        BlasType(w.dtype), w.row_stride, half.view().data, BlasType(w.dtype), k,
-                       &beta, y.data, CUDA_R_32F, y.row_stride, CUBLAS_COMPUTE_32F,
+                       &beta, y.data, BlasType(y.dtype), y.row_stride, CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT),
           "gemm");
 }
@@ -514,7 +522,8 @@ void CudaBackend::MatMuls(std::span<const MatMulProduct> products) {
   std::array<SkinnyProduct, kSkinnyMatMulMaxProducts> skinny;
   for (size_t i = 0; together && i < products.size(); ++i) {
     const MatMulProduct& p = products[i];
-    together = impl_->Skinny(p.x, p.w) && p.x.rows == products[0].x.rows && p.y.dtype == DType::kF32 &&
+    together = impl_->Skinny(p.x, p.w) && p.x.rows == products[0].x.rows &&
+               (p.y.dtype == DType::kF32 || p.y.dtype == DType::kBF16) &&
                p.y.rows == p.x.rows && p.y.cols == p.w.rows;
     skinny[i] = {p.x, p.w, p.y};
   }
@@ -571,6 +580,10 @@ void CudaBackend::CausalConvSilu(TensorView x, TensorView weight, std::span<cons
                                static_cast<int64_t>(seqs.size()), static_cast<const ConvRun*>(device_runs.view().data),
                                static_cast<int64_t>(runs.size()), out, impl_->Stream()),
           "causal conv");
+}
+
+DType CudaBackend::KdaActivationDType() const {
+  return impl_->matmul_precision == MatmulPrecision::kHalf ? DType::kBF16 : DType::kF32;
 }
 
 void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) {

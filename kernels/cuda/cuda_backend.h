@@ -116,6 +116,9 @@ class CudaBackend final : public Backend {
   void SwiGlu(TensorView gate, TensorView up, TensorView out) override;
   void CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
                       TensorView out) override;
+  // BF16 in serving precision (the chunked kernels then move half the bytes; they round these
+  // operands to bf16 for the tensor cores anyway); F32 in the fp32 validation mode.
+  DType KdaActivationDType() const override;
   void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) override;
   void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim, float eps,
                     TensorView out) override;

@@ -27,6 +27,16 @@ __device__ __forceinline__ float LoadAt(const TensorView& v, int64_t r, int64_t 
   return LoadFloat(v.data, v.dtype, r * v.row_stride + c);
 }
 
+// Element (r, c) of an activation view (fp32 or bf16) = value, rounded to the view's dtype.
+__device__ __forceinline__ void StoreAt(const TensorView& v, int64_t r, int64_t c, float value) {
+  const int64_t index = r * v.row_stride + c;
+  if (v.dtype == DType::kBF16) {
+    static_cast<__nv_bfloat16*>(v.data)[index] = __float2bfloat16(value);
+  } else {
+    static_cast<float*>(v.data)[index] = value;
+  }
+}
+
 // Elements (r, c .. c+7) of a view as floats, zero past its columns: one 16-byte load where the
 // dtype is 16-bit and the address aligned, two for fp32, element loads otherwise.
 __device__ __forceinline__ void Load8(const TensorView& v, int64_t r, int64_t c, float (&out)[8]) {

@@ -11,12 +11,15 @@
 //     registers and the next chunk's operands loaded asynchronously meanwhile.
 //  3. KdaChunkOutputKernel, one block per (chunk, head), every chunk at once: O = QG·H + Aqk·Vn.
 // Products run on tensor cores with bf16 operands and fp32 accumulation; the intermediates kept
-// between the kernels are bf16, as in FLA's chunk_kda (spec §2.4, "intermediate dtypes").
+// between the kernels are bf16, as in FLA's chunk_kda (spec §2.4, "intermediate dtypes"). q, k, v
+// and the gate logits come in fp32 or bf16 (the CUDA backend's KDA activations: FLA's dtype),
+// and the read goes out in either.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/cuda/device_utils.cuh"
@@ -86,16 +89,17 @@ struct ChunkScratch {
   }
 };
 
-// The next task's inputs, fp32, copied in while the current one finishes (phase 6 on).
-template <int D>
+// The next task's inputs, as the activations hold them (fp32 or bf16), copied in while the current
+// one finishes (phase 6 on).
+template <int D, typename In>
 struct PrepareStaging {
-  float q[kChunk][D];
-  float k[kChunk][D];
-  float gate[kChunk][D];
+  In q[kChunk][D];
+  In k[kChunk][D];
+  In gate[kChunk][D];
   float beta_logits[kChunk];
 };
 
-template <int D>
+template <int D, typename In>
 struct PrepareShared {
   union {
     struct {
@@ -113,7 +117,7 @@ struct PrepareShared {
     };
     // Read only up to phase 6's diagonal blocks, so the next task's inputs land over them
     // meanwhile.
-    PrepareStaging<D> next;
+    PrepareStaging<D, In> next;
   };
   bf16 bv[kChunk][Padded(D)];  // β v
   // Rows scaled by e^(G_r - G_n), n the first row of r's sub-block: k̂ (rows 0..63), then q̂.
@@ -213,6 +217,20 @@ __device__ __forceinline__ float4 UnpackBf16(uint2 packed) {
 }
 __device__ __forceinline__ void Store4(bf16* p, float4 a) { *reinterpret_cast<uint2*>(p) = PackBf16(a); }
 __device__ __forceinline__ float4 Load4(const bf16* p) { return UnpackBf16(*reinterpret_cast<const uint2*>(p)); }
+// Four consecutive bf16 activations as floats: one 8-byte load where the caller vouches for the
+// alignment.
+__device__ __forceinline__ float4 Load4(const bf16* p, bool aligned) {
+  if (aligned) return UnpackBf16(__ldg(reinterpret_cast<const uint2*>(p)));
+  return make_float4(__bfloat162float(p[0]), __bfloat162float(p[1]), __bfloat162float(p[2]), __bfloat162float(p[3]));
+}
+__device__ __forceinline__ float4 LoadStaged4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 LoadStaged4(const bf16* p) { return Load4(p); }
+
+// Row r of an activation view whose elements are T (float or bf16).
+template <typename T>
+__device__ __forceinline__ const T* RowOf(const TensorView& v, int64_t r) {
+  return static_cast<const T*>(v.data) + r * v.row_stride;
+}
 __device__ __forceinline__ float4& At4(float* p) { return *reinterpret_cast<float4*>(p); }
 
 // One round of TransposeSum: lanes split on bit `kWidth`, each keeps half its values and adds the
@@ -240,25 +258,28 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
 
 // Queues the copy of a task's q, k and gate rows (chunk `ref`, head h's columns) and β logits into
 // `next`: the rows of the chunk only (phase 1 zeroes the others). 16-byte pieces where the rows
-// are aligned, 4-byte ones otherwise.
-template <int D, bool kAlignedInputs>
+// are aligned; otherwise 4-byte ones (fp32), or plain loads and stores (bf16).
+template <int D, typename In, bool kAlignedInputs>
 __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkRef& ref, int h,
-                                            PrepareStaging<D>& next) {
-  constexpr int kThreads = kPrepareWarps * 32, kPiece = kAlignedInputs ? 4 : 1;
+                                            PrepareStaging<D, In>& next) {
+  constexpr bool kF32 = std::is_same_v<In, float>;
+  constexpr int kThreads = kPrepareWarps * 32, kPiece = kAlignedInputs ? 16 / sizeof(In) : 1;
   const int64_t col = static_cast<int64_t>(h) * D;
   for (int i = threadIdx.x; i < ref.length * (D / kPiece); i += kThreads) {
     const int r = i / (D / kPiece), c = kPiece * (i % (D / kPiece));
     const int64_t t = ref.row_begin + r;
-    auto copy = [](float* to, const float* from) {
+    auto copy = [](In* to, const In* from) {
       if constexpr (kAlignedInputs) {
         CopyAsync16(to, from);
-      } else {
+      } else if constexpr (kF32) {
         CopyAsync4(to, from);
+      } else {
+        *to = *from;
       }
     };
-    copy(&next.q[r][c], RowF32(in.q, t) + col + c);
-    copy(&next.k[r][c], RowF32(in.k, t) + col + c);
-    copy(&next.gate[r][c], RowF32(in.gate_logits, t) + col + c);
+    copy(&next.q[r][c], RowOf<In>(in.q, t) + col + c);
+    copy(&next.k[r][c], RowOf<In>(in.k, t) + col + c);
+    copy(&next.gate[r][c], RowOf<In>(in.gate_logits, t) + col + c);
   }
   if (static_cast<int>(threadIdx.x) < ref.length) {
     CopyAsync4(&next.beta_logits[threadIdx.x], RowF32(in.beta_logits, ref.row_begin + threadIdx.x) + h);
@@ -271,9 +292,9 @@ __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkR
 // Thread layout: warp w owns the chunk's rows 4w .. 4w+3 and lane l the columns 4l .. 4l+3 (lanes
 // past D/4 hold zero q, k, v and store nothing) for the element-wise work; the products go by
 // 16x16 tiles.
-template <int D, bool kAlignedInputs, typename StageNext>
+template <int D, typename In, bool kAlignedInputs, typename StageNext>
 __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkRef& ref, int64_t ch, int h,
-                                            const ChunkScratch<D>& scratch, PrepareShared<D>& s,
+                                            const ChunkScratch<D>& scratch, PrepareShared<D, In>& s,
                                             StageNext&& stage_next) {
   static_assert(kPrepareWarps == kSub && kChunk == 4 * kPrepareWarps && D % 4 == 0 && D <= 128,
                 "the layout above");
@@ -295,7 +316,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   for (int i = 0; i < kRows; ++i) {
     const int r = r0 + i;
     const bool load = r < ref.length && on;
-    v[i] = load ? Load4(RowF32(in.v, ref.row_begin + r) + col, kAlignedInputs) : zero;
+    v[i] = load ? Load4(RowOf<In>(in.v, ref.row_begin + r) + col, kAlignedInputs) : zero;
   }
   WaitAsync<0>();
   __syncthreads();
@@ -303,9 +324,9 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   for (int i = 0; i < kRows; ++i) {
     const int r = r0 + i;
     const bool valid = r < ref.length, load = valid && on;
-    q[i] = load ? At4(&s.next.q[r][c0]) : zero;
-    k[i] = load ? At4(&s.next.k[r][c0]) : zero;
-    G[i] = load ? At4(&s.next.gate[r][c0]) : zero;
+    q[i] = load ? LoadStaged4(&s.next.q[r][c0]) : zero;
+    k[i] = load ? LoadStaged4(&s.next.k[r][c0]) : zero;
+    G[i] = load ? LoadStaged4(&s.next.gate[r][c0]) : zero;
     beta[i] = valid ? __fdividef(1.0f, 1.0f + Exp2(-kLog2E * s.next.beta_logits[r])) : 0.0f;
   }
   const float decay_rate = expf(LoadFlat(in.a_log, h));
@@ -565,20 +586,20 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
 // tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 6-7), the next
 // task's q, k and gate rows are copied into shared memory, so that its loads overlap them rather
 // than every block waiting on its inputs at once.
-template <int D, bool kAlignedInputs>
+template <int D, typename In, bool kAlignedInputs>
 __global__ void __launch_bounds__(kPrepareWarps * 32)
     KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, int64_t tasks, ChunkScratch<D> scratch) {
   extern __shared__ __align__(128) unsigned char shared_raw[];
-  auto& s = *reinterpret_cast<PrepareShared<D>*>(shared_raw);
+  auto& s = *reinterpret_cast<PrepareShared<D, In>*>(shared_raw);
   const int heads = static_cast<int>(in.num_heads);
   if (blockIdx.x >= tasks) return;
   KdaChunkRef ref = chunks[blockIdx.x / heads];
-  StageInputs<D, kAlignedInputs>(in, ref, static_cast<int>(blockIdx.x % heads), s.next);
+  StageInputs<D, In, kAlignedInputs>(in, ref, static_cast<int>(blockIdx.x % heads), s.next);
   for (int64_t ch = blockIdx.x; ch < tasks; ch += gridDim.x) {
     const int64_t next = ch + gridDim.x;
     const KdaChunkRef next_ref = next < tasks ? chunks[next / heads] : ref;
-    PrepareTask<D, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, [&] {
-      if (next < tasks) StageInputs<D, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), s.next);
+    PrepareTask<D, In, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, [&] {
+      if (next < tasks) StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), s.next);
     });
     ref = next_ref;
   }
@@ -766,7 +787,7 @@ struct OutputShared {
 // computes the output tiles w, w + 8, ... (row tile t % 4, column tile t / 4). (Run beside the
 // scan, taking chunks as the scan flagged them, it slowed the scan more than it saved: 8.96 ->
 // 8.45-8.75 M tok/s at 1 x 64k on an H200.)
-template <int D>
+template <int D, typename Out>
 __global__ void __launch_bounds__(kOutputWarps * 32)
     KdaChunkOutputKernel(const KdaChunkRef* chunks, ChunkScratch<D> scratch, int heads, TensorView out,
                          bool aligned_out) {
@@ -809,34 +830,66 @@ __global__ void __launch_bounds__(kOutputWarps * 32)
     for (int i = 0; i < 8; i += 2) {
       const int r = rt * kSub + AccRow(i, lane);
       if (r >= ref.length) continue;
-      float* dst = RowF32(out, ref.row_begin + r) + h * D + ct * kSub + AccCol(i, lane);
-      if (aligned_out) {
-        *reinterpret_cast<float2*>(dst) = make_float2(acc.x[i], acc.x[i + 1]);
+      Out* dst = static_cast<Out*>(out.data) + (ref.row_begin + r) * out.row_stride + h * D + ct * kSub +
+                 AccCol(i, lane);
+      if constexpr (std::is_same_v<Out, float>) {
+        if (aligned_out) {
+          *reinterpret_cast<float2*>(dst) = make_float2(acc.x[i], acc.x[i + 1]);
+        } else {
+          dst[0] = acc.x[i];
+          dst[1] = acc.x[i + 1];
+        }
+      } else if (aligned_out) {
+        *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(acc.x[i], acc.x[i + 1]);
       } else {
-        dst[0] = acc.x[i];
-        dst[1] = acc.x[i + 1];
+        dst[0] = __float2bfloat16(acc.x[i]);
+        dst[1] = __float2bfloat16(acc.x[i + 1]);
       }
     }
   }
 }
 
-// Whether every row of q, k, v and the gate logits starts on 16 bytes (four-float loads).
+// Whether every row of q, k, v and the gate logits starts on 16 bytes (16-byte pieces, and
+// 4-column loads of v).
 bool AlignedRows(const KdaInputs& in) {
+  const int64_t per_16_bytes = in.q.dtype == DType::kBF16 ? 8 : 4;
   for (const TensorView* v : {&in.q, &in.k, &in.v, &in.gate_logits}) {
-    if (reinterpret_cast<uintptr_t>(v->data) % 16 != 0 || v->row_stride % 4 != 0) return false;
+    if (reinterpret_cast<uintptr_t>(v->data) % 16 != 0 || v->row_stride % per_16_bytes != 0) return false;
   }
   return true;
 }
 
 // The prepare kernel's grid for `tasks` (chunk, head) pairs: the blocks resident at once (at most
 // `tasks`), looked up once per kernel.
-template <int D, bool kAlignedInputs>
+template <int D, typename In, bool kAlignedInputs>
 int64_t PrepareBlocks(int64_t tasks, size_t shared_bytes) {
   // At least a block per SM where the query fails.
-  static const int64_t resident =
-      std::max<int64_t>(ResidentBlocks(KdaChunkPrepareKernel<D, kAlignedInputs>, kPrepareWarps * 32, shared_bytes),
-                        SmCount());
+  static const int64_t resident = std::max<int64_t>(
+      ResidentBlocks(KdaChunkPrepareKernel<D, In, kAlignedInputs>, kPrepareWarps * 32, shared_bytes), SmCount());
   return std::min(tasks, resident);
+}
+
+template <int D, typename In, bool kAlignedInputs>
+int LaunchPrepare(const KdaInputs& in, const KdaChunkRef* chunks, int64_t tasks, const ChunkScratch<D>& scratch,
+                  cudaStream_t stream) {
+  const auto kernel = KdaChunkPrepareKernel<D, In, kAlignedInputs>;
+  const size_t bytes = sizeof(PrepareShared<D, In>);
+  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes); error != 0) return error;
+  const auto blocks = static_cast<unsigned>(PrepareBlocks<D, In, kAlignedInputs>(tasks, bytes));
+  kernel<<<blocks, kPrepareWarps * 32, bytes, stream>>>(in, chunks, tasks, scratch);
+  return 0;
+}
+
+template <int D, typename Out>
+int LaunchOutput(const KdaChunkRef* chunks, int64_t num_chunks, const ChunkScratch<D>& scratch, int heads,
+                 TensorView out, cudaStream_t stream) {
+  const auto kernel = KdaChunkOutputKernel<D, Out>;
+  const size_t bytes = sizeof(OutputShared<D>);
+  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes); error != 0) return error;
+  const bool aligned_out = reinterpret_cast<uintptr_t>(out.data) % (2 * sizeof(Out)) == 0 && out.row_stride % 2 == 0;
+  kernel<<<static_cast<unsigned>(num_chunks * heads), kOutputWarps * 32, bytes, stream>>>(chunks, scratch, heads,
+                                                                                          out, aligned_out);
+  return 0;
 }
 
 template <int D>
@@ -845,31 +898,24 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
            cudaStream_t stream) {
   const int heads = static_cast<int>(in.num_heads);
   const auto scratch = ChunkScratch<D>::Carve(scratch_memory, num_chunks * heads);
-  const size_t prepare_bytes = sizeof(PrepareShared<D>);
   const size_t scan_bytes = sizeof(ScanShared<D, ScanSlice(D)>);
-  const size_t output_bytes = sizeof(OutputShared<D>);
-  const std::pair<const void*, size_t> kernels[] = {
-      {reinterpret_cast<const void*>(KdaChunkPrepareKernel<D, true>), prepare_bytes},
-      {reinterpret_cast<const void*>(KdaChunkPrepareKernel<D, false>), prepare_bytes},
-      {reinterpret_cast<const void*>(KdaChunkScanKernel<D>), scan_bytes},
-      {reinterpret_cast<const void*>(KdaChunkOutputKernel<D>), output_bytes}};
-  for (const auto& [kernel, bytes] : kernels) {
-    if (const int error = AllowDynamicSmem(kernel, bytes); error != 0) return error;
+  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(KdaChunkScanKernel<D>), scan_bytes);
+      error != 0) {
+    return error;
   }
   const int64_t tasks = num_chunks * heads;
-  if (AlignedRows(in)) {
-    const auto blocks = static_cast<unsigned>(PrepareBlocks<D, true>(tasks, prepare_bytes));
-    KdaChunkPrepareKernel<D, true><<<blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks, scratch);
-  } else {
-    const auto blocks = static_cast<unsigned>(PrepareBlocks<D, false>(tasks, prepare_bytes));
-    KdaChunkPrepareKernel<D, false><<<blocks, kPrepareWarps * 32, prepare_bytes, stream>>>(in, chunks, tasks, scratch);
-  }
+  const bool bf16_in = in.q.dtype == DType::kBF16, aligned = AlignedRows(in);
+  int error = bf16_in ? (aligned ? LaunchPrepare<D, bf16, true>(in, chunks, tasks, scratch, stream)
+                                 : LaunchPrepare<D, bf16, false>(in, chunks, tasks, scratch, stream))
+                      : (aligned ? LaunchPrepare<D, float, true>(in, chunks, tasks, scratch, stream)
+                                 : LaunchPrepare<D, float, false>(in, chunks, tasks, scratch, stream));
+  if (error != 0) return error;
   const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
   KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(
       seqs, first_chunk, heads, scratch);
-  const bool aligned_out = reinterpret_cast<uintptr_t>(out.data) % 8 == 0 && out.row_stride % 2 == 0;
-  KdaChunkOutputKernel<D><<<static_cast<unsigned>(num_chunks * heads), kOutputWarps * 32, output_bytes, stream>>>(
-      chunks, scratch, heads, out, aligned_out);
+  error = out.dtype == DType::kBF16 ? LaunchOutput<D, bf16>(chunks, num_chunks, scratch, heads, out, stream)
+                                    : LaunchOutput<D, float>(chunks, num_chunks, scratch, heads, out, stream);
+  if (error != 0) return error;
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -914,7 +960,7 @@ int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_s
                      void* scratch, TensorView out, Stream stream) {
   const int64_t heads = in.num_heads, d = in.head_dim, width = heads * d;
   if (num_seqs < 0 || num_chunks < 0 || heads <= 0 || heads > 65535 || !KdaChunkedSupports(d) ||
-      !KdaInputsMatch(in, out)) {
+      !KdaInputsMatch(in, out, /*bf16_activations=*/true)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_seqs == 0 || num_chunks == 0) return 0;

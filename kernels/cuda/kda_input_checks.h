@@ -1,16 +1,21 @@
-// The checks both KDA launchers (fused recurrent, chunked) make of their inputs: fp32
-// activations, float parameters, and shapes that agree with num_heads x head_dim and the rows.
+// The checks the KDA launchers (fused recurrent, chunked, decode step) make of their inputs: fp32
+// activations (or bf16 where the launcher reads them: q, k, v and the gate logits in one dtype,
+// the output in either), float parameters, and shapes that agree with num_heads x head_dim and the
+// rows.
 #pragma once
 
 #include "kernels/ops.h"
 
 namespace deltaserve::kernels::cuda {
 
-inline bool KdaInputsMatch(const KdaInputs& in, const TensorView& out) {
+inline bool KdaInputsMatch(const KdaInputs& in, const TensorView& out, bool bf16_activations = false) {
   const int64_t heads = in.num_heads, width = heads * in.head_dim, t = in.q.rows;
-  const auto f32 = [](const TensorView& v) { return v.dtype == DType::kF32; };
-  if (!f32(in.q) || !f32(in.k) || !f32(in.v) || !f32(in.gate_logits) || !f32(in.beta_logits) ||
-      !f32(out) || in.a_log.dtype == DType::kI32 || in.dt_bias.dtype == DType::kI32) {
+  const DType act = in.q.dtype;
+  const auto is = [](const TensorView& v, DType dtype) { return v.dtype == dtype; };
+  const bool act_ok = act == DType::kF32 || (bf16_activations && act == DType::kBF16);
+  const bool out_ok = is(out, DType::kF32) || (bf16_activations && is(out, DType::kBF16));
+  if (!act_ok || !is(in.k, act) || !is(in.v, act) || !is(in.gate_logits, act) || !is(in.beta_logits, DType::kF32) ||
+      !out_ok || in.a_log.dtype == DType::kI32 || in.dt_bias.dtype == DType::kI32) {
     return false;
   }
   return in.q.cols == width && in.k.cols == width && in.v.cols == width &&

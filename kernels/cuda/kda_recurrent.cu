@@ -36,10 +36,10 @@ __device__ __forceinline__ TokenInputs LoadToken(const KdaInputs& in, int64_t t,
                                                  bool active) {
   TokenInputs x;
   if (active) {
-    x.q = RowF32(in.q, t)[c];
-    x.k = RowF32(in.k, t)[c];
-    x.v = RowF32(in.v, t)[c];
-    x.f = RowF32(in.gate_logits, t)[c];
+    x.q = LoadAt(in.q, t, c);
+    x.k = LoadAt(in.k, t, c);
+    x.v = LoadAt(in.v, t, c);
+    x.f = LoadAt(in.gate_logits, t, c);
   }
   x.beta_logit = RowF32(in.beta_logits, t)[h];
   return x;
@@ -149,7 +149,7 @@ __global__ void __launch_bounds__(KdaThreads(D))
     const TokenInputs cur = next;
     if (n + 1 < rows.length) next = LoadToken<D>(in, t + 1, c, h, active);  // prefetch
     const float o = StepToken<D>(s, cur, decay_rate, bias, sh);
-    if (active) RowF32(out, t)[c] = o;
+    if (active) StoreAt(out, t, c, o);
   }
 
   if (active) {
@@ -167,7 +167,7 @@ bool KdaRecurrentSupports(int64_t head_dim) {
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream) {
   const int64_t heads = in.num_heads, d = in.head_dim, t = in.q.rows;
-  if (num_seqs < 0 || heads <= 0 || d <= 0 || !KdaInputsMatch(in, out)) {
+  if (num_seqs < 0 || heads <= 0 || d <= 0 || !KdaInputsMatch(in, out, /*bf16_activations=*/true)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_seqs == 0 || t == 0) return 0;

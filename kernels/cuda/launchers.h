@@ -33,13 +33,13 @@ int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream);
 int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
 // acc += x, then out = RmsNorm(acc, weight): LaunchAdd and LaunchRmsNorm in one pass, same bits.
 int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
-// Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate).
+// Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate); x and gate F32 or BF16, out F32.
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream);
 // Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu), a thread per
 // run of kConvRunRows tokens of one channel: `runs` (device memory) lists every run of every
-// sequence with rows, seqs[run.seq]'s tokens [run.first, run.first + kConvRunRows); out must not
-// be x.
+// sequence with rows, seqs[run.seq]'s tokens [run.first, run.first + kConvRunRows); out (F32 or
+// BF16) must not be x (F32).
 inline constexpr int kConvRunRows = 16;
 struct ConvRun {
   int32_t seq;
@@ -48,7 +48,8 @@ struct ConvRun {
 int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t num_seqs,
                          const ConvRun* runs, int64_t num_runs, TensorView out, Stream stream);
 // The delta rule token by token, gate, beta and q/k L2 norm fused (Backend::KdaAttention).
-// Supports head_dim in {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
+// q, k, v and the gate logits F32 or BF16 (one dtype), out either. Supports head_dim in
+// {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream);
 // Whether the recurrent kernel takes `head_dim`.
@@ -80,7 +81,8 @@ bool KdaChunkedSupports(int64_t head_dim);
 size_t KdaChunkedScratchBytes(int64_t num_chunks, int64_t heads, int64_t head_dim);
 // The chunked (prefill) form of Backend::KdaAttention (spec §2.4) for `num_seqs` sequences
 // split into `num_chunks` chunks: sequence i owns chunks [first_chunk[i], first_chunk[i + 1]), in
-// order (first_chunk has num_seqs + 1 entries). Tensor cores, bf16 intermediates.
+// order (first_chunk has num_seqs + 1 entries). Tensor cores, bf16 intermediates; q, k, v and
+// the gate logits F32 or BF16 (one dtype), out either.
 int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                      const KdaChunkRef* chunks, const int32_t* first_chunk, int64_t num_chunks,
                      void* scratch, TensorView out, Stream stream);
@@ -107,7 +109,7 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
                                bool tensor_cores, float* scratch, TensorView out, Stream stream);
 // y = x · wᵀ for at most kSkinnyMatMulMaxRows rows of x (F32) and a BF16, F16 or F32 weight, in
 // fp32 on CUDA cores, w read once with 16-byte loads: decode-sized products. Needs 16-byte
-// aligned rows (SkinnyMatMulSupports); y is F32 [x.rows, w.rows].
+// aligned rows (SkinnyMatMulSupports); y is F32 or BF16 [x.rows, w.rows].
 constexpr int64_t kSkinnyMatMulMaxRows = 8;
 bool SkinnyMatMulSupports(TensorView x, TensorView w);
 // programmatic: launched as a programmatic dependent of the previous kernel in the stream (see

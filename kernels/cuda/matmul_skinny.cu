@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTabl
       for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
         for (int t = 0; t < T; ++t) {
-          if (n0 + r < w.rows) RowF32(y, t)[n0 + r] = acc[r][t];
+          if (n0 + r < w.rows) StoreAt(y, t, n0 + r, acc[r][t]);
         }
     }
     return;
@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTabl
     if (n0 + r < w.rows) {
       float sum = 0.0f;
       for (int v = 0; v < split; ++v) sum += partial[warp + v][r][t];
-      RowF32(y, t)[n0 + r] = sum;
+      StoreAt(y, t, n0 + r, sum);
     }
   }
 }
@@ -194,7 +194,8 @@ int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream,
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     const SkinnyProduct& p = products[i];
-    if (!SkinnyMatMulSupports(p.x, p.w) || p.x.rows != products[0].x.rows || p.y.dtype != DType::kF32 ||
+    if (!SkinnyMatMulSupports(p.x, p.w) || p.x.rows != products[0].x.rows ||
+        (p.y.dtype != DType::kF32 && p.y.dtype != DType::kBF16) ||
         p.y.rows != p.x.rows || p.y.cols != p.w.rows) {
       return static_cast<int>(cudaErrorInvalidValue);
     }

@@ -73,16 +73,17 @@ __global__ void GatedRmsNormKernel(TensorView x, TensorView gate, TensorView wei
                                    int64_t head_dim, float eps, TensorView out) {
   const int64_t t = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const float* in = RowF32(x, t);
-  const float* z = RowF32(gate, t);
   float* o = RowF32(out, t);
   for (int64_t h0 = static_cast<int64_t>(warp) * head_dim; h0 < x.cols;
        h0 += static_cast<int64_t>(warps) * head_dim) {
     float sum = 0.0f;
-    for (int64_t j = lane; j < head_dim; j += 32) sum += in[h0 + j] * in[h0 + j];
+    for (int64_t j = lane; j < head_dim; j += 32) {
+      const float v = LoadAt(x, t, h0 + j);
+      sum += v * v;
+    }
     const float inv_rms = InvRms(WarpSum(sum), head_dim, eps);
     for (int64_t j = lane; j < head_dim; j += 32) {
-      o[h0 + j] = LoadFlat(weight, j) * (in[h0 + j] * inv_rms) * SigmoidF(z[h0 + j]);
+      o[h0 + j] = LoadFlat(weight, j) * (LoadAt(x, t, h0 + j) * inv_rms) * SigmoidF(LoadAt(gate, t, h0 + j));
     }
   }
 }
@@ -112,9 +113,8 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
 
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream) {
-  if (x.dtype != DType::kF32 || gate.dtype != DType::kF32 || out.dtype != DType::kF32) {
-    return kInvalid;
-  }
+  const auto activation = [](const TensorView& v) { return v.dtype == DType::kF32 || v.dtype == DType::kBF16; };
+  if (!activation(x) || !activation(gate) || out.dtype != DType::kF32) return kInvalid;
   if (head_dim <= 0 || x.cols % head_dim != 0 || weight.numel() != head_dim) return kInvalid;
   if (gate.rows != x.rows || gate.cols != x.cols || out.rows != x.rows || out.cols != x.cols) {
     return kInvalid;

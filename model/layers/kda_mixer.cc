@@ -20,8 +20,8 @@ kernels::KdaAlgorithm ChooseAlgorithm(KdaAlgorithmChoice choice, int64_t new_tok
   return new_tokens == 1 ? kernels::KdaAlgorithm::kRecurrent : kernels::KdaAlgorithm::kChunked;
 }
 
-// The forget gate's logits f_b(f_a(x)) (before dt_bias and softplus), beta's b_proj(x), and the
-// low-rank buffer the output gate reuses.
+// The forget gate's logits f_b(f_a(x)) (before dt_bias and softplus; in the backend's KDA
+// activation dtype), beta's b_proj(x), and the low-rank buffer the output gate reuses.
 struct GateLogits {
   Tensor low_rank, gate_logits, beta_logits;
 };
@@ -31,7 +31,7 @@ GateLogits ProjectGates(const Step& step, const KdaWeights& w, TensorView x) {
   const KimiLinearConfig& c = step.config;
   GateLogits g;
   g.low_rank = backend.Allocate(step.num_tokens, c.kda_head_dim, DType::kF32);
-  g.gate_logits = backend.Allocate(step.num_tokens, c.kda_projection_size(), DType::kF32);
+  g.gate_logits = backend.Allocate(step.num_tokens, c.kda_projection_size(), backend.KdaActivationDType());
   backend.MatMul(x, w.f_a, g.low_rank.view());
   backend.MatMul(g.low_rank.view(), w.f_b, g.gate_logits.view());
   g.beta_logits = backend.Allocate(step.num_tokens, c.kda_num_heads, DType::kF32);
@@ -113,6 +113,8 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
   const int64_t t = step.num_tokens;
   const int64_t width = c.kda_projection_size();
   const int64_t d = c.kda_head_dim;
+  // The core's inputs and read in the backend's KDA activation dtype (bf16 on the GPU).
+  const DType activations = backend.KdaActivationDType();
 
   Tensor projected = backend.Allocate(t, width, DType::kF32);
   std::array<Tensor, 3> convolved;
@@ -124,7 +126,7 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
     for (size_t s = 0; s < step.seqs.size(); ++s) {
       conv_seqs[s] = {step.seqs[s].rows, step.seqs[s].state->kda(layer).conv_tails[i].data<float>()};
     }
-    convolved[i] = backend.Allocate(t, width, DType::kF32);
+    convolved[i] = backend.Allocate(t, width, activations);
     backend.CausalConvSilu(projected.view(), conv_weights[i], conv_seqs, convolved[i].view());
   }
 
@@ -138,7 +140,7 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
   const kernels::KdaInputs inputs{c.kda_num_heads, d, convolved[0].view(), convolved[1].view(),
                                   convolved[2].view(), gates.gate_logits.view(),
                                   gates.beta_logits.view(), w.a_log, w.dt_bias};
-  Tensor attended = backend.Allocate(t, width, DType::kF32);
+  Tensor attended = backend.Allocate(t, width, activations);
   backend.KdaAttention(inputs, kda_seqs, attended.view());
 
   // The output gate reuses the low-rank and full-width buffers.

@@ -25,6 +25,12 @@ inline std::vector<uint16_t> ToBF16(const std::vector<float>& values) {
   return bits;
 }
 
+// The values rounded to bf16 and widened back to floats (what a bf16 tensor of them holds).
+inline std::vector<float> RoundedToBF16(std::vector<float> values) {
+  for (float& v : values) v = kernels::BF16ToF32(kernels::F32ToBF16(v));
+  return values;
+}
+
 inline kernels::TensorView View(std::vector<float>& values, int64_t rows, int64_t cols) {
   return kernels::MakeView(values.data(), kernels::DType::kF32, rows, cols);
 }

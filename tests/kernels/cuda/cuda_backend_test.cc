@@ -14,6 +14,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/dtype.h"
 #include "kernels/cuda/launchers.h"
 #include "kernels/sampling.h"
 #include "tests/testing/paged_latent.h"
@@ -23,6 +24,7 @@ namespace deltaserve::kernels::cuda {
 namespace {
 
 using testing::RandomVector;
+using testing::RoundedToBF16;
 using testing::ToBF16;
 using testing::View;
 
@@ -36,6 +38,9 @@ constexpr double kFp32Tolerance = 1e-4;
 // which a peaked softmax turns into output errors of up to ~|v - o| · 0.015 with |v - o| near 10:
 // ~1-1.5% of the output scale at worst.
 constexpr double kAttentionTolerance = 2e-2;
+// An output stored in bf16 (the CUDA backend's KDA activations): the rounding moves each element by
+// up to 2^-9 of itself, so up to ~0.2% of the output scale.
+constexpr double kBf16OutputTolerance = 4e-3;
 
 class CudaVsCpu : public ::testing::Test {
  public:
@@ -46,19 +51,30 @@ class CudaVsCpu : public ::testing::Test {
     ASSERT_NE(cuda_, nullptr) << why;
   }
 
-  // A device copy of host floats.
-  Tensor ToDevice(const std::vector<float>& host, int64_t rows, int64_t cols) {
-    Tensor t = cuda_->Allocate(rows, cols, DType::kF32);
-    cuda_->Upload(host.data(), t.view());
+  // A device copy of host floats, stored as `dtype` (F32, or BF16: rounded).
+  Tensor ToDevice(const std::vector<float>& host, int64_t rows, int64_t cols, DType dtype = DType::kF32) {
+    Tensor t = cuda_->Allocate(rows, cols, dtype);
+    if (dtype == DType::kBF16) {
+      cuda_->Upload(ToBF16(host).data(), t.view());
+    } else {
+      cuda_->Upload(host.data(), t.view());
+    }
     return t;
   }
   // A device tensor filled with NaN.
-  Tensor Poisoned(int64_t rows, int64_t cols) {
-    return ToDevice(std::vector<float>(rows * cols, NAN), rows, cols);
+  Tensor Poisoned(int64_t rows, int64_t cols, DType dtype = DType::kF32) {
+    return ToDevice(std::vector<float>(rows * cols, NAN), rows, cols, dtype);
   }
+  // A device view's values as floats (F32 or BF16).
   std::vector<float> ToHost(TensorView v) {
     std::vector<float> host(v.rows * v.cols);
-    cuda_->Download(v, host.data());
+    if (v.dtype == DType::kBF16) {
+      std::vector<uint16_t> bits(host.size());
+      cuda_->Download(v, bits.data());
+      std::transform(bits.begin(), bits.end(), host.begin(), BF16ToF32);
+    } else {
+      cuda_->Download(v, host.data());
+    }
     return host;
   }
 
@@ -123,6 +139,31 @@ TEST_F(CudaVsCpu, SkinnyMatMulForDecodeRows) {
     cuda_->MatMul(dx.view().Cols(0, k), cuda_->AdoptWeight(host_w), dy.view());
     ExpectClose(ToHost(dy.view()), cpu_out, t <= 8 ? kFp32Tolerance : kMatMulTolerance,
                 "matmul of " + std::to_string(t) + " rows");
+  }
+}
+
+// A product into a bf16 output (the KDA gates' logits in prefill) on each path: the skinny
+// kernel (1 and 3 rows), cuBLAS with bf16 weights (40 rows), and the fp32 product of an fp32
+// weight, rounded afterwards; strided outputs whose extra columns stay untouched.
+TEST_F(CudaVsCpu, MatMulIntoBf16Outputs) {
+  std::string why;
+  cuda_ = CudaBackend::Create({.skinny_matmul_max_rows = 8}, &why);
+  ASSERT_NE(cuda_, nullptr) << why;
+  for (const auto& [t, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 203, 520}, {3, 64, 264}, {40, 130, 96}}) {
+    SCOPED_TRACE(t);
+    std::vector<float> x = RandomVector(t * k, 30 + t), w = RandomVector(n * k, 31 + t);
+    std::vector<uint16_t> w_bf16 = ToBF16(w);
+    for (const TensorView host_w : {MakeView(w_bf16.data(), DType::kBF16, n, k), View(w, n, k)}) {
+      std::vector<float> cpu_out(t * n);
+      cpu_.MatMul(View(x, t, k), host_w, View(cpu_out, t, n));
+      Tensor dx = ToDevice(x, t, k);
+      Tensor dy = Poisoned(t, n + 3, DType::kBF16);
+      cuda_->MatMul(dx.view(), cuda_->AdoptWeight(host_w), dy.view().Cols(0, n));
+      ASSERT_FALSE(cuda_->TakeFailure().failed());
+      ExpectClose(ToHost(dy.view().Cols(0, n)), cpu_out, kMatMulTolerance + kBf16OutputTolerance,
+                  host_w.dtype == DType::kBF16 ? "bf16 weight" : "f32 weight");
+      for (const float extra : ToHost(dy.view().Cols(n, 3))) ASSERT_TRUE(std::isnan(extra));
+    }
   }
 }
 
@@ -315,6 +356,15 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
   cuda_->GatedRmsNorm(da.view(), db.view(), cuda_->AdoptWeight(w_head_view), head_dim, 1e-5f, out.view());
   ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "gated rmsnorm");
   ASSERT_EQ(heads * head_dim, d);
+  // The KDA read and output gate in bf16 (prefill on the GPU): the CPU gets the rounded values.
+  {
+    std::vector<float> a16 = RoundedToBF16(a), b16 = RoundedToBF16(b);
+    cpu_.GatedRmsNorm(View(a16, t, d), View(b16, t, d), w_head_view, head_dim, 1e-5f, View(cpu_out, t, d));
+    Tensor x16 = ToDevice(a, t, d, DType::kBF16), gate16 = ToDevice(b, t, d, DType::kBF16);
+    out = Poisoned(t, d);
+    cuda_->GatedRmsNorm(x16.view(), gate16.view(), cuda_->AdoptWeight(w_head_view), head_dim, 1e-5f, out.view());
+    ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "gated rmsnorm of bf16 inputs");
+  }
 
   cpu_.SwiGlu(View(a, t, d), View(b, t, d), View(cpu_out, t, d));
   out = Poisoned(t, d);
@@ -365,10 +415,12 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
 }
 
 // Sequences shorter than the tail, and longer than a thread's run of 16 outputs; kernels of 4
-// (the model's) and 6.
+// (the model's) and 6; outputs in fp32 and in bf16 (the GPU's KDA activations).
 TEST_F(CudaVsCpu, CausalConvWithTailsAndContinuation) {
-  for (const int64_t kernel : {int64_t{4}, int64_t{6}}) {
+  for (const auto& [kernel, out_dtype] : {std::pair{int64_t{4}, DType::kF32}, std::pair{int64_t{6}, DType::kF32},
+                                          std::pair{int64_t{4}, DType::kBF16}}) {
     SCOPED_TRACE(kernel);
+    SCOPED_TRACE(DTypeName(out_dtype));
     const int64_t channels = 300;
     const std::vector<int64_t> lengths = {1, 9, 2, 40, 113};
     const int64_t t = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
@@ -394,9 +446,10 @@ TEST_F(CudaVsCpu, CausalConvWithTailsAndContinuation) {
       }
       std::vector<float> cpu_out(t * channels);
       cpu_.CausalConvSilu(View(x, t, channels), w_view, cpu_seqs, View(cpu_out, t, channels));
-      Tensor out = Poisoned(t, channels);
+      Tensor out = Poisoned(t, channels, out_dtype);
       cuda_->CausalConvSilu(dx.view(), w_device, gpu_seqs, out.view());
-      ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "conv output");
+      ExpectClose(ToHost(out.view()), cpu_out, out_dtype == DType::kBF16 ? kBf16OutputTolerance : kFp32Tolerance,
+                  "conv output");
       for (size_t i = 0; i < lengths.size(); ++i) {
         ExpectClose(ToHost(gpu_tails[i].view()), cpu_tails[i], 0, "conv tail");
       }
@@ -418,16 +471,21 @@ class CudaKda : public CudaVsCpu, public ::testing::WithParamInterface<KdaShape>
 // Runs one KDA call on both backends from the same random inputs and initial states. With
 // `force_recurrent` the GPU gets every sequence as kRecurrent (its fused recurrent kernel; the CPU
 // computes the chunked form where asked, the same math), otherwise as the CPU: length > 1 chunked.
-// With `unaligned_inputs` the GPU reads q, k, v and the gate logits one float into wider rows
-// (no 16-byte loads).
+// With `unaligned_inputs` the GPU reads q, k, v and the gate logits one element into wider rows
+// (no 16-byte loads). With `activations` BF16 the GPU's q, k, v, gate logits and output are bf16
+// (the CPU gets the rounded inputs).
 void CompareKda(CudaVsCpu& test, CudaBackend& cuda, cpu::CpuBackend& cpu, const KdaShape& s,
-                bool force_recurrent, double tolerance, bool unaligned_inputs = false) {
+                bool force_recurrent, double tolerance, bool unaligned_inputs = false,
+                DType activations = DType::kF32) {
   const int64_t t = std::accumulate(s.lengths.begin(), s.lengths.end(), int64_t{0});
   const int64_t width = s.heads * s.d;
   std::vector<float> q = RandomVector(t * width, 1), k = RandomVector(t * width, 2),
                      v = RandomVector(t * width, 3), f = RandomVector(t * width, 4, 2.0f),
                      beta = RandomVector(t * s.heads, 5), a_log = RandomVector(s.heads, 6),
                      dt = RandomVector(width, 7, 3.0f);
+  if (activations == DType::kBF16) {
+    for (std::vector<float>* x : {&q, &k, &v, &f}) *x = RoundedToBF16(*x);
+  }
   for (float& x : a_log) x = std::log(1.0f + 15.0f * std::fabs(std::tanh(x)));
   for (float& x : dt) x += s.dt_bias_mean;
   const int64_t shift = unaligned_inputs ? 1 : 0;
@@ -436,7 +494,7 @@ void CompareKda(CudaVsCpu& test, CudaBackend& cuda, cpu::CpuBackend& cpu, const 
     for (int64_t r = 0; r < t; ++r) {
       std::copy_n(x.begin() + r * width, width, wide.begin() + r * (width + shift) + shift);
     }
-    return test.ToDevice(wide, t, width + shift);
+    return test.ToDevice(wide, t, width + shift, activations);
   };
   Tensor dq = shifted(q), dk = shifted(k), dv = shifted(v), df = shifted(f),
          dbeta = test.ToDevice(beta, t, s.heads);
@@ -460,7 +518,7 @@ void CompareKda(CudaVsCpu& test, CudaBackend& cuda, cpu::CpuBackend& cpu, const 
   }
   std::vector<float> cpu_out(t * width);
   cpu.KdaAttention(cpu_in, cpu_seqs, View(cpu_out, t, width));
-  Tensor out = test.Poisoned(t, width);
+  Tensor out = test.Poisoned(t, width, activations);
   cuda.KdaAttention(gpu_in, gpu_seqs, out.view());
   const std::vector<float> gpu_out = test.ToHost(out.view());
   double scale = 1e-6, worst = 0;
@@ -493,6 +551,23 @@ TEST_P(CudaKda, ChunkedMatchesTheCpu) {
 TEST_P(CudaKda, ChunkedReadsUnalignedInputs) {
   CompareKda(*this, *cuda_, cpu_, GetParam(), /*force_recurrent=*/false, kChunkedTolerance,
              /*unaligned_inputs=*/true);
+}
+
+// bf16 q, k, v, gate logits and output (what the model gives the CUDA backend in prefill): the
+// chunked kernels round q̂, k̂ and βv to bf16 anyway, so only the output's rounding is new.
+TEST_P(CudaKda, ChunkedTakesBf16Activations) {
+  CompareKda(*this, *cuda_, cpu_, GetParam(), /*force_recurrent=*/false, kChunkedTolerance,
+             /*unaligned_inputs=*/false, DType::kBF16);
+}
+
+TEST_P(CudaKda, ChunkedTakesUnalignedBf16Activations) {
+  CompareKda(*this, *cuda_, cpu_, GetParam(), /*force_recurrent=*/false, kChunkedTolerance,
+             /*unaligned_inputs=*/true, DType::kBF16);
+}
+
+TEST_P(CudaKda, FusedRecurrentTakesBf16Activations) {
+  CompareKda(*this, *cuda_, cpu_, GetParam(), /*force_recurrent=*/true, kBf16OutputTolerance,
+             /*unaligned_inputs=*/false, DType::kBF16);
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
