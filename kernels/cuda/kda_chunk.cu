@@ -90,12 +90,16 @@ struct ChunkScratch {
 };
 
 // The next task's inputs, as the activations hold them (fp32 or bf16), copied in while the current
-// one finishes (phase 6 on).
+// one finishes (phase 6 on). v too where the inputs are bf16: then all four fit in the union below
+// (in fp32 they would not, and v is read from global memory at the task's start).
+template <typename In>
+constexpr bool kStagesV = sizeof(In) == 2;
 template <int D, typename In>
 struct PrepareStaging {
   In q[kChunk][D];
   In k[kChunk][D];
   In gate[kChunk][D];
+  In v[kStagesV<In> ? kChunk : 1][D];
   float beta_logits[kChunk];
 };
 
@@ -217,12 +221,6 @@ __device__ __forceinline__ float4 UnpackBf16(uint2 packed) {
 }
 __device__ __forceinline__ void Store4(bf16* p, float4 a) { *reinterpret_cast<uint2*>(p) = PackBf16(a); }
 __device__ __forceinline__ float4 Load4(const bf16* p) { return UnpackBf16(*reinterpret_cast<const uint2*>(p)); }
-// Four consecutive bf16 activations as floats: one 8-byte load where the caller vouches for the
-// alignment.
-__device__ __forceinline__ float4 Load4(const bf16* p, bool aligned) {
-  if (aligned) return UnpackBf16(__ldg(reinterpret_cast<const uint2*>(p)));
-  return make_float4(__bfloat162float(p[0]), __bfloat162float(p[1]), __bfloat162float(p[2]), __bfloat162float(p[3]));
-}
 __device__ __forceinline__ float4 LoadStaged4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float4 LoadStaged4(const bf16* p) { return Load4(p); }
 
@@ -280,6 +278,7 @@ __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkR
     copy(&next.q[r][c], RowOf<In>(in.q, t) + col + c);
     copy(&next.k[r][c], RowOf<In>(in.k, t) + col + c);
     copy(&next.gate[r][c], RowOf<In>(in.gate_logits, t) + col + c);
+    if constexpr (kStagesV<In>) copy(&next.v[r][c], RowOf<In>(in.v, t) + col + c);
   }
   if (static_cast<int>(threadIdx.x) < ref.length) {
     CopyAsync4(&next.beta_logits[threadIdx.x], RowF32(in.beta_logits, ref.row_begin + threadIdx.x) + h);
@@ -307,16 +306,19 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   const int64_t col = static_cast<int64_t>(h) * D + c0;
 
   // 1. Inputs: q̂, k̂ (rounded to bf16), β v, g, β. Rows past the chunk's length are zero (no
-  //    decay, β = 0), so they neither move G nor touch the state. v straight from global memory,
-  //    the rest from the staged copy (and the previous task's reads of shared memory done).
+  //    decay, β = 0), so they neither move G nor touch the state. From the staged copy (v from
+  //    global memory where it is not staged), once the previous task's reads of shared memory
+  //    are done.
   const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   float4 q[kRows], k[kRows], v[kRows], G[kRows];
   float beta[kRows];
+  if constexpr (!kStagesV<In>) {
 #pragma unroll
-  for (int i = 0; i < kRows; ++i) {
-    const int r = r0 + i;
-    const bool load = r < ref.length && on;
-    v[i] = load ? Load4(RowOf<In>(in.v, ref.row_begin + r) + col, kAlignedInputs) : zero;
+    for (int i = 0; i < kRows; ++i) {
+      const int r = r0 + i;
+      const bool load = r < ref.length && on;
+      v[i] = load ? Load4(RowOf<In>(in.v, ref.row_begin + r) + col, kAlignedInputs) : zero;
+    }
   }
   WaitAsync<0>();
   __syncthreads();
@@ -327,6 +329,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     q[i] = load ? LoadStaged4(&s.next.q[r][c0]) : zero;
     k[i] = load ? LoadStaged4(&s.next.k[r][c0]) : zero;
     G[i] = load ? LoadStaged4(&s.next.gate[r][c0]) : zero;
+    if constexpr (kStagesV<In>) v[i] = load ? LoadStaged4(&s.next.v[r][c0]) : zero;
     beta[i] = valid ? __fdividef(1.0f, 1.0f + Exp2(-kLog2E * s.next.beta_logits[r])) : 0.0f;
   }
   const float decay_rate = expf(LoadFlat(in.a_log, h));
