@@ -298,8 +298,8 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
       absl::MutexLock lock(&mutex_);
       ++saving_;
     }
-    save_threads_.Post([this, saved = std::move(seq), outcome = std::move(outcome)]() mutable {
-      SaveSession(*saved, outcome);
+    save_threads_.Post([this, saved = std::move(seq), outcome = std::move(outcome), ended = Clock::now()]() mutable {
+      SaveSession(*saved, outcome, ended);
       Finish(*saved, std::move(outcome));
     });
     return;
@@ -308,14 +308,13 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
   Finish(*seq, std::move(outcome));
 }
 
-void EngineCore::SaveSession(const Sequence& seq, RequestOutcome& outcome) {
+void EngineCore::SaveSession(const Sequence& seq, RequestOutcome& outcome, Clock::time_point ended) {
   internal::v1::CloseRequest close;
   internal::v1::CloseSequence* entry = close.add_sequences();
   entry->set_seq_id(seq.id);
   entry->mutable_snapshot()->set_tenant(seq.request.tenant);
   entry->mutable_snapshot()->set_session_id(seq.session_id);
   internal::v1::CloseResponse closed;
-  const Clock::time_point start = Clock::now();
   const absl::Status status = first_stage_.Close(close, &closed);
   {
     absl::MutexLock lock(&mutex_);
@@ -343,7 +342,7 @@ void EngineCore::SaveSession(const Sequence& seq, RequestOutcome& outcome) {
   if (!status.ok()) {
     base::LogWarn(context, "stage snapshot failed, the next turn recomputes it: {}", status.ToString());
   }
-  observer_->SessionSaved(closed.snapshot_bytes(), Seconds(Clock::now() - start));
+  observer_->SessionSaved(closed.snapshot_bytes(), Seconds(Clock::now() - ended));
 }
 
 void EngineCore::Finish(Sequence& seq, RequestOutcome outcome) {
@@ -528,7 +527,6 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
     return request;
   };
   if (opening.empty()) return failed;
-  const Clock::time_point start = Clock::now();
   internal::v1::OpenResponse opened;
   absl::Status status = first_stage_.Open(open_request(opening, restore), &opened);
   if (!status.ok()) {
@@ -587,9 +585,12 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
     }
   }
   // Counted once open: a session whose fresh reopen failed was neither restored nor recomputed.
-  const double seconds = Seconds(Clock::now() - start);
+  // Timed from admission, so a wait for a free transfer thread counts too.
+  const Clock::time_point now = Clock::now();
   for (const auto& [seq, restored] : resumed) {
-    if (seq->opened) observer_->SessionResumed(restored, static_cast<int64_t>(seq->history.size()), seconds);
+    if (seq->opened) {
+      observer_->SessionResumed(restored, static_cast<int64_t>(seq->history.size()), Seconds(now - seq->admitted));
+    }
   }
   return failed;
 }

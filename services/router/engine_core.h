@@ -123,8 +123,9 @@ class EngineCore {
   // the other sequences keep stepping while the snapshot moves.
   void Retire(uint64_t id, RequestOutcome outcome, bool snapshot);
   // The stages' snapshots and the manifest of a finished session turn (any thread); gives the
-  // turn's place in the running batch back once the stages' Close (their uploads) returns.
-  void SaveSession(const Sequence& seq, RequestOutcome& outcome);
+  // turn's place in the running batch back once the stages' Close (their uploads) returns. Its
+  // time is reported from `ended` (the turn's end), a wait for a free save thread included.
+  void SaveSession(const Sequence& seq, RequestOutcome& outcome, Clock::time_point ended);
   // Reports the outcome, frees the session and answers the caller (any thread).
   void Finish(Sequence& seq, RequestOutcome outcome);
   RequestOutcome Outcome(const Sequence& seq, absl::Status status,

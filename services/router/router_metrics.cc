@@ -51,9 +51,11 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(prometheus:
   DS_ASSIGN_OR_RETURN(f->step_duration, latency("deltaserve_step_duration_seconds",
                                                 "Time of one scheduling step through the pipeline"));
   DS_ASSIGN_OR_RETURN(f->resume, latency("deltaserve_session_resume_seconds",
-                                         "Time to open a continued session's state on the stages"));
+                                         "Time from a continued session's admission to its state open on the "
+                                         "stages, a wait for a free transfer thread included"));
   DS_ASSIGN_OR_RETURN(f->save, latency("deltaserve_session_save_seconds",
-                                       "Time to snapshot a session at the end of a turn"));
+                                       "Time from the end of a turn to its session saved, a wait for a free "
+                                       "transfer thread included"));
   DS_ASSIGN_OR_RETURN(HistogramFamily step_tokens,
                       AddHistogramFamily(registry, "deltaserve_step_tokens",
                                          "Tokens per scheduling step, by kind", PowerOfTwoBuckets(16)));

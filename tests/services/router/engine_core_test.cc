@@ -2,14 +2,19 @@
 // transit (saved at the end of a turn, or restored at the start of the next), other requests are
 // admitted, step and finish; a saving turn answers its caller only once its session is saved, and
 // the next turn resumes from it. A continued session counts as resumed (restored or recomputed)
-// only once it is open.
+// only once it is open. A save's time counts from the turn's end, a wait for a transfer thread
+// included.
 #include "services/router/engine_core.h"
 
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
@@ -32,11 +37,12 @@ RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_new_tokens) {
   return request;
 }
 
-// A turn of the session "agent".
-RouterRequest Turn(v1::SessionMode mode, std::vector<int32_t> prompt, int32_t max_new_tokens) {
+// A turn of the session `session` ("agent" unless named).
+RouterRequest Turn(v1::SessionMode mode, std::vector<int32_t> prompt, int32_t max_new_tokens,
+                   std::string session = "agent") {
   RouterRequest request = Greedy(std::move(prompt), max_new_tokens);
   request.session_mode = mode;
-  request.session_id = "agent";
+  request.session_id = std::move(session);
   return request;
 }
 
@@ -249,6 +255,59 @@ TEST(EngineCoreTest, ASessionCountsAsResumedOnlyOnceOpen) {
   EXPECT_EQ(recomputed.outcome.usage.recomputed_tokens(), 5);
   EXPECT_EQ(counter.restored(), 0);
   EXPECT_EQ(counter.recomputed(), 1);
+  engine.Shutdown();
+}
+
+// Records the engine's SessionSaved times.
+class SaveTimes final : public RouterObserver {
+ public:
+  void SessionSaved(int64_t /*bytes*/, double seconds) override {
+    absl::MutexLock lock(&mutex_);
+    seconds_.push_back(seconds);
+  }
+  std::vector<double> seconds() const {
+    absl::MutexLock lock(&mutex_);
+    return seconds_;
+  }
+
+ private:
+  mutable absl::Mutex mutex_;
+  std::vector<double> seconds_ ABSL_GUARDED_BY(mutex_);  // reported from the engine's save threads
+};
+
+// With one transfer thread, a turn that ends while another session saves waits for the thread;
+// its save time counts from the turn's end, the wait included.
+TEST(EngineCoreTest, ASaveTimeIncludesItsWaitForATransferThread) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store;
+  RouterConfig config = TwoPlaces();
+  config.session_transfer_threads = 1;
+  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  SaveTimes times;
+  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
+                    &store, &times);
+  OpenAtExit open_at_exit{store};
+
+  // Both turns end in the same step; one save holds at the gate, the other waits for the thread.
+  auto first = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {3, 4, 5}, 2, "first"));
+  auto second = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {6, 7, 8}, 2, "second"));
+  ASSERT_TRUE(first.ok() && second.ok());
+  ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "no turn reached its save";
+  constexpr auto kHeld = std::chrono::milliseconds(300);
+  std::this_thread::sleep_for(kHeld);
+  store.Open();
+  const auto until = std::chrono::steady_clock::now() + kPatience;
+  for (RequestStream* stream : {first->get(), second->get()}) {
+    const Collected done = Collect(*stream, until);
+    ASSERT_TRUE(done.finished);
+    EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
+  }
+  const std::vector<double> seconds = times.seconds();
+  ASSERT_EQ(seconds.size(), 2u);
+  // Less a step's margin: the second turn may end a step after the first save reached the gate.
+  for (const double s : seconds) EXPECT_GE(s, 0.25) << "a save's time left out the gate or the wait";
   engine.Shutdown();
 }
 
