@@ -124,7 +124,8 @@ class Backend {
   // The dtype the model keeps the KDA core's prefill activations in: CausalConvSilu's out, the
   // forget and output gates' logits (their MatMul's y), KdaAttention's q, k, v, gate logits and
   // out, GatedRmsNorm's x and gate. Those operations take F32 on every backend, and this dtype
-  // too where a backend returns another (the CUDA backend: BF16, as FLA's chunk_kda reads them).
+  // too where a backend returns another (the CUDA backend: BF16, as FLA's chunk_kda reads them;
+  // its MatMul then writes bf16 from any weight dtype).
   virtual DType KdaActivationDType() const { return DType::kF32; }
   // Gate, beta, q/k L2 norm and the delta rule; out [T, H*d] is the per-head read o_t.
   virtual void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs,

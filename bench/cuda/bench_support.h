@@ -9,8 +9,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
+
+#include "kernels/dtype.h"
 
 namespace deltaserve::bench {
 
@@ -28,40 +29,31 @@ inline void CheckBlas(cublasStatus_t status, const char* what) {
   }
 }
 
-// Device floats uniform in [-scale/2, scale/2) from a linear congruential generator seeded with
-// `seed`, generated on the host in slices.
-inline float* DeviceFloats(size_t count, float scale, unsigned seed) {
-  float* device = nullptr;
-  Check(cudaMalloc(&device, count * sizeof(float)), "cudaMalloc");
-  std::vector<float> host(std::min<size_t>(count, size_t{1} << 24));
+// `count` values uniform in [-scale/2, scale/2) from a linear congruential generator seeded with
+// `seed`, each stored as convert(value): generated on the host in slices and uploaded.
+template <typename T, typename Convert>
+T* DeviceUniform(size_t count, float scale, unsigned seed, Convert convert) {
+  T* device = nullptr;
+  Check(cudaMalloc(&device, count * sizeof(T)), "cudaMalloc");
+  std::vector<T> host(std::min<size_t>(count, size_t{1} << 24));
   for (size_t done = 0; done < count; done += host.size()) {
     const size_t n = std::min(host.size(), count - done);
     for (size_t i = 0; i < n; ++i) {
       seed = seed * 1664525u + 1013904223u;
-      host[i] = scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
+      host[i] = convert(scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f));
     }
-    Check(cudaMemcpy(device + done, host.data(), n * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    Check(cudaMemcpy(device + done, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), "upload");
   }
   return device;
 }
 
-// DeviceFloats' values (the same seed gives the same values) rounded to bf16, to nearest even.
+inline float* DeviceFloats(size_t count, float scale, unsigned seed) {
+  return DeviceUniform<float>(count, scale, seed, [](float value) { return value; });
+}
+
+// DeviceFloats' values (the same seed gives the same values) rounded to bf16.
 inline uint16_t* DeviceBf16(size_t count, float scale, unsigned seed) {
-  uint16_t* device = nullptr;
-  Check(cudaMalloc(&device, count * sizeof(uint16_t)), "cudaMalloc");
-  std::vector<uint16_t> host(std::min<size_t>(count, size_t{1} << 24));
-  for (size_t done = 0; done < count; done += host.size()) {
-    const size_t n = std::min(host.size(), count - done);
-    for (size_t i = 0; i < n; ++i) {
-      seed = seed * 1664525u + 1013904223u;
-      const float value = scale * (static_cast<float>(seed >> 8) / 16777216.0f - 0.5f);
-      uint32_t bits;
-      std::memcpy(&bits, &value, sizeof(bits));
-      host[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-    }
-    Check(cudaMemcpy(device + done, host.data(), n * sizeof(uint16_t), cudaMemcpyHostToDevice), "upload");
-  }
-  return device;
+  return DeviceUniform<uint16_t>(count, scale, seed, kernels::F32ToBF16);
 }
 
 template <typename T>

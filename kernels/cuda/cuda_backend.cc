@@ -480,15 +480,18 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
     return;
   }
   const float alpha = 1.0f, beta = 0.0f;
-  if (w.dtype == DType::kF32 || impl_->matmul_precision == MatmulPrecision::kF32) {
-    if (y.dtype != DType::kF32) {  // sgemm writes fp32: through a buffer, then rounded
-      Tensor wide_y = Allocate(t, n, DType::kF32);
-      MatMul(x, w, wide_y.view());
-      Tensor narrow = Allocate(t, n, y.dtype);
-      DS_CUDA(LaunchConvertF32(wide_y.view(), y.dtype, narrow.view().data, impl_->Stream()), "round product");
-      Copy(narrow.view(), y);
-      return;
-    }
+  const bool fp32_product = w.dtype == DType::kF32 || impl_->matmul_precision == MatmulPrecision::kF32;
+  // cuBLAS writes a half-precision y only of the weight's own type (bf16 · bf16 -> bf16), sgemm
+  // only fp32: any other y goes through an fp32 buffer and is rounded after.
+  if (y.dtype != DType::kF32 && (fp32_product || y.dtype != w.dtype)) {
+    Tensor wide_y = Allocate(t, n, DType::kF32);
+    MatMul(x, w, wide_y.view());
+    Tensor narrow = Allocate(t, n, y.dtype);
+    DS_CUDA(LaunchConvertF32(wide_y.view(), y.dtype, narrow.view().data, impl_->Stream()), "round product");
+    Copy(narrow.view(), y);
+    return;
+  }
+  if (fp32_product) {
     Tensor wide;
     const float* w_data = static_cast<const float*>(w.data);
     int64_t w_stride = w.row_stride;

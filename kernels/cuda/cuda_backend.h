@@ -1,5 +1,6 @@
 // The CUDA backend: weights on the GPU in their stored dtype (BF16 in the release), activations
-// and states in F32 device memory, matrix products through cuBLAS (bf16 inputs, fp32
+// and states in F32 device memory (the KDA core's activations outside decode steps in BF16, see
+// KdaActivationDType), matrix products through cuBLAS (bf16 inputs, fp32
 // accumulation), everything else in our kernels (kernels/cuda/*.cu). One stream; host-visible
 // results (Download) synchronise it. Tested against the CPU backend op by op and on the fixtures.
 #pragma once
@@ -116,8 +117,11 @@ class CudaBackend final : public Backend {
   void SwiGlu(TensorView gate, TensorView up, TensorView out) override;
   void CausalConvSilu(TensorView x, TensorView weight, std::span<const ConvSequence> seqs,
                       TensorView out) override;
-  // BF16 in serving precision (the chunked kernels then move half the bytes; they round these
-  // operands to bf16 for the tensor cores anyway); F32 in the fp32 validation mode.
+  // BF16 in serving precision: the chunked kernels then move half the bytes (their tensor-core
+  // operands are bf16 anyway; the inputs' and the read's own rounding is what is new, bounded in
+  // the tests). Decode rows in a step that also prefills go through KdaAttention too, so they see
+  // the same rounding; a pure decode step (KdaDecodeStep) stays fp32. F32 in the fp32 validation
+  // mode.
   DType KdaActivationDType() const override;
   void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs, TensorView out) override;
   void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim, float eps,

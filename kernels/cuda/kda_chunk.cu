@@ -254,9 +254,10 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
   return v[0];
 }
 
-// Queues the copy of a task's q, k and gate rows (chunk `ref`, head h's columns) and β logits into
-// `next`: the rows of the chunk only (phase 1 zeroes the others). 16-byte pieces where the rows
-// are aligned; otherwise 4-byte ones (fp32), or plain loads and stores (bf16).
+// Queues the copy of a task's q, k and gate rows (and v's, where kStagesV; chunk `ref`, head h's
+// columns) and β logits into `next`: the rows of the chunk only (phase 1 zeroes the others).
+// 16-byte cp.async pieces where the rows are aligned; otherwise 4-byte ones (fp32), or plain
+// loads and stores (bf16: synchronous, so not overlapped; the model's rows are aligned).
 template <int D, typename In, bool kAlignedInputs>
 __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkRef& ref, int h,
                                             PrepareStaging<D, In>& next) {
@@ -587,8 +588,8 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
 
 // Persistent blocks take the (chunk, head) tasks ch = chunk * heads + h in turn: block b the
 // tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 6-7), the next
-// task's q, k and gate rows are copied into shared memory, so that its loads overlap them rather
-// than every block waiting on its inputs at once.
+// task's q, k and gate rows (and v's with bf16 inputs) are copied into shared memory, so that its
+// loads overlap them rather than every block waiting on its inputs at once.
 template <int D, typename In, bool kAlignedInputs>
 __global__ void __launch_bounds__(kPrepareWarps * 32)
     KdaChunkPrepareKernel(KdaInputs in, const KdaChunkRef* chunks, int64_t tasks, ChunkScratch<D> scratch) {

@@ -1,6 +1,6 @@
 // The checks the KDA launchers (fused recurrent, chunked, decode step) make of their inputs: fp32
-// activations (or bf16 where the launcher reads them: q, k, v and the gate logits in one dtype,
-// the output in either), float parameters, and shapes that agree with num_heads x head_dim and the
+// activations (or bf16 where the launcher takes them: q, k, v, the gate logits and the output in
+// one dtype), float parameters, and shapes that agree with num_heads x head_dim and the
 // rows.
 #pragma once
 
@@ -13,9 +13,8 @@ inline bool KdaInputsMatch(const KdaInputs& in, const TensorView& out, bool bf16
   const DType act = in.q.dtype;
   const auto is = [](const TensorView& v, DType dtype) { return v.dtype == dtype; };
   const bool act_ok = act == DType::kF32 || (bf16_activations && act == DType::kBF16);
-  const bool out_ok = is(out, DType::kF32) || (bf16_activations && is(out, DType::kBF16));
   if (!act_ok || !is(in.k, act) || !is(in.v, act) || !is(in.gate_logits, act) || !is(in.beta_logits, DType::kF32) ||
-      !out_ok || in.a_log.dtype == DType::kI32 || in.dt_bias.dtype == DType::kI32) {
+      !is(out, act) || in.a_log.dtype == DType::kI32 || in.dt_bias.dtype == DType::kI32) {
     return false;
   }
   return in.q.cols == width && in.k.cols == width && in.v.cols == width &&

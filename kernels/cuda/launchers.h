@@ -48,7 +48,7 @@ struct ConvRun {
 int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t num_seqs,
                          const ConvRun* runs, int64_t num_runs, TensorView out, Stream stream);
 // The delta rule token by token, gate, beta and q/k L2 norm fused (Backend::KdaAttention).
-// q, k, v and the gate logits F32 or BF16 (one dtype), out either. Supports head_dim in
+// q, k, v, the gate logits and out F32 or BF16 (one dtype). Supports head_dim in
 // {16, 24, 32, 48, 64, 96, 128}; returns cudaErrorInvalidValue otherwise.
 int LaunchKdaRecurrent(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                        TensorView out, Stream stream);
@@ -81,8 +81,8 @@ bool KdaChunkedSupports(int64_t head_dim);
 size_t KdaChunkedScratchBytes(int64_t num_chunks, int64_t heads, int64_t head_dim);
 // The chunked (prefill) form of Backend::KdaAttention (spec §2.4) for `num_seqs` sequences
 // split into `num_chunks` chunks: sequence i owns chunks [first_chunk[i], first_chunk[i + 1]), in
-// order (first_chunk has num_seqs + 1 entries). Tensor cores, bf16 intermediates; q, k, v and
-// the gate logits F32 or BF16 (one dtype), out either.
+// order (first_chunk has num_seqs + 1 entries). Tensor cores, bf16 intermediates; q, k, v, the
+// gate logits and out F32 or BF16 (one dtype).
 int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
                      const KdaChunkRef* chunks, const int32_t* first_chunk, int64_t num_chunks,
                      void* scratch, TensorView out, Stream stream);

@@ -2,8 +2,8 @@
 // transit (saved at the end of a turn, or restored at the start of the next), other requests are
 // admitted, step and finish; a saving turn answers its caller only once its session is saved, and
 // the next turn resumes from it. A continued session counts as resumed (restored or recomputed)
-// only once it is open. A save's time counts from the turn's end, a wait for a transfer thread
-// included.
+// only once it is open. A save's time counts from the turn's end and a resume's from its
+// admission, a wait for a transfer thread included.
 #include "services/router/engine_core.h"
 
 #include <atomic>
@@ -258,22 +258,49 @@ TEST(EngineCoreTest, ASessionCountsAsResumedOnlyOnceOpen) {
   engine.Shutdown();
 }
 
-// Records the engine's SessionSaved times.
-class SaveTimes final : public RouterObserver {
+// Records the engine's SessionSaved and SessionResumed times.
+class TransferTimes final : public RouterObserver {
  public:
   void SessionSaved(int64_t /*bytes*/, double seconds) override {
     absl::MutexLock lock(&mutex_);
-    seconds_.push_back(seconds);
+    saves_.push_back(seconds);
   }
-  std::vector<double> seconds() const {
+  void SessionResumed(bool /*restored*/, int64_t /*history_tokens*/, double seconds) override {
     absl::MutexLock lock(&mutex_);
-    return seconds_;
+    resumes_.push_back(seconds);
+  }
+  std::vector<double> saves() const {
+    absl::MutexLock lock(&mutex_);
+    return saves_;
+  }
+  std::vector<double> resumes() const {
+    absl::MutexLock lock(&mutex_);
+    return resumes_;
   }
 
  private:
   mutable absl::Mutex mutex_;
-  std::vector<double> seconds_ ABSL_GUARDED_BY(mutex_);  // reported from the engine's save threads
+  // Reported from the engine's save and open threads.
+  std::vector<double> saves_ ABSL_GUARDED_BY(mutex_), resumes_ ABSL_GUARDED_BY(mutex_);
 };
+
+// How long the tests below hold a transfer at the gate, and the least a time that includes it may
+// read: a step's margin, for a turn that ends (or is admitted) a step after the held one.
+constexpr auto kHeld = std::chrono::milliseconds(500);
+constexpr double kHeldAtLeast = 0.4;
+
+// Two sessions' turns, submitted together, each to its end.
+void RunTwoTurns(EngineCore& engine, v1::SessionMode mode) {
+  auto first = engine.Submit(Turn(mode, {3, 4, 5}, 2, "first"));
+  auto second = engine.Submit(Turn(mode, {6, 7, 8}, 2, "second"));
+  ASSERT_TRUE(first.ok() && second.ok());
+  const auto until = std::chrono::steady_clock::now() + kPatience;
+  for (RequestStream* stream : {first->get(), second->get()}) {
+    const Collected done = Collect(*stream, until);
+    ASSERT_TRUE(done.finished);
+    EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
+  }
+}
 
 // With one transfer thread, a turn that ends while another session saves waits for the thread;
 // its save time counts from the turn's end, the wait included.
@@ -285,29 +312,49 @@ TEST(EngineCoreTest, ASaveTimeIncludesItsWaitForATransferThread) {
   RouterConfig config = TwoPlaces();
   config.session_transfer_threads = 1;
   StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
-  SaveTimes times;
+  TransferTimes times;
   EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
                     &store, &times);
   OpenAtExit open_at_exit{store};
 
   // Both turns end in the same step; one save holds at the gate, the other waits for the thread.
-  auto first = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {3, 4, 5}, 2, "first"));
-  auto second = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {6, 7, 8}, 2, "second"));
-  ASSERT_TRUE(first.ok() && second.ok());
-  ASSERT_TRUE(store.WaitForHeldTransfer(kPatience)) << "no turn reached its save";
-  constexpr auto kHeld = std::chrono::milliseconds(300);
+  std::thread turns([&] { RunTwoTurns(engine, v1::SESSION_MODE_CREATE); });
+  const bool held = store.WaitForHeldTransfer(kPatience);
   std::this_thread::sleep_for(kHeld);
   store.Open();
-  const auto until = std::chrono::steady_clock::now() + kPatience;
-  for (RequestStream* stream : {first->get(), second->get()}) {
-    const Collected done = Collect(*stream, until);
-    ASSERT_TRUE(done.finished);
-    EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
-  }
-  const std::vector<double> seconds = times.seconds();
+  turns.join();
+  ASSERT_TRUE(held) << "no turn reached its save";
+  const std::vector<double> seconds = times.saves();
   ASSERT_EQ(seconds.size(), 2u);
-  // Less a step's margin: the second turn may end a step after the first save reached the gate.
-  for (const double s : seconds) EXPECT_GE(s, 0.25) << "a save's time left out the gate or the wait";
+  for (const double s : seconds) EXPECT_GE(s, kHeldAtLeast) << "a save's time left out the gate or the wait";
+  engine.Shutdown();
+}
+
+// The same for resumes: a continued turn admitted while another one's snapshot is held waits for
+// the open thread, and its resume time counts from its admission.
+TEST(EngineCoreTest, AResumeTimeIncludesItsWaitForATransferThread) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store(testing::GatedStoreClient::Hold::kDownloads);
+  RouterConfig config = TwoPlaces();
+  config.session_transfer_threads = 1;
+  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  TransferTimes times;
+  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
+                    &store, &times);
+  OpenAtExit open_at_exit{store};
+  RunTwoTurns(engine, v1::SESSION_MODE_CREATE);  // saves only: nothing downloads yet
+
+  std::thread turns([&] { RunTwoTurns(engine, v1::SESSION_MODE_CONTINUE); });
+  const bool held = store.WaitForHeldTransfer(kPatience);
+  std::this_thread::sleep_for(kHeld);
+  store.Open();
+  turns.join();
+  ASSERT_TRUE(held) << "no turn fetched its snapshot";
+  const std::vector<double> seconds = times.resumes();
+  ASSERT_EQ(seconds.size(), 2u);
+  for (const double s : seconds) EXPECT_GE(s, kHeldAtLeast) << "a resume's time left out the gate or the wait";
   engine.Shutdown();
 }
 
