@@ -302,13 +302,18 @@ void RunTwoTurns(EngineCore& engine, v1::SessionMode mode) {
   }
 }
 
-// With one transfer thread, a turn that ends while another session saves waits for the thread;
-// its save time counts from the turn's end, the wait included.
-TEST(EngineCoreTest, ASaveTimeIncludesItsWaitForATransferThread) {
+// Two sessions' turns with one transfer thread, while the first transfer to reach the gate (an
+// upload: the turns create their sessions and save; a download: they continue them, created
+// first) waits there kHeld. Returns the save and resume times the engine reported.
+struct TransferRun {
+  std::vector<double> saves, resumes;
+};
+TransferRun RunWithOneHeldTransfer(testing::GatedStoreClient::Hold hold) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
   auto model = model::KimiLinearModel::Load(kFixture, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
-  testing::GatedStoreClient store;
+  EXPECT_TRUE(model.ok()) << model.status();
+  if (!model.ok()) return {};
+  testing::GatedStoreClient store(hold);
   RouterConfig config = TwoPlaces();
   config.session_transfer_threads = 1;
   StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
@@ -316,46 +321,32 @@ TEST(EngineCoreTest, ASaveTimeIncludesItsWaitForATransferThread) {
   EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
                     &store, &times);
   OpenAtExit open_at_exit{store};
+  const bool uploads = hold == testing::GatedStoreClient::Hold::kUploads;
+  if (!uploads) RunTwoTurns(engine, v1::SESSION_MODE_CREATE);  // saves only: nothing downloads yet
 
-  // Both turns end in the same step; one save holds at the gate, the other waits for the thread.
-  std::thread turns([&] { RunTwoTurns(engine, v1::SESSION_MODE_CREATE); });
-  const bool held = store.WaitForHeldTransfer(kPatience);
+  std::thread turns([&] { RunTwoTurns(engine, uploads ? v1::SESSION_MODE_CREATE : v1::SESSION_MODE_CONTINUE); });
+  EXPECT_TRUE(store.WaitForHeldTransfer(kPatience)) << "no turn reached the gate";
   std::this_thread::sleep_for(kHeld);
   store.Open();
   turns.join();
-  ASSERT_TRUE(held) << "no turn reached its save";
-  const std::vector<double> seconds = times.saves();
-  ASSERT_EQ(seconds.size(), 2u);
-  for (const double s : seconds) EXPECT_GE(s, kHeldAtLeast) << "a save's time left out the gate or the wait";
   engine.Shutdown();
+  return {times.saves(), times.resumes()};
 }
 
-// The same for resumes: a continued turn admitted while another one's snapshot is held waits for
-// the open thread, and its resume time counts from its admission.
-TEST(EngineCoreTest, AResumeTimeIncludesItsWaitForATransferThread) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto model = model::KimiLinearModel::Load(kFixture, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
-  testing::GatedStoreClient store(testing::GatedStoreClient::Hold::kDownloads);
-  RouterConfig config = TwoPlaces();
-  config.session_transfer_threads = 1;
-  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
-  TransferTimes times;
-  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
-                    &store, &times);
-  OpenAtExit open_at_exit{store};
-  RunTwoTurns(engine, v1::SESSION_MODE_CREATE);  // saves only: nothing downloads yet
+// A turn that ends while another session saves waits for the thread; its save time counts from
+// the turn's end, the wait included.
+TEST(EngineCoreTest, ASaveTimeIncludesItsWaitForATransferThread) {
+  const TransferRun run = RunWithOneHeldTransfer(testing::GatedStoreClient::Hold::kUploads);
+  ASSERT_EQ(run.saves.size(), 2u);
+  for (const double s : run.saves) EXPECT_GE(s, kHeldAtLeast) << "a save's time left out the gate or the wait";
+}
 
-  std::thread turns([&] { RunTwoTurns(engine, v1::SESSION_MODE_CONTINUE); });
-  const bool held = store.WaitForHeldTransfer(kPatience);
-  std::this_thread::sleep_for(kHeld);
-  store.Open();
-  turns.join();
-  ASSERT_TRUE(held) << "no turn fetched its snapshot";
-  const std::vector<double> seconds = times.resumes();
-  ASSERT_EQ(seconds.size(), 2u);
-  for (const double s : seconds) EXPECT_GE(s, kHeldAtLeast) << "a resume's time left out the gate or the wait";
-  engine.Shutdown();
+// A continued turn admitted while another one's snapshot is held waits for the open thread; its
+// resume time counts from its admission.
+TEST(EngineCoreTest, AResumeTimeIncludesItsWaitForATransferThread) {
+  const TransferRun run = RunWithOneHeldTransfer(testing::GatedStoreClient::Hold::kDownloads);
+  ASSERT_EQ(run.resumes.size(), 2u);
+  for (const double s : run.resumes) EXPECT_GE(s, kHeldAtLeast) << "a resume's time left out the gate or the wait";
 }
 
 }  // namespace
