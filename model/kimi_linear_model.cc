@@ -69,9 +69,13 @@ std::string KimiLinearModel::SnapshotState(const SequenceState& state) const {
   return EncodeState(state);
 }
 
-absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(
-    std::string_view snapshot) const {
-  return DecodeState(snapshot, config(), backend_, fingerprint_, layer_begin(), layer_end());
+std::string KimiLinearModel::SnapshotStateUnsealed(const SequenceState& state) const {
+  return EncodeStateUnsealed(state);
+}
+
+absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(std::string_view snapshot,
+                                                                             bool checksum_verified) const {
+  return DecodeState(snapshot, config(), backend_, fingerprint_, layer_begin(), layer_end(), checksum_verified);
 }
 
 absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,

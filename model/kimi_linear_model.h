@@ -79,8 +79,13 @@ class KimiLinearModel {
   std::unique_ptr<SequenceState> NewState() const;
   // OK unless this thread's backend operations failed since the last check (model/device_failure.h).
   absl::Status TakeDeviceFailure(std::string_view during) const;
+  // The state's snapshot (model/state/state_codec.h). SnapshotStateUnsealed does the state's
+  // reads alone, for a caller that holds a lock over them: SealState finishes it (any thread).
   std::string SnapshotState(const SequenceState& state) const;
-  absl::StatusOr<std::unique_ptr<SequenceState>> RestoreState(std::string_view snapshot) const;
+  std::string SnapshotStateUnsealed(const SequenceState& state) const;
+  // `checksum_verified`: ReadStateEnvelope already checked the snapshot (DecodeState).
+  absl::StatusOr<std::unique_ptr<SequenceState>> RestoreState(std::string_view snapshot,
+                                                              bool checksum_verified = false) const;
 
   // Runs every sequence's new tokens in one packed step and advances the states. `logits`
   // receives [rows, vocab_size] fp32: one row per requested position, sequences in batch order,

@@ -15,6 +15,18 @@
 namespace deltaserve::model {
 
 std::string EncodeState(const SequenceState& state) {
+  std::string bytes = EncodeStateUnsealed(state);
+  SealState(bytes);
+  return bytes;
+}
+
+void SealState(std::string& unsealed) {
+  ByteWriter trailer;
+  trailer.Put<uint32_t>(StateChecksum(unsealed));
+  unsealed += trailer.out();
+}
+
+std::string EncodeStateUnsealed(const SequenceState& state) {
   const KimiLinearConfig& config = state.config();
   kernels::Backend& backend = state.backend();
   ByteWriter writer;
@@ -43,7 +55,6 @@ std::string EncodeState(const SequenceState& state) {
       mla.ForEachRange(0, mla.num_cached, [&](int64_t, kernels::TensorView rows) { put_tensor(rows); });
     }
   }
-  writer.Put<uint32_t>(StateChecksum(writer.out()));
   return std::move(writer.out());
 }
 
@@ -51,9 +62,10 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
                                                           const KimiLinearConfig& config,
                                                           kernels::Backend& backend,
                                                           uint64_t expected_fingerprint,
-                                                          int64_t layer_begin, int64_t layer_end) {
+                                                          int64_t layer_begin, int64_t layer_end,
+                                                          bool checksum_verified) {
   ByteReader reader(bytes);
-  DS_ASSIGN_OR_RETURN(StateEnvelope envelope, ReadStateHeader(bytes, reader));
+  DS_ASSIGN_OR_RETURN(StateEnvelope envelope, ReadStateHeader(bytes, reader, !checksum_verified));
   if (envelope.model_fingerprint != expected_fingerprint) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "state snapshot belongs to another model (fingerprint %016x, this model is %016x)",

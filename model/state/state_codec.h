@@ -22,13 +22,21 @@
 namespace deltaserve::model {
 
 std::string EncodeState(const SequenceState& state);
+// EncodeState in two parts, so that a caller can hold a lock over the state's reads alone:
+// EncodeStateUnsealed reads the state (device downloads) and writes every byte but the checksum
+// trailer; SealState appends the checksum (the CPU over the bytes: any thread, no state).
+std::string EncodeStateUnsealed(const SequenceState& state);
+void SealState(std::string& unsealed);
 
 // Decodes `bytes` into a new state for `config` / `backend`, provided the snapshot carries
-// `expected_fingerprint` and the layer range [layer_begin, layer_end).
+// `expected_fingerprint` and the layer range [layer_begin, layer_end). With `checksum_verified`
+// the caller has checked the bytes with ReadStateEnvelope already (outside a lock, say), and the
+// checksum is not computed again.
 absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view bytes,
                                                           const KimiLinearConfig& config,
                                                           kernels::Backend& backend,
                                                           uint64_t expected_fingerprint,
-                                                          int64_t layer_begin, int64_t layer_end);
+                                                          int64_t layer_begin, int64_t layer_end,
+                                                          bool checksum_verified = false);
 
 }  // namespace deltaserve::model

@@ -24,8 +24,10 @@ uint32_t StateChecksum(std::string_view bytes) {
   return static_cast<uint32_t>(crc);
 }
 
-// Reads the header after verifying magic, version and checksum; leaves `reader` at the tokens.
-absl::StatusOr<StateEnvelope> ReadStateHeader(std::string_view bytes, ByteReader& reader) {
+// Reads the header after verifying magic, version and (where asked) checksum; leaves `reader` at
+// the tokens.
+absl::StatusOr<StateEnvelope> ReadStateHeader(std::string_view bytes, ByteReader& reader,
+                                              bool verify_checksum) {
   if (bytes.size() < kStateHeaderBytes + kStateTrailerBytes) {
     return absl::DataLossError(absl::StrCat("state snapshot of ", bytes.size(),
                                             " bytes is shorter than its fixed header"));
@@ -44,12 +46,14 @@ absl::StatusOr<StateEnvelope> ReadStateHeader(std::string_view bytes, ByteReader
         "state snapshot has format version ", envelope.format_version, "; this build reads version ",
         kStateFormatVersion));
   }
-  uint32_t stored_crc;
-  std::memcpy(&stored_crc, bytes.data() + bytes.size() - kStateTrailerBytes, sizeof(stored_crc));
-  const uint32_t actual_crc = StateChecksum(bytes.substr(0, bytes.size() - kStateTrailerBytes));
-  if (stored_crc != actual_crc) {
-    return absl::DataLossError(absl::StrFormat(
-        "state snapshot is corrupt: checksum %08x, expected %08x", actual_crc, stored_crc));
+  if (verify_checksum) {
+    uint32_t stored_crc;
+    std::memcpy(&stored_crc, bytes.data() + bytes.size() - kStateTrailerBytes, sizeof(stored_crc));
+    const uint32_t actual_crc = StateChecksum(bytes.substr(0, bytes.size() - kStateTrailerBytes));
+    if (stored_crc != actual_crc) {
+      return absl::DataLossError(absl::StrFormat(
+          "state snapshot is corrupt: checksum %08x, expected %08x", actual_crc, stored_crc));
+    }
   }
   DS_RETURN_IF_ERROR(reader.Get(&flags, "flags"));
   DS_RETURN_IF_ERROR(reader.Get(&envelope.model_fingerprint, "fingerprint"));
@@ -69,7 +73,7 @@ absl::StatusOr<StateEnvelope> ReadStateHeader(std::string_view bytes, ByteReader
 
 absl::StatusOr<StateEnvelope> ReadStateEnvelope(std::string_view bytes) {
   ByteReader reader(bytes);
-  return ReadStateHeader(bytes, reader);
+  return ReadStateHeader(bytes, reader, /*verify_checksum=*/true);
 }
 
 }  // namespace deltaserve::model

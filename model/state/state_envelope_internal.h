@@ -1,4 +1,5 @@
-// Shared by the envelope reader and the codec: reads the header, leaving `reader` at the tokens.
+// Shared by the envelope reader and the codec: reads the header, leaving `reader` at the tokens;
+// checks the checksum where `verify_checksum`.
 #pragma once
 
 #include <string_view>
@@ -9,6 +10,7 @@
 
 namespace deltaserve::model {
 
-absl::StatusOr<StateEnvelope> ReadStateHeader(std::string_view bytes, ByteReader& reader);
+absl::StatusOr<StateEnvelope> ReadStateHeader(std::string_view bytes, ByteReader& reader,
+                                              bool verify_checksum);
 
 }  // namespace deltaserve::model

@@ -10,6 +10,8 @@
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
 #include "model/generator.h"
+#include "model/state/state_codec.h"
+#include "model/state/state_envelope.h"
 #include "services/transport/sampling_proto.h"
 
 namespace deltaserve::services {
@@ -30,7 +32,8 @@ int64_t StageEngine::open_sequences() const {
 absl::StatusOr<std::unique_ptr<model::SequenceState>> StageEngine::Restore(
     const absl::StatusOr<Part>& snapshot, int64_t expected_tokens) {
   DS_RETURN_IF_ERROR(snapshot.status());
-  DS_ASSIGN_OR_RETURN(std::unique_ptr<model::SequenceState> state, model_.RestoreState(snapshot->payload));
+  DS_ASSIGN_OR_RETURN(std::unique_ptr<model::SequenceState> state,
+                      model_.RestoreState(snapshot->payload, /*checksum_verified=*/true));
   if (state->num_tokens() != expected_tokens) {
     return absl::FailedPreconditionError(absl::StrCat("snapshot ", PartName(), " covers ",
                                                       state->num_tokens(), " tokens, the session has ",
@@ -51,8 +54,8 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
         "stage ", PartName(), " starts at layer ", model_.layer_begin(), ", the caller expects layer ",
         request.layer_begin(), ": the pipeline changed since it started; restart it as a whole"));
   }
-  // The snapshots to restore are fetched before the lock, so the other sequences' steps never
-  // wait for the store.
+  // The snapshots to restore are fetched and their checksums verified before the lock, so the
+  // other sequences' steps never wait for the store or the CRC over gigabytes.
   std::vector<std::optional<absl::StatusOr<Part>>> snapshots(request.sequences_size());
   for (int i = 0; i < request.sequences_size(); ++i) {
     const internal::v1::OpenSequence& open = request.sequences(i);
@@ -60,6 +63,11 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
     snapshots[i] = store_ == nullptr
                        ? absl::FailedPreconditionError("this stage has no session store")
                        : store_->GetPart(open.restore().tenant(), open.restore().session_id(), PartName());
+    if (snapshots[i]->ok()) {
+      if (const absl::Status valid = model::ReadStateEnvelope((*snapshots[i])->payload).status(); !valid.ok()) {
+        snapshots[i] = valid;
+      }
+    }
   }
   absl::ReleasableMutexLock lock(&mutex_);
   const int64_t vocab = model_.config().vocab_size;
@@ -195,8 +203,8 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
 
 absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
                                 internal::v1::CloseResponse* response) {
-  // The snapshots are taken under the lock and uploaded after it, so the other sequences' steps
-  // never wait for the store.
+  // The snapshots are copied off the state under the lock, and checksummed and uploaded after
+  // it, so the other sequences' steps never wait for the CRC or the store.
   struct Upload {
     const internal::v1::SessionRef* session;
     std::string payload;
@@ -215,7 +223,7 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
               absl::StrCat("snapshot of ", PartName(), ": this stage has no session store"));
         }
       } else if (close.has_snapshot()) {
-        uploads.push_back({&close.snapshot(), model_.SnapshotState(*it->second.state),
+        uploads.push_back({&close.snapshot(), model_.SnapshotStateUnsealed(*it->second.state),
                            it->second.state->ByteSize()});
       }
       sequences_.erase(it);
@@ -230,6 +238,7 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
     if (first_error.ok()) first_error = status;
   }
   for (Upload& upload : uploads) {
+    model::SealState(upload.payload);
     const absl::Status status = store_
                                     ->PutPart(upload.session->tenant(), upload.session->session_id(),
                                               PartName(), PartKind::kState, std::move(upload.payload))

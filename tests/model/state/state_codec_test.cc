@@ -71,6 +71,27 @@ TEST_F(StateCodecTest, RoundTripsExactly) {
   }
 }
 
+// A stage encodes under its lock and seals after it, and verifies before its lock and decodes
+// under it: the two halves give EncodeState's bytes, and a decode told the checksum was verified
+// gives DecodeState's state.
+TEST_F(StateCodecTest, SplitEncodingAndVerifiedDecodingMatchTheWhole) {
+  std::unique_ptr<SequenceState> state = RandomState(9, 6);
+  const std::string whole = EncodeState(*state);
+  std::string sealed = EncodeStateUnsealed(*state);
+  EXPECT_EQ(sealed.size() + kStateTrailerBytes, whole.size());
+  SealState(sealed);
+  EXPECT_EQ(sealed, whole);
+  ASSERT_TRUE(ReadStateEnvelope(sealed).ok());
+  absl::StatusOr<std::unique_ptr<SequenceState>> decoded =
+      DecodeState(sealed, config_, backend_, kFingerprint, 0, config_.num_layers, /*checksum_verified=*/true);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(EncodeState(**decoded), whole);
+  // What the stage's early check refuses: a payload byte flipped.
+  std::string damaged = whole;
+  damaged[damaged.size() / 2] ^= 0x10;
+  EXPECT_EQ(ReadStateEnvelope(damaged).status().code(), absl::StatusCode::kDataLoss);
+}
+
 TEST_F(StateCodecTest, RefusesAnotherModel) {
   const std::string bytes = EncodeState(*RandomState(3, 2));
   absl::StatusOr<std::unique_ptr<SequenceState>> decoded = Decode(bytes, kFingerprint + 1);
