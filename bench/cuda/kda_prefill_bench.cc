@@ -4,7 +4,8 @@
 // fp32 activations (q, k, v, gate logits in, the read out) and with bf16 ones (what the CUDA
 // backend's model path uses, and FLA's dtype). Prints one JSON line per case and dtype;
 // bench/peers/fla_kda_prefill.py times FLA's chunk_kda on the same shapes and work.
-// Usage: cuda_kda_prefill_bench [--heads H] [--iters N] [--batch B --tokens T]
+// Usage: cuda_kda_prefill_bench [--heads H] [--iters N] [--batch B --tokens T | --varlen 1]
+//   (--batch/--tokens or --varlen: that case alone)
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -126,14 +127,20 @@ int main(int argc, char** argv) {
   int heads = 32, iters = 10;
   std::vector<Case> cases;
   int64_t batch = 0, tokens = 0;
+  bool varlen_only = false;
   for (int i = 1; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--varlen") == 0) varlen_only = std::atoi(argv[i + 1]) != 0;
     if (std::strcmp(argv[i], "--heads") == 0) heads = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--batch") == 0) batch = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--tokens") == 0) tokens = std::atoll(argv[i + 1]);
   }
+  // 16 sequences of mixed lengths, 16k tokens in all (FLA's varlen planning case).
+  const Case varlen{"varlen", {2048, 512, 1536, 64, 3000, 100, 1024, 777, 2500, 1, 900, 1200, 333, 700, 500, 1087}};
   if (batch > 0 && tokens > 0) {
     cases.push_back({"fixed", std::vector<int64_t>(batch, tokens)});
+  } else if (varlen_only) {
+    cases.push_back(varlen);
   } else {
     cases.push_back({"fixed", {4096}, true});
     for (int64_t b : {1, 8}) {
@@ -142,9 +149,7 @@ int main(int argc, char** argv) {
         cases.push_back({"fixed", std::vector<int64_t>(b, t)});
       }
     }
-    // 16 sequences of mixed lengths, 16k tokens in all (FLA's varlen planning case).
-    cases.push_back({"varlen", {2048, 512, 1536, 64, 3000, 100, 1024, 777, 2500, 1, 900, 1200,
-                                333, 700, 500, 1087}});
+    cases.push_back(varlen);
   }
   cudaDeviceProp prop{};
   Check(cudaGetDeviceProperties(&prop, 0), "device properties");

@@ -46,7 +46,8 @@ class StageEngine final : public StageChannel {
     std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
   };
 
-  // The state in a fetched snapshot, or the reason it cannot be restored.
+  // The state in a fetched snapshot (its checksum verified by Open before its lock), or the
+  // reason it cannot be restored.
   absl::StatusOr<std::unique_ptr<model::SequenceState>> Restore(const absl::StatusOr<Part>& snapshot,
                                                                int64_t expected_tokens);
 
