@@ -5,7 +5,7 @@
 // backend's model path uses, and FLA's dtype). Prints one JSON line per case and dtype;
 // bench/peers/fla_kda_prefill.py times FLA's chunk_kda on the same shapes and work.
 // Usage: cuda_kda_prefill_bench [--heads H] [--iters N] [--batch B --tokens T | --varlen 1]
-//   (--batch/--tokens or --varlen: that case alone)
+//   (--batch/--tokens, which win over --varlen, or --varlen: that case alone)
 #include <cuda_runtime.h>
 
 #include <cstdio>

@@ -223,8 +223,14 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
               absl::StrCat("snapshot of ", PartName(), ": this stage has no session store"));
         }
       } else if (close.has_snapshot()) {
-        uploads.push_back({&close.snapshot(), model_.SnapshotStateUnsealed(*it->second.state),
-                           it->second.state->ByteSize()});
+        std::string payload = model_.SnapshotStateUnsealed(*it->second.state);
+        // A failed device copy leaves bytes that would checksum fine: not uploaded.
+        if (absl::Status copied = model_.TakeDeviceFailure(absl::StrCat("snapshot of ", PartName()));
+            !copied.ok()) {
+          if (first_error.ok()) first_error = copied;
+        } else {
+          uploads.push_back({&close.snapshot(), std::move(payload), it->second.state->ByteSize()});
+        }
       }
       sequences_.erase(it);
     }

@@ -1,7 +1,8 @@
 // A session store client whose transfers of stage snapshots (parts named "layers-...", or those
 // starting with a given prefix) in one direction, uploads or downloads, wait at a gate until the
 // test opens it, so a test can hold a snapshot in transit while it checks what else keeps
-// working. Everything else goes straight to an in-memory SnapshotStore.
+// working; after DamageDownloads, every stage snapshot it hands out has one byte flipped (damage
+// in transit). Everything else goes straight to an in-memory SnapshotStore.
 #pragma once
 
 #include <chrono>
@@ -37,6 +38,10 @@ class GatedStoreClient final : public services::StoreClient {
     absl::MutexLock lock(&mutex_);
     open_ = true;
   }
+  void DamageDownloads() {
+    absl::MutexLock lock(&mutex_);
+    damage_ = true;
+  }
 
   absl::StatusOr<services::SessionInfo> CreateSession(std::string_view tenant, std::string_view session_id,
                                                       bool must_be_new) override {
@@ -51,7 +56,12 @@ class GatedStoreClient final : public services::StoreClient {
   absl::StatusOr<services::Part> GetPart(std::string_view tenant, std::string_view session_id,
                                          std::string_view part) override {
     if (hold_ == Hold::kDownloads) PassGate(part);
-    return local_.GetPart(tenant, session_id, part);
+    absl::StatusOr<services::Part> got = local_.GetPart(tenant, session_id, part);
+    absl::MutexLock lock(&mutex_);
+    if (damage_ && got.ok() && IsStageSnapshot(part) && !got->payload.empty()) {
+      got->payload[got->payload.size() / 2] ^= 0x10;
+    }
+    return got;
   }
   absl::StatusOr<services::SessionInfo> StatSession(std::string_view tenant,
                                                     std::string_view session_id) override {
@@ -70,8 +80,9 @@ class GatedStoreClient final : public services::StoreClient {
   }
 
  private:
+  bool IsStageSnapshot(std::string_view part) const { return part.substr(0, part_prefix_.size()) == part_prefix_; }
   void PassGate(std::string_view part) {
-    if (part.substr(0, part_prefix_.size()) != part_prefix_) return;
+    if (!IsStageSnapshot(part)) return;
     absl::MutexLock lock(&mutex_);
     ++held_;
     const auto open = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return open_; };
@@ -86,6 +97,7 @@ class GatedStoreClient final : public services::StoreClient {
   absl::Mutex mutex_;
   int held_ ABSL_GUARDED_BY(mutex_) = 0;
   bool open_ ABSL_GUARDED_BY(mutex_) = false;
+  bool damage_ ABSL_GUARDED_BY(mutex_) = false;
 };
 
 }  // namespace deltaserve::testing

@@ -86,10 +86,14 @@ TEST_F(StateCodecTest, SplitEncodingAndVerifiedDecodingMatchTheWhole) {
       DecodeState(sealed, config_, backend_, kFingerprint, 0, config_.num_layers, /*checksum_verified=*/true);
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(EncodeState(**decoded), whole);
-  // What the stage's early check refuses: a payload byte flipped.
-  std::string damaged = whole;
-  damaged[damaged.size() / 2] ^= 0x10;
-  EXPECT_EQ(ReadStateEnvelope(damaged).status().code(), absl::StatusCode::kDataLoss);
+  // A damaged checksum trailer: refused unless the caller says it verified the bytes itself.
+  std::string trailer_damaged = whole;
+  trailer_damaged.back() ^= 0x10;
+  EXPECT_EQ(ReadStateEnvelope(trailer_damaged).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(Decode(trailer_damaged).ok());
+  EXPECT_TRUE(DecodeState(trailer_damaged, config_, backend_, kFingerprint, 0, config_.num_layers,
+                          /*checksum_verified=*/true)
+                  .ok());
 }
 
 TEST_F(StateCodecTest, RefusesAnotherModel) {

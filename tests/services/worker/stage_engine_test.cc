@@ -1,5 +1,6 @@
 // A stage moves session snapshots to and from the store outside the lock its steps take, so a
-// snapshot in transit never holds up the other sequences.
+// snapshot in transit never holds up the other sequences; a snapshot damaged on its way back is
+// refused (its checksum, verified before the lock), and the sequence opens fresh.
 #include "services/worker/stage_engine.h"
 
 #include <chrono>
@@ -88,6 +89,20 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   ASSERT_TRUE(stage.Open(resume, &resumed).ok());
   ASSERT_EQ(resumed.results_size(), 1);
   EXPECT_TRUE(resumed.results(0).restored()) << resumed.results(0).restore_error();
+
+  // The same snapshot damaged in transit: refused, and the sequence opens with a fresh state.
+  store.DamageDownloads();
+  internal::v1::OpenRequest damaged;
+  internal::v1::OpenSequence* once_more = AddSequence(damaged, 4);
+  *once_more->mutable_restore() = again->restore();
+  once_more->set_restore_tokens(3);
+  internal::v1::OpenResponse refused;
+  ASSERT_TRUE(stage.Open(damaged, &refused).ok());
+  ASSERT_EQ(refused.results_size(), 1);
+  EXPECT_FALSE(refused.results(0).restored());
+  EXPECT_NE(refused.results(0).restore_error().find("corrupt"), std::string::npos)
+      << refused.results(0).restore_error();
+  EXPECT_EQ(stage.open_sequences(), 3);
 }
 
 }  // namespace
