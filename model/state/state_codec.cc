@@ -29,7 +29,26 @@ void SealState(std::string& unsealed) {
 std::string EncodeStateUnsealed(const SequenceState& state) {
   const KimiLinearConfig& config = state.config();
   kernels::Backend& backend = state.backend();
+  // Every tensor in snapshot order, each MLA layer's row count before its rows.
+  const auto visit = [&](auto&& tensor, auto&& mla_rows) {
+    for (int64_t layer = state.layer_begin(); layer < state.layer_end(); ++layer) {
+      if (config.IsKda(layer)) {
+        const KdaLayerState& kda = state.kda(layer);
+        tensor(kda.recurrent.view());
+        for (const kernels::Tensor& tail : kda.conv_tails) tensor(tail.view());
+      } else {
+        const MlaLayerState& mla = state.mla(layer);
+        mla_rows(mla.num_cached);
+        mla.ForEachRange(0, mla.num_cached, [&](int64_t, kernels::TensorView rows) { tensor(rows); });
+      }
+    }
+  };
+  const auto tensor_bytes = [](kernels::TensorView view) { return static_cast<size_t>(view.numel()) * sizeof(float); };
+  // The whole snapshot reserved at once (the seal's trailer too): no reallocation of gigabytes.
+  size_t total = kStateHeaderBytes + state.tokens().size() * sizeof(int32_t) + kStateTrailerBytes;
+  visit([&](kernels::TensorView view) { total += tensor_bytes(view); }, [&](int64_t) { total += sizeof(uint64_t); });
   ByteWriter writer;
+  writer.out().reserve(total);
   writer.PutBytes(kStateMagic, sizeof(kStateMagic));
   writer.Put<uint32_t>(kStateFormatVersion);
   writer.Put<uint32_t>(0);
@@ -38,23 +57,14 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   writer.Put<uint32_t>(static_cast<uint32_t>(state.layer_end()));
   writer.Put<uint64_t>(static_cast<uint64_t>(state.num_tokens()));
   writer.PutBytes(state.tokens().data(), state.tokens().size() * sizeof(int32_t));
-  std::vector<float> host;
-  auto put_tensor = [&](kernels::TensorView view) {
-    host.resize(static_cast<size_t>(view.numel()));
-    backend.Download(view, host.data());
-    writer.PutBytes(host.data(), host.size() * sizeof(float));
-  };
-  for (int64_t layer = state.layer_begin(); layer < state.layer_end(); ++layer) {
-    if (config.IsKda(layer)) {
-      const KdaLayerState& kda = state.kda(layer);
-      put_tensor(kda.recurrent.view());
-      for (const kernels::Tensor& tail : kda.conv_tails) put_tensor(tail.view());
-    } else {
-      const MlaLayerState& mla = state.mla(layer);
-      writer.Put<uint64_t>(static_cast<uint64_t>(mla.num_cached));
-      mla.ForEachRange(0, mla.num_cached, [&](int64_t, kernels::TensorView rows) { put_tensor(rows); });
-    }
-  }
+  visit(
+      [&](kernels::TensorView view) {  // downloaded straight into the snapshot
+        std::string& out = writer.out();
+        const size_t at = out.size();
+        out.resize(at + tensor_bytes(view));
+        backend.Download(view, out.data() + at);
+      },
+      [&](int64_t rows) { writer.Put<uint64_t>(static_cast<uint64_t>(rows)); });
   return std::move(writer.out());
 }
 
