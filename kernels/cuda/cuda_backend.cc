@@ -525,8 +525,7 @@ void CudaBackend::MatMuls(std::span<const MatMulProduct> products) {
   std::array<SkinnyProduct, kSkinnyMatMulMaxProducts> skinny;
   for (size_t i = 0; together && i < products.size(); ++i) {
     const MatMulProduct& p = products[i];
-    together = impl_->Skinny(p.x, p.w) && p.x.rows == products[0].x.rows &&
-               (p.y.dtype == DType::kF32 || p.y.dtype == DType::kBF16) &&
+    together = impl_->Skinny(p.x, p.w) && p.x.rows == products[0].x.rows && IsActivationDType(p.y.dtype) &&
                p.y.rows == p.x.rows && p.y.cols == p.w.rows;
     skinny[i] = {p.x, p.w, p.y};
   }

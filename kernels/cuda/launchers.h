@@ -14,6 +14,10 @@ namespace deltaserve::kernels::cuda {
 
 using Stream = void*;  // cudaStream_t
 
+// The dtypes of the activations a kernel may read or write as such (LoadAt / StoreAt): F32, or
+// BF16 (the KDA core's prefill activations, Backend::KdaActivationDType).
+inline bool IsActivationDType(DType dtype) { return dtype == DType::kF32 || dtype == DType::kBF16; }
+
 // out[t] = table[ids[t]] (table any float dtype, out F32). ids: n device int32.
 int LaunchEmbed(const int32_t* ids, int64_t n, TensorView table, TensorView out, Stream stream);
 // ids[r] (I32, [rows, 1]) = the index of x's largest value in row r, lowest on ties; -1 when

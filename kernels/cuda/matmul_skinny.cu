@@ -194,8 +194,7 @@ int LaunchSkinnyMatMuls(const SkinnyProduct* products, int count, Stream stream,
   int64_t blocks = 0;
   for (int i = 0; i < count; ++i) {
     const SkinnyProduct& p = products[i];
-    if (!SkinnyMatMulSupports(p.x, p.w) || p.x.rows != products[0].x.rows ||
-        (p.y.dtype != DType::kF32 && p.y.dtype != DType::kBF16) ||
+    if (!SkinnyMatMulSupports(p.x, p.w) || p.x.rows != products[0].x.rows || !IsActivationDType(p.y.dtype) ||
         p.y.rows != p.x.rows || p.y.cols != p.w.rows) {
       return static_cast<int>(cudaErrorInvalidValue);
     }

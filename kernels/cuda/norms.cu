@@ -113,8 +113,7 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
 
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream) {
-  const auto activation = [](const TensorView& v) { return v.dtype == DType::kF32 || v.dtype == DType::kBF16; };
-  if (!activation(x) || !activation(gate) || out.dtype != DType::kF32) return kInvalid;
+  if (!IsActivationDType(x.dtype) || !IsActivationDType(gate.dtype) || out.dtype != DType::kF32) return kInvalid;
   if (head_dim <= 0 || x.cols % head_dim != 0 || weight.numel() != head_dim) return kInvalid;
   if (gate.rows != x.rows || gate.cols != x.cols || out.rows != x.rows || out.cols != x.cols) {
     return kInvalid;

@@ -108,7 +108,7 @@ int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* se
                          const ConvRun* runs, int64_t num_runs, TensorView out, Stream stream) {
   const int64_t channels = x.cols;
   const int64_t kernel = weight.cols;
-  if (x.dtype != DType::kF32 || (out.dtype != DType::kF32 && out.dtype != DType::kBF16)) return kInvalid;
+  if (x.dtype != DType::kF32 || !IsActivationDType(out.dtype)) return kInvalid;
   if (weight.rows != channels || kernel < 1 || kernel > kMaxKernel) return kInvalid;
   if (out.rows != x.rows || out.cols != channels || num_seqs < 0 || num_runs < 0) return kInvalid;
   if (out.data == x.data) return kInvalid;  // the runs read rows other threads write
