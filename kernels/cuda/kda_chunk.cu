@@ -738,14 +738,11 @@ __global__ void __launch_bounds__(kScanWarps * 32)
       }
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc.x[i] += acc_odd.x[i];
-      bf16* vn_out = scratch.vn + ch * kChunk * D + slice * BV;
 #pragma unroll
       for (int i = 0; i < 8; i += 2) {
         const int r = rt * kSub + AccRow(i, lane), c = ct * kSub + AccCol(i, lane);
         const float2 u = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&st.u[r][c]));
-        const __nv_bfloat162 vn = __floats2bfloat162_rn(u.x - acc.x[i], u.y - acc.x[i + 1]);
-        *reinterpret_cast<__nv_bfloat162*>(&s.vn[r][c]) = vn;
-        *reinterpret_cast<__nv_bfloat162*>(vn_out + static_cast<int64_t>(r) * D + c) = vn;
+        *reinterpret_cast<__nv_bfloat162*>(&s.vn[r][c]) = __floats2bfloat162_rn(u.x - acc.x[i], u.y - acc.x[i + 1]);
       }
     }
     // S ← e^G_last ⊙ S.
@@ -755,6 +752,15 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     });
     __syncthreads();
 
+    // Vn out to scratch, 16 bytes a thread at a time (from the accumulators' layout, 4-byte
+    // stores would write each 32-byte sector in halves).
+    {
+      bf16* dst = scratch.vn + ch * kChunk * D + slice * BV;
+      for (int i = tid; i < kChunk * BV / 8; i += kThreads) {
+        const int r = i / (BV / 8), c = 8 * (i % (BV / 8));
+        *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * D + c) = *reinterpret_cast<const uint4*>(&s.vn[r][c]);
+      }
+    }
     // S += KGᵀ·Vn, and its bf16 copy for the next chunk.
     for_each_tile([&](int m, int rt, int ct) {
 #pragma unroll
