@@ -148,7 +148,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
 
 absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
                                internal::v1::StepResponse* response) {
-  absl::MutexLock lock(&mutex_);
+  absl::ReleasableMutexLock lock(&mutex_);
   std::vector<model::SequenceInput> batch;
   std::vector<std::vector<int32_t>> tokens(request.sequences_size());
   std::vector<Sequence*> sampled_seqs;
@@ -177,6 +177,10 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &device_ids));
 
   if (!model_.is_last_stage()) {
+    // This stage's part is done: its Opens and Closes need not wait for the later stages'. (The
+    // router runs one step at a time; steps in flight together would have to hold disjoint
+    // sequences, or a later stage could take them out of order.)
+    lock.Release();
     internal::v1::StepRequest downstream = request;
     downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
     return next_->Step(downstream, response);

@@ -1,11 +1,14 @@
 // A stage moves session snapshots to and from the store outside the lock its steps take, so a
 // snapshot in transit never holds up the other sequences; a snapshot damaged on its way back is
-// refused (its checksum, verified before the lock), and the sequence opens fresh.
+// refused (its checksum, verified before the lock), and the sequence opens fresh. A stage's lock
+// is free while the later stages run its step.
 #include "services/worker/stage_engine.h"
 
 #include <chrono>
 #include <future>
 
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
@@ -33,6 +36,83 @@ internal::v1::StepRequest Prefill(uint64_t seq_id, std::vector<int32_t> tokens) 
   step->mutable_token_ids()->Assign(tokens.begin(), tokens.end());
   step->set_sample(true);
   return request;
+}
+
+// Passes Open and Close on to `next`; holds each Step at a gate until the test opens it.
+class GatedStepChannel final : public StageChannel {
+ public:
+  explicit GatedStepChannel(StageChannel& next) : next_(next) {}
+  bool WaitForHeldStep(std::chrono::milliseconds timeout) {
+    absl::MutexLock lock(&mutex_);
+    const auto held = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return held_; };
+    return mutex_.AwaitWithTimeout(absl::Condition(&held), absl::FromChrono(timeout));
+  }
+  void OpenGate() {
+    absl::MutexLock lock(&mutex_);
+    open_ = true;
+  }
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    return next_.Open(request, response);
+  }
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      held_ = true;
+      mutex_.Await(absl::Condition(&open_));
+    }
+    return next_.Step(request, response);
+  }
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    return next_.Close(request, response);
+  }
+
+ private:
+  StageChannel& next_;
+  absl::Mutex mutex_;
+  bool held_ ABSL_GUARDED_BY(mutex_) = false;
+  bool open_ ABSL_GUARDED_BY(mutex_) = false;
+};
+
+TEST(StageEngineTest, AStagesLockIsFreeWhileLaterStagesRunItsStep) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  model::ModelOptions first_layers, last_layers;
+  first_layers.scope.layer_end = 2;
+  last_layers.scope.layer_begin = 2;
+  auto first = model::KimiLinearModel::Load(kFixture, backend, first_layers);
+  auto last = model::KimiLinearModel::Load(kFixture, backend, last_layers);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(last.ok()) << last.status();
+  StageEngine last_stage(**last, nullptr, nullptr);
+  GatedStepChannel gate(last_stage);
+  StageEngine first_stage(**first, nullptr, &gate);
+
+  internal::v1::OpenRequest open;
+  AddSequence(open, 1);
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(first_stage.Open(open, &opened).ok());
+  internal::v1::StepResponse stepped;
+  std::future<absl::Status> step =
+      std::async(std::launch::async, [&] { return first_stage.Step(Prefill(1, {5, 6, 7}), &stepped); });
+  const bool held = gate.WaitForHeldStep(std::chrono::seconds(20));
+
+  // With the step at the later stage, another sequence opens on the first stage.
+  std::future<absl::Status> opening = std::async(std::launch::async, [&] {
+    internal::v1::OpenRequest more;
+    AddSequence(more, 2);
+    internal::v1::OpenResponse response;
+    return first_stage.Open(more, &response);
+  });
+  const bool opened_while_held = opening.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
+  gate.OpenGate();  // before any assertion can end the test with the step still held
+  ASSERT_TRUE(held) << "the step never reached the later stage";
+  EXPECT_TRUE(opened_while_held) << "an Open waited for the later stages' part of a step";
+  EXPECT_TRUE(opening.get().ok());
+  const absl::Status status = step.get();
+  ASSERT_TRUE(status.ok()) << status;
+  ASSERT_EQ(stepped.sampled_size(), 1);
+  EXPECT_EQ(stepped.sampled(0).seq_id(), 1u);
+  EXPECT_EQ(first_stage.open_sequences(), 2);
+  EXPECT_EQ(last_stage.open_sequences(), 2);
 }
 
 TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
