@@ -704,13 +704,15 @@ __global__ void __launch_bounds__(kScanWarps * 32)
   });
   if (count > 0) LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
   CommitAsync();
+  WaitAsync<0>();
+  __syncthreads();
 
+  // Two block barriers a chunk: the one that ends a chunk also makes the next chunk's operands
+  // (copied in meanwhile) visible, and frees the stage they were read from for the chunk after.
   for (int n = 0; n < count; ++n) {
     const int64_t ch = static_cast<int64_t>(first + n) * heads + h;
     if (n + 1 < count) LoadStage<D, BV>(scratch, ch + heads, slice, s.stage[(n + 1) & 1]);
     CommitAsync();
-    WaitAsync<1>();
-    __syncthreads();
     auto& st = s.stage[n & 1];
 
     // H: the state entering this chunk (bf16), 16 bytes a thread at a time.
@@ -773,6 +775,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
       }
       StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
     });
+    WaitAsync<0>();
     __syncthreads();
   }
 
