@@ -177,9 +177,9 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &device_ids));
 
   if (!model_.is_last_stage()) {
-    // This stage's part is done: its Opens and Closes need not wait for the later stages'. (The
-    // router runs one step at a time; steps in flight together would have to hold disjoint
-    // sequences, or a later stage could take them out of order.)
+    // This stage's part is done: its Opens and Closes need not wait for the later stages'. Steps
+    // in flight together (several routers, a step left running past its caller's deadline) hold
+    // disjoint sequences, so a later stage may take them in either order.
     lock.Release();
     internal::v1::StepRequest downstream = request;
     downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
