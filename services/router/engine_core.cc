@@ -727,7 +727,9 @@ void EngineCore::Loop() {
     }
     if (cut_short) CutShortForDrain();
     Admit();
-    observer_->Batch(static_cast<int64_t>(running_.size()), static_cast<int64_t>(waiting_.size()));
+    int64_t opening = 0;
+    for (const auto& [id, seq] : running_) opening += seq->opening ? 1 : 0;
+    observer_->Batch(static_cast<int64_t>(running_.size()) - opening, opening, static_cast<int64_t>(waiting_.size()));
     if (running_.empty()) continue;
 
     std::vector<PlannerSequence> planner;

@@ -22,6 +22,7 @@ struct RouterMetrics::Families {
   prometheus::Counter* prefill_tokens = nullptr;
   prometheus::Counter* decode_tokens = nullptr;
   prometheus::Gauge* running = nullptr;
+  prometheus::Gauge* opening = nullptr;
   prometheus::Gauge* waiting = nullptr;
   prometheus::Counter* restored_sessions = nullptr;
   prometheus::Counter* recomputed_sessions = nullptr;
@@ -65,9 +66,12 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(prometheus:
                                                      "Tokens run through the model, by kind"));
   DS_ASSIGN_OR_RETURN(f->prefill_tokens, AddSeries(*tokens, {{"kind", "prefill"}}));
   DS_ASSIGN_OR_RETURN(f->decode_tokens, AddSeries(*tokens, {{"kind", "decode"}}));
-  DS_ASSIGN_OR_RETURN(auto* sequences, AddGaugeFamily(registry, "deltaserve_sequences",
-                                                      "Requests by scheduling state"));
+  DS_ASSIGN_OR_RETURN(auto* sequences,
+                      AddGaugeFamily(registry, "deltaserve_sequences",
+                                     "Requests by scheduling state: running (in the step batch), opening "
+                                     "(restoring a session; holds a place in the batch), waiting (queued)"));
   DS_ASSIGN_OR_RETURN(f->running, AddSeries(*sequences, {{"state", "running"}}));
+  DS_ASSIGN_OR_RETURN(f->opening, AddSeries(*sequences, {{"state", "opening"}}));
   DS_ASSIGN_OR_RETURN(f->waiting, AddSeries(*sequences, {{"state", "waiting"}}));
   DS_ASSIGN_OR_RETURN(auto* resumes, AddCounterFamily(registry, "deltaserve_session_resumes_total",
                                                       "Continued sessions, by how their history came back"));
@@ -104,8 +108,9 @@ void RouterMetrics::Step(int64_t prefill_tokens, int64_t decode_tokens, double s
   f_->decode_tokens->Increment(static_cast<double>(decode_tokens));
 }
 
-void RouterMetrics::Batch(int64_t running, int64_t waiting) {
+void RouterMetrics::Batch(int64_t running, int64_t opening, int64_t waiting) {
   f_->running->Set(static_cast<double>(running));
+  f_->opening->Set(static_cast<double>(opening));
   f_->waiting->Set(static_cast<double>(waiting));
 }
 

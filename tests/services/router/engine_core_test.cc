@@ -6,6 +6,7 @@
 // admission, a wait for a transfer thread included.
 #include "services/router/engine_core.h"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -15,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
@@ -128,6 +130,24 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
 
 // A two-stage pipeline: the second stage's snapshot download must not hold up the first stage's
 // steps either.
+// Keeps the engine's latest Batch report, and lets a test wait for a given one.
+class BatchWatcher final : public RouterObserver {
+ public:
+  void Batch(int64_t running, int64_t opening, int64_t waiting) override {
+    absl::MutexLock lock(&mutex_);
+    latest_ = {running, opening, waiting};
+  }
+  bool WaitFor(std::array<int64_t, 3> report, std::chrono::milliseconds timeout) {
+    absl::MutexLock lock(&mutex_);
+    const auto seen = [&]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return latest_ == report; };
+    return mutex_.AwaitWithTimeout(absl::Condition(&seen), absl::FromChrono(timeout));
+  }
+
+ private:
+  absl::Mutex mutex_;
+  std::array<int64_t, 3> latest_ ABSL_GUARDED_BY(mutex_) = {-1, -1, -1};
+};
+
 TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
   auto whole = model::KimiLinearModel::Load(kFixture, backend);
@@ -145,8 +165,9 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
                                   absl::StrCat("layers-", layers / 2, "-"));
   StageEngine last(**back, &store, nullptr, {.max_open_sequences = config.max_running});
   StageEngine stage(**front, &store, &last, {.max_open_sequences = config.max_running});
+  BatchWatcher batches;
   EngineCore engine(config, {(*whole)->config(), (*whole)->fingerprint(), (*whole)->max_context()}, stage,
-                    &store, nullptr);
+                    &store, &batches);
   OpenAtExit open_at_exit{store};
 
   auto created = engine.Submit(Turn(v1::SESSION_MODE_CREATE, {3, 4, 5}, 2));
@@ -160,8 +181,11 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   auto other = engine.Submit(Greedy({7, 8}, 3));
   ASSERT_TRUE(other.ok());
   const Collected done = Collect(**other, std::chrono::steady_clock::now() + kPatience);
+  // With the other request done, the restoring turn is reported as opening, not running.
+  const bool opening_reported = batches.WaitFor({0, 1, 0}, kPatience);
   store.Open();
   ASSERT_TRUE(done.finished) << "a request waited for another session's restore";
+  EXPECT_TRUE(opening_reported) << "no Batch report of 0 running, 1 opening, 0 waiting";
   EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
   EXPECT_EQ(done.tokens.size(), 3u);
 
