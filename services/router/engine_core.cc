@@ -701,6 +701,14 @@ void EngineCore::RunStep(const std::vector<PlannedRun>& plan) {
 }
 
 void EngineCore::Loop() {
+  // After admission and after each step (whose retirements would otherwise show only once new
+  // work wakes an idle loop).
+  const auto report_batch = [this] {
+    int64_t opening = 0;
+    for (const auto& [id, seq] : running_) opening += seq->opening ? 1 : 0;
+    observer_->Batch(static_cast<int64_t>(running_.size()) - opening, opening,
+                     static_cast<int64_t>(waiting_.size()));
+  };
   for (;;) {
     {
       absl::MutexLock lock(&mutex_);
@@ -727,9 +735,7 @@ void EngineCore::Loop() {
     }
     if (cut_short) CutShortForDrain();
     Admit();
-    int64_t opening = 0;
-    for (const auto& [id, seq] : running_) opening += seq->opening ? 1 : 0;
-    observer_->Batch(static_cast<int64_t>(running_.size()) - opening, opening, static_cast<int64_t>(waiting_.size()));
+    report_batch();
     if (running_.empty()) continue;
 
     std::vector<PlannerSequence> planner;
@@ -748,7 +754,10 @@ void EngineCore::Loop() {
       continue;
     }
     const std::vector<PlannedRun> plan = PlanStep(std::move(planner), config_.planner);
-    if (!plan.empty()) RunStep(plan);
+    if (!plan.empty()) {
+      RunStep(plan);
+      report_batch();
+    }
   }
   open_threads_.Stop();  // every Open in flight comes back, so the stages' state is dropped below
   TakeOpened();

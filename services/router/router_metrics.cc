@@ -68,8 +68,8 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(prometheus:
   DS_ASSIGN_OR_RETURN(f->decode_tokens, AddSeries(*tokens, {{"kind", "decode"}}));
   DS_ASSIGN_OR_RETURN(auto* sequences,
                       AddGaugeFamily(registry, "deltaserve_sequences",
-                                     "Requests by scheduling state: running (in the step batch), opening "
-                                     "(restoring a session; holds a place in the batch), waiting (queued)"));
+                                     "Requests by scheduling state: running (in the step batch), opening (a "
+                                     "session's turn opened in the background; holds a place), waiting (queued)"));
   DS_ASSIGN_OR_RETURN(f->running, AddSeries(*sequences, {{"state", "running"}}));
   DS_ASSIGN_OR_RETURN(f->opening, AddSeries(*sequences, {{"state", "opening"}}));
   DS_ASSIGN_OR_RETURN(f->waiting, AddSeries(*sequences, {{"state", "waiting"}}));

@@ -16,8 +16,9 @@ class RouterObserver {
   virtual void FirstToken(double /*seconds*/) {}
   virtual void InterToken(double /*seconds*/) {}
   virtual void Step(int64_t /*prefill_tokens*/, int64_t /*decode_tokens*/, double /*seconds*/) {}
-  // Each loop of the engine: sequences in the step batch (running), admitted but their session
-  // still opening (restoring its snapshots: they hold a place in the batch), and queued (waiting).
+  // After admission and after each step: sequences in the step batch (running), admitted but
+  // still opening their session in the background (manifest, snapshots; they hold a place in the
+  // batch), and queued (waiting).
   virtual void Batch(int64_t /*running*/, int64_t /*opening*/, int64_t /*waiting*/) {}
   // A session turn began: its history was restored from the store (hit) or recomputed.
   virtual void SessionResumed(bool /*restored*/, int64_t /*history_tokens*/, double /*seconds*/) {}

@@ -128,8 +128,6 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   engine.Shutdown();
 }
 
-// A two-stage pipeline: the second stage's snapshot download must not hold up the first stage's
-// steps either.
 // Keeps the engine's latest Batch report, and lets a test wait for a given one.
 class BatchWatcher final : public RouterObserver {
  public:
@@ -148,6 +146,8 @@ class BatchWatcher final : public RouterObserver {
   std::array<int64_t, 3> latest_ ABSL_GUARDED_BY(mutex_) = {-1, -1, -1};
 };
 
+// A two-stage pipeline: the second stage's snapshot download must not hold up the first stage's
+// steps either; meanwhile the restoring turn is reported as opening.
 TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
   auto whole = model::KimiLinearModel::Load(kFixture, backend);
@@ -181,7 +181,7 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   auto other = engine.Submit(Greedy({7, 8}, 3));
   ASSERT_TRUE(other.ok());
   const Collected done = Collect(**other, std::chrono::steady_clock::now() + kPatience);
-  // With the other request done, the restoring turn is reported as opening, not running.
+  // With the other request done, the engine reports the restoring turn as opening, not running.
   const bool opening_reported = batches.WaitFor({0, 1, 0}, kPatience);
   store.Open();
   ASSERT_TRUE(done.finished) << "a request waited for another session's restore";
@@ -194,6 +194,28 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   EXPECT_TRUE(turn.outcome.status.ok()) << turn.outcome.status;
   EXPECT_EQ(turn.outcome.usage.session_tokens(), 5);
   EXPECT_EQ(turn.outcome.usage.recomputed_tokens(), 0);
+  engine.Shutdown();
+}
+
+// When the last request finishes, the engine reports an empty batch at once, not only when new
+// work wakes it.
+TEST(EngineCoreTest, TheBatchReportEmptiesWhenTheLastRequestFinishes) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  testing::GatedStoreClient store;
+  store.Open();
+  const RouterConfig config = TwoPlaces();
+  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  BatchWatcher batches;
+  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
+                    &store, &batches);
+  auto request = engine.Submit(Greedy({7, 8}, 3));
+  ASSERT_TRUE(request.ok()) << request.status();
+  const Collected done = Collect(**request, std::chrono::steady_clock::now() + kPatience);
+  ASSERT_TRUE(done.finished);
+  EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
+  EXPECT_TRUE(batches.WaitFor({0, 0, 0}, kPatience)) << "the last report still counts the finished request";
   engine.Shutdown();
 }
 
