@@ -128,6 +128,25 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   engine.Shutdown();
 }
 
+// The whole model on the CPU as one stage (at most `max_open` sequences), over a store whose gate
+// is open.
+struct WholeModelStage {
+  absl::Status Load(int64_t max_open) {
+    auto loaded = model::KimiLinearModel::Load(kFixture, backend);
+    if (!loaded.ok()) return loaded.status();
+    model = *std::move(loaded);
+    store.Open();
+    stage = std::make_unique<StageEngine>(*model, &store, nullptr, StageEngineOptions{.max_open_sequences = max_open});
+    return absl::OkStatus();
+  }
+  RouterModel router_model() const { return {model->config(), model->fingerprint(), model->max_context()}; }
+
+  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  std::unique_ptr<model::KimiLinearModel> model;
+  testing::GatedStoreClient store;
+  std::unique_ptr<StageEngine> stage;
+};
+
 // Keeps the engine's latest Batch report, and lets a test wait for a given one.
 class BatchWatcher final : public RouterObserver {
  public:
@@ -200,16 +219,12 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
 // When the last request finishes, the engine reports an empty batch at once, not only when new
 // work wakes it.
 TEST(EngineCoreTest, TheBatchReportEmptiesWhenTheLastRequestFinishes) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto model = model::KimiLinearModel::Load(kFixture, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
-  testing::GatedStoreClient store;
-  store.Open();
   const RouterConfig config = TwoPlaces();
-  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(config.max_running);
+  ASSERT_TRUE(loaded.ok()) << loaded;
   BatchWatcher batches;
-  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
-                    &store, &batches);
+  EngineCore engine(config, whole.router_model(), *whole.stage, &whole.store, &batches);
   auto request = engine.Submit(Greedy({7, 8}, 3));
   ASSERT_TRUE(request.ok()) << request.status();
   const Collected done = Collect(**request, std::chrono::steady_clock::now() + kPatience);
@@ -265,17 +280,13 @@ class RestoreFailingStage final : public StageChannel {
 };
 
 TEST(EngineCoreTest, ASessionCountsAsResumedOnlyOnceOpen) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto model = model::KimiLinearModel::Load(kFixture, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
-  testing::GatedStoreClient store;
-  store.Open();
   const RouterConfig config = TwoPlaces();
-  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
-  RestoreFailingStage failing(stage);
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(config.max_running);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  RestoreFailingStage failing(*whole.stage);
   ResumeCounter counter;
-  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, failing,
-                    &store, &counter);
+  EngineCore engine(config, whole.router_model(), failing, &whole.store, &counter);
   const auto turn = [&](v1::SessionMode mode) {
     auto stream = engine.Submit(Turn(mode, {3, 4, 5}, 2));
     EXPECT_TRUE(stream.ok()) << stream.status();
