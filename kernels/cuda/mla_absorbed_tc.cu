@@ -228,7 +228,7 @@ struct TileCopier {
 // is a reference max (not always the running max, see kMaxLag), stored in natural-log units; m,
 // l and O agree, which is all the merge needs.
 __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(AttentionArgs args) {
-  FollowPriorKernels();
+  AllowDependentLaunch();
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int seq_index;
   __shared__ uint64_t full[kStages];  // a stage's barrier: its tile has landed
@@ -256,8 +256,19 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
   const int count = static_cast<int>(tile_hi - tile_lo);  // this partition's tiles
   int issued = count < kStages ? count : kStages;
+  // Launched as programmatic, the block may start while the kernels ahead (the absorb, the
+  // append) still run, so it first asks only for tiles whose rows all precede the call's own,
+  // which no kernel of this call writes. Earlier calls appended them, and every call starts with
+  // the upload of its inputs, which no later launch overtakes. The rest wait for the kernels
+  // ahead, as do q_abs and the tile this call appends to.
+  const int64_t settled = seq.num_cached / kKeys - tile_lo;
+  const int early = settled <= 0 ? 0 : (settled < issued ? static_cast<int>(settled) : issued);
   if (warp == 0) {
-    for (int s = 0; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
+    for (int s = 0; s < early; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
+  }
+  WaitForPriorKernels();
+  if (warp == 0) {
+    for (int s = early; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
   }
   if (threadIdx.x < kHeadRows) {
     m_row[threadIdx.x] = -INFINITY;
