@@ -47,7 +47,8 @@ constexpr int Padded(int bf16_cols) { return bf16_cols + 8; }
 constexpr int PaddedF32(int cols) { return cols + 4; }
 
 
-// Value columns per scan block: 32, or 16 where the head dimension is not a multiple of 32.
+// Value columns per scan block where the (sequence, head) pairs are few (LaunchScan): 32, or 16
+// where the head dimension is not a multiple of 32.
 constexpr int ScanSlice(int d) { return d % 32 == 0 ? 32 : 16; }
 
 // The scratch between the kernels, per (chunk, head) `ch`: the prepare kernel writes W, U, QG,
@@ -640,10 +641,10 @@ __device__ __forceinline__ void CopyRowsAsync(bf16* dst, const bf16* src) {
 }
 
 // Queues the copy of chunk-head `ch`'s operands (value slice `slice`) into `st`.
-template <int D, int BV>
+template <int D, int BV, int kWarps>
 __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_t ch, int slice,
                                           typename ScanShared<D, BV>::Stage& st) {
-  constexpr int kThreads = kScanWarps * 32;
+  constexpr int kThreads = kWarps * 32;
   const int64_t matrix = ch * kChunk * D;
   CopyRowsAsync<kChunk, D, Padded(D), D, kThreads>(&st.w[0][0], scratch.w + matrix);
   CopyRowsAsync<kChunk, D, Padded(D), D, kThreads>(&st.kg[0][0], scratch.kg + matrix);
@@ -655,13 +656,13 @@ __device__ __forceinline__ void LoadStage(const ChunkScratch<D>& scratch, int64_
 }
 
 // Calls f(m, rt, ct) for each state tile a scan warp holds in registers: tiles warp,
-// warp + kScanWarps, ... of the row-major [D/16, BV/16] grid (kTiles of them, kCols per row),
+// warp + kWarps, ... of the row-major [D/16, BV/16] grid (kTiles of them, kCols per row),
 // m the tile's index in the warp's array (a compile-time constant once unrolled).
-template <int kMyTiles, int kTiles, int kCols, typename F>
+template <int kWarps, int kMyTiles, int kTiles, int kCols, typename F>
 __device__ __forceinline__ void ForEachHeldStateTile(int warp, F&& f) {
 #pragma unroll
   for (int m = 0; m < kMyTiles; ++m) {
-    const int t = warp + m * kScanWarps;
+    const int t = warp + m * kWarps;
     if (t < kTiles) f(m, t / kCols, t % kCols);
   }
 }
@@ -669,17 +670,16 @@ __device__ __forceinline__ void ForEachHeldStateTile(int warp, F&& f) {
 // The recurrence over a sequence's chunks, for one (sequence, head, slice of value columns):
 // per chunk, H = S and Vn = U - W·S out to scratch, then S = e^G_last ⊙ S + KGᵀ·Vn. The outputs
 // wait for the output kernel, which has every chunk's H and Vn at once. Warp w computes the Vn
-// tiles w, w + 8, ... (row tile t % 4, column tile t / 4) and holds the state tiles w, w + 8, ...
-// (row-major over [D/16, BV/16]) in registers, fp32, for the whole sequence.
-template <int D>
-__global__ void __launch_bounds__(kScanWarps * 32)
+// tiles w, w + kWarps, ... (row tile t % 4, column tile t / 4) and holds the state tiles w,
+// w + kWarps, ... (row-major over [D/16, BV/16]) in registers, fp32, for the whole sequence.
+template <int D, int BV, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
     KdaChunkScanKernel(const KdaSequence* seqs, const int32_t* first_chunk, int heads,
                        ChunkScratch<D> scratch) {
-  constexpr int BV = ScanSlice(D);
   constexpr int kSlices = D / BV, kColTiles = BV / kSub, kStateTiles = (D / kSub) * kColTiles;
-  constexpr int kMyStateTiles = (kStateTiles + kScanWarps - 1) / kScanWarps;
+  constexpr int kMyStateTiles = (kStateTiles + kWarps - 1) / kWarps;
   constexpr int kRowTiles = kChunk / kSub, kVnTiles = kRowTiles * kColTiles;
-  constexpr int kThreads = kScanWarps * 32;
+  constexpr int kThreads = kWarps * 32;
   extern __shared__ __align__(128) unsigned char shared_raw[];
   auto& s = *reinterpret_cast<ScanShared<D, BV>*>(shared_raw);
 
@@ -692,7 +692,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
 
   TileAcc16 s_tiles[kMyStateTiles];
   auto for_each_tile = [warp](auto&& f) {
-    ForEachHeldStateTile<kMyStateTiles, kStateTiles, kColTiles>(warp, f);
+    ForEachHeldStateTile<kWarps, kMyStateTiles, kStateTiles, kColTiles>(warp, f);
   };
   for_each_tile([&](int m, int rt, int ct) {
 #pragma unroll
@@ -702,7 +702,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
     }
     StoreTileBf16(s_tiles[m], &s.state_bf16[rt * kSub][ct * kSub], Padded(BV), lane);
   });
-  if (count > 0) LoadStage<D, BV>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
+  if (count > 0) LoadStage<D, BV, kWarps>(scratch, static_cast<int64_t>(first) * heads + h, slice, s.stage[0]);
   CommitAsync();
   WaitAsync<0>();
   __syncthreads();
@@ -711,7 +711,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
   // (copied in meanwhile) visible, and frees the stage they were read from for the chunk after.
   for (int n = 0; n < count; ++n) {
     const int64_t ch = static_cast<int64_t>(first + n) * heads + h;
-    if (n + 1 < count) LoadStage<D, BV>(scratch, ch + heads, slice, s.stage[(n + 1) & 1]);
+    if (n + 1 < count) LoadStage<D, BV, kWarps>(scratch, ch + heads, slice, s.stage[(n + 1) & 1]);
     CommitAsync();
     auto& st = s.stage[n & 1];
 
@@ -725,7 +725,7 @@ __global__ void __launch_bounds__(kScanWarps * 32)
       }
     }
     // Vn = U - W·S.
-    for (int t = warp; t < kVnTiles; t += kScanWarps) {
+    for (int t = warp; t < kVnTiles; t += kWarps) {
       const int rt = t % kRowTiles, ct = t / kRowTiles;
       TileAcc16 acc, acc_odd;  // two chains of products: the tile's latency is on the critical path
       ZeroTile(acc);
@@ -905,17 +905,39 @@ int LaunchOutput(const KdaChunkRef* chunks, int64_t num_chunks, const ChunkScrat
   return 0;
 }
 
+template <int D, int BV, int kWarps>
+int LaunchScanOf(const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
+                 const ChunkScratch<D>& scratch, cudaStream_t stream) {
+  const auto kernel = KdaChunkScanKernel<D, BV, kWarps>;
+  const size_t bytes = sizeof(ScanShared<D, BV>);
+  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes); error != 0) return error;
+  const int64_t blocks = num_seqs * heads * (D / BV);
+  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, bytes, stream>>>(seqs, first_chunk, heads, scratch);
+  return 0;
+}
+
+// Slices of 64 value columns (16 warps, one block per SM) read each chunk's W and KG through L2
+// once per 64 columns, not per 32, which makes the scan 3-4% faster wherever their blocks reach
+// nearly every SM (measured on an H200 from 2 sequences of 32 heads up, docs/gpu-benchmark.md).
+// Fewer (sequence, head) pairs take slices of 32 (8 warps, two blocks per SM): at one sequence of
+// 32 heads, 64 wide blocks would leave half the SMs idle (12% slower).
+template <int D>
+int LaunchScan(const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
+               const ChunkScratch<D>& scratch, cudaStream_t stream) {
+  if constexpr (D % 64 == 0) {
+    if (8 * num_seqs * heads * (D / 64) >= 7 * SmCount()) {
+      return LaunchScanOf<D, 64, 16>(seqs, num_seqs, first_chunk, heads, scratch, stream);
+    }
+  }
+  return LaunchScanOf<D, ScanSlice(D), kScanWarps>(seqs, num_seqs, first_chunk, heads, scratch, stream);
+}
+
 template <int D>
 int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const KdaChunkRef* chunks,
            const int32_t* first_chunk, int64_t num_chunks, void* scratch_memory, TensorView out,
            cudaStream_t stream) {
   const int heads = static_cast<int>(in.num_heads);
   const auto scratch = ChunkScratch<D>::Carve(scratch_memory, num_chunks * heads);
-  const size_t scan_bytes = sizeof(ScanShared<D, ScanSlice(D)>);
-  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(KdaChunkScanKernel<D>), scan_bytes);
-      error != 0) {
-    return error;
-  }
   const int64_t tasks = num_chunks * heads;
   const bool bf16_in = in.q.dtype == DType::kBF16, aligned = AlignedRows(in);
   int error = bf16_in ? (aligned ? LaunchPrepare<D, bf16, true>(in, chunks, tasks, scratch, stream)
@@ -923,9 +945,8 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
                       : (aligned ? LaunchPrepare<D, float, true>(in, chunks, tasks, scratch, stream)
                                  : LaunchPrepare<D, float, false>(in, chunks, tasks, scratch, stream));
   if (error != 0) return error;
-  const int64_t scan_blocks = num_seqs * heads * (D / ScanSlice(D));
-  KdaChunkScanKernel<D><<<static_cast<unsigned>(scan_blocks), kScanWarps * 32, scan_bytes, stream>>>(
-      seqs, first_chunk, heads, scratch);
+  error = LaunchScan<D>(seqs, num_seqs, first_chunk, heads, scratch, stream);
+  if (error != 0) return error;
   error = out.dtype == DType::kBF16 ? LaunchOutput<D, bf16>(chunks, num_chunks, scratch, heads, out, stream)
                                     : LaunchOutput<D, float>(chunks, num_chunks, scratch, heads, out, stream);
   if (error != 0) return error;
