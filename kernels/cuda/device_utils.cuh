@@ -131,7 +131,9 @@ inline unsigned RowBlockThreads(int64_t cols, unsigned max_threads = 256) {
 // Programmatic dependent launch (sm_90). A kernel launched as programmatic (LaunchSkinnyMatMuls)
 // may start while the kernel before it in the stream still runs: it must call
 // WaitForPriorKernels in every block, before reading what earlier kernels wrote or writing what
-// they read (and before returning, so that its completion still implies theirs). A kernel that
+// they read (and before returning, so that its completion still implies theirs). Before the wait
+// it may read weights, and data that only an upload (a memcpy, which no later launch overtakes)
+// or an earlier call wrote, as MlaLatentAttentionKernel does with its settled tiles. A kernel that
 // calls AllowDependentLaunch lets such a successor start once all its blocks have started; in
 // any other kernel it does nothing.
 __device__ __forceinline__ void WaitForPriorKernels() { asm volatile("griddepcontrol.wait;" ::: "memory"); }

@@ -905,12 +905,14 @@ int LaunchOutput(const KdaChunkRef* chunks, int64_t num_chunks, const ChunkScrat
   return 0;
 }
 
+// Launches the scan in slices of BV value columns (allow = true: only sets its shared-memory
+// limit, which the caller does before anything is queued).
 template <int D, int BV, int kWarps>
-int LaunchScanOf(const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
+int LaunchScanOf(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
                  const ChunkScratch<D>& scratch, cudaStream_t stream) {
   const auto kernel = KdaChunkScanKernel<D, BV, kWarps>;
   const size_t bytes = sizeof(ScanShared<D, BV>);
-  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes); error != 0) return error;
+  if (allow) return AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes);
   const int64_t blocks = num_seqs * heads * (D / BV);
   kernel<<<static_cast<unsigned>(blocks), kWarps * 32, bytes, stream>>>(seqs, first_chunk, heads, scratch);
   return 0;
@@ -922,14 +924,14 @@ int LaunchScanOf(const KdaSequence* seqs, int64_t num_seqs, const int32_t* first
 // Fewer (sequence, head) pairs take slices of 32 (8 warps, two blocks per SM): at one sequence of
 // 32 heads, 64 wide blocks would leave half the SMs idle (12% slower).
 template <int D>
-int LaunchScan(const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
+int LaunchScan(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
                const ChunkScratch<D>& scratch, cudaStream_t stream) {
   if constexpr (D % 64 == 0) {
     if (8 * num_seqs * heads * (D / 64) >= 7 * SmCount()) {
-      return LaunchScanOf<D, 64, 16>(seqs, num_seqs, first_chunk, heads, scratch, stream);
+      return LaunchScanOf<D, 64, 16>(allow, seqs, num_seqs, first_chunk, heads, scratch, stream);
     }
   }
-  return LaunchScanOf<D, ScanSlice(D), kScanWarps>(seqs, num_seqs, first_chunk, heads, scratch, stream);
+  return LaunchScanOf<D, ScanSlice(D), kScanWarps>(allow, seqs, num_seqs, first_chunk, heads, scratch, stream);
 }
 
 template <int D>
@@ -938,6 +940,10 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
            cudaStream_t stream) {
   const int heads = static_cast<int>(in.num_heads);
   const auto scratch = ChunkScratch<D>::Carve(scratch_memory, num_chunks * heads);
+  if (const int error = LaunchScan<D>(/*allow=*/true, seqs, num_seqs, first_chunk, heads, scratch, stream);
+      error != 0) {
+    return error;
+  }
   const int64_t tasks = num_chunks * heads;
   const bool bf16_in = in.q.dtype == DType::kBF16, aligned = AlignedRows(in);
   int error = bf16_in ? (aligned ? LaunchPrepare<D, bf16, true>(in, chunks, tasks, scratch, stream)
@@ -945,8 +951,7 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
                       : (aligned ? LaunchPrepare<D, float, true>(in, chunks, tasks, scratch, stream)
                                  : LaunchPrepare<D, float, false>(in, chunks, tasks, scratch, stream));
   if (error != 0) return error;
-  error = LaunchScan<D>(seqs, num_seqs, first_chunk, heads, scratch, stream);
-  if (error != 0) return error;
+  LaunchScan<D>(/*allow=*/false, seqs, num_seqs, first_chunk, heads, scratch, stream);
   error = out.dtype == DType::kBF16 ? LaunchOutput<D, bf16>(chunks, num_chunks, scratch, heads, out, stream)
                                     : LaunchOutput<D, float>(chunks, num_chunks, scratch, heads, out, stream);
   if (error != 0) return error;

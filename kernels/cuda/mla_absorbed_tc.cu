@@ -236,7 +236,10 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
   MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);  // syncs
   const int si = seq_index;
-  if (si < 0) return;
+  if (si < 0) {
+    WaitForPriorKernels();
+    return;
+  }
   const MlaSequence seq = args.seqs[si];
   const int64_t pos = seq.num_cached + (t - seq.rows.begin);
   constexpr int dot = kDot, stage_ld = kStageLd;

@@ -619,11 +619,12 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                                            KdaShape{4, 64, {4000, 100}, 12.0f},
                                            // Enough (sequence, head) pairs for the chunked
                                            // scan's 64-column slices on an H100 or H200
-                                           // (LaunchScan: 224 and 120 blocks), over several
-                                           // chunks of mixed lengths.
+                                           // (LaunchScan: 208 and 120 blocks; single tokens
+                                           // take the recurrent kernel), over several chunks
+                                           // of mixed lengths.
                                            KdaShape{8, 128, {130, 64, 1, 200, 65, 3, 129, 90, 70, 33, 150, 5, 260, 2},
                                                     0.0f},
-                                           KdaShape{10, 64, {300, 1, 64, 65, 130, 7, 90, 200, 33, 140, 2, 70}, 12.0f}),
+                                           KdaShape{10, 64, {300, 2, 64, 65, 130, 7, 90, 200, 33, 140, 2, 70}, 12.0f}),
                          [](const ::testing::TestParamInfo<KdaShape>& param) {
                            const KdaShape& s = param.param;
                            std::string name = "H" + std::to_string(s.heads) + "_d" + std::to_string(s.d);
