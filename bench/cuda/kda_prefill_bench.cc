@@ -69,11 +69,12 @@ void RunCase(const Case& c, DType act, int heads, int iters, const cudaDevicePro
     host_seqs.push_back({{begin, c.lengths[i]}, KdaAlgorithm::kChunked, state + i * heads * kDim * kDim});
     begin += c.lengths[i];
   }
-  const auto [chunks, first_chunk] =
+  const auto [chunks, first_chunk, longest_first] =
       deltaserve::kernels::cuda::BuildKdaChunkTable(host_seqs.data(), num_seqs);
   KdaSequence* seqs = DeviceCopy(host_seqs);
   KdaChunkRef* device_chunks = DeviceCopy(chunks);
   int32_t* device_first = DeviceCopy(first_chunk);
+  int32_t* device_order = DeviceCopy(longest_first);
   const auto num_chunks = static_cast<int64_t>(chunks.size());
   void* scratch = nullptr;
   const size_t scratch_bytes =
@@ -93,7 +94,7 @@ void RunCase(const Case& c, DType act, int heads, int iters, const cudaDevicePro
   const auto out_view = MakeView(out, act, total, width);
   const double ms = deltaserve::bench::TimeMs(2, iters, stream, [&] {
     Check(static_cast<cudaError_t>(deltaserve::kernels::cuda::LaunchKdaChunked(
-              in, seqs, num_seqs, device_chunks, device_first, num_chunks, scratch, out_view, stream)),
+              in, seqs, num_seqs, device_chunks, device_first, device_order, num_chunks, scratch, out_view, stream)),
           "kda chunked");
   });
   double recurrent_ms = 0;
@@ -116,7 +117,8 @@ void RunCase(const Case& c, DType act, int heads, int iters, const cudaDevicePro
   for (void* p : {static_cast<void*>(q), static_cast<void*>(k), static_cast<void*>(v),
                   static_cast<void*>(g), static_cast<void*>(beta), static_cast<void*>(out),
                   static_cast<void*>(state), static_cast<void*>(seqs),
-                  static_cast<void*>(device_chunks), static_cast<void*>(device_first), scratch}) {
+                  static_cast<void*>(device_chunks), static_cast<void*>(device_first),
+                  static_cast<void*>(device_order), scratch}) {
     cudaFree(p);
   }
 }

@@ -672,9 +672,10 @@ __device__ __forceinline__ void ForEachHeldStateTile(int warp, F&& f) {
 // wait for the output kernel, which has every chunk's H and Vn at once. Warp w computes the Vn
 // tiles w, w + kWarps, ... (row tile t % 4, column tile t / 4) and holds the state tiles w,
 // w + kWarps, ... (row-major over [D/16, BV/16]) in registers, fp32, for the whole sequence.
+// Blocks take the sequences longest first: a chain that starts last must not be a long one.
 template <int D, int BV, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32)
-    KdaChunkScanKernel(const KdaSequence* seqs, const int32_t* first_chunk, int heads,
+    KdaChunkScanKernel(const KdaSequence* seqs, const int32_t* first_chunk, const int32_t* longest_first, int heads,
                        ChunkScratch<D> scratch) {
   constexpr int kSlices = D / BV, kColTiles = BV / kSub, kStateTiles = (D / kSub) * kColTiles;
   constexpr int kMyStateTiles = (kStateTiles + kWarps - 1) / kWarps;
@@ -685,7 +686,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   const int slice = blockIdx.x % kSlices;
   const int head_index = blockIdx.x / kSlices;
-  const int seq = head_index / heads, h = head_index % heads;
+  const int seq = longest_first[head_index / heads], h = head_index % heads;
   const int first = first_chunk[seq], count = first_chunk[seq + 1] - first;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   float* state = seqs[seq].state + static_cast<int64_t>(h) * D * D + slice * BV;
@@ -908,13 +909,14 @@ int LaunchOutput(const KdaChunkRef* chunks, int64_t num_chunks, const ChunkScrat
 // Launches the scan in slices of BV value columns (allow = true: only sets its shared-memory
 // limit, which the caller does before anything is queued).
 template <int D, int BV, int kWarps>
-int LaunchScanOf(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
-                 const ChunkScratch<D>& scratch, cudaStream_t stream) {
+int LaunchScanOf(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk,
+                 const int32_t* longest_first, int heads, const ChunkScratch<D>& scratch, cudaStream_t stream) {
   const auto kernel = KdaChunkScanKernel<D, BV, kWarps>;
   const size_t bytes = sizeof(ScanShared<D, BV>);
   if (allow) return AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes);
   const int64_t blocks = num_seqs * heads * (D / BV);
-  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, bytes, stream>>>(seqs, first_chunk, heads, scratch);
+  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, bytes, stream>>>(seqs, first_chunk, longest_first, heads,
+                                                                        scratch);
   return 0;
 }
 
@@ -924,23 +926,25 @@ int LaunchScanOf(bool allow, const KdaSequence* seqs, int64_t num_seqs, const in
 // Fewer (sequence, head) pairs take slices of 32 (8 warps, two blocks per SM): at one sequence of
 // 32 heads, 64 wide blocks would leave half the SMs idle (12% slower).
 template <int D>
-int LaunchScan(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk, int heads,
-               const ChunkScratch<D>& scratch, cudaStream_t stream) {
+int LaunchScan(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk,
+               const int32_t* longest_first, int heads, const ChunkScratch<D>& scratch, cudaStream_t stream) {
   if constexpr (D % 64 == 0) {
     if (8 * num_seqs * heads * (D / 64) >= 7 * SmCount()) {
-      return LaunchScanOf<D, 64, 16>(allow, seqs, num_seqs, first_chunk, heads, scratch, stream);
+      return LaunchScanOf<D, 64, 16>(allow, seqs, num_seqs, first_chunk, longest_first, heads, scratch, stream);
     }
   }
-  return LaunchScanOf<D, ScanSlice(D), kScanWarps>(allow, seqs, num_seqs, first_chunk, heads, scratch, stream);
+  return LaunchScanOf<D, ScanSlice(D), kScanWarps>(allow, seqs, num_seqs, first_chunk, longest_first, heads, scratch,
+                                                   stream);
 }
 
 template <int D>
 int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const KdaChunkRef* chunks,
-           const int32_t* first_chunk, int64_t num_chunks, void* scratch_memory, TensorView out,
-           cudaStream_t stream) {
+           const int32_t* first_chunk, const int32_t* longest_first, int64_t num_chunks, void* scratch_memory,
+           TensorView out, cudaStream_t stream) {
   const int heads = static_cast<int>(in.num_heads);
   const auto scratch = ChunkScratch<D>::Carve(scratch_memory, num_chunks * heads);
-  if (const int error = LaunchScan<D>(/*allow=*/true, seqs, num_seqs, first_chunk, heads, scratch, stream);
+  if (const int error =
+          LaunchScan<D>(/*allow=*/true, seqs, num_seqs, first_chunk, longest_first, heads, scratch, stream);
       error != 0) {
     return error;
   }
@@ -951,7 +955,7 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
                       : (aligned ? LaunchPrepare<D, float, true>(in, chunks, tasks, scratch, stream)
                                  : LaunchPrepare<D, float, false>(in, chunks, tasks, scratch, stream));
   if (error != 0) return error;
-  LaunchScan<D>(/*allow=*/false, seqs, num_seqs, first_chunk, heads, scratch, stream);
+  LaunchScan<D>(/*allow=*/false, seqs, num_seqs, first_chunk, longest_first, heads, scratch, stream);
   error = out.dtype == DType::kBF16 ? LaunchOutput<D, bf16>(chunks, num_chunks, scratch, heads, out, stream)
                                     : LaunchOutput<D, float>(chunks, num_chunks, scratch, heads, out, stream);
   if (error != 0) return error;
@@ -971,6 +975,10 @@ KdaChunkTable BuildKdaChunkTable(const KdaSequence* seqs, int64_t num_seqs) {
     }
   }
   table.first_chunk.push_back(static_cast<int32_t>(table.chunks.size()));
+  for (int64_t i = 0; i < num_seqs; ++i) table.longest_first.push_back(static_cast<int32_t>(i));
+  std::stable_sort(table.longest_first.begin(), table.longest_first.end(), [&](int32_t a, int32_t b) {
+    return table.first_chunk[a + 1] - table.first_chunk[a] > table.first_chunk[b + 1] - table.first_chunk[b];
+  });
   return table;
 }
 
@@ -995,26 +1003,26 @@ size_t KdaChunkedScratchBytes(int64_t num_chunks, int64_t heads, int64_t head_di
 }
 
 int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
-                     const KdaChunkRef* chunks, const int32_t* first_chunk, int64_t num_chunks,
-                     void* scratch, TensorView out, Stream stream) {
+                     const KdaChunkRef* chunks, const int32_t* first_chunk, const int32_t* longest_first,
+                     int64_t num_chunks, void* scratch, TensorView out, Stream stream) {
   const int64_t heads = in.num_heads, d = in.head_dim, width = heads * d;
   if (num_seqs < 0 || num_chunks < 0 || heads <= 0 || heads > 65535 || !KdaChunkedSupports(d) ||
       !KdaInputsMatch(in, out, /*bf16_activations=*/true)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_seqs == 0 || num_chunks == 0) return 0;
-  if (seqs == nullptr || chunks == nullptr || first_chunk == nullptr || scratch == nullptr ||
-      !FitsGridX(num_chunks * heads) || !FitsGridX(num_seqs * width)) {
+  if (seqs == nullptr || chunks == nullptr || first_chunk == nullptr || longest_first == nullptr ||
+      scratch == nullptr || !FitsGridX(num_chunks * heads) || !FitsGridX(num_seqs * width)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   auto s = static_cast<cudaStream_t>(stream);
   switch (d) {
-    case 16: return Launch<16>(in, seqs, num_seqs, chunks, first_chunk, num_chunks, scratch, out, s);
-    case 32: return Launch<32>(in, seqs, num_seqs, chunks, first_chunk, num_chunks, scratch, out, s);
-    case 48: return Launch<48>(in, seqs, num_seqs, chunks, first_chunk, num_chunks, scratch, out, s);
-    case 64: return Launch<64>(in, seqs, num_seqs, chunks, first_chunk, num_chunks, scratch, out, s);
-    case 96: return Launch<96>(in, seqs, num_seqs, chunks, first_chunk, num_chunks, scratch, out, s);
-    case 128: return Launch<128>(in, seqs, num_seqs, chunks, first_chunk, num_chunks, scratch, out, s);
+    case 16: return Launch<16>(in, seqs, num_seqs, chunks, first_chunk, longest_first, num_chunks, scratch, out, s);
+    case 32: return Launch<32>(in, seqs, num_seqs, chunks, first_chunk, longest_first, num_chunks, scratch, out, s);
+    case 48: return Launch<48>(in, seqs, num_seqs, chunks, first_chunk, longest_first, num_chunks, scratch, out, s);
+    case 64: return Launch<64>(in, seqs, num_seqs, chunks, first_chunk, longest_first, num_chunks, scratch, out, s);
+    case 96: return Launch<96>(in, seqs, num_seqs, chunks, first_chunk, longest_first, num_chunks, scratch, out, s);
+    case 128: return Launch<128>(in, seqs, num_seqs, chunks, first_chunk, longest_first, num_chunks, scratch, out, s);
     default: return static_cast<int>(cudaErrorInvalidValue);
   }
 }

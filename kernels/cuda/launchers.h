@@ -73,10 +73,12 @@ struct KdaChunkRef {
   int32_t sequence = 0;  // index into the launch's sequences
 };
 // The chunk table LaunchKdaChunked takes (before upload) for `num_seqs` host descriptors: each
-// sequence's rows in chunks of at most 64, in order; first_chunk has num_seqs + 1 entries.
+// sequence's rows in chunks of at most 64, in order; first_chunk has num_seqs + 1 entries;
+// longest_first lists the sequences by descending chunk count (ties in order).
 struct KdaChunkTable {
   std::vector<KdaChunkRef> chunks;
   std::vector<int32_t> first_chunk;
+  std::vector<int32_t> longest_first;
 };
 KdaChunkTable BuildKdaChunkTable(const KdaSequence* seqs, int64_t num_seqs);
 // Whether the chunked KDA kernels support `head_dim` (16, 32, 48, 64, 96, 128).
@@ -85,11 +87,13 @@ bool KdaChunkedSupports(int64_t head_dim);
 size_t KdaChunkedScratchBytes(int64_t num_chunks, int64_t heads, int64_t head_dim);
 // The chunked (prefill) form of Backend::KdaAttention (spec §2.4) for `num_seqs` sequences
 // split into `num_chunks` chunks: sequence i owns chunks [first_chunk[i], first_chunk[i + 1]), in
-// order (first_chunk has num_seqs + 1 entries). Tensor cores, bf16 intermediates; q, k, v, the
-// gate logits and out F32 or BF16 (one dtype).
+// order (first_chunk has num_seqs + 1 entries); the scan, whose blocks walk a sequence's chunks
+// one after another, starts its blocks in the order of longest_first (num_seqs entries), so the
+// longest chains are not the last to start. Tensor cores, bf16 intermediates; q, k, v, the gate
+// logits and out F32 or BF16 (one dtype).
 int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs,
-                     const KdaChunkRef* chunks, const int32_t* first_chunk, int64_t num_chunks,
-                     void* scratch, TensorView out, Stream stream);
+                     const KdaChunkRef* chunks, const int32_t* first_chunk, const int32_t* longest_first,
+                     int64_t num_chunks, void* scratch, TensorView out, Stream stream);
 // Copies each sequence's new latent rows [rows.begin, +length) after its cached rows.
 int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t num_seqs,
                           Stream stream);

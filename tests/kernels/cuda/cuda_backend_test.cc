@@ -591,6 +591,20 @@ TEST_P(CudaKda, FusedRecurrentTakesBf16Activations) {
              /*unaligned_inputs=*/false, DType::kBF16);
 }
 
+// The scan starts its blocks in the order of longest_first, so the longest chains of chunks do
+// not start last; host code, no GPU needed.
+TEST(KdaChunkTable, ListsTheSequencesLongestFirst) {
+  std::vector<KdaSequence> seqs;
+  int64_t begin = 0;
+  for (const int64_t length : {65, 200, 1, 130, 193}) {  // 2, 4, 1, 3 and 4 chunks
+    seqs.push_back({{begin, length}, KdaAlgorithm::kChunked, nullptr});
+    begin += length;
+  }
+  const KdaChunkTable table = BuildKdaChunkTable(seqs.data(), static_cast<int64_t>(seqs.size()));
+  EXPECT_EQ(table.first_chunk, (std::vector<int32_t>{0, 2, 6, 7, 10, 14}));
+  EXPECT_EQ(table.longest_first, (std::vector<int32_t>{1, 4, 3, 0, 2}));  // ties in order
+}
+
 INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                          ::testing::Values(KdaShape{2, 16, {1, 70}, 0.0f}, KdaShape{3, 24, {5, 1, 64}, -2.0f},
                                            KdaShape{2, 32, {130, 1}, 0.0f}, KdaShape{2, 64, {1, 1, 33}, 0.0f},
