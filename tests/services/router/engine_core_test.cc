@@ -79,15 +79,33 @@ struct OpenAtExit {
   ~OpenAtExit() { store.Open(); }
 };
 
-TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto model = model::KimiLinearModel::Load(kFixture, backend);
-  ASSERT_TRUE(model.ok()) << model.status();
+// The whole model on the CPU as one stage (at most `max_open` sequences), over a store whose gate
+// holds `hold` transfers until the test opens it.
+struct WholeModelStage {
+  explicit WholeModelStage(testing::GatedStoreClient::Hold hold = testing::GatedStoreClient::Hold::kUploads)
+      : store(hold) {}
+  absl::Status Load(int64_t max_open) {
+    auto loaded = model::KimiLinearModel::Load(kFixture, backend);
+    if (!loaded.ok()) return loaded.status();
+    model = *std::move(loaded);
+    stage = std::make_unique<StageEngine>(*model, &store, nullptr, StageEngineOptions{.max_open_sequences = max_open});
+    return absl::OkStatus();
+  }
+  RouterModel router_model() const { return {model->config(), model->fingerprint(), model->max_context()}; }
+
+  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  std::unique_ptr<model::KimiLinearModel> model;
   testing::GatedStoreClient store;
+  std::unique_ptr<StageEngine> stage;
+};
+
+TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   const RouterConfig config = TwoPlaces();
-  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
-  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
-                    &store, nullptr);
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(config.max_running);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  testing::GatedStoreClient& store = whole.store;
+  EngineCore engine(config, whole.router_model(), *whole.stage, &store, nullptr);
 
   OpenAtExit open_at_exit{store};
 
@@ -127,25 +145,6 @@ TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   EXPECT_EQ(turn.outcome.usage.recomputed_tokens(), 0);
   engine.Shutdown();
 }
-
-// The whole model on the CPU as one stage (at most `max_open` sequences), over a store whose gate
-// is open.
-struct WholeModelStage {
-  absl::Status Load(int64_t max_open) {
-    auto loaded = model::KimiLinearModel::Load(kFixture, backend);
-    if (!loaded.ok()) return loaded.status();
-    model = *std::move(loaded);
-    store.Open();
-    stage = std::make_unique<StageEngine>(*model, &store, nullptr, StageEngineOptions{.max_open_sequences = max_open});
-    return absl::OkStatus();
-  }
-  RouterModel router_model() const { return {model->config(), model->fingerprint(), model->max_context()}; }
-
-  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
-  std::unique_ptr<model::KimiLinearModel> model;
-  testing::GatedStoreClient store;
-  std::unique_ptr<StageEngine> stage;
-};
 
 // Keeps the engine's latest Batch report, and lets a test wait for a given one.
 class BatchWatcher final : public RouterObserver {
@@ -223,6 +222,7 @@ TEST(EngineCoreTest, TheBatchReportEmptiesWhenTheLastRequestFinishes) {
   WholeModelStage whole;
   const absl::Status loaded = whole.Load(config.max_running);
   ASSERT_TRUE(loaded.ok()) << loaded;
+  whole.store.Open();
   BatchWatcher batches;
   EngineCore engine(config, whole.router_model(), *whole.stage, &whole.store, &batches);
   auto request = engine.Submit(Greedy({7, 8}, 3));
@@ -284,6 +284,7 @@ TEST(EngineCoreTest, ASessionCountsAsResumedOnlyOnceOpen) {
   WholeModelStage whole;
   const absl::Status loaded = whole.Load(config.max_running);
   ASSERT_TRUE(loaded.ok()) << loaded;
+  whole.store.Open();
   RestoreFailingStage failing(*whole.stage);
   ResumeCounter counter;
   EngineCore engine(config, whole.router_model(), failing, &whole.store, &counter);
@@ -366,17 +367,15 @@ struct TransferRun {
   std::vector<double> saves, resumes;
 };
 TransferRun RunWithOneHeldTransfer(testing::GatedStoreClient::Hold hold) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto model = model::KimiLinearModel::Load(kFixture, backend);
-  EXPECT_TRUE(model.ok()) << model.status();
-  if (!model.ok()) return {};
-  testing::GatedStoreClient store(hold);
   RouterConfig config = TwoPlaces();
   config.session_transfer_threads = 1;
-  StageEngine stage(**model, &store, nullptr, {.max_open_sequences = config.max_running});
+  WholeModelStage whole(hold);
+  const absl::Status loaded = whole.Load(config.max_running);
+  EXPECT_TRUE(loaded.ok()) << loaded;
+  if (!loaded.ok()) return {};
+  testing::GatedStoreClient& store = whole.store;
   TransferTimes times;
-  EngineCore engine(config, {(*model)->config(), (*model)->fingerprint(), (*model)->max_context()}, stage,
-                    &store, &times);
+  EngineCore engine(config, whole.router_model(), *whole.stage, &store, &times);
   OpenAtExit open_at_exit{store};
   const bool uploads = hold == testing::GatedStoreClient::Hold::kUploads;
   if (!uploads) RunTwoTurns(engine, v1::SESSION_MODE_CREATE);  // saves only: nothing downloads yet
