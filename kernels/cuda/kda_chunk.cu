@@ -2,9 +2,9 @@
 //  1. KdaChunkPrepareKernel, persistent blocks taking (chunk, head) tasks in turn, every chunk
 //     independent (the next task's inputs copied in while one finishes): gate, beta and the
 //     q/k L2 norm; the in-chunk cumulative decay G; Akk and Aqk from 16-row sub-blocks, each
-//     product against the sub-block's first row (the off-diagonal ones with no positive exponent;
-//     a diagonal one only where its decay range is small, element by element otherwise);
-//     Tm = (I + Akk)^-1 by 16x16 blocks; then W = Tm·(β e^G k̂), U = Tm·(β v),
+//     product against G at the sub-block's start (the off-diagonal ones with no positive
+//     exponent; a diagonal one only where its decay range is small, element by element
+//     otherwise); Tm = (I + Akk)^-1 by 16x16 blocks in a 2x2 recursion; then W = Tm·(β e^G k̂), U = Tm·(β v),
 //     QG = q̂ e^G, KG = k̂ e^(G_last - G), Aqk and e^G_last into scratch.
 //  2. KdaChunkScanKernel, one block per (sequence, head, slice of value columns), chunk by chunk:
 //     H = S and Vn = U - W·S out to scratch, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in
@@ -35,8 +35,8 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kSub = 16;  // sub-block rows, and the tensor-core tile
 constexpr int kPrepareWarps = 16;
-// A diagonal sub-block goes on tensor cores when e^(G_n - G_s) stays below 2^kDiagonalRange over
-// it (G in log2 units, n its first row), so the factors neither overflow nor lose the products
+// A diagonal sub-block goes on tensor cores when e^(G_b - G_s) stays below 2^kDiagonalRange over
+// it (G in log2 units, G_b its value where the sub-block starts), so the factors neither overflow nor lose the products
 // to bf16's range; stronger decay takes the element-by-element form.
 constexpr float kDiagonalRange = 64.0f;
 constexpr int kScanWarps = 8;
@@ -91,7 +91,7 @@ struct ChunkScratch {
 };
 
 // The next task's inputs, as the activations hold them (fp32 or bf16), copied in while the current
-// one finishes (phase 6 on). v too where the inputs are bf16: then all four fit in the union below
+// one finishes (phase 4 on). v too where the inputs are bf16: then all four fit in the union below
 // (in fp32 they would not, and v is read from global memory at the task's start).
 template <typename In>
 constexpr bool kStagesV = sizeof(In) == 2;
@@ -113,19 +113,19 @@ struct PrepareShared {
       float g[kChunk][D];
       bf16 q[kChunk][D];
       bf16 k[kChunk][D];
-      // Columns s < n scaled by e^(G_n - G_s), for the reference rows n = 16, 32, 48 in turn
-      // (16 + 32 + 48 rows).
+      // Columns s before sub-block b = 1, 2, 3 in turn (16 + 32 + 48 rows) scaled by
+      // e^(G_b - G_s), G_b the cumulative decay where b starts (G of the row before it).
       bf16 cols[6 * kSub][Padded(D)];
-      // Columns s of each sub-block scaled by e^(G_n - G_s) (n its first row: exponents >= 0,
-      // used only where the sub-block's decay range allows, see kDiagonalRange).
+      // Columns s of each sub-block b scaled by e^(G_b - G_s) (exponents >= 0, used only where
+      // the sub-block's decay range allows, see kDiagonalRange).
       bf16 diagonal_cols[kChunk][Padded(D)];
     };
-    // Read only up to phase 6's diagonal blocks, so the next task's inputs land over them
+    // Read only up to phase 4's diagonal blocks, so the next task's inputs land over them
     // meanwhile.
     PrepareStaging<D, In> next;
   };
   bf16 bv[kChunk][Padded(D)];  // β v
-  // Rows scaled by e^(G_r - G_n), n the first row of r's sub-block: k̂ (rows 0..63), then q̂.
+  // Rows scaled by e^(G_r - G_b), b the sub-block of r: k̂ (rows 0..63), then q̂.
   // Later the operand β e^G k̂ of W (rows 0..63).
   bf16 rows[2 * kChunk][Padded(D)];
   bf16 tm_bf16[kChunk][Padded(kChunk)];
@@ -134,8 +134,9 @@ struct PrepareShared {
   union {
     float warp_sums[kPrepareWarps][D];       // each warp's sum of g over its rows
     float tile[kPrepareWarps][kSub * kSub];  // per-warp staging of a result tile
+    float partial[2][kSub * kSub];           // A_10 T_00 and A_32 T_22, for the inverse
+    float x[2 * kSub][PaddedF32(2 * kSub)];  // A_BA T_AA, for the inverse
   };
-  float partial[3][kSub * kSub];  // Σ_K A_IK T_KJ of the inverse's off-diagonal blocks
   float beta[kChunk];
   int diagonal_on_tensor_cores[4];  // per sub-block: its decay range is below kDiagonalRange
 };
@@ -225,6 +226,19 @@ __device__ __forceinline__ float4 Load4(const bf16* p) { return UnpackBf16(*rein
 __device__ __forceinline__ float4 LoadStaged4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ float4 LoadStaged4(const bf16* p) { return Load4(p); }
 
+// Σ_k a[k] · (b[k·ldb .. k·ldb + 3]) over k < kLen, in two chains.
+template <int kLen>
+__device__ __forceinline__ float4 RowTimesRows(const float* a, const float* b, int ldb) {
+  static_assert(kLen % 2 == 0, "two chains");
+  float4 even = make_float4(0.0f, 0.0f, 0.0f, 0.0f), odd = even;
+#pragma unroll
+  for (int k = 0; k < kLen; k += 2) {
+    even = even + *reinterpret_cast<const float4*>(b + k * ldb) * a[k];
+    odd = odd + *reinterpret_cast<const float4*>(b + (k + 1) * ldb) * a[k + 1];
+  }
+  return even + odd;
+}
+
 // Row r of an activation view whose elements are T (float or bf16).
 template <typename T>
 __device__ __forceinline__ const T* RowOf(const TensorView& v, int64_t r) {
@@ -300,7 +314,6 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   static_assert(kPrepareWarps == kSub && kChunk == 4 * kPrepareWarps && D % 4 == 0 && D <= 128,
                 "the layout above");
   constexpr int kRows = kChunk / kPrepareWarps;
-  constexpr int kThreads = kPrepareWarps * 32;
   constexpr float kLog2E = 1.4426950408889634f;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const bool on = lane < D / 4;
@@ -352,46 +365,37 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     if (i > 0) G[i] = G[i] + G[i - 1];  // the cumulative sum over this warp's rows
   }
   if (on) At4(&s.warp_sums[warp][c0]) = G[kRows - 1];
-  for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
-    const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
-    At4(&s.akk[r][c]) = zero;
-  }
   __syncthreads();
 
-  // 2. G over the whole chunk: add the sums of the warps before this one.
-  {
-    float4 before = zero;
-    for (int w = 0; w < warp; ++w) before = before + At4(&s.warp_sums[w][c0]);
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int r = r0 + i;
-      G[i] = G[i] + before;
-      if (on) {
-        At4(&s.g[r][c0]) = G[i];
-        Store4(&s.q[r][c0], q[i]);
-        Store4(&s.k[r][c0], k[i]);
-        Store4(&s.bv[r][c0], v[i] * beta[i]);
-      }
-      if (lane == 0) s.beta[r] = beta[i];
-    }
-  }
-  __syncthreads();
-
-  // 3. Operands of the sub-block products (and whether each diagonal one may use them); QG, KG
-  //    and e^G_last out to scratch; the operand β e^G k̂ of W kept in registers until `rows` is
-  //    free.
+  // 2. G over the whole chunk (the sums of the warps before this one added), and from the warps'
+  //    sums alone G at each sub-block's start (the previous sub-block's last row; 0 for the first)
+  //    and at the chunk's end, so the operands below need no barrier after G. Then the operands
+  //    of the sub-block products (and whether each diagonal one may use them); QG, KG and
+  //    e^G_last out to scratch; the operand β e^G k̂ of W kept in registers until `rows` is free.
   uint2 w_operand[kRows];
   {
-    const float4 g_last = At4(&s.g[kChunk - 1][c0]);
-    const float4 g_ref = At4(&s.g[block * kSub][c0]);
+    float4 before = zero, g_ref = zero, g_start[4], g_last = zero;
+#pragma unroll
+    for (int w = 0; w < kPrepareWarps; ++w) {
+      if (w == warp) before = g_last;
+      if (w % 4 == 0) g_start[w / 4] = g_last;
+      if (w == 4 * block) g_ref = g_last;
+      g_last = g_last + At4(&s.warp_sums[w][c0]);
+    }
     bf16* qg = scratch.qg + ch * kChunk * D;
     bf16* kg = scratch.kg + ch * kChunk * D;
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int r = r0 + i;
+      G[i] = G[i] + before;
+      if (lane == 0) s.beta[r] = beta[i];
       const float4 e_g = Exp2(G[i]);
       w_operand[i] = PackBf16(k[i] * e_g * beta[i]);
       if (!on) continue;
+      At4(&s.g[r][c0]) = G[i];
+      Store4(&s.q[r][c0], q[i]);
+      Store4(&s.k[r][c0], k[i]);
+      Store4(&s.bv[r][c0], v[i] * beta[i]);
       Store4(qg + r * D + c0, q[i] * e_g);
       Store4(kg + r * D + c0, k[i] * Exp2Diff(g_last, G[i]));
       const float4 decay = Exp2Diff(G[i], g_ref);
@@ -401,8 +405,9 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
       Store4(&s.diagonal_cols[r][c0],
              k[i] * Exp2(make_float4(fminf(growth.x, kDiagonalRange), fminf(growth.y, kDiagonalRange),
                                      fminf(growth.z, kDiagonalRange), fminf(growth.w, kDiagonalRange))));
-      for (int b = block + 1; b < 4; ++b) {
-        Store4(&s.cols[ColsBase(b) + r][c0], k[i] * Exp2Diff(At4(&s.g[b * kSub][c0]), G[i]));
+#pragma unroll
+      for (int b = 1; b < 4; ++b) {
+        if (b > block) Store4(&s.cols[ColsBase(b) + r][c0], k[i] * Exp2Diff(g_start[b], G[i]));
       }
     }
     if (warp == 0 && on) At4(&scratch.gate_last[ch * D + c0]) = Exp2(g_last);
@@ -415,13 +420,14 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   }
   __syncthreads();
 
-  // 4. Akk (without β yet) and the off-diagonal tiles of Aqk: on tensor cores, and Akk's diagonal
-  //    ones too where their decay range is small (the products of e^(G_r - G_n) <= 1 and
-  //    e^(G_n - G_s) < 2^kDiagonalRange; Aqk's come in step 6, beside the inverse's first part);
-  //    elsewhere element by element (e^(G_r - G_s) with s <= r): warp w takes the row at offset w
-  //    of blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34 pairs each), a lane its 4
-  //    columns of every pair, and one transposed sum gives a lane one pair's total. Aqk goes
-  //    straight out to scratch (bf16), Akk's masks and β come in step 5.
+  // 3. Akk (β in its rows) and the off-diagonal tiles of Aqk: on tensor cores, and Akk's diagonal
+  //    ones too where their decay range is small (the products of e^(G_r - G_b) <= 1 and
+  //    e^(G_b - G_s) < 2^kDiagonalRange, G_b at the sub-block's start; Aqk's come in step 4, beside
+  //    the inverse's first part); elsewhere element by element (e^(G_r - G_s) with s <= r): warp
+  //    w takes the row at offset w of blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34
+  //    pairs each), a lane its 4 columns of every pair, and one transposed sum gives a lane one
+  //    pair's total. Aqk goes straight out to scratch (bf16). Only Akk's strictly lower triangle
+  //    is ever read, so nothing above it is stored or masked.
   bf16* const aqk = scratch.aqk + ch * kChunk * kChunk;
   for (int t = warp; t < 16; t += kPrepareWarps) {
     const bool is_q = t >= 6 && t < 12;
@@ -440,6 +446,8 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
       StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), aqk + bi * kSub * kChunk + bj * kSub, kChunk,
                           lane);
     } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc.x[i] *= s.beta[bi * kSub + AccRow(i, lane)];
       StoreTile(acc, &s.akk[bi * kSub][bj * kSub], PaddedF32(kChunk), lane);
     }
   }
@@ -465,37 +473,25 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     const float total = TransposeSum(sums, lane);
     const int j = lane % kSub;
     if (lane < kSub) {
-      if (j < offset) s.akk[r][b * kSub + j] = total;
+      if (j < offset) s.akk[r][b * kSub + j] = total * s.beta[r];
     } else {
       aqk[r * kChunk + b * kSub + j] = __float2bfloat16(j <= offset ? total : 0.0f);
     }
   }
   __syncthreads();
 
-  // 5. β into Akk's rows, Akk strictly lower; the W operand into `rows` (its reads are done).
-  {
-    for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
-      const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
-      float4 kk = At4(&s.akk[r][c]) * s.beta[r];
-      float* kk_at = &kk.x;
+  // 4. Tm = (I + Akk)^-1, unit lower triangular: the diagonal 16x16 blocks by forward
+  //    substitution (a warp each, a lane per column), then the 2x2 recursion, first within each
+  //    32x32 diagonal block, T_10 = -T_11 A_10 T_00 (and T_32 likewise), then across them,
+  //    T_BA = -T_BB (A_BA T_AA) with A = rows 0..31, B = rows 32..63. Tm's bf16 copy for the W
+  //    and U products is written as each block is final (the fp32 one only where later blocks
+  //    read it). Beside the substitution, warps 4-7 compute Aqk's diagonal tiles where they go
+  //    on tensor cores (lower triangle kept), warps 8-13 zero its tiles above the diagonal, and
+  //    the W operand goes into `rows` (the products reading k̂ there are done).
+  if (on) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (c + e >= r) kk_at[e] = 0.0f;
-      }
-      At4(&s.akk[r][c]) = kk;
-    }
-    if (on) {
-#pragma unroll
-      for (int i = 0; i < kRows; ++i) *reinterpret_cast<uint2*>(&s.rows[r0 + i][c0]) = w_operand[i];
-    }
+    for (int i = 0; i < kRows; ++i) *reinterpret_cast<uint2*>(&s.rows[r0 + i][c0]) = w_operand[i];
   }
-  __syncthreads();
-
-  // 6. Tm = (I + Akk)^-1, unit lower triangular: the diagonal 16x16 blocks by forward
-  //    substitution (a warp each, a lane per column), then T_IJ = -T_II Σ_{K=J..I-1} A_IK T_KJ
-  //    in order of distance I - J. Beside the substitution, warps 4-7 compute Aqk's diagonal
-  //    tiles where they go on tensor cores (lower triangle kept) and warps 8-13 zero its tiles
-  //    above the diagonal.
   if (warp >= 4 && warp < 8 && s.diagonal_on_tensor_cores[warp - 4]) {
     const int b = warp - 4;
     const bf16* qa = &s.rows[kChunk + b * kSub][0];
@@ -524,50 +520,49 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
       column[r] = r < c ? 0.0f : (r == c ? 1.0f : -sum);
     }
 #pragma unroll
-    for (int r = 0; r < kSub; ++r) s.tm[base + r][base + c] = column[r];
+    for (int r = 0; r < kSub; ++r) {
+      s.tm[base + r][base + c] = column[r];
+      s.tm_bf16[base + r][base + c] = __float2bfloat16(column[r]);
+    }
   }
   __syncthreads();
   stage_next();
-  //    A thread takes 4 adjacent columns of a block row. The distances unrolled, every sum has
-  //    a fixed length, so its shared-memory reads can be issued ahead of the products; the
-  //    second sum runs over the whole row of T_II (exact zeros above its diagonal), in two
-  //    chains: the same sums as a loop to the diagonal, up to rounding order.
-#pragma unroll
-  for (int distance = 1; distance < 4; ++distance) {
-    constexpr int kItems = kSub * kSub / 4;
-    static_assert(3 * kItems <= kThreads, "a thread per item");
-    const int i = tid, b = i / kItems, r = (i / 4) % kSub, c = 4 * (i % 4);
-    const int bj = b, bi = b + distance;
-    const bool active = i < (4 - distance) * kItems;
-    if (active) {
-      float4 even = zero, odd = zero;
-#pragma unroll
-      for (int kk = 0; kk < distance * kSub; kk += 2) {
-        const int k = bj * kSub + kk;
-        even = even + At4(&s.tm[k][bj * kSub + c]) * s.akk[bi * kSub + r][k];
-        odd = odd + At4(&s.tm[k + 1][bj * kSub + c]) * s.akk[bi * kSub + r][k + 1];
-      }
-      At4(&s.partial[b][r * kSub + c]) = even + odd;
-    }
-    __syncthreads();
-    if (active) {
-      float4 even = zero, odd = zero;
-#pragma unroll
-      for (int k = 0; k < kSub; k += 2) {
-        even = even + At4(&s.partial[b][k * kSub + c]) * s.tm[bi * kSub + r][bi * kSub + k];
-        odd = odd + At4(&s.partial[b][(k + 1) * kSub + c]) * s.tm[bi * kSub + r][bi * kSub + k + 1];
-      }
-      At4(&s.tm[bi * kSub + r][bj * kSub + c]) = (even + odd) * -1.0f;
-    }
-    __syncthreads();
-  }
-
-  // 7. W = Tm·(β e^G k̂) and U = Tm·(β v) on tensor cores (Tm in bf16, lower block triangle).
-  for (int i = tid; i < kChunk * kChunk / 4; i += kThreads) {
-    const int r = i / (kChunk / 4), c = 4 * (i % (kChunk / 4));
-    Store4(&s.tm_bf16[r][c], At4(&s.tm[r][c]));
+  //    A thread takes 4 adjacent columns of a block row; every sum has a fixed length (rows of
+  //    T_II run over exact zeros above its diagonal), so its shared-memory reads can be issued
+  //    ahead of the products.
+  constexpr int kLd = PaddedF32(kChunk), kLdX = PaddedF32(2 * kSub);
+  if (tid < 2 * kSub * kSub / 4) {  // T_10 and T_32
+    const int pair = tid / (kSub * kSub / 4), r = (tid / 4) % kSub, c = 4 * (tid % 4);
+    const int bj = 2 * pair * kSub, bi = bj + kSub;
+    At4(&s.partial[pair][r * kSub + c]) = RowTimesRows<kSub>(&s.akk[bi + r][bj], &s.tm[bj][bj + c], kLd);
   }
   __syncthreads();
+  if (tid < 2 * kSub * kSub / 4) {
+    const int pair = tid / (kSub * kSub / 4), r = (tid / 4) % kSub, c = 4 * (tid % 4);
+    const int bj = 2 * pair * kSub, bi = bj + kSub;
+    const float4 t = RowTimesRows<kSub>(&s.tm[bi + r][bi], &s.partial[pair][c], kSub) * -1.0f;
+    At4(&s.tm[bi + r][bj + c]) = t;
+    Store4(&s.tm_bf16[bi + r][bj + c], t);
+  }
+  __syncthreads();
+  if (tid < 2 * kSub * 2 * kSub / 4) {  // X = A_BA T_AA; T_AA's columns 16..31 are T_11's alone
+    const bool left = tid < kSub * 2 * kSub / 4;
+    const int r = (tid / 4) % (2 * kSub), c = (left ? 0 : kSub) + 4 * (tid % 4);
+    At4(&s.x[r][c]) = left ? RowTimesRows<2 * kSub>(&s.akk[2 * kSub + r][0], &s.tm[0][c], kLd)
+                           : RowTimesRows<kSub>(&s.akk[2 * kSub + r][kSub], &s.tm[kSub][c], kLd);
+  }
+  __syncthreads();
+  if (tid < 2 * kSub * 2 * kSub / 4) {  // T_BA = -T_BB X; T_BB's rows 0..15 are T_22's alone
+    const bool lower = tid < kSub * 2 * kSub / 4;
+    const int r = (lower ? kSub : 0) + (tid / 8) % kSub, c = 4 * (tid % 8);
+    const float* t_row = &s.tm[2 * kSub + r][2 * kSub];
+    const float4 t = (lower ? RowTimesRows<2 * kSub>(t_row, &s.x[0][c], kLdX)
+                            : RowTimesRows<kSub>(t_row, &s.x[0][c], kLdX)) * -1.0f;
+    Store4(&s.tm_bf16[2 * kSub + r][c], t);
+  }
+  __syncthreads();
+
+  // 5. W = Tm·(β e^G k̂) and U = Tm·(β v) on tensor cores (Tm in bf16, lower block triangle).
   constexpr int kColTiles = D / kSub;
   for (int t = warp; t < 2 * 4 * kColTiles; t += kPrepareWarps) {
     const bool is_w = t >= 4 * kColTiles;
@@ -588,7 +583,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
 }
 
 // Persistent blocks take the (chunk, head) tasks ch = chunk * heads + h in turn: block b the
-// tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 6-7), the next
+// tasks b, b + gridDim.x, ... While a task's inverse and W, U products run (phases 4-5), the next
 // task's q, k and gate rows (and v's with bf16 inputs) are copied into shared memory, so that its
 // loads overlap them rather than every block waiting on its inputs at once.
 template <int D, typename In, bool kAlignedInputs>
