@@ -35,6 +35,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kSub = 16;  // sub-block rows, and the tensor-core tile
 constexpr int kPrepareWarps = 16;
+// The threads of the inverse's first step (T_10 and T_32 by 4 columns); the others meanwhile queue
+// the copy of the block's next task.
+constexpr int kInverseStepThreads = 128;
 // A diagonal sub-block goes on tensor cores when e^(G_b - G_s) stays below 2^kDiagonalRange over
 // it (G in log2 units, G_b its value where the sub-block starts), so the factors neither overflow nor lose the products
 // to bf16's range; stronger decay takes the element-by-element form.
@@ -272,14 +275,17 @@ __device__ __forceinline__ float TransposeSum(float (&v)[32], int lane) {
 // Queues the copy of a task's q, k and gate rows (and v's, where kStagesV; chunk `ref`, head h's
 // columns) and β logits into `next`: the rows of the chunk only (phase 1 zeroes the others).
 // 16-byte cp.async pieces where the rows are aligned; otherwise 4-byte ones (fp32), or plain
-// loads and stores (bf16: synchronous, so not overlapped; the model's rows are aligned).
+// loads and stores (bf16: synchronous, so not overlapped; the model's rows are aligned). The
+// threads from `first_thread` on take part.
 template <int D, typename In, bool kAlignedInputs>
-__device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkRef& ref, int h,
+__device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkRef& ref, int h, int first_thread,
                                             PrepareStaging<D, In>& next) {
   constexpr bool kF32 = std::is_same_v<In, float>;
-  constexpr int kThreads = kPrepareWarps * 32, kPiece = kAlignedInputs ? 16 / sizeof(In) : 1;
+  constexpr int kPiece = kAlignedInputs ? 16 / sizeof(In) : 1;
+  const int threads = kPrepareWarps * 32 - first_thread, thread = static_cast<int>(threadIdx.x) - first_thread;
+  if (thread < 0) return;
   const int64_t col = static_cast<int64_t>(h) * D;
-  for (int i = threadIdx.x; i < ref.length * (D / kPiece); i += kThreads) {
+  for (int i = thread; i < ref.length * (D / kPiece); i += threads) {
     const int r = i / (D / kPiece), c = kPiece * (i % (D / kPiece));
     const int64_t t = ref.row_begin + r;
     auto copy = [](In* to, const In* from) {
@@ -296,9 +302,7 @@ __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkR
     copy(&next.gate[r][c], RowOf<In>(in.gate_logits, t) + col + c);
     if constexpr (kStagesV<In>) copy(&next.v[r][c], RowOf<In>(in.v, t) + col + c);
   }
-  if (static_cast<int>(threadIdx.x) < ref.length) {
-    CopyAsync4(&next.beta_logits[threadIdx.x], RowF32(in.beta_logits, ref.row_begin + threadIdx.x) + h);
-  }
+  if (thread < ref.length) CopyAsync4(&next.beta_logits[thread], RowF32(in.beta_logits, ref.row_begin + thread) + h);
   CommitAsync();
 }
 
@@ -531,13 +535,14 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   //    T_II run over exact zeros above its diagonal), so its shared-memory reads can be issued
   //    ahead of the products.
   constexpr int kLd = PaddedF32(kChunk), kLdX = PaddedF32(2 * kSub);
-  if (tid < 2 * kSub * kSub / 4) {  // T_10 and T_32
+  static_assert(kInverseStepThreads == 2 * kSub * kSub / 4, "a thread per item");
+  if (tid < kInverseStepThreads) {  // T_10 and T_32
     const int pair = tid / (kSub * kSub / 4), r = (tid / 4) % kSub, c = 4 * (tid % 4);
     const int bj = 2 * pair * kSub, bi = bj + kSub;
     At4(&s.partial[pair][r * kSub + c]) = RowTimesRows<kSub>(&s.akk[bi + r][bj], &s.tm[bj][bj + c], kLd);
   }
   __syncthreads();
-  if (tid < 2 * kSub * kSub / 4) {
+  if (tid < kInverseStepThreads) {
     const int pair = tid / (kSub * kSub / 4), r = (tid / 4) % kSub, c = 4 * (tid % 4);
     const int bj = 2 * pair * kSub, bi = bj + kSub;
     const float4 t = RowTimesRows<kSub>(&s.tm[bi + r][bi], &s.partial[pair][c], kSub) * -1.0f;
@@ -562,23 +567,28 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   }
   __syncthreads();
 
-  // 5. W = Tm·(β e^G k̂) and U = Tm·(β v) on tensor cores (Tm in bf16, lower block triangle).
+  // 5. W = Tm·(β e^G k̂) and U = Tm·(β v) on tensor cores (Tm in bf16, lower block triangle): a
+  //    warp takes a row tile of both at once (each Tm fragment loaded once), the warps holding
+  //    row tiles 0 and 3 or 1 and 2 (5 k steps either way).
   constexpr int kColTiles = D / kSub;
-  for (int t = warp; t < 2 * 4 * kColTiles; t += kPrepareWarps) {
-    const bool is_w = t >= 4 * kColTiles;
-    const int tile = t % (4 * kColTiles), rt = tile / kColTiles, ct = tile % kColTiles;
-    const bf16* operand = is_w ? &s.rows[0][0] : &s.bv[0][0];
-    TileAcc16 acc;
-    ZeroTile(acc);
+  for (int t = warp; t < 4 * kColTiles; t += kPrepareWarps) {
+    const int i = t / kColTiles, rt = i < 2 ? i : 5 - i, ct = t % kColTiles;
+    TileAcc16 w_acc, u_acc;
+    ZeroTile(w_acc);
+    ZeroTile(u_acc);
     for (int kt = 0; kt <= rt; ++kt) {
       TileA16 fa;
-      TileB16 fb;
+      TileB16 fw, fu;
       LoadA(fa, &s.tm_bf16[rt * kSub][kt * kSub], Padded(kChunk), lane);
-      LoadB(fb, operand + kt * kSub * Padded(D) + ct * kSub, Padded(D), lane);
-      MmaTile(acc, fa, fb);
+      LoadB(fw, &s.rows[kt * kSub][ct * kSub], Padded(D), lane);
+      LoadB(fu, &s.bv[kt * kSub][ct * kSub], Padded(D), lane);
+      MmaTile(w_acc, fa, fw);
+      MmaTile(u_acc, fa, fu);
     }
-    bf16* dst = (is_w ? scratch.w : scratch.u) + ch * kChunk * D + rt * kSub * D + ct * kSub;
-    StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), dst, D, lane);
+    const int64_t at = ch * kChunk * D + rt * kSub * D + ct * kSub;
+    bf16* staging = reinterpret_cast<bf16*>(s.tile[warp]);
+    StoreTileBf16Global(w_acc, staging, scratch.w + at, D, lane);
+    StoreTileBf16Global(u_acc, staging, scratch.u + at, D, lane);
   }
 }
 
@@ -594,12 +604,14 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   const int heads = static_cast<int>(in.num_heads);
   if (blockIdx.x >= tasks) return;
   KdaChunkRef ref = chunks[blockIdx.x / heads];
-  StageInputs<D, In, kAlignedInputs>(in, ref, static_cast<int>(blockIdx.x % heads), s.next);
+  StageInputs<D, In, kAlignedInputs>(in, ref, static_cast<int>(blockIdx.x % heads), 0, s.next);
   for (int64_t ch = blockIdx.x; ch < tasks; ch += gridDim.x) {
     const int64_t next = ch + gridDim.x;
     const KdaChunkRef next_ref = next < tasks ? chunks[next / heads] : ref;
     PrepareTask<D, In, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, [&] {
-      if (next < tasks) StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), s.next);
+      if (next < tasks) {
+        StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), kInverseStepThreads, s.next);
+      }
     });
     ref = next_ref;
   }
