@@ -35,9 +35,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kSub = 16;  // sub-block rows, and the tensor-core tile
 constexpr int kPrepareWarps = 16;
-// The threads of the inverse's first step (T_10 and T_32 by 4 columns); the others meanwhile queue
-// the copy of the block's next task.
-constexpr int kInverseStepThreads = 128;
+// The threads from which on the prepare kernel's threads queue the copy of the block's next task
+// (phase 4, beside the inverse's product A_BA T_AA on the others).
+constexpr int kStagingFirstThread = 256;
 // A diagonal sub-block goes on tensor cores when e^(G_b - G_s) stays below 2^kDiagonalRange over
 // it (G in log2 units, G_b its value where the sub-block starts), so the factors neither overflow nor lose the products
 // to bf16's range; stronger decay takes the element-by-element form.
@@ -137,7 +137,7 @@ struct PrepareShared {
   union {
     float warp_sums[kPrepareWarps][D];       // each warp's sum of g over its rows
     float tile[kPrepareWarps][kSub * kSub];  // per-warp staging of a result tile
-    float partial[2][kSub * kSub];           // A_10 T_00 and A_32 T_22, for the inverse
+    float partial[2][kSub * kSub];           // A_10 T_00 and A_32 T_22, for the inverse (warps 0, 1)
     float x[2 * kSub][PaddedF32(2 * kSub)];  // A_BA T_AA, for the inverse
   };
   float beta[kChunk];
@@ -484,37 +484,24 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   }
   __syncthreads();
 
-  // 4. Tm = (I + Akk)^-1, unit lower triangular: the diagonal 16x16 blocks by forward
-  //    substitution (a warp each, a lane per column), then the 2x2 recursion, first within each
-  //    32x32 diagonal block, T_10 = -T_11 A_10 T_00 (and T_32 likewise), then across them,
-  //    T_BA = -T_BB (A_BA T_AA) with A = rows 0..31, B = rows 32..63. Tm's bf16 copy for the W
-  //    and U products is written as each block is final (the fp32 one only where later blocks
-  //    read it). Beside the substitution, warps 4-7 compute Aqk's diagonal tiles where they go
-  //    on tensor cores (lower triangle kept), warps 8-13 zero its tiles above the diagonal, and
-  //    the W operand goes into `rows` (the products reading k̂ there are done).
+  // 4. Tm = (I + Akk)^-1, unit lower triangular, by a 2x2 recursion of 16x16 blocks: warp p
+  //    inverts the diagonal blocks 2p (lanes 0-15) and 2p + 1 (lanes 16-31) by forward
+  //    substitution, a lane per column, then T_{2p+1,2p} = -T_{2p+1,2p+1} A_{2p+1,2p} T_{2p,2p},
+  //    with no block barrier; then across the two 32x32 halves A (rows 0..31) and B (rows
+  //    32..63), T_BA = -T_BB (A_BA T_AA). Tm's bf16 copy for the W and U products is written as
+  //    each block is final (the fp32 one only where later blocks read it). Meanwhile warps 2-5
+  //    compute Aqk's diagonal tiles where they go on tensor cores (lower triangle kept), warps
+  //    6-11 zero its tiles above the diagonal, and the W operand goes into `rows` (the products
+  //    reading k̂ there are done). A thread of the products takes 4 adjacent columns of a block
+  //    row; every sum has a fixed length (rows of T_II run over exact zeros above its diagonal),
+  //    so its shared-memory reads can be issued ahead of the products.
   if (on) {
 #pragma unroll
     for (int i = 0; i < kRows; ++i) *reinterpret_cast<uint2*>(&s.rows[r0 + i][c0]) = w_operand[i];
   }
-  if (warp >= 4 && warp < 8 && s.diagonal_on_tensor_cores[warp - 4]) {
-    const int b = warp - 4;
-    const bf16* qa = &s.rows[kChunk + b * kSub][0];
-    const bf16* kb = &s.diagonal_cols[b * kSub][0];
-    TileAcc16 acc;
-    RowProductTile<D>(acc, qa, kb, lane);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      if (AccCol(i, lane) > AccRow(i, lane)) acc.x[i] = 0.0f;
-    }
-    StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), aqk + b * kSub * kChunk + b * kSub, kChunk, lane);
-  } else if (warp >= 8 && warp < 14) {
-    int bi, bj;
-    OffDiagonalPair(warp - 8, bi, bj);  // the tile (bj, bi) above the diagonal
-    *reinterpret_cast<uint4*>(aqk + (bj * kSub + (lane >> 1)) * kChunk + bi * kSub + (lane & 1) * 8) =
-        make_uint4(0, 0, 0, 0);
-  }
-  if (warp < 4 && lane < kSub) {
-    const int base = warp * kSub, c = lane;
+  constexpr int kLd = PaddedF32(kChunk), kLdX = PaddedF32(2 * kSub);
+  if (warp < 2) {
+    const int pair = warp, base = (2 * pair + lane / kSub) * kSub, c = lane % kSub;
     float column[kSub];  // column c of the block's inverse, in registers along the substitution
 #pragma unroll
     for (int r = 0; r < kSub; ++r) {
@@ -528,33 +515,47 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
       s.tm[base + r][base + c] = column[r];
       s.tm_bf16[base + r][base + c] = __float2bfloat16(column[r]);
     }
-  }
-  __syncthreads();
-  stage_next();
-  //    A thread takes 4 adjacent columns of a block row; every sum has a fixed length (rows of
-  //    T_II run over exact zeros above its diagonal), so its shared-memory reads can be issued
-  //    ahead of the products.
-  constexpr int kLd = PaddedF32(kChunk), kLdX = PaddedF32(2 * kSub);
-  static_assert(kInverseStepThreads == 2 * kSub * kSub / 4, "a thread per item");
-  if (tid < kInverseStepThreads) {  // T_10 and T_32
-    const int pair = tid / (kSub * kSub / 4), r = (tid / 4) % kSub, c = 4 * (tid % 4);
+    __syncwarp();
     const int bj = 2 * pair * kSub, bi = bj + kSub;
-    At4(&s.partial[pair][r * kSub + c]) = RowTimesRows<kSub>(&s.akk[bi + r][bj], &s.tm[bj][bj + c], kLd);
+#pragma unroll
+    for (int item = lane; item < kSub * kSub / 4; item += 32) {
+      const int r = item / 4, c4 = 4 * (item % 4);
+      At4(&s.partial[pair][r * kSub + c4]) = RowTimesRows<kSub>(&s.akk[bi + r][bj], &s.tm[bj][bj + c4], kLd);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int item = lane; item < kSub * kSub / 4; item += 32) {
+      const int r = item / 4, c4 = 4 * (item % 4);
+      const float4 t = RowTimesRows<kSub>(&s.tm[bi + r][bi], &s.partial[pair][c4], kSub) * -1.0f;
+      At4(&s.tm[bi + r][bj + c4]) = t;
+      Store4(&s.tm_bf16[bi + r][bj + c4], t);
+    }
+  } else if (warp < 6 && s.diagonal_on_tensor_cores[warp - 2]) {
+    const int b = warp - 2;
+    const bf16* qa = &s.rows[kChunk + b * kSub][0];
+    const bf16* kb = &s.diagonal_cols[b * kSub][0];
+    TileAcc16 acc;
+    RowProductTile<D>(acc, qa, kb, lane);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      if (AccCol(i, lane) > AccRow(i, lane)) acc.x[i] = 0.0f;
+    }
+    StoreTileBf16Global(acc, reinterpret_cast<bf16*>(s.tile[warp]), aqk + b * kSub * kChunk + b * kSub, kChunk, lane);
+  } else if (warp >= 6 && warp < 12) {
+    int bi, bj;
+    OffDiagonalPair(warp - 6, bi, bj);  // the tile (bj, bi) above the diagonal
+    *reinterpret_cast<uint4*>(aqk + (bj * kSub + (lane >> 1)) * kChunk + bi * kSub + (lane & 1) * 8) =
+        make_uint4(0, 0, 0, 0);
   }
   __syncthreads();
-  if (tid < kInverseStepThreads) {
-    const int pair = tid / (kSub * kSub / 4), r = (tid / 4) % kSub, c = 4 * (tid % 4);
-    const int bj = 2 * pair * kSub, bi = bj + kSub;
-    const float4 t = RowTimesRows<kSub>(&s.tm[bi + r][bi], &s.partial[pair][c], kSub) * -1.0f;
-    At4(&s.tm[bi + r][bj + c]) = t;
-    Store4(&s.tm_bf16[bi + r][bj + c], t);
-  }
-  __syncthreads();
-  if (tid < 2 * kSub * 2 * kSub / 4) {  // X = A_BA T_AA; T_AA's columns 16..31 are T_11's alone
+  static_assert(kStagingFirstThread == 2 * kSub * 2 * kSub / 4, "the threads of X = A_BA T_AA");
+  if (tid < kStagingFirstThread) {  // X = A_BA T_AA; T_AA's columns 16..31 are T_11's alone
     const bool left = tid < kSub * 2 * kSub / 4;
     const int r = (tid / 4) % (2 * kSub), c = (left ? 0 : kSub) + 4 * (tid % 4);
     At4(&s.x[r][c]) = left ? RowTimesRows<2 * kSub>(&s.akk[2 * kSub + r][0], &s.tm[0][c], kLd)
                            : RowTimesRows<kSub>(&s.akk[2 * kSub + r][kSub], &s.tm[kSub][c], kLd);
+  } else {
+    stage_next();
   }
   __syncthreads();
   if (tid < 2 * kSub * 2 * kSub / 4) {  // T_BA = -T_BB X; T_BB's rows 0..15 are T_22's alone
@@ -610,7 +611,7 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
     const KdaChunkRef next_ref = next < tasks ? chunks[next / heads] : ref;
     PrepareTask<D, In, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, [&] {
       if (next < tasks) {
-        StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), kInverseStepThreads, s.next);
+        StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), kStagingFirstThread, s.next);
       }
     });
     ref = next_ref;
