@@ -4,8 +4,8 @@
 //     q/k L2 norm; the in-chunk cumulative decay G; Akk and Aqk from 16-row sub-blocks, each
 //     product against G at the sub-block's start (the off-diagonal ones with no positive
 //     exponent; a diagonal one only where its decay range is small, element by element
-//     otherwise); Tm = (I + Akk)^-1 by 16x16 blocks in a 2x2 recursion; then W = Tm·(β e^G k̂), U = Tm·(β v),
-//     QG = q̂ e^G, KG = k̂ e^(G_last - G), Aqk and e^G_last into scratch.
+//     otherwise); Tm = (I + Akk)^-1 by 16x16 blocks in a 2x2 recursion; then W = Tm·(β e^G k̂),
+//     U = Tm·(β v), QG = q̂ e^G, KG = k̂ e^(G_last - G), Aqk and e^G_last into scratch.
 //  2. KdaChunkScanKernel, one block per (sequence, head, slice of value columns), chunk by chunk:
 //     H = S and Vn = U - W·S out to scratch, S = e^G_last ⊙ S + KGᵀ·Vn, with S fp32 in
 //     registers and the next chunk's operands loaded asynchronously meanwhile.
@@ -35,12 +35,12 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = 64;
 constexpr int kSub = 16;  // sub-block rows, and the tensor-core tile
 constexpr int kPrepareWarps = 16;
-// The threads from which on the prepare kernel's threads queue the copy of the block's next task
-// (phase 4, beside the inverse's product A_BA T_AA on the others).
+// The prepare kernel's threads from this one on queue the copy of the block's next task (phase 4,
+// beside the inverse's product A_BA T_AA on threads 0-255).
 constexpr int kStagingFirstThread = 256;
 // A diagonal sub-block goes on tensor cores when e^(G_b - G_s) stays below 2^kDiagonalRange over
-// it (G in log2 units, G_b its value where the sub-block starts), so the factors neither overflow nor lose the products
-// to bf16's range; stronger decay takes the element-by-element form.
+// it (G in log2 units, G_b its value where the sub-block starts), so the factors neither overflow
+// nor lose the products to bf16's range; stronger decay takes the element-by-element form.
 constexpr float kDiagonalRange = 64.0f;
 constexpr int kScanWarps = 8;
 constexpr int kOutputWarps = 8;
@@ -50,7 +50,7 @@ constexpr int Padded(int bf16_cols) { return bf16_cols + 8; }
 constexpr int PaddedF32(int cols) { return cols + 4; }
 
 
-// Value columns per scan block where the (sequence, head) pairs are few (LaunchScan): 32, or 16
+// Value columns per scan block where the (sequence, head) pairs are few (ChooseScan): 32, or 16
 // where the head dimension is not a multiple of 32.
 constexpr int ScanSlice(int d) { return d % 32 == 0 ? 32 : 16; }
 
@@ -123,8 +123,8 @@ struct PrepareShared {
       // the sub-block's decay range allows, see kDiagonalRange).
       bf16 diagonal_cols[kChunk][Padded(D)];
     };
-    // Read only up to phase 4's diagonal blocks, so the next task's inputs land over them
-    // meanwhile.
+    // Read only up to Aqk's diagonal tiles (warps 2-5, phase 4), so the next task's inputs land
+    // over them meanwhile.
     PrepareStaging<D, In> next;
   };
   bf16 bv[kChunk][Padded(D)];  // β v
@@ -306,8 +306,9 @@ __device__ __forceinline__ void StageInputs(const KdaInputs& in, const KdaChunkR
   CommitAsync();
 }
 
-// One (chunk, head) task `ch` of the prepare kernel; `stage_next` queues the copy of the block's
-// next task into s.next once this one no longer reads the shared memory under it.
+// One (chunk, head) task `ch` of the prepare kernel; `stage_next(first_thread)` queues the copy of
+// the block's next task into s.next on the threads from first_thread on, once this one no longer
+// reads the shared memory under it.
 // Thread layout: warp w owns the chunk's rows 4w .. 4w+3 and lane l the columns 4l .. 4l+3 (lanes
 // past D/4 hold zero q, k, v and store nothing) for the element-wise work; the products go by
 // 16x16 tiles.
@@ -431,7 +432,8 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   //    w takes the row at offset w of blocks 0 and 2 and offset 15 - w of blocks 1 and 3 (34
   //    pairs each), a lane its 4 columns of every pair, and one transposed sum gives a lane one
   //    pair's total. Aqk goes straight out to scratch (bf16). Only Akk's strictly lower triangle
-  //    is ever read, so nothing above it is stored or masked.
+  //    is ever read, so nothing above it is zeroed or masked (the diagonal tiles on tensor cores
+  //    store theirs unread).
   bf16* const aqk = scratch.aqk + ch * kChunk * kChunk;
   for (int t = warp; t < 16; t += kPrepareWarps) {
     const bool is_q = t >= 6 && t < 12;
@@ -555,7 +557,7 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
     At4(&s.x[r][c]) = left ? RowTimesRows<2 * kSub>(&s.akk[2 * kSub + r][0], &s.tm[0][c], kLd)
                            : RowTimesRows<kSub>(&s.akk[2 * kSub + r][kSub], &s.tm[kSub][c], kLd);
   } else {
-    stage_next();
+    stage_next(kStagingFirstThread);
   }
   __syncthreads();
   if (tid < 2 * kSub * 2 * kSub / 4) {  // T_BA = -T_BB X; T_BB's rows 0..15 are T_22's alone
@@ -569,8 +571,8 @@ __device__ __forceinline__ void PrepareTask(const KdaInputs& in, const KdaChunkR
   __syncthreads();
 
   // 5. W = Tm·(β e^G k̂) and U = Tm·(β v) on tensor cores (Tm in bf16, lower block triangle): a
-  //    warp takes a row tile of both at once (each Tm fragment loaded once), the warps holding
-  //    row tiles 0 and 3 or 1 and 2 (5 k steps either way).
+  //    warp takes a row tile of both at once (each Tm fragment loaded once); at d = 128 each warp
+  //    holds row tiles 0 and 3 or 1 and 2 (5 k steps either way).
   constexpr int kColTiles = D / kSub;
   for (int t = warp; t < 4 * kColTiles; t += kPrepareWarps) {
     const int i = t / kColTiles, rt = i < 2 ? i : 5 - i, ct = t % kColTiles;
@@ -609,11 +611,11 @@ __global__ void __launch_bounds__(kPrepareWarps * 32)
   for (int64_t ch = blockIdx.x; ch < tasks; ch += gridDim.x) {
     const int64_t next = ch + gridDim.x;
     const KdaChunkRef next_ref = next < tasks ? chunks[next / heads] : ref;
-    PrepareTask<D, In, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, [&] {
-      if (next < tasks) {
-        StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), kStagingFirstThread, s.next);
-      }
-    });
+    const auto stage_next = [&](int first_thread) {
+      if (next >= tasks) return;
+      StageInputs<D, In, kAlignedInputs>(in, next_ref, static_cast<int>(next % heads), first_thread, s.next);
+    };
+    PrepareTask<D, In, kAlignedInputs>(in, ref, ch, static_cast<int>(ch % heads), scratch, s, stage_next);
     ref = next_ref;
   }
 }
@@ -914,18 +916,18 @@ int LaunchOutput(const KdaChunkRef* chunks, int64_t num_chunks, const ChunkScrat
   return 0;
 }
 
-// Launches the scan in slices of BV value columns (allow = true: only sets its shared-memory
-// limit, which the caller does before anything is queued).
+// A scan launch: which kernel (slices of how many value columns), its shared memory and grid.
+template <int D>
+struct ScanLaunch {
+  void (*kernel)(const KdaSequence*, const int32_t*, const int32_t*, int, ChunkScratch<D>);
+  size_t shared_bytes;
+  int64_t blocks;
+  int threads;
+};
+
 template <int D, int BV, int kWarps>
-int LaunchScanOf(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk,
-                 const int32_t* longest_first, int heads, const ChunkScratch<D>& scratch, cudaStream_t stream) {
-  const auto kernel = KdaChunkScanKernel<D, BV, kWarps>;
-  const size_t bytes = sizeof(ScanShared<D, BV>);
-  if (allow) return AllowDynamicSmem(reinterpret_cast<const void*>(kernel), bytes);
-  const int64_t blocks = num_seqs * heads * (D / BV);
-  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, bytes, stream>>>(seqs, first_chunk, longest_first, heads,
-                                                                        scratch);
-  return 0;
+ScanLaunch<D> ScanLaunchOf(int64_t num_seqs, int heads) {
+  return {KdaChunkScanKernel<D, BV, kWarps>, sizeof(ScanShared<D, BV>), num_seqs * heads * (D / BV), kWarps * 32};
 }
 
 // Slices of 64 value columns (16 warps, one block per SM) read each chunk's W and KG through L2
@@ -934,15 +936,11 @@ int LaunchScanOf(bool allow, const KdaSequence* seqs, int64_t num_seqs, const in
 // Fewer (sequence, head) pairs take slices of 32 (8 warps, two blocks per SM): at one sequence of
 // 32 heads, 64 wide blocks would leave half the SMs idle (12% slower).
 template <int D>
-int LaunchScan(bool allow, const KdaSequence* seqs, int64_t num_seqs, const int32_t* first_chunk,
-               const int32_t* longest_first, int heads, const ChunkScratch<D>& scratch, cudaStream_t stream) {
+ScanLaunch<D> ChooseScan(int64_t num_seqs, int heads) {
   if constexpr (D % 64 == 0) {
-    if (8 * num_seqs * heads * (D / 64) >= 7 * SmCount()) {
-      return LaunchScanOf<D, 64, 16>(allow, seqs, num_seqs, first_chunk, longest_first, heads, scratch, stream);
-    }
+    if (8 * num_seqs * heads * (D / 64) >= 7 * SmCount()) return ScanLaunchOf<D, 64, 16>(num_seqs, heads);
   }
-  return LaunchScanOf<D, ScanSlice(D), kScanWarps>(allow, seqs, num_seqs, first_chunk, longest_first, heads, scratch,
-                                                   stream);
+  return ScanLaunchOf<D, ScanSlice(D), kScanWarps>(num_seqs, heads);
 }
 
 template <int D>
@@ -951,9 +949,9 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
            TensorView out, cudaStream_t stream) {
   const int heads = static_cast<int>(in.num_heads);
   const auto scratch = ChunkScratch<D>::Carve(scratch_memory, num_chunks * heads);
-  if (const int error =
-          LaunchScan<D>(/*allow=*/true, seqs, num_seqs, first_chunk, longest_first, heads, scratch, stream);
-      error != 0) {
+  // The scan's shared-memory limit is set before anything is queued.
+  const ScanLaunch<D> scan = ChooseScan<D>(num_seqs, heads);
+  if (const int error = AllowDynamicSmem(reinterpret_cast<const void*>(scan.kernel), scan.shared_bytes); error != 0) {
     return error;
   }
   const int64_t tasks = num_chunks * heads;
@@ -963,7 +961,8 @@ int Launch(const KdaInputs& in, const KdaSequence* seqs, int64_t num_seqs, const
                       : (aligned ? LaunchPrepare<D, float, true>(in, chunks, tasks, scratch, stream)
                                  : LaunchPrepare<D, float, false>(in, chunks, tasks, scratch, stream));
   if (error != 0) return error;
-  LaunchScan<D>(/*allow=*/false, seqs, num_seqs, first_chunk, longest_first, heads, scratch, stream);
+  const auto scan_grid = static_cast<unsigned>(scan.blocks);
+  scan.kernel<<<scan_grid, scan.threads, scan.shared_bytes, stream>>>(seqs, first_chunk, longest_first, heads, scratch);
   error = out.dtype == DType::kBF16 ? LaunchOutput<D, bf16>(chunks, num_chunks, scratch, heads, out, stream)
                                     : LaunchOutput<D, float>(chunks, num_chunks, scratch, heads, out, stream);
   if (error != 0) return error;
