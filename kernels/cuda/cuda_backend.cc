@@ -612,14 +612,16 @@ void CudaBackend::KdaAttention(const KdaInputs& in, std::span<const KdaSequence>
   const auto num_chunks = static_cast<int64_t>(chunks.size());
   Tensor descriptors = UploadBytes(chunked.data(), chunked.size() * sizeof(KdaSequence));
   Tensor chunk_table = UploadBytes(chunks.data(), chunks.size() * sizeof(KdaChunkRef));
-  Tensor first_table = UploadBytes(first_chunk.data(), first_chunk.size() * sizeof(int32_t));
-  Tensor order_table = UploadBytes(longest_first.data(), longest_first.size() * sizeof(int32_t));
+  std::vector<int32_t> sequence_tables = first_chunk;  // with longest_first after it: one upload
+  sequence_tables.insert(sequence_tables.end(), longest_first.begin(), longest_first.end());
+  Tensor tables = UploadBytes(sequence_tables.data(), sequence_tables.size() * sizeof(int32_t));
+  const int32_t* first_table = tables.data<int32_t>();
+  const int32_t* order_table = first_table + first_chunk.size();
   const size_t scratch_bytes = KdaChunkedScratchBytes(num_chunks, in.num_heads, in.head_dim);
   Tensor scratch = Allocate(static_cast<int64_t>((scratch_bytes + 1023) / 1024), 256, DType::kI32);
   DS_CUDA(LaunchKdaChunked(in, static_cast<const KdaSequence*>(descriptors.view().data),
                            static_cast<int64_t>(chunked.size()), chunk_table.data<KdaChunkRef>(),
-                           first_table.data<int32_t>(), order_table.data<int32_t>(), num_chunks,
-                           scratch.view().data, out, impl_->Stream()),
+                           first_table, order_table, num_chunks, scratch.view().data, out, impl_->Stream()),
           "kda chunked");
 }
 

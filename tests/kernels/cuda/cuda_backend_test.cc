@@ -633,7 +633,7 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                                            KdaShape{4, 64, {4000, 100}, 12.0f},
                                            // Enough (sequence, head) pairs for the chunked
                                            // scan's 64-column slices on an H100 or H200
-                                           // (LaunchScan: 208 and 120 blocks; single tokens
+                                           // (ChooseScan: 208 and 120 blocks; single tokens
                                            // take the recurrent kernel), over several chunks
                                            // of mixed lengths.
                                            KdaShape{8, 128, {130, 64, 1, 200, 65, 3, 129, 90, 70, 33, 150, 5, 260, 2},
