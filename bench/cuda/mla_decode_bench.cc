@@ -4,9 +4,10 @@
 // at the Kimi-Linear-48B-A3B shape (32 heads, kv_lora_rank 512, rope 64, nope 128, v 128, fp32
 // latent cache in pages of 256 rows, bf16 kv_b), beside a 1 GiB device-to-device copy. The bytes
 // that must move are the cache rows read (576 fp32 each); the figure is their rate over the
-// copy's read + write rate.
+// copy's read + write rate. A mixed batch (contexts L/N, 2L/N, .., L) shows how evenly the keys of
+// unequal sequences are spread over the GPU, as continuous batching serves them.
 // Prints one JSON line per case.
-// Usage: cuda_mla_decode_bench [--batch B --context L] [--iters N]
+// Usage: cuda_mla_decode_bench [--batch B --context L | --mixed N --context L] [--iters N]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,15 +37,27 @@ constexpr int64_t kPageRows = 256;  // the engine's latent pages (model::kDefaul
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::pair<int64_t, int64_t>> cases = {{1, 4096},    {1, 65536},  {1, 131072}, {1, 1048576},
-                                                    {8, 65536},   {8, 131072}, {64, 4096},  {64, 65536},
-                                                    {64, 131072}};
+  // Each case: the sequences' contexts (rows of history before the new token).
+  const auto uniform = [](int64_t batch, int64_t context) { return std::vector<int64_t>(batch, context); };
+  const auto mixed = [](int64_t n, int64_t longest) {
+    std::vector<int64_t> contexts;
+    for (int64_t i = 1; i <= n; ++i) contexts.push_back(longest * i / n);
+    return contexts;
+  };
+  std::vector<std::vector<int64_t>> cases = {uniform(1, 4096),   uniform(1, 65536),  uniform(1, 131072),
+                                             uniform(1, 1048576), uniform(8, 65536), uniform(8, 131072),
+                                             mixed(16, 131072),  uniform(64, 4096),  uniform(64, 65536),
+                                             uniform(64, 131072)};
   int iters = 20;
-  int64_t batch = 0;
+  int64_t batch = 0, mixed_count = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--batch") == 0) batch = std::atoll(argv[i + 1]);
-    if (std::strcmp(argv[i], "--context") == 0 && batch > 0) cases = {{batch, std::atoll(argv[i + 1])}};
+    if (std::strcmp(argv[i], "--mixed") == 0) mixed_count = std::atoll(argv[i + 1]);
+    if (std::strcmp(argv[i], "--context") == 0 && batch > 0) cases = {uniform(batch, std::atoll(argv[i + 1]))};
+    if (std::strcmp(argv[i], "--context") == 0 && mixed_count > 0) {
+      cases = {mixed(mixed_count, std::atoll(argv[i + 1]))};
+    }
   }
   cudaDeviceProp prop{};
   Check(cudaGetDeviceProperties(&prop, 0), "device properties");
@@ -67,48 +80,62 @@ int main(int argc, char** argv) {
   uint16_t* kv_b = deltaserve::bench::DeviceCopy(host_kv_b);
   const auto kv_b_view = MakeView(kv_b, DType::kBF16, kHeads * (kNope + kV), kRank);
 
-  for (const auto& [b, context] : cases) {
-    // One cache per sequence, `context` rows of history plus the new one; a 4096-row random
-    // block repeated (the values do not change the work).
-    // Each cache in pages of kPageRows rows (one allocation, pages in order).
-    const int64_t rows = context + 1;
-    const int64_t pages = (rows + kPageRows - 1) / kPageRows;
+  for (const std::vector<int64_t>& contexts : cases) {
+    // One cache per sequence, its context's rows of history plus the new one; a 4096-row random
+    // block repeated (the values do not change the work), in pages of kPageRows rows (one
+    // allocation per sequence, pages in order).
+    const int64_t b = static_cast<int64_t>(contexts.size());
+    const int64_t longest = *std::max_element(contexts.begin(), contexts.end());
+    int64_t keys = 0;  // every sequence's history and new row
+    for (int64_t context : contexts) keys += context + 1;
+    // A uniform batch's context, or -1 for a mixed one ("longest" names its longest).
+    const int64_t context = longest == contexts.front() ? longest : -1;
     std::vector<float*> caches(static_cast<size_t>(b));
     float* block = DeviceFloats(4096 * width, 2.0f, 7);
     bool fits = true;
-    for (auto& cache : caches) {
-      if (cudaMalloc(&cache, pages * kPageRows * width * sizeof(float)) != cudaSuccess) {
+    for (int64_t i = 0; i < b; ++i) {
+      const int64_t pages = (contexts[i] + 1 + kPageRows - 1) / kPageRows;
+      if (cudaMalloc(&caches[i], pages * kPageRows * width * sizeof(float)) != cudaSuccess) {
         (void)cudaGetLastError();
-        cache = nullptr;
+        caches[i] = nullptr;
         fits = false;
         break;
       }
-      for (int64_t r = 0; r < context; r += 4096) {
-        const int64_t n = std::min<int64_t>(4096, context - r);
-        Check(cudaMemcpy(cache + r * width, block, n * width * sizeof(float), cudaMemcpyDeviceToDevice), "fill");
+      for (int64_t r = 0; r < contexts[i]; r += 4096) {
+        const int64_t n = std::min<int64_t>(4096, contexts[i] - r);
+        Check(cudaMemcpy(caches[i] + r * width, block, n * width * sizeof(float), cudaMemcpyDeviceToDevice), "fill");
       }
     }
     cudaFree(block);
     if (!fits) {
       std::printf("{\"gpu\": \"%s\", \"case\": \"mla_decode\", \"batch\": %lld, \"context\": %lld, "
-                  "\"skipped\": \"caches do not fit\"}\n",
-                  prop.name, static_cast<long long>(b), static_cast<long long>(context));
+                  "\"longest\": %lld, \"skipped\": \"caches do not fit\"}\n",
+                  prop.name, static_cast<long long>(b), static_cast<long long>(context),
+                  static_cast<long long>(longest));
       for (float* cache : caches) cudaFree(cache);
       continue;
     }
     std::vector<float*> host_tables;
-    for (float* cache : caches) {
-      for (int64_t p = 0; p < pages; ++p) host_tables.push_back(cache + p * kPageRows * width);
-    }
-    float** tables = deltaserve::bench::DeviceCopy(host_tables);
     std::vector<MlaSequence> host_seqs(static_cast<size_t>(b));
     for (int64_t i = 0; i < b; ++i) {
+      const int64_t pages = (contexts[i] + 1 + kPageRows - 1) / kPageRows;
       host_seqs[i].rows = {i, 1};
       host_seqs[i].form = MlaForm::kAbsorbed;
-      host_seqs[i].cache = {tables + i * pages, kPageRows};
-      host_seqs[i].num_cached = context;
+      host_seqs[i].num_cached = contexts[i];
+      host_seqs[i].cache.page_rows = kPageRows;
+      for (int64_t p = 0; p < pages; ++p) host_tables.push_back(caches[i] + p * kPageRows * width);
+    }
+    float** tables = deltaserve::bench::DeviceCopy(host_tables);
+    for (int64_t i = 0, first = 0; i < b; ++i) {
+      host_seqs[i].cache.pages = tables + first;
+      first += (contexts[i] + 1 + kPageRows - 1) / kPageRows;
     }
     MlaSequence* seqs = deltaserve::bench::DeviceCopy(host_seqs);
+    // The tensor-core kernel's key split, as the CUDA backend builds it for a step.
+    int32_t* key_split = deltaserve::bench::DeviceCopy(
+        deltaserve::kernels::cuda::BuildMlaKeySplit(host_seqs.data(), b, b,
+                                                    deltaserve::kernels::cuda::MlaKeySplitBlocks(b, longest + 1))
+            .table);
     float* q = DeviceFloats(b * kHeads * (kNope + kRope), 2.0f, 4);
     float* latent = DeviceFloats(b * width, 2.0f, 5);
     float* out = nullptr;
@@ -119,25 +146,28 @@ int main(int argc, char** argv) {
     // The serving kernel (tensor cores) and the fp32 one (validation precision), side by side.
     for (const bool tensor_cores : {true, false}) {
       using namespace deltaserve::kernels::cuda;
-      const size_t scratch_floats = MlaAbsorbedScratchFloats(params, b, rows, tensor_cores);
+      const size_t scratch_floats = MlaAbsorbedScratchFloats(params, b, longest + 1, tensor_cores);
       float* scratch = nullptr;
       if (scratch_floats > 0) Check(cudaMalloc(&scratch, scratch_floats * sizeof(float)), "cudaMalloc");
       const double ms = deltaserve::bench::TimeMs(3, iters, stream, [&] {
         Check(static_cast<cudaError_t>(LaunchMlaAppendLatent(latent_view, seqs, b, stream)), "append");
-        Check(static_cast<cudaError_t>(LaunchMlaAbsorbedAttention(params, q_view, kv_b_view, seqs, b, rows,
-                                                                  tensor_cores, scratch, out_view, stream)),
+        Check(static_cast<cudaError_t>(LaunchMlaAbsorbedAttention(params, q_view, kv_b_view, seqs, b, longest + 1,
+                                                                  tensor_cores, key_split, scratch, out_view,
+                                                                  stream)),
               "absorbed");
       });
       cudaFree(scratch);
-      const double bytes = static_cast<double>(b) * rows * width * sizeof(float);
+      const double bytes = static_cast<double>(keys) * width * sizeof(float);
       const double tbps = bytes / (ms * 1e-3) / 1e12;
       std::printf("{\"gpu\": \"%s\", \"case\": \"mla_decode\", \"kernel\": \"%s\", \"batch\": %lld, "
-                  "\"context\": %lld, \"ms\": %.4f, \"latent_tb_per_s\": %.3f, \"of_copy\": %.3f}\n",
+                  "\"context\": %lld, \"longest\": %lld, \"ms\": %.4f, \"latent_tb_per_s\": %.3f, "
+                  "\"of_copy\": %.3f}\n",
                   prop.name, tensor_cores ? "tensor_cores" : "fp32", static_cast<long long>(b),
-                  static_cast<long long>(context), ms, tbps, tbps / copy_tbps);
+                  static_cast<long long>(context), static_cast<long long>(longest), ms, tbps, tbps / copy_tbps);
       std::fflush(stdout);
     }
-    for (void* p : {static_cast<void*>(seqs), static_cast<void*>(tables), static_cast<void*>(q),
+    for (void* p : {static_cast<void*>(seqs), static_cast<void*>(key_split), static_cast<void*>(tables),
+                    static_cast<void*>(q),
                     static_cast<void*>(latent), static_cast<void*>(out)}) {
       cudaFree(p);
     }

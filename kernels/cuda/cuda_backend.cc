@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -16,6 +17,7 @@
 #include "kernels/cuda/call_failures.h"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/memory_limit.h"
+#include "kernels/cuda/mla_absorbed_tc.h"
 #include "kernels/cuda/mla_expanded_tc.h"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/step_graphs.h"
@@ -682,9 +684,34 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   for (size_t i = 0; i < on_device.size(); ++i) {
     on_device[i].cache.pages = static_cast<float* const*>(device_tables.view().data) + offsets[i];
   }
-  Tensor descriptors = UploadBytes(on_device.data(), on_device.size() * sizeof(MlaSequence));
-  const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
+  // The absorbed rows' longest history plus new rows, in the step graphs' bucket: the key
+  // partitions, and the tensor-core kernel's grid, are sized for it, so that every step of one
+  // graph key launches the same grid and a step gives the same bits with or without a graph.
+  int64_t max_keys = 0;
+  for (const MlaSequence& seq : seqs) {
+    if (seq.form == MlaForm::kAbsorbed) max_keys = std::max(max_keys, seq.num_cached + seq.rows.length);
+  }
+  const bool any_absorbed = max_keys > 0;
+  max_keys = StepGraphs::KeysBucket(max_keys);
+  // Serving precision attends absorbed rows on tensor cores (bf16 query, keys and probabilities),
+  // their key tiles spread evenly over the blocks by a key split uploaded with the descriptors.
+  const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf && tc_pages;
   const int64_t n = static_cast<int64_t>(seqs.size());
+  std::vector<int32_t> key_split;
+  if (any_absorbed && tensor_cores && MlaAbsorbedTcSupports(params)) {
+    key_split = BuildMlaKeySplit(seqs.data(), n, q.rows, MlaKeySplitBlocks(q.rows, max_keys)).table;
+  }
+  const size_t split_offset = (on_device.size() * sizeof(MlaSequence) + 15) / 16 * 16;
+  std::vector<unsigned char> upload(split_offset + key_split.size() * sizeof(int32_t), 0);
+  std::memcpy(upload.data(), on_device.data(), on_device.size() * sizeof(MlaSequence));
+  if (!key_split.empty()) {
+    std::memcpy(upload.data() + split_offset, key_split.data(), key_split.size() * sizeof(int32_t));
+  }
+  Tensor descriptors = UploadBytes(upload.data(), upload.size());
+  const auto* device_seqs = static_cast<const MlaSequence*>(descriptors.view().data);
+  const auto* device_split = key_split.empty() ? nullptr
+                                               : reinterpret_cast<const int32_t*>(
+                                                     static_cast<const char*>(descriptors.view().data) + split_offset);
   DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->Stream()), "mla append");
 
   const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
@@ -697,12 +724,9 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   std::vector<Tensor> expanded(seqs.size()), keys16(seqs.size()), values16(seqs.size());
   std::vector<const void*> pointers(seqs.size(), nullptr), keys(seqs.size(), nullptr), values(seqs.size(), nullptr);
   std::vector<MlaRowTile> tiles;
-  bool any_expanded = false, any_absorbed = false;
+  bool any_expanded = false;
   for (size_t i = 0; i < seqs.size(); ++i) {
-    if (seqs[i].form == MlaForm::kAbsorbed) {
-      any_absorbed = true;
-      continue;
-    }
+    if (seqs[i].form == MlaForm::kAbsorbed) continue;
     any_expanded = true;
     const int64_t length = seqs[i].num_cached + seqs[i].rows.length;
     Tensor history = Allocate(length, width, DType::kF32);
@@ -742,19 +766,10 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
             "mla expanded");
   }
   if (any_absorbed) {
-    int64_t max_keys = 0;
-    for (const MlaSequence& seq : seqs) {
-      if (seq.form == MlaForm::kAbsorbed) max_keys = std::max(max_keys, seq.num_cached + seq.rows.length);
-    }
-    // Key partitions are sized for a power-of-two bucket of the history, so every step of one
-    // graph key launches the same grid, and a step gives the same bits with or without a graph.
-    max_keys = StepGraphs::KeysBucket(max_keys);
-    // Serving precision attends on tensor cores (bf16 query, keys and probabilities).
-    const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf && tc_pages;
     const size_t scratch_floats = MlaAbsorbedScratchFloats(params, q.rows, max_keys, tensor_cores);
     Tensor scratch;
     if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);
-    DS_CUDA(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores,
+    DS_CUDA(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores, device_split,
                                        scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
                                        impl_->Stream()),
             "mla absorbed");

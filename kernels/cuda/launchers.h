@@ -108,13 +108,57 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // max_keys: the longest history plus new rows of the absorbed sequences. tensor_cores: bf16
 // query, keys and probabilities on tensor cores with fp32 accumulation (serving; the Kimi shapes,
 // see MlaAbsorbedTcSupports, and latent pages of a multiple of kMlaTensorCorePageRows rows: the
-// caller's choice), otherwise fp32 on CUDA cores. Needs
-// MlaAbsorbedScratchFloats(...) floats of scratch (key partitions, the absorbed query).
+// caller's choice), otherwise fp32 on CUDA cores. Needs MlaAbsorbedScratchFloats(...) floats of
+// scratch (partial softmax states, the absorbed query). On tensor cores the key tiles are spread
+// over the blocks by `key_split`: the uploaded table of BuildMlaKeySplit(host seqs, num_seqs,
+// q.rows, MlaKeySplitBlocks(q.rows, max_keys)), with the same max_keys.
 constexpr int64_t kMlaTensorCorePageRows = 32;  // a multiple of its 16-key tile: a tile lies in one page
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
-                               bool tensor_cores, float* scratch, TensorView out, Stream stream);
+                               bool tensor_cores, const int32_t* key_split, float* scratch, TensorView out,
+                               Stream stream);
+// How the tensor-core absorbed attention spreads key tiles (16 keys) over its blocks: the tiles
+// of every absorbed row, rows in order, cut into `blocks` runs of equal length, so that a batch
+// of unequal histories keeps every SM busy to the end. A run crosses from one row into the next
+// where it must; each (row, block) piece is a segment whose softmax state the merge combines
+// with the row's others. The table (int32, before upload): a MlaKeySplitBlock per block, a
+// MlaKeySplitRow per absorbed row (room for `rows`), a MlaRowSlots per packed row.
+struct MlaKeySplitRow {
+  int32_t t;    // packed row
+  int32_t seq;  // its sequence
+  int32_t tiles;
+};
+struct MlaKeySplitBlock {
+  int32_t row;         // its first absorbed row (index among them)
+  int32_t first_tile;  // in that row
+  int32_t tiles;       // the run's length, continuing into the following rows
+  MlaKeySplitRow first_row;  // rows[row] again: one load fewer before the block's first copies
+};
+struct MlaRowSlots {  // a packed row's segment states: slots [first, first + count)
+  int32_t first;
+  int32_t count;  // 0: not an absorbed row
+};
+static_assert(sizeof(MlaKeySplitBlock) == 6 * sizeof(int32_t) && sizeof(MlaKeySplitRow) == 3 * sizeof(int32_t) &&
+                  sizeof(MlaRowSlots) == 2 * sizeof(int32_t),
+              "the table is int32 words");
+struct MlaKeySplit {
+  std::vector<int32_t> table;
+  int64_t blocks = 0;
+};
+// Where the table's rows and slots begin, in int32 words.
+constexpr int64_t MlaKeySplitRowsAt(int64_t blocks) {
+  return blocks * static_cast<int64_t>(sizeof(MlaKeySplitBlock) / sizeof(int32_t));
+}
+constexpr int64_t MlaKeySplitSlotsAt(int64_t blocks, int64_t rows) {
+  return MlaKeySplitRowsAt(blocks) + rows * static_cast<int64_t>(sizeof(MlaKeySplitRow) / sizeof(int32_t));
+}
+// The grid for `rows` packed rows whose longest history plus new rows is max_keys (bucketed by
+// the caller the same way for every step of a CUDA graph, whose grid cannot change).
+int64_t MlaKeySplitBlocks(int64_t rows, int64_t max_keys);
+// For `num_seqs` host descriptors over `rows` packed rows (each absorbed row's packed index below
+// `rows`).
+MlaKeySplit BuildMlaKeySplit(const MlaSequence* seqs, int64_t num_seqs, int64_t rows, int64_t blocks);
 // y = x · wᵀ for at most kSkinnyMatMulMaxRows rows of x (F32) and a BF16, F16 or F32 weight, in
 // fp32 on CUDA cores, w read once with 16-byte loads: decode-sized products. Needs 16-byte
 // aligned rows (SkinnyMatMulSupports); y is F32 or BF16 [x.rows, w.rows].

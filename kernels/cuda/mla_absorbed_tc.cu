@@ -1,14 +1,16 @@
 // Absorbed MLA decode on tensor cores (serving precision). The query heads of one row share one
 // latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
-// row: each block takes one absorbed row and one partition of its keys, streams 16-key tiles of
-// the fp32 latent cache through a 5-stage pipeline of bulk copies (three tiles in flight while
-// two are used: the latent reads are what bounds the kernel) and runs QKᵀ and PV on mma.sync
-// (keys rounded to bf16 as their fragments are loaded, fp32 accumulation) with an online softmax
-// over two tiles per step (a step's three block barriers and softmax pass cost as much for 32 keys
-// as for 16); O stays in registers. Two launches: q absorbed into the latent space
-// (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then the attention writing each partition's
-// unnormalised state, which MlaAbsorbedMergeKernel merges (more than one partition) and
-// MlaAbsorbedProjectKernel multiplies by W_UV (mla_attention.cu).
+// row. The absorbed rows' key tiles are cut into one equal run per block (one block per SM;
+// BuildMlaKeySplit), so that unequal histories keep every SM busy to the end; a block takes its
+// run a row at a time and streams 16-key tiles of the fp32 latent cache through a 5-stage
+// pipeline of bulk copies (three tiles in flight while two are used: the latent reads are what
+// bounds the kernel) and runs QKᵀ and PV on mma.sync (keys rounded to bf16 as their fragments
+// are loaded, fp32 accumulation) with an online softmax over two tiles per step (a step's three
+// block barriers and softmax pass cost as much for 32 keys as for 16); O stays in registers.
+// Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then
+// the attention writing each segment's (a row's part of a run) unnormalised state, which
+// MlaAbsorbedMergeKernel merges (more than one block) and MlaAbsorbedProjectKernel multiplies by
+// W_UV (mla_attention.cu).
 #include "kernels/cuda/mla_absorbed_tc.h"
 
 #include <cuda_bf16.h>
@@ -16,6 +18,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_rows.cuh"
@@ -157,19 +161,19 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
 
 struct AttentionArgs {
   const MlaSequence* seqs;
-  int64_t num_seqs;
   const bf16* q_abs;  // [T, heads, dot]
   int heads;
   float scale;
-  int partitions;
-  float* partial;  // [T, heads, partitions, rank + 2]: m, l, Σ p c_n
+  const MlaKeySplitBlock* blocks;  // [gridDim.x]
+  const MlaKeySplitRow* rows;      // the absorbed rows, in order
+  float* partial;  // [segment slots, heads, rank + 2]: m, l, Σ p c_n
 };
 
-// Copies a partition's fp32 key tiles in order into the stages, one bulk copy per row issued by
+// Copies a segment's fp32 key tiles in order into the stages, one bulk copy per row issued by
 // the lanes of warp 0 and completing on the stage's barrier. Rows past `pos` are zero-filled by
 // ordinary stores first (they may hold anything, and a zero probability times NaN is NaN); only
-// the sequence's last tile has such rows and it is a block's last copy, so no bulk copy ever
-// follows those stores into the stage (else they would need fence.proxy.async first). Pages are
+// a row's last tile has such rows and it is its segment's last copy, so a bulk copy follows those
+// stores into the stage only in a later segment, after fence.proxy.async. Pages are
 // walked tile by tile (a 64-bit division per tile cost 5-8%), each page's address read a page
 // ahead. Pages hold a multiple of kKeys rows (kMlaTensorCorePageRows, the caller's check).
 struct TileCopier {
@@ -178,10 +182,10 @@ struct TileCopier {
   float* const* pages;
   int64_t pos;
   int tiles_per_page;
-  int64_t tile, end, page;  // end: the partition's tile_hi
+  int64_t tile, end, page;  // end: one past the segment's last tile
   int in_page;
   const float* page_base;
-  const float* next_base;  // the next page's, read a page ahead (nullptr: the partition ends first)
+  const float* next_base;  // the next page's, read a page ahead (nullptr: the segment ends first)
 
   __device__ TileCopier(float* const* pages_in, int64_t pos_in, int tiles_per_page_in, int64_t first, int64_t end_in)
       : pages(pages_in), pos(pos_in), tiles_per_page(tiles_per_page_in), tile(first), end(end_in),
@@ -212,36 +216,32 @@ struct TileCopier {
     }
   }
 
-  // Page page + 1's rows if the partition reaches it (the page table may end before).
+  // Page page + 1's rows if the segment reaches it (the page table may end before).
   __device__ const float* NextPage() const {
     return (page + 1) * tiles_per_page < end ? pages[page + 1] : nullptr;
   }
 };
 
-// Grid (T, partitions), one block per SM (kStages fp32 key tiles in shared memory). Keys are read
+// Grid: the key split's blocks, one per SM (kStages fp32 key tiles in shared memory). A block
+// attends to its run of key tiles (BuildMlaKeySplit) one segment at a time, a segment being the
+// part of the run in one absorbed row, and writes each segment's state to its slot. Keys are read
 // straight from their stage and rounded to bf16 as fragments are loaded. A step takes two tiles
-// (the partition's last step may have one). QK: warp w holds the A fragments of both head tiles
-// over dot slice w / 2 in registers for the whole partition and scores the 16 keys of the step's
+// (a segment's last step may have one). QK: warp w holds the A fragments of both head tiles
+// over dot slice w / 2 in registers for the whole segment and scores the 16 keys of the step's
 // tile w % 2; the slices meet in shared memory. Softmax: kRowThreads threads per head row, two
 // keys of each tile, the row's max and sum over shuffles, in the log2 domain. PV: warp w
 // accumulates O for all 32 head rows and latent columns [64w, 64w + 64). The partial states' m
 // is a reference max (not always the running max, see kMaxLag), stored in natural-log units; m,
 // l and O agree, which is all the merge needs.
-__global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(AttentionArgs args) {
+// At most 224 registers a thread: then a block of 256 threads at 32 (the merge after it, the
+// append before the next step's) still fits beside it, 8 warps × 7,168 + 8,192 = 65,536. At 228
+// (what the compiler chose unbounded) it did not, and batch 1 at 64k keys took 7% longer.
+__global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
   AllowDependentLaunch();
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int seq_index;
   __shared__ uint64_t full[kStages];  // a stage's barrier: its tile has landed
-  const int64_t t = blockIdx.x;
   if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
-  MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, &seq_index);  // syncs
-  const int si = seq_index;
-  if (si < 0) {
-    WaitForPriorKernels();
-    return;
-  }
-  const MlaSequence seq = args.seqs[si];
-  const int64_t pos = seq.num_cached + (t - seq.rows.begin);
+  __syncthreads();
   constexpr int dot = kDot, stage_ld = kStageLd;
   float* stages = reinterpret_cast<float*>(smem);
   float* sp = stages + kStages * kStageFloats;  // [kDotSlices][kHeadRows][kSLd]
@@ -253,205 +253,226 @@ __global__ void __launch_bounds__(kThreads, 1) MlaLatentAttentionKernel(Attentio
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, tq = lane & 3;
   const int heads = args.heads;
-  const int64_t tiles = pos / kKeys + 1;
-  const int64_t tile_lo = tiles * blockIdx.y / args.partitions;
-  const int64_t tile_hi = tiles * (blockIdx.y + 1) / args.partitions;
-  TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_hi);
-  const int count = static_cast<int>(tile_hi - tile_lo);  // this partition's tiles
-  int issued = count < kStages ? count : kStages;
-  // Launched as programmatic, the block may start while the kernels ahead (the absorb, the
-  // append) still run, so it first asks only for tiles whose rows all precede the call's own,
-  // which no kernel of this call writes. Earlier calls appended them, and every call starts with
-  // the upload of its inputs, which no later launch overtakes. The rest wait for the kernels
-  // ahead, as do q_abs and the tile this call appends to.
-  const int64_t settled = seq.num_cached / kKeys - tile_lo;
-  const int early = settled <= 0 ? 0 : (settled < issued ? static_cast<int>(settled) : issued);
-  if (warp == 0) {
-    for (int s = 0; s < early; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
-  }
-  WaitForPriorKernels();
-  if (warp == 0) {
-    for (int s = early; s < issued; ++s) copier.IssueNext(stages + s * kStageFloats, &full[s], lane);
-  }
-  if (threadIdx.x < kHeadRows) {
-    m_row[threadIdx.x] = -INFINITY;
-    l_row[threadIdx.x] = 0.0f;
-  }
-  // This warp's Q fragments, both head tiles over its dot slice (zero past the real heads).
-  const int key_tile = warp % kTilesPerStep, slice = warp / kTilesPerStep;
-  uint32_t qa[2][kSliceSteps][4];
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
-    const int h_lo = 16 * mi + g, h_hi = h_lo + 8;
-    const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 2 * tq;
-    const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 2 * tq;
-#pragma unroll
-    for (int i = 0; i < kSliceSteps; ++i) {
-      const int step = slice * kSliceSteps + i, k0 = 16 * step;
-      qa[mi][i][0] = h_lo < heads ? Load32(q_lo + k0) : 0u;
-      qa[mi][i][1] = h_hi < heads ? Load32(q_hi + k0) : 0u;
-      qa[mi][i][2] = h_lo < heads ? Load32(q_lo + k0 + 8) : 0u;
-      qa[mi][i][3] = h_hi < heads ? Load32(q_hi + k0 + 8) : 0u;
+  const MlaKeySplitBlock run = args.blocks[blockIdx.x];
+  // Tiles this block has taken before the current segment: the run's tile i lives in stage
+  // i % kStages, whose barrier's phase parity is (i / kStages) & 1.
+  int done = 0;
+  bool waited = false;
+  for (int row = run.row, first = run.first_tile, left = run.tiles; left > 0; ++row, first = 0) {
+    const MlaKeySplitRow piece = row == run.row ? run.first_row : args.rows[row];
+    const int count = piece.tiles - first < left ? piece.tiles - first : left;  // this segment's tiles
+    left -= count;
+    const int64_t t = piece.t;
+    const MlaSequence seq = args.seqs[piece.seq];
+    const int64_t pos = seq.num_cached + (t - seq.rows.begin);
+    const int64_t tile_lo = first;
+    TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_lo + count);
+    int issued = count < kStages ? count : kStages;
+    const auto issue = [&](int i) {
+      const int stage = (done + i) % kStages;
+      copier.IssueNext(stages + stage * kStageFloats, &full[stage], lane);
+    };
+    int early = 0;
+    if (!waited) {
+      // Launched as programmatic, the block may start while the kernels ahead (the absorb, the
+      // append) still run, so it first asks only for tiles whose rows all precede the call's
+      // own, which no kernel of this call writes. Earlier calls appended them, and every call
+      // starts with the upload of its inputs, which no later launch overtakes. The rest wait for
+      // the kernels ahead, as do q_abs and the tile this call appends to.
+      const int64_t settled = seq.num_cached / kKeys - tile_lo;
+      early = settled <= 0 ? 0 : (settled < issued ? static_cast<int>(settled) : issued);
+      if (warp == 0) {
+        for (int i = 0; i < early; ++i) issue(i);
+      }
+      WaitForPriorKernels();
+      waited = true;
+    } else if (warp == 0) {
+      // The last segment's zero-filled rows (ordinary stores) before this one's bulk copies.
+      FenceProxyAsyncShared();
     }
-  }
-  const float scale_log2 = args.scale * 1.4426950408889634f;
-  // Softmax: a row's kRowThreads threads take keys j and j + 4 of each tile, j = 0..3 and 8..11:
-  // the pair is adjacent in PV's key order (below), so its P is one 32-bit store.
-  const int s_row = threadIdx.x / kRowThreads, s_lane = threadIdx.x % kRowThreads;
-  const int s_key = (s_lane & 3) + 8 * (s_lane >> 2);
-  const int s_logical = 2 * (s_lane & 3) + 8 * (s_lane >> 2);
-  float o[2][8][4] = {};
-  // Local tile i lives in stage i % kStages; its barrier's phase parity is (i / kStages) & 1.
-  for (int lt = 0; lt < count; lt += kTilesPerStep) {
-    const bool second = lt + 1 < count;  // a partition of an odd tile count ends with one
-    // Waiting before the barrier, not after the refill below: refilling first measured 2% slower.
-    WaitBarrier(&full[lt % kStages], (lt / kStages) & 1u);
-    if (second) WaitBarrier(&full[(lt + 1) % kStages], ((lt + 1) / kStages) & 1u);
-    // Every warp is done with the stages refilled next (the last step's), S and P.
-    __syncthreads();
-    const int refill_end = lt + kStages < count ? lt + kStages : count;
     if (warp == 0) {
-      for (int i = issued; i < refill_end; ++i) {
-        copier.IssueNext(stages + (i % kStages) * kStageFloats, &full[i % kStages], lane);
-      }
+      for (int i = early; i < issued; ++i) issue(i);
     }
-    issued = refill_end;
-    const float* keys0 = stages + (lt % kStages) * kStageFloats;
-    const float* keys1 = stages + ((lt + 1) % kStages) * kStageFloats;
-    if (key_tile == 0 || second) {  // this warp's tile, both head tiles: each key fragment read once
-      float c[2][2][4] = {};  // [head tile][8-key n-tile]: four independent mma chains
-      const float* k = (key_tile == 0 ? keys0 : keys1) + g * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
-#pragma unroll
-      for (int s = 0; s < kSliceSteps; ++s) {
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const float2 lo = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s);
-          const float2 hi = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s + 8);
-          const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
-          Mma16x8x16(c[0][nt], qa[0][s], b0, b1);
-          Mma16x8x16(c[1][nt], qa[1][s], b0, b1);
-        }
-      }
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          const float* x = c[mi][nt];
-          float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + kKeys * key_tile + 8 * nt + 2 * tq;
-          *reinterpret_cast<float2*>(out) = make_float2(x[0], x[1]);
-          *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(x[2], x[3]);
-        }
+    if (threadIdx.x < kHeadRows) {
+      m_row[threadIdx.x] = -INFINITY;
+      l_row[threadIdx.x] = 0.0f;
     }
-    __syncthreads();
-    {
-      float sc[kTilesPerStep][2];
-#pragma unroll
-      for (int kk = 0; kk < kTilesPerStep; ++kk) {
-        float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-        for (int d = 0; d < kDotSlices; ++d) {
-          const float* v = sp + (d * kHeadRows + s_row) * kSLd + kKeys * kk + s_key;
-          sum0 += v[0], sum1 += v[4];
-        }
-        const bool live = kk == 0 || second;
-        const int64_t j = (tile_lo + lt + kk) * kKeys + s_key;
-        sc[kk][0] = live && j <= pos ? sum0 * scale_log2 : -INFINITY;
-        sc[kk][1] = live && j + 4 <= pos ? sum1 * scale_log2 : -INFINITY;
-      }
-      float step_max = fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1]));
-#pragma unroll
-      for (int x = 1; x < kRowThreads; x *= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, x));
-      // The row's reference max moves only when the step's exceeds it by more than kMaxLag
-      // (log2): probabilities stay <= 2^kMaxLag, and most steps need no rescaling of O.
-      const float m_old = m_row[s_row];
-      const float m_new = step_max > m_old + kMaxLag ? step_max : m_old;
-      float e_sum = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < kTilesPerStep; ++kk) {
-        const float e0 = sc[kk][0] == -INFINITY ? 0.0f : exp2f(sc[kk][0] - m_new);
-        const float e1 = sc[kk][1] == -INFINITY ? 0.0f : exp2f(sc[kk][1] - m_new);
-        *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + kKeys * kk + s_logical) = __floats2bfloat162_rn(e0, e1);
-        e_sum += e0 + e1;
-      }
-#pragma unroll
-      for (int x = 1; x < kRowThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
-      __syncwarp();  // every thread of the row has read m_row[s_row] before it is replaced
-      if (s_lane == 0) {
-        const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
-        m_row[s_row] = m_new;
-        l_row[s_row] = l_row[s_row] * alpha + e_sum;
-        alpha_row[s_row] = alpha;
-      }
-    }
-    __syncthreads();
+    // This warp's Q fragments, both head tiles over its dot slice (zero past the real heads).
+    const int key_tile = warp % kTilesPerStep, slice = warp / kTilesPerStep;
+    uint32_t qa[2][kSliceSteps][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
-      const float a_lo = alpha_row[16 * mi + g], a_hi = alpha_row[16 * mi + g + 8];
-      if (__any_sync(0xffffffffu, a_lo != 1.0f || a_hi != 1.0f)) {
+      const int h_lo = 16 * mi + g, h_hi = h_lo + 8;
+      const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 2 * tq;
+      const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 2 * tq;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-          o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
+      for (int i = 0; i < kSliceSteps; ++i) {
+        const int step = slice * kSliceSteps + i, k0 = 16 * step;
+        qa[mi][i][0] = h_lo < heads ? Load32(q_lo + k0) : 0u;
+        qa[mi][i][1] = h_hi < heads ? Load32(q_hi + k0) : 0u;
+        qa[mi][i][2] = h_lo < heads ? Load32(q_lo + k0 + 8) : 0u;
+        qa[mi][i][3] = h_hi < heads ? Load32(q_hi + k0 + 8) : 0u;
+      }
+    }
+    const float scale_log2 = args.scale * 1.4426950408889634f;
+    // Softmax: a row's kRowThreads threads take keys j and j + 4 of each tile, j = 0..3 and 8..11:
+    // the pair is adjacent in PV's key order (below), so its P is one 32-bit store.
+    const int s_row = threadIdx.x / kRowThreads, s_lane = threadIdx.x % kRowThreads;
+    const int s_key = (s_lane & 3) + 8 * (s_lane >> 2);
+    const int s_logical = 2 * (s_lane & 3) + 8 * (s_lane >> 2);
+    float o[2][8][4] = {};
+    for (int lt = 0; lt < count; lt += kTilesPerStep) {
+      const bool second = lt + 1 < count;  // a segment of an odd tile count ends with one
+      // Waiting before the barrier, not after the refill below: refilling first measured 2% slower.
+      WaitBarrier(&full[(done + lt) % kStages], ((done + lt) / kStages) & 1u);
+      if (second) WaitBarrier(&full[(done + lt + 1) % kStages], ((done + lt + 1) / kStages) & 1u);
+      // Every warp is done with the stages refilled next (the last step's), S and P.
+      __syncthreads();
+      const int refill_end = lt + kStages < count ? lt + kStages : count;
+      if (warp == 0) {
+        for (int i = issued; i < refill_end; ++i) issue(i);
+      }
+      issued = refill_end;
+      const float* keys0 = stages + ((done + lt) % kStages) * kStageFloats;
+      const float* keys1 = stages + ((done + lt + 1) % kStages) * kStageFloats;
+      if (key_tile == 0 || second) {  // this warp's tile, both head tiles: each key fragment read once
+        float c[2][2][4] = {};  // [head tile][8-key n-tile]: four independent mma chains
+        const float* k = (key_tile == 0 ? keys0 : keys1) + g * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
+#pragma unroll
+        for (int s = 0; s < kSliceSteps; ++s) {
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const float2 lo = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s);
+            const float2 hi = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s + 8);
+            const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
+            Mma16x8x16(c[0][nt], qa[0][s], b0, b1);
+            Mma16x8x16(c[1][nt], qa[1][s], b0, b1);
+          }
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            const float* x = c[mi][nt];
+            float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + kKeys * key_tile + 8 * nt + 2 * tq;
+            *reinterpret_cast<float2*>(out) = make_float2(x[0], x[1]);
+            *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(x[2], x[3]);
+          }
+      }
+      __syncthreads();
+      {
+        float sc[kTilesPerStep][2];
+#pragma unroll
+        for (int kk = 0; kk < kTilesPerStep; ++kk) {
+          float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+          for (int d = 0; d < kDotSlices; ++d) {
+            const float* v = sp + (d * kHeadRows + s_row) * kSLd + kKeys * kk + s_key;
+            sum0 += v[0], sum1 += v[4];
+          }
+          const bool live = kk == 0 || second;
+          const int64_t j = (tile_lo + lt + kk) * kKeys + s_key;
+          sc[kk][0] = live && j <= pos ? sum0 * scale_log2 : -INFINITY;
+          sc[kk][1] = live && j + 4 <= pos ? sum1 * scale_log2 : -INFINITY;
+        }
+        float step_max = fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1]));
+#pragma unroll
+        for (int x = 1; x < kRowThreads; x *= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, x));
+        // The row's reference max moves only when the step's exceeds it by more than kMaxLag
+        // (log2): probabilities stay <= 2^kMaxLag, and most steps need no rescaling of O.
+        const float m_old = m_row[s_row];
+        const float m_new = step_max > m_old + kMaxLag ? step_max : m_old;
+        float e_sum = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < kTilesPerStep; ++kk) {
+          const float e0 = sc[kk][0] == -INFINITY ? 0.0f : exp2f(sc[kk][0] - m_new);
+          const float e1 = sc[kk][1] == -INFINITY ? 0.0f : exp2f(sc[kk][1] - m_new);
+          *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + kKeys * kk + s_logical) =
+              __floats2bfloat162_rn(e0, e1);
+          e_sum += e0 + e1;
+        }
+#pragma unroll
+        for (int x = 1; x < kRowThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
+        __syncwarp();  // every thread of the row has read m_row[s_row] before it is replaced
+        if (s_lane == 0) {
+          const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+          m_row[s_row] = m_new;
+          l_row[s_row] = l_row[s_row] * alpha + e_sum;
+          alpha_row[s_row] = alpha;
+        }
+      }
+      __syncthreads();
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const float a_lo = alpha_row[16 * mi + g], a_hi = alpha_row[16 * mi + g + 8];
+        if (__any_sync(0xffffffffu, a_lo != 1.0f || a_hi != 1.0f)) {
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) {
+            o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
+          }
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < kTilesPerStep; ++kk) {
+        if (kk > 0 && !second) break;  // no second tile: its stage holds an older tile or nothing
+        uint32_t a[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const bf16* p_lo = ps + (16 * mi + g) * kPLd + kKeys * kk + 2 * tq;
+          a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
+          a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
+        }
+        // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
+        // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
+        // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), so a load instruction's lanes read
+        // rows in four different bank groups (conflict-free); P is stored in the same order.
+        const float* v0 = (kk == 0 ? keys0 : keys1) + tq * stage_ld + 64 * warp + 2 * g;
+#pragma unroll
+        for (int pair = 0; pair < 4; ++pair) {
+          const float* v = v0 + 16 * pair;
+          const float2 r0 = *reinterpret_cast<const float2*>(v);
+          const float2 r1 = *reinterpret_cast<const float2*>(v + 4 * stage_ld);
+          const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
+          const float2 r9 = *reinterpret_cast<const float2*>(v + 12 * stage_ld);
+          const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
+          const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
+          Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
+          Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
+          Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);
+          Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
         }
       }
     }
-#pragma unroll
-    for (int kk = 0; kk < kTilesPerStep; ++kk) {
-      if (kk > 0 && !second) break;  // no second tile: its stage holds an older tile or nothing
-      uint32_t a[2][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const bf16* p_lo = ps + (16 * mi + g) * kPLd + kKeys * kk + 2 * tq;
-        a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
-        a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
-      }
-      // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
-      // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
-      // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), so a load instruction's lanes read
-      // rows in four different bank groups (conflict-free); P is stored in the same order.
-      const float* v0 = (kk == 0 ? keys0 : keys1) + tq * stage_ld + 64 * warp + 2 * g;
-#pragma unroll
-      for (int pair = 0; pair < 4; ++pair) {
-        const float* v = v0 + 16 * pair;
-        const float2 r0 = *reinterpret_cast<const float2*>(v);
-        const float2 r1 = *reinterpret_cast<const float2*>(v + 4 * stage_ld);
-        const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
-        const float2 r9 = *reinterpret_cast<const float2*>(v + 12 * stage_ld);
-        const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
-        const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
-        Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
-        Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
-        Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);
-        Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
-      }
-    }
-  }
-  __syncthreads();  // m_row and l_row final (also when this partition had no tile)
+    __syncthreads();  // m_row and l_row final
 
-  const int entry_floats = kRank + 2;
-  auto entry = [&](int h) {
-    return args.partial + ((t * heads + h) * args.partitions + blockIdx.y) * entry_floats;
-  };
-  if (threadIdx.x < heads) {
-    float* e = entry(threadIdx.x);
-    e[0] = m_row[threadIdx.x] * 0.6931471805599453f;  // back to the natural log the merge uses
-    e[1] = l_row[threadIdx.x];
-  }
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int h = 16 * mi + g + 8 * half;
-      if (h >= heads) continue;
-      float* e = entry(h) + 2;
-#pragma unroll
-      for (int pair = 0; pair < 4; ++pair) {  // columns 64w + 16p + 4tq + {0, 1, 2, 3}
-        const float* even = o[mi][2 * pair];
-        const float* odd = o[mi][2 * pair + 1];
-        float* dst = e + 64 * warp + 16 * pair + 4 * tq;
-        *reinterpret_cast<float2*>(dst) = make_float2(even[2 * half], odd[2 * half]);
-        *reinterpret_cast<float2*>(dst + 2) = make_float2(even[2 * half + 1], odd[2 * half + 1]);
-      }
+    const int entry_floats = kRank + 2;
+    const int64_t slot = row + static_cast<int64_t>(blockIdx.x);
+    auto entry = [&](int h) { return args.partial + (slot * heads + h) * entry_floats; };
+    if (threadIdx.x < heads) {
+      float* e = entry(threadIdx.x);
+      e[0] = m_row[threadIdx.x] * 0.6931471805599453f;  // back to the natural log the merge uses
+      e[1] = l_row[threadIdx.x];
     }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int h = 16 * mi + g + 8 * half;
+        if (h >= heads) continue;
+        float* e = entry(h) + 2;
+#pragma unroll
+        for (int pair = 0; pair < 4; ++pair) {  // columns 64w + 16p + 4tq + {0, 1, 2, 3}
+          const float* even = o[mi][2 * pair];
+          const float* odd = o[mi][2 * pair + 1];
+          float* dst = e + 64 * warp + 16 * pair + 4 * tq;
+          *reinterpret_cast<float2*>(dst) = make_float2(even[2 * half], odd[2 * half]);
+          *reinterpret_cast<float2*>(dst + 2) = make_float2(even[2 * half + 1], odd[2 * half + 1]);
+        }
+      }
+    __syncthreads();  // the stages, the scores, P and the row stats are reused by the next segment
+    done += count;
+  }
+  if (!waited) WaitForPriorKernels();
 }
 
 size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
@@ -463,47 +484,83 @@ bool MlaAbsorbedTcSupports(const MlaParams& params) {
          params.qk_rope_dim == kRope && params.qk_nope_dim <= 256;
 }
 
-// One block per SM is resident. The partition count minimises a model of the time in tiles: the
-// waves times each block's tiles plus its pipeline fill (kFillTiles), plus the merge reading a
-// state per partition (kMergeTiles per state, spread over the SMs). A row of max_keys keys keeps
-// >= kMinTilesPerPartition tiles per partition (shorter rows get fewer, some none), and
-// rows × partitions stays within four waves (the states' scratch).
-int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys) {
-  constexpr int64_t kMinTilesPerPartition = 4, kMaxPartitions = 256;
-  constexpr double kFillTiles = 4.0, kMergeTiles = 2.0;
-  const int64_t sms = SmCount();
-  const int64_t tiles = (max_keys + kKeys - 1) / kKeys;
-  const int64_t most = std::max<int64_t>(
-      1, std::min({kMaxPartitions, tiles / kMinTilesPerPartition, 4 * sms / std::max<int64_t>(rows, 1)}));
-  auto time = [&](int64_t p) {
-    const double waves = static_cast<double>((rows * p + sms - 1) / sms);
-    return waves * (static_cast<double>(tiles) / static_cast<double>(p) + kFillTiles) +
-           kMergeTiles * static_cast<double>(rows * p) / static_cast<double>(sms);
-  };
-  int64_t best = 1;
-  for (int64_t p = 2; p <= most; ++p) {
-    if (time(p) < time(best)) best = p;
+// One block per SM is resident and every block takes an equal run of tiles, so the blocks are the
+// SMs (one wave: a second would add a pipeline fill per block and more states to merge), fewer
+// where that would leave a block under kMinTilesPerBlock tiles of `rows` rows of max_keys keys.
+int64_t MlaKeySplitBlocks(int64_t rows, int64_t max_keys) {
+  constexpr int64_t kMinTilesPerBlock = 4;
+  const int64_t tiles = std::max<int64_t>(rows, 1) * ((max_keys + kKeys - 1) / kKeys);
+  return std::max<int64_t>(1, std::min<int64_t>(SmCount(), tiles / kMinTilesPerBlock));
+}
+
+MlaKeySplit BuildMlaKeySplit(const MlaSequence* seqs, int64_t num_seqs, int64_t rows, int64_t blocks) {
+  // The absorbed rows in order (those outside [0, rows) left out, as the kernels leave them), and
+  // the first tile of each in the blocks' common order.
+  std::vector<MlaKeySplitRow> pieces;
+  std::vector<int64_t> first_tile;
+  int64_t total = 0;
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    const MlaSequence& seq = seqs[i];
+    if (seq.form != MlaForm::kAbsorbed) continue;
+    for (int64_t j = 0; j < seq.rows.length; ++j) {
+      const int64_t t = seq.rows.begin + j;
+      if (t < 0 || t >= rows || static_cast<int64_t>(pieces.size()) == rows) continue;
+      const int64_t tiles = (seq.num_cached + j) / kKeys + 1;  // keys 0 .. num_cached + j
+      pieces.push_back({static_cast<int32_t>(t), static_cast<int32_t>(i), static_cast<int32_t>(tiles)});
+      first_tile.push_back(total);
+      total += tiles;
+    }
   }
-  return best;
+  first_tile.push_back(total);
+  const int absorbed = static_cast<int>(pieces.size());
+  // Block b takes tiles [b·total/blocks, (b + 1)·total/blocks); the state of (row r, block b)'s
+  // segment goes to slot r + b, distinct for every segment since both grow along the tiles.
+  std::vector<MlaKeySplitBlock> runs(static_cast<size_t>(blocks));
+  std::vector<int32_t> first_block(absorbed, -1), last_block(absorbed, -1);
+  int row = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = total * b / blocks, hi = total * (b + 1) / blocks;
+    while (row + 1 < absorbed && first_tile[row + 1] <= lo) ++row;
+    runs[b] = {row, static_cast<int32_t>(lo - first_tile[row]), static_cast<int32_t>(hi - lo),
+               absorbed > 0 ? pieces[row] : MlaKeySplitRow{}};
+    for (int r = row; hi > lo && r < absorbed && first_tile[r] < hi; ++r) {
+      if (first_block[r] < 0) first_block[r] = static_cast<int32_t>(b);
+      last_block[r] = static_cast<int32_t>(b);
+    }
+  }
+  std::vector<MlaRowSlots> slots(static_cast<size_t>(rows), MlaRowSlots{0, 0});
+  for (int r = 0; r < absorbed; ++r) {
+    slots[pieces[r].t] = {r + first_block[r], last_block[r] - first_block[r] + 1};
+  }
+  pieces.resize(static_cast<size_t>(rows), MlaKeySplitRow{});
+  MlaKeySplit split;
+  split.blocks = blocks;
+  split.table.resize(static_cast<size_t>(MlaKeySplitSlotsAt(blocks, rows) + 2 * rows));
+  std::memcpy(split.table.data(), runs.data(), runs.size() * sizeof(MlaKeySplitBlock));
+  std::memcpy(split.table.data() + MlaKeySplitRowsAt(blocks), pieces.data(), pieces.size() * sizeof(MlaKeySplitRow));
+  std::memcpy(split.table.data() + MlaKeySplitSlotsAt(blocks, rows), slots.data(), slots.size() * sizeof(MlaRowSlots));
+  return split;
 }
 
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys) {
-  const int64_t partitions = MlaAbsorbedTcPartitions(rows, max_keys);
-  return AlignUp(sizeof(float) * rows * params.num_heads * partitions * (kRank + 2)) +
+  const int64_t slots = rows + MlaKeySplitBlocks(rows, max_keys);
+  return AlignUp(sizeof(float) * slots * params.num_heads * (kRank + 2)) +
          AlignUp(sizeof(bf16) * rows * params.num_heads * (kRank + params.qk_rope_dim));
 }
 
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
-                        int64_t num_seqs, int64_t max_keys, void* scratch, float** partial,
-                        int64_t* partitions, Stream stream) {
-  if (!MlaAbsorbedTcSupports(params) || scratch == nullptr) return static_cast<int>(cudaErrorInvalidValue);
+                        const int32_t* key_split, int64_t max_keys, void* scratch, float** partial,
+                        int64_t* blocks_out, Stream stream) {
+  if (!MlaAbsorbedTcSupports(params) || scratch == nullptr || key_split == nullptr) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
   const int64_t rows = q.rows;
-  const int64_t p = MlaAbsorbedTcPartitions(rows, max_keys);
+  const int64_t blocks = MlaKeySplitBlocks(rows, max_keys);
   const int heads = static_cast<int>(params.num_heads), rope = static_cast<int>(params.qk_rope_dim);
   auto* base = static_cast<char*>(scratch);
   *partial = reinterpret_cast<float*>(base);
-  *partitions = p;
-  auto* q_abs = reinterpret_cast<bf16*>(base + AlignUp(sizeof(float) * rows * heads * p * (kRank + 2)));
+  *blocks_out = blocks;
+  auto* q_abs = reinterpret_cast<bf16*>(base + AlignUp(sizeof(float) * (rows + blocks) * heads * (kRank + 2)));
   if (rows > 65535 * int64_t{kAbsorbRows} || !FitsGridX(rows)) return static_cast<int>(cudaErrorInvalidValue);
   auto s = static_cast<cudaStream_t>(stream);
   const int absorb_error = LaunchAfterPrior(
@@ -513,9 +570,15 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
   if (absorb_error != 0) return absorb_error;
   const size_t smem = kAttentionSmemBytes;
   if (const int error = AllowDynamicSmem(MlaLatentAttentionKernel, smem); error != 0) return error;
-  AttentionArgs args{seqs, num_seqs, q_abs, heads, params.scale, static_cast<int>(p), *partial};
-  return LaunchAfterPrior(MlaLatentAttentionKernel, dim3(static_cast<unsigned>(rows), static_cast<unsigned>(p)),
-                          dim3(kThreads), smem, s, args);
+  const AttentionArgs args{seqs,
+                           q_abs,
+                           heads,
+                           params.scale,
+                           reinterpret_cast<const MlaKeySplitBlock*>(key_split),
+                           reinterpret_cast<const MlaKeySplitRow*>(key_split + MlaKeySplitRowsAt(blocks)),
+                           *partial};
+  return LaunchAfterPrior(MlaLatentAttentionKernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), smem, s,
+                          args);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -1,5 +1,5 @@
 // The tensor-core form of absorbed MLA decode (mla_absorbed_tc.cu), used by
-// LaunchMlaAbsorbedAttention at serving precision; mla_attention.cu merges its partitions.
+// LaunchMlaAbsorbedAttention at serving precision; mla_attention.cu merges its segments.
 #pragma once
 
 #include <cstddef>
@@ -11,13 +11,13 @@ namespace deltaserve::kernels::cuda {
 
 // Up to 32 heads, kv_lora_rank 512, rope 64, nope <= 256 (the Kimi shapes).
 bool MlaAbsorbedTcSupports(const MlaParams& params);
-// Key partitions per absorbed row for `rows` rows whose longest history plus new rows is max_keys.
-int64_t MlaAbsorbedTcPartitions(int64_t rows, int64_t max_keys);
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys);
-// Queues q absorption and the attention; on success *partial holds [rows, heads, *partitions,
-// kv_lora_rank + 2] states (m, l, unnormalised Σ p c_n) for the merge, inside `scratch`.
+// Queues q absorption and the attention over the key split `key_split` (the uploaded
+// BuildMlaKeySplit table); on success *partial holds [rows + *blocks, heads, kv_lora_rank + 2]
+// segment states (m, l, unnormalised Σ p c_n), slots as the table's MlaRowSlots say, for the
+// merge, inside `scratch`.
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
-                        int64_t num_seqs, int64_t max_keys, void* scratch, float** partial,
-                        int64_t* partitions, Stream stream);
+                        const int32_t* key_split, int64_t max_keys, void* scratch, float** partial,
+                        int64_t* blocks, Stream stream);
 
 }  // namespace deltaserve::kernels::cuda

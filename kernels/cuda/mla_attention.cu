@@ -343,9 +343,27 @@ struct AbsorbedArgs {
   // With P > 1 partitions (gridDim.z = S * P) each cluster attends to 1/P of a query's key
   // tiles and writes its merged but unnormalised state [m, l, o_lat (rank)] for each head to
   // partial[((t * heads + h) * P + p) * (rank + 2)]; MlaAbsorbedMergeKernel and
-  // MlaAbsorbedProjectKernel finish.
+  // MlaAbsorbedProjectKernel finish. The tensor-core kernel writes a row's segments to the slots
+  // row_slots[t] names instead: partial[(slot * heads + h) * (rank + 2)].
   float* partial;
+  const MlaRowSlots* row_slots = nullptr;
 };
+
+// The partition or segment states of head h for packed row t: `count` of them, `stride` floats
+// apart from `first`.
+struct RowStates {
+  float* first;
+  int64_t stride;
+  int count;
+};
+__device__ __forceinline__ RowStates StatesOf(const AbsorbedArgs& args, int64_t t, int h, int partitions) {
+  const int64_t entry_floats = args.rank + 2;
+  if (args.row_slots != nullptr) {
+    const MlaRowSlots slots = args.row_slots[t];
+    return {args.partial + (slots.first * args.heads + h) * entry_floats, args.heads * entry_floats, slots.count};
+  }
+  return {args.partial + (t * args.heads + h) * partitions * entry_floats, entry_floats, partitions};
+}
 
 // Grid: (T, ceil(H / 16), S * P) in clusters of (1, 1, S), S in {1, 2, 4, 8}. The S blocks of a
 // cluster share packed row t (when an absorbed sequence holds it) and heads [16y, 16y + 16):
@@ -501,64 +519,67 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
   }
 }
 
-// Grid: (T, H, kMergeSplit). Merges the P partition states of head h for packed row t (an
-// absorbed row): o_lat = Σ_p w_p o_p / Σ_p w_p l_p with w_p = exp(m_p - max m). Block z takes
-// latent columns [z·S, (z+1)·S) (S = ceil(rank / kMergeSplit)), two partition halves at a time,
-// and writes them over partition 0's columns, which no other block reads (m and l stay), for
-// MlaAbsorbedProjectKernel.
+// Grid: (T, H, kMergeSplit). Merges the states of head h for packed row t (an absorbed row; its
+// partitions, or the tensor-core kernel's segments: StatesOf): o_lat = Σ_p w_p o_p / Σ_p w_p l_p
+// with w_p = exp(m_p - max m). Block z takes latent columns [z·S, (z+1)·S) (S = ceil(rank /
+// kMergeSplit)), two halves of the states at a time, and writes them over the first state's
+// columns, which no other block reads (m and l stay), for MlaAbsorbedProjectKernel.
 constexpr int kMergeSplit = 4;
 
-// Dynamic shared memory of the merge, in floats.
-int MergeSmemFloats(int rank, int partitions) {
+// Dynamic shared memory of the merge, in floats, for rows of at most `states` states.
+int MergeSmemFloats(int rank, int states) {
   const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
-  return 2 * slice + partitions;
+  return 2 * slice + states;
 }
 
 __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
   FollowPriorKernels();
   extern __shared__ float4 smem4[];
-  const int rank = args.rank, entry_floats = rank + 2;
+  const int rank = args.rank;
   const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
-  float* halves = reinterpret_cast<float*>(smem4);  // [2][slice]: each partition half's sums
-  float* weight = halves + 2 * slice;                // [partitions]
+  float* halves = reinterpret_cast<float*>(smem4);  // [2][slice]: each half's sums
+  float* weight = halves + 2 * slice;                // [states]
   __shared__ int row_seq[1];
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y, z = blockIdx.z;
   MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, row_seq);
   if (row_seq[0] < 0) return;
-  float* entries = args.partial + (t * args.heads + h) * partitions * entry_floats;
+  const RowStates states = StatesOf(args, t, h, partitions);
+  float* const entries = states.first;
+  const int64_t stride = states.stride;
+  const int count = states.count;
   float m_local = -INFINITY;
-  for (int p = threadIdx.x; p < partitions; p += kThreads) m_local = fmaxf(m_local, entries[p * entry_floats]);
+  for (int p = threadIdx.x; p < count; p += kThreads) m_local = fmaxf(m_local, entries[p * stride]);
   const float m_max = BlockMax(m_local, scratch);
   float l_local = 0.0f;
-  for (int p = threadIdx.x; p < partitions; p += kThreads) {
-    const float m_p = entries[p * entry_floats];
+  for (int p = threadIdx.x; p < count; p += kThreads) {
+    const float m_p = entries[p * stride];
     const float w = m_p == -INFINITY ? 0.0f : expf(m_p - m_max);
     weight[p] = w;
-    l_local = fmaf(w, entries[p * entry_floats + 1], l_local);
+    l_local = fmaf(w, entries[p * stride + 1], l_local);
   }
   const float l = BlockSum(l_local, scratch);  // its barriers also publish weight[]
   const int lo = z * slice, hi = min(rank, lo + slice);
-  const int split = (partitions + 1) / 2;
+  const int split = (count + 1) / 2;
   for (int i = threadIdx.x; i < 2 * slice; i += kThreads) {
     const int half = i / slice, r = lo + i % slice;
     if (r >= hi) continue;
-    const int p_end = half == 0 ? split : partitions;
+    const int p_end = half == 0 ? split : count;
     float o = 0.0f;
 #pragma unroll 16
-    for (int p = half == 0 ? 0 : split; p < p_end; ++p) o = fmaf(weight[p], entries[p * entry_floats + 2 + r], o);
+    for (int p = half == 0 ? 0 : split; p < p_end; ++p) o = fmaf(weight[p], entries[p * stride + 2 + r], o);
     halves[i] = o;
   }
-  __syncthreads();  // every read of partition 0's columns is done
+  __syncthreads();  // every read of the first state's columns is done
   for (int r = lo + static_cast<int>(threadIdx.x); r < hi; r += kThreads) {
     entries[2 + r] = (halves[r - lo] + halves[slice + r - lo]) / l;
   }
 }
 
 // W_UV after the attention: out[t, h·V + c] = Σ_r W_UV[h][c][r] · o_lat[t, h][r], o_lat being
-// partition 0's columns of the row's state (divided by its l when there is one partition, merged
-// by MlaAbsorbedMergeKernel otherwise). Grid (H, ceil(V / kProjectCols), row groups): a block
+// the columns of the row's first state (merged by MlaAbsorbedMergeKernel, or divided by its l
+// here when the states were not merged: one per row). Grid (H, ceil(V / kProjectCols), row groups): a block
 // holds kProjectCols rows of W_UV in shared memory (loaded before it waits for the kernels
 // ahead: no kernel writes weights) and applies them to kProjectRows packed rows at a time, lane c
 // for output column c, warp w for every kWarps-th 4 latent columns, the warps meeting in shared
@@ -574,7 +595,8 @@ int ProjectSmemFloats(int rank) {
   return kProjectCols * (RoundUp8(rank) + 4) + kProjectRows * RoundUp8(rank) + kWarps * kProjectRows * kProjectCols;
 }
 
-__global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArgs args, int partitions) {
+__global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArgs args, int partitions,
+                                                                     bool merged) {
   AllowDependentLaunch();
   extern __shared__ float4 smem4[];
   const int rank = args.rank, padded = RoundUp8(rank), w_ld = padded + 4;
@@ -582,6 +604,7 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArg
   float* o = w + kProjectCols * w_ld;          // [kProjectRows][padded]
   float* sums = o + kProjectRows * padded;     // [kWarps][kProjectRows][kProjectCols]
   __shared__ int row_seq[kProjectRows];
+  __shared__ const float* row_state[kProjectRows];  // each row's first state
   const int h = blockIdx.x, c0 = blockIdx.y * kProjectCols;
   const int kv_width = args.nope + args.v_dim;
   // Several loads in flight per thread before any store: the weights' latency is most of this
@@ -607,10 +630,12 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArg
   }
   WaitForPriorKernels();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int entry_floats = rank + 2;
   for (int64_t t0 = static_cast<int64_t>(blockIdx.z) * kProjectRows; t0 < args.out.rows;
        t0 += static_cast<int64_t>(gridDim.z) * kProjectRows) {
     const int n = static_cast<int>(args.out.rows - t0 < kProjectRows ? args.out.rows - t0 : kProjectRows);
+    if (static_cast<int>(threadIdx.x) < n) {
+      row_state[threadIdx.x] = StatesOf(args, t0 + threadIdx.x, h, partitions).first;
+    }
     MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t0, n, row_seq);  // syncs
     for (int i0 = threadIdx.x; i0 < kProjectRows * padded; i0 += kInFlight * kThreads) {
       float v[kInFlight];
@@ -619,8 +644,8 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArg
         const int i = i0 + u * kThreads, r = i / padded, k = i % padded;
         v[u] = 0.0f;
         if (r < n && row_seq[r] >= 0 && k < rank) {
-          const float* entry = args.partial + ((t0 + r) * args.heads + h) * partitions * entry_floats;
-          v[u] = partitions == 1 ? entry[2 + k] / entry[1] : entry[2 + k];
+          const float* entry = row_state[r];
+          v[u] = merged ? entry[2 + k] : entry[2 + k] / entry[1];
         }
       }
 #pragma unroll
@@ -752,12 +777,14 @@ int64_t AbsorbedPartitions(int64_t rows, int64_t groups, int64_t max_keys) {
   return partitions;
 }
 
-// After an absorbed attention that wrote partition states: their merge (P > 1), then W_UV.
-int LaunchMergeAndProject(const AbsorbedArgs& args, int partitions, cudaStream_t stream) {
+// After an absorbed attention that wrote partition or segment states (at most `states` per
+// row): their merge (merged: more than one state to some row), then W_UV.
+int LaunchMergeAndProject(const AbsorbedArgs& args, int partitions, int states, bool merged,
+                          cudaStream_t stream) {
   const int64_t rows = args.out.rows;
-  if (partitions > 1) {
+  if (merged) {
     const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(args.heads), kMergeSplit);
-    const size_t smem = sizeof(float) * MergeSmemFloats(args.rank, partitions);
+    const size_t smem = sizeof(float) * MergeSmemFloats(args.rank, states);
     const int error =
         LaunchAfterPrior(MlaAbsorbedMergeKernel, grid, dim3(kThreads), smem, stream, args, partitions);
     if (error != 0) return error;
@@ -768,7 +795,7 @@ int LaunchMergeAndProject(const AbsorbedArgs& args, int partitions, cudaStream_t
   const int column_blocks = (args.v_dim + kProjectCols - 1) / kProjectCols;
   const dim3 grid(static_cast<unsigned>(args.heads), static_cast<unsigned>(column_blocks),
                   static_cast<unsigned>(groups));
-  return LaunchAfterPrior(MlaAbsorbedProjectKernel, grid, dim3(kThreads), smem, stream, args, partitions);
+  return LaunchAfterPrior(MlaAbsorbedProjectKernel, grid, dim3(kThreads), smem, stream, args, partitions, merged);
 }
 
 }  // namespace
@@ -845,7 +872,8 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
-                               bool tensor_cores, float* scratch, TensorView out, Stream stream) {
+                               bool tensor_cores, const int32_t* key_split, float* scratch, TensorView out,
+                               Stream stream) {
   if (num_seqs < 0 || !ValidParams(params) || q.dtype != DType::kF32 || out.dtype != DType::kF32 ||
       kv_b.dtype == DType::kI32) {
     return Invalid();
@@ -874,11 +902,12 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   args.scale = params.scale;
   auto s = static_cast<cudaStream_t>(stream);
   if (tensor_cores && MlaAbsorbedTcSupports(params)) {
-    int64_t partitions = 0;
-    const int error = LaunchMlaAbsorbedTc(params, q, kv_b, seqs, num_seqs, max_keys, scratch,
-                                          &args.partial, &partitions, stream);
+    int64_t blocks = 0;
+    const int error =
+        LaunchMlaAbsorbedTc(params, q, kv_b, seqs, key_split, max_keys, scratch, &args.partial, &blocks, stream);
     if (error != 0) return error;
-    return LaunchMergeAndProject(args, static_cast<int>(partitions), s);
+    args.row_slots = reinterpret_cast<const MlaRowSlots*>(key_split + MlaKeySplitSlotsAt(blocks, q.rows));
+    return LaunchMergeAndProject(args, 0, static_cast<int>(blocks), blocks > 1, s);
   }
   const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const int64_t partitions = AbsorbedPartitions(q.rows, groups, max_keys);
@@ -900,7 +929,7 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
     default: return Invalid();  // kv_lora_rank > 512
   }
   if (error != 0 || partitions <= 1) return error;
-  return LaunchMergeAndProject(args, static_cast<int>(partitions), s);
+  return LaunchMergeAndProject(args, static_cast<int>(partitions), static_cast<int>(partitions), true, s);
 }
 
 }  // namespace deltaserve::kernels::cuda

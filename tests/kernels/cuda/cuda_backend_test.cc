@@ -591,6 +591,31 @@ TEST_P(CudaKda, FusedRecurrentTakesBf16Activations) {
              /*unaligned_inputs=*/false, DType::kBF16);
 }
 
+// The tensor-core absorbed attention's blocks take equal runs of the absorbed rows' key tiles,
+// crossing from row to row; each (row, block) piece has its own state slot, and a row lists its
+// slots. Host code, no GPU needed.
+TEST(MlaKeySplit, CutsTheRowsTilesIntoEqualRuns) {
+  // Packed rows: 0 absorbed (40 keys: 3 tiles), 1-2 expanded, 3-4 absorbed (16 and 17 keys:
+  // 1 and 2 tiles), 5 absorbed (100 keys: 7 tiles). 13 tiles over 4 blocks: 3, 3, 3, 4.
+  std::vector<MlaSequence> seqs(4);
+  seqs[0] = {{0, 1}, MlaForm::kAbsorbed, {}, 39};
+  seqs[1] = {{1, 2}, MlaForm::kExpanded, {}, 0};
+  seqs[2] = {{3, 2}, MlaForm::kAbsorbed, {}, 15};
+  seqs[3] = {{5, 1}, MlaForm::kAbsorbed, {}, 99};
+  const MlaKeySplit split = BuildMlaKeySplit(seqs.data(), 4, 6, 4);
+  ASSERT_EQ(split.blocks, 4);
+  ASSERT_EQ(split.table.size(), size_t{6 * 4 + 5 * 6});
+  // Blocks: {first absorbed row, first tile in it, tiles, that row again}.
+  EXPECT_EQ(std::vector<int32_t>(split.table.begin(), split.table.begin() + 24),
+            (std::vector<int32_t>{0, 0, 3, 0, 0, 3, 1, 0, 3, 3, 2, 1, 3, 0, 3, 5, 3, 7, 3, 3, 4, 5, 3, 7}));
+  // Absorbed rows: {packed row, sequence, tiles}, room for 6.
+  EXPECT_EQ(std::vector<int32_t>(split.table.begin() + 24, split.table.begin() + 42),
+            (std::vector<int32_t>{0, 0, 3, 3, 2, 1, 4, 2, 2, 5, 3, 7, 0, 0, 0, 0, 0, 0}));
+  // Packed rows' slots {first, count}: row r's pieces in blocks b..b' are slots r + b ...
+  EXPECT_EQ(std::vector<int32_t>(split.table.begin() + 42, split.table.end()),
+            (std::vector<int32_t>{0, 1, 0, 0, 0, 0, 2, 1, 3, 1, 5, 2}));
+}
+
 // The scan starts its blocks in the order of longest_first, so the longest chains of chunks do
 // not start last; host code, no GPU needed.
 TEST(KdaChunkTable, ListsTheSequencesLongestFirst) {
@@ -842,9 +867,14 @@ std::vector<MlaCase> MlaCases() {
       {"kimi_prefill_long", kimi, {300, 0, 5}, {150, 70, 1}, {e, e, a}, 64},
       // Pages the tensor-core kernel does not take (not a multiple of kMlaTensorCorePageRows).
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
-      // Long contexts at small batches: the keys are split over several partitions too.
+      // Long contexts at small batches: a row's keys are split over many blocks.
       {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},
       {"kimi_decode_long_2", kimi, {9000, 33}, {1, 1}, {a, a}},
+      // Unequal histories: the key split's blocks cross from row to row, one of them a
+      // sequence's three new rows (each with one key more than the last), with an expanded
+      // piece between absorbed rows.
+      {"kimi_decode_ragged", kimi, {30000, 5, 700, 40, 0, 64, 2000}, {1, 3, 1, 20, 1, 1, 2},
+       {a, a, a, e, a, a, a}, 32},
   };
   // Decode batches of 1, 64 and 256 rows (the absorbed kernel splits its work by row count).
   for (int rows : {1, 64, 256}) {
