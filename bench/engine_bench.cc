@@ -45,25 +45,29 @@ struct Options {
   int64_t skinny_max_weight_mib = -1;  // CUDA: skinny_matmul_max_weight_bytes in MiB; -1: default
   bool argmax = false;       // decode: greedy on the device, ids instead of logits downloaded
   bool sample = false;       // decode: a draw on the device (kSampleDraw), ids instead of logits
+  bool mixed = false;        // sequence i's history is context·(i + 1)/batch: unequal, as served
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
 };
 
-// Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax|:sample]" spec to `o` (TOKENS: the prompt
-// of a prefill, the context of a decode; eager: without step graphs; argmax: --argmax; sample:
-// --sample); false when malformed.
+// Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax|:sample][:mixed]" spec to `o` (TOKENS: the
+// prompt of a prefill, the context of a decode; eager: without step graphs; argmax: --argmax;
+// sample: --sample; mixed: --mixed); false when malformed.
 bool ApplyRunSpec(std::string spec, Options& o) {
   for (bool trimmed = true; trimmed;) {
     trimmed = false;
     for (const std::string_view suffix :
-         {std::string_view(":eager"), std::string_view(":argmax"), std::string_view(":sample")}) {
+         {std::string_view(":eager"), std::string_view(":argmax"), std::string_view(":sample"),
+          std::string_view(":mixed")}) {
       if (spec.size() > suffix.size() && spec.ends_with(suffix)) {
         spec.resize(spec.size() - suffix.size());
         if (suffix == ":eager") {
           o.step_graphs = false;
         } else if (suffix == ":argmax") {
           o.argmax = true;
+        } else if (suffix == ":mixed") {
+          o.mixed = true;
         } else {
           o.sample = true;
         }
@@ -112,8 +116,8 @@ std::vector<int32_t> RandomTokens(int64_t n, uint64_t seed, int64_t vocab) {
   return tokens;
 }
 
-// Fresh states for the batch, each with a synthetic history of `context` tokens and room for
-// `spare_rows` more latent rows.
+// Fresh states for the batch, each with a synthetic history of `context` tokens (with --mixed,
+// sequence i's context·(i + 1)/batch) and room for `spare_rows` more latent rows.
 // Fails where the device runs out of memory for them (the batch does not fit).
 absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> NewStates(const model::KimiLinearModel& m,
                                                                              const Options& o,
@@ -121,7 +125,8 @@ absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> NewStates(con
   std::vector<std::unique_ptr<model::SequenceState>> states;
   for (int64_t i = 0; i < o.batch; ++i) {
     states.push_back(m.NewState());
-    model::FillSyntheticHistory(*states.back(), o.context, spare_rows,
+    const int64_t context = o.mixed ? o.context * (i + 1) / o.batch : o.context;
+    model::FillSyntheticHistory(*states.back(), context, spare_rows,
                                 o.seed + static_cast<uint64_t>(i));
     if (absl::Status status = m.TakeDeviceFailure(absl::StrCat("making sequence ", i + 1, " of ", o.batch));
         !status.ok()) {
@@ -131,8 +136,15 @@ absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> NewStates(con
   return states;
 }
 
-StateBytes BytesOf(const model::SequenceState& state) {
-  return {state.ByteSize(), state.AllocatedByteSize()};
+// The states' mean: one sequence's, unless --mixed made them unequal.
+StateBytes MeanBytesOf(const std::vector<std::unique_ptr<model::SequenceState>>& states) {
+  StateBytes sum;
+  for (const auto& state : states) {
+    sum.used += state->ByteSize();
+    sum.allocated += state->AllocatedByteSize();
+  }
+  const auto n = static_cast<int64_t>(states.size());
+  return n == 0 ? sum : StateBytes{sum.used / n, sum.allocated / n};
 }
 
 // Each pass: fresh states at `context`, then B x T new tokens, logits for the last position.
@@ -161,7 +173,7 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
       timings.mean_s += elapsed / static_cast<double>(o.steps);
       timings.min_s = std::min(timings.min_s, elapsed);
     }
-    state_bytes = BytesOf(*states.front());
+    state_bytes = MeanBytesOf(states);
   }
   return timings;
 }
@@ -177,7 +189,7 @@ absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
   absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.warmup + o.steps);
   if (!made.ok()) return made.status();
   std::vector<std::unique_ptr<model::SequenceState>> states = std::move(*made);
-  state_bytes = BytesOf(*states.front());
+  state_bytes = MeanBytesOf(states);
   const std::vector<int32_t> tokens =
       RandomTokens((o.warmup + o.steps) * o.batch, o.seed + 2000, m.config().vocab_size);
   Timings timings{0, 1e300};
@@ -264,6 +276,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["batch"] = o.batch;
   line["prompt"] = o.mode == "prefill" ? o.prompt : 0;
   line["context"] = o.context;
+  line["mixed"] = o.mixed;
   line["steps"] = o.steps;
   line["warmup"] = o.warmup;
   line["step_graphs"] = o.step_graphs;
@@ -369,13 +382,17 @@ int main(int argc, char** argv) {
   app.add_option("--run", o.runs,
                  "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
                  "model (overrides --mode/--batch/--prompt/--context); a trailing :eager runs it "
-                 "without step graphs, :argmax with --argmax, :sample with --sample");
+                 "without step graphs, :argmax with --argmax, :sample with --sample, :mixed with "
+                 "--mixed");
   app.add_flag("--argmax", o.argmax,
                "Decode: take each step's greedy token on the device (SequenceInput::argmax) "
                "instead of downloading its logits");
   app.add_flag("--sample", o.sample,
                "Decode: draw each step's token on the device (SequenceInput::draw: temperature "
                "0.8, top-p 0.95) instead of downloading its logits");
+  app.add_flag("--mixed", o.mixed,
+               "Decode: unequal histories, sequence i's context·(i + 1)/batch (the longest "
+               "--context), as continuous batching serves them");
   app.add_flag("--step-graphs,!--no-step-graphs", o.step_graphs,
                "Decode steps through the backend's step graphs (CUDA graphs)")
       ->capture_default_str();
