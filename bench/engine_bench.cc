@@ -181,9 +181,9 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
 // What --sample draws with: a common serving setting (the uniform varies per step).
 constexpr kernels::RowSampling kSampleDraw{0.8f, 0, 0.95f, 0.0f, 0.0};
 
-// States at `context` once, then one random token per sequence per step (different across the
-// batch, so it routes to as many experts as real traffic does), logits for it (or their argmax
-// with --argmax, or a token drawn with --sample, taken on the device).
+// States at `context` (with --mixed, up to it) once, then one random token per sequence per step
+// (different across the batch, so it routes to as many experts as real traffic does), logits for
+// it (or their argmax with --argmax, or a token drawn with --sample, taken on the device).
 absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
                                   StateBytes& state_bytes) {
   absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.warmup + o.steps);
@@ -303,11 +303,16 @@ int Run(const Options& options) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--run ", spec,
                        ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, "
-                       ":argmax, :sample")));
+                       ":argmax, :sample, :mixed")));
     }
     runs.push_back(o);
   }
   if (runs.empty()) runs.push_back(options);
+  for (const Options& o : runs) {
+    if (o.mixed && o.mode != "decode") {
+      return Fail(absl::InvalidArgumentError("--mixed (:mixed) is for decode runs"));
+    }
+  }
 
   kernels::BackendChoice choice = *kernels::ParseBackendChoice(options.device);
   choice.cpu_threads = options.threads;

@@ -1,6 +1,6 @@
 // MLA decode on the GPU against the device's copy bandwidth: one new token per sequence through
 // the absorbed kernel (append the token's latent row, q absorbed with W_UK, attention over the
-// whole latent cache, W_UV after; key partitions and their merge where the launcher picks them)
+// whole latent cache split evenly over the SMs, the splits' states merged, W_UV after)
 // at the Kimi-Linear-48B-A3B shape (32 heads, kv_lora_rank 512, rope 64, nope 128, v 128, fp32
 // latent cache in pages of 256 rows, bf16 kv_b), beside a 1 GiB device-to-device copy. The bytes
 // that must move are the cache rows read (576 fp32 each); the figure is their rate over the
@@ -49,16 +49,15 @@ int main(int argc, char** argv) {
                                              mixed(16, 131072),  uniform(64, 4096),  uniform(64, 65536),
                                              uniform(64, 131072)};
   int iters = 20;
-  int64_t batch = 0, mixed_count = 0;
+  int64_t batch = 0, mixed_count = 0, longest_arg = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--iters") == 0) iters = std::atoi(argv[i + 1]);
     if (std::strcmp(argv[i], "--batch") == 0) batch = std::atoll(argv[i + 1]);
     if (std::strcmp(argv[i], "--mixed") == 0) mixed_count = std::atoll(argv[i + 1]);
-    if (std::strcmp(argv[i], "--context") == 0 && batch > 0) cases = {uniform(batch, std::atoll(argv[i + 1]))};
-    if (std::strcmp(argv[i], "--context") == 0 && mixed_count > 0) {
-      cases = {mixed(mixed_count, std::atoll(argv[i + 1]))};
-    }
+    if (std::strcmp(argv[i], "--context") == 0) longest_arg = std::atoll(argv[i + 1]);
   }
+  if (longest_arg > 0 && batch > 0) cases = {uniform(batch, longest_arg)};
+  if (longest_arg > 0 && mixed_count > 0) cases = {mixed(mixed_count, longest_arg)};
   cudaDeviceProp prop{};
   Check(cudaGetDeviceProperties(&prop, 0), "device properties");
   cudaStream_t stream;
@@ -131,7 +130,9 @@ int main(int argc, char** argv) {
       first += (contexts[i] + 1 + kPageRows - 1) / kPageRows;
     }
     MlaSequence* seqs = deltaserve::bench::DeviceCopy(host_seqs);
-    // The tensor-core kernel's key split, as the CUDA backend builds it for a step.
+    // The tensor-core kernel's key split, built as the CUDA backend builds it for a step, but for
+    // the history itself (the backend sizes the grid for its power-of-two bucket: at 4,097 keys
+    // for 8,192, which gives batch 1 128 blocks here 64).
     int32_t* key_split = deltaserve::bench::DeviceCopy(
         deltaserve::kernels::cuda::BuildMlaKeySplit(host_seqs.data(), b, b,
                                                     deltaserve::kernels::cuda::MlaKeySplitBlocks(b, longest + 1))

@@ -156,8 +156,8 @@ constexpr int64_t MlaKeySplitSlotsAt(int64_t blocks, int64_t rows) {
 // The grid for `rows` packed rows whose longest history plus new rows is max_keys (bucketed by
 // the caller the same way for every step of a CUDA graph, whose grid cannot change).
 int64_t MlaKeySplitBlocks(int64_t rows, int64_t max_keys);
-// For `num_seqs` host descriptors over `rows` packed rows (each absorbed row's packed index below
-// `rows`).
+// For `num_seqs` host descriptors over `rows` packed rows (absorbed rows whose packed index is
+// outside [0, rows) are left out, as the kernels leave them).
 MlaKeySplit BuildMlaKeySplit(const MlaSequence* seqs, int64_t num_seqs, int64_t rows, int64_t blocks);
 // y = x · wᵀ for at most kSkinnyMatMulMaxRows rows of x (F32) and a BF16, F16 or F32 weight, in
 // fp32 on CUDA cores, w read once with 16-byte loads: decode-sized products. Needs 16-byte

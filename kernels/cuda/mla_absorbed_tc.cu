@@ -513,13 +513,16 @@ MlaKeySplit BuildMlaKeySplit(const MlaSequence* seqs, int64_t num_seqs, int64_t 
   }
   first_tile.push_back(total);
   const int absorbed = static_cast<int>(pieces.size());
-  // Block b takes tiles [b·total/blocks, (b + 1)·total/blocks); the state of (row r, block b)'s
+  // Block b takes tiles [b·total/blocks, (b + 1)·total/blocks), or tile b alone when there are
+  // fewer tiles than blocks (the rest none): a row's blocks are then consecutive and each has a
+  // piece of it, so the slots a row lists are all written. The state of (row r, block b)'s
   // segment goes to slot r + b, distinct for every segment since both grow along the tiles.
   std::vector<MlaKeySplitBlock> runs(static_cast<size_t>(blocks));
   std::vector<int32_t> first_block(absorbed, -1), last_block(absorbed, -1);
   int row = 0;
   for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t lo = total * b / blocks, hi = total * (b + 1) / blocks;
+    const int64_t lo = total < blocks ? std::min(b, total) : total * b / blocks;
+    const int64_t hi = total < blocks ? std::min(b + 1, total) : total * (b + 1) / blocks;
     while (row + 1 < absorbed && first_tile[row + 1] <= lo) ++row;
     runs[b] = {row, static_cast<int32_t>(lo - first_tile[row]), static_cast<int32_t>(hi - lo),
                absorbed > 0 ? pieces[row] : MlaKeySplitRow{}};

@@ -616,6 +616,31 @@ TEST(MlaKeySplit, CutsTheRowsTilesIntoEqualRuns) {
             (std::vector<int32_t>{0, 1, 0, 0, 0, 0, 2, 1, 3, 1, 5, 2}));
 }
 
+// Fewer tiles than blocks (a short history under the grid its key bucket gives): every slot a row
+// lists belongs to a block that has a piece of that row, so the merge reads only written states.
+TEST(MlaKeySplit, ListsOnlyWrittenSlotsWhenTilesAreFewerThanBlocks) {
+  std::vector<MlaSequence> seqs = {{{0, 1}, MlaForm::kAbsorbed, {}, 7},
+                                   {{1, 1}, MlaForm::kAbsorbed, {}, 300},
+                                   {{2, 1}, MlaForm::kAbsorbed, {}, 1}};
+  const int64_t rows = 3, blocks = 64;  // 1 + 19 + 1 tiles
+  const MlaKeySplit split = BuildMlaKeySplit(seqs.data(), 3, rows, blocks);
+  const auto* runs = reinterpret_cast<const MlaKeySplitBlock*>(split.table.data());
+  const auto* slots = reinterpret_cast<const MlaRowSlots*>(split.table.data() + MlaKeySplitSlotsAt(blocks, rows));
+  int64_t tiles = 0;
+  for (int64_t b = 0; b < blocks; ++b) tiles += runs[b].tiles;
+  EXPECT_EQ(tiles, 21);
+  for (int r = 0; r < rows; ++r) {
+    SCOPED_TRACE(r);
+    ASSERT_GE(slots[r].count, 1);
+    for (int s = slots[r].first; s < slots[r].first + slots[r].count; ++s) {
+      const MlaKeySplitBlock& run = runs[s - r];  // slot r + b
+      EXPECT_GT(run.tiles, 0);
+      EXPECT_LE(run.row, r);
+    }
+  }
+  EXPECT_EQ(slots[1].count, 19);  // one tile per block
+}
+
 // The scan starts its blocks in the order of longest_first, so the longest chains of chunks do
 // not start last; host code, no GPU needed.
 TEST(KdaChunkTable, ListsTheSequencesLongestFirst) {
