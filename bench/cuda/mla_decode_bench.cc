@@ -89,12 +89,13 @@ int main(int argc, char** argv) {
     for (int64_t context : contexts) keys += context + 1;
     // A uniform batch's context, or -1 for a mixed one ("longest" names its longest).
     const int64_t context = longest == contexts.front() ? longest : -1;
+    std::vector<int64_t> pages;  // each cache's
+    for (int64_t context_i : contexts) pages.push_back((context_i + 1 + kPageRows - 1) / kPageRows);
     std::vector<float*> caches(static_cast<size_t>(b));
     float* block = DeviceFloats(4096 * width, 2.0f, 7);
     bool fits = true;
     for (int64_t i = 0; i < b; ++i) {
-      const int64_t pages = (contexts[i] + 1 + kPageRows - 1) / kPageRows;
-      if (cudaMalloc(&caches[i], pages * kPageRows * width * sizeof(float)) != cudaSuccess) {
+      if (cudaMalloc(&caches[i], pages[i] * kPageRows * width * sizeof(float)) != cudaSuccess) {
         (void)cudaGetLastError();
         caches[i] = nullptr;
         fits = false;
@@ -117,17 +118,16 @@ int main(int argc, char** argv) {
     std::vector<float*> host_tables;
     std::vector<MlaSequence> host_seqs(static_cast<size_t>(b));
     for (int64_t i = 0; i < b; ++i) {
-      const int64_t pages = (contexts[i] + 1 + kPageRows - 1) / kPageRows;
       host_seqs[i].rows = {i, 1};
       host_seqs[i].form = MlaForm::kAbsorbed;
       host_seqs[i].num_cached = contexts[i];
       host_seqs[i].cache.page_rows = kPageRows;
-      for (int64_t p = 0; p < pages; ++p) host_tables.push_back(caches[i] + p * kPageRows * width);
+      for (int64_t p = 0; p < pages[i]; ++p) host_tables.push_back(caches[i] + p * kPageRows * width);
     }
     float** tables = deltaserve::bench::DeviceCopy(host_tables);
     for (int64_t i = 0, first = 0; i < b; ++i) {
       host_seqs[i].cache.pages = tables + first;
-      first += (contexts[i] + 1 + kPageRows - 1) / kPageRows;
+      first += pages[i];
     }
     MlaSequence* seqs = deltaserve::bench::DeviceCopy(host_seqs);
     // The tensor-core kernel's key split, built as the CUDA backend builds it for a step, but for
@@ -168,8 +168,7 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     for (void* p : {static_cast<void*>(seqs), static_cast<void*>(key_split), static_cast<void*>(tables),
-                    static_cast<void*>(q),
-                    static_cast<void*>(latent), static_cast<void*>(out)}) {
+                    static_cast<void*>(q), static_cast<void*>(latent), static_cast<void*>(out)}) {
       cudaFree(p);
     }
     for (float* cache : caches) cudaFree(cache);

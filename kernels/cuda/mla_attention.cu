@@ -580,11 +580,11 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs 
 // W_UV after the attention: out[t, h·V + c] = Σ_r W_UV[h][c][r] · o_lat[t, h][r], o_lat being
 // the columns of the row's first state (merged by MlaAbsorbedMergeKernel, or divided by its l
 // here when the states were not merged: one per row). Grid (H, ceil(V / kProjectCols), row
-// groups): a block holds kProjectCols rows of W_UV in shared memory (loaded before it waits for the kernels
-// ahead: no kernel writes weights) and applies them to kProjectRows packed rows at a time, lane c
-// for output column c, warp w for every kWarps-th 4 latent columns, the warps meeting in shared
-// memory. Rows are grouped so that a weight is read from L2 once per kProjectRows rows, not once
-// per row (which cost up to 150 µs at 64 rows).
+// groups): a block holds kProjectCols rows of W_UV in shared memory (loaded before it waits for
+// the kernels ahead: no kernel writes weights) and applies them to kProjectRows packed rows at a
+// time, lane c for output column c, warp w for every kWarps-th 4 latent columns, the warps meeting
+// in shared memory. Rows are grouped so that a weight is read from L2 once per kProjectRows rows,
+// not once per row (which cost up to 150 µs at 64 rows).
 constexpr int kProjectCols = 32;
 constexpr int kProjectRows = 8;
 static_assert(kProjectRows * kProjectCols == kThreads, "a thread per output of a row group");
