@@ -1,6 +1,7 @@
 #include "kernels/backend.h"
 
 #include <array>
+#include <functional>
 #include <vector>
 
 #include "base/check.h"
@@ -31,6 +32,52 @@ void Backend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecode
   Tensor attended = Allocate(t, width, DType::kF32);
   KdaAttention(core, kda, attended.view());
   GatedRmsNorm(attended.view(), in.out_gate, in.out_norm, in.core.head_dim, in.eps, out);
+}
+
+RoutedMoe RouteMoe(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,
+                   const MoeRouting& routing, const ExpertWeights* shared) {
+  const int64_t t = x.rows, k = routing.top_k;
+  RoutedMoe r;
+  // The router and the shared expert's gate and up products all read x: issued together.
+  Tensor logits = backend.Allocate(t, router.rows, DType::kF32);
+  std::array<MatMulProduct, 3> from_x = {{{x, router, logits.view()}}};
+  size_t products = 1;
+  if (shared != nullptr) {
+    r.shared_gate = backend.Allocate(t, shared->gate.rows, DType::kF32);
+    r.shared_up = backend.Allocate(t, shared->up.rows, DType::kF32);
+    from_x[products++] = {x, shared->gate, r.shared_gate.view()};
+    from_x[products++] = {x, shared->up, r.shared_up.view()};
+  }
+  backend.MatMuls(std::span<const MatMulProduct>(from_x.data(), products));
+  r.ids = backend.Allocate(t, k, DType::kI32);
+  r.weights = backend.Allocate(t, k, DType::kF32);
+  backend.MoeRoute(logits.view(), correction_bias, routing, r.ids.view(), r.weights.view());
+  return r;
+}
+
+bool ComposeMoeFfn(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,
+                   const MoeRouting& routing, const ExpertWeights* shared, TensorView out,
+                   const std::function<bool(TensorView ids, TensorView slot_out)>& run_experts) {
+  RoutedMoe r = RouteMoe(backend, x, router, correction_bias, routing, shared);
+  Tensor slot_out = backend.Allocate(x.rows * routing.top_k, x.cols, DType::kF32);
+  if (!run_experts(r.ids.view(), slot_out.view())) return false;
+  // out = shared expert (or zero), then the routed experts' weighted sum added to it.
+  if (shared != nullptr) {
+    backend.SwiGlu(r.shared_gate.view(), r.shared_up.view(), r.shared_gate.view());
+    backend.MatMul(r.shared_gate.view(), shared->down, out);
+  } else {
+    backend.Zero(out);
+  }
+  backend.MoeCombine(slot_out.view(), r.weights.view(), out);
+  return true;
+}
+
+void Backend::MoeFfn(TensorView x, TensorView router, TensorView correction_bias, const MoeRouting& routing,
+                     std::span<const ExpertWeights> experts, const ExpertWeights* shared, TensorView out) {
+  ComposeMoeFfn(*this, x, router, correction_bias, routing, shared, out, [&](TensorView ids, TensorView slot_out) {
+    MoeExperts(x, ids, experts, 0, slot_out);
+    return true;
+  });
 }
 
 void Backend::MatMuls(std::span<const MatMulProduct> products) {

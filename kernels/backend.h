@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -158,6 +159,13 @@ class Backend {
                           TensorView slot_out) = 0;
   // out[t] += Σ_s weights[t, s] · slot_out[t*k + s], summed in slot order.
   virtual void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) = 0;
+  // A whole MoE FFN whose experts are all held here (experts[e] is expert e): router logits
+  // x · routerᵀ, MoeRoute, then out[t] = shared(x[t]) (zero where shared is null) +
+  // Σ_s weights[t, s] · expert_{ids[t, s]}(x[t]), summed in slot order after the shared expert.
+  // This definition composes the operations above (the router and the shared expert's gate and
+  // up products as one MatMuls); a backend may fuse them.
+  virtual void MoeFfn(TensorView x, TensorView router, TensorView correction_bias, const MoeRouting& routing,
+                      std::span<const ExpertWeights> experts, const ExpertWeights* shared, TensorView out);
 
   // Greedy sampling: ids [rows, 1] I32, ids[r] = the index of the largest value of x's row r,
   // the lowest index on ties; -1 for a row a sampler rejects (a NaN or +inf, or only -inf).
@@ -173,5 +181,22 @@ class Backend {
   // the logits there.
   virtual void ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties);
 };
+
+// The first half of an MoE FFN: the router's and the shared expert's gate and up products of x
+// (one MatMuls; shared null: the router's alone), then MoeRoute.
+struct RoutedMoe {
+  Tensor ids, weights;         // [T, k] I32, F32
+  Tensor shared_gate, shared_up;  // [T, inner] F32, empty without a shared expert
+};
+RoutedMoe RouteMoe(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,
+                   const MoeRouting& routing, const ExpertWeights* shared);
+
+// The composition Backend::MoeFfn is defined as: RouteMoe, the routed experts' slot outputs
+// (slot_out [T*k, D], slot t*k + s for ids[t, s]) from run_experts (a backend's MoeExperts there,
+// expert workers in the split cluster), the shared expert, MoeCombine. false where run_experts
+// returned false (out is then not written).
+bool ComposeMoeFfn(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,
+                   const MoeRouting& routing, const ExpertWeights* shared, TensorView out,
+                   const std::function<bool(TensorView ids, TensorView slot_out)>& run_experts);
 
 }  // namespace deltaserve::kernels

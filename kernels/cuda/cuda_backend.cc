@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda/call_failures.h"
@@ -114,6 +115,7 @@ struct CudaBackend::Impl {
   int device = 0;
   MoeExpertsKernel moe_experts = MoeExpertsKernel::kGrouped;
   int64_t moe_decode_max_slots = 0;
+  int64_t moe_fused_max_slots = 0;
   int64_t moe_wide_tiles_min_rows = 0;
   bool mla_expanded_wgmma = true;
   int64_t skinny_matmul_max_rows = 0;
@@ -128,7 +130,8 @@ struct CudaBackend::Impl {
     std::vector<const void*> host;
     const void** device = nullptr;
   };
-  std::map<std::pair<const ExpertWeights*, size_t>, ExpertPointers> expert_pointers;
+  // Per expert list (its first element and size) and whether the shared expert follows it.
+  std::map<std::tuple<const ExpertWeights*, size_t, bool>, ExpertPointers> expert_pointers;
   std::mutex expert_pointers_mutex;  // calling threads may share a layer's entry
 
   // Device memory for an adopted weight, freed with the backend; null after a failure. Weights
@@ -238,6 +241,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->matmul_precision = options.matmul_precision;
   impl->moe_experts = options.moe_experts;
   impl->moe_decode_max_slots = options.moe_decode_max_slots;
+  impl->moe_fused_max_slots = options.moe_fused_max_slots;
   impl->moe_wide_tiles_min_rows = options.moe_wide_tiles_min_rows;
   impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
@@ -785,36 +789,36 @@ void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,
           "moe route");
 }
 
-bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
-                                    std::span<const ExpertWeights> experts, int64_t first_expert,
-                                    TensorView slot_out) {
+CudaBackend::TableOutcome CudaBackend::ExpertTable(std::span<const ExpertWeights> experts, int64_t first_expert,
+                                                  const ExpertWeights* shared, int64_t hidden,
+                                                  MoeExpertTable& table) {
   if (impl_->moe_experts != MoeExpertsKernel::kGrouped ||
       impl_->matmul_precision != MatmulPrecision::kHalf || experts.empty()) {
-    return false;
+    return TableOutcome::kNotApplicable;
   }
-  const int64_t hidden = x.cols, inner = experts[0].gate.rows;
-  if (!MoeGroupedSupports(hidden, inner, experts[0].gate.dtype)) return false;
+  const int64_t inner = experts[0].gate.rows;
+  if (!MoeGroupedSupports(hidden, inner, experts[0].gate.dtype)) return TableOutcome::kNotApplicable;
   const auto contiguous = [](const TensorView& w, int64_t rows, int64_t cols) {
     return w.dtype == DType::kBF16 && w.rows == rows && w.cols == cols && w.row_stride == cols;
   };
-  const size_t n = experts.size();
-  const std::lock_guard<std::mutex> lock(impl_->expert_pointers_mutex);
-  Impl::ExpertPointers& pointers = impl_->expert_pointers[{experts.data(), n}];
-  std::vector<const void*> host(3 * n);
-  for (size_t e = 0; e < n; ++e) {
-    const ExpertWeights& w = experts[e];
+  const size_t n = experts.size(), entries = n + (shared != nullptr ? 1 : 0);
+  std::vector<const void*> host(3 * entries);
+  for (size_t e = 0; e < entries; ++e) {
+    const ExpertWeights& w = e < n ? experts[e] : *shared;
     if (!contiguous(w.gate, inner, hidden) || !contiguous(w.up, inner, hidden) ||
         !contiguous(w.down, hidden, inner)) {
-      return false;
+      return TableOutcome::kNotApplicable;
     }
-    host[e] = w.gate.data, host[n + e] = w.up.data, host[2 * n + e] = w.down.data;
+    host[e] = w.gate.data, host[entries + e] = w.up.data, host[2 * entries + e] = w.down.data;
   }
+  const std::lock_guard<std::mutex> lock(impl_->expert_pointers_mutex);
+  Impl::ExpertPointers& pointers = impl_->expert_pointers[{experts.data(), n, shared != nullptr}];
   if (pointers.device == nullptr) {
     pointers.device = static_cast<const void**>(impl_->AllocateWeight(host.size() * sizeof(void*)));
   }
   if (pointers.host != host && impl_->Mode() != GraphMode::kNone && impl_->Mode() != GraphMode::kMeasure) {
     impl_->graphs->MarkBroken("expert pointers change inside a step graph");
-    return true;
+    return TableOutcome::kFailed;
   }
   if (pointers.host != host) {
     // Stream-ordered: kernels queued earlier still read the previous pointers.
@@ -822,17 +826,29 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
         !impl_->Ok(cudaMemcpyAsync(pointers.device, host.data(), host.size() * sizeof(void*),
                                    cudaMemcpyHostToDevice, impl_->Stream()),
                    "upload expert pointers")) {
-      return true;  // failed: the caller's operation ends here too
+      return TableOutcome::kFailed;
     }
     pointers.host = std::move(host);
   }
-  MoeExpertTable table;
   table.gate = pointers.device;
-  table.up = pointers.device + n;
-  table.down = pointers.device + 2 * n;
+  table.up = pointers.device + entries;
+  table.down = pointers.device + 2 * entries;
   table.num_local = static_cast<int64_t>(n);
   table.first_expert = first_expert;
   table.inner = inner;
+  return TableOutcome::kReady;
+}
+
+bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
+                                    std::span<const ExpertWeights> experts, int64_t first_expert,
+                                    TensorView slot_out) {
+  MoeExpertTable table;
+  switch (ExpertTable(experts, first_expert, nullptr, x.cols, table)) {
+    case TableOutcome::kNotApplicable: return false;
+    case TableOutcome::kFailed: return true;  // the caller's operation ends here too
+    case TableOutcome::kReady: break;
+  }
+  const int64_t hidden = x.cols, inner = table.inner;
   const int64_t slots = x.rows * expert_ids.cols;
   const bool decode = slots <= impl_->moe_decode_max_slots && MoeDecodeSupports(x, slots);
   const size_t bytes = decode ? MoeDecodeScratchBytes(slots, inner)
@@ -883,6 +899,36 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
     Tensor slots = UploadBytes(rows.second.data(), rows.second.size() * sizeof(int64_t));
     DS_CUDA(LaunchScatterRows(input.view(), slots.data<int64_t>(), m, slot_out, impl_->Stream()),
             "scatter rows");
+  }
+}
+
+void CudaBackend::MoeFfn(TensorView x, TensorView router, TensorView correction_bias, const MoeRouting& routing,
+                         std::span<const ExpertWeights> experts, const ExpertWeights* shared, TensorView out) {
+  Bind();
+  // Decode sizes: the router alone, then the routed and shared experts and the combine in two
+  // launches (LaunchMoeDecodeFfn); otherwise the composition.
+  const int64_t t = x.rows, k = routing.top_k, per_token = k + (shared != nullptr ? 1 : 0);
+  MoeExpertTable table;
+  if (impl_->failed()) return;
+  const bool decode = t > 0 && t * k <= std::min(impl_->moe_fused_max_slots, impl_->moe_decode_max_slots) &&
+                      per_token <= kMoeDecodeFfnMaxSlots && out.dtype == DType::kF32 &&
+                      MoeDecodeSupports(x, t * per_token);
+  const TableOutcome outcome =
+      decode ? ExpertTable(experts, 0, shared, x.cols, table) : TableOutcome::kNotApplicable;
+  if (outcome == TableOutcome::kNotApplicable) {
+    Backend::MoeFfn(x, router, correction_bias, routing, experts, shared, out);
+    return;
+  }
+  if (outcome == TableOutcome::kFailed) return;
+  RoutedMoe routed = RouteMoe(*this, x, router, correction_bias, routing, nullptr);
+  const OpScope scope(impl_->Profile(), "MoeFfn");
+  const size_t bytes = MoeDecodeScratchBytes(t * per_token, table.inner);
+  Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+  if (!impl_->failed() && impl_->Issue()) {
+    impl_->Ok(static_cast<cudaError_t>(LaunchMoeDecodeFfn(x, routed.ids.view(), routed.weights.view(), table,
+                                                          shared != nullptr, scratch.view().data, out,
+                                                          impl_->Stream(), impl_->programmatic_products)),
+              "moe decode ffn");
   }
 }
 

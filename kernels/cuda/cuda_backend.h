@@ -13,6 +13,8 @@
 
 namespace deltaserve::kernels::cuda {
 
+struct MoeExpertTable;  // launchers.h
+
 // How matrix products with half-precision weights are computed.
 enum class MatmulPrecision {
   // Serving: activations rounded to the weight dtype, tensor cores, fp32 accumulation; products
@@ -55,6 +57,13 @@ struct CudaBackendOptions {
   // output columns of each slot (LaunchMoeDecodeExperts; decode batches of a few sequences,
   // where grouping by expert leaves most of the GPU idle). 0: always group.
   int64_t moe_decode_max_slots = 32;
+  // Under kGrouped and kHalf, MoeFfn calls of at most this many routed slots (and at most
+  // moe_decode_max_slots) run the experts, the shared expert (as each token's first slot) and
+  // the combine in two launches (LaunchMoeDecodeFfn); more, the composition. 0: never. Measured
+  // on an H200 at the 48B shape: batch 1 and 2 steps 4.7% and 3.6% faster (8 and 16 slots),
+  // level at 4 tokens, where the shared expert's weights, read once per token's slot, cost what
+  // the launches saved (docs/gpu-benchmark.md).
+  int64_t moe_fused_max_slots = 16;
   // Under kGrouped, calls whose slots average at least this many per local expert take 128-row
   // tiles on Hopper's warpgroup products (sm_90a builds on a compute capability 9.0 GPU), fewer
   // take 16- or 64-row tiles on mma.sync. 0: the wide tiles wherever they run. Measured on an
@@ -136,6 +145,8 @@ class CudaBackend final : public Backend {
   void MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                   int64_t first_expert, TensorView slot_out) override;
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
+  void MoeFfn(TensorView x, TensorView router, TensorView correction_bias, const MoeRouting& routing,
+              std::span<const ExpertWeights> experts, const ExpertWeights* shared, TensorView out) override;
   void ArgmaxRows(TensorView x, TensorView ids) override;
   void SampleRows(TensorView x, std::span<const RowSampling> draws, TensorView ids) override;
   void ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties) override;
@@ -150,6 +161,13 @@ class CudaBackend final : public Backend {
   void Bind() const;
   // A device copy of `bytes` host bytes (descriptor arrays, ids), freed with the tensor.
   Tensor UploadBytes(const void* host, size_t bytes);
+  // The device arrays of the experts' weight pointers (`shared` after them where given) the
+  // grouped and decode kernels take, uploaded once per list: kNotApplicable (nothing queued)
+  // where those kernels do not take the weights, kFailed where the upload failed or a step graph
+  // cannot hold it (the failure is held).
+  enum class TableOutcome : uint8_t { kReady, kNotApplicable, kFailed };
+  TableOutcome ExpertTable(std::span<const ExpertWeights> experts, int64_t first_expert,
+                           const ExpertWeights* shared, int64_t hidden, MoeExpertTable& table);
   // The grouped-kernel path of MoeExperts; false (nothing queued) where it does not apply.
   bool MoeExpertsGrouped(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                          int64_t first_expert, TensorView slot_out);

@@ -212,6 +212,15 @@ size_t MoeDecodeScratchBytes(int64_t slots, int64_t inner);
 // (it fetches its weights while that one finishes).
 int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
                            void* scratch, TensorView slot_out, Stream stream, bool programmatic = false);
+// The experts of Backend::MoeFfn for a few tokens, after its routing: every slot's gate/up
+// products in one launch as LaunchMoeDecodeExperts (with_shared: each token's slots begin with the
+// shared expert, the tables' entry num_local), then per output column of a token its slots' down
+// products, weighted and summed into out in another (no slot rows, no combine, no launches of
+// the shared expert's own). At most kMoeDecodeFfnMaxSlots slots per token with the shared one;
+// scratch: MoeDecodeScratchBytes of them all.
+constexpr int kMoeDecodeFfnMaxSlots = 17;
+int LaunchMoeDecodeFfn(TensorView x, TensorView expert_ids, TensorView weights, const MoeExpertTable& experts,
+                       bool with_shared, void* scratch, TensorView out, Stream stream, bool programmatic);
 // out[t] += Σ_s weights[t, s] * slot_out[t*k + s].
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream);
 // dst row i = src row rows[i] (rows: n device int64), any dtype.

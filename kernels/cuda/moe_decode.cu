@@ -2,8 +2,10 @@
 // reading each routed expert's weights once is the whole cost and grouping by expert would leave
 // most of the GPU idle (one token gives 8 experts, too few tiles). One warp per output column
 // of one slot: gate and up rows dotted with the token's fp32 row, SwiGLU, fp32 hidden row; then
-// two output columns per warp of the down product. No tensor cores, no rounding of activations:
-// every weight element is loaded once with 16-byte loads and multiplied in fp32.
+// two output columns per warp of the down product. For a whole MoE FFN (LaunchMoeDecodeFfn) the
+// shared expert joins as each token's first slot and the down product sums a token's slots into
+// the layer's output itself. No tensor cores, no rounding of activations: every weight element
+// is loaded once with 16-byte loads and multiplied in fp32.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -38,25 +40,38 @@ __device__ __forceinline__ void Accumulate8(uint4 raw, const float* x, float& ac
 }
 
 // Which expert each slot goes to: expert_ids [tokens, top_k], local experts [first, first + num).
+// With a shared expert (shared_slots 1) each token's slots start with it, the expert tables'
+// entry num_local, and its routed slots follow.
 struct Routing {
   const int32_t* ids;
   int64_t ids_ld;
   int top_k, first_expert, num_local;
+  int shared_slots;  // 0 or 1
+
+  __host__ __device__ int per_token() const { return shared_slots + top_k; }
+  // The local expert of token t's slot j (-1: on another shard). Past L1 (ld.global.cg): the
+  // down kernels read the ids before they wait for the kernel before them.
+  __device__ int ExpertOf(int t, int j) const {
+    if (j < shared_slots) return num_local;
+    const int e = __ldcg(ids + t * ids_ld + j - shared_slots) - first_expert;
+    return e >= 0 && e < num_local ? e : -1;
+  }
 };
 
-// A warp's work: output column `column` of slot `slot`, whose local expert is `expert`.
+// A warp's work: output column `column` of slot `slot` (of token `token`), whose local expert is
+// `expert`.
 struct WarpTask {
-  int slot, column, expert;
+  int slot, token, column, expert;
 };
 
 // This warp's task in a grid of (columns / (kWarps × cols_per_warp) rounded up, slots): its first
 // column; false where it has none (past the columns, or the slot's expert is on another shard).
 __device__ __forceinline__ bool TakeWarpTask(const Routing& r, int columns, int cols_per_warp, WarpTask& task) {
   task.slot = blockIdx.y;
+  task.token = task.slot / r.per_token();
   task.column = (blockIdx.x * kWarps + threadIdx.x / 32) * cols_per_warp;
-  // Past L1 (ld.global.cg): the down kernel reads the ids before it waits for the kernel before it.
-  task.expert = __ldcg(r.ids + (task.slot / r.top_k) * r.ids_ld + task.slot % r.top_k) - r.first_expert;
-  return task.expert >= 0 && task.expert < r.num_local && task.column < columns;
+  task.expert = r.ExpertOf(task.token, task.slot % r.per_token());
+  return task.expert >= 0 && task.column < columns;
 }
 
 struct GateUpArgs {
@@ -75,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) 
   WarpTask task;
   if (!TakeWarpTask(a.routing, a.inner, 1, task)) return;
   const int lane = threadIdx.x % 32;
-  const float* x = a.x + (task.slot / a.routing.top_k) * a.x_ld;
+  const float* x = a.x + task.token * a.x_ld;
   const bf16* g = a.gate[task.expert] + static_cast<int64_t>(task.column) * a.hidden;
   const bf16* u = a.up[task.expert] + static_cast<int64_t>(task.column) * a.hidden;
   float gate = 0.0f, up = 0.0f;
@@ -142,6 +157,91 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
   }
 }
 
+struct DownCombineArgs {
+  const float* hidden_rows;  // [tokens × slots per token, inner]
+  Routing routing;
+  const bf16* const* down;
+  const float* weights;  // [tokens, top_k]
+  int64_t weights_ld;
+  int inner, hidden;
+  float* out;
+  int64_t out_ld;
+};
+
+constexpr int kCombineColumns = 2;     // output columns per block of the down-and-combine kernel
+
+// out[t, c] = the shared expert's hidden row · down row c, then + weights[t, s] · (slot s's hidden
+// row · its expert's down row c) for s = 0, 1, ... (products and sums rounded separately, as
+// MoeCombine). A block per kCombineColumns columns of a token, a warp per slot (the shared
+// expert's first; a row of each column, all loads in flight at once, as in MoeDecodeDownKernel),
+// the sums in shared memory.
+// Launched as programmatic it asks for its weight rows before it waits, as MoeDecodeDownKernel.
+__global__ void __launch_bounds__(32 * kMoeDecodeFfnMaxSlots) MoeDecodeDownCombineKernel(DownCombineArgs a) {
+  __shared__ float dots[kMoeDecodeFfnMaxSlots][kCombineColumns];
+  const Routing& r = a.routing;
+  const int lane = threadIdx.x % 32, slot = threadIdx.x / 32, token = blockIdx.y, slots = r.per_token();
+  const int column = blockIdx.x * kCombineColumns;
+  int expert = r.ExpertOf(token, slot);
+  if (expert >= 0) {
+    for (int c = 0; c < kCombineColumns && column + c < a.hidden; ++c) {
+      const bf16* early = a.down[expert] + static_cast<int64_t>(column + c) * a.inner;
+      for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(early + k));
+      }
+    }
+  }
+  FollowPriorKernels();
+  expert = r.ExpertOf(token, slot);
+  float acc[kCombineColumns] = {};
+  if (expert >= 0) {
+    const bf16* w[kCombineColumns];
+#pragma unroll
+    for (int c = 0; c < kCombineColumns; ++c) {
+      w[c] = a.down[expert] + static_cast<int64_t>(column + c < a.hidden ? column + c : column) * a.inner;
+    }
+    const float* h = a.hidden_rows + static_cast<int64_t>(token * slots + slot) * a.inner;
+#pragma unroll 4
+    for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
+      uint4 raw[kCombineColumns];
+#pragma unroll
+      for (int c = 0; c < kCombineColumns; ++c) raw[c] = __ldg(reinterpret_cast<const uint4*>(w[c] + k));
+#pragma unroll
+      for (int c = 0; c < kCombineColumns; ++c) Accumulate8(raw[c], h + k, acc[c]);
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < kCombineColumns; ++c) {
+    acc[c] = WarpSum(acc[c]);
+    if (lane == 0) dots[slot][c] = acc[c];
+  }
+  __syncthreads();
+  const int c = threadIdx.x;
+  if (c >= kCombineColumns || column + c >= a.hidden) return;
+  const float* weights = a.weights + token * a.weights_ld;
+  float sum = 0.0f;
+  for (int j = 0; j < slots; ++j) {
+    const int routed = j - r.shared_slots;  // the slot's index among the routed ones
+    sum = routed < 0 ? dots[j][c] : __fadd_rn(sum, __fmul_rn(weights[routed], dots[j][c]));
+  }
+  a.out[token * a.out_ld + column + c] = sum;
+}
+
+// Every slot's hidden row (gate/up products, SwiGLU) into hidden_rows.
+int LaunchGateUp(TensorView x, const Routing& routing, const MoeExpertTable& experts, int64_t slots,
+                 float* hidden_rows, cudaStream_t stream) {
+  const GateUpArgs gate_up{static_cast<const float*>(x.data), x.row_stride, routing,
+                           reinterpret_cast<const bf16* const*>(experts.gate),
+                           reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(experts.inner),
+                           static_cast<int>(x.cols), hidden_rows};
+  const dim3 grid(static_cast<unsigned>((experts.inner + kWarps - 1) / kWarps), static_cast<unsigned>(slots));
+  return LaunchAfterPrior(MoeDecodeGateUpKernel, grid, dim3(kThreads), 0, stream, gate_up);
+}
+
+Routing RoutingOf(TensorView expert_ids, const MoeExpertTable& experts, bool with_shared) {
+  return {static_cast<const int32_t*>(expert_ids.data), expert_ids.row_stride, static_cast<int>(expert_ids.cols),
+          static_cast<int>(experts.first_expert), static_cast<int>(experts.num_local), with_shared ? 1 : 0};
+}
+
 }  // namespace
 
 bool MoeDecodeSupports(TensorView x, int64_t slots) {
@@ -162,16 +262,8 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
   if (slots == 0) return 0;
   auto* s = static_cast<cudaStream_t>(stream);
   auto* hidden_rows = static_cast<float*>(scratch);
-  const Routing routing{static_cast<const int32_t*>(expert_ids.data), expert_ids.row_stride,
-                        static_cast<int>(top_k), static_cast<int>(experts.first_expert),
-                        static_cast<int>(experts.num_local)};
-  const GateUpArgs gate_up{static_cast<const float*>(x.data), x.row_stride, routing,
-                           reinterpret_cast<const bf16* const*>(experts.gate),
-                           reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(inner),
-                           static_cast<int>(hidden), hidden_rows};
-  const int error = LaunchAfterPrior(
-      MoeDecodeGateUpKernel, dim3(static_cast<unsigned>((inner + kWarps - 1) / kWarps), static_cast<unsigned>(slots)),
-      dim3(kThreads), 0, s, gate_up);
+  const Routing routing = RoutingOf(expert_ids, experts, false);
+  const int error = LaunchGateUp(x, routing, experts, slots, hidden_rows, s);
   if (error != 0) return error;
   const DownArgs down{hidden_rows, routing, reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
                       static_cast<int>(hidden), static_cast<float*>(slot_out.data), slot_out.row_stride};
@@ -180,6 +272,39 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
       programmatic, MoeDecodeDownKernel<kDownColumnsPerWarp>,
       dim3(static_cast<unsigned>((hidden + kDownColumnsPerBlock - 1) / kDownColumnsPerBlock), static_cast<unsigned>(slots)),
       dim3(kThreads), 0, s, down);
+}
+
+int LaunchMoeDecodeFfn(TensorView x, TensorView expert_ids, TensorView weights, const MoeExpertTable& experts,
+                       bool with_shared, void* scratch, TensorView out, Stream stream, bool programmatic) {
+  const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols, inner = experts.inner;
+  const int64_t per_token = top_k + (with_shared ? 1 : 0);
+  const auto f32_rows = [&](const TensorView& v, int64_t cols) {
+    return v.dtype == DType::kF32 && v.rows == tokens && v.cols == cols;
+  };
+  if (!MoeDecodeSupports(x, tokens * per_token) || hidden % 8 != 0 || inner % 8 != 0 ||
+      per_token > kMoeDecodeFfnMaxSlots || expert_ids.dtype != DType::kI32 || expert_ids.rows != tokens ||
+      !f32_rows(weights, top_k) || !f32_rows(out, hidden)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (tokens == 0) return 0;
+  auto* s = static_cast<cudaStream_t>(stream);
+  auto* hidden_rows = static_cast<float*>(scratch);
+  const Routing routing = RoutingOf(expert_ids, experts, with_shared);
+  const int error = LaunchGateUp(x, routing, experts, tokens * per_token, hidden_rows, s);
+  if (error != 0) return error;
+  const DownCombineArgs down{hidden_rows,
+                             routing,
+                             reinterpret_cast<const bf16* const*>(experts.down),
+                             static_cast<const float*>(weights.data),
+                             weights.row_stride,
+                             static_cast<int>(inner),
+                             static_cast<int>(hidden),
+                             static_cast<float*>(out.data),
+                             out.row_stride};
+  return LaunchMaybeAfterPrior(
+      programmatic, MoeDecodeDownCombineKernel,
+      dim3(static_cast<unsigned>((hidden + kCombineColumns - 1) / kCombineColumns), static_cast<unsigned>(tokens)),
+      dim3(static_cast<unsigned>(32 * per_token)), 0, s, down);
 }
 
 }  // namespace deltaserve::kernels::cuda

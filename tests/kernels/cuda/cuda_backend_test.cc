@@ -1148,6 +1148,67 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
   }
 }
 
+// The whole MoE FFN (router, routing, experts, shared expert, combine), with and without a shared
+// expert, against the CPU's composition: fused (LaunchMoeDecodeFfn) up to the backend's limit of
+// routed slots (the default, and every case), composed on the device beyond it and where the
+// grouped kernels do not take the shapes. Decode sizes only: many tokens would meet near ties of
+// router scores that fp32 sums in another order may break the other way.
+class CudaMoeFfn : public CudaMoe {};
+
+TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
+  const MoeCase& c = GetParam();
+  // Expert e's three matrices at host[3e..3e+2]; the shared expert's last.
+  std::vector<std::vector<uint16_t>> host;
+  for (int64_t e = 0; e <= c.experts; ++e) {
+    host.push_back(ToBF16(RandomVector(c.inner * c.hidden, 400 + e)));
+    host.push_back(ToBF16(RandomVector(c.inner * c.hidden, 500 + e)));
+    host.push_back(ToBF16(RandomVector(c.hidden * c.inner, 600 + e)));
+  }
+  std::vector<ExpertWeights> cpu_experts;
+  for (int64_t e = 0; e <= c.experts; ++e) {
+    cpu_experts.push_back({MakeView(host[3 * e].data(), DType::kBF16, c.inner, c.hidden),
+                           MakeView(host[3 * e + 1].data(), DType::kBF16, c.inner, c.hidden),
+                           MakeView(host[3 * e + 2].data(), DType::kBF16, c.hidden, c.inner)});
+  }
+  const ExpertWeights cpu_shared = cpu_experts.back();
+  cpu_experts.pop_back();
+  std::vector<float> router = RandomVector(c.experts * c.hidden, 13, 0.2f);
+  for (int64_t e = 0; e < c.experts / 4; ++e) {
+    for (int64_t i = 0; i < c.hidden; ++i) router[e * c.hidden + i] *= static_cast<float>(1.0 + c.skew);
+  }
+  std::vector<float> bias = RandomVector(c.experts, 14, 0.1f);
+  const MoeRouting routing{c.k, 1, 1, true, 2.446f, false};
+  std::vector<float> x = RandomVector(c.t * c.hidden, 17);
+  for (const int64_t fused_max_slots : {CudaBackendOptions{}.moe_fused_max_slots, int64_t{1024}}) {
+    std::string why;
+    cuda_ = CudaBackend::Create({.moe_fused_max_slots = fused_max_slots}, &why);
+    ASSERT_NE(cuda_, nullptr) << why;
+    std::vector<ExpertWeights> gpu_experts;
+    for (const ExpertWeights& w : cpu_experts) {
+      gpu_experts.push_back({cuda_->AdoptWeight(w.gate), cuda_->AdoptWeight(w.up), cuda_->AdoptWeight(w.down)});
+    }
+    const ExpertWeights gpu_shared{cuda_->AdoptWeight(cpu_shared.gate), cuda_->AdoptWeight(cpu_shared.up),
+                                   cuda_->AdoptWeight(cpu_shared.down)};
+    const TensorView gpu_router = cuda_->AdoptWeightF32(View(router, c.experts, c.hidden));
+    const TensorView gpu_bias = cuda_->AdoptWeightF32(View(bias, 1, c.experts));
+    Tensor dx = ToDevice(x, c.t, c.hidden);
+    for (const bool with_shared : {true, false}) {
+      const std::string what = (with_shared ? "with the shared expert" : "routed experts only") +
+                               std::string(", fused up to ") + std::to_string(fused_max_slots) + " slots";
+      std::vector<float> cpu_out(c.t * c.hidden);
+      cpu_.MoeFfn(View(x, c.t, c.hidden), View(router, c.experts, c.hidden), View(bias, 1, c.experts), routing,
+                  cpu_experts, with_shared ? &cpu_shared : nullptr, View(cpu_out, c.t, c.hidden));
+      Tensor out = Poisoned(c.t, c.hidden);
+      for (int run = 0; run < 2; ++run) {  // the second over the cached expert table
+        cuda_->MoeFfn(dx.view(), gpu_router, gpu_bias, routing, gpu_experts, with_shared ? &gpu_shared : nullptr,
+                      out.view());
+        ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, what);
+      }
+      EXPECT_FALSE(cuda_->TakeFailure().failed()) << what;
+    }
+  }
+}
+
 std::vector<MoeCase> MoeCases() {
   return {
       {"inner_not_multiple_of_8", 9, 32, 4, 48, 20, 0.0},  // the grouped kernel falls back
@@ -1167,6 +1228,17 @@ std::vector<MoeCase> MoeCases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaMoe, ::testing::ValuesIn(MoeCases()),
+                         [](const ::testing::TestParamInfo<MoeCase>& param) { return param.param.name; });
+
+std::vector<MoeCase> DecodeMoeCases() {
+  std::vector<MoeCase> cases;
+  for (MoeCase& c : MoeCases()) {
+    if (c.t <= 16) cases.push_back(std::move(c));
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(DecodeShapes, CudaMoeFfn, ::testing::ValuesIn(DecodeMoeCases()),
                          [](const ::testing::TestParamInfo<MoeCase>& param) { return param.param.name; });
 
 }  // namespace
