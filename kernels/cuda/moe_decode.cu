@@ -106,6 +106,21 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) 
   if (lane == 0) a.out[static_cast<int64_t>(task.slot) * a.inner + task.column] = SiluF(gate) * up;
 }
 
+// acc[c] += this lane's share of the hidden row h · down row w[c] (16-byte loads of every row in
+// flight together; the warp's lanes cover the row).
+template <int kCols>
+__device__ __forceinline__ void DotDownRows(const bf16* const (&w)[kCols], const float* h, int inner, int lane,
+                                            float (&acc)[kCols]) {
+#pragma unroll 4
+  for (int k = lane * kLaneElems; k < inner; k += kWarpElems) {
+    uint4 raw[kCols];
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) raw[c] = __ldg(reinterpret_cast<const uint4*>(w[c] + k));
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) Accumulate8(raw[c], h + k, acc[c]);
+  }
+}
+
 struct DownArgs {
   const float* hidden_rows;  // [slots, inner]
   Routing routing;
@@ -140,16 +155,8 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
     const int column = task.column + c < a.hidden ? task.column + c : task.column;
     w[c] = a.down[task.expert] + static_cast<int64_t>(column) * a.inner;
   }
-  const float* h = a.hidden_rows + static_cast<int64_t>(task.slot) * a.inner;
   float acc[kCols] = {};
-#pragma unroll 4
-  for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
-    uint4 raw[kCols];
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) raw[c] = __ldg(reinterpret_cast<const uint4*>(w[c] + k));
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) Accumulate8(raw[c], h + k, acc[c]);
-  }
+  DotDownRows(w, a.hidden_rows + static_cast<int64_t>(task.slot) * a.inner, a.inner, lane, acc);
 #pragma unroll
   for (int c = 0; c < kCols; ++c) {
     acc[c] = WarpSum(acc[c]);
@@ -199,15 +206,7 @@ __global__ void __launch_bounds__(32 * kMoeDecodeFfnMaxSlots) MoeDecodeDownCombi
     for (int c = 0; c < kCombineColumns; ++c) {
       w[c] = a.down[expert] + static_cast<int64_t>(column + c < a.hidden ? column + c : column) * a.inner;
     }
-    const float* h = a.hidden_rows + static_cast<int64_t>(token * slots + slot) * a.inner;
-#pragma unroll 4
-    for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
-      uint4 raw[kCombineColumns];
-#pragma unroll
-      for (int c = 0; c < kCombineColumns; ++c) raw[c] = __ldg(reinterpret_cast<const uint4*>(w[c] + k));
-#pragma unroll
-      for (int c = 0; c < kCombineColumns; ++c) Accumulate8(raw[c], h + k, acc[c]);
-    }
+    DotDownRows(w, a.hidden_rows + static_cast<int64_t>(token * slots + slot) * a.inner, a.inner, lane, acc);
   }
 #pragma unroll
   for (int c = 0; c < kCombineColumns; ++c) {
