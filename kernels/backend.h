@@ -185,7 +185,7 @@ class Backend {
 // The first half of an MoE FFN: the router's and the shared expert's gate and up products of x
 // (one MatMuls; shared null: the router's alone), then MoeRoute.
 struct RoutedMoe {
-  Tensor ids, weights;         // [T, k] I32, F32
+  Tensor ids, weights;            // [T, k] I32, F32
   Tensor shared_gate, shared_up;  // [T, inner] F32, empty without a shared expert
 };
 RoutedMoe RouteMoe(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,

@@ -60,9 +60,9 @@ struct CudaBackendOptions {
   // Under kGrouped and kHalf, MoeFfn calls of at most this many routed slots (and at most
   // moe_decode_max_slots) run the experts, the shared expert (as each token's first slot) and
   // the combine in two launches (LaunchMoeDecodeFfn); more, the composition. 0: never. Measured
-  // on an H200 at the 48B shape: batch 1 and 2 steps 4.7% and 3.6% faster (8 and 16 slots),
-  // level at 4 tokens, where the shared expert's weights, read once per token's slot, cost what
-  // the launches saved (docs/gpu-benchmark.md).
+  // on an H200 at the 48B shape: batch 1 and 2 steps 4.7% and 3.6% faster (8 and 16 slots); on
+  // a 4-layer slice level at 4 tokens, where the shared expert's weights, read once per token's
+  // slot, cost what the launches saved (docs/gpu-benchmark.md).
   int64_t moe_fused_max_slots = 16;
   // Under kGrouped, calls whose slots average at least this many per local expert take 128-row
   // tiles on Hopper's warpgroup products (sm_90a builds on a compute capability 9.0 GPU), fewer
@@ -163,8 +163,9 @@ class CudaBackend final : public Backend {
   Tensor UploadBytes(const void* host, size_t bytes);
   // The device arrays of the experts' weight pointers (`shared` after them where given) the
   // grouped and decode kernels take, uploaded once per list: kNotApplicable (nothing queued)
-  // where those kernels do not take the weights, kFailed where the upload failed or a step graph
-  // cannot hold it (the failure is held).
+  // where those kernels do not take the weights, kFailed where the upload failed (the failure is
+  // held) or a step graph cannot hold the change (the graph is marked broken; the step runs
+  // again without it).
   enum class TableOutcome : uint8_t { kReady, kNotApplicable, kFailed };
   TableOutcome ExpertTable(std::span<const ExpertWeights> experts, int64_t first_expert,
                            const ExpertWeights* shared, int64_t hidden, MoeExpertTable& table);

@@ -175,7 +175,7 @@ struct DownCombineArgs {
   int64_t out_ld;
 };
 
-constexpr int kCombineColumns = 2;     // output columns per block of the down-and-combine kernel
+constexpr int kCombineColumns = 2;  // output columns per block of the down-and-combine kernel
 
 // out[t, c] = the shared expert's hidden row · down row c, then + weights[t, s] · (slot s's hidden
 // row · its expert's down row c) for s = 0, 1, ... (products and sums rounded separately, as
