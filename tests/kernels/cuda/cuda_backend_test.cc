@@ -1151,8 +1151,8 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
 // The whole MoE FFN (router, routing, experts, shared expert, combine), with and without a shared
 // expert, against the CPU's composition: fused (LaunchMoeDecodeFfn) up to the backend's limit of
 // routed slots (the default, 16, and then up to moe_decode_max_slots, 32), composed on the device
-// beyond it and where the grouped kernels do not take the shapes. Decode sizes only: many tokens would meet near ties of
-// router scores that fp32 sums in another order may break the other way.
+// beyond it and where the grouped kernels do not take the shapes. Decode sizes only: many tokens
+// would meet near ties of router scores that fp32 sums in another order may break the other way.
 class CudaMoeFfn : public CudaMoe {};
 
 TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
