@@ -375,8 +375,12 @@ void CudaBackend::Free(void* data) {
   CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");
 }
 
+Tensor CudaBackend::AllocateBytes(size_t bytes) {
+  return Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+}
+
 Tensor CudaBackend::UploadBytes(const void* host, size_t bytes) {
-  Tensor tensor = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+  Tensor tensor = AllocateBytes(bytes);
   if (bytes > 0 && !impl_->failed()) {
     const void* source = impl_->Stage(host, bytes);
     if (impl_->Issue()) {
@@ -853,7 +857,7 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   const bool decode = slots <= impl_->moe_decode_max_slots && MoeDecodeSupports(x, slots);
   const size_t bytes = decode ? MoeDecodeScratchBytes(slots, inner)
                               : MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
-  Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+  Tensor scratch = AllocateBytes(bytes);
   if (!impl_->failed() && impl_->Issue()) {
     void* space = scratch.view().data;
     impl_->Ok(static_cast<cudaError_t>(
@@ -908,8 +912,8 @@ void CudaBackend::MoeFfn(TensorView x, TensorView router, TensorView correction_
   // Decode sizes: the router alone, then the routed and shared experts and the combine in two
   // launches (LaunchMoeDecodeFfn); otherwise the composition.
   const int64_t t = x.rows, k = routing.top_k, per_token = k + (shared != nullptr ? 1 : 0);
-  MoeExpertTable table;
   if (impl_->failed()) return;
+  MoeExpertTable table;
   const bool decode = t > 0 && t * k <= std::min(impl_->moe_fused_max_slots, impl_->moe_decode_max_slots) &&
                       per_token <= kMoeDecodeFfnMaxSlots && out.dtype == DType::kF32 &&
                       MoeDecodeSupports(x, t * per_token);
@@ -923,7 +927,7 @@ void CudaBackend::MoeFfn(TensorView x, TensorView router, TensorView correction_
   RoutedMoe routed = RouteMoe(*this, x, router, correction_bias, routing, nullptr);
   const OpScope scope(impl_->Profile(), "MoeFfn");
   const size_t bytes = MoeDecodeScratchBytes(t * per_token, table.inner);
-  Tensor scratch = Allocate(1, static_cast<int64_t>((bytes + 3) / 4), DType::kI32);
+  Tensor scratch = AllocateBytes(bytes);
   if (!impl_->failed() && impl_->Issue()) {
     impl_->Ok(static_cast<cudaError_t>(LaunchMoeDecodeFfn(x, routed.ids.view(), routed.weights.view(), table,
                                                           shared != nullptr, scratch.view().data, out,

@@ -159,6 +159,8 @@ class CudaBackend final : public Backend {
   struct Impl;
   explicit CudaBackend(std::unique_ptr<Impl> impl);
   void Bind() const;
+  // Device memory of at least `bytes` bytes (scratch), freed with the tensor.
+  Tensor AllocateBytes(size_t bytes);
   // A device copy of `bytes` host bytes (descriptor arrays, ids), freed with the tensor.
   Tensor UploadBytes(const void* host, size_t bytes);
   // The device arrays of the experts' weight pointers (`shared` after them where given) the

@@ -1,7 +1,6 @@
 #include "model/layers/ffn.h"
 
 #include <array>
-#include <span>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
