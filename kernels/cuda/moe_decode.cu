@@ -86,6 +86,20 @@ struct GateUpArgs {
 
 // hidden row of each slot = silu(x·gateᵀ) ⊙ (x·upᵀ), one column per warp.
 __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) {
+  // The shared expert's slots need no routing: their weight rows are asked into L2 before the
+  // wait for the kernels ahead (the routing).
+  const Routing& r = a.routing;
+  if (static_cast<int>(blockIdx.y) % r.per_token() < r.shared_slots) {
+    const int64_t column = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+    if (column < a.inner) {
+      const bf16* early_g = a.gate[r.num_local] + column * a.hidden;
+      const bf16* early_u = a.up[r.num_local] + column * a.hidden;
+      for (int k = threadIdx.x % 32 * kLaneElems; k < a.hidden; k += kWarpElems) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(early_g + k));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(early_u + k));
+      }
+    }
+  }
   FollowPriorKernels();
   WarpTask task;
   if (!TakeWarpTask(a.routing, a.inner, 1, task)) return;

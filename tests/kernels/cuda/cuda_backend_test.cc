@@ -1151,8 +1151,9 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
 // The whole MoE FFN (router, routing, experts, shared expert, combine), with and without a shared
 // expert, against the CPU's composition: fused (LaunchMoeDecodeFfn) up to the backend's limit of
 // routed slots (the default, 16, and then up to moe_decode_max_slots, 32), composed on the device
-// beyond it and where the grouped kernels do not take the shapes. Decode sizes only: many tokens
-// would meet near ties of router scores that fp32 sums in another order may break the other way.
+// beyond it and where the grouped kernels do not take the shapes; plain and grouped routing, fp32
+// and bf16 routers. Decode sizes only: many tokens would meet near ties of router scores that
+// fp32 sums in another order may break the other way.
 class CudaMoeFfn : public CudaMoe {};
 
 TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
@@ -1177,7 +1178,10 @@ TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
     for (int64_t i = 0; i < c.hidden; ++i) router[e * c.hidden + i] *= static_cast<float>(1.0 + c.skew);
   }
   std::vector<float> bias = RandomVector(c.experts, 14, 0.1f);
-  const MoeRouting routing{c.k, 1, 1, true, 2.446f, false};
+  // Plain top-k, and grouped top-k with the weights taken from the biased scores.
+  const std::array<MoeRouting, 2> routings = {{{c.k, 1, 1, true, 2.446f, false}, {c.k, 4, 2, false, 1.5f, true}}};
+  // The router in fp32 (the models') and in bf16 (rounded for both backends).
+  std::vector<uint16_t> router_bf16 = ToBF16(router);
   std::vector<float> x = RandomVector(c.t * c.hidden, 17);
   for (const int64_t fused_max_slots : {CudaBackendOptions{}.moe_fused_max_slots, int64_t{1024}}) {
     std::string why;
@@ -1189,22 +1193,31 @@ TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
     }
     const ExpertWeights gpu_shared{cuda_->AdoptWeight(cpu_shared.gate), cuda_->AdoptWeight(cpu_shared.up),
                                    cuda_->AdoptWeight(cpu_shared.down)};
-    const TensorView gpu_router = cuda_->AdoptWeightF32(View(router, c.experts, c.hidden));
+    const TensorView cpu_router_bf16 = MakeView(router_bf16.data(), DType::kBF16, c.experts, c.hidden);
+    const std::array<TensorView, 2> cpu_routers = {View(router, c.experts, c.hidden), cpu_router_bf16};
+    const std::array<TensorView, 2> gpu_routers = {cuda_->AdoptWeightF32(cpu_routers[0]),
+                                                   cuda_->AdoptWeight(cpu_router_bf16)};
     const TensorView gpu_bias = cuda_->AdoptWeightF32(View(bias, 1, c.experts));
     Tensor dx = ToDevice(x, c.t, c.hidden);
-    for (const bool with_shared : {true, false}) {
-      const std::string what = (with_shared ? "with the shared expert" : "routed experts only") +
-                               std::string(", fused up to ") + std::to_string(fused_max_slots) + " slots";
-      std::vector<float> cpu_out(c.t * c.hidden);
-      cpu_.MoeFfn(View(x, c.t, c.hidden), View(router, c.experts, c.hidden), View(bias, 1, c.experts), routing,
-                  cpu_experts, with_shared ? &cpu_shared : nullptr, View(cpu_out, c.t, c.hidden));
-      Tensor out = Poisoned(c.t, c.hidden);
-      for (int run = 0; run < 2; ++run) {  // the second over the cached expert table
-        cuda_->MoeFfn(dx.view(), gpu_router, gpu_bias, routing, gpu_experts, with_shared ? &gpu_shared : nullptr,
-                      out.view());
-        ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, what);
+    for (size_t ri = 0; ri < routings.size(); ++ri) {
+      for (size_t wi = 0; wi < cpu_routers.size(); ++wi) {
+        for (const bool with_shared : {true, false}) {
+          const std::string what = (with_shared ? "with the shared expert" : "routed experts only") +
+                                   std::string(", fused up to ") + std::to_string(fused_max_slots) +
+                                   " slots, routing " + std::to_string(ri) + (wi == 0 ? ", fp32" : ", bf16") +
+                                   " router";
+          std::vector<float> cpu_out(c.t * c.hidden);
+          cpu_.MoeFfn(View(x, c.t, c.hidden), cpu_routers[wi], View(bias, 1, c.experts), routings[ri], cpu_experts,
+                      with_shared ? &cpu_shared : nullptr, View(cpu_out, c.t, c.hidden));
+          Tensor out = Poisoned(c.t, c.hidden);
+          for (int run = 0; run < 2; ++run) {  // the second over the cached expert table
+            cuda_->MoeFfn(dx.view(), gpu_routers[wi], gpu_bias, routings[ri], gpu_experts,
+                          with_shared ? &gpu_shared : nullptr, out.view());
+            ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, what);
+          }
+          EXPECT_FALSE(cuda_->TakeFailure().failed()) << what;
+        }
       }
-      EXPECT_FALSE(cuda_->TakeFailure().failed()) << what;
     }
   }
 }
