@@ -1180,9 +1180,11 @@ TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
   std::vector<float> bias = RandomVector(c.experts, 14, 0.1f);
   // Plain top-k, and grouped top-k with the weights taken from the biased scores.
   const std::array<MoeRouting, 2> routings = {{{c.k, 1, 1, true, 2.446f, false}, {c.k, 4, 2, false, 1.5f, true}}};
-  // The router in fp32 (the models') and in bf16 (rounded for both backends).
+  // The router in fp32 (the models') and in bf16, the same rounded values for both backends; x
+  // holds bf16 values, so that cuBLAS (past skinny_matmul_max_rows) rounds nothing either and
+  // only the order of fp32 sums differs.
   std::vector<uint16_t> router_bf16 = ToBF16(router);
-  std::vector<float> x = RandomVector(c.t * c.hidden, 17);
+  std::vector<float> x = RoundedToBF16(RandomVector(c.t * c.hidden, 17));
   for (const int64_t fused_max_slots : {CudaBackendOptions{}.moe_fused_max_slots, int64_t{1024}}) {
     std::string why;
     cuda_ = CudaBackend::Create({.moe_fused_max_slots = fused_max_slots}, &why);
