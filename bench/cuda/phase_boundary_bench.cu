@@ -95,9 +95,12 @@ int main(int argc, char** argv) {
   Check(cudaMemset(barrier, 0, 2 * sizeof(unsigned)), "cudaMemset");
   cudaStream_t stream = nullptr;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
-  const Case cases[] = {{"kernels_programmatic", sms * 8, false, true}, {"kernels_plain", sms * 8, false, false},
-                        {"kernels_programmatic_one_block", 1, false, true}, {"kernels_plain_one_block", 1, false, false},
-                        {"persistent_1_per_sm", sms, true, false}, {"persistent_8_per_sm", sms * 8, true, false}};
+  const Case cases[] = {{"kernels_programmatic", sms * 8, false, true},
+                        {"kernels_plain", sms * 8, false, false},
+                        {"kernels_programmatic_one_block", 1, false, true},
+                        {"kernels_plain_one_block", 1, false, false},
+                        {"persistent_1_per_sm", sms, true, false},
+                        {"persistent_8_per_sm", sms * 8, true, false}};
   for (const Case& c : cases) {
     Check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "capture");
     if (c.persistent) {
