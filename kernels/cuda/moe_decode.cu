@@ -39,6 +39,14 @@ __device__ __forceinline__ void Accumulate8(uint4 raw, const float* x, float& ac
   acc = fmaf(w2.x, b.x, acc), acc = fmaf(w2.y, b.y, acc), acc = fmaf(w3.x, b.z, acc), acc = fmaf(w3.y, b.w, acc);
 }
 
+// Asks a weight row into L2 as a warp's lanes will load it (lane l: elements 8l, 8l + 256, ...),
+// before the wait for the kernels ahead (no kernel writes weights).
+__device__ __forceinline__ void PrefetchWarpRow(const bf16* row, int length, int lane) {
+  for (int k = lane * kLaneElems; k < length; k += kWarpElems) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k));
+  }
+}
+
 // Which expert each slot goes to: expert_ids [tokens, top_k], local experts [first, first + num).
 // With a shared expert (shared_slots 1) each token's slots start with it, the expert tables'
 // entry num_local, and its routed slots follow.
@@ -92,12 +100,8 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) 
   if (static_cast<int>(blockIdx.y) % r.per_token() < r.shared_slots) {
     const int64_t column = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
     if (column < a.inner) {
-      const bf16* early_g = a.gate[r.num_local] + column * a.hidden;
-      const bf16* early_u = a.up[r.num_local] + column * a.hidden;
-      for (int k = threadIdx.x % 32 * kLaneElems; k < a.hidden; k += kWarpElems) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(early_g + k));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(early_u + k));
-      }
+      PrefetchWarpRow(a.gate[r.num_local] + column * a.hidden, a.hidden, threadIdx.x % 32);
+      PrefetchWarpRow(a.up[r.num_local] + column * a.hidden, a.hidden, threadIdx.x % 32);
     }
   }
   FollowPriorKernels();
@@ -155,10 +159,7 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeDownKernel(DownArgs a) {
   const int lane = threadIdx.x % 32;
   if (TakeWarpTask(a.routing, a.hidden, kCols, task)) {
     for (int c = 0; c < kCols && task.column + c < a.hidden; ++c) {
-      const bf16* early = a.down[task.expert] + static_cast<int64_t>(task.column + c) * a.inner;
-      for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(early + k));
-      }
+      PrefetchWarpRow(a.down[task.expert] + static_cast<int64_t>(task.column + c) * a.inner, a.inner, lane);
     }
   }
   FollowPriorKernels();
@@ -205,10 +206,7 @@ __global__ void __launch_bounds__(32 * kMoeDecodeFfnMaxSlots) MoeDecodeDownCombi
   int expert = r.ExpertOf(token, slot);
   if (expert >= 0) {
     for (int c = 0; c < kCombineColumns && column + c < a.hidden; ++c) {
-      const bf16* early = a.down[expert] + static_cast<int64_t>(column + c) * a.inner;
-      for (int k = lane * kLaneElems; k < a.inner; k += kWarpElems) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(early + k));
-      }
+      PrefetchWarpRow(a.down[expert] + static_cast<int64_t>(column + c) * a.inner, a.inner, lane);
     }
   }
   FollowPriorKernels();
