@@ -141,6 +141,10 @@ class Backend {
   virtual void KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
                              TensorView out);
 
+  // The dtype of the MLA latent caches' pages this backend keeps (LatentPages): F32, or BF16 (the
+  // CUDA backend at serving precision, whose tensor-core kernels round keys and values to bf16
+  // anyway: half the memory and half the reads). MlaAttention takes pages of this dtype.
+  virtual DType LatentCacheDType() const { return DType::kF32; }
   // Appends `latent` [T, R + dr] to each sequence's cache, then attends with q [T, H*(dn+dr)]
   // over the cache (causally); out [T, H*dv]. kv_b is the checkpoint's [H*(dn+dv), R].
   virtual void MlaAttention(const MlaParams& params, TensorView q, TensorView latent,

@@ -1,11 +1,12 @@
-// MLA decode on the GPU against the device's copy bandwidth: one new token per sequence through
-// the absorbed kernel (append the token's latent row, q absorbed with W_UK, attention over the
-// whole latent cache split evenly over the SMs, the splits' states merged, W_UV after)
-// at the Kimi-Linear-48B-A3B shape (32 heads, kv_lora_rank 512, rope 64, nope 128, v 128, fp32
-// latent cache in pages of 256 rows, bf16 kv_b), beside a 1 GiB device-to-device copy. The bytes
-// that must move are the cache rows read (576 fp32 each); the figure is their rate over the
-// copy's read + write rate. A mixed batch (contexts L/N, 2L/N, .., L) shows how evenly the keys of
-// unequal sequences are spread over the GPU, as continuous batching serves them.
+// MLA decode on the GPU against the device's copy bandwidth: one new token per sequence through the
+// absorbed kernel (append the token's latent row, q absorbed with W_UK, attention over the whole
+// latent cache split evenly over the SMs, the splits' states merged, W_UV after) at the
+// Kimi-Linear-48B-A3B shape (32 heads, kv_lora_rank 512, rope 64, nope 128, v 128, bf16 latent
+// cache in pages of 256 rows as the CUDA backend keeps it at serving precision, bf16 kv_b), beside
+// a 1 GiB device-to-device copy. The bytes that must move are the cache rows read (576 bf16 each);
+// the figure is their rate over the copy's read + write rate. A mixed batch (contexts L/N, 2L/N,
+// .., L) shows how evenly the keys of unequal sequences are spread over the GPU, as continuous
+// batching serves them.
 // Prints one JSON line per case.
 // Usage: cuda_mla_decode_bench [--batch B --context L | --mixed N --context L] [--iters N]
 #include <cuda_runtime.h>
@@ -91,11 +92,12 @@ int main(int argc, char** argv) {
     const int64_t context = longest == contexts.front() ? longest : -1;
     std::vector<int64_t> pages;  // each cache's
     for (int64_t context_i : contexts) pages.push_back((context_i + 1 + kPageRows - 1) / kPageRows);
-    std::vector<float*> caches(static_cast<size_t>(b));
-    float* block = DeviceFloats(4096 * width, 2.0f, 7);
+    std::vector<uint16_t*> caches(static_cast<size_t>(b));
+    uint16_t* block =
+        deltaserve::bench::DeviceCopy(deltaserve::bench::RandomBf16(static_cast<size_t>(4096 * width), 7));
     bool fits = true;
     for (int64_t i = 0; i < b; ++i) {
-      if (cudaMalloc(&caches[i], pages[i] * kPageRows * width * sizeof(float)) != cudaSuccess) {
+      if (cudaMalloc(&caches[i], pages[i] * kPageRows * width * sizeof(uint16_t)) != cudaSuccess) {
         (void)cudaGetLastError();
         caches[i] = nullptr;
         fits = false;
@@ -103,7 +105,7 @@ int main(int argc, char** argv) {
       }
       for (int64_t r = 0; r < contexts[i]; r += 4096) {
         const int64_t n = std::min<int64_t>(4096, contexts[i] - r);
-        Check(cudaMemcpy(caches[i] + r * width, block, n * width * sizeof(float), cudaMemcpyDeviceToDevice), "fill");
+        Check(cudaMemcpy(caches[i] + r * width, block, n * width * sizeof(uint16_t), cudaMemcpyDeviceToDevice), "fill");
       }
     }
     cudaFree(block);
@@ -112,19 +114,20 @@ int main(int argc, char** argv) {
                   "\"longest\": %lld, \"skipped\": \"caches do not fit\"}\n",
                   prop.name, static_cast<long long>(b), static_cast<long long>(context),
                   static_cast<long long>(longest));
-      for (float* cache : caches) cudaFree(cache);
+      for (uint16_t* cache : caches) cudaFree(cache);
       continue;
     }
-    std::vector<float*> host_tables;
+    std::vector<void*> host_tables;
     std::vector<MlaSequence> host_seqs(static_cast<size_t>(b));
     for (int64_t i = 0; i < b; ++i) {
       host_seqs[i].rows = {i, 1};
       host_seqs[i].form = MlaForm::kAbsorbed;
       host_seqs[i].num_cached = contexts[i];
       host_seqs[i].cache.page_rows = kPageRows;
+      host_seqs[i].cache.dtype = DType::kBF16;
       for (int64_t p = 0; p < pages[i]; ++p) host_tables.push_back(caches[i] + p * kPageRows * width);
     }
-    float** tables = deltaserve::bench::DeviceCopy(host_tables);
+    void** tables = deltaserve::bench::DeviceCopy(host_tables);
     for (int64_t i = 0, first = 0; i < b; ++i) {
       host_seqs[i].cache.pages = tables + first;
       first += pages[i];
@@ -144,7 +147,8 @@ int main(int argc, char** argv) {
     const auto q_view = MakeView(q, DType::kF32, b, kHeads * (kNope + kRope));
     const auto latent_view = MakeView(latent, DType::kF32, b, width);
     const auto out_view = MakeView(out, DType::kF32, b, kHeads * kV);
-    // The serving kernel (tensor cores) and the fp32 one (validation precision), side by side.
+    // The serving kernel (tensor cores) and the CUDA-core one (what other shapes take, and the
+    // fp32 validation precision over F32 pages) over the same pages, side by side.
     for (const bool tensor_cores : {true, false}) {
       using namespace deltaserve::kernels::cuda;
       const size_t scratch_floats = MlaAbsorbedScratchFloats(params, b, longest + 1, tensor_cores);
@@ -158,12 +162,12 @@ int main(int argc, char** argv) {
               "absorbed");
       });
       cudaFree(scratch);
-      const double bytes = static_cast<double>(keys) * width * sizeof(float);
+      const double bytes = static_cast<double>(keys) * width * sizeof(uint16_t);
       const double tbps = bytes / (ms * 1e-3) / 1e12;
       std::printf("{\"gpu\": \"%s\", \"case\": \"mla_decode\", \"kernel\": \"%s\", \"batch\": %lld, "
                   "\"context\": %lld, \"longest\": %lld, \"ms\": %.4f, \"latent_tb_per_s\": %.3f, "
                   "\"of_copy\": %.3f}\n",
-                  prop.name, tensor_cores ? "tensor_cores" : "fp32", static_cast<long long>(b),
+                  prop.name, tensor_cores ? "tensor_cores" : "cuda_cores", static_cast<long long>(b),
                   static_cast<long long>(context), static_cast<long long>(longest), ms, tbps, tbps / copy_tbps);
       std::fflush(stdout);
     }
@@ -171,7 +175,7 @@ int main(int argc, char** argv) {
                     static_cast<void*>(q), static_cast<void*>(latent), static_cast<void*>(out)}) {
       cudaFree(p);
     }
-    for (float* cache : caches) cudaFree(cache);
+    for (uint16_t* cache : caches) cudaFree(cache);
   }
   return 0;
 }

@@ -135,7 +135,7 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
   DS_CHECK(kv_b.rows == s.heads * s.kv && kv_b.cols == s.rank);
 
   for (const MlaSequence& seq : seqs) {
-    DS_CHECK(seq.cache.pages != nullptr && seq.cache.page_rows > 0);
+    DS_CHECK(seq.cache.pages != nullptr && seq.cache.page_rows > 0 && seq.cache.dtype == DType::kF32);
     for (int64_t i = 0; i < seq.rows.length; ++i) {
       std::memcpy(seq.cache.Row(seq.num_cached + i, s.latent), latent.row<float>(seq.rows.begin + i),
                   sizeof(float) * s.latent);

@@ -659,6 +659,10 @@ void CudaBackend::KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDe
           "kda decode step");
 }
 
+DType CudaBackend::LatentCacheDType() const {
+  return impl_->matmul_precision == MatmulPrecision::kHalf ? DType::kBF16 : DType::kF32;
+}
+
 void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                                std::span<const MlaSequence> seqs, TensorView out) {
   Bind();
@@ -667,17 +671,19 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   int64_t max_total = 0;
   bool tc_pages = true;
   for (const MlaSequence& seq : seqs) {
-    if (seq.cache.pages == nullptr || seq.cache.page_rows <= 0) {
-      impl_->Ok(cudaErrorInvalidValue, "mla attention (a sequence without latent pages)");
+    if (seq.cache.pages == nullptr || seq.cache.page_rows <= 0 ||
+        (seq.cache.dtype != DType::kF32 && seq.cache.dtype != DType::kBF16)) {
+      impl_->Ok(cudaErrorInvalidValue, "mla attention (a sequence without F32 or BF16 latent pages)");
       return;
     }
     max_total = std::max(max_total, seq.num_cached + seq.rows.length);
-    tc_pages = tc_pages && seq.cache.page_rows % kMlaTensorCorePageRows == 0;
+    // The tensor-core decode kernel streams bf16 key tiles that lie within a page.
+    tc_pages = tc_pages && seq.cache.page_rows % kMlaTensorCorePageRows == 0 && seq.cache.dtype == DType::kBF16;
   }
   // The page tables in one upload. Inside a step graph each is padded to the pages of the step's
   // key bucket, so that every step of one graph key uploads the same number of bytes.
   const bool padded = impl_->Mode() != GraphMode::kNone;
-  std::vector<float*> tables;
+  std::vector<void*> tables;
   std::vector<size_t> offsets;
   for (const MlaSequence& seq : seqs) {
     const int64_t pages = (seq.num_cached + seq.rows.length + seq.cache.page_rows - 1) / seq.cache.page_rows;
@@ -687,10 +693,10 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     tables.insert(tables.end(), seq.cache.pages, seq.cache.pages + pages);
     tables.resize(tables.size() + static_cast<size_t>(slots - pages), nullptr);
   }
-  Tensor device_tables = UploadBytes(tables.data(), tables.size() * sizeof(float*));
+  Tensor device_tables = UploadBytes(tables.data(), tables.size() * sizeof(void*));
   std::vector<MlaSequence> on_device(seqs.begin(), seqs.end());
   for (size_t i = 0; i < on_device.size(); ++i) {
-    on_device[i].cache.pages = static_cast<float* const*>(device_tables.view().data) + offsets[i];
+    on_device[i].cache.pages = static_cast<void* const*>(device_tables.view().data) + offsets[i];
   }
   // The absorbed rows' longest history plus new rows, in the step graphs' bucket: the key
   // partitions, and the tensor-core kernel's grid, are sized for it, so that every step of one

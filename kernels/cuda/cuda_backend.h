@@ -138,6 +138,9 @@ class CudaBackend final : public Backend {
   // One kernel (kda_recurrent.cu) for the head dims the recurrent kernel takes.
   void KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
                      TensorView out) override;
+  // BF16 in serving precision (the tensor-core kernels read bf16 keys and values; the CUDA-core
+  // kernel that other shapes take widens them), F32 in the fp32 validation mode.
+  DType LatentCacheDType() const override;
   void MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                     std::span<const MlaSequence> seqs, TensorView out) override;
   void MoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,

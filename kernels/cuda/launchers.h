@@ -107,8 +107,8 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // Absorbed MLA attention (q folded into the latent space with kv_b's W_UK, W_UV after).
 // max_keys: the longest history plus new rows of the absorbed sequences. tensor_cores: bf16
 // query, keys and probabilities on tensor cores with fp32 accumulation (serving; the Kimi shapes,
-// see MlaAbsorbedTcSupports, and latent pages of a multiple of kMlaTensorCorePageRows rows: the
-// caller's choice), otherwise fp32 on CUDA cores. Needs MlaAbsorbedScratchFloats(...) floats of
+// see MlaAbsorbedTcSupports, and BF16 latent pages of a multiple of kMlaTensorCorePageRows rows:
+// the caller's choice), otherwise fp32 on CUDA cores (F32 or BF16 pages). Needs MlaAbsorbedScratchFloats(...) floats of
 // scratch (partial softmax states, the absorbed query). On tensor cores the key tiles are spread
 // over the blocks by `key_split`: the uploaded table of BuildMlaKeySplit(host seqs, num_seqs,
 // q.rows, MlaKeySplitBlocks(q.rows, max_keys)), with the same max_keys.

@@ -2,11 +2,11 @@
 // latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
 // row. The absorbed rows' key tiles are cut into one equal run per block (one block per SM;
 // BuildMlaKeySplit), so that unequal histories keep every SM busy to the end; a block takes its
-// run a row at a time and streams 16-key tiles of the fp32 latent cache through a 5-stage
-// pipeline of bulk copies (three tiles in flight while two are used: the latent reads are what
-// bounds the kernel) and runs QKᵀ and PV on mma.sync (keys rounded to bf16 as their fragments
-// are loaded, fp32 accumulation) with an online softmax over two tiles per step (a step's three
-// block barriers and softmax pass cost as much for 32 keys as for 16); O stays in registers.
+// run a row at a time and streams 16-key tiles of the bf16 latent cache through an 8-stage
+// pipeline (one bulk copy per tile, six tiles in flight while two are used; the pages' swizzled
+// rows, kernels::LatentPosition, keep the fragment loads free of bank conflicts) and runs QKᵀ and
+// PV on mma.sync (fp32 accumulation) with an online softmax over two tiles per step (a step's
+// three block barriers and softmax pass cost as much for 32 keys as for 16); O stays in registers.
 // Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then
 // the attention writing each segment's (a row's part of a run) unnormalised state, which
 // MlaAbsorbedMergeKernel merges (more than one block) and MlaAbsorbedProjectKernel multiplies by
@@ -35,7 +35,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
 constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
 constexpr int kKeys = 16;      // keys per shared-memory tile
-constexpr int kStages = 5;     // key tiles in shared memory: 3 in flight while two are used
+constexpr int kStages = 8;     // key tiles in shared memory: 6 in flight while two are used
 constexpr int kTilesPerStep = 2;  // tiles scored, softmaxed and accumulated per loop step
 constexpr int kStepKeys = kTilesPerStep * kKeys;
 static_assert(kMlaTensorCorePageRows % kKeys == 0, "a key tile lies in one latent page");
@@ -53,16 +53,22 @@ constexpr int kRowThreads = kThreads / kHeadRows;  // softmax threads per head r
 static_assert(kRowThreads * 2 == kKeys, "each softmax thread takes two keys of each tile");
 static_assert(kWarps / kDotSlices == kTilesPerStep, "a QK warp per (tile, dot slice)");
 
-// A key tile's shared row stride (fp32): 8 mod 32 words, so QK's 64-bit fragment loads are
-// conflict-free.
-constexpr int kStageLd = kDot + 8;
-constexpr int kStageFloats = kKeys * kStageLd;
+// A key tile in shared memory: its rows as the page holds them, unpadded (so one bulk copy brings
+// the tile), each row's 16-byte chunks swizzled by the row (kernels::LatentPosition).
+constexpr int kStageLd = kDot;
+static_assert(kDot % 64 == 0, "the pages swizzle rows of whole 128-byte groups");
+constexpr int kStageElems = kKeys * kStageLd;
+// Where element e of stage row r sits (the tile's first row is a multiple of 16, so r's swizzle is
+// its cache row's).
+__device__ __forceinline__ int SwizzledAt(int r, int e) {
+  return static_cast<int>(LatentPosition(DType::kBF16, kDot, r, e));
+}
 
 // Shared memory of the attention kernel: the key stages, the partial scores of each dot slice,
 // the row stats and P.
 constexpr size_t kAttentionSmemBytes =
-    sizeof(float) * (static_cast<size_t>(kStages) * kStageFloats + kDotSlices * kHeadRows * kSLd + 3 * kHeadRows) +
-    sizeof(bf16) * kHeadRows * kPLd;
+    sizeof(bf16) * static_cast<size_t>(kStages) * kStageElems +
+    sizeof(float) * (kDotSlices * kHeadRows * kSLd + 3 * kHeadRows) + sizeof(bf16) * kHeadRows * kPLd;
 
 __device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
@@ -169,45 +175,47 @@ struct AttentionArgs {
   float* partial;  // [segment slots, heads, rank + 2]: m, l, Σ p c_n
 };
 
-// Copies a segment's fp32 key tiles in order into the stages, one bulk copy per row issued by
-// the lanes of warp 0 and completing on the stage's barrier. Rows past `pos` are zero-filled by
-// ordinary stores first (they may hold anything, and a zero probability times NaN is NaN); only
-// a row's last tile has such rows and it is its segment's last copy, so a bulk copy follows those
-// stores into the stage only in a later segment, after fence.proxy.async. Pages are
-// walked tile by tile (a 64-bit division per tile cost 5-8%), each page's address read a page
-// ahead. Pages hold a multiple of kKeys rows (kMlaTensorCorePageRows, the caller's check).
+// Copies a segment's bf16 key tiles in order into the stages, one bulk copy per tile (its rows are
+// consecutive in the page) issued by lane 0 of warp 0 and completing on the stage's barrier. Rows
+// past `pos` are zero-filled by ordinary stores first (they may hold anything, and a zero
+// probability times NaN is NaN); only a row's last tile has such rows and it is its segment's last
+// copy, so a bulk copy follows those stores into the stage only in a later segment, after
+// fence.proxy.async. Pages are walked tile by tile (a 64-bit division per tile cost 5-8%), each
+// page's address read a page ahead. Pages hold a multiple of kKeys rows (kMlaTensorCorePageRows,
+// the caller's check).
 struct TileCopier {
-  static constexpr unsigned kRowBytes = kDot * sizeof(float);
-  static_assert(kKeys <= 32 && kRowBytes % 16 == 0 && (kStageLd * sizeof(float)) % 16 == 0, "bulk-copyable rows");
-  float* const* pages;
+  static constexpr unsigned kRowBytes = kDot * sizeof(bf16);
+  static_assert(kKeys <= 32 && kRowBytes % 16 == 0 && (kStageLd * sizeof(bf16)) % 16 == 0, "bulk-copyable rows");
+  void* const* pages;
   int64_t pos;
   int tiles_per_page;
   int64_t tile, end, page;  // end: one past the segment's last tile
   int in_page;
-  const float* page_base;
-  const float* next_base;  // the next page's, read a page ahead (nullptr: the segment ends first)
+  const bf16* page_base;
+  const bf16* next_base;  // the next page's, read a page ahead (nullptr: the segment ends first)
 
-  __device__ TileCopier(float* const* pages_in, int64_t pos_in, int tiles_per_page_in, int64_t first, int64_t end_in)
+  __device__ TileCopier(void* const* pages_in, int64_t pos_in, int tiles_per_page_in, int64_t first, int64_t end_in)
       : pages(pages_in), pos(pos_in), tiles_per_page(tiles_per_page_in), tile(first), end(end_in),
         page(first / tiles_per_page_in), in_page(static_cast<int>(first % tiles_per_page_in)),
-        page_base(first < end_in ? pages_in[page] : nullptr), next_base(NextPage()) {}
+        page_base(first < end_in ? static_cast<const bf16*>(pages_in[page]) : nullptr), next_base(NextPage()) {}
 
   // Called by every lane of warp 0.
-  __device__ void IssueNext(float* stage, uint64_t* full, int lane) {
-    const float* rows = page_base + static_cast<int64_t>(in_page) * kKeys * kDot;
+  __device__ void IssueNext(bf16* stage, uint64_t* full, int lane) {
+    const bf16* rows = page_base + static_cast<int64_t>(in_page) * kKeys * kDot;
     const int64_t live64 = pos - tile * kKeys + 1;
     const int live_rows = live64 >= kKeys ? kKeys : static_cast<int>(live64);
     if (live_rows < kKeys) {
-      constexpr int kQuads = kDot / 4;
-      for (int i = lane; i < (kKeys - live_rows) * kQuads; i += 32) {
-        const int r = live_rows + i / kQuads;
-        *reinterpret_cast<float4*>(stage + r * kStageLd + 4 * (i % kQuads)) = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      constexpr int kChunks = kDot / 8;  // 16 bytes each
+      for (int i = lane; i < (kKeys - live_rows) * kChunks; i += 32) {
+        const int r = live_rows + i / kChunks;
+        *reinterpret_cast<uint4*>(stage + r * kStageLd + 8 * (i % kChunks)) = make_uint4(0u, 0u, 0u, 0u);
       }
       __syncwarp();
     }
-    if (lane == 0) ArriveExpectBytes(full, live_rows * kRowBytes);
-    __syncwarp();
-    if (lane < live_rows) BulkCopyToShared(stage + lane * kStageLd, rows + lane * kDot, kRowBytes, full);
+    if (lane == 0) {
+      ArriveExpectBytes(full, live_rows * kRowBytes);
+      BulkCopyToShared(stage, rows, live_rows * kRowBytes, full);
+    }
     ++tile;
     if (++in_page == tiles_per_page) {
       in_page = 0, ++page;
@@ -217,22 +225,25 @@ struct TileCopier {
   }
 
   // Page page + 1's rows if the segment reaches it (the page table may end before).
-  __device__ const float* NextPage() const {
-    return (page + 1) * tiles_per_page < end ? pages[page + 1] : nullptr;
+  __device__ const bf16* NextPage() const {
+    return (page + 1) * tiles_per_page < end ? static_cast<const bf16*>(pages[page + 1]) : nullptr;
   }
 };
 
-// Grid: the key split's blocks, one per SM (kStages fp32 key tiles in shared memory). A block
+// Grid: the key split's blocks, one per SM (kStages bf16 key tiles in shared memory). A block
 // attends to its run of key tiles (BuildMlaKeySplit) one segment at a time, a segment being the
-// part of the run in one absorbed row, and writes each segment's state to its slot. Keys are read
-// straight from their stage and rounded to bf16 as fragments are loaded. A step takes two tiles
-// (a segment's last step may have one). QK: warp w holds the A fragments of both head tiles
-// over dot slice w / 2 in registers for the whole segment and scores the 16 keys of the step's
-// tile w % 2; the slices meet in shared memory. Softmax: kRowThreads threads per head row, two
-// keys of each tile, the row's max and sum over shuffles, in the log2 domain. PV: warp w
-// accumulates O for all 32 head rows and latent columns [64w, 64w + 64). The partial states' m
-// is a reference max (not always the running max, see kMaxLag), stored in natural-log units; m,
-// l and O agree, which is all the merge needs.
+// part of the run in one absorbed row, and writes each segment's state to its slot. Fragments are
+// loaded straight from the stages. A step takes two tiles (a segment's last step may have one). QK:
+// warp w holds the A fragments of both head tiles over dot slice w / 2 in registers for the whole
+// segment and scores the 16 keys of the step's tile w % 2; the slices meet in shared memory. Within
+// each 16-wide k step, fragment k slots 2tq, 2tq + 1 hold dot elements 4tq, 4tq + 1 and slots
+// 2tq + 8, 2tq + 9 hold 4tq + 2, 4tq + 3 (in A and B alike, so the sum is the same): a lane's B
+// fragment is then one 64-bit load, and with the rows' swizzle a half-warp's loads cover all 32
+// banks.
+// Softmax: kRowThreads threads per head row, two keys of each tile, the row's max and sum over
+// shuffles, in the log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns
+// [64w, 64w + 64). The partial states' m is a reference max (not always the running max, see
+// kMaxLag), stored in natural-log units; m, l and O agree, which is all the merge needs.
 // At most 224 registers a thread: then a block of 256 threads at 32 (the merge after it, the
 // append before the next step's) still fits beside it, 8 warps × 7,168 + 8,192 = 65,536. At 228
 // (what the compiler chose unbounded) it did not, and batch 1 at 64k keys took 7% longer.
@@ -243,8 +254,8 @@ __global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
   if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
   __syncthreads();
   constexpr int dot = kDot, stage_ld = kStageLd;
-  float* stages = reinterpret_cast<float*>(smem);
-  float* sp = stages + kStages * kStageFloats;  // [kDotSlices][kHeadRows][kSLd]
+  bf16* stages = reinterpret_cast<bf16*>(smem);
+  float* sp = reinterpret_cast<float*>(stages + kStages * kStageElems);  // [kDotSlices][kHeadRows][kSLd]
   float* m_row = sp + kDotSlices * kHeadRows * kSLd;  // log2 domain
   float* l_row = m_row + kHeadRows;
   float* alpha_row = l_row + kHeadRows;
@@ -270,7 +281,7 @@ __global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
     int issued = count < kStages ? count : kStages;
     const auto issue = [&](int i) {
       const int stage = (done + i) % kStages;
-      copier.IssueNext(stages + stage * kStageFloats, &full[stage], lane);
+      copier.IssueNext(stages + stage * kStageElems, &full[stage], lane);
     };
     int early = 0;
     if (!waited) {
@@ -303,15 +314,15 @@ __global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
       const int h_lo = 16 * mi + g, h_hi = h_lo + 8;
-      const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 2 * tq;
-      const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 2 * tq;
+      const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 4 * tq;
+      const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 4 * tq;
 #pragma unroll
       for (int i = 0; i < kSliceSteps; ++i) {
         const int step = slice * kSliceSteps + i, k0 = 16 * step;
         qa[mi][i][0] = h_lo < heads ? Load32(q_lo + k0) : 0u;
         qa[mi][i][1] = h_hi < heads ? Load32(q_hi + k0) : 0u;
-        qa[mi][i][2] = h_lo < heads ? Load32(q_lo + k0 + 8) : 0u;
-        qa[mi][i][3] = h_hi < heads ? Load32(q_hi + k0 + 8) : 0u;
+        qa[mi][i][2] = h_lo < heads ? Load32(q_lo + k0 + 2) : 0u;
+        qa[mi][i][3] = h_hi < heads ? Load32(q_hi + k0 + 2) : 0u;
       }
     }
     const float scale_log2 = args.scale * 1.4426950408889634f;
@@ -333,20 +344,19 @@ __global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
         for (int i = issued; i < refill_end; ++i) issue(i);
       }
       issued = refill_end;
-      const float* keys0 = stages + ((done + lt) % kStages) * kStageFloats;
-      const float* keys1 = stages + ((done + lt + 1) % kStages) * kStageFloats;
+      const bf16* keys0 = stages + ((done + lt) % kStages) * kStageElems;
+      const bf16* keys1 = stages + ((done + lt + 1) % kStages) * kStageElems;
       if (key_tile == 0 || second) {  // this warp's tile, both head tiles: each key fragment read once
         float c[2][2][4] = {};  // [head tile][8-key n-tile]: four independent mma chains
-        const float* k = (key_tile == 0 ? keys0 : keys1) + g * stage_ld + 16 * slice * kSliceSteps + 2 * tq;
+        const bf16* k = (key_tile == 0 ? keys0 : keys1) + g * stage_ld;  // rows g and g + 8: one swizzle
 #pragma unroll
         for (int s = 0; s < kSliceSteps; ++s) {
+          const int at = SwizzledAt(g, 16 * (slice * kSliceSteps + s) + 4 * tq);
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
-            const float2 lo = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s);
-            const float2 hi = *reinterpret_cast<const float2*>(k + 8 * nt * stage_ld + 16 * s + 8);
-            const uint32_t b0 = PackBf16(lo.x, lo.y), b1 = PackBf16(hi.x, hi.y);
-            Mma16x8x16(c[0][nt], qa[0][s], b0, b1);
-            Mma16x8x16(c[1][nt], qa[1][s], b0, b1);
+            const uint2 b = *reinterpret_cast<const uint2*>(k + 8 * nt * stage_ld + at);
+            Mma16x8x16(c[0][nt], qa[0][s], b.x, b.y);
+            Mma16x8x16(c[1][nt], qa[1][s], b.x, b.y);
           }
         }
 #pragma unroll
@@ -422,20 +432,19 @@ __global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
           a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
           a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
         }
-        // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 64-bit load serves
+        // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 32-bit load serves
         // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
-        // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), so a load instruction's lanes read
-        // rows in four different bank groups (conflict-free); P is stored in the same order.
-        const float* v0 = (kk == 0 ? keys0 : keys1) + tq * stage_ld + 64 * warp + 2 * g;
+        // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), rows of one swizzle, which puts a
+        // load instruction's lanes in 32 different banks; P is stored in the same order. A B
+        // register pairs two keys' values of one column: the low or high halves of two loads.
+        const bf16* v0 = (kk == 0 ? keys0 : keys1) + tq * stage_ld;
 #pragma unroll
         for (int pair = 0; pair < 4; ++pair) {
-          const float* v = v0 + 16 * pair;
-          const float2 r0 = *reinterpret_cast<const float2*>(v);
-          const float2 r1 = *reinterpret_cast<const float2*>(v + 4 * stage_ld);
-          const float2 r8 = *reinterpret_cast<const float2*>(v + 8 * stage_ld);
-          const float2 r9 = *reinterpret_cast<const float2*>(v + 12 * stage_ld);
-          const uint32_t b0_even = PackBf16(r0.x, r1.x), b1_even = PackBf16(r8.x, r9.x);
-          const uint32_t b0_odd = PackBf16(r0.y, r1.y), b1_odd = PackBf16(r8.y, r9.y);
+          const bf16* v = v0 + SwizzledAt(tq, 64 * warp + 16 * pair + 2 * g);
+          const uint32_t r0 = Load32(v), r1 = Load32(v + 4 * stage_ld);
+          const uint32_t r8 = Load32(v + 8 * stage_ld), r9 = Load32(v + 12 * stage_ld);
+          const uint32_t b0_even = __byte_perm(r0, r1, 0x5410), b1_even = __byte_perm(r8, r9, 0x5410);
+          const uint32_t b0_odd = __byte_perm(r0, r1, 0x7632), b1_odd = __byte_perm(r8, r9, 0x7632);
           Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
           Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
           Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);

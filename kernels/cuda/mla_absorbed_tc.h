@@ -13,9 +13,9 @@ namespace deltaserve::kernels::cuda {
 bool MlaAbsorbedTcSupports(const MlaParams& params);
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys);
 // Queues q absorption and the attention over the key split `key_split` (the uploaded
-// BuildMlaKeySplit table); on success *partial holds [rows + *blocks, heads, kv_lora_rank + 2]
-// segment states (m, l, unnormalised Σ p c_n), slots as the table's MlaRowSlots say, for the
-// merge, inside `scratch`.
+// BuildMlaKeySplit table; every absorbed sequence's latent pages BF16); on success *partial holds
+// [rows + *blocks, heads, kv_lora_rank + 2] segment states (m, l, unnormalised Σ p c_n), slots as
+// the table's MlaRowSlots say, for the merge, inside `scratch`.
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
                         const int32_t* key_split, int64_t max_keys, void* scratch, float** partial,
                         int64_t* blocks, Stream stream);

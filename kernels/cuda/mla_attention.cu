@@ -27,22 +27,34 @@ constexpr int kAppendRows = kWarps;  // append: one row per warp
 // ---------------------------------------------------------------------------------------------
 // Append.
 
-// One warp copies `width` floats from src to dst: loads first, 8 per lane in flight (dst and src
-// could alias as far as the compiler knows).
-__device__ __forceinline__ void WarpCopyRow(const float* src, float* dst, int64_t width) {
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ void Put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void Put(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
+
+// One warp copies `width` elements from src to dst, element e from src[src_at(e)] to
+// dst[dst_at(e)] (converted between fp32 and bf16 where they differ): loads first, 8 per lane in
+// flight (dst and src could alias as far as the compiler knows).
+template <typename Src, typename Dst, typename SrcAt, typename DstAt>
+__device__ __forceinline__ void WarpCopyRow(const Src* src, SrcAt src_at, Dst* dst, DstAt dst_at, int64_t width) {
   constexpr int kInFlight = 8;
   for (int64_t c0 = threadIdx.x & 31; c0 < width; c0 += 32 * kInFlight) {
     float v[kInFlight];
 #pragma unroll
-    for (int u = 0; u < kInFlight; ++u) v[u] = c0 + 32 * u < width ? src[c0 + 32 * u] : 0.0f;
+    for (int u = 0; u < kInFlight; ++u) v[u] = c0 + 32 * u < width ? ToFloat(src[src_at(c0 + 32 * u)]) : 0.0f;
 #pragma unroll
     for (int u = 0; u < kInFlight; ++u) {
-      if (c0 + 32 * u < width) dst[c0 + 32 * u] = v[u];
+      if (c0 + 32 * u < width) Put(dst + dst_at(c0 + 32 * u), v[u]);
     }
   }
 }
 
-// Grid: ceil(T / 8) blocks of 8 warps, warp w copies packed row 8 * block + w.
+struct IdentityIndex {
+  __device__ __forceinline__ int64_t operator()(int64_t e) const { return e; }
+};
+
+// Grid: ceil(T / 8) blocks of 8 warps, warp w copies packed row 8 * block + w into its cache row
+// (rounded to bf16 in BF16 pages).
 __global__ void __launch_bounds__(kThreads)
     MlaAppendKernel(TensorView latent, const MlaSequence* seqs, int64_t num_seqs) {
   FollowPriorKernels();
@@ -53,16 +65,27 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x >> 5;
   if (warp >= n || row_seq[warp] < 0) return;
   const MlaSequence& seq = seqs[row_seq[warp]];
-  const int64_t t = t0 + warp, width = latent.cols;
-  WarpCopyRow(RowF32(latent, t), seq.cache.Row(seq.num_cached + (t - seq.rows.begin), width), width);
+  const int64_t t = t0 + warp, width = latent.cols, row = seq.num_cached + (t - seq.rows.begin);
+  if (seq.cache.dtype == DType::kBF16) {
+    const auto at = [&](int64_t e) { return LatentPosition(DType::kBF16, width, row, e); };
+    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row<__nv_bfloat16>(row, width), at, width);
+  } else {
+    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row<float>(row, width), IdentityIndex{}, width);
+  }
 }
 
-// Grid: ceil(rows / 8) blocks of 8 warps, warp w copies cache row 8 * block + w of *seq to dst.
+// Grid: ceil(rows / 8) blocks of 8 warps, warp w copies cache row 8 * block + w of *seq to dst
+// (fp32).
 __global__ void __launch_bounds__(kThreads)
     MlaGatherLatentKernel(const MlaSequence* seq, TensorView dst) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kAppendRows + (threadIdx.x >> 5);
   if (row >= dst.rows) return;
-  WarpCopyRow(seq->cache.Row(row, dst.cols), RowF32(dst, row), dst.cols);
+  if (seq->cache.dtype == DType::kBF16) {
+    const auto at = [&](int64_t e) { return LatentPosition(DType::kBF16, dst.cols, row, e); };
+    WarpCopyRow(seq->cache.Row<__nv_bfloat16>(row, dst.cols), at, RowF32(dst, row), IdentityIndex{}, dst.cols);
+  } else {
+    WarpCopyRow(seq->cache.Row<float>(row, dst.cols), IdentityIndex{}, RowF32(dst, row), IdentityIndex{}, dst.cols);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,11 +319,11 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedKernel(ExpandedArgs args)
               const int64_t j = j0 + kk;
               const bool live = j <= max_key;
               const float* kv_row = kv + j * kv_stride;
-              const float* pe_row = live ? seq.cache.Row(j, latent_width) + args.rank : nullptr;
+              const LatentRowReader latent_row = LatentRow(seq.cache, live ? j : 0, latent_width);
               float* k_dst = sk + kk * lay.qk_stride;
               float* v_dst = sv + kk * lay.v_stride;
               for (int c = lane; c < dk_pad; c += 32) {
-                k_dst[c] = !live ? 0.0f : c < nope ? kv_row[c] : c < qk ? pe_row[c - nope] : 0.0f;
+                k_dst[c] = !live ? 0.0f : c < nope ? kv_row[c] : c < qk ? latent_row[args.rank + c - nope] : 0.0f;
               }
               for (int c = lane; c < v_pad; c += 32) {
                 v_dst[c] = live && c < v_dim ? kv_row[nope + c] : 0.0f;
@@ -456,7 +479,7 @@ __global__ void __launch_bounds__(kThreads, 2) MlaAbsorbedKernel(AbsorbedArgs ar
                               for (int kk = warp; kk < kKeys; kk += kWarps) {
                                 const int64_t j = j0 + kk;
                                 const bool live = j <= pos;
-                                const float* src = live ? seq.cache.Row(j, latent_width) : nullptr;
+                                const LatentRowReader src = LatentRow(seq.cache, live ? j : 0, latent_width);
                                 float* dst = k_tile + kk * lay.qk_stride;
                                 for (int c = lane; c < dk_pad; c += 32) {
                                   dst[c] = live && c < latent_width ? src[c] : 0.0f;

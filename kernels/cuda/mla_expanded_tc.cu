@@ -54,7 +54,9 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
   const int h = static_cast<int>(row / length);
   const int64_t j = row % length;
   const float* kv_row = RowF32(kv, j) + static_cast<int64_t>(h) * (kNope + kV);
-  const float* pe = seq->cache.Row(j, latent_width) + rank;
+  const bool pe_bf16 = seq->cache.dtype == DType::kBF16;
+  const float* pe = pe_bf16 ? nullptr : seq->cache.Row<float>(j, latent_width) + rank;
+  const bf16* pe16 = pe_bf16 ? seq->cache.Row<bf16>(j, latent_width) : nullptr;
   // 80 float4 per row: 32 nope, 16 rope, 32 value; lane takes 0-31 then 32-63, then 64-79.
   float4 v[3];
 #pragma unroll
@@ -64,7 +66,16 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
     if (c < kNope) {
       v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + c));
     } else if (c < kQk) {
-      v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
+      if (pe_bf16) {
+        // Four consecutive elements from a multiple of 4: within one 16-byte chunk wherever it sits.
+        const int64_t at = LatentPosition(DType::kBF16, latent_width, j, rank + c - kNope);
+        const uint2 raw = __ldg(reinterpret_cast<const uint2*>(pe16 + at));
+        const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+        const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+        v[u] = make_float4(lo.x, lo.y, hi.x, hi.y);
+      } else {
+        v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
+      }
     } else if (c < kQk + kV) {
       v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + kNope + (c - kQk)));
     }

@@ -1,7 +1,8 @@
-// Which MLA sequence holds each packed row: shared by the MLA kernels (mla_attention.cu,
-// mla_absorbed_tc.cu).
+// Which MLA sequence holds each packed row, and latent cache rows read as floats: shared by the
+// MLA kernels (mla_attention.cu, mla_absorbed_tc.cu, mla_expanded_tc.cu).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,6 +26,26 @@ __device__ inline void MapRows(const MlaSequence* seqs, int64_t num_seqs, int fo
     for (int64_t t = a; t < b; ++t) row_seq[t - lo] = static_cast<int>(i);
   }
   __syncthreads();
+}
+
+// A latent cache row of F32 or BF16 pages (LatentPages::dtype), element c as a float wherever
+// LatentPosition places it.
+struct LatentRowReader {
+  const void* data;
+  DType dtype;
+  int64_t width, row;
+
+  __device__ __forceinline__ float operator[](int64_t c) const {
+    if (dtype != DType::kBF16) return static_cast<const float*>(data)[c];
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[LatentPosition(dtype, width, row, c)]);
+  }
+};
+
+__device__ __forceinline__ LatentRowReader LatentRow(const LatentPages& cache, int64_t row, int64_t width) {
+  const bool bf16 = cache.dtype == DType::kBF16;
+  return {bf16 ? static_cast<const void*>(cache.Row<__nv_bfloat16>(row, width))
+               : static_cast<const void*>(cache.Row<float>(row, width)),
+          cache.dtype, width, row};
 }
 
 }  // namespace deltaserve::kernels::cuda

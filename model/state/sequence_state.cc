@@ -1,5 +1,7 @@
 #include "model/state/sequence_state.h"
 
+#include <vector>
+
 #include "base/check.h"
 
 namespace deltaserve::model {
@@ -30,6 +32,7 @@ SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& b
       }
     } else {
       state.mla.page_rows = latent_page_rows;
+      state.mla.dtype = backend.LatentCacheDType();
     }
   }
 }
@@ -58,10 +61,42 @@ const MlaLayerState& SequenceState::mla(int64_t layer) const {
 void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   MlaLayerState& state = mla(layer);
   while (state.capacity() < state.num_cached + extra) {
-    kernels::Tensor page = backend_.Allocate(state.page_rows, config_.mla_latent_size(), DType::kF32);
+    kernels::Tensor page = backend_.Allocate(state.page_rows, config_.mla_latent_size(), state.dtype);
     if (page.empty()) return;  // the backend failed (out of memory); the step reports it
-    state.page_data.push_back(page.data<float>());
+    state.page_data.push_back(page.view().data);
     state.pages.push_back(std::move(page));
+  }
+}
+
+void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView rows, int64_t first_row) {
+  if (rows.dtype == DType::kF32) {
+    backend.Upload(host, rows);
+    return;
+  }
+  DS_CHECK(rows.dtype == DType::kBF16);
+  std::vector<uint16_t> narrowed(static_cast<size_t>(rows.numel()));
+  for (int64_t r = 0; r < rows.rows; ++r) {
+    for (int64_t e = 0; e < rows.cols; ++e) {
+      narrowed[r * rows.cols + kernels::LatentPosition(rows.dtype, rows.cols, first_row + r, e)] =
+          kernels::F32ToBF16(host[r * rows.cols + e]);
+    }
+  }
+  backend.Upload(narrowed.data(), rows);
+}
+
+void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView rows, int64_t first_row, float* host) {
+  if (rows.dtype == DType::kF32) {
+    backend.Download(rows, host);
+    return;
+  }
+  DS_CHECK(rows.dtype == DType::kBF16);
+  std::vector<uint16_t> narrow(static_cast<size_t>(rows.numel()));
+  backend.Download(rows, narrow.data());
+  for (int64_t r = 0; r < rows.rows; ++r) {
+    for (int64_t e = 0; e < rows.cols; ++e) {
+      host[r * rows.cols + e] =
+          kernels::BF16ToF32(narrow[r * rows.cols + kernels::LatentPosition(rows.dtype, rows.cols, first_row + r, e)]);
+    }
   }
 }
 
@@ -78,7 +113,7 @@ int64_t SequenceState::Bytes(bool latent_at_capacity) const {
       for (const kernels::Tensor& tail : state.kda.conv_tails) bytes += tail.view().numel() * 4;
     } else {
       const int64_t rows = latent_at_capacity ? state.mla.capacity() : state.mla.num_cached;
-      bytes += rows * config_.mla_latent_size() * 4;
+      bytes += rows * config_.mla_latent_size() * static_cast<int64_t>(kernels::DTypeSize(state.mla.dtype));
     }
   }
   return bytes;

@@ -25,13 +25,14 @@ inline constexpr int64_t kDefaultLatentPageRows = 256;
 
 // An MLA layer's latent cache, in pages allocated as it grows (never moved or copied).
 struct MlaLayerState {
-  std::vector<kernels::Tensor> pages;  // each [page_rows, R + dr] F32
-  std::vector<float*> page_data;       // pages[i].data(), what kernels::LatentPages points at
+  std::vector<kernels::Tensor> pages;  // each [page_rows, R + dr] of dtype
+  std::vector<void*> page_data;        // pages[i].data(), what kernels::LatentPages points at
   int64_t page_rows = 0;
+  kernels::DType dtype = kernels::DType::kF32;  // the backend's LatentCacheDType
   int64_t num_cached = 0;  // rows [0, num_cached) are valid
 
   int64_t capacity() const { return static_cast<int64_t>(pages.size()) * page_rows; }
-  kernels::LatentPages view() const { return {page_data.data(), page_rows}; }
+  kernels::LatentPages view() const { return {page_data.data(), page_rows, dtype}; }
   // Calls fn(first_row, rows) with rows a view of cache rows [first_row, first_row + count) that
   // lie in one page, for each page's share of rows [first, first + count) (within capacity).
   template <typename Fn>
@@ -43,6 +44,13 @@ struct MlaLayerState {
     }
   }
 };
+
+// Latent rows (cache rows [first_row, first_row + rows.rows) in one page, as
+// MlaLayerState::ForEachRange gives them) to and from F32 on the host, converted and placed where
+// the pages hold another dtype (kernels::LatentPosition): snapshots and synthetic histories are
+// F32 whatever the backend keeps.
+void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView rows, int64_t first_row);
+void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView rows, int64_t first_row, float* host);
 
 class SequenceState {
  public:

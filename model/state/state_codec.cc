@@ -29,24 +29,26 @@ void SealState(std::string& unsealed) {
 std::string EncodeStateUnsealed(const SequenceState& state) {
   const KimiLinearConfig& config = state.config();
   kernels::Backend& backend = state.backend();
-  // Every tensor in snapshot order, each MLA layer's row count before its rows.
+  // Every tensor in snapshot order, each MLA layer's row count before its rows. Every tensor is
+  // F32 in the snapshot, latent rows of other dtypes widened.
   const auto visit = [&](auto&& tensor, auto&& mla_rows) {
     for (int64_t layer = state.layer_begin(); layer < state.layer_end(); ++layer) {
       if (config.IsKda(layer)) {
         const KdaLayerState& kda = state.kda(layer);
-        tensor(kda.recurrent.view());
-        for (const kernels::Tensor& tail : kda.conv_tails) tensor(tail.view());
+        tensor(kda.recurrent.view(), 0);
+        for (const kernels::Tensor& tail : kda.conv_tails) tensor(tail.view(), 0);
       } else {
         const MlaLayerState& mla = state.mla(layer);
         mla_rows(mla.num_cached);
-        mla.ForEachRange(0, mla.num_cached, [&](int64_t, kernels::TensorView rows) { tensor(rows); });
+        mla.ForEachRange(0, mla.num_cached, [&](int64_t first, kernels::TensorView rows) { tensor(rows, first); });
       }
     }
   };
   const auto tensor_bytes = [](kernels::TensorView view) { return static_cast<size_t>(view.numel()) * sizeof(float); };
   // The whole snapshot reserved at once (the seal's trailer too): no reallocation of gigabytes.
   size_t total = kStateHeaderBytes + state.tokens().size() * sizeof(int32_t) + kStateTrailerBytes;
-  visit([&](kernels::TensorView view) { total += tensor_bytes(view); }, [&](int64_t) { total += sizeof(uint64_t); });
+  visit([&](kernels::TensorView view, int64_t) { total += tensor_bytes(view); },
+        [&](int64_t) { total += sizeof(uint64_t); });
   ByteWriter writer;
   writer.out().reserve(total);
   writer.PutBytes(kStateMagic, sizeof(kStateMagic));
@@ -58,11 +60,17 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   writer.Put<uint64_t>(static_cast<uint64_t>(state.num_tokens()));
   writer.PutBytes(state.tokens().data(), state.tokens().size() * sizeof(int32_t));
   visit(
-      [&](kernels::TensorView view) {  // downloaded straight into the snapshot
+      [&](kernels::TensorView view, int64_t first_row) {  // downloaded straight into the snapshot
         std::string& out = writer.out();
         const size_t at = out.size();
         out.resize(at + tensor_bytes(view));
-        backend.Download(view, out.data() + at);
+        if (view.dtype == kernels::DType::kF32) {
+          backend.Download(view, out.data() + at);
+        } else {
+          std::vector<float> widened(static_cast<size_t>(view.numel()));
+          DownloadLatentRows(backend, view, first_row, widened.data());
+          std::memcpy(out.data() + at, widened.data(), tensor_bytes(view));
+        }
       },
       [&](int64_t rows) { writer.Put<uint64_t>(static_cast<uint64_t>(rows)); });
   return std::move(writer.out());
@@ -99,10 +107,12 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
   state->AppendTokens(tokens);
 
   std::vector<float> host;
-  auto get_tensor = [&](kernels::TensorView view, const char* what) -> absl::Status {
+  // first_row: the latent cache row of the view's first row (latent pages of other dtypes than F32
+  // are narrowed and placed as they keep them).
+  auto get_tensor = [&](kernels::TensorView view, const char* what, int64_t first_row = 0) -> absl::Status {
     host.resize(static_cast<size_t>(view.numel()));
     DS_RETURN_IF_ERROR(reader.GetBytes(host.data(), host.size() * sizeof(float), what));
-    backend.Upload(host.data(), view);
+    UploadLatentRows(backend, host.data(), view, first_row);
     return absl::OkStatus();
   };
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
@@ -125,8 +135,8 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
                                                          rows, " rows"));
       }
       absl::Status status;
-      mla.ForEachRange(0, static_cast<int64_t>(rows), [&](int64_t, kernels::TensorView part) {
-        if (status.ok()) status = get_tensor(part, "an MLA cache");
+      mla.ForEachRange(0, static_cast<int64_t>(rows), [&](int64_t first, kernels::TensorView part) {
+        if (status.ok()) status = get_tensor(part, "an MLA cache", first);
       });
       DS_RETURN_IF_ERROR(status);
       mla.num_cached = static_cast<int64_t>(rows);

@@ -15,7 +15,12 @@ namespace deltaserve::testing {
 
 class CopyingBackend final : public kernels::Backend {
  public:
-  explicit CopyingBackend(int num_threads = 1) : cpu_({.num_threads = num_threads}) {}
+  // latent_cache_dtype: the dtype its MLA latent pages take (BF16, as the CUDA backend's at
+  // serving precision, for code that moves states; the CPU kernels themselves take F32 pages).
+  explicit CopyingBackend(int num_threads = 1, kernels::DType latent_cache_dtype = kernels::DType::kF32)
+      : cpu_({.num_threads = num_threads}), latent_cache_dtype_(latent_cache_dtype) {}
+
+  kernels::DType LatentCacheDType() const override { return latent_cache_dtype_; }
 
   std::string_view name() const override { return "cpu-copying"; }
 
@@ -90,6 +95,7 @@ class CopyingBackend final : public kernels::Backend {
 
  private:
   kernels::cpu::CpuBackend cpu_;
+  kernels::DType latent_cache_dtype_;
   std::deque<kernels::Tensor> weights_;  // the adopted copies
 };
 

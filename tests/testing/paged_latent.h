@@ -43,10 +43,13 @@ class PageLayout {
     }
     return logical;
   }
-  // The page table over a buffer that starts at `base` (host or device memory).
-  std::vector<float*> Pages(float* base) const {
-    std::vector<float*> pages(static_cast<size_t>(pages_));
-    for (int64_t p = 0; p < pages_; ++p) pages[static_cast<size_t>(p)] = base + slot_[p] * page_rows_ * width_;
+  // The page table over a buffer of `element_bytes`-byte elements (F32 or BF16 pages) that starts
+  // at `base` (host or device memory).
+  std::vector<void*> Pages(void* base, int64_t element_bytes = sizeof(float)) const {
+    std::vector<void*> pages(static_cast<size_t>(pages_));
+    for (int64_t p = 0; p < pages_; ++p) {
+      pages[static_cast<size_t>(p)] = static_cast<char*>(base) + slot_[p] * page_rows_ * width_ * element_bytes;
+    }
     return pages;
   }
 

@@ -51,7 +51,7 @@ class MlaFixture {
     MlaRun run;
     std::vector<testing::PageLayout> layouts;
     std::vector<std::vector<float>> buffers;
-    std::vector<std::vector<float*>> pages;
+    std::vector<std::vector<void*>> pages;
     std::vector<MlaSequence> seqs;
     int64_t begin = 0;
     for (size_t i = 0; i < c_.lengths.size(); ++i) {

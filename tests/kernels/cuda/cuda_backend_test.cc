@@ -800,10 +800,11 @@ class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> 
   void CompareMla(const MlaCase& c, MatmulPrecision precision);
 };
 
-// Both precisions: serving (absorbed rows on tensor cores for the Kimi shapes: bf16 query, keys
-// and probabilities, so agreement to ~1e-2 of the output scale) and fp32 validation (the CUDA-core
-// kernel, 1e-4). The expanded form rounds the latent to bf16 for its key/value product at serving
-// precision too.
+// Both precisions: serving (bf16 latent pages; absorbed rows on tensor cores for the Kimi shapes:
+// bf16 query, keys and probabilities, so agreement to ~1e-2 of the output scale) and fp32
+// validation (F32 pages, the CUDA-core kernel, 1e-4). The expanded form rounds the latent to bf16
+// for its key/value product at serving precision too. Pages of 48 rows take the CUDA-core kernel
+// over bf16 pages at serving precision.
 // At serving precision the expanded rows run on both tensor-core kernels (warpgroup products where
 // they run, and mma.sync).
 TEST_P(CudaMla, MatchesTheCpu) {
@@ -840,20 +841,43 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
   std::vector<testing::PageLayout> layouts;
   std::vector<std::vector<float>> cpu_caches;
   std::vector<Tensor> gpu_caches;
-  std::vector<std::vector<float*>> cpu_pages, gpu_pages;
+  std::vector<std::vector<void*>> cpu_pages, gpu_pages;
+  // The CUDA backend's pages are BF16 at serving precision: its copy of each fp32 history is
+  // rounded, as its cache would hold it, each row's elements where LatentPosition places them (the
+  // Kimi width: swizzled), and the CPU's pages are compared with it rounded.
+  const DType cache_dtype = cuda_->LatentCacheDType();
+  EXPECT_EQ(cache_dtype, precision == MatmulPrecision::kHalf ? DType::kBF16 : DType::kF32);
+  const auto as_cached = [&](std::vector<float> values) {
+    return cache_dtype == DType::kBF16 ? RoundedToBF16(values) : values;
+  };
+  const auto placed = [&](const std::vector<float>& rows, bool back) {  // logical rows to the pages' order, or back
+    std::vector<float> out(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const int64_t r = static_cast<int64_t>(i) / width, e = static_cast<int64_t>(i) % width;
+      const size_t at = static_cast<size_t>(r * width + LatentPosition(cache_dtype, width, r, e));
+      if (back) {
+        out[i] = rows[at];
+      } else {
+        out[at] = rows[i];
+      }
+    }
+    return out;
+  };
   std::vector<MlaSequence> cpu_seqs, gpu_seqs;
   int64_t begin = 0;
   bool any_expanded = false;
   for (size_t i = 0; i < c.cached.size(); ++i) {
     const testing::PageLayout& layout =
         layouts.emplace_back(c.cached[i] + c.lengths[i], c.page_rows, width, 50 + i);
-    cpu_caches.push_back(
-        layout.ToBuffer(RandomVector(c.cached[i] * width, 30 + i), std::numeric_limits<float>::quiet_NaN()));
-    gpu_caches.push_back(ToDevice(cpu_caches.back(), 1, layout.buffer_floats()));
+    const std::vector<float> history = RandomVector(c.cached[i] * width, 30 + i);
+    cpu_caches.push_back(layout.ToBuffer(history, std::numeric_limits<float>::quiet_NaN()));
+    gpu_caches.push_back(ToDevice(layout.ToBuffer(placed(history, false), std::numeric_limits<float>::quiet_NaN()), 1,
+                                  layout.buffer_floats(), cache_dtype));
     cpu_pages.push_back(layout.Pages(cpu_caches.back().data()));
-    gpu_pages.push_back(layout.Pages(gpu_caches.back().data<float>()));
+    gpu_pages.push_back(layout.Pages(gpu_caches.back().view().data, static_cast<int64_t>(DTypeSize(cache_dtype))));
     cpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], {cpu_pages.back().data(), c.page_rows}, c.cached[i]});
-    gpu_seqs.push_back({{begin, c.lengths[i]}, c.forms[i], {gpu_pages.back().data(), c.page_rows}, c.cached[i]});
+    gpu_seqs.push_back(
+        {{begin, c.lengths[i]}, c.forms[i], {gpu_pages.back().data(), c.page_rows, cache_dtype}, c.cached[i]});
     any_expanded = any_expanded || c.forms[i] == MlaForm::kExpanded;
     begin += c.lengths[i];
   }
@@ -862,9 +886,9 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
                     View(cpu_out, t, p.num_heads * p.v_dim));
   Tensor out = Poisoned(t, p.num_heads * p.v_dim);
   cuda_->MlaAttention(p, dq.view(), dlatent.view(), kv_b_device, gpu_seqs, out.view());
-  const bool tensor_cores =
-      precision == MatmulPrecision::kHalf && p.kv_lora_rank == 512 && c.page_rows % kMlaTensorCorePageRows == 0;
-  const bool bf16_inputs = precision == MatmulPrecision::kHalf && (any_expanded || tensor_cores);
+  // Serving precision keeps bf16 latent pages, so keys and values are rounded on every path (the
+  // CPU's stay fp32).
+  const bool bf16_inputs = precision == MatmulPrecision::kHalf;
   const bool expanded_on_tensor_cores = precision == MatmulPrecision::kHalf && any_expanded && p.qk_nope_dim == 128 &&
                                         p.qk_rope_dim == 64 && p.v_dim == 128;
   const std::string what = std::string(precision == MatmulPrecision::kHalf ? "serving" : "fp32") + " mla output";
@@ -872,8 +896,8 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
               expanded_on_tensor_cores ? kAttentionTolerance : bf16_inputs ? kMatMulTolerance : kFp32Tolerance, what);
   for (size_t i = 0; i < c.cached.size(); ++i) {
     const int64_t rows = c.cached[i] + c.lengths[i];
-    ExpectClose(layouts[i].FromBuffer(ToHost(gpu_caches[i].view()), rows), layouts[i].FromBuffer(cpu_caches[i], rows), 0,
-                "latent cache");
+    ExpectClose(placed(layouts[i].FromBuffer(ToHost(gpu_caches[i].view()), rows), true),
+                as_cached(layouts[i].FromBuffer(cpu_caches[i], rows)), 0, "latent cache");
   }
 }
 

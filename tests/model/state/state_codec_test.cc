@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/config/presets.h"
+#include "tests/testing/copying_backend.h"
 
 namespace deltaserve::model {
 namespace {
@@ -69,6 +70,61 @@ TEST_F(StateCodecTest, RoundTripsExactly) {
     EXPECT_EQ(envelope->model_fingerprint, kFingerprint);
     EXPECT_EQ(envelope->format_version, kStateFormatVersion);
   }
+}
+
+// A backend that keeps BF16 latent pages (the CUDA backend at serving precision) writes them to
+// the snapshot widened to F32, which decodes back to the same bits; an F32 state's snapshot
+// decodes into such pages rounded to bf16, each row's elements where kernels::LatentPosition puts
+// them (a latent width of 128: swizzled). Its states hold half the latent bytes.
+TEST_F(StateCodecTest, Bf16LatentPagesTravelAsF32) {
+  config_.kv_lora_rank = 96;
+  config_.qk_rope_head_dim = 32;
+  ::deltaserve::testing::CopyingBackend bf16_backend(1, kernels::DType::kBF16);
+  constexpr int64_t kTokens = 37;
+  std::unique_ptr<SequenceState> state = RandomState(kTokens, 5);
+  const std::string f32_bytes = EncodeState(*state);
+  absl::StatusOr<std::unique_ptr<SequenceState>> narrowed =
+      DecodeState(f32_bytes, config_, bf16_backend, kFingerprint, 0, config_.num_layers);
+  ASSERT_TRUE(narrowed.ok()) << narrowed.status();
+  const int64_t width = config_.mla_latent_size();
+  int64_t mla_layers = 0;
+  for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+    if (config_.IsKda(layer)) continue;
+    ++mla_layers;
+    const MlaLayerState& mla = (*narrowed)->mla(layer);
+    ASSERT_EQ(mla.dtype, kernels::DType::kBF16);
+    ASSERT_EQ(mla.num_cached, kTokens);
+    std::vector<float> expected(static_cast<size_t>(kTokens * width)), got(expected.size());
+    state->mla(layer).ForEachRange(0, kTokens, [&](int64_t first, kernels::TensorView rows) {
+      backend_.Download(rows, expected.data() + first * width);
+    });
+    int64_t moved = 0;  // elements the swizzle placed elsewhere
+    mla.ForEachRange(0, kTokens, [&](int64_t first, kernels::TensorView rows) {
+      ASSERT_EQ(rows.dtype, kernels::DType::kBF16);
+      DownloadLatentRows(bf16_backend, rows, first, got.data() + first * width);
+      std::vector<uint16_t> raw(static_cast<size_t>(rows.numel()));
+      bf16_backend.Download(rows, raw.data());
+      for (int64_t r = 0; r < rows.rows; ++r) {
+        for (int64_t e = 0; e < width; ++e) {
+          const int64_t at = kernels::LatentPosition(kernels::DType::kBF16, width, first + r, e);
+          moved += at != e;
+          ASSERT_EQ(raw[r * width + at], kernels::F32ToBF16(expected[(first + r) * width + e]));
+        }
+      }
+    });
+    EXPECT_GT(moved, 0);
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i], kernels::BF16ToF32(kernels::F32ToBF16(expected[i]))) << "layer " << layer << " value " << i;
+    }
+  }
+  ASSERT_GT(mla_layers, 0);
+  EXPECT_EQ(state->ByteSize() - (*narrowed)->ByteSize(), mla_layers * kTokens * width * 2);
+  const std::string bf16_bytes = EncodeState(**narrowed);
+  EXPECT_EQ(bf16_bytes.size(), f32_bytes.size());
+  absl::StatusOr<std::unique_ptr<SequenceState>> again =
+      DecodeState(bf16_bytes, config_, bf16_backend, kFingerprint, 0, config_.num_layers);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(EncodeState(**again), bf16_bytes);
 }
 
 // A stage encodes under its lock and seals after it, and verifies before its lock and decodes
