@@ -212,7 +212,6 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
   struct Upload {
     const internal::v1::SessionRef* session;
     std::string payload;
-    int64_t state_bytes;
   };
   std::vector<Upload> uploads;
   absl::Status first_error;
@@ -233,7 +232,7 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
             !copied.ok()) {
           if (first_error.ok()) first_error = copied;
         } else {
-          uploads.push_back({&close.snapshot(), std::move(payload), it->second.state->ByteSize()});
+          uploads.push_back({&close.snapshot(), std::move(payload)});
         }
       }
       sequences_.erase(it);
@@ -249,12 +248,14 @@ absl::Status StageEngine::Close(const internal::v1::CloseRequest& request,
   }
   for (Upload& upload : uploads) {
     model::SealState(upload.payload);
+    // The snapshot's own size: it holds every value in fp32, whatever the live state keeps.
+    const auto stored = static_cast<int64_t>(upload.payload.size());
     const absl::Status status = store_
                                     ->PutPart(upload.session->tenant(), upload.session->session_id(),
                                               PartName(), PartKind::kState, std::move(upload.payload))
                                     .status();
     if (status.ok()) {
-      bytes += upload.state_bytes;
+      bytes += stored;
     } else if (first_error.ok()) {
       first_error =
           absl::Status(status.code(), absl::StrCat("snapshot of ", PartName(), ": ", status.message()));

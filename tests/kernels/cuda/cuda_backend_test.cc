@@ -916,6 +916,9 @@ std::vector<MlaCase> MlaCases() {
       {"kimi_prefill_long", kimi, {300, 0, 5}, {150, 70, 1}, {e, e, a}, 64},
       // Pages the tensor-core kernel does not take (not a multiple of kMlaTensorCorePageRows).
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
+      // Pages of 7 rows: a row's place in its page is not its cache row mod 4, which keys the
+      // swizzle of BF16 pages (the append, gather and CUDA-core kernels must use the cache row).
+      {"kimi_pages_of_7", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 7},
       // Long contexts at small batches: a row's keys are split over many blocks.
       {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},
       {"kimi_decode_long_2", kimi, {9000, 33}, {1, 1}, {a, a}},

@@ -157,6 +157,10 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   EXPECT_TRUE(step.get().ok());
   const absl::Status close_status = closing.get();
   ASSERT_TRUE(close_status.ok()) << close_status;
+  // The bytes reported are the stored snapshot's (fp32 whatever the live state keeps).
+  absl::StatusOr<services::Part> stored = store.GetPart(kTenant, kSession, stage.PartName());
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(closed.snapshot_bytes(), static_cast<int64_t>(stored->payload.size()));
   EXPECT_GT(closed.snapshot_bytes(), 0);
 
   // The uploaded snapshot restores: a new sequence resumes from its three tokens.

@@ -1,0 +1,58 @@
+// Latent rows move between fp32 on the host and a backend's pages, placed by their cache row.
+#include "model/state/sequence_state.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/config/presets.h"
+#include "tests/testing/copying_backend.h"
+
+namespace deltaserve::model {
+namespace {
+
+// BF16 pages of 7 rows (not a multiple of the swizzle's 4): a row's place in its page is not its
+// cache row mod 4, and the elements must sit where kernels::LatentPosition puts them for the
+// cache row; the halved bytes show in ByteSize.
+TEST(SequenceStateTest, Bf16LatentRowsArePlacedByTheirCacheRow) {
+  absl::StatusOr<KimiLinearConfig> config = PresetConfig("tiny");
+  ASSERT_TRUE(config.ok());
+  config->kv_lora_rank = 96;  // a width of 128: swizzled
+  config->qk_rope_head_dim = 32;
+  const int64_t width = config->mla_latent_size();
+  int64_t layer = 0;
+  while (config->IsKda(layer)) ++layer;
+  ::deltaserve::testing::CopyingBackend backend(1, kernels::DType::kBF16);
+  SequenceState state(*config, backend, 0, config->num_layers, 1, /*latent_page_rows=*/7);
+  constexpr int64_t kRows = 30;
+  state.ReserveLatent(layer, kRows);
+  MlaLayerState& mla = state.mla(layer);
+  ASSERT_EQ(mla.dtype, kernels::DType::kBF16);
+  std::vector<float> values(static_cast<size_t>(kRows * width));
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 251) - 125.0f;  // bf16-exact
+  mla.ForEachRange(0, kRows, [&](int64_t first, kernels::TensorView rows) {
+    UploadLatentRows(backend, values.data() + first * width, rows, first);
+  });
+  mla.num_cached = kRows;
+  std::vector<float> back(values.size());
+  int64_t moved = 0;
+  mla.ForEachRange(0, kRows, [&](int64_t first, kernels::TensorView rows) {
+    DownloadLatentRows(backend, rows, first, back.data() + first * width);
+    std::vector<uint16_t> raw(static_cast<size_t>(rows.numel()));
+    backend.Download(rows, raw.data());
+    for (int64_t r = 0; r < rows.rows; ++r) {
+      for (int64_t e = 0; e < width; ++e) {
+        const int64_t at = kernels::LatentPosition(kernels::DType::kBF16, width, first + r, e);
+        moved += at != e;
+        ASSERT_EQ(kernels::BF16ToF32(raw[r * width + at]), values[(first + r) * width + e]) << "row " << first + r;
+      }
+    }
+  });
+  EXPECT_EQ(back, values);
+  EXPECT_GT(moved, 0);
+  // Only this layer holds rows: 2 bytes each.
+  EXPECT_EQ(state.ByteSize() - SequenceState(*config, backend, 0, config->num_layers, 1, 7).ByteSize(),
+            kRows * width * 2);
+}
+
+}  // namespace
+}  // namespace deltaserve::model
