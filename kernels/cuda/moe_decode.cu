@@ -279,10 +279,9 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
   const DownArgs down{hidden_rows, routing, reinterpret_cast<const bf16* const*>(experts.down), static_cast<int>(inner),
                       static_cast<int>(hidden), static_cast<float*>(slot_out.data), slot_out.row_stride};
   constexpr int kDownColumnsPerBlock = kWarps * kDownColumnsPerWarp;
-  return LaunchMaybeAfterPrior(
-      programmatic, MoeDecodeDownKernel<kDownColumnsPerWarp>,
-      dim3(static_cast<unsigned>((hidden + kDownColumnsPerBlock - 1) / kDownColumnsPerBlock), static_cast<unsigned>(slots)),
-      dim3(kThreads), 0, s, down);
+  const auto column_blocks = static_cast<unsigned>((hidden + kDownColumnsPerBlock - 1) / kDownColumnsPerBlock);
+  return LaunchMaybeAfterPrior(programmatic, MoeDecodeDownKernel<kDownColumnsPerWarp>,
+                               dim3(column_blocks, static_cast<unsigned>(slots)), dim3(kThreads), 0, s, down);
 }
 
 int LaunchMoeDecodeFfn(TensorView x, TensorView expert_ids, TensorView weights, const MoeExpertTable& experts,
