@@ -5,6 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "model/config/presets.h"
+#include "tests/model/state/bf16_latent_rows.h"
 #include "tests/testing/copying_backend.h"
 
 namespace deltaserve::model {
@@ -37,15 +38,7 @@ TEST(SequenceStateTest, Bf16LatentRowsArePlacedByTheirCacheRow) {
   int64_t moved = 0;
   mla.ForEachRange(0, kRows, [&](int64_t first, kernels::TensorView rows) {
     DownloadLatentRows(backend, rows, first, back.data() + first * width);
-    std::vector<uint16_t> raw(static_cast<size_t>(rows.numel()));
-    backend.Download(rows, raw.data());
-    for (int64_t r = 0; r < rows.rows; ++r) {
-      for (int64_t e = 0; e < width; ++e) {
-        const int64_t at = kernels::LatentPosition(kernels::DType::kBF16, width, first + r, e);
-        moved += at != e;
-        ASSERT_EQ(kernels::BF16ToF32(raw[r * width + at]), values[(first + r) * width + e]) << "row " << first + r;
-      }
-    }
+    ExpectPlacedByCacheRow(backend, rows, first, values, &moved);
   });
   EXPECT_EQ(back, values);
   EXPECT_GT(moved, 0);

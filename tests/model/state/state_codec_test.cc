@@ -6,6 +6,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/config/presets.h"
+#include "tests/model/state/bf16_latent_rows.h"
 #include "tests/testing/copying_backend.h"
 
 namespace deltaserve::model {
@@ -102,15 +103,7 @@ TEST_F(StateCodecTest, Bf16LatentPagesTravelAsF32) {
     mla.ForEachRange(0, kTokens, [&](int64_t first, kernels::TensorView rows) {
       ASSERT_EQ(rows.dtype, kernels::DType::kBF16);
       DownloadLatentRows(bf16_backend, rows, first, got.data() + first * width);
-      std::vector<uint16_t> raw(static_cast<size_t>(rows.numel()));
-      bf16_backend.Download(rows, raw.data());
-      for (int64_t r = 0; r < rows.rows; ++r) {
-        for (int64_t e = 0; e < width; ++e) {
-          const int64_t at = kernels::LatentPosition(kernels::DType::kBF16, width, first + r, e);
-          moved += at != e;
-          ASSERT_EQ(raw[r * width + at], kernels::F32ToBF16(expected[(first + r) * width + e]));
-        }
-      }
+      ExpectPlacedByCacheRow(bf16_backend, rows, first, expected, &moved);
     });
     EXPECT_GT(moved, 0);
     for (size_t i = 0; i < got.size(); ++i) {
