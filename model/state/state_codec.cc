@@ -60,7 +60,7 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   writer.Put<uint64_t>(static_cast<uint64_t>(state.num_tokens()));
   writer.PutBytes(state.tokens().data(), state.tokens().size() * sizeof(int32_t));
   visit(
-      [&](kernels::TensorView view, int64_t first_row) {  // downloaded straight into the snapshot
+      [&](kernels::TensorView view, int64_t first_row) {  // F32 tensors downloaded straight into the snapshot
         std::string& out = writer.out();
         const size_t at = out.size();
         out.resize(at + tensor_bytes(view));
