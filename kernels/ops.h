@@ -78,30 +78,38 @@ enum class MlaForm : uint8_t {
 #define DS_HOST_DEVICE
 #endif
 
-// Where element e of cache row `row` sits in that row of a latent page (LatentPages): at e in F32
-// pages; in BF16 pages of a width that is a multiple of 64 (128 bytes), the row's 16-byte chunks
-// are XOR-swizzled by the row, chunk c at c ^ 2·(row mod 4) (within its 128-byte group), so that
-// a tile of consecutive rows copied as one block lands in shared memory where the CUDA decode
-// kernel's fragment loads are free of bank conflicts (mla_absorbed_tc.cu). `row` is the row of
-// the cache, not of the page.
-DS_HOST_DEVICE inline int64_t LatentPosition(DType dtype, int64_t width, int64_t row, int64_t e) {
-  if (dtype != DType::kBF16 || width % 64 != 0) return e;
-  return (((e >> 3) ^ ((row & 3) << 1)) << 3) | (e & 7);
+// Where element e of cache row `row` sits in its latent page (LatentPages), in elements from the
+// page's start. F32 pages, and BF16 ones of a width that is not a multiple of 64, hold whole rows
+// one after another. BF16 pages of a width that is a multiple of 64 (128-byte column groups) hold
+// one group of every row after another, [width / 64][page_rows][64], each row's 16-byte chunks
+// within its group XOR-swizzled by the row, chunk c at c ^ (row mod 8): the 128-byte swizzle of
+// Hopper's shared-memory operand tiles, so that consecutive rows of one group copied as one
+// block land in shared memory as the tensor-core decode kernel reads them (mla_absorbed_tc.cu).
+// `row` is the row of the cache, not of the page.
+DS_HOST_DEVICE inline int64_t LatentOffset(DType dtype, int64_t width, int64_t page_rows, int64_t row, int64_t e) {
+  const int64_t in_page = row % page_rows;
+  if (dtype != DType::kBF16 || width % 64 != 0) return in_page * width + e;
+  return ((e >> 6) * page_rows + in_page) * 64 + ((((e >> 3) & 7) ^ (row & 7)) << 3) + (e & 7);
 }
 
-// An MLA layer's latent cache in pages of page_rows rows: each page is [page_rows,
-// kv_lora_rank + qk_rope_dim] of `dtype` (the normalised latent, then the shared key part; F32, or
-// BF16 where the backend keeps its caches so: Backend::LatentCacheDType; elements placed as
-// LatentPosition says), and row r of the cache is row r % page_rows of pages[r / page_rows].
+// An MLA layer's latent cache in pages of page_rows rows: each page holds [page_rows,
+// kv_lora_rank + qk_rope_dim] of `dtype` (the normalised latent, then the shared key part; F32,
+// or BF16 where the backend keeps its caches so: Backend::LatentCacheDType), placed as
+// LatentOffset says; row r of the cache is row r % page_rows of pages[r / page_rows].
 struct LatentPages {
   void* const* pages = nullptr;
   int64_t page_rows = 0;
   DType dtype = DType::kF32;
 
-  // Row `row` as elements of T (float for F32 pages, a 2-byte type for BF16 ones).
-  template <typename T = float>
-  DS_HOST_DEVICE T* Row(int64_t row, int64_t width) const {
-    return static_cast<T*>(pages[row / page_rows]) + (row % page_rows) * width;
+  // Row `row` of F32 pages (whole rows).
+  DS_HOST_DEVICE float* Row(int64_t row, int64_t width) const {
+    return static_cast<float*>(pages[row / page_rows]) + (row % page_rows) * width;
+  }
+  // The page that holds row `row`, as elements of T (float for F32 pages, a 2-byte type for BF16
+  // ones); its element e is at LatentOffset(dtype, width, page_rows, row, e).
+  template <typename T>
+  DS_HOST_DEVICE T* PageOf(int64_t row) const {
+    return static_cast<T*>(pages[row / page_rows]);
   }
 };
 

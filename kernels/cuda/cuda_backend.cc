@@ -118,6 +118,7 @@ struct CudaBackend::Impl {
   int64_t moe_fused_max_slots = 0;
   int64_t moe_wide_tiles_min_rows = 0;
   bool mla_expanded_wgmma = true;
+  bool mla_absorbed_tensor_cores = true;
   int64_t skinny_matmul_max_rows = 0;
   int64_t skinny_matmul_max_weight_bytes = 0;
   bool programmatic_products = false;
@@ -244,6 +245,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->moe_fused_max_slots = options.moe_fused_max_slots;
   impl->moe_wide_tiles_min_rows = options.moe_wide_tiles_min_rows;
   impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
+  impl->mla_absorbed_tensor_cores = options.mla_absorbed_tensor_cores;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->skinny_matmul_max_weight_bytes = options.skinny_matmul_max_weight_bytes;
   impl->programmatic_products = options.programmatic_products;
@@ -669,7 +671,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   const OpScope scope(impl_->Profile(), "MlaAttention");
   if (seqs.empty() || impl_->failed()) return;
   int64_t max_total = 0;
-  bool tc_pages = true;
+  bool bf16_pages = true;
   for (const MlaSequence& seq : seqs) {
     if (seq.cache.pages == nullptr || seq.cache.page_rows <= 0 ||
         (seq.cache.dtype != DType::kF32 && seq.cache.dtype != DType::kBF16)) {
@@ -677,8 +679,7 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
       return;
     }
     max_total = std::max(max_total, seq.num_cached + seq.rows.length);
-    // The tensor-core decode kernel streams bf16 key tiles that lie within a page.
-    tc_pages = tc_pages && seq.cache.page_rows % kMlaTensorCorePageRows == 0 && seq.cache.dtype == DType::kBF16;
+    bf16_pages = bf16_pages && seq.cache.dtype == DType::kBF16;
   }
   // The page tables in one upload. Inside a step graph each is padded to the pages of the step's
   // key bucket, so that every step of one graph key uploads the same number of bytes.
@@ -707,9 +708,11 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   }
   const bool any_absorbed = max_keys > 0;
   max_keys = StepGraphs::KeysBucket(max_keys);
-  // Serving precision attends absorbed rows on tensor cores (bf16 query, keys and probabilities),
-  // their key tiles spread evenly over the blocks by a key split uploaded with the descriptors.
-  const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf && tc_pages;
+  // Serving precision attends absorbed rows on tensor cores (bf16 query, keys and probabilities;
+  // Hopper's warpgroup products), their key tiles spread evenly over the blocks by a key split
+  // uploaded with the descriptors.
+  const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf && bf16_pages &&
+                            impl_->mla_absorbed_tensor_cores && MlaAbsorbedTcRuns();
   const int64_t n = static_cast<int64_t>(seqs.size());
   std::vector<int32_t> key_split;
   if (any_absorbed && tensor_cores && MlaAbsorbedTcSupports(params)) {

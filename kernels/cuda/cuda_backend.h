@@ -73,6 +73,10 @@ struct CudaBackendOptions {
   // Expanded MLA attention (prefill) on Hopper's warpgroup products where they run (sm_90a builds
   // on a compute capability 9.0 GPU); false: the mma.sync kernel.
   bool mla_expanded_wgmma = true;
+  // Absorbed MLA attention (decode) at serving precision on Hopper's warpgroup products where they
+  // run (sm_90a builds on a compute capability 9.0 GPU); false, or where they do not run: the
+  // CUDA-core kernel (fp32 arithmetic over the bf16 pages).
+  bool mla_absorbed_tensor_cores = true;
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
   int64_t memory_limit_bytes = 0;

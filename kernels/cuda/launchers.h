@@ -106,19 +106,20 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
                                Stream stream);
 // Absorbed MLA attention (q folded into the latent space with kv_b's W_UK, W_UV after).
 // max_keys: the longest history plus new rows of the absorbed sequences. tensor_cores: bf16
-// query, keys and probabilities on tensor cores with fp32 accumulation (serving; the Kimi shapes,
-// see MlaAbsorbedTcSupports, and BF16 latent pages of a multiple of kMlaTensorCorePageRows rows:
-// the caller's choice), otherwise fp32 on CUDA cores (F32 or BF16 pages). Needs MlaAbsorbedScratchFloats(...) floats of
-// scratch (partial softmax states, the absorbed query). On tensor cores the key tiles are spread
-// over the blocks by `key_split`: the uploaded table of BuildMlaKeySplit(host seqs, num_seqs,
-// q.rows, MlaKeySplitBlocks(q.rows, max_keys)), with the same max_keys.
-constexpr int64_t kMlaTensorCorePageRows = 32;  // a multiple of its 16-key tile: a tile lies in one page
+// query, keys and probabilities on Hopper's warpgroup products with fp32 accumulation (serving;
+// the Kimi shapes, see MlaAbsorbedTcSupports, BF16 latent pages, where MlaAbsorbedTcRuns: the
+// caller's choice), otherwise fp32 on CUDA cores (F32 or BF16 pages). Needs
+// MlaAbsorbedScratchFloats(...) floats of scratch (partial softmax states, the absorbed query). On
+// tensor cores the key tiles are spread over the blocks by `key_split`: the uploaded table of
+// BuildMlaKeySplit(host seqs, num_seqs, q.rows, MlaKeySplitBlocks(q.rows, max_keys)), with the same
+// max_keys.
+bool MlaAbsorbedTcRuns();
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
                                bool tensor_cores, const int32_t* key_split, float* scratch, TensorView out,
                                Stream stream);
-// How the tensor-core absorbed attention spreads key tiles (16 keys) over its blocks: the tiles
+// How the tensor-core absorbed attention spreads key tiles (64 keys) over its blocks: the tiles
 // of every absorbed row, rows in order, cut into `blocks` runs of equal length, so that a batch
 // of unequal histories keeps every SM busy to the end. A run crosses from one row into the next
 // where it must; each (row, block) piece is a segment whose softmax state the merge combines

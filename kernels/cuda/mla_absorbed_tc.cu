@@ -1,16 +1,20 @@
-// Absorbed MLA decode on tensor cores (serving precision). The query heads of one row share one
-// latent key/value stream, so the attention is a [32 heads × 576] by [keys × 576] product per
-// row. The absorbed rows' key tiles are cut into one equal run per block (one block per SM;
-// BuildMlaKeySplit), so that unequal histories keep every SM busy to the end; a block takes its
-// run a row at a time and streams 16-key tiles of the bf16 latent cache through an 8-stage
-// pipeline (one bulk copy per tile, six tiles in flight while two are used; the pages' swizzled
-// rows, kernels::LatentPosition, keep the fragment loads free of bank conflicts) and runs QKᵀ and
-// PV on mma.sync (fp32 accumulation) with an online softmax over two tiles per step (a step's
-// three block barriers and softmax pass cost as much for 32 keys as for 16); O stays in registers.
+// Absorbed MLA decode on tensor cores (serving precision), on Hopper's warpgroup products (wgmma,
+// sm_90a). The query heads of one row share one latent key/value stream, so the attention is a
+// [32 heads × 576] by [keys × 576] product per row, computed transposed so that no row of a
+// product is padding at 32 heads: Sᵀ = K·Q_absᵀ (64 keys × 32 heads, the key tile as A) and
+// Oᵀ += Vᵀ·Pᵀ (512 latent columns × 32 heads, the key tile read MN-major as Vᵀ).
 // Two launches: q absorbed into the latent space (q_lat = W_UKᵀ q_nope, then q_pe) as bf16, then
-// the attention writing each segment's (a row's part of a run) unnormalised state, which
-// MlaAbsorbedMergeKernel merges (more than one block) and MlaAbsorbedProjectKernel multiplies by
-// W_UV (mla_attention.cu).
+// the attention. The absorbed rows' 64-key tiles are cut into one equal run per block (one block
+// per SM; BuildMlaKeySplit), so that unequal histories keep every SM busy to the end; a block
+// takes its run a row at a time and writes each segment's (a row's part of the run) unnormalised
+// state, which MlaAbsorbedMergeKernel merges (more than one block) and MlaAbsorbedProjectKernel
+// multiplies by W_UV (mla_attention.cu). In the attention a producer warp copies each tile's nine
+// column groups (64 keys × 128 bytes) with one bulk copy each (per page piece where a tile spans
+// pages) into one of two stages; the pages hold each group's rows already in the 128-byte swizzle
+// of the operand tiles (kernels::LatentOffset). Two consumer warpgroups split QK over the dot
+// dimension, their partial scores meeting in shared memory; all 256 consumer threads then run
+// the online softmax (8 per head) and write Pᵀ in bf16, and each warpgroup accumulates Oᵀ for 256
+// latent columns in registers. Two consumer barriers per 64 keys.
 #include "kernels/cuda/mla_absorbed_tc.h"
 
 #include <cuda_bf16.h>
@@ -22,56 +26,42 @@
 #include <vector>
 
 #include "kernels/cuda/device_utils.cuh"
-#include "kernels/cuda/mla_rows.cuh"
-#include "kernels/cuda/mma_tiles.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace deltaserve::kernels::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;  // the absorb kernel's block
 constexpr int kWarps = kThreads / 32;
-constexpr int kHeadRows = 32;  // query heads per row, padded: two m16 tiles
-constexpr int kRank = 512;     // latent rank: each warp owns 64 output columns
-constexpr int kKeys = 16;      // keys per shared-memory tile
-constexpr int kStages = 8;     // key tiles in shared memory: 6 in flight while two are used
-constexpr int kTilesPerStep = 2;  // tiles scored, softmaxed and accumulated per loop step
-constexpr int kStepKeys = kTilesPerStep * kKeys;
-static_assert(kMlaTensorCorePageRows % kKeys == 0, "a key tile lies in one latent page");
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
 constexpr int kAbsorbCols = 16 * 8;  // latent columns per absorb block: 8 per lane of a half-warp
-constexpr int kRope = 64;      // the attention kernel's shapes are compile-time: Kimi's
-constexpr int kDot = kRank + kRope;
-constexpr int kDotSlices = 4;  // QK's dot dimension split over warps, two head tiles each
-constexpr int kSliceSteps = kDot / 16 / kDotSlices;  // k16 steps per slice
-static_assert(kSliceSteps * 16 * kDotSlices == kDot, "the dot slices tile the dot dimension");
-constexpr int kPLd = kStepKeys + 8;  // P's row stride (bf16): conflict-free A fragments
-constexpr int kSLd = kStepKeys + 8;  // the partial scores' (fp32): conflict-free 64-bit stores
-constexpr float kMaxLag = 8.0f;
-constexpr int kRowThreads = kThreads / kHeadRows;  // softmax threads per head row
-static_assert(kRowThreads * 2 == kKeys, "each softmax thread takes two keys of each tile");
-static_assert(kWarps / kDotSlices == kTilesPerStep, "a QK warp per (tile, dot slice)");
 
-// A key tile in shared memory: its rows as the page holds them, unpadded (so one bulk copy brings
-// the tile), each row's 16-byte chunks swizzled by the row (kernels::LatentPosition).
-constexpr int kStageLd = kDot;
-static_assert(kDot % 64 == 0, "the pages swizzle rows of whole 128-byte groups");
-constexpr int kStageElems = kKeys * kStageLd;
-// Where element e of stage row r sits (the tile's first row is a multiple of 16, so r's swizzle is
-// its cache row's).
-__device__ __forceinline__ int SwizzledAt(int r, int e) {
-  return static_cast<int>(LatentPosition(DType::kBF16, kDot, r, e));
-}
-
-// Shared memory of the attention kernel: the key stages, the partial scores of each dot slice,
-// the row stats and P.
+// The attention kernel's shapes are compile-time: Kimi's.
+constexpr int kConsumerThreads = 256;  // warpgroups 0 and 1
+constexpr int kProducerThreads = 32;   // warp 8: the bulk copies
+constexpr int kAttentionThreads = kConsumerThreads + kProducerThreads;
+constexpr int kHeadRows = 32;  // query heads per row, padded: the products' n
+constexpr int kRank = 512, kRope = 64, kDot = kRank + kRope;
+constexpr int kKeys = 64;      // keys per tile: one m64 product of QK
+constexpr int kGroups = kDot / 64;       // 128-byte column groups of a latent row
+constexpr int kRankGroups = kRank / 64;  // those of the values (the latent part)
+constexpr int kQkSteps = kDot / 16 / 2;  // QK's k16 steps per warpgroup: half the dot each
+constexpr uint32_t kGroupBytes = kKeys * 128;           // one column group of a tile: 8 KiB
+constexpr uint32_t kTileBytes = kGroups * kGroupBytes;  // 72 KiB
+constexpr int kStages = 2;
+constexpr uint32_t kQGroupBytes = kHeadRows * 128;  // Q_abs: 32 heads × 64 columns per group
+constexpr uint32_t kQBytes = kGroups * kQGroupBytes;
+constexpr uint32_t kPBytes = kHeadRows * 128;  // Pᵀ as [heads, keys] (a K-major B)
+constexpr int kSLd = kHeadRows + 4;  // partial scores [key][head], fp32: conflict-free softmax reads
+constexpr uint32_t kScoreBytes = sizeof(float) * 2 * kKeys * kSLd;
+constexpr uint32_t kStatBytes = sizeof(float) * 3 * kHeadRows;  // m (log2), l, alpha per head
 constexpr size_t kAttentionSmemBytes =
-    sizeof(bf16) * static_cast<size_t>(kStages) * kStageElems +
-    sizeof(float) * (kDotSlices * kHeadRows * kSLd + 3 * kHeadRows) + sizeof(bf16) * kHeadRows * kPLd;
-
-__device__ __forceinline__ uint32_t Load32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
+    1024 + kStages * kTileBytes + kQBytes + kPBytes + kScoreBytes + kStatBytes + 2 * kStages * sizeof(uint64_t);
+constexpr int kSoftmaxThreads = kConsumerThreads / kHeadRows;  // per head: keys sub + 8i
+static_assert(kSoftmaxThreads * 8 == kKeys, "each softmax thread takes 8 keys of a tile");
+constexpr float kMaxLag = 8.0f;
 
 // Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
 // q_pe[t, h] (rope)] in bf16, for every packed row (rows of other forms are computed too and never
@@ -175,318 +165,270 @@ struct AttentionArgs {
   float* partial;  // [segment slots, heads, rank + 2]: m, l, Σ p c_n
 };
 
-// Copies a segment's bf16 key tiles in order into the stages, one bulk copy per tile (its rows are
-// consecutive in the page) issued by lane 0 of warp 0 and completing on the stage's barrier. Rows
-// past `pos` are zero-filled by ordinary stores first (they may hold anything, and a zero
-// probability times NaN is NaN); only a row's last tile has such rows and it is its segment's last
-// copy, so a bulk copy follows those stores into the stage only in a later segment, after
-// fence.proxy.async. Pages are walked tile by tile (a 64-bit division per tile cost 5-8%), each
-// page's address read a page ahead. Pages hold a multiple of kKeys rows (kMlaTensorCorePageRows,
-// the caller's check).
-struct TileCopier {
-  static constexpr unsigned kRowBytes = kDot * sizeof(bf16);
-  static_assert(kKeys <= 32 && kRowBytes % 16 == 0 && (kStageLd * sizeof(bf16)) % 16 == 0, "bulk-copyable rows");
-  void* const* pages;
-  int64_t pos;
-  int tiles_per_page;
-  int64_t tile, end, page;  // end: one past the segment's last tile
-  int in_page;
-  const bf16* page_base;
-  const bf16* next_base;  // the next page's, read a page ahead (nullptr: the segment ends first)
+// A block's run, a segment (its part of one absorbed row) at a time: the row's index among the
+// absorbed rows (its slot is row + block), its packed row, the query's position, the sequence,
+// and the segment's first tile in the row and tile count. Producer and consumers walk it alike.
+struct Segment {
+  int row;
+  int64_t t, pos;
+  MlaSequence seq;
+  int first, count;
+};
 
-  __device__ TileCopier(void* const* pages_in, int64_t pos_in, int tiles_per_page_in, int64_t first, int64_t end_in)
-      : pages(pages_in), pos(pos_in), tiles_per_page(tiles_per_page_in), tile(first), end(end_in),
-        page(first / tiles_per_page_in), in_page(static_cast<int>(first % tiles_per_page_in)),
-        page_base(first < end_in ? static_cast<const bf16*>(pages_in[page]) : nullptr), next_base(NextPage()) {}
+template <typename Body>
+__device__ __forceinline__ void ForEachSegment(const AttentionArgs& a, Body body) {
+  const MlaKeySplitBlock run = a.blocks[blockIdx.x];
+  for (int row = run.row, first = run.first_tile, left = run.tiles; left > 0; ++row, first = 0) {
+    const MlaKeySplitRow piece = row == run.row ? run.first_row : a.rows[row];
+    const int count = piece.tiles - first < left ? piece.tiles - first : left;
+    left -= count;
+    const MlaSequence seq = a.seqs[piece.seq];
+    body(Segment{row, piece.t, seq.num_cached + (piece.t - seq.rows.begin), seq, first, count});
+  }
+}
 
-  // Called by every lane of warp 0.
-  __device__ void IssueNext(bf16* stage, uint64_t* full, int lane) {
-    const bf16* rows = page_base + static_cast<int64_t>(in_page) * kKeys * kDot;
-    const int64_t live64 = pos - tile * kKeys + 1;
-    const int live_rows = live64 >= kKeys ? kKeys : static_cast<int>(live64);
-    if (live_rows < kKeys) {
-      constexpr int kChunks = kDot / 8;  // 16 bytes each
-      for (int i = lane; i < (kKeys - live_rows) * kChunks; i += 32) {
-        const int r = live_rows + i / kChunks;
-        *reinterpret_cast<uint4*>(stage + r * kStageLd + 8 * (i % kChunks)) = make_uint4(0u, 0u, 0u, 0u);
+// The producer warp: each tile's live rows (those up to the query's position) by one bulk copy
+// per column group and page piece, completing on the stage's `full` barrier; rows past the
+// position zero-filled by ordinary stores first (they may hold anything, and a zero probability
+// times NaN is NaN), fenced before any later bulk copy into the stage. Tiles wholly before the
+// call's own rows are asked for before the kernel waits for the kernels ahead (the absorb, the
+// append): earlier calls appended them, and every call starts with the upload of its inputs,
+// which no later launch overtakes.
+__device__ void ProduceTiles(const AttentionArgs& a, unsigned char* stages, uint64_t* full, uint64_t* empty) {
+  const int lane = threadIdx.x % 32;
+  int tile_count = 0;
+  bool waited = false;
+  ForEachSegment(a, [&](const Segment& s) {
+    const int64_t page_rows = s.seq.cache.page_rows;
+    for (int lt = 0; lt < s.count; ++lt, ++tile_count) {
+      const int stage = tile_count % kStages;
+      WaitBarrier(&empty[stage], static_cast<unsigned>((tile_count / kStages) & 1) ^ 1u);
+      const int64_t key0 = static_cast<int64_t>(s.first + lt) * kKeys;
+      if (!waited && key0 + kKeys > s.seq.num_cached) {
+        WaitForPriorKernels();
+        waited = true;
+      }
+      const int live = s.pos - key0 + 1 < kKeys ? static_cast<int>(s.pos - key0 + 1) : kKeys;
+      unsigned char* tile = stages + stage * kTileBytes;
+      if (live < kKeys) {
+        for (int i = lane; i < (kKeys - live) * kGroups * 8; i += 32) {
+          const int r = live + i / (kGroups * 8), chunk = i % (kGroups * 8);
+          *reinterpret_cast<uint4*>(tile + (chunk / 8) * kGroupBytes + r * 128 + (chunk % 8) * 16) =
+              make_uint4(0u, 0u, 0u, 0u);
+        }
+        FenceProxyAsyncShared();
+        __syncwarp();
+      }
+      if (lane == 0) {
+        ArriveExpectBytes(&full[stage], static_cast<unsigned>(live) * kDot * sizeof(bf16));
+        for (int r = 0; r < live;) {
+          const int64_t row = key0 + r, page = row / page_rows, in_page = row - page * page_rows;
+          const int n = page_rows - in_page < live - r ? static_cast<int>(page_rows - in_page) : live - r;
+          const bf16* base = static_cast<const bf16*>(s.seq.cache.pages[page]) + in_page * 64;
+          for (int g = 0; g < kGroups; ++g) {
+            BulkCopyToShared(tile + g * kGroupBytes + r * 128, base + g * page_rows * 64, n * 128u, &full[stage]);
+          }
+          r += n;
+        }
       }
       __syncwarp();
     }
-    if (lane == 0) {
-      ArriveExpectBytes(full, live_rows * kRowBytes);
-      BulkCopyToShared(stage, rows, live_rows * kRowBytes, full);
-    }
-    ++tile;
-    if (++in_page == tiles_per_page) {
-      in_page = 0, ++page;
-      page_base = next_base;
-      next_base = NextPage();
-    }
-  }
+  });
+  if (!waited) WaitForPriorKernels();
+}
 
-  // Page page + 1's rows if the segment reaches it (the page table may end before).
-  __device__ const bf16* NextPage() const {
-    return (page + 1) * tiles_per_page < end ? static_cast<const bf16*>(pages[page + 1]) : nullptr;
-  }
-};
+__device__ __forceinline__ void SyncConsumers() { SyncGroup<kConsumerThreads>(0); }
 
-// Grid: the key split's blocks, one per SM (kStages bf16 key tiles in shared memory). A block
-// attends to its run of key tiles (BuildMlaKeySplit) one segment at a time, a segment being the
-// part of the run in one absorbed row, and writes each segment's state to its slot. Fragments are
-// loaded straight from the stages. A step takes two tiles (a segment's last step may have one). QK:
-// warp w holds the A fragments of both head tiles over dot slice w / 2 in registers for the whole
-// segment and scores the 16 keys of the step's tile w % 2; the slices meet in shared memory. Within
-// each 16-wide k step, fragment k slots 2tq, 2tq + 1 hold dot elements 4tq, 4tq + 1 and slots
-// 2tq + 8, 2tq + 9 hold 4tq + 2, 4tq + 3 (in A and B alike, so the sum is the same): a lane's B
-// fragment is then one 64-bit load, and with the rows' swizzle a half-warp's loads cover all 32
-// banks.
-// Softmax: kRowThreads threads per head row, two keys of each tile, the row's max and sum over
-// shuffles, in the log2 domain. PV: warp w accumulates O for all 32 head rows and latent columns
-// [64w, 64w + 64). The partial states' m is a reference max (not always the running max, see
-// kMaxLag), stored in natural-log units; m, l and O agree, which is all the merge needs.
-// At most 224 registers a thread: then a block of 256 threads at 32 (the merge after it, the
-// append before the next step's) still fits beside it, 8 warps × 7,168 + 8,192 = 65,536. At 228
-// (what the compiler chose unbounded) it did not, and batch 1 at 64k keys took 7% longer.
-__global__ void __maxnreg__(224) MlaLatentAttentionKernel(AttentionArgs args) {
-  AllowDependentLaunch();
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ uint64_t full[kStages];  // a stage's barrier: its tile has landed
-  if (threadIdx.x < kStages) InitBarrier(&full[threadIdx.x]);
-  __syncthreads();
-  constexpr int dot = kDot, stage_ld = kStageLd;
-  bf16* stages = reinterpret_cast<bf16*>(smem);
-  float* sp = reinterpret_cast<float*>(stages + kStages * kStageElems);  // [kDotSlices][kHeadRows][kSLd]
-  float* m_row = sp + kDotSlices * kHeadRows * kSLd;  // log2 domain
-  float* l_row = m_row + kHeadRows;
-  float* alpha_row = l_row + kHeadRows;
-  bf16* ps = reinterpret_cast<bf16*>(alpha_row + kHeadRows);
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = lane >> 2, tq = lane & 3;
-  const int heads = args.heads;
-  const MlaKeySplitBlock run = args.blocks[blockIdx.x];
-  // Tiles this block has taken before the current segment: the run's tile i lives in stage
-  // i % kStages, whose barrier's phase parity is (i / kStages) & 1.
-  int done = 0;
-  bool waited = false;
-  for (int row = run.row, first = run.first_tile, left = run.tiles; left > 0; ++row, first = 0) {
-    const MlaKeySplitRow piece = row == run.row ? run.first_row : args.rows[row];
-    const int count = piece.tiles - first < left ? piece.tiles - first : left;  // this segment's tiles
-    left -= count;
-    const int64_t t = piece.t;
-    const MlaSequence seq = args.seqs[piece.seq];
-    const int64_t pos = seq.num_cached + (t - seq.rows.begin);
-    const int64_t tile_lo = first;
-    TileCopier copier(seq.cache.pages, pos, static_cast<int>(seq.cache.page_rows / kKeys), tile_lo, tile_lo + count);
-    int issued = count < kStages ? count : kStages;
-    const auto issue = [&](int i) {
-      const int stage = (done + i) % kStages;
-      copier.IssueNext(stages + stage * kStageElems, &full[stage], lane);
-    };
-    int early = 0;
-    if (!waited) {
-      // Launched as programmatic, the block may start while the kernels ahead (the absorb, the
-      // append) still run, so it first asks only for tiles whose rows all precede the call's
-      // own, which no kernel of this call writes. Earlier calls appended them, and every call
-      // starts with the upload of its inputs, which no later launch overtakes. The rest wait for
-      // the kernels ahead, as do q_abs and the tile this call appends to.
-      const int64_t settled = seq.num_cached / kKeys - tile_lo;
-      early = settled <= 0 ? 0 : (settled < issued ? static_cast<int>(settled) : issued);
-      if (warp == 0) {
-        for (int i = 0; i < early; ++i) issue(i);
-      }
-      WaitForPriorKernels();
-      waited = true;
-    } else if (warp == 0) {
-      // The last segment's zero-filled rows (ordinary stores) before this one's bulk copies.
-      FenceProxyAsyncShared();
+// Consumer thread c (0..255) of warpgroup c / 128. QK: warpgroup w takes the dot's k16 steps
+// [18w, 18w + 18) (the same code for both, no divergent products) into Sᵀ (keys 16 warp + g and
+// + 8, heads 8j + 2tq and + 1), stored to its partial scores. Softmax: 8 threads per head, keys
+// sub + 8i, the head's max and sum over shuffles, in the log2 domain, Pᵀ stored where its
+// swizzled K-major tile puts it. PV: warpgroup w accumulates Oᵀ for latent columns
+// [256w, 256w + 256), four m64 products of the tile's groups read MN-major. The partial states'
+// m is a reference max (not always the running max, see kMaxLag), stored in natural-log units;
+// m, l and O agree, which is all the merge needs.
+__device__ void ConsumeTiles(const AttentionArgs& a, uint32_t stages_address, unsigned char* q_tile,
+                             uint32_t q_address, unsigned char* p_tile, uint32_t p_address, float* scores,
+                             float* stats, uint64_t* full, uint64_t* empty) {
+  const int c = threadIdx.x, group = c / 128;
+  const int warp = c / 32 % 4, lane = c % 32, g = lane >> 2, tq = lane & 3;
+  const int heads = a.heads;
+  float* m_row = stats;  // log2 domain
+  float* l_row = stats + kHeadRows;
+  float* alpha_row = stats + 2 * kHeadRows;
+  const int s_head = c / kSoftmaxThreads, s_sub = c % kSoftmaxThreads;
+  const float scale_log2 = a.scale * 1.4426950408889634f;
+  WaitForPriorKernels();  // q_abs
+  int tile_count = 0;
+  ForEachSegment(a, [&](const Segment& s) {
+    // The row's Q_abs into its swizzled K-major tile (zero past the real heads).
+    for (int i = c; i < kHeadRows * (kDot / 8); i += kConsumerThreads) {
+      const int h = i / (kDot / 8), piece = i % (kDot / 8);
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (h < heads) v = *reinterpret_cast<const uint4*>(a.q_abs + (s.t * heads + h) * kDot + 8 * piece);
+      *reinterpret_cast<uint4*>(q_tile + (piece / 8) * kQGroupBytes + SwizzledChunkOffset(h, piece % 8)) = v;
     }
-    if (warp == 0) {
-      for (int i = early; i < issued; ++i) issue(i);
+    if (c < kHeadRows) {
+      m_row[c] = -INFINITY;
+      l_row[c] = 0.0f;
     }
-    if (threadIdx.x < kHeadRows) {
-      m_row[threadIdx.x] = -INFINITY;
-      l_row[threadIdx.x] = 0.0f;
-    }
-    // This warp's Q fragments, both head tiles over its dot slice (zero past the real heads).
-    const int key_tile = warp % kTilesPerStep, slice = warp / kTilesPerStep;
-    uint32_t qa[2][kSliceSteps][4];
+    FenceProxyAsyncShared();  // Q's stores, visible to the products
+    SyncConsumers();
+    float o[kRankGroups / 2][16];  // Oᵀ: this warpgroup's 4 column groups × 32 heads
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int h_lo = 16 * mi + g, h_hi = h_lo + 8;
-      const bf16* q_lo = args.q_abs + (t * heads + h_lo) * dot + 4 * tq;
-      const bf16* q_hi = args.q_abs + (t * heads + h_hi) * dot + 4 * tq;
+    for (int mt = 0; mt < kRankGroups / 2; ++mt)
 #pragma unroll
-      for (int i = 0; i < kSliceSteps; ++i) {
-        const int step = slice * kSliceSteps + i, k0 = 16 * step;
-        qa[mi][i][0] = h_lo < heads ? Load32(q_lo + k0) : 0u;
-        qa[mi][i][1] = h_hi < heads ? Load32(q_hi + k0) : 0u;
-        qa[mi][i][2] = h_lo < heads ? Load32(q_lo + k0 + 2) : 0u;
-        qa[mi][i][3] = h_hi < heads ? Load32(q_hi + k0 + 2) : 0u;
-      }
-    }
-    const float scale_log2 = args.scale * 1.4426950408889634f;
-    // Softmax: a row's kRowThreads threads take keys j and j + 4 of each tile, j = 0..3 and 8..11:
-    // the pair is adjacent in PV's key order (below), so its P is one 32-bit store.
-    const int s_row = threadIdx.x / kRowThreads, s_lane = threadIdx.x % kRowThreads;
-    const int s_key = (s_lane & 3) + 8 * (s_lane >> 2);
-    const int s_logical = 2 * (s_lane & 3) + 8 * (s_lane >> 2);
-    float o[2][8][4] = {};
-    for (int lt = 0; lt < count; lt += kTilesPerStep) {
-      const bool second = lt + 1 < count;  // a segment of an odd tile count ends with one
-      // Waiting before the barrier, not after the refill below: refilling first measured 2% slower.
-      WaitBarrier(&full[(done + lt) % kStages], ((done + lt) / kStages) & 1u);
-      if (second) WaitBarrier(&full[(done + lt + 1) % kStages], ((done + lt + 1) / kStages) & 1u);
-      // Every warp is done with the stages refilled next (the last step's), S and P.
-      __syncthreads();
-      const int refill_end = lt + kStages < count ? lt + kStages : count;
-      if (warp == 0) {
-        for (int i = issued; i < refill_end; ++i) issue(i);
-      }
-      issued = refill_end;
-      const bf16* keys0 = stages + ((done + lt) % kStages) * kStageElems;
-      const bf16* keys1 = stages + ((done + lt + 1) % kStages) * kStageElems;
-      if (key_tile == 0 || second) {  // this warp's tile, both head tiles: each key fragment read once
-        float c[2][2][4] = {};  // [head tile][8-key n-tile]: four independent mma chains
-        const bf16* k = (key_tile == 0 ? keys0 : keys1) + g * stage_ld;  // rows g and g + 8: one swizzle
-#pragma unroll
-        for (int s = 0; s < kSliceSteps; ++s) {
-          const int at = SwizzledAt(g, 16 * (slice * kSliceSteps + s) + 4 * tq);
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const uint2 b = *reinterpret_cast<const uint2*>(k + 8 * nt * stage_ld + at);
-            Mma16x8x16(c[0][nt], qa[0][s], b.x, b.y);
-            Mma16x8x16(c[1][nt], qa[1][s], b.x, b.y);
-          }
-        }
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            const float* x = c[mi][nt];
-            float* out = sp + (slice * kHeadRows + 16 * mi + g) * kSLd + kKeys * key_tile + 8 * nt + 2 * tq;
-            *reinterpret_cast<float2*>(out) = make_float2(x[0], x[1]);
-            *reinterpret_cast<float2*>(out + 8 * kSLd) = make_float2(x[2], x[3]);
-          }
-      }
-      __syncthreads();
+      for (int i = 0; i < 16; ++i) o[mt][i] = 0.0f;
+    for (int lt = 0; lt < s.count; ++lt, ++tile_count) {
+      const int stage = tile_count % kStages;
+      const uint32_t tile_address = stages_address + stage * kTileBytes;
+      WaitBarrier(&full[stage], static_cast<unsigned>((tile_count / kStages) & 1));
+      FenceProxyAsyncShared();  // the zero-filled rows' stores
       {
-        float sc[kTilesPerStep][2];
+        float st[16];
 #pragma unroll
-        for (int kk = 0; kk < kTilesPerStep; ++kk) {
-          float sum0 = 0.0f, sum1 = 0.0f;
+        for (int i = 0; i < 16; ++i) st[i] = 0.0f;
+        WgmmaFence();
 #pragma unroll
-          for (int d = 0; d < kDotSlices; ++d) {
-            const float* v = sp + (d * kHeadRows + s_row) * kSLd + kKeys * kk + s_key;
-            sum0 += v[0], sum1 += v[4];
-          }
-          const bool live = kk == 0 || second;
-          const int64_t j = (tile_lo + lt + kk) * kKeys + s_key;
-          sc[kk][0] = live && j <= pos ? sum0 * scale_log2 : -INFINITY;
-          sc[kk][1] = live && j + 4 <= pos ? sum1 * scale_log2 : -INFINITY;
+        for (int i = 0; i < kQkSteps; ++i) {
+          const int step = kQkSteps * group + i, within = 32 * (step % 4);
+          WgmmaM64N32K16<false>(st, SwizzledTileDescriptor(tile_address + (step / 4) * kGroupBytes + within),
+                                SwizzledTileDescriptor(q_address + (step / 4) * kQGroupBytes + within));
         }
-        float step_max = fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1]));
+        WgmmaCommit();
+        WgmmaWait<0>();
+        PinAccumulators(st);
+        float* out = scores + group * kKeys * kSLd;
 #pragma unroll
-        for (int x = 1; x < kRowThreads; x *= 2) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, x));
-        // The row's reference max moves only when the step's exceeds it by more than kMaxLag
-        // (log2): probabilities stay <= 2^kMaxLag, and most steps need no rescaling of O.
-        const float m_old = m_row[s_row];
+        for (int j = 0; j < 4; ++j) {
+          const int key = 16 * warp + g, h = 8 * j + 2 * tq;
+          *reinterpret_cast<float2*>(out + key * kSLd + h) = make_float2(st[4 * j], st[4 * j + 1]);
+          *reinterpret_cast<float2*>(out + (key + 8) * kSLd + h) = make_float2(st[4 * j + 2], st[4 * j + 3]);
+        }
+      }
+      SyncConsumers();  // both partial scores are in; the last tile's P·V has read Pᵀ
+      {
+        const int64_t key0 = static_cast<int64_t>(s.first + lt) * kKeys;
+        float sc[8];
+        float step_max = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int key = s_sub + 8 * i;
+          const float v = scores[key * kSLd + s_head] + scores[(kKeys + key) * kSLd + s_head];
+          sc[i] = key0 + key <= s.pos ? v * scale_log2 : -INFINITY;
+          step_max = fmaxf(step_max, sc[i]);
+        }
+#pragma unroll
+        for (int x = 1; x < kSoftmaxThreads; x *= 2) {
+          step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, x));
+        }
+        // The row's reference max moves only when the tile's exceeds it by more than kMaxLag
+        // (log2): probabilities stay <= 2^kMaxLag, and most tiles need no rescaling of O.
+        const float m_old = m_row[s_head];
         const float m_new = step_max > m_old + kMaxLag ? step_max : m_old;
         float e_sum = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < kTilesPerStep; ++kk) {
-          const float e0 = sc[kk][0] == -INFINITY ? 0.0f : exp2f(sc[kk][0] - m_new);
-          const float e1 = sc[kk][1] == -INFINITY ? 0.0f : exp2f(sc[kk][1] - m_new);
-          *reinterpret_cast<__nv_bfloat162*>(ps + s_row * kPLd + kKeys * kk + s_logical) =
-              __floats2bfloat162_rn(e0, e1);
-          e_sum += e0 + e1;
+        for (int i = 0; i < 8; ++i) {  // key s_sub + 8i: chunk i of the head's row, element s_sub
+          const float e = sc[i] == -INFINITY ? 0.0f : exp2f(sc[i] - m_new);
+          e_sum += e;
+          *reinterpret_cast<bf16*>(p_tile + SwizzledChunkOffset(s_head, i) + 2 * s_sub) = __float2bfloat16(e);
         }
 #pragma unroll
-        for (int x = 1; x < kRowThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
-        __syncwarp();  // every thread of the row has read m_row[s_row] before it is replaced
-        if (s_lane == 0) {
+        for (int x = 1; x < kSoftmaxThreads; x *= 2) e_sum += __shfl_xor_sync(0xffffffffu, e_sum, x);
+        __syncwarp();  // every thread of the head has read m_row before it is replaced
+        if (s_sub == 0) {
           const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
-          m_row[s_row] = m_new;
-          l_row[s_row] = l_row[s_row] * alpha + e_sum;
-          alpha_row[s_row] = alpha;
+          m_row[s_head] = m_new;
+          l_row[s_head] = l_row[s_head] * alpha + e_sum;
+          alpha_row[s_head] = alpha;
         }
       }
-      __syncthreads();
+      FenceProxyAsyncShared();  // Pᵀ's stores, visible to the products
+      SyncConsumers();
+      {
+        float2 alpha[4];
+        bool rescale = false;
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi) {
-        const float a_lo = alpha_row[16 * mi + g], a_hi = alpha_row[16 * mi + g + 8];
-        if (__any_sync(0xffffffffu, a_lo != 1.0f || a_hi != 1.0f)) {
+        for (int j = 0; j < 4; ++j) {
+          alpha[j] = *reinterpret_cast<const float2*>(alpha_row + 8 * j + 2 * tq);
+          rescale = rescale || alpha[j].x != 1.0f || alpha[j].y != 1.0f;
+        }
+        if (__any_sync(0xffffffffu, rescale)) {
 #pragma unroll
-          for (int nt = 0; nt < 8; ++nt) {
-            o[mi][nt][0] *= a_lo, o[mi][nt][1] *= a_lo, o[mi][nt][2] *= a_hi, o[mi][nt][3] *= a_hi;
-          }
+          for (int mt = 0; mt < kRankGroups / 2; ++mt)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              o[mt][4 * j] *= alpha[j].x, o[mt][4 * j + 1] *= alpha[j].y;
+              o[mt][4 * j + 2] *= alpha[j].x, o[mt][4 * j + 3] *= alpha[j].y;
+            }
         }
       }
+      WgmmaFence();
 #pragma unroll
-      for (int kk = 0; kk < kTilesPerStep; ++kk) {
-        if (kk > 0 && !second) break;  // no second tile: its stage holds an older tile or nothing
-        uint32_t a[2][4];
+      for (int mt = 0; mt < kRankGroups / 2; ++mt) {
+        const uint32_t values = tile_address + (group * (kRankGroups / 2) + mt) * kGroupBytes;
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-          const bf16* p_lo = ps + (16 * mi + g) * kPLd + kKeys * kk + 2 * tq;
-          a[mi][0] = Load32(p_lo), a[mi][1] = Load32(p_lo + 8 * kPLd);
-          a[mi][2] = Load32(p_lo + 8), a[mi][3] = Load32(p_lo + 8 * kPLd + 8);
-        }
-        // Column n of n-tile 2p + h is latent column 64w + 16p + 2n + h, so one 32-bit load serves
-        // both n-tiles of a pair. PV's key order is not the tile's: its keys 2q, 2q + 1, 2q + 8,
-        // 2q + 9 are the tile's q, q + 4, q + 8, q + 12 (q < 4), rows of one swizzle, which puts a
-        // load instruction's lanes in 32 different banks; P is stored in the same order. A B
-        // register pairs two keys' values of one column: the low or high halves of two loads.
-        const bf16* v0 = (kk == 0 ? keys0 : keys1) + tq * stage_ld;
-#pragma unroll
-        for (int pair = 0; pair < 4; ++pair) {
-          const bf16* v = v0 + SwizzledAt(tq, 64 * warp + 16 * pair + 2 * g);
-          const uint32_t r0 = Load32(v), r1 = Load32(v + 4 * stage_ld);
-          const uint32_t r8 = Load32(v + 8 * stage_ld), r9 = Load32(v + 12 * stage_ld);
-          const uint32_t b0_even = __byte_perm(r0, r1, 0x5410), b1_even = __byte_perm(r8, r9, 0x5410);
-          const uint32_t b0_odd = __byte_perm(r0, r1, 0x7632), b1_odd = __byte_perm(r8, r9, 0x7632);
-          Mma16x8x16(o[0][2 * pair], a[0], b0_even, b1_even);
-          Mma16x8x16(o[1][2 * pair], a[1], b0_even, b1_even);
-          Mma16x8x16(o[0][2 * pair + 1], a[0], b0_odd, b1_odd);
-          Mma16x8x16(o[1][2 * pair + 1], a[1], b0_odd, b1_odd);
+        for (int k = 0; k < kKeys / 16; ++k) {
+          WgmmaM64N32K16<true>(o[mt], SwizzledMnMajorDescriptor(values + k * 16 * 128, kGroupBytes),
+                               SwizzledTileDescriptor(p_address + 32 * k));
         }
       }
+      WgmmaCommit();
+      WgmmaWait<0>();
+#pragma unroll
+      for (int mt = 0; mt < kRankGroups / 2; ++mt) PinAccumulators(o[mt]);
+      ArriveBarrier(&empty[stage]);
     }
-    __syncthreads();  // m_row and l_row final
 
-    const int entry_floats = kRank + 2;
-    const int64_t slot = row + static_cast<int64_t>(blockIdx.x);
-    auto entry = [&](int h) { return args.partial + (slot * heads + h) * entry_floats; };
-    if (threadIdx.x < heads) {
-      float* e = entry(threadIdx.x);
-      e[0] = m_row[threadIdx.x] * 0.6931471805599453f;  // back to the natural log the merge uses
-      e[1] = l_row[threadIdx.x];
+    // The segment's state: m (back to the natural log the merge uses), l, and Oᵀ's columns. The
+    // thread that writes a head's m and l is the one that resets them for the next segment.
+    const int64_t slot = s.row + static_cast<int64_t>(blockIdx.x);
+    float* entries = a.partial + slot * heads * (kRank + 2);
+    if (c < heads) {
+      entries[c * (kRank + 2)] = m_row[c] * 0.6931471805599453f;
+      entries[c * (kRank + 2) + 1] = l_row[c];
     }
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
+    for (int mt = 0; mt < kRankGroups / 2; ++mt)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int h = 16 * mi + g + 8 * half;
-        if (h >= heads) continue;
-        float* e = entry(h) + 2;
+      for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int pair = 0; pair < 4; ++pair) {  // columns 64w + 16p + 4tq + {0, 1, 2, 3}
-          const float* even = o[mi][2 * pair];
-          const float* odd = o[mi][2 * pair + 1];
-          float* dst = e + 64 * warp + 16 * pair + 4 * tq;
-          *reinterpret_cast<float2*>(dst) = make_float2(even[2 * half], odd[2 * half]);
-          *reinterpret_cast<float2*>(dst + 2) = make_float2(even[2 * half + 1], odd[2 * half + 1]);
-        }
-      }
-    __syncthreads();  // the stages, the scores, P and the row stats are reused by the next segment
-    done += count;
+        for (int half = 0; half < 2; ++half)
+#pragma unroll
+          for (int odd = 0; odd < 2; ++odd) {
+            const int h = 8 * j + 2 * tq + odd;
+            const int column = 64 * (group * (kRankGroups / 2) + mt) + 16 * warp + g + 8 * half;
+            if (h < heads) entries[h * (kRank + 2) + 2 + column] = o[mt][4 * j + 2 * half + odd];
+          }
+  });
+}
+
+// Grid: the key split's blocks, one per SM.
+__global__ void __launch_bounds__(kAttentionThreads, 1) MlaLatentAttentionKernel(AttentionArgs a) {
+  AllowDependentLaunch();
+  extern __shared__ unsigned char raw[];
+  uint32_t base_address;
+  unsigned char* stages = SwizzleAlignedShared(raw, base_address);
+  unsigned char* q_tile = stages + kStages * kTileBytes;
+  unsigned char* p_tile = q_tile + kQBytes;
+  auto* scores = reinterpret_cast<float*>(p_tile + kPBytes);
+  float* stats = scores + 2 * kKeys * kSLd;
+  auto* full = reinterpret_cast<uint64_t*>(stats + 3 * kHeadRows);
+  uint64_t* empty = full + kStages;
+  InitStageRing(full, empty, kStages, 1, kConsumerThreads);
+  if (threadIdx.x >= kConsumerThreads) {
+    ProduceTiles(a, stages, full, empty);
+  } else {
+    const uint32_t q_address = base_address + kStages * kTileBytes;
+    ConsumeTiles(a, base_address, q_tile, q_address, p_tile, q_address + kQBytes, scores, stats, full, empty);
   }
-  if (!waited) WaitForPriorKernels();
 }
 
 size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 }  // namespace
+
+bool MlaAbsorbedTcRuns() { return WgmmaRuns(); }
 
 bool MlaAbsorbedTcSupports(const MlaParams& params) {
   return params.num_heads >= 1 && params.num_heads <= kHeadRows && params.kv_lora_rank == kRank &&
@@ -495,11 +437,10 @@ bool MlaAbsorbedTcSupports(const MlaParams& params) {
 
 // One block per SM is resident and every block takes an equal run of tiles, so the blocks are the
 // SMs (one wave: a second would add a pipeline fill per block and more states to merge), fewer
-// where that would leave a block under kMinTilesPerBlock tiles of `rows` rows of max_keys keys.
+// where that would leave a block without a tile of `rows` rows of max_keys keys.
 int64_t MlaKeySplitBlocks(int64_t rows, int64_t max_keys) {
-  constexpr int64_t kMinTilesPerBlock = 4;
   const int64_t tiles = std::max<int64_t>(rows, 1) * ((max_keys + kKeys - 1) / kKeys);
-  return std::max<int64_t>(1, std::min<int64_t>(SmCount(), tiles / kMinTilesPerBlock));
+  return std::max<int64_t>(1, std::min<int64_t>(SmCount(), tiles));
 }
 
 MlaKeySplit BuildMlaKeySplit(const MlaSequence* seqs, int64_t num_seqs, int64_t rows, int64_t blocks) {
@@ -563,6 +504,7 @@ size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t 
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
                         const int32_t* key_split, int64_t max_keys, void* scratch, float** partial,
                         int64_t* blocks_out, Stream stream) {
+  if (!MlaAbsorbedTcRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   if (!MlaAbsorbedTcSupports(params) || scratch == nullptr || key_split == nullptr) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
@@ -580,8 +522,7 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
       dim3(kThreads), 0, s, q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope,
       static_cast<int>(params.v_dim), q_abs);
   if (absorb_error != 0) return absorb_error;
-  const size_t smem = kAttentionSmemBytes;
-  if (const int error = AllowDynamicSmem(MlaLatentAttentionKernel, smem); error != 0) return error;
+  if (const int error = AllowDynamicSmem(MlaLatentAttentionKernel, kAttentionSmemBytes); error != 0) return error;
   const AttentionArgs args{seqs,
                            q_abs,
                            heads,
@@ -589,8 +530,8 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
                            reinterpret_cast<const MlaKeySplitBlock*>(key_split),
                            reinterpret_cast<const MlaKeySplitRow*>(key_split + MlaKeySplitRowsAt(blocks)),
                            *partial};
-  return LaunchAfterPrior(MlaLatentAttentionKernel, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), smem, s,
-                          args);
+  return LaunchAfterPrior(MlaLatentAttentionKernel, dim3(static_cast<unsigned>(blocks)), dim3(kAttentionThreads),
+                          kAttentionSmemBytes, s, args);
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -1,5 +1,6 @@
-// The tensor-core form of absorbed MLA decode (mla_absorbed_tc.cu), used by
-// LaunchMlaAbsorbedAttention at serving precision; mla_attention.cu merges its segments.
+// The tensor-core form of absorbed MLA decode (mla_absorbed_tc.cu, on Hopper's warpgroup products:
+// MlaAbsorbedTcRuns), used by LaunchMlaAbsorbedAttention at serving precision; mla_attention.cu
+// merges its segments.
 #pragma once
 
 #include <cstddef>

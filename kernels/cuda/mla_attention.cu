@@ -67,10 +67,11 @@ __global__ void __launch_bounds__(kThreads)
   const MlaSequence& seq = seqs[row_seq[warp]];
   const int64_t t = t0 + warp, width = latent.cols, row = seq.num_cached + (t - seq.rows.begin);
   if (seq.cache.dtype == DType::kBF16) {
-    const auto at = [&](int64_t e) { return LatentPosition(DType::kBF16, width, row, e); };
-    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row<__nv_bfloat16>(row, width), at, width);
+    const int64_t page_rows = seq.cache.page_rows;
+    const auto at = [&](int64_t e) { return LatentOffset(DType::kBF16, width, page_rows, row, e); };
+    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.PageOf<__nv_bfloat16>(row), at, width);
   } else {
-    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row<float>(row, width), IdentityIndex{}, width);
+    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row(row, width), IdentityIndex{}, width);
   }
 }
 
@@ -81,10 +82,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kAppendRows + (threadIdx.x >> 5);
   if (row >= dst.rows) return;
   if (seq->cache.dtype == DType::kBF16) {
-    const auto at = [&](int64_t e) { return LatentPosition(DType::kBF16, dst.cols, row, e); };
-    WarpCopyRow(seq->cache.Row<__nv_bfloat16>(row, dst.cols), at, RowF32(dst, row), IdentityIndex{}, dst.cols);
+    const int64_t page_rows = seq->cache.page_rows;
+    const auto at = [&](int64_t e) { return LatentOffset(DType::kBF16, dst.cols, page_rows, row, e); };
+    WarpCopyRow(seq->cache.PageOf<__nv_bfloat16>(row), at, RowF32(dst, row), IdentityIndex{}, dst.cols);
   } else {
-    WarpCopyRow(seq->cache.Row<float>(row, dst.cols), IdentityIndex{}, RowF32(dst, row), IdentityIndex{}, dst.cols);
+    WarpCopyRow(seq->cache.Row(row, dst.cols), IdentityIndex{}, RowF32(dst, row), IdentityIndex{}, dst.cols);
   }
 }
 

@@ -29,23 +29,24 @@ __device__ inline void MapRows(const MlaSequence* seqs, int64_t num_seqs, int fo
 }
 
 // A latent cache row of F32 or BF16 pages (LatentPages::dtype), element c as a float wherever
-// LatentPosition places it.
+// LatentOffset places it.
 struct LatentRowReader {
-  const void* data;
+  const void* data;  // F32: the row; BF16: its page
   DType dtype;
-  int64_t width, row;
+  int64_t width, page_rows, row;
 
   __device__ __forceinline__ float operator[](int64_t c) const {
     if (dtype != DType::kBF16) return static_cast<const float*>(data)[c];
-    return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[LatentPosition(dtype, width, row, c)]);
+    return __bfloat162float(
+        static_cast<const __nv_bfloat16*>(data)[LatentOffset(dtype, width, page_rows, row, c)]);
   }
 };
 
 __device__ __forceinline__ LatentRowReader LatentRow(const LatentPages& cache, int64_t row, int64_t width) {
   const bool bf16 = cache.dtype == DType::kBF16;
-  return {bf16 ? static_cast<const void*>(cache.Row<__nv_bfloat16>(row, width))
-               : static_cast<const void*>(cache.Row<float>(row, width)),
-          cache.dtype, width, row};
+  return {bf16 ? static_cast<const void*>(cache.PageOf<__nv_bfloat16>(row))
+               : static_cast<const void*>(cache.Row(row, width)),
+          cache.dtype, width, cache.page_rows, row};
 }
 
 }  // namespace deltaserve::kernels::cuda

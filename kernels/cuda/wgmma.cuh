@@ -161,6 +161,28 @@ __device__ __forceinline__ void WgmmaM64N64K16(float (&d)[32], uint64_t a, uint6
 #endif
 }
 
+// d[64 x 32] += A[64 x 16] · B[32 x 16]ᵀ, B K-major in shared memory, A K-major too or, with
+// kMnMajorA, MN-major (stored as rows of k, [k, m]: attention values read as Vᵀ; see
+// SwizzledMnMajorDescriptor). Accumulator layout as above, n8 blocks j = 0..3.
+template <bool kMnMajorA>
+__device__ __forceinline__ void WgmmaM64N32K16(float (&d)[16], uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n"
+      ".reg .pred accumulate;\n"
+      "setp.ne.b32 accumulate, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, accumulate, 1, 1, %19, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(1), "n"(kMnMajorA ? 1 : 0));
+#else
+  __trap();
+#endif
+}
+
 // d[64 x 128] += A[64 x 16] · B[16 x 128]: A from registers in the accumulator's layout (a[0]:
 // row lane / 4, columns 2 (lane % 4) + {0, 1}; a[1]: eight rows below; a[2], a[3]: the same 8
 // columns on), B MN-major in shared memory (rows of k, see SwizzledMnMajorDescriptor).

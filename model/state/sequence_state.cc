@@ -68,34 +68,39 @@ void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   }
 }
 
-void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView rows, int64_t first_row) {
-  if (rows.dtype == DType::kF32) {
-    backend.Upload(host, rows);
+void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t page_rows,
+                      int64_t first_row, int64_t n) {
+  if (page.dtype == DType::kF32) {
+    backend.Upload(host, page.Rows(first_row % page_rows, n));
     return;
   }
-  DS_CHECK(rows.dtype == DType::kBF16);
-  std::vector<uint16_t> narrowed(static_cast<size_t>(rows.numel()));
-  for (int64_t r = 0; r < rows.rows; ++r) {
-    for (int64_t e = 0; e < rows.cols; ++e) {
-      narrowed[r * rows.cols + kernels::LatentPosition(rows.dtype, rows.cols, first_row + r, e)] =
-          kernels::F32ToBF16(host[r * rows.cols + e]);
+  DS_CHECK(page.dtype == DType::kBF16);
+  const int64_t width = page.cols;
+  std::vector<uint16_t> image(static_cast<size_t>(page.numel()));
+  if (n < page_rows) backend.Download(page, image.data());
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t e = 0; e < width; ++e) {
+      image[kernels::LatentOffset(page.dtype, width, page_rows, first_row + r, e)] =
+          kernels::F32ToBF16(host[r * width + e]);
     }
   }
-  backend.Upload(narrowed.data(), rows);
+  backend.Upload(image.data(), page);
 }
 
-void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView rows, int64_t first_row, float* host) {
-  if (rows.dtype == DType::kF32) {
-    backend.Download(rows, host);
+void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t page_rows, int64_t first_row,
+                        int64_t n, float* host) {
+  if (page.dtype == DType::kF32) {
+    backend.Download(page.Rows(first_row % page_rows, n), host);
     return;
   }
-  DS_CHECK(rows.dtype == DType::kBF16);
-  std::vector<uint16_t> narrow(static_cast<size_t>(rows.numel()));
-  backend.Download(rows, narrow.data());
-  for (int64_t r = 0; r < rows.rows; ++r) {
-    for (int64_t e = 0; e < rows.cols; ++e) {
-      host[r * rows.cols + e] =
-          kernels::BF16ToF32(narrow[r * rows.cols + kernels::LatentPosition(rows.dtype, rows.cols, first_row + r, e)]);
+  DS_CHECK(page.dtype == DType::kBF16);
+  const int64_t width = page.cols;
+  std::vector<uint16_t> image(static_cast<size_t>(page.numel()));
+  backend.Download(page, image.data());
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t e = 0; e < width; ++e) {
+      host[r * width + e] =
+          kernels::BF16ToF32(image[kernels::LatentOffset(page.dtype, width, page_rows, first_row + r, e)]);
     }
   }
 }

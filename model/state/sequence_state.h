@@ -33,24 +33,28 @@ struct MlaLayerState {
 
   int64_t capacity() const { return static_cast<int64_t>(pages.size()) * page_rows; }
   kernels::LatentPages view() const { return {page_data.data(), page_rows, dtype}; }
-  // Calls fn(first_row, rows) with rows a view of cache rows [first_row, first_row + count) that
-  // lie in one page, for each page's share of rows [first, first + count) (within capacity).
+  // Calls fn(first_row, n, page) with `page` a view of the whole page that holds cache rows
+  // [first_row, first_row + n), for each page's share of rows [first, first + count) (within
+  // capacity).
   template <typename Fn>
   void ForEachRange(int64_t first, int64_t count, Fn fn) const {
     for (int64_t row = first; row < first + count;) {
       const int64_t in_page = row % page_rows, n = std::min(page_rows - in_page, first + count - row);
-      fn(row, pages[static_cast<size_t>(row / page_rows)].view().Rows(in_page, n));
+      fn(row, n, pages[static_cast<size_t>(row / page_rows)].view());
       row += n;
     }
   }
 };
 
-// Latent rows (cache rows [first_row, first_row + rows.rows) in one page, as
-// MlaLayerState::ForEachRange gives them) to and from F32 on the host, converted and placed where
-// the pages hold another dtype (kernels::LatentPosition): snapshots and synthetic histories are
-// F32 whatever the backend keeps.
-void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView rows, int64_t first_row);
-void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView rows, int64_t first_row, float* host);
+// Latent cache rows [first_row, first_row + n) of one page of page_rows rows (as
+// MlaLayerState::ForEachRange gives them) to and from F32 on the host ([n, page.cols]), converted
+// and placed where the pages hold another dtype and order (kernels::LatentOffset): snapshots and
+// synthetic histories are F32 rows whatever the backend keeps. A BF16 page is written whole (read
+// first when only some of its rows are written).
+void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t page_rows,
+                      int64_t first_row, int64_t n);
+void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t page_rows, int64_t first_row,
+                        int64_t n, float* host);
 
 class SequenceState {
  public:

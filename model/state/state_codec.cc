@@ -29,26 +29,31 @@ void SealState(std::string& unsealed) {
 std::string EncodeStateUnsealed(const SequenceState& state) {
   const KimiLinearConfig& config = state.config();
   kernels::Backend& backend = state.backend();
-  // Every tensor in snapshot order, each MLA layer's row count before its rows. Every tensor is
-  // F32 in the snapshot, latent rows of other dtypes widened.
-  const auto visit = [&](auto&& tensor, auto&& mla_rows) {
+  // Every tensor in snapshot order, each MLA layer's row count before its rows (a page's share
+  // at a time). Every tensor is F32 in the snapshot, latent rows of other dtypes widened.
+  const auto visit = [&](auto&& tensor, auto&& mla_rows, auto&& latent_rows) {
     for (int64_t layer = state.layer_begin(); layer < state.layer_end(); ++layer) {
       if (config.IsKda(layer)) {
         const KdaLayerState& kda = state.kda(layer);
-        tensor(kda.recurrent.view(), 0);
-        for (const kernels::Tensor& tail : kda.conv_tails) tensor(tail.view(), 0);
+        tensor(kda.recurrent.view());
+        for (const kernels::Tensor& tail : kda.conv_tails) tensor(tail.view());
       } else {
         const MlaLayerState& mla = state.mla(layer);
         mla_rows(mla.num_cached);
-        mla.ForEachRange(0, mla.num_cached, [&](int64_t first, kernels::TensorView rows) { tensor(rows, first); });
+        mla.ForEachRange(0, mla.num_cached, [&](int64_t first, int64_t n, kernels::TensorView page) {
+          latent_rows(page, mla.page_rows, first, n);
+        });
       }
     }
   };
   const auto tensor_bytes = [](kernels::TensorView view) { return static_cast<size_t>(view.numel()) * sizeof(float); };
+  const auto rows_bytes = [](kernels::TensorView page, int64_t n) {
+    return static_cast<size_t>(n * page.cols) * sizeof(float);
+  };
   // The whole snapshot reserved at once (the seal's trailer too): no reallocation of gigabytes.
   size_t total = kStateHeaderBytes + state.tokens().size() * sizeof(int32_t) + kStateTrailerBytes;
-  visit([&](kernels::TensorView view, int64_t) { total += tensor_bytes(view); },
-        [&](int64_t) { total += sizeof(uint64_t); });
+  visit([&](kernels::TensorView view) { total += tensor_bytes(view); }, [&](int64_t) { total += sizeof(uint64_t); },
+        [&](kernels::TensorView page, int64_t, int64_t, int64_t n) { total += rows_bytes(page, n); });
   ByteWriter writer;
   writer.out().reserve(total);
   writer.PutBytes(kStateMagic, sizeof(kStateMagic));
@@ -59,20 +64,17 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   writer.Put<uint32_t>(static_cast<uint32_t>(state.layer_end()));
   writer.Put<uint64_t>(static_cast<uint64_t>(state.num_tokens()));
   writer.PutBytes(state.tokens().data(), state.tokens().size() * sizeof(int32_t));
-  visit(
-      [&](kernels::TensorView view, int64_t first_row) {  // F32 tensors downloaded straight into the snapshot
-        std::string& out = writer.out();
-        const size_t at = out.size();
-        out.resize(at + tensor_bytes(view));
-        if (view.dtype == kernels::DType::kF32) {
-          backend.Download(view, out.data() + at);
-        } else {
-          std::vector<float> widened(static_cast<size_t>(view.numel()));
-          DownloadLatentRows(backend, view, first_row, widened.data());
-          std::memcpy(out.data() + at, widened.data(), tensor_bytes(view));
-        }
-      },
-      [&](int64_t rows) { writer.Put<uint64_t>(static_cast<uint64_t>(rows)); });
+  // Straight into the snapshot (its bytes are the host's floats).
+  const auto append = [&](size_t bytes) {
+    std::string& out = writer.out();
+    out.resize(out.size() + bytes);
+    return reinterpret_cast<float*>(out.data() + out.size() - bytes);
+  };
+  visit([&](kernels::TensorView view) { backend.Download(view, append(tensor_bytes(view))); },
+        [&](int64_t rows) { writer.Put<uint64_t>(static_cast<uint64_t>(rows)); },
+        [&](kernels::TensorView page, int64_t page_rows, int64_t first, int64_t n) {
+          DownloadLatentRows(backend, page, page_rows, first, n, append(rows_bytes(page, n)));
+        });
   return std::move(writer.out());
 }
 
@@ -107,12 +109,18 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
   state->AppendTokens(tokens);
 
   std::vector<float> host;
-  // first_row: the latent cache row of the view's first row (latent pages of other dtypes than F32
-  // are narrowed and placed as they keep them).
-  auto get_tensor = [&](kernels::TensorView view, const char* what, int64_t first_row = 0) -> absl::Status {
+  auto get_tensor = [&](kernels::TensorView view, const char* what) -> absl::Status {
     host.resize(static_cast<size_t>(view.numel()));
     DS_RETURN_IF_ERROR(reader.GetBytes(host.data(), host.size() * sizeof(float), what));
-    UploadLatentRows(backend, host.data(), view, first_row);
+    backend.Upload(host.data(), view);
+    return absl::OkStatus();
+  };
+  // Cache rows [first, first + n) of `page` (latent pages of other dtypes than F32 are narrowed
+  // and placed as they keep them).
+  auto get_latent_rows = [&](kernels::TensorView page, int64_t page_rows, int64_t first, int64_t n) -> absl::Status {
+    host.resize(static_cast<size_t>(n * page.cols));
+    DS_RETURN_IF_ERROR(reader.GetBytes(host.data(), host.size() * sizeof(float), "an MLA cache"));
+    UploadLatentRows(backend, host.data(), page, page_rows, first, n);
     return absl::OkStatus();
   };
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
@@ -135,8 +143,8 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
                                                          rows, " rows"));
       }
       absl::Status status;
-      mla.ForEachRange(0, static_cast<int64_t>(rows), [&](int64_t first, kernels::TensorView part) {
-        if (status.ok()) status = get_tensor(part, "an MLA cache", first);
+      mla.ForEachRange(0, static_cast<int64_t>(rows), [&](int64_t first, int64_t n, kernels::TensorView page) {
+        if (status.ok()) status = get_latent_rows(page, mla.page_rows, first, n);
       });
       DS_RETURN_IF_ERROR(status);
       mla.num_cached = static_cast<int64_t>(rows);

@@ -1,6 +1,7 @@
 // A latent cache laid out as kernels::LatentPages sees it, for tests: the pages of `rows` logical
 // rows sit in one buffer in shuffled order, so a kernel that ignored the page table would read
-// the wrong rows.
+// the wrong rows; within a page the elements sit where kernels::LatentOffset puts them for the
+// pages' dtype.
 #pragma once
 
 #include <algorithm>
@@ -8,6 +9,8 @@
 #include <numeric>
 #include <random>
 #include <vector>
+
+#include "kernels/ops.h"
 
 namespace deltaserve::testing {
 
@@ -25,21 +28,24 @@ class PageLayout {
   // Floats of the buffer the pages sit in.
   int64_t buffer_floats() const { return pages_ * page_rows_ * width_; }
 
-  // The buffer holding `logical` rows (row-major, [n, width], n within the pages); the rest
-  // `unused` (a NaN there shows a kernel reading past the history).
-  std::vector<float> ToBuffer(const std::vector<float>& logical, float unused = 0.0f) const {
+  // The buffer holding `logical` rows (row-major, [n, width], n within the pages) placed as pages
+  // of `dtype` place them (the values stay floats; the caller converts); the rest `unused` (a NaN
+  // there shows a kernel reading past the history).
+  std::vector<float> ToBuffer(const std::vector<float>& logical, float unused = 0.0f,
+                              kernels::DType dtype = kernels::DType::kF32) const {
     std::vector<float> buffer(static_cast<size_t>(buffer_floats()), unused);
     const int64_t n = static_cast<int64_t>(logical.size()) / width_;
     for (int64_t r = 0; r < n; ++r) {
-      std::copy_n(logical.begin() + r * width_, width_, buffer.begin() + Offset(r));
+      for (int64_t e = 0; e < width_; ++e) buffer[Offset(dtype, r, e)] = logical[r * width_ + e];
     }
     return buffer;
   }
-  // Logical rows [0, n) read back from a buffer.
-  std::vector<float> FromBuffer(const std::vector<float>& buffer, int64_t n) const {
+  // Logical rows [0, n) read back from a buffer of pages of `dtype`.
+  std::vector<float> FromBuffer(const std::vector<float>& buffer, int64_t n,
+                                kernels::DType dtype = kernels::DType::kF32) const {
     std::vector<float> logical(static_cast<size_t>(n * width_));
     for (int64_t r = 0; r < n; ++r) {
-      std::copy_n(buffer.begin() + Offset(r), width_, logical.begin() + r * width_);
+      for (int64_t e = 0; e < width_; ++e) logical[r * width_ + e] = buffer[Offset(dtype, r, e)];
     }
     return logical;
   }
@@ -54,8 +60,9 @@ class PageLayout {
   }
 
  private:
-  int64_t Offset(int64_t row) const {
-    return (slot_[static_cast<size_t>(row / page_rows_)] * page_rows_ + row % page_rows_) * width_;
+  size_t Offset(kernels::DType dtype, int64_t row, int64_t e) const {
+    return static_cast<size_t>(slot_[static_cast<size_t>(row / page_rows_)] * page_rows_ * width_ +
+                               kernels::LatentOffset(dtype, width_, page_rows_, row, e));
   }
 
   int64_t page_rows_, width_, pages_;

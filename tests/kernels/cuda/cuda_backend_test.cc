@@ -595,13 +595,13 @@ TEST_P(CudaKda, FusedRecurrentTakesBf16Activations) {
 // crossing from row to row; each (row, block) piece has its own state slot, and a row lists its
 // slots. Host code, no GPU needed.
 TEST(MlaKeySplit, CutsTheRowsTilesIntoEqualRuns) {
-  // Packed rows: 0 absorbed (40 keys: 3 tiles), 1-2 expanded, 3-4 absorbed (16 and 17 keys:
-  // 1 and 2 tiles), 5 absorbed (100 keys: 7 tiles). 13 tiles over 4 blocks: 3, 3, 3, 4.
+  // Packed rows (64-key tiles): 0 absorbed (160 keys: 3 tiles), 1-2 expanded, 3-4 absorbed (64
+  // and 65 keys: 1 and 2 tiles), 5 absorbed (400 keys: 7 tiles). 13 tiles over 4 blocks: 3, 3, 3, 4.
   std::vector<MlaSequence> seqs(4);
-  seqs[0] = {{0, 1}, MlaForm::kAbsorbed, {}, 39};
+  seqs[0] = {{0, 1}, MlaForm::kAbsorbed, {}, 159};
   seqs[1] = {{1, 2}, MlaForm::kExpanded, {}, 0};
-  seqs[2] = {{3, 2}, MlaForm::kAbsorbed, {}, 15};
-  seqs[3] = {{5, 1}, MlaForm::kAbsorbed, {}, 99};
+  seqs[2] = {{3, 2}, MlaForm::kAbsorbed, {}, 63};
+  seqs[3] = {{5, 1}, MlaForm::kAbsorbed, {}, 399};
   const MlaKeySplit split = BuildMlaKeySplit(seqs.data(), 4, 6, 4);
   ASSERT_EQ(split.blocks, 4);
   ASSERT_EQ(split.table.size(), size_t{6 * 4 + 5 * 6});
@@ -620,7 +620,7 @@ TEST(MlaKeySplit, CutsTheRowsTilesIntoEqualRuns) {
 // lists belongs to a block that has a piece of that row, so the merge reads only written states.
 TEST(MlaKeySplit, ListsOnlyWrittenSlotsWhenTilesAreFewerThanBlocks) {
   std::vector<MlaSequence> seqs = {{{0, 1}, MlaForm::kAbsorbed, {}, 7},
-                                   {{1, 1}, MlaForm::kAbsorbed, {}, 300},
+                                   {{1, 1}, MlaForm::kAbsorbed, {}, 1200},
                                    {{2, 1}, MlaForm::kAbsorbed, {}, 1}};
   const int64_t rows = 3, blocks = 64;  // 1 + 19 + 1 tiles
   const MlaKeySplit split = BuildMlaKeySplit(seqs.data(), 3, rows, blocks);
@@ -803,21 +803,24 @@ class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> 
 // Both precisions: serving (bf16 latent pages; absorbed rows on tensor cores for the Kimi shapes:
 // bf16 query, keys and probabilities, so agreement to ~1e-2 of the output scale) and fp32
 // validation (F32 pages, the CUDA-core kernel, 1e-4). The expanded form rounds the latent to bf16
-// for its key/value product at serving precision too. Pages of 48 rows take the CUDA-core kernel
-// over bf16 pages at serving precision.
+// for its key/value product at serving precision too.
 // At serving precision the expanded rows run on both tensor-core kernels (warpgroup products where
-// they run, and mma.sync).
+// they run, and mma.sync), and the absorbed rows on tensor cores (where they run) and on the
+// CUDA-core kernel over the same bf16 pages.
 TEST_P(CudaMla, MatchesTheCpu) {
   struct Run {
     MatmulPrecision precision;
-    bool expanded_wgmma;
+    bool wgmma;  // expanded on warpgroup products, absorbed on tensor cores
   };
   for (const Run run : {Run{MatmulPrecision::kHalf, true}, Run{MatmulPrecision::kHalf, false},
                         Run{MatmulPrecision::kF32, true}}) {
     std::string why;
-    cuda_ = CudaBackend::Create({.matmul_precision = run.precision, .mla_expanded_wgmma = run.expanded_wgmma}, &why);
+    cuda_ = CudaBackend::Create({.matmul_precision = run.precision,
+                                 .mla_expanded_wgmma = run.wgmma,
+                                 .mla_absorbed_tensor_cores = run.wgmma},
+                                &why);
     ASSERT_NE(cuda_, nullptr) << why;
-    SCOPED_TRACE(run.expanded_wgmma ? "expanded on warpgroup products where they run" : "expanded on mma.sync");
+    SCOPED_TRACE(run.wgmma ? "on warpgroup products where they run" : "on mma.sync and CUDA cores");
     CompareMla(GetParam(), run.precision);
   }
 }
@@ -843,25 +846,12 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
   std::vector<Tensor> gpu_caches;
   std::vector<std::vector<void*>> cpu_pages, gpu_pages;
   // The CUDA backend's pages are BF16 at serving precision: its copy of each fp32 history is
-  // rounded, as its cache would hold it, each row's elements where LatentPosition places them (the
-  // Kimi width: swizzled), and the CPU's pages are compared with it rounded.
+  // rounded, as its cache would hold it, each row's elements where LatentOffset places them (the
+  // Kimi width: in column groups, swizzled), and the CPU's pages are compared with it rounded.
   const DType cache_dtype = cuda_->LatentCacheDType();
   EXPECT_EQ(cache_dtype, precision == MatmulPrecision::kHalf ? DType::kBF16 : DType::kF32);
   const auto as_cached = [&](std::vector<float> values) {
     return cache_dtype == DType::kBF16 ? RoundedToBF16(values) : values;
-  };
-  const auto placed = [&](const std::vector<float>& rows, bool back) {  // logical rows to the pages' order, or back
-    std::vector<float> out(rows.size());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      const int64_t r = static_cast<int64_t>(i) / width, e = static_cast<int64_t>(i) % width;
-      const size_t at = static_cast<size_t>(r * width + LatentPosition(cache_dtype, width, r, e));
-      if (back) {
-        out[i] = rows[at];
-      } else {
-        out[at] = rows[i];
-      }
-    }
-    return out;
   };
   std::vector<MlaSequence> cpu_seqs, gpu_seqs;
   int64_t begin = 0;
@@ -871,7 +861,7 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
         layouts.emplace_back(c.cached[i] + c.lengths[i], c.page_rows, width, 50 + i);
     const std::vector<float> history = RandomVector(c.cached[i] * width, 30 + i);
     cpu_caches.push_back(layout.ToBuffer(history, std::numeric_limits<float>::quiet_NaN()));
-    gpu_caches.push_back(ToDevice(layout.ToBuffer(placed(history, false), std::numeric_limits<float>::quiet_NaN()), 1,
+    gpu_caches.push_back(ToDevice(layout.ToBuffer(history, std::numeric_limits<float>::quiet_NaN(), cache_dtype), 1,
                                   layout.buffer_floats(), cache_dtype));
     cpu_pages.push_back(layout.Pages(cpu_caches.back().data()));
     gpu_pages.push_back(layout.Pages(gpu_caches.back().view().data, static_cast<int64_t>(DTypeSize(cache_dtype))));
@@ -896,7 +886,7 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
               expanded_on_tensor_cores ? kAttentionTolerance : bf16_inputs ? kMatMulTolerance : kFp32Tolerance, what);
   for (size_t i = 0; i < c.cached.size(); ++i) {
     const int64_t rows = c.cached[i] + c.lengths[i];
-    ExpectClose(placed(layouts[i].FromBuffer(ToHost(gpu_caches[i].view()), rows), true),
+    ExpectClose(layouts[i].FromBuffer(ToHost(gpu_caches[i].view()), rows, cache_dtype),
                 as_cached(layouts[i].FromBuffer(cpu_caches[i], rows)), 0, "latent cache");
   }
 }
@@ -914,10 +904,11 @@ std::vector<MlaCase> MlaCases() {
       // Prefill pieces of several 64- or 128-row blocks, the last one partial (expanded on tensor
       // cores), the first one's 450 keys past the warpgroup kernel's ring of 4 tiles twice.
       {"kimi_prefill_long", kimi, {300, 0, 5}, {150, 70, 1}, {e, e, a}, 64},
-      // Pages the tensor-core kernel does not take (not a multiple of kMlaTensorCorePageRows).
+      // Pages of 48 rows: the tensor-core decode kernel's 64-key tiles cross pages.
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
-      // Pages of 7 rows: a row's place in its page is not its cache row mod 4, which keys the
-      // swizzle of BF16 pages (the append, gather and CUDA-core kernels must use the cache row).
+      // Pages of 7 rows: a row's place in its page is not its cache row mod 8, which keys the
+      // swizzle of BF16 pages (every kernel must use the cache row), and the tensor-core decode
+      // kernel's 64-key tiles take pieces of ten pages.
       {"kimi_pages_of_7", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 7},
       // Long contexts at small batches: a row's keys are split over many blocks.
       {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},

@@ -1,6 +1,7 @@
 // Latent rows move between fp32 on the host and a backend's pages, placed by their cache row.
 #include "model/state/sequence_state.h"
 
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -11,13 +12,13 @@
 namespace deltaserve::model {
 namespace {
 
-// BF16 pages of 7 rows (not a multiple of the swizzle's 4): a row's place in its page is not its
-// cache row mod 4, and the elements must sit where kernels::LatentPosition puts them for the
-// cache row; the halved bytes show in ByteSize.
+// BF16 pages of 7 rows (not a multiple of the swizzle's 8): a row's place in its page is not its
+// cache row mod 8, and the elements must sit where kernels::LatentOffset puts them for the cache
+// row (in column groups of 64, swizzled); the halved bytes show in ByteSize.
 TEST(SequenceStateTest, Bf16LatentRowsArePlacedByTheirCacheRow) {
   absl::StatusOr<KimiLinearConfig> config = PresetConfig("tiny");
   ASSERT_TRUE(config.ok());
-  config->kv_lora_rank = 96;  // a width of 128: swizzled
+  config->kv_lora_rank = 96;  // a width of 128: two column groups, swizzled
   config->qk_rope_head_dim = 32;
   const int64_t width = config->mla_latent_size();
   int64_t layer = 0;
@@ -30,15 +31,19 @@ TEST(SequenceStateTest, Bf16LatentRowsArePlacedByTheirCacheRow) {
   ASSERT_EQ(mla.dtype, kernels::DType::kBF16);
   std::vector<float> values(static_cast<size_t>(kRows * width));
   for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 251) - 125.0f;  // bf16-exact
-  mla.ForEachRange(0, kRows, [&](int64_t first, kernels::TensorView rows) {
-    UploadLatentRows(backend, values.data() + first * width, rows, first);
-  });
+  // Uploaded in pieces that end and start inside pages (a page is written whole, its other rows
+  // kept).
+  for (const auto& [first, count] : {std::pair<int64_t, int64_t>{0, 10}, {10, 3}, {13, 17}}) {
+    mla.ForEachRange(first, count, [&](int64_t row, int64_t n, kernels::TensorView page) {
+      UploadLatentRows(backend, values.data() + row * width, page, mla.page_rows, row, n);
+    });
+  }
   mla.num_cached = kRows;
   std::vector<float> back(values.size());
   int64_t moved = 0;
-  mla.ForEachRange(0, kRows, [&](int64_t first, kernels::TensorView rows) {
-    DownloadLatentRows(backend, rows, first, back.data() + first * width);
-    ExpectPlacedByCacheRow(backend, rows, first, values, &moved);
+  mla.ForEachRange(0, kRows, [&](int64_t first, int64_t n, kernels::TensorView page) {
+    DownloadLatentRows(backend, page, mla.page_rows, first, n, back.data() + first * width);
+    ExpectPlacedByCacheRow(backend, page, mla.page_rows, first, n, values, &moved);
   });
   EXPECT_EQ(back, values);
   EXPECT_GT(moved, 0);

@@ -41,7 +41,10 @@ class StateCodecTest : public ::testing::Test {
         for (auto& tail : state->kda(layer).conv_tails) fill(tail.view());
       } else {
         state->ReserveLatent(layer, num_tokens);
-        state->mla(layer).ForEachRange(0, num_tokens, [&](int64_t, kernels::TensorView rows) { fill(rows); });
+        const int64_t page_rows = state->mla(layer).page_rows;  // F32 pages: whole rows
+        state->mla(layer).ForEachRange(0, num_tokens, [&](int64_t first, int64_t n, kernels::TensorView page) {
+          fill(page.Rows(first % page_rows, n));
+        });
         state->mla(layer).num_cached = num_tokens;
       }
     }
@@ -75,8 +78,8 @@ TEST_F(StateCodecTest, RoundTripsExactly) {
 
 // A backend that keeps BF16 latent pages (the CUDA backend at serving precision) writes them to
 // the snapshot widened to F32, which decodes back to the same bits; an F32 state's snapshot
-// decodes into such pages rounded to bf16, each row's elements where kernels::LatentPosition puts
-// them (a latent width of 128: swizzled). Its states hold half the latent bytes.
+// decodes into such pages rounded to bf16, each row's elements where kernels::LatentOffset puts
+// them (a latent width of 128: in column groups, swizzled). Its states hold half the latent bytes.
 TEST_F(StateCodecTest, Bf16LatentPagesTravelAsF32) {
   config_.kv_lora_rank = 96;
   config_.qk_rope_head_dim = 32;
@@ -96,14 +99,15 @@ TEST_F(StateCodecTest, Bf16LatentPagesTravelAsF32) {
     ASSERT_EQ(mla.dtype, kernels::DType::kBF16);
     ASSERT_EQ(mla.num_cached, kTokens);
     std::vector<float> expected(static_cast<size_t>(kTokens * width)), got(expected.size());
-    state->mla(layer).ForEachRange(0, kTokens, [&](int64_t first, kernels::TensorView rows) {
-      backend_.Download(rows, expected.data() + first * width);
+    const MlaLayerState& source = state->mla(layer);
+    source.ForEachRange(0, kTokens, [&](int64_t first, int64_t n, kernels::TensorView page) {
+      backend_.Download(page.Rows(first % source.page_rows, n), expected.data() + first * width);
     });
-    int64_t moved = 0;  // elements the swizzle placed elsewhere
-    mla.ForEachRange(0, kTokens, [&](int64_t first, kernels::TensorView rows) {
-      ASSERT_EQ(rows.dtype, kernels::DType::kBF16);
-      DownloadLatentRows(bf16_backend, rows, first, got.data() + first * width);
-      ExpectPlacedByCacheRow(bf16_backend, rows, first, expected, &moved);
+    int64_t moved = 0;  // elements placed away from their place in a row-major page
+    mla.ForEachRange(0, kTokens, [&](int64_t first, int64_t n, kernels::TensorView page) {
+      ASSERT_EQ(page.dtype, kernels::DType::kBF16);
+      DownloadLatentRows(bf16_backend, page, mla.page_rows, first, n, got.data() + first * width);
+      ExpectPlacedByCacheRow(bf16_backend, page, mla.page_rows, first, n, expected, &moved);
     });
     EXPECT_GT(moved, 0);
     for (size_t i = 0; i < got.size(); ++i) {
