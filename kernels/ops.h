@@ -78,24 +78,40 @@ enum class MlaForm : uint8_t {
 #define DS_HOST_DEVICE
 #endif
 
-// Where element e of cache row `row` sits in its latent page (LatentPages), in elements from the
+// Where the elements of cache row `row` sit in its latent page (LatentPages), in elements from the
 // page's start. F32 pages, and BF16 ones of a width that is not a multiple of 64, hold whole rows
 // one after another. BF16 pages of a width that is a multiple of 64 (128-byte column groups) hold
 // one group of every row after another, [width / 64][page_rows][64], each row's 16-byte chunks
 // within its group XOR-swizzled by the row, chunk c at c ^ (row mod 8): the 128-byte swizzle of
 // Hopper's shared-memory operand tiles, so that consecutive rows of one group copied as one
 // block land in shared memory as the tensor-core decode kernel reads them (mla_absorbed_tc.cu).
-// `row` is the row of the cache, not of the page.
+// `row` is the row of the cache, not of the page. The row's place is worked out once (Place),
+// its elements' after (Offset).
+struct LatentRowPlacement {
+  int64_t start = 0;         // the row's first element (its first group's)
+  int64_t group_stride = 0;  // between its column groups; 0: a whole row
+  int64_t swizzle = 0;
+
+  DS_HOST_DEVICE int64_t Offset(int64_t e) const {
+    if (group_stride == 0) return start + e;
+    return start + (e >> 6) * group_stride + ((((e >> 3) & 7) ^ swizzle) << 3) + (e & 7);
+  }
+  DS_HOST_DEVICE static LatentRowPlacement Place(DType dtype, int64_t width, int64_t page_rows, int64_t row) {
+    const int64_t in_page = row % page_rows;
+    if (dtype != DType::kBF16 || width % 64 != 0) return {in_page * width, 0, 0};
+    return {in_page * 64, page_rows * 64, row & 7};
+  }
+};
+
 DS_HOST_DEVICE inline int64_t LatentOffset(DType dtype, int64_t width, int64_t page_rows, int64_t row, int64_t e) {
-  const int64_t in_page = row % page_rows;
-  if (dtype != DType::kBF16 || width % 64 != 0) return in_page * width + e;
-  return ((e >> 6) * page_rows + in_page) * 64 + ((((e >> 3) & 7) ^ (row & 7)) << 3) + (e & 7);
+  return LatentRowPlacement::Place(dtype, width, page_rows, row).Offset(e);
 }
 
 // An MLA layer's latent cache in pages of page_rows rows: each page holds [page_rows,
 // kv_lora_rank + qk_rope_dim] of `dtype` (the normalised latent, then the shared key part; F32,
 // or BF16 where the backend keeps its caches so: Backend::LatentCacheDType), placed as
-// LatentOffset says; row r of the cache is row r % page_rows of pages[r / page_rows].
+// LatentOffset (LatentRowPlacement) says; row r of the cache is row r % page_rows of
+// pages[r / page_rows].
 struct LatentPages {
   void* const* pages = nullptr;
   int64_t page_rows = 0;

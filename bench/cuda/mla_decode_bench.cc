@@ -81,9 +81,10 @@ int main(int argc, char** argv) {
   const auto kv_b_view = MakeView(kv_b, DType::kBF16, kHeads * (kNope + kV), kRank);
 
   for (const std::vector<int64_t>& contexts : cases) {
-    // One cache per sequence, its context's rows of history plus the new one; a 4096-row random
-    // block repeated (the values do not change the work), in pages of kPageRows rows (one
-    // allocation per sequence, pages in order).
+    // One cache per sequence, its context's rows of history plus the new one; a block of 4096
+    // rows' worth of random bf16 values repeated, whatever rows the pages' layout makes of them
+    // (the values do not change the work), in pages of kPageRows rows (one allocation per
+    // sequence, pages in order).
     const int64_t b = static_cast<int64_t>(contexts.size());
     const int64_t longest = *std::max_element(contexts.begin(), contexts.end());
     int64_t keys = 0;  // every sequence's history and new row
@@ -147,10 +148,12 @@ int main(int argc, char** argv) {
     const auto q_view = MakeView(q, DType::kF32, b, kHeads * (kNope + kRope));
     const auto latent_view = MakeView(latent, DType::kF32, b, width);
     const auto out_view = MakeView(out, DType::kF32, b, kHeads * kV);
-    // The serving kernel (tensor cores) and the CUDA-core one (what other shapes take, and the
-    // fp32 validation precision over F32 pages) over the same pages, side by side.
+    // The serving kernel (tensor cores, where it runs) and the CUDA-core one (what other shapes
+    // and GPUs take, and the fp32 validation precision over F32 pages) over the same pages, side by
+    // side.
     for (const bool tensor_cores : {true, false}) {
       using namespace deltaserve::kernels::cuda;
+      if (tensor_cores && !MlaAbsorbedTcRuns()) continue;
       const size_t scratch_floats = MlaAbsorbedScratchFloats(params, b, longest + 1, tensor_cores);
       float* scratch = nullptr;
       if (scratch_floats > 0) Check(cudaMalloc(&scratch, scratch_floats * sizeof(float)), "cudaMalloc");

@@ -143,7 +143,8 @@ class CudaBackend final : public Backend {
   void KdaDecodeStep(const KdaDecodeInputs& in, std::span<const KdaDecodeSequence> seqs,
                      TensorView out) override;
   // BF16 in serving precision (the tensor-core kernels read bf16 keys and values; the CUDA-core
-  // kernel that other shapes take widens them), F32 in the fp32 validation mode.
+  // kernel, which other shapes and GPUs other than Hopper take, widens them), F32 in the fp32
+  // validation mode.
   DType LatentCacheDType() const override;
   void MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                     std::span<const MlaSequence> seqs, TensorView out) override;

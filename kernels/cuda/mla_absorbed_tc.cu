@@ -54,7 +54,7 @@ constexpr int kStages = 2;
 constexpr uint32_t kQGroupBytes = kHeadRows * 128;  // Q_abs: 32 heads × 64 columns per group
 constexpr uint32_t kQBytes = kGroups * kQGroupBytes;
 constexpr uint32_t kPBytes = kHeadRows * 128;  // Pᵀ as [heads, keys] (a K-major B)
-constexpr int kSLd = kHeadRows + 4;  // partial scores [key][head], fp32: conflict-free softmax reads
+constexpr int kSLd = kHeadRows + 4;  // partial scores [key][head], fp32: conflict-free reads
 constexpr uint32_t kScoreBytes = sizeof(float) * 2 * kKeys * kSLd;
 constexpr uint32_t kStatBytes = sizeof(float) * 3 * kHeadRows;  // m (log2), l, alpha per head
 constexpr size_t kAttentionSmemBytes =
@@ -283,40 +283,41 @@ __device__ void ConsumeTiles(const AttentionArgs& a, uint32_t stages_address, un
       const int stage = tile_count % kStages;
       const uint32_t tile_address = stages_address + stage * kTileBytes;
       WaitBarrier(&full[stage], static_cast<unsigned>((tile_count / kStages) & 1));
-      FenceProxyAsyncShared();  // the zero-filled rows' stores
       {
-        float st[16];
+        float partial_scores[16];
 #pragma unroll
-        for (int i = 0; i < 16; ++i) st[i] = 0.0f;
+        for (int i = 0; i < 16; ++i) partial_scores[i] = 0.0f;
         WgmmaFence();
 #pragma unroll
         for (int i = 0; i < kQkSteps; ++i) {
           const int step = kQkSteps * group + i, within = 32 * (step % 4);
-          WgmmaM64N32K16<false>(st, SwizzledTileDescriptor(tile_address + (step / 4) * kGroupBytes + within),
+          WgmmaM64N32K16<false>(partial_scores,
+                                SwizzledTileDescriptor(tile_address + (step / 4) * kGroupBytes + within),
                                 SwizzledTileDescriptor(q_address + (step / 4) * kQGroupBytes + within));
         }
         WgmmaCommit();
         WgmmaWait<0>();
-        PinAccumulators(st);
+        PinAccumulators(partial_scores);
         float* out = scores + group * kKeys * kSLd;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int key = 16 * warp + g, h = 8 * j + 2 * tq;
-          *reinterpret_cast<float2*>(out + key * kSLd + h) = make_float2(st[4 * j], st[4 * j + 1]);
-          *reinterpret_cast<float2*>(out + (key + 8) * kSLd + h) = make_float2(st[4 * j + 2], st[4 * j + 3]);
+          const float* n8 = partial_scores + 4 * j;  // n8 block j: row key (0, 1), row key + 8 (2, 3)
+          *reinterpret_cast<float2*>(out + key * kSLd + h) = make_float2(n8[0], n8[1]);
+          *reinterpret_cast<float2*>(out + (key + 8) * kSLd + h) = make_float2(n8[2], n8[3]);
         }
       }
       SyncConsumers();  // both partial scores are in; the last tile's P·V has read Pᵀ
       {
         const int64_t key0 = static_cast<int64_t>(s.first + lt) * kKeys;
-        float sc[8];
+        float logits[8];  // scaled to the log2 domain, -inf past the query
         float step_max = -INFINITY;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           const int key = s_sub + 8 * i;
           const float v = scores[key * kSLd + s_head] + scores[(kKeys + key) * kSLd + s_head];
-          sc[i] = key0 + key <= s.pos ? v * scale_log2 : -INFINITY;
-          step_max = fmaxf(step_max, sc[i]);
+          logits[i] = key0 + key <= s.pos ? v * scale_log2 : -INFINITY;
+          step_max = fmaxf(step_max, logits[i]);
         }
 #pragma unroll
         for (int x = 1; x < kSoftmaxThreads; x *= 2) {
@@ -329,7 +330,7 @@ __device__ void ConsumeTiles(const AttentionArgs& a, uint32_t stages_address, un
         float e_sum = 0.0f;
 #pragma unroll
         for (int i = 0; i < 8; ++i) {  // key s_sub + 8i: chunk i of the head's row, element s_sub
-          const float e = sc[i] == -INFINITY ? 0.0f : exp2f(sc[i] - m_new);
+          const float e = logits[i] == -INFINITY ? 0.0f : exp2f(logits[i] - m_new);
           e_sum += e;
           *reinterpret_cast<bf16*>(p_tile + SwizzledChunkOffset(s_head, i) + 2 * s_sub) = __float2bfloat16(e);
         }

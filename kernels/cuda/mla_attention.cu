@@ -67,8 +67,8 @@ __global__ void __launch_bounds__(kThreads)
   const MlaSequence& seq = seqs[row_seq[warp]];
   const int64_t t = t0 + warp, width = latent.cols, row = seq.num_cached + (t - seq.rows.begin);
   if (seq.cache.dtype == DType::kBF16) {
-    const int64_t page_rows = seq.cache.page_rows;
-    const auto at = [&](int64_t e) { return LatentOffset(DType::kBF16, width, page_rows, row, e); };
+    const LatentRowPlacement place = LatentRowPlacement::Place(DType::kBF16, width, seq.cache.page_rows, row);
+    const auto at = [&](int64_t e) { return place.Offset(e); };
     WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.PageOf<__nv_bfloat16>(row), at, width);
   } else {
     WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row(row, width), IdentityIndex{}, width);
@@ -82,8 +82,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kAppendRows + (threadIdx.x >> 5);
   if (row >= dst.rows) return;
   if (seq->cache.dtype == DType::kBF16) {
-    const int64_t page_rows = seq->cache.page_rows;
-    const auto at = [&](int64_t e) { return LatentOffset(DType::kBF16, dst.cols, page_rows, row, e); };
+    const LatentRowPlacement place = LatentRowPlacement::Place(DType::kBF16, dst.cols, seq->cache.page_rows, row);
+    const auto at = [&](int64_t e) { return place.Offset(e); };
     WarpCopyRow(seq->cache.PageOf<__nv_bfloat16>(row), at, RowF32(dst, row), IdentityIndex{}, dst.cols);
   } else {
     WarpCopyRow(seq->cache.Row(row, dst.cols), IdentityIndex{}, RowF32(dst, row), IdentityIndex{}, dst.cols);

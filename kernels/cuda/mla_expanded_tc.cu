@@ -57,6 +57,7 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
   const bool pe_bf16 = seq->cache.dtype == DType::kBF16;
   const float* pe = pe_bf16 ? nullptr : seq->cache.Row(j, latent_width) + rank;
   const bf16* pe16 = pe_bf16 ? seq->cache.PageOf<bf16>(j) : nullptr;
+  const LatentRowPlacement pe_place = LatentRowPlacement::Place(DType::kBF16, latent_width, seq->cache.page_rows, j);
   // 80 float4 per row: 32 nope, 16 rope, 32 value; lane takes 0-31 then 32-63, then 64-79.
   float4 v[3];
 #pragma unroll
@@ -68,7 +69,7 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
     } else if (c < kQk) {
       if (pe_bf16) {
         // Four consecutive elements from a multiple of 4: within one 16-byte chunk wherever it sits.
-        const int64_t at = LatentOffset(DType::kBF16, latent_width, seq->cache.page_rows, j, rank + c - kNope);
+        const int64_t at = pe_place.Offset(rank + c - kNope);
         const uint2 raw = __ldg(reinterpret_cast<const uint2*>(pe16 + at));
         const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
         const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));

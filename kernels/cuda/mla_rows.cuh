@@ -29,24 +29,21 @@ __device__ inline void MapRows(const MlaSequence* seqs, int64_t num_seqs, int fo
 }
 
 // A latent cache row of F32 or BF16 pages (LatentPages::dtype), element c as a float wherever
-// LatentOffset places it.
+// its page places it (LatentRowPlacement).
 struct LatentRowReader {
-  const void* data;  // F32: the row; BF16: its page
+  const void* page;
   DType dtype;
-  int64_t width, page_rows, row;
+  LatentRowPlacement place;
 
   __device__ __forceinline__ float operator[](int64_t c) const {
-    if (dtype != DType::kBF16) return static_cast<const float*>(data)[c];
-    return __bfloat162float(
-        static_cast<const __nv_bfloat16*>(data)[LatentOffset(dtype, width, page_rows, row, c)]);
+    if (dtype != DType::kBF16) return static_cast<const float*>(page)[place.Offset(c)];
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(page)[place.Offset(c)]);
   }
 };
 
 __device__ __forceinline__ LatentRowReader LatentRow(const LatentPages& cache, int64_t row, int64_t width) {
-  const bool bf16 = cache.dtype == DType::kBF16;
-  return {bf16 ? static_cast<const void*>(cache.PageOf<__nv_bfloat16>(row))
-               : static_cast<const void*>(cache.Row(row, width)),
-          cache.dtype, width, cache.page_rows, row};
+  return {cache.PageOf<const void>(row), cache.dtype,
+          LatentRowPlacement::Place(cache.dtype, width, cache.page_rows, row)};
 }
 
 }  // namespace deltaserve::kernels::cuda

@@ -6,10 +6,11 @@
 //
 // Shared tiles use the 128-byte swizzle: rows of 64 bf16, 16-byte chunk c of row r stored at
 // chunk c ^ (r % 8), each tile 1024-byte aligned. K-major tiles hold rows along the reduction
-// dimension (as an [m, k] activation and an [n, k] weight are stored); MN-major ones, for a B read
-// down its stored rows ([k, n], e.g. attention values), rows along n. Shared memory written by
-// ordinary stores or cp.async needs FenceProxyAsyncShared in each writing thread (after its copies
-// land; device_utils.cuh) and a barrier before a product reads it.
+// dimension (as an [m, k] activation and an [n, k] weight are stored); MN-major ones, for an
+// operand read down its stored rows ([k, n] or [k, m], e.g. attention values), rows along n or
+// m. Shared memory written by ordinary stores or cp.async needs FenceProxyAsyncShared in each
+// writing thread (after its copies land; device_utils.cuh) and a barrier before a product reads
+// it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -57,10 +58,10 @@ __device__ __forceinline__ uint64_t SwizzledTileDescriptor(uint32_t address) {
   return descriptor;
 }
 
-// The descriptor of a 128-byte-swizzled MN-major tile (B of a product whose reduction runs down
-// the stored rows, e.g. values [keys, columns]): 64 columns per 128-byte row, 8-row groups of k
-// 1024 bytes apart, each further 64 columns `column_block_bytes` on. 1024-byte aligned; add 2048
-// bytes per 16 rows of k to step along k.
+// The descriptor of a 128-byte-swizzled MN-major tile (an operand whose reduction runs down the
+// stored rows, e.g. values [keys, columns]: B of O = P·V, or A of Oᵀ = Vᵀ·Pᵀ): 64 columns per
+// 128-byte row, 8-row groups of k 1024 bytes apart, each further 64 columns `column_block_bytes`
+// on. 1024-byte aligned; add 2048 bytes per 16 rows of k to step along k.
 __device__ __forceinline__ uint64_t SwizzledMnMajorDescriptor(uint32_t address, uint32_t column_block_bytes) {
   uint64_t descriptor = (address & 0x3FFFF) >> 4;
   descriptor |= uint64_t{(column_block_bytes >> 4) & 0x3FFF} << 16;

@@ -68,40 +68,36 @@ void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   }
 }
 
-void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t page_rows,
-                      int64_t first_row, int64_t n) {
+void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t first_row,
+                      int64_t n) {
+  const int64_t page_rows = page.rows, width = page.cols;
   if (page.dtype == DType::kF32) {
     backend.Upload(host, page.Rows(first_row % page_rows, n));
     return;
   }
   DS_CHECK(page.dtype == DType::kBF16);
-  const int64_t width = page.cols;
   std::vector<uint16_t> image(static_cast<size_t>(page.numel()));
   if (n < page_rows) backend.Download(page, image.data());
   for (int64_t r = 0; r < n; ++r) {
-    for (int64_t e = 0; e < width; ++e) {
-      image[kernels::LatentOffset(page.dtype, width, page_rows, first_row + r, e)] =
-          kernels::F32ToBF16(host[r * width + e]);
-    }
+    const auto place = kernels::LatentRowPlacement::Place(page.dtype, width, page_rows, first_row + r);
+    for (int64_t e = 0; e < width; ++e) image[place.Offset(e)] = kernels::F32ToBF16(host[r * width + e]);
   }
   backend.Upload(image.data(), page);
 }
 
-void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t page_rows, int64_t first_row,
-                        int64_t n, float* host) {
+void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t first_row, int64_t n,
+                        float* host) {
+  const int64_t page_rows = page.rows, width = page.cols;
   if (page.dtype == DType::kF32) {
     backend.Download(page.Rows(first_row % page_rows, n), host);
     return;
   }
   DS_CHECK(page.dtype == DType::kBF16);
-  const int64_t width = page.cols;
   std::vector<uint16_t> image(static_cast<size_t>(page.numel()));
   backend.Download(page, image.data());
   for (int64_t r = 0; r < n; ++r) {
-    for (int64_t e = 0; e < width; ++e) {
-      host[r * width + e] =
-          kernels::BF16ToF32(image[kernels::LatentOffset(page.dtype, width, page_rows, first_row + r, e)]);
-    }
+    const auto place = kernels::LatentRowPlacement::Place(page.dtype, width, page_rows, first_row + r);
+    for (int64_t e = 0; e < width; ++e) host[r * width + e] = kernels::BF16ToF32(image[place.Offset(e)]);
   }
 }
 

@@ -25,7 +25,7 @@ inline constexpr int64_t kDefaultLatentPageRows = 256;
 
 // An MLA layer's latent cache, in pages allocated as it grows (never moved or copied).
 struct MlaLayerState {
-  std::vector<kernels::Tensor> pages;  // each [page_rows, R + dr] of dtype
+  std::vector<kernels::Tensor> pages;  // each [page_rows, R + dr] of dtype, placed as kernels::LatentOffset says
   std::vector<void*> page_data;        // pages[i].data(), what kernels::LatentPages points at
   int64_t page_rows = 0;
   kernels::DType dtype = kernels::DType::kF32;  // the backend's LatentCacheDType
@@ -46,15 +46,15 @@ struct MlaLayerState {
   }
 };
 
-// Latent cache rows [first_row, first_row + n) of one page of page_rows rows (as
-// MlaLayerState::ForEachRange gives them) to and from F32 on the host ([n, page.cols]), converted
-// and placed where the pages hold another dtype and order (kernels::LatentOffset): snapshots and
+// Latent cache rows [first_row, first_row + n) of one page ([page_rows, width], as
+// MlaLayerState::ForEachRange gives them) to and from F32 on the host ([n, width]), converted and
+// placed where the pages hold another dtype and order (kernels::LatentOffset): snapshots and
 // synthetic histories are F32 rows whatever the backend keeps. A BF16 page is written whole (read
 // first when only some of its rows are written).
-void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t page_rows,
-                      int64_t first_row, int64_t n);
-void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t page_rows, int64_t first_row,
-                        int64_t n, float* host);
+void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t first_row,
+                      int64_t n);
+void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t first_row, int64_t n,
+                        float* host);
 
 class SequenceState {
  public:

@@ -41,7 +41,7 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
         const MlaLayerState& mla = state.mla(layer);
         mla_rows(mla.num_cached);
         mla.ForEachRange(0, mla.num_cached, [&](int64_t first, int64_t n, kernels::TensorView page) {
-          latent_rows(page, mla.page_rows, first, n);
+          latent_rows(page, first, n);
         });
       }
     }
@@ -53,7 +53,7 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   // The whole snapshot reserved at once (the seal's trailer too): no reallocation of gigabytes.
   size_t total = kStateHeaderBytes + state.tokens().size() * sizeof(int32_t) + kStateTrailerBytes;
   visit([&](kernels::TensorView view) { total += tensor_bytes(view); }, [&](int64_t) { total += sizeof(uint64_t); },
-        [&](kernels::TensorView page, int64_t, int64_t, int64_t n) { total += rows_bytes(page, n); });
+        [&](kernels::TensorView page, int64_t, int64_t n) { total += rows_bytes(page, n); });
   ByteWriter writer;
   writer.out().reserve(total);
   writer.PutBytes(kStateMagic, sizeof(kStateMagic));
@@ -64,7 +64,9 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   writer.Put<uint32_t>(static_cast<uint32_t>(state.layer_end()));
   writer.Put<uint64_t>(static_cast<uint64_t>(state.num_tokens()));
   writer.PutBytes(state.tokens().data(), state.tokens().size() * sizeof(int32_t));
-  // Straight into the snapshot (its bytes are the host's floats).
+  // Straight into the snapshot (its bytes are the host's floats, every item before them whole
+  // 4-byte words).
+  static_assert(kStateHeaderBytes % sizeof(float) == 0);
   const auto append = [&](size_t bytes) {
     std::string& out = writer.out();
     out.resize(out.size() + bytes);
@@ -72,8 +74,8 @@ std::string EncodeStateUnsealed(const SequenceState& state) {
   };
   visit([&](kernels::TensorView view) { backend.Download(view, append(tensor_bytes(view))); },
         [&](int64_t rows) { writer.Put<uint64_t>(static_cast<uint64_t>(rows)); },
-        [&](kernels::TensorView page, int64_t page_rows, int64_t first, int64_t n) {
-          DownloadLatentRows(backend, page, page_rows, first, n, append(rows_bytes(page, n)));
+        [&](kernels::TensorView page, int64_t first, int64_t n) {
+          DownloadLatentRows(backend, page, first, n, append(rows_bytes(page, n)));
         });
   return std::move(writer.out());
 }
@@ -117,10 +119,10 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
   };
   // Cache rows [first, first + n) of `page` (latent pages of other dtypes than F32 are narrowed
   // and placed as they keep them).
-  auto get_latent_rows = [&](kernels::TensorView page, int64_t page_rows, int64_t first, int64_t n) -> absl::Status {
+  auto get_latent_rows = [&](kernels::TensorView page, int64_t first, int64_t n) -> absl::Status {
     host.resize(static_cast<size_t>(n * page.cols));
     DS_RETURN_IF_ERROR(reader.GetBytes(host.data(), host.size() * sizeof(float), "an MLA cache"));
-    UploadLatentRows(backend, host.data(), page, page_rows, first, n);
+    UploadLatentRows(backend, host.data(), page, first, n);
     return absl::OkStatus();
   };
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
@@ -144,7 +146,7 @@ absl::StatusOr<std::unique_ptr<SequenceState>> DecodeState(std::string_view byte
       }
       absl::Status status;
       mla.ForEachRange(0, static_cast<int64_t>(rows), [&](int64_t first, int64_t n, kernels::TensorView page) {
-        if (status.ok()) status = get_latent_rows(page, mla.page_rows, first, n);
+        if (status.ok()) status = get_latent_rows(page, first, n);
       });
       DS_RETURN_IF_ERROR(status);
       mla.num_cached = static_cast<int64_t>(rows);

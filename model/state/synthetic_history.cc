@@ -65,7 +65,7 @@ void FillSyntheticHistory(SequenceState& state, int64_t length, int64_t spare_ro
     for (int64_t row = 0; row < length; row += block_rows) {
       const int64_t rows = std::min(block_rows, length - row);
       mla.ForEachRange(row, rows, [&](int64_t first, int64_t n, kernels::TensorView page) {
-        UploadLatentRows(backend, block.data() + (first - row) * width, page, mla.page_rows, first, n);
+        UploadLatentRows(backend, block.data() + (first - row) * width, page, first, n);
       });
     }
     mla.num_cached = length;

@@ -895,6 +895,7 @@ std::vector<MlaCase> MlaCases() {
   const MlaParams small{3, 40, 20, 12, 28, 1.0f / std::sqrt(32.0f)};
   // Kimi-Linear-48B-A3B's MLA: 32 heads, latent rank 512, nope 128, rope 64, v 128.
   const MlaParams kimi{32, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
+  const MlaParams kimi20{20, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
   const auto e = MlaForm::kExpanded, a = MlaForm::kAbsorbed;
   std::vector<MlaCase> cases = {
       {"small_expanded", small, {0, 5, 70}, {20, 1, 3}, {e, e, e}, 7},
@@ -910,6 +911,8 @@ std::vector<MlaCase> MlaCases() {
       // swizzle of BF16 pages (every kernel must use the cache row), and the tensor-core decode
       // kernel's 64-key tiles take pieces of ten pages.
       {"kimi_pages_of_7", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 7},
+      // Fewer heads than the tensor-core decode kernel's 32 rows of Q (the rest zero, not written).
+      {"kimi_20_heads", kimi20, {3000, 70, 0}, {1, 1, 1}, {a, a, a}, 256},
       // Long contexts at small batches: a row's keys are split over many blocks.
       {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},
       {"kimi_decode_long_2", kimi, {9000, 33}, {1, 1}, {a, a}},

@@ -10,12 +10,12 @@
 
 namespace deltaserve::model {
 
-// Cache rows [first, first + n) lie in `page`, a BF16 page of page_rows rows; expected[(first +
+// Cache rows [first, first + n) lie in `page`, a BF16 page ([page_rows, width]); expected[(first +
 // r) * width + e] is element e of cache row first + r, in fp32. Adds the elements placed elsewhere
 // than in a row-major page to *moved.
-inline void ExpectPlacedByCacheRow(kernels::Backend& backend, kernels::TensorView page, int64_t page_rows,
-                                   int64_t first, int64_t n, const std::vector<float>& expected, int64_t* moved) {
-  const int64_t width = page.cols;
+inline void ExpectPlacedByCacheRow(kernels::Backend& backend, kernels::TensorView page, int64_t first, int64_t n,
+                                   const std::vector<float>& expected, int64_t* moved) {
+  const int64_t page_rows = page.rows, width = page.cols;
   std::vector<uint16_t> raw(static_cast<size_t>(page.numel()));
   backend.Download(page, raw.data());
   for (int64_t r = 0; r < n; ++r) {

@@ -35,15 +35,15 @@ TEST(SequenceStateTest, Bf16LatentRowsArePlacedByTheirCacheRow) {
   // kept).
   for (const auto& [first, count] : {std::pair<int64_t, int64_t>{0, 10}, {10, 3}, {13, 17}}) {
     mla.ForEachRange(first, count, [&](int64_t row, int64_t n, kernels::TensorView page) {
-      UploadLatentRows(backend, values.data() + row * width, page, mla.page_rows, row, n);
+      UploadLatentRows(backend, values.data() + row * width, page, row, n);
     });
   }
   mla.num_cached = kRows;
   std::vector<float> back(values.size());
   int64_t moved = 0;
   mla.ForEachRange(0, kRows, [&](int64_t first, int64_t n, kernels::TensorView page) {
-    DownloadLatentRows(backend, page, mla.page_rows, first, n, back.data() + first * width);
-    ExpectPlacedByCacheRow(backend, page, mla.page_rows, first, n, values, &moved);
+    DownloadLatentRows(backend, page, first, n, back.data() + first * width);
+    ExpectPlacedByCacheRow(backend, page, first, n, values, &moved);
   });
   EXPECT_EQ(back, values);
   EXPECT_GT(moved, 0);

@@ -106,8 +106,8 @@ TEST_F(StateCodecTest, Bf16LatentPagesTravelAsF32) {
     int64_t moved = 0;  // elements placed away from their place in a row-major page
     mla.ForEachRange(0, kTokens, [&](int64_t first, int64_t n, kernels::TensorView page) {
       ASSERT_EQ(page.dtype, kernels::DType::kBF16);
-      DownloadLatentRows(bf16_backend, page, mla.page_rows, first, n, got.data() + first * width);
-      ExpectPlacedByCacheRow(bf16_backend, page, mla.page_rows, first, n, expected, &moved);
+      DownloadLatentRows(bf16_backend, page, first, n, got.data() + first * width);
+      ExpectPlacedByCacheRow(bf16_backend, page, first, n, expected, &moved);
     });
     EXPECT_GT(moved, 0);
     for (size_t i = 0; i < got.size(); ++i) {
