@@ -61,7 +61,7 @@ constexpr size_t kAttentionSmemBytes =
     1024 + kStages * kTileBytes + kQBytes + kPBytes + kScoreBytes + kStatBytes + 2 * kStages * sizeof(uint64_t);
 constexpr int kSoftmaxThreads = kConsumerThreads / kHeadRows;  // per head: keys sub + 8i
 static_assert(kSoftmaxThreads * 8 == kKeys, "each softmax thread takes 8 keys of a tile");
-constexpr float kMaxLag = 8.0f;
+constexpr float kMaxLag = 8.0f;  // log2 units a tile may exceed the reference max by before it moves
 
 // Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
 // q_pe[t, h] (rope)] in bf16, for every packed row (rows of other forms are computed too and never
