@@ -222,11 +222,13 @@ __device__ void ProduceTiles(const AttentionArgs& a, unsigned char* stages, uint
       if (lane == 0) {
         ArriveExpectBytes(&full[stage], static_cast<unsigned>(live) * kDot * sizeof(bf16));
         for (int r = 0; r < live;) {
-          const int64_t row = key0 + r, page = row / page_rows, in_page = row - page * page_rows;
+          const int64_t row = key0 + r, in_page = row % page_rows;
           const int n = page_rows - in_page < live - r ? static_cast<int>(page_rows - in_page) : live - r;
-          const bf16* base = static_cast<const bf16*>(s.seq.cache.pages[page]) + in_page * 64;
+          // The piece's rows of each group are consecutive in the page (LatentRowPlacement).
+          const LatentRowPlacement place = LatentRowPlacement::Place(DType::kBF16, kDot, page_rows, row);
+          const bf16* first = s.seq.cache.PageOf<const bf16>(row) + place.start;
           for (int g = 0; g < kGroups; ++g) {
-            BulkCopyToShared(tile + g * kGroupBytes + r * 128, base + g * page_rows * 64, n * 128u, &full[stage]);
+            BulkCopyToShared(tile + g * kGroupBytes + r * 128, first + g * place.group_stride, n * 128u, &full[stage]);
           }
           r += n;
         }
