@@ -4,7 +4,9 @@
 // plain ones; many blocks, as the products, or one, as the norms and the routing), or as one
 // persistent kernel whose resident blocks (one or eight per SM) meet at a grid-wide barrier
 // between phases. The time per phase is the floor each kernel boundary of a decode step adds, and
-// what a persistent layer kernel would pay instead.
+// what a persistent layer kernel would pay instead. The cases "_after_upload" copy 512 bytes from
+// pinned host memory to the device before each phase's kernel, as the CUDA backend's step graphs
+// upload a call's descriptors (one memcpy node before each call that takes any).
 // Prints one JSON line per case.
 // Usage: cuda_phase_boundary_bench [--phases N] [--iters N]
 #include <cuda_runtime.h>
@@ -71,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) PersistentKernel(unsigned* a, unsign
 struct Case {
   const char* name;
   int blocks;
-  bool persistent, programmatic;
+  bool persistent, programmatic, upload = false;
 };
 
 }  // namespace
@@ -95,10 +97,18 @@ int main(int argc, char** argv) {
   Check(cudaMemset(barrier, 0, 2 * sizeof(unsigned)), "cudaMemset");
   cudaStream_t stream = nullptr;
   Check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  constexpr size_t kUploadBytes = 512;
+  void* pinned = nullptr;
+  void* uploaded = nullptr;
+  Check(cudaMallocHost(&pinned, kUploadBytes), "cudaMallocHost");
+  std::memset(pinned, 0, kUploadBytes);
+  Check(cudaMalloc(&uploaded, kUploadBytes), "cudaMalloc");
   const Case cases[] = {{"kernels_programmatic", sms * 8, false, true},
                         {"kernels_plain", sms * 8, false, false},
                         {"kernels_programmatic_one_block", 1, false, true},
                         {"kernels_plain_one_block", 1, false, false},
+                        {"kernels_programmatic_after_upload", sms * 8, false, true, true},
+                        {"kernels_programmatic_one_block_after_upload", 1, false, true, true},
                         {"persistent_1_per_sm", sms, true, false},
                         {"persistent_8_per_sm", sms * 8, true, false}};
   for (const Case& c : cases) {
@@ -108,6 +118,9 @@ int main(int argc, char** argv) {
       Check(cudaGetLastError(), "persistent launch");
     } else {
       for (int p = 0; p < phases; ++p) {
+        if (c.upload) {
+          Check(cudaMemcpyAsync(uploaded, pinned, kUploadBytes, cudaMemcpyHostToDevice, stream), "upload");
+        }
         Check(static_cast<cudaError_t>(LaunchMaybeAfterPrior(c.programmatic, PhaseKernel, dim3(c.blocks),
                                                              dim3(kThreads), 0, stream, p % 2 == 0 ? a : b,
                                                              p % 2 == 0 ? b : a)),
@@ -135,5 +148,7 @@ int main(int argc, char** argv) {
     Check(cudaGraphExecDestroy(exec), "destroy");
     Check(cudaGraphDestroy(graph), "destroy");
   }
+  Check(cudaFreeHost(pinned), "cudaFreeHost");
+  Check(cudaFree(uploaded), "cudaFree");
   return 0;
 }

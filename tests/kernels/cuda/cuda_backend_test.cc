@@ -896,10 +896,16 @@ std::vector<MlaCase> MlaCases() {
   // Kimi-Linear-48B-A3B's MLA: 32 heads, latent rank 512, nope 128, rope 64, v 128.
   const MlaParams kimi{32, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
   const MlaParams kimi20{20, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
+  const MlaParams wide{2, 64, 16, 8, 160, 1.0f / std::sqrt(24.0f)};
   const auto e = MlaForm::kExpanded, a = MlaForm::kAbsorbed;
   std::vector<MlaCase> cases = {
       {"small_expanded", small, {0, 5, 70}, {20, 1, 3}, {e, e, e}, 7},
       {"small_absorbed", small, {0, 5, 70}, {20, 1, 3}, {a, a, a}, 16},
+      // Long enough that the CUDA-core kernel splits the keys into partitions, whose states the
+      // merge combines in slices of 10 latent columns (rank 40) before W_UV.
+      {"small_decode_long", small, {20000, 3000}, {1, 1}, {a, a}, 16},
+      // Value rows of 160 columns (W_UV in five blocks of 32) after partitioned keys.
+      {"wide_values_decode_long", wide, {6000, 40}, {1, 2}, {a, a}, 64},
       // Continuous batching: prefill pieces (expanded) beside decode rows (absorbed).
       {"kimi_mixed", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 64},
       // Prefill pieces of several 64- or 128-row blocks, the last one partial (expanded on tensor
