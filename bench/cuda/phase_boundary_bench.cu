@@ -6,7 +6,8 @@
 // between phases. The time per phase is the floor each kernel boundary of a decode step adds, and
 // what a persistent layer kernel would pay instead. The cases "_after_upload" copy 512 bytes from
 // pinned host memory to the device before each phase's kernel, as the CUDA backend's step graphs
-// upload a call's descriptors (one memcpy node before each call that takes any).
+// upload descriptors (a memcpy node per upload; the kernel after it has no programmatic edge to
+// the kernel before, so it also loses its early start).
 // Prints one JSON line per case.
 // Usage: cuda_phase_boundary_bench [--phases N] [--iters N]
 #include <cuda_runtime.h>
