@@ -109,6 +109,16 @@ inline std::vector<uint16_t> RandomBf16(size_t count, unsigned seed) {
   return out;
 }
 
+// Host fp32 values uniform in [-scale, scale).
+inline std::vector<float> RandomF32(size_t count, unsigned seed, float scale) {
+  std::vector<float> out(count);
+  for (auto& v : out) {
+    seed = seed * 1664525u + 1013904223u;
+    v = scale * (2.0f * static_cast<float>(seed >> 8) / 16777216.0f - 1.0f);
+  }
+  return out;
+}
+
 // The ceiling the memory-bound figures are compared with: a 1 GiB device-to-device copy, bytes
 // read plus written, in TB/s. Prints its JSON line for `gpu`.
 inline double MeasureCopyTbps(cudaStream_t stream, const char* gpu) {

@@ -9,7 +9,9 @@
 //   8192³ bf16 GEMM;
 // - the copy ceiling for decode sizes: a 1 GiB device-to-device copy, read + write bytes; the
 //   expert weights an MoE call must read are the active experts' matrices.
-// Routing comes from random logits through MoeRoute (about uniform over experts).
+// Routing comes from random logits through MoeRoute (about uniform over experts). First, the
+// whole MoE FFN of a decode step (CudaBackend::MoeFfn with a random fp32 router and the shared
+// expert) at 1 and 2 tokens, against the weight bytes it reads.
 // Prints one JSON line per case.
 // Usage: cuda_moe_bench [--tokens T]... [--iters N]
 #include <cublas_v2.h>
@@ -145,6 +147,39 @@ int main(int argc, char** argv) {
   Backend grouped_mma = Make(MoeExpertsKernel::kGrouped, 0, kNever, host_sets);
   Backend grouped_wide = Make(MoeExpertsKernel::kGrouped, 0, 0, host_sets);
   Backend per_expert = Make(MoeExpertsKernel::kPerExpert, 0, kNever, host_sets);
+  // The whole MoE FFN of a decode step as the model calls it (CudaBackend::MoeFfn: the fp32
+  // router with its correction bias, the routing, the routed and shared experts and the combine),
+  // at 1 and 2 tokens, against the weight bytes it must read.
+  {
+    CudaBackend& backend = *decode.backend;
+    const std::vector<float> router = deltaserve::bench::RandomF32(kExperts * kHidden, 21u, 0.05f);
+    const std::vector<float> bias = deltaserve::bench::RandomF32(kExperts, 22u, 0.01f);
+    uint16_t* shared_base = host_sets[0].data();
+    const ExpertWeights shared{
+        backend.AdoptWeight(MakeView(shared_base, DType::kBF16, kInner, kHidden)),
+        backend.AdoptWeight(MakeView(shared_base + kInner * kHidden, DType::kBF16, kInner, kHidden)),
+        backend.AdoptWeight(MakeView(shared_base + 2 * kInner * kHidden, DType::kBF16, kHidden, kInner))};
+    const TensorView router_w =
+        backend.AdoptWeightF32(MakeView(const_cast<float*>(router.data()), DType::kF32, kExperts, kHidden));
+    const TensorView bias_w =
+        backend.AdoptWeightF32(MakeView(const_cast<float*>(bias.data()), DType::kF32, 1, kExperts));
+    for (const int64_t tokens : {int64_t{1}, int64_t{2}}) {
+      const std::vector<float> host_x = deltaserve::bench::RandomF32(tokens * kHidden, 23u, 1.0f);
+      Tensor x = backend.Allocate(tokens, kHidden, DType::kF32);
+      backend.Upload(host_x.data(), x.view());
+      Tensor out = backend.Allocate(tokens, kHidden, DType::kF32);
+      const MoeRouting routing{kTopK, 1, 1, true, 2.446f, false};
+      const double ms = TimeCalls(backend, 5, iters > 0 ? iters : 200, [&] {
+        backend.MoeFfn(x.view(), router_w, bias_w, routing, decode.experts, &shared, out.view());
+      });
+      // Weights read: the router, the shared expert and (about) tokens × top 8 routed experts.
+      const double bytes = 4.0 * kExperts * kHidden + (1.0 + kTopK * tokens) * 3 * kHidden * kInner * 2;
+      std::printf("{\"gpu\": \"%s\", \"case\": \"moe_ffn\", \"tokens\": %lld, \"ms\": %.4f, "
+                  "\"weights_vs_copy\": %.3f}\n",
+                  prop.name, static_cast<long long>(tokens), ms, bytes / (ms * 1e-3) / 1e12 / copy_tbps);
+    }
+    std::fflush(stdout);
+  }
 
   for (const int64_t tokens : token_counts) {
     const int64_t slots = tokens * kTopK;

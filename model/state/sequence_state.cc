@@ -103,7 +103,7 @@ void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::Ten
   }
   DS_CHECK(page.dtype == DType::kBF16);
   std::vector<uint16_t> image(static_cast<size_t>(page.numel()));
-  if (n < page_rows) backend.Download(page, image.data());
+  if (first_row % page_rows != 0) backend.Download(page, image.data());
   for (int64_t r = 0; r < n; ++r) {
     const auto place = kernels::LatentRowPlacement::Place(page.dtype, width, page_rows, first_row + r);
     NarrowRow(host + r * width, width, place, image.data());

@@ -49,8 +49,9 @@ struct MlaLayerState {
 // Latent cache rows [first_row, first_row + n) of one page ([page_rows, width], as
 // MlaLayerState::ForEachRange gives them) to and from F32 on the host ([n, width]), converted and
 // placed where the pages hold another dtype and order (kernels::LatentOffset): snapshots and
-// synthetic histories are F32 rows whatever the backend keeps. A BF16 page is written whole (read
-// first when only some of its rows are written).
+// synthetic histories are F32 rows whatever the backend keeps. A BF16 page is written whole: its
+// rows before first_row are read first and kept, its rows after the range are not (caches fill
+// in order), so a range that starts a page reads nothing.
 void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t first_row,
                       int64_t n);
 void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t first_row, int64_t n,

@@ -39,7 +39,12 @@ class CopyingBackend final : public kernels::Backend {
   void Free(void* data) override { cpu_.Free(data); }
   void Zero(kernels::TensorView dst) override { cpu_.Zero(dst); }
   void Upload(const void* host, kernels::TensorView dst) override { cpu_.Upload(host, dst); }
-  void Download(kernels::TensorView src, void* host) override { cpu_.Download(src, host); }
+  void Download(kernels::TensorView src, void* host) override {
+    ++downloads_;
+    cpu_.Download(src, host);
+  }
+  // Download calls so far (reads a device backend would make through PCIe).
+  int64_t downloads() const { return downloads_; }
   void Copy(kernels::TensorView src, kernels::TensorView dst) override { cpu_.Copy(src, dst); }
   void GatherRows(kernels::TensorView src, std::span<const int64_t> rows,
                   kernels::TensorView dst) override {
@@ -96,6 +101,7 @@ class CopyingBackend final : public kernels::Backend {
  private:
   kernels::cpu::CpuBackend cpu_;
   kernels::DType latent_cache_dtype_;
+  int64_t downloads_ = 0;
   std::deque<kernels::Tensor> weights_;  // the adopted copies
 };
 

@@ -31,13 +31,16 @@ TEST(SequenceStateTest, Bf16LatentRowsArePlacedByTheirCacheRow) {
   ASSERT_EQ(mla.dtype, kernels::DType::kBF16);
   std::vector<float> values(static_cast<size_t>(kRows * width));
   for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i % 251) - 125.0f;  // bf16-exact
-  // Uploaded in pieces that end and start inside pages (a page is written whole, its other rows
-  // kept).
+  // Uploaded in pieces that end and start inside pages (a page is written whole, its earlier rows
+  // kept): only the two ranges that start inside a page (rows 10 and 13, both on rows 7..13's
+  // page) read it first.
+  const int64_t downloads_before = backend.downloads();
   for (const auto& [first, count] : {std::pair<int64_t, int64_t>{0, 10}, {10, 3}, {13, 17}}) {
     mla.ForEachRange(first, count, [&](int64_t row, int64_t n, kernels::TensorView page) {
       UploadLatentRows(backend, values.data() + row * width, page, row, n);
     });
   }
+  EXPECT_EQ(backend.downloads() - downloads_before, 2);
   mla.num_cached = kRows;
   std::vector<float> back(values.size());
   int64_t moved = 0;
