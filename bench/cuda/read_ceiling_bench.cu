@@ -198,6 +198,11 @@ int main(int argc, char** argv) {
       {"rows_4k_x8_6_stages", 4096, 8, 6, 8, 1, true},
       {"chunk_16k_12_stages", 16384, 1, 12, 8, 1, true},
       {"chunk_8k_16_stages", 8192, 1, 16, 8, 1, true},
+      // How many bytes in flight per SM the copy's rate needs (a persistent MoE FFN's rings).
+      {"chunk_9k_16_stages", 9216, 1, 16, 8, 1, true},
+      {"chunk_18k_8_stages", 18432, 1, 8, 8, 1, true},
+      {"chunk_18k_10_stages", 18432, 1, 10, 8, 1, true},
+      {"chunk_18k_4_stages", 18432, 1, 4, 8, 1, true},
       {"chunk_64k_3_stages", 65536, 1, 3, 8, 1, true},  // the KDA decode step's shape
       {"chunk_32k_3_stages_2_blocks", 32768, 1, 3, 8, 2, true},
       {"chunk_16k_6_stages_2_blocks", 16384, 1, 6, 4, 2, true},
