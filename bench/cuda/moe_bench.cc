@@ -9,9 +9,9 @@
 //   8192³ bf16 GEMM;
 // - the copy ceiling for decode sizes: a 1 GiB device-to-device copy, read + write bytes; the
 //   expert weights an MoE call must read are the active experts' matrices.
-// Routing comes from random logits through MoeRoute (about uniform over experts). First, the
-// whole MoE FFN of a decode step (CudaBackend::MoeFfn with a random fp32 router and the shared
-// expert) at 1 and 2 tokens, against the weight bytes it reads.
+// Routing comes from random logits through MoeRoute (about uniform over experts). First of the
+// MoE cases, the whole MoE FFN of a decode step (CudaBackend::MoeFfn with a random fp32 router
+// and the shared expert) at 1 and 2 tokens, against the weight bytes it reads.
 // Prints one JSON line per case.
 // Usage: cuda_moe_bench [--tokens T]... [--iters N]
 #include <cublas_v2.h>

@@ -49,9 +49,9 @@ struct MlaLayerState {
 // Latent cache rows [first_row, first_row + n) of one page ([page_rows, width], as
 // MlaLayerState::ForEachRange gives them) to and from F32 on the host ([n, width]), converted and
 // placed where the pages hold another dtype and order (kernels::LatentOffset): snapshots and
-// synthetic histories are F32 rows whatever the backend keeps. A BF16 page is written whole: its
-// rows before first_row are read first and kept, its rows after the range are not (caches fill
-// in order), so a range that starts a page reads nothing.
+// synthetic histories are F32 rows whatever the backend keeps. A BF16 page is written whole: a
+// range that starts inside a page reads the page first and keeps its other rows; a range that
+// starts a page reads nothing and leaves the rows after it zero (caches fill in order).
 void UploadLatentRows(kernels::Backend& backend, const float* host, kernels::TensorView page, int64_t first_row,
                       int64_t n);
 void DownloadLatentRows(kernels::Backend& backend, kernels::TensorView page, int64_t first_row, int64_t n,
