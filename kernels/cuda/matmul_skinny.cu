@@ -93,6 +93,85 @@ __device__ __forceinline__ void DotRows(const TensorView& x, const TensorView& w
   }
 }
 
+// Slices of a warp's weight rows (16-byte loads of bf16 or f16) loaded into registers before the
+// wait for the kernel ahead, by rows of x: the first wave's weights then arrive while that kernel
+// finishes, ready for the sums once it has. Measured on an H200 (cuda_matmul_bench, a token's
+// products as launched at 1 row): 0, 2, 4, 6, 8 slices took 1.223, 1.172, 1.164, 1.326, 1.474 ms
+// (6 and 8: 75 and 95 registers, fewer resident blocks); at 2 rows 4 slices were 5% slower.
+template <int T>
+constexpr int EarlySlices() {
+  return T == 1 ? 4 : 0;
+}
+
+template <int kEarly>
+__device__ __forceinline__ void LoadEarlySlices(const TensorView& w, int64_t n0, int64_t k0, int64_t step,
+                                                uint4 (&raw)[kEarly][kRowsPerWarp]) {
+#pragma unroll
+  for (int i = 0; i < kEarly; ++i) {
+    const int64_t k = k0 + i * step;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const auto* row = static_cast<const uint16_t*>(w.data) + (n0 + r < w.rows ? n0 + r : 0) * w.row_stride;
+      raw[i][r] = k < w.cols ? __ldg(reinterpret_cast<const uint4*>(row + k)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+// acc[r][t] += the early slices' products, in the order DotRows would have taken them.
+template <int T, int kEarly>
+__device__ __forceinline__ void DotEarlySlices(const TensorView& x, DType dtype, int64_t k0, int64_t step,
+                                               const uint4 (&raw)[kEarly][kRowsPerWarp],
+                                               int64_t cols, float (&acc)[kRowsPerWarp][T]) {
+#pragma unroll
+  for (int i = 0; i < kEarly; ++i) {
+    const int64_t k = k0 + i * step;
+    if (k >= cols) break;
+    float wv[kRowsPerWarp][8];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) Widen8(raw[i][r], dtype, wv[r]);
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+      const float4* xr = reinterpret_cast<const float4*>(static_cast<const float*>(x.data) + t * x.row_stride + k);
+      const float4 a = __ldg(xr), b = __ldg(xr + 1);
+      const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+        for (int i8 = 0; i8 < 8; ++i8) acc[r][t] = fmaf(wv[r][i8], xv[i8], acc[r][t]);
+    }
+  }
+}
+
+// A warp's sums over its rows' slices k0, k0 + step, ... (as DotRows, in its order) where the
+// first EarlySlices<T>() slices of 16-bit weights are loaded into registers before the wait for
+// the kernel ahead; the rest are asked into L2 meanwhile.
+template <int T>
+__device__ __forceinline__ void SumRowsLoadedEarly(const TensorView& x, const TensorView& w, int64_t n0, int64_t k0,
+                                                   int64_t step, float (&acc)[kRowsPerWarp][T]) {
+  constexpr int kEarly = EarlySlices<T>();
+  const bool early = w.dtype != DType::kF32 && n0 < w.rows;
+  uint4 raw[kEarly][kRowsPerWarp];
+  if (early) LoadEarlySlices<kEarly>(w, n0, k0, step, raw);
+  const int64_t k_rest = early ? k0 + kEarly * step : k0;
+  if (n0 < w.rows) {
+    const int element = w.dtype == DType::kF32 ? 4 : 2;
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      if (n0 + r >= w.rows) break;
+      const char* row = static_cast<const char*>(w.data) + (n0 + r) * w.row_stride * element;
+      for (int64_t k = k_rest; k < w.cols; k += step) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k * element));
+    }
+  }
+  WaitForPriorKernels();
+  if (n0 >= w.rows) return;
+  if (w.dtype == DType::kF32) {
+    DotRows<T, float>(x, w, n0, k0, step, acc);
+    return;
+  }
+  if (early) DotEarlySlices<T, kEarly>(x, w.dtype, k0, step, raw, w.cols, acc);
+  DotRows<T, uint16_t>(x, w, n0, k_rest, step, acc);
+}
+
 // Block b computes output columns of the product whose blocks hold b. Its warps form groups of
 // `split` (the product's): each group owns kRowsPerWarp weight rows, each warp of a group every
 // split-th 256-element slice of them (lanes: 8 elements per 16-byte load, several loads in
@@ -120,24 +199,28 @@ __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTabl
   const int64_t n0 = (static_cast<int64_t>(blockIdx.x - first) * (kWarps / split) + group) * kRowsPerWarp;
   // Launched as programmatic, the block may run before the previous kernel is done: it asks for
   // its weight rows (never written by kernels) meanwhile, and waits before touching x and y.
-  if (n0 < w.rows) {
-    const int element = w.dtype == DType::kF32 ? 4 : 2;
+  float acc[kRowsPerWarp][T] = {};
+  if constexpr (EarlySlices<T>() > 0) {
+    SumRowsLoadedEarly<T>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
+  } else {
+    if (n0 < w.rows) {
+      const int element = w.dtype == DType::kF32 ? 4 : 2;
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      if (n0 + r >= w.rows) break;
-      const char* row = static_cast<const char*>(w.data) + (n0 + r) * w.row_stride * element;
-      for (int64_t k = (part * 32 + lane) * 8; k < w.cols; k += split * kSlice) {
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k * element));
+      for (int r = 0; r < kRowsPerWarp; ++r) {
+        if (n0 + r >= w.rows) break;
+        const char* row = static_cast<const char*>(w.data) + (n0 + r) * w.row_stride * element;
+        for (int64_t k = (part * 32 + lane) * 8; k < w.cols; k += split * kSlice) {
+          asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k * element));
+        }
       }
     }
-  }
-  WaitForPriorKernels();
-  float acc[kRowsPerWarp][T] = {};
-  if (n0 < w.rows) {
-    if (w.dtype == DType::kF32) {
-      DotRows<T, float>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
-    } else {
-      DotRows<T, uint16_t>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
+    WaitForPriorKernels();
+    if (n0 < w.rows) {
+      if (w.dtype == DType::kF32) {
+        DotRows<T, float>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
+      } else {
+        DotRows<T, uint16_t>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
+      }
     }
   }
 #pragma unroll

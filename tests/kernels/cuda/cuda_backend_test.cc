@@ -121,17 +121,23 @@ TEST_F(CudaVsCpu, MatMulWithBf16AndF32Weights) {
 // kernel: fp32 activations, so it agrees with the CPU to summation order (1e-4), far tighter than
 // the tensor-core path's bf16-rounded inputs (which the 9-row case keeps). Strided input rows,
 // reductions not a multiple of the warp slice, output columns not a multiple of a block's, rows
-// enough for one warp per row (17,000).
+// enough for one warp per row (17,000). At one row a warp's first slices are loaded before the
+// wait for the kernel ahead: warps with fewer slices than that (k = 8, 520, 4096 over 8 warps a
+// row), with more (9 slices of 2,304 at 17,000 rows), and f16 weights.
 TEST_F(CudaVsCpu, SkinnyMatMulForDecodeRows) {
   std::string why;
   cuda_ = CudaBackend::Create({.skinny_matmul_max_rows = 8}, &why);
   ASSERT_NE(cuda_, nullptr) << why;
-  for (const auto& [t, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 203, 520}, {2, 5, 8}, {5, 64, 2304},
-                                {8, 130, 264}, {9, 130, 264}, {3, 17000, 520}}) {
+  for (const auto& [t, n, k, f16] : {std::tuple<int64_t, int64_t, int64_t, bool>{1, 203, 520, false},
+                                     {1, 5, 8, false}, {1, 2304, 4096, false}, {1, 17000, 2304, false},
+                                     {1, 777, 2312, true}, {2, 5, 8, false}, {5, 64, 2304, false},
+                                     {8, 130, 264, false}, {9, 130, 264, false}, {3, 17000, 520, false}}) {
     const int64_t x_stride = k + 4;
     std::vector<float> x = RandomVector(t * x_stride, 10 + t);
-    std::vector<uint16_t> w = ToBF16(RandomVector(n * k, 20 + t));
-    const TensorView host_w = MakeView(w.data(), DType::kBF16, n, k);
+    std::vector<float> w_f32 = RandomVector(n * k, 20 + t);
+    std::vector<uint16_t> w = ToBF16(w_f32);
+    if (f16) std::transform(w_f32.begin(), w_f32.end(), w.begin(), F32ToF16);
+    const TensorView host_w = MakeView(w.data(), f16 ? DType::kF16 : DType::kBF16, n, k);
     const TensorView host_x{x.data(), DType::kF32, t, k, x_stride};
     std::vector<float> cpu_out(t * n);
     cpu_.MatMul(host_x, host_w, View(cpu_out, t, n));
@@ -288,25 +294,27 @@ TEST_F(CudaVsCpu, SkinnyKernelOnlyForWeightsUpToTheLimit) {
 // before it has just changed, and whose next add reads the product: the same bits as plain
 // launches.
 TEST_F(CudaVsCpu, ProgrammaticProductsReadWhatTheKernelBeforeWrote) {
-  const int64_t t = 2, k = 2304, n = 2304;
+  const int64_t k = 2304, n = 2304;
   std::vector<uint16_t> host_w = ToBF16(RandomVector(n * k, 70));
   std::vector<float> norm = RandomVector(k, 71);
-  std::vector<std::vector<float>> results;
-  for (const bool programmatic : {true, false}) {
-    std::string why;
-    cuda_ = CudaBackend::Create({.programmatic_products = programmatic}, &why);
-    ASSERT_NE(cuda_, nullptr) << why;
-    const TensorView w = cuda_->AdoptWeight(MakeView(host_w.data(), DType::kBF16, n, k));
-    const TensorView norm_w = cuda_->AdoptWeight(View(norm, 1, k));
-    Tensor residual = ToDevice(RandomVector(t * k, 72), t, k);
-    Tensor normed = Poisoned(t, k), product = ToDevice(RandomVector(t * n, 73), t, n);
-    for (int i = 0; i < 20; ++i) {
-      cuda_->AddRmsNorm(residual.view(), product.view(), norm_w, 1e-6f, normed.view());
-      cuda_->MatMul(normed.view(), w, product.view());
+  for (const int64_t t : {1, 2}) {  // 1 row: weights loaded into registers before the wait
+    std::vector<std::vector<float>> results;
+    for (const bool programmatic : {true, false}) {
+      std::string why;
+      cuda_ = CudaBackend::Create({.programmatic_products = programmatic}, &why);
+      ASSERT_NE(cuda_, nullptr) << why;
+      const TensorView w = cuda_->AdoptWeight(MakeView(host_w.data(), DType::kBF16, n, k));
+      const TensorView norm_w = cuda_->AdoptWeight(View(norm, 1, k));
+      Tensor residual = ToDevice(RandomVector(t * k, 72), t, k);
+      Tensor normed = Poisoned(t, k), product = ToDevice(RandomVector(t * n, 73), t, n);
+      for (int i = 0; i < 20; ++i) {
+        cuda_->AddRmsNorm(residual.view(), product.view(), norm_w, 1e-6f, normed.view());
+        cuda_->MatMul(normed.view(), w, product.view());
+      }
+      results.push_back(ToHost(product.view()));
     }
-    results.push_back(ToHost(product.view()));
+    EXPECT_EQ(results[0], results[1]) << t << " rows";
   }
-  EXPECT_EQ(results[0], results[1]);
 }
 
 // A refused call does not end the process: the backend holds the failure, skips the calling
