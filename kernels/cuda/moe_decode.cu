@@ -128,9 +128,9 @@ __global__ void __launch_bounds__(kThreads) MoeDecodeGateUpKernel(GateUpArgs a) 
 // flight together; the warp's lanes cover the row).
 template <int kCols>
 __device__ __forceinline__ void DotDownRows(const bf16* const (&w)[kCols], const float* h, int inner, int lane,
-                                            float (&acc)[kCols]) {
+                                            float (&acc)[kCols], int first_slice = 0) {
 #pragma unroll 4
-  for (int k = lane * kLaneElems; k < inner; k += kWarpElems) {
+  for (int k = lane * kLaneElems + first_slice * kWarpElems; k < inner; k += kWarpElems) {
     uint4 raw[kCols];
 #pragma unroll
     for (int c = 0; c < kCols; ++c) raw[c] = __ldg(reinterpret_cast<const uint4*>(w[c] + k));
@@ -192,33 +192,66 @@ struct DownCombineArgs {
 
 constexpr int kCombineColumns = 2;  // output columns per block of the down-and-combine kernel
 
+// Slices of a down row (8 bf16 a lane, 256 a warp) a warp loads into registers before the wait for
+// the gate/up kernel; the rest it asks into L2. Measured on an H200 (cuda_moe_bench, the 48B
+// shape, two passes): 0 / 2 / 4 slices 0.0472 / 0.0468 / 0.0467 ms at 1 token and 0.0807 /
+// 0.0787 / 0.0789-0.0794 at 2; 2 keeps the kernel at 46 registers, 4 takes 56 and spills.
+constexpr int kDownEarlySlices = 2;
+
 // out[t, c] = the shared expert's hidden row · down row c, then + weights[t, s] · (slot s's hidden
 // row · its expert's down row c) for s = 0, 1, ... (products and sums rounded separately, as
 // MoeCombine). A block per kCombineColumns columns of a token, a warp per slot (the shared
 // expert's first; a row of each column, all loads in flight at once, as in MoeDecodeDownKernel),
 // the sums in shared memory.
-// Launched as programmatic it asks for its weight rows before it waits, as MoeDecodeDownKernel.
+// Launched as programmatic it loads the first kDownEarlySlices of its weight rows into registers,
+// and asks for the rest into L2, before it waits, for the expert the ids name then; after the
+// wait it reads the ids again and loads the rows again where they changed (the routing may not
+// have finished when this kernel starts).
 __global__ void __launch_bounds__(32 * kMoeDecodeFfnMaxSlots) MoeDecodeDownCombineKernel(DownCombineArgs a) {
+  constexpr int kEarly = kDownEarlySlices;
   __shared__ float dots[kMoeDecodeFfnMaxSlots][kCombineColumns];
   const Routing& r = a.routing;
   const int lane = threadIdx.x % 32, slot = threadIdx.x / 32, token = blockIdx.y, slots = r.per_token();
   const int column = blockIdx.x * kCombineColumns;
+  const auto row_of = [&](int expert, int c) {
+    return a.down[expert] + static_cast<int64_t>(column + c < a.hidden ? column + c : column) * a.inner;
+  };
   int expert = r.ExpertOf(token, slot);
+  uint4 raw[kEarly][kCombineColumns];
   if (expert >= 0) {
+#pragma unroll
+    for (int i = 0; i < kEarly; ++i) {
+      const int k = lane * kLaneElems + i * kWarpElems;
+#pragma unroll
+      for (int c = 0; c < kCombineColumns; ++c) {
+        raw[i][c] = k < a.inner ? __ldg(reinterpret_cast<const uint4*>(row_of(expert, c) + k)) : uint4{};
+      }
+    }
     for (int c = 0; c < kCombineColumns && column + c < a.hidden; ++c) {
-      PrefetchWarpRow(a.down[expert] + static_cast<int64_t>(column + c) * a.inner, a.inner, lane);
+      const bf16* rest = a.down[expert] + static_cast<int64_t>(column + c) * a.inner + kEarly * kWarpElems;
+      if (a.inner > kEarly * kWarpElems) PrefetchWarpRow(rest, a.inner - kEarly * kWarpElems, lane);
     }
   }
   FollowPriorKernels();
-  expert = r.ExpertOf(token, slot);
+  const int settled = r.ExpertOf(token, slot);
+  const bool loaded = settled == expert;
+  expert = settled;
   float acc[kCombineColumns] = {};
   if (expert >= 0) {
+    const float* h = a.hidden_rows + static_cast<int64_t>(token * slots + slot) * a.inner;
+    if (loaded) {  // the same order of sums as DotDownRows
+#pragma unroll
+      for (int i = 0; i < kEarly; ++i) {
+        const int k = lane * kLaneElems + i * kWarpElems;
+        if (k >= a.inner) break;
+#pragma unroll
+        for (int c = 0; c < kCombineColumns; ++c) Accumulate8(raw[i][c], h + k, acc[c]);
+      }
+    }
     const bf16* w[kCombineColumns];
 #pragma unroll
-    for (int c = 0; c < kCombineColumns; ++c) {
-      w[c] = a.down[expert] + static_cast<int64_t>(column + c < a.hidden ? column + c : column) * a.inner;
-    }
-    DotDownRows(w, a.hidden_rows + static_cast<int64_t>(token * slots + slot) * a.inner, a.inner, lane, acc);
+    for (int c = 0; c < kCombineColumns; ++c) w[c] = row_of(expert, c);
+    DotDownRows(w, h, a.inner, lane, acc, loaded ? kEarly : 0);
   }
 #pragma unroll
   for (int c = 0; c < kCombineColumns; ++c) {
