@@ -66,6 +66,22 @@ __device__ __forceinline__ void Load8Weights(const float* p, DType, float (&out)
   out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
 }
 
+// acc[r][t] += Σ_i wv[r][i] · x[t, k + i] for i = 0 .. 7, in that order.
+template <int T>
+__device__ __forceinline__ void AccumulateSlice(const TensorView& x, int64_t k, const float (&wv)[kRowsPerWarp][8],
+                                                float (&acc)[kRowsPerWarp][T]) {
+#pragma unroll
+  for (int t = 0; t < T; ++t) {
+    const float4* xr = reinterpret_cast<const float4*>(static_cast<const float*>(x.data) + t * x.row_stride + k);
+    const float4 a = __ldg(xr), b = __ldg(xr + 1);
+    const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[r][t] = fmaf(wv[r][i], xv[i], acc[r][t]);
+  }
+}
+
 // acc[r][t] += Σ_k w[n0 + r, k] · x[t, k] over k = k0, k0 + 1 .. k0 + 7, k0 + step, ...
 template <int T, typename Element>
 __device__ __forceinline__ void DotRows(const TensorView& x, const TensorView& w, int64_t n0, int64_t k0,
@@ -80,16 +96,7 @@ __device__ __forceinline__ void DotRows(const TensorView& x, const TensorView& w
     float wv[kRowsPerWarp][8];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) Load8Weights(rows[r] + k, w.dtype, wv[r]);
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const float4* xr = reinterpret_cast<const float4*>(static_cast<const float*>(x.data) + t * x.row_stride + k);
-      const float4 a = __ldg(xr), b = __ldg(xr + 1);
-      const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[r][t] = fmaf(wv[r][i], xv[i], acc[r][t]);
-    }
+    AccumulateSlice<T>(x, k, wv, acc);
   }
 }
 
@@ -129,16 +136,7 @@ __device__ __forceinline__ void DotEarlySlices(const TensorView& x, DType dtype,
     float wv[kRowsPerWarp][8];
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) Widen8(raw[i][r], dtype, wv[r]);
-#pragma unroll
-    for (int t = 0; t < T; ++t) {
-      const float4* xr = reinterpret_cast<const float4*>(static_cast<const float*>(x.data) + t * x.row_stride + k);
-      const float4 a = __ldg(xr), b = __ldg(xr + 1);
-      const float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r)
-#pragma unroll
-        for (int i8 = 0; i8 < 8; ++i8) acc[r][t] = fmaf(wv[r][i8], xv[i8], acc[r][t]);
-    }
+    AccumulateSlice<T>(x, k, wv, acc);
   }
 }
 
