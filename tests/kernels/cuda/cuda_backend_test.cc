@@ -121,16 +121,17 @@ TEST_F(CudaVsCpu, MatMulWithBf16AndF32Weights) {
 // kernel: fp32 activations, so it agrees with the CPU to summation order (1e-4), far tighter than
 // the tensor-core path's bf16-rounded inputs (which the 9-row case keeps). Strided input rows,
 // reductions not a multiple of the warp slice, output columns not a multiple of a block's, rows
-// enough for one warp per row (17,000). At one row a warp's first slices are loaded before the
-// wait for the kernel ahead: warps with fewer slices than that (k = 8, 520, 4096 over 8 warps a
-// row), with more (9 slices of 2,304 at 17,000 rows), and f16 weights.
+// enough for one warp per row (17,000). At one row a warp's first four 256-element slices are
+// loaded before the wait for the kernel ahead: warps with fewer slices than that (k = 8, 520;
+// 4,096 over 8 warps a row), with more (one warp a row of 17,000: 9 slices of 2,304, and in f16
+// 10 of 2,312, the last partial).
 TEST_F(CudaVsCpu, SkinnyMatMulForDecodeRows) {
   std::string why;
   cuda_ = CudaBackend::Create({.skinny_matmul_max_rows = 8}, &why);
   ASSERT_NE(cuda_, nullptr) << why;
   for (const auto& [t, n, k, f16] : {std::tuple<int64_t, int64_t, int64_t, bool>{1, 203, 520, false},
                                      {1, 5, 8, false}, {1, 2304, 4096, false}, {1, 17000, 2304, false},
-                                     {1, 777, 2312, true}, {2, 5, 8, false}, {5, 64, 2304, false},
+                                     {1, 17000, 2312, true}, {2, 5, 8, false}, {5, 64, 2304, false},
                                      {8, 130, 264, false}, {9, 130, 264, false}, {3, 17000, 520, false}}) {
     const int64_t x_stride = k + 4;
     std::vector<float> x = RandomVector(t * x_stride, 10 + t);
@@ -294,10 +295,12 @@ TEST_F(CudaVsCpu, SkinnyKernelOnlyForWeightsUpToTheLimit) {
 // before it has just changed, and whose next add reads the product: the same bits as plain
 // launches.
 TEST_F(CudaVsCpu, ProgrammaticProductsReadWhatTheKernelBeforeWrote) {
-  const int64_t k = 2304, n = 2304;
-  std::vector<uint16_t> host_w = ToBF16(RandomVector(n * k, 70));
-  std::vector<float> norm = RandomVector(k, 71);
-  for (const int64_t t : {1, 2}) {  // 1 row: weights loaded into registers before the wait
+  // At 1 row the warps load their first four slices into registers before the wait: 4,608 columns
+  // give them 4 or 5 slices each (4 warps a row).
+  for (const auto& [t, k] : {std::pair<int64_t, int64_t>{1, 4608}, {2, 2304}}) {
+    const int64_t n = k;
+    std::vector<uint16_t> host_w = ToBF16(RandomVector(n * k, 70));
+    std::vector<float> norm = RandomVector(k, 71);
     std::vector<std::vector<float>> results;
     for (const bool programmatic : {true, false}) {
       std::string why;
@@ -1266,6 +1269,9 @@ std::vector<MoeCase> MoeCases() {
       {"decode_8_ragged", 8, 32, 4, 200, 40, 2.0},          // 32 slots: the decode kernels, k tails
       {"decode_top8_of_256", 2, 256, 8, 256, 96, 0.0},
       {"decode_ragged", 13, 32, 4, 264, 40, 2.0},           // k and n tails, uneven experts
+      // Down rows of 520: past the two slices the down-and-combine kernel loads before its wait,
+      // with a partial third.
+      {"decode_long_down_rows", 2, 16, 4, 136, 520, 1.0},
       {"prefill_tiles_of_64", 160, 16, 4, 128, 72, 0.0},    // 40 rows per expert: tiles of 64
       {"prefill_ragged", 300, 32, 6, 136, 64, 3.0},
       // ~128 rows per expert, ragged: full and partial 128-row tiles; k and n tails of the wide
