@@ -142,14 +142,19 @@ __device__ __forceinline__ void DotEarlySlices(const TensorView& x, DType dtype,
 
 // A warp's sums over its rows' slices k0, k0 + step, ... (as DotRows, in its order) where the
 // first EarlySlices<T>() slices of 16-bit weights are loaded into registers before the wait for
-// the kernel ahead; the rest are asked into L2 meanwhile.
+// the kernel ahead; the rest are asked into L2 meanwhile. Every row count takes this one path:
+// ptxas then gives 62 registers at 2 rows (4 blocks per SM; a second copy without the early
+// slices took 66, 3 blocks, and the 2-row token of products 1.41 against 1.35 ms on an H200) and
+// 90 at 7 (2 blocks; 80 and 2.88 against 3.13 ms there, past the default skinny_matmul_max_rows).
 template <int T>
 __device__ __forceinline__ void SumRowsLoadedEarly(const TensorView& x, const TensorView& w, int64_t n0, int64_t k0,
                                                    int64_t step, float (&acc)[kRowsPerWarp][T]) {
   constexpr int kEarly = EarlySlices<T>();
-  const bool early = w.dtype != DType::kF32 && n0 < w.rows;
-  uint4 raw[kEarly][kRowsPerWarp];
-  if (early) LoadEarlySlices<kEarly>(w, n0, k0, step, raw);
+  const bool early = kEarly > 0 && w.dtype != DType::kF32 && n0 < w.rows;
+  uint4 raw[kEarly > 0 ? kEarly : 1][kRowsPerWarp];
+  if constexpr (kEarly > 0) {
+    if (early) LoadEarlySlices<kEarly>(w, n0, k0, step, raw);
+  }
   const int64_t k_rest = early ? k0 + kEarly * step : k0;
   if (n0 < w.rows) {
     const int element = w.dtype == DType::kF32 ? 4 : 2;
@@ -166,7 +171,9 @@ __device__ __forceinline__ void SumRowsLoadedEarly(const TensorView& x, const Te
     DotRows<T, float>(x, w, n0, k0, step, acc);
     return;
   }
-  if (early) DotEarlySlices<T, kEarly>(x, w.dtype, k0, step, raw, w.cols, acc);
+  if constexpr (kEarly > 0) {
+    if (early) DotEarlySlices<T, kEarly>(x, w.dtype, k0, step, raw, w.cols, acc);
+  }
   DotRows<T, uint16_t>(x, w, n0, k_rest, step, acc);
 }
 
@@ -198,32 +205,7 @@ __global__ void __launch_bounds__(kThreads) SkinnyMatMulKernel(SkinnyProductTabl
   // Launched as programmatic, the block may run before the previous kernel is done: it asks for
   // its weight rows (never written by kernels) meanwhile, and waits before touching x and y.
   float acc[kRowsPerWarp][T] = {};
-  if constexpr (EarlySlices<T>() > 0) {
-    SumRowsLoadedEarly<T>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
-  } else {
-    // SumRowsLoadedEarly without its early slices, written out: folded into it, ptxas allocates
-    // 62 / 90 / 90 registers at 2 / 5 / 7 rows instead of 66 / 86 / 80 (other resident blocks
-    // than the ones measured).
-    if (n0 < w.rows) {
-      const int element = w.dtype == DType::kF32 ? 4 : 2;
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        if (n0 + r >= w.rows) break;
-        const char* row = static_cast<const char*>(w.data) + (n0 + r) * w.row_stride * element;
-        for (int64_t k = (part * 32 + lane) * 8; k < w.cols; k += split * kSlice) {
-          asm volatile("prefetch.global.L2 [%0];" ::"l"(row + k * element));
-        }
-      }
-    }
-    WaitForPriorKernels();
-    if (n0 < w.rows) {
-      if (w.dtype == DType::kF32) {
-        DotRows<T, float>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
-      } else {
-        DotRows<T, uint16_t>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
-      }
-    }
-  }
+  SumRowsLoadedEarly<T>(x, w, n0, (part * 32 + lane) * 8, split * kSlice, acc);
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r)
 #pragma unroll
