@@ -145,7 +145,8 @@ __device__ __forceinline__ void DotEarlySlices(const TensorView& x, DType dtype,
 // the kernel ahead; the rest are asked into L2 meanwhile. Every row count takes this one path:
 // ptxas then gives 62 registers at 2 rows (4 blocks per SM; a second copy without the early
 // slices took 66, 3 blocks, and the 2-row token of products 1.41 against 1.35 ms on an H200) and
-// 90 at 7 (2 blocks; 80 and 2.88 against 3.13 ms there, past the default skinny_matmul_max_rows).
+// 90 at 7 (2 blocks; the copy took 80, and the 7-row token 2.88 against 3.13 ms, a row count past
+// the default skinny_matmul_max_rows).
 template <int T>
 __device__ __forceinline__ void SumRowsLoadedEarly(const TensorView& x, const TensorView& w, int64_t n0, int64_t k0,
                                                    int64_t step, float (&acc)[kRowsPerWarp][T]) {
