@@ -1262,6 +1262,58 @@ TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
   }
 }
 
+// The fused decode FFN's down-and-combine kernel starts before the routing of its own call has
+// run and loads the rows of the experts the ids name then; after its wait it must sum with the
+// routing's experts. The call here follows a slow product that makes its x (one wave of blocks:
+// the router, the routing, gate/up and down all launch while it runs), and the ids buffer last
+// held another call's experts, so the kernel most likely reads stale ids first (timing decides;
+// nothing here observes which rows it loaded).
+TEST_F(CudaVsCpu, FusedMoeFfnStartedBeforeItsRoutingSumsTheRoutedExperts) {
+  const int64_t t = 2, experts = 64, k = 8, hidden = 512, inner = 256, wide = 65536;
+  const MoeRouting routing{k, 1, 1, true, 2.446f, false};
+  std::vector<std::vector<uint16_t>> host;
+  for (int64_t e = 0; e <= experts; ++e) {
+    host.push_back(ToBF16(RandomVector(inner * hidden, 800 + e)));
+    host.push_back(ToBF16(RandomVector(inner * hidden, 900 + e)));
+    host.push_back(ToBF16(RandomVector(hidden * inner, 1000 + e)));
+  }
+  std::vector<ExpertWeights> cpu_experts, gpu_experts;
+  for (int64_t e = 0; e <= experts; ++e) {
+    cpu_experts.push_back({MakeView(host[3 * e].data(), DType::kBF16, inner, hidden),
+                           MakeView(host[3 * e + 1].data(), DType::kBF16, inner, hidden),
+                           MakeView(host[3 * e + 2].data(), DType::kBF16, hidden, inner)});
+    gpu_experts.push_back({cuda_->AdoptWeight(cpu_experts.back().gate), cuda_->AdoptWeight(cpu_experts.back().up),
+                           cuda_->AdoptWeight(cpu_experts.back().down)});
+  }
+  const ExpertWeights cpu_shared = cpu_experts.back(), gpu_shared = gpu_experts.back();
+  cpu_experts.pop_back();
+  gpu_experts.pop_back();
+  std::vector<float> router = RandomVector(experts * hidden, 13, 0.2f), bias = RandomVector(experts, 14, 0.1f);
+  const TensorView gpu_router = cuda_->AdoptWeightF32(View(router, experts, hidden));
+  const TensorView gpu_bias = cuda_->AdoptWeightF32(View(bias, 1, experts));
+  // 64 MiB of weight in 256 blocks of two rows: one wave, ~15 µs on an H200.
+  std::vector<uint16_t> slow_w = ToBF16(RandomVector(hidden * wide, 15, 0.01f));
+  const TensorView gpu_slow_w = cuda_->AdoptWeight(MakeView(slow_w.data(), DType::kBF16, hidden, wide));
+
+  std::vector<float> x1 = RandomVector(t * hidden, 16);
+  Tensor dx1 = ToDevice(x1, t, hidden), dx0 = ToDevice(RandomVector(t * wide, 17), t, wide);
+  Tensor dx2 = Poisoned(t, hidden), out1 = Poisoned(t, hidden), out2 = Poisoned(t, hidden);
+  for (int i = 0; i < 3; ++i) {
+    cuda_->MoeFfn(dx1.view(), gpu_router, gpu_bias, routing, gpu_experts, &gpu_shared, out1.view());
+    cuda_->MatMul(dx0.view(), gpu_slow_w, dx2.view());
+    cuda_->MoeFfn(dx2.view(), gpu_router, gpu_bias, routing, gpu_experts, &gpu_shared, out2.view());
+  }
+  ASSERT_FALSE(cuda_->TakeFailure().failed());
+  std::vector<float> x2 = ToHost(dx2.view());
+  std::vector<float> cpu_out1(t * hidden), cpu_out2(t * hidden);
+  cpu_.MoeFfn(View(x1, t, hidden), View(router, experts, hidden), View(bias, 1, experts), routing, cpu_experts,
+              &cpu_shared, View(cpu_out1, t, hidden));
+  cpu_.MoeFfn(View(x2, t, hidden), View(router, experts, hidden), View(bias, 1, experts), routing, cpu_experts,
+              &cpu_shared, View(cpu_out2, t, hidden));
+  ExpectClose(ToHost(out1.view()), cpu_out1, kMatMulTolerance, "the call before the slow product");
+  ExpectClose(ToHost(out2.view()), cpu_out2, kMatMulTolerance, "the call after it");
+}
+
 std::vector<MoeCase> MoeCases() {
   return {
       {"inner_not_multiple_of_8", 9, 32, 4, 48, 20, 0.0},  // the grouped kernel falls back
