@@ -79,6 +79,16 @@ class CudaVsCpu : public ::testing::Test {
     return host;
   }
 
+  // Host experts adopted by the CUDA backend.
+  ExpertWeights AdoptExpert(const ExpertWeights& host) {
+    return {cuda_->AdoptWeight(host.gate), cuda_->AdoptWeight(host.up), cuda_->AdoptWeight(host.down)};
+  }
+  std::vector<ExpertWeights> AdoptExperts(std::span<const ExpertWeights> host) {
+    std::vector<ExpertWeights> adopted;
+    for (const ExpertWeights& w : host) adopted.push_back(AdoptExpert(w));
+    return adopted;
+  }
+
   static void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu, double tolerance,
                           const std::string& what) {
     ASSERT_EQ(gpu.size(), cpu.size()) << what;
@@ -1106,6 +1116,28 @@ TEST_F(CudaVsCpu, SampleRowsDrawWhatTheHostDraws) {
 // most 32 slots, the grouped one where the shapes allow (bf16, multiples of 8; tiles of 16 rows
 // for few rows per expert, 64 for many, on mma.sync; and 128-row tiles on warpgroup products,
 // forced for every shape) and the per-expert cuBLAS one.
+// `count` random bf16 experts: expert e's gate, up and down from seeds seed + e, seed + 100 + e
+// and seed + 200 + e. The views point into `data`, hence no copies.
+struct RandomExperts {
+  RandomExperts(int64_t count, int64_t inner, int64_t hidden, uint64_t seed) {
+    for (int64_t e = 0; e < count; ++e) {
+      data.push_back(ToBF16(RandomVector(inner * hidden, seed + e)));
+      data.push_back(ToBF16(RandomVector(inner * hidden, seed + 100 + e)));
+      data.push_back(ToBF16(RandomVector(hidden * inner, seed + 200 + e)));
+    }
+    for (int64_t e = 0; e < count; ++e) {
+      views.push_back({MakeView(data[3 * e].data(), DType::kBF16, inner, hidden),
+                       MakeView(data[3 * e + 1].data(), DType::kBF16, inner, hidden),
+                       MakeView(data[3 * e + 2].data(), DType::kBF16, hidden, inner)});
+    }
+  }
+  RandomExperts(const RandomExperts&) = delete;
+  RandomExperts& operator=(const RandomExperts&) = delete;
+
+  std::vector<std::vector<uint16_t>> data;
+  std::vector<ExpertWeights> views;
+};
+
 struct MoeCase {
   std::string name;
   int64_t t, experts, k, hidden, inner;
@@ -1124,18 +1156,8 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
   std::vector<float> weights(c.t * c.k);
   cpu_.MoeRoute(View(logits, c.t, c.experts), TensorView{}, MoeRouting{c.k, 1, 1, true, 2.446f, false},
                 MakeView(ids.data(), DType::kI32, c.t, c.k), View(weights, c.t, c.k));
-  std::vector<std::vector<uint16_t>> w1, w3, w2;
-  std::vector<ExpertWeights> cpu_experts;
-  for (int64_t e = 0; e < c.experts; ++e) {
-    w1.push_back(ToBF16(RandomVector(c.inner * c.hidden, 100 + e)));
-    w3.push_back(ToBF16(RandomVector(c.inner * c.hidden, 200 + e)));
-    w2.push_back(ToBF16(RandomVector(c.hidden * c.inner, 300 + e)));
-  }
-  for (int64_t e = 0; e < c.experts; ++e) {
-    cpu_experts.push_back({MakeView(w1[e].data(), DType::kBF16, c.inner, c.hidden),
-                           MakeView(w3[e].data(), DType::kBF16, c.inner, c.hidden),
-                           MakeView(w2[e].data(), DType::kBF16, c.hidden, c.inner)});
-  }
+  const RandomExperts host_experts(c.experts, c.inner, c.hidden, 100);
+  const std::vector<ExpertWeights>& cpu_experts = host_experts.views;
   std::vector<float> x = RandomVector(c.t * c.hidden, 7);
   std::vector<float> cpu_slots(c.t * c.k * c.hidden), cpu_out(c.t * c.hidden, 0.5f);
   cpu_.MoeExperts(View(x, c.t, c.hidden), MakeView(ids.data(), DType::kI32, c.t, c.k), cpu_experts, 0,
@@ -1162,10 +1184,7 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
     cuda_ = CudaBackend::Create(options, &why);
     ASSERT_NE(cuda_, nullptr) << why;
     const std::string& what = kernel.what;
-    std::vector<ExpertWeights> gpu_experts;
-    for (const ExpertWeights& host : cpu_experts) {
-      gpu_experts.push_back({cuda_->AdoptWeight(host.gate), cuda_->AdoptWeight(host.up), cuda_->AdoptWeight(host.down)});
-    }
+    const std::vector<ExpertWeights> gpu_experts = AdoptExperts(cpu_experts);
     Tensor dx = ToDevice(x, c.t, c.hidden);
     Tensor dids = cuda_->Allocate(c.t, c.k, DType::kI32);
     cuda_->Upload(ids.data(), dids.view());
@@ -1196,21 +1215,10 @@ class CudaMoeFfn : public CudaMoe {};
 
 TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
   const MoeCase& c = GetParam();
-  // Expert e's three matrices at host[3e..3e+2]; the shared expert's last.
-  std::vector<std::vector<uint16_t>> host;
-  for (int64_t e = 0; e <= c.experts; ++e) {
-    host.push_back(ToBF16(RandomVector(c.inner * c.hidden, 400 + e)));
-    host.push_back(ToBF16(RandomVector(c.inner * c.hidden, 500 + e)));
-    host.push_back(ToBF16(RandomVector(c.hidden * c.inner, 600 + e)));
-  }
-  std::vector<ExpertWeights> cpu_experts;
-  for (int64_t e = 0; e <= c.experts; ++e) {
-    cpu_experts.push_back({MakeView(host[3 * e].data(), DType::kBF16, c.inner, c.hidden),
-                           MakeView(host[3 * e + 1].data(), DType::kBF16, c.inner, c.hidden),
-                           MakeView(host[3 * e + 2].data(), DType::kBF16, c.hidden, c.inner)});
-  }
-  const ExpertWeights cpu_shared = cpu_experts.back();
-  cpu_experts.pop_back();
+  // The routed experts, then the shared expert.
+  const RandomExperts host_experts(c.experts + 1, c.inner, c.hidden, 400);
+  const std::span<const ExpertWeights> cpu_experts = std::span(host_experts.views).first(c.experts);
+  const ExpertWeights& cpu_shared = host_experts.views.back();
   std::vector<float> router = RandomVector(c.experts * c.hidden, 13, 0.2f);
   for (int64_t e = 0; e < c.experts / 4; ++e) {
     for (int64_t i = 0; i < c.hidden; ++i) router[e * c.hidden + i] *= static_cast<float>(1.0 + c.skew);
@@ -1227,12 +1235,8 @@ TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
     std::string why;
     cuda_ = CudaBackend::Create({.moe_fused_max_slots = fused_max_slots}, &why);
     ASSERT_NE(cuda_, nullptr) << why;
-    std::vector<ExpertWeights> gpu_experts;
-    for (const ExpertWeights& w : cpu_experts) {
-      gpu_experts.push_back({cuda_->AdoptWeight(w.gate), cuda_->AdoptWeight(w.up), cuda_->AdoptWeight(w.down)});
-    }
-    const ExpertWeights gpu_shared{cuda_->AdoptWeight(cpu_shared.gate), cuda_->AdoptWeight(cpu_shared.up),
-                                   cuda_->AdoptWeight(cpu_shared.down)};
+    const std::vector<ExpertWeights> gpu_experts = AdoptExperts(cpu_experts);
+    const ExpertWeights gpu_shared = AdoptExpert(cpu_shared);
     const TensorView cpu_router_bf16 = MakeView(router_bf16.data(), DType::kBF16, c.experts, c.hidden);
     const std::array<TensorView, 2> cpu_routers = {View(router, c.experts, c.hidden), cpu_router_bf16};
     const std::array<TensorView, 2> gpu_routers = {cuda_->AdoptWeightF32(cpu_routers[0]),
@@ -1271,23 +1275,12 @@ TEST_P(CudaMoeFfn, WholeFfnMatchesTheCpuComposition) {
 TEST_F(CudaVsCpu, FusedMoeFfnStartedBeforeItsRoutingSumsTheRoutedExperts) {
   const int64_t t = 2, experts = 64, k = 8, hidden = 512, inner = 256, wide = 65536;
   const MoeRouting routing{k, 1, 1, true, 2.446f, false};
-  std::vector<std::vector<uint16_t>> host;
-  for (int64_t e = 0; e <= experts; ++e) {
-    host.push_back(ToBF16(RandomVector(inner * hidden, 800 + e)));
-    host.push_back(ToBF16(RandomVector(inner * hidden, 900 + e)));
-    host.push_back(ToBF16(RandomVector(hidden * inner, 1000 + e)));
-  }
-  std::vector<ExpertWeights> cpu_experts, gpu_experts;
-  for (int64_t e = 0; e <= experts; ++e) {
-    cpu_experts.push_back({MakeView(host[3 * e].data(), DType::kBF16, inner, hidden),
-                           MakeView(host[3 * e + 1].data(), DType::kBF16, inner, hidden),
-                           MakeView(host[3 * e + 2].data(), DType::kBF16, hidden, inner)});
-    gpu_experts.push_back({cuda_->AdoptWeight(cpu_experts.back().gate), cuda_->AdoptWeight(cpu_experts.back().up),
-                           cuda_->AdoptWeight(cpu_experts.back().down)});
-  }
-  const ExpertWeights cpu_shared = cpu_experts.back(), gpu_shared = gpu_experts.back();
-  cpu_experts.pop_back();
-  gpu_experts.pop_back();
+  // The routed experts, then the shared expert.
+  const RandomExperts host_experts(experts + 1, inner, hidden, 800);
+  const std::span<const ExpertWeights> cpu_experts = std::span(host_experts.views).first(experts);
+  const ExpertWeights& cpu_shared = host_experts.views.back();
+  const std::vector<ExpertWeights> gpu_experts = AdoptExperts(cpu_experts);
+  const ExpertWeights gpu_shared = AdoptExpert(cpu_shared);
   std::vector<float> router = RandomVector(experts * hidden, 13, 0.2f), bias = RandomVector(experts, 14, 0.1f);
   const TensorView gpu_router = cuda_->AdoptWeightF32(View(router, experts, hidden));
   const TensorView gpu_bias = cuda_->AdoptWeightF32(View(bias, 1, experts));
