@@ -1111,11 +1111,6 @@ TEST_F(CudaVsCpu, SampleRowsDrawWhatTheHostDraws) {
   EXPECT_EQ(checked, 6 * 30);
 }
 
-// Experts and combine for a routing of `t` tokens over `experts` experts (held as two shards, as
-// expert workers would hold them), on every expert kernel of the backend: the decode one for at
-// most 32 slots, the grouped one where the shapes allow (bf16, multiples of 8; tiles of 16 rows
-// for few rows per expert, 64 for many, on mma.sync; and 128-row tiles on warpgroup products,
-// forced for every shape) and the per-expert cuBLAS one.
 // `count` random bf16 experts: expert e's gate, up and down from seeds seed + e, seed + 100 + e
 // and seed + 200 + e. The views point into `data`, hence no copies.
 struct RandomExperts {
@@ -1138,6 +1133,11 @@ struct RandomExperts {
   std::vector<ExpertWeights> views;
 };
 
+// Experts and combine for a routing of `t` tokens over `experts` experts (held as two shards, as
+// expert workers would hold them), on every expert kernel of the backend: the decode one for at
+// most 32 slots, the grouped one where the shapes allow (bf16, multiples of 8; tiles of 16 rows
+// for few rows per expert, 64 for many, on mma.sync; and 128-row tiles on warpgroup products,
+// forced for every shape) and the per-expert cuBLAS one.
 struct MoeCase {
   std::string name;
   int64_t t, experts, k, hidden, inner;
