@@ -228,8 +228,9 @@ __global__ void __launch_bounds__(32 * kMoeDecodeFfnMaxSlots) MoeDecodeDownCombi
       }
     }
     for (int c = 0; c < kCombineColumns && column + c < a.hidden; ++c) {
-      const bf16* rest = a.down[expert] + static_cast<int64_t>(column + c) * a.inner + kEarly * kWarpElems;
-      if (a.inner > kEarly * kWarpElems) PrefetchWarpRow(rest, a.inner - kEarly * kWarpElems, lane);
+      if (a.inner > kEarly * kWarpElems) {
+        PrefetchWarpRow(row_of(expert, c) + kEarly * kWarpElems, a.inner - kEarly * kWarpElems, lane);
+      }
     }
   }
   FollowPriorKernels();
