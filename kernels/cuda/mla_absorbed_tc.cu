@@ -66,20 +66,35 @@ constexpr float kMaxLag = 8.0f;  // log2 units a tile may exceed the reference m
 // Grid (heads, kRank / kAbsorbCols, ceil(T / 8)). q_abs[t][h] = [W_UK[h]ᵀ q_nope[t, h] (rank) ‖
 // q_pe[t, h] (rope)] in bf16, for every packed row (rows of other forms are computed too and never
 // read). Half-warp j of warp w reduces the W_UK rows c ≡ 2w + j (mod 16), each lane 8 latent
-// columns per 16-byte load, several loads in flight; the half-warps meet over a shuffle, the warps
-// in shared memory. The block's W_UK rows are requested into L2 before it waits for the kernels
-// ahead (no kernel writes weights): at batch 1 this kernel is all latency.
+// columns per 16-byte load; the half-warps meet over a shuffle, the warps in shared memory. In the
+// serving layout the thread's first W_UK rows (at Kimi's nope, all of them) are loaded before the
+// block waits for the kernels ahead (no kernel writes weights; other layouts are asked into L2),
+// and the rows' q (nope and rope) is read by one pass of loads after it: at small batches this
+// kernel is all latency (reading each row's rope between barriers cost ~1 µs a row at 8 rows).
 __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
                                                              int rope, int v_dim, bf16* q_abs) {
-  __shared__ float q_nope[kAbsorbRows][256];
-  __shared__ float partial[kWarps][kAbsorbCols];
+  constexpr int kMaxNope = 256;
+  __shared__ float q_nope[kAbsorbRows][kMaxNope];
+  __shared__ float q_rope[kAbsorbRows][kRope];
+  __shared__ float partial[kWarps][kAbsorbRows][kAbsorbCols];
   const int h = blockIdx.x;
   const int r0 = blockIdx.y * kAbsorbCols;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int first_row = 2 * warp + lane / 16, col = r0 + (lane % 16) * 8;
   constexpr int kRowStep = 2 * kWarps;
+  constexpr int kEarlyRows = 8;  // W_UK rows a thread loads before the wait: all of them at nope 128
   const int64_t w_row = static_cast<int64_t>(h) * (nope + v_dim);
-  {
+  const auto* w_bf16 = static_cast<const bf16*>(kv_b.data) + (w_row * kv_b.row_stride + col);
+  const bool serving =
+      kv_b.dtype == DType::kBF16 && kv_b.row_stride % 8 == 0 && reinterpret_cast<uintptr_t>(kv_b.data) % 16 == 0;
+  uint4 early[kEarlyRows];  // row first_row + u · kRowStep
+  if (serving) {
+#pragma unroll
+    for (int u = 0; u < kEarlyRows; ++u) {
+      const int c = first_row + u * kRowStep;
+      if (c < nope) early[u] = __ldg(reinterpret_cast<const uint4*>(w_bf16 + c * kv_b.row_stride));
+    }
+  } else {
     const int element = kv_b.dtype == DType::kF32 ? 4 : 2;
     for (int c = first_row; c < nope; c += kRowStep) {
       const char* p = static_cast<const char*>(kv_b.data) + ((w_row + c) * kv_b.row_stride + col) * element;
@@ -90,9 +105,14 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
   const int64_t t0 = static_cast<int64_t>(blockIdx.z) * kAbsorbRows;
   const int rows = static_cast<int>(q.rows - t0 < kAbsorbRows ? q.rows - t0 : kAbsorbRows);
   const int qk = nope + rope, dot = kRank + rope;
-  for (int i = threadIdx.x; i < kAbsorbRows * nope; i += kThreads) {
-    const int r = i / nope, c = i % nope;
-    q_nope[r][c] = r < rows ? RowF32(q, t0 + r)[h * qk + c] : 0.0f;
+  for (int i = threadIdx.x; i < kAbsorbRows * qk; i += kThreads) {
+    const int r = i / qk, c = i % qk;
+    const float v = r < rows ? RowF32(q, t0 + r)[h * qk + c] : 0.0f;
+    if (c < nope) {
+      q_nope[r][c] = v;
+    } else {
+      q_rope[r][c - nope] = v;
+    }
   }
   __syncthreads();
   float acc[kAbsorbRows][8] = {};
@@ -104,20 +124,26 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
       for (int i = 0; i < 8; ++i) acc[r][i] = fmaf(w[i], qv, acc[r][i]);
     }
   };
-  const auto* w_bf16 = static_cast<const bf16*>(kv_b.data) + (w_row * kv_b.row_stride + col);
-  if (kv_b.dtype == DType::kBF16 && kv_b.row_stride % 8 == 0 && reinterpret_cast<uintptr_t>(kv_b.data) % 16 == 0) {
-    // The serving layout: unconditional 16-byte loads, several rows in flight.
-#pragma unroll 8
-    for (int c = first_row; c < nope; c += kRowStep) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w_bf16 + c * kv_b.row_stride));
-      const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
-      float w[8];
+  const auto accumulate_raw = [&](const uint4& raw, int c) {
+    const auto* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+    float w[8];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 f = __bfloat1622float2(pairs[i]);
-        w[2 * i] = f.x, w[2 * i + 1] = f.y;
-      }
-      accumulate(w, c);
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(pairs[i]);
+      w[2 * i] = f.x, w[2 * i + 1] = f.y;
+    }
+    accumulate(w, c);
+  };
+  if (serving) {
+#pragma unroll
+    for (int u = 0; u < kEarlyRows; ++u) {
+      const int c = first_row + u * kRowStep;
+      if (c < nope) accumulate_raw(early[u], c);
+    }
+    // Past the early rows (nope over 128): several rows in flight.
+#pragma unroll 8
+    for (int c = first_row + kEarlyRows * kRowStep; c < nope; c += kRowStep) {
+      accumulate_raw(__ldg(reinterpret_cast<const uint4*>(w_bf16 + c * kv_b.row_stride)), c);
     }
   } else {
     for (int c = first_row; c < nope; c += kRowStep) {
@@ -130,28 +156,24 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
   for (int r = 0; r < kAbsorbRows; ++r) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], 16);
-  }
-#pragma unroll
-  for (int r = 0; r < kAbsorbRows; ++r) {
-    if (r >= rows) break;
     if (lane < 16) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) partial[warp][lane * 8 + i] = acc[r][i];
+      for (int i = 0; i < 8; ++i) partial[warp][r][lane * 8 + i] = acc[r][i];
     }
-    __syncthreads();
-    bf16* dst = q_abs + ((t0 + r) * heads + h) * dot;
-    for (int j = threadIdx.x; j < kAbsorbCols; j += kThreads) {
-      float sum = 0.0f;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < rows * kAbsorbCols; i += kThreads) {
+    const int r = i / kAbsorbCols, j = i % kAbsorbCols;
+    float sum = 0.0f;
 #pragma unroll
-      for (int v = 0; v < kWarps; ++v) sum += partial[v][j];
-      dst[r0 + j] = __float2bfloat16(sum);
+    for (int v = 0; v < kWarps; ++v) sum += partial[v][r][j];
+    q_abs[((t0 + r) * heads + h) * dot + r0 + j] = __float2bfloat16(sum);
+  }
+  if (blockIdx.y == 0) {
+    for (int i = threadIdx.x; i < rows * rope; i += kThreads) {
+      const int r = i / rope, c = i % rope;
+      q_abs[((t0 + r) * heads + h) * dot + kRank + c] = __float2bfloat16(q_rope[r][c]);
     }
-    if (blockIdx.y == 0) {
-      for (int c = threadIdx.x; c < rope; c += kThreads) {
-        dst[kRank + c] = __float2bfloat16(RowF32(q, t0 + r)[h * qk + nope + c]);
-      }
-    }
-    __syncthreads();
   }
 }
 
