@@ -558,7 +558,7 @@ int MergeSmemFloats(int rank, int states) {
 }
 
 __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs args, int partitions) {
-  FollowPriorKernels();
+  AllowDependentLaunch();
   extern __shared__ float4 smem4[];
   const int rank = args.rank;
   const int slice = (rank + kMergeSplit - 1) / kMergeSplit;
@@ -568,9 +568,11 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedMergeKernel(AbsorbedArgs 
   __shared__ float scratch[32];
   const int64_t t = blockIdx.x;
   const int h = blockIdx.y, z = blockIdx.z;
+  // Which states to merge comes from the call's uploaded descriptors: looked up before the wait.
   MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t, 1, row_seq);
-  if (row_seq[0] < 0) return;
   const RowStates states = StatesOf(args, t, h, partitions);
+  WaitForPriorKernels();
+  if (row_seq[0] < 0) return;
   float* const entries = states.first;
   const int64_t stride = states.stride;
   const int count = states.count;
@@ -653,15 +655,24 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbedProjectKernel(AbsorbedArg
       dst[1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
-  WaitForPriorKernels();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int64_t t0 = static_cast<int64_t>(blockIdx.z) * kProjectRows; t0 < args.out.rows;
-       t0 += static_cast<int64_t>(gridDim.z) * kProjectRows) {
-    const int n = static_cast<int>(args.out.rows - t0 < kProjectRows ? args.out.rows - t0 : kProjectRows);
+  // A row group's sequences and states, from the call's uploaded descriptors (the first group's
+  // looked up before the wait). MapRows syncs.
+  const auto map_rows = [&](int64_t t0, int n) {
     if (static_cast<int>(threadIdx.x) < n) {
       row_state[threadIdx.x] = StatesOf(args, t0 + threadIdx.x, h, partitions).first;
     }
-    MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t0, n, row_seq);  // syncs
+    MapRows(args.seqs, args.num_seqs, static_cast<int>(MlaForm::kAbsorbed), t0, n, row_seq);
+  };
+  const auto group_rows = [&](int64_t t0) {
+    return static_cast<int>(args.out.rows - t0 < kProjectRows ? args.out.rows - t0 : kProjectRows);
+  };
+  const int64_t first_t0 = static_cast<int64_t>(blockIdx.z) * kProjectRows;
+  if (first_t0 < args.out.rows) map_rows(first_t0, group_rows(first_t0));
+  WaitForPriorKernels();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t t0 = first_t0; t0 < args.out.rows; t0 += static_cast<int64_t>(gridDim.z) * kProjectRows) {
+    const int n = group_rows(t0);
+    if (t0 != first_t0) map_rows(t0, n);
     for (int i0 = threadIdx.x; i0 < kProjectRows * padded; i0 += kInFlight * kThreads) {
       float v[kInFlight];
 #pragma unroll
