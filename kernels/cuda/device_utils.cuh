@@ -150,7 +150,7 @@ __device__ __forceinline__ void FollowPriorKernels() {
 // kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch where
 // `programmatic`: its blocks may be scheduled while the kernel before it finishes, hiding the
 // launch gap between the short kernels of a decode step. Such a kernel starts with
-// FollowPriorKernels (or asks only for weights into L2 before its WaitForPriorKernels).
+// FollowPriorKernels, or reads before its WaitForPriorKernels only what the rule above allows.
 template <typename... Params, typename... Args>
 int LaunchMaybeAfterPrior(bool programmatic, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                           void* stream, Args... args) {

@@ -37,6 +37,7 @@ constexpr int kThreads = 256;  // the absorb kernel's block
 constexpr int kWarps = kThreads / 32;
 constexpr int kAbsorbRows = 8; // rows per block in the absorb kernel
 constexpr int kAbsorbCols = 16 * 8;  // latent columns per absorb block: 8 per lane of a half-warp
+constexpr int kMaxNope = 256;        // q_nope columns the absorb kernel holds per row
 
 // The attention kernel's shapes are compile-time: Kimi's.
 constexpr int kConsumerThreads = 256;  // warpgroups 0 and 1
@@ -73,7 +74,6 @@ constexpr float kMaxLag = 8.0f;  // log2 units a tile may exceed the reference m
 // kernel is all latency (reading each row's rope between barriers cost ~1 µs a row at 8 rows).
 __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
                                                              int rope, int v_dim, bf16* q_abs) {
-  constexpr int kMaxNope = 256;
   __shared__ float q_nope[kAbsorbRows][kMaxNope];
   __shared__ float q_rope[kAbsorbRows][kRope];
   __shared__ float partial[kWarps][kAbsorbRows][kAbsorbCols];
@@ -457,7 +457,7 @@ bool MlaAbsorbedTcRuns() { return WgmmaRuns(); }
 
 bool MlaAbsorbedTcSupports(const MlaParams& params) {
   return params.num_heads >= 1 && params.num_heads <= kHeadRows && params.kv_lora_rank == kRank &&
-         params.qk_rope_dim == kRope && params.qk_nope_dim <= 256;
+         params.qk_rope_dim == kRope && params.qk_nope_dim <= kMaxNope;
 }
 
 // One block per SM is resident and every block takes an equal run of tiles, so the blocks are the

@@ -917,7 +917,7 @@ std::vector<MlaCase> MlaCases() {
   // Kimi-Linear-48B-A3B's MLA: 32 heads, latent rank 512, nope 128, rope 64, v 128.
   const MlaParams kimi{32, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
   const MlaParams kimi20{20, 512, 128, 64, 128, 1.0f / std::sqrt(192.0f)};
-  const MlaParams kimi_nope192{32, 512, 192, 64, 128, 1.0f / std::sqrt(256.0f)};
+  const MlaParams kimi_nope256{32, 512, 256, 64, 128, 1.0f / std::sqrt(320.0f)};
   const MlaParams wide{2, 64, 16, 8, 160, 1.0f / std::sqrt(24.0f)};
   const auto e = MlaForm::kExpanded, a = MlaForm::kAbsorbed;
   std::vector<MlaCase> cases = {
@@ -941,8 +941,9 @@ std::vector<MlaCase> MlaCases() {
       {"kimi_pages_of_7", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 7},
       // Fewer heads than the tensor-core decode kernel's 32 rows of Q (the rest zero, not written).
       {"kimi_20_heads", kimi20, {3000, 70, 0}, {1, 1, 1}, {a, a, a}, 256},
-      // q_nope of 192: the absorb's W_UK rows past the 128 it loads before its wait.
-      {"kimi_nope_192", kimi_nope192, {3000, 70, 0}, {1, 1, 1}, {a, a, a}, 256},
+      // q_nope of 256, the most the tensor-core decode takes: the absorb's W_UK rows past the 128
+      // it loads before its wait.
+      {"kimi_nope_256", kimi_nope256, {3000, 70, 0}, {1, 1, 1}, {a, a, a}, 256},
       // Long contexts at small batches: a row's keys are split over many blocks.
       {"kimi_decode_long_1", kimi, {20000}, {1}, {a}, 256},
       {"kimi_decode_long_2", kimi, {9000, 33}, {1, 1}, {a, a}},
