@@ -158,11 +158,11 @@ int main(int argc, char** argv) {
       const size_t scratch_floats = MlaAbsorbedScratchFloats(params, b, longest + 1, tensor_cores);
       float* scratch = nullptr;
       if (scratch_floats > 0) Check(cudaMalloc(&scratch, scratch_floats * sizeof(float)), "cudaMalloc");
+      // As the backend calls it for a decode batch: the new rows appended inside the call.
       const auto step = [&](int) {
-        Check(static_cast<cudaError_t>(LaunchMlaAppendLatent(latent_view, seqs, b, stream)), "append");
         Check(static_cast<cudaError_t>(LaunchMlaAbsorbedAttention(params, q_view, kv_b_view, seqs, b, longest + 1,
                                                                   tensor_cores, key_split, scratch, out_view,
-                                                                  stream)),
+                                                                  stream, latent_view)),
               "absorbed");
       };
       const double ms = deltaserve::bench::TimeMs(3, iters, stream, [&] { step(0); });

@@ -729,7 +729,11 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
   const auto* device_split = key_split.empty() ? nullptr
                                                : reinterpret_cast<const int32_t*>(
                                                      static_cast<const char*>(descriptors.view().data) + split_offset);
-  DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->Stream()), "mla append");
+  // A batch of absorbed rows only (decode) appends inside the absorbed attention's first launch;
+  // expanded rows read the caches (their new rows too) before it.
+  const bool append_in_attention =
+      std::all_of(seqs.begin(), seqs.end(), [](const MlaSequence& seq) { return seq.form == MlaForm::kAbsorbed; });
+  if (!append_in_attention) DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->Stream()), "mla append");
 
   const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
   const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
@@ -787,8 +791,8 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     Tensor scratch;
     if (scratch_floats > 0) scratch = Allocate(1, static_cast<int64_t>(scratch_floats), DType::kF32);
     DS_CUDA(LaunchMlaAbsorbedAttention(params, q, kv_b, device_seqs, n, max_keys, tensor_cores, device_split,
-                                       scratch_floats > 0 ? scratch.data<float>() : nullptr, out,
-                                       impl_->Stream()),
+                                       scratch_floats > 0 ? scratch.data<float>() : nullptr, out, impl_->Stream(),
+                                       append_in_attention ? latent : TensorView{}),
             "mla absorbed");
   }
 }

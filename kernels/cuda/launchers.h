@@ -112,14 +112,15 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // MlaAbsorbedScratchFloats(...) floats of scratch (partial softmax states, the absorbed query). On
 // tensor cores the key tiles are spread over the blocks by `key_split`: the uploaded table of
 // BuildMlaKeySplit(host seqs, num_seqs, q.rows, MlaKeySplitBlocks(q.rows, max_keys)), with the same
-// max_keys.
+// max_keys. Where `append` has data, the call first appends it as LaunchMlaAppendLatent would (on
+// tensor cores inside the q absorption, one launch fewer), so the caches must not hold the rows yet.
 // Whether the tensor-core form runs here: an sm_90a build on a compute capability 9.0 GPU.
 bool MlaAbsorbedTcRuns();
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
                                bool tensor_cores, const int32_t* key_split, float* scratch, TensorView out,
-                               Stream stream);
+                               Stream stream, TensorView append = {});
 // How the tensor-core absorbed attention spreads key tiles (64 keys) over its blocks: the tiles
 // of every absorbed row, rows in order, cut into `blocks` runs of equal length, so that a batch
 // of unequal histories keeps every SM busy to the end. A run crosses from one row into the next

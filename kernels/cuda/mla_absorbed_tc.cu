@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_rows.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace deltaserve::kernels::cuda {
@@ -72,11 +73,15 @@ constexpr float kMaxLag = 8.0f;  // log2 units a tile may exceed the reference m
 // block waits for the kernels ahead (no kernel writes weights; other layouts are asked into L2),
 // and the rows' q (nope and rope) is read by one pass of loads after it: at small batches this
 // kernel is all latency (reading each row's rope between barriers cost ~1 µs a row at 8 rows).
+// Where `append` has data, blocks (0, 0, z) also append its rows 8z.. to their sequences' caches
+// (warp w row 8z + w, as MlaAppendKernel), so that a decode step needs no append launch.
 __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, TensorView kv_b, int heads, int nope,
-                                                             int rope, int v_dim, bf16* q_abs) {
+                                                             int rope, int v_dim, bf16* q_abs, TensorView append,
+                                                             const MlaSequence* seqs, int64_t num_seqs) {
   __shared__ float q_nope[kAbsorbRows][kMaxNope];
   __shared__ float q_rope[kAbsorbRows][kRope];
   __shared__ float partial[kWarps][kAbsorbRows][kAbsorbCols];
+  __shared__ int append_seq[kAbsorbRows];
   const int h = blockIdx.x;
   const int r0 = blockIdx.y * kAbsorbCols;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -101,9 +106,11 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
       asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
     }
   }
-  FollowPriorKernels();
   const int64_t t0 = static_cast<int64_t>(blockIdx.z) * kAbsorbRows;
   const int rows = static_cast<int>(q.rows - t0 < kAbsorbRows ? q.rows - t0 : kAbsorbRows);
+  const bool appends = append.data != nullptr && blockIdx.x == 0 && blockIdx.y == 0;
+  if (appends) MapRows(seqs, num_seqs, -1, t0, rows, append_seq);  // the uploaded descriptors
+  FollowPriorKernels();
   const int qk = nope + rope, dot = kRank + rope;
   for (int i = threadIdx.x; i < kAbsorbRows * qk; i += kThreads) {
     const int r = i / qk, c = i % qk;
@@ -114,6 +121,7 @@ __global__ void __launch_bounds__(kThreads) MlaAbsorbQKernel(TensorView q, Tenso
       q_rope[r][c - nope] = v;
     }
   }
+  if (appends && warp < rows && append_seq[warp] >= 0) AppendLatentRow(append, seqs[append_seq[warp]], t0 + warp);
   __syncthreads();
   float acc[kAbsorbRows][8] = {};
   auto accumulate = [&](const float (&w)[8], int c) {
@@ -527,8 +535,8 @@ size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t 
 }
 
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
-                        const int32_t* key_split, int64_t max_keys, void* scratch, float** partial,
-                        int64_t* blocks_out, Stream stream) {
+                        int64_t num_seqs, const int32_t* key_split, int64_t max_keys, TensorView append,
+                        void* scratch, float** partial, int64_t* blocks_out, Stream stream) {
   if (!MlaAbsorbedTcRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   if (!MlaAbsorbedTcSupports(params) || scratch == nullptr || key_split == nullptr) {
     return static_cast<int>(cudaErrorInvalidValue);
@@ -545,7 +553,7 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
   const int absorb_error = LaunchAfterPrior(
       MlaAbsorbQKernel, dim3(heads, kRank / kAbsorbCols, static_cast<unsigned>((rows + kAbsorbRows - 1) / kAbsorbRows)),
       dim3(kThreads), 0, s, q, kv_b, heads, static_cast<int>(params.qk_nope_dim), rope,
-      static_cast<int>(params.v_dim), q_abs);
+      static_cast<int>(params.v_dim), q_abs, append, seqs, num_seqs);
   if (absorb_error != 0) return absorb_error;
   if (const int error = AllowDynamicSmem(MlaLatentAttentionKernel, kAttentionSmemBytes); error != 0) return error;
   const AttentionArgs args{seqs,

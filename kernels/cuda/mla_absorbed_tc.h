@@ -16,9 +16,10 @@ size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t 
 // Queues q absorption and the attention over the key split `key_split` (the uploaded
 // BuildMlaKeySplit table; every absorbed sequence's latent pages BF16); on success *partial holds
 // [rows + *blocks, heads, kv_lora_rank + 2] segment states (m, l, unnormalised Σ p c_n), slots as
-// the table's MlaRowSlots say, for the merge, inside `scratch`.
+// the table's MlaRowSlots say, for the merge, inside `scratch`. Where `append` has data (the
+// rows' new latents, as LaunchMlaAppendLatent takes them), the absorption appends them first.
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
-                        const int32_t* key_split, int64_t max_keys, void* scratch, float** partial,
-                        int64_t* blocks, Stream stream);
+                        int64_t num_seqs, const int32_t* key_split, int64_t max_keys, TensorView append,
+                        void* scratch, float** partial, int64_t* blocks, Stream stream);
 
 }  // namespace deltaserve::kernels::cuda

@@ -27,52 +27,19 @@ constexpr int kAppendRows = kWarps;  // append: one row per warp
 // ---------------------------------------------------------------------------------------------
 // Append.
 
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void Put(float* p, float v) { *p = v; }
-__device__ __forceinline__ void Put(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-
-// One warp copies `width` elements from src to dst, element e from src[src_at(e)] to
-// dst[dst_at(e)] (converted between fp32 and bf16 where they differ): loads first, 8 per lane in
-// flight (dst and src could alias as far as the compiler knows).
-template <typename Src, typename Dst, typename SrcAt, typename DstAt>
-__device__ __forceinline__ void WarpCopyRow(const Src* src, SrcAt src_at, Dst* dst, DstAt dst_at, int64_t width) {
-  constexpr int kInFlight = 8;
-  for (int64_t c0 = threadIdx.x & 31; c0 < width; c0 += 32 * kInFlight) {
-    float v[kInFlight];
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) v[u] = c0 + 32 * u < width ? ToFloat(src[src_at(c0 + 32 * u)]) : 0.0f;
-#pragma unroll
-    for (int u = 0; u < kInFlight; ++u) {
-      if (c0 + 32 * u < width) Put(dst + dst_at(c0 + 32 * u), v[u]);
-    }
-  }
-}
-
-struct IdentityIndex {
-  __device__ __forceinline__ int64_t operator()(int64_t e) const { return e; }
-};
-
 // Grid: ceil(T / 8) blocks of 8 warps, warp w copies packed row 8 * block + w into its cache row
 // (rounded to bf16 in BF16 pages).
 __global__ void __launch_bounds__(kThreads)
     MlaAppendKernel(TensorView latent, const MlaSequence* seqs, int64_t num_seqs) {
-  FollowPriorKernels();
+  AllowDependentLaunch();
   __shared__ int row_seq[kAppendRows];
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kAppendRows;
   const int n = static_cast<int>(latent.rows - t0 < kAppendRows ? latent.rows - t0 : kAppendRows);
-  MapRows(seqs, num_seqs, -1, t0, n, row_seq);
+  MapRows(seqs, num_seqs, -1, t0, n, row_seq);  // the uploaded descriptors: before the wait
+  WaitForPriorKernels();
   const int warp = threadIdx.x >> 5;
   if (warp >= n || row_seq[warp] < 0) return;
-  const MlaSequence& seq = seqs[row_seq[warp]];
-  const int64_t t = t0 + warp, width = latent.cols, row = seq.num_cached + (t - seq.rows.begin);
-  if (seq.cache.dtype == DType::kBF16) {
-    const LatentRowPlacement place = LatentRowPlacement::Place(DType::kBF16, width, seq.cache.page_rows, row);
-    const auto at = [&](int64_t e) { return place.Offset(e); };
-    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.PageOf<__nv_bfloat16>(row), at, width);
-  } else {
-    WarpCopyRow(RowF32(latent, t), IdentityIndex{}, seq.cache.Row(row, width), IdentityIndex{}, width);
-  }
+  AppendLatentRow(latent, seqs[row_seq[warp]], t0 + warp);
 }
 
 // Grid: ceil(rows / 8) blocks of 8 warps, warp w copies cache row 8 * block + w of *seq to dst
@@ -909,9 +876,13 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView kv_b,
                                const MlaSequence* seqs, int64_t num_seqs, int64_t max_keys,
                                bool tensor_cores, const int32_t* key_split, float* scratch, TensorView out,
-                               Stream stream) {
+                               Stream stream, TensorView append) {
   if (num_seqs < 0 || !ValidParams(params) || q.dtype != DType::kF32 || out.dtype != DType::kF32 ||
       kv_b.dtype == DType::kI32) {
+    return Invalid();
+  }
+  if (append.data != nullptr && (append.dtype != DType::kF32 || append.rows != q.rows ||
+                                 append.cols != params.kv_lora_rank + params.qk_rope_dim)) {
     return Invalid();
   }
   const int64_t heads = params.num_heads;
@@ -939,8 +910,8 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   auto s = static_cast<cudaStream_t>(stream);
   if (tensor_cores && MlaAbsorbedTcSupports(params)) {
     int64_t blocks = 0;
-    const int error =
-        LaunchMlaAbsorbedTc(params, q, kv_b, seqs, key_split, max_keys, scratch, &args.partial, &blocks, stream);
+    const int error = LaunchMlaAbsorbedTc(params, q, kv_b, seqs, num_seqs, key_split, max_keys, append, scratch,
+                                          &args.partial, &blocks, stream);
     if (error != 0) return error;
     args.row_slots = reinterpret_cast<const MlaRowSlots*>(key_split + MlaKeySplitSlotsAt(blocks, q.rows));
     return LaunchMergeAndProject(args, 0, static_cast<int>(blocks), blocks > 1, s);
@@ -948,6 +919,9 @@ int LaunchMlaAbsorbedAttention(const MlaParams& params, TensorView q, TensorView
   const int64_t groups = (heads + kAbsorbedRows - 1) / kAbsorbedRows;
   const int64_t partitions = AbsorbedPartitions(q.rows, groups, max_keys);
   if (partitions > 1 && scratch == nullptr) return Invalid();
+  if (append.data != nullptr) {
+    if (const int error = LaunchMlaAppendLatent(append, seqs, num_seqs, stream); error != 0) return error;
+  }
   args.partial = scratch;
   // K also holds q_nope [16, nope] before the key loop and o_lat [<= 16, rank] after it.
   args.lay = MakeLayout<kAbsorbedRows>(args.rank + args.rope, args.rank, true,
