@@ -113,7 +113,8 @@ int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaS
 // tensor cores the key tiles are spread over the blocks by `key_split`: the uploaded table of
 // BuildMlaKeySplit(host seqs, num_seqs, q.rows, MlaKeySplitBlocks(q.rows, max_keys)), with the same
 // max_keys. Where `append` has data, the call first appends it as LaunchMlaAppendLatent would (on
-// tensor cores inside the q absorption, one launch fewer), so the caches must not hold the rows yet.
+// tensor cores inside the q absorption, one launch fewer): pass it only where nothing earlier in
+// the call reads the new rows (no expanded sequences).
 // Whether the tensor-core form runs here: an sm_90a build on a compute capability 9.0 GPU.
 bool MlaAbsorbedTcRuns();
 size_t MlaAbsorbedScratchFloats(const MlaParams& params, int64_t rows, int64_t max_keys, bool tensor_cores);

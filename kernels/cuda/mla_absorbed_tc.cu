@@ -221,9 +221,9 @@ __device__ __forceinline__ void ForEachSegment(const AttentionArgs& a, Body body
 // per column group and page piece, completing on the stage's `full` barrier; rows past the
 // position zero-filled by ordinary stores first (they may hold anything, and a zero probability
 // times NaN is NaN), fenced before any later bulk copy into the stage. Tiles wholly before the
-// call's own rows are asked for before the kernel waits for the kernels ahead (the absorb, the
-// append): earlier calls appended them, and every call starts with the upload of its inputs,
-// which no later launch overtakes.
+// call's own rows are asked for before the kernel waits for the kernels ahead (the absorb, which
+// appends a decode call's rows, or the append): earlier calls appended them, and every call starts
+// with the upload of its inputs, which no later launch overtakes.
 __device__ void ProduceTiles(const AttentionArgs& a, unsigned char* stages, uint64_t* full, uint64_t* empty) {
   const int lane = threadIdx.x % 32;
   int tile_count = 0;

@@ -1,5 +1,5 @@
 // Which MLA sequence holds each packed row, latent cache rows read as floats, and new rows
-// appended: shared by the MLA kernels (mla_attention.cu, mla_absorbed_tc.cu, mla_expanded_tc.cu).
+// appended: shared by the MLA kernels (mla_attention.cu, mla_absorbed_tc.cu).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -941,6 +941,9 @@ std::vector<MlaCase> MlaCases() {
       {"kimi_pages_of_7", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 7},
       // Fewer heads than the tensor-core decode kernel's 32 rows of Q (the rest zero, not written).
       {"kimi_20_heads", kimi20, {3000, 70, 0}, {1, 1, 1}, {a, a, a}, 256},
+      // Absorbed rows only, so the new rows are appended inside the absorb launch: a sequence of
+      // seven new rows across the launch's 8-row groups, and one of three.
+      {"kimi_decode_multi_row", kimi, {5000, 40, 700, 3}, {3, 1, 7, 2}, {a, a, a, a}, 64},
       // q_nope of 256, the most the tensor-core decode takes: the absorb's W_UK rows past the 128
       // it loads before its wait.
       {"kimi_nope_256", kimi_nope256, {3000, 70, 0}, {1, 1, 1}, {a, a, a}, 256},
