@@ -9,12 +9,15 @@
 // back from registers), the output row and the advanced conv tails. A group that has read its
 // slot queues the copy of the slot's next task into it at once, so the copies run kStages tasks
 // ahead, under the groups' barriers and arithmetic. (A separate producer warp made 17 warps and
-// capped the registers at 96 a thread; 16 warps have 128.)
+// capped the registers at 96 a thread; 16 warps have 128.) Up to kKdaDecodeSplitMaxTasks tasks
+// (one or two sequences of Kimi's shape) take kda_decode_step_split.cu instead.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kda_decode_conv.cuh"
+#include "kernels/cuda/kda_decode_step_split.h"
 #include "kernels/cuda/kda_head_dims.cuh"
 #include "kernels/cuda/kda_input_checks.h"
 #include "kernels/cuda/launchers.h"
@@ -28,59 +31,6 @@ constexpr int kThreads = kGroups * kGroupThreads;
 constexpr int kStages = 3;  // ring slots (three of 71 KiB at D = 128 fill the shared memory)
 // The warp of a group that queues its slot's next task: the last, whose threads run no conv.
 constexpr int kIssueWarp = kGroupThreads / 32 - 1;
-
-// One channel's short conv for one decode token (kernel ≤ kMaxDecodeConvKernel): the causal conv
-// + SiLU, then the [kernel - 1, channels] tail (oldest first) advanced. Weight [channels,
-// kernel], column `history` (= kernel - 1) the current token's.
-struct DecodeConv {
-  float x = 0;
-  float weight[kMaxDecodeConvKernel] = {};
-  float tail[kMaxDecodeConvKernel - 1] = {};
-
-  // One 8-byte load for the model's form (4 bf16 taps, aligned), element loads otherwise.
-  __device__ __forceinline__ void LoadWeights(const TensorView& w, int64_t c, int history) {
-    static_assert(kMaxDecodeConvKernel == 4, "four bf16 taps in 8 bytes");
-    const auto* row = static_cast<const __nv_bfloat16*>(w.data) + c * w.row_stride;
-    if (w.dtype == DType::kBF16 && history == 3 && reinterpret_cast<uintptr_t>(row) % 8 == 0) {
-      const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row));
-      const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-      const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-      weight[0] = lo.x, weight[1] = lo.y, weight[2] = hi.x, weight[3] = hi.y;
-      return;
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
-      if (i <= history) weight[i] = LoadAt(w, c, i);
-    }
-  }
-  __device__ __forceinline__ void LoadInputs(float input, const float* tails, int64_t c, int64_t channels,
-                                             int history) {
-    x = input;
-#pragma unroll
-    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
-      if (i < history) tail[i] = tails[i * channels + c];
-    }
-  }
-  __device__ __forceinline__ float Output(int history) const {
-    float acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
-      if (i < history) acc += weight[i] * tail[i];
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxDecodeConvKernel; ++i) {
-      if (i == history) acc += weight[i] * x;
-    }
-    return SiluF(acc);
-  }
-  __device__ __forceinline__ void Advance(float* tails, int64_t c, int64_t channels, int history) const {
-#pragma unroll
-    for (int i = 0; i + 1 < kMaxDecodeConvKernel; ++i) {
-      if (i + 1 < history) tails[i * channels + c] = tail[i + 1];
-      if (i + 1 == history) tails[i * channels + c] = x;
-    }
-  }
-};
 
 // What a slot holds for one task.
 template <int D>
@@ -365,6 +315,7 @@ int LaunchKdaDecodeStep(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs
   const int64_t tasks = num_seqs * heads;
   // Task indices stay ints with room for the blocks' strides past the last one.
   if (seqs == nullptr || tasks > (int64_t{1} << 30)) return static_cast<int>(cudaErrorInvalidValue);
+  if (KdaDecodeStepSplitApplies(d, tasks)) return LaunchKdaDecodeStepSplit(in, seqs, tasks, out, stream);
   int error = static_cast<int>(cudaErrorInvalidValue);
   const bool launched = WithKdaHeadDim(d, [&](auto dim) {
     constexpr int D = decltype(dim)::value;

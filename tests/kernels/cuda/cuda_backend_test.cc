@@ -680,7 +680,9 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                          ::testing::Values(KdaShape{2, 16, {1, 70}, 0.0f}, KdaShape{3, 24, {5, 1, 64}, -2.0f},
                                            KdaShape{2, 32, {130, 1}, 0.0f}, KdaShape{2, 64, {1, 1, 33}, 0.0f},
                                            KdaShape{2, 128, {1, 200}, 0.0f},
-                                           // A decode step: one token for each of many sequences.
+                                           // A decode step: one token for each of many sequences
+                                           // (28 tasks: the fused decode step's split form, a
+                                           // cluster of 4 blocks per task; up to 64 take it).
                                            KdaShape{4, 128, {1, 1, 1, 1, 1, 1, 1}, 0.0f},
                                            // 640 (sequence, head) tasks: more than the fused
                                            // decode step's persistent blocks (one per SM), each
