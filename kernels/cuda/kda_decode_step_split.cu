@@ -26,7 +26,8 @@ constexpr int kColumns = kD / kSplit;  // a block's value columns: a lane each
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;  // a thread per channel of the head
 constexpr int kRows = kD / kWarps;     // state rows per thread
-static_assert(kColumns == 32 && kThreads == kD && kRows % 2 == 0, "lane = column, thread = channel");
+static_assert(kColumns == 32 && kThreads == kD && kRows % 2 == 0,
+              "lane = column, thread = channel, rows taken in pairs");
 
 // The cluster's barrier in two halves. The relaxed arrival orders nothing: it only says that this
 // block runs, so that its shared memory may take the others' stores after their wait.
@@ -44,9 +45,9 @@ __device__ __forceinline__ void ClusterWaitAcquire() {
 __global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
     KdaDecodeStepSplitKernel(KdaDecodeInputs in, const KdaDecodeSequence* seqs, TensorView out) {
   __shared__ float q_sh[kD], k_sh[kD], decay_sh[kD], v_sh[kColumns];
-  __shared__ float squares[2][kWarps];      // each warp's Σ q², Σ k²
+  __shared__ float squares[2][kWarps];         // each warp's Σ q², Σ k²
   __shared__ float dots[2][kWarps][kColumns];  // each warp's rows of (Sᵀk)[j], then (Sᵀq)[j]
-  __shared__ float norm_parts[kSplit];      // block r's Σ o² over its columns, stored by block r
+  __shared__ float norm_parts[kSplit];         // block r's Σ o² over its columns, stored by block r
   ClusterArriveRelaxed();
   const KdaInputs& core = in.core;
   const int heads = static_cast<int>(core.num_heads);
@@ -63,7 +64,7 @@ __global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
   if (warp == 0) conv_v.LoadWeights(in.conv_weights[2], head0 + j, history);
   const float bias = LoadFlat(core.dt_bias, head0 + t);
   const float decay_rate = expf(LoadFlat(core.a_log, h));
-  const float out_norm = LoadFlat(in.out_norm, j);
+  const float out_norm = warp == 0 ? LoadFlat(in.out_norm, j) : 0.0f;
   const KdaDecodeSequence seq = seqs[task / heads];
   FollowPriorKernels();
   const int64_t row = seq.row;
@@ -75,7 +76,7 @@ __global__ void __cluster_dims__(kSplit, 1, 1) __launch_bounds__(kThreads)
   conv_k.LoadInputs(RowF32(core.k, row)[head0 + t], seq.conv_tails[1], head0 + t, channels, history);
   if (warp == 0) conv_v.LoadInputs(RowF32(core.v, row)[head0 + j], seq.conv_tails[2], head0 + j, channels, history);
   const float gate = RowF32(core.gate_logits, row)[head0 + t];
-  const float out_gate = RowF32(in.out_gate, row)[head0 + j];
+  const float out_gate = warp == 0 ? RowF32(in.out_gate, row)[head0 + j] : 0.0f;
   const float beta = SigmoidF(RowF32(core.beta_logits, row)[h]);
 
   const float q = conv_q.Output(history), k = conv_k.Output(history);

@@ -684,6 +684,10 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                                            // (28 tasks: the fused decode step's split form, a
                                            // cluster of 4 blocks per task; up to 64 take it).
                                            KdaShape{4, 128, {1, 1, 1, 1, 1, 1, 1}, 0.0f},
+                                           // 64 and 68 tasks: the split form's most, and the
+                                           // persistent kernel with fewer tasks than blocks.
+                                           KdaShape{4, 128, std::vector<int64_t>(16, 1), 0.0f},
+                                           KdaShape{4, 128, std::vector<int64_t>(17, 1), 0.0f},
                                            // 640 (sequence, head) tasks: more than the fused
                                            // decode step's persistent blocks (one per SM), each
                                            // of which then cycles its ring of slots.
