@@ -73,14 +73,15 @@ constexpr int kInner = 1024;
 constexpr int kTopK = 8;
 constexpr int kSlots = kTopK + 1;  // the shared expert first
 // Consumer warps per SM (measured on an H200: 16 against 8, the layer 94.6 against 96.5 µs and the
-// products with their dependencies 76.3 against 79.4; 96 registers, so no more fit).
+// products with their dependencies 76.3 against 79.4). The KDA step's mapping needs a multiple of
+// 4 warps dividing 128 threads' parts evenly (8 or 16), and a block holds at most 32 warps.
 constexpr int kConsumerWarps = 16;
 constexpr int kConsumers = 32 * kConsumerWarps;
 constexpr int kThreads = kConsumers + 32;  // and the producer warp
 constexpr int kMaxStages = 16;
 constexpr int kMaxDownRows = 32;  // down rows of one SM (2,304 over >= 72 SMs)
 
-enum Product : int { kProj, kExp, kOproj, kRouter, kGateUp, kDown, kProducts };
+enum Product : int { kProj, kExp, kOproj, kRouter, kGateUp, kDown };
 enum Kind : int { kTile, kNorm1, kNorm2, kKda, kRoute, kCombine };
 // Timeline events (consumer thread 0 of each SM, %globaltimer, with --trace).
 enum Event : int { kEvNorm1, kEvProjStart, kEvProjEnd, kEvExpStart, kEvKdaStart, kEvKdaEnd, kEvOprojStart,
@@ -90,7 +91,9 @@ const char* const kEventNames[kEvents] = {"norm1", "proj_start", "proj_end", "ex
                                           "kda_end", "o_proj_start", "o_proj_end", "norm2", "router_start",
                                           "router_end", "route", "gate_up_start", "gate_up_end", "down_start",
                                           "down_end"};
-enum Mode : int { kModeLayer, kModeProducts, kModeStream, kModeCompute, kModeTileOverhead, kModes };
+enum Mode : int { kModeLayer, kModeProducts, kModeStream, kModeTilesComputed, kModeTilesNotSummed, kModes };
+// The cases that route no token: the producer takes fixed experts for the routed slots.
+__host__ __device__ constexpr bool RoutesNothing(int mode) { return mode != kModeLayer && mode != kModeProducts; }
 // Counters per layer: how many SMs (heads, for kKdaDone) are done with a phase.
 enum Counter : int { kProjDone, kKdaDone, kOprojDone, kRouterDone, kGateUpDone, kDownDone, kCounters };
 
@@ -111,7 +114,7 @@ struct Item {
 };
 
 struct Weights {
-  const uint16_t *proj, *exp, *oproj, *gate, *up, *down;
+  const uint16_t *proj, *expansion, *oproj, *gate, *up, *down;
   const float *router, *norm;
 };
 
@@ -182,16 +185,11 @@ __device__ __forceinline__ void ConsumersSignal(unsigned* counter) {
 // x into shared memory for the products' 16-byte units of 8 bf16 weights: each `region` floats
 // (a slot's hidden row, say) as two halves, the first four activations of every unit in the first
 // and the last four in the second, so that lane l's float4 reads of unit l are conflict-free.
-// region 0: as is (the fp32 router's units of 4).
 __device__ __forceinline__ void StageInput(float* x, const float* src, int n, int region) {
   for (int i = threadIdx.x * 4; i < n; i += kConsumers * 4) {  // n, region: multiples of 8
     const float4 v = __ldcg(reinterpret_cast<const float4*>(src + i));
-    if (region == 0) {
-      *reinterpret_cast<float4*>(x + i) = v;
-    } else {
-      const int base = i / region * region, j = i % region, u = j / 8, e = j % 8;
-      *reinterpret_cast<float4*>(x + base + (e < 4 ? 0 : region / 2) + u * 4) = v;
-    }
+    const int base = i / region * region, j = i % region, u = j / 8, e = j % 8;
+    *reinterpret_cast<float4*>(x + base + (e < 4 ? 0 : region / 2) + u * 4) = v;
   }
   ConsumerSync();
 }
@@ -212,7 +210,8 @@ __device__ __forceinline__ void LoadOwned(const float* v, float (&out)[kNormPer]
 // back from memory), x = RMSNorm(h) · weight (weight loaded by the caller before its wait), by the
 // consumers of every SM (each needs x; computing it on every SM saves a dependency across SMs): x
 // into shared memory as StageInput lays it out for bf16 rows (and as is into x_plain, if given,
-// for the fp32 router). SM 0 also writes h and x to device memory (h_out, x_out) for the check.
+// for the fp32 router). SM 0 also writes h (unless h_out is null) and x to device memory for the
+// check.
 __device__ void NormTask(float (&h)[kNormPer], const float* add, const float (&weight)[kNormPer], float* h_out,
                          float* x_out, float* x, float* x_plain, float* scratch) {
   float added[kNormPer];
@@ -237,7 +236,10 @@ __device__ void NormTask(float (&h)[kNormPer], const float* add, const float (&w
     const int u = i / 8, e = i % 8;
     x[(e < 4 ? 0 : kHidden / 2) + u * 4 + (e & 3)] = v;
     if (x_plain != nullptr) x_plain[i] = v;
-    if (blockIdx.x == 0) h_out[i] = h[j], x_out[i] = v;
+    if (blockIdx.x == 0) {
+      if (h_out != nullptr) h_out[i] = h[j];
+      x_out[i] = v;
+    }
   }
   ConsumerSync();
 }
@@ -256,9 +258,9 @@ __device__ __forceinline__ void KdaLoadState(const float* state, int head, float
   for (int r = 0; r < kKdaRows; ++r) col[r] = s[(part * kKdaRows + r) * kHeadDim + j];
 }
 
-__device__ void KdaStep(const float* proj, const float* exp, float* state, float* out, int head, float* scratch,
+__device__ void KdaStep(const float* proj, const float* expansions, float* state, float* out, int head, float* scratch,
                         float (&col)[kKdaRows]) {
-  // exp: this head's f_b rows (128) then its g_b rows (128), in shared memory.
+  // expansions: this head's f_b rows (128) then its g_b rows (128), in shared memory.
   float* k = scratch;          // 128
   float* q = scratch + 128;    // 128
   float* decay = scratch + 256;
@@ -268,12 +270,12 @@ __device__ void KdaStep(const float* proj, const float* exp, float* state, float
   if (t < kHeadDim) {
     k[t] = __ldcg(proj + kKeyDim + head * kHeadDim + t);
     q[t] = __ldcg(proj + head * kHeadDim + t);
-    decay[t] = SigmoidF(exp[t]);
+    decay[t] = SigmoidF(expansions[t]);
   }
   float* s = state + static_cast<int64_t>(head) * kHeadDim * kHeadDim;
   const float v = __ldcg(proj + 2 * kKeyDim + head * kHeadDim + j);
   const float beta = SigmoidF(__ldcg(proj + kBetaRow + head));
-  const float gate = SigmoidF(exp[kHeadDim + j]);
+  const float gate = SigmoidF(expansions[kHeadDim + j]);
   ConsumerSync();
   if (t < 64) {
     const float value = t < 32 ? k[t] * k[t] + k[t + 32] * k[t + 32] + k[t + 64] * k[t + 64] + k[t + 96] * k[t + 96]
@@ -359,7 +361,7 @@ __device__ const uint16_t* TileRows(const Params& p, int product, int layer, int
   const int64_t l = layer, e = static_cast<int64_t>(layer) * (p.experts + 1) + expert;
   switch (product) {
     case kProj: return w.proj + (l * kProjRows + row) * kHidden;
-    case kExp: return w.exp + (l * kExpRows + row) * kExpCols;
+    case kExp: return w.expansion + (l * kExpRows + row) * kExpCols;
     case kOproj: return w.oproj + (l * kHidden + row) * kKeyDim;
     case kRouter: return reinterpret_cast<const uint16_t*>(w.router + (l * kRouterRows + row) * kHidden);
     case kGateUp: return (up ? w.up : w.gate) + (e * kInner + row) * kHidden;
@@ -380,7 +382,7 @@ __device__ void Produce(const Params& p, const Item* items, int count, unsigned 
       if (it.product == kGateUp || it.product == kDown) {
         if (it.slot == 0) {
           expert = p.experts;
-        } else if (p.mode >= kModeStream) {
+        } else if (RoutesNothing(p.mode)) {
           expert = (it.slot * 37) % p.experts;
         } else {
           if (!routed) {  // this SM's consumers route the layer's token
@@ -395,8 +397,8 @@ __device__ void Produce(const Params& p, const Item* items, int count, unsigned 
       }
       const int s = n % p.stages;
       if (n >= p.stages) WaitBarrier(&empty[s], ((n / p.stages) - 1) & 1);
-      // Copies queued in the memory system beyond what keeps it busy only lengthen the latency of
-      // every other access (the norms', the routing's, the recurrent step's, the counters').
+      // --in-flight: whether copies queued beyond what keeps the memory busy delay the other
+      // accesses (the norms', the routing's, the step's, the counters'); measured: they did not.
       if (n >= p.in_flight) WaitBarrier(&full[(n - p.in_flight) % p.stages], ((n - p.in_flight) / p.stages) & 1);
       const unsigned bytes = static_cast<unsigned>(it.rows * RowBytes(it.product));
       unsigned char* stage = ring + static_cast<size_t>(s) * p.stage_bytes;
@@ -436,15 +438,15 @@ __device__ __forceinline__ float RowDot(const unsigned char* row, int units, con
   return WarpSum(a + b);
 }
 
-// One stage's rows dotted with x (the router's with x_plain; the expansions' results into `exp`,
+// One stage's rows dotted with x (the router's with x_plain; the expansions' into `expansions`,
 // for the head's recurrent step on this SM): a warp per row (row i of the product goes to warp
 // i % kConsumerWarps, so the warps share a product's rows evenly across its stages; the
 // expansions' 16-unit rows take 4 lanes each), no barrier; each warp releases the stage once it
 // has read its rows. `local` is the tile's first row among the SM's down rows.
 __device__ void ConsumeTile(const Params& p, const Item& it, int layer, const unsigned char* stage, const float* x,
-                            const float* x_plain, float* partial, float* exp, int local, uint64_t* empty) {
+                            const float* x_plain, float* partial, float* expansions, int local, uint64_t* empty) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row_bytes = RowBytes(it.product), units = p.mode == kModeTileOverhead ? 0 : row_bytes / 16;
+  const int row_bytes = RowBytes(it.product), units = p.mode == kModeTilesNotSummed ? 0 : row_bytes / 16;
   const Activations& a = p.a;
   const int64_t hl = static_cast<int64_t>(layer) * kHidden;
   if (it.product == kExp) {  // 16 units a row: 4 lanes a row, 8 rows a warp at once
@@ -472,7 +474,7 @@ __device__ void ConsumeTile(const Params& p, const Item& it, int layer, const un
       acc += __shfl_xor_sync(0xffffffffu, acc, 2);
       if (lane % 4 == 0 && r < it.rows) {
         const int at = it.row + r;
-        exp[(at < kKeyDim ? 0 : kHeadDim) + at % kHeadDim] = acc;
+        expansions[(at < kKeyDim ? 0 : kHeadDim) + at % kHeadDim] = acc;
       }
     }
     __syncwarp();
@@ -520,7 +522,7 @@ struct Shared {
   float* x;        // the products' input (StageInput's layout)
   float* x_plain;  // the router's
   float* partial;  // [kSlots][kMaxDownRows] down sums of this SM's rows
-  float* exp;      // the head's expansions (f_b then g_b), for its recurrent step
+  float* expansions;  // the head's expansion rows' sums (f_b then g_b), for its recurrent step
   float* scratch;
   int* route_ids;
   float* route_w;
@@ -531,19 +533,20 @@ __device__ void Consume(const Params& p, const Item* items, int count, const uns
                         uint64_t* empty, const Shared& sh) {
   const int lane = threadIdx.x % 32;
   const bool work = p.mode != kModeStream, tasks = p.mode == kModeLayer;
-  const bool tiles_only = p.mode == kModeCompute || p.mode == kModeTileOverhead;
+  const bool tiles_only = p.mode == kModeTilesComputed || p.mode == kModeTilesNotSummed;
+  const int first_down_row = items[count - 1].row;  // the last item, kCombine, holds it
   int n = 0;
   float h[kNormPer];  // the residual stream (every SM's consumers hold it)
   if (tasks) LoadOwned(p.a.h_in, h);
   for (int layer = 0; layer < p.layers; ++layer) {
     const Activations& a = p.a;
-    unsigned* c = a.counters + layer * kCounters;
+    unsigned* c = a.counters + layer * kCounters;  // this layer's
     float* proj = a.proj + static_cast<int64_t>(layer) * kProjRows;
     float* hidden = a.hidden + static_cast<int64_t>(layer) * kSlots * kInner;
     const int64_t hl = static_cast<int64_t>(layer) * kHidden;
     for (int i = 0; i < count; ++i) {
       const Item it = items[i];
-      const int local = it.row - items[count - 1].row;  // the last item (kCombine) holds the SM's first down row
+      const int local = it.row - first_down_row;
       if (tiles_only || !work) {
         if (it.kind == kTile && it.first) Stamp(p, layer, StartEvent(it.product));
         if (it.kind == kTile && it.rows > 0) {
@@ -551,7 +554,7 @@ __device__ void Consume(const Params& p, const Item* items, int count, const uns
           WaitBarrier(&full[s], (n / p.stages) & 1);
           if (work) {
             ConsumeTile(p, it, layer, ring + static_cast<size_t>(s) * p.stage_bytes, sh.x, sh.x_plain, sh.partial,
-                        sh.exp, local, &empty[s]);
+                        sh.expansions, local, &empty[s]);
           } else {
             __syncwarp();
             if (lane == 0) ArriveBarrier(&empty[s]);
@@ -572,7 +575,9 @@ __device__ void Consume(const Params& p, const Item* items, int count, const uns
           if (!first) ConsumersWait(c + kOprojDone, gridDim.x);
           if (tasks) {
             const float* add = first ? (layer > 0 ? a.out + hl - kHidden : nullptr) : a.oproj + hl;
-            NormTask(h, add, weight, (first ? a.h_in : a.h_mid) + hl, (first ? a.x1 : a.x2) + hl, sh.x,
+            // h_in[0] is the input: not written back.
+            float* h_out = first ? (layer > 0 ? a.h_in + hl : nullptr) : a.h_mid + hl;
+            NormTask(h, add, weight, h_out, (first ? a.x1 : a.x2) + hl, sh.x,
                      first ? nullptr : sh.x_plain, sh.scratch);
           }
           Stamp(p, layer, first ? kEvNorm1 : kEvNorm2);
@@ -592,13 +597,13 @@ __device__ void Consume(const Params& p, const Item* items, int count, const uns
             const int s = n % p.stages;
             WaitBarrier(&full[s], (n / p.stages) & 1);
             ConsumeTile(p, e, layer, ring + static_cast<size_t>(s) * p.stage_bytes, sh.x, sh.x_plain, sh.partial,
-                        sh.exp, 0, &empty[s]);
+                        sh.expansions, 0, &empty[s]);
             ++n;
           }
           ConsumerSync();  // the expansions' sums
           Stamp(p, layer, kEvKdaStart);
           if (tasks) {
-            KdaStep(proj, sh.exp, a.state + state_offset, a.kda + static_cast<int64_t>(layer) * kKeyDim, it.row,
+            KdaStep(proj, sh.expansions, a.state + state_offset, a.kda + static_cast<int64_t>(layer) * kKeyDim, it.row,
                     sh.scratch, col);
           }
           ConsumersSignal(c + kKdaDone);
@@ -651,8 +656,8 @@ __device__ void Consume(const Params& p, const Item* items, int count, const uns
       if (it.rows > 0) {
         const int s = n % p.stages;
         WaitBarrier(&full[s], (n / p.stages) & 1);
-        ConsumeTile(p, it, layer, ring + static_cast<size_t>(s) * p.stage_bytes, sh.x, sh.x_plain, sh.partial, sh.exp,
-                    local, &empty[s]);
+        ConsumeTile(p, it, layer, ring + static_cast<size_t>(s) * p.stage_bytes, sh.x, sh.x_plain, sh.partial,
+                    sh.expansions, local, &empty[s]);
         ++n;
       }
       if (it.last && it.product != kDown && it.product != kExp) {
@@ -684,7 +689,7 @@ __global__ void __launch_bounds__(kThreads, 1) PersistentLayerKernel(Params p) {
   sh.x_plain = sh.x + kXFloats;
   sh.partial = sh.x_plain + kHidden;
   sh.scratch = sh.partial + kSlots * kMaxDownRows;
-  sh.exp = sh.scratch + kScratchFloats - 2 * kHeadDim;
+  sh.expansions = sh.scratch + kScratchFloats - 2 * kHeadDim;
   unsigned char* ring = reinterpret_cast<unsigned char*>(sh.x + kSharedFloats);
   if (threadIdx.x == 0) *sh.routed_layers = 0;
   InitStageRing(full, empty, p.stages, 1, kConsumerWarps);
@@ -799,7 +804,8 @@ int main(int argc, char** argv) {
   const size_t smem = SharedBytes(stages, stage_bytes);
   if (stages < 2 || stages > kMaxStages || stage_bytes < 2 * RowBytes(kGateUp) ||
       (kHidden + sms - 1) / sms > kMaxDownRows || experts < kTopK) {
-    std::fprintf(stderr, "unsupported shape: stages 2..%d of at least 18 KB, at least 72 SMs\n", kMaxStages);
+    std::fprintf(stderr, "unsupported shape: 2..%d stages of at least 9 KB, at least 72 SMs, at least 8 experts\n",
+                 kMaxStages);
     return 1;
   }
   if (smem > prop.sharedMemPerBlockOptin) {
@@ -812,18 +818,18 @@ int main(int argc, char** argv) {
   const double copy_tbps = deltaserve::bench::MeasureCopyTbps(stream, prop.name);
 
   const size_t L = layers, E1 = experts + 1;
-  Weights w{};
-  uint16_t *proj = Alloc<uint16_t>(L * kProjRows * kHidden), *exp = Alloc<uint16_t>(L * kExpRows * kExpCols),
-           *oproj = Alloc<uint16_t>(L * kHidden * kKeyDim), *gate = Alloc<uint16_t>(L * E1 * kInner * kHidden),
+  uint16_t *proj = Alloc<uint16_t>(L * kProjRows * kHidden), *expansion = Alloc<uint16_t>(L * kExpRows * kExpCols);
+  uint16_t *oproj = Alloc<uint16_t>(L * kHidden * kKeyDim), *gate = Alloc<uint16_t>(L * E1 * kInner * kHidden),
            *up = Alloc<uint16_t>(L * E1 * kInner * kHidden), *down = Alloc<uint16_t>(L * E1 * kHidden * kInner);
   float *router = Alloc<float>(L * kRouterRows * kHidden), *norm = Alloc<float>(L * kHidden);
   const auto fill = [&](uint16_t* p, size_t n, unsigned seed) { FillBf16<<<4096, 256, 0, stream>>>(p, n, seed); };
-  fill(proj, L * kProjRows * kHidden, 1), fill(exp, L * kExpRows * kExpCols, 2), fill(oproj, L * kHidden * kKeyDim, 3);
+  fill(proj, L * kProjRows * kHidden, 1), fill(expansion, L * kExpRows * kExpCols, 2);
+  fill(oproj, L * kHidden * kKeyDim, 3);
   fill(gate, L * E1 * kInner * kHidden, 4), fill(up, L * E1 * kInner * kHidden, 5);
   fill(down, L * E1 * kHidden * kInner, 6);
   FillF32<<<4096, 256, 0, stream>>>(router, L * kRouterRows * kHidden, 7, 0.05f, 0.0f);
   FillF32<<<4096, 256, 0, stream>>>(norm, L * kHidden, 8, 0.2f, 1.0f);
-  w = {proj, exp, oproj, gate, up, down, router, norm};
+  const Weights w{proj, expansion, oproj, gate, up, down, router, norm};
 
   Activations a{};
   a.h_in = Alloc<float>(L * kHidden), a.x1 = Alloc<float>(L * kHidden), a.proj = Alloc<float>(L * kProjRows);
@@ -857,7 +863,7 @@ int main(int argc, char** argv) {
       kSlots * (2.0 * kInner * RowBytes(kGateUp) + static_cast<double>(kHidden) * RowBytes(kDown));
   const double state_bytes = 2.0 * kHeads * kHeadDim * kHeadDim * sizeof(float);
   const char* names[kModes] = {"layer", "products", "stream", "tiles_computed", "tiles_not_summed"};
-  for (int mode : {kModeStream, kModeTileOverhead, kModeCompute, kModeProducts, kModeLayer}) {
+  for (int mode : {kModeStream, kModeTilesNotSummed, kModeTilesComputed, kModeProducts, kModeLayer}) {
     Params p{w, a, d_items, d_counts, max_items, layers, experts, stages, stage_bytes, mode, in_flight, nullptr};
     void* args[] = {&p};
     const auto run = [&] {
@@ -882,7 +888,7 @@ int main(int argc, char** argv) {
   if (trace) {
     const size_t n = L * sms * kEvents;
     auto* stamps = Alloc<unsigned long long>(n);
-    for (int mode : {kModeStream, kModeCompute, kModeProducts, kModeLayer}) {
+    for (int mode : {kModeStream, kModeTilesComputed, kModeProducts, kModeLayer}) {
       Check(cudaMemset(stamps, 0, n * sizeof(unsigned long long)), "reset trace");
       Params p{w, a, d_items, d_counts, max_items, layers, experts, stages, stage_bytes, mode, in_flight, stamps};
       void* args[] = {&p};
