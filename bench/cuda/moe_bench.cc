@@ -2,8 +2,10 @@
 // 2304, expert inner size 1024, bf16 weights), through CudaBackend::MoeExperts with each of its
 // expert kernels: the decode kernels (at most 32 slots: one warp per output column of each slot),
 // the grouped kernels (device-side grouping, tensor cores: as the backend picks its tiles by
-// default, and forced to the mma.sync tiles and to the wide warpgroup tiles) and per-expert
-// cuBLAS products (ids downloaded, rows grouped on the host). Beside them, in the same run:
+// default, and forced to the mma.sync tiles and to the wide warpgroup tiles), cuBLAS's grouped
+// products (cublasGemmGroupedBatchedEx after the same grouping, the row counts read back) and
+// per-expert cuBLAS products (ids downloaded, rows grouped on the host). Beside them, in the same
+// run:
 // - the dense ceiling: cuBLAS bf16 GEMMs of the same rows and FLOPs as if every row went to one
 //   expert ([T·k, hidden] × [2·inner, hidden]ᵀ and [T·k, inner] × [hidden, inner]ᵀ), and one
 //   8192³ bf16 GEMM;
@@ -66,11 +68,12 @@ struct Backend {
 };
 
 Backend Make(MoeExpertsKernel kernel, int64_t decode_max_slots, int64_t wide_tiles_min_rows,
-             std::vector<std::vector<uint16_t>>& host_sets) {
+             std::vector<std::vector<uint16_t>>& host_sets, int64_t cublas_grouped_min_slots = 0) {
   CudaBackendOptions options;
   options.moe_experts = kernel;
   options.moe_decode_max_slots = decode_max_slots;
   options.moe_wide_tiles_min_rows = wide_tiles_min_rows;
+  options.moe_cublas_grouped_min_slots = cublas_grouped_min_slots;
   std::string error;
   Backend b;
   b.backend = CudaBackend::Create(options, &error);
@@ -146,6 +149,7 @@ int main(int argc, char** argv) {
   Backend grouped = Make(MoeExpertsKernel::kGrouped, 0, wide_default, host_sets);
   Backend grouped_mma = Make(MoeExpertsKernel::kGrouped, 0, kNever, host_sets);
   Backend grouped_wide = Make(MoeExpertsKernel::kGrouped, 0, 0, host_sets);
+  Backend cublas_grouped = Make(MoeExpertsKernel::kGrouped, 0, wide_default, host_sets, 1);
   Backend per_expert = Make(MoeExpertsKernel::kPerExpert, 0, kNever, host_sets);
   // The whole MoE FFN of a decode step as the model calls it (CudaBackend::MoeFfn: the fp32
   // router with its correction bias, the routing, the routed and shared experts and the combine),
@@ -219,6 +223,7 @@ int main(int argc, char** argv) {
     const double grouped_ms = time_backend(grouped);
     const double grouped_mma_ms = time_backend(grouped_mma);
     const double grouped_wide_ms = time_backend(grouped_wide);
+    const double cublas_grouped_ms = time_backend(cublas_grouped);
     const double per_expert_ms = time_backend(per_expert);
 
     // The dense ceiling at the same rows: gate and up stacked, then down.
@@ -262,6 +267,7 @@ int main(int argc, char** argv) {
     report("grouped", grouped_ms);
     report("grouped_mma_sync_tiles", grouped_mma_ms);
     report("grouped_wide_tiles", grouped_wide_ms);
+    report("cublas_grouped", cublas_grouped_ms);
     report("per_expert_cublas", per_expert_ms);
     std::fflush(stdout);
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/cuda/call_failures.h"
+#include "kernels/cuda/moe_cublas_grouped.h"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/memory_limit.h"
 #include "kernels/cuda/mla_absorbed_tc.h"
@@ -117,6 +118,7 @@ struct CudaBackend::Impl {
   int64_t moe_decode_max_slots = 0;
   int64_t moe_fused_max_slots = 0;
   int64_t moe_wide_tiles_min_rows = 0;
+  int64_t moe_cublas_grouped_min_slots = 0;
   bool mla_expanded_wgmma = true;
   bool mla_absorbed_tensor_cores = true;
   int64_t skinny_matmul_max_rows = 0;
@@ -244,6 +246,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->moe_decode_max_slots = options.moe_decode_max_slots;
   impl->moe_fused_max_slots = options.moe_fused_max_slots;
   impl->moe_wide_tiles_min_rows = options.moe_wide_tiles_min_rows;
+  impl->moe_cublas_grouped_min_slots = options.moe_cublas_grouped_min_slots;
   impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
   impl->mla_absorbed_tensor_cores = options.mla_absorbed_tensor_cores;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
@@ -867,6 +870,15 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   }
   const int64_t hidden = x.cols, inner = table.inner;
   const int64_t slots = x.rows * expert_ids.cols;
+  if (impl_->moe_cublas_grouped_min_slots > 0 && slots >= impl_->moe_cublas_grouped_min_slots &&
+      impl_->Mode() == GraphMode::kNone) {
+    Tensor scratch = AllocateBytes(MoeGroupedRowsScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner));
+    if (!impl_->failed()) {
+      RunMoeCublasGrouped(impl_->Blas(), impl_->Stream(), impl_->failures, x, expert_ids, experts, first_expert,
+                          scratch.view().data, slot_out);
+    }
+    return true;
+  }
   const bool decode = slots <= impl_->moe_decode_max_slots && MoeDecodeSupports(x, slots);
   const size_t bytes = decode ? MoeDecodeScratchBytes(slots, inner)
                               : MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);

@@ -70,6 +70,9 @@ struct CudaBackendOptions {
   // H200 at the 48B shape: the wide tiles are ahead from 40 slots over 256 experts (3%) to 32k
   // tokens (3.1x), docs/gpu-benchmark.md.
   int64_t moe_wide_tiles_min_rows = 0;
+  // Under kGrouped, calls of at least this many slots, outside step graphs, take cuBLAS's grouped
+  // products instead of our kernels (one host round trip for the experts' row counts). 0: never.
+  int64_t moe_cublas_grouped_min_slots = 0;
   // Expanded MLA attention (prefill) on Hopper's warpgroup products where they run (sm_90a builds
   // on a compute capability 9.0 GPU); false: the mma.sync kernel.
   bool mla_expanded_wgmma = true;

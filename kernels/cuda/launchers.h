@@ -206,6 +206,31 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
 // Hopper's warpgroup products where the build has them (sm_90a), others 16- or 64-row tiles.
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
                             void* scratch, TensorView slot_out, Stream stream, int64_t wide_tiles_min_rows);
+// Backend::MoeExperts through cuBLAS's grouped products (moe_cublas_grouped.cc), whose device
+// steps are these (moe_grouped_rows.cu): LaunchMoeGroupRows groups the slots by local expert as
+// LaunchMoeGroupedExperts does and gathers each placed slot's token row of x, rounded to bf16,
+// in that order; after the gate and up products LaunchMoeSwiGluRows writes the hidden rows over
+// the gate rows; after the down products LaunchMoeScatterGroupedRows copies each placed row to its
+// slot of slot_out, widened to fp32. `count` is offsets[num_local], read back by the host between the steps.
+struct MoeGroupedRows {
+  void* plan;             // the grouping's arrays, offsets and sorted_slots among them
+  int32_t* offsets;       // num_local + 1: local expert e's rows are [offsets[e], offsets[e + 1])
+  int32_t* sorted_slots;  // the slot of each placed row
+  void* x;                // [slots, hidden] bf16
+  void* gate;             // [slots, inner] bf16, then the hidden rows
+  void* up;               // [slots, inner] bf16
+  void* down;             // [slots, hidden] bf16 (cuBLAS's grouped products write no fp32 from bf16)
+  const void** operands;  // kMoeGroupedRowsOperands * num_local device pointers
+};
+constexpr int64_t kMoeGroupedRowsOperands = 9;  // gate/up: A, B, C twice; down: A, B, C
+size_t MoeGroupedRowsScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, int64_t hidden,
+                                  int64_t inner);
+MoeGroupedRows CarveMoeGroupedRows(void* scratch, int64_t tokens, int64_t top_k, int64_t num_local,
+                                   int64_t hidden, int64_t inner);
+int LaunchMoeGroupRows(TensorView x, TensorView expert_ids, int64_t first_expert, int64_t num_local,
+                       const MoeGroupedRows& rows, Stream stream);
+int LaunchMoeSwiGluRows(const MoeGroupedRows& rows, int64_t count, int64_t inner, Stream stream);
+int LaunchMoeScatterGroupedRows(const MoeGroupedRows& rows, int64_t count, TensorView slot_out, Stream stream);
 // The same products for a few slots (decode), without grouping: warps own output columns of
 // one slot (one each in gate/up, two in down), fp32 activations and hidden rows, every routed
 // expert's weights read once per slot.

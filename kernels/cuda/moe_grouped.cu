@@ -23,7 +23,6 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
-constexpr int kMaxLocalExperts = 1024;
 constexpr int kThreads = 128;  // 4 warps
 constexpr int kBN = 64;        // output columns per tile
 constexpr int kBK = 64;        // reduction depth per pipeline stage
@@ -32,6 +31,8 @@ constexpr int kLd = kBK + 8;   // shared row stride (bf16): rows 16 bytes apart 
 constexpr int kLdC = kBN + 4;  // fp32 staging row stride
 
 size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
 
 GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max_tiles) {
   auto* base = static_cast<char*>(scratch);
@@ -55,24 +56,11 @@ size_t PlanBytes(int64_t num_local, int64_t slots, int64_t max_tiles) {
          AlignUp(slots * sizeof(int32_t)) + 2 * AlignUp(max_tiles * sizeof(int32_t)) + AlignUp(sizeof(int32_t));
 }
 
-// Each tile holds at most BM rows of one expert: at most slots / BM full tiles plus one partial
-// tile per expert that has rows.
 int64_t MaxTiles(int64_t slots, int64_t num_local, int bm) {
   return slots / bm + (num_local < slots ? num_local : slots);
 }
 
-struct Routing {
-  const int32_t* expert_ids;
-  int64_t ids_stride;
-  int top_k;
-  int first_expert;
-  int num_local;
-  // The local expert of a slot, or -1 where another shard holds it.
-  __device__ int LocalExpert(int64_t slot) const {
-    const int e = expert_ids[(slot / top_k) * ids_stride + slot % top_k] - first_expert;
-    return e >= 0 && e < num_local ? e : -1;
-  }
-};
+namespace {
 
 // From per-expert row counts (in shared memory, turned into each expert's first position):
 // offsets, the tile table and the tile count. Every thread of the block calls it.
@@ -174,6 +162,8 @@ __global__ void MoePlaceKernel(Routing routing, int64_t slots, GroupPlan plan) {
   }
 }
 
+}  // namespace
+
 int LaunchGrouping(const Routing& routing, int64_t slots, int bm, const GroupPlan& plan, cudaStream_t stream) {
   if (slots <= kOneBlockMaxSlots) {
     MoeGroupKernel<<<1, 1024, 0, stream>>>(routing, slots, bm, plan);
@@ -187,6 +177,8 @@ int LaunchGrouping(const Routing& routing, int64_t slots, int bm, const GroupPla
   MoePlaceKernel<<<blocks, kGroupThreads, 0, stream>>>(routing, slots, plan);
   return static_cast<int>(cudaGetLastError());
 }
+
+namespace {
 
 // BM rows per tile; warps arranged kWarpsM × (4 / kWarpsM), each with FM × FN 16×16 fragments
 // (per weight matrix). kGateUp: two weights and the SwiGLU epilogue; otherwise one and the scatter.

@@ -1,5 +1,6 @@
 // What the grouped expert kernels share (moe_grouped.cu groups the slots by expert and launches
-// the products; moe_grouped_wgmma.cu holds the wide-tile products for Hopper).
+// the products; moe_grouped_wgmma.cu holds the wide-tile products for Hopper; moe_grouped_rows.cu
+// lays the grouped rows out for cuBLAS's grouped products).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -19,6 +20,30 @@ struct GroupPlan {
   int32_t* tile_begin;    // max_tiles
   int32_t* num_tiles;     // 1
 };
+
+// The (token, slot) pairs of a call and the local expert each is routed to.
+struct Routing {
+  const int32_t* expert_ids;
+  int64_t ids_stride;
+  int top_k;
+  int first_expert;
+  int num_local;
+  // The local expert of a slot, or -1 where another shard holds it.
+  __device__ int LocalExpert(int64_t slot) const {
+    const int e = expert_ids[(slot / top_k) * ids_stride + slot % top_k] - first_expert;
+    return e >= 0 && e < num_local ? e : -1;
+  }
+};
+
+constexpr int kMaxLocalExperts = 1024;
+// Each tile holds at most BM rows of one expert: at most slots / BM full tiles plus one partial
+// tile per expert that has rows.
+int64_t MaxTiles(int64_t slots, int64_t num_local, int bm);
+// A plan's arrays carved from the start of scratch, and the bytes they take (256-byte aligned).
+GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max_tiles);
+size_t PlanBytes(int64_t num_local, int64_t slots, int64_t max_tiles);
+// Fills the plan: offsets, sorted_slots and the tiles of bm rows.
+int LaunchGrouping(const Routing& routing, int64_t slots, int bm, const GroupPlan& plan, cudaStream_t stream);
 
 // What the two grouped products share: the A rows are the gathered tokens (gate/up, from the
 // bf16 copy of x) or the grouped hidden rows (down); B is each local expert's [n, k] weight.

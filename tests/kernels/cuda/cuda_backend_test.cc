@@ -1182,18 +1182,21 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
     MoeExpertsKernel kernel;
     int64_t decode_max_slots;
     int64_t wide_tiles_min_rows;
+    int64_t cublas_grouped_min_slots = 0;
   };
   constexpr int64_t kNever = std::numeric_limits<int32_t>::max();
   for (const Kernel& kernel :
        {Kernel{"decode where few slots, else grouped", MoeExpertsKernel::kGrouped, 32, kNever},
         Kernel{"grouped, mma.sync tiles", MoeExpertsKernel::kGrouped, 0, kNever},
         Kernel{"grouped, wide warpgroup tiles where built", MoeExpertsKernel::kGrouped, 0, 0},
+        Kernel{"cuBLAS grouped products", MoeExpertsKernel::kGrouped, 0, 0, 1},
         Kernel{"per expert", MoeExpertsKernel::kPerExpert, 0, kNever}}) {
     std::string why;
     CudaBackendOptions options;
     options.moe_experts = kernel.kernel;
     options.moe_decode_max_slots = kernel.decode_max_slots;
     options.moe_wide_tiles_min_rows = kernel.wide_tiles_min_rows;
+    options.moe_cublas_grouped_min_slots = kernel.cublas_grouped_min_slots;
     cuda_ = CudaBackend::Create(options, &why);
     ASSERT_NE(cuda_, nullptr) << why;
     const std::string& what = kernel.what;
