@@ -23,6 +23,17 @@ class WorkerCommand final : public Subcommand {
                     "Stage: comma-separated expert worker addresses; empty: experts held here");
     cmd->add_option("--session-store", stage_.session_store, "Stage: session store address");
     cmd->add_option("--max-open-sequences", stage_.max_open_sequences)->capture_default_str();
+    cmd->add_option("--nccl-max-rows", stage_.nccl_max_rows,
+                    "Stage on a GPU: steps up to this many tokens send their hidden rows to the next stage over "
+                    "NCCL (0: always gRPC)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--nccl-timeout-ms", nccl_timeout_ms_, "Stage on a GPU: joining an NCCL link, and each transfer")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--nccl-retry-ms", nccl_retry_ms_, "Stage on a GPU: how often a broken NCCL link is made again")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
     cmd->add_option("--experts", experts_, "Experts: the experts it holds, first-last (e.g. 0-127)");
     AddServerFlags(*cmd, flags_, "0.0.0.0:50061");
     return cmd;
@@ -44,6 +55,8 @@ class WorkerCommand final : public Subcommand {
         stage_.model_dir = engine_.model_dir;
         stage_.backend = BackendChoiceFrom(engine_);
         stage_.layers = LayerOptionsFrom(engine_);
+        stage_.nccl_timeout = std::chrono::milliseconds(nccl_timeout_ms_);
+        stage_.nccl_retry = std::chrono::milliseconds(nccl_retry_ms_);
         return services::StartStageWorker(stage_);
       });
     }
@@ -68,6 +81,8 @@ class WorkerCommand final : public Subcommand {
   std::string layers_;
   std::string experts_;
   std::string expert_workers_;
+  int64_t nccl_timeout_ms_ = 30'000;
+  int64_t nccl_retry_ms_ = 10'000;
   EngineArgs engine_;
   ServerFlags flags_;
   services::StageWorkerConfig stage_;

@@ -41,6 +41,9 @@ struct StepGraphKey {
   int64_t drawn_rows = 0;  // and rows whose drawn token it returns (SampleRows)
   int64_t max_keys = 0;    // the longest sequence's history after the step (MLA keys)
   int64_t penalties = 0;   // entries of the step's ApplyPenalties
+  // The device address a later pipeline stage copies its input rows from (0: uploaded from the
+  // host); recordings copy from it, so each address has its own.
+  uintptr_t hidden_source = 0;
   bool operator==(const StepGraphKey&) const = default;
 };
 
@@ -87,6 +90,10 @@ class Backend {
   virtual void Upload(const void* host, TensorView dst) = 0;
   virtual void Download(TensorView src, void* host) = 0;
   virtual void Copy(TensorView src, TensorView dst) = 0;
+  // Returns once the calling thread's operations so far have finished on the device (for memory
+  // another stream reads next, as an NCCL link's buffer). Backends that finish every operation
+  // before it returns need not override it.
+  virtual void Synchronize() {}
   // dst row i = src row rows[i].
   virtual void GatherRows(TensorView src, std::span<const int64_t> rows, TensorView dst) = 0;
 

@@ -172,9 +172,20 @@ absl::Status KimiLinearModel::Forward(std::span<const SequenceInput> batch,
 
 absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
                                            std::span<const float> hidden_in,
-                                           std::vector<float>& out, std::vector<int32_t>* device_ids) {
-  DS_RETURN_IF_ERROR(Validate(batch, hidden_in.size(), device_ids != nullptr));
+                                           std::vector<float>& out, std::vector<int32_t>* device_ids,
+                                           const StageDeviceRows* device_rows) {
   const KimiLinearConfig& c = config();
+  const kernels::TensorView device_in = device_rows != nullptr ? device_rows->in : kernels::TensorView{};
+  const kernels::TensorView device_out = device_rows != nullptr ? device_rows->out : kernels::TensorView{};
+  for (const kernels::TensorView& rows : {device_in, device_out}) {
+    if (rows.data != nullptr && (rows.cols != c.hidden_size || rows.dtype != kernels::DType::kF32)) {
+      return absl::InvalidArgumentError(absl::StrCat("a stage's device rows are [", rows.rows, ", ", rows.cols,
+                                                     "] of another dtype or width than fp32 [T, ", c.hidden_size, "]"));
+    }
+  }
+  const size_t inputs = device_in.data != nullptr ? static_cast<size_t>(device_in.rows * device_in.cols)
+                                                  : hidden_in.size();
+  DS_RETURN_IF_ERROR(Validate(batch, inputs, device_ids != nullptr));
 
   std::vector<int32_t> ids;
   std::vector<StepSequence> seqs;
@@ -206,27 +217,50 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
     logit_rows.penalties.resize(padded, kernels::LogitPenalty{0, -1});
   }
   const int64_t t = static_cast<int64_t>(ids.size());
+  if (device_out.data != nullptr && !is_last_stage() && device_out.rows != t) {
+    return absl::InvalidArgumentError(absl::StrCat("the stage's device output holds ", device_out.rows,
+                                                   " rows; the step has ", t));
+  }
+  if (device_in.data != nullptr && device_in.rows != t) {
+    return absl::InvalidArgumentError(absl::StrCat("the stage's device input holds ", device_in.rows,
+                                                   " rows; the step has ", t));
+  }
+  // Device input rows may be overwritten once the step returns (the next transfer into a link's
+  // buffer): on every path the step's reads of them finish first. Declared before the step's
+  // graph, so that this runs after the graph has ended.
+  struct FinishReadsOnReturn {
+    kernels::Backend& backend;
+    bool armed;
+    ~FinishReadsOnReturn() {
+      if (armed) backend.Synchronize();
+    }
+  } finish_reads{backend_, device_in.data != nullptr};
   const Step step{backend_, c, options_.layers, seqs, t};
   // A device failure anywhere in the step (the sequences' states included) fails it; the
   // caller drops those sequences, whose states the skipped work left behind.
   constexpr std::string_view kDuring = "in a step";
 
-  std::unique_ptr<kernels::StepGraph> graph = BeginStepGraph(seqs, logit_rows);
+  std::unique_ptr<kernels::StepGraph> graph = BeginStepGraph(seqs, logit_rows, device_in.data);
   const std::vector<int64_t> cached_rows = graph != nullptr ? CachedLatentRows(seqs) : std::vector<int64_t>{};
   StepResult result;
-  absl::Status status = RunStep(step, ids, hidden_in, logit_rows, result);
+  absl::Status status = RunStep(step, ids, hidden_in, device_in, logit_rows, result);
   if (graph != nullptr && !graph->Launch()) {
     // Not recorded or replayed, so nothing of it ran: issue it again without a graph.
     result = StepResult();
     graph.reset();
     RestoreCachedLatentRows(seqs, cached_rows);
-    status = RunStep(step, ids, hidden_in, logit_rows, result);
+    status = RunStep(step, ids, hidden_in, device_in, logit_rows, result);
   }
   if (!status.ok()) {
     (void)TakeDeviceFailure(kDuring);  // the step failed anyway; the next one starts clean
     return status;
   }
   for (const SequenceInput& seq : batch) seq.state->AppendTokens(seq.tokens);
+  if (!is_last_stage() && device_out.data != nullptr) {
+    backend_.Copy(result.values.view(), device_out);
+    backend_.Synchronize();
+    return model::TakeDeviceFailure(backend_, kDuring);
+  }
   if (!is_last_stage()) {
     out.resize(static_cast<size_t>(t * c.hidden_size));
     backend_.Download(result.values.view(), out.data());
@@ -252,8 +286,8 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
 }
 
 absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t> ids,
-                                      std::span<const float> hidden_in, const LogitRows& logit_rows,
-                                      StepResult& result) {
+                                      std::span<const float> hidden_in, kernels::TensorView device_in,
+                                      const LogitRows& logit_rows, StepResult& result) {
   const KimiLinearConfig& c = config();
   const float eps = static_cast<float>(c.rms_norm_eps);
   const int64_t t = step.num_tokens;
@@ -262,6 +296,8 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
   Tensor mixed = backend_.Allocate(t, c.hidden_size, DType::kF32);
   if (is_first_stage()) {
     backend_.Embed(ids, weights_.embed, hidden.view());
+  } else if (device_in.data != nullptr) {
+    backend_.Copy(device_in, hidden.view());
   } else {
     backend_.Upload(hidden_in.data(), hidden.view());
   }
@@ -322,7 +358,8 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
 }
 
 std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<const StepSequence> seqs,
-                                                                    const LogitRows& logit_rows) {
+                                                                    const LogitRows& logit_rows,
+                                                                    const void* hidden_source) {
   // Decode steps only: one token per sequence, local experts (a remote expert call is not a
   // device operation), and attention whose buffers do not grow with the history.
   if (!step_graphs_ || experts_ != &local_experts_ ||
@@ -343,7 +380,8 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
                                   static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(logit_rows.rows.size()), logit_rows.num_argmax,
                                   static_cast<int64_t>(logit_rows.drawn.size()), max_keys,
-                                  static_cast<int64_t>(logit_rows.penalties.size())};
+                                  static_cast<int64_t>(logit_rows.penalties.size()),
+                                  reinterpret_cast<uintptr_t>(hidden_source)};
   return backend_.BeginStepGraph(key);
 }
 

@@ -50,6 +50,14 @@ struct SequenceInput {
   std::vector<kernels::LogitPenalty> penalties = {};
 };
 
+// A pipeline stage's hidden rows kept in device memory (views of the model's backend, fp32
+// [T, hidden]). A step graph copies from `in` by address, so a given address must hold a step's
+// input whenever a step is given it.
+struct StageDeviceRows {
+  kernels::TensorView in;   // the previous stage's output, for a stage that is not first
+  kernels::TensorView out;  // room for the output of a stage that is not last
+};
+
 class KimiLinearModel {
  public:
   // Opens the checkpoint directory and loads every weight through `backend`, which must outlive
@@ -102,8 +110,12 @@ class KimiLinearModel {
   // the previous stage's output `hidden_in` ([T, hidden] rows in batch order). The last stage
   // writes the requested logits to `out` as Forward does; any other stage writes its [T, hidden]
   // output. Every stage receives the token ids (its states record them).
+  // With `device_rows` a stage that is not first takes its input from device_rows->in instead of
+  // hidden_in, and one that is not last leaves its output in device_rows->out instead of `out`
+  // (an NCCL data plane between stages: services/transport/nccl_link.h).
   absl::Status ForwardStage(std::span<const SequenceInput> batch, std::span<const float> hidden_in,
-                            std::vector<float>& out, std::vector<int32_t>* device_ids = nullptr);
+                            std::vector<float>& out, std::vector<int32_t>* device_ids = nullptr,
+                            const StageDeviceRows* device_rows = nullptr);
 
   // ModelOptions::step_graphs, switched between steps (benchmarks compare both in one process).
   void set_step_graphs(bool enabled) { step_graphs_ = enabled; }
@@ -133,11 +145,12 @@ class KimiLinearModel {
     kernels::Tensor argmax;
     kernels::Tensor drawn;
   };
+  // The input rows come from hidden_in, or where device_in has data, from it.
   absl::Status RunStep(const Step& step, std::span<const int32_t> ids, std::span<const float> hidden_in,
-                       const LogitRows& logit_rows, StepResult& result);
+                       kernels::TensorView device_in, const LogitRows& logit_rows, StepResult& result);
   // A graph for a decode step where the backend has one (latent caches grown first), else null.
   std::unique_ptr<kernels::StepGraph> BeginStepGraph(std::span<const StepSequence> seqs,
-                                                     const LogitRows& logit_rows);
+                                                     const LogitRows& logit_rows, const void* hidden_source);
   // Every MLA layer's num_cached, to undo a step whose graph did not run.
   std::vector<int64_t> CachedLatentRows(std::span<const StepSequence> seqs) const;
   void RestoreCachedLatentRows(std::span<const StepSequence> seqs, std::span<const int64_t> rows) const;

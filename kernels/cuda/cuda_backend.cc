@@ -207,7 +207,11 @@ bool CudaDeviceAvailable(std::string* why) {
 std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& options, std::string* error) {
   if (!CudaDeviceAvailable(error)) return nullptr;
   if (cudaSetDevice(options.device) != cudaSuccess) {
-    *error = "cannot select CUDA device " + std::to_string(options.device);
+    // Not left as the thread's last error, where a later launch check would find it.
+    (void)cudaGetLastError();
+    int count = 0;
+    (void)cudaGetDeviceCount(&count);
+    *error = "cannot select CUDA device " + std::to_string(options.device) + " of " + std::to_string(count);
     return nullptr;
   }
   cudaDeviceProp properties{};

@@ -163,7 +163,7 @@ class CudaBackend final : public Backend {
   void ApplyPenalties(TensorView x, std::span<const LogitPenalty> penalties) override;
 
   // Waits for all queued work.
-  void Synchronize();
+  void Synchronize() override;
 
  private:
   friend class CudaStepGraph;

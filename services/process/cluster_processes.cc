@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "spdlog/spdlog.h"
 #include "base/status_macros.h"
 #include "model/config/kimi_linear_config.h"
 #include "model/config/model_source.h"
@@ -25,6 +26,7 @@
 #include "services/session_store/store_metrics.h"
 #include "services/transport/grpc_channels.h"
 #include "services/worker/expert_shard.h"
+#include "services/worker/nccl_stage_links.h"
 #include "services/worker/remote_expert_runner.h"
 #include "services/worker/stage_engine.h"
 
@@ -224,6 +226,27 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
                                                    model_config.num_layers,
                                                    ": a stage that is not last needs --next"));
   }
+  // The NCCL data plane: links from the previous stage are joined when it asks; the link to the
+  // next stage is made here, or its rows go over gRPC.
+  const bool on_gpu = config.backend.device == "cuda" && config.nccl_max_rows > 0;
+  const size_t capacity = static_cast<size_t>(config.nccl_max_rows * model_config.hidden_size) * sizeof(float);
+  std::shared_ptr<NcclStageInput> nccl_input;
+  if (on_gpu) {
+    nccl_input = std::make_shared<NcclStageInput>(config.backend.cuda_device, capacity, config.nccl_timeout);
+    keep.push_back(nccl_input);
+  }
+  std::shared_ptr<NcclStageOutput> nccl_output;
+  if (next != nullptr && on_gpu) {
+    absl::StatusOr<std::unique_ptr<NcclStageOutput>> link = NcclStageOutput::Connect(
+        *next, config.backend.cuda_device, capacity, config.nccl_timeout, config.nccl_retry);
+    if (link.ok()) {
+      nccl_output = std::move(*link);
+      keep.push_back(nccl_output);
+      spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL", config.nccl_max_rows);
+    } else {
+      spdlog::warn("hidden rows go to the next stage over gRPC: no NCCL link ({})", link.status().ToString());
+    }
+  }
   std::shared_ptr<StoreClient> store;
   if (!config.session_store.empty()) {
     auto channel = InternalChannel(config.session_store);
@@ -232,13 +255,20 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     keep.push_back(store);
   }
   auto engine = std::make_shared<StageEngine>(*model, store.get(), next.get(),
-                                              StageEngineOptions{config.max_open_sequences});
+                                              StageEngineOptions{config.max_open_sequences}, nccl_input.get(),
+                                              nccl_output.get());
   keep.push_back(engine);
   WorkerDescription description;
   description.model_fingerprint = fingerprint;
   description.layer_begin = config.layer_begin;
   description.layer_end = config.layer_end;
-  auto service = std::make_shared<StageWorkerService>(*engine, description);
+  StageWorkerService::ConnectNcclHandler connect_nccl;
+  if (nccl_input != nullptr) {
+    connect_nccl = [input = nccl_input.get()](const internal::v1::ConnectNcclRequest& request) {
+      return input->Connect(request);
+    };
+  }
+  auto service = std::make_shared<StageWorkerService>(*engine, description, std::move(connect_nccl));
   keep.push_back(service);
   grpc::Service* services[] = {service.get()};
   DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));

@@ -57,6 +57,13 @@ struct StageWorkerConfig {
   kernels::BackendChoice backend;
   model::LayerOptions layers;
   int64_t max_open_sequences = 1024;
+  // On a GPU: hidden rows of steps up to this many tokens go to the next stage device to device
+  // over an NCCL link (services/worker/nccl_stage_links.h; a buffer of that many rows on each
+  // side), larger ones and all of them where the link cannot be made as bytes over gRPC. It also
+  // bounds the links the previous stage may make to this one. 0: none either way.
+  int64_t nccl_max_rows = 8192;
+  std::chrono::milliseconds nccl_timeout{30'000};  // joining a link, and each transfer
+  std::chrono::milliseconds nccl_retry{10'000};    // how often a broken link is made again
 };
 absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWorkerConfig& config);
 

@@ -54,6 +54,12 @@ absl::StatusOr<WorkerDescription> GrpcStageChannel::Describe() {
   return FromResponse(response);
 }
 
+absl::Status GrpcStageChannel::ConnectNccl(const internal::v1::ConnectNcclRequest& request,
+                                           std::chrono::milliseconds timeout) {
+  internal::v1::ConnectNcclResponse response;
+  return Invoke(timeout, [&](grpc::ClientContext* c) { return stub_->ConnectNccl(c, request, &response); });
+}
+
 GrpcExpertChannel::GrpcExpertChannel(std::shared_ptr<grpc::Channel> channel,
                                      std::chrono::milliseconds timeout)
     : stub_(internal::v1::ExpertWorker::NewStub(channel)), timeout_(timeout) {}
@@ -92,6 +98,12 @@ grpc::Status StageWorkerService::Describe(grpc::ServerContext*, const internal::
                                           internal::v1::DescribeResponse* response) {
   Fill(description_, response);
   return grpc::Status::OK;
+}
+
+grpc::Status StageWorkerService::ConnectNccl(grpc::ServerContext*, const internal::v1::ConnectNcclRequest* request,
+                                             internal::v1::ConnectNcclResponse*) {
+  if (!connect_nccl_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this stage takes no NCCL links");
+  return ToGrpcStatus(connect_nccl_(*request));
 }
 
 grpc::Status ExpertWorkerService::RunExperts(grpc::ServerContext*,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,8 @@ class GrpcStageChannel final : public StageChannel {
   absl::Status Close(const internal::v1::CloseRequest& request,
                      internal::v1::CloseResponse* response) override;
   absl::StatusOr<WorkerDescription> Describe();
+  // StageWorker.ConnectNccl, with the link's own timeout (joining may take longer than a call).
+  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request, std::chrono::milliseconds timeout);
 
  private:
   std::unique_ptr<internal::v1::StageWorker::Stub> stub_;
@@ -54,8 +57,10 @@ class GrpcExpertChannel final : public ExpertChannel {
 
 class StageWorkerService final : public internal::v1::StageWorker::Service {
  public:
-  StageWorkerService(StageChannel& stage, WorkerDescription description)
-      : stage_(stage), description_(std::move(description)) {}
+  // `connect_nccl` joins the links of ConnectNccl; without it ConnectNccl is Unimplemented.
+  using ConnectNcclHandler = std::function<absl::Status(const internal::v1::ConnectNcclRequest&)>;
+  StageWorkerService(StageChannel& stage, WorkerDescription description, ConnectNcclHandler connect_nccl = {})
+      : stage_(stage), description_(std::move(description)), connect_nccl_(std::move(connect_nccl)) {}
   grpc::Status Open(grpc::ServerContext*, const internal::v1::OpenRequest* request,
                     internal::v1::OpenResponse* response) override;
   grpc::Status Step(grpc::ServerContext*, const internal::v1::StepRequest* request,
@@ -64,10 +69,13 @@ class StageWorkerService final : public internal::v1::StageWorker::Service {
                      internal::v1::CloseResponse* response) override;
   grpc::Status Describe(grpc::ServerContext*, const internal::v1::DescribeRequest*,
                         internal::v1::DescribeResponse* response) override;
+  grpc::Status ConnectNccl(grpc::ServerContext*, const internal::v1::ConnectNcclRequest* request,
+                           internal::v1::ConnectNcclResponse*) override;
 
  private:
   StageChannel& stage_;
   WorkerDescription description_;
+  ConnectNcclHandler connect_nccl_;
 };
 
 class ExpertWorkerService final : public internal::v1::ExpertWorker::Service {

@@ -13,12 +13,15 @@
 #include "model/state/state_codec.h"
 #include "model/state/state_envelope.h"
 #include "services/transport/sampling_proto.h"
+#include "spdlog/spdlog.h"
 
 namespace deltaserve::services {
 
 StageEngine::StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
-                         const StageEngineOptions& options)
-    : model_(model), store_(store), next_(next), options_(options) {}
+                         const StageEngineOptions& options, NcclStageInput* nccl_input,
+                         NcclStageOutput* nccl_output)
+    : model_(model), store_(store), next_(next), options_(options), nccl_input_(nccl_input),
+      nccl_output_(nccl_output) {}
 
 std::string StageEngine::PartName() const {
   return absl::StrCat("layers-", model_.layer_begin(), "-", model_.layer_end() - 1);
@@ -148,6 +151,21 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
 
 absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
                                internal::v1::StepResponse* response) {
+  const int64_t hidden_size = model_.config().hidden_size;
+  // Rows announced over NCCL are received before the engine's lock: links are taken in the order
+  // input, engine, output.
+  std::optional<NcclStageInput::Rows> arrived;
+  if (request.hidden_link() != 0) {
+    if (nccl_input_ == nullptr) {
+      return absl::FailedPreconditionError("hidden rows announced over NCCL; this stage takes no NCCL links");
+    }
+    if (!request.hidden().empty()) {
+      return absl::InvalidArgumentError("the step's hidden rows come both over NCCL and in the request");
+    }
+    DS_ASSIGN_OR_RETURN(NcclStageInput::Rows rows,
+                        nccl_input_->Receive(request.hidden_link(), request.hidden_rows(), hidden_size));
+    arrived = std::move(rows);
+  }
   absl::ReleasableMutexLock lock(&mutex_);
   std::vector<model::SequenceInput> batch;
   std::vector<std::vector<int32_t>> tokens(request.sequences_size());
@@ -172,9 +190,22 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   }
   std::vector<float> hidden_in(request.hidden().size() / sizeof(float));
   if (!hidden_in.empty()) std::memcpy(hidden_in.data(), request.hidden().data(), request.hidden().size());
+  model::StageDeviceRows device_rows;
+  if (arrived.has_value()) device_rows.in = arrived->view;
+  // The output over NCCL where the link is free and takes it (held until the next stage's call
+  // returns); otherwise as bytes.
+  std::unique_lock<std::mutex> output_hold;
+  int64_t rows = 0;
+  for (const std::vector<int32_t>& t : tokens) rows += static_cast<int64_t>(t.size());
+  if (!model_.is_last_stage() && nccl_output_ != nullptr) {
+    output_hold = nccl_output_->TryHold(rows, hidden_size);
+    if (output_hold.owns_lock()) device_rows.out = nccl_output_->Rows(rows, hidden_size);
+  }
+  const bool on_device = device_rows.in.data != nullptr || device_rows.out.data != nullptr;
   std::vector<float> out;
   std::vector<int32_t> device_ids;
-  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &device_ids));
+  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &device_ids, on_device ? &device_rows : nullptr));
+  arrived.reset();  // the input link's buffer is free for the next step
 
   if (!model_.is_last_stage()) {
     // This stage's part is done: its Opens and Closes need not wait for the later stages'. Steps
@@ -182,8 +213,36 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     // disjoint sequences, so a later stage may take them in either order.
     lock.Release();
     internal::v1::StepRequest downstream = request;
-    downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
-    return next_->Step(downstream, response);
+    downstream.clear_hidden_link();
+    downstream.clear_hidden_rows();
+    if (device_rows.out.data == nullptr) {
+      downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
+      return next_->Step(downstream, response);
+    }
+    NcclLink& link = nccl_output_->link();
+    const size_t bytes = static_cast<size_t>(rows * hidden_size) * sizeof(float);
+    if (const absl::Status queued = link.StartSend(bytes); !queued.ok()) {
+      // This stage's part is done: its rows go as bytes after all.
+      spdlog::warn("NCCL link to the next stage: {}; this step's rows go as bytes", queued.ToString());
+      std::string* hidden = downstream.mutable_hidden();
+      hidden->resize(bytes);
+      DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
+      return next_->Step(downstream, response);
+    }
+    downstream.clear_hidden();
+    downstream.set_hidden_link(nccl_output_->id());
+    downstream.set_hidden_rows(rows);
+    nccl_output_->CountSent();
+    const absl::Status status = next_->Step(downstream, response);
+    if (!status.ok()) {
+      link.AbandonSend();  // the next stage may not have taken the rows: the link cannot be trusted
+      return status;
+    }
+    // The later stages ran the step, so it stands; a link that failed only here is made again.
+    if (const absl::Status sent = link.FinishSend(); !sent.ok()) {
+      spdlog::warn("NCCL link to the next stage broke after a step: {}", sent.ToString());
+    }
+    return absl::OkStatus();
   }
   const int64_t vocab = model_.config().vocab_size;
   size_t sampled = 0, row = 0, from_device = 0;

@@ -14,6 +14,7 @@
 #include "model/sampling/sampler.h"
 #include "services/session_store/store_client.h"
 #include "services/transport/stage_channel.h"
+#include "services/worker/nccl_stage_links.h"
 
 namespace deltaserve::services {
 
@@ -24,9 +25,11 @@ struct StageEngineOptions {
 class StageEngine final : public StageChannel {
  public:
   // `store` (snapshots) may be null when no sessions are used; `next` is null on the last stage.
-  // Neither is owned.
+  // `nccl_input` / `nccl_output`, where set, carry the hidden rows from the previous stage and to
+  // the next one device to device (nccl_stage_links.h). None is owned.
   StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
-              const StageEngineOptions& options = {});
+              const StageEngineOptions& options = {}, NcclStageInput* nccl_input = nullptr,
+              NcclStageOutput* nccl_output = nullptr);
 
   // This stage's part of a session in the store.
   std::string PartName() const;
@@ -55,6 +58,8 @@ class StageEngine final : public StageChannel {
   StoreClient* store_;
   StageChannel* next_;
   StageEngineOptions options_;
+  NcclStageInput* nccl_input_;
+  NcclStageOutput* nccl_output_;
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);
 };

@@ -1,0 +1,61 @@
+// The workers' data plane between GPUs: a two-rank NCCL communicator between this process's GPU
+// and one peer's, with a device buffer of fixed capacity on each side for what crosses it (a
+// stage's hidden rows). The control stays on gRPC: the side that starts a link makes its id
+// (NewId) and sends it to the peer (StageWorker.ConnectNccl), and both Join; afterwards each
+// transfer is announced by the gRPC call that needs it.
+//
+// Every wait is bounded by the link's timeout. A transfer that does not finish in time (the peer
+// went away, or never posted its side) aborts the communicator: the link is then broken for good
+// and the callers go back to sending the rows through gRPC.
+//
+// Built without NCCL (no CUDA toolkit), Join fails with Unimplemented.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace deltaserve::services {
+
+struct NcclLinkOptions {
+  int device = 0;                            // the CUDA device of this side
+  size_t capacity_bytes = 0;                 // the largest transfer
+  std::chrono::milliseconds timeout{30000};  // for joining and for each transfer
+  // Polled while joining: once true, Join gives up (the peer said it will not join).
+  const std::atomic<bool>* give_up = nullptr;
+};
+
+class NcclLink {
+ public:
+  // A fresh id for a link (NCCL's unique id, as bytes).
+  static absl::StatusOr<std::string> NewId();
+  // Joins the link named by `id` as `rank` (0 sends the first transfer, 1 receives it; either may
+  // send later). Both sides must join within the timeout.
+  static absl::StatusOr<std::unique_ptr<NcclLink>> Join(const std::string& id, int rank,
+                                                        const NcclLinkOptions& options);
+  virtual ~NcclLink() = default;
+
+  // The device buffer (capacity_bytes) transfers go from and to.
+  virtual void* buffer() = 0;
+  virtual size_t capacity() const = 0;
+  virtual bool broken() const = 0;
+  // Queues a transfer of the buffer's first `bytes` to the peer; FinishSend waits for it.
+  virtual absl::Status StartSend(size_t bytes) = 0;
+  virtual absl::Status FinishSend() = 0;
+  // For a send the peer may not have received (the call that announced it failed): the link is
+  // aborted (broken) at once. Even a finished send may sit unreceived in NCCL's buffers, where a
+  // later receive would take it for its own.
+  virtual void AbandonSend() = 0;
+  // Copies the buffer's first `bytes` to host memory (a send that could not be queued goes as
+  // bytes instead).
+  virtual absl::Status ReadBuffer(void* host, size_t bytes) = 0;
+  // Receives `bytes` from the peer into the buffer, waiting until they are there.
+  virtual absl::Status Receive(size_t bytes) = 0;
+};
+
+}  // namespace deltaserve::services

@@ -1,0 +1,138 @@
+#include "services/worker/nccl_stage_links.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace deltaserve::services {
+
+absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& request) {
+  if (request.link() == 0 || request.capacity_bytes() <= 0 ||
+      static_cast<uint64_t>(request.capacity_bytes()) > max_capacity_bytes_) {
+    return absl::InvalidArgumentError(absl::StrCat("ConnectNccl needs a link id and a capacity of 1 to ",
+                                                   max_capacity_bytes_, " bytes; it asked for ",
+                                                   request.capacity_bytes()));
+  }
+  NcclLinkOptions options;
+  options.device = device_;
+  options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
+  options.timeout = timeout_;
+  // Joined before the lock: steps on the current link go on meanwhile.
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(request.nccl_id(), 1, options);
+  if (!link.ok()) return link.status();
+  std::lock_guard<std::mutex> lock(mutex_);
+  link_ = std::move(*link);
+  link_id_ = request.link();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<NcclStageInput::Rows> NcclStageInput::Receive(uint64_t link, int64_t rows, int64_t hidden) {
+  Rows held{std::unique_lock<std::mutex>(mutex_), {}};
+  if (link_ == nullptr || link != link_id_) {
+    return absl::FailedPreconditionError(absl::StrCat("hidden rows announced on NCCL link ", link,
+                                                      ", which this stage does not hold"));
+  }
+  const size_t row_bytes = static_cast<size_t>(hidden) * sizeof(float);
+  if (hidden <= 0 || rows <= 0 || static_cast<uint64_t>(rows) > link_->capacity() / row_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(rows, " hidden rows announced; the link takes 1 to ",
+                                                   hidden > 0 ? link_->capacity() / row_bytes : 0));
+  }
+  if (absl::Status status = link_->Receive(static_cast<size_t>(rows) * row_bytes); !status.ok()) return status;
+  held.view = kernels::MakeView(link_->buffer(), kernels::DType::kF32, rows, hidden);
+  return held;
+}
+
+absl::StatusOr<std::unique_ptr<NcclStageOutput>> NcclStageOutput::Connect(GrpcStageChannel& next, int device,
+                                                                        size_t capacity_bytes,
+                                                                        std::chrono::milliseconds timeout,
+                                                                        std::chrono::milliseconds retry) {
+  std::unique_ptr<NcclStageOutput> output(new NcclStageOutput(next, device, capacity_bytes, timeout));
+  if (absl::Status status = output->Reconnect(); !status.ok()) return status;
+  if (retry.count() > 0) output->KeepUp(retry);
+  return output;
+}
+
+NcclStageOutput::~NcclStageOutput() {
+  {
+    std::lock_guard<std::mutex> lock(keeper_mutex_);
+    stopping_ = true;
+  }
+  keeper_wake_.notify_all();
+  if (keeper_.joinable()) keeper_.join();
+}
+
+absl::Status NcclStageOutput::Reconnect() {
+  absl::StatusOr<std::string> nccl_id = NcclLink::NewId();
+  if (!nccl_id.ok()) return nccl_id.status();
+  internal::v1::ConnectNcclRequest request;
+  request.set_nccl_id(*nccl_id);
+  std::random_device entropy;
+  uint64_t id = 0;
+  while (id == 0) id = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
+  request.set_link(id);
+  request.set_capacity_bytes(static_cast<int64_t>(capacity_bytes_));
+  // Steps take the link with TryHold, so they send bytes while it is being made.
+  std::lock_guard<std::mutex> lock(mutex_);
+  link_.reset();
+  // The next stage joins inside its ConnectNccl while this side joins here; a refusal there ends
+  // the wait here. The call's deadline leaves room for a join that ends near the timeout.
+  std::atomic<bool> refused{false};
+  absl::Status remote;
+  std::thread call([&] {
+    remote = next_.ConnectNccl(request, timeout_ + std::chrono::seconds(5));
+    if (!remote.ok()) refused = true;
+  });
+  NcclLinkOptions options;
+  options.device = device_;
+  options.capacity_bytes = capacity_bytes_;
+  options.timeout = timeout_;
+  options.give_up = &refused;
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(*nccl_id, 0, options);
+  call.join();
+  if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat("the next stage: ", remote.message()));
+  if (!link.ok()) return link.status();
+  link_ = std::move(*link);
+  id_ = id;
+  return absl::OkStatus();
+}
+
+void NcclStageOutput::KeepUp(std::chrono::milliseconds retry) {
+  keeper_ = std::thread([this, retry] {
+    std::unique_lock<std::mutex> lock(keeper_mutex_);
+    while (!keeper_wake_.wait_for(lock, retry, [this] { return stopping_; })) {
+      lock.unlock();
+      bool broken = false;
+      {
+        std::lock_guard<std::mutex> hold(mutex_);
+        broken = link_ == nullptr || link_->broken();
+      }
+      if (broken) {
+        const absl::Status status = Reconnect();
+        if (status.ok()) {
+          spdlog::info("NCCL link to the next stage made again");
+        } else {
+          spdlog::warn("NCCL link to the next stage still down: {}", status.ToString());
+        }
+      }
+      lock.lock();
+    }
+  });
+}
+
+std::unique_lock<std::mutex> NcclStageOutput::TryHold(int64_t rows, int64_t hidden) {
+  std::unique_lock<std::mutex> hold(mutex_, std::try_to_lock);
+  if (!hold.owns_lock()) return hold;
+  const size_t row_bytes = static_cast<size_t>(hidden) * sizeof(float);
+  if (link_ == nullptr || link_->broken() || hidden <= 0 || rows <= 0 ||
+      static_cast<uint64_t>(rows) > link_->capacity() / row_bytes) {
+    hold.unlock();
+  }
+  return hold;
+}
+
+kernels::TensorView NcclStageOutput::Rows(int64_t rows, int64_t hidden) {
+  return kernels::MakeView(link_->buffer(), kernels::DType::kF32, rows, hidden);
+}
+
+}  // namespace deltaserve::services

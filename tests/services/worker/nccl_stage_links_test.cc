@@ -1,0 +1,206 @@
+// Two pipeline stages on two GPUs of this host, the later one behind its gRPC service: with an
+// NCCL link between them a stage's hidden rows go device to device, and every step samples what
+// the same stages sample with the rows sent as bytes: decode steps (from the second on, step
+// graphs that copy from the link's buffer), a prefill too large for the link (sent as bytes) and
+// a chunk that samples nothing alike. A step announcing rows on a link the later stage does not
+// hold fails cleanly and the stage keeps serving; a step that fails after its rows went out
+// breaks the link, and steps go as bytes until it is made again. Skipped with the reason where
+// the build has no NCCL or the host fewer than two GPUs.
+#include "services/worker/nccl_stage_links.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include <tuple>
+
+#include "gtest/gtest.h"
+#include "kernels/backend_factory.h"
+#include "model/kimi_linear_model.h"
+#include "services/common/server_runner.h"
+#include "services/transport/sampling_proto.h"
+#include "services/worker/stage_engine.h"
+
+namespace deltaserve::services {
+namespace {
+
+const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+constexpr int64_t kLinkRows = 16;
+constexpr std::chrono::milliseconds kTimeout{20000};
+
+std::unique_ptr<kernels::Backend> Gpu(int device, std::string* why) {
+  return kernels::CreateBackend({.device = "cuda", .cuda_device = device}, why);
+}
+
+std::unique_ptr<model::KimiLinearModel> Layers(kernels::Backend& backend, int64_t begin, int64_t end) {
+  model::ModelOptions options;
+  options.scope.layer_begin = begin;
+  options.scope.layer_end = end;
+  auto model = model::KimiLinearModel::Load(kFixture, backend, options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? std::move(*model) : nullptr;
+}
+
+internal::v1::OpenRequest OpenGreedy(uint64_t seq_id) {
+  internal::v1::OpenRequest request;
+  internal::v1::OpenSequence* open = request.add_sequences();
+  open->set_seq_id(seq_id);
+  model::SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  ToProto(greedy, open->mutable_sampling());
+  return request;
+}
+
+internal::v1::StepRequest StepOf(uint64_t seq_id, const std::vector<int32_t>& tokens) {
+  internal::v1::StepRequest request;
+  internal::v1::StepSequence* step = request.add_sequences();
+  step->set_seq_id(seq_id);
+  step->mutable_token_ids()->Assign(tokens.begin(), tokens.end());
+  step->set_sample(true);
+  return request;
+}
+
+class NcclStagesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    gpu0_ = Gpu(0, &why);
+    if (gpu0_ != nullptr) gpu1_ = Gpu(1, &why);
+    if (gpu0_ == nullptr || gpu1_ == nullptr) GTEST_SKIP() << "two stages on two GPUs need two GPUs: " << why;
+    if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
+    linked_first_ = Layers(*gpu0_, 0, 2);
+    linked_last_ = Layers(*gpu1_, 2, 4);
+    plain_first_ = Layers(*gpu0_, 0, 2);
+    plain_last_ = Layers(*gpu1_, 2, 4);
+    ASSERT_TRUE(linked_first_ && linked_last_ && plain_first_ && plain_last_);
+
+    const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
+    input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout);
+    last_stage_ = std::make_unique<StageEngine>(*linked_last_, nullptr, nullptr, StageEngineOptions{}, input_.get());
+    service_ = std::make_unique<StageWorkerService>(
+        *last_stage_, WorkerDescription{}, [this](const internal::v1::ConnectNcclRequest& request) {
+          return input_->Connect(request);
+        });
+    GrpcServerConfig config;
+    config.listen_address = "127.0.0.1:0";
+    grpc::Service* services[] = {service_.get()};
+    absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(config, services);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    next_ = std::make_unique<GrpcStageChannel>(channel_, kTimeout);
+    absl::StatusOr<std::unique_ptr<NcclStageOutput>> output =
+        NcclStageOutput::Connect(*next_, 0, capacity, kTimeout, std::chrono::milliseconds(0));
+    ASSERT_TRUE(output.ok()) << output.status();
+    output_ = std::move(*output);
+    first_stage_ = std::make_unique<StageEngine>(*linked_first_, nullptr, next_.get(), StageEngineOptions{}, nullptr,
+                                                 output_.get());
+    plain_last_stage_ = std::make_unique<StageEngine>(*plain_last_, nullptr, nullptr);
+    plain_first_stage_ = std::make_unique<StageEngine>(*plain_first_, nullptr, plain_last_stage_.get());
+  }
+
+  // Runs the step on both pipelines: the token each samples for the step's sequence.
+  std::pair<int32_t, int32_t> Both(const internal::v1::StepRequest& request) {
+    internal::v1::StepResponse linked, plain;
+    const absl::Status linked_status = first_stage_->Step(request, &linked);
+    const absl::Status plain_status = plain_first_stage_->Step(request, &plain);
+    EXPECT_TRUE(linked_status.ok()) << linked_status;
+    EXPECT_TRUE(plain_status.ok()) << plain_status;
+    if (linked.sampled_size() != 1 || plain.sampled_size() != 1) return {-1, -2};
+    return {linked.sampled(0).token_id(), plain.sampled(0).token_id()};
+  }
+
+  std::unique_ptr<kernels::Backend> gpu0_, gpu1_;
+  std::unique_ptr<model::KimiLinearModel> linked_first_, linked_last_, plain_first_, plain_last_;
+  std::unique_ptr<NcclStageInput> input_;
+  std::unique_ptr<StageEngine> last_stage_, first_stage_, plain_last_stage_, plain_first_stage_;
+  std::unique_ptr<StageWorkerService> service_;
+  std::unique_ptr<GrpcServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<GrpcStageChannel> next_;
+  std::unique_ptr<NcclStageOutput> output_;
+};
+
+TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
+  for (uint64_t seq : {1u, 2u}) {
+    internal::v1::OpenResponse linked, plain;
+    ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
+    ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
+  }
+  // A prefill the link takes, then decode steps, each feeding back the token sampled.
+  auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2, 99, 7, 64, 1}));
+  ASSERT_EQ(token, expected);
+  for (int step = 0; step < 6; ++step) {
+    std::tie(token, expected) = Both(StepOf(1, {token}));
+    ASSERT_EQ(token, expected) << "decode step " << step;
+  }
+  EXPECT_EQ(output_->sent_steps(), 7);
+  // More rows than the link's buffer: sent as bytes, with the same result.
+  std::vector<int32_t> long_prompt;
+  for (int i = 0; i < 3 * kLinkRows; ++i) long_prompt.push_back((i * 37 + 11) % 250);
+  std::tie(token, expected) = Both(StepOf(2, long_prompt));
+  EXPECT_EQ(token, expected);
+  EXPECT_EQ(output_->sent_steps(), 7);
+  std::tie(token, expected) = Both(StepOf(2, {token}));
+  EXPECT_EQ(token, expected);
+  EXPECT_EQ(output_->sent_steps(), 8);
+  // A prefill chunk that samples nothing (the last stage then downloads nothing), then its last
+  // token sampled.
+  internal::v1::StepRequest chunk = StepOf(2, {3, 4, 5, 6});
+  chunk.mutable_sequences(0)->set_sample(false);
+  internal::v1::StepResponse linked, plain;
+  ASSERT_TRUE(first_stage_->Step(chunk, &linked).ok());
+  ASSERT_TRUE(plain_first_stage_->Step(chunk, &plain).ok());
+  std::tie(token, expected) = Both(StepOf(2, {7}));
+  EXPECT_EQ(token, expected);
+  EXPECT_EQ(output_->sent_steps(), 10);
+}
+
+// A step the later stage fails after the rows went out breaks the link (its rows may sit unread
+// in NCCL's buffers); later steps go as bytes with the same results, until a new link is made.
+TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAgain) {
+  for (uint64_t seq : {1u, 3u}) {
+    internal::v1::OpenResponse linked, plain;
+    ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
+    ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
+  }
+  auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2}));
+  ASSERT_EQ(token, expected);
+  ASSERT_EQ(output_->sent_steps(), 1);
+  // Sequence 3 closed on the later stage only: that stage takes the rows, then refuses the step.
+  internal::v1::CloseRequest close;
+  close.add_sequences()->set_seq_id(3);
+  internal::v1::CloseResponse closed;
+  ASSERT_TRUE(next_->Close(close, &closed).ok());
+  internal::v1::StepResponse refused;
+  EXPECT_EQ(first_stage_->Step(StepOf(3, {9, 8}), &refused).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(output_->sent_steps(), 2);
+  EXPECT_TRUE(output_->link().broken());
+
+  std::tie(token, expected) = Both(StepOf(1, {token}));
+  EXPECT_EQ(token, expected);
+  EXPECT_EQ(output_->sent_steps(), 2) << "a broken link carried a step";
+  ASSERT_TRUE(output_->Reconnect().ok());
+  std::tie(token, expected) = Both(StepOf(1, {token}));
+  EXPECT_EQ(token, expected);
+  EXPECT_EQ(output_->sent_steps(), 3);
+}
+
+TEST_F(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) {
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(first_stage_->Open(OpenGreedy(1), &opened).ok());
+  internal::v1::StepRequest stray = StepOf(1, {5});
+  stray.set_hidden_link(output_->id() + 1);
+  stray.set_hidden_rows(1);
+  internal::v1::StepResponse response;
+  const absl::Status status = next_->Step(stray, &response);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  // Through the first stage, over the link, as before.
+  internal::v1::StepResponse stepped;
+  const absl::Status again = first_stage_->Step(StepOf(1, {5, 17, 200}), &stepped);
+  ASSERT_TRUE(again.ok()) << again;
+  EXPECT_EQ(stepped.sampled_size(), 1);
+  EXPECT_EQ(output_->sent_steps(), 1);
+}
+
+}  // namespace
+}  // namespace deltaserve::services
