@@ -254,9 +254,15 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     store = std::make_shared<GrpcStoreClient>(channel, GrpcStoreClientOptions{timeout.count()});
     keep.push_back(store);
   }
+  std::shared_ptr<StageMetrics> stage_metrics;
+  if (metrics != nullptr && next != nullptr) {
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<StageMetrics> created, StageMetrics::Create(metrics->registry()));
+    stage_metrics = std::move(created);
+    keep.push_back(stage_metrics);
+  }
   auto engine = std::make_shared<StageEngine>(*model, store.get(), next.get(),
                                               StageEngineOptions{config.max_open_sequences}, nccl_input.get(),
-                                              nccl_output.get());
+                                              nccl_output.get(), stage_metrics.get());
   keep.push_back(engine);
   WorkerDescription description;
   description.model_fingerprint = fingerprint;

@@ -19,9 +19,9 @@ namespace deltaserve::services {
 
 StageEngine::StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
                          const StageEngineOptions& options, NcclStageInput* nccl_input,
-                         NcclStageOutput* nccl_output)
+                         NcclStageOutput* nccl_output, StageMetrics* metrics)
     : model_(model), store_(store), next_(next), options_(options), nccl_input_(nccl_input),
-      nccl_output_(nccl_output) {}
+      nccl_output_(nccl_output), metrics_(metrics) {}
 
 std::string StageEngine::PartName() const {
   return absl::StrCat("layers-", model_.layer_begin(), "-", model_.layer_end() - 1);
@@ -217,6 +217,7 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     downstream.clear_hidden_rows();
     if (device_rows.out.data == nullptr) {
       downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
+      if (metrics_ != nullptr) metrics_->HandedOn(false);
       return next_->Step(downstream, response);
     }
     NcclLink& link = nccl_output_->link();
@@ -224,23 +225,28 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     if (const absl::Status queued = link.StartSend(bytes); !queued.ok()) {
       // This stage's part is done: its rows go as bytes after all.
       spdlog::warn("NCCL link to the next stage: {}; this step's rows go as bytes", queued.ToString());
+      if (metrics_ != nullptr) metrics_->LinkFailed();
       std::string* hidden = downstream.mutable_hidden();
       hidden->resize(bytes);
       DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
+      if (metrics_ != nullptr) metrics_->HandedOn(false);
       return next_->Step(downstream, response);
     }
     downstream.clear_hidden();
     downstream.set_hidden_link(nccl_output_->id());
     downstream.set_hidden_rows(rows);
     nccl_output_->CountSent();
+    if (metrics_ != nullptr) metrics_->HandedOn(true);
     const absl::Status status = next_->Step(downstream, response);
     if (!status.ok()) {
       link.AbandonSend();  // the next stage may not have taken the rows: the link cannot be trusted
+      if (metrics_ != nullptr) metrics_->LinkFailed();
       return status;
     }
     // The later stages ran the step, so it stands; a link that failed only here is made again.
     if (const absl::Status sent = link.FinishSend(); !sent.ok()) {
       spdlog::warn("NCCL link to the next stage broke after a step: {}", sent.ToString());
+      if (metrics_ != nullptr) metrics_->LinkFailed();
     }
     return absl::OkStatus();
   }

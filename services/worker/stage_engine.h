@@ -15,6 +15,7 @@
 #include "services/session_store/store_client.h"
 #include "services/transport/stage_channel.h"
 #include "services/worker/nccl_stage_links.h"
+#include "services/worker/stage_metrics.h"
 
 namespace deltaserve::services {
 
@@ -26,10 +27,11 @@ class StageEngine final : public StageChannel {
  public:
   // `store` (snapshots) may be null when no sessions are used; `next` is null on the last stage.
   // `nccl_input` / `nccl_output`, where set, carry the hidden rows from the previous stage and to
-  // the next one device to device (nccl_stage_links.h). None is owned.
+  // the next one device to device (nccl_stage_links.h); `metrics` counts how they went. None is
+  // owned.
   StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
               const StageEngineOptions& options = {}, NcclStageInput* nccl_input = nullptr,
-              NcclStageOutput* nccl_output = nullptr);
+              NcclStageOutput* nccl_output = nullptr, StageMetrics* metrics = nullptr);
 
   // This stage's part of a session in the store.
   std::string PartName() const;
@@ -60,6 +62,7 @@ class StageEngine final : public StageChannel {
   StageEngineOptions options_;
   NcclStageInput* nccl_input_;
   NcclStageOutput* nccl_output_;
+  StageMetrics* metrics_;
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);
 };

@@ -1,7 +1,7 @@
 // A stage moves session snapshots to and from the store outside the lock its steps take, so a
 // snapshot in transit never holds up the other sequences; a snapshot damaged on its way back is
 // refused (its checksum, verified before the lock), and the sequence opens fresh. A stage's lock
-// is free while the later stages run its step.
+// is free while the later stages run its step. Its metrics count how its rows went on.
 #include "services/worker/stage_engine.h"
 
 #include <chrono>
@@ -9,10 +9,12 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "prometheus/registry.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
 #include "services/transport/sampling_proto.h"
+#include "services/worker/stage_metrics.h"
 #include "tests/testing/gated_store_client.h"
 
 namespace deltaserve::services {
@@ -187,6 +189,46 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   EXPECT_NE(refused.results(0).restore_error().find("corrupt"), std::string::npos)
       << refused.results(0).restore_error();
   EXPECT_EQ(stage.open_sequences(), 3);
+}
+
+// The value of counter `name` whose labels include `label` = `value`; -1 where there is none.
+double CounterValue(prometheus::Registry& registry, const std::string& name, const std::string& label,
+                    const std::string& value) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      for (const prometheus::ClientMetric::Label& pair : metric.label) {
+        if (pair.name == label && pair.value == value) return metric.counter.value;
+      }
+    }
+  }
+  return -1;
+}
+
+TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  model::ModelOptions first_layers, last_layers;
+  first_layers.scope.layer_end = 2;
+  last_layers.scope.layer_begin = 2;
+  auto first = model::KimiLinearModel::Load(kFixture, backend, first_layers);
+  auto last = model::KimiLinearModel::Load(kFixture, backend, last_layers);
+  ASSERT_TRUE(first.ok() && last.ok());
+  prometheus::Registry registry;
+  absl::StatusOr<std::unique_ptr<StageMetrics>> metrics = StageMetrics::Create(registry);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  StageEngine last_stage(**last, nullptr, nullptr);
+  StageEngine first_stage(**first, nullptr, &last_stage, StageEngineOptions{}, nullptr, nullptr, metrics->get());
+
+  internal::v1::OpenRequest open;
+  AddSequence(open, 1);
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(first_stage.Open(open, &opened).ok());
+  internal::v1::StepResponse stepped;
+  ASSERT_TRUE(first_stage.Step(Prefill(1, {5, 6, 7}), &stepped).ok());
+  ASSERT_TRUE(first_stage.Step(Prefill(1, {stepped.sampled(0).token_id()}), &stepped).ok());
+  // No link: both steps' rows went as bytes.
+  EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 2);
+  EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 0);
 }
 
 }  // namespace
