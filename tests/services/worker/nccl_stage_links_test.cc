@@ -4,8 +4,9 @@
 // graphs that copy from the link's buffer), a prefill too large for the link (sent as bytes) and
 // a chunk that samples nothing alike. A step announcing rows on a link the later stage does not
 // hold fails cleanly and the stage keeps serving; a step that fails after its rows went out
-// breaks the link, and steps go as bytes until it is made again. Skipped with the reason where
-// the build has no NCCL or the host fewer than two GPUs.
+// breaks the link, and steps go as bytes until it is made again (those skip with the reason
+// where the build has no NCCL or the host fewer than two GPUs). Links past a stage's limit, rows
+// on links it does not hold and rows over NCCL to a stage without links are refused anywhere.
 #include "services/worker/nccl_stage_links.h"
 
 #include <grpcpp/create_channel.h>
@@ -57,6 +58,37 @@ internal::v1::StepRequest StepOf(uint64_t seq_id, const std::vector<int32_t>& to
   step->mutable_token_ids()->Assign(tokens.begin(), tokens.end());
   step->set_sample(true);
   return request;
+}
+
+// What a stage does with NCCL requests it cannot honour, on any build and machine.
+TEST(NcclStageInputTest, RefusesLinksPastItsLimitAndRowsOnLinksItDoesNotHold) {
+  NcclStageInput input(0, 1 << 20, kTimeout);
+  internal::v1::ConnectNcclRequest request;
+  request.set_nccl_id(std::string(128, 'x'));
+  request.set_link(7);
+  request.set_capacity_bytes((1 << 20) + 1);
+  EXPECT_EQ(input.Connect(request).code(), absl::StatusCode::kInvalidArgument);
+  request.set_capacity_bytes(1024);
+  request.set_link(0);
+  EXPECT_EQ(input.Connect(request).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(input.Receive(7, 1, 128).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(NcclStageInputTest, AStageWithoutLinksRefusesRowsAnnouncedOverNcclAndKeepsServing) {
+  auto backend = kernels::CreateBackend({.device = "cpu", .cpu_threads = 1}, nullptr);
+  ASSERT_NE(backend, nullptr);
+  auto model = model::KimiLinearModel::Load(kFixture, *backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  StageEngine stage(**model, nullptr, nullptr);
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(stage.Open(OpenGreedy(1), &opened).ok());
+  internal::v1::StepRequest stray = StepOf(1, {5});
+  stray.set_hidden_link(3);
+  stray.set_hidden_rows(1);
+  internal::v1::StepResponse response;
+  EXPECT_EQ(stage.Step(stray, &response).code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(stage.Step(StepOf(1, {5, 6}), &response).ok());
+  EXPECT_EQ(response.sampled_size(), 1);
 }
 
 class NcclStagesTest : public ::testing::Test {
