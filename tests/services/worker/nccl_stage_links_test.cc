@@ -18,8 +18,8 @@
 #include "kernels/backend_factory.h"
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
-#include "services/transport/sampling_proto.h"
 #include "services/worker/stage_engine.h"
+#include "tests/services/worker/stage_requests.h"
 
 namespace deltaserve::services {
 namespace {
@@ -41,22 +41,13 @@ std::unique_ptr<model::KimiLinearModel> Layers(kernels::Backend& backend, int64_
   return model.ok() ? std::move(*model) : nullptr;
 }
 
+using testing::StepOf;
+
 internal::v1::OpenRequest OpenGreedy(uint64_t seq_id) {
   internal::v1::OpenRequest request;
-  internal::v1::OpenSequence* open = request.add_sequences();
-  open->set_seq_id(seq_id);
   model::SamplingParams greedy;
   greedy.temperature = 0.0f;
-  ToProto(greedy, open->mutable_sampling());
-  return request;
-}
-
-internal::v1::StepRequest StepOf(uint64_t seq_id, const std::vector<int32_t>& tokens) {
-  internal::v1::StepRequest request;
-  internal::v1::StepSequence* step = request.add_sequences();
-  step->set_seq_id(seq_id);
-  step->mutable_token_ids()->Assign(tokens.begin(), tokens.end());
-  step->set_sample(true);
+  testing::AddSequence(request, seq_id, greedy);
   return request;
 }
 

@@ -16,6 +16,7 @@
 #include "model/kimi_linear_model.h"
 #include "services/transport/sampling_proto.h"
 #include "services/worker/stage_metrics.h"
+#include "tests/services/worker/stage_requests.h"
 #include "tests/testing/gated_store_client.h"
 
 namespace deltaserve::services {
@@ -25,21 +26,8 @@ const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny
 constexpr char kTenant[] = "tenant";
 constexpr char kSession[] = "session";
 
-internal::v1::OpenSequence* AddSequence(internal::v1::OpenRequest& request, uint64_t seq_id) {
-  internal::v1::OpenSequence* open = request.add_sequences();
-  open->set_seq_id(seq_id);
-  ToProto(model::SamplingParams{}, open->mutable_sampling());
-  return open;
-}
-
-internal::v1::StepRequest Prefill(uint64_t seq_id, std::vector<int32_t> tokens) {
-  internal::v1::StepRequest request;
-  internal::v1::StepSequence* step = request.add_sequences();
-  step->set_seq_id(seq_id);
-  step->mutable_token_ids()->Assign(tokens.begin(), tokens.end());
-  step->set_sample(true);
-  return request;
-}
+using testing::AddSequence;
+using testing::StepOf;
 
 // Passes Open and Close on to `next`; holds each Step at a gate until the test opens it.
 class GatedStepChannel final : public StageChannel {
@@ -104,7 +92,7 @@ TEST(StageEngineTest, AStagesLockIsFreeWhileLaterStagesRunItsStep) {
   ASSERT_TRUE(first_stage.Open(open, &opened).ok());
   internal::v1::StepResponse stepped;
   std::future<absl::Status> step =
-      std::async(std::launch::async, [&] { return first_stage.Step(Prefill(1, {5, 6, 7}), &stepped); });
+      std::async(std::launch::async, [&] { return first_stage.Step(StepOf(1, {5, 6, 7}), &stepped); });
   const bool held = gate.WaitForHeldStep(std::chrono::seconds(20));
 
   // With the step at the later stage, another sequence opens on the first stage.
@@ -141,8 +129,8 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   internal::v1::OpenResponse opened;
   ASSERT_TRUE(stage.Open(open, &opened).ok());
   internal::v1::StepResponse stepped;
-  ASSERT_TRUE(stage.Step(Prefill(1, {5, 6, 7}), &stepped).ok());
-  ASSERT_TRUE(stage.Step(Prefill(2, {8, 9}), &stepped).ok());
+  ASSERT_TRUE(stage.Step(StepOf(1, {5, 6, 7}), &stepped).ok());
+  ASSERT_TRUE(stage.Step(StepOf(2, {8, 9}), &stepped).ok());
 
   // Sequence 1 closes with a snapshot, which waits at the store's gate.
   internal::v1::CloseRequest close;
@@ -157,7 +145,7 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   // Sequence 2 steps meanwhile, and sequence 1 is already gone from the stage.
   std::future<absl::Status> step = std::async(std::launch::async, [&] {
     internal::v1::StepResponse response;
-    return stage.Step(Prefill(2, {10}), &response);
+    return stage.Step(StepOf(2, {10}), &response);
   });
   const bool stepped_while_held = step.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
   // (Were the step still waiting, the stage's lock would be taken: asking would wait too.)
@@ -230,8 +218,8 @@ TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
   internal::v1::OpenResponse opened;
   ASSERT_TRUE(first_stage.Open(open, &opened).ok());
   internal::v1::StepResponse stepped;
-  ASSERT_TRUE(first_stage.Step(Prefill(1, {5, 6, 7}), &stepped).ok());
-  ASSERT_TRUE(first_stage.Step(Prefill(1, {stepped.sampled(0).token_id()}), &stepped).ok());
+  ASSERT_TRUE(first_stage.Step(StepOf(1, {5, 6, 7}), &stepped).ok());
+  ASSERT_TRUE(first_stage.Step(StepOf(1, {stepped.sampled(0).token_id()}), &stepped).ok());
   // No link: both steps' rows went as bytes.
   EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 2);
   EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 0);
