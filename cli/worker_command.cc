@@ -25,9 +25,9 @@ class WorkerCommand final : public Subcommand {
     cmd->add_option("--max-open-sequences", stage_.max_open_sequences)->capture_default_str();
     cmd->add_option("--nccl-max-rows", stage_.nccl_max_rows,
                     "Stage on a GPU: steps up to this many tokens send their hidden rows to the next stage over "
-                    "NCCL (0: always gRPC)")
+                    "NCCL, and the previous stage may link for as many (0: always gRPC)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     cmd->add_option("--nccl-timeout-ms", nccl_timeout_ms_, "Stage on a GPU: joining an NCCL link, and each transfer")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);

@@ -16,11 +16,11 @@
 #include <vector>
 
 #include "kernels/cuda/call_failures.h"
-#include "kernels/cuda/moe_cublas_grouped.h"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/memory_limit.h"
 #include "kernels/cuda/mla_absorbed_tc.h"
 #include "kernels/cuda/mla_expanded_tc.h"
+#include "kernels/cuda/moe_cublas_grouped.h"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/step_graphs.h"
 

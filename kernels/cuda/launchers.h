@@ -211,7 +211,8 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
 // LaunchMoeGroupedExperts does and gathers each placed slot's token row of x, rounded to bf16,
 // in that order; after the gate and up products LaunchMoeSwiGluRows writes the hidden rows over
 // the gate rows; after the down products LaunchMoeScatterGroupedRows copies each placed row to its
-// slot of slot_out, widened to fp32. `count` is offsets[num_local], read back by the host between the steps.
+// slot of slot_out, widened to fp32. `count` is offsets[num_local], read back by the host between
+// the steps.
 struct MoeGroupedRows {
   void* plan;             // the grouping's arrays, offsets and sorted_slots among them
   int32_t* offsets;       // num_local + 1: local expert e's rows are [offsets[e], offsets[e + 1])
@@ -219,7 +220,7 @@ struct MoeGroupedRows {
   void* x;                // [slots, hidden] bf16
   void* gate;             // [slots, inner] bf16, then the hidden rows
   void* up;               // [slots, inner] bf16
-  void* down;             // [slots, hidden] bf16 (cuBLAS's grouped products write no fp32 from bf16)
+  void* down;             // [slots, hidden] bf16 (no fp32 from bf16 in cuBLAS's grouped products)
   const void** operands;  // kMoeGroupedRowsOperands * num_local device pointers
 };
 constexpr int64_t kMoeGroupedRowsOperands = 9;  // gate/up: A, B, C twice; down: A, B, C

@@ -10,6 +10,7 @@ bool RunMoeCublasGrouped(cublasHandle_t blas, cudaStream_t stream, CallFailures&
                          TensorView expert_ids, std::span<const ExpertWeights> experts, int64_t first_expert,
                          void* scratch, TensorView slot_out) {
   const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols;
+  if (tokens == 0) return true;
   const int64_t num_local = static_cast<int64_t>(experts.size()), inner = experts[0].gate.rows;
   const MoeGroupedRows rows = CarveMoeGroupedRows(scratch, tokens, top_k, num_local, hidden, inner);
   if (!failures.Ok(static_cast<cudaError_t>(LaunchMoeGroupRows(x, expert_ids, first_expert, num_local, rows, stream)),

@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
-#include "spdlog/spdlog.h"
 #include "base/status_macros.h"
 #include "model/config/kimi_linear_config.h"
 #include "model/config/model_source.h"
@@ -29,6 +28,7 @@
 #include "services/worker/nccl_stage_links.h"
 #include "services/worker/remote_expert_runner.h"
 #include "services/worker/stage_engine.h"
+#include "spdlog/spdlog.h"
 
 namespace deltaserve::services {
 namespace {
@@ -237,14 +237,13 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   }
   std::shared_ptr<NcclStageOutput> nccl_output;
   if (next != nullptr && on_gpu) {
-    absl::StatusOr<std::unique_ptr<NcclStageOutput>> link = NcclStageOutput::Connect(
-        *next, config.backend.cuda_device, capacity, config.nccl_timeout, config.nccl_retry);
-    if (link.ok()) {
-      nccl_output = std::move(*link);
-      keep.push_back(nccl_output);
+    nccl_output = std::make_shared<NcclStageOutput>(next, config.backend.cuda_device, capacity, config.nccl_timeout,
+                                                    config.nccl_retry);
+    keep.push_back(nccl_output);
+    if (const absl::Status status = nccl_output->status(); status.ok()) {
       spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL", config.nccl_max_rows);
     } else {
-      spdlog::warn("hidden rows go to the next stage over gRPC: no NCCL link ({})", link.status().ToString());
+      spdlog::warn("hidden rows go to the next stage over gRPC for now: no NCCL link ({})", status.ToString());
     }
   }
   std::shared_ptr<StoreClient> store;

@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -20,12 +21,18 @@ using Clock = std::chrono::steady_clock;
 
 absl::Status CudaStatus(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return absl::OkStatus();
+  // Not left as the thread's last error, where the backend's next launch check would find it.
+  (void)cudaGetLastError();
   return absl::InternalError(absl::StrCat("nccl link: ", what, ": ", cudaGetErrorString(error)));
 }
 
+// NCCL's refusals of the setup itself (both sides on one GPU: "Duplicate GPU detected") would
+// meet another attempt too: FAILED_PRECONDITION; the rest (the peer, the network) UNAVAILABLE.
 absl::Status NcclStatus(ncclResult_t result, ncclComm_t comm, const char* what) {
-  return absl::UnavailableError(absl::StrCat("nccl link: ", what, ": ", ncclGetErrorString(result), " (",
-                                             ncclGetLastError(comm), ")"));
+  const std::string message =
+      absl::StrCat("nccl link: ", what, ": ", ncclGetErrorString(result), " (", ncclGetLastError(comm), ")");
+  if (result == ncclInvalidUsage || result == ncclInvalidArgument) return absl::FailedPreconditionError(message);
+  return absl::UnavailableError(message);
 }
 
 // Polls until `done` says so (OK), fails, or the deadline passes. Transfers are announced by the
@@ -82,7 +89,7 @@ class Link final : public NcclLink {
     const ncclResult_t result = ncclCommInitRankConfig(&comm_, 2, id, rank_, &config);
     if (result != ncclSuccess && result != ncclInProgress) return Fail(NcclStatus(result, comm_, "join"));
     const absl::Status status = PollUntil(Clock::now() + timeout_, "join", [&](bool& finished) {
-      if (give_up_ != nullptr && give_up_->load()) return absl::CancelledError("nccl link: the peer will not join");
+      if (give_up_ && give_up_()) return absl::CancelledError("nccl link: the peer will not join");
       return CommState(finished, "join");
     });
     return status.ok() ? status : Fail(status);
@@ -106,6 +113,7 @@ class Link final : public NcclLink {
 
   absl::Status FinishSend() override {
     if (!send_pending_) return absl::FailedPreconditionError("nccl link: no send to finish");
+    if (absl::Status status = CudaStatus(cudaSetDevice(device_), "select the device"); !status.ok()) return status;
     const Clock::time_point deadline = Clock::now() + timeout_;
     if (!send_queued_) {
       if (absl::Status status = WaitForComm("send", deadline); !status.ok()) return status;
@@ -116,7 +124,9 @@ class Link final : public NcclLink {
   }
 
   void AbandonSend() override {
-    if (send_pending_) (void)Fail(absl::OkStatus());
+    if (!send_pending_) return;
+    (void)CudaStatus(cudaSetDevice(device_), "select the device");
+    (void)Fail(absl::OkStatus());
   }
 
   absl::Status ReadBuffer(void* host, size_t bytes) override {
@@ -201,7 +211,7 @@ class Link final : public NcclLink {
   const int rank_;
   const size_t capacity_;
   const std::chrono::milliseconds timeout_;
-  const std::atomic<bool>* give_up_;
+  const std::function<bool()> give_up_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;

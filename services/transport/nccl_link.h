@@ -11,9 +11,9 @@
 // Built without NCCL (no CUDA toolkit), Join fails with Unimplemented.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -26,8 +26,8 @@ struct NcclLinkOptions {
   int device = 0;                            // the CUDA device of this side
   size_t capacity_bytes = 0;                 // the largest transfer
   std::chrono::milliseconds timeout{30000};  // for joining and for each transfer
-  // Polled while joining: once true, Join gives up (the peer said it will not join).
-  const std::atomic<bool>* give_up = nullptr;
+  // Polled while joining: once it says so, Join gives up (the peer will not join).
+  std::function<bool()> give_up = nullptr;
 };
 
 class NcclLink {

@@ -1,5 +1,6 @@
 #include "services/worker/nccl_stage_links.h"
 
+#include <algorithm>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,8 @@ absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& req
                                                    max_capacity_bytes_, " bytes; it asked for ",
                                                    request.capacity_bytes()));
   }
+  std::unique_lock<std::mutex> joining(joining_, std::try_to_lock);
+  if (!joining.owns_lock()) return absl::UnavailableError("another NCCL link is being joined; try again");
   NcclLinkOptions options;
   options.device = device_;
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
@@ -43,14 +46,22 @@ absl::StatusOr<NcclStageInput::Rows> NcclStageInput::Receive(uint64_t link, int6
   return held;
 }
 
-absl::StatusOr<std::unique_ptr<NcclStageOutput>> NcclStageOutput::Connect(GrpcStageChannel& next, int device,
-                                                                        size_t capacity_bytes,
-                                                                        std::chrono::milliseconds timeout,
-                                                                        std::chrono::milliseconds retry) {
-  std::unique_ptr<NcclStageOutput> output(new NcclStageOutput(next, device, capacity_bytes, timeout));
-  if (absl::Status status = output->Reconnect(); !status.ok()) return status;
-  if (retry.count() > 0) output->KeepUp(retry);
-  return output;
+namespace {
+
+// Refusals another attempt would meet again: the next stage takes no NCCL links, or none this
+// large (a smaller --nccl-max-rows there), or NCCL refuses the pair (both on one GPU).
+bool Lasting(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnimplemented || status.code() == absl::StatusCode::kInvalidArgument ||
+         status.code() == absl::StatusCode::kFailedPrecondition;
+}
+
+}  // namespace
+
+NcclStageOutput::NcclStageOutput(std::shared_ptr<GrpcStageChannel> next, int device, size_t capacity_bytes,
+                                 std::chrono::milliseconds timeout, std::chrono::milliseconds retry)
+    : next_(std::move(next)), device_(device), capacity_bytes_(capacity_bytes), timeout_(timeout) {
+  const absl::Status first = Reconnect();
+  if (retry.count() > 0 && !Lasting(first)) KeepUp(retry);
 }
 
 NcclStageOutput::~NcclStageOutput() {
@@ -62,7 +73,26 @@ NcclStageOutput::~NcclStageOutput() {
   if (keeper_.joinable()) keeper_.join();
 }
 
+absl::Status NcclStageOutput::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return status_;
+}
+
 absl::Status NcclStageOutput::Reconnect() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  link_.reset();
+  status_ = absl::OkStatus();
+  // Each NCCL id starts a bootstrap thread that waits for the peer to join: none is made while
+  // the next stage does not answer.
+  if (absl::Status answer = next_->Describe().status(); !answer.ok()) {
+    status_ = absl::Status(answer.code(), absl::StrCat("the next stage: ", answer.message()));
+    return status_;
+  }
+  status_ = MakeLink();
+  return status_;
+}
+
+absl::Status NcclStageOutput::MakeLink() {
   absl::StatusOr<std::string> nccl_id = NcclLink::NewId();
   if (!nccl_id.ok()) return nccl_id.status();
   internal::v1::ConnectNcclRequest request;
@@ -72,22 +102,20 @@ absl::Status NcclStageOutput::Reconnect() {
   while (id == 0) id = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
   request.set_link(id);
   request.set_capacity_bytes(static_cast<int64_t>(capacity_bytes_));
-  // Steps take the link with TryHold, so they send bytes while it is being made.
-  std::lock_guard<std::mutex> lock(mutex_);
-  link_.reset();
-  // The next stage joins inside its ConnectNccl while this side joins here; a refusal there ends
-  // the wait here. The call's deadline leaves room for a join that ends near the timeout.
+  // Steps take the link with TryHold, so they send bytes while it is being made. The next stage
+  // joins inside its ConnectNccl while this side joins here; a refusal there ends the wait here.
+  // The call's deadline leaves room for a join that ends near the timeout.
   std::atomic<bool> refused{false};
   absl::Status remote;
   std::thread call([&] {
-    remote = next_.ConnectNccl(request, timeout_ + std::chrono::seconds(5));
+    remote = next_->ConnectNccl(request, timeout_ + std::chrono::seconds(5));
     if (!remote.ok()) refused = true;
   });
   NcclLinkOptions options;
   options.device = device_;
   options.capacity_bytes = capacity_bytes_;
   options.timeout = timeout_;
-  options.give_up = &refused;
+  options.give_up = [&] { return refused.load() || stopping_.load(); };  // shutting down ends it
   absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(*nccl_id, 0, options);
   call.join();
   if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat("the next stage: ", remote.message()));
@@ -99,21 +127,26 @@ absl::Status NcclStageOutput::Reconnect() {
 
 void NcclStageOutput::KeepUp(std::chrono::milliseconds retry) {
   keeper_ = std::thread([this, retry] {
+    std::chrono::milliseconds wait = retry;
     std::unique_lock<std::mutex> lock(keeper_mutex_);
-    while (!keeper_wake_.wait_for(lock, retry, [this] { return stopping_; })) {
+    while (!keeper_wake_.wait_for(lock, wait, [this] { return stopping_.load(); })) {
       lock.unlock();
-      bool broken = false;
+      bool down = false;
       {
         std::lock_guard<std::mutex> hold(mutex_);
-        broken = link_ == nullptr || link_->broken();
+        down = link_ == nullptr || link_->broken();
       }
-      if (broken) {
-        const absl::Status status = Reconnect();
-        if (status.ok()) {
-          spdlog::info("NCCL link to the next stage made again");
-        } else {
-          spdlog::warn("NCCL link to the next stage still down: {}", status.ToString());
-        }
+      if (!down) {
+        wait = retry;
+      } else if (const absl::Status status = Reconnect(); status.ok()) {
+        spdlog::info("NCCL link to the next stage made");
+        wait = retry;
+      } else if (Lasting(status)) {
+        spdlog::warn("hidden rows go to the next stage over gRPC: no NCCL link ({})", status.ToString());
+        return;
+      } else {
+        spdlog::warn("NCCL link to the next stage still down: {}", status.ToString());
+        wait = std::min(2 * wait, 16 * retry);
       }
       lock.lock();
     }

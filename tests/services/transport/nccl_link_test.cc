@@ -120,6 +120,15 @@ TEST_F(NcclLinkPairTest, TransfersBeyondTheBufferAreRefusedAndTheLinkStaysUp) {
   EXPECT_EQ(links_[1]->Receive(0).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE(links_[0]->broken());
   EXPECT_FALSE(links_[1]->broken());
+  // And it still carries a transfer.
+  const std::vector<float> sent = Pattern(1000, 7.0f);
+  Fill(0, sent);
+  ASSERT_TRUE(links_[0]->StartSend(sent.size() * sizeof(float)).ok());
+  std::future<absl::Status> received =
+      std::async(std::launch::async, [&] { return links_[1]->Receive(sent.size() * sizeof(float)); });
+  ASSERT_TRUE(links_[0]->FinishSend().ok());
+  ASSERT_TRUE(received.get().ok());
+  EXPECT_EQ(Read(1, sent.size()), sent);
 }
 
 TEST(NcclLinkTimeoutTest, AReceiveNobodyMatchesTimesOutAndBreaksTheLink) {
@@ -159,7 +168,7 @@ TEST(NcclLinkTimeoutTest, AJoinThePeerRefusesEndsWhenItGivesUp) {
   std::atomic<bool> give_up{false};
   std::future<absl::StatusOr<std::unique_ptr<NcclLink>>> joining = std::async(std::launch::async, [&] {
     return NcclLink::Join(*id, 0, {.device = 0, .capacity_bytes = 1024, .timeout = std::chrono::seconds(60),
-                                   .give_up = &give_up});
+                                   .give_up = [&] { return give_up.load(); }});
   });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
   give_up = true;

@@ -15,10 +15,15 @@
 #include <tuple>
 
 #include "gtest/gtest.h"
+#include "prometheus/registry.h"
 #include "kernels/backend_factory.h"
+#if DELTASERVE_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
 #include "services/worker/stage_engine.h"
+#include "services/worker/stage_metrics.h"
 #include "tests/services/worker/stage_requests.h"
 
 namespace deltaserve::services {
@@ -89,11 +94,16 @@ class NcclStagesTest : public ::testing::Test {
     gpu0_ = Gpu(0, &why);
     if (gpu0_ != nullptr) gpu1_ = Gpu(1, &why);
     if (gpu0_ == nullptr || gpu1_ == nullptr) GTEST_SKIP() << "two stages on two GPUs need two GPUs: " << why;
+    // The pipeline without a link on backends of its own, so that each backend's step graphs
+    // are one pipeline's.
+    plain_gpu0_ = Gpu(0, &why);
+    plain_gpu1_ = Gpu(1, &why);
+    ASSERT_TRUE(plain_gpu0_ && plain_gpu1_) << why;
     if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
     linked_first_ = Layers(*gpu0_, 0, 2);
     linked_last_ = Layers(*gpu1_, 2, 4);
-    plain_first_ = Layers(*gpu0_, 0, 2);
-    plain_last_ = Layers(*gpu1_, 2, 4);
+    plain_first_ = Layers(*plain_gpu0_, 0, 2);
+    plain_last_ = Layers(*plain_gpu1_, 2, 4);
     ASSERT_TRUE(linked_first_ && linked_last_ && plain_first_ && plain_last_);
 
     const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
@@ -110,13 +120,14 @@ class NcclStagesTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
-    next_ = std::make_unique<GrpcStageChannel>(channel_, kTimeout);
-    absl::StatusOr<std::unique_ptr<NcclStageOutput>> output =
-        NcclStageOutput::Connect(*next_, 0, capacity, kTimeout, std::chrono::milliseconds(0));
-    ASSERT_TRUE(output.ok()) << output.status();
-    output_ = std::move(*output);
+    next_ = std::make_shared<GrpcStageChannel>(channel_, kTimeout);
+    output_ = std::make_unique<NcclStageOutput>(next_, 0, capacity, kTimeout, std::chrono::milliseconds(0));
+    ASSERT_TRUE(output_->status().ok()) << output_->status();
+    absl::StatusOr<std::unique_ptr<StageMetrics>> metrics = StageMetrics::Create(registry_);
+    ASSERT_TRUE(metrics.ok()) << metrics.status();
+    metrics_ = std::move(*metrics);
     first_stage_ = std::make_unique<StageEngine>(*linked_first_, nullptr, next_.get(), StageEngineOptions{}, nullptr,
-                                                 output_.get());
+                                                 output_.get(), metrics_.get());
     plain_last_stage_ = std::make_unique<StageEngine>(*plain_last_, nullptr, nullptr);
     plain_first_stage_ = std::make_unique<StageEngine>(*plain_first_, nullptr, plain_last_stage_.get());
   }
@@ -132,16 +143,33 @@ class NcclStagesTest : public ::testing::Test {
     return {linked.sampled(0).token_id(), plain.sampled(0).token_id()};
   }
 
-  std::unique_ptr<kernels::Backend> gpu0_, gpu1_;
+  std::unique_ptr<kernels::Backend> gpu0_, gpu1_, plain_gpu0_, plain_gpu1_;
   std::unique_ptr<model::KimiLinearModel> linked_first_, linked_last_, plain_first_, plain_last_;
   std::unique_ptr<NcclStageInput> input_;
   std::unique_ptr<StageEngine> last_stage_, first_stage_, plain_last_stage_, plain_first_stage_;
   std::unique_ptr<StageWorkerService> service_;
   std::unique_ptr<GrpcServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<GrpcStageChannel> next_;
+  std::shared_ptr<GrpcStageChannel> next_;
   std::unique_ptr<NcclStageOutput> output_;
+  prometheus::Registry registry_;
+  std::unique_ptr<StageMetrics> metrics_;
 };
+
+// The value of counter `name` (with `label` = `value` where given).
+double Counter(prometheus::Registry& registry, const std::string& name, const std::string& label = "",
+               const std::string& value = "") {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const prometheus::ClientMetric& metric : family.metric) {
+      if (label.empty()) return metric.counter.value;
+      for (const prometheus::ClientMetric::Label& pair : metric.label) {
+        if (pair.name == label && pair.value == value) return metric.counter.value;
+      }
+    }
+  }
+  return -1;
+}
 
 TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   for (uint64_t seq : {1u, 2u}) {
@@ -176,6 +204,15 @@ TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   std::tie(token, expected) = Both(StepOf(2, {7}));
   EXPECT_EQ(token, expected);
   EXPECT_EQ(output_->sent_steps(), 10);
+  EXPECT_EQ(Counter(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 10);
+  EXPECT_EQ(Counter(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 1);
+  EXPECT_EQ(Counter(registry_, "deltaserve_stage_nccl_link_failures_total"), 0);
+#if DELTASERVE_HAVE_CUDA
+  // The later stage's decode steps ran from step graphs that copy from the link's buffer.
+  const auto* later = dynamic_cast<const kernels::cuda::CudaBackend*>(gpu1_.get());
+  ASSERT_NE(later, nullptr);
+  EXPECT_GT(later->step_graph_counts().replayed, 0);
+#endif
 }
 
 // A step the later stage fails after the rows went out breaks the link (its rows may sit unread
@@ -198,6 +235,7 @@ TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAga
   EXPECT_EQ(first_stage_->Step(StepOf(3, {9, 8}), &refused).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(output_->sent_steps(), 2);
   EXPECT_TRUE(output_->link().broken());
+  EXPECT_EQ(Counter(registry_, "deltaserve_stage_nccl_link_failures_total"), 1);
 
   std::tie(token, expected) = Both(StepOf(1, {token}));
   EXPECT_EQ(token, expected);
