@@ -42,7 +42,8 @@ struct StepGraphKey {
   int64_t max_keys = 0;    // the longest sequence's history after the step (MLA keys)
   int64_t penalties = 0;   // entries of the step's ApplyPenalties
   // The device address a later pipeline stage copies its input rows from (0: uploaded from the
-  // host); recordings copy from it, so each address has its own.
+  // host); recordings copy from it, so each address has its own (a stage whose steps come now
+  // over an NCCL link, now as bytes, keeps a recording for each).
   uintptr_t hidden_source = 0;
   bool operator==(const StepGraphKey&) const = default;
 };
