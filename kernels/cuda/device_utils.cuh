@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/tensor.h"
@@ -322,6 +323,9 @@ int64_t ResidentBlocks(void (*kernel)(Params...), int threads, size_t shared_byt
 
 // Whether an address is a multiple of `bytes` (vector loads and stores need it).
 inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// `bytes` rounded up to 256: the alignment of each array carved from one scratch allocation.
+__host__ __device__ inline constexpr size_t AlignScratch(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // Whether `count` blocks fit the grid's x dimension (2^31 - 1).
 inline bool FitsGridX(int64_t count) { return count > 0 && count <= 0x7fffffffLL; }

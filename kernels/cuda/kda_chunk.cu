@@ -70,10 +70,9 @@ struct ChunkScratch {
 
   __host__ __device__ static size_t Bytes(int64_t chunk_heads) {
     const size_t n = static_cast<size_t>(chunk_heads);
-    return Align(5 * n * kChunk * D * sizeof(bf16)) + Align(n * kChunk * kChunk * sizeof(bf16)) +
-           Align(n * D * sizeof(float)) + Align(n * D * D * sizeof(bf16));
+    return AlignScratch(5 * n * kChunk * D * sizeof(bf16)) + AlignScratch(n * kChunk * kChunk * sizeof(bf16)) +
+           AlignScratch(n * D * sizeof(float)) + AlignScratch(n * D * D * sizeof(bf16));
   }
-  __host__ __device__ static size_t Align(size_t bytes) { return (bytes + 255) / 256 * 256; }
   __host__ __device__ static ChunkScratch Carve(void* base, int64_t chunk_heads) {
     const size_t n = static_cast<size_t>(chunk_heads), matrix = n * kChunk * D;
     ChunkScratch s;
@@ -83,11 +82,11 @@ struct ChunkScratch {
     s.qg = s.u + matrix;
     s.kg = s.qg + matrix;
     s.vn = s.kg + matrix;
-    p += Align(5 * matrix * sizeof(bf16));
+    p += AlignScratch(5 * matrix * sizeof(bf16));
     s.aqk = reinterpret_cast<bf16*>(p);
-    p += Align(n * kChunk * kChunk * sizeof(bf16));
+    p += AlignScratch(n * kChunk * kChunk * sizeof(bf16));
     s.gate_last = reinterpret_cast<float*>(p);
-    p += Align(n * D * sizeof(float));
+    p += AlignScratch(n * D * sizeof(float));
     s.h = reinterpret_cast<bf16*>(p);
     return s;
   }

@@ -457,8 +457,6 @@ __global__ void __launch_bounds__(kAttentionThreads, 1) MlaLatentAttentionKernel
   }
 }
 
-size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 }  // namespace
 
 bool MlaAbsorbedTcRuns() { return WgmmaRuns(); }
@@ -530,8 +528,8 @@ MlaKeySplit BuildMlaKeySplit(const MlaSequence* seqs, int64_t num_seqs, int64_t 
 
 size_t MlaAbsorbedTcScratchBytes(const MlaParams& params, int64_t rows, int64_t max_keys) {
   const int64_t slots = rows + MlaKeySplitBlocks(rows, max_keys);
-  return AlignUp(sizeof(float) * slots * params.num_heads * (kRank + 2)) +
-         AlignUp(sizeof(bf16) * rows * params.num_heads * (kRank + params.qk_rope_dim));
+  return AlignScratch(sizeof(float) * slots * params.num_heads * (kRank + 2)) +
+         AlignScratch(sizeof(bf16) * rows * params.num_heads * (kRank + params.qk_rope_dim));
 }
 
 int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, const MlaSequence* seqs,
@@ -547,7 +545,7 @@ int LaunchMlaAbsorbedTc(const MlaParams& params, TensorView q, TensorView kv_b, 
   auto* base = static_cast<char*>(scratch);
   *partial = reinterpret_cast<float*>(base);
   *blocks_out = blocks;
-  auto* q_abs = reinterpret_cast<bf16*>(base + AlignUp(sizeof(float) * (rows + blocks) * heads * (kRank + 2)));
+  auto* q_abs = reinterpret_cast<bf16*>(base + AlignScratch(sizeof(float) * (rows + blocks) * heads * (kRank + 2)));
   if (rows > 65535 * int64_t{kAbsorbRows} || !FitsGridX(rows)) return static_cast<int>(cudaErrorInvalidValue);
   auto s = static_cast<cudaStream_t>(stream);
   const int absorb_error = LaunchAfterPrior(

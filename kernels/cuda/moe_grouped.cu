@@ -30,30 +30,28 @@ constexpr int kStages = 3;
 constexpr int kLd = kBK + 8;   // shared row stride (bf16): rows 16 bytes apart in bank terms
 constexpr int kLdC = kBN + 4;  // fp32 staging row stride
 
-size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 }  // namespace
 
 GroupPlan CarvePlan(void* scratch, int64_t num_local, int64_t slots, int64_t max_tiles) {
   auto* base = static_cast<char*>(scratch);
   GroupPlan plan;
   plan.offsets = reinterpret_cast<int32_t*>(base);
-  base += AlignUp((num_local + 1) * sizeof(int32_t));
+  base += AlignScratch((num_local + 1) * sizeof(int32_t));
   plan.cursor = reinterpret_cast<int32_t*>(base);
-  base += AlignUp(num_local * sizeof(int32_t));
+  base += AlignScratch(num_local * sizeof(int32_t));
   plan.sorted_slots = reinterpret_cast<int32_t*>(base);
-  base += AlignUp(slots * sizeof(int32_t));
+  base += AlignScratch(slots * sizeof(int32_t));
   plan.tile_expert = reinterpret_cast<int32_t*>(base);
-  base += AlignUp(max_tiles * sizeof(int32_t));
+  base += AlignScratch(max_tiles * sizeof(int32_t));
   plan.tile_begin = reinterpret_cast<int32_t*>(base);
-  base += AlignUp(max_tiles * sizeof(int32_t));
+  base += AlignScratch(max_tiles * sizeof(int32_t));
   plan.num_tiles = reinterpret_cast<int32_t*>(base);
   return plan;
 }
 
 size_t PlanBytes(int64_t num_local, int64_t slots, int64_t max_tiles) {
-  return AlignUp((num_local + 1) * sizeof(int32_t)) + AlignUp(num_local * sizeof(int32_t)) +
-         AlignUp(slots * sizeof(int32_t)) + 2 * AlignUp(max_tiles * sizeof(int32_t)) + AlignUp(sizeof(int32_t));
+  return AlignScratch((num_local + 1) * sizeof(int32_t)) + AlignScratch(num_local * sizeof(int32_t)) +
+         AlignScratch(slots * sizeof(int32_t)) + 2 * AlignScratch(max_tiles * sizeof(int32_t)) + AlignScratch(sizeof(int32_t));
 }
 
 int64_t MaxTiles(int64_t slots, int64_t num_local, int bm) {
@@ -317,8 +315,8 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
                               int64_t inner) {
   const int64_t slots = tokens * top_k;
   const int64_t max_tiles = MaxTiles(slots, num_local, 16);
-  return PlanBytes(num_local, slots, max_tiles) + AlignUp(tokens * hidden * sizeof(bf16)) +
-         AlignUp(slots * inner * sizeof(bf16));
+  return PlanBytes(num_local, slots, max_tiles) + AlignScratch(tokens * hidden * sizeof(bf16)) +
+         AlignScratch(slots * inner * sizeof(bf16));
 }
 
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
@@ -347,7 +345,7 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
   GroupPlan plan = CarvePlan(scratch, num_local, slots, plan_max_tiles);
   char* after_plan = static_cast<char*>(scratch) + PlanBytes(num_local, slots, plan_max_tiles);
   bf16* x_bf16 = reinterpret_cast<bf16*>(after_plan);
-  bf16* hidden_rows = reinterpret_cast<bf16*>(after_plan + AlignUp(tokens * hidden * sizeof(bf16)));
+  bf16* hidden_rows = reinterpret_cast<bf16*>(after_plan + AlignScratch(tokens * hidden * sizeof(bf16)));
 
   int error = LaunchConvertF32(x, DType::kBF16, x_bf16, stream);
   if (error != 0) return error;

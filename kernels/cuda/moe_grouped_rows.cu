@@ -19,8 +19,6 @@ constexpr int kInvalid = static_cast<int>(cudaErrorInvalidValue);
 constexpr int kPlanTileRows = 16;  // the plan's tiles are not used here; any size will do
 constexpr int kRowThreads = 256;
 
-size_t AlignUp(size_t bytes) { return (bytes + 255) / 256 * 256; }
-
 int64_t PlanTiles(int64_t slots, int64_t num_local) { return MaxTiles(slots, num_local, kPlanTileRows); }
 
 // Block p: row p of the grouped rows, once p is below the placed count.
@@ -53,9 +51,9 @@ __global__ void ScatterKernel(const bf16* down, int hidden, const int32_t* sorte
 size_t MoeGroupedRowsScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, int64_t hidden,
                                   int64_t inner) {
   const int64_t slots = tokens * top_k;
-  return PlanBytes(num_local, slots, PlanTiles(slots, num_local)) + AlignUp(slots * hidden * sizeof(bf16)) +
-         2 * AlignUp(slots * inner * sizeof(bf16)) + AlignUp(slots * hidden * sizeof(bf16)) +
-         AlignUp(kMoeGroupedRowsOperands * num_local * sizeof(void*));
+  return PlanBytes(num_local, slots, PlanTiles(slots, num_local)) + AlignScratch(slots * hidden * sizeof(bf16)) +
+         2 * AlignScratch(slots * inner * sizeof(bf16)) + AlignScratch(slots * hidden * sizeof(bf16)) +
+         AlignScratch(kMoeGroupedRowsOperands * num_local * sizeof(void*));
 }
 
 MoeGroupedRows CarveMoeGroupedRows(void* scratch, int64_t tokens, int64_t top_k, int64_t num_local,
@@ -65,7 +63,7 @@ MoeGroupedRows CarveMoeGroupedRows(void* scratch, int64_t tokens, int64_t top_k,
   char* next = static_cast<char*>(scratch) + PlanBytes(num_local, slots, PlanTiles(slots, num_local));
   auto take = [&](size_t bytes) {
     char* at = next;
-    next += AlignUp(bytes);
+    next += AlignScratch(bytes);
     return at;
   };
   MoeGroupedRows rows;

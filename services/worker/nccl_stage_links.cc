@@ -7,6 +7,14 @@
 #include "spdlog/spdlog.h"
 
 namespace deltaserve::services {
+namespace {
+
+// How many rows of `hidden` fp32 values the link's buffer holds (0 for rows of no width).
+int64_t RowsWithin(const NcclLink& link, int64_t hidden) {
+  return hidden > 0 ? static_cast<int64_t>(link.capacity() / (static_cast<size_t>(hidden) * sizeof(float))) : 0;
+}
+
+}  // namespace
 
 absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& request) {
   if (request.link() == 0 || request.capacity_bytes() <= 0 ||
@@ -36,12 +44,12 @@ absl::StatusOr<NcclStageInput::Rows> NcclStageInput::Receive(uint64_t link, int6
     return absl::FailedPreconditionError(absl::StrCat("hidden rows announced on NCCL link ", link,
                                                       ", which this stage does not hold"));
   }
-  const size_t row_bytes = static_cast<size_t>(hidden) * sizeof(float);
-  if (hidden <= 0 || rows <= 0 || static_cast<uint64_t>(rows) > link_->capacity() / row_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(rows, " hidden rows announced; the link takes 1 to ",
-                                                   hidden > 0 ? link_->capacity() / row_bytes : 0));
+  const int64_t most = RowsWithin(*link_, hidden);
+  if (rows <= 0 || rows > most) {
+    return absl::InvalidArgumentError(absl::StrCat(rows, " hidden rows announced; the link takes 1 to ", most));
   }
-  if (absl::Status status = link_->Receive(static_cast<size_t>(rows) * row_bytes); !status.ok()) return status;
+  const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(hidden) * sizeof(float);
+  if (absl::Status status = link_->Receive(bytes); !status.ok()) return status;
   held.view = kernels::MakeView(link_->buffer(), kernels::DType::kF32, rows, hidden);
   return held;
 }
@@ -156,11 +164,7 @@ void NcclStageOutput::KeepUp(std::chrono::milliseconds retry) {
 std::unique_lock<std::mutex> NcclStageOutput::TryHold(int64_t rows, int64_t hidden) {
   std::unique_lock<std::mutex> hold(mutex_, std::try_to_lock);
   if (!hold.owns_lock()) return hold;
-  const size_t row_bytes = static_cast<size_t>(hidden) * sizeof(float);
-  if (link_ == nullptr || link_->broken() || hidden <= 0 || rows <= 0 ||
-      static_cast<uint64_t>(rows) > link_->capacity() / row_bytes) {
-    hold.unlock();
-  }
+  if (link_ == nullptr || link_->broken() || rows <= 0 || rows > RowsWithin(*link_, hidden)) hold.unlock();
   return hold;
 }
 

@@ -24,6 +24,7 @@
 #include "services/common/server_runner.h"
 #include "services/worker/stage_engine.h"
 #include "services/worker/stage_metrics.h"
+#include "tests/services/worker/counter_value.h"
 #include "tests/services/worker/stage_requests.h"
 
 namespace deltaserve::services {
@@ -156,21 +157,6 @@ class NcclStagesTest : public ::testing::Test {
   std::unique_ptr<StageMetrics> metrics_;
 };
 
-// The value of counter `name` (with `label` = `value` where given).
-double Counter(prometheus::Registry& registry, const std::string& name, const std::string& label = "",
-               const std::string& value = "") {
-  for (const prometheus::MetricFamily& family : registry.Collect()) {
-    if (family.name != name) continue;
-    for (const prometheus::ClientMetric& metric : family.metric) {
-      if (label.empty()) return metric.counter.value;
-      for (const prometheus::ClientMetric::Label& pair : metric.label) {
-        if (pair.name == label && pair.value == value) return metric.counter.value;
-      }
-    }
-  }
-  return -1;
-}
-
 TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   for (uint64_t seq : {1u, 2u}) {
     internal::v1::OpenResponse linked, plain;
@@ -204,9 +190,9 @@ TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   std::tie(token, expected) = Both(StepOf(2, {7}));
   EXPECT_EQ(token, expected);
   EXPECT_EQ(output_->sent_steps(), 10);
-  EXPECT_EQ(Counter(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 10);
-  EXPECT_EQ(Counter(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 1);
-  EXPECT_EQ(Counter(registry_, "deltaserve_stage_nccl_link_failures_total"), 0);
+  EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 10);
+  EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 1);
+  EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 0);
 #if DELTASERVE_HAVE_CUDA
   // The later stage's decode steps ran from step graphs that copy from the link's buffer.
   const auto* later = dynamic_cast<const kernels::cuda::CudaBackend*>(gpu1_.get());
@@ -235,7 +221,7 @@ TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAga
   EXPECT_EQ(first_stage_->Step(StepOf(3, {9, 8}), &refused).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(output_->sent_steps(), 2);
   EXPECT_TRUE(output_->link().broken());
-  EXPECT_EQ(Counter(registry_, "deltaserve_stage_nccl_link_failures_total"), 1);
+  EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 1);
 
   std::tie(token, expected) = Both(StepOf(1, {token}));
   EXPECT_EQ(token, expected);

@@ -16,6 +16,7 @@
 #include "model/kimi_linear_model.h"
 #include "services/transport/sampling_proto.h"
 #include "services/worker/stage_metrics.h"
+#include "tests/services/worker/counter_value.h"
 #include "tests/services/worker/stage_requests.h"
 #include "tests/testing/gated_store_client.h"
 
@@ -27,6 +28,7 @@ constexpr char kTenant[] = "tenant";
 constexpr char kSession[] = "session";
 
 using testing::AddSequence;
+using testing::CounterValue;
 using testing::StepOf;
 
 // Passes Open and Close on to `next`; holds each Step at a gate until the test opens it.
@@ -187,20 +189,6 @@ TEST(StageEngineTest, StepsGoOnWhileAnotherSequencesSnapshotUploads) {
   EXPECT_NE(refused.results(0).restore_error().find("corrupt"), std::string::npos)
       << refused.results(0).restore_error();
   EXPECT_EQ(stage.open_sequences(), 3);
-}
-
-// The value of counter `name` whose labels include `label` = `value`; -1 where there is none.
-double CounterValue(prometheus::Registry& registry, const std::string& name, const std::string& label,
-                    const std::string& value) {
-  for (const prometheus::MetricFamily& family : registry.Collect()) {
-    if (family.name != name) continue;
-    for (const prometheus::ClientMetric& metric : family.metric) {
-      for (const prometheus::ClientMetric::Label& pair : metric.label) {
-        if (pair.name == label && pair.value == value) return metric.counter.value;
-      }
-    }
-  }
-  return -1;
 }
 
 TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
