@@ -24,13 +24,18 @@ class WorkerCommand final : public Subcommand {
     cmd->add_option("--session-store", stage_.session_store, "Stage: session store address");
     cmd->add_option("--max-open-sequences", stage_.max_open_sequences)->capture_default_str();
     cmd->add_option("--nccl-max-rows", stage_.nccl_max_rows,
-                    "Stage on a GPU: steps up to this many tokens send their hidden rows to the next stage over "
-                    "NCCL, and the previous stage may link for as many (0: always gRPC)")
+                    "On a GPU: a stage sends the hidden rows of steps up to this many tokens to the next stage, and "
+                    "its tokens' rows and slot outputs to each expert worker in calls up to this many, over NCCL; "
+                    "peers may link to this worker for as many (0: always gRPC)")
         ->capture_default_str()
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
-    cmd->add_option("--nccl-timeout-ms", nccl_timeout_ms_, "Stage on a GPU: joining an NCCL link, and each transfer")
+    cmd->add_option("--nccl-timeout-ms", nccl_timeout_ms_, "On a GPU: joining an NCCL link, and each transfer")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    cmd->add_option("--nccl-max-links", experts_config_.nccl_max_links,
+                    "Experts on a GPU: NCCL links held at once (one per stage)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
     cmd->add_option("--nccl-retry-ms", nccl_retry_ms_, "Stage on a GPU: how often a broken NCCL link is made again")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
@@ -72,6 +77,8 @@ class WorkerCommand final : public Subcommand {
       experts_config_.process = flags_.process;
       experts_config_.model_dir = engine_.model_dir;
       experts_config_.backend = BackendChoiceFrom(engine_);
+      experts_config_.nccl_max_rows = stage_.nccl_max_rows;
+      experts_config_.nccl_timeout = std::chrono::milliseconds(nccl_timeout_ms_);
       return services::StartExpertWorker(experts_config_);
     });
   }

@@ -25,6 +25,8 @@
 #include "services/session_store/store_metrics.h"
 #include "services/transport/grpc_channels.h"
 #include "services/worker/expert_shard.h"
+#include "services/worker/nccl_expert_links.h"
+#include "services/worker/nccl_output_link.h"
 #include "services/worker/nccl_stage_links.h"
 #include "services/worker/remote_expert_runner.h"
 #include "services/worker/stage_engine.h"
@@ -146,12 +148,29 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
   description.model_fingerprint = Hex(shard->fingerprint());
   description.expert_begin = config.expert_begin;
   description.expert_end = config.expert_end;
-  auto service = std::make_shared<ExpertWorkerService>(*shard, description);
+  std::vector<std::shared_ptr<void>> keep = {backend, shard};
+  std::shared_ptr<ExpertWorkerService> service;
+  if (config.backend.device == "cuda" && config.nccl_max_rows > 0) {
+    NcclExpertLinkLimits limits;
+    limits.device = config.backend.cuda_device;
+    limits.max_capacity_bytes =
+        static_cast<size_t>(config.nccl_max_rows * shard->config().hidden_size) * sizeof(float);
+    limits.max_links = config.nccl_max_links;
+    limits.timeout = config.nccl_timeout;
+    auto links = std::make_shared<NcclExpertLinks>(*shard, *backend, limits);
+    keep.push_back(links);
+    service = std::make_shared<ExpertWorkerService>(
+        *links, description, [links](const internal::v1::ConnectNcclRequest& request) {
+          return links->Connect(request);
+        });
+  } else {
+    service = std::make_shared<ExpertWorkerService>(*shard, description);
+  }
+  keep.push_back(service);
   grpc::Service* services[] = {service.get()};
   DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));
   server->SetServingStatus("deltaserve.internal.v1.ExpertWorker", true);
-  return std::make_unique<Process>(std::vector<std::shared_ptr<void>>{backend, shard, service},
-                                   std::move(metrics), std::move(server), nullptr);
+  return std::make_unique<Process>(std::move(keep), std::move(metrics), std::move(server), nullptr);
 }
 
 absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWorkerConfig& config) {
@@ -163,6 +182,12 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   const std::chrono::milliseconds timeout = config.process.call_timeout;
 
   // Expert shards first: the model loads without routed experts when they live elsewhere.
+  DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config, model::LoadModelSourceConfig(config.model_dir));
+  // The NCCL data plane, on a GPU: a link to each expert worker and to the next stage made here
+  // (the rows go over gRPC where one cannot be made), links from the previous stage joined when
+  // it asks.
+  const bool on_gpu = config.backend.device == "cuda" && config.nccl_max_rows > 0;
+  const size_t capacity = static_cast<size_t>(config.nccl_max_rows * model_config.hidden_size) * sizeof(float);
   std::vector<ExpertShardLink> links;
   std::vector<std::string> shard_fingerprints;
   for (const std::string& address : config.expert_workers) {
@@ -175,7 +200,19 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
       return absl::FailedPreconditionError(absl::StrCat("expert worker ", address,
                                                         " reports fingerprint '", d.model_fingerprint, "'"));
     }
-    links.push_back({d.expert_begin, d.expert_end, expert_channel.get(), shard_fingerprint});
+    std::shared_ptr<NcclOutputLink> nccl;
+    if (on_gpu) {
+      const std::string name = absl::StrCat("expert worker ", address);
+      nccl = std::make_shared<NcclOutputLink>(expert_channel, name, config.backend.cuda_device, capacity,
+                                              config.nccl_timeout, config.nccl_retry);
+      if (const absl::Status status = nccl->status(); status.ok()) {
+        spdlog::info("rows of calls up to {} slots go to {} over NCCL", config.nccl_max_rows, name);
+      } else {
+        spdlog::warn("rows go to {} over gRPC for now: no NCCL link ({})", name, status.ToString());
+      }
+      keep.push_back(nccl);
+    }
+    links.push_back({d.expert_begin, d.expert_end, expert_channel.get(), shard_fingerprint, nccl.get()});
     shard_fingerprints.push_back(d.model_fingerprint);
     keep.push_back(expert_channel);
   }
@@ -186,11 +223,15 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   model_options.scope.layer_end = config.layer_end;
   DS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::Backend> backend, MakeBackend(config.backend));
   keep.push_back(backend);
-  DS_ASSIGN_OR_RETURN(model::KimiLinearConfig model_config,
-                      model::LoadModelSourceConfig(config.model_dir));
   if (!links.empty()) {
     DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
-    runner = std::make_shared<RemoteExpertRunner>(*backend, links, model_config.hidden_size);
+    std::shared_ptr<ExpertCallMetrics> call_metrics;
+    if (metrics != nullptr) {
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertCallMetrics> created, ExpertCallMetrics::Create(metrics->registry()));
+      call_metrics = std::move(created);
+      keep.push_back(call_metrics);
+    }
+    runner = std::make_shared<RemoteExpertRunner>(*backend, links, model_config.hidden_size, call_metrics.get());
     keep.push_back(runner);
     model_options.scope.load_routed_experts = false;
     model_options.experts = runner.get();
@@ -226,19 +267,15 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
                                                    model_config.num_layers,
                                                    ": a stage that is not last needs --next"));
   }
-  // The NCCL data plane: links from the previous stage are joined when it asks; the link to the
-  // next stage is made here, or its rows go over gRPC.
-  const bool on_gpu = config.backend.device == "cuda" && config.nccl_max_rows > 0;
-  const size_t capacity = static_cast<size_t>(config.nccl_max_rows * model_config.hidden_size) * sizeof(float);
   std::shared_ptr<NcclStageInput> nccl_input;
   if (on_gpu) {
     nccl_input = std::make_shared<NcclStageInput>(config.backend.cuda_device, capacity, config.nccl_timeout);
     keep.push_back(nccl_input);
   }
-  std::shared_ptr<NcclStageOutput> nccl_output;
+  std::shared_ptr<NcclOutputLink> nccl_output;
   if (next != nullptr && on_gpu) {
-    nccl_output = std::make_shared<NcclStageOutput>(next, config.backend.cuda_device, capacity, config.nccl_timeout,
-                                                    config.nccl_retry);
+    nccl_output = std::make_shared<NcclOutputLink>(next, "the next stage", config.backend.cuda_device, capacity,
+                                                   config.nccl_timeout, config.nccl_retry);
     keep.push_back(nccl_output);
     if (const absl::Status status = nccl_output->status(); status.ok()) {
       spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL", config.nccl_max_rows);

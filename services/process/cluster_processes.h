@@ -43,6 +43,11 @@ struct ExpertWorkerConfig {
   int64_t expert_begin = 0;  // half-open [begin, end)
   int64_t expert_end = 0;
   kernels::BackendChoice backend;
+  // On a GPU: stages may link over NCCL (services/worker/nccl_expert_links.h), each link's buffer
+  // at most this many hidden rows (0: no links), at most nccl_max_links at once.
+  int64_t nccl_max_rows = 8192;
+  int nccl_max_links = 16;
+  std::chrono::milliseconds nccl_timeout{30'000};  // joining a link, and each transfer
 };
 absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWorkerConfig& config);
 
@@ -60,7 +65,8 @@ struct StageWorkerConfig {
   // On a GPU: hidden rows of steps up to this many tokens go to the next stage device to device
   // over an NCCL link (services/worker/nccl_stage_links.h; a buffer of that many rows on each
   // side), larger ones and all of them where the link cannot be made as bytes over gRPC. It also
-  // bounds the links the previous stage may make to this one. 0: none either way.
+  // bounds the links the previous stage may make to this one. Each expert worker gets a link of
+  // as many rows too, and a layer's rows and slot outputs go over it in calls that fit. 0: none.
   int64_t nccl_max_rows = 8192;
   std::chrono::milliseconds nccl_timeout{30'000};  // joining a link, and each transfer
   std::chrono::milliseconds nccl_retry{10'000};    // how often a broken link is made again

@@ -70,6 +70,12 @@ absl::Status GrpcExpertChannel::RunExperts(const internal::v1::RunExpertsRequest
                 [&](grpc::ClientContext* c) { return stub_->RunExperts(c, request, response); });
 }
 
+absl::Status GrpcExpertChannel::ConnectNccl(const internal::v1::ConnectNcclRequest& request,
+                                            std::chrono::milliseconds timeout) {
+  internal::v1::ConnectNcclResponse response;
+  return Invoke(timeout, [&](grpc::ClientContext* c) { return stub_->ConnectNccl(c, request, &response); });
+}
+
 absl::StatusOr<WorkerDescription> GrpcExpertChannel::Describe() {
   internal::v1::DescribeResponse response;
   const absl::Status status = Invoke(timeout_, [&](grpc::ClientContext* c) {
@@ -116,6 +122,12 @@ grpc::Status ExpertWorkerService::Describe(grpc::ServerContext*, const internal:
                                            internal::v1::DescribeResponse* response) {
   Fill(description_, response);
   return grpc::Status::OK;
+}
+
+grpc::Status ExpertWorkerService::ConnectNccl(grpc::ServerContext*, const internal::v1::ConnectNcclRequest* request,
+                                              internal::v1::ConnectNcclResponse*) {
+  if (!connect_nccl_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this expert shard takes no NCCL links");
+  return ToGrpcStatus(connect_nccl_(*request));
 }
 
 }  // namespace deltaserve::services

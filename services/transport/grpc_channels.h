@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "deltaserve/internal/v1/worker.grpc.pb.h"
 #include "services/transport/expert_channel.h"
+#include "services/transport/nccl_peer.h"
 #include "services/transport/stage_channel.h"
 
 namespace deltaserve::services {
@@ -25,7 +26,7 @@ struct WorkerDescription {
   int64_t expert_end = 0;
 };
 
-class GrpcStageChannel final : public StageChannel {
+class GrpcStageChannel final : public StageChannel, public NcclPeer {
  public:
   GrpcStageChannel(std::shared_ptr<grpc::Channel> channel, std::chrono::milliseconds timeout);
   absl::Status Open(const internal::v1::OpenRequest& request,
@@ -35,20 +36,24 @@ class GrpcStageChannel final : public StageChannel {
   absl::Status Close(const internal::v1::CloseRequest& request,
                      internal::v1::CloseResponse* response) override;
   absl::StatusOr<WorkerDescription> Describe();
-  // StageWorker.ConnectNccl, with the link's own timeout (joining may take longer than a call).
-  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request, std::chrono::milliseconds timeout);
+  absl::Status Answer() override { return Describe().status(); }
+  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request,
+                           std::chrono::milliseconds timeout) override;
 
  private:
   std::unique_ptr<internal::v1::StageWorker::Stub> stub_;
   std::chrono::milliseconds timeout_;
 };
 
-class GrpcExpertChannel final : public ExpertChannel {
+class GrpcExpertChannel final : public ExpertChannel, public NcclPeer {
  public:
   GrpcExpertChannel(std::shared_ptr<grpc::Channel> channel, std::chrono::milliseconds timeout);
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;
   absl::StatusOr<WorkerDescription> Describe();
+  absl::Status Answer() override { return Describe().status(); }
+  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request,
+                           std::chrono::milliseconds timeout) override;
 
  private:
   std::unique_ptr<internal::v1::ExpertWorker::Stub> stub_;
@@ -80,16 +85,21 @@ class StageWorkerService final : public internal::v1::StageWorker::Service {
 
 class ExpertWorkerService final : public internal::v1::ExpertWorker::Service {
  public:
-  ExpertWorkerService(ExpertChannel& experts, WorkerDescription description)
-      : experts_(experts), description_(std::move(description)) {}
+  // `connect_nccl` as StageWorkerService's.
+  using ConnectNcclHandler = StageWorkerService::ConnectNcclHandler;
+  ExpertWorkerService(ExpertChannel& experts, WorkerDescription description, ConnectNcclHandler connect_nccl = {})
+      : experts_(experts), description_(std::move(description)), connect_nccl_(std::move(connect_nccl)) {}
   grpc::Status RunExperts(grpc::ServerContext*, const internal::v1::RunExpertsRequest* request,
                           internal::v1::RunExpertsResponse* response) override;
   grpc::Status Describe(grpc::ServerContext*, const internal::v1::DescribeRequest*,
                         internal::v1::DescribeResponse* response) override;
+  grpc::Status ConnectNccl(grpc::ServerContext*, const internal::v1::ConnectNcclRequest* request,
+                           internal::v1::ConnectNcclResponse*) override;
 
  private:
   ExpertChannel& experts_;
   WorkerDescription description_;
+  ConnectNcclHandler connect_nccl_;
 };
 
 }  // namespace deltaserve::services

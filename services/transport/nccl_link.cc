@@ -111,16 +111,16 @@ class Link final : public NcclLink {
     return result == ncclSuccess ? QueuedSend() : absl::OkStatus();
   }
 
-  absl::Status FinishSend() override {
+  absl::Status FinishSend(const GiveUp& give_up) override {
     if (!send_pending_) return absl::FailedPreconditionError("nccl link: no send to finish");
     if (absl::Status status = CudaStatus(cudaSetDevice(device_), "select the device"); !status.ok()) return status;
     const Clock::time_point deadline = Clock::now() + timeout_;
     if (!send_queued_) {
-      if (absl::Status status = WaitForComm("send", deadline); !status.ok()) return status;
+      if (absl::Status status = WaitForComm("send", deadline, give_up); !status.ok()) return status;
       if (absl::Status status = QueuedSend(); !status.ok()) return status;
     }
     send_pending_ = false;
-    return WaitForStream("send", deadline);
+    return WaitForStream("send", deadline, give_up);
   }
 
   void AbandonSend() override {
@@ -135,16 +135,21 @@ class Link final : public NcclLink {
     return CudaStatus(cudaMemcpy(host, buffer_, bytes, cudaMemcpyDeviceToHost), "read the buffer");
   }
 
-  absl::Status Receive(size_t bytes) override {
+  absl::Status Receive(size_t bytes, const GiveUp& give_up) override {
     if (absl::Status status = Usable(bytes, "receive"); !status.ok()) return status;
     const ncclResult_t result = ncclRecv(buffer_, bytes, ncclUint8, 1 - rank_, comm_, stream_);
     if (result != ncclSuccess && result != ncclInProgress) return Fail(NcclStatus(result, comm_, "receive"));
     const Clock::time_point deadline = Clock::now() + timeout_;
     if (result == ncclInProgress) {
-      if (absl::Status status = WaitForComm("receive", deadline); !status.ok()) return status;
+      if (absl::Status status = WaitForComm("receive", deadline, give_up); !status.ok()) return status;
     }
     if (absl::Status status = RecordDone("receive"); !status.ok()) return status;
-    return WaitForStream("receive", deadline);
+    return WaitForStream("receive", deadline, give_up);
+  }
+
+  void Break() override {
+    (void)CudaStatus(cudaSetDevice(device_), "select the device");
+    (void)Fail(absl::OkStatus());
   }
 
  private:
@@ -178,13 +183,20 @@ class Link final : public NcclLink {
     return absl::OkStatus();
   }
 
-  absl::Status WaitForComm(const char* what, Clock::time_point deadline) {
-    const absl::Status status =
-        PollUntil(deadline, what, [&](bool& finished) { return CommState(finished, what); });
+  static absl::Status GaveUp(const GiveUp& give_up, const char* what) {
+    if (give_up && give_up()) return absl::CancelledError(absl::StrCat("nccl link: the peer gave up the ", what));
+    return absl::OkStatus();
+  }
+
+  absl::Status WaitForComm(const char* what, Clock::time_point deadline, const GiveUp& give_up = nullptr) {
+    const absl::Status status = PollUntil(deadline, what, [&](bool& finished) {
+      if (absl::Status state = CommState(finished, what); !state.ok() || finished) return state;
+      return GaveUp(give_up, what);
+    });
     return status.ok() ? status : Fail(status);
   }
 
-  absl::Status WaitForStream(const char* what, Clock::time_point deadline) {
+  absl::Status WaitForStream(const char* what, Clock::time_point deadline, const GiveUp& give_up) {
     const absl::Status status = PollUntil(deadline, what, [&](bool& finished) {
       const cudaError_t query = cudaEventQuery(done_);
       if (query == cudaSuccess) {
@@ -193,7 +205,8 @@ class Link final : public NcclLink {
       }
       if (query != cudaErrorNotReady) return CudaStatus(query, what);
       bool comm_idle = false;
-      return CommState(comm_idle, what);  // the peer's failure shows here
+      if (absl::Status state = CommState(comm_idle, what); !state.ok()) return state;  // the peer's failure
+      return GaveUp(give_up, what);
     });
     return status.ok() ? status : Fail(status);
   }

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -43,10 +44,17 @@ class NcclLink {
   // The device buffer (capacity_bytes) transfers go from and to.
   virtual void* buffer() = 0;
   virtual size_t capacity() const = 0;
+  // How many rows of `width` fp32 values the buffer holds (0 for rows of no width).
+  int64_t RowsWithin(int64_t width) const {
+    return width > 0 ? static_cast<int64_t>(capacity() / (static_cast<size_t>(width) * sizeof(float))) : 0;
+  }
   virtual bool broken() const = 0;
+  // Polled while a transfer waits: once it says so, the wait ends, the link broken (the peer
+  // said it will not take part, for instance by failing the call that announced the transfer).
+  using GiveUp = std::function<bool()>;
   // Queues a transfer of the buffer's first `bytes` to the peer; FinishSend waits for it.
   virtual absl::Status StartSend(size_t bytes) = 0;
-  virtual absl::Status FinishSend() = 0;
+  virtual absl::Status FinishSend(const GiveUp& give_up = nullptr) = 0;
   // For a send the peer may not have received (the call that announced it failed): the link is
   // aborted (broken) at once. Even a finished send may sit unreceived in NCCL's buffers, where a
   // later receive would take it for its own.
@@ -55,7 +63,9 @@ class NcclLink {
   // bytes instead).
   virtual absl::Status ReadBuffer(void* host, size_t bytes) = 0;
   // Receives `bytes` from the peer into the buffer, waiting until they are there.
-  virtual absl::Status Receive(size_t bytes) = 0;
+  virtual absl::Status Receive(size_t bytes, const GiveUp& give_up = nullptr) = 0;
+  // Aborts the link (broken from now on): for a side that cannot finish what it announced.
+  virtual void Break() = 0;
 };
 
 }  // namespace deltaserve::services

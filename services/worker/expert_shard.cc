@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
+#include "model/device_failure.h"
 
 namespace deltaserve::services {
 
@@ -17,6 +18,12 @@ absl::StatusOr<std::unique_ptr<ExpertShard>> ExpertShard::Load(const std::string
                                                               int64_t expert_begin,
                                                               int64_t expert_end) {
   DS_ASSIGN_OR_RETURN(std::unique_ptr<model::Checkpoint> checkpoint, model::Checkpoint::Open(dir));
+  return Load(std::move(checkpoint), backend, expert_begin, expert_end);
+}
+
+absl::StatusOr<std::unique_ptr<ExpertShard>> ExpertShard::Load(std::unique_ptr<model::Checkpoint> checkpoint,
+                                                              kernels::Backend& backend, int64_t expert_begin,
+                                                              int64_t expert_end) {
   const model::KimiLinearConfig& config = checkpoint->config();
   if (expert_begin < 0 || expert_begin >= expert_end || expert_end > config.num_experts) {
     return absl::InvalidArgumentError(absl::StrCat("expert range ", expert_begin, "-", expert_end - 1,
@@ -41,8 +48,7 @@ ExpertShard::ExpertShard(std::unique_ptr<model::Checkpoint> checkpoint, kernels:
       expert_end_(expert_end),
       fingerprint_(checkpoint_->ModelFingerprint()) {}
 
-absl::Status ExpertShard::RunExperts(const internal::v1::RunExpertsRequest& request,
-                                     internal::v1::RunExpertsResponse* response) {
+absl::StatusOr<int64_t> ExpertShard::Check(const internal::v1::RunExpertsRequest& request) const {
   const model::KimiLinearConfig& c = config();
   if (request.has_model_fingerprint() && request.model_fingerprint() != fingerprint_) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -61,12 +67,14 @@ absl::Status ExpertShard::RunExperts(const internal::v1::RunExpertsRequest& requ
   }
   const int64_t n = request.num_tokens();
   const int64_t k = request.top_k();
+  const int64_t hidden_bytes = request.hidden_link() != 0 ? 0 : n * c.hidden_size * 4;
   if (k != c.num_experts_per_token || n < 0 ||
       static_cast<int64_t>(request.expert_ids_size()) != n * k ||
-      static_cast<int64_t>(request.hidden().size()) != n * c.hidden_size * 4) {
+      static_cast<int64_t>(request.hidden().size()) != hidden_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
         "expert request for ", n, " tokens x top ", k, " carries ", request.expert_ids_size(),
-        " expert ids and ", request.hidden().size(), " bytes of hidden state"));
+        " expert ids and ", request.hidden().size(), " bytes of hidden state",
+        request.hidden_link() != 0 ? " beside an NCCL link" : ""));
   }
   int64_t in_range = 0;
   for (int32_t id : request.expert_ids()) {
@@ -76,29 +84,46 @@ absl::Status ExpertShard::RunExperts(const internal::v1::RunExpertsRequest& requ
     }
     if (id >= expert_begin_ && id < expert_end_) ++in_range;
   }
-  response->clear_slot_outputs();
-  if (in_range == 0) return absl::OkStatus();
+  return in_range;
+}
 
-  Tensor x = backend_.Allocate(n, c.hidden_size, DType::kF32);
-  backend_.Upload(request.hidden().data(), x.view());
+absl::Status ExpertShard::Compute(const internal::v1::RunExpertsRequest& request, kernels::TensorView x,
+                                  kernels::TensorView out) {
+  const model::KimiLinearConfig& c = config();
+  const int64_t n = request.num_tokens();
+  const int64_t k = request.top_k();
   Tensor ids = backend_.Allocate(n, k, DType::kI32);
   backend_.Upload(request.expert_ids().data(), ids.view());
   Tensor slots = backend_.Allocate(n * k, c.hidden_size, DType::kF32);
-  const model::MoeWeights& moe = weights_.layer(layer).moe;
-  backend_.MoeExperts(x.view(), ids.view(), moe.experts, moe.first_expert, slots.view());
-
+  const model::MoeWeights& moe = weights_.layer(request.layer()).moe;
+  backend_.MoeExperts(x, ids.view(), moe.experts, moe.first_expert, slots.view());
   std::vector<int64_t> rows;
-  rows.reserve(static_cast<size_t>(in_range));
+  rows.reserve(static_cast<size_t>(out.rows));
   for (int64_t slot = 0; slot < n * k; ++slot) {
     const int32_t id = request.expert_ids(static_cast<int>(slot));
     if (id >= expert_begin_ && id < expert_end_) rows.push_back(slot);
   }
-  Tensor picked = backend_.Allocate(in_range, c.hidden_size, DType::kF32);
-  backend_.GatherRows(slots.view(), rows, picked.view());
+  backend_.GatherRows(slots.view(), rows, out);
+  return model::TakeDeviceFailure(backend_, "while running the experts");
+}
+
+absl::Status ExpertShard::RunExperts(const internal::v1::RunExpertsRequest& request,
+                                     internal::v1::RunExpertsResponse* response) {
+  if (request.hidden_link() != 0) {
+    return absl::FailedPreconditionError("this expert shard takes no NCCL links; send the rows as bytes");
+  }
+  DS_ASSIGN_OR_RETURN(const int64_t in_range, Check(request));
+  response->clear_slot_outputs();
+  if (in_range == 0) return absl::OkStatus();
+  const int64_t hidden = config().hidden_size;
+  Tensor x = backend_.Allocate(request.num_tokens(), hidden, DType::kF32);
+  backend_.Upload(request.hidden().data(), x.view());
+  Tensor picked = backend_.Allocate(in_range, hidden, DType::kF32);
+  DS_RETURN_IF_ERROR(Compute(request, x.view(), picked.view()));
   std::string* out = response->mutable_slot_outputs();
-  out->resize(static_cast<size_t>(in_range * c.hidden_size) * sizeof(float));
+  out->resize(static_cast<size_t>(in_range * hidden) * sizeof(float));
   backend_.Download(picked.view(), out->data());
-  return absl::OkStatus();
+  return model::TakeDeviceFailure(backend_, "while returning the experts' outputs");
 }
 
 }  // namespace deltaserve::services

@@ -19,6 +19,9 @@ class ExpertShard final : public ExpertChannel {
   static absl::StatusOr<std::unique_ptr<ExpertShard>> Load(const std::string& dir,
                                                            kernels::Backend& backend,
                                                            int64_t expert_begin, int64_t expert_end);
+  static absl::StatusOr<std::unique_ptr<ExpertShard>> Load(std::unique_ptr<model::Checkpoint> checkpoint,
+                                                           kernels::Backend& backend,
+                                                           int64_t expert_begin, int64_t expert_end);
 
   int64_t expert_begin() const { return expert_begin_; }
   int64_t expert_end() const { return expert_end_; }
@@ -29,6 +32,15 @@ class ExpertShard final : public ExpertChannel {
   // Validates the request (layer, sizes, expert ids) before computing; INVALID_ARGUMENT otherwise.
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;
+
+  // The parts of RunExperts, for callers whose rows are already on the device (NCCL links):
+  // Check validates a request (the rows in `hidden`, or none there where it names a link) and
+  // counts the slots whose experts this shard holds; Compute runs the request's tokens from `x`
+  // (fp32 [num_tokens, hidden] on the backend) and writes those slots' outputs to `out` (fp32
+  // [slots, hidden], in (token, slot) order; it may be x's memory).
+  absl::StatusOr<int64_t> Check(const internal::v1::RunExpertsRequest& request) const;
+  absl::Status Compute(const internal::v1::RunExpertsRequest& request, kernels::TensorView x,
+                       kernels::TensorView out);
 
  private:
   ExpertShard(std::unique_ptr<model::Checkpoint> checkpoint, kernels::Backend& backend,

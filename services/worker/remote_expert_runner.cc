@@ -2,118 +2,213 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 
 namespace deltaserve::services {
 
+namespace {
+
+std::string ShardName(const ExpertShardLink& shard) {
+  return absl::StrCat("expert shard ", shard.expert_begin, "-", shard.expert_end - 1);
+}
+
+bool Holds(const ExpertShardLink& shard, int32_t id) { return id >= shard.expert_begin && id < shard.expert_end; }
+
+}  // namespace
+
+std::vector<ExpertCall> PlanExpertCalls(const int32_t* ids, int64_t n, int64_t k, int64_t begin, int64_t end,
+                                        int64_t max_rows) {
+  std::vector<ExpertCall> calls;
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t* row = ids + t * k;
+    const auto held =
+        static_cast<size_t>(std::count_if(row, row + k, [&](int32_t id) { return id >= begin && id < end; }));
+    if (held == 0) continue;
+    const auto limit = static_cast<size_t>(max_rows);
+    if (calls.empty() ||
+        (max_rows > 0 && (calls.back().tokens.size() + 1 > limit || calls.back().slots.size() + held > limit))) {
+      calls.emplace_back();
+    }
+    calls.back().tokens.push_back(t);
+    for (int64_t slot = 0; slot < k; ++slot) {
+      if (row[slot] >= begin && row[slot] < end) calls.back().slots.push_back(t * k + slot);
+    }
+  }
+  return calls;
+}
+
 RemoteExpertRunner::RemoteExpertRunner(kernels::Backend& backend, std::vector<ExpertShardLink> shards,
-                                       int64_t hidden_size)
-    : backend_(backend), shards_(std::move(shards)), hidden_size_(hidden_size) {}
+                                       int64_t hidden_size, ExpertCallMetrics* metrics)
+    : backend_(backend), shards_(std::move(shards)), hidden_size_(hidden_size), metrics_(metrics) {}
 
 absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x,
                                             kernels::TensorView expert_ids,
                                             kernels::TensorView slot_out) {
   const int64_t n = x.rows;
   const int64_t k = expert_ids.cols;
-  if (x.cols != hidden_size_ || slot_out.cols != hidden_size_ || slot_out.rows != n * k ||
-      expert_ids.rows != n) {
+  const int64_t hidden = hidden_size_;
+  if (x.cols != hidden || slot_out.cols != hidden || slot_out.rows != n * k || expert_ids.rows != n) {
     return absl::InternalError(absl::StrCat("layer ", layer, ": expert tensors of mismatched shapes"));
   }
-  std::vector<float> host_x(static_cast<size_t>(n * hidden_size_));
   std::vector<int32_t> host_ids(static_cast<size_t>(n * k));
-  std::vector<float> host_out(static_cast<size_t>(n * k * hidden_size_));
-  backend_.Download(x, host_x.data());
   backend_.Download(expert_ids, host_ids.data());
-  auto ids_of = [&](int64_t t) { return host_ids.data() + t * k; };
-  auto x_row = [&](int64_t t) { return host_x.data() + t * hidden_size_; };
-  struct Call {
-    std::vector<int64_t> tokens;  // batch rows sent to this shard
-    internal::v1::RunExpertsRequest request;
-    internal::v1::RunExpertsResponse response;
+  for (int32_t id : host_ids) {
+    if (std::none_of(shards_.begin(), shards_.end(), [&](const ExpertShardLink& shard) { return Holds(shard, id); })) {
+      return absl::InternalError(absl::StrCat("layer ", layer, ": no expert shard holds expert ", id));
+    }
+  }
+
+  // Each shard's calls: over its NCCL link where that is up and free, in calls its buffer takes;
+  // otherwise one call with the rows as bytes. Every slot's output lands in row row_of_slot[slot]
+  // of `returned`, a call's rows together.
+  struct ShardCalls {
+    std::unique_lock<std::mutex> link;  // held while the calls use the shard's link
+    std::vector<ExpertCall> calls;
+    internal::v1::RunExpertsResponse bytes;  // a bytes call's answer
     absl::Status status;
   };
-  for (int64_t t = 0; t < n; ++t) {
-    const int32_t* ids = ids_of(t);
-    for (int64_t slot = 0; slot < k; ++slot) {
-      const bool held = std::any_of(shards_.begin(), shards_.end(), [&](const ExpertShardLink& shard) {
-        return ids[slot] >= shard.expert_begin && ids[slot] < shard.expert_end;
+  std::vector<ShardCalls> work(shards_.size());
+  std::vector<int64_t> row_of_slot(static_cast<size_t>(n * k), -1);
+  int64_t rows = 0;
+  size_t rounds = 0;
+  bool any_bytes = false;
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const ExpertShardLink& shard = shards_[s];
+    ShardCalls& w = work[s];
+    if (shard.nccl != nullptr) w.link = shard.nccl->TryHold(k, hidden);
+    const int64_t max_rows = w.link.owns_lock() ? shard.nccl->link().RowsWithin(hidden) : 0;
+    w.calls = PlanExpertCalls(host_ids.data(), n, k, shard.expert_begin, shard.expert_end, max_rows);
+    if (w.calls.empty() && w.link.owns_lock()) w.link.unlock();
+    any_bytes = any_bytes || (!w.link.owns_lock() && !w.calls.empty());
+    rounds = std::max(rounds, w.calls.size());
+    for (const ExpertCall& call : w.calls) {
+      for (int64_t slot : call.slots) row_of_slot[static_cast<size_t>(slot)] = rows++;
+    }
+  }
+  if (rows != n * k) {
+    return absl::InternalError(absl::StrCat("layer ", layer, ": the expert shards hold ", rows, " of ", n * k,
+                                            " slots: their ranges overlap"));
+  }
+  std::vector<float> host_x;
+  if (any_bytes) {
+    host_x.resize(static_cast<size_t>(n * hidden));
+    backend_.Download(x, host_x.data());
+  }
+  kernels::Tensor returned = backend_.Allocate(n * k, hidden, kernels::DType::kF32);
+  for (size_t round = 0; round < rounds; ++round) {
+    bool over_links = false;
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      if (!work[s].link.owns_lock() || round >= work[s].calls.size()) continue;
+      const std::vector<int64_t>& tokens = work[s].calls[round].tokens;
+      backend_.GatherRows(x, tokens, shards_[s].nccl->Rows(static_cast<int64_t>(tokens.size()), hidden));
+      over_links = true;
+    }
+    if (over_links) backend_.Synchronize();  // the rows are in the links' buffers
+    std::vector<std::thread> threads;
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      if (round >= work[s].calls.size()) continue;
+      threads.emplace_back([&, s, round] {
+        ShardCalls& w = work[s];
+        const ExpertCall& call = w.calls[round];
+        internal::v1::RunExpertsRequest request = Request(shards_[s], layer, k, call, host_ids.data());
+        w.status = w.link.owns_lock() ? CallOverLink(shards_[s], std::move(request), call)
+                                      : CallWithBytes(shards_[s], std::move(request), call, host_x.data(), w.bytes);
       });
-      if (!held) {
-        return absl::InternalError(absl::StrCat("layer ", layer, ": no expert shard holds expert ", ids[slot]));
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      const absl::Status& status = work[s].status;
+      if (!status.ok()) {
+        return absl::Status(status.code(),
+                            absl::StrCat(ShardName(shards_[s]), ", layer ", layer, ": ", status.message()));
       }
     }
-  }
-  std::vector<Call> calls(shards_.size());
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    const ExpertShardLink& shard = shards_[s];
-    Call& call = calls[s];
-    for (int64_t t = 0; t < n; ++t) {
-      const int32_t* ids = ids_of(t);
-      if (std::any_of(ids, ids + k, [&](int32_t id) {
-            return id >= shard.expert_begin && id < shard.expert_end;
-          })) {
-        call.tokens.push_back(t);
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      if (round >= work[s].calls.size()) continue;
+      const std::vector<int64_t>& slots = work[s].calls[round].slots;
+      const int64_t count = static_cast<int64_t>(slots.size());
+      const kernels::TensorView into = returned.view().Rows(row_of_slot[static_cast<size_t>(slots.front())], count);
+      if (work[s].link.owns_lock()) {
+        backend_.Copy(shards_[s].nccl->Rows(count, hidden), into);
+      } else {
+        backend_.Upload(work[s].bytes.slot_outputs().data(), into);
       }
     }
-    if (call.tokens.empty()) continue;
-    call.request.set_layer(layer);
-    call.request.set_num_tokens(static_cast<int64_t>(call.tokens.size()));
-    call.request.set_top_k(k);
-    call.request.set_expert_begin(shard.expert_begin);
-    call.request.set_expert_end(shard.expert_end);
-    if (shard.model_fingerprint != 0) call.request.set_model_fingerprint(shard.model_fingerprint);
-    std::string* hidden = call.request.mutable_hidden();
-    hidden->resize(call.tokens.size() * hidden_size_ * sizeof(float));
-    for (size_t i = 0; i < call.tokens.size(); ++i) {
-      std::memcpy(hidden->data() + i * hidden_size_ * sizeof(float), x_row(call.tokens[i]),
-                  hidden_size_ * sizeof(float));
-      const int32_t* ids = ids_of(call.tokens[i]);
-      for (int64_t slot = 0; slot < k; ++slot) call.request.add_expert_ids(ids[slot]);
-    }
+    if (over_links) backend_.Synchronize();  // the links' buffers are free again
   }
-  std::vector<std::thread> threads;
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    if (calls[s].tokens.empty()) continue;
-    threads.emplace_back([&, s] {
-      calls[s].status = shards_[s].channel->RunExperts(calls[s].request, &calls[s].response);
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
+  backend_.GatherRows(returned.view(), row_of_slot, slot_out);
+  return absl::OkStatus();
+}
 
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    const ExpertShardLink& shard = shards_[s];
-    Call& call = calls[s];
-    if (call.tokens.empty()) continue;
-    if (!call.status.ok()) {
-      return absl::Status(call.status.code(),
-                          absl::StrCat("expert shard ", shard.expert_begin, "-", shard.expert_end - 1,
-                                       ", layer ", layer, ": ", call.status.message()));
-    }
-    const std::string& out = call.response.slot_outputs();
-    size_t offset = 0;
-    const size_t row_bytes = hidden_size_ * sizeof(float);
-    for (int64_t t : call.tokens) {
-      const int32_t* ids = ids_of(t);
-      for (int64_t slot = 0; slot < k; ++slot) {
-        if (ids[slot] < shard.expert_begin || ids[slot] >= shard.expert_end) continue;
-        if (offset + row_bytes > out.size()) {
-          return absl::DataLossError(absl::StrCat("expert shard ", shard.expert_begin, "-",
-                                                  shard.expert_end - 1, " returned ", out.size(),
-                                                  " bytes, too few for its slots"));
-        }
-        std::memcpy(host_out.data() + (t * k + slot) * hidden_size_, out.data() + offset, row_bytes);
-        offset += row_bytes;
-      }
-    }
-    if (offset != out.size()) {
-      return absl::DataLossError(absl::StrCat("expert shard ", shard.expert_begin, "-",
-                                              shard.expert_end - 1, " returned ", out.size(),
-                                              " bytes, expected ", offset));
-    }
+internal::v1::RunExpertsRequest RemoteExpertRunner::Request(const ExpertShardLink& shard, int64_t layer, int64_t k,
+                                                            const ExpertCall& call, const int32_t* ids) const {
+  internal::v1::RunExpertsRequest request;
+  request.set_layer(layer);
+  request.set_num_tokens(static_cast<int64_t>(call.tokens.size()));
+  request.set_top_k(k);
+  request.set_expert_begin(shard.expert_begin);
+  request.set_expert_end(shard.expert_end);
+  if (shard.model_fingerprint != 0) request.set_model_fingerprint(shard.model_fingerprint);
+  for (int64_t t : call.tokens) {
+    for (int64_t slot = 0; slot < k; ++slot) request.add_expert_ids(ids[t * k + slot]);
   }
-  backend_.Upload(host_out.data(), slot_out);
+  return request;
+}
+
+absl::Status RemoteExpertRunner::CallOverLink(const ExpertShardLink& shard, internal::v1::RunExpertsRequest request,
+                                              const ExpertCall& call) {
+  NcclLink& link = shard.nccl->link();
+  const size_t row_bytes = static_cast<size_t>(hidden_size_) * sizeof(float);
+  const int64_t expected = static_cast<int64_t>(call.slots.size());
+  request.set_hidden_link(shard.nccl->id());
+  if (absl::Status status = link.StartSend(call.tokens.size() * row_bytes); !status.ok()) return status;
+  shard.nccl->CountSent();
+  // The shard receives the rows, runs them and sends the outputs back before it answers, so an
+  // answer that is not that ends the waits here (and breaks the link).
+  internal::v1::RunExpertsResponse response;
+  absl::Status remote;
+  std::atomic<bool> failed{false};
+  std::thread rpc([&] {
+    remote = shard.channel->RunExperts(request, &response);
+    if (!remote.ok() || response.slot_rows() != expected) failed = true;
+  });
+  const NcclLink::GiveUp give_up = [&] { return failed.load(); };
+  absl::Status moved = link.FinishSend(give_up);
+  if (moved.ok()) moved = link.Receive(call.slots.size() * row_bytes, give_up);
+  rpc.join();
+  if (remote.ok() && response.slot_rows() != expected) {
+    link.Break();
+    remote =
+        absl::DataLossError(absl::StrCat("returned ", response.slot_rows(), " rows over NCCL, expected ", expected));
+  }
+  if (link.broken() && metrics_ != nullptr) metrics_->LinkFailed();
+  if (!remote.ok()) return remote;
+  if (!moved.ok()) return moved;
+  ++calls_over_nccl_;
+  if (metrics_ != nullptr) metrics_->Called(true);
+  return absl::OkStatus();
+}
+
+absl::Status RemoteExpertRunner::CallWithBytes(const ExpertShardLink& shard, internal::v1::RunExpertsRequest request,
+                                               const ExpertCall& call, const float* x,
+                                               internal::v1::RunExpertsResponse& response) {
+  const size_t row_bytes = static_cast<size_t>(hidden_size_) * sizeof(float);
+  std::string* hidden = request.mutable_hidden();
+  hidden->resize(call.tokens.size() * row_bytes);
+  for (size_t i = 0; i < call.tokens.size(); ++i) {
+    std::memcpy(hidden->data() + i * row_bytes, x + call.tokens[i] * hidden_size_, row_bytes);
+  }
+  if (absl::Status status = shard.channel->RunExperts(request, &response); !status.ok()) return status;
+  const size_t expected = call.slots.size() * row_bytes;
+  if (response.slot_outputs().size() != expected) {
+    return absl::DataLossError(absl::StrCat("returned ", response.slot_outputs().size(), " bytes, expected ",
+                                            expected));
+  }
+  ++calls_as_bytes_;
+  if (metrics_ != nullptr) metrics_->Called(false);
   return absl::OkStatus();
 }
 

@@ -19,7 +19,7 @@ namespace deltaserve::services {
 
 StageEngine::StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
                          const StageEngineOptions& options, NcclStageInput* nccl_input,
-                         NcclStageOutput* nccl_output, StageMetrics* metrics)
+                         NcclOutputLink* nccl_output, StageMetrics* metrics)
     : model_(model), store_(store), next_(next), options_(options), nccl_input_(nccl_input),
       nccl_output_(nccl_output), metrics_(metrics) {}
 

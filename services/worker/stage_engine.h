@@ -14,6 +14,7 @@
 #include "model/sampling/sampler.h"
 #include "services/session_store/store_client.h"
 #include "services/transport/stage_channel.h"
+#include "services/worker/nccl_output_link.h"
 #include "services/worker/nccl_stage_links.h"
 #include "services/worker/stage_metrics.h"
 
@@ -31,7 +32,7 @@ class StageEngine final : public StageChannel {
   // owned.
   StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
               const StageEngineOptions& options = {}, NcclStageInput* nccl_input = nullptr,
-              NcclStageOutput* nccl_output = nullptr, StageMetrics* metrics = nullptr);
+              NcclOutputLink* nccl_output = nullptr, StageMetrics* metrics = nullptr);
 
   // This stage's part of a session in the store.
   std::string PartName() const;
@@ -61,7 +62,7 @@ class StageEngine final : public StageChannel {
   StageChannel* next_;
   StageEngineOptions options_;
   NcclStageInput* nccl_input_;
-  NcclStageOutput* nccl_output_;
+  NcclOutputLink* nccl_output_;
   StageMetrics* metrics_;
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);

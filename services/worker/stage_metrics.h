@@ -1,6 +1,6 @@
 // A stage worker's Prometheus metrics beside the process metrics: how its steps' hidden rows went
-// to the next stage (over the NCCL link or as bytes in the gRPC call) and how often the link
-// broke.
+// to the next stage, and its calls' rows to its expert shards (over NCCL links or as bytes in the
+// gRPC calls), and how often those links broke.
 #pragma once
 
 #include <prometheus/counter.h>
@@ -21,6 +21,21 @@ class StageMetrics {
 
  private:
   StageMetrics(prometheus::Counter& nccl, prometheus::Counter& bytes, prometheus::Counter& link_failures)
+      : nccl_(&nccl), bytes_(&bytes), link_failures_(&link_failures) {}
+  prometheus::Counter* nccl_;
+  prometheus::Counter* bytes_;
+  prometheus::Counter* link_failures_;
+};
+
+class ExpertCallMetrics {
+ public:
+  static absl::StatusOr<std::unique_ptr<ExpertCallMetrics>> Create(prometheus::Registry& registry);
+
+  void Called(bool over_nccl) { (over_nccl ? nccl_ : bytes_)->Increment(); }
+  void LinkFailed() { link_failures_->Increment(); }
+
+ private:
+  ExpertCallMetrics(prometheus::Counter& nccl, prometheus::Counter& bytes, prometheus::Counter& link_failures)
       : nccl_(&nccl), bytes_(&bytes), link_failures_(&link_failures) {}
   prometheus::Counter* nccl_;
   prometheus::Counter* bytes_;

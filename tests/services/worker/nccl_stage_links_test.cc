@@ -22,6 +22,7 @@
 #endif
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
+#include "services/transport/grpc_channels.h"
 #include "services/worker/stage_engine.h"
 #include "services/worker/stage_metrics.h"
 #include "tests/services/worker/counter_value.h"
@@ -122,7 +123,8 @@ class NcclStagesTest : public ::testing::Test {
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     next_ = std::make_shared<GrpcStageChannel>(channel_, kTimeout);
-    output_ = std::make_unique<NcclStageOutput>(next_, 0, capacity, kTimeout, std::chrono::milliseconds(0));
+    output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", 0, capacity, kTimeout,
+                                               std::chrono::milliseconds(0));
     ASSERT_TRUE(output_->status().ok()) << output_->status();
     absl::StatusOr<std::unique_ptr<StageMetrics>> metrics = StageMetrics::Create(registry_);
     ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -152,7 +154,7 @@ class NcclStagesTest : public ::testing::Test {
   std::unique_ptr<GrpcServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::shared_ptr<GrpcStageChannel> next_;
-  std::unique_ptr<NcclStageOutput> output_;
+  std::unique_ptr<NcclOutputLink> output_;
   prometheus::Registry registry_;
   std::unique_ptr<StageMetrics> metrics_;
 };
@@ -170,16 +172,16 @@ TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
     std::tie(token, expected) = Both(StepOf(1, {token}));
     ASSERT_EQ(token, expected) << "decode step " << step;
   }
-  EXPECT_EQ(output_->sent_steps(), 7);
+  EXPECT_EQ(output_->sent(), 7);
   // More rows than the link's buffer: sent as bytes, with the same result.
   std::vector<int32_t> long_prompt;
   for (int i = 0; i < 3 * kLinkRows; ++i) long_prompt.push_back((i * 37 + 11) % 250);
   std::tie(token, expected) = Both(StepOf(2, long_prompt));
   EXPECT_EQ(token, expected);
-  EXPECT_EQ(output_->sent_steps(), 7);
+  EXPECT_EQ(output_->sent(), 7);
   std::tie(token, expected) = Both(StepOf(2, {token}));
   EXPECT_EQ(token, expected);
-  EXPECT_EQ(output_->sent_steps(), 8);
+  EXPECT_EQ(output_->sent(), 8);
   // A prefill chunk that samples nothing (the last stage then downloads nothing), then its last
   // token sampled.
   internal::v1::StepRequest chunk = StepOf(2, {3, 4, 5, 6});
@@ -189,7 +191,7 @@ TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   ASSERT_TRUE(plain_first_stage_->Step(chunk, &plain).ok());
   std::tie(token, expected) = Both(StepOf(2, {7}));
   EXPECT_EQ(token, expected);
-  EXPECT_EQ(output_->sent_steps(), 10);
+  EXPECT_EQ(output_->sent(), 10);
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 10);
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 1);
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 0);
@@ -211,7 +213,7 @@ TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAga
   }
   auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2}));
   ASSERT_EQ(token, expected);
-  ASSERT_EQ(output_->sent_steps(), 1);
+  ASSERT_EQ(output_->sent(), 1);
   // Sequence 3 closed on the later stage only: that stage takes the rows, then refuses the step.
   internal::v1::CloseRequest close;
   close.add_sequences()->set_seq_id(3);
@@ -219,17 +221,17 @@ TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAga
   ASSERT_TRUE(next_->Close(close, &closed).ok());
   internal::v1::StepResponse refused;
   EXPECT_EQ(first_stage_->Step(StepOf(3, {9, 8}), &refused).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(output_->sent_steps(), 2);
+  EXPECT_EQ(output_->sent(), 2);
   EXPECT_TRUE(output_->link().broken());
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 1);
 
   std::tie(token, expected) = Both(StepOf(1, {token}));
   EXPECT_EQ(token, expected);
-  EXPECT_EQ(output_->sent_steps(), 2) << "a broken link carried a step";
+  EXPECT_EQ(output_->sent(), 2) << "a broken link carried a step";
   ASSERT_TRUE(output_->Reconnect().ok());
   std::tie(token, expected) = Both(StepOf(1, {token}));
   EXPECT_EQ(token, expected);
-  EXPECT_EQ(output_->sent_steps(), 3);
+  EXPECT_EQ(output_->sent(), 3);
 }
 
 TEST_F(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) {
@@ -246,7 +248,7 @@ TEST_F(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) 
   const absl::Status again = first_stage_->Step(StepOf(1, {5, 17, 200}), &stepped);
   ASSERT_TRUE(again.ok()) << again;
   EXPECT_EQ(stepped.sampled_size(), 1);
-  EXPECT_EQ(output_->sent_steps(), 1);
+  EXPECT_EQ(output_->sent(), 1);
 }
 
 }  // namespace

@@ -61,6 +61,38 @@ TEST_P(RemoteExpertRunnerTest, StageWithExpertShardsMatchesTheWholeModel) {
   EXPECT_EQ(max_error, 0.0) << "scale " << scale;
 }
 
+TEST(PlanExpertCallsTest, ASplitKeepsTokenOrderAndNoCallPassesTheRowLimit) {
+  // 5 tokens, top 3; the shard holds experts [10, 20).
+  const std::vector<int32_t> ids = {10, 11, 30,   // token 0: slots 0, 1
+                                    1, 2, 3,      // token 1: none
+                                    12, 13, 14,   // token 2: slots 6, 7, 8
+                                    19, 40, 41,   // token 3: slot 9
+                                    15, 16, 0};   // token 4: slots 12, 13
+  const std::vector<ExpertCall> one = PlanExpertCalls(ids.data(), 5, 3, 10, 20, 0);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].tokens, (std::vector<int64_t>{0, 2, 3, 4}));
+  EXPECT_EQ(one[0].slots, (std::vector<int64_t>{0, 1, 6, 7, 8, 9, 12, 13}));
+
+  // At most 4 rows a call: tokens 0 and 2 would be 5 slots.
+  const std::vector<ExpertCall> split = PlanExpertCalls(ids.data(), 5, 3, 10, 20, 4);
+  ASSERT_EQ(split.size(), 3u);
+  EXPECT_EQ(split[0].tokens, (std::vector<int64_t>{0}));
+  EXPECT_EQ(split[0].slots, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(split[1].tokens, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(split[1].slots, (std::vector<int64_t>{6, 7, 8, 9}));
+  EXPECT_EQ(split[2].tokens, (std::vector<int64_t>{4}));
+  EXPECT_EQ(split[2].slots, (std::vector<int64_t>{12, 13}));
+
+  // At most 2 rows: the token limit binds as well as the slots'.
+  const std::vector<int32_t> single = {10, 1, 2, 11, 3, 4, 12, 5, 6};
+  const std::vector<ExpertCall> pairs = PlanExpertCalls(single.data(), 3, 3, 10, 20, 2);
+  ASSERT_EQ(pairs.size(), 2u);
+  EXPECT_EQ(pairs[0].tokens, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(pairs[1].slots, (std::vector<int64_t>{6}));
+
+  EXPECT_TRUE(PlanExpertCalls(ids.data(), 5, 3, 20, 30, 4).empty()) << "no token routed here, no call";
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, RemoteExpertRunnerTest, ::testing::Values("cpu", "cuda"),
                          [](const auto& param) { return param.param; });
 

@@ -1,0 +1,56 @@
+// An expert shard's side of the NCCL data plane (services/transport/nccl_link.h): a link per stage
+// that made one (ExpertWorker.ConnectNccl), up to a limit. A RunExperts call that names a link
+// receives its tokens' hidden rows over it, runs them, and sends the held slots' outputs back
+// over it before it answers; calls that carry their rows as bytes go to the shard as they are.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
+#include "services/transport/expert_channel.h"
+#include "services/transport/nccl_link.h"
+#include "services/worker/expert_shard.h"
+
+namespace deltaserve::services {
+
+struct NcclExpertLinkLimits {
+  int device = 0;
+  size_t max_capacity_bytes = 0;  // a link's buffer
+  int max_links = 16;             // links held at once (a link per stage)
+  std::chrono::milliseconds timeout{30000};
+};
+
+class NcclExpertLinks final : public ExpertChannel {
+ public:
+  NcclExpertLinks(ExpertShard& shard, kernels::Backend& backend, NcclExpertLinkLimits limits)
+      : shard_(shard), backend_(backend), limits_(limits) {}
+
+  // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once), dropping the one
+  // it replaces and any broken one; RESOURCE_EXHAUSTED while the shard holds or joins its limit.
+  absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
+  absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
+                          internal::v1::RunExpertsResponse* response) override;
+  int links() const;
+
+ private:
+  struct Entry {
+    std::mutex busy;  // held by a call from its receive to the end of its send
+    std::unique_ptr<NcclLink> link;
+  };
+  absl::Status RunOverLink(Entry& entry, const internal::v1::RunExpertsRequest& request,
+                           internal::v1::RunExpertsResponse* response);
+
+  ExpertShard& shard_;
+  kernels::Backend& backend_;
+  const NcclExpertLinkLimits limits_;
+  mutable std::mutex mutex_;  // guards links_ and joining_
+  std::map<uint64_t, std::shared_ptr<Entry>> links_;
+  int joining_ = 0;  // links being joined: each holds a buffer and a communicator, as a link does
+};
+
+}  // namespace deltaserve::services

@@ -1,0 +1,132 @@
+#include "services/worker/nccl_output_link.h"
+
+#include <algorithm>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "spdlog/spdlog.h"
+
+namespace deltaserve::services {
+namespace {
+
+// Refusals another attempt would meet again: the peer takes no NCCL links, or none this large (a
+// smaller --nccl-max-rows there), or NCCL refuses the pair (both on one GPU).
+bool Lasting(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kUnimplemented || status.code() == absl::StatusCode::kInvalidArgument ||
+         status.code() == absl::StatusCode::kFailedPrecondition;
+}
+
+}  // namespace
+
+NcclOutputLink::NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device,
+                               size_t capacity_bytes, std::chrono::milliseconds timeout,
+                               std::chrono::milliseconds retry)
+    : peer_(std::move(peer)), peer_name_(std::move(peer_name)), device_(device), capacity_bytes_(capacity_bytes),
+      timeout_(timeout) {
+  const absl::Status first = Reconnect();
+  if (retry.count() > 0 && !Lasting(first)) KeepUp(retry);
+}
+
+NcclOutputLink::~NcclOutputLink() {
+  {
+    std::lock_guard<std::mutex> lock(keeper_mutex_);
+    stopping_ = true;
+  }
+  keeper_wake_.notify_all();
+  if (keeper_.joinable()) keeper_.join();
+}
+
+absl::Status NcclOutputLink::status() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return status_;
+}
+
+absl::Status NcclOutputLink::Reconnect() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  link_.reset();
+  status_ = absl::OkStatus();
+  // Each NCCL id starts a bootstrap thread that waits for the peer to join: none is made while
+  // the peer does not answer.
+  if (absl::Status answer = peer_->Answer(); !answer.ok()) {
+    status_ = absl::Status(answer.code(), absl::StrCat(peer_name_, ": ", answer.message()));
+    return status_;
+  }
+  status_ = MakeLink();
+  return status_;
+}
+
+absl::Status NcclOutputLink::MakeLink() {
+  absl::StatusOr<std::string> nccl_id = NcclLink::NewId();
+  if (!nccl_id.ok()) return nccl_id.status();
+  internal::v1::ConnectNcclRequest request;
+  request.set_nccl_id(*nccl_id);
+  std::random_device entropy;
+  uint64_t id = 0;
+  while (id == 0 || id == last_id_) id = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
+  request.set_link(id);
+  request.set_capacity_bytes(static_cast<int64_t>(capacity_bytes_));
+  request.set_replaces(last_id_);
+  // Users take the link with TryHold, so they send bytes while it is being made. The peer joins
+  // inside its ConnectNccl while this side joins here; a refusal there ends the wait here. The
+  // call's deadline leaves room for a join that ends near the timeout.
+  std::atomic<bool> refused{false};
+  absl::Status remote;
+  std::thread call([&] {
+    remote = peer_->ConnectNccl(request, timeout_ + std::chrono::seconds(5));
+    if (!remote.ok()) refused = true;
+  });
+  NcclLinkOptions options;
+  options.device = device_;
+  options.capacity_bytes = capacity_bytes_;
+  options.timeout = timeout_;
+  options.give_up = [&] { return refused.load() || stopping_.load(); };  // shutting down ends it
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(*nccl_id, 0, options);
+  call.join();
+  if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
+  last_id_ = id;  // the peer holds it, whether or not this side joined
+  if (!link.ok()) return link.status();
+  link_ = std::move(*link);
+  id_ = id;
+  return absl::OkStatus();
+}
+
+void NcclOutputLink::KeepUp(std::chrono::milliseconds retry) {
+  keeper_ = std::thread([this, retry] {
+    std::chrono::milliseconds wait = retry;
+    std::unique_lock<std::mutex> lock(keeper_mutex_);
+    while (!keeper_wake_.wait_for(lock, wait, [this] { return stopping_.load(); })) {
+      lock.unlock();
+      bool down = false;
+      {
+        std::lock_guard<std::mutex> hold(mutex_);
+        down = link_ == nullptr || link_->broken();
+      }
+      if (!down) {
+        wait = retry;
+      } else if (const absl::Status status = Reconnect(); status.ok()) {
+        spdlog::info("NCCL link to {} made", peer_name_);
+        wait = retry;
+      } else if (Lasting(status)) {
+        spdlog::warn("rows go to {} over gRPC: no NCCL link ({})", peer_name_, status.ToString());
+        return;
+      } else {
+        spdlog::warn("NCCL link to {} still down: {}", peer_name_, status.ToString());
+        wait = std::min(2 * wait, 16 * retry);
+      }
+      lock.lock();
+    }
+  });
+}
+
+std::unique_lock<std::mutex> NcclOutputLink::TryHold(int64_t rows, int64_t width) {
+  std::unique_lock<std::mutex> hold(mutex_, std::try_to_lock);
+  if (!hold.owns_lock()) return hold;
+  if (link_ == nullptr || link_->broken() || rows <= 0 || rows > link_->RowsWithin(width)) hold.unlock();
+  return hold;
+}
+
+kernels::TensorView NcclOutputLink::Rows(int64_t rows, int64_t width) {
+  return kernels::MakeView(link_->buffer(), kernels::DType::kF32, rows, width);
+}
+
+}  // namespace deltaserve::services

@@ -1,0 +1,260 @@
+// A stage on one GPU whose routed experts live in two expert shards on another GPU, each behind its
+// gRPC service and taking NCCL links: a layer's rows and slot outputs go device to device, in calls
+// no larger than a link's buffer, and the stage computes bit for bit what it computes with the
+// rows sent as bytes. A call a shard refuses after the rows went out breaks that link, and that
+// shard's calls go as bytes until it is made again; rows on a link a shard does not hold fail
+// cleanly and it keeps serving, and links past its limit are refused (those skip with the reason
+// where the build has no NCCL or the host fewer than two GPUs). Links past a shard's capacity,
+// and rows announced to a shard without links, are refused anywhere.
+#include "services/worker/nccl_expert_links.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include <random>
+
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "kernels/backend_factory.h"
+#include "model/kimi_linear_model.h"
+#include "services/common/server_runner.h"
+#include "services/transport/grpc_channels.h"
+#include "services/worker/remote_expert_runner.h"
+#include "tests/services/worker/counter_value.h"
+
+namespace deltaserve::services {
+namespace {
+
+const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-odd";
+constexpr int64_t kLinkRows = 8;  // fewer than a 16-token prefill's slots on either shard
+constexpr std::chrono::milliseconds kTimeout{20000};
+
+// A request for `tokens` tokens of layer 1 whose experts are `ids` (top_k each).
+internal::v1::RunExpertsRequest RequestFor(const model::KimiLinearConfig& config, const std::vector<int32_t>& ids) {
+  internal::v1::RunExpertsRequest request;
+  const int64_t tokens = static_cast<int64_t>(ids.size()) / config.num_experts_per_token;
+  request.set_layer(1);
+  request.set_num_tokens(tokens);
+  request.set_top_k(config.num_experts_per_token);
+  for (int32_t id : ids) request.add_expert_ids(id);
+  request.mutable_hidden()->assign(static_cast<size_t>(tokens * config.hidden_size) * sizeof(float), '\0');
+  return request;
+}
+
+TEST(NcclExpertLinksTest, RefusesLinksPastItsCapacityAndRowsOnLinksItDoesNotHold) {
+  auto backend = kernels::CreateBackend({.device = "cpu", .cpu_threads = 1}, nullptr);
+  ASSERT_NE(backend, nullptr);
+  auto shard = ExpertShard::Load(kFixture, *backend, 0, 20);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  NcclExpertLinks links(**shard, *backend, {.device = 0, .max_capacity_bytes = 1 << 20, .max_links = 2});
+  internal::v1::ConnectNcclRequest connect;
+  connect.set_nccl_id(std::string(128, 'x'));
+  connect.set_link(7);
+  connect.set_capacity_bytes((1 << 20) + 1);
+  EXPECT_EQ(links.Connect(connect).code(), absl::StatusCode::kInvalidArgument);
+  connect.set_capacity_bytes(1024);
+  connect.set_link(0);
+  EXPECT_EQ(links.Connect(connect).code(), absl::StatusCode::kInvalidArgument);
+
+  const model::KimiLinearConfig& config = (*shard)->config();
+  internal::v1::RunExpertsRequest request = RequestFor(config, {1, 25, 3, 30, 31, 32});
+  internal::v1::RunExpertsResponse response;
+  internal::v1::RunExpertsRequest over_link = request;
+  over_link.clear_hidden();
+  over_link.set_hidden_link(7);
+  EXPECT_EQ(links.RunExperts(over_link, &response).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*shard)->RunExperts(over_link, &response).code(), absl::StatusCode::kFailedPrecondition)
+      << "a shard without links takes no rows announced over one";
+  // Rows as bytes go to the shard: experts 1 and 3 are its, 25 and 30..32 not.
+  const absl::Status status = links.RunExperts(request, &response);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(response.slot_outputs().size(), 2 * config.hidden_size * sizeof(float));
+}
+
+std::unique_ptr<kernels::Backend> Gpu(int device, std::string* why) {
+  return kernels::CreateBackend({.device = "cuda", .cuda_device = device}, why);
+}
+
+// An expert shard on GPU 1 behind its own gRPC server, taking NCCL links.
+struct ShardServer {
+  std::unique_ptr<ExpertShard> shard;
+  std::unique_ptr<NcclExpertLinks> links;
+  std::unique_ptr<ExpertWorkerService> service;
+  std::unique_ptr<GrpcServer> server;
+  std::shared_ptr<GrpcExpertChannel> channel;
+};
+
+class NcclExpertsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    gpu0_ = Gpu(0, &why);
+    if (gpu0_ != nullptr) gpu1_ = Gpu(1, &why);
+    if (gpu0_ == nullptr || gpu1_ == nullptr) {
+      GTEST_SKIP() << "a stage and its experts on two GPUs need two GPUs: " << why;
+    }
+    if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
+    auto config = model::KimiLinearModel::Load(kFixture, *gpu0_);
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = (*config)->config();
+    const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
+    const int64_t split = 13;
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, split}, {split, config_.num_experts}}) {
+      ShardServer& s = shards_.emplace_back();
+      auto shard = ExpertShard::Load(kFixture, *gpu1_, begin, end);
+      ASSERT_TRUE(shard.ok()) << shard.status();
+      s.shard = std::move(*shard);
+      s.links = std::make_unique<NcclExpertLinks>(
+          *s.shard, *gpu1_, NcclExpertLinkLimits{.device = 1, .max_capacity_bytes = capacity, .max_links = 2,
+                                                 .timeout = kTimeout});
+      NcclExpertLinks* links = s.links.get();
+      s.service = std::make_unique<ExpertWorkerService>(
+          *s.links, WorkerDescription{},
+          [links](const internal::v1::ConnectNcclRequest& request) { return links->Connect(request); });
+      GrpcServerConfig server_config;
+      server_config.listen_address = "127.0.0.1:0";
+      grpc::Service* services[] = {s.service.get()};
+      auto server = GrpcServer::Start(server_config, services);
+      ASSERT_TRUE(server.ok()) << server.status();
+      s.server = std::move(*server);
+      s.channel = std::make_shared<GrpcExpertChannel>(
+          grpc::CreateChannel(s.server->address(), grpc::InsecureChannelCredentials()), kTimeout);
+      outputs_.push_back(std::make_unique<NcclOutputLink>(s.channel, "an expert shard", 0, capacity, kTimeout,
+                                                          std::chrono::milliseconds(0)));
+      ASSERT_TRUE(outputs_.back()->status().ok()) << outputs_.back()->status();
+      linked_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), outputs_.back().get()});
+      plain_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), nullptr});
+    }
+  }
+
+  // Runs `ids`' experts ([tokens, top_k]) for random rows through `runner` on GPU 0: the slots'
+  // outputs, or empty where the call failed (status in `status`).
+  std::vector<float> Run(RemoteExpertRunner& runner, const std::vector<int32_t>& ids, absl::Status* status) {
+    const int64_t k = config_.num_experts_per_token, tokens = static_cast<int64_t>(ids.size()) / k;
+    std::vector<float> host_x(static_cast<size_t>(tokens * config_.hidden_size));
+    std::mt19937 random(static_cast<uint32_t>(ids.size()));
+    std::normal_distribution<float> normal;
+    for (float& v : host_x) v = normal(random);
+    kernels::Tensor x = gpu0_->Allocate(tokens, config_.hidden_size, kernels::DType::kF32);
+    gpu0_->Upload(host_x.data(), x.view());
+    kernels::Tensor expert_ids = gpu0_->Allocate(tokens, k, kernels::DType::kI32);
+    gpu0_->Upload(ids.data(), expert_ids.view());
+    kernels::Tensor slots = gpu0_->Allocate(tokens * k, config_.hidden_size, kernels::DType::kF32);
+    *status = runner.RunExperts(1, x.view(), expert_ids.view(), slots.view());
+    if (!status->ok()) return {};
+    std::vector<float> out(static_cast<size_t>(tokens * k * config_.hidden_size));
+    gpu0_->Download(slots.view(), out.data());
+    return out;
+  }
+
+  std::unique_ptr<kernels::Backend> gpu0_, gpu1_;
+  model::KimiLinearConfig config_;
+  std::vector<ShardServer> shards_;
+  std::vector<std::unique_ptr<NcclOutputLink>> outputs_;
+  std::vector<ExpertShardLink> linked_, plain_;
+};
+
+TEST_F(NcclExpertsTest, AStageOverLinksComputesWhatItComputesWithBytes) {
+  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
+  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  std::vector<float> logits[2];
+  for (int i = 0; i < 2; ++i) {
+    model::ModelOptions options;
+    options.scope.load_routed_experts = false;
+    options.experts = i == 0 ? &linked : &plain;
+    auto model = model::KimiLinearModel::Load(kFixture, *gpu0_, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    // Two sequences in one packed batch (16 tokens, 48 slots: calls of at most 8 on either link),
+    // then a decode step of both.
+    auto state_a = (*model)->NewState();
+    auto state_b = (*model)->NewState();
+    const std::vector<int32_t> a = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46}, b = {26, 43, 38, 32, 7};
+    const model::SequenceInput prefill[] = {{a, state_a.get(), {0, 5, 10}}, {b, state_b.get(), {4}}};
+    ASSERT_TRUE((*model)->Forward(prefill, logits[i]).ok());
+    const std::vector<int32_t> next_a = {11}, next_b = {12};
+    const model::SequenceInput decode[] = {{next_a, state_a.get(), {0}}, {next_b, state_b.get(), {0}}};
+    std::vector<float> decoded;
+    ASSERT_TRUE((*model)->Forward(decode, decoded).ok());
+    logits[i].insert(logits[i].end(), decoded.begin(), decoded.end());
+  }
+  ASSERT_FALSE(logits[0].empty());
+  EXPECT_EQ(logits[0], logits[1]) << "the same kernels on the same rows, carried either way";
+  // Five MoE layers; the prefill's 48 slots take several calls a layer on each link.
+  EXPECT_GT(linked.calls_over_nccl(), 2 * 2 * 5);
+  EXPECT_EQ(linked.calls_as_bytes(), 0);
+  EXPECT_EQ(plain.calls_over_nccl(), 0);
+  EXPECT_GT(plain.calls_as_bytes(), 0);
+}
+
+TEST_F(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheLinkIsMadeAgain) {
+  prometheus::Registry registry;
+  auto metrics = ExpertCallMetrics::Create(registry);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size, metrics->get());
+  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  // Over the same links, a runner that expects another model of the low shard: that shard takes
+  // the rows, then refuses the call.
+  std::vector<ExpertShardLink> wrong = linked_;
+  wrong[0].model_fingerprint ^= 1;
+  RemoteExpertRunner refused(*gpu0_, wrong, config_.hidden_size, metrics->get());
+  const std::vector<int32_t> ids = {1, 20, 30, 2, 3, 25, 39, 12, 0};
+  absl::Status status;
+  const std::vector<float> expected = Run(plain, ids, &status);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_TRUE(Run(refused, ids, &status).empty());
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+  EXPECT_TRUE(outputs_[0]->link().broken());
+  EXPECT_FALSE(outputs_[1]->link().broken());
+  EXPECT_EQ(testing::CounterValue(registry, "deltaserve_stage_expert_nccl_link_failures_total"), 1);
+
+  EXPECT_EQ(Run(linked, ids, &status), expected);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(linked.calls_as_bytes(), 1) << "the low shard's call, its link down";
+  EXPECT_EQ(linked.calls_over_nccl(), 1);
+  ASSERT_TRUE(outputs_[0]->Reconnect().ok());
+  EXPECT_EQ(shards_[0].links->links(), 1) << "the new link replaced the broken one";
+  EXPECT_EQ(Run(linked, ids, &status), expected);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(linked.calls_over_nccl(), 3);
+  // The high shard's call of the refused runner went over its link too.
+  EXPECT_EQ(testing::CounterValue(registry, "deltaserve_stage_expert_calls_total", "path", "nccl"), 4);
+  EXPECT_EQ(testing::CounterValue(registry, "deltaserve_stage_expert_calls_total", "path", "bytes"), 1);
+}
+
+TEST_F(NcclExpertsTest, RowsAnnouncedOnAnUnknownLinkFailAndTheShardKeepsServing) {
+  internal::v1::RunExpertsRequest stray = RequestFor(config_, {1, 2, 3});
+  stray.clear_hidden();
+  stray.set_hidden_link(outputs_[0]->id() + 1);
+  internal::v1::RunExpertsResponse response;
+  EXPECT_EQ(shards_[0].channel->RunExperts(stray, &response).code(), absl::StatusCode::kFailedPrecondition);
+  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
+  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  const std::vector<int32_t> ids = {1, 2, 3, 14, 15, 16};
+  absl::Status status;
+  const std::vector<float> expected = Run(plain, ids, &status);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Run(linked, ids, &status), expected);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(linked.calls_over_nccl(), 2);
+}
+
+TEST_F(NcclExpertsTest, AShardRefusesLinksPastItsLimitAndKeepsTheOnesItHolds) {
+  const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
+  NcclOutputLink second(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0));
+  ASSERT_TRUE(second.status().ok()) << second.status();
+  NcclOutputLink third(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0));
+  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  EXPECT_EQ(shards_[0].links->links(), 2);
+  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
+  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  const std::vector<int32_t> ids = {4, 5, 6, 21, 22, 23};
+  absl::Status status;
+  const std::vector<float> expected = Run(plain, ids, &status);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Run(linked, ids, &status), expected);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(linked.calls_over_nccl(), 2);
+}
+
+}  // namespace
+}  // namespace deltaserve::services
