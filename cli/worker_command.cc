@@ -23,9 +23,9 @@ class WorkerCommand final : public Subcommand {
                     "Stage: comma-separated expert worker addresses; empty: experts held here");
     cmd->add_option("--session-store", stage_.session_store, "Stage: session store address");
     cmd->add_option("--max-open-sequences", stage_.max_open_sequences)->capture_default_str();
-    cmd->add_option("--nccl-max-rows", stage_.nccl_max_rows,
-                    "On a GPU: a stage sends the hidden rows of steps up to this many tokens to the next stage, and "
-                    "its tokens' rows and slot outputs to each expert worker in calls up to this many, over NCCL; "
+    cmd->add_option("--nccl-max-rows", nccl_max_rows_,
+                    "On a GPU: a stage hands the hidden rows of steps up to this many tokens to the next stage over "
+                    "NCCL, and calls each expert worker over NCCL with up to this many token rows and slot outputs; "
                     "peers may link to this worker for as many (0: always gRPC)")
         ->capture_default_str()
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
@@ -33,7 +33,8 @@ class WorkerCommand final : public Subcommand {
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     cmd->add_option("--nccl-max-links", experts_config_.nccl_max_links,
-                    "Experts on a GPU: NCCL links held at once (one per stage)")
+                    "Experts on a GPU: NCCL links held at once (one per stage process; at the limit the idle one "
+        "used longest ago goes)")
         ->capture_default_str()
         ->check(CLI::Range(1, 1024));
     cmd->add_option("--nccl-retry-ms", nccl_retry_ms_, "Stage on a GPU: how often a broken NCCL link is made again")
@@ -60,6 +61,7 @@ class WorkerCommand final : public Subcommand {
         stage_.model_dir = engine_.model_dir;
         stage_.backend = BackendChoiceFrom(engine_);
         stage_.layers = LayerOptionsFrom(engine_);
+        stage_.nccl_max_rows = nccl_max_rows_;
         stage_.nccl_timeout = std::chrono::milliseconds(nccl_timeout_ms_);
         stage_.nccl_retry = std::chrono::milliseconds(nccl_retry_ms_);
         return services::StartStageWorker(stage_);
@@ -77,7 +79,7 @@ class WorkerCommand final : public Subcommand {
       experts_config_.process = flags_.process;
       experts_config_.model_dir = engine_.model_dir;
       experts_config_.backend = BackendChoiceFrom(engine_);
-      experts_config_.nccl_max_rows = stage_.nccl_max_rows;
+      experts_config_.nccl_max_rows = nccl_max_rows_;
       experts_config_.nccl_timeout = std::chrono::milliseconds(nccl_timeout_ms_);
       return services::StartExpertWorker(experts_config_);
     });
@@ -88,6 +90,7 @@ class WorkerCommand final : public Subcommand {
   std::string layers_;
   std::string experts_;
   std::string expert_workers_;
+  int64_t nccl_max_rows_ = 8192;
   int64_t nccl_timeout_ms_ = 30'000;
   int64_t nccl_retry_ms_ = 10'000;
   EngineArgs engine_;

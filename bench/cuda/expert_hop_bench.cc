@@ -194,10 +194,19 @@ int main(int argc, char** argv) {
     gpu0->Download(slots.view(), a.data());
     gpu0->Download(check.view(), b.data());
     if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0) Fail("NCCL and bytes outputs differ");
-    std::printf("{\"gpu\": \"%s\", \"case\": \"expert_hop\", \"tokens\": %lld, \"mb_each_way\": %.2f, "
-                "\"nccl_ms\": %.4f, \"grpc_bytes_ms\": %.4f, \"local_ms\": %.4f, \"bytes_over_nccl\": %.2f}\n",
-                prop.name, static_cast<long long>(tokens), tokens * k * hidden * 4.0 / 1e6, nccl_ms, bytes_ms,
-                local_ms, bytes_ms / nccl_ms);
+    // Rows out: each shard's tokens (those routed to it at least once); back: every slot's output.
+    int64_t rows_out = 0;
+    for (const ds::services::ExpertShardLink& shard : linked) {
+      for (const ds::services::ExpertCall& call :
+           ds::services::PlanExpertCalls(host_ids.data(), tokens, k, shard.expert_begin, shard.expert_end, 0)) {
+        rows_out += static_cast<int64_t>(call.tokens.size());
+      }
+    }
+    std::printf("{\"gpu\": \"%s\", \"case\": \"expert_hop\", \"tokens\": %lld, \"mb_out\": %.2f, "
+                "\"mb_back\": %.2f, \"nccl_ms\": %.4f, \"grpc_bytes_ms\": %.4f, \"local_ms\": %.4f, "
+                "\"bytes_over_nccl\": %.2f}\n",
+                prop.name, static_cast<long long>(tokens), rows_out * hidden * 4.0 / 1e6,
+                tokens * k * hidden * 4.0 / 1e6, nccl_ms, bytes_ms, local_ms, bytes_ms / nccl_ms);
     std::fflush(stdout);
   }
   return 0;

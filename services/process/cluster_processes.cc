@@ -6,6 +6,8 @@
 #include <mutex>
 #include <thread>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
@@ -36,6 +38,11 @@ namespace deltaserve::services {
 namespace {
 
 std::string Hex(uint64_t value) { return absl::StrFormat("%016x", value); }
+
+std::string HostName() {
+  char name[256] = {};
+  return gethostname(name, sizeof(name) - 1) == 0 ? std::string(name) : std::string("unknown-host");
+}
 
 // The parts of a role, destroyed in reverse order of declaration after the server stops.
 class Process final : public RunningProcess {
@@ -188,6 +195,13 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   // it asks.
   const bool on_gpu = config.backend.device == "cuda" && config.nccl_max_rows > 0;
   const size_t capacity = static_cast<size_t>(config.nccl_max_rows * model_config.hidden_size) * sizeof(float);
+  // How this stage names itself to the expert workers: one link each per owner.
+  const std::string owner = absl::StrCat(HostName(), " ", config.process.server.listen_address, " layers ",
+                                         config.layer_begin, "-", config.layer_end - 1);
+  if (on_gpu && !config.expert_workers.empty() && config.nccl_max_rows < model_config.num_experts_per_token) {
+    spdlog::warn("--nccl-max-rows {} is below a token's {} slots: calls to expert workers go over gRPC",
+                 config.nccl_max_rows, model_config.num_experts_per_token);
+  }
   std::vector<ExpertShardLink> links;
   std::vector<std::string> shard_fingerprints;
   for (const std::string& address : config.expert_workers) {
@@ -204,9 +218,9 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     if (on_gpu) {
       const std::string name = absl::StrCat("expert worker ", address);
       nccl = std::make_shared<NcclOutputLink>(expert_channel, name, config.backend.cuda_device, capacity,
-                                              config.nccl_timeout, config.nccl_retry);
+                                              config.nccl_timeout, config.nccl_retry, owner);
       if (const absl::Status status = nccl->status(); status.ok()) {
-        spdlog::info("rows of calls up to {} slots go to {} over NCCL", config.nccl_max_rows, name);
+        spdlog::info("calls of up to {} token rows and slot outputs go to {} over NCCL", config.nccl_max_rows, name);
       } else {
         spdlog::warn("rows go to {} over gRPC for now: no NCCL link ({})", name, status.ToString());
       }

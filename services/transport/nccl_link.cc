@@ -188,7 +188,7 @@ class Link final : public NcclLink {
     return absl::OkStatus();
   }
 
-  absl::Status WaitForComm(const char* what, Clock::time_point deadline, const GiveUp& give_up = nullptr) {
+  absl::Status WaitForComm(const char* what, Clock::time_point deadline, const GiveUp& give_up) {
     const absl::Status status = PollUntil(deadline, what, [&](bool& finished) {
       if (absl::Status state = CommState(finished, what); !state.ok() || finished) return state;
       return GaveUp(give_up, what);
@@ -205,7 +205,8 @@ class Link final : public NcclLink {
       }
       if (query != cudaErrorNotReady) return CudaStatus(query, what);
       bool comm_idle = false;
-      if (absl::Status state = CommState(comm_idle, what); !state.ok()) return state;  // the peer's failure
+      // The peer's failure shows in the communicator's state.
+      if (absl::Status state = CommState(comm_idle, what); !state.ok()) return state;
       return GaveUp(give_up, what);
     });
     return status.ok() ? status : Fail(status);

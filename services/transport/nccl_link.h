@@ -1,8 +1,9 @@
 // The workers' data plane between GPUs: a two-rank NCCL communicator between this process's GPU
 // and one peer's, with a device buffer of fixed capacity on each side for what crosses it (a
-// stage's hidden rows). The control stays on gRPC: the side that starts a link makes its id
-// (NewId) and sends it to the peer (StageWorker.ConnectNccl), and both Join; afterwards each
-// transfer is announced by the gRPC call that needs it.
+// stage's hidden rows to the next stage; a stage's tokens' rows to an expert shard and their
+// slots' outputs back). The control stays on gRPC: the side that starts a link makes its id
+// (NewId) and sends it to the peer (StageWorker.ConnectNccl, ExpertWorker.ConnectNccl), and both
+// Join; afterwards each transfer is announced by the gRPC call that needs it.
 //
 // Every wait is bounded by the link's timeout. A transfer that does not finish in time (the peer
 // went away, or never posted its side) aborts the communicator: the link is then broken for good

@@ -1,7 +1,10 @@
 #include "services/worker/nccl_expert_links.h"
 
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "spdlog/spdlog.h"
 
 namespace deltaserve::services {
 
@@ -12,22 +15,41 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
                                                    limits_.max_capacity_bytes, " bytes; it asked for ",
                                                    request.capacity_bytes()));
   }
+  // Links dropped here go once the lock is released: aborting one may wait for the device.
+  std::vector<std::shared_ptr<Entry>> dropped;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto it = links_.begin(); it != links_.end();) {
       std::unique_lock<std::mutex> idle(it->second->busy, std::try_to_lock);
       const bool drop = it->first == request.replaces() || it->first == request.link() ||
+                        (!request.owner().empty() && it->second->owner == request.owner()) ||
                         (idle.owns_lock() && it->second->link->broken());
-      if (idle.owns_lock()) idle.unlock();  // before the entry may go
+      if (idle.owns_lock()) idle.unlock();
+      if (drop) dropped.push_back(it->second);
       it = drop ? links_.erase(it) : std::next(it);
     }
-    if (static_cast<int>(links_.size()) + joining_ >= limits_.max_links) {
-      return absl::ResourceExhaustedError(absl::StrCat("this expert shard holds ", links_.size(),
-                                                       " NCCL links and joins ", joining_,
-                                                       ", its limit (--nccl-max-links)"));
+    while (static_cast<int>(links_.size()) + joining_ >= limits_.max_links) {
+      // At the limit, the idle link used longest ago goes (its stage, if still up, makes another).
+      auto oldest = links_.end();
+      for (auto it = links_.begin(); it != links_.end(); ++it) {
+        std::unique_lock<std::mutex> idle(it->second->busy, std::try_to_lock);
+        if (idle.owns_lock() && (oldest == links_.end() || it->second->last_used < oldest->second->last_used)) {
+          oldest = it;
+        }
+      }
+      if (oldest == links_.end()) {
+        return absl::ResourceExhaustedError(absl::StrCat("this expert shard holds ", links_.size(),
+                                                         " NCCL links, all busy, and joins ", joining_,
+                                                         ", its limit (--nccl-max-links)"));
+      }
+      spdlog::warn("NCCL link of {} dropped for {}: this expert shard holds its limit of {} links",
+                   oldest->second->owner, request.owner(), limits_.max_links);
+      dropped.push_back(oldest->second);
+      links_.erase(oldest);
     }
     ++joining_;  // stages join at once, each its own link
   }
+  dropped.clear();
   NcclLinkOptions options;
   options.device = limits_.device;
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
@@ -38,6 +60,8 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
   if (!link.ok()) return link.status();
   auto entry = std::make_shared<Entry>();
   entry->link = std::move(*link);
+  entry->owner = request.owner();
+  entry->last_used = std::chrono::steady_clock::now();
   links_[request.link()] = std::move(entry);
   return absl::OkStatus();
 }
@@ -64,6 +88,7 @@ absl::Status NcclExpertLinks::RunExperts(const internal::v1::RunExpertsRequest& 
     return absl::FailedPreconditionError(
         absl::StrCat("NCCL link ", request.hidden_link(), " is carrying another call"));
   }
+  entry->last_used = std::chrono::steady_clock::now();
   return RunOverLink(*entry, request, response);
 }
 

@@ -1,5 +1,5 @@
 // An expert shard's side of the NCCL data plane (services/transport/nccl_link.h): a link per stage
-// that made one (ExpertWorker.ConnectNccl), up to a limit. A RunExperts call that names a link
+// process that made one (ExpertWorker.ConnectNccl), up to a limit. A RunExperts call that names a link
 // receives its tokens' hidden rows over it, runs them, and sends the held slots' outputs back
 // over it before it answers; calls that carry their rows as bytes go to the shard as they are.
 #pragma once
@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
@@ -30,8 +31,9 @@ class NcclExpertLinks final : public ExpertChannel {
   NcclExpertLinks(ExpertShard& shard, kernels::Backend& backend, NcclExpertLinkLimits limits)
       : shard_(shard), backend_(backend), limits_(limits) {}
 
-  // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once), dropping the one
-  // it replaces and any broken one; RESOURCE_EXHAUSTED while the shard holds or joins its limit.
+  // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once). It drops the link
+  // the request replaces, any earlier link of the same owner (a stage restarted) and any broken
+  // one; at the limit, the idle link used longest ago. RESOURCE_EXHAUSTED where every link is busy.
   absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;
@@ -41,6 +43,8 @@ class NcclExpertLinks final : public ExpertChannel {
   struct Entry {
     std::mutex busy;  // held by a call from its receive to the end of its send
     std::unique_ptr<NcclLink> link;
+    std::string owner;  // the stage that made it (ConnectNcclRequest.owner)
+    std::chrono::steady_clock::time_point last_used;  // guarded by busy
   };
   absl::Status RunOverLink(Entry& entry, const internal::v1::RunExpertsRequest& request,
                            internal::v1::RunExpertsResponse* response);

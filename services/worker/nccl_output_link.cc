@@ -20,9 +20,9 @@ bool Lasting(const absl::Status& status) {
 
 NcclOutputLink::NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device,
                                size_t capacity_bytes, std::chrono::milliseconds timeout,
-                               std::chrono::milliseconds retry)
-    : peer_(std::move(peer)), peer_name_(std::move(peer_name)), device_(device), capacity_bytes_(capacity_bytes),
-      timeout_(timeout) {
+                               std::chrono::milliseconds retry, std::string owner)
+    : peer_(std::move(peer)), peer_name_(std::move(peer_name)), owner_(std::move(owner)), device_(device),
+      capacity_bytes_(capacity_bytes), timeout_(timeout) {
   const absl::Status first = Reconnect();
   if (retry.count() > 0 && !Lasting(first)) KeepUp(retry);
 }
@@ -66,6 +66,7 @@ absl::Status NcclOutputLink::MakeLink() {
   request.set_link(id);
   request.set_capacity_bytes(static_cast<int64_t>(capacity_bytes_));
   request.set_replaces(last_id_);
+  request.set_owner(owner_);
   // Users take the link with TryHold, so they send bytes while it is being made. The peer joins
   // inside its ConnectNccl while this side joins here; a refusal there ends the wait here. The
   // call's deadline leaves room for a join that ends near the timeout.

@@ -27,8 +27,9 @@ class NcclOutputLink {
   // is tried again after `retry`, the wait doubling up to 16 × retry while attempts fail, and
   // only once the peer answers; a refusal that will not change (the peer takes no links, or none
   // this large) ends the attempts. Zero `retry`: only Reconnect makes links.
+  // `owner` names this side to the peer (ConnectNcclRequest.owner; may be empty).
   NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device, size_t capacity_bytes,
-                 std::chrono::milliseconds timeout, std::chrono::milliseconds retry);
+                 std::chrono::milliseconds timeout, std::chrono::milliseconds retry, std::string owner = "");
   // May wait for a link being made, up to the timeout.
   ~NcclOutputLink();
 
@@ -53,13 +54,14 @@ class NcclOutputLink {
 
   const std::shared_ptr<NcclPeer> peer_;
   const std::string peer_name_;
+  const std::string owner_;
   const int device_;
   const size_t capacity_bytes_;
   const std::chrono::milliseconds timeout_;
-  mutable std::mutex mutex_;  // held by a use from its copy into the buffer until the transfers' end
+  mutable std::mutex mutex_;  // held by a use from its copy into the buffer to its transfers' end
   std::unique_ptr<NcclLink> link_;
   uint64_t id_ = 0;
-  uint64_t last_id_ = 0;  // the link the peer may still hold
+  uint64_t last_id_ = 0;  // the link the peer may still hold (also after a join that failed here)
   absl::Status status_;   // guarded by mutex_
   std::atomic<int64_t> sent_{0};
   std::mutex keeper_mutex_;

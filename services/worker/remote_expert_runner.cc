@@ -53,6 +53,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
   if (x.cols != hidden || slot_out.cols != hidden || slot_out.rows != n * k || expert_ids.rows != n) {
     return absl::InternalError(absl::StrCat("layer ", layer, ": expert tensors of mismatched shapes"));
   }
+  if (n == 0) return absl::OkStatus();
   std::vector<int32_t> host_ids(static_cast<size_t>(n * k));
   backend_.Download(expert_ids, host_ids.data());
   for (int32_t id : host_ids) {
@@ -65,9 +66,9 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
   // otherwise one call with the rows as bytes. Every slot's output lands in row row_of_slot[slot]
   // of `returned`, a call's rows together.
   struct ShardCalls {
-    std::unique_lock<std::mutex> link;  // held while the calls use the shard's link
+    std::unique_lock<std::mutex> link_hold;  // held while the calls use the shard's link
     std::vector<ExpertCall> calls;
-    internal::v1::RunExpertsResponse bytes;  // a bytes call's answer
+    internal::v1::RunExpertsResponse bytes_response;  // a bytes call's answer
     absl::Status status;
   };
   std::vector<ShardCalls> work(shards_.size());
@@ -78,11 +79,11 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
   for (size_t s = 0; s < shards_.size(); ++s) {
     const ExpertShardLink& shard = shards_[s];
     ShardCalls& w = work[s];
-    if (shard.nccl != nullptr) w.link = shard.nccl->TryHold(k, hidden);
-    const int64_t max_rows = w.link.owns_lock() ? shard.nccl->link().RowsWithin(hidden) : 0;
+    if (shard.nccl != nullptr) w.link_hold = shard.nccl->TryHold(k, hidden);
+    const int64_t max_rows = w.link_hold.owns_lock() ? shard.nccl->link().RowsWithin(hidden) : 0;
     w.calls = PlanExpertCalls(host_ids.data(), n, k, shard.expert_begin, shard.expert_end, max_rows);
-    if (w.calls.empty() && w.link.owns_lock()) w.link.unlock();
-    any_bytes = any_bytes || (!w.link.owns_lock() && !w.calls.empty());
+    if (w.calls.empty() && w.link_hold.owns_lock()) w.link_hold.unlock();
+    any_bytes = any_bytes || (!w.link_hold.owns_lock() && !w.calls.empty());
     rounds = std::max(rounds, w.calls.size());
     for (const ExpertCall& call : w.calls) {
       for (int64_t slot : call.slots) row_of_slot[static_cast<size_t>(slot)] = rows++;
@@ -101,7 +102,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
   for (size_t round = 0; round < rounds; ++round) {
     bool over_links = false;
     for (size_t s = 0; s < shards_.size(); ++s) {
-      if (!work[s].link.owns_lock() || round >= work[s].calls.size()) continue;
+      if (!work[s].link_hold.owns_lock() || round >= work[s].calls.size()) continue;
       const std::vector<int64_t>& tokens = work[s].calls[round].tokens;
       backend_.GatherRows(x, tokens, shards_[s].nccl->Rows(static_cast<int64_t>(tokens.size()), hidden));
       over_links = true;
@@ -114,11 +115,27 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
         ShardCalls& w = work[s];
         const ExpertCall& call = w.calls[round];
         internal::v1::RunExpertsRequest request = Request(shards_[s], layer, k, call, host_ids.data());
-        w.status = w.link.owns_lock() ? CallOverLink(shards_[s], std::move(request), call)
-                                      : CallWithBytes(shards_[s], std::move(request), call, host_x.data(), w.bytes);
+        w.status = w.link_hold.owns_lock() ? CallOverLink(shards_[s], std::move(request), call)
+                                      : CallWithBytes(shards_[s], std::move(request), call, host_x.data(), w.bytes_response);
       });
     }
     for (std::thread& thread : threads) thread.join();
+    // A shard that refused a call on its link before taking the rows (it lost the link: it was
+    // restarted, or dropped it at its limit) gets them as bytes, now and for the rest of the layer.
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      ShardCalls& w = work[s];
+      if (round >= w.calls.size() || !w.link_hold.owns_lock() ||
+          w.status.code() != absl::StatusCode::kFailedPrecondition) {
+        continue;
+      }
+      w.link_hold.unlock();  // broken by the refusal
+      if (host_x.empty()) {
+        host_x.resize(static_cast<size_t>(n * hidden));
+        backend_.Download(x, host_x.data());
+      }
+      w.status = CallWithBytes(shards_[s], Request(shards_[s], layer, k, w.calls[round], host_ids.data()),
+                               w.calls[round], host_x.data(), w.bytes_response);
+    }
     for (size_t s = 0; s < shards_.size(); ++s) {
       const absl::Status& status = work[s].status;
       if (!status.ok()) {
@@ -131,10 +148,10 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
       const std::vector<int64_t>& slots = work[s].calls[round].slots;
       const int64_t count = static_cast<int64_t>(slots.size());
       const kernels::TensorView into = returned.view().Rows(row_of_slot[static_cast<size_t>(slots.front())], count);
-      if (work[s].link.owns_lock()) {
+      if (work[s].link_hold.owns_lock()) {
         backend_.Copy(shards_[s].nccl->Rows(count, hidden), into);
       } else {
-        backend_.Upload(work[s].bytes.slot_outputs().data(), into);
+        backend_.Upload(work[s].bytes_response.slot_outputs().data(), into);
       }
     }
     if (over_links) backend_.Synchronize();  // the links' buffers are free again
@@ -164,7 +181,10 @@ absl::Status RemoteExpertRunner::CallOverLink(const ExpertShardLink& shard, inte
   const size_t row_bytes = static_cast<size_t>(hidden_size_) * sizeof(float);
   const int64_t expected = static_cast<int64_t>(call.slots.size());
   request.set_hidden_link(shard.nccl->id());
-  if (absl::Status status = link.StartSend(call.tokens.size() * row_bytes); !status.ok()) return status;
+  if (absl::Status status = link.StartSend(call.tokens.size() * row_bytes); !status.ok()) {
+    if (link.broken() && metrics_ != nullptr) metrics_->LinkFailed();
+    return status;
+  }
   shard.nccl->CountSent();
   // The shard receives the rows, runs them and sends the outputs back before it answers, so an
   // answer that is not that ends the waits here (and breaks the link).
@@ -176,8 +196,8 @@ absl::Status RemoteExpertRunner::CallOverLink(const ExpertShardLink& shard, inte
     if (!remote.ok() || response.slot_rows() != expected) failed = true;
   });
   const NcclLink::GiveUp give_up = [&] { return failed.load(); };
-  absl::Status moved = link.FinishSend(give_up);
-  if (moved.ok()) moved = link.Receive(call.slots.size() * row_bytes, give_up);
+  absl::Status transfers = link.FinishSend(give_up);
+  if (transfers.ok()) transfers = link.Receive(call.slots.size() * row_bytes, give_up);
   rpc.join();
   if (remote.ok() && response.slot_rows() != expected) {
     link.Break();
@@ -186,7 +206,7 @@ absl::Status RemoteExpertRunner::CallOverLink(const ExpertShardLink& shard, inte
   }
   if (link.broken() && metrics_ != nullptr) metrics_->LinkFailed();
   if (!remote.ok()) return remote;
-  if (!moved.ok()) return moved;
+  if (!transfers.ok()) return transfers;
   ++calls_over_nccl_;
   if (metrics_ != nullptr) metrics_->Called(true);
   return absl::OkStatus();

@@ -33,7 +33,7 @@ struct ExpertCall {
 };
 
 // The calls that carry the tokens routed to experts [begin, end) (ids: [n, k]), in token order:
-// one call, or (max_rows > 0) calls of at most max_rows tokens and as many slots.
+// one call, or (max_rows > 0, at least k) calls of at most max_rows tokens and as many slots.
 std::vector<ExpertCall> PlanExpertCalls(const int32_t* ids, int64_t n, int64_t k, int64_t begin, int64_t end,
                                         int64_t max_rows);
 

@@ -109,6 +109,7 @@ lint_render variants "--expect-kind=ServiceMonitor --expect-kind=HorizontalPodAu
   --set envoy.service.type=LoadBalancer --set 'envoy.service.loadBalancerSourceRanges={10.0.0.0/8}' \
   --set router.antiAffinity=hard --set stage.antiAffinity=none
 lint_render no-experts "" -- -f "${values}" --set-json 'topology.expertShards=[]' --set router.autoscaling.enabled=false
+lint_render gpu-nccl "--gpu" -- -f "${gpu}" --set stage.ncclMaxRows=8192 --set networkPolicy.enabled=true
 lint_render no-store "" -- -f "${values}" --set sessionStore.enabled=false
 # A release name near the longest Helm allows (53 characters): StatefulSet names must stay within 52.
 release=a-release-name-of-the-longest-length-helm-allows-53 lint_render long-release "" -- -f "${values}"

@@ -446,6 +446,33 @@ function checkNetworkPolicies(objects, workloads, options, fail) {
   }
 }
 
+// Workers started with --nccl-max-rows above 0 make NCCL links, whose sockets use ports NCCL picks
+// in both directions: where NetworkPolicies select a stage, they must admit stage and expert pods
+// on every port, and where they select an expert shard, stage pods.
+function checkNcclPeers(objects, workloads, fail) {
+  const policies = objects.filter((o) => o.kind === "NetworkPolicy");
+  const ncclRows = (w) => {
+    const args = w.spec.template.spec.containers.flatMap((c) => [...(c.command ?? []), ...(c.args ?? [])]);
+    const flag = args.map((a) => /^--nccl-max-rows=(\d+)$/.exec(a)).find((m) => m);
+    return flag ? Number(flag[1]) : 0;
+  };
+  const linking = workloads.filter((w) => ["stage", "expert"].includes(componentOf(w)) && ncclRows(w) > 0);
+  const hasExperts = linking.some((w) => componentOf(w) === "expert");
+  for (const w of linking) {
+    const labels = w.spec.template.metadata.labels;
+    const selecting = policies.filter((np) => labelsMatch(np.spec?.podSelector?.matchLabels, labels) &&
+                                             (np.spec.policyTypes ?? ["Ingress"]).includes("Ingress"));
+    if (selecting.length === 0) continue;
+    const everyPort = selecting.flatMap((np) => (np.spec.ingress ?? []).filter((r) => !r.ports || r.ports.length === 0));
+    const admits = (component) => everyPort.some((r) => !r.from || r.from.some(
+      (p) => p.podSelector?.matchLabels?.[COMPONENT] === component && !p.namespaceSelector));
+    const needed = componentOf(w) === "stage" ? (hasExperts ? ["stage", "expert"] : ["stage"]) : ["stage"];
+    for (const component of needed.filter((c) => !admits(c))) {
+      fail.push(`${ref(w)}: makes NCCL links (--nccl-max-rows) but admits no ${component} pods on every port`);
+    }
+  }
+}
+
 function checkEnvoy(objects, workloads, services, options, fail) {
   const envoyObjects = objects.filter((o) => componentOf(o) === "envoy");
   const envoyImages = workloads.flatMap((w) => w.spec.template.spec.containers)
@@ -614,6 +641,7 @@ function validate(objects, options) {
   checkTopology(objects, workloads, fail);
   checkRouter(workloads, services, objects, options, fail);
   checkNetworkPolicies(objects, workloads, options, fail);
+  checkNcclPeers(objects, workloads, fail);
   checkEnvoy(objects, workloads, services, options, fail);
   checkCustomResources(objects, services, options, fail);
   checkDisruptionBudgets(objects, workloads, fail);

@@ -1,11 +1,12 @@
 // A stage on one GPU whose routed experts live in two expert shards on another GPU, each behind its
 // gRPC service and taking NCCL links: a layer's rows and slot outputs go device to device, in calls
 // no larger than a link's buffer, and the stage computes bit for bit what it computes with the
-// rows sent as bytes. A call a shard refuses after the rows went out breaks that link, and that
-// shard's calls go as bytes until it is made again; rows on a link a shard does not hold fail
-// cleanly and it keeps serving, and links past its limit are refused (those skip with the reason
-// where the build has no NCCL or the host fewer than two GPUs). Links past a shard's capacity,
-// and rows announced to a shard without links, are refused anywhere.
+// rows sent as bytes. A call a shard refuses breaks that link, and that shard's calls go as bytes
+// until it is made again; rows on a link a shard does not hold fail cleanly and it keeps serving;
+// at its limit of links a shard drops the one idle longest, whose stage then gets its calls' rows
+// through as bytes; a stage's new link replaces its old one (those skip with the reason where the
+// build has no NCCL or the host fewer than two GPUs). Links past a shard's capacity, and rows
+// announced to a shard without links, are refused anywhere.
 #include "services/worker/nccl_expert_links.h"
 
 #include <grpcpp/create_channel.h>
@@ -16,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
 #include "kernels/backend_factory.h"
+#include "model/config/model_source.h"
 #include "model/kimi_linear_model.h"
 #include "services/common/server_runner.h"
 #include "services/transport/grpc_channels.h"
@@ -28,6 +30,7 @@ namespace {
 const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-odd";
 constexpr int64_t kLinkRows = 8;  // fewer than a 16-token prefill's slots on either shard
 constexpr std::chrono::milliseconds kTimeout{20000};
+const std::string kOwner = "the stage under test";
 
 // A request for `tokens` tokens of layer 1 whose experts are `ids` (top_k each).
 internal::v1::RunExpertsRequest RequestFor(const model::KimiLinearConfig& config, const std::vector<int32_t>& ids) {
@@ -94,9 +97,9 @@ class NcclExpertsTest : public ::testing::Test {
       GTEST_SKIP() << "a stage and its experts on two GPUs need two GPUs: " << why;
     }
     if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
-    auto config = model::KimiLinearModel::Load(kFixture, *gpu0_);
+    absl::StatusOr<model::KimiLinearConfig> config = model::LoadModelSourceConfig(kFixture);
     ASSERT_TRUE(config.ok()) << config.status();
-    config_ = (*config)->config();
+    config_ = *config;
     const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
     const int64_t split = 13;
     for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, split}, {split, config_.num_experts}}) {
@@ -120,7 +123,7 @@ class NcclExpertsTest : public ::testing::Test {
       s.channel = std::make_shared<GrpcExpertChannel>(
           grpc::CreateChannel(s.server->address(), grpc::InsecureChannelCredentials()), kTimeout);
       outputs_.push_back(std::make_unique<NcclOutputLink>(s.channel, "an expert shard", 0, capacity, kTimeout,
-                                                          std::chrono::milliseconds(0)));
+                                                          std::chrono::milliseconds(0), kOwner));
       ASSERT_TRUE(outputs_.back()->status().ok()) << outputs_.back()->status();
       linked_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), outputs_.back().get()});
       plain_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), nullptr});
@@ -192,8 +195,8 @@ TEST_F(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheL
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size, metrics->get());
   RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
-  // Over the same links, a runner that expects another model of the low shard: that shard takes
-  // the rows, then refuses the call.
+  // Over the same links, a runner that expects another model of the low shard: that shard refuses
+  // the call (and the retry as bytes) before taking the rows, and breaks its link.
   std::vector<ExpertShardLink> wrong = linked_;
   wrong[0].model_fingerprint ^= 1;
   RemoteExpertRunner refused(*gpu0_, wrong, config_.hidden_size, metrics->get());
@@ -238,12 +241,15 @@ TEST_F(NcclExpertsTest, RowsAnnouncedOnAnUnknownLinkFailAndTheShardKeepsServing)
   EXPECT_EQ(linked.calls_over_nccl(), 2);
 }
 
-TEST_F(NcclExpertsTest, AShardRefusesLinksPastItsLimitAndKeepsTheOnesItHolds) {
+TEST_F(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesOnAsBytes) {
   const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
-  NcclOutputLink second(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0));
+  NcclOutputLink second(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
+                        "another stage");
   ASSERT_TRUE(second.status().ok()) << second.status();
-  NcclOutputLink third(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0));
-  EXPECT_EQ(third.status().code(), absl::StatusCode::kResourceExhausted) << third.status();
+  // The shard holds its limit of two: the fixture's link, idle longest, makes room for a third.
+  NcclOutputLink third(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
+                       "a third stage");
+  ASSERT_TRUE(third.status().ok()) << third.status();
   EXPECT_EQ(shards_[0].links->links(), 2);
   RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
   RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
@@ -251,9 +257,38 @@ TEST_F(NcclExpertsTest, AShardRefusesLinksPastItsLimitAndKeepsTheOnesItHolds) {
   absl::Status status;
   const std::vector<float> expected = Run(plain, ids, &status);
   ASSERT_TRUE(status.ok()) << status;
+  // The low shard refuses the dropped link's call before taking the rows: they go as bytes.
   EXPECT_EQ(Run(linked, ids, &status), expected);
   EXPECT_TRUE(status.ok()) << status;
-  EXPECT_EQ(linked.calls_over_nccl(), 2);
+  EXPECT_EQ(linked.calls_as_bytes(), 1);
+  EXPECT_EQ(linked.calls_over_nccl(), 1);
+  EXPECT_TRUE(outputs_[0]->link().broken());
+  std::vector<ExpertShardLink> over_third = linked_;
+  over_third[0].nccl = &third;
+  RemoteExpertRunner third_runner(*gpu0_, over_third, config_.hidden_size);
+  EXPECT_EQ(Run(third_runner, ids, &status), expected);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(third_runner.calls_over_nccl(), 2);
+}
+
+// A stage process that comes back (the same owner) replaces the link its predecessor left.
+TEST_F(NcclExpertsTest, ALinkOfTheSameOwnerReplacesTheOldOne) {
+  const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
+  NcclOutputLink again(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
+                       kOwner);
+  ASSERT_TRUE(again.status().ok()) << again.status();
+  EXPECT_EQ(shards_[0].links->links(), 1);
+  std::vector<ExpertShardLink> over_again = linked_;
+  over_again[0].nccl = &again;
+  RemoteExpertRunner runner(*gpu0_, over_again, config_.hidden_size);
+  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  const std::vector<int32_t> ids = {7, 8, 9, 30, 31, 32};
+  absl::Status status;
+  const std::vector<float> expected = Run(plain, ids, &status);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(Run(runner, ids, &status), expected);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(runner.calls_over_nccl(), 2);
 }
 
 }  // namespace
