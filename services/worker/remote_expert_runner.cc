@@ -115,8 +115,9 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
         ShardCalls& w = work[s];
         const ExpertCall& call = w.calls[round];
         internal::v1::RunExpertsRequest request = Request(shards_[s], layer, k, call, host_ids.data());
-        w.status = w.link_hold.owns_lock() ? CallOverLink(shards_[s], std::move(request), call)
-                                      : CallWithBytes(shards_[s], std::move(request), call, host_x.data(), w.bytes_response);
+        w.status = w.link_hold.owns_lock()
+                       ? CallOverLink(shards_[s], std::move(request), call)
+                       : CallWithBytes(shards_[s], std::move(request), call, host_x.data(), w.bytes_response);
       });
     }
     for (std::thread& thread : threads) thread.join();

@@ -463,7 +463,8 @@ function checkNcclPeers(objects, workloads, fail) {
     const selecting = policies.filter((np) => labelsMatch(np.spec?.podSelector?.matchLabels, labels) &&
                                              (np.spec.policyTypes ?? ["Ingress"]).includes("Ingress"));
     if (selecting.length === 0) continue;
-    const everyPort = selecting.flatMap((np) => (np.spec.ingress ?? []).filter((r) => !r.ports || r.ports.length === 0));
+    const everyPort = selecting.flatMap(
+      (np) => (np.spec.ingress ?? []).filter((r) => !r.ports || r.ports.length === 0));
     const admits = (component) => everyPort.some((r) => !r.from || r.from.some(
       (p) => p.podSelector?.matchLabels?.[COMPONENT] === component && !p.namespaceSelector));
     const needed = componentOf(w) === "stage" ? (hasExperts ? ["stage", "expert"] : ["stage"]) : ["stage"];
