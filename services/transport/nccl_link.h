@@ -69,4 +69,27 @@ class NcclLink {
   virtual void Break() = 0;
 };
 
+// Where the workers' links come from: NCCL (Nccl(): NcclLink::NewId and NcclLink::Join), or, in
+// tests without GPUs, a stand-in with the same semantics.
+class NcclLinkFactory {
+ public:
+  virtual ~NcclLinkFactory() = default;
+  virtual absl::StatusOr<std::string> NewId() = 0;
+  virtual absl::StatusOr<std::unique_ptr<NcclLink>> Join(const std::string& id, int rank,
+                                                         const NcclLinkOptions& options) = 0;
+  static NcclLinkFactory& Nccl();
+};
+
+inline NcclLinkFactory& NcclLinkFactory::Nccl() {
+  class Real final : public NcclLinkFactory {
+    absl::StatusOr<std::string> NewId() override { return NcclLink::NewId(); }
+    absl::StatusOr<std::unique_ptr<NcclLink>> Join(const std::string& id, int rank,
+                                                   const NcclLinkOptions& options) override {
+      return NcclLink::Join(id, rank, options);
+    }
+  };
+  static Real real;
+  return real;
+}
+
 }  // namespace deltaserve::services

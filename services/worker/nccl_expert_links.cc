@@ -54,7 +54,7 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
   options.device = limits_.device;
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
   options.timeout = limits_.timeout;
-  absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(request.nccl_id(), 1, options);
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = factory_.Join(request.nccl_id(), 1, options);
   std::lock_guard<std::mutex> lock(mutex_);
   --joining_;
   if (!link.ok()) return link.status();

@@ -28,8 +28,9 @@ struct NcclExpertLinkLimits {
 
 class NcclExpertLinks final : public ExpertChannel {
  public:
-  NcclExpertLinks(ExpertShard& shard, kernels::Backend& backend, NcclExpertLinkLimits limits)
-      : shard_(shard), backend_(backend), limits_(limits) {}
+  NcclExpertLinks(ExpertShard& shard, kernels::Backend& backend, NcclExpertLinkLimits limits,
+                  NcclLinkFactory& links = NcclLinkFactory::Nccl())
+      : shard_(shard), backend_(backend), limits_(limits), factory_(links) {}
 
   // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once). It drops the link
   // the request replaces, any earlier link of the same owner (a stage restarted) and any broken
@@ -52,6 +53,7 @@ class NcclExpertLinks final : public ExpertChannel {
   ExpertShard& shard_;
   kernels::Backend& backend_;
   const NcclExpertLinkLimits limits_;
+  NcclLinkFactory& factory_;
   mutable std::mutex mutex_;  // guards links_ and joining_
   std::map<uint64_t, std::shared_ptr<Entry>> links_;
   int joining_ = 0;  // links being joined: each holds a buffer and a communicator, as a link does

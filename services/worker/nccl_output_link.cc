@@ -20,9 +20,14 @@ bool Lasting(const absl::Status& status) {
 
 NcclOutputLink::NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device,
                                size_t capacity_bytes, std::chrono::milliseconds timeout,
-                               std::chrono::milliseconds retry, std::string owner)
-    : peer_(std::move(peer)), peer_name_(std::move(peer_name)), owner_(std::move(owner)), device_(device),
-      capacity_bytes_(capacity_bytes), timeout_(timeout) {
+                               std::chrono::milliseconds retry, std::string owner, NcclLinkFactory& links)
+    : peer_(std::move(peer)),
+      links_(links),
+      peer_name_(std::move(peer_name)),
+      owner_(std::move(owner)),
+      device_(device),
+      capacity_bytes_(capacity_bytes),
+      timeout_(timeout) {
   const absl::Status first = Reconnect();
   if (retry.count() > 0 && !Lasting(first)) KeepUp(retry);
 }
@@ -56,7 +61,7 @@ absl::Status NcclOutputLink::Reconnect() {
 }
 
 absl::Status NcclOutputLink::MakeLink() {
-  absl::StatusOr<std::string> nccl_id = NcclLink::NewId();
+  absl::StatusOr<std::string> nccl_id = links_.NewId();
   if (!nccl_id.ok()) return nccl_id.status();
   internal::v1::ConnectNcclRequest request;
   request.set_nccl_id(*nccl_id);
@@ -81,7 +86,7 @@ absl::Status NcclOutputLink::MakeLink() {
   options.capacity_bytes = capacity_bytes_;
   options.timeout = timeout_;
   options.give_up = [&] { return refused.load() || stopping_.load(); };  // shutting down ends it
-  absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(*nccl_id, 0, options);
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = links_.Join(*nccl_id, 0, options);
   call.join();
   if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
   last_id_ = id;  // the peer holds it, whether or not this side joined

@@ -29,7 +29,8 @@ class NcclOutputLink {
   // this large) ends the attempts. Zero `retry`: only Reconnect makes links.
   // `owner` names this side to the peer (ConnectNcclRequest.owner; may be empty).
   NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device, size_t capacity_bytes,
-                 std::chrono::milliseconds timeout, std::chrono::milliseconds retry, std::string owner = "");
+                 std::chrono::milliseconds timeout, std::chrono::milliseconds retry, std::string owner = "",
+                 NcclLinkFactory& links = NcclLinkFactory::Nccl());
   // May wait for a link being made, up to the timeout.
   ~NcclOutputLink();
 
@@ -53,6 +54,7 @@ class NcclOutputLink {
   void KeepUp(std::chrono::milliseconds retry);
 
   const std::shared_ptr<NcclPeer> peer_;
+  NcclLinkFactory& links_;
   const std::string peer_name_;
   const std::string owner_;
   const int device_;

@@ -1,10 +1,11 @@
 // A stage on one GPU whose routed experts live in two expert shards on another GPU, each behind its
-// gRPC service and taking NCCL links: a layer's rows and slot outputs go device to device, in calls
-// no larger than a link's buffer, and the stage computes bit for bit what it computes with the
-// rows sent as bytes. A call a shard refuses breaks that link, and that shard's calls go as bytes
-// until it is made again; rows on a link a shard does not hold fail cleanly and it keeps serving;
-// at its limit of links a shard drops the one idle longest, whose stage then gets its calls' rows
-// through as bytes; a stage's new link replaces its old one (those skip with the reason where the
+// gRPC service and taking NCCL links (and the same on the CPU over in-process links, which run the
+// protocol on every machine): a layer's rows and slot outputs go device to device, in calls no
+// larger than a link's buffer, and the stage computes bit for bit what it computes with the rows
+// sent as bytes. A call a shard refuses breaks that link, and that shard's calls go as bytes until
+// it is made again; rows on a link a shard does not hold fail cleanly and it keeps serving; at its
+// limit of links a shard drops the one idle longest, whose stage then gets its calls' rows through
+// as bytes; a stage's new link replaces its old one (on GPUs those skip with the reason where the
 // build has no NCCL or the host fewer than two GPUs). Links past a shard's capacity, and rows
 // announced to a shard without links, are refused anywhere.
 #include "services/worker/nccl_expert_links.h"
@@ -22,6 +23,7 @@
 #include "services/common/server_runner.h"
 #include "services/transport/grpc_channels.h"
 #include "services/worker/remote_expert_runner.h"
+#include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
 
 namespace deltaserve::services {
@@ -87,16 +89,26 @@ struct ShardServer {
   std::shared_ptr<GrpcExpertChannel> channel;
 };
 
-class NcclExpertsTest : public ::testing::Test {
+// The stage and the shards on two GPUs over NCCL ("cuda"), or on the CPU over in-process links
+// ("cpu": the same protocol, on every machine).
+class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     std::string why;
-    gpu0_ = Gpu(0, &why);
-    if (gpu0_ != nullptr) gpu1_ = Gpu(1, &why);
-    if (gpu0_ == nullptr || gpu1_ == nullptr) {
-      GTEST_SKIP() << "a stage and its experts on two GPUs need two GPUs: " << why;
+    if (GetParam() == "cpu") {
+      stage_backend_ = kernels::CreateBackend({.device = "cpu", .cpu_threads = 2}, &why);
+      shard_backend_ = kernels::CreateBackend({.device = "cpu", .cpu_threads = 2}, &why);
+      ASSERT_TRUE(stage_backend_ && shard_backend_) << why;
+      links_ = &in_process_;
+    } else {
+      stage_backend_ = Gpu(0, &why);
+      if (stage_backend_ != nullptr) shard_backend_ = Gpu(1, &why);
+      if (stage_backend_ == nullptr || shard_backend_ == nullptr) {
+        GTEST_SKIP() << "a stage and its experts on two GPUs need two GPUs: " << why;
+      }
+      if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
+      links_ = &NcclLinkFactory::Nccl();
     }
-    if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
     absl::StatusOr<model::KimiLinearConfig> config = model::LoadModelSourceConfig(kFixture);
     ASSERT_TRUE(config.ok()) << config.status();
     config_ = *config;
@@ -104,12 +116,13 @@ class NcclExpertsTest : public ::testing::Test {
     const int64_t split = 13;
     for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, split}, {split, config_.num_experts}}) {
       ShardServer& s = shards_.emplace_back();
-      auto shard = ExpertShard::Load(kFixture, *gpu1_, begin, end);
+      auto shard = ExpertShard::Load(kFixture, *shard_backend_, begin, end);
       ASSERT_TRUE(shard.ok()) << shard.status();
       s.shard = std::move(*shard);
       s.links = std::make_unique<NcclExpertLinks>(
-          *s.shard, *gpu1_, NcclExpertLinkLimits{.device = 1, .max_capacity_bytes = capacity, .max_links = 2,
-                                                 .timeout = kTimeout});
+          *s.shard, *shard_backend_,
+          NcclExpertLinkLimits{.device = 1, .max_capacity_bytes = capacity, .max_links = 2, .timeout = kTimeout},
+          *links_);
       NcclExpertLinks* links = s.links.get();
       s.service = std::make_unique<ExpertWorkerService>(
           *s.links, WorkerDescription{},
@@ -123,14 +136,14 @@ class NcclExpertsTest : public ::testing::Test {
       s.channel = std::make_shared<GrpcExpertChannel>(
           grpc::CreateChannel(s.server->address(), grpc::InsecureChannelCredentials()), kTimeout);
       outputs_.push_back(std::make_unique<NcclOutputLink>(s.channel, "an expert shard", 0, capacity, kTimeout,
-                                                          std::chrono::milliseconds(0), kOwner));
+                                                          std::chrono::milliseconds(0), kOwner, *links_));
       ASSERT_TRUE(outputs_.back()->status().ok()) << outputs_.back()->status();
       linked_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), outputs_.back().get()});
       plain_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), nullptr});
     }
   }
 
-  // Runs `ids`' experts ([tokens, top_k]) for random rows through `runner` on GPU 0: the slots'
+  // Runs `ids`' experts ([tokens, top_k]) for random rows through `runner` on the stage: the slots'
   // outputs, or empty where the call failed (status in `status`).
   std::vector<float> Run(RemoteExpertRunner& runner, const std::vector<int32_t>& ids, absl::Status* status) {
     const int64_t k = config_.num_experts_per_token, tokens = static_cast<int64_t>(ids.size()) / k;
@@ -138,34 +151,36 @@ class NcclExpertsTest : public ::testing::Test {
     std::mt19937 random(static_cast<uint32_t>(ids.size()));
     std::normal_distribution<float> normal;
     for (float& v : host_x) v = normal(random);
-    kernels::Tensor x = gpu0_->Allocate(tokens, config_.hidden_size, kernels::DType::kF32);
-    gpu0_->Upload(host_x.data(), x.view());
-    kernels::Tensor expert_ids = gpu0_->Allocate(tokens, k, kernels::DType::kI32);
-    gpu0_->Upload(ids.data(), expert_ids.view());
-    kernels::Tensor slots = gpu0_->Allocate(tokens * k, config_.hidden_size, kernels::DType::kF32);
+    kernels::Tensor x = stage_backend_->Allocate(tokens, config_.hidden_size, kernels::DType::kF32);
+    stage_backend_->Upload(host_x.data(), x.view());
+    kernels::Tensor expert_ids = stage_backend_->Allocate(tokens, k, kernels::DType::kI32);
+    stage_backend_->Upload(ids.data(), expert_ids.view());
+    kernels::Tensor slots = stage_backend_->Allocate(tokens * k, config_.hidden_size, kernels::DType::kF32);
     *status = runner.RunExperts(1, x.view(), expert_ids.view(), slots.view());
     if (!status->ok()) return {};
     std::vector<float> out(static_cast<size_t>(tokens * k * config_.hidden_size));
-    gpu0_->Download(slots.view(), out.data());
+    stage_backend_->Download(slots.view(), out.data());
     return out;
   }
 
-  std::unique_ptr<kernels::Backend> gpu0_, gpu1_;
+  testing::InProcessLinks in_process_;  // outlives every link
+  NcclLinkFactory* links_ = nullptr;
+  std::unique_ptr<kernels::Backend> stage_backend_, shard_backend_;
   model::KimiLinearConfig config_;
   std::vector<ShardServer> shards_;
   std::vector<std::unique_ptr<NcclOutputLink>> outputs_;
   std::vector<ExpertShardLink> linked_, plain_;
 };
 
-TEST_F(NcclExpertsTest, AStageOverLinksComputesWhatItComputesWithBytes) {
-  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
-  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+TEST_P(NcclExpertsTest, AStageOverLinksComputesWhatItComputesWithBytes) {
+  RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
+  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   std::vector<float> logits[2];
   for (int i = 0; i < 2; ++i) {
     model::ModelOptions options;
     options.scope.load_routed_experts = false;
     options.experts = i == 0 ? &linked : &plain;
-    auto model = model::KimiLinearModel::Load(kFixture, *gpu0_, options);
+    auto model = model::KimiLinearModel::Load(kFixture, *stage_backend_, options);
     ASSERT_TRUE(model.ok()) << model.status();
     // Two sequences in one packed batch (16 tokens, 48 slots: calls of at most 8 on either link),
     // then a decode step of both.
@@ -189,17 +204,17 @@ TEST_F(NcclExpertsTest, AStageOverLinksComputesWhatItComputesWithBytes) {
   EXPECT_GT(plain.calls_as_bytes(), 0);
 }
 
-TEST_F(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheLinkIsMadeAgain) {
+TEST_P(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheLinkIsMadeAgain) {
   prometheus::Registry registry;
   auto metrics = ExpertCallMetrics::Create(registry);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size, metrics->get());
-  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size, metrics->get());
+  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   // Over the same links, a runner that expects another model of the low shard: that shard refuses
   // the call (and the retry as bytes) before taking the rows, and breaks its link.
   std::vector<ExpertShardLink> wrong = linked_;
   wrong[0].model_fingerprint ^= 1;
-  RemoteExpertRunner refused(*gpu0_, wrong, config_.hidden_size, metrics->get());
+  RemoteExpertRunner refused(*stage_backend_, wrong, config_.hidden_size, metrics->get());
   const std::vector<int32_t> ids = {1, 20, 30, 2, 3, 25, 39, 12, 0};
   absl::Status status;
   const std::vector<float> expected = Run(plain, ids, &status);
@@ -224,14 +239,14 @@ TEST_F(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheL
   EXPECT_EQ(testing::CounterValue(registry, "deltaserve_stage_expert_calls_total", "path", "bytes"), 1);
 }
 
-TEST_F(NcclExpertsTest, RowsAnnouncedOnAnUnknownLinkFailAndTheShardKeepsServing) {
+TEST_P(NcclExpertsTest, RowsAnnouncedOnAnUnknownLinkFailAndTheShardKeepsServing) {
   internal::v1::RunExpertsRequest stray = RequestFor(config_, {1, 2, 3});
   stray.clear_hidden();
   stray.set_hidden_link(outputs_[0]->id() + 1);
   internal::v1::RunExpertsResponse response;
   EXPECT_EQ(shards_[0].channel->RunExperts(stray, &response).code(), absl::StatusCode::kFailedPrecondition);
-  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
-  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
+  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   const std::vector<int32_t> ids = {1, 2, 3, 14, 15, 16};
   absl::Status status;
   const std::vector<float> expected = Run(plain, ids, &status);
@@ -241,18 +256,18 @@ TEST_F(NcclExpertsTest, RowsAnnouncedOnAnUnknownLinkFailAndTheShardKeepsServing)
   EXPECT_EQ(linked.calls_over_nccl(), 2);
 }
 
-TEST_F(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesOnAsBytes) {
+TEST_P(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesOnAsBytes) {
   const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
   NcclOutputLink second(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
-                        "another stage");
+                        "another stage", *links_);
   ASSERT_TRUE(second.status().ok()) << second.status();
   // The shard holds its limit of two: the fixture's link, idle longest, makes room for a third.
   NcclOutputLink third(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
-                       "a third stage");
+                       "a third stage", *links_);
   ASSERT_TRUE(third.status().ok()) << third.status();
   EXPECT_EQ(shards_[0].links->links(), 2);
-  RemoteExpertRunner linked(*gpu0_, linked_, config_.hidden_size);
-  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
+  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   const std::vector<int32_t> ids = {4, 5, 6, 21, 22, 23};
   absl::Status status;
   const std::vector<float> expected = Run(plain, ids, &status);
@@ -265,23 +280,23 @@ TEST_F(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesO
   EXPECT_TRUE(outputs_[0]->link().broken());
   std::vector<ExpertShardLink> over_third = linked_;
   over_third[0].nccl = &third;
-  RemoteExpertRunner third_runner(*gpu0_, over_third, config_.hidden_size);
+  RemoteExpertRunner third_runner(*stage_backend_, over_third, config_.hidden_size);
   EXPECT_EQ(Run(third_runner, ids, &status), expected);
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(third_runner.calls_over_nccl(), 2);
 }
 
 // A stage process that comes back (the same owner) replaces the link its predecessor left.
-TEST_F(NcclExpertsTest, ALinkOfTheSameOwnerReplacesTheOldOne) {
+TEST_P(NcclExpertsTest, ALinkOfTheSameOwnerReplacesTheOldOne) {
   const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
   NcclOutputLink again(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
-                       kOwner);
+                       kOwner, *links_);
   ASSERT_TRUE(again.status().ok()) << again.status();
   EXPECT_EQ(shards_[0].links->links(), 1);
   std::vector<ExpertShardLink> over_again = linked_;
   over_again[0].nccl = &again;
-  RemoteExpertRunner runner(*gpu0_, over_again, config_.hidden_size);
-  RemoteExpertRunner plain(*gpu0_, plain_, config_.hidden_size);
+  RemoteExpertRunner runner(*stage_backend_, over_again, config_.hidden_size);
+  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   const std::vector<int32_t> ids = {7, 8, 9, 30, 31, 32};
   absl::Status status;
   const std::vector<float> expected = Run(plain, ids, &status);
@@ -290,6 +305,9 @@ TEST_F(NcclExpertsTest, ALinkOfTheSameOwnerReplacesTheOldOne) {
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(runner.calls_over_nccl(), 2);
 }
+
+INSTANTIATE_TEST_SUITE_P(Links, NcclExpertsTest, ::testing::Values("cpu", "cuda"),
+                         [](const auto& param) { return param.param; });
 
 }  // namespace
 }  // namespace deltaserve::services
