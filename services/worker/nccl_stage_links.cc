@@ -18,7 +18,7 @@ absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& req
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
   options.timeout = timeout_;
   // Joined before the lock: steps on the current link go on meanwhile.
-  absl::StatusOr<std::unique_ptr<NcclLink>> link = NcclLink::Join(request.nccl_id(), 1, options);
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = factory_.Join(request.nccl_id(), 1, options);
   if (!link.ok()) return link.status();
   std::lock_guard<std::mutex> lock(mutex_);
   link_ = std::move(*link);

@@ -21,8 +21,9 @@ namespace deltaserve::services {
 class NcclStageInput {
  public:
   // Links take at most `max_capacity_bytes` (this stage's own buffer limit).
-  NcclStageInput(int device, size_t max_capacity_bytes, std::chrono::milliseconds timeout)
-      : device_(device), max_capacity_bytes_(max_capacity_bytes), timeout_(timeout) {}
+  NcclStageInput(int device, size_t max_capacity_bytes, std::chrono::milliseconds timeout,
+                 NcclLinkFactory& links = NcclLinkFactory::Nccl())
+      : device_(device), max_capacity_bytes_(max_capacity_bytes), timeout_(timeout), factory_(links) {}
 
   // StageWorker.ConnectNccl: joins the link as rank 1; once joined it replaces any earlier one.
   absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
@@ -39,6 +40,7 @@ class NcclStageInput {
   const int device_;
   const size_t max_capacity_bytes_;
   const std::chrono::milliseconds timeout_;
+  NcclLinkFactory& factory_;
   std::mutex mutex_;  // held by a step from its transfer until its rows are consumed
   std::mutex joining_;  // one join at a time: each holds a buffer and a communicator
   std::unique_ptr<NcclLink> link_;

@@ -4,9 +4,10 @@
 // graphs that copy from the link's buffer), a prefill too large for the link (sent as bytes) and
 // a chunk that samples nothing alike. A step announcing rows on a link the later stage does not
 // hold fails cleanly and the stage keeps serving; a step that fails after its rows went out
-// breaks the link, and steps go as bytes until it is made again (those skip with the reason
-// where the build has no NCCL or the host fewer than two GPUs). Links past a stage's limit, rows
-// on links it does not hold and rows over NCCL to a stage without links are refused anywhere.
+// breaks the link, and steps go as bytes until it is made again (on GPUs those skip with the
+// reason where the build has no NCCL or the host fewer than two GPUs; the same protocol runs on
+// the CPU over in-process links everywhere). Links past a stage's limit, rows on links it does not
+// hold and rows over NCCL to a stage without links are refused anywhere.
 #include "services/worker/nccl_stage_links.h"
 
 #include <grpcpp/create_channel.h>
@@ -25,6 +26,7 @@
 #include "services/transport/grpc_channels.h"
 #include "services/worker/stage_engine.h"
 #include "services/worker/stage_metrics.h"
+#include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
 #include "tests/services/worker/stage_requests.h"
 
@@ -89,27 +91,40 @@ TEST(NcclStageInputTest, AStageWithoutLinksRefusesRowsAnnouncedOverNcclAndKeepsS
   EXPECT_EQ(response.sampled_size(), 1);
 }
 
-class NcclStagesTest : public ::testing::Test {
+// Two stages on two GPUs over NCCL ("cuda"), or on the CPU over in-process links ("cpu": the
+// same protocol, on every machine).
+class NcclStagesTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     std::string why;
-    gpu0_ = Gpu(0, &why);
-    if (gpu0_ != nullptr) gpu1_ = Gpu(1, &why);
-    if (gpu0_ == nullptr || gpu1_ == nullptr) GTEST_SKIP() << "two stages on two GPUs need two GPUs: " << why;
-    // The pipeline without a link on backends of its own, so that each backend's step graphs
-    // are one pipeline's.
-    plain_gpu0_ = Gpu(0, &why);
-    plain_gpu1_ = Gpu(1, &why);
-    ASSERT_TRUE(plain_gpu0_ && plain_gpu1_) << why;
-    if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
-    linked_first_ = Layers(*gpu0_, 0, 2);
-    linked_last_ = Layers(*gpu1_, 2, 4);
-    plain_first_ = Layers(*plain_gpu0_, 0, 2);
-    plain_last_ = Layers(*plain_gpu1_, 2, 4);
+    if (GetParam() == "cpu") {
+      for (auto* backend : {&first_backend_, &last_backend_, &plain_first_backend_, &plain_last_backend_}) {
+        *backend = kernels::CreateBackend({.device = "cpu", .cpu_threads = 2}, &why);
+        ASSERT_NE(*backend, nullptr) << why;
+      }
+      links_ = &in_process_;
+    } else {
+      first_backend_ = Gpu(0, &why);
+      if (first_backend_ != nullptr) last_backend_ = Gpu(1, &why);
+      if (first_backend_ == nullptr || last_backend_ == nullptr) {
+        GTEST_SKIP() << "two stages on two GPUs need two GPUs: " << why;
+      }
+      // The pipeline without a link on backends of its own, so that each backend's step graphs
+      // are one pipeline's.
+      plain_first_backend_ = Gpu(0, &why);
+      plain_last_backend_ = Gpu(1, &why);
+      ASSERT_TRUE(plain_first_backend_ && plain_last_backend_) << why;
+      if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
+      links_ = &NcclLinkFactory::Nccl();
+    }
+    linked_first_ = Layers(*first_backend_, 0, 2);
+    linked_last_ = Layers(*last_backend_, 2, 4);
+    plain_first_ = Layers(*plain_first_backend_, 0, 2);
+    plain_last_ = Layers(*plain_last_backend_, 2, 4);
     ASSERT_TRUE(linked_first_ && linked_last_ && plain_first_ && plain_last_);
 
     const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
-    input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout);
+    input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout, *links_);
     last_stage_ = std::make_unique<StageEngine>(*linked_last_, nullptr, nullptr, StageEngineOptions{}, input_.get());
     service_ = std::make_unique<StageWorkerService>(
         *last_stage_, WorkerDescription{}, [this](const internal::v1::ConnectNcclRequest& request) {
@@ -124,7 +139,7 @@ class NcclStagesTest : public ::testing::Test {
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     next_ = std::make_shared<GrpcStageChannel>(channel_, kTimeout);
     output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", 0, capacity, kTimeout,
-                                               std::chrono::milliseconds(0));
+                                               std::chrono::milliseconds(0), "", *links_);
     ASSERT_TRUE(output_->status().ok()) << output_->status();
     absl::StatusOr<std::unique_ptr<StageMetrics>> metrics = StageMetrics::Create(registry_);
     ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -146,7 +161,9 @@ class NcclStagesTest : public ::testing::Test {
     return {linked.sampled(0).token_id(), plain.sampled(0).token_id()};
   }
 
-  std::unique_ptr<kernels::Backend> gpu0_, gpu1_, plain_gpu0_, plain_gpu1_;
+  testing::InProcessLinks in_process_;  // outlives every link
+  NcclLinkFactory* links_ = nullptr;
+  std::unique_ptr<kernels::Backend> first_backend_, last_backend_, plain_first_backend_, plain_last_backend_;
   std::unique_ptr<model::KimiLinearModel> linked_first_, linked_last_, plain_first_, plain_last_;
   std::unique_ptr<NcclStageInput> input_;
   std::unique_ptr<StageEngine> last_stage_, first_stage_, plain_last_stage_, plain_first_stage_;
@@ -159,7 +176,7 @@ class NcclStagesTest : public ::testing::Test {
   std::unique_ptr<StageMetrics> metrics_;
 };
 
-TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
+TEST_P(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   for (uint64_t seq : {1u, 2u}) {
     internal::v1::OpenResponse linked, plain;
     ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
@@ -196,8 +213,9 @@ TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 1);
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 0);
 #if DELTASERVE_HAVE_CUDA
+  if (GetParam() == "cpu") return;
   // The later stage's decode steps ran from step graphs that copy from the link's buffer.
-  const auto* later = dynamic_cast<const kernels::cuda::CudaBackend*>(gpu1_.get());
+  const auto* later = dynamic_cast<const kernels::cuda::CudaBackend*>(last_backend_.get());
   ASSERT_NE(later, nullptr);
   EXPECT_GT(later->step_graph_counts().replayed, 0);
 #endif
@@ -205,7 +223,7 @@ TEST_F(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
 
 // A step the later stage fails after the rows went out breaks the link (its rows may sit unread
 // in NCCL's buffers); later steps go as bytes with the same results, until a new link is made.
-TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAgain) {
+TEST_P(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAgain) {
   for (uint64_t seq : {1u, 3u}) {
     internal::v1::OpenResponse linked, plain;
     ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
@@ -234,7 +252,7 @@ TEST_F(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAga
   EXPECT_EQ(output_->sent(), 3);
 }
 
-TEST_F(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) {
+TEST_P(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) {
   internal::v1::OpenResponse opened;
   ASSERT_TRUE(first_stage_->Open(OpenGreedy(1), &opened).ok());
   internal::v1::StepRequest stray = StepOf(1, {5});
@@ -250,6 +268,9 @@ TEST_F(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) 
   EXPECT_EQ(stepped.sampled_size(), 1);
   EXPECT_EQ(output_->sent(), 1);
 }
+
+INSTANTIATE_TEST_SUITE_P(Links, NcclStagesTest, ::testing::Values("cpu", "cuda"),
+                         [](const auto& param) { return param.param; });
 
 }  // namespace
 }  // namespace deltaserve::services
