@@ -11,12 +11,17 @@
 
 namespace deltaserve::services {
 
-// Same numeric code (absl::StatusCode uses gRPC's numbers) and message; absl payloads are
-// dropped. An OK status carries no message.
+// absl payloads whose type URL starts with this cross the gRPC edge between our processes; other
+// payloads are dropped.
+inline constexpr std::string_view kCarriedPayloadPrefix = "type.googleapis.com/deltaserve.";
+
+// Same numeric code (absl::StatusCode uses gRPC's numbers) and message. Carried payloads go into
+// error_details as a google.rpc.Status whose details are google.protobuf.Any (type URL, value).
+// An OK status carries no message.
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-// Same numeric code and message; a code outside gRPC's 0..16 becomes UNKNOWN. grpc::Status's
-// error_details are dropped.
+// Same numeric code and message, and the carried payloads of error_details; a code outside
+// gRPC's 0..16 becomes UNKNOWN.
 absl::Status FromGrpcStatus(const grpc::Status& status);
 
 // Keeps the code and prefixes the message with `context` ("stage 1 (10.0.0.7:7001): ...").

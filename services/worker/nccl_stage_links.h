@@ -18,6 +18,10 @@
 
 namespace deltaserve::services {
 
+// In the status of a Step that failed after this stage had received its rows over the link
+// (internal.v1.HiddenRowsReceived): the sender's link is still in step, and stays up.
+inline constexpr char kHiddenRowsReceivedPayload[] = "type.googleapis.com/deltaserve.internal.v1.HiddenRowsReceived";
+
 class NcclStageInput {
  public:
   // Links take at most `max_capacity_bytes` (this stage's own buffer limit).

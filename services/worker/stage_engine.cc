@@ -166,6 +166,18 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
                         nccl_input_->Receive(request.hidden_link(), request.hidden_rows(), hidden_size));
     arrived = std::move(rows);
   }
+  const bool received = arrived.has_value();
+  absl::Status status = RunStep(request, response, std::move(arrived));
+  if (!status.ok()) {
+    status.ErasePayload(kHiddenRowsReceivedPayload);  // the next stage's, about its own rows
+    if (received) status.SetPayload(kHiddenRowsReceivedPayload, absl::Cord());
+  }
+  return status;
+}
+
+absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response,
+                                  std::optional<NcclStageInput::Rows> arrived) {
+  const int64_t hidden_size = model_.config().hidden_size;
   absl::ReleasableMutexLock lock(&mutex_);
   std::vector<model::SequenceInput> batch;
   std::vector<std::vector<int32_t>> tokens(request.sequences_size());
@@ -239,7 +251,10 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     if (metrics_ != nullptr) metrics_->HandedOn(true);
     const absl::Status status = next_->Step(downstream, response);
     if (!status.ok()) {
-      link.AbandonSend();  // the next stage may not have taken the rows: the link cannot be trusted
+      // Rows the next stage did not say it took may sit unread in NCCL's buffers, where its next
+      // receive would take them for its own: the link cannot be trusted then.
+      if (status.GetPayload(kHiddenRowsReceivedPayload).has_value() && link.FinishSend().ok()) return status;
+      link.AbandonSend();
       if (metrics_ != nullptr) metrics_->LinkFailed();
       return status;
     }

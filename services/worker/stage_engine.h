@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 
@@ -51,6 +52,10 @@ class StageEngine final : public StageChannel {
     std::unique_ptr<model::SequenceState> state;
     std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
   };
+
+  // Step once its rows announced over NCCL, if any, have arrived.
+  absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response,
+                       std::optional<NcclStageInput::Rows> arrived);
 
   // The state in a fetched snapshot (its checksum verified by Open before its lock), or the
   // reason it cannot be restored.

@@ -3,6 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
+#include "absl/strings/cord.h"
+
 namespace deltaserve::services {
 namespace {
 
@@ -22,6 +26,28 @@ TEST(GrpcStatusTest, EveryCodeRoundTripsWithItsMessage) {
     EXPECT_EQ(wire.error_message(), original.message());
     EXPECT_EQ(FromGrpcStatus(wire), original);
   }
+}
+
+TEST(GrpcStatusTest, OurPayloadsCrossAndOthersAreDropped) {
+  absl::Status original = absl::InvalidArgumentError("sequence 3 is not open");
+  const std::string ours = std::string(kCarriedPayloadPrefix) + "internal.v1.HiddenRowsReceived";
+  original.SetPayload(ours, absl::Cord(""));
+  original.SetPayload(std::string(kCarriedPayloadPrefix) + "Other", absl::Cord(std::string("a\0b", 3)));
+  original.SetPayload("type.googleapis.com/someone.Else", absl::Cord("x"));
+  const grpc::Status wire = ToGrpcStatus(original);
+  EXPECT_FALSE(wire.error_details().empty());
+  const absl::Status back = FromGrpcStatus(wire);
+  EXPECT_EQ(back.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(back.message(), "sequence 3 is not open");
+  ASSERT_TRUE(back.GetPayload(ours).has_value());
+  EXPECT_EQ(std::string(*back.GetPayload(ours)), "");
+  EXPECT_EQ(std::string(*back.GetPayload(std::string(kCarriedPayloadPrefix) + "Other")), std::string("a\0b", 3));
+  EXPECT_FALSE(back.GetPayload("type.googleapis.com/someone.Else").has_value());
+
+  EXPECT_TRUE(ToGrpcStatus(absl::InternalError("plain")).error_details().empty());
+  // Details that are not a google.rpc.Status leave the code and message alone.
+  const absl::Status odd = FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL, "odd", "\xff\xff\xff"));
+  EXPECT_EQ(odd, absl::InternalError("odd"));
 }
 
 TEST(GrpcStatusTest, NamedCodesMatch) {

@@ -3,11 +3,12 @@
 // the same stages sample with the rows sent as bytes: decode steps (from the second on, step
 // graphs that copy from the link's buffer), a prefill too large for the link (sent as bytes) and
 // a chunk that samples nothing alike. A step announcing rows on a link the later stage does not
-// hold fails cleanly and the stage keeps serving; a step that fails after its rows went out
-// breaks the link, and steps go as bytes until it is made again (on GPUs those skip with the
-// reason where the build has no NCCL or the host fewer than two GPUs; the same protocol runs on
-// the CPU over in-process links everywhere). Links past a stage's limit, rows on links it does not
-// hold and rows over NCCL to a stage without links are refused anywhere.
+// hold fails cleanly and the stage keeps serving; a step the later stage fails after it took the
+// rows keeps the link, one whose rows it did not take breaks it, and steps go as bytes until it is
+// made again (on GPUs those skip with the reason where the build has no NCCL or the host fewer
+// than two GPUs; the same protocol runs on the CPU over in-process links everywhere). Links past a
+// stage's limit, rows on links it does not hold and rows over NCCL to a stage without links are
+// refused anywhere.
 #include "services/worker/nccl_stage_links.h"
 
 #include <grpcpp/create_channel.h>
@@ -221,9 +222,9 @@ TEST_P(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
 #endif
 }
 
-// A step the later stage fails after the rows went out breaks the link (its rows may sit unread
-// in NCCL's buffers); later steps go as bytes with the same results, until a new link is made.
-TEST_P(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAgain) {
+// A step the later stage refuses after it took the rows says so (HiddenRowsReceived in the
+// status details): the link is still in step and carries the next steps.
+TEST_P(NcclStagesTest, AStepRefusedAfterTheRowsArrivedKeepsTheLink) {
   for (uint64_t seq : {1u, 3u}) {
     internal::v1::OpenResponse linked, plain;
     ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
@@ -240,14 +241,43 @@ TEST_P(NcclStagesTest, AFailedStepBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAga
   internal::v1::StepResponse refused;
   EXPECT_EQ(first_stage_->Step(StepOf(3, {9, 8}), &refused).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(output_->sent(), 2);
+  EXPECT_FALSE(output_->link().broken());
+  EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 0);
+  for (int step = 0; step < 2; ++step) {
+    std::tie(token, expected) = Both(StepOf(1, {token}));
+    EXPECT_EQ(token, expected);
+  }
+  EXPECT_EQ(output_->sent(), 4);
+}
+
+// A step whose rows the later stage did not take (here: it holds another link by then) breaks
+// the link, since they may sit unread in NCCL's buffers; later steps go as bytes with the same
+// results, until a new link is made.
+TEST_P(NcclStagesTest, AStepWhoseRowsWereNotTakenBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAgain) {
+  for (uint64_t seq : {1u, 2u}) {
+    internal::v1::OpenResponse linked, plain;
+    ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
+    ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
+  }
+  auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2}));
+  ASSERT_EQ(token, expected);
+  ASSERT_EQ(output_->sent(), 1);
+  const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
+  NcclOutputLink other(next_, "the next stage", 0, capacity, kTimeout, std::chrono::milliseconds(0), "", *links_);
+  ASSERT_TRUE(other.status().ok()) << other.status();
+  internal::v1::StepResponse refused;
+  EXPECT_EQ(first_stage_->Step(StepOf(1, {token}), &refused).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(output_->sent(), 2);
   EXPECT_TRUE(output_->link().broken());
   EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_nccl_link_failures_total"), 1);
 
-  std::tie(token, expected) = Both(StepOf(1, {token}));
+  // Sequence 1 is out of step between the pipelines now (as for any failed step, the router
+  // would drop it); sequence 2 goes on.
+  std::tie(token, expected) = Both(StepOf(2, {8, 30, 4}));
   EXPECT_EQ(token, expected);
   EXPECT_EQ(output_->sent(), 2) << "a broken link carried a step";
   ASSERT_TRUE(output_->Reconnect().ok());
-  std::tie(token, expected) = Both(StepOf(1, {token}));
+  std::tie(token, expected) = Both(StepOf(2, {token}));
   EXPECT_EQ(token, expected);
   EXPECT_EQ(output_->sent(), 3);
 }
