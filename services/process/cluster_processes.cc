@@ -239,9 +239,10 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   keep.push_back(backend);
   if (!links.empty()) {
     DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
-    std::shared_ptr<ExpertCallMetrics> call_metrics;
+    std::shared_ptr<LinkPathMetrics> call_metrics;
     if (metrics != nullptr) {
-      DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertCallMetrics> created, ExpertCallMetrics::Create(metrics->registry()));
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<LinkPathMetrics> created,
+                          LinkPathMetrics::ForExpertCalls(metrics->registry()));
       call_metrics = std::move(created);
       keep.push_back(call_metrics);
     }
@@ -304,9 +305,9 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     store = std::make_shared<GrpcStoreClient>(channel, GrpcStoreClientOptions{timeout.count()});
     keep.push_back(store);
   }
-  std::shared_ptr<StageMetrics> stage_metrics;
+  std::shared_ptr<LinkPathMetrics> stage_metrics;
   if (metrics != nullptr && next != nullptr) {
-    DS_ASSIGN_OR_RETURN(std::unique_ptr<StageMetrics> created, StageMetrics::Create(metrics->registry()));
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<LinkPathMetrics> created, LinkPathMetrics::ForHandoffs(metrics->registry()));
     stage_metrics = std::move(created);
     keep.push_back(stage_metrics);
   }

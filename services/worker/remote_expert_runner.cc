@@ -41,7 +41,7 @@ std::vector<ExpertCall> PlanExpertCalls(const int32_t* ids, int64_t n, int64_t k
 }
 
 RemoteExpertRunner::RemoteExpertRunner(kernels::Backend& backend, std::vector<ExpertShardLink> shards,
-                                       int64_t hidden_size, ExpertCallMetrics* metrics)
+                                       int64_t hidden_size, LinkPathMetrics* metrics)
     : backend_(backend), shards_(std::move(shards)), hidden_size_(hidden_size), metrics_(metrics) {}
 
 absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x,
@@ -209,7 +209,7 @@ absl::Status RemoteExpertRunner::CallOverLink(const ExpertShardLink& shard, inte
   if (!remote.ok()) return remote;
   if (!transfers.ok()) return transfers;
   ++calls_over_nccl_;
-  if (metrics_ != nullptr) metrics_->Called(true);
+  if (metrics_ != nullptr) metrics_->Went(true);
   return absl::OkStatus();
 }
 
@@ -229,7 +229,7 @@ absl::Status RemoteExpertRunner::CallWithBytes(const ExpertShardLink& shard, int
                                             expected));
   }
   ++calls_as_bytes_;
-  if (metrics_ != nullptr) metrics_->Called(false);
+  if (metrics_ != nullptr) metrics_->Went(false);
   return absl::OkStatus();
 }
 

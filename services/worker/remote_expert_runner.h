@@ -42,7 +42,7 @@ class RemoteExpertRunner final : public model::ExpertRunner {
   // `shards` must cover [0, num_experts) without overlap (see CheckShardCoverage). Tensors
   // are `backend`'s (host or device memory): rows sent as bytes are staged through the host.
   RemoteExpertRunner(kernels::Backend& backend, std::vector<ExpertShardLink> shards,
-                     int64_t hidden_size, ExpertCallMetrics* metrics = nullptr);
+                     int64_t hidden_size, LinkPathMetrics* metrics = nullptr);
 
   absl::Status RunExperts(int64_t layer, kernels::TensorView x, kernels::TensorView expert_ids,
                           kernels::TensorView slot_out) override;
@@ -62,7 +62,7 @@ class RemoteExpertRunner final : public model::ExpertRunner {
   kernels::Backend& backend_;
   std::vector<ExpertShardLink> shards_;
   int64_t hidden_size_;
-  ExpertCallMetrics* metrics_;  // may be null
+  LinkPathMetrics* metrics_;  // may be null
   std::atomic<int64_t> calls_over_nccl_{0};
   std::atomic<int64_t> calls_as_bytes_{0};
 };

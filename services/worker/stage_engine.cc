@@ -19,7 +19,7 @@ namespace deltaserve::services {
 
 StageEngine::StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
                          const StageEngineOptions& options, NcclStageInput* nccl_input,
-                         NcclOutputLink* nccl_output, StageMetrics* metrics)
+                         NcclOutputLink* nccl_output, LinkPathMetrics* metrics)
     : model_(model), store_(store), next_(next), options_(options), nccl_input_(nccl_input),
       nccl_output_(nccl_output), metrics_(metrics) {}
 
@@ -229,7 +229,7 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
     downstream.clear_hidden_rows();
     if (device_rows.out.data == nullptr) {
       downstream.set_hidden(std::string(reinterpret_cast<const char*>(out.data()), out.size() * sizeof(float)));
-      if (metrics_ != nullptr) metrics_->HandedOn(false);
+      if (metrics_ != nullptr) metrics_->Went(false);
       return next_->Step(downstream, response);
     }
     NcclLink& link = nccl_output_->link();
@@ -241,14 +241,14 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
       std::string* hidden = downstream.mutable_hidden();
       hidden->resize(bytes);
       DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
-      if (metrics_ != nullptr) metrics_->HandedOn(false);
+      if (metrics_ != nullptr) metrics_->Went(false);
       return next_->Step(downstream, response);
     }
     downstream.clear_hidden();
     downstream.set_hidden_link(nccl_output_->id());
     downstream.set_hidden_rows(rows);
     nccl_output_->CountSent();
-    if (metrics_ != nullptr) metrics_->HandedOn(true);
+    if (metrics_ != nullptr) metrics_->Went(true);
     const absl::Status status = next_->Step(downstream, response);
     if (!status.ok()) {
       // Rows the next stage did not say it took may sit unread in NCCL's buffers, where its next

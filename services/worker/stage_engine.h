@@ -33,7 +33,7 @@ class StageEngine final : public StageChannel {
   // owned.
   StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
               const StageEngineOptions& options = {}, NcclStageInput* nccl_input = nullptr,
-              NcclOutputLink* nccl_output = nullptr, StageMetrics* metrics = nullptr);
+              NcclOutputLink* nccl_output = nullptr, LinkPathMetrics* metrics = nullptr);
 
   // This stage's part of a session in the store.
   std::string PartName() const;
@@ -68,7 +68,7 @@ class StageEngine final : public StageChannel {
   StageEngineOptions options_;
   NcclStageInput* nccl_input_;
   NcclOutputLink* nccl_output_;
-  StageMetrics* metrics_;
+  LinkPathMetrics* metrics_;
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);
 };

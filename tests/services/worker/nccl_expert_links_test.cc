@@ -135,12 +135,27 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
       s.server = std::move(*server);
       s.channel = std::make_shared<GrpcExpertChannel>(
           grpc::CreateChannel(s.server->address(), grpc::InsecureChannelCredentials()), kTimeout);
-      outputs_.push_back(std::make_unique<NcclOutputLink>(s.channel, "an expert shard", 0, capacity, kTimeout,
-                                                          std::chrono::milliseconds(0), kOwner, *links_));
+      outputs_.push_back(LinkTo(shards_.size() - 1, kOwner));
       ASSERT_TRUE(outputs_.back()->status().ok()) << outputs_.back()->status();
       linked_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), outputs_.back().get()});
       plain_.push_back({begin, end, s.channel.get(), s.shard->fingerprint(), nullptr});
     }
+  }
+
+  // A link from the stage to shard `shard`, made by `owner`.
+  std::unique_ptr<NcclOutputLink> LinkTo(size_t shard, const std::string& owner) {
+    const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
+    return std::make_unique<NcclOutputLink>(shards_[shard].channel, "an expert shard", 0, capacity, kTimeout,
+                                            std::chrono::milliseconds(0), owner, *links_);
+  }
+
+  // What Run gives for `ids` with every shard's rows sent as bytes.
+  std::vector<float> AsBytes(const std::vector<int32_t>& ids) {
+    RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
+    absl::Status status;
+    std::vector<float> out = Run(plain, ids, &status);
+    EXPECT_TRUE(status.ok()) << status;
+    return out;
   }
 
   // Runs `ids`' experts ([tokens, top_k]) for random rows through `runner` on the stage: the slots'
@@ -206,19 +221,17 @@ TEST_P(NcclExpertsTest, AStageOverLinksComputesWhatItComputesWithBytes) {
 
 TEST_P(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheLinkIsMadeAgain) {
   prometheus::Registry registry;
-  auto metrics = ExpertCallMetrics::Create(registry);
+  auto metrics = LinkPathMetrics::ForExpertCalls(registry);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size, metrics->get());
-  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   // Over the same links, a runner that expects another model of the low shard: that shard refuses
   // the call (and the retry as bytes) before taking the rows, and breaks its link.
   std::vector<ExpertShardLink> wrong = linked_;
   wrong[0].model_fingerprint ^= 1;
   RemoteExpertRunner refused(*stage_backend_, wrong, config_.hidden_size, metrics->get());
   const std::vector<int32_t> ids = {1, 20, 30, 2, 3, 25, 39, 12, 0};
+  const std::vector<float> expected = AsBytes(ids);
   absl::Status status;
-  const std::vector<float> expected = Run(plain, ids, &status);
-  ASSERT_TRUE(status.ok()) << status;
   EXPECT_TRUE(Run(refused, ids, &status).empty());
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
   EXPECT_TRUE(outputs_[0]->link().broken());
@@ -246,32 +259,24 @@ TEST_P(NcclExpertsTest, RowsAnnouncedOnAnUnknownLinkFailAndTheShardKeepsServing)
   internal::v1::RunExpertsResponse response;
   EXPECT_EQ(shards_[0].channel->RunExperts(stray, &response).code(), absl::StatusCode::kFailedPrecondition);
   RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
-  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   const std::vector<int32_t> ids = {1, 2, 3, 14, 15, 16};
   absl::Status status;
-  const std::vector<float> expected = Run(plain, ids, &status);
-  ASSERT_TRUE(status.ok()) << status;
-  EXPECT_EQ(Run(linked, ids, &status), expected);
+  EXPECT_EQ(Run(linked, ids, &status), AsBytes(ids));
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(linked.calls_over_nccl(), 2);
 }
 
 TEST_P(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesOnAsBytes) {
-  const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
-  NcclOutputLink second(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
-                        "another stage", *links_);
-  ASSERT_TRUE(second.status().ok()) << second.status();
+  const std::unique_ptr<NcclOutputLink> second = LinkTo(0, "another stage");
+  ASSERT_TRUE(second->status().ok()) << second->status();
   // The shard holds its limit of two: the fixture's link, idle longest, makes room for a third.
-  NcclOutputLink third(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
-                       "a third stage", *links_);
-  ASSERT_TRUE(third.status().ok()) << third.status();
+  const std::unique_ptr<NcclOutputLink> third = LinkTo(0, "a third stage");
+  ASSERT_TRUE(third->status().ok()) << third->status();
   EXPECT_EQ(shards_[0].links->links(), 2);
   RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
-  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   const std::vector<int32_t> ids = {4, 5, 6, 21, 22, 23};
+  const std::vector<float> expected = AsBytes(ids);
   absl::Status status;
-  const std::vector<float> expected = Run(plain, ids, &status);
-  ASSERT_TRUE(status.ok()) << status;
   // The low shard refuses the dropped link's call before taking the rows: they go as bytes.
   EXPECT_EQ(Run(linked, ids, &status), expected);
   EXPECT_TRUE(status.ok()) << status;
@@ -279,7 +284,7 @@ TEST_P(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesO
   EXPECT_EQ(linked.calls_over_nccl(), 1);
   EXPECT_TRUE(outputs_[0]->link().broken());
   std::vector<ExpertShardLink> over_third = linked_;
-  over_third[0].nccl = &third;
+  over_third[0].nccl = third.get();
   RemoteExpertRunner third_runner(*stage_backend_, over_third, config_.hidden_size);
   EXPECT_EQ(Run(third_runner, ids, &status), expected);
   EXPECT_TRUE(status.ok()) << status;
@@ -288,20 +293,15 @@ TEST_P(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesO
 
 // A stage process that comes back (the same owner) replaces the link its predecessor left.
 TEST_P(NcclExpertsTest, ALinkOfTheSameOwnerReplacesTheOldOne) {
-  const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
-  NcclOutputLink again(shards_[0].channel, "an expert shard", 0, capacity, kTimeout, std::chrono::milliseconds(0),
-                       kOwner, *links_);
-  ASSERT_TRUE(again.status().ok()) << again.status();
+  const std::unique_ptr<NcclOutputLink> again = LinkTo(0, kOwner);
+  ASSERT_TRUE(again->status().ok()) << again->status();
   EXPECT_EQ(shards_[0].links->links(), 1);
   std::vector<ExpertShardLink> over_again = linked_;
-  over_again[0].nccl = &again;
+  over_again[0].nccl = again.get();
   RemoteExpertRunner runner(*stage_backend_, over_again, config_.hidden_size);
-  RemoteExpertRunner plain(*stage_backend_, plain_, config_.hidden_size);
   const std::vector<int32_t> ids = {7, 8, 9, 30, 31, 32};
   absl::Status status;
-  const std::vector<float> expected = Run(plain, ids, &status);
-  ASSERT_TRUE(status.ok()) << status;
-  EXPECT_EQ(Run(runner, ids, &status), expected);
+  EXPECT_EQ(Run(runner, ids, &status), AsBytes(ids));
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(runner.calls_over_nccl(), 2);
 }

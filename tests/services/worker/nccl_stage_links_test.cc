@@ -14,6 +14,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include <initializer_list>
 #include <tuple>
 
 #include "gtest/gtest.h"
@@ -142,13 +143,22 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", 0, capacity, kTimeout,
                                                std::chrono::milliseconds(0), "", *links_);
     ASSERT_TRUE(output_->status().ok()) << output_->status();
-    absl::StatusOr<std::unique_ptr<StageMetrics>> metrics = StageMetrics::Create(registry_);
+    absl::StatusOr<std::unique_ptr<LinkPathMetrics>> metrics = LinkPathMetrics::ForHandoffs(registry_);
     ASSERT_TRUE(metrics.ok()) << metrics.status();
     metrics_ = std::move(*metrics);
     first_stage_ = std::make_unique<StageEngine>(*linked_first_, nullptr, next_.get(), StageEngineOptions{}, nullptr,
                                                  output_.get(), metrics_.get());
     plain_last_stage_ = std::make_unique<StageEngine>(*plain_last_, nullptr, nullptr);
     plain_first_stage_ = std::make_unique<StageEngine>(*plain_first_, nullptr, plain_last_stage_.get());
+  }
+
+  // Opens the sequences on both pipelines (greedy).
+  void OpenOnBoth(std::initializer_list<uint64_t> seqs) {
+    for (uint64_t seq : seqs) {
+      internal::v1::OpenResponse linked, plain;
+      ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
+      ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
+    }
   }
 
   // Runs the step on both pipelines: the token each samples for the step's sequence.
@@ -174,15 +184,11 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
   std::shared_ptr<GrpcStageChannel> next_;
   std::unique_ptr<NcclOutputLink> output_;
   prometheus::Registry registry_;
-  std::unique_ptr<StageMetrics> metrics_;
+  std::unique_ptr<LinkPathMetrics> metrics_;
 };
 
 TEST_P(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
-  for (uint64_t seq : {1u, 2u}) {
-    internal::v1::OpenResponse linked, plain;
-    ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
-    ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
-  }
+  OpenOnBoth({1, 2});
   // A prefill the link takes, then decode steps, each feeding back the token sampled.
   auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2, 99, 7, 64, 1}));
   ASSERT_EQ(token, expected);
@@ -225,11 +231,7 @@ TEST_P(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
 // A step the later stage refuses after it took the rows says so (HiddenRowsReceived in the
 // status details): the link is still in step and carries the next steps.
 TEST_P(NcclStagesTest, AStepRefusedAfterTheRowsArrivedKeepsTheLink) {
-  for (uint64_t seq : {1u, 3u}) {
-    internal::v1::OpenResponse linked, plain;
-    ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
-    ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
-  }
+  OpenOnBoth({1, 3});
   auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2}));
   ASSERT_EQ(token, expected);
   ASSERT_EQ(output_->sent(), 1);
@@ -254,11 +256,7 @@ TEST_P(NcclStagesTest, AStepRefusedAfterTheRowsArrivedKeepsTheLink) {
 // the link, since they may sit unread in NCCL's buffers; later steps go as bytes with the same
 // results, until a new link is made.
 TEST_P(NcclStagesTest, AStepWhoseRowsWereNotTakenBreaksTheLinkAndStepsGoAsBytesUntilItIsMadeAgain) {
-  for (uint64_t seq : {1u, 2u}) {
-    internal::v1::OpenResponse linked, plain;
-    ASSERT_TRUE(first_stage_->Open(OpenGreedy(seq), &linked).ok());
-    ASSERT_TRUE(plain_first_stage_->Open(OpenGreedy(seq), &plain).ok());
-  }
+  OpenOnBoth({1, 2});
   auto [token, expected] = Both(StepOf(1, {5, 17, 200, 2}));
   ASSERT_EQ(token, expected);
   ASSERT_EQ(output_->sent(), 1);

@@ -196,7 +196,7 @@ TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
   auto [first, last] = Halves(backend);
   ASSERT_TRUE(first && last);
   prometheus::Registry registry;
-  absl::StatusOr<std::unique_ptr<StageMetrics>> metrics = StageMetrics::Create(registry);
+  absl::StatusOr<std::unique_ptr<LinkPathMetrics>> metrics = LinkPathMetrics::ForHandoffs(registry);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   StageEngine last_stage(*last, nullptr, nullptr);
   StageEngine first_stage(*first, nullptr, &last_stage, StageEngineOptions{}, nullptr, nullptr, metrics->get());
