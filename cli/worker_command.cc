@@ -33,8 +33,8 @@ class WorkerCommand final : public Subcommand {
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     cmd->add_option("--nccl-max-links", experts_config_.nccl_max_links,
-                    "Experts on a GPU: NCCL links held at once (one per stage process; at the limit the idle one "
-        "used longest ago goes)")
+                    "Experts on a GPU: NCCL links held at once (one per stage process; at the limit one unused "
+                    "for a minute makes room)")
         ->capture_default_str()
         ->check(CLI::Range(1, 1024));
     cmd->add_option("--nccl-retry-ms", nccl_retry_ms_, "Stage on a GPU: how often a broken NCCL link is made again")

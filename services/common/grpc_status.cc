@@ -15,8 +15,8 @@ namespace deltaserve::services {
 
 namespace {
 
-// google.rpc.Status { int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3; }
-// and google.protobuf.Any { string type_url = 1; bytes value = 2; }, written and read field by field.
+// google.rpc.Status {int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3;}
+// and google.protobuf.Any {string type_url = 1; bytes value = 2;}, written and read field by field.
 constexpr uint32_t kLengthDelimited = 2;
 constexpr uint32_t Tag(uint32_t field, uint32_t wire_type) { return (field << 3) | wire_type; }
 
@@ -26,12 +26,12 @@ void WriteBytes(google::protobuf::io::CodedOutputStream& out, uint32_t field, st
   out.WriteRaw(bytes.data(), static_cast<int>(bytes.size()));
 }
 
-// The length-delimited fields of a message (others skipped): field number -> bytes. False where
-// the bytes are not a well-formed message of varint and length-delimited fields.
 bool Carried(absl::string_view type_url) {
   return std::string_view(type_url.data(), type_url.size()).starts_with(kCarriedPayloadPrefix);
 }
 
+// The length-delimited fields of a message (others skipped): field number -> bytes. False where
+// the bytes are not a well-formed message of varint and length-delimited fields.
 bool ReadFields(std::string_view message, std::vector<std::pair<uint32_t, std::string>>& fields) {
   google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(message.data()),
                                             static_cast<int>(message.size()));
@@ -54,6 +54,11 @@ bool ReadFields(std::string_view message, std::vector<std::pair<uint32_t, std::s
 }  // namespace
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+grpc::Status ToInternalGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   std::string details;
   {

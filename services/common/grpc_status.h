@@ -11,14 +11,17 @@
 
 namespace deltaserve::services {
 
-// absl payloads whose type URL starts with this cross the gRPC edge between our processes; other
-// payloads are dropped.
+// Same numeric code (absl::StatusCode uses gRPC's numbers) and message; absl payloads are
+// dropped. An OK status carries no message.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+// absl payloads whose type URL starts with this cross the gRPC edge between our own processes.
 inline constexpr std::string_view kCarriedPayloadPrefix = "type.googleapis.com/deltaserve.";
 
-// Same numeric code (absl::StatusCode uses gRPC's numbers) and message. Carried payloads go into
-// error_details as a google.rpc.Status whose details are google.protobuf.Any (type URL, value).
-// An OK status carries no message.
-grpc::Status ToGrpcStatus(const absl::Status& status);
+// ToGrpcStatus for the calls between our own processes: carried payloads go into error_details
+// as a google.rpc.Status whose details are google.protobuf.Any (type URL, value); others are
+// dropped.
+grpc::Status ToInternalGrpcStatus(const absl::Status& status);
 
 // Same numeric code and message, and the carried payloads of error_details; a code outside
 // gRPC's 0..16 becomes UNKNOWN.

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
@@ -195,9 +196,12 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   // it asks.
   const bool on_gpu = config.backend.device == "cuda" && config.nccl_max_rows > 0;
   const size_t capacity = static_cast<size_t>(config.nccl_max_rows * model_config.hidden_size) * sizeof(float);
-  // How this stage names itself to the expert workers: one link each per owner.
-  const std::string owner = absl::StrCat(HostName(), " ", config.process.server.listen_address, " layers ",
-                                         config.layer_begin, "-", config.layer_end - 1);
+  // How this stage names itself to the expert workers (one link each per owner): stable across
+  // restarts, unless its port is picked at start.
+  const std::string& listen = config.process.server.listen_address;
+  const std::string owner = absl::StrCat(HostName(), " ", listen, " layers ", config.layer_begin, "-",
+                                         config.layer_end - 1,
+                                         absl::EndsWith(listen, ":0") ? absl::StrCat(" pid ", getpid()) : "");
   if (on_gpu && !config.expert_workers.empty() && config.nccl_max_rows < model_config.num_experts_per_token) {
     spdlog::warn("--nccl-max-rows {} is below a token's {} slots: calls to expert workers go over gRPC",
                  config.nccl_max_rows, model_config.num_experts_per_token);

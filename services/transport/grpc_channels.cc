@@ -92,7 +92,7 @@ grpc::Status StageWorkerService::Open(grpc::ServerContext*, const internal::v1::
 
 grpc::Status StageWorkerService::Step(grpc::ServerContext*, const internal::v1::StepRequest* request,
                                       internal::v1::StepResponse* response) {
-  return ToGrpcStatus(stage_.Step(*request, response));
+  return ToInternalGrpcStatus(stage_.Step(*request, response));  // HiddenRowsReceived for the caller
 }
 
 grpc::Status StageWorkerService::Close(grpc::ServerContext*, const internal::v1::CloseRequest* request,

@@ -29,17 +29,20 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
       it = drop ? links_.erase(it) : std::next(it);
     }
     while (static_cast<int>(links_.size()) + joining_ >= limits_.max_links) {
-      // At the limit, the idle link used longest ago goes (its stage, if still up, makes another).
+      // At the limit, the link unused longest goes if unused for evict_after (its stage, if still
+      // up, links again later); links in use by live stages are not traded for one another.
+      const auto unused_since = std::chrono::steady_clock::now() - limits_.evict_after;
       auto oldest = links_.end();
       for (auto it = links_.begin(); it != links_.end(); ++it) {
         std::unique_lock<std::mutex> idle(it->second->busy, std::try_to_lock);
-        if (idle.owns_lock() && (oldest == links_.end() || it->second->last_used < oldest->second->last_used)) {
+        if (idle.owns_lock() && it->second->last_used <= unused_since &&
+            (oldest == links_.end() || it->second->last_used < oldest->second->last_used)) {
           oldest = it;
         }
       }
       if (oldest == links_.end()) {
         return absl::ResourceExhaustedError(absl::StrCat("this expert shard holds ", links_.size(),
-                                                         " NCCL links, all busy, and joins ", joining_,
+                                                         " NCCL links in use and joins ", joining_,
                                                          ", its limit (--nccl-max-links)"));
       }
       spdlog::warn("NCCL link of {} dropped for {}: this expert shard holds its limit of {} links",
@@ -75,20 +78,23 @@ absl::Status NcclExpertLinks::RunExperts(const internal::v1::RunExpertsRequest& 
                                          internal::v1::RunExpertsResponse* response) {
   if (request.hidden_link() == 0) return shard_.RunExperts(request, response);
   std::shared_ptr<Entry> entry;
+  std::unique_lock<std::mutex> busy;  // taken under mutex_, so that no eviction picks a link in use
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (auto it = links_.find(request.hidden_link()); it != links_.end()) entry = it->second;
+    if (auto it = links_.find(request.hidden_link()); it != links_.end()) {
+      entry = it->second;
+      busy = std::unique_lock<std::mutex>(entry->busy, std::try_to_lock);
+      if (busy.owns_lock()) entry->last_used = std::chrono::steady_clock::now();
+    }
   }
   if (entry == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat("hidden rows announced on NCCL link ", request.hidden_link(),
                                                       ", which this expert shard does not hold"));
   }
-  std::unique_lock<std::mutex> busy(entry->busy, std::try_to_lock);
   if (!busy.owns_lock()) {
     return absl::FailedPreconditionError(
         absl::StrCat("NCCL link ", request.hidden_link(), " is carrying another call"));
   }
-  entry->last_used = std::chrono::steady_clock::now();
   return RunOverLink(*entry, request, response);
 }
 

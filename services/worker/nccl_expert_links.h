@@ -1,7 +1,8 @@
-// An expert shard's side of the NCCL data plane (services/transport/nccl_link.h): a link per stage
-// process that made one (ExpertWorker.ConnectNccl), up to a limit. A RunExperts call that names a link
-// receives its tokens' hidden rows over it, runs them, and sends the held slots' outputs back
-// over it before it answers; calls that carry their rows as bytes go to the shard as they are.
+// An expert shard's side of the NCCL data plane (services/transport/nccl_link.h): a link per
+// stage process that made one (ExpertWorker.ConnectNccl), up to a limit. A RunExperts call that
+// names a link receives its tokens' hidden rows over it, runs them, and sends the held slots'
+// outputs back over it before it answers; calls that carry their rows as bytes go to the shard
+// as they are.
 #pragma once
 
 #include <chrono>
@@ -22,8 +23,10 @@ namespace deltaserve::services {
 struct NcclExpertLinkLimits {
   int device = 0;
   size_t max_capacity_bytes = 0;  // a link's buffer
-  int max_links = 16;             // links held at once (a link per stage)
+  int max_links = 16;             // links held at once (a link per stage process)
   std::chrono::milliseconds timeout{30000};
+  // At the limit, a link unused for this long makes room for a new one.
+  std::chrono::milliseconds evict_after{60000};
 };
 
 class NcclExpertLinks final : public ExpertChannel {
@@ -34,7 +37,7 @@ class NcclExpertLinks final : public ExpertChannel {
 
   // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once). It drops the link
   // the request replaces, any earlier link of the same owner (a stage restarted) and any broken
-  // one; at the limit, the idle link used longest ago. RESOURCE_EXHAUSTED where every link is busy.
+  // one; at the limit, the link unused longest if unused for evict_after, or RESOURCE_EXHAUSTED.
   absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;
@@ -45,7 +48,7 @@ class NcclExpertLinks final : public ExpertChannel {
     std::mutex busy;  // held by a call from its receive to the end of its send
     std::unique_ptr<NcclLink> link;
     std::string owner;  // the stage that made it (ConnectNcclRequest.owner)
-    std::chrono::steady_clock::time_point last_used;  // guarded by busy
+    std::chrono::steady_clock::time_point last_used;  // guarded by mutex_
   };
   absl::Status RunOverLink(Entry& entry, const internal::v1::RunExpertsRequest& request,
                            internal::v1::RunExpertsResponse* response);

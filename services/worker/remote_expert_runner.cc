@@ -121,15 +121,16 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
       });
     }
     for (std::thread& thread : threads) thread.join();
-    // A shard that refused a call on its link before taking the rows (it lost the link: it was
-    // restarted, or dropped it at its limit) gets them as bytes, now and for the rest of the layer.
+    // A shard that answered a call on its link with FAILED_PRECONDITION (it lost the link: it was
+    // restarted, or dropped it at its limit; or it refused the call) gets the rows as bytes, now
+    // and for the rest of the layer: running a call again changes nothing on the shard.
     for (size_t s = 0; s < shards_.size(); ++s) {
       ShardCalls& w = work[s];
       if (round >= w.calls.size() || !w.link_hold.owns_lock() ||
           w.status.code() != absl::StatusCode::kFailedPrecondition) {
         continue;
       }
-      w.link_hold.unlock();  // broken by the refusal
+      w.link_hold.unlock();  // the link is broken by now, or unused by the refused call
       if (host_x.empty()) {
         host_x.resize(static_cast<size_t>(n * hidden));
         backend_.Download(x, host_x.data());

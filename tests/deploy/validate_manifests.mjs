@@ -690,6 +690,11 @@ const BREAKAGES = [
     const np = objs.find((o) => o.kind === "NetworkPolicy" && componentOf(o) === "expert");
     np.spec.ingress[0].from.push({ namespaceSelector: {} });
   }],
+  ["NCCL links without every-port rules for them", (objs) => {
+    for (const c of find(objs, "StatefulSet", "stage").spec.template.spec.containers) {
+      c.args = (c.args ?? []).map((a) => a.replace(/^--nccl-max-rows=\d+$/, "--nccl-max-rows=8192"));
+    }
+  }],
   ["a router grace period shorter than its drain", (objs) => {
     find(objs, "Deployment", "router").spec.template.spec.terminationGracePeriodSeconds = 5;
   }],

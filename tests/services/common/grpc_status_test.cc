@@ -34,7 +34,8 @@ TEST(GrpcStatusTest, OurPayloadsCrossAndOthersAreDropped) {
   original.SetPayload(ours, absl::Cord(""));
   original.SetPayload(std::string(kCarriedPayloadPrefix) + "Other", absl::Cord(std::string("a\0b", 3)));
   original.SetPayload("type.googleapis.com/someone.Else", absl::Cord("x"));
-  const grpc::Status wire = ToGrpcStatus(original);
+  EXPECT_TRUE(ToGrpcStatus(original).error_details().empty()) << "clients get the code and message";
+  const grpc::Status wire = ToInternalGrpcStatus(original);
   EXPECT_FALSE(wire.error_details().empty());
   const absl::Status back = FromGrpcStatus(wire);
   EXPECT_EQ(back.code(), absl::StatusCode::kInvalidArgument);
@@ -44,7 +45,7 @@ TEST(GrpcStatusTest, OurPayloadsCrossAndOthersAreDropped) {
   EXPECT_EQ(std::string(*back.GetPayload(std::string(kCarriedPayloadPrefix) + "Other")), std::string("a\0b", 3));
   EXPECT_FALSE(back.GetPayload("type.googleapis.com/someone.Else").has_value());
 
-  EXPECT_TRUE(ToGrpcStatus(absl::InternalError("plain")).error_details().empty());
+  EXPECT_TRUE(ToInternalGrpcStatus(absl::InternalError("plain")).error_details().empty());
   // Details that are not a google.rpc.Status leave the code and message alone.
   const absl::Status odd = FromGrpcStatus(grpc::Status(grpc::StatusCode::INTERNAL, "odd", "\xff\xff\xff"));
   EXPECT_EQ(odd, absl::InternalError("odd"));

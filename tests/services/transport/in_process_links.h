@@ -2,8 +2,9 @@
 // memory, with the semantics the workers rely on: both ranks join an id within the timeout; a send
 // finishes once the peer has received it (as NCCL's sends of large messages do); a receive takes
 // the next message, which must be of the size asked; every wait ends at the timeout or once its
-// give-up says so; and a failure on either side aborts the link for both. With the CPU backend,
-// whose tensors are host memory, it lets tests run the stage <-> expert shard protocol without GPUs.
+// give-up says so; and a failure aborts this side only (as ncclCommAbort), so the peer's waits
+// run on to their own timeout or give-up. With the CPU backend, whose tensors are host memory, it
+// lets tests run the stage <-> stage and stage <-> expert shard protocols without GPUs.
 #pragma once
 
 #include <chrono>
@@ -43,11 +44,7 @@ class InProcessLinks final : public services::NcclLinkFactory {
     wire->changed.notify_all();
     const absl::Status joined = Wait(lock, *wire, options.timeout, options.give_up, "join",
                                      [&] { return wire->joined == 2; });
-    if (!joined.ok()) {
-      wire->aborted = true;
-      wire->changed.notify_all();
-      return joined;
-    }
+    if (!joined.ok()) return joined;
     return std::unique_ptr<services::NcclLink>(new Link(wire, rank, options));
   }
 
@@ -56,22 +53,17 @@ class InProcessLinks final : public services::NcclLinkFactory {
     std::mutex mutex;
     std::condition_variable changed;
     int joined = 0;
-    bool aborted = false;
     std::deque<std::string> inbox[2];  // messages on their way to rank r
     int64_t sent[2] = {0, 0};          // by rank r
     int64_t received[2] = {0, 0};      // by rank r
   };
 
-  // Waits (polling the give-up every millisecond) until `done`, an abort, the give-up or the
-  // timeout.
+  // Waits (polling the give-up every millisecond) until `done`, the give-up or the timeout.
   template <typename Done>
   static absl::Status Wait(std::unique_lock<std::mutex>& lock, Wire& wire, std::chrono::milliseconds timeout,
                            const std::function<bool()>& give_up, const char* what, Done done) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!done()) {
-      if (wire.aborted) {
-        return absl::UnavailableError(absl::StrCat("in-process link: ", what, ": the link was aborted"));
-      }
       if (give_up && give_up()) return absl::CancelledError(absl::StrCat("in-process link: ", what, ": given up"));
       if (std::chrono::steady_clock::now() > deadline) {
         return absl::DeadlineExceededError(absl::StrCat("in-process link: ", what, " timed out"));
@@ -93,7 +85,6 @@ class InProcessLinks final : public services::NcclLinkFactory {
 
     absl::Status StartSend(size_t bytes) override {
       if (absl::Status status = Usable(bytes); !status.ok()) return status;
-      // As with NCCL, queuing a send does not notice a peer that aborted: waiting for it does.
       std::lock_guard<std::mutex> lock(wire_->mutex);
       wire_->inbox[1 - rank_].emplace_back(buffer_.data(), bytes);
       sending_ = ++wire_->sent[rank_];
@@ -152,12 +143,10 @@ class InProcessLinks final : public services::NcclLinkFactory {
       }
       return absl::OkStatus();
     }
-    // Aborts the link for both sides, the wire's lock held.
+    // Aborts this side, the wire's lock held.
     absl::Status Locked(absl::Status status) {
       broken_ = true;
       send_pending_ = false;
-      wire_->aborted = true;
-      wire_->changed.notify_all();
       return status;
     }
     absl::Status Fail(absl::Status status) {

@@ -121,7 +121,11 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
       s.shard = std::move(*shard);
       s.links = std::make_unique<NcclExpertLinks>(
           *s.shard, *shard_backend_,
-          NcclExpertLinkLimits{.device = 1, .max_capacity_bytes = capacity, .max_links = 2, .timeout = kTimeout},
+          NcclExpertLinkLimits{.device = 1,
+                               .max_capacity_bytes = capacity,
+                               .max_links = 2,
+                               .timeout = kTimeout,
+                               .evict_after = std::chrono::milliseconds(0)},
           *links_);
       NcclExpertLinks* links = s.links.get();
       s.service = std::make_unique<ExpertWorkerService>(

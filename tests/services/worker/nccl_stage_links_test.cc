@@ -24,6 +24,7 @@
 #include "kernels/cuda/cuda_backend.h"
 #endif
 #include "model/kimi_linear_model.h"
+#include "services/common/grpc_status.h"
 #include "services/common/server_runner.h"
 #include "services/transport/grpc_channels.h"
 #include "services/worker/stage_engine.h"
@@ -74,6 +75,12 @@ TEST(NcclStageInputTest, RefusesLinksPastItsLimitAndRowsOnLinksItDoesNotHold) {
   request.set_link(0);
   EXPECT_EQ(input.Connect(request).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(input.Receive(7, 1, 128).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(NcclStageInputTest, TheReceiptIsTheProtoMessageCarriedAcrossGrpc) {
+  EXPECT_EQ(std::string(kHiddenRowsReceivedPayload),
+            "type.googleapis.com/" + internal::v1::HiddenRowsReceived::descriptor()->full_name());
+  EXPECT_TRUE(std::string_view(kHiddenRowsReceivedPayload).starts_with(kCarriedPayloadPrefix));
 }
 
 TEST(NcclStageInputTest, AStageWithoutLinksRefusesRowsAnnouncedOverNcclAndKeepsServing) {
