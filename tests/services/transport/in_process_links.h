@@ -77,7 +77,6 @@ class InProcessLinks final : public services::NcclLinkFactory {
    public:
     Link(std::shared_ptr<Wire> wire, int rank, const services::NcclLinkOptions& options)
         : wire_(std::move(wire)), rank_(rank), timeout_(options.timeout), buffer_(options.capacity_bytes) {}
-    ~Link() override { Fail(absl::OkStatus()); }
 
     void* buffer() override { return buffer_.data(); }
     size_t capacity() const override { return buffer_.size(); }
@@ -99,11 +98,11 @@ class InProcessLinks final : public services::NcclLinkFactory {
       const absl::Status status =
           Wait(lock, *wire_, timeout_, give_up, "send", [&] { return wire_->received[1 - rank_] >= sending_; });
       send_pending_ = false;
-      return status.ok() ? status : Locked(status);
+      return status.ok() ? status : Failed(status);
     }
 
     void AbandonSend() override {
-      if (send_pending_) Fail(absl::OkStatus());
+      if (send_pending_) Abort();
     }
 
     absl::Status ReadBuffer(void* host, size_t bytes) override {
@@ -118,10 +117,10 @@ class InProcessLinks final : public services::NcclLinkFactory {
       std::deque<std::string>& inbox = wire_->inbox[rank_];
       if (absl::Status status = Wait(lock, *wire_, timeout_, give_up, "receive", [&] { return !inbox.empty(); });
           !status.ok()) {
-        return Locked(status);
+        return Failed(status);
       }
       if (inbox.front().size() != bytes) {
-        return Locked(absl::InternalError(absl::StrCat("in-process link: a message of ", inbox.front().size(),
+        return Failed(absl::InternalError(absl::StrCat("in-process link: a message of ", inbox.front().size(),
                                                        " bytes where ", bytes, " were asked")));
       }
       std::memcpy(buffer_.data(), inbox.front().data(), bytes);
@@ -131,7 +130,7 @@ class InProcessLinks final : public services::NcclLinkFactory {
       return absl::OkStatus();
     }
 
-    void Break() override { Fail(absl::OkStatus()); }
+    void Break() override { Abort(); }
 
    private:
     absl::Status Usable(size_t bytes) const {
@@ -143,15 +142,14 @@ class InProcessLinks final : public services::NcclLinkFactory {
       }
       return absl::OkStatus();
     }
-    // Aborts this side, the wire's lock held.
-    absl::Status Locked(absl::Status status) {
+    // Aborts this side only: the peer's waits run on to their timeout or give-up.
+    void Abort() {
       broken_ = true;
       send_pending_ = false;
-      return status;
     }
-    absl::Status Fail(absl::Status status) {
-      std::lock_guard<std::mutex> lock(wire_->mutex);
-      return Locked(std::move(status));
+    absl::Status Failed(absl::Status status) {
+      Abort();
+      return status;
     }
 
     const std::shared_ptr<Wire> wire_;
