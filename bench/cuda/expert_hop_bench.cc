@@ -145,8 +145,11 @@ int main(int argc, char** argv) {
     arguments.SetMaxReceiveMessageSize(1 << 30);
     shard.channel = std::make_shared<ds::services::GrpcExpertChannel>(
         grpc::CreateCustomChannel(shard.server->address(), grpc::InsecureChannelCredentials(), arguments), timeout);
-    shard.link = std::make_unique<ds::services::NcclOutputLink>(shard.channel, "shard", 0, capacity, timeout,
-                                                                std::chrono::milliseconds(0));
+    ds::services::NcclOutputLinkOptions link_options;
+    link_options.capacity_bytes = capacity;
+    link_options.timeout = timeout;
+    link_options.both_ways = true;
+    shard.link = std::make_unique<ds::services::NcclOutputLink>(shard.channel, "shard", link_options);
     Ok(shard.link->status(), "link");
     linked.push_back({begin, end, shard.channel.get(), 0, shard.link.get()});
     plain.push_back({begin, end, shard.channel.get(), 0, nullptr});

@@ -196,6 +196,11 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   // it asks.
   const bool on_gpu = config.backend.device == "cuda" && config.nccl_max_rows > 0;
   const size_t capacity = static_cast<size_t>(config.nccl_max_rows * model_config.hidden_size) * sizeof(float);
+  NcclOutputLinkOptions link_options;
+  link_options.device = config.backend.cuda_device;
+  link_options.capacity_bytes = capacity;
+  link_options.timeout = config.nccl_timeout;
+  link_options.retry = config.nccl_retry;
   // How this stage names itself to the expert workers (one link each per owner): stable across
   // restarts, unless its port is picked at start.
   const std::string& listen = config.process.server.listen_address;
@@ -221,8 +226,10 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     std::shared_ptr<NcclOutputLink> nccl;
     if (on_gpu) {
       const std::string name = absl::StrCat("expert worker ", address);
-      nccl = std::make_shared<NcclOutputLink>(expert_channel, name, config.backend.cuda_device, capacity,
-                                              config.nccl_timeout, config.nccl_retry, owner);
+      NcclOutputLinkOptions options = link_options;
+      options.owner = owner;
+      options.both_ways = true;
+      nccl = std::make_shared<NcclOutputLink>(expert_channel, name, options);
       if (const absl::Status status = nccl->status(); status.ok()) {
         spdlog::info("calls of up to {} token rows and slot outputs go to {} over NCCL", config.nccl_max_rows, name);
       } else {
@@ -293,8 +300,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   }
   std::shared_ptr<NcclOutputLink> nccl_output;
   if (next != nullptr && on_gpu) {
-    nccl_output = std::make_shared<NcclOutputLink>(next, "the next stage", config.backend.cuda_device, capacity,
-                                                   config.nccl_timeout, config.nccl_retry);
+    nccl_output = std::make_shared<NcclOutputLink>(next, "the next stage", link_options);
     keep.push_back(nccl_output);
     if (const absl::Status status = nccl_output->status(); status.ok()) {
       spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL", config.nccl_max_rows);

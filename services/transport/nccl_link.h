@@ -69,6 +69,22 @@ class NcclLink {
   virtual void Break() = 0;
 };
 
+// A link's first transfers set up NCCL's connections, and may show that the two sides cannot
+// reach each other: a few bytes exchanged as the link is made move that out of the first call.
+// The maker (rank 0) sends first; with `both_ways` (the peer answers over the link too) the other
+// side then sends back. Both sides call it alike.
+inline constexpr size_t kNcclWarmUpBytes = 4;
+inline absl::Status WarmUpLink(NcclLink& link, int rank, bool both_ways, const NcclLink::GiveUp& give_up = nullptr) {
+  const auto send = [&] {
+    absl::Status status = link.StartSend(kNcclWarmUpBytes);
+    return status.ok() ? link.FinishSend(give_up) : status;
+  };
+  const auto receive = [&] { return link.Receive(kNcclWarmUpBytes, give_up); };
+  absl::Status status = rank == 0 ? send() : receive();
+  if (status.ok() && both_ways) status = rank == 0 ? receive() : send();
+  return status;
+}
+
 // Where the workers' links come from: NCCL (Nccl(): NcclLink::NewId and NcclLink::Join), or, in
 // tests without GPUs, a stand-in with the same semantics.
 class NcclLinkFactory {

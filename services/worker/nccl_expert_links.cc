@@ -58,9 +58,12 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
   options.timeout = limits_.timeout;
   absl::StatusOr<std::unique_ptr<NcclLink>> link = factory_.Join(request.nccl_id(), 1, options);
+  absl::Status warm_up;
+  if (link.ok()) warm_up = WarmUpLink(**link, 1, /*both_ways=*/true);
   std::lock_guard<std::mutex> lock(mutex_);
   --joining_;
   if (!link.ok()) return link.status();
+  if (!warm_up.ok()) return warm_up;
   auto entry = std::make_shared<Entry>();
   entry->link = std::move(*link);
   entry->owner = request.owner();

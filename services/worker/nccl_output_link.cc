@@ -18,18 +18,10 @@ bool Lasting(const absl::Status& status) {
 
 }  // namespace
 
-NcclOutputLink::NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device,
-                               size_t capacity_bytes, std::chrono::milliseconds timeout,
-                               std::chrono::milliseconds retry, std::string owner, NcclLinkFactory& links)
-    : peer_(std::move(peer)),
-      links_(links),
-      peer_name_(std::move(peer_name)),
-      owner_(std::move(owner)),
-      device_(device),
-      capacity_bytes_(capacity_bytes),
-      timeout_(timeout) {
+NcclOutputLink::NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, NcclOutputLinkOptions options)
+    : peer_(std::move(peer)), peer_name_(std::move(peer_name)), options_(std::move(options)) {
   const absl::Status first = Reconnect();
-  if (retry.count() > 0 && !Lasting(first)) KeepUp(retry);
+  if (options_.retry.count() > 0 && !Lasting(first)) KeepUp(options_.retry);
 }
 
 NcclOutputLink::~NcclOutputLink() {
@@ -61,7 +53,7 @@ absl::Status NcclOutputLink::Reconnect() {
 }
 
 absl::Status NcclOutputLink::MakeLink() {
-  absl::StatusOr<std::string> nccl_id = links_.NewId();
+  absl::StatusOr<std::string> nccl_id = options_.links->NewId();
   if (!nccl_id.ok()) return nccl_id.status();
   internal::v1::ConnectNcclRequest request;
   request.set_nccl_id(*nccl_id);
@@ -69,28 +61,33 @@ absl::Status NcclOutputLink::MakeLink() {
   uint64_t id = 0;
   while (id == 0 || id == last_id_) id = (static_cast<uint64_t>(entropy()) << 32) ^ entropy();
   request.set_link(id);
-  request.set_capacity_bytes(static_cast<int64_t>(capacity_bytes_));
+  request.set_capacity_bytes(static_cast<int64_t>(options_.capacity_bytes));
   request.set_replaces(last_id_);
-  request.set_owner(owner_);
+  request.set_owner(options_.owner);
   // Users take the link with TryHold, so they send bytes while it is being made. The peer joins
   // inside its ConnectNccl while this side joins here; a refusal there ends the wait here. The
   // call's deadline leaves room for a join that ends near the timeout.
   std::atomic<bool> refused{false};
   absl::Status remote;
   std::thread call([&] {
-    remote = peer_->ConnectNccl(request, timeout_ + std::chrono::seconds(5));
+    remote = peer_->ConnectNccl(request, options_.timeout + std::chrono::seconds(5));
     if (!remote.ok()) refused = true;
   });
-  NcclLinkOptions options;
-  options.device = device_;
-  options.capacity_bytes = capacity_bytes_;
-  options.timeout = timeout_;
-  options.give_up = [&] { return refused.load() || stopping_.load(); };  // shutting down ends it
-  absl::StatusOr<std::unique_ptr<NcclLink>> link = links_.Join(*nccl_id, 0, options);
+  NcclLinkOptions link_options;
+  link_options.device = options_.device;
+  link_options.capacity_bytes = options_.capacity_bytes;
+  link_options.timeout = options_.timeout;
+  // A refusal there, or shutting down here, ends the waits.
+  const NcclLink::GiveUp give_up = [&] { return refused.load() || stopping_.load(); };
+  link_options.give_up = give_up;
+  absl::StatusOr<std::unique_ptr<NcclLink>> link = options_.links->Join(*nccl_id, 0, link_options);
+  absl::Status warm_up;
+  if (link.ok()) warm_up = WarmUpLink(**link, 0, options_.both_ways, give_up);
   call.join();
   if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
   last_id_ = id;  // the peer holds it, whether or not this side joined
   if (!link.ok()) return link.status();
+  if (!warm_up.ok()) return warm_up;
   link_ = std::move(*link);
   id_ = id;
   return absl::OkStatus();

@@ -19,18 +19,25 @@
 
 namespace deltaserve::services {
 
+struct NcclOutputLinkOptions {
+  int device = 0;             // the CUDA device of this side
+  size_t capacity_bytes = 0;  // the buffer on each side
+  std::chrono::milliseconds timeout{30000};
+  std::chrono::milliseconds retry{0};  // see NcclOutputLink
+  std::string owner;       // names this side to the peer (ConnectNcclRequest.owner; may be empty)
+  bool both_ways = false;  // the peer sends back over the link too (an expert shard)
+  NcclLinkFactory* links = &NcclLinkFactory::Nccl();
+};
+
 class NcclOutputLink {
  public:
-  // Links to `peer` (rank 0 here, its ConnectNccl there) with a buffer of `capacity_bytes` on
-  // each side; `peer_name` names it in errors and logs ("the next stage"). The first link is made
-  // here (status() says how that went). While there is none (that failed, or a link broke), one
-  // is tried again after `retry`, the wait doubling up to 16 × retry while attempts fail, and
-  // only once the peer answers; a refusal that will not change (the peer takes no links, or none
-  // this large) ends the attempts. Zero `retry`: only Reconnect makes links.
-  // `owner` names this side to the peer (ConnectNcclRequest.owner; may be empty).
-  NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, int device, size_t capacity_bytes,
-                 std::chrono::milliseconds timeout, std::chrono::milliseconds retry, std::string owner = "",
-                 NcclLinkFactory& links = NcclLinkFactory::Nccl());
+  // Links to `peer` (rank 0 here, its ConnectNccl there); `peer_name` names it in errors and logs
+  // ("the next stage"). The first link is made here (status() says how that went), warmed up
+  // (WarmUpLink) before it is used. While there is none (that failed, or a link broke), one is
+  // tried again after `retry`, the wait doubling up to 16 × retry while attempts fail, and only
+  // once the peer answers; a refusal that will not change (the peer takes no links, or none this
+  // large) ends the attempts. Zero `retry`: only Reconnect makes links.
+  NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, NcclOutputLinkOptions options);
   // May wait for a link being made, up to the timeout.
   ~NcclOutputLink();
 
@@ -54,12 +61,8 @@ class NcclOutputLink {
   void KeepUp(std::chrono::milliseconds retry);
 
   const std::shared_ptr<NcclPeer> peer_;
-  NcclLinkFactory& links_;
   const std::string peer_name_;
-  const std::string owner_;
-  const int device_;
-  const size_t capacity_bytes_;
-  const std::chrono::milliseconds timeout_;
+  const NcclOutputLinkOptions options_;
   mutable std::mutex mutex_;  // held by a use from its copy into the buffer to its transfers' end
   std::unique_ptr<NcclLink> link_;
   uint64_t id_ = 0;

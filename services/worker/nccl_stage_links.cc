@@ -20,6 +20,7 @@ absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& req
   // Joined before the lock: steps on the current link go on meanwhile.
   absl::StatusOr<std::unique_ptr<NcclLink>> link = factory_.Join(request.nccl_id(), 1, options);
   if (!link.ok()) return link.status();
+  if (absl::Status warm_up = WarmUpLink(**link, 1, /*both_ways=*/false); !warm_up.ok()) return warm_up;
   std::lock_guard<std::mutex> lock(mutex_);
   link_ = std::move(*link);
   link_id_ = request.link();

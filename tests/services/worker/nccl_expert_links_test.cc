@@ -149,8 +149,13 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
   // A link from the stage to shard `shard`, made by `owner`.
   std::unique_ptr<NcclOutputLink> LinkTo(size_t shard, const std::string& owner) {
     const size_t capacity = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
-    return std::make_unique<NcclOutputLink>(shards_[shard].channel, "an expert shard", 0, capacity, kTimeout,
-                                            std::chrono::milliseconds(0), owner, *links_);
+    NcclOutputLinkOptions options;
+    options.capacity_bytes = capacity;
+    options.timeout = kTimeout;
+    options.owner = owner;
+    options.both_ways = true;
+    options.links = links_;
+    return std::make_unique<NcclOutputLink>(shards_[shard].channel, "an expert shard", options);
   }
 
   // What Run gives for `ids` with every shard's rows sent as bytes.

@@ -147,8 +147,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     next_ = std::make_shared<GrpcStageChannel>(channel_, kTimeout);
-    output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", 0, capacity, kTimeout,
-                                               std::chrono::milliseconds(0), "", *links_);
+    output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", LinkOptions(capacity));
     ASSERT_TRUE(output_->status().ok()) << output_->status();
     absl::StatusOr<std::unique_ptr<LinkPathMetrics>> metrics = LinkPathMetrics::ForHandoffs(registry_);
     ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -157,6 +156,14 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
                                                  output_.get(), metrics_.get());
     plain_last_stage_ = std::make_unique<StageEngine>(*plain_last_, nullptr, nullptr);
     plain_first_stage_ = std::make_unique<StageEngine>(*plain_first_, nullptr, plain_last_stage_.get());
+  }
+
+  NcclOutputLinkOptions LinkOptions(size_t capacity) {
+    NcclOutputLinkOptions options;
+    options.capacity_bytes = capacity;
+    options.timeout = kTimeout;
+    options.links = links_;
+    return options;
   }
 
   // Opens the sequences on both pipelines (greedy).
@@ -268,7 +275,7 @@ TEST_P(NcclStagesTest, AStepWhoseRowsWereNotTakenBreaksTheLinkAndStepsGoAsBytesU
   ASSERT_EQ(token, expected);
   ASSERT_EQ(output_->sent(), 1);
   const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
-  NcclOutputLink other(next_, "the next stage", 0, capacity, kTimeout, std::chrono::milliseconds(0), "", *links_);
+  NcclOutputLink other(next_, "the next stage", LinkOptions(capacity));
   ASSERT_TRUE(other.status().ok()) << other.status();
   internal::v1::StepResponse refused;
   EXPECT_EQ(first_stage_->Step(StepOf(1, {token}), &refused).code(), absl::StatusCode::kFailedPrecondition);
