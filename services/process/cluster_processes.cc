@@ -157,7 +157,16 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
   description.expert_begin = config.expert_begin;
   description.expert_end = config.expert_end;
   std::vector<std::shared_ptr<void>> keep = {backend, shard};
-  std::shared_ptr<ExpertWorkerService> service;
+  std::shared_ptr<ExpertMetrics> expert_metrics;
+  if (metrics != nullptr) {
+    DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertMetrics> created, ExpertMetrics::Create(metrics->registry()));
+    expert_metrics = std::move(created);
+    keep.push_back(expert_metrics);
+  }
+  // The calls go to the shard, through its NCCL links where it takes them, counted where there
+  // are metrics.
+  ExpertChannel* experts = shard.get();
+  std::function<absl::Status(const internal::v1::ConnectNcclRequest&)> connect;
   if (config.backend.device == "cuda" && config.nccl_max_rows > 0) {
     NcclExpertLinkLimits limits;
     limits.device = config.backend.cuda_device;
@@ -165,15 +174,18 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
         static_cast<size_t>(config.nccl_max_rows * shard->config().hidden_size) * sizeof(float);
     limits.max_links = config.nccl_max_links;
     limits.timeout = config.nccl_timeout;
-    auto links = std::make_shared<NcclExpertLinks>(*shard, *backend, limits);
+    auto links = std::make_shared<NcclExpertLinks>(*shard, *backend, limits, NcclLinkFactory::Nccl(),
+                                                   expert_metrics.get());
     keep.push_back(links);
-    service = std::make_shared<ExpertWorkerService>(
-        *links, description, [links](const internal::v1::ConnectNcclRequest& request) {
-          return links->Connect(request);
-        });
-  } else {
-    service = std::make_shared<ExpertWorkerService>(*shard, description);
+    experts = links.get();
+    connect = [links](const internal::v1::ConnectNcclRequest& request) { return links->Connect(request); };
   }
+  if (expert_metrics != nullptr) {
+    auto counted = std::make_shared<CountedExperts>(*experts, *expert_metrics);
+    keep.push_back(counted);
+    experts = counted.get();
+  }
+  auto service = std::make_shared<ExpertWorkerService>(*experts, description, connect);
   keep.push_back(service);
   grpc::Service* services[] = {service.get()};
   DS_ASSIGN_OR_RETURN(std::unique_ptr<GrpcServer> server, GrpcServer::Start(config.process.server, services));

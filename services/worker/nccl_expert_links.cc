@@ -51,6 +51,7 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
       links_.erase(oldest);
     }
     ++joining_;  // stages join at once, each its own link
+    if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
   }
   dropped.clear();
   NcclLinkOptions options;
@@ -69,6 +70,7 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
   entry->owner = request.owner();
   entry->last_used = std::chrono::steady_clock::now();
   links_[request.link()] = std::move(entry);
+  if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
   return absl::OkStatus();
 }
 

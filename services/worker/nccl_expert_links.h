@@ -16,6 +16,7 @@
 #include "kernels/backend.h"
 #include "services/transport/expert_channel.h"
 #include "services/transport/nccl_link.h"
+#include "services/worker/expert_metrics.h"
 #include "services/worker/expert_shard.h"
 
 namespace deltaserve::services {
@@ -31,9 +32,10 @@ struct NcclExpertLinkLimits {
 
 class NcclExpertLinks final : public ExpertChannel {
  public:
+  // `metrics` (may be null) shows the links held.
   NcclExpertLinks(ExpertShard& shard, kernels::Backend& backend, NcclExpertLinkLimits limits,
-                  NcclLinkFactory& links = NcclLinkFactory::Nccl())
-      : shard_(shard), backend_(backend), limits_(limits), factory_(links) {}
+                  NcclLinkFactory& links = NcclLinkFactory::Nccl(), ExpertMetrics* metrics = nullptr)
+      : shard_(shard), backend_(backend), limits_(limits), factory_(links), metrics_(metrics) {}
 
   // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once). It drops the link
   // the request replaces, any earlier link of the same owner (a stage restarted) and any broken
@@ -57,6 +59,7 @@ class NcclExpertLinks final : public ExpertChannel {
   kernels::Backend& backend_;
   const NcclExpertLinkLimits limits_;
   NcclLinkFactory& factory_;
+  ExpertMetrics* metrics_;
   mutable std::mutex mutex_;  // guards links_ and joining_
   std::map<uint64_t, std::shared_ptr<Entry>> links_;
   int joining_ = 0;  // links being joined: each holds a buffer and a communicator, as a link does

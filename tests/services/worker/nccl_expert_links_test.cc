@@ -34,6 +34,13 @@ constexpr int64_t kLinkRows = 8;  // fewer than a 16-token prefill's slots on ei
 constexpr std::chrono::milliseconds kTimeout{20000};
 const std::string kOwner = "the stage under test";
 
+double GaugeValue(prometheus::Registry& registry, const std::string& name) {
+  for (const prometheus::MetricFamily& family : registry.Collect()) {
+    if (family.name == name && !family.metric.empty()) return family.metric.front().gauge.value;
+  }
+  return -1;
+}
+
 // A request for `tokens` tokens of layer 1 whose experts are `ids` (top_k each).
 internal::v1::RunExpertsRequest RequestFor(const model::KimiLinearConfig& config, const std::vector<int32_t>& ids) {
   internal::v1::RunExpertsRequest request;
@@ -52,6 +59,10 @@ TEST(NcclExpertLinksTest, RefusesLinksPastItsCapacityAndRowsOnLinksItDoesNotHold
   auto shard = ExpertShard::Load(kFixture, *backend, 0, 20);
   ASSERT_TRUE(shard.ok()) << shard.status();
   NcclExpertLinks links(**shard, *backend, {.device = 0, .max_capacity_bytes = 1 << 20, .max_links = 2});
+  prometheus::Registry registry;
+  auto metrics = ExpertMetrics::Create(registry);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  CountedExperts counted(links, **metrics);
   internal::v1::ConnectNcclRequest connect;
   connect.set_nccl_id(std::string(128, 'x'));
   connect.set_link(7);
@@ -67,13 +78,16 @@ TEST(NcclExpertLinksTest, RefusesLinksPastItsCapacityAndRowsOnLinksItDoesNotHold
   internal::v1::RunExpertsRequest over_link = request;
   over_link.clear_hidden();
   over_link.set_hidden_link(7);
-  EXPECT_EQ(links.RunExperts(over_link, &response).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(counted.RunExperts(over_link, &response).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ((*shard)->RunExperts(over_link, &response).code(), absl::StatusCode::kFailedPrecondition)
       << "a shard without links takes no rows announced over one";
   // Rows as bytes go to the shard: experts 1 and 3 are its, 25 and 30..32 not.
-  const absl::Status status = links.RunExperts(request, &response);
+  const absl::Status status = counted.RunExperts(request, &response);
   ASSERT_TRUE(status.ok()) << status;
   EXPECT_EQ(response.slot_outputs().size(), 2 * config.hidden_size * sizeof(float));
+  EXPECT_EQ(testing::CounterValue(registry, "deltaserve_expert_calls_total", "path", "bytes"), 1);
+  EXPECT_EQ(testing::CounterValue(registry, "deltaserve_expert_calls_total", "path", "nccl"), 0);
+  EXPECT_EQ(testing::CounterValue(registry, "deltaserve_expert_call_failures_total"), 1);
 }
 
 std::unique_ptr<kernels::Backend> Gpu(int device, std::string* why) {
@@ -82,6 +96,8 @@ std::unique_ptr<kernels::Backend> Gpu(int device, std::string* why) {
 
 // An expert shard on GPU 1 behind its own gRPC server, taking NCCL links.
 struct ShardServer {
+  std::unique_ptr<prometheus::Registry> registry = std::make_unique<prometheus::Registry>();
+  std::unique_ptr<ExpertMetrics> metrics;
   std::unique_ptr<ExpertShard> shard;
   std::unique_ptr<NcclExpertLinks> links;
   std::unique_ptr<ExpertWorkerService> service;
@@ -119,6 +135,9 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
       auto shard = ExpertShard::Load(kFixture, *shard_backend_, begin, end);
       ASSERT_TRUE(shard.ok()) << shard.status();
       s.shard = std::move(*shard);
+      auto metrics = ExpertMetrics::Create(*s.registry);
+      ASSERT_TRUE(metrics.ok()) << metrics.status();
+      s.metrics = std::move(*metrics);
       s.links = std::make_unique<NcclExpertLinks>(
           *s.shard, *shard_backend_,
           NcclExpertLinkLimits{.device = 1,
@@ -126,7 +145,7 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
                                .max_links = 2,
                                .timeout = kTimeout,
                                .evict_after = std::chrono::milliseconds(0)},
-          *links_);
+          *links_, s.metrics.get());
       NcclExpertLinks* links = s.links.get();
       s.service = std::make_unique<ExpertWorkerService>(
           *s.links, WorkerDescription{},
@@ -282,6 +301,7 @@ TEST_P(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesO
   const std::unique_ptr<NcclOutputLink> third = LinkTo(0, "a third stage");
   ASSERT_TRUE(third->status().ok()) << third->status();
   EXPECT_EQ(shards_[0].links->links(), 2);
+  EXPECT_EQ(GaugeValue(*shards_[0].registry, "deltaserve_expert_nccl_links"), 2);
   RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
   const std::vector<int32_t> ids = {4, 5, 6, 21, 22, 23};
   const std::vector<float> expected = AsBytes(ids);
