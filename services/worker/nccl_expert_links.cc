@@ -15,6 +15,9 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
                                                    limits_.max_capacity_bytes, " bytes; it asked for ",
                                                    request.capacity_bytes()));
   }
+  if (!request.both_ways()) {
+    return absl::InvalidArgumentError("an expert shard's NCCL links carry outputs back: both ways");
+  }
   // Links dropped here go once the lock is released: aborting one may wait for the device.
   std::vector<std::shared_ptr<Entry>> dropped;
   {
@@ -28,6 +31,7 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
       if (drop) dropped.push_back(it->second);
       it = drop ? links_.erase(it) : std::next(it);
     }
+    if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
     while (static_cast<int>(links_.size()) + joining_ >= limits_.max_links) {
       // At the limit, the link unused longest goes if unused for evict_after (its stage, if still
       // up, links again later); links in use by live stages are not traded for one another.
@@ -49,9 +53,9 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
                    oldest->second->owner, request.owner(), limits_.max_links);
       dropped.push_back(oldest->second);
       links_.erase(oldest);
+      if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
     }
     ++joining_;  // stages join at once, each its own link
-    if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
   }
   dropped.clear();
   NcclLinkOptions options;

@@ -37,9 +37,10 @@ class NcclExpertLinks final : public ExpertChannel {
                   NcclLinkFactory& links = NcclLinkFactory::Nccl(), ExpertMetrics* metrics = nullptr)
       : shard_(shard), backend_(backend), limits_(limits), factory_(links), metrics_(metrics) {}
 
-  // ExpertWorker.ConnectNccl: joins the link as rank 1 (several stages' at once). It drops the link
-  // the request replaces, any earlier link of the same owner (a stage restarted) and any broken
-  // one; at the limit, the link unused longest if unused for evict_after, or RESOURCE_EXHAUSTED.
+  // ExpertWorker.ConnectNccl: joins the link as rank 1 and warms it up (several stages' at once;
+  // a link not made both ways is refused). It drops the link the request replaces, any earlier
+  // link of the same owner (a stage restarted) and any broken one; at the limit, the link unused
+  // longest if unused for evict_after, or else it answers RESOURCE_EXHAUSTED.
   absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;

@@ -64,13 +64,15 @@ absl::Status NcclOutputLink::MakeLink() {
   request.set_capacity_bytes(static_cast<int64_t>(options_.capacity_bytes));
   request.set_replaces(last_id_);
   request.set_owner(options_.owner);
-  // Users take the link with TryHold, so they send bytes while it is being made. The peer joins
-  // inside its ConnectNccl while this side joins here; a refusal there ends the wait here. The
-  // call's deadline leaves room for a join that ends near the timeout.
+  request.set_both_ways(options_.both_ways);
+  // Users take the link with TryHold, so they send bytes while it is being made. The peer joins and
+  // warms up inside its ConnectNccl while this side does here; a refusal there ends the waits
+  // here. The call's deadline leaves room for a join and each warm-up transfer near the timeout.
   std::atomic<bool> refused{false};
   absl::Status remote;
   std::thread call([&] {
-    remote = peer_->ConnectNccl(request, options_.timeout + std::chrono::seconds(5));
+    const int waits = options_.both_ways ? 3 : 2;  // the join and each warm-up transfer
+    remote = peer_->ConnectNccl(request, options_.timeout * waits + std::chrono::seconds(5));
     if (!remote.ok()) refused = true;
   });
   NcclLinkOptions link_options;
@@ -83,6 +85,7 @@ absl::Status NcclOutputLink::MakeLink() {
   absl::StatusOr<std::unique_ptr<NcclLink>> link = options_.links->Join(*nccl_id, 0, link_options);
   absl::Status warm_up;
   if (link.ok()) warm_up = WarmUpLink(**link, 0, options_.both_ways, give_up);
+  if (!warm_up.ok()) warm_up = absl::Status(warm_up.code(), absl::StrCat("warm-up: ", warm_up.message()));
   call.join();
   if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
   last_id_ = id;  // the peer holds it, whether or not this side joined

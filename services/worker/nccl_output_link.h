@@ -26,7 +26,7 @@ struct NcclOutputLinkOptions {
   std::chrono::milliseconds retry{0};  // see NcclOutputLink
   std::string owner;       // names this side to the peer (ConnectNcclRequest.owner; may be empty)
   bool both_ways = false;  // the peer sends back over the link too (an expert shard)
-  NcclLinkFactory* links = &NcclLinkFactory::Nccl();
+  NcclLinkFactory* links = &NcclLinkFactory::Nccl();  // not null
 };
 
 class NcclOutputLink {
@@ -38,7 +38,7 @@ class NcclOutputLink {
   // once the peer answers; a refusal that will not change (the peer takes no links, or none this
   // large) ends the attempts. Zero `retry`: only Reconnect makes links.
   NcclOutputLink(std::shared_ptr<NcclPeer> peer, std::string peer_name, NcclOutputLinkOptions options);
-  // May wait for a link being made, up to the timeout.
+  // May wait for a link being made.
   ~NcclOutputLink();
 
   // Makes a new link, replacing the current one (the peer is told to drop it).

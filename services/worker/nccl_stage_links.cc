@@ -11,6 +11,9 @@ absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& req
                                                    max_capacity_bytes_, " bytes; it asked for ",
                                                    request.capacity_bytes()));
   }
+  if (request.both_ways()) {
+    return absl::InvalidArgumentError("a stage's NCCL link from the previous stage carries rows one way only");
+  }
   std::unique_lock<std::mutex> joining(joining_, std::try_to_lock);
   if (!joining.owns_lock()) return absl::UnavailableError("another NCCL link is being joined; try again");
   NcclLinkOptions options;

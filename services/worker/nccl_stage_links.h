@@ -29,7 +29,8 @@ class NcclStageInput {
                  NcclLinkFactory& links = NcclLinkFactory::Nccl())
       : device_(device), max_capacity_bytes_(max_capacity_bytes), timeout_(timeout), factory_(links) {}
 
-  // StageWorker.ConnectNccl: joins the link as rank 1; once joined it replaces any earlier one.
+  // StageWorker.ConnectNccl: joins the link as rank 1 (one way: both_ways is refused); once joined
+  // and warmed up it replaces any earlier one.
   absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
 
   // A step's rows in the link's buffer, held until this is destroyed.

@@ -71,6 +71,8 @@ TEST(NcclExpertLinksTest, RefusesLinksPastItsCapacityAndRowsOnLinksItDoesNotHold
   connect.set_capacity_bytes(1024);
   connect.set_link(0);
   EXPECT_EQ(links.Connect(connect).code(), absl::StatusCode::kInvalidArgument);
+  connect.set_link(7);
+  EXPECT_EQ(links.Connect(connect).code(), absl::StatusCode::kInvalidArgument) << "outputs come back: both ways";
 
   const model::KimiLinearConfig& config = (*shard)->config();
   internal::v1::RunExpertsRequest request = RequestFor(config, {1, 25, 3, 30, 31, 32});
@@ -100,6 +102,7 @@ struct ShardServer {
   std::unique_ptr<ExpertMetrics> metrics;
   std::unique_ptr<ExpertShard> shard;
   std::unique_ptr<NcclExpertLinks> links;
+  std::unique_ptr<CountedExperts> counted;
   std::unique_ptr<ExpertWorkerService> service;
   std::unique_ptr<GrpcServer> server;
   std::shared_ptr<GrpcExpertChannel> channel;
@@ -147,8 +150,9 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
                                .evict_after = std::chrono::milliseconds(0)},
           *links_, s.metrics.get());
       NcclExpertLinks* links = s.links.get();
+      s.counted = std::make_unique<CountedExperts>(*s.links, *s.metrics);
       s.service = std::make_unique<ExpertWorkerService>(
-          *s.links, WorkerDescription{},
+          *s.counted, WorkerDescription{},
           [links](const internal::v1::ConnectNcclRequest& request) { return links->Connect(request); });
       GrpcServerConfig server_config;
       server_config.listen_address = "127.0.0.1:0";
@@ -245,6 +249,11 @@ TEST_P(NcclExpertsTest, AStageOverLinksComputesWhatItComputesWithBytes) {
   EXPECT_EQ(linked.calls_as_bytes(), 0);
   EXPECT_EQ(plain.calls_over_nccl(), 0);
   EXPECT_GT(plain.calls_as_bytes(), 0);
+  double answered_over_links = 0;
+  for (const ShardServer& s : shards_) {
+    answered_over_links += testing::CounterValue(*s.registry, "deltaserve_expert_calls_total", "path", "nccl");
+  }
+  EXPECT_EQ(answered_over_links, linked.calls_over_nccl());
 }
 
 TEST_P(NcclExpertsTest, AFailedCallBreaksItsLinkAndThatShardGoesAsBytesUntilTheLinkIsMadeAgain) {
@@ -318,6 +327,17 @@ TEST_P(NcclExpertsTest, AtItsLimitAShardDropsTheLinkIdleLongestAndThatStageGoesO
   EXPECT_EQ(Run(third_runner, ids, &status), expected);
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(third_runner.calls_over_nccl(), 2);
+}
+
+// A link made one way (as to a stage) is refused by a shard, whose outputs come back over it.
+TEST_P(NcclExpertsTest, AShardRefusesALinkNotMadeBothWays) {
+  NcclOutputLinkOptions options;
+  options.capacity_bytes = static_cast<size_t>(kLinkRows * config_.hidden_size) * sizeof(float);
+  options.timeout = kTimeout;
+  options.links = links_;
+  NcclOutputLink one_way(shards_[0].channel, "an expert shard", options);
+  EXPECT_EQ(one_way.status().code(), absl::StatusCode::kInvalidArgument) << one_way.status();
+  EXPECT_EQ(shards_[0].links->links(), 1);
 }
 
 // A stage process that comes back (the same owner) replaces the link its predecessor left.

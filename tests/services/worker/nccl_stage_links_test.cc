@@ -74,6 +74,9 @@ TEST(NcclStageInputTest, RefusesLinksPastItsLimitAndRowsOnLinksItDoesNotHold) {
   request.set_capacity_bytes(1024);
   request.set_link(0);
   EXPECT_EQ(input.Connect(request).code(), absl::StatusCode::kInvalidArgument);
+  request.set_link(7);
+  request.set_both_ways(true);
+  EXPECT_EQ(input.Connect(request).code(), absl::StatusCode::kInvalidArgument) << "its rows come one way";
   EXPECT_EQ(input.Receive(7, 1, 128).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
