@@ -31,7 +31,7 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
       if (drop) dropped.push_back(it->second);
       it = drop ? links_.erase(it) : std::next(it);
     }
-    if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
+    ShowLinks();
     while (static_cast<int>(links_.size()) + joining_ >= limits_.max_links) {
       // At the limit, the link unused longest goes if unused for evict_after (its stage, if still
       // up, links again later); links in use by live stages are not traded for one another.
@@ -53,7 +53,7 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
                    oldest->second->owner, request.owner(), limits_.max_links);
       dropped.push_back(oldest->second);
       links_.erase(oldest);
-      if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
+      ShowLinks();
     }
     ++joining_;  // stages join at once, each its own link
   }
@@ -74,8 +74,12 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
   entry->owner = request.owner();
   entry->last_used = std::chrono::steady_clock::now();
   links_[request.link()] = std::move(entry);
-  if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
+  ShowLinks();
   return absl::OkStatus();
+}
+
+void NcclExpertLinks::ShowLinks() const {
+  if (metrics_ != nullptr) metrics_->HoldsLinks(static_cast<int>(links_.size()));
 }
 
 int NcclExpertLinks::links() const {

@@ -53,6 +53,7 @@ class NcclExpertLinks final : public ExpertChannel {
     std::string owner;  // the stage that made it (ConnectNcclRequest.owner)
     std::chrono::steady_clock::time_point last_used;  // guarded by mutex_
   };
+  void ShowLinks() const;  // under mutex_: the links held, to the metrics
   absl::Status RunOverLink(Entry& entry, const internal::v1::RunExpertsRequest& request,
                            internal::v1::RunExpertsResponse* response);
 

@@ -93,11 +93,14 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     return absl::InternalError(absl::StrCat("layer ", layer, ": the expert shards hold ", rows, " of ", n * k,
                                             " slots: their ranges overlap"));
   }
+  // The rows on the host, for calls that carry them as bytes: downloaded once, before any call.
   std::vector<float> host_x;
-  if (any_bytes) {
+  const auto download_x = [&] {
+    if (!host_x.empty()) return;
     host_x.resize(static_cast<size_t>(n * hidden));
     backend_.Download(x, host_x.data());
-  }
+  };
+  if (any_bytes) download_x();
   kernels::Tensor returned = backend_.Allocate(n * k, hidden, kernels::DType::kF32);
   for (size_t round = 0; round < rounds; ++round) {
     bool over_links = false;
@@ -131,10 +134,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
         continue;
       }
       w.link_hold.unlock();  // the link is broken by now, or unused by the refused call
-      if (host_x.empty()) {
-        host_x.resize(static_cast<size_t>(n * hidden));
-        backend_.Download(x, host_x.data());
-      }
+      download_x();
       w.status = CallWithBytes(shards_[s], Request(shards_[s], layer, k, w.calls[round], host_ids.data()),
                                w.calls[round], host_x.data(), w.bytes_response);
     }
