@@ -93,7 +93,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
     return absl::InternalError(absl::StrCat("layer ", layer, ": the expert shards hold ", rows, " of ", n * k,
                                             " slots: their ranges overlap"));
   }
-  // The rows on the host, for calls that carry them as bytes: downloaded once, before any call.
+  // The rows on the host, for calls that carry them as bytes: downloaded once, when first needed.
   std::vector<float> host_x;
   const auto download_x = [&] {
     if (!host_x.empty()) return;
