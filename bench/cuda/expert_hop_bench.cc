@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -131,7 +132,9 @@ int main(int argc, char** argv) {
     ds::services::NcclExpertLinks* links = shard.links.get();
     shard.service = std::make_unique<ds::services::ExpertWorkerService>(
         *shard.links, ds::services::WorkerDescription{},
-        [links](const ds::internal::v1::ConnectNcclRequest& request) { return links->Connect(request); });
+        [links](const ds::internal::v1::ConnectNcclRequest& request, const std::function<bool()>& give_up) {
+          return links->Connect(request, give_up);
+        });
     ds::services::GrpcServerConfig server_config;
     server_config.listen_address = "127.0.0.1:0";
     server_config.max_receive_message_bytes = int64_t{1} << 30;

@@ -166,7 +166,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
   // The calls go to the shard, through its NCCL links where it takes them, counted where there
   // are metrics.
   ExpertChannel* experts = shard.get();
-  std::function<absl::Status(const internal::v1::ConnectNcclRequest&)> connect;
+  ExpertWorkerService::ConnectNcclHandler connect;
   if (config.backend.device == "cuda" && config.nccl_max_rows > 0) {
     NcclExpertLinkLimits limits;
     limits.device = config.backend.cuda_device;
@@ -178,7 +178,9 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
                                                    expert_metrics.get());
     keep.push_back(links);
     experts = links.get();
-    connect = [links](const internal::v1::ConnectNcclRequest& request) { return links->Connect(request); };
+    connect = [links](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
+      return links->Connect(request, give_up);
+    };
   }
   if (expert_metrics != nullptr) {
     auto counted = std::make_shared<CountedExperts>(*experts, *expert_metrics);
@@ -343,8 +345,9 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   description.layer_end = config.layer_end;
   StageWorkerService::ConnectNcclHandler connect_nccl;
   if (nccl_input != nullptr) {
-    connect_nccl = [input = nccl_input.get()](const internal::v1::ConnectNcclRequest& request) {
-      return input->Connect(request);
+    connect_nccl = [input = nccl_input.get()](const internal::v1::ConnectNcclRequest& request,
+                                              const NcclLink::GiveUp& give_up) {
+      return input->Connect(request, give_up);
     };
   }
   auto service = std::make_shared<StageWorkerService>(*engine, description, std::move(connect_nccl));

@@ -106,10 +106,11 @@ grpc::Status StageWorkerService::Describe(grpc::ServerContext*, const internal::
   return grpc::Status::OK;
 }
 
-grpc::Status StageWorkerService::ConnectNccl(grpc::ServerContext*, const internal::v1::ConnectNcclRequest* request,
+grpc::Status StageWorkerService::ConnectNccl(grpc::ServerContext* context,
+                                             const internal::v1::ConnectNcclRequest* request,
                                              internal::v1::ConnectNcclResponse*) {
   if (!connect_nccl_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this stage takes no NCCL links");
-  return ToGrpcStatus(connect_nccl_(*request));
+  return ToGrpcStatus(connect_nccl_(*request, [context] { return context->IsCancelled(); }));
 }
 
 grpc::Status ExpertWorkerService::RunExperts(grpc::ServerContext*,
@@ -124,10 +125,11 @@ grpc::Status ExpertWorkerService::Describe(grpc::ServerContext*, const internal:
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertWorkerService::ConnectNccl(grpc::ServerContext*, const internal::v1::ConnectNcclRequest* request,
+grpc::Status ExpertWorkerService::ConnectNccl(grpc::ServerContext* context,
+                                              const internal::v1::ConnectNcclRequest* request,
                                               internal::v1::ConnectNcclResponse*) {
   if (!connect_nccl_) return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this expert shard takes no NCCL links");
-  return ToGrpcStatus(connect_nccl_(*request));
+  return ToGrpcStatus(connect_nccl_(*request, [context] { return context->IsCancelled(); }));
 }
 
 }  // namespace deltaserve::services

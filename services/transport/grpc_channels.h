@@ -62,8 +62,11 @@ class GrpcExpertChannel final : public ExpertChannel, public NcclPeer {
 
 class StageWorkerService final : public internal::v1::StageWorker::Service {
  public:
-  // `connect_nccl` joins the links of ConnectNccl; without it ConnectNccl is Unimplemented.
-  using ConnectNcclHandler = std::function<absl::Status(const internal::v1::ConnectNcclRequest&)>;
+  // `connect_nccl` joins the links of ConnectNccl; without it ConnectNccl is Unimplemented. Its
+  // give-up says when the caller has gone (cancelled, past its deadline, or the server stopping):
+  // the joining side's waits end then rather than at the link's timeout.
+  using ConnectNcclHandler =
+      std::function<absl::Status(const internal::v1::ConnectNcclRequest&, const std::function<bool()>& give_up)>;
   StageWorkerService(StageChannel& stage, WorkerDescription description, ConnectNcclHandler connect_nccl = {})
       : stage_(stage), description_(std::move(description)), connect_nccl_(std::move(connect_nccl)) {}
   grpc::Status Open(grpc::ServerContext*, const internal::v1::OpenRequest* request,

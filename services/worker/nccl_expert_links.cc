@@ -8,7 +8,8 @@
 
 namespace deltaserve::services {
 
-absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& request) {
+absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& request,
+                                      const NcclLink::GiveUp& give_up) {
   if (request.link() == 0 || request.capacity_bytes() <= 0 ||
       static_cast<uint64_t>(request.capacity_bytes()) > limits_.max_capacity_bytes) {
     return absl::InvalidArgumentError(absl::StrCat("ConnectNccl needs a link id and a capacity of 1 to ",
@@ -62,13 +63,14 @@ absl::Status NcclExpertLinks::Connect(const internal::v1::ConnectNcclRequest& re
   options.device = limits_.device;
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
   options.timeout = limits_.timeout;
+  options.give_up = give_up;
   absl::StatusOr<std::unique_ptr<NcclLink>> link = factory_.Join(request.nccl_id(), 1, options);
   absl::Status warm_up;
-  if (link.ok()) warm_up = WarmUpLink(**link, 1, /*both_ways=*/true);
+  if (link.ok()) warm_up = WarmUpLink(**link, 1, /*both_ways=*/true, give_up);
   std::lock_guard<std::mutex> lock(mutex_);
   --joining_;
   if (!link.ok()) return link.status();
-  if (!warm_up.ok()) return warm_up;
+  if (!warm_up.ok()) return absl::Status(warm_up.code(), absl::StrCat("warm-up: ", warm_up.message()));
   auto entry = std::make_shared<Entry>();
   entry->link = std::move(*link);
   entry->owner = request.owner();

@@ -40,8 +40,9 @@ class NcclExpertLinks final : public ExpertChannel {
   // ExpertWorker.ConnectNccl: joins the link as rank 1 and warms it up (several stages' at once;
   // a link not made both ways is refused). It drops the link the request replaces, any earlier
   // link of the same owner (a stage restarted) and any broken one; at the limit, the link unused
-  // longest if unused for evict_after, or else it answers RESOURCE_EXHAUSTED.
-  absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
+  // longest if unused for evict_after, or else it answers RESOURCE_EXHAUSTED. Its waits end early
+  // once `give_up` says so (the maker's call has gone).
+  absl::Status Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up = nullptr);
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;
   int links() const;

@@ -4,7 +4,7 @@
 
 namespace deltaserve::services {
 
-absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& request) {
+absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
   if (request.link() == 0 || request.capacity_bytes() <= 0 ||
       static_cast<uint64_t>(request.capacity_bytes()) > max_capacity_bytes_) {
     return absl::InvalidArgumentError(absl::StrCat("ConnectNccl needs a link id and a capacity of 1 to ",
@@ -20,10 +20,13 @@ absl::Status NcclStageInput::Connect(const internal::v1::ConnectNcclRequest& req
   options.device = device_;
   options.capacity_bytes = static_cast<size_t>(request.capacity_bytes());
   options.timeout = timeout_;
+  options.give_up = give_up;
   // Joined before the lock: steps on the current link go on meanwhile.
   absl::StatusOr<std::unique_ptr<NcclLink>> link = factory_.Join(request.nccl_id(), 1, options);
   if (!link.ok()) return link.status();
-  if (absl::Status warm_up = WarmUpLink(**link, 1, /*both_ways=*/false); !warm_up.ok()) return warm_up;
+  if (absl::Status warm_up = WarmUpLink(**link, 1, /*both_ways=*/false, give_up); !warm_up.ok()) {
+    return absl::Status(warm_up.code(), absl::StrCat("warm-up: ", warm_up.message()));
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   link_ = std::move(*link);
   link_id_ = request.link();

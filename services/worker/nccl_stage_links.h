@@ -30,8 +30,9 @@ class NcclStageInput {
       : device_(device), max_capacity_bytes_(max_capacity_bytes), timeout_(timeout), factory_(links) {}
 
   // StageWorker.ConnectNccl: joins the link as rank 1 (one way: both_ways is refused); once joined
-  // and warmed up it replaces any earlier one.
-  absl::Status Connect(const internal::v1::ConnectNcclRequest& request);
+  // and warmed up it replaces any earlier one. Its waits end early once `give_up` says so (the
+  // maker's call has gone).
+  absl::Status Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up = nullptr);
 
   // A step's rows in the link's buffer, held until this is destroyed.
   struct Rows {

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -111,10 +111,10 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
       over_links = true;
     }
     if (over_links) backend_.Synchronize();  // the rows are in the links' buffers
-    std::vector<std::thread> threads;
+    std::vector<std::function<void()>> calls;
     for (size_t s = 0; s < shards_.size(); ++s) {
       if (round >= work[s].calls.size()) continue;
-      threads.emplace_back([&, s, round] {
+      calls.emplace_back([&, s, round] {
         ShardCalls& w = work[s];
         const ExpertCall& call = w.calls[round];
         internal::v1::RunExpertsRequest request = Request(shards_[s], layer, k, call, host_ids.data());
@@ -123,7 +123,7 @@ absl::Status RemoteExpertRunner::RunExperts(int64_t layer, kernels::TensorView x
                        : CallWithBytes(shards_[s], std::move(request), call, host_x.data(), w.bytes_response);
       });
     }
-    for (std::thread& thread : threads) thread.join();
+    threads_.RunAll(calls);
     // A shard that answered a call on its link with FAILED_PRECONDITION (it lost the link: it was
     // restarted, or dropped it at its limit; or it refused the call) gets the rows as bytes, now
     // and for the rest of the layer: running a call again changes nothing on the shard.
@@ -191,16 +191,17 @@ absl::Status RemoteExpertRunner::CallOverLink(const ExpertShardLink& shard, inte
   // The shard receives the rows, runs them and sends the outputs back before it answers, so an
   // answer that is not that ends the waits here (and breaks the link).
   internal::v1::RunExpertsResponse response;
-  absl::Status remote;
+  absl::Status remote, transfers;
   std::atomic<bool> failed{false};
-  std::thread rpc([&] {
-    remote = shard.channel->RunExperts(request, &response);
-    if (!remote.ok() || response.slot_rows() != expected) failed = true;
-  });
   const NcclLink::GiveUp give_up = [&] { return failed.load(); };
-  absl::Status transfers = link.FinishSend(give_up);
-  if (transfers.ok()) transfers = link.Receive(call.slots.size() * row_bytes, give_up);
-  rpc.join();
+  threads_.RunAll({[&] {
+                     remote = shard.channel->RunExperts(request, &response);
+                     if (!remote.ok() || response.slot_rows() != expected) failed = true;
+                   },
+                   [&] {
+                     transfers = link.FinishSend(give_up);
+                     if (transfers.ok()) transfers = link.Receive(call.slots.size() * row_bytes, give_up);
+                   }});
   if (remote.ok() && response.slot_rows() != expected) {
     link.Break();
     remote =

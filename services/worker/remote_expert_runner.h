@@ -10,6 +10,7 @@
 
 #include "model/layers/expert_runner.h"
 #include "services/transport/expert_channel.h"
+#include "services/worker/call_threads.h"
 #include "services/worker/nccl_output_link.h"
 #include "services/worker/stage_metrics.h"
 
@@ -63,6 +64,7 @@ class RemoteExpertRunner final : public model::ExpertRunner {
   std::vector<ExpertShardLink> shards_;
   int64_t hidden_size_;
   LinkPathMetrics* metrics_;  // may be null
+  CallThreads threads_;       // each round's calls and their links' transfers run on these
   std::atomic<int64_t> calls_over_nccl_{0};
   std::atomic<int64_t> calls_as_bytes_{0};
 };

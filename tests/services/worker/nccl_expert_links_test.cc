@@ -13,7 +13,9 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include <atomic>
 #include <random>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
@@ -23,6 +25,7 @@
 #include "services/common/server_runner.h"
 #include "services/transport/grpc_channels.h"
 #include "services/worker/remote_expert_runner.h"
+#include "tests/services/transport/failing_links.h"
 #include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
 
@@ -106,6 +109,7 @@ struct ShardServer {
   std::unique_ptr<ExpertWorkerService> service;
   std::unique_ptr<GrpcServer> server;
   std::shared_ptr<GrpcExpertChannel> channel;
+  std::unique_ptr<std::atomic<int>> connects_answered = std::make_unique<std::atomic<int>>(0);
 };
 
 // The stage and the shards on two GPUs over NCCL ("cuda"), or on the CPU over in-process links
@@ -118,7 +122,7 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
       stage_backend_ = kernels::CreateBackend({.device = "cpu", .cpu_threads = 2}, &why);
       shard_backend_ = kernels::CreateBackend({.device = "cpu", .cpu_threads = 2}, &why);
       ASSERT_TRUE(stage_backend_ && shard_backend_) << why;
-      links_ = &in_process_;
+      failing_ = std::make_unique<testing::FailingLinks>(in_process_);
     } else {
       stage_backend_ = Gpu(0, &why);
       if (stage_backend_ != nullptr) shard_backend_ = Gpu(1, &why);
@@ -126,8 +130,9 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
         GTEST_SKIP() << "a stage and its experts on two GPUs need two GPUs: " << why;
       }
       if (!NcclLink::NewId().ok()) GTEST_SKIP() << "this build has no NCCL";
-      links_ = &NcclLinkFactory::Nccl();
+      failing_ = std::make_unique<testing::FailingLinks>(NcclLinkFactory::Nccl());
     }
+    links_ = failing_.get();
     absl::StatusOr<model::KimiLinearConfig> config = model::LoadModelSourceConfig(kFixture);
     ASSERT_TRUE(config.ok()) << config.status();
     config_ = *config;
@@ -150,10 +155,15 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
                                .evict_after = std::chrono::milliseconds(0)},
           *links_, s.metrics.get());
       NcclExpertLinks* links = s.links.get();
+      std::atomic<int>* answered = s.connects_answered.get();
       s.counted = std::make_unique<CountedExperts>(*s.links, *s.metrics);
       s.service = std::make_unique<ExpertWorkerService>(
           *s.counted, WorkerDescription{},
-          [links](const internal::v1::ConnectNcclRequest& request) { return links->Connect(request); });
+          [links, answered](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
+            const absl::Status status = links->Connect(request, give_up);
+            ++*answered;
+            return status;
+          });
       GrpcServerConfig server_config;
       server_config.listen_address = "127.0.0.1:0";
       grpc::Service* services[] = {s.service.get()};
@@ -211,6 +221,7 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
   }
 
   testing::InProcessLinks in_process_;  // outlives every link
+  std::unique_ptr<testing::FailingLinks> failing_;  // over in_process_ or NCCL's; outlives every link
   NcclLinkFactory* links_ = nullptr;
   std::unique_ptr<kernels::Backend> stage_backend_, shard_backend_;
   model::KimiLinearConfig config_;
@@ -353,6 +364,69 @@ TEST_P(NcclExpertsTest, ALinkOfTheSameOwnerReplacesTheOldOne) {
   EXPECT_EQ(Run(runner, ids, &status), AsBytes(ids));
   EXPECT_TRUE(status.ok()) << status;
   EXPECT_EQ(runner.calls_over_nccl(), 2);
+}
+
+// A warm-up that fails on the shard (its answer's send) leaves the stage without that link, so its
+// calls to that shard go as bytes with the same results, until the link is made again.
+TEST_P(NcclExpertsTest, AWarmUpThatFailsLeavesTheLinkDownAndCallsGoAsBytesUntilItIsMadeAgain) {
+  failing_->FailNextSend(1);
+  const std::unique_ptr<NcclOutputLink> failed = LinkTo(0, "another stage");
+  EXPECT_FALSE(failed->status().ok());
+  EXPECT_NE(failed->status().message().find("warm-up"), std::string::npos) << failed->status();
+  EXPECT_EQ(shards_[0].links->links(), 1) << "the fixture's link; the failed one is not held";
+  std::vector<ExpertShardLink> over_failed = linked_;
+  over_failed[0].nccl = failed.get();
+  RemoteExpertRunner runner(*stage_backend_, over_failed, config_.hidden_size);
+  const std::vector<int32_t> ids = {10, 11, 12, 33, 34, 35};
+  const std::vector<float> expected = AsBytes(ids);
+  absl::Status status;
+  EXPECT_EQ(Run(runner, ids, &status), expected);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(runner.calls_as_bytes(), 1);
+  EXPECT_EQ(runner.calls_over_nccl(), 1);
+  ASSERT_TRUE(failed->Reconnect().ok());
+  EXPECT_EQ(shards_[0].links->links(), 2);
+  EXPECT_EQ(Run(runner, ids, &status), expected);
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(runner.calls_over_nccl(), 3);
+}
+
+// A ConnectNccl whose maker joins but never warms the link up, and whose call then runs out of
+// time, ends on the shard with the call, not at the link's timeout; the shard keeps serving.
+TEST_P(NcclExpertsTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
+  absl::StatusOr<std::string> id = links_->NewId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  absl::StatusOr<std::unique_ptr<NcclLink>> maker;
+  std::thread join([&] {
+    NcclLinkOptions options;
+    options.capacity_bytes = 1024;
+    options.timeout = kTimeout;
+    maker = links_->Join(*id, 0, options);
+  });
+  internal::v1::ConnectNcclRequest request;
+  request.set_nccl_id(*id);
+  request.set_link(12345);
+  request.set_capacity_bytes(1024);
+  request.set_both_ways(true);
+  request.set_owner("a stage that goes away");
+  const int answered = shards_[0].connects_answered->load();
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = shards_[0].channel->ConnectNccl(request, std::chrono::milliseconds(500));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  join.join();
+  EXPECT_TRUE(maker.ok()) << maker.status();
+  while (shards_[0].connects_answered->load() == answered &&
+         std::chrono::steady_clock::now() - start < kTimeout) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the shard waited out the link's timeout";
+  EXPECT_EQ(shards_[0].links->links(), 1);
+  RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
+  const std::vector<int32_t> ids = {1, 2, 3, 14, 15, 16};
+  absl::Status run;
+  EXPECT_EQ(Run(linked, ids, &run), AsBytes(ids));
+  EXPECT_TRUE(run.ok()) << run;
+  EXPECT_EQ(linked.calls_over_nccl(), 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Links, NcclExpertsTest, ::testing::Values("cpu", "cuda"),

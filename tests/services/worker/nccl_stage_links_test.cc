@@ -14,7 +14,9 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include <atomic>
 #include <initializer_list>
+#include <thread>
 #include <tuple>
 
 #include "gtest/gtest.h"
@@ -139,8 +141,11 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout, *links_);
     last_stage_ = std::make_unique<StageEngine>(*linked_last_, nullptr, nullptr, StageEngineOptions{}, input_.get());
     service_ = std::make_unique<StageWorkerService>(
-        *last_stage_, WorkerDescription{}, [this](const internal::v1::ConnectNcclRequest& request) {
-          return input_->Connect(request);
+        *last_stage_, WorkerDescription{},
+        [this](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
+          const absl::Status status = input_->Connect(request, give_up);
+          ++connects_answered_;
+          return status;
         });
     GrpcServerConfig config;
     config.listen_address = "127.0.0.1:0";
@@ -202,6 +207,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<NcclOutputLink> output_;
   prometheus::Registry registry_;
   std::unique_ptr<LinkPathMetrics> metrics_;
+  std::atomic<int> connects_answered_{0};
 };
 
 TEST_P(NcclStagesTest, StepsOverTheLinkSampleWhatStepsAsBytesSample) {
@@ -311,6 +317,41 @@ TEST_P(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) 
   const absl::Status again = first_stage_->Step(StepOf(1, {5, 17, 200}), &stepped);
   ASSERT_TRUE(again.ok()) << again;
   EXPECT_EQ(stepped.sampled_size(), 1);
+  EXPECT_EQ(output_->sent(), 1);
+}
+
+// A ConnectNccl whose maker joins but never sends the warm-up, and whose call then runs out of
+// time, ends on the later stage with the call, not at the link's timeout (until then the stage
+// would refuse every other link); steps go on over the link it holds.
+TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
+  absl::StatusOr<std::string> id = links_->NewId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  absl::StatusOr<std::unique_ptr<NcclLink>> maker;
+  std::thread join([&] {
+    NcclLinkOptions options;
+    options.capacity_bytes = 1024;
+    options.timeout = kTimeout;
+    maker = links_->Join(*id, 0, options);
+  });
+  internal::v1::ConnectNcclRequest request;
+  request.set_nccl_id(*id);
+  request.set_link(12345);
+  request.set_capacity_bytes(1024);
+  const int answered = connects_answered_.load();
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = next_->ConnectNccl(request, std::chrono::milliseconds(500));
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
+  join.join();
+  EXPECT_TRUE(maker.ok()) << maker.status();
+  while (connects_answered_.load() == answered && std::chrono::steady_clock::now() - start < kTimeout) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the stage waited out the link's timeout";
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(first_stage_->Open(OpenGreedy(1), &opened).ok());
+  internal::v1::StepResponse stepped;
+  const absl::Status step = first_stage_->Step(StepOf(1, {5, 17, 200}), &stepped);
+  ASSERT_TRUE(step.ok()) << step;
   EXPECT_EQ(output_->sent(), 1);
 }
 
