@@ -6,6 +6,9 @@
 //
 //   build/bench/load_bench [--model=DIR] [--target=serve|cluster|both] [--conversations=8]
 //                          [--turns=4] [--new-tokens=32] [--generate=16] [--history=256,1024,4096]
+//                          [--pipeline-steps=1] (the cluster's router) [--device=cpu|cuda|cuda:N]
+//                          (serve and every worker; on one GPU all of them share it)
+//                          [--binary=PATH] (default: the deltaserve built beside it)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -41,6 +44,9 @@ struct Options {
   int new_tokens = 32;
   int generate = 16;
   std::vector<int> history = {256, 1024, 4096};
+  int pipeline_steps = 1;
+  std::string device = "cpu";
+  std::string binary = DELTASERVE_BINARY;  // the deltaserve binary the processes run
 };
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
@@ -71,7 +77,7 @@ v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int generate, ui
 // Starts the processes of a target; the first element serves the public API.
 std::vector<std::unique_ptr<ChildProcess>> Launch(const std::string& target, const Options& o,
                                                   const std::string& store_dir) {
-  const std::string binary = DELTASERVE_BINARY;
+  const std::string& binary = o.binary;
   const std::string log = std::filesystem::temp_directory_path() / ("load-bench-" + target);
   std::vector<std::unique_ptr<ChildProcess>> processes;
   auto start = [&](const std::string& name, std::vector<std::string> args) -> ChildProcess& {
@@ -83,8 +89,8 @@ std::vector<std::unique_ptr<ChildProcess>> Launch(const std::string& target, con
     return *processes.back();
   };
   if (target == "serve") {
-    start("serve", {"serve", "--model", o.model, "--listen", "127.0.0.1:0", "--store-dir", store_dir,
-                    "--max-prompt-tokens", "65536", "--drain-seconds", "0"});
+    start("serve", {"serve", "--model", o.model, "--device", o.device, "--listen", "127.0.0.1:0", "--store-dir",
+                    store_dir, "--max-prompt-tokens", "65536", "--drain-seconds", "0"});
     return processes;
   }
   const auto config = model::LoadModelSourceConfig(o.model);
@@ -97,24 +103,25 @@ std::vector<std::unique_ptr<ChildProcess>> Launch(const std::string& target, con
     ChildProcess& shard = start("experts" + std::to_string(i),
                                 {"worker", "--role", "experts", "--experts",
                                  std::to_string(i * experts / 2) + "-" + std::to_string((i + 1) * experts / 2 - 1),
-                                 "--model", o.model, "--listen", "127.0.0.1:0", "--drain-seconds", "0"});
+                                 "--model", o.model, "--device", o.device, "--listen", "127.0.0.1:0",
+                                 "--drain-seconds", "0"});
     shards += (i ? "," : "") + shard.address();
   }
   const std::string split = std::to_string(layers / 2);
   ChildProcess& last = start("stage1", {"worker", "--role", "stage", "--layers",
                                         split + "-" + std::to_string(layers - 1), "--model", o.model,
-                                        "--listen", "127.0.0.1:0", "--expert-workers", shards,
+                                        "--device", o.device, "--listen", "127.0.0.1:0", "--expert-workers", shards,
                                         "--session-store", store_address, "--drain-seconds", "0"});
   const std::string last_address = last.address();
   ChildProcess& first = start("stage0", {"worker", "--role", "stage", "--layers",
                                          "0-" + std::to_string(layers / 2 - 1), "--model", o.model,
-                                         "--listen", "127.0.0.1:0", "--next", last_address,
+                                         "--device", o.device, "--listen", "127.0.0.1:0", "--next", last_address,
                                          "--expert-workers", shards, "--session-store", store_address,
                                          "--drain-seconds", "0"});
   const std::string first_address = first.address();
   start("router", {"router", "--model", o.model, "--first-stage", first_address, "--session-store",
                    store_address, "--listen", "127.0.0.1:0", "--max-prompt-tokens", "65536",
-                   "--drain-seconds", "0"});
+                   "--pipeline-steps", std::to_string(o.pipeline_steps), "--drain-seconds", "0"});
   std::rotate(processes.begin(), processes.end() - 1, processes.end());  // router first
   return processes;
 }
@@ -230,6 +237,9 @@ int main(int argc, char** argv) {
     else if (key == "--turns") o.turns = std::stoi(value);
     else if (key == "--new-tokens") o.new_tokens = std::stoi(value);
     else if (key == "--generate") o.generate = std::stoi(value);
+    else if (key == "--pipeline-steps") o.pipeline_steps = std::stoi(value);
+    else if (key == "--device") o.device = value;
+    else if (key == "--binary") o.binary = value;
     else if (key == "--history") {
       o.history.clear();
       std::stringstream list(value);
@@ -252,8 +262,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
     return 1;
   }
-  std::printf("# deltaserve load benchmark, model %s, %u hardware threads\n", o.model.c_str(),
-              std::thread::hardware_concurrency());
+  std::printf("# deltaserve load benchmark, model %s, device %s, %u hardware threads, cluster pipeline steps %d\n",
+              o.model.c_str(), o.device.c_str(), std::thread::hardware_concurrency(), o.pipeline_steps);
   for (const std::string target : {"serve", "cluster"}) {
     if (o.target == "both" || o.target == target) {
       deltaserve::bench::RunWorkload(target, o, static_cast<int>(config->vocab_size));

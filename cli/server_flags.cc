@@ -63,6 +63,9 @@ void AddRouterFlags(CLI::App& command, services::RouterConfig& router) {
   command.add_option("--session-transfer-threads", router.session_transfer_threads,
                      "Session turns saved at once, and continued ones opened at once (each)")
       ->capture_default_str();
+  command.add_option("--pipeline-steps", router.pipeline_steps,
+                     "Steps in flight down the stage pipeline at once (the number of stages keeps each busy)")
+      ->capture_default_str();
 }
 
 void AddStoreFlags(CLI::App& command, services::SnapshotStoreOptions& store, const std::string& prefix) {

@@ -29,7 +29,7 @@ struct ServerFlags {
 // --peer-wait-ms, --call-timeout-ms.
 void AddServerFlags(CLI::App& command, ServerFlags& flags, const std::string& default_listen);
 // --max-running, --max-waiting, --max-step-tokens, --prefill-chunk, --max-prompt-tokens,
-// --max-new-tokens-limit, --default-max-new-tokens, --session-transfer-threads.
+// --max-new-tokens-limit, --default-max-new-tokens, --session-transfer-threads, --pipeline-steps.
 void AddRouterFlags(CLI::App& command, services::RouterConfig& router);
 // --<prefix>memory-bytes, --<prefix>max-part-bytes, --<prefix>max-sessions,
 // --<prefix>ttl-seconds (and --<prefix>dir / --data-dir, declared by the caller).

@@ -34,6 +34,7 @@ struct EngineCore::Sequence {
   uint64_t arrival = 0;  // admission order
   bool opened = false;   // the stages hold its state
   bool opening = false;  // admitted, its Open running in the background: the loop leaves it be
+  bool stepping = false;  // in a step still in flight (pipeline_steps above 1): the loop leaves it be
   int64_t session_tokens = 0;
   int64_t recomputed_tokens = 0;
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
@@ -99,6 +100,7 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       queue_(config.max_waiting),
       save_threads_(static_cast<int>(config.session_transfer_threads)),
       open_threads_(static_cast<int>(config.session_transfer_threads)) {
+  if (config.pipeline_steps > 1) step_threads_ = std::make_unique<BackgroundTasks>(config.pipeline_steps);
   // Sequence ids start at a random epoch, so a restarted router never reuses an id that a stage
   // may still hold from its predecessor.
   next_id_ = (FreshSeed() & 0xffffffff00000000ull) | 1;
@@ -191,6 +193,7 @@ EngineCore::DrainResult EngineCore::Drain(std::chrono::milliseconds timeout) {
 }
 
 void EngineCore::CutShortForDrain() {
+  FinishSteps();  // so that no sequence below is in a step
   TakeInbox();
   std::vector<uint64_t> running, waiting;
   for (const auto& [id, seq] : running_) running.push_back(id);
@@ -379,7 +382,7 @@ void EngineCore::ReapCancelled() {
   std::vector<std::pair<uint64_t, absl::Status>> gone;
   for (auto* table : {&waiting_, &running_}) {
     for (const auto& [id, seq] : *table) {
-      if (seq->opening) continue;  // reaped once its Open is back
+      if (seq->opening || seq->stepping) continue;  // reaped once its Open or step is back
       if (seq->stream->cancelled()) {
         gone.emplace_back(id, absl::CancelledError("the client cancelled the request"));
       } else if (now >= seq->request.deadline) {
@@ -645,40 +648,86 @@ void EngineCore::FinishTurn(Sequence& seq) {
   Retire(seq.id, Outcome(seq, absl::OkStatus(), seq.finish_reason), /*snapshot=*/true);
 }
 
-void EngineCore::RunStep(const std::vector<PlannedRun>& plan) {
-  internal::v1::StepRequest request;
-  int64_t prefill_tokens = 0, decode_tokens = 0;
-  for (const PlannedRun& run : plan) {
-    Sequence& seq = *running_.at(run.id);
-    internal::v1::StepSequence* step = request.add_sequences();
-    step->set_seq_id(run.id);
-    step->set_sample(run.sample);
+EngineCore::Step EngineCore::BuildStep(std::vector<PlannedRun> plan) const {
+  Step step;
+  step.plan = std::move(plan);
+  for (const PlannedRun& run : step.plan) {
+    const Sequence& seq = *running_.at(run.id);
+    internal::v1::StepSequence* sequence = step.request.add_sequences();
+    sequence->set_seq_id(run.id);
+    sequence->set_sample(run.sample);
     if (seq.phase == SequencePhase::kPrefill) {
-      step->mutable_token_ids()->Add(seq.pending.begin() + static_cast<int64_t>(seq.consumed),
-                                     seq.pending.begin() + static_cast<int64_t>(seq.consumed) + run.num_tokens);
-      prefill_tokens += run.num_tokens;
+      sequence->mutable_token_ids()->Add(seq.pending.begin() + static_cast<int64_t>(seq.consumed),
+                                         seq.pending.begin() + static_cast<int64_t>(seq.consumed) + run.num_tokens);
+      step.prefill_tokens += run.num_tokens;
     } else {
-      step->add_token_ids(seq.generated.back());
-      ++decode_tokens;
+      sequence->add_token_ids(seq.generated.back());
+      ++step.decode_tokens;
     }
   }
+  return step;
+}
+
+void EngineCore::RunStep(Step& step) {
   const Clock::time_point start = Clock::now();
-  internal::v1::StepResponse response;
-  const absl::Status status = first_stage_.Step(request, &response);
-  observer_->Step(prefill_tokens, decode_tokens, Seconds(Clock::now() - start));
-  if (!status.ok()) {
+  step.status = first_stage_.Step(step.request, &step.response);
+  step.seconds = Seconds(Clock::now() - start);
+}
+
+void EngineCore::StartStep(std::vector<PlannedRun> plan) {
+  auto step = std::make_unique<Step>(BuildStep(std::move(plan)));
+  for (const PlannedRun& run : step->plan) running_.at(run.id)->stepping = true;
+  ++steps_in_flight_;
+  step_threads_->Post([this, step = std::move(step)]() mutable {
+    RunStep(*step);
+    absl::MutexLock lock(&mutex_);
+    stepped_.push_back(std::move(*step));
+  });
+}
+
+void EngineCore::TakeSteps() {
+  std::vector<Step> steps;
+  {
+    absl::MutexLock lock(&mutex_);
+    steps.swap(stepped_);
+  }
+  for (Step& step : steps) {
+    --steps_in_flight_;
+    for (const PlannedRun& run : step.plan) {
+      if (auto it = running_.find(run.id); it != running_.end()) it->second->stepping = false;
+    }
+  }
+  for (Step& step : steps) ApplyStep(step);
+}
+
+void EngineCore::FinishSteps() {
+  while (steps_in_flight_ > 0) {
+    {
+      absl::MutexLock lock(&mutex_);
+      const auto back = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) { return !stepped_.empty(); };
+      mutex_.Await(absl::Condition(&back));
+    }
+    TakeSteps();
+  }
+}
+
+void EngineCore::ApplyStep(Step& step) {
+  const std::vector<PlannedRun>& plan = step.plan;
+  observer_->Step(step.prefill_tokens, step.decode_tokens, step.seconds);
+  if (!step.status.ok()) {
     // The stages may now disagree about these sequences' states: end them all.
     std::vector<uint64_t> ids;
     for (const PlannedRun& run : plan) ids.push_back(run.id);
     DropOnStages(ids);
     for (const PlannedRun& run : plan) {
-      Sequence& seq = *running_.at(run.id);
-      Retire(run.id, Outcome(seq, WorkerError(status), v1::FINISH_REASON_ERROR), false);
+      auto it = running_.find(run.id);
+      if (it == running_.end()) continue;
+      Retire(run.id, Outcome(*it->second, WorkerError(step.status), v1::FINISH_REASON_ERROR), false);
     }
     return;
   }
   std::map<uint64_t, int32_t> sampled;
-  for (const internal::v1::SampledToken& token : response.sampled()) sampled[token.seq_id()] = token.token_id();
+  for (const internal::v1::SampledToken& token : step.response.sampled()) sampled[token.seq_id()] = token.token_id();
   for (const PlannedRun& run : plan) {
     auto it = running_.find(run.id);
     if (it == running_.end()) continue;
@@ -698,6 +747,24 @@ void EngineCore::RunStep(const std::vector<PlannedRun>& plan) {
     }
     OnToken(seq, token->second);
   }
+}
+
+std::vector<PlannedRun> EngineCore::PlanNext() const {
+  std::vector<PlannerSequence> planner;
+  int64_t steppable = 0;  // not opening, whether in a step or not
+  for (const auto& [id, seq] : running_) {
+    if (seq->opening) continue;
+    ++steppable;
+    if (seq->stepping) continue;
+    planner.push_back({id, seq->request.priority, seq->arrival, seq->phase,
+                       static_cast<int64_t>(seq->pending.size() - seq->consumed)});
+  }
+  if (planner.empty()) return {};
+  PlannerLimits limits = config_.planner;
+  // Overlapping steps share the sequences, so that each step has some while the others run.
+  const int64_t steps = config_.pipeline_steps;
+  if (steps > 1) limits.max_sequences = (steppable + steps - 1) / steps;
+  return PlanStep(std::move(planner), limits);
 }
 
 void EngineCore::Loop() {
@@ -726,6 +793,7 @@ void EngineCore::Loop() {
       if (stopping_) break;
     }
     TakeInbox();
+    TakeSteps();
     TakeOpened();  // before the reaping: a restore may have outlasted its request's deadline
     ReapCancelled();
     bool cut_short = false;
@@ -738,27 +806,28 @@ void EngineCore::Loop() {
     report_batch();
     if (running_.empty()) continue;
 
-    std::vector<PlannerSequence> planner;
-    for (const auto& [id, seq] : running_) {
-      if (seq->opening) continue;
-      planner.push_back({id, seq->request.priority, seq->arrival, seq->phase,
-                         static_cast<int64_t>(seq->pending.size() - seq->consumed)});
-    }
-    if (planner.empty()) {
-      // Only sequences still opening: wait for an Open to come back (or new work).
+    std::vector<PlannedRun> plan;
+    if (steps_in_flight_ < config_.pipeline_steps) plan = PlanNext();
+    if (plan.empty()) {
+      // Only sequences still opening or in a step (or none left to step): wait for an Open or a
+      // step to come back (or new work).
       absl::MutexLock lock(&mutex_);
-      const auto opened_or_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
-        return HasWork() || !opened_.empty();
+      const auto back_or_work = [this]() ABSL_SHARED_LOCKS_REQUIRED(mutex_) {
+        return HasWork() || !opened_.empty() || !stepped_.empty();
       };
-      mutex_.AwaitWithTimeout(absl::Condition(&opened_or_work), kReapInterval);
+      mutex_.AwaitWithTimeout(absl::Condition(&back_or_work), kReapInterval);
       continue;
     }
-    const std::vector<PlannedRun> plan = PlanStep(std::move(planner), config_.planner);
-    if (!plan.empty()) {
-      RunStep(plan);
-      report_batch();
+    if (step_threads_ != nullptr) {
+      StartStep(std::move(plan));
+      continue;
     }
+    Step step = BuildStep(std::move(plan));
+    RunStep(step);
+    ApplyStep(step);
+    report_batch();
   }
+  FinishSteps();
   open_threads_.Stop();  // every Open in flight comes back, so the stages' state is dropped below
   TakeOpened();
   TakeInbox();

@@ -1,6 +1,8 @@
 // The router's scheduling loop. One thread owns every queued and running request: it admits
 // requests, plans each step (continuous batching with chunked prefill under a token budget), runs
-// it through the pipeline's first stage, streams tokens to the callers, and ends turns. Resuming
+// it through the pipeline's first stage, streams tokens to the callers, and ends turns. With
+// pipeline_steps above 1 it keeps that many steps in flight, each over its own share of the
+// running sequences, on step threads; their results come back to the loop. Resuming
 // a session (its Open, restoring the snapshots) and saving one at the end of a turn run on
 // background threads, so snapshots in transit never hold up the steps. Handlers only Submit and
 // wait.
@@ -89,6 +91,16 @@ class EngineCore {
     std::vector<uint64_t> ids;
     std::vector<std::pair<uint64_t, RequestOutcome>> failed;
   };
+  // A step's plan, request and what the stages answered.
+  struct Step {
+    std::vector<PlannedRun> plan;
+    internal::v1::StepRequest request;
+    int64_t prefill_tokens = 0;
+    int64_t decode_tokens = 0;
+    absl::Status status;
+    internal::v1::StepResponse response;
+    double seconds = 0;
+  };
 
   void Loop();
   void TakeInbox();
@@ -111,7 +123,18 @@ class EngineCore {
   void TakeOpened();
   // An Open's results: its sequences join the steps, the failed ones end.
   void ApplyOpened(OpenedBatch& batch);
-  void RunStep(const std::vector<PlannedRun>& plan);
+  // Plans the next step over the sequences neither opening nor in a step (at most their share
+  // when steps overlap); empty when there is none.
+  std::vector<PlannedRun> PlanNext() const;
+  Step BuildStep(std::vector<PlannedRun> plan) const;
+  void RunStep(Step& step);  // the call down the pipeline (any thread)
+  // With pipeline_steps above 1: runs the step on a step thread; TakeSteps applies it.
+  void StartStep(std::vector<PlannedRun> plan);
+  void TakeSteps();
+  // Applies every step in flight as it comes back (before whatever must not race them).
+  void FinishSteps();
+  // Streams a step's tokens and ends the turns it finished, or ends its sequences if it failed.
+  void ApplyStep(Step& step);
   void OnToken(Sequence& seq, int32_t token);
   void FinishTurn(Sequence& seq);
   // Tells every stage to drop these sequences' state (one call, errors only logged).
@@ -155,6 +178,7 @@ class EngineCore {
   // returns.
   int64_t saving_ ABSL_GUARDED_BY(mutex_) = 0;
   std::vector<OpenedBatch> opened_ ABSL_GUARDED_BY(mutex_);  // back from the background Opens
+  std::vector<Step> stepped_ ABSL_GUARDED_BY(mutex_);        // back from the step threads
 
   // Owned by the loop thread.
   RequestQueue queue_;
@@ -163,9 +187,11 @@ class EngineCore {
   uint64_t admissions_ = 0;
   // A drain's time ran out: what opens from now on ends at once (a drain is never undone).
   bool cut_short_ = false;
+  int64_t steps_in_flight_ = 0;
 
   BackgroundTasks save_threads_;
   BackgroundTasks open_threads_;
+  std::unique_ptr<BackgroundTasks> step_threads_;  // with pipeline_steps above 1
   std::thread loop_;
   std::once_flag joined_;
 };

@@ -17,7 +17,8 @@ absl::Status RouterConfig::Validate() const {
         {max_prompt_tokens, "max_prompt_tokens"},
         {max_new_tokens_limit, "max_new_tokens_limit"},
         {default_max_new_tokens, "default_max_new_tokens"},
-        {session_transfer_threads, "session_transfer_threads"}}) {
+        {session_transfer_threads, "session_transfer_threads"},
+        {pipeline_steps, "pipeline_steps"}}) {
     if (absl::Status status = positive(value, name); !status.ok()) return status;
   }
   if (planner.max_step_tokens < max_running) {
@@ -28,6 +29,10 @@ absl::Status RouterConfig::Validate() const {
   if (session_transfer_threads > kMaxSessionTransferThreads) {
     return absl::InvalidArgumentError(absl::StrCat("session_transfer_threads (", session_transfer_threads,
                                                    ") exceeds ", kMaxSessionTransferThreads));
+  }
+  if (pipeline_steps > kMaxPipelineSteps) {
+    return absl::InvalidArgumentError(absl::StrCat("pipeline_steps (", pipeline_steps, ") exceeds ",
+                                                   kMaxPipelineSteps));
   }
   if (default_max_new_tokens > max_new_tokens_limit) {
     return absl::InvalidArgumentError(absl::StrCat("default_max_new_tokens (", default_max_new_tokens,

@@ -10,6 +10,7 @@ namespace deltaserve::services {
 
 struct RouterConfig {
   static constexpr int64_t kMaxSessionTransferThreads = 256;  // session_transfer_threads at most
+  static constexpr int64_t kMaxPipelineSteps = 64;            // pipeline_steps at most
 
   PlannerLimits planner;               // token budget per step, prefill chunk
   int64_t max_running = 64;            // sequences in the running batch
@@ -20,6 +21,9 @@ struct RouterConfig {
   // Session turns saved at once, and continued sessions' turns opened at once (each: a save holds
   // its stage snapshots in memory while they upload, an open fetches them).
   int64_t session_transfer_threads = 4;
+  // Steps in flight down the pipeline at once, each over its own share of the running sequences
+  // (a sequence is in at most one): with N stages, N keeps every stage busy. 1: one step at a time.
+  int64_t pipeline_steps = 1;
 
   // Names the offending field. max_step_tokens must cover one decode token per running sequence.
   absl::Status Validate() const;

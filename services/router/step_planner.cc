@@ -10,13 +10,16 @@ std::vector<PlannedRun> PlanStep(std::vector<PlannerSequence> running, const Pla
   });
   std::vector<PlannedRun> plan;
   int64_t budget = limits.max_step_tokens;
+  const auto full = [&] {
+    return budget < 1 || (limits.max_sequences > 0 && static_cast<int64_t>(plan.size()) >= limits.max_sequences);
+  };
   for (const PlannerSequence& seq : running) {
-    if (seq.phase == SequencePhase::kPrefill || budget < 1) continue;
+    if (seq.phase == SequencePhase::kPrefill || full()) continue;
     plan.push_back({seq.id, 1, seq.phase == SequencePhase::kDecode});
     --budget;
   }
   for (const PlannerSequence& seq : running) {
-    if (seq.phase != SequencePhase::kPrefill || budget < 1 || seq.remaining_prefill < 1) continue;
+    if (seq.phase != SequencePhase::kPrefill || full() || seq.remaining_prefill < 1) continue;
     const int64_t chunk = std::min({seq.remaining_prefill, budget, limits.max_prefill_chunk});
     plan.push_back({seq.id, chunk, chunk == seq.remaining_prefill});
     budget -= chunk;

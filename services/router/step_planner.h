@@ -32,10 +32,12 @@ struct PlannedRun {
 struct PlannerLimits {
   int64_t max_step_tokens = 2048;     // token budget of one step
   int64_t max_prefill_chunk = 512;    // largest prefill piece of one sequence per step
+  int64_t max_sequences = 0;          // sequences in one step (0: no limit)
 };
 
-// Decodes and absorbs first (one token each), then prefill chunks until the budget is spent. A
-// prefill run samples when it consumes the sequence's last remaining prompt token.
+// Decodes and absorbs first (one token each), then prefill chunks until the budget (or the
+// sequence limit) is spent, each kind in priority and arrival order. A prefill run samples when
+// it consumes the sequence's last remaining prompt token.
 std::vector<PlannedRun> PlanStep(std::vector<PlannerSequence> running, const PlannerLimits& limits);
 
 }  // namespace deltaserve::services

@@ -344,6 +344,13 @@ function checkRouter(workloads, services, objects, options, fail) {
   const pod = router.spec.template.spec;
   const c = pod.containers.find((x) => x.name === "router") ?? pod.containers[0];
   const grpcPort = (c.ports ?? []).find((p) => p.name === "grpc")?.containerPort;
+  const steps = Number(argValue(c.args, "--pipeline-steps"));
+  const stages = workloads.find((w) => w.kind === "StatefulSet" && componentOf(w) === "stage")?.spec?.replicas;
+  if (!(Number.isInteger(steps) && steps >= 1 && steps <= 64)) {
+    fail.push(`${ref(router)}: --pipeline-steps must be set, 1 to 64 (the chart's 0 means one per stage)`);
+  } else if (steps < (stages ?? 1)) {
+    fail.push(`${ref(router)}: --pipeline-steps ${steps} leaves some of the ${stages} stages idle`);
+  }
   const drain = c.lifecycle?.preStop?.exec?.command ?? [];
   if (!(drain.includes("client") && drain.includes("drain"))) {
     fail.push(`${ref(router)}: the preStop hook must run \`deltaserve client drain\``);
@@ -697,6 +704,10 @@ const BREAKAGES = [
   }],
   ["a router grace period shorter than its drain", (objs) => {
     find(objs, "Deployment", "router").spec.template.spec.terminationGracePeriodSeconds = 5;
+  }],
+  ["a router whose --pipeline-steps is the chart's unresolved 0", (objs) => {
+    const c = find(objs, "Deployment", "router").spec.template.spec.containers[0];
+    c.args = c.args.map((a) => a.replace(/^--pipeline-steps=\d+$/, "--pipeline-steps=0"));
   }],
   ["ordered StatefulSet start-up", (objs) => {
     find(objs, "StatefulSet", "stage").spec.podManagementPolicy = "OrderedReady";

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU host: the split cluster with every worker on the GPU
 # (`--device cuda:N`, N cycling over the visible GPUs): session store, two expert workers, two
-# pipeline stages and the router; a two-turn session through it, then the same prompt through
-# `deltaserve serve --device cuda` for comparison.
+# pipeline stages and the router (`--pipeline-steps $PIPELINE_STEPS`, default 2); a two-turn
+# session through it, then the same prompt through `deltaserve serve --device cuda` for comparison.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 source tools/device/device_env.sh
@@ -22,7 +22,7 @@ start "$ds" worker --role stage --layers 2-3 --model "$model" --device "$(gpu 2)
 start "$ds" worker --role stage --layers 0-1 --model "$model" --device "$(gpu 3)" --listen 127.0.0.1:51061 \
   --next 127.0.0.1:51062 --expert-workers 127.0.0.1:51081,127.0.0.1:51082 --session-store 127.0.0.1:51071
 start "$ds" router --model "$model" --first-stage 127.0.0.1:51061 --session-store 127.0.0.1:51071 \
-  --listen 127.0.0.1:51051
+  --pipeline-steps "${PIPELINE_STEPS:-2}" --listen 127.0.0.1:51051
 wait_healthy 127.0.0.1:51051 || exit 1
 echo "== cluster on $gpus GPU(s)"
 "$ds" client generate --server 127.0.0.1:51051 --session c --new-session --tokens "$prompt" \

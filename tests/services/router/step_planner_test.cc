@@ -44,6 +44,24 @@ TEST(PlanStep, LastChunkSamplesAndPriorityOrdersPrefills) {
   EXPECT_FALSE(plan[1].sample);
 }
 
+TEST(PlanStep, ASequenceLimitTakesDecodesFirstThenPrefills) {
+  const std::vector<PlannerSequence> running = {
+      {.id = 1, .priority = 0, .arrival = 0, .phase = SequencePhase::kPrefill, .remaining_prefill = 10},
+      {.id = 2, .priority = 0, .arrival = 1, .phase = SequencePhase::kDecode},
+      {.id = 3, .priority = 0, .arrival = 2, .phase = SequencePhase::kPrefill, .remaining_prefill = 10},
+      {.id = 4, .priority = 0, .arrival = 3, .phase = SequencePhase::kDecode},
+  };
+  std::vector<PlannedRun> plan =
+      PlanStep(running, {.max_step_tokens = 100, .max_prefill_chunk = 512, .max_sequences = 3});
+  ASSERT_EQ(plan.size(), 3u);
+  EXPECT_EQ(plan[0].id, 2u);
+  EXPECT_EQ(plan[1].id, 4u);
+  EXPECT_EQ(plan[2].id, 1u);
+  plan = PlanStep(running, {.max_step_tokens = 100, .max_prefill_chunk = 512, .max_sequences = 1});
+  ASSERT_EQ(plan.size(), 1u);
+  EXPECT_EQ(plan[0].id, 2u);
+}
+
 TEST(RequestQueue, PriorityThenArrivalAndABound) {
   RequestQueue queue(3);
   EXPECT_TRUE(queue.Push(10, 1));
@@ -70,6 +88,11 @@ TEST(RouterConfig, ValidatesBudgets) {
     config = RouterConfig();
     config.session_transfer_threads = threads;
     EXPECT_NE(config.Validate().message().find("session_transfer_threads"), std::string::npos) << threads;
+  }
+  for (const int64_t steps : {int64_t{0}, RouterConfig::kMaxPipelineSteps + 1}) {
+    config = RouterConfig();
+    config.pipeline_steps = steps;
+    EXPECT_NE(config.Validate().message().find("pipeline_steps"), std::string::npos) << steps;
   }
 }
 

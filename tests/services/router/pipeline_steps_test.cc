@@ -1,0 +1,239 @@
+// With pipeline_steps above 1 the router keeps that many steps in flight at once, each over its own
+// sequences (none in two steps at once): every request gets exactly the tokens it gets one step at
+// a time; a failed step ends only its own sequences; a request cancelled while its step is in
+// flight ends once the step is back; and shutting down waits for the steps in flight.
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kimi_linear_model.h"
+#include "services/router/engine_core.h"
+#include "services/worker/stage_engine.h"
+
+namespace deltaserve::services {
+namespace {
+
+const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+constexpr auto kPatience = std::chrono::seconds(30);
+
+RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_new_tokens) {
+  RouterRequest request;
+  request.tenant = "tenant";
+  request.prompt = std::move(prompt);
+  request.sampling.temperature = 0.0f;
+  request.sampling.max_new_tokens = max_new_tokens;
+  request.sampling.ignore_eos = true;
+  return request;
+}
+
+struct Collected {
+  std::vector<int32_t> tokens;
+  bool finished = false;
+  RequestOutcome outcome;
+};
+Collected Collect(RequestStream& stream) {
+  const auto until = std::chrono::steady_clock::now() + kPatience;
+  Collected collected;
+  while (!collected.finished && std::chrono::steady_clock::now() < until) {
+    RequestStream::Update update = stream.Wait(until);
+    collected.tokens.insert(collected.tokens.end(), update.tokens.begin(), update.tokens.end());
+    collected.finished = update.finished;
+    if (update.finished) collected.outcome = update.outcome;
+  }
+  return collected;
+}
+
+// In front of the stage: counts the steps in flight at once, notes any sequence in two of them,
+// and holds a step (up to `partner_wait`) until another joins it, so that steps which can overlap
+// do. Fails every step carrying `poison` among its tokens; while `held`, holds every step.
+class OverlapStage final : public StageChannel {
+ public:
+  explicit OverlapStage(StageChannel& next) : next_(next) {}
+
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    return next_.Open(request, response);
+  }
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    return next_.Close(request, response);
+  }
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    bool poisoned = false;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ++in_flight_;
+      max_in_flight_ = std::max(max_in_flight_, in_flight_);
+      for (const internal::v1::StepSequence& seq : request.sequences()) {
+        if (!active_.insert(seq.seq_id()).second) ++sequences_in_two_steps_;
+        for (int32_t token : seq.token_ids()) poisoned = poisoned || token == poison;
+      }
+      changed_.notify_all();
+      changed_.wait_for(lock, partner_wait, [&] { return in_flight_ > 1; });
+      changed_.wait(lock, [&] { return !held_; });
+    }
+    const absl::Status status =
+        poisoned ? absl::InternalError("the stage failed this step (injected)") : next_.Step(request, response);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const internal::v1::StepSequence& seq : request.sequences()) active_.erase(seq.seq_id());
+    --in_flight_;
+    ++steps_;
+    return status;
+  }
+
+  void Hold(bool hold) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    held_ = hold;
+    changed_.notify_all();
+  }
+  bool WaitForInFlight(int steps) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, kPatience, [&] { return in_flight_ >= steps; });
+  }
+  int max_in_flight() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return max_in_flight_;
+  }
+  int sequences_in_two_steps() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return sequences_in_two_steps_;
+  }
+
+  int32_t poison = -1;
+  std::chrono::milliseconds partner_wait{200};
+
+ private:
+  StageChannel& next_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool held_ = false;
+  int in_flight_ = 0, max_in_flight_ = 0, steps_ = 0, sequences_in_two_steps_ = 0;
+  std::set<uint64_t> active_;  // the sequences of the steps in flight
+};
+
+// The whole model on the CPU as one stage, behind an OverlapStage.
+struct Pipeline {
+  absl::Status Load() {
+    auto loaded = model::KimiLinearModel::Load(kFixture, backend);
+    if (!loaded.ok()) return loaded.status();
+    model = *std::move(loaded);
+    stage = std::make_unique<StageEngine>(*model, nullptr, nullptr, StageEngineOptions{.max_open_sequences = 16});
+    overlap = std::make_unique<OverlapStage>(*stage);
+    return absl::OkStatus();
+  }
+  RouterModel router_model() const { return {model->config(), model->fingerprint(), model->max_context()}; }
+
+  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  std::unique_ptr<model::KimiLinearModel> model;
+  std::unique_ptr<StageEngine> stage;
+  std::unique_ptr<OverlapStage> overlap;
+};
+
+RouterConfig Steps(int64_t pipeline_steps) {
+  RouterConfig config;
+  config.max_running = 8;
+  config.planner.max_step_tokens = 64;
+  config.pipeline_steps = pipeline_steps;
+  return config;
+}
+
+const std::vector<std::vector<int32_t>> kPrompts = {{3, 4, 5}, {7, 8}, {9}, {11, 12, 13, 14}, {20, 1}, {42}};
+
+// Each prompt's tokens (and the stage's most steps in flight at once) with `pipeline_steps`.
+std::map<size_t, std::vector<int32_t>> RunAll(int64_t pipeline_steps, int* max_in_flight, int* in_two_steps) {
+  Pipeline pipeline;
+  const absl::Status loaded = pipeline.Load();
+  EXPECT_TRUE(loaded.ok()) << loaded;
+  if (!loaded.ok()) return {};
+  EngineCore engine(Steps(pipeline_steps), pipeline.router_model(), *pipeline.overlap, nullptr, nullptr);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
+    auto stream = engine.Submit(Greedy(kPrompts[i], 6 + static_cast<int32_t>(i % 3)));
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    if (!stream.ok()) return {};
+    streams.push_back(*stream);
+  }
+  std::map<size_t, std::vector<int32_t>> tokens;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const Collected done = Collect(*streams[i]);
+    EXPECT_TRUE(done.finished && done.outcome.status.ok()) << i << ": " << done.outcome.status;
+    tokens[i] = done.tokens;
+  }
+  engine.Shutdown();
+  *max_in_flight = pipeline.overlap->max_in_flight();
+  *in_two_steps = pipeline.overlap->sequences_in_two_steps();
+  return tokens;
+}
+
+TEST(PipelineStepsTest, StepsOverlapOverTheirOwnSequencesAndGiveTheTokensOfOneStepAtATime) {
+  int max_in_flight = 0, in_two_steps = 0;
+  const std::map<size_t, std::vector<int32_t>> one_at_a_time = RunAll(1, &max_in_flight, &in_two_steps);
+  EXPECT_EQ(max_in_flight, 1);
+  ASSERT_EQ(one_at_a_time.size(), kPrompts.size());
+  for (const int64_t steps : {2, 3}) {
+    EXPECT_EQ(RunAll(steps, &max_in_flight, &in_two_steps), one_at_a_time) << steps << " steps in flight";
+    EXPECT_EQ(max_in_flight, steps);
+    EXPECT_EQ(in_two_steps, 0) << "a sequence was in two steps at once";
+  }
+}
+
+TEST(PipelineStepsTest, AFailedStepEndsOnlyItsOwnSequences) {
+  Pipeline pipeline;
+  const absl::Status loaded = pipeline.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  pipeline.overlap->poison = 99;
+  EngineCore engine(Steps(2), pipeline.router_model(), *pipeline.overlap, nullptr, nullptr);
+  auto failing = engine.Submit(Greedy({99, 5}, 4));
+  auto healthy = engine.Submit(Greedy({7, 8}, 4));
+  ASSERT_TRUE(failing.ok() && healthy.ok());
+  const Collected failed = Collect(**failing);
+  const Collected done = Collect(**healthy);
+  ASSERT_TRUE(failed.finished && done.finished);
+  EXPECT_EQ(failed.outcome.status.code(), absl::StatusCode::kUnavailable) << failed.outcome.status;
+  EXPECT_TRUE(done.outcome.status.ok()) << done.outcome.status;
+  EXPECT_EQ(done.tokens.size(), 4u);
+  EXPECT_EQ(pipeline.stage->open_sequences(), 0);
+}
+
+TEST(PipelineStepsTest, ARequestCancelledInAStepEndsOnceTheStepIsBackAndShutdownWaitsForSteps) {
+  Pipeline pipeline;
+  const absl::Status loaded = pipeline.Load();
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  pipeline.overlap->partner_wait = std::chrono::milliseconds(0);
+  pipeline.overlap->Hold(true);
+  auto engine = std::make_unique<EngineCore>(Steps(2), pipeline.router_model(), *pipeline.overlap, nullptr, nullptr);
+  auto cancelled = engine->Submit(Greedy({3, 4}, 50));
+  auto other = engine->Submit(Greedy({5, 6}, 50));
+  ASSERT_TRUE(cancelled.ok() && other.ok());
+  ASSERT_TRUE(pipeline.overlap->WaitForInFlight(1));
+  (*cancelled)->Cancel();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // a few turns of the loop
+  pipeline.overlap->Hold(false);
+  const Collected gone = Collect(**cancelled);
+  ASSERT_TRUE(gone.finished);
+  EXPECT_EQ(gone.outcome.status.code(), absl::StatusCode::kCancelled) << gone.outcome.status;
+
+  // Shutting down while a step is held: the engine waits for it, then ends the request.
+  pipeline.overlap->Hold(true);
+  ASSERT_TRUE(pipeline.overlap->WaitForInFlight(1));
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    pipeline.overlap->Hold(false);
+  });
+  engine->Shutdown();
+  release.join();
+  const Collected ended = Collect(**other);
+  ASSERT_TRUE(ended.finished);
+  EXPECT_EQ(ended.outcome.status.code(), absl::StatusCode::kUnavailable) << ended.outcome.status;
+  engine.reset();
+  EXPECT_EQ(pipeline.stage->open_sequences(), 0);
+}
+
+}  // namespace
+}  // namespace deltaserve::services
