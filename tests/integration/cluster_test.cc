@@ -1,9 +1,12 @@
 // The split cluster as real processes on loopback: a session store, two expert workers (experts
 // 0-3 and 4-7), two pipeline stages (layers 0-1 and 2-3) and a router. It must produce exactly
 // the tokens of `deltaserve generate`, resume sessions from the store (also after the store
-// restarts), recompute a session whose snapshot was damaged, and export valid metrics.
+// restarts), recompute a session whose snapshot was damaged, and export valid metrics; with two
+// steps in flight (--pipeline-steps 2) too.
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
 
 #include "client/admin_client.h"
 #include "client/channel.h"
@@ -55,7 +58,7 @@ class ClusterTest : public ::testing::Test {
         std::vector<std::string>{"router", "--model", FixtureDir(), "--first-stage",
                                  first_stage_->address(), "--session-store", store_->address(),
                                  "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                                 "--drain-seconds", "0"},
+                                 "--pipeline-steps", std::to_string(pipeline_steps_), "--drain-seconds", "0"},
         LogPath("router"));
     ASSERT_TRUE(router_->ok()) << router_->first_line();
   }
@@ -81,6 +84,7 @@ class ClusterTest : public ::testing::Test {
     return client::InferenceClient(client::MakeChannel(router_->address()));
   }
 
+  int pipeline_steps_ = 1;  // the router's --pipeline-steps
   std::string store_dir_;
   std::unique_ptr<ChildProcess> store_;
   std::vector<std::unique_ptr<ChildProcess>> experts_;
@@ -100,6 +104,31 @@ TEST_F(ClusterTest, GreedyTokensMatchTheGenerateCommand) {
 
 TEST_F(ClusterTest, ConcurrentStreamsAllCompleteCorrectly) {
   ExpectConcurrentStreamsComplete(Client(), 32);
+}
+
+// The router keeps two steps in flight, one in each stage: the tokens are those of one step at a
+// time.
+class PipelinedClusterTest : public ClusterTest {
+ protected:
+  void SetUp() override {
+    pipeline_steps_ = 2;
+    ClusterTest::SetUp();
+  }
+};
+
+TEST_F(PipelinedClusterTest, GreedyTokensMatchTheGenerateCommand) {
+  const std::vector<int32_t> prompt(100, 9);
+  absl::StatusOr<client::GenerateResult> served = Client().Generate(Greedy(prompt, 10));
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_EQ(served->token_ids, CliGreedy(FixtureDir(), prompt, 10));
+}
+
+TEST_F(PipelinedClusterTest, ConcurrentStreamsAllCompleteCorrectly) {
+  ExpectConcurrentStreamsComplete(Client(), 32);
+}
+
+TEST_F(PipelinedClusterTest, SessionsResumeComputingOnlyNewTokens) {
+  ExpectSessionMatchesWholeHistory(Client(), router_->metrics_port(), "pipelined-three-turns");
 }
 
 TEST_F(ClusterTest, SessionsResumeComputingOnlyNewTokens) {
