@@ -12,6 +12,16 @@ absl::Status Invoke(std::chrono::milliseconds timeout, Call&& call) {
   return FromGrpcStatus(call(&context));
 }
 
+// A ConnectNccl call that `cancel` (may be null) can end from another thread.
+template <typename Call>
+grpc::Status CancellableConnect(grpc::ClientContext* context, ConnectCancel* cancel, Call&& call) {
+  if (cancel == nullptr) return call();
+  cancel->Bind([context] { context->TryCancel(); });  // a cancel before the call ends it as it starts
+  grpc::Status status = call();
+  cancel->Unbind();
+  return status;
+}
+
 void Fill(const WorkerDescription& d, internal::v1::DescribeResponse* response) {
   response->set_model_fingerprint(d.model_fingerprint);
   response->set_layer_begin(d.layer_begin);
@@ -55,9 +65,11 @@ absl::StatusOr<WorkerDescription> GrpcStageChannel::Describe() {
 }
 
 absl::Status GrpcStageChannel::ConnectNccl(const internal::v1::ConnectNcclRequest& request,
-                                           std::chrono::milliseconds timeout) {
+                                           std::chrono::milliseconds timeout, ConnectCancel* cancel) {
   internal::v1::ConnectNcclResponse response;
-  return Invoke(timeout, [&](grpc::ClientContext* c) { return stub_->ConnectNccl(c, request, &response); });
+  return Invoke(timeout, [&](grpc::ClientContext* c) {
+    return CancellableConnect(c, cancel, [&] { return stub_->ConnectNccl(c, request, &response); });
+  });
 }
 
 GrpcExpertChannel::GrpcExpertChannel(std::shared_ptr<grpc::Channel> channel,
@@ -71,9 +83,11 @@ absl::Status GrpcExpertChannel::RunExperts(const internal::v1::RunExpertsRequest
 }
 
 absl::Status GrpcExpertChannel::ConnectNccl(const internal::v1::ConnectNcclRequest& request,
-                                            std::chrono::milliseconds timeout) {
+                                            std::chrono::milliseconds timeout, ConnectCancel* cancel) {
   internal::v1::ConnectNcclResponse response;
-  return Invoke(timeout, [&](grpc::ClientContext* c) { return stub_->ConnectNccl(c, request, &response); });
+  return Invoke(timeout, [&](grpc::ClientContext* c) {
+    return CancellableConnect(c, cancel, [&] { return stub_->ConnectNccl(c, request, &response); });
+  });
 }
 
 absl::StatusOr<WorkerDescription> GrpcExpertChannel::Describe() {

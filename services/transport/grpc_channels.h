@@ -37,8 +37,8 @@ class GrpcStageChannel final : public StageChannel, public NcclPeer {
                      internal::v1::CloseResponse* response) override;
   absl::StatusOr<WorkerDescription> Describe();
   absl::Status Answer() override { return Describe().status(); }
-  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request,
-                           std::chrono::milliseconds timeout) override;
+  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request, std::chrono::milliseconds timeout,
+                           ConnectCancel* cancel) override;
 
  private:
   std::unique_ptr<internal::v1::StageWorker::Stub> stub_;
@@ -52,8 +52,8 @@ class GrpcExpertChannel final : public ExpertChannel, public NcclPeer {
                           internal::v1::RunExpertsResponse* response) override;
   absl::StatusOr<WorkerDescription> Describe();
   absl::Status Answer() override { return Describe().status(); }
-  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request,
-                           std::chrono::milliseconds timeout) override;
+  absl::Status ConnectNccl(const internal::v1::ConnectNcclRequest& request, std::chrono::milliseconds timeout,
+                           ConnectCancel* cancel) override;
 
  private:
   std::unique_ptr<internal::v1::ExpertWorker::Stub> stub_;

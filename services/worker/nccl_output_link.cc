@@ -67,12 +67,14 @@ absl::Status NcclOutputLink::MakeLink() {
   request.set_both_ways(options_.both_ways);
   // Users take the link with TryHold, so they send bytes while it is being made. The peer joins and
   // warms up inside its ConnectNccl while this side does here; a refusal there ends the waits
-  // here. The call's deadline leaves room for a join and each warm-up transfer near the timeout.
+  // here, and a failure here ends the call, and with it the peer's waits. The call's deadline
+  // leaves room for a join and each warm-up transfer near the timeout.
   std::atomic<bool> refused{false};
   absl::Status remote;
+  ConnectCancel cancel;
   std::thread call([&] {
     const int waits = options_.both_ways ? 3 : 2;  // the join and each warm-up transfer
-    remote = peer_->ConnectNccl(request, options_.timeout * waits + std::chrono::seconds(5));
+    remote = peer_->ConnectNccl(request, options_.timeout * waits + std::chrono::seconds(5), &cancel);
     if (!remote.ok()) refused = true;
   });
   NcclLinkOptions link_options;
@@ -86,9 +88,13 @@ absl::Status NcclOutputLink::MakeLink() {
   absl::Status warm_up;
   if (link.ok()) warm_up = WarmUpLink(**link, 0, options_.both_ways, give_up);
   if (!warm_up.ok()) warm_up = absl::Status(warm_up.code(), absl::StrCat("warm-up: ", warm_up.message()));
+  const bool failed_here = !link.ok() || !warm_up.ok();
+  if (failed_here && !refused.load()) cancel.Cancel();
   call.join();
-  if (!remote.ok()) return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
-  last_id_ = id;  // the peer holds it, whether or not this side joined
+  if (!remote.ok() && !cancel.cancelled()) {
+    return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
+  }
+  last_id_ = id;  // the peer may hold it (also where the call ended early), whether or not this side joined
   if (!link.ok()) return link.status();
   if (!warm_up.ok()) return warm_up;
   link_ = std::move(*link);

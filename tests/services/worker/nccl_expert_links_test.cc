@@ -109,6 +109,7 @@ struct ShardServer {
   std::unique_ptr<ExpertWorkerService> service;
   std::unique_ptr<GrpcServer> server;
   std::shared_ptr<GrpcExpertChannel> channel;
+  std::unique_ptr<std::atomic<int>> connects_started = std::make_unique<std::atomic<int>>(0);
   std::unique_ptr<std::atomic<int>> connects_answered = std::make_unique<std::atomic<int>>(0);
 };
 
@@ -155,11 +156,14 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
                                .evict_after = std::chrono::milliseconds(0)},
           *links_, s.metrics.get());
       NcclExpertLinks* links = s.links.get();
+      std::atomic<int>* started = s.connects_started.get();
       std::atomic<int>* answered = s.connects_answered.get();
       s.counted = std::make_unique<CountedExperts>(*s.links, *s.metrics);
       s.service = std::make_unique<ExpertWorkerService>(
           *s.counted, WorkerDescription{},
-          [links, answered](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
+          [links, started, answered](const internal::v1::ConnectNcclRequest& request,
+                                     const NcclLink::GiveUp& give_up) {
+            ++*started;
             const absl::Status status = links->Connect(request, give_up);
             ++*answered;
             return status;
@@ -411,7 +415,7 @@ TEST_P(NcclExpertsTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   request.set_owner("a stage that goes away");
   const int answered = shards_[0].connects_answered->load();
   const auto start = std::chrono::steady_clock::now();
-  const absl::Status status = shards_[0].channel->ConnectNccl(request, std::chrono::milliseconds(500));
+  const absl::Status status = shards_[0].channel->ConnectNccl(request, std::chrono::milliseconds(500), nullptr);
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   join.join();
   EXPECT_TRUE(maker.ok()) << maker.status();
@@ -427,6 +431,37 @@ TEST_P(NcclExpertsTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   EXPECT_EQ(Run(linked, ids, &run), AsBytes(ids));
   EXPECT_TRUE(run.ok()) << run;
   EXPECT_EQ(linked.calls_over_nccl(), 2);
+}
+
+// A stage whose own join fails ends its ConnectNccl call at once, and with it the shard's wait for
+// the join: neither waits out the link's timeout, and the link is made at the next attempt.
+TEST_P(NcclExpertsTest, AMakerWhoseOwnJoinFailsEndsItsCallAndTheShardsWait) {
+  const int started = shards_[0].connects_started->load();
+  const int answered = shards_[0].connects_answered->load();
+  const auto start = std::chrono::steady_clock::now();
+  failing_->FailNextJoin(0, [&] {  // once the shard's side has begun
+    while (shards_[0].connects_started->load() == started && std::chrono::steady_clock::now() - start < kTimeout) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  const std::unique_ptr<NcclOutputLink> failed = LinkTo(0, "another stage");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the stage waited out its call";
+  EXPECT_NE(failed->status().message().find("injected: the join failed"), std::string::npos) << failed->status();
+  while (shards_[0].connects_answered->load() == answered && std::chrono::steady_clock::now() - start < kTimeout) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the shard waited out the link's timeout";
+  EXPECT_EQ(shards_[0].links->links(), 1) << "the fixture's link; the failed one is not held";
+  ASSERT_TRUE(failed->Reconnect().ok());
+  EXPECT_EQ(shards_[0].links->links(), 2);
+  std::vector<ExpertShardLink> over_failed = linked_;
+  over_failed[0].nccl = failed.get();
+  RemoteExpertRunner runner(*stage_backend_, over_failed, config_.hidden_size);
+  const std::vector<int32_t> ids = {4, 5, 6, 17, 18, 19};
+  absl::Status status;
+  EXPECT_EQ(Run(runner, ids, &status), AsBytes(ids));
+  EXPECT_TRUE(status.ok()) << status;
+  EXPECT_EQ(runner.calls_over_nccl(), 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Links, NcclExpertsTest, ::testing::Values("cpu", "cuda"),

@@ -5,7 +5,8 @@
 // a chunk that samples nothing alike. A step announcing rows on a link the later stage does not
 // hold fails cleanly and the stage keeps serving; a step the later stage fails after it took the
 // rows keeps the link, one whose rows it did not take breaks it, and steps go as bytes until it is
-// made again (on GPUs those skip with the reason where the build has no NCCL or the host fewer
+// made again; a join the maker gives up on (its call gone, or its own join failed) ends at once
+// on both sides (on GPUs those skip with the reason where the build has no NCCL or the host fewer
 // than two GPUs; the same protocol runs on the CPU over in-process links everywhere). Links past a
 // stage's limit, rows on links it does not hold and rows over NCCL to a stage without links are
 // refused anywhere.
@@ -31,6 +32,7 @@
 #include "services/transport/grpc_channels.h"
 #include "services/worker/stage_engine.h"
 #include "services/worker/stage_metrics.h"
+#include "tests/services/transport/failing_links.h"
 #include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
 #include "tests/services/worker/stage_requests.h"
@@ -143,6 +145,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     service_ = std::make_unique<StageWorkerService>(
         *last_stage_, WorkerDescription{},
         [this](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
+          ++connects_started_;
           const absl::Status status = input_->Connect(request, give_up);
           ++connects_answered_;
           return status;
@@ -207,6 +210,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<NcclOutputLink> output_;
   prometheus::Registry registry_;
   std::unique_ptr<LinkPathMetrics> metrics_;
+  std::atomic<int> connects_started_{0};
   std::atomic<int> connects_answered_{0};
 };
 
@@ -339,7 +343,7 @@ TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   request.set_capacity_bytes(1024);
   const int answered = connects_answered_.load();
   const auto start = std::chrono::steady_clock::now();
-  const absl::Status status = next_->ConnectNccl(request, std::chrono::milliseconds(500));
+  const absl::Status status = next_->ConnectNccl(request, std::chrono::milliseconds(500), nullptr);
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   join.join();
   EXPECT_TRUE(maker.ok()) << maker.status();
@@ -352,6 +356,37 @@ TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   internal::v1::StepResponse stepped;
   const absl::Status step = first_stage_->Step(StepOf(1, {5, 17, 200}), &stepped);
   ASSERT_TRUE(step.ok()) << step;
+  EXPECT_EQ(output_->sent(), 1);
+}
+
+// A stage whose own join fails ends its ConnectNccl call at once, and with it the next stage's
+// wait for the join (which holds its one join slot): neither waits out the link's timeout, and the
+// link is made at the next attempt.
+TEST_P(NcclStagesTest, AMakerWhoseOwnJoinFailsEndsItsCallAndTheNextStagesWait) {
+  const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
+  const int started = connects_started_.load();
+  const int answered = connects_answered_.load();
+  const auto start = std::chrono::steady_clock::now();
+  testing::FailingLinks failing(*links_);
+  failing.FailNextJoin(0, [&] {  // once the next stage's side has begun
+    while (connects_started_.load() == started && std::chrono::steady_clock::now() - start < kTimeout) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  NcclOutputLinkOptions options = LinkOptions(capacity);
+  options.links = &failing;
+  NcclOutputLink failed(next_, "the next stage", options);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the stage waited out its call";
+  EXPECT_NE(failed.status().message().find("injected: the join failed"), std::string::npos) << failed.status();
+  while (connects_answered_.load() == answered && std::chrono::steady_clock::now() - start < kTimeout) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the next stage waited out the link's timeout";
+  // The next stage takes a link again (this replaces the fixture's), and steps go over it.
+  ASSERT_TRUE(output_->Reconnect().ok());
+  OpenOnBoth({1});
+  auto [token, expected] = Both(StepOf(1, {5, 17, 200}));
+  EXPECT_EQ(token, expected);
   EXPECT_EQ(output_->sent(), 1);
 }
 
