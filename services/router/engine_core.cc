@@ -677,7 +677,7 @@ void EngineCore::RunStep(Step& step) {
 void EngineCore::StartStep(std::vector<PlannedRun> plan) {
   auto step = std::make_unique<Step>(BuildStep(std::move(plan)));
   for (const PlannedRun& run : step->plan) running_.at(run.id)->stepping = true;
-  ++steps_in_flight_;
+  observer_->StepsInFlight(++steps_in_flight_);
   step_threads_->Post([this, step = std::move(step)]() mutable {
     RunStep(*step);
     absl::MutexLock lock(&mutex_);
@@ -691,8 +691,8 @@ void EngineCore::TakeSteps() {
     absl::MutexLock lock(&mutex_);
     steps.swap(stepped_);
   }
+  if (!steps.empty()) observer_->StepsInFlight(steps_in_flight_ -= static_cast<int64_t>(steps.size()));
   for (Step& step : steps) {
-    --steps_in_flight_;
     for (const PlannedRun& run : step.plan) {
       if (auto it = running_.find(run.id); it != running_.end()) it->second->stepping = false;
     }
@@ -823,7 +823,9 @@ void EngineCore::Loop() {
       continue;
     }
     Step step = BuildStep(std::move(plan));
+    observer_->StepsInFlight(1);
     RunStep(step);
+    observer_->StepsInFlight(0);
     ApplyStep(step);
     report_batch();
   }

@@ -24,6 +24,7 @@ struct RouterMetrics::Families {
   prometheus::Gauge* running = nullptr;
   prometheus::Gauge* opening = nullptr;
   prometheus::Gauge* waiting = nullptr;
+  prometheus::Gauge* steps_in_flight = nullptr;
   prometheus::Counter* restored_sessions = nullptr;
   prometheus::Counter* recomputed_sessions = nullptr;
   prometheus::Counter* restored_tokens = nullptr;
@@ -73,6 +74,10 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(prometheus:
   DS_ASSIGN_OR_RETURN(f->running, AddSeries(*sequences, {{"state", "running"}}));
   DS_ASSIGN_OR_RETURN(f->opening, AddSeries(*sequences, {{"state", "opening"}}));
   DS_ASSIGN_OR_RETURN(f->waiting, AddSeries(*sequences, {{"state", "waiting"}}));
+  DS_ASSIGN_OR_RETURN(auto* in_flight,
+                      AddGaugeFamily(registry, "deltaserve_steps_in_flight",
+                                     "Scheduling steps down the stage pipeline at once (at most --pipeline-steps)"));
+  DS_ASSIGN_OR_RETURN(f->steps_in_flight, AddSeries(*in_flight, {}));
   DS_ASSIGN_OR_RETURN(auto* resumes, AddCounterFamily(registry, "deltaserve_session_resumes_total",
                                                       "Continued sessions, by how their history came back"));
   DS_ASSIGN_OR_RETURN(f->restored_sessions, AddSeries(*resumes, {{"result", "restored"}}));
@@ -113,6 +118,8 @@ void RouterMetrics::Batch(int64_t running, int64_t opening, int64_t waiting) {
   f_->opening->Set(static_cast<double>(opening));
   f_->waiting->Set(static_cast<double>(waiting));
 }
+
+void RouterMetrics::StepsInFlight(int64_t steps) { f_->steps_in_flight->Set(static_cast<double>(steps)); }
 
 void RouterMetrics::SessionResumed(bool restored, int64_t history_tokens, double seconds) {
   (restored ? f_->restored_sessions : f_->recomputed_sessions)->Increment();

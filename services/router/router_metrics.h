@@ -22,6 +22,7 @@ class RouterMetrics final : public RouterObserver {
   void InterToken(double seconds) override;
   void Step(int64_t prefill_tokens, int64_t decode_tokens, double seconds) override;
   void Batch(int64_t running, int64_t opening, int64_t waiting) override;
+  void StepsInFlight(int64_t steps) override;
   void SessionResumed(bool restored, int64_t history_tokens, double seconds) override;
   void SessionSaved(int64_t bytes, double seconds) override;
 

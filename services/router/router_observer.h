@@ -20,6 +20,8 @@ class RouterObserver {
   // still opening their session in the background (manifest, snapshots; they hold a place in the
   // batch), and queued (waiting).
   virtual void Batch(int64_t /*running*/, int64_t /*opening*/, int64_t /*waiting*/) {}
+  // Steps down the pipeline in flight (at most RouterConfig::pipeline_steps), as it changes.
+  virtual void StepsInFlight(int64_t /*steps*/) {}
   // A session turn began: its history was restored from the store (hit) or recomputed.
   virtual void SessionResumed(bool /*restored*/, int64_t /*history_tokens*/, double /*seconds*/) {}
   virtual void SessionSaved(int64_t /*bytes*/, double /*seconds*/) {}

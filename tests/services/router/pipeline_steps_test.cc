@@ -1,7 +1,9 @@
 // With pipeline_steps above 1 the router keeps that many steps in flight at once, each over its own
 // sequences (none in two steps at once): every request gets exactly the tokens it gets one step at
 // a time; a failed step ends only its own sequences; a request cancelled while its step is in
-// flight ends once the step is back; and shutting down waits for the steps in flight.
+// flight ends once the step is back; and shutting down waits for the steps in flight. The engine
+// reports its steps in flight as they change (the deltaserve_steps_in_flight gauge).
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <map>
@@ -16,6 +18,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
 #include "services/router/engine_core.h"
+#include "services/router/router_observer.h"
 #include "services/worker/stage_engine.h"
 
 namespace deltaserve::services {
@@ -117,6 +120,28 @@ class OverlapStage final : public StageChannel {
   std::set<uint64_t> active_;  // the sequences of the steps in flight
 };
 
+// What the engine reports of its steps in flight: the most, and the last.
+class InFlightObserver final : public RouterObserver {
+ public:
+  void StepsInFlight(int64_t steps) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    most_ = std::max(most_, steps);
+    last_ = steps;
+  }
+  int64_t most() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return most_;
+  }
+  int64_t last() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return last_;
+  }
+
+ private:
+  std::mutex mutex_;
+  int64_t most_ = 0, last_ = -1;
+};
+
 // The whole model on the CPU as one stage, behind an OverlapStage.
 struct Pipeline {
   absl::Status Load() {
@@ -146,12 +171,13 @@ RouterConfig Steps(int64_t pipeline_steps) {
 const std::vector<std::vector<int32_t>> kPrompts = {{3, 4, 5}, {7, 8}, {9}, {11, 12, 13, 14}, {20, 1}, {42}};
 
 // Each prompt's tokens (and the stage's most steps in flight at once) with `pipeline_steps`.
-std::map<size_t, std::vector<int32_t>> RunAll(int64_t pipeline_steps, int* max_in_flight, int* in_two_steps) {
+std::map<size_t, std::vector<int32_t>> RunAll(int64_t pipeline_steps, int* max_in_flight, int* in_two_steps,
+                                              InFlightObserver* observer) {
   Pipeline pipeline;
   const absl::Status loaded = pipeline.Load();
   EXPECT_TRUE(loaded.ok()) << loaded;
   if (!loaded.ok()) return {};
-  EngineCore engine(Steps(pipeline_steps), pipeline.router_model(), *pipeline.overlap, nullptr, nullptr);
+  EngineCore engine(Steps(pipeline_steps), pipeline.router_model(), *pipeline.overlap, nullptr, observer);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     auto stream = engine.Submit(Greedy(kPrompts[i], 6 + static_cast<int32_t>(i % 3)));
@@ -173,13 +199,19 @@ std::map<size_t, std::vector<int32_t>> RunAll(int64_t pipeline_steps, int* max_i
 
 TEST(PipelineStepsTest, StepsOverlapOverTheirOwnSequencesAndGiveTheTokensOfOneStepAtATime) {
   int max_in_flight = 0, in_two_steps = 0;
-  const std::map<size_t, std::vector<int32_t>> one_at_a_time = RunAll(1, &max_in_flight, &in_two_steps);
+  InFlightObserver one;
+  const std::map<size_t, std::vector<int32_t>> one_at_a_time = RunAll(1, &max_in_flight, &in_two_steps, &one);
   EXPECT_EQ(max_in_flight, 1);
+  EXPECT_EQ(one.most(), 1);
+  EXPECT_EQ(one.last(), 0);
   ASSERT_EQ(one_at_a_time.size(), kPrompts.size());
   for (const int64_t steps : {2, 3}) {
-    EXPECT_EQ(RunAll(steps, &max_in_flight, &in_two_steps), one_at_a_time) << steps << " steps in flight";
+    InFlightObserver observer;  // the steps_in_flight gauge
+    EXPECT_EQ(RunAll(steps, &max_in_flight, &in_two_steps, &observer), one_at_a_time) << steps << " steps in flight";
     EXPECT_EQ(max_in_flight, steps);
     EXPECT_EQ(in_two_steps, 0) << "a sequence was in two steps at once";
+    EXPECT_EQ(observer.most(), steps);
+    EXPECT_EQ(observer.last(), 0);
   }
 }
 
