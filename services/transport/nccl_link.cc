@@ -58,8 +58,7 @@ absl::Status PollUntil(Clock::time_point deadline, const char* what, Done done) 
 class Link final : public NcclLink {
  public:
   Link(int rank, const NcclLinkOptions& options)
-      : device_(options.device), rank_(rank), capacity_(options.capacity_bytes), timeout_(options.timeout),
-        give_up_(options.give_up) {}
+      : device_(options.device), rank_(rank), capacity_(options.capacity_bytes), timeout_(options.timeout) {}
 
   ~Link() override {
     cudaSetDevice(device_);
@@ -70,7 +69,8 @@ class Link final : public NcclLink {
     if (buffer_ != nullptr) cudaFree(buffer_);
   }
 
-  absl::Status Open(const ncclUniqueId& id) {
+  // `give_up` is the join's only: it may watch a call that ends before the link does.
+  absl::Status Open(const ncclUniqueId& id, const GiveUp& give_up) {
     if (absl::Status status = CudaStatus(cudaSetDevice(device_), "select the device"); !status.ok()) return status;
     if (absl::Status status = CudaStatus(cudaMalloc(&buffer_, capacity_), "allocate the buffer"); !status.ok()) {
       buffer_ = nullptr;
@@ -89,7 +89,7 @@ class Link final : public NcclLink {
     const ncclResult_t result = ncclCommInitRankConfig(&comm_, 2, id, rank_, &config);
     if (result != ncclSuccess && result != ncclInProgress) return Fail(NcclStatus(result, comm_, "join"));
     const absl::Status status = PollUntil(Clock::now() + timeout_, "join", [&](bool& finished) {
-      if (give_up_ && give_up_()) return absl::CancelledError("nccl link: the peer will not join");
+      if (give_up && give_up()) return absl::CancelledError("nccl link: the peer will not join");
       return CommState(finished, "join");
     });
     return status.ok() ? status : Fail(status);
@@ -225,7 +225,6 @@ class Link final : public NcclLink {
   const int rank_;
   const size_t capacity_;
   const std::chrono::milliseconds timeout_;
-  const std::function<bool()> give_up_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t done_ = nullptr;
@@ -256,7 +255,7 @@ absl::StatusOr<std::unique_ptr<NcclLink>> NcclLink::Join(const std::string& id, 
   if (options.capacity_bytes == 0) return absl::InvalidArgumentError("nccl link: a buffer of 0 bytes");
   std::memcpy(unique.internal, id.data(), id.size());
   auto link = std::make_unique<Link>(rank, options);
-  if (absl::Status status = link->Open(unique); !status.ok()) return status;
+  if (absl::Status status = link->Open(unique, options.give_up); !status.ok()) return status;
   return link;
 }
 

@@ -28,7 +28,8 @@ struct NcclLinkOptions {
   int device = 0;                            // the CUDA device of this side
   size_t capacity_bytes = 0;                 // the largest transfer
   std::chrono::milliseconds timeout{30000};  // for joining and for each transfer
-  // Polled while joining: once it says so, Join gives up (the peer will not join).
+  // Polled while joining: once it says so, Join gives up (the peer will not join). Not kept by the
+  // link: it may watch a call that ends first.
   std::function<bool()> give_up = nullptr;
 };
 

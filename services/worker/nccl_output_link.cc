@@ -91,7 +91,8 @@ absl::Status NcclOutputLink::MakeLink() {
   const bool failed_here = !link.ok() || !warm_up.ok();
   if (failed_here && !refused.load()) cancel.Cancel();
   call.join();
-  if (!remote.ok() && !cancel.cancelled()) {
+  // The call's CANCELLED is this side's own doing; any other failure is the peer's answer.
+  if (!remote.ok() && !(cancel.cancelled() && remote.code() == absl::StatusCode::kCancelled)) {
     return absl::Status(remote.code(), absl::StrCat(peer_name_, ": ", remote.message()));
   }
   last_id_ = id;  // the peer may hold it (also where the call ended early), whether or not this side joined

@@ -345,11 +345,8 @@ function checkRouter(workloads, services, objects, options, fail) {
   const c = pod.containers.find((x) => x.name === "router") ?? pod.containers[0];
   const grpcPort = (c.ports ?? []).find((p) => p.name === "grpc")?.containerPort;
   const steps = Number(argValue(c.args, "--pipeline-steps"));
-  const stages = workloads.find((w) => w.kind === "StatefulSet" && componentOf(w) === "stage")?.spec?.replicas;
   if (!(Number.isInteger(steps) && steps >= 1 && steps <= 64)) {
     fail.push(`${ref(router)}: --pipeline-steps must be set, 1 to 64 (the chart's 0 means one per stage)`);
-  } else if (steps < (stages ?? 1)) {
-    fail.push(`${ref(router)}: --pipeline-steps ${steps} leaves some of the ${stages} stages idle`);
   }
   const drain = c.lifecycle?.preStop?.exec?.command ?? [];
   if (!(drain.includes("client") && drain.includes("drain"))) {

@@ -106,8 +106,9 @@ TEST_F(ClusterTest, ConcurrentStreamsAllCompleteCorrectly) {
   ExpectConcurrentStreamsComplete(Client(), 32);
 }
 
-// The router keeps two steps in flight, one in each stage: the tokens are those of one step at a
-// time.
+// The router with two steps in flight at most, each on its step threads: one request (whose steps
+// run one at a time) gets the generate command's tokens and resumes its session; 32 concurrent
+// streams (two steps of 16 in flight at once) get what each gets alone.
 class PipelinedClusterTest : public ClusterTest {
  protected:
   void SetUp() override {

@@ -79,7 +79,12 @@ class OverlapStage final : public StageChannel {
       }
       changed_.notify_all();
       changed_.wait_for(lock, partner_wait, [&] { return in_flight_ > 1; });
-      changed_.wait(lock, [&] { return !held_; });
+      if (held_) {
+        ++waiting_at_hold_;
+        changed_.notify_all();
+        changed_.wait(lock, [&] { return !held_; });
+        --waiting_at_hold_;
+      }
     }
     const absl::Status status =
         poisoned ? absl::InternalError("the stage failed this step (injected)") : next_.Step(request, response);
@@ -95,9 +100,10 @@ class OverlapStage final : public StageChannel {
     held_ = hold;
     changed_.notify_all();
   }
-  bool WaitForInFlight(int steps) {
+  // Until `steps` steps wait at the hold.
+  bool WaitForHeld(int steps) {
     std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, kPatience, [&] { return in_flight_ >= steps; });
+    return changed_.wait_for(lock, kPatience, [&] { return waiting_at_hold_ >= steps; });
   }
   int max_in_flight() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -116,7 +122,7 @@ class OverlapStage final : public StageChannel {
   std::mutex mutex_;
   std::condition_variable changed_;
   bool held_ = false;
-  int in_flight_ = 0, max_in_flight_ = 0, steps_ = 0, sequences_in_two_steps_ = 0;
+  int in_flight_ = 0, max_in_flight_ = 0, steps_ = 0, sequences_in_two_steps_ = 0, waiting_at_hold_ = 0;
   std::set<uint64_t> active_;  // the sequences of the steps in flight
 };
 
@@ -243,9 +249,12 @@ TEST(PipelineStepsTest, ARequestCancelledInAStepEndsOnceTheStepIsBackAndShutdown
   auto cancelled = engine->Submit(Greedy({3, 4}, 50));
   auto other = engine->Submit(Greedy({5, 6}, 50));
   ASSERT_TRUE(cancelled.ok() && other.ok());
-  ASSERT_TRUE(pipeline.overlap->WaitForInFlight(1));
+  ASSERT_TRUE(pipeline.overlap->WaitForHeld(1));
   (*cancelled)->Cancel();
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // a few turns of the loop
+  // A few turns of the loop: the request stays, its step still held.
+  const RequestStream::Update early =
+      (*cancelled)->Wait(std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+  EXPECT_FALSE(early.finished) << "a request ended while its step was in flight";
   pipeline.overlap->Hold(false);
   const Collected gone = Collect(**cancelled);
   ASSERT_TRUE(gone.finished);
@@ -253,12 +262,14 @@ TEST(PipelineStepsTest, ARequestCancelledInAStepEndsOnceTheStepIsBackAndShutdown
 
   // Shutting down while a step is held: the engine waits for it, then ends the request.
   pipeline.overlap->Hold(true);
-  ASSERT_TRUE(pipeline.overlap->WaitForInFlight(1));
+  ASSERT_TRUE(pipeline.overlap->WaitForHeld(1));
   std::thread release([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
     pipeline.overlap->Hold(false);
   });
+  const auto shutdown = std::chrono::steady_clock::now();
   engine->Shutdown();
+  EXPECT_GE(std::chrono::steady_clock::now() - shutdown, std::chrono::milliseconds(150)) << "shutdown left a step";
   release.join();
   const Collected ended = Collect(**other);
   ASSERT_TRUE(ended.finished);
