@@ -32,11 +32,17 @@ class WorkerCommand final : public Subcommand {
     cmd->add_option("--nccl-timeout-ms", nccl_timeout_ms_, "On a GPU: joining an NCCL link, and each transfer")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
-    cmd->add_option("--nccl-max-links", experts_config_.nccl_max_links,
-                    "Experts on a GPU: NCCL links held at once (one per stage process; at the limit one unused "
-                    "for a minute makes room)")
+    cmd->add_option("--nccl-max-links", nccl_max_links_,
+                    "On a GPU: NCCL links peers may hold to this worker at once (experts: one per stage process, "
+                    "at the limit one unused for a minute makes room; stage: the previous stage's, at the limit "
+                    "one not in use makes room)")
         ->capture_default_str()
         ->check(CLI::Range(1, 1024));
+    cmd->add_option("--nccl-output-links", stage_.nccl_output_links,
+                    "Stage on a GPU: NCCL links to the next stage, one per step that may be in flight below this "
+                    "stage at once (the router's --pipeline-steps); steps that find them all busy go over gRPC")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 64));
     cmd->add_option("--nccl-retry-ms", nccl_retry_ms_, "Stage on a GPU: how often a broken NCCL link is made again")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
@@ -62,6 +68,7 @@ class WorkerCommand final : public Subcommand {
         stage_.backend = BackendChoiceFrom(engine_);
         stage_.layers = LayerOptionsFrom(engine_);
         stage_.nccl_max_rows = nccl_max_rows_;
+        stage_.nccl_max_links = nccl_max_links_;
         stage_.nccl_timeout = std::chrono::milliseconds(nccl_timeout_ms_);
         stage_.nccl_retry = std::chrono::milliseconds(nccl_retry_ms_);
         return services::StartStageWorker(stage_);
@@ -80,6 +87,7 @@ class WorkerCommand final : public Subcommand {
       experts_config_.model_dir = engine_.model_dir;
       experts_config_.backend = BackendChoiceFrom(engine_);
       experts_config_.nccl_max_rows = nccl_max_rows_;
+      experts_config_.nccl_max_links = nccl_max_links_;
       experts_config_.nccl_timeout = std::chrono::milliseconds(nccl_timeout_ms_);
       return services::StartExpertWorker(experts_config_);
     });
@@ -91,6 +99,7 @@ class WorkerCommand final : public Subcommand {
   std::string experts_;
   std::string expert_workers_;
   int64_t nccl_max_rows_ = 8192;
+  int nccl_max_links_ = 16;
   int64_t nccl_timeout_ms_ = 30'000;
   int64_t nccl_retry_ms_ = 10'000;
   EngineArgs engine_;

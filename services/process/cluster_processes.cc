@@ -309,17 +309,24 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   }
   std::shared_ptr<NcclStageInput> nccl_input;
   if (on_gpu) {
-    nccl_input = std::make_shared<NcclStageInput>(config.backend.cuda_device, capacity, config.nccl_timeout);
+    nccl_input = std::make_shared<NcclStageInput>(config.backend.cuda_device, capacity, config.nccl_timeout,
+                                                  config.nccl_max_links);
     keep.push_back(nccl_input);
   }
-  std::shared_ptr<NcclOutputLink> nccl_output;
-  if (next != nullptr && on_gpu) {
-    nccl_output = std::make_shared<NcclOutputLink>(next, "the next stage", link_options);
-    keep.push_back(nccl_output);
-    if (const absl::Status status = nccl_output->status(); status.ok()) {
-      spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL", config.nccl_max_rows);
-    } else {
+  std::vector<NcclOutputLink*> nccl_outputs;
+  for (int i = 0; next != nullptr && on_gpu && i < config.nccl_output_links; ++i) {
+    NcclOutputLinkOptions options = link_options;
+    options.owner = absl::StrCat(owner, " link ", i);  // a restarted stage's link i replaces its predecessor's
+    auto output = std::make_shared<NcclOutputLink>(next, "the next stage", options);
+    keep.push_back(output);
+    nccl_outputs.push_back(output.get());
+    if (const absl::Status status = output->status(); !status.ok()) {
       spdlog::warn("hidden rows go to the next stage over gRPC for now: no NCCL link ({})", status.ToString());
+      break;  // the others would meet the same: the keeper of this one makes it when it can
+    }
+    if (i + 1 == config.nccl_output_links) {
+      spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL ({} links)",
+                   config.nccl_max_rows, config.nccl_output_links);
     }
   }
   std::shared_ptr<StoreClient> store;
@@ -337,7 +344,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   }
   auto engine = std::make_shared<StageEngine>(*model, store.get(), next.get(),
                                               StageEngineOptions{config.max_open_sequences}, nccl_input.get(),
-                                              nccl_output.get(), stage_metrics.get());
+                                              nccl_outputs, stage_metrics.get());
   keep.push_back(engine);
   WorkerDescription description;
   description.model_fingerprint = fingerprint;

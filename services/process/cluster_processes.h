@@ -68,6 +68,11 @@ struct StageWorkerConfig {
   // bounds the links the previous stage may make to this one. Each expert worker gets a link of
   // as many rows too, and a layer's rows and slot outputs go over it in calls that fit. 0: none.
   int64_t nccl_max_rows = 8192;
+  // Links made to the next stage: one per step that may be in flight below this stage at once (the
+  // router's --pipeline-steps), each with its buffer on both GPUs; a step that finds them all busy
+  // goes as bytes.
+  int nccl_output_links = 2;
+  int nccl_max_links = 16;  // links the previous stage may hold to this one at once
   std::chrono::milliseconds nccl_timeout{30'000};  // joining a link, and each transfer
   std::chrono::milliseconds nccl_retry{10'000};    // how often a broken link is made again
 };

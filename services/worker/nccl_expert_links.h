@@ -7,10 +7,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <string>
 
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
@@ -18,6 +14,7 @@
 #include "services/transport/nccl_link.h"
 #include "services/worker/expert_metrics.h"
 #include "services/worker/expert_shard.h"
+#include "services/worker/nccl_link_table.h"
 
 namespace deltaserve::services {
 
@@ -34,38 +31,23 @@ class NcclExpertLinks final : public ExpertChannel {
  public:
   // `metrics` (may be null) shows the links held.
   NcclExpertLinks(ExpertShard& shard, kernels::Backend& backend, NcclExpertLinkLimits limits,
-                  NcclLinkFactory& links = NcclLinkFactory::Nccl(), ExpertMetrics* metrics = nullptr)
-      : shard_(shard), backend_(backend), limits_(limits), factory_(links), metrics_(metrics) {}
+                  NcclLinkFactory& links = NcclLinkFactory::Nccl(), ExpertMetrics* metrics = nullptr);
 
-  // ExpertWorker.ConnectNccl: joins the link as rank 1 and warms it up (several stages' at once;
-  // a link not made both ways is refused). It drops the link the request replaces, any earlier
-  // link of the same owner (a stage restarted) and any broken one; at the limit, the link unused
-  // longest if unused for evict_after, or else it answers RESOURCE_EXHAUSTED. Its waits end early
-  // once `give_up` says so (the maker's call has gone).
-  absl::Status Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up = nullptr);
+  // ExpertWorker.ConnectNccl (NcclLinkTable::Connect): links carry rows and outputs both ways.
+  absl::Status Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up = nullptr) {
+    return links_.Connect(request, give_up);
+  }
   absl::Status RunExperts(const internal::v1::RunExpertsRequest& request,
                           internal::v1::RunExpertsResponse* response) override;
-  int links() const;
+  int links() const { return links_.links(); }
 
  private:
-  struct Entry {
-    std::mutex busy;  // held by a call from its receive to the end of its send
-    std::unique_ptr<NcclLink> link;
-    std::string owner;  // the stage that made it (ConnectNcclRequest.owner)
-    std::chrono::steady_clock::time_point last_used;  // guarded by mutex_
-  };
-  void ShowLinks() const;  // under mutex_: the links held, to the metrics
-  absl::Status RunOverLink(Entry& entry, const internal::v1::RunExpertsRequest& request,
+  absl::Status RunOverLink(NcclLink& link, const internal::v1::RunExpertsRequest& request,
                            internal::v1::RunExpertsResponse* response);
 
   ExpertShard& shard_;
   kernels::Backend& backend_;
-  const NcclExpertLinkLimits limits_;
-  NcclLinkFactory& factory_;
-  ExpertMetrics* metrics_;
-  mutable std::mutex mutex_;  // guards links_ and joining_
-  std::map<uint64_t, std::shared_ptr<Entry>> links_;
-  int joining_ = 0;  // links being joined: each holds a buffer and a communicator, as a link does
+  NcclLinkTable links_;
 };
 
 }  // namespace deltaserve::services

@@ -1,9 +1,10 @@
 // The stages' NCCL data plane (services/transport/nccl_link.h) as a stage worker uses it:
-// NcclStageInput holds the link over which the previous stage's hidden rows arrive, and an
-// NcclOutputLink (nccl_output_link.h) the one over which this stage's go to the next. A step holds
-// each link it uses from the transfer until the rows are consumed, so each link carries one step
-// at a time; a step that finds the output link busy or down, or whose rows exceed its buffer,
-// sends them as bytes in the gRPC request instead.
+// NcclStageInput holds the links over which the previous stage's hidden rows arrive, and
+// NcclOutputLinks (nccl_output_link.h) the ones over which this stage's go to the next, one per
+// step this stage may have in flight below it (the router's --pipeline-steps). A step holds each
+// link it uses from the transfer until the rows are consumed, so each link carries one step at a
+// time; a step that finds every output link busy or down, or whose rows exceed the buffer, sends
+// them as bytes in the gRPC request instead.
 #pragma once
 
 #include <chrono>
@@ -15,6 +16,7 @@
 #include "deltaserve/internal/v1/worker.pb.h"
 #include "kernels/tensor.h"
 #include "services/transport/nccl_link.h"
+#include "services/worker/nccl_link_table.h"
 
 namespace deltaserve::services {
 
@@ -24,33 +26,29 @@ inline constexpr char kHiddenRowsReceivedPayload[] = "type.googleapis.com/deltas
 
 class NcclStageInput {
  public:
-  // Links take at most `max_capacity_bytes` (this stage's own buffer limit).
-  NcclStageInput(int device, size_t max_capacity_bytes, std::chrono::milliseconds timeout,
-                 NcclLinkFactory& links = NcclLinkFactory::Nccl())
-      : device_(device), max_capacity_bytes_(max_capacity_bytes), timeout_(timeout), factory_(links) {}
+  // Links take at most `max_capacity_bytes` (this stage's own buffer limit); it holds up to
+  // `max_links` (the previous stage's links: one per step it may have in flight).
+  NcclStageInput(int device, size_t max_capacity_bytes, std::chrono::milliseconds timeout, int max_links = 16,
+                 NcclLinkFactory& links = NcclLinkFactory::Nccl());
 
-  // StageWorker.ConnectNccl: joins the link as rank 1 (one way: both_ways is refused); once joined
-  // and warmed up it replaces any earlier one. Its waits end early once `give_up` says so (the
-  // maker's call has gone).
-  absl::Status Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up = nullptr);
+  // StageWorker.ConnectNccl (NcclLinkTable::Connect): links carry rows one way. At the limit any
+  // link not carrying a step makes room: this stage's links come from one previous stage, whose
+  // links of the same owner, or whose predecessor's, are the ones a new link replaces.
+  absl::Status Connect(const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up = nullptr) {
+    return links_.Connect(request, give_up);
+  }
+  int links() const { return links_.links(); }
 
-  // A step's rows in the link's buffer, held until this is destroyed.
+  // A step's rows in its link's buffer, the link held until this is destroyed.
   struct Rows {
-    std::unique_lock<std::mutex> hold;
+    NcclLinkTable::Held hold;
     kernels::TensorView view;  // fp32 [rows, hidden]
   };
-  // Receives rows × hidden fp32 values over link `link` (the current one).
+  // Receives rows × hidden fp32 values over link `link`.
   absl::StatusOr<Rows> Receive(uint64_t link, int64_t rows, int64_t hidden);
 
  private:
-  const int device_;
-  const size_t max_capacity_bytes_;
-  const std::chrono::milliseconds timeout_;
-  NcclLinkFactory& factory_;
-  std::mutex mutex_;  // held by a step from its transfer until its rows are consumed
-  std::mutex joining_;  // one join at a time: each holds a buffer and a communicator
-  std::unique_ptr<NcclLink> link_;
-  uint64_t link_id_ = 0;
+  NcclLinkTable links_;
 };
 
 }  // namespace deltaserve::services

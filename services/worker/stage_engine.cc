@@ -20,9 +20,9 @@ namespace deltaserve::services {
 
 StageEngine::StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
                          const StageEngineOptions& options, NcclStageInput* nccl_input,
-                         NcclOutputLink* nccl_output, LinkPathMetrics* metrics)
+                         std::vector<NcclOutputLink*> nccl_outputs, LinkPathMetrics* metrics)
     : model_(model), store_(store), next_(next), options_(options), nccl_input_(nccl_input),
-      nccl_output_(nccl_output), metrics_(metrics) {}
+      nccl_outputs_(std::move(nccl_outputs)), metrics_(metrics) {}
 
 std::string StageEngine::PartName() const {
   return absl::StrCat("layers-", model_.layer_begin(), "-", model_.layer_end() - 1);
@@ -205,14 +205,20 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
   if (!hidden_in.empty()) std::memcpy(hidden_in.data(), request.hidden().data(), request.hidden().size());
   model::StageDeviceRows device_rows;
   if (arrived.has_value()) device_rows.in = arrived->view;
-  // The output over NCCL where the link is free and takes it (held until the next stage's call
+  // The output over NCCL where a link is free and takes it (held until the next stage's call
   // returns); otherwise as bytes.
   std::unique_lock<std::mutex> output_hold;
+  NcclOutputLink* output = nullptr;
   int64_t rows = 0;
   for (const std::vector<int32_t>& t : tokens) rows += static_cast<int64_t>(t.size());
-  if (!model_.is_last_stage() && nccl_output_ != nullptr) {
-    output_hold = nccl_output_->TryHold(rows, hidden_size);
-    if (output_hold.owns_lock()) device_rows.out = nccl_output_->Rows(rows, hidden_size);
+  if (!model_.is_last_stage()) {
+    for (NcclOutputLink* candidate : nccl_outputs_) {
+      output_hold = candidate->TryHold(rows, hidden_size);
+      if (!output_hold.owns_lock()) continue;
+      output = candidate;
+      device_rows.out = output->Rows(rows, hidden_size);
+      break;
+    }
   }
   const bool on_device = device_rows.in.data != nullptr || device_rows.out.data != nullptr;
   std::vector<float> out;
@@ -233,7 +239,7 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
       if (metrics_ != nullptr) metrics_->Went(false);
       return next_->Step(downstream, response);
     }
-    NcclLink& link = nccl_output_->link();
+    NcclLink& link = output->link();
     const size_t bytes = static_cast<size_t>(rows * hidden_size) * sizeof(float);
     if (const absl::Status queued = link.StartSend(bytes); !queued.ok()) {
       // This stage's part is done: its rows go as bytes after all.
@@ -246,9 +252,9 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
       return next_->Step(downstream, response);
     }
     downstream.clear_hidden();
-    downstream.set_hidden_link(nccl_output_->id());
+    downstream.set_hidden_link(output->id());
     downstream.set_hidden_rows(rows);
-    nccl_output_->CountSent();
+    output->CountSent();
     if (metrics_ != nullptr) metrics_->Went(true);
     const absl::Status status = next_->Step(downstream, response);
     if (!status.ok()) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -28,12 +29,12 @@ struct StageEngineOptions {
 class StageEngine final : public StageChannel {
  public:
   // `store` (snapshots) may be null when no sessions are used; `next` is null on the last stage.
-  // `nccl_input` / `nccl_output`, where set, carry the hidden rows from the previous stage and to
-  // the next one device to device (nccl_stage_links.h); `metrics` counts how they went. None is
-  // owned.
+  // `nccl_input` / `nccl_outputs`, where set, carry the hidden rows from the previous stage and to
+  // the next one device to device (nccl_stage_links.h; a step takes the first output link that is
+  // free); `metrics` counts how they went. None is owned.
   StageEngine(model::KimiLinearModel& model, StoreClient* store, StageChannel* next,
               const StageEngineOptions& options = {}, NcclStageInput* nccl_input = nullptr,
-              NcclOutputLink* nccl_output = nullptr, LinkPathMetrics* metrics = nullptr);
+              std::vector<NcclOutputLink*> nccl_outputs = {}, LinkPathMetrics* metrics = nullptr);
 
   // This stage's part of a session in the store.
   std::string PartName() const;
@@ -67,7 +68,7 @@ class StageEngine final : public StageChannel {
   StageChannel* next_;
   StageEngineOptions options_;
   NcclStageInput* nccl_input_;
-  NcclOutputLink* nccl_output_;
+  const std::vector<NcclOutputLink*> nccl_outputs_;
   LinkPathMetrics* metrics_;
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);

@@ -326,3 +326,9 @@ resources:
 {{- $server := merge (deepCopy (default dict .Values.router.server)) .Values.server }}
 {{- int64 $server.maxConcurrentStreams }}
 {{- end }}
+
+{{/* The router's --pipeline-steps: router.scheduler.pipelineSteps, or one per stage (at most 64).
+Each stage makes as many NCCL links to the next (--nccl-output-links), one per step in flight. */}}
+{{- define "deltaserve.pipelineSteps" -}}
+{{- int64 (.Values.router.scheduler.pipelineSteps | default (min 64 (len .Values.topology.stages))) }}
+{{- end }}

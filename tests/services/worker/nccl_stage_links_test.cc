@@ -16,7 +16,11 @@
 #include <grpcpp/security/credentials.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <initializer_list>
+#include <mutex>
+#include <string>
+#include <vector>
 #include <thread>
 #include <tuple>
 
@@ -43,6 +47,7 @@ namespace {
 const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
 constexpr int64_t kLinkRows = 16;
 constexpr std::chrono::milliseconds kTimeout{20000};
+const std::string kOwner = "the stage under test link 0";  // the fixture's output link
 
 std::unique_ptr<kernels::Backend> Gpu(int device, std::string* why) {
   return kernels::CreateBackend({.device = "cuda", .cuda_device = device}, why);
@@ -107,6 +112,45 @@ TEST(NcclStageInputTest, AStageWithoutLinksRefusesRowsAnnouncedOverNcclAndKeepsS
   EXPECT_EQ(response.sampled_size(), 1);
 }
 
+// In front of the later stage: while held, steps wait here (before their rows are received).
+class HeldStage final : public StageChannel {
+ public:
+  explicit HeldStage(StageChannel& next) : next_(next) {}
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    return next_.Open(request, response);
+  }
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    return next_.Close(request, response);
+  }
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ++waiting_;
+      changed_.notify_all();
+      changed_.wait(lock, [&] { return !held_; });
+      --waiting_;
+    }
+    return next_.Step(request, response);
+  }
+  void Hold(bool hold) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    held_ = hold;
+    changed_.notify_all();
+  }
+  // Until `steps` steps wait here.
+  bool WaitForHeld(int steps) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, kTimeout, [&] { return waiting_ >= steps; });
+  }
+
+ private:
+  StageChannel& next_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool held_ = false;
+  int waiting_ = 0;
+};
+
 // Two stages on two GPUs over NCCL ("cuda"), or on the CPU over in-process links ("cpu": the
 // same protocol, on every machine).
 class NcclStagesTest : public ::testing::TestWithParam<std::string> {
@@ -140,10 +184,11 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(linked_first_ && linked_last_ && plain_first_ && plain_last_);
 
     const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
-    input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout, *links_);
+    input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout, /*max_links=*/4, *links_);
     last_stage_ = std::make_unique<StageEngine>(*linked_last_, nullptr, nullptr, StageEngineOptions{}, input_.get());
+    held_last_stage_ = std::make_unique<HeldStage>(*last_stage_);
     service_ = std::make_unique<StageWorkerService>(
-        *last_stage_, WorkerDescription{},
+        *held_last_stage_, WorkerDescription{},
         [this](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
           ++connects_started_;
           const absl::Status status = input_->Connect(request, give_up);
@@ -158,19 +203,20 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     next_ = std::make_shared<GrpcStageChannel>(channel_, kTimeout);
-    output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", LinkOptions(capacity));
+    output_ = std::make_unique<NcclOutputLink>(next_, "the next stage", LinkOptions(capacity, kOwner));
     ASSERT_TRUE(output_->status().ok()) << output_->status();
     absl::StatusOr<std::unique_ptr<LinkPathMetrics>> metrics = LinkPathMetrics::ForHandoffs(registry_);
     ASSERT_TRUE(metrics.ok()) << metrics.status();
     metrics_ = std::move(*metrics);
     first_stage_ = std::make_unique<StageEngine>(*linked_first_, nullptr, next_.get(), StageEngineOptions{}, nullptr,
-                                                 output_.get(), metrics_.get());
+                                                 std::vector<NcclOutputLink*>{output_.get()}, metrics_.get());
     plain_last_stage_ = std::make_unique<StageEngine>(*plain_last_, nullptr, nullptr);
     plain_first_stage_ = std::make_unique<StageEngine>(*plain_first_, nullptr, plain_last_stage_.get());
   }
 
-  NcclOutputLinkOptions LinkOptions(size_t capacity) {
+  NcclOutputLinkOptions LinkOptions(size_t capacity, const std::string& owner = "") {
     NcclOutputLinkOptions options;
+    options.owner = owner;
     options.capacity_bytes = capacity;
     options.timeout = kTimeout;
     options.links = links_;
@@ -203,6 +249,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<model::KimiLinearModel> linked_first_, linked_last_, plain_first_, plain_last_;
   std::unique_ptr<NcclStageInput> input_;
   std::unique_ptr<StageEngine> last_stage_, first_stage_, plain_last_stage_, plain_first_stage_;
+  std::unique_ptr<HeldStage> held_last_stage_;
   std::unique_ptr<StageWorkerService> service_;
   std::unique_ptr<GrpcServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -288,8 +335,10 @@ TEST_P(NcclStagesTest, AStepWhoseRowsWereNotTakenBreaksTheLinkAndStepsGoAsBytesU
   ASSERT_EQ(token, expected);
   ASSERT_EQ(output_->sent(), 1);
   const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
-  NcclOutputLink other(next_, "the next stage", LinkOptions(capacity));
+  // The stage restarted, say: its new link of the same owner replaces the one output_ holds.
+  NcclOutputLink other(next_, "the next stage", LinkOptions(capacity, kOwner));
   ASSERT_TRUE(other.status().ok()) << other.status();
+  EXPECT_EQ(input_->links(), 1);
   internal::v1::StepResponse refused;
   EXPECT_EQ(first_stage_->Step(StepOf(1, {token}), &refused).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(output_->sent(), 2);
@@ -357,6 +406,43 @@ TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   const absl::Status step = first_stage_->Step(StepOf(1, {5, 17, 200}), &stepped);
   ASSERT_TRUE(step.ok()) << step;
   EXPECT_EQ(output_->sent(), 1);
+}
+
+// Two steps in flight through the first stage at once (a router's --pipeline-steps 2): the second
+// finds the first link carrying the first step (held at the later stage) and takes a link of its
+// own, and both sample what the plain pipeline samples.
+TEST_P(NcclStagesTest, TwoStepsInFlightTakeALinkEach) {
+  const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
+  NcclOutputLink second(next_, "the next stage", LinkOptions(capacity, "the stage under test link 1"));
+  ASSERT_TRUE(second.status().ok()) << second.status();
+  EXPECT_EQ(input_->links(), 2);
+  first_stage_ = std::make_unique<StageEngine>(*linked_first_, nullptr, next_.get(), StageEngineOptions{}, nullptr,
+                                               std::vector<NcclOutputLink*>{output_.get(), &second}, metrics_.get());
+  OpenOnBoth({1, 2});
+  const internal::v1::StepRequest one = StepOf(1, {5, 17, 200}), two = StepOf(2, {8, 30, 4, 9});
+  held_last_stage_->Hold(true);
+  internal::v1::StepResponse first_response, second_response;
+  absl::Status first_status, second_status;
+  std::thread first([&] { first_status = first_stage_->Step(one, &first_response); });
+  const bool first_held = held_last_stage_->WaitForHeld(1);
+  std::thread later([&] { second_status = first_stage_->Step(two, &second_response); });
+  const bool both_held = first_held && held_last_stage_->WaitForHeld(2);
+  held_last_stage_->Hold(false);
+  first.join();
+  later.join();
+  EXPECT_TRUE(both_held) << "the second step waited for the first";
+  ASSERT_TRUE(first_status.ok()) << first_status;
+  ASSERT_TRUE(second_status.ok()) << second_status;
+  EXPECT_EQ(output_->sent(), 1);
+  EXPECT_EQ(second.sent(), 1);
+  EXPECT_EQ(testing::CounterValue(registry_, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 2);
+  internal::v1::StepResponse plain_one, plain_two;
+  ASSERT_TRUE(plain_first_stage_->Step(one, &plain_one).ok());
+  ASSERT_TRUE(plain_first_stage_->Step(two, &plain_two).ok());
+  ASSERT_EQ(first_response.sampled_size(), 1);
+  ASSERT_EQ(second_response.sampled_size(), 1);
+  EXPECT_EQ(first_response.sampled(0).token_id(), plain_one.sampled(0).token_id());
+  EXPECT_EQ(second_response.sampled(0).token_id(), plain_two.sampled(0).token_id());
 }
 
 // A stage whose own join fails ends its ConnectNccl call at once, and with it the next stage's

@@ -199,7 +199,7 @@ TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
   absl::StatusOr<std::unique_ptr<LinkPathMetrics>> metrics = LinkPathMetrics::ForHandoffs(registry);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   StageEngine last_stage(*last, nullptr, nullptr);
-  StageEngine first_stage(*first, nullptr, &last_stage, StageEngineOptions{}, nullptr, nullptr, metrics->get());
+  StageEngine first_stage(*first, nullptr, &last_stage, StageEngineOptions{}, nullptr, {}, metrics->get());
 
   internal::v1::OpenRequest open;
   AddSequence(open, 1);
