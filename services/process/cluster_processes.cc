@@ -313,21 +313,29 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
                                                   config.nccl_max_links);
     keep.push_back(nccl_input);
   }
+  // Each link is made here, and kept up (or given up for good) by its own keeper.
   std::vector<NcclOutputLink*> nccl_outputs;
+  int made = 0;
+  absl::Status first_failure;
   for (int i = 0; next != nullptr && on_gpu && i < config.nccl_output_links; ++i) {
     NcclOutputLinkOptions options = link_options;
     options.owner = absl::StrCat(owner, " link ", i);  // a restarted stage's link i replaces its predecessor's
     auto output = std::make_shared<NcclOutputLink>(next, "the next stage", options);
     keep.push_back(output);
     nccl_outputs.push_back(output.get());
-    if (const absl::Status status = output->status(); !status.ok()) {
-      spdlog::warn("hidden rows go to the next stage over gRPC for now: no NCCL link ({})", status.ToString());
-      break;  // the others would meet the same: the keeper of this one makes it when it can
+    if (const absl::Status status = output->status(); status.ok()) {
+      ++made;
+    } else if (first_failure.ok()) {
+      first_failure = status;
     }
-    if (i + 1 == config.nccl_output_links) {
-      spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL ({} links)",
-                   config.nccl_max_rows, config.nccl_output_links);
-    }
+  }
+  if (made > 0) {
+    spdlog::info("hidden rows of steps up to {} tokens go to the next stage over NCCL ({} of {} links)",
+                 config.nccl_max_rows, made, config.nccl_output_links);
+  }
+  if (!first_failure.ok()) {
+    spdlog::warn("{} of {} NCCL links to the next stage not made for now ({}); steps that find none go over gRPC",
+                 config.nccl_output_links - made, config.nccl_output_links, first_failure.ToString());
   }
   std::shared_ptr<StoreClient> store;
   if (!config.session_store.empty()) {

@@ -49,6 +49,16 @@ class NcclLinkTable {
   class Held {
    public:
     Held() = default;
+    Held(Held&&) = default;
+    // Lets go of this one's link before it takes the other's: the entry it holds may go with it.
+    Held& operator=(Held&& other) noexcept {
+      if (this != &other) {
+        busy_ = std::unique_lock<std::mutex>();
+        entry_ = std::move(other.entry_);
+        busy_ = std::move(other.busy_);
+      }
+      return *this;
+    }
     NcclLink& link() const;
 
    private:

@@ -255,15 +255,27 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
     downstream.set_hidden_link(output->id());
     downstream.set_hidden_rows(rows);
     output->CountSent();
-    if (metrics_ != nullptr) metrics_->Went(true);
     const absl::Status status = next_->Step(downstream, response);
+    const bool taken = status.ok() || status.GetPayload(kHiddenRowsReceivedPayload).has_value();
+    if (taken && metrics_ != nullptr) metrics_->Went(true);
     if (!status.ok()) {
       // Rows the next stage did not say it took may sit unread in NCCL's buffers, where its next
       // receive would take them for its own: the link cannot be trusted then.
-      if (status.GetPayload(kHiddenRowsReceivedPayload).has_value() && link.FinishSend().ok()) return status;
+      if (taken && link.FinishSend().ok()) return status;
       link.AbandonSend();
       if (metrics_ != nullptr) metrics_->LinkFailed();
-      return status;
+      if (taken || status.code() != absl::StatusCode::kFailedPrecondition) return status;
+      // The next stage refused the rows before it took them (it holds no such link, or none at all,
+      // or the link is busy): nothing ran there, so they go again, as bytes.
+      spdlog::warn("the next stage refused this step's rows over NCCL ({}); they go as bytes", status.ToString());
+      std::string* hidden = downstream.mutable_hidden();
+      hidden->resize(bytes);
+      DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
+      downstream.clear_hidden_link();
+      downstream.clear_hidden_rows();
+      response->Clear();
+      if (metrics_ != nullptr) metrics_->Went(false);
+      return next_->Step(downstream, response);
     }
     // The later stages ran the step, so it stands; a link that failed only here is made again.
     if (const absl::Status sent = link.FinishSend(); !sent.ok()) {
