@@ -21,6 +21,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "model/kimi_linear_model.h"
 #include "services/worker/stage_engine.h"
+#include "tests/services/router/router_requests.h"
 #include "tests/testing/gated_store_client.h"
 
 namespace deltaserve::services {
@@ -29,15 +30,9 @@ namespace {
 const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
 constexpr auto kPatience = std::chrono::seconds(20);
 
-RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_new_tokens) {
-  RouterRequest request;
-  request.tenant = "tenant";
-  request.prompt = std::move(prompt);
-  request.sampling.temperature = 0.0f;
-  request.sampling.max_new_tokens = max_new_tokens;
-  request.sampling.ignore_eos = true;
-  return request;
-}
+using testing::Collect;
+using testing::Collected;
+using testing::Greedy;
 
 // A turn of the session `session` ("agent" unless named).
 RouterRequest Turn(v1::SessionMode mode, std::vector<int32_t> prompt, int32_t max_new_tokens,
@@ -57,22 +52,6 @@ RouterConfig TwoPlaces() {
 }
 
 // Takes a stream's updates until it finishes or `until` passes.
-struct Collected {
-  std::vector<int32_t> tokens;
-  bool finished = false;
-  RequestOutcome outcome;
-};
-Collected Collect(RequestStream& stream, std::chrono::steady_clock::time_point until) {
-  Collected collected;
-  while (!collected.finished && std::chrono::steady_clock::now() < until) {
-    RequestStream::Update update = stream.Wait(until);
-    collected.tokens.insert(collected.tokens.end(), update.tokens.begin(), update.tokens.end());
-    collected.finished = update.finished;
-    if (update.finished) collected.outcome = update.outcome;
-  }
-  return collected;
-}
-
 // Opens the gate before the engine's destructor waits for the saves, however a test ends.
 struct OpenAtExit {
   testing::GatedStoreClient& store;

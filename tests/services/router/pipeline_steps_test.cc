@@ -20,6 +20,7 @@
 #include "services/router/engine_core.h"
 #include "services/router/router_observer.h"
 #include "services/worker/stage_engine.h"
+#include "tests/services/router/router_requests.h"
 
 namespace deltaserve::services {
 namespace {
@@ -27,36 +28,16 @@ namespace {
 const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
 constexpr auto kPatience = std::chrono::seconds(30);
 
-RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_new_tokens) {
-  RouterRequest request;
-  request.tenant = "tenant";
-  request.prompt = std::move(prompt);
-  request.sampling.temperature = 0.0f;
-  request.sampling.max_new_tokens = max_new_tokens;
-  request.sampling.ignore_eos = true;
-  return request;
-}
+using testing::Collected;
+using testing::Greedy;
 
-struct Collected {
-  std::vector<int32_t> tokens;
-  bool finished = false;
-  RequestOutcome outcome;
-};
 Collected Collect(RequestStream& stream) {
-  const auto until = std::chrono::steady_clock::now() + kPatience;
-  Collected collected;
-  while (!collected.finished && std::chrono::steady_clock::now() < until) {
-    RequestStream::Update update = stream.Wait(until);
-    collected.tokens.insert(collected.tokens.end(), update.tokens.begin(), update.tokens.end());
-    collected.finished = update.finished;
-    if (update.finished) collected.outcome = update.outcome;
-  }
-  return collected;
+  return testing::Collect(stream, std::chrono::steady_clock::now() + kPatience);
 }
 
 // In front of the stage: counts the steps in flight at once, notes any sequence in two of them,
-// and holds a step (up to `partner_wait`) until another joins it, so that steps which can overlap
-// do. Fails every step carrying `poison` among its tokens; while `held`, holds every step.
+// and holds a step (up to `partner_wait`) until `overlap` are in flight, so that steps which can
+// overlap do. Fails every step carrying `poison` among its tokens; while `held`, holds every step.
 class OverlapStage final : public StageChannel {
  public:
   explicit OverlapStage(StageChannel& next) : next_(next) {}
@@ -78,7 +59,7 @@ class OverlapStage final : public StageChannel {
         for (int32_t token : seq.token_ids()) poisoned = poisoned || token == poison;
       }
       changed_.notify_all();
-      changed_.wait_for(lock, partner_wait, [&] { return in_flight_ > 1; });
+      changed_.wait_for(lock, partner_wait, [&] { return in_flight_ >= overlap; });
       if (held_) {
         ++waiting_at_hold_;
         changed_.notify_all();
@@ -115,6 +96,7 @@ class OverlapStage final : public StageChannel {
   }
 
   int32_t poison = -1;
+  int overlap = 2;  // steps a step waits for (up to partner_wait) to be in flight with it
   std::chrono::milliseconds partner_wait{200};
 
  private:
@@ -183,6 +165,7 @@ std::map<size_t, std::vector<int32_t>> RunAll(int64_t pipeline_steps, int* max_i
   const absl::Status loaded = pipeline.Load();
   EXPECT_TRUE(loaded.ok()) << loaded;
   if (!loaded.ok()) return {};
+  pipeline.overlap->overlap = static_cast<int>(pipeline_steps);
   EngineCore engine(Steps(pipeline_steps), pipeline.router_model(), *pipeline.overlap, nullptr, observer);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
