@@ -375,8 +375,8 @@ TEST_P(NcclStagesTest, RowsAnnouncedOnAnUnknownLinkFailAndTheStageKeepsServing) 
 }
 
 // A ConnectNccl whose maker joins but never sends the warm-up, and whose call then runs out of
-// time, ends on the later stage with the call, not at the link's timeout (until then the stage
-// would refuse every other link); steps go on over the link it holds.
+// time, ends on the later stage with the call, not at the link's timeout (until then it would
+// hold one of the stage's link slots); steps go on over the link it holds.
 TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   absl::StatusOr<std::string> id = links_->NewId();
   ASSERT_TRUE(id.ok()) << id.status();
