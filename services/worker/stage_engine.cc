@@ -241,15 +241,21 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
     }
     NcclLink& link = output->link();
     const size_t bytes = static_cast<size_t>(rows * hidden_size) * sizeof(float);
+    // The rows in the link's buffer, to the next stage as bytes in the call.
+    const auto send_as_bytes = [&]() -> absl::Status {
+      std::string* hidden = downstream.mutable_hidden();
+      hidden->resize(bytes);
+      DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
+      downstream.clear_hidden_link();
+      downstream.clear_hidden_rows();
+      if (metrics_ != nullptr) metrics_->Went(false);
+      return next_->Step(downstream, response);
+    };
     if (const absl::Status queued = link.StartSend(bytes); !queued.ok()) {
       // This stage's part is done: its rows go as bytes after all.
       spdlog::warn("NCCL link to the next stage: {}; this step's rows go as bytes", queued.ToString());
       if (metrics_ != nullptr) metrics_->LinkFailed();
-      std::string* hidden = downstream.mutable_hidden();
-      hidden->resize(bytes);
-      DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
-      if (metrics_ != nullptr) metrics_->Went(false);
-      return next_->Step(downstream, response);
+      return send_as_bytes();
     }
     downstream.clear_hidden();
     downstream.set_hidden_link(output->id());
@@ -268,14 +274,8 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
       // The next stage refused the rows before it took them (it holds no such link, or none at all,
       // or the link is busy): nothing ran there, so they go again, as bytes.
       spdlog::warn("the next stage refused this step's rows over NCCL ({}); they go as bytes", status.ToString());
-      std::string* hidden = downstream.mutable_hidden();
-      hidden->resize(bytes);
-      DS_RETURN_IF_ERROR(link.ReadBuffer(hidden->data(), bytes));
-      downstream.clear_hidden_link();
-      downstream.clear_hidden_rows();
       response->Clear();
-      if (metrics_ != nullptr) metrics_->Went(false);
-      return next_->Step(downstream, response);
+      return send_as_bytes();
     }
     // The later stages ran the step, so it stands; a link that failed only here is made again.
     if (const absl::Status sent = link.FinishSend(); !sent.ok()) {

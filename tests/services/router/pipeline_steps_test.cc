@@ -21,6 +21,7 @@
 #include "services/router/router_observer.h"
 #include "services/worker/stage_engine.h"
 #include "tests/services/router/router_requests.h"
+#include "tests/testing/held_stage.h"
 
 namespace deltaserve::services {
 namespace {
@@ -37,7 +38,7 @@ Collected Collect(RequestStream& stream) {
 
 // In front of the stage: counts the steps in flight at once, notes any sequence in two of them,
 // and holds a step (up to `partner_wait`) until `overlap` are in flight, so that steps which can
-// overlap do. Fails every step carrying `poison` among its tokens; while `held`, holds every step.
+// overlap do. Fails every step carrying `poison` among its tokens.
 class OverlapStage final : public StageChannel {
  public:
   explicit OverlapStage(StageChannel& next) : next_(next) {}
@@ -60,32 +61,15 @@ class OverlapStage final : public StageChannel {
       }
       changed_.notify_all();
       changed_.wait_for(lock, partner_wait, [&] { return in_flight_ >= overlap; });
-      if (held_) {
-        ++waiting_at_hold_;
-        changed_.notify_all();
-        changed_.wait(lock, [&] { return !held_; });
-        --waiting_at_hold_;
-      }
     }
     const absl::Status status =
         poisoned ? absl::InternalError("the stage failed this step (injected)") : next_.Step(request, response);
     std::lock_guard<std::mutex> lock(mutex_);
     for (const internal::v1::StepSequence& seq : request.sequences()) active_.erase(seq.seq_id());
     --in_flight_;
-    ++steps_;
     return status;
   }
 
-  void Hold(bool hold) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    held_ = hold;
-    changed_.notify_all();
-  }
-  // Until `steps` steps wait at the hold.
-  bool WaitForHeld(int steps) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, kPatience, [&] { return waiting_at_hold_ >= steps; });
-  }
   int max_in_flight() {
     std::lock_guard<std::mutex> lock(mutex_);
     return max_in_flight_;
@@ -103,8 +87,7 @@ class OverlapStage final : public StageChannel {
   StageChannel& next_;
   std::mutex mutex_;
   std::condition_variable changed_;
-  bool held_ = false;
-  int in_flight_ = 0, max_in_flight_ = 0, steps_ = 0, sequences_in_two_steps_ = 0, waiting_at_hold_ = 0;
+  int in_flight_ = 0, max_in_flight_ = 0, sequences_in_two_steps_ = 0;
   std::set<uint64_t> active_;  // the sequences of the steps in flight
 };
 
@@ -130,14 +113,15 @@ class InFlightObserver final : public RouterObserver {
   int64_t most_ = 0, last_ = -1;
 };
 
-// The whole model on the CPU as one stage, behind an OverlapStage.
+// The whole model on the CPU as one stage, behind a HeldStage behind an OverlapStage.
 struct Pipeline {
   absl::Status Load() {
     auto loaded = model::KimiLinearModel::Load(kFixture, backend);
     if (!loaded.ok()) return loaded.status();
     model = *std::move(loaded);
     stage = std::make_unique<StageEngine>(*model, nullptr, nullptr, StageEngineOptions{.max_open_sequences = 16});
-    overlap = std::make_unique<OverlapStage>(*stage);
+    held = std::make_unique<testing::HeldStage>(*stage);
+    overlap = std::make_unique<OverlapStage>(*held);
     return absl::OkStatus();
   }
   RouterModel router_model() const { return {model->config(), model->fingerprint(), model->max_context()}; }
@@ -145,6 +129,7 @@ struct Pipeline {
   kernels::cpu::CpuBackend backend{{.num_threads = 1}};
   std::unique_ptr<model::KimiLinearModel> model;
   std::unique_ptr<StageEngine> stage;
+  std::unique_ptr<testing::HeldStage> held;  // steps counted in flight by the OverlapStage wait here
   std::unique_ptr<OverlapStage> overlap;
 };
 
@@ -227,28 +212,28 @@ TEST(PipelineStepsTest, ARequestCancelledInAStepEndsOnceTheStepIsBackAndShutdown
   const absl::Status loaded = pipeline.Load();
   ASSERT_TRUE(loaded.ok()) << loaded;
   pipeline.overlap->partner_wait = std::chrono::milliseconds(0);
-  pipeline.overlap->Hold(true);
+  pipeline.held->Hold(true);
   auto engine = std::make_unique<EngineCore>(Steps(2), pipeline.router_model(), *pipeline.overlap, nullptr, nullptr);
   auto cancelled = engine->Submit(Greedy({3, 4}, 50));
   auto other = engine->Submit(Greedy({5, 6}, 50));
   ASSERT_TRUE(cancelled.ok() && other.ok());
-  ASSERT_TRUE(pipeline.overlap->WaitForHeld(1));
+  ASSERT_TRUE(pipeline.held->WaitForHeld(1, kPatience));
   (*cancelled)->Cancel();
   // A few turns of the loop: the request stays, its step still held.
   const RequestStream::Update early =
       (*cancelled)->Wait(std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
   EXPECT_FALSE(early.finished) << "a request ended while its step was in flight";
-  pipeline.overlap->Hold(false);
+  pipeline.held->Hold(false);
   const Collected gone = Collect(**cancelled);
   ASSERT_TRUE(gone.finished);
   EXPECT_EQ(gone.outcome.status.code(), absl::StatusCode::kCancelled) << gone.outcome.status;
 
   // Shutting down while a step is held: the engine waits for it, then ends the request.
-  pipeline.overlap->Hold(true);
-  ASSERT_TRUE(pipeline.overlap->WaitForHeld(1));
+  pipeline.held->Hold(true);
+  ASSERT_TRUE(pipeline.held->WaitForHeld(1, kPatience));
   std::thread release([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    pipeline.overlap->Hold(false);
+    pipeline.held->Hold(false);
   });
   const auto shutdown = std::chrono::steady_clock::now();
   engine->Shutdown();

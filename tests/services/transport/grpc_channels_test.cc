@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "services/common/server_runner.h"
+#include "tests/testing/wait_until.h"
 
 namespace deltaserve::services {
 namespace {
@@ -41,11 +42,7 @@ class ConnectCancelTest : public ::testing::Test {
         stage_, WorkerDescription{},
         [this](const internal::v1::ConnectNcclRequest&, const std::function<bool()>& give_up) {
           ++started_;
-          const auto start = std::chrono::steady_clock::now();
-          while (!give_up() && std::chrono::steady_clock::now() - start < kJoinWait) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          }
-          if (give_up()) ++gave_up_;
+          if (testing::WaitUntil(give_up, kJoinWait)) ++gave_up_;
           ++answered_;
           return absl::DeadlineExceededError("no peer joined");
         });
@@ -61,10 +58,7 @@ class ConnectCancelTest : public ::testing::Test {
   }
 
   void WaitFor(const std::atomic<int>& count, int value) {
-    const auto start = std::chrono::steady_clock::now();
-    while (count.load() < value && std::chrono::steady_clock::now() - start < kJoinWait) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    testing::WaitUntil([&] { return count.load() >= value; }, kJoinWait);
   }
 
   NoStage stage_;

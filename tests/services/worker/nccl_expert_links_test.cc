@@ -26,6 +26,7 @@
 #include "services/transport/grpc_channels.h"
 #include "services/worker/remote_expert_runner.h"
 #include "tests/services/transport/failing_links.h"
+#include "tests/testing/wait_until.h"
 #include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
 
@@ -419,10 +420,7 @@ TEST_P(NcclExpertsTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   join.join();
   EXPECT_TRUE(maker.ok()) << maker.status();
-  while (shards_[0].connects_answered->load() == answered &&
-         std::chrono::steady_clock::now() - start < kTimeout) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  testing::WaitUntil([&] { return shards_[0].connects_answered->load() != answered; }, kTimeout);
   EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the shard waited out the link's timeout";
   EXPECT_EQ(shards_[0].links->links(), 1);
   RemoteExpertRunner linked(*stage_backend_, linked_, config_.hidden_size);
@@ -440,16 +438,12 @@ TEST_P(NcclExpertsTest, AMakerWhoseOwnJoinFailsEndsItsCallAndTheShardsWait) {
   const int answered = shards_[0].connects_answered->load();
   const auto start = std::chrono::steady_clock::now();
   failing_->FailNextJoin(0, [&] {  // once the shard's side has begun
-    while (shards_[0].connects_started->load() == started && std::chrono::steady_clock::now() - start < kTimeout) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    testing::WaitUntil([&] { return shards_[0].connects_started->load() != started; }, kTimeout);
   });
   const std::unique_ptr<NcclOutputLink> failed = LinkTo(0, "another stage");
   EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the stage waited out its call";
   EXPECT_NE(failed->status().message().find("injected: the join failed"), std::string::npos) << failed->status();
-  while (shards_[0].connects_answered->load() == answered && std::chrono::steady_clock::now() - start < kTimeout) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  testing::WaitUntil([&] { return shards_[0].connects_answered->load() != answered; }, kTimeout);
   EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the shard waited out the link's timeout";
   EXPECT_EQ(shards_[0].links->links(), 1) << "the fixture's link; the failed one is not held";
   ASSERT_TRUE(failed->Reconnect().ok());

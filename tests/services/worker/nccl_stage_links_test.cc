@@ -16,9 +16,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <initializer_list>
-#include <mutex>
 #include <string>
 #include <vector>
 #include <thread>
@@ -40,6 +38,8 @@
 #include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
 #include "tests/services/worker/stage_requests.h"
+#include "tests/testing/held_stage.h"
+#include "tests/testing/wait_until.h"
 
 namespace deltaserve::services {
 namespace {
@@ -112,45 +112,6 @@ TEST(NcclStageInputTest, AStageWithoutLinksRefusesRowsAnnouncedOverNcclAndKeepsS
   EXPECT_EQ(response.sampled_size(), 1);
 }
 
-// In front of the later stage: while held, steps wait here (before their rows are received).
-class HeldStage final : public StageChannel {
- public:
-  explicit HeldStage(StageChannel& next) : next_(next) {}
-  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
-    return next_.Open(request, response);
-  }
-  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
-    return next_.Close(request, response);
-  }
-  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      ++waiting_;
-      changed_.notify_all();
-      changed_.wait(lock, [&] { return !held_; });
-      --waiting_;
-    }
-    return next_.Step(request, response);
-  }
-  void Hold(bool hold) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    held_ = hold;
-    changed_.notify_all();
-  }
-  // Until `steps` steps wait here.
-  bool WaitForHeld(int steps) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    return changed_.wait_for(lock, kTimeout, [&] { return waiting_ >= steps; });
-  }
-
- private:
-  StageChannel& next_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  bool held_ = false;
-  int waiting_ = 0;
-};
-
 // Two stages on two GPUs over NCCL ("cuda"), or on the CPU over in-process links ("cpu": the
 // same protocol, on every machine).
 class NcclStagesTest : public ::testing::TestWithParam<std::string> {
@@ -186,7 +147,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
     const size_t capacity = static_cast<size_t>(kLinkRows * linked_first_->config().hidden_size) * sizeof(float);
     input_ = std::make_unique<NcclStageInput>(1, capacity, kTimeout, /*max_links=*/4, *links_);
     last_stage_ = std::make_unique<StageEngine>(*linked_last_, nullptr, nullptr, StageEngineOptions{}, input_.get());
-    held_last_stage_ = std::make_unique<HeldStage>(*last_stage_);
+    held_last_stage_ = std::make_unique<testing::HeldStage>(*last_stage_);
     service_ = std::make_unique<StageWorkerService>(
         *held_last_stage_, WorkerDescription{},
         [this](const internal::v1::ConnectNcclRequest& request, const NcclLink::GiveUp& give_up) {
@@ -249,7 +210,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<model::KimiLinearModel> linked_first_, linked_last_, plain_first_, plain_last_;
   std::unique_ptr<NcclStageInput> input_;
   std::unique_ptr<StageEngine> last_stage_, first_stage_, plain_last_stage_, plain_first_stage_;
-  std::unique_ptr<HeldStage> held_last_stage_;
+  std::unique_ptr<testing::HeldStage> held_last_stage_;  // before the later stage's rows are received
   std::unique_ptr<StageWorkerService> service_;
   std::unique_ptr<GrpcServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -397,9 +358,7 @@ TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded) << status;
   join.join();
   EXPECT_TRUE(maker.ok()) << maker.status();
-  while (connects_answered_.load() == answered && std::chrono::steady_clock::now() - start < kTimeout) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  testing::WaitUntil([&] { return connects_answered_.load() != answered; }, kTimeout);
   EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the stage waited out the link's timeout";
   internal::v1::OpenResponse opened;
   ASSERT_TRUE(first_stage_->Open(OpenGreedy(1), &opened).ok());
@@ -425,9 +384,9 @@ TEST_P(NcclStagesTest, TwoStepsInFlightTakeALinkEach) {
   internal::v1::StepResponse first_response, second_response;
   absl::Status first_status, second_status;
   std::thread first([&] { first_status = first_stage_->Step(one, &first_response); });
-  const bool first_held = held_last_stage_->WaitForHeld(1);
+  const bool first_held = held_last_stage_->WaitForHeld(1, kTimeout);
   std::thread later([&] { second_status = first_stage_->Step(two, &second_response); });
-  const bool both_held = first_held && held_last_stage_->WaitForHeld(2);
+  const bool both_held = first_held && held_last_stage_->WaitForHeld(2, kTimeout);
   held_last_stage_->Hold(false);
   first.join();
   later.join();
@@ -456,18 +415,14 @@ TEST_P(NcclStagesTest, AMakerWhoseOwnJoinFailsEndsItsCallAndTheNextStagesWait) {
   const auto start = std::chrono::steady_clock::now();
   testing::FailingLinks failing(*links_);
   failing.FailNextJoin(0, [&] {  // once the next stage's side has begun
-    while (connects_started_.load() == started && std::chrono::steady_clock::now() - start < kTimeout) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    testing::WaitUntil([&] { return connects_started_.load() != started; }, kTimeout);
   });
   NcclOutputLinkOptions options = LinkOptions(capacity);
   options.links = &failing;
   NcclOutputLink failed(next_, "the next stage", options);
   EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the stage waited out its call";
   EXPECT_NE(failed.status().message().find("injected: the join failed"), std::string::npos) << failed.status();
-  while (connects_answered_.load() == answered && std::chrono::steady_clock::now() - start < kTimeout) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  testing::WaitUntil([&] { return connects_answered_.load() != answered; }, kTimeout);
   EXPECT_LT(std::chrono::steady_clock::now() - start, kTimeout / 4) << "the next stage waited out the link's timeout";
   // The next stage takes a link again (this replaces the fixture's), and steps go over it.
   ASSERT_TRUE(output_->Reconnect().ok());
