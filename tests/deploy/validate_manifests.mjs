@@ -630,6 +630,22 @@ function checkDisruptionBudgets(objects, workloads, fail) {
   }
 }
 
+// Every stage runs the same arguments, so a stage must accept as many NCCL links from the stage
+// before it (--nccl-max-links) as it makes to the next (--nccl-output-links), or links would
+// push each other out, each time costing a step's hand-off as bytes.
+function checkStageLinks(workloads, fail) {
+  const stage = workloads.find((w) => w.kind === "StatefulSet" && componentOf(w) === "stage");
+  if (!stage) return;
+  const args = stage.spec.template.spec.containers.flatMap((c) => [...(c.command ?? []), ...(c.args ?? [])]);
+  const value = (flag) => Number(args.map((a) => new RegExp(`^${flag}=(\\d+)$`).exec(a)).find((m) => m)?.[1]);
+  const outputs = value("--nccl-output-links"), accepted = value("--nccl-max-links");
+  if (!(Number.isInteger(outputs) && outputs >= 1 && outputs <= 64)) {
+    fail.push(`${ref(stage)}: --nccl-output-links must be set, 1 to 64`);
+  } else if (!(accepted >= outputs)) {
+    fail.push(`${ref(stage)}: --nccl-max-links ${accepted} is below --nccl-output-links ${outputs}`);
+  }
+}
+
 function validate(objects, options) {
   const fail = [];
   const workloads = objects.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet");
@@ -647,6 +663,7 @@ function validate(objects, options) {
   checkRouter(workloads, services, objects, options, fail);
   checkNetworkPolicies(objects, workloads, options, fail);
   checkNcclPeers(objects, workloads, fail);
+  checkStageLinks(workloads, fail);
   checkEnvoy(objects, workloads, services, options, fail);
   checkCustomResources(objects, services, options, fail);
   checkDisruptionBudgets(objects, workloads, fail);
@@ -705,6 +722,10 @@ const BREAKAGES = [
   ["a router whose --pipeline-steps is the chart's unresolved 0", (objs) => {
     const c = find(objs, "Deployment", "router").spec.template.spec.containers[0];
     c.args = c.args.map((a) => a.replace(/^--pipeline-steps=\d+$/, "--pipeline-steps=0"));
+  }],
+  ["a stage that accepts fewer NCCL links than it makes", (objs) => {
+    const c = find(objs, "StatefulSet", "stage").spec.template.spec.containers[0];
+    c.args = c.args.map((a) => a.replace(/^--nccl-max-links=\d+$/, "--nccl-max-links=1"));
   }],
   ["ordered StatefulSet start-up", (objs) => {
     find(objs, "StatefulSet", "stage").spec.podManagementPolicy = "OrderedReady";

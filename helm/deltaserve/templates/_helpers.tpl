@@ -327,8 +327,15 @@ resources:
 {{- int64 $server.maxConcurrentStreams }}
 {{- end }}
 
-{{/* The router's --pipeline-steps: router.scheduler.pipelineSteps, or one per stage (at most 64).
-Each stage makes as many NCCL links to the next (--nccl-output-links), one per step in flight. */}}
+{{/* The router's --pipeline-steps: router.scheduler.pipelineSteps, or one per stage (at most 64). */}}
 {{- define "deltaserve.pipelineSteps" -}}
 {{- int64 (.Values.router.scheduler.pipelineSteps | default (min 64 (len .Values.topology.stages))) }}
+{{- end }}
+
+{{/* A stage's NCCL links to the next (--nccl-output-links): stage.ncclOutputLinks, or one per step
+that may be in flight below it, which is every router's steps (the autoscaler's most routers), at
+most 64. */}}
+{{- define "deltaserve.stageOutputLinks" -}}
+{{- $routers := ternary .Values.router.autoscaling.maxReplicas .Values.router.replicas .Values.router.autoscaling.enabled }}
+{{- int64 (.Values.stage.ncclOutputLinks | default (min 64 (mul (int64 $routers) (int64 (include "deltaserve.pipelineSteps" .))))) }}
 {{- end }}
