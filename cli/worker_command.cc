@@ -40,7 +40,8 @@ class WorkerCommand final : public Subcommand {
         ->check(CLI::Range(1, 1024));
     cmd->add_option("--nccl-output-links", stage_.nccl_output_links,
                     "Stage on a GPU: NCCL links to the next stage, one per step that may be in flight below this "
-                    "stage at once (the router's --pipeline-steps); steps that find them all busy go over gRPC")
+                    "stage at once (the --pipeline-steps of every router that uses it); steps that find them all busy "
+                    "go over gRPC")
         ->capture_default_str()
         ->check(CLI::Range(1, 64));
     cmd->add_option("--nccl-retry-ms", nccl_retry_ms_, "Stage on a GPU: how often a broken NCCL link is made again")

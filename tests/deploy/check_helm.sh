@@ -110,6 +110,7 @@ lint_render variants "--expect-kind=ServiceMonitor --expect-kind=HorizontalPodAu
   --set router.antiAffinity=hard --set stage.antiAffinity=none
 lint_render no-experts "" -- -f "${values}" --set-json 'topology.expertShards=[]' --set router.autoscaling.enabled=false
 lint_render gpu-nccl "--gpu" -- -f "${gpu}" --set stage.ncclMaxRows=8192 --set networkPolicy.enabled=true
+lint_render gpu-nccl-links "--gpu" -- -f "${gpu}" --set stage.ncclMaxRows=8192 --set stage.ncclOutputLinks=5
 lint_render no-store "" -- -f "${values}" --set sessionStore.enabled=false
 # A release name near the longest Helm allows (53 characters): StatefulSet names must stay within 52.
 release=a-release-name-of-the-longest-length-helm-allows-53 lint_render long-release "" -- -f "${values}"
@@ -135,6 +136,7 @@ must_refuse "GPUs on the cpu device" "model.device" -- --set stage.gpus=1
 must_refuse "a public router behind Envoy" "router.service.type" -- --set router.service.type=LoadBalancer
 must_refuse "more minimum than maximum routers" "minReplicas" -- --set router.autoscaling.minReplicas=5
 must_refuse "a relative model path" "model.source" -- --set model.source=models/small
+must_refuse "more than 64 NCCL links from a stage" "ncclOutputLinks" -- --set stage.ncclOutputLinks=65
 
 if [ -f "${out}/default.yaml" ]; then
   if node "${validator}" --self-test "${out}/default.yaml" >"${out}/self-test.log" 2>&1; then
