@@ -6,11 +6,12 @@
 // persistent blocks take (sequence, head) tasks in turn, each copied (one bulk copy of the head's
 // state, asynchronous copies of its per-sequence inputs) into a ring of shared-memory slots, and
 // two groups of eight warps, taking alternate tasks, turn each slot into the new state (written
-// back from registers), the output row and the advanced conv tails. A group that has read its
-// slot queues the copy of the slot's next task into it at once, so the copies run kStages tasks
-// ahead, under the groups' barriers and arithmetic. (A separate producer warp made 17 warps and
-// capped the registers at 96 a thread; 16 warps have 128.) Up to kKdaDecodeSplitMaxTasks tasks
-// (one or two sequences of Kimi's shape) take kda_decode_step_split.cu instead.
+// back from registers, a whole row per warp store), the output row and the advanced conv tails.
+// A group that has read its slot queues the copy of the slot's next task into it at once, so the
+// copies run kStages tasks ahead, under the groups' barriers and arithmetic. (A separate producer
+// warp made 17 warps and capped the registers at 96 a thread; 16 warps have 128.) Up to
+// kKdaDecodeSplitMaxTasks tasks (one or two sequences of Kimi's shape) take
+// kda_decode_step_split.cu instead.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,12 +26,15 @@
 namespace deltaserve::kernels::cuda {
 namespace {
 
-constexpr int kGroupThreads = 256;  // a group: column j = thread % 128 of rows half = thread / 128
+constexpr int kGroupThreads = 256;  // a group: warp w holds rows [w D/8, (w + 1) D/8) of a state
 constexpr int kGroups = 2;          // groups, taking the block's tasks in turn
 constexpr int kThreads = kGroups * kGroupThreads;
 constexpr int kStages = 3;  // ring slots (three of 71 KiB at D = 128 fill the shared memory)
 // The warp of a group that queues its slot's next task: the last, whose threads run no conv.
 constexpr int kIssueWarp = kGroupThreads / 32 - 1;
+// The warp of a group that finishes a task's output row (its norm needs every column), while
+// the others go on to the next task: one that runs no conv and queues no copies.
+constexpr int kOutputWarp = kIssueWarp - 1;
 
 // What a slot holds for one task.
 template <int D>
@@ -44,10 +48,10 @@ struct __align__(128) Slot {
 
 // A group's exchanges.
 template <int D>
-struct GroupShared {
+struct __align__(16) GroupShared {
   float q[D], k[D], decay[D], v[D];      // after the convs (q, k before their L2 norms)
-  float squares[3][kGroupThreads / 32];  // each warp's Σ q², Σ k², Σ o²
-  float dots[2][2][128];                 // each half's (Sᵀk)[j], then (Sᵀq)[j]
+  float squares[2][kGroupThreads / 32];  // each warp's Σ q², Σ k²
+  float4 dots[kGroupThreads / 32][D / 4];  // each warp's rows' (Sᵀk)[j], then (Sᵀq)[j]
 };
 
 // Barriers and the groups' exchanges, beside kStages slots in dynamic shared memory.
@@ -120,25 +124,58 @@ __device__ __forceinline__ void IssueTask(const KdaDecodeInputs& in, const KdaDe
   ArriveWhenCopiesLand(full);
 }
 
+// Rows i0 + r .. i0 + r + 3 of a per-row vector in shared memory; rows past the warp's kRows read
+// as zeros.
+template <int kRows>
+__device__ __forceinline__ float4 FourRows(const float* v, int i0, int r) {
+  if constexpr (kRows % 4 == 0) {
+    return *reinterpret_cast<const float4*>(v + i0 + r);
+  } else {
+    float x[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) x[u] = r + u < kRows ? v[i0 + r + u] : 0.0f;
+    return make_float4(x[0], x[1], x[2], x[3]);
+  }
+}
+
+__device__ __forceinline__ float Lane(const float4& x, int u) {
+  return u == 0 ? x.x : u == 1 ? x.y : u == 2 ? x.z : x.w;
+}
+__device__ __forceinline__ float4 Fma(float a, float4 b, float4 c) {
+  return make_float4(fmaf(a, b.x, c.x), fmaf(a, b.y, c.y), fmaf(a, b.z, c.z), fmaf(a, b.w, c.w));
+}
+__device__ __forceinline__ float4 Add(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
 // A group: per task (the block's tasks group, group + kGroups, ...), the convs, the delta rule on
-// the state and the gated RMSNorm. Thread ct holds state column j = ct % 128 over the rows of its
-// half, ct / 128, in registers; threads ct < D run channel ct's convs. The slot is released at the
-// group's first barrier, once every thread has read it, and its issuing warp then queues the
-// copies of the block's task kStages later into it.
+// the state and the gated RMSNorm. Warp w holds rows [w D/8, (w + 1) D/8) of the state in
+// registers, lane l their columns 4l .. 4l + 3, so that each read of a row from the slot and each
+// store of it to the state is one warp's 4D contiguous bytes (a thread per column over half the
+// rows stored 128-byte pieces: 1–2% slower from batch 128, docs/gpu-benchmark.md); sums over rows
+// add the eight warps' partials through shared memory. Threads ct < D run channel ct's convs. The
+// slot is released at the group's first barrier, once every thread has read it, and its issuing
+// warp then queues the copies of the block's task kStages later into it.
 template <int D>
 __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int tasks,
                                         Slot<D>* slots, StepShared<D>& shared, int group, const TensorView& out) {
-  static_assert(D <= 128 && D % 4 == 0, "a thread per column of 128, rows read in pairs per half");
-  constexpr int kRows = D / 2;  // state rows per thread
+  constexpr int kWarps = kGroupThreads / 32, kRows = D / kWarps;  // state rows per thread
+  static_assert(D <= 128 && D % 8 == 0, "4 columns a lane, D / 8 rows a warp, a channel per thread");
   GroupShared<D>& sh = shared.groups[group];
   const KdaInputs& core = in.core;
   const int heads = static_cast<int>(core.num_heads);
   const int ct = threadIdx.x % kGroupThreads, lane = ct & 31, warp = ct >> 5;
-  const int j = ct % 128, half = ct / 128, i0 = half * kRows;
-  const bool has_column = j < D, has_channel = ct < D;
+  const int c0 = 4 * lane, i0 = warp * kRows;
+  const bool has_columns = c0 < D, has_channel = ct < D;
+  // The output warp's columns: 4 * lane ...
+  const bool outputs = warp == kOutputWarp && 4 * lane < D;
   const int64_t channels = core.q.cols;
   const int history = static_cast<int>(in.conv_weights[0].cols) - 1;
-  const float out_norm = has_column ? LoadFlat(in.out_norm, j) : 0.0f;
+  float4 out_norm{};
+  if (outputs) {
+    out_norm = make_float4(LoadFlat(in.out_norm, 4 * lane), LoadFlat(in.out_norm, 4 * lane + 1),
+                           LoadFlat(in.out_norm, 4 * lane + 2), LoadFlat(in.out_norm, 4 * lane + 3));
+  }
   // The block's first kStages tasks: group 0 queues tasks 0 and 2, group 1 task 1.
   if (warp == kIssueWarp) {
     for (int n = group; n < kStages; n += kGroups) {
@@ -192,11 +229,16 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, const KdaDeco
       sh.squares[0][warp] = warp_q;
       sh.squares[1][warp] = warp_k;
     }
-    float s[kRows];  // s[r] = S[i0 + r][j]
+    float4 s[kRows];  // s[r] = S[i0 + r][c0 .. c0 + 3]
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) s[r] = has_column ? slot.state[(i0 + r) * D + j] : 0.0f;
-    const float out_gate = has_column ? slot.out_gate[j] : 0.0f;
-    float* const column = slot.seq.state + head0 * D + i0 * D + j;
+    for (int r = 0; r < kRows; ++r) {
+      s[r] = has_columns ? *reinterpret_cast<const float4*>(slot.state + (i0 + r) * D + c0) : float4{};
+    }
+    float4 out_gate{};
+    if (outputs) out_gate = *reinterpret_cast<const float4*>(slot.out_gate + 4 * lane);
+    float* const rows = slot.seq.state + head0 * D + i0 * D + c0;
+    // Every offset from the state's start is a multiple of 4 floats.
+    const bool aligned = (reinterpret_cast<uintptr_t>(slot.seq.state) & 15) == 0;
     const int64_t row = slot.seq.row;
     const float beta = SigmoidF(slot.beta_logit);
     SyncGroup(group);
@@ -212,49 +254,67 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, const KdaDeco
     const float q_scale = 1.0f / sqrtf(sum_q + 1e-6f) * (1.0f / sqrtf(static_cast<float>(D)));
     const float k_scale = 1.0f / sqrtf(sum_k + 1e-6f);
 
-    // S ← Diag(exp(g)) S and this half's rows of Sᵀk.
-    float m0 = 0.0f, m1 = 0.0f;
+    // S ← Diag(exp(g)) S and this warp's rows' part of Sᵀk.
+    float4 m{};
 #pragma unroll
-    for (int r = 0; r < kRows; r += 2) {
-      const float2 a = *reinterpret_cast<const float2*>(sh.decay + i0 + r);
-      const float2 kk = *reinterpret_cast<const float2*>(sh.k + i0 + r);
-      s[r] *= a.x;
-      s[r + 1] *= a.y;
-      m0 = fmaf(s[r], kk.x, m0);
-      m1 = fmaf(s[r + 1], kk.y, m1);
+    for (int r0 = 0; r0 < kRows; r0 += 4) {
+      const float4 a = FourRows<kRows>(sh.decay, i0, r0), kk = FourRows<kRows>(sh.k, i0, r0);
+#pragma unroll
+      for (int u = 0; u < 4 && r0 + u < kRows; ++u) {
+        float4& x = s[r0 + u];
+        const float decay = Lane(a, u);
+        x = make_float4(x.x * decay, x.y * decay, x.z * decay, x.w * decay);
+        m = Fma(Lane(kk, u), x, m);
+      }
     }
-    sh.dots[0][half][j] = m0 + m1;
+    if (has_columns) sh.dots[warp][lane] = m;
     SyncGroup(group);
-    const float prediction = sh.dots[0][0][j] + sh.dots[0][1][j];
-    // S += k̂ ⊗ β(v - Sᵀk̂), then this half's rows of Sᵀq (the read includes this token).
-    const float k_delta = has_column ? k_scale * (beta * (sh.v[j] - k_scale * prediction)) : 0.0f;
-    float o0 = 0.0f, o1 = 0.0f;
+    // S += k̂ ⊗ β(v - Sᵀk̂), then this warp's rows' part of Sᵀq (the read includes this token).
+    float4 prediction{};
 #pragma unroll
-    for (int r = 0; r < kRows; r += 2) {
-      const float2 kk = *reinterpret_cast<const float2*>(sh.k + i0 + r);
-      const float2 qq = *reinterpret_cast<const float2*>(sh.q + i0 + r);
-      s[r] = fmaf(kk.x, k_delta, s[r]);
-      s[r + 1] = fmaf(kk.y, k_delta, s[r + 1]);
-      o0 = fmaf(s[r], qq.x, o0);
-      o1 = fmaf(s[r + 1], qq.y, o1);
+    for (int w = 0; w < kWarps; ++w) prediction = Add(prediction, sh.dots[w][lane % (D / 4)]);
+    const float4 v = *reinterpret_cast<const float4*>(sh.v + c0 % D);
+    SyncGroup(group);  // every thread has read the partials, which Sᵀq's replace
+    const float scale = k_scale * beta;
+    const float4 k_delta = make_float4(scale * (v.x - k_scale * prediction.x), scale * (v.y - k_scale * prediction.y),
+                                       scale * (v.z - k_scale * prediction.z), scale * (v.w - k_scale * prediction.w));
+    float4 o{};
+#pragma unroll
+    for (int r0 = 0; r0 < kRows; r0 += 4) {
+      const float4 kk = FourRows<kRows>(sh.k, i0, r0), qq = FourRows<kRows>(sh.q, i0, r0);
+#pragma unroll
+      for (int u = 0; u < 4 && r0 + u < kRows; ++u) {
+        float4& x = s[r0 + u];
+        x = Fma(Lane(kk, u), k_delta, x);
+        o = Fma(Lane(qq, u), x, o);
+        if (!has_columns) continue;
+        float* const to = rows + (r0 + u) * D;
+        if (aligned) {
+          __stcs(reinterpret_cast<float4*>(to), x);
+        } else {
+          __stcs(to, x.x), __stcs(to + 1, x.y), __stcs(to + 2, x.z), __stcs(to + 3, x.w);
+        }
+      }
     }
-    sh.dots[1][half][j] = o0 + o1;
-    if (has_column) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) __stcs(column + r * D, s[r]);
-    }
+    if (has_columns) sh.dots[warp][lane] = o;
     SyncGroup(group);
-    const float o = (sh.dots[1][0][j] + sh.dots[1][1][j]) * q_scale;
-    // The gated RMSNorm over the head's D outputs (the first half's threads hold them).
-    const float warp_o = WarpSum(half == 0 && has_column ? o * o : 0.0f);
-    if (lane == 0) sh.squares[2][warp] = warp_o;
-    SyncGroup(group);
-    if (half == 0 && has_column) {
-      float total = 0.0f;
+    // The gated RMSNorm over the head's D outputs, in one warp.
+    if (warp == kOutputWarp) {
+      float4 y{};
+      if (outputs) {
 #pragma unroll
-      for (int w = 0; w < kGroupThreads / 64; ++w) total += sh.squares[2][w];
-      const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(D) + in.eps);
-      RowF32(out, row)[head0 + j] = out_norm * (o * inv_rms) * SigmoidF(out_gate);
+        for (int w = 0; w < kWarps; ++w) y = Add(y, sh.dots[w][lane]);
+        y = make_float4(y.x * q_scale, y.y * q_scale, y.z * q_scale, y.w * q_scale);
+      }
+      const float total = WarpSum(y.x * y.x + y.y * y.y + y.z * y.z + y.w * y.w);
+      if (outputs) {
+        const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(D) + in.eps);
+        float* const to = RowF32(out, row) + head0 + 4 * lane;
+        to[0] = out_norm.x * (y.x * inv_rms) * SigmoidF(out_gate.x);
+        to[1] = out_norm.y * (y.y * inv_rms) * SigmoidF(out_gate.y);
+        to[2] = out_norm.z * (y.z * inv_rms) * SigmoidF(out_gate.z);
+        to[3] = out_norm.w * (y.w * inv_rms) * SigmoidF(out_gate.w);
+      }
     }
   }
 }
