@@ -66,6 +66,8 @@ template <int D>
 constexpr size_t StepSharedBytes() {
   return kStages * sizeof(Slot<D>) + sizeof(StepShared<D>);
 }
+// The most shared memory a Hopper block may have (227 KiB), which the largest head dim must fit.
+static_assert(StepSharedBytes<128>() <= 227 * 1024, "the slots and exchanges at D = 128 fill it");
 
 // A barrier among one group's warps.
 __device__ __forceinline__ void SyncGroup(int group) { cuda::SyncGroup<kGroupThreads>(group); }
@@ -151,15 +153,15 @@ __device__ __forceinline__ float4 Add(float4 a, float4 b) {
 // A group: per task (the block's tasks group, group + kGroups, ...), the convs, the delta rule on
 // the state and the gated RMSNorm. Warp w holds rows [w D/8, (w + 1) D/8) of the state in
 // registers, lane l their columns 4l .. 4l + 3, so that each read of a row from the slot and each
-// store of it to the state is one warp's 4D contiguous bytes (a thread per column over half the
-// rows stored 128-byte pieces: 1–2% slower from batch 128, docs/gpu-benchmark.md); sums over rows
-// add the eight warps' partials through shared memory. Threads ct < D run channel ct's convs. The
-// slot is released at the group's first barrier, once every thread has read it, and its issuing
-// warp then queues the copies of the block's task kStages later into it.
+// store of it to an aligned state is one warp's 4D contiguous bytes (a thread per column over
+// half the rows stored 128-byte pieces: 1–2% slower from batch 128, docs/gpu-benchmark.md); sums
+// over rows add the eight warps' partials through shared memory. Threads ct < D run channel ct's
+// convs. The slot is released at the group's first barrier, once every thread has read it, and
+// its issuing warp then queues the copies of the block's task kStages later into it.
 template <int D>
 __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, const KdaDecodeSequence* seqs, int tasks,
                                         Slot<D>* slots, StepShared<D>& shared, int group, const TensorView& out) {
-  constexpr int kWarps = kGroupThreads / 32, kRows = D / kWarps;  // state rows per thread
+  constexpr int kWarps = kGroupThreads / 32, kRows = D / kWarps;  // state rows per warp
   static_assert(D <= 128 && D % 8 == 0, "4 columns a lane, D / 8 rows a warp, a channel per thread");
   GroupShared<D>& sh = shared.groups[group];
   const KdaInputs& core = in.core;
@@ -167,7 +169,7 @@ __device__ __forceinline__ void Consume(const KdaDecodeInputs& in, const KdaDeco
   const int ct = threadIdx.x % kGroupThreads, lane = ct & 31, warp = ct >> 5;
   const int c0 = 4 * lane, i0 = warp * kRows;
   const bool has_columns = c0 < D, has_channel = ct < D;
-  // The output warp's columns: 4 * lane ...
+  // Whether this thread writes output columns 4 * lane .. 4 * lane + 3 (the output warp's lanes).
   const bool outputs = warp == kOutputWarp && 4 * lane < D;
   const int64_t channels = core.q.cols;
   const int history = static_cast<int>(in.conv_weights[0].cols) - 1;

@@ -692,6 +692,9 @@ INSTANTIATE_TEST_SUITE_P(HeadDims, CudaKda,
                                            // decode step's persistent blocks (one per SM), each
                                            // of which then cycles its ring of slots.
                                            KdaShape{4, 128, std::vector<int64_t>(160, 1), 0.0f},
+                                           // 600 tasks at d = 24: each warp 3 rows (not a
+                                           // multiple of 4), lanes past 6 no columns, rings cycled.
+                                           KdaShape{6, 24, std::vector<int64_t>(100, 1), 0.0f},
                                            KdaShape{2, 96, {40, 1, 7}, 12.0f},
                                            // Strong decay: g around -200 per token and channel.
                                            KdaShape{2, 32, {150, 3}, 12.0f},
