@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "services/common/server_runner.h"
+#include "tests/testing/loopback_server.h"
 #include "tests/testing/wait_until.h"
 
 namespace deltaserve::services {
@@ -46,10 +47,7 @@ class ConnectCancelTest : public ::testing::Test {
           ++answered_;
           return absl::DeadlineExceededError("no peer joined");
         });
-    GrpcServerConfig config;
-    config.listen_address = "127.0.0.1:0";
-    grpc::Service* services[] = {service_.get()};
-    absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(config, services);
+    absl::StatusOr<std::unique_ptr<GrpcServer>> server = testing::StartLoopbackServer(service_.get());
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     channel_ = std::make_unique<GrpcStageChannel>(

@@ -26,6 +26,8 @@
 #include "services/transport/grpc_channels.h"
 #include "services/worker/remote_expert_runner.h"
 #include "tests/services/transport/failing_links.h"
+#include "tests/testing/join_on_a_thread.h"
+#include "tests/testing/loopback_server.h"
 #include "tests/testing/wait_until.h"
 #include "tests/services/transport/in_process_links.h"
 #include "tests/services/worker/counter_value.h"
@@ -169,10 +171,7 @@ class NcclExpertsTest : public ::testing::TestWithParam<std::string> {
             ++*answered;
             return status;
           });
-      GrpcServerConfig server_config;
-      server_config.listen_address = "127.0.0.1:0";
-      grpc::Service* services[] = {s.service.get()};
-      auto server = GrpcServer::Start(server_config, services);
+      auto server = testing::StartLoopbackServer(s.service.get());
       ASSERT_TRUE(server.ok()) << server.status();
       s.server = std::move(*server);
       s.channel = std::make_shared<GrpcExpertChannel>(
@@ -402,12 +401,7 @@ TEST_P(NcclExpertsTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   absl::StatusOr<std::string> id = links_->NewId();
   ASSERT_TRUE(id.ok()) << id.status();
   absl::StatusOr<std::unique_ptr<NcclLink>> maker;
-  std::thread join([&] {
-    NcclLinkOptions options;
-    options.capacity_bytes = 1024;
-    options.timeout = kTimeout;
-    maker = links_->Join(*id, 0, options);
-  });
+  std::thread join = testing::JoinOnAThread(*links_, *id, kTimeout, maker);
   internal::v1::ConnectNcclRequest request;
   request.set_nccl_id(*id);
   request.set_link(12345);

@@ -39,6 +39,8 @@
 #include "tests/services/worker/counter_value.h"
 #include "tests/services/worker/stage_requests.h"
 #include "tests/testing/held_stage.h"
+#include "tests/testing/join_on_a_thread.h"
+#include "tests/testing/loopback_server.h"
 #include "tests/testing/wait_until.h"
 
 namespace deltaserve::services {
@@ -156,10 +158,7 @@ class NcclStagesTest : public ::testing::TestWithParam<std::string> {
           ++connects_answered_;
           return status;
         });
-    GrpcServerConfig config;
-    config.listen_address = "127.0.0.1:0";
-    grpc::Service* services[] = {service_.get()};
-    absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(config, services);
+    absl::StatusOr<std::unique_ptr<GrpcServer>> server = testing::StartLoopbackServer(service_.get());
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(*server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
@@ -342,12 +341,7 @@ TEST_P(NcclStagesTest, AJoinWhoseCallerWentAwayEndsWithTheCall) {
   absl::StatusOr<std::string> id = links_->NewId();
   ASSERT_TRUE(id.ok()) << id.status();
   absl::StatusOr<std::unique_ptr<NcclLink>> maker;
-  std::thread join([&] {
-    NcclLinkOptions options;
-    options.capacity_bytes = 1024;
-    options.timeout = kTimeout;
-    maker = links_->Join(*id, 0, options);
-  });
+  std::thread join = testing::JoinOnAThread(*links_, *id, kTimeout, maker);
   internal::v1::ConnectNcclRequest request;
   request.set_nccl_id(*id);
   request.set_link(12345);
