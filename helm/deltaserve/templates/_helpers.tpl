@@ -333,9 +333,9 @@ resources:
 {{- end }}
 
 {{/* A stage's NCCL links to the next (--nccl-output-links): stage.ncclOutputLinks, or one per step
-that may be in flight below it, which is every router's steps (the autoscaler's most routers), at
-most 64. */}}
+that may be in flight below it, which is every router's steps (the autoscaler's most routers, and
+the one a rollout surges: router-deployment.yaml's maxSurge), at most 64. */}}
 {{- define "deltaserve.stageOutputLinks" -}}
-{{- $routers := ternary .Values.router.autoscaling.maxReplicas .Values.router.replicas .Values.router.autoscaling.enabled }}
+{{- $routers := add1 (ternary .Values.router.autoscaling.maxReplicas .Values.router.replicas .Values.router.autoscaling.enabled) }}
 {{- int64 (.Values.stage.ncclOutputLinks | default (min 64 (mul (int64 $routers) (int64 (include "deltaserve.pipelineSteps" .))))) }}
 {{- end }}
