@@ -744,14 +744,13 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
 
   const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
   const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
-  // Serving precision attends expanded sequences on tensor cores, over bf16 keys and values laid
-  // out per head, a block per 64 rows of one sequence and head.
+  // Serving precision attends expanded sequences on tensor cores, over bf16 key tiles per head
+  // (mla_expanded_tc.h), a block per 64 or 128 rows of one sequence and head.
   const bool expanded_tc = impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcSupports(params, q, out);
   const bool expanded_wgmma = expanded_tc && impl_->mla_expanded_wgmma && MlaExpandedWgmmaRuns();
   const int64_t tile_rows = expanded_wgmma ? kMlaExpandedWgmmaRows : kMlaExpandedTcRows;
-  std::vector<Tensor> expanded(seqs.size()), keys16(seqs.size()), values16(seqs.size());
-  std::vector<const void*> pointers(seqs.size(), nullptr), keys(seqs.size(), nullptr), values(seqs.size(), nullptr);
-  std::vector<MlaRowTile> tiles;
+  std::vector<Tensor> expanded(seqs.size()), key_tiles(seqs.size());
+  std::vector<const void*> pointers(seqs.size(), nullptr), tile_pointers(seqs.size(), nullptr);
   bool any_expanded = false;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (seqs[i].form == MlaForm::kAbsorbed) continue;
@@ -763,26 +762,22 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
     MatMul(history.view().Cols(0, params.kv_lora_rank), kv_b, expanded[i].view());
     pointers[i] = expanded[i].data<float>();
     if (!expanded_tc) continue;
-    const int64_t heads = params.num_heads;
-    keys16[i] = Allocate(heads * length, params.qk_nope_dim + params.qk_rope_dim, DType::kBF16);
-    values16[i] = Allocate(heads * length, params.v_dim, DType::kBF16);
-    DS_CUDA(LaunchMlaExpandedKeysValues(params, expanded[i].view(), device_seqs + i, length, keys16[i].view().data,
-                                        values16[i].view().data, impl_->Stream()),
+    // A tile's 64 positions of keys and values: 64 rows of nope + rope + v bf16.
+    key_tiles[i] = Allocate(params.num_heads * MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys,
+                            params.qk_nope_dim + params.qk_rope_dim + params.v_dim, DType::kBF16);
+    DS_CUDA(LaunchMlaExpandedKeysValues(params, expanded[i].view(), device_seqs + i, length,
+                                        key_tiles[i].view().data, impl_->Stream()),
             "mla expanded keys and values");
-    keys[i] = keys16[i].view().data;
-    values[i] = values16[i].view().data;
+    tile_pointers[i] = key_tiles[i].view().data;
     expanded[i] = Tensor();  // freed in stream order: the conversion above has read it
-    for (int64_t row = 0; row < seqs[i].rows.length; row += tile_rows) {
-      tiles.push_back({static_cast<int32_t>(i), static_cast<int32_t>(row)});
-    }
   }
   if (any_expanded && expanded_tc) {
-    Tensor device_keys = UploadBytes(keys.data(), keys.size() * sizeof(void*));
-    Tensor device_values = UploadBytes(values.data(), values.size() * sizeof(void*));
+    const std::vector<MlaRowTile> tiles =
+        MlaExpandedRowTiles(seqs.data(), static_cast<int64_t>(seqs.size()), tile_rows);
+    Tensor device_key_tiles = UploadBytes(tile_pointers.data(), tile_pointers.size() * sizeof(void*));
     Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
     DS_CUDA((expanded_wgmma ? LaunchMlaExpandedWgmma : LaunchMlaExpandedTc)(
-                params, q, device_seqs, static_cast<const void* const*>(device_keys.view().data),
-                static_cast<const void* const*>(device_values.view().data),
+                params, q, device_seqs, static_cast<const void* const*>(device_key_tiles.view().data),
                 static_cast<const MlaRowTile*>(device_tiles.view().data), static_cast<int64_t>(tiles.size()), out,
                 impl_->Stream()),
             "mla expanded (tensor cores)");

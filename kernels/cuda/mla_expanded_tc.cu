@@ -1,5 +1,6 @@
 // Expanded MLA attention (prefill) on tensor cores, flash-attention style. The keys and values are
-// first written once in bf16, head-major (MlaExpandedKeysValuesKernel); then a block holds 64
+// first written once in bf16 key tiles (MlaExpandedKeysValuesKernel; mla_expanded_tc.h); then a
+// block holds 64
 // query rows of one head (16 per warp, Q in registers as mma operands) and walks the causal keys
 // in tiles of 64, each tile copied into shared memory with cp.async while the one before is in
 // use (two stages). Scores on mma.sync, the online softmax in registers (log2 domain), and P·V
@@ -10,9 +11,11 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_key_tiles.cuh"
 #include "kernels/cuda/mla_softmax.cuh"
 #include "kernels/cuda/mma_tiles.cuh"
 
@@ -43,68 +46,68 @@ __device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
   reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(v.z, v.w);
 }
 
-// Grid: ceil(heads * length / 8) blocks of 8 warps; warp w converts row 8·block + w of the
-// [heads, length] outputs (head = row / length, position = row % length).
+// Grid: ceil(heads * padded / 8) blocks of 8 warps (padded: the positions rounded up to whole
+// tiles); warp w writes row 8·block + w of the [heads, padded] rows (head = row / padded,
+// position = row % padded) into its tile, zeros past the sequence's length.
 __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv, const MlaSequence* seq,
                                                                    int64_t length, int heads, int64_t latent_width,
-                                                                   int rank, bf16* keys, bf16* values) {
+                                                                   int rank, unsigned char* key_tiles) {
+  const int64_t padded = MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
-  if (row >= length * heads) return;
+  if (row >= padded * heads) return;
   const int lane = threadIdx.x % 32;
-  const int h = static_cast<int>(row / length);
-  const int64_t j = row % length;
-  const float* kv_row = RowF32(kv, j) + static_cast<int64_t>(h) * (kNope + kV);
-  const bool pe_bf16 = seq->cache.dtype == DType::kBF16;
-  const float* pe = pe_bf16 ? nullptr : seq->cache.Row(j, latent_width) + rank;
-  const bf16* pe16 = pe_bf16 ? seq->cache.PageOf<bf16>(j) : nullptr;
-  const LatentRowPlacement pe_place = LatentRowPlacement::Place(DType::kBF16, latent_width, seq->cache.page_rows, j);
+  const int h = static_cast<int>(row / padded);
+  const int64_t j = row % padded;
   // 80 float4 per row: 32 nope, 16 rope, 32 value; lane takes 0-31 then 32-63, then 64-79.
   float4 v[3];
 #pragma unroll
-  for (int u = 0; u < 3; ++u) {
-    const int c = 4 * (lane + 32 * u);
-    v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (c < kNope) {
-      v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + c));
-    } else if (c < kQk) {
-      if (pe_bf16) {
-        // Four consecutive elements from a multiple of 4: within one 16-byte chunk wherever it sits.
-        const int64_t at = pe_place.Offset(rank + c - kNope);
-        const uint2 raw = __ldg(reinterpret_cast<const uint2*>(pe16 + at));
-        const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-        const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-        v[u] = make_float4(lo.x, lo.y, hi.x, hi.y);
-      } else {
-        v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
+  for (int u = 0; u < 3; ++u) v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (j < length) {
+    const float* kv_row = RowF32(kv, j) + static_cast<int64_t>(h) * (kNope + kV);
+    const bool pe_bf16 = seq->cache.dtype == DType::kBF16;
+    const float* pe = pe_bf16 ? nullptr : seq->cache.Row(j, latent_width) + rank;
+    const bf16* pe16 = pe_bf16 ? seq->cache.PageOf<bf16>(j) : nullptr;
+    const LatentRowPlacement pe_place =
+        LatentRowPlacement::Place(DType::kBF16, latent_width, seq->cache.page_rows, j);
+#pragma unroll
+    for (int u = 0; u < 3; ++u) {
+      const int c = 4 * (lane + 32 * u);
+      if (c < kNope) {
+        v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + c));
+      } else if (c < kQk) {
+        if (pe_bf16) {
+          // Four consecutive elements from a multiple of 4: within one 16-byte chunk wherever it sits.
+          const int64_t at = pe_place.Offset(rank + c - kNope);
+          const uint2 raw = __ldg(reinterpret_cast<const uint2*>(pe16 + at));
+          const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+          const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+          v[u] = make_float4(lo.x, lo.y, hi.x, hi.y);
+        } else {
+          v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
+        }
+      } else if (c < kQk + kV) {
+        v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + kNope + (c - kQk)));
       }
-    } else if (c < kQk + kV) {
-      v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + kNope + (c - kQk)));
     }
   }
+  unsigned char* tile = const_cast<unsigned char*>(KeyTile(key_tiles, h, length, j));
+  const int r = static_cast<int>(j % kMlaExpandedTileKeys);
 #pragma unroll
   for (int u = 0; u < 3; ++u) {
-    const int c = 4 * (lane + 32 * u);
-    if (c < kQk) {
-      StoreBf16x4(keys + row * kQk + c, v[u]);
-    } else if (c < kQk + kV) {
-      StoreBf16x4(values + row * kV + (c - kQk), v[u]);
-    }
+    const int c = 4 * (lane + 32 * u);  // keys' columns, then the values' from kQk
+    if (c < kQk + kV) StoreBf16x4(reinterpret_cast<bf16*>(tile + KeyTileChunkOffset(r, c / 8) + (c % 8) * 2), v[u]);
   }
 }
 
-// Copies keys [j0, j0 + 64) of one head (zeros past max_key) into a stage; commits the group.
-__device__ __forceinline__ void LoadStage(Stage& st, const bf16* keys, const bf16* values, int64_t j0,
-                                          int64_t max_key) {
+// Copies key tile `t` of one head (`tile`: its first byte) into a stage; commits the group.
+__device__ __forceinline__ void LoadStage(Stage& st, const unsigned char* tile) {
   for (int i = threadIdx.x; i < kKeys * (kKeyChunks + kValueChunks); i += kThreads) {
-    const int key = i / (kKeyChunks + kValueChunks), piece = i % (kKeyChunks + kValueChunks);
-    const int64_t j = j0 + key;
-    const bool valid = j <= max_key;
-    const int64_t jj = valid ? j : 0;
-    if (piece < kKeyChunks) {
-      CopyAsync16(&st.k[key][8 * piece], keys + jj * kQk + 8 * piece, valid);
+    const int key = i / (kKeyChunks + kValueChunks), chunk = i % (kKeyChunks + kValueChunks);
+    const unsigned char* from = tile + KeyTileChunkOffset(key, chunk);
+    if (chunk < kKeyChunks) {
+      CopyAsync16(&st.k[key][8 * chunk], from);
     } else {
-      const int p = piece - kKeyChunks;
-      CopyAsync16(&st.v[key][8 * p], values + jj * kV + 8 * p, valid);
+      CopyAsync16(&st.v[key][8 * (chunk - kKeyChunks)], from);
     }
   }
   CommitAsync();
@@ -123,10 +126,9 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
   const int64_t max_key = pos0 + rows - 1;
   const int64_t length = seq.num_cached + seq.rows.length;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const bf16* keys = static_cast<const bf16*>(a.keys_all[tile.seq]) + static_cast<int64_t>(h) * length * kQk;
-  const bf16* values = static_cast<const bf16*>(a.values_all[tile.seq]) + static_cast<int64_t>(h) * length * kV;
+  const void* key_tiles = a.key_tiles[tile.seq];
 
-  LoadStage(stages[0], keys, values, 0, max_key);
+  LoadStage(stages[0], KeyTile(key_tiles, h, length, 0));
   bf16(*q_rows)[kQkLd] = stages[1].k;  // Q passes through the second stage before its first tile
   for (int i = threadIdx.x; i < kRows * kQk / 4; i += kThreads) {
     const int r = i / (kQk / 4), c = 4 * (i % (kQk / 4));
@@ -152,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
     const int64_t j0 = t * kKeys;
     __syncthreads();  // the stage the next copy fills is free (first: Q is in registers)
     if (t + 1 < tiles) {
-      LoadStage(stages[(t + 1) % 2], keys, values, j0 + kKeys, max_key);
+      LoadStage(stages[(t + 1) % 2], KeyTile(key_tiles, h, length, j0 + kKeys));
       WaitAsync<1>();
     } else {
       WaitAsync<0>();
@@ -174,7 +176,11 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
     float s[kKeys / 2], alpha[2];
 #pragma unroll
     for (int i = 0; i < kKeys / 2; ++i) s[i] = p[i / 8].x[i % 8];
-    OnlineSoftmaxTile<kKeys>(s, j0, pos, a.scale_log2, lane, m, l, alpha);
+    if (j0 + kKeys - 1 <= pos0) {  // every key of the tile precedes the block's first query
+      OnlineSoftmaxTile<kKeys, false>(s, j0, pos, a.scale_log2, lane, m, l, alpha);
+    } else {
+      OnlineSoftmaxTile<kKeys>(s, j0, pos, a.scale_log2, lane, m, l, alpha);
+    }
 #pragma unroll
     for (int i = 0; i < kKeys / 2; ++i) p[i / 8].x[i % 8] = s[i];
 #pragma unroll
@@ -220,39 +226,54 @@ bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out
          out.row_stride % 2 == 0 && IsAligned(out.data, 8);
 }
 
+std::vector<MlaRowTile> MlaExpandedRowTiles(const MlaSequence* seqs, int64_t count, int64_t tile_rows) {
+  std::vector<MlaRowTile> tiles;
+  for (int64_t i = 0; i < count; ++i) {
+    if (seqs[i].form == MlaForm::kAbsorbed) continue;
+    for (int64_t row = 0; row < seqs[i].rows.length; row += tile_rows) {
+      tiles.push_back({static_cast<int32_t>(i), static_cast<int32_t>(row)});
+    }
+  }
+  const auto keys = [&](const MlaRowTile& t) {
+    const MlaSequence& seq = seqs[t.seq];
+    return seq.num_cached + std::min(seq.rows.length, t.row + tile_rows);
+  };
+  std::stable_sort(tiles.begin(), tiles.end(),
+                   [&](const MlaRowTile& a, const MlaRowTile& b) { return keys(a) > keys(b); });
+  return tiles;
+}
+
 int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t length,
-                                void* keys, void* values, Stream stream) {
+                                void* key_tiles, Stream stream) {
   const int64_t heads = params.num_heads;
   if (params.qk_nope_dim != kNope || params.qk_rope_dim != kRope || params.v_dim != kV ||
       params.kv_lora_rank % 4 != 0 || kv.dtype != DType::kF32 || kv.cols != heads * (kNope + kV) ||
-      kv.row_stride % 4 != 0 || !IsAligned(kv.data, 16) || kv.rows < length || !IsAligned(keys, 16) ||
-      !IsAligned(values, 16)) {
+      kv.row_stride % 4 != 0 || !IsAligned(kv.data, 16) || kv.rows < length || !IsAligned(key_tiles, 16)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (length == 0) return 0;
-  const int64_t blocks = (length * heads + 7) / 8;
+  const int64_t blocks = (MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys * heads + 7) / 8;
   if (seq == nullptr || !FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
   MlaExpandedKeysValuesKernel<<<static_cast<unsigned>(blocks), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       kv, seq, length, static_cast<int>(heads), params.kv_lora_rank + kRope, static_cast<int>(params.kv_lora_rank),
-      static_cast<bf16*>(keys), static_cast<bf16*>(values));
+      static_cast<unsigned char*>(key_tiles));
   return static_cast<int>(cudaGetLastError());
 }
 
-int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs,
-                        const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,
-                        int64_t num_tiles, TensorView out, Stream stream) {
+int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
+                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, Stream stream) {
   const int64_t heads = params.num_heads;
   if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
       out.rows != q.rows) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_tiles == 0) return 0;
-  if (seqs == nullptr || keys_all == nullptr || values_all == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
+  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   constexpr size_t kSmem = 2 * sizeof(Stage);
   if (const int error = AllowDynamicSmem(MlaExpandedTcKernel, kSmem); error != 0) return error;
-  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, keys_all, values_all, tiles, out);
+  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out);
   MlaExpandedTcKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads, kSmem,
                         static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());

@@ -1,8 +1,10 @@
 // Expanded MLA attention (prefill) on Hopper's warpgroup products (wgmma, sm_90a), the same work
-// as mla_expanded_tc.cu's mma.sync kernel over the same bf16 head-major keys and values. A block
-// holds 128 query rows of one head: a producer warpgroup copies the causal key tiles (64 keys: K
-// and V) by cp.async into a ring of 4 shared stages in the 128-byte swizzle, each stage's landing
-// counted on its `full` mbarrier; two consumer warpgroups of 64 rows each (Q in shared memory)
+// as mla_expanded_tc.cu's mma.sync kernel over the same bf16 key tiles. A block holds 128 query
+// rows of one head: a producer thread copies each causal key tile (64 keys: K and V, laid out in
+// global memory as the stages hold them, mla_expanded_tc.h) by one bulk copy into a ring of 4
+// shared stages, each landing on its stage's `full` mbarrier (a warpgroup of threads issuing
+// 16-byte copies took half the kernel's instructions and kept the consumers waiting for tiles a
+// fifth of the time); two consumer warpgroups of 64 rows each (Q in shared memory)
 // compute scores S = Q·Kᵀ from shared memory and O += P·V with the probabilities as register
 // operands and V read MN-major. Each consumer issues the next tile's scores beside the current
 // tile's P·V and runs the next softmax while that product runs (flash attention 3's in-warpgroup
@@ -14,6 +16,7 @@
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_expanded_tc.h"
+#include "kernels/cuda/mla_key_tiles.cuh"
 #include "kernels/cuda/mla_softmax.cuh"
 #include "kernels/cuda/mma_tiles.cuh"
 #include "kernels/cuda/wgmma.cuh"
@@ -24,7 +27,7 @@ namespace {
 using bf16 = __nv_bfloat16;
 
 constexpr int kConsumerThreads = 256;  // warpgroups 0 and 1: 64 query rows each
-constexpr int kProducerThreads = 128;  // warpgroup 2
+constexpr int kProducerThreads = 32;   // warp 8, one thread of which issues the copies
 constexpr int kThreads = kConsumerThreads + kProducerThreads;
 constexpr int kRows = static_cast<int>(kMlaExpandedWgmmaRows);
 static_assert(kRows == 128, "two warpgroups of m64 products");
@@ -36,6 +39,7 @@ constexpr uint32_t kQGroupBytes = (kQk / 64) * kBlockBytes;  // a warpgroup's 64
 constexpr uint32_t kKBytes = (kQk / 64) * kBlockBytes;       // K: 3 column blocks of 64 keys
 constexpr uint32_t kVBytes = (kV / 64) * kBlockBytes;        // V: 2 column blocks of 64 keys
 constexpr uint32_t kStageBytes = kKBytes + kVBytes;
+static_assert(kStageBytes == kMlaExpandedTileBytes && kKeys == kMlaExpandedTileKeys, "a stage holds a key tile");
 constexpr int kStages = 4;
 constexpr size_t kSharedBytes = 2 * kQGroupBytes + kStages * kStageBytes + 2 * kStages * sizeof(uint64_t) + 1024;
 
@@ -46,28 +50,14 @@ __device__ __forceinline__ uint32_t PieceOffset(int row, int piece) {
 
 __device__ __forceinline__ void SyncGroup(int group) { cuda::SyncGroup<128>(group); }
 
-// Producer thread p: key tiles 0 .. tiles - 1 into the ring, keys past max_key zero-filled.
-__device__ __forceinline__ void Produce(const bf16* keys, const bf16* values, int64_t tiles, int64_t max_key,
-                                        unsigned char* stages, uint64_t* full, uint64_t* empty) {
-  constexpr int kKeyPieces = kQk / 8, kValuePieces = kV / 8;
-  const int p = threadIdx.x - kConsumerThreads;
+// The producer thread: key tiles 0 .. tiles - 1 (from `first`, consecutive) into the ring.
+__device__ __forceinline__ void Produce(const unsigned char* first, int64_t tiles, unsigned char* stages,
+                                        uint64_t* full, uint64_t* empty) {
   for (int64_t t = 0; t < tiles; ++t) {
     const int stage = static_cast<int>(t % kStages);
     WaitBarrier(&empty[stage], static_cast<unsigned>((t / kStages) & 1) ^ 1u);
-    unsigned char* k_tile = stages + stage * kStageBytes;
-    for (int i = p; i < kKeys * (kKeyPieces + kValuePieces); i += kProducerThreads) {
-      const int key = i / (kKeyPieces + kValuePieces), piece = i % (kKeyPieces + kValuePieces);
-      const int64_t j = t * kKeys + key;
-      const bool valid = j <= max_key;
-      const int64_t jj = valid ? j : 0;
-      if (piece < kKeyPieces) {
-        CopyAsync16(k_tile + PieceOffset(key, piece), keys + jj * kQk + 8 * piece, valid);
-      } else {
-        const int v = piece - kKeyPieces;
-        CopyAsync16(k_tile + kKBytes + PieceOffset(key, v), values + jj * kV + 8 * v, valid);
-      }
-    }
-    ArriveWhenCopiesLand(&full[stage]);
+    ArriveExpectBytes(&full[stage], kStageBytes);
+    BulkCopyToShared(stages + stage * kStageBytes, first + t * kStageBytes, kStageBytes, &full[stage]);
   }
 }
 
@@ -136,8 +126,7 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
   float s[kKeys / 2];  // 64 x 64 scores, then probabilities: n8 block j at s[4j ..]
   uint32_t pa[kKeys / 16][4];
 
-  WaitBarrier(&full[0], 0);
-  FenceProxyAsyncShared();
+  WaitBarrier(&full[0], 0);  // bulk copies and products are both the async proxy: no fence
   IssueScores(s, q_address, stages_address);
   WgmmaWait<0>();
   PinAccumulators(s);
@@ -146,12 +135,15 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
   for (int64_t t = 1; t < tiles; ++t) {
     const int stage = static_cast<int>(t % kStages), previous = static_cast<int>((t - 1) % kStages);
     WaitBarrier(&full[stage], static_cast<unsigned>((t / kStages) & 1));
-    FenceProxyAsyncShared();
     IssueScores(s, q_address, stages_address + stage * kStageBytes);
     IssueValues(o, pa, stages_address + previous * kStageBytes + kKBytes);
     WgmmaWait<1>();  // the scores are in; P·V of the tile before may still run
     PinAccumulators(s);
-    OnlineSoftmaxTile<kKeys>(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
+    if ((t + 1) * kKeys - 1 <= pos0) {  // every key of the tile precedes the block's first query
+      OnlineSoftmaxTile<kKeys, false>(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
+    } else {
+      OnlineSoftmaxTile<kKeys>(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
+    }
     WgmmaWait<0>();
     PinAccumulators(o);
     ArriveBarrier(&empty[previous]);
@@ -186,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
   const uint32_t stages_address = base_address + 2 * kQGroupBytes;
   auto* full = reinterpret_cast<uint64_t*>(stages + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  InitStageRing(full, empty, kStages, kProducerThreads, kConsumerThreads);
+  InitStageRing(full, empty, kStages, 1, kConsumerThreads);
 
   const MlaRowTile tile = a.tiles[blockIdx.x];
   const int h = blockIdx.y;
@@ -198,9 +190,9 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
   const int64_t tiles = max_key / kKeys + 1;
   if (threadIdx.x >= kConsumerThreads) {
     const int64_t length = seq.num_cached + seq.rows.length;
-    const bf16* keys = static_cast<const bf16*>(a.keys_all[tile.seq]) + static_cast<int64_t>(h) * length * kQk;
-    const bf16* values = static_cast<const bf16*>(a.values_all[tile.seq]) + static_cast<int64_t>(h) * length * kV;
-    Produce(keys, values, tiles, max_key, stages, full, empty);
+    if (threadIdx.x == kConsumerThreads) {
+      Produce(KeyTile(a.key_tiles[tile.seq], h, length, 0), tiles, stages, full, empty);
+    }
   } else {
     Consume(a, first_row, pos0, rows, h, tiles, q_tiles, base_address, stages_address, full, empty);
   }
@@ -211,8 +203,8 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
 bool MlaExpandedWgmmaRuns() { return WgmmaRuns(); }
 
 int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
-                           const void* const* keys_all, const void* const* values_all, const MlaRowTile* tiles,
-                           int64_t num_tiles, TensorView out, Stream stream) {
+                           const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
+                           Stream stream) {
   const int64_t heads = params.num_heads;
   if (!MlaExpandedWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
@@ -220,11 +212,11 @@ int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSeque
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_tiles == 0) return 0;
-  if (seqs == nullptr || keys_all == nullptr || values_all == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
+  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (const int error = AllowDynamicSmem(MlaExpandedWgmmaKernel, kSharedBytes); error != 0) return error;
-  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, keys_all, values_all, tiles, out);
+  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out);
   MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
                            kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());

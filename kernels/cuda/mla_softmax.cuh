@@ -14,8 +14,9 @@ namespace deltaserve::kernels::cuda {
 // The scores of one tile of kKeys keys from key j0, scaled into the log2 domain with the causal
 // mask (key <= pos[half] of the lane's row half), then the rows' new maxima m, the factor alpha
 // for what was accumulated before, the probabilities (in place) and the running sums l. Element
-// i of 16-key group kt is s[8 kt + i] (AccRow, AccCol).
-template <int kKeys>
+// i of 16-key group kt is s[8 kt + i] (AccRow, AccCol). kMasked false: a tile whose keys all
+// precede every row's position, which needs no mask (most tiles of a long prefill).
+template <int kKeys, bool kMasked = true>
 __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t j0, const int64_t (&pos)[2],
                                                   float scale_log2, int lane, float (&m)[2], float (&l)[2],
                                                   float (&alpha)[2]) {
@@ -25,9 +26,13 @@ __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int half = (i >> 1) & 1;
-      const int64_t key = j0 + 16 * kt + AccCol(i, lane);
       float& x = s[8 * kt + i];
-      x = key <= pos[half] ? x * scale_log2 : -INFINITY;
+      if constexpr (kMasked) {
+        const int64_t key = j0 + 16 * kt + AccCol(i, lane);
+        x = key <= pos[half] ? x * scale_log2 : -INFINITY;
+      } else {
+        x *= scale_log2;
+      }
       tile_max[half] = fmaxf(tile_max[half], x);
     }
 #pragma unroll
@@ -43,7 +48,7 @@ __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t
 #pragma unroll
   for (int i = 0; i < kKeys / 2; ++i) {
     const int half = (i >> 1) & 1;
-    const float e = s[i] == -INFINITY ? 0.0f : exp2f(s[i] - m[half]);
+    const float e = kMasked && s[i] == -INFINITY ? 0.0f : exp2f(s[i] - m[half]);
     s[i] = e;
     sum[half] += e;
   }

@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/launchers.h"
+#include "kernels/cuda/mla_expanded_tc.h"
 #include "kernels/dtype.h"
 #include "kernels/sampling.h"
 #include "tests/testing/paged_latent.h"
@@ -660,6 +661,22 @@ TEST(MlaKeySplit, ListsOnlyWrittenSlotsWhenTilesAreFewerThanBlocks) {
     }
   }
   EXPECT_EQ(slots[1].count, 19);  // one tile per block
+}
+
+// The expanded attention's row tiles, longest first so that the grid's last blocks are its
+// shortest: every expanded sequence's rows once, absorbed sequences none, equal key counts in
+// sequence order. Host code, no GPU needed.
+TEST(MlaExpandedRowTiles, ListsEveryExpandedRowTileOnceWithTheMostKeysFirst) {
+  std::vector<MlaSequence> seqs = {{{0, 300}, MlaForm::kExpanded, {}, 0},
+                                   {{300, 1}, MlaForm::kAbsorbed, {}, 5000},
+                                   {{301, 128}, MlaForm::kExpanded, {}, 172},
+                                   {{429, 100}, MlaForm::kExpanded, {}, 0}};
+  const std::vector<MlaRowTile> tiles = MlaExpandedRowTiles(seqs.data(), 4, 128);
+  // Keys per tile: sequence 0's rows 0, 128, 256: 128, 256, 300; sequence 2's row 0: 300; sequence
+  // 3's row 0: 100.
+  std::vector<std::pair<int32_t, int32_t>> listed;
+  for (const MlaRowTile& t : tiles) listed.emplace_back(t.seq, t.row);
+  EXPECT_EQ(listed, (std::vector<std::pair<int32_t, int32_t>>{{0, 256}, {2, 0}, {0, 128}, {0, 0}, {3, 0}}));
 }
 
 // The scan starts its blocks in the order of longest_first, so the longest chains of chunks do
