@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
       }
     }
   }
-  unsigned char* tile = const_cast<unsigned char*>(KeyTile(key_tiles, h, length, j));
+  unsigned char* tile = key_tiles + KeyTileStart(h, length, j);
   const int r = static_cast<int>(j % kMlaExpandedTileKeys);
 #pragma unroll
   for (int u = 0; u < 3; ++u) {
@@ -183,10 +183,12 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
     }
 #pragma unroll
     for (int i = 0; i < kKeys / 2; ++i) p[i / 8].x[i % 8] = s[i];
+    if (alpha[0] != 1.0f || alpha[1] != 1.0f) {  // a row's reference maximum moved (few tiles)
 #pragma unroll
-    for (int vt = 0; vt < kV / 16; ++vt)
+      for (int vt = 0; vt < kV / 16; ++vt)
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o[vt].x[i] *= alpha[(i >> 1) & 1];
+        for (int i = 0; i < 8; ++i) o[vt].x[i] *= alpha[(i >> 1) & 1];
+    }
 
 #pragma unroll
     for (int kt = 0; kt < kKeys / 16; ++kt) {

@@ -148,8 +148,10 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
     PinAccumulators(o);
     ArriveBarrier(&empty[previous]);
     PackProbabilities(s, pa);
+    if (alpha[0] != 1.0f || alpha[1] != 1.0f) {  // a row's reference maximum moved (few tiles)
 #pragma unroll
-    for (int i = 0; i < kV / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+      for (int i = 0; i < kV / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
+    }
   }
   const int last = static_cast<int>((tiles - 1) % kStages);
   IssueValues(o, pa, stages_address + last * kStageBytes + kKBytes);

@@ -15,11 +15,14 @@ __device__ __forceinline__ uint32_t KeyTileChunkOffset(int row, int chunk) {
   return static_cast<uint32_t>((chunk >> 3) * 64 * 128 + row * 128 + (((chunk & 7) ^ (row & 7)) << 4));
 }
 
-// The first byte of the tile holding position `key` of head `head`, in a sequence of `length`
-// positions.
-__device__ __forceinline__ const unsigned char* KeyTile(const void* key_tiles, int head, int64_t length, int64_t key) {
+// Where the tile holding position `key` of head `head` starts, in bytes from the sequence's first
+// tile (a sequence of `length` positions).
+__device__ __forceinline__ int64_t KeyTileStart(int head, int64_t length, int64_t key) {
   const int64_t tile = static_cast<int64_t>(head) * MlaExpandedKeyTiles(length) + key / kMlaExpandedTileKeys;
-  return static_cast<const unsigned char*>(key_tiles) + tile * kMlaExpandedTileBytes;
+  return tile * kMlaExpandedTileBytes;
+}
+__device__ __forceinline__ const unsigned char* KeyTile(const void* key_tiles, int head, int64_t length, int64_t key) {
+  return static_cast<const unsigned char*>(key_tiles) + KeyTileStart(head, length, key);
 }
 
 }  // namespace deltaserve::kernels::cuda

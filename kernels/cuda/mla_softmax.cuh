@@ -11,16 +11,22 @@
 
 namespace deltaserve::kernels::cuda {
 
-// The scores of one tile of kKeys keys from key j0, scaled into the log2 domain with the causal
-// mask (key <= pos[half] of the lane's row half), then the rows' new maxima m, the factor alpha
-// for what was accumulated before, the probabilities (in place) and the running sums l. Element
-// i of 16-key group kt is s[8 kt + i] (AccRow, AccCol). kMasked false: a tile whose keys all
-// precede every row's position, which needs no mask (most tiles of a long prefill).
+// How far a row's reference maximum may lag the largest score it has seen (log2 domain): the
+// probabilities stay below 2^kMaxLag, and most tiles leave the reference where it was.
+inline constexpr float kMaxLag = 8.0f;
+
+// The scores of one tile of kKeys keys from key j0, with the causal mask (key <= pos[half] of the
+// lane's row half), into probabilities in place: exp2(score · scale_log2 - m) against each row's
+// reference maximum m (log2 domain), which moves only when the tile's scores pass it by more than
+// kMaxLag. alpha is the factor for what was accumulated before: exactly 1 where m stayed, so
+// callers skip rescaling then (most tiles); l gathers the rows' sums. Element i of 16-key group kt
+// is s[8 kt + i] (AccRow, AccCol). kMasked false: a tile whose keys all precede every row's
+// position, which needs no mask (most tiles of a long prefill).
 template <int kKeys, bool kMasked = true>
 __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t j0, const int64_t (&pos)[2],
                                                   float scale_log2, int lane, float (&m)[2], float (&l)[2],
                                                   float (&alpha)[2]) {
-  float tile_max[2] = {-INFINITY, -INFINITY};
+  float tile_max[2] = {-INFINITY, -INFINITY};  // of the raw scores (scale_log2 > 0 keeps the order)
 #pragma unroll
   for (int kt = 0; kt < kKeys / 16; ++kt)
 #pragma unroll
@@ -29,9 +35,7 @@ __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t
       float& x = s[8 * kt + i];
       if constexpr (kMasked) {
         const int64_t key = j0 + 16 * kt + AccCol(i, lane);
-        x = key <= pos[half] ? x * scale_log2 : -INFINITY;
-      } else {
-        x *= scale_log2;
+        if (key > pos[half]) x = -INFINITY;
       }
       tile_max[half] = fmaxf(tile_max[half], x);
     }
@@ -40,15 +44,19 @@ __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t
     float mx = tile_max[half];
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m[half], mx);
-    alpha[half] = m_new == -INFINITY ? 1.0f : exp2f(m[half] - m_new);
-    m[half] = m_new;
+    mx *= scale_log2;
+    alpha[half] = 1.0f;
+    if (mx > m[half] + kMaxLag) {  // also where m is -inf and the tile has a key for the row
+      alpha[half] = exp2f(m[half] - mx);
+      m[half] = mx;
+    }
   }
   float sum[2] = {0.0f, 0.0f};
 #pragma unroll
   for (int i = 0; i < kKeys / 2; ++i) {
     const int half = (i >> 1) & 1;
-    const float e = kMasked && s[i] == -INFINITY ? 0.0f : exp2f(s[i] - m[half]);
+    // A masked score may meet an m still at -inf (a row none of whose keys came yet): 0, not NaN.
+    const float e = kMasked && s[i] == -INFINITY ? 0.0f : exp2f(fmaf(s[i], scale_log2, -m[half]));
     s[i] = e;
     sum[half] += e;
   }
