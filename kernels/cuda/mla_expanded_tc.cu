@@ -1,11 +1,10 @@
 // Expanded MLA attention (prefill) on tensor cores, flash-attention style. The keys and values are
 // first written once in bf16 key tiles (MlaExpandedKeysValuesKernel; mla_expanded_tc.h); then a
-// block holds 64
-// query rows of one head (16 per warp, Q in registers as mma operands) and walks the causal keys
-// in tiles of 64, each tile copied into shared memory with cp.async while the one before is in
-// use (two stages). Scores on mma.sync, the online softmax in registers (log2 domain), and P·V
-// with the probabilities reused from the score accumulators as bf16 operands. The fp32 kernel in
-// mla_attention.cu (CUDA cores) took ~0.76 s per layer at 32k tokens.
+// block holds 64 query rows of one head (16 per warp, Q in registers as mma operands) and walks
+// the causal keys in tiles of 64, each tile copied into shared memory with cp.async while the one
+// before is in use (two stages). Scores on mma.sync, the online softmax in registers (log2
+// domain), and P·V with the probabilities reused from the score accumulators as bf16 operands.
+// The fp32 kernel in mla_attention.cu (CUDA cores) took ~0.76 s per layer at 32k tokens.
 #include "kernels/cuda/mla_expanded_tc.h"
 
 #include <cuda_bf16.h>
@@ -222,7 +221,8 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
 }  // namespace
 
 bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out) {
-  return params.qk_nope_dim == kNope && params.qk_rope_dim == kRope && params.v_dim == kV &&
+  // A positive scale: the softmax takes its maxima over the raw scores (mla_softmax.cuh).
+  return params.qk_nope_dim == kNope && params.qk_rope_dim == kRope && params.v_dim == kV && params.scale > 0 &&
          params.num_heads >= 1 && params.num_heads <= 65535 && params.kv_lora_rank % 4 == 0 &&
          q.dtype == DType::kF32 && out.dtype == DType::kF32 && q.row_stride % 4 == 0 && IsAligned(q.data, 16) &&
          out.row_stride % 2 == 0 && IsAligned(out.data, 8);

@@ -50,7 +50,8 @@ inline MlaExpandedArgs MakeMlaExpandedArgs(const MlaParams& params, TensorView q
   return {q, out, seqs, key_tiles, tiles, params.scale * 1.4426950408889634f};
 }
 
-// nope 128, rope 64, v 128 (the Kimi shapes); q and out rows 16- and 8-byte aligned.
+// nope 128, rope 64, v 128 (the Kimi shapes), a positive softmax scale; q and out rows 16- and
+// 8-byte aligned.
 bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out);
 
 // The key tiles of one expanded sequence's `length` positions (layout above; heads ×

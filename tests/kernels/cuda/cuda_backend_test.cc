@@ -840,6 +840,10 @@ struct MlaCase {
   std::vector<int64_t> cached, lengths;
   std::vector<MlaForm> forms;  // per sequence
   int64_t page_rows = 32;       // of the latent caches, their pages shuffled
+  // Sequence 0's history row `boosted_row` times `boost`: its key's logits `boost` times as large,
+  // so that where they are the largest a row's softmax reference moves past what it accumulated.
+  int64_t boosted_row = -1;
+  float boost = 1.0f;
 };
 
 class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> {
@@ -906,7 +910,10 @@ void CudaMla::CompareMla(const MlaCase& c, MatmulPrecision precision) {
   for (size_t i = 0; i < c.cached.size(); ++i) {
     const testing::PageLayout& layout =
         layouts.emplace_back(c.cached[i] + c.lengths[i], c.page_rows, width, 50 + i);
-    const std::vector<float> history = RandomVector(c.cached[i] * width, 30 + i);
+    std::vector<float> history = RandomVector(c.cached[i] * width, 30 + i);
+    if (i == 0 && c.boosted_row >= 0) {
+      for (int64_t col = 0; col < width; ++col) history[c.boosted_row * width + col] *= c.boost;
+    }
     cpu_caches.push_back(layout.ToBuffer(history, std::numeric_limits<float>::quiet_NaN()));
     gpu_caches.push_back(ToDevice(layout.ToBuffer(history, std::numeric_limits<float>::quiet_NaN(), cache_dtype), 1,
                                   layout.buffer_floats(), cache_dtype));
@@ -959,6 +966,10 @@ std::vector<MlaCase> MlaCases() {
       // Prefill pieces of several 64- or 128-row blocks, the last one partial (expanded on tensor
       // cores), the first one's 450 keys past the warpgroup kernel's ring of 4 tiles twice.
       {"kimi_prefill_long", kimi, {300, 0, 5}, {150, 70, 1}, {e, e, a}, 64},
+      // One history key 16 times larger, in the fourth 64-key tile: the rows whose logit for it
+      // passes their maximum so far by more than the softmax's lag move their reference there and
+      // rescale what the first three tiles gave (in most tiles nothing moves).
+      {"kimi_prefill_boosted_key", kimi, {300, 0}, {150, 70}, {e, e}, 64, 200, 16.0f},
       // Pages of 48 rows: the tensor-core decode kernel's 64-key tiles cross pages.
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
       // Pages of 7 rows: a row's place in its page is not its cache row mod 8, which keys the
