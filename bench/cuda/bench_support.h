@@ -1,5 +1,5 @@
 // What the CUDA benchmarks share: failing on a CUDA error, random device inputs, timing a body
-// with CUDA events, and the copy-bandwidth ceiling.
+// with CUDA events, and the copy-bandwidth and dense-GEMM ceilings.
 #pragma once
 
 #include <cublas_v2.h>
@@ -138,6 +138,36 @@ inline double MeasureCopyTbps(cudaStream_t stream, const char* gpu) {
   cudaFree(src);
   cudaFree(dst);
   return tbps;
+}
+
+// The ceiling the tensor-core figures are compared with: cuBLAS's bf16 GEMM of 8192³ with fp32
+// output (as the CUDA backend calls it), in TFLOP/s. Prints its JSON line for `gpu`.
+inline double MeasureDenseGemmTflops(cudaStream_t stream, const char* gpu) {
+  constexpr int64_t n = 8192;
+  cublasHandle_t blas;
+  CheckBlas(cublasCreate(&blas), "cublasCreate");
+  CheckBlas(cublasSetStream(blas, stream), "cublasSetStream");
+  void *a = nullptr, *w = nullptr;
+  float* y = nullptr;
+  Check(cudaMalloc(&a, n * n * 2), "cudaMalloc");
+  Check(cudaMalloc(&w, n * n * 2), "cudaMalloc");
+  Check(cudaMalloc(&y, n * n * 4), "cudaMalloc");
+  Check(cudaMemset(a, 0x3c, n * n * 2), "memset");
+  Check(cudaMemset(w, 0x3c, n * n * 2), "memset");
+  const float alpha = 1.0f, beta = 0.0f;
+  const double ms = TimeMs(3, 20, stream, [&] {
+    CheckBlas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, w, CUDA_R_16BF, n, a, CUDA_R_16BF, n,
+                           &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "gemm");
+  });
+  const double tflops = 2.0 * n * n * n / (ms * 1e-3) / 1e12;
+  std::printf("{\"gpu\": \"%s\", \"case\": \"dense_gemm_8192\", \"ms\": %.4f, \"tflops\": %.1f}\n", gpu, ms,
+              tflops);
+  cudaFree(a);
+  cudaFree(w);
+  cudaFree(y);
+  cublasDestroy(blas);
+  return tflops;
 }
 
 }  // namespace deltaserve::bench

@@ -1,13 +1,13 @@
 // MLA prefill attention on the GPU (the expanded form, spec §3.2: every new row of a sequence
 // attends its keys 0 .. position, causal) at the Kimi-Linear-48B-A3B shape (32 heads, q/k 192 =
 // nope 128 + rope 64, v 128), over the bf16 key tiles the CUDA backend expands per sequence
-// (kernels/cuda/mla_expanded_tc.h). Both tensor-core kernels (warpgroup products where the build and GPU run them,
-// mma.sync) beside cuBLAS's bf16 GEMM of 8192³ as the tensor-core ceiling. The FLOPs are the
-// causal ones: 2 · heads · (192 + 128) for each (query, key ≤ query) pair.
+// (kernels/cuda/mla_expanded_tc.h). Both tensor-core kernels (warpgroup products where the build
+// and GPU run them, mma.sync) beside cuBLAS's bf16 GEMM of 8192³ as the tensor-core ceiling
+// (bench_support.h). The FLOPs are the causal ones: 2 · heads · (192 + 128) for each (query,
+// key ≤ query) pair.
 // bench/peers/sdpa_mla_prefill.py times PyTorch's attention kernels on the same shapes.
 // Prints one JSON line per case.
 // Usage: cuda_mla_prefill_bench [--batch B --length L] [--iters N]
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -32,26 +32,6 @@ using deltaserve::kernels::cuda::MlaRowTile;
 
 constexpr int64_t kHeads = 32, kNope = 128, kRope = 64, kQk = kNope + kRope, kV = 128;
 
-// cuBLAS bf16 GEMM of n³ (fp32 accumulation), TFLOP/s: the tensor cores' measured ceiling.
-double DenseGemmTflops(cudaStream_t stream, int64_t n) {
-  cublasHandle_t blas;
-  deltaserve::bench::CheckBlas(cublasCreate(&blas), "cublasCreate");
-  deltaserve::bench::CheckBlas(cublasSetStream(blas, stream), "cublasSetStream");
-  uint16_t* a = deltaserve::bench::DeviceBf16(n * n, 1.0f, 1);
-  uint16_t* b = deltaserve::bench::DeviceBf16(n * n, 1.0f, 2);
-  uint16_t* c = deltaserve::bench::DeviceBf16(n * n, 1.0f, 3);
-  const float alpha = 1.0f, beta = 0.0f;
-  const double ms = deltaserve::bench::TimeMs(3, 20, stream, [&] {
-    deltaserve::bench::CheckBlas(cublasGemmEx(blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &alpha, a, CUDA_R_16BF, n, b,
-                                              CUDA_R_16BF, n, &beta, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F,
-                                              CUBLAS_GEMM_DEFAULT),
-                                 "gemm");
-  });
-  for (void* p : {static_cast<void*>(a), static_cast<void*>(b), static_cast<void*>(c)}) cudaFree(p);
-  cublasDestroy(blas);
-  return 2.0 * n * n * n / (ms * 1e-3) / 1e12;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,8 +48,7 @@ int main(int argc, char** argv) {
   Check(cudaGetDeviceProperties(&prop, 0), "device properties");
   cudaStream_t stream;
   Check(cudaStreamCreate(&stream), "stream");
-  const double ceiling = DenseGemmTflops(stream, 8192);
-  std::printf("{\"gpu\": \"%s\", \"case\": \"dense_gemm_8192\", \"tflops\": %.1f}\n", prop.name, ceiling);
+  const double ceiling = deltaserve::bench::MeasureDenseGemmTflops(stream, prop.name);
 
   MlaParams params;
   params.num_heads = kHeads;

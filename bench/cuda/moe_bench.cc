@@ -121,24 +121,7 @@ int main(int argc, char** argv) {
                            CUDA_R_16BF, k, &beta, y, CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
               "gemm");
   };
-  double ceiling_tflops = 0;
-  {
-    const int64_t n = 8192;
-    void *a = nullptr, *w = nullptr;
-    float* y = nullptr;
-    Check(cudaMalloc(&a, n * n * 2), "cudaMalloc");
-    Check(cudaMalloc(&w, n * n * 2), "cudaMalloc");
-    Check(cudaMalloc(&y, n * n * 4), "cudaMalloc");
-    Check(cudaMemset(a, 0x3c, n * n * 2), "memset");
-    Check(cudaMemset(w, 0x3c, n * n * 2), "memset");
-    const double ms = deltaserve::bench::TimeMs(3, 20, stream, [&] { dense_gemm(n, n, n, a, w, y); });
-    ceiling_tflops = 2.0 * n * n * n / (ms * 1e-3) / 1e12;
-    std::printf("{\"gpu\": \"%s\", \"case\": \"dense_gemm_8192\", \"ms\": %.4f, \"tflops\": %.1f}\n", prop.name,
-                ms, ceiling_tflops);
-    cudaFree(a);
-    cudaFree(w);
-    cudaFree(y);
-  }
+  const double ceiling_tflops = deltaserve::bench::MeasureDenseGemmTflops(stream, prop.name);
 
   std::vector<std::vector<uint16_t>> host_sets;
   for (int s = 0; s < kDistinctHostSets; ++s) host_sets.push_back(deltaserve::bench::RandomBf16(3 * kInner * kHidden, 11u + s));
