@@ -175,11 +175,7 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
     float s[kKeys / 2], alpha[2];
 #pragma unroll
     for (int i = 0; i < kKeys / 2; ++i) s[i] = p[i / 8].x[i % 8];
-    if (j0 + kKeys - 1 <= pos0) {  // every key of the tile precedes the block's first query
-      OnlineSoftmaxTile<kKeys, false>(s, j0, pos, a.scale_log2, lane, m, l, alpha);
-    } else {
-      OnlineSoftmaxTile<kKeys>(s, j0, pos, a.scale_log2, lane, m, l, alpha);
-    }
+    CausalSoftmaxTile<kKeys>(s, j0, pos0, pos, a.scale_log2, lane, m, l, alpha);
 #pragma unroll
     for (int i = 0; i < kKeys / 2; ++i) p[i / 8].x[i % 8] = s[i];
     if (alpha[0] != 1.0f || alpha[1] != 1.0f) {  // a row's reference maximum moved (few tiles)

@@ -130,7 +130,7 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
   IssueScores(s, q_address, stages_address);
   WgmmaWait<0>();
   PinAccumulators(s);
-  OnlineSoftmaxTile<kKeys>(s, 0, pos, a.scale_log2, lane, m, l, alpha);
+  CausalSoftmaxTile<kKeys>(s, 0, pos0, pos, a.scale_log2, lane, m, l, alpha);
   PackProbabilities(s, pa);
   for (int64_t t = 1; t < tiles; ++t) {
     const int stage = static_cast<int>(t % kStages), previous = static_cast<int>((t - 1) % kStages);
@@ -139,11 +139,7 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
     IssueValues(o, pa, stages_address + previous * kStageBytes + kKBytes);
     WgmmaWait<1>();  // the scores are in; P·V of the tile before may still run
     PinAccumulators(s);
-    if ((t + 1) * kKeys - 1 <= pos0) {  // every key of the tile precedes the block's first query
-      OnlineSoftmaxTile<kKeys, false>(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
-    } else {
-      OnlineSoftmaxTile<kKeys>(s, t * kKeys, pos, a.scale_log2, lane, m, l, alpha);
-    }
+    CausalSoftmaxTile<kKeys>(s, t * kKeys, pos0, pos, a.scale_log2, lane, m, l, alpha);
     WgmmaWait<0>();
     PinAccumulators(o);
     ArriveBarrier(&empty[previous]);

@@ -64,6 +64,19 @@ __device__ __forceinline__ void OnlineSoftmaxTile(float (&s)[kKeys / 2], int64_t
   for (int half = 0; half < 2; ++half) l[half] = l[half] * alpha[half] + sum[half];
 }
 
+// OnlineSoftmaxTile for a causal tile of a block whose first query sits at position pos0: without
+// the mask where every key of the tile precedes it.
+template <int kKeys>
+__device__ __forceinline__ void CausalSoftmaxTile(float (&s)[kKeys / 2], int64_t j0, int64_t pos0,
+                                                  const int64_t (&pos)[2], float scale_log2, int lane, float (&m)[2],
+                                                  float (&l)[2], float (&alpha)[2]) {
+  if (j0 + kKeys - 1 <= pos0) {
+    OnlineSoftmaxTile<kKeys, false>(s, j0, pos, scale_log2, lane, m, l, alpha);
+  } else {
+    OnlineSoftmaxTile<kKeys>(s, j0, pos, scale_log2, lane, m, l, alpha);
+  }
+}
+
 // Each row's running sum l over the quad of lanes that holds the row's keys (lanes 4g .. 4g + 3).
 __device__ __forceinline__ void SumRowsOverQuad(float (&l)[2]) {
 #pragma unroll
