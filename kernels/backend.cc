@@ -42,11 +42,13 @@ RoutedMoe RouteMoe(Backend& backend, TensorView x, TensorView router, TensorView
   Tensor logits = backend.Allocate(t, router.rows, DType::kF32);
   std::array<MatMulProduct, 3> from_x = {{{x, router, logits.view()}}};
   size_t products = 1;
+  ProductInput shared_x;
   if (shared != nullptr) {
     r.shared_gate = backend.Allocate(t, shared->gate.rows, DType::kF32);
     r.shared_up = backend.Allocate(t, shared->up.rows, DType::kF32);
-    from_x[products++] = {x, shared->gate, r.shared_gate.view()};
-    from_x[products++] = {x, shared->up, r.shared_up.view()};
+    shared_x = backend.PrepareProductInput(x, shared->gate);
+    from_x[products++] = {shared_x.For(shared->gate), shared->gate, r.shared_gate.view()};
+    from_x[products++] = {shared_x.For(shared->up), shared->up, r.shared_up.view()};
   }
   backend.MatMuls(std::span<const MatMulProduct>(from_x.data(), products));
   r.ids = backend.Allocate(t, k, DType::kI32);
@@ -79,6 +81,8 @@ void Backend::MoeFfn(TensorView x, TensorView router, TensorView correction_bias
     return true;
   });
 }
+
+ProductInput Backend::PrepareProductInput(TensorView x, TensorView /*w*/) { return {x, Tensor()}; }
 
 void Backend::MatMuls(std::span<const MatMulProduct> products) {
   for (const MatMulProduct& p : products) MatMul(p.x, p.w, p.y);

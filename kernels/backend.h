@@ -48,6 +48,15 @@ struct StepGraphKey {
   bool operator==(const StepGraphKey&) const = default;
 };
 
+// What Backend::PrepareProductInput returns: x, and where the backend made one, its copy rounded
+// to a half-precision weight type, to keep while the products run.
+struct ProductInput {
+  TensorView x;
+  Tensor rounded;  // empty where the products read x as it is
+  // What a product with weight w takes: the rounded copy where it is of w's type, else x.
+  TensorView For(TensorView w) const { return !rounded.empty() && rounded.dtype() == w.dtype ? rounded.view() : x; }
+};
+
 // A step being recorded or replayed (Backend::BeginStepGraph). Until Launch, the calling thread's
 // operations may be deferred: their results are not readable (no Download) and the caller must
 // issue every operation of the step, exactly as it would without a graph. Views the caller passes
@@ -109,8 +118,14 @@ class Backend {
 
   // out[t] = table[ids[t]].
   virtual void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) = 0;
-  // y = x · wᵀ for x [T, K] and w [N, K]; y [T, N].
+  // y = x · wᵀ for x [T, K] and w [N, K]; y [T, N]. x is F32, or ProductInput::For(w).
   virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
+  // x as this backend's products with weights like w read it, made once for several products of
+  // the same x to share (a prefill layer projects its input five or six times): the CUDA backend
+  // rounds x to a half-precision weight's type before every product that its skinny kernel does
+  // not take, so it makes that rounding here; this definition makes none. MatMul and MatMuls take
+  // ProductInput::For(w) in place of x.
+  virtual ProductInput PrepareProductInput(TensorView x, TensorView w);
   // MatMul for each product; no product's y may be another's x or overlap another's y. This
   // definition runs them one by one; a backend may run them together (one launch for a layer's
   // projections of the same input), each product computed as MatMul would up to the order of

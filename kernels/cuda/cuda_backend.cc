@@ -500,6 +500,11 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
   }
   const float alpha = 1.0f, beta = 0.0f;
   const bool fp32_product = w.dtype == DType::kF32 || impl_->matmul_precision == MatmulPrecision::kF32;
+  // A rounded x (PrepareProductInput) goes only into products of its own type.
+  if (x.dtype != DType::kF32 && (fp32_product || x.dtype != w.dtype)) {
+    impl_->Ok(cudaErrorInvalidValue, "matmul: a half-precision x needs a weight of its type");
+    return;
+  }
   // cuBLAS writes a half-precision y only of the weight's own type (bf16 · bf16 -> bf16), sgemm
   // only fp32: any other y goes through an fp32 buffer and is rounded after.
   if (y.dtype != DType::kF32 && (fp32_product || y.dtype != w.dtype)) {
@@ -528,14 +533,35 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
     return;
   }
   // Half-precision weights: the activations are rounded to the same type (the tensor cores'
-  // inputs), products accumulate in fp32.
-  Tensor half = Allocate(t, k, w.dtype);
-  DS_CUDA(LaunchConvertF32(x, w.dtype, half.view().data, impl_->Stream()), "convert activations");
+  // inputs), here or once for several products (PrepareProductInput); products accumulate in fp32.
+  Tensor half;
+  TensorView x_half = x;
+  if (x.dtype == DType::kF32) {
+    half = Allocate(t, k, w.dtype);
+    x_half = half.view();
+    DS_CUDA(LaunchConvertF32(x, w.dtype, x_half.data, impl_->Stream()), "convert activations");
+  }
   DS_BLAS(cublasGemmEx(impl_->Blas(), CUBLAS_OP_T, CUBLAS_OP_N, n, t, k, &alpha, w.data,
-                       BlasType(w.dtype), w.row_stride, half.view().data, BlasType(w.dtype), k,
+                       BlasType(w.dtype), w.row_stride, x_half.data, BlasType(w.dtype), x_half.row_stride,
                        &beta, y.data, BlasType(y.dtype), y.row_stride, CUBLAS_COMPUTE_32F,
                        CUBLAS_GEMM_DEFAULT),
           "gemm");
+}
+
+ProductInput CudaBackend::PrepareProductInput(TensorView x, TensorView w) {
+  Bind();
+  // Decode-sized rows stay fp32 whatever the weight: the skinny kernel reads them as they are.
+  if (x.dtype != DType::kF32 || (w.dtype != DType::kBF16 && w.dtype != DType::kF16) ||
+      impl_->matmul_precision != MatmulPrecision::kHalf || x.rows <= impl_->skinny_matmul_max_rows) {
+    return {x, Tensor()};
+  }
+  const OpScope scope(impl_->Profile(), "PrepareProductInput");
+  ProductInput input{x, Allocate(x.rows, x.cols, w.dtype)};
+  if (!impl_->failed() && impl_->Issue()) {
+    impl_->Ok(static_cast<cudaError_t>(LaunchConvertF32(x, w.dtype, input.rounded.view().data, impl_->Stream())),
+              "round product input");
+  }
+  return input;
 }
 
 void CudaBackend::MatMuls(std::span<const MatMulProduct> products) {
