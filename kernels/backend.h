@@ -120,11 +120,15 @@ class Backend {
   virtual void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) = 0;
   // y = x · wᵀ for x [T, K] and w [N, K]; y [T, N]. x is F32, or ProductInput::For(w).
   virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
-  // x as this backend's products with weights like w read it, made once for several products of
-  // the same x to share (a prefill layer projects its input five or six times): the CUDA backend
-  // rounds x to a half-precision weight's type before every product that its skinny kernel does
-  // not take, so it makes that rounding here; this definition makes none. MatMul and MatMuls take
-  // ProductInput::For(w) in place of x.
+  // The dtype in which this backend's products with weight w read an x of `rows` rows: F32, or
+  // where it rounds x first, w's half-precision type (the CUDA backend, for the products its
+  // skinny kernel does not take). MatMul and MatMuls take x in that dtype too; an operation that
+  // writes only a product's input may write it (GatedRmsNorm), which gives the product the same bits.
+  virtual DType ProductInputDType(int64_t /*rows*/, TensorView /*w*/) const { return DType::kF32; }
+  // x in ProductInputDType, made once for several products of the same x to share (a prefill
+  // layer projects its input six times). MatMul and MatMuls take ProductInput::For(w) in place of
+  // x. This definition returns x itself (for ProductInputDType's F32); a backend that rounds
+  // defines both.
   virtual ProductInput PrepareProductInput(TensorView x, TensorView w);
   // MatMul for each product; no product's y may be another's x or overlap another's y. This
   // definition runs them one by one; a backend may run them together (one launch for a layer's
@@ -154,7 +158,8 @@ class Backend {
   // Gate, beta, q/k L2 norm and the delta rule; out [T, H*d] is the per-head read o_t.
   virtual void KdaAttention(const KdaInputs& in, std::span<const KdaSequence> seqs,
                             TensorView out) = 0;
-  // out = rmsnorm(x per head of head_dim) ⊙ weight ⊙ sigmoid(gate)  (spec §2.2 step 9).
+  // out = rmsnorm(x per head of head_dim) ⊙ weight ⊙ sigmoid(gate)  (spec §2.2 step 9); out F32,
+  // or BF16 where ProductInputDType is BF16 for the product it feeds.
   virtual void GatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                             float eps, TensorView out) = 0;
   // A decode step of the KDA core, every sequence one token (row): the q/k/v short convs with

@@ -548,17 +548,21 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
           "gemm");
 }
 
+DType CudaBackend::ProductInputDType(int64_t rows, TensorView w) const {
+  // Decode-sized rows stay fp32 whatever the weight: the skinny kernel reads them as they are.
+  const bool rounds = (w.dtype == DType::kBF16 || w.dtype == DType::kF16) &&
+                      impl_->matmul_precision == MatmulPrecision::kHalf && rows > impl_->skinny_matmul_max_rows;
+  return rounds ? w.dtype : DType::kF32;
+}
+
 ProductInput CudaBackend::PrepareProductInput(TensorView x, TensorView w) {
   Bind();
-  // Decode-sized rows stay fp32 whatever the weight: the skinny kernel reads them as they are.
-  if (x.dtype != DType::kF32 || (w.dtype != DType::kBF16 && w.dtype != DType::kF16) ||
-      impl_->matmul_precision != MatmulPrecision::kHalf || x.rows <= impl_->skinny_matmul_max_rows) {
-    return {x, Tensor()};
-  }
+  const DType dtype = ProductInputDType(x.rows, w);
+  if (x.dtype != DType::kF32 || dtype == DType::kF32) return {x, Tensor()};
   const OpScope scope(impl_->Profile(), "PrepareProductInput");
-  ProductInput input{x, Allocate(x.rows, x.cols, w.dtype)};
+  ProductInput input{x, Allocate(x.rows, x.cols, dtype)};
   if (!impl_->failed() && impl_->Issue()) {
-    impl_->Ok(static_cast<cudaError_t>(LaunchConvertF32(x, w.dtype, input.rounded.view().data, impl_->Stream())),
+    impl_->Ok(static_cast<cudaError_t>(LaunchConvertF32(x, dtype, input.rounded.view().data, impl_->Stream())),
               "round product input");
   }
   return input;

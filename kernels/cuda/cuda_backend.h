@@ -127,6 +127,7 @@ class CudaBackend final : public Backend {
   void Embed(std::span<const int32_t> ids, TensorView table, TensorView out) override;
   void MatMul(TensorView x, TensorView w, TensorView y) override;
   void MatMuls(std::span<const MatMulProduct> products) override;
+  DType ProductInputDType(int64_t rows, TensorView w) const override;
   ProductInput PrepareProductInput(TensorView x, TensorView w) override;
   void AddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out) override;
   void Add(TensorView acc, TensorView x) override;

@@ -69,6 +69,36 @@ __device__ __forceinline__ void Load8(const TensorView& v, int64_t r, int64_t c,
   for (int i = 0; i < 8; ++i) out[i] = c + i < v.cols ? LoadFloat(v.data, v.dtype, index + i) : 0.0f;
 }
 
+// Elements (r, c .. c+3) of an activation view (fp32 or bf16) as floats, in one 16- or 8-byte
+// load; the caller has checked the view with Aligned4 and c is a multiple of 4.
+__device__ __forceinline__ void Load4(const TensorView& v, int64_t r, int64_t c, float (&out)[4]) {
+  const int64_t index = r * v.row_stride + c;
+  if (v.dtype == DType::kBF16) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(v.data) + index);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+    out[0] = lo.x, out[1] = lo.y, out[2] = hi.x, out[3] = hi.y;
+  } else {
+    const float4 q = *reinterpret_cast<const float4*>(static_cast<const float*>(v.data) + index);
+    out[0] = q.x, out[1] = q.y, out[2] = q.z, out[3] = q.w;
+  }
+}
+
+// Elements (r, c .. c+3) of an activation view = values, rounded to its dtype, in one store; the
+// caller has checked the view with Aligned4 and c is a multiple of 4.
+__device__ __forceinline__ void Store4(const TensorView& v, int64_t r, int64_t c, const float (&in)[4]) {
+  const int64_t index = r * v.row_stride + c;
+  if (v.dtype == DType::kBF16) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(in[0], in[1]), hi = __floats2bfloat162_rn(in[2], in[3]);
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(v.data) + index) = packed;
+  } else {
+    *reinterpret_cast<float4*>(static_cast<float*>(v.data) + index) = make_float4(in[0], in[1], in[2], in[3]);
+  }
+}
+
 __device__ __forceinline__ float* RowF32(const TensorView& v, int64_t r) {
   return static_cast<float*>(v.data) + r * v.row_stride;
 }
@@ -323,6 +353,12 @@ int64_t ResidentBlocks(void (*kernel)(Params...), int threads, size_t shared_byt
 
 // Whether an address is a multiple of `bytes` (vector loads and stores need it).
 inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Whether Load4 and Store4 may take every fourth column of an activation view (fp32 or bf16).
+inline bool Aligned4(const TensorView& v) {
+  return (v.dtype == DType::kF32 || v.dtype == DType::kBF16) && v.cols % 4 == 0 && v.row_stride % 4 == 0 &&
+         IsAligned(v.data, v.dtype == DType::kF32 ? 16 : 8);
+}
 
 // `bytes` rounded up to 256: the alignment of each array carved from one scratch allocation.
 __host__ __device__ inline constexpr size_t AlignScratch(size_t bytes) { return (bytes + 255) / 256 * 256; }

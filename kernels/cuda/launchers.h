@@ -37,7 +37,7 @@ int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream);
 int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
 // acc += x, then out = RmsNorm(acc, weight): LaunchAdd and LaunchRmsNorm in one pass, same bits.
 int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
-// Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate); x and gate F32 or BF16, out F32.
+// Per head of head_dim: rmsnorm(x) * weight * sigmoid(gate); x, gate and out F32 or BF16.
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream);
 // Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu), a thread per

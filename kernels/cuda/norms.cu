@@ -68,22 +68,35 @@ __global__ void RmsNormKernel(TensorView acc, TensorView x, TensorView weight, f
   }
 }
 
-// One block per row; each warp takes heads warp, warp + warps, ...
+// One block per row; each warp takes heads warp, warp + warps, ... kVector: heads of 128, each
+// lane's four elements of x, gate and out moved at once (Aligned4 views).
+template <bool kVector>
 __global__ void GatedRmsNormKernel(TensorView x, TensorView gate, TensorView weight,
                                    int64_t head_dim, float eps, TensorView out) {
   const int64_t t = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  float* o = RowF32(out, t);
   for (int64_t h0 = static_cast<int64_t>(warp) * head_dim; h0 < x.cols;
        h0 += static_cast<int64_t>(warps) * head_dim) {
-    float sum = 0.0f;
-    for (int64_t j = lane; j < head_dim; j += 32) {
-      const float v = LoadAt(x, t, h0 + j);
-      sum += v * v;
-    }
-    const float inv_rms = InvRms(WarpSum(sum), head_dim, eps);
-    for (int64_t j = lane; j < head_dim; j += 32) {
-      o[h0 + j] = LoadFlat(weight, j) * (LoadAt(x, t, h0 + j) * inv_rms) * SigmoidF(LoadAt(gate, t, h0 + j));
+    if constexpr (kVector) {
+      const int64_t c = h0 + 4 * lane;
+      float v[4], z[4], o[4];
+      Load4(x, t, c, v);
+      Load4(gate, t, c, z);
+      const float inv_rms = InvRms(WarpSum(v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3]), head_dim, eps);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[e] = LoadFlat(weight, 4 * lane + e) * (v[e] * inv_rms) * SigmoidF(z[e]);
+      Store4(out, t, c, o);
+    } else {
+      float sum = 0.0f;
+      for (int64_t j = lane; j < head_dim; j += 32) {
+        const float v = LoadAt(x, t, h0 + j);
+        sum += v * v;
+      }
+      const float inv_rms = InvRms(WarpSum(sum), head_dim, eps);
+      for (int64_t j = lane; j < head_dim; j += 32) {
+        StoreAt(out, t, h0 + j,
+                LoadFlat(weight, j) * (LoadAt(x, t, h0 + j) * inv_rms) * SigmoidF(LoadAt(gate, t, h0 + j)));
+      }
     }
   }
 }
@@ -113,7 +126,9 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
 
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream) {
-  if (!IsActivationDType(x.dtype) || !IsActivationDType(gate.dtype) || out.dtype != DType::kF32) return kInvalid;
+  if (!IsActivationDType(x.dtype) || !IsActivationDType(gate.dtype) || !IsActivationDType(out.dtype)) {
+    return kInvalid;
+  }
   if (head_dim <= 0 || x.cols % head_dim != 0 || weight.numel() != head_dim) return kInvalid;
   if (gate.rows != x.rows || gate.cols != x.cols || out.rows != x.rows || out.cols != x.cols) {
     return kInvalid;
@@ -122,8 +137,12 @@ int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t
   if (!FitsGridX(x.rows)) return kInvalid;
   // A warp per head, at most 8 warps.
   const unsigned threads = RowBlockThreads((x.cols / head_dim) * 32, 256);
-  GatedRmsNormKernel<<<static_cast<unsigned>(x.rows), threads, 0,
-                       static_cast<cudaStream_t>(stream)>>>(x, gate, weight, head_dim, eps, out);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (head_dim == 128 && Aligned4(x) && Aligned4(gate) && Aligned4(out)) {
+    GatedRmsNormKernel<true><<<static_cast<unsigned>(x.rows), threads, 0, s>>>(x, gate, weight, head_dim, eps, out);
+  } else {
+    GatedRmsNormKernel<false><<<static_cast<unsigned>(x.rows), threads, 0, s>>>(x, gate, weight, head_dim, eps, out);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 

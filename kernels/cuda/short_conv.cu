@@ -1,9 +1,10 @@
 // Depthwise causal conv + SiLU over packed sequences with per-sequence tails (the last W-1
-// inputs). Each thread computes a run of kRunRows outputs of one channel from its inputs (the
-// W-1 before the run from the rows above or the tail), all loaded before the first is used; the
-// runs come from a table (only those of sequences' real rows get blocks); a second kernel then
-// moves each sequence's last inputs into its tail. (One thread walking a whole
-// sequence per channel took ~15 ms for 32k tokens: one memory round trip per token.)
+// inputs). Each thread computes a run of kRunRows outputs of one channel, or four (16-byte loads;
+// at 4 taps, aligned rows), from its inputs (the W-1 before the run from the rows above or the
+// tail), all loaded before the first is used; the runs come from a table (only those of
+// sequences' real rows get blocks); a second kernel then moves each sequence's last inputs into
+// its tail. (One thread walking a whole sequence per channel took ~15 ms for 32k tokens: one
+// memory round trip per token.)
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 
@@ -21,15 +22,31 @@ __device__ __forceinline__ bool ValidRows(const ConvSequence& seq, const TensorV
   return seq.rows.length > 0 && seq.rows.begin >= 0 && seq.rows.begin + seq.rows.length <= x.rows;
 }
 
-// Grid: x = channel block + channel_blocks * run. kMax >= kernel bounds the registers; loops run
-// to compile-time bounds so every index is a constant. Products and sums are rounded separately
-// (no FMA contraction), in the CPU's order. out must not alias x.
-template <int kMax>
+// kVec consecutive channels' inputs of one row (x's or the tail's row), as floats: one 16-byte
+// load where kVec is 4 (the launcher checks x's alignment; a tail is checked here).
+template <int kVec>
+__device__ __forceinline__ void LoadChannels(const float* p, float (&v)[kVec]) {
+  if constexpr (kVec == 4) {
+    if (reinterpret_cast<uintptr_t>(p) % 16 == 0) {
+      const float4 q = *reinterpret_cast<const float4*>(p);
+      v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) v[i] = p[i];
+}
+
+// Grid: x = channel block + channel_blocks * run; each thread takes kVec consecutive channels.
+// kMax >= kernel bounds the registers; loops run to compile-time bounds so every index is a
+// constant. Products and sums are rounded separately (no FMA contraction), in the CPU's order.
+// out must not alias x.
+template <int kMax, int kVec>
 __global__ void __launch_bounds__(kThreads)
     CausalConvSiluKernel(TensorView x, TensorView weight, const ConvSequence* seqs, const ConvRun* runs,
                          int64_t channel_blocks, TensorView out) {
   const int64_t channels = x.cols;
-  const int64_t c = static_cast<int64_t>(blockIdx.x % channel_blocks) * kThreads + threadIdx.x;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x % channel_blocks) * kThreads + threadIdx.x) * kVec;
   const ConvRun run = runs[blockIdx.x / channel_blocks];
   const int64_t t0 = run.first;  // in the sequence
   const ConvSequence seq = seqs[run.seq];
@@ -38,33 +55,45 @@ __global__ void __launch_bounds__(kThreads)
   const int kernel = static_cast<int>(weight.cols);
   const int history = kernel - 1;
 
-  float w[kMax];
+  float w[kVec][kMax];
 #pragma unroll
-  for (int j = 0; j < kMax; ++j) w[j] = j < kernel ? LoadAt(weight, c, j) : 0.0f;
-  // in[i]: the input at token t0 - history + i (before the sequence: its tail, oldest first).
-  float in[kRunRows + kMax - 1];
+  for (int v = 0; v < kVec; ++v) {
+#pragma unroll
+    for (int j = 0; j < kMax; ++j) w[v][j] = j < kernel ? LoadAt(weight, c + v, j) : 0.0f;
+  }
+  // in[i]: the inputs at token t0 - history + i (before the sequence: its tail, oldest first).
+  float in[kRunRows + kMax - 1][kVec];
 #pragma unroll
   for (int i = 0; i < kRunRows + kMax - 1; ++i) {
     const int64_t tau = t0 - history + i;
-    float v = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kVec; ++v) in[i][v] = 0.0f;
     if (i < kRunRows + history && tau < length) {
       if (tau >= 0) {
-        v = RowF32(x, begin + tau)[c];
+        LoadChannels<kVec>(RowF32(x, begin + tau) + c, in[i]);
       } else if (seq.tail != nullptr) {
-        v = seq.tail[(tau + history) * channels + c];
+        LoadChannels<kVec>(seq.tail + (tau + history) * channels + c, in[i]);
       }
     }
-    in[i] = v;
   }
 #pragma unroll
   for (int r = 0; r < kRunRows; ++r) {
     if (t0 + r >= length) break;
-    float acc = 0.0f;
+    float y[kVec];
 #pragma unroll
-    for (int j = 0; j < kMax; ++j) {
-      if (j <= history) acc = __fadd_rn(acc, __fmul_rn(w[j], in[r + j]));  // w[history]: the current token
+    for (int v = 0; v < kVec; ++v) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMax; ++j) {
+        if (j <= history) acc = __fadd_rn(acc, __fmul_rn(w[v][j], in[r + j][v]));  // w[history]: the current token
+      }
+      y[v] = SiluF(acc);
     }
-    StoreAt(out, begin + t0 + r, c, SiluF(acc));
+    if constexpr (kVec == 4) {
+      Store4(out, begin + t0 + r, c, y);
+    } else {
+      StoreAt(out, begin + t0 + r, c, y[0]);
+    }
   }
 }
 
@@ -90,14 +119,16 @@ __global__ void __launch_bounds__(kThreads) AdvanceConvTailKernel(TensorView x, 
   }
 }
 
-template <int kMax>
+template <int kMax, int kVec>
 void LaunchConv(TensorView x, TensorView weight, const ConvSequence* seqs, int64_t num_seqs, const ConvRun* runs,
-                int64_t num_runs, int64_t channel_blocks, TensorView out, cudaStream_t s) {
-  CausalConvSiluKernel<kMax><<<static_cast<unsigned>(channel_blocks * num_runs), kThreads, 0, s>>>(
+                int64_t num_runs, TensorView out, cudaStream_t s) {
+  const int64_t channel_blocks = (x.cols + kThreads * kVec - 1) / (kThreads * kVec);
+  CausalConvSiluKernel<kMax, kVec><<<static_cast<unsigned>(channel_blocks * num_runs), kThreads, 0, s>>>(
       x, weight, seqs, runs, channel_blocks, out);
+  const int64_t tail_blocks = (x.cols + kThreads - 1) / kThreads;
   for (int64_t first = 0; first < num_seqs; first += kMaxSeqsPerLaunch) {
     const auto n = static_cast<unsigned>(num_seqs - first < kMaxSeqsPerLaunch ? num_seqs - first : kMaxSeqsPerLaunch);
-    AdvanceConvTailKernel<kMax><<<dim3(static_cast<unsigned>(channel_blocks), n), kThreads, 0, s>>>(
+    AdvanceConvTailKernel<kMax><<<dim3(static_cast<unsigned>(tail_blocks), n), kThreads, 0, s>>>(
         x, static_cast<int>(weight.cols) - 1, seqs + first);
   }
 }
@@ -118,10 +149,14 @@ int LaunchCausalConvSilu(TensorView x, TensorView weight, const ConvSequence* se
     return kInvalid;
   }
   const auto s = static_cast<cudaStream_t>(stream);
-  if (kernel <= 4) {
-    LaunchConv<4>(x, weight, seqs, num_seqs, runs, num_runs, channel_blocks, out, s);
+  // Four channels a thread (16-byte loads) where x and out allow it, at the model's four taps.
+  const bool vector = Aligned4(x) && Aligned4(out);
+  if (kernel <= 4 && vector) {
+    LaunchConv<4, 4>(x, weight, seqs, num_seqs, runs, num_runs, out, s);
+  } else if (kernel <= 4) {
+    LaunchConv<4, 1>(x, weight, seqs, num_seqs, runs, num_runs, out, s);
   } else {
-    LaunchConv<kMaxKernel>(x, weight, seqs, num_seqs, runs, num_runs, channel_blocks, out, s);
+    LaunchConv<kMaxKernel, 1>(x, weight, seqs, num_seqs, runs, num_runs, out, s);
   }
   return static_cast<int>(cudaGetLastError());
 }

@@ -438,6 +438,31 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
     cuda_->GatedRmsNorm(x16.view(), gate16.view(), cuda_->AdoptWeight(w_head_view), head_dim, 1e-5f, out.view());
     ExpectClose(ToHost(out.view()), cpu_out, kFp32Tolerance, "gated rmsnorm of bf16 inputs");
   }
+  // Heads of 128 (the model's: four elements a lane), fp32 and bf16 in and out; a bf16 output
+  // holds the fp32 output's rounding (what o_proj reads either way).
+  {
+    const int64_t wide_head = 128;
+    std::vector<uint16_t> w128 = ToBF16(RandomVector(wide_head, 5));
+    const TensorView w128_view = MakeView(w128.data(), DType::kBF16, 1, wide_head);
+    const TensorView w128_device = cuda_->AdoptWeight(w128_view);
+    const int64_t wide = 3 * wide_head;
+    std::vector<float> x = RandomVector(t * wide, 6), z = RandomVector(t * wide, 7), want(t * wide);
+    cpu_.GatedRmsNorm(View(x, t, wide), View(z, t, wide), w128_view, wide_head, 1e-5f, View(want, t, wide));
+    Tensor dx = ToDevice(x, t, wide), dz = ToDevice(z, t, wide);
+    Tensor wide_out = Poisoned(t, wide), narrow_out = Poisoned(t, wide, DType::kBF16);
+    cuda_->GatedRmsNorm(dx.view(), dz.view(), w128_device, wide_head, 1e-5f, wide_out.view());
+    cuda_->GatedRmsNorm(dx.view(), dz.view(), w128_device, wide_head, 1e-5f, narrow_out.view());
+    const std::vector<float> got = ToHost(wide_out.view());
+    ExpectClose(got, want, kFp32Tolerance, "gated rmsnorm, heads of 128");
+    EXPECT_EQ(ToHost(narrow_out.view()), RoundedToBF16(got)) << "bf16 output, heads of 128";
+    // Heads of 32 take the element-by-element kernel, bf16 output too.
+    Tensor narrow32 = Poisoned(t, d, DType::kBF16), wide32 = Poisoned(t, d);
+    const TensorView w_head_device = cuda_->AdoptWeight(w_head_view);
+    cuda_->GatedRmsNorm(da.view(), db.view(), w_head_device, head_dim, 1e-5f, wide32.view());
+    cuda_->GatedRmsNorm(da.view(), db.view(), w_head_device, head_dim, 1e-5f, narrow32.view());
+    EXPECT_EQ(ToHost(narrow32.view()), RoundedToBF16(ToHost(wide32.view()))) << "bf16 output, heads of 32";
+    EXPECT_FALSE(cuda_->TakeFailure().failed());
+  }
 
   cpu_.SwiGlu(View(a, t, d), View(b, t, d), View(cpu_out, t, d));
   out = Poisoned(t, d);
@@ -489,12 +514,21 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
 
 // Sequences shorter than the tail, and longer than a thread's run of 16 outputs; kernels of 4
 // (the model's) and 6; outputs in fp32 and in bf16 (the GPU's KDA activations).
+// At 4 taps a thread takes four channels (16-byte loads) where the channels are a multiple of
+// four, one otherwise; tails one float off 16-byte alignment are read element by element.
 TEST_F(CudaVsCpu, CausalConvWithTailsAndContinuation) {
-  for (const auto& [kernel, out_dtype] : {std::pair{int64_t{4}, DType::kF32}, std::pair{int64_t{6}, DType::kF32},
-                                          std::pair{int64_t{4}, DType::kBF16}}) {
-    SCOPED_TRACE(kernel);
-    SCOPED_TRACE(DTypeName(out_dtype));
-    const int64_t channels = 300;
+  struct Case {
+    int64_t kernel;
+    DType out_dtype;
+    int64_t channels;
+    bool unaligned_tails;
+  };
+  for (const Case& c : {Case{4, DType::kF32, 300, false}, Case{6, DType::kF32, 300, false},
+                        Case{4, DType::kBF16, 300, false}, Case{4, DType::kF32, 302, false},
+                        Case{4, DType::kBF16, 300, true}}) {
+    const auto [kernel, out_dtype, channels, unaligned_tails] = c;
+    SCOPED_TRACE(::testing::Message() << kernel << " taps, " << DTypeName(out_dtype) << ", " << channels
+                                      << " channels" << (unaligned_tails ? ", unaligned tails" : ""));
     const std::vector<int64_t> lengths = {1, 9, 2, 40, 113};
     const int64_t t = std::accumulate(lengths.begin(), lengths.end(), int64_t{0});
     std::vector<float> x = RandomVector(t * channels, 1);
@@ -506,15 +540,19 @@ TEST_F(CudaVsCpu, CausalConvWithTailsAndContinuation) {
     std::vector<Tensor> gpu_tails;
     for (size_t i = 0; i < lengths.size(); ++i) {
       cpu_tails.push_back(RandomVector((kernel - 1) * channels, 10 + i));
-      gpu_tails.push_back(ToDevice(cpu_tails.back(), kernel - 1, channels));
+      std::vector<float> stored = cpu_tails.back();
+      if (unaligned_tails) stored.insert(stored.begin(), NAN);
+      gpu_tails.push_back(ToDevice(stored, 1, static_cast<int64_t>(stored.size())));
     }
+    // A tail as the backend sees it: one float in where the tails are unaligned.
+    const auto tail_of = [&](size_t i) { return gpu_tails[i].data<float>() + (unaligned_tails ? 1 : 0); };
     // Two steps over the same inputs: the second continues from the tails the first left.
     for (int step = 0; step < 2; ++step) {
       std::vector<ConvSequence> cpu_seqs, gpu_seqs;
       int64_t begin = 0;
       for (size_t i = 0; i < lengths.size(); ++i) {
         cpu_seqs.push_back({{begin, lengths[i]}, cpu_tails[i].data()});
-        gpu_seqs.push_back({{begin, lengths[i]}, gpu_tails[i].data<float>()});
+        gpu_seqs.push_back({{begin, lengths[i]}, tail_of(i)});
         begin += lengths[i];
       }
       std::vector<float> cpu_out(t * channels);
@@ -524,7 +562,9 @@ TEST_F(CudaVsCpu, CausalConvWithTailsAndContinuation) {
       ExpectClose(ToHost(out.view()), cpu_out, out_dtype == DType::kBF16 ? kBf16OutputTolerance : kFp32Tolerance,
                   "conv output");
       for (size_t i = 0; i < lengths.size(); ++i) {
-        ExpectClose(ToHost(gpu_tails[i].view()), cpu_tails[i], 0, "conv tail");
+        std::vector<float> tail = ToHost(gpu_tails[i].view());
+        if (unaligned_tails) tail.erase(tail.begin());
+        ExpectClose(tail, cpu_tails[i], 0, "conv tail");
       }
     }
   }
