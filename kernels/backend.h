@@ -122,8 +122,9 @@ class Backend {
   virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
   // The dtype in which this backend's products with weight w read an x of `rows` rows: F32, or
   // where it rounds x first, w's half-precision type (the CUDA backend, for the products its
-  // skinny kernel does not take). MatMul and MatMuls take x in that dtype too; an operation that
-  // writes only a product's input may write it (GatedRmsNorm), which gives the product the same bits.
+  // skinny kernel does not take). MatMul and MatMuls take x in that dtype too; a norm that writes
+  // only products' input may write it (RmsNorm, AddRmsNorm, GatedRmsNorm), which gives the
+  // products the same bits.
   virtual DType ProductInputDType(int64_t /*rows*/, TensorView /*w*/) const { return DType::kF32; }
   // x in ProductInputDType, made once for several products of the same x to share (a prefill
   // layer projects its input six times). MatMul and MatMuls take ProductInput::For(w) in place of
@@ -137,7 +138,8 @@ class Backend {
   virtual void MatMuls(std::span<const MatMulProduct> products);
   // acc += x.
   virtual void Add(TensorView acc, TensorView x) = 0;
-  // out = w ⊙ x · rsqrt(mean(x²) + eps), per row.
+  // out = w ⊙ x · rsqrt(mean(x²) + eps), per row. out F32, or BF16 where ProductInputDType is
+  // BF16 for the products it feeds (as for AddRmsNorm's and GatedRmsNorm's).
   virtual void RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) = 0;
   // acc += x, then out = RmsNorm(acc) (a residual add and the next norm). This definition calls
   // Add and RmsNorm; a backend may fuse them with the same results.

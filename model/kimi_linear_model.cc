@@ -301,16 +301,24 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
   } else {
     backend_.Upload(hidden_in.data(), hidden.view());
   }
-  // Each residual add and the norm after it are one AddRmsNorm.
+  // Each residual add and the norm after it are one AddRmsNorm. A mixer's input feeds only its
+  // products: the norm writes it in the dtype they read (bf16 on the GPU past decode sizes, into
+  // the fp32 buffer's first half), so no product rounds a copy of it.
+  const auto mixer_input = [&](int64_t layer) {
+    const LayerWeights& w = weights_.layer(layer);
+    const DType dtype =
+        c.IsKda(layer) ? KdaMixerInputDType(backend_, w.kda, t) : MlaMixerInputDType(backend_, w.mla, t);
+    return kernels::MakeView(normed.view().data, dtype, t, c.hidden_size);
+  };
   if (layer_begin() < layer_end()) {
-    backend_.RmsNorm(hidden.view(), weights_.layer(layer_begin()).input_norm, eps, normed.view());
+    backend_.RmsNorm(hidden.view(), weights_.layer(layer_begin()).input_norm, eps, mixer_input(layer_begin()));
   }
   for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
     const LayerWeights& w = weights_.layer(layer);
     if (c.IsKda(layer)) {
-      KdaMixerForward(step, layer, w.kda, normed.view(), mixed.view());
+      KdaMixerForward(step, layer, w.kda, mixer_input(layer), mixed.view());
     } else {
-      MlaMixerForward(step, layer, w.mla, normed.view(), mixed.view());
+      MlaMixerForward(step, layer, w.mla, mixer_input(layer), mixed.view());
     }
     backend_.AddRmsNorm(hidden.view(), mixed.view(), w.post_norm, eps, normed.view());
     if (c.IsMoe(layer)) {
@@ -319,7 +327,8 @@ absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t>
       DenseFfnForward(backend_, w.dense, normed.view(), mixed.view());
     }
     if (layer + 1 < layer_end()) {
-      backend_.AddRmsNorm(hidden.view(), mixed.view(), weights_.layer(layer + 1).input_norm, eps, normed.view());
+      backend_.AddRmsNorm(hidden.view(), mixed.view(), weights_.layer(layer + 1).input_norm, eps,
+                          mixer_input(layer + 1));
     } else {
       backend_.Add(hidden.view(), mixed.view());
     }

@@ -33,7 +33,8 @@ int LaunchApplyPenalties(TensorView x, const LogitPenalty* penalties, int64_t n,
 int LaunchAdd(TensorView acc, TensorView x, Stream stream);
 // out = silu(gate) * up (F32).
 int LaunchSwiGlu(TensorView gate, TensorView up, TensorView out, Stream stream);
-// Row-wise RMSNorm; weight any float dtype with x.cols values. out may alias x.
+// Row-wise RMSNorm; weight any float dtype with x.cols values; out F32 (which may alias x) or
+// BF16.
 int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream);
 // acc += x, then out = RmsNorm(acc, weight): LaunchAdd and LaunchRmsNorm in one pass, same bits.
 int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream);

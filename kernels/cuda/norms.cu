@@ -30,7 +30,6 @@ __global__ void RmsNormKernel(TensorView acc, TensorView x, TensorView weight, f
   const int64_t t = blockIdx.x, cols = x.cols;
   float* a = kWithResidual ? RowF32(acc, t) : nullptr;
   const float* in = RowF32(x, t);
-  float* o = RowF32(out, t);
   float sum = 0.0f;
   if (cols <= kRowItems * static_cast<int64_t>(blockDim.x)) {
     float v[kRowItems], w[kRowItems];
@@ -52,7 +51,7 @@ __global__ void RmsNormKernel(TensorView acc, TensorView x, TensorView weight, f
 #pragma unroll
     for (int i = 0; i < kRowItems; ++i) {
       const int64_t c = threadIdx.x + i * static_cast<int64_t>(blockDim.x);
-      if (c < cols) o[c] = w[i] * (v[i] * inv_rms);
+      if (c < cols) StoreAt(out, t, c, w[i] * (v[i] * inv_rms));
     }
     return;
   }
@@ -64,7 +63,7 @@ __global__ void RmsNormKernel(TensorView acc, TensorView x, TensorView weight, f
   const float inv_rms = InvRms(BlockSum(sum, scratch), cols, eps);
   const float* normed = kWithResidual ? a : in;
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    o[c] = LoadFlat(weight, c) * (normed[c] * inv_rms);
+    StoreAt(out, t, c, LoadFlat(weight, c) * (normed[c] * inv_rms));
   }
 }
 
@@ -104,7 +103,7 @@ __global__ void GatedRmsNormKernel(TensorView x, TensorView gate, TensorView wei
 }  // namespace
 
 int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream) {
-  if (x.dtype != DType::kF32 || out.dtype != DType::kF32) return kInvalid;
+  if (x.dtype != DType::kF32 || !IsActivationDType(out.dtype)) return kInvalid;
   if (x.rows != out.rows || x.cols != out.cols || weight.numel() != x.cols) return kInvalid;
   if (x.rows == 0 || x.cols == 0) return 0;
   if (!FitsGridX(x.rows)) return kInvalid;
@@ -113,7 +112,7 @@ int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, St
 }
 
 int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream) {
-  if (acc.dtype != DType::kF32 || x.dtype != DType::kF32 || out.dtype != DType::kF32) return kInvalid;
+  if (acc.dtype != DType::kF32 || x.dtype != DType::kF32 || !IsActivationDType(out.dtype)) return kInvalid;
   if (x.rows != acc.rows || x.cols != acc.cols || out.rows != acc.rows || out.cols != acc.cols ||
       weight.numel() != acc.cols) {
     return kInvalid;

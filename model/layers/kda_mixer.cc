@@ -102,6 +102,14 @@ void KdaDecodeForward(const Step& step, int64_t layer, const KdaWeights& w, Tens
 
 }  // namespace
 
+DType KdaMixerInputDType(const kernels::Backend& backend, const KdaWeights& weights, int64_t rows) {
+  for (const TensorView w :
+       {weights.q_proj, weights.k_proj, weights.v_proj, weights.f_a, weights.b_proj, weights.g_a}) {
+    if (backend.ProductInputDType(rows, w) != DType::kBF16) return DType::kF32;
+  }
+  return DType::kBF16;
+}
+
 void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, TensorView x,
                      TensorView out) {
   if (IsDecodeStep(step)) {

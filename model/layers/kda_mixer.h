@@ -7,7 +7,12 @@
 
 namespace deltaserve::model {
 
-// x is the layer's normalised input [T, D]; out [T, D] receives the mixer output.
+// The dtype the mixer takes x in for a step of `rows` tokens: what its products of x read
+// (Backend::ProductInputDType) where that is BF16 for all of them, else F32.
+kernels::DType KdaMixerInputDType(const kernels::Backend& backend, const KdaWeights& weights, int64_t rows);
+
+// x is the layer's normalised input [T, D], F32 or in KdaMixerInputDType; out [T, D] receives the
+// mixer output.
 void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& weights,
                      kernels::TensorView x, kernels::TensorView out);
 

@@ -23,6 +23,13 @@ kernels::MlaForm ChooseForm(MlaFormChoice choice, int64_t new_tokens) {
 
 }  // namespace
 
+DType MlaMixerInputDType(const kernels::Backend& backend, const MlaWeights& weights, int64_t rows) {
+  for (const TensorView w : {weights.q_proj, weights.kv_a_proj}) {
+    if (backend.ProductInputDType(rows, w) != DType::kBF16) return DType::kF32;
+  }
+  return DType::kBF16;
+}
+
 void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, TensorView x,
                      TensorView out) {
   kernels::Backend& backend = step.backend;

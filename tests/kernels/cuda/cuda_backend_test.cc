@@ -493,6 +493,16 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
     cpu_.AddRmsNorm(View(acc, t, width), View(x, t, width), MakeView(norm.data(), DType::kBF16, 1, width), 1e-6f,
                     View(cpu_norm, t, width));
     ExpectClose(ToHost(fused.view()), cpu_norm, kFp32Tolerance, "add rmsnorm against the cpu");
+    // Written in bf16 (a mixer's input at prefill sizes): the fp32 output's rounding, the same
+    // residual sum.
+    Tensor narrow_acc = ToDevice(acc, t, width), narrow = Poisoned(t, width, DType::kBF16);
+    cuda_->AddRmsNorm(narrow_acc.view(), dx.view(), norm_view, 1e-6f, narrow.view());
+    const std::vector<float> rounded = RoundedToBF16(ToHost(fused.view()));
+    EXPECT_EQ(ToHost(narrow.view()), rounded) << "add rmsnorm into bf16, width " << width;
+    EXPECT_EQ(ToHost(narrow_acc.view()), ToHost(fused_acc.view())) << "add rmsnorm into bf16: the sum";
+    narrow = Poisoned(t, width, DType::kBF16);
+    cuda_->RmsNorm(split_acc.view(), norm_view, 1e-6f, narrow.view());
+    EXPECT_EQ(ToHost(narrow.view()), rounded) << "rmsnorm into bf16, width " << width;
   }
 
   std::vector<uint16_t> table = ToBF16(RandomVector(50 * d, 5));
