@@ -121,8 +121,8 @@ class Backend {
   // y = x · wᵀ for x [T, K] and w [N, K]; y [T, N]. x is F32, or ProductInput::For(w).
   virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
   // The dtype in which this backend's products with weight w read an x of `rows` rows: F32, or
-  // where it rounds x first, w's half-precision type (the CUDA backend, for the products its
-  // skinny kernel does not take). MatMul and MatMuls take x in that dtype too; a norm that writes
+  // where it rounds x first, w's half-precision type (the CUDA backend past
+  // skinny_matmul_max_rows rows, where every product goes through cuBLAS). MatMul and MatMuls take x in that dtype too; a norm that writes
   // only products' input may write it (RmsNorm, AddRmsNorm, GatedRmsNorm), which gives the
   // products the same bits.
   virtual DType ProductInputDType(int64_t /*rows*/, TensorView /*w*/) const { return DType::kF32; }

@@ -549,7 +549,8 @@ void CudaBackend::MatMul(TensorView x, TensorView w, TensorView y) {
 }
 
 DType CudaBackend::ProductInputDType(int64_t rows, TensorView w) const {
-  // Decode-sized rows stay fp32 whatever the weight: the skinny kernel reads them as they are.
+  // Decode-sized rows stay fp32 whatever the weight: the skinny kernel reads them as they are (a
+  // product it does not take there still rounds them inside MatMul).
   const bool rounds = (w.dtype == DType::kBF16 || w.dtype == DType::kF16) &&
                       impl_->matmul_precision == MatmulPrecision::kHalf && rows > impl_->skinny_matmul_max_rows;
   return rounds ? w.dtype : DType::kF32;

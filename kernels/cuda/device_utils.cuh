@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "kernels/tensor.h"
 
@@ -353,6 +354,19 @@ int64_t ResidentBlocks(void (*kernel)(Params...), int threads, size_t shared_byt
 
 // Whether an address is a multiple of `bytes` (vector loads and stores need it).
 inline bool IsAligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Whether the bytes two views span (first row's start to the last row's end) overlap.
+inline bool Overlap(const TensorView& a, const TensorView& b) {
+  const auto span = [](const TensorView& v) {
+    const auto begin = reinterpret_cast<uintptr_t>(v.data);
+    const auto size = static_cast<uintptr_t>(DTypeSize(v.dtype));
+    return std::pair<uintptr_t, uintptr_t>{
+        begin, v.rows == 0 || v.cols == 0 ? begin : begin + ((v.rows - 1) * v.row_stride + v.cols) * size};
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
 
 // Whether Load4 and Store4 may take every fourth column of an activation view (fp32 or bf16).
 inline bool Aligned4(const TensorView& v) {

@@ -1,5 +1,7 @@
 // RMSNorm per row, and the KDA output's gated RMSNorm per head (rmsnorm * weight * sigmoid(gate)).
-// fp32 sums of squares; every element is read and written by the same thread, so out may alias x.
+// fp32 sums of squares; every element is read and written by the same thread, so out may alias x
+// where it has x's dtype (a bf16 out over fp32 inputs would land on other threads' elements: the
+// launchers refuse that).
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 
@@ -104,6 +106,7 @@ __global__ void GatedRmsNormKernel(TensorView x, TensorView gate, TensorView wei
 
 int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, Stream stream) {
   if (x.dtype != DType::kF32 || !IsActivationDType(out.dtype)) return kInvalid;
+  if (out.dtype != x.dtype && Overlap(out, x)) return kInvalid;
   if (x.rows != out.rows || x.cols != out.cols || weight.numel() != x.cols) return kInvalid;
   if (x.rows == 0 || x.cols == 0) return 0;
   if (!FitsGridX(x.rows)) return kInvalid;
@@ -113,6 +116,7 @@ int LaunchRmsNorm(TensorView x, TensorView weight, float eps, TensorView out, St
 
 int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps, TensorView out, Stream stream) {
   if (acc.dtype != DType::kF32 || x.dtype != DType::kF32 || !IsActivationDType(out.dtype)) return kInvalid;
+  if (out.dtype != DType::kF32 && (Overlap(out, acc) || Overlap(out, x))) return kInvalid;
   if (x.rows != acc.rows || x.cols != acc.cols || out.rows != acc.rows || out.cols != acc.cols ||
       weight.numel() != acc.cols) {
     return kInvalid;
@@ -126,6 +130,9 @@ int LaunchAddRmsNorm(TensorView acc, TensorView x, TensorView weight, float eps,
 int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t head_dim,
                        float eps, TensorView out, Stream stream) {
   if (!IsActivationDType(x.dtype) || !IsActivationDType(gate.dtype) || !IsActivationDType(out.dtype)) {
+    return kInvalid;
+  }
+  if ((out.dtype != x.dtype && Overlap(out, x)) || (out.dtype != gate.dtype && Overlap(out, gate))) {
     return kInvalid;
   }
   if (head_dim <= 0 || x.cols % head_dim != 0 || weight.numel() != head_dim) return kInvalid;

@@ -16,10 +16,12 @@ void DenseFfnForward(kernels::Backend& backend, const DenseFfnWeights& w, Tensor
   const int64_t inner = w.gate.rows;
   Tensor gate = backend.Allocate(x.rows, inner, DType::kF32);
   Tensor up = backend.Allocate(x.rows, inner, DType::kF32);
-  const kernels::ProductInput shared_x = backend.PrepareProductInput(x, w.gate);
-  const std::array<kernels::MatMulProduct, 2> from_x = {{{shared_x.For(w.gate), w.gate, gate.view()},
-                                                         {shared_x.For(w.up), w.up, up.view()}}};
-  backend.MatMuls(from_x);
+  {
+    const kernels::ProductInput shared_x = backend.PrepareProductInput(x, w.gate);
+    const std::array<kernels::MatMulProduct, 2> from_x = {{{shared_x.For(w.gate), w.gate, gate.view()},
+                                                           {shared_x.For(w.up), w.up, up.view()}}};
+    backend.MatMuls(from_x);
+  }
   backend.SwiGlu(gate.view(), up.view(), gate.view());
   backend.MatMul(gate.view(), w.down, out);
 }

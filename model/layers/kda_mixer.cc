@@ -154,7 +154,8 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
   backend.KdaAttention(inputs, kda_seqs, attended.view());
 
   // The output gate reuses the low-rank and full-width buffers. The norm writes o_proj's input in
-  // the dtype o_proj reads (bf16 on the GPU, into the fp32 buffer's first half: no copy to round).
+  // the dtype o_proj reads (bf16 on the GPU at serving precision past decode sizes, into the fp32
+  // buffer's first half: no copy to round).
   backend.MatMul(from_x.For(w.g_a), w.g_a, gates.low_rank.view());
   backend.MatMul(gates.low_rank.view(), w.g_b, gates.gate_logits.view());
   const DType normed_dtype = backend.ProductInputDType(t, w.o_proj) == DType::kBF16 ? DType::kBF16 : DType::kF32;

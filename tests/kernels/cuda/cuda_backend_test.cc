@@ -272,6 +272,16 @@ TEST_F(CudaVsCpu, ProductsOfOneRoundedInputGiveWhatMatMulGives) {
       cuda_->MatMul(shared.For(weight), weight, got.view());
       EXPECT_EQ(ToHost(got.view()), ToHost(want.view())) << t << " rows, " << weight.rows << " outputs";
     }
+    if (t > 8) {
+      // A bf16 x inside wider rows (its row stride past its columns) reads as the packed one.
+      Tensor wide_rows = ToDevice(RandomVector(t * (k + 8), 95), t, k + 8, DType::kBF16);
+      const TensorView strided = wide_rows.view().Cols(8, k);
+      cuda_->Copy(shared.rounded.view(), strided);
+      Tensor want = Poisoned(t, w.rows), got = Poisoned(t, w.rows);
+      cuda_->MatMul(shared.rounded.view(), w, want.view());
+      cuda_->MatMul(strided, w, got.view());
+      EXPECT_EQ(ToHost(got.view()), ToHost(want.view())) << t << " rows of a strided bf16 x";
+    }
   }
   EXPECT_FALSE(cuda_->TakeFailure().failed());
   // A rounded x with a weight of another type is refused, not misread.
@@ -455,6 +465,15 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
     const std::vector<float> got = ToHost(wide_out.view());
     ExpectClose(got, want, kFp32Tolerance, "gated rmsnorm, heads of 128");
     EXPECT_EQ(ToHost(narrow_out.view()), RoundedToBF16(got)) << "bf16 output, heads of 128";
+    // bf16 x and gate (the model's prefill: the KDA read and the output gate's logits) into bf16.
+    std::vector<float> x16 = RoundedToBF16(x), z16 = RoundedToBF16(z);
+    cpu_.GatedRmsNorm(View(x16, t, wide), View(z16, t, wide), w128_view, wide_head, 1e-5f, View(want, t, wide));
+    Tensor dx16 = ToDevice(x, t, wide, DType::kBF16), dz16 = ToDevice(z, t, wide, DType::kBF16);
+    cuda_->GatedRmsNorm(dx16.view(), dz16.view(), w128_device, wide_head, 1e-5f, wide_out.view());
+    cuda_->GatedRmsNorm(dx16.view(), dz16.view(), w128_device, wide_head, 1e-5f, narrow_out.view());
+    const std::vector<float> got16 = ToHost(wide_out.view());
+    ExpectClose(got16, want, kFp32Tolerance, "gated rmsnorm of bf16 inputs, heads of 128");
+    EXPECT_EQ(ToHost(narrow_out.view()), RoundedToBF16(got16)) << "bf16 in and out, heads of 128";
     // Heads of 32 take the element-by-element kernel, bf16 output too.
     Tensor narrow32 = Poisoned(t, d, DType::kBF16), wide32 = Poisoned(t, d);
     const TensorView w_head_device = cuda_->AdoptWeight(w_head_view);

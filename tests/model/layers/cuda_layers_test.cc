@@ -87,5 +87,66 @@ TEST_F(CudaLayersTest, EveryBlockMatchesTheCpu) {
   }
 }
 
+// A mixer given its input in Kda/MlaMixerInputDType (bf16 past decode sizes, as the model's norms
+// write it) gives the bits it gives from the fp32 input, which its products round themselves: a
+// prefill of 20 tokens, and a decode step of 6 sequences (more rows than the skinny kernel's, so
+// the KDA decode path's products take cuBLAS).
+TEST_F(CudaLayersTest, MixersTakeTheirInputInTheDtypeTheirProductsRead) {
+  using kernels::DType;
+  const int64_t d = config_.hidden_size;
+  const ModelWeights& w = gpu_side_.weights;
+  struct Mixer {
+    const char* name;
+    DType (*input_dtype)(const kernels::Backend&, const ModelWeights&, int64_t);
+    void (*forward)(const Step&, const ModelWeights&, kernels::TensorView, kernels::TensorView);
+  };
+  const Mixer mixers[] = {
+      {"kda", [](const kernels::Backend& b, const ModelWeights& mw, int64_t t) {
+         return KdaMixerInputDType(b, mw.layer(0).kda, t); },
+       [](const Step& s, const ModelWeights& mw, kernels::TensorView x, kernels::TensorView out) {
+         KdaMixerForward(s, 0, mw.layer(0).kda, x, out); }},
+      {"mla", [](const kernels::Backend& b, const ModelWeights& mw, int64_t t) {
+         return MlaMixerInputDType(b, mw.layer(3).mla, t); },
+       [](const Step& s, const ModelWeights& mw, kernels::TensorView x, kernels::TensorView out) {
+         MlaMixerForward(s, 3, mw.layer(3).mla, x, out); }},
+  };
+  for (const Mixer& mixer : mixers) {
+    for (const int64_t sequences : {int64_t{1}, int64_t{6}}) {
+      const int64_t t = sequences == 1 ? 20 : sequences;
+      SCOPED_TRACE(::testing::Message() << mixer.name << ", " << sequences << " sequences, " << t << " tokens");
+      EXPECT_EQ(mixer.input_dtype(cpu_, cpu_side_.weights, t), DType::kF32) << "the CPU reads fp32";
+      const DType dtype = mixer.input_dtype(*cuda_, w, t);
+      ASSERT_EQ(dtype, DType::kBF16);
+      EXPECT_EQ(mixer.input_dtype(*cuda_, w, 4), DType::kF32) << "decode sizes take the skinny kernel";
+      const std::vector<float> x = testing::RandomVector(t * d, 11);
+      std::vector<std::vector<float>> outputs;
+      for (const DType input : {DType::kF32, dtype}) {
+        std::vector<std::unique_ptr<SequenceState>> states;
+        std::vector<StepSequence> seqs;
+        for (int64_t i = 0; i < sequences; ++i) {
+          states.push_back(std::make_unique<SequenceState>(config_, *cuda_, 0, config_.num_layers, 1));
+        }
+        for (int64_t i = 0; i < sequences; ++i) {
+          seqs.push_back({{i * (t / sequences), t / sequences}, states[i].get()});
+        }
+        kernels::Tensor in = cuda_->Allocate(t, d, input);
+        if (input == DType::kBF16) {
+          cuda_->Upload(testing::ToBF16(x).data(), in.view());
+        } else {
+          cuda_->Upload(x.data(), in.view());
+        }
+        kernels::Tensor out = cuda_->Allocate(t, d, DType::kF32);
+        const Step step{*cuda_, config_, options_, seqs, t};
+        mixer.forward(step, w, in.view(), out.view());
+        std::vector<float> host(t * d);
+        cuda_->Download(out.view(), host.data());
+        outputs.push_back(host);
+      }
+      ASSERT_FALSE(cuda_->TakeFailure().failed());
+      EXPECT_EQ(outputs[0], outputs[1]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace deltaserve::model
