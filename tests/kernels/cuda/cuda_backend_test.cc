@@ -502,6 +502,7 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
     std::vector<uint16_t> norm = ToBF16(RandomVector(width, 8));
     const TensorView norm_view = cuda_->AdoptWeight(MakeView(norm.data(), DType::kBF16, 1, width));
     Tensor fused_acc = ToDevice(acc, t, width), split_acc = ToDevice(acc, t, width), dx = ToDevice(x, t, width);
+    Tensor narrow_acc = ToDevice(acc, t, width);  // before the CPU's AddRmsNorm adds x to acc
     Tensor fused = Poisoned(t, width), split = Poisoned(t, width);
     cuda_->AddRmsNorm(fused_acc.view(), dx.view(), norm_view, 1e-6f, fused.view());
     cuda_->Add(split_acc.view(), dx.view());
@@ -514,7 +515,7 @@ TEST_F(CudaVsCpu, ElementwiseAndNorms) {
     ExpectClose(ToHost(fused.view()), cpu_norm, kFp32Tolerance, "add rmsnorm against the cpu");
     // Written in bf16 (a mixer's input at prefill sizes): the fp32 output's rounding, the same
     // residual sum.
-    Tensor narrow_acc = ToDevice(acc, t, width), narrow = Poisoned(t, width, DType::kBF16);
+    Tensor narrow = Poisoned(t, width, DType::kBF16);
     cuda_->AddRmsNorm(narrow_acc.view(), dx.view(), norm_view, 1e-6f, narrow.view());
     const std::vector<float> rounded = RoundedToBF16(ToHost(fused.view()));
     EXPECT_EQ(ToHost(narrow.view()), rounded) << "add rmsnorm into bf16, width " << width;
