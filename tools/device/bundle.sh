@@ -14,7 +14,7 @@ if [[ ${1:-} == --base ]]; then
   base=$(git rev-parse --verify "${2:?--base needs a commit}^{commit}")
   shift 2
 fi
-if (($#)); then targets=("$@"); else targets=(kernels_cuda_test model_cuda_test); fi
+if (($#)); then targets=("$@"); else targets=(kernels_cuda_test model_cuda_test model_layers_cuda_test); fi
 
 build_targets() {  # source folder, build folder
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDELTASERVE_CUDA=ON >/dev/null
