@@ -122,9 +122,9 @@ class Backend {
   virtual void MatMul(TensorView x, TensorView w, TensorView y) = 0;
   // The dtype in which this backend's products with weight w read an x of `rows` rows: F32, or
   // where it rounds x first, w's half-precision type (the CUDA backend past
-  // skinny_matmul_max_rows rows, where every product goes through cuBLAS). MatMul and MatMuls take x in that dtype too; a norm that writes
-  // only products' input may write it (RmsNorm, AddRmsNorm, GatedRmsNorm), which gives the
-  // products the same bits.
+  // skinny_matmul_max_rows rows, where every product goes through cuBLAS). MatMul and MatMuls
+  // take x in that dtype too; a norm that writes only products' input may write it (RmsNorm,
+  // AddRmsNorm, GatedRmsNorm), which gives the products the same bits.
   virtual DType ProductInputDType(int64_t /*rows*/, TensorView /*w*/) const { return DType::kF32; }
   // x in ProductInputDType, made once for several products of the same x to share (a prefill
   // layer projects its input six times). MatMul and MatMuls take ProductInput::For(w) in place of

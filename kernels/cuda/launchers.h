@@ -43,9 +43,8 @@ int LaunchGatedRmsNorm(TensorView x, TensorView gate, TensorView weight, int64_t
                        float eps, TensorView out, Stream stream);
 // Depthwise causal conv + SiLU with per-sequence tails (see Backend::CausalConvSilu), a thread per
 // run of kConvRunRows tokens of one channel (four where the rows allow 16-byte loads, at up to 4
-// taps): `runs` (device memory) lists every run of every
-// sequence with rows, seqs[run.seq]'s tokens [run.first, run.first + kConvRunRows); out (F32 or
-// BF16) must not be x (F32).
+// taps): `runs` (device memory) lists every run of every sequence with rows, seqs[run.seq]'s
+// tokens [run.first, run.first + kConvRunRows); out (F32 or BF16) must not be x (F32).
 inline constexpr int kConvRunRows = 16;
 struct ConvRun {
   int32_t seq;
