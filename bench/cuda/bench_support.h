@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/dtype.h"
+#include "kernels/ops.h"
 
 namespace deltaserve::bench {
 
@@ -139,6 +140,10 @@ inline double MeasureCopyTbps(cudaStream_t stream, const char* gpu) {
   cudaFree(dst);
   return tbps;
 }
+
+// Kimi-Linear-48B-A3B's MLA, the shape the MLA benches time: 32 heads, latent rank 512, nope 128,
+// rope 64, values 128, softmax scale 1/sqrt(192).
+inline kernels::MlaParams KimiMlaParams() { return {32, 512, 128, 64, 128, 1.0f / 13.856406f}; }
 
 // The ceiling the tensor-core figures are compared with: cuBLAS's bf16 GEMM of 8192³ with fp32
 // output (as the CUDA backend calls it), in TFLOP/s. Prints its JSON line for `gpu`.

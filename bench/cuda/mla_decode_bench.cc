@@ -67,13 +67,7 @@ int main(int argc, char** argv) {
 
   const double copy_tbps = deltaserve::bench::MeasureCopyTbps(stream, prop.name);
 
-  MlaParams params;
-  params.num_heads = kHeads;
-  params.kv_lora_rank = kRank;
-  params.qk_nope_dim = kNope;
-  params.qk_rope_dim = kRope;
-  params.v_dim = kV;
-  params.scale = 1.0f / 13.856406f;  // 1/sqrt(192)
+  const MlaParams params = deltaserve::bench::KimiMlaParams();
   const int64_t width = kRank + kRope;
   // kv_b [H*(nope+v), R].
   const std::vector<uint16_t> host_kv_b =

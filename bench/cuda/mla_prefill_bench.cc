@@ -50,13 +50,7 @@ int main(int argc, char** argv) {
   Check(cudaStreamCreate(&stream), "stream");
   const double ceiling = deltaserve::bench::MeasureDenseGemmTflops(stream, prop.name);
 
-  MlaParams params;
-  params.num_heads = kHeads;
-  params.kv_lora_rank = 512;
-  params.qk_nope_dim = kNope;
-  params.qk_rope_dim = kRope;
-  params.v_dim = kV;
-  params.scale = 1.0f / 13.856406f;  // 1 / sqrt(192)
+  const MlaParams params = deltaserve::bench::KimiMlaParams();
   for (const auto& [seqs_count, len] : cases) {
     const int64_t rows = seqs_count * len;
     float* q = deltaserve::bench::DeviceFloats(rows * kHeads * kQk, 1.0f, 4);
