@@ -126,9 +126,9 @@ class Backend {
   // take x in that dtype too; a norm that writes only products' input may write it (RmsNorm,
   // AddRmsNorm, GatedRmsNorm), which gives the products the same bits.
   virtual DType ProductInputDType(int64_t /*rows*/, TensorView /*w*/) const { return DType::kF32; }
-  // x in ProductInputDType, made once for several products of the same x to share (a prefill
-  // layer projects its input six times). MatMul and MatMuls take ProductInput::For(w) in place of
-  // x. This definition returns x itself (for ProductInputDType's F32); a backend that rounds
+  // x in ProductInputDType, made once for several products of an fp32 x to share (an FFN's gate
+  // and up, whose x the router also reads in fp32). MatMul and MatMuls take ProductInput::For(w)
+  // in place of x. This definition returns x itself (for ProductInputDType's F32); a backend that rounds
   // defines both.
   virtual ProductInput PrepareProductInput(TensorView x, TensorView w);
   // MatMul for each product; no product's y may be another's x or overlap another's y. This

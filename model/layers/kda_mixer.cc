@@ -26,16 +26,16 @@ struct GateLogits {
   Tensor low_rank, gate_logits, beta_logits;
 };
 
-GateLogits ProjectGates(const Step& step, const KdaWeights& w, const kernels::ProductInput& from_x) {
+GateLogits ProjectGates(const Step& step, const KdaWeights& w, TensorView x) {
   kernels::Backend& backend = step.backend;
   const KimiLinearConfig& c = step.config;
   GateLogits g;
   g.low_rank = backend.Allocate(step.num_tokens, c.kda_head_dim, DType::kF32);
   g.gate_logits = backend.Allocate(step.num_tokens, c.kda_projection_size(), backend.KdaActivationDType());
-  backend.MatMul(from_x.For(w.f_a), w.f_a, g.low_rank.view());
+  backend.MatMul(x, w.f_a, g.low_rank.view());
   backend.MatMul(g.low_rank.view(), w.f_b, g.gate_logits.view());
   g.beta_logits = backend.Allocate(step.num_tokens, c.kda_num_heads, DType::kF32);
-  backend.MatMul(from_x.For(w.b_proj), w.b_proj, g.beta_logits.view());
+  backend.MatMul(x, w.b_proj, g.beta_logits.view());
   return g;
 }
 
@@ -124,15 +124,13 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
   // The core's inputs and read in the backend's KDA activation dtype (bf16 on the GPU).
   const DType activations = backend.KdaActivationDType();
 
-  // Six products read x: rounded once where the backend's products would round it.
-  const kernels::ProductInput from_x = backend.PrepareProductInput(x, w.q_proj);
   Tensor projected = backend.Allocate(t, width, DType::kF32);
   std::array<Tensor, 3> convolved;
   const std::array<TensorView, 3> projections = {w.q_proj, w.k_proj, w.v_proj};
   const std::array<TensorView, 3> conv_weights = {w.q_conv, w.k_conv, w.v_conv};
   std::vector<kernels::ConvSequence> conv_seqs(step.seqs.size());
   for (size_t i = 0; i < 3; ++i) {
-    backend.MatMul(from_x.For(projections[i]), projections[i], projected.view());
+    backend.MatMul(x, projections[i], projected.view());
     for (size_t s = 0; s < step.seqs.size(); ++s) {
       conv_seqs[s] = {step.seqs[s].rows, step.seqs[s].state->kda(layer).conv_tails[i].data<float>()};
     }
@@ -140,7 +138,7 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
     backend.CausalConvSilu(projected.view(), conv_weights[i], conv_seqs, convolved[i].view());
   }
 
-  GateLogits gates = ProjectGates(step, w, from_x);
+  GateLogits gates = ProjectGates(step, w, x);
   std::vector<kernels::KdaSequence> kda_seqs(step.seqs.size());
   for (size_t s = 0; s < step.seqs.size(); ++s) {
     const StepSequence& seq = step.seqs[s];
@@ -156,7 +154,7 @@ void KdaMixerForward(const Step& step, int64_t layer, const KdaWeights& w, Tenso
   // The output gate reuses the low-rank and full-width buffers. The norm writes o_proj's input in
   // the dtype o_proj reads (bf16 on the GPU at serving precision past decode sizes, into the fp32
   // buffer's first half: no copy to round).
-  backend.MatMul(from_x.For(w.g_a), w.g_a, gates.low_rank.view());
+  backend.MatMul(x, w.g_a, gates.low_rank.view());
   backend.MatMul(gates.low_rank.view(), w.g_b, gates.gate_logits.view());
   const DType normed_dtype = backend.ProductInputDType(t, w.o_proj) == DType::kBF16 ? DType::kBF16 : DType::kF32;
   const TensorView normed = kernels::MakeView(projected.view().data, normed_dtype, t, width);

@@ -39,9 +39,8 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
 
   Tensor q = backend.Allocate(t, c.mla_num_heads * c.mla_qk_head_dim(), DType::kF32);
   Tensor compressed = backend.Allocate(t, c.mla_latent_size(), DType::kF32);
-  const kernels::ProductInput shared_x = backend.PrepareProductInput(x, w.q_proj);
-  const std::array<kernels::MatMulProduct, 2> from_x = {{{shared_x.For(w.q_proj), w.q_proj, q.view()},
-                                                         {shared_x.For(w.kv_a_proj), w.kv_a_proj, compressed.view()}}};
+  const std::array<kernels::MatMulProduct, 2> from_x = {{{x, w.q_proj, q.view()},
+                                                         {x, w.kv_a_proj, compressed.view()}}};
   backend.MatMuls(from_x);
   // The cached latent: RMSNorm of the first kv_lora_rank columns, k_pe as it is.
   Tensor latent = backend.Allocate(t, c.mla_latent_size(), DType::kF32);
