@@ -59,9 +59,10 @@ RoutedMoe RouteMoe(Backend& backend, TensorView x, TensorView router, TensorView
 
 bool ComposeMoeFfn(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,
                    const MoeRouting& routing, const ExpertWeights* shared, TensorView out,
-                   const std::function<bool(TensorView ids, TensorView slot_out)>& run_experts) {
+                   const std::function<bool(TensorView ids, TensorView slot_out)>& run_experts,
+                   DType slot_dtype) {
   RoutedMoe r = RouteMoe(backend, x, router, correction_bias, routing, shared);
-  Tensor slot_out = backend.Allocate(x.rows * routing.top_k, x.cols, DType::kF32);
+  Tensor slot_out = backend.Allocate(x.rows * routing.top_k, x.cols, slot_dtype);
   if (!run_experts(r.ids.view(), slot_out.view())) return false;
   // out = shared expert (or zero), then the routed experts' weighted sum added to it.
   if (shared != nullptr) {
@@ -76,10 +77,13 @@ bool ComposeMoeFfn(Backend& backend, TensorView x, TensorView router, TensorView
 
 void Backend::MoeFfn(TensorView x, TensorView router, TensorView correction_bias, const MoeRouting& routing,
                      std::span<const ExpertWeights> experts, const ExpertWeights* shared, TensorView out) {
-  ComposeMoeFfn(*this, x, router, correction_bias, routing, shared, out, [&](TensorView ids, TensorView slot_out) {
-    MoeExperts(x, ids, experts, 0, slot_out);
-    return true;
-  });
+  ComposeMoeFfn(
+      *this, x, router, correction_bias, routing, shared, out,
+      [&](TensorView ids, TensorView slot_out) {
+        MoeExperts(x, ids, experts, 0, slot_out);
+        return true;
+      },
+      MoeSlotDType(x, routing.top_k, experts));
 }
 
 ProductInput Backend::PrepareProductInput(TensorView x, TensorView /*w*/) { return {x, Tensor()}; }

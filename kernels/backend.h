@@ -187,11 +187,18 @@ class Backend {
                         const MoeRouting& routing, TensorView expert_ids, TensorView weights) = 0;
   // For every (token t, slot s) whose expert e = expert_ids[t, s] lies in
   // [first_expert, first_expert + experts.size()): slot_out[t*k + s] = expert_e(x[t]).
-  // Other rows of slot_out are left alone.
+  // Other rows of slot_out are left alone. slot_out is F32, or MoeSlotDType where that is BF16.
   virtual void MoeExperts(TensorView x, TensorView expert_ids,
                           std::span<const ExpertWeights> experts, int64_t first_expert,
                           TensorView slot_out) = 0;
-  // out[t] += Σ_s weights[t, s] · slot_out[t*k + s], summed in slot order.
+  // The dtype MoeExperts writes the slot rows of x's tokens (top_k slots each) for these experts
+  // in most cheaply, and the one MoeFfn's composition keeps them in: F32, or BF16 where the
+  // backend writes each expert's output rounded to bf16 (as the reference's bf16 experts return
+  // it) at half the bytes: the CUDA backend's 128-row expert tiles. This definition: F32.
+  virtual DType MoeSlotDType(TensorView /*x*/, int64_t /*top_k*/, std::span<const ExpertWeights> /*experts*/) {
+    return DType::kF32;
+  }
+  // out[t] += Σ_s weights[t, s] · slot_out[t*k + s], summed in slot order; slot_out F32 or BF16.
   virtual void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) = 0;
   // A whole MoE FFN whose experts are all held here (experts[e] is expert e): router logits
   // x · routerᵀ, MoeRoute, then out[t] = shared(x[t]) (zero where shared is null) +
@@ -226,11 +233,12 @@ RoutedMoe RouteMoe(Backend& backend, TensorView x, TensorView router, TensorView
                    const MoeRouting& routing, const ExpertWeights* shared);
 
 // The composition Backend::MoeFfn is defined as: RouteMoe, the routed experts' slot outputs
-// (slot_out [T*k, D], slot t*k + s for ids[t, s]) from run_experts (a backend's MoeExperts there,
-// expert workers in the split cluster), the shared expert, MoeCombine. false where run_experts
-// returned false (out is then not written).
+// (slot_out [T*k, D] in slot_dtype, slot t*k + s for ids[t, s]) from run_experts (a backend's
+// MoeExperts there, expert workers in the split cluster), the shared expert, MoeCombine. false
+// where run_experts returned false (out is then not written).
 bool ComposeMoeFfn(Backend& backend, TensorView x, TensorView router, TensorView correction_bias,
                    const MoeRouting& routing, const ExpertWeights* shared, TensorView out,
-                   const std::function<bool(TensorView ids, TensorView slot_out)>& run_experts);
+                   const std::function<bool(TensorView ids, TensorView slot_out)>& run_experts,
+                   DType slot_dtype = DType::kF32);
 
 }  // namespace deltaserve::kernels

@@ -132,6 +132,7 @@ struct CudaBackend::Impl {
   struct ExpertPointers {
     std::vector<const void*> host;
     const void** device = nullptr;
+    void* wide_tile_maps = nullptr;  // kMoeWideTileMapBytes per entry, or null where not encoded
   };
   // Per expert list (its first element and size) and whether the shared expert follows it.
   std::map<std::tuple<const ExpertWeights*, size_t, bool>, ExpertPointers> expert_pointers;
@@ -878,6 +879,7 @@ CudaBackend::TableOutcome CudaBackend::ExpertTable(std::span<const ExpertWeights
                    "upload expert pointers")) {
       return TableOutcome::kFailed;
     }
+    if (!UploadWideTileMaps(host, entries, inner, hidden, pointers.wide_tile_maps)) return TableOutcome::kFailed;
     pointers.host = std::move(host);
   }
   table.gate = pointers.device;
@@ -886,7 +888,24 @@ CudaBackend::TableOutcome CudaBackend::ExpertTable(std::span<const ExpertWeights
   table.num_local = static_cast<int64_t>(n);
   table.first_expert = first_expert;
   table.inner = inner;
+  table.wide_tile_maps = pointers.wide_tile_maps;
   return TableOutcome::kReady;
+}
+
+bool CudaBackend::UploadWideTileMaps(const std::vector<const void*>& pointers, size_t entries, int64_t inner,
+                                     int64_t hidden, void*& device) {
+  std::vector<unsigned char> maps(entries * kMoeWideTileMapBytes);
+  for (size_t e = 0; e < entries; ++e) {
+    if (!EncodeMoeWideTileMaps(pointers[e], pointers[entries + e], pointers[2 * entries + e], inner, hidden,
+                               maps.data() + e * kMoeWideTileMapBytes)) {
+      device = nullptr;  // the wide tiles are not taken; the other grouped kernels read the pointers
+      return true;
+    }
+  }
+  if (device == nullptr) device = impl_->AllocateWeight(maps.size());  // 256-byte aligned
+  return device != nullptr && impl_->Ok(cudaMemcpyAsync(device, maps.data(), maps.size(), cudaMemcpyHostToDevice,
+                                                        impl_->Stream()),
+                                        "upload expert tensor maps");
 }
 
 bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
@@ -900,8 +919,9 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   }
   const int64_t hidden = x.cols, inner = table.inner;
   const int64_t slots = x.rows * expert_ids.cols;
-  if (impl_->moe_cublas_grouped_min_slots > 0 && slots >= impl_->moe_cublas_grouped_min_slots &&
-      impl_->Mode() == GraphMode::kNone) {
+  // bf16 slot rows (MoeSlotDType) go to the grouped kernels, which refuse them off the wide tiles.
+  const bool f32_slots = slot_out.dtype == DType::kF32;
+  if (f32_slots && UsesCublasGroupedExperts(slots)) {
     Tensor scratch = AllocateBytes(MoeGroupedRowsScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner));
     if (!impl_->failed()) {
       RunMoeCublasGrouped(impl_->Blas(), impl_->Stream(), impl_->failures, x, expert_ids, experts, first_expert,
@@ -909,7 +929,7 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
     }
     return true;
   }
-  const bool decode = slots <= impl_->moe_decode_max_slots && MoeDecodeSupports(x, slots);
+  const bool decode = f32_slots && UsesDecodeExperts(x, slots);
   const size_t bytes = decode ? MoeDecodeScratchBytes(slots, inner)
                               : MoeGroupedScratchBytes(x.rows, expert_ids.cols, table.num_local, hidden, inner);
   Tensor scratch = AllocateBytes(bytes);
@@ -925,6 +945,26 @@ bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,
   return true;
 }
 
+bool CudaBackend::UsesCublasGroupedExperts(int64_t slots) const {
+  return impl_->moe_cublas_grouped_min_slots > 0 && slots >= impl_->moe_cublas_grouped_min_slots &&
+         impl_->Mode() == GraphMode::kNone;
+}
+
+bool CudaBackend::UsesDecodeExperts(TensorView x, int64_t slots) const {
+  return slots <= impl_->moe_decode_max_slots && MoeDecodeSupports(x, slots);
+}
+
+DType CudaBackend::MoeSlotDType(TensorView x, int64_t top_k, std::span<const ExpertWeights> experts) {
+  Bind();
+  const int64_t slots = x.rows * top_k;
+  MoeExpertTable table;
+  if (slots == 0 || UsesCublasGroupedExperts(slots) || UsesDecodeExperts(x, slots) ||
+      ExpertTable(experts, 0, nullptr, x.cols, table) != TableOutcome::kReady) {
+    return DType::kF32;
+  }
+  return MoeGroupedWideTiles(slots, table, impl_->moe_wide_tiles_min_rows) ? DType::kBF16 : DType::kF32;
+}
+
 void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                              int64_t first_expert, TensorView slot_out) {
   Bind();
@@ -932,6 +972,10 @@ void CudaBackend::MoeExperts(TensorView x, TensorView expert_ids, std::span<cons
   const int64_t t = x.rows, k = expert_ids.cols, hidden = x.cols;
   if (t == 0 || impl_->failed()) return;
   if (MoeExpertsGrouped(x, expert_ids, experts, first_expert, slot_out)) return;
+  if (slot_out.dtype != DType::kF32) {
+    DS_CUDA(cudaErrorInvalidValue, "moe experts: bf16 slot rows without the grouped expert tiles");
+    return;
+  }
   // Group (token, slot) pairs by expert on the host; one gate/up/down product per active expert.
   std::vector<int32_t> ids(static_cast<size_t>(t * k));
   Download(expert_ids, ids.data());

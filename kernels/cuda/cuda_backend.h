@@ -157,6 +157,8 @@ class CudaBackend final : public Backend {
                 TensorView expert_ids, TensorView weights) override;
   void MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                   int64_t first_expert, TensorView slot_out) override;
+  // BF16 where MoeExperts takes the 128-row expert tiles (warpgroup products) for these slots.
+  DType MoeSlotDType(TensorView x, int64_t top_k, std::span<const ExpertWeights> experts) override;
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
   void MoeFfn(TensorView x, TensorView router, TensorView correction_bias, const MoeRouting& routing,
               std::span<const ExpertWeights> experts, const ExpertWeights* shared, TensorView out) override;
@@ -184,6 +186,15 @@ class CudaBackend final : public Backend {
   enum class TableOutcome : uint8_t { kReady, kNotApplicable, kFailed };
   TableOutcome ExpertTable(std::span<const ExpertWeights> experts, int64_t first_expert,
                            const ExpertWeights* shared, int64_t hidden, MoeExpertTable& table);
+  // Encodes the wide expert tiles' tensor maps of a table's entries (pointers as ExpertTable lays
+  // them out) into `device` (allocated on first use); leaves it null where they do not apply.
+  // False after a failed upload.
+  bool UploadWideTileMaps(const std::vector<const void*>& pointers, size_t entries, int64_t inner, int64_t hidden,
+                          void*& device);
+  // Which kernels the grouped path of MoeExperts gives a call of x's rows in `slots` slots:
+  // cuBLAS's grouped products, or the decode kernels (the wide or mma.sync tiles otherwise).
+  bool UsesCublasGroupedExperts(int64_t slots) const;
+  bool UsesDecodeExperts(TensorView x, int64_t slots) const;
   // The grouped-kernel path of MoeExperts; false (nothing queued) where it does not apply.
   bool MoeExpertsGrouped(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                          int64_t first_expert, TensorView slot_out);

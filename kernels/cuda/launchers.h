@@ -194,17 +194,34 @@ struct MoeExpertTable {
   int64_t num_local = 0;
   int64_t first_expert = 0;
   int64_t inner = 0;
+  // Device array of kMoeWideTileMapBytes per local expert (EncodeMoeWideTileMaps), or null: the
+  // 128-row tiles on warpgroup products need it.
+  const void* wide_tile_maps = nullptr;
 };
+// Whether the 128-row expert tiles on warpgroup products run here: built (sm_90a) and the current
+// device of compute capability 9.0.
+bool MoeWgmmaRuns();
+// The tensor maps (TMA descriptors) the 128-row expert tiles read one expert's weights through:
+// gate [inner, hidden], up [inner, hidden], down [hidden, inner], each contiguous bf16, written to
+// `maps` (kMoeWideTileMapBytes, copied to 64-byte-aligned device memory before use). False where
+// these tiles do not run here or a matrix is not 16-byte aligned.
+constexpr size_t kMoeWideTileMapBytes = 3 * 128;
+bool EncodeMoeWideTileMaps(const void* gate, const void* up, const void* down, int64_t inner, int64_t hidden,
+                           void* maps);
 // Whether the grouped expert kernels take these shapes and weight dtype (bf16, multiples of 8).
 bool MoeGroupedSupports(int64_t hidden, int64_t inner, DType weight_dtype);
 // Device scratch LaunchMoeGroupedExperts needs.
 size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, int64_t hidden,
                               int64_t inner);
+// Whether LaunchMoeGroupedExperts takes the 128-row tiles on warpgroup products for a call of
+// `slots` slots over these experts (where slot_out's rows also take two-element stores).
+bool MoeGroupedWideTiles(int64_t slots, const MoeExpertTable& experts, int64_t wide_tiles_min_rows);
 // Backend::MoeExperts without a host round trip: groups the (token, slot) pairs by expert on the
 // device, then every active expert's gate/up products with SwiGLU in one launch and the down
 // products in another (tensor cores, bf16 inputs, fp32 accumulation), rows scattered to slot_out.
 // Calls whose slots average at least wide_tiles_min_rows per local expert take 128-row tiles on
 // Hopper's warpgroup products where the build has them (sm_90a), others 16- or 64-row tiles.
+// slot_out F32, or BF16 (each sum rounded once) where the 128-row tiles are taken.
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
                             void* scratch, TensorView slot_out, Stream stream, int64_t wide_tiles_min_rows);
 // Backend::MoeExperts through cuBLAS's grouped products (moe_cublas_grouped.cc), whose device
@@ -252,7 +269,7 @@ int LaunchMoeDecodeExperts(TensorView x, TensorView expert_ids, const MoeExpertT
 constexpr int kMoeDecodeFfnMaxSlots = 17;
 int LaunchMoeDecodeFfn(TensorView x, TensorView expert_ids, TensorView weights, const MoeExpertTable& experts,
                        bool with_shared, void* scratch, TensorView out, Stream stream, bool programmatic);
-// out[t] += Σ_s weights[t, s] * slot_out[t*k + s].
+// out[t] += Σ_s weights[t, s] * slot_out[t*k + s]; slot_out F32 or BF16.
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream);
 // dst row i = src row rows[i] (rows: n device int64), any dtype.
 int LaunchGatherRows(TensorView src, const int64_t* rows, int64_t n, TensorView dst, Stream stream);

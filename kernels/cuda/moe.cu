@@ -148,6 +148,8 @@ __global__ void MoeRouteKernel(TensorView logits, TensorView bias, RouteParams p
 
 // One thread per element (ElementBlocks); out[t, c] += w[t, s] * slot_out[t*k + s, c] for
 // s = 0, 1, ..., rounding each product and sum separately (no FMA) as the CPU does.
+// Slot: float or __nv_bfloat16, slot_out's element type.
+template <typename Slot>
 __global__ void MoeCombineKernel(TensorView slot_out, TensorView weights, TensorView out) {
   FollowPriorKernels();
   int64_t t, c;
@@ -155,9 +157,10 @@ __global__ void MoeCombineKernel(TensorView slot_out, TensorView weights, Tensor
   const int64_t k = weights.cols;
   const float* w = RowF32(weights, t);
   float* o = RowF32(out, t);
+  const auto* slots = static_cast<const Slot*>(slot_out.data) + t * k * slot_out.row_stride + c;
   float acc = o[c];
   for (int64_t s = 0; s < k; ++s) {
-    acc = __fadd_rn(acc, __fmul_rn(w[s], RowF32(slot_out, t * k + s)[c]));
+    acc = __fadd_rn(acc, __fmul_rn(w[s], static_cast<float>(slots[s * slot_out.row_stride])));
   }
   o[c] = acc;
 }
@@ -203,7 +206,7 @@ int LaunchMoeRoute(TensorView router_logits, TensorView correction_bias, const M
 
 int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, Stream stream) {
   const int64_t k = weights.cols;
-  if (slot_out.dtype != DType::kF32 || weights.dtype != DType::kF32 ||
+  if ((slot_out.dtype != DType::kF32 && slot_out.dtype != DType::kBF16) || weights.dtype != DType::kF32 ||
       out.dtype != DType::kF32) {
     return kInvalid;
   }
@@ -213,8 +216,8 @@ int LaunchMoeCombine(TensorView slot_out, TensorView weights, TensorView out, St
   if (out.rows == 0 || out.cols == 0 || k == 0) return 0;
   const unsigned blocks = ElementBlocks(out.rows, out.cols);
   if (blocks == 0) return kInvalid;
-  return LaunchAfterPrior(MoeCombineKernel, dim3(blocks), dim3(kElementThreads), 0, stream, slot_out,
-                          weights, out);
+  const auto kernel = slot_out.dtype == DType::kBF16 ? MoeCombineKernel<__nv_bfloat16> : MoeCombineKernel<float>;
+  return LaunchAfterPrior(kernel, dim3(blocks), dim3(kElementThreads), 0, stream, slot_out, weights, out);
 }
 
 }  // namespace deltaserve::kernels::cuda

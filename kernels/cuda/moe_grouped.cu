@@ -319,11 +319,16 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
          AlignScratch(slots * inner * sizeof(bf16));
 }
 
+bool MoeGroupedWideTiles(int64_t slots, const MoeExpertTable& experts, int64_t wide_tiles_min_rows) {
+  return slots >= wide_tiles_min_rows * experts.num_local && experts.wide_tile_maps != nullptr && MoeWgmmaRuns();
+}
+
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
                             void* scratch, TensorView slot_out, Stream stream, int64_t wide_tiles_min_rows) {
   const int64_t tokens = x.rows, hidden = x.cols, top_k = expert_ids.cols;
   const int64_t num_local = experts.num_local, inner = experts.inner;
-  if (x.dtype != DType::kF32 || expert_ids.dtype != DType::kI32 || slot_out.dtype != DType::kF32) {
+  const bool bf16_slots = slot_out.dtype == DType::kBF16;
+  if (x.dtype != DType::kF32 || expert_ids.dtype != DType::kI32 || (slot_out.dtype != DType::kF32 && !bf16_slots)) {
     return kInvalid;
   }
   if (!MoeGroupedSupports(hidden, inner, DType::kBF16) || num_local < 1 || num_local > kMaxLocalExperts ||
@@ -332,8 +337,9 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
   }
   if (tokens == 0) return 0;
   const int64_t slots = tokens * top_k;
-  const bool wide = slots >= wide_tiles_min_rows * num_local && slot_out.row_stride % 2 == 0 &&
-                    reinterpret_cast<uintptr_t>(slot_out.data) % 8 == 0 && MoeWgmmaRuns();
+  const bool wide = MoeGroupedWideTiles(slots, experts, wide_tiles_min_rows) && slot_out.row_stride % 2 == 0 &&
+                    reinterpret_cast<uintptr_t>(slot_out.data) % (2 * DTypeSize(slot_out.dtype)) == 0;
+  if (bf16_slots && !wide) return kInvalid;  // only the wide tiles write bf16 slot rows
   const int bm = wide ? kWgmmaTileRows : TileRows(slots, num_local);
   const int64_t max_tiles = MaxTiles(slots, num_local, bm);
   if (slots > 0x7fffffffLL || !FitsGridX(max_tiles) || (hidden + kBN - 1) / kBN > 65535 ||
@@ -356,13 +362,15 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
 
   GemmArgs gate_up{x_bf16, hidden, reinterpret_cast<const bf16* const*>(experts.gate),
                    reinterpret_cast<const bf16* const*>(experts.up), static_cast<int>(inner),
-                   static_cast<int>(hidden), static_cast<int>(top_k), plan, hidden_rows, nullptr, 0};
+                   static_cast<int>(hidden), static_cast<int>(top_k), plan, hidden_rows, nullptr, 0,
+                   experts.wide_tile_maps};
   GemmArgs down{hidden_rows, inner, reinterpret_cast<const bf16* const*>(experts.down), nullptr,
                 static_cast<int>(hidden), static_cast<int>(inner), static_cast<int>(top_k), plan,
-                nullptr, static_cast<float*>(slot_out.data), slot_out.row_stride};
+                nullptr, bf16_slots ? nullptr : static_cast<float*>(slot_out.data), slot_out.row_stride,
+                experts.wide_tile_maps, bf16_slots ? static_cast<bf16*>(slot_out.data) : nullptr};
   if (wide) {
-    error = LaunchMoeWgmmaGemm(gate_up, true, max_tiles, s);
-    if (error == 0) error = LaunchMoeWgmmaGemm(down, false, max_tiles, s);
+    error = LaunchMoeWgmmaGemm(gate_up, true, max_tiles, slots, s);
+    if (error == 0) error = LaunchMoeWgmmaGemm(down, false, max_tiles, slots, s);
   } else if (bm == 16) {
     error = LaunchGemm<16, 1, true>(gate_up, max_tiles, s);
     if (error == 0) error = LaunchGemm<16, 1, false>(down, max_tiles, s);

@@ -59,15 +59,18 @@ struct GemmArgs {
   __nv_bfloat16* hidden;  // gate/up output: [slots, n] by grouped position
   float* slot_out;        // down output, row = slot
   int64_t slot_ld;
+  // The wide tiles' tensor maps of each local expert's weights (MoeExpertTable::wide_tile_maps).
+  const void* weight_maps = nullptr;
+  __nv_bfloat16* slot_out_bf16 = nullptr;  // down output in bf16 instead of slot_out (wide tiles)
 };
 
-// Rows per tile of the wide-tile products, and whether they run here: built (sm_90a) and the
-// current device of compute capability 9.0.
+// Rows per tile of the wide-tile products (whether they run here: MoeWgmmaRuns, launchers.h).
 constexpr int kWgmmaTileRows = 128;
-bool MoeWgmmaRuns();
 // The gate/up products with SwiGLU (gate_up) or the down products with the scatter, over a plan
 // grouped in tiles of kWgmmaTileRows rows: tiles of 128 rows × 128 gate and 128 up columns, or ×
-// 256 down columns, on warpgroup products. slot_out rows must be 8-byte aligned (even slot_ld).
-int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, cudaStream_t stream);
+// 256 down columns, on warpgroup products. The weights' tiles arrive through args.weight_maps; the
+// down products' A (args.a: `slots` grouped rows, 16-byte aligned) through a tensor map of its own.
+// Slot rows take two-element stores (even slot_ld, data aligned to two elements).
+int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, int64_t slots, cudaStream_t stream);
 
 }  // namespace deltaserve::kernels::cuda

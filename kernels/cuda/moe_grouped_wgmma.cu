@@ -1,19 +1,23 @@
 // The grouped expert products at prefill sizes on Hopper's warpgroup products (wgmma, sm_90a):
 // a work item is 128 grouped rows × 256 weight rows (gate/up: 128 of gate and the same 128 of up,
 // so a thread holds both factors of its SwiGLU outputs; down: 256 output columns). Persistent
-// blocks (one per SM) stride over the work items. Warp-specialized: a producer warpgroup streams A
-// (gathered token rows or grouped hidden rows) and B (the expert's weight rows) by cp.async into
-// a ring of 4 shared stages in the 128-byte swizzle, each stage's landing counted on its `full`
+// blocks (one per SM) stride over the work items. Warp-specialized: a producer warpgroup fills a
+// ring of 4 shared stages in the 128-byte swizzle, each stage's landing counted on its `full`
 // mbarrier; two consumer warpgroups (64 rows each) multiply a stage as it lands and release it on
 // its `empty` mbarrier once their products are done. The producer runs ahead into the next work
-// item while the consumers store the last one's outputs.
+// item while the consumers store the last one's outputs. Tiles of consecutive rows (the weights;
+// down's grouped hidden rows) come through tensor maps, one copy-engine instruction a tile from
+// one thread; gate/up's A rows are tokens gathered by slot, copied by the warpgroup's cp.async.
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/launchers.h"
 #include "kernels/cuda/moe_grouped.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
@@ -57,51 +61,80 @@ __device__ __forceinline__ WorkItem Item(const GemmArgs& args, int item, int col
   return w;
 }
 
+// The box of a tile at column k and row `row` of the matrix `map` describes, into shared memory,
+// counted on `barrier`. Rows and columns past the matrix arrive as zeros.
+__device__ __forceinline__ void TileToShared(void* shared, const CUtensorMap* map, int k, int row, uint64_t* barrier) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          static_cast<unsigned>(__cvta_generic_to_shared(shared))),
+      "l"(map), "r"(k), "r"(row), "r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
+      : "memory");
+}
+
+// Tensor maps per local expert, in this order (EncodeMoeWideTileMaps).
+constexpr int kGateMap = 0, kUpMap = 1, kDownMap = 2, kMapsPerExpert = 3;
+// Down's grouped hidden rows arrive in boxes of 16 rows (two swizzle periods), so a tile copies
+// only the boxes its expert's rows reach into.
+constexpr int kRowsBox = 16;
+constexpr uint32_t kRowsBoxBytes = kRowsBox * kBK * 2;
+
+// Threads that arrive on a stage's `full` barrier: gate/up's whole producer warpgroup (each after
+// its gathered rows land), down's one thread that issues the tensor copies.
 template <bool kGateUp>
-__device__ __forceinline__ void Produce(const GemmArgs& args, int items, int col_tiles, unsigned char* base,
-                                        uint64_t* full, uint64_t* empty) {
-  constexpr int kMatrices = kGateUp ? 2 : 1;
-  constexpr int kRowsPerMatrix = kWeightRows / kMatrices;
+constexpr unsigned kFullArrivals = kGateUp ? kProducerThreads : 1;
+
+template <bool kGateUp>
+__device__ __forceinline__ void Produce(const GemmArgs& args, const CUtensorMap* rows_map, int items, int col_tiles,
+                                        unsigned char* base, uint64_t* full, uint64_t* empty) {
   const int p = threadIdx.x - kConsumerThreads, chunk = p % 8, row0 = p / 8;
+  if (!kGateUp && p != 0) return;
   // Rows row0 + kRowStep i share row0's swizzle: this thread's pieces sit kRowStep rows apart.
   const uint32_t first_piece = SwizzledChunkOffset(row0, chunk);
   constexpr uint32_t kPieceStride = kRowStep * 128;
   const int k_tiles = (args.k + kBK - 1) / kBK;
+  const auto* maps = static_cast<const CUtensorMap*>(args.weight_maps);
   int iteration = 0;
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
     const WorkItem w = Item<kGateUp>(args, item, col_tiles);
-    int a_row[kARowsPerThread];  // rows of args.a; -1: past the expert's rows, zero-filled
+    const CUtensorMap* expert_maps = maps + kMapsPerExpert * w.expert;
+    [[maybe_unused]] int a_row[kARowsPerThread];  // gate/up: rows of args.a; -1 past the expert's, zero-filled
+    if constexpr (kGateUp) {
 #pragma unroll
-    for (int i = 0; i < kARowsPerThread; ++i) {
-      const int position = w.row_begin + row0 + kRowStep * i;
-      a_row[i] = position >= w.row_end ? -1 : kGateUp ? args.plan.sorted_slots[position] / args.top_k : position;
+      for (int i = 0; i < kARowsPerThread; ++i) {
+        const int position = w.row_begin + row0 + kRowStep * i;
+        a_row[i] = position >= w.row_end ? -1 : args.plan.sorted_slots[position] / args.top_k;
+      }
     }
-    const bf16* weight[kMatrices];
-    weight[0] = args.b0[w.expert];
-    if constexpr (kGateUp) weight[1] = args.b1[w.expert];
     for (int kt = 0; kt < k_tiles; ++kt, ++iteration) {
       const int stage = iteration % kStages;
       WaitBarrier(&empty[stage], ((iteration / kStages) & 1) ^ 1);
-      const int k = kt * kBK + chunk * 8;
-      const bool k_valid = k < args.k;
-      unsigned char* a_piece = base + stage * kStageBytes + first_piece;
-#pragma unroll
-      for (int i = 0; i < kARowsPerThread; ++i) {
-        const bool valid = k_valid && a_row[i] >= 0;
-        CopyAsync16(a_piece + i * kPieceStride, valid ? args.a + static_cast<int64_t>(a_row[i]) * args.a_ld + k : args.a,
-                    valid);
-      }
-      unsigned char* b_piece = base + stage * kStageBytes + kATileBytes + first_piece;
-#pragma unroll
-      for (int m = 0; m < kMatrices; ++m) {
-        const bf16* source = weight[m] + static_cast<int64_t>(w.n0 + row0) * args.k + k;
-#pragma unroll
-        for (int i = 0; i < kRowsPerMatrix / kRowStep; ++i, b_piece += kPieceStride, source += kRowStep * args.k) {
-          const bool valid = k_valid && w.n0 + row0 + kRowStep * i < args.n;
-          CopyAsync16(b_piece, valid ? source : args.a, valid);
+      unsigned char* a_tile = base + stage * kStageBytes;
+      unsigned char* b_tile = a_tile + kATileBytes;
+      if constexpr (kGateUp) {
+        if (p == 0) {
+          ExpectBytes(&full[stage], kBTileBytes);
+          TileToShared(b_tile, expert_maps + kGateMap, kt * kBK, w.n0, &full[stage]);
+          TileToShared(b_tile + kBTileBytes / 2, expert_maps + kUpMap, kt * kBK, w.n0, &full[stage]);
         }
+        const int k = kt * kBK + chunk * 8;
+        const bool k_valid = k < args.k;
+#pragma unroll
+        for (int i = 0; i < kARowsPerThread; ++i) {
+          const bool valid = k_valid && a_row[i] >= 0;
+          CopyAsync16(a_tile + first_piece + i * kPieceStride,
+                      valid ? args.a + static_cast<int64_t>(a_row[i]) * args.a_ld + k : args.a, valid);
+        }
+        ArriveWhenCopiesLand(&full[stage]);
+      } else {
+        // Only the boxes that hold the expert's rows: the tile's other rows keep what the stage
+        // held before, and their products fill accumulator rows that are never stored.
+        const int boxes = (min(w.row_end - w.row_begin, kRows) + kRowsBox - 1) / kRowsBox;
+        ArriveExpectBytes(&full[stage], kBTileBytes + boxes * kRowsBoxBytes);
+        for (int box = 0; box < boxes; ++box) {
+          TileToShared(a_tile + box * kRowsBoxBytes, rows_map, kt * kBK, w.row_begin + box * kRowsBox, &full[stage]);
+        }
+        TileToShared(b_tile, expert_maps + kDownMap, kt * kBK, w.n0, &full[stage]);
       }
-      ArriveWhenCopiesLand(&full[stage]);
     }
   }
 }
@@ -156,50 +189,104 @@ __device__ __forceinline__ void Consume(const GemmArgs& args, int items, int col
               __floats2bfloat162_rn(SiluF(gate[0]) * up[0], SiluF(gate[1]) * up[1]);
         }
       } else {
-        float* out = args.slot_out + static_cast<int64_t>(args.plan.sorted_slots[position]) * args.slot_ld;
+        const int64_t row = static_cast<int64_t>(args.plan.sorted_slots[position]) * args.slot_ld;
+        if (args.slot_out_bf16 != nullptr) {
 #pragma unroll
-        for (int j = 0; j < kColumns / 8; ++j) {
-          const int c = w.n0 + 8 * j + 2 * (lane % 4);
-          if (c >= args.n) continue;
-          *reinterpret_cast<float2*>(out + c) = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+          for (int j = 0; j < kColumns / 8; ++j) {
+            const int c = w.n0 + 8 * j + 2 * (lane % 4);
+            if (c >= args.n) continue;
+            *reinterpret_cast<__nv_bfloat162*>(args.slot_out_bf16 + row + c) =
+                __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < kColumns / 8; ++j) {
+            const int c = w.n0 + 8 * j + 2 * (lane % 4);
+            if (c >= args.n) continue;
+            *reinterpret_cast<float2*>(args.slot_out + row + c) =
+                make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+          }
         }
       }
     }
   }
 }
 
+// rows_map: down's A, the grouped hidden rows (unused by gate/up).
 template <bool kGateUp>
-__global__ void __launch_bounds__(kThreads, 1) MoeWgmmaGemmKernel(GemmArgs args, int col_tiles) {
+__global__ void __launch_bounds__(kThreads, 1)
+    MoeWgmmaGemmKernel(const __grid_constant__ GemmArgs args, const __grid_constant__ CUtensorMap rows_map,
+                       int col_tiles) {
   extern __shared__ unsigned char shared_raw[];
   uint32_t base_address;
   unsigned char* base = SwizzleAlignedShared(shared_raw, base_address);
   auto* full = reinterpret_cast<uint64_t*>(base + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
-  InitStageRing(full, empty, kStages, kProducerThreads, kConsumerThreads);
+  InitStageRing(full, empty, kStages, kFullArrivals<kGateUp>, kConsumerThreads);
   const int items = *args.plan.num_tiles * col_tiles;
   if (threadIdx.x >= kConsumerThreads) {
     SetMaxRegisters<kProducerRegisters, false>();
-    Produce<kGateUp>(args, items, col_tiles, base, full, empty);
+    Produce<kGateUp>(args, &rows_map, items, col_tiles, base, full, empty);
   } else {
     SetMaxRegisters<kConsumerRegisters, true>();
     Consume<kGateUp>(args, items, col_tiles, base_address, full, empty);
   }
 }
 
+// A tensor map of a row-major bf16 [rows, cols] matrix (16-byte aligned, rows 16-byte aligned)
+// in boxes of box_rows × 64 columns, 128-byte swizzled as SwizzledTileDescriptor reads them; false
+// where the driver does not give one.
+bool EncodeTileMap(CUtensorMap* map, const void* data, int64_t rows, int64_t cols, int box_rows) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t error =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000, cudaEnableDefault, &found);
+    return error == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function)
+               : nullptr;
+  }();
+  if (encode == nullptr || reinterpret_cast<uintptr_t>(data) % 16 != 0 || cols % 8 != 0 || rows < 1 || cols < 1) {
+    return false;
+  }
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(bf16)};
+  const cuuint32_t box[2] = {kBK, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[2] = {1, 1};
+  // L2 requests of a box row's 128 bytes: neither 256-byte requests nor none were faster.
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(data), dims, strides, box,
+                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
 }  // namespace
 
 bool MoeWgmmaRuns() { return WgmmaRuns(); }
 
-int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, cudaStream_t stream) {
-  if (!MoeWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
+bool EncodeMoeWideTileMaps(const void* gate, const void* up, const void* down, int64_t inner, int64_t hidden,
+                           void* maps) {
+  static_assert(kMoeWideTileMapBytes == kMapsPerExpert * sizeof(CUtensorMap));
+  auto* out = static_cast<CUtensorMap*>(maps);
+  return MoeWgmmaRuns() && EncodeTileMap(out + kGateMap, gate, inner, hidden, kWeightRows / 2) &&
+         EncodeTileMap(out + kUpMap, up, inner, hidden, kWeightRows / 2) &&
+         EncodeTileMap(out + kDownMap, down, hidden, inner, kWeightRows);
+}
+
+int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, int64_t slots, cudaStream_t stream) {
+  if (!MoeWgmmaRuns() || args.weight_maps == nullptr) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   const int columns = gate_up ? kWeightRows / 2 : kWeightRows;
   const int64_t col_tiles = (args.n + columns - 1) / columns;
   if (!FitsGridX(max_tiles * col_tiles)) return static_cast<int>(cudaErrorInvalidValue);
+  CUtensorMap rows_map{};
+  if (!gate_up && (args.a_ld != args.k || !EncodeTileMap(&rows_map, args.a, slots, args.k, kRowsBox))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
   auto kernel = gate_up ? MoeWgmmaGemmKernel<true> : MoeWgmmaGemmKernel<false>;
   if (const int error = AllowDynamicSmem(kernel, kSharedBytes); error != 0) return error;
   // Persistent: the real item count is known only on the device.
   const int64_t blocks = std::min<int64_t>(max_tiles * col_tiles, SmCount());
-  kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(args, static_cast<int>(col_tiles));
+  kernel<<<static_cast<unsigned>(blocks), kThreads, kSharedBytes, stream>>>(args, rows_map,
+                                                                              static_cast<int>(col_tiles));
   return static_cast<int>(cudaGetLastError());
 }
 

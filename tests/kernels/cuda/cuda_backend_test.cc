@@ -1354,6 +1354,26 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
     Tensor out = ToDevice(std::vector<float>(c.t * c.hidden, 0.5f), c.t, c.hidden);
     cuda_->MoeCombine(slots.view(), ToDevice(weights, c.t, c.k).view(), out.view());
     ExpectClose(ToHost(out.view()), cpu_out, kMatMulTolerance, what + " combine");
+
+    // Where the wide tiles run, MoeFfn keeps the slot rows in bf16: each the fp32 sum rounded once,
+    // and combined as the fp32 combine combines those rounded values.
+    const DType slot_dtype = cuda_->MoeSlotDType(dx.view(), c.k, all.subspan(0, half));
+    const bool wide_here = kernel.wide_tiles_min_rows == 0 && kernel.cublas_grouped_min_slots == 0 &&
+                           kernel.kernel == MoeExpertsKernel::kGrouped && c.t * c.k > kernel.decode_max_slots &&
+                           c.inner % 8 == 0 && MoeWgmmaRuns();
+    EXPECT_EQ(slot_dtype, wide_here ? DType::kBF16 : DType::kF32) << what;
+    if (slot_dtype != DType::kBF16) continue;
+    Tensor narrow = Poisoned(c.t * c.k, c.hidden, DType::kBF16);
+    cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(0, half), 0, narrow.view());
+    cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(half), half, narrow.view());
+    const std::vector<float> rounded = RoundedToBF16(ToHost(slots.view()));
+    EXPECT_EQ(ToHost(narrow.view()), rounded) << what << ": bf16 slot rows";
+    Tensor narrow_out = ToDevice(std::vector<float>(c.t * c.hidden, 0.5f), c.t, c.hidden);
+    Tensor rounded_out = ToDevice(std::vector<float>(c.t * c.hidden, 0.5f), c.t, c.hidden);
+    cuda_->MoeCombine(narrow.view(), ToDevice(weights, c.t, c.k).view(), narrow_out.view());
+    cuda_->MoeCombine(ToDevice(rounded, c.t * c.k, c.hidden).view(), ToDevice(weights, c.t, c.k).view(),
+                      rounded_out.view());
+    EXPECT_EQ(ToHost(narrow_out.view()), ToHost(rounded_out.view())) << what << ": combine of bf16 slot rows";
   }
 }
 
