@@ -132,7 +132,8 @@ struct CudaBackend::Impl {
   struct ExpertPointers {
     std::vector<const void*> host;
     const void** device = nullptr;
-    void* wide_tile_maps = nullptr;  // kMoeWideTileMapBytes per entry, or null where not encoded
+    void* maps_storage = nullptr;            // a MoeWideTileMaps per entry, once allocated
+    const void* wide_tile_maps = nullptr;    // maps_storage where the maps are encoded, else null
   };
   // Per expert list (its first element and size) and whether the shared expert follows it.
   std::map<std::tuple<const ExpertWeights*, size_t, bool>, ExpertPointers> expert_pointers;
@@ -879,7 +880,9 @@ CudaBackend::TableOutcome CudaBackend::ExpertTable(std::span<const ExpertWeights
                    "upload expert pointers")) {
       return TableOutcome::kFailed;
     }
-    if (!UploadWideTileMaps(host, entries, inner, hidden, pointers.wide_tile_maps)) return TableOutcome::kFailed;
+    if (!UploadWideTileMaps(host, entries, inner, hidden, pointers.maps_storage, pointers.wide_tile_maps)) {
+      return TableOutcome::kFailed;
+    }
     pointers.host = std::move(host);
   }
   table.gate = pointers.device;
@@ -893,19 +896,24 @@ CudaBackend::TableOutcome CudaBackend::ExpertTable(std::span<const ExpertWeights
 }
 
 bool CudaBackend::UploadWideTileMaps(const std::vector<const void*>& pointers, size_t entries, int64_t inner,
-                                     int64_t hidden, void*& device) {
-  std::vector<unsigned char> maps(entries * kMoeWideTileMapBytes);
+                                     int64_t hidden, void*& storage, const void*& maps) {
+  maps = nullptr;  // until encoded: the wide tiles are not taken; the other grouped kernels read the pointers
+  std::vector<MoeWideTileMaps> host(entries);
   for (size_t e = 0; e < entries; ++e) {
     if (!EncodeMoeWideTileMaps(pointers[e], pointers[entries + e], pointers[2 * entries + e], inner, hidden,
-                               maps.data() + e * kMoeWideTileMapBytes)) {
-      device = nullptr;  // the wide tiles are not taken; the other grouped kernels read the pointers
+                               host[e])) {
       return true;
     }
   }
-  if (device == nullptr) device = impl_->AllocateWeight(maps.size());  // 256-byte aligned
-  return device != nullptr && impl_->Ok(cudaMemcpyAsync(device, maps.data(), maps.size(), cudaMemcpyHostToDevice,
-                                                        impl_->Stream()),
-                                        "upload expert tensor maps");
+  const size_t bytes = entries * sizeof(MoeWideTileMaps);
+  if (storage == nullptr) storage = impl_->AllocateWeight(bytes);  // 256-byte aligned
+  if (storage == nullptr ||
+      !impl_->Ok(cudaMemcpyAsync(storage, host.data(), bytes, cudaMemcpyHostToDevice, impl_->Stream()),
+                 "upload expert tensor maps")) {
+    return false;
+  }
+  maps = storage;
+  return true;
 }
 
 bool CudaBackend::MoeExpertsGrouped(TensorView x, TensorView expert_ids,

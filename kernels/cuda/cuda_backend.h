@@ -187,10 +187,10 @@ class CudaBackend final : public Backend {
   TableOutcome ExpertTable(std::span<const ExpertWeights> experts, int64_t first_expert,
                            const ExpertWeights* shared, int64_t hidden, MoeExpertTable& table);
   // Encodes the wide expert tiles' tensor maps of a table's entries (pointers as ExpertTable lays
-  // them out) into `device` (allocated on first use); leaves it null where they do not apply.
-  // False after a failed upload.
+  // them out) into `storage` (device memory, allocated on first use) and points `maps` at it;
+  // `maps` null where they do not apply. False after a failed upload.
   bool UploadWideTileMaps(const std::vector<const void*>& pointers, size_t entries, int64_t inner, int64_t hidden,
-                          void*& device);
+                          void*& storage, const void*& maps);
   // Which kernels the grouped path of MoeExperts gives a call of x's rows in `slots` slots:
   // cuBLAS's grouped products, or the decode kernels (the wide or mma.sync tiles otherwise).
   bool UsesCublasGroupedExperts(int64_t slots) const;

@@ -202,12 +202,15 @@ struct MoeExpertTable {
 // device of compute capability 9.0.
 bool MoeWgmmaRuns();
 // The tensor maps (TMA descriptors) the 128-row expert tiles read one expert's weights through:
-// gate [inner, hidden], up [inner, hidden], down [hidden, inner], each contiguous bf16, written to
-// `maps` (kMoeWideTileMapBytes, copied to 64-byte-aligned device memory before use). False where
-// these tiles do not run here or a matrix is not 16-byte aligned.
+// gate [inner, hidden], up [inner, hidden], down [hidden, inner], each contiguous bf16, encoded
+// into `maps` (copied to 128-byte-aligned device memory before use). False where these tiles do
+// not run here or a matrix is not 16-byte aligned.
 constexpr size_t kMoeWideTileMapBytes = 3 * 128;
+struct alignas(128) MoeWideTileMaps {  // the encoder writes only to 64-byte-aligned maps
+  unsigned char bytes[kMoeWideTileMapBytes];
+};
 bool EncodeMoeWideTileMaps(const void* gate, const void* up, const void* down, int64_t inner, int64_t hidden,
-                           void* maps);
+                           MoeWideTileMaps& maps);
 // Whether the grouped expert kernels take these shapes and weight dtype (bf16, multiples of 8).
 bool MoeGroupedSupports(int64_t hidden, int64_t inner, DType weight_dtype);
 // Device scratch LaunchMoeGroupedExperts needs.

@@ -71,6 +71,10 @@ __device__ __forceinline__ void TileToShared(void* shared, const CUtensorMap* ma
       : "memory");
 }
 
+__device__ __forceinline__ void AcquireTensorMap(const CUtensorMap* map) {
+  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(map) : "memory");
+}
+
 // Tensor maps per local expert, in this order (EncodeMoeWideTileMaps).
 constexpr int kGateMap = 0, kUpMap = 1, kDownMap = 2, kMapsPerExpert = 3;
 // Down's grouped hidden rows arrive in boxes of 16 rows (two swizzle periods), so a tile copies
@@ -97,6 +101,11 @@ __device__ __forceinline__ void Produce(const GemmArgs& args, const CUtensorMap*
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
     const WorkItem w = Item<kGateUp>(args, item, col_tiles);
     const CUtensorMap* expert_maps = maps + kMapsPerExpert * w.expert;
+    // The maps were copied into global memory by the host: the tensor-map proxy reads them only
+    // after an acquire fence.
+    if (p == 0) {
+      for (int m = 0; m < kMapsPerExpert; ++m) AcquireTensorMap(expert_maps + m);
+    }
     [[maybe_unused]] int a_row[kARowsPerThread];  // gate/up: rows of args.a; -1 past the expert's, zero-filled
     if constexpr (kGateUp) {
 #pragma unroll
@@ -264,9 +273,10 @@ bool EncodeTileMap(CUtensorMap* map, const void* data, int64_t rows, int64_t col
 bool MoeWgmmaRuns() { return WgmmaRuns(); }
 
 bool EncodeMoeWideTileMaps(const void* gate, const void* up, const void* down, int64_t inner, int64_t hidden,
-                           void* maps) {
-  static_assert(kMoeWideTileMapBytes == kMapsPerExpert * sizeof(CUtensorMap));
-  auto* out = static_cast<CUtensorMap*>(maps);
+                           MoeWideTileMaps& maps) {
+  static_assert(sizeof(MoeWideTileMaps) == kMapsPerExpert * sizeof(CUtensorMap) &&
+                alignof(MoeWideTileMaps) >= alignof(CUtensorMap));
+  auto* out = reinterpret_cast<CUtensorMap*>(maps.bytes);
   return MoeWgmmaRuns() && EncodeTileMap(out + kGateMap, gate, inner, hidden, kWeightRows / 2) &&
          EncodeTileMap(out + kUpMap, up, inner, hidden, kWeightRows / 2) &&
          EncodeTileMap(out + kDownMap, down, hidden, inner, kWeightRows);

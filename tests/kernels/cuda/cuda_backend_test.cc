@@ -1362,6 +1362,13 @@ TEST_P(CudaMoe, ExpertsAndCombineMatchTheCpu) {
                            kernel.kernel == MoeExpertsKernel::kGrouped && c.t * c.k > kernel.decode_max_slots &&
                            c.inner % 8 == 0 && MoeWgmmaRuns();
     EXPECT_EQ(slot_dtype, wide_here ? DType::kBF16 : DType::kF32) << what;
+    EXPECT_EQ(cuda_->MoeSlotDType(dx.view(), c.k, all.subspan(half)), slot_dtype) << what << ", second shard";
+    if (kernel.wide_tiles_min_rows == kNever) {
+      // Only the wide tiles write bf16 slot rows: elsewhere the call fails and the failure is held.
+      Tensor refused = Poisoned(c.t * c.k, c.hidden, DType::kBF16);
+      cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(0, half), 0, refused.view());
+      EXPECT_TRUE(cuda_->TakeFailure().failed()) << what << ": bf16 slot rows off the wide tiles";
+    }
     if (slot_dtype != DType::kBF16) continue;
     Tensor narrow = Poisoned(c.t * c.k, c.hidden, DType::kBF16);
     cuda_->MoeExperts(dx.view(), dids.view(), all.subspan(0, half), 0, narrow.view());
