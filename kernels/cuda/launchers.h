@@ -194,8 +194,8 @@ struct MoeExpertTable {
   int64_t num_local = 0;
   int64_t first_expert = 0;
   int64_t inner = 0;
-  // Device array of kMoeWideTileMapBytes per local expert (EncodeMoeWideTileMaps), or null: the
-  // 128-row tiles on warpgroup products need it.
+  // Device array of a MoeWideTileMaps per local expert (EncodeMoeWideTileMaps), or null: the
+  // 128-row tiles on warpgroup products need it, and it exists only where they run.
   const void* wide_tile_maps = nullptr;
 };
 // Whether the 128-row expert tiles on warpgroup products run here: built (sm_90a) and the current

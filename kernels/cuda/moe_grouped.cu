@@ -320,7 +320,8 @@ size_t MoeGroupedScratchBytes(int64_t tokens, int64_t top_k, int64_t num_local, 
 }
 
 bool MoeGroupedWideTiles(int64_t slots, const MoeExpertTable& experts, int64_t wide_tiles_min_rows) {
-  return slots >= wide_tiles_min_rows * experts.num_local && experts.wide_tile_maps != nullptr && MoeWgmmaRuns();
+  // The maps exist only where the tiles run here (EncodeMoeWideTileMaps checks MoeWgmmaRuns).
+  return slots >= wide_tiles_min_rows * experts.num_local && experts.wide_tile_maps != nullptr;
 }
 
 int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpertTable& experts,
@@ -338,7 +339,7 @@ int LaunchMoeGroupedExperts(TensorView x, TensorView expert_ids, const MoeExpert
   if (tokens == 0) return 0;
   const int64_t slots = tokens * top_k;
   const bool wide = MoeGroupedWideTiles(slots, experts, wide_tiles_min_rows) && slot_out.row_stride % 2 == 0 &&
-                    reinterpret_cast<uintptr_t>(slot_out.data) % (2 * DTypeSize(slot_out.dtype)) == 0;
+                    IsAligned(slot_out.data, 2 * DTypeSize(slot_out.dtype));
   if (bf16_slots && !wide) return kInvalid;  // only the wide tiles write bf16 slot rows
   const int bm = wide ? kWgmmaTileRows : TileRows(slots, num_local);
   const int64_t max_tiles = MaxTiles(slots, num_local, bm);

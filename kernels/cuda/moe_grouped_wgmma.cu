@@ -255,7 +255,7 @@ bool EncodeTileMap(CUtensorMap* map, const void* data, int64_t rows, int64_t col
                ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function)
                : nullptr;
   }();
-  if (encode == nullptr || reinterpret_cast<uintptr_t>(data) % 16 != 0 || cols % 8 != 0 || rows < 1 || cols < 1) {
+  if (encode == nullptr || !IsAligned(data, 16) || cols % 8 != 0 || rows < 1 || cols < 1) {
     return false;
   }
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
