@@ -13,6 +13,13 @@ if [[ -f $bundle.tar.xz ]]; then
     echo "$sum" >"$bundle/.tarball-sha256"
   fi
 fi
+# Test binaries built in the base tree (bundle.sh --base) look for their fixtures under
+# .base-tree/tests/data (an absolute path: the GPU host's copy sits where the build machine's
+# checkout does, which is how the other test binaries find tests/data), and .base-tree does not
+# travel: point it at this checkout's fixtures.
+if [[ ! -e .base-tree/tests/data ]]; then
+  mkdir -p .base-tree/tests && ln -sfn "$PWD/tests/data" .base-tree/tests/data
+fi
 cublas=$(dirname "$(find / -name 'libcublasLt.so.13*' -not -path '*/proc/*' 2>/dev/null | head -n 1)")
 nccl=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib
 export LD_LIBRARY_PATH="$bundle/lib:$cublas:$nccl:${LD_LIBRARY_PATH:-}"
