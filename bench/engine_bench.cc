@@ -43,17 +43,23 @@ struct Options {
   uint64_t seed = 0;     // prompts and synthetic histories
   bool step_graphs = true;  // decode steps through the backend's step graphs (CUDA graphs)
   int64_t skinny_max_weight_mib = -1;  // CUDA: skinny_matmul_max_weight_bytes in MiB; -1: default
+  double device_memory_gib = 0;        // CUDA: the most device memory the engine holds; 0: no limit
   bool argmax = false;       // decode: greedy on the device, ids instead of logits downloaded
   bool sample = false;       // decode: a draw on the device (kSampleDraw), ids instead of logits
   bool mixed = false;        // sequence i's history is context·(i + 1)/batch: unequal, as served
+  bool batch_max = false;    // decode: as many sequences as the device holds, at most `batch`
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
 };
 
+// The most sequences a decode:max run tries.
+constexpr int64_t kMaxBatchTried = 4096;
+
 // Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax|:sample][:mixed]" spec to `o` (TOKENS: the
-// prompt of a prefill, the context of a decode; eager: without step graphs; argmax: --argmax;
-// sample: --sample; mixed: --mixed); false when malformed.
+// prompt of a prefill, the context of a decode; BATCH `max` in a decode: as many sequences as
+// fit; eager: without step graphs; argmax: --argmax; sample: --sample; mixed: --mixed); false
+// when malformed.
 bool ApplyRunSpec(std::string spec, Options& o) {
   for (bool trimmed = true; trimmed;) {
     trimmed = false;
@@ -80,11 +86,15 @@ bool ApplyRunSpec(std::string spec, Options& o) {
   const std::string mode = spec.substr(0, first);
   if (mode != "prefill" && mode != "decode") return false;
   try {
-    const int64_t batch = std::stoll(spec.substr(first + 1, second - first - 1));
+    const std::string batch_spec = spec.substr(first + 1, second - first - 1);
+    const bool batch_max = batch_spec == "max";
+    const int64_t batch = batch_max ? kMaxBatchTried : std::stoll(batch_spec);
     const int64_t tokens = std::stoll(spec.substr(second + 1));
     if (batch <= 0 || tokens < 0 || (mode == "prefill" && tokens == 0)) return false;
+    if (batch_max && mode != "decode") return false;
     o.mode = mode;
     o.batch = batch;
+    o.batch_max = batch_max;
     if (mode == "prefill") {
       o.prompt = tokens;
       o.context = 0;
@@ -100,6 +110,9 @@ bool ApplyRunSpec(std::string spec, Options& o) {
 struct Timings {
   double mean_s = 0;
   double min_s = 0;
+  int64_t batch = 0;  // sequences per step (decode:max: as many as fitted)
+  double fill_s = 0;  // making the states' synthetic histories (a prefill: its last pass's)
+  int64_t fewer = 0;  // decode:max: sequences dropped after their states fitted, for the steps
 };
 
 struct StateBytes {
@@ -118,10 +131,12 @@ std::vector<int32_t> RandomTokens(int64_t n, uint64_t seed, int64_t vocab) {
 
 // Fresh states for the batch, each with a synthetic history of `context` tokens (with --mixed,
 // sequence i's context·(i + 1)/batch) and room for `spare_rows` more latent rows.
-// Fails where the device runs out of memory for them (the batch does not fit).
+// Fails where the device runs out of memory for them (the batch does not fit), unless
+// `as_many_as_fit`: then the states made before the first that failed.
 absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> NewStates(const model::KimiLinearModel& m,
                                                                              const Options& o,
-                                                                             int64_t spare_rows) {
+                                                                             int64_t spare_rows,
+                                                                             bool as_many_as_fit = false) {
   std::vector<std::unique_ptr<model::SequenceState>> states;
   for (int64_t i = 0; i < o.batch; ++i) {
     states.push_back(m.NewState());
@@ -130,7 +145,9 @@ absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> NewStates(con
                                 o.seed + static_cast<uint64_t>(i));
     if (absl::Status status = m.TakeDeviceFailure(absl::StrCat("making sequence ", i + 1, " of ", o.batch));
         !status.ok()) {
-      return status;
+      if (!as_many_as_fit || i == 0 || status.code() != absl::StatusCode::kResourceExhausted) return status;
+      states.pop_back();  // its pages go back
+      break;
     }
   }
   return states;
@@ -155,11 +172,13 @@ absl::StatusOr<Timings> RunPrefill(model::KimiLinearModel& m, const Options& o,
     prompts.push_back(RandomTokens(o.prompt, o.seed + 1000 + static_cast<uint64_t>(i),
                                    m.config().vocab_size));
   }
-  Timings timings{0, 1e300};
+  Timings timings{0, 1e300, o.batch, 0};
   std::vector<float> logits;
   for (int64_t pass = 0; pass < o.warmup + o.steps; ++pass) {
+    const Clock::time_point fill_start = Clock::now();
     absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.prompt);
     if (!made.ok()) return made.status();
+    timings.fill_s = Seconds(Clock::now() - fill_start);
     std::vector<std::unique_ptr<model::SequenceState>> states = std::move(*made);
     std::vector<model::SequenceInput> inputs;
     for (int64_t i = 0; i < o.batch; ++i) {
@@ -184,15 +203,21 @@ constexpr kernels::RowSampling kSampleDraw{0.8f, 0, 0.95f, 0.0f, 0.0};
 // States at `context` (with --mixed, up to it) once, then one random token per sequence per step
 // (different across the batch, so it routes to as many experts as real traffic does), logits for
 // it (or their argmax with --argmax, or a token drawn with --sample, taken on the device).
-absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
-                                  StateBytes& state_bytes) {
-  absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made = NewStates(m, o, o.warmup + o.steps);
+// With `as_many_as_fit`, as many sequences as fit, at most o.batch; *batch: the sequences made
+// (0 where they could not be), whether the steps ran or not.
+absl::StatusOr<Timings> DecodeSteps(model::KimiLinearModel& m, const Options& o, bool as_many_as_fit,
+                                    StateBytes& state_bytes, int64_t* batch) {
+  *batch = 0;
+  const Clock::time_point fill_start = Clock::now();
+  absl::StatusOr<std::vector<std::unique_ptr<model::SequenceState>>> made =
+      NewStates(m, o, o.warmup + o.steps, as_many_as_fit);
   if (!made.ok()) return made.status();
   std::vector<std::unique_ptr<model::SequenceState>> states = std::move(*made);
+  *batch = static_cast<int64_t>(states.size());
   state_bytes = MeanBytesOf(states);
   const std::vector<int32_t> tokens =
       RandomTokens((o.warmup + o.steps) * o.batch, o.seed + 2000, m.config().vocab_size);
-  Timings timings{0, 1e300};
+  Timings timings{0, 1e300, *batch, Seconds(Clock::now() - fill_start)};
   std::vector<float> logits;
   std::vector<int32_t> device_ids;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
@@ -213,6 +238,22 @@ absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o,
       timings.min_s = std::min(timings.min_s, elapsed);
     }
   }
+  return timings;
+}
+
+// decode:max: the states are made until the device runs out of memory; where the steps then do
+// not fit beside them, the run starts again on fresh states, one sequence fewer.
+absl::StatusOr<Timings> RunDecode(model::KimiLinearModel& m, const Options& o, StateBytes& state_bytes) {
+  int64_t batch = 0;
+  absl::StatusOr<Timings> timings = DecodeSteps(m, o, o.batch_max, state_bytes, &batch);
+  Options fewer = o;
+  int64_t dropped = 0;
+  while (o.batch_max && timings.status().code() == absl::StatusCode::kResourceExhausted && batch > 1) {
+    fewer.batch = batch - 1;
+    ++dropped;
+    timings = DecodeSteps(m, fewer, /*as_many_as_fit=*/false, state_bytes, &batch);
+  }
+  if (timings.ok()) timings->fewer = dropped;
   return timings;
 }
 
@@ -266,14 +307,16 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   if (!timings.ok()) return timings.status();
 
   const double tokens_per_step =
-      static_cast<double>(o.batch * (o.mode == "prefill" ? o.prompt : 1));
+      static_cast<double>(timings->batch * (o.mode == "prefill" ? o.prompt : 1));
   nlohmann::ordered_json line;
   line["device"] = std::string(backend.name());
   line["device_flag"] = o.device;
   line["model"] = o.model;
   line["layers"] = m.config().num_layers;
   line["mode"] = o.mode;
-  line["batch"] = o.batch;
+  line["batch"] = timings->batch;
+  line["batch_max"] = o.batch_max;
+  line["batch_max_fewer"] = timings->fewer;
   line["prompt"] = o.mode == "prefill" ? o.prompt : 0;
   line["context"] = o.context;
   line["mixed"] = o.mixed;
@@ -290,6 +333,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["state_bytes_per_seq_allocated"] = state_bytes.allocated;
   line["weights_bytes"] = weights_bytes;
   line["load_s"] = load_s;
+  line["fill_s"] = timings->fill_s;
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
   return absl::OkStatus();
@@ -302,7 +346,7 @@ int Run(const Options& options) {
     if (!ApplyRunSpec(spec, o)) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--run ", spec,
-                       ": expected prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, optionally :eager, "
+                       ": expected prefill:BATCH:PROMPT or decode:BATCH|max:CONTEXT, optionally :eager, "
                        ":argmax, :sample, :mixed")));
     }
     runs.push_back(o);
@@ -312,10 +356,19 @@ int Run(const Options& options) {
     if (o.mixed && o.mode != "decode") {
       return Fail(absl::InvalidArgumentError("--mixed (:mixed) is for decode runs"));
     }
+    if (o.mixed && o.batch_max) {
+      return Fail(absl::InvalidArgumentError("decode:max takes equal histories, not :mixed"));
+    }
+    if (o.batch_max && o.device == "cpu") {
+      return Fail(absl::InvalidArgumentError(
+          "decode:max needs a CUDA device: it makes sequences until an allocation fails, and the "
+          "host's do not fail before the system runs out of memory"));
+    }
   }
 
   kernels::BackendChoice choice = *kernels::ParseBackendChoice(options.device);
   choice.cpu_threads = options.threads;
+  choice.device_memory_limit_bytes = static_cast<int64_t>(options.device_memory_gib * (1 << 30));
   if (options.skinny_max_weight_mib >= 0) {
     choice.cuda_skinny_matmul_max_weight_bytes = options.skinny_max_weight_mib << 20;
   }
@@ -386,9 +439,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--run", o.runs,
                  "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
-                 "model (overrides --mode/--batch/--prompt/--context); a trailing :eager runs it "
-                 "without step graphs, :argmax with --argmax, :sample with --sample, :mixed with "
-                 "--mixed");
+                 "model (overrides --mode/--batch/--prompt/--context); decode:max:CONTEXT takes "
+                 "as many sequences as fit; a trailing :eager runs it without step graphs, "
+                 ":argmax with --argmax, :sample with --sample, :mixed with --mixed");
   app.add_flag("--argmax", o.argmax,
                "Decode: take each step's greedy token on the device (SequenceInput::argmax) "
                "instead of downloading its logits");
@@ -406,6 +459,10 @@ int main(int argc, char** argv) {
                  "backend's default)")
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
       ->capture_default_str();
+  app.add_option("--device-memory-gib", o.device_memory_gib,
+                 "CUDA: the most device memory (GiB) the weights, states and step buffers may hold, "
+                 "as serve's flag (0: what the GPU has); bounds decode:max")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", o.seed, "Seed of prompts and synthetic histories")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

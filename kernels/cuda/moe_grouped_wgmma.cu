@@ -148,6 +148,25 @@ __device__ __forceinline__ void Produce(const GemmArgs& args, const CUtensorMap*
   }
 }
 
+__device__ __forceinline__ void StorePair(bf16* at, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ void StorePair(float* at, float a, float b) {
+  *reinterpret_cast<float2*>(at) = make_float2(a, b);
+}
+
+// Down's accumulator row h of this lane (see Consume) into its slot row `out`, columns from n0,
+// in pairs (n is a multiple of 8).
+template <typename T>
+__device__ __forceinline__ void StoreSlotRowPairs(T* out, const float* acc, int h, int n0, int n, int lane) {
+#pragma unroll
+  for (int j = 0; j < kWeightRows / 8; ++j) {
+    const int c = n0 + 8 * j + 2 * (lane % 4);
+    if (c >= n) continue;
+    StorePair(out + c, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+  }
+}
+
 template <bool kGateUp>
 __device__ __forceinline__ void Consume(const GemmArgs& args, int items, int col_tiles, uint32_t base_address,
                                         uint64_t* full, uint64_t* empty) {
@@ -200,21 +219,9 @@ __device__ __forceinline__ void Consume(const GemmArgs& args, int items, int col
       } else {
         const int64_t row = static_cast<int64_t>(args.plan.sorted_slots[position]) * args.slot_ld;
         if (args.slot_out_bf16 != nullptr) {
-#pragma unroll
-          for (int j = 0; j < kColumns / 8; ++j) {
-            const int c = w.n0 + 8 * j + 2 * (lane % 4);
-            if (c >= args.n) continue;
-            *reinterpret_cast<__nv_bfloat162*>(args.slot_out_bf16 + row + c) =
-                __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-          }
+          StoreSlotRowPairs(args.slot_out_bf16 + row, acc, h, w.n0, args.n, lane);
         } else {
-#pragma unroll
-          for (int j = 0; j < kColumns / 8; ++j) {
-            const int c = w.n0 + 8 * j + 2 * (lane % 4);
-            if (c >= args.n) continue;
-            *reinterpret_cast<float2*>(args.slot_out + row + c) =
-                make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
-          }
+          StoreSlotRowPairs(args.slot_out + row, acc, h, w.n0, args.n, lane);
         }
       }
     }

@@ -62,10 +62,19 @@ void FillSyntheticHistory(SequenceState& state, int64_t length, int64_t spare_ro
     const int64_t width = config.mla_latent_size();
     const int64_t block_rows = std::min(length, kSyntheticBlockRows);
     const std::vector<float> block = UniformValues(seed, stream, block_rows * width, kUnitScale);
+    // Where pages tile the block, a whole page past the first block holds the same bytes as the
+    // first block's page at the same place (the BF16 swizzle's row & 7 too): it is copied on
+    // the device, so that a long cache fills at the device's rate, not the host conversion's.
+    const bool pages_tile_block = kSyntheticBlockRows % mla.page_rows == 0;
     for (int64_t row = 0; row < length; row += block_rows) {
       const int64_t rows = std::min(block_rows, length - row);
       mla.ForEachRange(row, rows, [&](int64_t first, int64_t n, kernels::TensorView page) {
-        UploadLatentRows(backend, block.data() + (first - row) * width, page, first, n);
+        if (pages_tile_block && first >= kSyntheticBlockRows && n == mla.page_rows) {
+          const int64_t same = (first % kSyntheticBlockRows) / mla.page_rows;
+          backend.Copy(mla.pages[static_cast<size_t>(same)].view(), page);
+        } else {
+          UploadLatentRows(backend, block.data() + (first - row) * width, page, first, n);
+        }
       });
     }
     mla.num_cached = length;

@@ -8,7 +8,9 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "model/config/presets.h"
 #include "model/kimi_linear_model.h"
+#include "tests/testing/copying_backend.h"
 
 namespace deltaserve::model {
 namespace {
@@ -107,6 +109,42 @@ TEST_F(SyntheticHistoryTest, LongCachesRepeatOneBlockOfRows) {
   EXPECT_EQ(std::memcmp(cache.Row(0, width), cache.Row(kSyntheticBlockRows, width), row_bytes), 0);
   EXPECT_EQ(std::memcmp(cache.Row(4, width), cache.Row(2 * kSyntheticBlockRows + 4, width), row_bytes), 0);
   EXPECT_NE(std::memcmp(cache.Row(0, width), cache.Row(1, width), row_bytes), 0);
+}
+
+// BF16 pages (the CUDA backend's), swizzled by the cache row: pages past the first block, copied
+// from its pages where they tile it, read back as the block's rows, rounded; pages of 7 rows do
+// not tile it and are uploaded.
+TEST(SyntheticHistoryBf16Test, LongCachesRepeatOneBlockOfRows) {
+  absl::StatusOr<KimiLinearConfig> config = PresetConfig("tiny");
+  ASSERT_TRUE(config.ok());
+  config->kv_lora_rank = 96;  // a width of 128: two column groups
+  config->qk_rope_head_dim = 32;
+  const int64_t width = config->mla_latent_size();
+  int64_t layer = 0;
+  while (config->IsKda(layer)) ++layer;
+  ::deltaserve::testing::CopyingBackend backend(1, kernels::DType::kBF16);
+  const int64_t length = 3 * kSyntheticBlockRows + 300;
+  std::vector<float> first_block;
+  for (const int64_t page_rows : {int64_t{256}, int64_t{64}, int64_t{7}}) {
+    SCOPED_TRACE(::testing::Message() << page_rows << " rows a page");
+    SequenceState state(*config, backend, 0, config->num_layers, 1, page_rows);
+    FillSyntheticHistory(state, length, 0, 3);
+    const MlaLayerState& mla = state.mla(layer);
+    ASSERT_EQ(mla.dtype, kernels::DType::kBF16);
+    ASSERT_EQ(mla.num_cached, length);
+    std::vector<float> rows(static_cast<size_t>(length * width));
+    mla.ForEachRange(0, length, [&](int64_t first, int64_t n, kernels::TensorView page) {
+      DownloadLatentRows(backend, page, first, n, rows.data() + first * width);
+    });
+    if (first_block.empty()) {
+      first_block.assign(rows.begin(), rows.begin() + kSyntheticBlockRows * width);
+    }
+    for (int64_t row = 0; row < length; ++row) {
+      const float* want = first_block.data() + (row % kSyntheticBlockRows) * width;
+      for (int64_t e = 0; e < width; ++e) ASSERT_EQ(rows[row * width + e], want[e]) << "row " << row;
+    }
+  }
+  EXPECT_NE(first_block[0], first_block[width]);
 }
 
 TEST_F(SyntheticHistoryTest, EmptyHistoryHasNoTokensAndNoCacheRows) {
