@@ -27,8 +27,8 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
   command
       .add_option("--device-memory-gib", engine.device_memory_gib,
                   "CUDA: the most device memory (GiB) weights, sequence states and step buffers may "
-                  "hold; a step past it fails with RESOURCE_EXHAUSTED and the server keeps serving "
-                  "(0: what the GPU has)")
+                  "hold; past it a server preempts sequences (computed again later) and a request that "
+                  "does not fit alone fails with RESOURCE_EXHAUSTED (0: what the GPU has)")
       ->check(CLI::NonNegativeNumber);
   command.add_flag("--cuda-graphs,!--no-cuda-graphs", engine.cuda_graphs,
                    "CUDA: record decode steps as CUDA graphs and replay them (--no-cuda-graphs: launch "

@@ -66,6 +66,10 @@ void AddRouterFlags(CLI::App& command, services::RouterConfig& router) {
   command.add_option("--pipeline-steps", router.pipeline_steps,
                      "Steps in flight down the stage pipeline at once (the number of stages keeps each busy)")
       ->capture_default_str();
+  command.add_option("--max-preemptions", router.max_preemptions,
+                     "Times one request may give its state back when device memory runs out (it is computed "
+                     "again later); once more ends it with RESOURCE_EXHAUSTED")
+      ->capture_default_str();
 }
 
 void AddStoreFlags(CLI::App& command, services::SnapshotStoreOptions& store, const std::string& prefix) {

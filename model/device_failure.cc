@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 
 namespace deltaserve::model {
@@ -10,12 +11,17 @@ absl::Status TakeDeviceFailure(kernels::Backend& backend, std::string_view durin
   const kernels::BackendFailure failure = backend.TakeFailure();
   if (!failure.failed()) return absl::OkStatus();
   if (failure.out_of_memory) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(std::string(backend.name()), " device memory ran out ", std::string(during), " (",
-                     failure.message, ")"));
+    return DeviceMemoryError(absl::StrCat(std::string(backend.name()), " device memory ran out ",
+                                          std::string(during), " (", failure.message, ")"));
   }
   return absl::InternalError(
       absl::StrCat(std::string(backend.name()), " device failed ", std::string(during), ": ", failure.message));
+}
+
+absl::Status DeviceMemoryError(std::string_view message) {
+  absl::Status status = absl::ResourceExhaustedError(std::string(message));
+  status.SetPayload(kDeviceMemoryPayload, absl::Cord());
+  return status;
 }
 
 }  // namespace deltaserve::model

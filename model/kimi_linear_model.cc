@@ -235,9 +235,10 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
       if (armed) backend.Synchronize();
     }
   } finish_reads{backend_, device_in.data != nullptr};
+  DS_RETURN_IF_ERROR(ReserveLatentRows(seqs));
   const Step step{backend_, c, options_.layers, seqs, t};
-  // A device failure anywhere in the step (the sequences' states included) fails it; the
-  // caller drops those sequences, whose states the skipped work left behind.
+  // A device failure past this point fails the step with its sequences' states partly advanced:
+  // the caller drops those sequences, whose states the skipped work left behind.
   constexpr std::string_view kDuring = "in a step";
 
   std::unique_ptr<kernels::StepGraph> graph = BeginStepGraph(seqs, logit_rows, device_in.data);
@@ -380,11 +381,6 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
     if (seq.rows.length != 1) return nullptr;
     max_keys = std::max(max_keys, seq.state->num_tokens() + 1);
   }
-  // The latent caches grow before the recording: their memory is the sequences', not the step's.
-  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
-    if (config().IsKda(layer)) continue;
-    for (const StepSequence& seq : seqs) seq.state->ReserveLatent(layer, 1);
-  }
   const kernels::StepGraphKey key{instance_, static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(seqs.size()),
                                   static_cast<int64_t>(logit_rows.rows.size()), logit_rows.num_argmax,
@@ -392,6 +388,27 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
                                   static_cast<int64_t>(logit_rows.penalties.size()),
                                   reinterpret_cast<uintptr_t>(hidden_source)};
   return backend_.BeginStepGraph(key);
+}
+
+absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> seqs) const {
+  bool short_of_pages = false;
+  for (int64_t layer = layer_begin(); layer < layer_end() && !short_of_pages; ++layer) {
+    if (config().IsKda(layer)) continue;
+    for (const StepSequence& seq : seqs) {
+      seq.state->ReserveLatent(layer, seq.rows.length);
+      const MlaLayerState& cache = seq.state->mla(layer);
+      short_of_pages = cache.capacity() < cache.num_cached + seq.rows.length;
+      if (short_of_pages) break;
+    }
+  }
+  constexpr std::string_view kDuring = "reserving the step's latent cache pages";
+  absl::Status status = TakeDeviceFailure(kDuring);
+  if (status.ok() && short_of_pages) {
+    status = DeviceMemoryError(
+        absl::StrCat(std::string(backend_.name()), " device memory ran out ", std::string(kDuring)));
+  }
+  if (DeviceMemoryRanOut(status)) status.SetPayload(kStatesUnchangedPayload, absl::Cord());
+  return status;
 }
 
 std::vector<int64_t> KimiLinearModel::CachedLatentRows(std::span<const StepSequence> seqs) const {

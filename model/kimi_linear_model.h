@@ -148,7 +148,11 @@ class KimiLinearModel {
   // The input rows come from hidden_in, or where device_in has data, from it.
   absl::Status RunStep(const Step& step, std::span<const int32_t> ids, std::span<const float> hidden_in,
                        kernels::TensorView device_in, const LogitRows& logit_rows, StepResult& result);
-  // A graph for a decode step where the backend has one (latent caches grown first), else null.
+  // Allocates every latent page the step's new rows need, before the step changes any state (a
+  // step graph's recording then holds none of them). Where device memory runs out:
+  // RESOURCE_EXHAUSTED with kStatesUnchangedPayload.
+  absl::Status ReserveLatentRows(std::span<const StepSequence> seqs) const;
+  // A graph for a decode step where the backend has one, else null.
   std::unique_ptr<kernels::StepGraph> BeginStepGraph(std::span<const StepSequence> seqs,
                                                      const LogitRows& logit_rows, const void* hidden_source);
   // Every MLA layer's num_cached, to undo a step whose graph did not run.

@@ -23,6 +23,7 @@
 #include "kernels/cuda/moe_cublas_grouped.h"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/step_graphs.h"
+#include "kernels/cuda/step_room.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -56,6 +57,43 @@ struct CudaBackend::Impl {
     failures.Record(true, std::string(what) + ": " + std::to_string(bytes) +
                               " bytes more would pass the memory limit of " + std::to_string(memory->limit()) +
                               " bytes (" + std::to_string(held) + " held)");
+    return false;
+  }
+
+  // The steps' buffers (Allocate outside step graphs' arenas) against the states (AllocateState).
+  StepRoom room;
+  // Device bytes that can still be allocated: under the memory limit where one is set, else free
+  // device memory and what the stream-ordered pool keeps unused (it keeps all it frees); -1 when
+  // the runtime does not say.
+  int64_t Available() {
+    if (memory->limit() > 0) return memory->limit() - memory->held();
+    size_t free = 0, total = 0;
+    cudaMemPool_t pool = nullptr;
+    uint64_t reserved = 0, used = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess || cudaDeviceGetDefaultMemPool(&pool, device) != cudaSuccess ||
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) != cudaSuccess ||
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) != cudaSuccess) {
+      cudaGetLastError();
+      return -1;
+    }
+    return static_cast<int64_t>(free) + static_cast<int64_t>(reserved) - static_cast<int64_t>(used);
+  }
+  void StepBufferRefused(size_t bytes) {
+    const int64_t available = Available();
+    room.Refused(static_cast<int64_t>(bytes),
+                 available >= 0 && available + room.state_bytes() >= static_cast<int64_t>(bytes));
+  }
+  // Whether `bytes` more of state leave the steps' buffers their room; records the failure if not.
+  bool RoomForState(size_t bytes) {
+    const int64_t to_leave = room.ToLeave();
+    if (to_leave == 0) return true;
+    const int64_t available = Available();
+    if (available < 0) return true;  // unknown: the allocation itself decides
+    const int64_t left = available - static_cast<int64_t>(bytes);
+    if (left >= to_leave) return true;
+    failures.Record(true, "state: " + std::to_string(bytes) + " bytes would leave " +
+                              std::to_string(std::max<int64_t>(0, left)) + " of the " + std::to_string(to_leave) +
+                              " bytes more that the steps' buffers have held at once");
     return false;
   }
 
@@ -281,7 +319,11 @@ CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 // several: every entry point selects this backend's device first (cheap when already current).
 void CudaBackend::Bind() const { CheckFatal(cudaSetDevice(impl_->device), "cudaSetDevice"); }
 
-BackendFailure CudaBackend::TakeFailure() { return impl_->failures.Take(); }
+BackendFailure CudaBackend::TakeFailure() {
+  BackendFailure failure = impl_->failures.Take();
+  impl_->room.Checked(!failure.failed());
+  return failure;
+}
 
 // A region of StepGraphs held by one thread, given up when destroyed.
 class CudaStepGraph final : public StepGraph {
@@ -359,6 +401,19 @@ void CudaBackend::Synchronize() {
 }
 
 Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
+  return AllocateKind(rows, cols, dtype, /*step_buffer=*/true);
+}
+
+Tensor CudaBackend::AllocateState(int64_t rows, int64_t cols, DType dtype) {
+  Bind();
+  const size_t bytes = std::max<size_t>(256, static_cast<size_t>(rows * cols) * DTypeSize(dtype));
+  if (!impl_->failed() && impl_->Mode() == GraphMode::kNone && !impl_->RoomForState(bytes)) {
+    return Tensor(this, nullptr, dtype, rows, cols);
+  }
+  return AllocateKind(rows, cols, dtype, /*step_buffer=*/false);
+}
+
+Tensor CudaBackend::AllocateKind(int64_t rows, int64_t cols, DType dtype, bool step_buffer) {
   Bind();
   const OpScope scope(impl_->Profile(), "Allocate");
   void* data = nullptr;
@@ -369,9 +424,17 @@ Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
     void* step_data = impl_->graphs->Allocate(bytes);  // the step's arena; counted when measuring
     if (mode != GraphMode::kMeasure) return Tensor(this, step_data, dtype, rows, cols);
   }
-  if (!impl_->Reserve(bytes, "cudaMallocAsync")) return Tensor(this, nullptr, dtype, rows, cols);
+  if (!impl_->Reserve(bytes, "cudaMallocAsync")) {
+    if (step_buffer) impl_->StepBufferRefused(bytes);
+    return Tensor(this, nullptr, dtype, rows, cols);
+  }
   if (!impl_->Ok(cudaMallocAsync(&data, bytes, impl_->Stream()), "cudaMallocAsync")) data = nullptr;
   impl_->memory->Settle(data, bytes);
+  if (data == nullptr) {
+    if (step_buffer) impl_->StepBufferRefused(bytes);
+  } else {
+    impl_->room.Allocated(data, static_cast<int64_t>(bytes), /*state=*/!step_buffer);
+  }
   return Tensor(this, data, dtype, rows, cols);
 }
 
@@ -381,6 +444,7 @@ void CudaBackend::Free(void* data) {
   if (data == nullptr) return;  // a failed allocation
   if (impl_->graphs != nullptr && impl_->graphs->InArena(data)) return;  // a step graph's
   impl_->memory->Release(data);
+  impl_->room.Freed(data);
   // On the main stream even inside a capture: memory from outside a step graph is not the graph's
   // to free.
   CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");

@@ -114,6 +114,10 @@ class CudaBackend final : public Backend {
   StepGraphCounts step_graph_counts() const;
 
   Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
+  // Refused (out of memory) where it would leave less free device memory (under the memory
+  // limit where one is set) than the steps' buffers have held at once, a refused one's need
+  // included.
+  Tensor AllocateState(int64_t rows, int64_t cols, DType dtype) override;
   void Free(void* data) override;
   void Zero(TensorView dst) override;
   void Upload(const void* host, TensorView dst) override;
@@ -174,6 +178,8 @@ class CudaBackend final : public Backend {
   struct Impl;
   explicit CudaBackend(std::unique_ptr<Impl> impl);
   void Bind() const;
+  // Allocate, counting the tensor among the steps' buffers unless it is a state's.
+  Tensor AllocateKind(int64_t rows, int64_t cols, DType dtype, bool step_buffer);
   // Device memory of at least `bytes` bytes (scratch), freed with the tensor.
   Tensor AllocateBytes(size_t bytes);
   // A device copy of `bytes` host bytes (descriptor arrays, ids), freed with the tensor.

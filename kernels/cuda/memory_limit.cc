@@ -11,6 +11,11 @@ bool MemoryLimit::Reserve(size_t bytes, int64_t* held) {
   return true;
 }
 
+int64_t MemoryLimit::held() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return held_;
+}
+
 void MemoryLimit::Settle(void* data, size_t bytes) {
   if (limit_ <= 0) return;
   std::lock_guard<std::mutex> lock(mutex_);

@@ -12,6 +12,8 @@ class MemoryLimit {
  public:
   explicit MemoryLimit(int64_t limit_bytes) : limit_(limit_bytes) {}
   int64_t limit() const { return limit_; }
+  // The bytes counted now (0 with no limit).
+  int64_t held();
 
   // Counts `bytes` against the limit when they fit (always with no limit); false when they do
   // not, with the bytes held so far in *held.

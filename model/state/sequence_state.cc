@@ -24,10 +24,10 @@ SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& b
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
     LayerState& state = layers_[layer - layer_begin];
     if (config.IsKda(layer)) {
-      state.kda.recurrent = backend.Allocate(config.kda_num_heads, d * d, DType::kF32);
+      state.kda.recurrent = backend.AllocateState(config.kda_num_heads, d * d, DType::kF32);
       backend.Zero(state.kda.recurrent.view());
       for (kernels::Tensor& tail : state.kda.conv_tails) {
-        tail = backend.Allocate(config.conv_kernel_size - 1, width, DType::kF32);
+        tail = backend.AllocateState(config.conv_kernel_size - 1, width, DType::kF32);
         backend.Zero(tail.view());
       }
     } else {
@@ -61,7 +61,7 @@ const MlaLayerState& SequenceState::mla(int64_t layer) const {
 void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
   MlaLayerState& state = mla(layer);
   while (state.capacity() < state.num_cached + extra) {
-    kernels::Tensor page = backend_.Allocate(state.page_rows, config_.mla_latent_size(), state.dtype);
+    kernels::Tensor page = backend_.AllocateState(state.page_rows, config_.mla_latent_size(), state.dtype);
     if (page.empty()) return;  // the backend failed (out of memory); the step reports it
     state.page_data.push_back(page.view().data);
     state.pages.push_back(std::move(page));

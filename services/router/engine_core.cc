@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -37,8 +38,13 @@ struct EngineCore::Sequence {
   bool stepping = false;  // in a step still in flight (pipeline_steps above 1): the loop leaves it be
   int64_t session_tokens = 0;
   int64_t recomputed_tokens = 0;
+  int64_t preemptions = 0;  // times its state was dropped because device memory ran out
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
   bool drain_cut = false;  // a drain ends this turn after its absorb step
+
+  // Its turn has ended (or a drain ends it): where its state is computed again after a
+  // preemption, it samples nothing more once that is done, and the turn ends.
+  bool TurnEnded() const { return finish_reason != v1::FINISH_REASON_UNSPECIFIED || drain_cut; }
 };
 
 namespace {
@@ -62,7 +68,9 @@ int64_t Nanos(std::chrono::steady_clock::duration d) {
 // A failure of the pipeline's workers, as the caller sees it: the service is unavailable (the
 // workers' own codes, such as an internal deadline, would mislead the client).
 absl::Status WorkerError(const absl::Status& status) {
-  const std::string message = absl::StrCat("the model workers failed: ", status.ToString());
+  // Code and message only: payloads are for the router, not the client.
+  const std::string message = absl::StrCat("the model workers failed: ", absl::StatusCodeToString(status.code()),
+                                           ": ", status.message());
   // Device memory running out says the request does not fit this server now (a retry later or
   // a smaller request may), not that the workers are down.
   if (status.code() == absl::StatusCode::kResourceExhausted) return absl::ResourceExhaustedError(message);
@@ -98,6 +106,7 @@ EngineCore::EngineCore(const RouterConfig& config, RouterModel model, StageChann
       store_(store),
       observer_(observer != nullptr ? observer : &default_observer_),
       queue_(config.max_waiting),
+      running_cap_(config.max_running),
       save_threads_(static_cast<int>(config.session_transfer_threads)),
       open_threads_(static_cast<int>(config.session_transfer_threads)) {
   if (config.pipeline_steps > 1) step_threads_ = std::make_unique<BackgroundTasks>(config.pipeline_steps);
@@ -199,6 +208,8 @@ void EngineCore::CutShortForDrain() {
   for (const auto& [id, seq] : running_) running.push_back(id);
   for (const auto& [id, seq] : waiting_) waiting.push_back(id);
   cut_short_ = true;
+  // A session turn preempted after it streamed tokens, still waiting, ends as a queued one does:
+  // its session untouched, the client sends the turn again.
   for (uint64_t id : waiting) Retire(id, Drained(*waiting_.at(id)), false);
   for (uint64_t id : running) {
     Sequence& seq = *running_.at(id);
@@ -209,6 +220,11 @@ void EngineCore::CutShortForDrain() {
       // client saw and the next turn resumes it without recomputing.
       seq.drain_cut = true;
       seq.phase = SequencePhase::kAbsorb;
+      continue;
+    }
+    if (seq.has_session && !seq.generated.empty()) {
+      // Computed again after a preemption: once it is, its turn ends as one that absorbs.
+      seq.drain_cut = true;
       continue;
     }
     // Still reading its prompt: nothing was streamed, so the turn ends without touching its
@@ -296,6 +312,7 @@ void EngineCore::Retire(uint64_t id, RequestOutcome outcome, bool snapshot) {
     --queued_;
   }
   if (seq == nullptr) return;
+  if (outcome.status.ok()) running_cap_ = std::min(running_cap_ + 1, config_.max_running);
   if (seq->opened && snapshot) {
     {
       absl::MutexLock lock(&mutex_);
@@ -406,8 +423,7 @@ void EngineCore::Admit() {
     absl::MutexLock lock(&mutex_);
     saving = saving_;
   }
-  while (static_cast<int64_t>(running_.size() + admitted.size()) + saving < config_.max_running &&
-         !queue_.empty()) {
+  while (static_cast<int64_t>(running_.size() + admitted.size()) + saving < running_cap_ && !queue_.empty()) {
     const uint64_t id = *queue_.Pop();
     auto node = waiting_.extract(id);
     {
@@ -423,16 +439,20 @@ void EngineCore::Admit() {
   // while to arrive); the rest open here at once, together, with nothing to fetch.
   std::vector<Sequence*> fresh;
   for (Sequence* seq : admitted) {
-    seq->admitted = Clock::now();
-    seq->arrival = admissions_++;
-    observer_->Queued(Seconds(seq->admitted - seq->arrived));
+    if (seq->preemptions == 0) {  // a preempted one keeps its place in line
+      seq->admitted = Clock::now();
+      seq->arrival = admissions_++;
+      observer_->Queued(Seconds(seq->admitted - seq->arrived));
+    }
     if (seq->request.session_mode != v1::SESSION_MODE_CONTINUE) {
       fresh.push_back(seq);
       continue;
     }
     seq->opening = true;
     open_threads_.Post([this, seq] {
-      OpenedBatch batch{{seq->id}, OpenSequences({seq})};
+      OpenedBatch batch;
+      batch.ids = {seq->id};
+      OpenSequences({seq}, batch);
       absl::MutexLock lock(&mutex_);
       opened_.push_back(std::move(batch));
     });
@@ -440,7 +460,7 @@ void EngineCore::Admit() {
   if (fresh.empty()) return;
   OpenedBatch batch;
   for (Sequence* seq : fresh) batch.ids.push_back(seq->id);
-  batch.failed = OpenSequences(fresh);
+  OpenSequences(fresh, batch);
   ApplyOpened(batch);
 }
 
@@ -456,6 +476,24 @@ void EngineCore::TakeOpened() {
 void EngineCore::ApplyOpened(OpenedBatch& batch) {
   for (uint64_t id : batch.ids) running_.at(id)->opening = false;
   for (auto& [id, outcome] : batch.failed) Retire(id, std::move(outcome), /*snapshot=*/false);
+  if (!batch.no_memory.empty()) {
+    // They wait for the sequences that hold state to finish; where none does, half of them try
+    // again at once. One alone that does not fit ends.
+    const int64_t holding = HoldingState();
+    const int64_t waiting = static_cast<int64_t>(batch.no_memory.size());
+    running_cap_ = holding > 0 ? holding : std::max<int64_t>(1, waiting / 2);
+    const absl::Status failure = WorkerError(batch.no_memory_status);
+    int64_t requeued = 0;
+    for (uint64_t id : batch.no_memory) {
+      Sequence& seq = *running_.at(id);
+      if (holding == 0 && waiting == 1) {
+        Retire(id, Outcome(seq, failure, v1::FINISH_REASON_ERROR), /*snapshot=*/false);
+      } else {
+        requeued += Preempt(seq, failure) ? 1 : 0;
+      }
+    }
+    observer_->Preempted("open", requeued);
+  }
   if (!cut_short_) return;
   // A drain's time ran out while these opened: they end as CutShortForDrain ends a turn still
   // reading its prompt.
@@ -467,9 +505,8 @@ void EngineCore::ApplyOpened(OpenedBatch& batch) {
   }
 }
 
-std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
-    const std::vector<Sequence*>& admitted) {
-  std::vector<std::pair<uint64_t, RequestOutcome>> failed;
+void EngineCore::OpenSequences(const std::vector<Sequence*>& admitted, OpenedBatch& batch) {
+  std::vector<std::pair<uint64_t, RequestOutcome>>& failed = batch.failed;
   // Each continued session's history comes from its manifest.
   std::vector<Sequence*> opening;
   std::vector<bool> restore;
@@ -525,11 +562,19 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
       ToProto(seq->request.sampling, open->mutable_sampling());
       open->mutable_penalty_context()->Assign(seq->history.begin(), seq->history.end());
       open->mutable_penalty_context()->Add(seq->request.prompt.begin(), seq->request.prompt.end());
+      open->mutable_penalty_context()->Add(seq->generated.begin(), seq->generated.end());
       open->set_fallback_seed(FreshSeed());
     }
     return request;
   };
-  if (opening.empty()) return failed;
+  if (opening.empty()) return;
+  // The sequences of an Open that ran out of device memory wait for memory (ApplyOpened).
+  const auto no_memory = [&](const absl::Status& status, Sequence* seq) {
+    if (!StageDeviceMemoryRanOut(status)) return false;
+    batch.no_memory.push_back(seq->id);
+    batch.no_memory_status = status;
+    return true;
+  };
   internal::v1::OpenResponse opened;
   absl::Status status = first_stage_.Open(open_request(opening, restore), &opened);
   if (!status.ok()) {
@@ -538,9 +583,10 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
     for (Sequence* seq : opening) ids.push_back(seq->id);
     CloseOnStages(ids);
     for (Sequence* seq : opening) {
+      if (no_memory(status, seq)) continue;
       failed.emplace_back(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR));
     }
-    return failed;
+    return;
   }
   std::map<uint64_t, bool> restored_on_every_stage;
   for (const internal::v1::OpenResult& result : opened.results()) {
@@ -570,7 +616,11 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
       seq->pending.insert(seq->pending.end(), seq->request.prompt.begin(), seq->request.prompt.end());
       if (restore[i]) reopen.push_back(seq);
     }
-    if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE) resumed.emplace_back(seq, restored);
+    // After a preemption, what it generated is computed again too.
+    seq->pending.insert(seq->pending.end(), seq->generated.begin(), seq->generated.end());
+    if (seq->request.session_mode == v1::SESSION_MODE_CONTINUE && seq->preemptions == 0) {
+      resumed.emplace_back(seq, restored);
+    }
   }
   if (!reopen.empty()) {
     std::vector<uint64_t> ids;
@@ -583,6 +633,7 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
       for (Sequence* seq : reopen) {
         seq->opened = false;
         seq->recomputed_tokens = 0;
+        if (no_memory(status, seq)) continue;
         failed.emplace_back(seq->id, Outcome(*seq, WorkerError(status), v1::FINISH_REASON_ERROR));
       }
     }
@@ -595,7 +646,6 @@ std::vector<std::pair<uint64_t, RequestOutcome>> EngineCore::OpenSequences(
       observer_->SessionResumed(restored, static_cast<int64_t>(seq->history.size()), Seconds(now - seq->admitted));
     }
   }
-  return failed;
 }
 
 bool EngineCore::IsStop(const Sequence& seq, int32_t token) const {
@@ -715,6 +765,7 @@ void EngineCore::ApplyStep(Step& step) {
   const std::vector<PlannedRun>& plan = step.plan;
   observer_->Step(step.prefill_tokens, step.decode_tokens, step.seconds);
   if (!step.status.ok()) {
+    if (PreemptForMemory(step)) return;
     // The stages may now disagree about these sequences' states: end them all.
     std::vector<uint64_t> ids;
     for (const PlannedRun& run : plan) ids.push_back(run.id);
@@ -733,7 +784,9 @@ void EngineCore::ApplyStep(Step& step) {
     if (it == running_.end()) continue;
     Sequence& seq = *it->second;
     if (seq.phase == SequencePhase::kPrefill) seq.consumed += static_cast<size_t>(run.num_tokens);
-    if (seq.phase == SequencePhase::kAbsorb) {
+    const bool computed_again = seq.phase == SequencePhase::kPrefill && seq.TurnEnded() &&
+                                seq.consumed == seq.pending.size();
+    if (seq.phase == SequencePhase::kAbsorb || computed_again) {
       FinishTurn(seq);
       continue;
     }
@@ -749,6 +802,70 @@ void EngineCore::ApplyStep(Step& step) {
   }
 }
 
+int64_t EngineCore::HoldingState() const {
+  int64_t holding = 0;
+  {
+    absl::MutexLock lock(&mutex_);
+    holding = saving_;
+  }
+  for (const auto& [id, seq] : running_) holding += seq->opened || seq->opening ? 1 : 0;
+  return holding;
+}
+
+bool EngineCore::PreemptForMemory(const Step& step) {
+  if (step.status.code() != absl::StatusCode::kResourceExhausted || !StageDeviceMemoryRanOut(step.status)) {
+    return false;
+  }
+  const int64_t holding = HoldingState();
+  if (holding <= 1) return false;
+  running_cap_ = std::max<int64_t>(1, holding - 1);
+  const absl::Status failure = WorkerError(step.status);
+  if (StepStatesUnchanged(step.status)) {
+    Sequence* last = nullptr;
+    for (const auto& [id, seq] : running_) {
+      if (!seq->opened || seq->opening || seq->stepping) continue;
+      const auto place = [](const Sequence& s) { return std::tie(s.request.priority, s.arrival); };
+      if (last == nullptr || place(*seq) > place(*last)) last = seq.get();
+    }
+    if (last != nullptr && Preempt(*last, failure)) observer_->Preempted("before_step", 1);
+    return true;
+  }
+  int64_t preempted = 0;
+  for (const PlannedRun& run : step.plan) {
+    auto it = running_.find(run.id);
+    if (it == running_.end()) continue;
+    preempted += Preempt(*it->second, failure) ? 1 : 0;
+  }
+  observer_->Preempted("mid_step", preempted);
+  return true;
+}
+
+bool EngineCore::Preempt(Sequence& seq, const absl::Status& failure) {
+  const base::RequestContext context = LogContext(seq.id, seq.request.tenant, seq.session_id);
+  if (seq.opened) DropOnStages({seq.id});
+  if (seq.preemptions >= config_.max_preemptions) {
+    Retire(seq.id,
+           Outcome(seq,
+                   absl::ResourceExhaustedError(absl::StrCat(failure.message(), "; given back its state ",
+                                                             seq.preemptions, " times (max_preemptions)")),
+                   v1::FINISH_REASON_ERROR),
+           false);
+    return false;
+  }
+  base::LogWarn(context, "device memory ran out: back in the queue, {} tokens to compute",
+                seq.history.size() + seq.request.prompt.size() + seq.generated.size());
+  ++seq.preemptions;
+  seq.pending.clear();
+  seq.consumed = 0;
+  seq.phase = SequencePhase::kPrefill;
+  auto node = running_.extract(seq.id);
+  queue_.Requeue(seq.id, seq.request.priority);
+  waiting_.insert(std::move(node));
+  absl::MutexLock lock(&mutex_);
+  ++queued_;
+  return true;
+}
+
 std::vector<PlannedRun> EngineCore::PlanNext() const {
   std::vector<PlannerSequence> planner;
   int64_t steppable = 0;  // not opening, whether in a step or not
@@ -757,7 +874,7 @@ std::vector<PlannedRun> EngineCore::PlanNext() const {
     ++steppable;
     if (seq->stepping) continue;
     planner.push_back({id, seq->request.priority, seq->arrival, seq->phase,
-                       static_cast<int64_t>(seq->pending.size() - seq->consumed)});
+                       static_cast<int64_t>(seq->pending.size() - seq->consumed), !seq->TurnEnded()});
   }
   if (planner.empty()) return {};
   PlannerLimits limits = config_.planner;
@@ -775,6 +892,7 @@ void EngineCore::Loop() {
     for (const auto& [id, seq] : running_) opening += seq->opening ? 1 : 0;
     observer_->Batch(static_cast<int64_t>(running_.size()) - opening, opening,
                      static_cast<int64_t>(waiting_.size()));
+    observer_->RunningCap(running_cap_);
   };
   for (;;) {
     {

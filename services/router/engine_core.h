@@ -86,10 +86,13 @@ class EngineCore {
  private:
   struct Sequence;
   using Clock = std::chrono::steady_clock;
-  // An Open's sequences, and those of them that must end (with their outcomes).
+  // An Open's sequences, those of them that must end (with their outcomes), and those a stage
+  // had no device memory for (with that failure).
   struct OpenedBatch {
     std::vector<uint64_t> ids;
     std::vector<std::pair<uint64_t, RequestOutcome>> failed;
+    std::vector<uint64_t> no_memory;
+    absl::Status no_memory_status;
   };
   // A step's plan, request and what the stages answered.
   struct Step {
@@ -117,11 +120,13 @@ class EngineCore {
   // Each continued session's manifest, the context limit, the stages' Open (restoring the
   // snapshots) and, where a restore failed, a fresh Open. Runs on a background thread for a
   // continued session (only it touches that sequence until TakeOpened), on the loop for the
-  // others. Returns the requests that must end, with their outcomes.
-  std::vector<std::pair<uint64_t, RequestOutcome>> OpenSequences(const std::vector<Sequence*>& admitted);
+  // others. Fills batch.failed and batch.no_memory.
+  void OpenSequences(const std::vector<Sequence*>& admitted, OpenedBatch& batch);
   // Applies the Opens that came back from the background.
   void TakeOpened();
-  // An Open's results: its sequences join the steps, the failed ones end.
+  // An Open's results: its sequences join the steps, the failed ones end, and those the stages
+  // had no device memory for go back to the queue (Preempt), the running batch capped at the
+  // sequences that hold state (at half of them where none does); one alone ends.
   void ApplyOpened(OpenedBatch& batch);
   // Plans the next step over the sequences neither opening nor in a step (at most their share
   // when steps overlap); empty when there is none.
@@ -135,6 +140,19 @@ class EngineCore {
   void FinishSteps();
   // Streams a step's tokens and ends the turns it finished, or ends its sequences if it failed.
   void ApplyStep(Step& step);
+  // A step ran out of device memory: frees some (vLLM's preemption by recomputation). Where no
+  // stage changed a state, the running sequence last in line (lowest priority, admitted last)
+  // gives its state back and the step's others run again as they are; otherwise each of the
+  // step's sequences gives its state back. Those are queued again ahead of the requests that
+  // never ran and computed again from their tokens once admitted. The running batch is capped one
+  // below the sequences that held state when memory ran out; each turn that ends raises the cap
+  // by one. False where the step's sequence held all the state there was: it ends with the failure.
+  bool PreemptForMemory(const Step& step);
+  // Sequences whose state the stages hold: running (or opening) and saving.
+  int64_t HoldingState() const;
+  // Drops a running sequence's state on the stages and queues it again, its tokens kept (true);
+  // a sequence preempted max_preemptions times ends with `failure` instead (false).
+  bool Preempt(Sequence& seq, const absl::Status& failure);
   void OnToken(Sequence& seq, int32_t token);
   void FinishTurn(Sequence& seq);
   // Tells every stage to drop these sequences' state (one call, errors only logged).
@@ -187,6 +205,9 @@ class EngineCore {
   uint64_t admissions_ = 0;
   // A drain's time ran out: what opens from now on ends at once (a drain is never undone).
   bool cut_short_ = false;
+  // The running batch's size limit since device memory ran out (PreemptForMemory); max_running
+  // until then.
+  int64_t running_cap_;
   int64_t steps_in_flight_ = 0;
 
   BackgroundTasks save_threads_;

@@ -10,6 +10,10 @@ bool RequestQueue::Push(uint64_t request_id, int32_t priority) {
   return true;
 }
 
+void RequestQueue::Requeue(uint64_t request_id, int32_t priority) {
+  entries_.emplace(priority, requeued_++, request_id);
+}
+
 std::optional<uint64_t> RequestQueue::Pop() {
   if (entries_.empty()) return std::nullopt;
   const uint64_t id = std::get<2>(*entries_.begin());

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <set>
 #include <tuple>
@@ -15,6 +16,9 @@ class RequestQueue {
 
   // False (and nothing queued) when the queue is full.
   bool Push(uint64_t request_id, int32_t priority);
+  // A request taken out of the running batch (preempted) goes back ahead of every request of its
+  // priority that never ran, behind those requeued before it; never refused.
+  void Requeue(uint64_t request_id, int32_t priority);
   // The request to serve next, removed from the queue.
   std::optional<uint64_t> Pop();
   std::optional<uint64_t> Peek() const;
@@ -26,10 +30,12 @@ class RequestQueue {
   int64_t capacity() const { return capacity_; }
 
  private:
-  // (priority, arrival number, request id): the set's order is the service order.
-  using Entry = std::tuple<int32_t, uint64_t, uint64_t>;
+  // (priority, order, request id): the set's order is the service order. Arrivals count up
+  // from 0, requeued requests from the lowest int64_t.
+  using Entry = std::tuple<int32_t, int64_t, uint64_t>;
   int64_t capacity_;
-  uint64_t arrivals_ = 0;
+  int64_t arrivals_ = 0;
+  int64_t requeued_ = std::numeric_limits<int64_t>::min();
   std::set<Entry> entries_;
 };
 

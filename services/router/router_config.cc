@@ -21,6 +21,9 @@ absl::Status RouterConfig::Validate() const {
         {pipeline_steps, "pipeline_steps"}}) {
     if (absl::Status status = positive(value, name); !status.ok()) return status;
   }
+  if (max_preemptions < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("max_preemptions must be at least 0, got ", max_preemptions));
+  }
   if (planner.max_step_tokens < max_running) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_step_tokens (", planner.max_step_tokens, ") must be at least max_running (",

@@ -24,6 +24,9 @@ struct RouterConfig {
   // Steps in flight down the pipeline at once, each over its own share of the running sequences
   // (a sequence is in at most one): with N stages, N keeps every stage busy. 1: one step at a time.
   int64_t pipeline_steps = 1;
+  // Times one request may be taken out of the running batch because device memory ran out (its
+  // state dropped and computed again later); once more ends it with RESOURCE_EXHAUSTED.
+  int64_t max_preemptions = 8;
 
   // Names the offending field. max_step_tokens must cover one decode token per running sequence.
   absl::Status Validate() const;

@@ -1,5 +1,7 @@
 #include "services/router/router_metrics.h"
 
+#include <functional>
+#include <map>
 #include <string>
 
 #include "base/status_macros.h"
@@ -32,6 +34,8 @@ struct RouterMetrics::Families {
   prometheus::Histogram* resume = nullptr;
   prometheus::Histogram* save = nullptr;
   prometheus::Counter* saved_bytes = nullptr;
+  std::map<std::string, prometheus::Counter*, std::less<>> preempted;  // by cause
+  prometheus::Gauge* running_cap = nullptr;
 };
 
 absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(prometheus::Registry& registry) {
@@ -89,6 +93,17 @@ absl::StatusOr<std::unique_ptr<RouterMetrics>> RouterMetrics::Create(prometheus:
   DS_ASSIGN_OR_RETURN(auto* saved, AddCounterFamily(registry, "deltaserve_session_snapshot_bytes_total",
                                                     "Bytes of stage state snapshotted at the end of turns"));
   DS_ASSIGN_OR_RETURN(f->saved_bytes, AddSeries(*saved, {}));
+  DS_ASSIGN_OR_RETURN(auto* preempted,
+                      AddCounterFamily(registry, "deltaserve_preemptions_total",
+                                       "Sequences sent back to the queue because device memory ran out, their "
+                                       "state to be computed again; cause: before_step, mid_step, open"));
+  for (const char* cause : {"before_step", "mid_step", "open"}) {
+    DS_ASSIGN_OR_RETURN(f->preempted[cause], AddSeries(*preempted, {{"cause", cause}}));
+  }
+  DS_ASSIGN_OR_RETURN(auto* cap, AddGaugeFamily(registry, "deltaserve_running_cap",
+                                                "The running batch's size limit: --max-running, lower since "
+                                                "device memory ran out, rising as turns end"));
+  DS_ASSIGN_OR_RETURN(f->running_cap, AddSeries(*cap, {}));
   return std::unique_ptr<RouterMetrics>(new RouterMetrics(std::move(f)));
 }
 
@@ -131,5 +146,13 @@ void RouterMetrics::SessionSaved(int64_t bytes, double seconds) {
   f_->saved_bytes->Increment(static_cast<double>(bytes));
   f_->save->Observe(seconds);
 }
+
+void RouterMetrics::Preempted(std::string_view cause, int64_t sequences) {
+  if (const auto it = f_->preempted.find(cause); it != f_->preempted.end()) {
+    it->second->Increment(static_cast<double>(sequences));
+  }
+}
+
+void RouterMetrics::RunningCap(int64_t cap) { f_->running_cap->Set(static_cast<double>(cap)); }
 
 }  // namespace deltaserve::services

@@ -1,6 +1,7 @@
 // The router's Prometheus metrics (names prefixed deltaserve_): requests by outcome, queue time,
 // time to first token, inter-token latency, end-to-end latency, batch composition, tokens per
-// step (prefill and decode), session restores against recomputes.
+// step (prefill and decode), session restores against recomputes, preemptions when device memory
+// ran out and the running batch's limit since.
 #pragma once
 
 #include <memory>
@@ -25,6 +26,8 @@ class RouterMetrics final : public RouterObserver {
   void StepsInFlight(int64_t steps) override;
   void SessionResumed(bool restored, int64_t history_tokens, double seconds) override;
   void SessionSaved(int64_t bytes, double seconds) override;
+  void Preempted(std::string_view cause, int64_t sequences) override;
+  void RunningCap(int64_t cap) override;
 
  private:
   struct Families;

@@ -25,6 +25,13 @@ class RouterObserver {
   // A session turn began: its history was restored from the store (hit) or recomputed.
   virtual void SessionResumed(bool /*restored*/, int64_t /*history_tokens*/, double /*seconds*/) {}
   virtual void SessionSaved(int64_t /*bytes*/, double /*seconds*/) {}
+  // Device memory ran out and `sequences` went back to the queue, their state to be computed
+  // again. cause: "before_step" (a step's, before it changed any state: its others ran on),
+  // "mid_step" (a step's, after it advanced states: each of its sequences went back), "open"
+  // (their Open's).
+  virtual void Preempted(std::string_view /*cause*/, int64_t /*sequences*/) {}
+  // With Batch: the running batch's size limit (max_running, lower since device memory ran out).
+  virtual void RunningCap(int64_t /*cap*/) {}
 };
 
 }  // namespace deltaserve::services

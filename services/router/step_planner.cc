@@ -21,7 +21,7 @@ std::vector<PlannedRun> PlanStep(std::vector<PlannerSequence> running, const Pla
   for (const PlannerSequence& seq : running) {
     if (seq.phase != SequencePhase::kPrefill || full() || seq.remaining_prefill < 1) continue;
     const int64_t chunk = std::min({seq.remaining_prefill, budget, limits.max_prefill_chunk});
-    plan.push_back({seq.id, chunk, chunk == seq.remaining_prefill});
+    plan.push_back({seq.id, chunk, chunk == seq.remaining_prefill && seq.samples_after_prefill});
     budget -= chunk;
   }
   return plan;

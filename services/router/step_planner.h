@@ -21,6 +21,9 @@ struct PlannerSequence {
   uint64_t arrival = 0;          // admission order
   SequencePhase phase = SequencePhase::kPrefill;
   int64_t remaining_prefill = 0;  // for kPrefill
+  // For kPrefill: whether its last prefill run samples a token (not for a finished turn whose
+  // state is being computed again before its snapshot).
+  bool samples_after_prefill = true;
 };
 
 struct PlannedRun {
@@ -37,7 +40,7 @@ struct PlannerLimits {
 
 // Decodes and absorbs first (one token each), then prefill chunks until the budget (or the
 // sequence limit) is spent, each kind in priority and arrival order. A prefill run samples when
-// it consumes the sequence's last remaining prompt token.
+// it consumes the sequence's last remaining prompt token (and samples_after_prefill).
 std::vector<PlannedRun> PlanStep(std::vector<PlannerSequence> running, const PlannerLimits& limits);
 
 }  // namespace deltaserve::services

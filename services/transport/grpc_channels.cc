@@ -101,7 +101,7 @@ absl::StatusOr<WorkerDescription> GrpcExpertChannel::Describe() {
 
 grpc::Status StageWorkerService::Open(grpc::ServerContext*, const internal::v1::OpenRequest* request,
                                       internal::v1::OpenResponse* response) {
-  return ToGrpcStatus(stage_.Open(*request, response));
+  return ToInternalGrpcStatus(stage_.Open(*request, response));  // StageDeviceMemory for the router
 }
 
 grpc::Status StageWorkerService::Step(grpc::ServerContext*, const internal::v1::StepRequest* request,
@@ -130,7 +130,7 @@ grpc::Status StageWorkerService::ConnectNccl(grpc::ServerContext* context,
 grpc::Status ExpertWorkerService::RunExperts(grpc::ServerContext*,
                                              const internal::v1::RunExpertsRequest* request,
                                              internal::v1::RunExpertsResponse* response) {
-  return ToGrpcStatus(experts_.RunExperts(*request, response));
+  return ToInternalGrpcStatus(experts_.RunExperts(*request, response));  // DeviceMemoryRanOut for the stage
 }
 
 grpc::Status ExpertWorkerService::Describe(grpc::ServerContext*, const internal::v1::DescribeRequest*,

@@ -8,6 +8,22 @@
 
 namespace deltaserve::services {
 
+// Set on an Open's or a Step's RESOURCE_EXHAUSTED where a stage's (or an expert worker's) device
+// memory ran out: fewer sequences may fit where these did not.
+inline constexpr char kStageDeviceMemoryPayload[] = "type.googleapis.com/deltaserve.internal.v1.StageDeviceMemory";
+// Also set where that happened before any stage changed a sequence's state: the step's sequences
+// are as they were and may run again. Without it a failed step may have advanced some of their
+// states, and they must be dropped.
+inline constexpr char kStepStatesUnchangedPayload[] =
+    "type.googleapis.com/deltaserve.internal.v1.StepStatesUnchanged";
+
+inline bool StageDeviceMemoryRanOut(const absl::Status& status) {
+  return status.GetPayload(kStageDeviceMemoryPayload).has_value();
+}
+inline bool StepStatesUnchanged(const absl::Status& status) {
+  return status.GetPayload(kStepStatesUnchangedPayload).has_value();
+}
+
 class StageChannel {
  public:
   virtual ~StageChannel() = default;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
+#include "model/device_failure.h"
 #include "model/generator.h"
 #include "model/state/state_codec.h"
 #include "model/state/state_envelope.h"
@@ -113,7 +114,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
       }
     }
     if (seq.state == nullptr) seq.state = model_.NewState();
-    DS_RETURN_IF_ERROR(model_.TakeDeviceFailure(absl::StrCat("opening sequence ", open.seq_id())));
+    DS_RETURN_IF_ERROR(ForRouter(model_.TakeDeviceFailure(absl::StrCat("opening sequence ", open.seq_id()))));
     if (model_.is_last_stage()) {
       const std::vector<int32_t> context(open.penalty_context().begin(), open.penalty_context().end());
       seq.sampler = std::make_unique<model::SequenceSampler>(FromProto(open.sampling()), context,
@@ -168,16 +169,26 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     arrived = std::move(rows);
   }
   const bool received = arrived.has_value();
-  absl::Status status = RunStep(request, response, std::move(arrived));
+  bool ran = false;
+  absl::Status status = RunStep(request, response, std::move(arrived), ran);
   if (!status.ok()) {
     status.ErasePayload(kHiddenRowsReceivedPayload);  // the next stage's, about its own rows
     if (received) status.SetPayload(kHiddenRowsReceivedPayload, absl::Cord());
+    if (ran) status.ErasePayload(kStepStatesUnchangedPayload);  // a later stage's; this one's changed
   }
   return status;
 }
 
+absl::Status StageEngine::ForRouter(absl::Status status) {
+  if (model::DeviceMemoryRanOut(status)) status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
+  if (model::StatesUnchanged(status)) status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
+  status.ErasePayload(model::kDeviceMemoryPayload);
+  status.ErasePayload(model::kStatesUnchangedPayload);
+  return status;
+}
+
 absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response,
-                                  std::optional<NcclStageInput::Rows> arrived) {
+                                  std::optional<NcclStageInput::Rows> arrived, bool& ran) {
   const int64_t hidden_size = model_.config().hidden_size;
   absl::ReleasableMutexLock lock(&mutex_);
   std::vector<model::SequenceInput> batch;
@@ -223,7 +234,10 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
   const bool on_device = device_rows.in.data != nullptr || device_rows.out.data != nullptr;
   std::vector<float> out;
   std::vector<int32_t> device_ids;
-  DS_RETURN_IF_ERROR(model_.ForwardStage(batch, hidden_in, out, &device_ids, on_device ? &device_rows : nullptr));
+  absl::Status stepped =
+      model_.ForwardStage(batch, hidden_in, out, &device_ids, on_device ? &device_rows : nullptr);
+  if (!stepped.ok()) return ForRouter(std::move(stepped));
+  ran = true;
   arrived.reset();  // the input link's buffer is free for the next step
 
   if (!model_.is_last_stage()) {

@@ -54,9 +54,13 @@ class StageEngine final : public StageChannel {
     std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
   };
 
-  // Step once its rows announced over NCCL, if any, have arrived.
+  // The model's failure as the router reads it (kStageDeviceMemoryPayload,
+  // kStepStatesUnchangedPayload).
+  static absl::Status ForRouter(absl::Status status);
+  // Step once its rows announced over NCCL, if any, have arrived. `ran` tells whether this
+  // stage's layers ran (their states advanced).
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response,
-                       std::optional<NcclStageInput::Rows> arrived);
+                       std::optional<NcclStageInput::Rows> arrived, bool& ran);
 
   // The state in a fetched snapshot (its checksum verified by Open before its lock), or the
   // reason it cannot be restored.

@@ -35,7 +35,7 @@ add_binary() {
     esac
   done
 }
-find_binary() { find "$1" -type f -name "$2" -perm -u+x | head -n 1; }
+find_binary() { find "$1/" -type f -name "$2" -perm -u+x | head -n 1; }  # "$1/": a linked folder too
 
 build_targets . build-gpu
 if [[ -n $base ]]; then

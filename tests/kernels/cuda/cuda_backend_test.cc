@@ -373,6 +373,42 @@ TEST_F(CudaVsCpu, ProgrammaticProductsReadWhatTheKernelBeforeWrote) {
   }
 }
 
+// States leave the steps' buffers the room those have held at once: a state that would cut into
+// it is refused as out of memory, so states run out before a step does.
+TEST_F(CudaVsCpu, AStateLeavesTheStepsBuffersTheRoomTheyHaveHeld) {
+  std::string why;
+  cuda_ = CudaBackend::Create({.memory_limit_bytes = int64_t{64} << 20}, &why);
+  ASSERT_NE(cuda_, nullptr) << why;
+  constexpr int64_t kMiB = int64_t{1} << 20;
+  Tensor state_before_any_step = cuda_->AllocateState(1, 8 * kMiB / 4, DType::kF32);  // nothing to leave yet
+  EXPECT_FALSE(state_before_any_step.empty());
+  state_before_any_step = Tensor();
+  {
+    Tensor step_a = cuda_->Allocate(1, 30 * kMiB / 4, DType::kF32);
+    Tensor step_b = cuda_->Allocate(1, 10 * kMiB / 4, DType::kF32);  // 40 MiB held at once
+    ASSERT_FALSE(step_a.empty() || step_b.empty());
+  }
+  EXPECT_FALSE(cuda_->TakeFailure().failed());  // the step ran: its 40 MiB count
+  Tensor too_big = cuda_->AllocateState(1, 30 * kMiB / 4, DType::kF32);  // would leave 34 MiB
+  EXPECT_TRUE(too_big.empty());
+  BackendFailure failure = cuda_->TakeFailure();
+  EXPECT_TRUE(failure.out_of_memory);
+  EXPECT_NE(failure.message.find("steps' buffers"), std::string::npos) << failure.message;
+  Tensor state = cuda_->AllocateState(1, 20 * kMiB / 4, DType::kF32);  // leaves 44 MiB
+  ASSERT_FALSE(state.empty());
+  Tensor step = cuda_->Allocate(1, 40 * kMiB / 4, DType::kF32);
+  EXPECT_FALSE(step.empty()) << "the room the state left is the step's";
+  EXPECT_FALSE(cuda_->TakeFailure().failed());
+
+  // A step buffer refused counts its need: the next state leaves room for it.
+  step = Tensor();
+  Tensor refused = cuda_->Allocate(1, 50 * kMiB / 4, DType::kF32);  // 20 + 50 past 64 MiB
+  EXPECT_TRUE(refused.empty());
+  EXPECT_TRUE(cuda_->TakeFailure().out_of_memory);
+  EXPECT_TRUE(cuda_->AllocateState(1, 1 * kMiB / 4, DType::kF32).empty()) << "20 + 1 + 50 > 64 MiB";
+  EXPECT_TRUE(cuda_->TakeFailure().out_of_memory);
+}
+
 // A refused call does not end the process: the backend holds the failure, skips the calling
 // thread's operations (allocations come back empty) until it is taken, then works as before.
 TEST_F(CudaVsCpu, AFailureIsHeldUntilTakenAndTheBackendKeepsWorking) {

@@ -22,15 +22,16 @@
 #include "model/kimi_linear_model.h"
 #include "services/worker/stage_engine.h"
 #include "tests/services/router/router_requests.h"
+#include "tests/services/router/whole_model_stage.h"
 #include "tests/testing/gated_store_client.h"
 
 namespace deltaserve::services {
 namespace {
 
-const std::string kFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
 constexpr auto kPatience = std::chrono::seconds(20);
 
 using testing::Collect;
+using testing::WholeModelStage;
 using testing::Collected;
 using testing::Greedy;
 
@@ -58,25 +59,6 @@ struct OpenAtExit {
   ~OpenAtExit() { store.Open(); }
 };
 
-// The whole model on the CPU as one stage (at most `max_open` sequences), over a store whose gate
-// holds `hold` transfers until the test opens it.
-struct WholeModelStage {
-  explicit WholeModelStage(testing::GatedStoreClient::Hold hold = testing::GatedStoreClient::Hold::kUploads)
-      : store(hold) {}
-  absl::Status Load(int64_t max_open) {
-    auto loaded = model::KimiLinearModel::Load(kFixture, backend);
-    if (!loaded.ok()) return loaded.status();
-    model = *std::move(loaded);
-    stage = std::make_unique<StageEngine>(*model, &store, nullptr, StageEngineOptions{.max_open_sequences = max_open});
-    return absl::OkStatus();
-  }
-  RouterModel router_model() const { return {model->config(), model->fingerprint(), model->max_context()}; }
-
-  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
-  std::unique_ptr<model::KimiLinearModel> model;
-  testing::GatedStoreClient store;
-  std::unique_ptr<StageEngine> stage;
-};
 
 TEST(EngineCoreTest, OtherRequestsRunWhileASessionSaves) {
   const RouterConfig config = TwoPlaces();
@@ -147,14 +129,14 @@ class BatchWatcher final : public RouterObserver {
 // steps either; meanwhile the restoring turn is reported as opening.
 TEST(EngineCoreTest, OtherRequestsRunWhileASessionRestores) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto whole = model::KimiLinearModel::Load(kFixture, backend);
+  auto whole = model::KimiLinearModel::Load(testing::kTinyFixture, backend);
   ASSERT_TRUE(whole.ok()) << whole.status();
   const int64_t layers = (*whole)->config().num_layers;
   model::ModelOptions first_half, second_half;
   first_half.scope = {.layer_begin = 0, .layer_end = layers / 2};
   second_half.scope = {.layer_begin = layers / 2, .layer_end = layers};
-  auto front = model::KimiLinearModel::Load(kFixture, backend, first_half);
-  auto back = model::KimiLinearModel::Load(kFixture, backend, second_half);
+  auto front = model::KimiLinearModel::Load(testing::kTinyFixture, backend, first_half);
+  auto back = model::KimiLinearModel::Load(testing::kTinyFixture, backend, second_half);
   ASSERT_TRUE(front.ok() && back.ok());
   const RouterConfig config = TwoPlaces();
   // Only the second stage's download is held, while the first stage waits on its Open.

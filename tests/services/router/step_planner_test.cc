@@ -62,6 +62,19 @@ TEST(PlanStep, ASequenceLimitTakesDecodesFirstThenPrefills) {
   EXPECT_EQ(plan[0].id, 2u);
 }
 
+TEST(PlanStep, AFinishedTurnComputedAgainDoesNotSample) {
+  const std::vector<PlannerSequence> running = {
+      {.id = 1, .priority = 0, .arrival = 0, .phase = SequencePhase::kPrefill, .remaining_prefill = 10,
+       .samples_after_prefill = false},
+      {.id = 2, .priority = 0, .arrival = 1, .phase = SequencePhase::kPrefill, .remaining_prefill = 10},
+  };
+  const std::vector<PlannedRun> plan = PlanStep(running, {.max_step_tokens = 20, .max_prefill_chunk = 512});
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].num_tokens, 10);
+  EXPECT_FALSE(plan[0].sample);
+  EXPECT_TRUE(plan[1].sample);
+}
+
 TEST(RequestQueue, PriorityThenArrivalAndABound) {
   RequestQueue queue(3);
   EXPECT_TRUE(queue.Push(10, 1));
@@ -73,6 +86,19 @@ TEST(RequestQueue, PriorityThenArrivalAndABound) {
   EXPECT_EQ(*queue.Pop(), 11u);
   EXPECT_EQ(*queue.Pop(), 10u);
   EXPECT_FALSE(queue.Pop().has_value());
+}
+
+TEST(RequestQueue, ARequeuedRequestGoesAheadOfThoseOfItsPriorityThatNeverRan) {
+  RequestQueue queue(2);
+  EXPECT_TRUE(queue.Push(10, 0));
+  EXPECT_TRUE(queue.Push(11, 1));
+  queue.Requeue(20, 1);
+  queue.Requeue(21, 1);  // past the bound: a requeued request is never refused
+  EXPECT_EQ(queue.size(), 4);
+  EXPECT_EQ(*queue.Pop(), 10u);  // a lower priority value still comes first
+  EXPECT_EQ(*queue.Pop(), 20u);
+  EXPECT_EQ(*queue.Pop(), 21u);
+  EXPECT_EQ(*queue.Pop(), 11u);
 }
 
 TEST(RouterConfig, ValidatesBudgets) {
@@ -89,6 +115,9 @@ TEST(RouterConfig, ValidatesBudgets) {
     config.session_transfer_threads = threads;
     EXPECT_NE(config.Validate().message().find("session_transfer_threads"), std::string::npos) << threads;
   }
+  config = RouterConfig();
+  config.max_preemptions = -1;
+  EXPECT_NE(config.Validate().message().find("max_preemptions"), std::string::npos);
   for (const int64_t steps : {int64_t{0}, RouterConfig::kMaxPipelineSteps + 1}) {
     config = RouterConfig();
     config.pipeline_steps = steps;

@@ -1,13 +1,15 @@
 // A stage moves session snapshots to and from the store outside the lock its steps take, so a
 // snapshot in transit never holds up the other sequences; a snapshot damaged on its way back is
 // refused (its checksum, verified before the lock), and the sequence opens fresh. A stage's lock
-// is free while the later stages run its step. Its metrics count how its rows went on.
+// is free while the later stages run its step. Its metrics count how its rows went on. A step a
+// later stage failed for device memory is not one whose states are unchanged.
 #include "services/worker/stage_engine.h"
 
 #include <chrono>
 #include <future>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "prometheus/registry.h"
@@ -211,6 +213,44 @@ TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
   // No link: both steps' rows went as bytes.
   EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "bytes"), 2);
   EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 0);
+}
+
+// Answers Open and Close; fails every Step as a stage whose device memory ran out before it
+// changed any state.
+class OutOfMemoryStage final : public StageChannel {
+ public:
+  absl::Status Open(const internal::v1::OpenRequest&, internal::v1::OpenResponse*) override {
+    return absl::OkStatus();
+  }
+  absl::Status Step(const internal::v1::StepRequest&, internal::v1::StepResponse*) override {
+    absl::Status status = absl::ResourceExhaustedError("device memory ran out (injected)");
+    status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
+    status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
+    return status;
+  }
+  absl::Status Close(const internal::v1::CloseRequest&, internal::v1::CloseResponse*) override {
+    return absl::OkStatus();
+  }
+};
+
+// A later stage that ran out of device memory before changing its states does not make the
+// step's states unchanged: this stage's had advanced. The router learns memory ran out, not that
+// it may run the step's sequences again as they are.
+TEST(StageEngineTest, ALaterStagesUnchangedStatesDoNotMakeTheStepsUnchanged) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto [first, last] = Halves(backend);
+  ASSERT_TRUE(first && last);
+  OutOfMemoryStage out_of_memory;
+  StageEngine first_stage(*first, nullptr, &out_of_memory);
+  internal::v1::OpenRequest open;
+  AddSequence(open, 1);
+  internal::v1::OpenResponse opened;
+  ASSERT_TRUE(first_stage.Open(open, &opened).ok());
+  internal::v1::StepResponse stepped;
+  const absl::Status status = first_stage.Step(StepOf(1, {5, 6, 7}), &stepped);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_TRUE(StageDeviceMemoryRanOut(status)) << status;
+  EXPECT_FALSE(StepStatesUnchanged(status)) << status;
 }
 
 }  // namespace

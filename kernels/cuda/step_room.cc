@@ -1,0 +1,54 @@
+#include "kernels/cuda/step_room.h"
+
+#include <algorithm>
+
+namespace deltaserve::kernels::cuda {
+
+void StepRoom::Allocated(void* data, int64_t bytes, bool state) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  held_[data] = {bytes, state};
+  if (state) {
+    state_bytes_ += bytes;
+    return;
+  }
+  step_bytes_ += bytes;
+  since_check_ = std::max(since_check_, step_bytes_);
+}
+
+void StepRoom::Freed(void* data) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = held_.find(data);
+  if (it == held_.end()) return;
+  (it->second.second ? state_bytes_ : step_bytes_) -= it->second.first;
+  held_.erase(it);
+}
+
+void StepRoom::Refused(int64_t bytes, bool fits_without_states) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (fits_without_states) refused_need_ = std::max(refused_need_, step_bytes_ + bytes);
+}
+
+void StepRoom::Checked(bool ok) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (ok) need_ = std::max(need_, since_check_);
+  need_ = std::max(need_, refused_need_);
+  since_check_ = step_bytes_;
+  refused_need_ = 0;
+}
+
+int64_t StepRoom::ToLeave() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return std::max<int64_t>(0, need_ - step_bytes_);
+}
+
+int64_t StepRoom::state_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return state_bytes_;
+}
+
+int64_t StepRoom::step_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return step_bytes_;
+}
+
+}  // namespace deltaserve::kernels::cuda

@@ -1,0 +1,42 @@
+// How much device memory the steps' own buffers need, so that sequence states leave it to them
+// (CudaBackend::AllocateState): states then run out before a step that changes them does, and
+// the model reports that with the states unchanged (model/device_failure.h). Pure bookkeeping,
+// no CUDA calls.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+
+namespace deltaserve::kernels::cuda {
+
+class StepRoom {
+ public:
+  // A step buffer or a state now holds `bytes` at `data`.
+  void Allocated(void* data, int64_t bytes, bool state);
+  void Freed(void* data);
+  // A step buffer of `bytes` was refused. Its need (the step buffers held with it) counts once
+  // the failure is checked, where it would have fit with no state held: a step too large for the
+  // device whatever the states is not one to leave room for.
+  void Refused(int64_t bytes, bool fits_without_states);
+  // The caller took a thread's failure (or none: `ok`). The most step-buffer bytes held at once
+  // since the last check count from now on if the work ran; a refused need counts either way.
+  void Checked(bool ok);
+
+  // Bytes a new state must leave free: the steps' buffers' largest need that counts, less what
+  // they hold now.
+  int64_t ToLeave() const;
+  int64_t state_bytes() const;
+  int64_t step_bytes() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::unordered_map<void*, std::pair<int64_t, bool>> held_;  // bytes, and whether a state's
+  int64_t step_bytes_ = 0;
+  int64_t state_bytes_ = 0;
+  int64_t since_check_ = 0;  // the most step-buffer bytes held at once since the last check
+  int64_t refused_need_ = 0;  // a refused buffer's need that fits without states, since then
+  int64_t need_ = 0;          // the largest that counts
+};
+
+}  // namespace deltaserve::kernels::cuda

@@ -1,0 +1,294 @@
+// When a step runs out of device memory the router preempts instead of failing the step's
+// requests: where the stages changed no state, the running sequence last in line gives its state
+// back and the others run on; where the step had advanced some states, each of its sequences
+// does. Preempted requests are computed again from their tokens and finish with exactly the
+// tokens an unconstrained run gives; a request that does not fit alone ends with
+// RESOURCE_EXHAUSTED and the server serves on.
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/cord.h"
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+#include "services/router/engine_core.h"
+#include "services/transport/stage_channel.h"
+#include "tests/services/router/router_requests.h"
+#include "tests/services/router/whole_model_stage.h"
+
+namespace deltaserve::services {
+namespace {
+
+constexpr auto kPatience = std::chrono::seconds(60);
+
+using testing::Collect;
+using testing::Collected;
+using testing::Greedy;
+using testing::WholeModelStage;
+
+// A device that holds `capacity` tokens of sequence state in all, and the states of `max_open`
+// sequences, in front of the real stage. An Open past max_open fails with RESOURCE_EXHAUSTED as a
+// stage's does, and so does a step past `capacity`: before the stage runs it (kUpFront: the
+// stage's latent pages did not fit; its states are unchanged), or after the stage ran it
+// (kMidStep: a step buffer did not fit; its states advanced).
+class DeviceMemoryStage final : public StageChannel {
+ public:
+  enum class Failure { kUpFront, kMidStep };
+  DeviceMemoryStage(StageChannel& next, int64_t capacity, Failure failure, int64_t max_open = 1000)
+      : next_(next), capacity_(capacity), failure_(failure), max_open_(max_open) {}
+
+  int64_t failed_steps() const { return failed_steps_; }
+
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (static_cast<int64_t>(held_.size()) + request.sequences_size() > max_open_) return OutOfMemory();
+    }
+    const absl::Status status = next_.Open(request, response);
+    if (!status.ok()) return status;
+    absl::MutexLock lock(&mutex_);
+    for (const internal::v1::OpenResult& result : response->results()) {
+      int64_t restored = 0;
+      for (const internal::v1::OpenSequence& open : request.sequences()) {
+        if (open.seq_id() == result.seq_id() && result.restored()) restored = open.restore_tokens();
+      }
+      held_[result.seq_id()] = restored;
+    }
+    return status;
+  }
+
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    int64_t added = 0;
+    {
+      absl::MutexLock lock(&mutex_);
+      int64_t held = 0;
+      for (const auto& [id, tokens] : held_) held += tokens;
+      for (const internal::v1::StepSequence& seq : request.sequences()) added += seq.token_ids_size();
+      if (held + added <= capacity_) {
+        for (const internal::v1::StepSequence& seq : request.sequences()) held_[seq.seq_id()] += seq.token_ids_size();
+        added = 0;
+      }
+    }
+    if (added == 0) return next_.Step(request, response);
+    ++failed_steps_;
+    absl::Status failure = OutOfMemory();
+    if (failure_ == Failure::kUpFront) {
+      failure.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
+      return failure;
+    }
+    const absl::Status ran = next_.Step(request, response);  // the states advance, then it fails
+    EXPECT_TRUE(ran.ok()) << ran;
+    return failure;
+  }
+
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      for (const internal::v1::CloseSequence& seq : request.sequences()) held_.erase(seq.seq_id());
+    }
+    return next_.Close(request, response);
+  }
+
+ private:
+  static absl::Status OutOfMemory() {
+    absl::Status status = absl::ResourceExhaustedError("test device memory ran out");
+    status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
+    return status;
+  }
+
+  StageChannel& next_;
+  const int64_t capacity_;
+  const Failure failure_;
+  const int64_t max_open_;
+  std::atomic<int64_t> failed_steps_{0};
+  absl::Mutex mutex_;
+  std::map<uint64_t, int64_t> held_ ABSL_GUARDED_BY(mutex_);  // tokens of state per open sequence
+};
+
+class PreemptionCounter final : public RouterObserver {
+ public:
+  void Preempted(std::string_view cause, int64_t sequences) override {
+    absl::MutexLock lock(&mutex_);
+    counts_[std::string(cause)] += sequences;
+  }
+  int64_t count(const std::string& cause) const {
+    absl::MutexLock lock(&mutex_);
+    const auto it = counts_.find(cause);
+    return it == counts_.end() ? 0 : it->second;
+  }
+
+ private:
+  mutable absl::Mutex mutex_;
+  std::map<std::string, int64_t> counts_ ABSL_GUARDED_BY(mutex_);
+};
+
+RouterConfig FourPlaces() {
+  RouterConfig config;
+  config.max_running = 4;
+  config.planner.max_step_tokens = 64;
+  return config;
+}
+
+
+// Four requests at once (the first a new turn of `session`): 69 tokens of state when done.
+std::vector<RouterRequest> FourRequests(const std::string& session = "agent") {
+  std::vector<RouterRequest> requests = {Greedy({1, 2, 3}, 15), Greedy({4, 5, 6, 7}, 14), Greedy({8, 9}, 16),
+                                         Greedy({10, 11, 12, 13, 14}, 13)};
+  requests[0].session_mode = v1::SESSION_MODE_CREATE;
+  requests[0].session_id = session;
+  return requests;
+}
+
+std::vector<Collected> RunAll(EngineCore& engine, const std::vector<RouterRequest>& requests) {
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const RouterRequest& request : requests) {
+    auto stream = engine.Submit(request);
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    if (stream.ok()) streams.push_back(*stream);
+  }
+  std::vector<Collected> collected;
+  const auto until = std::chrono::steady_clock::now() + kPatience;
+  for (const auto& stream : streams) collected.push_back(Collect(*stream, until));
+  return collected;
+}
+
+// The session's next turn, continued from what the first turn saved.
+Collected NextTurn(EngineCore& engine, const std::string& session) {
+  RouterRequest request = Greedy({20, 21}, 4);
+  request.session_mode = v1::SESSION_MODE_CONTINUE;
+  request.session_id = session;
+  auto stream = engine.Submit(request);
+  EXPECT_TRUE(stream.ok()) << stream.status();
+  return stream.ok() ? Collect(**stream, std::chrono::steady_clock::now() + kPatience) : Collected{};
+}
+
+// FourRequests and the session's next turn straight on the stage, as `session`.
+void RunUnconstrained(WholeModelStage& whole, const std::string& session, std::vector<Collected>& four,
+                      Collected& next) {
+  EngineCore engine(FourPlaces(), whole.router_model(), *whole.stage, &whole.store, nullptr);
+  four = RunAll(engine, FourRequests(session));
+  next = NextTurn(engine, session);
+  ASSERT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+}
+
+// Each of `got` finished as its counterpart in `want`.
+void ExpectSameTokens(const std::vector<Collected>& got, const std::vector<Collected>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    ASSERT_TRUE(got[i].finished);
+    EXPECT_TRUE(got[i].outcome.status.ok()) << got[i].outcome.status;
+    EXPECT_EQ(got[i].tokens, want[i].tokens);
+  }
+}
+
+class PreemptionTest : public ::testing::TestWithParam<DeviceMemoryStage::Failure> {};
+
+TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAnUnconstrainedRun) {
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(/*max_open=*/64);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  whole.store.Open();
+  const RouterConfig config = FourPlaces();
+  std::vector<Collected> want;
+  Collected want_next;
+  RunUnconstrained(whole, "unconstrained", want, want_next);
+
+  // Room for 56 tokens of state.
+  DeviceMemoryStage device(*whole.stage, 56, GetParam());
+  PreemptionCounter preemptions;
+  EngineCore engine(config, whole.router_model(), device, &whole.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests()), want);
+  EXPECT_GE(device.failed_steps(), 1);
+  if (GetParam() == DeviceMemoryStage::Failure::kUpFront) {
+    EXPECT_GE(preemptions.count("before_step"), 1);
+    EXPECT_EQ(preemptions.count("mid_step"), 0);
+  } else {
+    EXPECT_EQ(preemptions.count("before_step"), 0);
+    EXPECT_GE(preemptions.count("mid_step"), 2);  // a failed step's sequences all go back
+  }
+  EXPECT_EQ(preemptions.count("open"), 0);
+  // The session turn saved every token it streamed, whether or not it was preempted.
+  const Collected next = NextTurn(engine, "agent");
+  ASSERT_TRUE(next.finished);
+  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  EXPECT_EQ(next.tokens, want_next.tokens);
+  EXPECT_EQ(next.outcome.usage.session_tokens(), 18);
+}
+
+INSTANTIATE_TEST_SUITE_P(Failures, PreemptionTest,
+                         ::testing::Values(DeviceMemoryStage::Failure::kUpFront, DeviceMemoryStage::Failure::kMidStep),
+                         [](const ::testing::TestParamInfo<DeviceMemoryStage::Failure>& param) {
+                           return param.param == DeviceMemoryStage::Failure::kUpFront ? "UpFront" : "MidStep";
+                         });
+
+TEST(Preemption, RequestsWhoseOpenRanOutOfDeviceMemoryWaitForRoomAndFinish) {
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(/*max_open=*/64);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  whole.store.Open();
+  std::vector<Collected> want;
+  Collected want_next;
+  RunUnconstrained(whole, "unconstrained", want, want_next);
+
+  DeviceMemoryStage device(*whole.stage, 1000, DeviceMemoryStage::Failure::kUpFront, /*max_open=*/2);
+  PreemptionCounter preemptions;
+  EngineCore engine(FourPlaces(), whole.router_model(), device, &whole.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests()), want);
+  EXPECT_GE(preemptions.count("open"), 2);
+  EXPECT_EQ(preemptions.count("before_step") + preemptions.count("mid_step"), 0);
+  const Collected next = NextTurn(engine, "agent");
+  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  EXPECT_EQ(next.tokens, want_next.tokens);
+}
+
+TEST(Preemption, ARequestThatDoesNotFitAloneEndsWithResourceExhaustedAndTheServerServesOn) {
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(/*max_open=*/64);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  whole.store.Open();
+  DeviceMemoryStage device(*whole.stage, 12, DeviceMemoryStage::Failure::kUpFront);
+  EngineCore engine(FourPlaces(), whole.router_model(), device, &whole.store, nullptr);
+  const std::vector<Collected> too_long = RunAll(engine, {Greedy({1, 2, 3}, 20)});
+  ASSERT_EQ(too_long.size(), 1u);
+  ASSERT_TRUE(too_long[0].finished);
+  EXPECT_EQ(too_long[0].outcome.status.code(), absl::StatusCode::kResourceExhausted) << too_long[0].outcome.status;
+  // The prompt and 9 decode steps fill the device (10 tokens streamed); the 10th decode step fails.
+  EXPECT_EQ(too_long[0].tokens.size(), 10u);
+
+  const std::vector<Collected> fits = RunAll(engine, {Greedy({1, 2, 3}, 5)});
+  ASSERT_EQ(fits.size(), 1u);
+  EXPECT_TRUE(fits[0].outcome.status.ok()) << fits[0].outcome.status;
+  EXPECT_EQ(fits[0].tokens.size(), 5u);
+}
+
+TEST(Preemption, ARequestPreemptedMoreThanMaxPreemptionsEndsAndTheOthersFinish) {
+  WholeModelStage whole;
+  const absl::Status loaded = whole.Load(/*max_open=*/64);
+  ASSERT_TRUE(loaded.ok()) << loaded;
+  whole.store.Open();
+  RouterConfig config = FourPlaces();
+  config.max_preemptions = 0;
+  DeviceMemoryStage device(*whole.stage, 56, DeviceMemoryStage::Failure::kUpFront);
+  PreemptionCounter preemptions;
+  EngineCore engine(config, whole.router_model(), device, &whole.store, &preemptions);
+  const std::vector<Collected> got = RunAll(engine, FourRequests());
+  ASSERT_EQ(got.size(), 4u);
+  int failed = 0;
+  for (const Collected& c : got) {
+    ASSERT_TRUE(c.finished);
+    if (c.outcome.status.ok()) continue;
+    ++failed;
+    EXPECT_EQ(c.outcome.status.code(), absl::StatusCode::kResourceExhausted) << c.outcome.status;
+    EXPECT_NE(c.outcome.status.message().find("max_preemptions"), std::string_view::npos) << c.outcome.status;
+  }
+  EXPECT_GE(failed, 1);
+  EXPECT_LT(failed, 4);
+  EXPECT_EQ(got[3].outcome.status.code(), absl::StatusCode::kResourceExhausted);  // the last in line
+}
+
+}  // namespace
+}  // namespace deltaserve::services
