@@ -93,10 +93,15 @@ class Backend {
 
   // Memory. Allocated contents are unspecified.
   virtual Tensor Allocate(int64_t rows, int64_t cols, DType dtype) = 0;
-  // Memory a sequence keeps from step to step (its states and latent pages). A backend may refuse
-  // it as out of memory where it would leave less room than the steps' own buffers have needed
-  // at once (CUDA), so that growing states run out before a step that changes them does.
-  virtual Tensor AllocateState(int64_t rows, int64_t cols, DType dtype) { return Allocate(rows, cols, dtype); }
+  // Memory a sequence keeps from step to step (its states and latent pages). With
+  // leave_step_room a backend may refuse it as out of memory where it would leave less room than
+  // the steps' own buffers have needed at once (CUDA), so that growing states run out before a
+  // step that changes them does; without it (a sequence alone, nothing to give memory back), it
+  // may take that room.
+  virtual Tensor AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room = true) {
+    (void)leave_step_room;
+    return Allocate(rows, cols, dtype);
+  }
   virtual void Free(void* data) = 0;
   virtual void Zero(TensorView dst) = 0;
   // Host buffers are contiguous [rows, cols] of the view's dtype. The host buffer of an Upload

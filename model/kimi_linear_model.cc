@@ -62,7 +62,11 @@ int64_t KimiLinearModel::max_context() const {
 }
 
 std::unique_ptr<SequenceState> KimiLinearModel::NewState() const {
-  return std::make_unique<SequenceState>(config(), backend_, layer_begin(), layer_end(), fingerprint_);
+  // The first state alive may take the room left for steps: there is no other to give memory back.
+  auto state = std::make_unique<SequenceState>(config(), backend_, layer_begin(), layer_end(), fingerprint_,
+                                               kDefaultLatentPageRows, /*leave_step_room=*/*live_states_ > 0);
+  state->CountIn(live_states_);
+  return state;
 }
 
 std::string KimiLinearModel::SnapshotState(const SequenceState& state) const {
@@ -75,7 +79,10 @@ std::string KimiLinearModel::SnapshotStateUnsealed(const SequenceState& state) c
 
 absl::StatusOr<std::unique_ptr<SequenceState>> KimiLinearModel::RestoreState(std::string_view snapshot,
                                                                              bool checksum_verified) const {
-  return DecodeState(snapshot, config(), backend_, fingerprint_, layer_begin(), layer_end(), checksum_verified);
+  absl::StatusOr<std::unique_ptr<SequenceState>> state =
+      DecodeState(snapshot, config(), backend_, fingerprint_, layer_begin(), layer_end(), checksum_verified);
+  if (state.ok()) (*state)->CountIn(live_states_);
+  return state;
 }
 
 absl::Status KimiLinearModel::Validate(std::span<const SequenceInput> batch,
@@ -391,11 +398,14 @@ std::unique_ptr<kernels::StepGraph> KimiLinearModel::BeginStepGraph(std::span<co
 }
 
 absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> seqs) const {
+  // Sequences alone (no other state alive) may take the room left for steps: no other could
+  // give memory back.
+  const bool leave_step_room = *live_states_ > static_cast<int64_t>(seqs.size());
   bool short_of_pages = false;
   for (int64_t layer = layer_begin(); layer < layer_end() && !short_of_pages; ++layer) {
     if (config().IsKda(layer)) continue;
     for (const StepSequence& seq : seqs) {
-      seq.state->ReserveLatent(layer, seq.rows.length);
+      seq.state->ReserveLatent(layer, seq.rows.length, leave_step_room);
       const MlaLayerState& cache = seq.state->mla(layer);
       short_of_pages = cache.capacity() < cache.num_cached + seq.rows.length;
       if (short_of_pages) break;

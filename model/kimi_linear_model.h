@@ -2,6 +2,7 @@
 // decode, each continuing from its own SequenceState. One code path for every backend.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -168,6 +169,8 @@ class KimiLinearModel {
   uint64_t fingerprint_ = 0;
   bool step_graphs_ = true;
   uint64_t instance_ = 0;  // StepGraphKey::caller
+  // The states NewState and RestoreState made that are alive (SequenceState::CountIn).
+  std::shared_ptr<std::atomic<int64_t>> live_states_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 }  // namespace deltaserve::model

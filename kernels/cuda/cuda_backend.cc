@@ -78,19 +78,23 @@ struct CudaBackend::Impl {
     }
     return static_cast<int64_t>(free) + static_cast<int64_t>(reserved) - static_cast<int64_t>(used);
   }
-  void StepBufferRefused(size_t bytes) {
-    const int64_t available = Available();
-    room.Refused(static_cast<int64_t>(bytes),
-                 available >= 0 && available + room.state_bytes() >= static_cast<int64_t>(bytes));
-  }
-  // Whether `bytes` more of state leave the steps' buffers their room; records the failure if not.
-  bool RoomForState(size_t bytes) {
-    const int64_t to_leave = room.ToLeave();
-    if (to_leave == 0) return true;
+  void StepBufferRefused(size_t bytes) { room.Refused(static_cast<int64_t>(bytes), Available()); }
+  // Whether `bytes` more kept from step to step (a state, a step graph's arena) leave the steps'
+  // buffers their room.
+  bool LeavesStepRoom(size_t bytes, int64_t* left = nullptr, int64_t* to_leave = nullptr) {
+    const int64_t needed = room.ToLeave();
+    if (to_leave != nullptr) *to_leave = needed;
+    if (needed == 0) return true;
     const int64_t available = Available();
     if (available < 0) return true;  // unknown: the allocation itself decides
-    const int64_t left = available - static_cast<int64_t>(bytes);
-    if (left >= to_leave) return true;
+    const int64_t remaining = available - static_cast<int64_t>(bytes);
+    if (left != nullptr) *left = remaining;
+    return remaining >= needed;
+  }
+  // LeavesStepRoom for a state, recording the failure if not.
+  bool RoomForState(size_t bytes) {
+    int64_t left = 0, to_leave = 0;
+    if (LeavesStepRoom(bytes, &left, &to_leave)) return true;
     failures.Record(true, "state: " + std::to_string(bytes) + " bytes would leave " +
                               std::to_string(std::max<int64_t>(0, left)) + " of the " + std::to_string(to_leave) +
                               " bytes more that the steps' buffers have held at once");
@@ -305,7 +309,9 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
     return nullptr;
   }
   if (options.step_graphs) {
-    impl->graphs = std::make_unique<StepGraphs>(impl->stream, impl->memory.get(), options.max_step_graphs);
+    Impl* room = impl.get();
+    impl->graphs = std::make_unique<StepGraphs>(impl->stream, impl->memory.get(), options.max_step_graphs,
+                                                [room](size_t bytes) { return room->LeavesStepRoom(bytes); });
   }
   if (const char* profile = std::getenv("DELTASERVE_CUDA_OP_PROFILE"); profile != nullptr && profile[0] == '1') {
     impl->profile = std::make_unique<OpProfile>(impl->stream);
@@ -404,10 +410,10 @@ Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
   return AllocateKind(rows, cols, dtype, /*step_buffer=*/true);
 }
 
-Tensor CudaBackend::AllocateState(int64_t rows, int64_t cols, DType dtype) {
+Tensor CudaBackend::AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room) {
   Bind();
   const size_t bytes = std::max<size_t>(256, static_cast<size_t>(rows * cols) * DTypeSize(dtype));
-  if (!impl_->failed() && impl_->Mode() == GraphMode::kNone && !impl_->RoomForState(bytes)) {
+  if (leave_step_room && !impl_->failed() && impl_->Mode() == GraphMode::kNone && !impl_->RoomForState(bytes)) {
     return Tensor(this, nullptr, dtype, rows, cols);
   }
   return AllocateKind(rows, cols, dtype, /*step_buffer=*/false);

@@ -114,10 +114,10 @@ class CudaBackend final : public Backend {
   StepGraphCounts step_graph_counts() const;
 
   Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
-  // Refused (out of memory) where it would leave less free device memory (under the memory
-  // limit where one is set) than the steps' buffers have held at once, a refused one's need
-  // included.
-  Tensor AllocateState(int64_t rows, int64_t cols, DType dtype) override;
+  // With leave_step_room, refused (out of memory) where it would leave less free device memory
+  // (under the memory limit where one is set) than the steps' buffers have held at once
+  // (StepRoom). Step graphs' arenas are held to the same rule (no graph where refused).
+  Tensor AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room = true) override;
   void Free(void* data) override;
   void Zero(TensorView dst) override;
   void Upload(const void* host, TensorView dst) override;

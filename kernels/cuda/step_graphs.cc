@@ -16,8 +16,9 @@ size_t AlignUp(size_t bytes, size_t align) { return (bytes + align - 1) / align 
 
 }  // namespace
 
-StepGraphs::StepGraphs(cudaStream_t main, MemoryLimit* memory, int max_graphs)
-    : main_(main), memory_(memory), max_graphs_(std::max(max_graphs, 1)) {
+StepGraphs::StepGraphs(cudaStream_t main, MemoryLimit* memory, int max_graphs,
+                       std::function<bool(size_t)> may_keep)
+    : main_(main), memory_(memory), max_graphs_(std::max(max_graphs, 1)), may_keep_(std::move(may_keep)) {
   if (cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking) != cudaSuccess) {
     capture_stream_ = nullptr;
   }
@@ -108,6 +109,7 @@ bool StepGraphs::PrepareBuffers(Entry& entry) {
   }
   if (b.arena == nullptr && entry.arena_bytes > 0) {
     int64_t held = 0;
+    if (may_keep_ != nullptr && !may_keep_(entry.arena_bytes)) return false;
     if (!memory_->Reserve(entry.arena_bytes, &held)) return false;
     if (cudaMalloc(&b.arena, entry.arena_bytes) != cudaSuccess) {
       cudaGetLastError();  // an out-of-memory here only means no graph for this shape

@@ -19,6 +19,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,8 +37,10 @@ enum class GraphMode : uint8_t { kNone, kMeasure, kCapture, kReplay };
 class StepGraphs {
  public:
   // `main` is the stream graphs are launched on; `max_graphs` bounds the instantiated graphs
-  // kept (least recently used dropped first), four times that the keys remembered.
-  StepGraphs(cudaStream_t main, MemoryLimit* memory, int max_graphs);
+  // kept (least recently used dropped first), four times that the keys remembered. A graph's
+  // arena, kept as long as the graph, is made only where `may_keep` allows its bytes (null: always).
+  StepGraphs(cudaStream_t main, MemoryLimit* memory, int max_graphs,
+             std::function<bool(size_t)> may_keep = nullptr);
   ~StepGraphs();
   StepGraphs(const StepGraphs&) = delete;
   StepGraphs& operator=(const StepGraphs&) = delete;
@@ -134,6 +137,7 @@ class StepGraphs {
   cudaStream_t capture_stream_ = nullptr;
   MemoryLimit* memory_;
   const int max_graphs_;
+  const std::function<bool(size_t)> may_keep_;
 
   std::mutex region_;  // held from Begin to End
   std::atomic<bool> active_{false};

@@ -9,6 +9,7 @@ void StepRoom::Allocated(void* data, int64_t bytes, bool state) {
   held_[data] = {bytes, state};
   if (state) {
     state_bytes_ += bytes;
+    new_state_bytes_ += bytes;
     return;
   }
   step_bytes_ += bytes;
@@ -23,9 +24,12 @@ void StepRoom::Freed(void* data) {
   held_.erase(it);
 }
 
-void StepRoom::Refused(int64_t bytes, bool fits_without_states) {
+void StepRoom::Refused(int64_t bytes, int64_t available) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (fits_without_states) refused_need_ = std::max(refused_need_, step_bytes_ + bytes);
+  const int64_t older_states = std::max<int64_t>(0, state_bytes_ - new_state_bytes_);
+  if (available >= 0 && available + older_states >= bytes) {
+    refused_need_ = std::max(refused_need_, step_bytes_ + bytes);
+  }
 }
 
 void StepRoom::Checked(bool ok) {
@@ -34,6 +38,7 @@ void StepRoom::Checked(bool ok) {
   need_ = std::max(need_, refused_need_);
   since_check_ = step_bytes_;
   refused_need_ = 0;
+  new_state_bytes_ = 0;
 }
 
 int64_t StepRoom::ToLeave() const {

@@ -15,10 +15,12 @@ class StepRoom {
   // A step buffer or a state now holds `bytes` at `data`.
   void Allocated(void* data, int64_t bytes, bool state);
   void Freed(void* data);
-  // A step buffer of `bytes` was refused. Its need (the step buffers held with it) counts once
-  // the failure is checked, where it would have fit with no state held: a step too large for the
-  // device whatever the states is not one to leave room for.
-  void Refused(int64_t bytes, bool fits_without_states);
+  // A step buffer of `bytes` was refused with `available` bytes left to allocate (-1: unknown).
+  // Its need (the step buffers held with it) counts once the failure is checked, where it would
+  // have fit had the states made before this work (since the last check) been given back: a step
+  // too large for the device whatever the other states, its own included, is not one to leave
+  // room for.
+  void Refused(int64_t bytes, int64_t available);
   // The caller took a thread's failure (or none: `ok`). The most step-buffer bytes held at once
   // since the last check count from now on if the work ran; a refused need counts either way.
   void Checked(bool ok);
@@ -34,6 +36,7 @@ class StepRoom {
   std::unordered_map<void*, std::pair<int64_t, bool>> held_;  // bytes, and whether a state's
   int64_t step_bytes_ = 0;
   int64_t state_bytes_ = 0;
+  int64_t new_state_bytes_ = 0;  // of them, made since the last check
   int64_t since_check_ = 0;  // the most step-buffer bytes held at once since the last check
   int64_t refused_need_ = 0;  // a refused buffer's need that fits without states, since then
   int64_t need_ = 0;          // the largest that counts

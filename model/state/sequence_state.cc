@@ -10,7 +10,7 @@ using kernels::DType;
 
 SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& backend,
                              int64_t layer_begin, int64_t layer_end, uint64_t model_fingerprint,
-                             int64_t latent_page_rows)
+                             int64_t latent_page_rows, bool leave_step_room)
     : config_(config),
       backend_(backend),
       layer_begin_(layer_begin),
@@ -24,10 +24,10 @@ SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& b
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) {
     LayerState& state = layers_[layer - layer_begin];
     if (config.IsKda(layer)) {
-      state.kda.recurrent = backend.AllocateState(config.kda_num_heads, d * d, DType::kF32);
+      state.kda.recurrent = backend.AllocateState(config.kda_num_heads, d * d, DType::kF32, leave_step_room);
       backend.Zero(state.kda.recurrent.view());
       for (kernels::Tensor& tail : state.kda.conv_tails) {
-        tail = backend.AllocateState(config.conv_kernel_size - 1, width, DType::kF32);
+        tail = backend.AllocateState(config.conv_kernel_size - 1, width, DType::kF32, leave_step_room);
         backend.Zero(tail.view());
       }
     } else {
@@ -35,6 +35,16 @@ SequenceState::SequenceState(const KimiLinearConfig& config, kernels::Backend& b
       state.mla.dtype = backend.LatentCacheDType();
     }
   }
+}
+
+SequenceState::~SequenceState() {
+  if (live_ != nullptr) --*live_;
+}
+
+void SequenceState::CountIn(std::shared_ptr<std::atomic<int64_t>> live) {
+  if (live_ != nullptr) --*live_;
+  live_ = std::move(live);
+  if (live_ != nullptr) ++*live_;
 }
 
 void SequenceState::AppendTokens(std::span<const int32_t> tokens) {
@@ -58,10 +68,11 @@ const MlaLayerState& SequenceState::mla(int64_t layer) const {
   return layers_[layer - layer_begin_].mla;
 }
 
-void SequenceState::ReserveLatent(int64_t layer, int64_t extra) {
+void SequenceState::ReserveLatent(int64_t layer, int64_t extra, bool leave_step_room) {
   MlaLayerState& state = mla(layer);
   while (state.capacity() < state.num_cached + extra) {
-    kernels::Tensor page = backend_.AllocateState(state.page_rows, config_.mla_latent_size(), state.dtype);
+    kernels::Tensor page =
+        backend_.AllocateState(state.page_rows, config_.mla_latent_size(), state.dtype, leave_step_room);
     if (page.empty()) return;  // the backend failed (out of memory); the step reports it
     state.page_data.push_back(page.view().data);
     state.pages.push_back(std::move(page));

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -61,9 +62,15 @@ class SequenceState {
  public:
   // A fresh (zero) state for layers [layer_begin, layer_end) of a model with `config`; MLA
   // latent caches in pages of `latent_page_rows` rows (> 0).
+  // leave_step_room: Backend::AllocateState's, for the KDA states.
   SequenceState(const KimiLinearConfig& config, kernels::Backend& backend, int64_t layer_begin,
                 int64_t layer_end, uint64_t model_fingerprint,
-                int64_t latent_page_rows = kDefaultLatentPageRows);
+                int64_t latent_page_rows = kDefaultLatentPageRows, bool leave_step_room = true);
+  ~SequenceState();
+  SequenceState(const SequenceState&) = delete;
+  SequenceState& operator=(const SequenceState&) = delete;
+  // Counts this state in `live` (its model's states alive) until it is destroyed.
+  void CountIn(std::shared_ptr<std::atomic<int64_t>> live);
 
   uint64_t model_fingerprint() const { return model_fingerprint_; }
   int64_t layer_begin() const { return layer_begin_; }
@@ -82,8 +89,9 @@ class SequenceState {
   const MlaLayerState& mla(int64_t layer) const;
 
   // Makes room for `extra` more latent rows in MLA layer `layer`: the pages they need, allocated
-  // now (where the backend fails, fewer: the step that needs them reports it).
-  void ReserveLatent(int64_t layer, int64_t extra);
+  // now (where the backend fails, fewer: the step that needs them reports it). leave_step_room:
+  // Backend::AllocateState's.
+  void ReserveLatent(int64_t layer, int64_t extra, bool leave_step_room = true);
   // Bytes held: fixed KDA state plus the latent rows in use.
   int64_t ByteSize() const;
   // Bytes allocated: as ByteSize, but every latent cache's whole pages.
@@ -104,6 +112,7 @@ class SequenceState {
   uint64_t model_fingerprint_;
   std::vector<int32_t> tokens_;
   std::vector<LayerState> layers_;  // layers_[i] is layer layer_begin_ + i
+  std::shared_ptr<std::atomic<int64_t>> live_;  // CountIn's
 };
 
 }  // namespace deltaserve::model

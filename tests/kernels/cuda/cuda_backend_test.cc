@@ -394,14 +394,19 @@ TEST_F(CudaVsCpu, AStateLeavesTheStepsBuffersTheRoomTheyHaveHeld) {
   BackendFailure failure = cuda_->TakeFailure();
   EXPECT_TRUE(failure.out_of_memory);
   EXPECT_NE(failure.message.find("steps' buffers"), std::string::npos) << failure.message;
+  too_big = cuda_->AllocateState(1, 30 * kMiB / 4, DType::kF32, /*leave_step_room=*/false);
+  EXPECT_FALSE(too_big.empty()) << "a sequence alone may take the steps' room";
+  too_big = Tensor();
   Tensor state = cuda_->AllocateState(1, 20 * kMiB / 4, DType::kF32);  // leaves 44 MiB
   ASSERT_FALSE(state.empty());
   Tensor step = cuda_->Allocate(1, 40 * kMiB / 4, DType::kF32);
   EXPECT_FALSE(step.empty()) << "the room the state left is the step's";
   EXPECT_FALSE(cuda_->TakeFailure().failed());
 
-  // A step buffer refused counts its need: the next state leaves room for it.
+  // A step buffer refused where it would fit with fewer states counts its need: the next state
+  // leaves room for it.
   step = Tensor();
+  EXPECT_FALSE(cuda_->TakeFailure().failed());
   Tensor refused = cuda_->Allocate(1, 50 * kMiB / 4, DType::kF32);  // 20 + 50 past 64 MiB
   EXPECT_TRUE(refused.empty());
   EXPECT_TRUE(cuda_->TakeFailure().out_of_memory);

@@ -1,6 +1,7 @@
 // The room states leave to the steps' buffers: the most those held at once in work that ran, and
-// the need of a refused buffer that would have fit without states; not the partial progress of
-// work that failed, and not a buffer too large for the device whatever the states. No GPU needed.
+// the need of a refused buffer that would have fit without the states made before that work;
+// not the partial progress of work that failed, and not a buffer too large for the device
+// whatever the other states (its work's own included). No GPU needed.
 #include "kernels/cuda/step_room.h"
 
 #include "gtest/gtest.h"
@@ -29,22 +30,32 @@ TEST(StepRoom, StatesLeaveTheMostTheStepsBuffersHeldInWorkThatRan) {
   EXPECT_EQ(room.state_bytes(), 0);
 }
 
-TEST(StepRoom, FailedWorkCountsOnlyARefusedNeedThatFitsWithoutStates) {
+TEST(StepRoom, FailedWorkCountsOnlyARefusedNeedThatFitsWithoutTheStatesBeforeIt) {
   StepRoom room;
   room.Allocated(&a, 20, false);
   room.Freed(&a);
   room.Checked(true);  // 20
   room.Allocated(&b, 60, false);
-  room.Refused(1000, /*fits_without_states=*/false);  // a step too large whatever the states
+  room.Refused(1000, /*available=*/100);  // a step too large whatever the states
   room.Freed(&b);
   room.Checked(/*ok=*/false);
   EXPECT_EQ(room.ToLeave(), 20) << "neither the failed work's 60 nor the 1060 count";
 
+  room.Allocated(&a, 50, /*state=*/true);  // another sequence's
+  room.Checked(true);
+  room.Allocated(&b, 30, /*state=*/true);  // this work's own pages
   room.Allocated(&c, 25, false);
-  room.Refused(10, /*fits_without_states=*/true);  // 35 would have run with fewer states
+  room.Refused(40, /*available=*/5);  // 5 + 50 (not the own 30) >= 40: fits with fewer states
   room.Freed(&c);
   room.Checked(false);
-  EXPECT_EQ(room.ToLeave(), 35);
+  EXPECT_EQ(room.ToLeave(), 65);
+
+  room.Allocated(&d, 10, false);
+  room.Refused(100, /*available=*/5);  // 5 + 80 < 100: too large whatever the states
+  room.Refused(1, /*available=*/-1);   // unknown: not counted
+  room.Freed(&d);
+  room.Checked(false);
+  EXPECT_EQ(room.ToLeave(), 65);
 }
 
 }  // namespace
