@@ -1,9 +1,10 @@
 // When a step runs out of device memory the router preempts instead of failing the step's
 // requests: where the stages changed no state, the running sequence last in line gives its state
 // back and the others run on; where the step had advanced some states, each of its sequences
-// does. Preempted requests are computed again from their tokens and finish with exactly the
-// tokens an unconstrained run gives; a request that does not fit alone ends with
-// RESOURCE_EXHAUSTED and the server serves on.
+// does; a sequence whose Open did not fit waits for room. Preempted requests are computed again
+// from their tokens and finish with exactly the tokens an unconstrained run gives; a request that
+// does not fit alone, or is preempted past max_preemptions, ends with RESOURCE_EXHAUSTED and the
+// server serves on.
 #include <atomic>
 #include <chrono>
 #include <map>
