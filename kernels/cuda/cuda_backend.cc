@@ -407,28 +407,26 @@ void CudaBackend::Synchronize() {
 }
 
 Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
-  return AllocateKind(rows, cols, dtype, /*step_buffer=*/true);
+  return AllocateKind(rows, cols, dtype, /*step_buffer=*/true, /*leave_step_room=*/false);
 }
 
 Tensor CudaBackend::AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room) {
-  Bind();
-  const size_t bytes = std::max<size_t>(256, static_cast<size_t>(rows * cols) * DTypeSize(dtype));
-  if (leave_step_room && !impl_->failed() && impl_->Mode() == GraphMode::kNone && !impl_->RoomForState(bytes)) {
-    return Tensor(this, nullptr, dtype, rows, cols);
-  }
-  return AllocateKind(rows, cols, dtype, /*step_buffer=*/false);
+  return AllocateKind(rows, cols, dtype, /*step_buffer=*/false, leave_step_room);
 }
 
-Tensor CudaBackend::AllocateKind(int64_t rows, int64_t cols, DType dtype, bool step_buffer) {
+Tensor CudaBackend::AllocateKind(int64_t rows, int64_t cols, DType dtype, bool step_buffer, bool leave_step_room) {
   Bind();
   const OpScope scope(impl_->Profile(), "Allocate");
   void* data = nullptr;
   size_t bytes = static_cast<size_t>(rows * cols) * DTypeSize(dtype);
   bytes = bytes == 0 ? 256 : bytes;
   if (impl_->failed()) return Tensor(this, nullptr, dtype, rows, cols);
-  if (const GraphMode mode = impl_->Mode(); mode != GraphMode::kNone) {
+  const GraphMode mode = impl_->Mode();
+  if (mode != GraphMode::kNone) {
     void* step_data = impl_->graphs->Allocate(bytes);  // the step's arena; counted when measuring
     if (mode != GraphMode::kMeasure) return Tensor(this, step_data, dtype, rows, cols);
+  } else if (leave_step_room && !impl_->RoomForState(bytes)) {
+    return Tensor(this, nullptr, dtype, rows, cols);
   }
   if (!impl_->Reserve(bytes, "cudaMallocAsync")) {
     if (step_buffer) impl_->StepBufferRefused(bytes);

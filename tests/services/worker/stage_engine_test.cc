@@ -30,6 +30,7 @@ constexpr char kTenant[] = "tenant";
 constexpr char kSession[] = "session";
 
 using testing::AddSequence;
+using testing::OpenFresh;
 using testing::CounterValue;
 using testing::StepOf;
 
@@ -90,22 +91,14 @@ TEST(StageEngineTest, AStagesLockIsFreeWhileLaterStagesRunItsStep) {
   GatedStepChannel gate(last_stage);
   StageEngine first_stage(*first, nullptr, &gate);
 
-  internal::v1::OpenRequest open;
-  AddSequence(open, 1);
-  internal::v1::OpenResponse opened;
-  ASSERT_TRUE(first_stage.Open(open, &opened).ok());
+  ASSERT_TRUE(OpenFresh(first_stage, 1).ok());
   internal::v1::StepResponse stepped;
   std::future<absl::Status> step =
       std::async(std::launch::async, [&] { return first_stage.Step(StepOf(1, {5, 6, 7}), &stepped); });
   const bool held = gate.WaitForHeldStep(std::chrono::seconds(20));
 
   // With the step at the later stage, another sequence opens on the first stage.
-  std::future<absl::Status> opening = std::async(std::launch::async, [&] {
-    internal::v1::OpenRequest more;
-    AddSequence(more, 2);
-    internal::v1::OpenResponse response;
-    return first_stage.Open(more, &response);
-  });
+  std::future<absl::Status> opening = std::async(std::launch::async, [&] { return OpenFresh(first_stage, 2); });
   const bool opened_while_held = opening.wait_for(std::chrono::seconds(20)) == std::future_status::ready;
   gate.OpenGate();  // before any assertion can end the test with the step still held
   ASSERT_TRUE(held) << "the step never reached the later stage";
@@ -203,10 +196,7 @@ TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
   StageEngine last_stage(*last, nullptr, nullptr);
   StageEngine first_stage(*first, nullptr, &last_stage, StageEngineOptions{}, nullptr, {}, metrics->get());
 
-  internal::v1::OpenRequest open;
-  AddSequence(open, 1);
-  internal::v1::OpenResponse opened;
-  ASSERT_TRUE(first_stage.Open(open, &opened).ok());
+  ASSERT_TRUE(OpenFresh(first_stage, 1).ok());
   internal::v1::StepResponse stepped;
   ASSERT_TRUE(first_stage.Step(StepOf(1, {5, 6, 7}), &stepped).ok());
   ASSERT_TRUE(first_stage.Step(StepOf(1, {stepped.sampled(0).token_id()}), &stepped).ok());
@@ -242,10 +232,7 @@ TEST(StageEngineTest, ALaterStagesUnchangedStatesDoNotMakeTheStepsUnchanged) {
   ASSERT_TRUE(first && last);
   OutOfMemoryStage out_of_memory;
   StageEngine first_stage(*first, nullptr, &out_of_memory);
-  internal::v1::OpenRequest open;
-  AddSequence(open, 1);
-  internal::v1::OpenResponse opened;
-  ASSERT_TRUE(first_stage.Open(open, &opened).ok());
+  ASSERT_TRUE(OpenFresh(first_stage, 1).ok());
   internal::v1::StepResponse stepped;
   const absl::Status status = first_stage.Step(StepOf(1, {5, 6, 7}), &stepped);
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;

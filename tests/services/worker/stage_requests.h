@@ -5,8 +5,10 @@
 #include <vector>
 
 #include "deltaserve/internal/v1/worker.pb.h"
+#include "absl/status/status.h"
 #include "model/sampling/sampling_params.h"
 #include "services/transport/sampling_proto.h"
+#include "services/transport/stage_channel.h"
 
 namespace deltaserve::testing {
 
@@ -16,6 +18,14 @@ inline internal::v1::OpenSequence* AddSequence(internal::v1::OpenRequest& reques
   open->set_seq_id(seq_id);
   services::ToProto(sampling, open->mutable_sampling());
   return open;
+}
+
+// Opens sequence `seq_id` afresh (default sampling) on `stage`.
+inline absl::Status OpenFresh(services::StageChannel& stage, uint64_t seq_id) {
+  internal::v1::OpenRequest request;
+  AddSequence(request, seq_id);
+  internal::v1::OpenResponse response;
+  return stage.Open(request, &response);
 }
 
 // One sequence's new tokens, the token after them sampled.
