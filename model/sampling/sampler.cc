@@ -63,6 +63,11 @@ void SequenceSampler::Accept(int32_t token) {
   }
 }
 
+void SequenceSampler::Replay(int32_t token) {
+  Accept(token);
+  if (!params_.greedy()) rng_.Next();  // the one random number its draw took
+}
+
 bool SequenceSampler::IsStopToken(int32_t token, std::span<const int64_t> eos_ids) const {
   if (std::find(params_.stop_token_ids.begin(), params_.stop_token_ids.end(), token) !=
       params_.stop_token_ids.end()) {

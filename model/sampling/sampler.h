@@ -50,6 +50,10 @@ class SequenceSampler {
   // Records a generated token (updates counts for the penalties). The caller calls it for
   // each token it appends.
   void Accept(int32_t token);
+  // A token this sequence generated before its state was dropped and computed again (a
+  // preemption): counted as Accept counts it, and the random number its draw took skipped, so
+  // that the tokens after it are the ones an uninterrupted run picks.
+  void Replay(int32_t token);
 
   // True when `token` ends the sequence: one of params.stop_token_ids, or (unless ignore_eos)
   // one of the model's `eos_ids`.

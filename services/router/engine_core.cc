@@ -1,6 +1,7 @@
 #include "services/router/engine_core.h"
 
 #include <algorithm>
+#include <optional>
 #include <random>
 #include <tuple>
 #include <utility>
@@ -39,6 +40,7 @@ struct EngineCore::Sequence {
   int64_t session_tokens = 0;
   int64_t recomputed_tokens = 0;
   int64_t preemptions = 0;  // times its state was dropped because device memory ran out
+  std::optional<uint64_t> fallback_seed;  // its sampler's seed where the request sets none, from its first Open
   v1::FinishReason finish_reason = v1::FINISH_REASON_UNSPECIFIED;
   bool drain_cut = false;  // a drain ends this turn after its absorb step
 
@@ -562,8 +564,9 @@ void EngineCore::OpenSequences(const std::vector<Sequence*>& admitted, OpenedBat
       ToProto(seq->request.sampling, open->mutable_sampling());
       open->mutable_penalty_context()->Assign(seq->history.begin(), seq->history.end());
       open->mutable_penalty_context()->Add(seq->request.prompt.begin(), seq->request.prompt.end());
-      open->mutable_penalty_context()->Add(seq->generated.begin(), seq->generated.end());
-      open->set_fallback_seed(FreshSeed());
+      open->mutable_generated()->Assign(seq->generated.begin(), seq->generated.end());
+      if (!seq->fallback_seed.has_value()) seq->fallback_seed = FreshSeed();
+      open->set_fallback_seed(*seq->fallback_seed);
     }
     return request;
   };

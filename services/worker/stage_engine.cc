@@ -119,6 +119,7 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
       const std::vector<int32_t> context(open.penalty_context().begin(), open.penalty_context().end());
       seq.sampler = std::make_unique<model::SequenceSampler>(FromProto(open.sampling()), context,
                                                              open.fallback_seed());
+      for (const int32_t token : open.generated()) seq.sampler->Replay(token);
     }
     sequences_.emplace(open.seq_id(), std::move(seq));
     opened.push_back(open.seq_id());

@@ -94,6 +94,35 @@ TEST(SequenceSamplerTest, SameSeedSameTokensDifferentSeedsDiffer) {
   EXPECT_EQ(SequenceSampler(unseeded, {}, 5).seed(), 5u);
 }
 
+TEST(SequenceSamplerTest, ReplayedTokensLeaveTheStreamAndPenaltiesWhereSamplingThemDid) {
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = 0.1f * static_cast<float>(i % 7);
+  SamplingParams params = Random();
+  params.seed = 77;
+  params.frequency_penalty = 0.8f;
+  params.presence_penalty = 0.3f;
+  params.repetition_penalty = 1.2f;
+  const std::vector<int32_t> prompt = {3, 4};
+  for (const float temperature : {1.0f, 0.0f}) {
+    SCOPED_TRACE(temperature);
+    params.temperature = temperature;
+    SequenceSampler uninterrupted(params, prompt, 1);
+    std::vector<int32_t> first;
+    for (int i = 0; i < 10; ++i) {
+      first.push_back(Draw(uninterrupted, logits));
+      uninterrupted.Accept(first.back());
+    }
+    SequenceSampler resumed(params, prompt, 2);
+    for (const int32_t token : first) resumed.Replay(token);
+    for (int i = 0; i < 10; ++i) {
+      const int32_t token = Draw(uninterrupted, logits);
+      EXPECT_EQ(Draw(resumed, logits), token) << "token " << i << " after the replay";
+      uninterrupted.Accept(token);
+      resumed.Accept(token);
+    }
+  }
+}
+
 TEST(SequenceSamplerTest, EmpiricalFrequenciesMatchSoftmaxOverTemperature) {
   const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f, 3.0f, kNegInf};
   constexpr int kDraws = 20000;

@@ -28,6 +28,7 @@ constexpr auto kPatience = std::chrono::seconds(60);
 using testing::Collect;
 using testing::Collected;
 using testing::Greedy;
+using testing::SeededSampled;
 using testing::WholeModelStage;
 
 // A device that holds `capacity` tokens of sequence state in all, and the states of `max_open`
@@ -134,10 +135,17 @@ RouterConfig FourPlaces() {
 }
 
 
+enum class Sampling { kGreedy, kSeeded };
+
 // Four requests at once (the first a new turn of `session`): 69 tokens of state when done.
-std::vector<RouterRequest> FourRequests(const std::string& session = "agent") {
+std::vector<RouterRequest> FourRequests(const std::string& session = "agent", Sampling sampling = Sampling::kGreedy) {
   std::vector<RouterRequest> requests = {Greedy({1, 2, 3}, 15), Greedy({4, 5, 6, 7}, 14), Greedy({8, 9}, 16),
                                          Greedy({10, 11, 12, 13, 14}, 13)};
+  if (sampling == Sampling::kSeeded) {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      requests[i] = SeededSampled(requests[i].prompt, requests[i].sampling.max_new_tokens, 1000 + i);
+    }
+  }
   requests[0].session_mode = v1::SESSION_MODE_CREATE;
   requests[0].session_id = session;
   return requests;
@@ -168,9 +176,9 @@ Collected NextTurn(EngineCore& engine, const std::string& session) {
 
 // FourRequests and the session's next turn straight on the stage, as `session`.
 void RunUnconstrained(WholeModelStage& whole, const std::string& session, std::vector<Collected>& four,
-                      Collected& next) {
+                      Collected& next, Sampling sampling = Sampling::kGreedy) {
   EngineCore engine(FourPlaces(), whole.router_model(), *whole.stage, &whole.store, nullptr);
-  four = RunAll(engine, FourRequests(session));
+  four = RunAll(engine, FourRequests(session, sampling));
   next = NextTurn(engine, session);
   ASSERT_TRUE(next.outcome.status.ok()) << next.outcome.status;
 }
@@ -186,7 +194,15 @@ void ExpectSameTokens(const std::vector<Collected>& got, const std::vector<Colle
   }
 }
 
-class PreemptionTest : public ::testing::TestWithParam<DeviceMemoryStage::Failure> {};
+// Where memory runs out, and how the requests pick their tokens: a seeded request preempted
+// draws after its state is computed again the random numbers it would have drawn next, and its
+// penalties count the tokens it generated before.
+struct PreemptionCase {
+  DeviceMemoryStage::Failure failure;
+  Sampling sampling;
+};
+
+class PreemptionTest : public ::testing::TestWithParam<PreemptionCase> {};
 
 TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAnUnconstrainedRun) {
   WholeModelStage whole;
@@ -196,15 +212,15 @@ TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAn
   const RouterConfig config = FourPlaces();
   std::vector<Collected> want;
   Collected want_next;
-  RunUnconstrained(whole, "unconstrained", want, want_next);
+  RunUnconstrained(whole, "unconstrained", want, want_next, GetParam().sampling);
 
   // Room for 56 tokens of state.
-  DeviceMemoryStage device(*whole.stage, 56, GetParam());
+  DeviceMemoryStage device(*whole.stage, 56, GetParam().failure);
   PreemptionCounter preemptions;
   EngineCore engine(config, whole.router_model(), device, &whole.store, &preemptions);
-  ExpectSameTokens(RunAll(engine, FourRequests()), want);
+  ExpectSameTokens(RunAll(engine, FourRequests("agent", GetParam().sampling)), want);
   EXPECT_GE(device.failed_steps(), 1);
-  if (GetParam() == DeviceMemoryStage::Failure::kUpFront) {
+  if (GetParam().failure == DeviceMemoryStage::Failure::kUpFront) {
     EXPECT_GE(preemptions.count("before_step"), 1);
     EXPECT_EQ(preemptions.count("mid_step"), 0);
   } else {
@@ -221,9 +237,14 @@ TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAn
 }
 
 INSTANTIATE_TEST_SUITE_P(Failures, PreemptionTest,
-                         ::testing::Values(DeviceMemoryStage::Failure::kUpFront, DeviceMemoryStage::Failure::kMidStep),
-                         [](const ::testing::TestParamInfo<DeviceMemoryStage::Failure>& param) {
-                           return param.param == DeviceMemoryStage::Failure::kUpFront ? "UpFront" : "MidStep";
+                         ::testing::Values(PreemptionCase{DeviceMemoryStage::Failure::kUpFront, Sampling::kGreedy},
+                                           PreemptionCase{DeviceMemoryStage::Failure::kMidStep, Sampling::kGreedy},
+                                           PreemptionCase{DeviceMemoryStage::Failure::kUpFront, Sampling::kSeeded},
+                                           PreemptionCase{DeviceMemoryStage::Failure::kMidStep, Sampling::kSeeded}),
+                         [](const ::testing::TestParamInfo<PreemptionCase>& param) {
+                           return std::string(param.param.failure == DeviceMemoryStage::Failure::kUpFront ? "UpFront"
+                                                                                                         : "MidStep") +
+                                  (param.param.sampling == Sampling::kGreedy ? "Greedy" : "Seeded");
                          });
 
 TEST(Preemption, RequestsWhoseOpenRanOutOfDeviceMemoryWaitForRoomAndFinish) {

@@ -21,6 +21,18 @@ inline services::RouterRequest Greedy(std::vector<int32_t> prompt, int32_t max_n
   return request;
 }
 
+// Sampled at a temperature with `seed`, a frequency and a presence penalty on the tokens it
+// generates, exactly `max_new_tokens` (EOS ignored): its tokens depend on every random number
+// drawn and every token counted before them.
+inline services::RouterRequest SeededSampled(std::vector<int32_t> prompt, int32_t max_new_tokens, uint64_t seed) {
+  services::RouterRequest request = Greedy(std::move(prompt), max_new_tokens);
+  request.sampling.temperature = 1.5f;
+  request.sampling.seed = seed;
+  request.sampling.frequency_penalty = 1.0f;
+  request.sampling.presence_penalty = 0.5f;
+  return request;
+}
+
 struct Collected {
   std::vector<int32_t> tokens;
   bool finished = false;
