@@ -6,7 +6,7 @@ namespace deltaserve::kernels::cuda {
 
 void StepRoom::Allocated(void* data, int64_t bytes, bool state) {
   std::lock_guard<std::mutex> lock(mutex_);
-  held_[data] = {bytes, state};
+  held_[data] = {bytes, state, checks_};
   if (state) {
     state_bytes_ += bytes;
     new_state_bytes_ += bytes;
@@ -20,13 +20,15 @@ void StepRoom::Freed(void* data) {
   std::lock_guard<std::mutex> lock(mutex_);
   const auto it = held_.find(data);
   if (it == held_.end()) return;
-  (it->second.second ? state_bytes_ : step_bytes_) -= it->second.first;
+  const Held& held = it->second;
+  (held.state ? state_bytes_ : step_bytes_) -= held.bytes;
+  if (held.state && held.checks == checks_) new_state_bytes_ -= held.bytes;
   held_.erase(it);
 }
 
 void StepRoom::Refused(int64_t bytes, int64_t available) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const int64_t older_states = std::max<int64_t>(0, state_bytes_ - new_state_bytes_);
+  const int64_t older_states = state_bytes_ - new_state_bytes_;
   if (available >= 0 && available + older_states >= bytes) {
     refused_need_ = std::max(refused_need_, step_bytes_ + bytes);
   }
@@ -39,6 +41,7 @@ void StepRoom::Checked(bool ok) {
   since_check_ = step_bytes_;
   refused_need_ = 0;
   new_state_bytes_ = 0;
+  ++checks_;
 }
 
 int64_t StepRoom::ToLeave() const {

@@ -33,10 +33,16 @@ class StepRoom {
 
  private:
   mutable std::mutex mutex_;
-  std::unordered_map<void*, std::pair<int64_t, bool>> held_;  // bytes, and whether a state's
+  struct Held {
+    int64_t bytes = 0;
+    bool state = false;
+    uint64_t checks = 0;  // checks before it was made: a state made since the last check is new
+  };
+  std::unordered_map<void*, Held> held_;
+  uint64_t checks_ = 0;
   int64_t step_bytes_ = 0;
   int64_t state_bytes_ = 0;
-  int64_t new_state_bytes_ = 0;  // of them, made since the last check
+  int64_t new_state_bytes_ = 0;  // of them, made since the last check and held now
   int64_t since_check_ = 0;  // the most step-buffer bytes held at once since the last check
   int64_t refused_need_ = 0;  // a refused buffer's need that fits without states, since then
   int64_t need_ = 0;          // the largest that counts

@@ -1,7 +1,8 @@
 // The room states leave to the steps' buffers: the most those held at once in work that ran, and
-// the need of a refused buffer that would have fit without the states made before that work;
-// not the partial progress of work that failed, and not a buffer too large for the device
-// whatever the other states (its work's own included). No GPU needed.
+// the need of a refused buffer that would have fit without the states made before that work
+// (states that work made and freed count neither way); not the partial progress of work that
+// failed, and not a buffer too large for the device whatever the other states (its work's own
+// included). No GPU needed.
 #include "kernels/cuda/step_room.h"
 
 #include "gtest/gtest.h"
@@ -56,6 +57,23 @@ TEST(StepRoom, FailedWorkCountsOnlyARefusedNeedThatFitsWithoutTheStatesBeforeIt)
   room.Freed(&d);
   room.Checked(false);
   EXPECT_EQ(room.ToLeave(), 65);
+}
+
+TEST(StepRoom, ANewStateFreedBeforeTheCheckNoLongerCountsAsNew) {
+  StepRoom room;
+  room.Allocated(&a, 50, /*state=*/true);  // another sequence's
+  room.Checked(true);
+  room.Allocated(&b, 30, /*state=*/true);  // this work's, given back before the failure
+  room.Freed(&b);
+  room.Allocated(&c, 40, /*state=*/true);  // this work's, held
+  room.Allocated(&d, 10, false);
+  room.Refused(50, /*available=*/5);  // 5 + 50 (the older state, not c) >= 50
+  room.Freed(&d);
+  room.Checked(false);
+  EXPECT_EQ(room.ToLeave(), 60);
+  room.Freed(&a);  // older than the check: state bytes fall, the new count stays as it was
+  room.Freed(&c);
+  EXPECT_EQ(room.state_bytes(), 0);
 }
 
 }  // namespace
