@@ -50,18 +50,21 @@ struct CudaBackend::Impl {
   bool OkBlas(cublasStatus_t status, const char* what) { return failures.OkBlas(status, what); }
 
   std::unique_ptr<MemoryLimit> memory;  // CudaBackendOptions::memory_limit_bytes
+  // The steps' buffers (Allocate outside step graphs' arenas) against the states (AllocateState).
+  StepRoom room;
   // Counts `bytes` against the memory limit, recording an out-of-memory failure when they do not fit.
   bool Reserve(size_t bytes, const char* what) {
     int64_t held = 0;
     if (memory->Reserve(bytes, &held)) return true;
     failures.Record(true, std::string(what) + ": " + std::to_string(bytes) +
                               " bytes more would pass the memory limit of " + std::to_string(memory->limit()) +
-                              " bytes (" + std::to_string(held) + " held)");
+                              " bytes (" + std::to_string(held) + " held; states " +
+                              std::to_string(room.state_bytes()) + ", steps' buffers " +
+                              std::to_string(room.step_bytes()) + " of the " + std::to_string(room.need()) +
+                              " they have held at once)");
     return false;
   }
 
-  // The steps' buffers (Allocate outside step graphs' arenas) against the states (AllocateState).
-  StepRoom room;
   // Device bytes that can still be allocated: under the memory limit where one is set, else free
   // device memory and what the stream-ordered pool keeps unused (it keeps all it frees); -1 when
   // the runtime does not say.

@@ -59,4 +59,9 @@ int64_t StepRoom::step_bytes() const {
   return step_bytes_;
 }
 
+int64_t StepRoom::need() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return need_;
+}
+
 }  // namespace deltaserve::kernels::cuda

@@ -30,6 +30,8 @@ class StepRoom {
   int64_t ToLeave() const;
   int64_t state_bytes() const;
   int64_t step_bytes() const;
+  // The steps' buffers' largest need that counts.
+  int64_t need() const;
 
  private:
   mutable std::mutex mutex_;

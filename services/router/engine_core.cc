@@ -855,8 +855,8 @@ bool EngineCore::Preempt(Sequence& seq, const absl::Status& failure) {
            false);
     return false;
   }
-  base::LogWarn(context, "device memory ran out: back in the queue, {} tokens to compute",
-                seq.history.size() + seq.request.prompt.size() + seq.generated.size());
+  base::LogWarn(context, "device memory ran out ({}): back in the queue, {} tokens to compute",
+                std::string(failure.message()), seq.history.size() + seq.request.prompt.size() + seq.generated.size());
   ++seq.preemptions;
   seq.pending.clear();
   seq.consumed = 0;

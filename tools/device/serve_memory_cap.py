@@ -50,14 +50,15 @@ def metrics():
 def run(args, cap):
     command = [args.deltaserve, "serve", "--model", args.model, "--device", "cuda",
                "--listen", f"127.0.0.1:{PORT}", "--metrics-listen", f"127.0.0.1:{METRICS_PORT}",
-               "--max-running", str(args.requests), "--log-level", "error"]
+               "--max-running", str(args.requests), "--log-level", "warn" if args.log_dir else "error"]
     if cap:
         command += ["--device-memory-gib", str(cap)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(f"{args.log_dir}/serve-{cap or 'uncapped'}.log", "w") if args.log_dir else subprocess.PIPE
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         if not wait_serving(args.deltaserve, server):
             server.kill()
-            return {"cap_gib": cap, "started": False, "stderr": server.communicate()[1][-400:]}
+            return {"cap_gib": cap, "started": False, "stderr": (server.communicate()[1] or "")[-400:]}
         start = time.time()
         clients = []
         for i in range(args.requests):
@@ -82,6 +83,8 @@ def run(args, cap):
     finally:
         server.terminate()
         server.wait(timeout=60)
+        if args.log_dir:
+            log.close()
 
 
 def main():
@@ -92,6 +95,7 @@ def main():
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--new-tokens", type=int, default=1000)
+    parser.add_argument("--log-dir", help="keep each server's warnings (preemptions and why) here")
     args = parser.parse_args()
 
     for cap in [None] + args.cap:
