@@ -48,6 +48,7 @@ struct Options {
   bool sample = false;       // decode: a draw on the device (kSampleDraw), ids instead of logits
   bool mixed = false;        // sequence i's history is context·(i + 1)/batch: unequal, as served
   bool batch_max = false;    // decode: as many sequences as the device holds, at most `batch`
+  std::string mla = "auto";  // the MLA form: auto, expanded or absorbed (LayerOptions::mla_form)
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
@@ -57,7 +58,7 @@ struct Options {
 constexpr int64_t kMaxBatchTried = 4096;
 
 // Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax|:sample][:mixed]" spec to `o` (TOKENS: the
-// prompt of a prefill, the context of a decode; BATCH `max` in a decode: as many sequences as
+// prompt of a prefill, PROMPT@CONTEXT for one on top of a history, the context of a decode; BATCH `max` in a decode: as many sequences as
 // fit; eager: without step graphs; argmax: --argmax; sample: --sample; mixed: --mixed); false
 // when malformed.
 bool ApplyRunSpec(std::string spec, Options& o) {
@@ -89,7 +90,14 @@ bool ApplyRunSpec(std::string spec, Options& o) {
     const std::string batch_spec = spec.substr(first + 1, second - first - 1);
     const bool batch_max = batch_spec == "max";
     const int64_t batch = batch_max ? kMaxBatchTried : std::stoll(batch_spec);
-    const int64_t tokens = std::stoll(spec.substr(second + 1));
+    std::string tokens_spec = spec.substr(second + 1);
+    int64_t prefill_context = 0;  // PROMPT@CONTEXT: a prefill on top of a history
+    if (const size_t at = tokens_spec.find('@'); at != std::string::npos && mode == "prefill") {
+      prefill_context = std::stoll(tokens_spec.substr(at + 1));
+      if (prefill_context < 0) return false;
+      tokens_spec.resize(at);
+    }
+    const int64_t tokens = std::stoll(tokens_spec);
     if (batch <= 0 || tokens < 0 || (mode == "prefill" && tokens == 0)) return false;
     if (batch_max && mode != "decode") return false;
     o.mode = mode;
@@ -97,7 +105,7 @@ bool ApplyRunSpec(std::string spec, Options& o) {
     o.batch_max = batch_max;
     if (mode == "prefill") {
       o.prompt = tokens;
-      o.context = 0;
+      o.context = prefill_context;
     } else {
       o.context = tokens;
     }
@@ -318,6 +326,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["batch_max"] = o.batch_max;
   line["batch_max_fewer"] = timings->fewer;
   line["prompt"] = o.mode == "prefill" ? o.prompt : 0;
+  line["mla"] = o.mla;
   line["context"] = o.context;
   line["mixed"] = o.mixed;
   line["steps"] = o.steps;
@@ -381,8 +390,11 @@ int Run(const Options& options) {
   absl::StatusOr<std::unique_ptr<model::Checkpoint>> checkpoint = OpenCheckpoint(options);
   if (!checkpoint.ok()) return Fail(checkpoint.status());
   const uint64_t weights_bytes = CheckpointBytes(**checkpoint);
+  model::ModelOptions model_options;
+  if (options.mla == "expanded") model_options.layers.mla_form = model::MlaFormChoice::kExpanded;
+  if (options.mla == "absorbed") model_options.layers.mla_form = model::MlaFormChoice::kAbsorbed;
   absl::StatusOr<std::unique_ptr<model::KimiLinearModel>> loaded =
-      model::KimiLinearModel::Load(std::move(*checkpoint), *backend);
+      model::KimiLinearModel::Load(std::move(*checkpoint), *backend, model_options);
   if (!loaded.ok()) return Fail(loaded.status());
   const double load_s = Seconds(Clock::now() - load_start);
 
@@ -463,6 +475,8 @@ int main(int argc, char** argv) {
                  "CUDA: the most device memory (GiB) the weights, states and step buffers may hold, "
                  "as serve's flag (0: what the GPU has); bounds decode:max")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--mla", o.mla, "MLA attention form: auto, expanded or absorbed")
+      ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
   app.add_option("--seed", o.seed, "Seed of prompts and synthetic histories")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

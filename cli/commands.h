@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/subcommand.h"
+#include "model/layers/step.h"
 
 namespace deltaserve::cli {
 
@@ -20,6 +21,7 @@ struct EngineArgs {
   bool cuda_graphs = true;        // CUDA: decode steps replayed as CUDA graphs
   std::string kda = "auto";       // auto | chunked | recurrent
   std::string mla = "auto";       // auto | expanded | absorbed
+  int64_t mla_expanded_max_keys = model::kMlaExpandedMaxKeysDefault;
   bool biased_routing = false;    // HF remote-code routing weights
 };
 

@@ -36,8 +36,16 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
       ->capture_default_str();
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
-  command.add_option("--mla", engine.mla, "MLA attention form")
+  command.add_option("--mla", engine.mla,
+                     "MLA attention form (auto: absorbed for at most 128 new tokens of a sequence or past "
+                     "--mla-expanded-max-keys, expanded otherwise)")
       ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
+  command.add_option("--mla-expanded-max-keys", engine.mla_expanded_max_keys,
+                     "--mla auto: a sequence with more keys (history and new tokens) than this takes the "
+                     "absorbed form, whose step buffers do not grow with the history (the expanded form's "
+                     "hold ~55 KB per key on the real model)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   command.add_flag("--biased-routing", engine.biased_routing,
                    "Routing weights from sigmoid + bias (HF remote code) instead of the unbiased scores");
 }
@@ -48,6 +56,7 @@ model::LayerOptions LayerOptionsFrom(const EngineArgs& args) {
   if (args.kda == "recurrent") layers.kda_algorithm = model::KdaAlgorithmChoice::kRecurrent;
   if (args.mla == "expanded") layers.mla_form = model::MlaFormChoice::kExpanded;
   if (args.mla == "absorbed") layers.mla_form = model::MlaFormChoice::kAbsorbed;
+  layers.mla_expanded_max_keys = args.mla_expanded_max_keys;
   layers.biased_routing = args.biased_routing;
   return layers;
 }

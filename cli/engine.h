@@ -17,13 +17,13 @@ struct Engine {
   std::unique_ptr<model::KimiLinearModel> model;
 };
 
-// Declares --model, --device, --threads, --device-memory-gib, --cuda-graphs, --kda, --mla and --biased-routing
-// on `command`.
+// Declares --model, --device, --threads, --device-memory-gib, --cuda-graphs, --kda, --mla,
+// --mla-expanded-max-keys and --biased-routing on `command`.
 void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);
 
-// The algorithm choices of --kda, --mla and --biased-routing.
+// The algorithm choices of --kda, --mla, --mla-expanded-max-keys and --biased-routing.
 model::LayerOptions LayerOptionsFrom(const EngineArgs& args);
 kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args);
 

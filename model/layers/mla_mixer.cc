@@ -10,18 +10,15 @@ using kernels::DType;
 using kernels::Tensor;
 using kernels::TensorView;
 
-namespace {
-
-kernels::MlaForm ChooseForm(MlaFormChoice choice, int64_t new_tokens) {
-  switch (choice) {
+kernels::MlaForm ChooseMlaForm(const LayerOptions& options, int64_t new_tokens, int64_t cached) {
+  switch (options.mla_form) {
     case MlaFormChoice::kExpanded: return kernels::MlaForm::kExpanded;
     case MlaFormChoice::kAbsorbed: return kernels::MlaForm::kAbsorbed;
     case MlaFormChoice::kAuto: break;
   }
-  return new_tokens == 1 ? kernels::MlaForm::kAbsorbed : kernels::MlaForm::kExpanded;
+  const bool absorbed = new_tokens <= kMlaAbsorbedMaxNewTokens || cached + new_tokens > options.mla_expanded_max_keys;
+  return absorbed ? kernels::MlaForm::kAbsorbed : kernels::MlaForm::kExpanded;
 }
-
-}  // namespace
 
 DType MlaMixerInputDType(const kernels::Backend& backend, const MlaWeights& weights, int64_t rows) {
   for (const TensorView w : {weights.q_proj, weights.kv_a_proj}) {
@@ -56,8 +53,8 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
     MlaLayerState& cache = seq.state->mla(layer);
     // Pages the backend could not allocate: it holds the failure, which fails the step.
     if (cache.capacity() < cache.num_cached + seq.rows.length) return;
-    mla_seqs[s] = {seq.rows, ChooseForm(step.options.mla_form, seq.rows.length), cache.view(),
-                   cache.num_cached};
+    mla_seqs[s] = {seq.rows, ChooseMlaForm(step.options, seq.rows.length, cache.num_cached),
+                   cache.view(), cache.num_cached};
   }
   const kernels::MlaParams params{
       c.mla_num_heads, rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,

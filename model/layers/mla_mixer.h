@@ -11,6 +11,11 @@ namespace deltaserve::model {
 // (Backend::ProductInputDType) where that is BF16 for all of them, else F32.
 kernels::DType MlaMixerInputDType(const kernels::Backend& backend, const MlaWeights& weights, int64_t rows);
 
+// The MLA form for a sequence of `new_tokens` on top of `cached` keys: absorbed for at most
+// kMlaAbsorbedMaxNewTokens new tokens or more than options.mla_expanded_max_keys keys in all,
+// expanded otherwise, unless options.mla_form forces one.
+kernels::MlaForm ChooseMlaForm(const LayerOptions& options, int64_t new_tokens, int64_t cached);
+
 // x is the layer's normalised input [T, D], F32 or in MlaMixerInputDType; out [T, D] receives the
 // mixer output.
 void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& weights,

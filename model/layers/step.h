@@ -18,14 +18,26 @@ enum class KdaAlgorithmChoice : uint8_t {
 };
 
 enum class MlaFormChoice : uint8_t {
-  kAuto,       // absorbed for a single new token, expanded otherwise
+  kAuto,  // per sequence: ChooseMlaForm
   kExpanded,
   kAbsorbed,
 };
 
+// kAuto takes the absorbed form for a sequence with at most this many new tokens. The expanded
+// form rebuilds every key and value of the history (kv_b_proj over all of it) whatever the new
+// tokens; the absorbed one reads the latent history once per new token. Measured break-even: about
+// 200 new tokens on an H200 at 128k and 1M keys, about 130 on the CPU backend at 4k.
+constexpr int64_t kMlaAbsorbedMaxNewTokens = 128;
+// The expanded form's step buffers hold ~55 KB per key of a sequence's history on the real model
+// (the gathered fp32 latent, the fp32 keys and values, their bf16 tiles): 14.5 GB at this many.
+constexpr int64_t kMlaExpandedMaxKeysDefault = 262144;
+
 struct LayerOptions {
   KdaAlgorithmChoice kda_algorithm = KdaAlgorithmChoice::kAuto;
   MlaFormChoice mla_form = MlaFormChoice::kAuto;
+  // kAuto: a sequence with more keys (history and new tokens) takes the absorbed form, so that a
+  // long history's step buffers stay small.
+  int64_t mla_expanded_max_keys = kMlaExpandedMaxKeysDefault;
   // Routing weights from sigmoid + bias, reproducing the HF remote code (spec §9.1). The
   // reference (transformers, vLLM, SGLang) uses the unbiased scores.
   bool biased_routing = false;
