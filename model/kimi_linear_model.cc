@@ -411,7 +411,10 @@ absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> se
       if (short_of_pages) break;
     }
   }
-  constexpr std::string_view kDuring = "reserving the step's latent cache pages";
+  // States made before the steps' buffers needed more may hold their room: refused here, the
+  // step changes nothing and the caller can give one sequence's memory back, not all of them.
+  if (!short_of_pages && *live_states_ > 1) backend_.StepRoomFree();
+  constexpr std::string_view kDuring = "reserving the step's latent cache pages and room";
   absl::Status status = TakeDeviceFailure(kDuring);
   if (status.ok() && short_of_pages) {
     status = DeviceMemoryError(

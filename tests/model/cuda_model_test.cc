@@ -360,5 +360,49 @@ TEST(CudaModelMemoryLimit, AStepWhoseLatentPagesDoNotFitChangesNoState) {
   EXPECT_EQ(got, want);
 }
 
+// States made before the steps' buffers needed as much as they do now may hold that room (here
+// blocks taken without leaving it): a step is refused before it changes any state, not halfway,
+// and once the room is free again it gives the uncapped backend's logits.
+TEST(CudaModelMemoryLimit, AStepWhoseBuffersRoomStatesHoldChangesNoState) {
+  std::string why;
+  if (!kernels::cuda::CudaDeviceAvailable(&why)) GTEST_SKIP() << "no usable CUDA device: " << why;
+  const std::string dir = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
+  CappedAndUncapped both;
+  ASSERT_NO_FATAL_FAILURE(both.Load(dir));
+
+  const std::vector<int32_t> prompt = {5, 6, 7, 8, 9, 10, 11};
+  auto state = both.model->NewState();
+  auto reference_state = both.reference->NewState();
+  std::vector<float> got, want;
+  const SequenceInput input{prompt, state.get(), {6}};
+  const SequenceInput reference_input{prompt, reference_state.get(), {6}};
+  ASSERT_TRUE(both.model->Forward({&input, 1}, got).ok());
+  ASSERT_TRUE(both.reference->Forward({&reference_input, 1}, want).ok());
+
+  auto other = both.model->NewState();
+  std::vector<kernels::Tensor> filler;
+  for (int64_t bytes = int64_t{1} << 20; bytes >= 256; bytes /= 16) {
+    for (;;) {
+      kernels::Tensor block = both.capped->AllocateState(1, bytes / 4, kernels::DType::kF32, /*leave_step_room=*/false);
+      if (block.empty()) break;
+      filler.push_back(std::move(block));
+    }
+    EXPECT_TRUE(both.capped->TakeFailure().out_of_memory);
+  }
+  const std::vector<int32_t> next = {12};  // within the first latent page: no page to reserve
+  const SequenceInput step{next, state.get(), {0}};
+  const SequenceInput reference_step{next, reference_state.get(), {0}};
+  const absl::Status failed = both.model->Forward({&step, 1}, got);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
+  EXPECT_TRUE(DeviceMemoryRanOut(failed)) << failed;
+  EXPECT_TRUE(StatesUnchanged(failed)) << failed;
+  EXPECT_EQ(state->num_tokens(), 7);
+
+  filler.clear();
+  ASSERT_TRUE(both.model->Forward({&step, 1}, got).ok());
+  ASSERT_TRUE(both.reference->Forward({&reference_step, 1}, want).ok());
+  EXPECT_EQ(got, want);
+}
+
 }  // namespace
 }  // namespace deltaserve::model
