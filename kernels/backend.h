@@ -102,10 +102,6 @@ class Backend {
     (void)leave_step_room;
     return Allocate(rows, cols, dtype);
   }
-  // Whether the room AllocateState leaves is free now: states made before a step larger than any
-  // before it may hold it. Where not, records an out-of-memory failure (TakeFailure) and returns
-  // false, so that a step can be refused before it changes any state.
-  virtual bool StepRoomFree() { return true; }
   virtual void Free(void* data) = 0;
   virtual void Zero(TensorView dst) = 0;
   // Host buffers are contiguous [rows, cols] of the view's dtype. The host buffer of an Upload

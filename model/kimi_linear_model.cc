@@ -411,10 +411,7 @@ absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> se
       if (short_of_pages) break;
     }
   }
-  // States made before the steps' buffers needed more may hold their room: refused here, the
-  // step changes nothing and the caller can give one sequence's memory back, not all of them.
-  if (!short_of_pages && *live_states_ > 1) backend_.StepRoomFree();
-  constexpr std::string_view kDuring = "reserving the step's latent cache pages and room";
+  constexpr std::string_view kDuring = "reserving the step's latent cache pages";
   absl::Status status = TakeDeviceFailure(kDuring);
   if (status.ok() && short_of_pages) {
     status = DeviceMemoryError(

@@ -94,12 +94,12 @@ struct CudaBackend::Impl {
     if (left != nullptr) *left = remaining;
     return remaining >= needed;
   }
-  // LeavesStepRoom for a state (none: whether the room is free now), recording the failure if not.
+  // LeavesStepRoom for a state, recording the failure if not.
   bool RoomForState(size_t bytes) {
     int64_t left = 0, to_leave = 0;
     if (LeavesStepRoom(bytes, &left, &to_leave)) return true;
-    const std::string what = bytes == 0 ? "step: " : "state: " + std::to_string(bytes) + " bytes would leave ";
-    failures.Record(true, what + std::to_string(std::max<int64_t>(0, left)) + " bytes free of the " +
+    failures.Record(true, "state: " + std::to_string(bytes) + " bytes would leave " +
+                              std::to_string(std::max<int64_t>(0, left)) + " bytes free of the " +
                               std::to_string(to_leave) + " more that the steps' buffers have held at once");
     return false;
   }
@@ -415,11 +415,6 @@ Tensor CudaBackend::Allocate(int64_t rows, int64_t cols, DType dtype) {
 
 Tensor CudaBackend::AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room) {
   return AllocateKind(rows, cols, dtype, /*step_buffer=*/false, leave_step_room);
-}
-
-bool CudaBackend::StepRoomFree() {
-  Bind();
-  return impl_->failed() || impl_->RoomForState(0);
 }
 
 Tensor CudaBackend::AllocateKind(int64_t rows, int64_t cols, DType dtype, bool step_buffer, bool leave_step_room) {

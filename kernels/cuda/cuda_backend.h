@@ -118,7 +118,6 @@ class CudaBackend final : public Backend {
   // (under the memory limit where one is set) than the steps' buffers have held at once
   // (StepRoom). Step graphs' arenas are held to the same rule (no graph where refused).
   Tensor AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room = true) override;
-  bool StepRoomFree() override;
   void Free(void* data) override;
   void Zero(TensorView dst) override;
   void Upload(const void* host, TensorView dst) override;
