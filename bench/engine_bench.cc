@@ -58,9 +58,9 @@ struct Options {
 constexpr int64_t kMaxBatchTried = 4096;
 
 // Applies a "--run MODE:BATCH:TOKENS[:eager][:argmax|:sample][:mixed]" spec to `o` (TOKENS: the
-// prompt of a prefill, PROMPT@CONTEXT for one on top of a history, the context of a decode; BATCH `max` in a decode: as many sequences as
-// fit; eager: without step graphs; argmax: --argmax; sample: --sample; mixed: --mixed); false
-// when malformed.
+// prompt of a prefill, PROMPT@CONTEXT for one on top of a history, the context of a decode;
+// BATCH `max` in a decode: as many sequences as fit; eager: without step graphs; argmax:
+// --argmax; sample: --sample; mixed: --mixed); false when malformed.
 bool ApplyRunSpec(std::string spec, Options& o) {
   for (bool trimmed = true; trimmed;) {
     trimmed = false;
@@ -355,7 +355,7 @@ int Run(const Options& options) {
     if (!ApplyRunSpec(spec, o)) {
       return Fail(absl::InvalidArgumentError(
           absl::StrCat("--run ", spec,
-                       ": expected prefill:BATCH:PROMPT or decode:BATCH|max:CONTEXT, optionally :eager, "
+                       ": expected prefill:BATCH:PROMPT[@CONTEXT] or decode:BATCH|max:CONTEXT, optionally :eager, "
                        ":argmax, :sample, :mixed")));
     }
     runs.push_back(o);
@@ -450,7 +450,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--run", o.runs,
-                 "Repeatable: prefill:BATCH:PROMPT or decode:BATCH:CONTEXT, all over one loaded "
+                 "Repeatable: prefill:BATCH:PROMPT[@CONTEXT] or decode:BATCH:CONTEXT, all over one loaded "
                  "model (overrides --mode/--batch/--prompt/--context); decode:max:CONTEXT takes "
                  "as many sequences as fit; a trailing :eager runs it without step graphs, "
                  ":argmax with --argmax, :sample with --sample, :mixed with --mixed");
