@@ -49,6 +49,7 @@ struct Options {
   bool mixed = false;        // sequence i's history is context·(i + 1)/batch: unequal, as served
   bool batch_max = false;    // decode: as many sequences as the device holds, at most `batch`
   std::string mla = "auto";  // the MLA form: auto, expanded or absorbed (LayerOptions::mla_form)
+  int64_t mla_window_keys = kernels::kMlaExpandedWindowKeysDefault;  // CUDA: the expanded form's window
   // Several runs over one loaded model, each "prefill:B:T" or "decode:B:L" (the 48B shape takes a
   // minute to load); when empty, the one run the flags above describe.
   std::vector<std::string> runs;
@@ -327,6 +328,7 @@ absl::Status RunOnce(model::KimiLinearModel& m, kernels::Backend& backend, const
   line["batch_max_fewer"] = timings->fewer;
   line["prompt"] = o.mode == "prefill" ? o.prompt : 0;
   line["mla"] = o.mla;
+  line["mla_window_keys"] = o.mla_window_keys;
   line["context"] = o.context;
   line["mixed"] = o.mixed;
   line["steps"] = o.steps;
@@ -378,6 +380,7 @@ int Run(const Options& options) {
   kernels::BackendChoice choice = *kernels::ParseBackendChoice(options.device);
   choice.cpu_threads = options.threads;
   choice.device_memory_limit_bytes = static_cast<int64_t>(options.device_memory_gib * (1 << 30));
+  choice.mla_expanded_window_keys = options.mla_window_keys;
   if (options.skinny_max_weight_mib >= 0) {
     choice.cuda_skinny_matmul_max_weight_bytes = options.skinny_max_weight_mib << 20;
   }
@@ -474,6 +477,9 @@ int main(int argc, char** argv) {
   app.add_option("--device-memory-gib", o.device_memory_gib,
                  "CUDA: the most device memory (GiB) the weights, states and step buffers may hold, "
                  "as serve's flag (0: what the GPU has); bounds decode:max")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--mla-window-keys", o.mla_window_keys,
+                 "CUDA: keys of a history the expanded MLA form expands at once (0: whole histories)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--mla", o.mla, "MLA attention form: auto, expanded or absorbed")
       ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));

@@ -22,6 +22,7 @@ struct EngineArgs {
   std::string kda = "auto";       // auto | chunked | recurrent
   std::string mla = "auto";       // auto | expanded | absorbed
   int64_t mla_expanded_max_keys = model::kMlaExpandedMaxKeysDefault;
+  int64_t mla_expanded_window_keys = kernels::kMlaExpandedWindowKeysDefault;  // CUDA
   bool biased_routing = false;    // HF remote-code routing weights
 };
 

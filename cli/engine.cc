@@ -1,7 +1,10 @@
 #include "cli/engine.h"
 
+#include <cstdint>
 #include <cstdio>
+#include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 
@@ -37,14 +40,27 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
   command.add_option("--mla", engine.mla,
-                     "MLA attention form (auto: absorbed for at most 128 new tokens of a sequence or past "
-                     "--mla-expanded-max-keys, expanded otherwise)")
+                     "MLA attention form (auto: absorbed for at most 128 new tokens of a sequence, or past "
+                     "--mla-expanded-max-keys where the backend expands whole histories; expanded otherwise)")
       ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
   command.add_option("--mla-expanded-max-keys", engine.mla_expanded_max_keys,
-                     "--mla auto: a sequence with more keys (history and new tokens) than this takes the "
-                     "absorbed form, whose step buffers do not grow with the history (the expanded form's "
-                     "hold ~55 KB per key on the real model)")
+                     "--mla auto on a backend that expands whole histories (CPU, or CUDA with "
+                     "--mla-expanded-window-keys 0): a sequence with more keys (history and new tokens) than "
+                     "this takes the absorbed form, whose step buffers do not grow with the history")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  command
+      .add_option("--mla-expanded-window-keys", engine.mla_expanded_window_keys,
+                  "CUDA: the expanded MLA form expands at most this many keys of a history at once "
+                  "(~37 KB of step buffers per key on the real model), a longer history window by window "
+                  "(0: whole histories, buffers in proportion to them)")
+      ->check(CLI::Validator(
+          [](const std::string& value) {
+            int64_t keys = 0;
+            const bool valid = absl::SimpleAtoi(value, &keys) && keys >= 0 && keys % 64 == 0;
+            return valid ? std::string() : "expected 0 or a positive multiple of 64";
+          },
+          "KEYS"))
       ->capture_default_str();
   command.add_flag("--biased-routing", engine.biased_routing,
                    "Routing weights from sigmoid + bias (HF remote code) instead of the unbiased scores");
@@ -67,6 +83,7 @@ kernels::BackendChoice BackendChoiceFrom(const EngineArgs& args) {
   choice.cpu_threads = args.threads;
   choice.device_memory_limit_bytes = static_cast<int64_t>(args.device_memory_gib * (1 << 30));
   choice.cuda_graphs = args.cuda_graphs;
+  choice.mla_expanded_window_keys = args.mla_expanded_window_keys;
   return choice;
 }
 

@@ -18,7 +18,7 @@ struct Engine {
 };
 
 // Declares --model, --device, --threads, --device-memory-gib, --cuda-graphs, --kda, --mla,
-// --mla-expanded-max-keys and --biased-routing on `command`.
+// --mla-expanded-max-keys, --mla-expanded-window-keys and --biased-routing on `command`.
 void AddEngineFlags(CLI::App& command, EngineArgs& engine);
 
 absl::StatusOr<Engine> LoadEngine(const EngineArgs& args);

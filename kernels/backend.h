@@ -70,6 +70,10 @@ class StepGraph {
   virtual bool Launch() = 0;
 };
 
+// The CUDA backend's default window of the expanded MLA form (CudaBackendOptions::
+// mla_expanded_window_keys): ~1.2 GB of step buffers at the 48B shape.
+inline constexpr int64_t kMlaExpandedWindowKeysDefault = 32768;
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -189,6 +193,11 @@ class Backend {
   virtual void MlaAttention(const MlaParams& params, TensorView q, TensorView latent,
                             TensorView kv_b, std::span<const MlaSequence> seqs,
                             TensorView out) = 0;
+  // The most keys of one sequence MlaAttention holds expanded at once in the expanded form (a
+  // longer history is expanded window by window, its buffers bounded whatever its length); 0:
+  // the whole history at once, buffers in proportion to it. The CUDA backend's windows:
+  // kMlaExpandedWindowKeysDefault unless configured (CudaBackendOptions).
+  virtual int64_t MlaExpandedWindowKeys(const MlaParams& /*params*/) const { return 0; }
 
   // Sigmoid scores plus correction bias pick top_k experts per token (optionally within the
   // best groups); expert_ids [T, k] I32 come sorted ascending, weights [T, k] F32.

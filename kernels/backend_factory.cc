@@ -39,6 +39,7 @@ std::unique_ptr<Backend> CreateBackend(const BackendChoice& choice, std::string*
   if (choice.device == "cuda") {
 #ifdef DELTASERVE_WITH_CUDA
     cuda::CudaBackendOptions options{.device = choice.cuda_device,
+                                     .mla_expanded_window_keys = choice.mla_expanded_window_keys,
                                      .memory_limit_bytes = choice.device_memory_limit_bytes,
                                      .step_graphs = choice.cuda_graphs};
     if (choice.cuda_skinny_matmul_max_weight_bytes) {

@@ -19,6 +19,8 @@ struct BackendChoice {
   bool cuda_graphs = true;                // CUDA: CudaBackendOptions::step_graphs
   // CUDA: CudaBackendOptions::skinny_matmul_max_weight_bytes where set (benchmarks).
   std::optional<int64_t> cuda_skinny_matmul_max_weight_bytes = std::nullopt;
+  // CUDA: CudaBackendOptions::mla_expanded_window_keys.
+  int64_t mla_expanded_window_keys = kMlaExpandedWindowKeysDefault;
 };
 
 // The parser of every --device flag: "cpu", "cuda" (GPU 0) or "cuda:N"; nullopt for anything

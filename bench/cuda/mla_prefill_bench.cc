@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
       MlaRowTile* device_tiles = deltaserve::bench::DeviceCopy(tiles);
       const auto call = [&] {
         Check(static_cast<cudaError_t>(launch(params, q_view, device_seqs, device_key_tiles, device_tiles,
-                                              static_cast<int64_t>(tiles.size()), out_view, stream)),
+                                              static_cast<int64_t>(tiles.size()), out_view,
+                                              deltaserve::kernels::cuda::MlaKeyWindow{}, stream)),
               kernel);
       };
       const double ms = deltaserve::bench::TimeMs(2, iters, stream, call);

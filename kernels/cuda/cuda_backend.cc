@@ -166,6 +166,7 @@ struct CudaBackend::Impl {
   int64_t moe_cublas_grouped_min_slots = 0;
   bool mla_expanded_wgmma = true;
   bool mla_absorbed_tensor_cores = true;
+  int64_t mla_expanded_window_keys = 0;
   int64_t skinny_matmul_max_rows = 0;
   int64_t skinny_matmul_max_weight_bytes = 0;
   bool programmatic_products = false;
@@ -277,6 +278,11 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
              ": the skinny kernel takes 0 to " + std::to_string(kSkinnyMatMulMaxRows) + " rows";
     return nullptr;
   }
+  if (options.mla_expanded_window_keys < 0 || options.mla_expanded_window_keys % kMlaExpandedTileKeys != 0) {
+    *error = "mla_expanded_window_keys " + std::to_string(options.mla_expanded_window_keys) +
+             ": a multiple of " + std::to_string(kMlaExpandedTileKeys) + " keys (0: no window)";
+    return nullptr;
+  }
   if (options.skinny_matmul_max_weight_bytes < 0) {
     *error = "skinny_matmul_max_weight_bytes " + std::to_string(options.skinny_matmul_max_weight_bytes) +
              " is negative (0: no limit)";
@@ -300,6 +306,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->moe_cublas_grouped_min_slots = options.moe_cublas_grouped_min_slots;
   impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
   impl->mla_absorbed_tensor_cores = options.mla_absorbed_tensor_cores;
+  impl->mla_expanded_window_keys = options.mla_expanded_window_keys;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->skinny_matmul_max_weight_bytes = options.skinny_matmul_max_weight_bytes;
   impl->programmatic_products = options.programmatic_products;
@@ -846,46 +853,26 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
       std::all_of(seqs.begin(), seqs.end(), [](const MlaSequence& seq) { return seq.form == MlaForm::kAbsorbed; });
   if (!append_in_attention) DS_CUDA(LaunchMlaAppendLatent(latent, device_seqs, n, impl_->Stream()), "mla append");
 
-  const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
-  const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
+  const bool any_expanded =
+      std::any_of(seqs.begin(), seqs.end(), [](const MlaSequence& seq) { return seq.form == MlaForm::kExpanded; });
   // Serving precision attends expanded sequences on tensor cores, over bf16 key tiles per head
   // (mla_expanded_tc.h), a block per 64 or 128 rows of one sequence and head.
-  const bool expanded_tc = impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcSupports(params, q, out);
-  const bool expanded_wgmma = expanded_tc && impl_->mla_expanded_wgmma && MlaExpandedWgmmaRuns();
-  const int64_t tile_rows = expanded_wgmma ? kMlaExpandedWgmmaRows : kMlaExpandedTcRows;
-  std::vector<Tensor> expanded(seqs.size()), key_tiles(seqs.size());
-  std::vector<const void*> pointers(seqs.size(), nullptr), tile_pointers(seqs.size(), nullptr);
-  bool any_expanded = false;
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    if (seqs[i].form == MlaForm::kAbsorbed) continue;
-    any_expanded = true;
-    const int64_t length = seqs[i].num_cached + seqs[i].rows.length;
-    Tensor history = Allocate(length, width, DType::kF32);
-    DS_CUDA(LaunchMlaGatherLatent(device_seqs + i, history.view(), impl_->Stream()), "mla gather");
-    expanded[i] = Allocate(length, kv, DType::kF32);
-    MatMul(history.view().Cols(0, params.kv_lora_rank), kv_b, expanded[i].view());
-    pointers[i] = expanded[i].data<float>();
-    if (!expanded_tc) continue;
-    // A tile's 64 positions of keys and values: 64 rows of nope + rope + v bf16.
-    key_tiles[i] = Allocate(params.num_heads * MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys,
-                            params.qk_nope_dim + params.qk_rope_dim + params.v_dim, DType::kBF16);
-    DS_CUDA(LaunchMlaExpandedKeysValues(params, expanded[i].view(), device_seqs + i, length,
-                                        key_tiles[i].view().data, impl_->Stream()),
-            "mla expanded keys and values");
-    tile_pointers[i] = key_tiles[i].view().data;
-    expanded[i] = Tensor();  // freed in stream order: the conversion above has read it
-  }
-  if (any_expanded && expanded_tc) {
-    const std::vector<MlaRowTile> tiles =
-        MlaExpandedRowTiles(seqs.data(), static_cast<int64_t>(seqs.size()), tile_rows);
-    Tensor device_key_tiles = UploadBytes(tile_pointers.data(), tile_pointers.size() * sizeof(void*));
-    Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
-    DS_CUDA((expanded_wgmma ? LaunchMlaExpandedWgmma : LaunchMlaExpandedTc)(
-                params, q, device_seqs, static_cast<const void* const*>(device_key_tiles.view().data),
-                static_cast<const MlaRowTile*>(device_tiles.view().data), static_cast<int64_t>(tiles.size()), out,
-                impl_->Stream()),
-            "mla expanded (tensor cores)");
+  if (any_expanded && impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcSupports(params, q, out)) {
+    MlaExpandedTensorCores(params, q, kv_b, seqs, device_seqs, out);
   } else if (any_expanded) {
+    const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
+    const int64_t kv = params.num_heads * (params.qk_nope_dim + params.v_dim);
+    std::vector<Tensor> expanded(seqs.size());
+    std::vector<const void*> pointers(seqs.size(), nullptr);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (seqs[i].form == MlaForm::kAbsorbed) continue;
+      const int64_t length = seqs[i].num_cached + seqs[i].rows.length;
+      Tensor history = Allocate(length, params.kv_lora_rank, DType::kF32);
+      DS_CUDA(LaunchMlaGatherLatent(device_seqs + i, 0, width, history.view(), impl_->Stream()), "mla gather");
+      expanded[i] = Allocate(length, kv, DType::kF32);
+      MatMul(history.view(), kv_b, expanded[i].view());
+      pointers[i] = expanded[i].data<float>();
+    }
     Tensor device_pointers = UploadBytes(pointers.data(), pointers.size() * sizeof(void*));
     DS_CUDA(LaunchMlaExpandedAttention(params, q, device_seqs,
                                        static_cast<const float* const*>(device_pointers.view().data), n, out,
@@ -901,6 +888,86 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
                                        append_in_attention ? latent : TensorView{}),
             "mla absorbed");
   }
+}
+
+int64_t CudaBackend::MlaExpandedWindowKeys(const MlaParams& params) const {
+  const bool tensor_cores = impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcShapes(params);
+  return tensor_cores ? impl_->mla_expanded_window_keys : 0;
+}
+
+void CudaBackend::MlaExpandedTensorCores(const MlaParams& params, TensorView q, TensorView kv_b,
+                                         std::span<const MlaSequence> seqs, const MlaSequence* device_seqs,
+                                         TensorView out) {
+  const bool wgmma = impl_->mla_expanded_wgmma && MlaExpandedWgmmaRuns();
+  const auto launch = wgmma ? LaunchMlaExpandedWgmma : LaunchMlaExpandedTc;
+  const int64_t width = params.kv_lora_rank + params.qk_rope_dim;
+  const int64_t kv_cols = params.num_heads * (params.qk_nope_dim + params.v_dim);
+  const int64_t tile_cols = params.qk_nope_dim + params.qk_rope_dim + params.v_dim;
+  // A bf16 kv_b takes the latent rows as the pages hold them and writes its product in bf16, the
+  // rounding the key tiles give it anyway: a third of the bytes an fp32 product moves.
+  const DType dtype = kv_b.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  const int64_t tile_rows = wgmma ? kMlaExpandedWgmmaRows : kMlaExpandedTcRows;
+  const std::vector<MlaRowTile> row_tiles =
+      MlaExpandedRowTiles(seqs.data(), static_cast<int64_t>(seqs.size()), tile_rows);
+  std::vector<Tensor> key_tiles(seqs.size());
+  // The key tiles of positions [first, first + length) of sequence i into key_tiles[i].
+  const auto expand = [&](size_t i, int64_t first, int64_t length) {
+    Tensor latent = Allocate(length, params.kv_lora_rank, dtype);
+    DS_CUDA(LaunchMlaGatherLatent(device_seqs + i, first, width, latent.view(), impl_->Stream()), "mla gather");
+    Tensor kv = Allocate(length, kv_cols, dtype);
+    MatMul(latent.view(), kv_b, kv.view());
+    key_tiles[i] = Allocate(params.num_heads * MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys, tile_cols,
+                            DType::kBF16);
+    DS_CUDA(LaunchMlaExpandedKeysValues(params, kv.view(), device_seqs + i, first, length, key_tiles[i].view().data,
+                                        impl_->Stream()),
+            "mla expanded keys and values");
+  };
+  // The rows of the sequences in `group` over their key tiles in `window`, which then are freed.
+  const auto attend = [&](std::span<const size_t> group, const MlaKeyWindow& window) {
+    std::vector<const void*> pointers(seqs.size(), nullptr);
+    for (const size_t i : group) pointers[i] = key_tiles[i].view().data;
+    std::vector<MlaRowTile> tiles;
+    for (const MlaRowTile& tile : row_tiles) {
+      const MlaSequence& seq = seqs[tile.seq];
+      const int64_t last_position = seq.num_cached + std::min(seq.rows.length, tile.row + tile_rows) - 1;
+      if (pointers[tile.seq] != nullptr && last_position >= window.begin) tiles.push_back(tile);
+    }
+    Tensor device_key_tiles = UploadBytes(pointers.data(), pointers.size() * sizeof(void*));
+    Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
+    DS_CUDA(launch(params, q, device_seqs, static_cast<const void* const*>(device_key_tiles.view().data),
+                   static_cast<const MlaRowTile*>(device_tiles.view().data), static_cast<int64_t>(tiles.size()), out,
+                   window, impl_->Stream()),
+            "mla expanded (tensor cores)");
+    for (const size_t i : group) key_tiles[i] = Tensor();  // freed in stream order, after the attention
+  };
+  // Sequences whose keys fit in a window together share one launch; a longer one attends window
+  // by window, each window's rows combined with the windows before by their log-sum-exps.
+  const int64_t window_keys = impl_->mla_expanded_window_keys;
+  std::vector<size_t> group;
+  int64_t group_keys = 0;
+  for (size_t i = 0; i < seqs.size() && !impl_->failed(); ++i) {
+    if (seqs[i].form == MlaForm::kAbsorbed) continue;
+    const int64_t length = seqs[i].num_cached + seqs[i].rows.length;
+    if (window_keys == 0 || length <= window_keys) {
+      if (window_keys > 0 && group_keys + length > window_keys) {
+        attend(group, MlaKeyWindow{});
+        group.clear();
+        group_keys = 0;
+      }
+      expand(i, 0, length);
+      group.push_back(i);
+      group_keys += length;
+      continue;
+    }
+    Tensor lse = Allocate(q.rows, params.num_heads, DType::kF32);
+    for (int64_t begin = 0; begin < length && !impl_->failed(); begin += window_keys) {
+      const int64_t end = std::min(length, begin + window_keys);
+      expand(i, begin, end - begin);
+      const size_t one[] = {i};
+      attend(one, MlaKeyWindow{begin, end, lse.data<float>(), begin > 0});
+    }
+  }
+  if (!group.empty() && !impl_->failed()) attend(group, MlaKeyWindow{});
 }
 
 void CudaBackend::MoeRoute(TensorView router_logits, TensorView correction_bias,

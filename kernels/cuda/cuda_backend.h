@@ -80,6 +80,12 @@ struct CudaBackendOptions {
   // run (sm_90a builds on a compute capability 9.0 GPU); false, or where they do not run: the
   // CUDA-core kernel (fp32 arithmetic over the bf16 pages).
   bool mla_absorbed_tensor_cores = true;
+  // At serving precision on the tensor-core kernels, the expanded MLA form (prefill) expands a
+  // sequence's history into per-head keys and values at most this many keys at a time (a multiple
+  // of 64; 0: whole histories at once), ~37 KB of step buffers per key at the 48B shape: a longer
+  // history is attended window by window, and the windows' results combined by their
+  // log-sum-exps. Sequences that fit in a window together share one launch.
+  int64_t mla_expanded_window_keys = kMlaExpandedWindowKeysDefault;
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).
   int64_t memory_limit_bytes = 0;
@@ -157,6 +163,8 @@ class CudaBackend final : public Backend {
   DType LatentCacheDType() const override;
   void MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                     std::span<const MlaSequence> seqs, TensorView out) override;
+  // CudaBackendOptions::mla_expanded_window_keys where the expanded form runs on tensor cores.
+  int64_t MlaExpandedWindowKeys(const MlaParams& params) const override;
   void MoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                 TensorView expert_ids, TensorView weights) override;
   void MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
@@ -202,6 +210,11 @@ class CudaBackend final : public Backend {
   // cuBLAS's grouped products, or the decode kernels (the wide or mma.sync tiles otherwise).
   bool UsesCublasGroupedExperts(int64_t slots) const;
   bool UsesDecodeExperts(TensorView x, int64_t slots) const;
+  // The expanded sequences of an MlaAttention call on the tensor-core kernels, their key tiles
+  // made mla_expanded_window_keys keys at a time (seqs and device_seqs: the call's descriptors,
+  // their pages already appended to).
+  void MlaExpandedTensorCores(const MlaParams& params, TensorView q, TensorView kv_b,
+                              std::span<const MlaSequence> seqs, const MlaSequence* device_seqs, TensorView out);
   // The grouped-kernel path of MoeExperts; false (nothing queued) where it does not apply.
   bool MoeExpertsGrouped(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,
                          int64_t first_expert, TensorView slot_out);

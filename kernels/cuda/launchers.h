@@ -98,8 +98,9 @@ int LaunchKdaChunked(const KdaInputs& in, const KdaSequence* seqs, int64_t num_s
 // Copies each sequence's new latent rows [rows.begin, +length) after its cached rows.
 int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t num_seqs,
                           Stream stream);
-// Cache rows [0, dst.rows) of the sequence *seq (a device descriptor) into dst, contiguous.
-int LaunchMlaGatherLatent(const MlaSequence* seq, TensorView dst, Stream stream);
+// Cache rows [first, first + dst.rows) of the sequence *seq (a device descriptor; rows `width`
+// wide) into dst (F32 or BF16), contiguous: their first dst.cols columns.
+int LaunchMlaGatherLatent(const MlaSequence* seq, int64_t first, int64_t width, TensorView dst, Stream stream);
 // Expanded MLA attention for the sequences whose per-head keys/values were expanded into
 // kv_all[i] ([num_cached + length, H*(nope+v)] F32, device pointers in `kv_all`).
 int LaunchMlaExpandedAttention(const MlaParams& params, TensorView q, const MlaSequence* seqs,

@@ -42,18 +42,21 @@ __global__ void __launch_bounds__(kThreads)
   AppendLatentRow(latent, seqs[row_seq[warp]], t0 + warp);
 }
 
-// Grid: ceil(rows / 8) blocks of 8 warps, warp w copies cache row 8 * block + w of *seq to dst
-// (fp32).
+// Grid: ceil(rows / 8) blocks of 8 warps, warp w copies the first dst.cols columns of cache row
+// first + 8 * block + w of *seq (rows `width` wide) to dst's row 8 * block + w (Dst: float or bf16).
+template <typename Dst>
 __global__ void __launch_bounds__(kThreads)
-    MlaGatherLatentKernel(const MlaSequence* seq, TensorView dst) {
+    MlaGatherLatentKernel(const MlaSequence* seq, int64_t first, int64_t width, TensorView dst) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kAppendRows + (threadIdx.x >> 5);
   if (row >= dst.rows) return;
+  const int64_t position = first + row;
+  Dst* to = static_cast<Dst*>(dst.data) + row * dst.row_stride;
   if (seq->cache.dtype == DType::kBF16) {
-    const LatentRowPlacement place = LatentRowPlacement::Place(DType::kBF16, dst.cols, seq->cache.page_rows, row);
+    const LatentRowPlacement place = LatentRowPlacement::Place(DType::kBF16, width, seq->cache.page_rows, position);
     const auto at = [&](int64_t e) { return place.Offset(e); };
-    WarpCopyRow(seq->cache.PageOf<__nv_bfloat16>(row), at, RowF32(dst, row), IdentityIndex{}, dst.cols);
+    WarpCopyRow(seq->cache.PageOf<__nv_bfloat16>(position), at, to, IdentityIndex{}, dst.cols);
   } else {
-    WarpCopyRow(seq->cache.Row(row, dst.cols), IdentityIndex{}, RowF32(dst, row), IdentityIndex{}, dst.cols);
+    WarpCopyRow(seq->cache.Row(position, width), IdentityIndex{}, to, IdentityIndex{}, dst.cols);
   }
 }
 
@@ -824,12 +827,16 @@ int LaunchMlaAppendLatent(TensorView latent, const MlaSequence* seqs, int64_t nu
                           num_seqs);
 }
 
-int LaunchMlaGatherLatent(const MlaSequence* seq, TensorView dst, Stream stream) {
-  if (dst.dtype != DType::kF32 || dst.cols <= 0) return Invalid();
+int LaunchMlaGatherLatent(const MlaSequence* seq, int64_t first, int64_t width, TensorView dst, Stream stream) {
+  if ((dst.dtype != DType::kF32 && dst.dtype != DType::kBF16) || dst.cols <= 0 || dst.cols > width || first < 0) {
+    return Invalid();
+  }
   if (dst.rows == 0) return 0;
   const int64_t blocks = (dst.rows + kAppendRows - 1) / kAppendRows;
   if (seq == nullptr || !FitsGridX(blocks)) return Invalid();
-  MlaGatherLatentKernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(seq, dst);
+  const auto kernel =
+      dst.dtype == DType::kBF16 ? MlaGatherLatentKernel<__nv_bfloat16> : MlaGatherLatentKernel<float>;
+  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(seq, first, width, dst);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -45,47 +45,57 @@ __device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
   reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(v.z, v.w);
 }
 
+// Four consecutive kv values from column c (a multiple of 4) of an F32 or BF16 row.
+__device__ __forceinline__ float4 LoadFour(const float* row, int c) {
+  return __ldg(reinterpret_cast<const float4*>(row + c));
+}
+__device__ __forceinline__ float4 LoadFour(const bf16* row, int c) {
+  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row + c));
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // Grid: ceil(heads * padded / 8) blocks of 8 warps (padded: the positions rounded up to whole
 // tiles); warp w writes row 8·block + w of the [heads, padded] rows (head = row / padded,
-// position = row % padded) into its tile, zeros past the sequence's length.
+// position first + row % padded) into its tile, zeros past the `length` positions.
+template <typename KvT>
 __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv, const MlaSequence* seq,
-                                                                   int64_t length, int heads, int64_t latent_width,
-                                                                   int rank, unsigned char* key_tiles) {
+                                                                   int64_t first, int64_t length, int heads,
+                                                                   int64_t latent_width, int rank,
+                                                                   unsigned char* key_tiles) {
   const int64_t padded = MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + threadIdx.x / 32;
   if (row >= padded * heads) return;
   const int lane = threadIdx.x % 32;
   const int h = static_cast<int>(row / padded);
   const int64_t j = row % padded;
-  // 80 float4 per row: 32 nope, 16 rope, 32 value; lane takes 0-31 then 32-63, then 64-79.
+  // 80 groups of four per row: 32 nope, 16 rope, 32 value; lane takes 0-31 then 32-63, then 64-79.
   float4 v[3];
 #pragma unroll
   for (int u = 0; u < 3; ++u) v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   if (j < length) {
-    const float* kv_row = RowF32(kv, j) + static_cast<int64_t>(h) * (kNope + kV);
+    const int64_t position = first + j;
+    const KvT* kv_row = static_cast<const KvT*>(kv.data) + j * kv.row_stride + static_cast<int64_t>(h) * (kNope + kV);
     const bool pe_bf16 = seq->cache.dtype == DType::kBF16;
-    const float* pe = pe_bf16 ? nullptr : seq->cache.Row(j, latent_width) + rank;
-    const bf16* pe16 = pe_bf16 ? seq->cache.PageOf<bf16>(j) : nullptr;
+    const float* pe = pe_bf16 ? nullptr : seq->cache.Row(position, latent_width) + rank;
+    const bf16* pe16 = pe_bf16 ? seq->cache.PageOf<bf16>(position) : nullptr;
     const LatentRowPlacement pe_place =
-        LatentRowPlacement::Place(DType::kBF16, latent_width, seq->cache.page_rows, j);
+        LatentRowPlacement::Place(DType::kBF16, latent_width, seq->cache.page_rows, position);
 #pragma unroll
     for (int u = 0; u < 3; ++u) {
       const int c = 4 * (lane + 32 * u);
       if (c < kNope) {
-        v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + c));
+        v[u] = LoadFour(kv_row, c);
       } else if (c < kQk) {
         if (pe_bf16) {
           // Four consecutive elements from a multiple of 4: within one 16-byte chunk wherever it sits.
-          const int64_t at = pe_place.Offset(rank + c - kNope);
-          const uint2 raw = __ldg(reinterpret_cast<const uint2*>(pe16 + at));
-          const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-          const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-          v[u] = make_float4(lo.x, lo.y, hi.x, hi.y);
+          v[u] = LoadFour(pe16 + pe_place.Offset(rank + c - kNope), 0);
         } else {
           v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
         }
       } else if (c < kQk + kV) {
-        v[u] = __ldg(reinterpret_cast<const float4*>(kv_row + kNope + (c - kQk)));
+        v[u] = LoadFour(kv_row, kNope + (c - kQk));
       }
     }
   }
@@ -123,11 +133,12 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
   const int64_t first_row = seq.rows.begin + tile.row;  // packed row of the block's first query
   const int64_t pos0 = seq.num_cached + tile.row;       // its position
   const int64_t max_key = pos0 + rows - 1;
-  const int64_t length = seq.num_cached + seq.rows.length;
+  const WindowTiles keys = TilesInWindow(a.window, seq.num_cached + seq.rows.length, max_key);
+  if (keys.count == 0) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const void* key_tiles = a.key_tiles[tile.seq];
 
-  LoadStage(stages[0], KeyTile(key_tiles, h, length, 0));
+  LoadStage(stages[0], KeyTile(key_tiles, h, keys.length, 0));
   bf16(*q_rows)[kQkLd] = stages[1].k;  // Q passes through the second stage before its first tile
   for (int i = threadIdx.x; i < kRows * kQk / 4; i += kThreads) {
     const int r = i / (kQk / 4), c = 4 * (i % (kQk / 4));
@@ -148,12 +159,11 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
   const int64_t pos[2] = {row_lo < rows ? pos0 + row_lo : -1, row_lo + 8 < rows ? pos0 + row_lo + 8 : -1};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  const int64_t tiles = max_key / kKeys + 1;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t j0 = t * kKeys;
+  for (int64_t t = 0; t < keys.count; ++t) {
+    const int64_t j0 = keys.begin + t * kKeys;
     __syncthreads();  // the stage the next copy fills is free (first: Q is in registers)
-    if (t + 1 < tiles) {
-      LoadStage(stages[(t + 1) % 2], KeyTile(key_tiles, h, length, j0 + kKeys));
+    if (t + 1 < keys.count) {
+      LoadStage(stages[(t + 1) % 2], KeyTile(key_tiles, h, keys.length, (t + 1) * kKeys));
       WaitAsync<1>();
     } else {
       WaitAsync<0>();
@@ -203,6 +213,8 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
   }
 
   SumRowsOverQuad(l);
+  RowFinish finish[2];
+  FinishRows(a.window, m, l, first_row, row_lo, rows, h, gridDim.y, finish);
 #pragma unroll
   for (int vt = 0; vt < kV / 16; ++vt)
 #pragma unroll
@@ -210,18 +222,22 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
       const int half = (i >> 1) & 1, r = 16 * warp + AccRow(i, lane);
       if (r >= rows) continue;
       float* dst = RowF32(a.out, first_row + r) + h * kV + 16 * vt + AccCol(i, lane);
-      *reinterpret_cast<float2*>(dst) = make_float2(o[vt].x[i] / l[half], o[vt].x[i + 1] / l[half]);
+      StoreFinished(dst, finish[half], o[vt].x[i], o[vt].x[i + 1]);
     }
+  StoreRowLse(a.window, finish, first_row, row_lo, rows, h, gridDim.y, lane);
 }
 
 }  // namespace
 
-bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out) {
+bool MlaExpandedTcShapes(const MlaParams& params) {
   // A positive scale: the softmax takes its maxima over the raw scores (mla_softmax.cuh).
   return params.qk_nope_dim == kNope && params.qk_rope_dim == kRope && params.v_dim == kV && params.scale > 0 &&
-         params.num_heads >= 1 && params.num_heads <= 65535 && params.kv_lora_rank % 4 == 0 &&
-         q.dtype == DType::kF32 && out.dtype == DType::kF32 && q.row_stride % 4 == 0 && IsAligned(q.data, 16) &&
-         out.row_stride % 2 == 0 && IsAligned(out.data, 8);
+         params.num_heads >= 1 && params.num_heads <= 65535 && params.kv_lora_rank % 4 == 0;
+}
+
+bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out) {
+  return MlaExpandedTcShapes(params) && q.dtype == DType::kF32 && out.dtype == DType::kF32 &&
+         q.row_stride % 4 == 0 && IsAligned(q.data, 16) && out.row_stride % 2 == 0 && IsAligned(out.data, 8);
 }
 
 std::vector<MlaRowTile> MlaExpandedRowTiles(const MlaSequence* seqs, int64_t count, int64_t tile_rows) {
@@ -241,37 +257,43 @@ std::vector<MlaRowTile> MlaExpandedRowTiles(const MlaSequence* seqs, int64_t cou
   return tiles;
 }
 
-int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t length,
-                                void* key_tiles, Stream stream) {
+int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t first,
+                                int64_t length, void* key_tiles, Stream stream) {
   const int64_t heads = params.num_heads;
+  const bool bf16_kv = kv.dtype == DType::kBF16;
+  const int64_t alignment = bf16_kv ? 8 : 16;  // a group of four values
   if (params.qk_nope_dim != kNope || params.qk_rope_dim != kRope || params.v_dim != kV ||
-      params.kv_lora_rank % 4 != 0 || kv.dtype != DType::kF32 || kv.cols != heads * (kNope + kV) ||
-      kv.row_stride % 4 != 0 || !IsAligned(kv.data, 16) || kv.rows < length || !IsAligned(key_tiles, 16)) {
+      params.kv_lora_rank % 4 != 0 || (kv.dtype != DType::kF32 && !bf16_kv) || kv.cols != heads * (kNope + kV) ||
+      kv.row_stride % 4 != 0 || !IsAligned(kv.data, alignment) || kv.rows < length || first < 0 ||
+      !IsAligned(key_tiles, 16)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (length == 0) return 0;
   const int64_t blocks = (MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys * heads + 7) / 8;
   if (seq == nullptr || !FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
-  MlaExpandedKeysValuesKernel<<<static_cast<unsigned>(blocks), 256, 0, static_cast<cudaStream_t>(stream)>>>(
-      kv, seq, length, static_cast<int>(heads), params.kv_lora_rank + kRope, static_cast<int>(params.kv_lora_rank),
-      static_cast<unsigned char*>(key_tiles));
+  const auto kernel = bf16_kv ? MlaExpandedKeysValuesKernel<bf16> : MlaExpandedKeysValuesKernel<float>;
+  kernel<<<static_cast<unsigned>(blocks), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+      kv, seq, first, length, static_cast<int>(heads), params.kv_lora_rank + kRope,
+      static_cast<int>(params.kv_lora_rank), static_cast<unsigned char*>(key_tiles));
   return static_cast<int>(cudaGetLastError());
 }
 
 int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
-                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, Stream stream) {
+                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, const MlaKeyWindow& window,
+                        Stream stream) {
   const int64_t heads = params.num_heads;
   if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
       out.rows != q.rows) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_tiles == 0) return 0;
-  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
+  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles) ||
+      !MlaKeyWindowValid(window)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   constexpr size_t kSmem = 2 * sizeof(Stage);
   if (const int error = AllowDynamicSmem(MlaExpandedTcKernel, kSmem); error != 0) return error;
-  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out);
+  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out, window);
   MlaExpandedTcKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads, kSmem,
                         static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());

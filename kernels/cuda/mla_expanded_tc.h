@@ -36,6 +36,24 @@ inline constexpr int64_t MlaExpandedKeyTiles(int64_t length) {
 // twice its tiles' average keys).
 std::vector<MlaRowTile> MlaExpandedRowTiles(const MlaSequence* seqs, int64_t count, int64_t tile_rows);
 
+// The keys one call of the expanded attention kernels attends, for a history longer than the
+// backend expands at once (CudaBackendOptions::mla_expanded_window_keys): positions [begin, end)
+// of the call's sequences, whose key tiles then hold only those (tile 0 starts at `begin`), and
+// each row's log-sum-exp beside its output so that windows combine. The default: every key.
+struct MlaKeyWindow {
+  int64_t begin = 0;     // a multiple of kMlaExpandedTileKeys
+  int64_t end = 0;       // a multiple of kMlaExpandedTileKeys, or the sequence's length; 0: its length
+  float* lse = nullptr;  // [q.rows, heads]: log2 of each row's softmax sum (scores · scale · log2 e)
+  // out and lse hold the result of earlier windows, which must include key 0 (so that every row
+  // has a sum): each row's output becomes the softmax-weighted mean of both. Rows with no key in
+  // this window keep theirs.
+  bool merge = false;
+};
+inline bool MlaKeyWindowValid(const MlaKeyWindow& w) {
+  return w.begin >= 0 && w.begin % kMlaExpandedTileKeys == 0 && (w.end == 0 || w.end > w.begin) &&
+         (!w.merge || w.lse != nullptr);
+}
+
 // What both expanded attention kernels (mla_expanded_tc.cu, mla_expanded_wgmma.cu) take.
 struct MlaExpandedArgs {
   TensorView q, out;
@@ -43,30 +61,35 @@ struct MlaExpandedArgs {
   const void* const* key_tiles;  // per sequence, as LaunchMlaExpandedKeysValues writes them
   const MlaRowTile* tiles;
   float scale_log2;  // softmax scale · log2(e)
+  MlaKeyWindow window;
 };
 
 inline MlaExpandedArgs MakeMlaExpandedArgs(const MlaParams& params, TensorView q, const MlaSequence* seqs,
-                                           const void* const* key_tiles, const MlaRowTile* tiles, TensorView out) {
-  return {q, out, seqs, key_tiles, tiles, params.scale * 1.4426950408889634f};
+                                           const void* const* key_tiles, const MlaRowTile* tiles, TensorView out,
+                                           const MlaKeyWindow& window) {
+  return {q, out, seqs, key_tiles, tiles, params.scale * 1.4426950408889634f, window};
 }
 
-// nope 128, rope 64, v 128 (the Kimi shapes), a positive softmax scale; q and out rows 16- and
-// 8-byte aligned.
+// nope 128, rope 64, v 128 (the Kimi shapes), a positive softmax scale.
+bool MlaExpandedTcShapes(const MlaParams& params);
+// MlaExpandedTcShapes, F32 q and out, their rows 16- and 8-byte aligned.
 bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out);
 
-// The key tiles of one expanded sequence's `length` positions (layout above; heads ×
-// MlaExpandedKeyTiles(length) × kMlaExpandedTileBytes bytes at `key_tiles`, 16-byte aligned): the
-// keys are the expanded nope columns of kv ‖ the cache's rope part, the values kv's v columns.
-// kv: [length, heads * (nope + v)] fp32 (the latent history times kv_b); seq: the sequence's
-// device descriptor (its cache).
-int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t length,
-                                void* key_tiles, Stream stream);
+// The key tiles of positions [first, first + length) of one expanded sequence (layout above;
+// heads × MlaExpandedKeyTiles(length) × kMlaExpandedTileBytes bytes at `key_tiles`, 16-byte
+// aligned, tile 0 starting at position `first`): the keys are the expanded nope columns of kv ‖
+// the cache's rope part, the values kv's v columns. kv: [length, heads * (nope + v)] F32 or BF16
+// (those positions' latent times kv_b); seq: the sequence's device descriptor (its cache).
+int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t first,
+                                int64_t length, void* key_tiles, Stream stream);
 
-// Attention of every tile's rows and head over their sequence's keys 0 .. position (causal),
-// key_tiles[s] as LaunchMlaExpandedKeysValues writes them for sequence s (null for the others);
-// bf16 Q, K, V and probabilities, fp32 accumulation and output.
+// Attention of every tile's rows and head over their sequence's keys 0 .. position (causal) in
+// `window`, key_tiles[s] as LaunchMlaExpandedKeysValues writes them for sequence s and the window
+// (null for the others); bf16 Q, K, V and probabilities, fp32 accumulation and output. A tile
+// whose rows all precede the window is left alone.
 int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
-                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, Stream stream);
+                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, const MlaKeyWindow& window,
+                        Stream stream);
 
 // The same attention on Hopper's warpgroup products (mla_expanded_wgmma.cu) where it runs: built
 // for sm_90a and the current device of compute capability 9.0. Its tiles are
@@ -76,6 +99,6 @@ inline constexpr int64_t kMlaExpandedWgmmaRows = 128;
 bool MlaExpandedWgmmaRuns();
 int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
                            const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
-                           Stream stream);
+                           const MlaKeyWindow& window, Stream stream);
 
 }  // namespace deltaserve::kernels::cuda

@@ -92,8 +92,10 @@ __device__ __forceinline__ void IssueValues(float (&o)[kV / 2], const uint32_t (
   WgmmaCommit();
 }
 
+// Attends the rows' keys in `tiles` key tiles from position key0 (the window's first).
 __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_row, int64_t pos0, int rows,
-                                        int h, int64_t tiles, unsigned char* q_tiles, uint32_t base_address,
+                                        int h, int64_t key0, int64_t tiles, unsigned char* q_tiles,
+                                        uint32_t base_address,
                                         uint32_t stages_address, uint64_t* full, uint64_t* empty) {
   const int group = threadIdx.x / 128;
   const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
@@ -130,7 +132,7 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
   IssueScores(s, q_address, stages_address);
   WgmmaWait<0>();
   PinAccumulators(s);
-  CausalSoftmaxTile<kKeys>(s, 0, pos0, pos, a.scale_log2, lane, m, l, alpha);
+  CausalSoftmaxTile<kKeys>(s, key0, pos0, pos, a.scale_log2, lane, m, l, alpha);
   PackProbabilities(s, pa);
   for (int64_t t = 1; t < tiles; ++t) {
     const int stage = static_cast<int>(t % kStages), previous = static_cast<int>((t - 1) % kStages);
@@ -139,7 +141,7 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
     IssueValues(o, pa, stages_address + previous * kStageBytes + kKBytes);
     WgmmaWait<1>();  // the scores are in; P·V of the tile before may still run
     PinAccumulators(s);
-    CausalSoftmaxTile<kKeys>(s, t * kKeys, pos0, pos, a.scale_log2, lane, m, l, alpha);
+    CausalSoftmaxTile<kKeys>(s, key0 + t * kKeys, pos0, pos, a.scale_log2, lane, m, l, alpha);
     WgmmaWait<0>();
     PinAccumulators(o);
     ArriveBarrier(&empty[previous]);
@@ -156,6 +158,8 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
   ArriveBarrier(&empty[last]);
 
   SumRowsOverQuad(l);
+  RowFinish finish[2];
+  FinishRows(a.window, m, l, first_row, row_lo, rows, h, gridDim.y, finish);
 #pragma unroll
   for (int j = 0; j < kV / 8; ++j)
 #pragma unroll
@@ -163,8 +167,9 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
       const int r = row_lo + 8 * half;
       if (r >= rows) continue;
       float* dst = RowF32(a.out, first_row + r) + h * kV + 8 * j + 2 * (lane & 3);
-      *reinterpret_cast<float2*>(dst) = make_float2(o[4 * j + 2 * half] / l[half], o[4 * j + 2 * half + 1] / l[half]);
+      StoreFinished(dst, finish[half], o[4 * j + 2 * half], o[4 * j + 2 * half + 1]);
     }
+  StoreRowLse(a.window, finish, first_row, row_lo, rows, h, gridDim.y, lane);
 }
 
 // Grid: (tiles, heads).
@@ -184,15 +189,15 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
   const int rows = static_cast<int>(seq.rows.length - tile.row < kRows ? seq.rows.length - tile.row : kRows);
   const int64_t first_row = seq.rows.begin + tile.row;  // packed row of the block's first query
   const int64_t pos0 = seq.num_cached + tile.row;       // its position
-  const int64_t max_key = pos0 + rows - 1;
-  const int64_t tiles = max_key / kKeys + 1;
+  const WindowTiles keys = TilesInWindow(a.window, seq.num_cached + seq.rows.length, pos0 + rows - 1);
+  if (keys.count == 0) return;
   if (threadIdx.x >= kConsumerThreads) {
-    const int64_t length = seq.num_cached + seq.rows.length;
     if (threadIdx.x == kConsumerThreads) {
-      Produce(KeyTile(a.key_tiles[tile.seq], h, length, 0), tiles, stages, full, empty);
+      Produce(KeyTile(a.key_tiles[tile.seq], h, keys.length, 0), keys.count, stages, full, empty);
     }
   } else {
-    Consume(a, first_row, pos0, rows, h, tiles, q_tiles, base_address, stages_address, full, empty);
+    Consume(a, first_row, pos0, rows, h, keys.begin, keys.count, q_tiles, base_address, stages_address, full,
+            empty);
   }
 }
 
@@ -202,7 +207,7 @@ bool MlaExpandedWgmmaRuns() { return WgmmaRuns(); }
 
 int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
                            const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
-                           Stream stream) {
+                           const MlaKeyWindow& window, Stream stream) {
   const int64_t heads = params.num_heads;
   if (!MlaExpandedWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
@@ -210,11 +215,12 @@ int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSeque
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (num_tiles == 0) return 0;
-  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles)) {
+  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles) ||
+      !MlaKeyWindowValid(window)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (const int error = AllowDynamicSmem(MlaExpandedWgmmaKernel, kSharedBytes); error != 0) return error;
-  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out);
+  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out, window);
   MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
                            kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/mla_expanded_tc.h"
 #include "kernels/cuda/mma_tiles.cuh"
 
 namespace deltaserve::kernels::cuda {
@@ -83,6 +84,83 @@ __device__ __forceinline__ void SumRowsOverQuad(float (&l)[2]) {
   for (int half = 0; half < 2; ++half) {
     l[half] += __shfl_xor_sync(0xffffffffu, l[half], 1);
     l[half] += __shfl_xor_sync(0xffffffffu, l[half], 2);
+  }
+}
+
+// The key tiles a block of a sequence of `length` positions attends in `window` (MlaKeyWindow):
+// `count` tiles from tile 0 of the window's key tiles (0 where its last query, at position
+// `max_key`, precedes the window), which hold `length` positions from `begin` (KeyTile's length).
+struct WindowTiles {
+  int64_t begin, count, length;
+};
+__device__ __forceinline__ WindowTiles TilesInWindow(const MlaKeyWindow& window, int64_t length, int64_t max_key) {
+  const int64_t end = window.end > 0 ? window.end : length;
+  const int64_t last = max_key < end - 1 ? max_key : end - 1;
+  return {window.begin, last < window.begin ? 0 : (last - window.begin) / kMlaExpandedTileKeys + 1,
+          end - window.begin};
+}
+
+// How a row's output is written: own · its unnormalised accumulator + earlier · the output as it
+// is, and its log-sum-exp after (log2 domain). m: the row's reference maximum, l: its sum over the
+// quad; lse_slot: the row's entry of window.lse (read where window.merge).
+struct RowFinish {
+  float own = 0.0f, earlier = 0.0f, lse = -INFINITY;
+};
+__device__ __forceinline__ RowFinish FinishRow(const MlaKeyWindow& window, float m, float l, const float* lse_slot) {
+  RowFinish f;
+  if (l == 0.0f) {  // no key of the window reaches the row: what earlier windows gave stays
+    f.earlier = 1.0f;
+    if (window.merge) f.lse = *lse_slot;
+    return f;
+  }
+  f.lse = m + log2f(l);
+  if (!window.merge) {
+    f.own = 1.0f / l;
+    return f;
+  }
+  const float before = *lse_slot, top = fmaxf(before, f.lse);
+  const float w_before = exp2f(before - top), w_own = exp2f(f.lse - top), total = w_before + w_own;
+  f.own = w_own / (total * l);
+  f.earlier = w_before / total;
+  f.lse = top + log2f(total);
+  return f;
+}
+
+// A lane's two rows' finish (rows row_lo and row_lo + 8 of the block, those below `rows`), their
+// entries of window.lse read where they merge. Call StoreRowLse after writing the outputs.
+__device__ __forceinline__ void FinishRows(const MlaKeyWindow& window, const float (&m)[2], const float (&l)[2],
+                                           int64_t first_row, int row_lo, int rows, int head, int heads,
+                                           RowFinish (&f)[2]) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row_lo + 8 * half;
+    const float* slot = window.lse == nullptr ? nullptr : window.lse + (first_row + r) * heads + head;
+    f[half] = r < rows ? FinishRow(window, m[half], l[half], slot) : RowFinish{};
+  }
+}
+
+// One output pair of a row: own · (a, b) + earlier · what `dst` holds.
+__device__ __forceinline__ void StoreFinished(float* dst, const RowFinish& f, float a, float b) {
+  float2 v = make_float2(a * f.own, b * f.own);
+  if (f.earlier != 0.0f) {
+    const float2 before = *reinterpret_cast<const float2*>(dst);
+    v.x = fmaf(before.x, f.earlier, v.x);
+    v.y = fmaf(before.y, f.earlier, v.y);
+  }
+  *reinterpret_cast<float2*>(dst) = v;
+}
+
+// The rows' log-sum-exps into window.lse, by the first lane of each quad once all four have read
+// theirs (FinishRows).
+__device__ __forceinline__ void StoreRowLse(const MlaKeyWindow& window, const RowFinish (&f)[2], int64_t first_row,
+                                            int row_lo, int rows, int head, int heads, int lane) {
+  if (window.lse == nullptr) return;
+  __syncwarp();
+  if ((lane & 3) != 0) return;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row_lo + 8 * half;
+    if (r < rows) window.lse[(first_row + r) * heads + head] = f[half].lse;
   }
 }
 

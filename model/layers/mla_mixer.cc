@@ -10,13 +10,15 @@ using kernels::DType;
 using kernels::Tensor;
 using kernels::TensorView;
 
-kernels::MlaForm ChooseMlaForm(const LayerOptions& options, int64_t new_tokens, int64_t cached) {
+kernels::MlaForm ChooseMlaForm(const LayerOptions& options, int64_t new_tokens, int64_t cached,
+                               int64_t window_keys) {
   switch (options.mla_form) {
     case MlaFormChoice::kExpanded: return kernels::MlaForm::kExpanded;
     case MlaFormChoice::kAbsorbed: return kernels::MlaForm::kAbsorbed;
     case MlaFormChoice::kAuto: break;
   }
-  const bool absorbed = new_tokens <= kMlaAbsorbedMaxNewTokens || cached + new_tokens > options.mla_expanded_max_keys;
+  const bool too_long = window_keys == 0 && cached + new_tokens > options.mla_expanded_max_keys;
+  const bool absorbed = new_tokens <= kMlaAbsorbedMaxNewTokens || too_long;
   return absorbed ? kernels::MlaForm::kAbsorbed : kernels::MlaForm::kExpanded;
 }
 
@@ -46,6 +48,10 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
   backend.Copy(compressed.view().Cols(rank, c.qk_rope_head_dim),
                latent.view().Cols(rank, c.qk_rope_head_dim));
 
+  const kernels::MlaParams params{
+      c.mla_num_heads, rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
+      1.0f / std::sqrt(static_cast<float>(c.mla_qk_head_dim()))};
+  const int64_t window_keys = backend.MlaExpandedWindowKeys(params);
   std::vector<kernels::MlaSequence> mla_seqs(step.seqs.size());
   for (size_t s = 0; s < step.seqs.size(); ++s) {
     const StepSequence& seq = step.seqs[s];
@@ -53,12 +59,9 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
     MlaLayerState& cache = seq.state->mla(layer);
     // Pages the backend could not allocate: it holds the failure, which fails the step.
     if (cache.capacity() < cache.num_cached + seq.rows.length) return;
-    mla_seqs[s] = {seq.rows, ChooseMlaForm(step.options, seq.rows.length, cache.num_cached),
+    mla_seqs[s] = {seq.rows, ChooseMlaForm(step.options, seq.rows.length, cache.num_cached, window_keys),
                    cache.view(), cache.num_cached};
   }
-  const kernels::MlaParams params{
-      c.mla_num_heads, rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
-      1.0f / std::sqrt(static_cast<float>(c.mla_qk_head_dim()))};
   Tensor attended = backend.Allocate(t, c.mla_num_heads * c.v_head_dim, DType::kF32);
   backend.MlaAttention(params, q.view(), latent.view(), w.kv_b_proj, mla_seqs, attended.view());
   for (const StepSequence& seq : step.seqs) seq.state->mla(layer).num_cached += seq.rows.length;

@@ -1000,21 +1000,31 @@ class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> 
 // for its key/value product at serving precision too.
 // At serving precision the expanded rows run on both tensor-core kernels (warpgroup products where
 // they run, and mma.sync), and the absorbed rows on tensor cores (where they run) and on the
-// CUDA-core kernel over the same bf16 pages.
+// CUDA-core kernel over the same bf16 pages. The expanded rows also run with windows of 64 and 128
+// keys: histories longer than a window attended window by window (the windows' results combined
+// by their log-sum-exps), shorter ones grouped into launches of at most a window's keys.
 TEST_P(CudaMla, MatchesTheCpu) {
   struct Run {
     MatmulPrecision precision;
     bool wgmma;  // expanded on warpgroup products, absorbed on tensor cores
+    int64_t window_keys = CudaBackendOptions{}.mla_expanded_window_keys;
   };
   for (const Run run : {Run{MatmulPrecision::kHalf, true}, Run{MatmulPrecision::kHalf, false},
+                        Run{MatmulPrecision::kHalf, true, 64}, Run{MatmulPrecision::kHalf, false, 128},
                         Run{MatmulPrecision::kF32, true}}) {
+    const bool any_expanded = std::find(GetParam().forms.begin(), GetParam().forms.end(), MlaForm::kExpanded) !=
+                              GetParam().forms.end();
+    if (run.window_keys != CudaBackendOptions{}.mla_expanded_window_keys && !any_expanded) continue;
     std::string why;
     cuda_ = CudaBackend::Create({.matmul_precision = run.precision,
                                  .mla_expanded_wgmma = run.wgmma,
-                                 .mla_absorbed_tensor_cores = run.wgmma},
+                                 .mla_absorbed_tensor_cores = run.wgmma,
+                                 .mla_expanded_window_keys = run.window_keys},
                                 &why);
     ASSERT_NE(cuda_, nullptr) << why;
-    SCOPED_TRACE(run.wgmma ? "on warpgroup products where they run" : "on mma.sync and CUDA cores");
+    SCOPED_TRACE(::testing::Message() << (run.wgmma ? "on warpgroup products where they run"
+                                                    : "on mma.sync and CUDA cores")
+                                      << ", windows of " << run.window_keys << " keys");
     CompareMla(GetParam(), run.precision);
   }
 }
@@ -1116,6 +1126,10 @@ std::vector<MlaCase> MlaCases() {
       // outputs differed from the CPU's by 2.3% of their scale on both tensor-core kernels alike,
       // past the tolerance: bf16's rounding of q and the key moves a logit in proportion to it.
       {"kimi_prefill_boosted_key", kimi, {300, 0}, {150, 70}, {e, e}, 64, 200, 4.0f},
+      // In windows of 64 or 128 keys: a prompt whose first row tile precedes its later windows
+      // (left out of their launches), two short sequences in one launch and then one past it, and
+      // a long history over many windows whose rows see all of them.
+      {"kimi_prefill_windows", kimi, {0, 0, 40, 1000}, {200, 30, 50, 140}, {e, e, e, e}, 64},
       // Pages of 48 rows: the tensor-core decode kernel's 64-key tiles cross pages.
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
       // Pages of 7 rows: a row's place in its page is not its cache row mod 8, which keys the
