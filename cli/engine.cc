@@ -52,8 +52,8 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
   command
       .add_option("--mla-expanded-window-keys", engine.mla_expanded_window_keys,
                   "CUDA: the expanded MLA form expands at most this many keys of a history at once "
-                  "(~37 KB of step buffers per key on the real model), a longer history window by window "
-                  "(0: whole histories, buffers in proportion to them)")
+                  "(~17 KB of step buffers per key on the real model on an H100/H200), a longer history "
+                  "window by window (0: whole histories, buffers in proportion to them)")
       ->check(CLI::Validator(
           [](const std::string& value) {
             int64_t keys = 0;

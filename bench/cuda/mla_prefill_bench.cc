@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
       const auto call = [&] {
         Check(static_cast<cudaError_t>(launch(params, q_view, device_seqs, device_key_tiles, device_tiles,
                                               static_cast<int64_t>(tiles.size()), out_view,
-                                              deltaserve::kernels::cuda::MlaKeyWindow{}, stream)),
+                                              deltaserve::kernels::cuda::MlaKeyWindow{}, nullptr, stream)),
               kernel);
       };
       const double ms = deltaserve::bench::TimeMs(2, iters, stream, call);

@@ -909,36 +909,65 @@ void CudaBackend::MlaExpandedTensorCores(const MlaParams& params, TensorView q, 
   const int64_t tile_rows = wgmma ? kMlaExpandedWgmmaRows : kMlaExpandedTcRows;
   const std::vector<MlaRowTile> row_tiles =
       MlaExpandedRowTiles(seqs.data(), static_cast<int64_t>(seqs.size()), tile_rows);
-  std::vector<Tensor> key_tiles(seqs.size());
-  // The key tiles of positions [first, first + length) of sequence i into key_tiles[i].
-  const auto expand = [&](size_t i, int64_t first, int64_t length) {
-    Tensor latent = Allocate(length, params.kv_lora_rank, dtype);
-    DS_CUDA(LaunchMlaGatherLatent(device_seqs + i, first, width, latent.view(), impl_->Stream()), "mla gather");
-    Tensor kv = Allocate(length, kv_cols, dtype);
-    MatMul(latent.view(), kv_b, kv.view());
-    key_tiles[i] = Allocate(params.num_heads * MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys, tile_cols,
-                            DType::kBF16);
-    DS_CUDA(LaunchMlaExpandedKeysValues(params, kv.view(), device_seqs + i, first, length, key_tiles[i].view().data,
-                                        impl_->Stream()),
-            "mla expanded keys and values");
+  // A sequence's keys and values for the attention: its key tiles, or, on the warpgroup kernel
+  // with a bf16 kv_b, its gathered latent and kv rows themselves, read through tensor maps (no
+  // tiles written: ~17 KB of buffers and ~18 KB of writes per key instead of ~37 and ~37).
+  struct Expansion {
+    Tensor key_tiles, latent, kv;
+    MlaExpandedTileMaps maps{};
   };
-  // The rows of the sequences in `group` over their key tiles in `window`, which then are freed.
+  std::vector<Expansion> expanded(seqs.size());
+  const bool through_maps = wgmma && dtype == DType::kBF16;
+  // Positions [first, first + length) of sequence i into expanded[i].
+  const auto expand = [&](size_t i, int64_t first, int64_t length) {
+    Expansion& e = expanded[i];
+    e.latent = Allocate(length, through_maps ? width : params.kv_lora_rank, dtype);
+    DS_CUDA(LaunchMlaGatherLatent(device_seqs + i, first, width, e.latent.view(), impl_->Stream()), "mla gather");
+    e.kv = Allocate(length, kv_cols, dtype);
+    MatMul(e.latent.view().Cols(0, params.kv_lora_rank), kv_b, e.kv.view());
+    if (impl_->failed()) return;
+    if (through_maps && EncodeMlaExpandedTileMaps(params, e.kv.view(),
+                                                  e.latent.view().Cols(params.kv_lora_rank, params.qk_rope_dim),
+                                                  e.maps)) {
+      return;
+    }
+    e.key_tiles = Allocate(params.num_heads * MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys, tile_cols,
+                           DType::kBF16);
+    DS_CUDA(LaunchMlaExpandedKeysValues(params, e.kv.view(), device_seqs + i, first, length,
+                                        e.key_tiles.view().data, impl_->Stream()),
+            "mla expanded keys and values");
+    e.latent = Tensor();  // freed in stream order, after the tiles are written
+    e.kv = Tensor();
+  };
+  // The rows of the sequences in `group` over their keys and values in `window`, which then are
+  // freed.
   const auto attend = [&](std::span<const size_t> group, const MlaKeyWindow& window) {
     std::vector<const void*> pointers(seqs.size(), nullptr);
-    for (const size_t i : group) pointers[i] = key_tiles[i].view().data;
+    std::vector<MlaExpandedTileMaps> maps(seqs.size());
+    std::vector<bool> in_group(seqs.size(), false);
+    bool any_maps = false;
+    for (const size_t i : group) {
+      in_group[i] = true;
+      pointers[i] = expanded[i].key_tiles.view().data;
+      maps[i] = expanded[i].maps;
+      any_maps = any_maps || pointers[i] == nullptr;
+    }
     std::vector<MlaRowTile> tiles;
     for (const MlaRowTile& tile : row_tiles) {
       const MlaSequence& seq = seqs[tile.seq];
       const int64_t last_position = seq.num_cached + std::min(seq.rows.length, tile.row + tile_rows) - 1;
-      if (pointers[tile.seq] != nullptr && last_position >= window.begin) tiles.push_back(tile);
+      if (in_group[tile.seq] && last_position >= window.begin) tiles.push_back(tile);
     }
     Tensor device_key_tiles = UploadBytes(pointers.data(), pointers.size() * sizeof(void*));
     Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
+    Tensor device_maps;
+    if (any_maps) device_maps = UploadBytes(maps.data(), maps.size() * sizeof(MlaExpandedTileMaps));
     DS_CUDA(launch(params, q, device_seqs, static_cast<const void* const*>(device_key_tiles.view().data),
                    static_cast<const MlaRowTile*>(device_tiles.view().data), static_cast<int64_t>(tiles.size()), out,
-                   window, impl_->Stream()),
+                   window, any_maps ? static_cast<const MlaExpandedTileMaps*>(device_maps.view().data) : nullptr,
+                   impl_->Stream()),
             "mla expanded (tensor cores)");
-    for (const size_t i : group) key_tiles[i] = Tensor();  // freed in stream order, after the attention
+    for (const size_t i : group) expanded[i] = Expansion{};  // freed in stream order, after the attention
   };
   // Sequences whose keys fit in a window together share one launch; a longer one attends window
   // by window, each window's rows combined with the windows before by their log-sum-exps.

@@ -82,9 +82,11 @@ struct CudaBackendOptions {
   bool mla_absorbed_tensor_cores = true;
   // At serving precision on the tensor-core kernels, the expanded MLA form (prefill) expands a
   // sequence's history into per-head keys and values at most this many keys at a time (a multiple
-  // of 64; 0: whole histories at once), ~37 KB of step buffers per key at the 48B shape: a longer
-  // history is attended window by window, and the windows' results combined by their
-  // log-sum-exps. Sequences that fit in a window together share one launch.
+  // of 64; 0: whole histories at once): a longer history is attended window by window, and the
+  // windows' results combined by their log-sum-exps. Sequences that fit in a window together
+  // share one launch. Step buffers per key at the 48B shape: ~17 KB on the warpgroup kernel (the
+  // gathered latent and its product with kv_b, read through tensor maps), ~37 KB on mma.sync
+  // (which also needs the per-head key tiles).
   int64_t mla_expanded_window_keys = kMlaExpandedWindowKeysDefault;
   // The most device memory this backend holds at once (weights, states, activations, scratch);
   // 0: what the device has. An allocation past it fails as out of memory (TakeFailure).

@@ -280,7 +280,7 @@ int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const Ml
 
 int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
                         const MlaRowTile* tiles, int64_t num_tiles, TensorView out, const MlaKeyWindow& window,
-                        Stream stream) {
+                        const MlaExpandedTileMaps* tile_maps, Stream stream) {
   const int64_t heads = params.num_heads;
   if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
       out.rows != q.rows) {
@@ -288,7 +288,7 @@ int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence
   }
   if (num_tiles == 0) return 0;
   if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles) ||
-      !MlaKeyWindowValid(window)) {
+      !MlaKeyWindowValid(window) || tile_maps != nullptr) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   constexpr size_t kSmem = 2 * sizeof(Stage);

@@ -54,6 +54,19 @@ inline bool MlaKeyWindowValid(const MlaKeyWindow& w) {
          (!w.merge || w.lse != nullptr);
 }
 
+// The warpgroup kernel's other source of one expanded sequence's keys and values, in place of its
+// key tiles: tensor maps of the sequence's kv rows ([length, heads * (nope + v)] bf16, as the
+// product with kv_b writes them) and of its latent rows' rope part (bf16), whose boxes of 64 rows
+// × 64 columns land in shared memory as the key tiles' blocks would. No key tiles to write.
+inline constexpr size_t kMlaExpandedTileMapBytes = 2 * 128;
+struct alignas(128) MlaExpandedTileMaps {  // the encoder writes only to 64-byte-aligned maps
+  unsigned char bytes[kMlaExpandedTileMapBytes];
+};
+// False where they cannot be made (the driver's encoder missing, shapes other than Kimi's,
+// unaligned rows): take key tiles then. kv: [length, heads * 256] bf16; rope: [length, 64] bf16
+// (a view of the gathered latent rows).
+bool EncodeMlaExpandedTileMaps(const MlaParams& params, TensorView kv, TensorView rope, MlaExpandedTileMaps& maps);
+
 // What both expanded attention kernels (mla_expanded_tc.cu, mla_expanded_wgmma.cu) take.
 struct MlaExpandedArgs {
   TensorView q, out;
@@ -62,6 +75,9 @@ struct MlaExpandedArgs {
   const MlaRowTile* tiles;
   float scale_log2;  // softmax scale · log2(e)
   MlaKeyWindow window;
+  // Per sequence, the warpgroup kernel's alternative to key_tiles (a sequence whose key_tiles
+  // entry is null takes its maps); null: key tiles only.
+  const MlaExpandedTileMaps* tile_maps = nullptr;
 };
 
 inline MlaExpandedArgs MakeMlaExpandedArgs(const MlaParams& params, TensorView q, const MlaSequence* seqs,
@@ -86,10 +102,11 @@ int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const Ml
 // Attention of every tile's rows and head over their sequence's keys 0 .. position (causal) in
 // `window`, key_tiles[s] as LaunchMlaExpandedKeysValues writes them for sequence s and the window
 // (null for the others); bf16 Q, K, V and probabilities, fp32 accumulation and output. A tile
-// whose rows all precede the window is left alone.
+// whose rows all precede the window is left alone. tile_maps: null (this kernel reads key tiles
+// only; the warpgroup kernel's launcher below takes the same arguments).
 int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
                         const MlaRowTile* tiles, int64_t num_tiles, TensorView out, const MlaKeyWindow& window,
-                        Stream stream);
+                        const MlaExpandedTileMaps* tile_maps, Stream stream);
 
 // The same attention on Hopper's warpgroup products (mla_expanded_wgmma.cu) where it runs: built
 // for sm_90a and the current device of compute capability 9.0. Its tiles are
@@ -97,8 +114,10 @@ int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence
 // additions.
 inline constexpr int64_t kMlaExpandedWgmmaRows = 128;
 bool MlaExpandedWgmmaRuns();
+// tile_maps (device memory, one entry per sequence, or null): the sequences whose key_tiles entry
+// is null are read through their maps.
 int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
                            const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
-                           const MlaKeyWindow& window, Stream stream);
+                           const MlaKeyWindow& window, const MlaExpandedTileMaps* tile_maps, Stream stream);
 
 }  // namespace deltaserve::kernels::cuda

@@ -1,14 +1,15 @@
 // Expanded MLA attention (prefill) on Hopper's warpgroup products (wgmma, sm_90a), the same work
-// as mla_expanded_tc.cu's mma.sync kernel over the same bf16 key tiles. A block holds 128 query
-// rows of one head: a producer thread copies each causal key tile (64 keys: K and V, laid out in
-// global memory as the stages hold them, mla_expanded_tc.h) by one bulk copy into a ring of 4
-// shared stages, each landing on its stage's `full` mbarrier (a warpgroup of threads issuing
-// 16-byte copies took half the kernel's instructions and kept the consumers waiting for tiles a
-// fifth of the time); two consumer warpgroups of 64 rows each (Q in shared memory)
-// compute scores S = Q·Kᵀ from shared memory and O += P·V with the probabilities as register
-// operands and V read MN-major. Each consumer issues the next tile's scores beside the current
-// tile's P·V and runs the next softmax while that product runs (flash attention 3's in-warpgroup
-// overlap), then releases the stage on its `empty` mbarrier.
+// as mla_expanded_tc.cu's mma.sync kernel. A block holds 128 query rows of one head: a producer
+// thread copies each causal key tile (64 keys: K and V) into a ring of 4 shared stages, each
+// landing on its stage's `full` mbarrier: five boxes through the sequence's tensor maps
+// (MlaExpandedTileMaps: the kv product's and the latent's rows, swizzled on the way), or where it
+// has key tiles (laid out in global memory as the stages hold them, mla_expanded_tc.h) one bulk
+// copy (a warpgroup of threads issuing 16-byte copies took half the kernel's instructions and kept
+// the consumers waiting for tiles a fifth of the time); two consumer warpgroups of 64 rows each (Q
+// in shared memory) compute scores S = Q·Kᵀ from shared memory and O += P·V with the
+// probabilities as register operands and V read MN-major. Each consumer issues the next tile's
+// scores beside the current tile's P·V and runs the next softmax while that product runs (flash
+// attention 3's in-warpgroup overlap), then releases the stage on its `empty` mbarrier.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -19,6 +20,7 @@
 #include "kernels/cuda/mla_key_tiles.cuh"
 #include "kernels/cuda/mla_softmax.cuh"
 #include "kernels/cuda/mma_tiles.cuh"
+#include "kernels/cuda/tensor_maps.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace deltaserve::kernels::cuda {
@@ -58,6 +60,29 @@ __device__ __forceinline__ void Produce(const unsigned char* first, int64_t tile
     WaitBarrier(&empty[stage], static_cast<unsigned>((t / kStages) & 1) ^ 1u);
     ArriveExpectBytes(&full[stage], kStageBytes);
     BulkCopyToShared(stages + stage * kStageBytes, first + t * kStageBytes, kStageBytes, &full[stage]);
+  }
+}
+
+// The same tiles through a sequence's tensor maps (MlaExpandedTileMaps): per tile, the keys' nope
+// columns of head h (two boxes), their rope part, the values' columns (two boxes).
+__device__ __forceinline__ void ProduceFromMaps(const CUtensorMap* maps, int h, int64_t tiles, unsigned char* stages,
+                                                uint64_t* full, uint64_t* empty) {
+  const CUtensorMap* kv = maps;
+  const CUtensorMap* rope = maps + 1;
+  AcquireTensorMap(kv);
+  AcquireTensorMap(rope);
+  const int head_col = h * (kNope + kV);
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int stage = static_cast<int>(t % kStages);
+    WaitBarrier(&empty[stage], static_cast<unsigned>((t / kStages) & 1) ^ 1u);
+    ArriveExpectBytes(&full[stage], kStageBytes);
+    unsigned char* st = stages + stage * kStageBytes;
+    const int row = static_cast<int>(t * kKeys);
+    TileToShared(st, kv, head_col, row, &full[stage]);
+    TileToShared(st + kBlockBytes, kv, head_col + 64, row, &full[stage]);
+    TileToShared(st + 2 * kBlockBytes, rope, 0, row, &full[stage]);
+    TileToShared(st + kKBytes, kv, head_col + kNope, row, &full[stage]);
+    TileToShared(st + kKBytes + kBlockBytes, kv, head_col + kNope + 64, row, &full[stage]);
   }
 }
 
@@ -193,7 +218,13 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
   if (keys.count == 0) return;
   if (threadIdx.x >= kConsumerThreads) {
     if (threadIdx.x == kConsumerThreads) {
-      Produce(KeyTile(a.key_tiles[tile.seq], h, keys.length, 0), keys.count, stages, full, empty);
+      const void* key_tiles = a.key_tiles[tile.seq];
+      if (key_tiles != nullptr) {
+        Produce(KeyTile(key_tiles, h, keys.length, 0), keys.count, stages, full, empty);
+      } else {
+        const auto* maps = reinterpret_cast<const CUtensorMap*>(a.tile_maps[tile.seq].bytes);
+        ProduceFromMaps(maps, h, keys.count, stages, full, empty);
+      }
     }
   } else {
     Consume(a, first_row, pos0, rows, h, keys.begin, keys.count, q_tiles, base_address, stages_address, full,
@@ -205,9 +236,19 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
 
 bool MlaExpandedWgmmaRuns() { return WgmmaRuns(); }
 
+bool EncodeMlaExpandedTileMaps(const MlaParams& params, TensorView kv, TensorView rope, MlaExpandedTileMaps& maps) {
+  static_assert(sizeof(MlaExpandedTileMaps) == 2 * sizeof(CUtensorMap) && alignof(MlaExpandedTileMaps) >= 64);
+  auto* out = reinterpret_cast<CUtensorMap*>(maps.bytes);
+  return MlaExpandedWgmmaRuns() && MlaExpandedTcShapes(params) && kv.dtype == DType::kBF16 &&
+         rope.dtype == DType::kBF16 && kv.cols == params.num_heads * (kNope + kV) && rope.cols == kRope &&
+         kv.rows == rope.rows &&
+         EncodeBf16TileMap(out, kv.data, kv.rows, kv.cols, kv.row_stride, kKeys) &&
+         EncodeBf16TileMap(out + 1, rope.data, rope.rows, rope.cols, rope.row_stride, kKeys);
+}
+
 int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
                            const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
-                           const MlaKeyWindow& window, Stream stream) {
+                           const MlaKeyWindow& window, const MlaExpandedTileMaps* tile_maps, Stream stream) {
   const int64_t heads = params.num_heads;
   if (!MlaExpandedWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
   if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
@@ -220,7 +261,8 @@ int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSeque
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (const int error = AllowDynamicSmem(MlaExpandedWgmmaKernel, kSharedBytes); error != 0) return error;
-  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out, window);
+  MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out, window);
+  args.tile_maps = tile_maps;
   MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
                            kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);
   return static_cast<int>(cudaGetLastError());

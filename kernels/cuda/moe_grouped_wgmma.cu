@@ -19,6 +19,7 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/launchers.h"
 #include "kernels/cuda/moe_grouped.cuh"
+#include "kernels/cuda/tensor_maps.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 namespace deltaserve::kernels::cuda {
@@ -59,20 +60,6 @@ __device__ __forceinline__ WorkItem Item(const GemmArgs& args, int item, int col
   w.row_end = args.plan.offsets[w.expert + 1];
   w.n0 = item % col_tiles * kColumns;
   return w;
-}
-
-// The box of a tile at column k and row `row` of the matrix `map` describes, into shared memory,
-// counted on `barrier`. Rows and columns past the matrix arrive as zeros.
-__device__ __forceinline__ void TileToShared(void* shared, const CUtensorMap* map, int k, int row, uint64_t* barrier) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          static_cast<unsigned>(__cvta_generic_to_shared(shared))),
-      "l"(map), "r"(k), "r"(row), "r"(static_cast<unsigned>(__cvta_generic_to_shared(barrier)))
-      : "memory");
-}
-
-__device__ __forceinline__ void AcquireTensorMap(const CUtensorMap* map) {
-  asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(map) : "memory");
 }
 
 // Tensor maps per local expert, in this order (EncodeMoeWideTileMaps).
@@ -249,32 +236,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// A tensor map of a row-major bf16 [rows, cols] matrix (16-byte aligned, rows 16-byte aligned)
-// in boxes of box_rows × 64 columns, 128-byte swizzled as SwizzledTileDescriptor reads them; false
-// where the driver does not give one.
-bool EncodeTileMap(CUtensorMap* map, const void* data, int64_t rows, int64_t cols, int box_rows) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* function = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    const cudaError_t error =
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000, cudaEnableDefault, &found);
-    return error == cudaSuccess && found == cudaDriverEntryPointSuccess
-               ? reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function)
-               : nullptr;
-  }();
-  if (encode == nullptr || !IsAligned(data, 16) || cols % 8 != 0 || rows < 1 || cols < 1) {
-    return false;
-  }
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols) * sizeof(bf16)};
-  const cuuint32_t box[2] = {kBK, static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t element_strides[2] = {1, 1};
-  // L2 requests of a box row's 128 bytes: neither 256-byte requests nor none were faster.
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(data), dims, strides, box,
-                element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
 }  // namespace
 
 bool MoeWgmmaRuns() { return WgmmaRuns(); }
@@ -284,9 +245,9 @@ bool EncodeMoeWideTileMaps(const void* gate, const void* up, const void* down, i
   static_assert(sizeof(MoeWideTileMaps) == kMapsPerExpert * sizeof(CUtensorMap) &&
                 alignof(MoeWideTileMaps) >= alignof(CUtensorMap));
   auto* out = reinterpret_cast<CUtensorMap*>(maps.bytes);
-  return MoeWgmmaRuns() && EncodeTileMap(out + kGateMap, gate, inner, hidden, kWeightRows / 2) &&
-         EncodeTileMap(out + kUpMap, up, inner, hidden, kWeightRows / 2) &&
-         EncodeTileMap(out + kDownMap, down, hidden, inner, kWeightRows);
+  return MoeWgmmaRuns() && EncodeBf16TileMap(out + kGateMap, gate, inner, hidden, hidden, kWeightRows / 2) &&
+         EncodeBf16TileMap(out + kUpMap, up, inner, hidden, hidden, kWeightRows / 2) &&
+         EncodeBf16TileMap(out + kDownMap, down, hidden, inner, inner, kWeightRows);
 }
 
 int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, int64_t slots, cudaStream_t stream) {
@@ -295,7 +256,7 @@ int LaunchMoeWgmmaGemm(const GemmArgs& args, bool gate_up, int64_t max_tiles, in
   const int64_t col_tiles = (args.n + columns - 1) / columns;
   if (!FitsGridX(max_tiles * col_tiles)) return static_cast<int>(cudaErrorInvalidValue);
   CUtensorMap rows_map{};
-  if (!gate_up && (args.a_ld != args.k || !EncodeTileMap(&rows_map, args.a, slots, args.k, kRowsBox))) {
+  if (!gate_up && (args.a_ld != args.k || !EncodeBf16TileMap(&rows_map, args.a, slots, args.k, args.k, kRowsBox))) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   auto kernel = gate_up ? MoeWgmmaGemmKernel<true> : MoeWgmmaGemmKernel<false>;

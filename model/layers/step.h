@@ -28,15 +28,16 @@ enum class MlaFormChoice : uint8_t {
 // tokens; the absorbed one reads the latent history once per new token. Measured break-even: about
 // 200 new tokens on an H200 at 128k and 1M keys, about 130 on the CPU backend at 4k.
 constexpr int64_t kMlaAbsorbedMaxNewTokens = 128;
-// The expanded form's step buffers hold ~55 KB per key of a sequence's history on the real model
-// (the gathered fp32 latent, the fp32 keys and values, their bf16 tiles): 14.5 GB at this many.
+// Where a backend expands whole histories at once (Backend::MlaExpandedWindowKeys 0), the expanded
+// form's step buffers grow with the history: on the CPU the fp32 history and its keys and values,
+// ~35 KB per key on the real model (9 GB at this many), and each thread's scores.
 constexpr int64_t kMlaExpandedMaxKeysDefault = 262144;
 
 struct LayerOptions {
   KdaAlgorithmChoice kda_algorithm = KdaAlgorithmChoice::kAuto;
   MlaFormChoice mla_form = MlaFormChoice::kAuto;
-  // kAuto: a sequence with more keys (history and new tokens) takes the absorbed form, so that a
-  // long history's step buffers stay small.
+  // kAuto, where the backend expands whole histories at once: a sequence with more keys (history
+  // and new tokens) takes the absorbed form, so that a long history's step buffers stay small.
   int64_t mla_expanded_max_keys = kMlaExpandedMaxKeysDefault;
   // Routing weights from sigmoid + bias, reproducing the HF remote code (spec §9.1). The
   // reference (transformers, vLLM, SGLang) uses the unbiased scores.
