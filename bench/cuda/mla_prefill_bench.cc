@@ -76,11 +76,13 @@ int main(int argc, char** argv) {
       const std::vector<MlaRowTile> tiles =
           deltaserve::kernels::cuda::MlaExpandedRowTiles(host_seqs.data(), seqs_count, tile_rows);
       MlaRowTile* device_tiles = deltaserve::bench::DeviceCopy(tiles);
+      deltaserve::kernels::cuda::MlaExpandedCall expanded;
+      expanded.seqs = device_seqs;
+      expanded.key_tiles = device_key_tiles;
+      expanded.tiles = device_tiles;
+      expanded.num_tiles = static_cast<int64_t>(tiles.size());
       const auto call = [&] {
-        Check(static_cast<cudaError_t>(launch(params, q_view, device_seqs, device_key_tiles, device_tiles,
-                                              static_cast<int64_t>(tiles.size()), out_view,
-                                              deltaserve::kernels::cuda::MlaKeyWindow{}, nullptr, stream)),
-              kernel);
+        Check(static_cast<cudaError_t>(launch(params, q_view, expanded, out_view, stream)), kernel);
       };
       const double ms = deltaserve::bench::TimeMs(2, iters, stream, call);
       const double tflops = flops / (ms * 1e-3) / 1e12;

@@ -167,6 +167,7 @@ struct CudaBackend::Impl {
   bool mla_expanded_wgmma = true;
   bool mla_absorbed_tensor_cores = true;
   int64_t mla_expanded_window_keys = 0;
+  int64_t multiprocessors = 0;
   int64_t skinny_matmul_max_rows = 0;
   int64_t skinny_matmul_max_weight_bytes = 0;
   bool programmatic_products = false;
@@ -307,6 +308,7 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->mla_expanded_wgmma = options.mla_expanded_wgmma;
   impl->mla_absorbed_tensor_cores = options.mla_absorbed_tensor_cores;
   impl->mla_expanded_window_keys = options.mla_expanded_window_keys;
+  impl->multiprocessors = properties.multiProcessorCount;
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->skinny_matmul_max_weight_bytes = options.skinny_matmul_max_weight_bytes;
   impl->programmatic_products = options.programmatic_products;
@@ -953,20 +955,40 @@ void CudaBackend::MlaExpandedTensorCores(const MlaParams& params, TensorView q, 
       any_maps = any_maps || pointers[i] == nullptr;
     }
     std::vector<MlaRowTile> tiles;
+    int64_t most_keys = 0;  // of a tile in the window
     for (const MlaRowTile& tile : row_tiles) {
       const MlaSequence& seq = seqs[tile.seq];
       const int64_t last_position = seq.num_cached + std::min(seq.rows.length, tile.row + tile_rows) - 1;
-      if (in_group[tile.seq] && last_position >= window.begin) tiles.push_back(tile);
+      if (!in_group[tile.seq] || last_position < window.begin) continue;
+      tiles.push_back(tile);
+      const int64_t end = window.end > 0 ? std::min(window.end, last_position + 1) : last_position + 1;
+      most_keys = std::max(most_keys, end - window.begin);
     }
+    const int splits =
+        MlaKeySplitCount(static_cast<int64_t>(tiles.size()) * params.num_heads, most_keys, impl_->multiprocessors);
     Tensor device_key_tiles = UploadBytes(pointers.data(), pointers.size() * sizeof(void*));
     Tensor device_tiles = UploadBytes(tiles.data(), tiles.size() * sizeof(MlaRowTile));
     Tensor device_maps;
     if (any_maps) device_maps = UploadBytes(maps.data(), maps.size() * sizeof(MlaExpandedTileMaps));
-    DS_CUDA(launch(params, q, device_seqs, static_cast<const void* const*>(device_key_tiles.view().data),
-                   static_cast<const MlaRowTile*>(device_tiles.view().data), static_cast<int64_t>(tiles.size()), out,
-                   window, any_maps ? static_cast<const MlaExpandedTileMaps*>(device_maps.view().data) : nullptr,
-                   impl_->Stream()),
-            "mla expanded (tensor cores)");
+    Tensor split_out, split_lse;
+    if (splits > 1) {
+      const int64_t split_rows = splits * static_cast<int64_t>(tiles.size()) * tile_rows;
+      split_out = Allocate(split_rows, out.cols, DType::kF32);
+      split_lse = Allocate(split_rows, params.num_heads, DType::kF32);
+    }
+    if (impl_->failed()) return;
+    MlaExpandedCall call;
+    call.seqs = device_seqs;
+    call.key_tiles = static_cast<const void* const*>(device_key_tiles.view().data);
+    call.tile_maps = any_maps ? static_cast<const MlaExpandedTileMaps*>(device_maps.view().data) : nullptr;
+    call.tiles = static_cast<const MlaRowTile*>(device_tiles.view().data);
+    call.num_tiles = static_cast<int64_t>(tiles.size());
+    call.window = window;
+    call.splits = {splits, split_out.data<float>(), split_lse.data<float>()};
+    DS_CUDA(launch(params, q, call, out, impl_->Stream()), "mla expanded (tensor cores)");
+    if (splits > 1) {
+      DS_CUDA(LaunchMlaExpandedMergeSplits(params, call, tile_rows, out, impl_->Stream()), "mla expanded splits");
+    }
     for (const size_t i : group) expanded[i] = Expansion{};  // freed in stream order, after the attention
   };
   // Sequences whose keys fit in a window together share one launch; a longer one attends window

@@ -126,19 +126,25 @@ __device__ __forceinline__ void LoadStage(Stage& st, const unsigned char* tile) 
 __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs a) {
   extern __shared__ __align__(16) unsigned char raw[];
   Stage* stages = reinterpret_cast<Stage*>(raw);
-  const MlaRowTile tile = a.tiles[blockIdx.x];
+  const MlaRowTile tile = a.call.tiles[blockIdx.x];
   const int h = blockIdx.y;
-  const MlaSequence seq = a.seqs[tile.seq];
+  const MlaSequence seq = a.call.seqs[tile.seq];
   const int rows = static_cast<int>(seq.rows.length - tile.row < kRows ? seq.rows.length - tile.row : kRows);
   const int64_t first_row = seq.rows.begin + tile.row;  // packed row of the block's first query
   const int64_t pos0 = seq.num_cached + tile.row;       // its position
   const int64_t max_key = pos0 + rows - 1;
-  const WindowTiles keys = TilesInWindow(a.window, seq.num_cached + seq.rows.length, max_key);
+  const WindowTiles keys = TilesInWindow(a.call.window, seq.num_cached + seq.rows.length, max_key);
   if (keys.count == 0) return;
+  const SplitTiles part = TilesOfSplit(keys.count);
+  const RowSink sink = SinkOf(a, first_row, kRows);
+  if (part.count == 0) {
+    StoreEmptyRows(sink, rows, h, gridDim.y, kV, threadIdx.x, kThreads);
+    return;
+  }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const void* key_tiles = a.key_tiles[tile.seq];
+  const void* key_tiles = a.call.key_tiles[tile.seq];
 
-  LoadStage(stages[0], KeyTile(key_tiles, h, keys.length, 0));
+  LoadStage(stages[0], KeyTile(key_tiles, h, keys.length, part.first * kKeys));
   bf16(*q_rows)[kQkLd] = stages[1].k;  // Q passes through the second stage before its first tile
   for (int i = threadIdx.x; i < kRows * kQk / 4; i += kThreads) {
     const int r = i / (kQk / 4), c = 4 * (i % (kQk / 4));
@@ -159,11 +165,11 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
   const int64_t pos[2] = {row_lo < rows ? pos0 + row_lo : -1, row_lo + 8 < rows ? pos0 + row_lo + 8 : -1};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
-  for (int64_t t = 0; t < keys.count; ++t) {
-    const int64_t j0 = keys.begin + t * kKeys;
+  for (int64_t t = 0; t < part.count; ++t) {
+    const int64_t j0 = keys.begin + (part.first + t) * kKeys;
     __syncthreads();  // the stage the next copy fills is free (first: Q is in registers)
-    if (t + 1 < keys.count) {
-      LoadStage(stages[(t + 1) % 2], KeyTile(key_tiles, h, keys.length, (t + 1) * kKeys));
+    if (t + 1 < part.count) {
+      LoadStage(stages[(t + 1) % 2], KeyTile(key_tiles, h, keys.length, (part.first + t + 1) * kKeys));
       WaitAsync<1>();
     } else {
       WaitAsync<0>();
@@ -214,17 +220,60 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
 
   SumRowsOverQuad(l);
   RowFinish finish[2];
-  FinishRows(a.window, m, l, first_row, row_lo, rows, h, gridDim.y, finish);
+  FinishRows(sink.window, m, l, sink.first_row, row_lo, rows, h, gridDim.y, finish);
 #pragma unroll
   for (int vt = 0; vt < kV / 16; ++vt)
 #pragma unroll
     for (int i = 0; i < 8; i += 2) {
       const int half = (i >> 1) & 1, r = 16 * warp + AccRow(i, lane);
       if (r >= rows) continue;
-      float* dst = RowF32(a.out, first_row + r) + h * kV + 16 * vt + AccCol(i, lane);
+      float* dst = RowF32(sink.out, sink.first_row + r) + h * kV + 16 * vt + AccCol(i, lane);
       StoreFinished(dst, finish[half], o[vt].x[i], o[vt].x[i + 1]);
     }
-  StoreRowLse(a.window, finish, first_row, row_lo, rows, h, gridDim.y, lane);
+  StoreRowLse(sink.window, finish, sink.first_row, row_lo, rows, h, gridDim.y, lane);
+}
+
+// Grid: (tiles, heads), 8 warps: warp w merges rows w, w + 8, .. of the tile, lane the row's
+// value columns 4·lane .. 4·lane + 3 (v 128), over the split blocks' outputs (MlaKeySplits) and,
+// where the window merges, what out already holds.
+__global__ void __launch_bounds__(256) MlaMergeSplitsKernel(MlaExpandedCall call, int tile_rows, TensorView out) {
+  const MlaRowTile tile = call.tiles[blockIdx.x];
+  const MlaSequence seq = call.seqs[tile.seq];
+  const int rows = static_cast<int>(seq.rows.length - tile.row < tile_rows ? seq.rows.length - tile.row : tile_rows);
+  const int h = blockIdx.y, heads = gridDim.y, lane = threadIdx.x % 32;
+  const int splits = call.splits.count;
+  const int64_t split_rows = static_cast<int64_t>(gridDim.x) * tile_rows;  // rows of one split's slice
+  const MlaKeyWindow& window = call.window;
+  for (int r = threadIdx.x / 32; r < rows; r += 8) {
+    const int64_t row = seq.rows.begin + tile.row + r;
+    const int64_t first_part = static_cast<int64_t>(blockIdx.x) * tile_rows + r;  // in split 0's slice
+    const float before = window.merge ? window.lse[row * heads + h] : -INFINITY;
+    float top = before;
+    for (int z = 0; z < splits; ++z) top = fmaxf(top, call.splits.lse[(z * split_rows + first_part) * heads + h]);
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float total = 0.0f;
+    for (int z = 0; z < splits; ++z) {
+      const float lse = call.splits.lse[(z * split_rows + first_part) * heads + h];
+      if (lse == -INFINITY) continue;  // no key of this split reaches the row
+      const float w = exp2f(lse - top);
+      const float4 part = *reinterpret_cast<const float4*>(call.splits.out + (z * split_rows + first_part) * out.cols +
+                                                           h * kV + 4 * lane);
+      sum = make_float4(fmaf(w, part.x, sum.x), fmaf(w, part.y, sum.y), fmaf(w, part.z, sum.z), fmaf(w, part.w, sum.w));
+      total += w;
+    }
+    float* dst = RowF32(out, row) + h * kV + 4 * lane;
+    if (before != -INFINITY) {
+      const float w = exp2f(before - top);
+      const float4 earlier = *reinterpret_cast<const float4*>(dst);
+      sum = make_float4(fmaf(w, earlier.x, sum.x), fmaf(w, earlier.y, sum.y), fmaf(w, earlier.z, sum.z),
+                        fmaf(w, earlier.w, sum.w));
+      total += w;
+    }
+    const float inv = 1.0f / total;
+    *reinterpret_cast<float4*>(dst) = make_float4(sum.x * inv, sum.y * inv, sum.z * inv, sum.w * inv);
+    __syncwarp();  // every lane has read the row's earlier log-sum-exp
+    if (window.lse != nullptr && lane == 0) window.lse[row * heads + h] = top + log2f(total);
+  }
 }
 
 }  // namespace
@@ -238,6 +287,13 @@ bool MlaExpandedTcShapes(const MlaParams& params) {
 bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out) {
   return MlaExpandedTcShapes(params) && q.dtype == DType::kF32 && out.dtype == DType::kF32 &&
          q.row_stride % 4 == 0 && IsAligned(q.data, 16) && out.row_stride % 2 == 0 && IsAligned(out.data, 8);
+}
+
+int MlaKeySplitCount(int64_t blocks, int64_t most_keys, int64_t multiprocessors) {
+  constexpr int64_t kMostSplits = 16, kLeastTiles = 16;
+  if (blocks < 1 || blocks >= multiprocessors) return 1;
+  const int64_t by_keys = MlaExpandedKeyTiles(most_keys) / kLeastTiles;
+  return static_cast<int>(std::max<int64_t>(1, std::min({multiprocessors / blocks, kMostSplits, by_keys})));
 }
 
 std::vector<MlaRowTile> MlaExpandedRowTiles(const MlaSequence* seqs, int64_t count, int64_t tile_rows) {
@@ -278,24 +334,43 @@ int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const Ml
   return static_cast<int>(cudaGetLastError());
 }
 
-int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
-                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, const MlaKeyWindow& window,
-                        const MlaExpandedTileMaps* tile_maps, Stream stream) {
+bool MlaExpandedCallValid(const MlaParams& params, TensorView q, const MlaExpandedCall& call, TensorView out) {
   const int64_t heads = params.num_heads;
-  if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
-      out.rows != q.rows) {
+  const MlaKeySplits& splits = call.splits;
+  return MlaExpandedTcSupports(params, q, out) && q.cols == heads * kQk && out.cols == heads * kV &&
+         out.rows == q.rows && call.num_tiles >= 0 && FitsGridX(call.num_tiles) &&
+         (call.num_tiles == 0 || (call.seqs != nullptr && call.key_tiles != nullptr && call.tiles != nullptr)) &&
+         MlaKeyWindowValid(call.window) && splits.count >= 1 && splits.count <= 65535 &&
+         (splits.count == 1 || (splits.out != nullptr && splits.lse != nullptr));
+}
+
+int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaExpandedCall& call, TensorView out,
+                        Stream stream) {
+  if (!MlaExpandedCallValid(params, q, call, out) || call.tile_maps != nullptr) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  if (num_tiles == 0) return 0;
-  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles) ||
-      !MlaKeyWindowValid(window) || tile_maps != nullptr) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
+  if (call.num_tiles == 0) return 0;
   constexpr size_t kSmem = 2 * sizeof(Stage);
   if (const int error = AllowDynamicSmem(MlaExpandedTcKernel, kSmem); error != 0) return error;
-  const MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out, window);
-  MlaExpandedTcKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads, kSmem,
-                        static_cast<cudaStream_t>(stream)>>>(args);
+  const dim3 grid(static_cast<unsigned>(call.num_tiles), static_cast<unsigned>(params.num_heads),
+                  static_cast<unsigned>(call.splits.count));
+  MlaExpandedTcKernel<<<grid, kThreads, kSmem, static_cast<cudaStream_t>(stream)>>>(
+      MakeMlaExpandedArgs(params, q, call, out));
+  return static_cast<int>(cudaGetLastError());
+}
+
+int LaunchMlaExpandedMergeSplits(const MlaParams& params, const MlaExpandedCall& call, int64_t tile_rows,
+                                 TensorView out, Stream stream) {
+  const MlaKeySplits& splits = call.splits;
+  if (out.dtype != DType::kF32 || out.cols != params.num_heads * kV || out.row_stride % 4 != 0 ||
+      !IsAligned(out.data, 16) || splits.count < 2 || splits.out == nullptr || splits.lse == nullptr ||
+      tile_rows < 1 || tile_rows > 1024 || !MlaKeyWindowValid(call.window) || !FitsGridX(call.num_tiles)) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  if (call.num_tiles == 0) return 0;
+  if (call.seqs == nullptr || call.tiles == nullptr) return static_cast<int>(cudaErrorInvalidValue);
+  MlaMergeSplitsKernel<<<dim3(static_cast<unsigned>(call.num_tiles), static_cast<unsigned>(params.num_heads)), 256,
+                         0, static_cast<cudaStream_t>(stream)>>>(call, static_cast<int>(tile_rows), out);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -67,23 +67,47 @@ struct alignas(128) MlaExpandedTileMaps {  // the encoder writes only to 64-byte
 // (a view of the gathered latent rows).
 bool EncodeMlaExpandedTileMaps(const MlaParams& params, TensorView kv, TensorView rope, MlaExpandedTileMaps& maps);
 
+// Where a call splits each block's keys over `count` blocks (the grid's z), for more blocks than
+// a few row tiles give: block z attends its share of the window's key tiles and writes its rows'
+// outputs, normalised by its own sum, and their log-sum-exps to its slice of `out` and `lse`
+// (rows (z · num_tiles + tile) · tile rows + r: [count · num_tiles · tile rows, heads · v] and
+// [the same rows, heads]), which LaunchMlaExpandedMergeSplits then combines into the call's out
+// (and window). count 1: no split, no buffers.
+struct MlaKeySplits {
+  int count = 1;
+  float* out = nullptr;
+  float* lse = nullptr;
+};
+
+// How many blocks a call splits each block's keys over (MlaKeySplits::count): as many as fit in one
+// wave beside the others (the attention kernels hold a multiprocessor per block) where `blocks`
+// (row tiles × heads) leave multiprocessors idle, at most 16, and at least 16 key tiles each of
+// the `most_keys` a block has at most; 1 otherwise.
+int MlaKeySplitCount(int64_t blocks, int64_t most_keys, int64_t multiprocessors);
+
+// One call of the expanded attention kernels (device arrays; descriptors of the step's sequences).
+struct MlaExpandedCall {
+  const MlaSequence* seqs = nullptr;
+  const void* const* key_tiles = nullptr;  // per sequence, as LaunchMlaExpandedKeysValues writes them
+  // Per sequence, the warpgroup kernel's alternative to key tiles (a sequence whose key_tiles entry
+  // is null takes its maps); null: key tiles only.
+  const MlaExpandedTileMaps* tile_maps = nullptr;
+  const MlaRowTile* tiles = nullptr;
+  int64_t num_tiles = 0;
+  MlaKeyWindow window;
+  MlaKeySplits splits;
+};
+
 // What both expanded attention kernels (mla_expanded_tc.cu, mla_expanded_wgmma.cu) take.
 struct MlaExpandedArgs {
   TensorView q, out;
-  const MlaSequence* seqs;
-  const void* const* key_tiles;  // per sequence, as LaunchMlaExpandedKeysValues writes them
-  const MlaRowTile* tiles;
   float scale_log2;  // softmax scale · log2(e)
-  MlaKeyWindow window;
-  // Per sequence, the warpgroup kernel's alternative to key_tiles (a sequence whose key_tiles
-  // entry is null takes its maps); null: key tiles only.
-  const MlaExpandedTileMaps* tile_maps = nullptr;
+  MlaExpandedCall call;
 };
 
-inline MlaExpandedArgs MakeMlaExpandedArgs(const MlaParams& params, TensorView q, const MlaSequence* seqs,
-                                           const void* const* key_tiles, const MlaRowTile* tiles, TensorView out,
-                                           const MlaKeyWindow& window) {
-  return {q, out, seqs, key_tiles, tiles, params.scale * 1.4426950408889634f, window};
+inline MlaExpandedArgs MakeMlaExpandedArgs(const MlaParams& params, TensorView q, const MlaExpandedCall& call,
+                                           TensorView out) {
+  return {q, out, params.scale * 1.4426950408889634f, call};
 }
 
 // nope 128, rope 64, v 128 (the Kimi shapes), a positive softmax scale.
@@ -99,25 +123,32 @@ bool MlaExpandedTcSupports(const MlaParams& params, TensorView q, TensorView out
 int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const MlaSequence* seq, int64_t first,
                                 int64_t length, void* key_tiles, Stream stream);
 
-// Attention of every tile's rows and head over their sequence's keys 0 .. position (causal) in
-// `window`, key_tiles[s] as LaunchMlaExpandedKeysValues writes them for sequence s and the window
-// (null for the others); bf16 Q, K, V and probabilities, fp32 accumulation and output. A tile
-// whose rows all precede the window is left alone. tile_maps: null (this kernel reads key tiles
-// only; the warpgroup kernel's launcher below takes the same arguments).
-int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaSequence* seqs, const void* const* key_tiles,
-                        const MlaRowTile* tiles, int64_t num_tiles, TensorView out, const MlaKeyWindow& window,
-                        const MlaExpandedTileMaps* tile_maps, Stream stream);
+// The launchers' checks of a call: the shapes (MlaExpandedTcSupports), its arrays, window and
+// splits.
+bool MlaExpandedCallValid(const MlaParams& params, TensorView q, const MlaExpandedCall& call, TensorView out);
+
+// Attention of every call tile's rows and head over their sequence's keys 0 .. position (causal)
+// in the call's window, key_tiles[s] as LaunchMlaExpandedKeysValues writes them for sequence s and
+// the window (null for the others); bf16 Q, K, V and probabilities, fp32 accumulation and output.
+// A tile whose rows all precede the window is left alone. This kernel reads key tiles only
+// (call.tile_maps null).
+int LaunchMlaExpandedTc(const MlaParams& params, TensorView q, const MlaExpandedCall& call, TensorView out,
+                        Stream stream);
 
 // The same attention on Hopper's warpgroup products (mla_expanded_wgmma.cu) where it runs: built
 // for sm_90a and the current device of compute capability 9.0. Its tiles are
 // kMlaExpandedWgmmaRows rows; otherwise the same arguments, and results up to the order of fp32
-// additions.
+// additions; call.tile_maps (or null): the sequences whose key_tiles entry is null are read
+// through their maps.
 inline constexpr int64_t kMlaExpandedWgmmaRows = 128;
 bool MlaExpandedWgmmaRuns();
-// tile_maps (device memory, one entry per sequence, or null): the sequences whose key_tiles entry
-// is null are read through their maps.
-int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
-                           const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
-                           const MlaKeyWindow& window, const MlaExpandedTileMaps* tile_maps, Stream stream);
+int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaExpandedCall& call, TensorView out,
+                           Stream stream);
+
+// After a call whose keys were split (call.splits.count > 1, its tiles `tile_rows` rows): each
+// tile row's output, the splits' outputs weighted by their log-sum-exps, into out (combined with
+// what out and the window's lse hold where the window merges; the window's lse updated).
+int LaunchMlaExpandedMergeSplits(const MlaParams& params, const MlaExpandedCall& call, int64_t tile_rows,
+                                 TensorView out, Stream stream);
 
 }  // namespace deltaserve::kernels::cuda

@@ -63,10 +63,10 @@ __device__ __forceinline__ void Produce(const unsigned char* first, int64_t tile
   }
 }
 
-// The same tiles through a sequence's tensor maps (MlaExpandedTileMaps): per tile, the keys' nope
+// Tiles first .. first + tiles - 1 through a sequence's tensor maps (MlaExpandedTileMaps): per tile, the keys' nope
 // columns of head h (two boxes), their rope part, the values' columns (two boxes).
-__device__ __forceinline__ void ProduceFromMaps(const CUtensorMap* maps, int h, int64_t tiles, unsigned char* stages,
-                                                uint64_t* full, uint64_t* empty) {
+__device__ __forceinline__ void ProduceFromMaps(const CUtensorMap* maps, int h, int64_t first, int64_t tiles,
+                                                unsigned char* stages, uint64_t* full, uint64_t* empty) {
   const CUtensorMap* kv = maps;
   const CUtensorMap* rope = maps + 1;
   AcquireTensorMap(kv);
@@ -77,7 +77,7 @@ __device__ __forceinline__ void ProduceFromMaps(const CUtensorMap* maps, int h, 
     WaitBarrier(&empty[stage], static_cast<unsigned>((t / kStages) & 1) ^ 1u);
     ArriveExpectBytes(&full[stage], kStageBytes);
     unsigned char* st = stages + stage * kStageBytes;
-    const int row = static_cast<int>(t * kKeys);
+    const int row = static_cast<int>((first + t) * kKeys);
     TileToShared(st, kv, head_col, row, &full[stage]);
     TileToShared(st + kBlockBytes, kv, head_col + 64, row, &full[stage]);
     TileToShared(st + 2 * kBlockBytes, rope, 0, row, &full[stage]);
@@ -117,10 +117,11 @@ __device__ __forceinline__ void IssueValues(float (&o)[kV / 2], const uint32_t (
   WgmmaCommit();
 }
 
-// Attends the rows' keys in `tiles` key tiles from position key0 (the window's first).
-__device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_row, int64_t pos0, int rows,
-                                        int h, int64_t key0, int64_t tiles, unsigned char* q_tiles,
-                                        uint32_t base_address,
+// Attends the block's rows (q rows from first_row, positions from pos0) to `tiles` key tiles from
+// position key0, written to `sink`.
+__device__ __forceinline__ void Consume(const MlaExpandedArgs& a, const RowSink& sink, int64_t pos0,
+                                        int64_t first_row, int rows, int h, int64_t key0, int64_t tiles,
+                                        unsigned char* q_tiles, uint32_t base_address,
                                         uint32_t stages_address, uint64_t* full, uint64_t* empty) {
   const int group = threadIdx.x / 128;
   const int warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32;
@@ -184,20 +185,20 @@ __device__ __forceinline__ void Consume(const MlaExpandedArgs& a, int64_t first_
 
   SumRowsOverQuad(l);
   RowFinish finish[2];
-  FinishRows(a.window, m, l, first_row, row_lo, rows, h, gridDim.y, finish);
+  FinishRows(sink.window, m, l, sink.first_row, row_lo, rows, h, gridDim.y, finish);
 #pragma unroll
   for (int j = 0; j < kV / 8; ++j)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = row_lo + 8 * half;
       if (r >= rows) continue;
-      float* dst = RowF32(a.out, first_row + r) + h * kV + 8 * j + 2 * (lane & 3);
+      float* dst = RowF32(sink.out, sink.first_row + r) + h * kV + 8 * j + 2 * (lane & 3);
       StoreFinished(dst, finish[half], o[4 * j + 2 * half], o[4 * j + 2 * half + 1]);
     }
-  StoreRowLse(a.window, finish, first_row, row_lo, rows, h, gridDim.y, lane);
+  StoreRowLse(sink.window, finish, sink.first_row, row_lo, rows, h, gridDim.y, lane);
 }
 
-// Grid: (tiles, heads).
+// Grid: (tiles, heads, key splits).
 __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpandedArgs a) {
   extern __shared__ unsigned char raw[];
   uint32_t base_address;
@@ -208,27 +209,33 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
   uint64_t* empty = full + kStages;
   InitStageRing(full, empty, kStages, 1, kConsumerThreads);
 
-  const MlaRowTile tile = a.tiles[blockIdx.x];
+  const MlaRowTile tile = a.call.tiles[blockIdx.x];
   const int h = blockIdx.y;
-  const MlaSequence seq = a.seqs[tile.seq];
+  const MlaSequence seq = a.call.seqs[tile.seq];
   const int rows = static_cast<int>(seq.rows.length - tile.row < kRows ? seq.rows.length - tile.row : kRows);
   const int64_t first_row = seq.rows.begin + tile.row;  // packed row of the block's first query
   const int64_t pos0 = seq.num_cached + tile.row;       // its position
-  const WindowTiles keys = TilesInWindow(a.window, seq.num_cached + seq.rows.length, pos0 + rows - 1);
+  const WindowTiles keys = TilesInWindow(a.call.window, seq.num_cached + seq.rows.length, pos0 + rows - 1);
   if (keys.count == 0) return;
+  const SplitTiles part = TilesOfSplit(keys.count);
+  const RowSink sink = SinkOf(a, first_row, kRows);
+  if (part.count == 0) {
+    if (threadIdx.x < kConsumerThreads) StoreEmptyRows(sink, rows, h, gridDim.y, kV, threadIdx.x, kConsumerThreads);
+    return;
+  }
   if (threadIdx.x >= kConsumerThreads) {
     if (threadIdx.x == kConsumerThreads) {
-      const void* key_tiles = a.key_tiles[tile.seq];
+      const void* key_tiles = a.call.key_tiles[tile.seq];
       if (key_tiles != nullptr) {
-        Produce(KeyTile(key_tiles, h, keys.length, 0), keys.count, stages, full, empty);
+        Produce(KeyTile(key_tiles, h, keys.length, part.first * kKeys), part.count, stages, full, empty);
       } else {
-        const auto* maps = reinterpret_cast<const CUtensorMap*>(a.tile_maps[tile.seq].bytes);
-        ProduceFromMaps(maps, h, keys.count, stages, full, empty);
+        const auto* maps = reinterpret_cast<const CUtensorMap*>(a.call.tile_maps[tile.seq].bytes);
+        ProduceFromMaps(maps, h, part.first, part.count, stages, full, empty);
       }
     }
   } else {
-    Consume(a, first_row, pos0, rows, h, keys.begin, keys.count, q_tiles, base_address, stages_address, full,
-            empty);
+    Consume(a, sink, pos0, first_row, rows, h, keys.begin + part.first * kKeys, part.count, q_tiles, base_address,
+            stages_address, full, empty);
   }
 }
 
@@ -246,25 +253,16 @@ bool EncodeMlaExpandedTileMaps(const MlaParams& params, TensorView kv, TensorVie
          EncodeBf16TileMap(out + 1, rope.data, rope.rows, rope.cols, rope.row_stride, kKeys);
 }
 
-int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaSequence* seqs,
-                           const void* const* key_tiles, const MlaRowTile* tiles, int64_t num_tiles, TensorView out,
-                           const MlaKeyWindow& window, const MlaExpandedTileMaps* tile_maps, Stream stream) {
-  const int64_t heads = params.num_heads;
+int LaunchMlaExpandedWgmma(const MlaParams& params, TensorView q, const MlaExpandedCall& call, TensorView out,
+                           Stream stream) {
   if (!MlaExpandedWgmmaRuns()) return static_cast<int>(cudaErrorInvalidDeviceFunction);
-  if (!MlaExpandedTcSupports(params, q, out) || q.cols != heads * kQk || out.cols != heads * kV ||
-      out.rows != q.rows) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
-  if (num_tiles == 0) return 0;
-  if (seqs == nullptr || key_tiles == nullptr || tiles == nullptr || !FitsGridX(num_tiles) ||
-      !MlaKeyWindowValid(window)) {
-    return static_cast<int>(cudaErrorInvalidValue);
-  }
+  if (!MlaExpandedCallValid(params, q, call, out)) return static_cast<int>(cudaErrorInvalidValue);
+  if (call.num_tiles == 0) return 0;
   if (const int error = AllowDynamicSmem(MlaExpandedWgmmaKernel, kSharedBytes); error != 0) return error;
-  MlaExpandedArgs args = MakeMlaExpandedArgs(params, q, seqs, key_tiles, tiles, out, window);
-  args.tile_maps = tile_maps;
-  MlaExpandedWgmmaKernel<<<dim3(static_cast<unsigned>(num_tiles), static_cast<unsigned>(heads)), kThreads,
-                           kSharedBytes, static_cast<cudaStream_t>(stream)>>>(args);
+  const dim3 grid(static_cast<unsigned>(call.num_tiles), static_cast<unsigned>(params.num_heads),
+                  static_cast<unsigned>(call.splits.count));
+  MlaExpandedWgmmaKernel<<<grid, kThreads, kSharedBytes, static_cast<cudaStream_t>(stream)>>>(
+      MakeMlaExpandedArgs(params, q, call, out));
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_expanded_tc.h"
 #include "kernels/cuda/mma_tiles.cuh"
 
@@ -100,6 +101,42 @@ __device__ __forceinline__ WindowTiles TilesInWindow(const MlaKeyWindow& window,
           end - window.begin};
 }
 
+// This block's share of `count` tiles where the call splits them over gridDim.z blocks: `count`
+// tiles from tile `first` (0 for the last blocks of a split with fewer tiles than blocks).
+struct SplitTiles {
+  int64_t first, count;
+};
+__device__ __forceinline__ SplitTiles TilesOfSplit(int64_t count) {
+  const int64_t per = (count + gridDim.z - 1) / gridDim.z;
+  const int64_t first = per * blockIdx.z;
+  return {first, first < count ? (count - first < per ? count - first : per) : 0};
+}
+
+// Where a block writes its rows: the call's out and window (row first_row + r), or where the call
+// splits the keys, its slice of the split buffers (MlaKeySplits), whose window takes no merge.
+struct RowSink {
+  TensorView out;
+  MlaKeyWindow window;
+  int64_t first_row;
+};
+__device__ __forceinline__ RowSink SinkOf(const MlaExpandedArgs& a, int64_t first_row, int tile_rows) {
+  if (gridDim.z == 1) return {a.out, a.call.window, first_row};
+  const int64_t rows = static_cast<int64_t>(gridDim.z) * gridDim.x * tile_rows;
+  MlaKeyWindow window;
+  window.lse = a.call.splits.lse;
+  return {TensorView{a.call.splits.out, DType::kF32, rows, a.out.cols, a.out.cols}, window,
+          (static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x) * tile_rows};
+}
+
+// A split block with no tiles: its rows' outputs zero and log-sum-exps -inf (`threads` threads).
+__device__ __forceinline__ void StoreEmptyRows(const RowSink& sink, int rows, int head, int heads, int v_dim,
+                                               int thread, int threads) {
+  for (int i = thread; i < rows * v_dim; i += threads) {
+    RowF32(sink.out, sink.first_row + i / v_dim)[head * v_dim + i % v_dim] = 0.0f;
+  }
+  for (int r = thread; r < rows; r += threads) sink.window.lse[(sink.first_row + r) * heads + head] = -INFINITY;
+}
+
 // How a row's output is written: own · its unnormalised accumulator + earlier · the output as it
 // is, and its log-sum-exp after (log2 domain). m: the row's reference maximum, l: its sum over the
 // quad; lse_slot: the row's entry of window.lse (read where window.merge).
@@ -109,9 +146,11 @@ struct RowFinish {
 __device__ __forceinline__ RowFinish FinishRow(const MlaKeyWindow& window, float m, float l, const float* lse_slot) {
   RowFinish f;
   if (l == 0.0f) {  // no key of the window reaches the row: what earlier windows gave stays
-    f.earlier = 1.0f;
-    if (window.merge) f.lse = *lse_slot;
-    return f;
+    if (window.merge) {
+      f.earlier = 1.0f;
+      f.lse = *lse_slot;
+    }
+    return f;  // without earlier windows (a split's share of keys): zero, and -inf
   }
   f.lse = m + log2f(l);
   if (!window.merge) {

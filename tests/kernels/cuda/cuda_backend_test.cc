@@ -809,6 +809,15 @@ TEST(MlaKeySplit, ListsOnlyWrittenSlotsWhenTilesAreFewerThanBlocks) {
 // The expanded attention's row tiles, longest first so that the grid's last blocks are its
 // shortest: every expanded sequence's rows once, absorbed sequences none, equal key counts in
 // sequence order. Host code, no GPU needed.
+TEST(MlaKeySplitCount, FillsOneWaveOfIdleMultiprocessorsWithEnoughKeysPerSplit) {
+  EXPECT_EQ(MlaKeySplitCount(132, 1 << 20, 132), 1) << "a full wave already";
+  EXPECT_EQ(MlaKeySplitCount(64, 1 << 20, 132), 2);
+  EXPECT_EQ(MlaKeySplitCount(32, 1 << 20, 132), 4);
+  EXPECT_EQ(MlaKeySplitCount(1, 1 << 20, 132), 16) << "at most 16";
+  EXPECT_EQ(MlaKeySplitCount(32, 3 * 16 * 64, 132), 3) << "16 key tiles a split at least";
+  EXPECT_EQ(MlaKeySplitCount(32, 1000, 132), 1);
+}
+
 TEST(MlaExpandedRowTiles, ListsEveryExpandedRowTileOnceWithTheMostKeysFirst) {
   std::vector<MlaSequence> seqs = {{{0, 300}, MlaForm::kExpanded, {}, 0},
                                    {{300, 1}, MlaForm::kAbsorbed, {}, 5000},
@@ -1000,9 +1009,9 @@ class CudaMla : public CudaVsCpu, public ::testing::WithParamInterface<MlaCase> 
 // for its key/value product at serving precision too.
 // At serving precision the expanded rows run on both tensor-core kernels (warpgroup products where
 // they run, and mma.sync), and the absorbed rows on tensor cores (where they run) and on the
-// CUDA-core kernel over the same bf16 pages. The expanded rows also run with windows of 64 and 128
-// keys: histories longer than a window attended window by window (the windows' results combined
-// by their log-sum-exps), shorter ones grouped into launches of at most a window's keys.
+// CUDA-core kernel over the same bf16 pages. The expanded rows also run with windows of 64, 128
+// and 4,096 keys: histories longer than a window attended window by window (the windows' results
+// combined by their log-sum-exps), shorter ones grouped into launches of at most a window's keys.
 TEST_P(CudaMla, MatchesTheCpu) {
   struct Run {
     MatmulPrecision precision;
@@ -1011,7 +1020,7 @@ TEST_P(CudaMla, MatchesTheCpu) {
   };
   for (const Run run : {Run{MatmulPrecision::kHalf, true}, Run{MatmulPrecision::kHalf, false},
                         Run{MatmulPrecision::kHalf, true, 64}, Run{MatmulPrecision::kHalf, false, 128},
-                        Run{MatmulPrecision::kF32, true}}) {
+                        Run{MatmulPrecision::kHalf, true, 4096}, Run{MatmulPrecision::kF32, true}}) {
     const bool any_expanded = std::find(GetParam().forms.begin(), GetParam().forms.end(), MlaForm::kExpanded) !=
                               GetParam().forms.end();
     if (run.window_keys != CudaBackendOptions{}.mla_expanded_window_keys && !any_expanded) continue;
@@ -1130,6 +1139,11 @@ std::vector<MlaCase> MlaCases() {
       // (left out of their launches), two short sequences in one launch and then one past it, and
       // a long history over many windows whose rows see all of them.
       {"kimi_prefill_windows", kimi, {0, 0, 40, 1000}, {200, 30, 50, 140}, {e, e, e, e}, 64},
+      // One row tile per head (32 blocks) on 9,000 keys: its keys split over 4 blocks each
+      // (MlaKeySplitCount on 132 multiprocessors; fewer on smaller GPUs), the splits merged; in
+      // windows of 4,096 keys the first two windows split too, the second and third merging into
+      // the first.
+      {"kimi_prefill_split", kimi, {9000}, {40}, {e}, 64},
       // Pages of 48 rows: the tensor-core decode kernel's 64-key tiles cross pages.
       {"kimi_pages_of_48", kimi, {0, 100, 7, 300, 1}, {40, 17, 1, 1, 1}, {e, e, a, a, a}, 48},
       // Pages of 7 rows: a row's place in its page is not its cache row mod 8, which keys the
