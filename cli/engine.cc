@@ -40,8 +40,9 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
   command.add_option("--kda", engine.kda, "KDA algorithm")
       ->check(CLI::IsMember({"auto", "chunked", "recurrent"}));
   command.add_option("--mla", engine.mla,
-                     "MLA attention form (auto: absorbed for at most 128 new tokens of a sequence, or past "
-                     "--mla-expanded-max-keys where the backend expands whole histories; expanded otherwise)")
+                     "MLA attention form (auto: absorbed for a sequence's few new tokens, at most 128 on the "
+                     "CPU and 64 on the GPU, or past --mla-expanded-max-keys where the backend expands whole "
+                     "histories; expanded otherwise)")
       ->check(CLI::IsMember({"auto", "expanded", "absorbed"}));
   command.add_option("--mla-expanded-max-keys", engine.mla_expanded_max_keys,
                      "--mla auto on a backend that expands whole histories (CPU, or CUDA with "

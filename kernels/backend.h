@@ -75,6 +75,20 @@ class StepGraph {
 // there: 0.7% slower than whole histories at 1M keys (3% with windows of 32,768).
 inline constexpr int64_t kMlaExpandedWindowKeysDefault = 65536;
 
+// Where the MLA forms trade places on a backend (Backend::MlaForms), for the model's choice of
+// form (docs/engine.md, "Choosing algorithms").
+struct MlaFormLimits {
+  // A sequence with at most this many new tokens attends faster in the absorbed form, which reads
+  // the latent history once per new token, than in the expanded one, which rebuilds every key and
+  // value of the history whatever the new tokens. The CPU backend's break-even: ~130 at 4k keys.
+  int64_t absorbed_max_new_tokens = 128;
+  // The most keys of one sequence the expanded form holds expanded at once (a longer history
+  // window by window, its buffers bounded whatever its length; the CUDA backend's windows:
+  // kMlaExpandedWindowKeysDefault unless configured); 0: the whole history at once, buffers in
+  // proportion to it.
+  int64_t expanded_window_keys = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -194,11 +208,8 @@ class Backend {
   virtual void MlaAttention(const MlaParams& params, TensorView q, TensorView latent,
                             TensorView kv_b, std::span<const MlaSequence> seqs,
                             TensorView out) = 0;
-  // The most keys of one sequence MlaAttention holds expanded at once in the expanded form (a
-  // longer history is expanded window by window, its buffers bounded whatever its length); 0:
-  // the whole history at once, buffers in proportion to it. The CUDA backend's windows:
-  // kMlaExpandedWindowKeysDefault unless configured (CudaBackendOptions).
-  virtual int64_t MlaExpandedWindowKeys(const MlaParams& /*params*/) const { return 0; }
+  // Where the MLA forms trade places here, for the model's choice of form.
+  virtual MlaFormLimits MlaForms(const MlaParams& /*params*/) const { return {}; }
 
   // Sigmoid scores plus correction bias pick top_k experts per token (optionally within the
   // best groups); expert_ids [T, k] I32 come sorted ascending, weights [T, k] F32.

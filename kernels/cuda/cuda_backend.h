@@ -165,8 +165,9 @@ class CudaBackend final : public Backend {
   DType LatentCacheDType() const override;
   void MlaAttention(const MlaParams& params, TensorView q, TensorView latent, TensorView kv_b,
                     std::span<const MlaSequence> seqs, TensorView out) override;
-  // CudaBackendOptions::mla_expanded_window_keys where the expanded form runs on tensor cores.
-  int64_t MlaExpandedWindowKeys(const MlaParams& params) const override;
+  // Where the expanded form runs on tensor cores: the absorbed form up to 64 new tokens, windows
+  // of CudaBackendOptions::mla_expanded_window_keys.
+  MlaFormLimits MlaForms(const MlaParams& params) const override;
   void MoeRoute(TensorView router_logits, TensorView correction_bias, const MoeRouting& routing,
                 TensorView expert_ids, TensorView weights) override;
   void MoeExperts(TensorView x, TensorView expert_ids, std::span<const ExpertWeights> experts,

@@ -11,14 +11,14 @@ using kernels::Tensor;
 using kernels::TensorView;
 
 kernels::MlaForm ChooseMlaForm(const LayerOptions& options, int64_t new_tokens, int64_t cached,
-                               int64_t window_keys) {
+                               const kernels::MlaFormLimits& limits) {
   switch (options.mla_form) {
     case MlaFormChoice::kExpanded: return kernels::MlaForm::kExpanded;
     case MlaFormChoice::kAbsorbed: return kernels::MlaForm::kAbsorbed;
     case MlaFormChoice::kAuto: break;
   }
-  const bool too_long = window_keys == 0 && cached + new_tokens > options.mla_expanded_max_keys;
-  const bool absorbed = new_tokens <= kMlaAbsorbedMaxNewTokens || too_long;
+  const bool too_long = limits.expanded_window_keys == 0 && cached + new_tokens > options.mla_expanded_max_keys;
+  const bool absorbed = new_tokens <= limits.absorbed_max_new_tokens || too_long;
   return absorbed ? kernels::MlaForm::kAbsorbed : kernels::MlaForm::kExpanded;
 }
 
@@ -51,7 +51,7 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
   const kernels::MlaParams params{
       c.mla_num_heads, rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim,
       1.0f / std::sqrt(static_cast<float>(c.mla_qk_head_dim()))};
-  const int64_t window_keys = backend.MlaExpandedWindowKeys(params);
+  const kernels::MlaFormLimits limits = backend.MlaForms(params);
   std::vector<kernels::MlaSequence> mla_seqs(step.seqs.size());
   for (size_t s = 0; s < step.seqs.size(); ++s) {
     const StepSequence& seq = step.seqs[s];
@@ -59,7 +59,7 @@ void MlaMixerForward(const Step& step, int64_t layer, const MlaWeights& w, Tenso
     MlaLayerState& cache = seq.state->mla(layer);
     // Pages the backend could not allocate: it holds the failure, which fails the step.
     if (cache.capacity() < cache.num_cached + seq.rows.length) return;
-    mla_seqs[s] = {seq.rows, ChooseMlaForm(step.options, seq.rows.length, cache.num_cached, window_keys),
+    mla_seqs[s] = {seq.rows, ChooseMlaForm(step.options, seq.rows.length, cache.num_cached, limits),
                    cache.view(), cache.num_cached};
   }
   Tensor attended = backend.Allocate(t, c.mla_num_heads * c.v_head_dim, DType::kF32);

@@ -11,12 +11,12 @@ namespace deltaserve::model {
 // (Backend::ProductInputDType) where that is BF16 for all of them, else F32.
 kernels::DType MlaMixerInputDType(const kernels::Backend& backend, const MlaWeights& weights, int64_t rows);
 
-// The MLA form for a sequence of `new_tokens` on top of `cached` keys: absorbed for at most
-// kMlaAbsorbedMaxNewTokens new tokens, or for more than options.mla_expanded_max_keys keys in all
-// where the backend expands whole histories at once (window_keys 0:
-// Backend::MlaExpandedWindowKeys), expanded otherwise, unless options.mla_form forces one.
+// The MLA form for a sequence of `new_tokens` on top of `cached` keys on a backend with these
+// limits (Backend::MlaForms): absorbed for at most limits.absorbed_max_new_tokens new tokens, or
+// for more than options.mla_expanded_max_keys keys in all where the backend expands whole
+// histories at once, expanded otherwise, unless options.mla_form forces one.
 kernels::MlaForm ChooseMlaForm(const LayerOptions& options, int64_t new_tokens, int64_t cached,
-                               int64_t window_keys);
+                               const kernels::MlaFormLimits& limits);
 
 // x is the layer's normalised input [T, D], F32 or in MlaMixerInputDType; out [T, D] receives the
 // mixer output.

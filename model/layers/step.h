@@ -23,12 +23,7 @@ enum class MlaFormChoice : uint8_t {
   kAbsorbed,
 };
 
-// kAuto takes the absorbed form for a sequence with at most this many new tokens. The expanded
-// form rebuilds every key and value of the history (kv_b_proj over all of it) whatever the new
-// tokens; the absorbed one reads the latent history once per new token. Measured break-even: about
-// 200 new tokens on an H200 at 128k and 1M keys, about 130 on the CPU backend at 4k.
-constexpr int64_t kMlaAbsorbedMaxNewTokens = 128;
-// Where a backend expands whole histories at once (Backend::MlaExpandedWindowKeys 0), the expanded
+// Where a backend expands whole histories at once (MlaFormLimits::expanded_window_keys 0), the expanded
 // form's step buffers grow with the history: on the CPU the fp32 history and its keys and values,
 // ~35 KB per key on the real model (9 GB at this many), and each thread's scores.
 constexpr int64_t kMlaExpandedMaxKeysDefault = 262144;

@@ -104,8 +104,8 @@ class DeferringBackend final : public Backend {
       inner_.MlaAttention(params, q, latent, kv_b, seqs, out);
     });
   }
-  int64_t MlaExpandedWindowKeys(const kernels::MlaParams& params) const override {
-    return inner_.MlaExpandedWindowKeys(params);
+  kernels::MlaFormLimits MlaForms(const kernels::MlaParams& params) const override {
+    return inner_.MlaForms(params);
   }
   void MoeRoute(TensorView router_logits, TensorView correction_bias, const kernels::MoeRouting& routing,
                 TensorView expert_ids, TensorView weights) override {
