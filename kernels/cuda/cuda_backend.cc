@@ -857,8 +857,8 @@ void CudaBackend::MlaAttention(const MlaParams& params, TensorView q, TensorView
 
   const bool any_expanded =
       std::any_of(seqs.begin(), seqs.end(), [](const MlaSequence& seq) { return seq.form == MlaForm::kExpanded; });
-  // Serving precision attends expanded sequences on tensor cores, over bf16 key tiles per head
-  // (mla_expanded_tc.h), a block per 64 or 128 rows of one sequence and head.
+  // Serving precision attends expanded sequences on tensor cores, a block per 64 or 128 rows of one
+  // sequence and head, their histories expanded a window at a time (MlaExpandedTensorCores).
   if (any_expanded && impl_->matmul_precision == MatmulPrecision::kHalf && MlaExpandedTcSupports(params, q, out)) {
     MlaExpandedTensorCores(params, q, kv_b, seqs, device_seqs, out);
   } else if (any_expanded) {
@@ -916,7 +916,7 @@ void CudaBackend::MlaExpandedTensorCores(const MlaParams& params, TensorView q, 
       MlaExpandedRowTiles(seqs.data(), static_cast<int64_t>(seqs.size()), tile_rows);
   // A sequence's keys and values for the attention: its key tiles, or, on the warpgroup kernel
   // with a bf16 kv_b, its gathered latent and kv rows themselves, read through tensor maps (no
-  // tiles written: ~17 KB of buffers and ~18 KB of writes per key instead of ~37 and ~37).
+  // tiles written: ~17 KB of buffers and of writes per key at the 48B shape instead of ~37).
   struct Expansion {
     Tensor key_tiles, latent, kv;
     MlaExpandedTileMaps maps{};

@@ -1,6 +1,7 @@
 // The online softmax steps of the expanded MLA attention kernels
 // (mla_expanded_tc.cu on mma.sync, mla_expanded_wgmma.cu on warpgroup products): both hold a
-// lane's scores in the mma.sync accumulator layout, two query rows per lane.
+// lane's scores in the mma.sync accumulator layout, two query rows per lane. Also which key tiles
+// a block attends (a window of the history, a split's share) and how it writes its rows.
 #pragma once
 
 #include <cuda_runtime.h>
