@@ -101,7 +101,10 @@ TEST_F(CliTest, BadArgumentsPrintUsageAndFail) {
         "generate" + model + " --tokens 1 --top-p 1.5", "generate" + model + " --tokens 1 --temperature -1",
         "generate" + model + " --tokens 1 --max-new-tokens 0", "init-model --preset nope --out /tmp/x",
         "generate" + model + " --tokens 1 --kda fastest", "generate" + model + " --tokens 1 --device tpu",
-        "generate" + model + " --tokens 1 --device cuda:x", "generate" + model + " --tokens 1 --device cuda:-1"};
+        "generate" + model + " --tokens 1 --device cuda:x", "generate" + model + " --tokens 1 --device cuda:-1",
+        "generate" + model + " --tokens 1 --mla-expanded-window-keys 100",
+        "generate" + model + " --tokens 1 --mla-expanded-window-keys -64",
+        "generate" + model + " --tokens 1 --mla-expanded-window-keys lots"};
   for (const std::string& args : cases) {
     const Result r = RunCli(args);
     EXPECT_NE(r.exit_code, 0) << args;
