@@ -65,29 +65,36 @@ struct Shapes {
   int64_t heads, rank, nope, rope, v, qk, kv, latent;
 };
 
+// Query rows per block of the expanded form: a thread's scores are this many rows of keys, not
+// every new row's (512 rows on 262,144 keys would be 512 MB a thread).
+constexpr int64_t kExpandedRowBlock = 64;
+
 // Head h of every query of `seq`, expanded form: keys [k_nope ‖ k_pe] and values come from
 // kv_all [L, H*(nope+v)] and the shared k_pe of `cache` (the history contiguous, [L, latent]),
-// all read in place through strides.
+// all read in place through strides. The rows go in blocks of kExpandedRowBlock, each over the
+// keys its last row sees.
 void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
                   const float* cache, const std::vector<float>& kv_all, int64_t h, TensorView out) {
-  const int64_t n = seq.rows.length;
-  const int64_t total = seq.num_cached + n;
   const int64_t kv_stride = s.heads * s.kv;
   thread_local std::vector<float> scores;
-  scores.resize(static_cast<size_t>(n * total));
-  const float* q_rows = q.row<float>(seq.rows.begin) + h * s.qk;
-  GemmNT(n, total, s.nope, scale, q_rows, q.row_stride, kv_all.data() + h * s.kv, kv_stride, 0.0f,
-         scores.data(), total);
-  GemmNT(n, total, s.rope, scale, q_rows + s.nope, q.row_stride, cache + s.rank, s.latent, 1.0f,
-         scores.data(), total);
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = scores.data() + i * total;
-    const int64_t visible = seq.num_cached + i + 1;
-    Softmax(row, visible);
-    std::fill(row + visible, row + total, 0.0f);  // causal: later positions get no weight
+  for (int64_t r0 = 0; r0 < seq.rows.length; r0 += kExpandedRowBlock) {
+    const int64_t n = std::min(kExpandedRowBlock, seq.rows.length - r0);
+    const int64_t keys = seq.num_cached + r0 + n;
+    scores.resize(static_cast<size_t>(n * keys));
+    const float* q_rows = q.row<float>(seq.rows.begin + r0) + h * s.qk;
+    GemmNT(n, keys, s.nope, scale, q_rows, q.row_stride, kv_all.data() + h * s.kv, kv_stride, 0.0f,
+           scores.data(), keys);
+    GemmNT(n, keys, s.rope, scale, q_rows + s.nope, q.row_stride, cache + s.rank, s.latent, 1.0f,
+           scores.data(), keys);
+    for (int64_t i = 0; i < n; ++i) {
+      float* row = scores.data() + i * keys;
+      const int64_t visible = seq.num_cached + r0 + i + 1;
+      Softmax(row, visible);
+      std::fill(row + visible, row + keys, 0.0f);  // causal: later positions get no weight
+    }
+    GemmNN(n, s.v, keys, scores.data(), keys, kv_all.data() + h * s.kv + s.nope, kv_stride, 0.0f,
+           out.row<float>(seq.rows.begin + r0) + h * s.v, out.row_stride);
   }
-  GemmNN(n, s.v, total, scores.data(), total, kv_all.data() + h * s.kv + s.nope, kv_stride, 0.0f,
-         out.row<float>(seq.rows.begin) + h * s.v, out.row_stride);
 }
 
 // Every head of query i of `seq`, absorbed form: q_lat = W_UKᵀ q_nope per head, then attention

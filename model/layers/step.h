@@ -25,7 +25,7 @@ enum class MlaFormChoice : uint8_t {
 
 // Where a backend expands whole histories at once (MlaFormLimits::expanded_window_keys 0), the expanded
 // form's step buffers grow with the history: on the CPU the fp32 history and its keys and values,
-// ~35 KB per key on the real model (9 GB at this many), and each thread's scores.
+// ~35 KB per key on the real model (9 GB at this many), and each thread's scores (64 rows' worth).
 constexpr int64_t kMlaExpandedMaxKeysDefault = 262144;
 
 struct LayerOptions {
