@@ -70,33 +70,40 @@ __device__ __forceinline__ void Load8(const TensorView& v, int64_t r, int64_t c,
   for (int i = 0; i < 8; ++i) out[i] = c + i < v.cols ? LoadFloat(v.data, v.dtype, index + i) : 0.0f;
 }
 
+// Four bf16 values as one 8-byte word, and back.
+__device__ __forceinline__ uint2 PackBf16(float4 a) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(a.x, a.y), hi = __floats2bfloat162_rn(a.z, a.w);
+  return make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+}
+__device__ __forceinline__ float4 UnpackBf16(uint2 packed) {
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // Elements (r, c .. c+3) of an activation view (fp32 or bf16) as floats, in one 16- or 8-byte
 // load; the caller has checked the view with Aligned4 and c is a multiple of 4.
-__device__ __forceinline__ void Load4(const TensorView& v, int64_t r, int64_t c, float (&out)[4]) {
+__device__ __forceinline__ float4 Load4(const TensorView& v, int64_t r, int64_t c) {
   const int64_t index = r * v.row_stride + c;
   if (v.dtype == DType::kBF16) {
-    const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(v.data) + index);
-    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-    out[0] = lo.x, out[1] = lo.y, out[2] = hi.x, out[3] = hi.y;
-  } else {
-    const float4 q = *reinterpret_cast<const float4*>(static_cast<const float*>(v.data) + index);
-    out[0] = q.x, out[1] = q.y, out[2] = q.z, out[3] = q.w;
+    return UnpackBf16(*reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(v.data) + index));
   }
+  return *reinterpret_cast<const float4*>(static_cast<const float*>(v.data) + index);
+}
+__device__ __forceinline__ void Load4(const TensorView& v, int64_t r, int64_t c, float (&out)[4]) {
+  const float4 q = Load4(v, r, c);
+  out[0] = q.x, out[1] = q.y, out[2] = q.z, out[3] = q.w;
 }
 
 // Elements (r, c .. c+3) of an activation view = values, rounded to its dtype, in one store; the
 // caller has checked the view with Aligned4 and c is a multiple of 4.
 __device__ __forceinline__ void Store4(const TensorView& v, int64_t r, int64_t c, const float (&in)[4]) {
   const int64_t index = r * v.row_stride + c;
+  const float4 a = make_float4(in[0], in[1], in[2], in[3]);
   if (v.dtype == DType::kBF16) {
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(in[0], in[1]), hi = __floats2bfloat162_rn(in[2], in[3]);
-    uint2 packed;
-    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-    *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(v.data) + index) = packed;
+    *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(v.data) + index) = PackBf16(a);
   } else {
-    *reinterpret_cast<float4*>(static_cast<float*>(v.data) + index) = make_float4(in[0], in[1], in[2], in[3]);
+    *reinterpret_cast<float4*>(static_cast<float*>(v.data) + index) = a;
   }
 }
 

@@ -213,16 +213,6 @@ __device__ __forceinline__ float4 Exp2Diff(float4 a, float4 b) {
 }
 __device__ __forceinline__ float4 Exp2(float4 a) { return make_float4(Exp2(a.x), Exp2(a.y), Exp2(a.z), Exp2(a.w)); }
 
-// Four bf16 as one 8-byte value, and back.
-__device__ __forceinline__ uint2 PackBf16(float4 a) {
-  const __nv_bfloat162 lo = __floats2bfloat162_rn(a.x, a.y), hi = __floats2bfloat162_rn(a.z, a.w);
-  return make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
-}
-__device__ __forceinline__ float4 UnpackBf16(uint2 packed) {
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&packed.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
-}
 __device__ __forceinline__ void Store4(bf16* p, float4 a) { *reinterpret_cast<uint2*>(p) = PackBf16(a); }
 __device__ __forceinline__ float4 Load4(const bf16* p) { return UnpackBf16(*reinterpret_cast<const uint2*>(p)); }
 __device__ __forceinline__ float4 LoadStaged4(const float* p) { return *reinterpret_cast<const float4*>(p); }

@@ -40,26 +40,11 @@ struct Stage {
 };
 static_assert(kRows == kKeys, "Q is staged in the second stage's key rows");
 
-__device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
-  reinterpret_cast<__nv_bfloat162*>(dst)[0] = __floats2bfloat162_rn(v.x, v.y);
-  reinterpret_cast<__nv_bfloat162*>(dst)[1] = __floats2bfloat162_rn(v.z, v.w);
-}
-
-// Four consecutive kv values from column c (a multiple of 4) of an F32 or BF16 row.
-__device__ __forceinline__ float4 LoadFour(const float* row, int c) {
-  return __ldg(reinterpret_cast<const float4*>(row + c));
-}
-__device__ __forceinline__ float4 LoadFour(const bf16* row, int c) {
-  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(row + c));
-  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  return make_float4(lo.x, lo.y, hi.x, hi.y);
-}
+__device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) { *reinterpret_cast<uint2*>(dst) = PackBf16(v); }
 
 // Grid: ceil(heads * padded / 8) blocks of 8 warps (padded: the positions rounded up to whole
 // tiles); warp w writes row 8·block + w of the [heads, padded] rows (head = row / padded,
 // position first + row % padded) into its tile, zeros past the `length` positions.
-template <typename KvT>
 __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv, const MlaSequence* seq,
                                                                    int64_t first, int64_t length, int heads,
                                                                    int64_t latent_width, int rank,
@@ -76,7 +61,7 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
   for (int u = 0; u < 3; ++u) v[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   if (j < length) {
     const int64_t position = first + j;
-    const KvT* kv_row = static_cast<const KvT*>(kv.data) + j * kv.row_stride + static_cast<int64_t>(h) * (kNope + kV);
+    const int64_t kv_col = static_cast<int64_t>(h) * (kNope + kV);
     const bool pe_bf16 = seq->cache.dtype == DType::kBF16;
     const float* pe = pe_bf16 ? nullptr : seq->cache.Row(position, latent_width) + rank;
     const bf16* pe16 = pe_bf16 ? seq->cache.PageOf<bf16>(position) : nullptr;
@@ -86,16 +71,16 @@ __global__ void __launch_bounds__(256) MlaExpandedKeysValuesKernel(TensorView kv
     for (int u = 0; u < 3; ++u) {
       const int c = 4 * (lane + 32 * u);
       if (c < kNope) {
-        v[u] = LoadFour(kv_row, c);
+        v[u] = Load4(kv, j, kv_col + c);
       } else if (c < kQk) {
         if (pe_bf16) {
           // Four consecutive elements from a multiple of 4: within one 16-byte chunk wherever it sits.
-          v[u] = LoadFour(pe16 + pe_place.Offset(rank + c - kNope), 0);
+          v[u] = UnpackBf16(*reinterpret_cast<const uint2*>(pe16 + pe_place.Offset(rank + c - kNope)));
         } else {
           v[u] = __ldg(reinterpret_cast<const float4*>(pe + (c - kNope)));
         }
       } else if (c < kQk + kV) {
-        v[u] = LoadFour(kv_row, kNope + (c - kQk));
+        v[u] = Load4(kv, j, kv_col + kNope + (c - kQk));
       }
     }
   }
@@ -138,7 +123,7 @@ __global__ void __launch_bounds__(kThreads) MlaExpandedTcKernel(MlaExpandedArgs 
   const SplitTiles part = TilesOfSplit(keys.count);
   const RowSink sink = SinkOf(a, first_row, kRows);
   if (part.count == 0) {
-    StoreEmptyRows(sink, rows, h, gridDim.y, kV, threadIdx.x, kThreads);
+    MarkRowsUnreached(sink, rows, h, gridDim.y, threadIdx.x, kThreads);
     return;
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -327,8 +312,7 @@ int LaunchMlaExpandedKeysValues(const MlaParams& params, TensorView kv, const Ml
   if (length == 0) return 0;
   const int64_t blocks = (MlaExpandedKeyTiles(length) * kMlaExpandedTileKeys * heads + 7) / 8;
   if (seq == nullptr || !FitsGridX(blocks)) return static_cast<int>(cudaErrorInvalidValue);
-  const auto kernel = bf16_kv ? MlaExpandedKeysValuesKernel<bf16> : MlaExpandedKeysValuesKernel<float>;
-  kernel<<<static_cast<unsigned>(blocks), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+  MlaExpandedKeysValuesKernel<<<static_cast<unsigned>(blocks), 256, 0, static_cast<cudaStream_t>(stream)>>>(
       kv, seq, first, length, static_cast<int>(heads), params.kv_lora_rank + kRope,
       static_cast<int>(params.kv_lora_rank), static_cast<unsigned char*>(key_tiles));
   return static_cast<int>(cudaGetLastError());

@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1) MlaExpandedWgmmaKernel(MlaExpande
   const SplitTiles part = TilesOfSplit(keys.count);
   const RowSink sink = SinkOf(a, first_row, kRows);
   if (part.count == 0) {
-    if (threadIdx.x < kConsumerThreads) StoreEmptyRows(sink, rows, h, gridDim.y, kV, threadIdx.x, kConsumerThreads);
+    if (threadIdx.x < kConsumerThreads) MarkRowsUnreached(sink, rows, h, gridDim.y, threadIdx.x, kConsumerThreads);
     return;
   }
   if (threadIdx.x >= kConsumerThreads) {

@@ -129,12 +129,10 @@ __device__ __forceinline__ RowSink SinkOf(const MlaExpandedArgs& a, int64_t firs
           (static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x) * tile_rows};
 }
 
-// A split block with no tiles: its rows' outputs zero and log-sum-exps -inf (`threads` threads).
-__device__ __forceinline__ void StoreEmptyRows(const RowSink& sink, int rows, int head, int heads, int v_dim,
-                                               int thread, int threads) {
-  for (int i = thread; i < rows * v_dim; i += threads) {
-    RowF32(sink.out, sink.first_row + i / v_dim)[head * v_dim + i % v_dim] = 0.0f;
-  }
+// A split block with no tiles: its rows' log-sum-exps -inf (`threads` threads), so that the merge
+// skips its outputs, which stay unwritten.
+__device__ __forceinline__ void MarkRowsUnreached(const RowSink& sink, int rows, int head, int heads, int thread,
+                                                  int threads) {
   for (int r = thread; r < rows; r += threads) sink.window.lse[(sink.first_row + r) * heads + head] = -INFINITY;
 }
 
