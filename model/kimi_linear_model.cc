@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "absl/strings/str_cat.h"
+#include "base/check.h"
 #include "base/status_macros.h"
 #include "model/device_failure.h"
 #include "model/layers/ffn.h"
@@ -419,6 +420,17 @@ absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> se
   }
   if (DeviceMemoryRanOut(status)) status.SetPayload(kStatesUnchangedPayload, absl::Cord());
   return status;
+}
+
+absl::Status KimiLinearModel::ReserveLatentPages(std::span<SequenceState* const> states,
+                                                 std::span<const int64_t> rows) const {
+  DS_CHECK(states.size() == rows.size());
+  std::vector<StepSequence> seqs(states.size());
+  for (size_t i = 0; i < states.size(); ++i) {
+    seqs[i].state = states[i];
+    seqs[i].rows.length = rows[i];
+  }
+  return ReserveLatentRows(seqs);
 }
 
 std::vector<int64_t> KimiLinearModel::CachedLatentRows(std::span<const StepSequence> seqs) const {

@@ -118,6 +118,12 @@ class KimiLinearModel {
                             std::vector<float>& out, std::vector<int32_t>* device_ids = nullptr,
                             const StageDeviceRows* device_rows = nullptr);
 
+  // Allocates the latent cache pages that rows[i] rows past the cached ones of states[i] need,
+  // changing nothing else: a pipeline's later stages, asked ahead of a step by the first
+  // (services/worker/stage_engine.h). Where device memory runs out: RESOURCE_EXHAUSTED with
+  // kStatesUnchangedPayload. The states must be this model's.
+  absl::Status ReserveLatentPages(std::span<SequenceState* const> states, std::span<const int64_t> rows) const;
+
   // ModelOptions::step_graphs, switched between steps (benchmarks compare both in one process).
   void set_step_graphs(bool enabled) { step_graphs_ = enabled; }
 

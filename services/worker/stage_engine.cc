@@ -1,5 +1,6 @@
 #include "services/worker/stage_engine.h"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -154,6 +155,8 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
 
 absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
                                internal::v1::StepResponse* response) {
+  if (request.reserve_only()) return Reserve(request, response);
+  if (model_.is_first_stage() && next_ != nullptr) DS_RETURN_IF_ERROR(ReserveOnLaterStages(request));
   const int64_t hidden_size = model_.config().hidden_size;
   // Rows announced over NCCL are received before the engine's lock: links are taken in the order
   // input, engine, output.
@@ -178,6 +181,70 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
     if (ran) status.ErasePayload(kStepStatesUnchangedPayload);  // a later stage's; this one's changed
   }
   return status;
+}
+
+absl::Status StageEngine::Reserve(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
+  if (!request.hidden().empty() || request.hidden_link() != 0) {
+    return absl::InvalidArgumentError("a page reservation carries no hidden rows");
+  }
+  {
+    absl::MutexLock lock(&mutex_);
+    std::vector<model::SequenceState*> states;
+    std::vector<int64_t> rows;
+    for (const internal::v1::StepSequence& seq : request.sequences()) {
+      const auto it = sequences_.find(seq.seq_id());
+      if (it == sequences_.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", seq.seq_id(), " is not open"));
+      }
+      if (seq.token_ids_size() > 0 || seq.sample()) {
+        return absl::InvalidArgumentError("a page reservation carries no tokens");
+      }
+      const int64_t cached = it->second.state->num_tokens();
+      if (seq.reserve_rows() < 0 || seq.reserve_rows() > model_.max_context() - cached) {
+        return absl::InvalidArgumentError(absl::StrCat("sequence ", seq.seq_id(), " asks for pages of ",
+                                                       seq.reserve_rows(), " rows past its ", cached,
+                                                       "; the model's context is ", model_.max_context()));
+      }
+      states.push_back(it->second.state.get());
+      rows.push_back(seq.reserve_rows());
+    }
+    DS_RETURN_IF_ERROR(ForRouter(model_.ReserveLatentPages(states, rows)));
+  }
+  return next_ == nullptr ? absl::OkStatus() : next_->Step(request, response);
+}
+
+// Each reservation asks for this many rows past the step's, so that decode steps ask once a
+// page, not once a step.
+constexpr int64_t kLaterStagesRowsAhead = model::kDefaultLatentPageRows;
+
+absl::Status StageEngine::ReserveOnLaterStages(const internal::v1::StepRequest& step) {
+  internal::v1::StepRequest reservation;
+  reservation.set_reserve_only(true);
+  std::vector<int64_t> reach;
+  {
+    absl::MutexLock lock(&mutex_);
+    bool needed = false;
+    for (const internal::v1::StepSequence& seq : step.sequences()) {
+      const auto it = sequences_.find(seq.seq_id());
+      if (it == sequences_.end()) return absl::OkStatus();  // the step refuses it
+      const int64_t cached = it->second.state->num_tokens(), rows = seq.token_ids_size();
+      needed = needed || cached + rows > it->second.later_stages_rows;
+      // Past the model's context only where the step is too (which the step then refuses).
+      reach.push_back(std::max(cached + rows, std::min(model_.max_context(), cached + rows + kLaterStagesRowsAhead)));
+      internal::v1::StepSequence* asked = reservation.add_sequences();
+      asked->set_seq_id(seq.seq_id());
+      asked->set_reserve_rows(reach.back() - cached);
+    }
+    if (!needed) return absl::OkStatus();
+  }
+  internal::v1::StepResponse ignored;
+  DS_RETURN_IF_ERROR(next_->Step(reservation, &ignored));
+  absl::MutexLock lock(&mutex_);
+  for (int i = 0; i < reservation.sequences_size(); ++i) {
+    const auto it = sequences_.find(reservation.sequences(i).seq_id());
+    if (it != sequences_.end()) it->second.later_stages_rows = std::max(it->second.later_stages_rows, reach[i]);
+  }
+  return absl::OkStatus();
 }
 
 absl::Status StageEngine::ForRouter(absl::Status status) {

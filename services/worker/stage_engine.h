@@ -52,6 +52,8 @@ class StageEngine final : public StageChannel {
   struct Sequence {
     std::unique_ptr<model::SequenceState> state;
     std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
+    // A first stage's count of the rows the later stages hold latent pages for.
+    int64_t later_stages_rows = 0;
   };
 
   // The model's failure as the router reads it (kStageDeviceMemoryPayload,
@@ -61,6 +63,12 @@ class StageEngine final : public StageChannel {
   // stage's layers ran (their states advanced).
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response,
                        std::optional<NcclStageInput::Rows> arrived, bool& ran);
+
+  // A reservation (StepRequest.reserve_only): this stage's pages, then the later stages'.
+  absl::Status Reserve(const internal::v1::StepRequest& request, internal::v1::StepResponse* response);
+  // On a first stage, before its step changes any state: the later stages' pages for the step,
+  // asked (outside the lock) where its rows pass what they hold.
+  absl::Status ReserveOnLaterStages(const internal::v1::StepRequest& step);
 
   // The state in a fetched snapshot (its checksum verified by Open before its lock), or the
   // reason it cannot be restored.

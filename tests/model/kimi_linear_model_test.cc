@@ -118,6 +118,30 @@ TEST_F(ModelTest, ContinuingFromStateEqualsOnePass) {
   EXPECT_EQ(state->tokens(), tokens);
 }
 
+// Pages reserved ahead (a pipeline's later stages, asked by the first) hold the rows asked for
+// and change nothing else: the state's next steps give the logits a fresh state gives.
+TEST_F(ModelTest, ReservedLatentPagesHoldTheRowsAndChangeNothingElse) {
+  const std::vector<int32_t> tokens = RandomTokens(20, 9, vocab_);
+  std::unique_ptr<SequenceState> fresh = model_->NewState();
+  const std::vector<float> want = Run(*fresh, tokens);
+
+  std::unique_ptr<SequenceState> reserved = model_->NewState();
+  SequenceState* const states[] = {reserved.get()};
+  const int64_t rows[] = {300};
+  ASSERT_TRUE(model_->ReserveLatentPages(states, rows).ok());
+  int64_t mla_layers = 0;
+  for (int64_t layer = 0; layer < model_->config().num_layers; ++layer) {
+    if (model_->config().IsKda(layer)) continue;
+    ++mla_layers;
+    EXPECT_EQ(reserved->mla(layer).capacity(), 2 * kDefaultLatentPageRows) << "layer " << layer;
+    EXPECT_EQ(reserved->mla(layer).num_cached, 0) << "layer " << layer;
+  }
+  EXPECT_GT(mla_layers, 0);
+  EXPECT_EQ(reserved->num_tokens(), 0);
+  EXPECT_EQ(Run(*reserved, tokens), want);
+  EXPECT_EQ(model_->SnapshotState(*reserved), model_->SnapshotState(*fresh));
+}
+
 TEST_F(ModelTest, RestoredSnapshotContinuesExactlyLikeTheLiveState) {
   const std::vector<int32_t> tokens = RandomTokens(150, 8, vocab_);
   const std::span<const int32_t> head = std::span<const int32_t>(tokens).subspan(0, 100);

@@ -1,5 +1,6 @@
 // A stage channel in front of another that, while held, keeps the steps that reach it waiting
-// (Open and Close pass at once): for tests of steps in flight together.
+// (Open, Close and page reservations pass at once: the stage behind runs no held step, which
+// waits here): for tests of steps in flight together.
 #pragma once
 
 #include <chrono>
@@ -21,6 +22,7 @@ class HeldStage final : public services::StageChannel {
     return next_.Close(request, response);
   }
   absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    if (request.reserve_only()) return next_.Step(request, response);
     {
       std::unique_lock<std::mutex> lock(mutex_);
       if (held_) {

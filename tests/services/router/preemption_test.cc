@@ -5,6 +5,7 @@
 // from their tokens and finish with exactly the tokens an unconstrained run gives; a request that
 // does not fit alone, or is preempted past max_preemptions, ends with RESOURCE_EXHAUSTED and the
 // server serves on.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -15,8 +16,11 @@
 #include "absl/strings/cord.h"
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/kimi_linear_model.h"
 #include "services/router/engine_core.h"
 #include "services/transport/stage_channel.h"
+#include "services/worker/stage_engine.h"
 #include "tests/services/router/router_requests.h"
 #include "tests/services/router/whole_model_stage.h"
 
@@ -310,6 +314,146 @@ TEST(Preemption, ARequestPreemptedMoreThanMaxPreemptionsEndsAndTheOthersFinish) 
   EXPECT_GE(failed, 1);
   EXPECT_LT(failed, 4);
   EXPECT_EQ(got[3].outcome.status.code(), absl::StatusCode::kResourceExhausted);  // the last in line
+}
+
+// A later pipeline stage in front of the real one, whose latent pages hold `capacity` rows of the
+// sequences' histories in all. A page reservation (the first stage's, ahead of a step) past that
+// fails as a stage whose pages did not fit, its states unchanged; a step whose rows pass what was
+// reserved for them fails the same way, but after the first stage ran it (`late_failures`).
+class PagedLaterStage final : public StageChannel {
+ public:
+  PagedLaterStage(StageChannel& next, int64_t capacity) : next_(next), capacity_(capacity) {}
+
+  int64_t failed_reservations() const { return failed_reservations_; }
+  int64_t late_failures() const { return late_failures_; }
+
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    const absl::Status status = next_.Open(request, response);
+    if (!status.ok()) return status;
+    absl::MutexLock lock(&mutex_);
+    for (int i = 0; i < response->results_size(); ++i) {
+      const int64_t restored = response->results(i).restored() ? request.sequences(i).restore_tokens() : 0;
+      held_[response->results(i).seq_id()] = {restored, restored};
+    }
+    return status;
+  }
+
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      if (request.reserve_only()) {
+        std::map<uint64_t, Rows> after = held_;
+        for (const internal::v1::StepSequence& seq : request.sequences()) {
+          Rows& rows = after[seq.seq_id()];
+          rows.reserved = std::max(rows.reserved, rows.tokens + seq.reserve_rows());
+        }
+        int64_t total = 0;
+        for (const auto& [id, rows] : after) total += std::max(rows.tokens, rows.reserved);
+        if (total > capacity_) {
+          ++failed_reservations_;
+          return OutOfPages();
+        }
+        held_ = std::move(after);
+      } else {
+        for (const internal::v1::StepSequence& seq : request.sequences()) {
+          Rows& rows = held_[seq.seq_id()];
+          if (rows.tokens + seq.token_ids_size() > rows.reserved) {
+            ++late_failures_;
+            return OutOfPages();
+          }
+        }
+        for (const internal::v1::StepSequence& seq : request.sequences()) {
+          held_[seq.seq_id()].tokens += seq.token_ids_size();
+        }
+      }
+    }
+    return next_.Step(request, response);
+  }
+
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    {
+      absl::MutexLock lock(&mutex_);
+      for (const internal::v1::CloseSequence& seq : request.sequences()) held_.erase(seq.seq_id());
+    }
+    return next_.Close(request, response);
+  }
+
+ private:
+  struct Rows {
+    int64_t tokens = 0, reserved = 0;
+  };
+  static absl::Status OutOfPages() {
+    absl::Status status = absl::ResourceExhaustedError("test device memory ran out reserving pages");
+    status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
+    status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
+    return status;
+  }
+
+  StageChannel& next_;
+  const int64_t capacity_;
+  std::atomic<int64_t> failed_reservations_{0}, late_failures_{0};
+  absl::Mutex mutex_;
+  std::map<uint64_t, Rows> held_ ABSL_GUARDED_BY(mutex_);
+};
+
+// The fixture's layers before and from layer 2 as two stages, the later behind a PagedLaterStage.
+struct TwoStages {
+  explicit TwoStages(int64_t capacity) {
+    model::ModelOptions first_layers, last_layers;
+    first_layers.scope.layer_end = 2;
+    last_layers.scope.layer_begin = 2;
+    auto first = model::KimiLinearModel::Load(testing::kTinyFixture, backend, first_layers);
+    auto last = model::KimiLinearModel::Load(testing::kTinyFixture, backend, last_layers);
+    EXPECT_TRUE(first.ok() && last.ok());
+    if (!first.ok() || !last.ok()) return;
+    first_model = *std::move(first);
+    last_model = *std::move(last);
+    last_stage = std::make_unique<StageEngine>(*last_model, &store, nullptr);
+    paged = std::make_unique<PagedLaterStage>(*last_stage, capacity);
+    first_stage = std::make_unique<StageEngine>(*first_model, &store, paged.get());
+    store.Open();
+  }
+  RouterModel router_model() const {
+    return {first_model->config(), first_model->fingerprint(), first_model->max_context()};
+  }
+
+  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  testing::GatedStoreClient store;
+  std::unique_ptr<model::KimiLinearModel> first_model, last_model;
+  std::unique_ptr<StageEngine> last_stage;
+  std::unique_ptr<PagedLaterStage> paged;
+  std::unique_ptr<StageEngine> first_stage;
+};
+
+// In a pipeline the first stage asks the later stages for a step's pages before it runs the step,
+// so a later stage's shortage preempts as the first stage's own does (before_step: the sequence
+// last in line gives its state back, the others run on as they were), not by sending every
+// sequence of the step back (mid_step); the requests finish with the tokens of an unconstrained
+// run, and so does the session's next turn.
+TEST(Preemption, ALaterStagesPageShortagePreemptsBeforeTheStep) {
+  TwoStages unconstrained(1 << 20);
+  ASSERT_NE(unconstrained.first_stage, nullptr);
+  EngineCore reference(FourPlaces(), unconstrained.router_model(), *unconstrained.first_stage,
+                       &unconstrained.store, nullptr);
+  const std::vector<Collected> want = RunAll(reference, FourRequests("unconstrained"));
+  const Collected want_next = NextTurn(reference, "unconstrained");
+  ASSERT_TRUE(want_next.outcome.status.ok()) << want_next.outcome.status;
+
+  // Each sequence asks for a page (256 rows) past its prompt: three fit, not four.
+  TwoStages short_of_pages(800);
+  ASSERT_NE(short_of_pages.first_stage, nullptr);
+  PreemptionCounter preemptions;
+  EngineCore engine(FourPlaces(), short_of_pages.router_model(), *short_of_pages.first_stage,
+                    &short_of_pages.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests("agent")), want);
+  EXPECT_GE(short_of_pages.paged->failed_reservations(), 1);
+  EXPECT_EQ(short_of_pages.paged->late_failures(), 0);
+  EXPECT_GE(preemptions.count("before_step"), 1);
+  EXPECT_EQ(preemptions.count("mid_step"), 0);
+  const Collected next = NextTurn(engine, "agent");
+  ASSERT_TRUE(next.finished);
+  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  EXPECT_EQ(next.tokens, want_next.tokens);
 }
 
 }  // namespace

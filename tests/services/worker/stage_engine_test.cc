@@ -2,12 +2,15 @@
 // snapshot in transit never holds up the other sequences; a snapshot damaged on its way back is
 // refused (its checksum, verified before the lock), and the sequence opens fresh. A stage's lock
 // is free while the later stages run its step. Its metrics count how its rows went on. A step a
-// later stage failed for device memory is not one whose states are unchanged.
+// later stage failed for device memory is not one whose states are unchanged, but a first stage
+// reserves the later stages' pages before its step, so their shortage leaves every state as it was.
 #include "services/worker/stage_engine.h"
 
 #include <chrono>
 #include <future>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/cord.h"
 #include "absl/synchronization/mutex.h"
@@ -34,7 +37,8 @@ using testing::OpenFresh;
 using testing::CounterValue;
 using testing::StepOf;
 
-// Passes Open and Close on to `next`; holds each Step at a gate until the test opens it.
+// Passes Open, Close and page reservations on to `next`; holds each Step at a gate until the test
+// opens it.
 class GatedStepChannel final : public StageChannel {
  public:
   explicit GatedStepChannel(StageChannel& next) : next_(next) {}
@@ -51,6 +55,7 @@ class GatedStepChannel final : public StageChannel {
     return next_.Open(request, response);
   }
   absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    if (request.reserve_only()) return next_.Step(request, response);
     {
       absl::MutexLock lock(&mutex_);
       held_ = true;
@@ -205,14 +210,15 @@ TEST(StageEngineTest, CountsHowItsHiddenRowsWentToTheNextStage) {
   EXPECT_EQ(CounterValue(registry, "deltaserve_stage_hidden_handoffs_total", "path", "nccl"), 0);
 }
 
-// Answers Open and Close; fails every Step as a stage whose device memory ran out before it
-// changed any state.
+// Answers Open, Close and page reservations; fails every Step as a stage whose device memory ran
+// out before it changed any state.
 class OutOfMemoryStage final : public StageChannel {
  public:
   absl::Status Open(const internal::v1::OpenRequest&, internal::v1::OpenResponse*) override {
     return absl::OkStatus();
   }
-  absl::Status Step(const internal::v1::StepRequest&, internal::v1::StepResponse*) override {
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse*) override {
+    if (request.reserve_only()) return absl::OkStatus();
     absl::Status status = absl::ResourceExhaustedError("device memory ran out (injected)");
     status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
     status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
@@ -238,6 +244,143 @@ TEST(StageEngineTest, ALaterStagesUnchangedStatesDoNotMakeTheStepsUnchanged) {
   EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
   EXPECT_TRUE(StageDeviceMemoryRanOut(status)) << status;
   EXPECT_FALSE(StepStatesUnchanged(status)) << status;
+}
+
+// In front of a later stage: counts the page reservations and the steps that pass, with the rows
+// each reservation asked for its first sequence; while short, refuses reservations as a stage
+// whose pages did not fit.
+class ReservationWatch final : public StageChannel {
+ public:
+  explicit ReservationWatch(StageChannel& next) : next_(next) {}
+  void set_short(bool is_short) { short_ = is_short; }
+  int steps() const { return steps_; }
+  const std::vector<int64_t>& asked() const { return asked_; }
+
+  absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
+    return next_.Open(request, response);
+  }
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    if (!request.reserve_only()) {
+      ++steps_;
+      return next_.Step(request, response);
+    }
+    asked_.push_back(request.sequences_size() > 0 ? request.sequences(0).reserve_rows() : -1);
+    if (!short_) return next_.Step(request, response);
+    absl::Status status = absl::ResourceExhaustedError("device memory ran out reserving pages (injected)");
+    status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
+    status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
+    return status;
+  }
+  absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
+    return next_.Close(request, response);
+  }
+
+ private:
+  StageChannel& next_;
+  bool short_ = false;
+  int steps_ = 0;
+  std::vector<int64_t> asked_;
+};
+
+absl::Status OpenGreedy(StageChannel& stage, uint64_t seq_id) {
+  internal::v1::OpenRequest request;
+  model::SamplingParams greedy;
+  greedy.temperature = 0.0f;
+  AddSequence(request, seq_id, greedy);
+  internal::v1::OpenResponse response;
+  return stage.Open(request, &response);
+}
+
+// The token a stage samples for a one-sequence step, or -1.
+int32_t Sampled(StageChannel& stage, const internal::v1::StepRequest& request) {
+  internal::v1::StepResponse response;
+  const absl::Status status = stage.Step(request, &response);
+  EXPECT_TRUE(status.ok()) << status;
+  return status.ok() && response.sampled_size() == 1 ? response.sampled(0).token_id() : -1;
+}
+
+// A later stage whose pages for a step do not fit refuses the first stage's reservation before the
+// first stage runs the step: every state stays as it was, so the router may run the step's other
+// sequences again as they are. Sent again once there is room, the step samples what a pipeline
+// that never ran short samples.
+TEST(StageEngineTest, ALaterStagesPageShortageLeavesEveryStateAsItWas) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto [first, last] = Halves(backend);
+  auto [plain_first, plain_last] = Halves(backend);
+  ASSERT_TRUE(first && last && plain_first && plain_last);
+  StageEngine last_stage(*last, nullptr, nullptr);
+  ReservationWatch watch(last_stage);
+  StageEngine first_stage(*first, nullptr, &watch);
+  StageEngine plain_last_stage(*plain_last, nullptr, nullptr);
+  StageEngine plain_first_stage(*plain_first, nullptr, &plain_last_stage);
+  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
+  ASSERT_TRUE(OpenGreedy(plain_first_stage, 1).ok());
+
+  watch.set_short(true);
+  internal::v1::StepResponse refused;
+  const absl::Status status = first_stage.Step(StepOf(1, {5, 6, 7}), &refused);
+  EXPECT_EQ(status.code(), absl::StatusCode::kResourceExhausted) << status;
+  EXPECT_TRUE(StageDeviceMemoryRanOut(status)) << status;
+  EXPECT_TRUE(StepStatesUnchanged(status)) << status;
+  EXPECT_EQ(watch.steps(), 0);
+
+  watch.set_short(false);
+  int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
+  ASSERT_EQ(token, Sampled(plain_first_stage, StepOf(1, {5, 6, 7})));
+  for (int step = 0; step < 3; ++step) {
+    const int32_t next = Sampled(first_stage, StepOf(1, {token}));
+    ASSERT_EQ(next, Sampled(plain_first_stage, StepOf(1, {token}))) << "step " << step;
+    token = next;
+  }
+}
+
+// A first stage asks its later stages for a page of rows past each step's (default pages: 256
+// rows), so decode steps ask once a page, not once a step.
+TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto [first, last] = Halves(backend);
+  ASSERT_TRUE(first && last);
+  StageEngine last_stage(*last, nullptr, nullptr);
+  ReservationWatch watch(last_stage);
+  StageEngine first_stage(*first, nullptr, &watch);
+  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
+  int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
+  EXPECT_EQ(watch.asked(), std::vector<int64_t>{3 + model::kDefaultLatentPageRows});
+  for (int step = 0; step < 300; ++step) token = Sampled(first_stage, StepOf(1, {token}));
+  // The second when the history (3 + 256 rows) filled what the first asked for.
+  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3 + model::kDefaultLatentPageRows, 1 + model::kDefaultLatentPageRows}));
+  EXPECT_EQ(watch.steps(), 301);
+}
+
+// A page reservation a stage cannot honour is refused with INVALID_ARGUMENT, and the stage
+// serves on.
+TEST(StageEngineTest, AReservationItCannotHonourIsRefusedAndTheStageServesOn) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto model = model::KimiLinearModel::Load(kFixture, backend);
+  ASSERT_TRUE(model.ok()) << model.status();
+  StageEngine stage(**model, nullptr, nullptr);
+  ASSERT_TRUE(OpenGreedy(stage, 1).ok());
+  const auto reservation = [](uint64_t seq_id, int64_t rows) {
+    internal::v1::StepRequest request;
+    request.set_reserve_only(true);
+    internal::v1::StepSequence* seq = request.add_sequences();
+    seq->set_seq_id(seq_id);
+    seq->set_reserve_rows(rows);
+    return request;
+  };
+  internal::v1::StepResponse response;
+  EXPECT_EQ(stage.Step(reservation(9, 10), &response).code(), absl::StatusCode::kInvalidArgument) << "not open";
+  EXPECT_EQ(stage.Step(reservation(1, -1), &response).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(stage.Step(reservation(1, (*model)->max_context() + 1), &response).code(),
+            absl::StatusCode::kInvalidArgument);
+  internal::v1::StepRequest with_tokens = reservation(1, 10);
+  with_tokens.mutable_sequences(0)->add_token_ids(5);
+  EXPECT_EQ(stage.Step(with_tokens, &response).code(), absl::StatusCode::kInvalidArgument);
+  internal::v1::StepRequest with_rows = reservation(1, 10);
+  with_rows.set_hidden(std::string(16, '\0'));
+  EXPECT_EQ(stage.Step(with_rows, &response).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(stage.Step(reservation(1, 1000), &response).ok());
+  EXPECT_GE(Sampled(stage, StepOf(1, {5, 6, 7})), 0);
 }
 
 }  // namespace
