@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "base/status_macros.h"
@@ -208,7 +209,12 @@ absl::Status StageEngine::Reserve(const internal::v1::StepRequest& request, inte
       states.push_back(it->second.state.get());
       rows.push_back(seq.reserve_rows());
     }
-    DS_RETURN_IF_ERROR(ForRouter(model_.ReserveLatentPages(states, rows)));
+    const absl::Status reserved = ForRouter(model_.ReserveLatentPages(states, rows));
+    if (!reserved.ok()) {  // named: the router's warning then says which stage ran short
+      absl::Status named(reserved.code(), absl::StrCat("stage ", PartName(), ": ", reserved.message()));
+      reserved.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) { named.SetPayload(url, payload); });
+      return named;
+    }
   }
   return next_ == nullptr ? absl::OkStatus() : next_->Step(request, response);
 }

@@ -2,7 +2,8 @@
 """`deltaserve serve --device cuda` under device-memory caps, as a client sees it.
 
 Starts the server once without a cap and once per --cap (GiB), sends the same concurrent greedy
-requests to each, and prints one JSON line per run: requests that finished with all their tokens
+requests to each, and prints one JSON line per run. With --split L the server is a router in front
+of two stage workers (layers 0..L-1 and L..; each capped) instead of `serve`: requests that finished with all their tokens
 and that failed (the first error), the preemptions by cause and the running cap (from /metrics),
 and the wall time. (Greedy tokens are not compared between runs: on random weights the batches'
 different make-up from run to run already moves bf16 logits across near ties.) Run on a GPU host
@@ -20,6 +21,7 @@ import urllib.request
 
 PORT = 50091
 METRICS_PORT = 50092
+STAGE_PORTS = (50093, 50094)
 
 
 def wait_serving(deltaserve, server):
@@ -47,18 +49,37 @@ def metrics():
     return found
 
 
+def start_stages(args, cap, log):
+    """The two stage workers of --split, the later one first; their processes."""
+    stages = []
+    for layers, listen, nxt in [(f"{args.split}-{args.last_layer}", STAGE_PORTS[1], None),
+                                (f"0-{args.split - 1}", STAGE_PORTS[0], STAGE_PORTS[1])]:
+        command = [args.deltaserve, "worker", "--role", "stage", "--layers", layers, "--model", args.model,
+                   "--device", "cuda", "--listen", f"127.0.0.1:{listen}",
+                   "--log-level", "warn" if args.log_dir else "error"]
+        if nxt:
+            command += ["--next", f"127.0.0.1:{nxt}"]
+        if cap:
+            command += ["--device-memory-gib", str(cap)]
+        stages.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True))
+    return stages
+
+
 def run(args, cap):
-    command = [args.deltaserve, "serve", "--model", args.model, "--device", "cuda",
-               "--listen", f"127.0.0.1:{PORT}", "--metrics-listen", f"127.0.0.1:{METRICS_PORT}",
-               "--max-running", str(args.requests), "--log-level", "warn" if args.log_dir else "error"]
-    if cap:
-        command += ["--device-memory-gib", str(cap)]
-    log = open(f"{args.log_dir}/serve-{cap or 'uncapped'}.log", "w") if args.log_dir else subprocess.PIPE
+    log = open(f"{args.log_dir}/serve-{cap or 'uncapped'}.log", "w") if args.log_dir else subprocess.DEVNULL
+    stages = start_stages(args, cap, log) if args.split else []
+    if args.split:
+        command = [args.deltaserve, "router", "--model", args.model, "--first-stage", f"127.0.0.1:{STAGE_PORTS[0]}"]
+    else:
+        command = [args.deltaserve, "serve", "--model", args.model, "--device", "cuda"]
+        if cap:
+            command += ["--device-memory-gib", str(cap)]
+    command += ["--listen", f"127.0.0.1:{PORT}", "--metrics-listen", f"127.0.0.1:{METRICS_PORT}",
+                "--max-running", str(args.requests), "--log-level", "warn" if args.log_dir else "error"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         if not wait_serving(args.deltaserve, server):
-            server.kill()
-            return {"cap_gib": cap, "started": False, "stderr": (server.communicate()[1] or "")[-400:]}
+            return {"cap_gib": cap, "started": False}
         start = time.time()
         clients = []
         for i in range(args.requests):
@@ -81,8 +102,9 @@ def run(args, cap):
             summary["first_error"] = errors[0]
         return summary
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        for process in [server] + stages:
+            process.terminate()
+            process.wait(timeout=60)
         if args.log_dir:
             log.close()
 
@@ -96,6 +118,8 @@ def main():
     parser.add_argument("--prompt-tokens", type=int, default=1000)
     parser.add_argument("--new-tokens", type=int, default=1000)
     parser.add_argument("--log-dir", help="keep each server's warnings (preemptions and why) here")
+    parser.add_argument("--split", type=int, help="two stage workers, the second from this layer")
+    parser.add_argument("--last-layer", type=int, default=7, help="with --split: the model's last layer")
     args = parser.parse_args()
 
     for cap in [None] + args.cap:

@@ -348,7 +348,8 @@ TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
   EXPECT_EQ(watch.asked(), std::vector<int64_t>{3 + model::kDefaultLatentPageRows});
   for (int step = 0; step < 300; ++step) token = Sampled(first_stage, StepOf(1, {token}));
   // The second when the history (3 + 256 rows) filled what the first asked for.
-  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3 + model::kDefaultLatentPageRows, 1 + model::kDefaultLatentPageRows}));
+  constexpr int64_t kPage = model::kDefaultLatentPageRows;
+  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3 + kPage, 1 + kPage}));
   EXPECT_EQ(watch.steps(), 301);
 }
 
@@ -380,6 +381,7 @@ TEST(StageEngineTest, AReservationItCannotHonourIsRefusedAndTheStageServesOn) {
   with_rows.set_hidden(std::string(16, '\0'));
   EXPECT_EQ(stage.Step(with_rows, &response).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(stage.Step(reservation(1, 1000), &response).ok());
+  EXPECT_EQ(response.sampled_size(), 0);
   EXPECT_GE(Sampled(stage, StepOf(1, {5, 6, 7})), 0);
 }
 
