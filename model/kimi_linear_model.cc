@@ -423,14 +423,33 @@ absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> se
 }
 
 absl::Status KimiLinearModel::ReserveLatentPages(std::span<SequenceState* const> states,
-                                                 std::span<const int64_t> rows) const {
+                                                 std::span<const int64_t> rows, int64_t ahead) const {
   DS_CHECK(states.size() == rows.size());
   std::vector<StepSequence> seqs(states.size());
   for (size_t i = 0; i < states.size(); ++i) {
     seqs[i].state = states[i];
     seqs[i].rows.length = rows[i];
   }
-  return ReserveLatentRows(seqs);
+  DS_RETURN_IF_ERROR(ReserveLatentRows(seqs));
+  bool short_of_pages = ahead <= 0;
+  for (int64_t layer = layer_begin(); layer < layer_end() && !short_of_pages; ++layer) {
+    if (config().IsKda(layer)) continue;
+    for (size_t i = 0; i < states.size() && !short_of_pages; ++i) {
+      states[i]->ReserveLatent(layer, rows[i] + ahead, /*leave_step_room=*/true);
+      const MlaLayerState& cache = states[i]->mla(layer);
+      short_of_pages = cache.capacity() < cache.num_cached + rows[i] + ahead;
+    }
+  }
+  (void)TakeDeviceFailure("reserving latent cache pages ahead");  // what did not fit is left out
+  return absl::OkStatus();
+}
+
+int64_t KimiLinearModel::LatentRowsHeld(const SequenceState& state) const {
+  int64_t held = std::numeric_limits<int64_t>::max();
+  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
+    if (!config().IsKda(layer)) held = std::min(held, state.mla(layer).capacity());
+  }
+  return held;
 }
 
 std::vector<int64_t> KimiLinearModel::CachedLatentRows(std::span<const StepSequence> seqs) const {

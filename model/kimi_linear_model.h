@@ -119,10 +119,15 @@ class KimiLinearModel {
                             const StageDeviceRows* device_rows = nullptr);
 
   // Allocates the latent cache pages that rows[i] rows past the cached ones of states[i] need,
-  // changing nothing else: a pipeline's later stages, asked ahead of a step by the first
-  // (services/worker/stage_engine.h). Where device memory runs out: RESOURCE_EXHAUSTED with
+  // and where memory allows (leaving the steps' room) those of `ahead` rows more, changing
+  // nothing else: a pipeline's later stages, asked ahead of a step by the first
+  // (services/worker/stage_engine.h). Where the rows do not fit: RESOURCE_EXHAUSTED with
   // kStatesUnchangedPayload. The states must be this model's.
-  absl::Status ReserveLatentPages(std::span<SequenceState* const> states, std::span<const int64_t> rows) const;
+  absl::Status ReserveLatentPages(std::span<SequenceState* const> states, std::span<const int64_t> rows,
+                                  int64_t ahead) const;
+  // The rows (cached ones included) that every MLA layer's latent cache pages of `state` hold;
+  // the largest int64 for a model without MLA layers.
+  int64_t LatentRowsHeld(const SequenceState& state) const;
 
   // ModelOptions::step_graphs, switched between steps (benchmarks compare both in one process).
   void set_step_graphs(bool enabled) { step_graphs_ = enabled; }

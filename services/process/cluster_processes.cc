@@ -290,6 +290,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   }
 
   std::shared_ptr<GrpcStageChannel> next;
+  bool later_stages_take_reservations = true;
   if (!config.next_stage.empty()) {
     auto channel = InternalChannel(config.next_stage);
     DS_RETURN_IF_ERROR(WaitForPeer(channel, absl::StrCat("next stage ", config.next_stage), wait));
@@ -302,6 +303,12 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
           " of model ", fingerprint));
     }
     keep.push_back(next);
+    later_stages_take_reservations = d.takes_page_reservations;
+    if (!later_stages_take_reservations) {
+      spdlog::warn("next stage {} takes no page reservations (an earlier build): a later stage's page shortage "
+                   "sends a step's every sequence back to the queue",
+                   config.next_stage);
+    }
   } else if (!model->is_last_stage()) {
     return absl::InvalidArgumentError(absl::StrCat("layers end at ", config.layer_end - 1, " of ",
                                                    model_config.num_layers,
@@ -350,14 +357,16 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
     stage_metrics = std::move(created);
     keep.push_back(stage_metrics);
   }
-  auto engine = std::make_shared<StageEngine>(*model, store.get(), next.get(),
-                                              StageEngineOptions{config.max_open_sequences}, nccl_input.get(),
+  const StageEngineOptions engine_options{.max_open_sequences = config.max_open_sequences,
+                                         .reserve_on_later_stages = later_stages_take_reservations};
+  auto engine = std::make_shared<StageEngine>(*model, store.get(), next.get(), engine_options, nccl_input.get(),
                                               nccl_outputs, stage_metrics.get());
   keep.push_back(engine);
   WorkerDescription description;
   description.model_fingerprint = fingerprint;
   description.layer_begin = config.layer_begin;
   description.layer_end = config.layer_end;
+  description.takes_page_reservations = later_stages_take_reservations;
   StageWorkerService::ConnectNcclHandler connect_nccl;
   if (nccl_input != nullptr) {
     connect_nccl = [input = nccl_input.get()](const internal::v1::ConnectNcclRequest& request,

@@ -28,10 +28,12 @@ void Fill(const WorkerDescription& d, internal::v1::DescribeResponse* response) 
   response->set_layer_end(d.layer_end);
   response->set_expert_begin(d.expert_begin);
   response->set_expert_end(d.expert_end);
+  response->set_takes_page_reservations(d.takes_page_reservations);
 }
 
 WorkerDescription FromResponse(const internal::v1::DescribeResponse& r) {
-  return {r.model_fingerprint(), r.layer_begin(), r.layer_end(), r.expert_begin(), r.expert_end()};
+  return {r.model_fingerprint(), r.layer_begin(), r.layer_end(), r.expert_begin(), r.expert_end(),
+          r.takes_page_reservations()};
 }
 
 }  // namespace

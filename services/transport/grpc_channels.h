@@ -24,6 +24,7 @@ struct WorkerDescription {
   int64_t layer_end = 0;
   int64_t expert_begin = 0;
   int64_t expert_end = 0;
+  bool takes_page_reservations = false;  // DescribeResponse's
 };
 
 class GrpcStageChannel final : public StageChannel, public NcclPeer {

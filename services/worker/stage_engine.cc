@@ -157,7 +157,9 @@ absl::Status StageEngine::Open(const internal::v1::OpenRequest& request,
 absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
                                internal::v1::StepResponse* response) {
   if (request.reserve_only()) return Reserve(request, response);
-  if (model_.is_first_stage() && next_ != nullptr) DS_RETURN_IF_ERROR(ReserveOnLaterStages(request));
+  if (model_.is_first_stage() && next_ != nullptr && options_.reserve_on_later_stages) {
+    DS_RETURN_IF_ERROR(ReserveOnLaterStages(request));
+  }
   const int64_t hidden_size = model_.config().hidden_size;
   // Rows announced over NCCL are received before the engine's lock: links are taken in the order
   // input, engine, output.
@@ -184,10 +186,18 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   return status;
 }
 
+// The most rows past a step's that a reservation may ask pages for where memory allows.
+constexpr int64_t kMaxRowsAhead = 16 * model::kDefaultLatentPageRows;
+
 absl::Status StageEngine::Reserve(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) {
   if (!request.hidden().empty() || request.hidden_link() != 0) {
     return absl::InvalidArgumentError("a page reservation carries no hidden rows");
   }
+  if (request.reserve_ahead_rows() < 0 || request.reserve_ahead_rows() > kMaxRowsAhead) {
+    return absl::InvalidArgumentError(absl::StrCat("a page reservation asks for ", request.reserve_ahead_rows(),
+                                                   " rows ahead; at most ", kMaxRowsAhead));
+  }
+  std::vector<int64_t> held;
   {
     absl::MutexLock lock(&mutex_);
     std::vector<model::SequenceState*> states;
@@ -209,46 +219,77 @@ absl::Status StageEngine::Reserve(const internal::v1::StepRequest& request, inte
       states.push_back(it->second.state.get());
       rows.push_back(seq.reserve_rows());
     }
-    const absl::Status reserved = ForRouter(model_.ReserveLatentPages(states, rows));
+    const absl::Status reserved =
+        ForRouter(model_.ReserveLatentPages(states, rows, request.reserve_ahead_rows()));
     if (!reserved.ok()) {  // named: the router's warning then says which stage ran short
       absl::Status named(reserved.code(), absl::StrCat("stage ", PartName(), ": ", reserved.message()));
-      reserved.ForEachPayload([&](absl::string_view url, const absl::Cord& payload) { named.SetPayload(url, payload); });
+      reserved.ForEachPayload(
+          [&](absl::string_view url, const absl::Cord& payload) { named.SetPayload(url, payload); });
       return named;
     }
+    for (const model::SequenceState* state : states) held.push_back(model_.LatentRowsHeld(*state));
   }
-  return next_ == nullptr ? absl::OkStatus() : next_->Step(request, response);
+  if (next_ != nullptr) {
+    internal::v1::StepResponse later;
+    DS_RETURN_IF_ERROR(next_->Step(request, &later));
+    if (later.reserved_rows_size() != static_cast<int>(held.size())) {
+      return absl::InternalError("the next stage answered a page reservation without its rows");
+    }
+    for (size_t i = 0; i < held.size(); ++i) held[i] = std::min(held[i], later.reserved_rows(static_cast<int>(i)));
+  }
+  response->mutable_reserved_rows()->Assign(held.begin(), held.end());
+  return absl::OkStatus();
 }
 
-// Each reservation asks for this many rows past the step's, so that decode steps ask once a
-// page, not once a step.
+// Each reservation asks, where memory allows, for this many rows past the step's, so that decode
+// steps ask about once a page, not once a step.
 constexpr int64_t kLaterStagesRowsAhead = model::kDefaultLatentPageRows;
 
 absl::Status StageEngine::ReserveOnLaterStages(const internal::v1::StepRequest& step) {
   internal::v1::StepRequest reservation;
   reservation.set_reserve_only(true);
-  std::vector<int64_t> reach;
+  reservation.set_reserve_ahead_rows(kLaterStagesRowsAhead);
+  std::vector<const model::SequenceState*> states;
   {
     absl::MutexLock lock(&mutex_);
     bool needed = false;
     for (const internal::v1::StepSequence& seq : step.sequences()) {
       const auto it = sequences_.find(seq.seq_id());
-      if (it == sequences_.end()) return absl::OkStatus();  // the step refuses it
-      const int64_t cached = it->second.state->num_tokens(), rows = seq.token_ids_size();
-      needed = needed || cached + rows > it->second.later_stages_rows;
-      // Past the model's context only where the step is too (which the step then refuses).
-      reach.push_back(std::max(cached + rows, std::min(model_.max_context(), cached + rows + kLaterStagesRowsAhead)));
+      const int64_t rows = seq.token_ids_size();
+      // The step itself refuses a sequence that is not open or would pass the model's context.
+      if (it == sequences_.end() || rows > model_.max_context() - it->second.state->num_tokens()) {
+        return absl::OkStatus();
+      }
+      needed = needed || it->second.state->num_tokens() + rows > it->second.later_stages_rows;
+      states.push_back(it->second.state.get());
       internal::v1::StepSequence* asked = reservation.add_sequences();
       asked->set_seq_id(seq.seq_id());
-      asked->set_reserve_rows(reach.back() - cached);
+      asked->set_reserve_rows(rows);
     }
     if (!needed) return absl::OkStatus();
   }
-  internal::v1::StepResponse ignored;
-  DS_RETURN_IF_ERROR(next_->Step(reservation, &ignored));
+  internal::v1::StepResponse answer;
+  const absl::Status status = next_->Step(reservation, &answer);
+  if (status.code() == absl::StatusCode::kInvalidArgument) {
+    // A later stage of an earlier build reads a reservation as a step without tokens; a stage
+    // that refuses it for another reason refuses the step too. Either way the step goes on.
+    if (!reservation_refused_.exchange(true)) {
+      spdlog::warn("a later stage refused a page reservation ({}); steps that need one go on without it",
+                   status.ToString());
+    }
+    return absl::OkStatus();
+  }
+  DS_RETURN_IF_ERROR(status);
+  if (answer.reserved_rows_size() != reservation.sequences_size()) {
+    return absl::InternalError("the next stage answered a page reservation without its rows");
+  }
   absl::MutexLock lock(&mutex_);
   for (int i = 0; i < reservation.sequences_size(); ++i) {
     const auto it = sequences_.find(reservation.sequences(i).seq_id());
-    if (it != sequences_.end()) it->second.later_stages_rows = std::max(it->second.later_stages_rows, reach[i]);
+    // The same state still: not closed and opened again while the lock was free.
+    if (it != sequences_.end() && it->second.state.get() == states[static_cast<size_t>(i)]) {
+      it->second.later_stages_rows = answer.reserved_rows(i);
+    }
   }
   return absl::OkStatus();
 }

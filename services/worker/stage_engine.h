@@ -3,6 +3,7 @@
 // the router (or the previous stage) calls it in process or through the gRPC service.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -24,6 +25,8 @@ namespace deltaserve::services {
 
 struct StageEngineOptions {
   int64_t max_open_sequences = 1024;
+  // A first stage: whether its later stages take page reservations (StepRequest.reserve_only).
+  bool reserve_on_later_stages = true;
 };
 
 class StageEngine final : public StageChannel {
@@ -52,7 +55,8 @@ class StageEngine final : public StageChannel {
   struct Sequence {
     std::unique_ptr<model::SequenceState> state;
     std::unique_ptr<model::SequenceSampler> sampler;  // last stage only
-    // A first stage's count of the rows the later stages hold latent pages for.
+    // A first stage's count of the rows (cached ones included) that the later stages' latent cache
+    // pages hold for the sequence, as their last reservation answered.
     int64_t later_stages_rows = 0;
   };
 
@@ -84,6 +88,7 @@ class StageEngine final : public StageChannel {
   LinkPathMetrics* metrics_;
   mutable absl::Mutex mutex_;
   std::map<uint64_t, Sequence> sequences_ ABSL_GUARDED_BY(mutex_);
+  std::atomic<bool> reservation_refused_{false};  // logged once
 };
 
 }  // namespace deltaserve::services

@@ -118,8 +118,9 @@ TEST_F(ModelTest, ContinuingFromStateEqualsOnePass) {
   EXPECT_EQ(state->tokens(), tokens);
 }
 
-// Pages reserved ahead (a pipeline's later stages, asked by the first) hold the rows asked for
-// and change nothing else: the state's next steps give the logits a fresh state gives.
+// Pages reserved ahead (a pipeline's later stages, asked by the first) hold the rows asked for,
+// and the rows ahead where memory allows, and change nothing else: the state's next steps give
+// the logits a fresh state gives.
 TEST_F(ModelTest, ReservedLatentPagesHoldTheRowsAndChangeNothingElse) {
   const std::vector<int32_t> tokens = RandomTokens(20, 9, vocab_);
   std::unique_ptr<SequenceState> fresh = model_->NewState();
@@ -128,7 +129,7 @@ TEST_F(ModelTest, ReservedLatentPagesHoldTheRowsAndChangeNothingElse) {
   std::unique_ptr<SequenceState> reserved = model_->NewState();
   SequenceState* const states[] = {reserved.get()};
   const int64_t rows[] = {300};
-  ASSERT_TRUE(model_->ReserveLatentPages(states, rows).ok());
+  ASSERT_TRUE(model_->ReserveLatentPages(states, rows, /*ahead=*/0).ok());
   int64_t mla_layers = 0;
   for (int64_t layer = 0; layer < model_->config().num_layers; ++layer) {
     if (model_->config().IsKda(layer)) continue;
@@ -137,6 +138,10 @@ TEST_F(ModelTest, ReservedLatentPagesHoldTheRowsAndChangeNothingElse) {
     EXPECT_EQ(reserved->mla(layer).num_cached, 0) << "layer " << layer;
   }
   EXPECT_GT(mla_layers, 0);
+  EXPECT_EQ(model_->LatentRowsHeld(*reserved), 2 * kDefaultLatentPageRows);
+  const int64_t more[] = {400};
+  ASSERT_TRUE(model_->ReserveLatentPages(states, more, /*ahead=*/256).ok());
+  EXPECT_EQ(model_->LatentRowsHeld(*reserved), 3 * kDefaultLatentPageRows);  // 656 rows
   EXPECT_EQ(reserved->num_tokens(), 0);
   EXPECT_EQ(Run(*reserved, tokens), want);
   EXPECT_EQ(model_->SnapshotState(*reserved), model_->SnapshotState(*fresh));

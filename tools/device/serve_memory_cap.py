@@ -2,12 +2,13 @@
 """`deltaserve serve --device cuda` under device-memory caps, as a client sees it.
 
 Starts the server once without a cap and once per --cap (GiB), sends the same concurrent greedy
-requests to each, and prints one JSON line per run. With --split L the server is a router in front
-of two stage workers (layers 0..L-1 and L..; each capped) instead of `serve`: requests that finished with all their tokens
+requests to each, and prints one JSON line per run: requests that finished with all their tokens
 and that failed (the first error), the preemptions by cause and the running cap (from /metrics),
-and the wall time. (Greedy tokens are not compared between runs: on random weights the batches'
-different make-up from run to run already moves bf16 logits across near ties.) Run on a GPU host
-after `source tools/device/device_env.sh` (the bundle's deltaserve and its libraries):
+and the wall time. With --split L the server is a router in front of two stage workers (layers
+0..L-1 and L.., each capped) instead of `serve`. (Greedy tokens are not compared between runs: on
+random weights the batches' different make-up from run to run already moves bf16 logits across
+near ties.) Run on a GPU host after `source tools/device/device_env.sh` (the bundle's deltaserve
+and its libraries):
 
     python3 tools/device/serve_memory_cap.py --cap 0.3 --cap 0.4 --requests 32
 """
@@ -16,6 +17,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -66,7 +68,11 @@ def start_stages(args, cap, log):
 
 
 def run(args, cap):
-    log = open(f"{args.log_dir}/serve-{cap or 'uncapped'}.log", "w") if args.log_dir else subprocess.DEVNULL
+    # The processes' warnings: kept under --log-dir, else read back only if the server does not start.
+    if args.log_dir:
+        log = open(f"{args.log_dir}/serve-{cap or 'uncapped'}.log", "w+")
+    else:
+        log = tempfile.TemporaryFile("w+")
     stages = start_stages(args, cap, log) if args.split else []
     if args.split:
         command = [args.deltaserve, "router", "--model", args.model, "--first-stage", f"127.0.0.1:{STAGE_PORTS[0]}"]
@@ -79,7 +85,8 @@ def run(args, cap):
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         if not wait_serving(args.deltaserve, server):
-            return {"cap_gib": cap, "started": False}
+            log.seek(0)
+            return {"cap_gib": cap, "started": False, "stderr": log.read()[-400:]}
         start = time.time()
         clients = []
         for i in range(args.requests):
@@ -104,9 +111,12 @@ def run(args, cap):
     finally:
         for process in [server] + stages:
             process.terminate()
-            process.wait(timeout=60)
-        if args.log_dir:
-            log.close()
+        for process in [server] + stages:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
 
 
 def main():

@@ -317,9 +317,11 @@ TEST(Preemption, ARequestPreemptedMoreThanMaxPreemptionsEndsAndTheOthersFinish) 
 }
 
 // A later pipeline stage in front of the real one, whose latent pages hold `capacity` rows of the
-// sequences' histories in all. A page reservation (the first stage's, ahead of a step) past that
-// fails as a stage whose pages did not fit, its states unchanged; a step whose rows pass what was
-// reserved for them fails the same way, but after the first stage ran it (`late_failures`).
+// sequences' histories in all. A page reservation (the first stage's, ahead of a step) whose
+// step rows do not fit fails as a stage whose pages did not fit, its states unchanged; the rows
+// ahead it asks for are granted where they fit, and its answer says what is held. A step whose
+// rows pass what was reserved for them fails the same way, but after the first stage ran it
+// (`late_failures`).
 class PagedLaterStage final : public StageChannel {
  public:
   PagedLaterStage(StageChannel& next, int64_t capacity) : next_(next), capacity_(capacity) {}
@@ -339,6 +341,7 @@ class PagedLaterStage final : public StageChannel {
   }
 
   absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    std::vector<int64_t> reserved;
     {
       absl::MutexLock lock(&mutex_);
       if (request.reserve_only()) {
@@ -347,11 +350,16 @@ class PagedLaterStage final : public StageChannel {
           Rows& rows = after[seq.seq_id()];
           rows.reserved = std::max(rows.reserved, rows.tokens + seq.reserve_rows());
         }
-        int64_t total = 0;
-        for (const auto& [id, rows] : after) total += std::max(rows.tokens, rows.reserved);
-        if (total > capacity_) {
+        if (Total(after) > capacity_) {
           ++failed_reservations_;
           return OutOfPages();
+        }
+        for (const internal::v1::StepSequence& seq : request.sequences()) {
+          Rows& rows = after[seq.seq_id()];
+          const int64_t strict = rows.reserved;
+          rows.reserved = std::max(strict, rows.tokens + seq.reserve_rows() + request.reserve_ahead_rows());
+          if (Total(after) > capacity_) rows.reserved = strict;
+          reserved.push_back(rows.reserved);
         }
         held_ = std::move(after);
       } else {
@@ -367,7 +375,12 @@ class PagedLaterStage final : public StageChannel {
         }
       }
     }
-    return next_.Step(request, response);
+    const absl::Status status = next_.Step(request, response);
+    for (size_t i = 0; status.ok() && i < reserved.size(); ++i) {
+      const int index = static_cast<int>(i);
+      response->set_reserved_rows(index, std::min(response->reserved_rows(index), reserved[i]));
+    }
+    return status;
   }
 
   absl::Status Close(const internal::v1::CloseRequest& request, internal::v1::CloseResponse* response) override {
@@ -382,6 +395,11 @@ class PagedLaterStage final : public StageChannel {
   struct Rows {
     int64_t tokens = 0, reserved = 0;
   };
+  static int64_t Total(const std::map<uint64_t, Rows>& held) {
+    int64_t total = 0;
+    for (const auto& [id, rows] : held) total += std::max(rows.tokens, rows.reserved);
+    return total;
+  }
   static absl::Status OutOfPages() {
     absl::Status status = absl::ResourceExhaustedError("test device memory ran out reserving pages");
     status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
@@ -439,8 +457,8 @@ TEST(Preemption, ALaterStagesPageShortagePreemptsBeforeTheStep) {
   const Collected want_next = NextTurn(reference, "unconstrained");
   ASSERT_TRUE(want_next.outcome.status.ok()) << want_next.outcome.status;
 
-  // Each sequence asks for a page (256 rows) past its prompt: three fit, not four.
-  TwoStages short_of_pages(800);
+  // Room for 56 tokens of state: the requests' steps, not the rows they ask for ahead.
+  TwoStages short_of_pages(56);
   ASSERT_NE(short_of_pages.first_stage, nullptr);
   PreemptionCounter preemptions;
   EngineCore engine(FourPlaces(), short_of_pages.router_model(), *short_of_pages.first_stage,

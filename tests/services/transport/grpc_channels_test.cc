@@ -1,5 +1,6 @@
 // A ConnectNccl call through the gRPC channels ends when its ConnectCancel says so, before the
-// call starts or while the worker is joining, and the worker's give-up sees it go.
+// call starts or while the worker is joining, and the worker's give-up sees it go. A stage's
+// description reaches its caller whole.
 #include "services/transport/grpc_channels.h"
 
 #include <grpcpp/create_channel.h>
@@ -33,6 +34,30 @@ class NoStage final : public StageChannel {
     return absl::UnimplementedError("no stage");
   }
 };
+
+// A stage's description reaches its caller whole, including whether it takes page reservations
+// (a first stage asks for them only where its next stage says so).
+TEST(StageDescribeTest, TheDescriptionSaysWhetherTheStageTakesPageReservations) {
+  NoStage stage;
+  for (const bool takes : {false, true}) {
+    WorkerDescription description;
+    description.model_fingerprint = "00ab";
+    description.layer_begin = 2;
+    description.layer_end = 4;
+    description.takes_page_reservations = takes;
+    StageWorkerService service(stage, description);
+    absl::StatusOr<std::unique_ptr<GrpcServer>> server = testing::StartLoopbackServer(&service);
+    ASSERT_TRUE(server.ok()) << server.status();
+    GrpcStageChannel channel(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()),
+                             std::chrono::seconds(5));
+    absl::StatusOr<WorkerDescription> described = channel.Describe();
+    ASSERT_TRUE(described.ok()) << described.status();
+    EXPECT_EQ(described->model_fingerprint, "00ab");
+    EXPECT_EQ(described->layer_begin, 2);
+    EXPECT_EQ(described->layer_end, 4);
+    EXPECT_EQ(described->takes_page_reservations, takes);
+  }
+}
 
 // A stage worker whose ConnectNccl waits, as a join for a peer that never comes would, until its
 // caller gives up.

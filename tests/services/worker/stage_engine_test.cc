@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <future>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -217,8 +218,11 @@ class OutOfMemoryStage final : public StageChannel {
   absl::Status Open(const internal::v1::OpenRequest&, internal::v1::OpenResponse*) override {
     return absl::OkStatus();
   }
-  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse*) override {
-    if (request.reserve_only()) return absl::OkStatus();
+  absl::Status Step(const internal::v1::StepRequest& request, internal::v1::StepResponse* response) override {
+    if (request.reserve_only()) {  // as if its pages held every row
+      for (int i = 0; i < request.sequences_size(); ++i) response->add_reserved_rows(1 << 30);
+      return absl::OkStatus();
+    }
     absl::Status status = absl::ResourceExhaustedError("device memory ran out (injected)");
     status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
     status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
@@ -247,14 +251,17 @@ TEST(StageEngineTest, ALaterStagesUnchangedStatesDoNotMakeTheStepsUnchanged) {
 }
 
 // In front of a later stage: counts the page reservations and the steps that pass, with the rows
-// each reservation asked for its first sequence; while short, refuses reservations as a stage
-// whose pages did not fit.
+// each reservation asked for its first sequence and the rows the answer says its pages hold; while
+// short, refuses reservations as a stage whose pages did not fit.
 class ReservationWatch final : public StageChannel {
  public:
   explicit ReservationWatch(StageChannel& next) : next_(next) {}
   void set_short(bool is_short) { short_ = is_short; }
+  // Refuses reservations as a stage of a build from before them does (a step without tokens).
+  void set_earlier_build(bool earlier) { earlier_build_ = earlier; }
   int steps() const { return steps_; }
   const std::vector<int64_t>& asked() const { return asked_; }
+  const std::vector<int64_t>& held() const { return held_; }
 
   absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
     return next_.Open(request, response);
@@ -265,7 +272,12 @@ class ReservationWatch final : public StageChannel {
       return next_.Step(request, response);
     }
     asked_.push_back(request.sequences_size() > 0 ? request.sequences(0).reserve_rows() : -1);
-    if (!short_) return next_.Step(request, response);
+    if (earlier_build_) return absl::InvalidArgumentError("sequence 0 has no new tokens");
+    if (!short_) {
+      const absl::Status status = next_.Step(request, response);
+      held_.push_back(response->reserved_rows_size() > 0 ? response->reserved_rows(0) : -1);
+      return status;
+    }
     absl::Status status = absl::ResourceExhaustedError("device memory ran out reserving pages (injected)");
     status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
     status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
@@ -277,9 +289,9 @@ class ReservationWatch final : public StageChannel {
 
  private:
   StageChannel& next_;
-  bool short_ = false;
+  bool short_ = false, earlier_build_ = false;
   int steps_ = 0;
-  std::vector<int64_t> asked_;
+  std::vector<int64_t> asked_, held_;
 };
 
 absl::Status OpenGreedy(StageChannel& stage, uint64_t seq_id) {
@@ -334,8 +346,9 @@ TEST(StageEngineTest, ALaterStagesPageShortageLeavesEveryStateAsItWas) {
   }
 }
 
-// A first stage asks its later stages for a page of rows past each step's (default pages: 256
-// rows), so decode steps ask once a page, not once a step.
+// A first stage asks its later stages for a step's rows and, where memory allows, 256 more (a
+// page at the default 256 rows), and asks again once the step passes what their answer held, so
+// decode steps ask about once a page, not once a step.
 TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
   kernels::cpu::CpuBackend backend({.num_threads = 1});
   auto [first, last] = Halves(backend);
@@ -345,12 +358,55 @@ TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
   StageEngine first_stage(*first, nullptr, &watch);
   ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
   int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
-  EXPECT_EQ(watch.asked(), std::vector<int64_t>{3 + model::kDefaultLatentPageRows});
-  for (int step = 0; step < 300; ++step) token = Sampled(first_stage, StepOf(1, {token}));
-  // The second when the history (3 + 256 rows) filled what the first asked for.
   constexpr int64_t kPage = model::kDefaultLatentPageRows;
-  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3 + kPage, 1 + kPage}));
-  EXPECT_EQ(watch.steps(), 301);
+  // 3 rows and 256 ahead fill two pages.
+  EXPECT_EQ(watch.asked(), std::vector<int64_t>{3});
+  EXPECT_EQ(watch.held(), std::vector<int64_t>{2 * kPage});
+  for (int step = 0; step < 600; ++step) token = Sampled(first_stage, StepOf(1, {token}));
+  // Asked again by the step past those 512 rows (the 510th decode step), which then held four.
+  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(watch.held(), (std::vector<int64_t>{2 * kPage, 4 * kPage}));
+  EXPECT_EQ(watch.steps(), 601);
+}
+
+// A first stage whose later stages take no reservations (an earlier build, as their description
+// said) asks for none and runs its steps as before.
+TEST(StageEngineTest, AFirstStageAsksNoReservationsOfLaterStagesThatTakeNone) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto [first, last] = Halves(backend);
+  ASSERT_TRUE(first && last);
+  StageEngine last_stage(*last, nullptr, nullptr);
+  ReservationWatch watch(last_stage);
+  StageEngine first_stage(*first, nullptr, &watch, StageEngineOptions{.reserve_on_later_stages = false});
+  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
+  const int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
+  EXPECT_GE(Sampled(first_stage, StepOf(1, {token})), 0);
+  EXPECT_TRUE(watch.asked().empty());
+  EXPECT_EQ(watch.steps(), 2);
+}
+
+// A later stage that refuses a reservation as a build from before them does (or for a reason of
+// its own, which its step then gives too) leaves the first stage's step to go on without one.
+TEST(StageEngineTest, AStepGoesOnWhereALaterStageRefusesItsReservation) {
+  kernels::cpu::CpuBackend backend({.num_threads = 1});
+  auto [first, last] = Halves(backend);
+  auto [plain_first, plain_last] = Halves(backend);
+  ASSERT_TRUE(first && last && plain_first && plain_last);
+  StageEngine last_stage(*last, nullptr, nullptr);
+  ReservationWatch watch(last_stage);
+  watch.set_earlier_build(true);
+  StageEngine first_stage(*first, nullptr, &watch);
+  StageEngine plain_last_stage(*plain_last, nullptr, nullptr);
+  StageEngine plain_first_stage(*plain_first, nullptr, &plain_last_stage,
+                                StageEngineOptions{.reserve_on_later_stages = false});
+  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
+  ASSERT_TRUE(OpenGreedy(plain_first_stage, 1).ok());
+  int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
+  ASSERT_EQ(token, Sampled(plain_first_stage, StepOf(1, {5, 6, 7})));
+  const int32_t next = Sampled(first_stage, StepOf(1, {token}));
+  EXPECT_EQ(next, Sampled(plain_first_stage, StepOf(1, {token})));
+  EXPECT_EQ(watch.asked().size(), 2u) << "asked again: nothing was held";
+  EXPECT_EQ(watch.steps(), 2);
 }
 
 // A page reservation a stage cannot honour is refused with INVALID_ARGUMENT, and the stage
@@ -372,8 +428,12 @@ TEST(StageEngineTest, AReservationItCannotHonourIsRefusedAndTheStageServesOn) {
   internal::v1::StepResponse response;
   EXPECT_EQ(stage.Step(reservation(9, 10), &response).code(), absl::StatusCode::kInvalidArgument) << "not open";
   EXPECT_EQ(stage.Step(reservation(1, -1), &response).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_LT((*model)->max_context(), std::numeric_limits<int64_t>::max());
   EXPECT_EQ(stage.Step(reservation(1, (*model)->max_context() + 1), &response).code(),
             absl::StatusCode::kInvalidArgument);
+  internal::v1::StepRequest far_ahead = reservation(1, 10);
+  far_ahead.set_reserve_ahead_rows(1 << 20);
+  EXPECT_EQ(stage.Step(far_ahead, &response).code(), absl::StatusCode::kInvalidArgument);
   internal::v1::StepRequest with_tokens = reservation(1, 10);
   with_tokens.mutable_sequences(0)->add_token_ids(5);
   EXPECT_EQ(stage.Step(with_tokens, &response).code(), absl::StatusCode::kInvalidArgument);
@@ -382,6 +442,8 @@ TEST(StageEngineTest, AReservationItCannotHonourIsRefusedAndTheStageServesOn) {
   EXPECT_EQ(stage.Step(with_rows, &response).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(stage.Step(reservation(1, 1000), &response).ok());
   EXPECT_EQ(response.sampled_size(), 0);
+  ASSERT_EQ(response.reserved_rows_size(), 1);
+  EXPECT_EQ(response.reserved_rows(0), 4 * model::kDefaultLatentPageRows);
   EXPECT_GE(Sampled(stage, StepOf(1, {5, 6, 7})), 0);
 }
 
