@@ -10,6 +10,7 @@
 #include <future>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -311,22 +312,36 @@ int32_t Sampled(StageChannel& stage, const internal::v1::StepRequest& request) {
   return status.ok() && response.sampled_size() == 1 ? response.sampled(0).token_id() : -1;
 }
 
+// The fixture's halves as two stages, a ReservationWatch between them; the first stage opened
+// sequence 1 (greedy).
+struct WatchedPipeline {
+  explicit WatchedPipeline(StageEngineOptions options = {}) {
+    std::tie(first, last) = Halves(backend);
+    if (!first || !last) return;
+    last_stage = std::make_unique<StageEngine>(*last, nullptr, nullptr);
+    watch = std::make_unique<ReservationWatch>(*last_stage);
+    first_stage = std::make_unique<StageEngine>(*first, nullptr, watch.get(), options);
+    opened = OpenGreedy(*first_stage, 1);
+  }
+  bool ok() const { return first_stage != nullptr && opened.ok(); }
+
+  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  std::unique_ptr<model::KimiLinearModel> first, last;
+  std::unique_ptr<StageEngine> last_stage;
+  std::unique_ptr<ReservationWatch> watch;
+  std::unique_ptr<StageEngine> first_stage;
+  absl::Status opened;
+};
+
 // A later stage whose pages for a step do not fit refuses the first stage's reservation before the
 // first stage runs the step: every state stays as it was, so the router may run the step's other
 // sequences again as they are. Sent again once there is room, the step samples what a pipeline
 // that never ran short samples.
 TEST(StageEngineTest, ALaterStagesPageShortageLeavesEveryStateAsItWas) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto [first, last] = Halves(backend);
-  auto [plain_first, plain_last] = Halves(backend);
-  ASSERT_TRUE(first && last && plain_first && plain_last);
-  StageEngine last_stage(*last, nullptr, nullptr);
-  ReservationWatch watch(last_stage);
-  StageEngine first_stage(*first, nullptr, &watch);
-  StageEngine plain_last_stage(*plain_last, nullptr, nullptr);
-  StageEngine plain_first_stage(*plain_first, nullptr, &plain_last_stage);
-  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
-  ASSERT_TRUE(OpenGreedy(plain_first_stage, 1).ok());
+  WatchedPipeline pipeline, plain;
+  ASSERT_TRUE(pipeline.ok() && plain.ok());
+  StageEngine& first_stage = *pipeline.first_stage;
+  ReservationWatch& watch = *pipeline.watch;
 
   watch.set_short(true);
   internal::v1::StepResponse refused;
@@ -338,10 +353,10 @@ TEST(StageEngineTest, ALaterStagesPageShortageLeavesEveryStateAsItWas) {
 
   watch.set_short(false);
   int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
-  ASSERT_EQ(token, Sampled(plain_first_stage, StepOf(1, {5, 6, 7})));
+  ASSERT_EQ(token, Sampled(*plain.first_stage, StepOf(1, {5, 6, 7})));
   for (int step = 0; step < 3; ++step) {
     const int32_t next = Sampled(first_stage, StepOf(1, {token}));
-    ASSERT_EQ(next, Sampled(plain_first_stage, StepOf(1, {token}))) << "step " << step;
+    ASSERT_EQ(next, Sampled(*plain.first_stage, StepOf(1, {token}))) << "step " << step;
     token = next;
   }
 }
@@ -350,13 +365,10 @@ TEST(StageEngineTest, ALaterStagesPageShortageLeavesEveryStateAsItWas) {
 // page at the default 256 rows), and asks again once the step passes what their answer held, so
 // decode steps ask about once a page, not once a step.
 TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto [first, last] = Halves(backend);
-  ASSERT_TRUE(first && last);
-  StageEngine last_stage(*last, nullptr, nullptr);
-  ReservationWatch watch(last_stage);
-  StageEngine first_stage(*first, nullptr, &watch);
-  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
+  WatchedPipeline pipeline;
+  ASSERT_TRUE(pipeline.ok());
+  StageEngine& first_stage = *pipeline.first_stage;
+  const ReservationWatch& watch = *pipeline.watch;
   int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
   constexpr int64_t kPage = model::kDefaultLatentPageRows;
   // 3 rows and 256 ahead fill two pages.
@@ -372,41 +384,25 @@ TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
 // A first stage whose later stages take no reservations (an earlier build, as their description
 // said) asks for none and runs its steps as before.
 TEST(StageEngineTest, AFirstStageAsksNoReservationsOfLaterStagesThatTakeNone) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto [first, last] = Halves(backend);
-  ASSERT_TRUE(first && last);
-  StageEngine last_stage(*last, nullptr, nullptr);
-  ReservationWatch watch(last_stage);
-  StageEngine first_stage(*first, nullptr, &watch, StageEngineOptions{.reserve_on_later_stages = false});
-  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
-  const int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
-  EXPECT_GE(Sampled(first_stage, StepOf(1, {token})), 0);
-  EXPECT_TRUE(watch.asked().empty());
-  EXPECT_EQ(watch.steps(), 2);
+  WatchedPipeline pipeline(StageEngineOptions{.reserve_on_later_stages = false});
+  ASSERT_TRUE(pipeline.ok());
+  const int32_t token = Sampled(*pipeline.first_stage, StepOf(1, {5, 6, 7}));
+  EXPECT_GE(Sampled(*pipeline.first_stage, StepOf(1, {token})), 0);
+  EXPECT_TRUE(pipeline.watch->asked().empty());
+  EXPECT_EQ(pipeline.watch->steps(), 2);
 }
 
 // A later stage that refuses a reservation as a build from before them does (or for a reason of
 // its own, which its step then gives too) leaves the first stage's step to go on without one.
 TEST(StageEngineTest, AStepGoesOnWhereALaterStageRefusesItsReservation) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  auto [first, last] = Halves(backend);
-  auto [plain_first, plain_last] = Halves(backend);
-  ASSERT_TRUE(first && last && plain_first && plain_last);
-  StageEngine last_stage(*last, nullptr, nullptr);
-  ReservationWatch watch(last_stage);
-  watch.set_earlier_build(true);
-  StageEngine first_stage(*first, nullptr, &watch);
-  StageEngine plain_last_stage(*plain_last, nullptr, nullptr);
-  StageEngine plain_first_stage(*plain_first, nullptr, &plain_last_stage,
-                                StageEngineOptions{.reserve_on_later_stages = false});
-  ASSERT_TRUE(OpenGreedy(first_stage, 1).ok());
-  ASSERT_TRUE(OpenGreedy(plain_first_stage, 1).ok());
-  int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
-  ASSERT_EQ(token, Sampled(plain_first_stage, StepOf(1, {5, 6, 7})));
-  const int32_t next = Sampled(first_stage, StepOf(1, {token}));
-  EXPECT_EQ(next, Sampled(plain_first_stage, StepOf(1, {token})));
-  EXPECT_EQ(watch.asked().size(), 2u) << "asked again: nothing was held";
-  EXPECT_EQ(watch.steps(), 2);
+  WatchedPipeline pipeline, plain(StageEngineOptions{.reserve_on_later_stages = false});
+  ASSERT_TRUE(pipeline.ok() && plain.ok());
+  pipeline.watch->set_earlier_build(true);
+  const int32_t token = Sampled(*pipeline.first_stage, StepOf(1, {5, 6, 7}));
+  ASSERT_EQ(token, Sampled(*plain.first_stage, StepOf(1, {5, 6, 7})));
+  EXPECT_EQ(Sampled(*pipeline.first_stage, StepOf(1, {token})), Sampled(*plain.first_stage, StepOf(1, {token})));
+  EXPECT_EQ(pipeline.watch->asked().size(), 2u) << "asked again: nothing was held";
+  EXPECT_EQ(pipeline.watch->steps(), 2);
 }
 
 // A page reservation a stage cannot honour is refused with INVALID_ARGUMENT, and the stage
