@@ -75,7 +75,8 @@ def run(args, cap):
         log = tempfile.TemporaryFile("w+")
     stages = start_stages(args, cap, log) if args.split else []
     if args.split:
-        command = [args.deltaserve, "router", "--model", args.model, "--first-stage", f"127.0.0.1:{STAGE_PORTS[0]}"]
+        command = [args.deltaserve, "router", "--model", args.model, "--first-stage", f"127.0.0.1:{STAGE_PORTS[0]}",
+                   "--pipeline-steps", str(args.pipeline_steps)]
     else:
         command = [args.deltaserve, "serve", "--model", args.model, "--device", "cuda"]
         if cap:
@@ -130,6 +131,7 @@ def main():
     parser.add_argument("--log-dir", help="keep each server's warnings (preemptions and why) here")
     parser.add_argument("--split", type=int, help="two stage workers, the second from this layer")
     parser.add_argument("--last-layer", type=int, default=7, help="with --split: the model's last layer")
+    parser.add_argument("--pipeline-steps", type=int, default=1, help="with --split: the router's steps in flight")
     args = parser.parse_args()
 
     for cap in [None] + args.cap:
