@@ -4,7 +4,8 @@
 // does; a sequence whose Open did not fit waits for room. Preempted requests are computed again
 // from their tokens and finish with exactly the tokens an unconstrained run gives; a request that
 // does not fit alone, or is preempted past max_preemptions, ends with RESOURCE_EXHAUSTED and the
-// server serves on.
+// server serves on. In a pipeline a later stage's page shortage preempts as the first stage's own
+// does.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
