@@ -402,16 +402,7 @@ absl::Status KimiLinearModel::ReserveLatentRows(std::span<const StepSequence> se
   // Sequences alone (no other state alive) may take the room left for steps: no other could
   // give memory back.
   const bool leave_step_room = *live_states_ > static_cast<int64_t>(seqs.size());
-  bool short_of_pages = false;
-  for (int64_t layer = layer_begin(); layer < layer_end() && !short_of_pages; ++layer) {
-    if (config().IsKda(layer)) continue;
-    for (const StepSequence& seq : seqs) {
-      seq.state->ReserveLatent(layer, seq.rows.length, leave_step_room);
-      const MlaLayerState& cache = seq.state->mla(layer);
-      short_of_pages = cache.capacity() < cache.num_cached + seq.rows.length;
-      if (short_of_pages) break;
-    }
-  }
+  const bool short_of_pages = !GrowLatentPages(seqs, /*ahead=*/0, leave_step_room);
   constexpr std::string_view kDuring = "reserving the step's latent cache pages";
   absl::Status status = TakeDeviceFailure(kDuring);
   if (status.ok() && short_of_pages) {
@@ -431,17 +422,22 @@ absl::Status KimiLinearModel::ReserveLatentPages(std::span<SequenceState* const>
     seqs[i].rows.length = rows[i];
   }
   DS_RETURN_IF_ERROR(ReserveLatentRows(seqs));
-  bool short_of_pages = ahead <= 0;
-  for (int64_t layer = layer_begin(); layer < layer_end() && !short_of_pages; ++layer) {
+  if (ahead > 0 && !GrowLatentPages(seqs, ahead, /*leave_step_room=*/true)) {
+    (void)TakeDeviceFailure("reserving latent cache pages ahead");  // what did not fit is left out
+  }
+  return absl::OkStatus();
+}
+
+bool KimiLinearModel::GrowLatentPages(std::span<const StepSequence> seqs, int64_t ahead, bool leave_step_room) const {
+  for (int64_t layer = layer_begin(); layer < layer_end(); ++layer) {
     if (config().IsKda(layer)) continue;
-    for (size_t i = 0; i < states.size() && !short_of_pages; ++i) {
-      states[i]->ReserveLatent(layer, rows[i] + ahead, /*leave_step_room=*/true);
-      const MlaLayerState& cache = states[i]->mla(layer);
-      short_of_pages = cache.capacity() < cache.num_cached + rows[i] + ahead;
+    for (const StepSequence& seq : seqs) {
+      seq.state->ReserveLatent(layer, seq.rows.length + ahead, leave_step_room);
+      const MlaLayerState& cache = seq.state->mla(layer);
+      if (cache.capacity() < cache.num_cached + seq.rows.length + ahead) return false;
     }
   }
-  (void)TakeDeviceFailure("reserving latent cache pages ahead");  // what did not fit is left out
-  return absl::OkStatus();
+  return true;
 }
 
 int64_t KimiLinearModel::LatentRowsHeld(const SequenceState& state) const {

@@ -164,6 +164,9 @@ class KimiLinearModel {
   // step graph's recording then holds none of them). Where device memory runs out:
   // RESOURCE_EXHAUSTED with kStatesUnchangedPayload.
   absl::Status ReserveLatentRows(std::span<const StepSequence> seqs) const;
+  // Every MLA layer's pages for each sequence's new rows and `ahead` more, until one does not fit
+  // (false; the backend holds the failure).
+  bool GrowLatentPages(std::span<const StepSequence> seqs, int64_t ahead, bool leave_step_room) const;
   // A graph for a decode step where the backend has one, else null.
   std::unique_ptr<kernels::StepGraph> BeginStepGraph(std::span<const StepSequence> seqs,
                                                      const LogitRows& logit_rows, const void* hidden_source);

@@ -186,6 +186,22 @@ absl::Status StageEngine::Step(const internal::v1::StepRequest& request,
   return status;
 }
 
+namespace {
+
+// OK where `answer` holds the rows of each of the reservation's sequences.
+absl::Status AnswersReservation(const internal::v1::StepResponse& answer, const internal::v1::StepRequest& asked) {
+  if (answer.reserved_rows_size() == asked.sequences_size()) return absl::OkStatus();
+  return absl::InternalError("the next stage answered a page reservation without its rows");
+}
+
+}  // namespace
+
+absl::StatusOr<StageEngine::Sequence*> StageEngine::FindOpen(uint64_t seq_id) {
+  const auto it = sequences_.find(seq_id);
+  if (it == sequences_.end()) return absl::InvalidArgumentError(absl::StrCat("sequence ", seq_id, " is not open"));
+  return &it->second;
+}
+
 // The most rows past a step's that a reservation may ask pages for where memory allows.
 constexpr int64_t kMaxRowsAhead = 16 * model::kDefaultLatentPageRows;
 
@@ -203,20 +219,17 @@ absl::Status StageEngine::Reserve(const internal::v1::StepRequest& request, inte
     std::vector<model::SequenceState*> states;
     std::vector<int64_t> rows;
     for (const internal::v1::StepSequence& seq : request.sequences()) {
-      const auto it = sequences_.find(seq.seq_id());
-      if (it == sequences_.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", seq.seq_id(), " is not open"));
-      }
+      DS_ASSIGN_OR_RETURN(Sequence * open, FindOpen(seq.seq_id()));
       if (seq.token_ids_size() > 0 || seq.sample()) {
         return absl::InvalidArgumentError("a page reservation carries no tokens");
       }
-      const int64_t cached = it->second.state->num_tokens();
+      const int64_t cached = open->state->num_tokens();
       if (seq.reserve_rows() < 0 || seq.reserve_rows() > model_.max_context() - cached) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", seq.seq_id(), " asks for pages of ",
                                                        seq.reserve_rows(), " rows past its ", cached,
                                                        "; the model's context is ", model_.max_context()));
       }
-      states.push_back(it->second.state.get());
+      states.push_back(open->state.get());
       rows.push_back(seq.reserve_rows());
     }
     const absl::Status reserved =
@@ -232,9 +245,7 @@ absl::Status StageEngine::Reserve(const internal::v1::StepRequest& request, inte
   if (next_ != nullptr) {
     internal::v1::StepResponse later;
     DS_RETURN_IF_ERROR(next_->Step(request, &later));
-    if (later.reserved_rows_size() != static_cast<int>(held.size())) {
-      return absl::InternalError("the next stage answered a page reservation without its rows");
-    }
+    DS_RETURN_IF_ERROR(AnswersReservation(later, request));
     for (size_t i = 0; i < held.size(); ++i) held[i] = std::min(held[i], later.reserved_rows(static_cast<int>(i)));
   }
   response->mutable_reserved_rows()->Assign(held.begin(), held.end());
@@ -247,8 +258,6 @@ constexpr int64_t kLaterStagesRowsAhead = model::kDefaultLatentPageRows;
 
 absl::Status StageEngine::ReserveOnLaterStages(const internal::v1::StepRequest& step) {
   internal::v1::StepRequest reservation;
-  reservation.set_reserve_only(true);
-  reservation.set_reserve_ahead_rows(kLaterStagesRowsAhead);
   std::vector<const model::SequenceState*> states;
   {
     absl::MutexLock lock(&mutex_);
@@ -262,11 +271,15 @@ absl::Status StageEngine::ReserveOnLaterStages(const internal::v1::StepRequest& 
       }
       needed = needed || it->second.state->num_tokens() + rows > it->second.later_stages_rows;
       states.push_back(it->second.state.get());
+    }
+    if (!needed) return absl::OkStatus();  // most steps: nothing more is built
+    reservation.set_reserve_only(true);
+    reservation.set_reserve_ahead_rows(kLaterStagesRowsAhead);
+    for (const internal::v1::StepSequence& seq : step.sequences()) {
       internal::v1::StepSequence* asked = reservation.add_sequences();
       asked->set_seq_id(seq.seq_id());
-      asked->set_reserve_rows(rows);
+      asked->set_reserve_rows(seq.token_ids_size());
     }
-    if (!needed) return absl::OkStatus();
   }
   internal::v1::StepResponse answer;
   const absl::Status status = next_->Step(reservation, &answer);
@@ -280,9 +293,7 @@ absl::Status StageEngine::ReserveOnLaterStages(const internal::v1::StepRequest& 
     return absl::OkStatus();
   }
   DS_RETURN_IF_ERROR(status);
-  if (answer.reserved_rows_size() != reservation.sequences_size()) {
-    return absl::InternalError("the next stage answered a page reservation without its rows");
-  }
+  DS_RETURN_IF_ERROR(AnswersReservation(answer, reservation));
   absl::MutexLock lock(&mutex_);
   for (int i = 0; i < reservation.sequences_size(); ++i) {
     const auto it = sequences_.find(reservation.sequences(i).seq_id());
@@ -311,16 +322,13 @@ absl::Status StageEngine::RunStep(const internal::v1::StepRequest& request, inte
   std::vector<Sequence*> sampled_seqs;
   for (int i = 0; i < request.sequences_size(); ++i) {
     const internal::v1::StepSequence& step = request.sequences(i);
-    const auto it = sequences_.find(step.seq_id());
-    if (it == sequences_.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", step.seq_id(), " is not open"));
-    }
+    DS_ASSIGN_OR_RETURN(Sequence * open, FindOpen(step.seq_id()));
     tokens[i].assign(step.token_ids().begin(), step.token_ids().end());
-    model::SequenceInput input{tokens[i], it->second.state.get(), {}};
+    model::SequenceInput input{tokens[i], open->state.get(), {}};
     if (step.sample() && model_.is_last_stage()) {
       input.logit_positions = {static_cast<int64_t>(tokens[i].size()) - 1};
-      model::RequestDeviceToken(*it->second.sampler, input);
-      sampled_seqs.push_back(&it->second);
+      model::RequestDeviceToken(*open->sampler, input);
+      sampled_seqs.push_back(open);
     }
     batch.push_back(std::move(input));
   }

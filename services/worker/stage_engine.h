@@ -68,6 +68,8 @@ class StageEngine final : public StageChannel {
   absl::Status RunStep(const internal::v1::StepRequest& request, internal::v1::StepResponse* response,
                        std::optional<NcclStageInput::Rows> arrived, bool& ran);
 
+  // The open sequence `seq_id`, or INVALID_ARGUMENT.
+  absl::StatusOr<Sequence*> FindOpen(uint64_t seq_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // A reservation (StepRequest.reserve_only): this stage's pages, then the later stages'.
   absl::Status Reserve(const internal::v1::StepRequest& request, internal::v1::StepResponse* response);
   // On a first stage, before its step changes any state: the later stages' pages for the step,

@@ -36,6 +36,15 @@ using testing::Greedy;
 using testing::SeededSampled;
 using testing::WholeModelStage;
 
+// A stage's RESOURCE_EXHAUSTED for device memory, as the router reads it; with
+// `states_unchanged` where the stage changed no state.
+absl::Status TestOutOfMemory(bool states_unchanged = false) {
+  absl::Status status = absl::ResourceExhaustedError("test device memory ran out");
+  status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
+  if (states_unchanged) status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
+  return status;
+}
+
 // A device that holds `capacity` tokens of sequence state in all, and the states of `max_open`
 // sequences, in front of the real stage. An Open past max_open fails with RESOURCE_EXHAUSTED as a
 // stage's does, and so does a step past `capacity`: before the stage runs it (kUpFront: the
@@ -52,7 +61,7 @@ class DeviceMemoryStage final : public StageChannel {
   absl::Status Open(const internal::v1::OpenRequest& request, internal::v1::OpenResponse* response) override {
     {
       absl::MutexLock lock(&mutex_);
-      if (static_cast<int64_t>(held_.size()) + request.sequences_size() > max_open_) return OutOfMemory();
+      if (static_cast<int64_t>(held_.size()) + request.sequences_size() > max_open_) return TestOutOfMemory();
     }
     const absl::Status status = next_.Open(request, response);
     if (!status.ok()) return status;
@@ -81,11 +90,8 @@ class DeviceMemoryStage final : public StageChannel {
     }
     if (added == 0) return next_.Step(request, response);
     ++failed_steps_;
-    absl::Status failure = OutOfMemory();
-    if (failure_ == Failure::kUpFront) {
-      failure.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
-      return failure;
-    }
+    const absl::Status failure = TestOutOfMemory(failure_ == Failure::kUpFront);
+    if (failure_ == Failure::kUpFront) return failure;
     const absl::Status ran = next_.Step(request, response);  // the states advance, then it fails
     EXPECT_TRUE(ran.ok()) << ran;
     return failure;
@@ -100,12 +106,6 @@ class DeviceMemoryStage final : public StageChannel {
   }
 
  private:
-  static absl::Status OutOfMemory() {
-    absl::Status status = absl::ResourceExhaustedError("test device memory ran out");
-    status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
-    return status;
-  }
-
   StageChannel& next_;
   const int64_t capacity_;
   const Failure failure_;
@@ -353,7 +353,7 @@ class PagedLaterStage final : public StageChannel {
         }
         if (Total(after) > capacity_) {
           ++failed_reservations_;
-          return OutOfPages();
+          return TestOutOfMemory(/*states_unchanged=*/true);
         }
         for (const internal::v1::StepSequence& seq : request.sequences()) {
           Rows& rows = after[seq.seq_id()];
@@ -368,7 +368,7 @@ class PagedLaterStage final : public StageChannel {
           Rows& rows = held_[seq.seq_id()];
           if (rows.tokens + seq.token_ids_size() > rows.reserved) {
             ++late_failures_;
-            return OutOfPages();
+            return TestOutOfMemory(/*states_unchanged=*/true);
           }
         }
         for (const internal::v1::StepSequence& seq : request.sequences()) {
@@ -400,12 +400,6 @@ class PagedLaterStage final : public StageChannel {
     int64_t total = 0;
     for (const auto& [id, rows] : held) total += std::max(rows.tokens, rows.reserved);
     return total;
-  }
-  static absl::Status OutOfPages() {
-    absl::Status status = absl::ResourceExhaustedError("test device memory ran out reserving pages");
-    status.SetPayload(kStageDeviceMemoryPayload, absl::Cord());
-    status.SetPayload(kStepStatesUnchangedPayload, absl::Cord());
-    return status;
   }
 
   StageChannel& next_;
