@@ -24,6 +24,7 @@
 #include "services/worker/stage_engine.h"
 #include "tests/services/router/router_requests.h"
 #include "tests/services/router/whole_model_stage.h"
+#include "tests/testing/held_stage.h"
 
 namespace deltaserve::services {
 namespace {
@@ -156,13 +157,19 @@ std::vector<RouterRequest> FourRequests(const std::string& session = "agent", Sa
   return requests;
 }
 
-std::vector<Collected> RunAll(EngineCore& engine, const std::vector<RouterRequest>& requests) {
+// Submits `requests` and collects them. With `held` (the engine's stage channel), steps wait
+// until every request is submitted, so that all of them run together whatever the machine's
+// load: the cases below need them to, to run out of memory.
+std::vector<Collected> RunAll(EngineCore& engine, const std::vector<RouterRequest>& requests,
+                              testing::HeldStage* held = nullptr) {
+  if (held != nullptr) held->Hold(true);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (const RouterRequest& request : requests) {
     auto stream = engine.Submit(request);
     EXPECT_TRUE(stream.ok()) << stream.status();
     if (stream.ok()) streams.push_back(*stream);
   }
+  if (held != nullptr) held->Hold(false);
   std::vector<Collected> collected;
   const auto until = std::chrono::steady_clock::now() + kPatience;
   for (const auto& stream : streams) collected.push_back(Collect(*stream, until));
@@ -221,9 +228,10 @@ TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAn
 
   // Room for 56 tokens of state.
   DeviceMemoryStage device(*whole.stage, 56, GetParam().failure);
+  testing::HeldStage held(device);
   PreemptionCounter preemptions;
-  EngineCore engine(config, whole.router_model(), device, &whole.store, &preemptions);
-  ExpectSameTokens(RunAll(engine, FourRequests("agent", GetParam().sampling)), want);
+  EngineCore engine(config, whole.router_model(), held, &whole.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests("agent", GetParam().sampling), &held), want);
   EXPECT_GE(device.failed_steps(), 1);
   if (GetParam().failure == DeviceMemoryStage::Failure::kUpFront) {
     EXPECT_GE(preemptions.count("before_step"), 1);
@@ -262,9 +270,10 @@ TEST(Preemption, RequestsWhoseOpenRanOutOfDeviceMemoryWaitForRoomAndFinish) {
   RunUnconstrained(whole, "unconstrained", want, want_next);
 
   DeviceMemoryStage device(*whole.stage, 1000, DeviceMemoryStage::Failure::kUpFront, /*max_open=*/2);
+  testing::HeldStage held(device);
   PreemptionCounter preemptions;
-  EngineCore engine(FourPlaces(), whole.router_model(), device, &whole.store, &preemptions);
-  ExpectSameTokens(RunAll(engine, FourRequests()), want);
+  EngineCore engine(FourPlaces(), whole.router_model(), held, &whole.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests(), &held), want);
   EXPECT_GE(preemptions.count("open"), 2);
   EXPECT_EQ(preemptions.count("before_step") + preemptions.count("mid_step"), 0);
   const Collected next = NextTurn(engine, "agent");
@@ -300,9 +309,10 @@ TEST(Preemption, ARequestPreemptedMoreThanMaxPreemptionsEndsAndTheOthersFinish) 
   RouterConfig config = FourPlaces();
   config.max_preemptions = 0;
   DeviceMemoryStage device(*whole.stage, 56, DeviceMemoryStage::Failure::kUpFront);
+  testing::HeldStage held(device);
   PreemptionCounter preemptions;
-  EngineCore engine(config, whole.router_model(), device, &whole.store, &preemptions);
-  const std::vector<Collected> got = RunAll(engine, FourRequests());
+  EngineCore engine(config, whole.router_model(), held, &whole.store, &preemptions);
+  const std::vector<Collected> got = RunAll(engine, FourRequests(), &held);
   ASSERT_EQ(got.size(), 4u);
   int failed = 0;
   for (const Collected& c : got) {
@@ -455,10 +465,10 @@ TEST(Preemption, ALaterStagesPageShortagePreemptsBeforeTheStep) {
   // Room for 56 tokens of state: the requests' steps, not the rows they ask for ahead.
   TwoStages short_of_pages(56);
   ASSERT_NE(short_of_pages.first_stage, nullptr);
+  testing::HeldStage held(*short_of_pages.first_stage);
   PreemptionCounter preemptions;
-  EngineCore engine(FourPlaces(), short_of_pages.router_model(), *short_of_pages.first_stage,
-                    &short_of_pages.store, &preemptions);
-  ExpectSameTokens(RunAll(engine, FourRequests("agent")), want);
+  EngineCore engine(FourPlaces(), short_of_pages.router_model(), held, &short_of_pages.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests("agent"), &held), want);
   EXPECT_GE(short_of_pages.paged->failed_reservations(), 1);
   EXPECT_EQ(short_of_pages.paged->late_failures(), 0);
   EXPECT_GE(preemptions.count("before_step"), 1);
