@@ -43,7 +43,7 @@ struct Options {
   uint64_t seed = 0;     // prompts and synthetic histories
   bool step_graphs = true;  // decode steps through the backend's step graphs (CUDA graphs)
   int64_t skinny_max_weight_mib = -1;  // CUDA: skinny_matmul_max_weight_bytes in MiB; -1: default
-  double device_memory_gib = 0;        // CUDA: the most device memory the engine holds; 0: no limit
+  double device_memory_gib = 0;        // the most memory the engine holds (--device-memory-gib); 0: no limit
   bool argmax = false;       // decode: greedy on the device, ids instead of logits downloaded
   bool sample = false;       // decode: a draw on the device (kSampleDraw), ids instead of logits
   bool mixed = false;        // sequence i's history is context·(i + 1)/batch: unequal, as served
@@ -370,10 +370,10 @@ int Run(const Options& options) {
     if (o.mixed && o.batch_max) {
       return Fail(absl::InvalidArgumentError("decode:max takes equal histories, not :mixed"));
     }
-    if (o.batch_max && o.device == "cpu") {
+    if (o.batch_max && o.device == "cpu" && options.device_memory_gib == 0) {
       return Fail(absl::InvalidArgumentError(
-          "decode:max needs a CUDA device: it makes sequences until an allocation fails, and the "
-          "host's do not fail before the system runs out of memory"));
+          "decode:max on the CPU needs --device-memory-gib: it makes sequences until an allocation "
+          "fails, and without a cap the host's do not fail before the system runs out of memory"));
     }
   }
 
@@ -475,8 +475,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{-1}, int64_t{1} << 40))
       ->capture_default_str();
   app.add_option("--device-memory-gib", o.device_memory_gib,
-                 "CUDA: the most device memory (GiB) the weights, states and step buffers may hold, "
-                 "as serve's flag (0: what the GPU has); bounds decode:max")
+                 "The most memory (GiB) the engine holds, as serve's flag (CUDA: weights, states and "
+                 "step buffers, 0: what the GPU has; CPU: states and step buffers, 0: no limit); bounds "
+                 "decode:max")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--mla-window-keys", o.mla_window_keys,
                  "CUDA: keys of a history the expanded MLA form expands at once (0: whole histories)")

@@ -17,7 +17,7 @@ struct EngineArgs {
   std::string model_dir;
   std::string device = "cpu";     // cpu | cuda
   int threads = 0;                // CPU threads; 0: all hardware threads
-  double device_memory_gib = 0;   // CUDA: the most device memory the engine holds; 0: no limit
+  double device_memory_gib = 0;   // the engine's memory cap (CUDA: device; CPU: states, step buffers); 0: none
   bool cuda_graphs = true;        // CUDA: decode steps replayed as CUDA graphs
   std::string kda = "auto";       // auto | chunked | recurrent
   std::string mla = "auto";       // auto | expanded | absorbed

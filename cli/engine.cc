@@ -29,9 +29,10 @@ void AddEngineFlags(CLI::App& command, EngineArgs& engine) {
   command.add_option("--threads", engine.threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
   command
       .add_option("--device-memory-gib", engine.device_memory_gib,
-                  "CUDA: the most device memory (GiB) weights, sequence states and step buffers may "
-                  "hold; past it a server preempts sequences (computed again later) and a request that "
-                  "does not fit alone fails with RESOURCE_EXHAUSTED (0: what the GPU has)")
+                  "The most memory (GiB) the engine holds: on CUDA its weights, sequence states and step "
+                  "buffers (0: what the GPU has); on the CPU its sequence states and step buffers, not the "
+                  "memory-mapped weights (0: no limit). Past it a server preempts sequences (computed again "
+                  "later) and a request that does not fit alone fails with RESOURCE_EXHAUSTED")
       ->check(CLI::NonNegativeNumber);
   command.add_flag("--cuda-graphs,!--no-cuda-graphs", engine.cuda_graphs,
                    "CUDA: record decode steps as CUDA graphs and replay them (--no-cuda-graphs: launch "

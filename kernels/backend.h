@@ -99,7 +99,7 @@ class Backend {
   // failure, and that thread's operations then do nothing and allocate nothing (views with null
   // data) until it takes the failure: a caller checks once after a step instead of after every
   // call. Device faults that leave the device unusable still end the process. The CPU backend
-  // never fails.
+  // fails only for memory (its limit, or host memory exhausted).
   virtual BackendFailure TakeFailure() { return {}; }
 
   // Starts recording or replaying a step of this shape on the calling thread; null when the
@@ -114,7 +114,8 @@ class Backend {
   virtual Tensor Allocate(int64_t rows, int64_t cols, DType dtype) = 0;
   // Memory a sequence keeps from step to step (its states and latent pages). With
   // leave_step_room a backend may refuse it as out of memory where it would leave less room than
-  // the steps' own buffers have needed at once (CUDA), so that growing states run out before a
+  // the steps' own buffers have needed at once (CUDA; CPU under a memory limit), so that growing
+  // states run out before a
   // step that changes them does; without it (a sequence alone, nothing to give memory back), it
   // may take that room.
   virtual Tensor AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room = true) {

@@ -34,7 +34,8 @@ bool CudaBackendBuilt() {
 
 std::unique_ptr<Backend> CreateBackend(const BackendChoice& choice, std::string* error) {
   if (choice.device == "cpu") {
-    return std::make_unique<cpu::CpuBackend>(cpu::CpuBackendOptions{.num_threads = choice.cpu_threads});
+    return std::make_unique<cpu::CpuBackend>(cpu::CpuBackendOptions{
+        .num_threads = choice.cpu_threads, .memory_limit_bytes = choice.device_memory_limit_bytes});
   }
   if (choice.device == "cuda") {
 #ifdef DELTASERVE_WITH_CUDA

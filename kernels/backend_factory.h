@@ -15,7 +15,7 @@ struct BackendChoice {
   std::string device = "cpu";  // cpu | cuda
   int cpu_threads = 0;         // 0: all hardware threads
   int cuda_device = 0;
-  int64_t device_memory_limit_bytes = 0;  // CUDA: CudaBackendOptions::memory_limit_bytes
+  int64_t device_memory_limit_bytes = 0;  // {Cpu,Cuda}BackendOptions::memory_limit_bytes
   bool cuda_graphs = true;                // CUDA: CudaBackendOptions::step_graphs
   // CUDA: CudaBackendOptions::skinny_matmul_max_weight_bytes where set (benchmarks).
   std::optional<int64_t> cuda_skinny_matmul_max_weight_bytes = std::nullopt;

@@ -268,12 +268,12 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
   if (!is_last_stage() && device_out.data != nullptr) {
     backend_.Copy(result.values.view(), device_out);
     backend_.Synchronize();
-    return model::TakeDeviceFailure(backend_, kDuring);
+    return Stepped(model::TakeDeviceFailure(backend_, kDuring));
   }
   if (!is_last_stage()) {
     out.resize(static_cast<size_t>(t * c.hidden_size));
     backend_.Download(result.values.view(), out.data());
-    return model::TakeDeviceFailure(backend_, kDuring);
+    return Stepped(model::TakeDeviceFailure(backend_, kDuring));
   }
   out.assign(logit_rows.kept.size() * static_cast<size_t>(c.vocab_size), 0.0f);
   if (!logit_rows.kept.empty()) backend_.Download(result.values.view(), out.data());
@@ -291,7 +291,7 @@ absl::Status KimiLinearModel::ForwardStage(std::span<const SequenceInput> batch,
       }
     }
   }
-  return model::TakeDeviceFailure(backend_, kDuring);
+  return Stepped(model::TakeDeviceFailure(backend_, kDuring));
 }
 
 absl::Status KimiLinearModel::RunStep(const Step& step, std::span<const int32_t> ids,
@@ -422,7 +422,12 @@ absl::Status KimiLinearModel::ReserveLatentPages(std::span<SequenceState* const>
     seqs[i].rows.length = rows[i];
   }
   DS_RETURN_IF_ERROR(ReserveLatentRows(seqs));
-  if (ahead > 0 && !GrowLatentPages(seqs, ahead, /*leave_step_room=*/true)) {
+  // Pages ahead could take room a step needs: before this model's first step the backend does
+  // not know that room, and a step may need more than steps before it. They are taken only
+  // where another state is alive, in this reservation or not, that the router could preempt then
+  // (a sequence alone fails for good).
+  const bool alone = *live_states_ <= 1;
+  if (ahead > 0 && stepped_ && !alone && !GrowLatentPages(seqs, ahead, /*leave_step_room=*/true)) {
     (void)TakeDeviceFailure("reserving latent cache pages ahead");  // what did not fit is left out
   }
   return absl::OkStatus();
@@ -464,6 +469,11 @@ void KimiLinearModel::RestoreCachedLatentRows(std::span<const StepSequence> seqs
     if (config().IsKda(layer)) continue;
     for (const StepSequence& seq : seqs) seq.state->mla(layer).num_cached = rows[i++];
   }
+}
+
+absl::Status KimiLinearModel::Stepped(absl::Status status) {
+  if (status.ok()) stepped_ = true;
+  return status;
 }
 
 absl::Status KimiLinearModel::TakeDeviceFailure(std::string_view during) const {

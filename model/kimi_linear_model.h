@@ -119,10 +119,11 @@ class KimiLinearModel {
                             const StageDeviceRows* device_rows = nullptr);
 
   // Allocates the latent cache pages that rows[i] rows past the cached ones of states[i] need,
-  // and where memory allows (leaving the steps' room) those of `ahead` rows more, changing
-  // nothing else: a pipeline's later stages, asked ahead of a step by the first
-  // (services/worker/stage_engine.h). Where the rows do not fit: RESOURCE_EXHAUSTED with
-  // kStatesUnchangedPayload. The states must be this model's.
+  // and, where memory allows (leaving the steps' room), this model has run a step and another
+  // state is alive, those of `ahead` rows more, changing nothing else: a pipeline's later
+  // stages, asked ahead of a step by the first (services/worker/stage_engine.h). Where the rows
+  // do not fit: RESOURCE_EXHAUSTED with kStatesUnchangedPayload. The states must be this
+  // model's.
   absl::Status ReserveLatentPages(std::span<SequenceState* const> states, std::span<const int64_t> rows,
                                   int64_t ahead) const;
   // The rows (cached ones included) that every MLA layer's latent cache pages of `state` hold;
@@ -173,6 +174,8 @@ class KimiLinearModel {
   // Every MLA layer's num_cached, to undo a step whose graph did not run.
   std::vector<int64_t> CachedLatentRows(std::span<const StepSequence> seqs) const;
   void RestoreCachedLatentRows(std::span<const StepSequence> seqs, std::span<const int64_t> rows) const;
+  // A step's final status, noting a step that ran (stepped_).
+  absl::Status Stepped(absl::Status status);
 
   std::unique_ptr<Checkpoint> checkpoint_;
   kernels::Backend& backend_;
@@ -185,6 +188,7 @@ class KimiLinearModel {
   uint64_t instance_ = 0;  // StepGraphKey::caller
   // The states NewState and RestoreState made that are alive (SequenceState::CountIn).
   std::shared_ptr<std::atomic<int64_t>> live_states_ = std::make_shared<std::atomic<int64_t>>(0);
+  std::atomic<bool> stepped_{false};  // a step has run to its end (ReserveLatentPages' rows ahead)
 };
 
 }  // namespace deltaserve::model

@@ -2,15 +2,22 @@
 // data-parallel over a thread pool. The embedded default and the reference for other backends.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/failure_record.h"
+#include "kernels/memory_budget.h"
 
 namespace deltaserve::kernels::cpu {
 
 struct CpuBackendOptions {
   int num_threads = 0;  // 0: all hardware threads
+  // The most bytes this backend allocates at once: sequence states, latent pages and step buffers
+  // (the weights it adopts in place are the checkpoint's memory and are not counted); 0: no
+  // limit. An allocation past it fails as out of memory (TakeFailure), as on a GPU.
+  int64_t memory_limit_bytes = 0;
 };
 
 class CpuBackend final : public Backend {
@@ -21,7 +28,14 @@ class CpuBackend final : public Backend {
   int num_threads() const { return pool_.num_threads(); }
   ThreadPool& pool() { return pool_; }
 
+  // A failed allocation (past the memory limit, or host memory exhausted) comes back empty and is
+  // held as the calling thread's failure; that thread's operations then do nothing until it
+  // takes the failure, as on the CUDA backend.
+  BackendFailure TakeFailure() override;
   Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
+  // With leave_step_room, refused (out of memory) where it would leave less under the memory
+  // limit than the steps' buffers have held at once (StepRoom).
+  Tensor AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room = true) override;
   void Free(void* data) override;
   void Zero(TensorView dst) override;
   void Upload(const void* host, TensorView dst) override;
@@ -50,7 +64,13 @@ class CpuBackend final : public Backend {
   void MoeCombine(TensorView slot_out, TensorView weights, TensorView out) override;
 
  private:
+  Tensor AllocateKind(int64_t rows, int64_t cols, DType dtype, bool state, bool leave_step_room);
+  // Whether the calling thread holds a failure, so its operations do nothing.
+  bool Skipped() const { return failures_.held(); }
+
   ThreadPool pool_;
+  FailureRecord failures_;
+  MemoryBudget budget_;
 };
 
 }  // namespace deltaserve::kernels::cpu

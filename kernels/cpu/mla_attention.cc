@@ -48,13 +48,11 @@ void ForEachPage(const LatentPages& cache, int64_t count, Fn fn) {
   }
 }
 
-// Cache rows [0, count) in one contiguous [count, width] block.
-std::vector<float> Contiguous(const LatentPages& cache, int64_t count, int64_t width) {
-  std::vector<float> rows(static_cast<size_t>(count * width));
+// Cache rows [0, count) into one contiguous [count, width] block.
+void Contiguous(const LatentPages& cache, int64_t count, int64_t width, float* rows) {
   ForEachPage(cache, count, [&](int64_t r0, int64_t n, const float* page) {
-    std::copy_n(page, n * width, rows.data() + r0 * width);
+    std::copy_n(page, n * width, rows + r0 * width);
   });
-  return rows;
 }
 
 struct Shapes {
@@ -74,7 +72,7 @@ constexpr int64_t kExpandedRowBlock = 64;
 // all read in place through strides. The rows go in blocks of kExpandedRowBlock, each over the
 // keys its last row sees.
 void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorView q,
-                  const float* cache, const std::vector<float>& kv_all, int64_t h, TensorView out) {
+                  const float* cache, const float* kv_all, int64_t h, TensorView out) {
   const int64_t kv_stride = s.heads * s.kv;
   thread_local std::vector<float> scores;
   for (int64_t r0 = 0; r0 < seq.rows.length; r0 += kExpandedRowBlock) {
@@ -82,7 +80,7 @@ void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorVi
     const int64_t keys = seq.num_cached + r0 + n;
     scores.resize(static_cast<size_t>(n * keys));
     const float* q_rows = q.row<float>(seq.rows.begin + r0) + h * s.qk;
-    GemmNT(n, keys, s.nope, scale, q_rows, q.row_stride, kv_all.data() + h * s.kv, kv_stride, 0.0f,
+    GemmNT(n, keys, s.nope, scale, q_rows, q.row_stride, kv_all + h * s.kv, kv_stride, 0.0f,
            scores.data(), keys);
     GemmNT(n, keys, s.rope, scale, q_rows + s.nope, q.row_stride, cache + s.rank, s.latent, 1.0f,
            scores.data(), keys);
@@ -92,7 +90,7 @@ void ExpandedHead(const Shapes& s, float scale, const MlaSequence& seq, TensorVi
       Softmax(row, visible);
       std::fill(row + visible, row + keys, 0.0f);  // causal: later positions get no weight
     }
-    GemmNN(n, s.v, keys, scores.data(), keys, kv_all.data() + h * s.kv + s.nope, kv_stride, 0.0f,
+    GemmNN(n, s.v, keys, scores.data(), keys, kv_all + h * s.kv + s.nope, kv_stride, 0.0f,
            out.row<float>(seq.rows.begin + r0) + h * s.v, out.row_stride);
   }
 }
@@ -136,7 +134,8 @@ void AbsorbedQuery(const Shapes& s, float scale, const MlaSequence& seq, TensorV
 }  // namespace
 
 void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, TensorView latent,
-                  TensorView kv_b, std::span<const MlaSequence> seqs, TensorView out) {
+                  TensorView kv_b, std::span<const MlaSequence> seqs, TensorView out,
+                  const F32Scratch& scratch) {
   const Shapes s(params);
   DS_CHECK(q.cols == s.heads * s.qk && latent.cols == s.latent && out.cols == s.heads * s.v);
   DS_CHECK(kv_b.rows == s.heads * s.kv && kv_b.cols == s.rank);
@@ -159,15 +158,17 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
   }
   // Expanded sequences: the history contiguous, and its per-head keys and values,
   // [L, H*(nope+v)].
-  std::vector<std::vector<float>> history(seqs.size()), kv_all(seqs.size());
+  std::vector<Tensor> history(seqs.size()), kv_all(seqs.size());
   for (size_t i = 0; i < seqs.size(); ++i) {
     const MlaSequence& seq = seqs[i];
     if (seq.form != MlaForm::kExpanded) continue;
     const int64_t length = seq.num_cached + seq.rows.length;
-    history[i] = Contiguous(seq.cache, length, s.latent);
-    kv_all[i].resize(static_cast<size_t>(length * s.heads * s.kv));
-    TensorView cache_latent{history[i].data(), DType::kF32, length, s.rank, s.latent};
-    MatMul(pool, cache_latent, kv_b, MakeView(kv_all[i].data(), DType::kF32, length, s.heads * s.kv));
+    history[i] = scratch(length, s.latent);
+    kv_all[i] = scratch(length, s.heads * s.kv);
+    if (history[i].empty() || kv_all[i].empty()) return;
+    Contiguous(seq.cache, length, s.latent, history[i].data<float>());
+    TensorView cache_latent{history[i].data<float>(), DType::kF32, length, s.rank, s.latent};
+    MatMul(pool, cache_latent, kv_b, kv_all[i].view());
   }
 
   // Tasks: (sequence, head) for the expanded form, (sequence, query) for the absorbed one.
@@ -183,8 +184,8 @@ void MlaAttention(ThreadPool& pool, const MlaParams& params, TensorView q, Tenso
   pool.ParallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
     const MlaSequence& seq = seqs[tasks[t].seq];
     if (seq.form == MlaForm::kExpanded) {
-      ExpandedHead(s, params.scale, seq, q, history[tasks[t].seq].data(), kv_all[tasks[t].seq], tasks[t].index,
-                   out);
+      ExpandedHead(s, params.scale, seq, q, history[tasks[t].seq].data<float>(), kv_all[tasks[t].seq].data<float>(),
+                   tasks[t].index, out);
     } else {
       AbsorbedQuery(s, params.scale, seq, q, kv_b_f32, tasks[t].index, out);
     }

@@ -2,7 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <utility>
+#include <string>
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -35,12 +35,6 @@ void CheckFatal(cudaError_t error, const char* what) {
   if (error != cudaSuccess) FatalCudaFailure(what, cudaGetErrorString(error));
 }
 
-bool CallFailures::held() const {
-  if (count_.load(std::memory_order_acquire) == 0) return false;
-  std::lock_guard<std::mutex> lock(mutex_);
-  return by_thread_.count(std::this_thread::get_id()) > 0;
-}
-
 bool CallFailures::Ok(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return true;
   if (!Recoverable(error)) FatalCudaFailure(what, cudaGetErrorString(error));
@@ -55,26 +49,6 @@ bool CallFailures::OkBlas(cublasStatus_t status, const char* what) {
   Record(status == CUBLAS_STATUS_ALLOC_FAILED,
          std::string(what) + ": cuBLAS status " + std::to_string(static_cast<int>(status)));
   return false;
-}
-
-void CallFailures::Record(bool out_of_memory, std::string message) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  const auto [it, inserted] = by_thread_.try_emplace(std::this_thread::get_id());
-  if (!inserted) return;
-  it->second.out_of_memory = out_of_memory;
-  it->second.message = std::move(message);
-  count_.fetch_add(1, std::memory_order_release);
-}
-
-BackendFailure CallFailures::Take() {
-  if (count_.load(std::memory_order_acquire) == 0) return {};
-  std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = by_thread_.find(std::this_thread::get_id());
-  if (it == by_thread_.end()) return {};
-  BackendFailure failure = std::move(it->second);
-  by_thread_.erase(it);
-  count_.fetch_sub(1, std::memory_order_release);
-  return failure;
 }
 
 }  // namespace deltaserve::kernels::cuda

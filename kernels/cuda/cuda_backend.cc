@@ -17,13 +17,12 @@
 
 #include "kernels/cuda/call_failures.h"
 #include "kernels/cuda/launchers.h"
-#include "kernels/cuda/memory_limit.h"
 #include "kernels/cuda/mla_absorbed_tc.h"
 #include "kernels/cuda/mla_expanded_tc.h"
 #include "kernels/cuda/moe_cublas_grouped.h"
 #include "kernels/cuda/op_profile.h"
 #include "kernels/cuda/step_graphs.h"
-#include "kernels/cuda/step_room.h"
+#include "kernels/memory_budget.h"
 
 namespace deltaserve::kernels::cuda {
 namespace {
@@ -49,27 +48,12 @@ struct CudaBackend::Impl {
   bool Ok(cudaError_t error, const char* what) { return failures.Ok(error, what); }
   bool OkBlas(cublasStatus_t status, const char* what) { return failures.OkBlas(status, what); }
 
-  std::unique_ptr<MemoryLimit> memory;  // CudaBackendOptions::memory_limit_bytes
-  // The steps' buffers (Allocate outside step graphs' arenas) against the states (AllocateState).
-  StepRoom room;
-  // Counts `bytes` against the memory limit, recording an out-of-memory failure when they do not fit.
-  bool Reserve(size_t bytes, const char* what) {
-    int64_t held = 0;
-    if (memory->Reserve(bytes, &held)) return true;
-    failures.Record(true, std::string(what) + ": " + std::to_string(bytes) +
-                              " bytes more would pass the memory limit of " + std::to_string(memory->limit()) +
-                              " bytes (" + std::to_string(held) + " held; states " +
-                              std::to_string(room.state_bytes()) + ", steps' buffers " +
-                              std::to_string(room.step_bytes()) + " of the " + std::to_string(room.need()) +
-                              " they have held at once)");
-    return false;
-  }
-
-  // Device bytes that can still be allocated: under the memory limit where one is set, else free
-  // device memory and what the stream-ordered pool keeps unused (it keeps all it frees); -1 when
-  // the runtime does not say.
-  int64_t Available() {
-    if (memory->limit() > 0) return memory->limit() - memory->held();
+  // CudaBackendOptions::memory_limit_bytes, and the steps' buffers against the states
+  // (Allocate outside step graphs' arenas against AllocateState).
+  std::unique_ptr<MemoryBudget> budget;
+  // Device bytes that can still be allocated without a memory limit: free device memory and what
+  // the stream-ordered pool keeps unused (it keeps all it frees); -1 when the runtime does not say.
+  int64_t UnlimitedAvailable() {
     size_t free = 0, total = 0;
     cudaMemPool_t pool = nullptr;
     uint64_t reserved = 0, used = 0;
@@ -80,28 +64,6 @@ struct CudaBackend::Impl {
       return -1;
     }
     return static_cast<int64_t>(free) + static_cast<int64_t>(reserved) - static_cast<int64_t>(used);
-  }
-  void StepBufferRefused(size_t bytes) { room.Refused(static_cast<int64_t>(bytes), Available()); }
-  // Whether `bytes` more kept from step to step (a state, a step graph's arena) leave the steps'
-  // buffers their room.
-  bool LeavesStepRoom(size_t bytes, int64_t* left = nullptr, int64_t* to_leave = nullptr) {
-    const int64_t needed = room.ToLeave();
-    if (to_leave != nullptr) *to_leave = needed;
-    if (needed == 0) return true;
-    const int64_t available = Available();
-    if (available < 0) return true;  // unknown: the allocation itself decides
-    const int64_t remaining = available - static_cast<int64_t>(bytes);
-    if (left != nullptr) *left = remaining;
-    return remaining >= needed;
-  }
-  // LeavesStepRoom for a state, recording the failure if not.
-  bool RoomForState(size_t bytes) {
-    int64_t left = 0, to_leave = 0;
-    if (LeavesStepRoom(bytes, &left, &to_leave)) return true;
-    failures.Record(true, "state: " + std::to_string(bytes) + " bytes would leave " +
-                              std::to_string(std::max<int64_t>(0, left)) + " bytes free of the " +
-                              std::to_string(to_leave) + " more that the steps' buffers have held at once");
-    return false;
   }
 
   cudaStream_t stream = nullptr;
@@ -117,12 +79,12 @@ struct CudaBackend::Impl {
     std::lock_guard<std::mutex> lock(capture_blas_mutex);
     if (capture_blas != nullptr) return true;
     int64_t held = 0;
-    if (!memory->Reserve(kCaptureBlasWorkspaceBytes, &held)) return false;
+    if (!budget->limit().Reserve(kCaptureBlasWorkspaceBytes, &held)) return false;
     if (cudaMalloc(&capture_blas_workspace, kCaptureBlasWorkspaceBytes) != cudaSuccess) {
       cudaGetLastError();
       capture_blas_workspace = nullptr;
     }
-    memory->Settle(capture_blas_workspace, kCaptureBlasWorkspaceBytes);
+    budget->limit().Settle(capture_blas_workspace, kCaptureBlasWorkspaceBytes);
     cublasHandle_t handle = nullptr;
     if (capture_blas_workspace == nullptr || cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return false;
     if (cublasSetStream(handle, graphs->capture_stream()) != CUBLAS_STATUS_SUCCESS ||
@@ -209,15 +171,15 @@ struct CudaBackend::Impl {
   // 256 MiB, or at most a sixteenth of a memory limit, so a small cap is not spent on one slab.
   size_t WeightSlabBytes() const {
     constexpr size_t kMaxSlab = size_t{256} << 20;
-    const auto limit = static_cast<size_t>(memory->limit());
+    const auto limit = static_cast<size_t>(budget->limit().limit());
     return limit == 0 ? kMaxSlab : std::clamp(limit / 16 / 256 * 256, size_t{256}, kMaxSlab);
   }
   // cudaMalloc counted against the memory limit, freed with the backend.
   void* AllocateDevice(size_t bytes) {
     void* data = nullptr;
-    if (!Reserve(bytes, "cudaMalloc (weight)")) return nullptr;
+    if (!budget->Reserve(bytes, "cudaMalloc (weight)")) return nullptr;
     if (!Ok(cudaMalloc(&data, bytes), "cudaMalloc (weight)")) data = nullptr;
-    memory->Settle(data, bytes);
+    budget->limit().Settle(data, bytes);
     if (data != nullptr) weights.push_back(data);
     return data;
   }
@@ -312,8 +274,10 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
   impl->skinny_matmul_max_rows = options.skinny_matmul_max_rows;
   impl->skinny_matmul_max_weight_bytes = options.skinny_matmul_max_weight_bytes;
   impl->programmatic_products = options.programmatic_products;
-  impl->memory = std::make_unique<MemoryLimit>(options.memory_limit_bytes);
   impl->device = options.device;
+  Impl* raw = impl.get();
+  impl->budget = std::make_unique<MemoryBudget>(options.memory_limit_bytes, impl->failures,
+                                                [raw] { return raw->UnlimitedAvailable(); });
   if (cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cublasCreate(&impl->blas) != CUBLAS_STATUS_SUCCESS ||
       cublasSetStream(impl->blas, impl->stream) != CUBLAS_STATUS_SUCCESS) {
@@ -321,9 +285,9 @@ std::unique_ptr<CudaBackend> CudaBackend::Create(const CudaBackendOptions& optio
     return nullptr;
   }
   if (options.step_graphs) {
-    Impl* room = impl.get();
-    impl->graphs = std::make_unique<StepGraphs>(impl->stream, impl->memory.get(), options.max_step_graphs,
-                                                [room](size_t bytes) { return room->LeavesStepRoom(bytes); });
+    MemoryBudget* budget = impl->budget.get();
+    impl->graphs = std::make_unique<StepGraphs>(impl->stream, &budget->limit(), options.max_step_graphs,
+                                                [budget](size_t bytes) { return budget->LeavesStepRoom(bytes); });
   }
   if (const char* profile = std::getenv("DELTASERVE_CUDA_OP_PROFILE"); profile != nullptr && profile[0] == '1') {
     impl->profile = std::make_unique<OpProfile>(impl->stream);
@@ -339,7 +303,7 @@ void CudaBackend::Bind() const { CheckFatal(cudaSetDevice(impl_->device), "cudaS
 
 BackendFailure CudaBackend::TakeFailure() {
   BackendFailure failure = impl_->failures.Take();
-  impl_->room.Checked(!failure.failed());
+  impl_->budget->Checked(!failure.failed());
   return failure;
 }
 
@@ -437,20 +401,12 @@ Tensor CudaBackend::AllocateKind(int64_t rows, int64_t cols, DType dtype, bool s
   if (mode != GraphMode::kNone) {
     void* step_data = impl_->graphs->Allocate(bytes);  // the step's arena; counted when measuring
     if (mode != GraphMode::kMeasure) return Tensor(this, step_data, dtype, rows, cols);
-  } else if (leave_step_room && !impl_->RoomForState(bytes)) {
-    return Tensor(this, nullptr, dtype, rows, cols);
   }
-  if (!impl_->Reserve(bytes, "cudaMallocAsync")) {
-    if (step_buffer) impl_->StepBufferRefused(bytes);
+  if (!impl_->budget->Admit(bytes, !step_buffer, leave_step_room && mode == GraphMode::kNone, "cudaMallocAsync")) {
     return Tensor(this, nullptr, dtype, rows, cols);
   }
   if (!impl_->Ok(cudaMallocAsync(&data, bytes, impl_->Stream()), "cudaMallocAsync")) data = nullptr;
-  impl_->memory->Settle(data, bytes);
-  if (data == nullptr) {
-    if (step_buffer) impl_->StepBufferRefused(bytes);
-  } else {
-    impl_->room.Allocated(data, static_cast<int64_t>(bytes), /*state=*/!step_buffer);
-  }
+  impl_->budget->Settle(data, bytes, !step_buffer);
   return Tensor(this, data, dtype, rows, cols);
 }
 
@@ -459,8 +415,7 @@ void CudaBackend::Free(void* data) {
   const OpScope scope(impl_->Profile(), "Free");
   if (data == nullptr) return;  // a failed allocation
   if (impl_->graphs != nullptr && impl_->graphs->InArena(data)) return;  // a step graph's
-  impl_->memory->Release(data);
-  impl_->room.Freed(data);
+  impl_->budget->Release(data);
   // On the main stream even inside a capture: memory from outside a step graph is not the graph's
   // to free.
   CheckFatal(cudaFreeAsync(data, impl_->stream), "cudaFreeAsync");

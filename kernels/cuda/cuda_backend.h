@@ -190,7 +190,7 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(std::unique_ptr<Impl> impl);
   void Bind() const;
   // Allocate, counting the tensor among the steps' buffers unless it is a state's; a state with
-  // leave_step_room (outside step graphs) only where RoomForState allows it.
+  // leave_step_room (outside step graphs) only where MemoryBudget::Admit allows it.
   Tensor AllocateKind(int64_t rows, int64_t cols, DType dtype, bool step_buffer, bool leave_step_room);
   // Device memory of at least `bytes` bytes (scratch), freed with the tensor.
   Tensor AllocateBytes(size_t bytes);

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
-#include "kernels/cuda/memory_limit.h"
+#include "kernels/memory_limit.h"
 
 namespace deltaserve::kernels::cuda {
 

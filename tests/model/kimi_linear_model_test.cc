@@ -119,8 +119,8 @@ TEST_F(ModelTest, ContinuingFromStateEqualsOnePass) {
 }
 
 // Pages reserved ahead (a pipeline's later stages, asked by the first) hold the rows asked for,
-// and the rows ahead where memory allows, and change nothing else: the state's next steps give
-// the logits a fresh state gives.
+// and the rows ahead where memory allows and another state is alive, and change nothing else:
+// the state's next steps give the logits a fresh state gives.
 TEST_F(ModelTest, ReservedLatentPagesHoldTheRowsAndChangeNothingElse) {
   const std::vector<int32_t> tokens = RandomTokens(20, 9, vocab_);
   std::unique_ptr<SequenceState> fresh = model_->NewState();
@@ -145,6 +145,12 @@ TEST_F(ModelTest, ReservedLatentPagesHoldTheRowsAndChangeNothingElse) {
   EXPECT_EQ(reserved->num_tokens(), 0);
   EXPECT_EQ(Run(*reserved, tokens), want);
   EXPECT_EQ(model_->SnapshotState(*reserved), model_->SnapshotState(*fresh));
+
+  // A state alone takes no rows ahead (nothing could give their room back to a step).
+  fresh.reset();
+  const int64_t alone[] = {800};
+  ASSERT_TRUE(model_->ReserveLatentPages(states, alone, /*ahead=*/256).ok());
+  EXPECT_EQ(model_->LatentRowsHeld(*reserved), 4 * kDefaultLatentPageRows);  // 820 rows
 }
 
 TEST_F(ModelTest, RestoredSnapshotContinuesExactlyLikeTheLiveState) {

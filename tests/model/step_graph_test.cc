@@ -33,6 +33,7 @@ class DeferringBackend final : public Backend {
   std::vector<StepGraphKey> keys;  // of every graph begun
 
   std::string_view name() const override { return "deferring"; }
+  kernels::BackendFailure TakeFailure() override { return inner_.TakeFailure(); }
   std::unique_ptr<StepGraph> BeginStepGraph(const StepGraphKey& key) override {
     const int index = static_cast<int>(keys.size());
     keys.push_back(key);

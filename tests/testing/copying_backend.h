@@ -23,6 +23,7 @@ class CopyingBackend final : public kernels::Backend {
   kernels::DType LatentCacheDType() const override { return latent_cache_dtype_; }
 
   std::string_view name() const override { return "cpu-copying"; }
+  kernels::BackendFailure TakeFailure() override { return cpu_.TakeFailure(); }
 
   kernels::TensorView AdoptWeight(kernels::TensorView host) override {
     kernels::Tensor& copy = weights_.emplace_back(cpu_.Allocate(host.rows, host.cols, host.dtype));

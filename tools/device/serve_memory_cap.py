@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`deltaserve serve --device cuda` under device-memory caps, as a client sees it.
+"""`deltaserve serve` under memory caps (--device-memory-gib), as a client sees it.
 
 Starts the server once without a cap and once per --cap (GiB), sends the same concurrent greedy
 requests to each, and prints one JSON line per run: requests that finished with all their tokens
@@ -8,9 +8,12 @@ and the wall time. With --split L the server is a router in front of two stage w
 0..L-1 and L.., each capped) instead of `serve`. (Greedy tokens are not compared between runs: on
 random weights the batches' different make-up from run to run already moves bf16 logits across
 near ties.) Run on a GPU host after `source tools/device/device_env.sh` (the bundle's deltaserve
-and its libraries):
+and its libraries), or with --device cpu anywhere (the CPU backend's cap counts sequence states
+and step buffers, not the weights):
 
     python3 tools/device/serve_memory_cap.py --cap 0.3 --cap 0.4 --requests 32
+    python3 tools/device/serve_memory_cap.py --deltaserve build/deltaserve --device cpu --cap 0.002 \
+        --requests 8 --prompt-tokens 100 --new-tokens 100
 """
 import argparse
 import json
@@ -57,7 +60,7 @@ def start_stages(args, cap, log):
     for layers, listen, nxt in [(f"{args.split}-{args.last_layer}", STAGE_PORTS[1], None),
                                 (f"0-{args.split - 1}", STAGE_PORTS[0], STAGE_PORTS[1])]:
         command = [args.deltaserve, "worker", "--role", "stage", "--layers", layers, "--model", args.model,
-                   "--device", "cuda", "--listen", f"127.0.0.1:{listen}",
+                   "--device", args.device, "--listen", f"127.0.0.1:{listen}",
                    "--log-level", "warn" if args.log_dir else "error"]
         if nxt:
             command += ["--next", f"127.0.0.1:{nxt}"]
@@ -78,7 +81,7 @@ def run(args, cap):
         command = [args.deltaserve, "router", "--model", args.model, "--first-stage", f"127.0.0.1:{STAGE_PORTS[0]}",
                    "--pipeline-steps", str(args.pipeline_steps)]
     else:
-        command = [args.deltaserve, "serve", "--model", args.model, "--device", "cuda"]
+        command = [args.deltaserve, "serve", "--model", args.model, "--device", args.device]
         if cap:
             command += ["--device-memory-gib", str(cap)]
     command += ["--listen", f"127.0.0.1:{PORT}", "--metrics-listen", f"127.0.0.1:{METRICS_PORT}",
@@ -124,6 +127,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deltaserve", default=".device-bundle/deltaserve")
     parser.add_argument("--model", default="random:small")
+    parser.add_argument("--device", default="cuda", help="the engine's --device: cuda or cpu")
     parser.add_argument("--cap", type=float, action="append", default=[], help="GiB; repeatable")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=1000)

@@ -30,6 +30,11 @@ namespace deltaserve::services {
 namespace {
 
 constexpr auto kPatience = std::chrono::seconds(60);
+// CPU memory limits that hold the fixture's states (and steps' buffers) of some of FourRequests
+// but not all; measured: whole-model stages from 96 to 704 KiB preempt and finish all four, the
+// layers from 2 from 72 to 104 KiB preempt before steps.
+constexpr int64_t kWholeModelMemoryLimit = 128 << 10;
+constexpr int64_t kLaterStageMemoryLimit = 88 << 10;
 
 using testing::Collect;
 using testing::Collected;
@@ -419,21 +424,25 @@ class PagedLaterStage final : public StageChannel {
   std::map<uint64_t, Rows> held_ ABSL_GUARDED_BY(mutex_);
 };
 
-// The fixture's layers before and from layer 2 as two stages, the later behind a PagedLaterStage.
+// The fixture's layers before and from layer 2 as two stages, the later behind a PagedLaterStage
+// of `capacity` rows (0: none), on a CPU backend with `later_memory_limit` bytes (0: none).
 struct TwoStages {
-  explicit TwoStages(int64_t capacity) {
+  explicit TwoStages(int64_t capacity, int64_t later_memory_limit = 0)
+      : later_backend({.num_threads = 1, .memory_limit_bytes = later_memory_limit}) {
     model::ModelOptions first_layers, last_layers;
     first_layers.scope.layer_end = 2;
     last_layers.scope.layer_begin = 2;
     auto first = model::KimiLinearModel::Load(testing::kTinyFixture, backend, first_layers);
-    auto last = model::KimiLinearModel::Load(testing::kTinyFixture, backend, last_layers);
+    auto last = model::KimiLinearModel::Load(testing::kTinyFixture, later_backend, last_layers);
     EXPECT_TRUE(first.ok() && last.ok());
     if (!first.ok() || !last.ok()) return;
     first_model = *std::move(first);
     last_model = *std::move(last);
     last_stage = std::make_unique<StageEngine>(*last_model, &store, nullptr);
-    paged = std::make_unique<PagedLaterStage>(*last_stage, capacity);
-    first_stage = std::make_unique<StageEngine>(*first_model, &store, paged.get());
+    if (capacity > 0) paged = std::make_unique<PagedLaterStage>(*last_stage, capacity);
+    first_stage = std::make_unique<StageEngine>(*first_model, &store,
+                                                paged != nullptr ? static_cast<StageChannel*>(paged.get())
+                                                                 : last_stage.get());
     store.Open();
   }
   RouterModel router_model() const {
@@ -441,6 +450,7 @@ struct TwoStages {
   }
 
   kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  kernels::cpu::CpuBackend later_backend;
   testing::GatedStoreClient store;
   std::unique_ptr<model::KimiLinearModel> first_model, last_model;
   std::unique_ptr<StageEngine> last_stage;
@@ -477,6 +487,68 @@ TEST(Preemption, ALaterStagesPageShortagePreemptsBeforeTheStep) {
   ASSERT_TRUE(next.finished);
   EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
   EXPECT_EQ(next.tokens, want_next.tokens);
+}
+
+// The same without test doubles: the later stage's CPU backend has a memory limit that holds
+// the states of some of the requests but not all, so its pages run out for real and the stage
+// refuses the first stage's reservation, its states unchanged.
+TEST(Preemption, ALaterStagesMemoryLimitPreemptsBeforeTheStep) {
+  TwoStages unconstrained(0);
+  ASSERT_NE(unconstrained.first_stage, nullptr);
+  EngineCore reference(FourPlaces(), unconstrained.router_model(), *unconstrained.first_stage,
+                       &unconstrained.store, nullptr);
+  const std::vector<Collected> want = RunAll(reference, FourRequests("unconstrained"));
+  const Collected want_next = NextTurn(reference, "unconstrained");
+  ASSERT_TRUE(want_next.outcome.status.ok()) << want_next.outcome.status;
+
+  TwoStages capped(0, kLaterStageMemoryLimit);
+  ASSERT_NE(capped.first_stage, nullptr);
+  testing::HeldStage held(*capped.first_stage);
+  PreemptionCounter preemptions;
+  EngineCore engine(FourPlaces(), capped.router_model(), held, &capped.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests("agent"), &held), want);
+  EXPECT_GE(preemptions.count("before_step"), 1);
+  const Collected next = NextTurn(engine, "agent");
+  ASSERT_TRUE(next.finished);
+  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  EXPECT_EQ(next.tokens, want_next.tokens);
+}
+
+// A whole-model stage on a CPU backend whose memory limit holds the states of some of the
+// requests but not all: memory runs out for real (pages, states or step buffers), the router
+// preempts, and every request finishes with the tokens of an unconstrained run.
+TEST(Preemption, OnABackendsMemoryLimitRequestsFinishWithTheTokensOfAnUnconstrainedRun) {
+  WholeModelStage whole;
+  ASSERT_TRUE(whole.Load(/*max_open=*/64).ok());
+  whole.store.Open();
+  std::vector<Collected> want;
+  Collected want_next;
+  RunUnconstrained(whole, "agent", want, want_next);
+
+  WholeModelStage capped(testing::GatedStoreClient::Hold::kUploads, kWholeModelMemoryLimit);
+  ASSERT_TRUE(capped.Load(/*max_open=*/64).ok());
+  capped.store.Open();
+  testing::HeldStage held(*capped.stage);
+  PreemptionCounter preemptions;
+  EngineCore engine(FourPlaces(), capped.router_model(), held, &capped.store, &preemptions);
+  ExpectSameTokens(RunAll(engine, FourRequests("agent"), &held), want);
+  EXPECT_GE(preemptions.count("open") + preemptions.count("before_step") + preemptions.count("mid_step"), 1);
+  const Collected next = NextTurn(engine, "agent");
+  ASSERT_TRUE(next.finished);
+  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  EXPECT_EQ(next.tokens, want_next.tokens);
+
+  // A prompt whose step needs more than the limit ends with RESOURCE_EXHAUSTED; the server serves on.
+  std::vector<int32_t> long_prompt(3000);
+  for (size_t i = 0; i < long_prompt.size(); ++i) long_prompt[i] = static_cast<int32_t>(3 + i % 500);
+  const std::vector<Collected> too_long = RunAll(engine, {Greedy(long_prompt, 2)});
+  ASSERT_EQ(too_long.size(), 1u);
+  ASSERT_TRUE(too_long[0].finished);
+  EXPECT_EQ(too_long[0].outcome.status.code(), absl::StatusCode::kResourceExhausted) << too_long[0].outcome.status;
+  const std::vector<Collected> fits = RunAll(engine, {Greedy({1, 2, 3}, 5)});
+  ASSERT_EQ(fits.size(), 1u);
+  EXPECT_TRUE(fits[0].outcome.status.ok()) << fits[0].outcome.status;
+  EXPECT_EQ(fits[0].tokens.size(), 5u);
 }
 
 }  // namespace

@@ -17,9 +17,11 @@ namespace deltaserve::testing {
 inline const std::string kTinyFixture = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
 
 // The whole model as one stage (at most `max_open` sequences), over a store whose gate holds
-// `hold` transfers until the test opens it.
+// `hold` transfers until the test opens it, on a CPU backend with `memory_limit_bytes` (0: none).
 struct WholeModelStage {
-  explicit WholeModelStage(GatedStoreClient::Hold hold = GatedStoreClient::Hold::kUploads) : store(hold) {}
+  explicit WholeModelStage(GatedStoreClient::Hold hold = GatedStoreClient::Hold::kUploads,
+                           int64_t memory_limit_bytes = 0)
+      : backend({.num_threads = 1, .memory_limit_bytes = memory_limit_bytes}), store(hold) {}
   absl::Status Load(int64_t max_open) {
     auto loaded = model::KimiLinearModel::Load(kTinyFixture, backend);
     if (!loaded.ok()) return loaded.status();
@@ -32,7 +34,7 @@ struct WholeModelStage {
     return {model->config(), model->fingerprint(), model->max_context()};
   }
 
-  kernels::cpu::CpuBackend backend{{.num_threads = 1}};
+  kernels::cpu::CpuBackend backend;
   std::unique_ptr<model::KimiLinearModel> model;
   GatedStoreClient store;
   std::unique_ptr<services::StageEngine> stage;

@@ -363,21 +363,39 @@ TEST(StageEngineTest, ALaterStagesPageShortageLeavesEveryStateAsItWas) {
 
 // A first stage asks its later stages for a step's rows and, where memory allows, 256 more (a
 // page at the default 256 rows), and asks again once the step passes what their answer held, so
-// decode steps ask about once a page, not once a step.
+// decode steps ask about once a page, not once a step. The rows ahead are taken once the later
+// stage has run a step (before, the steps' room is unknown) and where another sequence is alive.
 TEST(StageEngineTest, LaterStagesAreAskedForPagesOnceAPageOfRows) {
+  WatchedPipeline pipeline;
+  ASSERT_TRUE(pipeline.ok());
+  StageEngine& first_stage = *pipeline.first_stage;
+  ASSERT_TRUE(OpenGreedy(first_stage, 2).ok());
+  const ReservationWatch& watch = *pipeline.watch;
+  int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
+  constexpr int64_t kPage = model::kDefaultLatentPageRows;
+  // Before the later stage's first step: 3 rows, a page, nothing ahead.
+  EXPECT_EQ(watch.asked(), std::vector<int64_t>{3});
+  EXPECT_EQ(watch.held(), std::vector<int64_t>{kPage});
+  for (int step = 0; step < 600; ++step) token = Sampled(first_stage, StepOf(1, {token}));
+  // Asked again by the step past those 256 rows (the 254th decode step): its page and 256 rows
+  // ahead, three pages.
+  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3, 1}));
+  EXPECT_EQ(watch.held(), (std::vector<int64_t>{kPage, 3 * kPage}));
+  EXPECT_EQ(watch.steps(), 601);
+}
+
+// A sequence alone takes no rows ahead: if a step then needed the room they took, nothing could
+// give memory back and the sequence would fail where it fits. It asks once a page.
+TEST(StageEngineTest, ASequenceAloneReservesNoRowsAhead) {
   WatchedPipeline pipeline;
   ASSERT_TRUE(pipeline.ok());
   StageEngine& first_stage = *pipeline.first_stage;
   const ReservationWatch& watch = *pipeline.watch;
   int32_t token = Sampled(first_stage, StepOf(1, {5, 6, 7}));
-  constexpr int64_t kPage = model::kDefaultLatentPageRows;
-  // 3 rows and 256 ahead fill two pages.
-  EXPECT_EQ(watch.asked(), std::vector<int64_t>{3});
-  EXPECT_EQ(watch.held(), std::vector<int64_t>{2 * kPage});
   for (int step = 0; step < 600; ++step) token = Sampled(first_stage, StepOf(1, {token}));
-  // Asked again by the step past those 512 rows (the 510th decode step), which then held four.
-  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3, 1}));
-  EXPECT_EQ(watch.held(), (std::vector<int64_t>{2 * kPage, 4 * kPage}));
+  constexpr int64_t kPage = model::kDefaultLatentPageRows;
+  EXPECT_EQ(watch.asked(), (std::vector<int64_t>{3, 1, 1}));
+  EXPECT_EQ(watch.held(), (std::vector<int64_t>{kPage, 2 * kPage, 3 * kPage}));
   EXPECT_EQ(watch.steps(), 601);
 }
 

@@ -1,14 +1,13 @@
-// How much device memory the steps' own buffers need, so that sequence states leave it to them
-// (CudaBackend::AllocateState): states then run out before a step that changes them does, and
-// the model reports that with the states unchanged (model/device_failure.h). Pure bookkeeping,
-// no CUDA calls.
+// How much memory the steps' own buffers need, so that sequence states leave it to them
+// (Backend::AllocateState): states then run out before a step that changes them does, and the
+// model reports that with the states unchanged (model/device_failure.h). Pure bookkeeping.
 #pragma once
 
 #include <cstdint>
 #include <mutex>
 #include <unordered_map>
 
-namespace deltaserve::kernels::cuda {
+namespace deltaserve::kernels {
 
 class StepRoom {
  public:
@@ -50,4 +49,4 @@ class StepRoom {
   int64_t need_ = 0;          // the largest that counts
 };
 
-}  // namespace deltaserve::kernels::cuda
+}  // namespace deltaserve::kernels

@@ -2,12 +2,12 @@
 // the need of a refused buffer that would have fit without the states made before that work
 // (states that work made and freed count neither way); not the partial progress of work that
 // failed, and not a buffer too large for the device whatever the other states (its work's own
-// included). No GPU needed.
-#include "kernels/cuda/step_room.h"
+// included).
+#include "kernels/step_room.h"
 
 #include "gtest/gtest.h"
 
-namespace deltaserve::kernels::cuda {
+namespace deltaserve::kernels {
 namespace {
 
 int a, b, c, d;  // addresses standing for allocations
@@ -77,4 +77,4 @@ TEST(StepRoom, ANewStateFreedBeforeTheCheckNoLongerCountsAsNew) {
 }
 
 }  // namespace
-}  // namespace deltaserve::kernels::cuda
+}  // namespace deltaserve::kernels

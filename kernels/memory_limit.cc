@@ -1,6 +1,6 @@
-#include "kernels/cuda/memory_limit.h"
+#include "kernels/memory_limit.h"
 
-namespace deltaserve::kernels::cuda {
+namespace deltaserve::kernels {
 
 bool MemoryLimit::Reserve(size_t bytes, int64_t* held) {
   if (limit_ <= 0) return true;
@@ -35,4 +35,4 @@ void MemoryLimit::Release(void* data) {
   bytes_.erase(it);
 }
 
-}  // namespace deltaserve::kernels::cuda
+}  // namespace deltaserve::kernels

@@ -1,8 +1,8 @@
-#include "kernels/cuda/step_room.h"
+#include "kernels/step_room.h"
 
 #include <algorithm>
 
-namespace deltaserve::kernels::cuda {
+namespace deltaserve::kernels {
 
 void StepRoom::Allocated(void* data, int64_t bytes, bool state) {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -64,4 +64,4 @@ int64_t StepRoom::need() const {
   return need_;
 }
 
-}  // namespace deltaserve::kernels::cuda
+}  // namespace deltaserve::kernels

@@ -1,4 +1,5 @@
-// CudaBackendOptions::memory_limit_bytes: the device bytes a backend holds, counted against a cap.
+// A backend's memory limit (CpuBackendOptions / CudaBackendOptions::memory_limit_bytes): the bytes
+// it holds, counted against a cap.
 #pragma once
 
 #include <cstddef>
@@ -6,7 +7,7 @@
 #include <mutex>
 #include <unordered_map>
 
-namespace deltaserve::kernels::cuda {
+namespace deltaserve::kernels {
 
 class MemoryLimit {
  public:
@@ -30,4 +31,4 @@ class MemoryLimit {
   std::unordered_map<void*, int64_t> bytes_;
 };
 
-}  // namespace deltaserve::kernels::cuda
+}  // namespace deltaserve::kernels
