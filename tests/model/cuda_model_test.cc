@@ -11,12 +11,11 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/sampling.h"
-#include "model/device_failure.h"
 #include "model/generator.h"
 #include "model/kimi_linear_model.h"
 #include "model/sampling/sampler.h"
-#include "model/state/synthetic_history.h"
 #include "nlohmann/json.hpp"
+#include "tests/model/memory_limit_cases.h"
 #include "tests/testing/fixtures.h"
 
 namespace deltaserve::model {
@@ -260,10 +259,8 @@ struct CappedAndUncapped {
   std::unique_ptr<KimiLinearModel> model, reference;
 };
 
-// Device memory as a limit a server lives with: a backend capped below what a step (or a
-// sequence's latent pages) needs fails that step with RESOURCE_EXHAUSTED and keeps working, so a
-// fresh sequence afterwards gets
-// exactly the logits an uncapped backend gives; a cap below the weights fails the load.
+// Memory as a limit a server lives with (memory_limit_cases.h, which the CPU runs too in
+// device_failure_test.cc); on a GPU the weights count, so a cap below them fails the load.
 TEST(CudaModelMemoryLimit, AStepPastTheLimitFailsAndTheNextOneWorks) {
   std::string why;
   if (!kernels::cuda::CudaDeviceAvailable(&why)) GTEST_SKIP() << "no usable CUDA device: " << why;
@@ -275,89 +272,16 @@ TEST(CudaModelMemoryLimit, AStepPastTheLimitFailsAndTheNextOneWorks) {
 
   CappedAndUncapped both;
   ASSERT_NO_FATAL_FAILURE(both.Load(dir));
-
   // About 20 MB per activation of 40,000 tokens, several at once: past 64 MiB.
-  std::vector<int32_t> long_prompt(40000);
-  for (size_t i = 0; i < long_prompt.size(); ++i) long_prompt[i] = static_cast<int32_t>(3 + i % 500);
-  auto long_state = both.model->NewState();
-  const SequenceInput long_input{long_prompt, long_state.get(), {39999}};
-  std::vector<float> logits;
-  const absl::Status failed = both.model->Forward({&long_input, 1}, logits);
-  EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
-  EXPECT_NE(failed.message().find("memory limit"), std::string_view::npos) << failed;
-  long_state.reset();  // as a server drops a failed step's sequences: its pages go back
-
-  // Latent pages past the limit: the history is not made and the failure is reported.
-  auto too_long = both.model->NewState();
-  FillSyntheticHistory(*too_long, 4000000, 0, 1);
-  const absl::Status pages = both.model->TakeDeviceFailure("a long synthetic history");
-  EXPECT_EQ(pages.code(), absl::StatusCode::kResourceExhausted) << pages;
-  EXPECT_EQ(too_long->num_tokens(), 0);
-  too_long.reset();  // its pages go back
-
-  // A prompt, then one decode step on the states it left.
-  auto state = both.model->NewState();
-  auto reference_state = both.reference->NewState();
-  for (const std::vector<int32_t>& tokens : {std::vector<int32_t>{5, 6, 7, 8, 9, 10, 11}, std::vector<int32_t>{12}}) {
-    SCOPED_TRACE(::testing::Message() << tokens.size() << " tokens");
-    const int64_t last = static_cast<int64_t>(tokens.size()) - 1;
-    const SequenceInput input{tokens, state.get(), {last}};
-    const SequenceInput reference_input{tokens, reference_state.get(), {last}};
-    std::vector<float> got, want;
-    const absl::Status capped = both.model->Forward({&input, 1}, got);
-    ASSERT_TRUE(capped.ok()) << capped;
-    ASSERT_TRUE(both.reference->Forward({&reference_input, 1}, want).ok());
-    EXPECT_EQ(got, want);
-  }
+  testing::ExpectAStepPastTheLimitFailsAndTheNextOneWorks(*both.model, *both.reference, 40000);
 }
 
-// A step whose latent pages do not fit fails before it changes any state (the router may then
-// run it again as it is): RESOURCE_EXHAUSTED saying so, the history as it was, and once memory
-// is free the same step gives exactly the logits an uncapped backend gives.
 TEST(CudaModelMemoryLimit, AStepWhoseLatentPagesDoNotFitChangesNoState) {
   std::string why;
   if (!kernels::cuda::CudaDeviceAvailable(&why)) GTEST_SKIP() << "no usable CUDA device: " << why;
-  const std::string dir = std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public";
   CappedAndUncapped both;
-  ASSERT_NO_FATAL_FAILURE(both.Load(dir));
-
-  // A prompt that fills the latent caches' first pages: the next token needs a page in each.
-  std::vector<int32_t> prompt(static_cast<size_t>(kDefaultLatentPageRows));
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(3 + i % 200);
-  auto state = both.model->NewState();
-  auto reference_state = both.reference->NewState();
-  const int64_t last = kDefaultLatentPageRows - 1;
-  std::vector<float> got, want;
-  const SequenceInput input{prompt, state.get(), {last}};
-  const SequenceInput reference_input{prompt, reference_state.get(), {last}};
-  ASSERT_TRUE(both.model->Forward({&input, 1}, got).ok());
-  ASSERT_TRUE(both.reference->Forward({&reference_input, 1}, want).ok());
-
-  // Another sequence's states take all they may (what the prompt's step needed is left to steps),
-  // down to less than a page.
-  auto other = both.model->NewState();
-  std::vector<kernels::Tensor> filler;
-  for (int64_t bytes = int64_t{1} << 20; bytes >= 256; bytes /= 16) {
-    for (;;) {
-      kernels::Tensor block = both.capped->AllocateState(1, bytes / 4, kernels::DType::kF32);
-      if (block.empty()) break;
-      filler.push_back(std::move(block));
-    }
-    EXPECT_TRUE(both.capped->TakeFailure().out_of_memory);
-  }
-  const std::vector<int32_t> next = {7};
-  const SequenceInput step{next, state.get(), {0}};
-  const SequenceInput reference_step{next, reference_state.get(), {0}};
-  const absl::Status failed = both.model->Forward({&step, 1}, got);
-  EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
-  EXPECT_TRUE(DeviceMemoryRanOut(failed)) << failed;
-  EXPECT_TRUE(StatesUnchanged(failed)) << failed;
-  EXPECT_EQ(state->num_tokens(), kDefaultLatentPageRows);
-
-  filler.clear();
-  ASSERT_TRUE(both.model->Forward({&step, 1}, got).ok());
-  ASSERT_TRUE(both.reference->Forward({&reference_step, 1}, want).ok());
-  EXPECT_EQ(got, want);
+  ASSERT_NO_FATAL_FAILURE(both.Load(std::string(DELTASERVE_TEST_DATA_DIR) + "/kimi-tiny-public"));
+  testing::ExpectAStepWhoseLatentPagesDoNotFitChangesNoState(*both.capped, *both.model, *both.reference);
 }
 
 }  // namespace

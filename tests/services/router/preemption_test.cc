@@ -211,6 +211,15 @@ void ExpectSameTokens(const std::vector<Collected>& got, const std::vector<Colle
   }
 }
 
+// The session's next turn on `engine` finishes with the tokens of `want`; its outcome.
+Collected ExpectNextTurn(EngineCore& engine, const std::string& session, const Collected& want) {
+  const Collected next = NextTurn(engine, session);
+  EXPECT_TRUE(next.finished);
+  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  EXPECT_EQ(next.tokens, want.tokens);
+  return next;
+}
+
 // Where memory runs out, and how the requests pick their tokens: a seeded request preempted
 // draws after its state is computed again the random numbers it would have drawn next, and its
 // penalties count the tokens it generated before.
@@ -247,10 +256,7 @@ TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAn
   }
   EXPECT_EQ(preemptions.count("open"), 0);
   // The session turn saved every token it streamed, whether or not it was preempted.
-  const Collected next = NextTurn(engine, "agent");
-  ASSERT_TRUE(next.finished);
-  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
-  EXPECT_EQ(next.tokens, want_next.tokens);
+  const Collected next = ExpectNextTurn(engine, "agent", want_next);
   EXPECT_EQ(next.outcome.usage.session_tokens(), 18);
 }
 
@@ -281,9 +287,7 @@ TEST(Preemption, RequestsWhoseOpenRanOutOfDeviceMemoryWaitForRoomAndFinish) {
   ExpectSameTokens(RunAll(engine, FourRequests(), &held), want);
   EXPECT_GE(preemptions.count("open"), 2);
   EXPECT_EQ(preemptions.count("before_step") + preemptions.count("mid_step"), 0);
-  const Collected next = NextTurn(engine, "agent");
-  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
-  EXPECT_EQ(next.tokens, want_next.tokens);
+  ExpectNextTurn(engine, "agent", want_next);
 }
 
 TEST(Preemption, ARequestThatDoesNotFitAloneEndsWithResourceExhaustedAndTheServerServesOn) {
@@ -458,19 +462,26 @@ struct TwoStages {
   std::unique_ptr<StageEngine> first_stage;
 };
 
+// FourRequests and the session's next turn on the two stages without limits.
+void RunUnconstrainedPipeline(std::vector<Collected>& four, Collected& next) {
+  TwoStages unconstrained(0);
+  ASSERT_NE(unconstrained.first_stage, nullptr);
+  EngineCore reference(FourPlaces(), unconstrained.router_model(), *unconstrained.first_stage,
+                       &unconstrained.store, nullptr);
+  four = RunAll(reference, FourRequests("unconstrained"));
+  next = NextTurn(reference, "unconstrained");
+  ASSERT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+}
+
 // In a pipeline the first stage asks the later stages for a step's pages before it runs the step,
 // so a later stage's shortage preempts as the first stage's own does (before_step: the sequence
 // last in line gives its state back, the others run on as they were), not by sending every
 // sequence of the step back (mid_step); the requests finish with the tokens of an unconstrained
 // run, and so does the session's next turn.
 TEST(Preemption, ALaterStagesPageShortagePreemptsBeforeTheStep) {
-  TwoStages unconstrained(1 << 20);
-  ASSERT_NE(unconstrained.first_stage, nullptr);
-  EngineCore reference(FourPlaces(), unconstrained.router_model(), *unconstrained.first_stage,
-                       &unconstrained.store, nullptr);
-  const std::vector<Collected> want = RunAll(reference, FourRequests("unconstrained"));
-  const Collected want_next = NextTurn(reference, "unconstrained");
-  ASSERT_TRUE(want_next.outcome.status.ok()) << want_next.outcome.status;
+  std::vector<Collected> want;
+  Collected want_next;
+  ASSERT_NO_FATAL_FAILURE(RunUnconstrainedPipeline(want, want_next));
 
   // Room for 56 tokens of state: the requests' steps, not the rows they ask for ahead.
   TwoStages short_of_pages(56);
@@ -483,23 +494,16 @@ TEST(Preemption, ALaterStagesPageShortagePreemptsBeforeTheStep) {
   EXPECT_EQ(short_of_pages.paged->late_failures(), 0);
   EXPECT_GE(preemptions.count("before_step"), 1);
   EXPECT_EQ(preemptions.count("mid_step"), 0);
-  const Collected next = NextTurn(engine, "agent");
-  ASSERT_TRUE(next.finished);
-  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
-  EXPECT_EQ(next.tokens, want_next.tokens);
+  ExpectNextTurn(engine, "agent", want_next);
 }
 
 // The same without test doubles: the later stage's CPU backend has a memory limit that holds
 // the states of some of the requests but not all, so its pages run out for real and the stage
 // refuses the first stage's reservation, its states unchanged.
 TEST(Preemption, ALaterStagesMemoryLimitPreemptsBeforeTheStep) {
-  TwoStages unconstrained(0);
-  ASSERT_NE(unconstrained.first_stage, nullptr);
-  EngineCore reference(FourPlaces(), unconstrained.router_model(), *unconstrained.first_stage,
-                       &unconstrained.store, nullptr);
-  const std::vector<Collected> want = RunAll(reference, FourRequests("unconstrained"));
-  const Collected want_next = NextTurn(reference, "unconstrained");
-  ASSERT_TRUE(want_next.outcome.status.ok()) << want_next.outcome.status;
+  std::vector<Collected> want;
+  Collected want_next;
+  ASSERT_NO_FATAL_FAILURE(RunUnconstrainedPipeline(want, want_next));
 
   TwoStages capped(0, kLaterStageMemoryLimit);
   ASSERT_NE(capped.first_stage, nullptr);
@@ -508,10 +512,7 @@ TEST(Preemption, ALaterStagesMemoryLimitPreemptsBeforeTheStep) {
   EngineCore engine(FourPlaces(), capped.router_model(), held, &capped.store, &preemptions);
   ExpectSameTokens(RunAll(engine, FourRequests("agent"), &held), want);
   EXPECT_GE(preemptions.count("before_step"), 1);
-  const Collected next = NextTurn(engine, "agent");
-  ASSERT_TRUE(next.finished);
-  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
-  EXPECT_EQ(next.tokens, want_next.tokens);
+  ExpectNextTurn(engine, "agent", want_next);
 }
 
 // A whole-model stage on a CPU backend whose memory limit holds the states of some of the
@@ -533,10 +534,7 @@ TEST(Preemption, OnABackendsMemoryLimitRequestsFinishWithTheTokensOfAnUnconstrai
   EngineCore engine(FourPlaces(), capped.router_model(), held, &capped.store, &preemptions);
   ExpectSameTokens(RunAll(engine, FourRequests("agent"), &held), want);
   EXPECT_GE(preemptions.count("open") + preemptions.count("before_step") + preemptions.count("mid_step"), 1);
-  const Collected next = NextTurn(engine, "agent");
-  ASSERT_TRUE(next.finished);
-  EXPECT_TRUE(next.outcome.status.ok()) << next.outcome.status;
-  EXPECT_EQ(next.tokens, want_next.tokens);
+  ExpectNextTurn(engine, "agent", want_next);
 
   // A prompt whose step needs more than the limit ends with RESOURCE_EXHAUSTED; the server serves on.
   std::vector<int32_t> long_prompt(3000);
