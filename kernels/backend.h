@@ -29,6 +29,16 @@ struct BackendFailure {
   bool failed() const { return !message.empty(); }
 };
 
+// What a backend's memory books hold now (Backend::memory_use), where it keeps them (`known`).
+struct MemoryUse {
+  bool known = false;
+  int64_t state_bytes = 0;      // sequences' states: KDA states, latent pages
+  int64_t step_bytes = 0;       // the steps' buffers held now
+  int64_t step_room_bytes = 0;  // the most the steps' buffers have needed at once: states leave it
+  int64_t limit_bytes = 0;      // the memory limit; 0: none
+  int64_t counted_bytes = 0;    // held against the limit (CUDA: weights too); 0 without one
+};
+
 // The shape of a step that a backend may record once and replay (CUDA graphs): steps with equal
 // keys issue the same operations on the same shapes and weights, only the uploaded host data
 // (token ids, sequence descriptors) differs.
@@ -101,6 +111,8 @@ class Backend {
   // call. Device faults that leave the device unusable still end the process. The CPU backend
   // fails only for memory (its limit, or host memory exhausted).
   virtual BackendFailure TakeFailure() { return {}; }
+  // The memory its books hold now (monitoring); unknown for a backend that keeps none.
+  virtual MemoryUse memory_use() const { return {}; }
 
   // Starts recording or replaying a step of this shape on the calling thread; null when the
   // backend has no graphs (the CPU backend) or will not use one now (another thread holds one,

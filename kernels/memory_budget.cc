@@ -19,7 +19,6 @@ bool MemoryBudget::Admit(size_t bytes, bool state, bool leave_step_room, const c
 
 void MemoryBudget::Settle(void* data, size_t bytes, bool state) {
   limit_.Settle(data, bytes);
-  if (!Measured()) return;
   if (data != nullptr) {
     room_.Allocated(data, static_cast<int64_t>(bytes), state);
   } else if (!state) {
@@ -30,7 +29,16 @@ void MemoryBudget::Settle(void* data, size_t bytes, bool state) {
 void MemoryBudget::Release(void* data) {
   if (data == nullptr) return;
   limit_.Release(data);
-  if (Measured()) room_.Freed(data);
+  room_.Freed(data);
+}
+
+MemoryUse MemoryBudget::Use() const {
+  return {.known = true,
+          .state_bytes = room_.state_bytes(),
+          .step_bytes = room_.step_bytes(),
+          .step_room_bytes = room_.need(),
+          .limit_bytes = limit_.limit(),
+          .counted_bytes = limit_.held()};
 }
 
 bool MemoryBudget::Reserve(size_t bytes, const char* what) {

@@ -34,6 +34,7 @@ class MemoryBudget {
   void Release(void* data);
   // The caller took a thread's failure, or none (ok): StepRoom::Checked.
   void Checked(bool ok) { room_.Checked(ok); }
+  MemoryUse Use() const;
 
   // Counts `bytes` against the limit, recording the failure (naming `what`) when they do not fit.
   bool Reserve(size_t bytes, const char* what);
@@ -47,9 +48,6 @@ class MemoryBudget {
   // LeavesStepRoom for a state, recording the failure if not.
   bool RoomForState(size_t bytes);
   void StepBufferRefused(size_t bytes) { room_.Refused(static_cast<int64_t>(bytes), Available()); }
-  // Whether the room states leave to steps can matter: a limit, or a way to learn what is free.
-  // Without either the books of the room are not kept (a lock and a map entry per allocation).
-  bool Measured() const { return limit_.limit() > 0 || unlimited_available_ != nullptr; }
 
   FailureRecord& failures_;
   const std::function<int64_t()> unlimited_available_;

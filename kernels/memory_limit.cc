@@ -11,7 +11,7 @@ bool MemoryLimit::Reserve(size_t bytes, int64_t* held) {
   return true;
 }
 
-int64_t MemoryLimit::held() {
+int64_t MemoryLimit::held() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return held_;
 }

@@ -14,7 +14,7 @@ class MemoryLimit {
   explicit MemoryLimit(int64_t limit_bytes) : limit_(limit_bytes) {}
   int64_t limit() const { return limit_; }
   // The bytes counted now (0 with no limit).
-  int64_t held();
+  int64_t held() const;
 
   // Counts `bytes` against the limit when they fit (always with no limit); false when they do
   // not, with the bytes held so far in *held.
@@ -26,7 +26,7 @@ class MemoryLimit {
 
  private:
   const int64_t limit_;  // 0: none
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   int64_t held_ = 0;
   std::unordered_map<void*, int64_t> bytes_;
 };

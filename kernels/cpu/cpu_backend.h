@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   // held as the calling thread's failure; that thread's operations then do nothing until it
   // takes the failure, as on the CUDA backend.
   BackendFailure TakeFailure() override;
+  MemoryUse memory_use() const override { return budget_.Use(); }
   Tensor Allocate(int64_t rows, int64_t cols, DType dtype) override;
   // With leave_step_room, refused (out of memory) where it would leave less under the memory
   // limit than the steps' buffers have held at once (StepRoom).

@@ -301,6 +301,8 @@ CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 // several: every entry point selects this backend's device first (cheap when already current).
 void CudaBackend::Bind() const { CheckFatal(cudaSetDevice(impl_->device), "cudaSetDevice"); }
 
+MemoryUse CudaBackend::memory_use() const { return impl_->budget->Use(); }
+
 BackendFailure CudaBackend::TakeFailure() {
   BackendFailure failure = impl_->failures.Take();
   impl_->budget->Checked(!failure.failed());

@@ -118,6 +118,7 @@ class CudaBackend final : public Backend {
 
   std::string_view name() const override { return "cuda"; }
   BackendFailure TakeFailure() override;
+  MemoryUse memory_use() const override;
   std::unique_ptr<StepGraph> BeginStepGraph(const StepGraphKey& key) override;
   StepGraphCounts step_graph_counts() const;
 

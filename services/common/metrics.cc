@@ -11,6 +11,27 @@
 #include "base/status_macros.h"
 
 namespace deltaserve::services {
+
+prometheus::MetricFamily CollectedFamily(const std::string& name, const std::string& help,
+                                         prometheus::MetricType type) {
+  prometheus::MetricFamily family;
+  family.name = name;
+  family.help = help;
+  family.type = type;
+  return family;
+}
+
+void AddCollectedPoint(prometheus::MetricFamily& family, double value,
+                       std::vector<prometheus::ClientMetric::Label> labels) {
+  prometheus::ClientMetric metric;
+  metric.label = std::move(labels);
+  if (family.type == prometheus::MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(std::move(metric));
+}
 namespace {
 
 absl::string_view AsAbsl(std::string_view s) { return absl::string_view(s.data(), s.size()); }

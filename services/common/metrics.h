@@ -2,11 +2,14 @@
 // family builders that return a Status instead of throwing, and the process metrics.
 #pragma once
 
+#include <prometheus/client_metric.h>
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/labels.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/metric_type.h>
 #include <prometheus/registry.h>
 
 #include <chrono>
@@ -31,6 +34,13 @@ enum class MetricType { kCounter, kGauge, kHistogram };
 // ("_count", "_sum", "_bucket"). Units go last: "_seconds", "_bytes", then "_total" for counters
 // ("deltaserve_prefill_tokens_total", "deltaserve_snapshot_bytes_total").
 absl::Status CheckMetricName(std::string_view name, MetricType type);
+
+// For a prometheus::Collectable that reads its values at each scrape: an empty family, and one
+// point of a counter or gauge family.
+prometheus::MetricFamily CollectedFamily(const std::string& name, const std::string& help,
+                                         prometheus::MetricType type);
+void AddCollectedPoint(prometheus::MetricFamily& family, double value,
+                       std::vector<prometheus::ClientMetric::Label> labels = {});
 
 // Seconds from 0.5 ms (one decode step of a small batch) to 10 min (a long prefill or a whole
 // long generation), about 3 buckets per decade.

@@ -27,6 +27,7 @@
 #include "services/session_store/store_client.h"
 #include "services/session_store/store_metrics.h"
 #include "services/transport/grpc_channels.h"
+#include "services/worker/engine_memory_metrics.h"
 #include "services/worker/expert_shard.h"
 #include "services/worker/nccl_expert_links.h"
 #include "services/worker/nccl_output_link.h"
@@ -90,6 +91,13 @@ class Process final : public RunningProcess {
   std::function<void()> stop_;
   std::function<void(std::chrono::milliseconds)> drain_;
 };
+
+// Serves the backend's memory books on /metrics; to keep alive after the backend.
+std::shared_ptr<void> WatchEngineMemory(MetricsServer& metrics, const kernels::Backend& backend) {
+  auto collectable = std::make_shared<EngineMemoryMetrics>(backend);
+  metrics.AddCollectable(collectable);
+  return collectable;
+}
 
 // Removes expired sessions every `interval` until stopped.
 class Sweeper {
@@ -159,6 +167,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
   std::vector<std::shared_ptr<void>> keep = {backend, shard};
   std::shared_ptr<ExpertMetrics> expert_metrics;
   if (metrics != nullptr) {
+    keep.push_back(WatchEngineMemory(*metrics, *backend));
     DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertMetrics> created, ExpertMetrics::Create(metrics->registry()));
     expert_metrics = std::move(created);
     keep.push_back(expert_metrics);
@@ -262,6 +271,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   model_options.scope.layer_end = config.layer_end;
   DS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::Backend> backend, MakeBackend(config.backend));
   keep.push_back(backend);
+  if (metrics != nullptr) keep.push_back(WatchEngineMemory(*metrics, *backend));
   if (!links.empty()) {
     DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
     std::shared_ptr<LinkPathMetrics> call_metrics;
