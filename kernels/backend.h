@@ -127,9 +127,8 @@ class Backend {
   // Memory a sequence keeps from step to step (its states and latent pages). With
   // leave_step_room a backend may refuse it as out of memory where it would leave less room than
   // the steps' own buffers have needed at once (CUDA; CPU under a memory limit), so that growing
-  // states run out before a
-  // step that changes them does; without it (a sequence alone, nothing to give memory back), it
-  // may take that room.
+  // states run out before a step that changes them does; without it (a sequence alone, nothing
+  // to give memory back), it may take that room.
   virtual Tensor AllocateState(int64_t rows, int64_t cols, DType dtype, bool leave_step_room = true) {
     (void)leave_step_room;
     return Allocate(rows, cols, dtype);
