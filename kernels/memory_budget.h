@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 
+#include "kernels/backend.h"
 #include "kernels/failure_record.h"
 #include "kernels/memory_limit.h"
 #include "kernels/step_room.h"

@@ -92,9 +92,9 @@ class Process final : public RunningProcess {
   std::function<void(std::chrono::milliseconds)> drain_;
 };
 
-// Serves the backend's memory books on /metrics; to keep alive after the backend.
-std::shared_ptr<void> WatchEngineMemory(MetricsServer& metrics, const kernels::Backend& backend) {
-  auto collectable = std::make_shared<EngineMemoryMetrics>(backend);
+// Serves the backend's memory books on /metrics; the collectable to keep alive.
+std::shared_ptr<void> WatchEngineMemory(MetricsServer& metrics, std::shared_ptr<const kernels::Backend> backend) {
+  auto collectable = std::make_shared<EngineMemoryMetrics>(std::move(backend));
   metrics.AddCollectable(collectable);
   return collectable;
 }
@@ -167,7 +167,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartExpertWorker(const ExpertWo
   std::vector<std::shared_ptr<void>> keep = {backend, shard};
   std::shared_ptr<ExpertMetrics> expert_metrics;
   if (metrics != nullptr) {
-    keep.push_back(WatchEngineMemory(*metrics, *backend));
+    keep.push_back(WatchEngineMemory(*metrics, backend));
     DS_ASSIGN_OR_RETURN(std::unique_ptr<ExpertMetrics> created, ExpertMetrics::Create(metrics->registry()));
     expert_metrics = std::move(created);
     keep.push_back(expert_metrics);
@@ -271,7 +271,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartStageWorker(const StageWork
   model_options.scope.layer_end = config.layer_end;
   DS_ASSIGN_OR_RETURN(std::shared_ptr<kernels::Backend> backend, MakeBackend(config.backend));
   keep.push_back(backend);
-  if (metrics != nullptr) keep.push_back(WatchEngineMemory(*metrics, *backend));
+  if (metrics != nullptr) keep.push_back(WatchEngineMemory(*metrics, backend));
   if (!links.empty()) {
     DS_RETURN_IF_ERROR(CheckShardCoverage(links, model_config.num_experts));
     std::shared_ptr<LinkPathMetrics> call_metrics;

@@ -32,7 +32,7 @@ namespace {
 // Declared in dependency order: destroyed in reverse, the server first.
 struct ServeParts {
   std::unique_ptr<MetricsServer> metrics;
-  std::unique_ptr<kernels::Backend> backend;
+  std::shared_ptr<kernels::Backend> backend;  // shared with engine_memory, which a scrape may hold
   std::shared_ptr<EngineMemoryMetrics> engine_memory;
   std::unique_ptr<model::KimiLinearModel> model;
   std::unique_ptr<SnapshotStore> store;
@@ -77,7 +77,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartServe(const ServeConfig& co
   DS_ASSIGN_OR_RETURN(p->metrics, StartMetrics(config.metrics_listen, "serve"));
   DS_ASSIGN_OR_RETURN(p->backend, MakeBackend(config.backend));
   if (p->metrics != nullptr) {
-    p->engine_memory = std::make_shared<EngineMemoryMetrics>(*p->backend);
+    p->engine_memory = std::make_shared<EngineMemoryMetrics>(p->backend);
     p->metrics->AddCollectable(p->engine_memory);
   }
   model::ModelOptions model_options;

@@ -9,7 +9,7 @@
 namespace deltaserve::services {
 
 std::vector<prometheus::MetricFamily> EngineMemoryMetrics::Collect() const {
-  const kernels::MemoryUse use = backend_.memory_use();
+  const kernels::MemoryUse use = backend_->memory_use();
   if (!use.known) return {};
   struct Point {
     int64_t value;
@@ -30,7 +30,9 @@ std::vector<prometheus::MetricFamily> EngineMemoryMetrics::Collect() const {
   gauge("deltaserve_engine_memory_limit_bytes", "The engine's memory limit (--device-memory-gib); 0: none",
         {{use.limit_bytes, {}}});
   gauge("deltaserve_engine_memory_counted_bytes",
-        "Memory counted against the limit (on CUDA the weights too); 0 without one", {{use.counted_bytes, {}}});
+        "Memory counted against the limit (on CUDA also the weights, step graphs' arenas and cuBLAS's workspace); "
+        "0 without one",
+        {{use.counted_bytes, {}}});
   return out;
 }
 

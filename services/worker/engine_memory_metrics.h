@@ -4,6 +4,8 @@
 // preempting, as vLLM's KV-cache usage tells.
 #pragma once
 
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -14,13 +16,13 @@ namespace deltaserve::services {
 
 class EngineMemoryMetrics final : public prometheus::Collectable {
  public:
-  // `backend` must outlive this collectable (or its registration).
-  explicit EngineMemoryMetrics(const kernels::Backend& backend) : backend_(backend) {}
+  // Holds the backend: a scrape may still read it while a process that failed to start unwinds.
+  explicit EngineMemoryMetrics(std::shared_ptr<const kernels::Backend> backend) : backend_(std::move(backend)) {}
   // Nothing for a backend that keeps no books.
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
-  const kernels::Backend& backend_;
+  const std::shared_ptr<const kernels::Backend> backend_;
 };
 
 }  // namespace deltaserve::services

@@ -2,6 +2,7 @@
 #include "services/worker/engine_memory_metrics.h"
 
 #include <map>
+#include <memory>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -24,8 +25,10 @@ std::map<std::string, double> Points(const EngineMemoryMetrics& metrics) {
 }
 
 TEST(EngineMemoryMetrics, ReportWhatTheBackendHoldsAtEachScrape) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1, .memory_limit_bytes = 1 << 20});
-  const EngineMemoryMetrics metrics(backend);
+  auto owned = std::make_shared<kernels::cpu::CpuBackend>(
+      kernels::cpu::CpuBackendOptions{.num_threads = 1, .memory_limit_bytes = 1 << 20});
+  kernels::cpu::CpuBackend& backend = *owned;
+  const EngineMemoryMetrics metrics(owned);
   {
     kernels::Tensor step = backend.Allocate(1, 4096, kernels::DType::kF32);  // 16 KiB
     EXPECT_EQ(Points(metrics)["deltaserve_engine_memory_bytes{use=step_buffers}"], 16384);
@@ -41,8 +44,8 @@ TEST(EngineMemoryMetrics, ReportWhatTheBackendHoldsAtEachScrape) {
 }
 
 TEST(EngineMemoryMetrics, WithoutALimitTheLimitAndWhatCountsAgainstItAreZero) {
-  kernels::cpu::CpuBackend backend({.num_threads = 1});
-  kernels::Tensor state = backend.AllocateState(1, 1024, kernels::DType::kF32);
+  auto backend = std::make_shared<kernels::cpu::CpuBackend>(kernels::cpu::CpuBackendOptions{.num_threads = 1});
+  kernels::Tensor state = backend->AllocateState(1, 1024, kernels::DType::kF32);
   const std::map<std::string, double> points = Points(EngineMemoryMetrics(backend));
   EXPECT_EQ(points.at("deltaserve_engine_memory_bytes{use=states}"), 4096);
   EXPECT_EQ(points.at("deltaserve_engine_memory_limit_bytes"), 0);
