@@ -27,7 +27,6 @@
 #include "services/session_store/store_client.h"
 #include "services/session_store/store_metrics.h"
 #include "services/transport/grpc_channels.h"
-#include "services/worker/engine_memory_metrics.h"
 #include "services/worker/expert_shard.h"
 #include "services/worker/nccl_expert_links.h"
 #include "services/worker/nccl_output_link.h"
@@ -91,13 +90,6 @@ class Process final : public RunningProcess {
   std::function<void()> stop_;
   std::function<void(std::chrono::milliseconds)> drain_;
 };
-
-// Serves the backend's memory books on /metrics; the collectable to keep alive.
-std::shared_ptr<void> WatchEngineMemory(MetricsServer& metrics, std::shared_ptr<const kernels::Backend> backend) {
-  auto collectable = std::make_shared<EngineMemoryMetrics>(std::move(backend));
-  metrics.AddCollectable(collectable);
-  return collectable;
-}
 
 // Removes expired sessions every `interval` until stopped.
 class Sweeper {

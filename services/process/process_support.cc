@@ -1,12 +1,14 @@
 #include "services/process/process_support.h"
 
 #include <charconv>
+#include <utility>
 
 #include <grpcpp/create_channel.h>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "services/common/metrics.h"
+#include "services/worker/engine_memory_metrics.h"
 
 namespace deltaserve::services {
 
@@ -26,6 +28,12 @@ absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const kernels::Bac
     return absl::FailedPreconditionError(absl::StrCat("--device ", choice.device, ": ", error));
   }
   return backend;
+}
+
+std::shared_ptr<void> WatchEngineMemory(MetricsServer& metrics, std::shared_ptr<const kernels::Backend> backend) {
+  auto collectable = std::make_shared<EngineMemoryMetrics>(std::move(backend));
+  metrics.AddCollectable(collectable);
+  return collectable;
 }
 
 std::shared_ptr<grpc::Channel> InternalChannel(const std::string& address) {

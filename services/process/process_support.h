@@ -1,5 +1,5 @@
-// Pieces every deltaserve process assembles the same way: its metrics endpoint, waiting for a
-// peer to come up, and parsing of "A-B" ranges.
+// Pieces every deltaserve process assembles the same way: its metrics endpoint (and a model
+// process's engine memory on it), waiting for a peer to come up, and parsing of "A-B" ranges.
 #pragma once
 
 #include <chrono>
@@ -21,6 +21,10 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> StartMetrics(const std::string& l
 
 // The backend a role computes on; FAILED_PRECONDITION when the device cannot be used.
 absl::StatusOr<std::unique_ptr<kernels::Backend>> MakeBackend(const kernels::BackendChoice& choice);
+
+// Serves the backend's memory books on `metrics` (services/worker/engine_memory_metrics.h); the
+// collectable, which shares the backend, to keep alive.
+std::shared_ptr<void> WatchEngineMemory(MetricsServer& metrics, std::shared_ptr<const kernels::Backend> backend);
 
 // A channel to `address` for internal calls (large messages allowed).
 std::shared_ptr<grpc::Channel> InternalChannel(const std::string& address);

@@ -12,7 +12,6 @@
 #include "services/session_store/snapshot_store.h"
 #include "services/session_store/store_client.h"
 #include "services/session_store/store_metrics.h"
-#include "services/worker/engine_memory_metrics.h"
 #include "services/worker/stage_engine.h"
 
 namespace deltaserve::services {
@@ -33,7 +32,7 @@ namespace {
 struct ServeParts {
   std::unique_ptr<MetricsServer> metrics;
   std::shared_ptr<kernels::Backend> backend;  // shared with engine_memory, which a scrape may hold
-  std::shared_ptr<EngineMemoryMetrics> engine_memory;
+  std::shared_ptr<void> engine_memory;  // WatchEngineMemory's
   std::unique_ptr<model::KimiLinearModel> model;
   std::unique_ptr<SnapshotStore> store;
   std::shared_ptr<StoreMetrics> store_metrics;
@@ -76,10 +75,7 @@ absl::StatusOr<std::unique_ptr<RunningProcess>> StartServe(const ServeConfig& co
   auto p = std::make_unique<ServeParts>();
   DS_ASSIGN_OR_RETURN(p->metrics, StartMetrics(config.metrics_listen, "serve"));
   DS_ASSIGN_OR_RETURN(p->backend, MakeBackend(config.backend));
-  if (p->metrics != nullptr) {
-    p->engine_memory = std::make_shared<EngineMemoryMetrics>(p->backend);
-    p->metrics->AddCollectable(p->engine_memory);
-  }
+  if (p->metrics != nullptr) p->engine_memory = WatchEngineMemory(*p->metrics, p->backend);
   model::ModelOptions model_options;
   model_options.layers = config.layers;
   DS_ASSIGN_OR_RETURN(p->model, model::KimiLinearModel::Load(config.model_dir, *p->backend, model_options));

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/cord.h"
@@ -191,10 +192,10 @@ Collected NextTurn(EngineCore& engine, const std::string& session) {
   return stream.ok() ? Collect(**stream, std::chrono::steady_clock::now() + kPatience) : Collected{};
 }
 
-// FourRequests and the session's next turn straight on the stage, as `session`.
-void RunUnconstrained(WholeModelStage& whole, const std::string& session, std::vector<Collected>& four,
-                      Collected& next, Sampling sampling = Sampling::kGreedy) {
-  EngineCore engine(FourPlaces(), whole.router_model(), *whole.stage, &whole.store, nullptr);
+// FourRequests and the session's next turn straight on `stage` (and `store`), as `session`.
+void RunUnconstrained(RouterModel model, StageChannel& stage, StoreClient* store, const std::string& session,
+                      std::vector<Collected>& four, Collected& next, Sampling sampling = Sampling::kGreedy) {
+  EngineCore engine(FourPlaces(), std::move(model), stage, store, nullptr);
   four = RunAll(engine, FourRequests(session, sampling));
   next = NextTurn(engine, session);
   ASSERT_TRUE(next.outcome.status.ok()) << next.outcome.status;
@@ -238,7 +239,8 @@ TEST_P(PreemptionTest, RequestsPreemptedWhenMemoryRunsOutFinishWithTheTokensOfAn
   const RouterConfig config = FourPlaces();
   std::vector<Collected> want;
   Collected want_next;
-  RunUnconstrained(whole, "unconstrained", want, want_next, GetParam().sampling);
+  RunUnconstrained(whole.router_model(), *whole.stage, &whole.store, "unconstrained", want, want_next,
+                   GetParam().sampling);
 
   // Room for 56 tokens of state.
   DeviceMemoryStage device(*whole.stage, 56, GetParam().failure);
@@ -278,7 +280,7 @@ TEST(Preemption, RequestsWhoseOpenRanOutOfDeviceMemoryWaitForRoomAndFinish) {
   whole.store.Open();
   std::vector<Collected> want;
   Collected want_next;
-  RunUnconstrained(whole, "unconstrained", want, want_next);
+  RunUnconstrained(whole.router_model(), *whole.stage, &whole.store, "unconstrained", want, want_next);
 
   DeviceMemoryStage device(*whole.stage, 1000, DeviceMemoryStage::Failure::kUpFront, /*max_open=*/2);
   testing::HeldStage held(device);
@@ -466,11 +468,8 @@ struct TwoStages {
 void RunUnconstrainedPipeline(std::vector<Collected>& four, Collected& next) {
   TwoStages unconstrained(0);
   ASSERT_NE(unconstrained.first_stage, nullptr);
-  EngineCore reference(FourPlaces(), unconstrained.router_model(), *unconstrained.first_stage,
-                       &unconstrained.store, nullptr);
-  four = RunAll(reference, FourRequests("unconstrained"));
-  next = NextTurn(reference, "unconstrained");
-  ASSERT_TRUE(next.outcome.status.ok()) << next.outcome.status;
+  RunUnconstrained(unconstrained.router_model(), *unconstrained.first_stage, &unconstrained.store, "unconstrained",
+                   four, next);
 }
 
 // In a pipeline the first stage asks the later stages for a step's pages before it runs the step,
@@ -524,7 +523,7 @@ TEST(Preemption, OnABackendsMemoryLimitRequestsFinishWithTheTokensOfAnUnconstrai
   whole.store.Open();
   std::vector<Collected> want;
   Collected want_next;
-  RunUnconstrained(whole, "agent", want, want_next);
+  RunUnconstrained(whole.router_model(), *whole.stage, &whole.store, "agent", want, want_next);
 
   WholeModelStage capped(testing::GatedStoreClient::Hold::kUploads, kWholeModelMemoryLimit);
   ASSERT_TRUE(capped.Load(/*max_open=*/64).ok());
